@@ -1,0 +1,17 @@
+/** What a CLI command may touch of the outside world; main.ts gives the real one, tests a fake. */
+export interface CliIo {
+  out(text: string): void;
+  err(text: string): void;
+  /** environment variables (read-only) */
+  env: Readonly<Record<string, string | undefined>>;
+}
+
+/** Thrown by commands to end with an exit code after printing. */
+export class CliExit extends Error {
+  constructor(readonly exitCode: number) {
+    super(`exit ${exitCode}`);
+  }
+}
+
+/** Exit codes: 0 ok, 1 runtime failure, 2 invalid input (policy, packet, flags). */
+export const EXIT = { ok: 0, failure: 1, invalid: 2 } as const;

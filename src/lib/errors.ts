@@ -1,0 +1,68 @@
+/**
+ * One catalogue of errors. Every error the program raises on purpose is a
+ * `SecgroupError` with a stable `code` (for logs, metrics and API bodies), a
+ * message a user can act on, and an optional `cause`.
+ */
+export type ErrorCode =
+  | 'POLICY_INVALID'
+  | 'POLICY_PARSE'
+  | 'CONFIG_INVALID'
+  | 'PACKET_INVALID'
+  | 'NFT_NOT_FOUND'
+  | 'NFT_PERMISSION'
+  | 'NFT_SYNTAX'
+  | 'NFT_NOT_FOUND_OBJECT'
+  | 'NFT_EXISTS'
+  | 'NFT_FAILED'
+  | 'STATE_CORRUPT'
+  | 'STATE_IO'
+  | 'PROTOCOL'
+  | 'STALE_REVISION'
+  | 'VERIFY_FAILED'
+  | 'NOT_FOUND'
+  | 'CONFLICT'
+  | 'QUOTA'
+  | 'UNAUTHORIZED'
+  | 'FORBIDDEN'
+  | 'INTERNAL';
+
+export class SecgroupError extends Error {
+  readonly code: ErrorCode;
+  readonly details: unknown;
+
+  constructor(code: ErrorCode, message: string, opts: { cause?: unknown; details?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'SecgroupError';
+    this.code = code;
+    this.details = opts.details;
+  }
+}
+
+/** One problem in a document, located by its JSON path (e.g. `security_groups[0].rules[2].multiport`). */
+export interface Issue {
+  path: string;
+  message: string;
+}
+
+/** A document (policy, config, API body) with one or more problems; `issues` lists every one. */
+export class ValidationError extends SecgroupError {
+  readonly issues: Issue[];
+
+  constructor(code: ErrorCode, what: string, issues: Issue[]) {
+    super(code, `${what} is invalid:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}`, { details: issues });
+    this.issues = issues;
+  }
+}
+
+export function formatIssue(i: Issue): string {
+  return i.path ? `${i.path}: ${i.message}` : i.message;
+}
+
+export function isSecgroupError(e: unknown, code?: ErrorCode): e is SecgroupError {
+  return e instanceof SecgroupError && (code === undefined || e.code === code);
+}
+
+/** Error message of anything thrown, for logs. */
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,372 @@
+/**
+ * Compiler: policy -> typed nft model (pure).
+ *
+ * Layout of table `inet <name>`:
+ *  - base chains `input` / `output` (policy drop): platform rules, then
+ *    conntrack handling, then a jump per family to `ingress_v4` etc., then a
+ *    counted default drop;
+ *  - one small chain per user rule (`r_<hash>`) holding its counter and verdict,
+ *    so hits can be read back per rule id;
+ *  - the family chains dispatch with interval verdict maps keyed by
+ *    `peer . l4proto . dport` (tcp/udp/sctp), `peer . icmp type . icmp code`
+ *    and `peer . l4proto` (everything else), whose elements jump to the rule
+ *    chains. A packet costs one lookup per map, however many rules, peers and
+ *    ports there are.
+ *
+ * First match with overlapping rules: each rule gets a *layer*, one more than
+ * the highest layer of any earlier rule it overlaps. Rules of one layer never
+ * overlap, so each layer's maps hold disjoint keys, and a packet whose first
+ * matching rule is R cannot match anything in an earlier layer (an earlier
+ * match would be an earlier overlapping rule, which sits in a lower layer).
+ * Lookups run layer by layer, so the first hit is the first-match rule. The
+ * number of layers depends on how rules overlap, not on how many there are.
+ */
+import { createHash } from 'node:crypto';
+import type { AddrRange, Family } from '../policy/address.js';
+import { describeRule, normalizeRules, type NormalizedRule } from '../policy/normalize.js';
+import { DHCP_PORTS, ND_ICMPV6_TYPES, type PlatformOptions, DEFAULT_PLATFORM } from '../policy/platform.js';
+import type { Policy } from '../policy/schema.js';
+import {
+  ACCEPT,
+  DROP,
+  assertName,
+  comment,
+  jump,
+  sel,
+  v,
+  type Chain,
+  type Expr,
+  type KeyPart,
+  type KeyType,
+  type MapElement,
+  type Rule,
+  type Table,
+  type VerdictMap,
+} from './model.js';
+
+export const DEFAULT_TABLE = 'secgroup';
+export const PRIORITY_FILTER = 0;
+
+export interface CompileOptions {
+  table?: string;
+  platform?: PlatformOptions;
+}
+
+export interface RuleChainInfo {
+  chain: string;
+  groupId: string;
+  ruleId: string;
+  direction: 'ingress' | 'egress';
+  action: 'allow' | 'deny';
+  family: Family;
+  /** lookup layer of the rule; null when it matches nothing (e.g. an empty remote group) */
+  layer: number | null;
+  elements: number;
+}
+
+export interface Compiled {
+  table: Table;
+  /** per user rule, in match order */
+  rules: RuleChainInfo[];
+  /** sha256 (hex, 16 chars) of the table content without its comment: equal digests = identical rulesets */
+  digest: string;
+  stats: { rules: number; elements: number; layers: Record<string, number> };
+}
+
+const PORT_PROTOS = [6, 17, 132];
+type Shape = 'ports' | 'icmp' | 'proto';
+
+export function ruleChainName(groupId: string, ruleId: string): string {
+  return 'r_' + createHash('sha256').update(`${groupId}\0${ruleId}`).digest('hex').slice(0, 16);
+}
+
+function icmpProto(f: Family): number {
+  return f === 4 ? 1 : 58;
+}
+
+function rangesIntersect(a: readonly AddrRange[], b: readonly AddrRange[]): boolean {
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    const x = a[i]!;
+    const y = b[j]!;
+    if (x.hi < y.lo) i++;
+    else if (y.hi < x.lo) j++;
+    else return true;
+  }
+  return false;
+}
+
+function portsIntersect(a: readonly [number, number][] | null, b: readonly [number, number][] | null): boolean {
+  if (!a || !b) return true;
+  return a.some(([a0, a1]) => b.some(([b0, b1]) => a0 <= b1 && b0 <= a1));
+}
+
+/** Can one packet match both rules? (same direction and family assumed) */
+export function rulesOverlap(a: NormalizedRule, b: NormalizedRule): boolean {
+  if (a.protocol !== null && b.protocol !== null && a.protocol !== b.protocol) return false;
+  if (!portsIntersect(a.ports, b.ports)) return false;
+  if (a.icmpType !== null && b.icmpType !== null) {
+    if (a.icmpType !== b.icmpType) return false;
+    if (a.icmpCode !== null && b.icmpCode !== null && a.icmpCode !== b.icmpCode) return false;
+  }
+  return rangesIntersect(a.peers, b.peers);
+}
+
+/** Layer per rule (see the file comment); null for rules that match nothing. */
+export function assignLayers(rules: readonly NormalizedRule[]): (number | null)[] {
+  const layers: (number | null)[] = [];
+  for (let i = 0; i < rules.length; i++) {
+    const r = rules[i]!;
+    if (r.peers.length === 0) {
+      layers.push(null);
+      continue;
+    }
+    let layer = 0;
+    for (let j = 0; j < i; j++) {
+      const lj = layers[j];
+      if (lj === null || lj === undefined || lj < layer) continue;
+      if (rulesOverlap(rules[j]!, r)) layer = lj + 1;
+    }
+    layers.push(layer);
+  }
+  return layers;
+}
+
+function shapesOf(r: NormalizedRule): Shape[] {
+  if (r.protocol === null) return ['ports', 'icmp', 'proto'];
+  if (PORT_PROTOS.includes(r.protocol)) return ['ports'];
+  if (r.protocol === icmpProto(r.family)) return ['icmp'];
+  return ['proto'];
+}
+
+function num(lo: number, hi: number): KeyPart {
+  return { kind: 'num', lo, hi };
+}
+
+function elementsOf(r: NormalizedRule, shape: Shape, chain: string): MapElement[] {
+  const out: MapElement[] = [];
+  const verdict = jump(chain);
+  const protoPart = r.protocol === null ? num(0, 255) : num(r.protocol, r.protocol);
+  let tails: KeyPart[][];
+  if (shape === 'ports') tails = (r.ports ?? [[0, 65535]]).map(([a, b]) => [protoPart, num(a, b)]);
+  else if (shape === 'icmp') {
+    const t = r.icmpType === null ? num(0, 255) : num(r.icmpType, r.icmpType);
+    const c = r.icmpCode === null ? num(0, 255) : num(r.icmpCode, r.icmpCode);
+    tails = [[t, c]];
+  } else tails = [[protoPart]];
+  for (const p of r.peers) {
+    const addr: KeyPart = { kind: 'addr', family: p.family, lo: p.lo, hi: p.hi };
+    for (const t of tails) out.push({ key: [addr, ...t], verdict });
+  }
+  return out;
+}
+
+function keyTypes(family: Family, shape: Shape): KeyType[] {
+  const addr: KeyType = family === 4 ? 'ipv4_addr' : 'ipv6_addr';
+  if (shape === 'ports') return [addr, 'inet_proto', 'inet_service'];
+  if (shape === 'icmp') return family === 4 ? [addr, 'icmp_type', 'icmp_code'] : [addr, 'icmpv6_type', 'icmpv6_code'];
+  return [addr, 'inet_proto'];
+}
+
+function lookupExprs(family: Family, shape: Shape, field: 'saddr' | 'daddr', map: string): Expr[] {
+  const peer = sel.addr(family, field);
+  if (shape === 'ports') {
+    return [
+      { kind: 'match', left: sel.l4proto, op: '==', right: [v.sym('tcp'), v.sym('udp'), v.sym('sctp')] },
+      { kind: 'vmap', key: [peer, sel.l4proto, sel.dport('th')], map },
+    ];
+  }
+  if (shape === 'icmp') return [{ kind: 'vmap', key: [peer, sel.icmp(family, 'type'), sel.icmp(family, 'code')], map }];
+  return [{ kind: 'vmap', key: [peer, sel.l4proto], map }];
+}
+
+const accept = (exprs: Expr[], text: string): Rule => ({ exprs: [...exprs, { kind: 'verdict', verdict: ACCEPT }], comment: text });
+
+function platformRules(p: PlatformOptions, hook: 'input' | 'output'): Rule[] {
+  const out: Rule[] = [];
+  const ingress = hook === 'input';
+  if (p.loopback) out.push(accept([{ kind: 'match', left: ingress ? sel.iif : sel.oif, op: '==', right: v.str('lo') }], 'platform: loopback'));
+  if (p.icmpv6Nd) {
+    out.push(
+      accept(
+        [{ kind: 'match', left: sel.icmp(6, 'type'), op: '==', right: ND_ICMPV6_TYPES.map((t) => v.num(t)) }],
+        'platform: IPv6 neighbour discovery and MLD',
+      ),
+    );
+  }
+  if (p.dhcp) {
+    for (const family of [4, 6] as const) {
+      const port = ingress ? DHCP_PORTS[family].in : DHCP_PORTS[family].out;
+      out.push(
+        accept(
+          [
+            { kind: 'match', left: sel.nfproto, op: '==', right: v.sym(family === 4 ? 'ipv4' : 'ipv6') },
+            { kind: 'match', left: sel.dport('udp'), op: '==', right: v.num(port) },
+          ],
+          `platform: DHCP${family === 6 ? 'v6' : ''} client`,
+        ),
+      );
+    }
+  }
+  if (!ingress && p.controller) {
+    const c = p.controller;
+    for (const family of [4, 6] as const) {
+      const addrs = c.addresses.filter((a) => (family === 4 ? !a.includes(':') : a.includes(':')));
+      if (!addrs.length) continue;
+      out.push(
+        accept(
+          [
+            { kind: 'match', left: sel.addr(family, 'daddr'), op: '==', right: addrs.map((a) => v.addr(a)) },
+            { kind: 'match', left: sel.dport('tcp'), op: '==', right: v.num(c.port) },
+          ],
+          'platform: controller channel',
+        ),
+      );
+    }
+    if (c.dns) {
+      out.push(
+        accept(
+          [
+            { kind: 'match', left: sel.l4proto, op: '==', right: [v.sym('tcp'), v.sym('udp')] },
+            { kind: 'match', left: sel.dport('th'), op: '==', right: v.num(53) },
+          ],
+          'platform: DNS for the controller name',
+        ),
+      );
+    }
+  }
+  for (const f of ingress ? p.failsafeIngress : p.failsafeEgress) {
+    out.push(
+      accept(
+        [
+          { kind: 'match', left: sel.l4proto, op: '==', right: v.num(f.protocol) },
+          { kind: 'match', left: sel.dport('th'), op: '==', right: v.range(f.from, f.to) },
+        ],
+        `platform: failsafe ${ingress ? 'ingress' : 'egress'}`,
+      ),
+    );
+  }
+  return out;
+}
+
+function statefulRules(hook: 'input' | 'output'): Rule[] {
+  const invalid: Rule = {
+    exprs: [{ kind: 'match', left: sel.ctState, op: '==', right: v.sym('invalid') }, { kind: 'counter' }, { kind: 'verdict', verdict: DROP }],
+    comment: 'stateful: invalid packets',
+  };
+  if (hook === 'output') {
+    return [invalid, accept([{ kind: 'match', left: sel.ctState, op: '==', right: [v.sym('established'), v.sym('related')] }], 'stateful: established and related')];
+  }
+  return [
+    invalid,
+    accept(
+      [
+        { kind: 'match', left: sel.ctDirection, op: '==', right: v.sym('reply') },
+        { kind: 'match', left: sel.ctState, op: '==', right: v.sym('established') },
+      ],
+      'stateful: replies to connections this host opened',
+    ),
+    accept([{ kind: 'match', left: sel.ctState, op: '==', right: v.sym('related') }], 'stateful: related (ICMP errors, expectations)'),
+  ];
+}
+
+function digestOf(table: Table): string {
+  const h = createHash('sha256');
+  h.update(JSON.stringify({ ...table, comment: undefined }, (_k, val: unknown) => (typeof val === 'bigint' ? val.toString(16) : val)));
+  return h.digest('hex').slice(0, 16);
+}
+
+/** Compiles a valid policy (see parsePolicy) into the nft model of our table. Pure; throws only on internal errors. */
+export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compiled {
+  const tableName = assertName(opts.table ?? DEFAULT_TABLE);
+  const platform = opts.platform ?? DEFAULT_PLATFORM;
+  const all = normalizeRules(policy);
+  const maps: VerdictMap[] = [];
+  const ruleChains: Chain[] = [];
+  const infos: RuleChainInfo[] = [];
+  const familyChains: Chain[] = [];
+  const layerStats: Record<string, number> = {};
+  const seen = new Set<string>();
+
+  for (const r of all) {
+    const chain = ruleChainName(r.groupId, r.ruleId);
+    if (seen.has(chain)) throw new Error(`internal: rule chain name collision for ${r.groupId}/${r.ruleId}`);
+    seen.add(chain);
+    ruleChains.push({
+      name: chain,
+      comment: comment(`${r.groupId} ${r.ruleId}: ${describeRule(r)}`),
+      rules: [{ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: r.action === 'allow' ? ACCEPT : DROP }], comment: comment(`${r.groupId}/${r.ruleId}`) }],
+    });
+  }
+
+  const jumps: Record<'input' | 'output', Rule[]> = { input: [], output: [] };
+  for (const direction of ['ingress', 'egress'] as const) {
+    for (const family of [4, 6] as const) {
+      const rules = all.filter((r) => r.direction === direction && r.family === family);
+      const layers = assignLayers(rules);
+      const prefix = `${direction === 'ingress' ? 'in' : 'out'}${family}`;
+      const byLayer = new Map<number, Map<Shape, MapElement[]>>();
+      rules.forEach((r, i) => {
+        const layer = layers[i] ?? null;
+        const chain = ruleChainName(r.groupId, r.ruleId);
+        let count = 0;
+        if (layer !== null) {
+          let shapes = byLayer.get(layer);
+          if (!shapes) byLayer.set(layer, (shapes = new Map()));
+          for (const shape of shapesOf(r)) {
+            const els = elementsOf(r, shape, chain);
+            count += els.length;
+            let list = shapes.get(shape);
+            if (!list) shapes.set(shape, (list = []));
+            for (const e of els) list.push(e);
+          }
+        }
+        infos.push({ chain, groupId: r.groupId, ruleId: r.ruleId, direction, action: r.action, family, layer, elements: count });
+      });
+      const chainName = `${direction}_v${family}`;
+      const chainRules: Rule[] = [];
+      const layerNums = [...byLayer.keys()].sort((a, b) => a - b);
+      layerStats[chainName] = layerNums.length;
+      for (const layer of layerNums) {
+        for (const shape of ['ports', 'icmp', 'proto'] as const) {
+          const elements = byLayer.get(layer)!.get(shape);
+          if (!elements?.length) continue;
+          const name = `${prefix}_l${layer}_${shape}`;
+          maps.push({ name, keyType: keyTypes(family, shape), elements });
+          chainRules.push({ exprs: lookupExprs(family, shape, direction === 'ingress' ? 'saddr' : 'daddr', name) });
+        }
+      }
+      if (chainRules.length) {
+        familyChains.push({ name: chainName, comment: comment(`${direction} IPv${family} rules, first match, ${layerNums.length} lookup layer(s)`), rules: chainRules });
+        jumps[direction === 'ingress' ? 'input' : 'output'].push({
+          exprs: [
+            { kind: 'match', left: sel.nfproto, op: '==', right: v.sym(family === 4 ? 'ipv4' : 'ipv6') },
+            { kind: 'verdict', verdict: jump(chainName) },
+          ],
+        });
+      }
+    }
+  }
+
+  const base = (hook: 'input' | 'output'): Chain => ({
+    name: hook,
+    base: { type: 'filter', hook, priority: PRIORITY_FILTER, policy: 'drop' },
+    rules: [
+      ...platformRules(platform, hook),
+      ...statefulRules(hook),
+      ...jumps[hook],
+      { exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: DROP }], comment: 'default: no rule matched' },
+    ],
+  });
+
+  const table: Table = { family: 'inet', name: tableName, maps, chains: [base('input'), base('output'), ...familyChains, ...ruleChains] };
+  const digest = digestOf(table);
+  table.comment = comment(`secgroup digest=${digest} revision=${policy.revision} instance=${policy.instance.id}`);
+  return {
+    table,
+    rules: infos,
+    digest,
+    stats: { rules: all.length, elements: maps.reduce((n, m) => n + m.elements.length, 0), layers: layerStats },
+  };
+}

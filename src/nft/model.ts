@@ -1,0 +1,114 @@
+/**
+ * A typed model of the nftables objects secgroup writes. Callers build these
+ * objects; only `render.ts` turns them into nft text or JSON. Every string in
+ * the model is produced by our own code or passed through `token()`/`comment()`,
+ * so no user-supplied text can reach nft syntax.
+ */
+
+/** nft identifiers we generate: table, chain, set and map names. */
+const NAME_RE = /^[a-zA-Z][a-zA-Z0-9_]{0,62}$/;
+/** comment text: ids are [A-Za-z0-9._:-], plus the punctuation our summaries use. */
+const COMMENT_RE = /^[A-Za-z0-9 ._:/,=()+#-]*$/;
+export const COMMENT_MAX = 128;
+
+export function assertName(name: string): string {
+  if (!NAME_RE.test(name)) throw new Error(`internal: ${JSON.stringify(name)} is not a safe nft name`);
+  return name;
+}
+
+/** A comment, cut to nft's 128-byte limit; throws on any character outside the safe set. */
+export function comment(text: string): string {
+  if (!COMMENT_RE.test(text)) throw new Error(`internal: unsafe comment text ${JSON.stringify(text)}`);
+  return text.length > COMMENT_MAX ? text.slice(0, COMMENT_MAX - 1) + '~' : text;
+}
+
+export type Hook = 'input' | 'output';
+export type Verdict = { kind: 'accept' } | { kind: 'drop' } | { kind: 'return' } | { kind: 'jump'; chain: string };
+
+/** Something a packet is matched on. */
+export type Selector =
+  | { kind: 'meta'; key: 'iif' | 'oif' | 'nfproto' | 'l4proto' }
+  | { kind: 'payload'; proto: 'ip' | 'ip6'; field: 'saddr' | 'daddr' }
+  | { kind: 'payload'; proto: 'tcp' | 'udp' | 'th'; field: 'dport' }
+  | { kind: 'payload'; proto: 'icmp' | 'icmpv6'; field: 'type' | 'code' }
+  | { kind: 'ct'; key: 'state' | 'direction' };
+
+/** A value in a match; `num` for numbers, `sym` for nft symbols we choose (tcp, established, lo, ...), `addr` for addresses/prefixes. */
+export type Value = { kind: 'num'; value: number } | { kind: 'range'; lo: number; hi: number } | { kind: 'sym'; value: string } | { kind: 'addr'; value: string } | { kind: 'str'; value: string };
+
+export type Expr =
+  | { kind: 'match'; left: Selector; op: '==' | '!='; right: Value | Value[] }
+  | { kind: 'vmap'; key: Selector[]; map: string }
+  | { kind: 'counter' }
+  | { kind: 'verdict'; verdict: Verdict };
+
+export interface Rule {
+  exprs: Expr[];
+  comment?: string;
+}
+
+export interface BaseChain {
+  type: 'filter';
+  hook: Hook;
+  priority: number;
+  policy: 'accept' | 'drop';
+}
+
+export interface Chain {
+  name: string;
+  base?: BaseChain;
+  comment?: string;
+  rules: Rule[];
+}
+
+/** One part of a concatenated key: a closed interval (lo == hi for a single value). */
+export type KeyPart =
+  | { kind: 'addr'; family: 4 | 6; lo: bigint; hi: bigint }
+  | { kind: 'num'; lo: number; hi: number };
+
+export interface MapElement {
+  key: KeyPart[];
+  verdict: Verdict;
+}
+
+export type KeyType = 'ipv4_addr' | 'ipv6_addr' | 'inet_proto' | 'inet_service' | 'icmp_type' | 'icmp_code' | 'icmpv6_type' | 'icmpv6_code';
+
+/** A verdict map with interval keys (the only kind of set secgroup needs). */
+export interface VerdictMap {
+  name: string;
+  keyType: KeyType[];
+  elements: MapElement[];
+  comment?: string;
+}
+
+export interface Table {
+  family: 'inet';
+  name: string;
+  comment?: string;
+  maps: VerdictMap[];
+  chains: Chain[];
+}
+
+export const v = {
+  num: (value: number): Value => ({ kind: 'num', value }),
+  range: (lo: number, hi: number): Value => (lo === hi ? { kind: 'num', value: lo } : { kind: 'range', lo, hi }),
+  sym: (value: string): Value => ({ kind: 'sym', value }),
+  addr: (value: string): Value => ({ kind: 'addr', value }),
+  str: (value: string): Value => ({ kind: 'str', value }),
+};
+
+export const sel = {
+  iif: { kind: 'meta', key: 'iif' } as Selector,
+  oif: { kind: 'meta', key: 'oif' } as Selector,
+  nfproto: { kind: 'meta', key: 'nfproto' } as Selector,
+  l4proto: { kind: 'meta', key: 'l4proto' } as Selector,
+  ctState: { kind: 'ct', key: 'state' } as Selector,
+  ctDirection: { kind: 'ct', key: 'direction' } as Selector,
+  addr: (family: 4 | 6, field: 'saddr' | 'daddr'): Selector => ({ kind: 'payload', proto: family === 4 ? 'ip' : 'ip6', field }),
+  dport: (proto: 'tcp' | 'udp' | 'th'): Selector => ({ kind: 'payload', proto, field: 'dport' }),
+  icmp: (family: 4 | 6, field: 'type' | 'code'): Selector => ({ kind: 'payload', proto: family === 4 ? 'icmp' : 'icmpv6', field }),
+};
+
+export const ACCEPT: Verdict = { kind: 'accept' };
+export const DROP: Verdict = { kind: 'drop' };
+export const jump = (chain: string): Verdict => ({ kind: 'jump', chain: assertName(chain) });

@@ -1,0 +1,236 @@
+/**
+ * The one place where the nft model becomes nft syntax: a script for `nft -f`
+ * that replaces our table atomically, or the equivalent libnftables JSON.
+ */
+import { formatRangeNft, parsePrefix } from '../policy/address.js';
+import { assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
+
+const SYM_RE = /^[a-z][a-z0-9-]*$/;
+const STR_RE = /^[A-Za-z0-9._-]{1,15}$/;
+
+function valueText(val: Value): string {
+  switch (val.kind) {
+    case 'num':
+      if (!Number.isInteger(val.value) || val.value < 0) throw new Error(`internal: bad number ${val.value}`);
+      return String(val.value);
+    case 'range':
+      if (!Number.isInteger(val.lo) || !Number.isInteger(val.hi) || val.lo < 0 || val.lo > val.hi) throw new Error('internal: bad range');
+      return `${val.lo}-${val.hi}`;
+    case 'sym':
+      if (!SYM_RE.test(val.value)) throw new Error(`internal: bad symbol ${JSON.stringify(val.value)}`);
+      return val.value;
+    case 'addr': {
+      const p = parsePrefix(val.value);
+      if (!p.ok) throw new Error(`internal: bad address ${JSON.stringify(val.value)}`);
+      return formatRangeNft(p.range);
+    }
+    case 'str':
+      if (!STR_RE.test(val.value)) throw new Error(`internal: bad string ${JSON.stringify(val.value)}`);
+      return `"${val.value}"`;
+  }
+}
+
+function selectorText(s: Selector): string {
+  switch (s.kind) {
+    case 'meta':
+      return s.key === 'iif' || s.key === 'oif' ? s.key : `meta ${s.key}`;
+    case 'payload':
+      return `${s.proto} ${s.field}`;
+    case 'ct':
+      return `ct ${s.key}`;
+  }
+}
+
+function verdictText(vd: Verdict): string {
+  return vd.kind === 'jump' ? `jump ${assertName(vd.chain)}` : vd.kind;
+}
+
+function exprText(e: Expr): string {
+  switch (e.kind) {
+    case 'match': {
+      const right = Array.isArray(e.right) ? `{ ${e.right.map(valueText).join(', ')} }` : valueText(e.right);
+      return `${selectorText(e.left)} ${e.op === '!=' ? '!= ' : ''}${right}`;
+    }
+    case 'vmap':
+      return `${e.key.map(selectorText).join(' . ')} vmap @${assertName(e.map)}`;
+    case 'counter':
+      return 'counter';
+    case 'verdict':
+      return verdictText(e.verdict);
+  }
+}
+
+function ruleText(r: Rule): string {
+  const body = r.exprs.map(exprText).join(' ');
+  return r.comment !== undefined ? `${body} comment "${safeComment(r.comment)}"` : body;
+}
+
+const PROTO_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' };
+
+function keyPartText(k: KeyPart, type?: string): string {
+  if (k.kind === 'addr') return formatRangeNft({ family: k.family, lo: k.lo, hi: k.hi });
+  if (k.lo === k.hi) return type === 'inet_proto' && PROTO_NAMES[k.lo] ? PROTO_NAMES[k.lo]! : String(k.lo);
+  return `${k.lo}-${k.hi}`;
+}
+
+/** Maps at most this big get a `# group/rule` note per element in the script (readability, not semantics). */
+const ANNOTATE_MAX = 5000;
+
+function mapLines(m: VerdictMap, out: string[], notes: ReadonlyMap<string, string>): void {
+  out.push(`\tmap ${assertName(m.name)} {`);
+  out.push(`\t\ttype ${m.keyType.join(' . ')} : verdict`);
+  out.push('\t\tflags interval');
+  if (m.comment !== undefined) out.push(`\t\tcomment "${safeComment(m.comment)}"`);
+  if (m.elements.length) {
+    out.push('\t\telements = {');
+    const last = m.elements.length - 1;
+    const annotate = m.elements.length <= ANNOTATE_MAX;
+    m.elements.forEach((el, i) => {
+      const note = annotate && el.verdict.kind === 'jump' ? notes.get(el.verdict.chain) : undefined;
+      const text = `${el.key.map((k, j) => keyPartText(k, m.keyType[j])).join(' . ')} : ${verdictText(el.verdict)}${i === last ? '' : ','}`;
+      out.push(`\t\t\t${text}${note ? ` # ${safeComment(note)}` : ''}`);
+    });
+    out.push('\t\t}');
+  }
+  out.push('\t}');
+}
+
+function chainLines(c: Chain, out: string[]): void {
+  out.push(`\tchain ${assertName(c.name)} {`);
+  if (c.base) out.push(`\t\ttype ${c.base.type} hook ${c.base.hook} priority ${c.base.priority}; policy ${c.base.policy};`);
+  if (c.comment !== undefined) out.push(`\t\tcomment "${safeComment(c.comment)}"`);
+  for (const r of c.rules) out.push(`\t\t${ruleText(r)}`);
+  out.push('\t}');
+}
+
+/**
+ * nft script that atomically replaces table `inet <name>` with `table`:
+ * create-if-missing, delete, define, all in one `nft -f` transaction.
+ */
+export function renderScript(table: Table): string {
+  const name = assertName(table.name);
+  const out: string[] = [];
+  out.push(`# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)`);
+  out.push(`table ${table.family} ${name} {}`);
+  out.push(`delete table ${table.family} ${name}`);
+  out.push(`table ${table.family} ${name} {`);
+  if (table.comment !== undefined) out.push(`\tcomment "${safeComment(table.comment)}"`);
+  const notes = new Map<string, string>();
+  for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
+  for (const m of table.maps) mapLines(m, out, notes);
+  for (const c of table.chains) chainLines(c, out);
+  out.push('}');
+  return out.join('\n') + '\n';
+}
+
+/** Script that removes our table and nothing else (no error if it is absent). */
+export function renderDeleteScript(family: 'inet', name: string): string {
+  assertName(name);
+  return `table ${family} ${name} {}\ndelete table ${family} ${name}\n`;
+}
+
+// ---- JSON (libnftables schema, `nft -j -f`) ----
+
+type Json = unknown;
+
+function valueJson(val: Value): Json {
+  switch (val.kind) {
+    case 'num':
+      return val.value;
+    case 'range':
+      valueText(val);
+      return { range: [val.lo, val.hi] };
+    case 'sym':
+      valueText(val);
+      return val.value;
+    case 'addr': {
+      const text = valueText(val);
+      const slash = text.indexOf('/');
+      if (slash >= 0) return { prefix: { addr: text.slice(0, slash), len: Number(text.slice(slash + 1)) } };
+      const dash = text.indexOf('-');
+      if (dash >= 0) return { range: [text.slice(0, dash), text.slice(dash + 1)] };
+      return text;
+    }
+    case 'str':
+      valueText(val);
+      return val.value;
+  }
+}
+
+function selectorJson(s: Selector): Json {
+  switch (s.kind) {
+    case 'meta':
+      return { meta: { key: s.key } };
+    case 'payload':
+      return { payload: { protocol: s.proto, field: s.field } };
+    case 'ct':
+      return { ct: { key: s.key } };
+  }
+}
+
+function verdictJson(vd: Verdict): Json {
+  return vd.kind === 'jump' ? { jump: { target: assertName(vd.chain) } } : { [vd.kind]: null };
+}
+
+function exprJson(e: Expr): Json {
+  switch (e.kind) {
+    case 'match':
+      return {
+        match: {
+          op: e.op,
+          left: selectorJson(e.left),
+          right: Array.isArray(e.right) ? { set: e.right.map(valueJson) } : valueJson(e.right),
+        },
+      };
+    case 'vmap':
+      return {
+        vmap: { key: e.key.length === 1 ? selectorJson(e.key[0]!) : { concat: e.key.map(selectorJson) }, data: `@${assertName(e.map)}` },
+      };
+    case 'counter':
+      return { counter: { packets: 0, bytes: 0 } };
+    case 'verdict':
+      return verdictJson(e.verdict);
+  }
+}
+
+function keyPartJson(k: KeyPart): Json {
+  if (k.kind === 'num') return k.lo === k.hi ? k.lo : { range: [k.lo, k.hi] };
+  const text = keyPartText(k);
+  const slash = text.indexOf('/');
+  if (slash >= 0) return { prefix: { addr: text.slice(0, slash), len: Number(text.slice(slash + 1)) } };
+  const dash = text.indexOf('-');
+  if (dash >= 0) return { range: [text.slice(0, dash), text.slice(dash + 1)] };
+  return text;
+}
+
+/** The same transaction as `renderScript`, as libnftables JSON. */
+export function renderJson(table: Table): { nftables: Json[] } {
+  const family = table.family;
+  const tname = assertName(table.name);
+  const cmds: Json[] = [];
+  cmds.push({ add: { table: { family, name: tname } } });
+  cmds.push({ delete: { table: { family, name: tname } } });
+  cmds.push({ add: { table: { family, name: tname, ...(table.comment !== undefined ? { comment: safeComment(table.comment) } : {}) } } });
+  for (const m of table.maps) {
+    const map: Record<string, Json> = { family, table: tname, name: assertName(m.name), type: m.keyType.length === 1 ? m.keyType[0] : m.keyType, map: 'verdict', flags: ['interval'] };
+    if (m.comment !== undefined) map.comment = safeComment(m.comment);
+    if (m.elements.length) {
+      map.elem = m.elements.map((el) => [el.key.length === 1 ? keyPartJson(el.key[0]!) : { concat: el.key.map(keyPartJson) }, verdictJson(el.verdict)]);
+    }
+    cmds.push({ add: { map } });
+  }
+  for (const c of table.chains) {
+    const chain: Record<string, Json> = { family, table: tname, name: assertName(c.name) };
+    if (c.base) Object.assign(chain, { type: c.base.type, hook: c.base.hook, prio: c.base.priority, policy: c.base.policy });
+    if (c.comment !== undefined) chain.comment = safeComment(c.comment);
+    cmds.push({ add: { chain } });
+  }
+  for (const c of table.chains) {
+    for (const r of c.rules) {
+      const rule: Record<string, Json> = { family, table: tname, chain: c.name, expr: r.exprs.map(exprJson) };
+      if (r.comment !== undefined) rule.comment = safeComment(r.comment);
+      cmds.push({ add: { rule } });
+    }
+  }
+  return { nftables: cmds };
+}

@@ -1,0 +1,189 @@
+/**
+ * IP address arithmetic on bigints: parsing of addresses, CIDRs and ranges into
+ * closed intervals, interval merging and formatting. Pure; used by the schema,
+ * the evaluator, the compiler and the probes.
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+
+export type Family = 4 | 6;
+
+/** A closed interval [lo, hi] of addresses of one family. */
+export interface AddrRange {
+  family: Family;
+  lo: bigint;
+  hi: bigint;
+}
+
+export const FAMILY_BITS: Record<Family, number> = { 4: 32, 6: 128 };
+export const FAMILY_MAX: Record<Family, bigint> = { 4: (1n << 32n) - 1n, 6: (1n << 128n) - 1n };
+
+export function ipFamily(text: string): Family | null {
+  if (isIPv4(text)) return 4;
+  if (isIPv6(text) && !text.includes('%')) return 6;
+  return null;
+}
+
+function parseV4(text: string): bigint {
+  return text.split('.').reduce((acc, part) => (acc << 8n) | BigInt(Number(part)), 0n);
+}
+
+function parseV6(text: string): bigint {
+  let s = text;
+  let tail: number[] = [];
+  const lastColon = s.lastIndexOf(':');
+  const tailPart = s.slice(lastColon + 1);
+  if (tailPart.includes('.')) {
+    const v4 = Number(parseV4(tailPart));
+    tail = [(v4 >>> 16) & 0xffff, v4 & 0xffff];
+    s = s.slice(0, lastColon + 1) + '0';
+    // the placeholder group is dropped again below
+  }
+  const [head, rest] = s.includes('::') ? (s.split('::') as [string, string]) : [s, undefined];
+  const h = head ? head.split(':').map((g) => parseInt(g, 16)) : [];
+  const r = rest !== undefined && rest !== '' ? rest.split(':').map((g) => parseInt(g, 16)) : [];
+  if (tail.length) {
+    (r.length ? r : h).pop();
+  }
+  const groups =
+    rest === undefined ? [...h, ...tail] : [...h, ...new Array(8 - h.length - r.length - tail.length).fill(0), ...r, ...tail];
+  return groups.reduce((acc: bigint, g: number) => (acc << 16n) | BigInt(g), 0n);
+}
+
+/** Parses a bare IPv4/IPv6 address; throws on anything else. */
+export function parseIp(text: string): { family: Family; value: bigint } {
+  const family = ipFamily(text);
+  if (family === 4) return { family, value: parseV4(text) };
+  if (family === 6) return { family, value: parseV6(text) };
+  throw new Error(`"${text}" is not an IP address`);
+}
+
+export function formatIp(family: Family, value: bigint): string {
+  if (family === 4) {
+    return [24n, 16n, 8n, 0n].map((s) => ((value >> s) & 0xffn).toString()).join('.');
+  }
+  const groups: number[] = [];
+  for (let i = 7; i >= 0; i--) groups.push(Number((value >> BigInt(i * 16)) & 0xffffn));
+  // RFC 5952: compress the longest run (>= 2) of zero groups, leftmost on ties.
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestLen < 2) return hex.join(':');
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+}
+
+/** Canonical text of an address (lower-case, compressed IPv6). */
+export function canonicalIp(text: string): string {
+  const { family, value } = parseIp(text);
+  return formatIp(family, value);
+}
+
+export type ParsedPrefix = { ok: true; range: AddrRange } | { ok: false; error: string };
+
+/**
+ * Parses `a.b.c.d`, `a.b.c.d/n`, IPv6 equivalents and (when `allowRange`)
+ * `first-last`. Host bits set in a CIDR are accepted and masked (as the clouds do).
+ */
+export function parsePrefix(text: string, opts: { allowRange?: boolean } = {}): ParsedPrefix {
+  if (typeof text !== 'string' || text.length === 0 || text.length > 100) return { ok: false, error: `"${String(text)}" is not an IP address or CIDR` };
+  const dash = text.indexOf('-');
+  if (dash >= 0) {
+    if (!opts.allowRange) return { ok: false, error: `"${text}" is a range; only an IP address or CIDR is allowed here` };
+    const a = text.slice(0, dash).trim();
+    const b = text.slice(dash + 1).trim();
+    const fa = ipFamily(a);
+    const fb = ipFamily(b);
+    if (!fa || !fb) return { ok: false, error: `"${text}" is not a range of two IP addresses "first-last"` };
+    if (fa !== fb) return { ok: false, error: `"${text}" mixes IPv4 and IPv6` };
+    const lo = parseIp(a).value;
+    const hi = parseIp(b).value;
+    if (lo > hi) return { ok: false, error: `"${text}": the first address is greater than the last` };
+    return { ok: true, range: { family: fa, lo, hi } };
+  }
+  const slash = text.indexOf('/');
+  const addr = slash >= 0 ? text.slice(0, slash) : text;
+  const family = ipFamily(addr);
+  if (!family) return { ok: false, error: `"${text}" is not an IP address or CIDR` };
+  const bits = FAMILY_BITS[family];
+  let len = bits;
+  if (slash >= 0) {
+    const lenText = text.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(lenText) || Number(lenText) > bits) {
+      return { ok: false, error: `"${text}" has an invalid prefix length (0-${bits})` };
+    }
+    len = Number(lenText);
+  }
+  const value = parseIp(addr).value;
+  const hostBits = BigInt(bits - len);
+  const lo = (value >> hostBits) << hostBits;
+  const hi = lo | ((1n << hostBits) - 1n);
+  return { ok: true, range: { family, lo, hi } };
+}
+
+export function prefixRange(text: string, allowRange = true): AddrRange {
+  const p = parsePrefix(text, { allowRange });
+  if (!p.ok) throw new Error(p.error);
+  return p.range;
+}
+
+export function fullRange(family: Family): AddrRange {
+  return { family, lo: 0n, hi: FAMILY_MAX[family] };
+}
+
+/** Sorts and merges overlapping or adjacent intervals of one family. */
+export function mergeRanges(ranges: readonly AddrRange[]): AddrRange[] {
+  const sorted = [...ranges].sort((a, b) => (a.family !== b.family ? a.family - b.family : a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
+  const out: AddrRange[] = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last && last.family === r.family && r.lo <= last.hi + 1n) {
+      if (r.hi > last.hi) last.hi = r.hi;
+    } else {
+      out.push({ ...r });
+    }
+  }
+  return out;
+}
+
+export function rangeContains(r: AddrRange, family: Family, value: bigint): boolean {
+  return r.family === family && r.lo <= value && value <= r.hi;
+}
+
+/** Largest CIDR blocks covering exactly [lo, hi]; used to print ranges readably. */
+export function rangeToCidrs(r: AddrRange): string[] {
+  const bits = FAMILY_BITS[r.family];
+  const out: string[] = [];
+  let lo = r.lo;
+  while (lo <= r.hi) {
+    let size = 0;
+    while (size < bits) {
+      const next = size + 1;
+      const mask = (1n << BigInt(next)) - 1n;
+      if ((lo & mask) !== 0n || lo + mask > r.hi) break;
+      size = next;
+    }
+    out.push(`${formatIp(r.family, lo)}/${bits - size}`);
+    lo += 1n << BigInt(size);
+  }
+  return out;
+}
+
+/** nft element text for a range: `a.b.c.d`, `a.b.c.d/n` or `first-last`. */
+export function formatRangeNft(r: AddrRange): string {
+  if (r.lo === r.hi) return formatIp(r.family, r.lo);
+  const cidrs = rangeToCidrs(r);
+  if (cidrs.length === 1) return cidrs[0]!;
+  return `${formatIp(r.family, r.lo)}-${formatIp(r.family, r.hi)}`;
+}

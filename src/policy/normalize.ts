@@ -1,0 +1,150 @@
+/**
+ * The policy in the form the compiler and the port-status code work with:
+ * rules flattened in match order (SEMANTICS section 2), protocols as numbers,
+ * ports and peers as merged intervals. Input must have passed `parsePolicy`.
+ */
+import { mergeRanges, parseIp, prefixRange, fullRange, type AddrRange, type Family } from './address.js';
+import { parseMultiport, parseProtocol, type Policy, type PortRange } from './schema.js';
+
+export type Remote =
+  | { kind: 'any' }
+  | { kind: 'prefix'; prefix: string }
+  | { kind: 'group'; id: string }
+  | { kind: 'address_group'; id: string };
+
+export interface NormalizedRule {
+  groupId: string;
+  groupIndex: number;
+  ruleId: string;
+  /** index of the rule in its group's `rules` array */
+  ruleIndex: number;
+  direction: 'ingress' | 'egress';
+  priority: number;
+  action: 'allow' | 'deny';
+  family: Family;
+  /** IP protocol number, null = all protocols */
+  protocol: number | null;
+  /** merged destination-port ranges; null = all ports */
+  ports: PortRange[] | null;
+  /** the rule's multiport text, for display */
+  multiport: string | null;
+  icmpType: number | null;
+  icmpCode: number | null;
+  remote: Remote;
+  /** merged peer address intervals of the rule's family; empty = matches nothing */
+  peers: AddrRange[];
+}
+
+export function mergePorts(ranges: readonly PortRange[]): PortRange[] {
+  const sorted = [...ranges].sort((a, b) => a[0] - b[0]);
+  const out: PortRange[] = [];
+  for (const [a, b] of sorted) {
+    const last = out[out.length - 1];
+    if (last && a <= last[1] + 1) last[1] = Math.max(last[1], b);
+    else out.push([a, b]);
+  }
+  return out;
+}
+
+/** Peer intervals of a remote, per family, with references resolved against the document. */
+export function resolvePeers(policy: Policy, family: Family, remote: Remote): AddrRange[] {
+  switch (remote.kind) {
+    case 'any':
+      return [fullRange(family)];
+    case 'prefix':
+      return [prefixRange(remote.prefix, false)];
+    case 'group': {
+      const members = policy.group_members[remote.id] ?? [];
+      const ranges: AddrRange[] = [];
+      for (const m of members) {
+        const ip = parseIp(m);
+        if (ip.family === family) ranges.push({ family, lo: ip.value, hi: ip.value });
+      }
+      return mergeRanges(ranges);
+    }
+    case 'address_group': {
+      const ag = policy.address_groups.find((a) => a.id === remote.id);
+      if (!ag || ag.ip_version !== family) return [];
+      return mergeRanges(ag.ip_set.map((e) => prefixRange(e, true)));
+    }
+  }
+}
+
+/** Total order of rules inside one group: priority ascending, deny before allow, then document order. */
+export function compareInGroup(a: Pick<NormalizedRule, 'priority' | 'action' | 'ruleIndex'>, b: typeof a): number {
+  if (a.priority !== b.priority) return a.priority - b.priority;
+  if (a.action !== b.action) return a.action === 'deny' ? -1 : 1;
+  return a.ruleIndex - b.ruleIndex;
+}
+
+/** Every rule of the policy, in match order: groups in association order, then `compareInGroup`. */
+export function normalizeRules(policy: Policy): NormalizedRule[] {
+  const out: NormalizedRule[] = [];
+  policy.security_groups.forEach((g, groupIndex) => {
+    const rules: NormalizedRule[] = g.rules.map((r, ruleIndex) => {
+      const family: Family = r.ethertype === 'IPv6' ? 6 : 4;
+      const proto = parseProtocol(r.protocol);
+      if (!proto.ok) throw new Error(`unvalidated policy: ${proto.error}`);
+      let ports: PortRange[] | null = null;
+      if (r.multiport) {
+        const mp = parseMultiport(r.multiport);
+        if (!mp.ok) throw new Error(`unvalidated policy: ${mp.error}`);
+        ports = mergePorts(mp.ranges);
+      }
+      const remote: Remote = r.remote_ip_prefix
+        ? { kind: 'prefix', prefix: r.remote_ip_prefix }
+        : r.remote_group_id
+          ? { kind: 'group', id: r.remote_group_id }
+          : r.remote_address_group_id
+            ? { kind: 'address_group', id: r.remote_address_group_id }
+            : { kind: 'any' };
+      return {
+        groupId: g.id,
+        groupIndex,
+        ruleId: r.id,
+        ruleIndex,
+        direction: r.direction,
+        priority: r.priority,
+        action: r.action,
+        family,
+        protocol: proto.proto,
+        ports,
+        multiport: r.multiport || null,
+        icmpType: r.icmp_type ?? null,
+        icmpCode: r.icmp_code ?? null,
+        remote,
+        peers: resolvePeers(policy, family, remote),
+      };
+    });
+    rules.sort(compareInGroup);
+    out.push(...rules);
+  });
+  return out;
+}
+
+export function protocolName(p: number | null): string {
+  if (p === null) return 'all';
+  return ({ 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' } as Record<number, string>)[p] ?? String(p);
+}
+
+export function remoteText(r: Remote, family: Family): string {
+  switch (r.kind) {
+    case 'any':
+      return family === 4 ? '0.0.0.0/0' : '::/0';
+    case 'prefix':
+      return r.prefix;
+    case 'group':
+      return `group ${r.id}`;
+    case 'address_group':
+      return `address group ${r.id}`;
+  }
+}
+
+/** One-line human summary: `ingress allow IPv4 tcp 80,443 from 0.0.0.0/0`. */
+export function describeRule(r: NormalizedRule): string {
+  const parts = [r.direction, r.action, `IPv${r.family}`, protocolName(r.protocol)];
+  if (r.multiport) parts.push(r.multiport);
+  if (r.icmpType !== null) parts.push(`type ${r.icmpType}${r.icmpCode !== null ? ` code ${r.icmpCode}` : ''}`);
+  parts.push(r.direction === 'ingress' ? 'from' : 'to', remoteText(r.remote, r.family));
+  return parts.join(' ');
+}
