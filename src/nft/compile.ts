@@ -113,9 +113,26 @@ export function rulesOverlap(a: NormalizedRule, b: NormalizedRule): boolean {
   return rangesIntersect(a.peers, b.peers);
 }
 
-/** Layer per rule (see the file comment); null for rules that match nothing. */
+/** Port space is cut into blocks so that a rule is only compared with earlier rules sharing a block. */
+const PORT_BLOCK = 1024;
+
+/**
+ * Layer per rule (see the file comment); null for rules that match nothing.
+ * Only pairs that can overlap by protocol and port block are compared, so
+ * typical policies cost far less than all pairs.
+ */
 export function assignLayers(rules: readonly NormalizedRule[]): (number | null)[] {
   const layers: (number | null)[] = [];
+  const anyProto: number[] = [];
+  const byProto = new Map<number, { allPorts: number[]; blocks: Map<number, number[]> }>();
+  const stamp = new Int32Array(rules.length).fill(-1);
+  const consider = (i: number, j: number, current: number): number => {
+    if (stamp[j] === i) return current;
+    stamp[j] = i;
+    const lj = layers[j];
+    if (lj === null || lj === undefined || lj < current) return current;
+    return rulesOverlap(rules[j]!, rules[i]!) ? lj + 1 : current;
+  };
   for (let i = 0; i < rules.length; i++) {
     const r = rules[i]!;
     if (r.peers.length === 0) {
@@ -123,12 +140,40 @@ export function assignLayers(rules: readonly NormalizedRule[]): (number | null)[
       continue;
     }
     let layer = 0;
-    for (let j = 0; j < i; j++) {
-      const lj = layers[j];
-      if (lj === null || lj === undefined || lj < layer) continue;
-      if (rulesOverlap(rules[j]!, r)) layer = lj + 1;
+    if (r.protocol === null) {
+      for (let j = 0; j < i; j++) layer = consider(i, j, layer);
+    } else {
+      for (const j of anyProto) layer = consider(i, j, layer);
+      const idx = byProto.get(r.protocol);
+      if (idx) {
+        for (const j of idx.allPorts) layer = consider(i, j, layer);
+        if (r.ports === null) {
+          for (const list of idx.blocks.values()) for (const j of list) layer = consider(i, j, layer);
+        } else {
+          for (const [a, b] of r.ports) {
+            for (let blk = Math.floor(a / PORT_BLOCK); blk <= Math.floor(b / PORT_BLOCK); blk++) {
+              for (const j of idx.blocks.get(blk) ?? []) layer = consider(i, j, layer);
+            }
+          }
+        }
+      }
     }
     layers.push(layer);
+    if (r.protocol === null) anyProto.push(i);
+    else {
+      let idx = byProto.get(r.protocol);
+      if (!idx) byProto.set(r.protocol, (idx = { allPorts: [], blocks: new Map() }));
+      if (r.ports === null) idx.allPorts.push(i);
+      else {
+        const blocks = new Set<number>();
+        for (const [a, b] of r.ports) for (let blk = Math.floor(a / PORT_BLOCK); blk <= Math.floor(b / PORT_BLOCK); blk++) blocks.add(blk);
+        for (const blk of blocks) {
+          let list = idx.blocks.get(blk);
+          if (!list) idx.blocks.set(blk, (list = []));
+          list.push(i);
+        }
+      }
+    }
   }
   return layers;
 }

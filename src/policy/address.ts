@@ -24,7 +24,8 @@ export function ipFamily(text: string): Family | null {
 }
 
 function parseV4(text: string): bigint {
-  return text.split('.').reduce((acc, part) => (acc << 8n) | BigInt(Number(part)), 0n);
+  const [a, b, c, d] = text.split('.').map(Number) as [number, number, number, number];
+  return BigInt(((a << 24) >>> 0) + (b << 16) + (c << 8) + d);
 }
 
 function parseV6(text: string): bigint {
@@ -59,7 +60,8 @@ export function parseIp(text: string): { family: Family; value: bigint } {
 
 export function formatIp(family: Family, value: bigint): string {
   if (family === 4) {
-    return [24n, 16n, 8n, 0n].map((s) => ((value >> s) & 0xffn).toString()).join('.');
+    const n = Number(value);
+    return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
   }
   const groups: number[] = [];
   for (let i = 7; i >= 0; i--) groups.push(Number((value >> BigInt(i * 16)) & 0xffffn));
@@ -183,6 +185,10 @@ export function rangeToCidrs(r: AddrRange): string[] {
 /** nft element text for a range: `a.b.c.d`, `a.b.c.d/n` or `first-last`. */
 export function formatRangeNft(r: AddrRange): string {
   if (r.lo === r.hi) return formatIp(r.family, r.lo);
+  const size = r.hi - r.lo + 1n;
+  if ((size & (size - 1n)) === 0n && (r.lo & (size - 1n)) === 0n) {
+    return `${formatIp(r.family, r.lo)}/${FAMILY_BITS[r.family] - size.toString(2).length + 1}`;
+  }
   const cidrs = rangeToCidrs(r);
   if (cidrs.length === 1) return cidrs[0]!;
   return `${formatIp(r.family, r.lo)}-${formatIp(r.family, r.hi)}`;

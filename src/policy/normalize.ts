@@ -80,6 +80,14 @@ export function compareInGroup(a: Pick<NormalizedRule, 'priority' | 'action' | '
 /** Every rule of the policy, in match order: groups in association order, then `compareInGroup`. */
 export function normalizeRules(policy: Policy): NormalizedRule[] {
   const out: NormalizedRule[] = [];
+  // Many rules share a remote (a group, an address group): resolve each once.
+  const peerCache = new Map<string, AddrRange[]>();
+  const peersOf = (family: Family, remote: Remote): AddrRange[] => {
+    const key = `${family}|${remote.kind}|${remote.kind === 'prefix' ? remote.prefix : remote.kind === 'any' ? '' : remote.id}`;
+    let peers = peerCache.get(key);
+    if (!peers) peerCache.set(key, (peers = resolvePeers(policy, family, remote)));
+    return peers;
+  };
   policy.security_groups.forEach((g, groupIndex) => {
     const rules: NormalizedRule[] = g.rules.map((r, ruleIndex) => {
       const family: Family = r.ethertype === 'IPv6' ? 6 : 4;
@@ -113,7 +121,7 @@ export function normalizeRules(policy: Policy): NormalizedRule[] {
         icmpType: r.icmp_type ?? null,
         icmpCode: r.icmp_code ?? null,
         remote,
-        peers: resolvePeers(policy, family, remote),
+        peers: peersOf(family, remote),
       };
     });
     rules.sort(compareInGroup);
