@@ -1,0 +1,42 @@
+/**
+ * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
+ * prints one table per part and writes bench/results/latest.json.
+ * Parts: render (more are registered as they exist).
+ */
+import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { runRenderBench } from './render.js';
+
+type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
+
+const PARTS: Part[] = [
+  {
+    name: 'render',
+    what: 'compile + render of synthetic policies (reference: validation alone), one child process per size',
+    run: () => runRenderBench() as unknown as Record<string, unknown>[],
+  },
+];
+
+async function main(): Promise<void> {
+  const wanted = process.argv.slice(2).filter((a) => !a.startsWith('-'));
+  const unknown = wanted.filter((w) => !PARTS.some((p) => p.name === w));
+  if (unknown.length) {
+    console.error(`unknown part(s): ${unknown.join(', ')}; parts: ${PARTS.map((p) => p.name).join(', ')}`);
+    process.exit(2);
+  }
+  const parts = wanted.length ? PARTS.filter((p) => wanted.includes(p.name)) : PARTS;
+  const file = 'bench/results/latest.json';
+  const results: Record<string, unknown> = existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : {};
+  for (const p of parts) {
+    console.log(`\n## ${p.name}: ${p.what}`);
+    const t0 = performance.now();
+    const rows = await p.run();
+    console.table(rows);
+    console.log(`(${p.name}: ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    results[p.name] = { at: new Date().toISOString(), rows };
+  }
+  mkdirSync('bench/results', { recursive: true });
+  writeFileSync(file, JSON.stringify(results, null, 2) + '\n');
+  console.log(`\nwritten ${file}`);
+}
+
+await main();
