@@ -46,7 +46,8 @@ case $deps in
     [[ -d $repo/node_modules ]] || die "$repo/node_modules missing; run 'npm ci' first"
     # Production dependency dirs, relative to the repo, without those nested in
     # another listed dir (copying the parent brings them along).
-    (cd "$repo" && npm ls --omit=dev --all --parseable 2>/dev/null || true) |
+    # npm ls exits non-zero on any extraneous/invalid package; the list is still complete.
+    { cd "$repo" && { npm ls --omit=dev --all --parseable 2>/dev/null || true; }; } |
       sed -n "s|^$repo/||p" | grep '^node_modules/' | LC_ALL=C sort -u |
       awk 'prev == "" || index($0, prev "/") != 1 { print; prev = $0 }' >"$ctx/deps.txt"
     [[ -s $ctx/deps.txt ]] || die "npm ls found no production dependencies"

@@ -4,7 +4,9 @@
 #
 #   docker/engine.sh          install docker.io if missing, start dockerd if no
 #                             engine answers, wait for `docker info`
-#   docker/engine.sh --stop   stop the dockerd this script started (only that one)
+#   docker/engine.sh --stop   remove containers and networks labelled
+#                             org.secgroup.test, then stop the dockerd this
+#                             script started (only that one)
 #
 # The daemon runs with docker/daemon.json (see docker/README.md): no iptables or
 # ip6tables rules, no ip_forward change, no masquerading, no default docker0
@@ -16,6 +18,7 @@
 #   SECGROUP_DOCKERD_TIMEOUT   seconds to wait for `docker info` (default 60)
 #   SECGROUP_DOCKER_STORAGE_DRIVER  force a storage driver (default: dockerd's
 #                              choice, overlay2 on ext4; vfs works anywhere, slowly)
+#   SECGROUP_ALLOW_FORWARDING=1  start even though the root namespace forwards
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,6 +33,23 @@ say() { printf 'engine.sh: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
 engine_up() { docker info >/dev/null 2>&1; }
+
+check_forwarding() {
+  # With iptables off, Docker's --internal adds no isolation of its own: a
+  # container's default route points at the bridge in the root namespace, and
+  # only the root namespace not forwarding keeps its packets from leaving the
+  # machine. So refuse to run containers on a machine that forwards.
+  local v4 v6
+  v4="$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null || echo 0)"
+  v6="$(cat /proc/sys/net/ipv6/conf/all/forwarding 2>/dev/null || echo 0)"
+  if [[ $v4 != 0 || $v6 != 0 ]]; then
+    if [[ ${SECGROUP_ALLOW_FORWARDING:-} == 1 ]]; then
+      say "warning: the root namespace forwards (ipv4 $v4, ipv6 $v6); containers on test networks could reach beyond this machine"
+    else
+      die "the root namespace forwards packets (net.ipv4.ip_forward=$v4, net.ipv6.conf.all.forwarding=$v6): with dockerd's iptables off, test containers could send beyond this machine. Not changing it for you; SECGROUP_ALLOW_FORWARDING=1 overrides"
+    fi
+  fi
+}
 
 our_pid() {
   # Prints the pid from the marker if that process is still a dockerd.
@@ -51,6 +71,25 @@ stop() {
       say "no dockerd started by this script is running"
     fi
     return 0
+  fi
+  # Stopping dockerd kills the containers, but a network's bridge (and its
+  # IPv6 gateway address) stays in the root namespace until the network is
+  # removed through a running engine. Remove what the tests labelled; name
+  # any other network that is left.
+  local ids
+  mapfile -t ids < <(docker ps -aq --filter label=org.secgroup.test 2>/dev/null || true)
+  if ((${#ids[@]} > 0)); then
+    say "removing test containers: ${ids[*]}"
+    docker rm -f "${ids[@]}" >/dev/null || true
+  fi
+  mapfile -t ids < <(docker network ls -q --filter label=org.secgroup.test 2>/dev/null || true)
+  if ((${#ids[@]} > 0)); then
+    say "removing test networks: ${ids[*]}"
+    docker network rm "${ids[@]}" >/dev/null || true
+  fi
+  mapfile -t ids < <(docker network ls --filter type=custom --format '{{.Name}}' 2>/dev/null || true)
+  if ((${#ids[@]} > 0)); then
+    say "warning: networks left (their bridges stay in the root namespace): ${ids[*]}"
   fi
   say "stopping dockerd (pid $pid)"
   kill -TERM "$pid"
@@ -93,6 +132,7 @@ install_engine() {
 }
 
 start() {
+  check_forwarding
   if engine_up; then
     say "engine already answers: $(docker info --format '{{.ServerVersion}}, storage {{.Driver}}, cgroup v{{.CgroupVersion}}' 2>/dev/null)"
     if ! our_pid >/dev/null; then
@@ -146,6 +186,6 @@ start() {
 case "${1:-}" in
   "") start ;;
   --stop) stop ;;
-  -h | --help) sed -n '2,18p' "$0" ;;
+  -h | --help) sed -n '2,21p' "$0" ;;
   *) die "unknown argument: $1 (use --stop or nothing)" ;;
 esac
