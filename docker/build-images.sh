@@ -6,8 +6,8 @@
 #
 # The build context is staged (not the repo root, whose node_modules is 200 MB
 # of mostly dev tools): app/dist, app/package.json ("type": "module") and
-# app/node_modules with the production dependencies only, copied from the
-# local node_modules (same Node 20 and glibc as the image, so native addons
+# app/node_modules with the production dependencies only (docker/prod-deps.mjs),
+# copied from the local node_modules (same Node 20 and glibc as the image, so native addons
 # load). Images are built with the classic builder (DOCKER_BUILDKIT=0): the
 # docker client here has no buildx.
 #
@@ -46,11 +46,9 @@ case $deps in
     [[ -d $repo/node_modules ]] || die "$repo/node_modules missing; run 'npm ci' first"
     # Production dependency dirs, relative to the repo, without those nested in
     # another listed dir (copying the parent brings them along).
-    # npm ls exits non-zero on any extraneous/invalid package; the list is still complete.
-    { cd "$repo" && { npm ls --omit=dev --all --parseable 2>/dev/null || true; }; } |
-      sed -n "s|^$repo/||p" | grep '^node_modules/' | LC_ALL=C sort -u |
+    { node "$here/prod-deps.mjs" "$repo" || die "cannot list the production dependencies"; } | LC_ALL=C sort -u |
       awk 'prev == "" || index($0, prev "/") != 1 { print; prev = $0 }' >"$ctx/deps.txt"
-    [[ -s $ctx/deps.txt ]] || die "npm ls found no production dependencies"
+    [[ -s $ctx/deps.txt ]] || die "no production dependencies found"
     # -h: node_modules may be a symlink (git worktrees share the main checkout's).
     tar -C "$repo" -h -cf - -T "$ctx/deps.txt" | tar -C "$ctx/app" -xf -
     ;;
