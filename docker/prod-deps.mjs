@@ -8,6 +8,8 @@
 //   node docker/prod-deps.mjs [repo]
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
+import process from 'node:process';
+import console from 'node:console';
 
 const repo = path.resolve(process.argv[2] ?? '.');
 const readPkg = (dir) => JSON.parse(readFileSync(path.join(repo, dir, 'package.json'), 'utf8'));
