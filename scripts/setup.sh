@@ -20,7 +20,8 @@ need_node() {
 
 pkgs=(nftables iproute2 ca-certificates)
 if [[ ${1:-} == --tests ]]; then
-  pkgs+=(python3 net-tools debootstrap docker.io systemd)
+  # the Docker engine is installed and started by docker/engine.sh (inert settings)
+  pkgs+=(python3 net-tools debootstrap systemd iputils-ping)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
