@@ -622,7 +622,9 @@ function ownerAlive(name: string): boolean {
   const m = /^sgt-(\d+)-/.exec(name);
   if (!m) return true; // not ours to judge
   const pid = Number(m[1]);
-  if (pid === process.pid) return [...liveLabs].some((l) => l.ns.host === name || l.ns.client === name);
+  // Our own pid: never judge. Other vitest workers may be threads of this very
+  // process, with labs this module instance does not know about.
+  if (pid === process.pid) return true;
   const started = processStartMs(pid);
   if (started === undefined) return false;
   let created: number;
@@ -638,8 +640,9 @@ function ownerAlive(name: string): boolean {
 /**
  * Removes namespaces left behind by crashed runs: names starting with
  * `prefix` (default `sgt-`) of the form `sgt-<pid>-...` whose creating
- * process is gone (or is not a live lab of this process). Namespaces of live
- * runs are left alone (runs are assumed to share one PID namespace).
+ * process is gone (or whose pid now belongs to a younger process). Namespaces
+ * of live runs, of this process, and names without a pid are left alone
+ * (runs are assumed to share one PID namespace, as they do on CI).
  * Returns the names removed.
  */
 export async function cleanupLeftovers(prefix = HARNESS_PREFIX): Promise<string[]> {
