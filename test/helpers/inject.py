@@ -113,6 +113,24 @@ def transport(probe: dict, src: bytes, dst: bytes) -> bytes:
         if csum == 0:
             csum = 0xFFFF
         return seg[:6] + struct.pack('!H', csum) + seg[8:]
+    if proto == 136:  # UDP-Lite, checksum coverage 0 = the whole datagram
+        payload = b'sgt-probe'
+        length = 8 + len(payload)
+        seg = struct.pack('!HHHH', sport, dport, 0, 0) + payload
+        # Linux conntrack verifies UDP-Lite checksums (at prerouting) with
+        # IPPROTO_UDP in the pseudo-header (udplite_error -> nf_checksum_partial);
+        # a checksum that is right by RFC 3828 makes the probe ct state invalid.
+        # Conntrack is what the ruleset sees, so satisfy conntrack.
+        csum = inet_checksum(pseudo_header(family, src, dst, 17, length) + seg) or 0xFFFF
+        return seg[:6] + struct.pack('!H', csum) + seg[8:]
+    if proto == 33:  # DCCP-Request: generic header with 48-bit sequence number + service code
+        doff = 5  # 20 bytes, in 32-bit words
+        seq = 0x5EC000000000 + tag
+        hdr = struct.pack('!HHBBH', sport, dport, doff, 0, 0)
+        hdr += struct.pack('!BBHI', (0 << 1) | 1, 0, (seq >> 32) & 0xFFFF, seq & 0xFFFFFFFF)  # type Request, X=1
+        hdr += struct.pack('!I', 0)  # service code
+        csum = inet_checksum(pseudo_header(family, src, dst, 33, len(hdr)) + hdr)
+        return hdr[:6] + struct.pack('!H', csum) + hdr[8:]
     if proto == 132:  # SCTP common header (vtag 0) + INIT chunk
         init = struct.pack('!BBHIIHHI', 1, 0, 20, 0x5EC00000 + tag, 65535, 1, 1, 1 + tag)
         pkt = struct.pack('!HHII', sport, dport, 0, 0) + init

@@ -176,6 +176,9 @@ export interface Probe {
   tag: number;
 }
 
+/** Protocols whose probes carry ports: tcp, udp, sctp, dccp, udplite. */
+export const PORT_PROTOCOLS: ReadonlySet<number> = new Set([6, 17, 132, 33, 136]);
+
 /** IPv6 next-header values that the kernel parses as extension headers, so an opaque payload would be malformed. */
 const IPV6_EXTENSION_HEADERS = new Set([0, 43, 44, 51, 60]);
 
@@ -213,7 +216,7 @@ export function unsupportedReason(p: Packet, ctx: ProbeContext): string | undefi
     return `ingress dst ${p.dst} is not an address of the host namespace (${ctx.hostAddrs.join(', ')}); add it with createLab({ extraHostAddrs })`;
   }
   if (p.direction === 'egress' && isHost(p.dst)) return `egress dst ${p.dst} is the host itself (would be loopback)`;
-  if (p.protocol === 6 || p.protocol === 17 || p.protocol === 132) {
+  if (PORT_PROTOCOLS.has(p.protocol)) {
     if (p.sport !== undefined && !isInt(p.sport, 0, 65535)) return `sport must be 0..65535`;
     if (p.dport !== undefined && !isInt(p.dport, 0, 65535)) return `dport must be 0..65535`;
   }
@@ -227,7 +230,7 @@ export function unsupportedReason(p: Packet, ctx: ProbeContext): string | undefi
 
 export function toProbe(p: Packet, tag: number): Probe {
   const probe: Probe = { direction: p.direction, family: p.family, protocol: p.protocol, src: p.src, dst: p.dst, tag };
-  if (p.protocol === 6 || p.protocol === 17 || p.protocol === 132) {
+  if (PORT_PROTOCOLS.has(p.protocol)) {
     if (p.sport !== undefined) probe.sport = p.sport;
     if (p.dport !== undefined) probe.dport = p.dport;
   }

@@ -207,6 +207,20 @@ describeKernel('kernel harness: observe()', () => {
     expect(res.every((o) => o.accepted)).toBe(true);
   });
 
+  it('builds headers conntrack accepts as new for the other tracked protocols (dccp 33, udplite 136) and opaque ones', async () => {
+    const protos = [33, 136, 47, 4, 41, 50, 89, 103, 253];
+    const packets = [4, 6].flatMap((f) =>
+      protos.flatMap((proto) => {
+        const family = f as 4 | 6;
+        const peer = family === 4 ? '198.18.3.3' : 'fd00:5ec::3:3';
+        return [ing(family, proto, peer, { sport: 1234, dport: 80 }), egr(family, proto, peer, { sport: 1234, dport: 80 })];
+      }),
+    );
+    const res = await lab().observeDetailed(packets);
+    const notNew = res.flatMap((o, i) => (o.ctState === 'new' ? [] : [`${JSON.stringify(packets[i])}: ${o.ctState}`]));
+    expect(notNew).toEqual([]);
+  });
+
   it('reaches the input and output hooks from/to many addresses across both test ranges', async () => {
     await lab().applyScript(RULESET);
     const r = rng(7);
