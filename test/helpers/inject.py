@@ -212,6 +212,18 @@ def open_client_packet_socket(client_ns: str, iface: str) -> socket.socket:
     return sock
 
 
+def refuse_parent_namespace() -> None:
+    """Defence in depth: we must have been moved into a lab namespace by
+    `ip netns exec`, i.e. not share the network namespace of the test process
+    that started us (which is the machine's own)."""
+    try:
+        parent = os.stat('/proc/%d/ns/net' % os.getppid()).st_ino
+    except OSError:
+        return  # cannot tell; netns.ts only ever starts us via `ip netns exec`
+    if os.stat('/proc/self/ns/net').st_ino == parent:
+        raise SystemExit('refusing to run in the network namespace of the test process')
+
+
 def mac_bytes(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(':'))
 
@@ -321,6 +333,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.client_ns.startswith('sgt-'):
         raise SystemExit('refusing a namespace without the sgt- prefix')
+    refuse_parent_namespace()
     # One CPU: frames sent on the veth are then queued to, and processed from,
     # a single per-CPU backlog, strictly in order (see the sentinel above).
     cpus = sorted(os.sched_getaffinity(0))

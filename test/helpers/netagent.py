@@ -374,6 +374,14 @@ def handle(req):
 
 
 def main():
+    # defence in depth: `ip netns exec` must have moved us out of the network
+    # namespace of the test process that started us (the machine's own)
+    try:
+        parent = os.stat('/proc/%d/ns/net' % os.getppid()).st_ino
+    except OSError:
+        parent = None
+    if os.stat('/proc/self/ns/net').st_ino == parent:
+        raise SystemExit('refusing to run in the network namespace of the test process')
     reply({'ready': True})
     for line in sys.stdin:
         line = line.strip()

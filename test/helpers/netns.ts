@@ -213,7 +213,9 @@ function numbered(script: string): string {
 async function nsSysctl(ns: string, values: Record<string, string>): Promise<void> {
   assertLabNs(ns);
   const code = [
-    'import sys, json',
+    'import sys, json, os',
+    "if os.stat('/proc/self/ns/net').st_ino == os.stat('/proc/%d/ns/net' % os.getppid()).st_ino:",
+    "    sys.exit('refusing to write sysctls in the network namespace of the test process')",
     'for k, v in json.loads(sys.argv[1]).items():',
     "    open('/proc/sys/' + k.replace('.', '/'), 'w').write(v)",
   ].join('\n');
