@@ -36,6 +36,7 @@ import { JsonLineProcess } from './jsonl.js';
 import {
   TagAllocator,
   assertTestAddress,
+  assertSocketAddress,
   clientScript,
   interpret,
   observerScript,
@@ -432,7 +433,7 @@ class LabImpl implements Lab {
   }
 
   private async server(role: NsRole, op: string, port: number, family: 4 | 6 | 'dual', addr?: string): Promise<Server> {
-    if (addr !== undefined) assertTestAddress(addr);
+    if (addr !== undefined) assertSocketAddress(addr);
     const agent = await this.agent(role);
     const { handle } = await agent.request<{ handle: number }>(op, { port, family, ...(addr ? { addr } : {}) });
     let closed = false;
@@ -458,8 +459,8 @@ class LabImpl implements Lab {
   }
 
   private clientParams(addr: string, port: number | undefined, opts: ClientOptions): Record<string, unknown> {
-    assertTestAddress(addr);
-    if (opts.src !== undefined) assertTestAddress(opts.src, isIP(addr) as 4 | 6);
+    assertSocketAddress(addr);
+    if (opts.src !== undefined) assertSocketAddress(opts.src, isIP(addr) as 4 | 6);
     return { addr, ...(port === undefined ? {} : { port }), timeoutMs: opts.timeoutMs ?? 1000, ...(opts.src ? { src: opts.src } : {}) };
   }
 

@@ -145,6 +145,19 @@ export function assertTestAddress(addr: string, family?: 4 | 6): void {
   if (!inTestRange(addr)) throw new Error(`address ${addr} is outside the test ranges ${TEST_NET4} / ${TEST_NET6}`);
 }
 
+/**
+ * Like assertTestAddress, but also accepts loopback (127.0.0.1, ::1): a
+ * connection to loopback inside a test namespace never leaves that namespace.
+ * For real sockets only; injected probes stay in the test ranges.
+ */
+export function assertSocketAddress(addr: string, family?: 4 | 6): void {
+  if (addr === '127.0.0.1' || addr === '::1') {
+    if (family !== undefined && isIP(addr) !== family) throw new Error(`address ${addr} is not IPv${family}`);
+    return;
+  }
+  assertTestAddress(addr, family);
+}
+
 // ---------------------------------------------------------------------------
 // probes
 
