@@ -211,6 +211,13 @@ export function renderJson(table: Table): { nftables: Json[] } {
   cmds.push({ add: { table: { family, name: tname } } });
   cmds.push({ delete: { table: { family, name: tname } } });
   cmds.push({ add: { table: { family, name: tname, ...(table.comment !== undefined ? { comment: safeComment(table.comment) } : {}) } } });
+  // chains first: map elements jump to them, and JSON commands are resolved in order
+  for (const c of table.chains) {
+    const chain: Record<string, Json> = { family, table: tname, name: assertName(c.name) };
+    if (c.base) Object.assign(chain, { type: c.base.type, hook: c.base.hook, prio: c.base.priority, policy: c.base.policy });
+    if (c.comment !== undefined) chain.comment = safeComment(c.comment);
+    cmds.push({ add: { chain } });
+  }
   for (const m of table.maps) {
     const map: Record<string, Json> = { family, table: tname, name: assertName(m.name), type: m.keyType.length === 1 ? m.keyType[0] : m.keyType, map: 'verdict', flags: ['interval'] };
     if (m.comment !== undefined) map.comment = safeComment(m.comment);
@@ -218,12 +225,6 @@ export function renderJson(table: Table): { nftables: Json[] } {
       map.elem = m.elements.map((el) => [el.key.length === 1 ? keyPartJson(el.key[0]!) : { concat: el.key.map(keyPartJson) }, verdictJson(el.verdict)]);
     }
     cmds.push({ add: { map } });
-  }
-  for (const c of table.chains) {
-    const chain: Record<string, Json> = { family, table: tname, name: assertName(c.name) };
-    if (c.base) Object.assign(chain, { type: c.base.type, hook: c.base.hook, prio: c.base.priority, policy: c.base.policy });
-    if (c.comment !== undefined) chain.comment = safeComment(c.comment);
-    cmds.push({ add: { chain } });
   }
   for (const c of table.chains) {
     for (const r of c.rules) {
