@@ -237,7 +237,7 @@ function checkDocument(policy: Policy): Issue[] {
       if (ruleIds.has(r.id)) issues.push({ path: `${path}.id`, message: `rule id ${JSON.stringify(r.id)} is used twice in group ${JSON.stringify(g.id)} (also rules[${ruleIds.get(r.id)}])` });
       else ruleIds.set(r.id, ri);
       issues.push(...checkRule(r, path));
-      if (r.remote_group_id && !(r.remote_group_id in policy.group_members)) {
+      if (r.remote_group_id && !Object.hasOwn(policy.group_members, r.remote_group_id)) {
         issues.push({ path: `${path}.remote_group_id`, message: `rule ${JSON.stringify(r.id)} references group ${JSON.stringify(r.remote_group_id)}, which has no entry in group_members` });
       }
       if (r.remote_address_group_id) {
