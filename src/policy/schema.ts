@@ -56,7 +56,7 @@ export const addressGroupSchema = z.strictObject({
   id: idSchema,
   name: z.string().max(64).default(''),
   description: descriptionSchema.nullish(),
-  ip_version: z.union([z.literal(4), z.literal(6)]),
+  ip_version: z.literal([4, 6]),
   ip_set: z.array(z.string()),
 });
 export type AddressGroup = z.output<typeof addressGroupSchema>;
@@ -115,15 +115,31 @@ export function zodIssues(error: z.ZodError, input: unknown, prefix: readonly Pr
       case 'invalid_type':
         out.push({
           path: formatPath(path),
-          message: value === undefined ? `is required (${iss.expected})` : `expected ${iss.expected}, got ${describeValue(value)}`,
+          message:
+            value === undefined
+              ? `is required (${iss.expected === 'int' ? 'an integer' : iss.expected})`
+              : iss.expected === 'int' && typeof value === 'number'
+                ? `${value} is not an integer`
+                : `expected ${iss.expected === 'int' ? 'an integer' : iss.expected}, got ${describeValue(value)}`,
         });
         break;
       case 'invalid_value':
         out.push({ path: formatPath(path), message: `${describeValue(value)} is not one of ${iss.values.map((v) => JSON.stringify(v)).join(', ')}` });
         break;
       case 'too_big':
-      case 'too_small':
-        out.push({ path: formatPath(path), message: `${describeValue(value)}: ${iss.message.replace(/^Too (big|small): /, '')}` });
+      case 'too_small': {
+        const big = iss.code === 'too_big';
+        const bound = String(big ? iss.maximum : iss.minimum);
+        let message: string;
+        if (typeof value === 'number') message = `${value} is ${big ? 'above the maximum' : 'below the minimum'} ${bound}`;
+        else if (typeof value === 'string') message = `${describeValue(value)} is ${value.length} characters long; ${big ? 'at most' : 'at least'} ${bound} are allowed`;
+        else if (Array.isArray(value)) message = `has ${value.length} items; ${big ? 'at most' : 'at least'} ${bound} are allowed`;
+        else message = `${describeValue(value)}: ${iss.message.replace(/^Too (big|small): /, '')}`;
+        out.push({ path: formatPath(path), message });
+        break;
+      }
+      case 'invalid_key':
+        out.push({ path: formatPath(path), message: `${JSON.stringify(String(path[path.length - 1]))} is not a valid key: ${iss.issues.map((i) => i.message).join('; ')}` });
         break;
       case 'invalid_union':
         out.push({ path: formatPath(path), message: `${describeValue(value)} is not valid here` });
