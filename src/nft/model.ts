@@ -7,8 +7,13 @@
 
 /** nft identifiers we generate: table, chain, set and map names. */
 const NAME_RE = /^[a-zA-Z][a-zA-Z0-9_]{0,62}$/;
-/** comment text: ids are [A-Za-z0-9._:-], plus the punctuation our summaries use. */
-const COMMENT_RE = /^[A-Za-z0-9 ._:/,=()+#-]*$/;
+/**
+ * comment text: ids are [A-Za-z0-9._:-], plus the punctuation our summaries use,
+ * plus `~`, the mark of a cut comment (the renderer checks comments again, so a
+ * cut comment must pass this test too).
+ */
+const COMMENT_RE = /^[A-Za-z0-9 ._:/,=()+#~-]*$/;
+const CUT_MARK = '~';
 export const COMMENT_MAX = 128;
 
 export function assertName(name: string): string {
@@ -16,10 +21,13 @@ export function assertName(name: string): string {
   return name;
 }
 
-/** A comment, cut to nft's 128-byte limit; throws on any character outside the safe set. */
+/**
+ * A comment, cut to nft's 128-character limit (ending in `~` when cut); throws on
+ * any character outside the safe set. Idempotent: `comment(comment(t)) === comment(t)`.
+ */
 export function comment(text: string): string {
   if (!COMMENT_RE.test(text)) throw new Error(`internal: unsafe comment text ${JSON.stringify(text)}`);
-  return text.length > COMMENT_MAX ? text.slice(0, COMMENT_MAX - 1) + '~' : text;
+  return text.length > COMMENT_MAX ? text.slice(0, COMMENT_MAX - CUT_MARK.length) + CUT_MARK : text;
 }
 
 export type Hook = 'input' | 'output';

@@ -32,7 +32,7 @@ function addressIn(addr: string, family: Family, prefixOrRange: string): boolean
 function peerMatches(policy: Policy, rule: Rule, family: Family, peer: string): boolean {
   if (rule.remote_ip_prefix) return addressIn(peer, family, rule.remote_ip_prefix);
   if (rule.remote_group_id) {
-    const members = policy.group_members[rule.remote_group_id] ?? [];
+    const members = Object.hasOwn(policy.group_members, rule.remote_group_id) ? policy.group_members[rule.remote_group_id]! : [];
     return members.some((m) => {
       const ip = parseIp(m);
       return ip.family === family && ip.value === parseIp(peer).value;

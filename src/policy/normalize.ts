@@ -54,7 +54,7 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Ad
     case 'prefix':
       return [prefixRange(remote.prefix, false)];
     case 'group': {
-      const members = policy.group_members[remote.id] ?? [];
+      const members = Object.hasOwn(policy.group_members, remote.id) ? policy.group_members[remote.id]! : [];
       const ranges: AddrRange[] = [];
       for (const m of members) {
         const ip = parseIp(m);

@@ -56,7 +56,7 @@ export const addressGroupSchema = z.strictObject({
   id: idSchema,
   name: z.string().max(64).default(''),
   description: descriptionSchema.nullish(),
-  ip_version: z.union([z.literal(4), z.literal(6)]),
+  ip_version: z.literal([4, 6]),
   ip_set: z.array(z.string()),
 });
 export type AddressGroup = z.output<typeof addressGroupSchema>;
@@ -115,15 +115,31 @@ export function zodIssues(error: z.ZodError, input: unknown, prefix: readonly Pr
       case 'invalid_type':
         out.push({
           path: formatPath(path),
-          message: value === undefined ? `is required (${iss.expected})` : `expected ${iss.expected}, got ${describeValue(value)}`,
+          message:
+            value === undefined
+              ? `is required (${iss.expected === 'int' ? 'an integer' : iss.expected})`
+              : iss.expected === 'int' && typeof value === 'number'
+                ? `${value} is not an integer`
+                : `expected ${iss.expected === 'int' ? 'an integer' : iss.expected}, got ${describeValue(value)}`,
         });
         break;
       case 'invalid_value':
         out.push({ path: formatPath(path), message: `${describeValue(value)} is not one of ${iss.values.map((v) => JSON.stringify(v)).join(', ')}` });
         break;
       case 'too_big':
-      case 'too_small':
-        out.push({ path: formatPath(path), message: `${describeValue(value)}: ${iss.message.replace(/^Too (big|small): /, '')}` });
+      case 'too_small': {
+        const big = iss.code === 'too_big';
+        const bound = String(big ? iss.maximum : iss.minimum);
+        let message: string;
+        if (typeof value === 'number') message = `${value} is ${big ? 'above the maximum' : 'below the minimum'} ${bound}`;
+        else if (typeof value === 'string') message = `${describeValue(value)} is ${value.length} characters long; ${big ? 'at most' : 'at least'} ${bound} are allowed`;
+        else if (Array.isArray(value)) message = `has ${value.length} items; ${big ? 'at most' : 'at least'} ${bound} are allowed`;
+        else message = `${describeValue(value)}: ${iss.message.replace(/^Too (big|small): /, '')}`;
+        out.push({ path: formatPath(path), message });
+        break;
+      }
+      case 'invalid_key':
+        out.push({ path: formatPath(path), message: `${JSON.stringify(String(path[path.length - 1]))} is not a valid key: ${iss.issues.map((i) => i.message).join('; ')}` });
         break;
       case 'invalid_union':
         out.push({ path: formatPath(path), message: `${describeValue(value)} is not valid here` });
@@ -210,72 +226,106 @@ export function checkRule(rule: Rule, path: string): Issue[] {
   return issues;
 }
 
-export function checkAddressGroupEntries(ag: AddressGroup, path: string): Issue[] {
+/** Problems of one address group's `ip_set` entries (`ipVersion` null: the version itself is invalid, check syntax only). */
+export function checkAddressGroupEntries(ag: { ip_version: 4 | 6 | null; ip_set: readonly unknown[] }, path: string): Issue[] {
   const issues: Issue[] = [];
   ag.ip_set.forEach((entry, i) => {
+    if (typeof entry !== 'string') return; // the shape check reports it
     const pr = parsePrefix(entry, { allowRange: true });
     if (!pr.ok) issues.push({ path: `${path}.ip_set[${i}]`, message: pr.error });
-    else if (pr.range.family !== ag.ip_version) {
+    else if (ag.ip_version !== null && pr.range.family !== ag.ip_version) {
       issues.push({ path: `${path}.ip_set[${i}]`, message: `${JSON.stringify(entry)} is IPv${pr.range.family} but the address group's ip_version is ${ag.ip_version}` });
     }
   });
   return issues;
 }
 
-function checkDocument(policy: Policy): Issue[] {
+type Json = Record<string, unknown>;
+const asObject = (v: unknown): Json | null => (v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : null);
+const asArray = (v: unknown): readonly unknown[] => (Array.isArray(v) ? v : []);
+const asString = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+
+/** A rule with its unknown fields dropped: its other problems are still worth reporting next to the unknown field. */
+const ruleFieldsSchema = z.object(ruleSchema.shape);
+
+/**
+ * Cross-field and reference checks. They walk the raw document, not the zod
+ * output, so that one problem zod reports (a typo in a field name, a wrong
+ * type) does not hide the others: every part that can be checked is. Parts
+ * that are themselves malformed are skipped (zod reports them), and a
+ * reference is only called dangling when the list it points into is readable.
+ */
+function checkDocument(input: unknown): Issue[] {
   const issues: Issue[] = [];
-  policy.instance.addresses.forEach((a, i) => {
-    if (!ipFamily(a)) issues.push({ path: `instance.addresses[${i}]`, message: `${JSON.stringify(a)} is not an IP address` });
+  const doc = asObject(input);
+  if (!doc) return issues;
+
+  asArray(asObject(doc.instance)?.addresses).forEach((a, i) => {
+    if (typeof a === 'string' && !ipFamily(a)) issues.push({ path: `instance.addresses[${i}]`, message: `${JSON.stringify(a)} is not an IP address` });
   });
+
+  // group_members: absent = {}; not an object = unknown (no reference check against it)
+  const members = doc.group_members === undefined ? {} : asObject(doc.group_members);
+  if (members) {
+    // zod drops a "__proto__" key of a record without a word; say so instead of losing the members silently
+    if (Object.hasOwn(members, '__proto__')) issues.push({ path: 'group_members.__proto__', message: '"__proto__" cannot be used as a group id' });
+    for (const [gid, list] of Object.entries(members)) {
+      asArray(list).forEach((m, i) => {
+        if (typeof m === 'string' && !ipFamily(m)) issues.push({ path: `group_members.${gid}[${i}]`, message: `${JSON.stringify(m)} is not an IP address` });
+      });
+    }
+  }
+
+  // address groups by id; the value is the version, or null when the group is malformed beyond its id
+  const addressGroups = doc.address_groups === undefined ? [] : Array.isArray(doc.address_groups) ? doc.address_groups : null;
+  const agVersion = new Map<string, 4 | 6 | null>();
+  addressGroups?.forEach((raw, i) => {
+    const ag = asObject(raw);
+    const id = asString(ag?.id);
+    const version = ag?.ip_version === 4 || ag?.ip_version === 6 ? ag.ip_version : null;
+    if (id !== null) {
+      if (agVersion.has(id)) issues.push({ path: `address_groups[${i}].id`, message: `address group ${JSON.stringify(id)} is listed twice` });
+      else agVersion.set(id, version);
+    }
+    issues.push(...checkAddressGroupEntries({ ip_version: version, ip_set: asArray(ag?.ip_set) }, `address_groups[${i}]`));
+  });
+
   const groupIds = new Map<string, number>();
-  policy.security_groups.forEach((g, gi) => {
-    if (groupIds.has(g.id)) issues.push({ path: `security_groups[${gi}].id`, message: `group ${JSON.stringify(g.id)} is listed twice (also security_groups[${groupIds.get(g.id)}])` });
-    else groupIds.set(g.id, gi);
+  asArray(doc.security_groups).forEach((rawGroup, gi) => {
+    const g = asObject(rawGroup);
+    const gid = asString(g?.id);
+    if (gid !== null) {
+      if (groupIds.has(gid)) issues.push({ path: `security_groups[${gi}].id`, message: `group ${JSON.stringify(gid)} is listed twice (also security_groups[${groupIds.get(gid)}])` });
+      else groupIds.set(gid, gi);
+    }
     const ruleIds = new Map<string, number>();
-    g.rules.forEach((r, ri) => {
+    asArray(g?.rules).forEach((rawRule, ri) => {
       const path = `security_groups[${gi}].rules[${ri}]`;
-      if (ruleIds.has(r.id)) issues.push({ path: `${path}.id`, message: `rule id ${JSON.stringify(r.id)} is used twice in group ${JSON.stringify(g.id)} (also rules[${ruleIds.get(r.id)}])` });
-      else ruleIds.set(r.id, ri);
-      issues.push(...checkRule(r, path));
-      if (r.remote_group_id && !(r.remote_group_id in policy.group_members)) {
-        issues.push({ path: `${path}.remote_group_id`, message: `rule ${JSON.stringify(r.id)} references group ${JSON.stringify(r.remote_group_id)}, which has no entry in group_members` });
+      const rid = asString(asObject(rawRule)?.id);
+      if (rid !== null) {
+        if (ruleIds.has(rid)) issues.push({ path: `${path}.id`, message: `rule id ${JSON.stringify(rid)} is used twice in group ${JSON.stringify(gid)} (also rules[${ruleIds.get(rid)}])` });
+        else ruleIds.set(rid, ri);
       }
-      if (r.remote_address_group_id) {
-        const ag = policy.address_groups.find((a) => a.id === r.remote_address_group_id);
-        const family = r.ethertype === 'IPv4' ? 4 : 6;
-        if (!ag) {
-          issues.push({ path: `${path}.remote_address_group_id`, message: `rule ${JSON.stringify(r.id)} references address group ${JSON.stringify(r.remote_address_group_id)}, which is not in address_groups` });
-        } else if (ag.ip_version !== family) {
-          issues.push({ path: `${path}.remote_address_group_id`, message: `rule ${JSON.stringify(r.id)} is ${r.ethertype} but address group ${JSON.stringify(ag.id)} is IPv${ag.ip_version}` });
+      const parsed = ruleFieldsSchema.safeParse(rawRule);
+      if (parsed.success) issues.push(...checkRule(parsed.data, path));
+      // references are checked on the raw fields: a wrong priority must not hide a dangling reference
+      const rule = asObject(rawRule);
+      const name = JSON.stringify(rid ?? `#${ri}`);
+      const remoteGroup = asString(rule?.remote_group_id);
+      if (remoteGroup && members && !Object.hasOwn(members, remoteGroup)) {
+        issues.push({ path: `${path}.remote_group_id`, message: `rule ${name} references group ${JSON.stringify(remoteGroup)}, which has no entry in group_members` });
+      }
+      const remoteAg = asString(rule?.remote_address_group_id);
+      if (remoteAg && addressGroups) {
+        const ethertype = rule?.ethertype === undefined ? 'IPv4' : rule.ethertype;
+        const family = ethertype === 'IPv4' ? 4 : ethertype === 'IPv6' ? 6 : null;
+        const version = agVersion.get(remoteAg);
+        if (!agVersion.has(remoteAg)) {
+          issues.push({ path: `${path}.remote_address_group_id`, message: `rule ${name} references address group ${JSON.stringify(remoteAg)}, which is not in address_groups` });
+        } else if (family !== null && version != null && version !== family) {
+          issues.push({ path: `${path}.remote_address_group_id`, message: `rule ${name} is ${String(ethertype)} but address group ${JSON.stringify(remoteAg)} is IPv${version}` });
         }
       }
-    });
-  });
-  const agIds = new Set<string>();
-  policy.address_groups.forEach((ag, i) => {
-    if (agIds.has(ag.id)) issues.push({ path: `address_groups[${i}].id`, message: `address group ${JSON.stringify(ag.id)} is listed twice` });
-    agIds.add(ag.id);
-    issues.push(...checkAddressGroupEntries(ag, `address_groups[${i}]`));
-  });
-  for (const [gid, members] of Object.entries(policy.group_members)) {
-    members.forEach((m, i) => {
-      if (!ipFamily(m)) issues.push({ path: `group_members.${gid}[${i}]`, message: `${JSON.stringify(m)} is not an IP address` });
-    });
-  }
-  return issues;
-}
-
-/** When the document as a whole fails its shape, still report cross-field problems of every rule that parses alone. */
-function checkRulesThatParse(input: unknown): Issue[] {
-  const issues: Issue[] = [];
-  const groups = (input as { security_groups?: unknown } | null)?.security_groups;
-  if (!Array.isArray(groups)) return issues;
-  groups.forEach((g: unknown, gi) => {
-    const rules = (g as { rules?: unknown } | null)?.rules;
-    if (!Array.isArray(rules)) return;
-    rules.forEach((r: unknown, ri) => {
-      const parsed = ruleSchema.safeParse(r);
-      if (parsed.success) issues.push(...checkRule(parsed.data, `security_groups[${gi}].rules[${ri}]`));
     });
   });
   return issues;
@@ -283,12 +333,11 @@ function checkRulesThatParse(input: unknown): Issue[] {
 
 export type PolicyCheck = { ok: true; policy: Policy } | { ok: false; issues: Issue[] };
 
-/** Validates a parsed document (JSON value). Never throws. */
+/** Validates a parsed document (JSON value) and lists every problem found. Never throws. */
 export function checkPolicy(input: unknown): PolicyCheck {
   const parsed = policySchema.safeParse(input);
-  if (!parsed.success) return { ok: false, issues: [...zodIssues(parsed.error, input), ...checkRulesThatParse(input)] };
-  const issues = checkDocument(parsed.data);
-  return issues.length ? { ok: false, issues } : { ok: true, policy: parsed.data };
+  const issues = [...(parsed.success ? [] : zodIssues(parsed.error, input)), ...checkDocument(input)];
+  return parsed.success && !issues.length ? { ok: true, policy: parsed.data } : { ok: false, issues };
 }
 
 /** Validates a parsed document; throws ValidationError (code POLICY_INVALID) listing every problem. */
