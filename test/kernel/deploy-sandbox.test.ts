@@ -129,6 +129,7 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(caps).toBe('net_admin');
     expect(value(unit, 'Service', 'AmbientCapabilities')).toBe(value(unit, 'Service', 'CapabilityBoundingSet'));
     expect(value(unit, 'Service', 'SystemCallErrorNumber')).toBe('EPERM');
+    expect(value(unit, 'Service', 'RestrictNamespaces')).toBe('yes'); // seccomp-exec.py: clone3 -> ENOSYS
     const allowed = readFileSync(join(app, 'syscalls.txt'), 'utf8').split('\n');
     expect(allowed).toContain('sendmsg'); // netlink
     expect(allowed).not.toContain('setpriority'); // ~@resources
@@ -194,6 +195,21 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(inNs(['nft', 'list', 'tables']).stdout).toBe('');
   });
 
+  it('Node spawns nft as the agent does (child process, script on stdin) and reads the table back', async () => {
+    const script = renderScript(compilePolicy(await loadPolicyFile(join(repo, 'examples/web.json')), { platform: DEFAULT_PLATFORM }).table);
+    const program = [
+      "const { execFileSync } = require('node:child_process');",
+      "const input = require('node:fs').readFileSync(0, 'utf8');",
+      "execFileSync('nft', ['-f', '-'], { input });",
+      "const t = JSON.parse(execFileSync('nft', ['-j', 'list', 'table', 'inet', 'secgroup'], { encoding: 'utf8' }));",
+      'console.log(t.nftables.filter((o) => o.chain).length);',
+    ].join('\n');
+    const r = sandboxed([process.execPath, '-e', program], { input: script });
+    expect(r.stderr).toBe('');
+    expect(Number(r.stdout)).toBeGreaterThan(2);
+    expect(inNs(['nft', 'list', 'tables']).stdout).toBe('table inet secgroup\n');
+  });
+
   it('without CAP_NET_ADMIN nft is refused (the capability is what makes it work)', () => {
     const r = sandboxed(['nft', 'add', 'table', 'inet', 'secgroup'], { caps: 'none' });
     expect(r.status).not.toBe(0);
@@ -211,5 +227,13 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(withP.stdout).not.toContain('users:');
     // control: root with all capabilities, outside the sandbox, sees the process
     expect(inNs(['ss', '-Hltnp', ...sel]).stdout).toMatch(/users:\(\("node",pid=\d+/);
+  });
+
+  it('the process-names drop-in of systemd/README.md works, and needs both of its capabilities', () => {
+    const sel = ['src', `${LISTEN.v4}:${LISTEN.port}`];
+    const named = (extra: string) => sandboxed(['ss', '-Hltnp', ...sel], { caps: `${caps},${extra}` }).stdout.includes('users:((');
+    expect(named('sys_ptrace,dac_read_search')).toBe(true);
+    expect(named('sys_ptrace')).toBe(false); // /proc/PID/fd of another user: 0500
+    expect(named('dac_read_search')).toBe(false); // ptrace access check for another uid
   });
 });

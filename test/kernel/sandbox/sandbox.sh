@@ -10,7 +10,7 @@
 # APPDIR    directory with the files the command needs, seccomp-exec.py among
 #           them; seen read-only as /tmp/app
 # UID       user and group id to run as (DynamicUser= picks one in 61184-65519)
-# CAPS      capability names for setpriv, e.g. net_admin, or "none"
+# CAPS      comma-separated capability names for setpriv, e.g. net_admin, or "none"
 #           (CapabilityBoundingSet= + AmbientCapabilities=)
 # FAMILIES  socket families allowed (RestrictAddressFamilies=), e.g. AF_UNIX,AF_INET
 # SYSCALLS  file in APPDIR with the allowed syscalls (SystemCallFilter=), or "-" for no
@@ -62,7 +62,7 @@ umask 077
 if [ "$caps" = none ]; then
   capset=-all
 else
-  capset=-all,+$caps
+  capset=-all,$(printf '%s' "$caps" | sed 's/[^,]*/+&/g')
 fi
 if [ "$syscalls" = - ]; then
   exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --no-new-privs \
