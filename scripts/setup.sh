@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what secgroup needs on a Debian machine (as root) and the npm
 # dependencies of this checkout. Idempotent. Usage: scripts/setup.sh [--tests]
-#   --tests  also the packages the test suites need (python3, Docker engine, debootstrap)
+#   --tests  also the packages the test suites need (python3, Docker engine, debootstrap,
+#            systemd-analyze, python3-seccomp and shellcheck for the deployment tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,7 @@ need_node() {
 pkgs=(nftables iproute2 ca-certificates)
 if [[ ${1:-} == --tests ]]; then
   # the Docker engine is installed and started by docker/engine.sh (inert settings)
-  pkgs+=(python3 net-tools debootstrap systemd iputils-ping)
+  pkgs+=(python3 net-tools debootstrap systemd iputils-ping python3-seccomp shellcheck)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

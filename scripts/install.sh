@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Installs the secgroup agent on a Debian/Ubuntu machine with systemd (as root).
+#
+#   scripts/install.sh [--now] [--bundle FILE] [--root DIR]
+#   scripts/install.sh --uninstall [--purge] [--root DIR]
+#
+# Install (idempotent; run it again to upgrade the program):
+#   - nftables, with apt-get, when `nft` is missing
+#   - FILE (default: dist/secgroup.mjs of this checkout, `npm run bundle`)
+#       -> /usr/local/lib/secgroup/secgroup.mjs
+#   - /usr/local/bin/secgroup: runs it with the Node.js >= 20 found now
+#   - systemd/secgroup-agent.service -> /usr/local/lib/systemd/system/
+#   - examples/agent.yaml -> /etc/secgroup/agent.yaml and an empty
+#     /etc/secgroup/agent.token (0600), each only when missing: an existing
+#     configuration or token is never overwritten
+#   - when systemd is PID 1: daemon-reload, enable the unit, restart it if it
+#     was running (an upgrade); --now also starts it. Without systemd as PID 1
+#     it says so and leaves systemctl alone.
+# Uninstall: stops and removes the unit, removes the program and the nft table
+# `inet secgroup` (only if it exists); nothing else. /etc/secgroup and
+# /var/lib/secgroup are kept unless --purge is given as well.
+#
+# --root DIR installs into DIR instead of / (staging, tests). Then nothing is
+# done to the running system (no apt-get, systemctl or nft) unless
+# SECGROUP_HOST_ACTIONS=1, which tests set together with stub commands.
+#
+# Environment (tests stub the commands):
+#   NFT=nft SYSTEMCTL=systemctl APT_GET=apt-get   commands used
+#   NODE=<node on PATH>     absolute path of the Node.js the wrapper runs
+#   SECGROUP_SYSTEMD_BOOTED=1|0   overrides the "systemd is PID 1" check
+#                                 (/run/systemd/system exists)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+
+NFT=${NFT:-nft}
+SYSTEMCTL=${SYSTEMCTL:-systemctl}
+APT_GET=${APT_GET:-apt-get}
+
+UNIT=secgroup-agent.service
+LIB_DIR=/usr/local/lib/secgroup
+PROGRAM=$LIB_DIR/secgroup.mjs
+WRAPPER=/usr/local/bin/secgroup
+UNIT_DIR=/usr/local/lib/systemd/system
+CONFIG_DIR=/etc/secgroup
+CONFIG=$CONFIG_DIR/agent.yaml
+TOKEN=$CONFIG_DIR/agent.token
+STATE_DIRS=(/var/lib/secgroup /var/lib/private/secgroup) # the second: DynamicUser= keeps it there
+
+say() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+root=/ mode=install purge=0 now=0 bundle="$repo/dist/secgroup.mjs"
+while (($#)); do
+  case $1 in
+    --root) [[ $# -ge 2 ]] || die "--root needs a directory"; root=$2; shift 2 ;;
+    --root=*) root=${1#--root=}; shift ;;
+    --bundle) [[ $# -ge 2 ]] || die "--bundle needs a file"; bundle=$2; shift 2 ;;
+    --bundle=*) bundle=${1#--bundle=}; shift ;;
+    --uninstall) mode=uninstall; shift ;;
+    --purge) purge=1; shift ;;
+    --now) now=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+((purge == 0)) || [[ $mode == uninstall ]] || die "--purge only goes with --uninstall"
+[[ -d $root ]] || die "--root $root: no such directory"
+root="$(cd "$root" && pwd)"
+R=${root%/} # prefix for every path written; empty for /
+
+if [[ -z $R ]]; then
+  [[ $(id -u) -eq 0 ]] || die "run as root (or use --root DIR to stage into a directory)"
+  host_actions=1
+else
+  host_actions=${SECGROUP_HOST_ACTIONS:-0}
+fi
+if [[ -n ${SECGROUP_SYSTEMD_BOOTED:-} ]]; then
+  booted=$SECGROUP_SYSTEMD_BOOTED
+elif [[ -d /run/systemd/system ]]; then
+  booted=1
+else
+  booted=0
+fi
+use_systemctl() { ((host_actions)) && ((booted)); }
+explain_no_systemctl() {
+  if ((!host_actions)); then
+    say "--root $root: not touching the running system (systemctl, nft, apt-get skipped)"
+  elif [[ $mode == install ]]; then
+    say "systemd is not running as PID 1 here: not calling systemctl; on a systemd machine run: systemctl daemon-reload && systemctl enable --now $UNIT"
+  else
+    say "systemd is not running as PID 1 here: not calling systemctl (nothing to stop or disable)"
+  fi
+}
+
+# Writes stdin to DEST atomically with MODE (a running agent never sees half a file).
+put() {
+  local dest=$1 mode=$2 tmp
+  tmp="$(mktemp "$(dirname "$dest")/.$(basename "$dest").XXXXXX")"
+  cat >"$tmp"
+  chmod "$mode" "$tmp"
+  mv -f "$tmp" "$dest"
+}
+
+do_install() {
+  local src_unit="$repo/systemd/$UNIT" src_config="$repo/examples/agent.yaml"
+  [[ -f $bundle ]] || die "$bundle not found: run 'npm run bundle' first or pass --bundle FILE"
+  [[ -f $src_unit ]] || die "$src_unit not found"
+  [[ -f $src_config ]] || die "$src_config not found"
+
+  local node=${NODE:-$(command -v node || true)}
+  [[ -n $node ]] || die "Node.js >= 20 is required (node not found; set NODE=/path/to/node)"
+  [[ $node == /* && $node != *"'"* ]] || die "NODE must be an absolute path without quotes, not $node"
+  local major
+  major="$("$node" -p 'process.versions.node.split(".")[0]' 2>/dev/null)" || die "$node does not run"
+  ((major >= 20)) || die "Node.js >= 20 is required ($node is $("$node" --version))"
+
+  if ! command -v "$NFT" >/dev/null 2>&1; then
+    if ((host_actions)); then
+      say "installing nftables"
+      DEBIAN_FRONTEND=noninteractive "$APT_GET" install -y --no-install-recommends nftables >/dev/null ||
+        die "apt-get install nftables failed (run apt-get update first?)"
+    else
+      say "nft not found; the machine this root is for needs the nftables package"
+    fi
+  fi
+
+  install -d -m 0755 "$R$LIB_DIR" "$R$(dirname "$WRAPPER")" "$R$UNIT_DIR" "$R$CONFIG_DIR"
+  put "$R$PROGRAM" 0644 <"$bundle"
+  put "$R$WRAPPER" 0755 <<EOF
+#!/bin/sh
+# secgroup: installed by scripts/install.sh (runs the single-file program)
+exec '$node' '$PROGRAM' "\$@"
+EOF
+  put "$R$UNIT_DIR/$UNIT" 0644 <"$src_unit"
+  say "installed $PROGRAM, $WRAPPER (Node.js $major at $node), $UNIT_DIR/$UNIT"
+
+  local upgrade=0
+  if [[ -e $R$CONFIG ]]; then
+    upgrade=1
+    say "kept the existing $CONFIG"
+  else
+    put "$R$CONFIG" 0644 <"$src_config"
+    say "wrote $CONFIG: edit it (controller url, failsafe ports)"
+  fi
+  if [[ -e $R$TOKEN ]]; then
+    say "kept the existing $TOKEN"
+  else
+    put "$R$TOKEN" 0600 </dev/null
+    say "created an empty $TOKEN (0600): put this instance's controller token in it"
+  fi
+
+  if use_systemctl; then
+    "$SYSTEMCTL" daemon-reload
+    "$SYSTEMCTL" enable "$UNIT"
+    if ((now)); then
+      "$SYSTEMCTL" restart "$UNIT"
+      say "enabled and (re)started $UNIT"
+    elif ((upgrade)); then
+      "$SYSTEMCTL" try-restart "$UNIT"
+      say "enabled $UNIT (restarted if it was running)"
+    else
+      say "enabled $UNIT; start it once $CONFIG and $TOKEN are filled in: systemctl start $UNIT"
+    fi
+  else
+    explain_no_systemctl
+  fi
+}
+
+do_uninstall() {
+  if use_systemctl; then
+    "$SYSTEMCTL" disable --now "$UNIT" || say "systemctl disable --now $UNIT failed (not loaded?), going on"
+  else
+    explain_no_systemctl
+  fi
+  rm -f "$R$UNIT_DIR/$UNIT"
+  if use_systemctl; then
+    "$SYSTEMCTL" daemon-reload
+    "$SYSTEMCTL" reset-failed "$UNIT" 2>/dev/null || true
+  fi
+  if [[ -e $R$UNIT_DIR/secgroup-controller.service || -e $R/etc/systemd/system/secgroup-controller.service ]]; then
+    say "kept $PROGRAM and $WRAPPER: secgroup-controller.service still uses them"
+  else
+    rm -f "$R$WRAPPER"
+    rm -rf "$R$LIB_DIR"
+  fi
+  if ((host_actions)); then
+    # only our own table; `nft flush ruleset` would take other tables along
+    if "$NFT" list table inet secgroup >/dev/null 2>&1; then
+      "$NFT" delete table inet secgroup
+      say "deleted the nft table inet secgroup"
+    else
+      say "no nft table inet secgroup to delete"
+    fi
+  fi
+  if ((purge)); then
+    rm -f "$R$CONFIG" "$R$TOKEN"
+    rmdir "$R$CONFIG_DIR" 2>/dev/null || true
+    local d
+    for d in "${STATE_DIRS[@]}"; do [[ $d == /var/lib/* ]] && rm -rf "$R$d"; done
+    say "removed the agent's configuration and state (--purge)"
+  else
+    say "kept $CONFIG_DIR and ${STATE_DIRS[0]} (add --purge to remove them)"
+  fi
+  say "uninstalled"
+}
+
+if [[ $mode == install ]]; then do_install; else do_uninstall; fi
