@@ -405,5 +405,5 @@ describe('computePortStatus agrees with the reference evaluator', () => {
       }),
       { numRuns: 300 },
     );
-  });
+  }, 60_000); // the reference evaluator re-parses every rule per packet: ~3 s alone, more beside other files
 });
