@@ -19,6 +19,8 @@ export type ErrorCode =
   | 'PROTOCOL'
   | 'STALE_REVISION'
   | 'VERIFY_FAILED'
+  | 'PROBE_PARSE'
+  | 'PROBE_FAILED'
   | 'NOT_FOUND'
   | 'CONFLICT'
   | 'QUOTA'
