@@ -202,6 +202,11 @@ describe('no user-supplied text reaches nft syntax', () => {
     expect(scriptProblems(script)).toEqual([]);
   });
 
+  it('multiport text with tabs or newlines around its items renders as plain numbers', () => {
+    const policy = parsePolicy({ revision: 1, instance: { id: 'i' }, security_groups: [{ id: 'sg', rules: [{ id: 'r', direction: 'ingress', protocol: 'tcp', multiport: '80,\t443,\n8000-8080' }] }] });
+    expect(renderScript(compilePolicy(policy).table)).toContain('comment "sg r: ingress allow IPv4 tcp 80,443,8000-8080 from 0.0.0.0/0"');
+  });
+
   it('ids with nft syntax in them are rejected with the id rule', () => {
     const r = checkPolicy({ revision: 1, instance: { id: 'i' }, security_groups: [{ id: 'sg"; flush ruleset; "', rules: [] }] });
     expect(r.ok).toBe(false);
