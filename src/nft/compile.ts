@@ -113,26 +113,63 @@ export function rulesOverlap(a: NormalizedRule, b: NormalizedRule): boolean {
   return rangesIntersect(a.peers, b.peers);
 }
 
-/** Port space is cut into blocks so that a rule is only compared with earlier rules sharing a block. */
-const PORT_BLOCK = 1024;
-
 /**
- * Layer per rule (see the file comment); null for rules that match nothing.
- * Only pairs that can overlap by protocol and port block are compared, so
- * typical policies cost far less than all pairs.
+ * Earlier rules indexed by what can make them overlap a new one: by protocol
+ * (a rule for protocol P can only overlap rules for P or for all protocols),
+ * then by 256-port bucket of their destination ports. It returns a superset
+ * of the rules that can overlap; rulesOverlap decides. Without it, layering
+ * is quadratic in the number of rules (10k rules: 11 s).
  */
+class OverlapIndex {
+  private readonly byProtocol = new Map<number, { all: number[]; anyPort: number[]; buckets: number[][] }>();
+  private readonly stamp: Int32Array;
+
+  constructor(private readonly rules: readonly NormalizedRule[]) {
+    this.stamp = new Int32Array(rules.length).fill(-1);
+  }
+
+  add(i: number): void {
+    const r = this.rules[i]!;
+    const key = r.protocol ?? -1;
+    let g = this.byProtocol.get(key);
+    if (!g) this.byProtocol.set(key, (g = { all: [], anyPort: [], buckets: Array.from({ length: 256 }, () => []) }));
+    g.all.push(i);
+    if (!r.ports) g.anyPort.push(i);
+    else for (const b of bucketsOf(r.ports)) g.buckets[b]!.push(i);
+  }
+
+  /** Indexes of earlier rules that may overlap rule `i` (each at most once). */
+  *candidates(i: number): Generator<number> {
+    const r = this.rules[i]!;
+    const groups = r.protocol === null ? [...this.byProtocol.values()] : [this.byProtocol.get(-1), this.byProtocol.get(r.protocol)];
+    for (const g of groups) {
+      if (!g) continue;
+      if (!r.ports) {
+        yield* g.all;
+        continue;
+      }
+      yield* g.anyPort;
+      for (const b of bucketsOf(r.ports)) {
+        for (const j of g.buckets[b]!) {
+          if (this.stamp[j] === i) continue;
+          this.stamp[j] = i;
+          yield j;
+        }
+      }
+    }
+  }
+}
+
+function bucketsOf(ports: readonly [number, number][]): Set<number> {
+  const out = new Set<number>();
+  for (const [a, b] of ports) for (let k = a >> 8; k <= b >> 8; k++) out.add(k);
+  return out;
+}
+
+/** Layer per rule (see the file comment); null for rules that match nothing. */
 export function assignLayers(rules: readonly NormalizedRule[]): (number | null)[] {
   const layers: (number | null)[] = [];
-  const anyProto: number[] = [];
-  const byProto = new Map<number, { allPorts: number[]; blocks: Map<number, number[]> }>();
-  const stamp = new Int32Array(rules.length).fill(-1);
-  const consider = (i: number, j: number, current: number): number => {
-    if (stamp[j] === i) return current;
-    stamp[j] = i;
-    const lj = layers[j];
-    if (lj === null || lj === undefined || lj < current) return current;
-    return rulesOverlap(rules[j]!, rules[i]!) ? lj + 1 : current;
-  };
+  const index = new OverlapIndex(rules);
   for (let i = 0; i < rules.length; i++) {
     const r = rules[i]!;
     if (r.peers.length === 0) {
@@ -140,40 +177,13 @@ export function assignLayers(rules: readonly NormalizedRule[]): (number | null)[
       continue;
     }
     let layer = 0;
-    if (r.protocol === null) {
-      for (let j = 0; j < i; j++) layer = consider(i, j, layer);
-    } else {
-      for (const j of anyProto) layer = consider(i, j, layer);
-      const idx = byProto.get(r.protocol);
-      if (idx) {
-        for (const j of idx.allPorts) layer = consider(i, j, layer);
-        if (r.ports === null) {
-          for (const list of idx.blocks.values()) for (const j of list) layer = consider(i, j, layer);
-        } else {
-          for (const [a, b] of r.ports) {
-            for (let blk = Math.floor(a / PORT_BLOCK); blk <= Math.floor(b / PORT_BLOCK); blk++) {
-              for (const j of idx.blocks.get(blk) ?? []) layer = consider(i, j, layer);
-            }
-          }
-        }
-      }
+    for (const j of index.candidates(i)) {
+      const lj = layers[j]!;
+      if (lj === null || lj < layer) continue;
+      if (rulesOverlap(rules[j]!, r)) layer = lj + 1;
     }
     layers.push(layer);
-    if (r.protocol === null) anyProto.push(i);
-    else {
-      let idx = byProto.get(r.protocol);
-      if (!idx) byProto.set(r.protocol, (idx = { allPorts: [], blocks: new Map() }));
-      if (r.ports === null) idx.allPorts.push(i);
-      else {
-        const blocks = new Set<number>();
-        for (const [a, b] of r.ports) for (let blk = Math.floor(a / PORT_BLOCK); blk <= Math.floor(b / PORT_BLOCK); blk++) blocks.add(blk);
-        for (const blk of blocks) {
-          let list = idx.blocks.get(blk);
-          if (!list) idx.blocks.set(blk, (list = []));
-          list.push(i);
-        }
-      }
-    }
+    index.add(i);
   }
   return layers;
 }

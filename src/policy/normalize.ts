@@ -26,7 +26,7 @@ export interface NormalizedRule {
   protocol: number | null;
   /** merged destination-port ranges; null = all ports */
   ports: PortRange[] | null;
-  /** the rule's multiport text, for display */
+  /** the rule's ports in multiport notation, in the user's order, rebuilt from the parsed numbers (for display) */
   multiport: string | null;
   icmpType: number | null;
   icmpCode: number | null;
@@ -94,10 +94,13 @@ export function normalizeRules(policy: Policy): NormalizedRule[] {
       const proto = parseProtocol(r.protocol);
       if (!proto.ok) throw new Error(`unvalidated policy: ${proto.error}`);
       let ports: PortRange[] | null = null;
+      let multiport: string | null = null;
       if (r.multiport) {
         const mp = parseMultiport(r.multiport);
         if (!mp.ok) throw new Error(`unvalidated policy: ${mp.error}`);
         ports = mergePorts(mp.ranges);
+        // rebuilt from the numbers: the user's text may hold tabs or newlines around items, which must not reach nft comments
+        multiport = mp.ranges.map(([a, b]) => (a === b ? String(a) : `${a}-${b}`)).join(',');
       }
       const remote: Remote = r.remote_ip_prefix
         ? { kind: 'prefix', prefix: r.remote_ip_prefix }
@@ -117,7 +120,7 @@ export function normalizeRules(policy: Policy): NormalizedRule[] {
         family,
         protocol: proto.proto,
         ports,
-        multiport: r.multiport || null,
+        multiport,
         icmpType: r.icmp_type ?? null,
         icmpCode: r.icmp_code ?? null,
         remote,

@@ -49,7 +49,10 @@ export function parsePacketText(text: string): Packet {
   const packet: Packet = { direction, family, protocol, src: src.addr, dst: dst.addr };
   const portProto = protocol === 6 || protocol === 17 || protocol === 132;
   if (portProto) {
-    if (dst.port === undefined) throw new Error(`${protoWord} needs a destination port (address:port)`);
+    if (dst.port === undefined) {
+      // "fd00:5ec::10:80" is a valid address on its own: the port needs brackets
+      throw new Error(`${protoWord} needs a destination port (address:port${family === 6 ? ', for IPv6 [address]:port' : ''})`);
+    }
     packet.sport = src.port ?? 40000;
     packet.dport = dst.port;
   } else if (src.port !== undefined || dst.port !== undefined) {

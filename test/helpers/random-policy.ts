@@ -369,9 +369,13 @@ function packetContext(policy: Policy): PacketContext {
   if (cached) return cached;
   const rules = normalizeRules(policy);
   const own: Record<Family, string[]> = { 4: [], 6: [] };
-  for (const a of policy.instance.addresses) own[parseIp(a).family].push(a);
+  for (const a of policy.instance.addresses) {
+    const ip = parseIp(a);
+    // test packets never use other addresses (TESTING.md rule 2)
+    if (TEST_RANGES[ip.family].lo <= ip.value && ip.value <= TEST_RANGES[ip.family].hi) own[ip.family].push(a);
+  }
   const families = ([4, 6] as const).filter((f) => own[f].length > 0);
-  if (!families.length) throw new Error('randomPackets: the instance has no address');
+  if (!families.length) throw new Error('randomPackets: the instance has no address in 198.18.0.0/15 or fd00:5ec::/48');
   const ownValues = new Set(policy.instance.addresses.map((a) => parseIp(a).value));
   const all = policyRanges(policy);
   const ctx: PacketContext = {

@@ -1,0 +1,49 @@
+/**
+ * Runs the `secgroup` command in-process with a fake CliIo (main.ts runs
+ * itself at import, so it is not imported here): the same program, the same
+ * mapping of errors to exit codes as `run()` in main.ts.
+ */
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { CommanderError } from 'commander';
+import { buildProgram } from '../../src/cli/program.js';
+import { CliExit, EXIT, type CliIo } from '../../src/cli/io.js';
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export const ROOT = join(import.meta.dirname, '../..');
+
+export async function runCli(argv: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
+  let stdout = '';
+  let stderr = '';
+  const io: CliIo = { out: (s) => void (stdout += s), err: (s) => void (stderr += s), env };
+  let code: number = EXIT.ok;
+  try {
+    await buildProgram(io).parseAsync(argv, { from: 'user' });
+  } catch (e) {
+    if (e instanceof CliExit) code = e.exitCode;
+    else if (e instanceof CommanderError) code = e.exitCode === 0 ? EXIT.ok : EXIT.invalid;
+    else {
+      stderr += `error: ${(e as Error).message}\n`;
+      code = EXIT.failure;
+    }
+  }
+  return { code, stdout, stderr };
+}
+
+/** Runs the real entry point (src/cli/main.ts through tsx) as a child process. */
+export function spawnCli(argv: string[]): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...argv], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}

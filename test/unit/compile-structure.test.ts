@@ -1,0 +1,184 @@
+/**
+ * The shape of the compiled table (src/nft/compile.ts): layers hold
+ * non-overlapping rules so their maps have disjoint keys; the number of
+ * lookups does not grow with the number of rules, ports or peers; per-rule
+ * chains and counters; digests.
+ */
+import { describe, expect, it } from 'vitest';
+import { assignLayers, compilePolicy, rulesOverlap, ruleChainName } from '../../src/nft/compile.js';
+import type { Chain, Table } from '../../src/nft/model.js';
+import { renderScript } from '../../src/nft/render.js';
+import { formatIp, parseIp } from '../../src/policy/address.js';
+import { normalizeRules, type NormalizedRule } from '../../src/policy/normalize.js';
+import { parsePolicy, type RuleInput } from '../../src/policy/schema.js';
+import { checkTable, overlappingElements } from '../helpers/nft-interpreter.js';
+import { doc, policyOf } from '../helpers/policies.js';
+import { createRng, randomPolicy } from '../helpers/random-policy.js';
+
+const SEEDS = Array.from({ length: 300 }, (_, i) => i * 7919 + 1);
+
+const chain = (t: Table, name: string): Chain => {
+  const c = t.chains.find((x) => x.name === name);
+  if (!c) throw new Error(`no chain ${name}`);
+  return c;
+};
+const vmapRules = (c: Chain) => c.rules.filter((r) => r.exprs.some((e) => e.kind === 'vmap'));
+
+/** The definition of the layers, written the slow and obvious way. */
+function naiveLayers(rules: readonly NormalizedRule[]): (number | null)[] {
+  const layers: (number | null)[] = [];
+  rules.forEach((r, i) => {
+    if (r.peers.length === 0) return layers.push(null);
+    let layer = 0;
+    for (let j = 0; j < i; j++) {
+      const lj = layers[j];
+      if (lj !== null && lj !== undefined && rulesOverlap(rules[j]!, r)) layer = Math.max(layer, lj + 1);
+    }
+    return layers.push(layer);
+  });
+  return layers;
+}
+
+describe('layers', () => {
+  it('rules of one layer never overlap, each rule sits above every earlier rule it overlaps, and every map has disjoint keys (random policies)', () => {
+    for (const seed of SEEDS) {
+      const policy = parsePolicy(randomPolicy(createRng(seed)));
+      const compiled = compilePolicy(policy);
+      expect(checkTable(compiled.table), `seed ${seed}`).toEqual([]);
+      for (const m of compiled.table.maps) expect(overlappingElements(m), `seed ${seed} map ${m.name}`).toEqual([]);
+      const all = normalizeRules(policy);
+      for (const direction of ['ingress', 'egress'] as const) {
+        for (const family of [4, 6] as const) {
+          const rules = all.filter((r) => r.direction === direction && r.family === family);
+          const layers = assignLayers(rules);
+          expect(layers, `seed ${seed}: the index gives the layers of the definition`).toEqual(naiveLayers(rules));
+          rules.forEach((a, i) =>
+            rules.forEach((b, j) => {
+              if (i < j && layers[i] !== null && layers[i] === layers[j]) expect(rulesOverlap(a, b), `seed ${seed}: ${a.ruleId} / ${b.ruleId}`).toBe(false);
+            }),
+          );
+        }
+      }
+    }
+  });
+
+  it('overlapping rules go one layer up; disjoint rules share a layer; rules matching nothing get none', () => {
+    const policy = policyOf(
+      [
+        { id: 'http', protocol: 'tcp', multiport: '80' },
+        { id: 'https', protocol: 'tcp', multiport: '443' },
+        { id: 'web-deny', action: 'deny', priority: 2, protocol: 'tcp', multiport: '80,443', remote_ip_prefix: '203.0.113.0/24' },
+        { id: 'all-from-app', priority: 3, remote_group_id: 'sg-app' },
+        { id: 'nobody', priority: 4, remote_group_id: 'sg-empty' },
+        { id: 'ping', priority: 5, protocol: 'icmp', icmp_type: 8 },
+      ],
+      { group_members: { 'sg-app': ['198.18.0.11'], 'sg-empty': [] } },
+    );
+    const info = Object.fromEntries(compilePolicy(policy).rules.map((r) => [r.ruleId, [r.layer, r.elements]]));
+    expect(info).toEqual({
+      http: [0, 1],
+      https: [0, 1],
+      'web-deny': [1, 2], // overlaps both
+      'all-from-app': [1, 3], // overlaps http/https (any port from anywhere), not web-deny (other peers): ports, icmp, proto
+      nobody: [null, 0],
+      ping: [2, 1], // overlaps all-from-app (layer 1) only
+    });
+  });
+
+  it('the family chain looks layers up in order, ports/icmp/proto within a layer', () => {
+    const { table } = compilePolicy(parsePolicy(doc([{ id: 'sg', rules: [{ protocol: 'tcp', multiport: '80' }, { priority: 2 }] }])));
+    expect(vmapRules(chain(table, 'ingress_v4')).map((r) => r.exprs.flatMap((e) => (e.kind === 'vmap' ? [e.map] : [])))).toEqual([
+      ['in4_l0_ports'],
+      ['in4_l1_ports'],
+      ['in4_l1_icmp'],
+      ['in4_l1_proto'],
+    ]);
+  });
+});
+
+describe('scale by construction: lookups do not grow with rules, ports or peers', () => {
+  it('10k rules with distinct ports from 0.0.0.0/0: one lookup in ingress_v4', () => {
+    const rules: Partial<RuleInput>[] = Array.from({ length: 10_000 }, (_, i) => ({ id: `r${i}`, protocol: i % 2 ? 'tcp' : 'udp', multiport: String(i + 1), remote_ip_prefix: '0.0.0.0/0' }));
+    const compiled = compilePolicy(policyOf(rules));
+    const lookups = vmapRules(chain(compiled.table, 'ingress_v4'));
+    expect(lookups).toHaveLength(1);
+    expect(compiled.stats.layers.ingress_v4).toBe(1);
+    expect(compiled.table.maps.find((m) => m.name === 'in4_l0_ports')!.elements).toHaveLength(10_000);
+    // and a rule per rule chain, each with its own counter
+    expect(compiled.table.chains.filter((c) => c.name.startsWith('r_'))).toHaveLength(10_000);
+  }, 60_000);
+
+  it('a remote group of 100k members: one lookup per shape (ports, icmp, proto), whatever the size', () => {
+    const base = parseIp('198.18.0.0').value;
+    // every other address, so that nothing merges into a larger interval
+    const members = Array.from({ length: 100_000 }, (_, i) => formatIp(4, base + BigInt(2 * i)));
+    const compiled = compilePolicy(
+      policyOf([{ id: 'from-big', remote_group_id: 'big' }, { id: 'ssh-from-big', priority: 2, protocol: 'tcp', multiport: '22', remote_group_id: 'big' }], { group_members: { big: members } }),
+    );
+    const lookups = vmapRules(chain(compiled.table, 'ingress_v4'));
+    // layer 0: from-big (3 shapes); layer 1: ssh-from-big (ports only)
+    expect(lookups).toHaveLength(4);
+    expect(compiled.table.maps.map((m) => [m.name, m.elements.length])).toEqual([
+      ['in4_l0_ports', 100_000],
+      ['in4_l0_icmp', 100_000],
+      ['in4_l0_proto', 100_000],
+      ['in4_l1_ports', 100_000],
+    ]);
+  }, 60_000);
+
+  it('adjacent members and address group entries merge into intervals', () => {
+    const members = Array.from({ length: 256 }, (_, i) => `198.18.1.${i}`);
+    const compiled = compilePolicy(policyOf([{ id: 'g', protocol: 'udp', remote_group_id: 'sg' }], { group_members: { sg: members } }));
+    expect(compiled.table.maps[0]!.elements).toHaveLength(1);
+    expect(renderScript(compiled.table)).toContain('198.18.1.0/24 . udp . 0-65535 : jump');
+  });
+});
+
+describe('rule chains, counters, digests', () => {
+  it('every rule gets its own chain with a counter and its verdict, named by a hash of group and rule id', () => {
+    const compiled = compilePolicy(policyOf([{ id: 'a' }, { id: 'b', action: 'deny', priority: 2 }]));
+    const a = chain(compiled.table, ruleChainName('sg', 'a'));
+    const b = chain(compiled.table, ruleChainName('sg', 'b'));
+    expect(a.rules).toEqual([{ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: { kind: 'accept' } }], comment: 'sg/a' }]);
+    expect(b.rules[0]!.exprs[1]).toEqual({ kind: 'verdict', verdict: { kind: 'drop' } });
+    expect(ruleChainName('sg', 'a')).toMatch(/^r_[0-9a-f]{16}$/);
+    expect(ruleChainName('sg', 'a')).not.toBe(ruleChainName('sga', ''));
+    expect(compiled.rules.map((r) => [r.ruleId, r.chain])).toEqual([
+      ['a', a.name],
+      ['b', b.name],
+    ]);
+  });
+
+  it('base chains drop by default, count default drops, and jump to the family chains', () => {
+    const { table } = compilePolicy(policyOf([{ id: 'a' }, { id: 'b', direction: 'egress', ethertype: 'IPv6' }]));
+    const input = chain(table, 'input');
+    expect(input.base).toEqual({ type: 'filter', hook: 'input', priority: 0, policy: 'drop' });
+    expect(input.rules[input.rules.length - 1]).toEqual({ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: { kind: 'drop' } }], comment: 'default: no rule matched' });
+    expect(table.chains.map((c) => c.name).filter((n) => !n.startsWith('r_'))).toEqual(['input', 'output', 'ingress_v4', 'egress_v6']);
+  });
+
+  it('the digest depends on the ruleset only: not on the revision, the order of map construction or names', () => {
+    const a = doc([{ id: 'sg', name: 'one', rules: [{ protocol: 'tcp', multiport: '22' }] }]);
+    const b = { ...doc([{ id: 'sg', name: 'two', description: 'other words', rules: [{ protocol: 'tcp', multiport: '22', description: 'ssh' }] }]), revision: 99 };
+    const c = doc([{ id: 'sg', rules: [{ protocol: 'tcp', multiport: '23' }] }]);
+    const digest = (d: unknown) => compilePolicy(parsePolicy(d)).digest;
+    expect(digest(a)).toMatch(/^[0-9a-f]{16}$/);
+    expect(digest(b)).toBe(digest(a));
+    expect(digest(c)).not.toBe(digest(a));
+    expect(compilePolicy(parsePolicy(b)).table.comment).toBe(`secgroup digest=${digest(a)} revision=99 instance=ecs-test`);
+  });
+
+  it('long ids make comments that are cut to 128 characters and still render', () => {
+    const long = 'x'.repeat(64);
+    const compiled = compilePolicy(parsePolicy(doc([{ id: long, rules: [{ id: 'y'.repeat(64), protocol: 'tcp', multiport: '1,2,3,4,5,6,7,8,9,10' }] }])));
+    const comments = compiled.table.chains.flatMap((c) => [c.comment, ...c.rules.map((r) => r.comment)]).filter((c): c is string => c !== undefined);
+    for (const c of comments) expect(c.length).toBeLessThanOrEqual(128);
+    expect(comments.some((c) => c.endsWith('~'))).toBe(true);
+    expect(() => renderScript(compiled.table)).not.toThrow();
+  });
+
+  it('uses the table name it is given', () => {
+    expect(compilePolicy(policyOf([]), { table: 'sg_test' }).table.name).toBe('sg_test');
+    expect(() => compilePolicy(policyOf([]), { table: 'bad name' })).toThrow(/not a safe nft name/);
+  });
+});

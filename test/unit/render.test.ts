@@ -1,0 +1,222 @@
+/**
+ * The renderer (src/nft/render.ts): golden nft scripts for the examples (for
+ * reviewing output changes: UPDATE_GOLDEN=1 rewrites them), the JSON form, and
+ * the promise that no user text reaches nft syntax: adversarial ids, names and
+ * descriptions are rejected by the schema or never appear in the script.
+ */
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { compilePolicy, type CompileOptions } from '../../src/nft/compile.js';
+import { renderDeleteScript, renderJson, renderScript } from '../../src/nft/render.js';
+import { loadPolicyFile } from '../../src/policy/load.js';
+import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
+import { checkPolicy, ID_PATTERN, parsePolicy } from '../../src/policy/schema.js';
+import { createRng, randomPolicy } from '../helpers/random-policy.js';
+
+const ROOT = join(import.meta.dirname, '../..');
+const GOLDEN = join(ROOT, 'test/golden');
+const UPDATE = process.env.UPDATE_GOLDEN === '1';
+
+function golden(name: string, actual: string): void {
+  const path = join(GOLDEN, name);
+  if (UPDATE) {
+    mkdirSync(GOLDEN, { recursive: true });
+    writeFileSync(path, actual);
+    return;
+  }
+  if (!existsSync(path)) throw new Error(`missing golden file test/golden/${name}: run UPDATE_GOLDEN=1 npx vitest run --project unit test/unit/render.test.ts`);
+  expect(actual, `test/golden/${name} differs: if the change is intended, rerun with UPDATE_GOLDEN=1 and review the diff`).toBe(readFileSync(path, 'utf8'));
+}
+
+const EXAMPLES = readdirSync(join(ROOT, 'examples')).filter((f) => f.endsWith('.json'));
+
+const WITH_PLATFORM: CompileOptions = {
+  platform: {
+    ...DEFAULT_PLATFORM,
+    dhcp: false,
+    controller: { addresses: ['198.18.1.1', 'fd00:5ec::1:1'], port: 8443, dns: true },
+    failsafeIngress: [{ protocol: 6, from: 22, to: 22 }],
+    failsafeEgress: [{ protocol: 17, from: 123, to: 123 }],
+  },
+};
+
+describe('golden scripts', () => {
+  it.each(EXAMPLES)('examples/%s', async (file) => {
+    const policy = await loadPolicyFile(join(ROOT, 'examples', file));
+    golden(file.replace(/\.json$/, '.nft'), renderScript(compilePolicy(policy).table));
+  });
+
+  it('examples/ipv6.yaml renders the same script as ipv6.json', async () => {
+    const [yaml, json] = await Promise.all(['ipv6.yaml', 'ipv6.json'].map((f) => loadPolicyFile(join(ROOT, 'examples', f))));
+    expect(renderScript(compilePolicy(yaml!).table)).toBe(renderScript(compilePolicy(json!).table));
+  });
+
+  it('examples/web.json with a controller (by name), failsafe ports and DHCP off', async () => {
+    const policy = await loadPolicyFile(join(ROOT, 'examples/web.json'));
+    golden('web-platform.nft', renderScript(compilePolicy(policy, WITH_PLATFORM).table));
+  });
+
+  it('examples/web.json as libnftables JSON', async () => {
+    const policy = await loadPolicyFile(join(ROOT, 'examples/web.json'));
+    golden('web.nft.json', JSON.stringify(renderJson(compilePolicy(policy).table), null, 2) + '\n');
+  });
+});
+
+describe('script form', () => {
+  it('replaces our table in one transaction: create-if-missing, delete, define', async () => {
+    const script = renderScript(compilePolicy(await loadPolicyFile(join(ROOT, 'examples/web.json')), { table: 'sg_test' }).table);
+    expect(script.split('\n').slice(0, 4)).toEqual(['# secgroup: replaces table inet sg_test in one transaction (nft -f)', 'table inet sg_test {}', 'delete table inet sg_test', 'table inet sg_test {']);
+    expect(script.match(/^table /gm)).toHaveLength(2);
+    expect(script).not.toMatch(/flush ruleset|^delete table (?!inet sg_test$)/m);
+    expect(renderDeleteScript('inet', 'sg_test')).toBe('table inet sg_test {}\ndelete table inet sg_test\n');
+  });
+
+  it('the JSON form holds the same objects as the script', () => {
+    for (let seed = 0; seed < 50; seed++) {
+      const { table } = compilePolicy(parsePolicy(randomPolicy(createRng(seed))));
+      const cmds = renderJson(table).nftables as Record<string, Record<string, Record<string, unknown>>>[];
+      expect(cmds.slice(0, 3).map((c) => Object.keys(c)[0])).toEqual(['add', 'delete', 'add']);
+      const adds = (kind: string) => cmds.filter((c) => c.add?.[kind]).map((c) => c.add![kind]!);
+      expect(adds('map').map((m) => m.name)).toEqual(table.maps.map((m) => m.name));
+      expect(adds('map').map((m) => ((m.elem as unknown[] | undefined) ?? []).length)).toEqual(table.maps.map((m) => m.elements.length));
+      expect(adds('chain').map((c) => c.name)).toEqual(table.chains.map((c) => c.name));
+      expect(adds('rule')).toHaveLength(table.chains.reduce((n, c) => n + c.rules.length, 0));
+      expect(() => JSON.stringify(cmds)).not.toThrow();
+    }
+  });
+});
+
+// ---- no user text in nft syntax ----
+
+/** Characters that could end a string, a statement or a block in nft syntax, or hide in a terminal. */
+const NASTY = ['"', "'", ';', '\n', '\r', '\t', '}', '{', '#', '\\', '$', '`', '@', '*', ' ', '<', '>', 'é', '🔥', '\u202e', '\u0000', '\u00a0', '\u2028'];
+/** Letters ids may use in this test; none of the markers below can be built from them. */
+const ID_CHARS = ['a', 'b', 'c', '0', '1', '.', '_', ':', '-'];
+
+const nastyString = (chars: string[], maxLength: number) => fc.array(fc.constantFrom(...chars), { minLength: 0, maxLength }).map((a) => a.join(''));
+const idLike = fc.oneof(
+  { arbitrary: nastyString(ID_CHARS, 12).filter((s) => s.length > 0), weight: 12 },
+  { arbitrary: fc.constant('x'.repeat(64)), weight: 2 },
+  { arbitrary: nastyString([...ID_CHARS, ...NASTY], 12), weight: 1 },
+  { arbitrary: fc.constant('y'.repeat(65)), weight: 1 },
+);
+/** Free text carrying a marker that must never show up in a script. */
+// (descriptions may not hold < or >: the schema test covers that rejection)
+const marked = (marker: string) => nastyString([...NASTY.filter((c) => c !== '<' && c !== '>'), 'a', 'Z'], 20).map((s) => `${marker}${s}${marker}`);
+const multiportLike = fc.constantFrom('22', '22, 80', '80,\t443', '80,\n443', '\u00a080', '1-1024 ,8080', '22', '80;443', '80}', '"80"', '80 # x');
+
+/** What a rendered script may contain: printable ASCII, and quotes, semicolons and # only where we put them. */
+function scriptProblems(script: string): string[] {
+  const problems: string[] = [];
+  if (/[^\x20-\x7e\t\n]/.test(script)) problems.push('a character outside printable ASCII');
+  let depth = 0;
+  for (const line of script.split('\n')) {
+    const unquoted = line.replace(/"[A-Za-z0-9 ._:/,=()+#~-]*"/g, '""');
+    if (unquoted.replace(/""/g, '').includes('"')) problems.push(`unbalanced or unsafe quote: ${line}`);
+    if (unquoted.includes(';') && !/^\t\ttype filter hook (input|output) priority -?\d+; policy (accept|drop);$/.test(line)) problems.push(`semicolon: ${line}`);
+    const hash = unquoted.indexOf('#');
+    if (hash >= 0 && !line.startsWith('# secgroup: ') && !/ # [A-Za-z0-9._:-]+\/[A-Za-z0-9._:~-]+$/.test(line)) problems.push(`# outside a comment: ${line}`);
+    for (const ch of unquoted.slice(0, hash >= 0 ? hash : undefined)) {
+      if (ch === '{') depth++;
+      if (ch === '}') depth--;
+      if (depth < 0) problems.push(`unbalanced }: ${line}`);
+    }
+  }
+  if (depth !== 0) problems.push('unbalanced braces');
+  return problems;
+}
+
+describe('no user-supplied text reaches nft syntax', () => {
+  it('adversarial ids are rejected; names and descriptions never appear; whatever passes renders to a safe script', () => {
+    let accepted = 0;
+    let rejected = 0;
+    fc.assert(
+      fc.property(
+        fc.record({
+          groupId: idLike,
+          ruleId: idLike,
+          otherRuleId: idLike,
+          agId: idLike,
+          memberGroupId: idLike,
+          instanceId: idLike,
+          groupName: marked('QQNAMEQQ'),
+          groupDescription: marked('QQGDESCQQ'),
+          ruleDescription: marked('QQRDESCQQ'),
+          agName: marked('QQAGNAMEQQ'),
+          agDescription: marked('QQAGDESCQQ'),
+          multiport: multiportLike,
+        }),
+        (v) => {
+          const input = {
+            revision: 1,
+            instance: { id: v.instanceId, addresses: ['198.18.0.10'] },
+            security_groups: [
+              {
+                id: v.groupId,
+                name: v.groupName,
+                description: v.groupDescription,
+                rules: [
+                  { id: v.ruleId, direction: 'ingress', protocol: 'tcp', multiport: v.multiport, remote_address_group_id: v.agId, description: v.ruleDescription },
+                  { id: v.otherRuleId, direction: 'ingress', remote_group_id: v.memberGroupId },
+                ],
+              },
+            ],
+            address_groups: [{ id: v.agId, name: v.agName, description: v.agDescription, ip_version: 4, ip_set: ['203.0.113.0/24'] }],
+            group_members: { [v.memberGroupId]: ['198.18.0.11'] },
+          };
+          const checked = checkPolicy(input);
+          const ids = [v.groupId, v.ruleId, v.otherRuleId, v.agId, v.memberGroupId, v.instanceId];
+          if (!checked.ok) {
+            rejected++;
+            // every id that breaks the rule is named in the issues
+            for (const id of ids) if (!ID_PATTERN.test(id)) expect(checked.issues.some((i) => /\.id$|^group_members\.|remote_group_id$|remote_address_group_id$/.test(i.path))).toBe(true);
+            return;
+          }
+          accepted++;
+          for (const id of ids) expect(id).toMatch(ID_PATTERN);
+          const script = renderScript(compilePolicy(checked.policy).table);
+          expect(scriptProblems(script)).toEqual([]);
+          expect(script).not.toMatch(/QQ/);
+          const json = JSON.stringify(renderJson(compilePolicy(checked.policy).table));
+          expect(json).not.toMatch(/QQ/);
+        },
+      ),
+      { numRuns: 500 },
+    );
+    // both sides of the property were exercised
+    expect(accepted).toBeGreaterThan(50);
+    expect(rejected).toBeGreaterThan(50);
+  });
+
+  it('a name or description with quotes, newlines and braces is accepted by the schema and left out of the script', () => {
+    const nasty = 'x" ; flush ruleset ; }\n# {';
+    const policy = parsePolicy({
+      revision: 1,
+      instance: { id: 'i' },
+      security_groups: [{ id: 'sg', name: nasty.slice(0, 20), description: nasty, rules: [{ id: 'r', direction: 'ingress', description: nasty }] }],
+    });
+    const script = renderScript(compilePolicy(policy).table);
+    expect(script).not.toContain('flush');
+    expect(scriptProblems(script)).toEqual([]);
+  });
+
+  it('multiport text with tabs or newlines around its items renders as plain numbers', () => {
+    const policy = parsePolicy({ revision: 1, instance: { id: 'i' }, security_groups: [{ id: 'sg', rules: [{ id: 'r', direction: 'ingress', protocol: 'tcp', multiport: '80,\t443,\n8000-8080' }] }] });
+    expect(renderScript(compilePolicy(policy).table)).toContain('comment "sg r: ingress allow IPv4 tcp 80,443,8000-8080 from 0.0.0.0/0"');
+  });
+
+  it('ids with nft syntax in them are rejected with the id rule', () => {
+    const r = checkPolicy({ revision: 1, instance: { id: 'i' }, security_groups: [{ id: 'sg"; flush ruleset; "', rules: [] }] });
+    expect(r.ok).toBe(false);
+    expect(!r.ok && r.issues[0]!.path).toBe('security_groups[0].id');
+  });
+
+  it('the scripts of random policies are safe too', () => {
+    for (let seed = 0; seed < 200; seed++) {
+      const script = renderScript(compilePolicy(parsePolicy(randomPolicy(createRng(seed)))).table);
+      expect(scriptProblems(script), `seed ${seed}`).toEqual([]);
+    }
+  });
+});
