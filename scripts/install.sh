@@ -10,7 +10,7 @@
 #       -> /usr/local/lib/secgroup/secgroup.mjs
 #   - /usr/local/bin/secgroup: runs it with the Node.js >= 20 found now
 #   - systemd/secgroup-agent.service -> /usr/local/lib/systemd/system/
-#   - examples/agent.yaml -> /etc/secgroup/agent.yaml and an empty
+#   - examples/config/agent.yaml -> /etc/secgroup/agent.yaml and an empty
 #     /etc/secgroup/agent.token (0600), each only when missing: an existing
 #     configuration or token is never overwritten
 #   - when systemd is PID 1: daemon-reload, enable the unit, restart it if it
@@ -105,7 +105,7 @@ put() {
 }
 
 do_install() {
-  local src_unit="$repo/systemd/$UNIT" src_config="$repo/examples/agent.yaml"
+  local src_unit="$repo/systemd/$UNIT" src_config="$repo/examples/config/agent.yaml"
   [[ -f $bundle ]] || die "$bundle not found: run 'npm run bundle' first or pass --bundle FILE"
   [[ -f $src_unit ]] || die "$src_unit not found"
   [[ -f $src_config ]] || die "$src_config not found"

@@ -77,7 +77,7 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
     expect(tree(root).sort()).toEqual([CONFIG, TOKEN, WRAPPER, PROGRAM, UNIT].sort());
     expect(file(PROGRAM)).toBe(readFileSync(bundle, 'utf8'));
     expect(file(UNIT)).toBe(readFileSync('systemd/secgroup-agent.service', 'utf8'));
-    expect(file(CONFIG)).toBe(readFileSync('examples/agent.yaml', 'utf8'));
+    expect(file(CONFIG)).toBe(readFileSync('examples/config/agent.yaml', 'utf8'));
     expect(file(TOKEN)).toBe('');
     expect([mode(PROGRAM), mode(WRAPPER), mode(UNIT), mode(CONFIG), mode(TOKEN)]).toEqual([0o644, 0o755, 0o644, 0o644, 0o600]);
     expect(file(WRAPPER)).toBe(`#!/bin/sh\n# secgroup: installed by scripts/install.sh (runs the single-file program)\nexec '${process.execPath}' '/usr/local/lib/secgroup/secgroup.mjs' "$@"\n`);
