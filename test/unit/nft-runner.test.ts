@@ -70,7 +70,7 @@ describe('element updates', () => {
     const from = compilePolicy(policy(1, { members: ['198.18.0.10', '198.18.0.11'] }));
     const to = compilePolicy(policy(2, { members: ['198.18.0.10', '198.18.0.20'] }));
     const plan = planElementUpdate(from.table, to.table)!;
-    expect(plan).toMatchObject({ added: 1, removed: 1 });
+    expect(plan).toMatchObject({ added: 2, removed: 1 }); // the range .10-.11 becomes .10 and .20
     const op = plan.ops[0]!;
     if (op.op !== 'update-elements') throw new Error('expected an element update');
     const text = renderElementChanges('inet', 'secgroup', [op]);
