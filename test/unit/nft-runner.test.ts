@@ -75,7 +75,7 @@ describe('element updates', () => {
     if (op.op !== 'update-elements') throw new Error('expected an element update');
     const text = renderElementChanges('inet', 'secgroup', [op]);
     const lines = text.trim().split('\n').slice(1);
-    expect(lines[0]).toMatch(/^delete element inet secgroup in4_l0_ports \{ 198\.18\.0\.10-198\.18\.0\.11 \. tcp \. 80 \}$/);
+    expect(lines[0]).toMatch(/^delete element inet secgroup in4_l0_ports \{ 198\.18\.0\.10\/31 \. tcp \. 80 \}$/);
     expect(lines[1]).toMatch(/^add element inet secgroup in4_l0_ports \{ 198\.18\.0\.10 \. tcp \. 80 : jump r_[0-9a-f]{16}, 198\.18\.0\.20 \. tcp \. 80 : jump r_[0-9a-f]{16} \}$/);
   });
 
