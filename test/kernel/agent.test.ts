@@ -3,6 +3,7 @@
  * controller in a second namespace; verdicts are observed with real TCP
  * connects from that second namespace.
  */
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, HOST_ADDR, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
 
@@ -15,7 +16,7 @@ const DRIFT_PERIOD_MS = 2000;
  * platform rule). A change of `ports` reloads the table, a change of
  * `members` only changes map elements.
  */
-function labPolicy(revision: number, ports: number[], members: string[] = [CLIENT_ADDR]) {
+function labPolicy(revision: number, ports: number[], members: string[] = [CLIENT_ADDR], egress = true) {
   return {
     revision,
     instance: { id: 'lab-1', addresses: [HOST_ADDR] },
@@ -25,7 +26,7 @@ function labPolicy(revision: number, ports: number[], members: string[] = [CLIEN
         rules: [
           { id: 'r-tcp', direction: 'ingress', protocol: 'tcp', multiport: ports.join(','), remote_ip_prefix: `${CLIENT_ADDR}/32` },
           { id: 'r-peers', direction: 'ingress', protocol: 'tcp', multiport: '8001', remote_group_id: 'peers' },
-          { id: 'r-out', direction: 'egress' },
+          ...(egress ? [{ id: 'r-out', direction: 'egress' }] : []),
         ],
       },
     ],
@@ -164,12 +165,25 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
     expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
   });
 
+  it('keeps its control channel with no egress rule at all (platform rule): a fresh connection gets through', async () => {
+    await peer.request({ cmd: 'policy', policy: labPolicy(9, [8000], [CLIENT_ADDR], false) });
+    await peer.waitForAck(9, 'applied');
+    const from = peer.lines.length;
+    await peer.request({ cmd: 'down' });
+    await peer.request({ cmd: 'up' });
+    const hello = await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 15_000, from, 'hello on a new connection');
+    expect(hello.message).toMatchObject({ applied_revision: 9 });
+    await peer.request({ cmd: 'policy', policy: labPolicy(10, [8000]) });
+    await peer.waitForAck(10, 'applied');
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
+  });
+
   it('stops on SIGTERM and leaves the rules in place', async () => {
     await peer.request({ cmd: 'down' });
     const code = await agent.stop('SIGTERM');
     expect(code).toBe(0);
     expect(agent.events('stop').length).toBe(1);
-    expect(await tableRevision()).toBe(7);
+    expect(await tableRevision()).toBe(10);
     expect(await verdicts([8001, 8002])).toEqual({ 8001: true, 8002: false });
   });
 
@@ -177,8 +191,8 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
     await lab.nft(['delete', 'table', 'inet', 'secgroup']);
     expect(await verdicts([8002])).toEqual({ 8002: true });
     agent = lab.startAgent(configPath);
-    await agent.waitFor((l) => l.event === 'boot' && l.revision === 7, 30_000, 0, 'boot from last known good');
-    expect(await tableRevision()).toBe(7);
+    await agent.waitFor((l) => l.event === 'boot' && l.revision === 10, 30_000, 0, 'boot from last known good');
+    expect(await tableRevision()).toBe(10);
     expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
     await agent.waitFor((l) => l.event === 'disconnect', 10_000, 0, 'failed connect attempt');
   });
@@ -187,16 +201,27 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
     const from = peer.lines.length;
     await peer.request({ cmd: 'up' });
     const hello = await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 15_000, from, 'hello after reconnect');
-    expect(hello.message).toMatchObject({ applied_revision: 7 });
+    expect(hello.message).toMatchObject({ applied_revision: 10 });
   });
 
   it('secgroup status shows the applied revision and rule counters', async () => {
     const r = await lab.cli(['status', '--state-dir', `${lab.dir}/state`, '--config', configPath, '--json']);
     expect(r.exitCode).toBe(0);
     const s = JSON.parse(String(r.stdout)) as { present: boolean; table_revision: number; last_known_good: { revision: number }; rules: { group: string; rule: string; packets: number }[] };
-    expect(s).toMatchObject({ present: true, table_revision: 7, last_known_good: { revision: 7 } });
+    expect(s).toMatchObject({ present: true, table_revision: 10, last_known_good: { revision: 10 } });
     expect(s.rules.map((x) => x.rule).sort()).toEqual(['r-out', 'r-peers', 'r-tcp']);
     expect(s.rules.find((x) => x.rule === 'r-tcp')!.packets).toBeGreaterThan(0);
+  });
+
+  it('keeps a corrupt state file aside, reports it, and takes the next policy from the controller', async () => {
+    await agent.stop('SIGTERM');
+    await writeFile(`${lab.dir}/state/policy.json`, '{"format":1,"policy":{"revision":');
+    agent = lab.startAgent(configPath);
+    const corrupt = await agent.waitFor((l) => l.event === 'state_corrupt', 30_000, 0, 'state_corrupt');
+    expect(String(corrupt.movedTo)).toMatch(/policy\.json\.corrupt-/);
+    await agent.waitFor((l) => l.event === 'apply' && l.revision === 10 && l.source === 'controller', 15_000, 0, 'policy from the controller');
+    expect((await readdir(`${lab.dir}/state`)).sort()).toEqual(['policy.json', String(corrupt.movedTo).split('/').pop()]);
+    expect(await readFile(String(corrupt.movedTo), 'utf8')).toBe('{"format":1,"policy":{"revision":');
   });
 
   it('secgroup uninstall-rules removes our table and nothing else', async () => {
