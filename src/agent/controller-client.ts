@@ -139,7 +139,7 @@ export class ControllerClient {
       this.teardown();
       this.scheduleReconnect(wasOpen ? `connection closed (${code}${reason ? ` ${reason}` : ''})` : `cannot connect (${code}${reason ? ` ${reason}` : ''})`);
     };
-    this.socket = this.o.dial({
+    const events: WireEvents = {
       open: () => {
         if (!live()) return;
         this.isOpen = true;
@@ -167,7 +167,14 @@ export class ControllerClient {
         this.o.logger.warn({ event: 'connect_error', err }, `control channel error: ${err.message}`);
       },
       close: onGone,
-    });
+    };
+    try {
+      this.socket = this.o.dial(events);
+    } catch (e) {
+      // e.g. an unreadable token file: report it and try again later
+      this.o.logger.error({ event: 'connect_error', err: e }, `cannot open the control channel: ${errorMessage(e)}`);
+      onGone(1006, 'dial failed');
+    }
   }
 
   private ping(gen: number): void {

@@ -95,3 +95,27 @@ describe('controller client', () => {
     expect(clock.timers).toBe(0);
   });
 });
+
+describe('controller client dial failures', () => {
+  it('retries when opening the socket throws (e.g. unreadable token file)', async () => {
+    const clock = new FakeClock();
+    let dials = 0;
+    const dialer = new FakeDialer();
+    const client = new ControllerClient({
+      dial: (events) => {
+        if (++dials === 1) throw new Error('cannot read token file');
+        return dialer.dial(events);
+      },
+      clock,
+      logger: silentLogger(),
+      random: () => 0,
+      hello: () => ({ type: 'hello', protocol: 1, instance_id: 'i', agent_version: 'v', applied_revision: null }),
+      onPolicy: () => undefined,
+      reconnectInitialMs: 100,
+    });
+    client.start();
+    await clock.advance(50);
+    expect(dials).toBe(2);
+    client.stop();
+  });
+});
