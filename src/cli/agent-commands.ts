@@ -8,7 +8,7 @@ import { lookup } from 'node:dns/promises';
 import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { createAgent, resolveControllerEndpoint, type Resolver } from '../agent/agent.js';
-import { DEFAULT_CONFIG_PATH, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
+import { DEFAULT_CONFIG_PATH, controllerHostPort, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
 import { FileStateStore } from '../agent/state-store.js';
 import { wsDialer } from '../agent/ws-dialer.js';
 import { systemClock } from '../lib/clock.js';
@@ -100,7 +100,14 @@ async function dryRun(io: CliIo, config: AgentConfig, policyFile: string | undef
     source = store.path;
   }
   let endpoint = null;
-  if (config.controller && config.platform.controller_rule) endpoint = await resolveControllerEndpoint(config.controller.url, dnsResolver);
+  if (config.controller && config.platform.controller_rule) {
+    try {
+      endpoint = await resolveControllerEndpoint(config.controller.url, dnsResolver);
+    } catch (e) {
+      logger.warn({ event: 'resolve_failed', err: e }, `cannot resolve the controller host (${errorMessage(e)}): the control-channel rule is rendered without addresses`);
+      endpoint = { addresses: [], port: controllerHostPort(config.controller.url).port, dns: true };
+    }
+  }
   const compiled = compilePolicy(policy, { table: config.table, platform: platformOptions(config, endpoint) });
   const script = renderScript(compiled.table);
   logger.info(
