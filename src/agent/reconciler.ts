@@ -171,9 +171,9 @@ export class Reconciler {
    */
   async checkDrift(): Promise<Drift | null> {
     if (this.stopped) return null;
-    const drift = await this.mutex.run(async () => {
+    return this.mutex.run(async () => {
       const applied = this.applied;
-      if (!applied || this.pending) return null;
+      if (!applied || this.stopped) return null;
       let rb: TableReadback | null;
       try {
         rb = await this.o.nft.readTable();
@@ -186,15 +186,16 @@ export class Reconciler {
       if (!d) return null;
       this.o.logger.warn({ event: 'drift', revision: applied.revision, drift: d.kind }, `our table drifted (${d.detail}): re-applying revision ${applied.revision}`);
       this.o.metrics.driftRepairs.inc({ kind: d.kind });
+      // Repair what is enforced now, even while a newer revision waits for a retry:
+      // a newer revision that keeps failing must not leave the host without its table.
       this.forceFull = true;
-      if (!this.pending) this.pending = { policy: applied.policy, source: 'drift', waiters: [], reported: false };
+      const r = await this.syncOnce(applied.policy, 'drift');
+      if (!r.ok) {
+        this.o.metrics.applyFailures.inc({ code: r.error.code });
+        this.o.logger.error({ event: 'drift_repair_failed', revision: applied.revision, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
+      }
       return d;
     });
-    if (drift) {
-      this.kick(true);
-      await this.idle();
-    }
-    return drift;
   }
 
   /** Reads rule counters into the metrics (for a scrape). Never throws. */

@@ -287,3 +287,21 @@ describe('reconciler', () => {
     expect(clock.timers).toBe(0);
   });
 });
+
+describe('reconciler drift while a newer revision keeps failing', () => {
+  it('restores the applied ruleset and keeps retrying the newer one', async () => {
+    const { nft, clock, r } = setup();
+    await r.submit(policy(1), 'controller');
+    nft.failNext('apply');
+    expect(await r.submit(policy(2, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'failed' });
+    nft.deleteTable();
+    expect(await r.checkDrift()).toMatchObject({ kind: 'missing' });
+    expect(tableRevision(nft)).toBe('1');
+    nft.failNext('apply');
+    await clock.advance(1000); // retry 1 of revision 2: fails (second injected failure)
+    expect(r.appliedRevision).toBe(1);
+    await clock.advance(2000); // retry 2 works
+    expect(r.appliedRevision).toBe(2);
+    expect(tableRevision(nft)).toBe('2');
+  });
+});
