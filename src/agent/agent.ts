@@ -145,15 +145,9 @@ export function createAgent(deps: AgentDeps): Agent {
       next = { addresses: endpoint?.addresses ?? [], port, dns: true };
     }
     if (JSON.stringify(next) === JSON.stringify(endpoint)) return;
-    const first = endpoint === null;
+    if (endpoint !== null) logger.info({ event: 'controller_addresses', addresses: next.addresses }, 'controller addresses changed: updating the control-channel rule');
     endpoint = next;
-    if (first) {
-      const platform = platformOptions(config, endpoint);
-      reconciler.setPlatform(platform);
-    } else {
-      logger.info({ event: 'controller_addresses', addresses: next.addresses }, 'controller addresses changed: updating the control-channel rule');
-      reconciler.setPlatform(platformOptions(config, endpoint));
-    }
+    reconciler.setPlatform(platformOptions(config, endpoint));
   }
 
   function onPolicy(raw: unknown): void {
