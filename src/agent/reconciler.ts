@@ -141,6 +141,10 @@ export class Reconciler {
   submit(policy: Policy, source: PolicySource): Promise<SyncOutcome> {
     return new Promise((resolve) => {
       const rev = policy.revision;
+      if (this.stopped) {
+        resolve({ status: 'failed', revision: rev, error: new SecgroupError('INTERNAL', 'the agent is stopping: not applied'), source, retryInMs: 0 });
+        return;
+      }
       const current = Math.max(this.applied?.revision ?? -1, this.inFlight?.policy.revision ?? -1, this.pending?.policy.revision ?? -1);
       if (rev < current) {
         this.emit({ status: 'stale', revision: rev, current, source }, [resolve]);
