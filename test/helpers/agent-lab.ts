@@ -213,6 +213,13 @@ export class AgentLab {
     return agent;
   }
 
+  /** GET http://127.0.0.1:PORT/PATH from inside the host namespace (the agent's localhost endpoint). */
+  async httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
+    const script = `fetch('http://127.0.0.1:${port}${path}').then(async (r) => process.stdout.write(JSON.stringify({ status: r.status, body: await r.text() })), () => process.stdout.write(JSON.stringify({ status: 0, body: '' })))`;
+    const r = await this.exec(this.host, [process.execPath, '-e', script]);
+    return JSON.parse(String(r.stdout)) as { status: number; body: string };
+  }
+
   /** Runs a `secgroup` CLI command inside the host namespace. */
   cli(args: string[]) {
     return execa('ip', ['netns', 'exec', this.host, TSX, join(REPO, 'src/cli/main.ts'), ...args], { cwd: REPO, reject: false });

@@ -75,8 +75,7 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
     expect(hello.message).toMatchObject({ instance_id: 'lab-1', applied_revision: null, protocol: 1 });
     expect(peer.lines.find((l) => l.event === 'connection')?.auth).toBe('Bearer lab-token');
     expect(await tableRevision()).toBeNull();
-    const ready = await lab.exec(lab.host, ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:9469/readyz'], { reject: false });
-    expect(String(ready.stdout)).toBe('503');
+    expect((await lab.httpGet(9469, '/readyz')).status).toBe(503);
   });
 
   it('applies the policy from the controller, acks it, and real packets follow it', async () => {
@@ -86,12 +85,11 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
     expect(ack.duration_ms).toBeGreaterThanOrEqual(0);
     expect(await tableRevision()).toBe(1);
     expect(await verdicts([8000, 8001, 8002, 8003])).toEqual({ 8000: true, 8001: true, 8002: false, 8003: false });
-    const ready = await lab.exec(lab.host, ['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', 'http://127.0.0.1:9469/readyz']);
-    expect(String(ready.stdout)).toBe('200');
-    const metrics = await lab.exec(lab.host, ['curl', '-s', 'http://127.0.0.1:9469/metrics']);
-    expect(String(metrics.stdout)).toContain('secgroup_applied_revision 1');
-    expect(String(metrics.stdout)).toContain('secgroup_controller_connected 1');
-    expect(String(metrics.stdout)).toMatch(/secgroup_rule_packets_total\{group="sg-lab",rule="r-tcp",direction="ingress"\} [1-9]/);
+    expect((await lab.httpGet(9469, '/readyz')).status).toBe(200);
+    const metrics = (await lab.httpGet(9469, '/metrics')).body;
+    expect(metrics).toContain('secgroup_applied_revision 1');
+    expect(metrics).toContain('secgroup_controller_connected 1');
+    expect(metrics).toMatch(/secgroup_rule_packets_total\{group="sg-lab",rule="r-tcp",direction="ingress"\} [1-9]/);
   });
 
   it('replaces one revision by the next atomically: an always-allowed port never fails, a never-allowed port never opens', async () => {
