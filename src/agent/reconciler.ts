@@ -24,7 +24,7 @@ import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import { compilePolicy, type Compiled } from '../nft/compile.js';
 import { planElementUpdate } from '../nft/diff.js';
-import { findDrift, type Drift, type TableReadback } from '../nft/readback.js';
+import { findDrift, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import type { NftRunner } from '../nft/runner.js';
 import { replaceTableTx, type NftTransaction } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
@@ -202,12 +202,13 @@ export class Reconciler {
     });
   }
 
-  /** Reads rule counters into the metrics (for a scrape). Never throws. */
+  /** Reads rule counters into the metrics (for a scrape; no map elements are read). Never throws. */
   async refreshCounters(): Promise<void> {
     await this.mutex.run(async () => {
       if (!this.applied) return;
       try {
-        this.observeCounters(await this.o.nft.readTable());
+        const counters = await this.o.nft.readCounters();
+        if (counters) this.observeCounterMap(counters);
       } catch (e) {
         this.o.logger.debug({ event: 'counters_failed', err: e }, 'cannot read counters');
       }
@@ -228,11 +229,21 @@ export class Reconciler {
   }
 
   private observeCounters(rb: TableReadback | null): void {
+    if (!rb) return;
+    const m = new Map<string, Counter>();
+    for (const c of rb.chains) {
+      const counter = c.rules[0]?.counter;
+      if (counter) m.set(c.name, counter);
+    }
+    this.observeCounterMap(m);
+  }
+
+  private observeCounterMap(counters: ReadonlyMap<string, Counter>): void {
     const applied = this.applied;
-    if (!rb || !applied) return;
+    if (!applied) return;
     const values = [];
     for (const r of applied.compiled.rules) {
-      const counter = rb.chains.find((c) => c.name === r.chain)?.rules[0]?.counter;
+      const counter = counters.get(r.chain);
       if (counter) values.push({ key: { chain: r.chain, group: r.groupId, rule: r.ruleId, direction: r.direction }, counter });
     }
     this.o.metrics.observeRuleCounters(values);

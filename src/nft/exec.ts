@@ -5,7 +5,7 @@
 import { execa, type ExecaError } from 'execa';
 import { renderTransaction } from './render.js';
 import { nftError, nftNotFound, type NftInfo, type NftRunner } from './runner.js';
-import { parseTableReadback, type TableReadback } from './readback.js';
+import { parseTableReadback, type Counter, type TableReadback } from './readback.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 import { assertName } from './model.js';
 
@@ -70,6 +70,22 @@ export class ExecaNftRunner implements NftRunner {
 
   async apply(tx: NftTransaction): Promise<void> {
     await this.run('nft -f', ['-f', '-'], this.script(tx));
+  }
+
+  async readCounters(): Promise<Map<string, Counter> | null> {
+    try {
+      const json = await this.run(`nft -t -j list table ${this.family} ${this.table}`, ['-t', '-j', 'list', 'table', this.family, this.table]);
+      const rb = parseTableReadback(json.stdout, '', this.family, this.table);
+      const out = new Map<string, Counter>();
+      for (const c of rb.chains) {
+        const counter = c.rules.find((r) => r.counter)?.counter;
+        if (counter) out.set(c.name, counter);
+      }
+      return out;
+    } catch (e) {
+      if ((e as { code?: string }).code === 'NFT_NOT_FOUND_OBJECT') return null;
+      throw e;
+    }
   }
 
   async readTable(): Promise<TableReadback | null> {

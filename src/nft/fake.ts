@@ -11,7 +11,7 @@ import type { Counter, TableReadback } from './readback.js';
 import type { NftInfo, NftRunner } from './runner.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
-type Method = 'probe' | 'check' | 'apply' | 'readTable';
+type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters';
 
 const bigintAsHex = (_k: string, val: unknown): unknown => (typeof val === 'bigint' ? val.toString(16) : val);
 const clone = (t: Table): Table => structuredClone(t);
@@ -122,6 +122,16 @@ export class FakeNft implements NftRunner {
     const replaced = tx.ops.some((op) => op.op === 'replace-table' || op.op === 'delete-table');
     this.state = this.run(tx, this.state);
     if (replaced) this.counters.clear();
+  }
+
+  async readCounters(): Promise<Map<string, Counter> | null> {
+    await this.enter('readCounters');
+    if (!this.state) return null;
+    const out = new Map<string, Counter>();
+    for (const c of this.state.chains) {
+      if (c.rules.some((r) => r.exprs.some((e) => e.kind === 'counter'))) out.set(c.name, { ...(this.counters.get(c.name) ?? { packets: 0, bytes: 0 }) });
+    }
+    return out;
   }
 
   async readTable(): Promise<TableReadback | null> {

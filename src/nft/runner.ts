@@ -4,7 +4,7 @@
  * binary; `FakeNft` (fake.ts) keeps the table in memory for unit tests.
  */
 import { SecgroupError, type ErrorCode } from '../lib/errors.js';
-import type { TableReadback } from './readback.js';
+import type { Counter, TableReadback } from './readback.js';
 import type { NftTransaction } from './transaction.js';
 
 export interface NftInfo {
@@ -28,6 +28,12 @@ export interface NftRunner {
   apply(tx: NftTransaction): Promise<void>;
   /** Reads our table back; null when it does not exist. Throws NFT_PERMISSION / NFT_FAILED. */
   readTable(): Promise<TableReadback | null>;
+  /**
+   * The first counter of every chain (chain name -> counter), without reading
+   * map elements (`nft -t`): cheap enough for every metrics scrape. Null when
+   * the table does not exist. Throws NFT_PERMISSION / NFT_FAILED.
+   */
+  readCounters(): Promise<Map<string, Counter> | null>;
 }
 
 /** First `Error:` line of nft's stderr, trimmed, for messages. */

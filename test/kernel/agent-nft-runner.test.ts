@@ -83,6 +83,15 @@ describe.skipIf(skip !== null)(`nft runner against the kernel${skip ? ` (skipped
     expect(findDrift({ table: c.table, comment: c.table.comment!, fingerprint: base2 }, await nft.readTable())?.kind).toBe('structure');
   });
 
+  it('reads rule counters without the map elements', async () => {
+    const c = compilePolicy(policy(6));
+    await nft.apply(replaceTableTx(c.table));
+    const counters = await nft.readCounters();
+    expect(counters).not.toBeNull();
+    for (const r of c.rules) expect(counters!.get(r.chain)).toEqual({ packets: 0, bytes: 0 });
+    expect(counters!.get('input')).toBeDefined(); // the counted drop of invalid packets
+  });
+
   it('turns nft failures into typed errors and leaves the table as it was', async () => {
     const c = compilePolicy(policy(4));
     await nft.apply(replaceTableTx(c.table));
@@ -97,6 +106,7 @@ describe.skipIf(skip !== null)(`nft runner against the kernel${skip ? ` (skipped
     await nft.apply(deleteTableTx('inet', 'secgroup'));
     await nft.apply(deleteTableTx('inet', 'secgroup')); // absent: no error
     expect(await nft.readTable()).toBeNull();
+    expect(await nft.readCounters()).toBeNull();
     expect(String((await sh(['list', 'tables'])).stdout)).toContain('table inet bystander');
   });
 });
