@@ -30,11 +30,12 @@ export class FakeNft implements NftRunner {
   /** something that changes the fingerprint without changing counts (a rule replaced by hand) */
   private tampered = 0;
 
+  private readonly version: string;
+
   constructor(opts: { table?: string; version?: string } = {}) {
     this.table = opts.table ?? 'secgroup';
     this.version = opts.version ?? '1.0.6';
   }
-  private readonly version: string;
 
   count(method: Method): number {
     return this.calls.filter((c) => c.method === method).length;

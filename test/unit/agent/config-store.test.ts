@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -72,6 +72,14 @@ describe('file state store', () => {
     expect(r).toMatchObject({ kind: 'corrupt', error: { code: 'STATE_CORRUPT' } });
     expect(await readdir(dir)).toEqual(['policy.json.corrupt-2024-01-02T03-04-05-000Z']);
     expect(await readFile(join(dir, 'policy.json.corrupt-2024-01-02T03-04-05-000Z'), 'utf8')).toBe('{"format":1,"policy":');
+  });
+
+  it('reports an unreadable file as STATE_IO and leaves it where it is', async () => {
+    const s = new FileStateStore(dir, () => 0);
+    await mkdir(join(dir, 'policy.json'));
+    expect(await s.load()).toMatchObject({ kind: 'corrupt', error: { code: 'STATE_IO' }, movedTo: null });
+    expect(await readdir(dir)).toEqual(['policy.json']);
+    await expect(s.save(policy(1))).rejects.toMatchObject({ code: 'STATE_IO' });
   });
 
   it('treats a valid JSON file with an invalid policy as corrupt', async () => {
