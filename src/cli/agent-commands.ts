@@ -156,7 +156,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         scheduler: cronScheduler,
         resolver: dnsResolver,
         dialer: c ? wsDialer({ url: c.url, token: readToken(config), ...(ca ? { ca } : {}), maxPayload: c.max_message_bytes, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
-        portProbe: null,
+        portProbe: null, // src/probe/ (port status, SEMANTICS section 7) plugs in here once it lands
         hostname: hostname(),
       });
       const signal = new Promise<string>((resolve) => io.onShutdownSignal?.(resolve));
