@@ -4,6 +4,8 @@ export interface CliIo {
   err(text: string): void;
   /** environment variables (read-only) */
   env: Readonly<Record<string, string | undefined>>;
+  /** calls `handler` once on SIGTERM or SIGINT (long-running commands: `secgroup agent`); absent = never */
+  onShutdownSignal?: (handler: (signal: string) => void) => void;
 }
 
 /** Thrown by commands to end with an exit code after printing. */

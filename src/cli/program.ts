@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { registerPolicyCommands } from './policy-commands.js';
 import { registerPortsCommand } from './ports-command.js';
+import { registerAgentCommands } from './agent-commands.js';
 import type { CliIo } from './io.js';
 import { VERSION } from '../lib/version.js';
 
@@ -14,5 +15,6 @@ export function buildProgram(io: CliIo): Command {
     .exitOverride();
   registerPolicyCommands(program, io);
   registerPortsCommand(program, io);
+  registerAgentCommands(program, io);
   return program;
 }

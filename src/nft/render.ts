@@ -3,7 +3,8 @@
  * that replaces our table atomically, or the equivalent libnftables JSON.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
-import { assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
+import { assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
+import { assertOwnTable, type NftTransaction } from './transaction.js';
 
 const SYM_RE = /^[a-z][a-z0-9-]*$/;
 const STR_RE = /^[A-Za-z0-9._-]{1,15}$/;
@@ -127,6 +128,46 @@ export function renderScript(table: Table): string {
 export function renderDeleteScript(family: 'inet', name: string): string {
   assertName(name);
   return `table ${family} ${name} {}\ndelete table ${family} ${name}\n`;
+}
+
+function elementText(el: MapElement, keyType: readonly string[], withVerdict: boolean): string {
+  const key = el.key.map((k, j) => keyPartText(k, keyType[j])).join(' . ');
+  return withVerdict ? `${key} : ${verdictText(el.verdict)}` : key;
+}
+
+/**
+ * Element changes of verdict maps, for `nft -f` as one transaction: every
+ * deletion first, then every addition (a key whose verdict changes is deleted
+ * and added again).
+ */
+export function renderElementChanges(
+  family: 'inet',
+  table: string,
+  changes: readonly { map: string; keyType: readonly string[]; remove: readonly MapElement[]; add: readonly MapElement[] }[],
+): string {
+  const t = assertName(table);
+  const out: string[] = [`# secgroup: element changes in table ${family} ${t} (one transaction)`];
+  for (const c of changes) {
+    if (c.remove.length) out.push(`delete element ${family} ${t} ${assertName(c.map)} { ${c.remove.map((el) => elementText(el, c.keyType, false)).join(', ')} }`);
+  }
+  for (const c of changes) {
+    if (c.add.length) out.push(`add element ${family} ${t} ${assertName(c.map)} { ${c.add.map((el) => elementText(el, c.keyType, true)).join(', ')} }`);
+  }
+  return out.join('\n') + '\n';
+}
+
+/** The script of one transaction (see transaction.ts); throws if it touches any table but its own. */
+export function renderTransaction(tx: NftTransaction): string {
+  assertOwnTable(tx);
+  const parts: string[] = [];
+  const updates = [];
+  for (const op of tx.ops) {
+    if (op.op === 'replace-table') parts.push(renderScript(op.table));
+    else if (op.op === 'delete-table') parts.push(renderDeleteScript(op.family, op.name));
+    else updates.push(op);
+  }
+  if (updates.length) parts.push(renderElementChanges(tx.family, tx.table, updates));
+  return parts.join('');
 }
 
 // ---- JSON (libnftables schema, `nft -j -f`) ----

@@ -1,0 +1,302 @@
+/**
+ * The agent, assembled from its edges: `createAgent(deps)` returns an object
+ * with `start()` / `stop()`; only src/cli/main.ts reads the process
+ * (signals, exit). Start order matters for fail-static: nft is probed, the
+ * last known good policy is applied, and only then is the controller
+ * contacted, so a reboot with the controller down keeps the host protected.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Clock, Timer } from '../lib/clock.js';
+import { errorMessage } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import type { ScheduledJob, Scheduler } from '../lib/scheduler.js';
+import { VERSION } from '../lib/version.js';
+import type { NftRunner } from '../nft/runner.js';
+import type { ControllerEndpoint } from '../policy/platform.js';
+import { checkPolicy } from '../policy/schema.js';
+import { formatIssue } from '../lib/errors.js';
+import { PROTOCOL_VERSION, type AckMessage } from '../protocol/messages.js';
+import { controllerHostPort, platformOptions, type AgentConfig } from './config.js';
+import { ControllerClient, type Dialer } from './controller-client.js';
+import { AgentMetrics } from './metrics.js';
+import type { PortProbe } from './port-reporter.js';
+import { Reconciler, type SyncOutcome } from './reconciler.js';
+import type { StateStore } from './state-store.js';
+import { ipFamily } from '../policy/address.js';
+
+export interface Resolver {
+  /** addresses of a host name (IPv4 and IPv6); throws when it cannot be resolved */
+  resolve(host: string): Promise<string[]>;
+}
+
+export interface AgentDeps {
+  config: AgentConfig;
+  nft: NftRunner;
+  store: StateStore;
+  clock: Clock;
+  logger: Logger;
+  scheduler: Scheduler;
+  resolver: Resolver;
+  /** null: no controller configured (standalone: last known good only) */
+  dialer: Dialer | null;
+  metrics?: AgentMetrics;
+  portProbe?: PortProbe | null;
+  hostname?: string;
+  random?: () => number;
+}
+
+export interface AgentStatus {
+  ready: boolean;
+  appliedRevision: number | null;
+  pendingRevision: number | null;
+  digest: string | null;
+  controllerConnected: boolean;
+  lastError: { code: string; message: string } | null;
+}
+
+export interface Agent {
+  readonly reconciler: Reconciler;
+  readonly metrics: AgentMetrics;
+  /** probe nft, apply the last known good policy, then start drift checks, the HTTP endpoint and the controller client */
+  start(): Promise<void>;
+  /** stops everything; the ruleset stays in place */
+  stop(): Promise<void>;
+  status(): AgentStatus;
+  /** the HTTP endpoint's handler (/healthz, /readyz, /metrics) */
+  handleHttp(req: IncomingMessage, res: ServerResponse): void;
+  /** address the HTTP endpoint listens on, once started */
+  httpAddress(): { address: string; port: number } | null;
+}
+
+/** Controller endpoint for the platform rule: an IP literal as is, a name resolved (and DNS allowed). Throws when a name cannot be resolved. */
+export async function resolveControllerEndpoint(url: string, resolver: Resolver): Promise<ControllerEndpoint> {
+  const { host, port } = controllerHostPort(url);
+  if (ipFamily(host) !== null) return { addresses: [host], port, dns: false };
+  const addresses = [...new Set(await resolver.resolve(host))].filter((a) => ipFamily(a) !== null).sort();
+  return { addresses, port, dns: true };
+}
+
+function revisionOf(raw: unknown): number {
+  const r = (raw as { revision?: unknown } | null)?.revision;
+  return typeof r === 'number' && Number.isInteger(r) && r >= 0 ? r : 0;
+}
+
+export function ackFor(o: SyncOutcome): AckMessage {
+  switch (o.status) {
+    case 'applied':
+      return { type: 'ack', revision: o.revision, status: 'applied', duration_ms: Math.round(o.durationMs * 1000) / 1000, digest: o.digest };
+    case 'failed':
+      return { type: 'ack', revision: o.revision, status: 'failed', error: { code: o.error.code, message: o.error.message.slice(0, 4096) } };
+    case 'superseded':
+      return { type: 'ack', revision: o.revision, status: 'failed', error: { code: 'STALE_REVISION', message: `superseded by revision ${o.by} before it was applied` } };
+    case 'stale':
+      return { type: 'ack', revision: o.revision, status: 'failed', error: { code: 'STALE_REVISION', message: `revision ${o.revision} is older than revision ${o.current}, which this agent already has: not applied` } };
+  }
+}
+
+export function createAgent(deps: AgentDeps): Agent {
+  const { config, nft, store, clock, logger, scheduler, resolver } = deps;
+  const metrics = deps.metrics ?? new AgentMetrics();
+  let client: ControllerClient | null = null;
+  let driftJob: ScheduledJob | null = null;
+  let portsTimer: Timer | null = null;
+  let server: Server | null = null;
+  let endpoint: ControllerEndpoint | null = null;
+  let started = false;
+
+  const reconciler = new Reconciler({
+    nft,
+    store,
+    clock,
+    logger,
+    metrics,
+    platform: platformOptions(config, null),
+    retryInitialMs: config.retry_initial_ms,
+    retryMaxMs: config.retry_max_ms,
+    incremental: config.incremental,
+    onOutcome: (o) => {
+      if (o.source === 'controller') {
+        if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
+      }
+      if (o.status === 'applied' && o.kind !== 'noop') void sendPorts();
+    },
+  });
+
+  async function sendPorts(): Promise<void> {
+    if (!deps.portProbe || !client?.connected) return;
+    try {
+      const st = reconciler.state;
+      const report = await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null);
+      client.send({ type: 'ports', report });
+    } catch (e) {
+      logger.warn({ event: 'ports_failed', err: e }, `cannot report port status: ${errorMessage(e)}`);
+    }
+  }
+
+  async function refreshEndpoint(): Promise<void> {
+    const c = config.controller;
+    if (!c || !config.platform.controller_rule) return;
+    let next: ControllerEndpoint;
+    try {
+      next = await resolveControllerEndpoint(c.url, resolver);
+    } catch (e) {
+      const { port } = controllerHostPort(c.url);
+      logger.warn({ event: 'resolve_failed', err: e }, `cannot resolve the controller host: ${errorMessage(e)} (DNS stays allowed; will retry)`);
+      next = { addresses: endpoint?.addresses ?? [], port, dns: true };
+    }
+    if (JSON.stringify(next) === JSON.stringify(endpoint)) return;
+    if (endpoint !== null) logger.info({ event: 'controller_addresses', addresses: next.addresses }, 'controller addresses changed: updating the control-channel rule');
+    endpoint = next;
+    reconciler.setPlatform(platformOptions(config, endpoint));
+  }
+
+  function onPolicy(raw: unknown): void {
+    const r = checkPolicy(raw);
+    if (!r.ok) {
+      const revision = revisionOf(raw);
+      metrics.policiesRejected.inc();
+      const message = `invalid policy, nothing applied: ${r.issues.slice(0, 20).map(formatIssue).join('; ')}`.slice(0, 4096);
+      logger.error({ event: 'policy_rejected', revision, issues: r.issues.slice(0, 50) }, message);
+      client?.send({ type: 'ack', revision, status: 'rejected', error: { code: 'POLICY_INVALID', message } });
+      return;
+    }
+    if (r.policy.instance.id !== config.instance_id) {
+      logger.warn({ event: 'instance_mismatch', revision: r.policy.revision }, `policy is for instance ${r.policy.instance.id}, this agent is ${config.instance_id} (applied anyway: the controller maps tokens to instances)`);
+    }
+    void reconciler.submit(r.policy, 'controller');
+  }
+
+  function status(): AgentStatus {
+    const st = reconciler.state;
+    const err = reconciler.error;
+    return {
+      ready: st !== null,
+      appliedRevision: st?.revision ?? null,
+      pendingRevision: reconciler.pendingRevision,
+      digest: st?.compiled.digest ?? null,
+      controllerConnected: client?.connected ?? false,
+      lastError: err ? { code: err.code, message: err.message } : null,
+    };
+  }
+
+  function handleHttp(req: IncomingMessage, res: ServerResponse): void {
+    const path = (req.url ?? '/').split('?')[0];
+    const send = (code: number, body: string, type = 'text/plain; charset=utf-8') => {
+      res.writeHead(code, { 'content-type': type });
+      res.end(body);
+    };
+    if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'method not allowed\n');
+    if (path === '/healthz') return send(200, 'ok\n');
+    if (path === '/readyz') {
+      const s = status();
+      return send(s.ready ? 200 : 503, JSON.stringify(s) + '\n', 'application/json');
+    }
+    if (path === '/metrics') {
+      void (async () => {
+        await reconciler.refreshCounters();
+        try {
+          send(200, await metrics.registry.metrics(), metrics.registry.contentType);
+        } catch (e) {
+          send(500, `${errorMessage(e)}\n`);
+        }
+      })();
+      return;
+    }
+    send(404, 'not found\n');
+  }
+
+  async function listen(listenAt: string): Promise<void> {
+    const m = /^(?:\[(.+)\]|(.+)):(\d+)$/.exec(listenAt)!;
+    const host = m[1] ?? m[2]!;
+    server = createServer(handleHttp);
+    await new Promise<void>((resolve, reject) => {
+      server!.once('error', reject);
+      server!.listen(Number(m[3]), host, () => resolve());
+    });
+    logger.info({ event: 'http', listen: listenAt }, `health and metrics on http://${listenAt}`);
+  }
+
+  return {
+    reconciler,
+    metrics,
+    status,
+    handleHttp,
+    httpAddress() {
+      const a = server?.address();
+      return a && typeof a === 'object' ? { address: a.address, port: a.port } : null;
+    },
+
+    async start() {
+      if (started) throw new Error('agent already started');
+      started = true;
+      const info = await nft.probe();
+      logger.info({ event: 'start', version: VERSION, nft: info.version, table: nft.table, instance: config.instance_id }, `secgroup agent ${VERSION} (nft ${info.version})`);
+      await refreshEndpoint();
+
+      const lkg = await store.load();
+      if (lkg.kind === 'ok') {
+        const o = await reconciler.submit(lkg.policy, 'disk');
+        if (o.status === 'applied') logger.info({ event: 'boot', revision: o.revision, durationMs: o.durationMs }, `last known good revision ${o.revision} applied before contacting the controller`);
+        else logger.error({ event: 'boot_failed', revision: lkg.policy.revision }, `last known good revision ${lkg.policy.revision} could not be applied yet (retrying)`);
+      } else if (lkg.kind === 'corrupt') {
+        metrics.stateErrors.inc({ code: lkg.error.code });
+        logger.error(
+          { event: 'state_corrupt', code: lkg.error.code, movedTo: lkg.movedTo, err: lkg.error },
+          `last known good state is unusable (${lkg.error.message})${lkg.movedTo ? `; kept aside as ${lkg.movedTo}` : ''}; the current ruleset (if any) stays until the controller sends a policy`,
+        );
+      } else {
+        logger.info({ event: 'boot' }, 'no last known good policy yet; waiting for the controller');
+      }
+
+      driftJob = scheduler.schedule(config.drift_schedule, () => reconciler.checkDrift());
+      if (config.http_listen) await listen(config.http_listen);
+
+      if (deps.dialer && config.controller) {
+        const c = config.controller;
+        client = new ControllerClient({
+          dial: deps.dialer,
+          clock,
+          logger,
+          ...(deps.random ? { random: deps.random } : {}),
+          hello: () => ({
+            type: 'hello',
+            protocol: PROTOCOL_VERSION,
+            instance_id: config.instance_id,
+            agent_version: VERSION,
+            applied_revision: reconciler.appliedRevision,
+            ...(deps.hostname ? { hostname: deps.hostname.slice(0, 255) } : {}),
+          }),
+          onPolicy,
+          onConnected: () => {
+            metrics.controllerConnected.set(1);
+            void sendPorts();
+          },
+          onDisconnected: () => metrics.controllerConnected.set(0),
+          beforeReconnect: refreshEndpoint,
+          pingIntervalMs: c.ping_interval_ms,
+          pongTimeoutMs: c.pong_timeout_ms,
+          reconnectInitialMs: c.reconnect_initial_ms,
+          reconnectMaxMs: c.reconnect_max_ms,
+          maxMessageBytes: c.max_message_bytes,
+        });
+        client.start();
+      }
+      if (deps.portProbe && config.ports_interval_ms > 0) portsTimer = clock.setInterval(() => void sendPorts(), config.ports_interval_ms);
+    },
+
+    async stop() {
+      client?.stop();
+      driftJob?.stop();
+      portsTimer?.cancel();
+      await reconciler.stop();
+      if (server) {
+        const s = server;
+        server = null;
+        s.closeAllConnections();
+        await new Promise<void>((resolve) => s.close(() => resolve()));
+      }
+      metrics.controllerConnected.set(0);
+      logger.info({ event: 'stop', revision: reconciler.appliedRevision }, 'agent stopped; the ruleset stays in place');
+    },
+  };
+}

@@ -1,0 +1,157 @@
+/**
+ * Agent configuration: a YAML/JSON file (default /etc/secgroup/agent.yaml),
+ * then environment variables, then command-line flags, each overriding the
+ * one before; validated with zod. docs/agent-config.md lists every key.
+ */
+import { z } from 'zod';
+import { ValidationError } from '../lib/errors.js';
+import { validCron } from '../lib/scheduler.js';
+import { MAX_MESSAGE_BYTES } from '../protocol/messages.js';
+import { idSchema, zodIssues } from '../policy/schema.js';
+import { portSpecSchema, type ControllerEndpoint, type PlatformOptions } from '../policy/platform.js';
+
+export const DEFAULT_CONFIG_PATH = '/etc/secgroup/agent.yaml';
+export const DEFAULT_STATE_DIR = '/var/lib/secgroup';
+
+const listenSchema = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):\d{1,5}$/, { message: 'must be ADDRESS:PORT, e.g. 127.0.0.1:9469 ([::1]:9469 for IPv6)' });
+
+const controllerSchema = z.strictObject({
+  url: z
+    .string()
+    .refine((s) => /^wss?:\/\/[^/]+/.test(s) && URL.canParse(s), { message: 'must be a wss:// (or ws:// for tests) URL' }),
+  token: z.string().min(1).optional(),
+  token_file: z.string().min(1).optional(),
+  ca_file: z.string().min(1).optional(),
+  ping_interval_ms: z.int().min(1000).default(15_000),
+  pong_timeout_ms: z.int().min(500).default(10_000),
+  handshake_timeout_ms: z.int().min(500).default(10_000),
+  reconnect_initial_ms: z.int().min(10).default(500),
+  reconnect_max_ms: z.int().min(100).default(30_000),
+  max_message_bytes: z.int().min(1024).max(MAX_MESSAGE_BYTES).default(MAX_MESSAGE_BYTES),
+});
+
+const platformSchema = z.strictObject({
+  loopback: z.boolean().default(true),
+  icmpv6_nd: z.boolean().default(true),
+  dhcp: z.boolean().default(true),
+  controller_rule: z.boolean().default(true),
+  failsafe_ingress: z.array(portSpecSchema).default([]),
+  failsafe_egress: z.array(portSpecSchema).default([]),
+});
+
+export const agentConfigSchema = z.strictObject({
+  instance_id: idSchema,
+  state_dir: z.string().min(1).default(DEFAULT_STATE_DIR),
+  table: z
+    .string()
+    .regex(/^[a-zA-Z][a-zA-Z0-9_]{0,31}$/, { message: 'must be a letter followed by letters, digits or "_" (at most 32)' })
+    .default('secgroup'),
+  log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  controller: controllerSchema.optional(),
+  platform: platformSchema.default({ loopback: true, icmpv6_nd: true, dhcp: true, controller_rule: true, failsafe_ingress: [], failsafe_egress: [] }),
+  drift_schedule: z.string().refine(validCron, { message: 'must be a cron expression, e.g. "*/30 * * * * *" (every 30 s)' }).default('*/30 * * * * *'),
+  retry_initial_ms: z.int().min(10).default(1000),
+  retry_max_ms: z.int().min(100).default(60_000),
+  incremental: z.boolean().default(true),
+  http_listen: z.union([listenSchema, z.literal(''), z.null()]).default('127.0.0.1:9469'),
+  ports_interval_ms: z.int().min(0).default(60_000),
+});
+export type AgentConfig = z.output<typeof agentConfigSchema>;
+
+/** Values from the environment (SECGROUP_*), as a partial config document. */
+export function configFromEnv(env: Readonly<Record<string, string | undefined>>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const ctl: Record<string, unknown> = {};
+  const set = (o: Record<string, unknown>, key: string, v: string | undefined) => {
+    if (v !== undefined && v !== '') o[key] = v;
+  };
+  set(out, 'instance_id', env.SECGROUP_INSTANCE_ID);
+  set(out, 'state_dir', env.SECGROUP_STATE_DIR);
+  set(out, 'log_level', env.SECGROUP_LOG_LEVEL);
+  set(out, 'drift_schedule', env.SECGROUP_DRIFT_SCHEDULE);
+  set(out, 'http_listen', env.SECGROUP_HTTP_LISTEN);
+  set(out, 'table', env.SECGROUP_TABLE);
+  set(ctl, 'url', env.SECGROUP_CONTROLLER_URL);
+  set(ctl, 'token', env.SECGROUP_TOKEN);
+  set(ctl, 'token_file', env.SECGROUP_TOKEN_FILE);
+  set(ctl, 'ca_file', env.SECGROUP_CA_FILE);
+  if (Object.keys(ctl).length) out.controller = ctl;
+  return out;
+}
+
+export interface ConfigFlags {
+  instanceId?: string;
+  stateDir?: string;
+  logLevel?: string;
+  controller?: string;
+  tokenFile?: string;
+  caFile?: string;
+  driftSchedule?: string;
+  httpListen?: string;
+  table?: string;
+}
+
+export function configFromFlags(f: ConfigFlags): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const ctl: Record<string, unknown> = {};
+  if (f.instanceId !== undefined) out.instance_id = f.instanceId;
+  if (f.stateDir !== undefined) out.state_dir = f.stateDir;
+  if (f.logLevel !== undefined) out.log_level = f.logLevel;
+  if (f.driftSchedule !== undefined) out.drift_schedule = f.driftSchedule;
+  if (f.httpListen !== undefined) out.http_listen = f.httpListen;
+  if (f.table !== undefined) out.table = f.table;
+  if (f.controller !== undefined) ctl.url = f.controller;
+  if (f.tokenFile !== undefined) ctl.token_file = f.tokenFile;
+  if (f.caFile !== undefined) ctl.ca_file = f.caFile;
+  if (Object.keys(ctl).length) out.controller = ctl;
+  return out;
+}
+
+function isPlainObject(x: unknown): x is Record<string, unknown> {
+  return typeof x === 'object' && x !== null && !Array.isArray(x);
+}
+
+function merge(base: unknown, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = isPlainObject(base) ? { ...base } : {};
+  for (const [k, v] of Object.entries(over)) out[k] = isPlainObject(v) && isPlainObject(out[k]) ? merge(out[k], v) : v;
+  return out;
+}
+
+/**
+ * The effective configuration: `file` (parsed document or null), overridden by
+ * env, overridden by flags. Throws ValidationError CONFIG_INVALID listing every problem.
+ */
+export function resolveConfig(file: unknown, env: Readonly<Record<string, string | undefined>>, flags: ConfigFlags = {}): AgentConfig {
+  if (file !== null && file !== undefined && !isPlainObject(file)) {
+    throw new ValidationError('CONFIG_INVALID', 'agent configuration', [{ path: '', message: 'the configuration file must hold a mapping of keys' }]);
+  }
+  const doc = merge(merge(file ?? {}, configFromEnv(env)), configFromFlags(flags));
+  const r = agentConfigSchema.safeParse(doc);
+  if (!r.success) throw new ValidationError('CONFIG_INVALID', 'agent configuration', zodIssues(r.error, doc));
+  const c = r.data;
+  if (c.controller && c.controller.token !== undefined && c.controller.token_file !== undefined) {
+    throw new ValidationError('CONFIG_INVALID', 'agent configuration', [{ path: 'controller.token', message: 'set controller.token or controller.token_file, not both' }]);
+  }
+  return c;
+}
+
+/** Host and port of the controller URL; `host` without IPv6 brackets. */
+export function controllerHostPort(url: string): { host: string; port: number } {
+  const u = new URL(url);
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const port = u.port ? Number(u.port) : u.protocol === 'wss:' ? 443 : 80;
+  return { host, port };
+}
+
+/** The platform options (SEMANTICS section 4) for this configuration and the controller's resolved endpoint. */
+export function platformOptions(config: AgentConfig, controller: ControllerEndpoint | null): PlatformOptions {
+  const p = config.platform;
+  return {
+    loopback: p.loopback,
+    icmpv6Nd: p.icmpv6_nd,
+    dhcp: p.dhcp,
+    controller: p.controller_rule ? controller : null,
+    failsafeIngress: p.failsafe_ingress,
+    failsafeEgress: p.failsafe_egress,
+  };
+}

@@ -1,0 +1,280 @@
+/**
+ * The agent's end of the control channel: one WebSocket to the controller,
+ * re-opened with exponential backoff and jitter (capped) whenever it drops.
+ * On open it says `hello`; it validates every frame against the protocol
+ * schema, hands policy snapshots to the agent and sends its acks. Dead
+ * connections are found with ping/pong: no pong within the timeout and the
+ * socket is terminated and re-dialled.
+ *
+ * The socket itself is an edge (`Dialer`): `wsDialer` (ws-dialer.ts) in
+ * production, `FakeDialer` (below) in tests.
+ */
+import type { Clock, Timer } from '../lib/clock.js';
+import { errorMessage } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import { controllerMessageSchema, decode, type AgentMessage, type HelloMessage, type WelcomeMessage } from '../protocol/messages.js';
+
+export interface WireSocket {
+  send(text: string): void;
+  ping(): void;
+  close(code?: number, reason?: string): void;
+  /** drop the connection at once (no closing handshake) */
+  terminate(): void;
+}
+
+export interface WireEvents {
+  open(): void;
+  message(text: string, bytes: number): void;
+  pong(): void;
+  /** called once per socket, also after `error` */
+  close(code: number, reason: string): void;
+  error(err: Error): void;
+}
+
+/** Opens a connection; events arrive through `events`. Must not throw: failures arrive as `error` + `close`. */
+export type Dialer = (events: WireEvents) => WireSocket;
+
+export interface ControllerClientOptions {
+  dial: Dialer;
+  clock: Clock;
+  logger: Logger;
+  /** [0, 1), for jitter */
+  random?: () => number;
+  hello: () => HelloMessage;
+  onPolicy: (policy: unknown) => void;
+  onWelcome?: (w: WelcomeMessage) => void;
+  onConnected?: () => void;
+  onDisconnected?: () => void;
+  /** called before every dial after the first (e.g. to re-resolve the controller name) */
+  beforeReconnect?: () => Promise<void> | void;
+  pingIntervalMs?: number;
+  pongTimeoutMs?: number;
+  reconnectInitialMs?: number;
+  reconnectMaxMs?: number;
+  maxMessageBytes?: number;
+}
+
+/** Backoff before reconnect attempt `attempt` (0-based): min(max, initial * 2^attempt), then "equal jitter" (half fixed, half random). */
+export function reconnectDelay(attempt: number, initialMs: number, maxMs: number, random: number): number {
+  const base = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
+  return Math.round(base / 2 + (base / 2) * random);
+}
+
+export class ControllerClient {
+  private readonly o: ControllerClientOptions & Required<Pick<ControllerClientOptions, 'pingIntervalMs' | 'pongTimeoutMs' | 'reconnectInitialMs' | 'reconnectMaxMs' | 'maxMessageBytes' | 'random'>>;
+  private socket: WireSocket | null = null;
+  private generation = 0;
+  private attempt = 0;
+  private isOpen = false;
+  private stopped = true;
+  private reconnectTimer: Timer | null = null;
+  private pingTimer: Timer | null = null;
+  private pongTimer: Timer | null = null;
+  private dials = 0;
+
+  constructor(opts: ControllerClientOptions) {
+    this.o = {
+      pingIntervalMs: 15_000,
+      pongTimeoutMs: 10_000,
+      reconnectInitialMs: 500,
+      reconnectMaxMs: 30_000,
+      maxMessageBytes: 64 * 1024 * 1024,
+      random: Math.random,
+      ...opts,
+    };
+  }
+
+  get connected(): boolean {
+    return this.isOpen;
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.dial();
+  }
+
+  /** Closes the connection and stops reconnecting. */
+  stop(): void {
+    this.stopped = true;
+    this.reconnectTimer?.cancel();
+    this.reconnectTimer = null;
+    const s = this.socket;
+    this.teardown();
+    s?.close(1000, 'agent stopping');
+  }
+
+  /** Sends a message if connected; returns false (message dropped) otherwise. */
+  send(msg: AgentMessage): boolean {
+    if (!this.isOpen || !this.socket) return false;
+    try {
+      this.socket.send(JSON.stringify(msg));
+      return true;
+    } catch (e) {
+      this.o.logger.warn({ event: 'send_failed', err: e }, `cannot send ${msg.type}: ${errorMessage(e)}`);
+      return false;
+    }
+  }
+
+  private teardown(): void {
+    this.generation++;
+    this.pingTimer?.cancel();
+    this.pongTimer?.cancel();
+    this.pingTimer = this.pongTimer = null;
+    this.socket = null;
+    const was = this.isOpen;
+    this.isOpen = false;
+    if (was) this.o.onDisconnected?.();
+  }
+
+  private dial(): void {
+    const gen = ++this.generation;
+    this.dials++;
+    const live = () => gen === this.generation && !this.stopped;
+    let closed = false;
+    const onGone = (code: number, reason: string) => {
+      if (closed || !live()) return;
+      closed = true;
+      const wasOpen = this.isOpen;
+      this.teardown();
+      this.scheduleReconnect(wasOpen ? `connection closed (${code}${reason ? ` ${reason}` : ''})` : `cannot connect (${code}${reason ? ` ${reason}` : ''})`);
+    };
+    const events: WireEvents = {
+      open: () => {
+        if (!live()) return;
+        this.isOpen = true;
+        this.o.logger.info({ event: 'connect' }, 'connected to the controller');
+        this.send(this.o.hello());
+        this.o.onConnected?.();
+        this.pingTimer = this.o.clock.setInterval(() => this.ping(gen), this.o.pingIntervalMs);
+      },
+      message: (text, bytes) => {
+        if (!live()) return;
+        if (bytes > this.o.maxMessageBytes) {
+          this.o.logger.error({ event: 'protocol_error', bytes }, `frame of ${bytes} bytes is over the limit of ${this.o.maxMessageBytes}: closing`);
+          this.socket?.close(1009, 'message too big');
+          return;
+        }
+        this.onFrame(text);
+      },
+      pong: () => {
+        if (!live()) return;
+        this.pongTimer?.cancel();
+        this.pongTimer = null;
+      },
+      error: (err) => {
+        if (!live()) return;
+        this.o.logger.warn({ event: 'connect_error', err }, `control channel error: ${err.message}`);
+      },
+      close: onGone,
+    };
+    try {
+      this.socket = this.o.dial(events);
+    } catch (e) {
+      // e.g. an unreadable token file: report it and try again later
+      this.o.logger.error({ event: 'connect_error', err: e }, `cannot open the control channel: ${errorMessage(e)}`);
+      onGone(1006, 'dial failed');
+    }
+  }
+
+  private ping(gen: number): void {
+    if (gen !== this.generation || !this.socket) return;
+    if (this.pongTimer) return;
+    this.socket.ping();
+    this.pongTimer = this.o.clock.setTimeout(() => {
+      if (gen !== this.generation) return;
+      this.o.logger.warn({ event: 'dead_connection' }, `no pong within ${this.o.pongTimeoutMs} ms: dropping the connection`);
+      const s = this.socket;
+      s?.terminate();
+    }, this.o.pongTimeoutMs);
+  }
+
+  private onFrame(text: string): void {
+    const r = decode(controllerMessageSchema, text);
+    if (!r.ok) {
+      this.o.logger.warn({ event: 'protocol_error' }, `ignored a frame from the controller: ${r.error}`);
+      return;
+    }
+    const m = r.message;
+    if (m.type === 'welcome') {
+      this.attempt = 0;
+      this.o.logger.info({ event: 'welcome', desiredRevision: m.desired_revision }, `controller knows this instance as ${m.instance_id}`);
+      this.o.onWelcome?.(m);
+    } else if (m.type === 'policy') {
+      this.attempt = 0;
+      this.o.onPolicy(m.policy);
+    } else {
+      this.o.logger.error({ event: 'controller_error', code: m.error.code }, `controller says: ${m.error.message}`);
+    }
+  }
+
+  private scheduleReconnect(why: string): void {
+    if (this.stopped) return;
+    const delay = reconnectDelay(this.attempt, this.o.reconnectInitialMs, this.o.reconnectMaxMs, this.o.random());
+    this.attempt++;
+    this.o.logger.warn({ event: 'disconnect', retryInMs: delay, attempt: this.attempt }, `${why}; reconnecting in ${delay} ms`);
+    this.reconnectTimer = this.o.clock.setTimeout(() => {
+      this.reconnectTimer = null;
+      void (async () => {
+        try {
+          await this.o.beforeReconnect?.();
+        } catch (e) {
+          this.o.logger.warn({ event: 'reconnect_prepare_failed', err: e }, errorMessage(e));
+        }
+        if (!this.stopped) this.dial();
+      })();
+    }, delay);
+  }
+
+  /** Number of dials so far (tests, status). */
+  get dialCount(): number {
+    return this.dials;
+  }
+}
+
+/** In-memory dialer for tests: each dial creates a `FakeSocket` the test drives. */
+export class FakeDialer {
+  readonly sockets: FakeSocket[] = [];
+  readonly dial: Dialer = (events) => {
+    const s = new FakeSocket(events);
+    this.sockets.push(s);
+    return s;
+  };
+  get last(): FakeSocket {
+    const s = this.sockets.at(-1);
+    if (!s) throw new Error('no socket dialled yet');
+    return s;
+  }
+}
+
+export class FakeSocket implements WireSocket {
+  readonly sent: string[] = [];
+  pings = 0;
+  closed: { code?: number; reason?: string } | null = null;
+  terminated = false;
+  constructor(readonly events: WireEvents) {}
+  send(text: string): void {
+    if (this.closed || this.terminated) throw new Error('socket closed');
+    this.sent.push(text);
+  }
+  ping(): void {
+    this.pings++;
+  }
+  close(code?: number, reason?: string): void {
+    if (this.closed) return;
+    this.closed = { code, reason };
+    this.events.close(code ?? 1005, reason ?? '');
+  }
+  terminate(): void {
+    this.terminated = true;
+    this.events.close(1006, '');
+  }
+  /** messages the agent sent, parsed */
+  get messages(): AgentMessage[] {
+    return this.sent.map((t) => JSON.parse(t) as AgentMessage);
+  }
+  receive(msg: unknown): void {
+    const text = typeof msg === 'string' ? msg : JSON.stringify(msg);
+    this.events.message(text, Buffer.byteLength(text));
+  }
+}

@@ -1,0 +1,392 @@
+/**
+ * The sync loop: desired policy -> compile -> render -> check -> apply (one
+ * transaction) -> read back and verify -> persist -> report.
+ *
+ * - Bursts coalesce: `submit` only records the newest desired revision; one
+ *   loop applies whatever is newest when it gets to it. A revision replaced
+ *   before its turn is reported `superseded`.
+ * - Never backwards: a revision older than the applied (or pending) one is
+ *   reported `stale` and not applied.
+ * - No-op: a policy that compiles to the ruleset already applied costs no nft
+ *   call (the new revision is still recorded and persisted).
+ * - Incremental: when only verdict-map elements change, they are changed in
+ *   one transaction; any doubt or failure falls back to a full reload.
+ * - Failure: nft's transaction is atomic, so the previous ruleset stays; the
+ *   failure is reported once per revision, the next attempt is a full reload,
+ *   retried with exponential backoff until it works or a newer revision comes.
+ * - Drift: `checkDrift` reads the table back and re-applies on any difference.
+ *
+ * One mutex serialises syncs, drift checks and counter reads, so a read never
+ * races our own apply.
+ */
+import type { Clock, Timer } from '../lib/clock.js';
+import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import { compilePolicy, type Compiled } from '../nft/compile.js';
+import { planElementUpdate } from '../nft/diff.js';
+import { findDrift, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
+import type { NftRunner } from '../nft/runner.js';
+import { replaceTableTx, type NftTransaction } from '../nft/transaction.js';
+import type { PlatformOptions } from '../policy/platform.js';
+import type { Policy } from '../policy/schema.js';
+import type { AgentMetrics } from './metrics.js';
+import type { StateStore } from './state-store.js';
+
+export type PolicySource = 'disk' | 'controller' | 'drift' | 'platform' | 'local';
+export type SyncKind = 'full' | 'incremental' | 'noop';
+
+export type SyncOutcome =
+  | { status: 'applied'; revision: number; kind: SyncKind; durationMs: number; digest: string; source: PolicySource }
+  /** not applied now; the previous ruleset stays and a retry is scheduled */
+  | { status: 'failed'; revision: number; error: SecgroupError; source: PolicySource; retryInMs: number }
+  /** a newer revision arrived before this one was applied */
+  | { status: 'superseded'; revision: number; by: number; source: PolicySource }
+  /** older than what is applied or pending: never applied */
+  | { status: 'stale'; revision: number; current: number; source: PolicySource };
+
+export interface AppliedState {
+  policy: Policy;
+  revision: number;
+  compiled: Compiled;
+  /** the table comment in the kernel: set by the last full reload (nft cannot change a table comment in place) */
+  tableComment: string | null;
+  /** read-back fingerprint right after our last transaction */
+  fingerprint: string;
+  /** wall-clock ms of the last successful sync */
+  at: number;
+  kind: SyncKind;
+}
+
+export interface ReconcilerOptions {
+  nft: NftRunner;
+  store: StateStore;
+  clock: Clock;
+  logger: Logger;
+  metrics: AgentMetrics;
+  platform: PlatformOptions;
+  /** first retry delay after a failed sync, doubled each time up to `retryMaxMs` (defaults 1 s, 60 s) */
+  retryInitialMs?: number;
+  retryMaxMs?: number;
+  /** element-level updates when only map elements change (default true) */
+  incremental?: boolean;
+  /** called for every outcome (acks, logs) */
+  onOutcome?: (o: SyncOutcome) => void;
+}
+
+interface Desired {
+  policy: Policy;
+  source: PolicySource;
+  waiters: ((o: SyncOutcome) => void)[];
+  /** its failure was already reported (retries are silent) */
+  reported: boolean;
+}
+
+class Mutex {
+  private tail: Promise<void> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn);
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+}
+
+function asSecgroupError(e: unknown): SecgroupError {
+  return isSecgroupError(e) ? e : new SecgroupError('INTERNAL', `internal error during sync: ${errorMessage(e)}`, { cause: e });
+}
+
+export class Reconciler {
+  private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome'>> & Pick<ReconcilerOptions, 'onOutcome'>;
+  private platform: PlatformOptions;
+  private pending: Desired | null = null;
+  private inFlight: Desired | null = null;
+  private applied: AppliedState | null = null;
+  private loopRunning: Promise<void> | null = null;
+  private retryTimer: Timer | null = null;
+  private retryAttempt = 0;
+  private forceFull = false;
+  private lastError: SecgroupError | null = null;
+  private stopped = false;
+  private readonly mutex = new Mutex();
+
+  constructor(opts: ReconcilerOptions) {
+    this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, ...opts };
+    this.platform = opts.platform;
+  }
+
+  /** What is enforced now (null until the first successful sync). */
+  get state(): AppliedState | null {
+    return this.applied;
+  }
+
+  get appliedRevision(): number | null {
+    return this.applied?.revision ?? null;
+  }
+
+  /** The revision waiting to be applied (after a failure, or while a sync runs). */
+  get pendingRevision(): number | null {
+    return (this.pending ?? this.inFlight)?.policy.revision ?? null;
+  }
+
+  get error(): SecgroupError | null {
+    return this.lastError;
+  }
+
+  /**
+   * Records `policy` as desired and resolves with what became of it: applied,
+   * failed (first failure; retries go on), superseded or stale. Never rejects.
+   */
+  submit(policy: Policy, source: PolicySource): Promise<SyncOutcome> {
+    return new Promise((resolve) => {
+      const rev = policy.revision;
+      if (this.stopped) {
+        resolve({ status: 'failed', revision: rev, error: new SecgroupError('INTERNAL', 'the agent is stopping: not applied'), source, retryInMs: 0 });
+        return;
+      }
+      const current = Math.max(this.applied?.revision ?? -1, this.inFlight?.policy.revision ?? -1, this.pending?.policy.revision ?? -1);
+      if (rev < current) {
+        this.emit({ status: 'stale', revision: rev, current, source }, [resolve]);
+        return;
+      }
+      let waiters: ((o: SyncOutcome) => void)[] = [resolve];
+      const old = this.pending;
+      if (old && old.policy.revision === rev) waiters = [...old.waiters, resolve];
+      else if (old && !old.reported) this.emit({ status: 'superseded', revision: old.policy.revision, by: rev, source: old.source }, old.waiters);
+      this.pending = { policy, source, waiters, reported: false };
+      this.kick(true);
+    });
+  }
+
+  /** New platform options (e.g. the controller's addresses changed): re-applies the current policy if its ruleset changes. */
+  setPlatform(platform: PlatformOptions): void {
+    this.platform = platform;
+    if (this.applied && !this.pending) {
+      this.pending = { policy: this.applied.policy, source: 'platform', waiters: [], reported: false };
+      this.kick(true);
+    }
+  }
+
+  /**
+   * Reads our table back and, if it is missing or differs from what we
+   * applied, re-applies it (full reload). Returns the drift found, or null.
+   * Also feeds the per-rule counters into the metrics. Never throws.
+   */
+  async checkDrift(): Promise<Drift | null> {
+    if (this.stopped) return null;
+    return this.mutex.run(async () => {
+      const applied = this.applied;
+      if (!applied || this.stopped) return null;
+      let rb: TableReadback | null;
+      try {
+        rb = await this.o.nft.readTable();
+      } catch (e) {
+        this.o.logger.warn({ event: 'drift_check_failed', err: e }, `cannot read table back: ${errorMessage(e)}`);
+        return null;
+      }
+      this.observeCounters(rb);
+      const d = findDrift({ table: applied.compiled.table, comment: applied.tableComment, fingerprint: applied.fingerprint }, rb);
+      if (!d) return null;
+      this.o.logger.warn({ event: 'drift', revision: applied.revision, drift: d.kind }, `our table drifted (${d.detail}): re-applying revision ${applied.revision}`);
+      this.o.metrics.driftRepairs.inc({ kind: d.kind });
+      // Repair what is enforced now, even while a newer revision waits for a retry:
+      // a newer revision that keeps failing must not leave the host without its table.
+      this.forceFull = true;
+      const r = await this.syncOnce(applied.policy, 'drift');
+      if (!r.ok) {
+        this.o.metrics.applyFailures.inc({ code: r.error.code });
+        this.o.logger.error({ event: 'drift_repair_failed', revision: applied.revision, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
+      }
+      return d;
+    });
+  }
+
+  /** Reads rule counters into the metrics (for a scrape; no map elements are read). Never throws. */
+  async refreshCounters(): Promise<void> {
+    await this.mutex.run(async () => {
+      if (!this.applied) return;
+      try {
+        const counters = await this.o.nft.readCounters();
+        if (counters) this.observeCounterMap(counters);
+      } catch (e) {
+        this.o.logger.debug({ event: 'counters_failed', err: e }, 'cannot read counters');
+      }
+    });
+  }
+
+  /** Resolves when no sync is running (a retry may still be scheduled). */
+  async idle(): Promise<void> {
+    while (this.loopRunning) await this.loopRunning;
+  }
+
+  /** Stops retries and waits for a running sync; the ruleset stays in place. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.retryTimer?.cancel();
+    this.retryTimer = null;
+    await this.idle();
+  }
+
+  private observeCounters(rb: TableReadback | null): void {
+    if (!rb) return;
+    const m = new Map<string, Counter>();
+    for (const c of rb.chains) {
+      const counter = c.rules[0]?.counter;
+      if (counter) m.set(c.name, counter);
+    }
+    this.observeCounterMap(m);
+  }
+
+  private observeCounterMap(counters: ReadonlyMap<string, Counter>): void {
+    const applied = this.applied;
+    if (!applied) return;
+    const values = [];
+    for (const r of applied.compiled.rules) {
+      const counter = counters.get(r.chain);
+      if (counter) values.push({ key: { chain: r.chain, group: r.groupId, rule: r.ruleId, direction: r.direction }, counter });
+    }
+    this.o.metrics.observeRuleCounters(values);
+  }
+
+  private emit(o: SyncOutcome, waiters: ((o: SyncOutcome) => void)[]): void {
+    for (const w of waiters) w(o);
+    this.o.onOutcome?.(o);
+  }
+
+  /** Starts the loop if it is not running; `now` cancels a scheduled retry (new information). */
+  private kick(now: boolean): void {
+    if (this.stopped) return;
+    if (now && this.retryTimer) {
+      this.retryTimer.cancel();
+      this.retryTimer = null;
+    }
+    if (this.loopRunning || this.retryTimer) return;
+    this.loopRunning = Promise.resolve()
+      .then(() => this.loop())
+      .finally(() => {
+        this.loopRunning = null;
+        // a submit that landed after the loop's last check of `pending` but before this point
+        if (this.pending && !this.retryTimer) this.kick(false);
+      });
+  }
+
+  private async loop(): Promise<void> {
+    while (this.pending && !this.stopped) {
+      const d = this.pending;
+      this.pending = null;
+      this.inFlight = d;
+      const result = await this.mutex.run(() => this.syncOnce(d.policy, d.source));
+      this.inFlight = null;
+      if (result.ok) {
+        this.retryAttempt = 0;
+        this.lastError = null;
+        this.emit(
+          { status: 'applied', revision: d.policy.revision, kind: result.kind, durationMs: result.durationMs, digest: result.digest, source: d.source },
+          d.waiters,
+        );
+        continue;
+      }
+      const newer = this.pending !== null;
+      const delay = Math.min(this.o.retryMaxMs, this.o.retryInitialMs * 2 ** this.retryAttempt);
+      this.retryAttempt++;
+      this.lastError = result.error;
+      this.o.metrics.applyFailures.inc({ code: result.error.code });
+      this.o.logger.error(
+        { event: 'apply_failed', revision: d.policy.revision, code: result.error.code, err: result.error, retryInMs: newer ? 0 : delay, attempt: this.retryAttempt },
+        `revision ${d.policy.revision} was not applied (the previous ruleset stays): ${result.error.message}`,
+      );
+      if (!d.reported) {
+        d.reported = true;
+        this.emit({ status: 'failed', revision: d.policy.revision, error: result.error, source: d.source, retryInMs: newer ? 0 : delay }, d.waiters);
+        d.waiters = [];
+      }
+      if (newer) continue;
+      this.pending = d;
+      this.retryTimer = this.o.clock.setTimeout(() => {
+        this.retryTimer = null;
+        this.kick(false);
+      }, delay);
+      return;
+    }
+  }
+
+  private async syncOnce(
+    policy: Policy,
+    source: PolicySource,
+  ): Promise<{ ok: true; kind: SyncKind; durationMs: number; digest: string } | { ok: false; error: SecgroupError }> {
+    const { nft, clock, logger, metrics } = this.o;
+    const t0 = clock.monotonic();
+    const log = { revision: policy.revision, source };
+    try {
+      const compiled = compilePolicy(policy, { table: nft.table, platform: this.platform });
+      const prev = this.applied;
+      let kind: SyncKind | null = null;
+      let tableComment = compiled.table.comment ?? null;
+      let fingerprint = '';
+      if (prev && !this.forceFull && prev.compiled.digest === compiled.digest) {
+        kind = 'noop';
+        tableComment = prev.tableComment;
+        fingerprint = prev.fingerprint;
+      }
+      const plan = kind === null && prev && !this.forceFull && this.o.incremental ? planElementUpdate(prev.compiled.table, compiled.table) : null;
+      if (plan && prev) {
+        try {
+          const tx: NftTransaction = { family: 'inet', table: nft.table, ops: plan.ops };
+          await nft.check(tx);
+          await nft.apply(tx);
+          fingerprint = await this.verify(compiled, prev.tableComment);
+          tableComment = prev.tableComment;
+          kind = 'incremental';
+          logger.debug({ event: 'incremental', ...log, added: plan.added, removed: plan.removed }, 'map elements updated');
+        } catch (e) {
+          logger.warn({ event: 'incremental_failed', ...log, err: e }, `element update failed, falling back to a full reload: ${errorMessage(e)}`);
+        }
+      }
+      if (kind === null) {
+        const tx = replaceTableTx(compiled.table);
+        await nft.check(tx);
+        await nft.apply(tx);
+        metrics.resetRuleBaselines();
+        fingerprint = await this.verify(compiled, tableComment);
+        kind = 'full';
+      }
+      const durationMs = Math.max(0, clock.monotonic() - t0);
+      const changed = prev?.revision !== policy.revision;
+      this.applied = { policy, revision: policy.revision, compiled, tableComment, fingerprint, at: clock.now(), kind };
+      this.forceFull = false;
+      if (changed && source !== 'disk') {
+        try {
+          await this.o.store.save(policy);
+        } catch (e) {
+          const err = asSecgroupError(e);
+          metrics.stateErrors.inc({ code: err.code });
+          logger.error({ event: 'persist_failed', ...log, err }, `revision ${policy.revision} is applied but could not be saved as last known good: ${err.message}`);
+        }
+      }
+      metrics.appliedRevision.set(policy.revision);
+      if (kind !== 'noop') {
+        metrics.applies.inc({ kind });
+        metrics.applyDuration.observe({ kind }, durationMs / 1000);
+      }
+      logger.info(
+        { event: 'apply', ...log, kind, durationMs, digest: compiled.digest, rules: compiled.stats.rules, elements: compiled.stats.elements },
+        kind === 'noop' ? `revision ${policy.revision}: ruleset unchanged, nothing to apply` : `revision ${policy.revision} applied (${kind})`,
+      );
+      return { ok: true, kind, durationMs, digest: compiled.digest };
+    } catch (e) {
+      this.forceFull = true;
+      return { ok: false, error: asSecgroupError(e) };
+    }
+  }
+
+  /** Reads back after an apply; throws VERIFY_FAILED when the kernel does not hold what we sent. Returns the fingerprint. */
+  private async verify(compiled: Compiled, comment: string | null): Promise<string> {
+    const rb = await this.o.nft.readTable();
+    const drift = findDrift({ table: compiled.table, comment }, rb);
+    if (drift || !rb) {
+      throw new SecgroupError('VERIFY_FAILED', `read-back after apply does not match: ${drift?.detail ?? 'table missing'}`, { details: drift });
+    }
+    return rb.fingerprint;
+  }
+}

@@ -1,0 +1,166 @@
+/**
+ * Last known good: the policy the agent last applied, kept in the state
+ * directory so a reboot with the controller down still enforces it
+ * (fail-static). Written atomically: temp file, fsync, rename, fsync of the
+ * directory. A file that cannot be parsed or validated is moved aside (never
+ * overwritten, never replaced by "allow all") and reported.
+ */
+import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { SecgroupError, errorMessage } from '../lib/errors.js';
+import { checkPolicy, type Policy } from '../policy/schema.js';
+import { formatIssue } from '../lib/errors.js';
+
+export const STATE_FILE = 'policy.json';
+const FORMAT = 1;
+
+export type LoadResult =
+  | { kind: 'none' }
+  | { kind: 'ok'; policy: Policy; savedAt: string | null }
+  /** the file was unusable; `error` says why, `movedTo` is where it was kept (null if it could not be moved) */
+  | { kind: 'corrupt'; error: SecgroupError; movedTo: string | null };
+
+export interface StateStore {
+  /** Reads the last known good policy. Never throws: problems come back as `corrupt` (STATE_CORRUPT / STATE_IO). */
+  load(): Promise<LoadResult>;
+  /** Reads without side effects (no moving aside): for `status` and dry runs. */
+  peek(): Promise<LoadResult>;
+  /** Persists `policy` atomically. Throws SecgroupError STATE_IO. */
+  save(policy: Policy): Promise<void>;
+}
+
+interface StateDocument {
+  format: number;
+  saved_at: string;
+  policy: unknown;
+}
+
+/** Parses the state file text (pure). */
+export function parseStateText(text: string, path: string): { ok: true; policy: Policy; savedAt: string | null } | { ok: false; error: SecgroupError } {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    return { ok: false, error: new SecgroupError('STATE_CORRUPT', `state file ${path} is not valid JSON: ${errorMessage(e)}`, { cause: e }) };
+  }
+  const d = doc as Partial<StateDocument> | null;
+  if (!d || typeof d !== 'object' || d.format !== FORMAT || !('policy' in d)) {
+    return { ok: false, error: new SecgroupError('STATE_CORRUPT', `state file ${path} is not a secgroup state document (format ${FORMAT})`) };
+  }
+  const r = checkPolicy(d.policy);
+  if (!r.ok) {
+    return {
+      ok: false,
+      error: new SecgroupError('STATE_CORRUPT', `state file ${path} holds an invalid policy: ${r.issues.slice(0, 5).map(formatIssue).join('; ')}`, { details: r.issues }),
+    };
+  }
+  return { ok: true, policy: r.policy, savedAt: typeof d.saved_at === 'string' ? d.saved_at : null };
+}
+
+export function renderStateText(policy: Policy, savedAt: string): string {
+  const doc: StateDocument = { format: FORMAT, saved_at: savedAt, policy };
+  return JSON.stringify(doc, null, 2) + '\n';
+}
+
+export class FileStateStore implements StateStore {
+  readonly path: string;
+
+  /** `now` gives the wall clock (for `saved_at` and the name of a file moved aside). */
+  constructor(
+    readonly dir: string,
+    private readonly now: () => number,
+  ) {
+    this.path = join(dir, STATE_FILE);
+  }
+
+  async peek(): Promise<LoadResult> {
+    let text: string;
+    try {
+      text = await readFile(this.path, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { kind: 'none' };
+      return { kind: 'corrupt', error: new SecgroupError('STATE_IO', `cannot read state file ${this.path}: ${errorMessage(e)}`, { cause: e }), movedTo: null };
+    }
+    const r = parseStateText(text, this.path);
+    return r.ok ? { kind: 'ok', policy: r.policy, savedAt: r.savedAt } : { kind: 'corrupt', error: r.error, movedTo: null };
+  }
+
+  async load(): Promise<LoadResult> {
+    const r = await this.peek();
+    if (r.kind !== 'corrupt' || r.error.code !== 'STATE_CORRUPT') return r;
+    const aside = `${this.path}.corrupt-${new Date(this.now()).toISOString().replace(/[:.]/g, '-')}`;
+    try {
+      await rename(this.path, aside);
+      return { ...r, movedTo: aside };
+    } catch {
+      return r;
+    }
+  }
+
+  async save(policy: Policy): Promise<void> {
+    const tmp = `${this.path}.tmp-${randomBytes(6).toString('hex')}`;
+    try {
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      const fh = await open(tmp, 'w', 0o600);
+      try {
+        await fh.writeFile(renderStateText(policy, new Date(this.now()).toISOString()), 'utf8');
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(tmp, this.path);
+      const dh = await open(this.dir, 'r');
+      try {
+        await dh.sync();
+      } finally {
+        await dh.close();
+      }
+    } catch (e) {
+      await unlink(tmp).catch(() => undefined);
+      throw new SecgroupError('STATE_IO', `cannot write state file ${this.path}: ${errorMessage(e)}`, { cause: e });
+    }
+  }
+}
+
+/** In-memory store for tests; `text` is the "file" (null = absent), so tests can corrupt it. */
+export class MemoryStateStore implements StateStore {
+  text: string | null = null;
+  saves = 0;
+  movedAside: string[] = [];
+  failNextSave: SecgroupError | null = null;
+
+  constructor(policy?: Policy) {
+    if (policy) this.text = renderStateText(policy, '2024-01-01T00:00:00.000Z');
+  }
+
+  async peek(): Promise<LoadResult> {
+    if (this.text === null) return { kind: 'none' };
+    const r = parseStateText(this.text, 'memory');
+    return r.ok ? { kind: 'ok', policy: r.policy, savedAt: r.savedAt } : { kind: 'corrupt', error: r.error, movedTo: null };
+  }
+
+  async load(): Promise<LoadResult> {
+    const r = await this.peek();
+    if (r.kind !== 'corrupt') return r;
+    this.movedAside.push(this.text!);
+    this.text = null;
+    return { ...r, movedTo: 'memory.corrupt' };
+  }
+
+  async save(policy: Policy): Promise<void> {
+    if (this.failNextSave) {
+      const e = this.failNextSave;
+      this.failNextSave = null;
+      throw e;
+    }
+    this.saves++;
+    this.text = renderStateText(policy, '2024-01-01T00:00:00.000Z');
+  }
+
+  get policy(): Policy | null {
+    if (this.text === null) return null;
+    const r = parseStateText(this.text, 'memory');
+    return r.ok ? r.policy : null;
+  }
+}

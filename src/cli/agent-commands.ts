@@ -1,0 +1,253 @@
+/**
+ * `secgroup agent`, `secgroup status`, `secgroup uninstall-rules`: the
+ * commands that touch nftables (root / CAP_NET_ADMIN), and only our table.
+ */
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { lookup } from 'node:dns/promises';
+import { hostname } from 'node:os';
+import { Command } from 'commander';
+import { createAgent, resolveControllerEndpoint, type Resolver } from '../agent/agent.js';
+import { DEFAULT_CONFIG_PATH, controllerHostPort, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
+import { FileStateStore } from '../agent/state-store.js';
+import { wsDialer } from '../agent/ws-dialer.js';
+import { systemClock } from '../lib/clock.js';
+import { SecgroupError, errorMessage } from '../lib/errors.js';
+import { createLogger } from '../lib/logger.js';
+import { cronScheduler } from '../lib/scheduler.js';
+import { compilePolicy, ruleChainName } from '../nft/compile.js';
+import { ExecaNftRunner } from '../nft/exec.js';
+import { renderScript } from '../nft/render.js';
+import { deleteTableTx } from '../nft/transaction.js';
+import { isYamlPath, loadPolicyFile, parseDocumentText } from '../policy/load.js';
+import type { Policy } from '../policy/schema.js';
+import { fail } from './common.js';
+import { CliExit, EXIT, type CliIo } from './io.js';
+
+const dnsResolver: Resolver = {
+  async resolve(host) {
+    const r = await lookup(host, { all: true });
+    return r.map((a) => a.address);
+  },
+};
+
+interface CommonFlags extends ConfigFlags {
+  config?: string;
+}
+
+/** The config file document: --config, else $SECGROUP_CONFIG, else the default path if it exists. */
+async function readConfigFile(io: CliIo, path: string | undefined): Promise<unknown> {
+  const explicit = path ?? io.env.SECGROUP_CONFIG;
+  const file = explicit ?? DEFAULT_CONFIG_PATH;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    if (!explicit && (e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new SecgroupError('CONFIG_INVALID', `cannot read configuration file ${file}: ${errorMessage(e)}`, { cause: e });
+  }
+  try {
+    return parseDocumentText(text, isYamlPath(file) || !file.endsWith('.json'), file) ?? null;
+  } catch (e) {
+    throw new SecgroupError('CONFIG_INVALID', errorMessage(e), { cause: e });
+  }
+}
+
+async function loadConfig(io: CliIo, flags: CommonFlags, lenient = false): Promise<AgentConfig> {
+  const file = await readConfigFile(io, flags.config);
+  if (lenient) {
+    // status / uninstall-rules need only the table and the state directory
+    const doc = (file ?? {}) as Record<string, unknown>;
+    return resolveConfig({ ...doc, instance_id: doc.instance_id ?? io.env.SECGROUP_INSTANCE_ID ?? 'unknown' }, io.env, flags);
+  }
+  return resolveConfig(file, io.env, flags);
+}
+
+function addConfigOptions(cmd: Command): Command {
+  return cmd
+    .option('--config <file>', `agent configuration, YAML or JSON (default $SECGROUP_CONFIG or ${DEFAULT_CONFIG_PATH})`)
+    .option('--state-dir <dir>', 'state directory holding the last known good policy (default /var/lib/secgroup)')
+    .option('--table <name>', 'our nft table, family inet (default secgroup)');
+}
+
+function readToken(config: AgentConfig): () => string | null {
+  const c = config.controller;
+  if (!c) return () => null;
+  if (c.token !== undefined) {
+    const t = c.token;
+    return () => t;
+  }
+  if (c.token_file !== undefined) {
+    const f = c.token_file;
+    return () => readFileSync(f, 'utf8').trim();
+  }
+  return () => null;
+}
+
+async function dryRun(io: CliIo, config: AgentConfig, policyFile: string | undefined): Promise<void> {
+  const logger = createLogger({ level: config.log_level, name: 'secgroup-agent' });
+  let policy: Policy;
+  let source: string;
+  if (policyFile) {
+    policy = await loadPolicyFile(policyFile);
+    source = policyFile;
+  } else {
+    const store = new FileStateStore(config.state_dir, systemClock.now);
+    const r = await store.peek();
+    if (r.kind === 'none') throw new SecgroupError('STATE_IO', `no last known good policy in ${store.path}: give one with --policy FILE`);
+    if (r.kind === 'corrupt') throw r.error;
+    policy = r.policy;
+    source = store.path;
+  }
+  let endpoint = null;
+  if (config.controller && config.platform.controller_rule) {
+    try {
+      endpoint = await resolveControllerEndpoint(config.controller.url, dnsResolver);
+    } catch (e) {
+      logger.warn({ event: 'resolve_failed', err: e }, `cannot resolve the controller host (${errorMessage(e)}): the control-channel rule is rendered without addresses`);
+      endpoint = { addresses: [], port: controllerHostPort(config.controller.url).port, dns: true };
+    }
+  }
+  const compiled = compilePolicy(policy, { table: config.table, platform: platformOptions(config, endpoint) });
+  const script = renderScript(compiled.table);
+  logger.info(
+    { event: 'dry_run', revision: policy.revision, digest: compiled.digest, rules: compiled.stats.rules, elements: compiled.stats.elements, source, script },
+    `dry run: revision ${policy.revision} from ${source} would be applied as below; nothing was changed`,
+  );
+  io.out(script);
+}
+
+export function registerAgentCommands(program: Command, io: CliIo): void {
+  addConfigOptions(
+    program
+      .command('agent')
+      .summary('run the agent: enforce this host\'s policy with nftables, kept in sync with the controller')
+      .description(
+        'Applies the last known good policy from the state directory, then connects to the controller, applies ' +
+          'every policy snapshot it sends (one nft transaction each) and acks it. Repairs drift of its table on a ' +
+          'schedule. Serves /healthz, /readyz and /metrics on localhost. SIGTERM/SIGINT: stop, leave the rules in place. ' +
+          'Configuration: file < environment (SECGROUP_*) < flags; see docs/agent-config.md.',
+      )
+      .option('--instance-id <id>', 'this instance\'s id (hello message)')
+      .option('--controller <url>', 'controller URL, wss://host:port (ws:// for tests)')
+      .option('--token-file <file>', 'file holding this instance\'s bearer token')
+      .option('--ca-file <file>', 'CA certificate (PEM) to verify the controller')
+      .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent')
+      .option('--http-listen <addr:port>', 'health and metrics endpoint ("" to disable)')
+      .option('--drift-schedule <cron>', 'drift check schedule, 6-field cron (default "*/30 * * * * *")')
+      .option('--dry-run', 'log the ruleset that would be applied (from --policy or the state directory) and exit; touches nothing')
+      .option('--policy <file>', 'with --dry-run: the policy document to render'),
+  ).action(async (opts: CommonFlags & { dryRun?: boolean; policy?: string }) => {
+    try {
+      const config = await loadConfig(io, opts);
+      if (opts.dryRun) return await dryRun(io, config, opts.policy);
+      if (opts.policy) throw new SecgroupError('CONFIG_INVALID', '--policy is only for --dry-run: the agent takes its policy from the controller or the state directory');
+      const logger = createLogger({ level: config.log_level, name: 'secgroup-agent' });
+      const c = config.controller;
+      const ca = c?.ca_file ? await readFile(c.ca_file).catch((e: unknown) => {
+        throw new SecgroupError('CONFIG_INVALID', `cannot read controller.ca_file ${c.ca_file}: ${errorMessage(e)}`, { cause: e });
+      }) : undefined;
+      const agent = createAgent({
+        config,
+        nft: new ExecaNftRunner({ table: config.table }),
+        store: new FileStateStore(config.state_dir, systemClock.now),
+        clock: systemClock,
+        logger,
+        scheduler: cronScheduler,
+        resolver: dnsResolver,
+        dialer: c ? wsDialer({ url: c.url, token: readToken(config), ...(ca ? { ca } : {}), maxPayload: c.max_message_bytes, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
+        portProbe: null, // src/probe/ (port status, SEMANTICS section 7) plugs in here once it lands
+        hostname: hostname(),
+      });
+      const signal = new Promise<string>((resolve) => io.onShutdownSignal?.(resolve));
+      await agent.start();
+      const sig = await signal;
+      logger.info({ event: 'signal', signal: sig }, `${sig}: stopping`);
+      await agent.stop();
+    } catch (e) {
+      fail(io, e);
+    }
+  });
+
+  addConfigOptions(
+    program
+      .command('status')
+      .summary('print what is applied: revision, digest, rules and their counters')
+      .option('--json', 'print JSON'),
+  ).action(async (opts: CommonFlags & { json?: boolean }) => {
+    try {
+      const config = await loadConfig(io, opts, true);
+      const nft = new ExecaNftRunner({ table: config.table });
+      const rb = await nft.readTable();
+      const store = new FileStateStore(config.state_dir, systemClock.now);
+      const lkg = await store.peek();
+      const policy = lkg.kind === 'ok' ? lkg.policy : null;
+      const meta = /digest=([0-9a-f]+) revision=(\d+) instance=(\S+)/.exec(rb?.comment ?? '');
+      const names = new Map<string, { group: string; rule: string; direction: string }>();
+      for (const g of policy?.security_groups ?? []) for (const r of g.rules) names.set(ruleChainName(g.id, r.id), { group: g.id, rule: r.id, direction: r.direction });
+      const rules = (rb?.chains ?? [])
+        .filter((ch) => ch.name.startsWith('r_'))
+        .map((ch) => {
+          const n = names.get(ch.name);
+          const fromComment = ch.rules[0]?.comment?.split('/') ?? [];
+          return {
+            chain: ch.name,
+            group: n?.group ?? fromComment[0] ?? '?',
+            rule: n?.rule ?? fromComment.slice(1).join('/') ?? '?',
+            direction: n?.direction ?? null,
+            packets: ch.rules[0]?.counter?.packets ?? 0,
+            bytes: ch.rules[0]?.counter?.bytes ?? 0,
+          };
+        });
+      const result = {
+        table: `inet ${config.table}`,
+        present: rb !== null,
+        table_revision: meta ? Number(meta[2]) : null,
+        table_digest: meta ? meta[1]! : null,
+        instance: meta ? meta[3]! : null,
+        last_known_good:
+          lkg.kind === 'ok'
+            ? { revision: lkg.policy.revision, saved_at: lkg.savedAt, path: store.path }
+            : lkg.kind === 'corrupt'
+              ? { error: lkg.error.message, path: store.path }
+              : null,
+        rules,
+      };
+      if (opts.json) io.out(JSON.stringify(result, null, 2) + '\n');
+      else {
+        io.out(
+          rb
+            ? `table inet ${config.table}: present, revision ${result.table_revision ?? '?'} (digest ${result.table_digest ?? '?'}, instance ${result.instance ?? '?'})\n`
+            : `table inet ${config.table}: NOT PRESENT - this host is not protected by secgroup\n`,
+        );
+        const l = result.last_known_good;
+        io.out(`last known good: ${l === null ? 'none' : 'error' in l ? `UNUSABLE (${l.error})` : `revision ${l.revision}, saved ${l.saved_at ?? '?'} (${l.path})`}\n`);
+        if (rules.length) {
+          const w = Math.max(5, ...rules.map((r) => r.group.length));
+          const wr = Math.max(4, ...rules.map((r) => r.rule.length));
+          io.out(`\n${'GROUP'.padEnd(w)}  ${'RULE'.padEnd(wr)}  ${'DIRECTION'.padEnd(9)}  ${'PACKETS'.padStart(12)}  ${'BYTES'.padStart(14)}\n`);
+          for (const r of rules) io.out(`${r.group.padEnd(w)}  ${r.rule.padEnd(wr)}  ${(r.direction ?? '?').padEnd(9)}  ${String(r.packets).padStart(12)}  ${String(r.bytes).padStart(14)}\n`);
+        }
+      }
+      if (!rb) throw new CliExit(EXIT.failure);
+    } catch (e) {
+      fail(io, e);
+    }
+  });
+
+  addConfigOptions(
+    program
+      .command('uninstall-rules')
+      .summary('remove our nft table (and nothing else); stop the agent first or it will put it back'),
+  ).action(async (opts: CommonFlags) => {
+    try {
+      const config = await loadConfig(io, opts, true);
+      const nft = new ExecaNftRunner({ table: config.table });
+      const present = (await nft.readTable()) !== null;
+      await nft.apply(deleteTableTx('inet', config.table));
+      io.out(present ? `removed table inet ${config.table}\n` : `table inet ${config.table} was not present; nothing to remove\n`);
+    } catch (e) {
+      fail(io, e);
+    }
+  });
+}

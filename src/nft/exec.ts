@@ -1,0 +1,102 @@
+/**
+ * The real nft runner: the `nft` binary through execa. Scripts go in on stdin
+ * (`nft -f -`) so a transaction is one batch; reads list our table only.
+ */
+import { execa, type ExecaError } from 'execa';
+import { renderTransaction } from './render.js';
+import { nftError, nftNotFound, type NftInfo, type NftRunner } from './runner.js';
+import { parseTableReadback, type Counter, type TableReadback } from './readback.js';
+import { assertOwnTable, type NftTransaction } from './transaction.js';
+import { assertName } from './model.js';
+
+export interface ExecaNftOptions {
+  table: string;
+  /** the command that runs nft, default ["nft"]; e.g. ["ip", "netns", "exec", "ns1", "nft"] in tests */
+  command?: string[];
+  /** per-call timeout, default 60 s */
+  timeoutMs?: number;
+}
+
+interface RunResult {
+  stdout: string;
+  stderr: string;
+}
+
+export class ExecaNftRunner implements NftRunner {
+  readonly family = 'inet' as const;
+  readonly table: string;
+  private readonly command: string[];
+  private readonly timeoutMs: number;
+
+  constructor(opts: ExecaNftOptions) {
+    this.table = assertName(opts.table);
+    this.command = opts.command ?? ['nft'];
+    this.timeoutMs = opts.timeoutMs ?? 60_000;
+  }
+
+  private async run(what: string, args: string[], input?: string): Promise<RunResult> {
+    const [file, ...pre] = this.command;
+    try {
+      const r = await execa(file!, [...pre, ...args], { input, timeout: this.timeoutMs, stripFinalNewline: false, encoding: 'utf8' });
+      return { stdout: r.stdout, stderr: r.stderr };
+    } catch (e) {
+      const err = e as ExecaError;
+      if (err.code === 'ENOENT') throw nftNotFound(e);
+      if (err.timedOut) throw nftError(what, `timed out after ${this.timeoutMs} ms`, undefined, e);
+      throw nftError(what, String(err.stderr ?? err.message), err.exitCode, e);
+    }
+  }
+
+  async probe(): Promise<NftInfo> {
+    const r = await this.run('nft --version', ['--version']);
+    const m = /v(\d+\.\d+(?:\.\d+)?)/.exec(r.stdout);
+    try {
+      await this.run(`nft list table ${this.family} ${this.table}`, ['-t', 'list', 'table', this.family, this.table]);
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'NFT_NOT_FOUND_OBJECT') throw e;
+    }
+    return { version: m ? m[1]! : r.stdout.trim() };
+  }
+
+  private script(tx: NftTransaction): string {
+    assertOwnTable(tx);
+    if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
+    return renderTransaction(tx);
+  }
+
+  async check(tx: NftTransaction): Promise<void> {
+    await this.run('nft --check', ['--check', '-f', '-'], this.script(tx));
+  }
+
+  async apply(tx: NftTransaction): Promise<void> {
+    await this.run('nft -f', ['-f', '-'], this.script(tx));
+  }
+
+  async readCounters(): Promise<Map<string, Counter> | null> {
+    try {
+      const json = await this.run(`nft -t -j list table ${this.family} ${this.table}`, ['-t', '-j', 'list', 'table', this.family, this.table]);
+      const rb = parseTableReadback(json.stdout, '', this.family, this.table);
+      const out = new Map<string, Counter>();
+      for (const c of rb.chains) {
+        const counter = c.rules.find((r) => r.counter)?.counter;
+        if (counter) out.set(c.name, counter);
+      }
+      return out;
+    } catch (e) {
+      if ((e as { code?: string }).code === 'NFT_NOT_FOUND_OBJECT') return null;
+      throw e;
+    }
+  }
+
+  async readTable(): Promise<TableReadback | null> {
+    const list = ['list', 'table', this.family, this.table];
+    try {
+      const json = await this.run(`nft -j list table ${this.family} ${this.table}`, ['-j', ...list]);
+      const text = await this.run(`nft -t list table ${this.family} ${this.table}`, ['-t', ...list]);
+      return parseTableReadback(json.stdout, text.stdout, this.family, this.table);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'NFT_NOT_FOUND_OBJECT') return null;
+      throw e;
+    }
+  }
+}

@@ -1,0 +1,161 @@
+/**
+ * In-memory nft for unit tests: applies transactions to a copy of the table
+ * model, reads it back like the real runner, counts calls, and lets a test
+ * break things (fail the next call, hold an apply, delete or flush the table,
+ * edit it behind the agent's back, set counters).
+ */
+import { createHash } from 'node:crypto';
+import { SecgroupError } from '../lib/errors.js';
+import type { MapElement, Table } from './model.js';
+import type { Counter, TableReadback } from './readback.js';
+import type { NftInfo, NftRunner } from './runner.js';
+import { assertOwnTable, type NftTransaction } from './transaction.js';
+
+type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters';
+
+const bigintAsHex = (_k: string, val: unknown): unknown => (typeof val === 'bigint' ? val.toString(16) : val);
+const clone = (t: Table): Table => structuredClone(t);
+const elementId = (el: MapElement): string => JSON.stringify(el, bigintAsHex);
+
+export class FakeNft implements NftRunner {
+  readonly family = 'inet' as const;
+  readonly table: string;
+  /** the table as the "kernel" holds it; null = absent */
+  state: Table | null = null;
+  /** every call, in order */
+  readonly calls: { method: Method; tx?: NftTransaction }[] = [];
+  private readonly failures: { method: Method; error: unknown }[] = [];
+  private holds: { method: Method; release: Promise<void> }[] = [];
+  private readonly counters = new Map<string, Counter>();
+  /** something that changes the fingerprint without changing counts (a rule replaced by hand) */
+  private tampered = 0;
+
+  private readonly version: string;
+
+  constructor(opts: { table?: string; version?: string } = {}) {
+    this.table = opts.table ?? 'secgroup';
+    this.version = opts.version ?? '1.0.6';
+  }
+
+  count(method: Method): number {
+    return this.calls.filter((c) => c.method === method).length;
+  }
+
+  /** The next call of `method` throws `error` (queued, one per call). */
+  failNext(method: Method, error: unknown = new SecgroupError('NFT_FAILED', 'nft -f failed: injected failure')): void {
+    this.failures.push({ method, error });
+  }
+
+  /** The next call of `method` waits until the returned function is called. */
+  hold(method: Method): () => void {
+    let release!: () => void;
+    const p = new Promise<void>((r) => (release = r));
+    this.holds.push({ method, release: p });
+    return release;
+  }
+
+  /** `nft delete table` by someone else */
+  deleteTable(): void {
+    this.state = null;
+  }
+
+  /** `nft flush table` by someone else: chains stay, their rules go */
+  flushTable(): void {
+    if (this.state) for (const c of this.state.chains) c.rules = [];
+  }
+
+  /** a hand edit that keeps every count (e.g. `nft replace rule`) */
+  tamper(): void {
+    this.tampered++;
+  }
+
+  /** sets the counter of the rule(s) in `chain` */
+  setCounter(chain: string, packets: number, bytes: number): void {
+    this.counters.set(chain, { packets, bytes });
+  }
+
+  private async enter(method: Method, tx?: NftTransaction): Promise<void> {
+    this.calls.push(tx ? { method, tx } : { method });
+    const h = this.holds.findIndex((x) => x.method === method);
+    if (h >= 0) {
+      const [hold] = this.holds.splice(h, 1);
+      await hold!.release;
+    }
+    const f = this.failures.findIndex((x) => x.method === method);
+    if (f >= 0) {
+      const [failure] = this.failures.splice(f, 1);
+      throw failure!.error;
+    }
+  }
+
+  async probe(): Promise<NftInfo> {
+    await this.enter('probe');
+    return { version: this.version };
+  }
+
+  private run(tx: NftTransaction, state: Table | null): Table | null {
+    assertOwnTable(tx);
+    if (tx.table !== this.table) throw new Error(`internal: fake for ${this.table} got ${tx.table}`);
+    let t = state ? clone(state) : null;
+    for (const op of tx.ops) {
+      if (op.op === 'replace-table') t = clone(op.table);
+      else if (op.op === 'delete-table') t = null;
+      else {
+        const map = t?.maps.find((m) => m.name === op.map);
+        if (!map) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', `nft -f failed: Could not process rule: No such file or directory (map ${op.map})`);
+        const ids = new Set(op.remove.map(elementId));
+        const before = map.elements.length;
+        map.elements = map.elements.filter((el) => !ids.has(elementId(el)));
+        if (before - map.elements.length !== ids.size) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', 'nft -f failed: Could not process rule: No such file or directory (element)');
+        map.elements.push(...op.add.map((el) => structuredClone(el)));
+      }
+    }
+    return t;
+  }
+
+  async check(tx: NftTransaction): Promise<void> {
+    await this.enter('check', tx);
+    this.run(tx, this.state);
+  }
+
+  async apply(tx: NftTransaction): Promise<void> {
+    await this.enter('apply', tx);
+    const replaced = tx.ops.some((op) => op.op === 'replace-table' || op.op === 'delete-table');
+    this.state = this.run(tx, this.state);
+    if (replaced) this.counters.clear();
+  }
+
+  async readCounters(): Promise<Map<string, Counter> | null> {
+    await this.enter('readCounters');
+    if (!this.state) return null;
+    const out = new Map<string, Counter>();
+    for (const c of this.state.chains) {
+      if (c.rules.some((r) => r.exprs.some((e) => e.kind === 'counter'))) out.set(c.name, { ...(this.counters.get(c.name) ?? { packets: 0, bytes: 0 }) });
+    }
+    return out;
+  }
+
+  async readTable(): Promise<TableReadback | null> {
+    await this.enter('readTable');
+    const t = this.state;
+    if (!t) return null;
+    const fingerprint = createHash('sha256')
+      .update(JSON.stringify({ ...t, comment: undefined, tampered: this.tampered }, bigintAsHex))
+      .digest('hex')
+      .slice(0, 32);
+    return {
+      family: 'inet',
+      name: t.name,
+      comment: t.comment ?? null,
+      chains: t.chains.map((c) => ({
+        name: c.name,
+        rules: c.rules.map((r) => ({
+          comment: r.comment ?? null,
+          counter: r.exprs.some((e) => e.kind === 'counter') ? { ...(this.counters.get(c.name) ?? { packets: 0, bytes: 0 }) } : null,
+        })),
+      })),
+      maps: t.maps.map((m) => ({ name: m.name, elements: m.elements.length })),
+      fingerprint,
+    };
+  }
+}

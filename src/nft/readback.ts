@@ -1,0 +1,153 @@
+/**
+ * Reading our table back (pure parsing and comparison). The runner lists the
+ * table twice: `nft -j list table` for structure and counters, and
+ * `nft -t list table` (text, terse) for the table comment, because nft 1.0.6
+ * leaves table and chain comments out of its JSON output.
+ */
+import { createHash } from 'node:crypto';
+import { SecgroupError } from '../lib/errors.js';
+import type { Table } from './model.js';
+
+export interface Counter {
+  packets: number;
+  bytes: number;
+}
+
+export interface RuleReadback {
+  comment: string | null;
+  /** the first counter of the rule, null when it has none */
+  counter: Counter | null;
+}
+
+export interface ChainReadback {
+  name: string;
+  rules: RuleReadback[];
+}
+
+export interface MapReadback {
+  name: string;
+  elements: number;
+}
+
+export interface TableReadback {
+  family: 'inet';
+  name: string;
+  /** the table comment (`secgroup digest=... revision=... instance=...`), null if none */
+  comment: string | null;
+  chains: ChainReadback[];
+  maps: MapReadback[];
+  /** hash of the whole content without handles and counter values: equal = unchanged since the last read */
+  fingerprint: string;
+}
+
+type Obj = Record<string, unknown>;
+
+function isObj(x: unknown): x is Obj {
+  return typeof x === 'object' && x !== null && !Array.isArray(x);
+}
+
+/** Drops handles and counter values, so two reads of an untouched table hash the same. */
+function stable(x: unknown): unknown {
+  if (Array.isArray(x)) return x.map(stable);
+  if (!isObj(x)) return x;
+  const out: Obj = {};
+  for (const [k, v] of Object.entries(x)) {
+    if (k === 'handle') continue;
+    out[k] = k === 'counter' ? {} : stable(v);
+  }
+  return out;
+}
+
+/** The table comment from `nft -t list table inet NAME` text (first line after the table header). */
+export function parseTableComment(text: string): string | null {
+  const lines = text.split('\n');
+  const i = lines.findIndex((l) => /^table \S+ \S+ \{$/.test(l.trim()));
+  const next = i >= 0 ? lines[i + 1]?.trim() : undefined;
+  const m = next ? /^comment "(.*)"$/.exec(next) : null;
+  return m ? m[1]! : null;
+}
+
+/**
+ * Parses `nft -j list table inet NAME` plus the terse text listing.
+ * Throws SecgroupError NFT_FAILED when the JSON is not what nft prints.
+ */
+export function parseTableReadback(json: string, terseText: string, family: 'inet', name: string): TableReadback {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(json);
+  } catch (e) {
+    throw new SecgroupError('NFT_FAILED', `nft -j list table ${family} ${name} printed something that is not JSON`, { cause: e });
+  }
+  const items = isObj(doc) && Array.isArray(doc.nftables) ? (doc.nftables as unknown[]) : null;
+  if (!items) throw new SecgroupError('NFT_FAILED', `nft -j list table ${family} ${name}: no "nftables" array in the output`);
+  const chains = new Map<string, ChainReadback>();
+  const maps: MapReadback[] = [];
+  const content: unknown[] = [];
+  for (const item of items) {
+    if (!isObj(item) || 'metainfo' in item) continue;
+    content.push(item);
+    if (isObj(item.chain)) {
+      const c = item.chain;
+      if (c.table !== name || c.family !== family) continue;
+      chains.set(String(c.name), { name: String(c.name), rules: [] });
+    } else if (isObj(item.map) || isObj(item.set)) {
+      const m = (item.map ?? item.set) as Obj;
+      if (m.table !== name || m.family !== family) continue;
+      maps.push({ name: String(m.name), elements: Array.isArray(m.elem) ? m.elem.length : 0 });
+    } else if (isObj(item.rule)) {
+      const r = item.rule;
+      if (r.table !== name || r.family !== family) continue;
+      const chain = chains.get(String(r.chain));
+      if (!chain) continue;
+      let counter: Counter | null = null;
+      for (const e of Array.isArray(r.expr) ? r.expr : []) {
+        if (isObj(e) && isObj(e.counter)) {
+          counter = { packets: Number(e.counter.packets ?? 0), bytes: Number(e.counter.bytes ?? 0) };
+          break;
+        }
+      }
+      chain.rules.push({ comment: typeof r.comment === 'string' ? r.comment : null, counter });
+    }
+  }
+  const fingerprint = createHash('sha256').update(JSON.stringify(stable(content))).digest('hex').slice(0, 32);
+  return { family, name, comment: parseTableComment(terseText), chains: [...chains.values()], maps, fingerprint };
+}
+
+export type DriftKind = 'missing' | 'comment' | 'structure' | 'modified';
+
+export interface Drift {
+  kind: DriftKind;
+  detail: string;
+}
+
+/**
+ * Does the table read back hold what we meant to apply? Checks the comment
+ * (digest), then every chain's rule count and every map's element count
+ * against the model (a flush empties chains but keeps the comment), then the
+ * fingerprint against the one taken right after our own apply (catches a rule
+ * replaced by hand with the same count). Returns null when everything matches.
+ */
+export function findDrift(
+  expected: { table: Table; comment: string | null; fingerprint?: string | null },
+  rb: TableReadback | null,
+): Drift | null {
+  const t = expected.table;
+  if (!rb) return { kind: 'missing', detail: `table ${t.family} ${t.name} does not exist` };
+  if (rb.comment !== expected.comment) return { kind: 'comment', detail: `table comment is ${JSON.stringify(rb.comment)}, expected ${JSON.stringify(expected.comment)}` };
+  const chainNames = t.chains.map((c) => c.name).sort();
+  const seenChains = rb.chains.map((c) => c.name).sort();
+  if (chainNames.join() !== seenChains.join()) return { kind: 'structure', detail: `chains differ: expected ${chainNames.length}, found ${seenChains.length}` };
+  for (const c of t.chains) {
+    const got = rb.chains.find((x) => x.name === c.name)!;
+    if (got.rules.length !== c.rules.length) return { kind: 'structure', detail: `chain ${c.name} has ${got.rules.length} rules, expected ${c.rules.length}` };
+  }
+  const mapNames = t.maps.map((m) => m.name).sort();
+  const seenMaps = rb.maps.map((m) => m.name).sort();
+  if (mapNames.join() !== seenMaps.join()) return { kind: 'structure', detail: `maps differ: expected ${mapNames.length}, found ${seenMaps.length}` };
+  for (const m of t.maps) {
+    const got = rb.maps.find((x) => x.name === m.name)!;
+    if (got.elements !== m.elements.length) return { kind: 'structure', detail: `map ${m.name} has ${got.elements} elements, expected ${m.elements.length}` };
+  }
+  if (expected.fingerprint && rb.fingerprint !== expected.fingerprint) return { kind: 'modified', detail: 'table content changed since it was applied' };
+  return null;
+}

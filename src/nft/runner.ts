@@ -1,0 +1,62 @@
+/**
+ * The nft edge: everything secgroup asks of nftables goes through an
+ * `NftRunner` bound to one table. `ExecaNftRunner` (exec.ts) runs the `nft`
+ * binary; `FakeNft` (fake.ts) keeps the table in memory for unit tests.
+ */
+import { SecgroupError, type ErrorCode } from '../lib/errors.js';
+import type { Counter, TableReadback } from './readback.js';
+import type { NftTransaction } from './transaction.js';
+
+export interface NftInfo {
+  /** e.g. "1.0.6" */
+  version: string;
+}
+
+export interface NftRunner {
+  readonly family: 'inet';
+  /** the one table this runner reads and writes */
+  readonly table: string;
+  /**
+   * Is nft usable? Runs `nft --version` and lists our own table (never any
+   * other). Throws SecgroupError NFT_NOT_FOUND ("nft not found - install
+   * nftables") or NFT_PERMISSION ("permission denied - needs CAP_NET_ADMIN").
+   */
+  probe(): Promise<NftInfo>;
+  /** `nft --check`: validates the transaction in the kernel without changing anything. Throws NFT_* errors. */
+  check(tx: NftTransaction): Promise<void>;
+  /** Runs the transaction as one atomic batch (`nft -f -`): all of it or nothing. Throws NFT_* errors. */
+  apply(tx: NftTransaction): Promise<void>;
+  /** Reads our table back; null when it does not exist. Throws NFT_PERMISSION / NFT_FAILED. */
+  readTable(): Promise<TableReadback | null>;
+  /**
+   * The first counter of every chain (chain name -> counter), without reading
+   * map elements (`nft -t`): cheap enough for every metrics scrape. Null when
+   * the table does not exist. Throws NFT_PERMISSION / NFT_FAILED.
+   */
+  readCounters(): Promise<Map<string, Counter> | null>;
+}
+
+/** First `Error:` line of nft's stderr, trimmed, for messages. */
+function firstError(stderr: string): string {
+  const line = stderr.split('\n').find((l) => /Error:/.test(l)) ?? stderr.split('\n').find((l) => l.trim()) ?? '';
+  return line.replace(/^.*?Error:\s*/, '').trim().slice(0, 500);
+}
+
+/** Typed error from a failed nft run (pure: stderr and exit code in, error out). */
+export function nftError(what: string, stderr: string, exitCode: number | undefined, cause?: unknown): SecgroupError {
+  let code: ErrorCode = 'NFT_FAILED';
+  if (/Operation not permitted|Permission denied|you must be root/i.test(stderr)) code = 'NFT_PERMISSION';
+  else if (/syntax error/i.test(stderr)) code = 'NFT_SYNTAX';
+  else if (/No such file or directory/i.test(stderr)) code = 'NFT_NOT_FOUND_OBJECT';
+  else if (/File exists/i.test(stderr)) code = 'NFT_EXISTS';
+  const reason = firstError(stderr) || `exit code ${exitCode ?? 'unknown'}`;
+  const message =
+    code === 'NFT_PERMISSION'
+      ? `${what}: permission denied - needs CAP_NET_ADMIN (run as root or grant the capability): ${reason}`
+      : `${what} failed: ${reason}`;
+  return new SecgroupError(code, message, { cause, details: { stderr: stderr.slice(0, 4000), exitCode } });
+}
+
+export function nftNotFound(cause?: unknown): SecgroupError {
+  return new SecgroupError('NFT_NOT_FOUND', 'nft not found - install nftables (the nft command must be on PATH)', { cause });
+}

@@ -1,0 +1,40 @@
+/**
+ * One nft transaction as typed operations on our table. Runners take these,
+ * never text: the real runner renders them with `renderTransaction` and pipes
+ * the script into `nft -f -` (one atomic batch); the fake applies them to an
+ * in-memory table.
+ */
+import { assertName, type KeyType, type MapElement, type Table } from './model.js';
+
+export type NftOp =
+  /** replace the whole table (create-if-missing, delete, define) */
+  | { op: 'replace-table'; table: Table }
+  /** remove the table; no error when it is absent */
+  | { op: 'delete-table'; family: 'inet'; name: string }
+  /** element changes of one verdict map; deletions are rendered before additions */
+  | { op: 'update-elements'; family: 'inet'; table: string; map: string; keyType: KeyType[]; remove: MapElement[]; add: MapElement[] };
+
+export interface NftTransaction {
+  family: 'inet';
+  /** the only table the transaction may touch */
+  table: string;
+  ops: NftOp[];
+}
+
+/** Throws if an op names any table other than `tx.table`: a runner must never touch another table. */
+export function assertOwnTable(tx: NftTransaction): void {
+  assertName(tx.table);
+  for (const op of tx.ops) {
+    const name = op.op === 'replace-table' ? op.table.name : op.op === 'delete-table' ? op.name : op.table;
+    const family = op.op === 'replace-table' ? op.table.family : op.family;
+    if (name !== tx.table || family !== tx.family) throw new Error(`internal: transaction for table ${tx.family} ${tx.table} touches ${family} ${name}`);
+  }
+}
+
+export function replaceTableTx(table: Table): NftTransaction {
+  return { family: table.family, table: table.name, ops: [{ op: 'replace-table', table }] };
+}
+
+export function deleteTableTx(family: 'inet', name: string): NftTransaction {
+  return { family, table: name, ops: [{ op: 'delete-table', family, name }] };
+}

@@ -1,0 +1,112 @@
+/** The execa nft runner against the real kernel, inside a namespace of its own. */
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { compilePolicy } from '../../src/nft/compile.js';
+import { planElementUpdate } from '../../src/nft/diff.js';
+import { ExecaNftRunner } from '../../src/nft/exec.js';
+import { findDrift } from '../../src/nft/readback.js';
+import { deleteTableTx, replaceTableTx } from '../../src/nft/transaction.js';
+import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
+import { kernelSkipReason } from '../helpers/agent-lab.js';
+import { policy } from '../unit/agent/fixtures.js';
+
+const skip = kernelSkipReason();
+
+describe.skipIf(skip !== null)(`nft runner against the kernel${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const ns = `sgt-nftrun${randomBytes(3).toString('hex')}`;
+  const inNs = ['ip', 'netns', 'exec', ns];
+  const nft = new ExecaNftRunner({ table: 'secgroup', command: [...inNs, 'nft'] });
+  const sh = (args: string[], input?: string) => execa(inNs[0]!, [...inNs.slice(1), 'nft', ...args], input === undefined ? {} : { input });
+
+  beforeAll(async () => {
+    await execa('ip', ['netns', 'add', ns]);
+    await sh(['-f', '-'], 'table inet bystander {\n\tchain c {\n\t\ttype filter hook input priority 10; policy accept;\n\t}\n}\n');
+  });
+  afterAll(() => {
+    spawnSync('ip', ['netns', 'del', ns]);
+  });
+
+  it('probes nft and reports a missing table as null', async () => {
+    expect((await nft.probe()).version).toMatch(/^\d+\.\d+/);
+    expect(await nft.readTable()).toBeNull();
+  });
+
+  it('says clearly when nft is missing or permission is lacking', async () => {
+    await expect(new ExecaNftRunner({ table: 'secgroup', command: ['/nonexistent/nft'] }).probe()).rejects.toMatchObject({ code: 'NFT_NOT_FOUND', message: expect.stringContaining('install nftables') });
+    const unprivileged = new ExecaNftRunner({ table: 'secgroup', command: [...inNs, 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', 'nft'] });
+    await expect(unprivileged.probe()).rejects.toMatchObject({ code: 'NFT_PERMISSION', message: expect.stringContaining('needs CAP_NET_ADMIN') });
+  });
+
+  it('applies a table, reads it back as intended (comment, chains, map sizes), with a stable fingerprint', async () => {
+    const c = compilePolicy(policy(1), { platform: DEFAULT_PLATFORM });
+    await nft.check(replaceTableTx(c.table));
+    expect(await nft.readTable()).toBeNull(); // check changes nothing
+    await nft.apply(replaceTableTx(c.table));
+    const rb = await nft.readTable();
+    expect(rb?.comment).toBe(c.table.comment);
+    expect(findDrift({ table: c.table, comment: c.table.comment! }, rb)).toBeNull();
+    const again = await nft.readTable();
+    expect(again!.fingerprint).toBe(rb!.fingerprint);
+    expect(findDrift({ table: c.table, comment: c.table.comment!, fingerprint: rb!.fingerprint }, again)).toBeNull();
+  });
+
+  it('applies element changes in place and the result verifies against the new model', async () => {
+    const from = compilePolicy(policy(1));
+    const to = compilePolicy(policy(2, { members: ['198.18.0.10', '198.18.0.77', '198.18.0.90'], office: ['198.18.6.0/25', '198.18.6.200-198.18.6.210'] }));
+    const plan = planElementUpdate(from.table, to.table)!;
+    const tx = { family: 'inet' as const, table: 'secgroup', ops: plan.ops };
+    await nft.check(tx);
+    await nft.apply(tx);
+    expect(findDrift({ table: to.table, comment: from.table.comment! }, await nft.readTable())).toBeNull();
+  });
+
+  it('sees a flushed table and a hand-edited one as drifted', async () => {
+    const c = compilePolicy(policy(3));
+    await nft.apply(replaceTableTx(c.table));
+    const base = (await nft.readTable())!.fingerprint;
+    await sh(['add', 'rule', 'inet', 'secgroup', 'output', 'tcp', 'dport', '9', 'accept']);
+    expect(findDrift({ table: c.table, comment: c.table.comment!, fingerprint: base }, await nft.readTable())?.kind).toBe('structure');
+    await nft.apply(replaceTableTx(c.table));
+    const base2 = (await nft.readTable())!.fingerprint;
+    await sh(['add', 'element', 'inet', 'secgroup', 'in4_l0_ports', '{ 198.18.9.9 . tcp . 9 : accept }']);
+    await sh(['delete', 'element', 'inet', 'secgroup', 'in4_l0_ports', '{ 198.18.9.9 . tcp . 9 }']);
+    expect(findDrift({ table: c.table, comment: c.table.comment!, fingerprint: base2 }, await nft.readTable())).toBeNull();
+    // same counts, different content: one element swapped for another by hand
+    const http = c.table.maps.find((m) => m.name === 'in4_l0_ports')!;
+    expect(http.elements.length).toBe(2);
+    await sh(['delete', 'element', 'inet', 'secgroup', 'in4_l0_ports', '{ 198.18.5.0/24 . tcp . 22 }']);
+    await sh(['add', 'element', 'inet', 'secgroup', 'in4_l0_ports', '{ 0.0.0.0/0 . tcp . 22 : accept }']);
+    expect(findDrift({ table: c.table, comment: c.table.comment!, fingerprint: base2 }, await nft.readTable())?.kind).toBe('modified');
+    await sh(['flush', 'table', 'inet', 'secgroup']);
+    expect(findDrift({ table: c.table, comment: c.table.comment!, fingerprint: base2 }, await nft.readTable())?.kind).toBe('structure');
+  });
+
+  it('reads rule counters without the map elements', async () => {
+    const c = compilePolicy(policy(6));
+    await nft.apply(replaceTableTx(c.table));
+    const counters = await nft.readCounters();
+    expect(counters).not.toBeNull();
+    for (const r of c.rules) expect(counters!.get(r.chain)).toEqual({ packets: 0, bytes: 0 });
+    expect(counters!.get('input')).toBeDefined(); // the counted drop of invalid packets
+  });
+
+  it('turns nft failures into typed errors and leaves the table as it was', async () => {
+    const c = compilePolicy(policy(4));
+    await nft.apply(replaceTableTx(c.table));
+    const before = (await nft.readTable())!.fingerprint;
+    const bogus = compilePolicy(policy(5));
+    const op = { op: 'update-elements' as const, family: 'inet' as const, table: 'secgroup', map: 'in4_l0_ports', keyType: bogus.table.maps[0]!.keyType, remove: [{ key: bogus.table.maps[0]!.elements[0]!.key.map((k) => (k.kind === 'addr' ? { ...k, lo: 1n, hi: 1n } : k)), verdict: { kind: 'accept' as const } }], add: [] };
+    await expect(nft.apply({ family: 'inet', table: 'secgroup', ops: [op] })).rejects.toMatchObject({ code: 'NFT_NOT_FOUND_OBJECT' });
+    expect((await nft.readTable())!.fingerprint).toBe(before);
+  });
+
+  it('deletes our table and nothing else', async () => {
+    await nft.apply(deleteTableTx('inet', 'secgroup'));
+    await nft.apply(deleteTableTx('inet', 'secgroup')); // absent: no error
+    expect(await nft.readTable()).toBeNull();
+    expect(await nft.readCounters()).toBeNull();
+    expect(String((await sh(['list', 'tables'])).stdout)).toContain('table inet bystander');
+  });
+});

@@ -1,0 +1,196 @@
+import { describe, expect, it } from 'vitest';
+import { FakeClock } from '../../../src/lib/clock.js';
+import { SecgroupError } from '../../../src/lib/errors.js';
+import { silentLogger } from '../../../src/lib/logger.js';
+import { ManualScheduler } from '../../../src/lib/scheduler.js';
+import { FakeNft } from '../../../src/nft/fake.js';
+import { createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
+import { resolveConfig } from '../../../src/agent/config.js';
+import { FakeDialer } from '../../../src/agent/controller-client.js';
+import { FakePortProbe } from '../../../src/agent/port-reporter.js';
+import { MemoryStateStore } from '../../../src/agent/state-store.js';
+import type { AckMessage } from '../../../src/protocol/messages.js';
+import { policy } from './fixtures.js';
+
+const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
+
+function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string } = {}) {
+  const nft = new FakeNft();
+  const clock = new FakeClock();
+  const store = opts.store ?? new MemoryStateStore();
+  const dialer = new FakeDialer();
+  const scheduler = new ManualScheduler();
+  const probe = new FakePortProbe();
+  const config = resolveConfig(
+    { instance_id: 'ecs-1', http_listen: null, ...(opts.controller === false ? {} : { controller: { url: opts.url ?? 'ws://198.18.0.1:8080', token: 't' } }) },
+    {},
+  );
+  const agent = createAgent({ config, nft, store, clock, logger: silentLogger(), scheduler, resolver, dialer: opts.controller === false ? null : dialer.dial, portProbe: probe, random: () => 0.5 });
+  return { nft, clock, store, dialer, scheduler, agent, probe };
+}
+
+const acks = (msgs: { type: string }[]) => msgs.filter((m): m is AckMessage => m.type === 'ack');
+const settle = () => new Promise((r) => setImmediate(r));
+
+describe('agent', () => {
+  it('applies the last known good policy before contacting the controller (fail-static boot)', async () => {
+    const store = new MemoryStateStore(policy(7));
+    const { nft, dialer, agent } = setup({ store });
+    const started = agent.start();
+    await started;
+    expect(nft.state?.comment).toContain('revision=7');
+    const applyIndex = nft.calls.findIndex((c) => c.method === 'apply');
+    expect(applyIndex).toBeGreaterThan(0);
+    expect(dialer.sockets.length).toBe(1);
+    dialer.last.events.open();
+    expect(dialer.last.messages[0]).toMatchObject({ type: 'hello', instance_id: 'ecs-1', applied_revision: 7, protocol: 1 });
+    expect(agent.status().ready).toBe(true);
+    await agent.stop();
+  });
+
+  it('keeps a corrupt state file aside, reports it, and applies nothing in its place', async () => {
+    const store = new MemoryStateStore();
+    store.text = '{"format":1,"policy":{"revision":"x"';
+    const { nft, agent } = setup({ store });
+    await agent.start();
+    expect(store.movedAside.length).toBe(1);
+    expect(nft.count('apply')).toBe(0);
+    expect(agent.status().ready).toBe(false);
+    expect(await agent.metrics.registry.getSingleMetricAsString('secgroup_state_errors_total')).toContain('code="STATE_CORRUPT"} 1');
+    await agent.stop();
+  });
+
+  it('refuses to start without usable nft, with the probe error', async () => {
+    const { nft, agent } = setup();
+    nft.failNext('probe', new SecgroupError('NFT_PERMISSION', 'permission denied - needs CAP_NET_ADMIN'));
+    await expect(agent.start()).rejects.toMatchObject({ code: 'NFT_PERMISSION' });
+  });
+
+  it('applies a policy snapshot from the controller and acks it with its duration', async () => {
+    const { nft, dialer, agent, store } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    s.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: 3 });
+    s.receive({ type: 'policy', policy: policy(3) });
+    await agent.reconciler.idle();
+    await settle();
+    expect(nft.state?.comment).toContain('revision=3');
+    expect(store.policy?.revision).toBe(3);
+    expect(acks(s.messages)).toEqual([expect.objectContaining({ revision: 3, status: 'applied', duration_ms: expect.any(Number), digest: expect.any(String) })]);
+    expect(s.messages.some((m) => m.type === 'ports')).toBe(true);
+    await agent.stop();
+  });
+
+  it('rejects an invalid policy with an error ack and keeps the previous ruleset', async () => {
+    const { nft, dialer, agent } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    s.receive({ type: 'policy', policy: policy(1) });
+    await agent.reconciler.idle();
+    const applies = nft.count('apply');
+    const bad = JSON.parse(JSON.stringify(policy(2))) as Record<string, unknown> & { security_groups: { rules: Record<string, unknown>[] }[] };
+    bad.security_groups[0]!.rules[0]!.multiport = '99999';
+    s.receive({ type: 'policy', policy: bad });
+    await agent.reconciler.idle();
+    expect(nft.count('apply')).toBe(applies);
+    expect(nft.state?.comment).toContain('revision=1');
+    const rejected = acks(s.messages).find((a) => a.revision === 2);
+    expect(rejected).toMatchObject({ status: 'rejected', error: { code: 'POLICY_INVALID' } });
+    expect(rejected!.error!.message).toContain('multiport');
+    await agent.stop();
+  });
+
+  it('acks a failed apply with the nft error, then applied after the retry', async () => {
+    const { nft, clock, dialer, agent } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    nft.failNext('apply', new SecgroupError('NFT_FAILED', 'nft -f failed: Could not process rule: No buffer space available'));
+    s.receive({ type: 'policy', policy: policy(4) });
+    await agent.reconciler.idle();
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'failed', error: { code: 'NFT_FAILED' } });
+    await clock.advance(1000);
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
+    await agent.stop();
+  });
+
+  it('acks an older revision as stale without applying it', async () => {
+    const store = new MemoryStateStore(policy(9));
+    const { nft, dialer, agent } = setup({ store });
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    const applies = nft.count('apply');
+    s.receive({ type: 'policy', policy: policy(8, { httpPort: '81' }) });
+    await settle();
+    expect(nft.count('apply')).toBe(applies);
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 8, status: 'failed', error: { code: 'STALE_REVISION' } });
+    await agent.stop();
+  });
+
+  it('repairs drift on its schedule', async () => {
+    const { nft, scheduler, agent, store } = setup({ store: new MemoryStateStore(policy(1)) });
+    await agent.start();
+    nft.flushTable();
+    await scheduler.fire();
+    expect(nft.state!.chains.find((c) => c.name === 'input')!.rules.length).toBeGreaterThan(0);
+    expect(await agent.metrics.registry.getSingleMetricAsString('secgroup_drift_repairs_total')).toContain('kind="structure"} 1');
+    expect(store.saves).toBe(0);
+    await agent.stop();
+  });
+
+  it('allows its own control channel: egress to the controller address and port', async () => {
+    const { nft, agent } = setup({ store: new MemoryStateStore(policy(1)) });
+    await agent.start();
+    const out = nft.state!.chains.find((c) => c.name === 'output')!;
+    expect(out.rules.filter((r) => r.comment === 'platform: controller channel').length).toBe(1);
+    expect(out.rules.some((r) => r.comment === 'platform: DNS for the controller name')).toBe(false);
+    await agent.stop();
+  });
+
+  it('resolves a controller name and allows DNS', async () => {
+    expect(await resolveControllerEndpoint('wss://ctl.test:8443', resolver)).toEqual({ addresses: ['198.18.0.1', 'fd00:5ec::1'], port: 8443, dns: true });
+    expect(await resolveControllerEndpoint('wss://[fd00:5ec::1]', resolver)).toEqual({ addresses: ['fd00:5ec::1'], port: 443, dns: false });
+    const { nft, agent } = setup({ store: new MemoryStateStore(policy(1)), url: 'wss://ctl.test:8443' });
+    await agent.start();
+    const out = nft.state!.chains.find((c) => c.name === 'output')!;
+    expect(out.rules.filter((r) => r.comment === 'platform: controller channel').length).toBe(2);
+    expect(out.rules.some((r) => r.comment === 'platform: DNS for the controller name')).toBe(true);
+    await agent.stop();
+  });
+
+  it('reports readiness and metrics over HTTP', async () => {
+    const nft = new FakeNft();
+    const config = resolveConfig({ instance_id: 'ecs-1', http_listen: '127.0.0.1:0' }, {});
+    const agent = createAgent({ config, nft, store: new MemoryStateStore(), clock: new FakeClock(), logger: silentLogger(), scheduler: new ManualScheduler(), resolver, dialer: null });
+    await agent.start();
+    const { port } = agent.httpAddress()!;
+    const get = async (p: string) => {
+      const r = await fetch(`http://127.0.0.1:${port}${p}`);
+      return { status: r.status, body: await r.text() };
+    };
+    expect((await get('/healthz')).status).toBe(200);
+    expect((await get('/readyz')).status).toBe(503);
+    await agent.reconciler.submit(policy(2), 'local');
+    expect((await get('/readyz')).status).toBe(200);
+    const m = await get('/metrics');
+    expect(m.body).toContain('secgroup_applied_revision 2');
+    expect(m.body).toContain('secgroup_controller_connected 0');
+    expect(m.body).toContain('secgroup_rule_packets_total{group="sg-web",rule="r-http",direction="ingress"} 0');
+    expect((await get('/nope')).status).toBe(404);
+    await agent.stop();
+  });
+
+  it('stops cleanly and leaves the rules in place', async () => {
+    const { nft, dialer, agent } = setup({ store: new MemoryStateStore(policy(1)) });
+    await agent.start();
+    dialer.last.events.open();
+    await agent.stop();
+    expect(dialer.last.closed).toMatchObject({ code: 1000 });
+    expect(nft.state?.comment).toContain('revision=1');
+    expect(nft.calls.some((c) => c.tx?.ops.some((op) => op.op === 'delete-table'))).toBe(false);
+  });
+});

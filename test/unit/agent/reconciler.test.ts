@@ -1,0 +1,307 @@
+import { describe, expect, it } from 'vitest';
+import { FakeClock } from '../../../src/lib/clock.js';
+import { SecgroupError } from '../../../src/lib/errors.js';
+import { silentLogger } from '../../../src/lib/logger.js';
+import { FakeNft } from '../../../src/nft/fake.js';
+import { ruleChainName } from '../../../src/nft/compile.js';
+import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
+import { AgentMetrics } from '../../../src/agent/metrics.js';
+import { Reconciler, type SyncOutcome } from '../../../src/agent/reconciler.js';
+import { MemoryStateStore } from '../../../src/agent/state-store.js';
+import { policy } from './fixtures.js';
+
+function setup(opts: { incremental?: boolean } = {}) {
+  const nft = new FakeNft();
+  const clock = new FakeClock();
+  const store = new MemoryStateStore();
+  const metrics = new AgentMetrics();
+  const outcomes: SyncOutcome[] = [];
+  const r = new Reconciler({
+    nft,
+    store,
+    clock,
+    logger: silentLogger(),
+    metrics,
+    platform: DEFAULT_PLATFORM,
+    retryInitialMs: 1000,
+    retryMaxMs: 8000,
+    incremental: opts.incremental ?? true,
+    onOutcome: (o) => outcomes.push(o),
+  });
+  return { nft, clock, store, metrics, outcomes, r };
+}
+
+const tableRevision = (nft: FakeNft) => /revision=(\d+)/.exec(nft.state?.comment ?? '')?.[1];
+
+async function metric(metrics: AgentMetrics, name: string): Promise<string> {
+  return (await metrics.registry.getSingleMetricAsString(name)).split('\n').filter((l) => !l.startsWith('#')).join('\n');
+}
+
+describe('reconciler', () => {
+  it('applies a policy in one checked transaction, verifies it, persists it and reports it', async () => {
+    const { nft, store, metrics, r } = setup();
+    const o = await r.submit(policy(1), 'controller');
+    expect(o).toMatchObject({ status: 'applied', revision: 1, kind: 'full' });
+    expect(nft.calls.map((c) => c.method)).toEqual(['check', 'apply', 'readTable']);
+    expect(nft.calls[1]!.tx!.ops.map((op) => op.op)).toEqual(['replace-table']);
+    expect(tableRevision(nft)).toBe('1');
+    expect(store.policy?.revision).toBe(1);
+    expect(r.appliedRevision).toBe(1);
+    expect(await metric(metrics, 'secgroup_applied_revision')).toBe('secgroup_applied_revision 1');
+  });
+
+  it('does not call nft when the same policy comes again', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const calls = nft.calls.length;
+    const o = await r.submit(policy(1), 'controller');
+    expect(o).toMatchObject({ status: 'applied', revision: 1, kind: 'noop' });
+    expect(nft.calls.length).toBe(calls);
+  });
+
+  it('records a new revision with an unchanged ruleset without calling nft, and persists it', async () => {
+    const { nft, store, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const calls = nft.calls.length;
+    expect(await r.submit(policy(2), 'controller')).toMatchObject({ status: 'applied', revision: 2, kind: 'noop' });
+    expect(nft.calls.length).toBe(calls);
+    expect(store.policy?.revision).toBe(2);
+    expect(r.appliedRevision).toBe(2);
+  });
+
+  it('coalesces a burst submitted at once: only the newest revision is applied', async () => {
+    const { nft, outcomes, r } = setup();
+    const all = [1, 2, 3, 4, 5].map((n) => r.submit(policy(n, { httpPort: String(8000 + n) }), 'controller'));
+    const results = await Promise.all(all);
+    expect(results.slice(0, 4).map((o) => o.status)).toEqual(['superseded', 'superseded', 'superseded', 'superseded']);
+    expect(results[4]).toMatchObject({ status: 'applied', revision: 5 });
+    expect(nft.count('apply')).toBe(1);
+    expect(tableRevision(nft)).toBe('5');
+    expect(outcomes.map((o) => `${o.revision}:${o.status}`)).toEqual(['1:superseded', '2:superseded', '3:superseded', '4:superseded', '5:applied']);
+  });
+
+  it('coalesces revisions that arrive while an apply runs: the next sync takes only the newest', async () => {
+    const { nft, r } = setup();
+    const release = nft.hold('apply');
+    const first = r.submit(policy(1), 'controller');
+    await new Promise((res) => setImmediate(res));
+    expect(nft.count('apply')).toBe(1);
+    const later = [2, 3, 4].map((n) => r.submit(policy(n, { httpPort: String(8000 + n) }), 'controller'));
+    release();
+    expect(await first).toMatchObject({ status: 'applied', revision: 1 });
+    const res = await Promise.all(later);
+    expect(res.map((o) => o.status)).toEqual(['superseded', 'superseded', 'applied']);
+    expect(nft.count('apply')).toBe(2);
+    expect(tableRevision(nft)).toBe('4');
+  });
+
+  it('never applies a revision older than the applied one', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(5), 'controller');
+    const calls = nft.calls.length;
+    expect(await r.submit(policy(4, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'stale', revision: 4, current: 5 });
+    expect(nft.calls.length).toBe(calls);
+    expect(tableRevision(nft)).toBe('5');
+  });
+
+  it('keeps the previous ruleset when an apply fails, reports it once, and retries with exponential backoff', async () => {
+    const { nft, clock, outcomes, metrics, store, r } = setup();
+    await r.submit(policy(1), 'controller');
+    for (let i = 0; i < 3; i++) nft.failNext('apply', new SecgroupError('NFT_FAILED', 'nft -f failed: boom'));
+    const o = await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    expect(o).toMatchObject({ status: 'failed', revision: 2, retryInMs: 1000 });
+    expect(tableRevision(nft)).toBe('1');
+    expect(r.appliedRevision).toBe(1);
+    expect(store.policy?.revision).toBe(1);
+    const applies = () => nft.count('apply');
+    expect(applies()).toBe(2);
+    await clock.advance(999);
+    expect(applies()).toBe(2);
+    await clock.advance(1);
+    expect(applies()).toBe(3); // retry 1 fails, next in 2 s
+    await clock.advance(1999);
+    expect(applies()).toBe(3);
+    await clock.advance(1);
+    expect(applies()).toBe(4); // retry 2 fails, next in 4 s
+    await clock.advance(4000);
+    expect(applies()).toBe(5); // retry 3 succeeds
+    expect(tableRevision(nft)).toBe('2');
+    expect(r.appliedRevision).toBe(2);
+    expect(outcomes.filter((x) => x.revision === 2).map((x) => x.status)).toEqual(['failed', 'applied']);
+    expect(await metric(metrics, 'secgroup_apply_failures_total')).toBe('secgroup_apply_failures_total{code="NFT_FAILED"} 3');
+    await clock.advance(60_000);
+    expect(applies()).toBe(5);
+  });
+
+  it('caps the backoff and resets it after a success', async () => {
+    const { nft, clock, r } = setup();
+    for (let i = 0; i < 6; i++) nft.failNext('check');
+    await r.submit(policy(1), 'controller');
+    // delays 1, 2, 4, 8, 8 s (cap 8 s) -> 5 retries within 23 s, the 6th try at 31 s succeeds
+    await clock.advance(23_000);
+    expect(nft.count('check')).toBe(6);
+    await clock.advance(8000);
+    expect(nft.count('check')).toBe(7);
+    expect(r.appliedRevision).toBe(1);
+    nft.failNext('check');
+    await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    await clock.advance(1000);
+    expect(r.appliedRevision).toBe(2);
+  });
+
+  it('applies a newer revision at once while a failed one waits for its retry', async () => {
+    const { nft, r } = setup();
+    nft.failNext('apply');
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'failed' });
+    expect(await r.submit(policy(2, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'applied', revision: 2, kind: 'full' });
+    expect(tableRevision(nft)).toBe('2');
+  });
+
+  it('makes the sync after a failure a full reload', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    nft.failNext('apply');
+    await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.12'] }), 'controller'); // incremental attempt fails -> full reload
+    const ops = nft.calls.filter((c) => c.method === 'apply').map((c) => c.tx!.ops[0]!.op);
+    expect(ops).toEqual(['replace-table', 'update-elements', 'replace-table']);
+    expect(r.appliedRevision).toBe(2);
+  });
+
+  it('applies a membership or address-group change as element updates in one transaction, keeping counters', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const http = ruleChainName('sg-web', 'r-http');
+    nft.setCounter(http, 10, 1000);
+    const o = await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.20'], office: ['198.18.6.1'] }), 'controller');
+    expect(o).toMatchObject({ status: 'applied', kind: 'incremental' });
+    const tx = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
+    expect(tx.ops.every((op) => op.op === 'update-elements')).toBe(true);
+    expect(tx.ops.length).toBeGreaterThan(0);
+    const rb = await nft.readTable();
+    expect(rb!.chains.find((c) => c.name === http)!.rules[0]!.counter).toEqual({ packets: 10, bytes: 1000 });
+    expect(nft.state!.maps.find((m) => m.name === 'in4_l0_ports')!.elements.length).toBe(3);
+  });
+
+  it('reloads the whole table when rules change', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ kind: 'full' });
+    expect(nft.state!.chains.some((c) => c.name === ruleChainName('sg-web', 'r-dns'))).toBe(true);
+  });
+
+  it('falls back to a full reload when the element update fails', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    nft.failNext('check');
+    expect(await r.submit(policy(2, { members: ['198.18.0.99'] }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(tableRevision(nft)).toBe('2');
+  });
+
+  it('reports a failed verification as a failure and retries it', async () => {
+    const { nft, clock, r } = setup();
+    nft.failNext('readTable');
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'failed' });
+    await clock.advance(1000);
+    expect(r.appliedRevision).toBe(1);
+  });
+
+  it('keeps enforcing when the state file cannot be written', async () => {
+    const { store, metrics, r } = setup();
+    store.failNextSave = new SecgroupError('STATE_IO', 'disk full');
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied' });
+    expect(await metric(metrics, 'secgroup_state_errors_total')).toBe('secgroup_state_errors_total{code="STATE_IO"} 1');
+  });
+
+  it('does not rewrite the state file for a policy that came from it', async () => {
+    const { store, r } = setup();
+    await r.submit(policy(1), 'disk');
+    expect(store.saves).toBe(0);
+  });
+
+  describe('drift', () => {
+    it('finds nothing and calls no apply on an untouched table', async () => {
+      const { nft, r } = setup();
+      await r.submit(policy(1), 'controller');
+      const applies = nft.count('apply');
+      expect(await r.checkDrift()).toBeNull();
+      expect(nft.count('apply')).toBe(applies);
+    });
+
+    it.each([
+      ['deleted', (n: FakeNft) => n.deleteTable(), 'missing'],
+      ['flushed', (n: FakeNft) => n.flushTable(), 'structure'],
+      ['edited by hand', (n: FakeNft) => n.tamper(), 'modified'],
+    ] as const)('re-applies a table that was %s and counts it', async (_what, breakIt, kind) => {
+      const { nft, metrics, r } = setup();
+      await r.submit(policy(1), 'controller');
+      breakIt(nft);
+      expect(await r.checkDrift()).toMatchObject({ kind });
+      expect(tableRevision(nft)).toBe('1');
+      expect(await r.checkDrift()).toBeNull();
+      expect(await metric(metrics, 'secgroup_drift_repairs_total')).toBe(`secgroup_drift_repairs_total{kind="${kind}"} 1`);
+    });
+
+    it('detects drift after an incremental update against the comment of the last full reload', async () => {
+      const { nft, r } = setup();
+      await r.submit(policy(1), 'controller');
+      await r.submit(policy(2, { members: ['198.18.0.30'] }), 'controller');
+      expect(await r.checkDrift()).toBeNull();
+      nft.deleteTable();
+      expect(await r.checkDrift()).toMatchObject({ kind: 'missing' });
+      expect(nft.state!.maps.find((m) => m.name === 'in4_l0_ports')!.elements.length).toBe(2); // 198.18.0.30 http + office ssh
+    });
+  });
+
+  it('keeps per-rule packet counters monotonic across full reloads', async () => {
+    const { nft, metrics, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const http = ruleChainName('sg-web', 'r-http');
+    nft.setCounter(http, 5, 500);
+    await r.refreshCounters();
+    nft.setCounter(http, 7, 700);
+    await r.refreshCounters();
+    await r.submit(policy(2, { extraRule: true }), 'controller'); // full reload: nft counters restart
+    nft.setCounter(http, 3, 300);
+    await r.refreshCounters();
+    const text = await metric(metrics, 'secgroup_rule_packets_total');
+    expect(text).toContain('secgroup_rule_packets_total{group="sg-web",rule="r-http",direction="ingress"} 10');
+    expect(await metric(metrics, 'secgroup_rule_bytes_total')).toContain('rule="r-http",direction="ingress"} 1000');
+  });
+
+  it('re-applies when the platform options change', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    r.setPlatform({ ...DEFAULT_PLATFORM, controller: { addresses: ['198.18.0.1'], port: 8443, dns: false } });
+    await r.idle();
+    expect(nft.state!.chains.find((c) => c.name === 'output')!.rules.some((x) => x.comment === 'platform: controller channel')).toBe(true);
+  });
+
+  it('stops retrying on stop and leaves the ruleset in place', async () => {
+    const { nft, clock, r } = setup();
+    await r.submit(policy(1), 'controller');
+    nft.failNext('apply');
+    await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    await r.stop();
+    await clock.advance(10_000);
+    expect(tableRevision(nft)).toBe('1');
+    expect(clock.timers).toBe(0);
+  });
+});
+
+describe('reconciler drift while a newer revision keeps failing', () => {
+  it('restores the applied ruleset and keeps retrying the newer one', async () => {
+    const { nft, clock, r } = setup();
+    await r.submit(policy(1), 'controller');
+    nft.failNext('apply');
+    expect(await r.submit(policy(2, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'failed' });
+    nft.deleteTable();
+    expect(await r.checkDrift()).toMatchObject({ kind: 'missing' });
+    expect(tableRevision(nft)).toBe('1');
+    nft.failNext('apply');
+    await clock.advance(1000); // retry 1 of revision 2: fails (second injected failure)
+    expect(r.appliedRevision).toBe(1);
+    await clock.advance(2000); // retry 2 works
+    expect(r.appliedRevision).toBe(2);
+    expect(tableRevision(nft)).toBe('2');
+  });
+});

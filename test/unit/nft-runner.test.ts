@@ -1,0 +1,87 @@
+import { describe, expect, it } from 'vitest';
+import { nftError } from '../../src/nft/runner.js';
+import { findDrift, parseTableComment, parseTableReadback } from '../../src/nft/readback.js';
+import { renderElementChanges } from '../../src/nft/render.js';
+import { compilePolicy } from '../../src/nft/compile.js';
+import { planElementUpdate } from '../../src/nft/diff.js';
+import { policy } from './agent/fixtures.js';
+
+describe('nft errors', () => {
+  it.each([
+    ['Error: Could not process rule: Operation not permitted', 'NFT_PERMISSION'],
+    ['Operation not permitted (you must be root)\nnetlink: Error: cache initialization failed: Operation not permitted', 'NFT_PERMISSION'],
+    ['/dev/stdin:3:1-5: Error: syntax error, unexpected junk', 'NFT_SYNTAX'],
+    ['Error: No such file or directory\nlist table inet secgroup', 'NFT_NOT_FOUND_OBJECT'],
+    ['Error: Could not process rule: File exists', 'NFT_EXISTS'],
+    ['Error: Could not process rule: No buffer space available', 'NFT_FAILED'],
+  ])('classifies %j', (stderr, code) => {
+    const e = nftError('nft -f', stderr, 1);
+    expect(e.code).toBe(code);
+    if (code === 'NFT_PERMISSION') expect(e.message).toContain('needs CAP_NET_ADMIN');
+  });
+});
+
+describe('read-back', () => {
+  it('reads the table comment from terse text', () => {
+    expect(parseTableComment('table inet secgroup {\n\tcomment "secgroup digest=0123456789abcdef revision=3 instance=i"\n\tmap m {')).toBe(
+      'secgroup digest=0123456789abcdef revision=3 instance=i',
+    );
+    expect(parseTableComment('table inet secgroup {\n\tchain input {')).toBeNull();
+  });
+
+  it('parses chains, rule counters and map sizes, and fingerprints without handles or counter values', () => {
+    const doc = (packets: number, handle: number) =>
+      JSON.stringify({
+        nftables: [
+          { metainfo: { version: '1.0.6' } },
+          { table: { family: 'inet', name: 'secgroup', handle } },
+          { map: { family: 'inet', name: 'm', table: 'secgroup', type: ['ipv4_addr'], handle: handle + 1, map: 'verdict', elem: [['198.18.0.1', { accept: null }]] } },
+          { chain: { family: 'inet', table: 'secgroup', name: 'r_1', handle: handle + 2 } },
+          { rule: { family: 'inet', table: 'secgroup', chain: 'r_1', handle: handle + 3, comment: 'g/r', expr: [{ counter: { packets, bytes: packets * 100 } }, { accept: null }] } },
+        ],
+      });
+    const a = parseTableReadback(doc(3, 1), 'table inet secgroup {\n\tcomment "c"\n', 'inet', 'secgroup');
+    expect(a).toMatchObject({ comment: 'c', maps: [{ name: 'm', elements: 1 }], chains: [{ name: 'r_1', rules: [{ comment: 'g/r', counter: { packets: 3, bytes: 300 } }] }] });
+    const b = parseTableReadback(doc(9, 50), '', 'inet', 'secgroup');
+    expect(b.fingerprint).toBe(a.fingerprint);
+  });
+
+  it('finds a missing table, a wrong comment and a flushed chain', () => {
+    const c = compilePolicy(policy(1));
+    const rb = {
+      family: 'inet' as const,
+      name: 'secgroup',
+      comment: c.table.comment!,
+      chains: c.table.chains.map((ch) => ({ name: ch.name, rules: ch.rules.map(() => ({ comment: null, counter: null })) })),
+      maps: c.table.maps.map((m) => ({ name: m.name, elements: m.elements.length })),
+      fingerprint: 'f',
+    };
+    const exp = { table: c.table, comment: c.table.comment!, fingerprint: 'f' };
+    expect(findDrift(exp, rb)).toBeNull();
+    expect(findDrift(exp, null)?.kind).toBe('missing');
+    expect(findDrift(exp, { ...rb, comment: 'x' })?.kind).toBe('comment');
+    expect(findDrift(exp, { ...rb, chains: rb.chains.map((ch) => ({ ...ch, rules: [] })) })?.kind).toBe('structure');
+    expect(findDrift(exp, { ...rb, fingerprint: 'g' })?.kind).toBe('modified');
+  });
+});
+
+describe('element updates', () => {
+  it('renders deletions before additions, in one script for our table only', () => {
+    const from = compilePolicy(policy(1, { members: ['198.18.0.10', '198.18.0.11'] }));
+    const to = compilePolicy(policy(2, { members: ['198.18.0.10', '198.18.0.20'] }));
+    const plan = planElementUpdate(from.table, to.table)!;
+    expect(plan).toMatchObject({ added: 2, removed: 1 }); // the range .10-.11 becomes .10 and .20
+    const op = plan.ops[0]!;
+    if (op.op !== 'update-elements') throw new Error('expected an element update');
+    const text = renderElementChanges('inet', 'secgroup', [op]);
+    const lines = text.trim().split('\n').slice(1);
+    expect(lines[0]).toMatch(/^delete element inet secgroup in4_l0_ports \{ 198\.18\.0\.10\/31 \. tcp \. 80 \}$/);
+    expect(lines[1]).toMatch(/^add element inet secgroup in4_l0_ports \{ 198\.18\.0\.10 \. tcp \. 80 : jump r_[0-9a-f]{16}, 198\.18\.0\.20 \. tcp \. 80 : jump r_[0-9a-f]{16} \}$/);
+  });
+
+  it('refuses when anything but elements changes', () => {
+    const from = compilePolicy(policy(1));
+    expect(planElementUpdate(from.table, compilePolicy(policy(2, { httpPort: '81' })).table)).toBeNull();
+    expect(planElementUpdate(from.table, compilePolicy(policy(2, { extraRule: true })).table)).toBeNull();
+  });
+});
