@@ -2,6 +2,8 @@
  * `secgroup agent`, `secgroup status`, `secgroup uninstall-rules`: the
  * commands that touch nftables (root / CAP_NET_ADMIN), and only our table.
  */
+import { HostPortProbe } from '../probe/port-probe.js';
+import { HostSocketSource } from '../probe/source.js';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { lookup } from 'node:dns/promises';
@@ -156,7 +158,8 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         scheduler: cronScheduler,
         resolver: dnsResolver,
         dialer: c ? wsDialer({ url: c.url, token: readToken(config), ...(ca ? { ca } : {}), maxPayload: c.max_message_bytes, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
-        portProbe: null, // src/probe/ (port status, SEMANTICS section 7) plugs in here once it lands
+        // failsafe ports count as open in the report; the controller rule is egress and does not matter here
+        portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),
         hostname: hostname(),
       });
       const signal = new Promise<string>((resolve) => io.onShutdownSignal?.(resolve));

@@ -3,11 +3,11 @@
  * policy (SEMANTICS section 7), i.e. "is the port enabled?" answered for every
  * port at once. Reads sockets and a policy file; changes nothing.
  */
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+
 import { Command, Option } from 'commander';
 import { systemClock, type Clock } from '../lib/clock.js';
 import { loadPolicyFile } from '../policy/load.js';
+import { FileStateStore, STATE_FILE } from '../agent/state-store.js';
 import type { Policy } from '../policy/schema.js';
 import type { PortEntry, PortReport } from '../protocol/messages.js';
 import { computePortStatus } from '../probe/port-status.js';
@@ -16,7 +16,7 @@ import { collect, fail, platformFromFlags } from './common.js';
 import type { CliIo } from './io.js';
 
 export const DEFAULT_STATE_DIR = '/var/lib/secgroup';
-export const APPLIED_POLICY_FILE = 'policy.json';
+export const APPLIED_POLICY_FILE = STATE_FILE;
 
 export interface PortsDeps {
   source: SocketSource;
@@ -86,13 +86,12 @@ export function formatPortTable(report: PortReport): string {
 }
 
 async function appliedPolicy(stateDir: string): Promise<{ policy: Policy | null; path: string }> {
-  const path = join(stateDir, APPLIED_POLICY_FILE);
-  try {
-    await stat(path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { policy: null, path };
-  }
-  return { policy: await loadPolicyFile(path), path };
+  // the agent's last-known-good state file (src/agent/state-store.ts), read without side effects
+  const store = new FileStateStore(stateDir, () => systemClock.now());
+  const r = await store.peek();
+  if (r.kind === 'ok') return { policy: r.policy, path: store.path };
+  if (r.kind === 'none') return { policy: null, path: store.path };
+  throw r.error;
 }
 
 export function registerPortsCommand(

@@ -1,3 +1,5 @@
+import { parsePolicy } from '../../src/policy/schema.js';
+import { renderStateText } from '../../src/agent/state-store.js';
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -42,7 +44,8 @@ beforeAll(async () => {
   await writeFile(join(dir, 'invalid.json'), JSON.stringify({ ...POLICY, revision: -1 }));
   await writeFile(join(dir, 'broken.json'), '{"revision": ');
   await mkdir(join(dir, 'state'));
-  await writeFile(join(dir, 'state', 'policy.json'), JSON.stringify({ ...POLICY, revision: 41 }));
+  // the agent's state document (src/agent/state-store.ts)
+  await writeFile(join(dir, 'state', 'policy.json'), renderStateText(parsePolicy({ ...POLICY, revision: 41 }), '2026-01-01T00:00:00.000Z'));
   await mkdir(join(dir, 'empty-state'));
 });
 afterAll(async () => {

@@ -34,8 +34,10 @@ describe('secgroup agent (CLI)', () => {
   });
 
   it('the example configuration is valid', async () => {
-    const doc = parseYaml(await readFile('examples/agent.yaml', 'utf8')) as unknown;
-    expect(resolveConfig(doc, {}).controller?.token_file).toBe('/etc/secgroup/token');
+    const doc = parseYaml(await readFile('examples/config/agent.yaml', 'utf8')) as unknown;
+    const config = resolveConfig(doc, {});
+    expect(config.controller?.token_file).toBe('/run/credentials/secgroup-agent.service/token');
+    expect(config.platform.failsafe_ingress).toEqual([{ protocol: 6, from: 22, to: 22 }]);
   });
 
   it('--dry-run prints the ruleset with the platform rules from the configuration, and touches nothing', async () => {

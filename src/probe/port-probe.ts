@@ -1,0 +1,30 @@
+/**
+ * The agent's port probe: reads the host's listening sockets (ss, netstat or
+ * /proc) and rates them against the applied policy (SEMANTICS section 7).
+ */
+import type { PortProbe } from '../agent/port-reporter.js';
+import type { Clock } from '../lib/clock.js';
+import type { PlatformOptions } from '../policy/platform.js';
+import type { Policy } from '../policy/schema.js';
+import type { PortReport } from '../protocol/messages.js';
+import { computePortStatus } from './port-status.js';
+import type { SocketSource } from './source.js';
+
+export class HostPortProbe implements PortProbe {
+  constructor(
+    private readonly source: SocketSource,
+    private readonly clock: Clock,
+    private readonly platform: () => PlatformOptions,
+  ) {}
+
+  /** Throws SecgroupError PROBE_FAILED when no source can read the sockets. */
+  async report(policy: Policy | null, revision: number | null): Promise<PortReport> {
+    const reading = await this.source.read();
+    const report = computePortStatus(policy, reading.listeners, {
+      source: reading.source,
+      generatedAt: new Date(this.clock.now()).toISOString(),
+      platform: this.platform(),
+    });
+    return { ...report, revision };
+  }
+}
