@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'PROTOCOL'
   | 'STALE_REVISION'
   | 'VERIFY_FAILED'
+  | 'REQUEST_INVALID'
   | 'NOT_FOUND'
   | 'CONFLICT'
   | 'QUOTA'

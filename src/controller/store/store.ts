@@ -1,0 +1,92 @@
+/**
+ * The controller's persistence boundary. Everything the controller keeps goes
+ * through this interface, so a server database can replace the embedded
+ * SQLite store (`sqlite.ts`) later; `memory.ts` is the in-memory fake.
+ *
+ * Consistency model: optimistic per project. `loadProject` returns a snapshot
+ * with a `version`; `commit` applies a list of ops in one transaction only if
+ * the project is still at that version (else `{ ok: false }` and nothing is
+ * written), so a mutation computed from a stale snapshot is retried, never
+ * half-applied.
+ */
+import type { PortReport } from '../../protocol/messages.js';
+import type { Op, ProjectSnapshot } from '../model.js';
+
+export interface StoredPolicy {
+  revision: number;
+  /** the document without `revision` (see `renderPolicyText`) */
+  body: string;
+}
+
+export interface TokenOwner {
+  projectId: string;
+  instanceId: string;
+  tokenHash: string;
+}
+
+export interface AckRecord {
+  revision: number;
+  status: 'applied' | 'failed' | 'rejected';
+  at: string;
+  duration_ms: number | null;
+  digest: string | null;
+  error: { code: string; message: string } | null;
+}
+
+export interface AgentErrorRecord {
+  revision: number | null;
+  code: string;
+  message: string;
+  at: string;
+}
+
+/** What the controller knows about an instance's agent. */
+export interface AgentState {
+  applied_revision: number | null;
+  last_ack: AckRecord | null;
+  last_error: AgentErrorRecord | null;
+  last_seen: string | null;
+  agent_version: string | null;
+  hostname: string | null;
+  ports: PortReport | null;
+  ports_received_at: string | null;
+}
+
+export const EMPTY_AGENT_STATE: AgentState = {
+  applied_revision: null,
+  last_ack: null,
+  last_error: null,
+  last_seen: null,
+  agent_version: null,
+  hostname: null,
+  ports: null,
+  ports_received_at: null,
+};
+
+export type CommitResult =
+  | { ok: true; version: number; /** revisions assigned by `setPolicy` ops, by instance id */ revisions: Map<string, number> }
+  | { ok: false; reason: 'conflict' };
+
+export interface Store {
+  /** The project's state, or null when it has never been committed. */
+  loadProject(projectId: string): Promise<ProjectSnapshot | null>;
+  /**
+   * Applies `ops` atomically if the project is at `baseVersion` (0 = create it).
+   * Each `setPolicy` gets a revision greater than every revision the store
+   * ever handed out, so revisions per instance only grow (also across
+   * restarts and delete/re-create). Throws on storage failure (nothing written).
+   */
+  commit(projectId: string, baseVersion: number, ops: readonly Op[]): Promise<CommitResult>;
+  getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null>;
+  /**
+   * Gives the instance's current document a new revision greater than `above`
+   * (an agent reported a newer applied revision, e.g. after a database restore).
+   */
+  raiseRevision(projectId: string, instanceId: string, above: number): Promise<StoredPolicy | null>;
+  findTokenOwner(tokenHash: string): Promise<TokenOwner | null>;
+  /** null when the instance does not exist */
+  getAgentState(projectId: string, instanceId: string): Promise<AgentState | null>;
+  /** false when the instance does not exist (nothing written) */
+  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean>;
+  close(): Promise<void>;
+}
