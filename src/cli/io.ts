@@ -4,6 +4,8 @@ export interface CliIo {
   err(text: string): void;
   /** environment variables (read-only) */
   env: Readonly<Record<string, string | undefined>>;
+  /** resolves with the signal's name when the process is asked to stop (SIGTERM/SIGINT); long-running commands wait on it */
+  stopSignal?: () => Promise<string>;
 }
 
 /** Thrown by commands to end with an exit code after printing. */

@@ -8,6 +8,9 @@ const io: CliIo = {
   out: (s) => void process.stdout.write(s),
   err: (s) => void process.stderr.write(s),
   env: process.env,
+  stopSignal: () => new Promise((resolve) => {
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve(sig));
+  }),
 };
 
 export async function run(argv: string[], cliIo: CliIo = io): Promise<number> {

@@ -1,6 +1,7 @@
 /** The `secgroup` command tree. Commands register themselves here; main.ts runs it. */
 import { Command } from 'commander';
 import { registerPolicyCommands } from './policy-commands.js';
+import { registerControllerCommand } from './controller-command.js';
 import type { CliIo } from './io.js';
 import { VERSION } from '../lib/version.js';
 
@@ -12,5 +13,6 @@ export function buildProgram(io: CliIo): Command {
     .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
     .exitOverride();
   registerPolicyCommands(program, io);
+  registerControllerCommand(program, io);
   return program;
 }
