@@ -118,9 +118,11 @@ export function zodIssues(error: z.ZodError, input: unknown, prefix: readonly Pr
           message: value === undefined ? `is required (${iss.expected})` : `expected ${iss.expected}, got ${describeValue(value)}`,
         });
         break;
-      case 'invalid_value':
-        out.push({ path: formatPath(path), message: `${describeValue(value)} is not one of ${iss.values.map((v) => JSON.stringify(v)).join(', ')}` });
+      case 'invalid_value': {
+        const allowed = iss.values.map((v) => JSON.stringify(v)).join(', ');
+        out.push({ path: formatPath(path), message: value === undefined ? `is required (one of ${allowed})` : `${describeValue(value)} is not one of ${allowed}` });
         break;
+      }
       case 'too_big':
       case 'too_small':
         out.push({ path: formatPath(path), message: `${describeValue(value)}: ${iss.message.replace(/^Too (big|small): /, '')}` });
