@@ -105,7 +105,9 @@ export const createAddressGroupBody = z.strictObject({
     description: descriptionSchema,
     ip_version: z.union([z.literal(4), z.literal(6)]),
     ip_set: z.array(z.string()).default([]).describe('IP addresses, CIDRs or ranges "first-last" of ip_version'),
-  }),
+    max_capacity: z.int().min(0).optional().describe('accepted and checked against ip_set, not stored (the limit is the quota entries_per_address_group)'),
+  })
+    .refine((a) => a.max_capacity === undefined || a.ip_set.length <= a.max_capacity, { message: 'has more entries than max_capacity', path: ['ip_set'] }),
   dry_run: dryRun,
 });
 
