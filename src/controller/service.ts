@@ -1,8 +1,7 @@
 /**
- * The write path: load a project snapshot, run a pure mutation, compile the
- * policy documents of the instances it affects (on the state after the
- * change), and commit everything as one transaction; on a concurrent change
- * retry from a fresh snapshot. After a commit, instances whose document
+ * The write path: under the project's write lock, run a pure mutation on its
+ * snapshot, compile the policy documents of the instances it affects (on the
+ * state after the change), and commit everything as one transaction. After a commit, instances whose document
  * changed are reported to `onPolicyChanged` (the agent hub pushes them).
  */
 import type { Logger } from '../lib/logger.js';
@@ -28,8 +27,6 @@ export interface ServiceDeps {
   onPolicyChanged?: (projectId: string, instanceIds: string[]) => void;
   onCompiled?: (stats: { compiled: number; bumped: number }) => void;
 }
-
-const MAX_ATTEMPTS = 20;
 
 export class ControllerService {
   constructor(private readonly deps: ServiceDeps) {}
@@ -58,33 +55,31 @@ export class ControllerService {
   }
 
   /**
-   * Runs `fn` against the current snapshot and commits its ops plus the
-   * recompiled policies atomically. With `dryRun` nothing is written. Errors
-   * thrown by `fn` propagate unchanged (nothing written).
+   * Runs `fn` on the project's current state and commits its ops plus the
+   * recompiled policies in one transaction (under the project's write lock,
+   * so concurrent requests serialise instead of retrying). With `dryRun`
+   * nothing is written. Errors thrown by `fn` propagate unchanged (nothing
+   * written).
    */
   async mutate<T>(projectId: string, fn: (snap: ProjectSnapshot, ctx: MutationContext) => Mutation<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
     const { store, logger } = this.deps;
-    for (let attempt = 1; ; attempt++) {
+    const decide = (stored: ProjectSnapshot | null) => {
       const ctx = this.context();
-      const stored = await store.loadProject(projectId);
       const pre = stored ? [] : createProjectOps(ctx.now);
       const snap = stored ?? applyOps(emptySnapshot(projectId), pre);
       const m = fn(snap, ctx);
-      if (opts.dryRun) return m.result;
-      const after = applyOps(snap, m.ops);
-      const policies = recompile(after, touchedBy(snap, m.ops));
-      const res = await store.commit(projectId, snap.version, [...pre, ...m.ops, ...policies.ops]);
-      if (res.ok) {
-        this.deps.onCompiled?.({ compiled: policies.compiled, bumped: res.revisions.size });
-        if (res.revisions.size) {
-          logger.info({ event: 'policy', project: projectId, instances: [...res.revisions.entries()].map(([id, revision]) => ({ id, revision })) }, 'policy revisions bumped');
-          this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()]);
-        }
-        return m.result;
-      }
-      if (attempt >= MAX_ATTEMPTS) throw new SecgroupError('CONFLICT', `project ${projectId} changed ${attempt} times while this request was applied; try again`);
-      logger.debug({ event: 'retry', project: projectId, attempt }, 'concurrent change, retrying');
+      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0 } };
+      const policies = recompile(applyOps(snap, m.ops), touchedBy(snap, m.ops));
+      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled } };
+    };
+    if (opts.dryRun) return decide(await store.loadProject(projectId)).value.result;
+    const res = await store.mutate(projectId, decide);
+    this.deps.onCompiled?.({ compiled: res.value.compiled, bumped: res.revisions.size });
+    if (res.revisions.size) {
+      logger.info({ event: 'policy', project: projectId, instances: [...res.revisions].map(([id, revision]) => ({ id, revision })) }, 'policy revisions bumped');
+      this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()]);
     }
+    return res.value.result;
   }
 
   /** The instance's policy document exactly as its agent receives it, or null. */

@@ -1,3 +1,4 @@
+/* eslint-disable @typescript-eslint/no-explicit-any -- response bodies are untyped JSON, checked by the assertions */
 import { describe, expect, it, beforeEach } from 'vitest';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { ADMIN, AUTH, SCOPED, call, makeApi, rule, seed, type TestApi } from './controller-helpers.js';

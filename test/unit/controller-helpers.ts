@@ -1,3 +1,4 @@
+/* eslint-disable @typescript-eslint/no-explicit-any -- response bodies are untyped JSON, checked by the assertions */
 /** Shared setup for the controller tests: an API over a real store, deterministic ids, a fake agent presence. */
 import type { FastifyInstance } from 'fastify';
 import { FakeClock } from '../../src/lib/clock.js';

@@ -1,3 +1,4 @@
+/* eslint-disable @typescript-eslint/no-explicit-any -- response bodies are untyped JSON, checked by the assertions */
 /**
  * Replays request examples of the Huawei Cloud VPC API v3 reference
  * (security groups, security group rules, address groups) unchanged and

@@ -2,8 +2,8 @@
  * In-memory Store: the fake for unit tests (same contract as the SQLite store,
  * nothing survives the process).
  */
-import { applyOps, type ProjectSnapshot } from '../model.js';
-import { EMPTY_AGENT_STATE, type AgentState, type CommitResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
+import { EMPTY_AGENT_STATE, type AgentState, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
@@ -30,12 +30,12 @@ export class MemoryStore implements Store {
     return this.projects.get(projectId) ?? null;
   }
 
-  async commit(projectId: string, baseVersion: number, ops: Parameters<Store['commit']>[2]): Promise<CommitResult> {
+  async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
     this.check();
-    const cur = this.projects.get(projectId);
-    if ((cur?.version ?? 0) !== baseVersion) return { ok: false, reason: 'conflict' };
-    const base = cur ?? { projectId, version: 0, groups: [], rules: [], addressGroups: [], instances: [] };
-    let next = applyOps(base, ops);
+    const cur = this.projects.get(projectId) ?? null;
+    const { ops, value } = change(cur);
+    const base = cur ?? emptySnapshot(projectId);
+    const applied = applyOps(base, ops);
     const revisions = new Map<string, number>();
     for (const o of ops) {
       if (o.op === 'putInstance' && !this.extra.has(this.key(projectId, o.instance.id))) {
@@ -51,13 +51,13 @@ export class MemoryStore implements Store {
         revisions.set(o.instanceId, ++this.counter);
       }
     }
-    next = {
-      ...next,
-      version: baseVersion + 1,
-      instances: next.instances.map((i) => (revisions.has(i.id) ? { ...i, revision: revisions.get(i.id)! } : i)),
+    const next: ProjectSnapshot = {
+      ...applied,
+      version: base.version + 1,
+      instances: applied.instances.map((i) => (revisions.has(i.id) ? { ...i, revision: revisions.get(i.id)! } : i)),
     };
     this.projects.set(projectId, next);
-    return { ok: true, version: next.version, revisions };
+    return { value, version: next.version, revisions };
   }
 
   async getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null> {

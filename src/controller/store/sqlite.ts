@@ -1,7 +1,7 @@
 /**
  * The embedded store: one SQLite file (better-sqlite3, WAL, synchronous=FULL
  * by default so an acknowledged commit survives kill -9 and power loss).
- * Every commit is one `BEGIN IMMEDIATE` transaction; schema migrations are
+ * Every mutation is one `BEGIN IMMEDIATE` transaction (read, decide, write); schema migrations are
  * versioned in code (`PRAGMA user_version`) and each runs in its own
  * transaction.
  *
@@ -13,7 +13,7 @@
 import Database from 'better-sqlite3';
 import { SecgroupError } from '../../lib/errors.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
-import { EMPTY_AGENT_STATE, type AgentState, type CommitResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { EMPTY_AGENT_STATE, type AgentState, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database.Database;
 
@@ -118,7 +118,7 @@ export function openSqliteStore(file: string, opts: SqliteStoreOptions = {}): Sq
     db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
     db.pragma('foreign_keys = ON');
-    db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 5000}`);
+    db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
     migrate(db);
   } catch (e) {
     throw new SecgroupError('STATE_IO', `cannot open the controller database ${file}: ${(e as Error).message}`, { cause: e });
@@ -146,7 +146,7 @@ export class SqliteStore implements Store {
     this.stmt = {
       projectVersion: db.prepare<[string], { version: number }>('SELECT version FROM projects WHERE id = ?'),
       insertProject: db.prepare('INSERT INTO projects (id, version) VALUES (?, 1)'),
-      bumpProject: db.prepare('UPDATE projects SET version = version + 1 WHERE id = ? AND version = ?'),
+      bumpProject: db.prepare('UPDATE projects SET version = version + 1 WHERE id = ?'),
       groups: db.prepare<[string], GroupRow>('SELECT id, name, description, created_at, updated_at FROM security_groups WHERE project_id = ? ORDER BY seq'),
       rules: db.prepare<[string], RuleDbRow>(
         `SELECT id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
@@ -208,34 +208,37 @@ export class SqliteStore implements Store {
     };
   }
 
-  async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
-    return this.db.transaction(() => {
-      const p = this.stmt.projectVersion.get(projectId);
-      if (!p) return null;
-      return {
-        projectId,
-        version: p.version,
-        groups: this.stmt.groups.all(projectId),
-        rules: this.stmt.rules.all(projectId) as RuleRow[],
-        addressGroups: this.stmt.addressGroups.all(projectId).map((a) => ({ ...a, ip_version: a.ip_version as 4 | 6, ip_set: JSON.parse(a.ip_set) as string[] })),
-        instances: this.stmt.instances.all(projectId).map((i) => ({
-          ...i,
-          addresses: JSON.parse(i.addresses) as string[],
-          security_groups: JSON.parse(i.security_groups) as string[],
-        })),
-      };
-    }).deferred();
+  private load(projectId: string): ProjectSnapshot | null {
+    const p = this.stmt.projectVersion.get(projectId);
+    if (!p) return null;
+    return {
+      projectId,
+      version: p.version,
+      groups: this.stmt.groups.all(projectId),
+      rules: this.stmt.rules.all(projectId) as RuleRow[],
+      addressGroups: this.stmt.addressGroups.all(projectId).map((a) => ({ ...a, ip_version: a.ip_version as 4 | 6, ip_set: JSON.parse(a.ip_set) as string[] })),
+      instances: this.stmt.instances.all(projectId).map((i) => ({
+        ...i,
+        addresses: JSON.parse(i.addresses) as string[],
+        security_groups: JSON.parse(i.security_groups) as string[],
+      })),
+    };
   }
 
-  async commit(projectId: string, baseVersion: number, ops: readonly Op[]): Promise<CommitResult> {
-    return this.db.transaction((): CommitResult => {
-      const cur = this.stmt.projectVersion.get(projectId);
-      if ((cur?.version ?? 0) !== baseVersion) return { ok: false, reason: 'conflict' };
+  async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
+    return this.db.transaction(() => this.load(projectId)).deferred();
+  }
+
+  async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
+    // IMMEDIATE takes the write lock before reading, so the state `change` sees is the state its ops apply to.
+    return this.db.transaction((): MutateResult<T> => {
+      const cur = this.load(projectId);
+      const { ops, value } = change(cur);
       if (!cur) this.stmt.insertProject.run(projectId);
-      else this.stmt.bumpProject.run(projectId, baseVersion);
+      else this.stmt.bumpProject.run(projectId);
       const revisions = new Map<string, number>();
       for (const o of ops) this.apply(projectId, o, revisions);
-      return { ok: true, version: baseVersion + 1, revisions };
+      return { value, version: (cur?.version ?? 0) + 1, revisions };
     }).immediate();
   }
 

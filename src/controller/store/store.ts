@@ -3,11 +3,11 @@
  * through this interface, so a server database can replace the embedded
  * SQLite store (`sqlite.ts`) later; `memory.ts` is the in-memory fake.
  *
- * Consistency model: optimistic per project. `loadProject` returns a snapshot
- * with a `version`; `commit` applies a list of ops in one transaction only if
- * the project is still at that version (else `{ ok: false }` and nothing is
- * written), so a mutation computed from a stale snapshot is retried, never
- * half-applied.
+ * Consistency model: one writer per project at a time. `mutate` hands the
+ * project's current state to a synchronous, pure function while holding the
+ * project's write lock (SQLite: `BEGIN IMMEDIATE`; a server database: a row
+ * lock) and commits the ops it returns in the same transaction. If the
+ * function throws, or any op fails, nothing is written.
  */
 import type { PortReport } from '../../protocol/messages.js';
 import type { Op, ProjectSnapshot } from '../model.js';
@@ -63,20 +63,29 @@ export const EMPTY_AGENT_STATE: AgentState = {
   ports_received_at: null,
 };
 
-export type CommitResult =
-  | { ok: true; version: number; /** revisions assigned by `setPolicy` ops, by instance id */ revisions: Map<string, number> }
-  | { ok: false; reason: 'conflict' };
+export interface MutateResult<T> {
+  value: T;
+  /** the project's version after the commit */
+  version: number;
+  /** revisions assigned by `setPolicy` ops, by instance id */
+  revisions: Map<string, number>;
+}
+
+/** Decides a change from the current state (null: the project was never committed). Synchronous and pure. */
+export type ChangeFn<T> = (current: ProjectSnapshot | null) => { ops: readonly Op[]; value: T };
 
 export interface Store {
   /** The project's state, or null when it has never been committed. */
   loadProject(projectId: string): Promise<ProjectSnapshot | null>;
   /**
-   * Applies `ops` atomically if the project is at `baseVersion` (0 = create it).
-   * Each `setPolicy` gets a revision greater than every revision the store
-   * ever handed out, so revisions per instance only grow (also across
-   * restarts and delete/re-create). Throws on storage failure (nothing written).
+   * Runs `change` on the project's current state under its write lock and
+   * commits the returned ops atomically; the project is created by its first
+   * commit. Each `setPolicy` gets a revision greater than every revision the
+   * store ever handed out, so revisions per instance only grow (also across
+   * restarts and delete/re-create). Throws what `change` throws, or on storage
+   * failure; either way nothing is written.
    */
-  commit(projectId: string, baseVersion: number, ops: readonly Op[]): Promise<CommitResult>;
+  mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>>;
   getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null>;
   /**
    * Gives the instance's current document a new revision greater than `above`
