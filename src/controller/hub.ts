@@ -66,6 +66,7 @@ class Session {
   lastSentRevision = -1;
   queue: Promise<void> = Promise.resolve();
   tokens: number;
+  /** clock.monotonic() of the last refill */
   refilledAt: number;
   helloTimer: Timer | null = null;
   closed: Promise<void>;
@@ -76,11 +77,12 @@ class Session {
     readonly instanceId: string,
     readonly ws: WebSocket,
     now: number,
+    monotonicNow: number,
     burst: number,
   ) {
     this.lastSeenMs = now;
     this.tokens = burst;
-    this.refilledAt = now;
+    this.refilledAt = monotonicNow;
     this.closed = new Promise((resolve) => ws.once('close', () => resolve()));
   }
 }
@@ -179,7 +181,7 @@ export class AgentHub {
 
   private connected(ws: WebSocket, projectId: string, instanceId: string): void {
     const key = sessionKey(projectId, instanceId);
-    const s = new Session(key, projectId, instanceId, ws, this.o.clock.now(), this.o.rate.burst);
+    const s = new Session(key, projectId, instanceId, ws, this.o.clock.now(), this.o.clock.monotonic(), this.o.rate.burst);
     const old = this.sessions.get(key);
     if (old) {
       this.log.info({ event: 'replace', project: projectId, instance: instanceId }, 'a new connection replaces the old one');
