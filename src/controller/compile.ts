@@ -29,6 +29,8 @@ export interface ProjectIndex {
   rulesByGroup: Map<string, RuleRow[]>;
   membersByGroup: Map<string, InstanceRow[]>;
   addressGroups: Map<string, AddressGroupRow>;
+  /** sorted member addresses by `group|families`, shared by every document of the batch */
+  memberLists: Map<string, string[]>;
 }
 
 export function indexProject(snap: ProjectSnapshot): ProjectIndex {
@@ -46,7 +48,35 @@ export function indexProject(snap: ProjectSnapshot): ProjectIndex {
       else membersByGroup.set(g, [i]);
     }
   }
-  return { snap, groups: new Map(snap.groups.map((g) => [g.id, g])), rulesByGroup, membersByGroup, addressGroups: new Map(snap.addressGroups.map((a) => [a.id, a])) };
+  return {
+    snap,
+    groups: new Map(snap.groups.map((g) => [g.id, g])),
+    rulesByGroup,
+    membersByGroup,
+    addressGroups: new Map(snap.addressGroups.map((a) => [a.id, a])),
+    memberLists: new Map(),
+  };
+}
+
+/** Member addresses of a group in the given families, deduplicated, IPv4 before IPv6, numerically sorted. */
+function memberList(ix: ProjectIndex, gid: string, fams: ReadonlySet<4 | 6>): string[] {
+  const key = `${gid}|${[...fams].sort().join()}`;
+  let list = ix.memberLists.get(key);
+  if (!list) {
+    const keyed = new Map<string, { family: number; value: bigint }>();
+    for (const m of ix.membersByGroup.get(gid) ?? []) {
+      for (const a of m.addresses) {
+        if (keyed.has(a)) continue;
+        const ip = parseIp(a);
+        if (fams.has(ip.family)) keyed.set(a, ip);
+      }
+    }
+    list = [...keyed]
+      .sort(([, x], [, y]) => (x.family !== y.family ? x.family - y.family : x.value < y.value ? -1 : x.value > y.value ? 1 : 0))
+      .map(([a]) => a);
+    ix.memberLists.set(key, list);
+  }
+  return list;
 }
 
 function ruleDoc(r: RuleRow): Record<string, unknown> {
@@ -61,11 +91,12 @@ function ruleDoc(r: RuleRow): Record<string, unknown> {
   return d;
 }
 
-function compareAddresses(a: string, b: string): number {
-  const x = parseIp(a);
-  const y = parseIp(b);
-  if (x.family !== y.family) return x.family - y.family;
-  return x.value < y.value ? -1 : x.value > y.value ? 1 : 0;
+/** A policy document without `revision`, in serialisation order. */
+export interface PolicyBody {
+  instance: { id: string; addresses: string[] };
+  security_groups: { id: string; name: string; rules: Record<string, unknown>[] }[];
+  address_groups: { id: string; ip_version: 4 | 6; ip_set: string[] }[];
+  group_members: Record<string, string[]>;
 }
 
 /**
@@ -74,6 +105,11 @@ function compareAddresses(a: string, b: string): number {
  * use, so an address change in an unused family changes no document.
  */
 export function compileInstanceBody(ix: ProjectIndex, inst: InstanceRow): string {
+  return JSON.stringify(compileInstanceDoc(ix, inst));
+}
+
+/** The document (without `revision`) as an object; member lists are shared between documents of a batch, do not mutate. */
+export function compileInstanceDoc(ix: ProjectIndex, inst: InstanceRow): PolicyBody {
   const families = new Map<string, Set<4 | 6>>();
   const addressGroupIds = new Set<string>();
   const security_groups = inst.security_groups.map((gid) => {
@@ -96,15 +132,8 @@ export function compileInstanceBody(ix: ProjectIndex, inst: InstanceRow): string
     return { id: a.id, ip_version: a.ip_version, ip_set: a.ip_set };
   });
   const group_members: Record<string, string[]> = {};
-  for (const gid of [...families.keys()].sort()) {
-    const fams = families.get(gid)!;
-    const addrs = new Set<string>();
-    for (const m of ix.membersByGroup.get(gid) ?? []) {
-      for (const a of m.addresses) if (fams.has(a.includes(':') ? 6 : 4)) addrs.add(a);
-    }
-    group_members[gid] = [...addrs].sort(compareAddresses);
-  }
-  return JSON.stringify({ instance: { id: inst.id, addresses: inst.addresses }, security_groups, address_groups, group_members });
+  for (const gid of [...families.keys()].sort()) group_members[gid] = memberList(ix, gid, families.get(gid)!);
+  return { instance: { id: inst.id, addresses: inst.addresses }, security_groups, address_groups, group_members };
 }
 
 /** What a set of ops changed, in the terms that decide which documents can change. */
@@ -204,10 +233,14 @@ export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; comp
   const affected = affectedInstances(ix, t);
   const ops: Op[] = [];
   for (const inst of affected) {
-    const body = compileInstanceBody(ix, inst);
+    const doc = compileInstanceDoc(ix, inst);
+    const body = JSON.stringify(doc);
     const hash = sha256(body);
     if (hash === inst.policy_hash) continue;
-    const check = checkPolicy(JSON.parse(renderPolicyText(0, body)));
+    // Member addresses were parsed when the member lists were built (parseIp throws on anything else);
+    // validate the rest of the document with empty lists instead of re-checking every member per document.
+    const probe = { revision: 0, ...doc, group_members: Object.fromEntries(Object.keys(doc.group_members).map((k) => [k, []])) };
+    const check = checkPolicy(probe);
     if (!check.ok) {
       throw new SecgroupError('INTERNAL', `compiled policy of instance ${inst.id} is invalid: ${check.issues.map(formatIssue).join('; ')}`);
     }
