@@ -185,13 +185,13 @@ export function createGroup(snap: ProjectSnapshot, input: GroupCreate, ctx: Muta
   return { ops: [{ op: 'putGroup', group }, ...rules.map((rule): Op => ({ op: 'putRule', rule }))], result: { group, rules } };
 }
 
-export function updateGroup(snap: ProjectSnapshot, id: string, input: GroupUpdate, ctx: MutationContext): Mutation<GroupRow> {
+export function updateGroup(snap: ProjectSnapshot, id: string, input: GroupUpdate, ctx: MutationContext): Mutation<{ group: GroupRow; rules: RuleRow[] }> {
   const old = findGroup(snap, id);
   if (id === DEFAULT_GROUP_ID && input.name !== undefined && input.name !== old.name) {
     throw ApiError.invalid([{ path: 'security_group.name', message: 'the default security group cannot be renamed' }]);
   }
   const group: GroupRow = { ...old, name: input.name ?? old.name, description: input.description ?? old.description, updated_at: ctx.now };
-  return { ops: [{ op: 'putGroup', group }], result: group };
+  return { ops: [{ op: 'putGroup', group }], result: { group, rules: rulesOf(snap, id) } };
 }
 
 export function deleteGroup(snap: ProjectSnapshot, id: string): Mutation<null> {
@@ -225,10 +225,6 @@ export function ruleMatchKey(r: Omit<RuleRow, 'id' | 'created_at' | 'description
   } else if (r.remote_group_id) remote = `g:${r.remote_group_id}`;
   else if (r.remote_address_group_id) remote = `a:${r.remote_address_group_id}`;
   return [r.direction, r.ethertype, r.priority, p ?? '*', ports, r.icmp_type ?? '*', r.icmp_code ?? '*', remote].join('|');
-}
-
-function describeRuleBrief(r: RuleRow): string {
-  return `rule ${JSON.stringify(r.id)}`;
 }
 
 function toPolicyRule(r: RuleCreate): Rule {
@@ -285,7 +281,7 @@ export function createRules(
 
   const existing = rulesOf(snap, groupId);
   const byKey = new Map<string, { action: string; what: string }>();
-  for (const r of existing) byKey.set(ruleMatchKey(r), { action: r.action, what: describeRuleBrief(r) });
+  for (const r of existing) byKey.set(ruleMatchKey(r), { action: r.action, what: `rule ${JSON.stringify(r.id)}` });
   const ids = new Set(snap.rules.map((r) => r.id));
   const created: RuleRow[] = [];
   inputs.forEach((input, i) => {
@@ -474,7 +470,7 @@ export function rotateToken(snap: ProjectSnapshot, id: string, ctx: MutationCont
   return { ops: [{ op: 'setToken', instanceId: id, tokenHash: token.hash }], result: { instanceId: id, token: token.token } };
 }
 
-// ---- invariants (tests and `secgroup controller` self-checks) ----
+// ---- invariants (what every committed state satisfies; the store tests check it after crashes) ----
 
 /** Every problem with a snapshot's referential integrity and quotas; empty when it is sound. */
 export function checkInvariants(snap: ProjectSnapshot, quotas: Quotas = DEFAULT_QUOTAS): string[] {

@@ -1,8 +1,9 @@
 /**
  * The write path: under the project's write lock, run a pure mutation on its
  * snapshot, compile the policy documents of the instances it affects (on the
- * state after the change), and commit everything as one transaction. After a commit, instances whose document
- * changed are reported to `onPolicyChanged` (the agent hub pushes them).
+ * state after the change), and commit everything as one transaction. After a
+ * commit, instances whose document changed are reported to `onPolicyChanged`
+ * (the agent hub pushes them).
  */
 import type { Logger } from '../lib/logger.js';
 import type { Clock } from '../lib/clock.js';

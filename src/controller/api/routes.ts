@@ -99,9 +99,8 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
   route('PUT', '/vpc/security-groups/:id', 200, async ({ project, params, body }) => {
     const id = pathId(params, 'id', 'security group');
     const b = parseWith(updateGroupBody, body);
-    const group = await service.mutate(project, (s, ctx) => updateGroup(s, id, { name: b.security_group.name, description: b.security_group.description ?? undefined }, ctx));
-    const snap = await service.read(project);
-    return { security_group: groupView(project, group, rulesOf(snap, id)) };
+    const r = await service.mutate(project, (s, ctx) => updateGroup(s, id, { name: b.security_group.name, description: b.security_group.description ?? undefined }, ctx));
+    return { security_group: groupView(project, r.group, r.rules) };
   });
 
   route('DELETE', '/vpc/security-groups/:id', 204, async ({ project, params }) => {
