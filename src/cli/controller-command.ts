@@ -10,7 +10,7 @@ export function registerControllerCommand(program: Command, io: CliIo): void {
     .command('controller')
     .summary('run the controller: the HTTP API and the agents\' WebSocket endpoint')
     .description(
-      'Serve the security group API (Huawei VPC v3 paths, docs/api.md) and /v1/agent for agents, storing\n' +
+      'Serve the security group API (Huawei VPC v3 paths, docs/api.md) and /v1/agent for agents, storing ' +
         'state in DATA_DIR/controller.db. Stops gracefully on SIGTERM or SIGINT. Logs are JSON lines on stderr.',
     )
     .requiredOption('--config <file>', 'configuration file, YAML or JSON (docs/controller-config.md)')
