@@ -162,7 +162,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),
         hostname: hostname(),
       });
-      const signal = new Promise<string>((resolve) => io.onShutdownSignal?.(resolve));
+      const signal = io.stopSignal?.() ?? new Promise<string>(() => {});
       await agent.start();
       const sig = await signal;
       logger.info({ event: 'signal', signal: sig }, `${sig}: stopping`);

@@ -4,8 +4,8 @@ export interface CliIo {
   err(text: string): void;
   /** environment variables (read-only) */
   env: Readonly<Record<string, string | undefined>>;
-  /** calls `handler` once on SIGTERM or SIGINT (long-running commands: `secgroup agent`); absent = never */
-  onShutdownSignal?: (handler: (signal: string) => void) => void;
+  /** resolves with the signal's name when the process is asked to stop (SIGTERM/SIGINT); long-running commands wait on it */
+  stopSignal?: () => Promise<string>;
 }
 
 /** Thrown by commands to end with an exit code after printing. */

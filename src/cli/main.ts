@@ -8,16 +8,9 @@ const io: CliIo = {
   out: (s) => void process.stdout.write(s),
   err: (s) => void process.stderr.write(s),
   env: process.env,
-  onShutdownSignal: (handler) => {
-    let done = false;
-    const once = (signal: string) => {
-      if (done) return;
-      done = true;
-      handler(signal);
-    };
-    process.once('SIGTERM', () => once('SIGTERM'));
-    process.once('SIGINT', () => once('SIGINT'));
-  },
+  stopSignal: () => new Promise((resolve) => {
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve(sig));
+  }),
 };
 
 export async function run(argv: string[], cliIo: CliIo = io): Promise<number> {

@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { registerPolicyCommands } from './policy-commands.js';
 import { registerPortsCommand } from './ports-command.js';
 import { registerAgentCommands } from './agent-commands.js';
+import { registerControllerCommand } from './controller-command.js';
 import type { CliIo } from './io.js';
 import { VERSION } from '../lib/version.js';
 
@@ -16,5 +17,6 @@ export function buildProgram(io: CliIo): Command {
   registerPolicyCommands(program, io);
   registerPortsCommand(program, io);
   registerAgentCommands(program, io);
+  registerControllerCommand(program, io);
   return program;
 }

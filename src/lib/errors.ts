@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'VERIFY_FAILED'
   | 'PROBE_PARSE'
   | 'PROBE_FAILED'
+  | 'REQUEST_INVALID'
   | 'NOT_FOUND'
   | 'CONFLICT'
   | 'QUOTA'

@@ -1,0 +1,34 @@
+/** `secgroup controller --config FILE`: runs the controller until SIGTERM/SIGINT. */
+import type { Command } from 'commander';
+import { createController } from '../controller/controller.js';
+import { loadControllerConfig } from '../controller/config.js';
+import { fail } from './common.js';
+import type { CliIo } from './io.js';
+
+export function registerControllerCommand(program: Command, io: CliIo): void {
+  program
+    .command('controller')
+    .summary('run the controller: the HTTP API and the agents\' WebSocket endpoint')
+    .description(
+      'Serve the security group API (Huawei VPC v3 paths, docs/api.md) and /v1/agent for agents, storing ' +
+        'state in DATA_DIR/controller.db. Stops gracefully on SIGTERM or SIGINT. Logs are JSON lines on stderr.',
+    )
+    .requiredOption('--config <file>', 'configuration file, YAML or JSON (docs/controller-config.md)')
+    .option('--check', 'only validate the configuration file, then exit')
+    .action(async (opts: { config: string; check?: boolean }) => {
+      try {
+        const config = await loadControllerConfig(opts.config);
+        if (opts.check) {
+          io.out(`${opts.config}: valid (listen ${config.listen.host}:${config.listen.port}, data_dir ${config.data_dir}, ${config.api.tokens.length} API token(s))\n`);
+          return;
+        }
+        const controller = createController({ config });
+        await controller.start();
+        // Without a signal source (tests, embedding) the command runs until the process ends.
+        await (io.stopSignal?.() ?? new Promise<never>(() => {}));
+        await controller.stop();
+      } catch (e) {
+        fail(io, e);
+      }
+    });
+}

@@ -1,0 +1,155 @@
+/**
+ * The OpenAPI 3.1 document served at /openapi.json, generated from the same
+ * zod schemas that parse requests (`z.toJSONSchema`), so it cannot drift
+ * from what the server accepts.
+ */
+import { z } from 'zod';
+import { VERSION } from '../../lib/version.js';
+import { policySchema } from '../../policy/schema.js';
+import {
+  addressGroupView,
+  batchCreateRulesBody,
+  createAddressGroupBody,
+  createGroupBody,
+  createInstanceBody,
+  createRuleBody,
+  errorView,
+  groupView,
+  instanceStatusView,
+  instanceView,
+  listAddressGroupsQuery,
+  listGroupsQuery,
+  listInstancesQuery,
+  listRulesQuery,
+  pageInfoView,
+  portsView,
+  ruleView,
+  updateAddressGroupBody,
+  updateGroupBody,
+  updateInstanceBody,
+} from './schemas.js';
+
+type Json = Record<string, unknown>;
+
+function schema(s: z.ZodType, io: 'input' | 'output'): Json {
+  const j = z.toJSONSchema(s, { io, unrepresentable: 'any' }) as Json;
+  delete j.$schema;
+  return j;
+}
+
+const rid = { request_id: z.string() };
+const responses = {
+  securityGroup: z.object({ ...rid, security_group: groupView }),
+  securityGroups: z.object({ ...rid, security_groups: z.array(groupView), page_info: pageInfoView }),
+  rule: z.object({ ...rid, security_group_rule: ruleView }),
+  rules: z.object({ ...rid, security_group_rules: z.array(ruleView), page_info: pageInfoView.optional() }),
+  addressGroup: z.object({ ...rid, address_group: addressGroupView }),
+  addressGroups: z.object({ ...rid, address_groups: z.array(addressGroupView), page_info: pageInfoView }),
+  instanceCreated: z.object({ ...rid, instance: instanceView, token: z.string().describe('the agent token; shown only here') }),
+  instance: z.object({ ...rid, instance: instanceView }),
+  instances: z.object({ ...rid, instances: z.array(instanceView), page_info: pageInfoView }),
+  token: z.object({ ...rid, instance_id: z.string(), token: z.string() }),
+  status: z.object({ ...rid, status: instanceStatusView }),
+  ports: portsView,
+  error: errorView,
+};
+
+interface Operation {
+  method: 'get' | 'post' | 'put' | 'delete';
+  path: string;
+  summary: string;
+  query?: z.ZodObject;
+  body?: z.ZodType;
+  ok: { status: number; schema: Json | null; description?: string };
+  dryRun?: boolean;
+}
+
+const ERRORS = [400, 401, 403, 404, 409];
+
+function operations(): Operation[] {
+  const o = (s: z.ZodType) => schema(s, 'output');
+  const P = '/v3/{project_id}';
+  return [
+    { method: 'post', path: `${P}/vpc/security-groups`, summary: 'Create a security group (with egress allow-all rules)', body: createGroupBody, ok: { status: 201, schema: o(responses.securityGroup) }, dryRun: true },
+    { method: 'get', path: `${P}/vpc/security-groups`, summary: 'List security groups', query: listGroupsQuery, ok: { status: 200, schema: o(responses.securityGroups) } },
+    { method: 'get', path: `${P}/vpc/security-groups/{id}`, summary: 'Show a security group and its rules', ok: { status: 200, schema: o(responses.securityGroup) } },
+    { method: 'put', path: `${P}/vpc/security-groups/{id}`, summary: 'Update a security group\'s name or description', body: updateGroupBody, ok: { status: 200, schema: o(responses.securityGroup) } },
+    { method: 'delete', path: `${P}/vpc/security-groups/{id}`, summary: 'Delete a security group (409 while referenced or associated)', ok: { status: 204, schema: null } },
+    { method: 'post', path: `${P}/vpc/security-group-rules`, summary: 'Create a security group rule', body: createRuleBody, ok: { status: 201, schema: o(responses.rule) }, dryRun: true },
+    {
+      method: 'post',
+      path: `${P}/vpc/security-groups/{id}/security-group-rules/batch-create`,
+      summary: 'Create rules in a security group, all or nothing',
+      body: batchCreateRulesBody,
+      ok: { status: 201, schema: o(responses.rules) },
+      dryRun: true,
+    },
+    { method: 'get', path: `${P}/vpc/security-group-rules`, summary: 'List security group rules', query: listRulesQuery, ok: { status: 200, schema: o(responses.rules) } },
+    { method: 'get', path: `${P}/vpc/security-group-rules/{id}`, summary: 'Show a security group rule', ok: { status: 200, schema: o(responses.rule) } },
+    { method: 'delete', path: `${P}/vpc/security-group-rules/{id}`, summary: 'Delete a security group rule', ok: { status: 204, schema: null } },
+    { method: 'post', path: `${P}/vpc/address-groups`, summary: 'Create an address group', body: createAddressGroupBody, ok: { status: 201, schema: o(responses.addressGroup) }, dryRun: true },
+    { method: 'get', path: `${P}/vpc/address-groups`, summary: 'List address groups', query: listAddressGroupsQuery, ok: { status: 200, schema: o(responses.addressGroups) } },
+    { method: 'get', path: `${P}/vpc/address-groups/{id}`, summary: 'Show an address group', ok: { status: 200, schema: o(responses.addressGroup) } },
+    { method: 'put', path: `${P}/vpc/address-groups/{id}`, summary: 'Update an address group (name, description, ip_set)', body: updateAddressGroupBody, ok: { status: 200, schema: o(responses.addressGroup) }, dryRun: true },
+    { method: 'delete', path: `${P}/vpc/address-groups/{id}`, summary: 'Delete an address group (409 while referenced)', ok: { status: 204, schema: null } },
+    { method: 'post', path: `${P}/instances`, summary: 'Create an instance; the response carries its agent token (once)', body: createInstanceBody, ok: { status: 201, schema: o(responses.instanceCreated) } },
+    { method: 'get', path: `${P}/instances`, summary: 'List instances', query: listInstancesQuery, ok: { status: 200, schema: o(responses.instances) } },
+    { method: 'get', path: `${P}/instances/{id}`, summary: 'Show an instance', ok: { status: 200, schema: o(responses.instance) } },
+    { method: 'put', path: `${P}/instances/{id}`, summary: 'Change an instance\'s name, addresses or ordered security groups', body: updateInstanceBody, ok: { status: 200, schema: o(responses.instance) } },
+    { method: 'delete', path: `${P}/instances/{id}`, summary: 'Delete an instance (its agent is disconnected)', ok: { status: 204, schema: null } },
+    { method: 'post', path: `${P}/instances/{id}/rotate-token`, summary: 'Issue a new agent token; the old one stops working at once', ok: { status: 200, schema: o(responses.token) } },
+    {
+      method: 'get',
+      path: `${P}/instances/{id}/policy`,
+      summary: 'The compiled policy document (SEMANTICS section 8), byte-identical to what the agent receives',
+      ok: { status: 200, schema: schema(policySchema, 'output') },
+    },
+    { method: 'get', path: `${P}/instances/{id}/status`, summary: 'Desired vs applied revision, last ack and error, connection', ok: { status: 200, schema: o(responses.status) } },
+    { method: 'get', path: `${P}/instances/{id}/ports`, summary: 'The agent\'s last port report (open / blocked / local-only / not-listening)', ok: { status: 200, schema: o(responses.ports) } },
+  ];
+}
+
+function queryParameters(q: z.ZodObject): Json[] {
+  const j = schema(q, 'input') as { properties?: Record<string, Json> };
+  return Object.entries(j.properties ?? {}).map(([name, s]) => ({ name, in: 'query', required: false, schema: s, ...(s.description ? { description: s.description } : {}) }));
+}
+
+export function buildOpenApi(): Json {
+  const paths: Record<string, Record<string, Json>> = {};
+  const errorSchema = schema(responses.error, 'output');
+  for (const op of operations()) {
+    const parameters: Json[] = [{ name: 'project_id', in: 'path', required: true, schema: { type: 'string' } }];
+    if (op.path.includes('{id}')) parameters.push({ name: 'id', in: 'path', required: true, schema: { type: 'string' } });
+    if (op.query) parameters.push(...queryParameters(op.query));
+    const res: Record<string, Json> = {
+      [op.ok.status]: op.ok.schema ? { description: 'success', content: { 'application/json': { schema: op.ok.schema } } } : { description: 'success, no body' },
+    };
+    if (op.dryRun) res['202'] = { description: 'dry_run: the request is valid, nothing changed', content: { 'application/json': { schema: errorSchema } } };
+    for (const s of ERRORS) res[s] = { description: 'error', content: { 'application/json': { schema: errorSchema } } };
+    paths[op.path] ??= {};
+    paths[op.path]![op.method] = {
+      summary: op.summary,
+      parameters,
+      ...(op.body ? { requestBody: { required: true, content: { 'application/json': { schema: schema(op.body, 'input') } } } } : {}),
+      responses: res,
+      security: [{ bearer: [] }, { authToken: [] }],
+    };
+  }
+  paths['/healthz'] = { get: { summary: 'Liveness', responses: { 200: { description: 'ok' } } } };
+  paths['/metrics'] = { get: { summary: 'Prometheus metrics', responses: { 200: { description: 'text exposition format' } } } };
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'secgroup controller',
+      version: VERSION,
+      description: 'Security groups, rules and address groups as in Huawei Cloud VPC API v3, plus instances. See docs/api.md.',
+    },
+    components: {
+      securitySchemes: {
+        bearer: { type: 'http', scheme: 'bearer' },
+        authToken: { type: 'apiKey', in: 'header', name: 'X-Auth-Token' },
+      },
+    },
+    paths,
+  };
+}

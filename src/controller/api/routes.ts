@@ -1,0 +1,290 @@
+/**
+ * The v3 resources: security groups, security group rules, address groups
+ * (paths and payloads of Huawei Cloud VPC API v3) and instances (secgroup's
+ * own resource in the same style). Handlers parse, call a pure mutation
+ * through the service, and shape the answer; nothing else.
+ */
+import { ApiError } from '../errors.js';
+import {
+  createAddressGroup,
+  createGroup,
+  createInstance,
+  createRules,
+  deleteAddressGroup,
+  deleteGroup,
+  deleteInstance,
+  deleteRule,
+  findAddressGroup,
+  findGroup,
+  findInstance,
+  findRule,
+  rotateToken,
+  rulesOf,
+  updateAddressGroup,
+  updateGroup,
+  updateInstance,
+  type RuleCreate,
+} from '../domain.js';
+import { EMPTY_AGENT_STATE } from '../store/store.js';
+import type { ApiOptions, Route } from './app.js';
+import { parseWith, pathId } from './app.js';
+import {
+  batchCreateRulesBody,
+  createAddressGroupBody,
+  createGroupBody,
+  createInstanceBody,
+  createRuleBody,
+  listAddressGroupsQuery,
+  listGroupsQuery,
+  listInstancesQuery,
+  listRulesQuery,
+  updateAddressGroupBody,
+  updateGroupBody,
+  updateInstanceBody,
+  type batchRuleOptionSchema,
+} from './schemas.js';
+import { addressGroupView, groupView, instanceView, paginate, ruleView } from './views.js';
+import type { z } from 'zod';
+
+type RuleOption = z.output<typeof batchRuleOptionSchema>;
+
+function toRuleCreate(groupId: string, r: RuleOption): RuleCreate {
+  return {
+    id: r.id,
+    security_group_id: groupId,
+    direction: r.direction,
+    priority: r.priority,
+    action: r.action,
+    ethertype: r.ethertype,
+    protocol: r.protocol || null,
+    multiport: r.multiport || null,
+    icmp_type: r.icmp_type ?? null,
+    icmp_code: r.icmp_code ?? null,
+    remote_ip_prefix: r.remote_ip_prefix || null,
+    remote_group_id: r.remote_group_id || null,
+    remote_address_group_id: r.remote_address_group_id || null,
+    description: r.description ?? '',
+  };
+}
+
+const matches = (filter: readonly string[] | undefined, value: string | null): boolean => filter === undefined || (value !== null && filter.includes(value));
+
+export function registerRoutes(route: Route, o: ApiOptions): void {
+  const { service } = o;
+  const DRY = { dry_run: true };
+
+  // ---- security groups ----
+
+  route('POST', '/vpc/security-groups', 201, async ({ project, body }) => {
+    const b = parseWith(createGroupBody, body);
+    const sg = b.security_group;
+    const r = await service.mutate(project, (s, ctx) => createGroup(s, { id: sg.id, name: sg.name, description: sg.description ?? '' }, ctx), { dryRun: b.dry_run });
+    return b.dry_run ? DRY : { security_group: groupView(project, r.group, r.rules) };
+  });
+
+  route('GET', '/vpc/security-groups', 200, async ({ project, query }) => {
+    const q = parseWith(listGroupsQuery, query, 'query');
+    const snap = await service.read(project);
+    const items = snap.groups.filter((g) => matches(q.id, g.id) && matches(q.name, g.name) && matches(q.description, g.description));
+    const { page, page_info } = paginate(snap.groups, items, q.limit, q.marker);
+    return { security_groups: page.map((g) => groupView(project, g)), page_info };
+  });
+
+  route('GET', '/vpc/security-groups/:id', 200, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'security group');
+    const snap = await service.read(project);
+    return { security_group: groupView(project, findGroup(snap, id), rulesOf(snap, id)) };
+  });
+
+  route('PUT', '/vpc/security-groups/:id', 200, async ({ project, params, body }) => {
+    const id = pathId(params, 'id', 'security group');
+    const b = parseWith(updateGroupBody, body);
+    const r = await service.mutate(project, (s, ctx) => updateGroup(s, id, { name: b.security_group.name, description: b.security_group.description ?? undefined }, ctx));
+    return { security_group: groupView(project, r.group, r.rules) };
+  });
+
+  route('DELETE', '/vpc/security-groups/:id', 204, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'security group');
+    await service.mutate(project, (s) => deleteGroup(s, id));
+    return null;
+  });
+
+  // ---- security group rules ----
+
+  route('POST', '/vpc/security-group-rules', 201, async ({ project, body }) => {
+    const b = parseWith(createRuleBody, body);
+    const input = toRuleCreate(b.security_group_rule.security_group_id, b.security_group_rule);
+    const rules = await service.mutate(project, (s, ctx) => createRules(s, input.security_group_id, [input], ['security_group_rule'], ctx), { dryRun: b.dry_run });
+    return b.dry_run ? DRY : { security_group_rule: ruleView(project, rules[0]!) };
+  });
+
+  route('POST', '/vpc/security-groups/:id/security-group-rules/batch-create', 201, async ({ project, params, body }) => {
+    const id = pathId(params, 'id', 'security group');
+    const b = parseWith(batchCreateRulesBody, body);
+    const inputs = b.security_group_rules.map((r) => toRuleCreate(id, r));
+    const paths = inputs.map((_, i) => `security_group_rules[${i}]`);
+    const rules = await service.mutate(project, (s, ctx) => createRules(s, id, inputs, paths, ctx, { ignoreDuplicates: b.ignore_duplicate }), { dryRun: b.dry_run });
+    return b.dry_run ? DRY : { security_group_rules: rules.map((r) => ruleView(project, r)) };
+  });
+
+  route('GET', '/vpc/security-group-rules', 200, async ({ project, query }) => {
+    const q = parseWith(listRulesQuery, query, 'query');
+    const snap = await service.read(project);
+    const items = snap.rules.filter(
+      (r) =>
+        matches(q.id, r.id) &&
+        matches(q.security_group_id, r.security_group_id) &&
+        matches(q.protocol, r.protocol) &&
+        matches(q.description, r.description) &&
+        matches(q.remote_group_id, r.remote_group_id) &&
+        matches(q.remote_address_group_id, r.remote_address_group_id) &&
+        matches(q.remote_ip_prefix, r.remote_ip_prefix) &&
+        matches(q.priority, String(r.priority)) &&
+        (q.direction === undefined || q.direction === r.direction) &&
+        (q.action === undefined || q.action === r.action) &&
+        (q.ethertype === undefined || q.ethertype === r.ethertype),
+    );
+    const { page, page_info } = paginate(snap.rules, items, q.limit, q.marker);
+    return { security_group_rules: page.map((r) => ruleView(project, r)), page_info };
+  });
+
+  route('GET', '/vpc/security-group-rules/:id', 200, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'security group rule');
+    const snap = await service.read(project);
+    return { security_group_rule: ruleView(project, findRule(snap, id)) };
+  });
+
+  route('DELETE', '/vpc/security-group-rules/:id', 204, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'security group rule');
+    await service.mutate(project, (s) => deleteRule(s, id));
+    return null;
+  });
+
+  // ---- address groups ----
+
+  route('POST', '/vpc/address-groups', 201, async ({ project, body }) => {
+    const b = parseWith(createAddressGroupBody, body);
+    const a = b.address_group;
+    const r = await service.mutate(
+      project,
+      (s, ctx) => createAddressGroup(s, { id: a.id, name: a.name, description: a.description ?? '', ip_version: a.ip_version, ip_set: a.ip_set }, ctx),
+      { dryRun: b.dry_run },
+    );
+    return b.dry_run ? DRY : { address_group: addressGroupView(project, r) };
+  });
+
+  route('GET', '/vpc/address-groups', 200, async ({ project, query }) => {
+    const q = parseWith(listAddressGroupsQuery, query, 'query');
+    const snap = await service.read(project);
+    const items = snap.addressGroups.filter(
+      (a) => matches(q.id, a.id) && matches(q.name, a.name) && matches(q.description, a.description) && (q.ip_version === undefined || Number(q.ip_version) === a.ip_version),
+    );
+    const { page, page_info } = paginate(snap.addressGroups, items, q.limit, q.marker);
+    return { address_groups: page.map((a) => addressGroupView(project, a)), page_info };
+  });
+
+  route('GET', '/vpc/address-groups/:id', 200, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'address group');
+    const snap = await service.read(project);
+    return { address_group: addressGroupView(project, findAddressGroup(snap, id)) };
+  });
+
+  route('PUT', '/vpc/address-groups/:id', 200, async ({ project, params, body }) => {
+    const id = pathId(params, 'id', 'address group');
+    const b = parseWith(updateAddressGroupBody, body);
+    const a = b.address_group;
+    const r = await service.mutate(project, (s, ctx) => updateAddressGroup(s, id, { name: a.name, description: a.description ?? undefined, ip_set: a.ip_set }, ctx), {
+      dryRun: b.dry_run,
+    });
+    return b.dry_run ? DRY : { address_group: addressGroupView(project, r) };
+  });
+
+  route('DELETE', '/vpc/address-groups/:id', 204, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'address group');
+    await service.mutate(project, (s) => deleteAddressGroup(s, id));
+    return null;
+  });
+
+  // ---- instances ----
+
+  route('POST', '/instances', 201, async ({ project, body }) => {
+    const b = parseWith(createInstanceBody, body);
+    const r = await service.mutate(project, (s, ctx) => createInstance(s, b.instance, ctx));
+    return { instance: instanceView(project, r.instance), token: r.token };
+  });
+
+  route('GET', '/instances', 200, async ({ project, query }) => {
+    const q = parseWith(listInstancesQuery, query, 'query');
+    const snap = await service.read(project);
+    const items = snap.instances.filter(
+      (i) => matches(q.id, i.id) && matches(q.name, i.name) && (q.security_group_id === undefined || i.security_groups.some((g) => q.security_group_id!.includes(g))),
+    );
+    const { page, page_info } = paginate(snap.instances, items, q.limit, q.marker);
+    return { instances: page.map((i) => instanceView(project, i)), page_info };
+  });
+
+  route('GET', '/instances/:id', 200, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'instance');
+    const snap = await service.read(project);
+    return { instance: instanceView(project, findInstance(snap, id)) };
+  });
+
+  route('PUT', '/instances/:id', 200, async ({ project, params, body }) => {
+    const id = pathId(params, 'id', 'instance');
+    const b = parseWith(updateInstanceBody, body);
+    const r = await service.mutate(project, (s, ctx) => updateInstance(s, id, b.instance, ctx));
+    return { instance: instanceView(project, r) };
+  });
+
+  route('DELETE', '/instances/:id', 204, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'instance');
+    await service.mutate(project, (s) => deleteInstance(s, id));
+    o.presence.disconnect(project, id, 'deleted');
+    return null;
+  });
+
+  route('POST', '/instances/:id/rotate-token', 200, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'instance');
+    const r = await service.mutate(project, (s, ctx) => rotateToken(s, id, ctx));
+    o.presence.disconnect(project, id, 'revoked');
+    return { instance_id: r.instanceId, token: r.token };
+  });
+
+  route('GET', '/instances/:id/policy', 200, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'instance');
+    const snap = await service.read(project);
+    findInstance(snap, id);
+    const p = await service.policyText(project, id);
+    if (!p) throw new ApiError('notFound', `instance ${JSON.stringify(id)} has no compiled policy yet`);
+    return p.text;
+  });
+
+  route('GET', '/instances/:id/status', 200, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'instance');
+    const snap = await service.read(project);
+    const inst = snap.instances.find((i) => i.id === id);
+    if (!inst) throw ApiError.notFound('instance', id);
+    const st = (await o.store.getAgentState(project, id)) ?? EMPTY_AGENT_STATE;
+    return {
+      status: {
+        instance_id: id,
+        desired_revision: inst.revision,
+        applied_revision: st.applied_revision,
+        in_sync: inst.revision !== null && st.applied_revision === inst.revision,
+        connected: o.presence.isConnected(project, id),
+        last_seen: o.presence.lastSeen(project, id) ?? st.last_seen,
+        last_ack: st.last_ack,
+        last_error: st.last_error,
+        agent: { version: st.agent_version, hostname: st.hostname },
+      },
+    };
+  });
+
+  route('GET', '/instances/:id/ports', 200, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'instance');
+    const snap = await service.read(project);
+    findInstance(snap, id);
+    const st = (await o.store.getAgentState(project, id)) ?? EMPTY_AGENT_STATE;
+    return { instance_id: id, received_at: st.ports_received_at, report: st.ports };
+  });
+}

@@ -1,0 +1,241 @@
+/**
+ * Request and response shapes of the HTTP API as zod schemas: request bodies
+ * are parsed with them, responses are typed by them, and /openapi.json is
+ * generated from them (`openapi.ts`). Field names, nesting and defaults follow
+ * Huawei Cloud VPC API v3; extensions are marked "(secgroup)".
+ *
+ * The rule fields reuse the policy document's rule schema, so the API and the
+ * document can never disagree on what a rule is.
+ */
+import { z } from 'zod';
+import { idSchema, ruleSchema } from '../../policy/schema.js';
+import { portReportSchema } from '../../protocol/messages.js';
+
+// ---- common ----
+
+export const nameSchema = z.string().regex(/^[\p{L}\p{N}_.-]{1,64}$/u, {
+  message: 'must be 1-64 characters of letters, digits, "_", "-" or "."',
+});
+const descriptionSchema = ruleSchema.shape.description;
+const dryRun = z.boolean().optional().describe('only validate the request; nothing is changed (HTTP 202)');
+
+/** `priority` is a string in Huawei's SDK models and an integer in its examples: both are accepted. */
+const priorityInput = z
+  .union([z.int(), z.string().regex(/^\d{1,3}$/)])
+  .transform(Number)
+  .pipe(z.int().min(1).max(100))
+  .default(1)
+  .describe('1-100, 1 is the highest priority');
+
+// ---- security group rules ----
+
+const ruleOptionFields = {
+  id: idSchema.optional().describe('(secgroup) choose the rule id; default: a generated UUID'),
+  priority: priorityInput,
+  /** newer Huawei API versions have `enabled`; disabled rules do not exist here */
+  enabled: z.literal(true).optional().describe('only `true` is supported'),
+};
+
+export const createRuleOptionSchema = ruleSchema.extend({ ...ruleOptionFields, security_group_id: idSchema });
+export const batchRuleOptionSchema = ruleSchema.extend(ruleOptionFields);
+
+export const createRuleBody = z.strictObject({ security_group_rule: createRuleOptionSchema, dry_run: dryRun });
+export const batchCreateRulesBody = z.strictObject({
+  security_group_rules: z.array(batchRuleOptionSchema).min(1).max(200),
+  ignore_duplicate: z.boolean().default(false).describe('skip rules that duplicate existing ones (or each other) instead of failing'),
+  dry_run: dryRun,
+});
+
+export const ruleView = z.object({
+  id: z.string(),
+  project_id: z.string(),
+  security_group_id: z.string(),
+  direction: z.enum(['ingress', 'egress']),
+  protocol: z.string().nullable(),
+  description: z.string(),
+  created_at: z.string(),
+  updated_at: z.string(),
+  ethertype: z.enum(['IPv4', 'IPv6']),
+  remote_ip_prefix: z.string().nullable(),
+  multiport: z.string().nullable(),
+  action: z.enum(['allow', 'deny']),
+  priority: z.int(),
+  remote_group_id: z.string().nullable(),
+  remote_address_group_id: z.string().nullable(),
+  icmp_type: z.int().optional().describe('(secgroup) present only when set'),
+  icmp_code: z.int().optional().describe('(secgroup) present only when set'),
+});
+export type RuleView = z.infer<typeof ruleView>;
+
+// ---- security groups ----
+
+export const createGroupBody = z.strictObject({
+  security_group: z.strictObject({
+    id: idSchema.optional().describe('(secgroup) choose the group id, e.g. "sg-web"; default: a generated UUID'),
+    name: nameSchema,
+    description: descriptionSchema,
+    enterprise_project_id: z.string().max(36).optional().describe('accepted and ignored'),
+    tags: z.array(z.strictObject({ key: z.string(), value: z.string() })).max(20).optional().describe('accepted and ignored'),
+  }),
+  dry_run: dryRun,
+});
+
+export const updateGroupBody = z.strictObject({
+  security_group: z.strictObject({ name: nameSchema.optional(), description: descriptionSchema }),
+});
+
+export const groupView = z.object({
+  id: z.string(),
+  name: z.string(),
+  project_id: z.string(),
+  description: z.string(),
+  enterprise_project_id: z.string(),
+  security_group_rules: z.array(ruleView).optional().describe('in single-group responses, not in lists'),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+export type GroupView = z.infer<typeof groupView>;
+
+// ---- address groups ----
+
+export const createAddressGroupBody = z.strictObject({
+  address_group: z.strictObject({
+    id: idSchema.optional().describe('(secgroup) choose the address group id; default: a generated UUID'),
+    name: nameSchema,
+    description: descriptionSchema,
+    ip_version: z.union([z.literal(4), z.literal(6)]),
+    ip_set: z.array(z.string()).default([]).describe('IP addresses, CIDRs or ranges "first-last" of ip_version'),
+    max_capacity: z.int().min(0).optional().describe('accepted and checked against ip_set, not stored (the limit is the quota entries_per_address_group)'),
+  })
+    .refine((a) => a.max_capacity === undefined || a.ip_set.length <= a.max_capacity, { message: 'has more entries than max_capacity', path: ['ip_set'] }),
+  dry_run: dryRun,
+});
+
+export const updateAddressGroupBody = z.strictObject({
+  address_group: z.strictObject({ name: nameSchema.optional(), description: descriptionSchema, ip_set: z.array(z.string()).optional() }),
+  dry_run: dryRun,
+});
+
+export const addressGroupView = z.object({
+  id: z.string(),
+  name: z.string(),
+  description: z.string(),
+  ip_set: z.array(z.string()),
+  ip_version: z.union([z.literal(4), z.literal(6)]),
+  created_at: z.string(),
+  updated_at: z.string(),
+  tenant_id: z.string(),
+});
+export type AddressGroupView = z.infer<typeof addressGroupView>;
+
+// ---- instances (secgroup's own resource) ----
+
+const instanceNameSchema = z
+  .string()
+  .max(64)
+  .refine((s) => !/[<>]/.test(s), { message: 'must not contain "<" or ">"' });
+const addressesSchema = z.array(z.string()).describe('the instance\'s own IPv4 and IPv6 addresses');
+const instanceGroupsSchema = z.array(idSchema).describe('ordered: rules of the first group are matched first');
+
+export const createInstanceBody = z.strictObject({
+  instance: z.strictObject({
+    id: idSchema.optional().describe('default: a generated UUID'),
+    name: instanceNameSchema.default(''),
+    addresses: addressesSchema.default([]),
+    security_groups: instanceGroupsSchema.default(['default']),
+  }),
+});
+
+export const updateInstanceBody = z.strictObject({
+  instance: z.strictObject({ name: instanceNameSchema.optional(), addresses: addressesSchema.optional(), security_groups: instanceGroupsSchema.optional() }),
+});
+
+export const instanceView = z.object({
+  id: z.string(),
+  name: z.string(),
+  project_id: z.string(),
+  addresses: z.array(z.string()),
+  security_groups: z.array(z.string()),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+export type InstanceView = z.infer<typeof instanceView>;
+
+const ackView = z.object({
+  revision: z.int(),
+  status: z.enum(['applied', 'failed', 'rejected']),
+  at: z.string(),
+  duration_ms: z.number().nullable(),
+  digest: z.string().nullable(),
+  error: z.object({ code: z.string(), message: z.string() }).nullable(),
+});
+
+export const instanceStatusView = z.object({
+  instance_id: z.string(),
+  desired_revision: z.int().nullable().describe('revision of the current policy document'),
+  applied_revision: z.int().nullable().describe('last revision the agent reported as applied'),
+  in_sync: z.boolean(),
+  connected: z.boolean(),
+  last_seen: z.string().nullable(),
+  last_ack: ackView.nullable(),
+  last_error: z.object({ revision: z.int().nullable(), code: z.string(), message: z.string(), at: z.string() }).nullable(),
+  agent: z.object({ version: z.string().nullable(), hostname: z.string().nullable() }),
+});
+
+// ---- lists ----
+
+const intParam = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, { message: 'must be a non-negative integer' })
+    .transform(Number)
+    .pipe(z.int().min(min).max(max));
+/** repeated query parameters (`?id=a&id=b`) filter by any of the values */
+const multi = z
+  .union([z.string(), z.array(z.string())])
+  .transform((v) => (Array.isArray(v) ? v : [v]))
+  .optional();
+
+const pageQuery = {
+  limit: intParam(0, 2000).optional().describe('page size 0-2000 (0 or absent: 2000)'),
+  marker: z.string().optional().describe('id of the last resource of the previous page'),
+};
+
+export const listGroupsQuery = z.looseObject({ ...pageQuery, id: multi, name: multi, description: multi });
+export const listRulesQuery = z.looseObject({
+  ...pageQuery,
+  id: multi,
+  security_group_id: multi,
+  protocol: multi,
+  description: multi,
+  remote_group_id: multi,
+  remote_address_group_id: multi,
+  remote_ip_prefix: multi,
+  direction: z.enum(['ingress', 'egress']).optional(),
+  action: z.enum(['allow', 'deny']).optional(),
+  ethertype: z.enum(['IPv4', 'IPv6']).optional(),
+  priority: multi,
+});
+export const listAddressGroupsQuery = z.looseObject({
+  ...pageQuery,
+  id: multi,
+  name: multi,
+  description: multi,
+  ip_version: z.enum(['4', '6']).optional(),
+});
+export const listInstancesQuery = z.looseObject({ ...pageQuery, id: multi, name: multi, security_group_id: multi });
+
+export const pageInfoView = z.object({
+  previous_marker: z.string().optional().describe('id of the first resource of this page'),
+  current_count: z.int(),
+  next_marker: z.string().optional().describe('id of the last resource of this page; absent on the last page'),
+});
+
+export const errorView = z.object({ request_id: z.string(), error_code: z.string(), error_msg: z.string() });
+
+export const portsView = z.object({
+  request_id: z.string(),
+  instance_id: z.string(),
+  received_at: z.string().nullable(),
+  report: portReportSchema.nullable(),
+});

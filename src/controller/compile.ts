@@ -1,0 +1,250 @@
+/**
+ * Per-instance policy compilation (SEMANTICS section 8) and change impact.
+ *
+ * The document is serialised in one fixed field order so the same state
+ * always gives the same bytes; it is stored without its revision (the
+ * "body"), and `renderPolicyText` puts the revision in front. GET .../policy
+ * and the agent's `policy` frame both use that one function, so they are
+ * byte-identical.
+ */
+import { createHash } from 'node:crypto';
+import { parseIp } from '../policy/address.js';
+import { checkPolicy } from '../policy/schema.js';
+import { SecgroupError, formatIssue } from '../lib/errors.js';
+import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from './model.js';
+
+/** The full document text for a stored body. */
+export function renderPolicyText(revision: number, body: string): string {
+  return `{"revision":${revision},${body.slice(1)}`;
+}
+
+export function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}
+
+/** Lookup tables over one snapshot, built once per batch of compilations. */
+export interface ProjectIndex {
+  snap: ProjectSnapshot;
+  groups: Map<string, GroupRow>;
+  rulesByGroup: Map<string, RuleRow[]>;
+  membersByGroup: Map<string, InstanceRow[]>;
+  addressGroups: Map<string, AddressGroupRow>;
+  /** sorted member addresses by `group|families`, shared by every document of the batch */
+  memberLists: Map<string, string[]>;
+}
+
+export function indexProject(snap: ProjectSnapshot): ProjectIndex {
+  const rulesByGroup = new Map<string, RuleRow[]>();
+  for (const r of snap.rules) {
+    const list = rulesByGroup.get(r.security_group_id);
+    if (list) list.push(r);
+    else rulesByGroup.set(r.security_group_id, [r]);
+  }
+  const membersByGroup = new Map<string, InstanceRow[]>();
+  for (const i of snap.instances) {
+    for (const g of i.security_groups) {
+      const list = membersByGroup.get(g);
+      if (list) list.push(i);
+      else membersByGroup.set(g, [i]);
+    }
+  }
+  return {
+    snap,
+    groups: new Map(snap.groups.map((g) => [g.id, g])),
+    rulesByGroup,
+    membersByGroup,
+    addressGroups: new Map(snap.addressGroups.map((a) => [a.id, a])),
+    memberLists: new Map(),
+  };
+}
+
+/** Member addresses of a group in the given families, deduplicated, IPv4 before IPv6, numerically sorted. */
+function memberList(ix: ProjectIndex, gid: string, fams: ReadonlySet<4 | 6>): string[] {
+  const key = `${gid}|${[...fams].sort().join()}`;
+  let list = ix.memberLists.get(key);
+  if (!list) {
+    const keyed = new Map<string, { family: number; value: bigint }>();
+    for (const m of ix.membersByGroup.get(gid) ?? []) {
+      for (const a of m.addresses) {
+        if (keyed.has(a)) continue;
+        const ip = parseIp(a);
+        if (fams.has(ip.family)) keyed.set(a, ip);
+      }
+    }
+    list = [...keyed]
+      .sort(([, x], [, y]) => (x.family !== y.family ? x.family - y.family : x.value < y.value ? -1 : x.value > y.value ? 1 : 0))
+      .map(([a]) => a);
+    ix.memberLists.set(key, list);
+  }
+  return list;
+}
+
+function ruleDoc(r: RuleRow): Record<string, unknown> {
+  const d: Record<string, unknown> = { id: r.id, direction: r.direction, priority: r.priority, action: r.action, ethertype: r.ethertype };
+  if (r.protocol) d.protocol = r.protocol;
+  if (r.multiport) d.multiport = r.multiport;
+  if (r.icmp_type !== null) d.icmp_type = r.icmp_type;
+  if (r.icmp_code !== null) d.icmp_code = r.icmp_code;
+  if (r.remote_ip_prefix) d.remote_ip_prefix = r.remote_ip_prefix;
+  if (r.remote_group_id) d.remote_group_id = r.remote_group_id;
+  if (r.remote_address_group_id) d.remote_address_group_id = r.remote_address_group_id;
+  return d;
+}
+
+/** A policy document without `revision`, in serialisation order. */
+export interface PolicyBody {
+  instance: { id: string; addresses: string[] };
+  security_groups: { id: string; name: string; rules: Record<string, unknown>[] }[];
+  address_groups: { id: string; ip_version: 4 | 6; ip_set: string[] }[];
+  group_members: Record<string, string[]>;
+}
+
+/**
+ * The document body (everything but `revision`) for one instance. Members of
+ * a referenced group are listed only in the families that referencing rules
+ * use, so an address change in an unused family changes no document.
+ */
+export function compileInstanceBody(ix: ProjectIndex, inst: InstanceRow): string {
+  return JSON.stringify(compileInstanceDoc(ix, inst));
+}
+
+/** The document (without `revision`) as an object; member lists are shared between documents of a batch, do not mutate. */
+export function compileInstanceDoc(ix: ProjectIndex, inst: InstanceRow): PolicyBody {
+  const families = new Map<string, Set<4 | 6>>();
+  const addressGroupIds = new Set<string>();
+  const security_groups = inst.security_groups.map((gid) => {
+    const g = ix.groups.get(gid);
+    if (!g) throw new SecgroupError('INTERNAL', `instance ${inst.id} is associated with unknown group ${gid}`);
+    const rules = ix.rulesByGroup.get(gid) ?? [];
+    for (const r of rules) {
+      if (r.remote_group_id) {
+        const set = families.get(r.remote_group_id) ?? new Set();
+        set.add(r.ethertype === 'IPv6' ? 6 : 4);
+        families.set(r.remote_group_id, set);
+      }
+      if (r.remote_address_group_id) addressGroupIds.add(r.remote_address_group_id);
+    }
+    return { id: g.id, name: g.name, rules: rules.map(ruleDoc) };
+  });
+  const address_groups = [...addressGroupIds].sort().map((id) => {
+    const a = ix.addressGroups.get(id);
+    if (!a) throw new SecgroupError('INTERNAL', `a rule references unknown address group ${id}`);
+    return { id: a.id, ip_version: a.ip_version, ip_set: a.ip_set };
+  });
+  const group_members: Record<string, string[]> = {};
+  for (const gid of [...families.keys()].sort()) group_members[gid] = memberList(ix, gid, families.get(gid)!);
+  return { instance: { id: inst.id, addresses: inst.addresses }, security_groups, address_groups, group_members };
+}
+
+/** What a set of ops changed, in the terms that decide which documents can change. */
+export interface Touched {
+  /** groups whose name or rules changed */
+  groups: Set<string>;
+  /** groups whose member addresses changed */
+  membership: Set<string>;
+  addressGroups: Set<string>;
+  /** instances whose own part (addresses, group list) changed, or that are new */
+  instances: Set<string>;
+}
+
+export function touchedBy(before: ProjectSnapshot, ops: readonly Op[]): Touched {
+  const t: Touched = { groups: new Set(), membership: new Set(), addressGroups: new Set(), instances: new Set() };
+  const oldRules = new Map(before.rules.map((r) => [r.id, r]));
+  const oldInstances = new Map(before.instances.map((i) => [i.id, i]));
+  for (const o of ops) {
+    switch (o.op) {
+      case 'putGroup':
+        t.groups.add(o.group.id);
+        break;
+      case 'deleteGroup':
+        t.groups.add(o.id);
+        break;
+      case 'putRule':
+        t.groups.add(o.rule.security_group_id);
+        break;
+      case 'deleteRule': {
+        const r = oldRules.get(o.id);
+        if (r) t.groups.add(r.security_group_id);
+        break;
+      }
+      case 'putAddressGroup':
+        t.addressGroups.add(o.addressGroup.id);
+        break;
+      case 'deleteAddressGroup':
+        t.addressGroups.add(o.id);
+        break;
+      case 'putInstance': {
+        const old = oldInstances.get(o.instance.id);
+        const next = o.instance;
+        t.instances.add(next.id);
+        if (!old) {
+          for (const g of next.security_groups) t.membership.add(g);
+        } else if (old.addresses.join() !== next.addresses.join()) {
+          for (const g of [...old.security_groups, ...next.security_groups]) t.membership.add(g);
+        } else {
+          for (const g of old.security_groups) if (!next.security_groups.includes(g)) t.membership.add(g);
+          for (const g of next.security_groups) if (!old.security_groups.includes(g)) t.membership.add(g);
+        }
+        break;
+      }
+      case 'deleteInstance': {
+        const old = oldInstances.get(o.id);
+        for (const g of old?.security_groups ?? []) t.membership.add(g);
+        break;
+      }
+      case 'setToken':
+      case 'setPolicy':
+        break;
+    }
+  }
+  return t;
+}
+
+/**
+ * Instances (of `ix.snap`, the state after the change) whose document can
+ * have changed: members of changed groups, instances whose rules reference a
+ * group whose membership changed or a changed address group, and the changed
+ * instances themselves - and only those.
+ */
+export function affectedInstances(ix: ProjectIndex, t: Touched): InstanceRow[] {
+  const groupAffected = new Map<string, boolean>();
+  const isAffected = (gid: string): boolean => {
+    let v = groupAffected.get(gid);
+    if (v === undefined) {
+      v =
+        t.groups.has(gid) ||
+        (ix.rulesByGroup.get(gid) ?? []).some(
+          (r) => (r.remote_group_id !== null && t.membership.has(r.remote_group_id)) || (r.remote_address_group_id !== null && t.addressGroups.has(r.remote_address_group_id)),
+        );
+      groupAffected.set(gid, v);
+    }
+    return v;
+  };
+  return ix.snap.instances.filter((i) => t.instances.has(i.id) || i.security_groups.some(isAffected));
+}
+
+/**
+ * `setPolicy` ops for every affected instance whose document content changed.
+ * Every new document is checked with the agent's own validator first: the
+ * controller never stores a document an agent would reject.
+ */
+export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; compiled: number } {
+  const ix = indexProject(after);
+  const affected = affectedInstances(ix, t);
+  const ops: Op[] = [];
+  for (const inst of affected) {
+    const doc = compileInstanceDoc(ix, inst);
+    const body = JSON.stringify(doc);
+    const hash = sha256(body);
+    if (hash === inst.policy_hash) continue;
+    // Member addresses were parsed when the member lists were built (parseIp throws on anything else);
+    // validate the rest of the document with empty lists instead of re-checking every member per document.
+    const probe = { revision: 0, ...doc, group_members: Object.fromEntries(Object.keys(doc.group_members).map((k) => [k, []])) };
+    const check = checkPolicy(probe);
+    if (!check.ok) {
+      throw new SecgroupError('INTERNAL', `compiled policy of instance ${inst.id} is invalid: ${check.issues.map(formatIssue).join('; ')}`);
+    }
+    ops.push({ op: 'setPolicy', instanceId: inst.id, body, hash });
+  }
+  return { ops, compiled: affected.length };
+}

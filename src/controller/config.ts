@@ -1,0 +1,96 @@
+/**
+ * The controller's configuration file (YAML or JSON), documented key by key
+ * in docs/controller-config.md. Unknown keys are rejected.
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { z } from 'zod';
+import { ValidationError, SecgroupError, type Issue } from '../lib/errors.js';
+import { isYamlPath, parseDocumentText } from '../policy/load.js';
+import { ID_PATTERN, zodIssues } from '../policy/schema.js';
+import { DEFAULT_QUOTAS } from './domain.js';
+
+const quota = (def: number) => z.int().min(1).max(1_000_000).default(def);
+
+const apiTokenSchema = z
+  .strictObject({
+    name: z.string().min(1).max(64),
+    token: z.string().min(16, { message: 'must be at least 16 characters' }).optional(),
+    token_sha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lower-case hex digits (sha256sum of the token)' })
+      .optional(),
+    projects: z
+      .array(z.union([z.literal('*'), z.string().regex(ID_PATTERN)]))
+      .min(1)
+      .default(['*']),
+  })
+  .refine((t) => (t.token === undefined) !== (t.token_sha256 === undefined), { message: 'set exactly one of token and token_sha256' });
+
+export const controllerConfigSchema = z.strictObject({
+  listen: z
+    .strictObject({
+      host: z.string().min(1).default('127.0.0.1'),
+      port: z.int().min(0).max(65535).default(8443),
+    })
+    .prefault({}),
+  data_dir: z.string().min(1).default('/var/lib/secgroup-controller'),
+  tls: z.strictObject({ cert: z.string().min(1), key: z.string().min(1) }).nullable().default(null),
+  api: z
+    .strictObject({
+      tokens: z.array(apiTokenSchema).min(1, { message: 'at least one API token is needed (the API is closed otherwise)' }),
+      max_body_bytes: z.int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
+    }),
+  quotas: z
+    .strictObject({
+      rules_per_group: quota(DEFAULT_QUOTAS.rules_per_group),
+      groups_per_instance: quota(DEFAULT_QUOTAS.groups_per_instance),
+      entries_per_address_group: quota(DEFAULT_QUOTAS.entries_per_address_group),
+      security_groups_per_project: quota(DEFAULT_QUOTAS.security_groups_per_project),
+      address_groups_per_project: quota(DEFAULT_QUOTAS.address_groups_per_project),
+      instances_per_project: quota(DEFAULT_QUOTAS.instances_per_project),
+    })
+    .prefault({}),
+  agents: z
+    .strictObject({
+      heartbeat_interval_ms: z.int().min(100).default(15_000),
+      hello_timeout_ms: z.int().min(100).default(10_000),
+      max_message_bytes: z.int().min(1024).max(64 * 1024 * 1024).default(4 * 1024 * 1024),
+      rate_burst: z.int().min(1).default(30),
+      rate_per_second: z.number().positive().default(5),
+    })
+    .prefault({}),
+  store: z.strictObject({ synchronous: z.enum(['FULL', 'NORMAL']).default('FULL') }).prefault({}),
+  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
+  metrics: z.strictObject({ process_metrics: z.boolean().default(true) }).prefault({}),
+});
+
+export type ControllerConfig = z.output<typeof controllerConfigSchema>;
+export type ControllerConfigInput = z.input<typeof controllerConfigSchema>;
+
+/** Validates a parsed configuration; throws ValidationError CONFIG_INVALID listing every problem. */
+export function parseControllerConfig(input: unknown): ControllerConfig {
+  const r = controllerConfigSchema.safeParse(input ?? {});
+  if (!r.success) {
+    const issues: Issue[] = zodIssues(r.error, input);
+    throw new ValidationError('CONFIG_INVALID', 'controller configuration', issues);
+  }
+  return r.data;
+}
+
+/** Reads a YAML/JSON configuration file; relative paths in it are relative to the file's directory. */
+export async function loadControllerConfig(path: string): Promise<ControllerConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new SecgroupError('CONFIG_INVALID', `cannot read controller configuration ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  const cfg = parseControllerConfig(parseDocumentText(text, isYamlPath(path), path));
+  const base = dirname(resolve(path));
+  return {
+    ...cfg,
+    data_dir: resolve(base, cfg.data_dir),
+    tls: cfg.tls ? { cert: resolve(base, cfg.tls.cert), key: resolve(base, cfg.tls.key) } : null,
+  };
+}

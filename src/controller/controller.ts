@@ -1,0 +1,143 @@
+/**
+ * `createController(deps)`: the controller as a startable object. `start()`
+ * opens the store (unless one was given), serves the HTTP API and the agent
+ * WebSocket on one port, and returns where it listens; `stop()` closes agent
+ * connections, drains HTTP requests and closes what it opened. Nothing here
+ * reads `process`; `secgroup controller` (src/cli) wires signals to `stop()`.
+ */
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { AddressInfo } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import { systemClock, type Clock } from '../lib/clock.js';
+import { createLogger, type Logger } from '../lib/logger.js';
+import { SecgroupError } from '../lib/errors.js';
+import { AGENT_PATH } from '../protocol/messages.js';
+import { buildApi, type ApiToken } from './api/app.js';
+import type { ControllerConfig } from './config.js';
+import { AgentHub } from './hub.js';
+import { createMetrics, type ControllerMetrics } from './metrics.js';
+import { ControllerService } from './service.js';
+import { openSqliteStore } from './store/sqlite.js';
+import type { Store } from './store/store.js';
+import { cryptoRandom, hashToken, type Random } from './tokens.js';
+
+export interface ControllerDeps {
+  config: ControllerConfig;
+  clock?: Clock;
+  logger?: Logger;
+  /** default: SQLite file `controller.db` in `config.data_dir`, opened by start() and closed by stop() */
+  store?: Store;
+  random?: Random;
+}
+
+export interface ControllerAddress {
+  host: string;
+  port: number;
+  /** base URL of the HTTP API, e.g. http://127.0.0.1:8443 */
+  url: string;
+  /** the agents' endpoint, e.g. ws://127.0.0.1:8443/v1/agent */
+  agentUrl: string;
+}
+
+export interface Controller {
+  start(): Promise<ControllerAddress>;
+  stop(): Promise<void>;
+  /** the fastify app (for `inject`); available after start() */
+  readonly app: FastifyInstance;
+  readonly hub: AgentHub;
+  readonly metrics: ControllerMetrics;
+}
+
+export const DB_FILE = 'controller.db';
+
+export function apiTokens(config: ControllerConfig): ApiToken[] {
+  return config.api.tokens.map((t) => ({ name: t.name, sha256: t.token_sha256 ?? hashToken(t.token!), projects: t.projects }));
+}
+
+export function createController(deps: ControllerDeps): Controller {
+  const { config } = deps;
+  const clock = deps.clock ?? systemClock;
+  const logger = deps.logger ?? createLogger({ level: config.log.level, name: 'secgroup-controller' });
+  const random = deps.random ?? cryptoRandom;
+  const metrics = createMetrics({ defaultMetrics: config.metrics.process_metrics });
+  let app: FastifyInstance | null = null;
+  let hub: AgentHub | null = null;
+  let ownStore: Store | null = null;
+  let stopped: Promise<void> | null = null;
+
+  return {
+    get app() {
+      if (!app) throw new SecgroupError('INTERNAL', 'the controller is not started');
+      return app;
+    },
+    get hub() {
+      if (!hub) throw new SecgroupError('INTERNAL', 'the controller is not started');
+      return hub;
+    },
+    metrics,
+
+    async start(): Promise<ControllerAddress> {
+      if (app) throw new SecgroupError('INTERNAL', 'the controller is already started');
+      let store = deps.store;
+      if (!store) {
+        await mkdir(config.data_dir, { recursive: true, mode: 0o700 });
+        store = ownStore = openSqliteStore(join(config.data_dir, DB_FILE), { synchronous: config.store.synchronous });
+      }
+      let https: { cert: Buffer; key: Buffer } | null = null;
+      if (config.tls) {
+        try {
+          https = { cert: await readFile(config.tls.cert), key: await readFile(config.tls.key) };
+        } catch (e) {
+          throw new SecgroupError('CONFIG_INVALID', `cannot read the TLS certificate or key: ${(e as Error).message}`, { cause: e });
+        }
+      }
+      const theHub = (hub = new AgentHub({
+        store,
+        clock,
+        logger,
+        metrics,
+        heartbeatIntervalMs: config.agents.heartbeat_interval_ms,
+        helloTimeoutMs: config.agents.hello_timeout_ms,
+        maxMessageBytes: config.agents.max_message_bytes,
+        rate: { burst: config.agents.rate_burst, perSecond: config.agents.rate_per_second },
+      }));
+      const service = new ControllerService({
+        store,
+        clock,
+        logger,
+        quotas: config.quotas,
+        random,
+        onPolicyChanged: (project, ids) => theHub.notify(project, ids),
+        onCompiled: ({ compiled, bumped }) => {
+          metrics.policiesCompiled.inc(compiled);
+          metrics.revisionsBumped.inc(bumped);
+        },
+      });
+      app = buildApi({ service, store, presence: theHub, tokens: apiTokens(config), clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https });
+      theHub.attach(app.server);
+      await app.listen({ host: config.listen.host, port: config.listen.port });
+      const addr = app.server.address() as AddressInfo;
+      const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+      const address: ControllerAddress = {
+        host: addr.address,
+        port: addr.port,
+        url: `${https ? 'https' : 'http'}://${host}:${addr.port}`,
+        agentUrl: `${https ? 'wss' : 'ws'}://${host}:${addr.port}${AGENT_PATH}`,
+      };
+      logger.info({ event: 'listen', url: address.url, agents: address.agentUrl, tls: !!https }, 'controller listening');
+      return address;
+    },
+
+    stop(): Promise<void> {
+      stopped ??= (async () => {
+        logger.info({ event: 'stop' }, 'controller stopping');
+        await hub?.stop();
+        await app?.close();
+        await ownStore?.close();
+        logger.info({ event: 'stopped' }, 'controller stopped');
+      })();
+      return stopped;
+    },
+  };
+}

@@ -1,0 +1,507 @@
+/**
+ * The controller's rules about its objects (SEMANTICS section 6), as pure
+ * functions: each takes a project snapshot and validated input and returns
+ * the ops to commit and the result to show, or throws an ApiError. Nothing
+ * here does I/O; time, ids and tokens come in through the context.
+ */
+import { canonicalIp, ipFamily, parsePrefix, FAMILY_MAX } from '../policy/address.js';
+import { mergePorts } from '../policy/normalize.js';
+import { checkAddressGroupEntries, checkRule, parseMultiport, parseProtocol, type Rule } from '../policy/schema.js';
+import type { Issue } from '../lib/errors.js';
+import { ApiError } from './errors.js';
+import type { AddressGroupRow, GroupRow, InstanceSpec, Op, ProjectSnapshot, RuleRow } from './model.js';
+
+export const DEFAULT_GROUP_ID = 'default';
+
+export interface Quotas {
+  rules_per_group: number;
+  groups_per_instance: number;
+  entries_per_address_group: number;
+  security_groups_per_project: number;
+  address_groups_per_project: number;
+  instances_per_project: number;
+}
+
+export const DEFAULT_QUOTAS: Quotas = {
+  rules_per_group: 50,
+  groups_per_instance: 5,
+  entries_per_address_group: 20,
+  security_groups_per_project: 100,
+  address_groups_per_project: 50,
+  instances_per_project: 10000,
+};
+
+export interface MutationContext {
+  /** UTC timestamp `yyyy-MM-ddTHH:mm:ssZ` */
+  now: string;
+  newId(): string;
+  /** a fresh agent token and its stored hash */
+  newToken(): { token: string; hash: string };
+  quotas: Quotas;
+}
+
+export interface Mutation<T> {
+  ops: Op[];
+  result: T;
+}
+
+// ---- inputs (shapes after the API layer parsed the body) ----
+
+export interface GroupCreate {
+  id?: string | undefined;
+  name: string;
+  description: string;
+}
+export interface GroupUpdate {
+  name?: string | undefined;
+  description?: string | undefined;
+}
+export interface RuleCreate {
+  id?: string | undefined;
+  security_group_id: string;
+  direction: RuleRow['direction'];
+  priority: number;
+  action: RuleRow['action'];
+  ethertype: RuleRow['ethertype'];
+  protocol: string | null;
+  multiport: string | null;
+  icmp_type: number | null;
+  icmp_code: number | null;
+  remote_ip_prefix: string | null;
+  remote_group_id: string | null;
+  remote_address_group_id: string | null;
+  description: string;
+}
+export interface AddressGroupCreate {
+  id?: string | undefined;
+  name: string;
+  description: string;
+  ip_version: 4 | 6;
+  ip_set: string[];
+}
+export interface AddressGroupUpdate {
+  name?: string | undefined;
+  description?: string | undefined;
+  ip_set?: string[] | undefined;
+}
+export interface InstanceCreate {
+  id?: string | undefined;
+  name: string;
+  addresses: string[];
+  security_groups: string[];
+}
+export interface InstanceUpdate {
+  name?: string | undefined;
+  addresses?: string[] | undefined;
+  security_groups?: string[] | undefined;
+}
+
+// ---- lookups ----
+
+export function findGroup(snap: ProjectSnapshot, id: string): GroupRow {
+  const g = snap.groups.find((x) => x.id === id);
+  if (!g) throw ApiError.notFound('security group', id);
+  return g;
+}
+
+export function findRule(snap: ProjectSnapshot, id: string): RuleRow {
+  const r = snap.rules.find((x) => x.id === id);
+  if (!r) throw ApiError.notFound('security group rule', id);
+  return r;
+}
+
+export function findAddressGroup(snap: ProjectSnapshot, id: string): AddressGroupRow {
+  const a = snap.addressGroups.find((x) => x.id === id);
+  if (!a) throw ApiError.notFound('address group', id);
+  return a;
+}
+
+export function findInstance(snap: ProjectSnapshot, id: string): InstanceSpec {
+  const i = snap.instances.find((x) => x.id === id);
+  if (!i) throw ApiError.notFound('instance', id);
+  return i;
+}
+
+export function rulesOf(snap: ProjectSnapshot, groupId: string): RuleRow[] {
+  return snap.rules.filter((r) => r.security_group_id === groupId);
+}
+
+// ---- the default group ----
+
+function defaultRule(id: string, direction: RuleRow['direction'], ethertype: RuleRow['ethertype'], remote: Partial<RuleRow>, now: string): RuleRow {
+  return {
+    id,
+    security_group_id: DEFAULT_GROUP_ID,
+    direction,
+    priority: 1,
+    action: 'allow',
+    ethertype,
+    protocol: null,
+    multiport: null,
+    icmp_type: null,
+    icmp_code: null,
+    remote_ip_prefix: null,
+    remote_group_id: null,
+    remote_address_group_id: null,
+    description: '',
+    created_at: now,
+    ...remote,
+  };
+}
+
+/** Ops that create a project: its undeletable `default` group with the four rules of SEMANTICS section 6. */
+export function createProjectOps(now: string): Op[] {
+  return [
+    { op: 'putGroup', group: { id: DEFAULT_GROUP_ID, name: 'default', description: 'Default security group', created_at: now, updated_at: now } },
+    { op: 'putRule', rule: defaultRule('default-in-v4', 'ingress', 'IPv4', { remote_group_id: DEFAULT_GROUP_ID }, now) },
+    { op: 'putRule', rule: defaultRule('default-in-v6', 'ingress', 'IPv6', { remote_group_id: DEFAULT_GROUP_ID }, now) },
+    { op: 'putRule', rule: defaultRule('default-out-v4', 'egress', 'IPv4', { remote_ip_prefix: '0.0.0.0/0' }, now) },
+    { op: 'putRule', rule: defaultRule('default-out-v6', 'egress', 'IPv6', { remote_ip_prefix: '::/0' }, now) },
+  ];
+}
+
+// ---- ids ----
+
+function takeId(snap: ProjectSnapshot, wanted: string | undefined, ctx: MutationContext, what: string, existing: readonly { id: string }[]): string {
+  if (wanted === undefined) return ctx.newId();
+  if (existing.some((x) => x.id === wanted)) throw new ApiError('exists', `a ${what} with id ${JSON.stringify(wanted)} already exists in project ${snap.projectId}`);
+  return wanted;
+}
+
+// ---- security groups ----
+
+export function createGroup(snap: ProjectSnapshot, input: GroupCreate, ctx: MutationContext): Mutation<{ group: GroupRow; rules: RuleRow[] }> {
+  if (snap.groups.length >= ctx.quotas.security_groups_per_project) {
+    throw new ApiError('quota', `project ${snap.projectId} already has ${snap.groups.length} security groups (quota security_groups_per_project: ${ctx.quotas.security_groups_per_project})`);
+  }
+  const id = takeId(snap, input.id, ctx, 'security group', snap.groups);
+  const group: GroupRow = { id, name: input.name, description: input.description, created_at: ctx.now, updated_at: ctx.now };
+  // SEMANTICS section 6: a new group allows all egress, no ingress.
+  const egress = (ethertype: RuleRow['ethertype'], prefix: string): RuleRow => ({
+    ...defaultRule(ctx.newId(), 'egress', ethertype, { remote_ip_prefix: prefix }, ctx.now),
+    security_group_id: id,
+  });
+  const rules = [egress('IPv4', '0.0.0.0/0'), egress('IPv6', '::/0')];
+  return { ops: [{ op: 'putGroup', group }, ...rules.map((rule): Op => ({ op: 'putRule', rule }))], result: { group, rules } };
+}
+
+export function updateGroup(snap: ProjectSnapshot, id: string, input: GroupUpdate, ctx: MutationContext): Mutation<{ group: GroupRow; rules: RuleRow[] }> {
+  const old = findGroup(snap, id);
+  if (id === DEFAULT_GROUP_ID && input.name !== undefined && input.name !== old.name) {
+    throw ApiError.invalid([{ path: 'security_group.name', message: 'the default security group cannot be renamed' }]);
+  }
+  const group: GroupRow = { ...old, name: input.name ?? old.name, description: input.description ?? old.description, updated_at: ctx.now };
+  return { ops: [{ op: 'putGroup', group }], result: { group, rules: rulesOf(snap, id) } };
+}
+
+export function deleteGroup(snap: ProjectSnapshot, id: string): Mutation<null> {
+  findGroup(snap, id);
+  if (id === DEFAULT_GROUP_ID) throw new ApiError('inUse', 'the default security group cannot be deleted');
+  const ref = snap.rules.find((r) => r.remote_group_id === id && r.security_group_id !== id);
+  if (ref) {
+    throw new ApiError('inUse', `security group ${JSON.stringify(id)} is referenced by rule ${JSON.stringify(ref.id)} of security group ${JSON.stringify(ref.security_group_id)}`);
+  }
+  const member = snap.instances.find((i) => i.security_groups.includes(id));
+  if (member) throw new ApiError('inUse', `security group ${JSON.stringify(id)} is associated with instance ${JSON.stringify(member.id)}`);
+  return { ops: [{ op: 'deleteGroup', id }], result: null };
+}
+
+// ---- rules ----
+
+/** Identity of a rule for duplicate detection: equal keys match exactly the same packets with the same verdict. */
+export function ruleMatchKey(r: Omit<RuleRow, 'id' | 'created_at' | 'description' | 'security_group_id' | 'action'>): string {
+  const proto = parseProtocol(r.protocol);
+  const p = proto.ok ? proto.proto : r.protocol;
+  let ports = '*';
+  if (r.multiport) {
+    const mp = parseMultiport(r.multiport);
+    ports = mp.ok ? mergePorts(mp.ranges).map(([a, b]) => `${a}-${b}`).join(',') : r.multiport;
+  }
+  const family = r.ethertype === 'IPv6' ? 6 : 4;
+  let remote = `p:0-${FAMILY_MAX[family]}`;
+  if (r.remote_ip_prefix) {
+    const pr = parsePrefix(r.remote_ip_prefix);
+    remote = pr.ok ? `p:${pr.range.lo}-${pr.range.hi}` : `p:${r.remote_ip_prefix}`;
+  } else if (r.remote_group_id) remote = `g:${r.remote_group_id}`;
+  else if (r.remote_address_group_id) remote = `a:${r.remote_address_group_id}`;
+  return [r.direction, r.ethertype, r.priority, p ?? '*', ports, r.icmp_type ?? '*', r.icmp_code ?? '*', remote].join('|');
+}
+
+function toPolicyRule(r: RuleCreate): Rule {
+  return {
+    id: r.id ?? 'new',
+    direction: r.direction,
+    priority: r.priority,
+    action: r.action,
+    ethertype: r.ethertype,
+    protocol: r.protocol,
+    multiport: r.multiport,
+    icmp_type: r.icmp_type,
+    icmp_code: r.icmp_code,
+    remote_ip_prefix: r.remote_ip_prefix,
+    remote_group_id: r.remote_group_id,
+    remote_address_group_id: r.remote_address_group_id,
+    description: r.description,
+  };
+}
+
+/**
+ * Creates rules in one group, all or nothing. `paths[i]` names input i in
+ * error messages (`security_group_rule`, `security_group_rules[3]`). With
+ * `ignoreDuplicates`, exact duplicates (of existing rules or earlier inputs)
+ * are skipped instead of rejected.
+ */
+export function createRules(
+  snap: ProjectSnapshot,
+  groupId: string,
+  inputs: readonly RuleCreate[],
+  paths: readonly string[],
+  ctx: MutationContext,
+  opts: { ignoreDuplicates?: boolean } = {},
+): Mutation<RuleRow[]> {
+  findGroup(snap, groupId);
+  const issues: Issue[] = [];
+  inputs.forEach((input, i) => {
+    const path = paths[i]!;
+    issues.push(...checkRule(toPolicyRule(input), path));
+    if (input.remote_group_id && !snap.groups.some((g) => g.id === input.remote_group_id)) {
+      issues.push({ path: `${path}.remote_group_id`, message: `security group ${JSON.stringify(input.remote_group_id)} does not exist in project ${snap.projectId}` });
+    }
+    if (input.remote_address_group_id) {
+      const ag = snap.addressGroups.find((a) => a.id === input.remote_address_group_id);
+      const family = input.ethertype === 'IPv6' ? 6 : 4;
+      if (!ag) {
+        issues.push({ path: `${path}.remote_address_group_id`, message: `address group ${JSON.stringify(input.remote_address_group_id)} does not exist in project ${snap.projectId}` });
+      } else if (ag.ip_version !== family) {
+        issues.push({ path: `${path}.remote_address_group_id`, message: `address group ${JSON.stringify(ag.id)} is IPv${ag.ip_version} but the rule's ethertype is ${input.ethertype}` });
+      }
+    }
+  });
+  if (issues.length) throw ApiError.invalid(issues);
+
+  const existing = rulesOf(snap, groupId);
+  const byKey = new Map<string, { action: string; what: string }>();
+  for (const r of existing) byKey.set(ruleMatchKey(r), { action: r.action, what: `rule ${JSON.stringify(r.id)}` });
+  const ids = new Set(snap.rules.map((r) => r.id));
+  const created: RuleRow[] = [];
+  inputs.forEach((input, i) => {
+    const path = paths[i]!;
+    const key = ruleMatchKey(input);
+    const same = byKey.get(key);
+    if (same && same.action === input.action) {
+      if (opts.ignoreDuplicates) return;
+      throw new ApiError('duplicate', `${path} duplicates ${same.what} of security group ${JSON.stringify(groupId)}`);
+    }
+    if (same) {
+      throw new ApiError('ruleConflict', `${path} (${input.action}) conflicts with ${same.what} of security group ${JSON.stringify(groupId)} (${same.action}): the two differ only in their action`);
+    }
+    let id: string;
+    if (input.id === undefined) id = ctx.newId();
+    else if (ids.has(input.id)) throw new ApiError('exists', `${path}.id: a security group rule with id ${JSON.stringify(input.id)} already exists in project ${snap.projectId}`);
+    else id = input.id;
+    ids.add(id);
+    const rule: RuleRow = {
+      id,
+      security_group_id: groupId,
+      direction: input.direction,
+      priority: input.priority,
+      action: input.action,
+      ethertype: input.ethertype,
+      protocol: input.protocol || null,
+      multiport: input.multiport || null,
+      icmp_type: input.icmp_type,
+      icmp_code: input.icmp_code,
+      remote_ip_prefix: input.remote_ip_prefix || null,
+      remote_group_id: input.remote_group_id || null,
+      remote_address_group_id: input.remote_address_group_id || null,
+      description: input.description,
+      created_at: ctx.now,
+    };
+    byKey.set(key, { action: rule.action, what: `${path}` });
+    created.push(rule);
+  });
+  const total = existing.length + created.length;
+  if (total > ctx.quotas.rules_per_group) {
+    throw new ApiError(
+      'quota',
+      `security group ${JSON.stringify(groupId)} would have ${total} rules (quota rules_per_group: ${ctx.quotas.rules_per_group})`,
+    );
+  }
+  return { ops: created.map((rule): Op => ({ op: 'putRule', rule })), result: created };
+}
+
+export function deleteRule(snap: ProjectSnapshot, id: string): Mutation<null> {
+  findRule(snap, id);
+  return { ops: [{ op: 'deleteRule', id }], result: null };
+}
+
+// ---- address groups ----
+
+function checkIpSet(ipVersion: 4 | 6, ipSet: readonly string[], path: string, ctx: MutationContext): void {
+  const issues = checkAddressGroupEntries({ id: 'x', name: '', ip_version: ipVersion, ip_set: [...ipSet] }, path);
+  const seen = new Map<string, number>();
+  ipSet.forEach((e, i) => {
+    if (seen.has(e)) issues.push({ path: `${path}.ip_set[${i}]`, message: `${JSON.stringify(e)} is listed twice (also ip_set[${seen.get(e)}])` });
+    else seen.set(e, i);
+  });
+  if (issues.length) throw ApiError.invalid(issues);
+  if (ipSet.length > ctx.quotas.entries_per_address_group) {
+    throw new ApiError('quota', `${path}.ip_set has ${ipSet.length} entries (quota entries_per_address_group: ${ctx.quotas.entries_per_address_group})`);
+  }
+}
+
+export function createAddressGroup(snap: ProjectSnapshot, input: AddressGroupCreate, ctx: MutationContext): Mutation<AddressGroupRow> {
+  checkIpSet(input.ip_version, input.ip_set, 'address_group', ctx);
+  if (snap.addressGroups.length >= ctx.quotas.address_groups_per_project) {
+    throw new ApiError('quota', `project ${snap.projectId} already has ${snap.addressGroups.length} address groups (quota address_groups_per_project: ${ctx.quotas.address_groups_per_project})`);
+  }
+  const id = takeId(snap, input.id, ctx, 'address group', snap.addressGroups);
+  const addressGroup: AddressGroupRow = {
+    id,
+    name: input.name,
+    description: input.description,
+    ip_version: input.ip_version,
+    ip_set: input.ip_set,
+    created_at: ctx.now,
+    updated_at: ctx.now,
+  };
+  return { ops: [{ op: 'putAddressGroup', addressGroup }], result: addressGroup };
+}
+
+export function updateAddressGroup(snap: ProjectSnapshot, id: string, input: AddressGroupUpdate, ctx: MutationContext): Mutation<AddressGroupRow> {
+  const old = findAddressGroup(snap, id);
+  if (input.ip_set) checkIpSet(old.ip_version, input.ip_set, 'address_group', ctx);
+  const addressGroup: AddressGroupRow = {
+    ...old,
+    name: input.name ?? old.name,
+    description: input.description ?? old.description,
+    ip_set: input.ip_set ?? old.ip_set,
+    updated_at: ctx.now,
+  };
+  return { ops: [{ op: 'putAddressGroup', addressGroup }], result: addressGroup };
+}
+
+export function deleteAddressGroup(snap: ProjectSnapshot, id: string): Mutation<null> {
+  findAddressGroup(snap, id);
+  const ref = snap.rules.find((r) => r.remote_address_group_id === id);
+  if (ref) {
+    throw new ApiError('inUse', `address group ${JSON.stringify(id)} is referenced by rule ${JSON.stringify(ref.id)} of security group ${JSON.stringify(ref.security_group_id)}`);
+  }
+  return { ops: [{ op: 'deleteAddressGroup', id }], result: null };
+}
+
+// ---- instances ----
+
+function checkInstanceParts(snap: ProjectSnapshot, addresses: readonly string[] | undefined, groups: readonly string[] | undefined, ctx: MutationContext): string[] | undefined {
+  const issues: Issue[] = [];
+  let canonical: string[] | undefined;
+  if (addresses) {
+    canonical = [];
+    const seen = new Map<string, number>();
+    addresses.forEach((a, i) => {
+      if (!ipFamily(a)) {
+        issues.push({ path: `instance.addresses[${i}]`, message: `${JSON.stringify(a)} is not an IPv4 or IPv6 address` });
+        return;
+      }
+      const c = canonicalIp(a);
+      if (seen.has(c)) issues.push({ path: `instance.addresses[${i}]`, message: `${JSON.stringify(a)} is listed twice (also addresses[${seen.get(c)}])` });
+      else {
+        seen.set(c, i);
+        canonical!.push(c);
+      }
+    });
+  }
+  if (groups) {
+    const seen = new Map<string, number>();
+    groups.forEach((g, i) => {
+      if (seen.has(g)) issues.push({ path: `instance.security_groups[${i}]`, message: `security group ${JSON.stringify(g)} is listed twice (also security_groups[${seen.get(g)}])` });
+      seen.set(g, i);
+      if (!snap.groups.some((x) => x.id === g)) {
+        issues.push({ path: `instance.security_groups[${i}]`, message: `security group ${JSON.stringify(g)} does not exist in project ${snap.projectId}` });
+      }
+    });
+  }
+  if (issues.length) throw ApiError.invalid(issues);
+  if (groups && groups.length > ctx.quotas.groups_per_instance) {
+    throw new ApiError('quota', `instance.security_groups has ${groups.length} groups (quota groups_per_instance: ${ctx.quotas.groups_per_instance})`);
+  }
+  return canonical;
+}
+
+export function createInstance(snap: ProjectSnapshot, input: InstanceCreate, ctx: MutationContext): Mutation<{ instance: InstanceSpec; token: string }> {
+  const addresses = checkInstanceParts(snap, input.addresses, input.security_groups, ctx)!;
+  if (snap.instances.length >= ctx.quotas.instances_per_project) {
+    throw new ApiError('quota', `project ${snap.projectId} already has ${snap.instances.length} instances (quota instances_per_project: ${ctx.quotas.instances_per_project})`);
+  }
+  const id = takeId(snap, input.id, ctx, 'instance', snap.instances);
+  const instance: InstanceSpec = { id, name: input.name, addresses, security_groups: input.security_groups, created_at: ctx.now, updated_at: ctx.now };
+  const token = ctx.newToken();
+  return {
+    ops: [
+      { op: 'putInstance', instance },
+      { op: 'setToken', instanceId: id, tokenHash: token.hash },
+    ],
+    result: { instance, token: token.token },
+  };
+}
+
+export function updateInstance(snap: ProjectSnapshot, id: string, input: InstanceUpdate, ctx: MutationContext): Mutation<InstanceSpec> {
+  const old = findInstance(snap, id);
+  const addresses = checkInstanceParts(snap, input.addresses, input.security_groups, ctx);
+  const instance: InstanceSpec = {
+    id: old.id,
+    name: input.name ?? old.name,
+    addresses: addresses ?? old.addresses,
+    security_groups: input.security_groups ?? old.security_groups,
+    created_at: old.created_at,
+    updated_at: ctx.now,
+  };
+  return { ops: [{ op: 'putInstance', instance }], result: instance };
+}
+
+export function deleteInstance(snap: ProjectSnapshot, id: string): Mutation<null> {
+  findInstance(snap, id);
+  return { ops: [{ op: 'deleteInstance', id }], result: null };
+}
+
+export function rotateToken(snap: ProjectSnapshot, id: string, ctx: MutationContext): Mutation<{ instanceId: string; token: string }> {
+  findInstance(snap, id);
+  const token = ctx.newToken();
+  return { ops: [{ op: 'setToken', instanceId: id, tokenHash: token.hash }], result: { instanceId: id, token: token.token } };
+}
+
+// ---- invariants (what every committed state satisfies; the store tests check it after crashes) ----
+
+/** Every problem with a snapshot's referential integrity and quotas; empty when it is sound. */
+export function checkInvariants(snap: ProjectSnapshot, quotas: Quotas = DEFAULT_QUOTAS): string[] {
+  const out: string[] = [];
+  const groups = new Set(snap.groups.map((g) => g.id));
+  const ags = new Map(snap.addressGroups.map((a) => [a.id, a]));
+  if (snap.version > 0 && !groups.has(DEFAULT_GROUP_ID)) out.push('the default group is missing');
+  const unique = (what: string, ids: readonly string[]) => {
+    if (new Set(ids).size !== ids.length) out.push(`${what} ids are not unique`);
+  };
+  unique('group', snap.groups.map((g) => g.id));
+  unique('rule', snap.rules.map((r) => r.id));
+  unique('address group', snap.addressGroups.map((a) => a.id));
+  unique('instance', snap.instances.map((i) => i.id));
+  const perGroup = new Map<string, number>();
+  for (const r of snap.rules) {
+    if (!groups.has(r.security_group_id)) out.push(`rule ${r.id} belongs to missing group ${r.security_group_id}`);
+    if (r.remote_group_id && !groups.has(r.remote_group_id)) out.push(`rule ${r.id} references missing group ${r.remote_group_id}`);
+    if (r.remote_address_group_id) {
+      const ag = ags.get(r.remote_address_group_id);
+      if (!ag) out.push(`rule ${r.id} references missing address group ${r.remote_address_group_id}`);
+      else if (ag.ip_version !== (r.ethertype === 'IPv6' ? 6 : 4)) out.push(`rule ${r.id} and address group ${ag.id} differ in family`);
+    }
+    perGroup.set(r.security_group_id, (perGroup.get(r.security_group_id) ?? 0) + 1);
+  }
+  for (const [g, n] of perGroup) if (n > quotas.rules_per_group) out.push(`group ${g} has ${n} rules`);
+  for (const i of snap.instances) {
+    for (const g of i.security_groups) if (!groups.has(g)) out.push(`instance ${i.id} is associated with missing group ${g}`);
+    if (i.security_groups.length > quotas.groups_per_instance) out.push(`instance ${i.id} has ${i.security_groups.length} groups`);
+    if (i.revision === null || i.policy_hash === null) out.push(`instance ${i.id} has no compiled policy`);
+  }
+  for (const a of snap.addressGroups) if (a.ip_set.length > quotas.entries_per_address_group) out.push(`address group ${a.id} has ${a.ip_set.length} entries`);
+  return out;
+}

@@ -1,0 +1,52 @@
+/**
+ * API errors: each kind has one HTTP status and one stable `error_code`
+ * (the catalogue in docs/api.md). The body is Huawei-shaped:
+ * `{"request_id", "error_code", "error_msg"}`.
+ */
+import { SecgroupError, formatIssue, type ErrorCode, type Issue } from '../lib/errors.js';
+
+export const API_ERROR_KINDS = {
+  invalid: { status: 400, apiCode: 'SG.0001', code: 'REQUEST_INVALID', what: 'a field is missing, malformed or inconsistent' },
+  unauthorized: { status: 401, apiCode: 'SG.0002', code: 'UNAUTHORIZED', what: 'no token, or an unknown token' },
+  forbidden: { status: 403, apiCode: 'SG.0003', code: 'FORBIDDEN', what: 'the token may not access this project' },
+  notFound: { status: 404, apiCode: 'SG.0004', code: 'NOT_FOUND', what: 'no such resource (or path) in this project' },
+  inUse: { status: 409, apiCode: 'SG.0005', code: 'CONFLICT', what: 'the resource is referenced, or is the default group' },
+  duplicate: { status: 409, apiCode: 'SG.0006', code: 'CONFLICT', what: 'the rule duplicates an existing rule of the group' },
+  ruleConflict: { status: 409, apiCode: 'SG.0007', code: 'CONFLICT', what: 'the rule differs from an existing rule only in its action' },
+  quota: { status: 409, apiCode: 'SG.0008', code: 'QUOTA', what: 'a quota would be exceeded' },
+  exists: { status: 409, apiCode: 'SG.0009', code: 'CONFLICT', what: 'a resource with this id already exists' },
+  tooLarge: { status: 413, apiCode: 'SG.0010', code: 'REQUEST_INVALID', what: 'the request body is too large' },
+  internal: { status: 500, apiCode: 'SG.0500', code: 'INTERNAL', what: 'an internal error (see the controller log)' },
+} as const satisfies Record<string, { status: number; apiCode: string; code: ErrorCode; what: string }>;
+
+export type ApiErrorKind = keyof typeof API_ERROR_KINDS;
+
+export class ApiError extends SecgroupError {
+  readonly kind: ApiErrorKind;
+  readonly status: number;
+  readonly apiCode: string;
+
+  constructor(kind: ApiErrorKind, message: string, opts: { cause?: unknown; details?: unknown } = {}) {
+    const k = API_ERROR_KINDS[kind];
+    super(k.code, message, opts);
+    this.name = 'ApiError';
+    this.kind = kind;
+    this.status = k.status;
+    this.apiCode = k.apiCode;
+  }
+
+  /** 400 listing every problem, each prefixed with its field path. */
+  static invalid(issues: readonly Issue[]): ApiError {
+    return new ApiError('invalid', issues.map(formatIssue).join('; '), { details: issues });
+  }
+
+  static notFound(what: string, id: string): ApiError {
+    return new ApiError('notFound', `${what} ${JSON.stringify(id)} not found`);
+  }
+}
+
+export interface ErrorBody {
+  request_id: string;
+  error_code: string;
+  error_msg: string;
+}

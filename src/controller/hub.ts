@@ -1,0 +1,361 @@
+/**
+ * The agent hub: WebSocket endpoint `/v1/agent` (protocol: src/protocol/messages.ts).
+ *
+ * - The upgrade is accepted only with a valid instance token (`Authorization:
+ *   Bearer`); the instance is derived from the token, never from the client,
+ *   so a token for instance X can only ever receive X's policy and report
+ *   for X (a hello naming another instance is refused).
+ * - One live connection per instance: a new one replaces the old (close 4000).
+ * - On hello the controller answers `welcome` and, if the agent's applied
+ *   revision is older than the desired one, the current `policy`. After an
+ *   API change the new document is pushed to connected agents of affected
+ *   instances only.
+ * - Frames are bounded in size (ws `maxPayload`) and rate (token bucket per
+ *   connection); liveness uses ping/pong every heartbeat interval.
+ */
+import type { IncomingMessage, Server as HttpServer } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, WebSocket, type RawData } from 'ws';
+import type { Clock, Timer } from '../lib/clock.js';
+import type { Logger } from '../lib/logger.js';
+import { errorMessage } from '../lib/errors.js';
+import {
+  AGENT_PATH,
+  MAX_MESSAGE_BYTES,
+  PROTOCOL_VERSION,
+  agentMessageSchema,
+  decode,
+  type AckMessage,
+  type AgentMessage,
+  type HelloMessage,
+  type PortsMessage,
+  type WelcomeMessage,
+} from '../protocol/messages.js';
+import { renderPolicyText } from './compile.js';
+import type { ControllerMetrics } from './metrics.js';
+import { formatTime } from './service.js';
+import type { AgentState, Store, StoredPolicy } from './store/store.js';
+import { digestsEqual, hashToken, tokenFromHeaders } from './tokens.js';
+
+export interface HubOptions {
+  store: Store;
+  clock: Clock;
+  logger: Logger;
+  metrics: ControllerMetrics;
+  heartbeatIntervalMs: number;
+  helloTimeoutMs: number;
+  /** largest frame accepted from an agent */
+  maxMessageBytes: number;
+  /** token bucket per connection: `burst` frames, refilled at `perSecond` */
+  rate: { burst: number; perSecond: number };
+}
+
+/** WebSocket close codes the hub uses (4000-4999 are application codes). */
+export const CLOSE = {
+  replaced: 4000,
+  revoked: 4001,
+  deleted: 4002,
+  policyViolation: 1008,
+  goingAway: 1001,
+} as const;
+
+class Session {
+  helloed = false;
+  alive = true;
+  lastSeenMs: number;
+  lastSentRevision = -1;
+  queue: Promise<void> = Promise.resolve();
+  tokens: number;
+  /** clock.monotonic() of the last refill */
+  refilledAt: number;
+  helloTimer: Timer | null = null;
+  closed: Promise<void>;
+
+  constructor(
+    readonly key: string,
+    readonly projectId: string,
+    readonly instanceId: string,
+    readonly ws: WebSocket,
+    now: number,
+    monotonicNow: number,
+    burst: number,
+  ) {
+    this.lastSeenMs = now;
+    this.tokens = burst;
+    this.refilledAt = monotonicNow;
+    this.closed = new Promise((resolve) => ws.once('close', () => resolve()));
+  }
+}
+
+function sessionKey(projectId: string, instanceId: string): string {
+  return `${projectId}\u0000${instanceId}`;
+}
+
+export class AgentHub {
+  private readonly wss: WebSocketServer;
+  private readonly sessions = new Map<string, Session>();
+  private heartbeat: Timer | null = null;
+  private stopping = false;
+  private readonly log: Logger;
+
+  constructor(private readonly o: HubOptions) {
+    this.wss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessageBytes, perMessageDeflate: false });
+    this.log = o.logger.child({ component: 'hub' });
+  }
+
+  /** Serves `/v1/agent` upgrades of `server` and starts the heartbeat. */
+  attach(server: HttpServer): void {
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      socket.on('error', () => socket.destroy());
+      this.upgrade(req, socket, head).catch((e: unknown) => {
+        this.log.error({ event: 'upgrade', err: e }, 'agent upgrade failed');
+        reject(socket, 500, 'SG.0500', 'internal error');
+      });
+    });
+    this.heartbeat = this.o.clock.setInterval(() => this.beat(), this.o.heartbeatIntervalMs);
+  }
+
+  get connectedCount(): number {
+    return [...this.sessions.values()].filter((s) => s.helloed).length;
+  }
+
+  isConnected(projectId: string, instanceId: string): boolean {
+    return this.sessions.get(sessionKey(projectId, instanceId))?.helloed ?? false;
+  }
+
+  /** Last time the connected agent was heard from (frames or pongs); null when not connected. */
+  lastSeen(projectId: string, instanceId: string): string | null {
+    const s = this.sessions.get(sessionKey(projectId, instanceId));
+    return s ? formatTime(s.lastSeenMs) : null;
+  }
+
+  /** Pushes the current document of each instance to its agent, if connected and not already sent. */
+  notify(projectId: string, instanceIds: readonly string[]): void {
+    for (const id of instanceIds) {
+      const s = this.sessions.get(sessionKey(projectId, id));
+      if (!s || !s.helloed) continue;
+      this.enqueue(s, async () => {
+        const p = await this.o.store.getPolicy(projectId, id);
+        if (p && p.revision > s.lastSentRevision) this.sendPolicy(s, p, 'change');
+      });
+    }
+  }
+
+  /** Closes the instance's connection (its token was rotated or it was deleted). */
+  disconnect(projectId: string, instanceId: string, why: 'revoked' | 'deleted'): void {
+    const s = this.sessions.get(sessionKey(projectId, instanceId));
+    if (!s) return;
+    this.log.info({ event: 'disconnect', project: projectId, instance: instanceId, why }, 'closing agent connection');
+    s.ws.close(why === 'revoked' ? CLOSE.revoked : CLOSE.deleted, why === 'revoked' ? 'token rotated' : 'instance deleted');
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.heartbeat?.cancel();
+    const sessions = [...this.sessions.values()];
+    for (const s of sessions) s.ws.close(CLOSE.goingAway, 'controller shutting down');
+    const grace = this.o.clock.sleep(2000);
+    await Promise.race([Promise.all(sessions.map((s) => s.closed)), grace]);
+    for (const s of sessions) if (s.ws.readyState !== WebSocket.CLOSED) s.ws.terminate();
+    await Promise.all(sessions.map((s) => s.queue));
+    await new Promise<void>((resolve) => this.wss.close(() => resolve()));
+  }
+
+  // ---- connection setup ----
+
+  private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== AGENT_PATH) return reject(socket, 404, 'SG.0004', `no WebSocket endpoint at ${path}; agents connect to ${AGENT_PATH}`);
+    if (this.stopping) return reject(socket, 503, 'SG.0500', 'the controller is shutting down');
+    const token = tokenFromHeaders(req.headers);
+    if (!token) return reject(socket, 401, 'SG.0002', 'missing "Authorization: Bearer <instance token>"');
+    const hash = hashToken(token);
+    const owner = await this.o.store.findTokenOwner(hash);
+    if (!owner || !digestsEqual(owner.tokenHash, hash)) {
+      this.o.metrics.agentMessagesRejected.inc({ reason: 'auth' });
+      this.log.warn({ event: 'auth', remote: req.socket.remoteAddress }, 'agent presented an unknown token');
+      return reject(socket, 401, 'SG.0002', 'unknown instance token');
+    }
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.connected(ws, owner.projectId, owner.instanceId));
+  }
+
+  private connected(ws: WebSocket, projectId: string, instanceId: string): void {
+    const key = sessionKey(projectId, instanceId);
+    const s = new Session(key, projectId, instanceId, ws, this.o.clock.now(), this.o.clock.monotonic(), this.o.rate.burst);
+    const old = this.sessions.get(key);
+    if (old) {
+      this.log.info({ event: 'replace', project: projectId, instance: instanceId }, 'a new connection replaces the old one');
+      old.ws.close(CLOSE.replaced, 'replaced by a newer connection');
+    }
+    this.sessions.set(key, s);
+    this.log.info({ event: 'connect', project: projectId, instance: instanceId }, 'agent connected');
+    s.helloTimer = this.o.clock.setTimeout(() => {
+      if (!s.helloed) this.violation(s, 'hello_timeout', `no hello within ${this.o.helloTimeoutMs} ms`);
+    }, this.o.helloTimeoutMs);
+    ws.on('message', (data: RawData, isBinary: boolean) => this.frame(s, data, isBinary));
+    ws.on('pong', () => {
+      s.alive = true;
+      s.lastSeenMs = this.o.clock.now();
+    });
+    ws.on('error', (e: Error) => {
+      if (/max payload/i.test(e.message)) this.o.metrics.agentMessagesRejected.inc({ reason: 'too_large' });
+      this.log.warn({ event: 'ws_error', project: projectId, instance: instanceId, err: e }, 'agent connection error');
+    });
+    ws.on('close', (code: number) => this.closed(s, code));
+  }
+
+  private closed(s: Session, code: number): void {
+    s.helloTimer?.cancel();
+    if (this.sessions.get(s.key) === s) this.sessions.delete(s.key);
+    this.o.metrics.agentsConnected.set(this.connectedCount);
+    this.log.info({ event: 'disconnect', project: s.projectId, instance: s.instanceId, code }, 'agent disconnected');
+    if (s.helloed) this.enqueue(s, async () => void (await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: formatTime(s.lastSeenMs) })));
+  }
+
+  private beat(): void {
+    for (const s of this.sessions.values()) {
+      if (!s.alive) {
+        this.log.warn({ event: 'heartbeat', project: s.projectId, instance: s.instanceId }, 'no pong since the last ping, dropping the connection');
+        s.ws.terminate();
+        continue;
+      }
+      s.alive = false;
+      s.ws.ping();
+    }
+  }
+
+  // ---- frames ----
+
+  private frame(s: Session, data: RawData, isBinary: boolean): void {
+    const now = this.o.clock.monotonic();
+    s.tokens = Math.min(this.o.rate.burst, s.tokens + ((now - s.refilledAt) / 1000) * this.o.rate.perSecond);
+    s.refilledAt = now;
+    if (s.tokens < 1) return this.violation(s, 'rate', `more than ${this.o.rate.burst} frames in a burst (limit ${this.o.rate.perSecond}/s)`);
+    s.tokens -= 1;
+    s.lastSeenMs = this.o.clock.now();
+    if (isBinary) return this.refuse(s, 'binary', 'binary frames are not accepted; send JSON text');
+    const text = Buffer.isBuffer(data) ? data.toString('utf8') : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data).toString('utf8');
+    const d = decode(agentMessageSchema, text);
+    if (!d.ok) return s.helloed ? this.refuse(s, 'invalid', d.error) : this.violation(s, 'invalid', `expected hello: ${d.error}`);
+    const msg: AgentMessage = d.message;
+    if (!s.helloed && msg.type !== 'hello') return this.violation(s, 'no_hello', `the first frame must be a hello, got ${msg.type}`);
+    this.enqueue(s, () => this.handle(s, msg));
+  }
+
+  private async handle(s: Session, msg: AgentMessage): Promise<void> {
+    switch (msg.type) {
+      case 'hello':
+        return this.hello(s, msg);
+      case 'ack':
+        return this.ack(s, msg);
+      case 'ports':
+        return this.ports(s, msg);
+    }
+  }
+
+  private async hello(s: Session, msg: HelloMessage): Promise<void> {
+    if (s.helloed) return this.refuse(s, 'duplicate_hello', 'hello was already received on this connection');
+    if (msg.protocol !== PROTOCOL_VERSION) {
+      return this.violation(s, 'protocol', `protocol version ${msg.protocol} is not supported; this controller speaks ${PROTOCOL_VERSION}`);
+    }
+    if (msg.instance_id !== s.instanceId) {
+      return this.violation(s, 'wrong_instance', `this token belongs to instance ${JSON.stringify(s.instanceId)}, not ${JSON.stringify(msg.instance_id)}`, 'FORBIDDEN');
+    }
+    s.helloed = true;
+    s.helloTimer?.cancel();
+    this.o.metrics.agentsConnected.set(this.connectedCount);
+    const now = formatTime(this.o.clock.now());
+    const exists = await this.o.store.updateAgentState(s.projectId, s.instanceId, {
+      agent_version: msg.agent_version,
+      hostname: msg.hostname ?? null,
+      last_seen: now,
+    });
+    if (!exists) return this.violation(s, 'deleted', 'the instance no longer exists');
+    let policy = await this.o.store.getPolicy(s.projectId, s.instanceId);
+    const applied = msg.applied_revision;
+    if (policy && applied !== null && applied > policy.revision) {
+      // The agent enforces a newer revision than we know (e.g. the database was restored from a backup):
+      // re-issue the current document above it, since agents never apply an older revision.
+      this.log.warn({ event: 'revision_ahead', project: s.projectId, instance: s.instanceId, applied, desired: policy.revision }, 'agent is ahead, raising the revision');
+      policy = await this.o.store.raiseRevision(s.projectId, s.instanceId, applied);
+    }
+    const welcome: WelcomeMessage = { type: 'welcome', protocol: PROTOCOL_VERSION, instance_id: s.instanceId, desired_revision: policy?.revision ?? null };
+    this.send(s, JSON.stringify(welcome));
+    this.log.info({ event: 'hello', project: s.projectId, instance: s.instanceId, applied, desired: policy?.revision ?? null, version: msg.agent_version }, 'agent hello');
+    if (policy && (applied === null || applied < policy.revision)) this.sendPolicy(s, policy, 'hello');
+  }
+
+  private async ack(s: Session, msg: AckMessage): Promise<void> {
+    this.o.metrics.acks.inc({ status: msg.status });
+    const at = formatTime(this.o.clock.now());
+    const patch: Partial<AgentState> = {
+      last_seen: at,
+      last_ack: {
+        revision: msg.revision,
+        status: msg.status,
+        at,
+        duration_ms: msg.duration_ms ?? null,
+        digest: msg.digest ?? null,
+        error: msg.error ?? null,
+      },
+    };
+    if (msg.status === 'applied') patch.applied_revision = msg.revision;
+    else patch.last_error = { revision: msg.revision, code: msg.error?.code ?? msg.status.toUpperCase(), message: msg.error?.message ?? `revision ${msg.revision} ${msg.status}`, at };
+    await this.o.store.updateAgentState(s.projectId, s.instanceId, patch);
+    const level = msg.status === 'applied' ? 'info' : 'warn';
+    this.log[level]({ event: 'ack', project: s.projectId, instance: s.instanceId, revision: msg.revision, status: msg.status, err: msg.error }, 'agent ack');
+  }
+
+  private async ports(s: Session, msg: PortsMessage): Promise<void> {
+    const at = formatTime(this.o.clock.now());
+    await this.o.store.updateAgentState(s.projectId, s.instanceId, { ports: msg.report, ports_received_at: at, last_seen: at });
+    this.log.debug({ event: 'ports', project: s.projectId, instance: s.instanceId, entries: msg.report.entries.length }, 'port report');
+  }
+
+  // ---- sending ----
+
+  private enqueue(s: Session, task: () => Promise<void>): void {
+    s.queue = s.queue.then(task).catch((e: unknown) => {
+      this.log.error({ event: 'agent_task', project: s.projectId, instance: s.instanceId, err: e }, `agent message handling failed: ${errorMessage(e)}`);
+    });
+  }
+
+  private send(s: Session, frame: string): void {
+    if (s.ws.readyState === WebSocket.OPEN) s.ws.send(frame);
+  }
+
+  private sendPolicy(s: Session, p: StoredPolicy, reason: 'hello' | 'change'): void {
+    // The document text is spliced in as stored, so the agent gets exactly the bytes GET .../policy returns.
+    const frame = `{"type":"policy","policy":${renderPolicyText(p.revision, p.body)}}`;
+    if (Buffer.byteLength(frame) > MAX_MESSAGE_BYTES) {
+      this.log.error({ event: 'push', project: s.projectId, instance: s.instanceId, bytes: Buffer.byteLength(frame) }, 'policy frame exceeds the protocol limit; not sent');
+      return;
+    }
+    this.send(s, frame);
+    s.lastSentRevision = p.revision;
+    this.o.metrics.pushes.inc({ reason });
+    this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, reason }, 'policy sent');
+  }
+
+  /** An error frame; the connection stays open. */
+  private refuse(s: Session, reason: string, message: string): void {
+    this.o.metrics.agentMessagesRejected.inc({ reason });
+    this.log.warn({ event: 'reject', project: s.projectId, instance: s.instanceId, reason }, message);
+    this.send(s, JSON.stringify({ type: 'error', error: { code: 'PROTOCOL', message: message.slice(0, 4096) } }));
+  }
+
+  /** An error frame, then the connection is closed (1008). */
+  private violation(s: Session, reason: string, message: string, code = 'PROTOCOL'): void {
+    this.o.metrics.agentMessagesRejected.inc({ reason });
+    this.log.warn({ event: 'reject', project: s.projectId, instance: s.instanceId, reason }, message);
+    this.send(s, JSON.stringify({ type: 'error', error: { code, message: message.slice(0, 4096) } }));
+    s.ws.close(CLOSE.policyViolation, reason);
+  }
+}
+
+/** Refuses an upgrade with an HTTP status and a Huawei-style error body. */
+function reject(socket: Duplex, status: number, code: string, message: string): void {
+  const body = JSON.stringify({ request_id: '', error_code: code, error_msg: message });
+  const reason = { 401: 'Unauthorized', 404: 'Not Found', 500: 'Internal Server Error', 503: 'Service Unavailable' }[status] ?? 'Error';
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+}

@@ -1,0 +1,48 @@
+/**
+ * Prometheus metrics of one controller (its own registry, so several
+ * controllers in one test process do not collide).
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export interface ControllerMetrics {
+  registry: Registry;
+  agentsConnected: Gauge;
+  pushes: Counter<'reason'>;
+  acks: Counter<'status'>;
+  agentMessagesRejected: Counter<'reason'>;
+  apiLatency: Histogram<'method' | 'route' | 'status_code'>;
+  policiesCompiled: Counter;
+  revisionsBumped: Counter;
+}
+
+export function createMetrics(opts: { defaultMetrics?: boolean } = {}): ControllerMetrics {
+  const registry = new Registry();
+  if (opts.defaultMetrics ?? true) collectDefaultMetrics({ register: registry, prefix: 'secgroup_controller_' });
+  const registers = [registry];
+  return {
+    registry,
+    agentsConnected: new Gauge({ name: 'secgroup_controller_agents_connected', help: 'Agents with a live, authenticated connection', registers }),
+    pushes: new Counter({
+      name: 'secgroup_controller_policy_pushes_total',
+      help: 'Policy documents sent to agents (reason: hello = on connect, change = after an API change)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    acks: new Counter({ name: 'secgroup_controller_acks_total', help: 'Acks received from agents, by status', labelNames: ['status'], registers }),
+    agentMessagesRejected: new Counter({
+      name: 'secgroup_controller_agent_messages_rejected_total',
+      help: 'Agent frames rejected (invalid, rate-limited, too large, wrong instance)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    apiLatency: new Histogram({
+      name: 'secgroup_controller_api_request_duration_seconds',
+      help: 'HTTP API latency by method, route pattern and status code',
+      labelNames: ['method', 'route', 'status_code'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    }),
+    policiesCompiled: new Counter({ name: 'secgroup_controller_policies_compiled_total', help: 'Per-instance policy documents compiled after changes', registers }),
+    revisionsBumped: new Counter({ name: 'secgroup_controller_revisions_bumped_total', help: 'Policy documents whose content changed (new revision)', registers }),
+  };
+}

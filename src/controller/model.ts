@@ -1,0 +1,152 @@
+/**
+ * The controller's data model: one project's state as an immutable snapshot,
+ * and the operations a mutation turns into. Mutations are pure functions
+ * `snapshot -> ops`; a store applies ops atomically (one transaction) and
+ * `applyOps` applies them in memory, so the per-instance compiler can run on
+ * the state *after* the change before anything is written.
+ */
+
+export type Direction = 'ingress' | 'egress';
+export type Action = 'allow' | 'deny';
+export type Ethertype = 'IPv4' | 'IPv6';
+
+export interface RuleRow {
+  id: string;
+  security_group_id: string;
+  direction: Direction;
+  priority: number;
+  action: Action;
+  ethertype: Ethertype;
+  /** null = all protocols */
+  protocol: string | null;
+  multiport: string | null;
+  icmp_type: number | null;
+  icmp_code: number | null;
+  remote_ip_prefix: string | null;
+  remote_group_id: string | null;
+  remote_address_group_id: string | null;
+  description: string;
+  created_at: string;
+}
+
+export interface GroupRow {
+  id: string;
+  name: string;
+  description: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface AddressGroupRow {
+  id: string;
+  name: string;
+  description: string;
+  ip_version: 4 | 6;
+  ip_set: string[];
+  created_at: string;
+  updated_at: string;
+}
+
+/** What a client owns of an instance. */
+export interface InstanceSpec {
+  id: string;
+  name: string;
+  /** canonical addresses (IPv4 and IPv6), no duplicates */
+  addresses: string[];
+  /** ordered security group ids (SEMANTICS section 2) */
+  security_groups: string[];
+  created_at: string;
+  updated_at: string;
+}
+
+/** An instance as stored: the spec plus what the controller derived. */
+export interface InstanceRow extends InstanceSpec {
+  /** revision of the current policy document, null before the first compilation */
+  revision: number | null;
+  /** sha256 of the current policy document body (without revision) */
+  policy_hash: string | null;
+}
+
+/** One project's state. Arrays are in creation order (the listing and `marker` order). */
+export interface ProjectSnapshot {
+  readonly projectId: string;
+  /** bumped by every commit; 0 = the project is not stored yet */
+  readonly version: number;
+  readonly groups: readonly GroupRow[];
+  readonly rules: readonly RuleRow[];
+  readonly addressGroups: readonly AddressGroupRow[];
+  readonly instances: readonly InstanceRow[];
+}
+
+export type Op =
+  | { op: 'putGroup'; group: GroupRow }
+  /** deletes the group and its rules */
+  | { op: 'deleteGroup'; id: string }
+  | { op: 'putRule'; rule: RuleRow }
+  | { op: 'deleteRule'; id: string }
+  | { op: 'putAddressGroup'; addressGroup: AddressGroupRow }
+  | { op: 'deleteAddressGroup'; id: string }
+  /** inserts or updates the spec; revision, policy and token are kept */
+  | { op: 'putInstance'; instance: InstanceSpec }
+  /** deletes the instance, its policy, token and agent state */
+  | { op: 'deleteInstance'; id: string }
+  | { op: 'setToken'; instanceId: string; tokenHash: string }
+  /** a new policy document body; the store assigns the next revision */
+  | { op: 'setPolicy'; instanceId: string; body: string; hash: string };
+
+export function emptySnapshot(projectId: string): ProjectSnapshot {
+  return { projectId, version: 0, groups: [], rules: [], addressGroups: [], instances: [] };
+}
+
+function put<T extends { id: string }>(list: readonly T[], row: T): T[] {
+  const i = list.findIndex((r) => r.id === row.id);
+  if (i < 0) return [...list, row];
+  const out = [...list];
+  out[i] = row;
+  return out;
+}
+
+/**
+ * Applies ops in memory. `setPolicy` records the hash with revision null
+ * (revisions are assigned by the store), `setToken` is not part of a snapshot.
+ */
+export function applyOps(snap: ProjectSnapshot, ops: readonly Op[]): ProjectSnapshot {
+  let { groups, rules, addressGroups, instances } = snap;
+  for (const o of ops) {
+    switch (o.op) {
+      case 'putGroup':
+        groups = put(groups, o.group);
+        break;
+      case 'deleteGroup':
+        groups = groups.filter((g) => g.id !== o.id);
+        rules = rules.filter((r) => r.security_group_id !== o.id);
+        break;
+      case 'putRule':
+        rules = put(rules, o.rule);
+        break;
+      case 'deleteRule':
+        rules = rules.filter((r) => r.id !== o.id);
+        break;
+      case 'putAddressGroup':
+        addressGroups = put(addressGroups, o.addressGroup);
+        break;
+      case 'deleteAddressGroup':
+        addressGroups = addressGroups.filter((a) => a.id !== o.id);
+        break;
+      case 'putInstance': {
+        const old = instances.find((i) => i.id === o.instance.id);
+        instances = put(instances, { ...o.instance, revision: old?.revision ?? null, policy_hash: old?.policy_hash ?? null });
+        break;
+      }
+      case 'deleteInstance':
+        instances = instances.filter((i) => i.id !== o.id);
+        break;
+      case 'setPolicy':
+        instances = instances.map((i) => (i.id === o.instanceId ? { ...i, policy_hash: o.hash } : i));
+        break;
+      case 'setToken':
+        break;
+    }
+  }
+  return { projectId: snap.projectId, version: snap.version, groups, rules, addressGroups, instances };
+}

@@ -1,0 +1,91 @@
+/**
+ * The write path: under the project's write lock, run a pure mutation on its
+ * snapshot, compile the policy documents of the instances it affects (on the
+ * state after the change), and commit everything as one transaction. After a
+ * commit, instances whose document changed are reported to `onPolicyChanged`
+ * (the agent hub pushes them).
+ */
+import type { Logger } from '../lib/logger.js';
+import type { Clock } from '../lib/clock.js';
+import { SecgroupError } from '../lib/errors.js';
+import { applyOps, emptySnapshot, type ProjectSnapshot } from './model.js';
+import { createProjectOps, type MutationContext, type Mutation, type Quotas } from './domain.js';
+import { recompile, renderPolicyText, touchedBy } from './compile.js';
+import { hashToken, type Random } from './tokens.js';
+import type { Store } from './store/store.js';
+
+/** `yyyy-MM-ddTHH:mm:ssZ`, the timestamp format of Huawei's v3 resources */
+export function formatTime(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+export interface ServiceDeps {
+  store: Store;
+  clock: Clock;
+  logger: Logger;
+  quotas: Quotas;
+  random: Random;
+  onPolicyChanged?: (projectId: string, instanceIds: string[]) => void;
+  onCompiled?: (stats: { compiled: number; bumped: number }) => void;
+}
+
+export class ControllerService {
+  constructor(private readonly deps: ServiceDeps) {}
+
+  private context(): MutationContext {
+    const { random, clock, quotas } = this.deps;
+    return {
+      now: formatTime(clock.now()),
+      newId: () => random.uuid(),
+      newToken: () => {
+        const token = random.token();
+        return { token, hash: hashToken(token) };
+      },
+      quotas,
+    };
+  }
+
+  /** The project's current state; a project seen for the first time is created (with its default group). */
+  async read(projectId: string): Promise<ProjectSnapshot> {
+    const snap = await this.deps.store.loadProject(projectId);
+    if (snap) return snap;
+    await this.mutate(projectId, () => ({ ops: [], result: null }));
+    const created = await this.deps.store.loadProject(projectId);
+    if (!created) throw new SecgroupError('INTERNAL', `project ${projectId} vanished after it was created`);
+    return created;
+  }
+
+  /**
+   * Runs `fn` on the project's current state and commits its ops plus the
+   * recompiled policies in one transaction (under the project's write lock,
+   * so concurrent requests serialise instead of retrying). With `dryRun`
+   * nothing is written. Errors thrown by `fn` propagate unchanged (nothing
+   * written).
+   */
+  async mutate<T>(projectId: string, fn: (snap: ProjectSnapshot, ctx: MutationContext) => Mutation<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
+    const { store, logger } = this.deps;
+    const decide = (stored: ProjectSnapshot | null) => {
+      const ctx = this.context();
+      const pre = stored ? [] : createProjectOps(ctx.now);
+      const snap = stored ?? applyOps(emptySnapshot(projectId), pre);
+      const m = fn(snap, ctx);
+      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0 } };
+      const policies = recompile(applyOps(snap, m.ops), touchedBy(snap, m.ops));
+      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled } };
+    };
+    if (opts.dryRun) return decide(await store.loadProject(projectId)).value.result;
+    const res = await store.mutate(projectId, decide);
+    this.deps.onCompiled?.({ compiled: res.value.compiled, bumped: res.revisions.size });
+    if (res.revisions.size) {
+      logger.info({ event: 'policy', project: projectId, instances: [...res.revisions].map(([id, revision]) => ({ id, revision })) }, 'policy revisions bumped');
+      this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()]);
+    }
+    return res.value.result;
+  }
+
+  /** The instance's policy document exactly as its agent receives it, or null. */
+  async policyText(projectId: string, instanceId: string): Promise<{ revision: number; text: string } | null> {
+    const p = await this.deps.store.getPolicy(projectId, instanceId);
+    return p ? { revision: p.revision, text: renderPolicyText(p.revision, p.body) } : null;
+  }
+}

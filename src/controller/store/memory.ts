@@ -1,0 +1,110 @@
+/**
+ * In-memory Store: the fake for unit tests (same contract as the SQLite store,
+ * nothing survives the process).
+ */
+import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
+import { EMPTY_AGENT_STATE, type AgentState, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+
+interface InstanceExtra {
+  body: string | null;
+  tokenHash: string | null;
+  agent: AgentState;
+}
+
+export class MemoryStore implements Store {
+  private projects = new Map<string, ProjectSnapshot>();
+  private extra = new Map<string, InstanceExtra>();
+  private counter = 0;
+  private closed = false;
+
+  private key(projectId: string, instanceId: string): string {
+    return `${projectId}\u0000${instanceId}`;
+  }
+
+  private check(): void {
+    if (this.closed) throw new Error('store is closed');
+  }
+
+  async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
+    this.check();
+    return this.projects.get(projectId) ?? null;
+  }
+
+  async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
+    this.check();
+    const cur = this.projects.get(projectId) ?? null;
+    const { ops, value } = change(cur);
+    const base = cur ?? emptySnapshot(projectId);
+    const applied = applyOps(base, ops);
+    const revisions = new Map<string, number>();
+    for (const o of ops) {
+      if (o.op === 'putInstance' && !this.extra.has(this.key(projectId, o.instance.id))) {
+        this.extra.set(this.key(projectId, o.instance.id), { body: null, tokenHash: null, agent: { ...EMPTY_AGENT_STATE } });
+      } else if (o.op === 'deleteInstance') {
+        this.extra.delete(this.key(projectId, o.id));
+      } else if (o.op === 'setToken') {
+        const x = this.extra.get(this.key(projectId, o.instanceId));
+        if (x) x.tokenHash = o.tokenHash;
+      } else if (o.op === 'setPolicy') {
+        const x = this.extra.get(this.key(projectId, o.instanceId));
+        if (x) x.body = o.body;
+        revisions.set(o.instanceId, ++this.counter);
+      }
+    }
+    const next: ProjectSnapshot = {
+      ...applied,
+      version: base.version + 1,
+      instances: applied.instances.map((i) => (revisions.has(i.id) ? { ...i, revision: revisions.get(i.id)! } : i)),
+    };
+    this.projects.set(projectId, next);
+    return { value, version: next.version, revisions };
+  }
+
+  async getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null> {
+    this.check();
+    const inst = this.projects.get(projectId)?.instances.find((i) => i.id === instanceId);
+    const body = this.extra.get(this.key(projectId, instanceId))?.body;
+    if (!inst || inst.revision === null || !body) return null;
+    return { revision: inst.revision, body };
+  }
+
+  async raiseRevision(projectId: string, instanceId: string, above: number): Promise<StoredPolicy | null> {
+    this.check();
+    const snap = this.projects.get(projectId);
+    const cur = await this.getPolicy(projectId, instanceId);
+    if (!snap || !cur) return null;
+    this.counter = Math.max(this.counter, above) + 1;
+    const revision = this.counter;
+    this.projects.set(projectId, { ...snap, instances: snap.instances.map((i) => (i.id === instanceId ? { ...i, revision } : i)) });
+    return { revision, body: cur.body };
+  }
+
+  async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {
+    this.check();
+    for (const [k, x] of this.extra) {
+      if (x.tokenHash === tokenHash) {
+        const [projectId, instanceId] = k.split('\u0000') as [string, string];
+        return { projectId, instanceId, tokenHash };
+      }
+    }
+    return null;
+  }
+
+  async getAgentState(projectId: string, instanceId: string): Promise<AgentState | null> {
+    this.check();
+    const x = this.extra.get(this.key(projectId, instanceId));
+    return x ? { ...x.agent } : null;
+  }
+
+  async updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean> {
+    this.check();
+    const x = this.extra.get(this.key(projectId, instanceId));
+    if (!x) return false;
+    x.agent = { ...x.agent, ...patch };
+    return true;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}

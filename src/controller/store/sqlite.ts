@@ -1,0 +1,329 @@
+/**
+ * The embedded store: one SQLite file (better-sqlite3, WAL, synchronous=FULL
+ * by default so an acknowledged commit survives kill -9 and power loss).
+ * Every mutation is one `BEGIN IMMEDIATE` transaction (read, decide, write); schema migrations are
+ * versioned in code (`PRAGMA user_version`) and each runs in its own
+ * transaction.
+ *
+ * better-sqlite3 is synchronous: each method runs to completion before it
+ * returns its (already settled) promise, so calls from one process never
+ * interleave inside a transaction. Other processes on the same file wait on
+ * the write lock (`busy_timeout`).
+ */
+import Database from 'better-sqlite3';
+import { SecgroupError } from '../../lib/errors.js';
+import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
+import { EMPTY_AGENT_STATE, type AgentState, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+
+type Db = Database.Database;
+
+/** Schema migrations, in order; never edit a released one, append a new one. */
+export const MIGRATIONS: readonly ((db: Db) => void)[] = [
+  (db) => {
+    db.exec(`
+      CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+      INSERT INTO meta (key, value) VALUES ('revision_counter', 0);
+      CREATE TABLE projects (
+        id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL
+      ) STRICT;
+      CREATE TABLE security_groups (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (project_id, id)
+      ) STRICT;
+      CREATE TABLE rules (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        security_group_id TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        ethertype TEXT NOT NULL,
+        protocol TEXT,
+        multiport TEXT,
+        icmp_type INTEGER,
+        icmp_code INTEGER,
+        remote_ip_prefix TEXT,
+        remote_group_id TEXT,
+        remote_address_group_id TEXT,
+        description TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (project_id, id),
+        FOREIGN KEY (project_id, security_group_id) REFERENCES security_groups (project_id, id)
+      ) STRICT;
+      CREATE INDEX rules_by_group ON rules (project_id, security_group_id);
+      CREATE TABLE address_groups (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        ip_version INTEGER NOT NULL,
+        ip_set TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (project_id, id)
+      ) STRICT;
+      CREATE TABLE instances (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        project_id TEXT NOT NULL REFERENCES projects(id),
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        addresses TEXT NOT NULL,
+        security_groups TEXT NOT NULL,
+        token_sha256 TEXT UNIQUE,
+        revision INTEGER,
+        policy_hash TEXT,
+        policy_body TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (project_id, id)
+      ) STRICT;
+      CREATE TABLE agent_state (
+        project_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (project_id, instance_id),
+        FOREIGN KEY (project_id, instance_id) REFERENCES instances (project_id, id) ON DELETE CASCADE
+      ) STRICT;
+    `);
+  },
+];
+
+export interface SqliteStoreOptions {
+  /** `FULL` (default) survives power loss; `NORMAL` survives process crashes only */
+  synchronous?: 'FULL' | 'NORMAL';
+  /** how long a writer waits for another process's write lock (ms) */
+  busyTimeoutMs?: number;
+}
+
+interface RuleDbRow extends Omit<RuleRow, 'direction' | 'action' | 'ethertype'> {
+  direction: string;
+  action: string;
+  ethertype: string;
+}
+
+/** Opens (creating if needed) and migrates the database; throws SecgroupError STATE_IO. */
+export function openSqliteStore(file: string, opts: SqliteStoreOptions = {}): SqliteStore {
+  let db: Db;
+  try {
+    db = new Database(file);
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
+    db.pragma('foreign_keys = ON');
+    db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
+    migrate(db);
+  } catch (e) {
+    throw new SecgroupError('STATE_IO', `cannot open the controller database ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  return new SqliteStore(db);
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > MIGRATIONS.length) {
+    throw new Error(`database schema version ${current} is newer than this program (${MIGRATIONS.length}); refusing to open it`);
+  }
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      MIGRATIONS[v]!(db);
+      db.pragma(`user_version = ${v + 1}`);
+    }).immediate();
+  }
+}
+
+export class SqliteStore implements Store {
+  private readonly stmt;
+
+  constructor(private readonly db: Db) {
+    this.stmt = {
+      projectVersion: db.prepare<[string], { version: number }>('SELECT version FROM projects WHERE id = ?'),
+      insertProject: db.prepare('INSERT INTO projects (id, version) VALUES (?, 1)'),
+      bumpProject: db.prepare('UPDATE projects SET version = version + 1 WHERE id = ?'),
+      groups: db.prepare<[string], GroupRow>('SELECT id, name, description, created_at, updated_at FROM security_groups WHERE project_id = ? ORDER BY seq'),
+      rules: db.prepare<[string], RuleDbRow>(
+        `SELECT id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
+                remote_ip_prefix, remote_group_id, remote_address_group_id, description, created_at
+           FROM rules WHERE project_id = ? ORDER BY seq`,
+      ),
+      addressGroups: db.prepare<[string], Omit<AddressGroupRow, 'ip_set' | 'ip_version'> & { ip_set: string; ip_version: number }>(
+        'SELECT id, name, description, ip_version, ip_set, created_at, updated_at FROM address_groups WHERE project_id = ? ORDER BY seq',
+      ),
+      instances: db.prepare<[string], Omit<InstanceRow, 'addresses' | 'security_groups'> & { addresses: string; security_groups: string }>(
+        'SELECT id, name, addresses, security_groups, revision, policy_hash, created_at, updated_at FROM instances WHERE project_id = ? ORDER BY seq',
+      ),
+      putGroup: db.prepare(
+        `INSERT INTO security_groups (project_id, id, name, description, created_at, updated_at) VALUES (@project_id, @id, @name, @description, @created_at, @updated_at)
+         ON CONFLICT (project_id, id) DO UPDATE SET name = excluded.name, description = excluded.description, updated_at = excluded.updated_at`,
+      ),
+      deleteGroupRules: db.prepare('DELETE FROM rules WHERE project_id = ? AND security_group_id = ?'),
+      deleteGroup: db.prepare('DELETE FROM security_groups WHERE project_id = ? AND id = ?'),
+      putRule: db.prepare(
+        `INSERT INTO rules (project_id, id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
+                            remote_ip_prefix, remote_group_id, remote_address_group_id, description, created_at)
+         VALUES (@project_id, @id, @security_group_id, @direction, @priority, @action, @ethertype, @protocol, @multiport, @icmp_type, @icmp_code,
+                 @remote_ip_prefix, @remote_group_id, @remote_address_group_id, @description, @created_at)
+         ON CONFLICT (project_id, id) DO UPDATE SET security_group_id = excluded.security_group_id, direction = excluded.direction,
+           priority = excluded.priority, action = excluded.action, ethertype = excluded.ethertype, protocol = excluded.protocol,
+           multiport = excluded.multiport, icmp_type = excluded.icmp_type, icmp_code = excluded.icmp_code,
+           remote_ip_prefix = excluded.remote_ip_prefix, remote_group_id = excluded.remote_group_id,
+           remote_address_group_id = excluded.remote_address_group_id, description = excluded.description`,
+      ),
+      deleteRule: db.prepare('DELETE FROM rules WHERE project_id = ? AND id = ?'),
+      putAddressGroup: db.prepare(
+        `INSERT INTO address_groups (project_id, id, name, description, ip_version, ip_set, created_at, updated_at)
+         VALUES (@project_id, @id, @name, @description, @ip_version, @ip_set, @created_at, @updated_at)
+         ON CONFLICT (project_id, id) DO UPDATE SET name = excluded.name, description = excluded.description, ip_set = excluded.ip_set, updated_at = excluded.updated_at`,
+      ),
+      deleteAddressGroup: db.prepare('DELETE FROM address_groups WHERE project_id = ? AND id = ?'),
+      putInstance: db.prepare(
+        `INSERT INTO instances (project_id, id, name, addresses, security_groups, created_at, updated_at)
+         VALUES (@project_id, @id, @name, @addresses, @security_groups, @created_at, @updated_at)
+         ON CONFLICT (project_id, id) DO UPDATE SET name = excluded.name, addresses = excluded.addresses,
+           security_groups = excluded.security_groups, updated_at = excluded.updated_at`,
+      ),
+      insertAgentState: db.prepare('INSERT OR IGNORE INTO agent_state (project_id, instance_id, state) VALUES (?, ?, ?)'),
+      deleteInstance: db.prepare('DELETE FROM instances WHERE project_id = ? AND id = ?'),
+      setToken: db.prepare('UPDATE instances SET token_sha256 = ? WHERE project_id = ? AND id = ?'),
+      nextRevision: db.prepare<[number], { value: number }>(
+        "UPDATE meta SET value = max(value, ?) + 1 WHERE key = 'revision_counter' RETURNING value",
+      ),
+      setPolicy: db.prepare('UPDATE instances SET revision = ?, policy_hash = ?, policy_body = ? WHERE project_id = ? AND id = ?'),
+      setRevision: db.prepare('UPDATE instances SET revision = ? WHERE project_id = ? AND id = ?'),
+      getPolicy: db.prepare<[string, string], { revision: number | null; policy_body: string | null }>(
+        'SELECT revision, policy_body FROM instances WHERE project_id = ? AND id = ?',
+      ),
+      tokenOwner: db.prepare<[string], { project_id: string; id: string; token_sha256: string }>(
+        'SELECT project_id, id, token_sha256 FROM instances WHERE token_sha256 = ?',
+      ),
+      getAgentState: db.prepare<[string, string], { state: string }>('SELECT state FROM agent_state WHERE project_id = ? AND instance_id = ?'),
+      setAgentState: db.prepare('UPDATE agent_state SET state = ? WHERE project_id = ? AND instance_id = ?'),
+    };
+  }
+
+  private load(projectId: string): ProjectSnapshot | null {
+    const p = this.stmt.projectVersion.get(projectId);
+    if (!p) return null;
+    return {
+      projectId,
+      version: p.version,
+      groups: this.stmt.groups.all(projectId),
+      rules: this.stmt.rules.all(projectId) as RuleRow[],
+      addressGroups: this.stmt.addressGroups.all(projectId).map((a) => ({ ...a, ip_version: a.ip_version as 4 | 6, ip_set: JSON.parse(a.ip_set) as string[] })),
+      instances: this.stmt.instances.all(projectId).map((i) => ({
+        ...i,
+        addresses: JSON.parse(i.addresses) as string[],
+        security_groups: JSON.parse(i.security_groups) as string[],
+      })),
+    };
+  }
+
+  async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
+    return this.db.transaction(() => this.load(projectId)).deferred();
+  }
+
+  async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
+    // IMMEDIATE takes the write lock before reading, so the state `change` sees is the state its ops apply to.
+    return this.db.transaction((): MutateResult<T> => {
+      const cur = this.load(projectId);
+      const { ops, value } = change(cur);
+      if (!cur) this.stmt.insertProject.run(projectId);
+      else this.stmt.bumpProject.run(projectId);
+      const revisions = new Map<string, number>();
+      for (const o of ops) this.apply(projectId, o, revisions);
+      return { value, version: (cur?.version ?? 0) + 1, revisions };
+    }).immediate();
+  }
+
+  private apply(project_id: string, o: Op, revisions: Map<string, number>): void {
+    switch (o.op) {
+      case 'putGroup':
+        this.stmt.putGroup.run({ project_id, ...o.group });
+        break;
+      case 'deleteGroup':
+        this.stmt.deleteGroupRules.run(project_id, o.id);
+        this.stmt.deleteGroup.run(project_id, o.id);
+        break;
+      case 'putRule':
+        this.stmt.putRule.run({ project_id, ...o.rule });
+        break;
+      case 'deleteRule':
+        this.stmt.deleteRule.run(project_id, o.id);
+        break;
+      case 'putAddressGroup':
+        this.stmt.putAddressGroup.run({ project_id, ...o.addressGroup, ip_set: JSON.stringify(o.addressGroup.ip_set) });
+        break;
+      case 'deleteAddressGroup':
+        this.stmt.deleteAddressGroup.run(project_id, o.id);
+        break;
+      case 'putInstance':
+        this.stmt.putInstance.run({
+          project_id,
+          ...o.instance,
+          addresses: JSON.stringify(o.instance.addresses),
+          security_groups: JSON.stringify(o.instance.security_groups),
+        });
+        this.stmt.insertAgentState.run(project_id, o.instance.id, JSON.stringify(EMPTY_AGENT_STATE));
+        break;
+      case 'deleteInstance':
+        this.stmt.deleteInstance.run(project_id, o.id);
+        break;
+      case 'setToken':
+        this.stmt.setToken.run(o.tokenHash, project_id, o.instanceId);
+        break;
+      case 'setPolicy': {
+        const revision = this.stmt.nextRevision.get(0)!.value;
+        this.stmt.setPolicy.run(revision, o.hash, o.body, project_id, o.instanceId);
+        revisions.set(o.instanceId, revision);
+        break;
+      }
+    }
+  }
+
+  async getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null> {
+    const r = this.stmt.getPolicy.get(projectId, instanceId);
+    if (!r || r.revision === null || r.policy_body === null) return null;
+    return { revision: r.revision, body: r.policy_body };
+  }
+
+  async raiseRevision(projectId: string, instanceId: string, above: number): Promise<StoredPolicy | null> {
+    return this.db.transaction((): StoredPolicy | null => {
+      const r = this.stmt.getPolicy.get(projectId, instanceId);
+      if (!r || r.revision === null || r.policy_body === null) return null;
+      const revision = this.stmt.nextRevision.get(above)!.value;
+      this.stmt.setRevision.run(revision, projectId, instanceId);
+      return { revision, body: r.policy_body };
+    }).immediate();
+  }
+
+  async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {
+    const r = this.stmt.tokenOwner.get(tokenHash);
+    return r ? { projectId: r.project_id, instanceId: r.id, tokenHash: r.token_sha256 } : null;
+  }
+
+  async getAgentState(projectId: string, instanceId: string): Promise<AgentState | null> {
+    const r = this.stmt.getAgentState.get(projectId, instanceId);
+    return r ? { ...EMPTY_AGENT_STATE, ...(JSON.parse(r.state) as Partial<AgentState>) } : null;
+  }
+
+  async updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean> {
+    return this.db.transaction((): boolean => {
+      const r = this.stmt.getAgentState.get(projectId, instanceId);
+      if (!r) return false;
+      const next = { ...EMPTY_AGENT_STATE, ...(JSON.parse(r.state) as Partial<AgentState>), ...patch };
+      this.stmt.setAgentState.run(JSON.stringify(next), projectId, instanceId);
+      return true;
+    }).immediate();
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}

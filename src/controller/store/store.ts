@@ -1,0 +1,101 @@
+/**
+ * The controller's persistence boundary. Everything the controller keeps goes
+ * through this interface, so a server database can replace the embedded
+ * SQLite store (`sqlite.ts`) later; `memory.ts` is the in-memory fake.
+ *
+ * Consistency model: one writer per project at a time. `mutate` hands the
+ * project's current state to a synchronous, pure function while holding the
+ * project's write lock (SQLite: `BEGIN IMMEDIATE`; a server database: a row
+ * lock) and commits the ops it returns in the same transaction. If the
+ * function throws, or any op fails, nothing is written.
+ */
+import type { PortReport } from '../../protocol/messages.js';
+import type { Op, ProjectSnapshot } from '../model.js';
+
+export interface StoredPolicy {
+  revision: number;
+  /** the document without `revision` (see `renderPolicyText`) */
+  body: string;
+}
+
+export interface TokenOwner {
+  projectId: string;
+  instanceId: string;
+  tokenHash: string;
+}
+
+export interface AckRecord {
+  revision: number;
+  status: 'applied' | 'failed' | 'rejected';
+  at: string;
+  duration_ms: number | null;
+  digest: string | null;
+  error: { code: string; message: string } | null;
+}
+
+export interface AgentErrorRecord {
+  revision: number | null;
+  code: string;
+  message: string;
+  at: string;
+}
+
+/** What the controller knows about an instance's agent. */
+export interface AgentState {
+  applied_revision: number | null;
+  last_ack: AckRecord | null;
+  last_error: AgentErrorRecord | null;
+  last_seen: string | null;
+  agent_version: string | null;
+  hostname: string | null;
+  ports: PortReport | null;
+  ports_received_at: string | null;
+}
+
+export const EMPTY_AGENT_STATE: AgentState = {
+  applied_revision: null,
+  last_ack: null,
+  last_error: null,
+  last_seen: null,
+  agent_version: null,
+  hostname: null,
+  ports: null,
+  ports_received_at: null,
+};
+
+export interface MutateResult<T> {
+  value: T;
+  /** the project's version after the commit */
+  version: number;
+  /** revisions assigned by `setPolicy` ops, by instance id */
+  revisions: Map<string, number>;
+}
+
+/** Decides a change from the current state (null: the project was never committed). Synchronous and pure. */
+export type ChangeFn<T> = (current: ProjectSnapshot | null) => { ops: readonly Op[]; value: T };
+
+export interface Store {
+  /** The project's state, or null when it has never been committed. */
+  loadProject(projectId: string): Promise<ProjectSnapshot | null>;
+  /**
+   * Runs `change` on the project's current state under its write lock and
+   * commits the returned ops atomically; the project is created by its first
+   * commit. Each `setPolicy` gets a revision greater than every revision the
+   * store ever handed out, so revisions per instance only grow (also across
+   * restarts and delete/re-create). Throws what `change` throws, or on storage
+   * failure; either way nothing is written.
+   */
+  mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>>;
+  getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null>;
+  /**
+   * Gives the instance's current document a new revision greater than `above`
+   * (an agent reported a newer applied revision, e.g. after a database restore).
+   */
+  raiseRevision(projectId: string, instanceId: string, above: number): Promise<StoredPolicy | null>;
+  findTokenOwner(tokenHash: string): Promise<TokenOwner | null>;
+  /** null when the instance does not exist */
+  getAgentState(projectId: string, instanceId: string): Promise<AgentState | null>;
+  /** false when the instance does not exist (nothing written) */
+  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,196 @@
+/* eslint-disable @typescript-eslint/no-explicit-any -- response bodies are untyped JSON, checked by the assertions */
+import { describe, expect, it, beforeEach, afterEach } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parsePolicy } from '../../src/policy/schema.js';
+import { openSqliteStore } from '../../src/controller/store/sqlite.js';
+import { call, makeApi, rule, seed, type TestApi } from './controller-helpers.js';
+
+const A = '/v3/proj-a';
+
+async function policyOf(t: TestApi, id: string, project = 'proj-a') {
+  const r = await call(t.app, 'GET', `/v3/${project}/instances/${id}/policy`);
+  expect(r.status).toBe(200);
+  return { text: r.text, policy: parsePolicy(JSON.parse(r.text)) };
+}
+
+async function revisionOf(t: TestApi, id: string): Promise<number> {
+  return (await call(t.app, 'GET', `${A}/instances/${id}/status`)).body.status.desired_revision;
+}
+
+describe('the policy document', () => {
+  let t: TestApi;
+  beforeEach(() => {
+    t = makeApi();
+  });
+
+  it('is the SEMANTICS section 8 document, with a fixed field order, and passes parsePolicy', async () => {
+    await seed(t.app);
+    const { text, policy } = await policyOf(t, 'ecs-web-1');
+    expect(Object.keys(JSON.parse(text))).toEqual(['revision', 'instance', 'security_groups', 'address_groups', 'group_members']);
+    expect(policy.security_groups.map((g) => g.id)).toEqual(['sg-web', 'default']);
+    const http = JSON.parse(text).security_groups[0].rules.find((r: any) => r.id === 'r-http');
+    expect(JSON.stringify(http)).toBe(
+      '{"id":"r-http","direction":"ingress","priority":1,"action":"allow","ethertype":"IPv4","protocol":"tcp","multiport":"80","remote_ip_prefix":"0.0.0.0/0"}',
+    );
+    expect(policy.group_members).toEqual({ default: ['198.18.0.10', 'fd00:5ec::10'] });
+    // descriptions never reach the document
+    expect(text).not.toContain('description');
+  });
+
+  it('is byte-identical between GET .../policy and the stored text, and deterministic for the same state', async () => {
+    await seed(t.app);
+    const a = await policyOf(t, 'ecs-web-1');
+    expect((await t.service.policyText('proj-a', 'ecs-web-1'))!.text).toBe(a.text);
+    const t2 = makeApi();
+    await seed(t2.app);
+    expect((await policyOf(t2, 'ecs-web-1')).text).toBe(a.text);
+  });
+
+  it('lists group members sorted and deduplicated, only in the families referencing rules use', async () => {
+    await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-app', name: 'app' } });
+    await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } });
+    await call(t.app, 'POST', `${A}/vpc/security-group-rules`, {
+      security_group_rule: { security_group_id: 'sg-web', ...rule({ remote_ip_prefix: null, remote_group_id: 'sg-app' }) },
+    });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app2', addresses: ['198.18.0.21', 'fd00:5ec::21'], security_groups: ['sg-app'] } });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app1', addresses: ['198.18.0.3', 'fd00:5ec::20'], security_groups: ['sg-app'] } });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'web1', addresses: ['198.18.0.10'], security_groups: ['sg-web'] } });
+    const { policy } = await policyOf(t, 'web1');
+    expect(policy.group_members).toEqual({ 'sg-app': ['198.18.0.3', '198.18.0.21'] });
+    expect(policy.address_groups).toEqual([]);
+  });
+
+  it('includes referenced address groups, sorted by id', async () => {
+    for (const id of ['ag-z', 'ag-a']) await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { id, name: id, ip_version: 4, ip_set: ['203.0.113.0/24'] } });
+    await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } });
+    for (const [ag, port] of [['ag-z', '22'], ['ag-a', '23']]) {
+      await call(t.app, 'POST', `${A}/vpc/security-group-rules`, {
+        security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: port, remote_ip_prefix: null, remote_address_group_id: ag }) },
+      });
+    }
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'web1', addresses: ['198.18.0.10'], security_groups: ['sg-web'] } });
+    const { policy, text } = await policyOf(t, 'web1');
+    expect(policy.address_groups.map((a) => a.id)).toEqual(['ag-a', 'ag-z']);
+    expect(JSON.stringify(JSON.parse(text).address_groups[0])).toBe('{"id":"ag-a","ip_version":4,"ip_set":["203.0.113.0/24"]}');
+  });
+});
+
+describe('recompiling after a change', () => {
+  let t: TestApi;
+  const pushedSince = (n: number) => t.pushed.slice(n).flatMap((p) => p.instances).sort();
+
+  beforeEach(async () => {
+    t = makeApi();
+    // web1 in sg-web, whose IPv4 rule allows sg-app; app1 in sg-app; db1 in sg-db with an address-group rule; other in default
+    for (const id of ['sg-web', 'sg-app', 'sg-db']) await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id, name: id } });
+    await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { id: 'ag-ops', name: 'ops', ip_version: 4, ip_set: ['203.0.113.0/24'] } });
+    await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ remote_ip_prefix: null, remote_group_id: 'sg-app' }) } });
+    await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-db', ...rule({ multiport: '5432', remote_ip_prefix: null, remote_address_group_id: 'ag-ops' }) } });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'web1', addresses: ['198.18.0.10'], security_groups: ['sg-web'] } });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app1', addresses: ['198.18.0.20'], security_groups: ['sg-app'] } });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'db1', addresses: ['198.18.0.30'], security_groups: ['sg-db'] } });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'other', addresses: ['198.18.0.40'], security_groups: ['default'] } });
+  });
+
+  it('a new instance is compiled and pushed; instances whose rules reference its groups too', async () => {
+    const n = t.pushed.length;
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app2', addresses: ['198.18.0.21'], security_groups: ['sg-app'] } });
+    expect(pushedSince(n)).toEqual(['app2', 'web1']);
+  });
+
+  it('a rule change reaches only the members of its group', async () => {
+    const n = t.pushed.length;
+    const before = await revisionOf(t, 'db1');
+    await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-db', ...rule({ multiport: '22' }) } });
+    expect(pushedSince(n)).toEqual(['db1']);
+    expect(await revisionOf(t, 'db1')).toBeGreaterThan(before);
+  });
+
+  it('an address change reaches the instance and the instances whose rules reference its groups', async () => {
+    const n = t.pushed.length;
+    const db = await revisionOf(t, 'db1');
+    await call(t.app, 'PUT', `${A}/instances/app1`, { instance: { addresses: ['198.18.0.22'] } });
+    expect(pushedSince(n)).toEqual(['app1', 'web1']);
+    expect((await policyOf(t, 'web1')).policy.group_members['sg-app']).toEqual(['198.18.0.22']);
+    expect(await revisionOf(t, 'db1')).toBe(db);
+  });
+
+  it('an address of a family no referencing rule uses changes only the instance itself', async () => {
+    const n = t.pushed.length;
+    await call(t.app, 'PUT', `${A}/instances/app1`, { instance: { addresses: ['198.18.0.20', 'fd00:5ec::20'] } });
+    expect(pushedSince(n)).toEqual(['app1']);
+  });
+
+  it('an address group change reaches only instances whose rules use it', async () => {
+    const n = t.pushed.length;
+    await call(t.app, 'PUT', `${A}/vpc/address-groups/ag-ops`, { address_group: { ip_set: ['203.0.113.0/25'] } });
+    expect(pushedSince(n)).toEqual(['db1']);
+  });
+
+  it('membership changes (group order, join, leave, delete) reach exactly the affected instances', async () => {
+    let n = t.pushed.length;
+    await call(t.app, 'PUT', `${A}/instances/other`, { instance: { security_groups: ['default', 'sg-app'] } });
+    expect(pushedSince(n)).toEqual(['other', 'web1']);
+    n = t.pushed.length;
+    await call(t.app, 'PUT', `${A}/instances/other`, { instance: { security_groups: ['sg-app', 'default'] } });
+    expect(pushedSince(n)).toEqual(['other']);
+    n = t.pushed.length;
+    await call(t.app, 'DELETE', `${A}/instances/app1`);
+    expect(pushedSince(n)).toEqual(['web1']);
+  });
+
+  it('changes that do not change a document bump nothing', async () => {
+    const n = t.pushed.length;
+    const revs = await Promise.all(['web1', 'app1', 'db1', 'other'].map((i) => revisionOf(t, i)));
+    await call(t.app, 'PUT', `${A}/vpc/security-groups/sg-web`, { security_group: { description: 'descriptions are not enforced' } });
+    await call(t.app, 'PUT', `${A}/instances/app1`, { instance: { addresses: ['198.18.0.20'], name: 'renamed' } });
+    await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { name: 'unused', ip_version: 4, ip_set: ['10.0.0.0/8'] } });
+    await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { name: 'empty' } });
+    expect(t.pushed.length).toBe(n);
+    expect(await Promise.all(['web1', 'app1', 'db1', 'other'].map((i) => revisionOf(t, i)))).toEqual(revs);
+    // a group rename is in the document
+    await call(t.app, 'PUT', `${A}/vpc/security-groups/sg-web`, { security_group: { name: 'web-renamed' } });
+    expect(pushedSince(n)).toEqual(['web1']);
+  });
+
+  it('revisions only grow', async () => {
+    const seen: number[] = [await revisionOf(t, 'db1')];
+    for (const port of ['1', '2', '3']) {
+      await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-db', ...rule({ multiport: port }) } });
+      seen.push(await revisionOf(t, 'db1'));
+    }
+    expect([...seen].sort((a, b) => a - b)).toEqual(seen);
+    expect(new Set(seen).size).toBe(seen.length);
+  });
+});
+
+describe('revisions across restarts and re-creation', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'sg-rev-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('keep growing after reopening the database and when an instance is deleted and created again', async () => {
+    const file = join(dir, 'c.db');
+    let store = openSqliteStore(file);
+    let t = makeApi({ store });
+    await seed(t.app);
+    const r1 = (await policyOf(t, 'ecs-web-1')).policy.revision;
+    await store.close();
+
+    store = openSqliteStore(file);
+    t = makeApi({ store });
+    const reopened = await policyOf(t, 'ecs-web-1');
+    expect(reopened.policy.revision).toBe(r1);
+    await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '443' }) } });
+    const r2 = (await policyOf(t, 'ecs-web-1')).policy.revision;
+    expect(r2).toBeGreaterThan(r1);
+    await call(t.app, 'DELETE', `${A}/instances/ecs-web-1`);
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'ecs-web-1', addresses: ['198.18.0.10'], security_groups: ['sg-web'] } });
+    expect((await policyOf(t, 'ecs-web-1')).policy.revision).toBeGreaterThan(r2);
+    await store.close();
+  });
+});

@@ -1,0 +1,152 @@
+import { describe, expect, it, beforeEach, afterEach } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CommanderError } from 'commander';
+import { loadControllerConfig, parseControllerConfig } from '../../src/controller/config.js';
+import { DEFAULT_QUOTAS } from '../../src/controller/domain.js';
+import { hashToken } from '../../src/controller/tokens.js';
+import { isSecgroupError, ValidationError } from '../../src/lib/errors.js';
+import { buildProgram } from '../../src/cli/program.js';
+import { CliExit, type CliIo } from '../../src/cli/io.js';
+
+const TOKENS = { tokens: [{ name: 'admin', token: 'admin-token-0123456789' }] };
+
+function issuesOf(input: unknown): string[] {
+  try {
+    parseControllerConfig(input);
+  } catch (e) {
+    if (e instanceof ValidationError) return e.issues.map((i) => `${i.path}: ${i.message}`);
+    throw e;
+  }
+  return [];
+}
+
+describe('controller configuration', () => {
+  it('fills every default', () => {
+    const c = parseControllerConfig({ api: TOKENS });
+    expect(c).toEqual({
+      listen: { host: '127.0.0.1', port: 8443 },
+      data_dir: '/var/lib/secgroup-controller',
+      tls: null,
+      api: { tokens: [{ name: 'admin', token: 'admin-token-0123456789', projects: ['*'] }], max_body_bytes: 1048576 },
+      quotas: DEFAULT_QUOTAS,
+      agents: { heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5 },
+      store: { synchronous: 'FULL' },
+      log: { level: 'info' },
+      metrics: { process_metrics: true },
+    });
+  });
+
+  it('names every problem', () => {
+    expect(issuesOf({})).toEqual(['api: is required (object)']);
+    expect(issuesOf({ api: { tokens: [] } })).toEqual([expect.stringMatching(/^api\.tokens: .*at least one API token/)]);
+    expect(issuesOf({ api: { tokens: [{ name: 'a', token: 'short' }] } })).toEqual(['api.tokens[0].token: the string "short": must be at least 16 characters']);
+    expect(issuesOf({ api: { tokens: [{ name: 'a', token: 'x'.repeat(16), token_sha256: hashToken('x') }] } })).toEqual([
+      'api.tokens[0]: set exactly one of token and token_sha256',
+    ]);
+    expect(issuesOf({ api: { tokens: [{ name: 'a', token_sha256: 'ABC' }] } })[0]).toMatch(/^api\.tokens\[0\]\.token_sha256: .*64 lower-case hex/);
+    expect(issuesOf({ api: TOKENS, quotas: { rules_per_group: 0 } })[0]).toMatch(/^quotas\.rules_per_group/);
+    expect(issuesOf({ api: TOKENS, listen: { port: 70000 } })[0]).toMatch(/^listen\.port/);
+    expect(issuesOf({ api: TOKENS, lsten: {} })).toEqual(['lsten: unknown field (a typo must not silently change a policy)']);
+    expect(issuesOf({ api: TOKENS, log: { level: 'loud' } })[0]).toMatch(/^log\.level/);
+  });
+
+  describe('files', () => {
+    let dir: string;
+    beforeEach(() => {
+      dir = mkdtempSync(join(tmpdir(), 'sg-cfg-'));
+    });
+    afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+    it('reads YAML and resolves relative paths against the file', async () => {
+      const file = join(dir, 'controller.yaml');
+      writeFileSync(file, 'data_dir: data\ntls:\n  cert: tls/cert.pem\n  key: tls/key.pem\napi:\n  tokens:\n    - name: admin\n      token: admin-token-0123456789\n');
+      const c = await loadControllerConfig(file);
+      expect(c.data_dir).toBe(join(dir, 'data'));
+      expect(c.tls).toEqual({ cert: join(dir, 'tls/cert.pem'), key: join(dir, 'tls/key.pem') });
+    });
+
+    it('reports unreadable and unparsable files', async () => {
+      await expect(loadControllerConfig(join(dir, 'missing.yaml'))).rejects.toSatisfy((e) => isSecgroupError(e, 'CONFIG_INVALID'));
+      const file = join(dir, 'bad.json');
+      writeFileSync(file, '{ "api": ');
+      await expect(loadControllerConfig(file)).rejects.toThrow(/not valid JSON/);
+    });
+  });
+});
+
+describe('secgroup controller (CLI)', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'sg-cli-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  function makeIo(stopSignal?: () => Promise<string>) {
+    const io = { out: '', err: '' };
+    const cli: CliIo = { out: (s) => void (io.out += s), err: (s) => void (io.err += s), env: {}, ...(stopSignal ? { stopSignal } : {}) };
+    return { io, cli };
+  }
+
+  async function run(argv: string[], cli: CliIo): Promise<number> {
+    try {
+      await buildProgram(cli).parseAsync(argv, { from: 'user' });
+      return 0;
+    } catch (e) {
+      if (e instanceof CliExit) return e.exitCode;
+      if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+      throw e;
+    }
+  }
+
+  async function freePort(): Promise<number> {
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    const port = (srv.address() as { port: number }).port;
+    await new Promise<void>((r) => srv.close(() => r()));
+    return port;
+  }
+
+  it('--check validates the file; problems exit 2 with every issue', async () => {
+    const good = join(dir, 'good.yaml');
+    writeFileSync(good, 'api:\n  tokens:\n    - { name: admin, token: admin-token-0123456789 }\n');
+    const a = makeIo();
+    expect(await run(['controller', '--config', good, '--check'], a.cli)).toBe(0);
+    expect(a.io.out).toMatch(/good\.yaml: valid \(listen 127\.0\.0\.1:8443/);
+    const bad = join(dir, 'bad.yaml');
+    writeFileSync(bad, 'api:\n  tokens: []\nquotas:\n  rules_per_grop: 3\n');
+    const b = makeIo();
+    expect(await run(['controller', '--config', bad, '--check'], b.cli)).toBe(2);
+    expect(b.io.err).toMatch(/api\.tokens/);
+    expect(b.io.err).toMatch(/quotas\.rules_per_grop: unknown field/);
+  });
+
+  it('runs the controller until the stop signal, then shuts down gracefully', async () => {
+    const port = await freePort();
+    const file = join(dir, 'c.yaml');
+    writeFileSync(file, `listen: { host: 127.0.0.1, port: ${port} }\ndata_dir: data\nlog: { level: silent }\napi:\n  tokens:\n    - { name: admin, token: admin-token-0123456789 }\n`);
+    let stop!: (s: string) => void;
+    const { cli } = makeIo(() => new Promise((r) => (stop = r)));
+    const running = run(['controller', '--config', file], cli);
+    let health: unknown = null;
+    for (let i = 0; i < 100 && !health; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      health = await fetch(`http://127.0.0.1:${port}/healthz`)
+        .then((r) => r.json())
+        .catch(() => null);
+    }
+    expect(health).toEqual({ status: 'ok', agents_connected: 0 });
+    const created = await fetch(`http://127.0.0.1:${port}/v3/p/vpc/security-groups`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-auth-token': 'admin-token-0123456789' },
+      body: JSON.stringify({ security_group: { name: 'web' } }),
+    });
+    expect(created.status).toBe(201);
+    stop('SIGTERM');
+    expect(await running).toBe(0);
+    expect(existsSync(join(dir, 'data', 'controller.db'))).toBe(true);
+    await expect(fetch(`http://127.0.0.1:${port}/healthz`)).rejects.toThrow();
+  });
+});

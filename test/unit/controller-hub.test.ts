@@ -1,0 +1,391 @@
+/* eslint-disable @typescript-eslint/no-explicit-any -- frames and bodies are untyped JSON, checked by the assertions */
+/**
+ * The agent hub with real WebSocket clients on 127.0.0.1 against a started
+ * controller (in-process); time is a FakeClock, so heartbeats and the hello
+ * timeout fire only when a test advances it.
+ */
+import { describe, expect, it, beforeEach, afterEach } from 'vitest';
+import WebSocket from 'ws';
+import { FakeClock } from '../../src/lib/clock.js';
+import { silentLogger } from '../../src/lib/logger.js';
+import { createController, type Controller, type ControllerAddress } from '../../src/controller/controller.js';
+import { parseControllerConfig } from '../../src/controller/config.js';
+import { openSqliteStore } from '../../src/controller/store/sqlite.js';
+import type { Store } from '../../src/controller/store/store.js';
+import { PROTOCOL_VERSION, controllerMessageSchema, welcomeSchema } from '../../src/protocol/messages.js';
+import { parsePolicy } from '../../src/policy/schema.js';
+import { ADMIN, countingRandom, rule } from './controller-helpers.js';
+
+const A = '/v3/proj-a';
+const H = { 'x-auth-token': ADMIN };
+
+let clock: FakeClock;
+let store: Store;
+let ctl: Controller;
+let addr: ControllerAddress;
+
+beforeEach(async () => {
+  clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
+  store = openSqliteStore(':memory:');
+  const config = parseControllerConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    api: { tokens: [{ name: 'admin', token: ADMIN }] },
+    agents: { heartbeat_interval_ms: 1000, hello_timeout_ms: 500, max_message_bytes: 8192, rate_burst: 10, rate_per_second: 1 },
+    metrics: { process_metrics: false },
+  });
+  ctl = createController({ config, clock, store, logger: silentLogger(), random: countingRandom() });
+  addr = await ctl.start();
+});
+
+afterEach(async () => {
+  await ctl.stop();
+  await store.close();
+});
+
+async function api(method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: object) {
+  const r = await ctl.app.inject({ method, url, headers: H, ...(payload ? { payload } : {}) });
+  return { status: r.statusCode, text: r.body, body: r.body ? JSON.parse(r.body) : null };
+}
+
+async function createInstance(id: string, groups: string[], addresses: string[]): Promise<string> {
+  const r = await api('POST', `${A}/instances`, { instance: { id, addresses, security_groups: groups } });
+  expect(r.status).toBe(201);
+  return r.body.token;
+}
+
+/** A test agent: collects frames (raw and parsed) and close events. */
+class Agent {
+  readonly frames: string[] = [];
+  private waiters: (() => void)[] = [];
+  private read = 0;
+  readonly closed: Promise<{ code: number; reason: string }>;
+  readonly opened: Promise<void>;
+
+  constructor(
+    readonly ws: WebSocket,
+  ) {
+    ws.on('message', (d) => {
+      this.frames.push(d.toString());
+      for (const w of this.waiters.splice(0)) w();
+    });
+    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+    this.opened = new Promise((resolve, reject) => {
+      ws.on('open', () => resolve());
+      ws.on('error', reject);
+    });
+  }
+
+  static async connect(token: string, opts: WebSocket.ClientOptions = {}): Promise<Agent> {
+    const a = new Agent(new WebSocket(addr.agentUrl, { headers: { authorization: `Bearer ${token}` }, ...opts }));
+    await a.opened;
+    return a;
+  }
+
+  /** The next frame not yet consumed (raw text). */
+  async nextRaw(timeoutMs = 2000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.read >= this.frames.length) {
+      if (Date.now() > deadline) throw new Error(`no frame within ${timeoutMs} ms (got ${this.frames.length})`);
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 20);
+      });
+    }
+    return this.frames[this.read++]!;
+  }
+
+  async next(): Promise<any> {
+    const raw = await this.nextRaw();
+    const msg = JSON.parse(raw);
+    expect(controllerMessageSchema.safeParse(msg).success, raw).toBe(true);
+    return msg;
+  }
+
+  send(msg: unknown): void {
+    this.ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg));
+  }
+
+  hello(instanceId: string, applied: number | null = null): void {
+    this.send({ type: 'hello', protocol: PROTOCOL_VERSION, instance_id: instanceId, agent_version: '0.1.0', applied_revision: applied, hostname: `host-${instanceId}` });
+  }
+
+  /** hello, then welcome (+ policy when behind); returns the policy frame's document text, if any */
+  async handshake(instanceId: string, applied: number | null = null): Promise<{ welcome: any; policyText: string | null }> {
+    this.hello(instanceId, applied);
+    const welcome = await this.next();
+    expect(welcomeSchema.parse(welcome)).toEqual(welcome);
+    if (welcome.desired_revision !== null && (applied === null || applied < welcome.desired_revision)) {
+      const raw = await this.nextRaw();
+      expect(raw.startsWith('{"type":"policy","policy":')).toBe(true);
+      return { welcome, policyText: raw.slice('{"type":"policy","policy":'.length, -1) };
+    }
+    return { welcome, policyText: null };
+  }
+
+  /** Proves nothing else is queued: a duplicate hello must be answered by an error, which arrives after anything sent before. */
+  async expectNothingPending(instanceId: string): Promise<void> {
+    this.hello(instanceId);
+    const m = await this.next();
+    expect(m).toMatchObject({ type: 'error', error: { code: 'PROTOCOL' } });
+    expect(m.error.message).toMatch(/hello was already received/);
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+}
+
+function rejectedStatus(token: string | null, path = '/v1/agent'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(addr.agentUrl.replace('/v1/agent', path), token ? { headers: { authorization: `Bearer ${token}` } } : {});
+    ws.on('unexpected-response', (_req, res) => {
+      resolve(res.statusCode ?? 0);
+      ws.terminate();
+    });
+    ws.on('open', () => reject(new Error('the upgrade was accepted')));
+    ws.on('error', () => undefined);
+  });
+}
+
+async function seedWeb(): Promise<string> {
+  await api('POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } });
+  await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule() } });
+  return createInstance('ecs-web-1', ['sg-web', 'default'], ['198.18.0.10']);
+}
+
+describe('agent hub', () => {
+  it('refuses the upgrade without a token, with an unknown token, and on other paths', async () => {
+    const token = await seedWeb();
+    expect(await rejectedStatus(null)).toBe(401);
+    expect(await rejectedStatus('sgi_not_a_token')).toBe(401);
+    expect(await rejectedStatus(ADMIN)).toBe(401);
+    expect(await rejectedStatus(token, '/v1/other')).toBe(404);
+  });
+
+  it('hello -> welcome and the policy, byte-identical to GET .../policy', async () => {
+    const token = await seedWeb();
+    const agent = await Agent.connect(token);
+    const { welcome, policyText } = await agent.handshake('ecs-web-1');
+    const http = await api('GET', `${A}/instances/ecs-web-1/policy`);
+    expect(welcome).toEqual({ type: 'welcome', protocol: PROTOCOL_VERSION, instance_id: 'ecs-web-1', desired_revision: JSON.parse(http.text).revision });
+    expect(policyText).toBe(http.text);
+    expect(parsePolicy(JSON.parse(policyText!)).instance.id).toBe('ecs-web-1');
+    expect((await api('GET', `${A}/instances/ecs-web-1/status`)).body.status).toMatchObject({ connected: true, agent: { version: '0.1.0', hostname: 'host-ecs-web-1' } });
+    agent.close();
+  });
+
+  it('sends no policy when the agent already applied the desired revision', async () => {
+    const token = await seedWeb();
+    const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
+    const agent = await Agent.connect(token);
+    const { policyText } = await agent.handshake('ecs-web-1', desired);
+    expect(policyText).toBeNull();
+    await agent.expectNothingPending('ecs-web-1');
+    agent.close();
+  });
+
+  it('re-issues the document above the agent\'s revision when the agent is ahead (e.g. restored database)', async () => {
+    const token = await seedWeb();
+    const agent = await Agent.connect(token);
+    const { welcome, policyText } = await agent.handshake('ecs-web-1', 1000);
+    expect(welcome.desired_revision).toBeGreaterThan(1000);
+    expect(JSON.parse(policyText!).revision).toBe(welcome.desired_revision);
+    expect((await api('GET', `${A}/instances/ecs-web-1/policy`)).text).toBe(policyText);
+    agent.close();
+  });
+
+  it('records acks (applied and failed) and port reports', async () => {
+    const token = await seedWeb();
+    const agent = await Agent.connect(token);
+    const { welcome } = await agent.handshake('ecs-web-1');
+    const rev = welcome.desired_revision;
+    agent.send({ type: 'ack', revision: rev, status: 'failed', duration_ms: 12, error: { code: 'NFT_FAILED', message: 'nft: syntax error' } });
+    agent.send({ type: 'ack', revision: rev, status: 'applied', duration_ms: 8, digest: 'abc' });
+    const report = {
+      revision: rev,
+      source: 'ss',
+      generated_at: '2024-05-01T12:00:00Z',
+      entries: [
+        {
+          protocol: 'tcp',
+          port: 80,
+          family: 4,
+          status: 'open',
+          listeners: [{ address: '0.0.0.0', process: 'nginx' }],
+          allowed_by: [{ group_id: 'sg-web', rule_id: 'r-http', peers: '0.0.0.0/0' }],
+          denied_by: [],
+        },
+        { protocol: 'tcp', port: 5432, family: null, status: 'local-only', listeners: [{ address: '127.0.0.1', process: null }], allowed_by: [], denied_by: [] },
+      ],
+    };
+    agent.send({ type: 'ports', report });
+    await agent.expectNothingPending('ecs-web-1');
+    const st = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status;
+    expect(st).toMatchObject({
+      desired_revision: rev,
+      applied_revision: rev,
+      in_sync: true,
+      connected: true,
+      last_ack: { revision: rev, status: 'applied', duration_ms: 8, digest: 'abc', error: null, at: '2024-05-01T12:00:00Z' },
+      last_error: { revision: rev, code: 'NFT_FAILED', message: 'nft: syntax error' },
+    });
+    const ports = (await api('GET', `${A}/instances/ecs-web-1/ports`)).body;
+    expect(ports).toMatchObject({ instance_id: 'ecs-web-1', received_at: '2024-05-01T12:00:00Z', report });
+    const metrics = (await ctl.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(metrics).toMatch(/secgroup_controller_acks_total\{status="applied"\} 1/);
+    expect(metrics).toMatch(/secgroup_controller_acks_total\{status="failed"\} 1/);
+    expect(metrics).toMatch(/secgroup_controller_agents_connected 1/);
+    expect(metrics).toMatch(/secgroup_controller_policy_pushes_total\{reason="hello"\} 1/);
+    agent.close();
+  });
+
+  it('a new connection replaces the old one', async () => {
+    const token = await seedWeb();
+    const first = await Agent.connect(token);
+    await first.handshake('ecs-web-1');
+    const second = await Agent.connect(token);
+    expect(await first.closed).toEqual({ code: 4000, reason: 'replaced by a newer connection' });
+    await second.handshake('ecs-web-1');
+    expect((await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.connected).toBe(true);
+    expect(ctl.hub.connectedCount).toBe(1);
+    second.close();
+  });
+
+  it('a token for instance X can never act as instance Y', async () => {
+    await seedWeb();
+    const tokenX = await createInstance('ecs-x', ['default'], ['198.18.0.50']);
+    const agent = await Agent.connect(tokenX);
+    agent.hello('ecs-web-1');
+    expect(await agent.next()).toMatchObject({ type: 'error', error: { code: 'FORBIDDEN' } });
+    expect((await agent.closed).code).toBe(1008);
+    expect((await api('GET', `${A}/instances/ecs-web-1/status`)).body.status).toMatchObject({ connected: false, agent: { version: null } });
+    // and its own acks land on X only
+    const again = await Agent.connect(tokenX);
+    const { welcome } = await again.handshake('ecs-x');
+    again.send({ type: 'ack', revision: welcome.desired_revision, status: 'applied' });
+    await again.expectNothingPending('ecs-x');
+    expect((await api('GET', `${A}/instances/ecs-x/status`)).body.status.applied_revision).toBe(welcome.desired_revision);
+    expect((await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.applied_revision).toBeNull();
+    again.close();
+  });
+
+  it('a token of another project cannot reach this project\'s instances', async () => {
+    await seedWeb();
+    const other = await ctl.app.inject({ method: 'POST', url: '/v3/proj-b/instances', headers: H, payload: { instance: { id: 'ecs-web-1' } } });
+    const tokenB = other.json().token as string;
+    const agent = await Agent.connect(tokenB);
+    const { policyText } = await agent.handshake('ecs-web-1');
+    expect(JSON.parse(policyText!).group_members.default).toEqual([]);
+    expect((await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.connected).toBe(false);
+    agent.close();
+  });
+
+  it('pushes a change only to the agents of affected instances', async () => {
+    const tokenWeb = await seedWeb();
+    await api('POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-db', name: 'db' } });
+    const tokenDb = await createInstance('db1', ['sg-db'], ['198.18.0.30']);
+    const web = await Agent.connect(tokenWeb);
+    const db = await Agent.connect(tokenDb);
+    const w0 = await web.handshake('ecs-web-1');
+    await db.handshake('db1');
+    await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '443' }) } });
+    const pushed = await web.nextRaw();
+    const doc = JSON.parse(pushed).policy;
+    expect(doc.revision).toBeGreaterThan(w0.welcome.desired_revision);
+    expect(doc.security_groups[0].rules.map((r: any) => r.multiport).filter(Boolean)).toEqual(['80', '443']);
+    expect(pushed).toBe(`{"type":"policy","policy":${(await api('GET', `${A}/instances/ecs-web-1/policy`)).text}}`);
+    await db.expectNothingPending('db1');
+    await web.expectNothingPending('ecs-web-1');
+    expect((await ctl.app.inject({ method: 'GET', url: '/metrics' })).body).toMatch(/secgroup_controller_policy_pushes_total\{reason="change"\} 1/);
+    web.close();
+    db.close();
+  });
+
+  it('rotating the token closes the connection and the old token stops working; deleting the instance closes it too', async () => {
+    const token = await seedWeb();
+    const agent = await Agent.connect(token);
+    await agent.handshake('ecs-web-1');
+    const rotated = await api('POST', `${A}/instances/ecs-web-1/rotate-token`);
+    expect(await agent.closed).toEqual({ code: 4001, reason: 'token rotated' });
+    expect(await rejectedStatus(token)).toBe(401);
+    const again = await Agent.connect(rotated.body.token);
+    await again.handshake('ecs-web-1');
+    await api('DELETE', `${A}/instances/ecs-web-1`);
+    expect((await again.closed).code).toBe(4002);
+    expect(await rejectedStatus(rotated.body.token)).toBe(401);
+  });
+
+  it('protocol errors: first frame not a hello, wrong protocol version, invalid frames after hello', async () => {
+    const token = await seedWeb();
+    const a = await Agent.connect(token);
+    a.send({ type: 'ack', revision: 1, status: 'applied' });
+    expect(await a.next()).toMatchObject({ type: 'error', error: { code: 'PROTOCOL' } });
+    expect((await a.closed).code).toBe(1008);
+
+    const b = await Agent.connect(token);
+    b.send({ type: 'hello', protocol: 99, instance_id: 'ecs-web-1', agent_version: 'x', applied_revision: null });
+    expect((await b.next()).error.message).toMatch(/protocol version 99 is not supported/);
+    expect((await b.closed).code).toBe(1008);
+
+    const c = await Agent.connect(token);
+    await c.handshake('ecs-web-1');
+    c.send('not json');
+    expect((await c.next()).error.message).toMatch(/not JSON/);
+    c.send({ type: 'ack', revision: -1, status: 'applied' });
+    expect((await c.next()).error.message).toMatch(/revision/);
+    c.send({ type: 'ack', revision: 1, status: 'applied', extra: true });
+    expect((await c.next()).type).toBe('error');
+    c.ws.send(Buffer.from([1, 2, 3]), { binary: true });
+    expect((await c.next()).error.message).toMatch(/binary/);
+    await c.expectNothingPending('ecs-web-1');
+    expect(c.ws.readyState).toBe(WebSocket.OPEN);
+    c.close();
+  });
+
+  it('bounds frame size and rate', async () => {
+    const token = await seedWeb();
+    const big = await Agent.connect(token);
+    await big.handshake('ecs-web-1');
+    big.send('x'.repeat(9000));
+    expect((await big.closed).code).toBe(1009);
+
+    const fast = await Agent.connect(token);
+    await fast.handshake('ecs-web-1');
+    // burst 10 (hello was 1), no refill: the FakeClock does not move
+    for (let i = 0; i < 12; i++) fast.send({ type: 'ack', revision: 1, status: 'applied' });
+    expect((await fast.closed).code).toBe(1008);
+    expect(fast.frames.some((f) => /frames in a burst/.test(f))).toBe(true);
+  });
+
+  it('closes connections that send no hello in time, and agents that stop answering pings', async () => {
+    const token = await seedWeb();
+    const silent = await Agent.connect(token);
+    await clock.advance(600);
+    expect((await silent.closed).code).toBe(1008);
+
+    const dead = await Agent.connect(token, { autoPong: false });
+    await dead.handshake('ecs-web-1');
+    await clock.advance(1000); // ping
+    await new Promise((r) => setTimeout(r, 50));
+    expect(dead.ws.readyState).toBe(WebSocket.OPEN);
+    await clock.advance(1000); // no pong since: terminated
+    expect((await dead.closed).code).toBe(1006);
+
+    const alive = await Agent.connect(token);
+    await alive.handshake('ecs-web-1');
+    for (let i = 0; i < 3; i++) {
+      await clock.advance(1000);
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    expect(alive.ws.readyState).toBe(WebSocket.OPEN);
+    alive.close();
+  });
+
+  it('stop() closes agent connections with 1001', async () => {
+    const token = await seedWeb();
+    const agent = await Agent.connect(token);
+    await agent.handshake('ecs-web-1');
+    await ctl.stop();
+    expect((await agent.closed).code).toBe(1001);
+  });
+});
