@@ -338,7 +338,7 @@ export function deleteRule(snap: ProjectSnapshot, id: string): Mutation<null> {
 // ---- address groups ----
 
 function checkIpSet(ipVersion: 4 | 6, ipSet: readonly string[], path: string, ctx: MutationContext): void {
-  const issues = checkAddressGroupEntries({ id: 'x', name: '', ip_version: ipVersion, ip_set: [...ipSet] }, path);
+  const issues = checkAddressGroupEntries({ ip_version: ipVersion, ip_set: [...ipSet] }, path);
   const seen = new Map<string, number>();
   ipSet.forEach((e, i) => {
     if (seen.has(e)) issues.push({ path: `${path}.ip_set[${i}]`, message: `${JSON.stringify(e)} is listed twice (also ip_set[${seen.get(e)}])` });

@@ -15,7 +15,7 @@ export const idSchema = z.string().regex(ID_PATTERN, {
 
 const descriptionSchema = z
   .string()
-  .max(255, { message: 'must be at most 255 characters' })
+  .max(255)
   .refine((s) => !/[<>]/.test(s), { message: 'must not contain "<" or ">"' });
 
 export const DIRECTIONS = ['ingress', 'egress'] as const;
@@ -133,7 +133,9 @@ export function zodIssues(error: z.ZodError, input: unknown, prefix: readonly Pr
         const big = iss.code === 'too_big';
         const bound = String(big ? iss.maximum : iss.minimum);
         let message: string;
-        if (typeof value === 'number') message = `${value} is ${big ? 'above the maximum' : 'below the minimum'} ${bound}`;
+        // a schema's own message (e.g. "at least one API token") says more than a generic bound
+        if (!/^Too (big|small)/.test(iss.message)) message = `${describeValue(value)}: ${iss.message}`;
+        else if (typeof value === 'number') message = `${value} is ${big ? 'above the maximum' : 'below the minimum'} ${bound}`;
         else if (typeof value === 'string') message = `${describeValue(value)} is ${value.length} characters long; ${big ? 'at most' : 'at least'} ${bound} are allowed`;
         else if (Array.isArray(value)) message = `has ${value.length} items; ${big ? 'at most' : 'at least'} ${bound} are allowed`;
         else message = `${describeValue(value)}: ${iss.message.replace(/^Too (big|small): /, '')}`;
