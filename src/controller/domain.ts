@@ -56,22 +56,8 @@ export interface GroupUpdate {
   name?: string | undefined;
   description?: string | undefined;
 }
-export interface RuleCreate {
-  id?: string | undefined;
-  security_group_id: string;
-  direction: RuleRow['direction'];
-  priority: number;
-  action: RuleRow['action'];
-  ethertype: RuleRow['ethertype'];
-  protocol: string | null;
-  multiport: string | null;
-  icmp_type: number | null;
-  icmp_code: number | null;
-  remote_ip_prefix: string | null;
-  remote_group_id: string | null;
-  remote_address_group_id: string | null;
-  description: string;
-}
+/** A rule as a create request gives it: a stored row without the server's fields, id optional. */
+export type RuleCreate = Omit<RuleRow, 'id' | 'created_at'> & { id?: string | undefined };
 export interface AddressGroupCreate {
   id?: string | undefined;
   name: string;
