@@ -10,16 +10,35 @@ import { resolveConfig } from '../src/agent/config.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { MemoryStateStore } from '../src/agent/state-store.js';
 import { wsDialer } from '../src/agent/ws-dialer.js';
+import type { Dialer } from '../src/agent/controller-client.js';
 import { systemClock } from '../src/lib/clock.js';
 import { silentLogger } from '../src/lib/logger.js';
 import { ManualScheduler } from '../src/lib/scheduler.js';
 import { FakeNft } from '../src/nft/fake.js';
 import { MAX_MESSAGE_BYTES } from '../src/protocol/messages.js';
 
-type Command = { cmd: 'start'; url: string; agents: { id: string; token: string }[] } | { cmd: 'stop' };
+type Command = { cmd: 'start'; url: string; agents: { id: string; token: string }[] } | { cmd: 'stats' } | { cmd: 'stop' };
 
 const agents: Agent[] = [];
+/** duration_ms of every applied ack sent (compile + check + apply + verify of one agent, FakeNft) */
+let durations: number[] = [];
 const send = (m: unknown) => process.send?.(m);
+
+function recordingAcks(dial: Dialer): Dialer {
+  return (events) => {
+    const conn = dial(events);
+    return {
+      ...conn,
+      send: (text: string) => {
+        if (text.includes('"applied"')) {
+          const m = JSON.parse(text) as { type?: string; status?: string; duration_ms?: number };
+          if (m.type === 'ack' && m.status === 'applied' && typeof m.duration_ms === 'number') durations.push(m.duration_ms);
+        }
+        conn.send(text);
+      },
+    };
+  };
+}
 
 async function start(url: string, list: { id: string; token: string }[]): Promise<void> {
   for (const a of list) {
@@ -36,7 +55,7 @@ async function start(url: string, list: { id: string; token: string }[]): Promis
         logger: silentLogger(),
         scheduler: new ManualScheduler(),
         resolver: { resolve: () => Promise.resolve([]) },
-        dialer: wsDialer({ url, token: () => a.token, maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: 10_000 }),
+        dialer: recordingAcks(wsDialer({ url, token: () => a.token, maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: 10_000 })),
         metrics: new AgentMetrics({ processMetrics: false }),
       }),
     );
@@ -55,6 +74,9 @@ process.on('message', (m: Command) => {
     start(m.url, m.agents).catch((e: unknown) => {
       send({ event: 'error', message: (e as Error).message });
     });
+  } else if (m.cmd === 'stats') {
+    send({ event: 'stats', durations });
+    durations = [];
   } else {
     void Promise.all(agents.map((a) => a.stop())).finally(() => process.exit(0));
   }

@@ -44,6 +44,9 @@ export interface ConvergeRow {
   'converge p99 ms': number;
   'api p50 ms': number;
   'last push p50 ms': number;
+  'last push p99 ms': number;
+  'agent apply p50 ms': number;
+  'agent apply p99 ms': number;
   'ref p50 ms': number;
   'ref p99 ms': number;
   'doc KiB': number;
@@ -105,7 +108,7 @@ async function runSize(n: number): Promise<ConvergeRow> {
     pushInc(labels);
   }) as typeof pushCounter.inc;
 
-  const child = fork(fileURLToPath(new URL('./converge-agents.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(fileURLToPath(new URL('./converge-agents.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx', ...(process.env.CONVERGE_AGENT_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.CONVERGE_AGENT_PROF] : [])], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   try {
     await call('POST', '/vpc/security-groups', { security_group: { id: 'sg-all', name: 'all' } });
     await call('POST', '/vpc/security-groups', { security_group: { id: 'sg-idle', name: 'idle' } });
@@ -118,10 +121,15 @@ async function runSize(n: number): Promise<ConvergeRow> {
       for (const [k, m] of made.entries()) agents.push({ id: `i-${batch[k]!}`, token: m.body.token as string });
     }
     await new Promise<void>((resolve, reject) => {
-      child.on('message', (m: { event: string; message?: string }) => (m.event === 'ready' ? resolve() : reject(new Error(`agents: ${m.message ?? m.event}`))));
+      child.once('message', (m: { event: string; message?: string }) => (m.event === 'ready' ? resolve() : reject(new Error(`agents: ${m.message ?? m.event}`))));
       child.once('exit', (code) => reject(new Error(`agents process exited (${code})`)));
       child.send({ cmd: 'start', url: addr.agentUrl, agents });
     });
+    const agentApplyMs = () =>
+      new Promise<number[]>((resolve) => {
+        child.once('message', (m: { durations: number[] }) => resolve(m.durations));
+        child.send({ cmd: 'stats' });
+      });
 
     const change = async (body: unknown): Promise<{ converge: number; api: number; push: number }> => {
       const want = applied + n;
@@ -129,7 +137,7 @@ async function runSize(n: number): Promise<ConvergeRow> {
       const t0 = performance.now();
       await call('POST', '/vpc/security-group-rules', body);
       const api = performance.now() - t0;
-      const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${n - (applied - (want - n))} of ${n} agents did not ack within 60 s (failed acks: ${failedAcks})`)), 60_000).unref());
+      const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${n - (applied - (want - n))} of ${n} agents did not ack within 180 s (failed acks: ${failedAcks})`)), 180_000).unref());
       await Promise.race([done, timeout]);
       waiter = null;
       return { converge: lastAckAt - t0, api, push: lastPushAt - t0 };
@@ -137,6 +145,7 @@ async function runSize(n: number): Promise<ConvergeRow> {
     // warm-up (not measured): the self-reference makes every document list every member
     await change({ security_group_rule: { security_group_id: 'sg-all', direction: 'ingress', remote_group_id: 'sg-all' } });
 
+    await agentApplyMs();
     const converge: number[] = [];
     const apiMs: number[] = [];
     const pushMs: number[] = [];
@@ -147,6 +156,7 @@ async function runSize(n: number): Promise<ConvergeRow> {
       apiMs.push(r.api);
       pushMs.push(r.push);
     }
+    const applyMs = await agentApplyMs();
     const ref: number[] = [];
     for (let i = 0; i < REF_CALLS; i++) {
       const t0 = performance.now();
@@ -163,6 +173,9 @@ async function runSize(n: number): Promise<ConvergeRow> {
       'converge p99 ms': r1(p99),
       'api p50 ms': r1(quantile(apiMs, 0.5)),
       'last push p50 ms': r1(quantile(pushMs, 0.5)),
+      'last push p99 ms': r1(quantile(pushMs, 0.99)),
+      'agent apply p50 ms': r1(quantile(applyMs, 0.5)),
+      'agent apply p99 ms': r1(quantile(applyMs, 0.99)),
       'ref p50 ms': r1(quantile(ref, 0.5)),
       'ref p99 ms': r1(quantile(ref, 0.99)),
       'doc KiB': r1(Buffer.byteLength(doc) / 1024),
@@ -190,6 +203,7 @@ export async function runConvergeBench(sizes: number[] = SIZES): Promise<Converg
     'agents: real createAgent instances with the FAKE nft (FakeNft, no kernel) in one child process; controller in-process on 127.0.0.1 (SQLite, synchronous FULL).\n' +
       'every instance in sg-all, which references itself: each change recompiles and pushes all N documents, each listing N members.\n' +
       'converge = API call -> Nth applied ack received by the controller; api = the change\'s HTTP response; last push = API call -> last policy frame written;\n' +
+      'agent apply = duration_ms of the agents\' applied acks (compile + check + apply + verify of ONE agent, FakeNft): with one host per agent, converge ~ last push + agent apply + real nft time.\n' +
       `ref = a rule added to a group no instance uses (same controller, no push). At most ${CHANGES} changes or ${BUDGET_MS / 1000} s per size.`,
   );
   const rows: ConvergeRow[] = [];
