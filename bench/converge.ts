@@ -50,8 +50,10 @@ export interface ConvergeRow {
   'ref p50 ms': number;
   'ref p99 ms': number;
   'doc KiB': number;
+  'est. 1 host/agent p99 ms': number;
   target: string;
   met: string;
+  'met (est.)': string;
 }
 
 const quantile = (xs: number[], q: number): number => {
@@ -166,6 +168,8 @@ async function runSize(n: number): Promise<ConvergeRow> {
     const doc = await fetch(`${api}/instances/i-0/policy`, { headers: { 'x-auth-token': ADMIN } }).then((r) => r.text());
     const target = TARGETS[n];
     const p99 = quantile(converge, 0.99);
+    // not measured: what converge would be if each agent had its own host (agents apply in parallel), nft time excluded
+    const est = quantile(pushMs, 0.99) + quantile(applyMs, 0.99);
     return {
       agents: n,
       changes: converge.length,
@@ -179,8 +183,10 @@ async function runSize(n: number): Promise<ConvergeRow> {
       'ref p50 ms': r1(quantile(ref, 0.5)),
       'ref p99 ms': r1(quantile(ref, 0.99)),
       'doc KiB': r1(Buffer.byteLength(doc) / 1024),
+      'est. 1 host/agent p99 ms': r1(est),
       target: target ? `p99 <= ${target} ms` : '-',
       met: target ? (p99 <= target ? 'yes' : 'NO') : '-',
+      'met (est.)': target ? (est <= target ? 'yes' : 'NO') : '-',
     };
   } finally {
     if (child.connected) child.send({ cmd: 'stop' });
@@ -204,6 +210,7 @@ export async function runConvergeBench(sizes: number[] = SIZES): Promise<Converg
       'every instance in sg-all, which references itself: each change recompiles and pushes all N documents, each listing N members.\n' +
       'converge = API call -> Nth applied ack received by the controller; api = the change\'s HTTP response; last push = API call -> last policy frame written;\n' +
       'agent apply = duration_ms of the agents\' applied acks (compile + check + apply + verify of ONE agent, FakeNft): with one host per agent, converge ~ last push + agent apply + real nft time.\n' +
+      'est. 1 host/agent = last push p99 + agent apply p99 (an estimate, not a measurement; real nft adds ~10-40 ms). met = measured converge p99 vs target.\n' +
       `ref = a rule added to a group no instance uses (same controller, no push). At most ${CHANGES} changes or ${BUDGET_MS / 1000} s per size.`,
   );
   const rows: ConvergeRow[] = [];
