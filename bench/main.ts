@@ -5,6 +5,7 @@
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
+import { runConvergeBench } from './converge.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -13,6 +14,11 @@ const PARTS: Part[] = [
     name: 'render',
     what: 'compile + render of synthetic policies (reference: validation alone), one child process per size',
     run: () => runRenderBench() as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'converge',
+    what: 'API call -> every affected agent applied (1/10/100/1000 real agents with the fake nft; reference: a write affecting no instance)',
+    run: async () => (await runConvergeBench()) as unknown as Record<string, unknown>[],
   },
 ];
 

@@ -313,17 +313,49 @@ export class SqliteStore implements Store {
     return r ? { ...EMPTY_AGENT_STATE, ...(JSON.parse(r.state) as Partial<AgentState>) } : null;
   }
 
-  async updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean> {
-    return this.db.transaction((): boolean => {
-      const r = this.stmt.getAgentState.get(projectId, instanceId);
-      if (!r) return false;
-      const next = { ...EMPTY_AGENT_STATE, ...(JSON.parse(r.state) as Partial<AgentState>), ...patch };
-      this.stmt.setAgentState.run(JSON.stringify(next), projectId, instanceId);
-      return true;
-    }).immediate();
+  /**
+   * Agent state updates (acks, port reports, last seen) arriving together are
+   * written in one transaction: with synchronous=FULL each commit is an
+   * fsync, and one per ack serialised a change's acks behind N fsyncs (1000
+   * agents: seconds per change). The batch is flushed once the event loop has
+   * handled the I/O already received (setImmediate), so an idle controller
+   * writes at once and a busy one groups; each caller's promise resolves
+   * after its update is committed, and in-order per caller.
+   */
+  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.pendingAgentState.push({ projectId, instanceId, patch, resolve, reject });
+      if (this.pendingAgentState.length === 1) setImmediate(() => this.flushAgentState());
+    });
+  }
+
+  private pendingAgentState: { projectId: string; instanceId: string; patch: Partial<AgentState>; resolve: (exists: boolean) => void; reject: (e: unknown) => void }[] = [];
+
+  private flushAgentState(): void {
+    const batch = this.pendingAgentState;
+    this.pendingAgentState = [];
+    if (!batch.length) return;
+    let results: boolean[];
+    try {
+      if (!this.db.open) throw new SecgroupError('STATE_IO', 'the controller database is closed');
+      results = this.db.transaction((): boolean[] =>
+        batch.map(({ projectId, instanceId, patch }) => {
+          const r = this.stmt.getAgentState.get(projectId, instanceId);
+          if (!r) return false;
+          const next = { ...EMPTY_AGENT_STATE, ...(JSON.parse(r.state) as Partial<AgentState>), ...patch };
+          this.stmt.setAgentState.run(JSON.stringify(next), projectId, instanceId);
+          return true;
+        }),
+      ).immediate();
+    } catch (e) {
+      for (const b of batch) b.reject(e);
+      return;
+    }
+    batch.forEach((b, i) => b.resolve(results[i]!));
   }
 
   async close(): Promise<void> {
+    this.flushAgentState();
     if (this.db.open) this.db.close();
   }
 }

@@ -1,0 +1,228 @@
+/**
+ * bench converge: time from an API call to every affected agent's `applied`
+ * ack, for 1 / 10 / 100 / 1000 connected agents.
+ *
+ * - Controller: in-process (`createController`), SQLite in a temporary data
+ *   dir (synchronous FULL, the default), listening on 127.0.0.1 (loopback of
+ *   the root namespace: no firewall, route or address is changed).
+ * - Agents: real `createAgent` instances with the fake nft (`FakeNft`) and an
+ *   in-memory state store, all in one child process (bench/converge-agents.ts)
+ *   connected over real WebSockets. With 2 CPUs the controller has one and
+ *   all agents share the other, so at large counts the agents' own
+ *   validate/compile/apply work is serialised and part of the figure.
+ * - Scenario (the worst case for the controller): every instance is in
+ *   `sg-all`, whose ingress rule references `sg-all` itself (as `default`
+ *   does), so every document lists every member. Each change adds a rule to
+ *   `sg-all`: all N documents are recompiled and pushed.
+ * - Converge time = API request sent -> the controller has received the Nth
+ *   `applied` ack (counted where the hub counts acks). Also: the API's own
+ *   response time, the time until the hub wrote the last push, and the
+ *   reference: a rule added to a group no instance uses (API + commit, no
+ *   document affected), on the same controller.
+ * - Bounded: at most CHANGES changes per size and BUDGET_MS of changes.
+ */
+import { fork } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createController } from '../src/controller/controller.js';
+import { parseControllerConfig } from '../src/controller/config.js';
+import { silentLogger } from '../src/lib/logger.js';
+
+export const SIZES = [1, 10, 100, 1000];
+const CHANGES = 20;
+const REF_CALLS = 20;
+const BUDGET_MS = 60_000;
+const ADMIN = 'bench-admin-token-0123456789';
+const TARGETS: Record<number, number> = { 100: 250, 1000: 2000 };
+
+export interface ConvergeRow {
+  agents: number;
+  changes: number;
+  'converge p50 ms': number;
+  'converge p99 ms': number;
+  'api p50 ms': number;
+  'last push p50 ms': number;
+  'last push p99 ms': number;
+  'agent apply p50 ms': number;
+  'agent apply p99 ms': number;
+  'ref p50 ms': number;
+  'ref p99 ms': number;
+  'doc KiB': number;
+  'est. 1 host/agent p99 ms': number;
+  target: string;
+  met: string;
+  'met (est.)': string;
+}
+
+const quantile = (xs: number[], q: number): number => {
+  if (!xs.length) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!;
+};
+const r1 = (x: number) => Math.round(x * 10) / 10;
+
+async function runSize(n: number): Promise<ConvergeRow> {
+  const dir = await mkdtemp(join(tmpdir(), 'secgroup-bench-converge-'));
+  const config = parseControllerConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    data_dir: dir,
+    api: { tokens: [{ name: 'bench', token: ADMIN }] },
+    log: { level: 'silent' },
+    metrics: { process_metrics: false },
+    agents: { hello_timeout_ms: 60_000 },
+  });
+  const controller = createController({ config, logger: silentLogger() });
+  const addr = await controller.start();
+  const api = `${addr.url}/v3/bench`;
+  const call = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> => {
+    const r = await fetch(`${api}${path}`, {
+      method,
+      headers: { 'x-auth-token': ADMIN, ...(body ? { 'content-type': 'application/json' } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await r.text();
+    if (r.status >= 300) throw new Error(`${method} ${path}: HTTP ${r.status} ${text}`);
+    return { status: r.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+  };
+
+  // Acks and pushes as the hub counts them, with the time they happened.
+  let applied = 0;
+  let failedAcks = 0;
+  let lastAckAt = 0;
+  let lastPushAt = 0;
+  let waiter: { want: number; resolve: () => void } | null = null;
+  const acks = controller.metrics.acks;
+  const ackInc = acks.inc.bind(acks);
+  acks.inc = ((labels: { status?: string }) => {
+    if (labels.status === 'applied') {
+      applied++;
+      lastAckAt = performance.now();
+      if (waiter && applied >= waiter.want) waiter.resolve();
+    } else failedAcks++;
+    ackInc(labels);
+  }) as typeof acks.inc;
+  const pushCounter = controller.metrics.pushes;
+  const pushInc = pushCounter.inc.bind(pushCounter);
+  pushCounter.inc = ((labels: { reason?: string }) => {
+    lastPushAt = performance.now();
+    pushInc(labels);
+  }) as typeof pushCounter.inc;
+
+  const child = fork(fileURLToPath(new URL('./converge-agents.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx', ...(process.env.CONVERGE_AGENT_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.CONVERGE_AGENT_PROF] : [])], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  try {
+    await call('POST', '/vpc/security-groups', { security_group: { id: 'sg-all', name: 'all' } });
+    await call('POST', '/vpc/security-groups', { security_group: { id: 'sg-idle', name: 'idle' } });
+    const agents: { id: string; token: string }[] = [];
+    for (let i = 0; i < n; i += 8) {
+      const batch = Array.from({ length: Math.min(8, n - i) }, (_, k) => i + k);
+      const made = await Promise.all(
+        batch.map((j) => call('POST', '/instances', { instance: { id: `i-${j}`, addresses: [`198.18.${Math.floor(j / 250)}.${(j % 250) + 1}`], security_groups: ['sg-all'] } })),
+      );
+      for (const [k, m] of made.entries()) agents.push({ id: `i-${batch[k]!}`, token: m.body.token as string });
+    }
+    await new Promise<void>((resolve, reject) => {
+      child.once('message', (m: { event: string; message?: string }) => (m.event === 'ready' ? resolve() : reject(new Error(`agents: ${m.message ?? m.event}`))));
+      child.once('exit', (code) => reject(new Error(`agents process exited (${code})`)));
+      child.send({ cmd: 'start', url: addr.agentUrl, agents });
+    });
+    const agentApplyMs = () =>
+      new Promise<number[]>((resolve) => {
+        child.once('message', (m: { durations: number[] }) => resolve(m.durations));
+        child.send({ cmd: 'stats' });
+      });
+
+    const change = async (body: unknown): Promise<{ converge: number; api: number; push: number }> => {
+      const want = applied + n;
+      const done = new Promise<void>((resolve) => (waiter = { want, resolve }));
+      const t0 = performance.now();
+      await call('POST', '/vpc/security-group-rules', body);
+      const api = performance.now() - t0;
+      const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${n - (applied - (want - n))} of ${n} agents did not ack within 180 s (failed acks: ${failedAcks})`)), 180_000).unref());
+      await Promise.race([done, timeout]);
+      waiter = null;
+      return { converge: lastAckAt - t0, api, push: lastPushAt - t0 };
+    };
+    // warm-up (not measured): the self-reference makes every document list every member
+    await change({ security_group_rule: { security_group_id: 'sg-all', direction: 'ingress', remote_group_id: 'sg-all' } });
+
+    await agentApplyMs();
+    const converge: number[] = [];
+    const apiMs: number[] = [];
+    const pushMs: number[] = [];
+    const started = performance.now();
+    for (let i = 0; i < CHANGES && performance.now() - started < BUDGET_MS; i++) {
+      const r = await change({ security_group_rule: { security_group_id: 'sg-all', direction: 'ingress', protocol: 'tcp', multiport: String(20000 + i), remote_ip_prefix: '198.18.200.0/24' } });
+      converge.push(r.converge);
+      apiMs.push(r.api);
+      pushMs.push(r.push);
+    }
+    const applyMs = await agentApplyMs();
+    const ref: number[] = [];
+    for (let i = 0; i < REF_CALLS; i++) {
+      const t0 = performance.now();
+      await call('POST', '/vpc/security-group-rules', { security_group_rule: { security_group_id: 'sg-idle', direction: 'ingress', protocol: 'tcp', multiport: String(20000 + i) } });
+      ref.push(performance.now() - t0);
+    }
+    const doc = await fetch(`${api}/instances/i-0/policy`, { headers: { 'x-auth-token': ADMIN } }).then((r) => r.text());
+    const target = TARGETS[n];
+    const p99 = quantile(converge, 0.99);
+    // not measured: what converge would be if each agent had its own host (agents apply in parallel), nft time excluded
+    const est = quantile(pushMs, 0.99) + quantile(applyMs, 0.99);
+    return {
+      agents: n,
+      changes: converge.length,
+      'converge p50 ms': r1(quantile(converge, 0.5)),
+      'converge p99 ms': r1(p99),
+      'api p50 ms': r1(quantile(apiMs, 0.5)),
+      'last push p50 ms': r1(quantile(pushMs, 0.5)),
+      'last push p99 ms': r1(quantile(pushMs, 0.99)),
+      'agent apply p50 ms': r1(quantile(applyMs, 0.5)),
+      'agent apply p99 ms': r1(quantile(applyMs, 0.99)),
+      'ref p50 ms': r1(quantile(ref, 0.5)),
+      'ref p99 ms': r1(quantile(ref, 0.99)),
+      'doc KiB': r1(Buffer.byteLength(doc) / 1024),
+      'est. 1 host/agent p99 ms': r1(est),
+      target: target ? `p99 <= ${target} ms` : '-',
+      met: target ? (p99 <= target ? 'yes' : 'NO') : '-',
+      'met (est.)': target ? (est <= target ? 'yes' : 'NO') : '-',
+    };
+  } finally {
+    if (child.connected) child.send({ cmd: 'stop' });
+    await new Promise<void>((resolve) => {
+      if (child.exitCode !== null) return resolve();
+      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      child.once('exit', () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+    await controller.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Runs every size (or those in `sizes`) one after the other. */
+export async function runConvergeBench(sizes: number[] = SIZES): Promise<ConvergeRow[]> {
+  console.log(
+    'agents: real createAgent instances with the FAKE nft (FakeNft, no kernel) in one child process; controller in-process on 127.0.0.1 (SQLite, synchronous FULL).\n' +
+      'every instance in sg-all, which references itself: each change recompiles and pushes all N documents, each listing N members.\n' +
+      'converge = API call -> Nth applied ack received by the controller; api = the change\'s HTTP response; last push = API call -> last policy frame written;\n' +
+      'agent apply = duration_ms of the agents\' applied acks (compile + check + apply + verify of ONE agent, FakeNft): with one host per agent, converge ~ last push + agent apply + real nft time.\n' +
+      'est. 1 host/agent = last push p99 + agent apply p99 (an estimate, not a measurement; real nft adds ~10-40 ms). met = measured converge p99 vs target.\n' +
+      `ref = a rule added to a group no instance uses (same controller, no push). At most ${CHANGES} changes or ${BUDGET_MS / 1000} s per size.`,
+  );
+  const rows: ConvergeRow[] = [];
+  for (const n of sizes) {
+    const row = await runSize(n);
+    console.log(JSON.stringify(row));
+    rows.push(row);
+  }
+  return rows;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const sizes = process.argv.slice(2).map(Number).filter((x) => x > 0);
+  console.table(await runConvergeBench(sizes.length ? sizes : SIZES));
+}
