@@ -1,10 +1,11 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render (more are registered as they exist).
+ * Parts: render, packet, apply, converge (slot), footprint.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
+import { runPacketBench } from './packet.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -13,6 +14,11 @@ const PARTS: Part[] = [
     name: 'render',
     what: 'compile + render of synthetic policies (reference: validation alone), one child process per size',
     run: () => runRenderBench() as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'packet',
+    what: 'conn/s, request/response latency and throughput through 10k rules: secgroup and naive rendering vs no firewall (reference), best of rounds',
+    run: async () => (await runPacketBench()) as unknown as Record<string, unknown>[],
   },
 ];
 
