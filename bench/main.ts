@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
 import { runPacketBench } from './packet.js';
+import { runApplyBench } from './apply.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -19,6 +20,11 @@ const PARTS: Part[] = [
     name: 'packet',
     what: 'conn/s, request/response latency and throughput through 10k rules: secgroup and naive rendering vs no firewall (reference), best of rounds',
     run: async () => (await runPacketBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'apply',
+    what: 'agent full apply vs nft -f of the same script; one-address change to a remote group vs full reload; peak RSS',
+    run: async () => (await runApplyBench(process.env.BENCH_APPLY_CASES?.split(','))) as unknown as Record<string, unknown>[],
   },
 ];
 

@@ -128,3 +128,29 @@ export function packetPolicy(o: PacketPolicyOptions): PolicyInput {
     group_members: { 'sg-v4': v4m, 'sg-v6': v6m },
   };
 }
+
+/** Member `i` of the big v6 remote group: every other address from fd00:5ec:0:1:: (never adjacent, so never merged). */
+export function bigMember(i: number): string {
+  const n = 2 * i;
+  return `fd00:5ec:0:1::${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`;
+}
+
+/**
+ * `rules` small rules plus one rule allowing tcp/443 from remote group
+ * `sg-big` of `members` IPv6 addresses: about `members` map elements.
+ */
+export function groupPolicy(members: number, rules = 10, revision = 1, replace?: { index: number; with: number }): PolicyInput {
+  const list: string[] = new Array<string>(members);
+  for (let i = 0; i < members; i++) list[i] = bigMember(i);
+  if (replace) list[replace.index] = bigMember(replace.with);
+  const rs: NonNullable<PolicyInput['security_groups'][number]['rules']> = [];
+  for (let i = 0; i < rules; i++) rs.push({ id: `r${i}`, direction: 'ingress', priority: 10, action: 'allow', protocol: 'tcp', multiport: `${2000 + i}`, remote_ip_prefix: '198.18.0.0/15' });
+  rs.push({ id: 'big', direction: 'ingress', priority: 20, action: 'allow', protocol: 'tcp', multiport: '443', ethertype: 'IPv6', remote_group_id: 'sg-big' });
+  return {
+    revision,
+    instance: { id: 'bench-apply', addresses: ['198.18.0.10', 'fd00:5ec::10'] },
+    security_groups: [{ id: 'sg-web', name: 'web', rules: rs }],
+    address_groups: [],
+    group_members: { 'sg-big': list },
+  };
+}
