@@ -26,7 +26,8 @@ export interface ChainReadback {
 
 export interface MapReadback {
   name: string;
-  elements: number;
+  /** null when read without elements (`nft -t`) */
+  elements: number | null;
 }
 
 export interface TableReadback {
@@ -36,7 +37,12 @@ export interface TableReadback {
   comment: string | null;
   chains: ChainReadback[];
   maps: MapReadback[];
-  /** hash of the whole content without handles and counter values: equal = unchanged since the last read */
+  /**
+   * hash of the content without handles, counter values and map elements:
+   * equal = structure unchanged since the last read. Elements are left out so
+   * a read without them (`nft -t`, after an apply) hashes the same as a full
+   * one; element counts are compared with the model instead (findDrift).
+   */
   fingerprint: string;
 }
 
@@ -52,7 +58,7 @@ function stable(x: unknown): unknown {
   if (!isObj(x)) return x;
   const out: Obj = {};
   for (const [k, v] of Object.entries(x)) {
-    if (k === 'handle') continue;
+    if (k === 'handle' || k === 'elem') continue;
     out[k] = k === 'counter' ? {} : stable(v);
   }
   return out;
@@ -71,7 +77,7 @@ export function parseTableComment(text: string): string | null {
  * Parses `nft -j list table inet NAME` plus the terse text listing.
  * Throws SecgroupError NFT_FAILED when the JSON is not what nft prints.
  */
-export function parseTableReadback(json: string, terseText: string, family: 'inet', name: string): TableReadback {
+export function parseTableReadback(json: string, terseText: string, family: 'inet', name: string, withElements = true): TableReadback {
   let doc: unknown;
   try {
     doc = JSON.parse(json);
@@ -93,7 +99,7 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
     } else if (isObj(item.map) || isObj(item.set)) {
       const m = (item.map ?? item.set) as Obj;
       if (m.table !== name || m.family !== family) continue;
-      maps.push({ name: String(m.name), elements: Array.isArray(m.elem) ? m.elem.length : 0 });
+      maps.push({ name: String(m.name), elements: withElements ? (Array.isArray(m.elem) ? m.elem.length : 0) : null });
     } else if (isObj(item.rule)) {
       const r = item.rule;
       if (r.table !== name || r.family !== family) continue;
@@ -125,7 +131,8 @@ export interface Drift {
  * (digest), then every chain's rule count and every map's element count
  * against the model (a flush empties chains but keeps the comment), then the
  * fingerprint against the one taken right after our own apply (catches a rule
- * replaced by hand with the same count). Returns null when everything matches.
+ * replaced by hand with the same count). Element counts are skipped for maps
+ * read without elements. Returns null when everything matches.
  */
 export function findDrift(
   expected: { table: Table; comment: string | null; fingerprint?: string | null },
@@ -146,7 +153,7 @@ export function findDrift(
   if (mapNames.join() !== seenMaps.join()) return { kind: 'structure', detail: `maps differ: expected ${mapNames.length}, found ${seenMaps.length}` };
   for (const m of t.maps) {
     const got = rb.maps.find((x) => x.name === m.name)!;
-    if (got.elements !== m.elements.length) return { kind: 'structure', detail: `map ${m.name} has ${got.elements} elements, expected ${m.elements.length}` };
+    if (got.elements !== null && got.elements !== m.elements.length) return { kind: 'structure', detail: `map ${m.name} has ${got.elements} elements, expected ${m.elements.length}` };
   }
   if (expected.fingerprint && rb.fingerprint !== expected.fingerprint) return { kind: 'modified', detail: 'table content changed since it was applied' };
   return null;
