@@ -70,7 +70,7 @@ async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]
   };
   const clear = () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
   const reconciler = (incremental: boolean) =>
-    new Reconciler({ nft: runner, store: new MemoryStateStore(), clock: systemClock, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(), metrics: new AgentMetrics(), platform: DEFAULT_PLATFORM, incremental });
+    new Reconciler({ nft: runner, store: new MemoryStateStore(), clock: systemClock, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(), metrics: new AgentMetrics(), platform: DEFAULT_PLATFORM, incremental, checkBeforeApply: false });
   const applied = (o: SyncOutcome) => {
     if (o.status !== 'applied') throw new Error(`${c.case}: sync ${o.status}: ${'error' in o ? o.error.message : ''}`);
     return o;

@@ -7,6 +7,7 @@ import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
 import { runPacketBench } from './packet.js';
 import { runApplyBench } from './apply.js';
+import { runFootprintBench } from './footprint.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -25,6 +26,12 @@ const PARTS: Part[] = [
     name: 'apply',
     what: 'agent full apply vs nft -f of the same script; one-address change to a remote group vs full reload; peak RSS',
     run: async () => (await runApplyBench(process.env.BENCH_APPLY_CASES?.split(','))) as unknown as Record<string, unknown>[],
+  },
+  // slot: { name: 'converge', ... } (issue 6 part 3, written separately)
+  {
+    name: 'footprint',
+    what: 'the real agent (bundle) in a namespace: RSS and CPU idle and under a stream of updates over WebSocket',
+    run: async () => (await runFootprintBench()) as unknown as Record<string, unknown>[],
   },
 ];
 
