@@ -140,10 +140,17 @@ export class FakeNft implements NftRunner {
     const elements = opts.elements ?? true;
     const t = this.state;
     if (!t) return null;
-    const fingerprint = createHash('sha256')
+    const structure = createHash('sha256')
       .update(JSON.stringify({ ...t, comment: undefined, maps: t.maps.map((m) => ({ ...m, elements: undefined })), tampered: this.tampered }, bigintAsHex))
       .digest('hex')
       .slice(0, 32);
+    const elementHash = elements
+      ? createHash('sha256')
+          .update(JSON.stringify(t.maps.map((m) => m.elements), bigintAsHex))
+          .digest('hex')
+          .slice(0, 32)
+      : '';
+    const fingerprint = `${structure}.${elementHash}`;
     return {
       family: 'inet',
       name: t.name,

@@ -38,10 +38,10 @@ export interface TableReadback {
   chains: ChainReadback[];
   maps: MapReadback[];
   /**
-   * hash of the content without handles, counter values and map elements:
-   * equal = structure unchanged since the last read. Elements are left out so
-   * a read without them (`nft -t`, after an apply) hashes the same as a full
-   * one; element counts are compared with the model instead (findDrift).
+   * `<structure>.<elements>`: hashes of the content without handles and
+   * counter values, split so that a read without elements (`nft -t`, after
+   * an apply: `<structure>.`) can be compared with a full one. Compare with
+   * `sameFingerprint`: the element part counts only when both reads have it.
    */
   fingerprint: string;
 }
@@ -52,7 +52,7 @@ function isObj(x: unknown): x is Obj {
   return typeof x === 'object' && x !== null && !Array.isArray(x);
 }
 
-/** Drops handles and counter values, so two reads of an untouched table hash the same. */
+/** Drops handles, counter values and map elements (hashed apart), so two reads of an untouched table hash the same. */
 function stable(x: unknown): unknown {
   if (Array.isArray(x)) return x.map(stable);
   if (!isObj(x)) return x;
@@ -62,6 +62,18 @@ function stable(x: unknown): unknown {
     out[k] = k === 'counter' ? {} : stable(v);
   }
   return out;
+}
+
+/** Equal structure, and equal elements where both fingerprints include them (see TableReadback.fingerprint). */
+export function sameFingerprint(a: string, b: string): boolean {
+  const [sa, ea = ''] = a.split('.');
+  const [sb, eb = ''] = b.split('.');
+  return sa === sb && (ea === '' || eb === '' || ea === eb);
+}
+
+/** Does the fingerprint include map elements (a full read)? */
+export function hasElementFingerprint(f: string): boolean {
+  return (f.split('.')[1] ?? '') !== '';
 }
 
 /** The table comment from `nft -t list table inet NAME` text (first line after the table header). */
@@ -89,6 +101,7 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
   const chains = new Map<string, ChainReadback>();
   const maps: MapReadback[] = [];
   const content: unknown[] = [];
+  const elems = createHash('sha256');
   for (const item of items) {
     if (!isObj(item) || 'metainfo' in item) continue;
     content.push(item);
@@ -100,6 +113,7 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
       const m = (item.map ?? item.set) as Obj;
       if (m.table !== name || m.family !== family) continue;
       maps.push({ name: String(m.name), elements: withElements ? (Array.isArray(m.elem) ? m.elem.length : 0) : null });
+      if (withElements) elems.update(`${String(m.name)}:${JSON.stringify(m.elem ?? [])}\n`);
     } else if (isObj(item.rule)) {
       const r = item.rule;
       if (r.table !== name || r.family !== family) continue;
@@ -115,7 +129,8 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
       chain.rules.push({ comment: typeof r.comment === 'string' ? r.comment : null, counter });
     }
   }
-  const fingerprint = createHash('sha256').update(JSON.stringify(stable(content))).digest('hex').slice(0, 32);
+  const structure = createHash('sha256').update(JSON.stringify(stable(content))).digest('hex').slice(0, 32);
+  const fingerprint = `${structure}.${withElements ? elems.digest('hex').slice(0, 32) : ''}`;
   return { family, name, comment: parseTableComment(terseText), chains: [...chains.values()], maps, fingerprint };
 }
 
@@ -155,6 +170,6 @@ export function findDrift(
     const got = rb.maps.find((x) => x.name === m.name)!;
     if (got.elements !== null && got.elements !== m.elements.length) return { kind: 'structure', detail: `map ${m.name} has ${got.elements} elements, expected ${m.elements.length}` };
   }
-  if (expected.fingerprint && rb.fingerprint !== expected.fingerprint) return { kind: 'modified', detail: 'table content changed since it was applied' };
+  if (expected.fingerprint && !sameFingerprint(rb.fingerprint, expected.fingerprint)) return { kind: 'modified', detail: 'table content changed since it was applied' };
   return null;
 }
