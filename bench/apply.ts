@@ -95,7 +95,7 @@ async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]
     {
       case: c.case,
       elements,
-      what: 'agent full apply (compile+render+check+apply+read-back)',
+      what: 'agent full apply (compile+render+apply+verify, no separate --check)',
       reference: 'nft -f of the same script',
       ms: round(best.agent),
       referenceMs: round(best.ref),
