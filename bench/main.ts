@@ -1,11 +1,14 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render (more are registered as they exist).
+ * Parts: render, packet, apply, converge (slot), footprint.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
 import { runConvergeBench } from './converge.js';
+import { runPacketBench } from './packet.js';
+import { runApplyBench } from './apply.js';
+import { runFootprintBench } from './footprint.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -16,9 +19,24 @@ const PARTS: Part[] = [
     run: () => runRenderBench() as unknown as Record<string, unknown>[],
   },
   {
+    name: 'packet',
+    what: 'conn/s, request/response latency and throughput through 10k rules: secgroup and naive rendering vs no firewall (reference), best of rounds',
+    run: async () => (await runPacketBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'apply',
+    what: 'agent full apply vs nft -f of the same script; one-address change to a remote group vs full reload; peak RSS',
+    run: async () => (await runApplyBench(process.env.BENCH_APPLY_CASES?.split(','))) as unknown as Record<string, unknown>[],
+  },
+  {
     name: 'converge',
     what: 'API call -> every affected agent applied (1/10/100/1000 real agents with the fake nft; reference: a write affecting no instance)',
     run: async () => (await runConvergeBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'footprint',
+    what: 'the real agent (bundle) in a namespace: RSS and CPU idle and under a stream of updates over WebSocket',
+    run: async () => (await runFootprintBench()) as unknown as Record<string, unknown>[],
   },
 ];
 

@@ -114,6 +114,8 @@ export function createAgent(deps: AgentDeps): Agent {
     retryInitialMs: config.retry_initial_ms,
     retryMaxMs: config.retry_max_ms,
     incremental: config.incremental,
+    // nft -f is atomic: a separate --check would only double every sync's kernel work
+    checkBeforeApply: false,
     onOutcome: (o) => {
       if (o.source === 'controller') {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');

@@ -14,8 +14,11 @@ function skeleton(t: Table): string {
   return JSON.stringify({ family: t.family, name: t.name, chains: t.chains, maps: t.maps.map((m) => ({ ...m, elements: undefined })) }, bigintAsHex);
 }
 
-function elementId(el: MapElement): string {
-  return JSON.stringify(el, bigintAsHex);
+/** A map element as a short string, equal for equal elements (JSON.stringify of 100k elements took ~0.5 s). */
+export function elementId(el: MapElement): string {
+  let s = el.verdict.kind === 'jump' ? el.verdict.chain : el.verdict.kind;
+  for (const k of el.key) s += k.kind === 'addr' ? `|${k.family}:${k.lo.toString(16)}-${k.hi.toString(16)}` : `|${k.lo}-${k.hi}`;
+  return s;
 }
 
 export interface ElementPlan {
@@ -37,10 +40,13 @@ export function planElementUpdate(from: Table, to: Table, maxChanges = 1000): El
   let removed = 0;
   to.maps.forEach((m, i) => {
     const old = from.maps[i]!;
-    const oldIds = new Set(old.elements.map(elementId));
-    const newIds = new Set(m.elements.map(elementId));
-    const remove = old.elements.filter((el) => !newIds.has(elementId(el)));
-    const add = m.elements.filter((el) => !oldIds.has(elementId(el)));
+    if (old.elements === m.elements) return;
+    const oldIds = old.elements.map(elementId);
+    const newIds = m.elements.map(elementId);
+    const oldSet = new Set(oldIds);
+    const newSet = new Set(newIds);
+    const remove = old.elements.filter((_el, k) => !newSet.has(oldIds[k]!));
+    const add = m.elements.filter((_el, k) => !oldSet.has(newIds[k]!));
     if (remove.length || add.length) {
       ops.push({ op: 'update-elements', family: to.family, table: to.name, map: m.name, keyType: m.keyType, remove, add });
       added += add.length;

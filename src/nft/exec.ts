@@ -88,12 +88,15 @@ export class ExecaNftRunner implements NftRunner {
     }
   }
 
-  async readTable(): Promise<TableReadback | null> {
+  async readTable(opts: { elements?: boolean } = {}): Promise<TableReadback | null> {
     const list = ['list', 'table', this.family, this.table];
+    const elements = opts.elements ?? true;
     try {
-      const json = await this.run(`nft -j list table ${this.family} ${this.table}`, ['-j', ...list]);
+      const json = elements
+        ? await this.run(`nft -j list table ${this.family} ${this.table}`, ['-j', ...list])
+        : await this.run(`nft -t -j list table ${this.family} ${this.table}`, ['-t', '-j', ...list]);
       const text = await this.run(`nft -t list table ${this.family} ${this.table}`, ['-t', ...list]);
-      return parseTableReadback(json.stdout, text.stdout, this.family, this.table);
+      return parseTableReadback(json.stdout, text.stdout, this.family, this.table, elements);
     } catch (e) {
       if ((e as { code?: string }).code === 'NFT_NOT_FOUND_OBJECT') return null;
       throw e;

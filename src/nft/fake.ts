@@ -135,14 +135,22 @@ export class FakeNft implements NftRunner {
     return out;
   }
 
-  async readTable(): Promise<TableReadback | null> {
+  async readTable(opts: { elements?: boolean } = {}): Promise<TableReadback | null> {
     await this.enter('readTable');
+    const elements = opts.elements ?? true;
     const t = this.state;
     if (!t) return null;
-    const fingerprint = createHash('sha256')
-      .update(JSON.stringify({ ...t, comment: undefined, tampered: this.tampered }, bigintAsHex))
+    const structure = createHash('sha256')
+      .update(JSON.stringify({ ...t, comment: undefined, maps: t.maps.map((m) => ({ ...m, elements: undefined })), tampered: this.tampered }, bigintAsHex))
       .digest('hex')
       .slice(0, 32);
+    const elementHash = elements
+      ? createHash('sha256')
+          .update(JSON.stringify(t.maps.map((m) => m.elements), bigintAsHex))
+          .digest('hex')
+          .slice(0, 32)
+      : '';
+    const fingerprint = `${structure}.${elementHash}`;
     return {
       family: 'inet',
       name: t.name,
@@ -154,7 +162,7 @@ export class FakeNft implements NftRunner {
           counter: r.exprs.some((e) => e.kind === 'counter') ? { ...(this.counters.get(c.name) ?? { packets: 0, bytes: 0 }) } : null,
         })),
       })),
-      maps: t.maps.map((m) => ({ name: m.name, elements: m.elements.length })),
+      maps: t.maps.map((m) => ({ name: m.name, elements: elements ? m.elements.length : null })),
       fingerprint,
     };
   }

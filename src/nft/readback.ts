@@ -26,7 +26,8 @@ export interface ChainReadback {
 
 export interface MapReadback {
   name: string;
-  elements: number;
+  /** null when read without elements (`nft -t`) */
+  elements: number | null;
 }
 
 export interface TableReadback {
@@ -36,7 +37,12 @@ export interface TableReadback {
   comment: string | null;
   chains: ChainReadback[];
   maps: MapReadback[];
-  /** hash of the whole content without handles and counter values: equal = unchanged since the last read */
+  /**
+   * `<structure>.<elements>`: hashes of the content without handles and
+   * counter values, split so that a read without elements (`nft -t`, after
+   * an apply: `<structure>.`) can be compared with a full one. Compare with
+   * `sameFingerprint`: the element part counts only when both reads have it.
+   */
   fingerprint: string;
 }
 
@@ -46,16 +52,28 @@ function isObj(x: unknown): x is Obj {
   return typeof x === 'object' && x !== null && !Array.isArray(x);
 }
 
-/** Drops handles and counter values, so two reads of an untouched table hash the same. */
+/** Drops handles, counter values and map elements (hashed apart), so two reads of an untouched table hash the same. */
 function stable(x: unknown): unknown {
   if (Array.isArray(x)) return x.map(stable);
   if (!isObj(x)) return x;
   const out: Obj = {};
   for (const [k, v] of Object.entries(x)) {
-    if (k === 'handle') continue;
+    if (k === 'handle' || k === 'elem') continue;
     out[k] = k === 'counter' ? {} : stable(v);
   }
   return out;
+}
+
+/** Equal structure, and equal elements where both fingerprints include them (see TableReadback.fingerprint). */
+export function sameFingerprint(a: string, b: string): boolean {
+  const [sa, ea = ''] = a.split('.');
+  const [sb, eb = ''] = b.split('.');
+  return sa === sb && (ea === '' || eb === '' || ea === eb);
+}
+
+/** Does the fingerprint include map elements (a full read)? */
+export function hasElementFingerprint(f: string): boolean {
+  return (f.split('.')[1] ?? '') !== '';
 }
 
 /** The table comment from `nft -t list table inet NAME` text (first line after the table header). */
@@ -71,7 +89,7 @@ export function parseTableComment(text: string): string | null {
  * Parses `nft -j list table inet NAME` plus the terse text listing.
  * Throws SecgroupError NFT_FAILED when the JSON is not what nft prints.
  */
-export function parseTableReadback(json: string, terseText: string, family: 'inet', name: string): TableReadback {
+export function parseTableReadback(json: string, terseText: string, family: 'inet', name: string, withElements = true): TableReadback {
   let doc: unknown;
   try {
     doc = JSON.parse(json);
@@ -83,6 +101,7 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
   const chains = new Map<string, ChainReadback>();
   const maps: MapReadback[] = [];
   const content: unknown[] = [];
+  const elems = createHash('sha256');
   for (const item of items) {
     if (!isObj(item) || 'metainfo' in item) continue;
     content.push(item);
@@ -93,7 +112,8 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
     } else if (isObj(item.map) || isObj(item.set)) {
       const m = (item.map ?? item.set) as Obj;
       if (m.table !== name || m.family !== family) continue;
-      maps.push({ name: String(m.name), elements: Array.isArray(m.elem) ? m.elem.length : 0 });
+      maps.push({ name: String(m.name), elements: withElements ? (Array.isArray(m.elem) ? m.elem.length : 0) : null });
+      if (withElements) elems.update(`${String(m.name)}:${JSON.stringify(m.elem ?? [])}\n`);
     } else if (isObj(item.rule)) {
       const r = item.rule;
       if (r.table !== name || r.family !== family) continue;
@@ -109,7 +129,8 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
       chain.rules.push({ comment: typeof r.comment === 'string' ? r.comment : null, counter });
     }
   }
-  const fingerprint = createHash('sha256').update(JSON.stringify(stable(content))).digest('hex').slice(0, 32);
+  const structure = createHash('sha256').update(JSON.stringify(stable(content))).digest('hex').slice(0, 32);
+  const fingerprint = `${structure}.${withElements ? elems.digest('hex').slice(0, 32) : ''}`;
   return { family, name, comment: parseTableComment(terseText), chains: [...chains.values()], maps, fingerprint };
 }
 
@@ -125,7 +146,8 @@ export interface Drift {
  * (digest), then every chain's rule count and every map's element count
  * against the model (a flush empties chains but keeps the comment), then the
  * fingerprint against the one taken right after our own apply (catches a rule
- * replaced by hand with the same count). Returns null when everything matches.
+ * replaced by hand with the same count). Element counts are skipped for maps
+ * read without elements. Returns null when everything matches.
  */
 export function findDrift(
   expected: { table: Table; comment: string | null; fingerprint?: string | null },
@@ -146,8 +168,8 @@ export function findDrift(
   if (mapNames.join() !== seenMaps.join()) return { kind: 'structure', detail: `maps differ: expected ${mapNames.length}, found ${seenMaps.length}` };
   for (const m of t.maps) {
     const got = rb.maps.find((x) => x.name === m.name)!;
-    if (got.elements !== m.elements.length) return { kind: 'structure', detail: `map ${m.name} has ${got.elements} elements, expected ${m.elements.length}` };
+    if (got.elements !== null && got.elements !== m.elements.length) return { kind: 'structure', detail: `map ${m.name} has ${got.elements} elements, expected ${m.elements.length}` };
   }
-  if (expected.fingerprint && rb.fingerprint !== expected.fingerprint) return { kind: 'modified', detail: 'table content changed since it was applied' };
+  if (expected.fingerprint && !sameFingerprint(rb.fingerprint, expected.fingerprint)) return { kind: 'modified', detail: 'table content changed since it was applied' };
   return null;
 }

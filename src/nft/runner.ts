@@ -26,8 +26,13 @@ export interface NftRunner {
   check(tx: NftTransaction): Promise<void>;
   /** Runs the transaction as one atomic batch (`nft -f -`): all of it or nothing. Throws NFT_* errors. */
   apply(tx: NftTransaction): Promise<void>;
-  /** Reads our table back; null when it does not exist. Throws NFT_PERMISSION / NFT_FAILED. */
-  readTable(): Promise<TableReadback | null>;
+  /**
+   * Reads our table back; null when it does not exist. With `elements: false`
+   * map elements are not listed (`nft -t`: cost independent of map sizes) and
+   * `maps[].elements` is null; the fingerprint is the same either way.
+   * Throws NFT_PERMISSION / NFT_FAILED.
+   */
+  readTable(opts?: { elements?: boolean }): Promise<TableReadback | null>;
   /**
    * The first counter of every chain (chain name -> counter), without reading
    * map elements (`nft -t`): cheap enough for every metrics scrape. Null when

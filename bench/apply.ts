@@ -1,0 +1,180 @@
+/**
+ * bench apply: the agent's full apply (the reconciler's real code path:
+ * compile + render + nft --check + nft -f + read-back and verify) against
+ * `nft -f` of the same script alone, in a scratch network namespace; then a
+ * one-address change to a big remote group (element-only incremental update)
+ * against a full reload of the same change. Each case runs in its own child
+ * process, so its peak RSS is that case's alone; nft's peak RSS is taken with
+ * /usr/bin/time over every nft the case ran.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { BenchLab } from './lab.js';
+import { groupPolicy, syntheticPolicy } from './policies.js';
+import { AgentMetrics } from '../src/agent/metrics.js';
+import { Reconciler, type SyncOutcome } from '../src/agent/reconciler.js';
+import { MemoryStateStore } from '../src/agent/state-store.js';
+import { systemClock } from '../src/lib/clock.js';
+import { createLogger, silentLogger } from '../src/lib/logger.js';
+import { compilePolicy } from '../src/nft/compile.js';
+import { ExecaNftRunner } from '../src/nft/exec.js';
+import { renderScript, renderDeleteScript } from '../src/nft/render.js';
+import { DEFAULT_PLATFORM } from '../src/policy/platform.js';
+import { parsePolicy, type Policy, type PolicyInput } from '../src/policy/schema.js';
+
+interface Case {
+  case: string;
+  build: (revision: number, replace?: { index: number; with: number }) => PolicyInput;
+  /** run the one-address change too (group cases) */
+  change?: number;
+}
+
+const CASES: Case[] = [
+  { case: '1k rules', build: (rev) => ({ ...syntheticPolicy({ rules: 1000, members: 100 }), revision: rev }) },
+  { case: '10k rules', build: (rev) => ({ ...syntheticPolicy({ rules: 10000, members: 100 }), revision: rev }) },
+  { case: '10k members', build: (rev, rep) => groupPolicy(10_000, 10, rev, rep), change: 10_000 },
+  { case: '100k members', build: (rev, rep) => groupPolicy(100_000, 10, rev, rep), change: 100_000 },
+  { case: '1M members', build: (rev, rep) => groupPolicy(1_000_000, 10, rev, rep), change: 1_000_000 },
+];
+
+export interface ApplyRow {
+  case: string;
+  elements: number;
+  what: string;
+  reference: string;
+  ms: number;
+  referenceMs: number;
+  ratio: number;
+  agentPeakRssMb: number;
+  nftPeakRssMb: number;
+}
+
+const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+
+async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]> {
+  const rssFile = join(dir, 'nft-rss');
+  writeFileSync(rssFile, '');
+  const nftCmd = ['/usr/bin/time', '-a', '-o', rssFile, '-f', '%M', 'ip', 'netns', 'exec', ns, 'nft'];
+  const nftPeak = () => Math.max(0, ...readFileSync(rssFile, 'utf8').split('\n').filter((l) => /^\d+$/.test(l)).map(Number)) / 1024;
+  const runner = new ExecaNftRunner({ table: 'secgroup', command: nftCmd, timeoutMs: 600_000 });
+  const nftF = async (script: string) => {
+    const f = join(dir, 'script.nft');
+    writeFileSync(f, script);
+    const t0 = performance.now();
+    await execa(nftCmd[0]!, [...nftCmd.slice(1), '-f', f]);
+    return performance.now() - t0;
+  };
+  const clear = () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
+  const reconciler = (incremental: boolean) =>
+    new Reconciler({ nft: runner, store: new MemoryStateStore(), clock: systemClock, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(), metrics: new AgentMetrics(), platform: DEFAULT_PLATFORM, incremental, checkBeforeApply: false });
+  const applied = (o: SyncOutcome) => {
+    if (o.status !== 'applied') throw new Error(`${c.case}: sync ${o.status}: ${'error' in o ? o.error.message : ''}`);
+    return o;
+  };
+
+  const policy: Policy = parsePolicy(c.build(1));
+  const script = renderScript(compilePolicy(policy).table);
+  const elements = compilePolicy(policy).stats.elements;
+  const best = { agent: Infinity, ref: Infinity };
+  for (let i = 0; i < 2; i++) {
+    await clear();
+    best.ref = Math.min(best.ref, await nftF(script));
+    await clear();
+    const r = reconciler(true);
+    const t0 = performance.now();
+    const o = applied(await r.submit(policy, 'local'));
+    best.agent = Math.min(best.agent, performance.now() - t0);
+    if (o.kind !== 'full') throw new Error(`expected a full apply, got ${o.kind}`);
+    await r.stop();
+  }
+  const rows: ApplyRow[] = [
+    {
+      case: c.case,
+      elements,
+      what: 'agent full apply (compile+render+apply+verify, no separate --check)',
+      reference: 'nft -f of the same script',
+      ms: round(best.agent),
+      referenceMs: round(best.ref),
+      ratio: round(best.agent / best.ref, 2),
+      agentPeakRssMb: 0,
+      nftPeakRssMb: round(nftPeak()),
+    },
+  ];
+  if (c.change) {
+    // table holds revision 1 now (last agent apply); one reconciler per mode keeps its own applied state
+    const inc = reconciler(true);
+    applied(await inc.submit(policy, 'local'));
+    const full = reconciler(false);
+    let rev = 2;
+    const incMs: number[] = [];
+    const fullMs: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      // member i is replaced by a new address: one element out, one in
+      const p = parsePolicy(c.build(rev++, { index: i, with: c.change + i }));
+      const t0 = performance.now();
+      const o = applied(await inc.submit(p, 'local'));
+      incMs.push(performance.now() - t0);
+      if (o.kind !== 'incremental') throw new Error(`expected an incremental update, got ${o.kind}`);
+    }
+    for (let i = 0; i < 3; i++) {
+      const q = parsePolicy(c.build(rev++, { index: 10 + i, with: c.change + 10 + i }));
+      const t0 = performance.now();
+      const o = applied(await full.submit(q, 'local'));
+      if (i > 0) fullMs.push(performance.now() - t0);
+      if (o.kind !== 'full') throw new Error(`expected a full reload, got ${o.kind}`);
+    }
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    rows.push({
+      case: c.case,
+      elements,
+      what: 'one-address change, agent end to end (incremental)',
+      reference: 'full reload of the same change by the agent',
+      ms: round(median(incMs)),
+      referenceMs: round(Math.min(...fullMs)),
+      ratio: round(median(incMs) / Math.min(...fullMs), 3),
+      agentPeakRssMb: 0,
+      nftPeakRssMb: round(nftPeak()),
+    });
+    await inc.stop();
+    await full.stop();
+  }
+  const rss = round(process.resourceUsage().maxRSS / 1024);
+  for (const r of rows) r.agentPeakRssMb = rss;
+  return rows;
+}
+
+export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
+  const lab = await BenchLab.create();
+  const dir = mkdtempSync(join(tmpdir(), 'sgt-apply-'));
+  const self = fileURLToPath(import.meta.url);
+  const rows: ApplyRow[] = [];
+  try {
+    for (const c of CASES) {
+      if (only && !only.includes(c.case)) continue;
+      const out = execFileSync(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', self, '--child', c.case, lab.host, dir], {
+        encoding: 'utf8',
+        maxBuffer: 1 << 24,
+        timeout: 600_000,
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      for (const r of JSON.parse(out) as ApplyRow[]) rows.push(r);
+      process.stderr.write(`  ${c.case} done\n`);
+    }
+  } finally {
+    await lab.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+if (process.argv.includes('--child')) {
+  const at = process.argv.indexOf('--child');
+  const [name, ns, dir] = process.argv.slice(at + 1, at + 4) as [string, string, string];
+  const c = CASES.find((x) => x.case === name);
+  if (!c) throw new Error(`unknown case ${name}`);
+  process.stdout.write(JSON.stringify(await measureCase(c, ns, dir)));
+}
