@@ -167,6 +167,57 @@ function bucketsOf(ports: readonly [number, number][]): Set<number> {
   return out;
 }
 
+function rangesCover(outer: readonly AddrRange[], inner: readonly AddrRange[]): boolean {
+  let j = 0;
+  for (const r of inner) {
+    while (j < outer.length && outer[j]!.hi < r.lo) j++;
+    const o = outer[j];
+    if (!o || o.lo > r.lo || o.hi < r.hi) return false;
+  }
+  return true;
+}
+
+/** Does every packet `b` can match also match `a`? (same direction and family assumed) */
+export function ruleCovers(a: NormalizedRule, b: NormalizedRule): boolean {
+  if (a.protocol !== null && a.protocol !== b.protocol) return false;
+  if (a.ports) {
+    if (!b.ports) return false;
+    if (!b.ports.every(([lo, hi]) => a.ports!.some(([alo, ahi]) => alo <= lo && hi <= ahi))) return false;
+  }
+  if (a.icmpType !== null) {
+    if (b.icmpType !== a.icmpType) return false;
+    if (a.icmpCode !== null && b.icmpCode !== a.icmpCode) return false;
+  }
+  return rangesCover(a.peers, b.peers);
+}
+
+/**
+ * Rules that can never be the first match because one earlier rule matches
+ * every packet they match (a repeated rule, a narrower rule after a wider
+ * one). They keep their chain and counter but get no map elements, which
+ * saves lookup layers. An earlier rule that covers them may itself be
+ * shadowed: its own coverer then covers them too.
+ */
+export function findShadowed(rules: readonly NormalizedRule[]): boolean[] {
+  const shadowed: boolean[] = [];
+  const index = new OverlapIndex(rules);
+  for (let i = 0; i < rules.length; i++) {
+    const r = rules[i]!;
+    let hit = false;
+    if (r.peers.length > 0) {
+      for (const j of index.candidates(i)) {
+        if (rules[j]!.peers.length > 0 && ruleCovers(rules[j]!, r)) {
+          hit = true;
+          break;
+        }
+      }
+    }
+    shadowed.push(hit);
+    index.add(i);
+  }
+  return shadowed;
+}
+
 /** Layer per rule (see the file comment); null for rules that match nothing. */
 export function assignLayers(rules: readonly NormalizedRule[]): (number | null)[] {
   const layers: (number | null)[] = [];
@@ -234,7 +285,12 @@ function lookupExprs(family: Family, shape: Shape, field: 'saddr' | 'daddr', map
     ];
   }
   if (shape === 'icmp') return [{ kind: 'vmap', key: [peer, sel.icmp(family, 'type'), sel.icmp(family, 'code')], map }];
-  return [{ kind: 'vmap', key: [peer, sel.l4proto], map }];
+  // tcp/udp/sctp/ICMP packets never first-match here: every all-protocol rule of this layer also has
+  // ports and ICMP elements, looked up before; skipping them saves a lookup per layer
+  return [
+    { kind: 'match', left: sel.l4proto, op: '!=', right: [v.num(6), v.num(17), v.num(132), v.num(family === 4 ? 1 : 58)] },
+    { kind: 'vmap', key: [peer, sel.l4proto], map },
+  ];
 }
 
 const accept = (exprs: Expr[], text: string): Rule => ({ exprs: [...exprs, { kind: 'verdict', verdict: ACCEPT }], comment: text });
@@ -368,7 +424,9 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
   for (const direction of ['ingress', 'egress'] as const) {
     for (const family of [4, 6] as const) {
       const rules = all.filter((r) => r.direction === direction && r.family === family);
-      const layers = assignLayers(rules);
+      // shadowed rules match nothing first: leave them out of the maps (their chains stay, with zero hits)
+      const shadowed = findShadowed(rules);
+      const layers = assignLayers(rules.map((r, i) => (shadowed[i] ? { ...r, peers: [] } : r)));
       const prefix = `${direction === 'ingress' ? 'in' : 'out'}${family}`;
       const byLayer = new Map<number, Map<Shape, MapElement[]>>();
       rules.forEach((r, i) => {

@@ -116,14 +116,14 @@ describe('scale by construction: lookups do not grow with rules, ports or peers'
       policyOf([{ id: 'from-big', remote_group_id: 'big' }, { id: 'ssh-from-big', priority: 2, protocol: 'tcp', multiport: '22', remote_group_id: 'big' }], { group_members: { big: members } }),
     );
     const lookups = vmapRules(chain(compiled.table, 'ingress_v4'));
-    // layer 0: from-big (3 shapes); layer 1: ssh-from-big (ports only)
-    expect(lookups).toHaveLength(4);
+    // layer 0: from-big (3 shapes); ssh-from-big is shadowed by from-big (it can never be the first match)
+    expect(lookups).toHaveLength(3);
     expect(compiled.table.maps.map((m) => [m.name, m.elements.length])).toEqual([
       ['in4_l0_ports', 100_000],
       ['in4_l0_icmp', 100_000],
       ['in4_l0_proto', 100_000],
-      ['in4_l1_ports', 100_000],
     ]);
+    expect(compiled.rules.find((r) => r.ruleId === 'ssh-from-big')?.layer).toBeNull();
   }, 60_000);
 
   it('adjacent members and address group entries merge into intervals', () => {
@@ -180,5 +180,23 @@ describe('rule chains, counters, digests', () => {
   it('uses the table name it is given', () => {
     expect(compilePolicy(policyOf([]), { table: 'sg_test' }).table.name).toBe('sg_test');
     expect(() => compilePolicy(policyOf([]), { table: 'bad name' })).toThrow(/not a safe nft name/);
+  });
+});
+
+describe('shadowed rules get no map elements', () => {
+  it('a repeated rule and a narrower rule after a wider one are shadowed; a wider rule after a narrower one is not', () => {
+    const compiled = compilePolicy(
+      policyOf([
+        { id: 'wide', protocol: 'tcp', multiport: '80,443', remote_ip_prefix: '198.18.0.0/16' },
+        { id: 'repeat', priority: 2, protocol: 'tcp', multiport: '80,443', remote_ip_prefix: '198.18.0.0/16' },
+        { id: 'narrow', priority: 3, action: 'deny', protocol: 'tcp', multiport: '443', remote_ip_prefix: '198.18.7.7' },
+        { id: 'wider', priority: 4, protocol: 'tcp', remote_ip_prefix: '198.18.0.0/15' },
+      ]),
+    );
+    const layer = (id: string) => compiled.rules.find((r) => r.ruleId === id)?.layer;
+    expect(layer('wide')).toBe(0);
+    expect(layer('repeat')).toBeNull();
+    expect(layer('narrow')).toBeNull();
+    expect(layer('wider')).toBe(1);
   });
 });
