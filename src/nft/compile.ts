@@ -23,7 +23,7 @@
  */
 import { createHash } from 'node:crypto';
 import { elementId } from './diff.js';
-import type { AddrRange, Family } from '../policy/address.js';
+import { FAMILY_MAX, type AddrRange, type Family } from '../policy/address.js';
 import { describeRule, normalizeRules, type NormalizedRule } from '../policy/normalize.js';
 import { DHCP_PORTS, ND_ICMPV6_TYPES, type PlatformOptions, DEFAULT_PLATFORM } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
@@ -41,6 +41,7 @@ import {
   type KeyType,
   type MapElement,
   type Rule,
+  type Selector,
   type Table,
   type VerdictMap,
 } from './model.js';
@@ -276,21 +277,67 @@ function keyTypes(family: Family, shape: Shape): KeyType[] {
   return [addr, 'inet_proto'];
 }
 
-function lookupExprs(family: Family, shape: Shape, field: 'saddr' | 'daddr', map: string): Expr[] {
-  const peer = sel.addr(family, field);
-  if (shape === 'ports') {
-    return [
-      { kind: 'match', left: sel.l4proto, op: '==', right: [v.sym('tcp'), v.sym('udp'), v.sym('sctp')] },
-      { kind: 'vmap', key: [peer, sel.l4proto, sel.dport('th')], map },
-    ];
+/** Port ranges at most this wide become single ports, so that their elements fit a hash map. */
+const EXPAND_PORTS_MAX = 4;
+
+type PartKind = 'e' | 'r' | 'x';
+
+function partKind(k: KeyPart, type: KeyType): PartKind {
+  if (k.kind === 'addr') return k.lo === k.hi ? 'e' : k.lo === 0n && k.hi === FAMILY_MAX[k.family] ? 'x' : 'r';
+  if (k.lo === k.hi) return 'e';
+  return k.lo === 0 && k.hi === (type === 'inet_service' ? 65535 : 255) ? 'x' : 'r';
+}
+
+/** Splits elements whose small port range would force an interval map into one element per port. */
+function expandSmallPortRanges(elements: MapElement[], shape: Shape): MapElement[] {
+  if (shape !== 'ports') return elements;
+  const out: MapElement[] = [];
+  for (const el of elements) {
+    const port = el.key[2]!;
+    if (port.kind === 'num' && port.lo !== port.hi && port.hi - port.lo < EXPAND_PORTS_MAX) {
+      for (let p = port.lo; p <= port.hi; p++) out.push({ key: [el.key[0]!, el.key[1]!, num(p, p)], verdict: el.verdict });
+    } else out.push(el);
   }
-  if (shape === 'icmp') return [{ kind: 'vmap', key: [peer, sel.icmp(family, 'type'), sel.icmp(family, 'code')], map }];
-  // tcp/udp/sctp/ICMP packets never first-match here: every all-protocol rule of this layer also has
-  // ports and ICMP elements, looked up before; skipping them saves a lookup per layer
-  return [
-    { kind: 'match', left: sel.l4proto, op: '!=', right: [v.num(6), v.num(17), v.num(132), v.num(family === 4 ? 1 : 58)] },
-    { kind: 'vmap', key: [peer, sel.l4proto], map },
-  ];
+  return out;
+}
+
+/**
+ * Splits the elements of one layer and shape by key signature: parts that are
+ * wildcards ('x') leave the key, exact parts ('e') and ranges ('r') stay, and
+ * only signatures with a range need an interval map. Elements of one layer are
+ * disjoint, so the sub-maps can be looked up in any order.
+ */
+function splitBySignature(elements: MapElement[], types: readonly KeyType[]): Map<string, MapElement[]> {
+  const out = new Map<string, MapElement[]>();
+  for (const el of elements) {
+    const sig = el.key.map((k, i) => partKind(k, types[i]!)).join('');
+    const kept = el.key.filter((_, i) => sig[i] !== 'x');
+    let list = out.get(sig);
+    if (!list) out.set(sig, (list = []));
+    list.push({ key: kept, verdict: el.verdict });
+  }
+  return out;
+}
+
+function lookupExprs(family: Family, shape: Shape, field: 'saddr' | 'daddr', map: string | null, sig: string): Expr[] {
+  const peer = sel.addr(family, field);
+  let guard: Expr;
+  let parts: Selector[];
+  if (shape === 'ports') {
+    guard = { kind: 'match', left: sel.l4proto, op: '==', right: [v.sym('tcp'), v.sym('udp'), v.sym('sctp')] };
+    parts = [peer, sel.l4proto, sel.dport('th')];
+  } else if (shape === 'icmp') {
+    guard = { kind: 'match', left: sel.l4proto, op: '==', right: v.num(family === 4 ? 1 : 58) };
+    parts = [peer, sel.icmp(family, 'type'), sel.icmp(family, 'code')];
+  } else {
+    // tcp/udp/sctp/ICMP packets never first-match here: every all-protocol rule of this layer also has
+    // ports and ICMP elements, looked up before; skipping them saves a lookup per layer
+    guard = { kind: 'match', left: sel.l4proto, op: '!=', right: [v.num(6), v.num(17), v.num(132), v.num(family === 4 ? 1 : 58)] };
+    parts = [peer, sel.l4proto];
+  }
+  const key = parts.filter((_, i) => sig[i] !== 'x');
+  if (map === null) return [guard];
+  return [guard, { kind: 'vmap', key, map }];
 }
 
 const accept = (exprs: Expr[], text: string): Rule => ({ exprs: [...exprs, { kind: 'verdict', verdict: ACCEPT }], comment: text });
@@ -454,9 +501,18 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
         for (const shape of ['ports', 'icmp', 'proto'] as const) {
           const elements = byLayer.get(layer)!.get(shape);
           if (!elements?.length) continue;
-          const name = `${prefix}_l${layer}_${shape}`;
-          maps.push({ name, keyType: keyTypes(family, shape), elements });
-          chainRules.push({ exprs: lookupExprs(family, shape, direction === 'ingress' ? 'saddr' : 'daddr', name) });
+          const types = keyTypes(family, shape);
+          const field = direction === 'ingress' ? 'saddr' : 'daddr';
+          for (const [sig, els] of [...splitBySignature(expandSmallPortRanges(elements, shape), types)].sort(([a], [b]) => (a < b ? -1 : 1))) {
+            if (!sig.includes('e') && !sig.includes('r')) {
+              // a key of wildcards only: one element, matching every packet that reaches this lookup
+              chainRules.push({ exprs: [...lookupExprs(family, shape, field, null, sig), { kind: 'verdict', verdict: els[0]!.verdict }] });
+              continue;
+            }
+            const name = `${prefix}_l${layer}_${shape}_${sig}`;
+            maps.push({ name, keyType: types.filter((_, i) => sig[i] !== 'x'), interval: sig.includes('r'), elements: els });
+            chainRules.push({ exprs: lookupExprs(family, shape, field, name, sig) });
+          }
         }
       }
       if (chainRules.length) {

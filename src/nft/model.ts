@@ -81,10 +81,15 @@ export interface MapElement {
 
 export type KeyType = 'ipv4_addr' | 'ipv6_addr' | 'inet_proto' | 'inet_service' | 'icmp_type' | 'icmp_code' | 'icmpv6_type' | 'icmpv6_code';
 
-/** A verdict map with interval keys (the only kind of set secgroup needs). */
+/**
+ * A verdict map. `interval` maps take ranges and prefixes in their keys (a
+ * pipapo or rbtree set in the kernel, whose lookup cost grows with the
+ * element count); the others are hash maps of exact keys (constant cost).
+ */
 export interface VerdictMap {
   name: string;
   keyType: KeyType[];
+  interval: boolean;
   elements: MapElement[];
   comment?: string;
 }

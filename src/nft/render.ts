@@ -80,7 +80,7 @@ const ANNOTATE_MAX = 5000;
 function mapLines(m: VerdictMap, out: string[], notes: ReadonlyMap<string, string>): void {
   out.push(`\tmap ${assertName(m.name)} {`);
   out.push(`\t\ttype ${m.keyType.join(' . ')} : verdict`);
-  out.push('\t\tflags interval');
+  if (m.interval) out.push('\t\tflags interval');
   if (m.comment !== undefined) out.push(`\t\tcomment "${safeComment(m.comment)}"`);
   if (m.elements.length) {
     out.push('\t\telements = {');
@@ -260,7 +260,7 @@ export function renderJson(table: Table): { nftables: Json[] } {
     cmds.push({ add: { chain } });
   }
   for (const m of table.maps) {
-    const map: Record<string, Json> = { family, table: tname, name: assertName(m.name), type: m.keyType.length === 1 ? m.keyType[0] : m.keyType, map: 'verdict', flags: ['interval'] };
+    const map: Record<string, Json> = { family, table: tname, name: assertName(m.name), type: m.keyType.length === 1 ? m.keyType[0] : m.keyType, map: 'verdict', ...(m.interval ? { flags: ['interval'] } : {}) };
     if (m.comment !== undefined) map.comment = safeComment(m.comment);
     if (m.elements.length) {
       map.elem = m.elements.map((el) => [el.key.length === 1 ? keyPartJson(el.key[0]!) : { concat: el.key.map(keyPartJson) }, verdictJson(el.verdict)]);

@@ -46,7 +46,11 @@ export function mergePorts(ranges: readonly PortRange[]): PortRange[] {
   return out;
 }
 
-/** Peer intervals of a remote, per family, with references resolved against the document. */
+/**
+ * Peer intervals of a remote, per family, with references resolved against
+ * the document: sorted and non-overlapping (remote-group members as single
+ * addresses, everything else merged).
+ */
 export function resolvePeers(policy: Policy, family: Family, remote: Remote): AddrRange[] {
   switch (remote.kind) {
     case 'any':
@@ -60,7 +64,11 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Ad
         const ip = parseIp(m);
         if (ip.family === family) ranges.push({ family, lo: ip.value, hi: ip.value });
       }
-      return mergeRanges(ranges);
+      // members stay single addresses (sorted, duplicates dropped), never merged into ranges: exact keys
+      // go to hash maps (constant lookup, fast element updates), and a membership change stays an
+      // element update instead of reshaping a range
+      ranges.sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
+      return ranges.filter((r, i) => i === 0 || r.lo !== ranges[i - 1]!.lo);
     }
     case 'address_group': {
       const ag = policy.address_groups.find((a) => a.id === remote.id);

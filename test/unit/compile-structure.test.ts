@@ -87,12 +87,16 @@ describe('layers', () => {
 
   it('the family chain looks layers up in order, ports/icmp/proto within a layer', () => {
     const { table } = compilePolicy(parsePolicy(doc([{ id: 'sg', rules: [{ protocol: 'tcp', multiport: '80' }, { priority: 2 }] }])));
-    expect(vmapRules(chain(table, 'ingress_v4')).map((r) => r.exprs.flatMap((e) => (e.kind === 'vmap' ? [e.map] : [])))).toEqual([
-      ['in4_l0_ports'],
-      ['in4_l1_ports'],
-      ['in4_l1_icmp'],
-      ['in4_l1_proto'],
+    // layer 0: tcp 80 from anywhere, a hash map keyed l4proto . dport (the address is a wildcard);
+    // layer 1: all protocols from anywhere, no key at all: a jump per shape, after layer 0
+    const rules = chain(table, 'ingress_v4').rules;
+    expect(rules.map((r) => r.exprs.flatMap((e) => (e.kind === 'vmap' ? [e.map] : e.kind === 'verdict' ? ['jump'] : [])))).toEqual([
+      ['in4_l0_ports_xee'],
+      ['jump'],
+      ['jump'],
+      ['jump'],
     ]);
+    expect(table.maps.find((m) => m.name === 'in4_l0_ports_xee')).toMatchObject({ interval: false, keyType: ['inet_proto', 'inet_service'] });
   });
 });
 
@@ -103,7 +107,8 @@ describe('scale by construction: lookups do not grow with rules, ports or peers'
     const lookups = vmapRules(chain(compiled.table, 'ingress_v4'));
     expect(lookups).toHaveLength(1);
     expect(compiled.stats.layers.ingress_v4).toBe(1);
-    expect(compiled.table.maps.find((m) => m.name === 'in4_l0_ports')!.elements).toHaveLength(10_000);
+    expect(compiled.table.maps.find((m) => m.name === 'in4_l0_ports_xee')).toMatchObject({ interval: false });
+    expect(compiled.table.maps.find((m) => m.name === 'in4_l0_ports_xee')!.elements).toHaveLength(10_000);
     // and a rule per rule chain, each with its own counter
     expect(compiled.table.chains.filter((c) => c.name.startsWith('r_'))).toHaveLength(10_000);
   }, 60_000);
@@ -118,19 +123,20 @@ describe('scale by construction: lookups do not grow with rules, ports or peers'
     const lookups = vmapRules(chain(compiled.table, 'ingress_v4'));
     // layer 0: from-big (3 shapes); ssh-from-big is shadowed by from-big (it can never be the first match)
     expect(lookups).toHaveLength(3);
-    expect(compiled.table.maps.map((m) => [m.name, m.elements.length])).toEqual([
-      ['in4_l0_ports', 100_000],
-      ['in4_l0_icmp', 100_000],
-      ['in4_l0_proto', 100_000],
+    expect(compiled.table.maps.map((m) => [m.name, m.elements.length, m.interval])).toEqual([
+      ['in4_l0_ports_exx', 100_000, false],
+      ['in4_l0_icmp_exx', 100_000, false],
+      ['in4_l0_proto_ex', 100_000, false],
     ]);
     expect(compiled.rules.find((r) => r.ruleId === 'ssh-from-big')?.layer).toBeNull();
   }, 60_000);
 
-  it('adjacent members and address group entries merge into intervals', () => {
+  it('remote-group members stay single addresses in a hash map', () => {
     const members = Array.from({ length: 256 }, (_, i) => `198.18.1.${i}`);
     const compiled = compilePolicy(policyOf([{ id: 'g', protocol: 'udp', remote_group_id: 'sg' }], { group_members: { sg: members } }));
-    expect(compiled.table.maps[0]!.elements).toHaveLength(1);
-    expect(renderScript(compiled.table)).toContain('198.18.1.0/24 . udp . 0-65535 : jump');
+    expect(compiled.table.maps[0]).toMatchObject({ name: 'in4_l0_ports_eex', interval: false });
+    expect(compiled.table.maps[0]!.elements).toHaveLength(256);
+    expect(renderScript(compiled.table)).toContain('198.18.1.7 . udp : jump');
   });
 });
 

@@ -65,6 +65,7 @@ describe('NftInterpreter', () => {
   it('looks up concatenated interval keys in a vmap', () => {
     const map: VerdictMap = {
       name: 'm',
+      interval: true,
       keyType: ['ipv4_addr', 'inet_proto', 'inet_service'],
       elements: [
         { key: [{ ...addr('198.18.0.2'), hi: addr('198.18.0.9').lo }, { kind: 'num', lo: 6, hi: 6 }, { kind: 'num', lo: 80, hi: 80 }], verdict: jump('yes') },
@@ -132,6 +133,7 @@ describe('NftInterpreter', () => {
 
     const overlapping: VerdictMap = {
       name: 'm',
+      interval: true,
       keyType: ['ipv4_addr'],
       elements: [
         { key: [{ ...addr('198.18.0.0'), hi: addr('198.18.0.255').lo }], verdict: ACCEPT },
@@ -158,7 +160,7 @@ describe('NftInterpreter', () => {
           { name: 'a', rules: [{ exprs: [{ kind: 'verdict', verdict: jump('b') }] }] },
           { name: 'b', rules: [{ exprs: [{ kind: 'verdict', verdict: jump('a') }] }] },
         ],
-        maps: [{ name: 'm4', keyType: ['ipv4_addr'], elements: [{ key: [{ kind: 'num', lo: 0, hi: 300 }], verdict: ACCEPT }] }],
+        maps: [{ name: 'm4', interval: true, keyType: ['ipv4_addr'], elements: [{ key: [{ kind: 'num', lo: 0, hi: 300 }], verdict: ACCEPT }] }],
       },
     );
     const problems = checkTable(t).join('\n');

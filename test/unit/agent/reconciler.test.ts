@@ -172,14 +172,18 @@ describe('reconciler', () => {
     await r.submit(policy(1), 'controller');
     const http = ruleChainName('sg-web', 'r-http');
     nft.setCounter(http, 10, 1000);
-    const o = await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.20'], office: ['198.18.6.1'] }), 'controller');
+    const o = await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.20'], office: ['198.18.6.0/25'] }), 'controller');
     expect(o).toMatchObject({ status: 'applied', kind: 'incremental' });
     const tx = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
     expect(tx.ops.every((op) => op.op === 'update-elements')).toBe(true);
     expect(tx.ops.length).toBeGreaterThan(0);
     const rb = await nft.readTable();
     expect(rb!.chains.find((c) => c.name === http)!.rules[0]!.counter).toEqual({ packets: 10, bytes: 1000 });
-    expect(nft.state!.maps.find((m) => m.name === 'in4_l0_ports')!.elements.length).toBe(3);
+    // members (exact keys, a hash map) and office prefixes (an interval map)
+    expect(nft.state!.maps.filter((m) => m.name.startsWith('in4_l0_ports_')).map((m) => [m.name, m.elements.length])).toEqual([
+      ['in4_l0_ports_eee', 2],
+      ['in4_l0_ports_ree', 1],
+    ]);
   });
 
   it('reloads the whole table when rules change', async () => {
@@ -248,7 +252,7 @@ describe('reconciler', () => {
       expect(await r.checkDrift()).toBeNull();
       nft.deleteTable();
       expect(await r.checkDrift()).toMatchObject({ kind: 'missing' });
-      expect(nft.state!.maps.find((m) => m.name === 'in4_l0_ports')!.elements.length).toBe(2); // 198.18.0.30 http + office ssh
+      expect(nft.state!.maps.filter((m) => m.name.startsWith('in4_l0_ports_')).reduce((n, m) => n + m.elements.length, 0)).toBe(2); // 198.18.0.30 http + office ssh
     });
   });
 
