@@ -31,6 +31,8 @@ interface Case {
   build: (revision: number, replace?: { index: number; with: number }) => PolicyInput;
   /** run the one-address change too (group cases) */
   change?: number;
+  /** only when named in BENCH_APPLY_CASES */
+  optIn?: boolean;
 }
 
 const CASES: Case[] = [
@@ -38,7 +40,9 @@ const CASES: Case[] = [
   { case: '10k rules', build: (rev) => ({ ...syntheticPolicy({ rules: 10000, members: 100 }), revision: rev }) },
   { case: '10k members', build: (rev, rep) => groupPolicy(10_000, 10, rev, rep), change: 10_000 },
   { case: '100k members', build: (rev, rep) => groupPolicy(100_000, 10, rev, rep), change: 100_000 },
-  { case: '1M members', build: (rev, rep) => groupPolicy(1_000_000, 10, rev, rep), change: 1_000_000 },
+  // not in the default run: nft's own read-back of a 1M-element table takes minutes here (see bench/README.md);
+  // run it with BENCH_APPLY_CASES='1M members'
+  { case: '1M members', build: (rev, rep) => groupPolicy(1_000_000, 10, rev, rep), change: 1_000_000, optIn: true },
 ];
 
 export interface ApplyRow {
@@ -154,7 +158,7 @@ export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
   const rows: ApplyRow[] = [];
   try {
     for (const c of CASES) {
-      if (only && !only.includes(c.case)) continue;
+      if (only ? !only.includes(c.case) : c.optIn) continue;
       const out = execFileSync(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', self, '--child', c.case, lab.host, dir], {
         encoding: 'utf8',
         maxBuffer: 1 << 24,
