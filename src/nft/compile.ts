@@ -20,6 +20,12 @@
  * match would be an earlier overlapping rule, which sits in a lower layer).
  * Lookups run layer by layer, so the first hit is the first-match rule. The
  * number of layers depends on how rules overlap, not on how many there are.
+ *
+ * Within a layer and shape, elements are split by key signature: wildcard
+ * parts (any address, any port) leave the key, exact keys go to hash maps
+ * (constant lookup cost, fast element updates) and only keys with ranges or
+ * prefixes need interval maps, whose kernel lookup cost grows with their size.
+ * Rules that one earlier rule fully covers never decide and get no elements.
  */
 import { createHash } from 'node:crypto';
 import { elementId } from './diff.js';
