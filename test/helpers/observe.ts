@@ -29,6 +29,7 @@
  * In the client namespace a small table drops every marked packet on arrival,
  * so egress probes never provoke answers there.
  */
+import type { Packet } from '../../src/policy/packet.js';
 import { isIP } from 'node:net';
 import type { CtState, Packet } from '../../src/policy/packet.js';
 
@@ -175,19 +176,8 @@ export interface Observation {
   sendError?: string;
 }
 
-/** One probe as inject.py wants it. */
-export interface Probe {
-  direction: 'ingress' | 'egress';
-  family: 4 | 6;
-  protocol: number;
-  src: string;
-  dst: string;
-  sport?: number;
-  dport?: number;
-  icmpType?: number;
-  icmpCode?: number;
-  tag: number;
-}
+/** One probe as inject.py wants it: a packet's header fields (no conntrack facts) and its tag. */
+export type Probe = Omit<Packet, 'ct' | 'ctDirection' | 'iface'> & { tag: number };
 
 /** Protocols whose probes carry ports: tcp, udp, sctp, dccp, udplite. */
 export const PORT_PROTOCOLS: ReadonlySet<number> = new Set([6, 17, 132, 33, 136]);
