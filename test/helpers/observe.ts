@@ -29,7 +29,6 @@
  * In the client namespace a small table drops every marked packet on arrival,
  * so egress probes never provoke answers there.
  */
-import type { Packet } from '../../src/policy/packet.js';
 import { isIP } from 'node:net';
 import type { CtState, Packet } from '../../src/policy/packet.js';
 
