@@ -48,8 +48,7 @@ export function mergePorts(ranges: readonly PortRange[]): PortRange[] {
 
 /**
  * Peer intervals of a remote, per family, with references resolved against
- * the document: sorted and non-overlapping (remote-group members as single
- * addresses, everything else merged).
+ * the document: sorted, merged, non-overlapping.
  */
 export function resolvePeers(policy: Policy, family: Family, remote: Remote): AddrRange[] {
   switch (remote.kind) {
@@ -64,11 +63,9 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Ad
         const ip = parseIp(m);
         if (ip.family === family) ranges.push({ family, lo: ip.value, hi: ip.value });
       }
-      // members stay single addresses (sorted, duplicates dropped), never merged into ranges: exact keys
-      // go to hash maps (constant lookup, fast element updates), and a membership change stays an
-      // element update instead of reshaping a range
-      ranges.sort((a, b) => (a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
-      return ranges.filter((r, i) => i === 0 || r.lo !== ranges[i - 1]!.lo);
+      // adjacent members merge into ranges (a subnet of instances becomes a few interval elements);
+      // the compiler puts single addresses in hash maps and ranges in interval maps
+      return mergeRanges(ranges);
     }
     case 'address_group': {
       const ag = policy.address_groups.find((a) => a.id === remote.id);

@@ -51,7 +51,7 @@ describeKernel('adversarial input never reaches nft text', () => {
   it('render rejects or emits a script nft accepts, without the adversarial text', async () => {
     const seed = Number(process.env.SECGROUP_SEED ?? Date.now() % 1_000_000);
     console.log(`adversarial property seed=${seed}`);
-    const samples = fc.sample(policy, { seed, numRuns: 150 });
+    const samples = fc.sample(policy, { seed, numRuns: 400 });
     let rendered = 0;
     for (const input of samples) {
       // multiport only with tcp/udp: drop it elsewhere so more samples are valid

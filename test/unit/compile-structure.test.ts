@@ -131,12 +131,16 @@ describe('scale by construction: lookups do not grow with rules, ports or peers'
     expect(compiled.rules.find((r) => r.ruleId === 'ssh-from-big')?.layer).toBeNull();
   }, 60_000);
 
-  it('remote-group members stay single addresses in a hash map', () => {
-    const members = Array.from({ length: 256 }, (_, i) => `198.18.1.${i}`);
+  it('adjacent members merge into one interval element; scattered members are exact keys in a hash map', () => {
+    const members = [...Array.from({ length: 256 }, (_, i) => `198.18.1.${i}`), '198.18.9.1', '198.18.9.3'];
     const compiled = compilePolicy(policyOf([{ id: 'g', protocol: 'udp', remote_group_id: 'sg' }], { group_members: { sg: members } }));
-    expect(compiled.table.maps[0]).toMatchObject({ name: 'in4_l0_ports_eex', interval: false });
-    expect(compiled.table.maps[0]!.elements).toHaveLength(256);
-    expect(renderScript(compiled.table)).toContain('198.18.1.7 . udp : jump');
+    expect(compiled.table.maps.map((m) => [m.name, m.interval, m.elements.length])).toEqual([
+      ['in4_l0_ports_eex', false, 2],
+      ['in4_l0_ports_rex', true, 1],
+    ]);
+    const script = renderScript(compiled.table);
+    expect(script).toContain('198.18.1.0/24 . udp : jump');
+    expect(script).toContain('198.18.9.3 . udp : jump');
   });
 });
 

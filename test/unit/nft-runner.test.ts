@@ -67,15 +67,15 @@ describe('read-back', () => {
 
 describe('element updates', () => {
   it('renders deletions before additions, in one script for our table only', () => {
-    const from = compilePolicy(policy(1, { members: ['198.18.0.10', '198.18.0.11'] }));
+    const from = compilePolicy(policy(1, { members: ['198.18.0.10', '198.18.0.12'] }));
     const to = compilePolicy(policy(2, { members: ['198.18.0.10', '198.18.0.20'] }));
     const plan = planElementUpdate(from.table, to.table)!;
-    expect(plan).toMatchObject({ added: 1, removed: 1 }); // members stay single addresses: .11 goes, .20 comes
+    expect(plan).toMatchObject({ added: 1, removed: 1 }); // .12 goes, .20 comes
     const op = plan.ops[0]!;
     if (op.op !== 'update-elements') throw new Error('expected an element update');
     const text = renderElementChanges('inet', 'secgroup', [op]);
     const lines = text.trim().split('\n').slice(1);
-    expect(lines[0]).toMatch(/^delete element inet secgroup in4_l0_ports_eee \{ 198\.18\.0\.11 \. tcp \. 80 \}$/);
+    expect(lines[0]).toMatch(/^delete element inet secgroup in4_l0_ports_eee \{ 198\.18\.0\.12 \. tcp \. 80 \}$/);
     expect(lines[1]).toMatch(/^add element inet secgroup in4_l0_ports_eee \{ 198\.18\.0\.20 \. tcp \. 80 : jump r_[0-9a-f]{16} \}$/);
   });
 

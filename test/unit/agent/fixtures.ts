@@ -17,6 +17,6 @@ export function policy(revision: number, opts: { members?: string[]; office?: st
       },
     ],
     address_groups: [{ id: 'ag-office', ip_version: 4, ip_set: opts.office ?? ['198.18.5.0/24'] }],
-    group_members: { web: opts.members ?? ['198.18.0.10', '198.18.0.11'] },
+    group_members: { web: opts.members ?? ['198.18.0.10', '198.18.0.12'] },
   });
 }

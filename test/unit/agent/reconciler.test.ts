@@ -161,7 +161,7 @@ describe('reconciler', () => {
     const { nft, r } = setup();
     await r.submit(policy(1), 'controller');
     nft.failNext('apply');
-    await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.12'] }), 'controller'); // incremental attempt fails -> full reload
+    await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.14'] }), 'controller'); // incremental attempt fails -> full reload
     const ops = nft.calls.filter((c) => c.method === 'apply').map((c) => c.tx!.ops[0]!.op);
     expect(ops).toEqual(['replace-table', 'update-elements', 'replace-table']);
     expect(r.appliedRevision).toBe(2);
