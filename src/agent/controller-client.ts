@@ -12,7 +12,7 @@
 import type { Clock, Timer } from '../lib/clock.js';
 import { errorMessage } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
-import { controllerMessageSchema, decode, type AgentMessage, type HelloMessage, type WelcomeMessage } from '../protocol/messages.js';
+import { controllerMessageSchema, decode, type AgentMessage, type HelloMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 
 export interface WireSocket {
   send(text: string): void;
@@ -42,6 +42,8 @@ export interface ControllerClientOptions {
   random?: () => number;
   hello: () => HelloMessage;
   onPolicy: (policy: unknown) => void;
+  /** a membership delta (protocol `policy_delta`); without a handler the agent asks for a full policy */
+  onPolicyDelta?: (delta: PolicyDeltaMessage) => void;
   onWelcome?: (w: WelcomeMessage) => void;
   onConnected?: () => void;
   onDisconnected?: () => void;
@@ -203,6 +205,10 @@ export class ControllerClient {
     } else if (m.type === 'policy') {
       this.attempt = 0;
       this.o.onPolicy(m.policy);
+    } else if (m.type === 'policy_delta') {
+      this.attempt = 0;
+      if (this.o.onPolicyDelta) this.o.onPolicyDelta(m);
+      else this.send({ type: 'resync', have_revision: null, reason: 'this agent does not take deltas' });
     } else {
       this.o.logger.error({ event: 'controller_error', code: m.error.code }, `controller says: ${m.error.message}`);
     }

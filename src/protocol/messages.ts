@@ -77,11 +77,20 @@ export const ackSchema = z.strictObject({
 
 export const portsMessageSchema = z.strictObject({ type: z.literal('ports'), report: portReportSchema });
 
-export const agentMessageSchema = z.discriminatedUnion('type', [helloSchema, ackSchema, portsMessageSchema]);
+/** The agent cannot use a `policy_delta` (its newest document is not the delta's base): the controller answers with a full `policy`. */
+export const resyncSchema = z.strictObject({
+  type: z.literal('resync'),
+  /** the newest revision the agent holds (null: none) */
+  have_revision: z.int().min(0).nullable(),
+  reason: z.string().max(512),
+});
+
+export const agentMessageSchema = z.discriminatedUnion('type', [helloSchema, ackSchema, portsMessageSchema, resyncSchema]);
 export type AgentMessage = z.output<typeof agentMessageSchema>;
 export type HelloMessage = z.output<typeof helloSchema>;
 export type AckMessage = z.output<typeof ackSchema>;
 export type PortsMessage = z.output<typeof portsMessageSchema>;
+export type ResyncMessage = z.output<typeof resyncSchema>;
 
 // ---- controller -> agent ----
 
@@ -96,12 +105,28 @@ export const welcomeSchema = z.strictObject({
 /** A full policy snapshot. `policy` is validated by the agent with the policy schema (unknown there = rejected). */
 export const policyMessageSchema = z.strictObject({ type: z.literal('policy'), policy: z.unknown() });
 
+/**
+ * A membership change against the last document the controller sent on this
+ * connection: the document of `base_revision` with `revision` and the listed
+ * `group_members` changes, everything else equal. Sent only when nothing but
+ * remote-group members changed. An agent whose newest document is not
+ * `base_revision` (it missed or rejected it) answers `resync` and gets a
+ * full `policy`. Addresses are validated by the agent like any document.
+ */
+export const policyDeltaSchema = z.strictObject({
+  type: z.literal('policy_delta'),
+  base_revision: z.int().min(0),
+  revision: z.int().min(0),
+  group_members: z.record(z.string(), z.strictObject({ add: z.array(z.string()), remove: z.array(z.string()) })),
+});
+
 export const errorMessageSchema = z.strictObject({ type: z.literal('error'), error: errorInfo });
 
-export const controllerMessageSchema = z.discriminatedUnion('type', [welcomeSchema, policyMessageSchema, errorMessageSchema]);
+export const controllerMessageSchema = z.discriminatedUnion('type', [welcomeSchema, policyMessageSchema, policyDeltaSchema, errorMessageSchema]);
 export type ControllerMessage = z.output<typeof controllerMessageSchema>;
 export type WelcomeMessage = z.output<typeof welcomeSchema>;
 export type PolicyMessage = z.output<typeof policyMessageSchema>;
+export type PolicyDeltaMessage = z.output<typeof policyDeltaSchema>;
 
 /** Parses one frame; returns null (and the reason) for anything that is not a valid message. */
 export function decode<T>(schema: z.ZodType<T>, data: string): { ok: true; message: T } | { ok: false; error: string } {
