@@ -185,7 +185,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       const store = new FileStateStore(config.state_dir, systemClock.now);
       const lkg = await store.peek();
       const policy = lkg.kind === 'ok' ? lkg.policy : null;
-      const meta = /digest=([0-9a-f]+) revision=(\d+) instance=(\S+)/.exec(rb?.comment ?? '');
+      const meta = /digest=([0-9a-f]+) revision=(\d+) instance=(\S+)/.exec(rb?.marker ?? rb?.comment ?? '');
       const names = new Map<string, { group: string; rule: string; direction: string }>();
       for (const g of policy?.security_groups ?? []) for (const r of g.rules) names.set(ruleChainName(g.id, r.id), { group: g.id, rule: r.id, direction: r.direction });
       const rules = (rb?.chains ?? [])

@@ -547,6 +547,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
   const table: Table = { family: 'inet', name: tableName, maps, chains: [base('input'), base('output'), ...familyChains, ...ruleChains] };
   const digest = digestOf(table);
   table.comment = comment(`secgroup digest=${digest} revision=${policy.revision} instance=${policy.instance.id}`);
+  table.marker = table.comment;
   return {
     table,
     rules: infos,

@@ -28,8 +28,8 @@ export interface ElementPlan {
 }
 
 /**
- * Element ops that turn `from` into `to`, or null when anything but map
- * elements differs (then only a full reload is right). A change that would
+ * Element ops that turn `from` into `to` (then the generation marker of
+ * `to`), or null when anything but map elements differs (then only a full reload is right). A change that would
  * touch more than `maxChanges` elements and more than half of the result is
  * also null: a reload is then cheaper.
  */
@@ -55,5 +55,10 @@ export function planElementUpdate(from: Table, to: Table, maxChanges = 1000): El
   });
   const total = to.maps.reduce((n, m) => n + m.elements.length, 0);
   if (added + removed > maxChanges && (added + removed) * 2 > total) return null;
+  // the same transaction names the new ruleset in the generation marker
+  if (to.marker !== undefined) {
+    if (from.marker === undefined) return null;
+    ops.push({ op: 'set-marker', family: to.family, table: to.name, text: to.marker });
+  }
   return { ops, added, removed };
 }

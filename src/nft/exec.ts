@@ -5,9 +5,9 @@
 import { execa, type ExecaError } from 'execa';
 import { renderTransaction } from './render.js';
 import { nftError, nftNotFound, type NftInfo, type NftRunner } from './runner.js';
-import { parseTableReadback, type Counter, type TableReadback } from './readback.js';
+import { parseMarker, parseTableReadback, type Counter, type TableReadback } from './readback.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
-import { assertName } from './model.js';
+import { MARKER_SET, assertName } from './model.js';
 
 export interface ExecaNftOptions {
   table: string;
@@ -82,6 +82,16 @@ export class ExecaNftRunner implements NftRunner {
         if (counter) out.set(c.name, counter);
       }
       return out;
+    } catch (e) {
+      if ((e as { code?: string }).code === 'NFT_NOT_FOUND_OBJECT') return null;
+      throw e;
+    }
+  }
+
+  async readMarker(): Promise<string | null> {
+    try {
+      const r = await this.run(`nft -j list set ${this.family} ${this.table} ${MARKER_SET}`, ['-j', 'list', 'set', this.family, this.table, MARKER_SET]);
+      return parseMarker(r.stdout, this.family, this.table);
     } catch (e) {
       if ((e as { code?: string }).code === 'NFT_NOT_FOUND_OBJECT') return null;
       throw e;

@@ -11,7 +11,7 @@ import type { Counter, TableReadback } from './readback.js';
 import type { NftInfo, NftRunner } from './runner.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
-type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters';
+type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters' | 'readMarker';
 
 const bigintAsHex = (_k: string, val: unknown): unknown => (typeof val === 'bigint' ? val.toString(16) : val);
 const clone = (t: Table): Table => structuredClone(t);
@@ -100,7 +100,10 @@ export class FakeNft implements NftRunner {
     for (const op of tx.ops) {
       if (op.op === 'replace-table') t = clone(op.table);
       else if (op.op === 'delete-table') t = null;
-      else {
+      else if (op.op === 'set-marker') {
+        if (!t || t.marker === undefined) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', 'nft -f failed: Could not process rule: No such file or directory (set sg_generation)');
+        t.marker = op.text;
+      } else {
         const map = t?.maps.find((m) => m.name === op.map);
         if (!map) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', `nft -f failed: Could not process rule: No such file or directory (map ${op.map})`);
         const ids = new Set(op.remove.map(elementId));
@@ -135,13 +138,18 @@ export class FakeNft implements NftRunner {
     return out;
   }
 
+  async readMarker(): Promise<string | null> {
+    await this.enter('readMarker');
+    return this.state?.marker ?? null;
+  }
+
   async readTable(opts: { elements?: boolean } = {}): Promise<TableReadback | null> {
     await this.enter('readTable');
     const elements = opts.elements ?? true;
     const t = this.state;
     if (!t) return null;
     const structure = createHash('sha256')
-      .update(JSON.stringify({ ...t, comment: undefined, maps: t.maps.map((m) => ({ ...m, elements: undefined })), tampered: this.tampered }, bigintAsHex))
+      .update(JSON.stringify({ ...t, comment: undefined, marker: undefined, maps: t.maps.map((m) => ({ ...m, elements: undefined })), tampered: this.tampered }, bigintAsHex))
       .digest('hex')
       .slice(0, 32);
     const elementHash = elements
@@ -155,6 +163,8 @@ export class FakeNft implements NftRunner {
       family: 'inet',
       name: t.name,
       comment: t.comment ?? null,
+      marker: elements ? (t.marker ?? null) : null,
+      withElements: elements,
       chains: t.chains.map((c) => ({
         name: c.name,
         rules: c.rules.map((r) => ({

@@ -94,10 +94,20 @@ export interface VerdictMap {
   comment?: string;
 }
 
+/**
+ * The set that holds the generation marker: one element (`1`) whose comment
+ * names the ruleset in the kernel (`secgroup digest=... revision=...`). Every
+ * transaction we send sets it, so `nft list set` (cost independent of the
+ * map sizes, unlike any `list table`) tells which ruleset is in place.
+ */
+export const MARKER_SET = 'sg_generation';
+
 export interface Table {
   family: 'inet';
   name: string;
   comment?: string;
+  /** generation marker text (see MARKER_SET); set by the compiler */
+  marker?: string;
   maps: VerdictMap[];
   chains: Chain[];
 }

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { SecgroupError } from '../lib/errors.js';
-import type { Table } from './model.js';
+import { MARKER_SET, type Table } from './model.js';
 
 export interface Counter {
   packets: number;
@@ -35,6 +35,10 @@ export interface TableReadback {
   name: string;
   /** the table comment (`secgroup digest=... revision=... instance=...`), null if none */
   comment: string | null;
+  /** the generation marker (see MARKER_SET); null if absent or read without elements */
+  marker: string | null;
+  /** read with elements (a full listing), so `marker` and map element counts are known */
+  withElements: boolean;
   chains: ChainReadback[];
   maps: MapReadback[];
   /**
@@ -102,8 +106,14 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
   const maps: MapReadback[] = [];
   const content: unknown[] = [];
   const elems = createHash('sha256');
+  let marker: string | null = null;
   for (const item of items) {
     if (!isObj(item) || 'metainfo' in item) continue;
+    if (isObj(item.set) && item.set.name === MARKER_SET && item.set.table === name && item.set.family === family) {
+      // the marker changes with every transaction: neither structure nor elements
+      marker = markerOf(item.set);
+      continue;
+    }
     content.push(item);
     if (isObj(item.chain)) {
       const c = item.chain;
@@ -131,7 +141,34 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
   }
   const structure = createHash('sha256').update(JSON.stringify(stable(content))).digest('hex').slice(0, 32);
   const fingerprint = `${structure}.${withElements ? elems.digest('hex').slice(0, 32) : ''}`;
-  return { family, name, comment: parseTableComment(terseText), chains: [...chains.values()], maps, fingerprint };
+  return { family, name, comment: parseTableComment(terseText), marker, withElements, chains: [...chains.values()], maps, fingerprint };
+}
+
+function markerOf(set: Obj): string | null {
+  const elem = Array.isArray(set.elem) ? (set.elem as unknown[]) : [];
+  for (const e of elem) {
+    const inner = isObj(e) && isObj(e.elem) ? e.elem : null;
+    if (inner && typeof inner.comment === 'string') return inner.comment;
+  }
+  return null;
+}
+
+/**
+ * The generation marker from `nft -j list set inet NAME sg_generation`
+ * (null when the set holds no marker). Throws NFT_FAILED on output that is not nft's JSON.
+ */
+export function parseMarker(json: string, family: 'inet', name: string): string | null {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(json);
+  } catch (e) {
+    throw new SecgroupError('NFT_FAILED', `nft -j list set ${family} ${name} ${MARKER_SET} printed something that is not JSON`, { cause: e });
+  }
+  const items = isObj(doc) && Array.isArray(doc.nftables) ? (doc.nftables as unknown[]) : [];
+  for (const item of items) {
+    if (isObj(item) && isObj(item.set) && item.set.name === MARKER_SET && item.set.table === name && item.set.family === family) return markerOf(item.set);
+  }
+  return null;
 }
 
 export type DriftKind = 'missing' | 'comment' | 'structure' | 'modified';
@@ -156,6 +193,9 @@ export function findDrift(
   const t = expected.table;
   if (!rb) return { kind: 'missing', detail: `table ${t.family} ${t.name} does not exist` };
   if (rb.comment !== expected.comment) return { kind: 'comment', detail: `table comment is ${JSON.stringify(rb.comment)}, expected ${JSON.stringify(expected.comment)}` };
+  if (rb.withElements && rb.marker !== (t.marker ?? null)) {
+    return { kind: 'comment', detail: `generation marker is ${JSON.stringify(rb.marker)}, expected ${JSON.stringify(t.marker ?? null)}` };
+  }
   const chainNames = t.chains.map((c) => c.name).sort();
   const seenChains = rb.chains.map((c) => c.name).sort();
   if (chainNames.join() !== seenChains.join()) return { kind: 'structure', detail: `chains differ: expected ${chainNames.length}, found ${seenChains.length}` };

@@ -3,7 +3,7 @@
  * that replaces our table atomically, or the equivalent libnftables JSON.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
-import { assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
+import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
 const SYM_RE = /^[a-z][a-z0-9-]*$/;
@@ -116,6 +116,7 @@ export function renderScript(table: Table): string {
   out.push(`delete table ${table.family} ${name}`);
   out.push(`table ${table.family} ${name} {`);
   if (table.comment !== undefined) out.push(`\tcomment "${safeComment(table.comment)}"`);
+  if (table.marker !== undefined) out.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
   const notes = new Map<string, string>();
   for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
   for (const m of table.maps) mapLines(m, out, notes);
@@ -156,17 +157,26 @@ export function renderElementChanges(
   return out.join('\n') + '\n';
 }
 
+/** Replaces the generation marker of an existing table (flush + add in the same transaction). */
+export function renderMarkerChange(family: 'inet', table: string, text: string): string {
+  const t = assertName(table);
+  return `flush set ${family} ${t} ${MARKER_SET}\nadd element ${family} ${t} ${MARKER_SET} { 1 comment "${safeComment(text)}" }\n`;
+}
+
 /** The script of one transaction (see transaction.ts); throws if it touches any table but its own. */
 export function renderTransaction(tx: NftTransaction): string {
   assertOwnTable(tx);
   const parts: string[] = [];
   const updates = [];
+  const markers: string[] = [];
   for (const op of tx.ops) {
     if (op.op === 'replace-table') parts.push(renderScript(op.table));
     else if (op.op === 'delete-table') parts.push(renderDeleteScript(op.family, op.name));
+    else if (op.op === 'set-marker') markers.push(renderMarkerChange(op.family, op.table, op.text));
     else updates.push(op);
   }
   if (updates.length) parts.push(renderElementChanges(tx.family, tx.table, updates));
+  parts.push(...markers);
   return parts.join('');
 }
 
@@ -258,6 +268,9 @@ export function renderJson(table: Table): { nftables: Json[] } {
     if (c.base) Object.assign(chain, { type: c.base.type, hook: c.base.hook, prio: c.base.priority, policy: c.base.policy });
     if (c.comment !== undefined) chain.comment = safeComment(c.comment);
     cmds.push({ add: { chain } });
+  }
+  if (table.marker !== undefined) {
+    cmds.push({ add: { set: { family, table: tname, name: MARKER_SET, type: 'inet_service', elem: [{ elem: { val: 1, comment: safeComment(table.marker) } }] } } });
   }
   for (const m of table.maps) {
     const map: Record<string, Json> = { family, table: tname, name: assertName(m.name), type: m.keyType.length === 1 ? m.keyType[0] : m.keyType, map: 'verdict', ...(m.interval ? { flags: ['interval'] } : {}) };

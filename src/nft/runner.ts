@@ -39,6 +39,12 @@ export interface NftRunner {
    * the table does not exist. Throws NFT_PERMISSION / NFT_FAILED.
    */
   readCounters(): Promise<Map<string, Counter> | null>;
+  /**
+   * The generation marker of our table (`nft list set`: milliseconds, whatever
+   * the map sizes); null when the table or the marker does not exist.
+   * Throws NFT_PERMISSION / NFT_FAILED.
+   */
+  readMarker(): Promise<string | null>;
 }
 
 /** First `Error:` line of nft's stderr, trimmed, for messages. */

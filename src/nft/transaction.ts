@@ -12,7 +12,9 @@ export type NftOp =
   /** remove the table; no error when it is absent */
   | { op: 'delete-table'; family: 'inet'; name: string }
   /** element changes of one verdict map; deletions are rendered before additions */
-  | { op: 'update-elements'; family: 'inet'; table: string; map: string; keyType: KeyType[]; remove: MapElement[]; add: MapElement[] };
+  | { op: 'update-elements'; family: 'inet'; table: string; map: string; keyType: KeyType[]; remove: MapElement[]; add: MapElement[] }
+  /** replace the generation marker (MARKER_SET) of an existing table */
+  | { op: 'set-marker'; family: 'inet'; table: string; text: string };
 
 export interface NftTransaction {
   family: 'inet';

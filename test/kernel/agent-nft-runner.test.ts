@@ -31,6 +31,7 @@ describe.skipIf(skip !== null)(`nft runner against the kernel${skip ? ` (skipped
   it('probes nft and reports a missing table as null', async () => {
     expect((await nft.probe()).version).toMatch(/^\d+\.\d+/);
     expect(await nft.readTable()).toBeNull();
+    expect(await nft.readMarker()).toBeNull();
   });
 
   it('says clearly when nft is missing or permission is lacking', async () => {
@@ -60,6 +61,8 @@ describe.skipIf(skip !== null)(`nft runner against the kernel${skip ? ` (skipped
     await nft.check(tx);
     await nft.apply(tx);
     expect(findDrift({ table: to.table, comment: from.table.comment! }, await nft.readTable())).toBeNull();
+    expect(await nft.readMarker()).toBe(to.table.marker);
+    expect(to.table.marker).toMatch(/^secgroup digest=[0-9a-f]{16} revision=2 /);
   });
 
   it('sees a flushed table and a hand-edited one as drifted', async () => {

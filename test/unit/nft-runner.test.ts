@@ -52,6 +52,8 @@ describe('read-back', () => {
       family: 'inet' as const,
       name: 'secgroup',
       comment: c.table.comment!,
+      marker: c.table.marker!,
+      withElements: true,
       chains: c.table.chains.map((ch) => ({ name: ch.name, rules: ch.rules.map(() => ({ comment: null, counter: null })) })),
       maps: c.table.maps.map((m) => ({ name: m.name, elements: m.elements.length })),
       fingerprint: 'f',
@@ -60,6 +62,10 @@ describe('read-back', () => {
     expect(findDrift(exp, rb)).toBeNull();
     expect(findDrift(exp, null)?.kind).toBe('missing');
     expect(findDrift(exp, { ...rb, comment: 'x' })?.kind).toBe('comment');
+    expect(findDrift(exp, { ...rb, marker: 'secgroup digest=0 revision=0' })?.detail).toMatch(/generation marker/);
+    expect(findDrift(exp, { ...rb, marker: null })?.kind).toBe('comment');
+    // a read without elements does not see the marker: not drift
+    expect(findDrift(exp, { ...rb, marker: null, withElements: false })).toBeNull();
     expect(findDrift(exp, { ...rb, chains: rb.chains.map((ch) => ({ ...ch, rules: [] })) })?.kind).toBe('structure');
     expect(findDrift(exp, { ...rb, fingerprint: 'g' })?.kind).toBe('modified');
   });
