@@ -72,8 +72,17 @@ export interface RuleChainInfo {
   elements: number;
 }
 
+/** How the rules of one direction and family were laid out (kept for membership fast paths, see membership.ts). */
+export interface RuleLayout {
+  rules: NormalizedRule[];
+  layers: (number | null)[];
+  shadowed: boolean[];
+}
+
 export interface Compiled {
   table: Table;
+  /** per `${direction}${family}` (e.g. "ingress4") */
+  layout: Map<string, RuleLayout>;
   /** per user rule, in match order */
   rules: RuleChainInfo[];
   /** sha256 (hex, 16 chars) of the table content without its comment: equal digests = identical rulesets */
@@ -82,7 +91,12 @@ export interface Compiled {
 }
 
 const PORT_PROTOS = [6, 17, 132];
-type Shape = 'ports' | 'icmp' | 'proto';
+export type Shape = 'ports' | 'icmp' | 'proto';
+
+/** Name of the verdict map of one lookup layer, shape and key signature, e.g. `in4_l0_ports_eee`. */
+export function mapName(direction: 'ingress' | 'egress', family: Family, layer: number, shape: Shape, sig: string): string {
+  return `${direction === 'ingress' ? 'in' : 'out'}${family}_l${layer}_${shape}_${sig}`;
+}
 
 export function ruleChainName(groupId: string, ruleId: string): string {
   return 'r_' + createHash('sha256').update(`${groupId}\0${ruleId}`).digest('hex').slice(0, 16);
@@ -247,7 +261,7 @@ export function assignLayers(rules: readonly NormalizedRule[]): (number | null)[
   return layers;
 }
 
-function shapesOf(r: NormalizedRule): Shape[] {
+export function shapesOf(r: NormalizedRule): Shape[] {
   if (r.protocol === null) return ['ports', 'icmp', 'proto'];
   if (PORT_PROTOS.includes(r.protocol)) return ['ports'];
   if (r.protocol === icmpProto(r.family)) return ['icmp'];
@@ -258,7 +272,7 @@ function num(lo: number, hi: number): KeyPart {
   return { kind: 'num', lo, hi };
 }
 
-function elementsOf(r: NormalizedRule, shape: Shape, chain: string): MapElement[] {
+export function elementsOf(r: NormalizedRule, shape: Shape, chain: string): MapElement[] {
   const out: MapElement[] = [];
   const verdict = jump(chain);
   const protoPart = r.protocol === null ? num(0, 255) : num(r.protocol, r.protocol);
@@ -276,7 +290,7 @@ function elementsOf(r: NormalizedRule, shape: Shape, chain: string): MapElement[
   return out;
 }
 
-function keyTypes(family: Family, shape: Shape): KeyType[] {
+export function keyTypes(family: Family, shape: Shape): KeyType[] {
   const addr: KeyType = family === 4 ? 'ipv4_addr' : 'ipv6_addr';
   if (shape === 'ports') return [addr, 'inet_proto', 'inet_service'];
   if (shape === 'icmp') return family === 4 ? [addr, 'icmp_type', 'icmp_code'] : [addr, 'icmpv6_type', 'icmpv6_code'];
@@ -295,7 +309,7 @@ function partKind(k: KeyPart, type: KeyType): PartKind {
 }
 
 /** Splits elements whose small port range would force an interval map into one element per port. */
-function expandSmallPortRanges(elements: MapElement[], shape: Shape): MapElement[] {
+export function expandSmallPortRanges(elements: MapElement[], shape: Shape): MapElement[] {
   if (shape !== 'ports') return elements;
   const out: MapElement[] = [];
   for (const el of elements) {
@@ -313,7 +327,7 @@ function expandSmallPortRanges(elements: MapElement[], shape: Shape): MapElement
  * only signatures with a range need an interval map. Elements of one layer are
  * disjoint, so the sub-maps can be looked up in any order.
  */
-function splitBySignature(elements: MapElement[], types: readonly KeyType[]): Map<string, MapElement[]> {
+export function splitBySignature(elements: MapElement[], types: readonly KeyType[]): Map<string, MapElement[]> {
   const out = new Map<string, MapElement[]>();
   for (const el of elements) {
     const sig = el.key.map((k, i) => partKind(k, types[i]!)).join('');
@@ -460,6 +474,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
   const infos: RuleChainInfo[] = [];
   const familyChains: Chain[] = [];
   const layerStats: Record<string, number> = {};
+  const layout = new Map<string, RuleLayout>();
   const seen = new Set<string>();
 
   for (const r of all) {
@@ -480,7 +495,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
       // shadowed rules match nothing first: leave them out of the maps (their chains stay, with zero hits)
       const shadowed = findShadowed(rules);
       const layers = assignLayers(rules.map((r, i) => (shadowed[i] ? { ...r, peers: [] } : r)));
-      const prefix = `${direction === 'ingress' ? 'in' : 'out'}${family}`;
+      layout.set(`${direction}${family}`, { rules, layers, shadowed });
       const byLayer = new Map<number, Map<Shape, MapElement[]>>();
       rules.forEach((r, i) => {
         const layer = layers[i] ?? null;
@@ -515,7 +530,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
               chainRules.push({ exprs: [...lookupExprs(family, shape, field, null, sig), { kind: 'verdict', verdict: els[0]!.verdict }] });
               continue;
             }
-            const name = `${prefix}_l${layer}_${shape}_${sig}`;
+            const name = mapName(direction, family, layer, shape, sig);
             maps.push({ name, keyType: types.filter((_, i) => sig[i] !== 'x'), interval: sig.includes('r'), elements: els });
             chainRules.push({ exprs: lookupExprs(family, shape, field, name, sig) });
           }
@@ -550,6 +565,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
   table.marker = table.comment;
   return {
     table,
+    layout,
     rules: infos,
     digest,
     stats: { rules: all.length, elements: maps.reduce((n, m) => n + m.elements.length, 0), layers: layerStats },

@@ -83,7 +83,7 @@ const V4_BASE = parseIp('198.18.0.0').value;
 const V6_BASE = parseIp('fd00:5ec::').value;
 
 /** A test address: mostly in the first two /24 (or /120) so that rules collide, sometimes anywhere in the range. */
-function testAddress(rng: Rng, family: Family): bigint {
+export function testAddress(rng: Rng, family: Family): bigint {
   const base = family === 4 ? V4_BASE : V6_BASE;
   const r = TEST_RANGES[family];
   const off = rng.weighted<() => bigint>([
