@@ -15,7 +15,8 @@ import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
 import { checkPolicy } from '../policy/schema.js';
 import { formatIssue } from '../lib/errors.js';
-import { PROTOCOL_VERSION, type AckMessage } from '../protocol/messages.js';
+import { PROTOCOL_VERSION, type AckMessage, type PolicyDeltaMessage } from '../protocol/messages.js';
+import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
 import { controllerHostPort, platformOptions, type AgentConfig } from './config.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
 import { AgentMetrics } from './metrics.js';
@@ -168,6 +169,39 @@ export function createAgent(deps: AgentDeps): Agent {
     void reconciler.submit(r.policy, 'controller');
   }
 
+  /**
+   * A membership delta: applied to the newest document held (it must be the
+   * delta's base; otherwise, or when the delta does not fit it, ask for the
+   * full document). The result is the document the controller compiled; the
+   * reconciler turns the member changes into element updates when it can.
+   */
+  function onPolicyDelta(d: PolicyDeltaMessage): void {
+    const base = reconciler.newestPolicy;
+    const resync = (reason: string): void => {
+      logger.warn({ event: 'resync', revision: d.revision, base: d.base_revision, have: base?.revision ?? null }, `cannot use the delta to revision ${d.revision}: ${reason}; asking for the full policy`);
+      client?.send({ type: 'resync', have_revision: base?.revision ?? null, reason: reason.slice(0, 512) });
+    };
+    if (!base) return resync('no document to apply it to');
+    for (const [gid, c] of Object.entries(d.group_members)) {
+      const bad = [...c.add, ...c.remove].find((a) => ipFamily(a) === null);
+      if (bad !== undefined) {
+        metrics.policiesRejected.inc();
+        const message = `invalid policy delta, nothing applied: group_members.${gid}: ${JSON.stringify(bad).slice(0, 100)} is not an IP address`;
+        logger.error({ event: 'policy_rejected', revision: d.revision }, message);
+        client?.send({ type: 'ack', revision: d.revision, status: 'rejected', error: { code: 'POLICY_INVALID', message } });
+        return;
+      }
+    }
+    let next;
+    try {
+      next = applyPolicyDelta(base, d);
+    } catch (e) {
+      if (e instanceof PolicyDeltaError) return resync(e.message);
+      throw e;
+    }
+    void reconciler.submit(next, 'controller', { base: d.base_revision, groups: d.group_members });
+  }
+
   function status(): AgentStatus {
     const st = reconciler.state;
     const err = reconciler.error;
@@ -269,6 +303,7 @@ export function createAgent(deps: AgentDeps): Agent {
             ...(deps.hostname ? { hostname: deps.hostname.slice(0, 255) } : {}),
           }),
           onPolicy,
+          onPolicyDelta,
           onConnected: () => {
             metrics.controllerConnected.set(1);
             void sendPorts();

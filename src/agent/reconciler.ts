@@ -24,6 +24,7 @@ import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import { compilePolicy, type Compiled } from '../nft/compile.js';
 import { planElementUpdate } from '../nft/diff.js';
+import { applyMembershipChange, composeMembershipChanges, type MembershipChange } from '../nft/membership.js';
 import { findDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import type { NftRunner } from '../nft/runner.js';
 import { replaceTableTx, type NftTransaction } from '../nft/transaction.js';
@@ -80,9 +81,17 @@ export interface ReconcilerOptions {
   onOutcome?: (o: SyncOutcome) => void;
 }
 
+/** What changed since revision `base`: only these remote-group members (a protocol `policy_delta`). */
+export interface ChangeHint {
+  base: number;
+  groups: MembershipChange;
+}
+
 interface Desired {
   policy: Policy;
   source: PolicySource;
+  /** when set: the policy is the document of revision `change.base` with only these member changes */
+  change: ChangeHint | null;
   waiters: ((o: SyncOutcome) => void)[];
   /** its failure was already reported (retries are silent) */
   reported: boolean;
@@ -137,6 +146,11 @@ export class Reconciler {
     return (this.pending ?? this.inFlight)?.policy.revision ?? null;
   }
 
+  /** The newest document this reconciler holds: waiting, being applied, or applied (the base of the next delta). */
+  get newestPolicy(): Policy | null {
+    return (this.pending ?? this.inFlight)?.policy ?? this.applied?.policy ?? null;
+  }
+
   get error(): SecgroupError | null {
     return this.lastError;
   }
@@ -145,7 +159,7 @@ export class Reconciler {
    * Records `policy` as desired and resolves with what became of it: applied,
    * failed (first failure; retries go on), superseded or stale. Never rejects.
    */
-  submit(policy: Policy, source: PolicySource): Promise<SyncOutcome> {
+  submit(policy: Policy, source: PolicySource, change: ChangeHint | null = null): Promise<SyncOutcome> {
     return new Promise((resolve) => {
       const rev = policy.revision;
       if (this.stopped) {
@@ -159,9 +173,12 @@ export class Reconciler {
       }
       let waiters: ((o: SyncOutcome) => void)[] = [resolve];
       const old = this.pending;
+      // a delta on top of a waiting delta: one change against the older base
+      if (change && old && change.base === old.policy.revision) change = old.change ? { base: old.change.base, groups: composeMembershipChanges(old.change.groups, change.groups) } : null;
+      else if (change && old) change = null;
       if (old && old.policy.revision === rev) waiters = [...old.waiters, resolve];
       else if (old && !old.reported) this.emit({ status: 'superseded', revision: old.policy.revision, by: rev, source: old.source }, old.waiters);
-      this.pending = { policy, source, waiters, reported: false };
+      this.pending = { policy, source, change, waiters, reported: false };
       this.kick(true);
     });
   }
@@ -170,7 +187,7 @@ export class Reconciler {
   setPlatform(platform: PlatformOptions): void {
     this.platform = platform;
     if (this.applied && !this.pending) {
-      this.pending = { policy: this.applied.policy, source: 'platform', waiters: [], reported: false };
+      this.pending = { policy: this.applied.policy, source: 'platform', change: null, waiters: [], reported: false };
       this.kick(true);
     }
   }
@@ -286,7 +303,7 @@ export class Reconciler {
       const d = this.pending;
       this.pending = null;
       this.inFlight = d;
-      const result = await this.mutex.run(() => this.syncOnce(d.policy, d.source));
+      const result = await this.mutex.run(() => this.syncOnce(d.policy, d.source, d.change));
       this.inFlight = null;
       if (result.ok) {
         this.retryAttempt = 0;
@@ -324,13 +341,30 @@ export class Reconciler {
   private async syncOnce(
     policy: Policy,
     source: PolicySource,
+    change: ChangeHint | null = null,
   ): Promise<{ ok: true; kind: SyncKind; durationMs: number; digest: string } | { ok: false; error: SecgroupError }> {
     const { nft, clock, logger, metrics } = this.o;
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
     try {
-      const compiled = compilePolicy(policy, { table: nft.table, platform: this.platform });
       const prev = this.applied;
+      if (change && prev && change.base === prev.revision && !this.forceFull && this.o.incremental) {
+        const fast = applyMembershipChange(prev.compiled, policy, change.groups);
+        if (fast.ok) {
+          try {
+            const tx: NftTransaction = { family: 'inet', table: nft.table, ops: fast.ops };
+            await nft.apply(tx);
+            const fingerprint = await this.verify(fast.compiled, prev.tableComment);
+            logger.debug({ event: 'membership', ...log, added: fast.added, removed: fast.removed }, 'member change applied as element updates');
+            return await this.finish(policy, source, fast.compiled, prev.tableComment, fingerprint, 'incremental', t0);
+          } catch (e) {
+            logger.warn({ event: 'membership_failed', ...log, err: e }, `member update failed, falling back to a full compile: ${errorMessage(e)}`);
+          }
+        } else {
+          logger.debug({ event: 'membership_full', ...log, reason: fast.reason }, `member change needs a full compile: ${fast.reason}`);
+        }
+      }
+      const compiled = compilePolicy(policy, { table: nft.table, platform: this.platform });
       let kind: SyncKind | null = null;
       let tableComment = compiled.table.comment ?? null;
       let fingerprint = '';
@@ -361,33 +395,49 @@ export class Reconciler {
         fingerprint = await this.verify(compiled, tableComment);
         kind = 'full';
       }
-      const durationMs = Math.max(0, clock.monotonic() - t0);
-      const changed = prev?.revision !== policy.revision;
-      this.applied = { policy, revision: policy.revision, compiled, tableComment, fingerprint, at: clock.now(), kind };
-      this.forceFull = false;
-      if (changed && source !== 'disk') {
-        try {
-          await this.o.store.save(policy);
-        } catch (e) {
-          const err = asSecgroupError(e);
-          metrics.stateErrors.inc({ code: err.code });
-          logger.error({ event: 'persist_failed', ...log, err }, `revision ${policy.revision} is applied but could not be saved as last known good: ${err.message}`);
-        }
-      }
-      metrics.appliedRevision.set(policy.revision);
-      if (kind !== 'noop') {
-        metrics.applies.inc({ kind });
-        metrics.applyDuration.observe({ kind }, durationMs / 1000);
-      }
-      logger.info(
-        { event: 'apply', ...log, kind, durationMs, digest: compiled.digest, rules: compiled.stats.rules, elements: compiled.stats.elements },
-        kind === 'noop' ? `revision ${policy.revision}: ruleset unchanged, nothing to apply` : `revision ${policy.revision} applied (${kind})`,
-      );
-      return { ok: true, kind, durationMs, digest: compiled.digest };
+      return await this.finish(policy, source, compiled, tableComment, fingerprint, kind, t0);
     } catch (e) {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };
     }
+  }
+
+  /** After a successful sync: record, persist, count and log it. */
+  private async finish(
+    policy: Policy,
+    source: PolicySource,
+    compiled: Compiled,
+    tableComment: string | null,
+    fingerprint: string,
+    kind: SyncKind,
+    t0: number,
+  ): Promise<{ ok: true; kind: SyncKind; durationMs: number; digest: string }> {
+    const { clock, logger, metrics } = this.o;
+    const log = { revision: policy.revision, source };
+    const prev = this.applied;
+    const durationMs = Math.max(0, clock.monotonic() - t0);
+    const changed = prev?.revision !== policy.revision;
+    this.applied = { policy, revision: policy.revision, compiled, tableComment, fingerprint, at: clock.now(), kind };
+    this.forceFull = false;
+    if (changed && source !== 'disk') {
+      try {
+        await this.o.store.save(policy);
+      } catch (e) {
+        const err = asSecgroupError(e);
+        metrics.stateErrors.inc({ code: err.code });
+        logger.error({ event: 'persist_failed', ...log, err }, `revision ${policy.revision} is applied but could not be saved as last known good: ${err.message}`);
+      }
+    }
+    metrics.appliedRevision.set(policy.revision);
+    if (kind !== 'noop') {
+      metrics.applies.inc({ kind });
+      metrics.applyDuration.observe({ kind }, durationMs / 1000);
+    }
+    logger.info(
+      { event: 'apply', ...log, kind, durationMs, digest: compiled.digest, rules: compiled.stats.rules, elements: compiled.stats.elements },
+      kind === 'noop' ? `revision ${policy.revision}: ruleset unchanged, nothing to apply` : `revision ${policy.revision} applied (${kind})`,
+    );
+    return { ok: true, kind, durationMs, digest: compiled.digest };
   }
 
   /**

@@ -250,3 +250,34 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   };
   return { ok: true, compiled, ops, added, removed };
 }
+
+/**
+ * `a` then `b` as one change (both exact against their bases: adds were not
+ * members, removes were). An address added then removed, or removed then
+ * added, drops out.
+ */
+export function composeMembershipChanges(a: MembershipChange, b: MembershipChange): MembershipChange {
+  const net = new Map<string, Map<string, 1 | -1>>();
+  for (const c of [a, b]) {
+    for (const [g, { add, remove }] of Object.entries(c)) {
+      let m = net.get(g);
+      if (!m) net.set(g, (m = new Map()));
+      for (const x of remove) {
+        if (m.get(x) === 1) m.delete(x);
+        else m.set(x, -1);
+      }
+      for (const x of add) {
+        if (m.get(x) === -1) m.delete(x);
+        else m.set(x, 1);
+      }
+    }
+  }
+  const out: Record<string, { add: string[]; remove: string[] }> = {};
+  for (const [g, m] of net) {
+    const add: string[] = [];
+    const remove: string[] = [];
+    for (const [x, s] of m) (s === 1 ? add : remove).push(x);
+    out[g] = { add, remove };
+  }
+  return out;
+}

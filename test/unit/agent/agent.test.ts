@@ -4,6 +4,7 @@ import { SecgroupError } from '../../../src/lib/errors.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import { ManualScheduler } from '../../../src/lib/scheduler.js';
 import { FakeNft } from '../../../src/nft/fake.js';
+import { compilePolicy } from '../../../src/nft/compile.js';
 import { createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
 import { FakeDialer } from '../../../src/agent/controller-client.js';
@@ -79,6 +80,69 @@ describe('agent', () => {
     expect(store.policy?.revision).toBe(3);
     expect(acks(s.messages)).toEqual([expect.objectContaining({ revision: 3, status: 'applied', duration_ms: expect.any(Number), digest: expect.any(String) })]);
     expect(s.messages.some((m) => m.type === 'ports')).toBe(true);
+    await agent.stop();
+  });
+
+  it('applies a membership delta as element updates (no full compile, no reload), acks it and persists the new document', async () => {
+    const { nft, dialer, agent, store } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    s.receive({ type: 'policy', policy: policy(3) });
+    await agent.reconciler.idle();
+    const applies = nft.count('apply');
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.0.30'], remove: ['198.18.0.12'] } } });
+    await agent.reconciler.idle();
+    await settle();
+    expect(nft.count('apply')).toBe(applies + 1);
+    const tx = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
+    expect(tx.ops.map((o) => o.op)).toEqual(['update-elements', 'set-marker']);
+    expect(nft.state!.marker).toContain('revision=4');
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
+    expect(store.policy?.revision).toBe(4);
+    expect(store.policy?.group_members.web).toEqual(['198.18.0.10', '198.18.0.30']);
+    expect(agent.reconciler.state?.kind).toBe('incremental');
+    // the table holds what a full compile of revision 4 gives
+    const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.30'] }));
+    const elements = (t: { maps: { name: string; elements: unknown[] }[] }) => t.maps.filter((m) => m.name.startsWith('in4')).reduce((n, m) => n + m.elements.length, 0);
+    expect(elements(nft.state!)).toBe(elements(full.table));
+    await agent.stop();
+  });
+
+  it('asks for the full policy (resync) when a delta does not start from its newest document', async () => {
+    const { nft, dialer, agent } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.0.30'], remove: [] } } });
+    expect(s.messages.at(-1)).toMatchObject({ type: 'resync', have_revision: null });
+    s.receive({ type: 'policy', policy: policy(3) });
+    await agent.reconciler.idle();
+    s.receive({ type: 'policy_delta', base_revision: 2, revision: 4, group_members: { web: { add: ['198.18.0.30'], remove: [] } } });
+    expect(s.messages.at(-1)).toMatchObject({ type: 'resync', have_revision: 3, reason: expect.stringContaining('revision 2') });
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { nope: { add: ['198.18.0.30'], remove: [] } } });
+    expect(s.messages.at(-1)).toMatchObject({ type: 'resync', have_revision: 3, reason: expect.stringContaining('nope') });
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['not-an-ip'], remove: [] } } });
+    expect(s.messages.at(-1)).toMatchObject({ type: 'ack', revision: 4, status: 'rejected', error: { code: 'POLICY_INVALID' } });
+    await agent.reconciler.idle();
+    expect(nft.state!.marker).toContain('revision=3');
+    await agent.stop();
+  });
+
+  it('falls back to a full compile when a delta cannot be element updates (merged range), with the same result', async () => {
+    const { nft, dialer, agent } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    s.receive({ type: 'policy', policy: policy(3) });
+    await agent.reconciler.idle();
+    // 198.18.0.11 joins 198.18.0.10 and .12 into one range: the maps change shape
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.0.11'], remove: [] } } });
+    await agent.reconciler.idle();
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
+    const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.11', '198.18.0.12'] }));
+    expect(nft.state!.maps.map((m) => m.name).sort()).toEqual(full.table.maps.map((m) => m.name).sort());
     await agent.stop();
   });
 

@@ -3,7 +3,9 @@ import { FakeClock } from '../../../src/lib/clock.js';
 import { SecgroupError } from '../../../src/lib/errors.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import { FakeNft } from '../../../src/nft/fake.js';
-import { ruleChainName } from '../../../src/nft/compile.js';
+import { compilePolicy, ruleChainName } from '../../../src/nft/compile.js';
+import { elementId } from '../../../src/nft/diff.js';
+import type { Table } from '../../../src/nft/model.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../../../src/agent/reconciler.js';
@@ -221,6 +223,36 @@ describe('reconciler', () => {
     const { store, r } = setup();
     await r.submit(policy(1), 'disk');
     expect(store.saves).toBe(0);
+  });
+
+  it('composes member deltas that queue up behind a running sync into one element update against the applied revision', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const release = nft.hold('apply');
+    const p2 = r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.12', '198.18.0.30'] }), 'controller', { base: 1, groups: { web: { add: ['198.18.0.30'], remove: [] } } });
+    await new Promise((res) => setImmediate(res));
+    // while 2 is being applied: 3 and 4 arrive as deltas, 4 on top of 3 (3 is superseded)
+    const p3 = r.submit(policy(3, { members: ['198.18.0.10', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: [], remove: ['198.18.0.12'] } } });
+    const p4 = r.submit(policy(4, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }), 'controller', { base: 3, groups: { web: { add: ['198.18.0.50'], remove: [] } } });
+    release();
+    expect(await p2).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(await p3).toMatchObject({ status: 'superseded', by: 4 });
+    expect(await p4).toMatchObject({ status: 'applied', kind: 'incremental' });
+    const last = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
+    expect(last.ops.map((o) => o.op)).toEqual(['update-elements', 'set-marker']);
+    const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }));
+    const ids = (t: Table) => t.maps.flatMap((m) => m.elements.map((e) => `${m.name}:${elementId(e)}`)).sort();
+    expect(ids(nft.state!)).toEqual(ids(full.table));
+  });
+
+  it('ignores a member delta whose base is not what is applied, and compiles in full', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const o = await r.submit(policy(3, { members: ['198.18.0.10', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.30'], remove: ['198.18.0.12'] } } });
+    expect(o).toMatchObject({ status: 'applied' });
+    const full = compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30'] }));
+    expect(nft.state!.maps.flatMap((m) => m.elements).length).toBe(full.table.maps.flatMap((m) => m.elements).length);
+    expect(r.state!.compiled.digest).toBe(full.digest);
   });
 
   describe('drift', () => {
