@@ -126,6 +126,8 @@ export class Reconciler {
   private lastError: SecgroupError | null = null;
   private stopped = false;
   private readonly mutex = new Mutex();
+  /** applied but not yet written as last known good */
+  private unsaved: Policy | null = null;
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, ...opts };
@@ -312,6 +314,8 @@ export class Reconciler {
           { status: 'applied', revision: d.policy.revision, kind: result.kind, durationMs: result.durationMs, digest: result.digest, source: d.source },
           d.waiters,
         );
+        // after the ack (a 100k-member document takes ~15 ms to write), before the next sync
+        await this.persist();
         continue;
       }
       const newer = this.pending !== null;
@@ -402,7 +406,21 @@ export class Reconciler {
     }
   }
 
-  /** After a successful sync: record, persist, count and log it. */
+  /** Writes the last applied policy as last known good, if not written yet. Never throws. */
+  private async persist(): Promise<void> {
+    const policy = this.unsaved;
+    if (!policy) return;
+    this.unsaved = null;
+    try {
+      await this.o.store.save(policy);
+    } catch (e) {
+      const err = asSecgroupError(e);
+      this.o.metrics.stateErrors.inc({ code: err.code });
+      this.o.logger.error({ event: 'persist_failed', revision: policy.revision, err }, `revision ${policy.revision} is applied but could not be saved as last known good: ${err.message}`);
+    }
+  }
+
+  /** After a successful sync: record, count and log it (persisting follows in the loop). */
   private async finish(
     policy: Policy,
     source: PolicySource,
@@ -419,15 +437,8 @@ export class Reconciler {
     const changed = prev?.revision !== policy.revision;
     this.applied = { policy, revision: policy.revision, compiled, tableComment, fingerprint, at: clock.now(), kind };
     this.forceFull = false;
-    if (changed && source !== 'disk') {
-      try {
-        await this.o.store.save(policy);
-      } catch (e) {
-        const err = asSecgroupError(e);
-        metrics.stateErrors.inc({ code: err.code });
-        logger.error({ event: 'persist_failed', ...log, err }, `revision ${policy.revision} is applied but could not be saved as last known good: ${err.message}`);
-      }
-    }
+    // saved as last known good right after the outcome is reported (see loop)
+    if (changed && source !== 'disk') this.unsaved = policy;
     metrics.appliedRevision.set(policy.revision);
     if (kind !== 'noop') {
       metrics.applies.inc({ kind });

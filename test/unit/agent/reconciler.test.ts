@@ -216,7 +216,18 @@ describe('reconciler', () => {
     const { store, metrics, r } = setup();
     store.failNextSave = new SecgroupError('STATE_IO', 'disk full');
     expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied' });
+    await r.idle(); // written after the outcome is reported
     expect(await metric(metrics, 'secgroup_state_errors_total')).toBe('secgroup_state_errors_total{code="STATE_IO"} 1');
+  });
+
+  it('writes the state file once per applied revision, before the next sync', async () => {
+    const { store, r } = setup();
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied' });
+    await r.idle();
+    expect(store.policy?.revision).toBe(1);
+    await r.submit(policy(2), 'controller');
+    await r.idle();
+    expect(store.saves).toBe(2);
   });
 
   it('does not rewrite the state file for a policy that came from it', async () => {
