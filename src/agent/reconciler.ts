@@ -362,7 +362,9 @@ export class Reconciler {
             logger.debug({ event: 'membership', ...log, added: fast.added, removed: fast.removed }, 'member change applied as element updates');
             return await this.finish(policy, source, fast.compiled, prev.tableComment, fingerprint, 'incremental', t0);
           } catch (e) {
-            logger.warn({ event: 'membership_failed', ...log, err: e }, `member update failed, falling back to a full compile: ${errorMessage(e)}`);
+            // the fast path changed the compiled state in place: only a full reload is right now
+            this.forceFull = true;
+            logger.warn({ event: 'membership_failed', ...log, err: e }, `member update failed, falling back to a full reload: ${errorMessage(e)}`);
           }
         } else {
           logger.debug({ event: 'membership_full', ...log, reason: fast.reason }, `member change needs a full compile: ${fast.reason}`);

@@ -31,7 +31,7 @@ import { parseIp, type AddrRange, type Family } from '../policy/address.js';
 import type { NormalizedRule } from '../policy/normalize.js';
 import type { Policy } from '../policy/schema.js';
 import { elementId } from './diff.js';
-import { expandSmallPortRanges, elementsOf, keyTypes, mapName, ruleChainName, shapesOf, splitBySignature, type Compiled, type RuleLayout } from './compile.js';
+import { expandSmallPortRanges, elementsOf, keyTypes, mapName, ruleChainName, shapesOf, splitBySignature, type Compiled } from './compile.js';
 import { comment, type MapElement, type VerdictMap } from './model.js';
 import type { NftOp } from './transaction.js';
 
@@ -71,6 +71,17 @@ function insertAt(ranges: readonly AddrRange[], x: bigint): number {
   return lo;
 }
 
+/** Position of an element equal to `el` (its address part compared first: one bigint compare per element). */
+function indexOfElement(elements: readonly MapElement[], el: MapElement): number {
+  const k0 = el.key[0]!;
+  const id = elementId(el);
+  for (let i = 0; i < elements.length; i++) {
+    const k = elements[i]!.key[0]!;
+    if (k.lo === k0.lo && k.hi === k0.hi && elementId(elements[i]!) === id) return i;
+  }
+  return -1;
+}
+
 /** Can one packet match both rules, peers aside? (same direction and family) */
 function samePackets(a: NormalizedRule, b: NormalizedRule): boolean {
   if (a.protocol !== null && b.protocol !== null && a.protocol !== b.protocol) return false;
@@ -97,6 +108,12 @@ interface MapChange {
  * compiled table. `policy` is the new document (its revision and instance
  * name the result). Returns the new compiled state and the element ops
  * (ending with the generation marker), or the reason it cannot.
+ *
+ * On success the result takes over `prev`'s big arrays (member ranges, map
+ * elements) and changes them in place, so the cost does not grow with the
+ * group: `prev` must not be used afterwards (if applying the ops fails, the
+ * caller reloads from a full compile). On failure `prev` is untouched: every
+ * check runs before anything is changed.
  */
 export function applyMembershipChange(prev: Compiled, policy: Policy, change: MembershipChange): MembershipResult {
   const fail = (reason: string): MembershipResult => ({ ok: false, reason });
@@ -104,11 +121,12 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   for (const c of Object.values(change)) total += c.add.length + c.remove.length;
   if (total > MAX_CHANGES) return fail(`${total} changed addresses`);
 
-  // copy on write: `prev` stays intact (the caller keeps it if the apply fails)
-  const layout = new Map<string, RuleLayout>(prev.layout);
-  const copied = new Set<string>();
+  // ---- phase 1: checks and planned element changes; nothing is modified ----
+  const layout = prev.layout;
   const mapChanges = new Map<string, MapChange>();
   const counts = new Map<string, number>(); // chain -> element delta
+  const peerEdits: { peers: AddrRange[]; family: Family; add: bigint[]; remove: bigint[] }[] = [];
+  const touched = new Set<string>(); // family:address changed in some group
   let added = 0;
   let removed = 0;
   const effective: string[] = [];
@@ -141,7 +159,11 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
       }
       if (!affected.length) continue; // members of a group no rule of this family uses
       const first = affected[0]!;
+      // every rule on the group shares one array of merged members (see normalizeRules)
       const peers = layout.get(first.key)!.rules[first.index]!.peers;
+      for (const { key, index } of affected) {
+        if (layout.get(key)!.rules[index]!.peers !== peers) return fail(`rules on ${groupId} do not share their member list`);
+      }
       // effective changes against the current members (a rule's peers are the group's merged members)
       const addList: bigint[] = [];
       const removeList: bigint[] = [];
@@ -159,10 +181,11 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
       if (!addList.length && !removeList.length) continue;
       if (peers.length === 0 || peers.length - removeList.length + addList.length === 0) return fail(`group ${groupId} gains its first or loses its last IPv${family} member`);
       const changed = [...addList, ...removeList];
-      // new merged peers: singletons out, singletons in
-      const gone = new Set(removeList);
-      const next = removeList.length ? peers.filter((r) => !(r.lo === r.hi && gone.has(r.lo))) : peers.slice();
-      for (const a of addList.sort((x, y) => (x < y ? -1 : x > y ? 1 : 0))) next.splice(insertAt(next, a), 0, { family, lo: a, hi: a });
+      for (const a of changed) {
+        // one address changing in two groups at once could create or remove an overlap between their rules
+        if (touched.has(`${family}:${a}`)) return fail(`an address changes in more than one group`);
+        touched.add(`${family}:${a}`);
+      }
 
       for (const { key, index } of affected) {
         const l = layout.get(key)!;
@@ -201,40 +224,31 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
           }
         }
       }
-      // every rule on the group (both directions) shares the new peers
-      for (const { key, index } of affected) {
-        let l = layout.get(key)!;
-        if (!copied.has(key)) {
-          l = { ...l, rules: l.rules.slice() };
-          layout.set(key, l);
-          copied.add(key);
-        }
-        l.rules[index] = { ...l.rules[index]!, peers: next };
-      }
+      peerEdits.push({ peers, family, add: addList, remove: removeList });
       effective.push(`${groupId}:${family}:+${addList.join(',')}:-${removeList.join(',')}`);
     }
   }
+  for (const mc of mapChanges.values()) {
+    for (const el of mc.remove) if (indexOfElement(mc.map.elements, el) < 0) return fail(`map ${mc.map.name} does not hold an element it should`);
+  }
 
-  // the new maps: removed elements out (compared by their address part first: cheap on 100k elements), added ones in
-  const maps = prev.table.maps.map((m) => {
-    const mc = mapChanges.get(m.name);
-    if (!mc) return m;
-    let elements = m.elements;
-    if (mc.remove.length) {
-      const addrs = new Set(mc.remove.map((el) => (el.key[0]!.kind === 'addr' ? el.key[0]!.lo : -1n)));
-      const ids = new Set(mc.remove.map(elementId));
-      elements = elements.filter((el) => {
-        const k = el.key[0]!;
-        return !(k.kind === 'addr' && addrs.has(k.lo) && ids.has(elementId(el)));
-      });
-      if (m.elements.length - elements.length !== mc.remove.length) throw new Error(`internal: membership fast path lost track of map ${m.name}`);
+  // ---- phase 2: in place (binary search + splice; swap-remove and push for elements) ----
+  for (const e of peerEdits) {
+    for (const a of e.remove) e.peers.splice(find(e.peers, a), 1);
+    for (const a of e.add) e.peers.splice(insertAt(e.peers, a), 0, { family: e.family, lo: a, hi: a });
+  }
+  for (const mc of mapChanges.values()) {
+    const elements = mc.map.elements;
+    for (const el of mc.remove) {
+      const i = indexOfElement(elements, el);
+      elements[i] = elements[elements.length - 1]!;
+      elements.pop();
     }
-    if (mc.add.length) elements = elements.concat(mc.add);
-    return { ...m, elements };
-  });
+    for (const el of mc.add) elements.push(el);
+  }
   const digest = createHash('sha256').update(`${prev.digest}\n${policy.revision}\n${effective.join('\n')}`).digest('hex').slice(0, 16);
   const marker = comment(`secgroup digest=${digest} revision=${policy.revision} instance=${policy.instance.id}`);
-  const table = { ...prev.table, maps, marker };
+  const table = { ...prev.table, marker };
   const ops: NftOp[] = [];
   for (const mc of mapChanges.values()) {
     if (mc.remove.length || mc.add.length) ops.push({ op: 'update-elements', family: table.family, table: table.name, map: mc.map.name, keyType: mc.map.keyType, remove: mc.remove, add: mc.add });

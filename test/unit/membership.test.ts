@@ -77,8 +77,20 @@ async function checkSeed(seed: number): Promise<{ taken: boolean; problem: strin
   const change = randomChange(rng, before);
   const after = withChange(before, change, before.revision + 1);
   const prev = compilePolicy(before);
+  const kernel = structuredClone(prev.table); // what the kernel holds before the ops
   const fast = applyMembershipChange(prev, after, change);
-  if (!fast.ok || fast.ops.length < 2) return { taken: false, problem: null };
+  if (!fast.ok) {
+    // a refusal leaves prev as it was
+    const again = compilePolicy(before);
+    if (key(prev.table.maps.flatMap((m) => m.elements)).join() !== key(again.table.maps.flatMap((m) => m.elements)).join()) {
+      return { taken: false, problem: `seed ${seed}: a refused change modified the compiled table (${fast.reason})` };
+    }
+    if (JSON.stringify([...prev.layout.values()].map((l) => l.rules.map((r) => r.peers)), (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v)) !== JSON.stringify([...again.layout.values()].map((l) => l.rules.map((r) => r.peers)), (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))) {
+      return { taken: false, problem: `seed ${seed}: a refused change modified the rule layout (${fast.reason})` };
+    }
+    return { taken: false, problem: null };
+  }
+  if (fast.ops.length < 2) return { taken: false, problem: null };
   const full = compilePolicy(after);
   const t = fast.compiled.table;
   for (const packet of packetsFor(rng, after, change)) {
@@ -91,7 +103,7 @@ async function checkSeed(seed: number): Promise<{ taken: boolean; problem: strin
   }
   // the ops turn the old table into the new one, element for element
   const nft = new FakeNft();
-  nft.state = structuredClone(prev.table);
+  nft.state = kernel;
   const tx = { family: 'inet' as const, table: 'secgroup', ops: fast.ops };
   renderTransaction(tx); // renders: safe names, valid elements
   await nft.apply(tx);
@@ -100,9 +112,17 @@ async function checkSeed(seed: number): Promise<{ taken: boolean; problem: strin
     if (key(got.elements).join() !== key(m.elements).join()) return { taken: true, problem: `seed ${seed}: ops on the old table do not give map ${m.name}` };
   }
   if (nft.state!.marker !== t.marker) return { taken: true, problem: `seed ${seed}: marker not set` };
-  // prev is untouched (copy on write)
-  if (JSON.stringify(key(prev.table.maps.flatMap((m) => m.elements))) !== JSON.stringify(key(compilePolicy(before).table.maps.flatMap((m) => m.elements)))) {
-    return { taken: true, problem: `seed ${seed}: the fast path changed the previous compiled table` };
+  // a second change on top of the first (the result owns the state now) still matches a full compile
+  const change2 = randomChange(rng, after);
+  const after2 = withChange(after, change2, after.revision + 1);
+  const fast2 = applyMembershipChange(fast.compiled, after2, change2);
+  if (fast2.ok) {
+    const full2 = compilePolicy(after2);
+    for (const packet of packetsFor(rng, after2, change2)) {
+      const got = new NftInterpreter(fast2.compiled.table).run(packet);
+      const ref = new NftInterpreter(full2.table).run(packet);
+      if (got.verdict !== ref.verdict || got.chain !== ref.chain) return { taken: true, problem: `seed ${seed}: second change: ${formatPacket(packet)}: fast ${got.verdict} via ${got.chain}, full ${ref.verdict} via ${ref.chain}` };
+    }
   }
   return { taken: true, problem: null };
 }

@@ -256,6 +256,21 @@ describe('reconciler', () => {
     expect(ids(nft.state!)).toEqual(ids(full.table));
   });
 
+  it('reloads in full when the element update of a member delta fails (the table stays right)', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    nft.failNext('apply');
+    const o = await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.30'] }), 'controller', { base: 1, groups: { web: { add: ['198.18.0.30'], remove: ['198.18.0.12'] } } });
+    expect(o).toMatchObject({ status: 'applied', kind: 'full' });
+    const full = compilePolicy(policy(2, { members: ['198.18.0.10', '198.18.0.30'] }));
+    const ids = (t: Table) => t.maps.flatMap((m) => m.elements.map((e) => `${m.name}:${elementId(e)}`)).sort();
+    expect(ids(nft.state!)).toEqual(ids(full.table));
+    // and the next delta takes the fast path again from the fresh compile
+    const o3 = await r.submit(policy(3, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.50'], remove: [] } } });
+    expect(o3).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(ids(nft.state!)).toEqual(ids(compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] })).table));
+  });
+
   it('ignores a member delta whose base is not what is applied, and compiles in full', async () => {
     const { nft, r } = setup();
     await r.submit(policy(1), 'controller');
