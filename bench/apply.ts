@@ -149,14 +149,17 @@ async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]
     applied(await delta.submit(parsePolicy(c.build(rev)), 'local'));
     const deltaMs: number[] = [];
     for (let i = 0; i < 7; i++) {
+      await delta.idle(); // the previous revision is written to disk (after its ack) before this change arrives
       const base = delta.newestPolicy!;
       const frame = JSON.stringify({ type: 'policy_delta', base_revision: base.revision, revision: base.revision + 1, group_members: { 'sg-big': { add: [bigMember(c.change + 20 + i)], remove: [bigMember(20 + i)] } } });
       const t0 = performance.now();
       const m = decode(controllerMessageSchema, frame);
       if (!m.ok || m.message.type !== 'policy_delta') throw new Error('bench: bad delta frame');
       const next = applyPolicyDelta(base, m.message);
+      const t1 = performance.now();
       const o = applied(await delta.submit(next, 'controller', { base: m.message.base_revision, groups: m.message.group_members }));
       if (i > 0) deltaMs.push(performance.now() - t0); // the first one warms up the code
+      if (process.env.BENCH_LOG) console.error(`  delta ${i}: decode+apply ${(t1 - t0).toFixed(1)} ms, sync ${o.durationMs.toFixed(1)} ms, total ${(performance.now() - t0).toFixed(1)} ms`);
       if (o.kind !== 'incremental') throw new Error(`expected the member fast path, got ${o.kind}`);
     }
     await delta.stop();

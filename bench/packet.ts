@@ -1,9 +1,10 @@
 /**
  * bench packet: what the ruleset costs per packet. Two namespaces over a
  * veth (bench/lab.ts), a small C load tool (bench/tools/tcpbench.c, compiled
- * with gcc here) and, in one run, three rulesets in the host namespace:
- * none (reference), secgroup's rendering of a 10k-rule policy, and the naive
- * rendering of the same policy (bench/naive.ts). Configurations alternate
+ * with gcc here) and, in one run, four rulesets in the host namespace:
+ * none (reference), secgroup's rendering of a 10k-rule policy, the naive
+ * rendering of the same policy (bench/naive.ts), and conntrack only (the
+ * floor of any stateful firewall). Configurations alternate
  * within each round; each figure is the best of the rounds (the machine is
  * shared, so the best is the least disturbed sample).
  */
@@ -54,6 +55,31 @@ function pct(x: number, ref: number): number {
   return Math.round((x / ref) * 1000) / 10;
 }
 
+/**
+ * A second reference: what statefulness alone costs (SEMANTICS section 3
+ * requires it). Connection tracking creates and destroys an entry per
+ * connection, which no rule layout can avoid; secgroup's own cost is the
+ * difference between this row and secgroup's.
+ */
+const CONNTRACK_ONLY = `table inet secgroup {}
+delete table inet secgroup
+table inet secgroup {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		ct state invalid drop
+		ct direction reply ct state established accept
+		ct state related accept
+		accept
+	}
+	chain output {
+		type filter hook output priority 0; policy accept;
+		ct state invalid drop
+		ct state { established, related } accept
+		accept
+	}
+}
+`;
+
 export async function runPacketBench(): Promise<PacketRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-bench-'));
   const lab = await BenchLab.create();
@@ -70,6 +96,7 @@ export async function runPacketBench(): Promise<PacketRow[]> {
         hits: `SYN and every client->server packet: conntrack rules, then ${compiled.stats.layers.ingress_v4} ingress v4 map lookup layer(s) (${compiled.stats.elements} elements in all), allowed by the last rule`,
       },
       { name: 'naive', script: naive.script, hits: `SYN and every client->server packet: ${naive.rules.input} linear input rules, allowed by the last` },
+      { name: 'conntrack only', script: CONNTRACK_ONLY, hits: 'the floor of any stateful firewall: conntrack on, the same ct state rules as secgroup, then accept (no policy rules)' },
     ];
     const server = lab.exec('host', [bin, 'server', HOST_V4, String(PORT)], { timeoutMs: 15 * 60_000 });
     server.catch(() => undefined);
@@ -93,7 +120,7 @@ export async function runPacketBench(): Promise<PacketRow[]> {
     return configs.map((c) => {
       const b = best[c.name]!;
       return {
-        ruleset: c.name === 'none' ? 'none' : `${c.name} (${RULES} rules)`,
+        ruleset: c.name === 'none' || c.name === 'conntrack only' ? c.name : `${c.name} (${RULES} rules)`,
         reference: 'none',
         'conn/s': Math.round(b.conn),
         'conn %': pct(b.conn, ref.conn),
