@@ -3,7 +3,7 @@
  * rules flattened in match order (SEMANTICS section 2), protocols as numbers,
  * ports and peers as merged intervals. Input must have passed `parsePolicy`.
  */
-import { mergeRanges, parseIp, prefixRange, fullRange, type AddrRange, type Family } from './address.js';
+import { mergeRanges, parseValidIp, prefixRange, fullRange, type AddrRange, type Family } from './address.js';
 import { parseMultiport, parseProtocol, type Policy, type PortRange } from './schema.js';
 
 export type Remote =
@@ -60,7 +60,7 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Ad
       const members = Object.hasOwn(policy.group_members, remote.id) ? policy.group_members[remote.id]! : [];
       const ranges: AddrRange[] = [];
       for (const m of members) {
-        const ip = parseIp(m);
+        const ip = parseValidIp(m); // validated by parsePolicy
         if (ip.family === family) ranges.push({ family, lo: ip.value, hi: ip.value });
       }
       // adjacent members merge into ranges (a subnet of instances becomes a few interval elements);
