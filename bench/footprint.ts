@@ -5,6 +5,7 @@
  * /proc/<pid>/status VmRSS and /proc/<pid>/stat utime+stime: idle after the
  * first apply, then under a steady stream of one-member updates. Reference:
  * a bare `node` process idling (the runtime's own floor) and the targets.
+ * The agent gets the `Environment=` of systemd/secgroup-agent.service.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -59,6 +60,18 @@ async function watch(pid: number, seconds: number, during?: () => Promise<void>)
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
 
+/** The `Environment=` assignments of the agent's systemd unit: the agent runs here with the environment it gets when installed. */
+export function unitEnvironment(unitText = readFileSync(join(REPO, 'systemd/secgroup-agent.service'), 'utf8')): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const m of unitText.matchAll(/^Environment=(.*)$/gm)) {
+    for (const a of m[1]!.trim().split(/\s+/)) {
+      const eq = a.indexOf('=');
+      if (eq > 0) env[a.slice(0, eq)] = a.slice(eq + 1);
+    }
+  }
+  return env;
+}
+
 export async function runFootprintBench(): Promise<FootprintRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-footprint-'));
   const bundle = join(dir, 'secgroup.mjs');
@@ -80,7 +93,7 @@ export async function runFootprintBench(): Promise<FootprintRow[]> {
       controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token' },
       platform: { dhcp: false },
     });
-    const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: 'ignore' });
+    const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: 'ignore', env: unitEnvironment() });
     const pid = agent.pid!;
     try {
       await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');

@@ -13,6 +13,7 @@ import { createAgent, resolveControllerEndpoint, type Resolver } from '../agent/
 import { DEFAULT_CONFIG_PATH, controllerHostPort, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
 import { FileStateStore } from '../agent/state-store.js';
 import { wsDialer } from '../agent/ws-dialer.js';
+import { tuneForFootprint } from '../agent/footprint.js';
 import { systemClock } from '../lib/clock.js';
 import { SecgroupError, errorMessage } from '../lib/errors.js';
 import { createLogger } from '../lib/logger.js';
@@ -144,6 +145,8 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       const config = await loadConfig(io, opts);
       if (opts.dryRun) return await dryRun(io, config, opts.policy);
       if (opts.policy) throw new SecgroupError('CONFIG_INVALID', '--policy is only for --dry-run: the agent takes its policy from the controller or the state directory');
+      // a long-running daemon that idles between bursts: size the heap for memory (src/agent/footprint.ts)
+      tuneForFootprint();
       const logger = createLogger({ level: config.log_level, name: 'secgroup-agent' });
       const c = config.controller;
       const ca = c?.ca_file ? await readFile(c.ca_file).catch((e: unknown) => {

@@ -1,7 +1,10 @@
-/** `secgroup controller --config FILE`: runs the controller until SIGTERM/SIGINT. */
+/**
+ * `secgroup controller --config FILE`: runs the controller until SIGTERM/SIGINT.
+ * The controller code (fastify, ajv, better-sqlite3, its schemas) is imported
+ * when this command runs, not when the program starts: `secgroup agent` and
+ * the policy commands never load it (in the bundle it stays unevaluated).
+ */
 import type { Command } from 'commander';
-import { createController } from '../controller/controller.js';
-import { loadControllerConfig } from '../controller/config.js';
 import { fail } from './common.js';
 import type { CliIo } from './io.js';
 
@@ -17,11 +20,13 @@ export function registerControllerCommand(program: Command, io: CliIo): void {
     .option('--check', 'only validate the configuration file, then exit')
     .action(async (opts: { config: string; check?: boolean }) => {
       try {
+        const { loadControllerConfig } = await import('../controller/config.js');
         const config = await loadControllerConfig(opts.config);
         if (opts.check) {
           io.out(`${opts.config}: valid (listen ${config.listen.host}:${config.listen.port}, data_dir ${config.data_dir}, ${config.api.tokens.length} API token(s))\n`);
           return;
         }
+        const { createController } = await import('../controller/controller.js');
         const controller = createController({ config });
         await controller.start();
         // Without a signal source (tests, embedding) the command runs until the process ends.

@@ -238,8 +238,9 @@ export function computePortStatus(policy: Policy | null, listeners: readonly Lis
     });
   }
 
+  // protocols are 'tcp' | 'udp': a plain comparison orders them as localeCompare did, without loading ICU's collation data into the agent
   const merged = mergeFamilies(entries).sort(
-    (x, y) => x.port - y.port || x.protocol.localeCompare(y.protocol) || FAMILY_ORDER(x.family) - FAMILY_ORDER(y.family),
+    (x, y) => x.port - y.port || (x.protocol < y.protocol ? -1 : x.protocol > y.protocol ? 1 : 0) || FAMILY_ORDER(x.family) - FAMILY_ORDER(y.family),
   );
   return { revision: policy ? policy.revision : null, source: opts.source, generated_at: opts.generatedAt, entries: merged };
 }

@@ -51,7 +51,10 @@ describe('dist/secgroup.mjs (npm run bundle)', () => {
     expect(text.startsWith('#!/usr/bin/env node\n')).toBe(true);
     expect(statSync(program).mode & 0o111).toBe(0o111);
     // nothing left to resolve at run time but Node built-ins and the lazily loaded native addon
-    const imports = [...text.matchAll(/^import .* from ["']([^"']+)["'];?$/gm)].map((m) => m[1]);
+    // (the bundle is minified: `import{a as b}from"node:x";` as well as `import x from 'y';` on a line of its own)
+    const imports = [...text.matchAll(/(?:^|[;\n])import\s*(?:[\w$]+\s*,?\s*)?(?:\*\s*as\s+[\w$]+\s*|\{[\w$\s,]*\}\s*)?(?:from\s*)?["']([^"']+)["']/g)].map((m) => m[1]);
+    expect(imports).toContain('node:module');
+    expect(imports.length).toBeGreaterThan(20);
     expect(imports.filter((s) => !isBuiltin(s!))).toEqual([]);
   });
 
