@@ -28,7 +28,48 @@ function parseV4(text: string): bigint {
   return BigInt(((a << 24) >>> 0) + (b << 16) + (c << 8) + d);
 }
 
+/** The 8 groups of a valid IPv6 address without an embedded IPv4 part, in one pass over its characters; null otherwise. */
+function v6Groups(text: string): number[] | null {
+  const g: number[] = [];
+  let gap = -1;
+  let cur = 0;
+  let digits = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 58 /* : */) {
+      if (text.charCodeAt(i + 1) === 58) {
+        if (gap >= 0) return null;
+        if (digits) g.push(cur);
+        gap = g.length;
+        i++;
+      } else if (digits) g.push(cur);
+      else return null;
+      cur = 0;
+      digits = 0;
+      continue;
+    }
+    let d: number;
+    if (c >= 48 && c <= 57) d = c - 48;
+    else if ((c | 32) >= 97 && (c | 32) <= 102) d = (c | 32) - 87;
+    else return null; // '.', '%', anything else: the general parser
+    cur = cur * 16 + d;
+    if (++digits > 4) return null;
+  }
+  if (digits) g.push(cur);
+  if (gap >= 0) {
+    if (g.length > 7) return null;
+    g.splice(gap, 0, ...new Array<number>(8 - g.length).fill(0));
+  }
+  return g.length === 8 ? g : null;
+}
+
 function parseV6(text: string): bigint {
+  const fast = v6Groups(text);
+  if (fast) {
+    // four 32-bit words: 7 BigInt operations instead of 8 shifts, 8 ors and 8 conversions
+    const w = (i: number): bigint => BigInt(fast[i]! * 65536 + fast[i + 1]!);
+    return (w(0) << 96n) | (w(2) << 64n) | (w(4) << 32n) | w(6);
+  }
   let s = text;
   let tail: number[] = [];
   const lastColon = s.lastIndexOf(':');
@@ -47,10 +88,7 @@ function parseV6(text: string): bigint {
   }
   const groups =
     rest === undefined ? [...h, ...tail] : [...h, ...new Array(8 - h.length - r.length - tail.length).fill(0), ...r, ...tail];
-  // one BigInt parse of 32 hex digits (8 BigInt shifts per address cost ~4x more)
-  let hex = '0x';
-  for (const g of groups) hex += g.toString(16).padStart(4, '0');
-  return BigInt(hex);
+  return groups.reduce((acc: bigint, g: number) => (acc << 16n) | BigInt(g), 0n);
 }
 
 /**
@@ -74,10 +112,12 @@ export function formatIp(family: Family, value: bigint): string {
     const n = Number(value);
     return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
   }
-  // one BigInt -> hex conversion, then plain string work (8 BigInt shifts per address cost ~3x more)
-  const hex = value.toString(16).padStart(32, '0');
+  // four 32-bit words, then number work (8 BigInt shifts and conversions per address cost ~3x more)
   const groups: number[] = [];
-  for (let i = 0; i < 32; i += 4) groups.push(parseInt(hex.slice(i, i + 4), 16));
+  for (const shift of [96n, 64n, 32n, 0n]) {
+    const w = Number((value >> shift) & 0xffffffffn);
+    groups.push(w >>> 16, w & 0xffff);
+  }
   // RFC 5952: compress the longest run (>= 2) of zero groups, leftmost on ties.
   let bestStart = -1;
   let bestLen = 0;
