@@ -197,16 +197,22 @@ export function fullRange(family: Family): AddrRange {
   return { family, lo: 0n, hi: FAMILY_MAX[family] };
 }
 
-/** Sorts and merges overlapping or adjacent intervals of one family. */
-export function mergeRanges(ranges: readonly AddrRange[]): AddrRange[] {
-  const sorted = [...ranges].sort((a, b) => (a.family !== b.family ? a.family - b.family : a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0));
+const byStart = (a: AddrRange, b: AddrRange): number => (a.family !== b.family ? a.family - b.family : a.lo < b.lo ? -1 : a.lo > b.lo ? 1 : 0);
+
+/** Sorts and merges overlapping or adjacent intervals of one family. `owned`: the caller gives up `ranges` and its objects (no copies). */
+export function mergeRanges(ranges: readonly AddrRange[], owned = false): AddrRange[] {
+  let sorted = ranges as AddrRange[];
+  // member lists usually come sorted (the controller's canonical order): check before sorting a copy
+  let inOrder = true;
+  for (let i = 1; i < ranges.length && inOrder; i++) if (byStart(ranges[i - 1]!, ranges[i]!) > 0) inOrder = false;
+  if (!inOrder) sorted = owned ? sorted.sort(byStart) : [...ranges].sort(byStart);
   const out: AddrRange[] = [];
   for (const r of sorted) {
     const last = out[out.length - 1];
     if (last && last.family === r.family && r.lo <= last.hi + 1n) {
       if (r.hi > last.hi) last.hi = r.hi;
     } else {
-      out.push({ ...r });
+      out.push(owned ? r : { ...r });
     }
   }
   return out;

@@ -65,7 +65,7 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Ad
       }
       // adjacent members merge into ranges (a subnet of instances becomes a few interval elements);
       // the compiler puts single addresses in hash maps and ranges in interval maps
-      return mergeRanges(ranges);
+      return mergeRanges(ranges, true);
     }
     case 'address_group': {
       const ag = policy.address_groups.find((a) => a.id === remote.id);
