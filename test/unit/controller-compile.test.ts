@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
+import { compileInstanceBody, compileInstanceText, indexProject } from '../../src/controller/compile.js';
 import { call, makeApi, rule, seed, type TestApi } from './controller-helpers.js';
 
 const A = '/v3/proj-a';
@@ -74,6 +75,42 @@ describe('the policy document', () => {
     const { policy, text } = await policyOf(t, 'web1');
     expect(policy.address_groups.map((a) => a.id)).toEqual(['ag-a', 'ag-z']);
     expect(JSON.stringify(JSON.parse(text).address_groups[0])).toBe('{"id":"ag-a","ip_version":4,"ip_set":["203.0.113.0/24"]}');
+  });
+});
+
+describe('batch compilation (shared member lists and tails)', () => {
+  it('gives the same bytes as compiling each document on its own', async () => {
+    const t = makeApi();
+    // numeric-looking group ids (ordered first by JS objects), several group lists, both families, address groups
+    for (const id of ['sg-web', '42', 'sg-app', '7']) await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id, name: `n-${id}` } });
+    await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { id: 'ag-ops', name: 'ops', ip_version: 4, ip_set: ['203.0.113.0/24'] } });
+    const rules = [
+      ['sg-web', rule({ remote_ip_prefix: null, remote_group_id: 'sg-app' })],
+      ['sg-web', rule({ ethertype: 'IPv6', multiport: '443', remote_ip_prefix: null, remote_group_id: '42' })],
+      ['sg-web', rule({ multiport: '444', remote_ip_prefix: null, remote_group_id: '7' })],
+      ['42', rule({ multiport: '22', remote_ip_prefix: null, remote_address_group_id: 'ag-ops' })],
+      ['7', rule({ ethertype: 'IPv6', multiport: '53', protocol: 'udp', remote_ip_prefix: null, remote_group_id: 'sg-web' })],
+    ] as const;
+    for (const [g, r] of rules) expect((await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: g, ...r } })).status).toBe(201);
+    const instances = [
+      ['w1', ['sg-web', 'default'], ['198.18.0.10', 'fd00:5ec::10']],
+      ['w2', ['sg-web', 'default'], ['198.18.0.9']],
+      ['a1', ['sg-app', '42'], ['198.18.1.1', 'fd00:5ec::2']],
+      ['a2', ['42', 'sg-app'], ['fd00:5ec::1']],
+      ['s1', ['7'], ['10.0.0.1', '10.0.0.2']],
+      ['s2', ['default', '7', 'sg-web'], []],
+    ] as const;
+    for (const [id, groups, addresses] of instances) {
+      expect((await call(t.app, 'POST', `${A}/instances`, { instance: { id, addresses, security_groups: groups } })).status).toBe(201);
+    }
+    const snap = await t.service.read('proj-a');
+    const batch = indexProject(snap);
+    for (const i of snap.instances) {
+      const text = compileInstanceText(batch, i).body;
+      expect(text, i.id).toBe(compileInstanceBody(indexProject(snap), i));
+      expect((await t.service.policyText('proj-a', i.id))!.text, i.id).toBe(`{"revision":${i.revision},${text.slice(1)}`);
+    }
+    expect(batch.tails.size).toBe(5);
   });
 });
 
