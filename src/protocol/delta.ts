@@ -1,0 +1,133 @@
+/**
+ * Membership deltas (protocol `policy_delta`), shared by both sides: the
+ * controller computes them with `diffGroupMembers`, the agent applies them
+ * with `applyPolicyDelta`. Pure; no I/O.
+ *
+ * Member lists are kept in the controller's canonical order (deduplicated,
+ * IPv4 before IPv6, numerically ascending), so applying a delta to the
+ * previous document gives exactly (also when serialised) the document the
+ * controller compiled for the new revision.
+ */
+import { parseIp } from '../policy/address.js';
+import type { PolicyDeltaMessage } from './messages.js';
+
+/** Per-group changes: addresses added to / removed from a group's member list. */
+export type GroupMembersDelta = Record<string, { add: string[]; remove: string[] }>;
+
+/** What `applyPolicyDelta` needs of a delta (a `policy_delta` message fits). */
+export type PolicyDelta = Pick<PolicyDeltaMessage, 'base_revision' | 'revision' | 'group_members'>;
+
+/** A delta that cannot be applied to the given document; the agent answers `resync` with the message as reason. */
+export class PolicyDeltaError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PolicyDeltaError';
+  }
+}
+
+/**
+ * The per-group changes from `before` to `after`, or null when the two do not
+ * list the same groups (a group added or removed is not a delta: send the
+ * full document). Groups whose members did not change are left out, so an
+ * empty object means the lists are equal. `add` follows `after`'s order,
+ * `remove` `before`'s.
+ */
+export function diffGroupMembers(before: Readonly<Record<string, readonly string[]>>, after: Readonly<Record<string, readonly string[]>>): GroupMembersDelta | null {
+  const beforeKeys = Object.keys(before);
+  const afterKeys = Object.keys(after);
+  if (beforeKeys.length !== afterKeys.length) return null;
+  for (const k of afterKeys) if (!Object.hasOwn(before, k)) return null;
+  const out: GroupMembersDelta = {};
+  for (const gid of afterKeys) {
+    const old = before[gid]!;
+    const cur = after[gid]!;
+    if (old === cur || sameList(old, cur)) continue;
+    const oldSet = new Set(old);
+    const curSet = new Set(cur);
+    const add = cur.filter((a) => !oldSet.has(a));
+    const remove = old.filter((a) => !curSet.has(a));
+    if (add.length || remove.length) out[gid] = { add, remove };
+  }
+  return out;
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+type Key = { family: number; value: bigint };
+
+function keyOf(address: string, gid: string): Key {
+  try {
+    return parseIp(address);
+  } catch {
+    throw new PolicyDeltaError(`group_members.${gid}: ${JSON.stringify(address)} is not an IP address`);
+  }
+}
+
+function cmp(x: Key, y: Key): number {
+  return x.family !== y.family ? x.family - y.family : x.value < y.value ? -1 : x.value > y.value ? 1 : 0;
+}
+
+/** `list` (in canonical order) without `remove`, plus `add`, in canonical order. */
+function applyGroup(gid: string, list: readonly string[], change: { add: readonly string[]; remove: readonly string[] }): string[] {
+  const removeSet = new Set(change.remove);
+  const kept = removeSet.size ? list.filter((a) => !removeSet.has(a)) : [...list];
+  const present = new Set(kept);
+  const adds: { a: string; k: Key }[] = [];
+  for (const a of change.add) {
+    if (present.has(a)) continue;
+    present.add(a);
+    adds.push({ a, k: keyOf(a, gid) });
+  }
+  if (!adds.length) return kept;
+  adds.sort((x, y) => cmp(x.k, y.k));
+  const log = Math.ceil(Math.log2(kept.length + 1));
+  if (adds.length * log < kept.length) {
+    // a few additions: binary-search each position (log n parses each) instead of parsing the whole list
+    for (const { a, k } of adds) {
+      let lo = 0;
+      let hi = kept.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (cmp(keyOf(kept[mid]!, gid), k) < 0) lo = mid + 1;
+        else hi = mid;
+      }
+      kept.splice(lo, 0, a);
+    }
+    return kept;
+  }
+  const out: string[] = [];
+  let j = 0;
+  for (const a of kept) {
+    const k = keyOf(a, gid);
+    while (j < adds.length && cmp(adds[j]!.k, k) < 0) out.push(adds[j++]!.a);
+    out.push(a);
+  }
+  while (j < adds.length) out.push(adds[j++]!.a);
+  return out;
+}
+
+/**
+ * The document `delta` describes: `doc` (the delta's base revision) with the
+ * delta's revision and member changes; every other field and the key order
+ * are kept, `doc` is not modified. Throws PolicyDeltaError when `doc` is not
+ * the delta's base or the delta names a group `doc` does not list.
+ */
+export function applyPolicyDelta<D extends { revision: number; group_members: Readonly<Record<string, readonly string[]>> }>(doc: D, delta: PolicyDelta): D {
+  if (doc.revision !== delta.base_revision) {
+    throw new PolicyDeltaError(`the delta is against revision ${delta.base_revision}, the newest document here is revision ${doc.revision}`);
+  }
+  if (delta.revision <= delta.base_revision) throw new PolicyDeltaError(`the delta's revision ${delta.revision} is not above its base ${delta.base_revision}`);
+  for (const gid of Object.keys(delta.group_members)) {
+    if (!Object.hasOwn(doc.group_members, gid)) throw new PolicyDeltaError(`the delta changes group ${JSON.stringify(gid)}, which revision ${doc.revision} does not list`);
+  }
+  const group_members: Record<string, string[]> = {};
+  for (const [gid, list] of Object.entries(doc.group_members)) {
+    const change = Object.hasOwn(delta.group_members, gid) ? delta.group_members[gid] : undefined;
+    group_members[gid] = change ? applyGroup(gid, list, change) : [...list];
+  }
+  return { ...doc, revision: delta.revision, group_members };
+}
