@@ -22,6 +22,32 @@ export function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
+/** Prefix of the digests `policyDigest` makes; a stored hash without it is the sha256 of the whole body (before). */
+const DIGEST_V2 = 'v2:';
+
+/**
+ * The change digest of a document body (`InstanceRow.policy_hash`) from its
+ * two parts: the instance's own beginning (`{"instance":{...},`) and the
+ * sha256 of the rest (the tail, shared between documents), so a batch hashes
+ * each shared tail once instead of every whole document.
+ */
+export function policyDigest(instancePart: string, tailHash: string): string {
+  return DIGEST_V2 + sha256(`${instancePart}\n${tailHash}`);
+}
+
+/** `policyDigest` of a whole body. */
+export function policyDigestOfBody(body: string): string {
+  const i = body.indexOf(',"security_groups":') + 1;
+  return policyDigest(body.slice(0, i), sha256(body.slice(i)));
+}
+
+/** Whether a stored hash says the document is `body` (digest of its parts, or a whole-body sha256 stored before digests). */
+function sameDocument(stored: string | null, digest: string, body: string): boolean {
+  if (stored === null) return false;
+  if (stored.startsWith(DIGEST_V2)) return stored === digest;
+  return stored === sha256(body);
+}
+
 /** Lookup tables over one snapshot, built once per batch of compilations. */
 export interface ProjectIndex {
   snap: ProjectSnapshot;
@@ -153,10 +179,14 @@ export function compileInstanceDoc(ix: ProjectIndex, inst: InstanceRow): PolicyB
 export interface DocumentTail {
   /** `"security_groups":[...],"address_groups":[...],"group_members":{...}}`: the body's text after `{"instance":...,` */
   text: string;
+  /** the `group_members` value (`{...}`), one string shared by every document of the tail */
+  membersText: string;
   /** the document without instance and members, for validation: members as empty lists */
   probe: Omit<PolicyBody, 'instance'>;
   /** null until validated */
   valid: boolean | null;
+  /** sha256 of `text`, null until needed */
+  hash: string | null;
 }
 
 function groupText(ix: ProjectIndex, gid: string, g: GroupRow, rules: readonly RuleRow[]): string {
@@ -222,19 +252,23 @@ export function documentTail(ix: ProjectIndex, instanceId: string, groups: reado
   const membersText = Object.keys(members)
     .map((gid) => `${JSON.stringify(gid)}:${members[gid]!}`)
     .join(',');
+  const membersValue = `{${membersText}}`;
   tail = {
-    text: `"security_groups":[${groupTexts.join(',')}],"address_groups":${JSON.stringify(address_groups)},"group_members":{${membersText}}}`,
+    text: `"security_groups":[${groupTexts.join(',')}],"address_groups":${JSON.stringify(address_groups)},"group_members":${membersValue}}`,
+    membersText: membersValue,
     probe: { security_groups, address_groups, group_members: Object.fromEntries(Object.keys(empty).map((k) => [k, []])) },
     valid: null,
+    hash: null,
   };
   ix.tails.set(key, tail);
   return tail;
 }
 
 /** `compileInstanceBody` for a batch: the text of the instance's part plus the shared tail. */
-export function compileInstanceText(ix: ProjectIndex, inst: InstanceRow): { body: string; tail: DocumentTail } {
+export function compileInstanceText(ix: ProjectIndex, inst: InstanceRow): { body: string; instancePart: string; tail: DocumentTail } {
   const tail = documentTail(ix, inst.id, inst.security_groups);
-  return { body: `{"instance":${JSON.stringify({ id: inst.id, addresses: inst.addresses })},${tail.text}`, tail };
+  const instancePart = `{"instance":${JSON.stringify({ id: inst.id, addresses: inst.addresses })},`;
+  return { body: instancePart + tail.text, instancePart, tail };
 }
 
 const PROBE_INSTANCE = { id: 'probe', addresses: [] as string[] };
@@ -327,18 +361,22 @@ export function affectedInstances(ix: ProjectIndex, t: Touched): InstanceRow[] {
 }
 
 /**
- * `setPolicy` ops for every affected instance whose document content changed.
+ * `setPolicy` ops for every affected instance whose document content changed,
+ * and the `group_members` text of each (shared between documents, see
+ * `StoredPolicy.membersText`).
  * Every new document is checked with the agent's own validator first: the
  * controller never stores a document an agent would reject.
  */
-export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; compiled: number } {
+export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; compiled: number; membersTexts: Map<string, string> } {
   const ix = indexProject(after);
   const affected = affectedInstances(ix, t);
   const ops: Op[] = [];
+  const membersTexts = new Map<string, string>();
   for (const inst of affected) {
-    const { body, tail } = compileInstanceText(ix, inst);
-    const hash = sha256(body);
-    if (hash === inst.policy_hash) continue;
+    const { body, instancePart, tail } = compileInstanceText(ix, inst);
+    tail.hash ??= sha256(tail.text);
+    const hash = policyDigest(instancePart, tail.hash);
+    if (sameDocument(inst.policy_hash, hash, body)) continue;
     // Member addresses were parsed when the member lists were built (parseIp throws on anything else).
     // The rest is validated in two parts that the validator checks independently of each other: the
     // tail once per group list (with a fixed valid instance), the instance's own part per document
@@ -351,7 +389,8 @@ export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; comp
         throw new SecgroupError('INTERNAL', `compiled policy of instance ${inst.id} is invalid: ${check.issues.map(formatIssue).join('; ')}`);
       }
     }
-    ops.push({ op: 'setPolicy', instanceId: inst.id, body, hash });
+    ops.push({ op: 'setPolicy', instanceId: inst.id, body, hash, tail: { text: tail.text, hash: tail.hash } });
+    membersTexts.set(inst.id, tail.membersText);
   }
-  return { ops, compiled: affected.length };
+  return { ops, compiled: affected.length, membersTexts };
 }

@@ -70,11 +70,17 @@ interface SentDocument {
 const MEMBERS_KEY = ',"group_members":{';
 
 /**
- * A stored body split at its last field (`renderPolicyText`'s body is
- * serialised with `group_members` last; the key cannot occur inside a string
- * value, where quotes are escaped). Null when the body has no such field.
+ * A body split at its last field (`renderPolicyText`'s body is serialised
+ * with `group_members` last; the key cannot occur inside a string value,
+ * where quotes are escaped). Null when the body has no such field.
  */
-function splitBody(body: string): { head: string; membersText: string } | null {
+function splitBody(p: StoredPolicy): { head: string; membersText: string } | null {
+  const { body, membersText } = p;
+  if (membersText !== undefined) {
+    // handed over from the commit: the members text is a string shared between documents (cheap to look up)
+    const i = body.length - membersText.length - MEMBERS_KEY.length;
+    if (i >= 0 && body.startsWith(MEMBERS_KEY, i) && body.endsWith('}')) return { head: body.slice(0, i), membersText };
+  }
   const i = body.indexOf(MEMBERS_KEY);
   if (i < 0 || !body.endsWith('}}')) return null;
   return { head: body.slice(0, i), membersText: body.slice(i + MEMBERS_KEY.length - 1, -1) };
@@ -429,7 +435,7 @@ export class AgentHub {
 
   /** What a later delta is computed against; null when the body cannot be split (then no delta is sent). */
   private sentDocument(p: StoredPolicy): SentDocument | null {
-    const parts = splitBody(p.body);
+    const parts = splitBody(p);
     if (!parts) return null;
     let members = this.membersByText.get(parts.membersText);
     if (!members) {

@@ -63,7 +63,7 @@ export interface InstanceSpec {
 export interface InstanceRow extends InstanceSpec {
   /** revision of the current policy document, null before the first compilation */
   revision: number | null;
-  /** sha256 of the current policy document body (without revision) */
+  /** digest of the current policy document body (without revision): `policyDigest` (compile.ts), or before that the sha256 of the body */
   policy_hash: string | null;
 }
 
@@ -91,8 +91,12 @@ export type Op =
   /** deletes the instance, its policy, token and agent state */
   | { op: 'deleteInstance'; id: string }
   | { op: 'setToken'; instanceId: string; tokenHash: string }
-  /** a new policy document body; the store assigns the next revision */
-  | { op: 'setPolicy'; instanceId: string; body: string; hash: string };
+  /**
+   * a new policy document body; the store assigns the next revision. `tail`:
+   * the body ends with `tail.text`, which many documents share (`hash`: its
+   * sha256); a store may keep it once for all of them.
+   */
+  | { op: 'setPolicy'; instanceId: string; body: string; hash: string; tail?: { text: string; hash: string } };
 
 export function emptySnapshot(projectId: string): ProjectSnapshot {
   return { projectId, version: 0, groups: [], rules: [], addressGroups: [], instances: [] };

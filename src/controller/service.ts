@@ -70,11 +70,11 @@ export class ControllerService {
       const pre = stored ? [] : createProjectOps(ctx.now);
       const snap = stored ?? applyOps(emptySnapshot(projectId), pre);
       const m = fn(snap, ctx);
-      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0, bodies: new Map<string, string>() } };
+      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0, bodies: new Map<string, string>(), membersTexts: new Map<string, string>() } };
       const policies = recompile(applyOps(snap, m.ops), touchedBy(snap, m.ops));
       const bodies = new Map<string, string>();
       for (const o of policies.ops) if (o.op === 'setPolicy') bodies.set(o.instanceId, o.body);
-      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled, bodies } };
+      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled, bodies, membersTexts: policies.membersTexts } };
     };
     if (opts.dryRun) return decide(await store.loadProject(projectId)).value.result;
     const res = await store.mutate(projectId, decide);
@@ -84,7 +84,8 @@ export class ControllerService {
       const docs = new Map<string, StoredPolicy>();
       for (const [id, revision] of res.revisions) {
         const body = res.value.bodies.get(id);
-        if (body !== undefined) docs.set(id, { revision, body });
+        const membersText = res.value.membersTexts.get(id);
+        if (body !== undefined) docs.set(id, membersText === undefined ? { revision, body } : { revision, body, membersText });
       }
       this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()], docs);
     }

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
-import { compileInstanceBody, compileInstanceText, indexProject } from '../../src/controller/compile.js';
+import { compileInstanceBody, compileInstanceText, indexProject, policyDigestOfBody, recompile, sha256 } from '../../src/controller/compile.js';
 import { call, makeApi, rule, seed, type TestApi } from './controller-helpers.js';
 
 const A = '/v3/proj-a';
@@ -111,6 +111,24 @@ describe('batch compilation (shared member lists and tails)', () => {
       expect((await t.service.policyText('proj-a', i.id))!.text, i.id).toBe(`{"revision":${i.revision},${text.slice(1)}`);
     }
     expect(batch.tails.size).toBe(5);
+  });
+
+  it('recognises unchanged documents by their digest, and by a whole-body sha256 stored before digests (no revision bump)', async () => {
+    const t = makeApi();
+    await seed(t.app);
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'w2', addresses: ['198.18.0.11'], security_groups: ['default'] } });
+    const snap = await t.service.read('proj-a');
+    const all = { groups: new Set<string>(), membership: new Set<string>(), addressGroups: new Set<string>(), instances: new Set(snap.instances.map((i) => i.id)) };
+    const ix = indexProject(snap);
+    const body = (id: string) => compileInstanceBody(ix, snap.instances.find((i) => i.id === id)!);
+    const withHashes = (hash: (id: string) => string | null) => ({ ...snap, instances: snap.instances.map((i) => ({ ...i, policy_hash: hash(i.id) })) });
+    expect(snap.instances.map((i) => i.policy_hash)).toEqual(snap.instances.map((i) => policyDigestOfBody(body(i.id))));
+    expect(recompile(snap, all).ops).toEqual([]);
+    expect(recompile(withHashes((id) => sha256(body(id))), all).ops).toEqual([]);
+    const changed = recompile(withHashes((id) => (id === 'w2' ? 'v2:other' : id === 'ecs-web-1' ? sha256('other') : null)), all).ops;
+    expect(changed.map((o) => o.op === 'setPolicy' && [o.instanceId, o.body, o.hash])).toEqual(
+      snap.instances.map((i) => [i.id, body(i.id), policyDigestOfBody(body(i.id))]),
+    );
   });
 });
 

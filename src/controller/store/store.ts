@@ -16,6 +16,13 @@ export interface StoredPolicy {
   revision: number;
   /** the document without `revision` (see `renderPolicyText`) */
   body: string;
+  /**
+   * Set only on documents handed from a commit to the hub (never by a store):
+   * the body's `group_members` value, i.e. the body ends with
+   * `,"group_members":${membersText}}`. Documents with the same member lists
+   * share this one string, so the hub can recognise them cheaply.
+   */
+  membersText?: string;
 }
 
 export interface TokenOwner {
