@@ -361,17 +361,14 @@ export function affectedInstances(ix: ProjectIndex, t: Touched): InstanceRow[] {
 }
 
 /**
- * `setPolicy` ops for every affected instance whose document content changed,
- * and the `group_members` text of each (shared between documents, see
- * `StoredPolicy.membersText`).
+ * `setPolicy` ops (with the body's parts) for every affected instance whose document content changed.
  * Every new document is checked with the agent's own validator first: the
  * controller never stores a document an agent would reject.
  */
-export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; compiled: number; membersTexts: Map<string, string> } {
+export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; compiled: number } {
   const ix = indexProject(after);
   const affected = affectedInstances(ix, t);
   const ops: Op[] = [];
-  const membersTexts = new Map<string, string>();
   for (const inst of affected) {
     const { body, instancePart, tail } = compileInstanceText(ix, inst);
     tail.hash ??= sha256(tail.text);
@@ -389,8 +386,7 @@ export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; comp
         throw new SecgroupError('INTERNAL', `compiled policy of instance ${inst.id} is invalid: ${check.issues.map(formatIssue).join('; ')}`);
       }
     }
-    ops.push({ op: 'setPolicy', instanceId: inst.id, body, hash, tail: { text: tail.text, hash: tail.hash } });
-    membersTexts.set(inst.id, tail.membersText);
+    ops.push({ op: 'setPolicy', instanceId: inst.id, body, hash, parts: { instance: instancePart, shared: tail.text, sharedHash: tail.hash, members: tail.membersText } });
   }
-  return { ops, compiled: affected.length, membersTexts };
+  return { ops, compiled: affected.length };
 }

@@ -61,29 +61,33 @@ type Members = Readonly<Record<string, readonly string[]>>;
 /** What a delta is computed against: the last document sent on a connection. */
 interface SentDocument {
   revision: number;
-  /** sha256 of the document body before `group_members` (instance, groups, address groups) */
+  /** digest of the document body before `group_members` (instance, groups, address groups), see `headOf` */
   headDigest: string;
   /** the member lists, shared with other sessions that were sent the same lists */
   members: Members;
 }
 
 const MEMBERS_KEY = ',"group_members":{';
+const CLOSING_BRACE = Buffer.from('}');
+
+const GROUPS_KEY = ',"security_groups":';
 
 /**
- * A body split at its last field (`renderPolicyText`'s body is serialised
- * with `group_members` last; the key cannot occur inside a string value,
- * where quotes are escaped). Null when the body has no such field.
+ * A body's parts as `BodyParts` has them, found by searching (a document read
+ * from the store). The body is serialised as instance, security groups,
+ * address groups, members, in this order; the keys cannot occur inside a
+ * string value, where quotes are escaped. Null when the body is not like that.
  */
-function splitBody(p: StoredPolicy): { head: string; membersText: string } | null {
-  const { body, membersText } = p;
-  if (membersText !== undefined) {
-    // handed over from the commit: the members text is a string shared between documents (cheap to look up)
-    const i = body.length - membersText.length - MEMBERS_KEY.length;
-    if (i >= 0 && body.startsWith(MEMBERS_KEY, i) && body.endsWith('}')) return { head: body.slice(0, i), membersText };
-  }
-  const i = body.indexOf(MEMBERS_KEY);
-  if (i < 0 || !body.endsWith('}}')) return null;
-  return { head: body.slice(0, i), membersText: body.slice(i + MEMBERS_KEY.length - 1, -1) };
+function findParts(body: string): { instance: string; sharedHead: string; members: string } | null {
+  const i = body.indexOf(GROUPS_KEY);
+  const j = body.indexOf(MEMBERS_KEY);
+  if (i < 0 || j < i || !body.endsWith('}}')) return null;
+  return { instance: body.slice(0, i + 1), sharedHead: body.slice(i + 1, j), members: body.slice(j + MEMBERS_KEY.length - 1, -1) };
+}
+
+/** Digest of the document without its members: the same for a body found by search and for one handed over in parts. */
+function headDigest(instance: string, sharedHeadDigest: string): string {
+  return sha256(`${instance}\n${sharedHeadDigest}`);
 }
 
 /** WebSocket close codes the hub uses (4000-4999 are application codes). */
@@ -140,6 +144,8 @@ export class AgentHub {
   private readonly deltas: boolean;
   /** parsed member lists by their text, so agents sent the same lists share one copy (a few recent entries) */
   private readonly membersByText = new Map<string, Members>();
+  /** by `BodyParts.shared` (one string for many documents): its UTF-8 bytes and the digest of its part before the members (a few recent entries) */
+  private readonly sharedParts = new Map<string, { bytes?: Buffer; headDigest?: string }>();
   /** delta frame bodies (`group_members` of a `policy_delta`, null: no delta) by base and new member lists */
   private readonly deltaMemo = new WeakMap<Members, WeakMap<Members, string | null>>();
 
@@ -389,8 +395,20 @@ export class AgentHub {
     });
   }
 
-  private send(s: Session, frame: string): void {
-    if (s.ws.readyState === WebSocket.OPEN) s.ws.send(frame);
+  private send(s: Session, frame: string | Buffer): void {
+    // a Buffer holds UTF-8 text: sent as a text frame like a string
+    if (s.ws.readyState === WebSocket.OPEN) s.ws.send(frame, { binary: false });
+  }
+
+  /** Memo entry for a shared part (bounded: the documents of one change mostly share a few). */
+  private shared(text: string): { bytes?: Buffer; headDigest?: string } {
+    let e = this.sharedParts.get(text);
+    if (!e) {
+      e = {};
+      this.sharedParts.set(text, e);
+      if (this.sharedParts.size > 8) this.sharedParts.delete(this.sharedParts.keys().next().value!);
+    }
+    return e;
   }
 
   /** A changed document: as a delta against the last one sent when only members changed, else in full. */
@@ -417,7 +435,13 @@ export class AgentHub {
 
   private sendPolicy(s: Session, p: StoredPolicy, reason: 'hello' | 'change' | 'resync', doc?: SentDocument | null): void {
     // The document text is spliced in as stored, so the agent gets exactly the bytes GET .../policy returns.
-    const frame = `{"type":"policy","policy":${renderPolicyText(p.revision, p.body)}}`;
+    let frame: string | Buffer;
+    if (p.parts) {
+      // the shared part is encoded once for all documents that have it: one copy per frame instead of three
+      const e = this.shared(p.parts.shared);
+      e.bytes ??= Buffer.from(p.parts.shared);
+      frame = Buffer.concat([Buffer.from(`{"type":"policy","policy":${renderPolicyText(p.revision, p.parts.instance)}`), e.bytes, CLOSING_BRACE]);
+    } else frame = `{"type":"policy","policy":${renderPolicyText(p.revision, p.body)}}`;
     if (!this.fits(s, frame)) return;
     this.send(s, frame);
     s.lastSentRevision = p.revision;
@@ -426,8 +450,8 @@ export class AgentHub {
     this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, reason }, 'policy sent');
   }
 
-  private fits(s: Session, frame: string): boolean {
-    const bytes = frame.length > MAX_MESSAGE_BYTES / 4 ? Buffer.byteLength(frame) : 0; // UTF-8 is at most 4 bytes per code unit
+  private fits(s: Session, frame: string | Buffer): boolean {
+    const bytes = typeof frame !== 'string' ? frame.length : frame.length > MAX_MESSAGE_BYTES / 4 ? Buffer.byteLength(frame) : 0; // UTF-8 is at most 4 bytes per code unit
     if (bytes <= MAX_MESSAGE_BYTES) return true;
     this.log.error({ event: 'push', project: s.projectId, instance: s.instanceId, bytes }, 'policy frame exceeds the protocol limit; not sent');
     return false;
@@ -435,16 +459,28 @@ export class AgentHub {
 
   /** What a later delta is computed against; null when the body cannot be split (then no delta is sent). */
   private sentDocument(p: StoredPolicy): SentDocument | null {
-    const parts = splitBody(p);
-    if (!parts) return null;
-    let members = this.membersByText.get(parts.membersText);
+    let digest: string;
+    let membersText: string;
+    if (p.parts) {
+      const { instance, shared, members } = p.parts;
+      const e = this.shared(shared);
+      e.headDigest ??= sha256(shared.slice(0, shared.length - members.length - MEMBERS_KEY.length));
+      digest = headDigest(instance, e.headDigest);
+      membersText = members;
+    } else {
+      const found = findParts(p.body);
+      if (!found) return null;
+      digest = headDigest(found.instance, sha256(found.sharedHead));
+      membersText = found.members;
+    }
+    let members = this.membersByText.get(membersText);
     if (!members) {
-      members = JSON.parse(parts.membersText) as Members;
-      this.membersByText.set(parts.membersText, members);
+      members = JSON.parse(membersText) as Members;
+      this.membersByText.set(membersText, members);
       // a few recent lists: the agents of one change mostly share them
       if (this.membersByText.size > 8) this.membersByText.delete(this.membersByText.keys().next().value!);
     }
-    return { revision: p.revision, headDigest: sha256(parts.head), members };
+    return { revision: p.revision, headDigest: digest, members };
   }
 
   /** The `group_members` of a delta from `base` to `next`; null when it is not a delta (groups differ, or nothing changed). */

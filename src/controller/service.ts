@@ -70,11 +70,11 @@ export class ControllerService {
       const pre = stored ? [] : createProjectOps(ctx.now);
       const snap = stored ?? applyOps(emptySnapshot(projectId), pre);
       const m = fn(snap, ctx);
-      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0, bodies: new Map<string, string>(), membersTexts: new Map<string, string>() } };
+      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0, docs: new Map<string, Omit<StoredPolicy, 'revision'>>() } };
       const policies = recompile(applyOps(snap, m.ops), touchedBy(snap, m.ops));
-      const bodies = new Map<string, string>();
-      for (const o of policies.ops) if (o.op === 'setPolicy') bodies.set(o.instanceId, o.body);
-      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled, bodies, membersTexts: policies.membersTexts } };
+      const docs = new Map<string, Omit<StoredPolicy, 'revision'>>();
+      for (const o of policies.ops) if (o.op === 'setPolicy') docs.set(o.instanceId, o.parts ? { body: o.body, parts: o.parts } : { body: o.body });
+      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled, docs } };
     };
     if (opts.dryRun) return decide(await store.loadProject(projectId)).value.result;
     const res = await store.mutate(projectId, decide);
@@ -83,9 +83,8 @@ export class ControllerService {
       logger.info({ event: 'policy', project: projectId, instances: [...res.revisions].map(([id, revision]) => ({ id, revision })) }, 'policy revisions bumped');
       const docs = new Map<string, StoredPolicy>();
       for (const [id, revision] of res.revisions) {
-        const body = res.value.bodies.get(id);
-        const membersText = res.value.membersTexts.get(id);
-        if (body !== undefined) docs.set(id, membersText === undefined ? { revision, body } : { revision, body, membersText });
+        const doc = res.value.docs.get(id);
+        if (doc) docs.set(id, { revision, ...doc });
       }
       this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()], docs);
     }

@@ -69,8 +69,9 @@ class Agent {
   constructor(
     readonly ws: WebSocket,
   ) {
-    ws.on('message', (d) => {
-      this.frames.push(d.toString());
+    ws.on('message', (d, isBinary) => {
+      // the protocol uses text frames only
+      this.frames.push(isBinary ? `BINARY FRAME: ${d.toString()}` : d.toString());
       for (const w of this.waiters.splice(0)) w();
     });
     this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));

@@ -113,18 +113,19 @@ describe('SQLite store', () => {
     const s = openSqliteStore(file);
     expect(await s.getPolicy('p', 'old')).toEqual({ revision: 7, body: '{"whole":1}' });
     const tail = { text: '"shared":[1,2,3]}', hash: 't1' };
+    const parts = (instance: string, t: { text: string; hash: string }) => ({ instance, shared: t.text, sharedHash: t.hash, members: '[]' });
     const r = await commit(s, 'p', [
       { op: 'putInstance', instance: inst('a') },
       { op: 'putInstance', instance: inst('b') },
-      { op: 'setPolicy', instanceId: 'a', body: `{"i":"a",${tail.text}`, hash: 'ha', tail },
-      { op: 'setPolicy', instanceId: 'b', body: `{"i":"b",${tail.text}`, hash: 'hb', tail },
+      { op: 'setPolicy', instanceId: 'a', body: `{"i":"a",${tail.text}`, hash: 'ha', parts: parts('{"i":"a",', tail) },
+      { op: 'setPolicy', instanceId: 'b', body: `{"i":"b",${tail.text}`, hash: 'hb', parts: parts('{"i":"b",', tail) },
     ]);
     expect(await s.getPolicy('p', 'a')).toEqual({ revision: r.revisions.get('a'), body: '{"i":"a","shared":[1,2,3]}' });
     expect(await s.getPolicy('p', 'b')).toEqual({ revision: r.revisions.get('b'), body: '{"i":"b","shared":[1,2,3]}' });
     const raised = await s.raiseRevision('p', 'a', 100);
     expect(raised).toEqual({ revision: 101, body: '{"i":"a","shared":[1,2,3]}' });
     const tail2 = { text: '"shared":[4]}', hash: 't2' };
-    await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: `{"i":"a",${tail2.text}`, hash: 'ha2', tail: tail2 }]);
+    await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: `{"i":"a",${tail2.text}`, hash: 'ha2', parts: parts('{"i":"a",', tail2) }]);
     const count = () => {
       const db = new Database(file, { readonly: true });
       const rows = db.prepare('SELECT hash FROM policy_tails ORDER BY hash').all();
@@ -135,8 +136,8 @@ describe('SQLite store', () => {
     await commit(s, 'p', [{ op: 'deleteInstance', id: 'b' }]);
     expect(count()).toEqual([{ hash: 't2' }]);
     expect(await s.getPolicy('p', 'a')).toEqual({ revision: expect.any(Number), body: '{"i":"a","shared":[4]}' });
-    // a tail the body does not end with is not used: the body is stored whole
-    await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: '{"i":"a","x":1}', hash: 'ha3', tail: tail2 }]);
+    // parts that do not add up to the body are not used: the body is stored whole
+    await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: '{"i":"a","x":1}', hash: 'ha3', parts: parts('{"i":"a",', tail2) }]);
     expect((await s.getPolicy('p', 'a'))!.body).toBe('{"i":"a","x":1}');
     expect(count()).toEqual([]);
     await s.close();

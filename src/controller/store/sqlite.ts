@@ -302,15 +302,13 @@ export class SqliteStore implements Store {
         break;
       case 'setPolicy': {
         const revision = this.stmt.nextRevision.get(0)!.value;
-        // the op promises that the body ends with the tail; a cheap check (not a full comparison) guards against misuse
-        const at = o.tail ? o.body.length - o.tail.text.length : -1;
-        const tail = o.tail && o.tail.text.length > 0 && at >= 0 && o.body.startsWith(o.tail.text.slice(0, 64), at) && o.body.endsWith(o.tail.text.slice(-64)) ? o.tail : null;
-        if (tail && !tails.has(tail.hash)) {
-          this.stmt.putTail.run(project_id, tail.hash, tail.text);
-          tails.add(tail.hash);
+        // the op promises body === instance + shared; a cheap check (not a full comparison) guards against misuse
+        const parts = o.parts && o.parts.shared.length > 0 && o.parts.instance.length + o.parts.shared.length === o.body.length ? o.parts : null;
+        if (parts && !tails.has(parts.sharedHash)) {
+          this.stmt.putTail.run(project_id, parts.sharedHash, parts.shared);
+          tails.add(parts.sharedHash);
         }
-        const head = tail ? o.body.slice(0, o.body.length - tail.text.length) : o.body;
-        this.stmt.setPolicy.run(revision, o.hash, head, tail?.hash ?? null, project_id, o.instanceId);
+        this.stmt.setPolicy.run(revision, o.hash, parts ? parts.instance : o.body, parts?.sharedHash ?? null, project_id, o.instanceId);
         revisions.set(o.instanceId, revision);
         break;
       }

@@ -10,7 +10,7 @@
  * function throws, or any op fails, nothing is written.
  */
 import type { PortReport } from '../../protocol/messages.js';
-import type { Op, ProjectSnapshot } from '../model.js';
+import type { BodyParts, Op, ProjectSnapshot } from '../model.js';
 
 export interface StoredPolicy {
   revision: number;
@@ -18,11 +18,10 @@ export interface StoredPolicy {
   body: string;
   /**
    * Set only on documents handed from a commit to the hub (never by a store):
-   * the body's `group_members` value, i.e. the body ends with
-   * `,"group_members":${membersText}}`. Documents with the same member lists
-   * share this one string, so the hub can recognise them cheaply.
+   * the body's parts, whose shared strings let the hub recognise equal parts
+   * of documents cheaply and encode them once.
    */
-  membersText?: string;
+  parts?: BodyParts;
 }
 
 export interface TokenOwner {
