@@ -61,7 +61,7 @@ type Members = Readonly<Record<string, readonly string[]>>;
 /** What a delta is computed against: the last document sent on a connection. */
 interface SentDocument {
   revision: number;
-  /** digest of the document body before `group_members` (instance, groups, address groups), see `headOf` */
+  /** digest of the document body before `group_members` (instance, groups, address groups), see `headDigest` */
   headDigest: string;
   /** the member lists, shared with other sessions that were sent the same lists */
   members: Members;
