@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
 import { compileInstanceBody, compileInstanceText, indexProject, policyDigestOfBody, recompile, sha256 } from '../../src/controller/compile.js';
+import type { InstanceRow, ProjectSnapshot, RuleRow } from '../../src/controller/model.js';
 import { call, makeApi, rule, seed, type TestApi } from './controller-helpers.js';
 
 const A = '/v3/proj-a';
@@ -111,6 +112,60 @@ describe('batch compilation (shared member lists and tails)', () => {
       expect((await t.service.policyText('proj-a', i.id))!.text, i.id).toBe(`{"revision":${i.revision},${text.slice(1)}`);
     }
     expect(batch.tails.size).toBe(5);
+  });
+
+  it('gives the same bytes on random snapshots (group ids, rule remotes, families, group lists, addresses)', () => {
+    let seedValue = 7;
+    const r = () => {
+      seedValue = (seedValue * 1103515245 + 12345) % 2147483648;
+      return seedValue / 2147483648;
+    };
+    const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const NOW = '2024-05-01T12:00:00Z';
+    for (let round = 0; round < 40; round++) {
+      const groupIds = ['default', 'sg-a', '10', '2', 'sg.b'].slice(0, 2 + Math.floor(r() * 4));
+      const agIds = ['ag-1', 'ag-0'];
+      const rules: RuleRow[] = [];
+      for (let k = 0; k < 12; k++) {
+        const v6 = r() < 0.4;
+        const kind = r();
+        rules.push({
+          id: `r${k}`,
+          security_group_id: pick(groupIds),
+          direction: r() < 0.8 ? 'ingress' : 'egress',
+          priority: 1 + Math.floor(r() * 100),
+          action: r() < 0.8 ? 'allow' : 'deny',
+          ethertype: v6 ? 'IPv6' : 'IPv4',
+          protocol: r() < 0.5 ? 'tcp' : null,
+          multiport: null,
+          icmp_type: null,
+          icmp_code: null,
+          remote_ip_prefix: kind < 0.3 ? (v6 ? '::/0' : '0.0.0.0/0') : null,
+          remote_group_id: kind >= 0.3 && kind < 0.8 ? pick(groupIds) : null,
+          remote_address_group_id: kind >= 0.8 ? (v6 ? 'ag-0' : 'ag-1') : null,
+          description: '',
+          created_at: NOW,
+        });
+      }
+      const instances: InstanceRow[] = Array.from({ length: 2 + Math.floor(r() * 8) }, (_, n) => {
+        const groups = [...new Set(Array.from({ length: 1 + Math.floor(r() * 3) }, () => pick(groupIds)))];
+        const addresses = [...new Set(Array.from({ length: Math.floor(r() * 3) }, () => (r() < 0.6 ? `198.18.${Math.floor(r() * 3)}.${1 + Math.floor(r() * 20)}` : `fd00::${(1 + Math.floor(r() * 30)).toString(16)}`)))];
+        return { id: `i-${n}`, name: '', addresses, security_groups: groups, created_at: NOW, updated_at: NOW, revision: null, policy_hash: null };
+      });
+      const snap: ProjectSnapshot = {
+        projectId: 'p',
+        version: 1,
+        groups: groupIds.map((id) => ({ id, name: `n${id}`, description: '', created_at: NOW, updated_at: NOW })),
+        rules,
+        addressGroups: agIds.map((id) => ({ id, name: id, description: '', ip_version: id === 'ag-0' ? 6 : 4, ip_set: id === 'ag-0' ? ['fd00:1::/64'] : ['203.0.113.0/24'], created_at: NOW, updated_at: NOW })),
+        instances,
+      };
+      const batch = indexProject(snap);
+      for (const i of instances) expect(compileInstanceText(batch, i).body, `round ${round} ${i.id}`).toBe(compileInstanceBody(indexProject(snap), i));
+      const all = { groups: new Set<string>(), membership: new Set<string>(), addressGroups: new Set<string>(), instances: new Set(instances.map((i) => i.id)) };
+      const ops = recompile(snap, all).ops;
+      expect(ops.map((o) => o.op === 'setPolicy' && o.body)).toEqual(instances.map((i) => compileInstanceBody(indexProject(snap), i)));
+    }
   });
 
   it('recognises unchanged documents by their digest, and by a whole-body sha256 stored before digests (no revision bump)', async () => {
