@@ -470,6 +470,21 @@ describe('agent hub', () => {
       agent.close();
     });
 
+    it('a new revision of the same document (read from the store, not handed over) is sent in full', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      const { welcome } = await agent.handshake('ecs-web-1');
+      const raised = await store.raiseRevision('proj-a', 'ecs-web-1', welcome.desired_revision + 10);
+      ctl.hub.notify('proj-a', ['ecs-web-1']);
+      expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
+      expect(JSON.parse(await policyOf('ecs-web-1')).revision).toBe(raised!.revision);
+      // and deltas continue against it
+      await createInstance('ecs-web-2', ['default'], ['198.18.0.9']);
+      expect(policyDeltaSchema.parse(JSON.parse(await agent.nextRaw())).base_revision).toBe(raised!.revision);
+      await agent.expectNothingPending('ecs-web-1');
+      agent.close();
+    });
+
     it('with agents.deltas false every change is sent in full', async () => {
       await ctl.stop();
       await startController({ deltas: false });
