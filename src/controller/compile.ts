@@ -22,6 +22,32 @@ export function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
+/** Prefix of the digests `policyDigest` makes; a stored hash without it is the sha256 of the whole body (before). */
+const DIGEST_V2 = 'v2:';
+
+/**
+ * The change digest of a document body (`InstanceRow.policy_hash`) from its
+ * two parts: the instance's own beginning (`{"instance":{...},`) and the
+ * sha256 of the rest (the tail, shared between documents), so a batch hashes
+ * each shared tail once instead of every whole document.
+ */
+export function policyDigest(instancePart: string, tailHash: string): string {
+  return DIGEST_V2 + sha256(`${instancePart}\n${tailHash}`);
+}
+
+/** `policyDigest` of a whole body. */
+export function policyDigestOfBody(body: string): string {
+  const i = body.indexOf(',"security_groups":') + 1;
+  return policyDigest(body.slice(0, i), sha256(body.slice(i)));
+}
+
+/** Whether a stored hash says the document is `body` (digest of its parts, or a whole-body sha256 stored before digests). */
+function sameDocument(stored: string | null, digest: string, body: string): boolean {
+  if (stored === null) return false;
+  if (stored.startsWith(DIGEST_V2)) return stored === digest;
+  return stored === sha256(body);
+}
+
 /** Lookup tables over one snapshot, built once per batch of compilations. */
 export interface ProjectIndex {
   snap: ProjectSnapshot;
@@ -31,6 +57,12 @@ export interface ProjectIndex {
   addressGroups: Map<string, AddressGroupRow>;
   /** sorted member addresses by `group|families`, shared by every document of the batch */
   memberLists: Map<string, string[]>;
+  /** the same lists serialised (JSON), by the same key */
+  memberListTexts: Map<string, string>;
+  /** one security group of a document (`{id, name, rules}`) serialised, by group id */
+  groupTexts: Map<string, string>;
+  /** everything of a document after `instance`, by the instance's group list (see `documentTail`) */
+  tails: Map<string, DocumentTail>;
 }
 
 export function indexProject(snap: ProjectSnapshot): ProjectIndex {
@@ -55,6 +87,9 @@ export function indexProject(snap: ProjectSnapshot): ProjectIndex {
     membersByGroup,
     addressGroups: new Map(snap.addressGroups.map((a) => [a.id, a])),
     memberLists: new Map(),
+    memberListTexts: new Map(),
+    groupTexts: new Map(),
+    tails: new Map(),
   };
 }
 
@@ -135,6 +170,108 @@ export function compileInstanceDoc(ix: ProjectIndex, inst: InstanceRow): PolicyB
   for (const gid of [...families.keys()].sort()) group_members[gid] = memberList(ix, gid, families.get(gid)!);
   return { instance: { id: inst.id, addresses: inst.addresses }, security_groups, address_groups, group_members };
 }
+
+/**
+ * The part of a document after `instance`, which depends only on the
+ * instance's group list: documents of instances with the same groups share
+ * it within a batch (serialised once, validated once).
+ */
+export interface DocumentTail {
+  /** `"security_groups":[...],"address_groups":[...],"group_members":{...}}`: the body's text after `{"instance":...,` */
+  text: string;
+  /** the `group_members` value (`{...}`), one string shared by every document of the tail */
+  membersText: string;
+  /** the document without instance and members, for validation: members as empty lists */
+  probe: Omit<PolicyBody, 'instance'>;
+  /** null until validated */
+  valid: boolean | null;
+  /** sha256 of `text`, null until needed */
+  hash: string | null;
+}
+
+function groupText(ix: ProjectIndex, gid: string, g: GroupRow, rules: readonly RuleRow[]): string {
+  let text = ix.groupTexts.get(gid);
+  if (text === undefined) {
+    text = JSON.stringify({ id: g.id, name: g.name, rules: rules.map(ruleDoc) });
+    ix.groupTexts.set(gid, text);
+  }
+  return text;
+}
+
+function memberListText(ix: ProjectIndex, gid: string, fams: ReadonlySet<4 | 6>): string {
+  const key = `${gid}|${[...fams].sort().join()}`;
+  let text = ix.memberListTexts.get(key);
+  if (text === undefined) {
+    text = JSON.stringify(memberList(ix, gid, fams));
+    ix.memberListTexts.set(key, text);
+  }
+  return text;
+}
+
+/**
+ * The tail of the documents of instances in `groups` (in this order), built
+ * like `compileInstanceDoc` builds the same fields, so `{"instance":...,` +
+ * tail is byte-identical to `JSON.stringify(compileInstanceDoc(...))`.
+ * Throws what `compileInstanceDoc` throws, naming `instanceId`.
+ */
+export function documentTail(ix: ProjectIndex, instanceId: string, groups: readonly string[]): DocumentTail {
+  const key = groups.join('\u0000');
+  let tail = ix.tails.get(key);
+  if (tail) return tail;
+  const families = new Map<string, Set<4 | 6>>();
+  const addressGroupIds = new Set<string>();
+  const groupTexts: string[] = [];
+  const security_groups = groups.map((gid) => {
+    const g = ix.groups.get(gid);
+    if (!g) throw new SecgroupError('INTERNAL', `instance ${instanceId} is associated with unknown group ${gid}`);
+    const rules = ix.rulesByGroup.get(gid) ?? [];
+    for (const r of rules) {
+      if (r.remote_group_id) {
+        const set = families.get(r.remote_group_id) ?? new Set();
+        set.add(r.ethertype === 'IPv6' ? 6 : 4);
+        families.set(r.remote_group_id, set);
+      }
+      if (r.remote_address_group_id) addressGroupIds.add(r.remote_address_group_id);
+    }
+    groupTexts.push(groupText(ix, gid, g, rules));
+    return { id: g.id, name: g.name, rules: rules.map(ruleDoc) };
+  });
+  const address_groups = [...addressGroupIds].sort().map((id) => {
+    const a = ix.addressGroups.get(id);
+    if (!a) throw new SecgroupError('INTERNAL', `a rule references unknown address group ${id}`);
+    return { id: a.id, ip_version: a.ip_version, ip_set: a.ip_set };
+  });
+  // Assigned into an object like compileInstanceDoc does, so the key order (integer-like ids first) and
+  // anything an object refuses as a key are the same.
+  const members: Record<string, string> = {};
+  const empty: Record<string, string[]> = {};
+  for (const gid of [...families.keys()].sort()) {
+    members[gid] = memberListText(ix, gid, families.get(gid)!);
+    empty[gid] = [];
+  }
+  const membersText = Object.keys(members)
+    .map((gid) => `${JSON.stringify(gid)}:${members[gid]!}`)
+    .join(',');
+  const membersValue = `{${membersText}}`;
+  tail = {
+    text: `"security_groups":[${groupTexts.join(',')}],"address_groups":${JSON.stringify(address_groups)},"group_members":${membersValue}}`,
+    membersText: membersValue,
+    probe: { security_groups, address_groups, group_members: Object.fromEntries(Object.keys(empty).map((k) => [k, []])) },
+    valid: null,
+    hash: null,
+  };
+  ix.tails.set(key, tail);
+  return tail;
+}
+
+/** `compileInstanceBody` for a batch: the text of the instance's part plus the shared tail. */
+export function compileInstanceText(ix: ProjectIndex, inst: InstanceRow): { body: string; instancePart: string; tail: DocumentTail } {
+  const tail = documentTail(ix, inst.id, inst.security_groups);
+  const instancePart = `{"instance":${JSON.stringify({ id: inst.id, addresses: inst.addresses })},`;
+  return { body: instancePart + tail.text, instancePart, tail };
+}
+
+const PROBE_INSTANCE = { id: 'probe', addresses: [] as string[] };
 
 /** What a set of ops changed, in the terms that decide which documents can change. */
 export interface Touched {
@@ -224,7 +361,7 @@ export function affectedInstances(ix: ProjectIndex, t: Touched): InstanceRow[] {
 }
 
 /**
- * `setPolicy` ops for every affected instance whose document content changed.
+ * `setPolicy` ops (with the body's parts) for every affected instance whose document content changed.
  * Every new document is checked with the agent's own validator first: the
  * controller never stores a document an agent would reject.
  */
@@ -233,18 +370,23 @@ export function recompile(after: ProjectSnapshot, t: Touched): { ops: Op[]; comp
   const affected = affectedInstances(ix, t);
   const ops: Op[] = [];
   for (const inst of affected) {
-    const doc = compileInstanceDoc(ix, inst);
-    const body = JSON.stringify(doc);
-    const hash = sha256(body);
-    if (hash === inst.policy_hash) continue;
-    // Member addresses were parsed when the member lists were built (parseIp throws on anything else);
-    // validate the rest of the document with empty lists instead of re-checking every member per document.
-    const probe = { revision: 0, ...doc, group_members: Object.fromEntries(Object.keys(doc.group_members).map((k) => [k, []])) };
-    const check = checkPolicy(probe);
-    if (!check.ok) {
-      throw new SecgroupError('INTERNAL', `compiled policy of instance ${inst.id} is invalid: ${check.issues.map(formatIssue).join('; ')}`);
+    const { body, instancePart, tail } = compileInstanceText(ix, inst);
+    tail.hash ??= sha256(tail.text);
+    const hash = policyDigest(instancePart, tail.hash);
+    if (sameDocument(inst.policy_hash, hash, body)) continue;
+    // Member addresses were parsed when the member lists were built (parseIp throws on anything else).
+    // The rest is validated in two parts that the validator checks independently of each other: the
+    // tail once per group list (with a fixed valid instance), the instance's own part per document
+    // (with an empty rest). Only when one fails is the whole document checked, for the same message.
+    if (tail.valid === null) tail.valid = checkPolicy({ revision: 0, instance: PROBE_INSTANCE, ...tail.probe }).ok;
+    const instanceOk = checkPolicy({ revision: 0, instance: { id: inst.id, addresses: inst.addresses }, security_groups: [], address_groups: [], group_members: {} }).ok;
+    if (!tail.valid || !instanceOk) {
+      const check = checkPolicy({ revision: 0, instance: { id: inst.id, addresses: inst.addresses }, ...tail.probe });
+      if (!check.ok) {
+        throw new SecgroupError('INTERNAL', `compiled policy of instance ${inst.id} is invalid: ${check.issues.map(formatIssue).join('; ')}`);
+      }
     }
-    ops.push({ op: 'setPolicy', instanceId: inst.id, body, hash });
+    ops.push({ op: 'setPolicy', instanceId: inst.id, body, hash, parts: { instance: instancePart, shared: tail.text, sharedHash: tail.hash, members: tail.membersText } });
   }
   return { ops, compiled: affected.length };
 }

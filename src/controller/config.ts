@@ -58,6 +58,7 @@ export const controllerConfigSchema = z.strictObject({
       max_message_bytes: z.int().min(1024).max(64 * 1024 * 1024).default(4 * 1024 * 1024),
       rate_burst: z.int().min(1).default(30),
       rate_per_second: z.number().positive().default(5),
+      deltas: z.boolean().default(true),
     })
     .prefault({}),
   store: z.strictObject({ synchronous: z.enum(['FULL', 'NORMAL']).default('FULL') }).prefault({}),

@@ -101,6 +101,7 @@ export function createController(deps: ControllerDeps): Controller {
         helloTimeoutMs: config.agents.hello_timeout_ms,
         maxMessageBytes: config.agents.max_message_bytes,
         rate: { burst: config.agents.rate_burst, perSecond: config.agents.rate_per_second },
+        deltas: config.agents.deltas,
       }));
       const service = new ControllerService({
         store,
@@ -108,7 +109,7 @@ export function createController(deps: ControllerDeps): Controller {
         logger,
         quotas: config.quotas,
         random,
-        onPolicyChanged: (project, ids) => theHub.notify(project, ids),
+        onPolicyChanged: (project, ids, docs) => theHub.notify(project, ids, docs),
         onCompiled: ({ compiled, bumped }) => {
           metrics.policiesCompiled.inc(compiled);
           metrics.revisionsBumped.inc(bumped);

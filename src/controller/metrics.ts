@@ -8,6 +8,7 @@ export interface ControllerMetrics {
   registry: Registry;
   agentsConnected: Gauge;
   pushes: Counter<'reason'>;
+  deltas: Counter;
   acks: Counter<'status'>;
   agentMessagesRejected: Counter<'reason'>;
   apiLatency: Histogram<'method' | 'route' | 'status_code'>;
@@ -24,8 +25,13 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Controll
     agentsConnected: new Gauge({ name: 'secgroup_controller_agents_connected', help: 'Agents with a live, authenticated connection', registers }),
     pushes: new Counter({
       name: 'secgroup_controller_policy_pushes_total',
-      help: 'Policy documents sent to agents (reason: hello = on connect, change = after an API change)',
+      help: 'Policy documents sent to agents, full or as a membership delta (reason: hello = on connect, change = after an API change, resync = the agent asked for the full document)',
       labelNames: ['reason'],
+      registers,
+    }),
+    deltas: new Counter({
+      name: 'secgroup_controller_policy_deltas_total',
+      help: 'Changes sent as a membership delta (policy_delta) instead of the full document; also counted in policy_pushes_total',
       registers,
     }),
     acks: new Counter({ name: 'secgroup_controller_acks_total', help: 'Acks received from agents, by status', labelNames: ['status'], registers }),

@@ -63,7 +63,7 @@ export interface InstanceSpec {
 export interface InstanceRow extends InstanceSpec {
   /** revision of the current policy document, null before the first compilation */
   revision: number | null;
-  /** sha256 of the current policy document body (without revision) */
+  /** digest of the current policy document body (without revision): `policyDigest` (compile.ts), or before that the sha256 of the body */
   policy_hash: string | null;
 }
 
@@ -91,8 +91,23 @@ export type Op =
   /** deletes the instance, its policy, token and agent state */
   | { op: 'deleteInstance'; id: string }
   | { op: 'setToken'; instanceId: string; tokenHash: string }
-  /** a new policy document body; the store assigns the next revision */
-  | { op: 'setPolicy'; instanceId: string; body: string; hash: string };
+  /** a new policy document body; the store assigns the next revision. With `parts`, a store may keep the shared part once. */
+  | { op: 'setPolicy'; instanceId: string; body: string; hash: string; parts?: BodyParts };
+
+/**
+ * A document body in two parts: `body === instance + shared`. `instance` is
+ * the instance's own beginning (`{"instance":{...},`); `shared` is the rest
+ * (groups, address groups, members), the same string for every document of
+ * a batch with the same group list. `sharedHash`: sha256 of `shared`;
+ * `members`: the `group_members` value, with which `shared` ends
+ * (`...,"group_members":${members}}`), also one shared string.
+ */
+export interface BodyParts {
+  instance: string;
+  shared: string;
+  sharedHash: string;
+  members: string;
+}
 
 export function emptySnapshot(projectId: string): ProjectSnapshot {
   return { projectId, version: 0, groups: [], rules: [], addressGroups: [], instances: [] };

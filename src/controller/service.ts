@@ -12,7 +12,7 @@ import { applyOps, emptySnapshot, type ProjectSnapshot } from './model.js';
 import { createProjectOps, type MutationContext, type Mutation, type Quotas } from './domain.js';
 import { recompile, renderPolicyText, touchedBy } from './compile.js';
 import { hashToken, type Random } from './tokens.js';
-import type { Store } from './store/store.js';
+import type { Store, StoredPolicy } from './store/store.js';
 
 /** `yyyy-MM-ddTHH:mm:ssZ`, the timestamp format of Huawei's v3 resources */
 export function formatTime(ms: number): string {
@@ -25,7 +25,8 @@ export interface ServiceDeps {
   logger: Logger;
   quotas: Quotas;
   random: Random;
-  onPolicyChanged?: (projectId: string, instanceIds: string[]) => void;
+  /** after a commit: the instances whose document changed, with their new documents (so the hub need not read them back) */
+  onPolicyChanged?: (projectId: string, instanceIds: string[], policies: ReadonlyMap<string, StoredPolicy>) => void;
   onCompiled?: (stats: { compiled: number; bumped: number }) => void;
 }
 
@@ -69,16 +70,23 @@ export class ControllerService {
       const pre = stored ? [] : createProjectOps(ctx.now);
       const snap = stored ?? applyOps(emptySnapshot(projectId), pre);
       const m = fn(snap, ctx);
-      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0 } };
+      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0, docs: new Map<string, Omit<StoredPolicy, 'revision'>>() } };
       const policies = recompile(applyOps(snap, m.ops), touchedBy(snap, m.ops));
-      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled } };
+      const docs = new Map<string, Omit<StoredPolicy, 'revision'>>();
+      for (const o of policies.ops) if (o.op === 'setPolicy') docs.set(o.instanceId, o.parts ? { body: o.body, parts: o.parts } : { body: o.body });
+      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled, docs } };
     };
     if (opts.dryRun) return decide(await store.loadProject(projectId)).value.result;
     const res = await store.mutate(projectId, decide);
     this.deps.onCompiled?.({ compiled: res.value.compiled, bumped: res.revisions.size });
     if (res.revisions.size) {
       logger.info({ event: 'policy', project: projectId, instances: [...res.revisions].map(([id, revision]) => ({ id, revision })) }, 'policy revisions bumped');
-      this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()]);
+      const docs = new Map<string, StoredPolicy>();
+      for (const [id, revision] of res.revisions) {
+        const doc = res.value.docs.get(id);
+        if (doc) docs.set(id, { revision, ...doc });
+      }
+      this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()], docs);
     }
     return res.value.result;
   }

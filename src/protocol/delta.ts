@@ -88,9 +88,9 @@ function lowerBound(list: readonly string[], k: Key, gid: string): number {
  * order. Binary searches and splices: the cost grows with the size of the
  * change, not of the group (a one-address change to 100k members: ~0.1 ms).
  * A list that is not in canonical order still loses its removed members
- * (found by a linear search then).
+ * (found by a linear search then). For a few changes to a long list.
  */
-function applyGroup(gid: string, list: readonly string[], change: { add: readonly string[]; remove: readonly string[] }): string[] {
+function applySmall(gid: string, list: readonly string[], change: { add: readonly string[]; remove: readonly string[] }): string[] {
   const out = list.slice();
   for (const a of change.remove) {
     const k = keyOf(a, gid);
@@ -104,6 +104,51 @@ function applyGroup(gid: string, list: readonly string[], change: { add: readonl
     if (i < out.length && cmp(keyOf(out[i]!, gid), k) === 0) continue;
     out.splice(i, 0, a);
   }
+  return out;
+}
+
+/** `list` (in canonical order) without `remove`, plus `add`, in canonical order. */
+function applyGroup(gid: string, list: readonly string[], change: { add: readonly string[]; remove: readonly string[] }): string[] {
+  const n = change.add.length + change.remove.length;
+  return n * 32 < list.length ? applySmall(gid, list, change) : applyLarge(gid, list, change);
+}
+
+/** The same for many changes: one pass over the list. */
+function applyLarge(gid: string, list: readonly string[], change: { add: readonly string[]; remove: readonly string[] }): string[] {
+  const removeSet = new Set(change.remove);
+  const kept = removeSet.size ? list.filter((a) => !removeSet.has(a)) : [...list];
+  const present = new Set(kept);
+  const adds: { a: string; k: Key }[] = [];
+  for (const a of change.add) {
+    if (present.has(a)) continue;
+    present.add(a);
+    adds.push({ a, k: keyOf(a, gid) });
+  }
+  if (!adds.length) return kept;
+  adds.sort((x, y) => cmp(x.k, y.k));
+  const log = Math.ceil(Math.log2(kept.length + 1));
+  if (adds.length * log < kept.length) {
+    // a few additions: binary-search each position (log n parses each) instead of parsing the whole list
+    for (const { a, k } of adds) {
+      let lo = 0;
+      let hi = kept.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if (cmp(keyOf(kept[mid]!, gid), k) < 0) lo = mid + 1;
+        else hi = mid;
+      }
+      kept.splice(lo, 0, a);
+    }
+    return kept;
+  }
+  const out: string[] = [];
+  let j = 0;
+  for (const a of kept) {
+    const k = keyOf(a, gid);
+    while (j < adds.length && cmp(adds[j]!.k, k) < 0) out.push(adds[j++]!.a);
+    out.push(a);
+  }
+  while (j < adds.length) out.push(adds[j++]!.a);
   return out;
 }
 

@@ -5,6 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
+import { compileInstanceBody, compileInstanceText, indexProject, policyDigestOfBody, recompile, sha256 } from '../../src/controller/compile.js';
+import type { InstanceRow, ProjectSnapshot, RuleRow } from '../../src/controller/model.js';
 import { call, makeApi, rule, seed, type TestApi } from './controller-helpers.js';
 
 const A = '/v3/proj-a';
@@ -74,6 +76,114 @@ describe('the policy document', () => {
     const { policy, text } = await policyOf(t, 'web1');
     expect(policy.address_groups.map((a) => a.id)).toEqual(['ag-a', 'ag-z']);
     expect(JSON.stringify(JSON.parse(text).address_groups[0])).toBe('{"id":"ag-a","ip_version":4,"ip_set":["203.0.113.0/24"]}');
+  });
+});
+
+describe('batch compilation (shared member lists and tails)', () => {
+  it('gives the same bytes as compiling each document on its own', async () => {
+    const t = makeApi();
+    // numeric-looking group ids (ordered first by JS objects), several group lists, both families, address groups
+    for (const id of ['sg-web', '42', 'sg-app', '7']) await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id, name: `n-${id}` } });
+    await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { id: 'ag-ops', name: 'ops', ip_version: 4, ip_set: ['203.0.113.0/24'] } });
+    const rules = [
+      ['sg-web', rule({ remote_ip_prefix: null, remote_group_id: 'sg-app' })],
+      ['sg-web', rule({ ethertype: 'IPv6', multiport: '443', remote_ip_prefix: null, remote_group_id: '42' })],
+      ['sg-web', rule({ multiport: '444', remote_ip_prefix: null, remote_group_id: '7' })],
+      ['42', rule({ multiport: '22', remote_ip_prefix: null, remote_address_group_id: 'ag-ops' })],
+      ['7', rule({ ethertype: 'IPv6', multiport: '53', protocol: 'udp', remote_ip_prefix: null, remote_group_id: 'sg-web' })],
+    ] as const;
+    for (const [g, r] of rules) expect((await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: g, ...r } })).status).toBe(201);
+    const instances = [
+      ['w1', ['sg-web', 'default'], ['198.18.0.10', 'fd00:5ec::10']],
+      ['w2', ['sg-web', 'default'], ['198.18.0.9']],
+      ['a1', ['sg-app', '42'], ['198.18.1.1', 'fd00:5ec::2']],
+      ['a2', ['42', 'sg-app'], ['fd00:5ec::1']],
+      ['s1', ['7'], ['10.0.0.1', '10.0.0.2']],
+      ['s2', ['default', '7', 'sg-web'], []],
+    ] as const;
+    for (const [id, groups, addresses] of instances) {
+      expect((await call(t.app, 'POST', `${A}/instances`, { instance: { id, addresses, security_groups: groups } })).status).toBe(201);
+    }
+    const snap = await t.service.read('proj-a');
+    const batch = indexProject(snap);
+    for (const i of snap.instances) {
+      const text = compileInstanceText(batch, i).body;
+      expect(text, i.id).toBe(compileInstanceBody(indexProject(snap), i));
+      expect((await t.service.policyText('proj-a', i.id))!.text, i.id).toBe(`{"revision":${i.revision},${text.slice(1)}`);
+    }
+    expect(batch.tails.size).toBe(5);
+  });
+
+  it('gives the same bytes on random snapshots (group ids, rule remotes, families, group lists, addresses)', () => {
+    let seedValue = 7;
+    const r = () => {
+      seedValue = (seedValue * 1103515245 + 12345) % 2147483648;
+      return seedValue / 2147483648;
+    };
+    const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+    const NOW = '2024-05-01T12:00:00Z';
+    for (let round = 0; round < 40; round++) {
+      const groupIds = ['default', 'sg-a', '10', '2', 'sg.b'].slice(0, 2 + Math.floor(r() * 4));
+      const agIds = ['ag-1', 'ag-0'];
+      const rules: RuleRow[] = [];
+      for (let k = 0; k < 12; k++) {
+        const v6 = r() < 0.4;
+        const kind = r();
+        rules.push({
+          id: `r${k}`,
+          security_group_id: pick(groupIds),
+          direction: r() < 0.8 ? 'ingress' : 'egress',
+          priority: 1 + Math.floor(r() * 100),
+          action: r() < 0.8 ? 'allow' : 'deny',
+          ethertype: v6 ? 'IPv6' : 'IPv4',
+          protocol: r() < 0.5 ? 'tcp' : null,
+          multiport: null,
+          icmp_type: null,
+          icmp_code: null,
+          remote_ip_prefix: kind < 0.3 ? (v6 ? '::/0' : '0.0.0.0/0') : null,
+          remote_group_id: kind >= 0.3 && kind < 0.8 ? pick(groupIds) : null,
+          remote_address_group_id: kind >= 0.8 ? (v6 ? 'ag-0' : 'ag-1') : null,
+          description: '',
+          created_at: NOW,
+        });
+      }
+      const instances: InstanceRow[] = Array.from({ length: 2 + Math.floor(r() * 8) }, (_, n) => {
+        const groups = [...new Set(Array.from({ length: 1 + Math.floor(r() * 3) }, () => pick(groupIds)))];
+        const addresses = [...new Set(Array.from({ length: Math.floor(r() * 3) }, () => (r() < 0.6 ? `198.18.${Math.floor(r() * 3)}.${1 + Math.floor(r() * 20)}` : `fd00::${(1 + Math.floor(r() * 30)).toString(16)}`)))];
+        return { id: `i-${n}`, name: '', addresses, security_groups: groups, created_at: NOW, updated_at: NOW, revision: null, policy_hash: null };
+      });
+      const snap: ProjectSnapshot = {
+        projectId: 'p',
+        version: 1,
+        groups: groupIds.map((id) => ({ id, name: `n${id}`, description: '', created_at: NOW, updated_at: NOW })),
+        rules,
+        addressGroups: agIds.map((id) => ({ id, name: id, description: '', ip_version: id === 'ag-0' ? 6 : 4, ip_set: id === 'ag-0' ? ['fd00:1::/64'] : ['203.0.113.0/24'], created_at: NOW, updated_at: NOW })),
+        instances,
+      };
+      const batch = indexProject(snap);
+      for (const i of instances) expect(compileInstanceText(batch, i).body, `round ${round} ${i.id}`).toBe(compileInstanceBody(indexProject(snap), i));
+      const all = { groups: new Set<string>(), membership: new Set<string>(), addressGroups: new Set<string>(), instances: new Set(instances.map((i) => i.id)) };
+      const ops = recompile(snap, all).ops;
+      expect(ops.map((o) => o.op === 'setPolicy' && o.body)).toEqual(instances.map((i) => compileInstanceBody(indexProject(snap), i)));
+    }
+  });
+
+  it('recognises unchanged documents by their digest, and by a whole-body sha256 stored before digests (no revision bump)', async () => {
+    const t = makeApi();
+    await seed(t.app);
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'w2', addresses: ['198.18.0.11'], security_groups: ['default'] } });
+    const snap = await t.service.read('proj-a');
+    const all = { groups: new Set<string>(), membership: new Set<string>(), addressGroups: new Set<string>(), instances: new Set(snap.instances.map((i) => i.id)) };
+    const ix = indexProject(snap);
+    const body = (id: string) => compileInstanceBody(ix, snap.instances.find((i) => i.id === id)!);
+    const withHashes = (hash: (id: string) => string | null) => ({ ...snap, instances: snap.instances.map((i) => ({ ...i, policy_hash: hash(i.id) })) });
+    expect(snap.instances.map((i) => i.policy_hash)).toEqual(snap.instances.map((i) => policyDigestOfBody(body(i.id))));
+    expect(recompile(snap, all).ops).toEqual([]);
+    expect(recompile(withHashes((id) => sha256(body(id))), all).ops).toEqual([]);
+    const changed = recompile(withHashes((id) => (id === 'w2' ? 'v2:other' : id === 'ecs-web-1' ? sha256('other') : null)), all).ops;
+    expect(changed.map((o) => o.op === 'setPolicy' && [o.instanceId, o.body, o.hash])).toEqual(
+      snap.instances.map((i) => [i.id, body(i.id), policyDigestOfBody(body(i.id))]),
+    );
   });
 });
 

@@ -32,7 +32,7 @@ describe('controller configuration', () => {
       tls: null,
       api: { tokens: [{ name: 'admin', token: 'admin-token-0123456789', projects: ['*'] }], max_body_bytes: 1048576 },
       quotas: DEFAULT_QUOTAS,
-      agents: { heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5 },
+      agents: { deltas: true, heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5 },
       store: { synchronous: 'FULL' },
       log: { level: 'info' },
       metrics: { process_metrics: true },

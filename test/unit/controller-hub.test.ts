@@ -12,7 +12,8 @@ import { createController, type Controller, type ControllerAddress } from '../..
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
 import type { Store } from '../../src/controller/store/store.js';
-import { PROTOCOL_VERSION, controllerMessageSchema, welcomeSchema } from '../../src/protocol/messages.js';
+import { PROTOCOL_VERSION, controllerMessageSchema, policyDeltaSchema, welcomeSchema } from '../../src/protocol/messages.js';
+import { applyPolicyDelta } from '../../src/protocol/delta.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { ADMIN, countingRandom, rule } from './controller-helpers.js';
 
@@ -24,17 +25,21 @@ let store: Store;
 let ctl: Controller;
 let addr: ControllerAddress;
 
-beforeEach(async () => {
-  clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
-  store = openSqliteStore(':memory:');
+async function startController(agents: Record<string, unknown> = {}): Promise<void> {
   const config = parseControllerConfig({
     listen: { host: '127.0.0.1', port: 0 },
     api: { tokens: [{ name: 'admin', token: ADMIN }] },
-    agents: { heartbeat_interval_ms: 1000, hello_timeout_ms: 500, max_message_bytes: 8192, rate_burst: 10, rate_per_second: 1 },
+    agents: { heartbeat_interval_ms: 1000, hello_timeout_ms: 500, max_message_bytes: 8192, rate_burst: 10, rate_per_second: 1, ...agents },
     metrics: { process_metrics: false },
   });
   ctl = createController({ config, clock, store, logger: silentLogger(), random: countingRandom() });
   addr = await ctl.start();
+}
+
+beforeEach(async () => {
+  clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
+  store = openSqliteStore(':memory:');
+  await startController();
 });
 
 afterEach(async () => {
@@ -64,8 +69,9 @@ class Agent {
   constructor(
     readonly ws: WebSocket,
   ) {
-    ws.on('message', (d) => {
-      this.frames.push(d.toString());
+    ws.on('message', (d, isBinary) => {
+      // the protocol uses text frames only
+      this.frames.push(isBinary ? `BINARY FRAME: ${d.toString()}` : d.toString());
       for (const w of this.waiters.splice(0)) w();
     });
     this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
@@ -379,6 +385,120 @@ describe('agent hub', () => {
     }
     expect(alive.ws.readyState).toBe(WebSocket.OPEN);
     alive.close();
+  });
+
+  describe('membership deltas', () => {
+    const policyOf = async (id: string) => (await api('GET', `${A}/instances/${id}/policy`)).text;
+    const metrics = async () => (await ctl.app.inject({ method: 'GET', url: '/metrics' })).body;
+
+    it('a membership change is sent as a policy_delta that turns the previous document into the new one, byte for byte', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      const { policyText } = await agent.handshake('ecs-web-1');
+      let prev = policyText!;
+      // the default group references itself: a new member of default changes only ecs-web-1's member list
+      await createInstance('ecs-web-2', ['default'], ['198.18.0.9', 'fd00:5ec::9']);
+      const raw = await agent.nextRaw();
+      const delta = policyDeltaSchema.parse(JSON.parse(raw));
+      expect(delta).toEqual({
+        type: 'policy_delta',
+        base_revision: JSON.parse(prev).revision,
+        revision: JSON.parse(await policyOf('ecs-web-1')).revision,
+        group_members: { default: { add: ['198.18.0.9', 'fd00:5ec::9'], remove: [] } },
+      });
+      let applied = applyPolicyDelta(JSON.parse(prev), delta);
+      expect(JSON.stringify(applied)).toBe(await policyOf('ecs-web-1'));
+      agent.send({ type: 'ack', revision: delta.revision, status: 'applied', duration_ms: 1 });
+      prev = JSON.stringify(applied);
+
+      // chained against the delta's revision: an address change (one added, one removed) and a removal
+      await api('PUT', `${A}/instances/ecs-web-2`, { instance: { addresses: ['198.18.0.200'] } });
+      const d2 = policyDeltaSchema.parse(JSON.parse(await agent.nextRaw()));
+      expect(d2.base_revision).toBe(delta.revision);
+      expect(d2.group_members).toEqual({ default: { add: ['198.18.0.200'], remove: ['198.18.0.9', 'fd00:5ec::9'] } });
+      applied = applyPolicyDelta(JSON.parse(prev), d2);
+      expect(JSON.stringify(applied)).toBe(await policyOf('ecs-web-1'));
+      prev = JSON.stringify(applied);
+      await api('DELETE', `${A}/instances/ecs-web-2`);
+      const d3 = policyDeltaSchema.parse(JSON.parse(await agent.nextRaw()));
+      expect(JSON.stringify(applyPolicyDelta(JSON.parse(prev), d3))).toBe(await policyOf('ecs-web-1'));
+      await agent.expectNothingPending('ecs-web-1');
+
+      const st = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status;
+      expect(st).toMatchObject({ applied_revision: delta.revision, last_ack: { revision: delta.revision, status: 'applied' } });
+      expect(await metrics()).toMatch(/secgroup_controller_policy_deltas_total 3/);
+      expect(await metrics()).toMatch(/secgroup_controller_policy_pushes_total\{reason="change"\} 3/);
+      agent.close();
+    });
+
+    it('a rule change is sent in full', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      await agent.handshake('ecs-web-1');
+      await createInstance('ecs-web-2', ['default'], ['198.18.0.9']);
+      expect(JSON.parse(await agent.nextRaw()).type).toBe('policy_delta');
+      await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '443' }) } });
+      expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
+      // a new referenced group (a group_members entry appears) is not a delta either
+      await api('POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-db', name: 'db' } });
+      await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '5432', remote_ip_prefix: null, remote_group_id: 'sg-db' }) } });
+      expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
+      // and after a full document, a membership change is a delta against it
+      await createInstance('db1', ['sg-db'], ['198.18.0.30']);
+      const d = policyDeltaSchema.parse(JSON.parse(await agent.nextRaw()));
+      expect(d.group_members).toEqual({ 'sg-db': { add: ['198.18.0.30'], remove: [] } });
+      await agent.expectNothingPending('ecs-web-1');
+      expect(await metrics()).toMatch(/secgroup_controller_policy_deltas_total 2/);
+      agent.close();
+    });
+
+    it('answers resync with the full current document', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      await agent.handshake('ecs-web-1');
+      await createInstance('ecs-web-2', ['default'], ['198.18.0.9']);
+      const delta = JSON.parse(await agent.nextRaw());
+      expect(delta.type).toBe('policy_delta');
+      agent.send({ type: 'resync', have_revision: delta.base_revision - 1, reason: 'the base revision is not here' });
+      expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
+      expect(JSON.parse(await policyOf('ecs-web-1')).revision).toBe(delta.revision);
+      // a resync before anything changed gets the same full document again
+      agent.send({ type: 'resync', have_revision: null, reason: 'state lost' });
+      expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
+      await agent.expectNothingPending('ecs-web-1');
+      expect(await metrics()).toMatch(/secgroup_controller_policy_pushes_total\{reason="resync"\} 2/);
+      agent.close();
+    });
+
+    it('a new revision of the same document (read from the store, not handed over) is sent in full', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      const { welcome } = await agent.handshake('ecs-web-1');
+      const raised = await store.raiseRevision('proj-a', 'ecs-web-1', welcome.desired_revision + 10);
+      ctl.hub.notify('proj-a', ['ecs-web-1']);
+      expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
+      expect(JSON.parse(await policyOf('ecs-web-1')).revision).toBe(raised!.revision);
+      // and deltas continue against it
+      await createInstance('ecs-web-2', ['default'], ['198.18.0.9']);
+      expect(policyDeltaSchema.parse(JSON.parse(await agent.nextRaw())).base_revision).toBe(raised!.revision);
+      await agent.expectNothingPending('ecs-web-1');
+      agent.close();
+    });
+
+    it('with agents.deltas false every change is sent in full', async () => {
+      await ctl.stop();
+      await startController({ deltas: false });
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      await agent.handshake('ecs-web-1');
+      await createInstance('ecs-web-2', ['default'], ['198.18.0.9']);
+      expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
+      await api('PUT', `${A}/instances/ecs-web-2`, { instance: { addresses: ['198.18.0.200'] } });
+      expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
+      await agent.expectNothingPending('ecs-web-1');
+      expect(await metrics()).toMatch(/secgroup_controller_policy_deltas_total 0/);
+      agent.close();
+    });
   });
 
   it('stop() closes agent connections with 1001', async () => {

@@ -9,7 +9,7 @@ import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.j
 import { MemoryStore } from '../../src/controller/store/memory.js';
 import type { Store } from '../../src/controller/store/store.js';
 import { checkInvariants, createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
-import { compileInstanceBody, indexProject, sha256 } from '../../src/controller/compile.js';
+import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/compile.js';
 import { isSecgroupError } from '../../src/lib/errors.js';
 import type { Op, ProjectSnapshot } from '../../src/controller/model.js';
 import { call, makeApi, rule } from './controller-helpers.js';
@@ -29,7 +29,7 @@ const commit = (s: Store, project: string, ops: Op[]) => s.mutate(project, () =>
 function expectConsistent(snap: ProjectSnapshot): void {
   expect(checkInvariants(snap, { ...DEFAULT_QUOTAS, rules_per_group: 1e6 })).toEqual([]);
   const ix = indexProject(snap);
-  for (const i of snap.instances) expect(i.policy_hash, i.id).toBe(sha256(compileInstanceBody(ix, i)));
+  for (const i of snap.instances) expect(i.policy_hash, i.id).toBe(policyDigestOfBody(compileInstanceBody(ix, i)));
 }
 
 describe.each([
@@ -93,6 +93,54 @@ describe('SQLite store', () => {
     const again = openSqliteStore(file);
     expect((await again.loadProject('p'))!.version).toBe(1);
     await again.close();
+  });
+
+  it('keeps a shared document tail once per project, gives back whole bodies, drops tails no document uses, and reads v1 rows', async () => {
+    const file = join(dir, 'tails.db');
+    // a database of schema version 1 with a document stored whole (before tails were shared)
+    const v1 = new Database(file);
+    MIGRATIONS[0]!(v1);
+    v1.pragma('user_version = 1');
+    v1.close();
+    const s1 = openSqliteStore(file);
+    const inst = (id: string) => ({ id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW });
+    await commit(s1, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('old') }]);
+    await s1.close();
+    const legacy = new Database(file);
+    legacy.prepare("UPDATE instances SET revision = 7, policy_hash = 'h', policy_body = '{\"whole\":1}' WHERE id = 'old'").run();
+    legacy.close();
+
+    const s = openSqliteStore(file);
+    expect(await s.getPolicy('p', 'old')).toEqual({ revision: 7, body: '{"whole":1}' });
+    const tail = { text: '"shared":[1,2,3]}', hash: 't1' };
+    const parts = (instance: string, t: { text: string; hash: string }) => ({ instance, shared: t.text, sharedHash: t.hash, members: '[]' });
+    const r = await commit(s, 'p', [
+      { op: 'putInstance', instance: inst('a') },
+      { op: 'putInstance', instance: inst('b') },
+      { op: 'setPolicy', instanceId: 'a', body: `{"i":"a",${tail.text}`, hash: 'ha', parts: parts('{"i":"a",', tail) },
+      { op: 'setPolicy', instanceId: 'b', body: `{"i":"b",${tail.text}`, hash: 'hb', parts: parts('{"i":"b",', tail) },
+    ]);
+    expect(await s.getPolicy('p', 'a')).toEqual({ revision: r.revisions.get('a'), body: '{"i":"a","shared":[1,2,3]}' });
+    expect(await s.getPolicy('p', 'b')).toEqual({ revision: r.revisions.get('b'), body: '{"i":"b","shared":[1,2,3]}' });
+    const raised = await s.raiseRevision('p', 'a', 100);
+    expect(raised).toEqual({ revision: 101, body: '{"i":"a","shared":[1,2,3]}' });
+    const tail2 = { text: '"shared":[4]}', hash: 't2' };
+    await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: `{"i":"a",${tail2.text}`, hash: 'ha2', parts: parts('{"i":"a",', tail2) }]);
+    const count = () => {
+      const db = new Database(file, { readonly: true });
+      const rows = db.prepare('SELECT hash FROM policy_tails ORDER BY hash').all();
+      db.close();
+      return rows;
+    };
+    expect(count()).toEqual([{ hash: 't1' }, { hash: 't2' }]);
+    await commit(s, 'p', [{ op: 'deleteInstance', id: 'b' }]);
+    expect(count()).toEqual([{ hash: 't2' }]);
+    expect(await s.getPolicy('p', 'a')).toEqual({ revision: expect.any(Number), body: '{"i":"a","shared":[4]}' });
+    // parts that do not add up to the body are not used: the body is stored whole
+    await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: '{"i":"a","x":1}', hash: 'ha3', parts: parts('{"i":"a",', tail2) }]);
+    expect((await s.getPolicy('p', 'a'))!.body).toBe('{"i":"a","x":1}');
+    expect(count()).toEqual([]);
+    await s.close();
   });
 
   it('refuses a database written by a newer program', () => {

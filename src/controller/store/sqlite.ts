@@ -95,6 +95,19 @@ export const MIGRATIONS: readonly ((db: Db) => void)[] = [
       ) STRICT;
     `);
   },
+  // 2: the shared part of policy documents (everything after the instance: groups, address groups, members) is kept once
+  // per project and text, not once per instance; policy_body is then only the instance's own beginning.
+  (db) => {
+    db.exec(`
+      CREATE TABLE policy_tails (
+        project_id TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        text TEXT NOT NULL,
+        PRIMARY KEY (project_id, hash)
+      ) STRICT;
+      ALTER TABLE instances ADD COLUMN policy_tail TEXT;
+    `);
+  },
 ];
 
 export interface SqliteStoreOptions {
@@ -195,10 +208,16 @@ export class SqliteStore implements Store {
       nextRevision: db.prepare<[number], { value: number }>(
         "UPDATE meta SET value = max(value, ?) + 1 WHERE key = 'revision_counter' RETURNING value",
       ),
-      setPolicy: db.prepare('UPDATE instances SET revision = ?, policy_hash = ?, policy_body = ? WHERE project_id = ? AND id = ?'),
+      setPolicy: db.prepare('UPDATE instances SET revision = ?, policy_hash = ?, policy_body = ?, policy_tail = ? WHERE project_id = ? AND id = ?'),
+      putTail: db.prepare('INSERT OR IGNORE INTO policy_tails (project_id, hash, text) VALUES (?, ?, ?)'),
+      dropUnusedTails: db.prepare(
+        'DELETE FROM policy_tails WHERE project_id = @p AND hash NOT IN (SELECT policy_tail FROM instances WHERE project_id = @p AND policy_tail IS NOT NULL)',
+      ),
       setRevision: db.prepare('UPDATE instances SET revision = ? WHERE project_id = ? AND id = ?'),
-      getPolicy: db.prepare<[string, string], { revision: number | null; policy_body: string | null }>(
-        'SELECT revision, policy_body FROM instances WHERE project_id = ? AND id = ?',
+      getPolicy: db.prepare<[string, string], { revision: number | null; policy_body: string | null; policy_tail: string | null; tail: string | null }>(
+        `SELECT i.revision, i.policy_body, i.policy_tail, t.text AS tail
+           FROM instances i LEFT JOIN policy_tails t ON t.project_id = i.project_id AND t.hash = i.policy_tail
+          WHERE i.project_id = ? AND i.id = ?`,
       ),
       tokenOwner: db.prepare<[string], { project_id: string; id: string; token_sha256: string }>(
         'SELECT project_id, id, token_sha256 FROM instances WHERE token_sha256 = ?',
@@ -237,12 +256,15 @@ export class SqliteStore implements Store {
       if (!cur) this.stmt.insertProject.run(projectId);
       else this.stmt.bumpProject.run(projectId);
       const revisions = new Map<string, number>();
-      for (const o of ops) this.apply(projectId, o, revisions);
+      const tails = new Set<string>();
+      for (const o of ops) this.apply(projectId, o, revisions, tails);
+      if (ops.some((o) => o.op === 'setPolicy' || o.op === 'deleteInstance')) this.stmt.dropUnusedTails.run({ p: projectId });
       return { value, version: (cur?.version ?? 0) + 1, revisions };
     }).immediate();
   }
 
-  private apply(project_id: string, o: Op, revisions: Map<string, number>): void {
+  /** `tails`: shared document parts already written by this transaction */
+  private apply(project_id: string, o: Op, revisions: Map<string, number>, tails: Set<string>): void {
     switch (o.op) {
       case 'putGroup':
         this.stmt.putGroup.run({ project_id, ...o.group });
@@ -280,26 +302,39 @@ export class SqliteStore implements Store {
         break;
       case 'setPolicy': {
         const revision = this.stmt.nextRevision.get(0)!.value;
-        this.stmt.setPolicy.run(revision, o.hash, o.body, project_id, o.instanceId);
+        // the op promises body === instance + shared; a cheap check (not a full comparison) guards against misuse
+        const parts = o.parts && o.parts.shared.length > 0 && o.parts.instance.length + o.parts.shared.length === o.body.length ? o.parts : null;
+        if (parts && !tails.has(parts.sharedHash)) {
+          this.stmt.putTail.run(project_id, parts.sharedHash, parts.shared);
+          tails.add(parts.sharedHash);
+        }
+        this.stmt.setPolicy.run(revision, o.hash, parts ? parts.instance : o.body, parts?.sharedHash ?? null, project_id, o.instanceId);
         revisions.set(o.instanceId, revision);
         break;
       }
     }
   }
 
-  async getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null> {
+  /** The stored document (its own beginning plus the shared tail, if any). */
+  private policy(projectId: string, instanceId: string): StoredPolicy | null {
     const r = this.stmt.getPolicy.get(projectId, instanceId);
     if (!r || r.revision === null || r.policy_body === null) return null;
-    return { revision: r.revision, body: r.policy_body };
+    if (r.policy_tail === null) return { revision: r.revision, body: r.policy_body };
+    if (r.tail === null) throw new SecgroupError('STATE_CORRUPT', `the policy of instance ${instanceId} refers to a missing shared part ${r.policy_tail}`);
+    return { revision: r.revision, body: r.policy_body + r.tail };
+  }
+
+  async getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null> {
+    return this.policy(projectId, instanceId);
   }
 
   async raiseRevision(projectId: string, instanceId: string, above: number): Promise<StoredPolicy | null> {
     return this.db.transaction((): StoredPolicy | null => {
-      const r = this.stmt.getPolicy.get(projectId, instanceId);
-      if (!r || r.revision === null || r.policy_body === null) return null;
+      const p = this.policy(projectId, instanceId);
+      if (!p) return null;
       const revision = this.stmt.nextRevision.get(above)!.value;
       this.stmt.setRevision.run(revision, projectId, instanceId);
-      return { revision, body: r.policy_body };
+      return { revision, body: p.body };
     }).immediate();
   }
 

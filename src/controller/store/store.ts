@@ -10,12 +10,18 @@
  * function throws, or any op fails, nothing is written.
  */
 import type { PortReport } from '../../protocol/messages.js';
-import type { Op, ProjectSnapshot } from '../model.js';
+import type { BodyParts, Op, ProjectSnapshot } from '../model.js';
 
 export interface StoredPolicy {
   revision: number;
   /** the document without `revision` (see `renderPolicyText`) */
   body: string;
+  /**
+   * Set only on documents handed from a commit to the hub (never by a store):
+   * the body's parts, whose shared strings let the hub recognise equal parts
+   * of documents cheaply and encode them once.
+   */
+  parts?: BodyParts;
 }
 
 export interface TokenOwner {
