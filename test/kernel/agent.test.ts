@@ -218,6 +218,8 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
     const corrupt = await agent.waitFor((l) => l.event === 'state_corrupt', 30_000, 0, 'state_corrupt');
     expect(String(corrupt.movedTo)).toMatch(/policy\.json\.corrupt-/);
     await agent.waitFor((l) => l.event === 'apply' && l.revision === 10 && l.source === 'controller', 15_000, 0, 'policy from the controller');
+    // the last known good is written right after the ack
+    for (let i = 0; i < 50 && !(await readdir(`${lab.dir}/state`)).includes('policy.json'); i++) await new Promise((r) => setTimeout(r, 100));
     expect((await readdir(`${lab.dir}/state`)).sort()).toEqual(['policy.json', String(corrupt.movedTo).split('/').pop()]);
     expect(await readFile(String(corrupt.movedTo), 'utf8')).toBe('{"format":1,"policy":{"revision":');
   });

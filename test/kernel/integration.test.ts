@@ -241,6 +241,28 @@ describe.skipIf(skip !== null)(`controller + two real agents in network namespac
     expect(await ctlToA(8001)).toBe(false);
   });
 
+  it('another member joining and leaving that group reaches A as a policy_delta, applied as element updates (no reload)', async () => {
+    const C = '198.18.9.77'; // only in the policy: not next to B, so it stays a single-address element
+    const from = agents.a!.lines.length;
+    await api('POST', '/instances', { instance: { id: 'ecs-c', name: 'c', addresses: [C], security_groups: ['sg-g'] } }, 201);
+    const rev = await synced('ecs-a');
+    const applied = await agents.a!.waitFor((l) => l.event === 'apply' && l.revision === rev, 10_000, from, 'apply of the delta');
+    expect(applied.kind).toBe('incremental');
+    expect(String((await lab.nftTable(lab.ns.a)).stdout)).toContain(C);
+    expect(await bToA(8001)).toBe(true);
+
+    const from2 = agents.a!.lines.length;
+    await api('DELETE', '/instances/ecs-c', undefined, 204);
+    const rev2 = await synced('ecs-a');
+    expect((await agents.a!.waitFor((l) => l.event === 'apply' && l.revision === rev2, 10_000, from2, 'apply of the removal')).kind).toBe('incremental');
+    const table = String((await lab.nftTable(lab.ns.a)).stdout);
+    expect(table).not.toContain(C);
+    expect(table).toContain(B);
+    expect(await bToA(8001)).toBe(true);
+    // the generation marker names the delta's revision (the table comment still names the last full reload)
+    expect(table).toMatch(new RegExp(`sg_generation[^}]*revision=${rev2} `));
+  });
+
   it('the applied revision and the port report show up in status and ports', async () => {
     const st = await status('ecs-a');
     expect(st).toMatchObject({ instance_id: 'ecs-a', connected: true, in_sync: true, last_ack: { status: 'applied', revision: st.desired_revision } });
