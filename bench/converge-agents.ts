@@ -12,7 +12,7 @@ import { MemoryStateStore } from '../src/agent/state-store.js';
 import { wsDialer } from '../src/agent/ws-dialer.js';
 import type { Dialer } from '../src/agent/controller-client.js';
 import { systemClock } from '../src/lib/clock.js';
-import { silentLogger } from '../src/lib/logger.js';
+import { createLogger, silentLogger } from '../src/lib/logger.js';
 import { ManualScheduler } from '../src/lib/scheduler.js';
 import { FakeNft } from '../src/nft/fake.js';
 import { MAX_MESSAGE_BYTES } from '../src/protocol/messages.js';
@@ -52,7 +52,7 @@ async function start(url: string, list: { id: string; token: string }[]): Promis
         nft: new FakeNft({ table: config.table }),
         store: new MemoryStateStore(),
         clock: systemClock,
-        logger: silentLogger(),
+        logger: process.env.BENCH_LOG ? createLogger({ level: 'debug' }) : silentLogger(),
         scheduler: new ManualScheduler(),
         resolver: { resolve: () => Promise.resolve([]) },
         dialer: recordingAcks(wsDialer({ url, token: () => a.token, maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: 10_000 })),

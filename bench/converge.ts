@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createController } from '../src/controller/controller.js';
 import { parseControllerConfig } from '../src/controller/config.js';
-import { silentLogger } from '../src/lib/logger.js';
+import { createLogger, silentLogger } from '../src/lib/logger.js';
 
 export const SIZES = [1, 10, 100, 1000];
 const CHANGES = 20;
@@ -37,8 +37,17 @@ const BUDGET_MS = 60_000;
 const ADMIN = 'bench-admin-token-0123456789';
 const TARGETS: Record<number, number> = { 100: 250, 1000: 2000 };
 
+/** Processes the simulated agents are spread over (the machine's cores are shared with the controller). */
+const AGENT_PROCS = Math.max(1, Number(process.env.BENCH_CONVERGE_PROCS ?? 2));
+
+/** Instance j's address: odd host numbers, so no two members are adjacent (each stays a single-address element). */
+const memberAddress = (j: number, base = 0): string => `198.18.${base + Math.floor(j / 125)}.${2 * (j % 125) + 1}`;
+
+export type ChangeKind = 'rule' | 'member';
+
 export interface ConvergeRow {
   agents: number;
+  change: ChangeKind;
   changes: number;
   'converge p50 ms': number;
   'converge p99 ms': number;
@@ -63,7 +72,7 @@ const quantile = (xs: number[], q: number): number => {
 };
 const r1 = (x: number) => Math.round(x * 10) / 10;
 
-async function runSize(n: number): Promise<ConvergeRow> {
+async function runSize(n: number): Promise<ConvergeRow[]> {
   const dir = await mkdtemp(join(tmpdir(), 'secgroup-bench-converge-'));
   const config = parseControllerConfig({
     listen: { host: '127.0.0.1', port: 0 },
@@ -73,7 +82,7 @@ async function runSize(n: number): Promise<ConvergeRow> {
     metrics: { process_metrics: false },
     agents: { hello_timeout_ms: 60_000 },
   });
-  const controller = createController({ config, logger: silentLogger() });
+  const controller = createController({ config, logger: process.env.BENCH_LOG ? createLogger({ level: 'info' }) : silentLogger() });
   const addr = await controller.start();
   const api = `${addr.url}/v3/bench`;
   const call = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> => {
@@ -110,7 +119,13 @@ async function runSize(n: number): Promise<ConvergeRow> {
     pushInc(labels);
   }) as typeof pushCounter.inc;
 
-  const child = fork(fileURLToPath(new URL('./converge-agents.ts', import.meta.url)), [], { execArgv: ['--import', 'tsx', ...(process.env.CONVERGE_AGENT_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.CONVERGE_AGENT_PROF] : [])], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const procs = Math.min(AGENT_PROCS, n);
+  const children = Array.from({ length: procs }, () =>
+    fork(fileURLToPath(new URL('./converge-agents.ts', import.meta.url)), [], {
+      execArgv: ['--import', 'tsx', ...(process.env.CONVERGE_AGENT_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.CONVERGE_AGENT_PROF] : [])],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    }),
+  );
   try {
     await call('POST', '/vpc/security-groups', { security_group: { id: 'sg-all', name: 'all' } });
     await call('POST', '/vpc/security-groups', { security_group: { id: 'sg-idle', name: 'idle' } });
@@ -118,26 +133,38 @@ async function runSize(n: number): Promise<ConvergeRow> {
     for (let i = 0; i < n; i += 8) {
       const batch = Array.from({ length: Math.min(8, n - i) }, (_, k) => i + k);
       const made = await Promise.all(
-        batch.map((j) => call('POST', '/instances', { instance: { id: `i-${j}`, addresses: [`198.18.${Math.floor(j / 250)}.${(j % 250) + 1}`], security_groups: ['sg-all'] } })),
+        batch.map((j) => call('POST', '/instances', { instance: { id: `i-${j}`, addresses: [memberAddress(j)], security_groups: ['sg-all'] } })),
       );
       for (const [k, m] of made.entries()) agents.push({ id: `i-${batch[k]!}`, token: m.body.token as string });
     }
-    await new Promise<void>((resolve, reject) => {
-      child.once('message', (m: { event: string; message?: string }) => (m.event === 'ready' ? resolve() : reject(new Error(`agents: ${m.message ?? m.event}`))));
-      child.once('exit', (code) => reject(new Error(`agents process exited (${code})`)));
-      child.send({ cmd: 'start', url: addr.agentUrl, agents });
-    });
-    const agentApplyMs = () =>
-      new Promise<number[]>((resolve) => {
-        child.once('message', (m: { durations: number[] }) => resolve(m.durations));
-        child.send({ cmd: 'stats' });
-      });
+    await Promise.all(
+      children.map(
+        (child, c) =>
+          new Promise<void>((resolve, reject) => {
+            child.once('message', (m: { event: string; message?: string }) => (m.event === 'ready' ? resolve() : reject(new Error(`agents: ${m.message ?? m.event}`))));
+            child.once('exit', (code) => reject(new Error(`agents process exited (${code})`)));
+            child.send({ cmd: 'start', url: addr.agentUrl, agents: agents.filter((_, k) => k % procs === c) });
+          }),
+      ),
+    );
+    const agentApplyMs = async () =>
+      (
+        await Promise.all(
+          children.map(
+            (child) =>
+              new Promise<number[]>((resolve) => {
+                child.once('message', (m: { durations: number[] }) => resolve(m.durations));
+                child.send({ cmd: 'stats' });
+              }),
+          ),
+        )
+      ).flat();
 
-    const change = async (body: unknown): Promise<{ converge: number; api: number; push: number }> => {
+    const change = async (path: string, body: unknown): Promise<{ converge: number; api: number; push: number }> => {
       const want = applied + n;
       const done = new Promise<void>((resolve) => (waiter = { want, resolve }));
       const t0 = performance.now();
-      await call('POST', '/vpc/security-group-rules', body);
+      await call('POST', path, body);
       const api = performance.now() - t0;
       const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${n - (applied - (want - n))} of ${n} agents did not ack within 180 s (failed acks: ${failedAcks})`)), 180_000).unref());
       await Promise.race([done, timeout]);
@@ -145,20 +172,28 @@ async function runSize(n: number): Promise<ConvergeRow> {
       return { converge: lastAckAt - t0, api, push: lastPushAt - t0 };
     };
     // warm-up (not measured): the self-reference makes every document list every member
-    await change({ security_group_rule: { security_group_id: 'sg-all', direction: 'ingress', remote_group_id: 'sg-all' } });
+    await change('/vpc/security-group-rules', { security_group_rule: { security_group_id: 'sg-all', direction: 'ingress', remote_group_id: 'sg-all' } });
 
-    await agentApplyMs();
-    const converge: number[] = [];
-    const apiMs: number[] = [];
-    const pushMs: number[] = [];
-    const started = performance.now();
-    for (let i = 0; i < CHANGES && performance.now() - started < BUDGET_MS; i++) {
-      const r = await change({ security_group_rule: { security_group_id: 'sg-all', direction: 'ingress', protocol: 'tcp', multiport: String(20000 + i), remote_ip_prefix: '198.18.200.0/24' } });
-      converge.push(r.converge);
-      apiMs.push(r.api);
-      pushMs.push(r.push);
-    }
-    const applyMs = await agentApplyMs();
+    // rule: a rule added to sg-all (every agent gets a full document and compiles it);
+    // member: an instance (without an agent) joins sg-all (every agent gets a policy_delta: member fast path)
+    const measure = async (kind: ChangeKind) => {
+      await agentApplyMs();
+      const converge: number[] = [];
+      const apiMs: number[] = [];
+      const pushMs: number[] = [];
+      const started = performance.now();
+      for (let i = 0; i < CHANGES && performance.now() - started < BUDGET_MS; i++) {
+        const r =
+          kind === 'rule'
+            ? await change('/vpc/security-group-rules', { security_group_rule: { security_group_id: 'sg-all', direction: 'ingress', protocol: 'tcp', multiport: String(20000 + i), remote_ip_prefix: '198.18.200.0/24' } })
+            : await change('/instances', { instance: { id: `joiner-${i}`, addresses: [memberAddress(i, 100)], security_groups: ['sg-all'] } });
+        converge.push(r.converge);
+        apiMs.push(r.api);
+        pushMs.push(r.push);
+      }
+      return { converge, apiMs, pushMs, applyMs: await agentApplyMs() };
+    };
+    const runs = { rule: await measure('rule'), member: await measure('member') };
     const ref: number[] = [];
     for (let i = 0; i < REF_CALLS; i++) {
       const t0 = performance.now();
@@ -167,11 +202,14 @@ async function runSize(n: number): Promise<ConvergeRow> {
     }
     const doc = await fetch(`${api}/instances/i-0/policy`, { headers: { 'x-auth-token': ADMIN } }).then((r) => r.text());
     const target = TARGETS[n];
+    return (['rule', 'member'] as const).map((kind) => {
+    const { converge, apiMs, pushMs, applyMs } = runs[kind];
     const p99 = quantile(converge, 0.99);
     // not measured: what converge would be if each agent had its own host (agents apply in parallel), nft time excluded
     const est = quantile(pushMs, 0.99) + quantile(applyMs, 0.99);
     return {
       agents: n,
+      change: kind,
       changes: converge.length,
       'converge p50 ms': r1(quantile(converge, 0.5)),
       'converge p99 ms': r1(p99),
@@ -188,16 +226,21 @@ async function runSize(n: number): Promise<ConvergeRow> {
       met: target ? (p99 <= target ? 'yes' : 'NO') : '-',
       'met (est.)': target ? (est <= target ? 'yes' : 'NO') : '-',
     };
-  } finally {
-    if (child.connected) child.send({ cmd: 'stop' });
-    await new Promise<void>((resolve) => {
-      if (child.exitCode !== null) return resolve();
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      child.once('exit', () => {
-        clearTimeout(t);
-        resolve();
-      });
     });
+  } finally {
+    await Promise.all(
+      children.map(async (child) => {
+        if (child.connected) child.send({ cmd: 'stop' });
+        await new Promise<void>((resolve) => {
+          if (child.exitCode !== null) return resolve();
+          const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+          child.once('exit', () => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
+      }),
+    );
     await controller.stop();
     await rm(dir, { recursive: true, force: true });
   }
@@ -206,8 +249,9 @@ async function runSize(n: number): Promise<ConvergeRow> {
 /** Runs every size (or those in `sizes`) one after the other. */
 export async function runConvergeBench(sizes: number[] = SIZES): Promise<ConvergeRow[]> {
   console.log(
-    'agents: real createAgent instances with the FAKE nft (FakeNft, no kernel) in one child process; controller in-process on 127.0.0.1 (SQLite, synchronous FULL).\n' +
+    `agents: real createAgent instances with the FAKE nft (FakeNft, no kernel) spread over ${AGENT_PROCS} child processes (BENCH_CONVERGE_PROCS); controller in-process on 127.0.0.1 (SQLite, synchronous FULL).\n` +
       'every instance in sg-all, which references itself: each change recompiles and pushes all N documents, each listing N members.\n' +
+      'change rule = a rule added to sg-all (full documents, agents compile); change member = an instance without agent joins sg-all (policy_delta, agents take the member fast path).\n' +
       'converge = API call -> Nth applied ack received by the controller; api = the change\'s HTTP response; last push = API call -> last policy frame written;\n' +
       'agent apply = duration_ms of the agents\' applied acks (compile + check + apply + verify of ONE agent, FakeNft): with one host per agent, converge ~ last push + agent apply + real nft time.\n' +
       'est. 1 host/agent = last push p99 + agent apply p99 (an estimate, not a measurement; real nft adds ~10-40 ms). met = measured converge p99 vs target.\n' +
@@ -215,9 +259,10 @@ export async function runConvergeBench(sizes: number[] = SIZES): Promise<Converg
   );
   const rows: ConvergeRow[] = [];
   for (const n of sizes) {
-    const row = await runSize(n);
-    console.log(JSON.stringify(row));
-    rows.push(row);
+    for (const row of await runSize(n)) {
+      console.log(JSON.stringify(row));
+      rows.push(row);
+    }
   }
   return rows;
 }

@@ -121,11 +121,30 @@ export function createAgent(deps: AgentDeps): Agent {
       if (o.source === 'controller') {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
       }
-      if (o.status === 'applied' && o.kind !== 'noop') void sendPorts();
+      if (o.status === 'applied' && o.kind !== 'noop') portsSoon();
     },
   });
 
+  // After a change the port report follows, at most one per second: a burst of changes
+  // (each acked) must not add a report per change to the frames the controller rate-limits.
+  const PORTS_MIN_INTERVAL_MS = 1000;
+  let lastPortsAt = -Infinity;
+  let portsSoonTimer: Timer | null = null;
+  function portsSoon(): void {
+    if (portsSoonTimer) return;
+    const wait = Math.max(0, lastPortsAt + PORTS_MIN_INTERVAL_MS - clock.monotonic());
+    if (wait === 0) {
+      void sendPorts();
+      return;
+    }
+    portsSoonTimer = clock.setTimeout(() => {
+      portsSoonTimer = null;
+      void sendPorts();
+    }, wait);
+  }
+
   async function sendPorts(): Promise<void> {
+    lastPortsAt = clock.monotonic();
     if (!deps.portProbe || !client?.connected) return;
     try {
       const st = reconciler.state;
@@ -325,6 +344,8 @@ export function createAgent(deps: AgentDeps): Agent {
       client?.stop();
       driftJob?.stop();
       portsTimer?.cancel();
+      portsSoonTimer?.cancel();
+      portsSoonTimer = null;
       await reconciler.stop();
       if (server) {
         const s = server;

@@ -110,6 +110,8 @@ class Session {
   lastDoc: SentDocument | null = null;
   queue: Promise<void> = Promise.resolve();
   tokens: number;
+  /** frames the agent owes us (one ack per policy or delta sent): they do not draw on the rate limit */
+  answers = 0;
   /** clock.monotonic() of the last refill */
   refilledAt: number;
   helloTimer: Timer | null = null;
@@ -293,8 +295,10 @@ export class AgentHub {
     const now = this.o.clock.monotonic();
     s.tokens = Math.min(this.o.rate.burst, s.tokens + ((now - s.refilledAt) / 1000) * this.o.rate.perSecond);
     s.refilledAt = now;
-    if (s.tokens < 1) return this.violation(s, 'rate', `more than ${this.o.rate.burst} frames in a burst (limit ${this.o.rate.perSecond}/s)`);
-    s.tokens -= 1;
+    // an ack answers one of our frames: however fast documents are pushed, the agent may answer each
+    if (s.answers > 0) s.answers--;
+    else if (s.tokens < 1) return this.violation(s, 'rate', `more than ${this.o.rate.burst} frames in a burst (limit ${this.o.rate.perSecond}/s)`);
+    else s.tokens -= 1;
     s.lastSeenMs = this.o.clock.now();
     if (isBinary) return this.refuse(s, 'binary', 'binary frames are not accepted; send JSON text');
     const text = Buffer.isBuffer(data) ? data.toString('utf8') : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data).toString('utf8');
@@ -421,6 +425,7 @@ export class AgentHub {
         const frame = `{"type":"policy_delta","base_revision":${base.revision},"revision":${p.revision},"group_members":${delta}}`;
         if (this.fits(s, frame)) {
           this.send(s, frame);
+          s.answers++;
           s.lastSentRevision = p.revision;
           s.lastDoc = next;
           this.o.metrics.pushes.inc({ reason: 'change' });
@@ -444,6 +449,7 @@ export class AgentHub {
     } else frame = `{"type":"policy","policy":${renderPolicyText(p.revision, p.body)}}`;
     if (!this.fits(s, frame)) return;
     this.send(s, frame);
+    s.answers++;
     s.lastSentRevision = p.revision;
     s.lastDoc = this.deltas ? (doc ?? this.sentDocument(p)) : null;
     this.o.metrics.pushes.inc({ reason });

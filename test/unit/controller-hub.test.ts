@@ -363,6 +363,24 @@ describe('agent hub', () => {
     expect(fast.frames.some((f) => /frames in a burst/.test(f))).toBe(true);
   });
 
+  it('lets an agent ack every document it is sent, however many come in a burst (acks do not draw on the rate limit)', async () => {
+    const token = await seedWeb();
+    const agent = await Agent.connect(token);
+    await agent.handshake('ecs-web-1');
+    // burst 10, no refill (the FakeClock does not move): 15 changes, each acked
+    for (let i = 0; i < 15; i++) {
+      await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: String(3000 + i) }) } });
+      const m = JSON.parse(await agent.nextRaw()) as { type: string; policy?: { revision: number } };
+      expect(m.type).toBe('policy');
+      agent.send({ type: 'ack', revision: m.policy!.revision, status: 'applied', duration_ms: 1 });
+    }
+    await agent.expectNothingPending('ecs-web-1');
+    expect(agent.ws.readyState).toBe(WebSocket.OPEN);
+    // frames that answer nothing still do
+    for (let i = 0; i < 12; i++) agent.send({ type: 'ack', revision: 1, status: 'applied' });
+    expect((await agent.closed).code).toBe(1008);
+  });
+
   it('closes connections that send no hello in time, and agents that stop answering pings', async () => {
     const token = await seedWeb();
     const silent = await Agent.connect(token);

@@ -146,6 +146,28 @@ describe('agent', () => {
     await agent.stop();
   });
 
+  it('acks every change of a burst but sends the port report at most once a second', async () => {
+    const { dialer, agent, clock } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    for (let rev = 3; rev <= 8; rev++) {
+      s.receive({ type: 'policy', policy: policy(rev, { httpPort: String(8000 + rev) }) });
+      await agent.reconciler.idle();
+      await settle();
+    }
+    const ports = () => s.messages.filter((m) => m.type === 'ports').length;
+    expect(acks(s.messages).filter((a) => a.status === 'applied').length).toBe(6);
+    expect(ports()).toBe(1);
+    await clock.advance(1000);
+    await settle();
+    expect(ports()).toBe(2); // the trailing report, after the burst
+    await clock.advance(5000);
+    await settle();
+    expect(ports()).toBe(2);
+    await agent.stop();
+  });
+
   it('rejects an invalid policy with an error ack and keeps the previous ruleset', async () => {
     const { nft, dialer, agent } = setup();
     await agent.start();
