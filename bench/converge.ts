@@ -38,7 +38,7 @@ const ADMIN = 'bench-admin-token-0123456789';
 const TARGETS: Record<number, number> = { 100: 250, 1000: 2000 };
 
 /** Processes the simulated agents are spread over (the machine's cores are shared with the controller). */
-const AGENT_PROCS = Math.max(1, Number(process.env.BENCH_CONVERGE_PROCS ?? 2));
+const AGENT_PROCS = Math.max(1, Number(process.env.BENCH_CONVERGE_PROCS ?? 1));
 
 /** Instance j's address: odd host numbers, so no two members are adjacent (each stays a single-address element). */
 const memberAddress = (j: number, base = 0): string => `198.18.${base + Math.floor(j / 125)}.${2 * (j % 125) + 1}`;

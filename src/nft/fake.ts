@@ -93,9 +93,10 @@ export class FakeNft implements NftRunner {
     return { version: this.version };
   }
 
-  private run(tx: NftTransaction, state: Table | null): Table | null {
+  private run(tx: NftTransaction, state: Table | null, dryRun = false): Table | null {
     assertOwnTable(tx);
     if (tx.table !== this.table) throw new Error(`internal: fake for ${this.table} got ${tx.table}`);
+    if (state && tx.ops.every((op) => op.op === 'update-elements' || op.op === 'set-marker')) return this.runUpdates(tx, state, dryRun);
     let t = state ? clone(state) : null;
     for (const op of tx.ops) {
       if (op.op === 'replace-table') t = clone(op.table);
@@ -116,9 +117,40 @@ export class FakeNft implements NftRunner {
     return t;
   }
 
+  /**
+   * Element and marker changes without copying the table (big tables, many
+   * fake agents): every op is checked first, then applied, so a failing
+   * transaction changes nothing, as in the kernel. Returns the same table.
+   */
+  private runUpdates(tx: NftTransaction, t: Table, dryRun = false): Table {
+    const plans: { map: Table['maps'][number]; remove: Set<string>; add: MapElement[] }[] = [];
+    let marker: string | undefined;
+    for (const op of tx.ops) {
+      if (op.op === 'set-marker') {
+        if (t.marker === undefined) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', 'nft -f failed: Could not process rule: No such file or directory (set sg_generation)');
+        marker = op.text;
+        continue;
+      }
+      if (op.op !== 'update-elements') continue;
+      const map = t.maps.find((m) => m.name === op.map);
+      if (!map) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', `nft -f failed: Could not process rule: No such file or directory (map ${op.map})`);
+      const remove = new Set(op.remove.map(elementId));
+      const present = map.elements.reduce((n, el) => n + (remove.has(elementId(el)) ? 1 : 0), 0);
+      if (present !== remove.size) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', 'nft -f failed: Could not process rule: No such file or directory (element)');
+      plans.push({ map, remove, add: op.add });
+    }
+    if (dryRun) return t;
+    for (const p of plans) {
+      if (p.remove.size) p.map.elements = p.map.elements.filter((el) => !p.remove.has(elementId(el)));
+      for (const el of p.add) p.map.elements.push(structuredClone(el));
+    }
+    if (marker !== undefined) t.marker = marker;
+    return t;
+  }
+
   async check(tx: NftTransaction): Promise<void> {
     await this.enter('check', tx);
-    this.run(tx, this.state);
+    this.run(tx, this.state, true);
   }
 
   async apply(tx: NftTransaction): Promise<void> {
