@@ -357,6 +357,7 @@ export class Reconciler {
         if (fast.ok) {
           try {
             const tx: NftTransaction = { family: 'inet', table: nft.table, ops: fast.ops };
+            if (this.o.checkBeforeApply) await nft.check(tx);
             await nft.apply(tx);
             const fingerprint = await this.verify(fast.compiled, prev.tableComment);
             logger.debug({ event: 'membership', ...log, added: fast.added, removed: fast.removed }, 'member change applied as element updates');
