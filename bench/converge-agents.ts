@@ -52,7 +52,7 @@ async function start(url: string, list: { id: string; token: string }[]): Promis
         nft: new FakeNft({ table: config.table }),
         store: new MemoryStateStore(),
         clock: systemClock,
-        logger: process.env.BENCH_LOG ? createLogger({ level: 'debug' }) : silentLogger(),
+        logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(),
         scheduler: new ManualScheduler(),
         resolver: { resolve: () => Promise.resolve([]) },
         dialer: recordingAcks(wsDialer({ url, token: () => a.token, maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: 10_000 })),
