@@ -26,6 +26,18 @@
  * (constant lookup cost, fast element updates) and only keys with ranges or
  * prefixes need interval maps, whose kernel lookup cost grows with their size.
  * Rules that one earlier rule fully covers never decide and get no elements.
+ *
+ * Rules on a remote group are looked up differently: the group's members go
+ * in a plain hash set per family (`g4_<hash>`, no verdicts), tested before a
+ * small map keyed by the rest of the key (`... ip saddr @g4_x meta l4proto .
+ * th dport vmap @in4_l0_ports_g<hash>_ee`), one such lookup per layer, group
+ * and shape (the Neutron ipset / Felix layout). A member joining or leaving
+ * is then one element of a set that no verdict depends on, which the kernel
+ * adds in constant time; a jump element in a big verdict map makes it
+ * re-validate every jump of the table on commit (see model.ts). For the same
+ * reason, what a group rule shadows and is shadowed by does not depend on the
+ * members (membership.ts relies on it): a group rule covers only rules on the
+ * same group, and only a rule matching every address covers it.
  */
 import { createHash } from 'node:crypto';
 import { elementId } from './diff.js';
@@ -49,6 +61,7 @@ import {
   type Rule,
   type Selector,
   type Table,
+  type Verdict,
   type VerdictMap,
 } from './model.js';
 
@@ -96,6 +109,16 @@ export type Shape = 'ports' | 'icmp' | 'proto';
 /** Name of the verdict map of one lookup layer, shape and key signature, e.g. `in4_l0_ports_eee`. */
 export function mapName(direction: 'ingress' | 'egress', family: Family, layer: number, shape: Shape, sig: string): string {
   return `${direction === 'ingress' ? 'in' : 'out'}${family}_l${layer}_${shape}_${sig}`;
+}
+
+/** Name of the member set of a remote group, per family, e.g. `g4_3f2a...` (group ids may hold characters nft names cannot). */
+export function memberSetName(family: Family, groupId: string): string {
+  return `g${family}_${createHash('sha256').update(groupId).digest('hex').slice(0, 12)}`;
+}
+
+/** Name of the map looked up after a member set (`g<hash>` names the group). */
+export function groupMapName(direction: 'ingress' | 'egress', family: Family, layer: number, shape: Shape, groupId: string, sig: string): string {
+  return `${direction === 'ingress' ? 'in' : 'out'}${family}_l${layer}_${shape}_g${createHash('sha256').update(groupId).digest('hex').slice(0, 12)}_${sig}`;
 }
 
 export function ruleChainName(groupId: string, ruleId: string): string {
@@ -212,6 +235,11 @@ export function ruleCovers(a: NormalizedRule, b: NormalizedRule): boolean {
   return rangesCover(a.peers, b.peers);
 }
 
+/** Does the rule's peer hold every address of its family? */
+export function matchesEveryAddress(r: NormalizedRule): boolean {
+  return r.peers.length === 1 && r.peers[0]!.lo === 0n && r.peers[0]!.hi === FAMILY_MAX[r.family];
+}
+
 /**
  * Rules that can never be the first match because one earlier rule matches
  * every packet they match (a repeated rule, a narrower rule after a wider
@@ -227,7 +255,12 @@ export function findShadowed(rules: readonly NormalizedRule[]): boolean[] {
     let hit = false;
     if (r.peers.length > 0) {
       for (const j of index.candidates(i)) {
-        if (rules[j]!.peers.length > 0 && ruleCovers(rules[j]!, r)) {
+        const q = rules[j]!;
+        // cover independent of group members: a group rule covers only rules on its group, only an any-address rule covers a group rule
+        const qGroup = q.remote.kind === 'group' ? q.remote.id : null;
+        const rGroup = r.remote.kind === 'group' ? r.remote.id : null;
+        const allowed = qGroup !== null ? qGroup === rGroup : rGroup === null || matchesEveryAddress(q);
+        if (allowed && q.peers.length > 0 && ruleCovers(q, r)) {
           hit = true;
           break;
         }
@@ -272,22 +305,38 @@ function num(lo: number, hi: number): KeyPart {
   return { kind: 'num', lo, hi };
 }
 
+/** The key parts after the peer address: protocol . port, ICMP type . code, or protocol. */
+function tailsOf(r: NormalizedRule, shape: Shape): KeyPart[][] {
+  const protoPart = r.protocol === null ? num(0, 255) : num(r.protocol, r.protocol);
+  if (shape === 'ports') return (r.ports ?? [[0, 65535]]).map(([a, b]) => [protoPart, num(a, b)]);
+  if (shape === 'icmp') {
+    const t = r.icmpType === null ? num(0, 255) : num(r.icmpType, r.icmpType);
+    const c = r.icmpCode === null ? num(0, 255) : num(r.icmpCode, r.icmpCode);
+    return [[t, c]];
+  }
+  return [[protoPart]];
+}
+
+/** Elements of a group rule's map (after the member set): the key without the peer address. */
+export function tailElementsOf(r: NormalizedRule, shape: Shape, chain: string): MapElement[] {
+  const verdict = jump(chain);
+  return tailsOf(r, shape).map((key) => ({ key, verdict }));
+}
+
 export function elementsOf(r: NormalizedRule, shape: Shape, chain: string): MapElement[] {
   const out: MapElement[] = [];
   const verdict = jump(chain);
-  const protoPart = r.protocol === null ? num(0, 255) : num(r.protocol, r.protocol);
-  let tails: KeyPart[][];
-  if (shape === 'ports') tails = (r.ports ?? [[0, 65535]]).map(([a, b]) => [protoPart, num(a, b)]);
-  else if (shape === 'icmp') {
-    const t = r.icmpType === null ? num(0, 255) : num(r.icmpType, r.icmpType);
-    const c = r.icmpCode === null ? num(0, 255) : num(r.icmpCode, r.icmpCode);
-    tails = [[t, c]];
-  } else tails = [[protoPart]];
+  const tails = tailsOf(r, shape);
   for (const p of r.peers) {
     const addr: KeyPart = { kind: 'addr', family: p.family, lo: p.lo, hi: p.hi };
     for (const t of tails) out.push({ key: [addr, ...t], verdict });
   }
   return out;
+}
+
+/** Key types of a group rule's map (after the member set). */
+export function tailKeyTypes(family: Family, shape: Shape): KeyType[] {
+  return keyTypes(family, shape).slice(1);
 }
 
 export function keyTypes(family: Family, shape: Shape): KeyType[] {
@@ -308,14 +357,15 @@ function partKind(k: KeyPart, type: KeyType): PartKind {
   return k.lo === 0 && k.hi === (type === 'inet_service' ? 65535 : 255) ? 'x' : 'r';
 }
 
-/** Splits elements whose small port range would force an interval map into one element per port. */
+/** Splits elements whose small port range would force an interval map into one element per port (the port is the last key part). */
 export function expandSmallPortRanges(elements: MapElement[], shape: Shape): MapElement[] {
   if (shape !== 'ports') return elements;
   const out: MapElement[] = [];
   for (const el of elements) {
-    const port = el.key[2]!;
+    const last = el.key.length - 1;
+    const port = el.key[last]!;
     if (port.kind === 'num' && port.lo !== port.hi && port.hi - port.lo < EXPAND_PORTS_MAX) {
-      for (let p = port.lo; p <= port.hi; p++) out.push({ key: [el.key[0]!, el.key[1]!, num(p, p)], verdict: el.verdict });
+      for (let p = port.lo; p <= port.hi; p++) out.push({ key: [...el.key.slice(0, last), num(p, p)], verdict: el.verdict! });
     } else out.push(el);
   }
   return out;
@@ -340,7 +390,12 @@ export function splitBySignature(elements: MapElement[], types: readonly KeyType
   return out;
 }
 
-function lookupExprs(family: Family, shape: Shape, field: 'saddr' | 'daddr', map: string | null, sig: string): Expr[] {
+/**
+ * The exprs of one lookup: the protocol guard, then the map keyed by the
+ * parts `sig` keeps. With `memberSet`, the peer is tested against the set
+ * and `sig` covers the key after the peer.
+ */
+function lookupExprs(family: Family, shape: Shape, field: 'saddr' | 'daddr', map: string | null, sig: string, memberSet?: string): Expr[] {
   const peer = sel.addr(family, field);
   let guard: Expr;
   let parts: Selector[];
@@ -356,9 +411,36 @@ function lookupExprs(family: Family, shape: Shape, field: 'saddr' | 'daddr', map
     guard = { kind: 'match', left: sel.l4proto, op: '!=', right: [v.num(6), v.num(17), v.num(132), v.num(family === 4 ? 1 : 58)] };
     parts = [peer, sel.l4proto];
   }
+  const head: Expr[] = [guard];
+  if (memberSet !== undefined) {
+    head.push({ kind: 'match', left: peer, op: '==', right: v.setref(memberSet) });
+    parts = parts.slice(1);
+  }
   const key = parts.filter((_, i) => sig[i] !== 'x');
-  if (map === null) return [guard];
-  return [guard, { kind: 'vmap', key, map }];
+  if (map === null) return head;
+  return [...head, { kind: 'vmap', key, map }];
+}
+
+/**
+ * One rule's verdict when the elements of a layer (or of a layer's group)
+ * are that rule matching every protocol, port and ICMP type: one element per
+ * shape, wildcards only, the same verdict. The three shapes' protocol guards
+ * split all packets between them, so one rule without a guard (`jump r_x`,
+ * `ip saddr @g4_x jump r_x`) decides the same as the three lookups.
+ */
+function matchesEverything(shapes: ReadonlyMap<Shape, MapElement[]> | undefined, types: (shape: Shape) => KeyType[]): Verdict | null {
+  if (!shapes) return null;
+  let verdict: Verdict | null = null;
+  for (const shape of ['ports', 'icmp', 'proto'] as const) {
+    const els = shapes.get(shape);
+    if (els?.length !== 1) return null;
+    const el = els[0]!;
+    const t = types(shape);
+    if (!el.verdict || el.verdict.kind !== 'jump' || !el.key.every((k, i) => partKind(k, t[i]!) === 'x')) return null;
+    if (verdict && verdict.kind === 'jump' && verdict.chain !== el.verdict.chain) return null;
+    verdict = el.verdict;
+  }
+  return verdict;
 }
 
 const accept = (exprs: Expr[], text: string): Rule => ({ exprs: [...exprs, { kind: 'verdict', verdict: ACCEPT }], comment: text });
@@ -477,6 +559,8 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
   const layerStats: Record<string, number> = {};
   const layout = new Map<string, RuleLayout>();
   const seen = new Set<string>();
+  // member sets, per `${family}|${groupId}`, in the order first used
+  const memberSets = new Map<string, VerdictMap>();
 
   for (const r of all) {
     const chain = ruleChainName(r.groupId, r.ruleId);
@@ -498,11 +582,35 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
       const layers = assignLayers(rules.map((r, i) => (shadowed[i] ? { ...r, peers: [] } : r)));
       layout.set(`${direction}${family}`, { rules, layers, shadowed });
       const byLayer = new Map<number, Map<Shape, MapElement[]>>();
+      // group rules: per layer, per group, per shape: tail elements
+      const groupsByLayer = new Map<number, Map<string, Map<Shape, MapElement[]>>>();
       rules.forEach((r, i) => {
         const layer = layers[i] ?? null;
         const chain = ruleChainName(r.groupId, r.ruleId);
         let count = 0;
-        if (layer !== null) {
+        if (layer !== null && r.remote.kind === 'group') {
+          let groups = groupsByLayer.get(layer);
+          if (!groups) groupsByLayer.set(layer, (groups = new Map()));
+          let shapes = groups.get(r.remote.id);
+          if (!shapes) groups.set(r.remote.id, (shapes = new Map()));
+          for (const shape of shapesOf(r)) {
+            const els = tailElementsOf(r, shape, chain);
+            count += els.length;
+            let list = shapes.get(shape);
+            if (!list) shapes.set(shape, (list = []));
+            list.push(...els);
+          }
+          if (!memberSets.has(`${family}|${r.remote.id}`)) {
+            memberSets.set(`${family}|${r.remote.id}`, {
+              name: memberSetName(family, r.remote.id),
+              set: true,
+              keyType: [family === 4 ? 'ipv4_addr' : 'ipv6_addr'],
+              interval: false,
+              comment: comment(`members of remote group ${r.remote.id}`),
+              elements: r.peers.map((p) => ({ key: [{ kind: 'addr', family, lo: p.lo, hi: p.hi }] })),
+            });
+          }
+        } else if (layer !== null) {
           let shapes = byLayer.get(layer);
           if (!shapes) byLayer.set(layer, (shapes = new Map()));
           for (const shape of shapesOf(r)) {
@@ -517,23 +625,47 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
       });
       const chainName = `${direction}_v${family}`;
       const chainRules: Rule[] = [];
-      const layerNums = [...byLayer.keys()].sort((a, b) => a - b);
+      const layerNums = [...new Set([...byLayer.keys(), ...groupsByLayer.keys()])].sort((a, b) => a - b);
       layerStats[chainName] = layerNums.length;
+      const field = direction === 'ingress' ? 'saddr' : 'daddr';
       for (const layer of layerNums) {
+        const everything = matchesEverything(byLayer.get(layer), (shape) => keyTypes(family, shape));
+        if (everything) chainRules.push({ exprs: [{ kind: 'verdict', verdict: everything }] });
         for (const shape of ['ports', 'icmp', 'proto'] as const) {
-          const elements = byLayer.get(layer)!.get(shape);
+          const elements = everything ? undefined : byLayer.get(layer)?.get(shape);
           if (!elements?.length) continue;
           const types = keyTypes(family, shape);
-          const field = direction === 'ingress' ? 'saddr' : 'daddr';
           for (const [sig, els] of [...splitBySignature(expandSmallPortRanges(elements, shape), types)].sort(([a], [b]) => (a < b ? -1 : 1))) {
             if (!sig.includes('e') && !sig.includes('r')) {
               // a key of wildcards only: one element, matching every packet that reaches this lookup
-              chainRules.push({ exprs: [...lookupExprs(family, shape, field, null, sig), { kind: 'verdict', verdict: els[0]!.verdict }] });
+              chainRules.push({ exprs: [...lookupExprs(family, shape, field, null, sig), { kind: 'verdict', verdict: els[0]!.verdict! }] });
               continue;
             }
             const name = mapName(direction, family, layer, shape, sig);
             maps.push({ name, keyType: types.filter((_, i) => sig[i] !== 'x'), interval: sig.includes('r'), elements: els });
             chainRules.push({ exprs: lookupExprs(family, shape, field, name, sig) });
+          }
+        }
+        // the same layer's group rules (disjoint from everything else in the layer: any order)
+        const groups = groupsByLayer.get(layer);
+        for (const groupId of [...(groups?.keys() ?? [])].sort()) {
+          const setName = memberSetName(family, groupId);
+          const peer: Expr = { kind: 'match', left: sel.addr(family, field), op: '==', right: v.setref(setName) };
+          const everything = matchesEverything(groups!.get(groupId), (shape) => tailKeyTypes(family, shape));
+          if (everything) chainRules.push({ exprs: [peer, { kind: 'verdict', verdict: everything }] });
+          for (const shape of ['ports', 'icmp', 'proto'] as const) {
+            const elements = everything ? undefined : groups!.get(groupId)!.get(shape);
+            if (!elements?.length) continue;
+            const types = tailKeyTypes(family, shape);
+            for (const [sig, els] of [...splitBySignature(expandSmallPortRanges(elements, shape), types)].sort(([a], [b]) => (a < b ? -1 : 1))) {
+              if (!sig.includes('e') && !sig.includes('r')) {
+                chainRules.push({ exprs: [...lookupExprs(family, shape, field, null, sig, setName), { kind: 'verdict', verdict: els[0]!.verdict! }] });
+                continue;
+              }
+              const name = groupMapName(direction, family, layer, shape, groupId, sig);
+              maps.push({ name, keyType: types.filter((_, i) => sig[i] !== 'x'), interval: sig.includes('r'), elements: els });
+              chainRules.push({ exprs: lookupExprs(family, shape, field, name, sig, setName) });
+            }
           }
         }
       }
@@ -560,7 +692,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
     ],
   });
 
-  const table: Table = { family: 'inet', name: tableName, maps, chains: [base('input'), base('output'), ...familyChains, ...ruleChains] };
+  const table: Table = { family: 'inet', name: tableName, maps: [...memberSets.values(), ...maps], chains: [base('input'), base('output'), ...familyChains, ...ruleChains] };
   const digest = digestOf(table);
   table.comment = comment(`secgroup digest=${digest} revision=${policy.revision} instance=${policy.instance.id}`);
   table.marker = table.comment;
@@ -569,6 +701,6 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
     layout,
     rules: infos,
     digest,
-    stats: { rules: all.length, elements: maps.reduce((n, m) => n + m.elements.length, 0), layers: layerStats },
+    stats: { rules: all.length, elements: table.maps.reduce((n, m) => n + m.elements.length, 0), layers: layerStats },
   };
 }

@@ -16,7 +16,8 @@ function skeleton(t: Table): string {
 
 /** A map element as a short string, equal for equal elements (JSON.stringify of 100k elements took ~0.5 s). */
 export function elementId(el: MapElement): string {
-  let s = el.verdict.kind === 'jump' ? el.verdict.chain : el.verdict.kind;
+  const vd = el.verdict;
+  let s = vd === undefined ? '' : vd.kind === 'jump' ? vd.chain : vd.kind;
   for (const k of el.key) s += k.kind === 'addr' ? `|${k.family}:${k.lo.toString(16)}-${k.hi.toString(16)}` : `|${k.lo}-${k.hi}`;
   return s;
 }

@@ -28,6 +28,8 @@ function valueText(val: Value): string {
     case 'str':
       if (!STR_RE.test(val.value)) throw new Error(`internal: bad string ${JSON.stringify(val.value)}`);
       return `"${val.value}"`;
+    case 'setref':
+      return `@${assertName(val.name)}`;
   }
 }
 
@@ -42,7 +44,8 @@ function selectorText(s: Selector): string {
   }
 }
 
-function verdictText(vd: Verdict): string {
+function verdictText(vd: Verdict | undefined): string {
+  if (!vd) throw new Error('internal: verdict map element without a verdict');
   return vd.kind === 'jump' ? `jump ${assertName(vd.chain)}` : vd.kind;
 }
 
@@ -78,8 +81,8 @@ function keyPartText(k: KeyPart, type?: string): string {
 const ANNOTATE_MAX = 5000;
 
 function mapLines(m: VerdictMap, out: string[], notes: ReadonlyMap<string, string>): void {
-  out.push(`\tmap ${assertName(m.name)} {`);
-  out.push(`\t\ttype ${m.keyType.join(' . ')} : verdict`);
+  out.push(`\t${m.set ? 'set' : 'map'} ${assertName(m.name)} {`);
+  out.push(`\t\ttype ${m.keyType.join(' . ')}${m.set ? '' : ' : verdict'}`);
   if (m.interval) out.push('\t\tflags interval');
   if (m.comment !== undefined) out.push(`\t\tcomment "${safeComment(m.comment)}"`);
   if (m.elements.length) {
@@ -87,8 +90,8 @@ function mapLines(m: VerdictMap, out: string[], notes: ReadonlyMap<string, strin
     const last = m.elements.length - 1;
     const annotate = m.elements.length <= ANNOTATE_MAX;
     m.elements.forEach((el, i) => {
-      const note = annotate && el.verdict.kind === 'jump' ? notes.get(el.verdict.chain) : undefined;
-      const text = `${el.key.map((k, j) => keyPartText(k, m.keyType[j])).join(' . ')} : ${verdictText(el.verdict)}${i === last ? '' : ','}`;
+      const note = annotate && el.verdict?.kind === 'jump' ? notes.get(el.verdict.chain) : undefined;
+      const text = `${el.key.map((k, j) => keyPartText(k, m.keyType[j])).join(' . ')}${m.set ? '' : ` : ${verdictText(el.verdict)}`}${i === last ? '' : ','}`;
       out.push(`\t\t\t${text}${note ? ` # ${safeComment(note)}` : ''}`);
     });
     out.push('\t\t}');
@@ -133,11 +136,11 @@ export function renderDeleteScript(family: 'inet', name: string): string {
 
 function elementText(el: MapElement, keyType: readonly string[], withVerdict: boolean): string {
   const key = el.key.map((k, j) => keyPartText(k, keyType[j])).join(' . ');
-  return withVerdict ? `${key} : ${verdictText(el.verdict)}` : key;
+  return withVerdict && el.verdict ? `${key} : ${verdictText(el.verdict)}` : key;
 }
 
 /**
- * Element changes of verdict maps, for `nft -f` as one transaction: every
+ * Element changes of verdict maps and sets, for `nft -f` as one transaction: every
  * deletion first, then every addition (a key whose verdict changes is deleted
  * and added again).
  */
@@ -205,6 +208,8 @@ function valueJson(val: Value): Json {
     case 'str':
       valueText(val);
       return val.value;
+    case 'setref':
+      return valueText(val);
   }
 }
 
@@ -219,7 +224,8 @@ function selectorJson(s: Selector): Json {
   }
 }
 
-function verdictJson(vd: Verdict): Json {
+function verdictJson(vd: Verdict | undefined): Json {
+  if (!vd) throw new Error('internal: verdict map element without a verdict');
   return vd.kind === 'jump' ? { jump: { target: assertName(vd.chain) } } : { [vd.kind]: null };
 }
 
@@ -273,12 +279,20 @@ export function renderJson(table: Table): { nftables: Json[] } {
     cmds.push({ add: { set: { family, table: tname, name: MARKER_SET, type: 'inet_service', elem: [{ elem: { val: 1, comment: safeComment(table.marker) } }] } } });
   }
   for (const m of table.maps) {
-    const map: Record<string, Json> = { family, table: tname, name: assertName(m.name), type: m.keyType.length === 1 ? m.keyType[0] : m.keyType, map: 'verdict', ...(m.interval ? { flags: ['interval'] } : {}) };
+    const map: Record<string, Json> = {
+      family,
+      table: tname,
+      name: assertName(m.name),
+      type: m.keyType.length === 1 ? m.keyType[0] : m.keyType,
+      ...(m.set ? {} : { map: 'verdict' }),
+      ...(m.interval ? { flags: ['interval'] } : {}),
+    };
     if (m.comment !== undefined) map.comment = safeComment(m.comment);
     if (m.elements.length) {
-      map.elem = m.elements.map((el) => [el.key.length === 1 ? keyPartJson(el.key[0]!) : { concat: el.key.map(keyPartJson) }, verdictJson(el.verdict)]);
+      const keyJson = (el: MapElement): Json => (el.key.length === 1 ? keyPartJson(el.key[0]!) : { concat: el.key.map(keyPartJson) });
+      map.elem = m.set ? m.elements.map(keyJson) : m.elements.map((el) => [keyJson(el), verdictJson(el.verdict)]);
     }
-    cmds.push({ add: { map } });
+    cmds.push({ add: m.set ? { set: map } : { map } });
   }
   for (const c of table.chains) {
     for (const r of c.rules) {

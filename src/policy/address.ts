@@ -218,6 +218,22 @@ export function mergeRanges(ranges: readonly AddrRange[], owned = false): AddrRa
   return out;
 }
 
+/**
+ * Single addresses (lo == hi) of one family, sorted, each once; unlike
+ * mergeRanges, neighbours stay apart (remote-group members: each is an
+ * element of the group's member set, so one joining or leaving never splits
+ * or merges a range). Takes over `singles`.
+ */
+export function sortedUniqueAddresses(singles: AddrRange[]): AddrRange[] {
+  let inOrder = true;
+  for (let i = 1; i < singles.length && inOrder; i++) if (singles[i - 1]!.lo >= singles[i]!.lo) inOrder = false;
+  if (inOrder) return singles;
+  singles.sort(byStart);
+  const out: AddrRange[] = [];
+  for (const r of singles) if (!out.length || out[out.length - 1]!.lo !== r.lo) out.push(r);
+  return out;
+}
+
 export function rangeContains(r: AddrRange, family: Family, value: bigint): boolean {
   return r.family === family && r.lo <= value && value <= r.hi;
 }

@@ -3,7 +3,7 @@
  * rules flattened in match order (SEMANTICS section 2), protocols as numbers,
  * ports and peers as merged intervals. Input must have passed `parsePolicy`.
  */
-import { mergeRanges, parseValidIp, prefixRange, fullRange, type AddrRange, type Family } from './address.js';
+import { mergeRanges, parseValidIp, prefixRange, fullRange, sortedUniqueAddresses, type AddrRange, type Family } from './address.js';
 import { parseMultiport, parseProtocol, type Policy, type PortRange } from './schema.js';
 
 export type Remote =
@@ -31,7 +31,11 @@ export interface NormalizedRule {
   icmpType: number | null;
   icmpCode: number | null;
   remote: Remote;
-  /** merged peer address intervals of the rule's family; empty = matches nothing */
+  /**
+   * peer address intervals of the rule's family, sorted and disjoint; empty =
+   * matches nothing. Merged where neighbours touch, except the members of a
+   * remote group (single addresses, see resolvePeers).
+   */
   peers: AddrRange[];
 }
 
@@ -63,9 +67,8 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Ad
         const ip = parseValidIp(m); // validated by parsePolicy
         if (ip.family === family) ranges.push({ family, lo: ip.value, hi: ip.value });
       }
-      // adjacent members merge into ranges (a subnet of instances becomes a few interval elements);
-      // the compiler puts single addresses in hash maps and ranges in interval maps
-      return mergeRanges(ranges, true);
+      // single addresses, neighbours not merged: the compiler puts them in the group's member set
+      return sortedUniqueAddresses(ranges);
     }
     case 'address_group': {
       const ag = policy.address_groups.find((a) => a.id === remote.id);

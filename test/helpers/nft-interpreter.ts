@@ -24,6 +24,8 @@
  *    `meta l4proto`;
  *  - `iif` exists at the input hook only, `oif` at the output hook only;
  *  - `ct direction` does not exist for an untracked packet;
+ *  - `@set` on the right of a match: the packet's value is an element of
+ *    that set of the table (a plain set, no verdicts);
  *  - a vmap lookup finds the element whose every key part contains the
  *    packet's value; no element: the rule does not match. Overlapping
  *    elements are an error (the kernel's interval sets refuse or pick one
@@ -149,6 +151,8 @@ function valueContains(sel: Selector, value: Value, x: Scalar): boolean {
     case 'str':
       if (x.kind !== 'str') throw new InterpreterError(`${what}: a string compared with a ${x.kind}`);
       return x.s === value.value;
+    case 'setref':
+      throw new InterpreterError(`${what}: @${value.name} inside a list of values`);
   }
 }
 
@@ -252,7 +256,9 @@ export function checkTable(table: Table): string[] {
           problems.push(`${where}: part ${j} ${part.lo}-${part.hi} is outside ${type} (0-${KEY_MAX[type]})`);
         }
       });
-      checkJump(el.verdict, where);
+      if (m.set && el.verdict) problems.push(`${where}: an element of a plain set has a verdict`);
+      if (!m.set && !el.verdict) problems.push(`${where}: an element of a verdict map has no verdict`);
+      if (el.verdict) checkJump(el.verdict, where);
     });
     for (const [a, b] of overlappingElements(m)) problems.push(`map ${m.name}: elements ${m.elements.indexOf(a)} and ${m.elements.indexOf(b)} overlap`);
   }
@@ -264,9 +270,16 @@ export function checkTable(table: Table): string[] {
           checkJump(e.verdict, where);
           if (j !== r.exprs.length - 1) problems.push(`${where}: expressions after the verdict`);
         }
+        if (e.kind === 'match' && !Array.isArray(e.right) && e.right.kind === 'setref') {
+          const m = maps.get(e.right.name);
+          if (!m) problems.push(`${where}: set @${e.right.name} does not exist`);
+          else if (!m.set) problems.push(`${where}: @${e.right.name} is a verdict map, not a set`);
+          else if (m.keyType.length !== 1 || keyTypeOf(e.left) !== m.keyType[0]) problems.push(`${where}: ${selectorName(e.left)} does not fit set ${m.name} (${m.keyType.join(' . ')})`);
+        }
         if (e.kind === 'vmap') {
           const m = maps.get(e.map);
           if (!m) problems.push(`${where}: vmap @${e.map} does not exist`);
+          else if (m.set) problems.push(`${where}: vmap @${e.map} is a plain set`);
           else {
             const types = e.key.map(keyTypeOf);
             if (types.length !== m.keyType.length || types.some((t, k) => t !== m.keyType[k])) {
@@ -285,7 +298,7 @@ export function checkTable(table: Table): string[] {
     for (const r of c.rules) {
       for (const e of r.exprs) {
         if (e.kind === 'verdict' && e.verdict.kind === 'jump') out.push(e.verdict.chain);
-        if (e.kind === 'vmap') for (const el of maps.get(e.map)?.elements ?? []) if (el.verdict.kind === 'jump') out.push(el.verdict.chain);
+        if (e.kind === 'vmap') for (const el of maps.get(e.map)?.elements ?? []) if (el.verdict?.kind === 'jump') out.push(el.verdict.chain);
       }
     }
     return [...new Set(out)];
@@ -382,6 +395,12 @@ export class NftInterpreter {
       case 'match': {
         const x = selectorValue(e.left, p, hook);
         if (x === undefined) return false;
+        if (!Array.isArray(e.right) && e.right.kind === 'setref') {
+          const m = this.maps.get(e.right.name);
+          if (!m?.set) throw new InterpreterError(`@${e.right.name} is not a set of the table`);
+          const hit = m.elements.some((el) => el.key.length === 1 && partContains(el.key[0]!, x));
+          return e.op === '==' ? hit : !hit;
+        }
         const values = Array.isArray(e.right) ? e.right : [e.right];
         const hit = values.some((val) => valueContains(e.left, val, x));
         return e.op === '==' ? hit : !hit;
@@ -398,6 +417,7 @@ export class NftInterpreter {
         }
         const hits = m.elements.filter((el) => el.key.length === key.length && el.key.every((part, i) => partContains(part, key[i]!)));
         if (hits.length > 1) throw new InterpreterError(`vmap @${e.map}: ${hits.length} elements match one packet (keys must be disjoint)`);
+        if (m.set) throw new InterpreterError(`vmap @${e.map} is a plain set`);
         return hits[0]?.verdict ?? false;
       }
     }

@@ -5,7 +5,7 @@
  * chains and counters; digests.
  */
 import { describe, expect, it } from 'vitest';
-import { assignLayers, compilePolicy, rulesOverlap, ruleChainName } from '../../src/nft/compile.js';
+import { assignLayers, compilePolicy, groupMapName, memberSetName, rulesOverlap, ruleChainName } from '../../src/nft/compile.js';
 import type { Chain, Table } from '../../src/nft/model.js';
 import { renderScript } from '../../src/nft/render.js';
 import { formatIp, parseIp } from '../../src/policy/address.js';
@@ -88,14 +88,10 @@ describe('layers', () => {
   it('the family chain looks layers up in order, ports/icmp/proto within a layer', () => {
     const { table } = compilePolicy(parsePolicy(doc([{ id: 'sg', rules: [{ protocol: 'tcp', multiport: '80' }, { priority: 2 }] }])));
     // layer 0: tcp 80 from anywhere, a hash map keyed l4proto . dport (the address is a wildcard);
-    // layer 1: all protocols from anywhere, no key at all: a jump per shape, after layer 0
+    // layer 1: all protocols from anywhere, no key at all: one unguarded jump (the three shapes' guards cover every packet), after layer 0
     const rules = chain(table, 'ingress_v4').rules;
-    expect(rules.map((r) => r.exprs.flatMap((e) => (e.kind === 'vmap' ? [e.map] : e.kind === 'verdict' ? ['jump'] : [])))).toEqual([
-      ['in4_l0_ports_xee'],
-      ['jump'],
-      ['jump'],
-      ['jump'],
-    ]);
+    expect(rules.map((r) => r.exprs.flatMap((e) => (e.kind === 'vmap' ? [e.map] : e.kind === 'verdict' ? ['jump'] : [])))).toEqual([['in4_l0_ports_xee'], ['jump']]);
+    expect(rules[1]!.exprs).toHaveLength(1);
     expect(table.maps.find((m) => m.name === 'in4_l0_ports_xee')).toMatchObject({ interval: false, keyType: ['inet_proto', 'inet_service'] });
   });
 });
@@ -113,34 +109,34 @@ describe('scale by construction: lookups do not grow with rules, ports or peers'
     expect(compiled.table.chains.filter((c) => c.name.startsWith('r_'))).toHaveLength(10_000);
   }, 60_000);
 
-  it('a remote group of 100k members: one lookup per shape (ports, icmp, proto), whatever the size', () => {
+  it('a remote group of 100k members: one member set, one lookup per shape (ports, icmp, proto), whatever the size', () => {
     const base = parseIp('198.18.0.0').value;
-    // every other address, so that nothing merges into a larger interval
     const members = Array.from({ length: 100_000 }, (_, i) => formatIp(4, base + BigInt(2 * i)));
     const compiled = compilePolicy(
       policyOf([{ id: 'from-big', remote_group_id: 'big' }, { id: 'ssh-from-big', priority: 2, protocol: 'tcp', multiport: '22', remote_group_id: 'big' }], { group_members: { big: members } }),
     );
-    const lookups = vmapRules(chain(compiled.table, 'ingress_v4'));
-    // layer 0: from-big (3 shapes); ssh-from-big is shadowed by from-big (it can never be the first match)
-    expect(lookups).toHaveLength(3);
-    expect(compiled.table.maps.map((m) => [m.name, m.elements.length, m.interval])).toEqual([
-      ['in4_l0_ports_exx', 100_000, false],
-      ['in4_l0_icmp_exx', 100_000, false],
-      ['in4_l0_proto_ex', 100_000, false],
-    ]);
+    const set = memberSetName(4, 'big');
+    const lookups = chain(compiled.table, 'ingress_v4').rules.filter((r) => r.exprs.some((e) => e.kind === 'match' && !Array.isArray(e.right) && e.right.kind === 'setref' && e.right.name === set));
+    // layer 0: from-big (every port and protocol: one set lookup, no map after it); ssh-from-big is shadowed by from-big (same group)
+    expect(lookups).toHaveLength(1);
+    expect(lookups[0]!.exprs.map((e) => e.kind)).toEqual(['match', 'verdict']);
+    expect(compiled.table.maps.map((m) => [m.name, m.elements.length, m.interval, m.set ?? false])).toEqual([[set, 100_000, false, true]]);
     expect(compiled.rules.find((r) => r.ruleId === 'ssh-from-big')?.layer).toBeNull();
   }, 60_000);
 
-  it('adjacent members merge into one interval element; scattered members are exact keys in a hash map', () => {
+  it('members are single elements of a hash set, neighbours too; the rest of the key goes to a small map after the set', () => {
     const members = [...Array.from({ length: 256 }, (_, i) => `198.18.1.${i}`), '198.18.9.1', '198.18.9.3'];
     const compiled = compilePolicy(policyOf([{ id: 'g', protocol: 'udp', remote_group_id: 'sg' }], { group_members: { sg: members } }));
+    const set = memberSetName(4, 'sg');
     expect(compiled.table.maps.map((m) => [m.name, m.interval, m.elements.length])).toEqual([
-      ['in4_l0_ports_eex', false, 2],
-      ['in4_l0_ports_rex', true, 1],
+      [set, false, 258],
+      [groupMapName('ingress', 4, 0, 'ports', 'sg', 'ex'), false, 1],
     ]);
     const script = renderScript(compiled.table);
-    expect(script).toContain('198.18.1.0/24 . udp : jump');
-    expect(script).toContain('198.18.9.3 . udp : jump');
+    expect(script).toContain(`set ${set} {\n\t\ttype ipv4_addr\n`);
+    expect(script).toContain('\t\t\t198.18.1.255,\n');
+    expect(script).toContain(`ip saddr @${set} meta l4proto vmap @${groupMapName('ingress', 4, 0, 'ports', 'sg', 'ex')}`);
+    expect(script).toContain('udp : jump');
   });
 });
 

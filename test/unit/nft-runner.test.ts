@@ -81,8 +81,9 @@ describe('element updates', () => {
     if (op.op !== 'update-elements') throw new Error('expected an element update');
     const text = renderElementChanges('inet', 'secgroup', [op]);
     const lines = text.trim().split('\n').slice(1);
-    expect(lines[0]).toMatch(/^delete element inet secgroup in4_l0_ports_eee \{ 198\.18\.0\.12 \. tcp \. 80 \}$/);
-    expect(lines[1]).toMatch(/^add element inet secgroup in4_l0_ports_eee \{ 198\.18\.0\.20 \. tcp \. 80 : jump r_[0-9a-f]{16} \}$/);
+    // remote-group members: elements of the group's member set, no verdicts
+    expect(lines[0]).toMatch(/^delete element inet secgroup g4_[0-9a-f]{12} \{ 198\.18\.0\.12 \}$/);
+    expect(lines[1]).toMatch(/^add element inet secgroup g4_[0-9a-f]{12} \{ 198\.18\.0\.20 \}$/);
   });
 
   it('refuses when anything but elements changes', () => {

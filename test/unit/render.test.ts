@@ -10,6 +10,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compilePolicy, type CompileOptions } from '../../src/nft/compile.js';
 import { renderDeleteScript, renderJson, renderScript } from '../../src/nft/render.js';
+import { MARKER_SET } from '../../src/nft/model.js';
 import { loadPolicyFile } from '../../src/policy/load.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
 import { checkPolicy, ID_PATTERN, parsePolicy } from '../../src/policy/schema.js';
@@ -79,8 +80,11 @@ describe('script form', () => {
       const cmds = renderJson(table).nftables as Record<string, Record<string, Record<string, unknown>>>[];
       expect(cmds.slice(0, 3).map((c) => Object.keys(c)[0])).toEqual(['add', 'delete', 'add']);
       const adds = (kind: string) => cmds.filter((c) => c.add?.[kind]).map((c) => c.add![kind]!);
-      expect(adds('map').map((m) => m.name)).toEqual(table.maps.map((m) => m.name));
-      expect(adds('map').map((m) => ((m.elem as unknown[] | undefined) ?? []).length)).toEqual(table.maps.map((m) => m.elements.length));
+      // verdict maps and member sets, in the model's order (the generation marker set aside)
+      const mapsAndSets = cmds.filter((c) => c.add?.map || (c.add?.set && c.add.set.name !== MARKER_SET)).map((c) => (c.add!.map ?? c.add!.set)!);
+      expect(mapsAndSets.map((m) => m.name)).toEqual(table.maps.map((m) => m.name));
+      expect(mapsAndSets.map((m) => ((m.elem as unknown[] | undefined) ?? []).length)).toEqual(table.maps.map((m) => m.elements.length));
+      expect(adds('set').filter((m) => m.name !== MARKER_SET).map((m) => m.name)).toEqual(table.maps.filter((m) => m.set).map((m) => m.name));
       expect(adds('chain').map((c) => c.name)).toEqual(table.chains.map((c) => c.name));
       expect(adds('rule')).toHaveLength(table.chains.reduce((n, c) => n + c.rules.length, 0));
       expect(() => JSON.stringify(cmds)).not.toThrow();

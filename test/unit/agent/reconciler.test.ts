@@ -3,7 +3,7 @@ import { FakeClock } from '../../../src/lib/clock.js';
 import { SecgroupError } from '../../../src/lib/errors.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import { FakeNft } from '../../../src/nft/fake.js';
-import { compilePolicy, ruleChainName } from '../../../src/nft/compile.js';
+import { compilePolicy, memberSetName, ruleChainName } from '../../../src/nft/compile.js';
 import { elementId } from '../../../src/nft/diff.js';
 import type { Table } from '../../../src/nft/model.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
@@ -182,9 +182,9 @@ describe('reconciler', () => {
     expect(tx.ops.length).toBeGreaterThan(0);
     const rb = await nft.readTable();
     expect(rb!.chains.find((c) => c.name === http)!.rules[0]!.counter).toEqual({ packets: 10, bytes: 1000 });
-    // members (exact keys, a hash map) and office prefixes (an interval map)
-    expect(nft.state!.maps.filter((m) => m.name.startsWith('in4_l0_ports_')).map((m) => [m.name, m.elements.length])).toEqual([
-      ['in4_l0_ports_eee', 2],
+    // members (the group's member set) and office prefixes (an interval map)
+    expect(nft.state!.maps.filter((m) => m.set || m.name.includes('_ree')).map((m) => [m.name, m.elements.length])).toEqual([
+      [memberSetName(4, 'web'), 2],
       ['in4_l0_ports_ree', 1],
     ]);
   });
