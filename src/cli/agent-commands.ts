@@ -152,9 +152,11 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       const ca = c?.ca_file ? await readFile(c.ca_file).catch((e: unknown) => {
         throw new SecgroupError('CONFIG_INVALID', `cannot read controller.ca_file ${c.ca_file}: ${errorMessage(e)}`, { cause: e });
       }) : undefined;
+      // nft from a helper shell started now, while the process is small (fork cost grows with it)
+      const nft = new ExecaNftRunner({ table: config.table, helper: true });
       const agent = createAgent({
         config,
-        nft: new ExecaNftRunner({ table: config.table }),
+        nft,
         store: new FileStateStore(config.state_dir, systemClock.now),
         clock: systemClock,
         logger,
@@ -170,6 +172,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       const sig = await signal;
       logger.info({ event: 'signal', signal: sig }, `${sig}: stopping`);
       await agent.stop();
+      nft.close();
     } catch (e) {
       fail(io, e);
     }

@@ -1,6 +1,8 @@
 /**
- * The real nft runner: the `nft` binary through execa. Scripts go in on stdin
- * (`nft -f -`) so a transaction is one batch; reads list our table only.
+ * The real nft runner: the `nft` binary through execa, or through a
+ * long-lived shell (`helper`, see shell-spawner.ts: what the agent daemon
+ * uses). Scripts go in on stdin (`nft -f -`) so a transaction is one batch;
+ * reads list our table only.
  */
 import { execa, type ExecaError } from 'execa';
 import { renderTransaction } from './render.js';
@@ -8,6 +10,8 @@ import { nftError, nftNotFound, type NftInfo, type NftRunner } from './runner.js
 import { parseMarker, parseTableReadback, type Counter, type TableReadback } from './readback.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 import { MARKER_SET, assertName } from './model.js';
+import { ShellSpawner, SpawnTimeoutError, type SpawnResult } from './shell-spawner.js';
+import { errorMessage } from '../lib/errors.js';
 
 export interface ExecaNftOptions {
   table: string;
@@ -15,6 +19,12 @@ export interface ExecaNftOptions {
   command?: string[];
   /** per-call timeout, default 60 s */
   timeoutMs?: number;
+  /**
+   * Start nft from a long-lived shell instead of from this process (see
+   * shell-spawner.ts): each call's fork then costs the same however big this
+   * process grows. For long-running processes (the agent); call close().
+   */
+  helper?: boolean;
 }
 
 interface RunResult {
@@ -27,14 +37,34 @@ export class ExecaNftRunner implements NftRunner {
   readonly table: string;
   private readonly command: string[];
   private readonly timeoutMs: number;
+  private readonly spawner: ShellSpawner | null;
 
   constructor(opts: ExecaNftOptions) {
     this.table = assertName(opts.table);
     this.command = opts.command ?? ['nft'];
     this.timeoutMs = opts.timeoutMs ?? 60_000;
+    this.spawner = opts.helper ? new ShellSpawner(this.command, this.timeoutMs) : null;
+  }
+
+  /** Stops the helper shell, if any. */
+  close(): void {
+    this.spawner?.close();
   }
 
   private async run(what: string, args: string[], input?: string): Promise<RunResult> {
+    if (this.spawner) {
+      let r: SpawnResult;
+      try {
+        r = await this.spawner.run(args, input);
+      } catch (e) {
+        if (e instanceof SpawnTimeoutError) throw nftError(what, `timed out after ${this.timeoutMs} ms`, undefined, e);
+        throw nftError(what, errorMessage(e), undefined, e);
+      }
+      // 127: the shell did not find the command
+      if (r.exitCode === 127) throw nftNotFound(new Error(r.stderr.trim()));
+      if (r.exitCode !== 0) throw nftError(what, r.stderr, r.exitCode);
+      return { stdout: r.stdout, stderr: r.stderr };
+    }
     const [file, ...pre] = this.command;
     try {
       const r = await execa(file!, [...pre, ...args], { input, timeout: this.timeoutMs, stripFinalNewline: false, encoding: 'utf8' });

@@ -14,10 +14,11 @@ import { policy } from '../unit/agent/fixtures.js';
 
 const skip = kernelSkipReason();
 
-describe.skipIf(skip !== null)(`nft runner against the kernel${skip ? ` (skipped: ${skip})` : ''}`, () => {
+// direct: nft started by this process (CLI commands); helper: from the helper shell (the agent daemon)
+describe.skipIf(skip !== null).each([{ mode: 'direct' }, { mode: 'helper' }])(`nft runner against the kernel, $mode${skip ? ` (skipped: ${skip})` : ''}`, ({ mode }) => {
   const ns = `sgt-nftrun${randomBytes(3).toString('hex')}`;
   const inNs = ['ip', 'netns', 'exec', ns];
-  const nft = new ExecaNftRunner({ table: 'secgroup', command: [...inNs, 'nft'] });
+  const nft = new ExecaNftRunner({ table: 'secgroup', command: [...inNs, 'nft'], helper: mode === 'helper' });
   const sh = (args: string[], input?: string) => execa(inNs[0]!, [...inNs.slice(1), 'nft', ...args], input === undefined ? {} : { input });
 
   beforeAll(async () => {
@@ -25,6 +26,7 @@ describe.skipIf(skip !== null)(`nft runner against the kernel${skip ? ` (skipped
     await sh(['-f', '-'], 'table inet bystander {\n\tchain c {\n\t\ttype filter hook input priority 10; policy accept;\n\t}\n}\n');
   });
   afterAll(() => {
+    nft.close();
     spawnSync('ip', ['netns', 'del', ns]);
   });
 

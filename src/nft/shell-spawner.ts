@@ -1,0 +1,177 @@
+/**
+ * Runs commands through one long-lived `/bin/sh`, started while the agent is
+ * still small. Why: Node (libuv) starts a child with fork(), whose cost grows
+ * with the parent's resident memory; an agent holding a 1M-member group
+ * (~5 GB) paid ~25 ms per nft call for the fork alone, twice per member
+ * change (apply, then the marker read). The shell is a few MB, so its forks
+ * cost the same at any group size.
+ *
+ * One request at a time: the input goes to a file in a private directory
+ * (mode 0700), one line `<id> <args...>` goes to the shell's stdin, the shell
+ * runs `<command> <args...> <in >out 2>err` and answers `<id> <exit code>`.
+ * Arguments are tokens our code builds (flags, table and set names), never
+ * user text; the shell splits them on spaces with globbing off. A request
+ * that outlives its timeout kills the shell's whole process group (the
+ * command included); a dead shell is started again on the next request.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+
+export interface SpawnResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+/** Thrown when the command did not answer in time (the shell and the command were killed). */
+export class SpawnTimeoutError extends Error {
+  override name = 'SpawnTimeoutError';
+  readonly timedOut = true;
+}
+
+const ARG_RE = /^[A-Za-z0-9_./:=-]+$/;
+
+const LOOP = `set -f
+D=$1
+shift
+while IFS= read -r line; do
+  id=\${line%% *}
+  args=\${line#* }
+  [ "$args" = "$line" ] && args=
+  "$@" $args <"$D/in" >"$D/out" 2>"$D/err"
+  echo "$id $?"
+done`;
+
+/** Directories of live spawners, removed when the process exits. */
+const liveDirs = new Set<string>();
+let exitHook = false;
+
+export class ShellSpawner {
+  private child: ChildProcess | null = null;
+  private dir: string | null = null;
+  private seq = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+  private waiting: { id: number; resolve: (code: number) => void; reject: (e: Error) => void } | null = null;
+  private closed = false;
+
+  constructor(
+    private readonly command: readonly string[],
+    private readonly timeoutMs: number,
+  ) {
+    if (!command.length) throw new Error('internal: empty command');
+    this.start(); // now, while the process is small
+  }
+
+  /** Runs `command args...` with `input` on stdin; resolves with its output and exit code (any code). */
+  run(args: readonly string[], input = ''): Promise<SpawnResult> {
+    for (const a of args) if (!ARG_RE.test(a)) throw new Error(`internal: unsafe argument ${JSON.stringify(a)}`);
+    const p = this.queue.then(() => this.runOne(args, input));
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Stops the shell and removes its directory. */
+  close(): void {
+    this.closed = true;
+    this.kill();
+  }
+
+  private start(): ChildProcess {
+    if (!this.dir) {
+      this.dir = mkdtempSync(join(tmpdir(), 'secgroup-nft-'));
+      liveDirs.add(this.dir);
+      if (!exitHook) {
+        exitHook = true;
+        process.once('exit', () => {
+          for (const d of liveDirs) rmSync(d, { recursive: true, force: true });
+        });
+      }
+    }
+    // own process group: a timeout kills the shell and whatever it runs
+    const child = spawn('/bin/sh', ['-c', LOOP, 'secgroup-nft', this.dir, ...this.command], { stdio: ['pipe', 'pipe', 'ignore'], detached: true });
+    const lines = createInterface({ input: child.stdout! });
+    lines.on('line', (line) => {
+      const [id, code] = line.split(' ');
+      const w = this.waiting;
+      if (w && Number(id) === w.id) {
+        this.waiting = null;
+        w.resolve(Number(code));
+      }
+    });
+    const gone = (why: string) => {
+      if (this.child !== child) return;
+      this.child = null;
+      const w = this.waiting;
+      this.waiting = null;
+      w?.reject(new Error(`the nft helper shell ${why}`));
+    };
+    child.on('exit', (code, signal) => gone(`exited (${signal ?? `code ${code}`})`));
+    child.on('error', (e) => gone(`failed: ${e.message}`));
+    child.stdin!.on('error', () => undefined); // EPIPE when it died: reported by 'exit'
+    this.idle(child);
+    this.child = child;
+    return child;
+  }
+
+  /** The shell must not keep the process alive while nothing is asked of it. */
+  private idle(child: ChildProcess): void {
+    child.unref();
+    (child.stdout as unknown as { unref?: () => void }).unref?.();
+    (child.stdin as unknown as { unref?: () => void }).unref?.();
+  }
+
+  private busy(child: ChildProcess): void {
+    child.ref();
+    (child.stdout as unknown as { ref?: () => void }).ref?.();
+  }
+
+  private kill(): void {
+    const child = this.child;
+    this.child = null;
+    if (child?.pid) {
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    const w = this.waiting;
+    this.waiting = null;
+    w?.reject(new Error('the nft helper shell was stopped'));
+    if (this.closed && this.dir) {
+      rmSync(this.dir, { recursive: true, force: true });
+      liveDirs.delete(this.dir);
+      this.dir = null;
+    }
+  }
+
+  private async runOne(args: readonly string[], input: string): Promise<SpawnResult> {
+    if (this.closed) throw new Error('the nft helper shell was stopped');
+    const child = this.child ?? this.start();
+    const dir = this.dir!;
+    await writeFile(join(dir, 'in'), input);
+    const id = ++this.seq;
+    this.busy(child);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const exitCode = await new Promise<number>((resolve, reject) => {
+        this.waiting = { id, resolve, reject };
+        timer = setTimeout(() => {
+          this.waiting = null;
+          this.kill();
+          reject(new SpawnTimeoutError(`timed out after ${this.timeoutMs} ms`));
+        }, this.timeoutMs);
+        child.stdin!.write(`${id} ${args.join(' ')}\n`);
+      });
+      const [stdout, stderr] = await Promise.all([readFile(join(dir, 'out'), 'utf8'), readFile(join(dir, 'err'), 'utf8')]);
+      return { stdout, stderr, exitCode };
+    } finally {
+      clearTimeout(timer);
+      if (this.child === child) this.idle(child);
+    }
+  }
+}

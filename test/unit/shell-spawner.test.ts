@@ -1,0 +1,77 @@
+/**
+ * The helper shell that starts nft for the agent (src/nft/shell-spawner.ts),
+ * with stand-in commands: output, exit codes, input, order, timeouts, a dead
+ * shell started again, unsafe arguments refused, cleanup.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ShellSpawner, SpawnTimeoutError } from '../../src/nft/shell-spawner.js';
+import { ExecaNftRunner } from '../../src/nft/exec.js';
+
+const spawners: ShellSpawner[] = [];
+const make = (command: string[], timeoutMs = 5000) => {
+  const s = new ShellSpawner(command, timeoutMs);
+  spawners.push(s);
+  return s;
+};
+afterEach(() => {
+  for (const s of spawners.splice(0)) s.close();
+});
+
+// a stand-in for nft: prints its arguments and stdin, writes to stderr, exits with $EXIT (default 0)
+const FAKE = ['sh', '-c', 'echo "args:$*"; cat; echo "to stderr" >&2; exit "${EXIT:-0}"', 'fake-nft'];
+
+describe('ShellSpawner', () => {
+  it('runs the command with the arguments and input, and returns stdout, stderr and the exit code', async () => {
+    const s = make(FAKE);
+    expect(await s.run(['-j', 'list', 'set', 'inet', 'secgroup', 'sg_generation'], 'add element x\n')).toEqual({ stdout: 'args:-j list set inet secgroup sg_generation\nadd element x\n', stderr: 'to stderr\n', exitCode: 0 });
+    expect(await s.run([])).toEqual({ stdout: 'args:\n', stderr: 'to stderr\n', exitCode: 0 });
+  });
+
+  it('passes a failing exit code through, and keeps serving', async () => {
+    const s = make(['sh', '-c', 'exit 3']);
+    expect((await s.run(['-f', '-'])).exitCode).toBe(3);
+    expect((await s.run(['-f', '-'])).exitCode).toBe(3);
+  });
+
+  it('answers concurrent calls in order, one at a time', async () => {
+    const s = make(['sh', '-c', 'cat']);
+    const out = await Promise.all(Array.from({ length: 20 }, (_, i) => s.run([], `call ${i}\n`)));
+    expect(out.map((o) => o.stdout)).toEqual(Array.from({ length: 20 }, (_, i) => `call ${i}\n`));
+  });
+
+  it('kills a command that outlives the timeout, then starts a new shell for the next call', async () => {
+    const s = make(['sh', '-c', 'if [ "$1" = slow ]; then sleep 30; fi; echo done', 'x'], 300);
+    const t0 = Date.now();
+    await expect(s.run(['slow'])).rejects.toBeInstanceOf(SpawnTimeoutError);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect((await s.run(['fast'])).stdout).toBe('done\n');
+  });
+
+  it('refuses arguments that are not plain tokens (no shell syntax can reach the helper)', () => {
+    const s = make(FAKE);
+    for (const bad of ['a b', '$(reboot)', '`x`', 'a;b', '*', '', 'x\ny']) expect(() => s.run([bad])).toThrow(/unsafe argument/);
+  });
+
+  it('removes its private directory on close', async () => {
+    const before = new Set(readdirSync(tmpdir()).filter((d) => d.startsWith('secgroup-nft-')));
+    const s = make(FAKE);
+    await s.run([]);
+    const mine = readdirSync(tmpdir()).filter((d) => d.startsWith('secgroup-nft-') && !before.has(d));
+    expect(mine).toHaveLength(1);
+    s.close();
+    expect(existsSync(`${tmpdir()}/${mine[0]}`)).toBe(false);
+    await expect(s.run([])).rejects.toThrow(/stopped/);
+  });
+
+  it('through the nft runner: a missing command is NFT_NOT_FOUND, a failure a typed nft error', async () => {
+    const missing = new ExecaNftRunner({ table: 'secgroup', command: ['/nonexistent/nft'], helper: true });
+    await expect(missing.probe()).rejects.toMatchObject({ code: 'NFT_NOT_FOUND' });
+    missing.close();
+    const failing = new ExecaNftRunner({ table: 'secgroup', command: ['sh', '-c', 'echo "Error: Could not process rule: No such file or directory" >&2; exit 1', 'nft'], helper: true });
+    await expect(failing.readMarker()).resolves.toBeNull(); // the table does not exist
+    await expect(failing.apply({ family: 'inet', table: 'secgroup', ops: [{ op: 'delete-table', family: 'inet', name: 'secgroup' }] })).rejects.toMatchObject({ code: 'NFT_NOT_FOUND_OBJECT' });
+    failing.close();
+  });
+});
