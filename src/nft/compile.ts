@@ -112,17 +112,40 @@ export function mapName(direction: 'ingress' | 'egress', family: Family, layer: 
 }
 
 /** Name of the member set of a remote group, per family, e.g. `g4_3f2a...` (group ids may hold characters nft names cannot). */
+const groupHashes = new Map<string, string>();
+
+/** 12 hex digits of sha256(group id), memoized (bounded). */
+function groupHash(groupId: string): string {
+  let h = groupHashes.get(groupId);
+  if (h === undefined) {
+    h = createHash('sha256').update(groupId).digest('hex').slice(0, 12);
+    if (groupHashes.size >= 100_000) groupHashes.clear();
+    groupHashes.set(groupId, h);
+  }
+  return h;
+}
+
 export function memberSetName(family: Family, groupId: string): string {
-  return `g${family}_${createHash('sha256').update(groupId).digest('hex').slice(0, 12)}`;
+  return `g${family}_${groupHash(groupId)}`;
 }
 
 /** Name of the map looked up after a member set (`g<hash>` names the group). */
 export function groupMapName(direction: 'ingress' | 'egress', family: Family, layer: number, shape: Shape, groupId: string, sig: string): string {
-  return `${direction === 'ingress' ? 'in' : 'out'}${family}_l${layer}_${shape}_g${createHash('sha256').update(groupId).digest('hex').slice(0, 12)}_${sig}`;
+  return `${direction === 'ingress' ? 'in' : 'out'}${family}_l${layer}_${shape}_g${groupHash(groupId)}_${sig}`;
 }
 
+/** Names already computed (an agent compiles the same rules over and over); bounded. */
+const chainNames = new Map<string, string>();
+
 export function ruleChainName(groupId: string, ruleId: string): string {
-  return 'r_' + createHash('sha256').update(`${groupId}\0${ruleId}`).digest('hex').slice(0, 16);
+  const key = `${groupId}\0${ruleId}`;
+  let name = chainNames.get(key);
+  if (name === undefined) {
+    name = 'r_' + createHash('sha256').update(key).digest('hex').slice(0, 16);
+    if (chainNames.size >= 100_000) chainNames.clear();
+    chainNames.set(key, name);
+  }
+  return name;
 }
 
 function icmpProto(f: Family): number {
@@ -166,7 +189,7 @@ export function rulesOverlap(a: NormalizedRule, b: NormalizedRule): boolean {
  * is quadratic in the number of rules (10k rules: 11 s).
  */
 class OverlapIndex {
-  private readonly byProtocol = new Map<number, { all: number[]; anyPort: number[]; buckets: number[][] }>();
+  private readonly byProtocol = new Map<number, { all: number[]; anyPort: number[]; buckets: Map<number, number[]> }>();
   private readonly stamp: Int32Array;
 
   constructor(private readonly rules: readonly NormalizedRule[]) {
@@ -177,10 +200,16 @@ class OverlapIndex {
     const r = this.rules[i]!;
     const key = r.protocol ?? -1;
     let g = this.byProtocol.get(key);
-    if (!g) this.byProtocol.set(key, (g = { all: [], anyPort: [], buckets: Array.from({ length: 256 }, () => []) }));
+    if (!g) this.byProtocol.set(key, (g = { all: [], anyPort: [], buckets: new Map() }));
     g.all.push(i);
     if (!r.ports) g.anyPort.push(i);
-    else for (const b of bucketsOf(r.ports)) g.buckets[b]!.push(i);
+    else {
+      for (const b of bucketsOf(r.ports)) {
+        const list = g.buckets.get(b);
+        if (list) list.push(i);
+        else g.buckets.set(b, [i]);
+      }
+    }
   }
 
   /** Indexes of earlier rules that may overlap rule `i` (each at most once). */
@@ -195,7 +224,7 @@ class OverlapIndex {
       }
       yield* g.anyPort;
       for (const b of bucketsOf(r.ports)) {
-        for (const j of g.buckets[b]!) {
+        for (const j of g.buckets.get(b) ?? []) {
           if (this.stamp[j] === i) continue;
           this.stamp[j] = i;
           yield j;

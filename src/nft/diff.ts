@@ -35,6 +35,10 @@ export interface ElementPlan {
  * also null: a reload is then cheaper.
  */
 export function planElementUpdate(from: Table, to: Table, maxChanges = 1000): ElementPlan | null {
+  // cheap differences first (a rule added or removed): no need to serialise both tables
+  if (from.chains.length !== to.chains.length || from.maps.length !== to.maps.length) return null;
+  if (from.chains.some((c, i) => c.name !== to.chains[i]!.name || c.rules.length !== to.chains[i]!.rules.length)) return null;
+  if (from.maps.some((m, i) => m.name !== to.maps[i]!.name)) return null;
   if (skeleton(from) !== skeleton(to)) return null;
   const ops: NftOp[] = [];
   let added = 0;

@@ -23,9 +23,18 @@ export function ipFamily(text: string): Family | null {
   return null;
 }
 
+/** A validated dotted quad as a number, in one pass (no split: member lists parse 100k of these). */
 function parseV4(text: string): bigint {
-  const [a, b, c, d] = text.split('.').map(Number) as [number, number, number, number];
-  return BigInt(((a << 24) >>> 0) + (b << 16) + (c << 8) + d);
+  let n = 0;
+  let part = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 46 /* . */) {
+      n = n * 256 + part;
+      part = 0;
+    } else part = part * 10 + (c - 48);
+  }
+  return BigInt(n * 256 + part);
 }
 
 /** The 8 groups of a valid IPv6 address without an embedded IPv4 part, in one pass over its characters; null otherwise. */
