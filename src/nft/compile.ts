@@ -652,7 +652,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
               keyType: [family === 4 ? 'ipv4_addr' : 'ipv6_addr'],
               interval: false,
               comment: comment(`members of remote group ${r.remote.id}`),
-              elements: r.peers.map((p) => ({ key: [{ kind: 'addr', family, lo: p.lo, hi: p.hi }] })),
+              elements: r.peers.map((p) => ({ key: [p.text === undefined ? { kind: 'addr', family, lo: p.lo, hi: p.hi } : { kind: 'addr', family, lo: p.lo, hi: p.hi, text: p.text }] })),
             });
           }
         } else if (layer !== null) {

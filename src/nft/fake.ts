@@ -26,7 +26,8 @@ const clone = (t: Table): Table => ({
   maps: t.maps.map((m) => ({ ...m, keyType: [...m.keyType], elements: m.elements.slice() })),
   chains: t.chains.map((c) => ({ ...c, rules: c.rules.slice() })),
 });
-const elementId = (el: MapElement): string => JSON.stringify(el, bigintAsHex);
+// content only (not how an address is written: see KeyPart `text`)
+const elementId = (el: MapElement): string => JSON.stringify(el, (k, val: unknown) => (k === 'text' ? undefined : bigintAsHex(k, val)));
 const firstKey = (el: MapElement): string => {
   const k = el.key[0];
   return k === undefined ? '' : `${k.lo}-${k.hi}`;

@@ -78,7 +78,8 @@ export interface Chain {
 
 /** One part of a concatenated key: a closed interval (lo == hi for a single value). */
 export type KeyPart =
-  | { kind: 'addr'; family: 4 | 6; lo: bigint; hi: bigint }
+  /** `text`: how to write a single address (its source text, see AddrRange.text); formatted from lo/hi otherwise */
+  | { kind: 'addr'; family: 4 | 6; lo: bigint; hi: bigint; text?: string }
   | { kind: 'num'; lo: number; hi: number };
 
 export interface MapElement {

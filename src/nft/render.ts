@@ -72,7 +72,7 @@ function ruleText(r: Rule): string {
 const PROTO_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' };
 
 function keyPartText(k: KeyPart, type?: string): string {
-  if (k.kind === 'addr') return formatRangeNft({ family: k.family, lo: k.lo, hi: k.hi });
+  if (k.kind === 'addr') return k.text !== undefined && k.lo === k.hi ? k.text : formatRangeNft({ family: k.family, lo: k.lo, hi: k.hi });
   if (k.lo === k.hi) return type === 'inet_proto' && PROTO_NAMES[k.lo] ? PROTO_NAMES[k.lo]! : String(k.lo);
   return `${k.lo}-${k.hi}`;
 }
