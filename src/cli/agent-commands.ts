@@ -154,6 +154,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       }) : undefined;
       // nft from a helper shell started now, while the process is small (fork cost grows with it)
       const nft = new ExecaNftRunner({ table: config.table, helper: true });
+      if (nft.helperError) logger.warn({ event: 'nft_helper_unavailable', err: nft.helperError }, `nft helper shell unavailable, running nft directly: ${nft.helperError}`);
       const agent = createAgent({
         config,
         nft,

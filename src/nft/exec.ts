@@ -43,8 +43,20 @@ export class ExecaNftRunner implements NftRunner {
     this.table = assertName(opts.table);
     this.command = opts.command ?? ['nft'];
     this.timeoutMs = opts.timeoutMs ?? 60_000;
-    this.spawner = opts.helper ? new ShellSpawner(this.command, this.timeoutMs) : null;
+    let spawner: ShellSpawner | null = null;
+    if (opts.helper) {
+      try {
+        spawner = new ShellSpawner(this.command, this.timeoutMs);
+      } catch (e) {
+        // no private directory or no /bin/sh: nft is started from this process, as the CLI does
+        this.helperError = errorMessage(e);
+      }
+    }
+    this.spawner = spawner;
   }
+
+  /** Why the helper shell asked for could not be started (nft then runs directly); null when it runs or was not asked for. */
+  helperError: string | null = null;
 
   /** Stops the helper shell, if any. */
   close(): void {

@@ -65,6 +65,21 @@ describe('ShellSpawner', () => {
     await expect(s.run([])).rejects.toThrow(/stopped/);
   });
 
+  it('through the nft runner: without a usable private directory, nft runs directly and the reason is kept', async () => {
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = '/nonexistent/secgroup-test';
+    let runner: ExecaNftRunner;
+    try {
+      runner = new ExecaNftRunner({ table: 'secgroup', command: ['sh', '-c', 'echo "nftables v1.0.6 (Lester Gooch #5)"', 'nft'], helper: true });
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+    }
+    expect(runner.helperError).toMatch(/ENOENT/);
+    expect(await runner.probe()).toEqual({ version: '1.0.6' });
+    runner.close();
+  });
+
   it('through the nft runner: a missing command is NFT_NOT_FOUND, a failure a typed nft error', async () => {
     const missing = new ExecaNftRunner({ table: 'secgroup', command: ['/nonexistent/nft'], helper: true });
     await expect(missing.probe()).rejects.toMatchObject({ code: 'NFT_NOT_FOUND' });
