@@ -210,6 +210,17 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(inNs(['nft', 'list', 'tables']).stdout).toBe('table inet secgroup\n');
   });
 
+  it("the agent's nft runner works in it through its helper shell (/bin/sh started by Node, scripts in a private directory under the private /tmp)", () => {
+    const b = spawnSync(process.execPath, [join(repo, 'scripts/bundle.mjs'), '--entry', join(repo, 'test/kernel/sandbox/helper-runner.ts'), '--outfile', join(app, 'helper-runner.mjs')], { cwd: repo, encoding: 'utf8' });
+    expect(b.status, b.stderr).toBe(0);
+    chmodSync(join(app, 'helper-runner.mjs'), 0o644);
+    const r = sandboxed([process.execPath, '/tmp/app/helper-runner.mjs', '/tmp/app/web.json']);
+    expect(r.stderr).toBe('');
+    const out = JSON.parse(r.stdout) as { helperError: string | null; markerMatches: boolean; chains: number; expectedChains: number };
+    expect(out).toEqual({ helperError: null, markerMatches: true, chains: out.expectedChains, expectedChains: out.expectedChains });
+    expect(inNs(['nft', 'list', 'tables']).stdout).toBe('table inet secgroup\n');
+  });
+
   it('without CAP_NET_ADMIN nft is refused (the capability is what makes it work)', () => {
     const r = sandboxed(['nft', 'add', 'table', 'inet', 'secgroup'], { caps: 'none' });
     expect(r.status).not.toBe(0);
