@@ -301,6 +301,15 @@ export class Reconciler {
   }
 
   private async loop(): Promise<void> {
+    try {
+      await this.loopSyncs();
+    } finally {
+      // stopped (or nothing left) with an applied revision not written yet
+      await this.persist();
+    }
+  }
+
+  private async loopSyncs(): Promise<void> {
     while (this.pending && !this.stopped) {
       const d = this.pending;
       this.pending = null;
@@ -314,10 +323,13 @@ export class Reconciler {
           { status: 'applied', revision: d.policy.revision, kind: result.kind, durationMs: result.durationMs, digest: result.digest, source: d.source },
           d.waiters,
         );
-        // after the ack (a 100k-member document takes ~15 ms to write), before the next sync
-        await this.persist();
+        // after the ack (a 1M-member document takes ~0.2 s to write), before the next sync; when a newer
+        // revision already waits, it goes first and what is applied after it is written (below, or after its own sync)
+        if (!this.pending) await this.persist();
         continue;
       }
+      // a failed sync leaves the last applied revision in place: that one is the last known good
+      await this.persist();
       const newer = this.pending !== null;
       const delay = Math.min(this.o.retryMaxMs, this.o.retryInitialMs * 2 ** this.retryAttempt);
       this.retryAttempt++;

@@ -230,6 +230,38 @@ describe('reconciler', () => {
     expect(store.saves).toBe(2);
   });
 
+  it('in a burst, writes only what is applied last: a revision a newer one already waits behind is not written', async () => {
+    const { nft, store, r } = setup();
+    const release = nft.hold('apply');
+    const first = r.submit(policy(1), 'controller');
+    await Promise.resolve();
+    const second = r.submit(policy(2, { httpPort: '81' }), 'controller');
+    release();
+    expect(await first).toMatchObject({ status: 'applied', revision: 1 });
+    expect(await second).toMatchObject({ status: 'applied', revision: 2 });
+    await r.idle();
+    expect(store.saves).toBe(1);
+    expect(store.policy?.revision).toBe(2);
+  });
+
+  it('when the newer revision of a burst fails, writes the one that is applied', async () => {
+    const { nft, store, r } = setup();
+    const releaseFirst = nft.hold('apply');
+    const releaseSecond = nft.hold('apply');
+    const first = r.submit(policy(1), 'controller');
+    await Promise.resolve();
+    const second = r.submit(policy(2, { httpPort: '81' }), 'controller');
+    releaseFirst();
+    expect(await first).toMatchObject({ status: 'applied', revision: 1 });
+    nft.failNext('apply');
+    releaseSecond();
+    expect(await second).toMatchObject({ status: 'failed', revision: 2 });
+    await r.idle();
+    expect(store.saves).toBe(1);
+    expect(store.policy?.revision).toBe(1);
+    await r.stop();
+  });
+
   it('does not rewrite the state file for a policy that came from it', async () => {
     const { store, r } = setup();
     await r.submit(policy(1), 'disk');
