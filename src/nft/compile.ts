@@ -152,7 +152,22 @@ function icmpProto(f: Family): number {
   return f === 4 ? 1 : 58;
 }
 
+/** Does a range of sorted disjoint `ranges` intersect [lo, hi]? (binary search) */
+function anyIntersects(ranges: readonly AddrRange[], lo: bigint, hi: bigint): boolean {
+  let l = 0;
+  let h = ranges.length;
+  while (l < h) {
+    const mid = (l + h) >> 1;
+    if (ranges[mid]!.hi < lo) l = mid + 1;
+    else h = mid;
+  }
+  return l < ranges.length && ranges[l]!.lo <= hi;
+}
+
 function rangesIntersect(a: readonly AddrRange[], b: readonly AddrRange[]): boolean {
+  // a big member list against a few prefixes: binary search instead of walking the members
+  if (a.length > 16 * b.length) return b.some((r) => anyIntersects(a, r.lo, r.hi));
+  if (b.length > 16 * a.length) return a.some((r) => anyIntersects(b, r.lo, r.hi));
   let i = 0;
   let j = 0;
   while (i < a.length && j < b.length) {

@@ -40,6 +40,32 @@ function naiveLayers(rules: readonly NormalizedRule[]): (number | null)[] {
 }
 
 describe('layers', () => {
+  it('rulesOverlap on a big member list against a few ranges (binary search) agrees with a brute-force check', () => {
+    const rng = createRng(77);
+    const ranges = (n: number, width: number, start: number): { family: 4; lo: bigint; hi: bigint }[] => {
+      const out: { family: 4; lo: bigint; hi: bigint }[] = [];
+      let at = BigInt(start);
+      for (let i = 0; i < n; i++) {
+        const lo = at + BigInt(rng.int(1, 40));
+        const hi = lo + BigInt(rng.int(0, width));
+        out.push({ family: 4, lo, hi });
+        at = hi + 1n;
+      }
+      return out;
+    };
+    const base = normalizeRules(policyOf([{ id: 'a' }, { id: 'b' }]))[0]!;
+    const seen = new Set<boolean>();
+    for (let k = 0; k < 500; k++) {
+      const many = ranges(rng.int(17, 300), 0, 0);
+      const few = ranges(rng.int(1, 3), 30, rng.int(0, 15_000));
+      const brute = many.some((x) => few.some((y) => x.lo <= y.hi && y.lo <= x.hi));
+      seen.add(brute);
+      expect(rulesOverlap({ ...base, peers: many }, { ...base, peers: few })).toBe(brute);
+      expect(rulesOverlap({ ...base, peers: few }, { ...base, peers: many })).toBe(brute);
+    }
+    expect([...seen].sort()).toEqual([false, true]);
+  });
+
   it('rules of one layer never overlap, each rule sits above every earlier rule it overlaps, and every map has disjoint keys (random policies)', () => {
     for (const seed of SEEDS) {
       const policy = parsePolicy(randomPolicy(createRng(seed)));
