@@ -7,7 +7,9 @@
  * cost the same at any group size.
  *
  * One request at a time: the input goes to a file in a private directory
- * (mode 0700), one line `<id> <args...>` goes to the shell's stdin, the shell
+ * (mode 0700, `secgroup-nft-<pid>-*` in the temporary directory: removed on
+ * exit, or by the next agent when its process was killed), one line
+ * `<id> <args...>` goes to the shell's stdin, the shell
  * runs `<command> <args...> <in >out 2>err` and answers `<id> <exit code>`.
  * Arguments are tokens our code builds (flags, table and set names), never
  * user text; the shell splits them on spaces with globbing off. A request
@@ -15,7 +17,7 @@
  * command included); a dead shell is started again on the next request.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,6 +47,38 @@ while IFS= read -r line; do
   "$@" $args <"$D/in" >"$D/out" 2>"$D/err"
   echo "$id $?"
 done`;
+
+const DIR_PREFIX = 'secgroup-nft-';
+let staleChecked = false;
+
+/**
+ * Removes the directories of spawners whose process is gone (killed before
+ * its exit hook ran: SIGKILL, a crash), once per process: only our own user's,
+ * only when the pid in the name is not a live process.
+ */
+export function removeStaleDirs(): void {
+  try {
+    const uid = process.getuid?.();
+    for (const name of readdirSync(tmpdir())) {
+      const m = new RegExp(`^${DIR_PREFIX}(\\d+)-`).exec(name);
+      if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+      const path = join(tmpdir(), name);
+      if (uid !== undefined && statSync(path).uid !== uid) continue;
+      rmSync(path, { recursive: true, force: true });
+    }
+  } catch {
+    // best effort: a directory we cannot list or remove is left as it is
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
 
 /** Directories of live spawners, removed when the process exits. */
 const liveDirs = new Set<string>();
@@ -82,7 +116,11 @@ export class ShellSpawner {
 
   private start(): ChildProcess {
     if (!this.dir) {
-      this.dir = mkdtempSync(join(tmpdir(), 'secgroup-nft-'));
+      if (!staleChecked) {
+        staleChecked = true;
+        removeStaleDirs();
+      }
+      this.dir = mkdtempSync(join(tmpdir(), `${DIR_PREFIX}${process.pid}-`));
       liveDirs.add(this.dir);
       if (!exitHook) {
         exitHook = true;

@@ -207,6 +207,8 @@ export class AgentLab {
       cwd: REPO,
       buffer: false,
       stdin: 'ignore',
+      // the agent's nft helper directory goes with the lab's directory, also when the agent is killed
+      env: { TMPDIR: this.dir },
     });
     const agent = new AgentProcess(proc, proc.stderr!);
     this.procs.push(agent);

@@ -65,7 +65,8 @@ class IntegrationLab {
   }
 
   private spawn(ns: string, args: string[], stdin: 'pipe' | 'ignore'): ResultPromise {
-    return execa('ip', ['netns', 'exec', ns, TSX, ...args], { cwd: REPO, buffer: false, stdin, reject: false });
+    // TMPDIR: the agents' nft helper directories go with the lab's directory
+    return execa('ip', ['netns', 'exec', ns, TSX, ...args], { cwd: REPO, buffer: false, stdin, reject: false, env: { TMPDIR: this.dir } });
   }
 
   async rpc(ns: string): Promise<Peer> {

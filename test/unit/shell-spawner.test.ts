@@ -3,10 +3,11 @@
  * with stand-in commands: output, exit codes, input, order, timeouts, a dead
  * shell started again, unsafe arguments refused, cleanup.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ShellSpawner, SpawnTimeoutError } from '../../src/nft/shell-spawner.js';
+import { removeStaleDirs, ShellSpawner, SpawnTimeoutError } from '../../src/nft/shell-spawner.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
 
 const spawners: ShellSpawner[] = [];
@@ -63,6 +64,21 @@ describe('ShellSpawner', () => {
     s.close();
     expect(existsSync(`${tmpdir()}/${mine[0]}`)).toBe(false);
     await expect(s.run([])).rejects.toThrow(/stopped/);
+  });
+
+  it("removes the directories of spawners whose process is gone, and only those", () => {
+    let dead = 4_000_000;
+    while (existsSync(`/proc/${dead}`)) dead--;
+    const stale = join(tmpdir(), `secgroup-nft-${dead}-test`);
+    const live = join(tmpdir(), `secgroup-nft-${process.ppid}-test`);
+    const other = join(tmpdir(), 'secgroup-nft-notapid-test');
+    for (const d of [stale, live, other]) mkdirSync(d, { recursive: true });
+    try {
+      removeStaleDirs();
+      expect([existsSync(stale), existsSync(live), existsSync(other)]).toEqual([false, true, true]);
+    } finally {
+      for (const d of [stale, live, other]) rmSync(d, { recursive: true, force: true });
+    }
   });
 
   it('through the nft runner: without a usable private directory, nft runs directly and the reason is kept', async () => {
