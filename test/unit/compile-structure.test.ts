@@ -5,7 +5,7 @@
  * chains and counters; digests.
  */
 import { describe, expect, it } from 'vitest';
-import { assignLayers, compilePolicy, groupMapName, memberSetName, rulesOverlap, ruleChainName } from '../../src/nft/compile.js';
+import { assignLayers, compilePolicy, findShadowed, groupMapName, matchesEveryAddress, memberSetName, ruleCovers, rulesOverlap, ruleChainName } from '../../src/nft/compile.js';
 import type { Chain, Table } from '../../src/nft/model.js';
 import { renderScript } from '../../src/nft/render.js';
 import { formatIp, parseIp } from '../../src/policy/address.js';
@@ -37,6 +37,21 @@ function naiveLayers(rules: readonly NormalizedRule[]): (number | null)[] {
     return layers.push(layer);
   });
   return layers;
+}
+
+/** Shadowed rules by their definition (an earlier rule covers them; group rules only as compile.ts allows), the slow way. */
+function naiveShadowed(rules: readonly NormalizedRule[]): boolean[] {
+  return rules.map((r, i) => {
+    if (r.peers.length === 0) return false;
+    for (let j = 0; j < i; j++) {
+      const q = rules[j]!;
+      const qGroup = q.remote.kind === 'group' ? q.remote.id : null;
+      const rGroup = r.remote.kind === 'group' ? r.remote.id : null;
+      const allowed = qGroup !== null ? qGroup === rGroup : rGroup === null || matchesEveryAddress(q);
+      if (allowed && q.peers.length > 0 && ruleCovers(q, r)) return true;
+    }
+    return false;
+  });
 }
 
 describe('layers', () => {
@@ -78,6 +93,7 @@ describe('layers', () => {
           const rules = all.filter((r) => r.direction === direction && r.family === family);
           const layers = assignLayers(rules);
           expect(layers, `seed ${seed}: the index gives the layers of the definition`).toEqual(naiveLayers(rules));
+          expect(findShadowed(rules), `seed ${seed}: the index finds the shadowed rules of the definition`).toEqual(naiveShadowed(rules));
           rules.forEach((a, i) =>
             rules.forEach((b, j) => {
               if (i < j && layers[i] !== null && layers[i] === layers[j]) expect(rulesOverlap(a, b), `seed ${seed}: ${a.ruleId} / ${b.ruleId}`).toBe(false);
