@@ -121,8 +121,9 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
   });
 
   it('repairs `nft delete table inet secgroup` within one drift period', async () => {
-    await lab.nft(['delete', 'table', 'inet', 'secgroup']);
+    // counted before the change: a drift check may catch it before the next line runs
     const from = agent.lines.length;
+    await lab.nft(['delete', 'table', 'inet', 'secgroup']);
     expect(await verdicts([8002])).toEqual({ 8002: true }); // open while our table is gone
     await agent.waitFor((l) => l.event === 'drift' && l.drift === 'missing', DRIFT_PERIOD_MS * 2 + 2000, from, 'drift repair');
     await agent.waitFor((l) => l.event === 'apply' && l.source === 'drift', 5000, from, 'drift re-apply');
@@ -131,17 +132,17 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
   });
 
   it('repairs `nft flush table inet secgroup` within one drift period', async () => {
-    await lab.nft(['flush', 'table', 'inet', 'secgroup']);
     const from = agent.lines.length;
+    await lab.nft(['flush', 'table', 'inet', 'secgroup']);
     await agent.waitFor((l) => l.event === 'drift', DRIFT_PERIOD_MS * 2 + 2000, from, 'drift repair');
     await agent.waitFor((l) => l.event === 'apply' && l.source === 'drift', 5000, from, 'drift re-apply');
     expect(await verdicts([8000, 8002])).toEqual({ 8000: true, 8002: false });
   });
 
   it('repairs a rule added by hand', async () => {
+    const from = agent.lines.length;
     await lab.nft(['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '8002', 'accept']);
     expect(await verdicts([8002])).toEqual({ 8002: true });
-    const from = agent.lines.length;
     await agent.waitFor((l) => l.event === 'drift', DRIFT_PERIOD_MS * 2 + 2000, from, 'drift repair');
     await agent.waitFor((l) => l.event === 'apply' && l.source === 'drift', 5000, from, 'drift re-apply');
     expect(await verdicts([8002])).toEqual({ 8002: false });
