@@ -22,6 +22,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { processAlive } from '../lib/pid.js';
 
 export interface SpawnResult {
   stdout: string;
@@ -61,22 +62,13 @@ export function removeStaleDirs(): void {
     const uid = process.getuid?.();
     for (const name of readdirSync(tmpdir())) {
       const m = new RegExp(`^${DIR_PREFIX}(\\d+)-`).exec(name);
-      if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+      if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
       const path = join(tmpdir(), name);
       if (uid !== undefined && statSync(path).uid !== uid) continue;
       rmSync(path, { recursive: true, force: true });
     }
   } catch {
     // best effort: a directory we cannot list or remove is left as it is
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { processAlive } from '../../src/lib/pid.js';
 import { compilePolicy } from '../../src/nft/compile.js';
 import { renderScript } from '../../src/nft/render.js';
 import { loadPolicyFile } from '../../src/policy/load.js';
@@ -42,14 +43,6 @@ function skipReason(): string | null {
 }
 const reason = skipReason();
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${reason})` : ''}`, () => {
   const ns = `${NS_PREFIX}${process.pid}-${randomBytes(2).toString('hex')}`;
@@ -85,7 +78,7 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     // leftovers of crashed runs: namespaces whose creating process is gone
     for (const line of ip('netns', 'list').split('\n')) {
       const m = new RegExp(`^(${NS_PREFIX}(\\d+)-[0-9a-f]+)\\b`).exec(line);
-      if (m && !alive(Number(m[2]))) ip('netns', 'del', m[1]!);
+      if (m && !processAlive(Number(m[2]))) ip('netns', 'del', m[1]!);
     }
     ip('netns', 'add', ns);
     ip('-n', ns, 'link', 'set', 'lo', 'up');
