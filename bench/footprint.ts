@@ -93,7 +93,7 @@ export async function runFootprintBench(): Promise<FootprintRow[]> {
       controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token' },
       platform: { dhcp: false },
     });
-    const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: 'ignore', env: unitEnvironment() });
+    const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: 'ignore', env: { ...unitEnvironment(), TMPDIR: dir } });
     const pid = agent.pid!;
     try {
       await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');

@@ -110,6 +110,8 @@ function start(n: Node, name: string, cmd: string[], stdio: 'log' | 'pipe' = 'lo
   const p = spawn('ip', ['netns', 'exec', NS(n), ...cmd], {
     cwd: REPO,
     stdio: stdio === 'log' ? ['ignore', log, log] : ['pipe', 'pipe', log],
+    // temporary files (the agents' nft helper directories) go with the demo's directory
+    env: { ...process.env, TMPDIR: dir },
   });
   closeSync(log);
   procs.push(p);
