@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { formatIp, parsePrefix, FAMILY_BITS, type Family } from '../../src/policy/address.js';
 import { canonicalIpSetEntry, canonicalMultiport, canonicalRemotePrefix, canonicalRuleFields, embeddedIpv4 } from '../../src/policy/canonical.js';
 import { mergePorts } from '../../src/policy/normalize.js';
-import { parseMultiport } from '../../src/policy/schema.js';
+import { parseMultiport, parsePolicy } from '../../src/policy/schema.js';
 
 const MAPPED = 0xffffn << 32n;
 const u32 = fc.bigInt({ min: 0n, max: (1n << 32n) - 1n });
@@ -117,5 +117,26 @@ describe('canonicalRuleFields', () => {
       fields: { protocol: null, multiport: null, remote_ip_prefix: null, remote_group_id: null, remote_address_group_id: null },
     });
     expect(canonicalRuleFields({ remote_ip_prefix: '::ffff:198.18.0.1' })).toMatchObject({ ok: false, field: 'remote_ip_prefix' });
+  });
+});
+
+describe('the policy document stays as lenient as before (documents a controller stored earlier remain valid)', () => {
+  it('accepts non-canonical spellings and IPv4-mapped IPv6 that the API now refuses or rewrites', () => {
+    const doc = {
+      revision: 1,
+      instance: { id: 'i1', addresses: ['198.18.0.10'] },
+      security_groups: [
+        {
+          id: 'sg',
+          rules: [
+            { id: 'a', direction: 'ingress', protocol: 'tcp', multiport: ' 22, 80-80', remote_ip_prefix: '198.18.0.5/24' },
+            { id: 'b', direction: 'ingress', remote_ip_prefix: '198.18.0.0/08' },
+            { id: 'c', direction: 'ingress', ethertype: 'IPv6', remote_ip_prefix: '::ffff:198.18.0.1' },
+          ],
+        },
+      ],
+      address_groups: [{ id: 'ag', ip_version: 6, ip_set: ['::ffff:198.18.0.0/120'] }],
+    };
+    expect(parsePolicy(doc).security_groups[0]!.rules.map((r) => r.remote_ip_prefix)).toEqual(['198.18.0.5/24', '198.18.0.0/08', '::ffff:198.18.0.1']);
   });
 });

@@ -141,3 +141,12 @@ describe('instances: canonical addresses', () => {
     expect(r.body.instance.addresses).toEqual(['198.18.0.10', 'fd00:5ec::10']);
   });
 });
+
+describe('OpenAPI', () => {
+  it('describes the canonical forms of multiport, remote_ip_prefix and ip_set', async () => {
+    const text = (await call(t.app, 'GET', '/openapi.json', undefined, {})).text;
+    expect(text).toMatch(/IP or CIDR of the rule's ethertype; stored canonical/);
+    expect(text).toMatch(/stored canonical: items trimmed/);
+    expect(text).toMatch(/ranges \\"first-last\\" of ip_version; stored canonical/);
+  });
+});
