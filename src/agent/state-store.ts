@@ -2,15 +2,19 @@
  * Last known good: the policy the agent last applied, kept in the state
  * directory so a reboot with the controller down still enforces it
  * (fail-static). Written atomically: temp file, fsync, rename, fsync of the
- * directory. A file that cannot be parsed or validated is moved aside (never
+ * directory. The file is created 0600 and the directory 0700 (they hold the
+ * whole policy); a state file found readable by others is tightened at load
+ * (src/lib/private-files.ts). A file that cannot be parsed or validated is moved aside (never
  * overwritten, never replaced by "allow all") and reported.
  */
-import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
+import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SecgroupError, errorMessage } from '../lib/errors.js';
 import { checkPolicy, type Policy } from '../policy/schema.js';
 import { formatIssue } from '../lib/errors.js';
+import type { Logger } from '../lib/logger.js';
+import { ensurePrivateDir, tightenFile, PRIVATE_FILE_MODE } from '../lib/private-files.js';
 
 export const STATE_FILE = 'policy.json';
 const FORMAT = 1;
@@ -67,10 +71,11 @@ export function renderStateText(policy: Policy, savedAt: string): string {
 export class FileStateStore implements StateStore {
   readonly path: string;
 
-  /** `now` gives the wall clock (for `saved_at` and the name of a file moved aside). */
+  /** `now` gives the wall clock (for `saved_at` and the name of a file moved aside); `logger` gets the warnings about file modes. */
   constructor(
     readonly dir: string,
     private readonly now: () => number,
+    private readonly logger?: Logger,
   ) {
     this.path = join(dir, STATE_FILE);
   }
@@ -88,6 +93,11 @@ export class FileStateStore implements StateStore {
   }
 
   async load(): Promise<LoadResult> {
+    try {
+      tightenFile(this.path, this.logger);
+    } catch (e) {
+      this.logger?.warn({ event: 'file_mode_tighten_failed', path: this.path, err: e }, `cannot make ${this.path} private (0600): ${errorMessage(e)}`);
+    }
     const r = await this.peek();
     if (r.kind !== 'corrupt' || r.error.code !== 'STATE_CORRUPT') return r;
     const aside = `${this.path}.corrupt-${new Date(this.now()).toISOString().replace(/[:.]/g, '-')}`;
@@ -102,9 +112,10 @@ export class FileStateStore implements StateStore {
   async save(policy: Policy): Promise<void> {
     const tmp = `${this.path}.tmp-${randomBytes(6).toString('hex')}`;
     try {
-      await mkdir(this.dir, { recursive: true, mode: 0o700 });
-      const fh = await open(tmp, 'w', 0o600);
+      ensurePrivateDir(this.dir, this.logger);
+      const fh = await open(tmp, 'wx', PRIVATE_FILE_MODE);
       try {
+        await fh.chmod(PRIVATE_FILE_MODE); // exactly 0600, whatever the umask
         await fh.writeFile(renderStateText(policy, new Date(this.now()).toISOString()), 'utf8');
         await fh.sync();
       } finally {

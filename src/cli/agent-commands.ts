@@ -158,7 +158,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       const agent = createAgent({
         config,
         nft,
-        store: new FileStateStore(config.state_dir, systemClock.now),
+        store: new FileStateStore(config.state_dir, systemClock.now, logger),
         clock: systemClock,
         logger,
         scheduler: cronScheduler,

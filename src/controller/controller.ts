@@ -5,13 +5,14 @@
  * connections, drains HTTP requests and closes what it opened. Nothing here
  * reads `process`; `secgroup controller` (src/cli) wires signals to `stop()`.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { systemClock, type Clock } from '../lib/clock.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { SecgroupError } from '../lib/errors.js';
+import { ensurePrivateDir } from '../lib/private-files.js';
 import { AGENT_PATH } from '../protocol/messages.js';
 import { buildApi, type ApiToken } from './api/app.js';
 import type { ControllerConfig } from './config.js';
@@ -81,8 +82,8 @@ export function createController(deps: ControllerDeps): Controller {
       if (app) throw new SecgroupError('INTERNAL', 'the controller is already started');
       let store = deps.store;
       if (!store) {
-        await mkdir(config.data_dir, { recursive: true, mode: 0o700 });
-        store = ownStore = openSqliteStore(join(config.data_dir, DB_FILE), { synchronous: config.store.synchronous });
+        ensurePrivateDir(config.data_dir, logger);
+        store = ownStore = openSqliteStore(join(config.data_dir, DB_FILE), { synchronous: config.store.synchronous, logger });
       }
       let https: { cert: Buffer; key: Buffer } | null = null;
       if (config.tls) {

@@ -6,6 +6,7 @@
  */
 import { canonicalIp, ipFamily, parsePrefix, FAMILY_MAX } from '../policy/address.js';
 import { mergePorts } from '../policy/normalize.js';
+import { canonicalIpSetEntry, canonicalRuleFields } from '../policy/canonical.js';
 import { checkAddressGroupEntries, checkRule, parseMultiport, parseProtocol, type Rule } from '../policy/schema.js';
 import type { Issue } from '../lib/errors.js';
 import { ApiError } from './errors.js';
@@ -247,9 +248,17 @@ export function createRules(
 ): Mutation<RuleRow[]> {
   findGroup(snap, groupId);
   const issues: Issue[] = [];
+  // the canonical form of each input (docs/api.md "Stored values are canonical"): what is compared, stored and returned
+  const canonical: RuleCreate[] = [];
   inputs.forEach((input, i) => {
     const path = paths[i]!;
-    issues.push(...checkRule(toPolicyRule(input), path));
+    const ruleIssues = checkRule(toPolicyRule(input), path);
+    issues.push(...ruleIssues);
+    if (!ruleIssues.length) {
+      const c = canonicalRuleFields(input);
+      if (c.ok) canonical.push({ ...input, ...c.fields });
+      else issues.push({ path: `${path}.${c.field}`, message: c.message });
+    }
     if (input.remote_group_id && !snap.groups.some((g) => g.id === input.remote_group_id)) {
       issues.push({ path: `${path}.remote_group_id`, message: `security group ${JSON.stringify(input.remote_group_id)} does not exist in project ${snap.projectId}` });
     }
@@ -270,7 +279,7 @@ export function createRules(
   for (const r of existing) byKey.set(ruleMatchKey(r), { action: r.action, what: `rule ${JSON.stringify(r.id)}` });
   const ids = new Set(snap.rules.map((r) => r.id));
   const created: RuleRow[] = [];
-  inputs.forEach((input, i) => {
+  canonical.forEach((input, i) => {
     const path = paths[i]!;
     const key = ruleMatchKey(input);
     const same = byKey.get(key);
@@ -293,13 +302,13 @@ export function createRules(
       priority: input.priority,
       action: input.action,
       ethertype: input.ethertype,
-      protocol: input.protocol || null,
-      multiport: input.multiport || null,
+      protocol: input.protocol,
+      multiport: input.multiport,
       icmp_type: input.icmp_type,
       icmp_code: input.icmp_code,
-      remote_ip_prefix: input.remote_ip_prefix || null,
-      remote_group_id: input.remote_group_id || null,
-      remote_address_group_id: input.remote_address_group_id || null,
+      remote_ip_prefix: input.remote_ip_prefix,
+      remote_group_id: input.remote_group_id,
+      remote_address_group_id: input.remote_address_group_id,
       description: input.description,
       created_at: ctx.now,
     };
@@ -323,21 +332,32 @@ export function deleteRule(snap: ProjectSnapshot, id: string): Mutation<null> {
 
 // ---- address groups ----
 
-function checkIpSet(ipVersion: 4 | 6, ipSet: readonly string[], path: string, ctx: MutationContext): void {
+/** Checks an `ip_set` and returns its entries in canonical form (duplicates are found among the canonical forms). */
+function checkIpSet(ipVersion: 4 | 6, ipSet: readonly string[], path: string, ctx: MutationContext): string[] {
   const issues = checkAddressGroupEntries({ ip_version: ipVersion, ip_set: [...ipSet] }, path);
+  const bad = new Set(issues.map((i) => i.path));
   const seen = new Map<string, number>();
+  const canonical: string[] = [];
   ipSet.forEach((e, i) => {
-    if (seen.has(e)) issues.push({ path: `${path}.ip_set[${i}]`, message: `${JSON.stringify(e)} is listed twice (also ip_set[${seen.get(e)}])` });
-    else seen.set(e, i);
+    const at = `${path}.ip_set[${i}]`;
+    if (bad.has(at)) return;
+    const c = canonicalIpSetEntry(e);
+    if (!c.ok) issues.push({ path: at, message: c.error });
+    else if (seen.has(c.value)) issues.push({ path: at, message: `${JSON.stringify(e)} is listed twice (also ip_set[${seen.get(c.value)}])` });
+    else {
+      seen.set(c.value, i);
+      canonical.push(c.value);
+    }
   });
   if (issues.length) throw ApiError.invalid(issues);
   if (ipSet.length > ctx.quotas.entries_per_address_group) {
     throw new ApiError('quota', `${path}.ip_set has ${ipSet.length} entries (quota entries_per_address_group: ${ctx.quotas.entries_per_address_group})`);
   }
+  return canonical;
 }
 
 export function createAddressGroup(snap: ProjectSnapshot, input: AddressGroupCreate, ctx: MutationContext): Mutation<AddressGroupRow> {
-  checkIpSet(input.ip_version, input.ip_set, 'address_group', ctx);
+  const ipSet = checkIpSet(input.ip_version, input.ip_set, 'address_group', ctx);
   if (snap.addressGroups.length >= ctx.quotas.address_groups_per_project) {
     throw new ApiError('quota', `project ${snap.projectId} already has ${snap.addressGroups.length} address groups (quota address_groups_per_project: ${ctx.quotas.address_groups_per_project})`);
   }
@@ -347,7 +367,7 @@ export function createAddressGroup(snap: ProjectSnapshot, input: AddressGroupCre
     name: input.name,
     description: input.description,
     ip_version: input.ip_version,
-    ip_set: input.ip_set,
+    ip_set: ipSet,
     created_at: ctx.now,
     updated_at: ctx.now,
   };
@@ -356,12 +376,12 @@ export function createAddressGroup(snap: ProjectSnapshot, input: AddressGroupCre
 
 export function updateAddressGroup(snap: ProjectSnapshot, id: string, input: AddressGroupUpdate, ctx: MutationContext): Mutation<AddressGroupRow> {
   const old = findAddressGroup(snap, id);
-  if (input.ip_set) checkIpSet(old.ip_version, input.ip_set, 'address_group', ctx);
+  const ipSet = input.ip_set ? checkIpSet(old.ip_version, input.ip_set, 'address_group', ctx) : undefined;
   const addressGroup: AddressGroupRow = {
     ...old,
     name: input.name ?? old.name,
     description: input.description ?? old.description,
-    ip_set: input.ip_set ?? old.ip_set,
+    ip_set: ipSet ?? old.ip_set,
     updated_at: ctx.now,
   };
   return { ops: [{ op: 'putAddressGroup', addressGroup }], result: addressGroup };

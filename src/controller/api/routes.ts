@@ -48,6 +48,7 @@ import type { z } from 'zod';
 
 type RuleOption = z.output<typeof batchRuleOptionSchema>;
 
+/** Body fields to the domain's input; the domain canonicalises them ("" = absent, see policy/canonical.ts). */
 function toRuleCreate(groupId: string, r: RuleOption): RuleCreate {
   return {
     id: r.id,
@@ -56,13 +57,13 @@ function toRuleCreate(groupId: string, r: RuleOption): RuleCreate {
     priority: r.priority,
     action: r.action,
     ethertype: r.ethertype,
-    protocol: r.protocol || null,
-    multiport: r.multiport || null,
+    protocol: r.protocol ?? null,
+    multiport: r.multiport ?? null,
     icmp_type: r.icmp_type ?? null,
     icmp_code: r.icmp_code ?? null,
-    remote_ip_prefix: r.remote_ip_prefix || null,
-    remote_group_id: r.remote_group_id || null,
-    remote_address_group_id: r.remote_address_group_id || null,
+    remote_ip_prefix: r.remote_ip_prefix ?? null,
+    remote_group_id: r.remote_group_id ?? null,
+    remote_address_group_id: r.remote_address_group_id ?? null,
     description: r.description ?? '',
   };
 }

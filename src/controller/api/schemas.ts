@@ -34,6 +34,10 @@ const ruleOptionFields = {
   priority: priorityInput,
   /** newer Huawei API versions have `enabled`; disabled rules do not exist here */
   enabled: z.literal(true).optional().describe('only `true` is supported'),
+  multiport: ruleSchema.shape.multiport.describe('ports or ranges "a-b", comma-separated; stored canonical: items trimmed, "a-a" as "a" (docs/api.md)'),
+  remote_ip_prefix: ruleSchema.shape.remote_ip_prefix.describe(
+    'IP or CIDR of the rule\'s ethertype; stored canonical: network address with a length (bare IP /32 or /128), RFC 5952 IPv6; leading zeros and IPv4-mapped IPv6 refused',
+  ),
 };
 
 export const createRuleOptionSchema = ruleSchema.extend({ ...ruleOptionFields, security_group_id: idSchema });
@@ -56,8 +60,8 @@ export const ruleView = z.object({
   created_at: z.string(),
   updated_at: z.string(),
   ethertype: z.enum(['IPv4', 'IPv6']),
-  remote_ip_prefix: z.string().nullable(),
-  multiport: z.string().nullable(),
+  remote_ip_prefix: z.string().nullable().describe('canonical: network/length, e.g. "198.18.0.0/24"'),
+  multiport: z.string().nullable().describe('canonical: e.g. "22,80,8000-8080"'),
   action: z.enum(['allow', 'deny']),
   priority: z.int(),
   remote_group_id: z.string().nullable(),
@@ -104,7 +108,7 @@ export const createAddressGroupBody = z.strictObject({
     name: nameSchema,
     description: descriptionSchema,
     ip_version: z.union([z.literal(4), z.literal(6)]),
-    ip_set: z.array(z.string()).default([]).describe('IP addresses, CIDRs or ranges "first-last" of ip_version'),
+    ip_set: z.array(z.string()).default([]).describe('IP addresses, CIDRs or ranges "first-last" of ip_version; stored canonical (IPs and CIDRs as network/length, RFC 5952 IPv6); IPv4-mapped IPv6 refused'),
     max_capacity: z.int().min(0).optional().describe('accepted and checked against ip_set, not stored (the limit is the quota entries_per_address_group)'),
   })
     .refine((a) => a.max_capacity === undefined || a.ip_set.length <= a.max_capacity, { message: 'has more entries than max_capacity', path: ['ip_set'] }),

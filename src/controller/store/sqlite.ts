@@ -12,6 +12,8 @@
  */
 import Database from 'better-sqlite3';
 import { SecgroupError } from '../../lib/errors.js';
+import type { Logger } from '../../lib/logger.js';
+import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
 import { EMPTY_AGENT_STATE, type AgentState, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
@@ -115,6 +117,8 @@ export interface SqliteStoreOptions {
   synchronous?: 'FULL' | 'NORMAL';
   /** how long a writer waits for another process's write lock (ms) */
   busyTimeoutMs?: number;
+  /** where a warning goes when an existing database file was readable by others and is tightened to 0600 */
+  logger?: Logger;
 }
 
 interface RuleDbRow extends Omit<RuleRow, 'direction' | 'action' | 'ethertype'> {
@@ -123,10 +127,15 @@ interface RuleDbRow extends Omit<RuleRow, 'direction' | 'action' | 'ethertype'> 
   ethertype: string;
 }
 
-/** Opens (creating if needed) and migrates the database; throws SecgroupError STATE_IO. */
+/** Opens (creating it with mode 0600 if needed) and migrates the database; throws SecgroupError STATE_IO. */
 export function openSqliteStore(file: string, opts: SqliteStoreOptions = {}): SqliteStore {
   let db: Db;
   try {
+    if (file !== ':memory:') {
+      // created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the database file's mode
+      ensurePrivateFile(file, opts.logger);
+      for (const side of [`${file}-wal`, `${file}-shm`, `${file}-journal`]) tightenFile(side, opts.logger);
+    }
     db = new Database(file);
     db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
