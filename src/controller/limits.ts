@@ -36,6 +36,8 @@ export function sourceKey(address: string | undefined): string {
   return a.startsWith('::ffff:') && a.includes('.') ? a.slice(7) : a;
 }
 
+const EPSILON = 1e-9;
+
 interface Bucket {
   tokens: number;
   /** clock.monotonic() of the last refill */
@@ -60,13 +62,15 @@ export class AuthFailureLimiter {
   /** Whether `source` may try a token now; `firstRefusal` is true once per episode of refusals (log it then). */
   check(source: string): AuthCheck {
     const b = this.refill(source);
-    if (!b || b.tokens >= 1) {
+    // EPSILON: a refill by float steps must not leave a client that waited its Retry-After just short of a token
+    if (!b || b.tokens >= 1 - EPSILON) {
       if (b) b.reported = false;
       return { limited: false };
     }
     const firstRefusal = !b.reported;
     b.reported = true;
-    return { limited: true, retryAfterSeconds: Math.max(1, Math.ceil((1 - b.tokens) / this.perMs / 1000)), firstRefusal };
+    const seconds = (1 - b.tokens) / this.perMs / 1000;
+    return { limited: true, retryAfterSeconds: Math.max(1, Math.ceil(seconds - EPSILON)), firstRefusal };
   }
 
   /** Records a failed authentication of `source` (takes one token). */
