@@ -21,7 +21,7 @@ export const HTTP_LIMIT_DEFAULTS = {
   headers_timeout_ms: 10_000,
   keep_alive_timeout_ms: 5_000,
   max_connections_per_source: 64,
-  max_connections: 4096,
+  max_connections: 16_384,
   auth_failures_per_minute: 10,
   auth_failure_burst: 20,
 } as const;

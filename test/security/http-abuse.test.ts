@@ -166,6 +166,19 @@ describe('connections per source address', () => {
   });
 });
 
+describe('connections in total', () => {
+  it('over http.max_connections a connection from any source is closed on accept', async () => {
+    run = await startController({ max_connections: 2, max_connections_per_source: 2 });
+    await open();
+    await open('127.0.0.2');
+    const excess = await open('127.0.0.3');
+    await excess.closed;
+    expect(excess.data).toBe('');
+    expect(await metric('secgroup_controller_connections_rejected_total')).toContain('reason="total"} 1');
+    expect(run.logs.filter((l) => l.event === 'connection_rejected')).toEqual([expect.objectContaining({ source: '127.0.0.3', reason: 'total', limit: 2 })]);
+  });
+});
+
 describe('failed authentications per source address', () => {
   it('over the budget: 429 with Retry-After in the API shape, also for a valid token, until the bucket refills', async () => {
     run = await startController({ auth_failure_burst: 3, auth_failures_per_minute: 6 });

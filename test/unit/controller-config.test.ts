@@ -36,7 +36,7 @@ describe('controller configuration', () => {
         headers_timeout_ms: 10000,
         keep_alive_timeout_ms: 5000,
         max_connections_per_source: 64,
-        max_connections: 4096,
+        max_connections: 16384,
         auth_failures_per_minute: 10,
         auth_failure_burst: 20,
       },
