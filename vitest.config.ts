@@ -13,6 +13,15 @@ export default defineConfig({
       },
       {
         test: {
+          name: 'security',
+          include: ['test/security/**/*.test.ts'],
+          // real sockets and timeouts of about a second: files one at a time, so a busy machine does not skew them
+          fileParallelism: false,
+          testTimeout: 20_000,
+        },
+      },
+      {
+        test: {
           name: 'kernel',
           include: ['test/kernel/**/*.test.ts'],
           // Namespaces and nft are cheap but real: keep files serial, they share the kernel.

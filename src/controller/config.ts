@@ -9,6 +9,7 @@ import { ValidationError, SecgroupError, type Issue } from '../lib/errors.js';
 import { isYamlPath, parseDocumentText } from '../policy/load.js';
 import { ID_PATTERN, zodIssues } from '../policy/schema.js';
 import { DEFAULT_QUOTAS } from './domain.js';
+import { HTTP_LIMIT_DEFAULTS as H } from './limits.js';
 
 const quota = (def: number) => z.int().min(1).max(1_000_000).default(def);
 
@@ -41,6 +42,25 @@ export const controllerConfigSchema = z.strictObject({
       tokens: z.array(apiTokenSchema).min(1, { message: 'at least one API token is needed (the API is closed otherwise)' }),
       max_body_bytes: z.int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
     }),
+  http: z
+    .strictObject({
+      request_timeout_ms: z.int().min(100).max(3_600_000).default(H.request_timeout_ms),
+      headers_timeout_ms: z.int().min(100).max(3_600_000).default(H.headers_timeout_ms),
+      keep_alive_timeout_ms: z.int().min(100).max(3_600_000).default(H.keep_alive_timeout_ms),
+      max_connections_per_source: z.int().min(1).max(1_000_000).default(H.max_connections_per_source),
+      max_connections: z.int().min(1).max(1_000_000).default(H.max_connections),
+      auth_failures_per_minute: z.number().positive().max(1_000_000).default(H.auth_failures_per_minute),
+      auth_failure_burst: z.int().min(1).max(1_000_000).default(H.auth_failure_burst),
+    })
+    .refine((h) => h.headers_timeout_ms <= h.request_timeout_ms, {
+      message: 'headers_timeout_ms must not be larger than request_timeout_ms',
+      path: ['headers_timeout_ms'],
+    })
+    .refine((h) => h.max_connections_per_source <= h.max_connections, {
+      message: 'max_connections_per_source must not be larger than max_connections',
+      path: ['max_connections_per_source'],
+    })
+    .prefault({}),
   quotas: z
     .strictObject({
       rules_per_group: quota(DEFAULT_QUOTAS.rules_per_group),

@@ -17,6 +17,7 @@ import { AGENT_PATH } from '../protocol/messages.js';
 import { buildApi, type ApiToken } from './api/app.js';
 import type { ControllerConfig } from './config.js';
 import { AgentHub } from './hub.js';
+import { AuthFailureLimiter } from './limits.js';
 import { createMetrics, type ControllerMetrics } from './metrics.js';
 import { ControllerService } from './service.js';
 import { openSqliteStore } from './store/sqlite.js';
@@ -93,6 +94,8 @@ export function createController(deps: ControllerDeps): Controller {
           throw new SecgroupError('CONFIG_INVALID', `cannot read the TLS certificate or key: ${(e as Error).message}`, { cause: e });
         }
       }
+      // one budget of failed authentications per source address for the API and the agents' upgrades
+      const authLimiter = new AuthFailureLimiter(clock, { perMinute: config.http.auth_failures_per_minute, burst: config.http.auth_failure_burst });
       const theHub = (hub = new AgentHub({
         store,
         clock,
@@ -103,6 +106,7 @@ export function createController(deps: ControllerDeps): Controller {
         maxMessageBytes: config.agents.max_message_bytes,
         rate: { burst: config.agents.rate_burst, perSecond: config.agents.rate_per_second },
         deltas: config.agents.deltas,
+        authLimiter,
       }));
       const service = new ControllerService({
         store,
@@ -116,7 +120,7 @@ export function createController(deps: ControllerDeps): Controller {
           metrics.revisionsBumped.inc(bumped);
         },
       });
-      app = buildApi({ service, store, presence: theHub, tokens: apiTokens(config), clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https });
+      app = buildApi({ service, store, presence: theHub, tokens: apiTokens(config), clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https, http: config.http, authLimiter });
       theHub.attach(app.server);
       await app.listen({ host: config.listen.host, port: config.listen.port });
       const addr = app.server.address() as AddressInfo;

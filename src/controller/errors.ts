@@ -16,6 +16,12 @@ export const API_ERROR_KINDS = {
   quota: { status: 409, apiCode: 'SG.0008', code: 'QUOTA', what: 'a quota would be exceeded' },
   exists: { status: 409, apiCode: 'SG.0009', code: 'CONFLICT', what: 'a resource with this id already exists' },
   tooLarge: { status: 413, apiCode: 'SG.0010', code: 'REQUEST_INVALID', what: 'the request body is too large' },
+  tooManyRequests: { status: 429, apiCode: 'SG.0011', code: 'RATE_LIMITED', what: 'too many failed authentications from this address; retry after `Retry-After` seconds' },
+  methodNotAllowed: { status: 405, apiCode: 'SG.0012', code: 'REQUEST_INVALID', what: 'the path exists, but not with this method (`Allow` lists the methods)' },
+  unsupportedMediaType: { status: 415, apiCode: 'SG.0013', code: 'REQUEST_INVALID', what: 'the body is not `application/json`' },
+  uriTooLong: { status: 414, apiCode: 'SG.0014', code: 'REQUEST_INVALID', what: 'a path parameter is longer than any id can be' },
+  headersTooLarge: { status: 431, apiCode: 'SG.0015', code: 'REQUEST_INVALID', what: 'the request headers are too large' },
+  timeout: { status: 408, apiCode: 'SG.0016', code: 'REQUEST_INVALID', what: 'the request (headers or body) was not received in time' },
   internal: { status: 500, apiCode: 'SG.0500', code: 'INTERNAL', what: 'an internal error (see the controller log)' },
 } as const satisfies Record<string, { status: number; apiCode: string; code: ErrorCode; what: string }>;
 

@@ -36,6 +36,7 @@ import {
 } from '../protocol/messages.js';
 import { diffGroupMembers } from '../protocol/delta.js';
 import { renderPolicyText, sha256 } from './compile.js';
+import { sourceKey, type AuthFailureLimiter } from './limits.js';
 import type { ControllerMetrics } from './metrics.js';
 import { formatTime } from './service.js';
 import type { AgentState, Store, StoredPolicy } from './store/store.js';
@@ -54,6 +55,8 @@ export interface HubOptions {
   rate: { burst: number; perSecond: number };
   /** send membership-only changes as `policy_delta` (default true) */
   deltas?: boolean;
+  /** failed authentications per source address, shared with the HTTP API (none: unlimited) */
+  authLimiter?: AuthFailureLimiter;
 }
 
 type Members = Readonly<Record<string, readonly string[]>>;
@@ -232,11 +235,25 @@ export class AgentHub {
     const path = (req.url ?? '/').split('?')[0];
     if (path !== AGENT_PATH) return reject(socket, 404, 'SG.0004', `no WebSocket endpoint at ${path}; agents connect to ${AGENT_PATH}`);
     if (this.stopping) return reject(socket, 503, 'SG.0500', 'the controller is shutting down');
+    // a source over its failed-auth budget is refused before its token is looked at
+    const source = sourceKey(req.socket.remoteAddress);
+    const limited = this.o.authLimiter?.check(source);
+    if (limited?.limited) {
+      this.o.metrics.authRateLimited.inc({ endpoint: 'agent' });
+      if (limited.firstRefusal) {
+        this.log.warn({ event: 'auth_rate_limited', endpoint: 'agent', source, retry_after_s: limited.retryAfterSeconds }, 'too many failed authentications from this address');
+      }
+      return reject(socket, 429, 'SG.0011', `too many failed authentications from ${source}; retry after ${limited.retryAfterSeconds} s`, { 'Retry-After': String(limited.retryAfterSeconds) });
+    }
     const token = tokenFromHeaders(req.headers);
-    if (!token) return reject(socket, 401, 'SG.0002', 'missing "Authorization: Bearer <instance token>"');
+    if (!token) {
+      this.o.authLimiter?.failed(source);
+      return reject(socket, 401, 'SG.0002', 'missing "Authorization: Bearer <instance token>"');
+    }
     const hash = hashToken(token);
     const owner = await this.o.store.findTokenOwner(hash);
     if (!owner || !digestsEqual(owner.tokenHash, hash)) {
+      this.o.authLimiter?.failed(source);
       this.o.metrics.agentMessagesRejected.inc({ reason: 'auth' });
       this.log.warn({ event: 'auth', remote: req.socket.remoteAddress }, 'agent presented an unknown token');
       return reject(socket, 401, 'SG.0002', 'unknown instance token');
@@ -519,8 +536,9 @@ export class AgentHub {
 }
 
 /** Refuses an upgrade with an HTTP status and a Huawei-style error body. */
-function reject(socket: Duplex, status: number, code: string, message: string): void {
+function reject(socket: Duplex, status: number, code: string, message: string, headers: Record<string, string> = {}): void {
   const body = JSON.stringify({ request_id: '', error_code: code, error_msg: message });
-  const reason = { 401: 'Unauthorized', 404: 'Not Found', 500: 'Internal Server Error', 503: 'Service Unavailable' }[status] ?? 'Error';
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  const reason = { 401: 'Unauthorized', 404: 'Not Found', 429: 'Too Many Requests', 500: 'Internal Server Error', 503: 'Service Unavailable' }[status] ?? 'Error';
+  const extra = Object.entries(headers).map(([n, v]) => `${n}: ${v}\r\n`).join('');
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: application/json\r\n${extra}Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }

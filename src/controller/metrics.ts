@@ -14,6 +14,9 @@ export interface ControllerMetrics {
   apiLatency: Histogram<'method' | 'route' | 'status_code'>;
   policiesCompiled: Counter;
   revisionsBumped: Counter;
+  connectionsRejected: Counter<'reason'>;
+  authRateLimited: Counter<'endpoint'>;
+  clientErrors: Counter<'status'>;
 }
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}): ControllerMetrics {
@@ -50,5 +53,23 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Controll
     }),
     policiesCompiled: new Counter({ name: 'secgroup_controller_policies_compiled_total', help: 'Per-instance policy documents compiled after changes', registers }),
     revisionsBumped: new Counter({ name: 'secgroup_controller_revisions_bumped_total', help: 'Policy documents whose content changed (new revision)', registers }),
+    connectionsRejected: new Counter({
+      name: 'secgroup_controller_connections_rejected_total',
+      help: 'TCP connections closed on accept (reason: per_source = over http.max_connections_per_source, total = over http.max_connections)',
+      labelNames: ['reason'],
+      registers,
+    }),
+    authRateLimited: new Counter({
+      name: 'secgroup_controller_auth_rate_limited_total',
+      help: 'Requests refused with 429 because their source address failed authentication too often (endpoint: api = HTTP API, agent = WebSocket upgrade)',
+      labelNames: ['endpoint'],
+      registers,
+    }),
+    clientErrors: new Counter({
+      name: 'secgroup_controller_http_client_errors_total',
+      help: 'Connections the HTTP parser gave up on before a request was routed (status: 400 malformed, 408 timeout, 431 headers too large)',
+      labelNames: ['status'],
+      registers,
+    }),
   };
 }

@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'QUOTA'
   | 'UNAUTHORIZED'
   | 'FORBIDDEN'
+  | 'RATE_LIMITED'
   | 'INTERNAL';
 
 export class SecgroupError extends Error {

@@ -31,6 +31,15 @@ describe('controller configuration', () => {
       data_dir: '/var/lib/secgroup-controller',
       tls: null,
       api: { tokens: [{ name: 'admin', token: 'admin-token-0123456789', projects: ['*'] }], max_body_bytes: 1048576 },
+      http: {
+        request_timeout_ms: 30000,
+        headers_timeout_ms: 10000,
+        keep_alive_timeout_ms: 5000,
+        max_connections_per_source: 64,
+        max_connections: 16384,
+        auth_failures_per_minute: 10,
+        auth_failure_burst: 20,
+      },
       quotas: DEFAULT_QUOTAS,
       agents: { deltas: true, heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5 },
       store: { synchronous: 'FULL' },
@@ -51,6 +60,13 @@ describe('controller configuration', () => {
     expect(issuesOf({ api: TOKENS, listen: { port: 70000 } })[0]).toMatch(/^listen\.port/);
     expect(issuesOf({ api: TOKENS, lsten: {} })).toEqual(['lsten: unknown field (a typo must not silently change a policy)']);
     expect(issuesOf({ api: TOKENS, log: { level: 'loud' } })[0]).toMatch(/^log\.level/);
+    expect(issuesOf({ api: TOKENS, http: { request_timeout_ms: 5000, headers_timeout_ms: 6000 } })).toEqual([
+      'http.headers_timeout_ms: headers_timeout_ms must not be larger than request_timeout_ms',
+    ]);
+    expect(issuesOf({ api: TOKENS, http: { max_connections: 10 } })).toEqual([
+      'http.max_connections_per_source: max_connections_per_source must not be larger than max_connections',
+    ]);
+    expect(issuesOf({ api: TOKENS, http: { request_timeout_ms: 0 } })[0]).toMatch(/^http\.request_timeout_ms/);
   });
 
   describe('files', () => {

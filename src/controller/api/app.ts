@@ -4,6 +4,14 @@
  * from the configuration: `X-Auth-Token` or `Authorization: Bearer`),
  * Huawei-shaped errors, request ids, latency metrics, /healthz, /metrics and
  * /openapi.json live here; the v3 resources are in `routes.ts`.
+ *
+ * Nothing unauthenticated costs more than reading headers
+ * (docs/security-http.md): routing, auth, the failed-auth rate limit and
+ * 404/405 are decided in `onRequest`, before fastify reads or parses a body,
+ * and an answer given with the body unread closes the connection. Every
+ * answer, the framework's and Node's parser errors included, has the error
+ * shape `{"request_id","error_code","error_msg"}`. The Node server gets the
+ * timeouts and the connection limits of the `http` configuration (edge.ts).
  */
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { z } from 'zod';
@@ -11,11 +19,13 @@ import type { Clock } from '../../lib/clock.js';
 import type { Logger } from '../../lib/logger.js';
 import { ValidationError, isSecgroupError } from '../../lib/errors.js';
 import { ID_PATTERN, zodIssues } from '../../policy/schema.js';
-import { ApiError, type ErrorBody } from '../errors.js';
+import { ApiError, type ApiErrorKind, type ErrorBody } from '../errors.js';
+import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, sourceKey, type HttpLimits } from '../limits.js';
 import type { ControllerMetrics } from '../metrics.js';
 import type { ControllerService } from '../service.js';
 import type { Store } from '../store/store.js';
 import { digestsEqual, hashToken, tokenFromHeaders, type Random } from '../tokens.js';
+import { clientErrorHandler, guardConnections, serverOptions } from './edge.js';
 import { buildOpenApi } from './openapi.js';
 import { registerRoutes } from './routes.js';
 
@@ -47,6 +57,31 @@ export interface ApiOptions {
   random: Random;
   maxBodyBytes?: number;
   https?: { cert: Buffer | string; key: Buffer | string } | null;
+  /** timeouts and connection limits (the `http` configuration section); defaults: HTTP_LIMIT_DEFAULTS */
+  http?: Partial<HttpLimits>;
+  /** failed authentications per source; shared with the agent hub (default: one from `http`) */
+  authLimiter?: AuthFailureLimiter;
+}
+
+const PROJECT_PREFIX = '/v3/:project_id/';
+
+/** Framework errors by HTTP status, as API error kinds (any other 4xx is `invalid`). */
+const KIND_BY_STATUS: Readonly<Record<number, ApiErrorKind>> = {
+  404: 'notFound',
+  405: 'methodNotAllowed',
+  408: 'timeout',
+  413: 'tooLarge',
+  414: 'uriTooLong',
+  415: 'unsupportedMediaType',
+  429: 'tooManyRequests',
+  431: 'headersTooLarge',
+};
+
+/** The request has a body that nobody has read (yet). */
+function bodyUnread(req: FastifyRequest): boolean {
+  const h = req.headers;
+  const announced = h['transfer-encoding'] !== undefined || (h['content-length'] !== undefined && h['content-length'] !== '0');
+  return announced && !req.raw.complete;
 }
 
 /** Per-request context handed to resource handlers. */
@@ -87,19 +122,71 @@ export function pathId(params: Record<string, string>, name: string, what: strin
 }
 
 export function buildApi(o: ApiOptions): FastifyInstance {
+  const limits: HttpLimits = { ...HTTP_LIMIT_DEFAULTS, ...o.http };
+  const authLimiter = o.authLimiter ?? new AuthFailureLimiter(o.clock, { perMinute: limits.auth_failures_per_minute, burst: limits.auth_failure_burst });
+  const log = o.logger.child({ component: 'api' });
+  const nodeOptions = serverOptions(limits);
   const app = Fastify({
-    loggerInstance: o.logger.child({ component: 'api' }),
+    loggerInstance: log,
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => o.random.requestId(),
     requestIdHeader: false,
     bodyLimit: o.maxBodyBytes ?? 1024 * 1024,
-    ...(o.https ? { https: { cert: o.https.cert, key: o.https.key } } : {}),
+    requestTimeout: limits.request_timeout_ms,
+    keepAliveTimeout: limits.keep_alive_timeout_ms,
+    ...(o.https ? { https: { cert: o.https.cert, key: o.https.key, ...nodeOptions } } : { http: nodeOptions }),
+    clientErrorHandler: clientErrorHandler({ clock: o.clock, logger: o.logger, metrics: o.metrics, random: o.random, limits }),
+    frameworkErrors: (err, req, reply) => {
+      const code = (err as { code?: string }).code;
+      const path = req.url.split('?')[0] ?? '/';
+      const e =
+        code === 'FST_ERR_MAX_PARAM_LENGTH'
+          ? new ApiError('uriTooLong', `a path parameter in ${JSON.stringify(path.slice(0, 200))} is longer than any id (64 characters)`)
+          : code === 'FST_ERR_BAD_URL'
+            ? new ApiError('invalid', `the URL ${JSON.stringify(path.slice(0, 200))} is malformed (bad percent-encoding)`)
+            : new ApiError('internal', `internal error (request_id ${req.id}); see the controller log`);
+      void sendError(req, reply, e);
+    },
   }) as unknown as FastifyInstance;
+  guardConnections(app.server, new ConnectionLimiter({ perSource: limits.max_connections_per_source, total: limits.max_connections }), {
+    clock: o.clock,
+    logger: o.logger,
+    metrics: o.metrics,
+  });
+
+  function sendError(req: FastifyRequest, reply: FastifyReply, e: ApiError): FastifyReply {
+    // the body was not read: close instead of draining it for a keep-alive
+    if (bodyUnread(req)) void reply.header('connection', 'close');
+    const body: ErrorBody = { request_id: req.id, error_code: e.apiCode, error_msg: e.message };
+    return reply.status(e.status).header('x-request-id', req.id).send(body);
+  }
+
+  /** Route patterns with their methods, to tell 405 from 404. */
+  const routeTable: { pattern: string; re: RegExp; methods: Set<string> }[] = [];
+  const remember = (method: string, url: string): void => {
+    const source = url.split('/').map((part) => (part.startsWith(':') ? '[^/]+' : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))).join('/');
+    let entry = routeTable.find((r) => r.pattern === source);
+    if (!entry) routeTable.push((entry = { pattern: source, re: new RegExp(`^${source}$`), methods: new Set() }));
+    entry.methods.add(method);
+    if (method === 'GET') entry.methods.add('HEAD');
+  };
+  const noRoute = (req: FastifyRequest, reply: FastifyReply): ApiError => {
+    const path = req.url.split('?')[0] ?? '/';
+    const methods = new Set<string>();
+    for (const r of routeTable) if (r.re.test(path)) for (const m of r.methods) methods.add(m);
+    if (methods.size === 0) return new ApiError('notFound', `no such API: ${req.method} ${path}`);
+    const allow = [...methods].sort().join(', ');
+    void reply.header('allow', allow);
+    return new ApiError('methodNotAllowed', `${req.method} is not allowed on ${path} (allowed: ${allow})`);
+  };
 
   const started = new WeakMap<FastifyRequest, number>();
   app.addHook('onRequest', async (req, reply) => {
     started.set(req, o.clock.monotonic());
     void reply.header('X-Request-Id', req.id);
+    // decided before any body is read
+    if (req.is404) throw noRoute(req, reply);
+    if (req.routeOptions.url?.startsWith(PROJECT_PREFIX)) authorize(req, reply, (req.params as Record<string, string>).project_id ?? '');
   });
   app.addHook('onResponse', async (req, reply) => {
     const t0 = started.get(req) ?? o.clock.monotonic();
@@ -116,26 +203,45 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     else if (err instanceof ValidationError) e = ApiError.invalid(err.issues);
     else if (isSecgroupError(err, 'CONFLICT')) e = new ApiError('inUse', err.message);
     else if (status === 413) e = new ApiError('tooLarge', `the request body is larger than ${o.maxBodyBytes ?? 1024 * 1024} bytes`);
-    else if (typeof status === 'number' && status >= 400 && status < 500) e = new ApiError('invalid', (err as Error).message);
+    else if (typeof status === 'number' && status >= 400 && status < 500) e = new ApiError(KIND_BY_STATUS[status] ?? 'invalid', (err as Error).message);
     else {
       req.log.error({ event: 'api_error', request_id: req.id, err }, 'internal error');
       e = new ApiError('internal', `internal error (request_id ${req.id}); see the controller log`);
     }
-    const body: ErrorBody = { request_id: req.id, error_code: e.apiCode, error_msg: e.message };
-    void reply.status(e.status).send(body);
+    void sendError(req, reply, e);
   });
   app.setNotFoundHandler((req, reply) => {
-    const body: ErrorBody = { request_id: req.id, error_code: 'SG.0004', error_msg: `no such API: ${req.method} ${req.url.split('?')[0]}` };
-    void reply.status(404).send(body);
+    void sendError(req, reply, noRoute(req, reply));
   });
 
-  const authorize = (req: FastifyRequest, project: string): void => {
+  /**
+   * Token, then project id, then scope. A source over its failed-auth budget
+   * gets 429 before its token is looked at; a failure (no token, unknown
+   * token) takes from the budget, a wrong project does not.
+   */
+  const authorize = (req: FastifyRequest, reply: FastifyReply, project: string): void => {
+    const source = sourceKey(req.socket.remoteAddress);
+    const limited = authLimiter.check(source);
+    if (limited.limited) {
+      o.metrics.authRateLimited.inc({ endpoint: 'api' });
+      if (limited.firstRefusal) {
+        log.warn({ event: 'auth_rate_limited', endpoint: 'api', source, retry_after_s: limited.retryAfterSeconds, request_id: req.id }, 'too many failed authentications from this address');
+      }
+      void reply.header('retry-after', String(limited.retryAfterSeconds));
+      throw new ApiError('tooManyRequests', `too many failed authentications from ${source}; retry after ${limited.retryAfterSeconds} s`);
+    }
     const token = tokenFromHeaders(req.headers);
-    if (!token) throw new ApiError('unauthorized', 'missing token: send "X-Auth-Token: <token>" or "Authorization: Bearer <token>"');
+    if (!token) {
+      authLimiter.failed(source);
+      throw new ApiError('unauthorized', 'missing token: send "X-Auth-Token: <token>" or "Authorization: Bearer <token>"');
+    }
     const h = hashToken(token);
     let match: ApiToken | null = null;
     for (const t of o.tokens) if (digestsEqual(t.sha256, h)) match = t;
-    if (!match) throw new ApiError('unauthorized', 'invalid token');
+    if (!match) {
+      authLimiter.failed(source);
+      throw new ApiError('unauthorized', 'invalid token');
+    }
     if (!ID_PATTERN.test(project)) {
       throw ApiError.invalid([{ path: 'project_id', message: 'must be 1-64 characters of letters, digits, ".", "_", ":" or "-"' }]);
     }
@@ -146,13 +252,14 @@ export function buildApi(o: ApiOptions): FastifyInstance {
 
   /** Registers a project-scoped route; the handler's object result gets `request_id` first. */
   const route: Route = (method, url, status, handler) => {
+    remember(method, `/v3/:project_id${url}`);
     app.route({
       method,
       url: `/v3/:project_id${url}`,
       handler: async (request, reply) => {
         const params = request.params as Record<string, string>;
+        // authorized in onRequest, before the body was read
         const project = params.project_id ?? '';
-        authorize(request, project);
         const out = await handler({ project, params, query: request.query, body: request.body, request, reply });
         if (out === null) return reply.status(204).send();
         if (typeof out === 'string') return reply.status(status).type('application/json; charset=utf-8').send(out);
@@ -166,6 +273,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
 
   registerRoutes(route, o);
 
+  for (const url of ['/openapi.json', '/healthz', '/metrics']) remember('GET', url);
   let openapi: string | null = null;
   app.get('/openapi.json', async (_req, reply) => {
     openapi ??= JSON.stringify(buildOpenApi());
@@ -178,4 +286,5 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   });
   return app;
 }
+
 

@@ -64,7 +64,8 @@ interface Operation {
   dryRun?: boolean;
 }
 
-const ERRORS = [400, 401, 403, 404, 409];
+// 429: the source address failed authentication too often (docs/api.md, Errors)
+const ERRORS = [400, 401, 403, 404, 409, 429];
 
 function operations(): Operation[] {
   const o = (s: z.ZodType) => schema(s, 'output');
