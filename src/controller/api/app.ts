@@ -11,6 +11,7 @@ import type { Clock } from '../../lib/clock.js';
 import type { Logger } from '../../lib/logger.js';
 import { ValidationError, isSecgroupError } from '../../lib/errors.js';
 import { ID_PATTERN, zodIssues } from '../../policy/schema.js';
+import { registerAuditHooks, type AuditRecorder } from '../audit.js';
 import { ApiError, type ErrorBody } from '../errors.js';
 import type { ControllerMetrics } from '../metrics.js';
 import type { ControllerService } from '../service.js';
@@ -47,6 +48,8 @@ export interface ApiOptions {
   random: Random;
   maxBodyBytes?: number;
   https?: { cert: Buffer | string; key: Buffer | string } | null;
+  /** records every write (src/controller/audit.ts); none when absent */
+  audit?: AuditRecorder;
 }
 
 /** Per-request context handed to resource handlers. */
@@ -95,6 +98,8 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     bodyLimit: o.maxBodyBytes ?? 1024 * 1024,
     ...(o.https ? { https: { cert: o.https.cert, key: o.https.key } } : {}),
   }) as unknown as FastifyInstance;
+
+  if (o.audit) registerAuditHooks(app, o.audit, o.tokens);
 
   const started = new WeakMap<FastifyRequest, number>();
   app.addHook('onRequest', async (req, reply) => {
