@@ -12,8 +12,10 @@ import type { FastifyInstance } from 'fastify';
 import { systemClock, type Clock } from '../lib/clock.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { SecgroupError } from '../lib/errors.js';
+import { cronSchedulerOn, type Scheduler } from '../lib/scheduler.js';
 import { AGENT_PATH } from '../protocol/messages.js';
 import { buildApi, type ApiToken } from './api/app.js';
+import { AuditRecorder } from './audit.js';
 import type { ControllerConfig } from './config.js';
 import { AgentHub } from './hub.js';
 import { createMetrics, type ControllerMetrics } from './metrics.js';
@@ -29,6 +31,8 @@ export interface ControllerDeps {
   /** default: SQLite file `controller.db` in `config.data_dir`, opened by start() and closed by stop() */
   store?: Store;
   random?: Random;
+  /** runs audit retention (default: cron on `clock`) */
+  scheduler?: Scheduler;
 }
 
 export interface ControllerAddress {
@@ -46,6 +50,8 @@ export interface Controller {
   /** the fastify app (for `inject`); available after start() */
   readonly app: FastifyInstance;
   readonly hub: AgentHub;
+  /** the audit trail recorder; available after start() */
+  readonly audit: AuditRecorder;
   readonly metrics: ControllerMetrics;
 }
 
@@ -63,6 +69,7 @@ export function createController(deps: ControllerDeps): Controller {
   const metrics = createMetrics({ defaultMetrics: config.metrics.process_metrics });
   let app: FastifyInstance | null = null;
   let hub: AgentHub | null = null;
+  let audit: AuditRecorder | null = null;
   let ownStore: Store | null = null;
   let stopped: Promise<void> | null = null;
 
@@ -74,6 +81,10 @@ export function createController(deps: ControllerDeps): Controller {
     get hub() {
       if (!hub) throw new SecgroupError('INTERNAL', 'the controller is not started');
       return hub;
+    },
+    get audit() {
+      if (!audit) throw new SecgroupError('INTERNAL', 'the controller is not started');
+      return audit;
     },
     metrics,
 
@@ -92,7 +103,10 @@ export function createController(deps: ControllerDeps): Controller {
           throw new SecgroupError('CONFIG_INVALID', `cannot read the TLS certificate or key: ${(e as Error).message}`, { cause: e });
         }
       }
+      const recorder = (audit = new AuditRecorder({ store, clock, logger, random, retentionDays: config.audit.retention_days }));
+      await recorder.startRetention(deps.scheduler ?? cronSchedulerOn(clock));
       const theHub = (hub = new AgentHub({
+        audit: recorder,
         store,
         clock,
         logger,
@@ -115,7 +129,7 @@ export function createController(deps: ControllerDeps): Controller {
           metrics.revisionsBumped.inc(bumped);
         },
       });
-      app = buildApi({ service, store, presence: theHub, tokens: apiTokens(config), clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https });
+      app = buildApi({ audit: recorder, service, store, presence: theHub, tokens: apiTokens(config), clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https });
       theHub.attach(app.server);
       await app.listen({ host: config.listen.host, port: config.listen.port });
       const addr = app.server.address() as AddressInfo;
@@ -133,8 +147,10 @@ export function createController(deps: ControllerDeps): Controller {
     stop(): Promise<void> {
       stopped ??= (async () => {
         logger.info({ event: 'stop' }, 'controller stopping');
+        audit?.stop();
         await hub?.stop();
         await app?.close();
+        await audit?.idle();
         await ownStore?.close();
         logger.info({ event: 'stopped' }, 'controller stopped');
       })();

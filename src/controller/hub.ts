@@ -36,6 +36,7 @@ import {
 } from '../protocol/messages.js';
 import { diffGroupMembers } from '../protocol/delta.js';
 import { renderPolicyText, sha256 } from './compile.js';
+import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
 import { formatTime } from './service.js';
 import type { AgentState, Store, StoredPolicy } from './store/store.js';
@@ -54,6 +55,8 @@ export interface HubOptions {
   rate: { burst: number; perSecond: number };
   /** send membership-only changes as `policy_delta` (default true) */
   deltas?: boolean;
+  /** records connects, disconnects and refused tokens (src/controller/audit.ts) */
+  audit?: AuditRecorder;
 }
 
 type Members = Readonly<Record<string, readonly string[]>>;
@@ -232,16 +235,26 @@ export class AgentHub {
     const path = (req.url ?? '/').split('?')[0];
     if (path !== AGENT_PATH) return reject(socket, 404, 'SG.0004', `no WebSocket endpoint at ${path}; agents connect to ${AGENT_PATH}`);
     if (this.stopping) return reject(socket, 503, 'SG.0500', 'the controller is shutting down');
+    const facts = { sourceIp: req.socket.remoteAddress ?? null, userAgent: boundUserAgent(req.headers['user-agent']) };
     const token = tokenFromHeaders(req.headers);
-    if (!token) return reject(socket, 401, 'SG.0002', 'missing "Authorization: Bearer <instance token>"');
+    if (!token) {
+      this.o.audit?.agent('refused', { ...facts, projectId: null, instanceId: null, detail: 'missing token' });
+      return reject(socket, 401, 'SG.0002', 'missing "Authorization: Bearer <instance token>"');
+    }
     const hash = hashToken(token);
     const owner = await this.o.store.findTokenOwner(hash);
     if (!owner || !digestsEqual(owner.tokenHash, hash)) {
       this.o.metrics.agentMessagesRejected.inc({ reason: 'auth' });
       this.log.warn({ event: 'auth', remote: req.socket.remoteAddress }, 'agent presented an unknown token');
+      this.o.audit?.agent('refused', { ...facts, projectId: null, instanceId: null, detail: 'unknown instance token' });
       return reject(socket, 401, 'SG.0002', 'unknown instance token');
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.connected(ws, owner.projectId, owner.instanceId));
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const who = { ...facts, projectId: owner.projectId, instanceId: owner.instanceId };
+      this.o.audit?.agent('connected', { ...who, detail: null });
+      ws.once('close', (code: number) => this.o.audit?.agent('disconnected', { ...who, detail: `close code ${code}` }));
+      this.connected(ws, owner.projectId, owner.instanceId);
+    });
   }
 
   private connected(ws: WebSocket, projectId: string, instanceId: string): void {

@@ -12,6 +12,8 @@ import { createLogger, silentLogger } from '../../src/lib/logger.js';
 import { ManualScheduler } from '../../src/lib/scheduler.js';
 import { AuditRecorder, AUDIT_PRUNE_SCHEDULE } from '../../src/controller/audit.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
+import { createController } from '../../src/controller/controller.js';
+import { parseControllerConfig } from '../../src/controller/config.js';
 import type { AuditEvent } from '../../src/controller/store/store.js';
 import { ADMIN, AUTH, SCOPED, call, countingRandom, makeApi, rule, seed } from './controller-helpers.js';
 
@@ -307,6 +309,28 @@ describe('audit retention', () => {
     await scheduler.fire();
     expect(await store.listAuditEvents('p', {})).toEqual([]);
     rec.stop();
+    expect(scheduler.jobs[0]!.stopped).toBe(true);
+  });
+
+  it('the controller prunes at start with audit.retention_days and stops the job on stop', async () => {
+    const clock = new FakeClock(Date.UTC(2024, 0, 1));
+    const store = new MemoryStore();
+    const old = (id: string, days: number): AuditEvent => ({
+      id, time: new Date(clock.now() - days * 86_400_000).toISOString(), actor: 'admin', project_id: 'p', operation: 'DeleteSecurityGroup',
+      resource_type: 'security_group', resource_ids: [], request_id: null, status: 204, error_code: null, source_ip: null, user_agent: null, detail: null,
+    });
+    await store.appendAuditEvent(old('a', 8));
+    await store.appendAuditEvent(old('b', 6));
+    const scheduler = new ManualScheduler();
+    const config = parseControllerConfig({ listen: { host: '127.0.0.1', port: 0 }, api: { tokens: [{ name: 'admin', token: ADMIN }] }, audit: { retention_days: 7 }, metrics: { process_metrics: false } });
+    const ctl = createController({ config, clock, store, scheduler, logger: silentLogger(), random: countingRandom() });
+    await ctl.start();
+    try {
+      expect((await store.listAuditEvents('p', {})).map((e) => e.id)).toEqual(['b']);
+      expect(scheduler.jobs.map((j) => [j.expression, j.stopped])).toEqual([[AUDIT_PRUNE_SCHEDULE, false]]);
+    } finally {
+      await ctl.stop();
+    }
     expect(scheduler.jobs[0]!.stopped).toBe(true);
   });
 });

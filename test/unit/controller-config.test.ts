@@ -34,6 +34,7 @@ describe('controller configuration', () => {
       quotas: DEFAULT_QUOTAS,
       agents: { deltas: true, heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5 },
       store: { synchronous: 'FULL' },
+      audit: { retention_days: 90 },
       log: { level: 'info' },
       metrics: { process_metrics: true },
     });
@@ -51,6 +52,8 @@ describe('controller configuration', () => {
     expect(issuesOf({ api: TOKENS, listen: { port: 70000 } })[0]).toMatch(/^listen\.port/);
     expect(issuesOf({ api: TOKENS, lsten: {} })).toEqual(['lsten: unknown field (a typo must not silently change a policy)']);
     expect(issuesOf({ api: TOKENS, log: { level: 'loud' } })[0]).toMatch(/^log\.level/);
+    expect(issuesOf({ api: TOKENS, audit: { retention_days: 0 } })[0]).toMatch(/^audit\.retention_days/);
+    expect(parseControllerConfig({ api: TOKENS, audit: { retention_days: 7 } }).audit).toEqual({ retention_days: 7 });
   });
 
   describe('files', () => {
