@@ -438,8 +438,14 @@ export class SqliteStore implements Store {
     anyOf('status', filter.status, (p) => `status = ${p}`);
     anyOf('req', filter.request_id, (p) => `request_id = ${p}`);
     if (filter.result !== undefined) conds.push(filter.result === 'success' ? 'status < 400' : 'status >= 400');
-    if (filter.from !== undefined) conds.push('time >= @from'), (args.from = filter.from);
-    if (filter.to !== undefined) conds.push('time < @to'), (args.to = filter.to);
+    if (filter.from !== undefined) {
+      conds.push('time >= @from');
+      args.from = filter.from;
+    }
+    if (filter.to !== undefined) {
+      conds.push('time < @to');
+      args.to = filter.to;
+    }
     const where = conds.length ? `(${conds.join(' AND ')}) OR id = @include` : '1';
     const sql = `SELECT id, time, actor, project_id, operation, resource_type, resource_ids, request_id, status, error_code, source_ip, user_agent, detail
                    FROM audit_events WHERE project_id = @project AND (${where}) ORDER BY time DESC, seq DESC`;
