@@ -72,6 +72,20 @@ describe('audit events of API writes', () => {
     expect(lines[0].time).not.toBe(time);
   });
 
+  it('records through the SQLite store as through the memory fake', async () => {
+    const t = makeApi({ sqlite: true });
+    const r = await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { id: 'ag-1', name: 'a', ip_version: 4, ip_set: ['198.18.0.1'] } });
+    expect(r.status).toBe(201);
+    expect((await call(t.app, 'DELETE', `${A}/vpc/address-groups/ag-1`)).status).toBe(204);
+    await t.audit.idle();
+    const l = await call(t.app, 'GET', `${A}/audit-events`);
+    expect(l.body.audit_events.map((e: any) => [e.operation, e.resource_ids, e.status])).toEqual([
+      ['DeleteAddressGroup', ['ag-1'], 204],
+      ['CreateAddressGroup', ['ag-1'], 201],
+    ]);
+    await t.store.close();
+  });
+
   it('records the id a create generated when the body named none, and every rule of a batch', async () => {
     const t = makeApi();
     const g = await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { name: 'anon' } });

@@ -123,6 +123,11 @@ describe.each([
     expect(await s.pruneAuditEvents('2024-05-01T11:00:00.000Z')).toBe(2);
     expect(await ids({})).toEqual(['e3', 'e2']);
     expect(await s.listAuditEvents('q', {})).toHaveLength(1);
+    // appends not awaited one by one (SQLite batches them) all land, in order; a duplicate fails alone
+    const burst = ['b1', 'b2', 'e3', 'b3'].map((id) => s.appendAuditEvent(ev(id, '2024-05-02T00:00:00.000Z')));
+    const settled = await Promise.allSettled(burst);
+    expect(settled.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled']);
+    expect(await ids({ from: '2024-05-02T00:00:00.000Z' })).toEqual(['b3', 'b2', 'b1']);
     await s.close();
   });
 });

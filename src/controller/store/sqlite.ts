@@ -420,12 +420,47 @@ export class SqliteStore implements Store {
     batch.forEach((b, i) => b.resolve(results[i]!));
   }
 
-  async appendAuditEvent(event: AuditEvent): Promise<void> {
-    this.stmt.appendAudit.run({ ...event, resource_ids: JSON.stringify(event.resource_ids) });
+  /**
+   * Audit events arriving together are written in one transaction, as agent
+   * state updates are (one fsync per batch, not per event: every API write
+   * records one); the promise resolves once the event is committed.
+   */
+  appendAuditEvent(event: AuditEvent): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.pendingAudit.push({ event, resolve, reject });
+      if (this.pendingAudit.length === 1) setImmediate(() => this.flushAudit());
+    });
+  }
+
+  private pendingAudit: { event: AuditEvent; resolve: () => void; reject: (e: unknown) => void }[] = [];
+
+  private flushAudit(): void {
+    const batch = this.pendingAudit;
+    this.pendingAudit = [];
+    if (!batch.length) return;
+    const failed = new Map<number, unknown>();
+    try {
+      if (!this.db.open) throw new SecgroupError('STATE_IO', 'the controller database is closed');
+      this.db.transaction(() =>
+        batch.forEach(({ event }, i) => {
+          // one bad event (a duplicate id) must not lose the others
+          try {
+            this.stmt.appendAudit.run({ ...event, resource_ids: JSON.stringify(event.resource_ids) });
+          } catch (e) {
+            failed.set(i, e);
+          }
+        }),
+      ).immediate();
+    } catch (e) {
+      for (const b of batch) b.reject(e);
+      return;
+    }
+    batch.forEach((b, i) => (failed.has(i) ? b.reject(failed.get(i)) : b.resolve()));
   }
 
   /** The filter is `auditEventMatches` in SQL; statements are cached by the set of filters given. */
   async listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]> {
+    this.flushAudit();
     const conds: string[] = [];
     const args: Record<string, unknown> = { project: projectId, include: include ?? null };
     const anyOf = (key: string, list: readonly unknown[] | undefined, cond: (param: string) => string) => {
@@ -460,11 +495,13 @@ export class SqliteStore implements Store {
   private readonly auditQueries = new Map<string, Database.Statement<[Record<string, unknown>], AuditDbRow>>();
 
   async pruneAuditEvents(before: string): Promise<number> {
+    this.flushAudit();
     return this.stmt.pruneAudit.run(before).changes;
   }
 
   async close(): Promise<void> {
     this.flushAgentState();
+    this.flushAudit();
     if (this.db.open) this.db.close();
   }
 }
