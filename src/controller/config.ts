@@ -82,6 +82,7 @@ export const controllerConfigSchema = z.strictObject({
     })
     .prefault({}),
   store: z.strictObject({ synchronous: z.enum(['FULL', 'NORMAL']).default('FULL') }).prefault({}),
+  audit: z.strictObject({ retention_days: z.int().min(1).max(36_500).default(90) }).prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
   metrics: z.strictObject({ process_metrics: z.boolean().default(true) }).prefault({}),
 });

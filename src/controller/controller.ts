@@ -13,8 +13,10 @@ import { systemClock, type Clock } from '../lib/clock.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { SecgroupError } from '../lib/errors.js';
 import { ensurePrivateDir } from '../lib/private-files.js';
+import { cronSchedulerOn, type Scheduler } from '../lib/scheduler.js';
 import { AGENT_PATH } from '../protocol/messages.js';
 import { buildApi, type ApiToken } from './api/app.js';
+import { AuditRecorder } from './audit.js';
 import type { ControllerConfig } from './config.js';
 import { AgentHub } from './hub.js';
 import { AuthFailureLimiter } from './limits.js';
@@ -31,6 +33,8 @@ export interface ControllerDeps {
   /** default: SQLite file `controller.db` in `config.data_dir`, opened by start() and closed by stop() */
   store?: Store;
   random?: Random;
+  /** runs audit retention (default: cron on `clock`) */
+  scheduler?: Scheduler;
 }
 
 export interface ControllerAddress {
@@ -48,6 +52,8 @@ export interface Controller {
   /** the fastify app (for `inject`); available after start() */
   readonly app: FastifyInstance;
   readonly hub: AgentHub;
+  /** the audit trail recorder; available after start() */
+  readonly audit: AuditRecorder;
   readonly metrics: ControllerMetrics;
 }
 
@@ -65,6 +71,7 @@ export function createController(deps: ControllerDeps): Controller {
   const metrics = createMetrics({ defaultMetrics: config.metrics.process_metrics });
   let app: FastifyInstance | null = null;
   let hub: AgentHub | null = null;
+  let audit: AuditRecorder | null = null;
   let ownStore: Store | null = null;
   let stopped: Promise<void> | null = null;
 
@@ -76,6 +83,10 @@ export function createController(deps: ControllerDeps): Controller {
     get hub() {
       if (!hub) throw new SecgroupError('INTERNAL', 'the controller is not started');
       return hub;
+    },
+    get audit() {
+      if (!audit) throw new SecgroupError('INTERNAL', 'the controller is not started');
+      return audit;
     },
     metrics,
 
@@ -96,7 +107,10 @@ export function createController(deps: ControllerDeps): Controller {
       }
       // one budget of failed authentications per source address for the API and the agents' upgrades
       const authLimiter = new AuthFailureLimiter(clock, { perMinute: config.http.auth_failures_per_minute, burst: config.http.auth_failure_burst });
+      const recorder = (audit = new AuditRecorder({ store, clock, logger, random, retentionDays: config.audit.retention_days }));
+      await recorder.startRetention(deps.scheduler ?? cronSchedulerOn(clock));
       const theHub = (hub = new AgentHub({
+        audit: recorder,
         store,
         clock,
         logger,
@@ -120,7 +134,7 @@ export function createController(deps: ControllerDeps): Controller {
           metrics.revisionsBumped.inc(bumped);
         },
       });
-      app = buildApi({ service, store, presence: theHub, tokens: apiTokens(config), clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https, http: config.http, authLimiter });
+      app = buildApi({ audit: recorder, service, store, presence: theHub, tokens: apiTokens(config), clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https, http: config.http, authLimiter });
       theHub.attach(app.server);
       await app.listen({ host: config.listen.host, port: config.listen.port });
       const addr = app.server.address() as AddressInfo;
@@ -138,8 +152,10 @@ export function createController(deps: ControllerDeps): Controller {
     stop(): Promise<void> {
       stopped ??= (async () => {
         logger.info({ event: 'stop' }, 'controller stopping');
+        audit?.stop();
         await hub?.stop();
         await app?.close();
+        await audit?.idle();
         await ownStore?.close();
         logger.info({ event: 'stopped' }, 'controller stopped');
       })();

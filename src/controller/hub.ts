@@ -37,6 +37,7 @@ import {
 import { diffGroupMembers } from '../protocol/delta.js';
 import { renderPolicyText, sha256 } from './compile.js';
 import { sourceKey, type AuthFailureLimiter } from './limits.js';
+import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
 import { formatTime } from './service.js';
 import type { AgentState, Store, StoredPolicy } from './store/store.js';
@@ -57,6 +58,8 @@ export interface HubOptions {
   deltas?: boolean;
   /** failed authentications per source address, shared with the HTTP API (none: unlimited) */
   authLimiter?: AuthFailureLimiter;
+  /** records connects, disconnects and refused tokens (src/controller/audit.ts) */
+  audit?: AuditRecorder;
 }
 
 type Members = Readonly<Record<string, readonly string[]>>;
@@ -245,9 +248,11 @@ export class AgentHub {
       }
       return reject(socket, 429, 'SG.0011', `too many failed authentications from ${source}; retry after ${limited.retryAfterSeconds} s`, { 'Retry-After': String(limited.retryAfterSeconds) });
     }
+    const facts = { sourceIp: req.socket.remoteAddress ?? null, userAgent: boundUserAgent(req.headers['user-agent']) };
     const token = tokenFromHeaders(req.headers);
     if (!token) {
       this.o.authLimiter?.failed(source);
+      this.o.audit?.agent('refused', { ...facts, projectId: null, instanceId: null, detail: 'missing token' });
       return reject(socket, 401, 'SG.0002', 'missing "Authorization: Bearer <instance token>"');
     }
     const hash = hashToken(token);
@@ -256,9 +261,15 @@ export class AgentHub {
       this.o.authLimiter?.failed(source);
       this.o.metrics.agentMessagesRejected.inc({ reason: 'auth' });
       this.log.warn({ event: 'auth', remote: req.socket.remoteAddress }, 'agent presented an unknown token');
+      this.o.audit?.agent('refused', { ...facts, projectId: null, instanceId: null, detail: 'unknown instance token' });
       return reject(socket, 401, 'SG.0002', 'unknown instance token');
     }
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.connected(ws, owner.projectId, owner.instanceId));
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      const who = { ...facts, projectId: owner.projectId, instanceId: owner.instanceId };
+      this.o.audit?.agent('connected', { ...who, detail: null });
+      ws.once('close', (code: number) => this.o.audit?.agent('disconnected', { ...who, detail: `close code ${code}` }));
+      this.connected(ws, owner.projectId, owner.instanceId);
+    });
   }
 
   private connected(ws: WebSocket, projectId: string, instanceId: string): void {

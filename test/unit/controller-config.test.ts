@@ -43,6 +43,7 @@ describe('controller configuration', () => {
       quotas: DEFAULT_QUOTAS,
       agents: { deltas: true, heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5 },
       store: { synchronous: 'FULL' },
+      audit: { retention_days: 90 },
       log: { level: 'info' },
       metrics: { process_metrics: true },
     });
@@ -67,6 +68,8 @@ describe('controller configuration', () => {
       'http.max_connections_per_source: max_connections_per_source must not be larger than max_connections',
     ]);
     expect(issuesOf({ api: TOKENS, http: { request_timeout_ms: 0 } })[0]).toMatch(/^http\.request_timeout_ms/);
+    expect(issuesOf({ api: TOKENS, audit: { retention_days: 0 } })[0]).toMatch(/^audit\.retention_days/);
+    expect(parseControllerConfig({ api: TOKENS, audit: { retention_days: 7 } }).audit).toEqual({ retention_days: 7 });
   });
 
   describe('files', () => {

@@ -2,7 +2,8 @@
 /** Shared setup for the controller tests: an API over a real store, deterministic ids, a fake agent presence. */
 import type { FastifyInstance } from 'fastify';
 import { FakeClock } from '../../src/lib/clock.js';
-import { silentLogger } from '../../src/lib/logger.js';
+import { silentLogger, type Logger } from '../../src/lib/logger.js';
+import { AuditRecorder } from '../../src/controller/audit.js';
 import { buildApi, type AgentPresence } from '../../src/controller/api/app.js';
 import { createMetrics } from '../../src/controller/metrics.js';
 import { ControllerService } from '../../src/controller/service.js';
@@ -50,9 +51,10 @@ export interface TestApi {
   presence: FakePresence;
   pushed: { project: string; instances: string[] }[];
   service: ControllerService;
+  audit: AuditRecorder;
 }
 
-export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean } = {}): TestApi {
+export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger } = {}): TestApi {
   const store = opts.store ?? (opts.sqlite ? openSqliteStore(':memory:') : new MemoryStore());
   const clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
   const presence = new FakePresence();
@@ -66,7 +68,9 @@ export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?
     random,
     onPolicyChanged: (project, instances) => pushed.push({ project, instances }),
   });
+  const audit = new AuditRecorder({ store, clock, logger: opts.logger ?? silentLogger(), random, retentionDays: 90 });
   const app = buildApi({
+    audit,
     service,
     store,
     presence,
@@ -75,12 +79,12 @@ export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?
       { name: 'scoped', sha256: hashToken(SCOPED), projects: ['proj-a'] },
     ],
     clock,
-    logger: silentLogger(),
+    logger: opts.logger ?? silentLogger(),
     metrics: createMetrics({ defaultMetrics: false }),
     random,
     maxBodyBytes: 64 * 1024,
   });
-  return { app, store, clock, presence, pushed, service };
+  return { app, store, clock, presence, pushed, service, audit };
 }
 
 type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';

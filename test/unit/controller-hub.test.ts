@@ -11,7 +11,7 @@ import { silentLogger } from '../../src/lib/logger.js';
 import { createController, type Controller, type ControllerAddress } from '../../src/controller/controller.js';
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
-import type { Store } from '../../src/controller/store/store.js';
+import type { AuditEvent, Store } from '../../src/controller/store/store.js';
 import { PROTOCOL_VERSION, controllerMessageSchema, policyDeltaSchema, welcomeSchema } from '../../src/protocol/messages.js';
 import { applyPolicyDelta } from '../../src/protocol/delta.js';
 import { parsePolicy } from '../../src/policy/schema.js';
@@ -319,6 +319,37 @@ describe('agent hub', () => {
     await api('DELETE', `${A}/instances/ecs-web-1`);
     expect((await again.closed).code).toBe(4002);
     expect(await rejectedStatus(rotated.body.token)).toBe(401);
+  });
+
+  it('records agent connects, disconnects (with the close code), refused tokens and token rotations in the audit trail, never a token', async () => {
+    const appended: AuditEvent[] = [];
+    const append = store.appendAuditEvent.bind(store);
+    store.appendAuditEvent = (e) => (appended.push(e), append(e));
+    const token = await seedWeb();
+    const agent = await Agent.connect(token, { headers: { authorization: `Bearer ${token}`, 'user-agent': 'secgroup-agent/test' } });
+    await agent.handshake('ecs-web-1');
+    const rotated = await api('POST', `${A}/instances/ecs-web-1/rotate-token`);
+    expect((await agent.closed).code).toBe(4001);
+    expect(await rejectedStatus(token)).toBe(401);
+    expect(await rejectedStatus(null)).toBe(401);
+    // the server sees the close after the client: wait for its event (bounded)
+    for (let i = 0; i < 100 && !appended.some((e) => e.operation === 'AgentDisconnected'); i++) await new Promise((r) => setTimeout(r, 10));
+    await ctl.audit.idle();
+    const list = await api('GET', `${A}/audit-events?resource_id=ecs-web-1`);
+    expect(list.body.audit_events.map((e: any) => [e.operation, e.actor, e.status, e.detail])).toEqual([
+      ['AgentDisconnected', 'agent:ecs-web-1', 200, 'close code 4001'],
+      ['RotateInstanceToken', 'admin', 200, null],
+      ['AgentConnected', 'agent:ecs-web-1', 101, null],
+      ['CreateInstance', 'admin', 201, null],
+    ]);
+    expect(list.body.audit_events[2]).toMatchObject({ project_id: 'proj-a', resource_type: 'instance', source_ip: '127.0.0.1', user_agent: 'secgroup-agent/test', request_id: null });
+    const refused = appended.filter((e) => e.operation === 'AgentRefused');
+    expect(refused.map((e) => [e.actor, e.project_id, e.status, e.error_code, e.detail])).toEqual([
+      ['anonymous', null, 401, 'SG.0002', 'unknown instance token'],
+      ['anonymous', null, 401, 'SG.0002', 'missing token'],
+    ]);
+    expect(JSON.stringify(appended)).not.toContain(token);
+    expect(JSON.stringify(appended)).not.toContain(rotated.body.token);
   });
 
   it('protocol errors: first frame not a hello, wrong protocol version, invalid frames after hello', async () => {

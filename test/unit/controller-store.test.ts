@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
-import type { Store } from '../../src/controller/store/store.js';
+import { auditEventMatches, type AuditEvent, type AuditFilter, type Store } from '../../src/controller/store/store.js';
 import { checkInvariants, createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
 import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/compile.js';
 import { isSecgroupError } from '../../src/lib/errors.js';
@@ -76,6 +76,58 @@ describe.each([
     expect(await s.findTokenOwner('aa')).toBeNull();
     expect(await s.getAgentState('p', 'i1')).toBeNull();
     expect(await s.getPolicy('p', 'i1')).toBeNull();
+    await s.close();
+  });
+
+  it('keeps audit events per project, newest first, filtered as auditEventMatches says, and prunes them by time', async () => {
+    const s = open();
+    const ev = (id: string, time: string, over: Partial<AuditEvent> = {}): AuditEvent => ({
+      id, time, actor: 'admin', project_id: 'p', operation: 'CreateSecurityGroup', resource_type: 'security_group', resource_ids: [],
+      request_id: `req-${id}`, status: 201, error_code: null, source_ip: '127.0.0.1', user_agent: 'ua', detail: null, ...over,
+    });
+    const all = [
+      ev('e1', '2024-05-01T10:00:00.000Z', { resource_ids: ['sg-a'] }),
+      ev('e2', '2024-05-01T11:00:00.000Z', { status: 400, error_code: 'SG.0001', actor: 'anonymous' }),
+      ev('e3', '2024-05-01T11:00:00.000Z', { operation: 'DeleteSecurityGroup', resource_ids: ['sg-a', 'sg-b'], status: 204 }),
+      ev('e4', '2024-05-01T12:00:00.000Z', { project_id: 'q' }),
+      ev('e5', '2024-05-01T09:00:00.000Z', { project_id: null, actor: 'anonymous', operation: 'AgentRefused', status: 401 }),
+    ];
+    for (const e of all) await s.appendAuditEvent(e);
+    await expect(s.appendAuditEvent(all[0]!)).rejects.toThrow();
+    const ids = async (f: AuditFilter, include?: string) => (await s.listAuditEvents('p', f, include)).map((e) => e.id);
+    // equal times: the later appended first
+    expect(await ids({})).toEqual(['e3', 'e2', 'e1']);
+    expect((await s.listAuditEvents('p', {}))[2]).toEqual(all[0]);
+    const filters: AuditFilter[] = [
+      { operation: ['DeleteSecurityGroup'] },
+      { actor: ['anonymous'] },
+      { resource_id: ['sg-a'] },
+      { resource_id: ['sg-b', 'nope'] },
+      { status: [400, 204] },
+      { result: 'success' },
+      { result: 'failure' },
+      { from: '2024-05-01T11:00:00.000Z' },
+      { to: '2024-05-01T11:00:00.000Z' },
+      { request_id: ['req-e1'] },
+      { operation: ['CreateSecurityGroup'], result: 'success' },
+      { operation: [] },
+    ];
+    for (const f of filters) {
+      const expected = all.filter((e) => e.project_id === 'p' && auditEventMatches(e, f)).map((e) => e.id).sort();
+      expect((await ids(f)).sort(), JSON.stringify(f)).toEqual(expected);
+    }
+    expect(await ids({ result: 'failure' })).toEqual(['e2']);
+    // the marker is included whatever the filters, only in its own project
+    expect(await ids({ result: 'failure' }, 'e1')).toEqual(['e2', 'e1']);
+    expect(await ids({ result: 'failure' }, 'e4')).toEqual(['e2']);
+    expect(await s.pruneAuditEvents('2024-05-01T11:00:00.000Z')).toBe(2);
+    expect(await ids({})).toEqual(['e3', 'e2']);
+    expect(await s.listAuditEvents('q', {})).toHaveLength(1);
+    // appends not awaited one by one (SQLite batches them) all land, in order; a duplicate fails alone
+    const burst = ['b1', 'b2', 'e3', 'b3'].map((id) => s.appendAuditEvent(ev(id, '2024-05-02T00:00:00.000Z')));
+    const settled = await Promise.allSettled(burst);
+    expect(settled.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled']);
+    expect(await ids({ from: '2024-05-02T00:00:00.000Z' })).toEqual(['b3', 'b2', 'b1']);
     await s.close();
   });
 });

@@ -19,6 +19,7 @@ import type { Clock } from '../../lib/clock.js';
 import type { Logger } from '../../lib/logger.js';
 import { ValidationError, isSecgroupError } from '../../lib/errors.js';
 import { ID_PATTERN, zodIssues } from '../../policy/schema.js';
+import { registerAuditHooks, type AuditRecorder } from '../audit.js';
 import { ApiError, type ApiErrorKind, type ErrorBody } from '../errors.js';
 import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, sourceKey, type HttpLimits } from '../limits.js';
 import type { ControllerMetrics } from '../metrics.js';
@@ -61,6 +62,8 @@ export interface ApiOptions {
   http?: Partial<HttpLimits>;
   /** failed authentications per source; shared with the agent hub (default: one from `http`) */
   authLimiter?: AuthFailureLimiter;
+  /** records every write (src/controller/audit.ts); none when absent */
+  audit?: AuditRecorder;
 }
 
 const PROJECT_PREFIX = '/v3/:project_id/';
@@ -179,6 +182,8 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     void reply.header('allow', allow);
     return new ApiError('methodNotAllowed', `${req.method} is not allowed on ${path} (allowed: ${allow})`);
   };
+
+  if (o.audit) registerAuditHooks(app, o.audit, o.tokens);
 
   const started = new WeakMap<FastifyRequest, number>();
   app.addHook('onRequest', async (req, reply) => {

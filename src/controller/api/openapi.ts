@@ -8,6 +8,7 @@ import { VERSION } from '../../lib/version.js';
 import { policySchema } from '../../policy/schema.js';
 import {
   addressGroupView,
+  auditEventView,
   batchCreateRulesBody,
   createAddressGroupBody,
   createGroupBody,
@@ -18,6 +19,7 @@ import {
   instanceStatusView,
   instanceView,
   listAddressGroupsQuery,
+  listAuditEventsQuery,
   listGroupsQuery,
   listInstancesQuery,
   listRulesQuery,
@@ -51,6 +53,7 @@ const responses = {
   token: z.object({ ...rid, instance_id: z.string(), token: z.string() }),
   status: z.object({ ...rid, status: instanceStatusView }),
   ports: portsView,
+  auditEvents: z.object({ ...rid, audit_events: z.array(auditEventView), page_info: pageInfoView }),
   error: errorView,
 };
 
@@ -107,6 +110,13 @@ function operations(): Operation[] {
     },
     { method: 'get', path: `${P}/instances/{id}/status`, summary: 'Desired vs applied revision, last ack and error, connection', ok: { status: 200, schema: o(responses.status) } },
     { method: 'get', path: `${P}/instances/{id}/ports`, summary: 'The agent\'s last port report (open / blocked / local-only / not-listening)', ok: { status: 200, schema: o(responses.ports) } },
+    {
+      method: 'get',
+      path: `${P}/audit-events`,
+      summary: 'The project\'s audit trail: every API write (accepted or refused) and agent connection event, newest first',
+      query: listAuditEventsQuery,
+      ok: { status: 200, schema: o(responses.auditEvents) },
+    },
   ];
 }
 

@@ -43,6 +43,7 @@ import {
   updateInstanceBody,
   type batchRuleOptionSchema,
 } from './schemas.js';
+import { registerAuditRoutes } from './audit-routes.js';
 import { addressGroupView, groupView, instanceView, paginate, ruleView } from './views.js';
 import type { z } from 'zod';
 
@@ -288,4 +289,8 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
     const st = (await o.store.getAgentState(project, id)) ?? EMPTY_AGENT_STATE;
     return { instance_id: id, received_at: st.ports_received_at, report: st.ports };
   });
+
+  // ---- audit trail ----
+
+  registerAuditRoutes(route, o);
 }

@@ -229,6 +229,44 @@ export const listAddressGroupsQuery = z.looseObject({
 });
 export const listInstancesQuery = z.looseObject({ ...pageQuery, id: multi, name: multi, security_group_id: multi });
 
+/** an ISO 8601 time with a zone, normalised to the stored form (UTC, milliseconds) */
+const auditTime = z.iso
+  .datetime({ offset: true })
+  .transform((v) => new Date(v).toISOString())
+  .optional();
+
+export const listAuditEventsQuery = z.looseObject({
+  ...pageQuery,
+  operation: multi,
+  actor: multi,
+  resource_id: multi,
+  status: z
+    .union([z.string(), z.array(z.string())])
+    .transform((v) => (Array.isArray(v) ? v : [v]))
+    .pipe(z.array(z.string().regex(/^\d{3}$/, { message: 'must be an HTTP status (3 digits)' }).transform(Number)))
+    .optional(),
+  result: z.enum(['success', 'failure']).optional().describe('success: status below 400; failure: 400 and above'),
+  from: auditTime.describe('events at or after this time (ISO 8601 with zone)'),
+  to: auditTime.describe('events before this time (ISO 8601 with zone)'),
+  request_id: multi,
+});
+
+export const auditEventView = z.object({
+  id: z.string(),
+  time: z.string().describe('ISO 8601 UTC with milliseconds'),
+  actor: z.string().describe('API token name, agent:<instance id>, or anonymous'),
+  project_id: z.string().nullable(),
+  operation: z.string().describe('e.g. CreateSecurityGroupRule, DeleteSecurityGroup, AgentConnected'),
+  resource_type: z.string(),
+  resource_ids: z.array(z.string()).describe('ids in the path, then the ids created'),
+  request_id: z.string().nullable(),
+  status: z.int().describe('HTTP status; agent events: 101 connected, 200 disconnected, 401 refused'),
+  error_code: z.string().nullable().describe('the answer\'s error_code (refusals; DryRunOperation for dry runs)'),
+  source_ip: z.string().nullable(),
+  user_agent: z.string().nullable().describe('at most 256 characters'),
+  detail: z.string().nullable().describe('agent events: the WebSocket close code'),
+});
+
 export const pageInfoView = z.object({
   previous_marker: z.string().optional().describe('id of the first resource of this page'),
   current_count: z.int(),

@@ -3,7 +3,7 @@
  * nothing survives the process).
  */
 import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
-import { EMPTY_AGENT_STATE, type AgentState, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { EMPTY_AGENT_STATE, auditEventMatches, type AgentState, type AuditEvent, type AuditFilter, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
@@ -16,6 +16,8 @@ export class MemoryStore implements Store {
   private extra = new Map<string, InstanceExtra>();
   private counter = 0;
   private closed = false;
+  /** in append order */
+  private audit: AuditEvent[] = [];
 
   private key(projectId: string, instanceId: string): string {
     return `${projectId}\u0000${instanceId}`;
@@ -102,6 +104,28 @@ export class MemoryStore implements Store {
     if (!x) return false;
     x.agent = { ...x.agent, ...patch };
     return true;
+  }
+
+  async appendAuditEvent(event: AuditEvent): Promise<void> {
+    this.check();
+    if (this.audit.some((e) => e.id === event.id)) throw new Error(`audit event ${event.id} already exists`);
+    this.audit.push({ ...event, resource_ids: [...event.resource_ids] });
+  }
+
+  async listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]> {
+    this.check();
+    const seq = new Map(this.audit.map((e, i) => [e, i]));
+    return this.audit
+      .filter((e) => e.project_id === projectId && (e.id === include || auditEventMatches(e, filter)))
+      .sort((a, b) => (a.time < b.time ? 1 : a.time > b.time ? -1 : seq.get(b)! - seq.get(a)!))
+      .map((e) => ({ ...e, resource_ids: [...e.resource_ids] }));
+  }
+
+  async pruneAuditEvents(before: string): Promise<number> {
+    this.check();
+    const n = this.audit.length;
+    this.audit = this.audit.filter((e) => e.time >= before);
+    return n - this.audit.length;
   }
 
   async close(): Promise<void> {

@@ -15,7 +15,7 @@ import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
-import { EMPTY_AGENT_STATE, type AgentState, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { EMPTY_AGENT_STATE, type AgentState, type AuditEvent, type AuditFilter, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database.Database;
 
@@ -110,6 +110,30 @@ export const MIGRATIONS: readonly ((db: Db) => void)[] = [
       ALTER TABLE instances ADD COLUMN policy_tail TEXT;
     `);
   },
+  // 3: the audit trail (src/controller/audit.ts). Not tied to the projects table by a foreign key: events of refused
+  // requests name projects that may not exist, and events outlive deleted resources until pruned by time.
+  (db) => {
+    db.exec(`
+      CREATE TABLE audit_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        time TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        project_id TEXT,
+        operation TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        resource_ids TEXT NOT NULL,
+        request_id TEXT,
+        status INTEGER NOT NULL,
+        error_code TEXT,
+        source_ip TEXT,
+        user_agent TEXT,
+        detail TEXT
+      ) STRICT;
+      CREATE INDEX audit_by_project_time ON audit_events (project_id, time);
+      CREATE INDEX audit_by_time ON audit_events (time);
+    `);
+  },
 ];
 
 export interface SqliteStoreOptions {
@@ -126,6 +150,8 @@ interface RuleDbRow extends Omit<RuleRow, 'direction' | 'action' | 'ethertype'> 
   action: string;
   ethertype: string;
 }
+
+type AuditDbRow = Omit<AuditEvent, 'resource_ids'> & { resource_ids: string };
 
 /** Opens (creating it with mode 0600 if needed) and migrates the database; throws SecgroupError STATE_IO. */
 export function openSqliteStore(file: string, opts: SqliteStoreOptions = {}): SqliteStore {
@@ -233,6 +259,11 @@ export class SqliteStore implements Store {
       ),
       getAgentState: db.prepare<[string, string], { state: string }>('SELECT state FROM agent_state WHERE project_id = ? AND instance_id = ?'),
       setAgentState: db.prepare('UPDATE agent_state SET state = ? WHERE project_id = ? AND instance_id = ?'),
+      appendAudit: db.prepare(
+        `INSERT INTO audit_events (id, time, actor, project_id, operation, resource_type, resource_ids, request_id, status, error_code, source_ip, user_agent, detail)
+         VALUES (@id, @time, @actor, @project_id, @operation, @resource_type, @resource_ids, @request_id, @status, @error_code, @source_ip, @user_agent, @detail)`,
+      ),
+      pruneAudit: db.prepare('DELETE FROM audit_events WHERE time < ?'),
     };
   }
 
@@ -398,8 +429,88 @@ export class SqliteStore implements Store {
     batch.forEach((b, i) => b.resolve(results[i]!));
   }
 
+  /**
+   * Audit events arriving together are written in one transaction, as agent
+   * state updates are (one fsync per batch, not per event: every API write
+   * records one); the promise resolves once the event is committed.
+   */
+  appendAuditEvent(event: AuditEvent): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.pendingAudit.push({ event, resolve, reject });
+      if (this.pendingAudit.length === 1) setImmediate(() => this.flushAudit());
+    });
+  }
+
+  private pendingAudit: { event: AuditEvent; resolve: () => void; reject: (e: unknown) => void }[] = [];
+
+  private flushAudit(): void {
+    const batch = this.pendingAudit;
+    this.pendingAudit = [];
+    if (!batch.length) return;
+    const failed = new Map<number, unknown>();
+    try {
+      if (!this.db.open) throw new SecgroupError('STATE_IO', 'the controller database is closed');
+      this.db.transaction(() =>
+        batch.forEach(({ event }, i) => {
+          // one bad event (a duplicate id) must not lose the others
+          try {
+            this.stmt.appendAudit.run({ ...event, resource_ids: JSON.stringify(event.resource_ids) });
+          } catch (e) {
+            failed.set(i, e);
+          }
+        }),
+      ).immediate();
+    } catch (e) {
+      for (const b of batch) b.reject(e);
+      return;
+    }
+    batch.forEach((b, i) => (failed.has(i) ? b.reject(failed.get(i)) : b.resolve()));
+  }
+
+  /** The filter is `auditEventMatches` in SQL; statements are cached by the set of filters given. */
+  async listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]> {
+    this.flushAudit();
+    const conds: string[] = [];
+    const args: Record<string, unknown> = { project: projectId, include: include ?? null };
+    const anyOf = (key: string, list: readonly unknown[] | undefined, cond: (param: string) => string) => {
+      if (list === undefined) return;
+      conds.push(`(${list.map((v, i) => ((args[`${key}${i}`] = v), cond(`@${key}${i}`))).join(' OR ') || '0'})`);
+    };
+    anyOf('op', filter.operation, (p) => `operation = ${p}`);
+    anyOf('actor', filter.actor, (p) => `actor = ${p}`);
+    anyOf('rid', filter.resource_id, (p) => `EXISTS (SELECT 1 FROM json_each(resource_ids) WHERE value = ${p})`);
+    anyOf('status', filter.status, (p) => `status = ${p}`);
+    anyOf('req', filter.request_id, (p) => `request_id = ${p}`);
+    if (filter.result !== undefined) conds.push(filter.result === 'success' ? 'status < 400' : 'status >= 400');
+    if (filter.from !== undefined) {
+      conds.push('time >= @from');
+      args.from = filter.from;
+    }
+    if (filter.to !== undefined) {
+      conds.push('time < @to');
+      args.to = filter.to;
+    }
+    const where = conds.length ? `(${conds.join(' AND ')}) OR id = @include` : '1';
+    const sql = `SELECT id, time, actor, project_id, operation, resource_type, resource_ids, request_id, status, error_code, source_ip, user_agent, detail
+                   FROM audit_events WHERE project_id = @project AND (${where}) ORDER BY time DESC, seq DESC`;
+    let st = this.auditQueries.get(sql);
+    if (!st) {
+      st = this.db.prepare<[Record<string, unknown>], AuditDbRow>(sql);
+      if (this.auditQueries.size < 256) this.auditQueries.set(sql, st);
+    }
+    return st.all(args).map((r) => ({ ...r, resource_ids: JSON.parse(r.resource_ids) as string[] }));
+  }
+
+  private readonly auditQueries = new Map<string, Database.Statement<[Record<string, unknown>], AuditDbRow>>();
+
+  async pruneAuditEvents(before: string): Promise<number> {
+    this.flushAudit();
+    return this.stmt.pruneAudit.run(before).changes;
+  }
+
   async close(): Promise<void> {
     this.flushAgentState();
+    this.flushAudit();
     if (this.db.open) this.db.close();
   }
 }

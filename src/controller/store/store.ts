@@ -69,6 +69,63 @@ export const EMPTY_AGENT_STATE: AgentState = {
   ports_received_at: null,
 };
 
+/**
+ * One audit trail entry (docs/api.md, "Audit events"): a write to the API,
+ * accepted or refused, or an agent connection event. Never holds a token.
+ */
+export interface AuditEvent {
+  /** unique; also the pagination marker */
+  id: string;
+  /** ISO 8601 with milliseconds, from the controller's clock */
+  time: string;
+  /** API token name, `agent:<instance id>`, or `anonymous` */
+  actor: string;
+  /** null only for events no project can be named for (an agent presenting an unknown token) */
+  project_id: string | null;
+  operation: string;
+  resource_type: string;
+  resource_ids: string[];
+  /** null for agent events */
+  request_id: string | null;
+  /** HTTP status (agent events: 101 connected, 200 disconnected, 401 refused) */
+  status: number;
+  /** the answer's `error_code` (refusals, and `DryRunOperation` for dry runs) */
+  error_code: string | null;
+  source_ip: string | null;
+  user_agent: string | null;
+  /** short free text (agent events: the close code) */
+  detail: string | null;
+}
+
+/** Filters of an audit event list; each given one must match (the store contract). */
+export interface AuditFilter {
+  operation?: readonly string[];
+  actor?: readonly string[];
+  resource_id?: readonly string[];
+  status?: readonly number[];
+  result?: 'success' | 'failure';
+  /** inclusive, ISO 8601 UTC with milliseconds (as `time`) */
+  from?: string;
+  /** exclusive */
+  to?: string;
+  request_id?: readonly string[];
+}
+
+/** Does `e` pass `f`? The definition both stores implement (memory: this function; SQLite: the same in SQL). */
+export function auditEventMatches(e: AuditEvent, f: AuditFilter): boolean {
+  const any = <T>(list: readonly T[] | undefined, test: (v: T) => boolean) => list === undefined || list.some(test);
+  return (
+    any(f.operation, (v) => v === e.operation) &&
+    any(f.actor, (v) => v === e.actor) &&
+    any(f.resource_id, (v) => e.resource_ids.includes(v)) &&
+    any(f.status, (v) => v === e.status) &&
+    any(f.request_id, (v) => v === e.request_id) &&
+    (f.result === undefined || (f.result === 'success') === e.status < 400) &&
+    (f.from === undefined || e.time >= f.from) &&
+    (f.to === undefined || e.time < f.to)
+  );
+}
+
 export interface MutateResult<T> {
   value: T;
   /** the project's version after the commit */
@@ -103,5 +160,16 @@ export interface Store {
   getAgentState(projectId: string, instanceId: string): Promise<AgentState | null>;
   /** false when the instance does not exist (nothing written) */
   updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean>;
+  /** Appends an audit event (its id must be new). */
+  appendAuditEvent(event: AuditEvent): Promise<void>;
+  /**
+   * The project's audit events that pass `filter`, newest first (by time,
+   * then by the order they were appended), plus the event with id
+   * `include` if it is the project's, whether it passes or not (the caller
+   * uses it as a pagination marker).
+   */
+  listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]>;
+  /** Deletes every audit event (of every project) older than `before` (ISO); returns how many. */
+  pruneAuditEvents(before: string): Promise<number>;
   close(): Promise<void>;
 }
