@@ -45,13 +45,24 @@ export class FakeClock implements Clock {
   private t: number;
   private seq = 0;
   private pending: Pending[] = [];
+  /** how far the wall clock was set away from the monotonic time (`jumpWall`) */
+  private wallOffset = 0;
 
   constructor(start = 1_700_000_000_000) {
     this.t = start;
   }
 
   now(): number {
-    return this.t;
+    return this.t + this.wallOffset;
+  }
+
+  /**
+   * Sets the wall clock `ms` forward (negative: back), as an NTP step or an
+   * operator's `date -s` would: `now()` jumps, `monotonic()` and the timers
+   * (which run on monotonic time, as Node's do) do not move.
+   */
+  jumpWall(ms: number): void {
+    this.wallOffset += ms;
   }
 
   monotonic(): number {
