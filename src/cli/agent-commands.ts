@@ -153,7 +153,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         throw new SecgroupError('CONFIG_INVALID', `cannot read controller.ca_file ${c.ca_file}: ${errorMessage(e)}`, { cause: e });
       }) : undefined;
       // nft from a helper shell started now, while the process is small (fork cost grows with it)
-      const nft = new ExecaNftRunner({ table: config.table, helper: true });
+      const nft = new ExecaNftRunner({ table: config.table, helper: true, timeoutMs: config.nft_timeout_ms });
       if (nft.helperError) logger.warn({ event: 'nft_helper_unavailable', err: nft.helperError }, `nft helper shell unavailable, running nft directly: ${nft.helperError}`);
       const agent = createAgent({
         config,

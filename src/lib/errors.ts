@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'NFT_NOT_FOUND_OBJECT'
   | 'NFT_EXISTS'
   | 'NFT_FAILED'
+  | 'NFT_TIMEOUT'
   | 'STATE_CORRUPT'
   | 'STATE_IO'
   | 'PROTOCOL'
