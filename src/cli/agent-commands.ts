@@ -26,6 +26,7 @@ import { isYamlPath, loadPolicyFile, parseDocumentText } from '../policy/load.js
 import type { Policy } from '../policy/schema.js';
 import { fail } from './common.js';
 import { CliExit, EXIT, type CliIo } from './io.js';
+import { MAX_MESSAGE_BYTES } from '../protocol/messages.js';
 
 const dnsResolver: Resolver = {
   async resolve(host) {
@@ -163,7 +164,8 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         logger,
         scheduler: cronScheduler,
         resolver: dnsResolver,
-        dialer: c ? wsDialer({ url: c.url, token: readToken(config), ...(ca ? { ca } : {}), maxPayload: c.max_message_bytes, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
+        dialer: c ? wsDialer({ url: c.url, token: readToken(config), ...(ca ? { ca } : {}), // the socket's cap is the protocol's: a policy over the agent's own limit arrives whole and is acked `rejected` (controller-client.ts)
+        maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
         // failsafe ports count as open in the report; the controller rule is egress and does not matter here
         portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),
         hostname: hostname(),

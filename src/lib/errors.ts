@@ -6,6 +6,7 @@
 export type ErrorCode =
   | 'POLICY_INVALID'
   | 'POLICY_PARSE'
+  | 'POLICY_TOO_LARGE'
   | 'CONFIG_INVALID'
   | 'PACKET_INVALID'
   | 'NFT_NOT_FOUND'
