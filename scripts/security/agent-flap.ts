@@ -38,7 +38,7 @@ async function main(): Promise<void> {
     const config = await lab.writeConfig({
       instance_id: 'lab-1',
       state_dir: `${lab.dir}/state`,
-      log_level: 'warn',
+      log_level: 'info',
       http_listen: null,
       controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 't', reconnect_initial_ms: initial, reconnect_max_ms: max },
       platform: { dhcp: false },
@@ -60,6 +60,7 @@ async function main(): Promise<void> {
     await peer.request({ cmd: 'flap', on: true });
     console.log(`agent pid ${pid}: controller flaps every ${periodMs} ms (accept+close / refuse) for ${seconds} s; reconnect backoff ${initial}-${max} ms; RSS at start ${rss0} KiB`);
     while ((performance.now() - t0) / 1000 < seconds) {
+      if (agent.proc.exitCode !== null && agent.proc.exitCode !== undefined) throw new Error(`the agent exited (${agent.proc.exitCode}):\n${agent.raw.slice(-20).join('\n')}`);
       await new Promise((r) => setTimeout(r, periodMs));
       up = !up;
       const r = await peer.request({ cmd: up ? 'up' : 'down' });
@@ -76,7 +77,7 @@ async function main(): Promise<void> {
     const c = cpu(pid) - cpu0;
     const disconnects = agent.lines.filter((l) => l.event === 'disconnect').length;
     console.log(
-      `total: ${t.toFixed(0)} s, ${connections} connections accepted (+ refused dials; ${disconnects} disconnect lines at warn), agent CPU ${c.toFixed(2)} s = ${((c / t) * 100).toFixed(1)} % of a core, ` +
+      `total: ${t.toFixed(0)} s, ${connections} connections accepted (+ refused dials; ${disconnects} disconnect log lines), agent CPU ${c.toFixed(2)} s = ${((c / t) * 100).toFixed(1)} % of a core, ` +
         `${connections ? ((c / connections) * 1000).toFixed(2) : '-'} ms per accepted connection; RSS start ${rss0} KiB, after 50 connections ${rss50 ?? '-'} KiB, end ${rss(pid)} KiB`,
     );
   } finally {

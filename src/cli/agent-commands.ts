@@ -14,7 +14,7 @@ import { DEFAULT_CONFIG_PATH, controllerHostPort, platformOptions, resolveConfig
 import { FileStateStore } from '../agent/state-store.js';
 import { wsDialer } from '../agent/ws-dialer.js';
 import { tuneForFootprint } from '../agent/footprint.js';
-import { systemClock } from '../lib/clock.js';
+import { holdProcess, systemClock } from '../lib/clock.js';
 import { SecgroupError, errorMessage } from '../lib/errors.js';
 import { createLogger } from '../lib/logger.js';
 import { cronScheduler } from '../lib/scheduler.js';
@@ -171,8 +171,15 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         hostname: hostname(),
       });
       const signal = io.stopSignal?.() ?? new Promise<string>(() => {});
-      await agent.start();
-      const sig = await signal;
+      // the daemon runs until a stop signal, whatever handles it holds meanwhile
+      const hold = holdProcess();
+      let sig: string;
+      try {
+        await agent.start();
+        sig = await signal;
+      } finally {
+        hold.release();
+      }
       logger.info({ event: 'signal', signal: sig }, `${sig}: stopping`);
       await agent.stop();
       nft.close();

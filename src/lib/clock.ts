@@ -32,6 +32,17 @@ export const systemClock: Clock = {
   sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
 };
 
+/**
+ * Keeps the process alive until `release()`. The system clock's timers are
+ * unref'd, so a daemon whose only handles are those timers (HTTP endpoint
+ * off, controller connection down between dials, or standalone) would
+ * otherwise end with exit code 13 while it waits for its stop signal.
+ */
+export function holdProcess(): { release(): void } {
+  const t = setInterval(() => undefined, 2 ** 30);
+  return { release: () => clearInterval(t) };
+}
+
 interface Pending {
   at: number;
   seq: number;

@@ -352,4 +352,20 @@ exec ${realNft} "$@"
     await peer.waitForAck(latest, 'applied', 15_000);
     expect(await verdicts([8000, 8003])).toEqual({ 8000: false, 8003: true });
   });
+
+  it('with the HTTP endpoint disabled, the agent outlives a controller outage (nothing else holds its event loop between dials)', { timeout: 60_000 }, async () => {
+    await agent.stop('SIGTERM');
+    await peer.request({ cmd: 'down' });
+    const quiet = await lab.writeConfig({ ...configDoc, http_listen: '' });
+    agent = lab.startAgent(quiet, [], env);
+    await agent.waitFor((l) => l.event === 'boot', 30_000, 0, 'boot');
+    await agent.waitFor((l) => l.event === 'disconnect' && Number(l.attempt) >= 3, 10_000, 0, 'three failed dials');
+    await sleep(1000);
+    expect(agent.proc.exitCode ?? null).toBeNull();
+    const from = peer.lines.length;
+    await peer.request({ cmd: 'up' });
+    await peer.waitFor((l) => l.event === 'connection', 15_000, from, 'reconnect');
+    expect(await marker()).toBe(16);
+    expect(await agent.stop('SIGTERM')).toBe(0);
+  });
 });
