@@ -53,6 +53,8 @@ export const agentConfigSchema = z.strictObject({
   retry_initial_ms: z.int().min(10).default(1000),
   retry_max_ms: z.int().min(100).default(60_000),
   incremental: z.boolean().default(true),
+  /** an nft call that outlives this is killed and fails with NFT_TIMEOUT (the apply is retried with backoff) */
+  nft_timeout_ms: z.int().min(100).default(60_000),
   http_listen: z.union([listenSchema, z.literal(''), z.null()]).default('127.0.0.1:9469'),
   ports_interval_ms: z.int().min(0).default(60_000),
 });

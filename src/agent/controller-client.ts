@@ -153,8 +153,7 @@ export class ControllerClient {
       message: (text, bytes) => {
         if (!live()) return;
         if (bytes > this.o.maxMessageBytes) {
-          this.o.logger.error({ event: 'protocol_error', bytes }, `frame of ${bytes} bytes is over the limit of ${this.o.maxMessageBytes}: closing`);
-          this.socket?.close(1009, 'message too big');
+          this.onOversize(text, bytes);
           return;
         }
         this.onFrame(text);
@@ -177,6 +176,23 @@ export class ControllerClient {
       this.o.logger.error({ event: 'connect_error', err: e }, `cannot open the control channel: ${errorMessage(e)}`);
       onGone(1006, 'dial failed');
     }
+  }
+
+  /**
+   * A frame over `maxMessageBytes` (it got here whole: the socket's own cap is
+   * the protocol's). A policy is answered with a `rejected` ack naming the
+   * limit, so the controller shows why and does not send it again on this
+   * connection; the connection stays (closing would only fetch the same
+   * document again after every reconnect). Anything else is dropped.
+   */
+  private onOversize(text: string, bytes: number): void {
+    const head = text.slice(0, 4096);
+    const isPolicy = /^\s*\{\s*"type"\s*:\s*"policy(?:_delta)?"/.test(head);
+    const rev = /"revision"\s*:\s*(\d{1,15})\b/.exec(head);
+    const revision = rev ? Number(rev[1]) : 0;
+    const message = `policy frame of ${bytes} bytes is over this agent's limit of ${this.o.maxMessageBytes} bytes (controller.max_message_bytes): not applied, the current ruleset stays`;
+    this.o.logger.error({ event: 'policy_rejected', code: 'POLICY_TOO_LARGE', bytes, limit: this.o.maxMessageBytes, revision: isPolicy ? revision : null }, isPolicy ? message : `frame of ${bytes} bytes is over the limit of ${this.o.maxMessageBytes}: dropped`);
+    if (isPolicy) this.send({ type: 'ack', revision, status: 'rejected', error: { code: 'POLICY_TOO_LARGE', message } });
   }
 
   private ping(gen: number): void {

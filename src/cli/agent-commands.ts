@@ -14,7 +14,7 @@ import { DEFAULT_CONFIG_PATH, controllerHostPort, platformOptions, resolveConfig
 import { FileStateStore } from '../agent/state-store.js';
 import { wsDialer } from '../agent/ws-dialer.js';
 import { tuneForFootprint } from '../agent/footprint.js';
-import { systemClock } from '../lib/clock.js';
+import { holdProcess, systemClock } from '../lib/clock.js';
 import { SecgroupError, errorMessage } from '../lib/errors.js';
 import { createLogger } from '../lib/logger.js';
 import { cronScheduler } from '../lib/scheduler.js';
@@ -26,6 +26,7 @@ import { isYamlPath, loadPolicyFile, parseDocumentText } from '../policy/load.js
 import type { Policy } from '../policy/schema.js';
 import { fail } from './common.js';
 import { CliExit, EXIT, type CliIo } from './io.js';
+import { MAX_MESSAGE_BYTES } from '../protocol/messages.js';
 
 const dnsResolver: Resolver = {
   async resolve(host) {
@@ -153,7 +154,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         throw new SecgroupError('CONFIG_INVALID', `cannot read controller.ca_file ${c.ca_file}: ${errorMessage(e)}`, { cause: e });
       }) : undefined;
       // nft from a helper shell started now, while the process is small (fork cost grows with it)
-      const nft = new ExecaNftRunner({ table: config.table, helper: true });
+      const nft = new ExecaNftRunner({ table: config.table, helper: true, timeoutMs: config.nft_timeout_ms });
       if (nft.helperError) logger.warn({ event: 'nft_helper_unavailable', err: nft.helperError }, `nft helper shell unavailable, running nft directly: ${nft.helperError}`);
       const agent = createAgent({
         config,
@@ -163,14 +164,22 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         logger,
         scheduler: cronScheduler,
         resolver: dnsResolver,
-        dialer: c ? wsDialer({ url: c.url, token: readToken(config), ...(ca ? { ca } : {}), maxPayload: c.max_message_bytes, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
+        dialer: c ? wsDialer({ url: c.url, token: readToken(config), ...(ca ? { ca } : {}), // the socket's cap is the protocol's: a policy over the agent's own limit arrives whole and is acked `rejected` (controller-client.ts)
+        maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
         // failsafe ports count as open in the report; the controller rule is egress and does not matter here
         portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),
         hostname: hostname(),
       });
       const signal = io.stopSignal?.() ?? new Promise<string>(() => {});
-      await agent.start();
-      const sig = await signal;
+      // the daemon runs until a stop signal, whatever handles it holds meanwhile
+      const hold = holdProcess();
+      let sig: string;
+      try {
+        await agent.start();
+        sig = await signal;
+      } finally {
+        hold.release();
+      }
       logger.info({ event: 'signal', signal: sig }, `${sig}: stopping`);
       await agent.stop();
       nft.close();

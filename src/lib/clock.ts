@@ -32,6 +32,17 @@ export const systemClock: Clock = {
   sleep: (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
 };
 
+/**
+ * Keeps the process alive until `release()`. The system clock's timers are
+ * unref'd, so a daemon whose only handles are those timers (HTTP endpoint
+ * off, controller connection down between dials, or standalone) would
+ * otherwise end with exit code 13 while it waits for its stop signal.
+ */
+export function holdProcess(): { release(): void } {
+  const t = setInterval(() => undefined, 2 ** 30);
+  return { release: () => clearInterval(t) };
+}
+
 interface Pending {
   at: number;
   seq: number;
@@ -45,13 +56,24 @@ export class FakeClock implements Clock {
   private t: number;
   private seq = 0;
   private pending: Pending[] = [];
+  /** how far the wall clock was set away from the monotonic time (`jumpWall`) */
+  private wallOffset = 0;
 
   constructor(start = 1_700_000_000_000) {
     this.t = start;
   }
 
   now(): number {
-    return this.t;
+    return this.t + this.wallOffset;
+  }
+
+  /**
+   * Sets the wall clock `ms` forward (negative: back), as an NTP step or an
+   * operator's `date -s` would: `now()` jumps, `monotonic()` and the timers
+   * (which run on monotonic time, as Node's do) do not move.
+   */
+  jumpWall(ms: number): void {
+    this.wallOffset += ms;
   }
 
   monotonic(): number {

@@ -6,6 +6,7 @@
 export type ErrorCode =
   | 'POLICY_INVALID'
   | 'POLICY_PARSE'
+  | 'POLICY_TOO_LARGE'
   | 'CONFIG_INVALID'
   | 'PACKET_INVALID'
   | 'NFT_NOT_FOUND'
@@ -14,6 +15,7 @@ export type ErrorCode =
   | 'NFT_NOT_FOUND_OBJECT'
   | 'NFT_EXISTS'
   | 'NFT_FAILED'
+  | 'NFT_TIMEOUT'
   | 'STATE_CORRUPT'
   | 'STATE_IO'
   | 'PROTOCOL'

@@ -84,7 +84,11 @@ function timerSchedule(clock: Clock, fields: CronFields, fn: () => Promise<unkno
   let last = 0;
   const arm = () => {
     if (stopped) return;
-    const at = nextCronMatch(fields, Math.max(clock.now(), last));
+    const now = clock.now();
+    // `last` keeps a match from running twice when a timer fires early; when the wall clock
+    // was set back past it, it would instead hold every run until that time comes again
+    if (last > now) last = 0;
+    const at = nextCronMatch(fields, Math.max(now, last));
     if (at === null) return;
     // (the clock's timers do not keep the process alive, as node-cron's unref)
     timer = clock.setTimeout(() => {

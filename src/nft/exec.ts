@@ -6,7 +6,7 @@
  */
 import { execa, type ExecaError } from 'execa';
 import { renderTransaction } from './render.js';
-import { nftError, nftNotFound, type NftInfo, type NftRunner } from './runner.js';
+import { nftError, nftNotFound, nftTimeout, type NftInfo, type NftRunner } from './runner.js';
 import { parseMarker, parseTableReadback, type Counter, type TableReadback } from './readback.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 import { MARKER_SET, assertName } from './model.js';
@@ -17,7 +17,7 @@ export interface ExecaNftOptions {
   table: string;
   /** the command that runs nft, default ["nft"]; e.g. ["ip", "netns", "exec", "ns1", "nft"] in tests */
   command?: string[];
-  /** per-call timeout, default 60 s */
+  /** per-call timeout, default 60 s; a call that outlives it is killed and throws NFT_TIMEOUT */
   timeoutMs?: number;
   /**
    * Start nft from a long-lived shell instead of from this process (see
@@ -69,7 +69,7 @@ export class ExecaNftRunner implements NftRunner {
       try {
         r = await this.spawner.run(args, input);
       } catch (e) {
-        if (e instanceof SpawnTimeoutError) throw nftError(what, `timed out after ${this.timeoutMs} ms`, undefined, e);
+        if (e instanceof SpawnTimeoutError) throw nftTimeout(what, this.timeoutMs, e);
         throw nftError(what, errorMessage(e), undefined, e);
       }
       // 127: the shell did not find the command
@@ -84,7 +84,7 @@ export class ExecaNftRunner implements NftRunner {
     } catch (e) {
       const err = e as ExecaError;
       if (err.code === 'ENOENT') throw nftNotFound(e);
-      if (err.timedOut) throw nftError(what, `timed out after ${this.timeoutMs} ms`, undefined, e);
+      if (err.timedOut) throw nftTimeout(what, this.timeoutMs, e);
       throw nftError(what, String(err.stderr ?? err.message), err.exitCode, e);
     }
   }

@@ -68,6 +68,16 @@ export function nftError(what: string, stderr: string, exitCode: number | undefi
   return new SecgroupError(code, message, { cause, details: { stderr: stderr.slice(0, 4000), exitCode } });
 }
 
+/**
+ * nft did not finish within `timeoutMs` and was killed (SIGKILL with the
+ * helper shell, SIGTERM when started directly). Killed before it commits, the
+ * kernel never saw the batch; a batch already committed stays whole: nft -f is
+ * one atomic transaction either way.
+ */
+export function nftTimeout(what: string, timeoutMs: number, cause?: unknown): SecgroupError {
+  return new SecgroupError('NFT_TIMEOUT', `${what} did not finish within ${timeoutMs} ms and was killed (nft_timeout_ms); the previous ruleset stays`, { cause, details: { timeoutMs } });
+}
+
 export function nftNotFound(cause?: unknown): SecgroupError {
   return new SecgroupError('NFT_NOT_FOUND', 'nft not found - install nftables (the nft command must be on PATH)', { cause });
 }

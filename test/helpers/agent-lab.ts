@@ -7,6 +7,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -77,8 +78,19 @@ class LineProcess {
 
   async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<number | undefined> {
     if (this.proc.exitCode !== null && this.proc.exitCode !== undefined) return this.proc.exitCode;
-    this.proc.kill(signal);
-    const timer = setTimeout(() => this.proc.kill('SIGKILL'), timeoutMs);
+    // tsx runs the script in a child node: a SIGKILL of the launcher alone would leave that child running
+    const killTree = () => {
+      for (const p of this.proc.pid ? processTree(this.proc.pid).reverse() : []) {
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+    };
+    if (signal === 'SIGKILL') killTree();
+    else this.proc.kill(signal);
+    const timer = setTimeout(killTree, timeoutMs);
     try {
       const r = await this.proc;
       return r.exitCode;
@@ -121,6 +133,33 @@ export class AgentProcess extends LineProcess {
   events(event: string): Json[] {
     return this.lines.filter((l) => l.event === event);
   }
+  /** The agent's own (node) process id, from its first log line (pino logs `pid`); the launcher's pid is `proc.pid`. */
+  async agentPid(): Promise<number> {
+    const l = await this.waitFor((x) => typeof x.pid === 'number', 30_000, 0, 'a log line with pid');
+    return l.pid as number;
+  }
+}
+
+/** `pid` and all its descendants (children first listed last), from /proc. */
+export function processTree(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(name)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out: number[] = [];
+  const walk = (p: number) => {
+    out.push(p);
+    for (const c of children.get(p) ?? []) walk(c);
+  };
+  walk(pid);
+  return out;
 }
 
 export class AgentLab {
@@ -202,13 +241,13 @@ export class AgentLab {
   }
 
   /** The real agent (`secgroup agent --config FILE`) inside the host namespace; its JSON logs are parsed. */
-  startAgent(configPath: string, extra: string[] = []): AgentProcess {
+  startAgent(configPath: string, extra: string[] = [], env: Record<string, string> = {}): AgentProcess {
     const proc = execa('ip', ['netns', 'exec', this.host, TSX, join(REPO, 'src/cli/main.ts'), 'agent', '--config', configPath, ...extra], {
       cwd: REPO,
       buffer: false,
       stdin: 'ignore',
       // the agent's nft helper directory goes with the lab's directory, also when the agent is killed
-      env: { TMPDIR: this.dir },
+      env: { TMPDIR: this.dir, ...env },
     });
     const agent = new AgentProcess(proc, proc.stderr!);
     this.procs.push(agent);

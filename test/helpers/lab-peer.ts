@@ -19,6 +19,8 @@ const emit = (e: Record<string, unknown>) => process.stdout.write(JSON.stringify
 
 let wss: WebSocketServer | null = null;
 let current: unknown = null;
+let flap = false;
+let connections = 0;
 const agents = new Set<WebSocket>();
 
 function up(): void {
@@ -27,7 +29,8 @@ function up(): void {
   wss.on('listening', () => emit({ event: 'listening' }));
   wss.on('connection', (ws, req) => {
     agents.add(ws);
-    emit({ event: 'connection', auth: req.headers.authorization ?? null });
+    connections++;
+    if (!flap || connections % 50 === 0) emit({ event: 'connection', auth: req.headers.authorization ?? null, n: connections });
     ws.on('message', (data) => {
       let m: { type?: string; applied_revision?: number | null };
       try {
@@ -35,8 +38,14 @@ function up(): void {
       } catch {
         return;
       }
-      emit({ event: 'message', message: m });
+      if (!flap) emit({ event: 'message', message: m });
       if (m.type === 'hello') {
+        if (flap) {
+          // a flapping controller: accepts, welcomes, and drops the connection at once
+          ws.send(JSON.stringify({ type: 'welcome', protocol: 1, instance_id: 'lab', desired_revision: null }));
+          ws.close(1011, 'flap');
+          return;
+        }
         const rev = (current as { revision?: number } | null)?.revision ?? null;
         ws.send(JSON.stringify({ type: 'welcome', protocol: 1, instance_id: 'lab', desired_revision: rev }));
         if (current !== null && m.applied_revision !== rev) ws.send(JSON.stringify({ type: 'policy', policy: current }));
@@ -44,7 +53,7 @@ function up(): void {
     });
     ws.on('close', () => {
       agents.delete(ws);
-      emit({ event: 'disconnect' });
+      if (!flap) emit({ event: 'disconnect' });
     });
   });
 }
@@ -80,6 +89,7 @@ interface Command {
   ports?: number[];
   timeoutMs?: number;
   durationMs?: number;
+  on?: boolean;
 }
 
 up();
@@ -99,6 +109,10 @@ rl.on('line', (line) => {
       case 'down':
         await down();
         return reply({});
+      case 'flap':
+        // on: every agent connection is welcomed and closed at once (only every 50th connection is reported)
+        flap = c.on === true;
+        return reply({ connections });
       case 'up':
         up();
         return reply({});

@@ -80,3 +80,33 @@ describe('cronSchedulerOn (timers of the clock)', () => {
     expect(runs).toBe(2);
   });
 });
+
+describe('cronSchedulerOn when the wall clock jumps', () => {
+  it('keeps its period after the clock is set back an hour (no run is held back until the old time comes again)', async () => {
+    const clock = new FakeClock(at('2026-03-10T10:00:00.500'));
+    let runs = 0;
+    const job = cronSchedulerOn(clock).schedule('*/2 * * * * *', () => void runs++);
+    await clock.advance(10_000);
+    expect(runs).toBe(5);
+    clock.jumpWall(-3_600_000);
+    await clock.advance(10_000);
+    // one period may be lost across the jump, never more
+    expect(runs).toBeGreaterThanOrEqual(9);
+    expect(runs).toBeLessThanOrEqual(10);
+    job.stop();
+  });
+
+  it('after the clock is set forward a day it runs once per period, not once per missed match, and arms one timer', async () => {
+    const clock = new FakeClock(at('2026-03-10T10:00:00.500'));
+    let runs = 0;
+    const job = cronSchedulerOn(clock).schedule('*/2 * * * * *', () => void runs++);
+    await clock.advance(10_000);
+    expect(runs).toBe(5);
+    clock.jumpWall(86_400_000);
+    await clock.advance(10_000);
+    expect(runs).toBeGreaterThanOrEqual(9);
+    expect(runs).toBeLessThanOrEqual(11);
+    expect(clock.timers).toBe(1);
+    job.stop();
+  });
+});

@@ -105,4 +105,19 @@ describe('ShellSpawner', () => {
     await expect(failing.apply({ family: 'inet', table: 'secgroup', ops: [{ op: 'delete-table', family: 'inet', name: 'secgroup' }] })).rejects.toMatchObject({ code: 'NFT_NOT_FOUND_OBJECT' });
     failing.close();
   });
+
+  it.each([{ helper: true }, { helper: false }])('through the nft runner (helper: $helper): a hung nft is killed after timeoutMs and reported as NFT_TIMEOUT, and the next call works', async ({ helper }) => {
+    const runner = new ExecaNftRunner({ table: 'secgroup', command: ['sh', '-c', 'if [ "$1" = -f ]; then exec sleep 30; fi; echo "nftables v1.0.6 (Lester Gooch #5)"', 'nft'], helper, timeoutMs: 300 });
+    try {
+      const t0 = Date.now();
+      await expect(runner.apply({ family: 'inet', table: 'secgroup', ops: [{ op: 'delete-table', family: 'inet', name: 'secgroup' }] })).rejects.toMatchObject({
+        code: 'NFT_TIMEOUT',
+        message: expect.stringContaining('did not finish within 300 ms'),
+      });
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      expect(await runner.probe()).toEqual({ version: '1.0.6' });
+    } finally {
+      runner.close();
+    }
+  });
 });

@@ -280,3 +280,27 @@ describe('agent', () => {
     expect(nft.calls.some((c) => c.tx?.ops.some((op) => op.op === 'delete-table'))).toBe(false);
   });
 });
+
+describe('agent with a flapping controller', () => {
+  it('reads the ports at most once a second however often the connection comes back, and still reports on a connection that stays', async () => {
+    const { clock, dialer, agent, probe } = setup();
+    await agent.start();
+    for (let i = 0; i < 50; i++) {
+      dialer.last.events.open();
+      dialer.last.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: null });
+      dialer.last.events.close(1011, 'flap');
+      await clock.advance(400); // the reconnect delay after a welcome: 375 ms (500 ms initial, equal jitter at 0.5)
+    }
+    const elapsed = 50 * 400;
+    expect(dialer.sockets.length).toBe(51);
+    expect(probe.calls.length).toBeLessThanOrEqual(elapsed / 1000 + 1);
+    // a connection that stays gets its report within a second
+    const before = probe.calls.length;
+    await clock.advance(60_000);
+    dialer.last.events.open();
+    await clock.advance(1000);
+    expect(probe.calls.length).toBe(before + 1);
+    expect(dialer.last.messages.some((m) => m.type === 'ports')).toBe(true);
+    await agent.stop();
+  });
+});

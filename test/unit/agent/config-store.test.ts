@@ -10,7 +10,7 @@ import { policy } from './fixtures.js';
 describe('agent config', () => {
   it('fills defaults', () => {
     const c = resolveConfig({ instance_id: 'ecs-1' }, {});
-    expect(c).toMatchObject({ state_dir: '/var/lib/secgroup', table: 'secgroup', drift_schedule: '*/30 * * * * *', http_listen: '127.0.0.1:9469', incremental: true });
+    expect(c).toMatchObject({ state_dir: '/var/lib/secgroup', table: 'secgroup', drift_schedule: '*/30 * * * * *', http_listen: '127.0.0.1:9469', incremental: true, nft_timeout_ms: 60_000 });
     expect(c.platform).toEqual({ loopback: true, icmpv6_nd: true, dhcp: true, controller_rule: true, failsafe_ingress: [], failsafe_egress: [] });
     expect(c.controller).toBeUndefined();
   });

@@ -75,13 +75,20 @@ describe('controller client', () => {
     expect(dialer.sockets.length).toBe(2);
   });
 
-  it('closes on a frame over the size limit', () => {
+  it('rejects a policy frame over the size limit with an ack that says why, and keeps the connection', () => {
     const { dialer, client, policies } = setup();
     client.start();
     dialer.last.events.open();
-    dialer.last.receive({ type: 'policy', policy: { pad: 'x'.repeat(2000) } });
+    dialer.last.receive({ type: 'policy', policy: { revision: 12, pad: 'x'.repeat(2000) } });
     expect(policies).toEqual([]);
-    expect(dialer.last.closed).toMatchObject({ code: 1009 });
+    expect(dialer.last.closed).toBeNull();
+    expect(client.connected).toBe(true);
+    const ack = dialer.last.messages.find((m) => m.type === 'ack');
+    expect(ack).toMatchObject({ type: 'ack', revision: 12, status: 'rejected', error: { code: 'POLICY_TOO_LARGE', message: expect.stringMatching(/2\d{3} bytes.*limit of 1024 bytes.*max_message_bytes/) } });
+    // a frame over the limit that is not a policy is dropped without an ack
+    dialer.last.receive({ type: 'welcome', pad: 'x'.repeat(2000) });
+    expect(dialer.last.messages.filter((m) => m.type === 'ack').length).toBe(1);
+    expect(dialer.last.closed).toBeNull();
   });
 
   it('stops reconnecting after stop', async () => {
