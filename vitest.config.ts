@@ -23,6 +23,14 @@ export default defineConfig({
       },
       {
         test: {
+          name: 'security',
+          include: ['test/security/**/*.test.ts'],
+          fileParallelism: false,
+          testTimeout: 60_000,
+        },
+      },
+      {
+        test: {
           name: 'system',
           include: ['test/system/**/*.test.ts'],
           fileParallelism: false,
