@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { FakeNft } from '../../src/nft/fake.js';
 import { nftError } from '../../src/nft/runner.js';
 import { findDrift, parseTableComment, parseTableReadback } from '../../src/nft/readback.js';
 import { renderElementChanges } from '../../src/nft/render.js';
@@ -18,6 +19,26 @@ describe('nft errors', () => {
     const e = nftError('nft -f', stderr, 1);
     expect(e.code).toBe(code);
     if (code === 'NFT_PERMISSION') expect(e.message).toContain('needs CAP_NET_ADMIN');
+  });
+
+  // nft echoes the failing script line under its Error: line (knftables error_test.go, "misleading misc error"):
+  // only the Error: line says what went wrong
+  it.each([
+    ['/dev/stdin:3:41-47: Error: syntax error, unexpected comment\nadd rule inet secgroup r_1 comment "No such file or directory" drop\n                                        ^^^^^^^', 'NFT_SYNTAX'],
+    ['/dev/stdin:4:1-30: Error: Could not process rule: Invalid argument\nadd rule inet secgroup r_1 comment "No such file or directory" drop\n^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^', 'NFT_FAILED'],
+    ['/dev/stdin:2:1-3: Error: Could not process rule: No buffer space available\nadd element inet secgroup m { 1 comment "File exists" }\n^^^', 'NFT_FAILED'],
+    ['Error: Could not process rule: Device or resource busy\nadd rule inet secgroup r_1 comment "Operation not permitted" drop', 'NFT_FAILED'],
+    ['/dev/stdin:5:1-9: Error: Could not process rule: No such file or directory\ndelete element inet secgroup m { 198.18.0.1 }\n^^^^^^^^^', 'NFT_NOT_FOUND_OBJECT'],
+  ])('classifies from the Error: line only, not the echoed script line: %j', (stderr, code) => {
+    expect(nftError('nft -f', stderr, 1).code).toBe(code);
+  });
+
+  it('FakeNft fails with the errors the real runner makes from the same nft message', async () => {
+    const nft = new FakeNft();
+    const op = { op: 'update-elements' as const, family: 'inet' as const, table: 'secgroup', map: 'nomap', keyType: ['ipv4_addr' as const], remove: [], add: [] };
+    const err = await nft.apply({ family: 'inet', table: 'secgroup', ops: [op] }).catch((e: unknown) => e);
+    const real = nftError('nft -f', 'Error: Could not process rule: No such file or directory (map nomap)', 1);
+    expect(err).toMatchObject({ code: real.code, message: real.message });
   });
 });
 
