@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import { bigintAsHex, elementId } from './diff.js';
 import { MARKER_SET, type MapElement, type Table } from './model.js';
 import type { Counter, TableReadback } from './readback.js';
+import { renderTable } from './render.js';
 import { nftFailed, nftMissingObject, type NftInfo, type NftRunner } from './runner.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
@@ -65,6 +66,17 @@ export class FakeNft implements NftRunner {
     const p = new Promise<void>((r) => (release = r));
     this.holds.push({ method, release: p });
     return release;
+  }
+
+  /**
+   * The table as the "kernel" holds it, as nft text (render.ts renderTable,
+   * listing form: elements sorted, so the order updates added them in does
+   * not show); '' when there is no table. For tests that compare a whole
+   * resulting table with a golden text or with a fresh compile's
+   * `renderTable(table, { listing: true })` (knftables' Fake.Dump).
+   */
+  dump(): string {
+    return this.state ? renderTable(this.state, { listing: true }) : '';
   }
 
   /** `nft delete table` by someone else */

@@ -1,8 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { FakeNft } from '../../src/nft/fake.js';
 import { nftError } from '../../src/nft/runner.js';
+import { replaceTableTx } from '../../src/nft/transaction.js';
+import { golden } from '../helpers/golden.js';
 import { findDrift, parseTableComment, parseTableReadback } from '../../src/nft/readback.js';
-import { renderElementChanges } from '../../src/nft/render.js';
+import { renderElementChanges, renderTable } from '../../src/nft/render.js';
 import { compilePolicy } from '../../src/nft/compile.js';
 import { planElementUpdate } from '../../src/nft/diff.js';
 import { policy } from './agent/fixtures.js';
@@ -111,5 +113,25 @@ describe('element updates', () => {
     const from = compilePolicy(policy(1));
     expect(planElementUpdate(from.table, compilePolicy(policy(2, { httpPort: '81' })).table)).toBeNull();
     expect(planElementUpdate(from.table, compilePolicy(policy(2, { extraRule: true })).table)).toBeNull();
+  });
+});
+
+describe('FakeNft.dump', () => {
+  it('is the whole table as nft text (golden), and nothing without a table', async () => {
+    const nft = new FakeNft();
+    expect(nft.dump()).toBe('');
+    await nft.apply(replaceTableTx(compilePolicy(policy(1)).table));
+    golden('fake-dump-policy1.nft', nft.dump());
+  });
+
+  it('after element updates equals the dump of the fresh compile, but for the comment an update keeps', async () => {
+    const nft = new FakeNft();
+    const from = compilePolicy(policy(1, { members: ['198.18.0.10', '198.18.0.12'] }));
+    const to = compilePolicy(policy(2, { members: ['198.18.0.30', '198.18.0.10', '198.18.0.20'], office: ['198.18.6.0/25'] }));
+    await nft.apply(replaceTableTx(from.table));
+    await nft.apply({ family: 'inet', table: 'secgroup', ops: planElementUpdate(from.table, to.table)!.ops });
+    const withoutComment = (text: string) => text.replace(/^\tcomment ".*"\n/m, '');
+    expect(withoutComment(nft.dump())).toBe(withoutComment(renderTable(to.table, { listing: true })));
+    expect(nft.dump()).not.toBe(renderTable(to.table, { listing: true })); // the table comment still names revision 1
   });
 });
