@@ -4,7 +4,7 @@
  * the promise that no user text reaches nft syntax: adversarial ids, names and
  * descriptions are rejected by the schema or never appear in the script.
  */
-import { readFileSync, readdirSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
