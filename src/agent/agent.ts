@@ -20,7 +20,7 @@ import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
 import { controllerHostPort, platformOptions, type AgentConfig } from './config.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
 import { AgentMetrics } from './metrics.js';
-import type { PortProbe } from './port-reporter.js';
+import type { PortProbe } from '../probe/port-probe.js';
 import { Reconciler, type SyncOutcome } from './reconciler.js';
 import type { StateStore } from './state-store.js';
 import { ipFamily } from '../policy/address.js';

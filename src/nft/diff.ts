@@ -7,14 +7,19 @@
 import type { MapElement, Table } from './model.js';
 import type { NftOp } from './transaction.js';
 
-const bigintAsHex = (_k: string, val: unknown): unknown => (typeof val === 'bigint' ? val.toString(16) : val);
+/** JSON.stringify replacer for models holding bigints (addresses): hex digits. */
+export const bigintAsHex = (_k: string, val: unknown): unknown => (typeof val === 'bigint' ? val.toString(16) : val);
 
 /** Everything of a table except its comment and the elements of its maps. */
 function skeleton(t: Table): string {
   return JSON.stringify({ family: t.family, name: t.name, chains: t.chains, maps: t.maps.map((m) => ({ ...m, elements: undefined })) }, bigintAsHex);
 }
 
-/** A map element as a short string, equal for equal elements (JSON.stringify of 100k elements took ~0.5 s). */
+/**
+ * A map element as a short string, equal for equal elements and only for
+ * them; how an address was written (KeyPart `text`) is not part of it.
+ * (JSON.stringify of 100k elements took ~0.5 s.)
+ */
 export function elementId(el: MapElement): string {
   const vd = el.verdict;
   let s = vd === undefined ? '' : vd.kind === 'jump' ? vd.chain : vd.kind;

@@ -5,15 +5,15 @@
  * edit it behind the agent's back, set counters).
  */
 import { createHash } from 'node:crypto';
-import { SecgroupError } from '../lib/errors.js';
-import type { MapElement, Table } from './model.js';
+import { bigintAsHex, elementId } from './diff.js';
+import { MARKER_SET, type MapElement, type Table } from './model.js';
 import type { Counter, TableReadback } from './readback.js';
-import type { NftInfo, NftRunner } from './runner.js';
+import { renderTable } from './render.js';
+import { nftFailed, nftMissingObject, type NftInfo, type NftRunner } from './runner.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
 type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters' | 'readMarker';
 
-const bigintAsHex = (_k: string, val: unknown): unknown => (typeof val === 'bigint' ? val.toString(16) : val);
 /**
  * A copy that shares nothing the agent or this fake changes later: the table,
  * its maps and chains and their element and rule arrays (the membership fast
@@ -26,8 +26,6 @@ const clone = (t: Table): Table => ({
   maps: t.maps.map((m) => ({ ...m, keyType: [...m.keyType], elements: m.elements.slice() })),
   chains: t.chains.map((c) => ({ ...c, rules: c.rules.slice() })),
 });
-// content only (not how an address is written: see KeyPart `text`)
-const elementId = (el: MapElement): string => JSON.stringify(el, (k, val: unknown) => (k === 'text' ? undefined : bigintAsHex(k, val)));
 const firstKey = (el: MapElement): string => {
   const k = el.key[0];
   return k === undefined ? '' : `${k.lo}-${k.hi}`;
@@ -58,7 +56,7 @@ export class FakeNft implements NftRunner {
   }
 
   /** The next call of `method` throws `error` (queued, one per call). */
-  failNext(method: Method, error: unknown = new SecgroupError('NFT_FAILED', 'nft -f failed: injected failure')): void {
+  failNext(method: Method, error: unknown = nftFailed('nft -f', 'injected failure')): void {
     this.failures.push({ method, error });
   }
 
@@ -68,6 +66,17 @@ export class FakeNft implements NftRunner {
     const p = new Promise<void>((r) => (release = r));
     this.holds.push({ method, release: p });
     return release;
+  }
+
+  /**
+   * The table as the "kernel" holds it, as nft text (render.ts renderTable,
+   * listing form: elements sorted, so the order updates added them in does
+   * not show); '' when there is no table. For tests that compare a whole
+   * resulting table with a golden text or with a fresh compile's
+   * `renderTable(table, { listing: true })` (knftables' Fake.Dump).
+   */
+  dump(): string {
+    return this.state ? renderTable(this.state, { listing: true }) : '';
   }
 
   /** `nft delete table` by someone else */
@@ -118,15 +127,15 @@ export class FakeNft implements NftRunner {
       if (op.op === 'replace-table') t = clone(op.table);
       else if (op.op === 'delete-table') t = null;
       else if (op.op === 'set-marker') {
-        if (!t || t.marker === undefined) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', 'nft -f failed: Could not process rule: No such file or directory (set sg_generation)');
+        if (!t || t.marker === undefined) throw nftMissingObject('nft -f', `set ${MARKER_SET}`);
         t.marker = op.text;
       } else {
         const map = t?.maps.find((m) => m.name === op.map);
-        if (!map) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', `nft -f failed: Could not process rule: No such file or directory (map ${op.map})`);
+        if (!map) throw nftMissingObject('nft -f', `map ${op.map}`);
         const ids = new Set(op.remove.map(elementId));
         const before = map.elements.length;
         map.elements = map.elements.filter((el) => !ids.has(elementId(el)));
-        if (before - map.elements.length !== ids.size) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', 'nft -f failed: Could not process rule: No such file or directory (element)');
+        if (before - map.elements.length !== ids.size) throw nftMissingObject('nft -f', 'element');
         map.elements.push(...op.add.map((el) => structuredClone(el)));
       }
     }
@@ -143,18 +152,18 @@ export class FakeNft implements NftRunner {
     let marker: string | undefined;
     for (const op of tx.ops) {
       if (op.op === 'set-marker') {
-        if (t.marker === undefined) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', 'nft -f failed: Could not process rule: No such file or directory (set sg_generation)');
+        if (t.marker === undefined) throw nftMissingObject('nft -f', `set ${MARKER_SET}`);
         marker = op.text;
         continue;
       }
       if (op.op !== 'update-elements') continue;
       const map = t.maps.find((m) => m.name === op.map);
-      if (!map) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', `nft -f failed: Could not process rule: No such file or directory (map ${op.map})`);
+      if (!map) throw nftMissingObject('nft -f', `map ${op.map}`);
       const remove = new Set(op.remove.map(elementId));
       // ids only for elements whose first key part can match (a JSON id per element of a big map made every update O(map))
       const firsts = new Set(op.remove.map(firstKey));
       const gone = remove.size ? map.elements.filter((el) => firsts.has(firstKey(el)) && remove.has(elementId(el))) : [];
-      if (gone.length !== remove.size) throw new SecgroupError('NFT_NOT_FOUND_OBJECT', 'nft -f failed: Could not process rule: No such file or directory (element)');
+      if (gone.length !== remove.size) throw nftMissingObject('nft -f', 'element');
       plans.push({ map, remove: new Set(gone), add: op.add });
     }
     if (dryRun) return t;

@@ -26,7 +26,8 @@ import { createHash } from 'node:crypto';
 import { parseIp, type AddrRange, type Family } from '../policy/address.js';
 import type { NormalizedRule } from '../policy/normalize.js';
 import type { Policy } from '../policy/schema.js';
-import { memberSetName, type Compiled } from './compile.js';
+import type { Compiled } from './compile.js';
+import { memberSetName } from './names.js';
 import { comment, type MapElement, type VerdictMap } from './model.js';
 import type { NftOp } from './transaction.js';
 

@@ -80,7 +80,7 @@ function keyPartText(k: KeyPart, type?: string): string {
 /** Maps at most this big get a `# group/rule` note per element in the script (readability, not semantics). */
 const ANNOTATE_MAX = 5000;
 
-function mapLines(m: VerdictMap, out: string[], notes: ReadonlyMap<string, string>): void {
+function mapLines(m: VerdictMap, out: string[], notes: ReadonlyMap<string, string>, listing = false): void {
   out.push(`\t${m.set ? 'set' : 'map'} ${assertName(m.name)} {`);
   out.push(`\t\ttype ${m.keyType.join(' . ')}${m.set ? '' : ' : verdict'}`);
   if (m.interval) out.push('\t\tflags interval');
@@ -88,12 +88,17 @@ function mapLines(m: VerdictMap, out: string[], notes: ReadonlyMap<string, strin
   if (m.elements.length) {
     out.push('\t\telements = {');
     const last = m.elements.length - 1;
-    const annotate = m.elements.length <= ANNOTATE_MAX;
-    m.elements.forEach((el, i) => {
-      const note = annotate && el.verdict?.kind === 'jump' ? notes.get(el.verdict.chain) : undefined;
-      const text = `${el.key.map((k, j) => keyPartText(k, m.keyType[j])).join(' . ')}${m.set ? '' : ` : ${verdictText(el.verdict)}`}${i === last ? '' : ','}`;
-      out.push(`\t\t\t${text}${note ? ` # ${safeComment(note)}` : ''}`);
-    });
+    const elementText = (el: MapElement, keyText: (k: KeyPart, j: number) => string): string => `${el.key.map(keyText).join(' . ')}${m.set ? '' : ` : ${verdictText(el.verdict)}`}`;
+    if (listing) {
+      const texts = m.elements.map((el) => elementText(el, (k, j) => keyPartText(k.kind === 'addr' ? { ...k, text: undefined } : k, m.keyType[j]))).sort();
+      texts.forEach((text, i) => out.push(`\t\t\t${text}${i === last ? '' : ','}`));
+    } else {
+      const annotate = m.elements.length <= ANNOTATE_MAX;
+      m.elements.forEach((el, i) => {
+        const note = annotate && el.verdict?.kind === 'jump' ? notes.get(el.verdict.chain) : undefined;
+        out.push(`\t\t\t${elementText(el, (k, j) => keyPartText(k, m.keyType[j]))}${i === last ? '' : ','}${note ? ` # ${safeComment(note)}` : ''}`);
+      });
+    }
     out.push('\t\t}');
   }
   out.push('\t}');
@@ -108,24 +113,33 @@ function chainLines(c: Chain, out: string[]): void {
 }
 
 /**
+ * The table as one nft `table <family> <name> { ... }` block, objects in the
+ * order of the model. `listing: true` is what a listing of the table would
+ * show, the same text for the same content: map elements sorted, addresses in
+ * canonical form (not as written, see KeyPart `text`), no per-element notes
+ * (FakeNft.dump, golden files of a whole resulting table).
+ */
+export function renderTable(table: Table, opts: { listing?: boolean } = {}): string {
+  const name = assertName(table.name);
+  const out: string[] = [];
+  out.push(`table ${table.family} ${name} {`);
+  if (table.comment !== undefined) out.push(`\tcomment "${safeComment(table.comment)}"`);
+  if (table.marker !== undefined) out.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
+  const notes = new Map<string, string>();
+  if (!opts.listing) for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
+  for (const m of table.maps) mapLines(m, out, notes, opts.listing);
+  for (const c of table.chains) chainLines(c, out);
+  out.push('}');
+  return out.join('\n') + '\n';
+}
+
+/**
  * nft script that atomically replaces table `inet <name>` with `table`:
  * create-if-missing, delete, define, all in one `nft -f` transaction.
  */
 export function renderScript(table: Table): string {
   const name = assertName(table.name);
-  const out: string[] = [];
-  out.push(`# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)`);
-  out.push(`table ${table.family} ${name} {}`);
-  out.push(`delete table ${table.family} ${name}`);
-  out.push(`table ${table.family} ${name} {`);
-  if (table.comment !== undefined) out.push(`\tcomment "${safeComment(table.comment)}"`);
-  if (table.marker !== undefined) out.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
-  const notes = new Map<string, string>();
-  for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
-  for (const m of table.maps) mapLines(m, out, notes);
-  for (const c of table.chains) chainLines(c, out);
-  out.push('}');
-  return out.join('\n') + '\n';
+  return [`# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)`, `table ${table.family} ${name} {}`, `delete table ${table.family} ${name}`, renderTable(table)].join('\n');
 }
 
 /** Script that removes our table and nothing else (no error if it is absent). */

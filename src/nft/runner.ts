@@ -47,20 +47,33 @@ export interface NftRunner {
   readMarker(): Promise<string | null>;
 }
 
-/** First `Error:` line of nft's stderr, trimmed, for messages. */
-function firstError(stderr: string): string {
-  const line = stderr.split('\n').find((l) => /Error:/.test(l)) ?? stderr.split('\n').find((l) => l.trim()) ?? '';
-  return line.replace(/^.*?Error:\s*/, '').trim().slice(0, 500);
+/**
+ * The line of nft's stderr that says what went wrong: the first `Error:` line
+ * (nft prints the failing script line and a caret line under it, and that
+ * echo can hold any text, e.g. a comment reading "No such file or
+ * directory"), else the first non-empty line (stderr without an `Error:`
+ * line: "Operation not permitted (you must be root)", a timeout). nft never
+ * calls setlocale(), so the texts are English whatever the locale.
+ */
+function errorLine(stderr: string): string {
+  const lines = stderr.split('\n');
+  return lines.find((l) => l.includes('Error:')) ?? lines.find((l) => l.trim()) ?? '';
 }
 
-/** Typed error from a failed nft run (pure: stderr and exit code in, error out). */
+/**
+ * Typed error from a failed nft run (pure: stderr and exit code in, error
+ * out). The code comes from nft's error line only (see errorLine; knftables
+ * error.go does the same): NFT_PERMISSION, NFT_SYNTAX, NFT_NOT_FOUND_OBJECT,
+ * NFT_EXISTS, else NFT_FAILED.
+ */
 export function nftError(what: string, stderr: string, exitCode: number | undefined, cause?: unknown): SecgroupError {
+  const line = errorLine(stderr);
   let code: ErrorCode = 'NFT_FAILED';
-  if (/Operation not permitted|Permission denied|you must be root/i.test(stderr)) code = 'NFT_PERMISSION';
-  else if (/syntax error/i.test(stderr)) code = 'NFT_SYNTAX';
-  else if (/No such file or directory/i.test(stderr)) code = 'NFT_NOT_FOUND_OBJECT';
-  else if (/File exists/i.test(stderr)) code = 'NFT_EXISTS';
-  const reason = firstError(stderr) || `exit code ${exitCode ?? 'unknown'}`;
+  if (/Operation not permitted|Permission denied|you must be root/i.test(line)) code = 'NFT_PERMISSION';
+  else if (/syntax error/i.test(line)) code = 'NFT_SYNTAX';
+  else if (/No such file or directory/i.test(line)) code = 'NFT_NOT_FOUND_OBJECT';
+  else if (/File exists/i.test(line)) code = 'NFT_EXISTS';
+  const reason = line.replace(/^.*?Error:\s*/, '').trim().slice(0, 500) || `exit code ${exitCode ?? 'unknown'}`;
   const message =
     code === 'NFT_PERMISSION'
       ? `${what}: permission denied - needs CAP_NET_ADMIN (run as root or grant the capability): ${reason}`
@@ -76,6 +89,21 @@ export function nftError(what: string, stderr: string, exitCode: number | undefi
  */
 export function nftTimeout(what: string, timeoutMs: number, cause?: unknown): SecgroupError {
   return new SecgroupError('NFT_TIMEOUT', `${what} did not finish within ${timeoutMs} ms and was killed (nft_timeout_ms); the previous ruleset stays`, { cause, details: { timeoutMs } });
+}
+
+/**
+ * What the kernel answers when a transaction names an object that is not
+ * there (`object`: "map in4_l0_ports_eee", "element", "set sg_generation"),
+ * as the real runner reports it: NFT_NOT_FOUND_OBJECT. FakeNft uses it so
+ * that fake and real failures have the same code and message.
+ */
+export function nftMissingObject(what: string, object: string): SecgroupError {
+  return nftError(what, `Error: Could not process rule: No such file or directory (${object})`, 1);
+}
+
+/** A failure nft reports in `reason` (FakeNft's injected failures): NFT_FAILED unless the reason says otherwise. */
+export function nftFailed(what: string, reason: string): SecgroupError {
+  return nftError(what, `Error: ${reason}`, 1);
 }
 
 export function nftNotFound(cause?: unknown): SecgroupError {

@@ -1,9 +1,12 @@
 /**
  * In-memory implementations of the probe edges, for tests of the chain and of
- * every caller (CLI, agent).
+ * every caller (CLI, agent): a host, a socket source and a port probe.
  */
 import { SecgroupError } from '../lib/errors.js';
+import type { Policy } from '../policy/schema.js';
+import type { PortReport } from '../protocol/messages.js';
 import type { Listener } from './listener.js';
+import type { PortProbe } from './port-probe.js';
 import type { ProbeHost, RunResult, SocketReading, SocketSource, SocketSourceName } from './source.js';
 
 /** A host with canned command outputs (keyed by `command args...`) and files; everything else is missing. */
@@ -49,5 +52,14 @@ export class FakeSocketSource implements SocketSource {
     this.reads.push(opts);
     if (this.error !== null) throw new SecgroupError('PROBE_FAILED', this.error);
     return { source: opts.only ?? this.source, listeners: this.listeners.map((l) => ({ ...l })), failed: [] };
+  }
+}
+
+/** A PortProbe that returns an empty report of the asked revision and records each call. */
+export class FakePortProbe implements PortProbe {
+  calls: { revision: number | null }[] = [];
+  async report(_policy: Policy | null, revision: number | null): Promise<PortReport> {
+    this.calls.push({ revision });
+    return { revision, source: 'proc', generated_at: '2024-01-01T00:00:00.000Z', entries: [] };
   }
 }

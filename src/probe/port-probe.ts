@@ -1,14 +1,25 @@
 /**
  * The agent's port probe: reads the host's listening sockets (ss, netstat or
  * /proc) and rates them against the applied policy (SEMANTICS section 7).
+ * `PortProbe` is what the agent needs (something that produces a
+ * `PortReport`); `HostPortProbe` is the real one, `FakePortProbe`
+ * (fake.ts) the one for tests. The probe layer knows nothing of the agent.
  */
-import type { PortProbe } from '../agent/port-reporter.js';
 import type { Clock } from '../lib/clock.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 import type { PortReport } from '../protocol/messages.js';
 import { computePortStatus } from './port-status.js';
 import type { SocketSource } from './source.js';
+
+export interface PortProbe {
+  /**
+   * Reads the listening sockets and rates them against `policy` (null: no
+   * policy applied). Throws SecgroupError PROBE_FAILED when no source can
+   * read the sockets.
+   */
+  report(policy: Policy | null, revision: number | null): Promise<PortReport>;
+}
 
 export class HostPortProbe implements PortProbe {
   constructor(

@@ -5,7 +5,9 @@
  * chains and counters; digests.
  */
 import { describe, expect, it } from 'vitest';
-import { assignLayers, compilePolicy, findShadowed, groupMapName, matchesEveryAddress, memberSetName, ruleCovers, rulesOverlap, ruleChainName } from '../../src/nft/compile.js';
+import { compilePolicy } from '../../src/nft/compile.js';
+import { assignLayers, findShadowed, matchesEveryAddress, ruleCovers, rulesOverlap } from '../../src/nft/layering.js';
+import { groupMapName, memberSetName, ruleChainName } from '../../src/nft/names.js';
 import type { Chain, Table } from '../../src/nft/model.js';
 import { renderScript } from '../../src/nft/render.js';
 import { formatIp, parseIp } from '../../src/policy/address.js';

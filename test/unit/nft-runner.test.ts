@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
+import { FakeNft } from '../../src/nft/fake.js';
 import { nftError } from '../../src/nft/runner.js';
+import { replaceTableTx } from '../../src/nft/transaction.js';
+import { golden } from '../helpers/golden.js';
 import { findDrift, parseTableComment, parseTableReadback } from '../../src/nft/readback.js';
-import { renderElementChanges } from '../../src/nft/render.js';
+import { renderElementChanges, renderTable } from '../../src/nft/render.js';
 import { compilePolicy } from '../../src/nft/compile.js';
 import { planElementUpdate } from '../../src/nft/diff.js';
 import { policy } from './agent/fixtures.js';
@@ -18,6 +21,26 @@ describe('nft errors', () => {
     const e = nftError('nft -f', stderr, 1);
     expect(e.code).toBe(code);
     if (code === 'NFT_PERMISSION') expect(e.message).toContain('needs CAP_NET_ADMIN');
+  });
+
+  // nft echoes the failing script line under its Error: line (knftables error_test.go, "misleading misc error"):
+  // only the Error: line says what went wrong
+  it.each([
+    ['/dev/stdin:3:41-47: Error: syntax error, unexpected comment\nadd rule inet secgroup r_1 comment "No such file or directory" drop\n                                        ^^^^^^^', 'NFT_SYNTAX'],
+    ['/dev/stdin:4:1-30: Error: Could not process rule: Invalid argument\nadd rule inet secgroup r_1 comment "No such file or directory" drop\n^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^', 'NFT_FAILED'],
+    ['/dev/stdin:2:1-3: Error: Could not process rule: No buffer space available\nadd element inet secgroup m { 1 comment "File exists" }\n^^^', 'NFT_FAILED'],
+    ['Error: Could not process rule: Device or resource busy\nadd rule inet secgroup r_1 comment "Operation not permitted" drop', 'NFT_FAILED'],
+    ['/dev/stdin:5:1-9: Error: Could not process rule: No such file or directory\ndelete element inet secgroup m { 198.18.0.1 }\n^^^^^^^^^', 'NFT_NOT_FOUND_OBJECT'],
+  ])('classifies from the Error: line only, not the echoed script line: %j', (stderr, code) => {
+    expect(nftError('nft -f', stderr, 1).code).toBe(code);
+  });
+
+  it('FakeNft fails with the errors the real runner makes from the same nft message', async () => {
+    const nft = new FakeNft();
+    const op = { op: 'update-elements' as const, family: 'inet' as const, table: 'secgroup', map: 'nomap', keyType: ['ipv4_addr' as const], remove: [], add: [] };
+    const err = await nft.apply({ family: 'inet', table: 'secgroup', ops: [op] }).catch((e: unknown) => e);
+    const real = nftError('nft -f', 'Error: Could not process rule: No such file or directory (map nomap)', 1);
+    expect(err).toMatchObject({ code: real.code, message: real.message });
   });
 });
 
@@ -90,5 +113,25 @@ describe('element updates', () => {
     const from = compilePolicy(policy(1));
     expect(planElementUpdate(from.table, compilePolicy(policy(2, { httpPort: '81' })).table)).toBeNull();
     expect(planElementUpdate(from.table, compilePolicy(policy(2, { extraRule: true })).table)).toBeNull();
+  });
+});
+
+describe('FakeNft.dump', () => {
+  it('is the whole table as nft text (golden), and nothing without a table', async () => {
+    const nft = new FakeNft();
+    expect(nft.dump()).toBe('');
+    await nft.apply(replaceTableTx(compilePolicy(policy(1)).table));
+    golden('fake-dump-policy1.nft', nft.dump());
+  });
+
+  it('after element updates equals the dump of the fresh compile, but for the comment an update keeps', async () => {
+    const nft = new FakeNft();
+    const from = compilePolicy(policy(1, { members: ['198.18.0.10', '198.18.0.12'] }));
+    const to = compilePolicy(policy(2, { members: ['198.18.0.30', '198.18.0.10', '198.18.0.20'], office: ['198.18.6.0/25'] }));
+    await nft.apply(replaceTableTx(from.table));
+    await nft.apply({ family: 'inet', table: 'secgroup', ops: planElementUpdate(from.table, to.table)!.ops });
+    const withoutComment = (text: string) => text.replace(/^\tcomment ".*"\n/m, '');
+    expect(withoutComment(nft.dump())).toBe(withoutComment(renderTable(to.table, { listing: true })));
+    expect(nft.dump()).not.toBe(renderTable(to.table, { listing: true })); // the table comment still names revision 1
   });
 });

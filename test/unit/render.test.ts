@@ -4,7 +4,7 @@
  * the promise that no user text reaches nft syntax: adversarial ids, names and
  * descriptions are rejected by the schema or never appear in the script.
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -14,23 +14,10 @@ import { MARKER_SET } from '../../src/nft/model.js';
 import { loadPolicyFile } from '../../src/policy/load.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
 import { checkPolicy, ID_PATTERN, parsePolicy } from '../../src/policy/schema.js';
+import { golden } from '../helpers/golden.js';
 import { createRng, randomPolicy } from '../helpers/random-policy.js';
 
 const ROOT = join(import.meta.dirname, '../..');
-const GOLDEN = join(ROOT, 'test/golden');
-const UPDATE = process.env.UPDATE_GOLDEN === '1';
-
-function golden(name: string, actual: string): void {
-  const path = join(GOLDEN, name);
-  if (UPDATE) {
-    mkdirSync(GOLDEN, { recursive: true });
-    writeFileSync(path, actual);
-    return;
-  }
-  if (!existsSync(path)) throw new Error(`missing golden file test/golden/${name}: run UPDATE_GOLDEN=1 npx vitest run --project unit test/unit/render.test.ts`);
-  expect(actual, `test/golden/${name} differs: if the change is intended, rerun with UPDATE_GOLDEN=1 and review the diff`).toBe(readFileSync(path, 'utf8'));
-}
-
 const EXAMPLES = readdirSync(join(ROOT, 'examples')).filter((f) => f.endsWith('.json'));
 
 const WITH_PLATFORM: CompileOptions = {

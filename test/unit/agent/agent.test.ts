@@ -8,7 +8,7 @@ import { compilePolicy } from '../../../src/nft/compile.js';
 import { createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
 import { FakeDialer } from '../../../src/agent/controller-client.js';
-import { FakePortProbe } from '../../../src/agent/port-reporter.js';
+import { FakePortProbe } from '../../../src/probe/fake.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import type { AckMessage } from '../../../src/protocol/messages.js';
 import { policy } from './fixtures.js';

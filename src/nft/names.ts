@@ -1,0 +1,89 @@
+/**
+ * Names of the objects the compiler creates in our table. Contract: a name is
+ * a function of what it names and nothing else (equal inputs, equal names, in
+ * every process and version that keeps this file), it passes `assertName`, and
+ * it never carries user text: group and rule ids may hold characters nft names
+ * cannot, so they enter names only as a sha256 prefix.
+ *
+ *  - `r_<16 hex>`           the chain of one user rule (counter + verdict)
+ *  - `g4_<12 hex>`          the member set of a remote group, per family
+ *  - `in4_l0_ports_eee`     the verdict map of a lookup layer, shape and key signature
+ *  - `in4_l0_ports_g<12 hex>_ee`  the map looked up after a member set
+ *
+ * Hashes are memoized in bounded caches owned by this module (see NameMemo):
+ * the only state of the compiler, and one that no result depends on.
+ */
+import { createHash } from 'node:crypto';
+import type { Family } from '../policy/address.js';
+
+/** How a lookup is keyed: `peer . l4proto . dport` (tcp/udp/sctp), `peer . icmp type . code`, `peer . l4proto` (the rest). */
+export type Shape = 'ports' | 'icmp' | 'proto';
+
+/**
+ * A memo of a pure string function, bounded to `capacity` entries (least
+ * recently used out first). Why a memo: an agent compiles the same rules on
+ * every sync and the controller for every instance, and each compile asks
+ * for every rule's chain name twice and every group's hash once per layer
+ * and shape (10k rules: 20k sha256 digests). Why bounded: rules and groups
+ * come and go for the life of the process; the cap is far above the rules
+ * and groups of one policy, so a compile never evicts what it is using.
+ * A miss only recomputes the same name: results never depend on the cache.
+ */
+export class NameMemo {
+  private readonly entries = new Map<string, string>();
+
+  constructor(
+    private readonly compute: (key: string) => string,
+    readonly capacity: number,
+  ) {}
+
+  get(key: string): string {
+    let value = this.entries.get(key);
+    if (value !== undefined) {
+      // Map keeps insertion order: re-inserting makes this the most recent entry
+      this.entries.delete(key);
+      this.entries.set(key, value);
+      return value;
+    }
+    value = this.compute(key);
+    this.entries.set(key, value);
+    if (this.entries.size > this.capacity) this.entries.delete(this.entries.keys().next().value!);
+    return value;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+const sha256Hex = (text: string, digits: number): string => createHash('sha256').update(text).digest('hex').slice(0, digits);
+
+/** Entries per memo (about 100 bytes each). */
+export const NAME_MEMO_CAPACITY = 100_000;
+
+/** 12 hex digits of sha256(group id). */
+const groupHashes = new NameMemo((groupId) => sha256Hex(groupId, 12), NAME_MEMO_CAPACITY);
+/** key `${groupId}\0${ruleId}` */
+const chainNames = new NameMemo((key) => 'r_' + sha256Hex(key, 16), NAME_MEMO_CAPACITY);
+
+const dir = (direction: 'ingress' | 'egress'): string => (direction === 'ingress' ? 'in' : 'out');
+
+/** Name of the verdict map of one lookup layer, shape and key signature, e.g. `in4_l0_ports_eee`. */
+export function mapName(direction: 'ingress' | 'egress', family: Family, layer: number, shape: Shape, sig: string): string {
+  return `${dir(direction)}${family}_l${layer}_${shape}_${sig}`;
+}
+
+/** Name of the member set of a remote group, per family, e.g. `g4_3f2a...`. */
+export function memberSetName(family: Family, groupId: string): string {
+  return `g${family}_${groupHashes.get(groupId)}`;
+}
+
+/** Name of the map looked up after a member set (`g<hash>` names the group). */
+export function groupMapName(direction: 'ingress' | 'egress', family: Family, layer: number, shape: Shape, groupId: string, sig: string): string {
+  return `${dir(direction)}${family}_l${layer}_${shape}_g${groupHashes.get(groupId)}_${sig}`;
+}
+
+/** Name of the chain of one user rule (unique per group and rule id; compilePolicy checks collisions). */
+export function ruleChainName(groupId: string, ruleId: string): string {
+  return chainNames.get(`${groupId}\0${ruleId}`);
+}
