@@ -21,7 +21,7 @@ import type { Clock } from '../lib/clock.js';
 import type { Logger } from '../lib/logger.js';
 import type { ScheduledJob, Scheduler } from '../lib/scheduler.js';
 import type { AuditEvent, Store } from './store/store.js';
-import { digestsEqual, hashToken, tokenFromHeaders, type Random } from './tokens.js';
+import { findToken, tokenFromHeaders, type Random } from './tokens.js';
 
 /** Minute 17 of every hour (6-field cron, seconds first). */
 export const AUDIT_PRUNE_SCHEDULE = '0 17 * * * *';
@@ -171,10 +171,7 @@ export function boundUserAgent(ua: string | string[] | undefined | null): string
 export function actorOf(req: FastifyRequest, tokens: readonly { name: string; sha256: string }[]): string {
   const token = tokenFromHeaders(req.headers);
   if (!token) return 'anonymous';
-  const h = hashToken(token);
-  let name = 'anonymous';
-  for (const t of tokens) if (digestsEqual(t.sha256, h)) name = t.name;
-  return name;
+  return findToken(token, tokens)?.name ?? 'anonymous';
 }
 
 interface Answer {

@@ -30,6 +30,14 @@ export function tokenFromHeaders(headers: Record<string, string | string[] | und
   return null;
 }
 
+/** The configured token whose SHA-256 matches `token` (every entry compared in constant time), or null. */
+export function findToken<T extends { sha256: string }>(token: string, tokens: readonly T[]): T | null {
+  const h = hashToken(token);
+  let match: T | null = null;
+  for (const t of tokens) if (digestsEqual(t.sha256, h)) match = t;
+  return match;
+}
+
 /** Randomness the controller uses: ids and tokens (tests pass a deterministic one). */
 export interface Random {
   uuid(): string;

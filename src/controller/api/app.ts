@@ -25,7 +25,7 @@ import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, sourceKey, 
 import type { ControllerMetrics } from '../metrics.js';
 import type { ControllerService } from '../service.js';
 import type { Store } from '../store/store.js';
-import { digestsEqual, hashToken, tokenFromHeaders, type Random } from '../tokens.js';
+import { findToken, tokenFromHeaders, type Random } from '../tokens.js';
 import { clientErrorHandler, guardConnections, serverOptions } from './edge.js';
 import { buildOpenApi } from './openapi.js';
 import { registerRoutes } from './routes.js';
@@ -240,9 +240,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       authLimiter.failed(source);
       throw new ApiError('unauthorized', 'missing token: send "X-Auth-Token: <token>" or "Authorization: Bearer <token>"');
     }
-    const h = hashToken(token);
-    let match: ApiToken | null = null;
-    for (const t of o.tokens) if (digestsEqual(t.sha256, h)) match = t;
+    const match = findToken(token, o.tokens);
     if (!match) {
       authLimiter.failed(source);
       throw new ApiError('unauthorized', 'invalid token');
