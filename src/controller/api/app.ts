@@ -137,7 +137,8 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     bodyLimit: o.maxBodyBytes ?? 1024 * 1024,
     requestTimeout: limits.request_timeout_ms,
     keepAliveTimeout: limits.keep_alive_timeout_ms,
-    ...(o.https ? { https: { cert: o.https.cert, key: o.https.key, ...nodeOptions } } : { http: nodeOptions }),
+    // a TLS handshake gets the same bound as the request headers (Node's default is 120 s)
+    ...(o.https ? { https: { cert: o.https.cert, key: o.https.key, handshakeTimeout: limits.headers_timeout_ms, ...nodeOptions } } : { http: nodeOptions }),
     clientErrorHandler: clientErrorHandler({ clock: o.clock, logger: o.logger, metrics: o.metrics, random: o.random, limits }),
     frameworkErrors: (err, req, reply) => {
       const code = (err as { code?: string }).code;

@@ -84,6 +84,14 @@ export function clientErrorHandler(d: EdgeDeps & { random: Random; limits: HttpL
   const log = d.logger.child({ component: 'edge' });
   return (err, socket) => {
     if (err.code === 'ECONNRESET' || socket.destroyed) return;
+    if (/^ERR_(TLS|SSL)_/.test(err.code ?? '')) {
+      // before the TLS handshake completed (its timeout, a bad ClientHello): there is no
+      // channel to answer on; writing would wait for a handshake that never comes
+      d.metrics.clientErrors.inc({ status: 'tls' });
+      log.info({ event: 'client_error', status: 'tls', code: err.code, source: sourceKey(socket.remoteAddress) }, `TLS handshake failed: ${err.message}`);
+      socket.destroy();
+      return;
+    }
     let kind: ApiErrorKind;
     let message: string;
     if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
