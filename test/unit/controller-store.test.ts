@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
-import { auditEventMatches, type AuditEvent, type AuditFilter, type Store } from '../../src/controller/store/store.js';
+import { AuditMarkerNotFound, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';
 import { checkInvariants, createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
 import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/compile.js';
 import { isSecgroupError } from '../../src/lib/errors.js';
@@ -94,7 +94,7 @@ describe.each([
     ];
     for (const e of all) await s.appendAuditEvent(e);
     await expect(s.appendAuditEvent(all[0]!)).rejects.toThrow();
-    const ids = async (f: AuditFilter, include?: string) => (await s.listAuditEvents('p', f, include)).map((e) => e.id);
+    const ids = async (f: AuditFilter, page?: AuditPage) => (await s.listAuditEvents('p', f, page)).map((e) => e.id);
     // equal times: the later appended first
     expect(await ids({})).toEqual(['e3', 'e2', 'e1']);
     expect((await s.listAuditEvents('p', {}))[2]).toEqual(all[0]);
@@ -117,9 +117,16 @@ describe.each([
       expect((await ids(f)).sort(), JSON.stringify(f)).toEqual(expected);
     }
     expect(await ids({ result: 'failure' })).toEqual(['e2']);
-    // the marker is included whatever the filters, only in its own project
-    expect(await ids({ result: 'failure' }, 'e1')).toEqual(['e2', 'e1']);
-    expect(await ids({ result: 'failure' }, 'e4')).toEqual(['e2']);
+    // keyset pages: after a marker (which need not pass the filters), at most `limit`
+    expect(await ids({}, { limit: 2 })).toEqual(['e3', 'e2']);
+    expect(await ids({}, { after: 'e3' })).toEqual(['e2', 'e1']);
+    expect(await ids({}, { after: 'e2', limit: 1 })).toEqual(['e1']);
+    expect(await ids({}, { after: 'e1' })).toEqual([]);
+    expect(await ids({ result: 'success' }, { after: 'e2' })).toEqual(['e1']);
+    expect(await ids({ result: 'failure' }, { after: 'e3' })).toEqual(['e2']);
+    // a marker of another project, or none at all, is refused
+    await expect(ids({}, { after: 'e4' })).rejects.toBeInstanceOf(AuditMarkerNotFound);
+    await expect(ids({}, { after: 'nope' })).rejects.toBeInstanceOf(AuditMarkerNotFound);
     expect(await s.pruneAuditEvents('2024-05-01T11:00:00.000Z')).toBe(2);
     expect(await ids({})).toEqual(['e3', 'e2']);
     expect(await s.listAuditEvents('q', {})).toHaveLength(1);

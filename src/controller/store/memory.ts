@@ -3,7 +3,7 @@
  * nothing survives the process).
  */
 import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
-import { EMPTY_AGENT_STATE, auditEventMatches, type AgentState, type AuditEvent, type AuditFilter, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
@@ -112,12 +112,19 @@ export class MemoryStore implements Store {
     this.audit.push({ ...event, resource_ids: [...event.resource_ids] });
   }
 
-  async listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]> {
+  async listAuditEvents(projectId: string, filter: AuditFilter, page: AuditPage = {}): Promise<AuditEvent[]> {
     this.check();
     const seq = new Map(this.audit.map((e, i) => [e, i]));
-    return this.audit
-      .filter((e) => e.project_id === projectId && (e.id === include || auditEventMatches(e, filter)))
-      .sort((a, b) => (a.time < b.time ? 1 : a.time > b.time ? -1 : seq.get(b)! - seq.get(a)!))
+    const newestFirst = (a: AuditEvent, b: AuditEvent) => (a.time < b.time ? 1 : a.time > b.time ? -1 : seq.get(b)! - seq.get(a)!);
+    let events = this.audit.filter((e) => e.project_id === projectId && auditEventMatches(e, filter));
+    if (page.after !== undefined) {
+      const marker = this.audit.find((e) => e.id === page.after && e.project_id === projectId);
+      if (!marker) throw new AuditMarkerNotFound(page.after);
+      events = events.filter((e) => newestFirst(marker, e) < 0);
+    }
+    return events
+      .sort(newestFirst)
+      .slice(0, page.limit ?? Infinity)
       .map((e) => ({ ...e, resource_ids: [...e.resource_ids] }));
   }
 

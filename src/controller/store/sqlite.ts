@@ -15,7 +15,7 @@ import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
-import { EMPTY_AGENT_STATE, type AgentState, type AuditEvent, type AuditFilter, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database.Database;
 
@@ -264,6 +264,7 @@ export class SqliteStore implements Store {
          VALUES (@id, @time, @actor, @project_id, @operation, @resource_type, @resource_ids, @request_id, @status, @error_code, @source_ip, @user_agent, @detail)`,
       ),
       pruneAudit: db.prepare('DELETE FROM audit_events WHERE time < ?'),
+      auditMarker: db.prepare<[string, string], { time: string; seq: number }>('SELECT time, seq FROM audit_events WHERE project_id = ? AND id = ?'),
     };
   }
 
@@ -467,11 +468,16 @@ export class SqliteStore implements Store {
     batch.forEach((b, i) => (failed.has(i) ? b.reject(failed.get(i)) : b.resolve()));
   }
 
-  /** The filter is `auditEventMatches` in SQL; statements are cached by the set of filters given. */
-  async listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]> {
+  /**
+   * The filter is `auditEventMatches` in SQL; the page is a keyset on
+   * (time, seq) read through the (project_id, time) index, so a page costs
+   * the same whatever the trail's length. Statements are cached by the set
+   * of filters given.
+   */
+  async listAuditEvents(projectId: string, filter: AuditFilter, page: AuditPage = {}): Promise<AuditEvent[]> {
     this.flushAudit();
     const conds: string[] = [];
-    const args: Record<string, unknown> = { project: projectId, include: include ?? null };
+    const args: Record<string, unknown> = { project: projectId, limit: page.limit ?? -1 };
     const anyOf = (key: string, list: readonly unknown[] | undefined, cond: (param: string) => string) => {
       if (list === undefined) return;
       conds.push(`(${list.map((v, i) => ((args[`${key}${i}`] = v), cond(`@${key}${i}`))).join(' OR ') || '0'})`);
@@ -490,9 +496,16 @@ export class SqliteStore implements Store {
       conds.push('time < @to');
       args.to = filter.to;
     }
-    const where = conds.length ? `(${conds.join(' AND ')}) OR id = @include` : '1';
+    if (page.after !== undefined) {
+      const marker = this.stmt.auditMarker.get(projectId, page.after);
+      if (!marker) throw new AuditMarkerNotFound(page.after);
+      conds.push('(time < @mtime OR (time = @mtime AND seq < @mseq))');
+      args.mtime = marker.time;
+      args.mseq = marker.seq;
+    }
     const sql = `SELECT id, time, actor, project_id, operation, resource_type, resource_ids, request_id, status, error_code, source_ip, user_agent, detail
-                   FROM audit_events WHERE project_id = @project AND (${where}) ORDER BY time DESC, seq DESC`;
+                   FROM audit_events WHERE project_id = @project AND ${conds.length ? conds.join(' AND ') : '1'}
+                   ORDER BY time DESC, seq DESC LIMIT @limit`;
     let st = this.auditQueries.get(sql);
     if (!st) {
       st = this.db.prepare<[Record<string, unknown>], AuditDbRow>(sql);

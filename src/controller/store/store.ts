@@ -97,6 +97,20 @@ export interface AuditEvent {
   detail: string | null;
 }
 
+/** A page of an audit event list: events after the one with id `after`, at most `limit` of them. */
+export interface AuditPage {
+  after?: string;
+  limit?: number;
+}
+
+/** `listAuditEvents` was given a marker that is not an event of the project. */
+export class AuditMarkerNotFound extends Error {
+  constructor(readonly marker: string) {
+    super(`audit event ${marker} not found`);
+    this.name = 'AuditMarkerNotFound';
+  }
+}
+
 /** Filters of an audit event list; each given one must match (the store contract). */
 export interface AuditFilter {
   operation?: readonly string[];
@@ -164,11 +178,12 @@ export interface Store {
   appendAuditEvent(event: AuditEvent): Promise<void>;
   /**
    * The project's audit events that pass `filter`, newest first (by time,
-   * then by the order they were appended), plus the event with id
-   * `include` if it is the project's, whether it passes or not (the caller
-   * uses it as a pagination marker).
+   * then by the order they were appended); with `page.after`, only those
+   * after that event in this order (keyset pagination: the store reads one
+   * page, not the whole trail); at most `page.limit` of them. Throws
+   * `AuditMarkerNotFound` when `page.after` is not an event of this project.
    */
-  listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]>;
+  listAuditEvents(projectId: string, filter: AuditFilter, page?: AuditPage): Promise<AuditEvent[]>;
   /** Deletes every audit event (of every project) older than `before` (ISO); returns how many. */
   pruneAuditEvents(before: string): Promise<number>;
   close(): Promise<void>;
