@@ -120,7 +120,7 @@ class Agent {
     this.hello(instanceId, applied);
     const welcome = await this.next();
     expect(welcomeSchema.parse(welcome)).toEqual(welcome);
-    if (welcome.desired_revision !== null && (applied === null || applied < welcome.desired_revision)) {
+    if (welcome.desired_revision !== null && applied !== welcome.desired_revision) {
       const raw = await this.nextRaw();
       expect(raw.startsWith('{"type":"policy","policy":')).toBe(true);
       return { welcome, policyText: raw.slice('{"type":"policy","policy":'.length, -1) };
@@ -190,13 +190,21 @@ describe('agent hub', () => {
     agent.close();
   });
 
-  it('re-issues the document above the agent\'s revision when the agent is ahead (e.g. restored database)', async () => {
+  it('an agent ahead of the controller (restored database, or a lie) gets the current document at its own revision, never a raised one', async () => {
     const token = await seedWeb();
+    const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
     const agent = await Agent.connect(token);
     const { welcome, policyText } = await agent.handshake('ecs-web-1', 1000);
-    expect(welcome.desired_revision).toBeGreaterThan(1000);
-    expect(JSON.parse(policyText!).revision).toBe(welcome.desired_revision);
+    expect(welcome.desired_revision).toBe(desired);
+    expect(JSON.parse(policyText!).revision).toBe(desired);
     expect((await api('GET', `${A}/instances/ecs-web-1/policy`)).text).toBe(policyText);
+    const st = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status;
+    expect(st).toMatchObject({ desired_revision: desired, applied_revision: null, in_sync: false, last_error: { revision: desired, code: 'REVISION_AHEAD' } });
+    expect(st.last_error.message).toMatch(/reported revision 1000 in its hello, but the controller handed out at most revision \d+/);
+    // the agent accepts the controller's revision and acks it: in sync again
+    agent.send({ type: 'ack', revision: desired, status: 'applied' });
+    await agent.expectNothingPending('ecs-web-1');
+    expect((await api('GET', `${A}/instances/ecs-web-1/status`)).body.status).toMatchObject({ applied_revision: desired, in_sync: true });
     agent.close();
   });
 
@@ -523,13 +531,18 @@ describe('agent hub', () => {
       const token = await seedWeb();
       const agent = await Agent.connect(token);
       const { welcome } = await agent.handshake('ecs-web-1');
-      const raised = await store.raiseRevision('proj-a', 'ecs-web-1', welcome.desired_revision + 10);
+      // the same document committed again (a new revision, nothing else changed)
+      const same = await store.getPolicy('proj-a', 'ecs-web-1');
+      const hash = (await store.loadProject('proj-a'))!.instances.find((i) => i.id === 'ecs-web-1')!.policy_hash!;
+      const committed = await store.mutate('proj-a', () => ({ ops: [{ op: 'setPolicy', instanceId: 'ecs-web-1', body: same!.body, hash }], value: null }));
+      const raised = { revision: committed.revisions.get('ecs-web-1')! };
+      expect(raised.revision).toBeGreaterThan(welcome.desired_revision);
       ctl.hub.notify('proj-a', ['ecs-web-1']);
       expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
-      expect(JSON.parse(await policyOf('ecs-web-1')).revision).toBe(raised!.revision);
+      expect(JSON.parse(await policyOf('ecs-web-1')).revision).toBe(raised.revision);
       // and deltas continue against it
       await createInstance('ecs-web-2', ['default'], ['198.18.0.9']);
-      expect(policyDeltaSchema.parse(JSON.parse(await agent.nextRaw())).base_revision).toBe(raised!.revision);
+      expect(policyDeltaSchema.parse(JSON.parse(await agent.nextRaw())).base_revision).toBe(raised.revision);
       await agent.expectNothingPending('ecs-web-1');
       agent.close();
     });
@@ -547,6 +560,105 @@ describe('agent hub', () => {
       await agent.expectNothingPending('ecs-web-1');
       expect(await metrics()).toMatch(/secgroup_controller_policy_deltas_total 0/);
       agent.close();
+    });
+  });
+
+  describe('revisions no agent can poison (issue 12)', () => {
+    const B = '/v3/proj-b';
+    const status = async (base: string, id: string) => (await api('GET', `${base}/instances/${id}/status`)).body.status;
+
+    /** an honest agent: takes every policy it is sent and acks it */
+    async function honest(token: string, id: string): Promise<Agent> {
+      const a = await Agent.connect(token);
+      const { welcome } = await a.handshake(id);
+      a.send({ type: 'ack', revision: welcome.desired_revision, status: 'applied' });
+      return a;
+    }
+
+    it('replays the attack: a hello with applied_revision 2^53-1 moves no revision of any other instance or project; only the attacker\'s instance shows REVISION_AHEAD', async () => {
+      const attackerToken = await seedWeb();
+      const web2 = await createInstance('ecs-web-2', ['sg-web', 'default'], ['198.18.0.11']);
+      const b1 = (await api('POST', `${B}/instances`, { instance: { id: 'ecs-b1', addresses: ['198.18.1.1'], security_groups: ['default'] } })).body.token;
+      const b2 = (await api('POST', `${B}/instances`, { instance: { id: 'ecs-b2', addresses: ['198.18.1.2'], security_groups: ['default'] } })).body.token;
+      const agents = { 'ecs-web-2': await honest(web2, 'ecs-web-2'), 'ecs-b1': await honest(b1, 'ecs-b1'), 'ecs-b2': await honest(b2, 'ecs-b2') };
+      const before = Math.max(...(await Promise.all([status(A, 'ecs-web-1'), status(A, 'ecs-web-2'), status(B, 'ecs-b1'), status(B, 'ecs-b2')])).map((st) => st.desired_revision));
+
+      const attacker = await Agent.connect(attackerToken);
+      const { welcome, policyText } = await attacker.handshake('ecs-web-1', Number.MAX_SAFE_INTEGER);
+      expect(welcome.desired_revision).toBeLessThanOrEqual(before);
+      expect(JSON.parse(policyText!).revision).toBe(welcome.desired_revision);
+      // its acks of revisions never handed out are not trusted either
+      attacker.send({ type: 'ack', revision: Number.MAX_SAFE_INTEGER, status: 'applied' });
+      attacker.send({ type: 'ack', revision: welcome.desired_revision + 1, status: 'applied' });
+      // a number past 2^53-1 is not a revision at all
+      attacker.send(`{"type":"ack","revision":9007199254740993,"status":"applied"}`);
+      const refused = await attacker.next();
+      expect(refused).toMatchObject({ type: 'error', error: { code: 'PROTOCOL' } });
+      expect(refused.error.message).toMatch(/revision: a revision is at most 9007199254740991/);
+
+      // a rule change in each project
+      expect((await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '443' }) } })).status).toBe(201);
+      expect((await api('POST', `${B}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'default', ...rule({ multiport: '22' }) } })).status).toBe(201);
+      for (const [id, a] of Object.entries(agents)) {
+        const raw = await a.nextRaw();
+        expect(raw.startsWith('{"type":"policy","policy":'), id).toBe(true);
+        const revision = JSON.parse(raw).policy.revision as number;
+        // the next revisions of the one counter: small, right after those before the attack
+        expect(revision, id).toBeGreaterThan(before);
+        expect(revision, id).toBeLessThanOrEqual(before + 4);
+        a.send({ type: 'ack', revision, status: 'applied' });
+        await a.expectNothingPending(id);
+        const st = await status(id.startsWith('ecs-b') ? B : A, id);
+        expect(st, id).toMatchObject({ desired_revision: revision, applied_revision: revision, in_sync: true, last_error: null });
+      }
+      // the attacker's own instance got its new document with a small revision too, and shows what happened
+      const own = JSON.parse(await attacker.nextRaw());
+      expect(own.policy.revision).toBeGreaterThan(before);
+      expect(own.policy.revision).toBeLessThanOrEqual(before + 4);
+      await attacker.expectNothingPending('ecs-web-1');
+      const st = await status(A, 'ecs-web-1');
+      expect(st).toMatchObject({ desired_revision: own.policy.revision, applied_revision: null, in_sync: false, last_ack: null, last_error: { code: 'REVISION_AHEAD' } });
+      expect(st.last_error.message).toMatch(/reported revision \d+ in its ack/);
+      // the counter is unaffected: a new instance in another project continues right after
+      await api('POST', `${B}/instances`, { instance: { id: 'ecs-b3', addresses: ['198.18.1.3'], security_groups: ['default'] } });
+      expect((await status(B, 'ecs-b3')).desired_revision).toBeLessThanOrEqual(before + 10);
+      attacker.close();
+      for (const a of Object.values(agents)) a.close();
+    });
+
+    it('a port report against a revision never handed out is refused and not stored', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      const { welcome } = await agent.handshake('ecs-web-1');
+      agent.send({ type: 'ports', report: { revision: welcome.desired_revision + 5, source: 'ss', generated_at: '2024-05-01T12:00:00Z', entries: [] } });
+      const m = await agent.next();
+      expect(m).toMatchObject({ type: 'error', error: { code: 'PROTOCOL' } });
+      expect(m.error.message).toMatch(/never handed out/);
+      expect((await api('GET', `${A}/instances/ecs-web-1/ports`)).body.report).toBeNull();
+      expect((await status(A, 'ecs-web-1')).last_error).toMatchObject({ code: 'REVISION_AHEAD', revision: welcome.desired_revision });
+      agent.send({ type: 'ports', report: { revision: welcome.desired_revision, source: 'ss', generated_at: '2024-05-01T12:00:00Z', entries: [] } });
+      await agent.expectNothingPending('ecs-web-1');
+      expect((await api('GET', `${A}/instances/ecs-web-1/ports`)).body.report).toMatchObject({ revision: welcome.desired_revision });
+      agent.close();
+    });
+
+    it('refuses a hello whose values are out of bounds, naming the field', async () => {
+      const token = await seedWeb();
+      const cases: [Record<string, unknown>, RegExp][] = [
+        [{ applied_revision: 2 ** 53 }, /applied_revision: a revision is at most 9007199254740991/],
+        [{ applied_revision: -1 }, /applied_revision: a revision is never negative/],
+        [{ hostname: 'web\u001b[31m' }, /hostname: must not contain control characters/],
+        [{ agent_version: 'x'.repeat(65) }, /agent_version: Too big/],
+        [{ instance_id: 'x'.repeat(65) }, /instance_id: Too big/],
+      ];
+      for (const [over, expected] of cases) {
+        const a = await Agent.connect(token);
+        a.send({ type: 'hello', protocol: PROTOCOL_VERSION, instance_id: 'ecs-web-1', agent_version: '0.1.0', applied_revision: null, ...over });
+        const m = await a.next();
+        expect(m.error.message, JSON.stringify(over)).toMatch(expected);
+        expect((await a.closed).code).toBe(1008);
+      }
+      expect((await status(A, 'ecs-web-1')).agent).toEqual({ version: null, hostname: null });
     });
   });
 
