@@ -15,7 +15,7 @@ import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
 import { checkPolicy } from '../policy/schema.js';
 import { formatIssue } from '../lib/errors.js';
-import { PROTOCOL_VERSION, type AckMessage, type PolicyDeltaMessage } from '../protocol/messages.js';
+import { PROTOCOL_VERSION, boundPortReport, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
 import { controllerHostPort, platformOptions, type AgentConfig } from './config.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
@@ -149,7 +149,8 @@ export function createAgent(deps: AgentDeps): Agent {
     if (!deps.portProbe || !client?.connected) return;
     try {
       const st = reconciler.state;
-      const report = await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null);
+      const { report, clipped } = boundPortReport(await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null));
+      if (clipped) logger.warn({ event: 'ports_clipped', clipped }, `the port report is over the protocol's limits: ${clipped} entries, listeners or rule references left out`);
       client.send({ type: 'ports', report });
     } catch (e) {
       logger.warn({ event: 'ports_failed', err: e }, `cannot report port status: ${errorMessage(e)}`);
@@ -173,6 +174,25 @@ export function createAgent(deps: AgentDeps): Agent {
     reconciler.setPlatform(platformOptions(config, endpoint));
   }
 
+  /**
+   * The revision the controller's `welcome` declared on this connection when
+   * it is lower than ours (its database was restored, or renumbered after a
+   * repair): the next full `policy` of exactly that revision is accepted,
+   * newer ones follow it. Null: none; reset on every connection.
+   */
+  let controllerBehind: number | null = null;
+
+  function onWelcome(w: WelcomeMessage): void {
+    controllerBehind = null;
+    const ours = reconciler.newestRevision;
+    if (w.desired_revision === null || ours === null || w.desired_revision >= ours) return;
+    logger.warn(
+      { event: 'controller_behind', desired: w.desired_revision, ours },
+      `controller's revision ${w.desired_revision} is behind ours ${ours} (database restored?): accepting the controller's policy`,
+    );
+    controllerBehind = w.desired_revision;
+  }
+
   function onPolicy(raw: unknown): void {
     const r = checkPolicy(raw);
     if (!r.ok) {
@@ -186,7 +206,9 @@ export function createAgent(deps: AgentDeps): Agent {
     if (r.policy.instance.id !== config.instance_id) {
       logger.warn({ event: 'instance_mismatch', revision: r.policy.revision }, `policy is for instance ${r.policy.instance.id}, this agent is ${config.instance_id} (applied anyway: the controller maps tokens to instances)`);
     }
-    void reconciler.submit(r.policy, 'controller');
+    const authoritative = controllerBehind !== null && r.policy.revision === controllerBehind;
+    if (authoritative) controllerBehind = null;
+    void reconciler.submit(r.policy, 'controller', null, { authoritative });
   }
 
   /**
@@ -324,13 +346,18 @@ export function createAgent(deps: AgentDeps): Agent {
           }),
           onPolicy,
           onPolicyDelta,
+          onWelcome,
           onConnected: () => {
+            controllerBehind = null;
             metrics.controllerConnected.set(1);
             // at most one port read per second also here: a controller that drops every connection at
             // once made the agent read and rate its sockets per reconnect (~0.1 s CPU each with a 25k-member group)
             portsSoon();
           },
-          onDisconnected: () => metrics.controllerConnected.set(0),
+          onDisconnected: () => {
+            controllerBehind = null;
+            metrics.controllerConnected.set(0);
+          },
           beforeReconnect: refreshEndpoint,
           pingIntervalMs: c.ping_interval_ms,
           pongTimeoutMs: c.pong_timeout_ms,

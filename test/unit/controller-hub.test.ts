@@ -16,6 +16,18 @@ import { PROTOCOL_VERSION, controllerMessageSchema, policyDeltaSchema, welcomeSc
 import { applyPolicyDelta } from '../../src/protocol/delta.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { ADMIN, countingRandom, rule } from './controller-helpers.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import Database from 'better-sqlite3';
+import { createLogger } from '../../src/lib/logger.js';
+import { ManualScheduler } from '../../src/lib/scheduler.js';
+import { FakeNft } from '../../src/nft/fake.js';
+import { createAgent } from '../../src/agent/agent.js';
+import { resolveConfig } from '../../src/agent/config.js';
+import { MemoryStateStore } from '../../src/agent/state-store.js';
+import { wsDialer } from '../../src/agent/ws-dialer.js';
 
 const A = '/v3/proj-a';
 const H = { 'x-auth-token': ADMIN };
@@ -624,6 +636,78 @@ describe('agent hub', () => {
       expect((await status(B, 'ecs-b3')).desired_revision).toBeLessThanOrEqual(before + 10);
       attacker.close();
       for (const a of Object.values(agents)) a.close();
+    });
+
+    it('end to end: a database poisoned by the old bug is repaired on open, and an agent that applied a poisoned revision converges on the controller\'s', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'sg-poison-'));
+      try {
+        const file = join(dir, 'controller.db');
+        await ctl.stop();
+        await store.close();
+        store = openSqliteStore(file);
+        await startController();
+        const token = await seedWeb();
+        const handed = JSON.parse((await api('GET', `${A}/instances/ecs-web-1/policy`)).text);
+        await ctl.stop();
+        await store.close();
+        // what the old bug left: a hello with applied_revision 2^50 - 1 raised the counter and this instance to 2^50,
+        // and the agent applied that document
+        const huge = 2 ** 50;
+        const raw = new Database(file);
+        raw.prepare("UPDATE meta SET value = ? WHERE key = 'revision_counter'").run(huge);
+        raw.prepare("UPDATE instances SET revision = ? WHERE id = 'ecs-web-1'").run(huge);
+        raw.close();
+        const lines: Record<string, unknown>[] = [];
+        const sink = new Writable({
+          write(chunk: Buffer, _enc, cb) {
+            for (const l of chunk.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
+            cb();
+          },
+        });
+        const logger = createLogger({ level: 'info', destination: sink });
+        store = openSqliteStore(file, { logger });
+        expect(lines.filter((l) => l.event === 'revision_counter_repaired')).toEqual([expect.objectContaining({ level: 50, old_counter: String(huge), new_counter: handed.revision })]);
+        await startController();
+        const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
+        expect(desired).toBe(handed.revision);
+
+        const nft = new FakeNft();
+        const lkg = new MemoryStateStore(parsePolicy({ ...handed, revision: huge }));
+        const agent = createAgent({
+          config: resolveConfig({ instance_id: 'ecs-web-1', http_listen: null, controller: { url: addr.agentUrl, token } }, {}),
+          nft,
+          store: lkg,
+          clock,
+          logger,
+          scheduler: new ManualScheduler(),
+          resolver: { resolve: async () => [] },
+          dialer: wsDialer({ url: addr.agentUrl, token: () => token, maxPayload: 8192, handshakeTimeoutMs: 2000 }),
+        });
+        await agent.start();
+        expect(agent.status().appliedRevision).toBe(huge);
+        const status = async () => (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status;
+        const until = async (what: string, ok: () => Promise<boolean>) => {
+          for (let i = 0; i < 200 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 10));
+          expect(await ok(), what).toBe(true);
+        };
+        await until('the agent applied the controller\'s revision', async () => (await status()).in_sync === true);
+        expect(agent.status().appliedRevision).toBe(desired);
+        expect(lkg.policy?.revision).toBe(desired);
+        expect(nft.state?.comment).toContain(`revision=${desired}`);
+        expect(lines.filter((l) => l.event === 'controller_behind')).toEqual([expect.objectContaining({ desired, ours: huge })]);
+        // the controller saw the agent ahead (its hello) and recorded it on this instance
+        expect((await status()).last_error).toMatchObject({ code: 'REVISION_AHEAD', revision: desired });
+        // and the next change, small and after it, is applied as usual
+        await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '443' }) } });
+        await until('the agent applied the next revision', async () => {
+          const st = await status();
+          return st.in_sync === true && st.applied_revision === desired + 1;
+        });
+        expect(agent.status().appliedRevision).toBe(desired + 1);
+        await agent.stop();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('a port report against a revision never handed out is refused and not stored', async () => {
