@@ -15,7 +15,7 @@ import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
 import { checkPolicy } from '../policy/schema.js';
 import { formatIssue } from '../lib/errors.js';
-import { PROTOCOL_VERSION, boundPortReport, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
+import { PROTOCOL_VERSION, boundPortReport, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
 import { controllerHostPort, platformOptions, type AgentConfig } from './config.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
@@ -150,7 +150,7 @@ export function createAgent(deps: AgentDeps): Agent {
     try {
       const st = reconciler.state;
       const { report, clipped } = boundPortReport(await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null));
-      if (clipped) logger.warn({ event: 'ports_clipped', clipped }, `the port report is over the protocol's limits: ${clipped} entries, listeners or rule references left out`);
+      if (clipped) logger.warn({ event: 'ports_clipped', clipped }, `the port report is over the protocol's limits (docs/protocol.md): ${clipped} entries, listeners or rule references left out`);
       client.send({ type: 'ports', report });
     } catch (e) {
       logger.warn({ event: 'ports_failed', err: e }, `cannot report port status: ${errorMessage(e)}`);
@@ -342,7 +342,7 @@ export function createAgent(deps: AgentDeps): Agent {
             instance_id: config.instance_id,
             agent_version: VERSION,
             applied_revision: reconciler.appliedRevision,
-            ...(deps.hostname ? { hostname: deps.hostname.slice(0, 255) } : {}),
+            ...(deps.hostname ? { hostname: boundText(deps.hostname, 255) } : {}),
           }),
           onPolicy,
           onPolicyDelta,

@@ -33,9 +33,9 @@ export const MAX_REVISION = 2 ** 48;
  * neighbours and is refused.
  */
 export const revisionSchema = z
+  // z.int() accepts safe integers only: past 2^53 - 1 (and for fractions) this message
   .int({ error: `a revision is an integer from 0 to ${Number.MAX_SAFE_INTEGER} (2^53 - 1)` })
-  .min(0, { error: 'a revision is never negative' })
-  .max(Number.MAX_SAFE_INTEGER, { error: `a revision is at most ${Number.MAX_SAFE_INTEGER} (2^53 - 1)` });
+  .min(0, { error: 'a revision is never negative' });
 
 // eslint-disable-next-line no-control-regex -- matching control characters is the point
 const NO_CONTROL_CHARS = /^[^\u0000-\u001f\u007f]*$/;
@@ -186,18 +186,37 @@ export function decode<T>(schema: z.ZodType<T>, data: string): { ok: true; messa
   return { ok: true, message: r.data };
 }
 
+/** `text` made to fit `text(max)`: control characters become `?`, then cut to `max`. */
+export function boundText(t: string, max: number): string {
+  // eslint-disable-next-line no-control-regex -- replacing control characters is the point
+  return t.replace(/[\u0000-\u001f\u007f]/g, '?').slice(0, max);
+}
+
 /**
- * The report clipped to PORT_REPORT_LIMITS (what the controller accepts), and
- * what was left out. Pure; the agent logs when something was clipped.
+ * The report made to fit what the controller accepts (PORT_REPORT_LIMITS;
+ * process names and addresses bounded and without control characters: a
+ * process may name itself anything), and how many entries, listeners or rule
+ * references were left out. Pure; an in-bounds report comes back as is.
  */
 export function boundPortReport(report: PortReport): { report: PortReport; clipped: number } {
   const L = PORT_REPORT_LIMITS;
   let clipped = Math.max(0, report.entries.length - L.entries);
+  let changed = clipped > 0;
   const entries = report.entries.slice(0, L.entries).map((e) => {
     const over = Math.max(0, e.listeners.length - L.listeners) + Math.max(0, e.allowed_by.length - L.rules) + Math.max(0, e.denied_by.length - L.rules);
-    if (!over) return e;
+    const listeners = e.listeners.slice(0, L.listeners).map((l) => {
+      const address = boundText(l.address, 64);
+      const process = l.process === null ? null : boundText(l.process, 256);
+      return address === l.address && process === l.process ? l : { address, process };
+    });
+    const ref = (r: PortEntry['allowed_by'][number]) => (boundText(r.peers, 256) === r.peers ? r : { ...r, peers: boundText(r.peers, 256) });
+    const allowed_by = e.allowed_by.slice(0, L.rules).map(ref);
+    const denied_by = e.denied_by.slice(0, L.rules).map(ref);
+    const same = (a: readonly unknown[], b: readonly unknown[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+    if (!over && same(listeners, e.listeners) && same(allowed_by, e.allowed_by) && same(denied_by, e.denied_by)) return e;
     clipped += over;
-    return { ...e, listeners: e.listeners.slice(0, L.listeners), allowed_by: e.allowed_by.slice(0, L.rules), denied_by: e.denied_by.slice(0, L.rules) };
+    changed = true;
+    return { ...e, listeners, allowed_by, denied_by };
   });
-  return clipped ? { report: { ...report, entries }, clipped } : { report, clipped: 0 };
+  return changed ? { report: { ...report, entries }, clipped } : { report, clipped: 0 };
 }
