@@ -271,7 +271,7 @@ export class SqliteStore implements Store {
       insertAgentState: db.prepare('INSERT OR IGNORE INTO agent_state (project_id, instance_id, state) VALUES (?, ?, ?)'),
       deleteInstance: db.prepare('DELETE FROM instances WHERE project_id = ? AND id = ?'),
       setToken: db.prepare('UPDATE instances SET token_sha256 = ? WHERE project_id = ? AND id = ?'),
-      // +1 and nothing else: no outside value ever moves the counter (docs/security-agent-input.md)
+      // +1 and nothing else: no outside value ever moves the counter (docs/protocol.md, "Revisions")
       nextRevision: db.prepare<[], { value: number }>("UPDATE meta SET value = value + 1 WHERE key = 'revision_counter' RETURNING value"),
       setPolicy: db.prepare('UPDATE instances SET revision = ?, policy_hash = ?, policy_body = ?, policy_tail = ? WHERE project_id = ? AND id = ?'),
       putTail: db.prepare('INSERT OR IGNORE INTO policy_tails (project_id, hash, text) VALUES (?, ?, ?)'),

@@ -179,7 +179,7 @@ export interface Store {
 /** Throws REVISION_EXHAUSTED for a revision past MAX_REVISION (never handed out; the commit is abandoned). */
 export function checkRevision(revision: number): number {
   if (revision > MAX_REVISION) {
-    throw new SecgroupError('REVISION_EXHAUSTED', `the revision counter reached its bound ${MAX_REVISION}: no more revisions can be handed out (see docs/security-agent-input.md)`);
+    throw new SecgroupError('REVISION_EXHAUSTED', `the revision counter reached its bound ${MAX_REVISION}: no more revisions can be handed out (docs/protocol.md, "Revisions")`);
   }
   return revision;
 }
