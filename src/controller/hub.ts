@@ -115,6 +115,8 @@ class Session {
   lastSentRevision = -1;
   /** the instance's stored revision at hello (-1: none): with `lastSentRevision`, the bound of revisions the agent may report */
   handedOut = -1;
+  /** the bound above when the store was last asked for a higher one (see `handedOut()`) */
+  storeCheckedAt = -2;
   /** the newest document handed over by `notify` and not yet sent (null: none, or read it from the store) */
   pending: StoredPolicy | null = null;
   /** the last document sent, when deltas are enabled */
@@ -405,19 +407,23 @@ export class AgentHub {
    * revision at hello, every revision sent since); the store is asked only above that (a change not sent yet).
    */
   private async handedOut(s: Session, revision: number): Promise<boolean> {
-    if (revision <= Math.max(s.handedOut, s.lastSentRevision)) return true;
+    const known = Math.max(s.handedOut, s.lastSentRevision);
+    if (revision <= known) return true;
+    // at most one store read per revision the connection learns of: a stream of bogus acks costs no reads
+    if (s.storeCheckedAt === known) return false;
+    s.storeCheckedAt = known;
     const p = await this.o.store.getPolicy(s.projectId, s.instanceId);
     if (p) s.handedOut = Math.max(s.handedOut, p.revision);
     return revision <= s.handedOut;
   }
 
   private async ack(s: Session, msg: AckMessage): Promise<void> {
-    this.o.metrics.acks.inc({ status: msg.status });
     const at = formatTime(this.o.clock.now());
     if (!(await this.handedOut(s, msg.revision))) {
       await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ack', msg.revision, at) });
       return;
     }
+    this.o.metrics.acks.inc({ status: msg.status });
     const patch: Partial<AgentState> = {
       last_seen: at,
       last_ack: {

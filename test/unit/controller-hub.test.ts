@@ -710,6 +710,28 @@ describe('agent hub', () => {
       }
     });
 
+    it('an ack is bounded by the stored revision; a stream of bogus acks costs one store read, not one each', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      await agent.handshake('ecs-web-1');
+      let reads = 0;
+      const getPolicy = store.getPolicy.bind(store);
+      store.getPolicy = (p, i) => (reads++, getPolicy(p, i));
+      // a revision committed (in the store, not pushed on this connection yet) was handed out: the store is the bound
+      const same = await getPolicy('proj-a', 'ecs-web-1');
+      const hash = (await store.loadProject('proj-a'))!.instances.find((i) => i.id === 'ecs-web-1')!.policy_hash!;
+      const next = (await store.mutate('proj-a', () => ({ ops: [{ op: 'setPolicy', instanceId: 'ecs-web-1', body: same!.body, hash }], value: null }))).revisions.get('ecs-web-1')!;
+      agent.send({ type: 'ack', revision: next, status: 'applied' });
+      await agent.expectNothingPending('ecs-web-1');
+      expect(reads).toBe(1);
+      expect(await status(A, 'ecs-web-1')).toMatchObject({ applied_revision: next, in_sync: true, last_ack: { revision: next, status: 'applied' }, last_error: null });
+      for (let i = 1; i <= 5; i++) agent.send({ type: 'ack', revision: next + i, status: 'applied' });
+      await agent.expectNothingPending('ecs-web-1');
+      expect(reads).toBe(2);
+      expect(await status(A, 'ecs-web-1')).toMatchObject({ applied_revision: next, last_ack: { revision: next }, last_error: { code: 'REVISION_AHEAD', revision: next } });
+      agent.close();
+    });
+
     it('a port report against a revision never handed out is refused and not stored', async () => {
       const token = await seedWeb();
       const agent = await Agent.connect(token);
