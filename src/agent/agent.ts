@@ -15,7 +15,7 @@ import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
 import { checkPolicy } from '../policy/schema.js';
 import { formatIssue } from '../lib/errors.js';
-import { PROTOCOL_VERSION, boundPortReport, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
+import { MAX_ACK_DURATION_MS, PROTOCOL_VERSION, boundPortReport, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
 import { controllerHostPort, platformOptions, type AgentConfig } from './config.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
@@ -85,7 +85,8 @@ function revisionOf(raw: unknown): number {
 export function ackFor(o: SyncOutcome): AckMessage {
   switch (o.status) {
     case 'applied':
-      return { type: 'ack', revision: o.revision, status: 'applied', duration_ms: Math.round(o.durationMs * 1000) / 1000, digest: o.digest };
+      // the protocol's bound (a day): a figure past it would get the whole ack refused
+      return { type: 'ack', revision: o.revision, status: 'applied', duration_ms: Math.min(MAX_ACK_DURATION_MS, Math.round(o.durationMs * 1000) / 1000), digest: o.digest };
     case 'failed':
       return { type: 'ack', revision: o.revision, status: 'failed', error: { code: o.error.code, message: o.error.message.slice(0, 4096) } };
     case 'superseded':

@@ -46,6 +46,9 @@ const text = (max: number) => z.string().max(max).regex(NO_CONTROL_CHARS, { erro
 const ERROR_CODE = /^[A-Za-z0-9_.:-]{1,64}$/;
 const errorInfo = z.strictObject({ code: z.string().regex(ERROR_CODE, { error: 'an error code is 1-64 characters of [A-Za-z0-9_.:-]' }), message: z.string().max(4096) });
 
+/** An ack's `duration_ms` is at most a day: a longer figure is not the duration of one sync. */
+export const MAX_ACK_DURATION_MS = 86_400_000;
+
 /** Bounds of a port report (the agent clips to them, see `boundPortReport`). */
 export const PORT_REPORT_LIMITS = {
   /** entries (protocol, port, family): more than any host listens on plus what its rules list one by one */
@@ -111,8 +114,7 @@ export const ackSchema = z.strictObject({
   revision: revisionSchema,
   /** applied: enforced; failed: valid but nft failed (previous ruleset kept); rejected: invalid document (nothing applied) */
   status: z.enum(['applied', 'failed', 'rejected']),
-  /** at most a day: a longer figure is not a duration this agent measured */
-  duration_ms: z.number().min(0).max(86_400_000).optional(),
+  duration_ms: z.number().min(0).max(MAX_ACK_DURATION_MS).optional(),
   digest: z.string().regex(/^[0-9a-f]{1,64}$/, { error: 'a digest is 1-64 lowercase hex digits' }).optional(),
   error: errorInfo.optional(),
 });

@@ -6,12 +6,12 @@ import { Writable } from 'node:stream';
 import { ManualScheduler } from '../../../src/lib/scheduler.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
-import { createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
+import { ackFor, createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
 import { FakeDialer } from '../../../src/agent/controller-client.js';
 import { FakePortProbe } from '../../../src/probe/fake.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
-import type { AckMessage } from '../../../src/protocol/messages.js';
+import { ackSchema, type AckMessage } from '../../../src/protocol/messages.js';
 import { policy } from './fixtures.js';
 
 const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
@@ -278,6 +278,12 @@ describe('agent', () => {
     expect(acks(second.messages).at(-1)).toMatchObject({ revision: 3, status: 'failed', error: { code: 'STALE_REVISION' } });
     expect(nft.state?.comment).toContain('revision=9');
     await agent.stop();
+  });
+
+  it('acks fit the protocol\'s bounds: a duration past a day is sent as a day', () => {
+    const ack = ackFor({ status: 'applied', revision: 3, kind: 'full', durationMs: 1e12, digest: '0123456789abcdef', source: 'controller' });
+    expect(ack.duration_ms).toBe(86_400_000);
+    expect(ackSchema.parse(ack)).toEqual(ack);
   });
 
   it('repairs drift on its schedule', async () => {
