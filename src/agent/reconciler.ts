@@ -5,8 +5,11 @@
  * - Bursts coalesce: `submit` only records the newest desired revision; one
  *   loop applies whatever is newest when it gets to it. A revision replaced
  *   before its turn is reported `superseded`.
- * - Never backwards: a revision older than the applied (or pending) one is
- *   reported `stale` and not applied.
+ * - Never backwards: a revision older than the newest one accepted (applied,
+ *   in flight or pending) is reported `stale` and not applied. The one
+ *   exception is a revision the controller declared authoritative (its
+ *   `welcome` was behind ours: a restored database): it is accepted and the
+ *   order restarts from it, so the agent converges on the controller's state.
  * - No-op: a policy that compiles to the ruleset already applied costs no nft
  *   call (the new revision is still recorded and persisted).
  * - Incremental: when only verdict-map elements change, they are changed in
@@ -128,6 +131,8 @@ export class Reconciler {
   private readonly mutex = new Mutex();
   /** applied but not yet written as last known good */
   private unsaved: Policy | null = null;
+  /** revision of the newest accepted submission (-1: none): older ones are stale */
+  private newest = -1;
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, ...opts };
@@ -157,22 +162,31 @@ export class Reconciler {
     return this.lastError;
   }
 
+  /** The revision of the newest document accepted (applied, in flight or pending); null: none. */
+  get newestRevision(): number | null {
+    return this.newest >= 0 ? this.newest : null;
+  }
+
   /**
    * Records `policy` as desired and resolves with what became of it: applied,
    * failed (first failure; retries go on), superseded or stale. Never rejects.
+   * `authoritative`: accepted even when older than what this reconciler has,
+   * and later revisions are ordered after it (the controller's state wins
+   * after a database restore; the caller decides when that applies).
    */
-  submit(policy: Policy, source: PolicySource, change: ChangeHint | null = null): Promise<SyncOutcome> {
+  submit(policy: Policy, source: PolicySource, change: ChangeHint | null = null, opts: { authoritative?: boolean } = {}): Promise<SyncOutcome> {
     return new Promise((resolve) => {
       const rev = policy.revision;
       if (this.stopped) {
         resolve({ status: 'failed', revision: rev, error: new SecgroupError('INTERNAL', 'the agent is stopping: not applied'), source, retryInMs: 0 });
         return;
       }
-      const current = Math.max(this.applied?.revision ?? -1, this.inFlight?.policy.revision ?? -1, this.pending?.policy.revision ?? -1);
-      if (rev < current) {
+      const current = this.newest;
+      if (rev < current && !opts.authoritative) {
         this.emit({ status: 'stale', revision: rev, current, source }, [resolve]);
         return;
       }
+      this.newest = rev;
       let waiters: ((o: SyncOutcome) => void)[] = [resolve];
       const old = this.pending;
       // a delta on top of a waiting delta: one change against the older base

@@ -7,7 +7,10 @@
  *   for X (a hello naming another instance is refused).
  * - One live connection per instance: a new one replaces the old (close 4000).
  * - On hello the controller answers `welcome` and, if the agent's applied
- *   revision is older than the desired one, the current `policy`. After an
+ *   revision differs from the desired one, the current `policy`. No revision
+ *   an agent reports is trusted above what was handed out for its instance
+ *   (`revision_ahead`: recorded on that instance only, never stored as
+ *   applied, never fed to the revision counter). After an
  *   API change the new document is pushed to connected agents of affected
  *   instances only: as a `policy_delta` when it differs from the last
  *   document sent on the connection only in its revision and member lists
@@ -40,7 +43,7 @@ import { sourceKey, type AuthFailureLimiter } from './limits.js';
 import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
 import { formatTime } from './service.js';
-import type { AgentState, Store, StoredPolicy } from './store/store.js';
+import type { AgentErrorRecord, AgentState, Store, StoredPolicy } from './store/store.js';
 import { digestsEqual, hashToken, tokenFromHeaders } from './tokens.js';
 
 export interface HubOptions {
@@ -110,6 +113,10 @@ class Session {
   alive = true;
   lastSeenMs: number;
   lastSentRevision = -1;
+  /** the instance's stored revision at hello (-1: none): with `lastSentRevision`, the bound of revisions the agent may report */
+  handedOut = -1;
+  /** the bound above when the store was last asked for a higher one (see `handedOut()`) */
+  storeCheckedAt = -2;
   /** the newest document handed over by `notify` and not yet sent (null: none, or read it from the store) */
   pending: StoredPolicy | null = null;
   /** the last document sent, when deltas are enabled */
@@ -362,29 +369,61 @@ export class AgentHub {
     s.helloTimer?.cancel();
     this.o.metrics.agentsConnected.set(this.connectedCount);
     const now = formatTime(this.o.clock.now());
+    const policy = await this.o.store.getPolicy(s.projectId, s.instanceId);
+    s.handedOut = policy?.revision ?? -1;
+    const applied = msg.applied_revision;
+    // The stored revision is the highest ever handed out for this instance (revisions only grow): a higher one is a
+    // lie or a database restored from a backup. It is recorded on this instance only and never stored as applied;
+    // the current document is sent anyway, and the agent accepts the controller's lower revision (docs/protocol.md).
+    const ahead = applied !== null && applied > s.handedOut;
     const exists = await this.o.store.updateAgentState(s.projectId, s.instanceId, {
       agent_version: msg.agent_version,
       hostname: msg.hostname ?? null,
       last_seen: now,
+      ...(ahead ? { applied_revision: null, last_error: this.revisionAhead(s, 'hello', applied, now) } : {}),
     });
     if (!exists) return this.violation(s, 'deleted', 'the instance no longer exists');
-    let policy = await this.o.store.getPolicy(s.projectId, s.instanceId);
-    const applied = msg.applied_revision;
-    if (policy && applied !== null && applied > policy.revision) {
-      // The agent enforces a newer revision than we know (e.g. the database was restored from a backup):
-      // re-issue the current document above it, since agents never apply an older revision.
-      this.log.warn({ event: 'revision_ahead', project: s.projectId, instance: s.instanceId, applied, desired: policy.revision }, 'agent is ahead, raising the revision');
-      policy = await this.o.store.raiseRevision(s.projectId, s.instanceId, applied);
-    }
     const welcome: WelcomeMessage = { type: 'welcome', protocol: PROTOCOL_VERSION, instance_id: s.instanceId, desired_revision: policy?.revision ?? null };
     this.send(s, JSON.stringify(welcome));
     this.log.info({ event: 'hello', project: s.projectId, instance: s.instanceId, applied, desired: policy?.revision ?? null, version: msg.agent_version }, 'agent hello');
-    if (policy && (applied === null || applied < policy.revision)) this.sendPolicy(s, policy, 'hello');
+    if (policy && applied !== policy.revision) this.sendPolicy(s, policy, 'hello');
+  }
+
+  /**
+   * The instance's `last_error` for a revision the agent reports above every revision handed out for the
+   * instance (logged as `revision_ahead`). The reported number goes into the message only.
+   */
+  private revisionAhead(s: Session, what: 'hello' | 'ack' | 'ports', reported: number, at: string): AgentErrorRecord {
+    const known = s.handedOut >= 0 ? s.handedOut : null;
+    const message =
+      `the agent reported revision ${reported} in its ${what}, but the controller handed out ${known === null ? 'no revision' : `at most revision ${known}`} for this instance ` +
+      '(a database restored from an older backup, or an agent that cannot be trusted): not recorded as applied; the current document is authoritative';
+    this.log.warn({ event: 'revision_ahead', project: s.projectId, instance: s.instanceId, source: what, reported, desired: known }, message);
+    return { revision: known, code: 'REVISION_AHEAD', message, at };
+  }
+
+  /**
+   * Is `revision` one this instance could have been handed? Cheap from what the connection knows (the stored
+   * revision at hello, every revision sent since); the store is asked only above that (a change not sent yet).
+   */
+  private async handedOut(s: Session, revision: number): Promise<boolean> {
+    const known = Math.max(s.handedOut, s.lastSentRevision);
+    if (revision <= known) return true;
+    // at most one store read per revision the connection learns of: a stream of bogus acks costs no reads
+    if (s.storeCheckedAt === known) return false;
+    s.storeCheckedAt = known;
+    const p = await this.o.store.getPolicy(s.projectId, s.instanceId);
+    if (p) s.handedOut = Math.max(s.handedOut, p.revision);
+    return revision <= s.handedOut;
   }
 
   private async ack(s: Session, msg: AckMessage): Promise<void> {
-    this.o.metrics.acks.inc({ status: msg.status });
     const at = formatTime(this.o.clock.now());
+    if (!(await this.handedOut(s, msg.revision))) {
+      await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ack', msg.revision, at) });
+      return;
+    }
+    this.o.metrics.acks.inc({ status: msg.status });
     const patch: Partial<AgentState> = {
       last_seen: at,
       last_ack: {
@@ -405,6 +444,12 @@ export class AgentHub {
 
   private async ports(s: Session, msg: PortsMessage): Promise<void> {
     const at = formatTime(this.o.clock.now());
+    const revision = msg.report.revision;
+    if (revision !== null && !(await this.handedOut(s, revision))) {
+      // a report against a revision never handed out says nothing about this instance's policy: not stored
+      await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ports', revision, at) });
+      return this.refuse(s, 'revision_ahead', `port report for revision ${revision}, which was never handed out for this instance: not stored`);
+    }
     await this.o.store.updateAgentState(s.projectId, s.instanceId, { ports: msg.report, ports_received_at: at, last_seen: at });
     this.log.debug({ event: 'ports', project: s.projectId, instance: s.instanceId, entries: msg.report.entries.length }, 'port report');
   }

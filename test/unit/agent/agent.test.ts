@@ -1,21 +1,22 @@
 import { describe, expect, it } from 'vitest';
 import { FakeClock } from '../../../src/lib/clock.js';
 import { SecgroupError } from '../../../src/lib/errors.js';
-import { silentLogger } from '../../../src/lib/logger.js';
+import { createLogger, silentLogger, type Logger } from '../../../src/lib/logger.js';
+import { Writable } from 'node:stream';
 import { ManualScheduler } from '../../../src/lib/scheduler.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
-import { createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
+import { ackFor, createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
 import { FakeDialer } from '../../../src/agent/controller-client.js';
 import { FakePortProbe } from '../../../src/probe/fake.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
-import type { AckMessage } from '../../../src/protocol/messages.js';
+import { ackSchema, type AckMessage } from '../../../src/protocol/messages.js';
 import { policy } from './fixtures.js';
 
 const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
 
-function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string } = {}) {
+function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string; logger?: Logger } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = opts.store ?? new MemoryStateStore();
@@ -26,7 +27,7 @@ function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: str
     { instance_id: 'ecs-1', http_listen: null, ...(opts.controller === false ? {} : { controller: { url: opts.url ?? 'ws://198.18.0.1:8080', token: 't' } }) },
     {},
   );
-  const agent = createAgent({ config, nft, store, clock, logger: silentLogger(), scheduler, resolver, dialer: opts.controller === false ? null : dialer.dial, portProbe: probe, random: () => 0.5 });
+  const agent = createAgent({ config, nft, store, clock, logger: opts.logger ?? silentLogger(), scheduler, resolver, dialer: opts.controller === false ? null : dialer.dial, portProbe: probe, random: () => 0.5 });
   return { nft, clock, store, dialer, scheduler, agent, probe };
 }
 
@@ -215,6 +216,74 @@ describe('agent', () => {
     expect(nft.count('apply')).toBe(applies);
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 8, status: 'failed', error: { code: 'STALE_REVISION' } });
     await agent.stop();
+  });
+
+  it('accepts the controller\'s lower revision after a welcome that says so (restored database), on that connection only', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const l of chunk.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const huge = 2 ** 50;
+    const store = new MemoryStateStore(policy(huge));
+    const { nft, dialer, agent } = setup({ store, logger: createLogger({ level: 'info', destination: sink }) });
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    expect(s.messages[0]).toMatchObject({ type: 'hello', applied_revision: huge });
+    s.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: 3 });
+    expect(lines.filter((l) => l.event === 'controller_behind')).toEqual([
+      expect.objectContaining({ level: 40, desired: 3, ours: huge, msg: `controller's revision 3 is behind ours ${huge} (database restored?): accepting the controller's policy` }),
+    ]);
+    // only the welcome's revision itself: another older one is still stale
+    s.receive({ type: 'policy', policy: policy(2, { httpPort: '81' }) });
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 2, status: 'failed', error: { code: 'STALE_REVISION' } });
+    s.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
+    await agent.reconciler.idle();
+    await settle();
+    expect(nft.state?.comment).toContain('revision=3');
+    expect(store.policy?.revision).toBe(3);
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 3, status: 'applied' });
+    // newer ones after it as usual, stale pushes still refused
+    s.receive({ type: 'policy', policy: policy(4) });
+    await agent.reconciler.idle();
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
+    s.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 3, status: 'failed', error: { code: 'STALE_REVISION' } });
+    expect(nft.state?.comment).toContain('revision=4');
+    await agent.stop();
+  });
+
+  it('without that welcome, or on a later connection, an older policy stays stale', async () => {
+    const store = new MemoryStateStore(policy(9));
+    const { nft, dialer, clock, agent } = setup({ store });
+    await agent.start();
+    const first = dialer.last;
+    first.events.open();
+    first.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: 3 });
+    first.close(1006, 'gone');
+    await clock.advance(60_000);
+    const second = dialer.last;
+    expect(second).not.toBe(first);
+    second.events.open();
+    // the allowance belonged to the first connection; this one's welcome says the controller is not behind
+    second.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: 9 });
+    second.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
+    await settle();
+    expect(acks(second.messages).at(-1)).toMatchObject({ revision: 3, status: 'failed', error: { code: 'STALE_REVISION' } });
+    expect(nft.state?.comment).toContain('revision=9');
+    await agent.stop();
+  });
+
+  it('acks fit the protocol\'s bounds: a duration past a day is sent as a day', () => {
+    const ack = ackFor({ status: 'applied', revision: 3, kind: 'full', durationMs: 1e12, digest: '0123456789abcdef', source: 'controller' });
+    expect(ack.duration_ms).toBe(86_400_000);
+    expect(ackSchema.parse(ack)).toEqual(ack);
   });
 
   it('repairs drift on its schedule', async () => {

@@ -106,6 +106,32 @@ describe('reconciler', () => {
     expect(tableRevision(nft)).toBe('5');
   });
 
+  it('an authoritative revision older than the applied one is applied, and ordering restarts from it', async () => {
+    const { nft, store, r } = setup();
+    const huge = 2 ** 50;
+    await r.submit(policy(huge), 'controller');
+    // the controller's policy after a restored database: revision 3, authoritative
+    expect(await r.submit(policy(3, { httpPort: '81' }), 'controller', null, { authoritative: true })).toMatchObject({ status: 'applied', revision: 3, kind: 'full' });
+    expect(tableRevision(nft)).toBe('3');
+    expect(store.policy?.revision).toBe(3);
+    // newer ones after it are accepted (although still older than the huge one), older ones are stale again
+    expect(await r.submit(policy(4), 'controller')).toMatchObject({ status: 'applied', revision: 4 });
+    expect(await r.submit(policy(2), 'controller')).toMatchObject({ status: 'stale', revision: 2, current: 4 });
+    expect(r.appliedRevision).toBe(4);
+  });
+
+  it('an authoritative revision replaces a newer pending one, and a newer one queued after it is not stale', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(100), 'controller');
+    nft.failNext('apply', new SecgroupError('NFT_FAILED', 'nft -f failed: boom'));
+    expect(await r.submit(policy(101, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'failed', revision: 101 });
+    const back = r.submit(policy(3), 'controller', null, { authoritative: true });
+    const next = r.submit(policy(4, { httpPort: '82' }), 'controller');
+    expect(await back).toMatchObject({ status: 'superseded', revision: 3, by: 4 });
+    expect(await next).toMatchObject({ status: 'applied', revision: 4 });
+    expect(tableRevision(nft)).toBe('4');
+  });
+
   it('keeps the previous ruleset when an apply fails, reports it once, and retries with exponential backoff', async () => {
     const { nft, clock, outcomes, metrics, store, r } = setup();
     await r.submit(policy(1), 'controller');
