@@ -7,19 +7,15 @@
  * and the agent's `policy` frame both use that one function, so they are
  * byte-identical.
  */
-import { createHash } from 'node:crypto';
 import { parseIp } from '../policy/address.js';
 import { checkPolicy } from '../policy/schema.js';
 import { SecgroupError, formatIssue } from '../lib/errors.js';
+import { sha256 } from '../lib/hash.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from './model.js';
 
 /** The full document text for a stored body. */
 export function renderPolicyText(revision: number, body: string): string {
   return `{"revision":${revision},${body.slice(1)}`;
-}
-
-export function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
 }
 
 /** Prefix of the digests `policyDigest` makes; a stored hash without it is the sha256 of the whole body (before). */
