@@ -6,8 +6,8 @@
  * back with the page whether it matches them or not, so `paginate` can place it.
  */
 import { auditEventMatches, type AuditFilter } from '../store/store.js';
-import type { ApiOptions, Route } from './app.js';
-import { parseWith } from './app.js';
+import type { ApiOptions, Route } from './route.js';
+import { parseWith } from './route.js';
 import { listAuditEventsQuery } from './schemas.js';
 import { paginate } from './views.js';
 

@@ -26,8 +26,8 @@ import {
   type RuleCreate,
 } from '../domain.js';
 import { EMPTY_AGENT_STATE } from '../store/store.js';
-import type { ApiOptions, Route } from './app.js';
-import { parseWith, pathId } from './app.js';
+import type { ApiOptions, Route } from './route.js';
+import { parseWith, pathId } from './route.js';
 import {
   batchCreateRulesBody,
   createAddressGroupBody,
