@@ -16,7 +16,7 @@
  */
 import { sha256 } from '../lib/hash.js';
 import { diffGroupMembers } from '../protocol/delta.js';
-import { renderPolicyText } from './compile.js';
+import { renderPolicyText } from './policy-documents.js';
 import type { StoredPolicy } from './store/store.js';
 
 export type Members = Readonly<Record<string, readonly string[]>>;

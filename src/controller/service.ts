@@ -11,7 +11,7 @@ import { SecgroupError } from '../lib/errors.js';
 import { formatTime } from '../lib/time.js';
 import { applyOps, emptySnapshot, type ProjectSnapshot } from './model.js';
 import { createProjectOps, type MutationContext, type Mutation, type Quotas } from './domain.js';
-import { recompile, renderPolicyText, touchedBy } from './compile.js';
+import { recompile, renderPolicyText, touchedBy } from './policy-documents.js';
 import { hashToken, type Random } from './tokens.js';
 import type { Store, StoredPolicy } from './store/store.js';
 

@@ -9,7 +9,7 @@ import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.j
 import { MemoryStore } from '../../src/controller/store/memory.js';
 import { auditEventMatches, type AuditEvent, type AuditFilter, type Store } from '../../src/controller/store/store.js';
 import { checkInvariants, createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
-import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/compile.js';
+import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/policy-documents.js';
 import { isSecgroupError } from '../../src/lib/errors.js';
 import type { Op, ProjectSnapshot } from '../../src/controller/model.js';
 import { call, makeApi, rule } from './controller-helpers.js';

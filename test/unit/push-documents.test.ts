@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { PushDocuments } from '../../src/controller/push-documents.js';
-import { renderPolicyText } from '../../src/controller/compile.js';
+import { renderPolicyText } from '../../src/controller/policy-documents.js';
 import { sha256 } from '../../src/lib/hash.js';
 import { applyPolicyDelta } from '../../src/protocol/delta.js';
 import type { StoredPolicy } from '../../src/controller/store/store.js';
