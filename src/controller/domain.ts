@@ -59,6 +59,8 @@ export interface GroupUpdate {
 }
 /** A rule as a create request gives it: a stored row without the server's fields, id optional. */
 export type RuleCreate = Omit<RuleRow, 'id' | 'created_at'> & { id?: string | undefined };
+/** A rule's fields in the policy model (policy/schema.ts `Rule`), its id optional. */
+export type RuleFields = Omit<Rule, 'id'> & { id?: string | undefined };
 export interface AddressGroupCreate {
   id?: string | undefined;
   name: string;
@@ -214,21 +216,28 @@ export function ruleMatchKey(r: Omit<RuleRow, 'id' | 'created_at' | 'description
   return [r.direction, r.ethertype, r.priority, p ?? '*', ports, r.icmp_type ?? '*', r.icmp_code ?? '*', remote].join('|');
 }
 
-function toPolicyRule(r: RuleCreate): Rule {
+/**
+ * The input of `createRules` from a rule's fields as the policy model has
+ * them (the API's rule body is that model): absent optional fields become
+ * null. The one mapping of rule fields; "" = absent is canonicalised in
+ * `createRules` (policy/canonical.ts).
+ */
+export function ruleCreate(groupId: string, r: RuleFields): RuleCreate {
   return {
-    id: r.id ?? 'new',
+    id: r.id,
+    security_group_id: groupId,
     direction: r.direction,
     priority: r.priority,
     action: r.action,
     ethertype: r.ethertype,
-    protocol: r.protocol,
-    multiport: r.multiport,
-    icmp_type: r.icmp_type,
-    icmp_code: r.icmp_code,
-    remote_ip_prefix: r.remote_ip_prefix,
-    remote_group_id: r.remote_group_id,
-    remote_address_group_id: r.remote_address_group_id,
-    description: r.description,
+    protocol: r.protocol ?? null,
+    multiport: r.multiport ?? null,
+    icmp_type: r.icmp_type ?? null,
+    icmp_code: r.icmp_code ?? null,
+    remote_ip_prefix: r.remote_ip_prefix ?? null,
+    remote_group_id: r.remote_group_id ?? null,
+    remote_address_group_id: r.remote_address_group_id ?? null,
+    description: r.description ?? '',
   };
 }
 
@@ -252,7 +261,7 @@ export function createRules(
   const canonical: RuleCreate[] = [];
   inputs.forEach((input, i) => {
     const path = paths[i]!;
-    const ruleIssues = checkRule(toPolicyRule(input), path);
+    const ruleIssues = checkRule({ ...input, id: input.id ?? 'new' }, path);
     issues.push(...ruleIssues);
     if (!ruleIssues.length) {
       const c = canonicalRuleFields(input);
