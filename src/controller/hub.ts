@@ -15,6 +15,9 @@
  *   instances only: as a `policy_delta` when it differs from the last
  *   document sent on the connection only in its revision and member lists
  *   (and deltas are enabled), else in full. A `resync` gets the full document.
+ *   What goes into those frames (full or delta, digests, the caches shared
+ *   between the documents of one change) is decided in push-documents.ts;
+ *   this file only handles the connections that carry it.
  * - Frames are bounded in size (ws `maxPayload`) and rate (token bucket per
  *   connection); liveness uses ping/pong every heartbeat interval.
  */
@@ -24,6 +27,7 @@ import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import type { Clock, Timer } from '../lib/clock.js';
 import type { Logger } from '../lib/logger.js';
 import { errorMessage } from '../lib/errors.js';
+import { formatTime } from '../lib/time.js';
 import {
   AGENT_PATH,
   MAX_MESSAGE_BYTES,
@@ -37,12 +41,10 @@ import {
   type ResyncMessage,
   type WelcomeMessage,
 } from '../protocol/messages.js';
-import { diffGroupMembers } from '../protocol/delta.js';
-import { renderPolicyText, sha256 } from './compile.js';
 import { sourceKey, type AuthFailureLimiter } from './limits.js';
 import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
-import { formatTime } from './service.js';
+import { PushDocuments, type SentDocument } from './push-documents.js';
 import type { AgentErrorRecord, AgentState, Store, StoredPolicy } from './store/store.js';
 import { digestsEqual, hashToken, tokenFromHeaders } from './tokens.js';
 
@@ -63,40 +65,6 @@ export interface HubOptions {
   authLimiter?: AuthFailureLimiter;
   /** records connects, disconnects and refused tokens (src/controller/audit.ts) */
   audit?: AuditRecorder;
-}
-
-type Members = Readonly<Record<string, readonly string[]>>;
-
-/** What a delta is computed against: the last document sent on a connection. */
-interface SentDocument {
-  revision: number;
-  /** digest of the document body before `group_members` (instance, groups, address groups), see `headDigest` */
-  headDigest: string;
-  /** the member lists, shared with other sessions that were sent the same lists */
-  members: Members;
-}
-
-const MEMBERS_KEY = ',"group_members":{';
-const CLOSING_BRACE = Buffer.from('}');
-
-const GROUPS_KEY = ',"security_groups":';
-
-/**
- * A body's parts as `BodyParts` has them, found by searching (a document read
- * from the store). The body is serialised as instance, security groups,
- * address groups, members, in this order; the keys cannot occur inside a
- * string value, where quotes are escaped. Null when the body is not like that.
- */
-function findParts(body: string): { instance: string; sharedHead: string; members: string } | null {
-  const i = body.indexOf(GROUPS_KEY);
-  const j = body.indexOf(MEMBERS_KEY);
-  if (i < 0 || j < i || !body.endsWith('}}')) return null;
-  return { instance: body.slice(0, i + 1), sharedHead: body.slice(i + 1, j), members: body.slice(j + MEMBERS_KEY.length - 1, -1) };
-}
-
-/** Digest of the document without its members: the same for a body found by search and for one handed over in parts. */
-function headDigest(instance: string, sharedHeadDigest: string): string {
-  return sha256(`${instance}\n${sharedHeadDigest}`);
 }
 
 /** WebSocket close codes the hub uses (4000-4999 are application codes). */
@@ -156,18 +124,13 @@ export class AgentHub {
   private heartbeat: Timer | null = null;
   private stopping = false;
   private readonly log: Logger;
-  private readonly deltas: boolean;
-  /** parsed member lists by their text, so agents sent the same lists share one copy (a few recent entries) */
-  private readonly membersByText = new Map<string, Members>();
-  /** by `BodyParts.shared` (one string for many documents): its UTF-8 bytes and the digest of its part before the members (a few recent entries) */
-  private readonly sharedParts = new Map<string, { bytes?: Buffer; headDigest?: string }>();
-  /** delta frame bodies (`group_members` of a `policy_delta`, null: no delta) by base and new member lists */
-  private readonly deltaMemo = new WeakMap<Members, WeakMap<Members, string | null>>();
+  /** what to push: frames, deltas and their caches (push-documents.ts) */
+  private readonly docs: PushDocuments;
 
   constructor(private readonly o: HubOptions) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessageBytes, perMessageDeflate: false });
     this.log = o.logger.child({ component: 'hub' });
-    this.deltas = o.deltas ?? true;
+    this.docs = new PushDocuments({ deltas: o.deltas ?? true });
   }
 
   /** Serves `/v1/agent` upgrades of `server` and starts the heartbeat. */
@@ -477,54 +440,30 @@ export class AgentHub {
     if (s.ws.readyState === WebSocket.OPEN) s.ws.send(frame, { binary: false });
   }
 
-  /** Memo entry for a shared part (bounded: the documents of one change mostly share a few). */
-  private shared(text: string): { bytes?: Buffer; headDigest?: string } {
-    let e = this.sharedParts.get(text);
-    if (!e) {
-      e = {};
-      this.sharedParts.set(text, e);
-      if (this.sharedParts.size > 8) this.sharedParts.delete(this.sharedParts.keys().next().value!);
-    }
-    return e;
-  }
-
   /** A changed document: as a delta against the last one sent when only members changed, else in full. */
   private sendChange(s: Session, p: StoredPolicy): void {
     const base = s.lastDoc;
-    const next = base ? this.sentDocument(p) : null;
-    if (base && next && next.headDigest === base.headDigest) {
-      const delta = this.deltaText(base.members, next.members);
-      if (delta !== null) {
-        const frame = `{"type":"policy_delta","base_revision":${base.revision},"revision":${p.revision},"group_members":${delta}}`;
-        if (this.fits(s, frame)) {
-          this.send(s, frame);
-          s.answers++;
-          s.lastSentRevision = p.revision;
-          s.lastDoc = next;
-          this.o.metrics.pushes.inc({ reason: 'change' });
-          this.o.metrics.deltas.inc();
-          this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, base: base.revision, reason: 'change', delta: true }, 'policy delta sent');
-          return;
-        }
-      }
+    const { delta, next } = this.docs.change(base, p);
+    if (base && delta !== null && this.fits(s, delta)) {
+      this.send(s, delta);
+      s.answers++;
+      s.lastSentRevision = p.revision;
+      s.lastDoc = next;
+      this.o.metrics.pushes.inc({ reason: 'change' });
+      this.o.metrics.deltas.inc();
+      this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, base: base.revision, reason: 'change', delta: true }, 'policy delta sent');
+      return;
     }
     this.sendPolicy(s, p, 'change', next);
   }
 
   private sendPolicy(s: Session, p: StoredPolicy, reason: 'hello' | 'change' | 'resync', doc?: SentDocument | null): void {
-    // The document text is spliced in as stored, so the agent gets exactly the bytes GET .../policy returns.
-    let frame: string | Buffer;
-    if (p.parts) {
-      // the shared part is encoded once for all documents that have it: one copy per frame instead of three
-      const e = this.shared(p.parts.shared);
-      e.bytes ??= Buffer.from(p.parts.shared);
-      frame = Buffer.concat([Buffer.from(`{"type":"policy","policy":${renderPolicyText(p.revision, p.parts.instance)}`), e.bytes, CLOSING_BRACE]);
-    } else frame = `{"type":"policy","policy":${renderPolicyText(p.revision, p.body)}}`;
+    const frame = this.docs.policyFrame(p);
     if (!this.fits(s, frame)) return;
     this.send(s, frame);
     s.answers++;
     s.lastSentRevision = p.revision;
-    s.lastDoc = this.deltas ? (doc ?? this.sentDocument(p)) : null;
+    s.lastDoc = this.docs.remember(p, doc);
     this.o.metrics.pushes.inc({ reason });
     this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, reason }, 'policy sent');
   }
@@ -534,45 +473,6 @@ export class AgentHub {
     if (bytes <= MAX_MESSAGE_BYTES) return true;
     this.log.error({ event: 'push', project: s.projectId, instance: s.instanceId, bytes }, 'policy frame exceeds the protocol limit; not sent');
     return false;
-  }
-
-  /** What a later delta is computed against; null when the body cannot be split (then no delta is sent). */
-  private sentDocument(p: StoredPolicy): SentDocument | null {
-    let digest: string;
-    let membersText: string;
-    if (p.parts) {
-      const { instance, shared, members } = p.parts;
-      const e = this.shared(shared);
-      e.headDigest ??= sha256(shared.slice(0, shared.length - members.length - MEMBERS_KEY.length));
-      digest = headDigest(instance, e.headDigest);
-      membersText = members;
-    } else {
-      const found = findParts(p.body);
-      if (!found) return null;
-      digest = headDigest(found.instance, sha256(found.sharedHead));
-      membersText = found.members;
-    }
-    let members = this.membersByText.get(membersText);
-    if (!members) {
-      members = JSON.parse(membersText) as Members;
-      this.membersByText.set(membersText, members);
-      // a few recent lists: the agents of one change mostly share them
-      if (this.membersByText.size > 8) this.membersByText.delete(this.membersByText.keys().next().value!);
-    }
-    return { revision: p.revision, headDigest: digest, members };
-  }
-
-  /** The `group_members` of a delta from `base` to `next`; null when it is not a delta (groups differ, or nothing changed). */
-  private deltaText(base: Members, next: Members): string | null {
-    let byNext = this.deltaMemo.get(base);
-    if (!byNext) this.deltaMemo.set(base, (byNext = new WeakMap()));
-    let text = byNext.get(next);
-    if (text === undefined) {
-      const d = diffGroupMembers(base, next);
-      text = d && Object.keys(d).length ? JSON.stringify(d) : null;
-      byNext.set(next, text);
-    }
-    return text;
   }
 
   /** An error frame; the connection stays open. */

@@ -8,8 +8,8 @@
  */
 import { AuditMarkerNotFound, type AuditEvent, type AuditFilter } from '../store/store.js';
 import { ApiError } from '../errors.js';
-import type { ApiOptions, Route } from './app.js';
-import { parseWith } from './app.js';
+import type { ApiOptions, Route } from './route.js';
+import { parseWith } from './route.js';
 import { listAuditEventsQuery } from './schemas.js';
 import { DEFAULT_PAGE, type PageInfo } from './views.js';
 

@@ -9,6 +9,10 @@
  * returns its (already settled) promise, so calls from one process never
  * interleave inside a transaction. Other processes on the same file wait on
  * the write lock (`busy_timeout`).
+ *
+ * Size: one Store implementation over one database; its schema migrations,
+ * its prepared statements and the methods that run them in transactions
+ * read together (a split would put the SQL of one transaction in two files).
  */
 import Database from 'better-sqlite3';
 import { SecgroupError } from '../../lib/errors.js';

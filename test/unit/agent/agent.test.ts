@@ -6,6 +6,7 @@ import { Writable } from 'node:stream';
 import { ManualScheduler } from '../../../src/lib/scheduler.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
+import { renderTable } from '../../../src/nft/render.js';
 import { ackFor, createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
 import { FakeDialer } from '../../../src/agent/controller-client.js';
@@ -13,6 +14,7 @@ import { FakePortProbe } from '../../../src/probe/fake.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { ackSchema, type AckMessage } from '../../../src/protocol/messages.js';
 import { policy } from './fixtures.js';
+import { dumpBlock, dumpBlocks, generationMarker, tableComment } from '../../helpers/nft-dump.js';
 
 const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
 
@@ -40,7 +42,7 @@ describe('agent', () => {
     const { nft, dialer, agent } = setup({ store });
     const started = agent.start();
     await started;
-    expect(nft.state?.comment).toContain('revision=7');
+    expect(tableComment(nft.dump())).toContain('revision=7');
     const applyIndex = nft.calls.findIndex((c) => c.method === 'apply');
     expect(applyIndex).toBeGreaterThan(0);
     expect(dialer.sockets.length).toBe(1);
@@ -77,7 +79,7 @@ describe('agent', () => {
     s.receive({ type: 'policy', policy: policy(3) });
     await agent.reconciler.idle();
     await settle();
-    expect(nft.state?.comment).toContain('revision=3');
+    expect(tableComment(nft.dump())).toContain('revision=3');
     expect(store.policy?.revision).toBe(3);
     expect(acks(s.messages)).toEqual([expect.objectContaining({ revision: 3, status: 'applied', duration_ms: expect.any(Number), digest: expect.any(String) })]);
     expect(s.messages.some((m) => m.type === 'ports')).toBe(true);
@@ -98,15 +100,15 @@ describe('agent', () => {
     expect(nft.count('apply')).toBe(applies + 1);
     const tx = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
     expect(tx.ops.map((o) => o.op)).toEqual(['update-elements', 'set-marker']);
-    expect(nft.state!.marker).toContain('revision=4');
+    expect(generationMarker(nft.dump())).toContain('revision=4');
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
     expect(store.policy?.revision).toBe(4);
     expect(store.policy?.group_members.web).toEqual(['198.18.0.10', '198.18.0.30']);
     expect(agent.reconciler.state?.kind).toBe('incremental');
     // the table holds what a full compile of revision 4 gives
     const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.30'] }));
-    const elements = (t: { maps: { name: string; elements: unknown[] }[] }) => t.maps.filter((m) => m.name.startsWith('in4')).reduce((n, m) => n + m.elements.length, 0);
-    expect(elements(nft.state!)).toBe(elements(full.table));
+    const elements = (dump: string) => dumpBlocks(dump).filter((b) => b.name.startsWith('in4')).reduce((n, b) => n + b.elements.length, 0);
+    expect(elements(nft.dump())).toBe(elements(renderTable(full.table, { listing: true })));
     await agent.stop();
   });
 
@@ -126,7 +128,7 @@ describe('agent', () => {
     s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['not-an-ip'], remove: [] } } });
     expect(s.messages.at(-1)).toMatchObject({ type: 'ack', revision: 4, status: 'rejected', error: { code: 'POLICY_INVALID' } });
     await agent.reconciler.idle();
-    expect(nft.state!.marker).toContain('revision=3');
+    expect(generationMarker(nft.dump())).toContain('revision=3');
     await agent.stop();
   });
 
@@ -143,7 +145,8 @@ describe('agent', () => {
     await settle();
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
     const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.11', '198.18.0.12'] }));
-    expect(nft.state!.maps.map((m) => m.name).sort()).toEqual(full.table.maps.map((m) => m.name).sort());
+    const maps = (dump: string) => dumpBlocks(dump).filter((b) => b.kind !== 'chain' && b.name !== 'sg_generation').map((b) => b.name).sort();
+    expect(maps(nft.dump())).toEqual(maps(renderTable(full.table, { listing: true })));
     await agent.stop();
   });
 
@@ -182,7 +185,7 @@ describe('agent', () => {
     s.receive({ type: 'policy', policy: bad });
     await agent.reconciler.idle();
     expect(nft.count('apply')).toBe(applies);
-    expect(nft.state?.comment).toContain('revision=1');
+    expect(tableComment(nft.dump())).toContain('revision=1');
     const rejected = acks(s.messages).find((a) => a.revision === 2);
     expect(rejected).toMatchObject({ status: 'rejected', error: { code: 'POLICY_INVALID' } });
     expect(rejected!.error!.message).toContain('multiport');
@@ -291,7 +294,7 @@ describe('agent', () => {
     await agent.start();
     nft.flushTable();
     await scheduler.fire();
-    expect(nft.state!.chains.find((c) => c.name === 'input')!.rules.length).toBeGreaterThan(0);
+    expect(dumpBlock(nft.dump(), 'input').rules.length).toBeGreaterThan(0);
     expect(await agent.metrics.registry.getSingleMetricAsString('secgroup_drift_repairs_total')).toContain('kind="structure"} 1');
     expect(store.saves).toBe(0);
     await agent.stop();
@@ -300,9 +303,9 @@ describe('agent', () => {
   it('allows its own control channel: egress to the controller address and port', async () => {
     const { nft, agent } = setup({ store: new MemoryStateStore(policy(1)) });
     await agent.start();
-    const out = nft.state!.chains.find((c) => c.name === 'output')!;
-    expect(out.rules.filter((r) => r.comment === 'platform: controller channel').length).toBe(1);
-    expect(out.rules.some((r) => r.comment === 'platform: DNS for the controller name')).toBe(false);
+    const out = dumpBlock(nft.dump(), 'output').rules;
+    expect(out.filter((l) => l.endsWith(' comment "platform: controller channel"')).length).toBe(1);
+    expect(out.some((l) => l.endsWith(' comment "platform: DNS for the controller name"'))).toBe(false);
     await agent.stop();
   });
 
@@ -311,9 +314,9 @@ describe('agent', () => {
     expect(await resolveControllerEndpoint('wss://[fd00:5ec::1]', resolver)).toEqual({ addresses: ['fd00:5ec::1'], port: 443, dns: false });
     const { nft, agent } = setup({ store: new MemoryStateStore(policy(1)), url: 'wss://ctl.test:8443' });
     await agent.start();
-    const out = nft.state!.chains.find((c) => c.name === 'output')!;
-    expect(out.rules.filter((r) => r.comment === 'platform: controller channel').length).toBe(2);
-    expect(out.rules.some((r) => r.comment === 'platform: DNS for the controller name')).toBe(true);
+    const out = dumpBlock(nft.dump(), 'output').rules;
+    expect(out.filter((l) => l.endsWith(' comment "platform: controller channel"')).length).toBe(2);
+    expect(out.some((l) => l.endsWith(' comment "platform: DNS for the controller name"'))).toBe(true);
     await agent.stop();
   });
 
@@ -345,7 +348,7 @@ describe('agent', () => {
     dialer.last.events.open();
     await agent.stop();
     expect(dialer.last.closed).toMatchObject({ code: 1000 });
-    expect(nft.state?.comment).toContain('revision=1');
+    expect(tableComment(nft.dump())).toContain('revision=1');
     expect(nft.calls.some((c) => c.tx?.ops.some((op) => op.op === 'delete-table'))).toBe(false);
   });
 });
