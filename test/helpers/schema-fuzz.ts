@@ -12,7 +12,8 @@
  * operation's JSON schema as far as the generator knows how, then applies
  * one mutation: a wrong type, a boundary number, a huge string, hostile
  * unicode, null, an extra field (`__proto__` among them), a missing required
- * field, an empty container, deep nesting, or text that is not JSON.
+ * field, an empty container, deep nesting, text that is not JSON, or a
+ * header over the size limit.
  *
  * The contract checked (`problemWith`): never a 5xx; every 4xx is the API's
  * error shape `{request_id, error_code, error_msg}`; every other body is
@@ -139,7 +140,7 @@ const HUGE = [256, 4096, 70_000, 1_100_000];
 const EXTRA_KEYS = ['__proto__', 'constructor', 'prototype', 'toString', 'x', 'project_id', 'id', 'created_at', 'revision'];
 
 /** Mutation names, in the order of the report. */
-export const MUTATIONS = ['valid', 'wrong_type', 'boundary', 'huge_string', 'unicode', 'null', 'extra_field', 'missing_field', 'empty', 'deep', 'not_json', 'bad_param', 'bad_query'] as const;
+export const MUTATIONS = ['valid', 'wrong_type', 'boundary', 'huge_string', 'unicode', 'null', 'extra_field', 'missing_field', 'empty', 'deep', 'not_json', 'bad_param', 'bad_query', 'huge_header'] as const;
 
 export interface FuzzContext {
   rng: Rng;
@@ -389,7 +390,7 @@ export function nextRequest(ops: readonly FuzzOperation[], c: FuzzContext): Fuzz
   // declared operations are where the code is: most requests go there, the rest probe undeclared methods
   const declared = ops.filter((o) => o.declared);
   const op = r.chance(0.8) && declared.length ? r.pick(declared) : r.pick(ops);
-  const applicable = MUTATIONS.filter((m) => (op.body ? true : m === 'valid' || m === 'bad_param' || m === 'bad_query' || m === 'not_json'));
+  const applicable = MUTATIONS.filter((m) => (op.body ? true : m === 'valid' || m === 'bad_param' || m === 'bad_query' || m === 'not_json' || m === 'huge_header'));
   const mutation = r.pick(applicable);
   const url = fillPath(op.path, c, mutation === 'bad_param') + queryString(op, c, mutation === 'bad_query');
   const headers: Record<string, string> = { ...c.headers };
@@ -400,7 +401,7 @@ export function nextRequest(ops: readonly FuzzOperation[], c: FuzzContext): Fuzz
   } else if (op.body || (op.method !== 'GET' && op.method !== 'HEAD' && op.method !== 'DELETE' && op.method !== 'OPTIONS' && r.chance(0.5))) {
     const schema = op.body ?? { type: 'object', properties: { x: { type: 'string' } } };
     let v = valueFor(schema, c);
-    if (mutation !== 'valid' && mutation !== 'bad_param' && mutation !== 'bad_query') v = mutateBody(v, schema, mutation, c);
+    if (mutation !== 'valid' && mutation !== 'bad_param' && mutation !== 'bad_query' && mutation !== 'huge_header') v = mutateBody(v, schema, mutation, c);
     headers['content-type'] = 'application/json';
     body = JSON.stringify(v);
     if (body.includes(DEEP_JSON)) body = body.replace(DEEP_JSON, deepText(r));
@@ -408,6 +409,8 @@ export function nextRequest(ops: readonly FuzzOperation[], c: FuzzContext): Fuzz
   // a GET or HEAD with a body is refused by some clients: send those without
   if ((op.method === 'GET' || op.method === 'HEAD') && body !== undefined && r.chance(0.5)) body = undefined;
   if (body === undefined) delete headers['content-type'];
+  // over Node's 16 KiB header limit (431 over a socket; in-process injection has no limit)
+  if (mutation === 'huge_header') headers[r.pick(['x-fuzz', 'cookie', 'user-agent'])] = 'a'.repeat(r.pick([9000, 17_000, 70_000]));
   return { op: `${op.method.toLowerCase()} ${op.path}${op.declared ? '' : ' (undeclared)'}`, mutation, method: op.method, url, headers, body };
 }
 
