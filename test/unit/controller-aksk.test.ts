@@ -202,6 +202,13 @@ describe('AK/SK refusals', () => {
     expect(statuses[20]).toBe(429);
   });
 
+  it('a signed body over api.max_body_bytes is refused with 413 before its signature is computed', async () => {
+    const t = makeApi({ accessKeys: KEYS });
+    const big = { security_group: { id: 'sg-big', name: 'big', description: 'x'.repeat(70 * 1024) } };
+    const r = await send(t.app, sign('POST', `${B}/vpc/security-groups`, { data: big }));
+    expectRefused(r, 413, 'SG.0010', /larger than 65536 bytes/);
+  });
+
   it('a failed signed write is audited with actor anonymous', async () => {
     const t = makeApi({ accessKeys: KEYS });
     const s = sign('POST', `${B}/vpc/security-groups`, { data: GROUP, sk: 'wrong-secret-000000' });
