@@ -11,8 +11,10 @@
  * - The operation name of a route comes from one table, `API_OPERATIONS`,
  *   keyed by method and route as registered; `registerAuditHooks` refuses to
  *   build an app with a write route missing from it.
- * - Tokens are never recorded: the actor is the configured token's name, or
- *   `anonymous` when the request carries no known token.
+ * - Tokens and secret keys are never recorded: the actor is the configured
+ *   token's name, the name of the access key whose AK/SK signature was
+ *   verified, or `anonymous` when the request carries no known token and no
+ *   valid signature.
  * - Events older than `retentionDays` are deleted at start and hourly
  *   (AUDIT_PRUNE_SCHEDULE) on the injected scheduler, by the injected clock.
  */
@@ -210,7 +212,13 @@ function readAnswer(spec: OperationSpec, status: number, payload: unknown): Answ
  * write route under /v3/:project_id missing from API_OPERATIONS is refused
  * at registration).
  */
-export function registerAuditHooks(app: FastifyInstance, recorder: AuditRecorder, tokens: readonly { name: string; sha256: string }[]): void {
+export function registerAuditHooks(
+  app: FastifyInstance,
+  recorder: AuditRecorder,
+  tokens: readonly { name: string; sha256: string }[],
+  /** the name of the access key that signed the request (verified), or null */
+  signedBy: (req: FastifyRequest) => string | null = () => null,
+): void {
   const answers = new WeakMap<FastifyRequest, Answer>();
   app.addHook('onRoute', (r) => {
     const methods = Array.isArray(r.method) ? r.method : [r.method];
@@ -233,7 +241,7 @@ export function registerAuditHooks(app: FastifyInstance, recorder: AuditRecorder
     const status = reply.statusCode;
     const pathIds = spec === UNKNOWN || params.id === undefined ? [] : [params.id.slice(0, PATH_PART_MAX)];
     recorder.record({
-      actor: actorOf(req, tokens),
+      actor: signedBy(req) ?? actorOf(req, tokens),
       project_id: project === null ? null : safeDecode(project).slice(0, PATH_PART_MAX),
       operation: spec.operation,
       resource_type: spec.resource_type,

@@ -13,6 +13,11 @@ import { HTTP_LIMIT_DEFAULTS as H } from './limits.js';
 
 const quota = (def: number) => z.int().min(1).max(1_000_000).default(def);
 
+const projectsSchema = z
+  .array(z.union([z.literal('*'), z.string().regex(ID_PATTERN)]))
+  .min(1)
+  .default(['*']);
+
 const apiTokenSchema = z
   .strictObject({
     name: z.string().min(1).max(64),
@@ -21,12 +26,24 @@ const apiTokenSchema = z
       .string()
       .regex(/^[0-9a-f]{64}$/, { message: 'must be 64 lower-case hex digits (sha256sum of the token)' })
       .optional(),
-    projects: z
-      .array(z.union([z.literal('*'), z.string().regex(ID_PATTERN)]))
-      .min(1)
-      .default(['*']),
+    projects: projectsSchema,
   })
   .refine((t) => (t.token === undefined) !== (t.token_sha256 === undefined), { message: 'set exactly one of token and token_sha256' });
+
+/** An AK/SK pair as the Huawei SDKs use it (src/controller/api/aksk.ts); the secret inline or in a file read at start. */
+const accessKeySchema = z
+  .strictObject({
+    name: z.string().min(1).max(64),
+    access_key: z.string().regex(/^[A-Za-z0-9._-]{8,128}$/, { message: 'must be 8-128 characters of letters, digits, ".", "_" or "-"' }),
+    // a custom check: the generic length messages would quote the secret
+    secret_key: z
+      .string()
+      .refine((v) => v.length >= 16 && v.length <= 1024, { message: 'must be 16-1024 characters (the value is not shown)' })
+      .optional(),
+    secret_key_file: z.string().min(1).optional(),
+    projects: projectsSchema,
+  })
+  .refine((k) => (k.secret_key === undefined) !== (k.secret_key_file === undefined), { message: 'set exactly one of secret_key and secret_key_file' });
 
 export const controllerConfigSchema = z.strictObject({
   listen: z
@@ -40,6 +57,17 @@ export const controllerConfigSchema = z.strictObject({
   api: z
     .strictObject({
       tokens: z.array(apiTokenSchema).min(1, { message: 'at least one API token is needed (the API is closed otherwise)' }),
+      access_keys: z
+        .array(accessKeySchema)
+        .default([])
+        .superRefine((keys, ctx) => {
+          const seen = new Map<string, number>();
+          keys.forEach((k, i) => {
+            const first = seen.get(k.access_key);
+            if (first !== undefined) ctx.addIssue({ code: 'custom', path: [i, 'access_key'], message: `the same access key as access_keys[${first}]` });
+            else seen.set(k.access_key, i);
+          });
+        }),
       max_body_bytes: z.int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024),
     }),
   http: z
@@ -114,5 +142,6 @@ export async function loadControllerConfig(path: string): Promise<ControllerConf
     ...cfg,
     data_dir: resolve(base, cfg.data_dir),
     tls: cfg.tls ? { cert: resolve(base, cfg.tls.cert), key: resolve(base, cfg.tls.key) } : null,
+    api: { ...cfg.api, access_keys: cfg.api.access_keys.map((k) => (k.secret_key_file === undefined ? k : { ...k, secret_key_file: resolve(base, k.secret_key_file) })) },
   };
 }

@@ -12,9 +12,10 @@ import type { FastifyInstance } from 'fastify';
 import { systemClock, type Clock } from '../lib/clock.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { SecgroupError } from '../lib/errors.js';
-import { ensurePrivateDir } from '../lib/private-files.js';
+import { ensurePrivateDir, tightenFile } from '../lib/private-files.js';
 import { cronSchedulerOn, type Scheduler } from '../lib/scheduler.js';
 import { AGENT_PATH } from '../protocol/messages.js';
+import type { AccessKey } from './api/aksk.js';
 import { buildApi, type ApiToken } from './api/app.js';
 import { AuditRecorder } from './audit.js';
 import type { ControllerConfig } from './config.js';
@@ -63,6 +64,33 @@ export function apiTokens(config: ControllerConfig): ApiToken[] {
   return config.api.tokens.map((t) => ({ name: t.name, sha256: t.token_sha256 ?? hashToken(t.token!), projects: t.projects }));
 }
 
+/**
+ * The configured access keys with their secrets: `secret_key_file` is read
+ * (one line; a trailing newline is dropped) after being made 0600 if others
+ * could read it (warn line `file_mode_tightened`). Throws CONFIG_INVALID
+ * naming the entry and the file, never the secret.
+ */
+export async function readAccessKeys(config: ControllerConfig, logger?: Logger): Promise<AccessKey[]> {
+  const keys: AccessKey[] = [];
+  for (const [i, k] of config.api.access_keys.entries()) {
+    let secret = k.secret_key;
+    if (secret === undefined) {
+      const file = k.secret_key_file!;
+      try {
+        tightenFile(file, logger);
+        secret = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+      } catch (e) {
+        throw new SecgroupError('CONFIG_INVALID', `cannot read api.access_keys[${i}].secret_key_file ${file}: ${(e as Error).message}`, { cause: e });
+      }
+      if (secret.length < 16 || secret.length > 1024 || /[\r\n]/.test(secret)) {
+        throw new SecgroupError('CONFIG_INVALID', `api.access_keys[${i}].secret_key_file ${file}: the secret key must be one line of 16-1024 characters`);
+      }
+    }
+    keys.push({ name: k.name, access_key: k.access_key, secret_key: secret, projects: k.projects });
+  }
+  return keys;
+}
+
 export function createController(deps: ControllerDeps): Controller {
   const { config } = deps;
   const clock = deps.clock ?? systemClock;
@@ -92,6 +120,8 @@ export function createController(deps: ControllerDeps): Controller {
 
     async start(): Promise<ControllerAddress> {
       if (app) throw new SecgroupError('INTERNAL', 'the controller is already started');
+      // secrets first: a bad key file fails the start before anything is opened
+      const accessKeys = await readAccessKeys(config, logger);
       let store = deps.store;
       if (!store) {
         ensurePrivateDir(config.data_dir, logger);
@@ -134,7 +164,7 @@ export function createController(deps: ControllerDeps): Controller {
           metrics.revisionsBumped.inc(bumped);
         },
       });
-      app = buildApi({ audit: recorder, service, store, presence: theHub, tokens: apiTokens(config), clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https, http: config.http, authLimiter });
+      app = buildApi({ audit: recorder, service, store, presence: theHub, tokens: apiTokens(config), accessKeys, clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https, http: config.http, authLimiter });
       theHub.attach(app.server);
       await app.listen({ host: config.listen.host, port: config.listen.port });
       const addr = app.server.address() as AddressInfo;

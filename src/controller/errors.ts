@@ -9,6 +9,13 @@ export const API_ERROR_KINDS = {
   invalid: { status: 400, apiCode: 'SG.0001', code: 'REQUEST_INVALID', what: 'a field is missing, malformed or inconsistent' },
   unauthorized: { status: 401, apiCode: 'SG.0002', code: 'UNAUTHORIZED', what: 'no token, or an unknown token' },
   forbidden: { status: 403, apiCode: 'SG.0003', code: 'FORBIDDEN', what: 'the token may not access this project' },
+  signatureInvalid: {
+    status: 401,
+    apiCode: 'APIG.0301',
+    code: 'UNAUTHORIZED',
+    what: 'AK/SK: unknown access key, wrong signature (body, query, path or signed headers changed), X-Sdk-Date missing, malformed or more than 15 minutes off, unsigned payload',
+  },
+  signatureForbidden: { status: 403, apiCode: 'APIG.0302', code: 'FORBIDDEN', what: 'AK/SK: the access key may not access this project, or X-Project-Id is not the project of the path' },
   notFound: { status: 404, apiCode: 'SG.0004', code: 'NOT_FOUND', what: 'no such resource (or path) in this project' },
   inUse: { status: 409, apiCode: 'SG.0005', code: 'CONFLICT', what: 'the resource is referenced, or is the default group' },
   duplicate: { status: 409, apiCode: 'SG.0006', code: 'CONFLICT', what: 'the rule duplicates an existing rule of the group' },

@@ -1,10 +1,11 @@
 import { describe, expect, it, beforeEach, afterEach } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CommanderError } from 'commander';
 import { loadControllerConfig, parseControllerConfig } from '../../src/controller/config.js';
+import { readAccessKeys } from '../../src/controller/controller.js';
 import { DEFAULT_QUOTAS } from '../../src/controller/domain.js';
 import { hashToken } from '../../src/controller/tokens.js';
 import { isSecgroupError, ValidationError } from '../../src/lib/errors.js';
@@ -30,7 +31,7 @@ describe('controller configuration', () => {
       listen: { host: '127.0.0.1', port: 8443 },
       data_dir: '/var/lib/secgroup-controller',
       tls: null,
-      api: { tokens: [{ name: 'admin', token: 'admin-token-0123456789', projects: ['*'] }], max_body_bytes: 1048576 },
+      api: { tokens: [{ name: 'admin', token: 'admin-token-0123456789', projects: ['*'] }], access_keys: [], max_body_bytes: 1048576 },
       http: {
         request_timeout_ms: 30000,
         headers_timeout_ms: 10000,
@@ -72,6 +73,25 @@ describe('controller configuration', () => {
     expect(parseControllerConfig({ api: TOKENS, audit: { retention_days: 7 } }).audit).toEqual({ retention_days: 7 });
   });
 
+  it('api.access_keys: exactly one secret, never quoted in an error; unique access keys; projects as tokens', () => {
+    const key = { name: 'sdk', access_key: 'AKSDK0123456789' };
+    expect(parseControllerConfig({ api: { ...TOKENS, access_keys: [{ ...key, secret_key: 's'.repeat(16) }] } }).api.access_keys).toEqual([
+      { ...key, secret_key: 's'.repeat(16), projects: ['*'] },
+    ]);
+    expect(issuesOf({ api: { ...TOKENS, access_keys: [key] } })).toEqual(['api.access_keys[0]: set exactly one of secret_key and secret_key_file']);
+    expect(issuesOf({ api: { ...TOKENS, access_keys: [{ ...key, secret_key: 'short-secret', secret_key_file: '/x' }] } })).toContain(
+      'api.access_keys[0]: set exactly one of secret_key and secret_key_file',
+    );
+    const short = issuesOf({ api: { ...TOKENS, access_keys: [{ ...key, secret_key: 'short-secret' }] } });
+    expect(short).toEqual(['api.access_keys[0].secret_key: must be 16-1024 characters (the value is not shown)']);
+    expect(issuesOf({ api: { ...TOKENS, access_keys: [{ ...key, access_key: 'a,b=c', secret_key: 's'.repeat(16) }] } })[0]).toMatch(
+      /^api\.access_keys\[0\]\.access_key: .*8-128 characters/,
+    );
+    const twice = { ...key, secret_key: 's'.repeat(16) };
+    expect(issuesOf({ api: { ...TOKENS, access_keys: [twice, { ...twice, name: 'other' }] } })).toEqual(['api.access_keys[1].access_key: the same access key as access_keys[0]']);
+    expect(issuesOf({ api: { ...TOKENS, access_keys: [{ ...twice, projects: ['bad project'] }] } })[0]).toMatch(/^api\.access_keys\[0\]\.projects\[0\]/);
+  });
+
   describe('files', () => {
     let dir: string;
     beforeEach(() => {
@@ -85,6 +105,20 @@ describe('controller configuration', () => {
       const c = await loadControllerConfig(file);
       expect(c.data_dir).toBe(join(dir, 'data'));
       expect(c.tls).toEqual({ cert: join(dir, 'tls/cert.pem'), key: join(dir, 'tls/key.pem') });
+    });
+
+    it('secret_key_file: relative to the configuration, read at start, made 0600, one line', async () => {
+      const file = join(dir, 'controller.yaml');
+      writeFileSync(join(dir, 'sdk.sk'), 'secret-from-file-0123456789\n', { mode: 0o644 });
+      writeFileSync(file, 'api:\n  tokens:\n    - { name: admin, token: admin-token-0123456789 }\n  access_keys:\n    - { name: sdk, access_key: AKSDK0123456789, secret_key_file: sdk.sk, projects: [proj-a] }\n');
+      const c = await loadControllerConfig(file);
+      expect(c.api.access_keys[0]!.secret_key_file).toBe(join(dir, 'sdk.sk'));
+      expect(await readAccessKeys(c)).toEqual([{ name: 'sdk', access_key: 'AKSDK0123456789', secret_key: 'secret-from-file-0123456789', projects: ['proj-a'] }]);
+      expect(statSync(join(dir, 'sdk.sk')).mode & 0o777).toBe(0o600);
+      writeFileSync(join(dir, 'sdk.sk'), 'short\n');
+      await expect(readAccessKeys(c)).rejects.toThrow(/api\.access_keys\[0\]\.secret_key_file .*one line of 16-1024 characters/);
+      rmSync(join(dir, 'sdk.sk'));
+      await expect(readAccessKeys(c)).rejects.toSatisfy((e) => isSecgroupError(e, 'CONFIG_INVALID'));
     });
 
     it('reports unreadable and unparsable files', async () => {

@@ -5,6 +5,7 @@ import { FakeClock } from '../../src/lib/clock.js';
 import { silentLogger, type Logger } from '../../src/lib/logger.js';
 import { AuditRecorder } from '../../src/controller/audit.js';
 import { buildApi, type AgentPresence } from '../../src/controller/api/app.js';
+import type { AccessKey } from '../../src/controller/api/aksk.js';
 import { createMetrics } from '../../src/controller/metrics.js';
 import { ControllerService } from '../../src/controller/service.js';
 import { DEFAULT_QUOTAS, type Quotas } from '../../src/controller/domain.js';
@@ -54,7 +55,7 @@ export interface TestApi {
   audit: AuditRecorder;
 }
 
-export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger } = {}): TestApi {
+export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger; accessKeys?: readonly AccessKey[] } = {}): TestApi {
   const store = opts.store ?? (opts.sqlite ? openSqliteStore(':memory:') : new MemoryStore());
   const clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
   const presence = new FakePresence();
@@ -78,6 +79,7 @@ export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?
       { name: 'admin', sha256: hashToken(ADMIN), projects: ['*'] },
       { name: 'scoped', sha256: hashToken(SCOPED), projects: ['proj-a'] },
     ],
+    ...(opts.accessKeys ? { accessKeys: opts.accessKeys } : {}),
     clock,
     logger: opts.logger ?? silentLogger(),
     metrics: createMetrics({ defaultMetrics: false }),

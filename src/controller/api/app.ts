@@ -1,8 +1,9 @@
 /**
  * The HTTP API as a fastify app: `buildApi(opts)` returns it unstarted, so
  * tests use `inject` and only the controller listens. Auth (admin tokens
- * from the configuration: `X-Auth-Token` or `Authorization: Bearer`),
- * Huawei-shaped errors, request ids, latency metrics, /healthz, /metrics and
+ * from the configuration: `X-Auth-Token` or `Authorization: Bearer`; or
+ * AK/SK signatures as the Huawei SDKs send them, aksk.ts), Huawei-shaped
+ * errors, request ids, latency metrics, /healthz, /metrics and
  * /openapi.json live here; the v3 resources are in `routes.ts` (what routes
  * get from the app, `Route` and `ApiOptions`, is in `route.ts`).
  *
@@ -13,7 +14,23 @@
  * answer, the framework's and Node's parser errors included, has the error
  * shape `{"request_id","error_code","error_msg"}`. The Node server gets the
  * timeouts and the connection limits of the `http` configuration (edge.ts).
+ *
+ * AK/SK: the access key, the date window and the project are checked in
+ * `onRequest` like a token. The signature covers the body, so it is
+ * verified in a `preParsing` hook: the hook reads the raw body (bounded by
+ * the body limit: a larger Content-Length is refused unread, a longer
+ * stream is cut at the limit), hashes it, checks the signature and only
+ * then hands the same bytes to fastify's JSON parser. A preParsing hook
+ * rather than a hashing content-type parser because it runs for every
+ * request, with or without a body or a Content-Type, so one path verifies
+ * them all and nothing is parsed or validated unauthenticated. A failed
+ * signature takes from the failed-auth budget and is audited like an
+ * unknown token (actor `anonymous`); a verified one has the key's `name`
+ * as its actor. A GET or DELETE that announces no body has its
+ * Content-Type dropped before parsing (the SDKs send `application/json`
+ * on bodyless DELETEs).
  */
+import { Readable } from 'node:stream';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { ValidationError, isSecgroupError } from '../../lib/errors.js';
 import { ID_PATTERN } from '../../policy/schema.js';
@@ -22,6 +39,7 @@ import { ApiError, type ApiErrorKind, type ErrorBody } from '../errors.js';
 import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, sourceKey, type HttpLimits } from '../limits.js';
 import { findToken, tokenFromHeaders } from '../tokens.js';
 import { clientErrorHandler, guardConnections, serverOptions } from './edge.js';
+import { checkSignedHeaders, isSignedRequest, verifyPayload, type PendingSignature } from './aksk.js';
 import { buildOpenApi } from './openapi.js';
 import type { ApiOptions, Route } from './route.js';
 import { registerRoutes } from './routes.js';
@@ -109,7 +127,12 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     return new ApiError('methodNotAllowed', `${req.method} is not allowed on ${path} (allowed: ${allow})`);
   };
 
-  if (o.audit) registerAuditHooks(app, o.audit, o.tokens);
+  /** AK/SK requests between onRequest and the body check, and the verified key's name */
+  const pendingSignatures = new WeakMap<FastifyRequest, PendingSignature>();
+  const signedBy = new WeakMap<FastifyRequest, string>();
+  const bodyLimit = o.maxBodyBytes ?? 1024 * 1024;
+
+  if (o.audit) registerAuditHooks(app, o.audit, o.tokens, (req) => signedBy.get(req) ?? (isSignedRequest(req.headers) ? 'anonymous' : null));
 
   const started = new WeakMap<FastifyRequest, number>();
   app.addHook('onRequest', async (req, reply) => {
@@ -119,6 +142,44 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     if (req.is404) throw noRoute(req, reply);
     if (req.routeOptions.url?.startsWith(PROJECT_PREFIX)) authorize(req, reply, (req.params as Record<string, string>).project_id ?? '');
   });
+  app.addHook('preParsing', async (req, _reply, payload) => {
+    const pending = pendingSignatures.get(req);
+    let out = payload;
+    if (pending) {
+      pendingSignatures.delete(req);
+      const body = await readBounded(payload, req);
+      try {
+        signedBy.set(req, verifyPayload(pending, body).name);
+      } catch (e) {
+        const source = sourceKey(req.socket.remoteAddress);
+        authLimiter.failed(source);
+        log.warn({ event: 'aksk_rejected', request_id: req.id, source, access_key_name: pending.key.name, reason: (e as Error).message }, 'AK/SK signature rejected');
+        throw e;
+      }
+      out = Readable.from(body.length ? [body] : []);
+    }
+    const h = req.raw.headers;
+    const noBody = h['transfer-encoding'] === undefined && (h['content-length'] === undefined || h['content-length'] === '0');
+    if ((req.method === 'GET' || req.method === 'DELETE') && noBody) delete h['content-type'];
+    return out;
+  });
+
+  /** The whole body, refused (413) past the body limit. */
+  async function readBounded(payload: NodeJS.ReadableStream, req: FastifyRequest): Promise<Buffer> {
+    const tooLarge = () => new ApiError('tooLarge', `the request body is larger than ${bodyLimit} bytes`);
+    const announced = Number(req.headers['content-length'] ?? 0);
+    if (announced > bodyLimit) throw tooLarge();
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of payload) {
+      const b = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+      size += b.length;
+      if (size > bodyLimit) throw tooLarge();
+      chunks.push(b);
+    }
+    return Buffer.concat(chunks);
+  }
+
   app.addHook('onResponse', async (req, reply) => {
     const t0 = started.get(req) ?? o.clock.monotonic();
     const seconds = (o.clock.monotonic() - t0) / 1000;
@@ -160,6 +221,21 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       }
       void reply.header('retry-after', String(limited.retryAfterSeconds));
       throw new ApiError('tooManyRequests', `too many failed authentications from ${source}; retry after ${limited.retryAfterSeconds} s`);
+    }
+    if (isSignedRequest(req.headers)) {
+      if (!ID_PATTERN.test(project)) {
+        throw ApiError.invalid([{ path: 'project_id', message: 'must be 1-64 characters of letters, digits, ".", "_", ":" or "-"' }]);
+      }
+      try {
+        pendingSignatures.set(req, checkSignedHeaders({ method: req.method, url: req.raw.url ?? req.url, headers: req.headers, project }, o.accessKeys ?? [], o.clock.now()));
+      } catch (e) {
+        if (e instanceof ApiError && e.kind === 'signatureInvalid') {
+          authLimiter.failed(source);
+          log.warn({ event: 'aksk_rejected', request_id: req.id, source, reason: e.message }, 'AK/SK signature rejected');
+        }
+        throw e;
+      }
+      return;
     }
     const token = tokenFromHeaders(req.headers);
     if (!token) {

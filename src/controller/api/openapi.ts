@@ -143,7 +143,7 @@ export function buildOpenApi(): Json {
       parameters,
       ...(op.body ? { requestBody: { required: true, content: { 'application/json': { schema: schema(op.body, 'input') } } } } : {}),
       responses: res,
-      security: [{ bearer: [] }, { authToken: [] }],
+      security: [{ bearer: [] }, { authToken: [] }, { akskSignature: [] }],
     };
   }
   paths['/healthz'] = { get: { summary: 'Liveness', responses: { 200: { description: 'ok' } } } };
@@ -159,6 +159,14 @@ export function buildOpenApi(): Json {
       securitySchemes: {
         bearer: { type: 'http', scheme: 'bearer' },
         authToken: { type: 'apiKey', in: 'header', name: 'X-Auth-Token' },
+        // OpenAPI has no scheme for request signatures: described here, verified in aksk.ts
+        akskSignature: {
+          type: 'apiKey',
+          in: 'header',
+          name: 'Authorization',
+          description:
+            'AK/SK as the Huawei Cloud SDKs sign: "SDK-HMAC-SHA256 Access=<AK>, SignedHeaders=<names incl. host;x-sdk-date>, Signature=<hex>" with X-Sdk-Date (within 15 minutes). Errors: 401 APIG.0301 (unknown AK, bad signature, date), 403 APIG.0302 (project). See docs/api.md.',
+        },
       },
     },
     paths,

@@ -11,6 +11,7 @@ import type { Clock } from '../../lib/clock.js';
 import type { Logger } from '../../lib/logger.js';
 import { ID_PATTERN, zodIssues } from '../../policy/schema.js';
 import type { AuditRecorder } from '../audit.js';
+import type { AccessKey } from './aksk.js';
 import { ApiError } from '../errors.js';
 import type { AuthFailureLimiter, HttpLimits } from '../limits.js';
 import type { ControllerMetrics } from '../metrics.js';
@@ -40,6 +41,8 @@ export interface ApiOptions {
   store: Store;
   presence: AgentPresence;
   tokens: readonly ApiToken[];
+  /** AK/SK credentials (`api.access_keys`); none when absent */
+  accessKeys?: readonly AccessKey[];
   clock: Clock;
   logger: Logger;
   metrics: ControllerMetrics;
