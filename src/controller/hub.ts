@@ -250,7 +250,7 @@ export class AgentHub {
     else if (s.tokens < 1) return this.violation(s, 'rate', `more than ${this.o.rate.burst} frames in a burst (limit ${this.o.rate.perSecond}/s)`);
     else s.tokens -= 1;
     s.lastSeenMs = this.o.clock.now();
-    if (isBinary) return this.refuse(s, 'binary', 'binary frames are not accepted; send JSON text');
+    if (isBinary) return s.helloed ? this.refuse(s, 'binary', 'binary frames are not accepted; send JSON text') : this.violation(s, 'binary', 'expected hello: binary frames are not accepted; send JSON text');
     const text = Buffer.isBuffer(data) ? data.toString('utf8') : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data).toString('utf8');
     const d = decode(agentMessageSchema, text);
     if (!d.ok) return s.helloed ? this.refuse(s, 'invalid', d.error) : this.violation(s, 'invalid', `expected hello: ${d.error}`);
