@@ -107,6 +107,7 @@ export const controllerConfigSchema = z.strictObject({
       rate_burst: z.int().min(1).default(30),
       rate_per_second: z.number().positive().default(5),
       deltas: z.boolean().default(true),
+      max_unsent_bytes: z.int().min(1).max(1024 * 1024 * 1024).default(64 * 1024 * 1024),
     })
     .prefault({}),
   store: z.strictObject({ synchronous: z.enum(['FULL', 'NORMAL']).default('FULL') }).prefault({}),

@@ -150,6 +150,7 @@ export function createController(deps: ControllerDeps): Controller {
         maxMessageBytes: config.agents.max_message_bytes,
         rate: { burst: config.agents.rate_burst, perSecond: config.agents.rate_per_second },
         deltas: config.agents.deltas,
+        maxUnsentBytes: config.agents.max_unsent_bytes,
         authLimiter,
       }));
       const service = new ControllerService({

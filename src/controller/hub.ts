@@ -51,6 +51,9 @@ import { digestsEqual, hashToken, tokenFromHeaders } from './tokens.js';
 
 export { CLOSE } from './hub-session.js';
 
+/** `agents.max_unsent_bytes` by default. */
+export const DEFAULT_MAX_UNSENT_BYTES = 64 * 1024 * 1024;
+
 export interface HubOptions {
   store: Store;
   clock: Clock;
@@ -62,6 +65,11 @@ export interface HubOptions {
   maxMessageBytes: number;
   /** token bucket per connection: `burst` frames, refilled at `perSecond` */
   rate: { burst: number; perSecond: number };
+  /**
+   * bytes queued to an agent and not yet taken by its socket above which the
+   * agent counts as not reading and is dropped (default 64 MiB)
+   */
+  maxUnsentBytes?: number;
   /** send membership-only changes as `policy_delta` (default true) */
   deltas?: boolean;
   /** failed authentications per source address, shared with the HTTP API (none: unlimited) */
@@ -388,8 +396,20 @@ export class AgentHub {
   }
 
   private send(s: Session, frame: string | Buffer): void {
+    if (s.ws.readyState !== WebSocket.OPEN) return;
+    // an agent that does not read would make every document sent to it (a resync each, within the frame
+    // rate) pile up in this process until the heartbeat notices: past the bound it is dropped instead;
+    // on reconnect its hello gets the current document
+    const unsent = s.ws.bufferedAmount;
+    const limit = this.o.maxUnsentBytes ?? DEFAULT_MAX_UNSENT_BYTES;
+    if (unsent > limit) {
+      this.o.metrics.agentMessagesRejected.inc({ reason: 'not_reading' });
+      this.log.warn({ event: 'agent_not_reading', project: s.projectId, instance: s.instanceId, unsent_bytes: unsent, limit }, `dropping the agent connection: ${unsent} bytes sent to it are still unread (limit ${limit})`);
+      s.ws.terminate();
+      return;
+    }
     // a Buffer holds UTF-8 text: sent as a text frame like a string
-    if (s.ws.readyState === WebSocket.OPEN) s.ws.send(frame, { binary: false });
+    s.ws.send(frame, { binary: false });
   }
 
   /** A changed document: as a delta against the last one sent when only members changed, else in full. */

@@ -70,6 +70,14 @@ async function createInstance(id: string, groups: string[], addresses: string[])
   return r.body.token;
 }
 
+/** Waits (real time, up to 10 s) until `cond` holds. */
+async function waitUntil(cond: () => boolean): Promise<void> {
+  for (let waited = 0; !cond(); waited += 20) {
+    if (waited > 10_000) throw new Error('condition not reached within 10 s');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** A test agent: collects frames (raw and parsed) and close events. */
 class Agent {
   readonly frames: string[] = [];
@@ -412,6 +420,42 @@ describe('agent hub', () => {
     for (let i = 0; i < 12; i++) fast.send({ type: 'ack', revision: 1, status: 'applied' });
     expect((await fast.closed).code).toBe(1008);
     expect(fast.frames.some((f) => /frames in a burst/.test(f))).toBe(true);
+  });
+
+  it('drops an agent that stops reading once more than agents.max_unsent_bytes wait for it, instead of queueing every document (resyncs) in the controller', async () => {
+    await ctl.stop();
+    const config = parseControllerConfig({
+      listen: { host: '127.0.0.1', port: 0 },
+      api: { tokens: [{ name: 'admin', token: ADMIN }] },
+      agents: { heartbeat_interval_ms: 1000, hello_timeout_ms: 500, max_message_bytes: 8192, rate_burst: 400, rate_per_second: 1, max_unsent_bytes: 1024 * 1024 },
+      quotas: { entries_per_address_group: 20_000 },
+      metrics: { process_metrics: false },
+    });
+    ctl = createController({ config, clock, store, logger: silentLogger(), random: countingRandom() });
+    addr = await ctl.start();
+    // a document of about 400 kB: 20 000 members of an address group
+    const ipSet = Array.from({ length: 20_000 }, (_, i) => `198.${18 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}/32`);
+    expect((await api('POST', `${A}/vpc/address-groups`, { address_group: { id: 'ag-big', name: 'big', ip_version: 4, ip_set: ipSet } })).status).toBe(201);
+    expect((await api('POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-big', name: 'big' } })).status).toBe(201);
+    const r = { security_group_id: 'sg-big', ...rule({ remote_ip_prefix: undefined, remote_address_group_id: 'ag-big' }) };
+    expect((await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: r })).status).toBe(201);
+    const token = await createInstance('ecs-big', ['sg-big'], ['198.18.0.10']);
+    const slow = await Agent.connect(token);
+    const { welcome } = await slow.handshake('ecs-big');
+    (slow.ws as any)._socket.pause(); // stops reading: documents fill the kernel's buffers, then the controller's
+    for (let i = 0; i < 300 && slow.ws.readyState === WebSocket.OPEN; i++) {
+      slow.send({ type: 'resync', have_revision: welcome.desired_revision, reason: 'test' });
+      await new Promise((res) => setTimeout(res, 5));
+    }
+    await waitUntil(() => !ctl.hub.isConnected('proj-a', 'ecs-big'));
+    // the heartbeat had no part in it: the FakeClock did not move
+    expect(clock.now()).toBe(Date.UTC(2024, 4, 1, 12, 0, 0));
+    const metrics = await ctl.app.inject({ method: 'GET', url: '/metrics', headers: H });
+    expect(metrics.body).toMatch(/secgroup_controller_agent_messages_rejected_total\{reason="not_reading"\} 1/);
+    // it comes back and gets the current document
+    const again = await Agent.connect(token);
+    expect((await again.handshake('ecs-big')).policyText).not.toBeNull();
+    again.close();
   });
 
   it('lets an agent ack every document it is sent, however many come in a burst (acks do not draw on the rate limit)', async () => {
