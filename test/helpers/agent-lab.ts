@@ -77,7 +77,7 @@ class LineProcess {
   }
 
   async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<number | undefined> {
-    if (this.proc.exitCode !== null && this.proc.exitCode !== undefined) return this.proc.exitCode;
+    if (this.proc.nodeChildProcess.exitCode !== null && this.proc.nodeChildProcess.exitCode !== undefined) return this.proc.nodeChildProcess.exitCode;
     // tsx runs the script in a child node: a SIGKILL of the launcher alone would leave that child running
     const killTree = () => {
       for (const p of this.proc.pid ? processTree(this.proc.pid).reverse() : []) {
