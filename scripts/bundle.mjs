@@ -92,7 +92,7 @@ const result = await build({
   outfile,
   bundle: true,
   platform: 'node',
-  target: 'node20',
+  target: 'node22',
   format: 'esm',
   banner: { js: banner },
   // ws loads these optional speed-ups inside try/catch; they are not installed.
