@@ -15,7 +15,7 @@ import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
 import { checkPolicy } from '../policy/schema.js';
 import { formatIssue } from '../lib/errors.js';
-import { PROTOCOL_VERSION, type AckMessage, type PolicyDeltaMessage } from '../protocol/messages.js';
+import { MAX_ACK_DURATION_MS, PROTOCOL_VERSION, boundPortReport, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
 import { controllerHostPort, platformOptions, type AgentConfig } from './config.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
@@ -85,7 +85,8 @@ function revisionOf(raw: unknown): number {
 export function ackFor(o: SyncOutcome): AckMessage {
   switch (o.status) {
     case 'applied':
-      return { type: 'ack', revision: o.revision, status: 'applied', duration_ms: Math.round(o.durationMs * 1000) / 1000, digest: o.digest };
+      // the protocol's bound (a day): a figure past it would get the whole ack refused
+      return { type: 'ack', revision: o.revision, status: 'applied', duration_ms: Math.min(MAX_ACK_DURATION_MS, Math.round(o.durationMs * 1000) / 1000), digest: o.digest };
     case 'failed':
       return { type: 'ack', revision: o.revision, status: 'failed', error: { code: o.error.code, message: o.error.message.slice(0, 4096) } };
     case 'superseded':
@@ -149,7 +150,8 @@ export function createAgent(deps: AgentDeps): Agent {
     if (!deps.portProbe || !client?.connected) return;
     try {
       const st = reconciler.state;
-      const report = await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null);
+      const { report, clipped } = boundPortReport(await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null));
+      if (clipped) logger.warn({ event: 'ports_clipped', clipped }, `the port report is over the protocol's limits (docs/protocol.md): ${clipped} entries, listeners or rule references left out`);
       client.send({ type: 'ports', report });
     } catch (e) {
       logger.warn({ event: 'ports_failed', err: e }, `cannot report port status: ${errorMessage(e)}`);
@@ -173,6 +175,25 @@ export function createAgent(deps: AgentDeps): Agent {
     reconciler.setPlatform(platformOptions(config, endpoint));
   }
 
+  /**
+   * The revision the controller's `welcome` declared on this connection when
+   * it is lower than ours (its database was restored, or renumbered after a
+   * repair): the next full `policy` of exactly that revision is accepted,
+   * newer ones follow it. Null: none; reset on every connection.
+   */
+  let controllerBehind: number | null = null;
+
+  function onWelcome(w: WelcomeMessage): void {
+    controllerBehind = null;
+    const ours = reconciler.newestRevision;
+    if (w.desired_revision === null || ours === null || w.desired_revision >= ours) return;
+    logger.warn(
+      { event: 'controller_behind', desired: w.desired_revision, ours },
+      `controller's revision ${w.desired_revision} is behind ours ${ours} (database restored?): accepting the controller's policy`,
+    );
+    controllerBehind = w.desired_revision;
+  }
+
   function onPolicy(raw: unknown): void {
     const r = checkPolicy(raw);
     if (!r.ok) {
@@ -186,7 +207,9 @@ export function createAgent(deps: AgentDeps): Agent {
     if (r.policy.instance.id !== config.instance_id) {
       logger.warn({ event: 'instance_mismatch', revision: r.policy.revision }, `policy is for instance ${r.policy.instance.id}, this agent is ${config.instance_id} (applied anyway: the controller maps tokens to instances)`);
     }
-    void reconciler.submit(r.policy, 'controller');
+    const authoritative = controllerBehind !== null && r.policy.revision === controllerBehind;
+    if (authoritative) controllerBehind = null;
+    void reconciler.submit(r.policy, 'controller', null, { authoritative });
   }
 
   /**
@@ -320,17 +343,22 @@ export function createAgent(deps: AgentDeps): Agent {
             instance_id: config.instance_id,
             agent_version: VERSION,
             applied_revision: reconciler.appliedRevision,
-            ...(deps.hostname ? { hostname: deps.hostname.slice(0, 255) } : {}),
+            ...(deps.hostname ? { hostname: boundText(deps.hostname, 255) } : {}),
           }),
           onPolicy,
           onPolicyDelta,
+          onWelcome,
           onConnected: () => {
+            controllerBehind = null;
             metrics.controllerConnected.set(1);
             // at most one port read per second also here: a controller that drops every connection at
             // once made the agent read and rate its sockets per reconnect (~0.1 s CPU each with a 25k-member group)
             portsSoon();
           },
-          onDisconnected: () => metrics.controllerConnected.set(0),
+          onDisconnected: () => {
+            controllerBehind = null;
+            metrics.controllerConnected.set(0);
+          },
           beforeReconnect: refreshEndpoint,
           pingIntervalMs: c.ping_interval_ms,
           pongTimeoutMs: c.pong_timeout_ms,

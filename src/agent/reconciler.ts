@@ -5,8 +5,11 @@
  * - Bursts coalesce: `submit` only records the newest desired revision; one
  *   loop applies whatever is newest when it gets to it. A revision replaced
  *   before its turn is reported `superseded`.
- * - Never backwards: a revision older than the applied (or pending) one is
- *   reported `stale` and not applied.
+ * - Never backwards: a revision older than the newest one accepted (applied,
+ *   in flight or pending) is reported `stale` and not applied. The one
+ *   exception is a revision the controller declared authoritative (its
+ *   `welcome` was behind ours: a restored database): it is accepted and the
+ *   order restarts from it, so the agent converges on the controller's state.
  * - No-op: a policy that compiles to the ruleset already applied costs no nft
  *   call (the new revision is still recorded and persisted).
  * - Incremental: when only verdict-map elements change, they are changed in
@@ -16,22 +19,27 @@
  *   retried with exponential backoff until it works or a newer revision comes.
  * - Drift: `checkDrift` reads the table back and re-applies on any difference.
  *
+ * What one sync does (nothing, element updates or a full reload) is decided
+ * by the planner in sync-plan.ts; `syncOnce` applies and verifies that one
+ * transaction, falling back to a full reload when element updates fail.
+ *
  * One mutex serialises syncs, drift checks and counter reads, so a read never
  * races our own apply.
  */
 import type { Clock, Timer } from '../lib/clock.js';
 import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
-import { compilePolicy, type Compiled } from '../nft/compile.js';
-import { planElementUpdate } from '../nft/diff.js';
-import { applyMembershipChange, composeMembershipChanges, type MembershipChange } from '../nft/membership.js';
+import type { Compiled } from '../nft/compile.js';
+import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import type { NftRunner } from '../nft/runner.js';
-import { replaceTableTx, type NftTransaction } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 import type { AgentMetrics } from './metrics.js';
 import type { StateStore } from './state-store.js';
+import { fullReload, planSync, type ChangeHint, type SyncPlan } from './sync-plan.js';
+
+export type { ChangeHint } from './sync-plan.js';
 
 export type PolicySource = 'disk' | 'controller' | 'drift' | 'platform' | 'local';
 export type SyncKind = 'full' | 'incremental' | 'noop';
@@ -81,12 +89,6 @@ export interface ReconcilerOptions {
   onOutcome?: (o: SyncOutcome) => void;
 }
 
-/** What changed since revision `base`: only these remote-group members (a protocol `policy_delta`). */
-export interface ChangeHint {
-  base: number;
-  groups: MembershipChange;
-}
-
 interface Desired {
   policy: Policy;
   source: PolicySource;
@@ -128,6 +130,8 @@ export class Reconciler {
   private readonly mutex = new Mutex();
   /** applied but not yet written as last known good */
   private unsaved: Policy | null = null;
+  /** revision of the newest accepted submission (-1: none): older ones are stale */
+  private newest = -1;
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, ...opts };
@@ -157,22 +161,31 @@ export class Reconciler {
     return this.lastError;
   }
 
+  /** The revision of the newest document accepted (applied, in flight or pending); null: none. */
+  get newestRevision(): number | null {
+    return this.newest >= 0 ? this.newest : null;
+  }
+
   /**
    * Records `policy` as desired and resolves with what became of it: applied,
    * failed (first failure; retries go on), superseded or stale. Never rejects.
+   * `authoritative`: accepted even when older than what this reconciler has,
+   * and later revisions are ordered after it (the controller's state wins
+   * after a database restore; the caller decides when that applies).
    */
-  submit(policy: Policy, source: PolicySource, change: ChangeHint | null = null): Promise<SyncOutcome> {
+  submit(policy: Policy, source: PolicySource, change: ChangeHint | null = null, opts: { authoritative?: boolean } = {}): Promise<SyncOutcome> {
     return new Promise((resolve) => {
       const rev = policy.revision;
       if (this.stopped) {
         resolve({ status: 'failed', revision: rev, error: new SecgroupError('INTERNAL', 'the agent is stopping: not applied'), source, retryInMs: 0 });
         return;
       }
-      const current = Math.max(this.applied?.revision ?? -1, this.inFlight?.policy.revision ?? -1, this.pending?.policy.revision ?? -1);
-      if (rev < current) {
+      const current = this.newest;
+      if (rev < current && !opts.authoritative) {
         this.emit({ status: 'stale', revision: rev, current, source }, [resolve]);
         return;
       }
+      this.newest = rev;
       let waiters: ((o: SyncOutcome) => void)[] = [resolve];
       const old = this.pending;
       // a delta on top of a waiting delta: one change against the older base
@@ -354,71 +367,64 @@ export class Reconciler {
     }
   }
 
+  /**
+   * One sync: the planner (sync-plan.ts) decides what it does, `applyPlan`
+   * applies and verifies it; a failed element update falls back to a full
+   * reload in the same sync. Any failure makes the next sync a full one.
+   */
   private async syncOnce(
     policy: Policy,
     source: PolicySource,
     change: ChangeHint | null = null,
   ): Promise<{ ok: true; kind: SyncKind; durationMs: number; digest: string } | { ok: false; error: SecgroupError }> {
-    const { nft, clock, logger, metrics } = this.o;
+    const { nft, clock, logger } = this.o;
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
     try {
-      const prev = this.applied;
-      if (change && prev && change.base === prev.revision && !this.forceFull && this.o.incremental) {
-        const fast = applyMembershipChange(prev.compiled, policy, change.groups);
-        if (fast.ok) {
-          try {
-            const tx: NftTransaction = { family: 'inet', table: nft.table, ops: fast.ops };
-            if (this.o.checkBeforeApply) await nft.check(tx);
-            await nft.apply(tx);
-            const fingerprint = await this.verify(fast.compiled, prev.tableComment);
-            logger.debug({ event: 'membership', ...log, added: fast.added, removed: fast.removed }, 'member change applied as element updates');
-            return await this.finish(policy, source, fast.compiled, prev.tableComment, fingerprint, 'incremental', t0);
-          } catch (e) {
-            // the fast path changed the compiled state in place: only a full reload is right now
-            this.forceFull = true;
-            logger.warn({ event: 'membership_failed', ...log, err: e }, `member update failed, falling back to a full reload: ${errorMessage(e)}`);
-          }
-        } else {
-          logger.debug({ event: 'membership_full', ...log, reason: fast.reason }, `member change needs a full compile: ${fast.reason}`);
-        }
+      const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
+      let plan = planSync({ ...input, needFullSync: this.forceFull });
+      if (plan.membershipFull !== undefined) {
+        logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);
       }
-      const compiled = compilePolicy(policy, { table: nft.table, platform: this.platform });
-      let kind: SyncKind | null = null;
-      let tableComment = compiled.table.comment ?? null;
-      let fingerprint = '';
-      if (prev && !this.forceFull && prev.compiled.digest === compiled.digest) {
-        kind = 'noop';
-        tableComment = prev.tableComment;
-        fingerprint = prev.fingerprint;
-      }
-      const plan = kind === null && prev && !this.forceFull && this.o.incremental ? planElementUpdate(prev.compiled.table, compiled.table) : null;
-      if (plan && prev) {
+      let fingerprint: string;
+      for (;;) {
         try {
-          const tx: NftTransaction = { family: 'inet', table: nft.table, ops: plan.ops };
-          if (this.o.checkBeforeApply) await nft.check(tx);
-          await nft.apply(tx);
-          fingerprint = await this.verify(compiled, prev.tableComment);
-          tableComment = prev.tableComment;
-          kind = 'incremental';
-          logger.debug({ event: 'incremental', ...log, added: plan.added, removed: plan.removed }, 'map elements updated');
+          fingerprint = await this.applyPlan(plan);
+          break;
         } catch (e) {
-          logger.warn({ event: 'incremental_failed', ...log, err: e }, `element update failed, falling back to a full reload: ${errorMessage(e)}`);
+          if (plan.kind !== 'incremental') throw e;
+          // a failed sync makes the next one full; here the next is a full reload in this same sync
+          this.forceFull = true;
+          if (plan.via === 'membership') {
+            // the fast path changed the applied compiled state in place: compile again
+            logger.warn({ event: 'membership_failed', ...log, err: e }, `member update failed, falling back to a full reload: ${errorMessage(e)}`);
+            plan = planSync({ ...input, change: null, needFullSync: true });
+          } else {
+            logger.warn({ event: 'incremental_failed', ...log, err: e }, `element update failed, falling back to a full reload: ${errorMessage(e)}`);
+            plan = fullReload(plan.compiled);
+          }
         }
       }
-      if (kind === null) {
-        const tx = replaceTableTx(compiled.table);
-        if (this.o.checkBeforeApply) await nft.check(tx);
-        await nft.apply(tx);
-        metrics.resetRuleBaselines();
-        fingerprint = await this.verify(compiled, tableComment);
-        kind = 'full';
+      if (plan.kind === 'incremental') {
+        const detail = { ...log, added: plan.added, removed: plan.removed };
+        if (plan.via === 'membership') logger.debug({ event: 'membership', ...detail }, 'member change applied as element updates');
+        else logger.debug({ event: 'incremental', ...detail }, 'map elements updated');
       }
-      return await this.finish(policy, source, compiled, tableComment, fingerprint, kind, t0);
+      return await this.finish(policy, source, plan.compiled, plan.tableComment, fingerprint, plan.kind, t0);
     } catch (e) {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };
     }
+  }
+
+  /** Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with. Throws what nft or `verify` throws. */
+  private async applyPlan(plan: SyncPlan): Promise<string> {
+    if (plan.kind === 'noop') return plan.fingerprint;
+    const { nft, metrics } = this.o;
+    if (this.o.checkBeforeApply) await nft.check(plan.tx);
+    await nft.apply(plan.tx);
+    if (plan.kind === 'full') metrics.resetRuleBaselines();
+    return this.verify(plan.compiled, plan.tableComment);
   }
 
   /** Writes the last applied policy as last known good, if not written yet. Never throws. */

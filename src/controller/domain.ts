@@ -59,6 +59,8 @@ export interface GroupUpdate {
 }
 /** A rule as a create request gives it: a stored row without the server's fields, id optional. */
 export type RuleCreate = Omit<RuleRow, 'id' | 'created_at'> & { id?: string | undefined };
+/** A rule's fields in the policy model (policy/schema.ts `Rule`), its id optional. */
+export type RuleFields = Omit<Rule, 'id'> & { id?: string | undefined };
 export interface AddressGroupCreate {
   id?: string | undefined;
   name: string;
@@ -214,21 +216,28 @@ export function ruleMatchKey(r: Omit<RuleRow, 'id' | 'created_at' | 'description
   return [r.direction, r.ethertype, r.priority, p ?? '*', ports, r.icmp_type ?? '*', r.icmp_code ?? '*', remote].join('|');
 }
 
-function toPolicyRule(r: RuleCreate): Rule {
+/**
+ * The input of `createRules` from a rule's fields as the policy model has
+ * them (the API's rule body is that model): absent optional fields become
+ * null. The one mapping of rule fields; "" = absent is canonicalised in
+ * `createRules` (policy/canonical.ts).
+ */
+export function ruleCreate(groupId: string, r: RuleFields): RuleCreate {
   return {
-    id: r.id ?? 'new',
+    id: r.id,
+    security_group_id: groupId,
     direction: r.direction,
     priority: r.priority,
     action: r.action,
     ethertype: r.ethertype,
-    protocol: r.protocol,
-    multiport: r.multiport,
-    icmp_type: r.icmp_type,
-    icmp_code: r.icmp_code,
-    remote_ip_prefix: r.remote_ip_prefix,
-    remote_group_id: r.remote_group_id,
-    remote_address_group_id: r.remote_address_group_id,
-    description: r.description,
+    protocol: r.protocol ?? null,
+    multiport: r.multiport ?? null,
+    icmp_type: r.icmp_type ?? null,
+    icmp_code: r.icmp_code ?? null,
+    remote_ip_prefix: r.remote_ip_prefix ?? null,
+    remote_group_id: r.remote_group_id ?? null,
+    remote_address_group_id: r.remote_address_group_id ?? null,
+    description: r.description ?? '',
   };
 }
 
@@ -252,7 +261,7 @@ export function createRules(
   const canonical: RuleCreate[] = [];
   inputs.forEach((input, i) => {
     const path = paths[i]!;
-    const ruleIssues = checkRule(toPolicyRule(input), path);
+    const ruleIssues = checkRule({ ...input, id: input.id ?? 'new' }, path);
     issues.push(...ruleIssues);
     if (!ruleIssues.length) {
       const c = canonicalRuleFields(input);
@@ -474,40 +483,4 @@ export function rotateToken(snap: ProjectSnapshot, id: string, ctx: MutationCont
   findInstance(snap, id);
   const token = ctx.newToken();
   return { ops: [{ op: 'setToken', instanceId: id, tokenHash: token.hash }], result: { instanceId: id, token: token.token } };
-}
-
-// ---- invariants (what every committed state satisfies; the store tests check it after crashes) ----
-
-/** Every problem with a snapshot's referential integrity and quotas; empty when it is sound. */
-export function checkInvariants(snap: ProjectSnapshot, quotas: Quotas = DEFAULT_QUOTAS): string[] {
-  const out: string[] = [];
-  const groups = new Set(snap.groups.map((g) => g.id));
-  const ags = new Map(snap.addressGroups.map((a) => [a.id, a]));
-  if (snap.version > 0 && !groups.has(DEFAULT_GROUP_ID)) out.push('the default group is missing');
-  const unique = (what: string, ids: readonly string[]) => {
-    if (new Set(ids).size !== ids.length) out.push(`${what} ids are not unique`);
-  };
-  unique('group', snap.groups.map((g) => g.id));
-  unique('rule', snap.rules.map((r) => r.id));
-  unique('address group', snap.addressGroups.map((a) => a.id));
-  unique('instance', snap.instances.map((i) => i.id));
-  const perGroup = new Map<string, number>();
-  for (const r of snap.rules) {
-    if (!groups.has(r.security_group_id)) out.push(`rule ${r.id} belongs to missing group ${r.security_group_id}`);
-    if (r.remote_group_id && !groups.has(r.remote_group_id)) out.push(`rule ${r.id} references missing group ${r.remote_group_id}`);
-    if (r.remote_address_group_id) {
-      const ag = ags.get(r.remote_address_group_id);
-      if (!ag) out.push(`rule ${r.id} references missing address group ${r.remote_address_group_id}`);
-      else if (ag.ip_version !== (r.ethertype === 'IPv6' ? 6 : 4)) out.push(`rule ${r.id} and address group ${ag.id} differ in family`);
-    }
-    perGroup.set(r.security_group_id, (perGroup.get(r.security_group_id) ?? 0) + 1);
-  }
-  for (const [g, n] of perGroup) if (n > quotas.rules_per_group) out.push(`group ${g} has ${n} rules`);
-  for (const i of snap.instances) {
-    for (const g of i.security_groups) if (!groups.has(g)) out.push(`instance ${i.id} is associated with missing group ${g}`);
-    if (i.security_groups.length > quotas.groups_per_instance) out.push(`instance ${i.id} has ${i.security_groups.length} groups`);
-    if (i.revision === null || i.policy_hash === null) out.push(`instance ${i.id} has no compiled policy`);
-  }
-  for (const a of snap.addressGroups) if (a.ip_set.length > quotas.entries_per_address_group) out.push(`address group ${a.id} has ${a.ip_set.length} entries`);
-  return out;
 }

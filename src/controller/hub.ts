@@ -7,11 +7,17 @@
  *   for X (a hello naming another instance is refused).
  * - One live connection per instance: a new one replaces the old (close 4000).
  * - On hello the controller answers `welcome` and, if the agent's applied
- *   revision is older than the desired one, the current `policy`. After an
+ *   revision differs from the desired one, the current `policy`. No revision
+ *   an agent reports is trusted above what was handed out for its instance
+ *   (`revision_ahead`: recorded on that instance only, never stored as
+ *   applied, never fed to the revision counter). After an
  *   API change the new document is pushed to connected agents of affected
  *   instances only: as a `policy_delta` when it differs from the last
  *   document sent on the connection only in its revision and member lists
  *   (and deltas are enabled), else in full. A `resync` gets the full document.
+ *   What goes into those frames (full or delta, digests, the caches shared
+ *   between the documents of one change) is decided in push-documents.ts;
+ *   this file only handles the connections that carry it.
  * - Frames are bounded in size (ws `maxPayload`) and rate (token bucket per
  *   connection); liveness uses ping/pong every heartbeat interval.
  */
@@ -21,6 +27,7 @@ import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import type { Clock, Timer } from '../lib/clock.js';
 import type { Logger } from '../lib/logger.js';
 import { errorMessage } from '../lib/errors.js';
+import { formatTime } from '../lib/time.js';
 import {
   AGENT_PATH,
   MAX_MESSAGE_BYTES,
@@ -34,13 +41,11 @@ import {
   type ResyncMessage,
   type WelcomeMessage,
 } from '../protocol/messages.js';
-import { diffGroupMembers } from '../protocol/delta.js';
-import { renderPolicyText, sha256 } from './compile.js';
 import { sourceKey, type AuthFailureLimiter } from './limits.js';
 import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
-import { formatTime } from './service.js';
-import type { AgentState, Store, StoredPolicy } from './store/store.js';
+import { PushDocuments, type SentDocument } from './push-documents.js';
+import type { AgentErrorRecord, AgentState, Store, StoredPolicy } from './store/store.js';
 import { digestsEqual, hashToken, tokenFromHeaders } from './tokens.js';
 
 export interface HubOptions {
@@ -62,40 +67,6 @@ export interface HubOptions {
   audit?: AuditRecorder;
 }
 
-type Members = Readonly<Record<string, readonly string[]>>;
-
-/** What a delta is computed against: the last document sent on a connection. */
-interface SentDocument {
-  revision: number;
-  /** digest of the document body before `group_members` (instance, groups, address groups), see `headDigest` */
-  headDigest: string;
-  /** the member lists, shared with other sessions that were sent the same lists */
-  members: Members;
-}
-
-const MEMBERS_KEY = ',"group_members":{';
-const CLOSING_BRACE = Buffer.from('}');
-
-const GROUPS_KEY = ',"security_groups":';
-
-/**
- * A body's parts as `BodyParts` has them, found by searching (a document read
- * from the store). The body is serialised as instance, security groups,
- * address groups, members, in this order; the keys cannot occur inside a
- * string value, where quotes are escaped. Null when the body is not like that.
- */
-function findParts(body: string): { instance: string; sharedHead: string; members: string } | null {
-  const i = body.indexOf(GROUPS_KEY);
-  const j = body.indexOf(MEMBERS_KEY);
-  if (i < 0 || j < i || !body.endsWith('}}')) return null;
-  return { instance: body.slice(0, i + 1), sharedHead: body.slice(i + 1, j), members: body.slice(j + MEMBERS_KEY.length - 1, -1) };
-}
-
-/** Digest of the document without its members: the same for a body found by search and for one handed over in parts. */
-function headDigest(instance: string, sharedHeadDigest: string): string {
-  return sha256(`${instance}\n${sharedHeadDigest}`);
-}
-
 /** WebSocket close codes the hub uses (4000-4999 are application codes). */
 export const CLOSE = {
   replaced: 4000,
@@ -110,6 +81,10 @@ class Session {
   alive = true;
   lastSeenMs: number;
   lastSentRevision = -1;
+  /** the instance's stored revision at hello (-1: none): with `lastSentRevision`, the bound of revisions the agent may report */
+  handedOut = -1;
+  /** the bound above when the store was last asked for a higher one (see `handedOut()`) */
+  storeCheckedAt = -2;
   /** the newest document handed over by `notify` and not yet sent (null: none, or read it from the store) */
   pending: StoredPolicy | null = null;
   /** the last document sent, when deltas are enabled */
@@ -149,18 +124,13 @@ export class AgentHub {
   private heartbeat: Timer | null = null;
   private stopping = false;
   private readonly log: Logger;
-  private readonly deltas: boolean;
-  /** parsed member lists by their text, so agents sent the same lists share one copy (a few recent entries) */
-  private readonly membersByText = new Map<string, Members>();
-  /** by `BodyParts.shared` (one string for many documents): its UTF-8 bytes and the digest of its part before the members (a few recent entries) */
-  private readonly sharedParts = new Map<string, { bytes?: Buffer; headDigest?: string }>();
-  /** delta frame bodies (`group_members` of a `policy_delta`, null: no delta) by base and new member lists */
-  private readonly deltaMemo = new WeakMap<Members, WeakMap<Members, string | null>>();
+  /** what to push: frames, deltas and their caches (push-documents.ts) */
+  private readonly docs: PushDocuments;
 
   constructor(private readonly o: HubOptions) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessageBytes, perMessageDeflate: false });
     this.log = o.logger.child({ component: 'hub' });
-    this.deltas = o.deltas ?? true;
+    this.docs = new PushDocuments({ deltas: o.deltas ?? true });
   }
 
   /** Serves `/v1/agent` upgrades of `server` and starts the heartbeat. */
@@ -362,29 +332,61 @@ export class AgentHub {
     s.helloTimer?.cancel();
     this.o.metrics.agentsConnected.set(this.connectedCount);
     const now = formatTime(this.o.clock.now());
+    const policy = await this.o.store.getPolicy(s.projectId, s.instanceId);
+    s.handedOut = policy?.revision ?? -1;
+    const applied = msg.applied_revision;
+    // The stored revision is the highest ever handed out for this instance (revisions only grow): a higher one is a
+    // lie or a database restored from a backup. It is recorded on this instance only and never stored as applied;
+    // the current document is sent anyway, and the agent accepts the controller's lower revision (docs/protocol.md).
+    const ahead = applied !== null && applied > s.handedOut;
     const exists = await this.o.store.updateAgentState(s.projectId, s.instanceId, {
       agent_version: msg.agent_version,
       hostname: msg.hostname ?? null,
       last_seen: now,
+      ...(ahead ? { applied_revision: null, last_error: this.revisionAhead(s, 'hello', applied, now) } : {}),
     });
     if (!exists) return this.violation(s, 'deleted', 'the instance no longer exists');
-    let policy = await this.o.store.getPolicy(s.projectId, s.instanceId);
-    const applied = msg.applied_revision;
-    if (policy && applied !== null && applied > policy.revision) {
-      // The agent enforces a newer revision than we know (e.g. the database was restored from a backup):
-      // re-issue the current document above it, since agents never apply an older revision.
-      this.log.warn({ event: 'revision_ahead', project: s.projectId, instance: s.instanceId, applied, desired: policy.revision }, 'agent is ahead, raising the revision');
-      policy = await this.o.store.raiseRevision(s.projectId, s.instanceId, applied);
-    }
     const welcome: WelcomeMessage = { type: 'welcome', protocol: PROTOCOL_VERSION, instance_id: s.instanceId, desired_revision: policy?.revision ?? null };
     this.send(s, JSON.stringify(welcome));
     this.log.info({ event: 'hello', project: s.projectId, instance: s.instanceId, applied, desired: policy?.revision ?? null, version: msg.agent_version }, 'agent hello');
-    if (policy && (applied === null || applied < policy.revision)) this.sendPolicy(s, policy, 'hello');
+    if (policy && applied !== policy.revision) this.sendPolicy(s, policy, 'hello');
+  }
+
+  /**
+   * The instance's `last_error` for a revision the agent reports above every revision handed out for the
+   * instance (logged as `revision_ahead`). The reported number goes into the message only.
+   */
+  private revisionAhead(s: Session, what: 'hello' | 'ack' | 'ports', reported: number, at: string): AgentErrorRecord {
+    const known = s.handedOut >= 0 ? s.handedOut : null;
+    const message =
+      `the agent reported revision ${reported} in its ${what}, but the controller handed out ${known === null ? 'no revision' : `at most revision ${known}`} for this instance ` +
+      '(a database restored from an older backup, or an agent that cannot be trusted): not recorded as applied; the current document is authoritative';
+    this.log.warn({ event: 'revision_ahead', project: s.projectId, instance: s.instanceId, source: what, reported, desired: known }, message);
+    return { revision: known, code: 'REVISION_AHEAD', message, at };
+  }
+
+  /**
+   * Is `revision` one this instance could have been handed? Cheap from what the connection knows (the stored
+   * revision at hello, every revision sent since); the store is asked only above that (a change not sent yet).
+   */
+  private async handedOut(s: Session, revision: number): Promise<boolean> {
+    const known = Math.max(s.handedOut, s.lastSentRevision);
+    if (revision <= known) return true;
+    // at most one store read per revision the connection learns of: a stream of bogus acks costs no reads
+    if (s.storeCheckedAt === known) return false;
+    s.storeCheckedAt = known;
+    const p = await this.o.store.getPolicy(s.projectId, s.instanceId);
+    if (p) s.handedOut = Math.max(s.handedOut, p.revision);
+    return revision <= s.handedOut;
   }
 
   private async ack(s: Session, msg: AckMessage): Promise<void> {
-    this.o.metrics.acks.inc({ status: msg.status });
     const at = formatTime(this.o.clock.now());
+    if (!(await this.handedOut(s, msg.revision))) {
+      await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ack', msg.revision, at) });
+      return;
+    }
+    this.o.metrics.acks.inc({ status: msg.status });
     const patch: Partial<AgentState> = {
       last_seen: at,
       last_ack: {
@@ -405,6 +407,12 @@ export class AgentHub {
 
   private async ports(s: Session, msg: PortsMessage): Promise<void> {
     const at = formatTime(this.o.clock.now());
+    const revision = msg.report.revision;
+    if (revision !== null && !(await this.handedOut(s, revision))) {
+      // a report against a revision never handed out says nothing about this instance's policy: not stored
+      await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ports', revision, at) });
+      return this.refuse(s, 'revision_ahead', `port report for revision ${revision}, which was never handed out for this instance: not stored`);
+    }
     await this.o.store.updateAgentState(s.projectId, s.instanceId, { ports: msg.report, ports_received_at: at, last_seen: at });
     this.log.debug({ event: 'ports', project: s.projectId, instance: s.instanceId, entries: msg.report.entries.length }, 'port report');
   }
@@ -432,54 +440,30 @@ export class AgentHub {
     if (s.ws.readyState === WebSocket.OPEN) s.ws.send(frame, { binary: false });
   }
 
-  /** Memo entry for a shared part (bounded: the documents of one change mostly share a few). */
-  private shared(text: string): { bytes?: Buffer; headDigest?: string } {
-    let e = this.sharedParts.get(text);
-    if (!e) {
-      e = {};
-      this.sharedParts.set(text, e);
-      if (this.sharedParts.size > 8) this.sharedParts.delete(this.sharedParts.keys().next().value!);
-    }
-    return e;
-  }
-
   /** A changed document: as a delta against the last one sent when only members changed, else in full. */
   private sendChange(s: Session, p: StoredPolicy): void {
     const base = s.lastDoc;
-    const next = base ? this.sentDocument(p) : null;
-    if (base && next && next.headDigest === base.headDigest) {
-      const delta = this.deltaText(base.members, next.members);
-      if (delta !== null) {
-        const frame = `{"type":"policy_delta","base_revision":${base.revision},"revision":${p.revision},"group_members":${delta}}`;
-        if (this.fits(s, frame)) {
-          this.send(s, frame);
-          s.answers++;
-          s.lastSentRevision = p.revision;
-          s.lastDoc = next;
-          this.o.metrics.pushes.inc({ reason: 'change' });
-          this.o.metrics.deltas.inc();
-          this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, base: base.revision, reason: 'change', delta: true }, 'policy delta sent');
-          return;
-        }
-      }
+    const { delta, next } = this.docs.change(base, p);
+    if (base && delta !== null && this.fits(s, delta)) {
+      this.send(s, delta);
+      s.answers++;
+      s.lastSentRevision = p.revision;
+      s.lastDoc = next;
+      this.o.metrics.pushes.inc({ reason: 'change' });
+      this.o.metrics.deltas.inc();
+      this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, base: base.revision, reason: 'change', delta: true }, 'policy delta sent');
+      return;
     }
     this.sendPolicy(s, p, 'change', next);
   }
 
   private sendPolicy(s: Session, p: StoredPolicy, reason: 'hello' | 'change' | 'resync', doc?: SentDocument | null): void {
-    // The document text is spliced in as stored, so the agent gets exactly the bytes GET .../policy returns.
-    let frame: string | Buffer;
-    if (p.parts) {
-      // the shared part is encoded once for all documents that have it: one copy per frame instead of three
-      const e = this.shared(p.parts.shared);
-      e.bytes ??= Buffer.from(p.parts.shared);
-      frame = Buffer.concat([Buffer.from(`{"type":"policy","policy":${renderPolicyText(p.revision, p.parts.instance)}`), e.bytes, CLOSING_BRACE]);
-    } else frame = `{"type":"policy","policy":${renderPolicyText(p.revision, p.body)}}`;
+    const frame = this.docs.policyFrame(p);
     if (!this.fits(s, frame)) return;
     this.send(s, frame);
     s.answers++;
     s.lastSentRevision = p.revision;
-    s.lastDoc = this.deltas ? (doc ?? this.sentDocument(p)) : null;
+    s.lastDoc = this.docs.remember(p, doc);
     this.o.metrics.pushes.inc({ reason });
     this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, reason }, 'policy sent');
   }
@@ -489,45 +473,6 @@ export class AgentHub {
     if (bytes <= MAX_MESSAGE_BYTES) return true;
     this.log.error({ event: 'push', project: s.projectId, instance: s.instanceId, bytes }, 'policy frame exceeds the protocol limit; not sent');
     return false;
-  }
-
-  /** What a later delta is computed against; null when the body cannot be split (then no delta is sent). */
-  private sentDocument(p: StoredPolicy): SentDocument | null {
-    let digest: string;
-    let membersText: string;
-    if (p.parts) {
-      const { instance, shared, members } = p.parts;
-      const e = this.shared(shared);
-      e.headDigest ??= sha256(shared.slice(0, shared.length - members.length - MEMBERS_KEY.length));
-      digest = headDigest(instance, e.headDigest);
-      membersText = members;
-    } else {
-      const found = findParts(p.body);
-      if (!found) return null;
-      digest = headDigest(found.instance, sha256(found.sharedHead));
-      membersText = found.members;
-    }
-    let members = this.membersByText.get(membersText);
-    if (!members) {
-      members = JSON.parse(membersText) as Members;
-      this.membersByText.set(membersText, members);
-      // a few recent lists: the agents of one change mostly share them
-      if (this.membersByText.size > 8) this.membersByText.delete(this.membersByText.keys().next().value!);
-    }
-    return { revision: p.revision, headDigest: digest, members };
-  }
-
-  /** The `group_members` of a delta from `base` to `next`; null when it is not a delta (groups differ, or nothing changed). */
-  private deltaText(base: Members, next: Members): string | null {
-    let byNext = this.deltaMemo.get(base);
-    if (!byNext) this.deltaMemo.set(base, (byNext = new WeakMap()));
-    let text = byNext.get(next);
-    if (text === undefined) {
-      const d = diffGroupMembers(base, next);
-      text = d && Object.keys(d).length ? JSON.stringify(d) : null;
-      byNext.set(next, text);
-    }
-    return text;
   }
 
   /** An error frame; the connection stays open. */

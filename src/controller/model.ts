@@ -63,7 +63,7 @@ export interface InstanceSpec {
 export interface InstanceRow extends InstanceSpec {
   /** revision of the current policy document, null before the first compilation */
   revision: number | null;
-  /** digest of the current policy document body (without revision): `policyDigest` (compile.ts), or before that the sha256 of the body */
+  /** digest of the current policy document body (without revision): `policyDigest` (policy-documents.ts), or before that the sha256 of the body */
   policy_hash: string | null;
 }
 

@@ -8,16 +8,12 @@
 import type { Logger } from '../lib/logger.js';
 import type { Clock } from '../lib/clock.js';
 import { SecgroupError } from '../lib/errors.js';
+import { formatTime } from '../lib/time.js';
 import { applyOps, emptySnapshot, type ProjectSnapshot } from './model.js';
 import { createProjectOps, type MutationContext, type Mutation, type Quotas } from './domain.js';
-import { recompile, renderPolicyText, touchedBy } from './compile.js';
+import { recompile, renderPolicyText, touchedBy } from './policy-documents.js';
 import { hashToken, type Random } from './tokens.js';
 import type { Store, StoredPolicy } from './store/store.js';
-
-/** `yyyy-MM-ddTHH:mm:ssZ`, the timestamp format of Huawei's v3 resources */
-export function formatTime(ms: number): string {
-  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
-}
 
 export interface ServiceDeps {
   store: Store;

@@ -20,6 +20,8 @@ export type ErrorCode =
   | 'STATE_IO'
   | 'PROTOCOL'
   | 'STALE_REVISION'
+  | 'REVISION_AHEAD'
+  | 'REVISION_EXHAUSTED'
   | 'VERIFY_FAILED'
   | 'PROBE_PARSE'
   | 'PROBE_FAILED'

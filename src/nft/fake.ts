@@ -89,6 +89,11 @@ export class FakeNft implements NftRunner {
     if (this.state) for (const c of this.state.chains) c.rules = [];
   }
 
+  /** the generation marker element replaced by someone else (e.g. another agent's table of the same name) */
+  setMarker(text: string): void {
+    if (this.state) this.state.marker = text;
+  }
+
   /** a hand edit that keeps every count (e.g. `nft replace rule`) */
   tamper(): void {
     this.tampered++;

@@ -8,13 +8,56 @@
  * instance from the token. Liveness uses WebSocket ping/pong frames.
  */
 import { z } from 'zod';
+import { ID_PATTERN } from '../policy/schema.js';
 
 export const PROTOCOL_VERSION = 1;
 export const AGENT_PATH = '/v1/agent';
 /** Largest frame either side accepts (a policy with 100k+ members fits). */
 export const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
-const errorInfo = z.strictObject({ code: z.string().max(64), message: z.string().max(4096) });
+/**
+ * The largest revision a controller hands out. The controller's counter
+ * advances by one per compiled document and never by an outside value, so
+ * this bound (2^48, ~2.8e14: years at a million documents a second) is never
+ * reached in practice; it keeps every revision far inside the range where a
+ * JSON number is an exact integer (2^53 - 1), so `revision + 1` is always
+ * exact. A store that finds a revision above it renumbers (store.ts).
+ */
+export const MAX_REVISION = 2 ** 48;
+
+/**
+ * A revision field on the wire: a non-negative safe integer. Revisions above
+ * MAX_REVISION but still safe are accepted here (an agent that applied one
+ * handed out before the bound existed must still be able to say so and
+ * converge); anything beyond 2^53 - 1 cannot be told apart from its
+ * neighbours and is refused.
+ */
+export const revisionSchema = z
+  // z.int() accepts safe integers only: past 2^53 - 1 (and for fractions) this message
+  .int({ error: `a revision is an integer from 0 to ${Number.MAX_SAFE_INTEGER} (2^53 - 1)` })
+  .min(0, { error: 'a revision is never negative' });
+
+// eslint-disable-next-line no-control-regex -- matching control characters is the point
+const NO_CONTROL_CHARS = /^[^\u0000-\u001f\u007f]*$/;
+/** Free text an agent sends that the controller stores or shows: bounded and without control characters. */
+const text = (max: number) => z.string().max(max).regex(NO_CONTROL_CHARS, { error: 'must not contain control characters' });
+
+/** An error code: a short token (`NFT_FAILED`, `POLICY_TOO_LARGE`). */
+const ERROR_CODE = /^[A-Za-z0-9_.:-]{1,64}$/;
+const errorInfo = z.strictObject({ code: z.string().regex(ERROR_CODE, { error: 'an error code is 1-64 characters of [A-Za-z0-9_.:-]' }), message: z.string().max(4096) });
+
+/** An ack's `duration_ms` is at most a day: a longer figure is not the duration of one sync. */
+export const MAX_ACK_DURATION_MS = 86_400_000;
+
+/** Bounds of a port report (the agent clips to them, see `boundPortReport`). */
+export const PORT_REPORT_LIMITS = {
+  /** entries (protocol, port, family): more than any host listens on plus what its rules list one by one */
+  entries: 4096,
+  /** distinct (address, process) listeners of one entry */
+  listeners: 64,
+  /** rules named in `allowed_by` or `denied_by` of one entry */
+  rules: 256,
+} as const;
 
 // ---- port status (SEMANTICS section 7) ----
 
@@ -22,10 +65,10 @@ export const PORT_STATUSES = ['open', 'blocked', 'local-only', 'not-listening'] 
 export type PortStatus = (typeof PORT_STATUSES)[number];
 
 export const ruleRefSchema = z.strictObject({
-  group_id: z.string(),
-  rule_id: z.string(),
+  group_id: z.string().regex(ID_PATTERN, { error: 'a group id is 1-64 characters of [A-Za-z0-9._:-]' }),
+  rule_id: z.string().regex(ID_PATTERN, { error: 'a rule id is 1-64 characters of [A-Za-z0-9._:-]' }),
   /** the peers the rule allows, as text: "0.0.0.0/0", "group default", "address group ag-office" */
-  peers: z.string(),
+  peers: text(256),
 });
 
 export const portEntrySchema = z.strictObject({
@@ -35,21 +78,22 @@ export const portEntrySchema = z.strictObject({
   family: z.union([z.literal(4), z.literal(6), z.null()]),
   status: z.enum(PORT_STATUSES),
   /** listening sockets, e.g. "0.0.0.0", "[::]", "127.0.0.1" */
-  listeners: z.array(z.strictObject({ address: z.string(), process: z.string().nullable() })),
+  listeners: z.array(z.strictObject({ address: text(64), process: text(256).nullable() })).max(PORT_REPORT_LIMITS.listeners),
   /** ingress allow rules that open this port */
-  allowed_by: z.array(ruleRefSchema),
+  allowed_by: z.array(ruleRefSchema).max(PORT_REPORT_LIMITS.rules),
   /** deny rules that shadow an allow rule for the same port */
-  denied_by: z.array(ruleRefSchema),
+  denied_by: z.array(ruleRefSchema).max(PORT_REPORT_LIMITS.rules),
 });
 export type PortEntry = z.output<typeof portEntrySchema>;
 
 export const portReportSchema = z.strictObject({
   /** policy revision the report was computed against (null: no policy applied) */
-  revision: z.int().min(0).nullable(),
+  revision: revisionSchema.nullable(),
   /** which tool read the sockets */
   source: z.enum(['ss', 'netstat', 'proc']),
-  generated_at: z.string(),
-  entries: z.array(portEntrySchema),
+  /** the agent's clock (ISO 8601 UTC); shown as the agent said, never used for ordering or expiry */
+  generated_at: z.iso.datetime({ error: 'generated_at must be an ISO 8601 UTC time such as 2024-05-01T12:00:00.000Z' }),
+  entries: z.array(portEntrySchema).max(PORT_REPORT_LIMITS.entries),
 });
 export type PortReport = z.output<typeof portReportSchema>;
 
@@ -58,20 +102,20 @@ export type PortReport = z.output<typeof portReportSchema>;
 export const helloSchema = z.strictObject({
   type: z.literal('hello'),
   protocol: z.int(),
-  instance_id: z.string(),
-  agent_version: z.string().max(64),
-  /** revision currently enforced on the host (null: none) */
-  applied_revision: z.int().min(0).nullable(),
-  hostname: z.string().max(255).optional(),
+  instance_id: z.string().max(64),
+  agent_version: text(64),
+  /** revision currently enforced on the host (null: none); never trusted above what the controller handed out */
+  applied_revision: revisionSchema.nullable(),
+  hostname: text(255).optional(),
 });
 
 export const ackSchema = z.strictObject({
   type: z.literal('ack'),
-  revision: z.int().min(0),
+  revision: revisionSchema,
   /** applied: enforced; failed: valid but nft failed (previous ruleset kept); rejected: invalid document (nothing applied) */
   status: z.enum(['applied', 'failed', 'rejected']),
-  duration_ms: z.number().min(0).optional(),
-  digest: z.string().max(64).optional(),
+  duration_ms: z.number().min(0).max(MAX_ACK_DURATION_MS).optional(),
+  digest: z.string().regex(/^[0-9a-f]{1,64}$/, { error: 'a digest is 1-64 lowercase hex digits' }).optional(),
   error: errorInfo.optional(),
 });
 
@@ -81,8 +125,8 @@ export const portsMessageSchema = z.strictObject({ type: z.literal('ports'), rep
 export const resyncSchema = z.strictObject({
   type: z.literal('resync'),
   /** the newest revision the agent holds (null: none) */
-  have_revision: z.int().min(0).nullable(),
-  reason: z.string().max(512),
+  have_revision: revisionSchema.nullable(),
+  reason: text(512),
 });
 
 export const agentMessageSchema = z.discriminatedUnion('type', [helloSchema, ackSchema, portsMessageSchema, resyncSchema]);
@@ -98,8 +142,11 @@ export const welcomeSchema = z.strictObject({
   type: z.literal('welcome'),
   protocol: z.int(),
   instance_id: z.string(),
-  /** the desired revision; the controller sends a `policy` right after if it differs from the agent's */
-  desired_revision: z.int().min(0).nullable(),
+  /**
+   * the desired revision; the controller sends a `policy` right after if it differs from the agent's. Lower than
+   * the agent's (a restored database): the agent accepts that revision on this connection (docs/protocol.md)
+   */
+  desired_revision: revisionSchema.nullable(),
 });
 
 /** A full policy snapshot. `policy` is validated by the agent with the policy schema (unknown there = rejected). */
@@ -115,8 +162,8 @@ export const policyMessageSchema = z.strictObject({ type: z.literal('policy'), p
  */
 export const policyDeltaSchema = z.strictObject({
   type: z.literal('policy_delta'),
-  base_revision: z.int().min(0),
-  revision: z.int().min(0),
+  base_revision: revisionSchema,
+  revision: revisionSchema,
   group_members: z.record(z.string(), z.strictObject({ add: z.array(z.string()), remove: z.array(z.string()) })),
 });
 
@@ -139,4 +186,39 @@ export function decode<T>(schema: z.ZodType<T>, data: string): { ok: true; messa
   const r = schema.safeParse(json);
   if (!r.success) return { ok: false, error: r.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ') };
   return { ok: true, message: r.data };
+}
+
+/** `text` made to fit `text(max)`: control characters become `?`, then cut to `max`. */
+export function boundText(t: string, max: number): string {
+  // eslint-disable-next-line no-control-regex -- replacing control characters is the point
+  return t.replace(/[\u0000-\u001f\u007f]/g, '?').slice(0, max);
+}
+
+/**
+ * The report made to fit what the controller accepts (PORT_REPORT_LIMITS;
+ * process names and addresses bounded and without control characters: a
+ * process may name itself anything), and how many entries, listeners or rule
+ * references were left out. Pure; an in-bounds report comes back as is.
+ */
+export function boundPortReport(report: PortReport): { report: PortReport; clipped: number } {
+  const L = PORT_REPORT_LIMITS;
+  let clipped = Math.max(0, report.entries.length - L.entries);
+  let changed = clipped > 0;
+  const entries = report.entries.slice(0, L.entries).map((e) => {
+    const over = Math.max(0, e.listeners.length - L.listeners) + Math.max(0, e.allowed_by.length - L.rules) + Math.max(0, e.denied_by.length - L.rules);
+    const listeners = e.listeners.slice(0, L.listeners).map((l) => {
+      const address = boundText(l.address, 64);
+      const process = l.process === null ? null : boundText(l.process, 256);
+      return address === l.address && process === l.process ? l : { address, process };
+    });
+    const ref = (r: PortEntry['allowed_by'][number]) => (boundText(r.peers, 256) === r.peers ? r : { ...r, peers: boundText(r.peers, 256) });
+    const allowed_by = e.allowed_by.slice(0, L.rules).map(ref);
+    const denied_by = e.denied_by.slice(0, L.rules).map(ref);
+    const same = (a: readonly unknown[], b: readonly unknown[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+    if (!over && same(listeners, e.listeners) && same(allowed_by, e.allowed_by) && same(denied_by, e.denied_by)) return e;
+    clipped += over;
+    changed = true;
+    return { ...e, listeners, allowed_by, denied_by };
+  });
+  return changed ? { report: { ...report, entries }, clipped } : { report, clipped: 0 };
 }

@@ -8,7 +8,7 @@
  * Commands arrive as JSON lines on stdin, events leave as JSON lines on stdout.
  */
 import { createInterface } from 'node:readline';
-import { connect } from 'node:net';
+import { tryConnect } from './tcp-connect.js';
 import { WebSocketServer, type WebSocket } from 'ws';
 
 const args = process.argv.slice(2);
@@ -64,19 +64,6 @@ function down(): Promise<void> {
   for (const a of agents) a.terminate();
   agents.clear();
   return new Promise((resolve) => (s ? s.close(() => resolve()) : resolve()));
-}
-
-function tryConnect(addr: string, port: number, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = connect({ host: addr, port, timeout: timeoutMs });
-    const done = (ok: boolean) => {
-      sock.destroy();
-      resolve(ok);
-    };
-    sock.once('connect', () => done(true));
-    sock.once('timeout', () => done(false));
-    sock.once('error', () => done(false));
-  });
 }
 
 interface Command {

@@ -6,7 +6,7 @@
  * (`{id, cmd: 'http' | 'connect', ...}`), answers leave as
  * `{event: 'reply', id, ...}` lines on stdout. Exits when stdin closes.
  */
-import { connect } from 'node:net';
+import { tryConnect } from './tcp-connect.js';
 import { createInterface } from 'node:readline';
 
 interface Command {
@@ -22,19 +22,6 @@ interface Command {
 }
 
 const emit = (o: Record<string, unknown>) => process.stdout.write(JSON.stringify(o) + '\n');
-
-function tryConnect(host: string, port: number, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = connect({ host, port, timeout: timeoutMs });
-    const done = (ok: boolean) => {
-      sock.destroy();
-      resolve(ok);
-    };
-    sock.once('connect', () => done(true));
-    sock.once('timeout', () => done(false));
-    sock.once('error', () => done(false));
-  });
-}
 
 async function http(c: Command): Promise<Record<string, unknown>> {
   const init: RequestInit = { method: c.method ?? 'GET', headers: { ...(c.headers ?? {}) } };

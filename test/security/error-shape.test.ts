@@ -101,6 +101,16 @@ describe("Node's parser errors on a real connection", () => {
     expect(r.headers['x-request-id']).toBe(r.body.request_id);
   });
 
+  it('431 to a HEAD request has no body (found by scripts/security/fuzz.ts: a body there is read as the start of a next answer)', async () => {
+    const c = await RawClient.open(run.address.port);
+    c.write(`HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+    await c.closed;
+    const [head, after] = c.data.split('\r\n\r\n');
+    expect(head).toMatch(/^HTTP\/1\.1 431 /);
+    expect(head).toMatch(/\r\nX-Request-Id: [0-9a-f]{32}\r\n/);
+    expect(after).toBe('');
+  });
+
   it('400 for a malformed request line', async () => {
     const c = await RawClient.open(run.address.port);
     c.write('GET /healthz HTTP/9\r\n\r\n');

@@ -24,7 +24,8 @@ export interface Running {
   stop(): Promise<void>;
 }
 
-export async function startController(http: Record<string, number> = {}): Promise<Running> {
+/** `http` and `agents`: the controller configuration's sections of those names (defaults when empty). */
+export async function startController(http: Record<string, number> = {}, agents: Record<string, number | boolean> = {}): Promise<Running> {
   const logs: any[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, done) {
@@ -41,6 +42,7 @@ export async function startController(http: Record<string, number> = {}): Promis
       ],
     },
     ...(Object.keys(http).length ? { http } : {}),
+    ...(Object.keys(agents).length ? { agents } : {}),
     log: { level: 'debug' },
     metrics: { process_metrics: false },
   });

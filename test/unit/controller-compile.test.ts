@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
-import { compileInstanceBody, compileInstanceText, indexProject, policyDigestOfBody, recompile, sha256 } from '../../src/controller/compile.js';
+import { compileInstanceBody, compileInstanceText, indexProject, policyDigestOfBody, recompile } from '../../src/controller/policy-documents.js';
+import { sha256 } from '../../src/lib/hash.js';
 import type { InstanceRow, ProjectSnapshot, RuleRow } from '../../src/controller/model.js';
 import { call, makeApi, rule, seed, type TestApi } from './controller-helpers.js';
 

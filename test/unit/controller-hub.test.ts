@@ -16,6 +16,18 @@ import { PROTOCOL_VERSION, controllerMessageSchema, policyDeltaSchema, welcomeSc
 import { applyPolicyDelta } from '../../src/protocol/delta.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { ADMIN, countingRandom, rule } from './controller-helpers.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import Database from 'better-sqlite3';
+import { createLogger } from '../../src/lib/logger.js';
+import { ManualScheduler } from '../../src/lib/scheduler.js';
+import { FakeNft } from '../../src/nft/fake.js';
+import { createAgent } from '../../src/agent/agent.js';
+import { resolveConfig } from '../../src/agent/config.js';
+import { MemoryStateStore } from '../../src/agent/state-store.js';
+import { wsDialer } from '../../src/agent/ws-dialer.js';
 
 const A = '/v3/proj-a';
 const H = { 'x-auth-token': ADMIN };
@@ -120,7 +132,7 @@ class Agent {
     this.hello(instanceId, applied);
     const welcome = await this.next();
     expect(welcomeSchema.parse(welcome)).toEqual(welcome);
-    if (welcome.desired_revision !== null && (applied === null || applied < welcome.desired_revision)) {
+    if (welcome.desired_revision !== null && applied !== welcome.desired_revision) {
       const raw = await this.nextRaw();
       expect(raw.startsWith('{"type":"policy","policy":')).toBe(true);
       return { welcome, policyText: raw.slice('{"type":"policy","policy":'.length, -1) };
@@ -190,13 +202,21 @@ describe('agent hub', () => {
     agent.close();
   });
 
-  it('re-issues the document above the agent\'s revision when the agent is ahead (e.g. restored database)', async () => {
+  it('an agent ahead of the controller (restored database, or a lie) gets the current document at its own revision, never a raised one', async () => {
     const token = await seedWeb();
+    const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
     const agent = await Agent.connect(token);
     const { welcome, policyText } = await agent.handshake('ecs-web-1', 1000);
-    expect(welcome.desired_revision).toBeGreaterThan(1000);
-    expect(JSON.parse(policyText!).revision).toBe(welcome.desired_revision);
+    expect(welcome.desired_revision).toBe(desired);
+    expect(JSON.parse(policyText!).revision).toBe(desired);
     expect((await api('GET', `${A}/instances/ecs-web-1/policy`)).text).toBe(policyText);
+    const st = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status;
+    expect(st).toMatchObject({ desired_revision: desired, applied_revision: null, in_sync: false, last_error: { revision: desired, code: 'REVISION_AHEAD' } });
+    expect(st.last_error.message).toMatch(/reported revision 1000 in its hello, but the controller handed out at most revision \d+/);
+    // the agent accepts the controller's revision and acks it: in sync again
+    agent.send({ type: 'ack', revision: desired, status: 'applied' });
+    await agent.expectNothingPending('ecs-web-1');
+    expect((await api('GET', `${A}/instances/ecs-web-1/status`)).body.status).toMatchObject({ applied_revision: desired, in_sync: true });
     agent.close();
   });
 
@@ -523,13 +543,18 @@ describe('agent hub', () => {
       const token = await seedWeb();
       const agent = await Agent.connect(token);
       const { welcome } = await agent.handshake('ecs-web-1');
-      const raised = await store.raiseRevision('proj-a', 'ecs-web-1', welcome.desired_revision + 10);
+      // the same document committed again (a new revision, nothing else changed)
+      const same = await store.getPolicy('proj-a', 'ecs-web-1');
+      const hash = (await store.loadProject('proj-a'))!.instances.find((i) => i.id === 'ecs-web-1')!.policy_hash!;
+      const committed = await store.mutate('proj-a', () => ({ ops: [{ op: 'setPolicy', instanceId: 'ecs-web-1', body: same!.body, hash }], value: null }));
+      const raised = { revision: committed.revisions.get('ecs-web-1')! };
+      expect(raised.revision).toBeGreaterThan(welcome.desired_revision);
       ctl.hub.notify('proj-a', ['ecs-web-1']);
       expect(await agent.nextRaw()).toBe(`{"type":"policy","policy":${await policyOf('ecs-web-1')}}`);
-      expect(JSON.parse(await policyOf('ecs-web-1')).revision).toBe(raised!.revision);
+      expect(JSON.parse(await policyOf('ecs-web-1')).revision).toBe(raised.revision);
       // and deltas continue against it
       await createInstance('ecs-web-2', ['default'], ['198.18.0.9']);
-      expect(policyDeltaSchema.parse(JSON.parse(await agent.nextRaw())).base_revision).toBe(raised!.revision);
+      expect(policyDeltaSchema.parse(JSON.parse(await agent.nextRaw())).base_revision).toBe(raised.revision);
       await agent.expectNothingPending('ecs-web-1');
       agent.close();
     });
@@ -547,6 +572,200 @@ describe('agent hub', () => {
       await agent.expectNothingPending('ecs-web-1');
       expect(await metrics()).toMatch(/secgroup_controller_policy_deltas_total 0/);
       agent.close();
+    });
+  });
+
+  describe('revisions no agent can poison (issue 12)', () => {
+    const B = '/v3/proj-b';
+    const status = async (base: string, id: string) => (await api('GET', `${base}/instances/${id}/status`)).body.status;
+
+    /** an honest agent: takes every policy it is sent and acks it */
+    async function honest(token: string, id: string): Promise<Agent> {
+      const a = await Agent.connect(token);
+      const { welcome } = await a.handshake(id);
+      a.send({ type: 'ack', revision: welcome.desired_revision, status: 'applied' });
+      return a;
+    }
+
+    it('replays the attack: a hello with applied_revision 2^53-1 moves no revision of any other instance or project; only the attacker\'s instance shows REVISION_AHEAD', async () => {
+      const attackerToken = await seedWeb();
+      const web2 = await createInstance('ecs-web-2', ['sg-web', 'default'], ['198.18.0.11']);
+      const b1 = (await api('POST', `${B}/instances`, { instance: { id: 'ecs-b1', addresses: ['198.18.1.1'], security_groups: ['default'] } })).body.token;
+      const b2 = (await api('POST', `${B}/instances`, { instance: { id: 'ecs-b2', addresses: ['198.18.1.2'], security_groups: ['default'] } })).body.token;
+      const agents = { 'ecs-web-2': await honest(web2, 'ecs-web-2'), 'ecs-b1': await honest(b1, 'ecs-b1'), 'ecs-b2': await honest(b2, 'ecs-b2') };
+      const before = Math.max(...(await Promise.all([status(A, 'ecs-web-1'), status(A, 'ecs-web-2'), status(B, 'ecs-b1'), status(B, 'ecs-b2')])).map((st) => st.desired_revision));
+
+      const attacker = await Agent.connect(attackerToken);
+      const { welcome, policyText } = await attacker.handshake('ecs-web-1', Number.MAX_SAFE_INTEGER);
+      expect(welcome.desired_revision).toBeLessThanOrEqual(before);
+      expect(JSON.parse(policyText!).revision).toBe(welcome.desired_revision);
+      // its acks of revisions never handed out are not trusted either
+      attacker.send({ type: 'ack', revision: Number.MAX_SAFE_INTEGER, status: 'applied' });
+      attacker.send({ type: 'ack', revision: welcome.desired_revision + 1, status: 'applied' });
+      // a number past 2^53-1 is not a revision at all
+      attacker.send(`{"type":"ack","revision":9007199254740993,"status":"applied"}`);
+      const refused = await attacker.next();
+      expect(refused).toMatchObject({ type: 'error', error: { code: 'PROTOCOL' } });
+      expect(refused.error.message).toMatch(/revision: a revision is an integer from 0 to 9007199254740991/);
+
+      // a rule change in each project
+      expect((await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '443' }) } })).status).toBe(201);
+      expect((await api('POST', `${B}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'default', ...rule({ multiport: '22' }) } })).status).toBe(201);
+      for (const [id, a] of Object.entries(agents)) {
+        const raw = await a.nextRaw();
+        expect(raw.startsWith('{"type":"policy","policy":'), id).toBe(true);
+        const revision = JSON.parse(raw).policy.revision as number;
+        // the next revisions of the one counter: small, right after those before the attack
+        expect(revision, id).toBeGreaterThan(before);
+        expect(revision, id).toBeLessThanOrEqual(before + 4);
+        a.send({ type: 'ack', revision, status: 'applied' });
+        await a.expectNothingPending(id);
+        const st = await status(id.startsWith('ecs-b') ? B : A, id);
+        expect(st, id).toMatchObject({ desired_revision: revision, applied_revision: revision, in_sync: true, last_error: null });
+      }
+      // the attacker's own instance got its new document with a small revision too, and shows what happened
+      const own = JSON.parse(await attacker.nextRaw());
+      expect(own.policy.revision).toBeGreaterThan(before);
+      expect(own.policy.revision).toBeLessThanOrEqual(before + 4);
+      await attacker.expectNothingPending('ecs-web-1');
+      const st = await status(A, 'ecs-web-1');
+      expect(st).toMatchObject({ desired_revision: own.policy.revision, applied_revision: null, in_sync: false, last_ack: null, last_error: { code: 'REVISION_AHEAD' } });
+      expect(st.last_error.message).toMatch(/reported revision \d+ in its ack/);
+      // the counter is unaffected: a new instance in another project continues right after
+      await api('POST', `${B}/instances`, { instance: { id: 'ecs-b3', addresses: ['198.18.1.3'], security_groups: ['default'] } });
+      expect((await status(B, 'ecs-b3')).desired_revision).toBeLessThanOrEqual(before + 10);
+      attacker.close();
+      for (const a of Object.values(agents)) a.close();
+    });
+
+    it('end to end: a database poisoned by the old bug is repaired on open, and an agent that applied a poisoned revision converges on the controller\'s', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'sg-poison-'));
+      try {
+        const file = join(dir, 'controller.db');
+        await ctl.stop();
+        await store.close();
+        store = openSqliteStore(file);
+        await startController();
+        const token = await seedWeb();
+        const handed = JSON.parse((await api('GET', `${A}/instances/ecs-web-1/policy`)).text);
+        await ctl.stop();
+        await store.close();
+        // what the old bug left: a hello with applied_revision 2^50 - 1 raised the counter and this instance to 2^50,
+        // and the agent applied that document
+        const huge = 2 ** 50;
+        const raw = new Database(file);
+        raw.prepare("UPDATE meta SET value = ? WHERE key = 'revision_counter'").run(huge);
+        raw.prepare("UPDATE instances SET revision = ? WHERE id = 'ecs-web-1'").run(huge);
+        raw.close();
+        const lines: Record<string, unknown>[] = [];
+        const sink = new Writable({
+          write(chunk: Buffer, _enc, cb) {
+            for (const l of chunk.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
+            cb();
+          },
+        });
+        const logger = createLogger({ level: 'info', destination: sink });
+        store = openSqliteStore(file, { logger });
+        expect(lines.filter((l) => l.event === 'revision_counter_repaired')).toEqual([expect.objectContaining({ level: 50, old_counter: String(huge), new_counter: handed.revision })]);
+        await startController();
+        const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
+        expect(desired).toBe(handed.revision);
+
+        const nft = new FakeNft();
+        const lkg = new MemoryStateStore(parsePolicy({ ...handed, revision: huge }));
+        const agent = createAgent({
+          config: resolveConfig({ instance_id: 'ecs-web-1', http_listen: null, controller: { url: addr.agentUrl, token } }, {}),
+          nft,
+          store: lkg,
+          clock,
+          logger,
+          scheduler: new ManualScheduler(),
+          resolver: { resolve: async () => [] },
+          dialer: wsDialer({ url: addr.agentUrl, token: () => token, maxPayload: 8192, handshakeTimeoutMs: 2000 }),
+        });
+        await agent.start();
+        expect(agent.status().appliedRevision).toBe(huge);
+        const status = async () => (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status;
+        const until = async (what: string, ok: () => Promise<boolean>) => {
+          // a bounded wait (real sockets), not a timing assertion
+          for (let i = 0; i < 1000 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 10));
+          expect(await ok(), what).toBe(true);
+        };
+        await until('the agent applied the controller\'s revision', async () => (await status()).in_sync === true);
+        expect(agent.status().appliedRevision).toBe(desired);
+        expect(lkg.policy?.revision).toBe(desired);
+        expect(nft.state?.comment).toContain(`revision=${desired}`);
+        expect(lines.filter((l) => l.event === 'controller_behind')).toEqual([expect.objectContaining({ desired, ours: huge })]);
+        // the controller saw the agent ahead (its hello) and recorded it on this instance
+        expect((await status()).last_error).toMatchObject({ code: 'REVISION_AHEAD', revision: desired });
+        // and the next change, small and after it, is applied as usual
+        await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '443' }) } });
+        await until('the agent applied the next revision', async () => {
+          const st = await status();
+          return st.in_sync === true && st.applied_revision === desired + 1;
+        });
+        expect(agent.status().appliedRevision).toBe(desired + 1);
+        await agent.stop();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }, 30_000);
+
+    it('an ack is bounded by the stored revision; a stream of bogus acks costs one store read, not one each', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      await agent.handshake('ecs-web-1');
+      let reads = 0;
+      const getPolicy = store.getPolicy.bind(store);
+      store.getPolicy = (p, i) => (reads++, getPolicy(p, i));
+      // a revision committed (in the store, not pushed on this connection yet) was handed out: the store is the bound
+      const same = await getPolicy('proj-a', 'ecs-web-1');
+      const hash = (await store.loadProject('proj-a'))!.instances.find((i) => i.id === 'ecs-web-1')!.policy_hash!;
+      const next = (await store.mutate('proj-a', () => ({ ops: [{ op: 'setPolicy', instanceId: 'ecs-web-1', body: same!.body, hash }], value: null }))).revisions.get('ecs-web-1')!;
+      agent.send({ type: 'ack', revision: next, status: 'applied' });
+      await agent.expectNothingPending('ecs-web-1');
+      expect(reads).toBe(1);
+      expect(await status(A, 'ecs-web-1')).toMatchObject({ applied_revision: next, in_sync: true, last_ack: { revision: next, status: 'applied' }, last_error: null });
+      for (let i = 1; i <= 5; i++) agent.send({ type: 'ack', revision: next + i, status: 'applied' });
+      await agent.expectNothingPending('ecs-web-1');
+      expect(reads).toBe(2);
+      expect(await status(A, 'ecs-web-1')).toMatchObject({ applied_revision: next, last_ack: { revision: next }, last_error: { code: 'REVISION_AHEAD', revision: next } });
+      agent.close();
+    });
+
+    it('a port report against a revision never handed out is refused and not stored', async () => {
+      const token = await seedWeb();
+      const agent = await Agent.connect(token);
+      const { welcome } = await agent.handshake('ecs-web-1');
+      agent.send({ type: 'ports', report: { revision: welcome.desired_revision + 5, source: 'ss', generated_at: '2024-05-01T12:00:00Z', entries: [] } });
+      const m = await agent.next();
+      expect(m).toMatchObject({ type: 'error', error: { code: 'PROTOCOL' } });
+      expect(m.error.message).toMatch(/never handed out/);
+      expect((await api('GET', `${A}/instances/ecs-web-1/ports`)).body.report).toBeNull();
+      expect((await status(A, 'ecs-web-1')).last_error).toMatchObject({ code: 'REVISION_AHEAD', revision: welcome.desired_revision });
+      agent.send({ type: 'ports', report: { revision: welcome.desired_revision, source: 'ss', generated_at: '2024-05-01T12:00:00Z', entries: [] } });
+      await agent.expectNothingPending('ecs-web-1');
+      expect((await api('GET', `${A}/instances/ecs-web-1/ports`)).body.report).toMatchObject({ revision: welcome.desired_revision });
+      agent.close();
+    });
+
+    it('refuses a hello whose values are out of bounds, naming the field', async () => {
+      const token = await seedWeb();
+      const cases: [Record<string, unknown>, RegExp][] = [
+        [{ applied_revision: 2 ** 53 }, /applied_revision: a revision is an integer from 0 to 9007199254740991/],
+        [{ applied_revision: -1 }, /applied_revision: a revision is never negative/],
+        [{ hostname: 'web\u001b[31m' }, /hostname: must not contain control characters/],
+        [{ agent_version: 'x'.repeat(65) }, /agent_version: Too big/],
+        [{ instance_id: 'x'.repeat(65) }, /instance_id: Too big/],
+      ];
+      for (const [over, expected] of cases) {
+        const a = await Agent.connect(token);
+        a.send({ type: 'hello', protocol: PROTOCOL_VERSION, instance_id: 'ecs-web-1', agent_version: '0.1.0', applied_revision: null, ...over });
+        const m = await a.next();
+        expect(m.error.message, JSON.stringify(over)).toMatch(expected);
+        expect((await a.closed).code).toBe(1008);
+      }
+      expect((await status(A, 'ecs-web-1')).agent).toEqual({ version: null, hostname: null });
     });
   });
 

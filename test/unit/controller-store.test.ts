@@ -7,10 +7,14 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
-import { auditEventMatches, type AuditEvent, type AuditFilter, type Store } from '../../src/controller/store/store.js';
-import { checkInvariants, createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
-import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/compile.js';
+import { AuditMarkerNotFound, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';
+import { createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
+import { checkInvariants } from '../../src/controller/invariants.js';
+import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/policy-documents.js';
 import { isSecgroupError } from '../../src/lib/errors.js';
+import { createLogger, type Logger } from '../../src/lib/logger.js';
+import { MAX_REVISION } from '../../src/protocol/messages.js';
+import { Writable } from 'node:stream';
 import type { Op, ProjectSnapshot } from '../../src/controller/model.js';
 import { call, makeApi, rule } from './controller-helpers.js';
 
@@ -68,7 +72,6 @@ describe.each([
     expect(rev2).toBeGreaterThan(rev1);
     expect(await s.getPolicy('p', 'i1')).toEqual({ revision: rev2, body: '{"a":2}' });
     expect(await s.findTokenOwner('aa')).toEqual({ projectId: 'p', instanceId: 'i1', tokenHash: 'aa' });
-    expect((await s.raiseRevision('p', 'i1', 1000))!.revision).toBe(1001);
     expect(await s.updateAgentState('p', 'i1', { applied_revision: 5, hostname: 'h' })).toBe(true);
     expect(await s.getAgentState('p', 'i1')).toMatchObject({ applied_revision: 5, hostname: 'h', last_ack: null });
     expect(await s.updateAgentState('p', 'nope', { applied_revision: 5 })).toBe(false);
@@ -94,7 +97,7 @@ describe.each([
     ];
     for (const e of all) await s.appendAuditEvent(e);
     await expect(s.appendAuditEvent(all[0]!)).rejects.toThrow();
-    const ids = async (f: AuditFilter, include?: string) => (await s.listAuditEvents('p', f, include)).map((e) => e.id);
+    const ids = async (f: AuditFilter, page?: AuditPage) => (await s.listAuditEvents('p', f, page)).map((e) => e.id);
     // equal times: the later appended first
     expect(await ids({})).toEqual(['e3', 'e2', 'e1']);
     expect((await s.listAuditEvents('p', {}))[2]).toEqual(all[0]);
@@ -117,9 +120,16 @@ describe.each([
       expect((await ids(f)).sort(), JSON.stringify(f)).toEqual(expected);
     }
     expect(await ids({ result: 'failure' })).toEqual(['e2']);
-    // the marker is included whatever the filters, only in its own project
-    expect(await ids({ result: 'failure' }, 'e1')).toEqual(['e2', 'e1']);
-    expect(await ids({ result: 'failure' }, 'e4')).toEqual(['e2']);
+    // keyset pages: after a marker (which need not pass the filters), at most `limit`
+    expect(await ids({}, { limit: 2 })).toEqual(['e3', 'e2']);
+    expect(await ids({}, { after: 'e3' })).toEqual(['e2', 'e1']);
+    expect(await ids({}, { after: 'e2', limit: 1 })).toEqual(['e1']);
+    expect(await ids({}, { after: 'e1' })).toEqual([]);
+    expect(await ids({ result: 'success' }, { after: 'e2' })).toEqual(['e1']);
+    expect(await ids({ result: 'failure' }, { after: 'e3' })).toEqual(['e2']);
+    // a marker of another project, or none at all, is refused
+    await expect(ids({}, { after: 'e4' })).rejects.toBeInstanceOf(AuditMarkerNotFound);
+    await expect(ids({}, { after: 'nope' })).rejects.toBeInstanceOf(AuditMarkerNotFound);
     expect(await s.pruneAuditEvents('2024-05-01T11:00:00.000Z')).toBe(2);
     expect(await ids({})).toEqual(['e3', 'e2']);
     expect(await s.listAuditEvents('q', {})).toHaveLength(1);
@@ -128,6 +138,112 @@ describe.each([
     const settled = await Promise.allSettled(burst);
     expect(settled.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled']);
     expect(await ids({ from: '2024-05-02T00:00:00.000Z' })).toEqual(['b3', 'b2', 'b1']);
+    await s.close();
+  });
+});
+
+function capture(): { logger: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const l of chunk.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
+      cb();
+    },
+  });
+  return { logger: createLogger({ level: 'debug', destination: stream }), lines };
+}
+
+const POISON = 9007199254740993n; // 2^53 + 1: what the old counter reached after a hello with applied_revision 2^53 - 1 and one more commit
+
+/**
+ * Two projects as the old revision-poisoning bug left them: instance p/a raised to 2^53, q/b to 2^50 (an agent that
+ * applied a huge but still exact revision), p/c untouched; the counter past 2^53. `poison` edits what was committed
+ * (SQLite: the file, memory: a dump) and gives back the reopened store.
+ */
+async function poisonedStore(kind: 'sqlite' | 'memory', logger: Logger): Promise<Store> {
+  const file = join(dir, 'poisoned.db');
+  const s = kind === 'sqlite' ? openSqliteStore(file) : new MemoryStore();
+  const inst = (id: string) => ({ id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW });
+  await commit(s, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('a') }, { op: 'putInstance', instance: inst('c') }]);
+  await commit(s, 'q', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('b') }]);
+  await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'c', body: '{"c":1}', hash: 'hc' }]); // 1
+  await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: '{"a":1}', hash: 'ha' }]); // 2
+  await commit(s, 'q', [{ op: 'setPolicy', instanceId: 'b', body: '{"b":1}', hash: 'hb' }]); // 3
+  await s.updateAgentState('p', 'a', { applied_revision: 2 ** 53 });
+  await s.updateAgentState('p', 'c', { applied_revision: 1 });
+  if (s instanceof MemoryStore) {
+    const d = s.dump();
+    d.counter = Number(POISON); // rounds to 2^53: as close as a number gets
+    d.projects = d.projects.map((p) => ({ ...p, instances: p.instances.map((i) => (i.id === 'a' ? { ...i, revision: 2 ** 53 } : i.id === 'b' ? { ...i, revision: 2 ** 50 } : i)) }));
+    return MemoryStore.open(d, logger);
+  }
+  await s.close();
+  const raw = new Database(file);
+  raw.prepare("UPDATE meta SET value = ? WHERE key = 'revision_counter'").run(POISON);
+  raw.prepare("UPDATE instances SET revision = ? WHERE id = 'a'").run(2n ** 53n);
+  raw.prepare("UPDATE instances SET revision = ? WHERE id = 'b'").run(2n ** 50n);
+  raw.close();
+  return openSqliteStore(file, { logger });
+}
+
+describe.each(['sqlite', 'memory'] as const)('revision repair on open (%s)', (kind) => {
+  it('renumbers policies above MAX_REVISION after the others in their order, continues the counter after them, and logs it once', async () => {
+    const { logger, lines } = capture();
+    const s = await poisonedStore(kind, logger);
+    // c kept its revision (its agent sees no change); b (2^50) before a (2^53), right after it
+    expect((await s.getPolicy('p', 'c'))!.revision).toBe(1);
+    expect(await s.getPolicy('q', 'b')).toEqual({ revision: 2, body: '{"b":1}' });
+    expect(await s.getPolicy('p', 'a')).toEqual({ revision: 3, body: '{"a":1}' });
+    expect((await s.loadProject('p'))!.instances.map((i) => [i.id, i.revision])).toEqual([['a', 3], ['c', 1]]);
+    // an applied revision above the bound is unknown now; a sane one stays
+    expect((await s.getAgentState('p', 'a'))!.applied_revision).toBeNull();
+    expect((await s.getAgentState('p', 'c'))!.applied_revision).toBe(1);
+    const repaired = lines.filter((l) => l.event === 'revision_counter_repaired');
+    expect(repaired).toHaveLength(1);
+    expect(repaired[0]).toMatchObject({
+      level: 50,
+      old_counter: kind === 'sqlite' ? POISON.toString() : (2n ** 53n).toString(),
+      new_counter: 3,
+      renumbered: 2,
+      instances: [
+        { projectId: 'q', instanceId: 'b', from: (2n ** 50n).toString(), to: 2 },
+        { projectId: 'p', instanceId: 'a', from: (2n ** 53n).toString(), to: 3 },
+      ],
+    });
+    // the counter goes on by one per document
+    const r = await commit(s, 'q', [{ op: 'setPolicy', instanceId: 'b', body: '{"b":2}', hash: 'hb2' }]);
+    expect(r.revisions.get('b')).toBe(4);
+    if (kind === 'sqlite') {
+      await s.close();
+      // repaired for good: reopening finds nothing to repair
+      const again = capture();
+      const s2 = openSqliteStore(join(dir, 'poisoned.db'), { logger: again.logger });
+      expect(again.lines.filter((l) => l.event === 'revision_counter_repaired')).toEqual([]);
+      expect((await s2.getPolicy('q', 'b'))!.revision).toBe(4);
+      await s2.close();
+    } else await s.close();
+  });
+
+  it('hands out no revision past MAX_REVISION: the commit fails with REVISION_EXHAUSTED and writes nothing', async () => {
+    const file = join(dir, 'full.db');
+    let s: Store = kind === 'sqlite' ? openSqliteStore(file) : new MemoryStore();
+    const inst = { id: 'i', name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW };
+    await commit(s, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst }, { op: 'setPolicy', instanceId: 'i', body: '{"i":1}', hash: 'h1' }]);
+    // the counter at the bound (no repair: it is not above it)
+    if (s instanceof MemoryStore) s = MemoryStore.open({ ...s.dump(), counter: MAX_REVISION - 1 });
+    else {
+      await s.close();
+      const raw = new Database(file);
+      raw.prepare("UPDATE meta SET value = ? WHERE key = 'revision_counter'").run(MAX_REVISION - 1);
+      raw.close();
+      s = openSqliteStore(file);
+    }
+    expect((await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'i', body: '{"i":2}', hash: 'h2' }])).revisions.get('i')).toBe(MAX_REVISION);
+    const err = await commit(s, 'p', [{ op: 'putGroup', group: { id: 'g2', name: 'g2', description: '', created_at: NOW, updated_at: NOW } }, { op: 'setPolicy', instanceId: 'i', body: '{"i":3}', hash: 'h3' }]).catch((e: unknown) => e);
+    expect(isSecgroupError(err, 'REVISION_EXHAUSTED')).toBe(true);
+    expect((err as Error).message).toMatch(/reached its bound 281474976710656/);
+    expect(await s.getPolicy('p', 'i')).toEqual({ revision: MAX_REVISION, body: '{"i":2}' });
+    expect((await s.loadProject('p'))!.groups.map((g) => g.id)).toEqual(['default']);
     await s.close();
   });
 });
@@ -174,8 +290,6 @@ describe('SQLite store', () => {
     ]);
     expect(await s.getPolicy('p', 'a')).toEqual({ revision: r.revisions.get('a'), body: '{"i":"a","shared":[1,2,3]}' });
     expect(await s.getPolicy('p', 'b')).toEqual({ revision: r.revisions.get('b'), body: '{"i":"b","shared":[1,2,3]}' });
-    const raised = await s.raiseRevision('p', 'a', 100);
-    expect(raised).toEqual({ revision: 101, body: '{"i":"a","shared":[1,2,3]}' });
     const tail2 = { text: '"shared":[4]}', hash: 't2' };
     await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: `{"i":"a",${tail2.text}`, hash: 'ha2', parts: parts('{"i":"a",', tail2) }]);
     const count = () => {

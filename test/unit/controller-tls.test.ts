@@ -3,6 +3,8 @@ import { describe, expect, it, afterAll, beforeAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:https';
+import { connect as tcpConnect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
@@ -76,6 +78,42 @@ describe.skipIf(!hasOpenssl())('controller over TLS (needs the openssl command t
       await new Promise<void>((resolve) => ws.on('message', () => resolve()));
       expect(JSON.parse(frames[2]!).error.message).toMatch(/hello was already received/);
       ws.close();
+    } finally {
+      await ctl.stop();
+    }
+  });
+  it('closes a connection that never finishes the TLS handshake, and one that finishes it and sends nothing (http.headers_timeout_ms)', { timeout: 15_000 }, async () => {
+    const config = parseControllerConfig({
+      listen: { host: '127.0.0.1', port: 0 },
+      tls: { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') },
+      api: { tokens: [{ name: 'admin', token: ADMIN }] },
+      http: { headers_timeout_ms: 300, request_timeout_ms: 1000 },
+      metrics: { process_metrics: false },
+    });
+    const ctl = createController({ config, store: new MemoryStore(), logger: silentLogger() });
+    const addr = await ctl.start();
+    try {
+      const port = Number(new URL(addr.url).port);
+      // (1) a TCP connection that never starts the handshake: closed by the server (Node's default waits 120 s)
+      const raw = tcpConnect({ host: '127.0.0.1', port });
+      const rawClosed = new Promise<string>((resolve) => raw.on('close', () => resolve('closed by server')));
+      raw.on('error', () => undefined);
+      // (2) a completed handshake and then silence: closed by the headers timeout
+      const ca = readFileSync(join(dir, 'cert.pem'));
+      const silent = tlsConnect({ host: '127.0.0.1', port, ca, servername: '127.0.0.1' });
+      silent.on('error', () => undefined);
+      await new Promise<void>((resolve, reject) => {
+        silent.once('secureConnect', () => resolve());
+        silent.once('error', reject);
+      });
+      let answer = '';
+      silent.on('data', (d: Buffer) => (answer += d.toString()));
+      const silentClosed = new Promise<string>((resolve) => silent.on('close', () => resolve('closed by server')));
+      expect(await rawClosed).toBe('closed by server');
+      expect(await silentClosed).toBe('closed by server');
+      // the silent one got the API's 408 before the close
+      expect(answer).toMatch(/^HTTP\/1\.1 408 /);
+      expect(answer).toContain('"error_code":"SG.0016"');
     } finally {
       await ctl.stop();
     }

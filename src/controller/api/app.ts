@@ -3,7 +3,8 @@
  * tests use `inject` and only the controller listens. Auth (admin tokens
  * from the configuration: `X-Auth-Token` or `Authorization: Bearer`),
  * Huawei-shaped errors, request ids, latency metrics, /healthz, /metrics and
- * /openapi.json live here; the v3 resources are in `routes.ts`.
+ * /openapi.json live here; the v3 resources are in `routes.ts` (what routes
+ * get from the app, `Route` and `ApiOptions`, is in `route.ts`).
  *
  * Nothing unauthenticated costs more than reading headers
  * (docs/security-http.md): routing, auth, the failed-auth rate limit and
@@ -14,57 +15,18 @@
  * timeouts and the connection limits of the `http` configuration (edge.ts).
  */
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { z } from 'zod';
-import type { Clock } from '../../lib/clock.js';
-import type { Logger } from '../../lib/logger.js';
 import { ValidationError, isSecgroupError } from '../../lib/errors.js';
-import { ID_PATTERN, zodIssues } from '../../policy/schema.js';
-import { registerAuditHooks, type AuditRecorder } from '../audit.js';
+import { ID_PATTERN } from '../../policy/schema.js';
+import { registerAuditHooks } from '../audit.js';
 import { ApiError, type ApiErrorKind, type ErrorBody } from '../errors.js';
 import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, sourceKey, type HttpLimits } from '../limits.js';
-import type { ControllerMetrics } from '../metrics.js';
-import type { ControllerService } from '../service.js';
-import type { Store } from '../store/store.js';
-import { findToken, tokenFromHeaders, type Random } from '../tokens.js';
+import { findToken, tokenFromHeaders } from '../tokens.js';
 import { clientErrorHandler, guardConnections, serverOptions } from './edge.js';
 import { buildOpenApi } from './openapi.js';
+import type { ApiOptions, Route } from './route.js';
 import { registerRoutes } from './routes.js';
 
-/** An admin token as configured, with its hash. */
-export interface ApiToken {
-  name: string;
-  sha256: string;
-  /** project ids, or '*' for all */
-  projects: readonly string[];
-}
-
-/** What the API needs to know about agent connections (the hub). */
-export interface AgentPresence {
-  isConnected(projectId: string, instanceId: string): boolean;
-  lastSeen(projectId: string, instanceId: string): string | null;
-  readonly connectedCount: number;
-  /** close the instance's agent connection (token rotated, instance deleted) */
-  disconnect(projectId: string, instanceId: string, why: 'revoked' | 'deleted'): void;
-}
-
-export interface ApiOptions {
-  service: ControllerService;
-  store: Store;
-  presence: AgentPresence;
-  tokens: readonly ApiToken[];
-  clock: Clock;
-  logger: Logger;
-  metrics: ControllerMetrics;
-  random: Random;
-  maxBodyBytes?: number;
-  https?: { cert: Buffer | string; key: Buffer | string } | null;
-  /** timeouts and connection limits (the `http` configuration section); defaults: HTTP_LIMIT_DEFAULTS */
-  http?: Partial<HttpLimits>;
-  /** failed authentications per source; shared with the agent hub (default: one from `http`) */
-  authLimiter?: AuthFailureLimiter;
-  /** records every write (src/controller/audit.ts); none when absent */
-  audit?: AuditRecorder;
-}
+export type { AgentPresence, ApiOptions, ApiToken, Route, RouteContext } from './route.js';
 
 const PROJECT_PREFIX = '/v3/:project_id/';
 
@@ -87,43 +49,6 @@ function bodyUnread(req: FastifyRequest): boolean {
   return announced && !req.raw.complete;
 }
 
-/** Per-request context handed to resource handlers. */
-export interface RouteContext {
-  project: string;
-  params: Record<string, string>;
-  query: unknown;
-  body: unknown;
-  request: FastifyRequest;
-  reply: FastifyReply;
-}
-
-/**
- * Registers a project-scoped route under `/v3/:project_id`. The handler returns
- * an object (sent with `request_id` first; `{ dry_run: true }` becomes the
- * 202 dry-run answer), a string (sent as JSON text, unchanged) or null (204).
- */
-export type Route = (
-  method: 'GET' | 'POST' | 'PUT' | 'DELETE',
-  url: string,
-  status: number,
-  handler: (c: RouteContext) => Promise<Record<string, unknown> | string | null>,
-) => void;
-
-/** Parses a request part with a zod schema; a failure becomes a 400 naming every field. */
-export function parseWith<S extends z.ZodType>(schema: S, input: unknown, what = 'request body'): z.output<S> {
-  if (input === undefined && what === 'request body') throw ApiError.invalid([{ path: '', message: 'the request body is missing (expected a JSON object)' }]);
-  const r = schema.safeParse(input);
-  if (!r.success) throw ApiError.invalid(zodIssues(r.error, input));
-  return r.data;
-}
-
-/** A path id: anything that cannot be an id cannot exist, so it is a 404. */
-export function pathId(params: Record<string, string>, name: string, what: string): string {
-  const id = params[name] ?? '';
-  if (!ID_PATTERN.test(id)) throw ApiError.notFound(what, id);
-  return id;
-}
-
 export function buildApi(o: ApiOptions): FastifyInstance {
   const limits: HttpLimits = { ...HTTP_LIMIT_DEFAULTS, ...o.http };
   const authLimiter = o.authLimiter ?? new AuthFailureLimiter(o.clock, { perMinute: limits.auth_failures_per_minute, burst: limits.auth_failure_burst });
@@ -137,7 +62,8 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     bodyLimit: o.maxBodyBytes ?? 1024 * 1024,
     requestTimeout: limits.request_timeout_ms,
     keepAliveTimeout: limits.keep_alive_timeout_ms,
-    ...(o.https ? { https: { cert: o.https.cert, key: o.https.key, ...nodeOptions } } : { http: nodeOptions }),
+    // a TLS handshake gets the same bound as the request headers (Node's default is 120 s)
+    ...(o.https ? { https: { cert: o.https.cert, key: o.https.key, handshakeTimeout: limits.headers_timeout_ms, ...nodeOptions } } : { http: nodeOptions }),
     clientErrorHandler: clientErrorHandler({ clock: o.clock, logger: o.logger, metrics: o.metrics, random: o.random, limits }),
     frameworkErrors: (err, req, reply) => {
       const code = (err as { code?: string }).code;

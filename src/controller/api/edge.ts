@@ -8,8 +8,8 @@
  *   source per 10 s, so a flood does not flood the log too).
  * - `clientErrorHandler`: what Node's HTTP parser gives up on (headers too
  *   large, malformed request line, headers or body not received within the
- *   timeouts) is answered in the API's error shape with a request id, then
- *   the connection is closed.
+ *   timeouts) is answered in the API's error shape with a request id (the
+ *   headers only to a HEAD), then the connection is closed.
  * - `serverOptions`: the Node server's timeouts from the `http` section.
  */
 import { STATUS_CODES, type ServerOptions } from 'node:http';
@@ -70,20 +70,41 @@ export function guardConnections(server: Server, limiter: ConnectionLimiter, d: 
   });
 }
 
-/** One raw HTTP/1.1 answer in the API's error shape (used where there is no fastify reply). */
-export function rawErrorResponse(kind: ApiErrorKind, requestId: string, message: string, extraHeaders: Record<string, string> = {}): string {
+/**
+ * One raw HTTP/1.1 answer in the API's error shape (used where there is no
+ * fastify reply). `head`: the request was a HEAD, so the answer has the
+ * headers only (a client reads any bytes after them as the next answer).
+ */
+export function rawErrorResponse(kind: ApiErrorKind, requestId: string, message: string, extraHeaders: Record<string, string> = {}, head = false): string {
   const k = API_ERROR_KINDS[kind];
   const body = JSON.stringify({ request_id: requestId, error_code: k.apiCode, error_msg: message } satisfies ErrorBody);
   const headers = { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': String(Buffer.byteLength(body)), 'X-Request-Id': requestId, Connection: 'close', ...extraHeaders };
   const lines = Object.entries(headers).map(([n, v]) => `${n}: ${v}\r\n`).join('');
-  return `HTTP/1.1 ${k.status} ${STATUS_CODES[k.status] ?? 'Error'}\r\n${lines}\r\n${body}`;
+  return `HTTP/1.1 ${k.status} ${STATUS_CODES[k.status] ?? 'Error'}\r\n${lines}\r\n${head ? '' : body}`;
+}
+
+/**
+ * Whether the request Node's parser gave up on is a HEAD: known when the
+ * packet it failed in starts with the request line (headers over the limit
+ * sent at once, as clients do); otherwise the answer keeps its body.
+ */
+function isHeadRequest(err: Error & { rawPacket?: unknown }): boolean {
+  return Buffer.isBuffer(err.rawPacket) && err.rawPacket.subarray(0, 5).toString('latin1') === 'HEAD ';
 }
 
 /** fastify's `clientErrorHandler`: Node's parser errors and timeouts in the API's error shape. */
 export function clientErrorHandler(d: EdgeDeps & { random: Random; limits: HttpLimits }): (err: Error & { code?: string }, socket: Socket) => void {
   const log = d.logger.child({ component: 'edge' });
-  return (err, socket) => {
+  return (err: Error & { code?: string; rawPacket?: unknown }, socket) => {
     if (err.code === 'ECONNRESET' || socket.destroyed) return;
+    if (/^ERR_(TLS|SSL)_/.test(err.code ?? '')) {
+      // before the TLS handshake completed (its timeout, a bad ClientHello): there is no
+      // channel to answer on; writing would wait for a handshake that never comes
+      d.metrics.clientErrors.inc({ status: 'tls' });
+      log.info({ event: 'client_error', status: 'tls', code: err.code, source: sourceKey(socket.remoteAddress) }, `TLS handshake failed: ${err.message}`);
+      socket.destroy();
+      return;
+    }
     let kind: ApiErrorKind;
     let message: string;
     if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
@@ -102,7 +123,7 @@ export function clientErrorHandler(d: EdgeDeps & { random: Random; limits: HttpL
     log.info({ event: 'client_error', request_id: requestId, status, code: err.code, source: sourceKey(socket.remoteAddress) }, message);
     // as Node does: answer only when no response has started on this connection
     const current = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
-    if (socket.writable && !current?.headersSent) socket.end(rawErrorResponse(kind, requestId, message));
+    if (socket.writable && !current?.headersSent) socket.end(rawErrorResponse(kind, requestId, message, {}, isHeadRequest(err)));
     socket.destroySoon();
   };
 }

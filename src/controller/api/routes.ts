@@ -23,11 +23,11 @@ import {
   updateAddressGroup,
   updateGroup,
   updateInstance,
-  type RuleCreate,
+  ruleCreate,
 } from '../domain.js';
 import { EMPTY_AGENT_STATE } from '../store/store.js';
-import type { ApiOptions, Route } from './app.js';
-import { parseWith, pathId } from './app.js';
+import type { ApiOptions, Route } from './route.js';
+import { parseWith, pathId } from './route.js';
 import {
   batchCreateRulesBody,
   createAddressGroupBody,
@@ -41,33 +41,10 @@ import {
   updateAddressGroupBody,
   updateGroupBody,
   updateInstanceBody,
-  type batchRuleOptionSchema,
 } from './schemas.js';
 import { registerAuditRoutes } from './audit-routes.js';
 import { addressGroupView, groupView, instanceView, paginate, ruleView } from './views.js';
-import type { z } from 'zod';
 
-type RuleOption = z.output<typeof batchRuleOptionSchema>;
-
-/** Body fields to the domain's input; the domain canonicalises them ("" = absent, see policy/canonical.ts). */
-function toRuleCreate(groupId: string, r: RuleOption): RuleCreate {
-  return {
-    id: r.id,
-    security_group_id: groupId,
-    direction: r.direction,
-    priority: r.priority,
-    action: r.action,
-    ethertype: r.ethertype,
-    protocol: r.protocol ?? null,
-    multiport: r.multiport ?? null,
-    icmp_type: r.icmp_type ?? null,
-    icmp_code: r.icmp_code ?? null,
-    remote_ip_prefix: r.remote_ip_prefix ?? null,
-    remote_group_id: r.remote_group_id ?? null,
-    remote_address_group_id: r.remote_address_group_id ?? null,
-    description: r.description ?? '',
-  };
-}
 
 const matches = (filter: readonly string[] | undefined, value: string | null): boolean => filter === undefined || (value !== null && filter.includes(value));
 
@@ -115,7 +92,7 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
 
   route('POST', '/vpc/security-group-rules', 201, async ({ project, body }) => {
     const b = parseWith(createRuleBody, body);
-    const input = toRuleCreate(b.security_group_rule.security_group_id, b.security_group_rule);
+    const input = ruleCreate(b.security_group_rule.security_group_id, b.security_group_rule);
     const rules = await service.mutate(project, (s, ctx) => createRules(s, input.security_group_id, [input], ['security_group_rule'], ctx), { dryRun: b.dry_run });
     return b.dry_run ? DRY : { security_group_rule: ruleView(project, rules[0]!) };
   });
@@ -123,7 +100,7 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
   route('POST', '/vpc/security-groups/:id/security-group-rules/batch-create', 201, async ({ project, params, body }) => {
     const id = pathId(params, 'id', 'security group');
     const b = parseWith(batchCreateRulesBody, body);
-    const inputs = b.security_group_rules.map((r) => toRuleCreate(id, r));
+    const inputs = b.security_group_rules.map((r) => ruleCreate(id, r));
     const paths = inputs.map((_, i) => `security_group_rules[${i}]`);
     const rules = await service.mutate(project, (s, ctx) => createRules(s, id, inputs, paths, ctx, { ignoreDuplicates: b.ignore_duplicate }), { dryRun: b.dry_run });
     return b.dry_run ? DRY : { security_group_rules: rules.map((r) => ruleView(project, r)) };

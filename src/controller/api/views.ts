@@ -79,8 +79,11 @@ export interface PageInfo {
  * creation order). `marker` is the id of the last resource of the previous
  * page; it need not match the filters, only exist.
  */
+/** The page size of a list without `limit` (or with `limit=0`). */
+export const DEFAULT_PAGE = 2000;
+
 export function paginate<T extends { id: string }>(all: readonly T[], items: readonly T[], limit: number | undefined, marker: string | undefined): { page: T[]; page_info: PageInfo } {
-  const size = limit === undefined || limit === 0 ? 2000 : limit;
+  const size = limit === undefined || limit === 0 ? DEFAULT_PAGE : limit;
   let rest = items;
   if (marker !== undefined) {
     const pos = new Map(all.map((x, i) => [x.id, i]));

@@ -1,14 +1,26 @@
 /**
  * In-memory Store: the fake for unit tests (same contract as the SQLite store,
- * nothing survives the process).
+ * nothing survives the process). `dump()` and `MemoryStore.open(dump)` stand
+ * for a backup and a restart on it: opening repairs revisions as the SQLite
+ * store does on open.
  */
+import type { Logger } from '../../lib/logger.js';
+import { MAX_REVISION } from '../../protocol/messages.js';
 import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
-import { EMPTY_AGENT_STATE, auditEventMatches, type AgentState, type AuditEvent, type AuditFilter, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
   tokenHash: string | null;
   agent: AgentState;
+}
+
+/** Everything a MemoryStore holds but its audit trail (a deep copy). */
+export interface MemoryStoreDump {
+  counter: number;
+  projects: ProjectSnapshot[];
+  /** by `${projectId}\u0000${instanceId}` */
+  instances: [string, InstanceExtra][];
 }
 
 export class MemoryStore implements Store {
@@ -27,6 +39,32 @@ export class MemoryStore implements Store {
     if (this.closed) throw new Error('store is closed');
   }
 
+  dump(): MemoryStoreDump {
+    return structuredClone({ counter: this.counter, projects: [...this.projects.values()], instances: [...this.extra] });
+  }
+
+  /** A store holding `dump`, with revisions above MAX_REVISION repaired (logged as `revision_counter_repaired`). */
+  static open(dump: MemoryStoreDump, logger?: Logger): MemoryStore {
+    const s = new MemoryStore();
+    const d = structuredClone(dump);
+    s.counter = d.counter;
+    s.projects = new Map(d.projects.map((p) => [p.projectId, p]));
+    s.extra = new Map(d.instances);
+    const revisions = d.projects.flatMap((p) => p.instances.flatMap((i) => (i.revision === null ? [] : [{ projectId: p.projectId, instanceId: i.id, revision: BigInt(i.revision) }])));
+    const plan = planRevisionRepair(BigInt(d.counter), revisions);
+    if (plan) {
+      const to = new Map(plan.renumbered.map((r) => [s.key(r.projectId, r.instanceId), r.to]));
+      for (const [id, p] of s.projects) s.projects.set(id, { ...p, instances: p.instances.map((i) => (to.has(s.key(id, i.id)) ? { ...i, revision: to.get(s.key(id, i.id))! } : i)) });
+      for (const x of s.extra.values()) if (x.agent.applied_revision !== null && x.agent.applied_revision > MAX_REVISION) x.agent.applied_revision = null;
+      s.counter = plan.counter;
+      logger?.error(
+        { event: 'revision_counter_repaired', old_counter: plan.oldCounter, new_counter: plan.counter, renumbered: plan.renumbered.length, instances: plan.renumbered.slice(0, 100) },
+        `the revision counter was ${plan.oldCounter}, above the bound ${MAX_REVISION}: ${plan.renumbered.length} policies renumbered, the counter continues at ${plan.counter}`,
+      );
+    }
+    return s;
+  }
+
   async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
     this.check();
     return this.projects.get(projectId) ?? null;
@@ -38,6 +76,8 @@ export class MemoryStore implements Store {
     const { ops, value } = change(cur);
     const base = cur ?? emptySnapshot(projectId);
     const applied = applyOps(base, ops);
+    // checked before anything is written: a commit past the bound writes nothing
+    checkRevision(this.counter + ops.filter((o) => o.op === 'setPolicy').length);
     const revisions = new Map<string, number>();
     for (const o of ops) {
       if (o.op === 'putInstance' && !this.extra.has(this.key(projectId, o.instance.id))) {
@@ -68,17 +108,6 @@ export class MemoryStore implements Store {
     const body = this.extra.get(this.key(projectId, instanceId))?.body;
     if (!inst || inst.revision === null || !body) return null;
     return { revision: inst.revision, body };
-  }
-
-  async raiseRevision(projectId: string, instanceId: string, above: number): Promise<StoredPolicy | null> {
-    this.check();
-    const snap = this.projects.get(projectId);
-    const cur = await this.getPolicy(projectId, instanceId);
-    if (!snap || !cur) return null;
-    this.counter = Math.max(this.counter, above) + 1;
-    const revision = this.counter;
-    this.projects.set(projectId, { ...snap, instances: snap.instances.map((i) => (i.id === instanceId ? { ...i, revision } : i)) });
-    return { revision, body: cur.body };
   }
 
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {
@@ -112,12 +141,19 @@ export class MemoryStore implements Store {
     this.audit.push({ ...event, resource_ids: [...event.resource_ids] });
   }
 
-  async listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]> {
+  async listAuditEvents(projectId: string, filter: AuditFilter, page: AuditPage = {}): Promise<AuditEvent[]> {
     this.check();
     const seq = new Map(this.audit.map((e, i) => [e, i]));
-    return this.audit
-      .filter((e) => e.project_id === projectId && (e.id === include || auditEventMatches(e, filter)))
-      .sort((a, b) => (a.time < b.time ? 1 : a.time > b.time ? -1 : seq.get(b)! - seq.get(a)!))
+    const newestFirst = (a: AuditEvent, b: AuditEvent) => (a.time < b.time ? 1 : a.time > b.time ? -1 : seq.get(b)! - seq.get(a)!);
+    let events = this.audit.filter((e) => e.project_id === projectId && auditEventMatches(e, filter));
+    if (page.after !== undefined) {
+      const marker = this.audit.find((e) => e.id === page.after && e.project_id === projectId);
+      if (!marker) throw new AuditMarkerNotFound(page.after);
+      events = events.filter((e) => newestFirst(marker, e) < 0);
+    }
+    return events
+      .sort(newestFirst)
+      .slice(0, page.limit ?? Infinity)
       .map((e) => ({ ...e, resource_ids: [...e.resource_ids] }));
   }
 

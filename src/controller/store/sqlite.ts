@@ -9,13 +9,18 @@
  * returns its (already settled) promise, so calls from one process never
  * interleave inside a transaction. Other processes on the same file wait on
  * the write lock (`busy_timeout`).
+ *
+ * Size: one Store implementation over one database; its schema migrations,
+ * its prepared statements and the methods that run them in transactions
+ * read together (a split would put the SQL of one transaction in two files).
  */
 import Database from 'better-sqlite3';
 import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
-import { EMPTY_AGENT_STATE, type AgentState, type AuditEvent, type AuditFilter, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { MAX_REVISION } from '../../protocol/messages.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database.Database;
 
@@ -168,6 +173,7 @@ export function openSqliteStore(file: string, opts: SqliteStoreOptions = {}): Sq
     db.pragma('foreign_keys = ON');
     db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
     migrate(db);
+    repairRevisions(db, opts.logger);
   } catch (e) {
     throw new SecgroupError('STATE_IO', `cannot open the controller database ${file}: ${(e as Error).message}`, { cause: e });
   }
@@ -185,6 +191,35 @@ function migrate(db: Db): void {
       db.pragma(`user_version = ${v + 1}`);
     }).immediate();
   }
+}
+
+/**
+ * State left by the revision-poisoning bug (a counter or stored revisions
+ * above MAX_REVISION) is renumbered as `planRevisionRepair` decides, in one
+ * transaction, and logged at error level. Read with safe integers: values
+ * past 2^53 would otherwise be rounded.
+ */
+function repairRevisions(db: Db, logger: Logger | undefined): void {
+  db.transaction(() => {
+    const counter = db.prepare<[], { value: bigint }>("SELECT value FROM meta WHERE key = 'revision_counter'").safeIntegers(true).get()?.value ?? 0n;
+    const over = db.prepare<[number], { n: number }>('SELECT count(*) AS n FROM instances WHERE revision > ?').get(MAX_REVISION)!.n;
+    if (counter <= BigInt(MAX_REVISION) && over === 0) return;
+    const rows = db
+      .prepare<[], { project_id: string; id: string; revision: bigint }>('SELECT project_id, id, revision FROM instances WHERE revision IS NOT NULL ORDER BY revision, seq')
+      .safeIntegers(true)
+      .all();
+    const plan = planRevisionRepair(counter, rows.map((r) => ({ projectId: r.project_id, instanceId: r.id, revision: r.revision })));
+    if (!plan) return;
+    const setRevision = db.prepare('UPDATE instances SET revision = ? WHERE project_id = ? AND id = ?');
+    for (const r of plan.renumbered) setRevision.run(r.to, r.projectId, r.instanceId);
+    db.prepare("UPDATE meta SET value = ? WHERE key = 'revision_counter'").run(plan.counter);
+    // an applied revision above the bound was never handed out by this store as it is now: unknown until the agent acks again
+    db.prepare("UPDATE agent_state SET state = json_set(state, '$.applied_revision', json('null')) WHERE json_extract(state, '$.applied_revision') > ?").run(MAX_REVISION);
+    logger?.error(
+      { event: 'revision_counter_repaired', old_counter: plan.oldCounter, new_counter: plan.counter, renumbered: plan.renumbered.length, instances: plan.renumbered.slice(0, 100) },
+      `the revision counter was ${plan.oldCounter}, above the bound ${MAX_REVISION} (state left by an agent-reported revision): ${plan.renumbered.length} policies renumbered, the counter continues at ${plan.counter}; agents converge on their next connection`,
+    );
+  }).immediate();
 }
 
 export class SqliteStore implements Store {
@@ -240,15 +275,13 @@ export class SqliteStore implements Store {
       insertAgentState: db.prepare('INSERT OR IGNORE INTO agent_state (project_id, instance_id, state) VALUES (?, ?, ?)'),
       deleteInstance: db.prepare('DELETE FROM instances WHERE project_id = ? AND id = ?'),
       setToken: db.prepare('UPDATE instances SET token_sha256 = ? WHERE project_id = ? AND id = ?'),
-      nextRevision: db.prepare<[number], { value: number }>(
-        "UPDATE meta SET value = max(value, ?) + 1 WHERE key = 'revision_counter' RETURNING value",
-      ),
+      // +1 and nothing else: no outside value ever moves the counter (docs/protocol.md, "Revisions")
+      nextRevision: db.prepare<[], { value: number }>("UPDATE meta SET value = value + 1 WHERE key = 'revision_counter' RETURNING value"),
       setPolicy: db.prepare('UPDATE instances SET revision = ?, policy_hash = ?, policy_body = ?, policy_tail = ? WHERE project_id = ? AND id = ?'),
       putTail: db.prepare('INSERT OR IGNORE INTO policy_tails (project_id, hash, text) VALUES (?, ?, ?)'),
       dropUnusedTails: db.prepare(
         'DELETE FROM policy_tails WHERE project_id = @p AND hash NOT IN (SELECT policy_tail FROM instances WHERE project_id = @p AND policy_tail IS NOT NULL)',
       ),
-      setRevision: db.prepare('UPDATE instances SET revision = ? WHERE project_id = ? AND id = ?'),
       getPolicy: db.prepare<[string, string], { revision: number | null; policy_body: string | null; policy_tail: string | null; tail: string | null }>(
         `SELECT i.revision, i.policy_body, i.policy_tail, t.text AS tail
            FROM instances i LEFT JOIN policy_tails t ON t.project_id = i.project_id AND t.hash = i.policy_tail
@@ -264,6 +297,7 @@ export class SqliteStore implements Store {
          VALUES (@id, @time, @actor, @project_id, @operation, @resource_type, @resource_ids, @request_id, @status, @error_code, @source_ip, @user_agent, @detail)`,
       ),
       pruneAudit: db.prepare('DELETE FROM audit_events WHERE time < ?'),
+      auditMarker: db.prepare<[string, string], { time: string; seq: number }>('SELECT time, seq FROM audit_events WHERE project_id = ? AND id = ?'),
     };
   }
 
@@ -341,7 +375,7 @@ export class SqliteStore implements Store {
         this.stmt.setToken.run(o.tokenHash, project_id, o.instanceId);
         break;
       case 'setPolicy': {
-        const revision = this.stmt.nextRevision.get(0)!.value;
+        const revision = checkRevision(this.stmt.nextRevision.get()!.value);
         // the op promises body === instance + shared; a cheap check (not a full comparison) guards against misuse
         const parts = o.parts && o.parts.shared.length > 0 && o.parts.instance.length + o.parts.shared.length === o.body.length ? o.parts : null;
         if (parts && !tails.has(parts.sharedHash)) {
@@ -366,16 +400,6 @@ export class SqliteStore implements Store {
 
   async getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null> {
     return this.policy(projectId, instanceId);
-  }
-
-  async raiseRevision(projectId: string, instanceId: string, above: number): Promise<StoredPolicy | null> {
-    return this.db.transaction((): StoredPolicy | null => {
-      const p = this.policy(projectId, instanceId);
-      if (!p) return null;
-      const revision = this.stmt.nextRevision.get(above)!.value;
-      this.stmt.setRevision.run(revision, projectId, instanceId);
-      return { revision, body: p.body };
-    }).immediate();
   }
 
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {
@@ -467,11 +491,16 @@ export class SqliteStore implements Store {
     batch.forEach((b, i) => (failed.has(i) ? b.reject(failed.get(i)) : b.resolve()));
   }
 
-  /** The filter is `auditEventMatches` in SQL; statements are cached by the set of filters given. */
-  async listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]> {
+  /**
+   * The filter is `auditEventMatches` in SQL; the page is a keyset on
+   * (time, seq) read through the (project_id, time) index, so a page costs
+   * the same whatever the trail's length. Statements are cached by the set
+   * of filters given.
+   */
+  async listAuditEvents(projectId: string, filter: AuditFilter, page: AuditPage = {}): Promise<AuditEvent[]> {
     this.flushAudit();
     const conds: string[] = [];
-    const args: Record<string, unknown> = { project: projectId, include: include ?? null };
+    const args: Record<string, unknown> = { project: projectId, limit: page.limit ?? -1 };
     const anyOf = (key: string, list: readonly unknown[] | undefined, cond: (param: string) => string) => {
       if (list === undefined) return;
       conds.push(`(${list.map((v, i) => ((args[`${key}${i}`] = v), cond(`@${key}${i}`))).join(' OR ') || '0'})`);
@@ -490,9 +519,16 @@ export class SqliteStore implements Store {
       conds.push('time < @to');
       args.to = filter.to;
     }
-    const where = conds.length ? `(${conds.join(' AND ')}) OR id = @include` : '1';
+    if (page.after !== undefined) {
+      const marker = this.stmt.auditMarker.get(projectId, page.after);
+      if (!marker) throw new AuditMarkerNotFound(page.after);
+      conds.push('(time < @mtime OR (time = @mtime AND seq < @mseq))');
+      args.mtime = marker.time;
+      args.mseq = marker.seq;
+    }
     const sql = `SELECT id, time, actor, project_id, operation, resource_type, resource_ids, request_id, status, error_code, source_ip, user_agent, detail
-                   FROM audit_events WHERE project_id = @project AND (${where}) ORDER BY time DESC, seq DESC`;
+                   FROM audit_events WHERE project_id = @project AND ${conds.length ? conds.join(' AND ') : '1'}
+                   ORDER BY time DESC, seq DESC LIMIT @limit`;
     let st = this.auditQueries.get(sql);
     if (!st) {
       st = this.db.prepare<[Record<string, unknown>], AuditDbRow>(sql);

@@ -9,7 +9,8 @@
  * lock) and commits the ops it returns in the same transaction. If the
  * function throws, or any op fails, nothing is written.
  */
-import type { PortReport } from '../../protocol/messages.js';
+import { SecgroupError } from '../../lib/errors.js';
+import { MAX_REVISION, type PortReport } from '../../protocol/messages.js';
 import type { BodyParts, Op, ProjectSnapshot } from '../model.js';
 
 export interface StoredPolicy {
@@ -97,6 +98,20 @@ export interface AuditEvent {
   detail: string | null;
 }
 
+/** A page of an audit event list: events after the one with id `after`, at most `limit` of them. */
+export interface AuditPage {
+  after?: string;
+  limit?: number;
+}
+
+/** `listAuditEvents` was given a marker that is not an event of the project. */
+export class AuditMarkerNotFound extends Error {
+  constructor(readonly marker: string) {
+    super(`audit event ${marker} not found`);
+    this.name = 'AuditMarkerNotFound';
+  }
+}
+
 /** Filters of an audit event list; each given one must match (the store contract). */
 export interface AuditFilter {
   operation?: readonly string[];
@@ -143,18 +158,19 @@ export interface Store {
   /**
    * Runs `change` on the project's current state under its write lock and
    * commits the returned ops atomically; the project is created by its first
-   * commit. Each `setPolicy` gets a revision greater than every revision the
-   * store ever handed out, so revisions per instance only grow (also across
-   * restarts and delete/re-create). Throws what `change` throws, or on storage
-   * failure; either way nothing is written.
+   * commit. Each `setPolicy` gets the next value of one store-wide counter
+   * (+1, never moved by any outside value), so revisions per instance only
+   * grow (also across restarts and delete/re-create) and stay <= MAX_REVISION.
+   * Throws what `change` throws, REVISION_EXHAUSTED past MAX_REVISION, or on
+   * storage failure; in every case nothing is written.
    */
   mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>>;
-  getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null>;
   /**
-   * Gives the instance's current document a new revision greater than `above`
-   * (an agent reported a newer applied revision, e.g. after a database restore).
+   * The instance's current document. Its revision is the highest ever handed
+   * out for the instance (revisions only grow), so it bounds every revision
+   * an agent may truthfully report for it.
    */
-  raiseRevision(projectId: string, instanceId: string, above: number): Promise<StoredPolicy | null>;
+  getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null>;
   findTokenOwner(tokenHash: string): Promise<TokenOwner | null>;
   /** null when the instance does not exist */
   getAgentState(projectId: string, instanceId: string): Promise<AgentState | null>;
@@ -164,12 +180,56 @@ export interface Store {
   appendAuditEvent(event: AuditEvent): Promise<void>;
   /**
    * The project's audit events that pass `filter`, newest first (by time,
-   * then by the order they were appended), plus the event with id
-   * `include` if it is the project's, whether it passes or not (the caller
-   * uses it as a pagination marker).
+   * then by the order they were appended); with `page.after`, only those
+   * after that event in this order (keyset pagination: the store reads one
+   * page, not the whole trail); at most `page.limit` of them. Throws
+   * `AuditMarkerNotFound` when `page.after` is not an event of this project.
    */
-  listAuditEvents(projectId: string, filter: AuditFilter, include?: string): Promise<AuditEvent[]>;
+  listAuditEvents(projectId: string, filter: AuditFilter, page?: AuditPage): Promise<AuditEvent[]>;
   /** Deletes every audit event (of every project) older than `before` (ISO); returns how many. */
   pruneAuditEvents(before: string): Promise<number>;
   close(): Promise<void>;
+}
+
+/** Throws REVISION_EXHAUSTED for a revision past MAX_REVISION (never handed out; the commit is abandoned). */
+export function checkRevision(revision: number): number {
+  if (revision > MAX_REVISION) {
+    throw new SecgroupError('REVISION_EXHAUSTED', `the revision counter reached its bound ${MAX_REVISION}: no more revisions can be handed out (docs/protocol.md, "Revisions")`);
+  }
+  return revision;
+}
+
+/** A stored policy revision, for `planRevisionRepair` (bigint: read exactly, also above 2^53). */
+export interface StoredRevision {
+  projectId: string;
+  instanceId: string;
+  revision: bigint;
+}
+
+/** What `planRevisionRepair` decided: the new counter and the policies that get new revisions. */
+export interface RevisionRepair {
+  /** the counter before (decimal text: it may not fit a number exactly) */
+  oldCounter: string;
+  counter: number;
+  renumbered: { projectId: string; instanceId: string; from: string; to: number }[];
+}
+
+/**
+ * Repairs state left by the revision-poisoning bug (an agent-reported
+ * revision once raised the counter): when the counter or any stored revision
+ * is above MAX_REVISION, every revision above it is renumbered, in its
+ * current order (`revisions` in commit order breaks ties), after the highest
+ * revision at or below the bound; the counter continues after them. Revisions
+ * at or below the bound are kept, so their agents see no change. Null when
+ * nothing is above the bound. Pure.
+ */
+export function planRevisionRepair(counter: bigint, revisions: readonly StoredRevision[]): RevisionRepair | null {
+  const bound = BigInt(MAX_REVISION);
+  const over = revisions.filter((r) => r.revision > bound).sort((a, b) => (a.revision < b.revision ? -1 : a.revision > b.revision ? 1 : 0));
+  if (counter <= bound && !over.length) return null;
+  let next = 0;
+  for (const r of revisions) if (r.revision <= bound && Number(r.revision) > next) next = Number(r.revision);
+  if (counter <= bound && Number(counter) > next) next = Number(counter);
+  const renumbered = over.map((r) => ({ projectId: r.projectId, instanceId: r.instanceId, from: r.revision.toString(), to: ++next }));
+  return { oldCounter: counter.toString(), counter: next, renumbered };
 }

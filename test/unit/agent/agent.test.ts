@@ -1,21 +1,24 @@
 import { describe, expect, it } from 'vitest';
 import { FakeClock } from '../../../src/lib/clock.js';
 import { SecgroupError } from '../../../src/lib/errors.js';
-import { silentLogger } from '../../../src/lib/logger.js';
+import { createLogger, silentLogger, type Logger } from '../../../src/lib/logger.js';
+import { Writable } from 'node:stream';
 import { ManualScheduler } from '../../../src/lib/scheduler.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
-import { createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
+import { renderTable } from '../../../src/nft/render.js';
+import { ackFor, createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
 import { FakeDialer } from '../../../src/agent/controller-client.js';
 import { FakePortProbe } from '../../../src/probe/fake.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
-import type { AckMessage } from '../../../src/protocol/messages.js';
+import { ackSchema, type AckMessage } from '../../../src/protocol/messages.js';
 import { policy } from './fixtures.js';
+import { dumpBlock, dumpBlocks, generationMarker, tableComment } from '../../helpers/nft-dump.js';
 
 const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
 
-function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string } = {}) {
+function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string; logger?: Logger } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = opts.store ?? new MemoryStateStore();
@@ -26,7 +29,7 @@ function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: str
     { instance_id: 'ecs-1', http_listen: null, ...(opts.controller === false ? {} : { controller: { url: opts.url ?? 'ws://198.18.0.1:8080', token: 't' } }) },
     {},
   );
-  const agent = createAgent({ config, nft, store, clock, logger: silentLogger(), scheduler, resolver, dialer: opts.controller === false ? null : dialer.dial, portProbe: probe, random: () => 0.5 });
+  const agent = createAgent({ config, nft, store, clock, logger: opts.logger ?? silentLogger(), scheduler, resolver, dialer: opts.controller === false ? null : dialer.dial, portProbe: probe, random: () => 0.5 });
   return { nft, clock, store, dialer, scheduler, agent, probe };
 }
 
@@ -39,7 +42,7 @@ describe('agent', () => {
     const { nft, dialer, agent } = setup({ store });
     const started = agent.start();
     await started;
-    expect(nft.state?.comment).toContain('revision=7');
+    expect(tableComment(nft.dump())).toContain('revision=7');
     const applyIndex = nft.calls.findIndex((c) => c.method === 'apply');
     expect(applyIndex).toBeGreaterThan(0);
     expect(dialer.sockets.length).toBe(1);
@@ -76,7 +79,7 @@ describe('agent', () => {
     s.receive({ type: 'policy', policy: policy(3) });
     await agent.reconciler.idle();
     await settle();
-    expect(nft.state?.comment).toContain('revision=3');
+    expect(tableComment(nft.dump())).toContain('revision=3');
     expect(store.policy?.revision).toBe(3);
     expect(acks(s.messages)).toEqual([expect.objectContaining({ revision: 3, status: 'applied', duration_ms: expect.any(Number), digest: expect.any(String) })]);
     expect(s.messages.some((m) => m.type === 'ports')).toBe(true);
@@ -97,15 +100,15 @@ describe('agent', () => {
     expect(nft.count('apply')).toBe(applies + 1);
     const tx = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
     expect(tx.ops.map((o) => o.op)).toEqual(['update-elements', 'set-marker']);
-    expect(nft.state!.marker).toContain('revision=4');
+    expect(generationMarker(nft.dump())).toContain('revision=4');
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
     expect(store.policy?.revision).toBe(4);
     expect(store.policy?.group_members.web).toEqual(['198.18.0.10', '198.18.0.30']);
     expect(agent.reconciler.state?.kind).toBe('incremental');
     // the table holds what a full compile of revision 4 gives
     const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.30'] }));
-    const elements = (t: { maps: { name: string; elements: unknown[] }[] }) => t.maps.filter((m) => m.name.startsWith('in4')).reduce((n, m) => n + m.elements.length, 0);
-    expect(elements(nft.state!)).toBe(elements(full.table));
+    const elements = (dump: string) => dumpBlocks(dump).filter((b) => b.name.startsWith('in4')).reduce((n, b) => n + b.elements.length, 0);
+    expect(elements(nft.dump())).toBe(elements(renderTable(full.table, { listing: true })));
     await agent.stop();
   });
 
@@ -125,7 +128,7 @@ describe('agent', () => {
     s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['not-an-ip'], remove: [] } } });
     expect(s.messages.at(-1)).toMatchObject({ type: 'ack', revision: 4, status: 'rejected', error: { code: 'POLICY_INVALID' } });
     await agent.reconciler.idle();
-    expect(nft.state!.marker).toContain('revision=3');
+    expect(generationMarker(nft.dump())).toContain('revision=3');
     await agent.stop();
   });
 
@@ -142,7 +145,8 @@ describe('agent', () => {
     await settle();
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
     const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.11', '198.18.0.12'] }));
-    expect(nft.state!.maps.map((m) => m.name).sort()).toEqual(full.table.maps.map((m) => m.name).sort());
+    const maps = (dump: string) => dumpBlocks(dump).filter((b) => b.kind !== 'chain' && b.name !== 'sg_generation').map((b) => b.name).sort();
+    expect(maps(nft.dump())).toEqual(maps(renderTable(full.table, { listing: true })));
     await agent.stop();
   });
 
@@ -181,7 +185,7 @@ describe('agent', () => {
     s.receive({ type: 'policy', policy: bad });
     await agent.reconciler.idle();
     expect(nft.count('apply')).toBe(applies);
-    expect(nft.state?.comment).toContain('revision=1');
+    expect(tableComment(nft.dump())).toContain('revision=1');
     const rejected = acks(s.messages).find((a) => a.revision === 2);
     expect(rejected).toMatchObject({ status: 'rejected', error: { code: 'POLICY_INVALID' } });
     expect(rejected!.error!.message).toContain('multiport');
@@ -217,12 +221,80 @@ describe('agent', () => {
     await agent.stop();
   });
 
+  it('accepts the controller\'s lower revision after a welcome that says so (restored database), on that connection only', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const l of chunk.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
+        cb();
+      },
+    });
+    const huge = 2 ** 50;
+    const store = new MemoryStateStore(policy(huge));
+    const { nft, dialer, agent } = setup({ store, logger: createLogger({ level: 'info', destination: sink }) });
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    expect(s.messages[0]).toMatchObject({ type: 'hello', applied_revision: huge });
+    s.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: 3 });
+    expect(lines.filter((l) => l.event === 'controller_behind')).toEqual([
+      expect.objectContaining({ level: 40, desired: 3, ours: huge, msg: `controller's revision 3 is behind ours ${huge} (database restored?): accepting the controller's policy` }),
+    ]);
+    // only the welcome's revision itself: another older one is still stale
+    s.receive({ type: 'policy', policy: policy(2, { httpPort: '81' }) });
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 2, status: 'failed', error: { code: 'STALE_REVISION' } });
+    s.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
+    await agent.reconciler.idle();
+    await settle();
+    expect(nft.state?.comment).toContain('revision=3');
+    expect(store.policy?.revision).toBe(3);
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 3, status: 'applied' });
+    // newer ones after it as usual, stale pushes still refused
+    s.receive({ type: 'policy', policy: policy(4) });
+    await agent.reconciler.idle();
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
+    s.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 3, status: 'failed', error: { code: 'STALE_REVISION' } });
+    expect(nft.state?.comment).toContain('revision=4');
+    await agent.stop();
+  });
+
+  it('without that welcome, or on a later connection, an older policy stays stale', async () => {
+    const store = new MemoryStateStore(policy(9));
+    const { nft, dialer, clock, agent } = setup({ store });
+    await agent.start();
+    const first = dialer.last;
+    first.events.open();
+    first.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: 3 });
+    first.close(1006, 'gone');
+    await clock.advance(60_000);
+    const second = dialer.last;
+    expect(second).not.toBe(first);
+    second.events.open();
+    // the allowance belonged to the first connection; this one's welcome says the controller is not behind
+    second.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: 9 });
+    second.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
+    await settle();
+    expect(acks(second.messages).at(-1)).toMatchObject({ revision: 3, status: 'failed', error: { code: 'STALE_REVISION' } });
+    expect(nft.state?.comment).toContain('revision=9');
+    await agent.stop();
+  });
+
+  it('acks fit the protocol\'s bounds: a duration past a day is sent as a day', () => {
+    const ack = ackFor({ status: 'applied', revision: 3, kind: 'full', durationMs: 1e12, digest: '0123456789abcdef', source: 'controller' });
+    expect(ack.duration_ms).toBe(86_400_000);
+    expect(ackSchema.parse(ack)).toEqual(ack);
+  });
+
   it('repairs drift on its schedule', async () => {
     const { nft, scheduler, agent, store } = setup({ store: new MemoryStateStore(policy(1)) });
     await agent.start();
     nft.flushTable();
     await scheduler.fire();
-    expect(nft.state!.chains.find((c) => c.name === 'input')!.rules.length).toBeGreaterThan(0);
+    expect(dumpBlock(nft.dump(), 'input').rules.length).toBeGreaterThan(0);
     expect(await agent.metrics.registry.getSingleMetricAsString('secgroup_drift_repairs_total')).toContain('kind="structure"} 1');
     expect(store.saves).toBe(0);
     await agent.stop();
@@ -231,9 +303,9 @@ describe('agent', () => {
   it('allows its own control channel: egress to the controller address and port', async () => {
     const { nft, agent } = setup({ store: new MemoryStateStore(policy(1)) });
     await agent.start();
-    const out = nft.state!.chains.find((c) => c.name === 'output')!;
-    expect(out.rules.filter((r) => r.comment === 'platform: controller channel').length).toBe(1);
-    expect(out.rules.some((r) => r.comment === 'platform: DNS for the controller name')).toBe(false);
+    const out = dumpBlock(nft.dump(), 'output').rules;
+    expect(out.filter((l) => l.endsWith(' comment "platform: controller channel"')).length).toBe(1);
+    expect(out.some((l) => l.endsWith(' comment "platform: DNS for the controller name"'))).toBe(false);
     await agent.stop();
   });
 
@@ -242,9 +314,9 @@ describe('agent', () => {
     expect(await resolveControllerEndpoint('wss://[fd00:5ec::1]', resolver)).toEqual({ addresses: ['fd00:5ec::1'], port: 443, dns: false });
     const { nft, agent } = setup({ store: new MemoryStateStore(policy(1)), url: 'wss://ctl.test:8443' });
     await agent.start();
-    const out = nft.state!.chains.find((c) => c.name === 'output')!;
-    expect(out.rules.filter((r) => r.comment === 'platform: controller channel').length).toBe(2);
-    expect(out.rules.some((r) => r.comment === 'platform: DNS for the controller name')).toBe(true);
+    const out = dumpBlock(nft.dump(), 'output').rules;
+    expect(out.filter((l) => l.endsWith(' comment "platform: controller channel"')).length).toBe(2);
+    expect(out.some((l) => l.endsWith(' comment "platform: DNS for the controller name"'))).toBe(true);
     await agent.stop();
   });
 
@@ -276,7 +348,7 @@ describe('agent', () => {
     dialer.last.events.open();
     await agent.stop();
     expect(dialer.last.closed).toMatchObject({ code: 1000 });
-    expect(nft.state?.comment).toContain('revision=1');
+    expect(tableComment(nft.dump())).toContain('revision=1');
     expect(nft.calls.some((c) => c.tx?.ops.some((op) => op.op === 'delete-table'))).toBe(false);
   });
 });

@@ -4,13 +4,15 @@ import { SecgroupError } from '../../../src/lib/errors.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { compilePolicy, memberSetName, ruleChainName } from '../../../src/nft/compile.js';
-import { elementId } from '../../../src/nft/diff.js';
 import type { Table } from '../../../src/nft/model.js';
+import { renderTable } from '../../../src/nft/render.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../../../src/agent/reconciler.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { policy } from './fixtures.js';
+import { dumpBlock, dumpBlocks, tableComment, withoutGeneration } from '../../helpers/nft-dump.js';
+import { golden } from '../../helpers/golden.js';
 
 function setup(opts: { incremental?: boolean } = {}) {
   const nft = new FakeNft();
@@ -33,7 +35,9 @@ function setup(opts: { incremental?: boolean } = {}) {
   return { nft, clock, store, metrics, outcomes, r };
 }
 
-const tableRevision = (nft: FakeNft) => /revision=(\d+)/.exec(nft.state?.comment ?? '')?.[1];
+const tableRevision = (nft: FakeNft) => /revision=(\d+)/.exec(tableComment(nft.dump()) ?? '')?.[1];
+/** The whole table nft would list, up to its generation (comment and marker): what a fresh full compile of `p` gives. */
+const listing = (t: Table) => withoutGeneration(renderTable(t, { listing: true }));
 
 async function metric(metrics: AgentMetrics, name: string): Promise<string> {
   return (await metrics.registry.getSingleMetricAsString(name)).split('\n').filter((l) => !l.startsWith('#')).join('\n');
@@ -104,6 +108,32 @@ describe('reconciler', () => {
     expect(await r.submit(policy(4, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'stale', revision: 4, current: 5 });
     expect(nft.calls.length).toBe(calls);
     expect(tableRevision(nft)).toBe('5');
+  });
+
+  it('an authoritative revision older than the applied one is applied, and ordering restarts from it', async () => {
+    const { nft, store, r } = setup();
+    const huge = 2 ** 50;
+    await r.submit(policy(huge), 'controller');
+    // the controller's policy after a restored database: revision 3, authoritative
+    expect(await r.submit(policy(3, { httpPort: '81' }), 'controller', null, { authoritative: true })).toMatchObject({ status: 'applied', revision: 3, kind: 'full' });
+    expect(tableRevision(nft)).toBe('3');
+    expect(store.policy?.revision).toBe(3);
+    // newer ones after it are accepted (although still older than the huge one), older ones are stale again
+    expect(await r.submit(policy(4), 'controller')).toMatchObject({ status: 'applied', revision: 4 });
+    expect(await r.submit(policy(2), 'controller')).toMatchObject({ status: 'stale', revision: 2, current: 4 });
+    expect(r.appliedRevision).toBe(4);
+  });
+
+  it('an authoritative revision replaces a newer pending one, and a newer one queued after it is not stale', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(100), 'controller');
+    nft.failNext('apply', new SecgroupError('NFT_FAILED', 'nft -f failed: boom'));
+    expect(await r.submit(policy(101, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'failed', revision: 101 });
+    const back = r.submit(policy(3), 'controller', null, { authoritative: true });
+    const next = r.submit(policy(4, { httpPort: '82' }), 'controller');
+    expect(await back).toMatchObject({ status: 'superseded', revision: 3, by: 4 });
+    expect(await next).toMatchObject({ status: 'applied', revision: 4 });
+    expect(tableRevision(nft)).toBe('4');
   });
 
   it('keeps the previous ruleset when an apply fails, reports it once, and retries with exponential backoff', async () => {
@@ -183,7 +213,8 @@ describe('reconciler', () => {
     const rb = await nft.readTable();
     expect(rb!.chains.find((c) => c.name === http)!.rules[0]!.counter).toEqual({ packets: 10, bytes: 1000 });
     // members (the group's member set) and office prefixes (an interval map)
-    expect(nft.state!.maps.filter((m) => m.set || m.name.includes('_ree')).map((m) => [m.name, m.elements.length])).toEqual([
+    const sets = dumpBlocks(nft.dump()).filter((b) => (b.kind === 'set' && b.name !== 'sg_generation') || b.name.includes('_ree'));
+    expect(sets.map((b) => [b.name, b.elements.length])).toEqual([
       [memberSetName(4, 'web'), 2],
       ['in4_l0_ports_ree', 1],
     ]);
@@ -193,7 +224,7 @@ describe('reconciler', () => {
     const { nft, r } = setup();
     await r.submit(policy(1), 'controller');
     expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ kind: 'full' });
-    expect(nft.state!.chains.some((c) => c.name === ruleChainName('sg-web', 'r-dns'))).toBe(true);
+    expect(dumpBlocks(nft.dump()).some((b) => b.kind === 'chain' && b.name === ruleChainName('sg-web', 'r-dns'))).toBe(true);
   });
 
   it('falls back to a full reload when the element update fails', async () => {
@@ -284,8 +315,8 @@ describe('reconciler', () => {
     const last = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
     expect(last.ops.map((o) => o.op)).toEqual(['update-elements', 'set-marker']);
     const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }));
-    const ids = (t: Table) => t.maps.flatMap((m) => m.elements.map((e) => `${m.name}:${elementId(e)}`)).sort();
-    expect(ids(nft.state!)).toEqual(ids(full.table));
+    expect(withoutGeneration(nft.dump())).toBe(listing(full.table));
+    golden('reconciler-member-deltas.nft', nft.dump());
   });
 
   it('reloads in full when the element update of a member delta fails (the table stays right)', async () => {
@@ -295,12 +326,11 @@ describe('reconciler', () => {
     const o = await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.30'] }), 'controller', { base: 1, groups: { web: { add: ['198.18.0.30'], remove: ['198.18.0.12'] } } });
     expect(o).toMatchObject({ status: 'applied', kind: 'full' });
     const full = compilePolicy(policy(2, { members: ['198.18.0.10', '198.18.0.30'] }));
-    const ids = (t: Table) => t.maps.flatMap((m) => m.elements.map((e) => `${m.name}:${elementId(e)}`)).sort();
-    expect(ids(nft.state!)).toEqual(ids(full.table));
+    expect(withoutGeneration(nft.dump())).toBe(listing(full.table));
     // and the next delta takes the fast path again from the fresh compile
     const o3 = await r.submit(policy(3, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.50'], remove: [] } } });
     expect(o3).toMatchObject({ status: 'applied', kind: 'incremental' });
-    expect(ids(nft.state!)).toEqual(ids(compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] })).table));
+    expect(withoutGeneration(nft.dump())).toBe(listing(compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] })).table));
   });
 
   it('ignores a member delta whose base is not what is applied, and compiles in full', async () => {
@@ -309,7 +339,7 @@ describe('reconciler', () => {
     const o = await r.submit(policy(3, { members: ['198.18.0.10', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.30'], remove: ['198.18.0.12'] } } });
     expect(o).toMatchObject({ status: 'applied' });
     const full = compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30'] }));
-    expect(nft.state!.maps.flatMap((m) => m.elements).length).toBe(full.table.maps.flatMap((m) => m.elements).length);
+    expect(withoutGeneration(nft.dump())).toBe(listing(full.table));
     expect(r.state!.compiled.digest).toBe(full.digest);
   });
 
@@ -328,7 +358,7 @@ describe('reconciler', () => {
       [
         'given a foreign generation marker',
         (n: FakeNft): void => {
-          n.state!.marker = 'secgroup digest=0 revision=0';
+          n.setMarker('secgroup digest=0 revision=0');
         },
         'comment',
         false,
@@ -353,7 +383,7 @@ describe('reconciler', () => {
       expect(await r.checkDrift()).toBeNull();
       nft.deleteTable();
       expect(await r.checkDrift()).toMatchObject({ kind: 'missing' });
-      expect(nft.state!.maps.filter((m) => m.name.startsWith('in4_l0_ports_')).reduce((n, m) => n + m.elements.length, 0)).toBe(2); // 198.18.0.30 http + office ssh
+      expect(dumpBlocks(nft.dump()).filter((b) => b.name.startsWith('in4_l0_ports_')).reduce((n, b) => n + b.elements.length, 0)).toBe(2); // 198.18.0.30 http + office ssh
     });
   });
 
@@ -378,7 +408,7 @@ describe('reconciler', () => {
     await r.submit(policy(1), 'controller');
     r.setPlatform({ ...DEFAULT_PLATFORM, controller: { addresses: ['198.18.0.1'], port: 8443, dns: false } });
     await r.idle();
-    expect(nft.state!.chains.find((c) => c.name === 'output')!.rules.some((x) => x.comment === 'platform: controller channel')).toBe(true);
+    expect(dumpBlock(nft.dump(), 'output').rules.some((x) => x.endsWith(' comment "platform: controller channel"'))).toBe(true);
   });
 
   it('stops retrying on stop and leaves the ruleset in place', async () => {

@@ -1,5 +1,7 @@
 /**
- * Per-instance policy compilation (SEMANTICS section 8) and change impact.
+ * The per-instance policy documents (SEMANTICS section 8) the controller
+ * stores and pushes, built from a project snapshot, and the change impact
+ * (which instances' documents a set of ops can change).
  *
  * The document is serialised in one fixed field order so the same state
  * always gives the same bytes; it is stored without its revision (the
@@ -7,19 +9,15 @@
  * and the agent's `policy` frame both use that one function, so they are
  * byte-identical.
  */
-import { createHash } from 'node:crypto';
 import { parseIp } from '../policy/address.js';
 import { checkPolicy } from '../policy/schema.js';
 import { SecgroupError, formatIssue } from '../lib/errors.js';
+import { sha256 } from '../lib/hash.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from './model.js';
 
 /** The full document text for a stored body. */
 export function renderPolicyText(revision: number, body: string): string {
   return `{"revision":${revision},${body.slice(1)}`;
-}
-
-export function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
 }
 
 /** Prefix of the digests `policyDigest` makes; a stored hash without it is the sha256 of the whole body (before). */
@@ -145,11 +143,33 @@ export function compileInstanceBody(ix: ProjectIndex, inst: InstanceRow): string
 
 /** The document (without `revision`) as an object; member lists are shared between documents of a batch, do not mutate. */
 export function compileInstanceDoc(ix: ProjectIndex, inst: InstanceRow): PolicyBody {
+  const { groups, families, address_groups } = documentGroups(ix, inst.id, inst.security_groups);
+  const group_members: Record<string, string[]> = {};
+  for (const gid of [...families.keys()].sort()) group_members[gid] = memberList(ix, gid, families.get(gid)!);
+  return {
+    instance: { id: inst.id, addresses: inst.addresses },
+    security_groups: groups.map(({ g, rules }) => ({ id: g.id, name: g.name, rules: rules.map(ruleDoc) })),
+    address_groups,
+    group_members,
+  };
+}
+
+/**
+ * The security groups of a document (the instance's, in its order) with their
+ * rules, the address families in which rules reference each remote group, and
+ * the referenced address groups (sorted by id). Throws INTERNAL naming
+ * `instanceId` for an unknown group, or an unknown address group.
+ */
+function documentGroups(
+  ix: ProjectIndex,
+  instanceId: string,
+  groupIds: readonly string[],
+): { groups: { g: GroupRow; rules: RuleRow[] }[]; families: Map<string, Set<4 | 6>>; address_groups: PolicyBody['address_groups'] } {
   const families = new Map<string, Set<4 | 6>>();
   const addressGroupIds = new Set<string>();
-  const security_groups = inst.security_groups.map((gid) => {
+  const groups = groupIds.map((gid) => {
     const g = ix.groups.get(gid);
-    if (!g) throw new SecgroupError('INTERNAL', `instance ${inst.id} is associated with unknown group ${gid}`);
+    if (!g) throw new SecgroupError('INTERNAL', `instance ${instanceId} is associated with unknown group ${gid}`);
     const rules = ix.rulesByGroup.get(gid) ?? [];
     for (const r of rules) {
       if (r.remote_group_id) {
@@ -159,16 +179,14 @@ export function compileInstanceDoc(ix: ProjectIndex, inst: InstanceRow): PolicyB
       }
       if (r.remote_address_group_id) addressGroupIds.add(r.remote_address_group_id);
     }
-    return { id: g.id, name: g.name, rules: rules.map(ruleDoc) };
+    return { g, rules };
   });
   const address_groups = [...addressGroupIds].sort().map((id) => {
     const a = ix.addressGroups.get(id);
     if (!a) throw new SecgroupError('INTERNAL', `a rule references unknown address group ${id}`);
     return { id: a.id, ip_version: a.ip_version, ip_set: a.ip_set };
   });
-  const group_members: Record<string, string[]> = {};
-  for (const gid of [...families.keys()].sort()) group_members[gid] = memberList(ix, gid, families.get(gid)!);
-  return { instance: { id: inst.id, addresses: inst.addresses }, security_groups, address_groups, group_members };
+  return { groups, families, address_groups };
 }
 
 /**
@@ -218,29 +236,9 @@ export function documentTail(ix: ProjectIndex, instanceId: string, groups: reado
   const key = groups.join('\u0000');
   let tail = ix.tails.get(key);
   if (tail) return tail;
-  const families = new Map<string, Set<4 | 6>>();
-  const addressGroupIds = new Set<string>();
-  const groupTexts: string[] = [];
-  const security_groups = groups.map((gid) => {
-    const g = ix.groups.get(gid);
-    if (!g) throw new SecgroupError('INTERNAL', `instance ${instanceId} is associated with unknown group ${gid}`);
-    const rules = ix.rulesByGroup.get(gid) ?? [];
-    for (const r of rules) {
-      if (r.remote_group_id) {
-        const set = families.get(r.remote_group_id) ?? new Set();
-        set.add(r.ethertype === 'IPv6' ? 6 : 4);
-        families.set(r.remote_group_id, set);
-      }
-      if (r.remote_address_group_id) addressGroupIds.add(r.remote_address_group_id);
-    }
-    groupTexts.push(groupText(ix, gid, g, rules));
-    return { id: g.id, name: g.name, rules: rules.map(ruleDoc) };
-  });
-  const address_groups = [...addressGroupIds].sort().map((id) => {
-    const a = ix.addressGroups.get(id);
-    if (!a) throw new SecgroupError('INTERNAL', `a rule references unknown address group ${id}`);
-    return { id: a.id, ip_version: a.ip_version, ip_set: a.ip_set };
-  });
+  const { groups: docGroups, families, address_groups } = documentGroups(ix, instanceId, groups);
+  const groupTexts = docGroups.map(({ g, rules }) => groupText(ix, g.id, g, rules));
+  const security_groups = docGroups.map(({ g, rules }) => ({ id: g.id, name: g.name, rules: rules.map(ruleDoc) }));
   // Assigned into an object like compileInstanceDoc does, so the key order (integer-like ids first) and
   // anything an object refuses as a key are the same.
   const members: Record<string, string> = {};

@@ -1,0 +1,94 @@
+/**
+ * The sync planner: what one sync of the reconciler does, decided before nft
+ * is touched (kube-proxy's `syncProxyRules` with `needFullSync`). The
+ * reconciler then applies and verifies the one transaction planned, and on a
+ * failed element update asks for a full reload instead.
+ *
+ * In order:
+ * - a member delta (`ChangeHint`) on the applied revision: element updates of
+ *   the applied table without compiling (nft/membership.ts), when its checks
+ *   pass;
+ * - else compile; the same ruleset as applied: nothing to do (`noop`);
+ * - only map elements differ: element updates (nft/diff.ts);
+ * - else a full reload (`replace-table`).
+ * `needFullSync` (the last sync failed, or drift was found) skips all but the
+ * full reload; `incremental: false` skips the element updates.
+ *
+ * Pure except for one documented effect: a membership plan updates the
+ * applied `Compiled` in place (that is how the fast path avoids copying big
+ * maps), so after it fails to apply only a full reload is right.
+ */
+import { compilePolicy, type Compiled } from '../nft/compile.js';
+import { planElementUpdate } from '../nft/diff.js';
+import { applyMembershipChange, type MembershipChange } from '../nft/membership.js';
+import { replaceTableTx, type NftTransaction } from '../nft/transaction.js';
+import type { PlatformOptions } from '../policy/platform.js';
+import type { Policy } from '../policy/schema.js';
+
+/** What changed since revision `base`: only these remote-group members (a protocol `policy_delta`). */
+export interface ChangeHint {
+  base: number;
+  groups: MembershipChange;
+}
+
+/** What the planner needs of the applied state. */
+export interface AppliedBase {
+  revision: number;
+  compiled: Compiled;
+  tableComment: string | null;
+  fingerprint: string;
+}
+
+export interface SyncInput {
+  policy: Policy;
+  change: ChangeHint | null;
+  applied: AppliedBase | null;
+  /** the table name and platform options to compile with */
+  table: string;
+  platform: PlatformOptions;
+  /** element-level updates allowed */
+  incremental: boolean;
+  /** only a full reload will do (the last sync failed, or the table drifted) */
+  needFullSync: boolean;
+}
+
+/**
+ * One sync: `tableComment` is the comment the table has after it (a full
+ * reload sets it, nothing else can), `membershipFull` why a member delta was
+ * compiled instead (for the log).
+ */
+export type SyncPlan = (
+  | { kind: 'noop'; compiled: Compiled; tableComment: string | null; fingerprint: string }
+  | { kind: 'incremental'; via: 'membership' | 'elements'; compiled: Compiled; tx: NftTransaction; tableComment: string | null; added: number; removed: number }
+  | { kind: 'full'; compiled: Compiled; tx: NftTransaction; tableComment: string | null }
+) & { membershipFull?: string };
+
+/** A full reload of `compiled`. */
+export function fullReload(compiled: Compiled): SyncPlan & { kind: 'full' } {
+  return { kind: 'full', compiled, tx: replaceTableTx(compiled.table), tableComment: compiled.table.comment ?? null };
+}
+
+export function planSync(i: SyncInput): SyncPlan {
+  const prev = i.applied;
+  const base = prev && !i.needFullSync && i.incremental ? prev : null;
+  let membershipFull: string | undefined;
+  if (i.change && base && i.change.base === base.revision) {
+    const fast = applyMembershipChange(base.compiled, i.policy, i.change.groups);
+    if (fast.ok) {
+      const tx: NftTransaction = { family: 'inet', table: i.table, ops: fast.ops };
+      return { kind: 'incremental', via: 'membership', compiled: fast.compiled, tx, tableComment: base.tableComment, added: fast.added, removed: fast.removed };
+    }
+    membershipFull = fast.reason;
+  }
+  const compiled = compilePolicy(i.policy, { table: i.table, platform: i.platform });
+  const why = membershipFull === undefined ? {} : { membershipFull };
+  if (prev && !i.needFullSync && prev.compiled.digest === compiled.digest) {
+    return { kind: 'noop', compiled, tableComment: prev.tableComment, fingerprint: prev.fingerprint, ...why };
+  }
+  const elements = base ? planElementUpdate(base.compiled.table, compiled.table) : null;
+  if (elements && base) {
+    const tx: NftTransaction = { family: 'inet', table: i.table, ops: elements.ops };
+    return { kind: 'incremental', via: 'elements', compiled, tx, tableComment: base.tableComment, added: elements.added, removed: elements.removed, ...why };
+  }
+  return { ...fullReload(compiled), ...why };
+}
