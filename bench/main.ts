@@ -41,7 +41,7 @@ const PARTS: Part[] = [
   },
   {
     name: 'store',
-    what: "the controller's store (SqliteStore) on better-sqlite3 (reference) and on node:sqlite, same statements, best of BENCH_STORE_ROUNDS (3) rounds",
+    what: "the controller's store (SqliteStore) on node:sqlite and on better-sqlite3 (reference, when installed), same statements, best of BENCH_STORE_ROUNDS (3) rounds",
     run: async () => (await runStoreBench()) as unknown as Record<string, unknown>[],
   },
 ];

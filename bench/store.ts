@@ -1,9 +1,12 @@
 /**
  * bench store: the controller's embedded store (SqliteStore, the store's own
- * code and statements) on two SQLite engines side by side: better-sqlite3
- * (native addon) and Node's built-in `node:sqlite` (through
- * bench/node-sqlite-driver.ts, the subset of better-sqlite3's API the store
- * uses). Reference: better-sqlite3 (ratio = node:sqlite / better-sqlite3).
+ * code and statements) on two SQLite engines side by side: Node's built-in
+ * `node:sqlite` (what the store uses, through src/controller/store/
+ * sqlite-driver.ts) and better-sqlite3 (the native addon it used before;
+ * its API is a superset of the driver's). Reference: better-sqlite3 (ratio =
+ * node:sqlite / better-sqlite3). better-sqlite3 is no dependency any more:
+ * `npm install --no-save better-sqlite3` (it compiles its addon) to measure
+ * it; without it only the node:sqlite column is filled.
  *
  * Each engine runs in its own child process (fresh heap, its own module
  * cache), on a file in a temporary directory with the store's settings (WAL,
@@ -24,7 +27,6 @@ import type { Op, RuleRow } from '../src/controller/model.js';
 import type { Store } from '../src/controller/store/store.js';
 
 export type Engine = 'better-sqlite3' | 'node:sqlite';
-export const ENGINES: Engine[] = ['better-sqlite3', 'node:sqlite'];
 
 const RULES = 1000;
 const INSTANCES = 1000;
@@ -42,9 +44,9 @@ export interface StoreCase {
 
 export interface StoreRow {
   case: string;
-  'better-sqlite3 ms': number;
+  'better-sqlite3 ms': number | null;
   'node:sqlite ms': number;
-  'node:sqlite / better-sqlite3': number;
+  'node:sqlite / better-sqlite3': number | null;
 }
 
 const NOW = '2026-01-01T00:00:00Z';
@@ -71,10 +73,9 @@ function rule(i: number): RuleRow {
 
 async function open(engine: Engine, file: string): Promise<Store> {
   const { MIGRATIONS, SqliteStore } = await import('../src/controller/store/sqlite.js');
-  const { NodeSqliteDatabase } = await import('./node-sqlite-driver.js');
-  const Database = (await import('better-sqlite3')).default;
+  const { Database } = await import('../src/controller/store/sqlite-driver.js');
   // better-sqlite3's API is a superset of the driver's: one type for both
-  const db = engine === 'node:sqlite' ? new NodeSqliteDatabase(file) : (new Database(file) as unknown as InstanceType<typeof NodeSqliteDatabase>);
+  const db = engine === 'node:sqlite' ? new Database(file) : (new (await betterSqlite3())!(file) as InstanceType<typeof Database>);
   db.pragma('journal_mode = WAL');
   db.pragma(`synchronous = ${process.env.BENCH_STORE_SYNC === 'NORMAL' ? 'NORMAL' : 'FULL'}`);
   db.pragma('foreign_keys = ON');
@@ -85,6 +86,16 @@ async function open(engine: Engine, file: string): Promise<Store> {
     }).immediate();
   }
   return new SqliteStore(db as never);
+}
+
+/** better-sqlite3's Database class, or null when it is not installed. */
+async function betterSqlite3(): Promise<(new (file: string) => unknown) | null> {
+  const name = 'better-sqlite3'; // not a dependency: resolved at run time only
+  try {
+    return ((await import(name)) as { default: new (file: string) => unknown }).default;
+  } catch {
+    return null;
+  }
 }
 
 async function timed(name: string, out: StoreCase[], fn: () => Promise<void>): Promise<void> {
@@ -171,16 +182,15 @@ export async function runStoreBench(): Promise<StoreRow[]> {
   const rounds = Number(process.env.BENCH_STORE_ROUNDS ?? 3);
   const dir = mkdtempSync(join(tmpdir(), 'sg-bench-store-'));
   try {
-    const by = new Map<Engine, StoreCase[]>();
-    for (const e of ENGINES) by.set(e, await runChild(e, dir, rounds));
-    const b = by.get('better-sqlite3')!;
-    const n = by.get('node:sqlite')!;
+    const n = await runChild('node:sqlite', dir, rounds);
+    const b = (await betterSqlite3()) ? await runChild('better-sqlite3', dir, rounds) : null;
+    if (!b) console.log('better-sqlite3 is not installed (npm install --no-save better-sqlite3 to compare): node:sqlite only');
     const r1 = (x: number) => Math.round(x * 10) / 10;
-    return b.map((c, i) => ({
+    return n.map((c, i) => ({
       case: c.case,
-      'better-sqlite3 ms': r1(c.ms),
-      'node:sqlite ms': r1(n[i]!.ms),
-      'node:sqlite / better-sqlite3': Math.round((n[i]!.ms / c.ms) * 100) / 100,
+      'better-sqlite3 ms': b ? r1(b[i]!.ms) : null,
+      'node:sqlite ms': r1(c.ms),
+      'node:sqlite / better-sqlite3': b ? Math.round((c.ms / b[i]!.ms) * 100) / 100 : null,
     }));
   } finally {
     rmSync(dir, { recursive: true, force: true });
