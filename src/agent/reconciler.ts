@@ -38,6 +38,7 @@ import type { Policy } from '../policy/schema.js';
 import type { AgentMetrics } from './metrics.js';
 import type { StateStore } from './state-store.js';
 import { fullReload, planSync, type ChangeHint, type SyncPlan } from './sync-plan.js';
+import { Mutex } from '../lib/mutex.js';
 
 export type { ChangeHint } from './sync-plan.js';
 
@@ -97,18 +98,6 @@ interface Desired {
   waiters: ((o: SyncOutcome) => void)[];
   /** its failure was already reported (retries are silent) */
   reported: boolean;
-}
-
-class Mutex {
-  private tail: Promise<void> = Promise.resolve();
-  run<T>(fn: () => Promise<T>): Promise<T> {
-    const result = this.tail.then(fn);
-    this.tail = result.then(
-      () => undefined,
-      () => undefined,
-    );
-    return result;
-  }
 }
 
 function asSecgroupError(e: unknown): SecgroupError {

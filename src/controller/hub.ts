@@ -44,9 +44,12 @@ import {
 import { sourceKey, type AuthFailureLimiter } from './limits.js';
 import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
+import { CLOSE, Session, sessionKey } from './hub-session.js';
 import { PushDocuments, type SentDocument } from './push-documents.js';
 import type { AgentErrorRecord, AgentState, Store, StoredPolicy } from './store/store.js';
 import { digestsEqual, hashToken, tokenFromHeaders } from './tokens.js';
+
+export { CLOSE } from './hub-session.js';
 
 export interface HubOptions {
   store: Store;
@@ -65,57 +68,6 @@ export interface HubOptions {
   authLimiter?: AuthFailureLimiter;
   /** records connects, disconnects and refused tokens (src/controller/audit.ts) */
   audit?: AuditRecorder;
-}
-
-/** WebSocket close codes the hub uses (4000-4999 are application codes). */
-export const CLOSE = {
-  replaced: 4000,
-  revoked: 4001,
-  deleted: 4002,
-  policyViolation: 1008,
-  goingAway: 1001,
-} as const;
-
-class Session {
-  helloed = false;
-  alive = true;
-  lastSeenMs: number;
-  lastSentRevision = -1;
-  /** the instance's stored revision at hello (-1: none): with `lastSentRevision`, the bound of revisions the agent may report */
-  handedOut = -1;
-  /** the bound above when the store was last asked for a higher one (see `handedOut()`) */
-  storeCheckedAt = -2;
-  /** the newest document handed over by `notify` and not yet sent (null: none, or read it from the store) */
-  pending: StoredPolicy | null = null;
-  /** the last document sent, when deltas are enabled */
-  lastDoc: SentDocument | null = null;
-  queue: Promise<void> = Promise.resolve();
-  tokens: number;
-  /** frames the agent owes us (one ack per policy or delta sent): they do not draw on the rate limit */
-  answers = 0;
-  /** clock.monotonic() of the last refill */
-  refilledAt: number;
-  helloTimer: Timer | null = null;
-  closed: Promise<void>;
-
-  constructor(
-    readonly key: string,
-    readonly projectId: string,
-    readonly instanceId: string,
-    readonly ws: WebSocket,
-    now: number,
-    monotonicNow: number,
-    burst: number,
-  ) {
-    this.lastSeenMs = now;
-    this.tokens = burst;
-    this.refilledAt = monotonicNow;
-    this.closed = new Promise((resolve) => ws.once('close', () => resolve()));
-  }
-}
-
-function sessionKey(projectId: string, instanceId: string): string {
-  return `${projectId}\u0000${instanceId}`;
 }
 
 export class AgentHub {

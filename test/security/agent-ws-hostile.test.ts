@@ -188,7 +188,7 @@ describe('frames before hello close the connection with 1008', () => {
     ['a hello of the wrong shape', (c) => c.send({ type: 'hello', protocol: '1', instance_id: ['ecs-bad'], agent_version: 1, applied_revision: -5 }), 'invalid', /^expected hello: /],
     ['a hello with extra fields', (c) => c.send({ type: 'hello', protocol: PROTOCOL_VERSION, instance_id: 'ecs-bad', agent_version: 'x', applied_revision: null, admin: true }), 'invalid', /^expected hello: /],
     ['an ack', (c) => c.send({ type: 'ack', revision: 1, status: 'applied' }), 'no_hello', /^the first frame must be a hello, got ack$/],
-    ['a port report', (c) => c.send({ type: 'ports', report: { revision: null, source: 'ss', generated_at: 'now', entries: [] } }), 'no_hello', /got ports$/],
+    ['a port report', (c) => c.send({ type: 'ports', report: { revision: null, source: 'ss', generated_at: '2024-05-01T12:00:00.000Z', entries: [] } }), 'no_hello', /got ports$/],
     ['JSON that is not an object', (c) => c.send('[1,2,3]'), 'invalid', /^expected hello: /],
   ];
   for (const [what, send, reason, message] of cases) {
