@@ -86,6 +86,8 @@ async function runSize(n: number): Promise<ConvergeRow[]> {
     metrics: { process_metrics: false },
     // all simulated agents share one process, which can be busy for seconds at 1000 agents: liveness is not what is measured
     agents: { hello_timeout_ms: 60_000, heartbeat_interval_ms: 600_000 },
+    // every simulated agent connects from 127.0.0.1: the per-source cap (default 64) would refuse all but 64 of them
+    http: { max_connections_per_source: 4096 },
   });
   const controller = createController({ config, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger() });
   const addr = await controller.start();

@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint.
+ * Parts: render, packet, apply, converge (slot), footprint, store.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -9,6 +9,7 @@ import { runConvergeBench } from './converge.js';
 import { runPacketBench } from './packet.js';
 import { runApplyBench } from './apply.js';
 import { runFootprintBench } from './footprint.js';
+import { runStoreBench } from './store.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -37,6 +38,11 @@ const PARTS: Part[] = [
     name: 'footprint',
     what: 'the real agent (bundle) in a namespace: RSS and CPU idle and under a stream of updates over WebSocket',
     run: async () => (await runFootprintBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'store',
+    what: "the controller's store (SqliteStore) on node:sqlite and on better-sqlite3 (reference, when installed), same statements, best of BENCH_STORE_ROUNDS (3) rounds",
+    run: async () => (await runStoreBench()) as unknown as Record<string, unknown>[],
   },
 ];
 

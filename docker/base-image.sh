@@ -40,7 +40,7 @@ pkgs_csv="$(IFS=,; echo "${pkgs[*]}")"
 node_bin="$(readlink -f "${SECGROUP_NODE:-$(command -v node || true)}")"
 [[ -x $node_bin ]] || die "no node binary found (set SECGROUP_NODE)"
 node_version="$("$node_bin" --version)"
-[[ $node_version == v20.* ]] || die "$node_bin is $node_version; the images need Node.js 20"
+[[ $node_version == v24.* ]] || die "$node_bin is $node_version; the images need Node.js 24 (scripts/setup.sh provides it)"
 node_sha="$(sha256sum "$node_bin" | cut -d' ' -f1)"
 
 sha() { sha256sum | cut -c1-16; }

@@ -7,9 +7,9 @@
 # The build context is staged (not the repo root, whose node_modules is 200 MB
 # of mostly dev tools): app/dist, app/package.json ("type": "module") and
 # app/node_modules with the production dependencies only (docker/prod-deps.mjs),
-# copied from the local node_modules (same Node 20 and glibc as the image, so native addons
-# load). Images are built with the classic builder (DOCKER_BUILDKIT=0): the
-# docker client here has no buildx.
+# copied from the local node_modules (plain JavaScript; the controller's store
+# is node:sqlite). Images are built with the classic builder (DOCKER_BUILDKIT=0):
+# the docker client here has no buildx.
 #
 # Environment:
 #   SECGROUP_IMAGE_TAG   tag for both images (default: latest)

@@ -1,14 +1,13 @@
 // Builds the self-contained program: one ESM file with every dependency
-// bundled except better-sqlite3 (a native addon), runnable as
-// `node secgroup.mjs ...` or directly (it starts with `#!/usr/bin/env node`).
+// bundled, runnable as `node secgroup.mjs ...` or directly (it starts with
+// `#!/usr/bin/env node`). Nothing is left to resolve at run time but Node's
+// built-ins: the controller's store is node:sqlite (no native addon), so the
+// agent, the policy commands and the controller all run from the one file.
 //
 //   node scripts/bundle.mjs [--outfile FILE]      (npm run bundle -> dist/secgroup.mjs)
 //   node scripts/bundle.mjs --entry FILE --outfile FILE   (tests: bundle another entry the same way)
 //
-// better-sqlite3 is replaced by a small module that loads the real package on
-// first use, from a node_modules next to the bundle (or above it), so that
-// only the controller needs it: the agent and the policy commands run from the
-// single file alone. See systemd/README.md, "The program".
+// See systemd/README.md, "The program".
 import { chmodSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import process from 'node:process';
@@ -42,48 +41,6 @@ const banner = [
   'const require = __secgroupCreateRequire(import.meta.url);',
 ].join('\n');
 
-const LAZY_NATIVE = ['better-sqlite3'];
-
-/** Replaces a native package by a proxy that require()s it on first use, with an error that says where to put it. */
-const lazyNative = {
-  name: 'lazy-native',
-  setup(b) {
-    const filter = new RegExp(`^(${LAZY_NATIVE.join('|')})$`);
-    b.onResolve({ filter }, (a) => ({ path: a.path, namespace: 'lazy-native' }));
-    b.onLoad({ filter: /.*/, namespace: 'lazy-native' }, (a) => ({
-      loader: 'js',
-      // createRequire, not require(): esbuild would resolve a require() of
-      // the package to this very module again.
-      contents: `
-import { createRequire } from 'node:module';
-const requireBesideBundle = createRequire(import.meta.url);
-let real;
-function load() {
-  if (real === undefined) {
-    try {
-      real = requireBesideBundle(${JSON.stringify(a.path)});
-    } catch (e) {
-      const err = new Error(${JSON.stringify(a.path)} + ' is not installed next to this program: the controller needs the package with its native addon in a node_modules directory beside or above ' + import.meta.url.replace(/^file:\\/\\//, '') + ' (' + (e && e.message ? e.message.split('\\n')[0] : String(e)) + ')');
-      err.code = 'NATIVE_DEPENDENCY_MISSING';
-      err.cause = e;
-      throw err;
-    }
-  }
-  return real;
-}
-const lazy = new Proxy(function () {}, {
-  apply: (_t, self, args) => Reflect.apply(load(), self, args),
-  construct: (_t, args, target) => Reflect.construct(load(), args, target === lazy ? load() : target),
-  get: (_t, key) => Reflect.get(load(), key),
-  has: (_t, key) => Reflect.has(load(), key),
-  getPrototypeOf: () => Reflect.getPrototypeOf(load()),
-});
-export default lazy;
-`,
-    }));
-  },
-};
-
 const result = await build({
   absWorkingDir: repo,
   entryPoints: [entry],
@@ -92,12 +49,11 @@ const result = await build({
   outfile,
   bundle: true,
   platform: 'node',
-  target: 'node20',
+  target: 'node22',
   format: 'esm',
   banner: { js: banner },
   // ws loads these optional speed-ups inside try/catch; they are not installed.
   external: ['bufferutil', 'utf-8-validate'],
-  plugins: [lazyNative],
   legalComments: 'eof',
   // Whitespace and syntax minification, identifiers kept (stack traces still
   // name every function): Node keeps the whole source text in memory for

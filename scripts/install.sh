@@ -8,7 +8,7 @@
 #   - nftables, with apt-get, when `nft` is missing
 #   - FILE (default: dist/secgroup.mjs of this checkout, `npm run bundle`)
 #       -> /usr/local/lib/secgroup/secgroup.mjs
-#   - /usr/local/bin/secgroup: runs it with the Node.js >= 20 found now
+#   - /usr/local/bin/secgroup: runs it with the Node.js >= 22.15 found now (24 LTS is what it is tested on)
 #   - systemd/secgroup-agent.service -> /usr/local/lib/systemd/system/
 #   - examples/config/agent.yaml -> /etc/secgroup/agent.yaml and an empty
 #     /etc/secgroup/agent.token (0600), each only when missing: an existing
@@ -111,11 +111,12 @@ do_install() {
   [[ -f $src_config ]] || die "$src_config not found"
 
   local node=${NODE:-$(command -v node || true)}
-  [[ -n $node ]] || die "Node.js >= 20 is required (node not found; set NODE=/path/to/node)"
+  [[ -n $node ]] || die "Node.js >= 22.15 is required, 24 recommended (node not found; set NODE=/path/to/node)"
   [[ $node == /* && $node != *"'"* ]] || die "NODE must be an absolute path without quotes, not $node"
-  local major
-  major="$("$node" -p 'process.versions.node.split(".")[0]' 2>/dev/null)" || die "$node does not run"
-  ((major >= 20)) || die "Node.js >= 20 is required ($node is $("$node" --version))"
+  local version major minor
+  version="$("$node" -p 'process.versions.node' 2>/dev/null)" || die "$node does not run"
+  IFS=. read -r major minor _ <<<"$version"
+  ((major > 22 || (major == 22 && ${minor:-0} >= 15))) || die "Node.js >= 22.15 is required, 24 recommended ($node is $("$node" --version))"
 
   if ! command -v "$NFT" >/dev/null 2>&1; then
     if ((host_actions)); then

@@ -1,23 +1,15 @@
 #!/usr/bin/env bash
 # Installs what secgroup needs on a Debian machine (as root) and the npm
 # dependencies of this checkout. Idempotent. Usage: scripts/setup.sh [--tests]
+# Node.js: the project runs on Node 24 LTS (Node 22 is supported). When the
+# machine's node is older than 24 or missing, scripts/node24.sh installs the
+# pinned, integrity-checked Node 24 (and npm) from the npm registry into
+# /usr/local/lib/secgroup-node24 with links in /usr/local/bin (see that script;
+# SECGROUP_NODE_PREFIX / SECGROUP_NODE_BIN move them).
 #   --tests  also the packages the test suites need (python3, Docker engine, debootstrap,
 #            systemd-analyze, python3-seccomp and shellcheck for the deployment tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-need_node() {
-  if ! command -v node >/dev/null 2>&1; then
-    echo "setup: Node.js >= 20 is required (node not found)" >&2
-    exit 1
-  fi
-  local major
-  major=$(node -p 'process.versions.node.split(".")[0]')
-  if ((major < 20)); then
-    echo "setup: Node.js >= 20 is required (found $(node --version))" >&2
-    exit 1
-  fi
-}
 
 pkgs=(nftables iproute2 ca-certificates)
 if [[ ${1:-} == --tests ]]; then
@@ -34,8 +26,17 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-need_node
-if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  echo "setup: npm ci"
+node_bin=$(scripts/node24.sh)
+node_home=$(dirname "$(dirname "$(readlink -f "$node_bin")")")
+PATH="$(dirname "$node_bin"):$PATH"
+export PATH
+echo "setup: node $(node --version) ($node_bin)"
+# a native addon is compiled against the headers beside this node, never downloaded ones
+if [[ -d $node_home/include/node ]]; then export npm_config_nodedir=$node_home; fi
+# node_modules installed under another Node ABI (e.g. before the upgrade to 24) is installed again
+abi=$(node -p process.versions.modules)
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json || $(cat node_modules/.secgroup-node-abi 2>/dev/null) != "$abi" ]]; then
+  echo "setup: npm ci (node ABI $abi)"
   npm ci --no-audit --no-fund --loglevel=error
+  echo "$abi" >node_modules/.secgroup-node-abi
 fi

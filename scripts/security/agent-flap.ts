@@ -60,7 +60,7 @@ async function main(): Promise<void> {
     await peer.request({ cmd: 'flap', on: true });
     console.log(`agent pid ${pid}: controller flaps every ${periodMs} ms (accept+close / refuse) for ${seconds} s; reconnect backoff ${initial}-${max} ms; RSS at start ${rss0} KiB`);
     while ((performance.now() - t0) / 1000 < seconds) {
-      if (agent.proc.exitCode !== null && agent.proc.exitCode !== undefined) throw new Error(`the agent exited (${agent.proc.exitCode}):\n${agent.raw.slice(-20).join('\n')}`);
+      if (agent.proc.nodeChildProcess.exitCode !== null && agent.proc.nodeChildProcess.exitCode !== undefined) throw new Error(`the agent exited (${agent.proc.nodeChildProcess.exitCode}):\n${agent.raw.slice(-20).join('\n')}`);
       await new Promise((r) => setTimeout(r, periodMs));
       up = !up;
       const r = await peer.request({ cmd: up ? 'up' : 'down' });

@@ -23,7 +23,7 @@ import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import Database from 'better-sqlite3';
+import { Database } from '../../src/controller/store/sqlite-driver.js';
 import { DB_FILE } from '../../src/controller/controller.js';
 
 const { values: args } = parseArgs({

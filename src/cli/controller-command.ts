@@ -1,6 +1,6 @@
 /**
  * `secgroup controller --config FILE`: runs the controller until SIGTERM/SIGINT.
- * The controller code (fastify, ajv, better-sqlite3, its schemas) is imported
+ * The controller code (fastify, ajv, the node:sqlite store, its schemas) is imported
  * when this command runs, not when the program starts: `secgroup agent` and
  * the policy commands never load it (in the bundle it stays unevaluated).
  */

@@ -77,7 +77,7 @@ class LineProcess {
   }
 
   async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<number | undefined> {
-    if (this.proc.exitCode !== null && this.proc.exitCode !== undefined) return this.proc.exitCode;
+    if (this.proc.nodeChildProcess.exitCode !== null && this.proc.nodeChildProcess.exitCode !== undefined) return this.proc.nodeChildProcess.exitCode;
     // tsx runs the script in a child node: a SIGKILL of the launcher alone would leave that child running
     const killTree = () => {
       for (const p of this.proc.pid ? processTree(this.proc.pid).reverse() : []) {
@@ -89,7 +89,14 @@ class LineProcess {
       }
     };
     if (signal === 'SIGKILL') killTree();
-    else this.proc.kill(signal);
+    else {
+      // tsx passes a signal on to the program it runs only if that program confirms it within 30 ms; otherwise it
+      // SIGKILLs it and exits 143. A busy agent (compiling or applying, on a loaded 2-core machine) misses that
+      // window, so the signal goes to the program itself once a log line has named its pid.
+      const own = this.lines.find((l) => typeof l.pid === 'number')?.pid as number | undefined;
+      if (own !== undefined && this.proc.pid && processTree(this.proc.pid).includes(own)) process.kill(own, signal);
+      else this.proc.kill(signal);
+    }
     const timer = setTimeout(killTree, timeoutMs);
     try {
       const r = await this.proc;

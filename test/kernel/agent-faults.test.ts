@@ -361,7 +361,7 @@ exec ${realNft} "$@"
     await agent.waitFor((l) => l.event === 'boot', 30_000, 0, 'boot');
     await agent.waitFor((l) => l.event === 'disconnect' && Number(l.attempt) >= 3, 10_000, 0, 'three failed dials');
     await sleep(1000);
-    expect(agent.proc.exitCode ?? null).toBeNull();
+    expect(agent.proc.nodeChildProcess.exitCode ?? null).toBeNull();
     const from = peer.lines.length;
     await peer.request({ cmd: 'up' });
     await peer.waitFor((l) => l.event === 'connection', 15_000, from, 'reconnect');

@@ -5,6 +5,7 @@
  * (SECGROUP_DEMO_PREFIX) and afterAll removes any that a failure left.
  */
 import { spawn, spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { kernelSkipReason } from '../helpers/agent-lab.js';
@@ -21,6 +22,24 @@ const ours = (prefix: string) =>
     .map((l) => l.split(' ')[0]!)
     .filter((n) => n.startsWith(`${prefix}-`));
 
+/**
+ * The demo program itself, tsx's child (the launcher when it has none yet). A terminal's Ctrl-C reaches it directly;
+ * a SIGINT to the tsx launcher alone is passed on only if the program confirms it within 30 ms, else tsx SIGKILLs it,
+ * and a demo busy starting its agents (Node 24, a loaded machine) missed that window and was killed before cleaning up.
+ */
+function programPid(launcher: number): number {
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === launcher) return Number(name);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return launcher;
+}
+
 function runDemo(prefix: string, interruptOn?: RegExp): Promise<{ code: number | null; out: string }> {
   prefixes.push(prefix);
   return new Promise((res) => {
@@ -31,7 +50,7 @@ function runDemo(prefix: string, interruptOn?: RegExp): Promise<{ code: number |
       out += d.toString();
       if (interruptOn && !sent && interruptOn.test(out)) {
         sent = true;
-        p.kill('SIGINT');
+        process.kill(programPid(p.pid!), 'SIGINT');
       }
     };
     p.stdout.on('data', onData);

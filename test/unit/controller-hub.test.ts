@@ -20,7 +20,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import Database from 'better-sqlite3';
+import { Database } from '../../src/controller/store/sqlite-driver.js';
 import { createLogger } from '../../src/lib/logger.js';
 import { ManualScheduler } from '../../src/lib/scheduler.js';
 import { FakeNft } from '../../src/nft/fake.js';

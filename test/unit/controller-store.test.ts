@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import Database from 'better-sqlite3';
+import { Database } from '../../src/controller/store/sqlite-driver.js';
 import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
 import { AuditMarkerNotFound, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';

@@ -1,12 +1,12 @@
 /**
  * The single-file program (scripts/bundle.mjs, `npm run bundle`): it runs from
  * a directory with no node_modules anywhere above it, prints the same ruleset
- * as the sources, and loads better-sqlite3 only when something uses it, from a
- * node_modules next to it.
+ * as the sources, and carries the controller's store too (node:sqlite, no
+ * native addon).
  */
 import { isBuiltin } from 'node:module';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -50,7 +50,7 @@ describe('dist/secgroup.mjs (npm run bundle)', () => {
     const text = readFileSync(program, 'utf8');
     expect(text.startsWith('#!/usr/bin/env node\n')).toBe(true);
     expect(statSync(program).mode & 0o111).toBe(0o111);
-    // nothing left to resolve at run time but Node built-ins and the lazily loaded native addon
+    // nothing left to resolve at run time but Node built-ins
     // (the bundle is minified: `import{a as b}from"node:x";` as well as `import x from 'y';` on a line of its own)
     const imports = [...text.matchAll(/(?:^|[;\n])import\s*(?:[\w$]+\s*,?\s*)?(?:\*\s*as\s+[\w$]+\s*|\{[\w$\s,]*\}\s*)?(?:from\s*)?["']([^"']+)["']/g)].map((m) => m[1]);
     expect(imports).toContain('node:module');
@@ -88,57 +88,29 @@ describe('dist/secgroup.mjs (npm run bundle)', () => {
   });
 });
 
-describe('better-sqlite3 in the bundle (the controller)', () => {
-  // A stand-in for the controller's store: imports the package statically, as
-  // src/controller does, and uses it only when asked to.
-  let app: string;
-  beforeAll(() => {
-    const entry = join(dir, 'sqlite-entry.mjs');
+describe("the controller's store in the bundle", () => {
+  // The store as the controller opens it (openSqliteStore: a file, WAL, migrations), bundled like the program and run
+  // from a directory with no node_modules: the embedded store needs no native addon (node:sqlite is part of Node).
+  it('opens, writes and reads back a database with nothing but the bundle', () => {
+    const entry = join(dir, 'store-entry.ts');
     writeFileSync(
       entry,
       [
         '#!/usr/bin/env node',
-        "import Database from 'better-sqlite3';",
-        "if (process.argv[2] === 'open') {",
-        "  const db = new Database(':memory:');",
-        "  console.log(db.prepare('select sqlite_version() as v').get().v, db instanceof Database);",
-        '} else {',
-        "  console.log('started without touching sqlite');",
-        '}',
+        `import { openSqliteStore } from ${JSON.stringify(join(repo, 'src/controller/store/sqlite.ts'))};`,
+        "const store = openSqliteStore(process.argv[2]);",
+        "const r = await store.mutate('p', () => ({ ops: [{ op: 'putGroup', group: { id: 'sg-1', name: 'one', description: '', created_at: 't', updated_at: 't' } }], value: 'done' }));",
+        "const snap = await store.loadProject('p');",
+        "await store.close();",
+        "console.log(r.value, r.version, snap.groups.map((g) => g.id).join(','));",
       ].join('\n'),
     );
-    app = join(dir, 'sqlite', 'app.mjs');
-    mkdirSync(dirname(app));
+    const app = join(dir, 'store', 'app.mjs');
+    mkdirSync(dirname(app), { recursive: true });
     bundle(['--entry', entry, '--outfile', app]);
+    const r = spawnSync(process.execPath, [app, join(dirname(app), 'controller.db')], { cwd: dirname(app), encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect({ status: r.status, stdout: r.stdout.trim() }).toEqual({ status: 0, stdout: 'done 1 sg-1' });
+    expect(statSync(join(dirname(app), 'controller.db')).mode & 0o777).toBe(0o600);
   }, 60_000);
-
-  it('a program that does not use it starts without node_modules', () => {
-    const r = spawnSync(process.execPath, [app], { encoding: 'utf8' });
-    expect({ status: r.status, stdout: r.stdout.trim() }).toEqual({ status: 0, stdout: 'started without touching sqlite' });
-  });
-
-  it('using it without node_modules fails with a message that says what to install where', () => {
-    const r = spawnSync(process.execPath, [app, 'open'], { encoding: 'utf8' });
-    expect(r.status).not.toBe(0);
-    expect(r.stderr).toContain(`better-sqlite3 is not installed next to this program: the controller needs the package with its native addon in a node_modules directory beside or above ${app}`);
-  });
-
-  it('loads the real addon from node_modules beside the program', () => {
-    const nm = join(dirname(app), 'node_modules');
-    mkdirSync(nm);
-    // Copies (not symlinks, which Node resolves back into the repo's
-    // node_modules) of the package and its run-time dependencies, without the
-    // sources and build intermediates: this is the set systemd/README.md lists.
-    const skip = /\/(deps|src|obj|obj\.target)(\/|$)|\.a$/;
-    for (const p of ['better-sqlite3', 'bindings', 'file-uri-to-path']) {
-      cpSync(realpathSync(join(repo, 'node_modules', p)), join(nm, p), { recursive: true, filter: (src) => !skip.test(src) });
-    }
-    try {
-      const r = spawnSync(process.execPath, [app, 'open'], { encoding: 'utf8' });
-      expect(r.stderr).toBe('');
-      expect(r.stdout.trim()).toMatch(/^3\.\d+\.\d+ true$/);
-    } finally {
-      rmSync(nm, { recursive: true, force: true });
-    }
-  });
 });

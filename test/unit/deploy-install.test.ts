@@ -118,7 +118,10 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
     const oldNode = join(work, 'bin', 'node18');
     writeFileSync(oldNode, '#!/bin/sh\necho 18\n');
     chmodSync(oldNode, 0o755);
-    expect(install([], { env: { NODE: oldNode } })).toMatchObject({ status: 1, out: expect.stringMatching(/Node.js >= 20 is required/) });
+    expect(install([], { env: { NODE: oldNode } })).toMatchObject({ status: 1, out: expect.stringMatching(/Node.js >= 22.15 is required/) });
+    // the controller's store uses node:sqlite as it is from 22.15 on; commander 15 needs 22.12
+    writeFileSync(oldNode, '#!/bin/sh\necho 22.14.0\n');
+    expect(install([], { env: { NODE: oldNode } })).toMatchObject({ status: 1, out: expect.stringMatching(/Node.js >= 22.15 is required/) });
     expect(install([], { env: { NODE: 'node' } })).toMatchObject({ status: 1, out: expect.stringMatching(/absolute path/) });
     expect(install(['--purge']).status).toBe(1);
     expect(install(['--frobnicate'])).toMatchObject({ status: 1, out: expect.stringMatching(/unknown argument: --frobnicate/) });

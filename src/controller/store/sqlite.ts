@@ -1,11 +1,12 @@
 /**
- * The embedded store: one SQLite file (better-sqlite3, WAL, synchronous=FULL
+ * The embedded store: one SQLite file (Node's built-in node:sqlite through
+ * ./sqlite-driver.ts, no native addon; WAL, synchronous=FULL
  * by default so an acknowledged commit survives kill -9 and power loss).
  * Every mutation is one `BEGIN IMMEDIATE` transaction (read, decide, write); schema migrations are
  * versioned in code (`PRAGMA user_version`) and each runs in its own
  * transaction.
  *
- * better-sqlite3 is synchronous: each method runs to completion before it
+ * The engine is synchronous: each method runs to completion before it
  * returns its (already settled) promise, so calls from one process never
  * interleave inside a transaction. Other processes on the same file wait on
  * the write lock (`busy_timeout`).
@@ -14,7 +15,7 @@
  * its prepared statements and the methods that run them in transactions
  * read together (a split would put the SQL of one transaction in two files).
  */
-import Database from 'better-sqlite3';
+import { Database, type Statement } from './sqlite-driver.js';
 import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
@@ -22,7 +23,7 @@ import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleR
 import { MAX_REVISION } from '../../protocol/messages.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
-type Db = Database.Database;
+type Db = Database;
 
 /** Schema migrations, in order; never edit a released one, append a new one. */
 export const MIGRATIONS: readonly ((db: Db) => void)[] = [
@@ -537,7 +538,7 @@ export class SqliteStore implements Store {
     return st.all(args).map((r) => ({ ...r, resource_ids: JSON.parse(r.resource_ids) as string[] }));
   }
 
-  private readonly auditQueries = new Map<string, Database.Statement<[Record<string, unknown>], AuditDbRow>>();
+  private readonly auditQueries = new Map<string, Statement<[Record<string, unknown>], AuditDbRow>>();
 
   async pruneAuditEvents(before: string): Promise<number> {
     this.flushAudit();
