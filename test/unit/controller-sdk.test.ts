@@ -4,6 +4,8 @@
  * against a controller started in-process on 127.0.0.1: only the endpoint
  * and the keys are ours, no header is added or changed. The controller runs
  * on the system clock because the SDK signs with the current time.
+ * `uuid` is a devDependency only because the SDK core requires it without
+ * declaring it (http/DefaultUserAgent.js).
  */
 import { request } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
