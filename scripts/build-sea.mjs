@@ -47,6 +47,12 @@ execFileSync(node, ['--experimental-sea-config', path.join(work, 'sea-config.jso
 rmSync(out, { force: true });
 copyFileSync(node, out);
 chmodSync(out, 0o755);
+// symbols are for debuggers only (-18 MB); stripped before the blob goes in, which strip would not keep
+try {
+  execFileSync('strip', ['--strip-all', out], { stdio: ['ignore', 'ignore', 'inherit'] });
+} catch (e) {
+  console.error(`build-sea: strip failed, the executable keeps its symbols: ${e instanceof Error ? e.message : String(e)}`);
+}
 execFileSync(
   process.execPath,
   [path.join(repo, 'node_modules/postject/dist/cli.js'), out, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2'],
