@@ -11,7 +11,8 @@
 # SECGROUP_NODEDIR). Then lintian, when installed: remaining tags are listed,
 # with their reasons, in packaging/debian/lintian-overrides.* (shipped).
 #
-# Environment: SECGROUP_SEA_NODE (node binary to embed, default the node
+# Environment: SECGROUP_NATIVE_CACHE (where the better-sqlite3 build is kept,
+# default dist/native; CI keeps it outside the clone), SECGROUP_SEA_NODE (node binary to embed, default the node
 # running npm), SECGROUP_DEB_DIR (default dist/deb), SECGROUP_DEB_VERSION
 # (default package.json's version; tests build an "upgrade" with it).
 set -euo pipefail
@@ -34,7 +35,7 @@ sea="$repo/dist/secgroup"
 # ---- better-sqlite3 for the embedded node's ABI (cached) -------------------
 abi="$("$node_bin" -p process.versions.modules)"
 bsq_version="$(node -p 'require("./node_modules/better-sqlite3/package.json").version')"
-native="$repo/dist/native/abi$abi-better-sqlite3-$bsq_version"
+native="${SECGROUP_NATIVE_CACHE:-$repo/dist/native}/abi$abi-better-sqlite3-$bsq_version"
 if [[ ! -f $native/node_modules/better-sqlite3/build/Release/better_sqlite3.node ]]; then
   nodedir="${SECGROUP_NODEDIR:-$(dirname "$(dirname "$node_bin")")}"
   [[ -f $nodedir/include/node/node.h ]] || die "no Node headers in $nodedir/include/node (set SECGROUP_NODEDIR)"
