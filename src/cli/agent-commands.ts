@@ -87,7 +87,7 @@ function readToken(config: AgentConfig): () => string | null {
     return () => {
       const t = readFileSync(f, 'utf8').trim();
       // the packages install the file empty: the agent waits (and retries) until the operator fills it in
-      if (!t) throw new SecgroupError('CONFIG_INVALID', `no controller token yet: ${f} is empty (put this instance's token into /etc/secgroup/agent.token)`);
+      if (!t) throw new SecgroupError('CONFIG_INVALID', `no controller token yet: ${f} is empty (put this instance's token into /etc/secgroup/agent.token, then restart the agent: systemd hands it over at start)`);
       return t;
     };
   }
