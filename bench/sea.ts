@@ -53,7 +53,12 @@ async function idleRssMb(cmd: string[]): Promise<number | string> {
   writeFileSync(join(dir, 'policy.json'), JSON.stringify({ format: 1, saved_at: new Date(0).toISOString(), policy }) + '\n', { mode: 0o600 });
   writeFileSync(join(dir, 'agent.yaml'), `instance_id: ecs-web-1\nstate_dir: ${dir}\nhttp_listen: ""\n`);
   await execa('ip', ['netns', 'add', ns]);
-  const p = execa('ip', ['netns', 'exec', ns, ...cmd, 'agent', '--config', join(dir, 'agent.yaml')], { env: { MALLOC_ARENA_MAX: '2' }, reject: false });
+  const p = execa('ip', ['netns', 'exec', ns, ...cmd, 'agent', '--config', join(dir, 'agent.yaml')], {
+    // the unit's environment, and nothing of this process's (tsx puts its loader into NODE_OPTIONS, which the executable would honour)
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', MALLOC_ARENA_MAX: '2' },
+    extendEnv: false,
+    reject: false,
+  });
   try {
     // the agent's pid: the child of `ip netns exec` (it execs, so the same pid)
     const pid = p.pid!;
