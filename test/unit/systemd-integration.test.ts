@@ -2,7 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
 import { journalLine, stderrIsJournal, syslogPriority } from '../../src/lib/journal.js';
 import { createLogger } from '../../src/lib/logger.js';
-import { notifyArgs, watchdogIntervalMs } from '../../src/agent/systemd.js';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { notifyArgs, systemdServiceManager, watchdogIntervalMs } from '../../src/agent/systemd.js';
 
 function capture(): { stream: Writable; lines: string[] } {
   const lines: string[] = [];
@@ -68,5 +71,29 @@ describe('systemd watchdog and notify', () => {
     expect(notifyArgs({ ready: true, status: 'enforcing revision 3' })).toEqual(['READY=1', 'STATUS=enforcing revision 3']);
     expect(notifyArgs({ watchdog: true })).toEqual(['WATCHDOG=1']);
     expect(notifyArgs({ stopping: true, status: 'a\nb' })).toEqual(['STOPPING=1', 'STATUS=a b']);
+  });
+
+  it('is absent without NOTIFY_SOCKET (not started as Type=notify)', () => {
+    expect(systemdServiceManager({ WATCHDOG_USEC: '30000000' }, 42, () => undefined)).toBeNull();
+  });
+
+  it('runs the notify command with the assignments, and reports (not throws) its failure', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sg-notify-'));
+    try {
+      const cmd = join(dir, 'notify');
+      writeFileSync(cmd, `#!/bin/sh\nprintf '%s\\n' "$@" >>'${dir}/args'\n`, { mode: 0o755 });
+      const errors: unknown[] = [];
+      const sm = systemdServiceManager({ NOTIFY_SOCKET: '/run/systemd/notify', WATCHDOG_USEC: '8000000' }, 42, (e) => errors.push(e), cmd)!;
+      expect(sm.watchdogMs).toBe(4000);
+      await sm.notify({ ready: true, status: 'enforcing revision 9' });
+      await sm.notify({ watchdog: true });
+      expect(readFileSync(join(dir, 'args'), 'utf8')).toBe('READY=1\nSTATUS=enforcing revision 9\nWATCHDOG=1\n');
+      expect(errors).toEqual([]);
+      const failing = systemdServiceManager({ NOTIFY_SOCKET: '/run/systemd/notify' }, 42, (e) => errors.push(e), join(dir, 'missing'))!;
+      await expect(failing.notify({ ready: true })).resolves.toBeUndefined();
+      expect(errors).toHaveLength(1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
