@@ -6,6 +6,8 @@
 //
 //   node scripts/bundle.mjs [--outfile FILE]      (npm run bundle -> dist/secgroup.mjs)
 //   node scripts/bundle.mjs --entry FILE --outfile FILE   (tests: bundle another entry the same way)
+//   node scripts/bundle.mjs --sea --outfile FILE  (CommonJS from src/cli/sea.ts, the script of the
+//                                                  single executable: scripts/build-sea.mjs)
 //
 // See systemd/README.md, "The program".
 import { chmodSync, readFileSync } from 'node:fs';
@@ -19,8 +21,12 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
 let outfile = path.join(repo, 'dist', 'secgroup.mjs');
 let entry = path.join(repo, 'src/cli/main.ts');
+let sea = false;
 for (let i = 0; i < args.length; i++) {
-  if (args[i] === '--outfile' && args[i + 1]) outfile = path.resolve(args[++i]);
+  if (args[i] === '--sea') {
+    sea = true;
+    entry = path.join(repo, 'src/cli/sea.ts');
+  } else if (args[i] === '--outfile' && args[i + 1]) outfile = path.resolve(args[++i]);
   else if (args[i] === '--entry' && args[i + 1]) entry = path.resolve(args[++i]);
   else {
     console.error(`usage: node scripts/bundle.mjs [--entry FILE] [--outfile FILE] (unknown argument ${JSON.stringify(args[i])})`);
@@ -41,6 +47,11 @@ const banner = [
   'const require = __secgroupCreateRequire(import.meta.url);',
 ].join('\n');
 
+// The single executable runs one CommonJS script (no top-level await, no
+// import.meta): `require` exists there but loads only Node's built-ins, so
+// import.meta.url becomes the executable's own file URL.
+const seaBanner = "const __secgroupImportMetaUrl = require('node:url').pathToFileURL(process.execPath).href;";
+
 const result = await build({
   absWorkingDir: repo,
   entryPoints: [entry],
@@ -50,8 +61,9 @@ const result = await build({
   bundle: true,
   platform: 'node',
   target: 'node22',
-  format: 'esm',
-  banner: { js: banner },
+  format: sea ? 'cjs' : 'esm',
+  banner: { js: sea ? seaBanner : banner },
+  ...(sea ? { define: { 'import.meta.url': '__secgroupImportMetaUrl' } } : {}),
   // ws loads these optional speed-ups inside try/catch; they are not installed.
   external: ['bufferutil', 'utf-8-validate'],
   legalComments: 'eof',
@@ -67,7 +79,7 @@ const result = await build({
   metafile: true,
   logLevel: 'warning',
 });
-if (!readFileSync(outfile, 'utf8').startsWith('#!/usr/bin/env node\n')) {
+if (!sea && !readFileSync(outfile, 'utf8').startsWith('#!/usr/bin/env node\n')) {
   // (an --entry without a hashbang fails here too: the artefact must run as a command)
   console.error(`bundle: ${outfile} does not start with #!/usr/bin/env node (src/cli/main.ts lost its hashbang?)`);
   process.exit(1);

@@ -1,6 +1,6 @@
 /**
  * The agent, assembled from its edges: `createAgent(deps)` returns an object
- * with `start()` / `stop()`; only src/cli/main.ts reads the process
+ * with `start()` / `stop()`; only src/cli/run.ts reads the process
  * (signals, exit). Start order matters for fail-static: nft is probed, the
  * last known good policy is applied, and only then is the controller
  * contacted, so a reboot with the controller down keeps the host protected.
@@ -24,6 +24,7 @@ import type { PortProbe } from '../probe/port-probe.js';
 import { Reconciler, type SyncOutcome } from './reconciler.js';
 import type { StateStore } from './state-store.js';
 import { ipFamily } from '../policy/address.js';
+import type { ServiceManager } from './systemd.js';
 
 export interface Resolver {
   /** addresses of a host name (IPv4 and IPv6); throws when it cannot be resolved */
@@ -44,6 +45,10 @@ export interface AgentDeps {
   portProbe?: PortProbe | null;
   hostname?: string;
   random?: () => number;
+  /** systemd's notify protocol (READY=1, WATCHDOG=1); null/absent when not started as Type=notify */
+  serviceManager?: ServiceManager | null;
+  /** whether a controller token is configured now (an empty token file: not yet); default: yes */
+  tokenPresent?: () => boolean;
 }
 
 export interface AgentStatus {
@@ -105,6 +110,24 @@ export function createAgent(deps: AgentDeps): Agent {
   let server: Server | null = null;
   let endpoint: ControllerEndpoint | null = null;
   let started = false;
+  const sm = deps.serviceManager ?? null;
+  let readySent = false;
+  let readyTimer: Timer | null = null;
+  let watchdogTimer: Timer | null = null;
+
+  /**
+   * READY=1, once: `systemctl start` (and every unit ordered after ours, such
+   * as network-pre.target) waits for it, so it goes out when the first policy
+   * is in the kernel, or when there is nothing to wait for.
+   */
+  function ready(status: string): void {
+    if (!sm || readySent) return;
+    readySent = true;
+    readyTimer?.cancel();
+    readyTimer = null;
+    logger.info({ event: 'ready', status }, `ready: ${status}`);
+    void sm.notify({ ready: true, status });
+  }
 
   const reconciler = new Reconciler({
     nft,
@@ -123,6 +146,7 @@ export function createAgent(deps: AgentDeps): Agent {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
       }
       if (o.status === 'applied' && o.kind !== 'noop') portsSoon();
+      if (o.status === 'applied') ready(`enforcing revision ${o.revision}`);
     },
   });
 
@@ -308,6 +332,8 @@ export function createAgent(deps: AgentDeps): Agent {
     async start() {
       if (started) throw new Error('agent already started');
       started = true;
+      // fed by the event loop itself: a blocked or stopped process misses its pings and systemd restarts it
+      if (sm?.watchdogMs) watchdogTimer = clock.setInterval(() => void sm.notify({ watchdog: true }), sm.watchdogMs);
       const info = await nft.probe();
       logger.info({ event: 'start', version: VERSION, nft: info.version, table: nft.table, instance: config.instance_id }, `secgroup agent ${VERSION} (nft ${info.version})`);
       await refreshEndpoint();
@@ -369,9 +395,19 @@ export function createAgent(deps: AgentDeps): Agent {
         client.start();
       }
       if (deps.portProbe && config.ports_interval_ms > 0) portsTimer = clock.setInterval(() => void sendPorts(), config.ports_interval_ms);
+      // with a last known good policy, READY=1 follows its apply (also a retried one; TimeoutStartSec= bounds the wait)
+      if (sm && !readySent && lkg.kind !== 'ok') {
+        const what = lkg.kind === 'corrupt' ? 'no usable last known good policy' : 'no policy yet';
+        if (!client || !(deps.tokenPresent?.() ?? true)) ready(`${what} and no controller token: not enforcing`);
+        // first start on this host: give the controller a moment, but never hold the boot (and the network it needs) for it
+        else readyTimer = clock.setTimeout(() => ready(`${what}, none from the controller within ${config.ready_wait_ms} ms: not enforcing yet`), config.ready_wait_ms);
+      }
     },
 
     async stop() {
+      watchdogTimer?.cancel();
+      readyTimer?.cancel();
+      if (sm) void sm.notify({ stopping: true, status: 'stopping; the ruleset stays in place' });
       client?.stop();
       driftJob?.stop();
       portsTimer?.cancel();

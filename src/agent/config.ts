@@ -57,6 +57,11 @@ export const agentConfigSchema = z.strictObject({
   nft_timeout_ms: z.int().min(100).default(60_000),
   http_listen: z.union([listenSchema, z.literal(''), z.null()]).default('127.0.0.1:9469'),
   ports_interval_ms: z.int().min(0).default(60_000),
+  /**
+   * Under systemd (Type=notify): with no last known good policy, how long the agent waits for the
+   * controller's first policy before it reports ready anyway (unprotected, said in STATUS=)
+   */
+  ready_wait_ms: z.int().min(0).default(10_000),
 });
 export type AgentConfig = z.output<typeof agentConfigSchema>;
 

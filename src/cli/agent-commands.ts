@@ -14,6 +14,7 @@ import { DEFAULT_CONFIG_PATH, controllerHostPort, platformOptions, resolveConfig
 import { FileStateStore } from '../agent/state-store.js';
 import { wsDialer } from '../agent/ws-dialer.js';
 import { tuneForFootprint } from '../agent/footprint.js';
+import { systemdServiceManager } from '../agent/systemd.js';
 import { holdProcess, systemClock } from '../lib/clock.js';
 import { SecgroupError, errorMessage } from '../lib/errors.js';
 import { createLogger } from '../lib/logger.js';
@@ -83,7 +84,12 @@ function readToken(config: AgentConfig): () => string | null {
   }
   if (c.token_file !== undefined) {
     const f = c.token_file;
-    return () => readFileSync(f, 'utf8').trim();
+    return () => {
+      const t = readFileSync(f, 'utf8').trim();
+      // the packages install the file empty: the agent waits (and retries) until the operator fills it in
+      if (!t) throw new SecgroupError('CONFIG_INVALID', `no controller token yet: ${f} is empty (put this instance's token into /etc/secgroup/agent.token, then restart the agent: systemd hands it over at start)`);
+      return t;
+    };
   }
   return () => null;
 }
@@ -148,8 +154,13 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       if (opts.policy) throw new SecgroupError('CONFIG_INVALID', '--policy is only for --dry-run: the agent takes its policy from the controller or the state directory');
       // a long-running daemon that idles between bursts: size the heap for memory (src/agent/footprint.ts)
       tuneForFootprint();
-      const logger = createLogger({ level: config.log_level, name: 'secgroup-agent' });
+      const logger = createLogger({ level: config.log_level, name: 'secgroup-agent', syslogPrefix: io.stderrIsJournal?.() ?? false });
       const c = config.controller;
+      // Type=notify: NOTIFY_SOCKET is set (src/agent/systemd.ts)
+      const serviceManager = systemdServiceManager(io.env, io.pid ?? 0, (e) =>
+        logger.warn({ event: 'notify_failed', err: e }, `cannot notify systemd (systemd-notify): ${errorMessage(e)}`),
+      );
+      const token = readToken(config);
       const ca = c?.ca_file ? await readFile(c.ca_file).catch((e: unknown) => {
         throw new SecgroupError('CONFIG_INVALID', `cannot read controller.ca_file ${c.ca_file}: ${errorMessage(e)}`, { cause: e });
       }) : undefined;
@@ -164,11 +175,19 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         logger,
         scheduler: cronScheduler,
         resolver: dnsResolver,
-        dialer: c ? wsDialer({ url: c.url, token: readToken(config), ...(ca ? { ca } : {}), // the socket's cap is the protocol's: a policy over the agent's own limit arrives whole and is acked `rejected` (controller-client.ts)
+        dialer: c ? wsDialer({ url: c.url, token, ...(ca ? { ca } : {}), // the socket's cap is the protocol's: a policy over the agent's own limit arrives whole and is acked `rejected` (controller-client.ts)
         maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
         // failsafe ports count as open in the report; the controller rule is egress and does not matter here
         portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),
         hostname: hostname(),
+        serviceManager,
+        tokenPresent: () => {
+          try {
+            return Boolean(token());
+          } catch {
+            return false;
+          }
+        },
       });
       const signal = io.stopSignal?.() ?? new Promise<string>(() => {});
       // the daemon runs until a stop signal, whatever handles it holds meanwhile

@@ -27,7 +27,10 @@ export function registerControllerCommand(program: Command, io: CliIo): void {
           return;
         }
         const { createController } = await import('../controller/controller.js');
-        const controller = createController({ config });
+        const { createLogger } = await import('../lib/logger.js');
+        // under systemd, lines carry their `<N>` journal priority (src/lib/journal.ts)
+        const logger = createLogger({ level: config.log.level, name: 'secgroup-controller', syslogPrefix: io.stderrIsJournal?.() ?? false });
+        const controller = createController({ config, logger });
         await controller.start();
         // Without a signal source (tests, embedding) the command runs until the process ends.
         await (io.stopSignal?.() ?? new Promise<never>(() => {}));

@@ -4,6 +4,10 @@ export interface CliIo {
   err(text: string): void;
   /** environment variables (read-only) */
   env: Readonly<Record<string, string | undefined>>;
+  /** this process's id (systemd's WATCHDOG_PID names the process the watchdog is for) */
+  pid?: number;
+  /** whether stderr is connected to the systemd journal (JOURNAL_STREAM matches fd 2): log lines then carry `<N>` priorities */
+  stderrIsJournal?: () => boolean;
   /** resolves with the signal's name when the process is asked to stop (SIGTERM/SIGINT); long-running commands wait on it */
   stopSignal?: () => Promise<string>;
 }

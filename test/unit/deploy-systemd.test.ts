@@ -13,8 +13,8 @@ import { parseUnit, systemdAnalyzePath, value, values, words, type UnitEntry } f
 const AGENT = 'secgroup-agent.service';
 const CONTROLLER = 'secgroup-controller.service';
 const UNIT_DIR = '/usr/local/lib/systemd/system';
-/** Exposure budgets (systemd-analyze's 0-10 scale; <= 3.0 is "OK"). Measured: agent 1.6, controller 1.1. */
-const BUDGET = { [AGENT]: 1.6, [CONTROLLER]: 1.1 } as const;
+/** Exposure budgets (systemd-analyze's 0-10 scale; <= 3.0 is "OK"). Measured: agent 1.8 (NotifyAccess=all costs 0.2), controller 1.1. */
+const BUDGET = { [AGENT]: 1.8, [CONTROLLER]: 1.1 } as const;
 
 const load = (name: string): UnitEntry[] => parseUnit(readFileSync(join('systemd', name), 'utf8'));
 const agent = load(AGENT);
@@ -54,6 +54,15 @@ describe('both units', () => {
 
 describe(AGENT, () => {
   const s = (key: string) => value(agent, 'Service', key);
+
+  it('is Type=notify with a watchdog: start returns once the host is protected, a hung agent is restarted', () => {
+    expect(s('Type')).toBe('notify');
+    // READY=1 and WATCHDOG=1 come from a systemd-notify child (src/agent/systemd.ts)
+    expect(s('NotifyAccess')).toBe('all');
+    expect(s('WatchdogSec')).toMatch(/^[1-9]\d*s$/);
+    expect(s('TimeoutStartSec')).toMatch(/^[1-9]\d*s$/);
+    expect(values(agent, 'Service', 'ExecStop')).toEqual([]);
+  });
 
   it('holds CAP_NET_ADMIN and no other capability', () => {
     expect(s('CapabilityBoundingSet')).toBe('CAP_NET_ADMIN');

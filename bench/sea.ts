@@ -1,0 +1,90 @@
+/**
+ * bench sea: the single executable (dist/secgroup, `npm run build:sea`) next to
+ * the bundle (dist/secgroup.mjs, `npm run bundle`) run by node: file size,
+ * cold start (`--version`, `render examples/web.json`; median of RUNS) and the
+ * agent's idle RSS (standalone, last known good examples/web.json applied in a
+ * network namespace this script creates and removes; sampled after IDLE_S s).
+ * Prints the figures side by side; asserts nothing.
+ *
+ *   sudo PATH=/opt/node24/bin:$PATH npx tsx bench/sea.ts
+ *
+ * NODES: comma-separated node binaries for the bundle rows (default: the
+ * node running this and /usr/bin/node, when different).
+ */
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+
+const REPO = fileURLToPath(new URL('..', import.meta.url));
+const RUNS = Number(process.env.BENCH_SEA_RUNS ?? 7);
+const IDLE_S = Number(process.env.BENCH_SEA_IDLE_S ?? 10);
+const sea = join(REPO, 'dist/secgroup');
+const bundle = join(REPO, 'dist/secgroup.mjs');
+const web = join(REPO, 'examples/web.json');
+
+for (const f of [sea, bundle]) if (!existsSync(f)) throw new Error(`${f} missing: npm run bundle && PATH=/opt/node24/bin:$PATH npm run build:sea`);
+
+const nodes = [...new Set((process.env.NODES ?? `${process.execPath},/usr/bin/node`).split(',').filter((n) => existsSync(n)))];
+interface Variant { name: string; cmd: string[]; bytes: number }
+const variants: Variant[] = [{ name: 'single executable', cmd: [sea], bytes: statSync(sea).size }];
+for (const n of nodes) {
+  const v = (await execa(n, ['--version'])).stdout.trim();
+  variants.push({ name: `bundle + node ${v}`, cmd: [n, bundle], bytes: statSync(bundle).size + statSync(n).size });
+}
+
+async function coldMs(cmd: string[], args: string[]): Promise<number> {
+  const t: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    const t0 = performance.now();
+    await execa(cmd[0]!, [...cmd.slice(1), ...args], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, extendEnv: false });
+    t.push(performance.now() - t0);
+  }
+  t.sort((a, b) => a - b);
+  return t[Math.floor(t.length / 2)]!;
+}
+
+async function idleRssMb(cmd: string[]): Promise<number | string> {
+  if (process.getuid?.() !== 0) return 'n/a (root needed)';
+  const ns = `sgb-sea-${process.pid}`.slice(0, 15);
+  const dir = mkdtempSync(join(tmpdir(), 'sgb-sea-'));
+  const policy = JSON.parse(readFileSync(web, 'utf8')) as unknown;
+  writeFileSync(join(dir, 'policy.json'), JSON.stringify({ format: 1, saved_at: new Date(0).toISOString(), policy }) + '\n', { mode: 0o600 });
+  writeFileSync(join(dir, 'agent.yaml'), `instance_id: ecs-web-1\nstate_dir: ${dir}\nhttp_listen: ""\n`);
+  await execa('ip', ['netns', 'add', ns]);
+  const p = execa('ip', ['netns', 'exec', ns, ...cmd, 'agent', '--config', join(dir, 'agent.yaml')], {
+    // the unit's environment, and nothing of this process's (tsx puts its loader into NODE_OPTIONS, which the executable would honour)
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', MALLOC_ARENA_MAX: '2' },
+    extendEnv: false,
+    reject: false,
+  });
+  try {
+    // the agent's pid: the child of `ip netns exec` (it execs, so the same pid)
+    const pid = p.pid!;
+    for (let i = 0; i < 100; i++) {
+      const t = await execa('ip', ['netns', 'exec', ns, 'nft', 'list', 'tables'], { reject: false });
+      if (t.stdout.includes('secgroup')) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, IDLE_S * 1000));
+    const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
+    return Math.round((kb / 1024) * 10) / 10;
+  } finally {
+    p.kill('SIGTERM');
+    await p;
+    await execa('ip', ['netns', 'del', ns], { reject: false });
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const rows: string[][] = [['variant', 'size MB', '--version ms', 'render web.json ms', `agent idle RSS MB (${IDLE_S} s)`]];
+for (const v of variants) {
+  const version = await coldMs(v.cmd, ['--version']);
+  const render = await coldMs(v.cmd, ['render', web]);
+  const rss = await idleRssMb(v.cmd);
+  rows.push([v.name, (v.bytes / 1e6).toFixed(1), version.toFixed(0), render.toFixed(0), String(rss)]);
+}
+const w = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+for (const r of rows) console.log(r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  '));
+console.log(`(median of ${RUNS} runs; target idle RSS <= 80 MB)`);

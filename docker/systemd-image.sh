@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Local image with a real systemd as PID 1, for the system tests that install
+# and run the units as on a VM (test/system/systemd*.test.ts):
+#   debootstrap --variant=minbase bookworm + systemd + docker/base-packages.txt
+#   -> docker import -> secgroup-systemd:<hash of inputs>, also tagged :latest
+# No Node.js in it: the agent runs as the single executable from the .deb.
+#
+# The rootfs tarball is cached in $SECGROUP_CACHE_DIR like base-image.sh's.
+# Prints the image tag on stdout (last line); progress on stderr.
+#
+# Stop containers with SIGRTMIN+3 (docker stop -s; import cannot set STOPSIGNAL).
+# Run containers of it with (see test/system/systemd-host.ts for why):
+#   --cap-add ALL --cap-drop SYS_RESOURCE --security-opt seccomp=unconfined
+#   --security-opt apparmor=unconfined --tmpfs /run --tmpfs /run/lock
+#   -v /sys/fs/cgroup:/sys/fs/cgroup:rw --cgroupns host (cgroup v1 host)
+# The entry point makes / rshared first: with Docker's private propagation
+# LoadCredential= leaves /run/credentials/<unit>/ empty.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+suite=bookworm
+cache="${SECGROUP_CACHE_DIR:-/var/cache/secgroup-test}"
+rootfs_recipe=1
+
+say() { printf 'systemd-image.sh: %s\n' "$*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+docker info >/dev/null 2>&1 || die "no Docker engine answers; run docker/engine.sh first"
+mapfile -t pkgs < <({ sed -e 's/#.*//' -e 's/[[:space:]]//g' "$here/base-packages.txt"; printf '%s\n' systemd dbus; } | grep -v '^$' | sort -u)
+pkgs_csv="$(IFS=,; echo "${pkgs[*]}")"
+sha() { sha256sum | cut -c1-16; }
+rootfs_key="$(printf '%s\n' "recipe=$rootfs_recipe" "suite=$suite" "${pkgs[@]}" | sha)"
+image_key="$({ echo "rootfs=$rootfs_key"; cat "${BASH_SOURCE[0]}"; } | sha)"
+tag="secgroup-systemd:$image_key"
+
+if docker image inspect "$tag" >/dev/null 2>&1; then
+  docker tag "$tag" secgroup-systemd:latest
+  say "cached: $tag"
+  echo "$tag"
+  exit 0
+fi
+
+mkdir -p "$cache"
+exec 9>"$cache/lock"
+flock 9
+tarball="$cache/rootfs-systemd-$suite-$rootfs_key.tar"
+if [[ ! -f $tarball ]]; then
+  mirror="${SECGROUP_DEBIAN_MIRROR:-}"
+  if [[ -z $mirror ]]; then
+    # the same lookup as base-image.sh (deb822 first, then one-line sources)
+    mirror="$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)"
+    [[ -n $mirror ]] || mirror="$(awk '$1 == "deb" && $0 ~ / '"$suite"' / { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list 2>/dev/null | head -n1)"
+  fi
+  [[ -n $mirror ]] || die "no $suite mirror found in /etc/apt/sources.list*; set SECGROUP_DEBIAN_MIRROR"
+  command -v debootstrap >/dev/null || die "debootstrap missing (docker/base-image.sh installs it)"
+  work="$(mktemp -d "$cache/debootstrap-systemd.XXXXXX")"
+  trap 'rm -rf "$work"' EXIT
+  say "debootstrap --variant=minbase $suite with $pkgs_csv"
+  debootstrap --variant=minbase --include="$pkgs_csv" "$suite" "$work/rootfs" "$mirror" >"$work/log" 2>&1 ||
+    { tail -n 30 "$work/log" >&2; die "debootstrap failed"; }
+  r="$work/rootfs"
+  rm -rf "$r/var/lib/apt/lists/"* "$r/var/cache/apt/"*.bin "$r/var/cache/apt/archives/"*.deb "$r/var/log/"*.log
+  # A container boots to multi-user.target without getty or udev
+  ln -sf /dev/null "$r/etc/systemd/system/getty@tty1.service"
+  ln -sf /dev/null "$r/etc/systemd/system/systemd-udevd.service"
+  ln -sf /dev/null "$r/etc/systemd/system/systemd-udev-trigger.service"
+  ln -sf /dev/null "$r/etc/systemd/system/systemd-networkd-wait-online.service"
+  echo secgroup-vm >"$r/etc/hostname"
+  : >"$r/etc/machine-id"
+  cat >"$r/usr/local/sbin/boot" <<'BOOT'
+#!/bin/sh
+# Docker mounts / with private propagation; systemd's LoadCredential= needs shared
+mount --make-rshared /
+exec /lib/systemd/systemd "$@"
+BOOT
+  chmod 0755 "$r/usr/local/sbin/boot"
+  tar --numeric-owner --xattrs --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -C "$r" -cf "$work/rootfs.tar" .
+  mv "$work/rootfs.tar" "$tarball"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
+docker import \
+  --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  --change 'ENV LANG=C.UTF-8' \
+  --change 'ENV container=docker' \
+  --change 'ENTRYPOINT ["/usr/local/sbin/boot"]' \
+  --change "LABEL org.secgroup.systemd.inputs=$image_key" \
+  --message "debootstrap minbase $suite + $pkgs_csv" \
+  "$tarball" "$tag" >/dev/null
+docker tag "$tag" secgroup-systemd:latest
+say "built $tag"
+echo "$tag"
