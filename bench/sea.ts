@@ -6,7 +6,7 @@
  * network namespace this script creates and removes; sampled after IDLE_S s).
  * Prints the figures side by side; asserts nothing.
  *
- *   sudo PATH=/opt/node24/bin:$PATH npx tsx bench/sea.ts
+ *   sudo npx tsx bench/sea.ts
  *
  * NODES: comma-separated node binaries for the bundle rows (default: the
  * node running this and /usr/bin/node, when different).
@@ -24,7 +24,7 @@ const sea = join(REPO, 'dist/secgroup');
 const bundle = join(REPO, 'dist/secgroup.mjs');
 const web = join(REPO, 'examples/web.json');
 
-for (const f of [sea, bundle]) if (!existsSync(f)) throw new Error(`${f} missing: npm run bundle && PATH=/opt/node24/bin:$PATH npm run build:sea`);
+for (const f of [sea, bundle]) if (!existsSync(f)) throw new Error(`${f} missing: npm run bundle && npm run build:sea`);
 
 const nodes = [...new Set((process.env.NODES ?? `${process.execPath},/usr/bin/node`).split(',').filter((n) => existsSync(n)))];
 interface Variant { name: string; cmd: string[]; bytes: number }

@@ -5,7 +5,7 @@
 // of the node binary.
 //
 //   node scripts/build-sea.mjs          (npm run build:sea; run it with Node 24:
-//                                        PATH=/opt/node24/bin:$PATH npm run build:sea)
+//                                        npm run build:sea, on Node >= 22)
 //
 // The node binary is the one running this script (process.execPath) or
 // $SECGROUP_SEA_NODE; it must be Node >= 22 (SEA with code cache). The
@@ -22,7 +22,7 @@ const node = process.env.SECGROUP_SEA_NODE ?? process.execPath;
 const version = execFileSync(node, ['--version'], { encoding: 'utf8' }).trim();
 const major = Number(/^v(\d+)\./.exec(version)?.[1]);
 if (!(major >= 22)) {
-  console.error(`build-sea: ${node} is ${version}; single executables need Node.js >= 22 (e.g. PATH=/opt/node24/bin:$PATH)`);
+  console.error(`build-sea: ${node} is ${version}; single executables need Node.js >= 22 (scripts/setup.sh installs Node 24)`);
   process.exit(1);
 }
 const work = path.join(repo, 'dist', 'sea');

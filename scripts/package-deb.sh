@@ -2,7 +2,7 @@
 # npm run package: builds dist/deb/secgroup-agent_<version>_amd64.deb and
 # dist/deb/secgroup-controller_<version>_amd64.deb with dpkg-deb (no debhelper).
 #
-#   PATH=/opt/node24/bin:$PATH npm run package
+#   npm run package        (Node >= 22: scripts/setup.sh installs Node 24)
 #
 # Both carry the single executable (scripts/build-sea.mjs; Node.js inside, none
 # needed on the host; the controller's store is Node's built-in node:sqlite, so
