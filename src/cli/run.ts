@@ -21,8 +21,11 @@ const io: CliIo = {
       return false;
     }
   },
+  // `on`, not `once`: execa's child cleanup (signal-exit) re-raises a signal when its handler is the last one left,
+  // so a `once` handler removed by the first SIGTERM let a stop that came while an `ss` or `nft` child ran end
+  // the process with 143 before the agent had stopped (seen in the kernel fault suite)
   stopSignal: () => new Promise((resolve) => {
-    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve(sig));
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => resolve(sig));
   }),
 };
 

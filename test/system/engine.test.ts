@@ -48,7 +48,7 @@ describe.skipIf(unavailable !== undefined)(
       started.push(c);
       const r = await c.exec(['node', '-p', 'process.versions.node.split(".")[0]']);
       expect(r.exitCode).toBe(0);
-      expect(r.output.trim()).toBe('20');
+      expect(r.output.trim()).toBe('24');
       await c.stop({ timeout: 1_000 });
       started.splice(started.indexOf(c), 1);
     });
