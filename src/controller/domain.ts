@@ -241,6 +241,11 @@ export function ruleCreate(groupId: string, r: RuleFields): RuleCreate {
   };
 }
 
+/** An issue saying the rule's ethertype disagrees with its protocol, prefix or address group. */
+function isEthertypeIssue(i: Issue): boolean {
+  return /ethertype/.test(i.message) && /\.(protocol|remote_ip_prefix|remote_address_group_id|ethertype)$/.test(i.path);
+}
+
 /**
  * Creates rules in one group, all or nothing. `paths[i]` names input i in
  * error messages (`security_group_rule`, `security_group_rules[3]`). With
@@ -281,7 +286,8 @@ export function createRules(
       }
     }
   });
-  if (issues.length) throw ApiError.invalid(issues);
+  // Huawei answers a rule whose ethertype disagrees with the rest with VPC.9902 (400)
+  if (issues.length) throw ApiError.invalid(issues, issues.every(isEthertypeIssue) ? 'ruleEthertype' : 'invalid');
 
   const existing = rulesOf(snap, groupId);
   const byKey = new Map<string, { action: string; what: string }>();
@@ -358,7 +364,7 @@ function checkIpSet(ipVersion: 4 | 6, ipSet: readonly string[], path: string, ct
       canonical.push(c.value);
     }
   });
-  if (issues.length) throw ApiError.invalid(issues);
+  if (issues.length) throw ApiError.invalid(issues, 'ipSetInvalid');
   if (ipSet.length > ctx.quotas.entries_per_address_group) {
     throw new ApiError('quota', `${path}.ip_set has ${ipSet.length} entries (quota entries_per_address_group: ${ctx.quotas.entries_per_address_group})`);
   }
@@ -400,7 +406,7 @@ export function deleteAddressGroup(snap: ProjectSnapshot, id: string): Mutation<
   findAddressGroup(snap, id);
   const ref = snap.rules.find((r) => r.remote_address_group_id === id);
   if (ref) {
-    throw new ApiError('inUse', `address group ${JSON.stringify(id)} is referenced by rule ${JSON.stringify(ref.id)} of security group ${JSON.stringify(ref.security_group_id)}`);
+    throw new ApiError('addressGroupInUse', `address group ${JSON.stringify(id)} is referenced by rule ${JSON.stringify(ref.id)} of security group ${JSON.stringify(ref.security_group_id)}`);
   }
   return { ops: [{ op: 'deleteAddressGroup', id }], result: null };
 }

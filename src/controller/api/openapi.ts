@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { VERSION } from '../../lib/version.js';
+import { API_ERROR_KINDS, DRY_RUN_CODE } from '../errors.js';
 import { policySchema } from '../../policy/schema.js';
 import {
   addressGroupView,
@@ -69,6 +70,14 @@ interface Operation {
 
 // 429: the source address failed authentication too often (docs/api.md, Errors)
 const ERRORS = [400, 401, 403, 404, 409, 429];
+
+/** "error_code: meaning" of every error kind with this status (Huawei's codes where Huawei has one). */
+function errorCodes(status: number): string {
+  const lines = Object.values(API_ERROR_KINDS)
+    .filter((k) => k.status === status)
+    .map((k) => `${k.apiCode}: ${k.what}`);
+  return `error; error_code is one of: ${lines.join('; ')}`;
+}
 
 function operations(): Operation[] {
   const o = (s: z.ZodType) => schema(s, 'output');
@@ -135,8 +144,8 @@ export function buildOpenApi(): Json {
     const res: Record<string, Json> = {
       [op.ok.status]: op.ok.schema ? { description: 'success', content: { 'application/json': { schema: op.ok.schema } } } : { description: 'success, no body' },
     };
-    if (op.dryRun) res['202'] = { description: 'dry_run: the request is valid, nothing changed', content: { 'application/json': { schema: errorSchema } } };
-    for (const s of ERRORS) res[s] = { description: 'error', content: { 'application/json': { schema: errorSchema } } };
+    if (op.dryRun) res['202'] = { description: `dry_run: the request is valid, nothing changed (error_code ${DRY_RUN_CODE})`, content: { 'application/json': { schema: errorSchema } } };
+    for (const s of ERRORS) res[s] = { description: errorCodes(s), content: { 'application/json': { schema: errorSchema } } };
     paths[op.path] ??= {};
     paths[op.path]![op.method] = {
       summary: op.summary,

@@ -261,7 +261,7 @@ export const auditEventView = z.object({
   resource_ids: z.array(z.string()).describe('ids in the path, then the ids created'),
   request_id: z.string().nullable(),
   status: z.int().describe('HTTP status; agent events: 101 connected, 200 disconnected, 401 refused'),
-  error_code: z.string().nullable().describe('the answer\'s error_code (refusals; DryRunOperation for dry runs)'),
+  error_code: z.string().nullable().describe('the answer\'s error_code (refusals; SYS.0202 for dry runs)'),
   source_ip: z.string().nullable(),
   user_agent: z.string().nullable().describe('at most 256 characters'),
   detail: z.string().nullable().describe('agent events: the WebSocket close code'),
