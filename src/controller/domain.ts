@@ -13,6 +13,8 @@ import { ApiError } from './errors.js';
 import type { AddressGroupRow, GroupRow, InstanceSpec, Op, ProjectSnapshot, RuleRow } from './model.js';
 
 export const DEFAULT_GROUP_ID = 'default';
+/** Priority of the four rules Huawei gives a new security group (SEMANTICS section 6). */
+export const NEW_GROUP_RULE_PRIORITY = 100;
 
 export interface Quotas {
   rules_per_group: number;
@@ -165,12 +167,21 @@ export function createGroup(snap: ProjectSnapshot, input: GroupCreate, ctx: Muta
   }
   const id = takeId(snap, input.id, ctx, 'security group', snap.groups);
   const group: GroupRow = { id, name: input.name, description: input.description, created_at: ctx.now, updated_at: ctx.now };
-  // SEMANTICS section 6: a new group allows all egress, no ingress.
-  const egress = (ethertype: RuleRow['ethertype'], prefix: string): RuleRow => ({
-    ...defaultRule(ctx.newId(), 'egress', ethertype, { remote_ip_prefix: prefix }, ctx.now),
+  // SEMANTICS section 6: Huawei's four rules of a new group, priority 100, ordinary (deletable) rules
+  const seed = (direction: RuleRow['direction'], ethertype: RuleRow['ethertype'], remote: Partial<RuleRow>): RuleRow => ({
+    ...defaultRule(ctx.newId(), direction, ethertype, remote, ctx.now),
     security_group_id: id,
+    priority: NEW_GROUP_RULE_PRIORITY,
   });
-  const rules = [egress('IPv4', '0.0.0.0/0'), egress('IPv6', '::/0')];
+  const rules = [
+    seed('ingress', 'IPv4', { remote_group_id: id }),
+    seed('ingress', 'IPv6', { remote_group_id: id }),
+    seed('egress', 'IPv4', { remote_ip_prefix: '0.0.0.0/0' }),
+    seed('egress', 'IPv6', { remote_ip_prefix: '::/0' }),
+  ];
+  if (rules.length > ctx.quotas.rules_per_group) {
+    throw new ApiError('quota', `security group ${JSON.stringify(id)} would have its ${rules.length} default rules (quota rules_per_group: ${ctx.quotas.rules_per_group})`);
+  }
   return { ops: [{ op: 'putGroup', group }, ...rules.map((rule): Op => ({ op: 'putRule', rule }))], result: { group, rules } };
 }
 

@@ -57,7 +57,8 @@ describe('security groups', () => {
     ]);
   });
 
-  it('create returns the group with its two egress allow-all rules and no ingress rule', async () => {
+  // Huawei's defaults (SEMANTICS section 6, changed): same-group ingress IPv4/IPv6 and egress IPv4/IPv6, priority 100; was two egress rules
+  it('create returns the group with Huawei\'s four default rules: ingress from the group itself, egress to all', async () => {
     const r = await t.app.inject({ method: 'POST', url: `${A}/vpc/security-groups`, headers: AUTH, payload: { security_group: { name: 'web', description: 'web servers' } } });
     expect(r.statusCode).toBe(201);
     const body = r.json();
@@ -66,10 +67,17 @@ describe('security groups', () => {
     expect(Object.keys(sg)).toEqual(['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'security_group_rules', 'created_at', 'updated_at']);
     expect(sg).toMatchObject({ name: 'web', project_id: 'proj-a', description: 'web servers', enterprise_project_id: '0', created_at: '2024-05-01T12:00:00Z' });
     expect(sg.id).toMatch(/^[0-9a-f-]{36}$/);
-    expect(sg.security_group_rules.map((x: any) => [x.direction, x.ethertype, x.remote_ip_prefix, x.protocol, x.multiport])).toEqual([
-      ['egress', 'IPv4', '0.0.0.0/0', null, null],
-      ['egress', 'IPv6', '::/0', null, null],
+    expect(
+      sg.security_group_rules.map((x: any) => [x.direction, x.ethertype, x.remote_ip_prefix, x.remote_group_id, x.protocol, x.multiport, x.priority, x.action, x.description, x.security_group_id]),
+    ).toEqual([
+      ['ingress', 'IPv4', null, sg.id, null, null, 100, 'allow', '', sg.id],
+      ['ingress', 'IPv6', null, sg.id, null, null, 100, 'allow', '', sg.id],
+      ['egress', 'IPv4', '0.0.0.0/0', null, null, null, 100, 'allow', '', sg.id],
+      ['egress', 'IPv6', '::/0', null, null, null, 100, 'allow', '', sg.id],
     ]);
+    // ordinary rules: they can be deleted
+    const first = sg.security_group_rules[0].id;
+    expect((await call(t.app, 'DELETE', `${A}/vpc/security-group-rules/${first}`)).status).toBe(204);
   });
 
   it('create validates every field and names it', async () => {
@@ -142,7 +150,7 @@ describe('security groups', () => {
     const r = await call(t.app, 'PUT', `${A}/vpc/security-groups/sg-web`, { security_group: { name: 'web2', description: 'new' } });
     expect(r.status).toBe(200);
     expect(r.body.security_group).toMatchObject({ id: 'sg-web', name: 'web2', description: 'new', created_at: '2024-05-01T12:00:00Z', updated_at: '2024-05-01T12:01:00Z' });
-    expect(r.body.security_group.security_group_rules).toHaveLength(2);
+    expect(r.body.security_group.security_group_rules).toHaveLength(4);
     expectError(await call(t.app, 'PUT', `${A}/vpc/security-groups/default`, { security_group: { name: 'other' } }), 400, 'SG.0001', /cannot be renamed/);
     expect((await call(t.app, 'PUT', `${A}/vpc/security-groups/default`, { security_group: { description: 'mine' } })).status).toBe(200);
     expectError(await call(t.app, 'PUT', `${A}/vpc/security-groups/sg-none`, { security_group: { name: 'x' } }), 404, 'VPC.9904');
@@ -275,11 +283,18 @@ describe('security group rules', () => {
     expectError(await create(rule({ id: 'r1', multiport: '443' })), 409, 'SG.0009');
   });
 
-  it('quota: rules per group (the two default egress rules count)', async () => {
-    t = makeApi({ quotas: { rules_per_group: 3 } });
+  // the four default rules of a new group count (Huawei's defaults: SEMANTICS section 6); was two before
+  it('quota: rules per group (the four default rules count)', async () => {
+    t = makeApi({ quotas: { rules_per_group: 5 } });
     await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } });
     expect((await create(rule())).status).toBe(201);
-    expectError(await create(rule({ multiport: '443' })), 409, 'VPC.9905', /would have 4 rules \(quota rules_per_group: 3\)/);
+    expectError(await create(rule({ multiport: '443' })), 409, 'VPC.9905', /would have 6 rules \(quota rules_per_group: 5\)/);
+  });
+
+  it('quota: a group cannot be created when its four default rules exceed rules_per_group', async () => {
+    t = makeApi({ quotas: { rules_per_group: 3 } });
+    expectError(await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } }), 409, 'VPC.9905', /4 default rules \(quota rules_per_group: 3\)/);
+    expectError(await call(t.app, 'GET', `${A}/vpc/security-groups/sg-web`), 404, 'VPC.9904');
   });
 
   it('get, delete, 404', async () => {
@@ -295,7 +310,8 @@ describe('security group rules', () => {
     await create(rule({ id: 'r-53', protocol: 'udp', multiport: '53' }));
     await create(rule({ id: 'r-out', direction: 'egress', protocol: 'tcp', multiport: '443' }));
     const ids = async (q: string) => (await call(t.app, 'GET', `${A}/vpc/security-group-rules${q}`)).body.security_group_rules.map((r: any) => r.id);
-    expect(await ids('?security_group_id=sg-web&direction=ingress')).toEqual(['r-80', 'r-53']);
+    // after the group's two default ingress rules (Huawei's defaults)
+    expect((await ids('?security_group_id=sg-web&direction=ingress')).slice(2)).toEqual(['r-80', 'r-53']);
     expect(await ids('?security_group_id=sg-web&protocol=udp')).toEqual(['r-53']);
     expect(await ids('?security_group_id=default&ethertype=IPv6')).toEqual(['default-in-v6', 'default-out-v6']);
     expect(await ids('?security_group_id=sg-web&protocol=tcp&protocol=udp&direction=ingress')).toEqual(['r-80', 'r-53']);
@@ -321,7 +337,8 @@ describe('security group rules', () => {
     it('is all-or-nothing: one invalid rule and none is created', async () => {
       expectError(await batch([rule({ multiport: '80' }), rule({ multiport: '99999' })]), 400, 'SG.0001', /security_group_rules\[1\]\.multiport/);
       expectError(await batch([rule({ multiport: '80' }), rule({ multiport: '81' }), rule({ multiport: '80', action: 'deny' })]), 409, 'VPC.9902');
-      const list = await call(t.app, 'GET', `${A}/vpc/security-group-rules?security_group_id=sg-web&direction=ingress`);
+      // tcp: the group's default rules have no protocol
+      const list = await call(t.app, 'GET', `${A}/vpc/security-group-rules?security_group_id=sg-web&direction=ingress&protocol=tcp`);
       expect(list.body.security_group_rules).toEqual([]);
     });
 
@@ -343,12 +360,13 @@ describe('security group rules', () => {
         'VPC.9904',
       );
       expect((await batch([rule({ multiport: '8080' })], { dry_run: true })).status).toBe(202);
-      const list = await call(t.app, 'GET', `${A}/vpc/security-group-rules?security_group_id=sg-web&direction=ingress`);
+      // tcp: the group's default rules have no protocol
+      const list = await call(t.app, 'GET', `${A}/vpc/security-group-rules?security_group_id=sg-web&direction=ingress&protocol=tcp`);
       expect(list.body.security_group_rules).toEqual([]);
     });
 
     it('quota counts the whole batch', async () => {
-      t = makeApi({ quotas: { rules_per_group: 4 } });
+      t = makeApi({ quotas: { rules_per_group: 6 } }); // 4 default rules + 2
       await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } });
       expectError(await batch([rule({ multiport: '1' }), rule({ multiport: '2' }), rule({ multiport: '3' })]), 409, 'VPC.9905');
       expect((await batch([rule({ multiport: '1' }), rule({ multiport: '2' })])).status).toBe(201);

@@ -37,7 +37,8 @@ describe('the policy document', () => {
     expect(JSON.stringify(http)).toBe(
       '{"id":"r-http","direction":"ingress","priority":1,"action":"allow","ethertype":"IPv4","protocol":"tcp","multiport":"80","remote_ip_prefix":"0.0.0.0/0"}',
     );
-    expect(policy.group_members).toEqual({ default: ['198.18.0.10', 'fd00:5ec::10'] });
+    // sg-web's own default ingress rules (Huawei's defaults) reference sg-web
+    expect(policy.group_members).toEqual({ default: ['198.18.0.10', 'fd00:5ec::10'], 'sg-web': ['198.18.0.10', 'fd00:5ec::10'] });
     // descriptions never reach the document
     expect(text).not.toContain('description');
   });
@@ -61,7 +62,8 @@ describe('the policy document', () => {
     await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app1', addresses: ['198.18.0.3', 'fd00:5ec::20'], security_groups: ['sg-app'] } });
     await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'web1', addresses: ['198.18.0.10'], security_groups: ['sg-web'] } });
     const { policy } = await policyOf(t, 'web1');
-    expect(policy.group_members).toEqual({ 'sg-app': ['198.18.0.3', '198.18.0.21'] });
+    // sg-web: its own default ingress rules (Huawei's defaults); web1 has no IPv6 address
+    expect(policy.group_members).toEqual({ 'sg-app': ['198.18.0.3', '198.18.0.21'], 'sg-web': ['198.18.0.10'] });
     expect(policy.address_groups).toEqual([]);
   });
 
@@ -208,7 +210,8 @@ describe('recompiling after a change', () => {
   it('a new instance is compiled and pushed; instances whose rules reference its groups too', async () => {
     const n = t.pushed.length;
     await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app2', addresses: ['198.18.0.21'], security_groups: ['sg-app'] } });
-    expect(pushedSince(n)).toEqual(['app2', 'web1']);
+    // app1 too: sg-app's default ingress rules (Huawei's defaults) reference sg-app itself
+    expect(pushedSince(n)).toEqual(['app1', 'app2', 'web1']);
   });
 
   it('a rule change reaches only the members of its group', async () => {
@@ -243,13 +246,15 @@ describe('recompiling after a change', () => {
   it('membership changes (group order, join, leave, delete) reach exactly the affected instances', async () => {
     let n = t.pushed.length;
     await call(t.app, 'PUT', `${A}/instances/other`, { instance: { security_groups: ['default', 'sg-app'] } });
-    expect(pushedSince(n)).toEqual(['other', 'web1']);
+    // app1 too: sg-app's default ingress rules reference sg-app itself
+    expect(pushedSince(n)).toEqual(['app1', 'other', 'web1']);
     n = t.pushed.length;
     await call(t.app, 'PUT', `${A}/instances/other`, { instance: { security_groups: ['sg-app', 'default'] } });
     expect(pushedSince(n)).toEqual(['other']);
     n = t.pushed.length;
     await call(t.app, 'DELETE', `${A}/instances/app1`);
-    expect(pushedSince(n)).toEqual(['web1']);
+    // other too: it is in sg-app, whose default ingress rules reference sg-app itself
+    expect(pushedSince(n)).toEqual(['other', 'web1']);
   });
 
   it('changes that do not change a document bump nothing', async () => {

@@ -65,10 +65,16 @@ describe('Huawei VPC v3 reference examples', () => {
     expect(sg.created_at).toMatch(TIME);
     for (const rule of sg.security_group_rules) {
       expect(Object.keys(rule).sort()).toEqual([...HUAWEI_RULE_KEYS].sort());
-      expect(rule).toMatchObject({ security_group_id: sg.id, project_id: '060576782980d5762f9ec014dd2f1148', direction: 'egress', protocol: null, description: '', action: 'allow' });
+      expect(rule).toMatchObject({ security_group_id: sg.id, project_id: '060576782980d5762f9ec014dd2f1148', protocol: null, description: '', action: 'allow', priority: 100 });
       expect(rule.created_at).toMatch(TIME);
     }
-    expect(sg.security_group_rules.map((x: any) => x.ethertype).sort()).toEqual(['IPv4', 'IPv6']);
+    // Huawei's four default rules: ingress from the group itself, egress to all, per family
+    expect(sg.security_group_rules.map((x: any) => [x.direction, x.ethertype, x.remote_group_id, x.remote_ip_prefix])).toEqual([
+      ['ingress', 'IPv4', sg.id, null],
+      ['ingress', 'IPv6', sg.id, null],
+      ['egress', 'IPv4', null, '0.0.0.0/0'],
+      ['egress', 'IPv6', null, '::/0'],
+    ]);
   });
 
   it('CreateSecurityGroup with "dry_run": true answers 202 and creates nothing', async () => {

@@ -56,7 +56,7 @@ describe('rules: canonical stored values', () => {
     expect400(await createRule(rule({ remote_ip_prefix: '198.18.0.0/08' })), /remote_ip_prefix: "198\.18\.0\.0\/08": the prefix length must be written without leading zeros/);
     expect400(await createRule(rule({ remote_ip_prefix: '010.1.1.1' })), /remote_ip_prefix: "010\.1\.1\.1" is not an IP address or CIDR/);
     expect400(await createRule(rule({ ethertype: 'IPv6', remote_ip_prefix: 'fd00:5ec::/064' })), /prefix length must be written without leading zeros/);
-    expect((await call(t.app, 'GET', `${A}/vpc/security-group-rules?security_group_id=sg-web`)).body.security_group_rules).toHaveLength(2);
+    expect((await call(t.app, 'GET', `${A}/vpc/security-group-rules?security_group_id=sg-web`)).body.security_group_rules).toHaveLength(4);
   });
 
   it('duplicates are found across spellings, with the existing duplicate error', async () => {

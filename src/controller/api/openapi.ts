@@ -83,7 +83,7 @@ function operations(): Operation[] {
   const o = (s: z.ZodType) => schema(s, 'output');
   const P = '/v3/{project_id}';
   return [
-    { method: 'post', path: `${P}/vpc/security-groups`, summary: 'Create a security group (with egress allow-all rules)', body: createGroupBody, ok: { status: 201, schema: o(responses.securityGroup) }, dryRun: true },
+    { method: 'post', path: `${P}/vpc/security-groups`, summary: 'Create a security group (with Huawei\'s four default rules: ingress from its own members, egress to all, IPv4 and IPv6, priority 100)', body: createGroupBody, ok: { status: 201, schema: o(responses.securityGroup) }, dryRun: true },
     { method: 'get', path: `${P}/vpc/security-groups`, summary: 'List security groups', query: listGroupsQuery, ok: { status: 200, schema: o(responses.securityGroups) } },
     { method: 'get', path: `${P}/vpc/security-groups/{id}`, summary: 'Show a security group and its rules', ok: { status: 200, schema: o(responses.securityGroup) } },
     { method: 'put', path: `${P}/vpc/security-groups/{id}`, summary: 'Update a security group\'s name or description', body: updateGroupBody, ok: { status: 200, schema: o(responses.securityGroup) } },
