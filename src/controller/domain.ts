@@ -10,7 +10,7 @@ import { canonicalIpSetEntry, canonicalRuleFields } from '../policy/canonical.js
 import { checkAddressGroupEntries, checkRule, parseMultiport, parseProtocol, type Rule } from '../policy/schema.js';
 import type { Issue } from '../lib/errors.js';
 import { ApiError } from './errors.js';
-import type { AddressGroupRow, GroupRow, InstanceSpec, Op, ProjectSnapshot, RuleRow } from './model.js';
+import type { AddressGroupRow, GroupRow, InstanceSpec, Op, ProjectSnapshot, RuleRow, Tag } from './model.js';
 
 export const DEFAULT_GROUP_ID = 'default';
 /** Priority of the four rules Huawei gives a new security group (SEMANTICS section 6). */
@@ -54,6 +54,8 @@ export interface GroupCreate {
   id?: string | undefined;
   name: string;
   description: string;
+  enterprise_project_id?: string | undefined;
+  tags?: Tag[] | undefined;
 }
 export interface GroupUpdate {
   name?: string | undefined;
@@ -62,18 +64,29 @@ export interface GroupUpdate {
 /** A rule as a create request gives it: a stored row without the server's fields, id optional. */
 export type RuleCreate = Omit<RuleRow, 'id' | 'created_at'> & { id?: string | undefined };
 /** A rule's fields in the policy model (policy/schema.ts `Rule`), its id optional. */
-export type RuleFields = Omit<Rule, 'id'> & { id?: string | undefined };
+export type RuleFields = Omit<Rule, 'id'> & { id?: string | undefined; enabled?: boolean | undefined };
+/** An `ip_extra_set` entry: an entry with a remark. */
+export interface IpExtra {
+  ip: string;
+  remarks?: string | undefined;
+}
 export interface AddressGroupCreate {
   id?: string | undefined;
   name: string;
   description: string;
   ip_version: 4 | 6;
-  ip_set: string[];
+  ip_set?: string[] | undefined;
+  ip_extra_set?: IpExtra[] | undefined;
+  max_capacity?: number | undefined;
+  enterprise_project_id?: string | undefined;
+  tags?: Tag[] | undefined;
 }
 export interface AddressGroupUpdate {
   name?: string | undefined;
   description?: string | undefined;
   ip_set?: string[] | undefined;
+  ip_extra_set?: IpExtra[] | undefined;
+  max_capacity?: number | undefined;
 }
 export interface InstanceCreate {
   id?: string | undefined;
@@ -135,6 +148,7 @@ function defaultRule(id: string, direction: RuleRow['direction'], ethertype: Rul
     remote_group_id: null,
     remote_address_group_id: null,
     description: '',
+    enabled: true,
     created_at: now,
     ...remote,
   };
@@ -143,7 +157,7 @@ function defaultRule(id: string, direction: RuleRow['direction'], ethertype: Rul
 /** Ops that create a project: its undeletable `default` group with the four rules of SEMANTICS section 6. */
 export function createProjectOps(now: string): Op[] {
   return [
-    { op: 'putGroup', group: { id: DEFAULT_GROUP_ID, name: 'default', description: 'Default security group', created_at: now, updated_at: now } },
+    { op: 'putGroup', group: { id: DEFAULT_GROUP_ID, name: 'default', description: 'Default security group', enterprise_project_id: '0', tags: [], created_at: now, updated_at: now } },
     { op: 'putRule', rule: defaultRule('default-in-v4', 'ingress', 'IPv4', { remote_group_id: DEFAULT_GROUP_ID }, now) },
     { op: 'putRule', rule: defaultRule('default-in-v6', 'ingress', 'IPv6', { remote_group_id: DEFAULT_GROUP_ID }, now) },
     { op: 'putRule', rule: defaultRule('default-out-v4', 'egress', 'IPv4', { remote_ip_prefix: '0.0.0.0/0' }, now) },
@@ -166,7 +180,15 @@ export function createGroup(snap: ProjectSnapshot, input: GroupCreate, ctx: Muta
     throw new ApiError('quota', `project ${snap.projectId} already has ${snap.groups.length} security groups (quota security_groups_per_project: ${ctx.quotas.security_groups_per_project})`);
   }
   const id = takeId(snap, input.id, ctx, 'security group', snap.groups);
-  const group: GroupRow = { id, name: input.name, description: input.description, created_at: ctx.now, updated_at: ctx.now };
+  const group: GroupRow = {
+    id,
+    name: input.name,
+    description: input.description,
+    enterprise_project_id: input.enterprise_project_id ?? '0',
+    tags: input.tags ?? [],
+    created_at: ctx.now,
+    updated_at: ctx.now,
+  };
   // SEMANTICS section 6: Huawei's four rules of a new group, priority 100, ordinary (deletable) rules
   const seed = (direction: RuleRow['direction'], ethertype: RuleRow['ethertype'], remote: Partial<RuleRow>): RuleRow => ({
     ...defaultRule(ctx.newId(), direction, ethertype, remote, ctx.now),
@@ -249,6 +271,7 @@ export function ruleCreate(groupId: string, r: RuleFields): RuleCreate {
     remote_group_id: r.remote_group_id ?? null,
     remote_address_group_id: r.remote_address_group_id ?? null,
     description: r.description ?? '',
+    enabled: r.enabled ?? true,
   };
 }
 
@@ -336,6 +359,7 @@ export function createRules(
       remote_group_id: input.remote_group_id,
       remote_address_group_id: input.remote_address_group_id,
       description: input.description,
+      enabled: input.enabled,
       created_at: ctx.now,
     };
     byKey.set(key, { action: rule.action, what: `${path}` });
@@ -359,31 +383,62 @@ export function deleteRule(snap: ProjectSnapshot, id: string): Mutation<null> {
 // ---- address groups ----
 
 /** Checks an `ip_set` and returns its entries in canonical form (duplicates are found among the canonical forms). */
-function checkIpSet(ipVersion: 4 | 6, ipSet: readonly string[], path: string, ctx: MutationContext): string[] {
-  const issues = checkAddressGroupEntries({ ip_version: ipVersion, ip_set: [...ipSet] }, path);
+function checkIpSet(ipVersion: 4 | 6, ipSet: readonly string[], path: string, field = 'ip_set'): string[] {
+  const issues = checkAddressGroupEntries({ ip_version: ipVersion, ip_set: [...ipSet] }, path).map((i) => ({ ...i, path: i.path.replace(`${path}.ip_set[`, `${path}.${field}[`) }));
   const bad = new Set(issues.map((i) => i.path));
   const seen = new Map<string, number>();
   const canonical: string[] = [];
   ipSet.forEach((e, i) => {
-    const at = `${path}.ip_set[${i}]`;
+    const at = `${path}.${field}[${i}]`;
     if (bad.has(at)) return;
     const c = canonicalIpSetEntry(e);
     if (!c.ok) issues.push({ path: at, message: c.error });
-    else if (seen.has(c.value)) issues.push({ path: at, message: `${JSON.stringify(e)} is listed twice (also ip_set[${seen.get(c.value)}])` });
+    else if (seen.has(c.value)) issues.push({ path: at, message: `${JSON.stringify(e)} is listed twice (also ${field}[${seen.get(c.value)}])` });
     else {
       seen.set(c.value, i);
       canonical.push(c.value);
     }
   });
   if (issues.length) throw ApiError.invalid(issues, 'ipSetInvalid');
-  if (ipSet.length > ctx.quotas.entries_per_address_group) {
-    throw new ApiError('quota', `${path}.ip_set has ${ipSet.length} entries (quota entries_per_address_group: ${ctx.quotas.entries_per_address_group})`);
-  }
   return canonical;
 }
 
+/**
+ * The entries of an address group from `ip_set` or `ip_extra_set` (Huawei:
+ * mutually exclusive), canonical, with the remarks of `ip_extra_set`
+ * entries; checked against `max_capacity` and the quota.
+ */
+function addressGroupEntries(
+  ipVersion: 4 | 6,
+  input: { ip_set?: string[] | undefined; ip_extra_set?: IpExtra[] | undefined },
+  maxCapacity: number,
+  path: string,
+  ctx: MutationContext,
+): { ip_set: string[]; ip_remarks: Record<string, string> } | undefined {
+  if (input.ip_set !== undefined && input.ip_extra_set !== undefined) {
+    throw ApiError.invalid([{ path: `${path}.ip_extra_set`, message: 'ip_set and ip_extra_set are mutually exclusive: give one of them' }], 'ipSetInvalid');
+  }
+  let ipSet: string[];
+  const ipRemarks: Record<string, string> = {};
+  if (input.ip_extra_set !== undefined) {
+    ipSet = checkIpSet(ipVersion, input.ip_extra_set.map((e) => e.ip), path, 'ip_extra_set');
+    input.ip_extra_set.forEach((e, i) => {
+      if (e.remarks) ipRemarks[ipSet[i]!] = e.remarks;
+    });
+  } else if (input.ip_set !== undefined) ipSet = checkIpSet(ipVersion, input.ip_set, path);
+  else return undefined;
+  if (ipSet.length > ctx.quotas.entries_per_address_group) {
+    throw new ApiError('quota', `${path}.ip_set has ${ipSet.length} entries (quota entries_per_address_group: ${ctx.quotas.entries_per_address_group})`);
+  }
+  if (ipSet.length > maxCapacity) {
+    throw new ApiError('quota', `${path} has ${ipSet.length} entries (max_capacity: ${maxCapacity})`);
+  }
+  return { ip_set: ipSet, ip_remarks: ipRemarks };
+}
+
 export function createAddressGroup(snap: ProjectSnapshot, input: AddressGroupCreate, ctx: MutationContext): Mutation<AddressGroupRow> {
-  const ipSet = checkIpSet(input.ip_version, input.ip_set, 'address_group', ctx);
+  const maxCapacity = input.max_capacity ?? ctx.quotas.entries_per_address_group;
+  const entries = addressGroupEntries(input.ip_version, input, maxCapacity, 'address_group', ctx) ?? { ip_set: [], ip_remarks: {} };
   if (snap.addressGroups.length >= ctx.quotas.address_groups_per_project) {
     throw new ApiError('quota', `project ${snap.projectId} already has ${snap.addressGroups.length} address groups (quota address_groups_per_project: ${ctx.quotas.address_groups_per_project})`);
   }
@@ -393,7 +448,11 @@ export function createAddressGroup(snap: ProjectSnapshot, input: AddressGroupCre
     name: input.name,
     description: input.description,
     ip_version: input.ip_version,
-    ip_set: ipSet,
+    ip_set: entries.ip_set,
+    ip_remarks: entries.ip_remarks,
+    max_capacity: maxCapacity,
+    enterprise_project_id: input.enterprise_project_id ?? '0',
+    tags: input.tags ?? [],
     created_at: ctx.now,
     updated_at: ctx.now,
   };
@@ -402,12 +461,18 @@ export function createAddressGroup(snap: ProjectSnapshot, input: AddressGroupCre
 
 export function updateAddressGroup(snap: ProjectSnapshot, id: string, input: AddressGroupUpdate, ctx: MutationContext): Mutation<AddressGroupRow> {
   const old = findAddressGroup(snap, id);
-  const ipSet = input.ip_set ? checkIpSet(old.ip_version, input.ip_set, 'address_group', ctx) : undefined;
+  const maxCapacity = input.max_capacity ?? old.max_capacity;
+  const entries = addressGroupEntries(old.ip_version, input, maxCapacity, 'address_group', ctx);
+  if (!entries && old.ip_set.length > maxCapacity) {
+    throw new ApiError('quota', `address_group.max_capacity ${maxCapacity} is below the group's ${old.ip_set.length} entries`);
+  }
   const addressGroup: AddressGroupRow = {
     ...old,
     name: input.name ?? old.name,
     description: input.description ?? old.description,
-    ip_set: ipSet ?? old.ip_set,
+    ip_set: entries?.ip_set ?? old.ip_set,
+    ip_remarks: entries?.ip_remarks ?? old.ip_remarks,
+    max_capacity: maxCapacity,
     updated_at: ctx.now,
   };
   return { ops: [{ op: 'putAddressGroup', addressGroup }], result: addressGroup };

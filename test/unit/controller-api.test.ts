@@ -64,7 +64,7 @@ describe('security groups', () => {
     const body = r.json();
     expect(r.headers['x-request-id']).toBe(body.request_id);
     const sg = body.security_group;
-    expect(Object.keys(sg)).toEqual(['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'security_group_rules', 'created_at', 'updated_at']);
+    expect(Object.keys(sg)).toEqual(['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'tags', 'security_group_rules', 'created_at', 'updated_at']);
     expect(sg).toMatchObject({ name: 'web', project_id: 'proj-a', description: 'web servers', enterprise_project_id: '0', created_at: '2024-05-01T12:00:00Z' });
     expect(sg.id).toMatch(/^[0-9a-f-]{36}$/);
     expect(
@@ -207,6 +207,7 @@ describe('security group rules', () => {
       'priority',
       'remote_group_id',
       'remote_address_group_id',
+      'enabled',
     ]);
     expect(x).toMatchObject({ priority: 1, action: 'allow', ethertype: 'IPv4', remote_ip_prefix: null, description: '', protocol: 'tcp', multiport: '80' });
   });
@@ -237,7 +238,7 @@ describe('security group rules', () => {
     [{ direction: 'ingress', action: 'reject' }, /security_group_rule\.action/],
     [{ direction: 'ingress', description: 'x'.repeat(256) }, /security_group_rule\.description/],
     [{ direction: 'ingress', icmp_code: 1, protocol: 'icmp' }, /security_group_rule\.icmp_code: an ICMP code needs an ICMP type/],
-    [{ direction: 'ingress', enabled: false }, /security_group_rule\.enabled/],
+    [{ direction: 'ingress', enabled: 'no' }, /security_group_rule\.enabled/],
     [{ direction: 'ingress', port_range_min: 80 }, /security_group_rule\.port_range_min: unknown field/],
     [{ direction: 'ingress', remote_group_id: 'sg-none' }, /security_group_rule\.remote_group_id: security group "sg-none" does not exist/],
     [{ direction: 'ingress', remote_address_group_id: 'ag-none' }, /security_group_rule\.remote_address_group_id: address group "ag-none" does not exist/],
@@ -380,7 +381,23 @@ describe('address groups', () => {
   it('create, get, list, update, delete', async () => {
     const c = await create({ id: 'ag-office', ip_set: ['203.0.113.0/24', '198.51.100.5-198.51.100.9', '192.0.2.1'], description: 'the office' });
     expect(c.status).toBe(201);
-    expect(Object.keys(c.body.address_group)).toEqual(['id', 'name', 'description', 'ip_set', 'ip_version', 'created_at', 'updated_at', 'tenant_id']);
+    // the complete v3 shape (issue 14): max_capacity, enterprise_project_id, tags, status, status_message, ip_extra_set
+    expect(Object.keys(c.body.address_group)).toEqual([
+      'id',
+      'name',
+      'description',
+      'max_capacity',
+      'ip_set',
+      'ip_version',
+      'created_at',
+      'updated_at',
+      'tenant_id',
+      'enterprise_project_id',
+      'tags',
+      'status',
+      'status_message',
+      'ip_extra_set',
+    ]);
     expect(c.body.address_group).toMatchObject({ id: 'ag-office', tenant_id: 'proj-a', ip_version: 4 });
     expect((await call(t.app, 'GET', `${A}/vpc/address-groups/ag-office`)).body.address_group.ip_set).toHaveLength(3);
     await create({ id: 'ag-v6', ip_version: 6, ip_set: [] });

@@ -147,6 +147,7 @@ describe('batch compilation (shared member lists and tails)', () => {
           remote_group_id: kind >= 0.3 && kind < 0.8 ? pick(groupIds) : null,
           remote_address_group_id: kind >= 0.8 ? (v6 ? 'ag-0' : 'ag-1') : null,
           description: '',
+          enabled: true,
           created_at: NOW,
         });
       }
@@ -158,9 +159,9 @@ describe('batch compilation (shared member lists and tails)', () => {
       const snap: ProjectSnapshot = {
         projectId: 'p',
         version: 1,
-        groups: groupIds.map((id) => ({ id, name: `n${id}`, description: '', created_at: NOW, updated_at: NOW })),
+        groups: groupIds.map((id) => ({ id, name: `n${id}`, description: '', enterprise_project_id: '0', tags: [], created_at: NOW, updated_at: NOW })),
         rules,
-        addressGroups: agIds.map((id) => ({ id, name: id, description: '', ip_version: id === 'ag-0' ? 6 : 4, ip_set: id === 'ag-0' ? ['fd00:1::/64'] : ['203.0.113.0/24'], created_at: NOW, updated_at: NOW })),
+        addressGroups: agIds.map((id) => ({ id, name: id, description: '', ip_version: id === 'ag-0' ? 6 : 4, ip_set: id === 'ag-0' ? ['fd00:1::/64'] : ['203.0.113.0/24'], ip_remarks: {}, max_capacity: 20, enterprise_project_id: '0', tags: [], created_at: NOW, updated_at: NOW })),
         instances,
       };
       const batch = indexProject(snap);

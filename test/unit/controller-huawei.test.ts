@@ -19,8 +19,8 @@ const P = '/v3/060576782980d5762f9ec014dd2f1148';
 const TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/;
 
 /** Keys of the response examples in the v3 reference. */
-const HUAWEI_GROUP_KEYS = ['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'security_group_rules', 'created_at', 'updated_at'];
-const HUAWEI_LIST_GROUP_KEYS = ['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'created_at', 'updated_at'];
+const HUAWEI_GROUP_KEYS = ['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'tags', 'security_group_rules', 'created_at', 'updated_at'];
+const HUAWEI_LIST_GROUP_KEYS = ['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'tags', 'created_at', 'updated_at'];
 const HUAWEI_RULE_KEYS = [
   'id',
   'project_id',
@@ -37,8 +37,24 @@ const HUAWEI_RULE_KEYS = [
   'remote_address_group_id',
   'action',
   'priority',
+  'enabled',
 ];
-const HUAWEI_ADDRESS_GROUP_KEYS = ['id', 'name', 'description', 'ip_set', 'ip_version', 'created_at', 'updated_at', 'tenant_id'];
+const HUAWEI_ADDRESS_GROUP_KEYS = [
+  'id',
+  'name',
+  'description',
+  'max_capacity',
+  'ip_set',
+  'ip_version',
+  'created_at',
+  'updated_at',
+  'tenant_id',
+  'enterprise_project_id',
+  'tags',
+  'status',
+  'status_message',
+  'ip_extra_set',
+];
 
 let t: TestApi;
 beforeEach(() => {
