@@ -478,13 +478,19 @@ export function updateAddressGroup(snap: ProjectSnapshot, id: string, input: Add
   return { ops: [{ op: 'putAddressGroup', addressGroup }], result: addressGroup };
 }
 
-export function deleteAddressGroup(snap: ProjectSnapshot, id: string): Mutation<null> {
+/**
+ * Deletes an address group: refused (VPC.9907) while a rule references it;
+ * with `force` (Huawei's DeleteIpAddressGroupForce) the referencing rules are
+ * deleted with it, in the same commit.
+ */
+export function deleteAddressGroup(snap: ProjectSnapshot, id: string, opts: { force?: boolean } = {}): Mutation<null> {
   findAddressGroup(snap, id);
-  const ref = snap.rules.find((r) => r.remote_address_group_id === id);
-  if (ref) {
+  const refs = snap.rules.filter((r) => r.remote_address_group_id === id);
+  const ref = refs[0];
+  if (ref && !opts.force) {
     throw new ApiError('addressGroupInUse', `address group ${JSON.stringify(id)} is referenced by rule ${JSON.stringify(ref.id)} of security group ${JSON.stringify(ref.security_group_id)}`);
   }
-  return { ops: [{ op: 'deleteAddressGroup', id }], result: null };
+  return { ops: [...refs.map((r): Op => ({ op: 'deleteRule', id: r.id })), { op: 'deleteAddressGroup', id }], result: null };
 }
 
 // ---- instances ----

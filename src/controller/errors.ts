@@ -26,7 +26,7 @@ export const API_ERROR_KINDS = {
   notFound: { status: 404, apiCode: 'VPC.9904', code: 'NOT_FOUND', what: 'no such resource in this project' },
   noSuchApi: { status: 404, apiCode: 'APIGW.0101', code: 'NOT_FOUND', what: 'no such API (path), or an operation outside this surface (the message names it)' },
   inUse: { status: 409, apiCode: 'VPC.9902', code: 'CONFLICT', what: 'the security group is referenced by another group\'s rule or associated with an instance, or is the default group' },
-  addressGroupInUse: { status: 409, apiCode: 'VPC.9907', code: 'CONFLICT', what: 'the address group is referenced by a rule (force delete refuses too)' },
+  addressGroupInUse: { status: 409, apiCode: 'VPC.9907', code: 'CONFLICT', what: 'the address group is referenced by a rule (DELETE .../force deletes those rules with it)' },
   duplicate: { status: 409, apiCode: 'VPC.9902', code: 'CONFLICT', what: 'the rule duplicates an existing rule of the group' },
   ruleConflict: { status: 409, apiCode: 'VPC.9902', code: 'CONFLICT', what: 'the rule differs from an existing rule only in its action' },
   quota: { status: 409, apiCode: 'VPC.9905', code: 'QUOTA', what: 'a quota would be exceeded' },

@@ -409,6 +409,15 @@ describe('address groups', () => {
     expectError(await call(t.app, 'GET', `${A}/vpc/address-groups/ag-office`), 404, 'VPC.9904');
   });
 
+  it('tags: stored and returned; more than 20 or a duplicate key refused', async () => {
+    const tags = [{ key: 'site', value: 'hq' }];
+    const c = await create({ id: 'ag-t', tags });
+    expect(c.body.address_group.tags).toEqual(tags);
+    expect((await call(t.app, 'GET', `${A}/vpc/address-groups/ag-t`)).body.address_group.tags).toEqual(tags);
+    expectError(await create({ tags: Array.from({ length: 21 }, (_, i) => ({ key: `k${i}`, value: '' })) }), 400, 'SG.0001', /address_group\.tags/);
+    expectError(await create({ tags: [{ key: 'a', value: '1' }, { key: 'a', value: '2' }] }), 400, 'SG.0001', /keys must be unique/);
+  });
+
   it('validates ip_version and every ip_set entry', async () => {
     expectError(await create({ ip_version: 5 }), 400, 'SG.0001', /address_group\.ip_version/);
     expectError(await create({ ip_set: ['10.0.0.0/8', 'fd00::1'] }), 400, 'VPC.9901', /address_group\.ip_set\[1\]: "fd00::1" is IPv6 but the address group's ip_version is 4/);
@@ -610,7 +619,7 @@ describe('service endpoints', () => {
     const o = (await call(t.app, 'GET', '/openapi.json', undefined, {})).body;
     const documented = new Set<string>();
     for (const [path, ops] of Object.entries(o.paths as Record<string, object>)) for (const m of Object.keys(ops)) documented.add(`${m.toUpperCase()} ${path}`);
-    expect(documented.size).toBe(27);
+    expect(documented.size).toBe(28);
     // fastify's route table uses :param; compare against the documented {param} form
     for (const method of ['GET', 'POST', 'PUT', 'DELETE']) {
       for (const path of documented) {

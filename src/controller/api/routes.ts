@@ -212,10 +212,10 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
     return null;
   });
 
-  // Huawei: deletes the group even when it has entries; a group a rule references is still refused (VPC.9907)
+  // Huawei's DeleteIpAddressGroupForce: the rules that reference the group are deleted with it
   route('DELETE', '/vpc/address-groups/:id/force', 204, async ({ project, params }) => {
     const id = pathId(params, 'id', 'address group');
-    await service.mutate(project, (s) => deleteAddressGroup(s, id));
+    await service.mutate(project, (s) => deleteAddressGroup(s, id, { force: true }));
     return null;
   });
 
