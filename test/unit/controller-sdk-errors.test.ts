@@ -18,7 +18,10 @@ import {
   CreateSecurityGroupRuleRequest,
   CreateSecurityGroupRuleRequestBody,
   DeleteAddressGroupRequest,
+  AddSecurityGroupsRequest,
+  AddSecurityGroupsRequestBody,
   DeleteSecurityGroupRequest,
+  InsertSecurityGroupOption,
   ListSecurityGroupsRequest,
   ShowAddressGroupRequest,
   ShowSecurityGroupRequest,
@@ -117,5 +120,12 @@ describe('Huawei error codes through the official SDK', () => {
     const ag = (await createAg(new CreateAddressGroupOption('office', 4).withIpSet(['198.18.0.0/24']))).address_group.id as string;
     expect((await createRule(new CreateSecurityGroupRuleOption('default', 'ingress').withEthertype('IPv4').withProtocol('tcp').withMultiport('443').withRemoteAddressGroupId(ag))).httpStatusCode).toBe(201);
     await refused(vpc.deleteAddressGroup(new DeleteAddressGroupRequest().withAddressGroupId(ag)), 409, 'VPC.9907', new RegExp(`address group "${ag}" is referenced by rule`));
+  });
+
+  it('an operation outside the surface (AddSecurityGroups on a port) is 404 APIGW.0101 naming it', async () => {
+    const req = new AddSecurityGroupsRequest()
+      .withPortId('port-1')
+      .withBody(new AddSecurityGroupsRequestBody().withPort(new InsertSecurityGroupOption(['default'])));
+    await refused(vpc.addSecurityGroups(req), 404, 'APIGW.0101', /no such API: PUT \/v3\/proj-sdk-errors\/ports\/port-1\/insert-security-groups: ports are outside/);
   });
 });

@@ -121,7 +121,13 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     const path = req.url.split('?')[0] ?? '/';
     const methods = new Set<string>();
     for (const r of routeTable) if (r.re.test(path)) for (const m of r.methods) methods.add(m);
-    if (methods.size === 0) return new ApiError('noSuchApi', `no such API: ${req.method} ${path}`);
+    if (methods.size === 0) {
+      // Huawei VPC v3 operations on ports (AddSecurityGroups, RemoveSecurityGroups, port tags) are outside this surface
+      const outside = /^\/v3\/[^/]+\/ports(\/|$)/.test(path)
+        ? ': ports are outside secgroup\'s surface (AddSecurityGroups, RemoveSecurityGroups and port tags are not supported); associate security groups with an instance through /v3/{project_id}/instances'
+        : '';
+      return new ApiError('noSuchApi', `no such API: ${req.method} ${path}${outside}`);
+    }
     const allow = [...methods].sort().join(', ');
     void reply.header('allow', allow);
     return new ApiError('methodNotAllowed', `${req.method} is not allowed on ${path} (allowed: ${allow})`);
