@@ -6,11 +6,9 @@
  */
 import { ApiError } from '../errors.js';
 import {
-  createAddressGroup,
   createGroup,
   createInstance,
   createRules,
-  deleteAddressGroup,
   deleteGroup,
   deleteInstance,
   deleteRule,
@@ -20,11 +18,11 @@ import {
   findRule,
   rotateToken,
   rulesOf,
-  updateAddressGroup,
   updateGroup,
   updateInstance,
   ruleCreate,
 } from '../domain.js';
+import { createAddressGroup, deleteAddressGroup, updateAddressGroup } from '../address-groups.js';
 import { EMPTY_AGENT_STATE } from '../store/store.js';
 import type { ApiOptions, Route } from './route.js';
 import { parseWith, pathId } from './route.js';
