@@ -67,6 +67,29 @@ describe('the policy document', () => {
     expect(policy.address_groups).toEqual([]);
   });
 
+  it('leaves disabled rules out (SEMANTICS section 1), with the members and address groups only they reference', async () => {
+    await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-app', name: 'app' } });
+    await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } });
+    await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { id: 'ag-off', name: 'off', ip_version: 4, ip_set: ['203.0.113.0/24'] } });
+    const off = [
+      rule({ id: 'r-off-group', remote_ip_prefix: null, remote_group_id: 'sg-app', enabled: false }),
+      rule({ id: 'r-off-ag', multiport: '22', remote_ip_prefix: null, remote_address_group_id: 'ag-off', enabled: false }),
+    ];
+    for (const r of off) expect((await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...r } })).status).toBe(201);
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app1', addresses: ['198.18.0.3'], security_groups: ['sg-app'] } });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'web1', addresses: ['198.18.0.10'], security_groups: ['sg-web'] } });
+    const { policy, text } = await policyOf(t, 'web1');
+    expect(text).not.toContain('r-off-');
+    expect(Object.keys(policy.group_members)).toEqual(['sg-web']);
+    expect(policy.address_groups).toEqual([]);
+    // still stored and listed
+    const listed = (await call(t.app, 'GET', `${A}/vpc/security-group-rules?security_group_id=sg-web&enabled=false`)).body.security_group_rules;
+    expect(listed.map((r: any) => [r.id, r.enabled])).toEqual([
+      ['r-off-group', false],
+      ['r-off-ag', false],
+    ]);
+  });
+
   it('includes referenced address groups, sorted by id', async () => {
     for (const id of ['ag-z', 'ag-a']) await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { id, name: id, ip_version: 4, ip_set: ['203.0.113.0/24'] } });
     await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } });
