@@ -5,7 +5,7 @@
  *
  * Codes are Huawei's wherever Huawei VPC v3 documents one (`VPC.99xx`, the
  * V3 rows of the VPC error-code appendix; `SYS.0202` for a dry run; API
- * Gateway `APIGW.*` for requests the gateway refuses), so that SDK code
+ * Gateway `APIG.*` for requests the gateway refuses), so that SDK code
  * branching on `error_code` works; `SG.xxxx` only where Huawei has none.
  */
 import { SecgroupError, formatIssue, type ErrorCode, type Issue } from '../lib/errors.js';
@@ -24,7 +24,7 @@ export const API_ERROR_KINDS = {
   ruleEthertype: { status: 400, apiCode: 'VPC.9902', code: 'REQUEST_INVALID', what: 'the rule\'s ethertype disagrees with its protocol, remote_ip_prefix or remote address group' },
   ipSetInvalid: { status: 400, apiCode: 'VPC.9901', code: 'REQUEST_INVALID', what: 'an address group\'s ip_set (or ip_extra_set) has an invalid or duplicate entry' },
   notFound: { status: 404, apiCode: 'VPC.9904', code: 'NOT_FOUND', what: 'no such resource in this project' },
-  noSuchApi: { status: 404, apiCode: 'APIGW.0101', code: 'NOT_FOUND', what: 'no such API (path), or an operation outside this surface (the message names it)' },
+  noSuchApi: { status: 404, apiCode: 'APIG.0101', code: 'NOT_FOUND', what: 'no such API (path), or an operation outside this surface (the message names it)' },
   inUse: { status: 409, apiCode: 'VPC.9902', code: 'CONFLICT', what: 'the security group is referenced by another group\'s rule or associated with an instance, or is the default group' },
   addressGroupInUse: { status: 409, apiCode: 'VPC.9907', code: 'CONFLICT', what: 'the address group is referenced by a rule (DELETE .../force deletes those rules with it)' },
   duplicate: { status: 409, apiCode: 'VPC.9902', code: 'CONFLICT', what: 'the rule duplicates an existing rule of the group' },

@@ -40,7 +40,7 @@ describe('auth', () => {
 
   it('400 for a malformed project id, 404 for unknown paths', async () => {
     expectError(await call(t.app, 'GET', '/v3/bad%20project/vpc/security-groups'), 400, 'SG.0001', /project_id/);
-    expectError(await call(t.app, 'GET', `${A}/vpc/nothing-here`), 404, 'APIGW.0101', /no such API/);
+    expectError(await call(t.app, 'GET', `${A}/vpc/nothing-here`), 404, 'APIG.0101', /no such API/);
   });
 });
 
@@ -610,7 +610,7 @@ describe('service endpoints', () => {
     const o = (await call(t.app, 'GET', '/openapi.json', undefined, {})).body;
     const post = o.paths['/v3/{project_id}/vpc/security-groups'].post.responses;
     expect(post['202'].description).toMatch(/SYS\.0202/);
-    expect(post['404'].description).toMatch(/VPC\.9904.*APIGW\.0101/);
+    expect(post['404'].description).toMatch(/VPC\.9904.*APIG\.0101/);
     for (const code of ['VPC.9902', 'VPC.9905', 'VPC.9907']) expect(post['409'].description).toContain(code);
     for (const code of ['SG.0001', 'VPC.9901', 'VPC.9902']) expect(post['400'].description).toContain(code);
   });

@@ -152,7 +152,7 @@ describe('audit events of API writes', () => {
     expect((await call(t.app, 'GET', `${A}/vpc/security-groups`)).status).toBe(200);
     const es = (await events(t)).slice(0, (await events(t)).length - before);
     expect(es.map((e) => [e.operation, e.resource_ids, e.status, e.error_code])).toEqual([
-      ['Unknown', [], 404, 'APIGW.0101'],
+      ['Unknown', [], 404, 'APIG.0101'],
       ['DeleteSecurityGroup', ['sg-web'], 409, 'VPC.9902'],
       ['DeleteSecurityGroupRule', ['nope'], 404, 'VPC.9904'],
       ['CreateSecurityGroup', [], 202, 'SYS.0202'],

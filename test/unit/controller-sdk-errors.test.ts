@@ -122,10 +122,10 @@ describe('Huawei error codes through the official SDK', () => {
     await refused(vpc.deleteAddressGroup(new DeleteAddressGroupRequest().withAddressGroupId(ag)), 409, 'VPC.9907', new RegExp(`address group "${ag}" is referenced by rule`));
   });
 
-  it('an operation outside the surface (AddSecurityGroups on a port) is 404 APIGW.0101 naming it', async () => {
+  it('an operation outside the surface (AddSecurityGroups on a port) is 404 APIG.0101 naming it', async () => {
     const req = new AddSecurityGroupsRequest()
       .withPortId('port-1')
       .withBody(new AddSecurityGroupsRequestBody().withPort(new InsertSecurityGroupOption(['default'])));
-    await refused(vpc.addSecurityGroups(req), 404, 'APIGW.0101', /no such API: PUT \/v3\/proj-sdk-errors\/ports\/port-1\/insert-security-groups: ports are outside/);
+    await refused(vpc.addSecurityGroups(req), 404, 'APIG.0101', /no such API: PUT \/v3\/proj-sdk-errors\/ports\/port-1\/insert-security-groups: ports are outside/);
   });
 });
