@@ -115,7 +115,7 @@ async function round(engine: Engine, dir: string): Promise<StoreCase[]> {
   const p = 'bench';
   await store.mutate(p, () => ({
     ops: [
-      ...Array.from({ length: 10 }, (_, i): Op => ({ op: 'putGroup', group: { id: `sg-${i}`, name: `g${i}`, description: '', created_at: NOW, updated_at: NOW } })),
+      ...Array.from({ length: 10 }, (_, i): Op => ({ op: 'putGroup', group: { id: `sg-${i}`, name: `g${i}`, description: '', enterprise_project_id: '0', tags: [], created_at: NOW, updated_at: NOW } })),
       ...Array.from({ length: RULES }, (_, i): Op => ({ op: 'putRule', rule: rule(i) })),
       ...Array.from({ length: INSTANCES }, (_, i): Op => ({
         op: 'putInstance',

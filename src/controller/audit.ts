@@ -62,6 +62,7 @@ export const API_OPERATIONS: Readonly<Record<string, OperationSpec>> = {
   'POST /vpc/address-groups': { operation: 'CreateAddressGroup', resource_type: 'address_group', created: idOf('address_group') },
   'PUT /vpc/address-groups/:id': { operation: 'UpdateAddressGroup', resource_type: 'address_group' },
   'DELETE /vpc/address-groups/:id': { operation: 'DeleteAddressGroup', resource_type: 'address_group' },
+  'DELETE /vpc/address-groups/:id/force': { operation: 'DeleteIpAddressGroupForce', resource_type: 'address_group' },
   'POST /instances': { operation: 'CreateInstance', resource_type: 'instance', created: idOf('instance') },
   'PUT /instances/:id': { operation: 'UpdateInstance', resource_type: 'instance' },
   'DELETE /instances/:id': { operation: 'DeleteInstance', resource_type: 'instance' },

@@ -6,13 +6,15 @@
  */
 import { canonicalIp, ipFamily, parsePrefix, FAMILY_MAX } from '../policy/address.js';
 import { mergePorts } from '../policy/normalize.js';
-import { canonicalIpSetEntry, canonicalRuleFields } from '../policy/canonical.js';
-import { checkAddressGroupEntries, checkRule, parseMultiport, parseProtocol, type Rule } from '../policy/schema.js';
+import { canonicalRuleFields } from '../policy/canonical.js';
+import { checkRule, parseMultiport, parseProtocol, type Rule } from '../policy/schema.js';
 import type { Issue } from '../lib/errors.js';
 import { ApiError } from './errors.js';
-import type { AddressGroupRow, GroupRow, InstanceSpec, Op, ProjectSnapshot, RuleRow } from './model.js';
+import type { AddressGroupRow, GroupRow, InstanceSpec, Op, ProjectSnapshot, RuleRow, Tag } from './model.js';
 
 export const DEFAULT_GROUP_ID = 'default';
+/** Priority of the four rules Huawei gives a new security group (SEMANTICS section 6). */
+export const NEW_GROUP_RULE_PRIORITY = 100;
 
 export interface Quotas {
   rules_per_group: number;
@@ -52,6 +54,8 @@ export interface GroupCreate {
   id?: string | undefined;
   name: string;
   description: string;
+  enterprise_project_id?: string | undefined;
+  tags?: Tag[] | undefined;
 }
 export interface GroupUpdate {
   name?: string | undefined;
@@ -60,19 +64,7 @@ export interface GroupUpdate {
 /** A rule as a create request gives it: a stored row without the server's fields, id optional. */
 export type RuleCreate = Omit<RuleRow, 'id' | 'created_at'> & { id?: string | undefined };
 /** A rule's fields in the policy model (policy/schema.ts `Rule`), its id optional. */
-export type RuleFields = Omit<Rule, 'id'> & { id?: string | undefined };
-export interface AddressGroupCreate {
-  id?: string | undefined;
-  name: string;
-  description: string;
-  ip_version: 4 | 6;
-  ip_set: string[];
-}
-export interface AddressGroupUpdate {
-  name?: string | undefined;
-  description?: string | undefined;
-  ip_set?: string[] | undefined;
-}
+export type RuleFields = Omit<Rule, 'id'> & { id?: string | undefined; enabled?: boolean | undefined };
 export interface InstanceCreate {
   id?: string | undefined;
   name: string;
@@ -133,6 +125,7 @@ function defaultRule(id: string, direction: RuleRow['direction'], ethertype: Rul
     remote_group_id: null,
     remote_address_group_id: null,
     description: '',
+    enabled: true,
     created_at: now,
     ...remote,
   };
@@ -141,7 +134,7 @@ function defaultRule(id: string, direction: RuleRow['direction'], ethertype: Rul
 /** Ops that create a project: its undeletable `default` group with the four rules of SEMANTICS section 6. */
 export function createProjectOps(now: string): Op[] {
   return [
-    { op: 'putGroup', group: { id: DEFAULT_GROUP_ID, name: 'default', description: 'Default security group', created_at: now, updated_at: now } },
+    { op: 'putGroup', group: { id: DEFAULT_GROUP_ID, name: 'default', description: 'Default security group', enterprise_project_id: '0', tags: [], created_at: now, updated_at: now } },
     { op: 'putRule', rule: defaultRule('default-in-v4', 'ingress', 'IPv4', { remote_group_id: DEFAULT_GROUP_ID }, now) },
     { op: 'putRule', rule: defaultRule('default-in-v6', 'ingress', 'IPv6', { remote_group_id: DEFAULT_GROUP_ID }, now) },
     { op: 'putRule', rule: defaultRule('default-out-v4', 'egress', 'IPv4', { remote_ip_prefix: '0.0.0.0/0' }, now) },
@@ -151,7 +144,7 @@ export function createProjectOps(now: string): Op[] {
 
 // ---- ids ----
 
-function takeId(snap: ProjectSnapshot, wanted: string | undefined, ctx: MutationContext, what: string, existing: readonly { id: string }[]): string {
+export function takeId(snap: ProjectSnapshot, wanted: string | undefined, ctx: MutationContext, what: string, existing: readonly { id: string }[]): string {
   if (wanted === undefined) return ctx.newId();
   if (existing.some((x) => x.id === wanted)) throw new ApiError('exists', `a ${what} with id ${JSON.stringify(wanted)} already exists in project ${snap.projectId}`);
   return wanted;
@@ -164,13 +157,30 @@ export function createGroup(snap: ProjectSnapshot, input: GroupCreate, ctx: Muta
     throw new ApiError('quota', `project ${snap.projectId} already has ${snap.groups.length} security groups (quota security_groups_per_project: ${ctx.quotas.security_groups_per_project})`);
   }
   const id = takeId(snap, input.id, ctx, 'security group', snap.groups);
-  const group: GroupRow = { id, name: input.name, description: input.description, created_at: ctx.now, updated_at: ctx.now };
-  // SEMANTICS section 6: a new group allows all egress, no ingress.
-  const egress = (ethertype: RuleRow['ethertype'], prefix: string): RuleRow => ({
-    ...defaultRule(ctx.newId(), 'egress', ethertype, { remote_ip_prefix: prefix }, ctx.now),
+  const group: GroupRow = {
+    id,
+    name: input.name,
+    description: input.description,
+    enterprise_project_id: input.enterprise_project_id ?? '0',
+    tags: input.tags ?? [],
+    created_at: ctx.now,
+    updated_at: ctx.now,
+  };
+  // SEMANTICS section 6: Huawei's four rules of a new group, priority 100, ordinary (deletable) rules
+  const seed = (direction: RuleRow['direction'], ethertype: RuleRow['ethertype'], remote: Partial<RuleRow>): RuleRow => ({
+    ...defaultRule(ctx.newId(), direction, ethertype, remote, ctx.now),
     security_group_id: id,
+    priority: NEW_GROUP_RULE_PRIORITY,
   });
-  const rules = [egress('IPv4', '0.0.0.0/0'), egress('IPv6', '::/0')];
+  const rules = [
+    seed('ingress', 'IPv4', { remote_group_id: id }),
+    seed('ingress', 'IPv6', { remote_group_id: id }),
+    seed('egress', 'IPv4', { remote_ip_prefix: '0.0.0.0/0' }),
+    seed('egress', 'IPv6', { remote_ip_prefix: '::/0' }),
+  ];
+  if (rules.length > ctx.quotas.rules_per_group) {
+    throw new ApiError('quota', `security group ${JSON.stringify(id)} would have its ${rules.length} default rules (quota rules_per_group: ${ctx.quotas.rules_per_group})`);
+  }
   return { ops: [{ op: 'putGroup', group }, ...rules.map((rule): Op => ({ op: 'putRule', rule }))], result: { group, rules } };
 }
 
@@ -238,7 +248,13 @@ export function ruleCreate(groupId: string, r: RuleFields): RuleCreate {
     remote_group_id: r.remote_group_id ?? null,
     remote_address_group_id: r.remote_address_group_id ?? null,
     description: r.description ?? '',
+    enabled: r.enabled ?? true,
   };
+}
+
+/** An issue saying the rule's ethertype disagrees with its protocol, prefix or address group. */
+function isEthertypeIssue(i: Issue): boolean {
+  return /ethertype/.test(i.message) && /\.(protocol|remote_ip_prefix|remote_address_group_id|ethertype)$/.test(i.path);
 }
 
 /**
@@ -281,7 +297,8 @@ export function createRules(
       }
     }
   });
-  if (issues.length) throw ApiError.invalid(issues);
+  // Huawei answers a rule whose ethertype disagrees with the rest with VPC.9902 (400)
+  if (issues.length) throw ApiError.invalid(issues, issues.every(isEthertypeIssue) ? 'ruleEthertype' : 'invalid');
 
   const existing = rulesOf(snap, groupId);
   const byKey = new Map<string, { action: string; what: string }>();
@@ -319,6 +336,7 @@ export function createRules(
       remote_group_id: input.remote_group_id,
       remote_address_group_id: input.remote_address_group_id,
       description: input.description,
+      enabled: input.enabled,
       created_at: ctx.now,
     };
     byKey.set(key, { action: rule.action, what: `${path}` });
@@ -339,71 +357,7 @@ export function deleteRule(snap: ProjectSnapshot, id: string): Mutation<null> {
   return { ops: [{ op: 'deleteRule', id }], result: null };
 }
 
-// ---- address groups ----
-
-/** Checks an `ip_set` and returns its entries in canonical form (duplicates are found among the canonical forms). */
-function checkIpSet(ipVersion: 4 | 6, ipSet: readonly string[], path: string, ctx: MutationContext): string[] {
-  const issues = checkAddressGroupEntries({ ip_version: ipVersion, ip_set: [...ipSet] }, path);
-  const bad = new Set(issues.map((i) => i.path));
-  const seen = new Map<string, number>();
-  const canonical: string[] = [];
-  ipSet.forEach((e, i) => {
-    const at = `${path}.ip_set[${i}]`;
-    if (bad.has(at)) return;
-    const c = canonicalIpSetEntry(e);
-    if (!c.ok) issues.push({ path: at, message: c.error });
-    else if (seen.has(c.value)) issues.push({ path: at, message: `${JSON.stringify(e)} is listed twice (also ip_set[${seen.get(c.value)}])` });
-    else {
-      seen.set(c.value, i);
-      canonical.push(c.value);
-    }
-  });
-  if (issues.length) throw ApiError.invalid(issues);
-  if (ipSet.length > ctx.quotas.entries_per_address_group) {
-    throw new ApiError('quota', `${path}.ip_set has ${ipSet.length} entries (quota entries_per_address_group: ${ctx.quotas.entries_per_address_group})`);
-  }
-  return canonical;
-}
-
-export function createAddressGroup(snap: ProjectSnapshot, input: AddressGroupCreate, ctx: MutationContext): Mutation<AddressGroupRow> {
-  const ipSet = checkIpSet(input.ip_version, input.ip_set, 'address_group', ctx);
-  if (snap.addressGroups.length >= ctx.quotas.address_groups_per_project) {
-    throw new ApiError('quota', `project ${snap.projectId} already has ${snap.addressGroups.length} address groups (quota address_groups_per_project: ${ctx.quotas.address_groups_per_project})`);
-  }
-  const id = takeId(snap, input.id, ctx, 'address group', snap.addressGroups);
-  const addressGroup: AddressGroupRow = {
-    id,
-    name: input.name,
-    description: input.description,
-    ip_version: input.ip_version,
-    ip_set: ipSet,
-    created_at: ctx.now,
-    updated_at: ctx.now,
-  };
-  return { ops: [{ op: 'putAddressGroup', addressGroup }], result: addressGroup };
-}
-
-export function updateAddressGroup(snap: ProjectSnapshot, id: string, input: AddressGroupUpdate, ctx: MutationContext): Mutation<AddressGroupRow> {
-  const old = findAddressGroup(snap, id);
-  const ipSet = input.ip_set ? checkIpSet(old.ip_version, input.ip_set, 'address_group', ctx) : undefined;
-  const addressGroup: AddressGroupRow = {
-    ...old,
-    name: input.name ?? old.name,
-    description: input.description ?? old.description,
-    ip_set: ipSet ?? old.ip_set,
-    updated_at: ctx.now,
-  };
-  return { ops: [{ op: 'putAddressGroup', addressGroup }], result: addressGroup };
-}
-
-export function deleteAddressGroup(snap: ProjectSnapshot, id: string): Mutation<null> {
-  findAddressGroup(snap, id);
-  const ref = snap.rules.find((r) => r.remote_address_group_id === id);
-  if (ref) {
-    throw new ApiError('inUse', `address group ${JSON.stringify(id)} is referenced by rule ${JSON.stringify(ref.id)} of security group ${JSON.stringify(ref.security_group_id)}`);
-  }
-  return { ops: [{ op: 'deleteAddressGroup', id }], result: null };
-}
+// ---- address groups: ./address-groups.ts ----
 
 // ---- instances ----
 

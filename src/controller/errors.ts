@@ -2,6 +2,11 @@
  * API errors: each kind has one HTTP status and one stable `error_code`
  * (the catalogue in docs/api.md). The body is Huawei-shaped:
  * `{"request_id", "error_code", "error_msg"}`.
+ *
+ * Codes are Huawei's wherever Huawei VPC v3 documents one (`VPC.99xx`, the
+ * V3 rows of the VPC error-code appendix; `SYS.0202` for a dry run; API
+ * Gateway `APIG.*` for requests the gateway refuses), so that SDK code
+ * branching on `error_code` works; `SG.xxxx` only where Huawei has none.
  */
 import { SecgroupError, formatIssue, type ErrorCode, type Issue } from '../lib/errors.js';
 
@@ -16,11 +21,15 @@ export const API_ERROR_KINDS = {
     what: 'AK/SK: unknown access key, wrong signature (body, query, path or signed headers changed), X-Sdk-Date missing, malformed or more than 15 minutes off, unsigned payload',
   },
   signatureForbidden: { status: 403, apiCode: 'APIG.0302', code: 'FORBIDDEN', what: 'AK/SK: the access key may not access this project, or X-Project-Id is not the project of the path' },
-  notFound: { status: 404, apiCode: 'SG.0004', code: 'NOT_FOUND', what: 'no such resource (or path) in this project' },
-  inUse: { status: 409, apiCode: 'SG.0005', code: 'CONFLICT', what: 'the resource is referenced, or is the default group' },
-  duplicate: { status: 409, apiCode: 'SG.0006', code: 'CONFLICT', what: 'the rule duplicates an existing rule of the group' },
-  ruleConflict: { status: 409, apiCode: 'SG.0007', code: 'CONFLICT', what: 'the rule differs from an existing rule only in its action' },
-  quota: { status: 409, apiCode: 'SG.0008', code: 'QUOTA', what: 'a quota would be exceeded' },
+  ruleEthertype: { status: 400, apiCode: 'VPC.9902', code: 'REQUEST_INVALID', what: 'the rule\'s ethertype disagrees with its protocol, remote_ip_prefix or remote address group' },
+  ipSetInvalid: { status: 400, apiCode: 'VPC.9901', code: 'REQUEST_INVALID', what: 'an address group\'s ip_set (or ip_extra_set) has an invalid or duplicate entry' },
+  notFound: { status: 404, apiCode: 'VPC.9904', code: 'NOT_FOUND', what: 'no such resource in this project' },
+  noSuchApi: { status: 404, apiCode: 'APIG.0101', code: 'NOT_FOUND', what: 'no such API (path), or an operation outside this surface (the message names it)' },
+  inUse: { status: 409, apiCode: 'VPC.9902', code: 'CONFLICT', what: 'the security group is referenced by another group\'s rule or associated with an instance, or is the default group' },
+  addressGroupInUse: { status: 409, apiCode: 'VPC.9907', code: 'CONFLICT', what: 'the address group is referenced by a rule (DELETE .../force deletes those rules with it)' },
+  duplicate: { status: 409, apiCode: 'VPC.9902', code: 'CONFLICT', what: 'the rule duplicates an existing rule of the group' },
+  ruleConflict: { status: 409, apiCode: 'VPC.9902', code: 'CONFLICT', what: 'the rule differs from an existing rule only in its action' },
+  quota: { status: 409, apiCode: 'VPC.9905', code: 'QUOTA', what: 'a quota would be exceeded' },
   exists: { status: 409, apiCode: 'SG.0009', code: 'CONFLICT', what: 'a resource with this id already exists' },
   tooLarge: { status: 413, apiCode: 'SG.0010', code: 'REQUEST_INVALID', what: 'the request body is too large' },
   tooManyRequests: { status: 429, apiCode: 'SG.0011', code: 'RATE_LIMITED', what: 'too many failed authentications from this address; retry after `Retry-After` seconds' },
@@ -49,14 +58,17 @@ export class ApiError extends SecgroupError {
   }
 
   /** 400 listing every problem, each prefixed with its field path. */
-  static invalid(issues: readonly Issue[]): ApiError {
-    return new ApiError('invalid', issues.map(formatIssue).join('; '), { details: issues });
+  static invalid(issues: readonly Issue[], kind: 'invalid' | 'ruleEthertype' | 'ipSetInvalid' = 'invalid'): ApiError {
+    return new ApiError(kind, issues.map(formatIssue).join('; '), { details: issues });
   }
 
   static notFound(what: string, id: string): ApiError {
     return new ApiError('notFound', `${what} ${JSON.stringify(id)} not found`);
   }
 }
+
+/** The answer of a valid dry run (Huawei: 202 with `SYS.0202`). */
+export const DRY_RUN_CODE = 'SYS.0202';
 
 export interface ErrorBody {
   request_id: string;

@@ -27,6 +27,7 @@ import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import type { Clock, Timer } from '../lib/clock.js';
 import type { Logger } from '../lib/logger.js';
 import { errorMessage } from '../lib/errors.js';
+import { API_ERROR_KINDS } from './errors.js';
 import { formatTime } from '../lib/time.js';
 import {
   AGENT_PATH,
@@ -166,7 +167,7 @@ export class AgentHub {
 
   private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const path = (req.url ?? '/').split('?')[0];
-    if (path !== AGENT_PATH) return reject(socket, 404, 'SG.0004', `no WebSocket endpoint at ${path}; agents connect to ${AGENT_PATH}`);
+    if (path !== AGENT_PATH) return reject(socket, 404, API_ERROR_KINDS.noSuchApi.apiCode, `no WebSocket endpoint at ${path}; agents connect to ${AGENT_PATH}`);
     if (this.stopping) return reject(socket, 503, 'SG.0500', 'the controller is shutting down');
     // a source over its failed-auth budget is refused before its token is looked at
     const source = sourceKey(req.socket.remoteAddress);

@@ -26,13 +26,24 @@ export interface RuleRow {
   remote_group_id: string | null;
   remote_address_group_id: string | null;
   description: string;
+  /** false: kept, listed and counted, but never compiled into a policy document (SEMANTICS section 1) */
+  enabled: boolean;
   created_at: string;
+}
+
+/** A Huawei resource tag. */
+export interface Tag {
+  key: string;
+  value: string;
 }
 
 export interface GroupRow {
   id: string;
   name: string;
   description: string;
+  /** Huawei's enterprise project; "0" = the default one. Stored and returned, not enforced. */
+  enterprise_project_id: string;
+  tags: Tag[];
   created_at: string;
   updated_at: string;
 }
@@ -42,7 +53,14 @@ export interface AddressGroupRow {
   name: string;
   description: string;
   ip_version: 4 | 6;
+  /** canonical entries */
   ip_set: string[];
+  /** remarks of entries given as `ip_extra_set`, by canonical entry */
+  ip_remarks: Record<string, string>;
+  /** most entries the group may hold (Huawei's `max_capacity`) */
+  max_capacity: number;
+  enterprise_project_id: string;
+  tags: Tag[];
   created_at: string;
   updated_at: string;
 }

@@ -66,6 +66,8 @@ export interface ProjectIndex {
 export function indexProject(snap: ProjectSnapshot): ProjectIndex {
   const rulesByGroup = new Map<string, RuleRow[]>();
   for (const r of snap.rules) {
+    // a disabled rule is kept but not enforced (SEMANTICS section 1): it never reaches a document
+    if (!r.enabled) continue;
     const list = rulesByGroup.get(r.security_group_id);
     if (list) list.push(r);
     else rulesByGroup.set(r.security_group_id, [r]);

@@ -105,7 +105,8 @@ describeKernel('hostile names and descriptions from the API never reach nft', ()
     for (const d of [...HOSTILE, LONG]) expect(storedDescriptions).toContain(d);
     expect(documentText).not.toContain(MARK);
     expect(policy.security_groups.map((g) => g.id).sort()).toEqual(['default', 'sg-h']);
-    expect(policy.security_groups.find((g) => g.id === 'sg-h')!.rules.length).toBe(HOSTILE.length + 2 + 2);
+    // the hostile rules, LONG, the address-group rule, and the group's four default rules (Huawei's defaults; were two)
+    expect(policy.security_groups.find((g) => g.id === 'sg-h')!.rules.length).toBe(HOSTILE.length + 2 + 4);
   });
 
   it('the rendered ruleset passes nft --check and, applied, holds exactly our table with the model\'s rules; nothing else changed', async () => {

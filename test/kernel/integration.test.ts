@@ -10,8 +10,9 @@
  *     `-- veth -- <prefix>-b  eth0 198.18.9.3/24   agent for instance ecs-b, RPC helper (probes to a)
  *
  * A is in sg-a only and B in sg-b only (not `default`, whose ingress rule
- * would let members reach each other), so every path into A is opened by a
- * rule this test creates.
+ * would let members reach each other), and the ingress rules a new group
+ * starts with (from its own members, Huawei's defaults) are deleted, so every
+ * path into A is opened by a rule this test creates.
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -189,6 +190,10 @@ describe.skipIf(skip !== null)(`controller + two real agents in network namespac
       await api('POST', '/vpc/security-groups', { security_group: { id: 'sg-a', name: 'a' } }, 201);
       await api('POST', '/vpc/security-groups', { security_group: { id: 'sg-b', name: 'b' } }, 201);
       await api('POST', '/vpc/security-groups', { security_group: { id: 'sg-g', name: 'g' } }, 201);
+      for (const g of ['sg-a', 'sg-b', 'sg-g']) {
+        const listed = await api('GET', `/vpc/security-group-rules?security_group_id=${g}&direction=ingress`, undefined, 200);
+        for (const r of (listed.body as Json).security_group_rules as Json[]) await api('DELETE', `/vpc/security-group-rules/${String(r.id)}`, undefined, 204);
+      }
       const ia = await api('POST', '/instances', { instance: { id: 'ecs-a', name: 'a', addresses: [A], security_groups: ['sg-a'] } }, 201);
       const ib = await api('POST', '/instances', { instance: { id: 'ecs-b', name: 'b', addresses: [B], security_groups: ['sg-b'] } }, 201);
       agents.a = await startAgent('ecs-a', lab.ns.a, (ia.body as Json).token as string);

@@ -29,8 +29,8 @@ describe('framework errors in the API shape', () => {
   const json = { 'x-auth-token': ADMIN, 'content-type': 'application/json' };
 
   it('404 for an unknown route, 405 with Allow for a known path with another method', async () => {
-    expect((await inject({ url: '/nothing' })).body.error_code).toBe('SG.0004');
-    expect((await inject({ url: `${A}/vpc/nothing`, headers: json })).body.error_code).toBe('SG.0004');
+    expect((await inject({ url: '/nothing' })).body.error_code).toBe('APIG.0101');
+    expect((await inject({ url: `${A}/vpc/nothing`, headers: json })).body.error_code).toBe('APIG.0101');
     const r = await inject({ method: 'PATCH', url: `${A}/vpc/security-groups/sg-1`, headers: json, payload: '{}' });
     expect(r.status).toBe(405);
     expect(r.body.error_code).toBe('SG.0012');

@@ -140,7 +140,7 @@ describe('audit events of API writes', () => {
     expect((await call(t.app, 'GET', `${A}/audit-events`)).body.audit_events).toEqual([]);
   });
 
-  it('records a dry run as 202 DryRunOperation, and 404/409 refusals; reads are not recorded', async () => {
+  it('records a dry run as 202 SYS.0202, and 404/409 refusals; reads are not recorded', async () => {
     const t = makeApi();
     await seed(t.app);
     await t.audit.idle();
@@ -152,10 +152,10 @@ describe('audit events of API writes', () => {
     expect((await call(t.app, 'GET', `${A}/vpc/security-groups`)).status).toBe(200);
     const es = (await events(t)).slice(0, (await events(t)).length - before);
     expect(es.map((e) => [e.operation, e.resource_ids, e.status, e.error_code])).toEqual([
-      ['Unknown', [], 404, 'SG.0004'],
-      ['DeleteSecurityGroup', ['sg-web'], 409, 'SG.0005'],
-      ['DeleteSecurityGroupRule', ['nope'], 404, 'SG.0004'],
-      ['CreateSecurityGroup', [], 202, 'DryRunOperation'],
+      ['Unknown', [], 404, 'APIG.0101'],
+      ['DeleteSecurityGroup', ['sg-web'], 409, 'VPC.9902'],
+      ['DeleteSecurityGroupRule', ['nope'], 404, 'VPC.9904'],
+      ['CreateSecurityGroup', [], 202, 'SYS.0202'],
     ]);
   });
 

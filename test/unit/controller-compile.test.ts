@@ -37,7 +37,8 @@ describe('the policy document', () => {
     expect(JSON.stringify(http)).toBe(
       '{"id":"r-http","direction":"ingress","priority":1,"action":"allow","ethertype":"IPv4","protocol":"tcp","multiport":"80","remote_ip_prefix":"0.0.0.0/0"}',
     );
-    expect(policy.group_members).toEqual({ default: ['198.18.0.10', 'fd00:5ec::10'] });
+    // sg-web's own default ingress rules (Huawei's defaults) reference sg-web
+    expect(policy.group_members).toEqual({ default: ['198.18.0.10', 'fd00:5ec::10'], 'sg-web': ['198.18.0.10', 'fd00:5ec::10'] });
     // descriptions never reach the document
     expect(text).not.toContain('description');
   });
@@ -61,8 +62,32 @@ describe('the policy document', () => {
     await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app1', addresses: ['198.18.0.3', 'fd00:5ec::20'], security_groups: ['sg-app'] } });
     await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'web1', addresses: ['198.18.0.10'], security_groups: ['sg-web'] } });
     const { policy } = await policyOf(t, 'web1');
-    expect(policy.group_members).toEqual({ 'sg-app': ['198.18.0.3', '198.18.0.21'] });
+    // sg-web: its own default ingress rules (Huawei's defaults); web1 has no IPv6 address
+    expect(policy.group_members).toEqual({ 'sg-app': ['198.18.0.3', '198.18.0.21'], 'sg-web': ['198.18.0.10'] });
     expect(policy.address_groups).toEqual([]);
+  });
+
+  it('leaves disabled rules out (SEMANTICS section 1), with the members and address groups only they reference', async () => {
+    await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-app', name: 'app' } });
+    await call(t.app, 'POST', `${A}/vpc/security-groups`, { security_group: { id: 'sg-web', name: 'web' } });
+    await call(t.app, 'POST', `${A}/vpc/address-groups`, { address_group: { id: 'ag-off', name: 'off', ip_version: 4, ip_set: ['203.0.113.0/24'] } });
+    const off = [
+      rule({ id: 'r-off-group', remote_ip_prefix: null, remote_group_id: 'sg-app', enabled: false }),
+      rule({ id: 'r-off-ag', multiport: '22', remote_ip_prefix: null, remote_address_group_id: 'ag-off', enabled: false }),
+    ];
+    for (const r of off) expect((await call(t.app, 'POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...r } })).status).toBe(201);
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app1', addresses: ['198.18.0.3'], security_groups: ['sg-app'] } });
+    await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'web1', addresses: ['198.18.0.10'], security_groups: ['sg-web'] } });
+    const { policy, text } = await policyOf(t, 'web1');
+    expect(text).not.toContain('r-off-');
+    expect(Object.keys(policy.group_members)).toEqual(['sg-web']);
+    expect(policy.address_groups).toEqual([]);
+    // still stored and listed
+    const listed = (await call(t.app, 'GET', `${A}/vpc/security-group-rules?security_group_id=sg-web&enabled=false`)).body.security_group_rules;
+    expect(listed.map((r: any) => [r.id, r.enabled])).toEqual([
+      ['r-off-group', false],
+      ['r-off-ag', false],
+    ]);
   });
 
   it('includes referenced address groups, sorted by id', async () => {
@@ -145,6 +170,7 @@ describe('batch compilation (shared member lists and tails)', () => {
           remote_group_id: kind >= 0.3 && kind < 0.8 ? pick(groupIds) : null,
           remote_address_group_id: kind >= 0.8 ? (v6 ? 'ag-0' : 'ag-1') : null,
           description: '',
+          enabled: true,
           created_at: NOW,
         });
       }
@@ -156,9 +182,9 @@ describe('batch compilation (shared member lists and tails)', () => {
       const snap: ProjectSnapshot = {
         projectId: 'p',
         version: 1,
-        groups: groupIds.map((id) => ({ id, name: `n${id}`, description: '', created_at: NOW, updated_at: NOW })),
+        groups: groupIds.map((id) => ({ id, name: `n${id}`, description: '', enterprise_project_id: '0', tags: [], created_at: NOW, updated_at: NOW })),
         rules,
-        addressGroups: agIds.map((id) => ({ id, name: id, description: '', ip_version: id === 'ag-0' ? 6 : 4, ip_set: id === 'ag-0' ? ['fd00:1::/64'] : ['203.0.113.0/24'], created_at: NOW, updated_at: NOW })),
+        addressGroups: agIds.map((id) => ({ id, name: id, description: '', ip_version: id === 'ag-0' ? 6 : 4, ip_set: id === 'ag-0' ? ['fd00:1::/64'] : ['203.0.113.0/24'], ip_remarks: {}, max_capacity: 20, enterprise_project_id: '0', tags: [], created_at: NOW, updated_at: NOW })),
         instances,
       };
       const batch = indexProject(snap);
@@ -208,7 +234,8 @@ describe('recompiling after a change', () => {
   it('a new instance is compiled and pushed; instances whose rules reference its groups too', async () => {
     const n = t.pushed.length;
     await call(t.app, 'POST', `${A}/instances`, { instance: { id: 'app2', addresses: ['198.18.0.21'], security_groups: ['sg-app'] } });
-    expect(pushedSince(n)).toEqual(['app2', 'web1']);
+    // app1 too: sg-app's default ingress rules (Huawei's defaults) reference sg-app itself
+    expect(pushedSince(n)).toEqual(['app1', 'app2', 'web1']);
   });
 
   it('a rule change reaches only the members of its group', async () => {
@@ -243,13 +270,15 @@ describe('recompiling after a change', () => {
   it('membership changes (group order, join, leave, delete) reach exactly the affected instances', async () => {
     let n = t.pushed.length;
     await call(t.app, 'PUT', `${A}/instances/other`, { instance: { security_groups: ['default', 'sg-app'] } });
-    expect(pushedSince(n)).toEqual(['other', 'web1']);
+    // app1 too: sg-app's default ingress rules reference sg-app itself
+    expect(pushedSince(n)).toEqual(['app1', 'other', 'web1']);
     n = t.pushed.length;
     await call(t.app, 'PUT', `${A}/instances/other`, { instance: { security_groups: ['sg-app', 'default'] } });
     expect(pushedSince(n)).toEqual(['other']);
     n = t.pushed.length;
     await call(t.app, 'DELETE', `${A}/instances/app1`);
-    expect(pushedSince(n)).toEqual(['web1']);
+    // other too: it is in sg-app, whose default ingress rules reference sg-app itself
+    expect(pushedSince(n)).toEqual(['other', 'web1']);
   });
 
   it('changes that do not change a document bump nothing', async () => {

@@ -19,8 +19,8 @@ const P = '/v3/060576782980d5762f9ec014dd2f1148';
 const TIME = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/;
 
 /** Keys of the response examples in the v3 reference. */
-const HUAWEI_GROUP_KEYS = ['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'security_group_rules', 'created_at', 'updated_at'];
-const HUAWEI_LIST_GROUP_KEYS = ['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'created_at', 'updated_at'];
+const HUAWEI_GROUP_KEYS = ['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'tags', 'security_group_rules', 'created_at', 'updated_at'];
+const HUAWEI_LIST_GROUP_KEYS = ['id', 'name', 'project_id', 'description', 'enterprise_project_id', 'tags', 'created_at', 'updated_at'];
 const HUAWEI_RULE_KEYS = [
   'id',
   'project_id',
@@ -37,8 +37,24 @@ const HUAWEI_RULE_KEYS = [
   'remote_address_group_id',
   'action',
   'priority',
+  'enabled',
 ];
-const HUAWEI_ADDRESS_GROUP_KEYS = ['id', 'name', 'description', 'ip_set', 'ip_version', 'created_at', 'updated_at', 'tenant_id'];
+const HUAWEI_ADDRESS_GROUP_KEYS = [
+  'id',
+  'name',
+  'description',
+  'max_capacity',
+  'ip_set',
+  'ip_version',
+  'created_at',
+  'updated_at',
+  'tenant_id',
+  'enterprise_project_id',
+  'tags',
+  'status',
+  'status_message',
+  'ip_extra_set',
+];
 
 let t: TestApi;
 beforeEach(() => {
@@ -65,10 +81,16 @@ describe('Huawei VPC v3 reference examples', () => {
     expect(sg.created_at).toMatch(TIME);
     for (const rule of sg.security_group_rules) {
       expect(Object.keys(rule).sort()).toEqual([...HUAWEI_RULE_KEYS].sort());
-      expect(rule).toMatchObject({ security_group_id: sg.id, project_id: '060576782980d5762f9ec014dd2f1148', direction: 'egress', protocol: null, description: '', action: 'allow' });
+      expect(rule).toMatchObject({ security_group_id: sg.id, project_id: '060576782980d5762f9ec014dd2f1148', protocol: null, description: '', action: 'allow', priority: 100 });
       expect(rule.created_at).toMatch(TIME);
     }
-    expect(sg.security_group_rules.map((x: any) => x.ethertype).sort()).toEqual(['IPv4', 'IPv6']);
+    // Huawei's four default rules: ingress from the group itself, egress to all, per family
+    expect(sg.security_group_rules.map((x: any) => [x.direction, x.ethertype, x.remote_group_id, x.remote_ip_prefix])).toEqual([
+      ['ingress', 'IPv4', sg.id, null],
+      ['ingress', 'IPv6', sg.id, null],
+      ['egress', 'IPv4', null, '0.0.0.0/0'],
+      ['egress', 'IPv6', null, '::/0'],
+    ]);
   });
 
   it('CreateSecurityGroup with "dry_run": true answers 202 and creates nothing', async () => {

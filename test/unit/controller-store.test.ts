@@ -57,6 +57,28 @@ describe.each([
     await s.close();
   });
 
+  it('keeps the complete v3 shapes: rule enabled, group and address group tags and enterprise project, address group capacity and remarks', async () => {
+    const s = open();
+    const tags = [{ key: 'env', value: 'prod' }, { key: 'team', value: '' }];
+    const aRule = createProjectOps(NOW).flatMap((o) => (o.op === 'putRule' ? [o.rule] : []))[0]!;
+    await commit(s, 'p', [
+      ...createProjectOps(NOW),
+      { op: 'putGroup', group: { id: 'g', name: 'g', description: '', enterprise_project_id: '0f0e0d0c-0b0a-4909-8807-060504030201', tags, created_at: NOW, updated_at: NOW } },
+      { op: 'putRule', rule: { ...aRule, id: 'off', security_group_id: 'g', enabled: false } },
+      {
+        op: 'putAddressGroup',
+        addressGroup: { id: 'ag', name: 'ag', description: '', ip_version: 4, ip_set: ['198.18.0.0/24'], ip_remarks: { '198.18.0.0/24': 'lab' }, max_capacity: 7, enterprise_project_id: '0', tags, created_at: NOW, updated_at: NOW },
+      },
+    ]);
+    const snap = (await s.loadProject('p'))!;
+    expect(snap.groups.find((g) => g.id === 'g')).toMatchObject({ enterprise_project_id: '0f0e0d0c-0b0a-4909-8807-060504030201', tags });
+    expect(snap.groups.find((g) => g.id === 'default')).toMatchObject({ enterprise_project_id: '0', tags: [] });
+    expect(snap.rules.find((r) => r.id === 'off')!.enabled).toBe(false);
+    expect(snap.rules.find((r) => r.id === 'default-in-v4')!.enabled).toBe(true);
+    expect(snap.addressGroups[0]).toMatchObject({ ip_remarks: { '198.18.0.0/24': 'lab' }, max_capacity: 7, enterprise_project_id: '0', tags });
+    await s.close();
+  });
+
   it('assigns revisions that grow over every setPolicy, and keeps tokens and agent state per instance', async () => {
     const s = open();
     const inst = { id: 'i1', name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW };
@@ -239,7 +261,7 @@ describe.each(['sqlite', 'memory'] as const)('revision repair on open (%s)', (ki
       s = openSqliteStore(file);
     }
     expect((await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'i', body: '{"i":2}', hash: 'h2' }])).revisions.get('i')).toBe(MAX_REVISION);
-    const err = await commit(s, 'p', [{ op: 'putGroup', group: { id: 'g2', name: 'g2', description: '', created_at: NOW, updated_at: NOW } }, { op: 'setPolicy', instanceId: 'i', body: '{"i":3}', hash: 'h3' }]).catch((e: unknown) => e);
+    const err = await commit(s, 'p', [{ op: 'putGroup', group: { id: 'g2', name: 'g2', description: '', enterprise_project_id: '0', tags: [], created_at: NOW, updated_at: NOW } }, { op: 'setPolicy', instanceId: 'i', body: '{"i":3}', hash: 'h3' }]).catch((e: unknown) => e);
     expect(isSecgroupError(err, 'REVISION_EXHAUSTED')).toBe(true);
     expect((err as Error).message).toMatch(/reached its bound 281474976710656/);
     expect(await s.getPolicy('p', 'i')).toEqual({ revision: MAX_REVISION, body: '{"i":2}' });
@@ -261,6 +283,24 @@ describe('SQLite store', () => {
     const again = openSqliteStore(file);
     expect((await again.loadProject('p'))!.version).toBe(1);
     await again.close();
+  });
+
+  it('migration 4 gives rows written before it Huawei\'s defaults: enabled rules, enterprise project "0", no tags, max_capacity 20, no remarks', async () => {
+    const file = join(dir, 'v3.db');
+    const raw = new Database(file);
+    for (const m of MIGRATIONS.slice(0, 3)) m(raw);
+    raw.pragma('user_version = 3');
+    raw.exec(`INSERT INTO projects (id, version) VALUES ('p', 1);
+      INSERT INTO security_groups (project_id, id, name, description, created_at, updated_at) VALUES ('p', 'g', 'g', '', '${NOW}', '${NOW}');
+      INSERT INTO rules (project_id, id, security_group_id, direction, priority, action, ethertype, description, created_at) VALUES ('p', 'r', 'g', 'ingress', 1, 'allow', 'IPv4', '', '${NOW}');
+      INSERT INTO address_groups (project_id, id, name, description, ip_version, ip_set, created_at, updated_at) VALUES ('p', 'ag', 'ag', '', 4, '["198.18.0.1/32"]', '${NOW}', '${NOW}');`);
+    raw.close();
+    const s = openSqliteStore(file);
+    const snap = (await s.loadProject('p'))!;
+    expect(snap.rules[0]!.enabled).toBe(true);
+    expect(snap.groups[0]).toMatchObject({ enterprise_project_id: '0', tags: [] });
+    expect(snap.addressGroups[0]).toMatchObject({ ip_set: ['198.18.0.1/32'], ip_remarks: {}, max_capacity: 20, enterprise_project_id: '0', tags: [] });
+    await s.close();
   });
 
   it('keeps a shared document tail once per project, gives back whole bodies, drops tails no document uses, and reads v1 rows', async () => {
@@ -330,7 +370,7 @@ describe('SQLite store', () => {
     // a rule in a group that does not exist violates the foreign key: nothing of the commit may remain
     await expect(
       commit(s, 'p', [
-        { op: 'putGroup', group: { id: 'g2', name: 'g2', description: '', created_at: NOW, updated_at: NOW } },
+        { op: 'putGroup', group: { id: 'g2', name: 'g2', description: '', enterprise_project_id: '0', tags: [], created_at: NOW, updated_at: NOW } },
         { op: 'putRule', rule: { ...(await s.loadProject('p'))!.rules[0]!, id: 'orphan', security_group_id: 'missing' } },
       ]),
     ).rejects.toThrow();
@@ -352,7 +392,8 @@ describe('SQLite store', () => {
     );
     expect(results.map((r) => r.status)).toEqual(Array(40).fill(201));
     const snap = (await t.store.loadProject('p'))!;
-    expect(snap.rules.filter((r) => r.security_group_id === 'sg' && r.direction === 'ingress')).toHaveLength(20);
+    // protocol set: not the group's two default ingress rules (Huawei's defaults)
+    expect(snap.rules.filter((r) => r.security_group_id === 'sg' && r.direction === 'ingress' && r.protocol !== null)).toHaveLength(20);
     expect(snap.instances).toHaveLength(20);
     expectConsistent(snap);
   });
@@ -397,7 +438,8 @@ describe('SQLite store under other processes', () => {
     const snap = (await s.loadProject('shared'))!;
     for (const w of writers) expect(w.acks).toHaveLength(12);
     expect(snap.instances).toHaveLength(36);
-    expect(snap.rules.filter((r) => r.direction === 'ingress' && r.security_group_id !== 'default')).toHaveLength(36);
+    // protocol set: not the groups' default ingress rules (Huawei's defaults)
+    expect(snap.rules.filter((r) => r.direction === 'ingress' && r.security_group_id !== 'default' && r.protocol !== null)).toHaveLength(36);
     expectConsistent(snap);
     await s.close();
   }, 120_000);

@@ -99,7 +99,7 @@ describe("the controller's store in the bundle", () => {
         '#!/usr/bin/env node',
         `import { openSqliteStore } from ${JSON.stringify(join(repo, 'src/controller/store/sqlite.ts'))};`,
         "const store = openSqliteStore(process.argv[2]);",
-        "const r = await store.mutate('p', () => ({ ops: [{ op: 'putGroup', group: { id: 'sg-1', name: 'one', description: '', created_at: 't', updated_at: 't' } }], value: 'done' }));",
+        "const r = await store.mutate('p', () => ({ ops: [{ op: 'putGroup', group: { id: 'sg-1', name: 'one', description: '', enterprise_project_id: '0', tags: [], created_at: 't', updated_at: 't' } }], value: 'done' }));",
         "const snap = await store.loadProject('p');",
         "await store.close();",
         "console.log(r.value, r.version, snap.groups.map((g) => g.id).join(','));",

@@ -35,7 +35,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { ValidationError, isSecgroupError } from '../../lib/errors.js';
 import { ID_PATTERN } from '../../policy/schema.js';
 import { registerAuditHooks } from '../audit.js';
-import { ApiError, type ApiErrorKind, type ErrorBody } from '../errors.js';
+import { ApiError, DRY_RUN_CODE, type ApiErrorKind, type ErrorBody } from '../errors.js';
 import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, sourceKey, type HttpLimits } from '../limits.js';
 import { findToken, tokenFromHeaders } from '../tokens.js';
 import { clientErrorHandler, guardConnections, serverOptions } from './edge.js';
@@ -50,7 +50,7 @@ const PROJECT_PREFIX = '/v3/:project_id/';
 
 /** Framework errors by HTTP status, as API error kinds (any other 4xx is `invalid`). */
 const KIND_BY_STATUS: Readonly<Record<number, ApiErrorKind>> = {
-  404: 'notFound',
+  404: 'noSuchApi',
   405: 'methodNotAllowed',
   408: 'timeout',
   413: 'tooLarge',
@@ -121,7 +121,13 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     const path = req.url.split('?')[0] ?? '/';
     const methods = new Set<string>();
     for (const r of routeTable) if (r.re.test(path)) for (const m of r.methods) methods.add(m);
-    if (methods.size === 0) return new ApiError('notFound', `no such API: ${req.method} ${path}`);
+    if (methods.size === 0) {
+      // Huawei VPC v3 operations on ports (AddSecurityGroups, RemoveSecurityGroups, port tags) are outside this surface
+      const outside = /^\/v3\/[^/]+\/ports(\/|$)/.test(path)
+        ? ': ports are outside secgroup\'s surface (AddSecurityGroups, RemoveSecurityGroups and port tags are not supported); associate security groups with an instance through /v3/{project_id}/instances'
+        : '';
+      return new ApiError('noSuchApi', `no such API: ${req.method} ${path}${outside}`);
+    }
     const allow = [...methods].sort().join(', ');
     void reply.header('allow', allow);
     return new ApiError('methodNotAllowed', `${req.method} is not allowed on ${path} (allowed: ${allow})`);
@@ -269,7 +275,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
         if (out === null) return reply.status(204).send();
         if (typeof out === 'string') return reply.status(status).type('application/json; charset=utf-8').send(out);
         if (out.dry_run === true) {
-          return reply.status(202).send({ request_id: request.id, error_code: 'DryRunOperation', error_msg: 'the request is valid; nothing was changed (dry_run)' });
+          return reply.status(202).send({ request_id: request.id, error_code: DRY_RUN_CODE, error_msg: 'the request is valid; nothing was changed (dry_run)' });
         }
         return reply.status(status).send({ request_id: request.id, ...out });
       },

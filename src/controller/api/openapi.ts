@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { VERSION } from '../../lib/version.js';
+import { API_ERROR_KINDS, DRY_RUN_CODE } from '../errors.js';
 import { policySchema } from '../../policy/schema.js';
 import {
   addressGroupView,
@@ -70,11 +71,19 @@ interface Operation {
 // 429: the source address failed authentication too often (docs/api.md, Errors)
 const ERRORS = [400, 401, 403, 404, 409, 429];
 
+/** "error_code: meaning" of every error kind with this status (Huawei's codes where Huawei has one). */
+function errorCodes(status: number): string {
+  const lines = Object.values(API_ERROR_KINDS)
+    .filter((k) => k.status === status)
+    .map((k) => `${k.apiCode}: ${k.what}`);
+  return `error; error_code is one of: ${lines.join('; ')}`;
+}
+
 function operations(): Operation[] {
   const o = (s: z.ZodType) => schema(s, 'output');
   const P = '/v3/{project_id}';
   return [
-    { method: 'post', path: `${P}/vpc/security-groups`, summary: 'Create a security group (with egress allow-all rules)', body: createGroupBody, ok: { status: 201, schema: o(responses.securityGroup) }, dryRun: true },
+    { method: 'post', path: `${P}/vpc/security-groups`, summary: 'Create a security group (with Huawei\'s four default rules: ingress from its own members, egress to all, IPv4 and IPv6, priority 100)', body: createGroupBody, ok: { status: 201, schema: o(responses.securityGroup) }, dryRun: true },
     { method: 'get', path: `${P}/vpc/security-groups`, summary: 'List security groups', query: listGroupsQuery, ok: { status: 200, schema: o(responses.securityGroups) } },
     { method: 'get', path: `${P}/vpc/security-groups/{id}`, summary: 'Show a security group and its rules', ok: { status: 200, schema: o(responses.securityGroup) } },
     { method: 'put', path: `${P}/vpc/security-groups/{id}`, summary: 'Update a security group\'s name or description', body: updateGroupBody, ok: { status: 200, schema: o(responses.securityGroup) } },
@@ -94,8 +103,9 @@ function operations(): Operation[] {
     { method: 'post', path: `${P}/vpc/address-groups`, summary: 'Create an address group', body: createAddressGroupBody, ok: { status: 201, schema: o(responses.addressGroup) }, dryRun: true },
     { method: 'get', path: `${P}/vpc/address-groups`, summary: 'List address groups', query: listAddressGroupsQuery, ok: { status: 200, schema: o(responses.addressGroups) } },
     { method: 'get', path: `${P}/vpc/address-groups/{id}`, summary: 'Show an address group', ok: { status: 200, schema: o(responses.addressGroup) } },
-    { method: 'put', path: `${P}/vpc/address-groups/{id}`, summary: 'Update an address group (name, description, ip_set)', body: updateAddressGroupBody, ok: { status: 200, schema: o(responses.addressGroup) }, dryRun: true },
-    { method: 'delete', path: `${P}/vpc/address-groups/{id}`, summary: 'Delete an address group (409 while referenced)', ok: { status: 204, schema: null } },
+    { method: 'put', path: `${P}/vpc/address-groups/{id}`, summary: 'Update an address group (name, description, ip_set or ip_extra_set, max_capacity)', body: updateAddressGroupBody, ok: { status: 200, schema: o(responses.addressGroup) }, dryRun: true },
+    { method: 'delete', path: `${P}/vpc/address-groups/{id}`, summary: 'Delete an address group (409 VPC.9907 while referenced)', ok: { status: 204, schema: null } },
+    { method: 'delete', path: `${P}/vpc/address-groups/{id}/force`, summary: 'Force-delete an address group with the rules that reference it (DeleteIpAddressGroupForce)', ok: { status: 204, schema: null } },
     { method: 'post', path: `${P}/instances`, summary: 'Create an instance; the response carries its agent token (once)', body: createInstanceBody, ok: { status: 201, schema: o(responses.instanceCreated) } },
     { method: 'get', path: `${P}/instances`, summary: 'List instances', query: listInstancesQuery, ok: { status: 200, schema: o(responses.instances) } },
     { method: 'get', path: `${P}/instances/{id}`, summary: 'Show an instance', ok: { status: 200, schema: o(responses.instance) } },
@@ -135,8 +145,8 @@ export function buildOpenApi(): Json {
     const res: Record<string, Json> = {
       [op.ok.status]: op.ok.schema ? { description: 'success', content: { 'application/json': { schema: op.ok.schema } } } : { description: 'success, no body' },
     };
-    if (op.dryRun) res['202'] = { description: 'dry_run: the request is valid, nothing changed', content: { 'application/json': { schema: errorSchema } } };
-    for (const s of ERRORS) res[s] = { description: 'error', content: { 'application/json': { schema: errorSchema } } };
+    if (op.dryRun) res['202'] = { description: `dry_run: the request is valid, nothing changed (error_code ${DRY_RUN_CODE})`, content: { 'application/json': { schema: errorSchema } } };
+    for (const s of ERRORS) res[s] = { description: errorCodes(s), content: { 'application/json': { schema: errorSchema } } };
     paths[op.path] ??= {};
     paths[op.path]![op.method] = {
       summary: op.summary,

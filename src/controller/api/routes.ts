@@ -6,11 +6,9 @@
  */
 import { ApiError } from '../errors.js';
 import {
-  createAddressGroup,
   createGroup,
   createInstance,
   createRules,
-  deleteAddressGroup,
   deleteGroup,
   deleteInstance,
   deleteRule,
@@ -20,11 +18,11 @@ import {
   findRule,
   rotateToken,
   rulesOf,
-  updateAddressGroup,
   updateGroup,
   updateInstance,
   ruleCreate,
 } from '../domain.js';
+import { createAddressGroup, deleteAddressGroup, updateAddressGroup } from '../address-groups.js';
 import { EMPTY_AGENT_STATE } from '../store/store.js';
 import type { ApiOptions, Route } from './route.js';
 import { parseWith, pathId } from './route.js';
@@ -48,6 +46,11 @@ import { addressGroupView, groupView, instanceView, paginate, ruleView } from '.
 
 const matches = (filter: readonly string[] | undefined, value: string | null): boolean => filter === undefined || (value !== null && filter.includes(value));
 
+/** Huawei's `enterprise_project_id` filter; `all_granted_eps` selects every enterprise project. */
+function matchesEps(wanted: readonly string[] | undefined, value: string): boolean {
+  return wanted === undefined || wanted.includes('all_granted_eps') || wanted.includes(value);
+}
+
 export function registerRoutes(route: Route, o: ApiOptions): void {
   const { service } = o;
   const DRY = { dry_run: true };
@@ -57,14 +60,16 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
   route('POST', '/vpc/security-groups', 201, async ({ project, body }) => {
     const b = parseWith(createGroupBody, body);
     const sg = b.security_group;
-    const r = await service.mutate(project, (s, ctx) => createGroup(s, { id: sg.id, name: sg.name, description: sg.description ?? '' }, ctx), { dryRun: b.dry_run });
+    const r = await service.mutate(project, (s, ctx) => createGroup(s, { id: sg.id, name: sg.name, description: sg.description ?? '', enterprise_project_id: sg.enterprise_project_id, tags: sg.tags }, ctx), { dryRun: b.dry_run });
     return b.dry_run ? DRY : { security_group: groupView(project, r.group, r.rules) };
   });
 
   route('GET', '/vpc/security-groups', 200, async ({ project, query }) => {
     const q = parseWith(listGroupsQuery, query, 'query');
     const snap = await service.read(project);
-    const items = snap.groups.filter((g) => matches(q.id, g.id) && matches(q.name, g.name) && matches(q.description, g.description));
+    const items = snap.groups.filter(
+      (g) => matches(q.id, g.id) && matches(q.name, g.name) && matches(q.description, g.description) && matchesEps(q.enterprise_project_id, g.enterprise_project_id),
+    );
     const { page, page_info } = paginate(snap.groups, items, q.limit, q.marker);
     return { security_groups: page.map((g) => groupView(project, g)), page_info };
   });
@@ -121,7 +126,8 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
         matches(q.priority, String(r.priority)) &&
         (q.direction === undefined || q.direction === r.direction) &&
         (q.action === undefined || q.action === r.action) &&
-        (q.ethertype === undefined || q.ethertype === r.ethertype),
+        (q.ethertype === undefined || q.ethertype === r.ethertype) &&
+        (q.enabled === undefined || q.enabled === r.enabled),
     );
     const { page, page_info } = paginate(snap.rules, items, q.limit, q.marker);
     return { security_group_rules: page.map((r) => ruleView(project, r)), page_info };
@@ -146,7 +152,22 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
     const a = b.address_group;
     const r = await service.mutate(
       project,
-      (s, ctx) => createAddressGroup(s, { id: a.id, name: a.name, description: a.description ?? '', ip_version: a.ip_version, ip_set: a.ip_set }, ctx),
+      (s, ctx) =>
+        createAddressGroup(
+          s,
+          {
+            id: a.id,
+            name: a.name,
+            description: a.description ?? '',
+            ip_version: a.ip_version,
+            ip_set: a.ip_set,
+            ip_extra_set: a.ip_extra_set,
+            max_capacity: a.max_capacity,
+            enterprise_project_id: a.enterprise_project_id,
+            tags: a.tags,
+          },
+          ctx,
+        ),
       { dryRun: b.dry_run },
     );
     return b.dry_run ? DRY : { address_group: addressGroupView(project, r) };
@@ -156,7 +177,12 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
     const q = parseWith(listAddressGroupsQuery, query, 'query');
     const snap = await service.read(project);
     const items = snap.addressGroups.filter(
-      (a) => matches(q.id, a.id) && matches(q.name, a.name) && matches(q.description, a.description) && (q.ip_version === undefined || Number(q.ip_version) === a.ip_version),
+      (a) =>
+        matches(q.id, a.id) &&
+        matches(q.name, a.name) &&
+        matches(q.description, a.description) &&
+        matchesEps(q.enterprise_project_id, a.enterprise_project_id) &&
+        (q.ip_version === undefined || Number(q.ip_version) === a.ip_version),
     );
     const { page, page_info } = paginate(snap.addressGroups, items, q.limit, q.marker);
     return { address_groups: page.map((a) => addressGroupView(project, a)), page_info };
@@ -172,7 +198,7 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
     const id = pathId(params, 'id', 'address group');
     const b = parseWith(updateAddressGroupBody, body);
     const a = b.address_group;
-    const r = await service.mutate(project, (s, ctx) => updateAddressGroup(s, id, { name: a.name, description: a.description ?? undefined, ip_set: a.ip_set }, ctx), {
+    const r = await service.mutate(project, (s, ctx) => updateAddressGroup(s, id, { name: a.name, description: a.description ?? undefined, ip_set: a.ip_set, ip_extra_set: a.ip_extra_set, max_capacity: a.max_capacity }, ctx), {
       dryRun: b.dry_run,
     });
     return b.dry_run ? DRY : { address_group: addressGroupView(project, r) };
@@ -181,6 +207,13 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
   route('DELETE', '/vpc/address-groups/:id', 204, async ({ project, params }) => {
     const id = pathId(params, 'id', 'address group');
     await service.mutate(project, (s) => deleteAddressGroup(s, id));
+    return null;
+  });
+
+  // Huawei's DeleteIpAddressGroupForce: the rules that reference the group are deleted with it
+  route('DELETE', '/vpc/address-groups/:id/force', 204, async ({ project, params }) => {
+    const id = pathId(params, 'id', 'address group');
+    await service.mutate(project, (s) => deleteAddressGroup(s, id, { force: true }));
     return null;
   });
 

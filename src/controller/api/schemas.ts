@@ -17,6 +17,26 @@ export const nameSchema = z.string().regex(/^[\p{L}\p{N}_.-]{1,64}$/u, {
   message: 'must be 1-64 characters of letters, digits, "_", "-" or "."',
 });
 const descriptionSchema = ruleSchema.shape.description;
+
+/**
+ * Huawei resource tags: at most 20 per resource, keys unique; a key is 1-128
+ * and a value 0-255 characters of letters, digits, spaces and `_ . : = + - @`.
+ */
+const tagText = /^[\p{L}\p{N} _.:=+\-@]*$/u;
+export const tagsSchema = z
+  .array(
+    z.strictObject({
+      key: z.string().min(1).max(128).regex(tagText, { message: 'must be letters, digits, spaces or "_ . : = + - @"' }),
+      value: z.string().max(255).regex(tagText, { message: 'must be letters, digits, spaces or "_ . : = + - @"' }),
+    }),
+  )
+  .max(20)
+  .refine((ts) => new Set(ts.map((t) => t.key)).size === ts.length, { message: 'keys must be unique' })
+  .describe('at most 20 {key, value}; keys unique');
+const enterpriseProjectId = z
+  .string()
+  .regex(/^(0|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/, { message: 'must be "0" or a UUID' })
+  .describe('Huawei enterprise project: stored and returned ("0" = default), not enforced');
 const dryRun = z.boolean().optional().describe('only validate the request; nothing is changed (HTTP 202)');
 
 /** `priority` is a string in Huawei's SDK models and an integer in its examples: both are accepted. */
@@ -32,8 +52,7 @@ const priorityInput = z
 const ruleOptionFields = {
   id: idSchema.optional().describe('(secgroup) choose the rule id; default: a generated UUID'),
   priority: priorityInput,
-  /** newer Huawei API versions have `enabled`; disabled rules do not exist here */
-  enabled: z.literal(true).optional().describe('only `true` is supported'),
+  enabled: z.boolean().default(true).describe('false: the rule is kept, listed and counted, but not enforced (SEMANTICS section 1)'),
   multiport: ruleSchema.shape.multiport.describe('ports or ranges "a-b", comma-separated; stored canonical: items trimmed, "a-a" as "a" (docs/api.md)'),
   remote_ip_prefix: ruleSchema.shape.remote_ip_prefix.describe(
     'IP or CIDR of the rule\'s ethertype; stored canonical: network address with a length (bare IP /32 or /128), RFC 5952 IPv6; leading zeros and IPv4-mapped IPv6 refused',
@@ -66,6 +85,7 @@ export const ruleView = z.object({
   priority: z.int(),
   remote_group_id: z.string().nullable(),
   remote_address_group_id: z.string().nullable(),
+  enabled: z.boolean(),
   icmp_type: z.int().optional().describe('(secgroup) present only when set'),
   icmp_code: z.int().optional().describe('(secgroup) present only when set'),
 });
@@ -78,8 +98,8 @@ export const createGroupBody = z.strictObject({
     id: idSchema.optional().describe('(secgroup) choose the group id, e.g. "sg-web"; default: a generated UUID'),
     name: nameSchema,
     description: descriptionSchema,
-    enterprise_project_id: z.string().max(36).optional().describe('accepted and ignored'),
-    tags: z.array(z.strictObject({ key: z.string(), value: z.string() })).max(20).optional().describe('accepted and ignored'),
+    enterprise_project_id: enterpriseProjectId.optional(),
+    tags: tagsSchema.optional(),
   }),
   dry_run: dryRun,
 });
@@ -94,6 +114,7 @@ export const groupView = z.object({
   project_id: z.string(),
   description: z.string(),
   enterprise_project_id: z.string(),
+  tags: z.array(z.object({ key: z.string(), value: z.string() })),
   security_group_rules: z.array(ruleView).optional().describe('in single-group responses, not in lists'),
   created_at: z.string(),
   updated_at: z.string(),
@@ -102,21 +123,37 @@ export type GroupView = z.infer<typeof groupView>;
 
 // ---- address groups ----
 
+const ipSetSchema = z.array(z.string()).describe(
+  'IP addresses, CIDRs or ranges "first-last" of ip_version; stored canonical (IPs and CIDRs as network/length, RFC 5952 IPv6); IPv4-mapped IPv6 refused',
+);
+const ipExtraSetSchema = z
+  .array(z.strictObject({ ip: z.string(), remarks: z.string().max(255).refine((r) => !/[<>]/.test(r), { message: 'must not contain "<" or ">"' }).optional() }))
+  .describe('entries with a remark; mutually exclusive with ip_set');
+const maxCapacity = z.int().min(1).max(20000).describe('most entries the group may hold; default: the quota entries_per_address_group');
+
 export const createAddressGroupBody = z.strictObject({
   address_group: z.strictObject({
     id: idSchema.optional().describe('(secgroup) choose the address group id; default: a generated UUID'),
     name: nameSchema,
     description: descriptionSchema,
     ip_version: z.union([z.literal(4), z.literal(6)]),
-    ip_set: z.array(z.string()).default([]).describe('IP addresses, CIDRs or ranges "first-last" of ip_version; stored canonical (IPs and CIDRs as network/length, RFC 5952 IPv6); IPv4-mapped IPv6 refused'),
-    max_capacity: z.int().min(0).optional().describe('accepted and checked against ip_set, not stored (the limit is the quota entries_per_address_group)'),
-  })
-    .refine((a) => a.max_capacity === undefined || a.ip_set.length <= a.max_capacity, { message: 'has more entries than max_capacity', path: ['ip_set'] }),
+    ip_set: ipSetSchema.optional(),
+    ip_extra_set: ipExtraSetSchema.optional(),
+    max_capacity: maxCapacity.optional(),
+    enterprise_project_id: enterpriseProjectId.optional(),
+    tags: tagsSchema.optional(),
+  }),
   dry_run: dryRun,
 });
 
 export const updateAddressGroupBody = z.strictObject({
-  address_group: z.strictObject({ name: nameSchema.optional(), description: descriptionSchema, ip_set: z.array(z.string()).optional() }),
+  address_group: z.strictObject({
+    name: nameSchema.optional(),
+    description: descriptionSchema,
+    ip_set: ipSetSchema.optional(),
+    ip_extra_set: ipExtraSetSchema.optional(),
+    max_capacity: maxCapacity.optional(),
+  }),
   dry_run: dryRun,
 });
 
@@ -124,11 +161,17 @@ export const addressGroupView = z.object({
   id: z.string(),
   name: z.string(),
   description: z.string(),
+  max_capacity: z.int(),
   ip_set: z.array(z.string()),
   ip_version: z.union([z.literal(4), z.literal(6)]),
   created_at: z.string(),
   updated_at: z.string(),
   tenant_id: z.string(),
+  enterprise_project_id: z.string(),
+  tags: z.array(z.object({ key: z.string(), value: z.string() })),
+  status: z.literal('NORMAL').describe('always NORMAL: changes are applied synchronously'),
+  status_message: z.string(),
+  ip_extra_set: z.array(z.object({ ip: z.string(), remarks: z.string().nullable() })).describe('every entry, with its remark (null without one)'),
 });
 export type AddressGroupView = z.infer<typeof addressGroupView>;
 
@@ -205,7 +248,7 @@ const pageQuery = {
   marker: z.string().optional().describe('id of the last resource of the previous page'),
 };
 
-export const listGroupsQuery = z.looseObject({ ...pageQuery, id: multi, name: multi, description: multi });
+export const listGroupsQuery = z.looseObject({ ...pageQuery, id: multi, name: multi, description: multi, enterprise_project_id: multi });
 export const listRulesQuery = z.looseObject({
   ...pageQuery,
   id: multi,
@@ -219,6 +262,10 @@ export const listRulesQuery = z.looseObject({
   action: z.enum(['allow', 'deny']).optional(),
   ethertype: z.enum(['IPv4', 'IPv6']).optional(),
   priority: multi,
+  enabled: z
+    .enum(['true', 'false'])
+    .transform((v) => v === 'true')
+    .optional(),
 });
 export const listAddressGroupsQuery = z.looseObject({
   ...pageQuery,
@@ -226,6 +273,7 @@ export const listAddressGroupsQuery = z.looseObject({
   name: multi,
   description: multi,
   ip_version: z.enum(['4', '6']).optional(),
+  enterprise_project_id: multi,
 });
 export const listInstancesQuery = z.looseObject({ ...pageQuery, id: multi, name: multi, security_group_id: multi });
 
@@ -261,7 +309,7 @@ export const auditEventView = z.object({
   resource_ids: z.array(z.string()).describe('ids in the path, then the ids created'),
   request_id: z.string().nullable(),
   status: z.int().describe('HTTP status; agent events: 101 connected, 200 disconnected, 401 refused'),
-  error_code: z.string().nullable().describe('the answer\'s error_code (refusals; DryRunOperation for dry runs)'),
+  error_code: z.string().nullable().describe('the answer\'s error_code (refusals; SYS.0202 for dry runs)'),
   source_ip: z.string().nullable(),
   user_agent: z.string().nullable().describe('at most 256 characters'),
   detail: z.string().nullable().describe('agent events: the WebSocket close code'),

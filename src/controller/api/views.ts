@@ -23,6 +23,7 @@ export function ruleView(projectId: string, r: RuleRow): RuleView {
     priority: r.priority,
     remote_group_id: r.remote_group_id,
     remote_address_group_id: r.remote_address_group_id,
+    enabled: r.enabled,
   };
   if (r.icmp_type !== null) v.icmp_type = r.icmp_type;
   if (r.icmp_code !== null) v.icmp_code = r.icmp_code;
@@ -36,7 +37,8 @@ export function groupView(projectId: string, g: GroupRow, rules?: readonly RuleR
     name: g.name,
     project_id: projectId,
     description: g.description,
-    enterprise_project_id: '0',
+    enterprise_project_id: g.enterprise_project_id,
+    tags: g.tags,
     ...(rules ? { security_group_rules: rules.map((r) => ruleView(projectId, r)) } : {}),
     created_at: g.created_at,
     updated_at: g.updated_at,
@@ -48,11 +50,17 @@ export function addressGroupView(projectId: string, a: AddressGroupRow): Address
     id: a.id,
     name: a.name,
     description: a.description,
+    max_capacity: a.max_capacity,
     ip_set: a.ip_set,
     ip_version: a.ip_version,
     created_at: a.created_at,
     updated_at: a.updated_at,
     tenant_id: projectId,
+    enterprise_project_id: a.enterprise_project_id,
+    tags: a.tags,
+    status: 'NORMAL',
+    status_message: '',
+    ip_extra_set: a.ip_set.map((ip) => ({ ip, remarks: a.ip_remarks[ip] ?? null })),
   };
 }
 

@@ -19,7 +19,7 @@ import { Database, type Statement } from './sqlite-driver.js';
 import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
-import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
+import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow, Tag } from '../model.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
@@ -140,6 +140,19 @@ export const MIGRATIONS: readonly ((db: Db) => void)[] = [
       CREATE INDEX audit_by_time ON audit_events (time);
     `);
   },
+  // 4: complete Huawei v3 shapes (issue 14): rules' `enabled`; groups' and address groups' `enterprise_project_id` and
+  // `tags` (JSON); address groups' `max_capacity` and entry remarks (`ip_extra_set`, JSON object by canonical entry).
+  (db) => {
+    db.exec(`
+      ALTER TABLE rules ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
+      ALTER TABLE security_groups ADD COLUMN enterprise_project_id TEXT NOT NULL DEFAULT '0';
+      ALTER TABLE security_groups ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+      ALTER TABLE address_groups ADD COLUMN enterprise_project_id TEXT NOT NULL DEFAULT '0';
+      ALTER TABLE address_groups ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+      ALTER TABLE address_groups ADD COLUMN max_capacity INTEGER NOT NULL DEFAULT 20;
+      ALTER TABLE address_groups ADD COLUMN ip_remarks TEXT NOT NULL DEFAULT '{}';
+    `);
+  },
 ];
 
 export interface SqliteStoreOptions {
@@ -151,11 +164,14 @@ export interface SqliteStoreOptions {
   logger?: Logger;
 }
 
-interface RuleDbRow extends Omit<RuleRow, 'direction' | 'action' | 'ethertype'> {
+interface RuleDbRow extends Omit<RuleRow, 'direction' | 'action' | 'ethertype' | 'enabled'> {
   direction: string;
   action: string;
   ethertype: string;
+  enabled: number;
 }
+type GroupDbRow = Omit<GroupRow, 'tags'> & { tags: string };
+type AddressGroupDbRow = Omit<AddressGroupRow, 'ip_set' | 'ip_version' | 'tags' | 'ip_remarks'> & { ip_set: string; ip_version: number; tags: string; ip_remarks: string };
 
 type AuditDbRow = Omit<AuditEvent, 'resource_ids'> & { resource_ids: string };
 
@@ -231,40 +247,47 @@ export class SqliteStore implements Store {
       projectVersion: db.prepare<[string], { version: number }>('SELECT version FROM projects WHERE id = ?'),
       insertProject: db.prepare('INSERT INTO projects (id, version) VALUES (?, 1)'),
       bumpProject: db.prepare('UPDATE projects SET version = version + 1 WHERE id = ?'),
-      groups: db.prepare<[string], GroupRow>('SELECT id, name, description, created_at, updated_at FROM security_groups WHERE project_id = ? ORDER BY seq'),
+      groups: db.prepare<[string], GroupDbRow>(
+        'SELECT id, name, description, enterprise_project_id, tags, created_at, updated_at FROM security_groups WHERE project_id = ? ORDER BY seq',
+      ),
       rules: db.prepare<[string], RuleDbRow>(
         `SELECT id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
-                remote_ip_prefix, remote_group_id, remote_address_group_id, description, created_at
+                remote_ip_prefix, remote_group_id, remote_address_group_id, description, enabled, created_at
            FROM rules WHERE project_id = ? ORDER BY seq`,
       ),
-      addressGroups: db.prepare<[string], Omit<AddressGroupRow, 'ip_set' | 'ip_version'> & { ip_set: string; ip_version: number }>(
-        'SELECT id, name, description, ip_version, ip_set, created_at, updated_at FROM address_groups WHERE project_id = ? ORDER BY seq',
+      addressGroups: db.prepare<[string], AddressGroupDbRow>(
+        `SELECT id, name, description, ip_version, ip_set, ip_remarks, max_capacity, enterprise_project_id, tags, created_at, updated_at
+           FROM address_groups WHERE project_id = ? ORDER BY seq`,
       ),
       instances: db.prepare<[string], Omit<InstanceRow, 'addresses' | 'security_groups'> & { addresses: string; security_groups: string }>(
         'SELECT id, name, addresses, security_groups, revision, policy_hash, created_at, updated_at FROM instances WHERE project_id = ? ORDER BY seq',
       ),
       putGroup: db.prepare(
-        `INSERT INTO security_groups (project_id, id, name, description, created_at, updated_at) VALUES (@project_id, @id, @name, @description, @created_at, @updated_at)
-         ON CONFLICT (project_id, id) DO UPDATE SET name = excluded.name, description = excluded.description, updated_at = excluded.updated_at`,
+        `INSERT INTO security_groups (project_id, id, name, description, enterprise_project_id, tags, created_at, updated_at)
+         VALUES (@project_id, @id, @name, @description, @enterprise_project_id, @tags, @created_at, @updated_at)
+         ON CONFLICT (project_id, id) DO UPDATE SET name = excluded.name, description = excluded.description,
+           enterprise_project_id = excluded.enterprise_project_id, tags = excluded.tags, updated_at = excluded.updated_at`,
       ),
       deleteGroupRules: db.prepare('DELETE FROM rules WHERE project_id = ? AND security_group_id = ?'),
       deleteGroup: db.prepare('DELETE FROM security_groups WHERE project_id = ? AND id = ?'),
       putRule: db.prepare(
         `INSERT INTO rules (project_id, id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
-                            remote_ip_prefix, remote_group_id, remote_address_group_id, description, created_at)
+                            remote_ip_prefix, remote_group_id, remote_address_group_id, description, enabled, created_at)
          VALUES (@project_id, @id, @security_group_id, @direction, @priority, @action, @ethertype, @protocol, @multiport, @icmp_type, @icmp_code,
-                 @remote_ip_prefix, @remote_group_id, @remote_address_group_id, @description, @created_at)
+                 @remote_ip_prefix, @remote_group_id, @remote_address_group_id, @description, @enabled, @created_at)
          ON CONFLICT (project_id, id) DO UPDATE SET security_group_id = excluded.security_group_id, direction = excluded.direction,
            priority = excluded.priority, action = excluded.action, ethertype = excluded.ethertype, protocol = excluded.protocol,
            multiport = excluded.multiport, icmp_type = excluded.icmp_type, icmp_code = excluded.icmp_code,
            remote_ip_prefix = excluded.remote_ip_prefix, remote_group_id = excluded.remote_group_id,
-           remote_address_group_id = excluded.remote_address_group_id, description = excluded.description`,
+           remote_address_group_id = excluded.remote_address_group_id, description = excluded.description, enabled = excluded.enabled`,
       ),
       deleteRule: db.prepare('DELETE FROM rules WHERE project_id = ? AND id = ?'),
       putAddressGroup: db.prepare(
-        `INSERT INTO address_groups (project_id, id, name, description, ip_version, ip_set, created_at, updated_at)
-         VALUES (@project_id, @id, @name, @description, @ip_version, @ip_set, @created_at, @updated_at)
-         ON CONFLICT (project_id, id) DO UPDATE SET name = excluded.name, description = excluded.description, ip_set = excluded.ip_set, updated_at = excluded.updated_at`,
+        `INSERT INTO address_groups (project_id, id, name, description, ip_version, ip_set, ip_remarks, max_capacity, enterprise_project_id, tags, created_at, updated_at)
+         VALUES (@project_id, @id, @name, @description, @ip_version, @ip_set, @ip_remarks, @max_capacity, @enterprise_project_id, @tags, @created_at, @updated_at)
+         ON CONFLICT (project_id, id) DO UPDATE SET name = excluded.name, description = excluded.description, ip_set = excluded.ip_set,
+           ip_remarks = excluded.ip_remarks, max_capacity = excluded.max_capacity, enterprise_project_id = excluded.enterprise_project_id,
+           tags = excluded.tags, updated_at = excluded.updated_at`,
       ),
       deleteAddressGroup: db.prepare('DELETE FROM address_groups WHERE project_id = ? AND id = ?'),
       putInstance: db.prepare(
@@ -308,9 +331,15 @@ export class SqliteStore implements Store {
     return {
       projectId,
       version: p.version,
-      groups: this.stmt.groups.all(projectId),
-      rules: this.stmt.rules.all(projectId) as RuleRow[],
-      addressGroups: this.stmt.addressGroups.all(projectId).map((a) => ({ ...a, ip_version: a.ip_version as 4 | 6, ip_set: JSON.parse(a.ip_set) as string[] })),
+      groups: this.stmt.groups.all(projectId).map((g) => ({ ...g, tags: JSON.parse(g.tags) as Tag[] })),
+      rules: this.stmt.rules.all(projectId).map((r) => ({ ...r, enabled: r.enabled !== 0 }) as RuleRow),
+      addressGroups: this.stmt.addressGroups.all(projectId).map((a) => ({
+        ...a,
+        ip_version: a.ip_version as 4 | 6,
+        ip_set: JSON.parse(a.ip_set) as string[],
+        ip_remarks: JSON.parse(a.ip_remarks) as Record<string, string>,
+        tags: JSON.parse(a.tags) as Tag[],
+      })),
       instances: this.stmt.instances.all(projectId).map((i) => ({
         ...i,
         addresses: JSON.parse(i.addresses) as string[],
@@ -342,20 +371,26 @@ export class SqliteStore implements Store {
   private apply(project_id: string, o: Op, revisions: Map<string, number>, tails: Set<string>): void {
     switch (o.op) {
       case 'putGroup':
-        this.stmt.putGroup.run({ project_id, ...o.group });
+        this.stmt.putGroup.run({ project_id, ...o.group, tags: JSON.stringify(o.group.tags) });
         break;
       case 'deleteGroup':
         this.stmt.deleteGroupRules.run(project_id, o.id);
         this.stmt.deleteGroup.run(project_id, o.id);
         break;
       case 'putRule':
-        this.stmt.putRule.run({ project_id, ...o.rule });
+        this.stmt.putRule.run({ project_id, ...o.rule, enabled: o.rule.enabled ? 1 : 0 });
         break;
       case 'deleteRule':
         this.stmt.deleteRule.run(project_id, o.id);
         break;
       case 'putAddressGroup':
-        this.stmt.putAddressGroup.run({ project_id, ...o.addressGroup, ip_set: JSON.stringify(o.addressGroup.ip_set) });
+        this.stmt.putAddressGroup.run({
+          project_id,
+          ...o.addressGroup,
+          ip_set: JSON.stringify(o.addressGroup.ip_set),
+          ip_remarks: JSON.stringify(o.addressGroup.ip_remarks),
+          tags: JSON.stringify(o.addressGroup.tags),
+        });
         break;
       case 'deleteAddressGroup':
         this.stmt.deleteAddressGroup.run(project_id, o.id);

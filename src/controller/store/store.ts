@@ -90,7 +90,7 @@ export interface AuditEvent {
   request_id: string | null;
   /** HTTP status (agent events: 101 connected, 200 disconnected, 401 refused) */
   status: number;
-  /** the answer's `error_code` (refusals, and `DryRunOperation` for dry runs) */
+  /** the answer's `error_code` (refusals, and `SYS.0202` for dry runs) */
   error_code: string | null;
   source_ip: string | null;
   user_agent: string | null;
