@@ -7,10 +7,10 @@
  * UUIDs the cloud generated; where an example refers to an existing group
  * we create it first with that id (secgroup lets clients choose ids).
  *
- * Known, deliberate differences (docs/api.md, "Deviations"): a new group gets
- * only the two egress allow-all rules (SEMANTICS section 6), not Huawei's
- * extra ingress-from-itself rules; list items carry no `tags`; `multiport`
- * is always a string (one reference example shows the number 33).
+ * Known, deliberate differences (docs/api.md, "Deviations"): `multiport` is
+ * always a string (one reference example shows the number 33). A new group
+ * gets Huawei's four default rules, and groups carry `tags`, as the
+ * reference shows.
  */
 import { describe, expect, it, beforeEach } from 'vitest';
 import { call, makeApi, type TestApi } from './controller-helpers.js';
