@@ -216,7 +216,12 @@ async function main(): Promise<void> {
 
   // groups, instances, agents
   await must('POST', '/vpc/security-groups', { security_group: { id: 'sg-web', name: 'web', description: 'web servers' } }, 201);
-  say('POST /v3/demo/vpc/security-groups            -> sg-web (egress allow-all, no ingress)');
+  // Huawei's defaults: egress allow-all, and ingress from the group's own members; the web tier does not
+  // talk to itself, so only the rule this demo adds opens a port
+  const ingress = await must('GET', '/vpc/security-group-rules?security_group_id=sg-web&direction=ingress', undefined, 200);
+  for (const r of ingress.security_group_rules as Json[]) await must('DELETE', `/vpc/security-group-rules/${String(r.id)}`, undefined, 204);
+  say('POST /v3/demo/vpc/security-groups            -> sg-web (Huawei\'s four default rules)');
+  say('DELETE its two ingress-from-own-members rules -> sg-web: egress allow-all, no ingress');
   const tokens: Record<string, string> = {};
   for (const [id, n, groups] of [
     ['web-a', 'a', ['sg-web']],

@@ -189,6 +189,9 @@ describe.skipIf(unavailable !== undefined)(`seed scenario in containers${unavail
     await until('controller API', async () => ((await api('GET', '/vpc/security-groups')).status === 200 ? true : undefined));
 
     expect((await api('POST', '/vpc/security-groups', { security_group: { id: 'sg-web', name: 'web' } })).status).toBe(201);
+    // Huawei's defaults admit the group's own members; the seed's web tier starts with no ingress at all
+    const ingress = await api('GET', '/vpc/security-group-rules?security_group_id=sg-web&direction=ingress');
+    for (const r of ingress.body.security_group_rules as Json[]) expect((await api('DELETE', `/vpc/security-group-rules/${String(r.id)}`)).status).toBe(204);
     for (const [id, ip, groups] of [
       // A starts in sg-web only: in `default` its ports would be open to B (the
       // default group admits its members), and not `blocked` as the seed expects.
