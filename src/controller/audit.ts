@@ -23,7 +23,7 @@ import type { Clock } from '../lib/clock.js';
 import type { Logger } from '../lib/logger.js';
 import type { ScheduledJob, Scheduler } from '../lib/scheduler.js';
 import type { AuditEvent, Store } from './store/store.js';
-import { findToken, tokenFromHeaders, type Random } from './tokens.js';
+import type { Random } from './tokens.js';
 
 /** Minute 17 of every hour (6-field cron, seconds first). */
 export const AUDIT_PRUNE_SCHEDULE = '0 17 * * * *';
@@ -170,13 +170,6 @@ export function boundUserAgent(ua: string | string[] | undefined | null): string
   return typeof v === 'string' ? v.slice(0, USER_AGENT_MAX) : null;
 }
 
-/** The name of the configured token the request carries, or `anonymous`. */
-export function actorOf(req: FastifyRequest, tokens: readonly { name: string; sha256: string }[]): string {
-  const token = tokenFromHeaders(req.headers);
-  if (!token) return 'anonymous';
-  return findToken(token, tokens)?.name ?? 'anonymous';
-}
-
 interface Answer {
   error_code: string | null;
   created: string[];
@@ -216,9 +209,8 @@ function readAnswer(spec: OperationSpec, status: number, payload: unknown): Answ
 export function registerAuditHooks(
   app: FastifyInstance,
   recorder: AuditRecorder,
-  tokens: readonly { name: string; sha256: string }[],
-  /** the name of the access key that signed the request (verified), or null */
-  signedBy: (req: FastifyRequest) => string | null = () => null,
+  /** who sent the request: the name authentication found (token or access key), or `anonymous` */
+  actorOf: (req: FastifyRequest) => string,
 ): void {
   const answers = new WeakMap<FastifyRequest, Answer>();
   app.addHook('onRoute', (r) => {
@@ -242,7 +234,7 @@ export function registerAuditHooks(
     const status = reply.statusCode;
     const pathIds = spec === UNKNOWN || params.id === undefined ? [] : [params.id.slice(0, PATH_PART_MAX)];
     recorder.record({
-      actor: signedBy(req) ?? actorOf(req, tokens),
+      actor: actorOf(req),
       project_id: project === null ? null : safeDecode(project).slice(0, PATH_PART_MAX),
       operation: spec.operation,
       resource_type: spec.resource_type,

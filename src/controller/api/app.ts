@@ -133,12 +133,20 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     return new ApiError('methodNotAllowed', `${req.method} is not allowed on ${path} (allowed: ${allow})`);
   };
 
-  /** AK/SK requests between onRequest and the body check, and the verified key's name */
+  /** AK/SK requests between onRequest and the body check */
   const pendingSignatures = new WeakMap<FastifyRequest, PendingSignature>();
-  const signedBy = new WeakMap<FastifyRequest, string>();
+  /** who authentication found the request to be (token name, or the verified access key's name): the audit actor */
+  const actors = new WeakMap<FastifyRequest, string>();
   const bodyLimit = o.maxBodyBytes ?? 1024 * 1024;
 
-  if (o.audit) registerAuditHooks(app, o.audit, o.tokens, (req) => signedBy.get(req) ?? (isSignedRequest(req.headers) ? 'anonymous' : null));
+  // requests refused before authentication ran (unknown route, rate limit) name their token's owner too
+  const actorOf = (req: FastifyRequest): string => {
+    const known = actors.get(req);
+    if (known !== undefined) return known;
+    const token = isSignedRequest(req.headers) ? null : tokenFromHeaders(req.headers);
+    return (token && findToken(token, o.tokens)?.name) || 'anonymous';
+  };
+  if (o.audit) registerAuditHooks(app, o.audit, actorOf);
 
   const started = new WeakMap<FastifyRequest, number>();
   app.addHook('onRequest', async (req, reply) => {
@@ -155,7 +163,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       pendingSignatures.delete(req);
       const body = await readBounded(payload, req);
       try {
-        signedBy.set(req, verifyPayload(pending, body).name);
+        actors.set(req, verifyPayload(pending, body).name);
       } catch (e) {
         const source = sourceKey(req.socket.remoteAddress);
         authLimiter.failed(source);
@@ -253,6 +261,7 @@ export function buildApi(o: ApiOptions): FastifyInstance {
       authLimiter.failed(source);
       throw new ApiError('unauthorized', 'invalid token');
     }
+    actors.set(req, match.name);
     if (!ID_PATTERN.test(project)) {
       throw ApiError.invalid([{ path: 'project_id', message: 'must be 1-64 characters of letters, digits, ".", "_", ":" or "-"' }]);
     }
