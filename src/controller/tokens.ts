@@ -3,12 +3,13 @@
  * SHA-256 (a fast hash is enough for secrets with that much entropy);
  * comparisons are constant-time.
  */
-import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { sha256 } from '../lib/hash.js';
 
 export const AGENT_TOKEN_PREFIX = 'sgi_';
 
 export function hashToken(token: string): string {
-  return createHash('sha256').update(token, 'utf8').digest('hex');
+  return sha256(token);
 }
 
 /** Constant-time equality of two hex digests (false for different lengths). */

@@ -13,7 +13,7 @@
  * Hashes are memoized in bounded caches owned by this module (see NameMemo):
  * the only state of the compiler, and one that no result depends on.
  */
-import { createHash } from 'node:crypto';
+import { sha256 } from '../lib/hash.js';
 import type { Family } from '../policy/address.js';
 
 /** How a lookup is keyed: `peer . l4proto . dport` (tcp/udp/sctp), `peer . icmp type . code`, `peer . l4proto` (the rest). */
@@ -56,7 +56,7 @@ export class NameMemo {
   }
 }
 
-const sha256Hex = (text: string, digits: number): string => createHash('sha256').update(text).digest('hex').slice(0, digits);
+const sha256Hex = (text: string, digits: number): string => sha256(text).slice(0, digits);
 
 /** Entries per memo (about 100 bytes each). */
 export const NAME_MEMO_CAPACITY = 100_000;

@@ -25,14 +25,15 @@
  * parameter (`now`, from the injected clock), nothing is logged here.
  * Secrets are compared only through HMAC and constant-time equality.
  */
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
+import { sha256 } from '../../lib/hash.js';
 import { ApiError } from '../errors.js';
+import { findToken, hashToken } from '../tokens.js';
 
 export const SIGNING_ALGORITHM = 'SDK-HMAC-SHA256';
 /** a request's X-Sdk-Date may differ this much from the controller's clock (Huawei: 15 minutes) */
 export const SIGNATURE_WINDOW_MS = 15 * 60 * 1000;
-export const EMPTY_BODY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 /** headers every signature must cover */
 export const REQUIRED_SIGNED_HEADERS = ['host', 'x-sdk-date'] as const;
 
@@ -129,8 +130,6 @@ export function canonicalQuery(rawQuery: string): string {
   return out.join('&');
 }
 
-const sha256Hex = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
-
 /** `YYYYMMDDTHHMMSSZ` as epoch ms, or null if malformed. */
 export function parseSdkDate(value: string): number | null {
   const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(value);
@@ -147,12 +146,14 @@ function headerValue(headers: IncomingHttpHeaders, name: string): string | undef
   return Array.isArray(v) ? v.join(',') : v;
 }
 
-/** The configured key with this AK; every key is compared (constant time per key), as findToken. */
+/** The configured keys' AK digests, computed once per key list. */
+const keyDigests = new WeakMap<readonly AccessKey[], { sha256: string; key: AccessKey }[]>();
+
+/** The configured key with this AK: `findToken`'s constant-time search over the AKs' digests. */
 export function findAccessKey(access: string, keys: readonly AccessKey[]): AccessKey | null {
-  const wanted = createHash('sha256').update(access, 'utf8').digest();
-  let match: AccessKey | null = null;
-  for (const k of keys) if (timingSafeEqual(createHash('sha256').update(k.access_key, 'utf8').digest(), wanted)) match = k;
-  return match;
+  let digests = keyDigests.get(keys);
+  if (!digests) keyDigests.set(keys, (digests = keys.map((key) => ({ sha256: hashToken(key.access_key), key }))));
+  return findToken(access, digests)?.key ?? null;
 }
 
 /**
@@ -204,10 +205,10 @@ export function checkSignedHeaders(req: SignedRequest, keys: readonly AccessKey[
 
 /** Finishes the check with the body's bytes; throws ApiError `signatureInvalid` (401) on any mismatch. */
 export function verifyPayload(p: PendingSignature, body: Buffer): AccessKey {
-  const payloadHash = sha256Hex(body);
+  const payloadHash = sha256(body);
   if (p.contentSha256 !== null && p.contentSha256 !== payloadHash) throw invalid('X-Sdk-Content-Sha256 is not the SHA-256 of the body');
   const canonicalRequest = `${p.canonicalHead}\n${payloadHash}`;
-  const stringToSign = [SIGNING_ALGORITHM, p.date, sha256Hex(canonicalRequest)].join('\n');
+  const stringToSign = [SIGNING_ALGORITHM, p.date, sha256(canonicalRequest)].join('\n');
   const expected = Buffer.from(createHmac('sha256', p.key.secret_key).update(stringToSign).digest('hex'), 'utf8');
   const given = Buffer.from(p.signature, 'utf8');
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw invalid('verify aksk signature fail');
