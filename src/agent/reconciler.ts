@@ -382,8 +382,7 @@ export class Reconciler {
           break;
         } catch (e) {
           if (plan.kind !== 'incremental') throw e;
-          // a failed sync makes the next one full; here the next is a full reload in this same sync
-          this.forceFull = true;
+          // the fallback is a full reload in this same sync (if it fails too, the catch below forces the next one full)
           if (plan.via === 'membership') {
             // the fast path changed the applied compiled state in place: compile again
             logger.warn({ event: 'membership_failed', ...log, err: e }, `member update failed, falling back to a full reload: ${errorMessage(e)}`);

@@ -396,8 +396,9 @@ export class AgentHub {
     });
   }
 
-  private send(s: Session, frame: string | Buffer): void {
-    if (s.ws.readyState !== WebSocket.OPEN) return;
+  /** false when nothing was sent (the connection is closed, or was just dropped for not reading) */
+  private send(s: Session, frame: string | Buffer): boolean {
+    if (s.ws.readyState !== WebSocket.OPEN) return false;
     // an agent that does not read would make every document sent to it (a resync each, within the frame
     // rate) pile up in this process until the heartbeat notices: past the bound it is dropped instead;
     // on reconnect its hello gets the current document
@@ -407,10 +408,11 @@ export class AgentHub {
       this.o.metrics.agentMessagesRejected.inc({ reason: 'not_reading' });
       this.log.warn({ event: 'agent_not_reading', project: s.projectId, instance: s.instanceId, unsent_bytes: unsent, limit }, `dropping the agent connection: ${unsent} bytes sent to it are still unread (limit ${limit})`);
       s.ws.terminate();
-      return;
+      return false;
     }
     // a Buffer holds UTF-8 text: sent as a text frame like a string
     s.ws.send(frame, { binary: false });
+    return true;
   }
 
   /** A changed document: as a delta against the last one sent when only members changed, else in full. */
@@ -418,7 +420,7 @@ export class AgentHub {
     const base = s.lastDoc;
     const { delta, next } = this.docs.change(base, p);
     if (base && delta !== null && this.fits(s, delta)) {
-      this.send(s, delta);
+      if (!this.send(s, delta)) return;
       s.answers++;
       s.lastSentRevision = p.revision;
       s.lastDoc = next;
@@ -427,13 +429,13 @@ export class AgentHub {
       this.log.info({ event: 'push', project: s.projectId, instance: s.instanceId, revision: p.revision, base: base.revision, reason: 'change', delta: true }, 'policy delta sent');
       return;
     }
-    this.sendPolicy(s, p, 'change', next);
+    // without a base, change() computed nothing: sendPolicy works it out
+    this.sendPolicy(s, p, 'change', base ? next : undefined);
   }
 
   private sendPolicy(s: Session, p: StoredPolicy, reason: 'hello' | 'change' | 'resync', doc?: SentDocument | null): void {
     const frame = this.docs.policyFrame(p);
-    if (!this.fits(s, frame)) return;
-    this.send(s, frame);
+    if (!this.fits(s, frame) || !this.send(s, frame)) return;
     s.answers++;
     s.lastSentRevision = p.revision;
     s.lastDoc = this.docs.remember(p, doc);

@@ -108,7 +108,8 @@ export class PushDocuments {
 
   /** What later deltas are computed against once `p` was sent in full (`known`: already computed for it); null when deltas are off. */
   remember(p: StoredPolicy, known?: SentDocument | null): SentDocument | null {
-    return this.deltas ? (known ?? this.sentDocument(p)) : null;
+    // null is a known answer too (a body that cannot be split): not searched again
+    return this.deltas ? (known !== undefined ? known : this.sentDocument(p)) : null;
   }
 
   /** What a later delta is computed against; null when the body cannot be split (then no delta is sent). */
