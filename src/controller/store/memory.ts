@@ -7,7 +7,7 @@
 import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
@@ -57,10 +57,7 @@ export class MemoryStore implements Store {
       for (const [id, p] of s.projects) s.projects.set(id, { ...p, instances: p.instances.map((i) => (to.has(s.key(id, i.id)) ? { ...i, revision: to.get(s.key(id, i.id))! } : i)) });
       for (const x of s.extra.values()) if (x.agent.applied_revision !== null && x.agent.applied_revision > MAX_REVISION) x.agent.applied_revision = null;
       s.counter = plan.counter;
-      logger?.error(
-        { event: 'revision_counter_repaired', old_counter: plan.oldCounter, new_counter: plan.counter, renumbered: plan.renumbered.length, instances: plan.renumbered.slice(0, 100) },
-        `the revision counter was ${plan.oldCounter}, above the bound ${MAX_REVISION}: ${plan.renumbered.length} policies renumbered, the counter continues at ${plan.counter}`,
-      );
+      logRevisionRepair(logger, plan);
     }
     return s;
   }

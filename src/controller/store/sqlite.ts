@@ -21,7 +21,7 @@ import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow, Tag } from '../model.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database;
 
@@ -217,10 +217,14 @@ function migrate(db: Db): void {
  * past 2^53 would otherwise be rounded.
  */
 function repairRevisions(db: Db, logger: Logger | undefined): void {
+  const counterOf = () => db.prepare<[], { value: bigint }>("SELECT value FROM meta WHERE key = 'revision_counter'").safeIntegers(true).get()?.value ?? 0n;
+  const poisoned = (counter: bigint) =>
+    counter > BigInt(MAX_REVISION) || db.prepare<[number], { n: number }>('SELECT count(*) AS n FROM instances WHERE revision > ?').get(MAX_REVISION)!.n > 0;
+  // the usual case, nothing to repair, is decided by reads alone: no write lock at start-up
+  if (!poisoned(counterOf())) return;
   db.transaction(() => {
-    const counter = db.prepare<[], { value: bigint }>("SELECT value FROM meta WHERE key = 'revision_counter'").safeIntegers(true).get()?.value ?? 0n;
-    const over = db.prepare<[number], { n: number }>('SELECT count(*) AS n FROM instances WHERE revision > ?').get(MAX_REVISION)!.n;
-    if (counter <= BigInt(MAX_REVISION) && over === 0) return;
+    const counter = counterOf();
+    if (!poisoned(counter)) return;
     const rows = db
       .prepare<[], { project_id: string; id: string; revision: bigint }>('SELECT project_id, id, revision FROM instances WHERE revision IS NOT NULL ORDER BY revision, seq')
       .safeIntegers(true)
@@ -232,10 +236,7 @@ function repairRevisions(db: Db, logger: Logger | undefined): void {
     db.prepare("UPDATE meta SET value = ? WHERE key = 'revision_counter'").run(plan.counter);
     // an applied revision above the bound was never handed out by this store as it is now: unknown until the agent acks again
     db.prepare("UPDATE agent_state SET state = json_set(state, '$.applied_revision', json('null')) WHERE json_extract(state, '$.applied_revision') > ?").run(MAX_REVISION);
-    logger?.error(
-      { event: 'revision_counter_repaired', old_counter: plan.oldCounter, new_counter: plan.counter, renumbered: plan.renumbered.length, instances: plan.renumbered.slice(0, 100) },
-      `the revision counter was ${plan.oldCounter}, above the bound ${MAX_REVISION} (state left by an agent-reported revision): ${plan.renumbered.length} policies renumbered, the counter continues at ${plan.counter}; agents converge on their next connection`,
-    );
+    logRevisionRepair(logger, plan);
   }).immediate();
 }
 

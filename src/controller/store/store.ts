@@ -10,6 +10,7 @@
  * function throws, or any op fails, nothing is written.
  */
 import { SecgroupError } from '../../lib/errors.js';
+import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION, type PortReport } from '../../protocol/messages.js';
 import type { BodyParts, Op, ProjectSnapshot } from '../model.js';
 
@@ -232,4 +233,12 @@ export function planRevisionRepair(counter: bigint, revisions: readonly StoredRe
   if (counter <= bound && Number(counter) > next) next = Number(counter);
   const renumbered = over.map((r) => ({ projectId: r.projectId, instanceId: r.instanceId, from: r.revision.toString(), to: ++next }));
   return { oldCounter: counter.toString(), counter: next, renumbered };
+}
+
+/** The error-level line a store writes when it repaired a poisoned revision counter on open. */
+export function logRevisionRepair(logger: Logger | undefined, plan: RevisionRepair): void {
+  logger?.error(
+    { event: 'revision_counter_repaired', old_counter: plan.oldCounter, new_counter: plan.counter, renumbered: plan.renumbered.length, instances: plan.renumbered.slice(0, 100) },
+    `the revision counter was ${plan.oldCounter}, above the bound ${MAX_REVISION} (state left by an agent-reported revision): ${plan.renumbered.length} policies renumbered, the counter continues at ${plan.counter}; agents converge on their next connection`,
+  );
 }
