@@ -19,6 +19,7 @@
  * error shape `{request_id, error_code, error_msg}`; every other body is
  * JSON, except /metrics (Prometheus text), 204 and HEAD.
  */
+import { createRng } from './random-policy.js';
 
 export interface FuzzRequest {
   /** the operation, e.g. `post /v3/{project_id}/vpc/security-groups` */
@@ -68,18 +69,11 @@ export interface FuzzOperation {
   query: { name: string; schema: Schema }[];
 }
 
-/** mulberry32: small, fast, good enough to draw test cases from a seed */
+/** The seeded generator of random-policy.ts (mulberry32), with the helpers the fuzzer draws with (`pick` of an empty list is undefined here). */
 export class Rng {
-  private s: number;
+  readonly next: () => number;
   constructor(seed: number) {
-    this.s = seed >>> 0;
-  }
-  next(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    this.next = createRng(seed).next;
   }
   int(n: number): number {
     return Math.floor(this.next() * n);

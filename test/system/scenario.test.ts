@@ -6,7 +6,7 @@
 // client, port statuses from GET .../instances/A/ports.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GenericContainer, getContainerRuntimeClient, type StartedTestContainer } from 'testcontainers';
-import { createInternalNetwork, engineUnavailableReason, removeLabelled, rootRuleset, type TestNetwork } from './docker-env.js';
+import { createInternalNetwork, engineUnavailableReason, removeLabelled, rootRuleset, until, type TestNetwork } from './docker-env.js';
 import { execFileSync } from 'node:child_process';
 
 const unavailable = engineUnavailableReason() ?? imagesMissing();
@@ -39,22 +39,6 @@ class FixedIpContainer extends GenericContainer {
 
 type Json = Record<string, unknown>;
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const end = performance.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await sleep(300);
-  }
-}
 
 // A web server (HTTP on the given port) and a held connection, as node one-liners.
 const WEB = (port: number) => `require("http").createServer((q,s)=>s.end("hello "+process.env.HOSTNAME)).listen(${port},"0.0.0.0")`;

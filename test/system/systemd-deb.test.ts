@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { engineUnavailableReason, removeLabelled, rootRuleset } from './docker-env.js';
+import { engineUnavailableReason, removeLabelled, rootRuleset, until } from './docker-env.js';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const debDir = join(repo, 'dist/deb');
@@ -43,22 +43,6 @@ function debs(): { agent: string; controller: string } | undefined {
 
 const unavailable = engineUnavailableReason() ?? (debs() ? undefined : 'no dist/deb/secgroup-{agent,controller}_*.deb (run npm run package)');
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const end = performance.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await sleep(300);
-  }
-}
 
 async function docker(...args: string[]): Promise<string> {
   return (await execa('docker', args)).stdout;
