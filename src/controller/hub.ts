@@ -42,7 +42,7 @@ import {
   type ResyncMessage,
   type WelcomeMessage,
 } from '../protocol/messages.js';
-import { sourceKey, type AuthFailureLimiter } from './limits.js';
+import { authRefusal, sourceKey, type AuthFailureLimiter } from './limits.js';
 import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
 import { CLOSE, Session, sessionKey } from './hub-session.js';
@@ -171,14 +171,8 @@ export class AgentHub {
     if (this.stopping) return reject(socket, 503, 'SG.0500', 'the controller is shutting down');
     // a source over its failed-auth budget is refused before its token is looked at
     const source = sourceKey(req.socket.remoteAddress);
-    const limited = this.o.authLimiter?.check(source);
-    if (limited?.limited) {
-      this.o.metrics.authRateLimited.inc({ endpoint: 'agent' });
-      if (limited.firstRefusal) {
-        this.log.warn({ event: 'auth_rate_limited', endpoint: 'agent', source, retry_after_s: limited.retryAfterSeconds }, 'too many failed authentications from this address');
-      }
-      return reject(socket, 429, 'SG.0011', `too many failed authentications from ${source}; retry after ${limited.retryAfterSeconds} s`, { 'Retry-After': String(limited.retryAfterSeconds) });
-    }
+    const refused = this.o.authLimiter ? authRefusal(this.o.authLimiter, source, 'agent', { metrics: this.o.metrics, log: this.log }) : null;
+    if (refused) return reject(socket, 429, 'SG.0011', refused.message, { 'Retry-After': String(refused.retryAfterSeconds) });
     const facts = { sourceIp: req.socket.remoteAddress ?? null, userAgent: boundUserAgent(req.headers['user-agent']) };
     const token = tokenFromHeaders(req.headers);
     if (!token) {

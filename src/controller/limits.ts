@@ -14,6 +14,8 @@
  * (api/edge.ts, hub.ts) decides what to do with the answer.
  */
 import type { Clock } from '../lib/clock.js';
+import type { Logger } from '../lib/logger.js';
+import type { ControllerMetrics } from './metrics.js';
 
 /** Defaults of the `http` section of the controller configuration. */
 export const HTTP_LIMIT_DEFAULTS = {
@@ -145,4 +147,27 @@ export class ConnectionLimiter {
   count(source: string): number {
     return this.bySource.get(source) ?? 0;
   }
+}
+
+/**
+ * The gate in front of every authentication (API and agent upgrade): null
+ * while `source` has failed-auth budget left; else the refusal to answer with
+ * (429 and Retry-After), counted in the metric and logged once per episode.
+ */
+export function authRefusal(
+  limiter: AuthFailureLimiter,
+  source: string,
+  endpoint: 'api' | 'agent',
+  d: { metrics: ControllerMetrics; log: Logger; requestId?: string },
+): { retryAfterSeconds: number; message: string } | null {
+  const limited = limiter.check(source);
+  if (!limited.limited) return null;
+  d.metrics.authRateLimited.inc({ endpoint });
+  if (limited.firstRefusal) {
+    d.log.warn(
+      { event: 'auth_rate_limited', endpoint, source, retry_after_s: limited.retryAfterSeconds, ...(d.requestId ? { request_id: d.requestId } : {}) },
+      'too many failed authentications from this address',
+    );
+  }
+  return { retryAfterSeconds: limited.retryAfterSeconds, message: `too many failed authentications from ${source}; retry after ${limited.retryAfterSeconds} s` };
 }

@@ -36,7 +36,7 @@ import { ValidationError, isSecgroupError } from '../../lib/errors.js';
 import { ID_PATTERN } from '../../policy/schema.js';
 import { registerAuditHooks } from '../audit.js';
 import { ApiError, DRY_RUN_CODE, type ApiErrorKind, type ErrorBody } from '../errors.js';
-import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, sourceKey, type HttpLimits } from '../limits.js';
+import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, authRefusal, sourceKey, type HttpLimits } from '../limits.js';
 import { findToken, tokenFromHeaders } from '../tokens.js';
 import { clientErrorHandler, guardConnections, serverOptions } from './edge.js';
 import { checkSignedHeaders, isSignedRequest, verifyPayload, type PendingSignature } from './aksk.js';
@@ -227,14 +227,10 @@ export function buildApi(o: ApiOptions): FastifyInstance {
    */
   const authorize = (req: FastifyRequest, reply: FastifyReply, project: string): void => {
     const source = sourceKey(req.socket.remoteAddress);
-    const limited = authLimiter.check(source);
-    if (limited.limited) {
-      o.metrics.authRateLimited.inc({ endpoint: 'api' });
-      if (limited.firstRefusal) {
-        log.warn({ event: 'auth_rate_limited', endpoint: 'api', source, retry_after_s: limited.retryAfterSeconds, request_id: req.id }, 'too many failed authentications from this address');
-      }
-      void reply.header('retry-after', String(limited.retryAfterSeconds));
-      throw new ApiError('tooManyRequests', `too many failed authentications from ${source}; retry after ${limited.retryAfterSeconds} s`);
+    const refused = authRefusal(authLimiter, source, 'api', { metrics: o.metrics, log, requestId: req.id });
+    if (refused) {
+      void reply.header('retry-after', String(refused.retryAfterSeconds));
+      throw new ApiError('tooManyRequests', refused.message);
     }
     if (isSignedRequest(req.headers)) {
       if (!ID_PATTERN.test(project)) {
