@@ -7,11 +7,10 @@
  * whether there is a next one): a page never reads the whole trail.
  */
 import { AuditMarkerNotFound, type AuditEvent, type AuditFilter } from '../store/store.js';
-import { ApiError } from '../errors.js';
 import type { ApiOptions, Route } from './route.js';
 import { parseWith } from './route.js';
 import { listAuditEventsQuery } from './schemas.js';
-import { DEFAULT_PAGE, type PageInfo } from './views.js';
+import { pageOf, pageSize, unknownMarker } from './views.js';
 
 export function registerAuditRoutes(route: Route, o: Pick<ApiOptions, 'store'>): void {
   route('GET', '/audit-events', 200, async ({ project, query }) => {
@@ -26,18 +25,15 @@ export function registerAuditRoutes(route: Route, o: Pick<ApiOptions, 'store'>):
       to: q.to,
       request_id: q.request_id,
     };
-    for (const k of Object.keys(filter) as (keyof AuditFilter)[]) if (filter[k] === undefined) delete filter[k];
-    const size = q.limit === undefined || q.limit === 0 ? DEFAULT_PAGE : q.limit;
+    const size = pageSize(q.limit);
     let rows: AuditEvent[];
     try {
       rows = await o.store.listAuditEvents(project, filter, { after: q.marker, limit: size + 1 });
     } catch (e) {
-      if (e instanceof AuditMarkerNotFound) throw ApiError.invalid([{ path: 'marker', message: `${JSON.stringify(e.marker)} is not the id of a resource in this list` }]);
+      if (e instanceof AuditMarkerNotFound) throw unknownMarker(e.marker);
       throw e;
     }
-    const page = rows.slice(0, size);
-    const page_info: PageInfo = page.length ? { previous_marker: page[0]!.id, current_count: page.length } : { current_count: 0 };
-    if (rows.length > size) page_info.next_marker = page[page.length - 1]!.id;
+    const { page, page_info } = pageOf(rows, size);
     return { audit_events: page, page_info };
   });
 }

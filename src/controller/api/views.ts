@@ -82,25 +82,36 @@ export interface PageInfo {
   next_marker?: string;
 }
 
+/** The page size of a list without `limit` (or with `limit=0`). */
+const DEFAULT_PAGE = 2000;
+
+/** The page size `limit` asks for. */
+export const pageSize = (limit: number | undefined): number => (limit === undefined || limit === 0 ? DEFAULT_PAGE : limit);
+
+/** The 400 for a marker that is not in the list. */
+export const unknownMarker = (marker: string): ApiError =>
+  ApiError.invalid([{ path: 'marker', message: `${JSON.stringify(marker)} is not the id of a resource in this list` }]);
+
+/** The first `size` of `rest` (what follows the marker) and its page_info. */
+export function pageOf<T extends { id: string }>(rest: readonly T[], size: number): { page: T[]; page_info: PageInfo } {
+  const page = rest.slice(0, size);
+  const page_info: PageInfo = page.length ? { previous_marker: page[0]!.id, current_count: page.length } : { current_count: 0 };
+  if (rest.length > page.length) page_info.next_marker = page[page.length - 1]!.id;
+  return { page, page_info };
+}
+
 /**
  * One page of `items` (already filtered; a subsequence of `all`, which is in
  * creation order). `marker` is the id of the last resource of the previous
  * page; it need not match the filters, only exist.
  */
-/** The page size of a list without `limit` (or with `limit=0`). */
-export const DEFAULT_PAGE = 2000;
-
 export function paginate<T extends { id: string }>(all: readonly T[], items: readonly T[], limit: number | undefined, marker: string | undefined): { page: T[]; page_info: PageInfo } {
-  const size = limit === undefined || limit === 0 ? DEFAULT_PAGE : limit;
   let rest = items;
   if (marker !== undefined) {
     const pos = new Map(all.map((x, i) => [x.id, i]));
     const m = pos.get(marker);
-    if (m === undefined) throw ApiError.invalid([{ path: 'marker', message: `${JSON.stringify(marker)} is not the id of a resource in this list` }]);
+    if (m === undefined) throw unknownMarker(marker);
     rest = items.filter((x) => pos.get(x.id)! > m);
   }
-  const page = rest.slice(0, size);
-  const page_info: PageInfo = page.length ? { previous_marker: page[0]!.id, current_count: page.length } : { current_count: 0 };
-  if (rest.length > page.length) page_info.next_marker = page[page.length - 1]!.id;
-  return { page, page_info };
+  return pageOf(rest, pageSize(limit));
 }
