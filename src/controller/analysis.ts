@@ -22,7 +22,7 @@
  * before it. An instance without a report has no known listening ports and is
  * listed in `instancesWithoutReport`.
  */
-import { formatIp, ipFamily, parseIp, parsePrefix, type Family } from '../policy/address.js';
+import { formatIp, fullRange, ipFamily, parseIp, parsePrefix, type Family } from '../policy/address.js';
 import { evaluate, type Evaluation } from '../policy/evaluate.js';
 import { normalizeRules, type NormalizedRule } from '../policy/normalize.js';
 import type { Packet } from '../policy/packet.js';
@@ -66,6 +66,8 @@ export class FleetView {
   private readonly rules: Map<string, RuleRow>;
   private readonly policies = new Map<string, Policy>();
   private readonly ingress = new Map<string, NormalizedRule[]>();
+  private readonly world = new Map<string, NormalizedRule | null>();
+  private readonly ingressOfGroup = new Map<string, NormalizedRule[]>();
 
   constructor(readonly snap: ProjectSnapshot) {
     this.ix = indexProject(snap);
@@ -88,15 +90,42 @@ export class FleetView {
     return p;
   }
 
-  /** Ingress rules in match order; they depend only on the group list, so instances sharing it share them. */
+  /**
+   * Ingress rules in match order. Normalising a document's groups one by one
+   * gives the same rules as the whole document (groups in association order,
+   * each group's rules in `compareInGroup` order, a group's remotes resolved
+   * from the same members), so each group is normalised once and every group
+   * list is their concatenation.
+   */
   ingressRules(inst: InstanceRow): NormalizedRule[] {
     const key = inst.security_groups.join('\u0000');
     let rules = this.ingress.get(key);
     if (!rules) {
-      rules = normalizeRules(this.policy(inst)).filter((r) => r.direction === 'ingress');
+      rules = inst.security_groups.flatMap((gid, groupIndex) => this.groupIngress(inst, gid).map((r) => (r.groupIndex === groupIndex ? r : { ...r, groupIndex })));
       this.ingress.set(key, rules);
     }
     return rules;
+  }
+
+  private groupIngress(inst: InstanceRow, gid: string): NormalizedRule[] {
+    let rules = this.ingressOfGroup.get(gid);
+    if (!rules) {
+      const doc = compileInstanceDoc(this.ix, { ...inst, security_groups: [gid] });
+      rules = normalizeRules({ revision: 0, ...doc } as unknown as Policy).filter((r) => r.direction === 'ingress');
+      this.ingressOfGroup.set(gid, rules);
+    }
+    return rules;
+  }
+
+  /** `worldRule` for the instance's rules, once per group list and port. */
+  worldRule(inst: InstanceRow, protocol: 6 | 17, port: number, family: Family): NormalizedRule | null {
+    const key = `${inst.security_groups.join('\u0000')}|${protocol}|${port}|${family}`;
+    let w = this.world.get(key);
+    if (w === undefined) {
+      w = worldRule(this.ingressRules(inst), protocol, port, family);
+      this.world.set(key, w);
+    }
+    return w;
   }
 
   ruleRef(ruleId: string): RuleRefView | null {
@@ -367,6 +396,11 @@ const LOOPBACK_TEXT = /^(127\.|\[?::1\]?$)|%lo$/;
  * and the rule itself is reachable exactly when the rule still decides some peers.
  */
 function worldRule(rules: readonly NormalizedRule[], protocol: 6 | 17, port: number, family: Family): NormalizedRule | null {
+  // most ports no world rule names: skip the interval work for them
+  const full = fullRange(family);
+  const candidate = (r: NormalizedRule) =>
+    r.action === 'allow' && r.family === family && (r.protocol === null || r.protocol === protocol) && (r.ports === null || r.ports.some(([a, b]) => a <= port && port <= b));
+  if (!rules.some((r) => candidate(r) && r.peers.length === 1 && r.peers[0]!.lo === full.lo && r.peers[0]!.hi === full.hi)) return null;
   const a = analysePort(rules, null, protocol, port, family);
   if (!a.reachable) return null;
   const world = family === 4 ? '0.0.0.0/0' : '::/0';
@@ -382,7 +416,6 @@ function worldRule(rules: readonly NormalizedRule[], protocol: 6 | 17, port: num
 /** One instance's exposed listening ports (unsorted); null without a port report. */
 export function instanceExposure(view: FleetView, inst: InstanceRow, report: PortReport | null): Exposure[] | null {
   if (!report) return null;
-  const rules = view.ingressRules(inst);
   const out: Exposure[] = [];
   for (const e of report.entries) {
     // open or blocked: something listens beyond loopback (local-only: loopback only; not-listening: nothing)
@@ -391,7 +424,7 @@ export function instanceExposure(view: FleetView, inst: InstanceRow, report: Por
     if (!listener) continue;
     const proto = e.protocol === 'tcp' ? 6 : 17;
     for (const family of e.family === null ? ([4, 6] as const) : [e.family]) {
-      const w = worldRule(rules, proto, e.port, family);
+      const w = view.worldRule(inst, proto, e.port, family);
       if (!w) continue;
       const rule = view.ruleRef(w.ruleId);
       if (!rule) continue;
@@ -433,6 +466,46 @@ export function exposure(view: FleetView, ports: PortsLookup, instances: readonl
 
 export function sortExposure(list: Exposure[]): Exposure[] {
   return list.sort(exposureOrder);
+}
+
+/**
+ * `exposure()` kept up to date incrementally for one project: the analysis
+ * of the project's version is kept (a new version starts over), and an
+ * instance is analysed again only when its port report changed (by
+ * `receivedAt`). `current()` always equals `exposure(new FleetView(snap), ports)`.
+ */
+export class ExposureTracker {
+  private view: FleetView | null = null;
+  private readonly perInstance = new Map<string, { receivedAt: string | null; entries: Exposure[] | null }>();
+  private list: ExposureList | null = null;
+
+  current(snap: ProjectSnapshot, ports: PortsLookup): ExposureList {
+    if (!this.view || this.view.snap.version !== snap.version || this.view.snap.projectId !== snap.projectId) {
+      this.view = new FleetView(snap);
+      this.perInstance.clear();
+      this.list = null;
+    }
+    const view = this.view;
+    let changed = this.list === null;
+    for (const inst of view.snap.instances) {
+      const p = ports(inst.id);
+      const known = this.perInstance.get(inst.id);
+      if (known && known.receivedAt === p.receivedAt && (known.entries === null) === (p.report === null)) continue;
+      this.perInstance.set(inst.id, { receivedAt: p.receivedAt, entries: instanceExposure(view, inst, p.report) });
+      changed = true;
+    }
+    if (changed || !this.list) {
+      const all: Exposure[] = [];
+      const without: string[] = [];
+      for (const inst of view.snap.instances) {
+        const entries = this.perInstance.get(inst.id)!.entries;
+        if (entries) all.push(...entries);
+        else without.push(inst.id);
+      }
+      this.list = { exposure: sortExposure(all), instances_without_report: without };
+    }
+    return this.list;
+  }
 }
 
 // ---- change preview ----

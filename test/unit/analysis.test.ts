@@ -6,10 +6,11 @@
  * closes.
  */
 import { describe, expect, it } from 'vitest';
-import { FleetView, RULES_ONLY, changeImpact, exposure, reachability, type PortsLookup, type ReachabilityQuery } from '../../src/controller/analysis.js';
+import { ExposureTracker, FleetView, RULES_ONLY, changeImpact, exposure, reachability, type PortsLookup, type ReachabilityQuery } from '../../src/controller/analysis.js';
 import { applyOps, type GroupRow, type InstanceRow, type ProjectSnapshot, type RuleRow } from '../../src/controller/model.js';
 import { affectedInstances, touchedBy } from '../../src/controller/policy-documents.js';
 import { evaluate } from '../../src/policy/evaluate.js';
+import { normalizeRules } from '../../src/policy/normalize.js';
 import type { Packet } from '../../src/policy/packet.js';
 import { parsePolicy, type Policy } from '../../src/policy/schema.js';
 import type { PortEntry, PortReport } from '../../src/protocol/messages.js';
@@ -224,6 +225,22 @@ describe('exposure', () => {
     expect(list.instances_without_report).toEqual(['i-new']);
   });
 
+  it('the tracker answers what exposure() answers, analysing again only the instances whose report changed, and everything on a new version', () => {
+    const tracker = new ExposureTracker();
+    const current = { ...reports };
+    const lookup: PortsLookup = (id) => (current[id as keyof typeof current] ? { report: current[id as keyof typeof current], receivedAt: `${T}#${id}-${current[id as keyof typeof current].entries.length}` } : { report: null, receivedAt: null });
+    const first = tracker.current(snap, lookup);
+    expect(first).toEqual(list);
+    expect(tracker.current(snap, lookup)).toBe(first);
+    current['i-web'] = report(entry('tcp', 22, 4, '0.0.0.0', 'open', 'sshd'));
+    const second = tracker.current(snap, lookup);
+    expect(second).toEqual(exposure(new FleetView(snap), lookup));
+    expect(second).not.toEqual(first);
+    const next = { ...snap, version: 2, rules: snap.rules.filter((r) => r.id !== 'ssh-any') };
+    expect(tracker.current(next, lookup)).toEqual(exposure(new FleetView(next), lookup));
+    expect(tracker.current(next, lookup).exposure.some((e) => e.port === 22)).toBe(false);
+  });
+
   it('an allow for the world that earlier rules shadow entirely (some allowing, some denying) exposes nothing', () => {
     const s = snapshot({
       groups: [group('g')],
@@ -270,5 +287,16 @@ describe('change preview', () => {
   it('a rule that changes no exposure still lists the instances whose document changes', () => {
     const r = impact([{ op: 'putRule', rule: ruleRow('g', { id: 'lan', protocol: 'tcp', multiport: '443', remote_ip_prefix: '198.18.0.0/15' }) }]);
     expect(r).toEqual({ instances: ['a', 'b'], internet: { opened: [], closed: [] } });
+  });
+});
+
+describe('the analysis view of a document', () => {
+  it('ingress rules normalised group by group equal the whole document normalised (random policies)', () => {
+    for (let seed = 1; seed <= 100; seed++) {
+      const policy = parsePolicy(randomPolicy(createRng(seed)));
+      const view = new FleetView(snapshotOf(policy));
+      const expected = normalizeRules(policy).filter((r) => r.direction === 'ingress');
+      expect(view.ingressRules(view.instance('inst')!), `seed ${seed}`).toEqual(expected);
+    }
   });
 });

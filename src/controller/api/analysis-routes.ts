@@ -4,14 +4,14 @@
  * the query, read the snapshot and the agents' port reports, call the pure
  * analysis (`../analysis.ts`), shape the answer.
  *
- * The exposure list of a project is cached by what it is a function of: the
- * project's version (every commit bumps it) and each instance's port report
- * (`ports_received_at`). The agent states are read on every call (that is
- * how a new port report is seen); only the analysis is skipped when neither
- * changed.
+ * The exposure list of a project is kept by what it is a function of
+ * (`ExposureTracker`): the project's version (every commit bumps it: the
+ * analysis starts over) and each instance's port report (`ports_received_at`:
+ * that instance is analysed again). The agent states are read on every call
+ * (one read: that is how a new port report is seen).
  */
 import { ApiError } from '../errors.js';
-import { FleetView, AnalysisQueryError, changeImpact, exposure, reachability, type ChangeImpact, type ExposureList, type PortsOf, type PortsLookup } from '../analysis.js';
+import { FleetView, AnalysisQueryError, ExposureTracker, changeImpact, reachability, type ChangeImpact, type PortsOf, type PortsLookup } from '../analysis.js';
 import type { ProjectSnapshot } from '../model.js';
 import { affectedInstances, type Touched } from '../policy-documents.js';
 import type { Store } from '../store/store.js';
@@ -21,11 +21,12 @@ import { exposureQuery, reachabilityQuery } from './schemas.js';
 
 const NO_REPORT: PortsOf = { report: null, receivedAt: null };
 
-/** The last port reports of `ids`, read once each. */
+/** The last port reports of `ids` (all of the project's when more than a few: one read). */
 async function readPorts(store: Store, project: string, ids: readonly string[]): Promise<Map<string, PortsOf>> {
   const out = new Map<string, PortsOf>();
+  const states = ids.length > 8 ? await store.listAgentStates(project) : null;
   for (const id of ids) {
-    const st = await store.getAgentState(project, id);
+    const st = states ? states.get(id) : await store.getAgentState(project, id);
     out.set(id, st ? { report: st.ports, receivedAt: st.ports_received_at } : NO_REPORT);
   }
   return out;
@@ -48,18 +49,12 @@ export async function dryRunImpact(store: Store, preview: { before: ProjectSnaps
   return changeImpact(new FleetView(preview.before), after, candidates, lookup(ports));
 }
 
+/** Projects whose exposure analysis is kept (the most recently asked). */
 const MAX_CACHED_PROJECTS = 32;
-
-interface CachedExposure {
-  version: number;
-  /** ports_received_at of every instance, in snapshot order */
-  reports: string;
-  list: ExposureList;
-}
 
 export function registerAnalysisRoutes(route: Route, o: ApiOptions): void {
   const { service, store } = o;
-  const cache = new Map<string, CachedExposure>();
+  const trackers = new Map<string, ExposureTracker>();
 
   route('GET', '/reachability', 200, async ({ project, query }) => {
     const q = parseWith(reachabilityQuery, query, 'query');
@@ -85,20 +80,17 @@ export function registerAnalysisRoutes(route: Route, o: ApiOptions): void {
       project,
       snap.instances.map((i) => i.id),
     );
-    const reports = snap.instances.map((i) => ports.get(i.id)?.receivedAt ?? '').join('\n');
-    let hit = cache.get(project);
-    if (!hit || hit.version !== snap.version || hit.reports !== reports) {
-      hit = { version: snap.version, reports, list: exposure(new FleetView(snap), lookup(ports)) };
-      cache.delete(project);
-      cache.set(project, hit);
-      // the most recently computed projects only (a Map iterates in insertion order)
-      if (cache.size > MAX_CACHED_PROJECTS) cache.delete(cache.keys().next().value!);
-    }
-    if (!q.instance_id) return { ...hit.list };
+    const tracker = trackers.get(project) ?? new ExposureTracker();
+    // the most recently asked projects only (a Map iterates in insertion order)
+    trackers.delete(project);
+    trackers.set(project, tracker);
+    if (trackers.size > MAX_CACHED_PROJECTS) trackers.delete(trackers.keys().next().value!);
+    const list = tracker.current(snap, lookup(ports));
+    if (!q.instance_id) return { ...list };
     const wanted = new Set(q.instance_id);
     return {
-      exposure: hit.list.exposure.filter((e) => wanted.has(e.instance_id)),
-      instances_without_report: hit.list.instances_without_report.filter((id) => wanted.has(id)),
+      exposure: list.exposure.filter((e) => wanted.has(e.instance_id)),
+      instances_without_report: list.instances_without_report.filter((id) => wanted.has(id)),
     };
   });
 }
