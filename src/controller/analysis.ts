@@ -32,6 +32,7 @@ import { analysePort } from '../probe/port-status.js';
 import type { PortReport } from '../protocol/messages.js';
 import type { Ethertype, GroupRow, InstanceRow, ProjectSnapshot, RuleRow } from './model.js';
 import { compileInstanceDoc, indexProject, type ProjectIndex } from './policy-documents.js';
+import { RISK_ORDER, riskOf, serviceRank, type Risk } from './exposure-risk.js';
 
 /** No platform rules: the analysis shows what the security group rules decide. */
 export const RULES_ONLY: PlatformOptions = { loopback: true, icmpv6Nd: false, dhcp: false, controller: null, failsafeIngress: [], failsafeEgress: [] };
@@ -294,8 +295,6 @@ export function reachability(view: FleetView, q: ReachabilityQuery, ports: Ports
 
 // ---- exposure ----
 
-export type Risk = 'critical' | 'high' | 'medium' | 'low';
-
 export interface Exposure {
   instance_id: string;
   instance_name: string;
@@ -310,75 +309,11 @@ export interface Exposure {
   risk_reason: string;
 }
 
-interface Service {
-  name: string;
-  kind: 'admin' | 'database' | 'infrastructure' | 'web';
-}
-
-/** Well-known services by `protocol/port`; admin and database ports open to the world are the riskiest. */
-const SERVICES: Record<string, Service> = {
-  'tcp/22': { name: 'SSH', kind: 'admin' },
-  'tcp/23': { name: 'Telnet', kind: 'admin' },
-  'tcp/3389': { name: 'RDP', kind: 'admin' },
-  'udp/3389': { name: 'RDP', kind: 'admin' },
-  'tcp/5900': { name: 'VNC', kind: 'admin' },
-  'tcp/5985': { name: 'WinRM', kind: 'admin' },
-  'tcp/5986': { name: 'WinRM', kind: 'admin' },
-  'tcp/2375': { name: 'Docker API', kind: 'admin' },
-  'tcp/2376': { name: 'Docker API', kind: 'admin' },
-  'tcp/6443': { name: 'Kubernetes API', kind: 'admin' },
-  'tcp/10250': { name: 'kubelet', kind: 'admin' },
-  'tcp/3306': { name: 'MySQL', kind: 'database' },
-  'tcp/5432': { name: 'PostgreSQL', kind: 'database' },
-  'tcp/1433': { name: 'SQL Server', kind: 'database' },
-  'tcp/1521': { name: 'Oracle', kind: 'database' },
-  'tcp/27017': { name: 'MongoDB', kind: 'database' },
-  'tcp/6379': { name: 'Redis', kind: 'database' },
-  'tcp/9200': { name: 'Elasticsearch', kind: 'database' },
-  'tcp/11211': { name: 'memcached', kind: 'database' },
-  'udp/11211': { name: 'memcached', kind: 'database' },
-  'tcp/5984': { name: 'CouchDB', kind: 'database' },
-  'tcp/9042': { name: 'Cassandra', kind: 'database' },
-  'tcp/2379': { name: 'etcd', kind: 'database' },
-  'tcp/21': { name: 'FTP', kind: 'infrastructure' },
-  'tcp/111': { name: 'rpcbind', kind: 'infrastructure' },
-  'udp/111': { name: 'rpcbind', kind: 'infrastructure' },
-  'tcp/135': { name: 'MS RPC', kind: 'infrastructure' },
-  'udp/137': { name: 'NetBIOS', kind: 'infrastructure' },
-  'udp/138': { name: 'NetBIOS', kind: 'infrastructure' },
-  'tcp/139': { name: 'NetBIOS', kind: 'infrastructure' },
-  'udp/161': { name: 'SNMP', kind: 'infrastructure' },
-  'tcp/389': { name: 'LDAP', kind: 'infrastructure' },
-  'tcp/445': { name: 'SMB', kind: 'infrastructure' },
-  'tcp/2049': { name: 'NFS', kind: 'infrastructure' },
-  'udp/2049': { name: 'NFS', kind: 'infrastructure' },
-  'tcp/80': { name: 'HTTP', kind: 'web' },
-  'tcp/443': { name: 'HTTPS', kind: 'web' },
-  'udp/443': { name: 'HTTPS (QUIC)', kind: 'web' },
-  'tcp/8080': { name: 'HTTP', kind: 'web' },
-  'tcp/8443': { name: 'HTTPS', kind: 'web' },
-};
-
-const RISK_OF: Record<Service['kind'], Risk> = { admin: 'critical', database: 'critical', infrastructure: 'high', web: 'low' };
-const RISK_ORDER: Record<Risk, number> = { critical: 0, high: 1, medium: 2, low: 3 };
-const KIND_ORDER: Record<Service['kind'], number> = { admin: 0, database: 1, infrastructure: 2, web: 3 };
-
-/** The risk of `protocol/port` open to the internet, and why. */
-export function riskOf(protocol: 'tcp' | 'udp', port: number): { risk: Risk; reason: string } {
-  const s = SERVICES[`${protocol}/${port}`];
-  if (s) return { risk: RISK_OF[s.kind], reason: `${s.name} (${s.kind}) open to the internet` };
-  return { risk: 'medium', reason: `${protocol}/${port} open to the internet` };
-}
-
 function exposureOrder(a: Exposure, b: Exposure): number {
-  const kind = (e: Exposure) => {
-    const s = SERVICES[`${e.protocol}/${e.port}`];
-    return s ? KIND_ORDER[s.kind] : 4;
-  };
   const str = (x: string, y: string) => (x < y ? -1 : x > y ? 1 : 0);
   return (
     RISK_ORDER[a.risk] - RISK_ORDER[b.risk] ||
-    kind(a) - kind(b) ||
+    serviceRank(a.protocol, a.port) - serviceRank(b.protocol, b.port) ||
     str(a.instance_name, b.instance_name) ||
     str(a.instance_id, b.instance_id) ||
     a.port - b.port ||
