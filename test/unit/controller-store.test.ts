@@ -7,6 +7,8 @@ import { fileURLToPath } from 'node:url';
 import { Database } from '../../src/controller/store/sqlite-driver.js';
 import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
+import { openPostgresStore } from '../../src/controller/store/postgres.js';
+import { usePostgres, type PgCluster } from '../helpers/postgres.js';
 import { AuditMarkerNotFound, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';
 import { createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
 import { checkInvariants } from '../../src/controller/invariants.js';
@@ -36,12 +38,18 @@ function expectConsistent(snap: ProjectSnapshot): void {
   for (const i of snap.instances) expect(i.policy_hash, i.id).toBe(policyDigestOfBody(compileInstanceBody(ix, i)));
 }
 
+/** PostgreSQL: a throwaway cluster for the file (test/helpers/postgres.ts), a new database per store. */
+let cluster: (() => PgCluster) | null = null;
+const openPostgres = async () => openPostgresStore({ url: await cluster!().createDatabase() });
+
 describe.each([
   ['sqlite', () => openSqliteStore(':memory:')],
   ['memory', () => new MemoryStore()],
-] as [string, () => Store][])('Store contract (%s)', (_name, open) => {
+  ['postgres', openPostgres],
+] as [string, () => Store | Promise<Store>][])('Store contract (%s)', (name, open) => {
+  if (name === 'postgres') cluster = usePostgres();
   it('creates a project on its first commit; a change that throws writes nothing', async () => {
-    const s = open();
+    const s = await open();
     expect(await s.loadProject('p')).toBeNull();
     const r = await s.mutate('p', (cur) => ({ ops: createProjectOps(NOW), value: cur }));
     expect(r).toMatchObject({ value: null, version: 1 });
@@ -58,7 +66,7 @@ describe.each([
   });
 
   it('keeps the complete v3 shapes: rule enabled, group and address group tags and enterprise project, address group capacity and remarks', async () => {
-    const s = open();
+    const s = await open();
     const tags = [{ key: 'env', value: 'prod' }, { key: 'team', value: '' }];
     const aRule = createProjectOps(NOW).flatMap((o) => (o.op === 'putRule' ? [o.rule] : []))[0]!;
     await commit(s, 'p', [
@@ -80,7 +88,7 @@ describe.each([
   });
 
   it('assigns revisions that grow over every setPolicy, and keeps tokens and agent state per instance', async () => {
-    const s = open();
+    const s = await open();
     const inst = { id: 'i1', name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW };
     const r1 = await commit(s, 'p', [
       ...createProjectOps(NOW),
@@ -104,8 +112,31 @@ describe.each([
     await s.close();
   });
 
+  it('answers ping, tells the revision counter, and lists current policies changed since a revision, ascending and bounded', async () => {
+    const s = await open();
+    await s.ping();
+    expect(await s.revisionCounter()).toBe(0);
+    const inst = (id: string) => ({ id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW });
+    const set = (instanceId: string, n: number): Op => ({ op: 'setPolicy', instanceId, body: `{"${instanceId}":${n}}`, hash: `h${instanceId}${n}` });
+    await commit(s, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('a') }, { op: 'putInstance', instance: inst('b') }, set('a', 1), set('b', 1)]);
+    await commit(s, 'q', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('c') }, set('c', 1)]);
+    await commit(s, 'p', [set('a', 2)]);
+    expect(await s.revisionCounter()).toBe(4);
+    // a's first document (1) is no longer current: only its newest revision is listed
+    expect(await s.policiesChangedSince(0, 10)).toEqual([
+      { projectId: 'p', instanceId: 'b', revision: 2 },
+      { projectId: 'q', instanceId: 'c', revision: 3 },
+      { projectId: 'p', instanceId: 'a', revision: 4 },
+    ]);
+    expect(await s.policiesChangedSince(2, 1)).toEqual([{ projectId: 'q', instanceId: 'c', revision: 3 }]);
+    expect(await s.policiesChangedSince(4, 10)).toEqual([]);
+    await commit(s, 'p', [{ op: 'deleteInstance', id: 'b' }]);
+    expect((await s.policiesChangedSince(0, 10)).map((c) => c.instanceId)).toEqual(['c', 'a']);
+    await s.close();
+  });
+
   it('keeps audit events per project, newest first, filtered as auditEventMatches says, and prunes them by time', async () => {
-    const s = open();
+    const s = await open();
     const ev = (id: string, time: string, over: Partial<AuditEvent> = {}): AuditEvent => ({
       id, time, actor: 'admin', project_id: 'p', operation: 'CreateSecurityGroup', resource_type: 'security_group', resource_ids: [],
       request_id: `req-${id}`, status: 201, error_code: null, source_ip: '127.0.0.1', user_agent: 'ua', detail: null, ...over,
