@@ -9,14 +9,14 @@ import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.j
 import { MemoryStore } from '../../src/controller/store/memory.js';
 import { openPostgresStore } from '../../src/controller/store/postgres.js';
 import { usePostgres, type PgCluster } from '../helpers/postgres.js';
+import { captureLogs } from '../helpers/log-capture.js';
 import { AuditMarkerNotFound, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';
 import { createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
 import { checkInvariants } from '../../src/controller/invariants.js';
 import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/policy-documents.js';
 import { isSecgroupError } from '../../src/lib/errors.js';
-import { createLogger, type Logger } from '../../src/lib/logger.js';
+import type { Logger } from '../../src/lib/logger.js';
 import { MAX_REVISION } from '../../src/protocol/messages.js';
-import { Writable } from 'node:stream';
 import type { Op, ProjectSnapshot } from '../../src/controller/model.js';
 import { call, makeApi, rule } from './controller-helpers.js';
 
@@ -195,16 +195,7 @@ describe.each([
   });
 });
 
-function capture(): { logger: Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
-      cb();
-    },
-  });
-  return { logger: createLogger({ level: 'debug', destination: stream }), lines };
-}
+const capture = () => captureLogs();
 
 const POISON = 9007199254740993n; // 2^53 + 1: what the old counter reached after a hello with applied_revision 2^53 - 1 and one more commit
 

@@ -1,0 +1,235 @@
+/**
+ * The PostgreSQL store beyond the shared contract (controller-store.test.ts):
+ * migrations when replicas start at once, races between two replicas (two
+ * PostgresStore instances = two controller processes over one database), the
+ * shared document tails, rollback, and a database out of reach. A real
+ * throwaway cluster (test/helpers/postgres.ts).
+ */
+import { describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { openPostgresStore, type PostgresStore } from '../../src/controller/store/postgres.js';
+import { MIGRATIONS } from '../../src/controller/store/postgres-schema.js';
+import type { Store } from '../../src/controller/store/store.js';
+import type { Op } from '../../src/controller/model.js';
+import { createProjectOps } from '../../src/controller/domain.js';
+import { cryptoRandom } from '../../src/controller/tokens.js';
+import { isSecgroupError } from '../../src/lib/errors.js';
+import { captureLogs } from '../helpers/log-capture.js';
+import { usePostgres } from '../helpers/postgres.js';
+import { call, makeApi, rule } from './controller-helpers.js';
+
+const NOW = '2024-05-01T12:00:00Z';
+const cluster = usePostgres();
+
+const commit = (s: Store, project: string, ops: Op[]) => s.mutate(project, () => ({ ops, value: null }));
+const inst = (id: string) => ({ id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW });
+
+async function sql<T extends pg.QueryResultRow>(url: string, text: string, params: unknown[] = []): Promise<T[]> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return (await c.query<T>(text, params)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
+/** Two replicas: two stores (two pools) over one new database. */
+async function twoReplicas(): Promise<{ url: string; a: PostgresStore; b: PostgresStore }> {
+  const url = await cluster().createDatabase();
+  return { url, a: await openPostgresStore({ url }), b: await openPostgresStore({ url }) };
+}
+
+describe('PostgreSQL store: migrations', () => {
+  it('4 replicas opening a fresh database at once migrate it exactly once, and reopen it without migrating', async () => {
+    const url = await cluster().createDatabase();
+    const logs = [0, 1, 2, 3].map(() => captureLogs('info'));
+    const stores = await Promise.all(logs.map((l) => openPostgresStore({ url, logger: l.logger })));
+    expect(logs.flatMap((l) => l.lines.filter((x) => x.event === 'store_migrated'))).toEqual([expect.objectContaining({ from: 0, to: MIGRATIONS.length })]);
+    expect(await sql(url, 'SELECT version FROM secgroup_schema')).toEqual([{ version: MIGRATIONS.length }]);
+    expect(await sql(url, 'SELECT key, value FROM meta')).toEqual([{ key: 'revision_counter', value: '0' }]);
+    // all four work on the one schema
+    await commit(stores[0]!, 'p', createProjectOps(NOW));
+    for (const s of stores) expect((await s.loadProject('p'))!.version).toBe(1);
+    await Promise.all(stores.map((s) => s.close()));
+    const again = captureLogs('info');
+    const s = await openPostgresStore({ url, logger: again.logger });
+    expect(again.lines.filter((x) => x.event === 'store_migrated')).toEqual([]);
+    await s.close();
+  });
+
+  it('refuses a database written by a newer program (STATE_IO)', async () => {
+    const url = await cluster().createDatabase();
+    await (await openPostgresStore({ url })).close();
+    await sql(url, 'UPDATE secgroup_schema SET version = $1', [MIGRATIONS.length + 1]);
+    const err = await openPostgresStore({ url }).catch((e: unknown) => e);
+    expect(isSecgroupError(err, 'STATE_IO')).toBe(true);
+    expect((err as Error).message).toMatch(/newer than this program/);
+  });
+});
+
+describe('PostgreSQL store: two replicas racing', () => {
+  it('the same rule created at the same moment through two replicas: exactly one 201 and one 409, every time', async () => {
+    const { a, b } = await twoReplicas();
+    const ra = makeApi({ store: a, random: cryptoRandom });
+    const rb = makeApi({ store: b, random: cryptoRandom });
+    expect((await call(ra.app, 'POST', '/v3/p/vpc/security-groups', { security_group: { id: 'sg', name: 'sg' } })).status).toBe(201);
+    for (let port = 1; port <= 12; port++) {
+      const body = { security_group_rule: { security_group_id: 'sg', ...rule({ multiport: String(port) }) } };
+      const both = await Promise.all([call(ra.app, 'POST', '/v3/p/vpc/security-group-rules', body), call(rb.app, 'POST', '/v3/p/vpc/security-group-rules', body)]);
+      expect(both.map((r) => r.status).sort(), `port ${port}`).toEqual([201, 409]);
+    }
+    const snap = (await a.loadProject('p'))!;
+    expect(snap.rules.filter((r) => r.security_group_id === 'sg' && r.protocol === 'tcp')).toHaveLength(12);
+    await a.close();
+    await b.close();
+  });
+
+  it('a quota holds under concurrent creates through both replicas: exactly Q rules, the others refused with the quota error', async () => {
+    const { a, b } = await twoReplicas();
+    const Q = 10;
+    const ra = makeApi({ store: a, random: cryptoRandom, quotas: { rules_per_group: Q } });
+    const rb = makeApi({ store: b, random: cryptoRandom, quotas: { rules_per_group: Q } });
+    expect((await call(ra.app, 'POST', '/v3/p/vpc/security-groups', { security_group: { id: 'sg', name: 'sg' } })).status).toBe(201);
+    const seeded = (await a.loadProject('p'))!.rules.filter((r) => r.security_group_id === 'sg').length;
+    const results = await Promise.all(
+      Array.from({ length: 24 }, (_, i) =>
+        call(i % 2 ? ra.app : rb.app, 'POST', '/v3/p/vpc/security-group-rules', { security_group_rule: { security_group_id: 'sg', ...rule({ multiport: String(1000 + i) }) } }),
+      ),
+    );
+    expect(results.filter((r) => r.status === 201)).toHaveLength(Q - seeded);
+    expect(results.filter((r) => r.status !== 201).map((r) => [r.status, r.body.error_code])).toEqual(Array(24 - (Q - seeded)).fill([409, 'VPC.9905']));
+    expect((await b.loadProject('p'))!.rules.filter((r) => r.security_group_id === 'sg')).toHaveLength(Q);
+    await a.close();
+    await b.close();
+  });
+
+  it('revisions over 2 replicas x many concurrent commits: never handed out twice, per instance only growing, the counter at the last', async () => {
+    const { a, b } = await twoReplicas();
+    const projects = ['p', 'q', 'r'];
+    for (const p of projects) await commit(a, p, [...createProjectOps(NOW), ...['i1', 'i2'].map((id): Op => ({ op: 'putInstance', instance: inst(id) }))]);
+    const set = (id: string, n: number): Op => ({ op: 'setPolicy', instanceId: id, body: `{"n":${n}}`, hash: `h${n}` });
+    const results = await Promise.all(
+      Array.from({ length: 90 }, async (_, n) => {
+        const project = projects[n % 3]!;
+        const ops = n % 2 ? [set('i1', n), set('i2', n)] : [set(n % 4 ? 'i1' : 'i2', n)];
+        return { project, ...(await commit(n % 2 ? a : b, project, ops)) };
+      }),
+    );
+    const all = results.flatMap((r) => [...r.revisions.values()]);
+    expect(new Set(all).size).toBe(all.length);
+    expect(all.sort((x, y) => x - y)).toEqual(Array.from({ length: all.length }, (_, i) => i + 1));
+    expect(await a.revisionCounter()).toBe(all.length);
+    for (const p of projects) {
+      // in commit order (the project's version), each instance's revisions only grow
+      const ordered = results.filter((r) => r.project === p).sort((x, y) => x.version - y.version);
+      expect(ordered.map((r) => r.version)).toEqual(Array.from({ length: 30 }, (_, i) => i + 2));
+      for (const id of ['i1', 'i2']) {
+        const revs = ordered.flatMap((r) => (r.revisions.has(id) ? [r.revisions.get(id)!] : []));
+        expect(revs, `${p}/${id}`).toEqual([...revs].sort((x, y) => x - y));
+        expect((await b.getPolicy(p, id))!.revision).toBe(revs.at(-1));
+      }
+    }
+    await a.close();
+    await b.close();
+  });
+
+  it('agent state written through one replica is read through the other; a batch of updates keeps each caller\'s order', async () => {
+    const { a, b } = await twoReplicas();
+    await commit(a, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('i1') }, { op: 'putInstance', instance: inst('i2') }]);
+    const written = await Promise.all([
+      a.updateAgentState('p', 'i1', { applied_revision: 1, hostname: 'h1' }),
+      a.updateAgentState('p', 'i1', { applied_revision: 2 }),
+      a.updateAgentState('p', 'i2', { agent_version: 'v' }),
+      a.updateAgentState('p', 'nope', { applied_revision: 3 }),
+    ]);
+    expect(written).toEqual([true, true, true, false]);
+    expect(await b.getAgentState('p', 'i1')).toMatchObject({ applied_revision: 2, hostname: 'h1', last_ack: null });
+    expect(await b.getAgentState('p', 'i2')).toMatchObject({ agent_version: 'v', applied_revision: null });
+    await a.close();
+    await b.close();
+  });
+});
+
+describe('PostgreSQL store: documents and transactions', () => {
+  it('keeps a shared document tail once per project, gives back whole bodies and drops tails no document uses', async () => {
+    const url = await cluster().createDatabase();
+    const s = await openPostgresStore({ url });
+    const parts = (instance: string, text: string, hash: string) => ({ instance, shared: text, sharedHash: hash, members: '[]' });
+    const t1 = '"shared":[1,2,3]}';
+    const r = await commit(s, 'p', [
+      ...createProjectOps(NOW),
+      { op: 'putInstance', instance: inst('a') },
+      { op: 'putInstance', instance: inst('b') },
+      { op: 'setPolicy', instanceId: 'a', body: `{"i":"a",${t1}`, hash: 'ha', parts: parts('{"i":"a",', t1, 't1') },
+      { op: 'setPolicy', instanceId: 'b', body: `{"i":"b",${t1}`, hash: 'hb', parts: parts('{"i":"b",', t1, 't1') },
+    ]);
+    expect(await s.getPolicy('p', 'a')).toEqual({ revision: r.revisions.get('a'), body: '{"i":"a","shared":[1,2,3]}' });
+    expect(await s.getPolicy('p', 'b')).toEqual({ revision: r.revisions.get('b'), body: '{"i":"b","shared":[1,2,3]}' });
+    const tails = () => sql(url, 'SELECT hash FROM policy_tails ORDER BY hash');
+    expect(await tails()).toEqual([{ hash: 't1' }]);
+    await commit(s, 'p', [{ op: 'setPolicy', instanceId: 'a', body: '{"i":"a","x":1}', hash: 'ha2', parts: parts('{"i":"a",', t1, 't1') }]);
+    // parts that do not add up to the body are not used: the body is stored whole
+    expect((await s.getPolicy('p', 'a'))!.body).toBe('{"i":"a","x":1}');
+    expect(await tails()).toEqual([{ hash: 't1' }]);
+    await commit(s, 'p', [{ op: 'deleteInstance', id: 'b' }]);
+    expect(await tails()).toEqual([]);
+    await s.close();
+  });
+
+  it('a failing op rolls the whole commit back, and so does REVISION_EXHAUSTED', async () => {
+    const url = await cluster().createDatabase();
+    const s = await openPostgresStore({ url });
+    await commit(s, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('i') }]);
+    const group = { id: 'g2', name: 'g2', description: '', enterprise_project_id: '0', tags: [], created_at: NOW, updated_at: NOW };
+    await expect(commit(s, 'p', [{ op: 'putGroup', group }, { op: 'putRule', rule: { ...(await s.loadProject('p'))!.rules[0]!, id: 'orphan', security_group_id: 'missing' } }])).rejects.toThrow();
+    await sql(url, "UPDATE meta SET value = $1 WHERE key = 'revision_counter'", [2 ** 48]);
+    const err = await commit(s, 'p', [{ op: 'putGroup', group }, { op: 'setPolicy', instanceId: 'i', body: '{}', hash: 'h' }]).catch((e: unknown) => e);
+    expect(isSecgroupError(err, 'REVISION_EXHAUSTED')).toBe(true);
+    const snap = (await s.loadProject('p'))!;
+    expect(snap.version).toBe(1);
+    expect(snap.groups.map((g) => g.id)).toEqual(['default']);
+    expect(await s.revisionCounter()).toBe(2 ** 48);
+    await s.close();
+  });
+});
+
+describe('PostgreSQL store: the database out of reach', () => {
+  it('every method throws STORE_UNAVAILABLE while the server is down, and works again once it is back, without a reopen', async () => {
+    const url = await cluster().createDatabase();
+    const { logger, lines } = captureLogs('info');
+    const s = await openPostgresStore({ url, logger, connectTimeoutMs: 2000 });
+    await commit(s, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('i') }]);
+    await cluster().stop();
+    try {
+      const calls: [string, () => Promise<unknown>][] = [
+        ['ping', () => s.ping()],
+        ['loadProject', () => s.loadProject('p')],
+        ['mutate', () => commit(s, 'p', [{ op: 'deleteInstance', id: 'i' }])],
+        ['getPolicy', () => s.getPolicy('p', 'i')],
+        ['findTokenOwner', () => s.findTokenOwner('x')],
+        ['getAgentState', () => s.getAgentState('p', 'i')],
+        ['updateAgentState', () => s.updateAgentState('p', 'i', { hostname: 'h' })],
+        ['appendAuditEvent', () => s.appendAuditEvent({ id: 'e', time: NOW, actor: 'a', project_id: 'p', operation: 'X', resource_type: 'x', resource_ids: [], request_id: null, status: 200, error_code: null, source_ip: null, user_agent: null, detail: null })],
+        ['listAuditEvents', () => s.listAuditEvents('p', {})],
+        ['revisionCounter', () => s.revisionCounter()],
+        ['policiesChangedSince', () => s.policiesChangedSince(0, 10)],
+      ];
+      for (const [name, fn] of calls) {
+        const err = await fn().then(
+          () => null,
+          (e: unknown) => e,
+        );
+        expect(isSecgroupError(err, 'STORE_UNAVAILABLE'), `${name}: ${String(err)}`).toBe(true);
+        expect((err as Error).cause, name).toBeInstanceOf(Error);
+      }
+    } finally {
+      await cluster().start();
+    }
+    await s.ping();
+    expect((await s.loadProject('p'))!.instances.map((i) => i.id)).toEqual(['i']);
+    expect(await s.updateAgentState('p', 'i', { hostname: 'back' })).toBe(true);
+    expect(lines.filter((l) => l.level === 60 || l.level === 50)).toEqual([]);
+    await s.close();
+  });
+});
