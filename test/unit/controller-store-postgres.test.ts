@@ -7,7 +7,10 @@
  */
 import { describe, expect, it } from 'vitest';
 import pg from 'pg';
-import { openPostgresStore, type PostgresStore } from '../../src/controller/store/postgres.js';
+import { openPostgresStore, postgresClientConfig, type PostgresStore } from '../../src/controller/store/postgres.js';
+import { createPostgresFeed } from '../../src/controller/store/postgres-feed.js';
+import type { FeedHint } from '../../src/controller/change-feed.js';
+import { systemClock } from '../../src/lib/clock.js';
 import { MIGRATIONS } from '../../src/controller/store/postgres-schema.js';
 import type { Store } from '../../src/controller/store/store.js';
 import type { Op } from '../../src/controller/model.js';
@@ -231,5 +234,65 @@ describe('PostgreSQL store: the database out of reach', () => {
     expect(await s.updateAgentState('p', 'i', { hostname: 'back' })).toBe(true);
     expect(lines.filter((l) => l.level === 60 || l.level === 50)).toEqual([]);
     await s.close();
+  });
+});
+
+/** Resolves once `hints` holds one that passes `pred` (checked on every hint), or rejects after `ms`. */
+function hinted(hints: FeedHint[], pred: (h: FeedHint) => boolean, ms = 20_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no such hint within ${ms} ms; got ${JSON.stringify(hints)}`)), ms);
+    const check = () => {
+      if (hints.some(pred)) {
+        clearTimeout(t);
+        clearInterval(i);
+        resolve();
+      }
+    };
+    const i = setInterval(check, 10);
+    check();
+  });
+}
+
+describe('PostgreSQL change feed (LISTEN/NOTIFY)', () => {
+  it('hints every replica of an announcement, emits resync after each (re)connect, and reconnects by itself after the server restarted', async () => {
+    const url = await cluster().createDatabase();
+    const logs = captureLogs('info');
+    const open = () => {
+      const hints: FeedHint[] = [];
+      const feed = createPostgresFeed({ client: postgresClientConfig({ url }), clock: systemClock, logger: logs.logger, backoff: { initialMs: 50, maxMs: 400 } });
+      feed.subscribe((h) => hints.push(h));
+      return { feed, hints };
+    };
+    const a = open();
+    const b = open();
+    try {
+      await hinted(a.hints, (h) => h.kind === 'resync');
+      await hinted(b.hints, (h) => h.kind === 'resync');
+      a.feed.announce(7);
+      await hinted(b.hints, (h) => h.kind === 'revision' && h.revision === 7);
+      await hinted(a.hints, (h) => h.kind === 'revision' && h.revision === 7);
+      a.hints.length = 0;
+      b.hints.length = 0;
+      await cluster().stop();
+      // announced while the server is away: lost, which is what the resync after the reconnect is for
+      a.feed.announce(8);
+      await cluster().start();
+      await hinted(a.hints, (h) => h.kind === 'resync');
+      await hinted(b.hints, (h) => h.kind === 'resync');
+      expect(logs.lines.filter((l) => l.event === 'feed_connection_lost').length).toBeGreaterThanOrEqual(2);
+      b.feed.announce(9);
+      await hinted(a.hints, (h) => h.kind === 'revision' && h.revision === 9);
+      expect(a.hints.filter((h) => h.kind === 'revision').map((h) => (h as { revision: number }).revision)).toEqual([9]);
+    } finally {
+      await a.feed.close();
+      await b.feed.close();
+    }
+    // closed: no hint any more
+    const c = open();
+    await hinted(c.hints, (h) => h.kind === 'resync');
+    c.feed.announce(10);
+    await hinted(c.hints, (h) => h.kind === 'revision' && h.revision === 10);
+    expect(a.hints.concat(b.hints).some((h) => h.kind === 'revision' && h.revision === 10)).toBe(false);
+    await c.feed.close();
   });
 });
