@@ -14,7 +14,7 @@ export function registerControllerCommand(program: Command, io: CliIo): void {
     .summary('run the controller: the HTTP API and the agents\' WebSocket endpoint')
     .description(
       'Serve the security group API (Huawei VPC v3 paths, docs/api.md) and /v1/agent for agents, storing ' +
-        'state in DATA_DIR/controller.db. Stops gracefully on SIGTERM or SIGINT. Logs are JSON lines on stderr.',
+        'state in DATA_DIR/controller.db (or in PostgreSQL: store.driver postgres, docs/ha.md). Stops gracefully on SIGTERM or SIGINT. Logs are JSON lines on stderr.',
     )
     .requiredOption('--config <file>', 'configuration file, YAML or JSON (docs/controller-config.md)')
     .option('--check', 'only validate the configuration file, then exit')
@@ -30,7 +30,7 @@ export function registerControllerCommand(program: Command, io: CliIo): void {
         const { createLogger } = await import('../lib/logger.js');
         // under systemd, lines carry their `<N>` journal priority (src/lib/journal.ts)
         const logger = createLogger({ level: config.log.level, name: 'secgroup-controller', syslogPrefix: io.stderrIsJournal?.() ?? false });
-        const controller = createController({ config, logger });
+        const controller = createController({ config, logger, env: io.env });
         await controller.start();
         // Without a signal source (tests, embedding) the command runs until the process ends.
         await (io.stopSignal?.() ?? new Promise<never>(() => {}));

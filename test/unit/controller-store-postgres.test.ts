@@ -18,6 +18,10 @@ import { createProjectOps } from '../../src/controller/domain.js';
 import { cryptoRandom } from '../../src/controller/tokens.js';
 import { isSecgroupError } from '../../src/lib/errors.js';
 import { captureLogs } from '../helpers/log-capture.js';
+import { parseControllerConfig } from '../../src/controller/config.js';
+import { createController } from '../../src/controller/controller.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { usePostgres } from '../helpers/postgres.js';
 import { call, makeApi, rule } from './controller-helpers.js';
 
@@ -194,6 +198,60 @@ describe('PostgreSQL store: documents and transactions', () => {
     expect(snap.groups.map((g) => g.id)).toEqual(['default']);
     expect(await s.revisionCounter()).toBe(2 ** 48);
     await s.close();
+  });
+});
+
+describe('controller on store.driver postgres', () => {
+  const PASSWORD = 'pw-Zq8-never-logged';
+
+  it('starts on the configured database with the password from the environment or a file, and never logs it, also when the connection fails', async () => {
+    const admin = cluster().url();
+    // a role that must log in with its password (the cluster trusts its other users)
+    await sql(admin, `CREATE ROLE sgpw LOGIN PASSWORD '${PASSWORD}'`);
+    const dbUrl = await cluster().createDatabase();
+    const db = new URL(dbUrl).pathname.slice(1);
+    await sql(admin, `ALTER DATABASE ${db} OWNER TO sgpw`);
+    const hba = join(cluster().dir, 'data', 'pg_hba.conf');
+    writeFileSync(hba, `local all sgpw scram-sha-256\n${readFileSync(hba, 'utf8')}`);
+    await sql(admin, 'SELECT pg_reload_conf()');
+    const url = dbUrl.replace('postgres://postgres@', 'postgres://sgpw@');
+    const config = (extra: Record<string, unknown> = {}) =>
+      parseControllerConfig({ listen: { port: 0 }, api: { tokens: [{ name: 'admin', token: 'admin-token-0123456789' }] }, store: { driver: 'postgres', url, pool_size: 3, ...extra }, metrics: { process_metrics: false } });
+    const run = async (cfg: ReturnType<typeof config>, env: Record<string, string>) => {
+      const { logger, lines } = captureLogs('debug');
+      const c = createController({ config: cfg, logger, env });
+      const started = await c.start().then(
+        () => null,
+        (e: unknown) => e as Error,
+      );
+      if (!started) {
+        const r = await fetch(`http://127.0.0.1:${(c.app.server.address() as { port: number }).port}/v3/p/vpc/security-groups`, { headers: { 'x-auth-token': 'admin-token-0123456789' } });
+        expect(r.status).toBe(200);
+      }
+      await c.stop();
+      const text = JSON.stringify(lines) + String(started?.message) + String((started?.cause as Error | undefined)?.message);
+      expect(text).not.toContain(PASSWORD);
+      return { error: started, lines };
+    };
+    const ok = await run(config(), { SECGROUP_STORE_PASSWORD: PASSWORD });
+    expect(ok.error).toBeNull();
+    expect(ok.lines.find((l) => l.event === 'store_open')).toMatchObject({ driver: 'postgres', database: db, pool_size: 3 });
+    const pwFile = join(cluster().dir, 'store.pw');
+    writeFileSync(pwFile, `${PASSWORD}\n`);
+    expect((await run(config({ password_file: pwFile }), {})).error).toBeNull();
+    // a wrong password: refused with a clear error, neither password in it
+    const wrong = await run(config(), { SECGROUP_STORE_PASSWORD: 'wrong-pw-also-secret' });
+    expect(isSecgroupError(wrong.error, 'STATE_IO')).toBe(true);
+    expect(wrong.error!.message).toMatch(/password authentication failed for user "sgpw"/);
+    expect(JSON.stringify(wrong.lines) + wrong.error!.message).not.toContain('wrong-pw-also-secret');
+    // the server away: STORE_UNAVAILABLE
+    await cluster().stop();
+    try {
+      const away = await run(config(), { SECGROUP_STORE_PASSWORD: PASSWORD });
+      expect(isSecgroupError(away.error, 'STORE_UNAVAILABLE')).toBe(true);
+    } finally {
+      await cluster().start();
+    }
   });
 });
 

@@ -55,7 +55,14 @@ const types = {
 
 /** The pg connection settings of `opts` (also for the change feed's own client). */
 export function postgresClientConfig(opts: PostgresStoreOptions): pg.ClientConfig {
-  return { connectionString: opts.url, ...(opts.password !== undefined ? { password: opts.password } : {}), types, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000 };
+  // pg lets the URL's fields override `password`, even an empty one: the password goes into the URL it connects with
+  let connectionString = opts.url;
+  if (opts.password !== undefined) {
+    const u = new URL(opts.url);
+    u.password = encodeURIComponent(opts.password);
+    connectionString = u.toString();
+  }
+  return { connectionString, types, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000 };
 }
 
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED']);
