@@ -132,7 +132,7 @@ export const controllerConfigSchema = z.strictObject({
 });
 
 /** Does a postgres URL carry a password (`user:password@`)? Unparseable: treated as yes (refused, never echoed). */
-function hasUrlPassword(url: string): boolean {
+export function hasUrlPassword(url: string): boolean {
   try {
     return new URL(url).password !== '';
   } catch {

@@ -23,7 +23,12 @@ import { createController } from '../../src/controller/controller.js';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { usePostgres } from '../helpers/postgres.js';
-import { call, makeApi, rule } from './controller-helpers.js';
+import { call, makeApi, rule, seed } from './controller-helpers.js';
+import { openSqliteStore } from '../../src/controller/store/sqlite.js';
+import { hashToken } from '../../src/controller/tokens.js';
+import { runCli } from '../helpers/cli.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 
 const NOW = '2024-05-01T12:00:00Z';
 const cluster = usePostgres();
@@ -251,6 +256,77 @@ describe('controller on store.driver postgres', () => {
       expect(isSecgroupError(away.error, 'STORE_UNAVAILABLE')).toBe(true);
     } finally {
       await cluster().start();
+    }
+  });
+});
+
+describe('secgroup controller migrate --from sqlite:FILE --to postgres://...', () => {
+  it('copies everything into an empty database in one transaction, verifies and prints the counts; refuses a database that is not empty', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sg-migrate-'));
+    try {
+      const file = join(dir, 'controller.db');
+      const lite = openSqliteStore(file);
+      const t = makeApi({ store: lite });
+      const token = await seed(t.app, 'proj-a');
+      await seed(t.app, 'proj-b');
+      expect((await call(t.app, 'POST', '/v3/proj-a/vpc/address-groups', { address_group: { id: 'ag', name: 'office', ip_version: 4, ip_set: ['198.18.7.0/24'] } })).status).toBe(201);
+      expect((await call(t.app, 'POST', '/v3/proj-a/vpc/security-group-rules', { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '22', remote_ip_prefix: null, remote_address_group_id: 'ag' }) } })).status).toBe(201);
+      expect(await lite.updateAgentState('proj-a', 'ecs-web-1', { applied_revision: 1, hostname: 'web-1' })).toBe(true);
+      await t.audit.idle();
+      const before = {
+        a: await lite.loadProject('proj-a'),
+        b: await lite.loadProject('proj-b'),
+        policy: await lite.getPolicy('proj-a', 'ecs-web-1'),
+        owner: await lite.findTokenOwner(hashToken(token)),
+        agent: await lite.getAgentState('proj-a', 'ecs-web-1'),
+        audit: await lite.listAuditEvents('proj-a', {}),
+        counter: await lite.revisionCounter(),
+      };
+      const auditOfB = (await lite.listAuditEvents('proj-b', {})).length;
+      await lite.close();
+      expect(before.audit.length).toBeGreaterThan(0);
+
+      const url = await cluster().createDatabase();
+      const r = await runCli(['controller', 'migrate', '--from', `sqlite:${file}`, '--to', url]);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const printed = Object.fromEntries([...r.stdout.matchAll(/^ {2}(\w+) +(\d+)$/gm)].map((m) => [m[1], Number(m[2])]));
+      expect(printed).toEqual({
+        projects: 2,
+        security_groups: 4,
+        rules: before.a!.rules.length + before.b!.rules.length,
+        address_groups: 1,
+        instances: 2,
+        policy_tails: expect.any(Number),
+        agent_state: 2,
+        audit_events: before.audit.length + auditOfB,
+        revision_counter: before.counter,
+      });
+      const p = await openPostgresStore({ url });
+      expect({
+        a: await p.loadProject('proj-a'),
+        b: await p.loadProject('proj-b'),
+        policy: await p.getPolicy('proj-a', 'ecs-web-1'),
+        owner: await p.findTokenOwner(hashToken(token)),
+        agent: await p.getAgentState('proj-a', 'ecs-web-1'),
+        audit: await p.listAuditEvents('proj-a', {}),
+        counter: await p.revisionCounter(),
+      }).toEqual(before);
+      // the copy goes on where the source stopped: the next revision follows the counter
+      const next = await commit(p, 'proj-a', [{ op: 'setPolicy', instanceId: 'ecs-web-1', body: '{}', hash: 'h' }]);
+      expect(next.revisions.get('ecs-web-1')).toBe(before.counter + 1);
+      await p.close();
+
+      const again = await runCli(['controller', 'migrate', '--from', `sqlite:${file}`, '--to', url]);
+      expect(again.code).toBe(1);
+      expect(again.stderr).toMatch(/the target database is not empty \(2 projects, \d+ audit events, revision counter \d+\)/);
+      const bad = await runCli(['controller', 'migrate', '--from', file, '--to', url]);
+      expect([bad.code, bad.stderr]).toEqual([2, expect.stringMatching(/--from must be sqlite:FILE/)]);
+      const pw = await runCli(['controller', 'migrate', '--from', `sqlite:${file}`, '--to', 'postgres://u:hunter2-pw@db/x']);
+      expect([pw.code, pw.stderr]).toEqual([2, expect.stringMatching(/must not contain a password/)]);
+      expect(pw.stderr).not.toContain('hunter2-pw');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
