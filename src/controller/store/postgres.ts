@@ -33,6 +33,7 @@ import pg from 'pg';
 import { SecgroupError, isSecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import type { AddressGroupRow, BodyParts, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
+import { Batcher } from './batcher.js';
 import { migrate } from './postgres-schema.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
@@ -107,50 +108,6 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
 
 type Row = Record<string, unknown>;
 type Query = (sql: string, params?: unknown[]) => Promise<pg.QueryResult<Row>>;
-
-/** Items written together: `flush` runs at most once at a time, over everything that arrived meanwhile. */
-class Batcher<I, R> {
-  private pending: { item: I; resolve: (r: R) => void; reject: (e: unknown) => void }[] = [];
-  private running: Promise<void> | null = null;
-  private scheduled = false;
-
-  /** `flush` returns one result per item, an Error for an item that failed alone. */
-  constructor(private readonly flush: (items: I[]) => Promise<(R | Error)[]>) {}
-
-  add(item: I): Promise<R> {
-    return new Promise<R>((resolve, reject) => {
-      this.pending.push({ item, resolve, reject });
-      this.schedule();
-    });
-  }
-
-  private schedule(): void {
-    if (this.running || this.scheduled || !this.pending.length) return;
-    this.scheduled = true;
-    // after the I/O already received: an idle controller writes at once, a busy one groups
-    setImmediate(() => {
-      this.scheduled = false;
-      const batch = this.pending;
-      this.pending = [];
-      this.running = this.flush(batch.map((b) => b.item)).then(
-        (results) => batch.forEach((b, i) => (results[i] instanceof Error ? b.reject(results[i]) : b.resolve(results[i] as R))),
-        (e: unknown) => batch.forEach((b) => b.reject(e)),
-      );
-      void this.running.then(() => {
-        this.running = null;
-        this.schedule();
-      });
-    });
-  }
-
-  /** Resolves when everything added so far is written (or failed). */
-  async idle(): Promise<void> {
-    while (this.running || this.scheduled || this.pending.length) {
-      if (this.running) await this.running;
-      else await new Promise((r) => setImmediate(r));
-    }
-  }
-}
 
 const json = <T>(v: unknown): T => JSON.parse(v as string) as T;
 
