@@ -63,7 +63,8 @@ export function postgresClientConfig(opts: PostgresStoreOptions): pg.ClientConfi
     u.password = encodeURIComponent(opts.password);
     connectionString = u.toString();
   }
-  return { connectionString, types, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000 };
+  // TCP keepalive: a database that vanished without closing the connection (a partition) is noticed by the kernel
+  return { connectionString, types, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000, keepAlive: true };
 }
 
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED']);
