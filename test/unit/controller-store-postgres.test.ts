@@ -5,7 +5,7 @@
  * shared document tails, rollback, and a database out of reach. A real
  * throwaway cluster (test/helpers/postgres.ts).
  */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import pg from 'pg';
 import { openPostgresStore, postgresClientConfig, type PostgresStore } from '../../src/controller/store/postgres.js';
 import { createPostgresFeed } from '../../src/controller/store/postgres-feed.js';
@@ -31,6 +31,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 
 const NOW = '2024-05-01T12:00:00Z';
+// a real server, restarted by some tests, on a machine the whole unit suite loads: more than the default 5 s
+vi.setConfig({ testTimeout: 60_000 });
 const cluster = usePostgres();
 
 const commit = (s: Store, project: string, ops: Op[]) => s.mutate(project, () => ({ ops, value: null }));

@@ -1,4 +1,4 @@
-import { describe, expect, it, beforeEach, afterEach } from 'vitest';
+import { describe, expect, it, beforeEach, afterEach, vi } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -37,6 +37,9 @@ function expectConsistent(snap: ProjectSnapshot): void {
   const ix = indexProject(snap);
   for (const i of snap.instances) expect(i.policy_hash, i.id).toBe(policyDigestOfBody(compileInstanceBody(ix, i)));
 }
+
+// the PostgreSQL cases create a database each, on a machine the whole unit suite loads: more than the default 5 s
+vi.setConfig({ testTimeout: 30_000 });
 
 /** PostgreSQL: a throwaway cluster for the file (test/helpers/postgres.ts), a new database per store. */
 let cluster: (() => PgCluster) | null = null;
