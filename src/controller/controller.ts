@@ -31,8 +31,14 @@ export interface ControllerDeps {
   config: ControllerConfig;
   clock?: Clock;
   logger?: Logger;
-  /** default: SQLite file `controller.db` in `config.data_dir`, opened by start() and closed by stop() */
+  /**
+   * default: as `config.store.driver` says (SQLite file `controller.db` in
+   * `config.data_dir`, or PostgreSQL at `config.store.url`), opened by
+   * start() and closed by stop()
+   */
   store?: Store;
+  /** the environment (SECGROUP_STORE_PASSWORD); default none */
+  env?: Readonly<Record<string, string | undefined>>;
   random?: Random;
   /** runs audit retention (default: cron on `clock`) */
   scheduler?: Scheduler;
@@ -76,12 +82,7 @@ export async function readAccessKeys(config: ControllerConfig, logger?: Logger):
     let secret = k.secret_key;
     if (secret === undefined) {
       const file = k.secret_key_file!;
-      try {
-        tightenFile(file, logger);
-        secret = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
-      } catch (e) {
-        throw new SecgroupError('CONFIG_INVALID', `cannot read api.access_keys[${i}].secret_key_file ${file}: ${(e as Error).message}`, { cause: e });
-      }
+      secret = await readSecretFile(file, `api.access_keys[${i}].secret_key_file`, logger);
       if (secret.length < 16 || secret.length > 1024 || /[\r\n]/.test(secret)) {
         throw new SecgroupError('CONFIG_INVALID', `api.access_keys[${i}].secret_key_file ${file}: the secret key must be one line of 16-1024 characters`);
       }
@@ -89,6 +90,38 @@ export async function readAccessKeys(config: ControllerConfig, logger?: Logger):
     keys.push({ name: k.name, access_key: k.access_key, secret_key: secret, projects: k.projects });
   }
   return keys;
+}
+
+/** A secret file's content without its trailing newline, after making it 0600 if others could read it; CONFIG_INVALID naming `what` and the file. */
+async function readSecretFile(file: string, what: string, logger?: Logger): Promise<string> {
+  try {
+    tightenFile(file, logger);
+    return (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+  } catch (e) {
+    throw new SecgroupError('CONFIG_INVALID', `cannot read ${what} ${file}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** The PostgreSQL password: `store.password_file`, else SECGROUP_STORE_PASSWORD, else none (e.g. peer or certificate authentication). */
+export async function readStorePassword(config: ControllerConfig, env: Readonly<Record<string, string | undefined>>, logger?: Logger): Promise<string | undefined> {
+  if (config.store.password_file !== undefined) return readSecretFile(config.store.password_file, 'store.password_file', logger);
+  return env.SECGROUP_STORE_PASSWORD || undefined;
+}
+
+/** The store `config.store.driver` names; logs `store_open` (driver, where; never a password). */
+async function openConfiguredStore(config: ControllerConfig, env: Readonly<Record<string, string | undefined>>, logger: Logger): Promise<Store> {
+  if (config.store.driver === 'postgres') {
+    const password = await readStorePassword(config, env, logger);
+    const url = new URL(config.store.url!);
+    // loaded only for this driver: an embedded controller never loads pg
+    const { openPostgresStore } = await import('./store/postgres.js');
+    logger.info({ event: 'store_open', driver: 'postgres', host: url.searchParams.get('host') ?? url.host, database: url.pathname.slice(1), pool_size: config.store.pool_size }, 'opening the PostgreSQL store');
+    return openPostgresStore({ url: config.store.url!, password, poolSize: config.store.pool_size, logger });
+  }
+  ensurePrivateDir(config.data_dir, logger);
+  const file = join(config.data_dir, DB_FILE);
+  logger.info({ event: 'store_open', driver: 'sqlite', file }, 'opening the SQLite store');
+  return openSqliteStore(file, { synchronous: config.store.synchronous, logger });
 }
 
 export function createController(deps: ControllerDeps): Controller {
@@ -123,10 +156,7 @@ export function createController(deps: ControllerDeps): Controller {
       // secrets first: a bad key file fails the start before anything is opened
       const accessKeys = await readAccessKeys(config, logger);
       let store = deps.store;
-      if (!store) {
-        ensurePrivateDir(config.data_dir, logger);
-        store = ownStore = openSqliteStore(join(config.data_dir, DB_FILE), { synchronous: config.store.synchronous, logger });
-      }
+      if (!store) store = ownStore = await openConfiguredStore(config, deps.env ?? {}, logger);
       let https: { cert: Buffer; key: Buffer } | null = null;
       if (config.tls) {
         try {

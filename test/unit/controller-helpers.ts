@@ -56,12 +56,13 @@ export interface TestApi {
   audit: AuditRecorder;
 }
 
-export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger; accessKeys?: readonly AccessKey[] } = {}): TestApi {
+/** `random`: another replica's ids (default `countingRandom()`: two apps over one store would make the same ids). */
+export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger; accessKeys?: readonly AccessKey[]; random?: Random } = {}): TestApi {
   const store = opts.store ?? (opts.sqlite ? openSqliteStore(':memory:') : new MemoryStore());
   const clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
   const presence = new FakePresence();
   const pushed: TestApi['pushed'] = [];
-  const random = countingRandom();
+  const random = opts.random ?? countingRandom();
   const service = new ControllerService({
     store,
     clock,

@@ -7,7 +7,7 @@
 import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
@@ -167,6 +167,24 @@ export class MemoryStore implements Store {
     const n = this.audit.length;
     this.audit = this.audit.filter((e) => e.time >= before);
     return n - this.audit.length;
+  }
+
+  async ping(): Promise<void> {
+    this.check();
+  }
+
+  async revisionCounter(): Promise<number> {
+    this.check();
+    return this.counter;
+  }
+
+  async policiesChangedSince(after: number, limit: number): Promise<PolicyChange[]> {
+    this.check();
+    const out: PolicyChange[] = [];
+    for (const p of this.projects.values()) {
+      for (const i of p.instances) if (i.revision !== null && i.revision > after) out.push({ projectId: p.projectId, instanceId: i.id, revision: i.revision });
+    }
+    return out.sort((a, b) => a.revision - b.revision).slice(0, limit);
   }
 
   async close(): Promise<void> {

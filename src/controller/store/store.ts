@@ -14,6 +14,9 @@ import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION, type PortReport } from '../../protocol/messages.js';
 import type { BodyParts, Op, ProjectSnapshot } from '../model.js';
 
+/** One policy document handed out: for catching up on changes made by other replicas. */
+export interface PolicyChange { projectId: string; instanceId: string; revision: number }
+
 export interface StoredPolicy {
   revision: number;
   /** the document without `revision` (see `renderPolicyText`) */
@@ -191,6 +194,12 @@ export interface Store {
   listAuditEvents(projectId: string, filter: AuditFilter, page?: AuditPage): Promise<AuditEvent[]>;
   /** Deletes every audit event (of every project) older than `before` (ISO); returns how many. */
   pruneAuditEvents(before: string): Promise<number>;
+  /** Throws SecgroupError('STORE_UNAVAILABLE', ...) when the database cannot be reached (readiness). */
+  ping(): Promise<void>;
+  /** The highest revision handed out so far (the counter), 0 when none. */
+  revisionCounter(): Promise<number>;
+  /** Current policies with revision > `after`, ascending by revision, at most `limit` (an index makes this cheap). */
+  policiesChangedSince(after: number, limit: number): Promise<PolicyChange[]>;
   close(): Promise<void>;
 }
 
