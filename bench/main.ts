@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint, store.
+ * Parts: render, packet, apply, converge (slot), footprint, store, api-writes.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -10,6 +10,7 @@ import { runPacketBench } from './packet.js';
 import { runApplyBench } from './apply.js';
 import { runFootprintBench } from './footprint.js';
 import { runStoreBench } from './store.js';
+import { runApiWritesBench } from './api-writes.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -43,6 +44,11 @@ const PARTS: Part[] = [
     name: 'store',
     what: "the controller's store (SqliteStore) on node:sqlite and on better-sqlite3 (reference, when installed), same statements, best of BENCH_STORE_ROUNDS (3) rounds",
     run: async () => (await runStoreBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'api-writes',
+    what: 'API rule creates by 50 concurrent clients into a used and an idle group, 100 rules / 10 instances vs 5000 rules / 1000 instances (reference: listing groups)',
+    run: async () => (await runApiWritesBench()) as unknown as Record<string, unknown>[],
   },
 ];
 
