@@ -6,6 +6,12 @@
  * versioned in code (`PRAGMA user_version`) and each runs in its own
  * transaction.
  *
+ * Snapshots are cached by version (./snapshot-cache.ts): `mutate` and
+ * `loadProject` read the project's version (one row) and load the whole
+ * project only when the cached snapshot is not at that version, so a write
+ * does not cost the size of the project; another process writing the same
+ * file bumps the version and is seen.
+ *
  * The engine is synchronous: each method runs to completion before it
  * returns its (already settled) promise, so calls from one process never
  * interleave inside a transaction. Other processes on the same file wait on
@@ -21,6 +27,7 @@ import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow, Tag } from '../model.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
+import { SnapshotCache } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database;
@@ -233,6 +240,9 @@ function repairRevisions(db: Db, logger: Logger | undefined): void {
     if (!plan) return;
     const setRevision = db.prepare('UPDATE instances SET revision = ? WHERE project_id = ? AND id = ?');
     for (const r of plan.renumbered) setRevision.run(r.to, r.projectId, r.instanceId);
+    // the renumbered projects' snapshots changed: another process's snapshot cache must not reuse them
+    const bump = db.prepare('UPDATE projects SET version = version + 1 WHERE id = ?');
+    for (const p of new Set(plan.renumbered.map((r) => r.projectId))) bump.run(p);
     db.prepare("UPDATE meta SET value = ? WHERE key = 'revision_counter'").run(plan.counter);
     // an applied revision above the bound was never handed out by this store as it is now: unknown until the agent acks again
     db.prepare("UPDATE agent_state SET state = json_set(state, '$.applied_revision', json('null')) WHERE json_extract(state, '$.applied_revision') > ?").run(MAX_REVISION);
@@ -242,6 +252,7 @@ function repairRevisions(db: Db, logger: Logger | undefined): void {
 
 export class SqliteStore implements Store {
   private readonly stmt;
+  private readonly snapshots = new SnapshotCache();
 
   constructor(private readonly db: Db) {
     this.stmt = {
@@ -349,14 +360,19 @@ export class SqliteStore implements Store {
     };
   }
 
+  /** The committed snapshot (in a transaction): the cached one when its version is current. */
+  private current(projectId: string): ProjectSnapshot | null {
+    return this.snapshots.at(projectId, this.stmt.projectVersion.get(projectId)?.version ?? null, () => this.load(projectId));
+  }
+
   async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
-    return this.db.transaction(() => this.load(projectId)).deferred();
+    return this.db.transaction(() => this.current(projectId)).deferred();
   }
 
   async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
     // IMMEDIATE takes the write lock before reading, so the state `change` sees is the state its ops apply to.
-    return this.db.transaction((): MutateResult<T> => {
-      const cur = this.load(projectId);
+    const { result, cur, ops } = this.db.transaction(() => {
+      const cur = this.current(projectId);
       const { ops, value } = change(cur);
       if (!cur) this.stmt.insertProject.run(projectId);
       else this.stmt.bumpProject.run(projectId);
@@ -364,8 +380,12 @@ export class SqliteStore implements Store {
       const tails = new Set<string>();
       for (const o of ops) this.apply(projectId, o, revisions, tails);
       if (ops.some((o) => o.op === 'setPolicy' || o.op === 'deleteInstance')) this.stmt.dropUnusedTails.run({ p: projectId });
-      return { value, version: (cur?.version ?? 0) + 1, revisions };
+      const result: MutateResult<T> = { value, version: (cur?.version ?? 0) + 1, revisions };
+      return { result, cur, ops };
     }).immediate();
+    // committed: only now does the cache hold the new state
+    this.snapshots.commit(projectId, cur, ops, result.version, result.revisions);
+    return result;
   }
 
   /** `tails`: shared document parts already written by this transaction */
