@@ -27,7 +27,7 @@ import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow, Tag } from '../model.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
-import { SnapshotCache } from './snapshot-cache.js';
+import { SnapshotCache, committedSnapshot } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database;
@@ -369,23 +369,70 @@ export class SqliteStore implements Store {
     return this.db.transaction(() => this.current(projectId)).deferred();
   }
 
-  async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
-    // IMMEDIATE takes the write lock before reading, so the state `change` sees is the state its ops apply to.
-    const { result, cur, ops } = this.db.transaction(() => {
-      const cur = this.current(projectId);
-      const { ops, value } = change(cur);
-      if (!cur) this.stmt.insertProject.run(projectId);
-      else this.stmt.bumpProject.run(projectId);
-      const revisions = new Map<string, number>();
-      const tails = new Set<string>();
-      for (const o of ops) this.apply(projectId, o, revisions, tails);
-      if (ops.some((o) => o.op === 'setPolicy' || o.op === 'deleteInstance')) this.stmt.dropUnusedTails.run({ p: projectId });
-      const result: MutateResult<T> = { value, version: (cur?.version ?? 0) + 1, revisions };
-      return { result, cur, ops };
-    }).immediate();
-    // committed: only now does the cache hold the new state
-    this.snapshots.commit(projectId, cur, ops, result.version, result.revisions);
-    return result;
+  /**
+   * Group commit: mutations arriving together (in one turn of the event
+   * loop) are committed by one `BEGIN IMMEDIATE ... COMMIT`, so by one fsync
+   * (with synchronous=FULL an fsync per commit bounded writes to ~200/s on a
+   * disk with 5 ms fsyncs, whatever the CPU did). Each mutation runs under
+   * its own savepoint, on the state its predecessors in the batch left: one
+   * that throws is undone alone and rejects alone; each caller's promise
+   * settles only after the COMMIT, and when the COMMIT fails every caller
+   * of the batch gets its error and nothing is written. A mutation is never
+   * split over transactions, and no reader sees part of one.
+   */
+  mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
+    return new Promise<MutateResult<T>>((resolve, reject) => {
+      this.pendingMutations.push({ projectId, change, resolve: resolve as (r: MutateResult<unknown>) => void, reject });
+      if (this.pendingMutations.length === 1) setImmediate(() => this.flushMutations());
+    });
+  }
+
+  private pendingMutations: { projectId: string; change: ChangeFn<unknown>; resolve: (r: MutateResult<unknown>) => void; reject: (e: unknown) => void }[] = [];
+
+  private flushMutations(): void {
+    const batch = this.pendingMutations;
+    this.pendingMutations = [];
+    if (!batch.length) return;
+    // the state each project is in after the batch's mutations so far (committed with it, or not at all)
+    const working = new Map<string, ProjectSnapshot | null>();
+    let outcomes: ({ ok: true; value: MutateResult<unknown> } | { ok: false; error: unknown })[];
+    try {
+      if (!this.db.open) throw new SecgroupError('STATE_IO', 'the controller database is closed');
+      // IMMEDIATE takes the write lock before reading, so the state a change sees is the state its ops apply to.
+      outcomes = this.db.transaction(() => batch.map(({ projectId, change }) => this.db.savepoint(() => this.mutateOne(projectId, change, working)))).immediate();
+    } catch (e) {
+      for (const b of batch) b.reject(e);
+      return;
+    }
+    // committed: only now does the cache hold the new states
+    for (const snap of working.values()) if (snap) this.snapshots.put(snap);
+    batch.forEach((b, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) b.resolve(o.value);
+      else b.reject(o.error);
+    });
+  }
+
+  /** One mutation inside the batch's transaction; `working` is advanced only when it succeeds. */
+  private mutateOne<T>(projectId: string, change: ChangeFn<T>, working: Map<string, ProjectSnapshot | null>): MutateResult<T> {
+    const version = this.stmt.projectVersion.get(projectId)?.version ?? null;
+    let cur = working.get(projectId);
+    if (cur === undefined) {
+      // not written by this batch yet: what is read is committed, so the cache may keep it
+      cur = this.current(projectId);
+      working.set(projectId, cur);
+    } else if ((cur?.version ?? null) !== version) throw new SecgroupError('INTERNAL', `project ${projectId} changed inside a transaction`);
+    const { ops, value } = change(cur);
+    if (!cur) this.stmt.insertProject.run(projectId);
+    else this.stmt.bumpProject.run(projectId);
+    const revisions = new Map<string, number>();
+    const tails = new Set<string>();
+    for (const o of ops) this.apply(projectId, o, revisions, tails);
+    if (ops.some((o) => o.op === 'setPolicy' || o.op === 'deleteInstance')) this.stmt.dropUnusedTails.run({ p: projectId });
+    const next = (cur?.version ?? 0) + 1;
+    // after the last write: a savepoint that failed leaves `working` as it was
+    working.set(projectId, committedSnapshot(projectId, cur, ops, next, revisions));
+    return { value, version: next, revisions };
   }
 
   /** `tails`: shared document parts already written by this transaction */
@@ -602,6 +649,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    this.flushMutations();
     this.flushAgentState();
     this.flushAudit();
     if (this.db.open) this.db.close();

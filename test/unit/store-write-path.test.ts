@@ -3,7 +3,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SnapshotCache, committedSnapshot } from '../../src/controller/store/snapshot-cache.js';
-import { openSqliteStore } from '../../src/controller/store/sqlite.js';
+import { MIGRATIONS, SqliteStore, openSqliteStore } from '../../src/controller/store/sqlite.js';
+import { Database } from '../../src/controller/store/sqlite-driver.js';
 import { createProjectOps, createRules, ruleCreate, DEFAULT_QUOTAS, type MutationContext } from '../../src/controller/domain.js';
 import { emptySnapshot, type Op, type ProjectSnapshot } from '../../src/controller/model.js';
 import type { Store } from '../../src/controller/store/store.js';
@@ -118,6 +119,70 @@ describe('SQLite store with the snapshot cache', () => {
     const after = (await s.loadProject('p'))!;
     expect(after.version).toBe(1);
     expect(after.rules.map((r) => r.id)).toEqual(before!.rules.map((r) => r.id));
+    await s.close();
+  });
+});
+
+describe('SQLite store: group commit', () => {
+  const open = () => {
+    const db = new Database(join(dir, 'g.db'));
+    db.pragma('journal_mode = WAL');
+    db.pragma('foreign_keys = ON');
+    MIGRATIONS.forEach((m, v) => {
+      m(db);
+      db.pragma(`user_version = ${v + 1}`);
+    });
+    const transactions = { count: 0 };
+    const tx = db.transaction.bind(db);
+    db.transaction = ((fn: () => unknown) => {
+      transactions.count++;
+      return tx(fn);
+    }) as typeof db.transaction;
+    return { store: new SqliteStore(db), transactions };
+  };
+
+  it('commits mutations that arrive together in one transaction, each on the state of the ones before it; one that throws is undone alone', async () => {
+    const { store: s, transactions } = open();
+    await commit(s, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('i') }]);
+    transactions.count = 0;
+    const seen: number[] = [];
+    const writes = [22, 23, 22, 24].map((port) =>
+      s.mutate('p', (cur) => {
+        seen.push(cur!.rules.length);
+        const m = createRules(cur!, 'default', [tcp(port)], ['r'], ctx);
+        return { ops: [...m.ops, { op: 'setPolicy', instanceId: 'i', body: `{"p":${port}}`, hash: `h${port}` }], value: port };
+      }),
+    );
+    const results = await Promise.allSettled(writes);
+    expect(transactions.count).toBe(1);
+    expect(seen).toEqual([4, 5, 6, 6]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled']);
+    expect(((results[2] as PromiseRejectedResult).reason as ApiError).kind).toBe('duplicate');
+    const ok = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    expect(ok.map((r) => r.version)).toEqual([2, 3, 4]);
+    // the undone mutation's revision was undone with it: revisions stay consecutive and growing
+    expect(ok.map((r) => r.revisions.get('i'))).toEqual([1, 2, 3]);
+    const snap = (await s.loadProject('p'))!;
+    expect(snap.rules.map((r) => r.multiport).filter(Boolean)).toEqual(['22', '23', '24']);
+    expect(snap.instances[0]).toMatchObject({ revision: 3, policy_hash: 'h24' });
+    const fresh = openSqliteStore(join(dir, 'g.db'));
+    expect(await fresh.loadProject('p')).toEqual(snap);
+    await fresh.close();
+    await s.close();
+  });
+
+  it('a write that fails at the database rejects only its own caller', async () => {
+    const { store: s } = open();
+    await commit(s, 'p', createProjectOps(NOW));
+    const rule0 = (await s.loadProject('p'))!.rules[0]!;
+    const results = await Promise.allSettled([
+      commit(s, 'p', [{ op: 'deleteRule', id: 'default-out-v6' }]),
+      commit(s, 'p', [{ op: 'deleteRule', id: 'default-in-v4' }, { op: 'putRule', rule: { ...rule0, id: 'orphan', security_group_id: 'missing' } }]),
+      commit(s, 'q', createProjectOps(NOW)),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect((await s.loadProject('p'))!.rules.map((r) => r.id)).toEqual(['default-in-v4', 'default-in-v6', 'default-out-v4']);
+    expect((await s.loadProject('q'))!.version).toBe(1);
     await s.close();
   });
 });
