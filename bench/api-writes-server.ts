@@ -1,7 +1,7 @@
 /**
  * The controller of `bench api-writes`, in its own process (so the load
  * clients in the parent do not share its event loop): seeds a project of the
- * asked size straight through the service (one commit), then starts the real
+ * asked size straight through the service (one commit, quotas not checked), then starts the real
  * controller (fastify on 127.0.0.1, SQLite file in `dir`) and reports its URL.
  * Messages: parent -> {cmd:'start', dir, rules, instances}, {cmd:'stop'};
  * child -> {event:'ready', url}, {event:'error', message}.
@@ -21,12 +21,16 @@ export const PROJECT = 'bench';
 /** rules per filler group; every filler group's first rule references the group itself (so documents list members) */
 const PER_GROUP = 50;
 
-const QUOTAS = { rules_per_group: 1_000_000, security_groups_per_project: 10_000, instances_per_project: 100_000 };
+/** groups written into by the rule cases (requests go round-robin), each used by one instance (or none) */
+export const USED = 10;
+/** room for the bench's requests (BENCH_WRITES_REQUESTS up to 2000) in the USED groups */
+const QUOTAS = { rules_per_group: 250, security_groups_per_project: 10_000, instances_per_project: 100_000 };
 
 /**
- * The seed: `sg-used` (instance i-0 only), `sg-idle` (no instance), and
- * filler groups of PER_GROUP rules holding `rules` rules in all, whose
- * instances i-1.. are spread over them.
+ * The seed: USED groups `sg-used-k`, each used by instance i-k alone; USED
+ * groups `sg-idle-k` that no instance uses; and filler groups of PER_GROUP
+ * rules holding `rules` rules in all, whose instances i-USED.. are spread
+ * over them.
  */
 function seedOps(rules: number, instances: number, now: string): Op[] {
   const group = (id: string): GroupRow => ({ id, name: id, description: '', enterprise_project_id: '0', tags: [], created_at: now, updated_at: now });
@@ -49,17 +53,15 @@ function seedOps(rules: number, instances: number, now: string): Op[] {
     created_at: now,
   });
   const fillers = Math.max(1, Math.ceil(rules / PER_GROUP));
-  const ops: Op[] = [
-    { op: 'putGroup', group: group('sg-used') },
-    { op: 'putGroup', group: group('sg-idle') },
-  ];
+  const ops: Op[] = [];
+  for (let k = 0; k < USED; k++) ops.push({ op: 'putGroup', group: group(`sg-used-${k}`) }, { op: 'putGroup', group: group(`sg-idle-${k}`) });
   for (let g = 0; g < fillers; g++) {
     ops.push({ op: 'putGroup', group: group(`g-${g}`) });
     for (let k = 0; k < PER_GROUP && g * PER_GROUP + k < rules; k++) ops.push({ op: 'putRule', rule: rule(`r-${g}-${k}`, `g-${g}`, k) });
   }
   for (let i = 0; i < instances; i++) {
     const addresses = [`198.18.${i >> 8}.${i & 255}`];
-    const security_groups = i === 0 ? ['sg-used'] : [`g-${(i - 1) % fillers}`];
+    const security_groups = i < USED ? [`sg-used-${i}`] : [`g-${(i - USED) % fillers}`];
     ops.push({ op: 'putInstance', instance: { id: `i-${i}`, name: `i-${i}`, addresses, security_groups, created_at: now, updated_at: now } });
   }
   return ops;

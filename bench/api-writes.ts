@@ -4,12 +4,14 @@
  * 127.0.0.1, SQLite file in a temporary dir, synchronous FULL) in its own
  * process, CLIENTS concurrent clients here (keep-alive HTTP/1.1, one request
  * in flight each), per project size:
- * - rule -> used group: create one distinct rule per request in `sg-used`,
- *   which one instance uses (each commit recompiles and stores its document);
- * - rule -> idle group: the same into `sg-idle`, which no instance uses;
+ * - rule -> used group: create one distinct rule per request in a group
+ *   that one instance uses (`sg-used-k`, ten of them in turn, so no group
+ *   outgrows a real quota: each commit recompiles and stores one document);
+ * - rule -> idle group: the same into groups no instance uses (`sg-idle-k`);
  * - list groups (reference): GET /vpc/security-groups.
- * Sizes: 100 rules / 10 instances and 5000 rules / 1000 instances (filler
- * groups of 50 rules, each referencing itself, so documents list members).
+ * Sizes: 100 rules / 10 instances and 5000 rules / 1000 instances (the
+ * ten instances of the used groups, the others in filler groups of 50 rules,
+ * each referencing itself, so documents list members).
  * Prints req/s, p50/p99/max latency, timeouts (no answer within TIMEOUT_MS)
  * and the ratio large/small. Targets (issue 16): rule creates >= 500 req/s
  * with p99 <= 100 ms in the large project, within 1.5x of the small one.
@@ -21,7 +23,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ADMIN, PROJECT } from './api-writes-server.js';
+import { ADMIN, PROJECT, USED } from './api-writes-server.js';
 import { quantile, r1 } from './converge.js';
 
 const CLIENTS = 50;
@@ -90,7 +92,7 @@ async function runCase(base: string, c: CaseName, requests = REQUESTS): Promise<
       const o =
         c === 'list groups (ref)'
           ? await send(agent, new URL(`${base}/vpc/security-groups`), 'GET', undefined)
-          : await send(agent, new URL(`${base}/vpc/security-group-rules`), 'POST', nextRule(c === 'rule -> used group' ? 'sg-used' : 'sg-idle'));
+          : await send(agent, new URL(`${base}/vpc/security-group-rules`), 'POST', nextRule(`${c === 'rule -> used group' ? 'sg-used' : 'sg-idle'}-${ruleSeq % USED}`));
       outcomes.push(o);
     }
   };
@@ -152,7 +154,7 @@ async function runSize(size: (typeof SIZES)[number]): Promise<Omit<ApiWritesRow,
 export async function runApiWritesBench(): Promise<ApiWritesRow[]> {
   console.log(
     `controller in a child process on 127.0.0.1 (SQLite, synchronous FULL); ${CLIENTS} concurrent keep-alive clients, ${REQUESTS} requests per case (at most ${CASE_BUDGET_MS / 1000} s), timeout ${TIMEOUT_MS / 1000} s.\n` +
-      'rule -> used group: one distinct rule per request into a group one instance uses (its document is recompiled and stored); rule -> idle group: into a group no instance uses; list groups: the reference.\n' +
+      `rule -> used group: one distinct rule per request into a group one instance uses (its document is recompiled and stored; ${USED} such groups in turn); rule -> idle group: into a group no instance uses; list groups: the reference.\n` +
       'targets (issue 16): rule creates in the large project >= 500 req/s, p99 <= 100 ms, req/s within 1.5x of the small project.',
   );
   const [small, large] = [await runSize(SIZES[0]!), await runSize(SIZES[1]!)];

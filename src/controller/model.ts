@@ -131,12 +131,51 @@ export function emptySnapshot(projectId: string): ProjectSnapshot {
   return { projectId, version: 0, groups: [], rules: [], addressGroups: [], instances: [] };
 }
 
-function put<T extends { id: string }>(list: readonly T[], row: T): T[] {
-  const i = list.findIndex((r) => r.id === row.id);
-  if (i < 0) return [...list, row];
-  const out = [...list];
-  out[i] = row;
-  return out;
+/**
+ * One list of a snapshot while ops are applied: copied on its first change
+ * (the snapshot's own array is never touched), with an index of ids built
+ * on the first put, so applying k ops to a list of n rows costs O(n + k),
+ * not O(k * n).
+ */
+class ListEdit<T extends { id: string }> {
+  private rows: T[] | null = null;
+  private at: Map<string, number> | null = null;
+
+  constructor(private readonly base: readonly T[]) {}
+
+  private own(): T[] {
+    return (this.rows ??= [...this.base]);
+  }
+
+  find(id: string): T | undefined {
+    const i = this.index().get(id);
+    return i === undefined ? undefined : (this.rows ?? this.base)[i];
+  }
+
+  private index(): Map<string, number> {
+    return (this.at ??= new Map((this.rows ?? this.base).map((r, i) => [r.id, i])));
+  }
+
+  put(row: T): void {
+    const i = this.index().get(row.id);
+    const rows = this.own();
+    if (i === undefined) {
+      this.at!.set(row.id, rows.length);
+      rows.push(row);
+    } else rows[i] = row;
+  }
+
+  remove(keep: (row: T) => boolean): void {
+    const current = this.rows ?? this.base;
+    const kept = current.filter(keep);
+    if (kept.length === current.length) return;
+    this.rows = kept;
+    this.at = null;
+  }
+
+  result(): readonly T[] {
+    return this.rows ?? this.base;
+  }
 }
 
 /**
@@ -144,42 +183,47 @@ function put<T extends { id: string }>(list: readonly T[], row: T): T[] {
  * (revisions are assigned by the store), `setToken` is not part of a snapshot.
  */
 export function applyOps(snap: ProjectSnapshot, ops: readonly Op[]): ProjectSnapshot {
-  let { groups, rules, addressGroups, instances } = snap;
+  const groups = new ListEdit(snap.groups);
+  const rules = new ListEdit(snap.rules);
+  const addressGroups = new ListEdit(snap.addressGroups);
+  const instances = new ListEdit(snap.instances);
   for (const o of ops) {
     switch (o.op) {
       case 'putGroup':
-        groups = put(groups, o.group);
+        groups.put(o.group);
         break;
       case 'deleteGroup':
-        groups = groups.filter((g) => g.id !== o.id);
-        rules = rules.filter((r) => r.security_group_id !== o.id);
+        groups.remove((g) => g.id !== o.id);
+        rules.remove((r) => r.security_group_id !== o.id);
         break;
       case 'putRule':
-        rules = put(rules, o.rule);
+        rules.put(o.rule);
         break;
       case 'deleteRule':
-        rules = rules.filter((r) => r.id !== o.id);
+        rules.remove((r) => r.id !== o.id);
         break;
       case 'putAddressGroup':
-        addressGroups = put(addressGroups, o.addressGroup);
+        addressGroups.put(o.addressGroup);
         break;
       case 'deleteAddressGroup':
-        addressGroups = addressGroups.filter((a) => a.id !== o.id);
+        addressGroups.remove((a) => a.id !== o.id);
         break;
       case 'putInstance': {
-        const old = instances.find((i) => i.id === o.instance.id);
-        instances = put(instances, { ...o.instance, revision: old?.revision ?? null, policy_hash: old?.policy_hash ?? null });
+        const old = instances.find(o.instance.id);
+        instances.put({ ...o.instance, revision: old?.revision ?? null, policy_hash: old?.policy_hash ?? null });
         break;
       }
       case 'deleteInstance':
-        instances = instances.filter((i) => i.id !== o.id);
+        instances.remove((i) => i.id !== o.id);
         break;
-      case 'setPolicy':
-        instances = instances.map((i) => (i.id === o.instanceId ? { ...i, policy_hash: o.hash } : i));
+      case 'setPolicy': {
+        const old = instances.find(o.instanceId);
+        if (old) instances.put({ ...old, policy_hash: o.hash });
         break;
+      }
       case 'setToken':
         break;
     }
   }
-  return { projectId: snap.projectId, version: snap.version, groups, rules, addressGroups, instances };
+  return { projectId: snap.projectId, version: snap.version, groups: groups.result(), rules: rules.result(), addressGroups: addressGroups.result(), instances: instances.result() };
 }
