@@ -160,6 +160,11 @@ export const MIGRATIONS: readonly ((db: Db) => void)[] = [
       ALTER TABLE address_groups ADD COLUMN ip_remarks TEXT NOT NULL DEFAULT '{}';
     `);
   },
+  // 5: whether a shared document part is still used is one index lookup per replaced part, not a scan of the
+  // project's instances on every commit (issue 16: writes must not cost the size of the project)
+  (db) => {
+    db.exec('CREATE INDEX instances_by_tail ON instances (project_id, policy_tail)');
+  },
 ];
 
 export interface SqliteStoreOptions {
@@ -315,8 +320,9 @@ export class SqliteStore implements Store {
       nextRevision: db.prepare<[], { value: number }>("UPDATE meta SET value = value + 1 WHERE key = 'revision_counter' RETURNING value"),
       setPolicy: db.prepare('UPDATE instances SET revision = ?, policy_hash = ?, policy_body = ?, policy_tail = ? WHERE project_id = ? AND id = ?'),
       putTail: db.prepare('INSERT OR IGNORE INTO policy_tails (project_id, hash, text) VALUES (?, ?, ?)'),
-      dropUnusedTails: db.prepare(
-        'DELETE FROM policy_tails WHERE project_id = @p AND hash NOT IN (SELECT policy_tail FROM instances WHERE project_id = @p AND policy_tail IS NOT NULL)',
+      tailOf: db.prepare<[string, string], { policy_tail: string | null }>('SELECT policy_tail FROM instances WHERE project_id = ? AND id = ?'),
+      dropTailIfUnused: db.prepare(
+        'DELETE FROM policy_tails WHERE project_id = @p AND hash = @h AND NOT EXISTS (SELECT 1 FROM instances WHERE project_id = @p AND policy_tail = @h)',
       ),
       getPolicy: db.prepare<[string, string], { revision: number | null; policy_body: string | null; policy_tail: string | null; tail: string | null }>(
         `SELECT i.revision, i.policy_body, i.policy_tail, t.text AS tail
@@ -427,16 +433,22 @@ export class SqliteStore implements Store {
     else this.stmt.bumpProject.run(projectId);
     const revisions = new Map<string, number>();
     const tails = new Set<string>();
-    for (const o of ops) this.apply(projectId, o, revisions, tails);
-    if (ops.some((o) => o.op === 'setPolicy' || o.op === 'deleteInstance')) this.stmt.dropUnusedTails.run({ p: projectId });
+    const replaced = new Set<string>();
+    for (const o of ops) this.apply(projectId, o, revisions, tails, replaced);
+    // shared parts that documents stopped using (only those replaced here can have become unused)
+    for (const h of replaced) this.stmt.dropTailIfUnused.run({ p: projectId, h });
     const next = (cur?.version ?? 0) + 1;
     // after the last write: a savepoint that failed leaves `working` as it was
     working.set(projectId, committedSnapshot(projectId, cur, ops, next, revisions));
     return { value, version: next, revisions };
   }
 
-  /** `tails`: shared document parts already written by this transaction */
-  private apply(project_id: string, o: Op, revisions: Map<string, number>, tails: Set<string>): void {
+  /** `tails`: shared document parts already written by this transaction; `replaced`: gets the parts documents stopped referring to */
+  private apply(project_id: string, o: Op, revisions: Map<string, number>, tails: Set<string>, replaced: Set<string>): void {
+    if (o.op === 'setPolicy' || o.op === 'deleteInstance') {
+      const old = this.stmt.tailOf.get(project_id, o.op === 'setPolicy' ? o.instanceId : o.id)?.policy_tail;
+      if (old) replaced.add(old);
+    }
     switch (o.op) {
       case 'putGroup':
         this.stmt.putGroup.run({ project_id, ...o.group, tags: JSON.stringify(o.group.tags) });
