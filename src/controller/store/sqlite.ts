@@ -2,7 +2,9 @@
  * The embedded store: one SQLite file (Node's built-in node:sqlite through
  * ./sqlite-driver.ts, no native addon; WAL, synchronous=FULL
  * by default so an acknowledged commit survives kill -9 and power loss).
- * Every mutation is one `BEGIN IMMEDIATE` transaction (read, decide, write); schema migrations are
+ * Every mutation is committed by one `BEGIN IMMEDIATE` transaction (read, decide, write), which it
+ * shares with the mutations that arrived in the same event-loop turn (group commit: one fsync,
+ * each mutation under its own savepoint, see `mutate`); schema migrations are
  * versioned in code (`PRAGMA user_version`) and each runs in its own
  * transaction.
  *
@@ -12,9 +14,10 @@
  * does not cost the size of the project; another process writing the same
  * file bumps the version and is seen.
  *
- * The engine is synchronous: each method runs to completion before it
- * returns its (already settled) promise, so calls from one process never
- * interleave inside a transaction. Other processes on the same file wait on
+ * The engine is synchronous: each transaction runs to completion in one
+ * call, so calls from one process never interleave inside a transaction
+ * (mutations, agent state updates and audit appends are queued and flushed
+ * on the next turn, in one transaction per kind). Other processes on the same file wait on
  * the write lock (`busy_timeout`).
  *
  * Size: one Store implementation over one database; its schema migrations,
