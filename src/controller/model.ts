@@ -133,34 +133,36 @@ export function emptySnapshot(projectId: string): ProjectSnapshot {
 
 /**
  * One list of a snapshot while ops are applied: copied on its first change
- * (the snapshot's own array is never touched), with an index of ids built
- * on the first put, so applying k ops to a list of n rows costs O(n + k),
- * not O(k * n).
+ * (the snapshot's own array is never touched). Rows are found by a scan
+ * (no allocation: the one or two puts of an API write) until INDEX_AFTER
+ * lookups, then through an index of ids, so applying k ops to a list of n
+ * rows costs O(n * min(k, INDEX_AFTER) + k), not O(k * n).
  */
+const INDEX_AFTER = 8;
 class ListEdit<T extends { id: string }> {
   private rows: T[] | null = null;
   private at: Map<string, number> | null = null;
+  private lookups = 0;
 
   constructor(private readonly base: readonly T[]) {}
 
-  private own(): T[] {
-    return (this.rows ??= [...this.base]);
+  private position(id: string): number {
+    const rows = this.rows ?? this.base;
+    if (!this.at && ++this.lookups > INDEX_AFTER) this.at = new Map(rows.map((r, i) => [r.id, i]));
+    if (this.at) return this.at.get(id) ?? -1;
+    return rows.findIndex((r) => r.id === id);
   }
 
   find(id: string): T | undefined {
-    const i = this.index().get(id);
-    return i === undefined ? undefined : (this.rows ?? this.base)[i];
-  }
-
-  private index(): Map<string, number> {
-    return (this.at ??= new Map((this.rows ?? this.base).map((r, i) => [r.id, i])));
+    const i = this.position(id);
+    return i < 0 ? undefined : (this.rows ?? this.base)[i];
   }
 
   put(row: T): void {
-    const i = this.index().get(row.id);
-    const rows = this.own();
-    if (i === undefined) {
-      this.at!.set(row.id, rows.length);
+    const i = this.position(row.id);
+    const rows = (this.rows ??= [...this.base]);
+    if (i < 0) {
+      this.at?.set(row.id, rows.length);
       rows.push(row);
     } else rows[i] = row;
   }
