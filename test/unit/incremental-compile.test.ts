@@ -79,7 +79,7 @@ describe.each([
   ['sqlite', true],
 ] as const)('incremental compile (%s store)', (_name, sqlite) => {
   it('after random changes, exactly the documents whose full recompile differs get new revisions, and every stored document equals its full recompile', async () => {
-    for (let seed = 1; seed <= 12; seed++) {
+    for (let seed = 1; seed <= 8; seed++) {
       const rng = createRng(seed);
       const t = makeApi({ sqlite, quotas: { rules_per_group: 1000, instances_per_project: 1000 } });
       const full = (snap: ProjectSnapshot) => {
@@ -113,5 +113,5 @@ describe.each([
       expect(pushes, `seed ${seed}: documents changed`).toBeGreaterThan(20);
       await t.store.close();
     }
-  });
+  }, 120_000);
 });
