@@ -1,9 +1,12 @@
 /**
  * bench apply-steps: where a full apply's time goes, step by step, in one
  * process per case (`npx tsx bench/apply-steps.ts [case...]`, root: a scratch
- * namespace): compile, render (to text, as the script nft reads), the write
- * of the script and `nft -f` through the helper shell, the generation-marker
- * read, against `nft -f` of the same script file alone. Best of 3 per step;
+ * namespace): compile, render alone (the chunks consumed, nothing written),
+ * the apply (render streamed into the script file, `nft -f` through the
+ * helper shell: render included), the generation-marker
+ * read, the read of the rule counters a full reload carries (no table: what
+ * a first apply pays; with the table: what a reload of it pays), against
+ * `nft -f` of the same script file alone. Best of 3 per step;
  * prints one row per case. Cases as bench/apply.ts names them.
  */
 import { execFileSync } from 'node:child_process';
@@ -16,7 +19,7 @@ import { BenchLab } from './lab.js';
 import { groupPolicy, syntheticPolicy } from './policies.js';
 import { compilePolicy } from '../src/nft/compile.js';
 import { ExecaNftRunner } from '../src/nft/exec.js';
-import { renderDeleteScript, renderScript } from '../src/nft/render.js';
+import { renderDeleteScript, renderScript, renderTransactionChunks } from '../src/nft/render.js';
 import { replaceTableTx } from '../src/nft/transaction.js';
 import { parsePolicy, type PolicyInput } from '../src/policy/schema.js';
 
@@ -32,7 +35,7 @@ async function measure(name: string, ns: string, dir: string): Promise<Record<st
   const runner = new ExecaNftRunner({ table: 'secgroup', command: ['ip', 'netns', 'exec', ns, 'nft'], timeoutMs: 600_000, helper: true });
   const clear = () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
   const policy = parsePolicy(CASES[name]!());
-  const best: Record<string, number> = { compile: Infinity, render: Infinity, apply: Infinity, marker: Infinity, nftF: Infinity };
+  const best: Record<string, number> = { compile: Infinity, render: Infinity, countersNoTable: Infinity, apply: Infinity, marker: Infinity, countersTable: Infinity, nftF: Infinity };
   const time = async <T>(step: string, f: () => T | Promise<T>): Promise<T> => {
     const t0 = performance.now();
     const r = await f();
@@ -41,18 +44,35 @@ async function measure(name: string, ns: string, dir: string): Promise<Record<st
   };
   for (let i = 0; i < 3; i++) {
     const compiled = await time('compile', () => compilePolicy(policy));
-    const script = await time('render', () => renderScript(compiled.table));
+    await time('render', () => {
+      let n = 0;
+      for (const chunk of renderTransactionChunks(replaceTableTx(compiled.table))) n += chunk.length;
+      return n;
+    });
     const f = join(dir, 'steps.nft');
-    writeFileSync(f, script);
+    writeFileSync(f, renderScript(compiled.table));
     await clear();
     await time('nftF', () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', f]));
     await clear();
+    await time('countersNoTable', () => runner.readRuleCounters());
     await time('apply', () => runner.apply(replaceTableTx(compiled.table)));
     await time('marker', () => runner.readMarker());
+    await time('countersTable', () => runner.readRuleCounters());
   }
   runner.close();
-  const r = (x: number) => Math.round(x * 10) / 10;
-  return { case: name, compileMs: r(best.compile!), renderMs: r(best.render!), applyMs: r(best.apply!), markerMs: r(best.marker!), nftFMs: r(best.nftF!), sumOverNftF: r((best.compile! + best.render! + best.apply! + best.marker!) / best.nftF!) };
+  const r = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
+  const firstApply = best.compile! + best.countersNoTable! + best.apply! + best.marker!;
+  return {
+    case: name,
+    compileMs: r(best.compile!),
+    renderMs: r(best.render!),
+    countersNoTableMs: r(best.countersNoTable!),
+    applyMs: r(best.apply!),
+    markerMs: r(best.marker!),
+    countersTableMs: r(best.countersTable!),
+    nftFMs: r(best.nftF!),
+    firstApplyOverNftF: r(firstApply / best.nftF!, 2),
+  };
 }
 
 if (process.argv.includes('--child')) {
