@@ -139,7 +139,7 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
       nftPeakRssMb: round(nftPeak()),
     },
   ];
-  if (c.change) {
+  if (c.change && !process.env.BENCH_APPLY_FULL_ONLY) {
     // table holds revision 1 now (last agent apply); one reconciler per mode keeps its own applied state
     const inc = reconciler(true);
     applied(await inc.submit(policy, 'local'));
