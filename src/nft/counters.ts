@@ -24,7 +24,12 @@ export function counterKey(chain: string, comment: string): string {
   return `${chain}\n${comment}`;
 }
 
-/** The counters of every identified rule of a read-back (its first counter), skipping comments that repeat within a chain. */
+/** Counts past 2^53 lost precision in nft's JSON: such a rule starts from zero rather than from a wrong count. */
+function carriable(c: Counter): boolean {
+  return Number.isSafeInteger(c.packets) && Number.isSafeInteger(c.bytes) && c.packets >= 0 && c.bytes >= 0;
+}
+
+/** The counters of every identified rule of a read-back (its first counter), skipping comments that repeat within a chain and counts that cannot be carried exactly. */
 export function ruleCounters(chains: readonly ChainReadback[]): Map<string, Counter> {
   const out = new Map<string, Counter>();
   for (const c of chains) {
@@ -33,7 +38,7 @@ export function ruleCounters(chains: readonly ChainReadback[]): Map<string, Coun
       if (r.comment === null) continue;
       const key = counterKey(c.name, r.comment);
       if (seen.has(key)) out.delete(key);
-      else if (r.counter) out.set(key, { ...r.counter });
+      else if (r.counter && carriable(r.counter)) out.set(key, { ...r.counter });
       seen.add(key);
     }
   }

@@ -172,11 +172,12 @@ describe('counters carried over a full reload', () => {
     expect(renderTransaction(replaceTableTx(web()))).toBe(renderScript(web()));
   });
 
-  it('rules are identified by chain and comment; a comment seen twice in a chain, or none, identifies nothing', () => {
+  it('rules are identified by chain and comment; a comment seen twice in a chain, or none, identifies nothing; counts past 2^53 are not carried', () => {
     const counted = (comment: string | null, packets: number) => ({ comment, counter: { packets, bytes: packets * 100 } });
     const got = ruleCounters([
       { name: 'input', rules: [counted('a', 1), counted('b', 2), counted('b', 3), counted(null, 4), { comment: 'c', counter: null }] },
       { name: 'r_1', rules: [counted('sg/r', 7)] },
+      { name: 'r_2', rules: [{ comment: 'sg/big', counter: { packets: 2 ** 60, bytes: 2 ** 62 } }] },
     ]);
     expect([...got]).toEqual([
       [counterKey('input', 'a'), { packets: 1, bytes: 100 }],
