@@ -11,6 +11,7 @@ import { errorMessage } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { ScheduledJob, Scheduler } from '../lib/scheduler.js';
 import { VERSION } from '../lib/version.js';
+import type { NftMonitor } from '../nft/monitor.js';
 import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
 import { checkPolicy } from '../policy/schema.js';
@@ -22,6 +23,7 @@ import { ControllerClient, type Dialer } from './controller-client.js';
 import { AgentMetrics } from './metrics.js';
 import type { PortProbe } from '../probe/port-probe.js';
 import { Reconciler, type SyncOutcome } from './reconciler.js';
+import { DriftMonitor } from './drift-monitor.js';
 import type { StateStore } from './state-store.js';
 import { ipFamily } from '../policy/address.js';
 import type { ServiceManager } from './systemd.js';
@@ -49,6 +51,8 @@ export interface AgentDeps {
   serviceManager?: ServiceManager | null;
   /** whether a controller token is configured now (an empty token file: not yet); default: yes */
   tokenPresent?: () => boolean;
+  /** change events of our table (`nft monitor`); null/absent: drift found by the periodic check only */
+  nftMonitor?: NftMonitor | null;
 }
 
 export interface AgentStatus {
@@ -149,6 +153,9 @@ export function createAgent(deps: AgentDeps): Agent {
       if (o.status === 'applied') ready(`enforcing revision ${o.revision}`);
     },
   });
+
+  const driftMonitor =
+    deps.nftMonitor && config.drift_monitor ? new DriftMonitor({ monitor: deps.nftMonitor, target: reconciler, clock, logger, metrics }) : null;
 
   // After a change or a (re)connect the port report follows, at most one per second: a burst of changes
   // (each acked) must not add a report per change to the frames the controller rate-limits, and a
@@ -337,6 +344,8 @@ export function createAgent(deps: AgentDeps): Agent {
       const info = await nft.probe();
       logger.info({ event: 'start', version: VERSION, nft: info.version, table: nft.table, instance: config.instance_id }, `secgroup agent ${VERSION} (nft ${info.version})`);
       await refreshEndpoint();
+      // before the first apply: its own full check, settleMs later, then finds the table as applied
+      driftMonitor?.start();
 
       const lkg = await store.load();
       if (lkg.kind === 'ok') {
@@ -353,7 +362,7 @@ export function createAgent(deps: AgentDeps): Agent {
         logger.info({ event: 'boot' }, 'no last known good policy yet; waiting for the controller');
       }
 
-      driftJob = scheduler.schedule(config.drift_schedule, () => reconciler.checkDrift());
+      driftJob = scheduler.schedule(config.drift_schedule, () => (driftMonitor ? driftMonitor.periodicCheck() : reconciler.checkDrift()));
       if (config.http_listen) await listen(config.http_listen);
 
       if (deps.dialer && config.controller) {
@@ -413,6 +422,7 @@ export function createAgent(deps: AgentDeps): Agent {
       portsTimer?.cancel();
       portsSoonTimer?.cancel();
       portsSoonTimer = null;
+      await driftMonitor?.stop();
       await reconciler.stop();
       if (server) {
         const s = server;

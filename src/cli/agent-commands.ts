@@ -21,6 +21,7 @@ import { createLogger } from '../lib/logger.js';
 import { cronScheduler } from '../lib/scheduler.js';
 import { compilePolicy, ruleChainName } from '../nft/compile.js';
 import { ExecaNftRunner } from '../nft/exec.js';
+import { ProcessNftMonitor } from '../nft/monitor.js';
 import { renderScript } from '../nft/render.js';
 import { deleteTableTx } from '../nft/transaction.js';
 import { isYamlPath, loadPolicyFile, parseDocumentText } from '../policy/load.js';
@@ -181,6 +182,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),
         hostname: hostname(),
         serviceManager,
+        nftMonitor: new ProcessNftMonitor({ table: config.table }),
         tokenPresent: () => {
           try {
             return Boolean(token());
