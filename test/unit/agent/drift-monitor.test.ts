@@ -59,7 +59,7 @@ describe('drift monitor', () => {
     await r.submit(policy(1), 'controller');
     await clock.advance(500);
     const applies = nft.count('apply');
-    monitor.emit(batch);
+    monitor.emit({ ...batch, sample: [...batch.sample] });
     await dm.idle();
     await dm.stop();
     expect(nft.count('apply')).toBe(applies + 1);
