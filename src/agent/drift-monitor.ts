@@ -21,9 +21,19 @@
  *   deleted, recreated or replaced by another writer (also if the monitor
  *   silently stopped reporting), but an edit inside the table only through
  *   the monitor.
- * - Known gap: a transaction that carries one of our recent markers (someone
- *   replaying the agent's own script, e.g. `secgroup render | nft -f -` of
- *   the same revision) counts as ours.
+ * - Paused around the agent's own full reloads: nft 1.0.6's monitor dies
+ *   (SIGSEGV) printing a transaction that creates an interval map with
+ *   concatenated keys together with its elements, which a full reload does.
+ *   It is stopped right before the reload goes to nft and started again
+ *   right after (no backoff, no full check: the gap is our own transaction,
+ *   verified by its marker).
+ * - A transaction nft printed nothing of (`unknown`: elements of such a map
+ *   changed later; it may be any table's) gets a full check, not a repair.
+ * - Known gaps: a transaction that carries one of our recent markers
+ *   (someone replaying the agent's own script, e.g. `secgroup render | nft
+ *   -f -` of the same revision) counts as ours; a change made in the
+ *   milliseconds between a full reload and the monitor's restart is seen
+ *   only if it deletes or replaces the table (periodic marker check).
  *
  * Timers come from the injected clock; the reconciler serialises repairs with
  * its syncs, so a repair never races an apply.
@@ -37,6 +47,7 @@ import type { AgentMetrics } from './metrics.js';
 /** What the monitor needs of the reconciler. */
 export interface DriftTarget {
   isOwnMarker(marker: string): boolean;
+  observeFullApplies(observer: { before(): void; after(): void } | null): void;
   repairDrift(found: Drift): Promise<void>;
   checkDrift(opts?: { elements?: boolean }): Promise<Drift | null>;
 }
@@ -72,9 +83,12 @@ export class DriftMonitor {
   /** the monitor has watched without a gap since the last full check */
   private covered = false;
   private stopped = true;
+  /** stopped around our own full reload */
+  private paused = false;
   /** a repair runs; `again`: another foreign change came meanwhile */
   private repairing: Promise<void> | null = null;
-  private again: Drift | null = null;
+  /** undefined: nothing waits; null: a full check waits; a Drift: a repair waits */
+  private again: Drift | null | undefined = undefined;
 
   constructor(opts: DriftMonitorOptions) {
     this.o = { restartInitialMs: 1000, restartMaxMs: 60_000, settleMs: 500, ...opts };
@@ -88,13 +102,32 @@ export class DriftMonitor {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
+    this.o.target.observeFullApplies({ before: () => this.pause(), after: () => this.resume() });
     this.follow();
+  }
+
+  /** Before our own full reload: stop following (see the file note). */
+  private pause(): void {
+    if (this.stopped || !this.session) return;
+    this.paused = true;
+    this.session.stop();
+    this.session = null;
+  }
+
+  /** After our own full reload: follow again, at once. */
+  private resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (this.stopped) return;
+    this.session = this.o.monitor.follow({ onEvent: (e) => this.onEvent(e), onExit: (reason) => this.onExit(reason) });
   }
 
   /** Stops following and waits for a running repair. */
   async stop(): Promise<void> {
     this.stopped = true;
     this.covered = false;
+    this.paused = false;
+    this.o.target.observeFullApplies(null);
     this.restartTimer?.cancel();
     this.settleTimer?.cancel();
     this.restartTimer = this.settleTimer = null;
@@ -117,10 +150,7 @@ export class DriftMonitor {
   private follow(): void {
     const { monitor, clock, logger, metrics, settleMs } = this.o;
     this.startedAt = clock.monotonic();
-    this.session = monitor.follow({
-      onEvent: (e) => this.onEvent(e),
-      onExit: (reason) => this.onExit(reason),
-    });
+    this.session = monitor.follow({ onEvent: (e) => this.onEvent(e), onExit: (reason) => this.onExit(reason) });
     metrics.driftMonitorUp.set(1);
     logger.debug({ event: 'drift_monitor_started' }, 'following nft monitor for changes to our table');
     this.settleTimer = clock.setTimeout(() => {
@@ -162,20 +192,27 @@ export class DriftMonitor {
       void this.fullCheck();
       return;
     }
+    if (e.kind === 'unknown') {
+      this.o.logger.debug({ event: 'drift_monitor_unknown', generation: e.generation, by: e.by }, 'a transaction nft monitor printed nothing of: reading the whole table back');
+      this.repair(null);
+      return;
+    }
     if (e.batch.markers.some((m) => this.o.target.isOwnMarker(m))) return;
     this.repair(driftOf(e.batch));
   }
 
-  private repair(d: Drift): void {
+  /** Repairs `d`, or (null) reads the whole table back; one at a time: what comes meanwhile runs once after (a repair wins over a check). */
+  private repair(d: Drift | null): void {
     if (this.repairing) {
-      this.again = d;
+      if (this.again === undefined || this.again === null) this.again = d;
       return;
     }
     this.repairing = (async () => {
-      let next: Drift | null = d;
-      while (next && !this.stopped) {
-        this.again = null;
-        await this.o.target.repairDrift(next);
+      let next: Drift | null | undefined = d;
+      while (next !== undefined && !this.stopped) {
+        this.again = undefined;
+        if (next) await this.o.target.repairDrift(next);
+        else await this.o.target.checkDrift({ elements: true });
         next = this.again;
       }
     })().finally(() => {

@@ -134,6 +134,7 @@ export class Reconciler {
   private newest = -1;
   /** generation markers of the last transactions sent (isOwnMarker) */
   private sentMarkers: string[] = [];
+  private fullApplyObserver: { before(): void; after(): void } | null = null;
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, ...opts };
@@ -245,6 +246,11 @@ export class Reconciler {
       const applied = this.applied;
       if (applied && !this.stopped) await this.repair(applied, found, 'monitor');
     });
+  }
+
+  /** Told right before and after each full reload goes to nft (the drift monitor pauses around them); null: nobody. */
+  observeFullApplies(observer: { before(): void; after(): void } | null): void {
+    this.fullApplyObserver = observer;
   }
 
   /** Is `marker` the generation marker of one of the last transactions this reconciler sent? */
@@ -462,7 +468,13 @@ export class Reconciler {
     // known before nft commits: the monitor may report the transaction before apply() returns
     const marker = plan.compiled.table.marker;
     if (marker !== undefined) this.sentMarkers = [...this.sentMarkers.slice(1 - OWN_MARKERS), marker];
-    await nft.apply(plan.tx);
+    const observer = plan.kind === 'full' ? this.fullApplyObserver : null;
+    observer?.before();
+    try {
+      await nft.apply(plan.tx);
+    } finally {
+      observer?.after();
+    }
     if (plan.kind === 'full') metrics.resetRuleBaselines();
     return this.verify(plan.compiled, plan.tableComment);
   }

@@ -135,8 +135,8 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       .summary('run the agent: enforce this host\'s policy with nftables, kept in sync with the controller')
       .description(
         'Applies the last known good policy from the state directory, then connects to the controller, applies ' +
-          'every policy snapshot it sends (one nft transaction each) and acks it. Repairs drift of its table on a ' +
-          'schedule. Serves /healthz, /readyz and /metrics on localhost. SIGTERM/SIGINT: stop, leave the rules in place. ' +
+          'every policy snapshot it sends (one nft transaction each) and acks it. Repairs drift of its table as it happens ' +
+          '(nft monitor) and on a schedule. Serves /healthz, /readyz and /metrics on localhost. SIGTERM/SIGINT: stop, leave the rules in place. ' +
           'Configuration: file < environment (SECGROUP_*) < flags; see docs/agent-config.md.',
       )
       .option('--instance-id <id>', 'this instance\'s id (hello message)')

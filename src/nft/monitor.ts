@@ -12,6 +12,13 @@
  * kernel's event queue overflowed nft prints `# ERROR: We lost some netlink
  * events!`: reported as `lost` (the caller must then read the table back).
  *
+ * nft 1.0.6 quirks, seen here: `nft monitor` (text and JSON alike) dies of
+ * SIGSEGV when one transaction creates an interval map with concatenated
+ * keys and adds its elements (what a full reload of our table does), and it
+ * prints nothing for elements of such a map added or deleted later (a
+ * transaction with no line: `unknown`). The agent pauses the monitor around
+ * its own full reloads (src/agent/drift-monitor.ts).
+ *
  * `MonitorParser` is pure (chunks in, events out). `ProcessNftMonitor`
  * runs `nft monitor` as one long-lived child; `FakeNftMonitor` lets unit
  * tests play events and deaths. Supervision (restart with backoff, what an
@@ -38,7 +45,12 @@ export interface MonitorBatch {
   structural: boolean;
 }
 
-export type MonitorEvent = { kind: 'batch'; batch: MonitorBatch } | { kind: 'lost' };
+/**
+ * `unknown`: a transaction nft printed no event of at all (nft 1.0.6 prints
+ * nothing for elements of an interval map with concatenated keys when the
+ * map already existed): it may have touched any table, ours included.
+ */
+export type MonitorEvent = { kind: 'batch'; batch: MonitorBatch } | { kind: 'lost' } | { kind: 'unknown'; generation: number; by: string | null };
 
 export interface MonitorHandlers {
   onEvent(e: MonitorEvent): void;
@@ -66,6 +78,8 @@ export class MonitorParser {
   private readonly table: string;
   private rest = '';
   private batch: MonitorBatch | null = null;
+  /** event lines of the open transaction, any table */
+  private seen = 0;
 
   constructor(table: string) {
     this.table = assertName(table);
@@ -85,13 +99,19 @@ export class MonitorParser {
     if (line.startsWith('#')) {
       const g = GENERATION_RE.exec(line);
       if (g) {
-        if (this.batch) out.push({ kind: 'batch', batch: { ...this.batch, generation: Number(g[1]), by: g[2] ?? null } });
+        const generation = Number(g[1]);
+        const by = g[2] ?? null;
+        if (this.batch) out.push({ kind: 'batch', batch: { ...this.batch, generation, by } });
+        else if (this.seen === 0) out.push({ kind: 'unknown', generation, by });
         this.batch = null;
+        this.seen = 0;
       } else if (line.startsWith('# ERROR') && /lost/i.test(line)) {
         out.push({ kind: 'lost' });
       }
       return;
     }
+    if (line === '') return;
+    this.seen++;
     // `<verb> <object> <family> <table> ...`: the cheap test first (most lines of a big apply are elements)
     const a = line.indexOf(' ');
     const b = a < 0 ? -1 : line.indexOf(' ', a + 1);
@@ -197,6 +217,11 @@ export class FakeNftMonitor implements NftMonitor {
 
   lost(): void {
     for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'lost' });
+  }
+
+  /** A transaction nft printed no event of. */
+  unknown(generation = 1): void {
+    for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'unknown', generation, by: null });
   }
 
   /** The monitor process died. */

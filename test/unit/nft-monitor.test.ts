@@ -51,6 +51,11 @@ describe('nft monitor parser', () => {
     expect(p.push(text)).toEqual([]);
   });
 
+  it('reports a transaction it printed no line of as unknown (nft 1.0.6: elements of an existing interval map with concatenated keys)', () => {
+    const p = new MonitorParser('secgroup');
+    expect(p.push('# new generation 3 by process 22895 (nft)\nadd table inet other\n# new generation 4 by process 1 (nft)\n')).toEqual([{ kind: 'unknown', generation: 3, by: '22895 (nft)' }]);
+  });
+
   it('reports lost events', () => {
     expect(new MonitorParser('secgroup').push('# ERROR: We lost some netlink events!\n')).toEqual([{ kind: 'lost' }]);
   });
