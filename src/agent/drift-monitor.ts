@@ -160,7 +160,8 @@ export class DriftMonitor {
   }
 
   private async fullCheck(): Promise<void> {
-    if (this.stopped || !this.session) return;
+    // (paused: our own full reload runs; the check waits for it)
+    if (this.stopped || (!this.session && !this.paused)) return;
     // covered from before the read: a change during it is reported by the monitor
     this.covered = true;
     await this.o.target.checkDrift({ elements: true });

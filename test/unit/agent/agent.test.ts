@@ -173,6 +173,30 @@ describe('agent', () => {
     await agent.stop();
   });
 
+  it('reports ports after a rule change at once, after a member delta only with the periodic report', async () => {
+    const { dialer, agent, clock, probe } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    s.receive({ type: 'policy', policy: policy(3) });
+    await agent.reconciler.idle();
+    await clock.advance(2000);
+    await settle();
+    const reads = probe.calls.length;
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.0.30'], remove: [] } } });
+    await agent.reconciler.idle();
+    await clock.advance(2000);
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
+    expect(agent.reconciler.state?.kind).toBe('incremental');
+    expect(probe.calls.length).toBe(reads);
+    s.receive({ type: 'policy', policy: policy(5, { httpPort: '81' }) });
+    await agent.reconciler.idle();
+    await settle();
+    expect(probe.calls.length).toBe(reads + 1);
+    await agent.stop();
+  });
+
   it('rejects an invalid policy with an error ack and keeps the previous ruleset', async () => {
     const { nft, dialer, agent } = setup();
     await agent.start();

@@ -200,6 +200,20 @@ describe('drift monitor', () => {
     await dm.stop();
   });
 
+  it('covers the table also when its first full check comes due during the first (long) full reload', async () => {
+    const { nft, clock, r, dm } = setup();
+    dm.start();
+    const release = nft.hold('apply');
+    const done = r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    release();
+    await done;
+    await clock.advance(0);
+    await r.idle();
+    expect(dm.watching).toBe(true);
+    await dm.stop();
+  });
+
   it('reads the whole table back after a transaction nft printed nothing of', async () => {
     const { nft, clock, r, monitor, dm, reads } = setup();
     dm.start();
