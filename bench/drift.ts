@@ -16,7 +16,7 @@ import { Reconciler } from '../src/agent/reconciler.js';
 import { DriftMonitor } from '../src/agent/drift-monitor.js';
 import { MemoryStateStore } from '../src/agent/state-store.js';
 import { systemClock } from '../src/lib/clock.js';
-import { silentLogger } from '../src/lib/logger.js';
+import { createLogger, silentLogger } from '../src/lib/logger.js';
 import { memberSetName } from '../src/nft/compile.js';
 import { ExecaNftRunner } from '../src/nft/exec.js';
 import { ProcessNftMonitor } from '../src/nft/monitor.js';
@@ -52,7 +52,9 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
   const command = ['ip', 'netns', 'exec', lab.host, 'nft'];
   const nft = new ExecaNftRunner({ table: 'secgroup', command, timeoutMs: 600_000, helper: true });
   const metrics = new AgentMetrics();
-  const r = new Reconciler({ nft, store: new MemoryStateStore(), clock: systemClock, logger: silentLogger(), metrics, platform: DEFAULT_PLATFORM, checkBeforeApply: false });
+  // BENCH_LOG=1: the agent code's log lines (debug) on stderr
+  const logger = process.env.BENCH_LOG ? createLogger({ level: 'debug' }) : silentLogger();
+  const r = new Reconciler({ nft, store: new MemoryStateStore(), clock: systemClock, logger, metrics, platform: DEFAULT_PLATFORM, checkBeforeApply: false });
   let repaired: ((d: Drift) => void) | null = null;
   const target = {
     isOwnMarker: (m: string) => r.isOwnMarker(m),
@@ -63,7 +65,7 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
       repaired?.(d);
     },
   };
-  const dm = new DriftMonitor({ monitor: new ProcessNftMonitor({ table: 'secgroup', command }), target, clock: systemClock, logger: silentLogger(), metrics });
+  const dm = new DriftMonitor({ monitor: new ProcessNftMonitor({ table: 'secgroup', command }), target, clock: systemClock, logger, metrics });
   try {
     dm.start();
     const o = await r.submit(parsePolicy(groupPolicy(members, 10, 1)), 'controller');
