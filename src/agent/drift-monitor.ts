@@ -32,8 +32,14 @@
  * - Known gaps: a transaction that carries one of our recent markers
  *   (someone replaying the agent's own script, e.g. `secgroup render | nft
  *   -f -` of the same revision) counts as ours; a change made in the
- *   milliseconds between a full reload and the monitor's restart is seen
- *   only if it deletes or replaces the table (periodic marker check).
+ *   window between a full reload and the restarted monitor's subscription
+ *   is seen only if it deletes or replaces the table (periodic marker
+ *   check). nft 1.0.6's `nft monitor` loads its cache (every element) before
+ *   it subscribes, so that window is milliseconds for small tables and
+ *   seconds at 100k members (bench drift: a hand edit 0.3 s after a repair
+ *   went unseen there). Closing it needs a readiness signal from the
+ *   monitor (e.g. an own no-op transaction it must report) and a full check
+ *   after it; not done yet.
  *
  * Timers come from the injected clock; the reconciler serialises repairs with
  * its syncs, so a repair never races an apply.
