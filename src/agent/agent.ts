@@ -149,10 +149,12 @@ export function createAgent(deps: AgentDeps): Agent {
       if (o.source === 'controller') {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
       }
-      // A rule change is reported at once. A member or address-group change (element updates) waits for the
-      // periodic report: rating every port against a big group costs seconds of CPU (0.2-0.4 s at 10k
-      // members, 4-5 s at 100k with 1k rules), which per delta would be most of what a delta costs.
+      // A rule change is reported at once (at most one a second). A member or address-group change (element
+      // updates) is reported at most once every 10 s: rating every port against a big group costs seconds of
+      // CPU (0.2-0.4 s at 10k members, 4-5 s at 100k with 1k rules), which per delta would be most of what a
+      // delta costs.
       if (o.status === 'applied' && o.kind === 'full') portsSoon();
+      else if (o.status === 'applied' && o.kind === 'incremental') portsSoon(PORTS_AFTER_ELEMENTS_MS);
       if (o.status === 'applied') ready(`enforcing revision ${o.revision}`);
     },
   });
@@ -164,17 +166,26 @@ export function createAgent(deps: AgentDeps): Agent {
   // (each acked) must not add a report per change to the frames the controller rate-limits, and a
   // flapping controller must not cost a socket read per reconnect.
   const PORTS_MIN_INTERVAL_MS = 1000;
+  const PORTS_AFTER_ELEMENTS_MS = 10_000;
   let lastPortsAt = -Infinity;
   let portsSoonTimer: Timer | null = null;
-  function portsSoon(): void {
-    if (portsSoonTimer) return;
-    const wait = Math.max(0, lastPortsAt + PORTS_MIN_INTERVAL_MS - clock.monotonic());
-    if (wait === 0) {
+  let portsDue = Infinity;
+  /** A report `minInterval` ms after the last one at the earliest (now if that is past); an earlier one already due stays. */
+  function portsSoon(minInterval = PORTS_MIN_INTERVAL_MS): void {
+    const due = Math.max(clock.monotonic(), lastPortsAt + minInterval);
+    if (portsSoonTimer && portsDue <= due) return;
+    portsSoonTimer?.cancel();
+    portsSoonTimer = null;
+    portsDue = Infinity;
+    const wait = due - clock.monotonic();
+    if (wait <= 0) {
       void sendPorts();
       return;
     }
+    portsDue = due;
     portsSoonTimer = clock.setTimeout(() => {
       portsSoonTimer = null;
+      portsDue = Infinity;
       void sendPorts();
     }, wait);
   }

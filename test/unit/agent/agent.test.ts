@@ -173,7 +173,7 @@ describe('agent', () => {
     await agent.stop();
   });
 
-  it('reports ports after a rule change at once, after a member delta only with the periodic report', async () => {
+  it('reports ports after a rule change at once, after member deltas at most once every 10 s', async () => {
     const { dialer, agent, clock, probe } = setup();
     await agent.start();
     const s = dialer.last;
@@ -190,10 +190,24 @@ describe('agent', () => {
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
     expect(agent.reconciler.state?.kind).toBe('incremental');
     expect(probe.calls.length).toBe(reads);
-    s.receive({ type: 'policy', policy: policy(5, { httpPort: '81' }) });
+    s.receive({ type: 'policy_delta', base_revision: 4, revision: 5, group_members: { web: { add: [], remove: ['198.18.0.30'] } } });
+    await agent.reconciler.idle();
+    await clock.advance(9000);
+    await settle();
+    // one trailing report for both deltas, 10 s after the last report, of the newest revision
+    expect(probe.calls.slice(reads)).toEqual([{ revision: 5 }]);
+    s.receive({ type: 'policy_delta', base_revision: 5, revision: 6, group_members: { web: { add: ['198.18.0.31'], remove: [] } } });
     await agent.reconciler.idle();
     await settle();
-    expect(probe.calls.length).toBe(reads + 1);
+    // a rule change does not wait for the member report due in 10 s
+    s.receive({ type: 'policy', policy: policy(7, { httpPort: '81' }) });
+    await agent.reconciler.idle();
+    await clock.advance(1000);
+    await settle();
+    expect(probe.calls.slice(reads)).toEqual([{ revision: 5 }, { revision: 7 }]);
+    await clock.advance(20_000);
+    await settle();
+    expect(probe.calls.length).toBe(reads + 2);
     await agent.stop();
   });
 
