@@ -57,7 +57,7 @@ export interface ApiOptions {
   authLimiter?: AuthFailureLimiter;
   /** records every write (src/controller/audit.ts); none when absent */
   audit?: AuditRecorder;
-  /** live events for `GET /v3/{project_id}/events` (events.ts); the route exists only with them */
+  /** live events for `GET /v3/{project_id}/events` (events.ts); absent: the streams carry heartbeats only */
   events?: ProjectEvents;
   /** heartbeat, buffer and lifetime of an event stream (default EVENT_STREAM_DEFAULTS) */
   eventStream?: Partial<EventStreamLimits>;
