@@ -5,7 +5,8 @@
  * Unix socket (file system, not network namespaced); the namespace side,
  * this file run as a program inside the namespace, accepts on that Unix
  * socket and connects to host:port there. So a browser in the root
- * namespace can open a controller that listens in a test namespace.
+ * namespace can open a controller that listens in a test namespace (the
+ * console's browser test; `npm run demo -- --console`).
  *
  *   inside the namespace:  tsx test/helpers/ns-bridge.ts SOCKET HOST PORT   (prints "ready")
  *   in the test process:   const b = await loopbackToUnix(SOCKET); ... b.url; await b.close();
@@ -27,15 +28,15 @@ function closeServer(server: Server, sockets: Set<Socket>): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()));
 }
 
-/** The root side: 127.0.0.1:<ephemeral> -> the Unix socket. */
-export async function loopbackToUnix(socketPath: string): Promise<{ url: string; port: number; close(): Promise<void> }> {
+/** The root side: 127.0.0.1:<port> (default an ephemeral one) -> the Unix socket. */
+export async function loopbackToUnix(socketPath: string, listenPort = 0): Promise<{ url: string; port: number; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
     sockets.add(client);
     client.on('close', () => sockets.delete(client));
     splice(client, createConnection(socketPath));
   });
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(listenPort, '127.0.0.1', resolve));
   const port = (server.address() as { port: number }).port;
   return { url: `http://127.0.0.1:${port}`, port, close: () => closeServer(server, sockets) };
 }
