@@ -6,7 +6,7 @@
  * which also ends the browser process (killed if it does not exit), so no
  * Chromium outlives a test, also after a failure.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext } from 'playwright-core';
@@ -18,6 +18,20 @@ export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--
 /** Why the browser tests cannot run here, or null when they can. */
 export function browserSkipReason(): string | null {
   return existsSync(CHROMIUM) ? null : `${CHROMIUM} not installed (apt-get install chromium)`;
+}
+
+/** Pids whose command line has `arg` (one of ours: the argument names a directory this process created). */
+function processesWith(arg: string): number[] {
+  const pids: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0').includes(arg)) pids.push(Number(d));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return pids;
 }
 
 export interface Browser {
@@ -41,14 +55,20 @@ export async function launchBrowser(opts: { viewport?: { width: number; height: 
     rmSync(profile, { recursive: true, force: true });
     throw e;
   }
-  const proc = context.browser()?.process?.();
   return {
     context,
     async close() {
       try {
         await Promise.race([context.close(), new Promise((r) => setTimeout(r, 10_000))]);
       } finally {
-        if (proc && proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+        // whatever of this browser is still running (its processes carry the fresh profile's path)
+        for (const pid of processesWith(`--user-data-dir=${profile}`)) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // gone meanwhile
+          }
+        }
         rmSync(profile, { recursive: true, force: true });
       }
     },
