@@ -9,7 +9,7 @@ import { render } from 'preact';
 import { useEffect, useMemo, useState } from 'preact/hooks';
 import { api, ApiFailure, followEvents, loadSession, saveSession, type Session } from './api';
 import { href, parseRoute, type Route } from './logic';
-import { Ctx, LiveBus, Link, navigate } from './ui';
+import { Ctx, LiveBus, Link, navigate, useRendered } from './ui';
 import { Overview } from './views/Overview';
 import { AddressGroups, GroupDetail, Groups } from './views/Groups';
 import { InstanceDetail, Instances } from './views/Instances';
@@ -92,15 +92,20 @@ function View(props: { route: Route }) {
     case 'reachability':
       return <Reachability query={r.query} />;
     case 'not-found':
-      return (
-        <section>
-          <h1>Not found</h1>
-          <p>
-            There is no console page at <code>{r.path}</code>. <Link href={href.overview()}>Go to the overview</Link>.
-          </p>
-        </section>
-      );
+      return <NotFound path={r.path} />;
   }
+}
+
+function NotFound(props: { path: string }) {
+  useRendered('not-found', true);
+  return (
+    <section>
+      <h1>Not found</h1>
+      <p>
+        There is no console page at <code>{props.path}</code>. <Link href={href.overview()}>Go to the overview</Link>.
+      </p>
+    </section>
+  );
 }
 
 function App() {
