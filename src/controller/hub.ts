@@ -369,7 +369,7 @@ export class AgentHub {
     const at = formatTime(this.o.clock.now());
     if (!(await this.handedOut(s, msg.revision))) {
       await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ack', msg.revision, at) });
-      return;
+      return this.publishInstance(s);
     }
     this.o.metrics.acks.inc({ status: msg.status });
     const patch: Partial<AgentState> = {
@@ -397,6 +397,7 @@ export class AgentHub {
     if (revision !== null && !(await this.handedOut(s, revision))) {
       // a report against a revision never handed out says nothing about this instance's policy: not stored
       await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ports', revision, at) });
+      await this.publishInstance(s);
       return this.refuse(s, 'revision_ahead', `port report for revision ${revision}, which was never handed out for this instance: not stored`);
     }
     await this.o.store.updateAgentState(s.projectId, s.instanceId, { ports: msg.report, ports_received_at: at, last_seen: at });

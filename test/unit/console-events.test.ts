@@ -135,6 +135,9 @@ describe('event stream', () => {
     expect(await stream.next('instance', (d) => d.applied_revision === desired)).toMatchObject({ connected: true });
     ws.send(JSON.stringify({ type: 'ports', report: { revision: desired, source: 'ss', generated_at: '2024-05-01T12:00:00.000Z', entries: [] } }));
     expect(await stream.next('ports')).toEqual({ instance_id: 'ecs-1' });
+    // a revision never handed out is an error of the instance (REVISION_AHEAD), published like a failed ack
+    ws.send(JSON.stringify({ type: 'ack', revision: desired + 1000, status: 'applied' }));
+    expect(await stream.next('instance', (d) => d.last_error !== null && d.last_error.code === 'REVISION_AHEAD')).toMatchObject({ applied_revision: desired });
     ws.close();
     expect(await stream.next('instance', (d) => d.connected === false)).toMatchObject({ instance_id: 'ecs-1', applied_revision: desired });
     res.destroy();
