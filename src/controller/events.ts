@@ -12,6 +12,8 @@
  * up is dropped (its stream closed) rather than buffered without bound; it
  * reconnects and re-reads everything.
  */
+import type { Store } from './store/store.js';
+
 export interface InstanceEvent {
   instance_id: string;
   desired_revision: number | null;
@@ -70,4 +72,14 @@ export class ProjectEvents {
 /** One event in text/event-stream framing (data is JSON: one line, no newline inside). */
 export function sseFrame(e: ProjectEvent): string {
   return `event: ${e.type}\ndata: ${JSON.stringify(e.data)}\n\n`;
+}
+
+/** Publishes the instance's state as the store has it now (read only when someone watches the project). */
+export async function publishInstanceState(events: ProjectEvents, store: Store, projectId: string, instanceId: string, connected: boolean): Promise<void> {
+  if (!events.watched(projectId)) return;
+  const [st, p] = await Promise.all([store.getAgentState(projectId, instanceId), store.getPolicy(projectId, instanceId)]);
+  events.publish(projectId, {
+    type: 'instance',
+    data: { instance_id: instanceId, desired_revision: p?.revision ?? null, applied_revision: st?.applied_revision ?? null, connected, last_error: st?.last_error ?? null },
+  });
 }

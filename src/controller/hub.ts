@@ -49,7 +49,7 @@ import {
 import { authRefusal, sourceKey, type AuthFailureLimiter } from './limits.js';
 import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
-import type { ProjectEvents } from './events.js';
+import { publishInstanceState, type ProjectEvents } from './events.js';
 import { CLOSE, Session, sessionKey } from './hub-session.js';
 import { PushDocuments, type SentDocument } from './push-documents.js';
 import type { AgentErrorRecord, AgentState, Store, StoredPolicy } from './store/store.js';
@@ -242,21 +242,9 @@ export class AgentHub {
     }
   }
 
-  /** The instance's state as the store now has it, as an `instance` event (only when the project is watched). */
-  private async publishInstance(s: Session): Promise<void> {
-    const events = this.o.events;
-    if (!events?.watched(s.projectId)) return;
-    const [st, p] = await Promise.all([this.o.store.getAgentState(s.projectId, s.instanceId), this.o.store.getPolicy(s.projectId, s.instanceId)]);
-    events.publish(s.projectId, {
-      type: 'instance',
-      data: {
-        instance_id: s.instanceId,
-        desired_revision: p?.revision ?? null,
-        applied_revision: st?.applied_revision ?? null,
-        connected: this.isConnected(s.projectId, s.instanceId),
-        last_error: st?.last_error ?? null,
-      },
-    });
+  /** The instance's state as the store now has it, to the console (events.ts; only when the project is watched). */
+  private publishInstance(s: Session): Promise<void> {
+    return this.o.events ? publishInstanceState(this.o.events, this.o.store, s.projectId, s.instanceId, this.isConnected(s.projectId, s.instanceId)) : Promise.resolve();
   }
 
   private beat(): void {
