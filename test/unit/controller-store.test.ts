@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { Database } from '../../src/controller/store/sqlite-driver.js';
 import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
-import { AuditMarkerNotFound, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';
 import { createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
 import { checkInvariants } from '../../src/controller/invariants.js';
 import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/policy-documents.js';
@@ -101,6 +101,21 @@ describe.each([
     expect(await s.findTokenOwner('aa')).toBeNull();
     expect(await s.getAgentState('p', 'i1')).toBeNull();
     expect(await s.getPolicy('p', 'i1')).toBeNull();
+    await s.close();
+  });
+
+  it('lists the agent states of one project\'s instances in one read', async () => {
+    const s = open();
+    const inst = (id: string) => ({ op: 'putInstance' as const, instance: { id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW } });
+    await commit(s, 'p', [...createProjectOps(NOW), inst('a'), inst('b')]);
+    await commit(s, 'q', [...createProjectOps(NOW), inst('a')]);
+    await s.updateAgentState('p', 'b', { ports_received_at: NOW, hostname: 'hb' });
+    await s.updateAgentState('q', 'a', { hostname: 'other project' });
+    const states = await s.listAgentStates('p');
+    expect([...states.keys()].sort()).toEqual(['a', 'b']);
+    expect(states.get('a')).toEqual(EMPTY_AGENT_STATE);
+    expect(states.get('b')).toEqual({ ...EMPTY_AGENT_STATE, ports_received_at: NOW, hostname: 'hb' });
+    expect((await s.listAgentStates('nope')).size).toBe(0);
     await s.close();
   });
 
