@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint, store, analysis.
+ * Parts: render, packet, apply, converge (slot), footprint, store, analysis, console.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -11,6 +11,7 @@ import { runApplyBench } from './apply.js';
 import { runFootprintBench } from './footprint.js';
 import { runStoreBench } from './store.js';
 import { runAnalysisBench } from './analysis.js';
+import { runConsoleBench } from './console.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -49,6 +50,11 @@ const PARTS: Part[] = [
     name: 'analysis',
     what: 'fleet analysis API over HTTP on 127.0.0.1, 1000 instances / 200 groups / 5000 rules / a port report each: exposure (cached and after a new report) and reachability, p50/p99; reference: GET instances',
     run: async () => (await runAnalysisBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'console',
+    what: 'the web console in Chromium, 1000 instances / 200 groups / 5000 rules / a port report each: navigation start to the page rendered with its data (performance mark), median of fresh loads; reference: the console without API reads',
+    run: async () => (await runConsoleBench()) as unknown as Record<string, unknown>[],
   },
 ];
 

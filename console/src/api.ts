@@ -61,17 +61,20 @@ export async function api<T = Record<string, unknown>>(session: Session, method:
 /**
  * Follows the project's events until `signal` aborts, reconnecting after a
  * loss (the server closes a stream after 15 minutes: auth is checked again).
- * `onOpen` runs on every (re)connect: events may have been missed, re-read.
+ * `onReopen` runs on every reconnect (not the first connect: the pages have
+ * just read everything): events may have been missed, re-read.
  */
-export function followEvents(session: Session, signal: AbortSignal, onEvent: (e: SseEvent) => void, onOpen: () => void, onState: (live: boolean) => void): void {
+export function followEvents(session: Session, signal: AbortSignal, onEvent: (e: SseEvent) => void, onReopen: () => void, onState: (live: boolean) => void): void {
   const run = async (): Promise<void> => {
     let delay = 1000;
+    let first = true;
     while (!signal.aborted) {
       try {
         const r = await fetch(`/v3/${encodeURIComponent(session.project)}/events`, { headers: { 'X-Auth-Token': session.token, Accept: 'text/event-stream' }, signal, cache: 'no-store' });
         if (!r.ok || !r.body) throw new ApiFailure(r.status, `HTTP_${r.status}`, 'event stream refused');
         onState(true);
-        onOpen();
+        if (!first) onReopen();
+        first = false;
         delay = 1000;
         const parser = new SseParser();
         const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();

@@ -132,6 +132,16 @@ export function fleetCounts(statuses: readonly StatusLike[]): FleetCounts {
   return c;
 }
 
+/** Instances whose name, id, an address or a group contains every word of `query` (case-insensitive). */
+export function filterInstances<I extends { id: string; name: string; addresses: string[]; security_groups: string[] }>(all: readonly I[], query: string): I[] {
+  const words = query.toLowerCase().split(/\s+/).filter((w) => w !== '');
+  if (words.length === 0) return [...all];
+  return all.filter((i) => {
+    const text = [i.id, i.name, ...i.addresses, ...i.security_groups].join(' ').toLowerCase();
+    return words.every((w) => text.includes(w));
+  });
+}
+
 // ---- API validation messages at their field ----
 
 export interface FieldErrors {

@@ -120,7 +120,7 @@ function App() {
       session,
       stop.signal,
       (e) => bus.emit(e),
-      // a (re)connect may have missed events: every view re-reads
+      // a reconnect may have missed events: every view re-reads
       () => bus.emit({ event: 'change', data: '{"resource_type":"*","operation":"reconnect","resource_ids":[]}' }),
       setLive,
     );

@@ -1,6 +1,6 @@
 /** The console's pure logic (console/src/logic.ts): routes, matching order, health, field errors, the SSE parser. */
 import { describe, expect, it } from 'vitest';
-import { SseParser, describeRule, fieldErrors, fleetCounts, healthOf, href, matchingOrder, parseRoute, type RuleLike, type StatusLike } from '../../console/src/logic.js';
+import { SseParser, describeRule, fieldErrors, filterInstances, fleetCounts, healthOf, href, matchingOrder, parseRoute, type RuleLike, type StatusLike } from '../../console/src/logic.js';
 
 const rule = (id: string, priority: number, action: 'allow' | 'deny', over: Partial<RuleLike> = {}): RuleLike => ({
   id,
@@ -60,6 +60,20 @@ describe('instance health', () => {
     expect(
       fleetCounts([st({}), st({ connected: false, in_sync: false, applied_revision: null }), st({ in_sync: false, last_error: { revision: null, code: 'REVISION_AHEAD', message: 'x' } })]),
     ).toEqual({ instances: 3, connected: 2, inSync: 1, outOfDate: 1, failing: 1 });
+  });
+});
+
+describe('instance filter', () => {
+  it('keeps instances whose name, id, addresses or groups contain every word, case-insensitively', () => {
+    const all = [
+      { id: 'ecs-1', name: 'web-a', addresses: ['198.18.0.10'], security_groups: ['sg-web', 'default'] },
+      { id: 'ecs-2', name: 'db-a', addresses: ['198.18.0.20', 'fd00:5ec::20'], security_groups: ['sg-db'] },
+    ];
+    expect(filterInstances(all, '').map((i) => i.id)).toEqual(['ecs-1', 'ecs-2']);
+    expect(filterInstances(all, 'WEB').map((i) => i.id)).toEqual(['ecs-1']);
+    expect(filterInstances(all, 'fd00:5ec::20').map((i) => i.id)).toEqual(['ecs-2']);
+    expect(filterInstances(all, 'a sg-db').map((i) => i.id)).toEqual(['ecs-2']);
+    expect(filterInstances(all, 'web sg-db')).toEqual([]);
   });
 });
 

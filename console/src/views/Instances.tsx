@@ -1,7 +1,7 @@
 /** Instances: the list with their state, one instance with its groups, revisions, agent and port table (live). */
 import { useState } from 'preact/hooks';
 import { api, ApiFailure } from '../api';
-import { ago, fieldErrors, healthOf, href, type FieldErrors } from '../logic';
+import { ago, fieldErrors, filterInstances, healthOf, href, type FieldErrors } from '../logic';
 import type { Instance, Ports, PortEntry, Status } from '../types';
 import { Badge, ErrorBox, Link, Loading, useApp, useGet, useLive, useRendered } from '../ui';
 import { Field } from './Groups';
@@ -18,52 +18,83 @@ function Connected(props: { status: Status | undefined }) {
   return props.status?.connected ? <Badge kind="ok">connected</Badge> : <Badge kind="muted">not connected</Badge>;
 }
 
+/** Rows shown at once: a fleet of thousands is found with the filter, not by scrolling (and renders fast). */
+const PAGE = 100;
+
 export function Instances() {
   const instances = useGet<{ instances: Instance[] }>('/instances');
   const statuses = useGet<{ instance_statuses: Status[] }>('/instance-statuses');
   useLive((e) => e.event === 'instance', statuses.reload);
   useLive((e, d) => e.event === 'change' && d.resource_type === 'instance', instances.reload);
-  useRendered('instances', instances.data !== null && statuses.data !== null);
+  const ready = instances.data !== null && statuses.data !== null;
+  useRendered('instances', ready);
+  const [filter, setFilter] = useState('');
+  const [shown, setShown] = useState(PAGE);
   const byId = new Map((statuses.data?.instance_statuses ?? []).map((s) => [s.instance_id, s]));
+  const all = instances.data?.instances ?? [];
+  const matching = filterInstances(all, filter);
   return (
     <section aria-labelledby="h-instances">
       <h1 id="h-instances">Instances</h1>
       <Loading loaded={instances} />
       <ErrorBox error={instances.error ?? statuses.error} />
-      {instances.data && (
-        <div class="scroll">
-          <table>
-            <thead>
-              <tr>
-                <th scope="col">Name</th>
-                <th scope="col">Addresses</th>
-                <th scope="col">Security groups (in order)</th>
-                <th scope="col">Policy</th>
-                <th scope="col">Agent</th>
-              </tr>
-            </thead>
-            <tbody>
-              {instances.data.instances.map((i) => {
-                const s = byId.get(i.id);
-                return (
-                  <tr key={i.id}>
-                    <td>
-                      <Link href={href.instance(i.id)}>{i.name || i.id}</Link>
-                    </td>
-                    <td class="mono">{i.addresses.join(', ')}</td>
-                    <td>{i.security_groups.join(' → ')}</td>
-                    <td>
-                      <HealthBadge status={s} /> <span class="small">{s ? `${s.applied_revision ?? '–'} / ${s.desired_revision ?? '–'}` : ''}</span>
-                    </td>
-                    <td>
-                      <Connected status={s} />
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+      {ready && (
+        <>
+          <div class="field filter">
+            <label for="f-filter">Filter by name, id, address or group</label>
+            <input
+              id="f-filter"
+              type="search"
+              value={filter}
+              onInput={(e) => {
+                setFilter((e.target as HTMLInputElement).value);
+                setShown(PAGE);
+              }}
+            />
+          </div>
+          <p class="small" role="status">
+            {matching.length === all.length ? `${all.length} instances` : `${matching.length} of ${all.length} instances match`}
+            {matching.length > shown ? `, the first ${shown} shown` : ''}
+          </p>
+          <div class="scroll">
+            <table>
+              <thead>
+                <tr>
+                  <th scope="col">Name</th>
+                  <th scope="col">Addresses</th>
+                  <th scope="col">Security groups (in order)</th>
+                  <th scope="col">Policy</th>
+                  <th scope="col">Agent</th>
+                </tr>
+              </thead>
+              <tbody>
+                {matching.slice(0, shown).map((i) => {
+                  const s = byId.get(i.id);
+                  return (
+                    <tr key={i.id}>
+                      <td>
+                        <Link href={href.instance(i.id)}>{i.name || i.id}</Link>
+                      </td>
+                      <td class="mono">{i.addresses.join(', ')}</td>
+                      <td>{i.security_groups.join(' → ')}</td>
+                      <td>
+                        <HealthBadge status={s} /> <span class="small">{s ? `${s.applied_revision ?? '–'} / ${s.desired_revision ?? '–'}` : ''}</span>
+                      </td>
+                      <td>
+                        <Connected status={s} />
+                      </td>
+                    </tr>
+                  );
+                })}
+              </tbody>
+            </table>
+          </div>
+          {matching.length > shown && (
+            <button type="button" onClick={() => setShown(shown + PAGE)}>
+              Show {Math.min(PAGE, matching.length - shown)} more
+            </button>
+          )}
+        </>
       )}
     </section>
   );

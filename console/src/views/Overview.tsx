@@ -1,27 +1,24 @@
 /** Overview: fleet health (connected, out of date, failing), what is exposed to the internet and why, recent changes. */
 import { useState } from 'preact/hooks';
 import { fleetCounts, href } from '../logic';
-import type { AuditEvent, Exposure, Instance, Status } from '../types';
+import type { AuditEvent, Exposure, Status } from '../types';
 import { Badge, ErrorBox, Link, Loading, useGet, useLive, useRendered } from '../ui';
 
 const EXPOSURE_SHOWN = 50;
 
 export function Overview() {
   const statuses = useGet<{ instance_statuses: Status[] }>('/instance-statuses');
-  const instances = useGet<{ instances: Instance[] }>('/instances');
   const exposure = useGet<{ exposure: Exposure[]; instances_without_report: string[] }>('/exposure');
   const audit = useGet<{ audit_events: AuditEvent[] }>('/audit-events?limit=10');
   useLive((e) => e.event === 'instance', statuses.reload);
   useLive((e) => e.event === 'ports' || e.event === 'change', exposure.reload);
   useLive((e) => e.event === 'change', () => {
     audit.reload();
-    instances.reload();
     statuses.reload();
   });
   const [all, setAll] = useState(false);
-  useRendered('overview', statuses.data !== null && instances.data !== null && (exposure.data !== null || exposure.error !== null));
+  useRendered('overview', statuses.data !== null && (exposure.data !== null || exposure.error !== null));
   const c = statuses.data ? fleetCounts(statuses.data.instance_statuses) : null;
-  const names = new Map((instances.data?.instances ?? []).map((i) => [i.id, i.name]));
   const exp = exposure.data?.exposure ?? [];
   const shown = all ? exp : exp.slice(0, EXPOSURE_SHOWN);
   return (
@@ -104,7 +101,7 @@ export function Overview() {
           {exposure.data.instances_without_report.slice(0, 10).map((id, i) => (
             <span key={id}>
               {i > 0 && ', '}
-              <Link href={href.instance(id)}>{names.get(id) ?? id}</Link>
+              <Link href={href.instance(id)}>{id}</Link>
             </span>
           ))}
           {exposure.data.instances_without_report.length > 10 && ', …'}
