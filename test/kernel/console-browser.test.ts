@@ -222,6 +222,13 @@ describe.skipIf(skip !== null)(`the web console in Chromium, with a real agent i
     expect(await form.getByLabel('Ports (multiport)').getAttribute('aria-invalid')).toBe('true');
     await shot(editor, 'group-field-error');
     await form.getByLabel('Ports (multiport)').fill('8080');
+    // the preview (a dry run): which instances change, what becomes reachable from the internet; nothing is written
+    await form.getByRole('button', { name: 'Preview impact' }).click();
+    const impact = form.getByRole('status', { name: 'Impact of the change' });
+    await impact.waitFor({ timeout: WAIT });
+    expect(await impact.textContent()).toContain('Becomes reachable from the internet: ecs-a tcp/8080 (IPv4)');
+    await shot(editor, 'group-preview');
+    expect(await editor.locator('tr', { hasText: 'tcp 8080 from 0.0.0.0/0' }).count()).toBe(0);
     await form.getByRole('button', { name: 'Add rule' }).click();
     const row = editor.locator('tr', { hasText: 'tcp 8080 from 0.0.0.0/0' });
     await row.waitFor({ timeout: WAIT });
