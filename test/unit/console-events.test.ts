@@ -104,6 +104,15 @@ describe('event stream', () => {
     ok.res.destroy();
   });
 
+  it('answers a bad project id, another method and a missing token in the API error shape, before any stream opens', async () => {
+    const bad = await ctl.app.inject({ method: 'GET', url: '/v3/%F0%9F%94%A5%20x/events', headers: { 'x-auth-token': ADMIN } });
+    expect(bad.statusCode).toBe(400);
+    expect(Object.keys(bad.json()).sort()).toEqual(['error_code', 'error_msg', 'request_id']);
+    const post = await ctl.app.inject({ method: 'POST', url: `${P}/events`, headers: { 'x-auth-token': ADMIN }, payload: {} });
+    expect([post.statusCode, post.headers.allow]).toEqual([405, 'GET, HEAD']);
+    expect((await ctl.app.inject({ method: 'GET', url: `${P}/events` })).json()).toMatchObject({ error_code: 'SG.0002' });
+  });
+
   it('carries API writes as change events, only to streams of that project', async () => {
     const a = await open(`${P}/events`);
     const b = await open('/v3/proj-b/events');
