@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes, drift.
+ * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes, drift, console.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -13,6 +13,7 @@ import { runStoreBench } from './store.js';
 import { runAnalysisBench } from './analysis.js';
 import { runApiWritesBench } from './api-writes.js';
 import { runDriftBench } from './drift.js';
+import { runConsoleBench } from './console.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -61,6 +62,11 @@ const PARTS: Part[] = [
     name: 'api-writes',
     what: 'API rule creates by 50 concurrent clients into a used and an idle group, 100 rules / 10 instances vs 5000 rules / 1000 instances (reference: listing groups)',
     run: async () => (await runApiWritesBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'console',
+    what: 'the web console in Chromium, 1000 instances / 200 groups / 5000 rules / a port report each: navigation start to the page rendered with its data (performance mark), median of fresh loads; reference: the console without API reads',
+    run: async () => (await runConsoleBench()) as unknown as Record<string, unknown>[],
   },
 ];
 
