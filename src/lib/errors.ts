@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'NFT_TIMEOUT'
   | 'STATE_CORRUPT'
   | 'STATE_IO'
+  | 'STORE_UNAVAILABLE'
   | 'PROTOCOL'
   | 'STALE_REVISION'
   | 'REVISION_AHEAD'

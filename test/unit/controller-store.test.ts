@@ -104,6 +104,30 @@ describe.each([
     await s.close();
   });
 
+  it('answers ping, reports the revision counter and lists policies changed after a revision, ascending and bounded', async () => {
+    const s = open();
+    await s.ping();
+    expect(await s.revisionCounter()).toBe(0);
+    expect(await s.policiesChangedSince(0, 10)).toEqual([]);
+    const inst = (id: string) => ({ op: 'putInstance' as const, instance: { id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW } });
+    const policy = (instanceId: string, n: number) => ({ op: 'setPolicy' as const, instanceId, body: `{"n":${n}}`, hash: `h${n}` });
+    await commit(s, 'p', [...createProjectOps(NOW), inst('a'), inst('b'), policy('a', 1), policy('b', 1)]);
+    await commit(s, 'q', [...createProjectOps(NOW), inst('c'), policy('c', 1)]);
+    await commit(s, 'p', [policy('a', 2)]);
+    // a is at 4 now (its revision 1 is gone), b at 2, c at 3
+    expect(await s.revisionCounter()).toBe(4);
+    expect(await s.policiesChangedSince(0, 10)).toEqual([
+      { projectId: 'p', instanceId: 'b', revision: 2 },
+      { projectId: 'q', instanceId: 'c', revision: 3 },
+      { projectId: 'p', instanceId: 'a', revision: 4 },
+    ]);
+    expect(await s.policiesChangedSince(2, 1)).toEqual([{ projectId: 'q', instanceId: 'c', revision: 3 }]);
+    expect(await s.policiesChangedSince(4, 10)).toEqual([]);
+    await commit(s, 'q', [{ op: 'deleteInstance', id: 'c' }]);
+    expect(await s.policiesChangedSince(2, 10)).toEqual([{ projectId: 'p', instanceId: 'a', revision: 4 }]);
+    await s.close();
+  });
+
   it('keeps audit events per project, newest first, filtered as auditEventMatches says, and prunes them by time', async () => {
     const s = open();
     const ev = (id: string, time: string, over: Partial<AuditEvent> = {}): AuditEvent => ({

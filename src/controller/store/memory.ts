@@ -2,12 +2,16 @@
  * In-memory Store: the fake for unit tests (same contract as the SQLite store,
  * nothing survives the process). `dump()` and `MemoryStore.open(dump)` stand
  * for a backup and a restart on it: opening repairs revisions as the SQLite
- * store does on open.
+ * store does on open. `unavailable = true` stands for a database that cannot
+ * be reached: every method throws STORE_UNAVAILABLE until it is false again.
+ * One MemoryStore shared by several controllers stands for replicas on one
+ * database.
  */
+import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
@@ -28,6 +32,8 @@ export class MemoryStore implements Store {
   private extra = new Map<string, InstanceExtra>();
   private counter = 0;
   private closed = false;
+  /** the database cannot be reached: every method throws STORE_UNAVAILABLE */
+  unavailable = false;
   /** in append order */
   private audit: AuditEvent[] = [];
 
@@ -37,6 +43,7 @@ export class MemoryStore implements Store {
 
   private check(): void {
     if (this.closed) throw new Error('store is closed');
+    if (this.unavailable) throw new SecgroupError('STORE_UNAVAILABLE', 'the controller database cannot be reached (memory store marked unavailable)', { cause: new Error('ECONNREFUSED') });
   }
 
   dump(): MemoryStoreDump {
@@ -159,6 +166,24 @@ export class MemoryStore implements Store {
     const n = this.audit.length;
     this.audit = this.audit.filter((e) => e.time >= before);
     return n - this.audit.length;
+  }
+
+  async ping(): Promise<void> {
+    this.check();
+  }
+
+  async revisionCounter(): Promise<number> {
+    this.check();
+    return this.counter;
+  }
+
+  async policiesChangedSince(after: number, limit: number): Promise<PolicyChange[]> {
+    this.check();
+    const out: PolicyChange[] = [];
+    for (const p of this.projects.values()) {
+      for (const i of p.instances) if (i.revision !== null && i.revision > after) out.push({ projectId: p.projectId, instanceId: i.id, revision: i.revision });
+    }
+    return out.sort((a, b) => a.revision - b.revision).slice(0, limit);
   }
 
   async close(): Promise<void> {

@@ -21,7 +21,7 @@ import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow, Tag } from '../model.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database;
 
@@ -152,6 +152,10 @@ export const MIGRATIONS: readonly ((db: Db) => void)[] = [
       ALTER TABLE address_groups ADD COLUMN max_capacity INTEGER NOT NULL DEFAULT 20;
       ALTER TABLE address_groups ADD COLUMN ip_remarks TEXT NOT NULL DEFAULT '{}';
     `);
+  },
+  // 5: replicas catch up on policies changed by others by revision (Store.policiesChangedSince)
+  (db) => {
+    db.exec('CREATE INDEX instances_by_revision ON instances (revision)');
   },
 ];
 
@@ -322,6 +326,10 @@ export class SqliteStore implements Store {
          VALUES (@id, @time, @actor, @project_id, @operation, @resource_type, @resource_ids, @request_id, @status, @error_code, @source_ip, @user_agent, @detail)`,
       ),
       pruneAudit: db.prepare('DELETE FROM audit_events WHERE time < ?'),
+      counter: db.prepare<[], { value: number }>("SELECT value FROM meta WHERE key = 'revision_counter'"),
+      changedSince: db.prepare<[number, number], { project_id: string; id: string; revision: number }>(
+        'SELECT project_id, id, revision FROM instances WHERE revision > ? ORDER BY revision LIMIT ?',
+      ),
       auditMarker: db.prepare<[string, string], { time: string; seq: number }>('SELECT time, seq FROM audit_events WHERE project_id = ? AND id = ?'),
     };
   }
@@ -579,6 +587,19 @@ export class SqliteStore implements Store {
   async pruneAuditEvents(before: string): Promise<number> {
     this.flushAudit();
     return this.stmt.pruneAudit.run(before).changes;
+  }
+
+  async ping(): Promise<void> {
+    if (!this.db.open) throw new SecgroupError('STORE_UNAVAILABLE', 'the controller database is closed');
+    this.stmt.counter.get();
+  }
+
+  async revisionCounter(): Promise<number> {
+    return this.stmt.counter.get()?.value ?? 0;
+  }
+
+  async policiesChangedSince(after: number, limit: number): Promise<PolicyChange[]> {
+    return this.stmt.changedSince.all(after, limit).map((r) => ({ projectId: r.project_id, instanceId: r.id, revision: r.revision }));
   }
 
   async close(): Promise<void> {

@@ -8,6 +8,10 @@
  * project's write lock (SQLite: `BEGIN IMMEDIATE`; a server database: a row
  * lock) and commits the ops it returns in the same transaction. If the
  * function throws, or any op fails, nothing is written.
+ *
+ * Every method that cannot reach its database throws SecgroupError
+ * `STORE_UNAVAILABLE` (cause attached): the API answers it with 503, the hub
+ * keeps its agents on their last policy (docs/api.md, "Readiness").
  */
 import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
@@ -24,6 +28,13 @@ export interface StoredPolicy {
    * of documents cheaply and encode them once.
    */
   parts?: BodyParts;
+}
+
+/** One policy document handed out: for catching up on changes made by other replicas. */
+export interface PolicyChange {
+  projectId: string;
+  instanceId: string;
+  revision: number;
 }
 
 export interface TokenOwner {
@@ -189,6 +200,12 @@ export interface Store {
   listAuditEvents(projectId: string, filter: AuditFilter, page?: AuditPage): Promise<AuditEvent[]>;
   /** Deletes every audit event (of every project) older than `before` (ISO); returns how many. */
   pruneAuditEvents(before: string): Promise<number>;
+  /** Throws SecgroupError('STORE_UNAVAILABLE', ...) when the database cannot be reached (readiness). */
+  ping(): Promise<void>;
+  /** The highest revision handed out so far (the counter), 0 when none. */
+  revisionCounter(): Promise<number>;
+  /** Current policies with revision > `after`, ascending by revision, at most `limit` (an index makes this cheap). */
+  policiesChangedSince(after: number, limit: number): Promise<PolicyChange[]>;
   close(): Promise<void>;
 }
 
