@@ -51,9 +51,9 @@ export class MemoryFeedBus {
     return f;
   }
 
-  /** The next `n` announcements reach no feed (a lost notification). */
+  /** The next `n` announcements reach no feed (lost notifications); 0 delivers again. */
   dropNext(n = 1): void {
-    this.dropping += n;
+    this.dropping = n;
   }
 
   /** Every open feed gets a 'resync' hint (as after a reconnect). */

@@ -20,12 +20,13 @@ import { buildApi, type ApiToken } from './api/app.js';
 import { AuditRecorder } from './audit.js';
 import type { ControllerConfig } from './config.js';
 import { AgentHub } from './hub.js';
-import { AuthFailureLimiter } from './limits.js';
+import { AcceptRateLimiter, AuthFailureLimiter } from './limits.js';
 import { createMetrics, type ControllerMetrics } from './metrics.js';
 import { ControllerService } from './service.js';
 import { openSqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { cryptoRandom, hashToken, type Random } from './tokens.js';
+import type { ChangeFeed } from './change-feed.js';
 
 export interface ControllerDeps {
   config: ControllerConfig;
@@ -36,6 +37,14 @@ export interface ControllerDeps {
   random?: Random;
   /** runs audit retention (default: cron on `clock`) */
   scheduler?: Scheduler;
+  /**
+   * hints of policy changes committed by other replicas on the same database
+   * (change-feed.ts); none: this controller is the only one. A given feed is
+   * the caller's to close.
+   */
+  feed?: ChangeFeed;
+  /** this replica's name in agent states (default: a random uuid with a feed, `local` without) */
+  replicaId?: string;
 }
 
 export interface ControllerAddress {
@@ -152,6 +161,8 @@ export function createController(deps: ControllerDeps): Controller {
         deltas: config.agents.deltas,
         maxUnsentBytes: config.agents.max_unsent_bytes,
         authLimiter,
+        acceptLimiter: new AcceptRateLimiter(clock, config.agents.accept_rate_per_s),
+        ...(deps.feed ? { feed: deps.feed, replicaId: deps.replicaId ?? random.uuid() } : deps.replicaId ? { replicaId: deps.replicaId } : {}),
       }));
       const service = new ControllerService({
         store,
@@ -176,7 +187,7 @@ export function createController(deps: ControllerDeps): Controller {
         url: `${https ? 'https' : 'http'}://${host}:${addr.port}`,
         agentUrl: `${https ? 'wss' : 'ws'}://${host}:${addr.port}${AGENT_PATH}`,
       };
-      logger.info({ event: 'listen', url: address.url, agents: address.agentUrl, tls: !!https }, 'controller listening');
+      logger.info({ event: 'listen', url: address.url, agents: address.agentUrl, tls: !!https, replica: theHub.replicaId }, 'controller listening');
       return address;
     },
 

@@ -283,7 +283,7 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
         desired_revision: inst.revision,
         applied_revision: st.applied_revision,
         in_sync: inst.revision !== null && st.applied_revision === inst.revision,
-        connected: o.presence.isConnected(project, id),
+        connected: o.presence.isConnected(project, id) || (o.presence.connectedElsewhere?.(st) ?? false),
         last_seen: o.presence.lastSeen(project, id) ?? st.last_seen,
         last_ack: st.last_ack,
         last_error: st.last_error,

@@ -69,6 +69,8 @@ export interface AgentState {
   hostname: string | null;
   ports: PortReport | null;
   ports_received_at: string | null;
+  /** the controller replica the agent is connected to (`HubOptions.replicaId`), null when it left; trust it only with a recent `last_seen` */
+  connected_to: string | null;
 }
 
 export const EMPTY_AGENT_STATE: AgentState = {
@@ -80,6 +82,7 @@ export const EMPTY_AGENT_STATE: AgentState = {
   hostname: null,
   ports: null,
   ports_received_at: null,
+  connected_to: null,
 };
 
 /**
