@@ -15,6 +15,15 @@ import { createController, type Controller, type ControllerAddress } from '../..
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
 import { PROTOCOL_VERSION } from '../../src/protocol/messages.js';
+import { createAgent, type Agent } from '../../src/agent/agent.js';
+import { resolveConfig } from '../../src/agent/config.js';
+import { ControllerClient } from '../../src/agent/controller-client.js';
+import { MemoryStateStore } from '../../src/agent/state-store.js';
+import { wsDialer } from '../../src/agent/ws-dialer.js';
+import { systemClock } from '../../src/lib/clock.js';
+import { ManualScheduler } from '../../src/lib/scheduler.js';
+import { FakeNft } from '../../src/nft/fake.js';
+import { captureLogs } from '../helpers/log-capture.js';
 import { ADMIN, countingRandom, rule } from './controller-helpers.js';
 
 const P = '/v3/proj-a';
@@ -25,14 +34,18 @@ let bus: MemoryFeedBus;
 let replicas: { ctl: Controller; addr: ControllerAddress }[];
 const opened: WebSocket[] = [];
 
-async function startReplica(name: string): Promise<{ ctl: Controller; addr: ControllerAddress }> {
+async function startReplica(name: string, agents: Record<string, unknown> = {}): Promise<{ ctl: Controller; addr: ControllerAddress }> {
   const config = parseControllerConfig({
     listen: { host: '127.0.0.1', port: 0 },
     api: { tokens: [{ name: 'admin', token: ADMIN }] },
-    agents: { heartbeat_interval_ms: 1000, hello_timeout_ms: 5000, rate_burst: 50, rate_per_second: 50 },
+    agents: { heartbeat_interval_ms: 1000, hello_timeout_ms: 5000, rate_burst: 50, rate_per_second: 50, ...agents },
     metrics: { process_metrics: false },
   });
-  const ctl = createController({ config, clock, store, feed: bus.feed(), replicaId: name, logger: silentLogger(), random: countingRandom() });
+  // ids differ between replicas as random ones do (audit event ids are store-wide)
+  const counting = countingRandom();
+  const prefix = String(replicas.length).padStart(8, '0');
+  const random = { ...counting, uuid: () => counting.uuid().replace(/^0{8}/, prefix) };
+  const ctl = createController({ config, clock, store, feed: bus.feed(), replicaId: name, logger: silentLogger(), random });
   return { ctl, addr: await ctl.start() };
 }
 
@@ -40,10 +53,15 @@ beforeEach(async () => {
   clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
   store = new MemoryStore();
   bus = new MemoryFeedBus();
-  replicas = [await startReplica('replica-a'), await startReplica('replica-b')];
+  replicas = [];
+  replicas.push(await startReplica('replica-a'));
+  replicas.push(await startReplica('replica-b'));
 });
 
+const running: { stop(): unknown }[] = [];
+
 afterEach(async () => {
+  for (const r of running.splice(0)) await r.stop();
   for (const ws of opened.splice(0)) ws.terminate();
   store.unavailable = false;
   for (const r of replicas) await r.ctl.stop();
@@ -245,5 +263,80 @@ describe('a replica whose store is unavailable', () => {
     await addRule(1, 443);
     const next = await desired();
     expect(await agent.until(next)).toEqual([first, next]);
+  });
+});
+
+describe('agents with several controllers', () => {
+  it('a replica stops: its agent moves to the other (controller_switch), keeps its policy meanwhile and acks there', async () => {
+    const token = await seed();
+    const nft = new FakeNft();
+    const log = captureLogs('info');
+    const urls = replicas.map((r) => r.addr.url.replace(/^http/, 'ws'));
+    const agent: Agent = createAgent({
+      config: resolveConfig({ instance_id: 'ecs-1', http_listen: null, controller: { urls, token, reconnect_initial_ms: 20, reconnect_max_ms: 200 } }, {}),
+      nft,
+      store: new MemoryStateStore(),
+      clock: systemClock,
+      logger: log.logger,
+      scheduler: new ManualScheduler(),
+      resolver: { resolve: async () => [] },
+      dialer: wsDialer({ token: () => token, maxPayload: 1 << 20, handshakeTimeoutMs: 2000 }),
+      random: () => 0.5,
+    });
+    running.push(agent);
+    await agent.start();
+    const first = await desired();
+    const status = async () => (await api(1, 'GET', `${P}/instances/ecs-1/status`)).body.status;
+    await waitFor('applied through replica A', async () => (await status()).applied_revision === first);
+    expect(replicas[0]!.ctl.hub.isConnected('proj-a', 'ecs-1')).toBe(true);
+
+    await replicas[0]!.ctl.stop();
+    // the policy in force stays while the agent moves
+    expect(agent.status().appliedRevision).toBe(first);
+    expect(await addRule(1, 443)).toMatchObject({ status: 201 });
+    const next = (await status()).desired_revision as number;
+    await waitFor('acked through replica B', async () => (await status()).applied_revision === next);
+    expect(replicas[1]!.ctl.hub.isConnected('proj-a', 'ecs-1')).toBe(true);
+    expect(await status()).toMatchObject({ connected: true, in_sync: true });
+    expect(log.lines.find((l) => l.event === 'controller_switch')).toMatchObject({ from: urls[0], to: urls[1] });
+  });
+
+  it('a reconnection storm: every agent gets in, never faster than agents.accept_rate_per_s (the rest told to retry later)', async () => {
+    const storm = await startReplica('replica-c', { accept_rate_per_s: 5 });
+    replicas.push(storm);
+    await seed();
+    const tokens: string[] = [];
+    for (let i = 0; i < 16; i++) {
+      const r = await api(0, 'POST', `${P}/instances`, { instance: { id: `vm-${i}`, addresses: [`198.18.1.${i}`], security_groups: ['default'] } });
+      tokens.push(r.body.token);
+    }
+    const start = clock.now();
+    tokens.forEach((token, i) => {
+      const client = new ControllerClient({
+        dial: wsDialer({ url: storm.addr.agentUrl, token: () => token, maxPayload: 1 << 20, handshakeTimeoutMs: 2000 }),
+        clock,
+        logger: silentLogger(),
+        random: () => (i + 0.5) / tokens.length,
+        hello: () => ({ type: 'hello', protocol: PROTOCOL_VERSION, instance_id: `vm-${i}`, agent_version: '0.1.0', applied_revision: null }),
+        onPolicy: () => undefined,
+        reconnectInitialMs: 100,
+        reconnectMaxMs: 5000,
+      });
+      running.push(client);
+      client.start();
+    });
+    // controller time moves in 100 ms steps; real time only lets the sockets work
+    for (let step = 0; step < 200 && storm.ctl.hub.connectedCount < tokens.length; step++) {
+      await new Promise((r) => setTimeout(r, 15));
+      await clock.advance(100);
+    }
+    expect(storm.ctl.hub.connectedCount).toBe(tokens.length);
+    await storm.ctl.audit.idle();
+    const accepted = (await store.listAuditEvents('proj-a', { operation: ['AgentConnected'] })).map((e) => Date.parse(e.time) - start).sort((a, b) => a - b);
+    expect(accepted).toHaveLength(tokens.length);
+    // a burst of one second's worth, then at most 5 per second of controller time
+    accepted.forEach((at, n) => expect(n + 1, `connection ${n + 1} at ${at} ms`).toBeLessThanOrEqual(5 + Math.floor((5 * at) / 1000)));
+    const refused = await storm.ctl.metrics.connectionsRejected.get();
+    expect(refused.values.find((v) => v.labels.reason === 'accept_rate')?.value).toBeGreaterThan(0);
   });
 });
