@@ -26,6 +26,9 @@ import type { ControllerMetrics } from './metrics.js';
 import type { Store, TokenOwner } from './store/store.js';
 import { digestsEqual, hashToken, tokenFromHeaders } from './tokens.js';
 
+/** An agent upgrade over `agents.accept_rate_per_s` (agents only: the API has no such answer). */
+export const ACCEPT_RATE_CODE = 'SG.0017';
+
 export interface Refusal {
   status: number;
   code: string;
@@ -62,7 +65,7 @@ export class UpgradeGate {
     const pace = this.o.acceptLimiter?.take();
     if (pace && !pace.ok) {
       this.o.metrics.connectionsRejected.inc({ reason: 'accept_rate' });
-      return no(503, API_ERROR_KINDS.acceptRate.apiCode, `more new agent connections than ${this.o.acceptLimiter!.perSecond}/s (agents.accept_rate_per_s): retry in ${pace.retryAfterSeconds} s`, {
+      return no(503, ACCEPT_RATE_CODE, `more new agent connections than ${this.o.acceptLimiter!.perSecond}/s (agents.accept_rate_per_s): retry in ${pace.retryAfterSeconds} s`, {
         'Retry-After': String(pace.retryAfterSeconds),
       });
     }
