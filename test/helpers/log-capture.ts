@@ -1,8 +1,8 @@
-/** A logger whose JSON lines a test reads back (`lines`, parsed, in order). */
+/** A pino logger whose JSON lines are kept in memory, parsed, for assertions on `event` fields (and on what must not be logged). */
 import { Writable } from 'node:stream';
 import { createLogger, type Logger } from '../../src/lib/logger.js';
 
-export function captureLogs(level: 'debug' | 'info' | 'warn' = 'debug'): { logger: Logger; lines: Record<string, unknown>[] } {
+export function captureLogs(level: 'debug' | 'info' = 'debug'): { logger: Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
   const stream = new Writable({
     write(chunk: Buffer, _enc, cb) {

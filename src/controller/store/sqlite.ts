@@ -326,9 +326,9 @@ export class SqliteStore implements Store {
          VALUES (@id, @time, @actor, @project_id, @operation, @resource_type, @resource_ids, @request_id, @status, @error_code, @source_ip, @user_agent, @detail)`,
       ),
       pruneAudit: db.prepare('DELETE FROM audit_events WHERE time < ?'),
-      counter: db.prepare<[], { value: number }>("SELECT value FROM meta WHERE key = 'revision_counter'"),
+      revisionCounter: db.prepare<[], { value: number }>("SELECT value FROM meta WHERE key = 'revision_counter'"),
       changedSince: db.prepare<[number, number], { project_id: string; id: string; revision: number }>(
-        'SELECT project_id, id, revision FROM instances WHERE revision > ? ORDER BY revision LIMIT ?',
+        'SELECT project_id, id, revision FROM instances WHERE revision > ? AND policy_body IS NOT NULL ORDER BY revision LIMIT ?',
       ),
       auditMarker: db.prepare<[string, string], { time: string; seq: number }>('SELECT time, seq FROM audit_events WHERE project_id = ? AND id = ?'),
     };
@@ -591,11 +591,11 @@ export class SqliteStore implements Store {
 
   async ping(): Promise<void> {
     if (!this.db.open) throw new SecgroupError('STORE_UNAVAILABLE', 'the controller database is closed');
-    this.stmt.counter.get();
+    this.stmt.revisionCounter.get();
   }
 
   async revisionCounter(): Promise<number> {
-    return this.stmt.counter.get()?.value ?? 0;
+    return this.stmt.revisionCounter.get()?.value ?? 0;
   }
 
   async policiesChangedSince(after: number, limit: number): Promise<PolicyChange[]> {

@@ -18,6 +18,9 @@ import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION, type PortReport } from '../../protocol/messages.js';
 import type { BodyParts, Op, ProjectSnapshot } from '../model.js';
 
+/** One policy document handed out: for catching up on changes made by other replicas. */
+export interface PolicyChange { projectId: string; instanceId: string; revision: number }
+
 export interface StoredPolicy {
   revision: number;
   /** the document without `revision` (see `renderPolicyText`) */
@@ -28,13 +31,6 @@ export interface StoredPolicy {
    * of documents cheaply and encode them once.
    */
   parts?: BodyParts;
-}
-
-/** One policy document handed out: for catching up on changes made by other replicas. */
-export interface PolicyChange {
-  projectId: string;
-  instanceId: string;
-  revision: number;
 }
 
 export interface TokenOwner {
