@@ -1,4 +1,3 @@
-/* eslint-disable @typescript-eslint/no-explicit-any -- frames and bodies are untyped JSON, checked by the assertions */
 /**
  * Controller replicas (issue 16): two controllers (two hubs, two API apps) in
  * this process over ONE store and one change-feed bus, as replicas share one
@@ -24,6 +23,7 @@ import { systemClock } from '../../src/lib/clock.js';
 import { ManualScheduler } from '../../src/lib/scheduler.js';
 import { FakeNft } from '../../src/nft/fake.js';
 import { captureLogs } from '../helpers/log-capture.js';
+import { Wire, waitFor } from '../helpers/agent-wire.js';
 import { ADMIN, countingRandom, rule } from './controller-helpers.js';
 
 const P = '/v3/proj-a';
@@ -32,7 +32,6 @@ let clock: FakeClock;
 let store: MemoryStore;
 let bus: MemoryFeedBus;
 let replicas: { ctl: Controller; addr: ControllerAddress }[];
-const opened: WebSocket[] = [];
 
 async function startReplica(name: string, agents: Record<string, unknown> = {}): Promise<{ ctl: Controller; addr: ControllerAddress }> {
   const config = parseControllerConfig({
@@ -62,7 +61,7 @@ const running: { stop(): unknown }[] = [];
 
 afterEach(async () => {
   for (const r of running.splice(0)) await r.stop();
-  for (const ws of opened.splice(0)) ws.terminate();
+  Wire.closeAll();
   store.unavailable = false;
   for (const r of replicas) await r.ctl.stop();
 });
@@ -83,52 +82,6 @@ async function seed(): Promise<string> {
 
 const addRule = (replica: number, port: number) => api(replica, 'POST', `${P}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: String(port) }) } });
 
-/** A raw agent connection: every frame it gets, parsed; it acks every policy it is sent. */
-class Wire {
-  readonly frames: any[] = [];
-  readonly closed: Promise<{ code: number; reason: string }>;
-  private constructor(readonly ws: WebSocket) {
-    opened.push(ws);
-    ws.on('message', (d) => {
-      const m = JSON.parse(d.toString());
-      this.frames.push(m);
-      if (m.type === 'policy' || m.type === 'policy_delta') {
-        const revision = m.type === 'policy' ? m.policy.revision : m.revision;
-        ws.send(JSON.stringify({ type: 'ack', revision, status: 'applied' }));
-      }
-    });
-    this.closed = new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() })));
-  }
-
-  static open(replica: number, token: string): Promise<Wire> {
-    const ws = new WebSocket(replicas[replica]!.addr.agentUrl, { headers: { authorization: `Bearer ${token}` } });
-    return new Promise((resolve, reject) => {
-      ws.once('open', () => resolve(new Wire(ws)));
-      ws.once('error', reject);
-    });
-  }
-
-  hello(applied: number | null, instance = 'ecs-1'): void {
-    this.ws.send(JSON.stringify({ type: 'hello', protocol: PROTOCOL_VERSION, instance_id: instance, agent_version: '0.1.0', applied_revision: applied }));
-  }
-
-  /** revisions of the documents pushed (full or delta), in order */
-  get pushed(): number[] {
-    return this.frames.filter((m) => m.type === 'policy' || m.type === 'policy_delta').map((m) => (m.type === 'policy' ? m.policy.revision : m.revision));
-  }
-
-  /** Waits (bounded) until a document with `revision` or higher was pushed; returns the pushed revisions. */
-  async until(revision: number): Promise<number[]> {
-    await waitFor(`a push of revision ${revision}`, async () => this.pushed.some((r) => r >= revision));
-    return this.pushed;
-  }
-}
-
-async function waitFor(what: string, ok: () => Promise<boolean> | boolean): Promise<void> {
-  for (let i = 0; i < 500 && !(await ok()); i++) await new Promise((r) => setTimeout(r, 10));
-  expect(await ok(), what).toBe(true);
-}
-
 /** Lets frames in flight on localhost arrive (used before asserting that nothing more came). */
 const drain = () => new Promise((r) => setTimeout(r, 150));
 
@@ -137,7 +90,7 @@ const desired = async () => (await api(0, 'GET', `${P}/instances/ecs-1/status`))
 describe('controller replicas over one store', () => {
   it('a rule change through replica A reaches the agent connected to replica B; its ack and presence show through A', async () => {
     const token = await seed();
-    const agent = await Wire.open(1, token);
+    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
     agent.hello(null);
     const first = await desired();
     await agent.until(first);
@@ -159,7 +112,7 @@ describe('controller replicas over one store', () => {
 
   it('a lost notification is caught up on the next resync hint, and a later change goes straight through', async () => {
     const token = await seed();
-    const agent = await Wire.open(1, token);
+    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
     agent.hello(null);
     const first = await desired();
     await agent.until(first);
@@ -183,7 +136,7 @@ describe('controller replicas over one store', () => {
     await addRule(0, 443);
     await addRule(0, 8080);
     const current = await desired();
-    const agent = await Wire.open(1, token);
+    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
     agent.hello(null);
     expect(await agent.until(current)).toEqual([current]);
     // B catches up on every policy past its old watermark: the agent has them all
@@ -193,7 +146,7 @@ describe('controller replicas over one store', () => {
     // the agent moves to A (whose watermark is behind too) saying what it has: a resync hint sends nothing there either
     agent.ws.close();
     await agent.closed;
-    const moved = await Wire.open(0, token);
+    const moved = await Wire.open(replicas[0]!.addr.agentUrl, token);
     moved.hello(current);
     await waitFor('welcome from A', () => moved.frames.some((m) => m.type === 'welcome'));
     bus.resync();
@@ -213,13 +166,13 @@ describe('a replica whose store is unavailable', () => {
   it('answers the API with 503 SYS.0503 and /readyz with 503, keeps connected agents, refuses upgrades and hellos it cannot serve, and recovers', async () => {
     const token = await seed();
     expect((await api(1, 'GET', '/readyz')).status).toBe(200);
-    const agent = await Wire.open(1, token);
+    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
     agent.hello(null);
     const first = await desired();
     await agent.until(first);
     // another instance's connection, upgraded before the database goes away
     const other = await api(1, 'POST', `${P}/instances`, { instance: { id: 'ecs-2', addresses: ['198.18.0.11'], security_groups: ['default'] } });
-    const late = await Wire.open(1, other.body.token);
+    const late = await Wire.open(replicas[1]!.addr.agentUrl, other.body.token);
 
     store.unavailable = true;
     const ready = await api(1, 'GET', '/readyz');
