@@ -56,9 +56,9 @@ export class MemoryFeedBus {
     this.dropping = n;
   }
 
-  /** Every open feed gets a 'resync' hint (as after a reconnect). */
-  resync(): void {
-    for (const f of this.feeds) f.emit({ kind: 'resync' });
+  /** Every open feed, or only `feed`, gets a 'resync' hint (as after a reconnect). */
+  resync(feed?: ChangeFeed): void {
+    for (const f of this.feeds) if (!feed || f === feed) f.emit({ kind: 'resync' });
   }
 
   /** @internal */

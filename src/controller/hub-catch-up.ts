@@ -12,6 +12,10 @@
  * from it. The watermark starts at the revision counter when the hub starts
  * (agents connecting later read their current document at hello); if the
  * store cannot say, at 0 (the first catch-up then reads every policy once).
+ * After a 'resync' (this replica's feed was down) the catch-up is followed by
+ * an announcement of the newest revision: announcements this replica made
+ * while its feed was down were lost, and the other replicas may have resynced
+ * before it came back.
  * Paging by revision needs revisions to become visible in the order they are
  * handed out: every store hands them out from one counter whose update is
  * part of the committing transaction (a row lock held until commit), so a
@@ -58,7 +62,12 @@ export class ReplicaCatchUp {
         this.o.logger.warn({ event: 'catch_up_start', err: e }, `cannot read the revision counter (${errorMessage(e)}): the first catch-up reads every policy`);
       },
     );
-    this.unsubscribe = this.o.feed.subscribe(() => this.run());
+    this.unsubscribe = this.o.feed.subscribe((hint) => {
+      const done = this.run();
+      // the feed was down: what this replica announced meanwhile is lost too, and the others may have resynced
+      // before it came back: announce the newest revision again, so they catch up on it
+      if (hint.kind === 'resync') void done.then(() => this.mark && !this.stopped && this.o.feed.announce(this.mark));
+    });
   }
 
   /** Runs a catch-up now, or once more after the running one. Resolves when no run is left. */

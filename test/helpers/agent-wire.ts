@@ -13,8 +13,10 @@ const opened = new Set<WebSocket>();
 
 /** Waits (bounded: 500 tries 10 ms apart, real time) until `ok` holds; fails naming `what`. Not a timing assertion. */
 export async function waitFor(what: string, ok: () => Promise<boolean> | boolean, tries = 500): Promise<void> {
-  for (let i = 0; i < tries && !(await ok()); i++) await new Promise((r) => setTimeout(r, 10));
-  expect(await ok(), what).toBe(true);
+  let done = false;
+  // `ok` may act (a write to retry): it is not called again once it held
+  for (let i = 0; i < tries && !(done = await ok()); i++) await new Promise((r) => setTimeout(r, 10));
+  expect(done, what).toBe(true);
 }
 
 export class Wire {

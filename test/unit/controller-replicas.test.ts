@@ -9,7 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { FakeClock } from '../../src/lib/clock.js';
 import { silentLogger } from '../../src/lib/logger.js';
-import { MemoryFeedBus } from '../../src/controller/change-feed.js';
+import { MemoryFeedBus, type ChangeFeed } from '../../src/controller/change-feed.js';
 import { createController, type Controller, type ControllerAddress } from '../../src/controller/controller.js';
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
@@ -31,9 +31,9 @@ const P = '/v3/proj-a';
 let clock: FakeClock;
 let store: MemoryStore;
 let bus: MemoryFeedBus;
-let replicas: { ctl: Controller; addr: ControllerAddress }[];
+let replicas: { ctl: Controller; addr: ControllerAddress; feed: ChangeFeed }[];
 
-async function startReplica(name: string, agents: Record<string, unknown> = {}): Promise<{ ctl: Controller; addr: ControllerAddress }> {
+async function startReplica(name: string, agents: Record<string, unknown> = {}): Promise<{ ctl: Controller; addr: ControllerAddress; feed: ChangeFeed }> {
   const config = parseControllerConfig({
     listen: { host: '127.0.0.1', port: 0 },
     api: { tokens: [{ name: 'admin', token: ADMIN }] },
@@ -44,8 +44,9 @@ async function startReplica(name: string, agents: Record<string, unknown> = {}):
   const counting = countingRandom();
   const prefix = String(replicas.length).padStart(8, '0');
   const random = { ...counting, uuid: () => counting.uuid().replace(/^0{8}/, prefix) };
-  const ctl = createController({ config, clock, store, feed: bus.feed(), replicaId: name, logger: silentLogger(), random });
-  return { ctl, addr: await ctl.start() };
+  const feed = bus.feed();
+  const ctl = createController({ config, clock, store, feed, replicaId: name, logger: silentLogger(), random });
+  return { ctl, addr: await ctl.start(), feed };
 }
 
 beforeEach(async () => {
@@ -127,6 +128,23 @@ describe('controller replicas over one store', () => {
     await addRule(0, 8080);
     const later = await desired();
     expect(await agent.until(later)).toEqual([first, missed, later]);
+  });
+
+  it('a commit whose announcement was lost while its replica\'s feed was down reaches the other replica\'s agent when that feed is back', async () => {
+    const token = await seed();
+    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
+    agent.hello(null);
+    const first = await desired();
+    await agent.until(first);
+    // A's feed is down: its announcement is lost; B's feed never went down, so B gets no resync of its own
+    bus.dropNext(1);
+    await addRule(0, 443);
+    const missed = await desired();
+    await drain();
+    expect(agent.pushed).toEqual([first]);
+    // A's feed reconnects: A announces its newest revision again, and B catches up
+    bus.resync(replicas[0]!.feed);
+    expect(await agent.until(missed)).toEqual([first, missed]);
   });
 
   it('never pushes a revision the agent has: hints about older changes, resyncs and a move between replicas send nothing', async () => {
