@@ -88,13 +88,28 @@ const drain = () => new Promise((r) => setTimeout(r, 150));
 
 const desired = async () => (await api(0, 'GET', `${P}/instances/ecs-1/status`)).body.status.desired_revision as number;
 
+/** The seed's agent, connected to replica B, with the first document; returns it and that revision. */
+async function agentOnB(token: string): Promise<{ agent: Wire; first: number }> {
+  const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
+  agent.hello(null);
+  const first = await desired();
+  await agent.until(first);
+  return { agent, first };
+}
+
+/** A change through A whose announcement is lost: B's agent does not get it. Returns its revision. */
+async function lostChange(agent: Wire, first: number): Promise<number> {
+  bus.dropNext(1);
+  await addRule(0, 443);
+  const missed = await desired();
+  await drain();
+  expect(agent.pushed).toEqual([first]);
+  return missed;
+}
+
 describe('controller replicas over one store', () => {
   it('a rule change through replica A reaches the agent connected to replica B; its ack and presence show through A', async () => {
-    const token = await seed();
-    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
-    agent.hello(null);
-    const first = await desired();
-    await agent.until(first);
+    const { agent, first } = await agentOnB(await seed());
     const r = await addRule(0, 443);
     expect(r.status).toBe(201);
     const next = await desired();
@@ -112,17 +127,9 @@ describe('controller replicas over one store', () => {
   });
 
   it('a lost notification is caught up on the next resync hint, and a later change goes straight through', async () => {
-    const token = await seed();
-    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
-    agent.hello(null);
-    const first = await desired();
-    await agent.until(first);
-    bus.dropNext(1);
-    await addRule(0, 443);
-    const missed = await desired();
-    await drain();
+    const { agent, first } = await agentOnB(await seed());
+    const missed = await lostChange(agent, first);
     expect(bus.dropped).toBe(1);
-    expect(agent.pushed).toEqual([first]);
     bus.resync();
     expect(await agent.until(missed)).toEqual([first, missed]);
     await addRule(0, 8080);
@@ -131,17 +138,9 @@ describe('controller replicas over one store', () => {
   });
 
   it('a commit whose announcement was lost while its replica\'s feed was down reaches the other replica\'s agent when that feed is back', async () => {
-    const token = await seed();
-    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
-    agent.hello(null);
-    const first = await desired();
-    await agent.until(first);
+    const { agent, first } = await agentOnB(await seed());
     // A's feed is down: its announcement is lost; B's feed never went down, so B gets no resync of its own
-    bus.dropNext(1);
-    await addRule(0, 443);
-    const missed = await desired();
-    await drain();
-    expect(agent.pushed).toEqual([first]);
+    const missed = await lostChange(agent, first);
     // A's feed reconnects: A announces its newest revision again, and B catches up
     bus.resync(replicas[0]!.feed);
     expect(await agent.until(missed)).toEqual([first, missed]);
@@ -184,10 +183,7 @@ describe('a replica whose store is unavailable', () => {
   it('answers the API with 503 SYS.0503 and /readyz with 503, keeps connected agents, refuses upgrades and hellos it cannot serve, and recovers', async () => {
     const token = await seed();
     expect((await api(1, 'GET', '/readyz')).status).toBe(200);
-    const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
-    agent.hello(null);
-    const first = await desired();
-    await agent.until(first);
+    const { agent, first } = await agentOnB(token);
     // another instance's connection, upgraded before the database goes away
     const other = await api(1, 'POST', `${P}/instances`, { instance: { id: 'ecs-2', addresses: ['198.18.0.11'], security_groups: ['default'] } });
     const late = await Wire.open(replicas[1]!.addr.agentUrl, other.body.token);
