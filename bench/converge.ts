@@ -69,7 +69,7 @@ export interface ConvergeRow {
   'met (est.)': string;
 }
 
-const quantile = (xs: number[], q: number): number => {
+export const quantile = (xs: number[], q: number): number => {
   if (!xs.length) return NaN;
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!;

@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint, store.
+ * Parts: render, packet, apply, converge (slot), footprint, store, analysis.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -10,6 +10,7 @@ import { runPacketBench } from './packet.js';
 import { runApplyBench } from './apply.js';
 import { runFootprintBench } from './footprint.js';
 import { runStoreBench } from './store.js';
+import { runAnalysisBench } from './analysis.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -43,6 +44,11 @@ const PARTS: Part[] = [
     name: 'store',
     what: "the controller's store (SqliteStore) on node:sqlite and on better-sqlite3 (reference, when installed), same statements, best of BENCH_STORE_ROUNDS (3) rounds",
     run: async () => (await runStoreBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'analysis',
+    what: 'fleet analysis API over HTTP on 127.0.0.1, 1000 instances / 200 groups / 5000 rules / a port report each: exposure (cached and after a new report) and reachability, p50/p99; reference: GET instances',
+    run: async () => (await runAnalysisBench()) as unknown as Record<string, unknown>[],
   },
 ];
 

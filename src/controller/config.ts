@@ -112,11 +112,35 @@ export const controllerConfigSchema = z.strictObject({
       accept_rate_per_s: z.number().positive().max(1_000_000).default(200),
     })
     .prefault({}),
-  store: z.strictObject({ synchronous: z.enum(['FULL', 'NORMAL']).default('FULL') }).prefault({}),
+  store: z
+    .strictObject({
+      driver: z.enum(['sqlite', 'postgres']).default('sqlite'),
+      synchronous: z.enum(['FULL', 'NORMAL']).default('FULL'),
+      // custom checks: the generic messages would quote the URL, and a URL may hold a password
+      url: z
+        .string()
+        .refine((v) => /^postgres(ql)?:\/\/./.test(v), { message: 'must be a postgres:// or postgresql:// URL (the value is not shown)' })
+        .refine((v) => !hasUrlPassword(v), { message: 'must not contain a password: put it in store.password_file or the environment variable SECGROUP_STORE_PASSWORD (the value is not shown)' })
+        .optional(),
+      password_file: z.string().min(1).optional(),
+      pool_size: z.int().min(1).max(1000).default(10),
+    })
+    .refine((st) => st.driver !== 'postgres' || st.url !== undefined, { message: 'store.driver postgres needs store.url', path: ['url'] })
+    .refine((st) => st.driver === 'postgres' || (st.url === undefined && st.password_file === undefined), { message: 'store.url and store.password_file are for store.driver postgres', path: ['driver'] })
+    .prefault({}),
   audit: z.strictObject({ retention_days: z.int().min(1).max(36_500).default(90) }).prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
   metrics: z.strictObject({ process_metrics: z.boolean().default(true) }).prefault({}),
 });
+
+/** Does a postgres URL carry a password (`user:password@`)? Unparseable: treated as yes (refused, never echoed). */
+export function hasUrlPassword(url: string): boolean {
+  try {
+    return new URL(url).password !== '';
+  } catch {
+    return true;
+  }
+}
 
 export type ControllerConfig = z.output<typeof controllerConfigSchema>;
 export type ControllerConfigInput = z.input<typeof controllerConfigSchema>;
@@ -145,6 +169,7 @@ export async function loadControllerConfig(path: string): Promise<ControllerConf
     ...cfg,
     data_dir: resolve(base, cfg.data_dir),
     tls: cfg.tls ? { cert: resolve(base, cfg.tls.cert), key: resolve(base, cfg.tls.key) } : null,
+    store: cfg.store.password_file === undefined ? cfg.store : { ...cfg.store, password_file: resolve(base, cfg.store.password_file) },
     api: { ...cfg.api, access_keys: cfg.api.access_keys.map((k) => (k.secret_key_file === undefined ? k : { ...k, secret_key_file: resolve(base, k.secret_key_file) })) },
   };
 }

@@ -32,8 +32,14 @@ export interface ControllerDeps {
   config: ControllerConfig;
   clock?: Clock;
   logger?: Logger;
-  /** default: SQLite file `controller.db` in `config.data_dir`, opened by start() and closed by stop() */
+  /**
+   * default: as `config.store.driver` says (SQLite file `controller.db` in
+   * `config.data_dir`, or PostgreSQL at `config.store.url`), opened by
+   * start() and closed by stop()
+   */
   store?: Store;
+  /** the environment (SECGROUP_STORE_PASSWORD); default none */
+  env?: Readonly<Record<string, string | undefined>>;
   random?: Random;
   /** runs audit retention (default: cron on `clock`) */
   scheduler?: Scheduler;
@@ -85,12 +91,7 @@ export async function readAccessKeys(config: ControllerConfig, logger?: Logger):
     let secret = k.secret_key;
     if (secret === undefined) {
       const file = k.secret_key_file!;
-      try {
-        tightenFile(file, logger);
-        secret = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
-      } catch (e) {
-        throw new SecgroupError('CONFIG_INVALID', `cannot read api.access_keys[${i}].secret_key_file ${file}: ${(e as Error).message}`, { cause: e });
-      }
+      secret = await readSecretFile(file, `api.access_keys[${i}].secret_key_file`, logger);
       if (secret.length < 16 || secret.length > 1024 || /[\r\n]/.test(secret)) {
         throw new SecgroupError('CONFIG_INVALID', `api.access_keys[${i}].secret_key_file ${file}: the secret key must be one line of 16-1024 characters`);
       }
@@ -98,6 +99,45 @@ export async function readAccessKeys(config: ControllerConfig, logger?: Logger):
     keys.push({ name: k.name, access_key: k.access_key, secret_key: secret, projects: k.projects });
   }
   return keys;
+}
+
+/** A secret file's content without its trailing newline, after making it 0600 if others could read it; CONFIG_INVALID naming `what` and the file. */
+async function readSecretFile(file: string, what: string, logger?: Logger): Promise<string> {
+  try {
+    tightenFile(file, logger);
+    return (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+  } catch (e) {
+    throw new SecgroupError('CONFIG_INVALID', `cannot read ${what} ${file}: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** The PostgreSQL password: `store.password_file`, else SECGROUP_STORE_PASSWORD, else none (e.g. peer or certificate authentication). */
+export async function readStorePassword(config: ControllerConfig, env: Readonly<Record<string, string | undefined>>, logger?: Logger): Promise<string | undefined> {
+  if (config.store.password_file !== undefined) return readSecretFile(config.store.password_file, 'store.password_file', logger);
+  return env.SECGROUP_STORE_PASSWORD || undefined;
+}
+
+/**
+ * The store `config.store.driver` names, with its change feed: PostgreSQL's
+ * LISTEN/NOTIFY for replicas on one database, none for the embedded SQLite
+ * store (one controller). Logs `store_open` (driver, where; never a password).
+ */
+async function openConfiguredStore(config: ControllerConfig, env: Readonly<Record<string, string | undefined>>, clock: Clock, logger: Logger): Promise<{ store: Store; feed: ChangeFeed | null }> {
+  if (config.store.driver === 'postgres') {
+    const password = await readStorePassword(config, env, logger);
+    const url = new URL(config.store.url!);
+    // loaded only for this driver: an embedded controller never loads pg
+    const { openPostgresStore, postgresClientConfig } = await import('./store/postgres.js');
+    const { createPostgresFeed } = await import('./store/postgres-feed.js');
+    logger.info({ event: 'store_open', driver: 'postgres', host: url.searchParams.get('host') ?? url.host, database: url.pathname.slice(1), pool_size: config.store.pool_size }, 'opening the PostgreSQL store');
+    const options = { url: config.store.url!, password, poolSize: config.store.pool_size, logger };
+    const store = await openPostgresStore(options);
+    return { store, feed: createPostgresFeed({ client: postgresClientConfig(options), clock, logger }) };
+  }
+  ensurePrivateDir(config.data_dir, logger);
+  const file = join(config.data_dir, DB_FILE);
+  logger.info({ event: 'store_open', driver: 'sqlite', file }, 'opening the SQLite store');
+  return { store: openSqliteStore(file, { synchronous: config.store.synchronous, logger }), feed: null };
 }
 
 export function createController(deps: ControllerDeps): Controller {
@@ -110,6 +150,7 @@ export function createController(deps: ControllerDeps): Controller {
   let hub: AgentHub | null = null;
   let audit: AuditRecorder | null = null;
   let ownStore: Store | null = null;
+  let ownFeed: ChangeFeed | null = null;
   let stopped: Promise<void> | null = null;
 
   return {
@@ -132,9 +173,11 @@ export function createController(deps: ControllerDeps): Controller {
       // secrets first: a bad key file fails the start before anything is opened
       const accessKeys = await readAccessKeys(config, logger);
       let store = deps.store;
+      let feed = deps.feed ?? null;
       if (!store) {
-        ensurePrivateDir(config.data_dir, logger);
-        store = ownStore = openSqliteStore(join(config.data_dir, DB_FILE), { synchronous: config.store.synchronous, logger });
+        const opened = await openConfiguredStore(config, deps.env ?? {}, clock, logger);
+        store = ownStore = opened.store;
+        feed ??= ownFeed = opened.feed;
       }
       let https: { cert: Buffer; key: Buffer } | null = null;
       if (config.tls) {
@@ -162,7 +205,7 @@ export function createController(deps: ControllerDeps): Controller {
         maxUnsentBytes: config.agents.max_unsent_bytes,
         authLimiter,
         acceptLimiter: new AcceptRateLimiter(clock, config.agents.accept_rate_per_s),
-        ...(deps.feed ? { feed: deps.feed, replicaId: deps.replicaId ?? random.uuid() } : deps.replicaId ? { replicaId: deps.replicaId } : {}),
+        ...(feed ? { feed, replicaId: deps.replicaId ?? random.uuid() } : deps.replicaId ? { replicaId: deps.replicaId } : {}),
       }));
       const service = new ControllerService({
         store,
@@ -198,6 +241,7 @@ export function createController(deps: ControllerDeps): Controller {
         await hub?.stop();
         await app?.close();
         await audit?.idle();
+        await ownFeed?.close();
         await ownStore?.close();
         logger.info({ event: 'stopped' }, 'controller stopped');
       })();

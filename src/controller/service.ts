@@ -11,7 +11,7 @@ import { SecgroupError } from '../lib/errors.js';
 import { formatTime } from '../lib/time.js';
 import { applyOps, emptySnapshot, type ProjectSnapshot } from './model.js';
 import { createProjectOps, type MutationContext, type Mutation, type Quotas } from './domain.js';
-import { recompile, renderPolicyText, touchedBy } from './policy-documents.js';
+import { recompile, renderPolicyText, touchedBy, type Touched } from './policy-documents.js';
 import { hashToken, type Random } from './tokens.js';
 import type { Store, StoredPolicy } from './store/store.js';
 
@@ -66,13 +66,12 @@ export class ControllerService {
       const pre = stored ? [] : createProjectOps(ctx.now);
       const snap = stored ?? applyOps(emptySnapshot(projectId), pre);
       const m = fn(snap, ctx);
-      if (opts.dryRun) return { ops: [], value: { result: m.result, compiled: 0, docs: new Map<string, Omit<StoredPolicy, 'revision'>>() } };
       const policies = recompile(applyOps(snap, m.ops), touchedBy(snap, m.ops));
       const docs = new Map<string, Omit<StoredPolicy, 'revision'>>();
       for (const o of policies.ops) if (o.op === 'setPolicy') docs.set(o.instanceId, o.parts ? { body: o.body, parts: o.parts } : { body: o.body });
       return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled, docs } };
     };
-    if (opts.dryRun) return decide(await store.loadProject(projectId)).value.result;
+    if (opts.dryRun) return (await this.preview(projectId, fn)).result;
     const res = await store.mutate(projectId, decide);
     this.deps.onCompiled?.({ compiled: res.value.compiled, bumped: res.revisions.size });
     if (res.revisions.size) {
@@ -85,6 +84,19 @@ export class ControllerService {
       this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()], docs);
     }
     return res.value.result;
+  }
+
+  /**
+   * A dry run: `fn`'s result on the project's current state, with the states
+   * before and after its ops and what they touch (for the change preview).
+   * Nothing is written, not even a project seen for the first time.
+   */
+  async preview<T>(projectId: string, fn: (snap: ProjectSnapshot, ctx: MutationContext) => Mutation<T>): Promise<{ result: T; before: ProjectSnapshot; after: ProjectSnapshot; touched: Touched }> {
+    const ctx = this.context();
+    const stored = await this.deps.store.loadProject(projectId);
+    const before = stored ?? applyOps(emptySnapshot(projectId), createProjectOps(ctx.now));
+    const m = fn(before, ctx);
+    return { result: m.result, before, after: applyOps(before, m.ops), touched: touchedBy(before, m.ops) };
   }
 
   /** The instance's policy document exactly as its agent receives it, or null. */

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CommanderError } from 'commander';
 import { loadControllerConfig, parseControllerConfig } from '../../src/controller/config.js';
-import { readAccessKeys } from '../../src/controller/controller.js';
+import { readAccessKeys, readStorePassword } from '../../src/controller/controller.js';
 import { DEFAULT_QUOTAS } from '../../src/controller/domain.js';
 import { hashToken } from '../../src/controller/tokens.js';
 import { isSecgroupError, ValidationError } from '../../src/lib/errors.js';
@@ -43,7 +43,7 @@ describe('controller configuration', () => {
       },
       quotas: DEFAULT_QUOTAS,
       agents: { deltas: true, heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5, max_unsent_bytes: 67108864, accept_rate_per_s: 200 },
-      store: { synchronous: 'FULL' },
+      store: { driver: 'sqlite', synchronous: 'FULL', pool_size: 10 },
       audit: { retention_days: 90 },
       log: { level: 'info' },
       metrics: { process_metrics: true },
@@ -92,6 +92,20 @@ describe('controller configuration', () => {
     expect(issuesOf({ api: { ...TOKENS, access_keys: [{ ...twice, projects: ['bad project'] }] } })[0]).toMatch(/^api\.access_keys\[0\]\.projects\[0\]/);
   });
 
+  it('store: sqlite by default; postgres needs a URL without a password (never quoted), a pool size; the URL only for postgres', () => {
+    const url = 'postgres://secgroup@db.example:5432/secgroup';
+    expect(parseControllerConfig({ api: TOKENS, store: { driver: 'postgres', url, pool_size: 4 } }).store).toEqual({ driver: 'postgres', url, synchronous: 'FULL', pool_size: 4 });
+    expect(issuesOf({ api: TOKENS, store: { driver: 'postgres' } })).toEqual(['store.url: store.driver postgres needs store.url']);
+    const withPassword = issuesOf({ api: TOKENS, store: { driver: 'postgres', url: 'postgres://secgroup:hunter2-pw@db.example/secgroup' } });
+    expect(withPassword).toEqual(['store.url: must not contain a password: put it in store.password_file or the environment variable SECGROUP_STORE_PASSWORD (the value is not shown)']);
+    expect(issuesOf({ api: TOKENS, store: { driver: 'postgres', url: 'mysql://a:hunter2-pw@b/c' } })).toEqual([
+      'store.url: must be a postgres:// or postgresql:// URL (the value is not shown)',
+      'store.url: must not contain a password: put it in store.password_file or the environment variable SECGROUP_STORE_PASSWORD (the value is not shown)',
+    ]);
+    expect(issuesOf({ api: TOKENS, store: { url } })).toEqual(['store.driver: store.url and store.password_file are for store.driver postgres']);
+    expect(issuesOf({ api: TOKENS, store: { driver: 'postgres', url, pool_size: 0 } })[0]).toMatch(/^store\.pool_size/);
+  });
+
   describe('files', () => {
     let dir: string;
     beforeEach(() => {
@@ -119,6 +133,21 @@ describe('controller configuration', () => {
       await expect(readAccessKeys(c)).rejects.toThrow(/api\.access_keys\[0\]\.secret_key_file .*one line of 16-1024 characters/);
       rmSync(join(dir, 'sdk.sk'));
       await expect(readAccessKeys(c)).rejects.toSatisfy((e) => isSecgroupError(e, 'CONFIG_INVALID'));
+    });
+
+    it('store.password_file: relative to the configuration, made 0600, read at start; else SECGROUP_STORE_PASSWORD; else none', async () => {
+      const file = join(dir, 'controller.yaml');
+      writeFileSync(join(dir, 'db.pw'), 'pw-from-file\n', { mode: 0o640 });
+      writeFileSync(file, 'store:\n  driver: postgres\n  url: postgres://secgroup@db.example/secgroup\n  password_file: db.pw\napi:\n  tokens:\n    - { name: admin, token: admin-token-0123456789 }\n');
+      const c = await loadControllerConfig(file);
+      expect(c.store.password_file).toBe(join(dir, 'db.pw'));
+      expect(await readStorePassword(c, { SECGROUP_STORE_PASSWORD: 'pw-from-env' })).toBe('pw-from-file');
+      expect(statSync(join(dir, 'db.pw')).mode & 0o777).toBe(0o600);
+      const noFile = { ...c, store: { ...c.store, password_file: undefined } };
+      expect(await readStorePassword(noFile, { SECGROUP_STORE_PASSWORD: 'pw-from-env' })).toBe('pw-from-env');
+      expect(await readStorePassword(noFile, {})).toBeUndefined();
+      rmSync(join(dir, 'db.pw'));
+      await expect(readStorePassword(c, {})).rejects.toThrow(/cannot read store\.password_file/);
     });
 
     it('reports unreadable and unparsable files', async () => {

@@ -1,6 +1,7 @@
 /* eslint-disable @typescript-eslint/no-explicit-any -- response bodies are untyped JSON, checked by the assertions */
 /** Shared setup for the controller tests: an API over a real store, deterministic ids, a fake agent presence. */
 import type { FastifyInstance } from 'fastify';
+import { expect } from 'vitest';
 import { FakeClock } from '../../src/lib/clock.js';
 import { silentLogger, type Logger } from '../../src/lib/logger.js';
 import { AuditRecorder } from '../../src/controller/audit.js';
@@ -55,12 +56,13 @@ export interface TestApi {
   audit: AuditRecorder;
 }
 
-export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger; accessKeys?: readonly AccessKey[] } = {}): TestApi {
+/** `random`: another replica's ids (default `countingRandom()`: two apps over one store would make the same ids). */
+export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger; accessKeys?: readonly AccessKey[]; random?: Random } = {}): TestApi {
   const store = opts.store ?? (opts.sqlite ? openSqliteStore(':memory:') : new MemoryStore());
   const clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
   const presence = new FakePresence();
   const pushed: TestApi['pushed'] = [];
-  const random = countingRandom();
+  const random = opts.random ?? countingRandom();
   const service = new ControllerService({
     store,
     clock,
@@ -101,6 +103,15 @@ export async function call(
 ): Promise<{ status: number; body: any; text: string }> {
   const r = await app.inject({ method, url, headers, ...(payload === undefined ? {} : { payload: payload as object }) });
   return { status: r.statusCode, body: r.body ? JSON.parse(r.body) : null, text: r.body };
+}
+
+/** A Huawei-shaped error answer with this status and error_code (and a message matching `msg`). */
+export function expectError(r: { status: number; body: any }, status: number, code: string, msg?: RegExp): void {
+  expect(r.status).toBe(status);
+  expect(Object.keys(r.body)).toEqual(['request_id', 'error_code', 'error_msg']);
+  expect(r.body.request_id).toMatch(/^[0-9a-f]{32}$/);
+  expect(r.body.error_code).toBe(code);
+  if (msg) expect(r.body.error_msg).toMatch(msg);
 }
 
 export const rule = (over: Record<string, unknown> = {}) => ({

@@ -1,4 +1,4 @@
-import { describe, expect, it, beforeEach, afterEach } from 'vitest';
+import { describe, expect, it, beforeEach, afterEach, vi } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -7,14 +7,16 @@ import { fileURLToPath } from 'node:url';
 import { Database } from '../../src/controller/store/sqlite-driver.js';
 import { MIGRATIONS, openSqliteStore } from '../../src/controller/store/sqlite.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
-import { AuditMarkerNotFound, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';
+import { openPostgresStore } from '../../src/controller/store/postgres.js';
+import { usePostgres, type PgCluster } from '../helpers/postgres.js';
+import { captureLogs } from '../helpers/log-capture.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, type AuditEvent, type AuditFilter, type AuditPage, type Store } from '../../src/controller/store/store.js';
 import { createProjectOps, DEFAULT_QUOTAS } from '../../src/controller/domain.js';
 import { checkInvariants } from '../../src/controller/invariants.js';
 import { compileInstanceBody, indexProject, policyDigestOfBody } from '../../src/controller/policy-documents.js';
 import { isSecgroupError } from '../../src/lib/errors.js';
-import { createLogger, type Logger } from '../../src/lib/logger.js';
+import type { Logger } from '../../src/lib/logger.js';
 import { MAX_REVISION } from '../../src/protocol/messages.js';
-import { Writable } from 'node:stream';
 import type { Op, ProjectSnapshot } from '../../src/controller/model.js';
 import { call, makeApi, rule } from './controller-helpers.js';
 
@@ -36,12 +38,21 @@ function expectConsistent(snap: ProjectSnapshot): void {
   for (const i of snap.instances) expect(i.policy_hash, i.id).toBe(policyDigestOfBody(compileInstanceBody(ix, i)));
 }
 
+// the PostgreSQL cases create a database each, on a machine the whole unit suite loads: more than the default 5 s
+vi.setConfig({ testTimeout: 30_000 });
+
+/** PostgreSQL: a throwaway cluster for the file (test/helpers/postgres.ts), a new database per store. */
+let cluster: (() => PgCluster) | null = null;
+const openPostgres = async () => openPostgresStore({ url: await cluster!().createDatabase() });
+
 describe.each([
   ['sqlite', () => openSqliteStore(':memory:')],
   ['memory', () => new MemoryStore()],
-] as [string, () => Store][])('Store contract (%s)', (_name, open) => {
+  ['postgres', openPostgres],
+] as [string, () => Store | Promise<Store>][])('Store contract (%s)', (name, open) => {
+  if (name === 'postgres') cluster = usePostgres();
   it('creates a project on its first commit; a change that throws writes nothing', async () => {
-    const s = open();
+    const s = await open();
     expect(await s.loadProject('p')).toBeNull();
     const r = await s.mutate('p', (cur) => ({ ops: createProjectOps(NOW), value: cur }));
     expect(r).toMatchObject({ value: null, version: 1 });
@@ -58,7 +69,7 @@ describe.each([
   });
 
   it('keeps the complete v3 shapes: rule enabled, group and address group tags and enterprise project, address group capacity and remarks', async () => {
-    const s = open();
+    const s = await open();
     const tags = [{ key: 'env', value: 'prod' }, { key: 'team', value: '' }];
     const aRule = createProjectOps(NOW).flatMap((o) => (o.op === 'putRule' ? [o.rule] : []))[0]!;
     await commit(s, 'p', [
@@ -80,7 +91,7 @@ describe.each([
   });
 
   it('assigns revisions that grow over every setPolicy, and keeps tokens and agent state per instance', async () => {
-    const s = open();
+    const s = await open();
     const inst = { id: 'i1', name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW };
     const r1 = await commit(s, 'p', [
       ...createProjectOps(NOW),
@@ -104,18 +115,32 @@ describe.each([
     await s.close();
   });
 
-  it('answers ping, reports the revision counter and lists policies changed after a revision, ascending and bounded', async () => {
-    const s = open();
+  it('lists the agent states of one project\'s instances in one read', async () => {
+    const s = await open();
+    const inst = (id: string) => ({ op: 'putInstance' as const, instance: { id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW } });
+    await commit(s, 'p', [...createProjectOps(NOW), inst('a'), inst('b')]);
+    await commit(s, 'q', [...createProjectOps(NOW), inst('a')]);
+    await s.updateAgentState('p', 'b', { ports_received_at: NOW, hostname: 'hb' });
+    await s.updateAgentState('q', 'a', { hostname: 'other project' });
+    const states = await s.listAgentStates('p');
+    expect([...states.keys()].sort()).toEqual(['a', 'b']);
+    expect(states.get('a')).toEqual(EMPTY_AGENT_STATE);
+    expect(states.get('b')).toEqual({ ...EMPTY_AGENT_STATE, ports_received_at: NOW, hostname: 'hb' });
+    expect((await s.listAgentStates('nope')).size).toBe(0);
+    await s.close();
+  });
+
+  it('answers ping, tells the revision counter, and lists current policies changed since a revision, ascending and bounded', async () => {
+    const s = await open();
     await s.ping();
     expect(await s.revisionCounter()).toBe(0);
-    expect(await s.policiesChangedSince(0, 10)).toEqual([]);
-    const inst = (id: string) => ({ op: 'putInstance' as const, instance: { id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW } });
-    const policy = (instanceId: string, n: number) => ({ op: 'setPolicy' as const, instanceId, body: `{"n":${n}}`, hash: `h${n}` });
-    await commit(s, 'p', [...createProjectOps(NOW), inst('a'), inst('b'), policy('a', 1), policy('b', 1)]);
-    await commit(s, 'q', [...createProjectOps(NOW), inst('c'), policy('c', 1)]);
-    await commit(s, 'p', [policy('a', 2)]);
-    // a is at 4 now (its revision 1 is gone), b at 2, c at 3
+    const inst = (id: string) => ({ id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW });
+    const set = (instanceId: string, n: number): Op => ({ op: 'setPolicy', instanceId, body: `{"${instanceId}":${n}}`, hash: `h${instanceId}${n}` });
+    await commit(s, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('a') }, { op: 'putInstance', instance: inst('b') }, set('a', 1), set('b', 1)]);
+    await commit(s, 'q', [...createProjectOps(NOW), { op: 'putInstance', instance: inst('c') }, set('c', 1)]);
+    await commit(s, 'p', [set('a', 2)]);
     expect(await s.revisionCounter()).toBe(4);
+    // a's first document (1) is no longer current: only its newest revision is listed
     expect(await s.policiesChangedSince(0, 10)).toEqual([
       { projectId: 'p', instanceId: 'b', revision: 2 },
       { projectId: 'q', instanceId: 'c', revision: 3 },
@@ -123,13 +148,13 @@ describe.each([
     ]);
     expect(await s.policiesChangedSince(2, 1)).toEqual([{ projectId: 'q', instanceId: 'c', revision: 3 }]);
     expect(await s.policiesChangedSince(4, 10)).toEqual([]);
-    await commit(s, 'q', [{ op: 'deleteInstance', id: 'c' }]);
-    expect(await s.policiesChangedSince(2, 10)).toEqual([{ projectId: 'p', instanceId: 'a', revision: 4 }]);
+    await commit(s, 'p', [{ op: 'deleteInstance', id: 'b' }]);
+    expect((await s.policiesChangedSince(0, 10)).map((c) => c.instanceId)).toEqual(['c', 'a']);
     await s.close();
   });
 
   it('keeps audit events per project, newest first, filtered as auditEventMatches says, and prunes them by time', async () => {
-    const s = open();
+    const s = await open();
     const ev = (id: string, time: string, over: Partial<AuditEvent> = {}): AuditEvent => ({
       id, time, actor: 'admin', project_id: 'p', operation: 'CreateSecurityGroup', resource_type: 'security_group', resource_ids: [],
       request_id: `req-${id}`, status: 201, error_code: null, source_ip: '127.0.0.1', user_agent: 'ua', detail: null, ...over,
@@ -188,16 +213,7 @@ describe.each([
   });
 });
 
-function capture(): { logger: Logger; lines: Record<string, unknown>[] } {
-  const lines: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
-      cb();
-    },
-  });
-  return { logger: createLogger({ level: 'debug', destination: stream }), lines };
-}
+const capture = () => captureLogs();
 
 const POISON = 9007199254740993n; // 2^53 + 1: what the old counter reached after a hello with applied_revision 2^53 - 1 and one more commit
 

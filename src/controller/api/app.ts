@@ -286,7 +286,9 @@ export function buildApi(o: ApiOptions): FastifyInstance {
         if (out === null) return reply.status(204).send();
         if (typeof out === 'string') return reply.status(status).type('application/json; charset=utf-8').send(out);
         if (out.dry_run === true) {
-          return reply.status(202).send({ request_id: request.id, error_code: DRY_RUN_CODE, error_msg: 'the request is valid; nothing was changed (dry_run)' });
+          // what a dry run found out (a change preview's `impact`) follows the Huawei fields
+          const { dry_run: _dryRun, ...found } = out;
+          return reply.status(202).send({ request_id: request.id, error_code: DRY_RUN_CODE, error_msg: 'the request is valid; nothing was changed (dry_run)', ...found });
         }
         return reply.status(status).send({ request_id: request.id, ...out });
       },

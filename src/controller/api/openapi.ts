@@ -15,7 +15,10 @@ import {
   createGroupBody,
   createInstanceBody,
   createRuleBody,
+  deleteRuleQuery,
   errorView,
+  exposureQuery,
+  exposureView,
   groupView,
   instanceStatusView,
   instanceView,
@@ -25,7 +28,10 @@ import {
   listInstancesQuery,
   listRulesQuery,
   pageInfoView,
+  impactView,
   portsView,
+  reachabilityQuery,
+  reachabilityView,
   ruleView,
   updateAddressGroupBody,
   updateGroupBody,
@@ -56,6 +62,9 @@ const responses = {
   ports: portsView,
   auditEvents: z.object({ ...rid, audit_events: z.array(auditEventView), page_info: pageInfoView }),
   error: errorView,
+  reachability: z.object({ ...rid, reachability: reachabilityView }),
+  exposure: z.object({ ...rid, ...exposureView.shape }),
+  dryRunImpact: errorView.extend({ impact: impactView }),
 };
 
 interface Operation {
@@ -66,6 +75,8 @@ interface Operation {
   body?: z.ZodType;
   ok: { status: number; schema: Json | null; description?: string };
   dryRun?: boolean;
+  /** the dry run's 202 answer carries the change preview (`impact`) */
+  impact?: boolean;
 }
 
 // 429: the source address failed authentication too often (docs/api.md, Errors)
@@ -88,7 +99,7 @@ function operations(): Operation[] {
     { method: 'get', path: `${P}/vpc/security-groups/{id}`, summary: 'Show a security group and its rules', ok: { status: 200, schema: o(responses.securityGroup) } },
     { method: 'put', path: `${P}/vpc/security-groups/{id}`, summary: 'Update a security group\'s name or description', body: updateGroupBody, ok: { status: 200, schema: o(responses.securityGroup) } },
     { method: 'delete', path: `${P}/vpc/security-groups/{id}`, summary: 'Delete a security group (409 while referenced or associated)', ok: { status: 204, schema: null } },
-    { method: 'post', path: `${P}/vpc/security-group-rules`, summary: 'Create a security group rule', body: createRuleBody, ok: { status: 201, schema: o(responses.rule) }, dryRun: true },
+    { method: 'post', path: `${P}/vpc/security-group-rules`, summary: 'Create a security group rule', body: createRuleBody, ok: { status: 201, schema: o(responses.rule) }, dryRun: true, impact: true },
     {
       method: 'post',
       path: `${P}/vpc/security-groups/{id}/security-group-rules/batch-create`,
@@ -96,10 +107,19 @@ function operations(): Operation[] {
       body: batchCreateRulesBody,
       ok: { status: 201, schema: o(responses.rules) },
       dryRun: true,
+      impact: true,
     },
     { method: 'get', path: `${P}/vpc/security-group-rules`, summary: 'List security group rules', query: listRulesQuery, ok: { status: 200, schema: o(responses.rules) } },
     { method: 'get', path: `${P}/vpc/security-group-rules/{id}`, summary: 'Show a security group rule', ok: { status: 200, schema: o(responses.rule) } },
-    { method: 'delete', path: `${P}/vpc/security-group-rules/{id}`, summary: 'Delete a security group rule', ok: { status: 204, schema: null } },
+    {
+      method: 'delete',
+      path: `${P}/vpc/security-group-rules/{id}`,
+      summary: 'Delete a security group rule (with ?dry_run=true: only the change preview)',
+      query: deleteRuleQuery,
+      ok: { status: 204, schema: null },
+      dryRun: true,
+      impact: true,
+    },
     { method: 'post', path: `${P}/vpc/address-groups`, summary: 'Create an address group', body: createAddressGroupBody, ok: { status: 201, schema: o(responses.addressGroup) }, dryRun: true },
     { method: 'get', path: `${P}/vpc/address-groups`, summary: 'List address groups', query: listAddressGroupsQuery, ok: { status: 200, schema: o(responses.addressGroups) } },
     { method: 'get', path: `${P}/vpc/address-groups/{id}`, summary: 'Show an address group', ok: { status: 200, schema: o(responses.addressGroup) } },
@@ -127,12 +147,26 @@ function operations(): Operation[] {
       query: listAuditEventsQuery,
       ok: { status: 200, schema: o(responses.auditEvents) },
     },
+    {
+      method: 'get',
+      path: `${P}/reachability`,
+      summary: 'Can a new connection from an instance, address or CIDR reach an instance? Both sides evaluated, with the deciding rules and whether the port listens',
+      query: reachabilityQuery,
+      ok: { status: 200, schema: o(responses.reachability) },
+    },
+    {
+      method: 'get',
+      path: `${P}/exposure`,
+      summary: 'Listening ports reachable from 0.0.0.0/0 or ::/0, with the rule that opens each, riskiest first',
+      query: exposureQuery,
+      ok: { status: 200, schema: o(responses.exposure) },
+    },
   ];
 }
 
 function queryParameters(q: z.ZodObject): Json[] {
-  const j = schema(q, 'input') as { properties?: Record<string, Json> };
-  return Object.entries(j.properties ?? {}).map(([name, s]) => ({ name, in: 'query', required: false, schema: s, ...(s.description ? { description: s.description } : {}) }));
+  const j = schema(q, 'input') as { properties?: Record<string, Json>; required?: string[] };
+  return Object.entries(j.properties ?? {}).map(([name, s]) => ({ name, in: 'query', required: (j.required ?? []).includes(name), schema: s, ...(s.description ? { description: s.description } : {}) }));
 }
 
 export function buildOpenApi(): Json {
@@ -145,7 +179,11 @@ export function buildOpenApi(): Json {
     const res: Record<string, Json> = {
       [op.ok.status]: op.ok.schema ? { description: 'success', content: { 'application/json': { schema: op.ok.schema } } } : { description: 'success, no body' },
     };
-    if (op.dryRun) res['202'] = { description: `dry_run: the request is valid, nothing changed (error_code ${DRY_RUN_CODE})`, content: { 'application/json': { schema: errorSchema } } };
+    if (op.dryRun) {
+      const answer = op.impact ? schema(responses.dryRunImpact, 'output') : errorSchema;
+      const what = op.impact ? '; impact: the instances whose document would change and the listening ports it opens or closes to the internet' : '';
+      res['202'] = { description: `dry_run: the request is valid, nothing changed (error_code ${DRY_RUN_CODE})${what}`, content: { 'application/json': { schema: answer } } };
+    }
     for (const s of ERRORS) res[s] = { description: errorCodes(s), content: { 'application/json': { schema: errorSchema } } };
     paths[op.path] ??= {};
     paths[op.path]![op.method] = {

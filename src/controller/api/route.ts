@@ -71,8 +71,8 @@ export interface RouteContext {
 
 /**
  * Registers a project-scoped route under `/v3/:project_id`. The handler returns
- * an object (sent with `request_id` first; `{ dry_run: true }` becomes the
- * 202 dry-run answer), a string (sent as JSON text, unchanged) or null (204).
+ * an object (sent with `request_id` first; `{ dry_run: true, ...found }` becomes
+ * the 202 dry-run answer, with `found`'s fields after Huawei's), a string (sent as JSON text, unchanged) or null (204).
  */
 export type Route = (
   method: 'GET' | 'POST' | 'PUT' | 'DELETE',

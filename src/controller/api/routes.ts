@@ -21,7 +21,11 @@ import {
   updateGroup,
   updateInstance,
   ruleCreate,
+  type Mutation,
+  type MutationContext,
 } from '../domain.js';
+import type { ProjectSnapshot } from '../model.js';
+import { dryRunImpact, registerAnalysisRoutes } from './analysis-routes.js';
 import { createAddressGroup, deleteAddressGroup, updateAddressGroup } from '../address-groups.js';
 import { EMPTY_AGENT_STATE } from '../store/store.js';
 import type { ApiOptions, Route } from './route.js';
@@ -32,6 +36,7 @@ import {
   createGroupBody,
   createInstanceBody,
   createRuleBody,
+  deleteRuleQuery,
   listAddressGroupsQuery,
   listGroupsQuery,
   listInstancesQuery,
@@ -54,6 +59,8 @@ function matchesEps(wanted: readonly string[] | undefined, value: string): boole
 export function registerRoutes(route: Route, o: ApiOptions): void {
   const { service } = o;
   const DRY = { dry_run: true };
+  /** A dry run that also answers what the change would do (`impact`, docs/api.md "Change preview"). */
+  const previewed = async <T>(project: string, fn: (s: ProjectSnapshot, ctx: MutationContext) => Mutation<T>) => ({ ...DRY, impact: await dryRunImpact(o.store, await service.preview(project, fn)) });
 
   // ---- security groups ----
 
@@ -98,8 +105,10 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
   route('POST', '/vpc/security-group-rules', 201, async ({ project, body }) => {
     const b = parseWith(createRuleBody, body);
     const input = ruleCreate(b.security_group_rule.security_group_id, b.security_group_rule);
-    const rules = await service.mutate(project, (s, ctx) => createRules(s, input.security_group_id, [input], ['security_group_rule'], ctx), { dryRun: b.dry_run });
-    return b.dry_run ? DRY : { security_group_rule: ruleView(project, rules[0]!) };
+    const create = (s: ProjectSnapshot, ctx: MutationContext) => createRules(s, input.security_group_id, [input], ['security_group_rule'], ctx);
+    if (b.dry_run) return previewed(project, create);
+    const rules = await service.mutate(project, create);
+    return { security_group_rule: ruleView(project, rules[0]!) };
   });
 
   route('POST', '/vpc/security-groups/:id/security-group-rules/batch-create', 201, async ({ project, params, body }) => {
@@ -107,8 +116,10 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
     const b = parseWith(batchCreateRulesBody, body);
     const inputs = b.security_group_rules.map((r) => ruleCreate(id, r));
     const paths = inputs.map((_, i) => `security_group_rules[${i}]`);
-    const rules = await service.mutate(project, (s, ctx) => createRules(s, id, inputs, paths, ctx, { ignoreDuplicates: b.ignore_duplicate }), { dryRun: b.dry_run });
-    return b.dry_run ? DRY : { security_group_rules: rules.map((r) => ruleView(project, r)) };
+    const create = (s: ProjectSnapshot, ctx: MutationContext) => createRules(s, id, inputs, paths, ctx, { ignoreDuplicates: b.ignore_duplicate });
+    if (b.dry_run) return previewed(project, create);
+    const rules = await service.mutate(project, create);
+    return { security_group_rules: rules.map((r) => ruleView(project, r)) };
   });
 
   route('GET', '/vpc/security-group-rules', 200, async ({ project, query }) => {
@@ -139,8 +150,9 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
     return { security_group_rule: ruleView(project, findRule(snap, id)) };
   });
 
-  route('DELETE', '/vpc/security-group-rules/:id', 204, async ({ project, params }) => {
+  route('DELETE', '/vpc/security-group-rules/:id', 204, async ({ project, params, query }) => {
     const id = pathId(params, 'id', 'security group rule');
+    if (parseWith(deleteRuleQuery, query, 'query').dry_run) return previewed(project, (s) => deleteRule(s, id));
     await service.mutate(project, (s) => deleteRule(s, id));
     return null;
   });
@@ -303,4 +315,8 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
   // ---- audit trail ----
 
   registerAuditRoutes(route, o);
+
+  // ---- fleet analysis ----
+
+  registerAnalysisRoutes(route, o);
 }

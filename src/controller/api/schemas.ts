@@ -329,3 +329,99 @@ export const portsView = z.object({
   received_at: z.string().nullable(),
   report: portReportSchema.nullable(),
 });
+
+// ---- fleet analysis (analysis.ts) ----
+
+const portParam = intParam(1, 65535);
+const ethertypeSchema = z.enum(['IPv4', 'IPv6']);
+
+export const reachabilityQuery = z
+  .looseObject({
+    from: z.string().min(1).max(100).describe('an instance id of this project, an IP address or a CIDR'),
+    to: z.string().min(1).max(64).describe('an instance id of this project'),
+    protocol: z.enum(['tcp', 'udp', 'icmp', 'any']).describe('icmp: an echo request; any: only rules for all protocols decide'),
+    port: portParam.optional().describe('destination port 1-65535; required for tcp and udp, refused for icmp and any'),
+    ethertype: ethertypeSchema.optional().describe('default: the family of from (an address or CIDR), else of the destination\'s first address'),
+  })
+  .superRefine((q, ctx) => {
+    const ported = q.protocol === 'tcp' || q.protocol === 'udp';
+    if (ported && q.port === undefined) ctx.addIssue({ code: 'custom', path: ['port'], message: `is required for ${q.protocol}` });
+    if (!ported && q.port !== undefined) ctx.addIssue({ code: 'custom', path: ['port'], message: `must be absent for ${q.protocol}` });
+  });
+
+export const exposureQuery = z.looseObject({ instance_id: multi.describe('only these instances (repeatable)') });
+
+export const deleteRuleQuery = z.looseObject({
+  dry_run: z
+    .enum(['true', 'false'])
+    .transform((v) => v === 'true')
+    .optional()
+    .describe('true: answer 202 SYS.0202 with the impact; nothing is deleted'),
+});
+
+export const analysisRuleRefView = z.object({
+  id: z.string(),
+  security_group_id: z.string(),
+  security_group_name: z.string(),
+  direction: z.enum(['ingress', 'egress']),
+  priority: z.int(),
+  action: z.enum(['allow', 'deny']),
+  protocol: z.string().nullable(),
+  multiport: z.string().nullable(),
+  remote_ip_prefix: z.string().nullable(),
+  remote_group_id: z.string().nullable(),
+  remote_address_group_id: z.string().nullable(),
+});
+
+const sideView = z.object({
+  evaluated: z.boolean().describe('false: the source is not an instance (egress not evaluated)'),
+  verdict: z.enum(['allow', 'deny']),
+  reason: z.enum(['rule', 'default', 'not_evaluated']).describe('default: no rule matched (default drop)'),
+  rule: analysisRuleRefView.nullable(),
+});
+
+export const reachabilityView = z.object({
+  from: z.union([
+    z.object({ kind: z.literal('instance'), instance_id: z.string(), address: z.string() }),
+    z.object({ kind: z.literal('address'), address: z.string() }),
+    z.object({ kind: z.literal('cidr'), cidr: z.string(), address: z.string().describe('the address evaluated: the CIDR\'s first') }),
+  ]),
+  to: z.object({ instance_id: z.string(), address: z.string() }),
+  protocol: z.enum(['tcp', 'udp', 'icmp', 'any']),
+  port: z.int().nullable(),
+  ethertype: ethertypeSchema,
+  verdict: z.enum(['allowed', 'denied']).describe('allowed only if both sides allow'),
+  egress: sideView,
+  ingress: sideView,
+  listening: z.boolean().nullable().describe('the destination port per its last port report; null: no report (or icmp/any)'),
+  ports_reported_at: z.string().nullable(),
+});
+
+export const exposureView = z.object({
+  exposure: z.array(
+    z.object({
+      instance_id: z.string(),
+      instance_name: z.string(),
+      protocol: z.enum(['tcp', 'udp']),
+      port: z.int(),
+      ethertype: ethertypeSchema,
+      listen_address: z.string(),
+      process: z.string().nullable(),
+      source: z.enum(['0.0.0.0/0', '::/0']),
+      rule: analysisRuleRefView,
+      risk: z.enum(['critical', 'high', 'medium', 'low']),
+      risk_reason: z.string(),
+    }),
+  ),
+  instances_without_report: z.array(z.string()),
+});
+
+const portRefView = z.object({ instance_id: z.string(), protocol: z.enum(['tcp', 'udp']), port: z.int(), ethertype: ethertypeSchema });
+
+export const impactView = z.object({
+  instances: z.array(z.string()).describe('instances whose policy document would change'),
+  internet: z.object({
+    opened: z.array(portRefView).describe('listening ports (per the last reports) that would become reachable from 0.0.0.0/0 or ::/0'),
+    closed: z.array(portRefView).describe('listening ports that would stop being reachable from the internet'),
+  }),
+});

@@ -131,6 +131,14 @@ export class MemoryStore implements Store {
     return x ? { ...x.agent } : null;
   }
 
+  async listAgentStates(projectId: string): Promise<Map<string, AgentState>> {
+    this.check();
+    const out = new Map<string, AgentState>();
+    const prefix = this.key(projectId, '');
+    for (const [k, x] of this.extra) if (k.startsWith(prefix)) out.set(k.slice(prefix.length), { ...x.agent });
+    return out;
+  }
+
   async updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean> {
     this.check();
     const x = this.extra.get(this.key(projectId, instanceId));

@@ -201,6 +201,11 @@ export function openSqliteStore(file: string, opts: SqliteStoreOptions = {}): Sq
   return new SqliteStore(db);
 }
 
+/** A stored agent state (JSON) with the fields added since it was written filled in. */
+function agentState(text: string): AgentState {
+  return { ...EMPTY_AGENT_STATE, ...(JSON.parse(text) as Partial<AgentState>) };
+}
+
 function migrate(db: Db): void {
   const current = db.pragma('user_version', { simple: true }) as number;
   if (current > MIGRATIONS.length) {
@@ -320,6 +325,7 @@ export class SqliteStore implements Store {
         'SELECT project_id, id, token_sha256 FROM instances WHERE token_sha256 = ?',
       ),
       getAgentState: db.prepare<[string, string], { state: string }>('SELECT state FROM agent_state WHERE project_id = ? AND instance_id = ?'),
+      listAgentStates: db.prepare<[string], { instance_id: string; state: string }>('SELECT instance_id, state FROM agent_state WHERE project_id = ?'),
       setAgentState: db.prepare('UPDATE agent_state SET state = ? WHERE project_id = ? AND instance_id = ?'),
       appendAudit: db.prepare(
         `INSERT INTO audit_events (id, time, actor, project_id, operation, resource_type, resource_ids, request_id, status, error_code, source_ip, user_agent, detail)
@@ -454,7 +460,11 @@ export class SqliteStore implements Store {
 
   async getAgentState(projectId: string, instanceId: string): Promise<AgentState | null> {
     const r = this.stmt.getAgentState.get(projectId, instanceId);
-    return r ? { ...EMPTY_AGENT_STATE, ...(JSON.parse(r.state) as Partial<AgentState>) } : null;
+    return r ? agentState(r.state) : null;
+  }
+
+  async listAgentStates(projectId: string): Promise<Map<string, AgentState>> {
+    return new Map(this.stmt.listAgentStates.all(projectId).map((r) => [r.instance_id, agentState(r.state)]));
   }
 
   /**

@@ -185,6 +185,8 @@ export interface Store {
   findTokenOwner(tokenHash: string): Promise<TokenOwner | null>;
   /** null when the instance does not exist */
   getAgentState(projectId: string, instanceId: string): Promise<AgentState | null>;
+  /** The agent state of every instance of the project, by instance id (one read, for fleet-wide views). */
+  listAgentStates(projectId: string): Promise<Map<string, AgentState>>;
   /** false when the instance does not exist (nothing written) */
   updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean>;
   /** Appends an audit event (its id must be new). */
