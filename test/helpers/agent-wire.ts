@@ -3,11 +3,19 @@
  * A raw agent connection for controller tests (several replicas): every frame
  * it gets, parsed; it acks every policy it is sent, so a controller sees an
  * agent that applies what it gets. `closeAll()` in afterEach drops every
- * connection a test left open.
+ * connection a test left open. `wsAgent` is a whole agent for the same tests.
  */
 import { expect } from 'vitest';
 import WebSocket from 'ws';
 import { PROTOCOL_VERSION } from '../../src/protocol/messages.js';
+import { createAgent, type Agent } from '../../src/agent/agent.js';
+import { resolveConfig } from '../../src/agent/config.js';
+import { MemoryStateStore } from '../../src/agent/state-store.js';
+import { wsDialer } from '../../src/agent/ws-dialer.js';
+import { systemClock } from '../../src/lib/clock.js';
+import type { Logger } from '../../src/lib/logger.js';
+import { ManualScheduler } from '../../src/lib/scheduler.js';
+import { FakeNft } from '../../src/nft/fake.js';
 
 const opened = new Set<WebSocket>();
 
@@ -65,4 +73,23 @@ export class Wire {
     await waitFor(`a push of revision ${revision}`, () => this.pushed.some((r) => r >= revision));
     return this.pushed;
   }
+}
+
+/**
+ * A whole agent (createAgent over a fake nft, real WebSockets, the system
+ * clock) for `urls` with `token`: reconnects quickly (20-200 ms), logs to
+ * `logger`. The caller starts and stops it.
+ */
+export function wsAgent(urls: string[], token: string, logger: Logger): Agent {
+  return createAgent({
+    config: resolveConfig({ instance_id: 'ecs-1', http_listen: null, controller: { urls, token, reconnect_initial_ms: 20, reconnect_max_ms: 200 } }, {}),
+    nft: new FakeNft(),
+    store: new MemoryStateStore(),
+    clock: systemClock,
+    logger,
+    scheduler: new ManualScheduler(),
+    resolver: { resolve: async () => [] },
+    dialer: wsDialer({ token: () => token, maxPayload: 1 << 22, handshakeTimeoutMs: 2000 }),
+    random: () => 0.5,
+  });
 }

@@ -14,17 +14,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createAgent } from '../../src/agent/agent.js';
-import { resolveConfig } from '../../src/agent/config.js';
-import { MemoryStateStore } from '../../src/agent/state-store.js';
-import { wsDialer } from '../../src/agent/ws-dialer.js';
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { createController, type Controller } from '../../src/controller/controller.js';
-import { systemClock } from '../../src/lib/clock.js';
 import { silentLogger } from '../../src/lib/logger.js';
-import { ManualScheduler } from '../../src/lib/scheduler.js';
-import { FakeNft } from '../../src/nft/fake.js';
-import { Wire, waitFor } from '../helpers/agent-wire.js';
+import { Wire, waitFor, wsAgent } from '../helpers/agent-wire.js';
 import { spawnController, type RunningController } from '../helpers/cli.js';
 import { captureLogs } from '../helpers/log-capture.js';
 import { usePostgres } from '../helpers/postgres.js';
@@ -85,19 +78,24 @@ const addRule = (base: string, port: number, id?: string) =>
   http(base, 'POST', `${P}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...(id ? { id } : {}), ...rule({ multiport: String(port) }) } });
 const status = async (base: string) => (await http(base, 'GET', `${P}/instances/ecs-1/status`)).body?.status;
 
+/** Two replicas, the seed through A, its agent on B with the first document. */
+async function agentOnB(): Promise<{ a: Controller; b: Controller; agent: Wire; first: number }> {
+  const [a, b] = (await twoReplicas()) as [Controller, Controller];
+  const agent = await Wire.open(agentUrlOf(urlOf(b)), await seed(urlOf(a)));
+  agent.hello(null);
+  const first = (await status(urlOf(a))).desired_revision;
+  await agent.until(first);
+  return { a, b, agent, first };
+}
+
 describe('controller replicas on PostgreSQL', () => {
   it('a rule change through replica A reaches the agent connected to replica B (LISTEN/NOTIFY)', async () => {
-    const [a, b] = await twoReplicas();
-    const token = await seed(urlOf(a!));
-    const agent = await Wire.open(agentUrlOf(urlOf(b!)), token);
-    agent.hello(null);
-    const first = (await status(urlOf(a!))).desired_revision;
-    await agent.until(first);
-    expect((await addRule(urlOf(a!), 443)).status).toBe(201);
-    const next = (await status(urlOf(a!))).desired_revision;
+    const { a, agent, first } = await agentOnB();
+    expect((await addRule(urlOf(a), 443)).status).toBe(201);
+    const next = (await status(urlOf(a))).desired_revision;
     expect(await agent.until(next)).toEqual([first, next]);
-    await waitFor('the ack, stored by B, read through A', async () => (await status(urlOf(a!))).applied_revision === next);
-    expect(await status(urlOf(a!))).toMatchObject({ connected: true, in_sync: true });
+    await waitFor('the ack, stored by B, read through A', async () => (await status(urlOf(a))).applied_revision === next);
+    expect(await status(urlOf(a))).toMatchObject({ connected: true, in_sync: true });
   }, 60_000);
 
   it('kill -9 of a replica process while writes stream: every acknowledged write is in the store, its agent re-acks on the other replica', async () => {
@@ -118,18 +116,7 @@ describe('controller replicas on PostgreSQL', () => {
     const [one, two] = children.map((c) => `http://127.0.0.1:${c.port}`) as [string, string];
     const token = await seed(one);
     const log = captureLogs('info');
-    const nft = new FakeNft();
-    const agent = createAgent({
-      config: resolveConfig({ instance_id: 'ecs-1', http_listen: null, controller: { urls: [agentUrlOf(one), agentUrlOf(two)], token, reconnect_initial_ms: 50, reconnect_max_ms: 500 } }, {}),
-      nft,
-      store: new MemoryStateStore(),
-      clock: systemClock,
-      logger: log.logger,
-      scheduler: new ManualScheduler(),
-      resolver: { resolve: async () => [] },
-      dialer: wsDialer({ token: () => token, maxPayload: 1 << 22, handshakeTimeoutMs: 2000 }),
-      random: () => 0.5,
-    });
+    const agent = wsAgent([agentUrlOf(one), agentUrlOf(two)], token, log.logger);
     cleanups.push(() => agent.stop());
     await agent.start();
     await waitFor('the agent applied through replica one', async () => (await status(one))?.in_sync === true, 1000);
@@ -168,15 +155,10 @@ describe('controller replicas on PostgreSQL', () => {
 
   // last: it stops and restarts the file's cluster
   it('PostgreSQL stopped: /readyz 503, API 503 SYS.0503, agents keep their policy; restarted: the replicas recover by themselves, no stale push', async () => {
-    const [a, b] = await twoReplicas();
-    const token = await seed(urlOf(a!));
-    const agent = await Wire.open(agentUrlOf(urlOf(b!)), token);
-    agent.hello(null);
-    const first = (await status(urlOf(a!))).desired_revision;
-    await agent.until(first);
+    const { a, b, agent, first } = await agentOnB();
 
     await cluster().stop();
-    for (const base of [urlOf(a!), urlOf(b!)]) {
+    for (const base of [urlOf(a), urlOf(b)]) {
       const ready = await http(base, 'GET', '/readyz');
       expect(ready.status).toBe(503);
       expect(ready.body).toMatchObject({ status: 'not_ready', error_code: 'SYS.0503' });
@@ -186,13 +168,13 @@ describe('controller replicas on PostgreSQL', () => {
     }
     // fail-static: the agent stays connected, with what it has
     expect(agent.ws.readyState).toBe(agent.ws.OPEN);
-    expect(b!.hub.isConnected('proj-a', 'ecs-1')).toBe(true);
+    expect(b.hub.isConnected('proj-a', 'ecs-1')).toBe(true);
 
     await cluster().start();
-    for (const base of [urlOf(a!), urlOf(b!)]) await waitFor(`${base} ready again`, async () => (await http(base, 'GET', '/readyz')).status === 200, 1000);
+    for (const base of [urlOf(a), urlOf(b)]) await waitFor(`${base} ready again`, async () => (await http(base, 'GET', '/readyz')).status === 200, 1000);
     // a change through A reaches the agent on B once both feeds are back (their resync catches up what a lost notification missed)
-    await waitFor('a write through A after the restart', async () => (await addRule(urlOf(a!), 443)).status === 201, 1000);
-    const next = (await status(urlOf(a!))).desired_revision;
+    await waitFor('a write through A after the restart', async () => (await addRule(urlOf(a), 443)).status === 201, 1000);
+    const next = (await status(urlOf(a))).desired_revision;
     const pushed = await agent.until(next);
     expect(pushed[0]).toBe(first);
     expect(pushed.at(-1)).toBe(next);

@@ -14,16 +14,10 @@ import { createController, type Controller, type ControllerAddress } from '../..
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
 import { PROTOCOL_VERSION } from '../../src/protocol/messages.js';
-import { createAgent, type Agent } from '../../src/agent/agent.js';
-import { resolveConfig } from '../../src/agent/config.js';
 import { ControllerClient } from '../../src/agent/controller-client.js';
-import { MemoryStateStore } from '../../src/agent/state-store.js';
 import { wsDialer } from '../../src/agent/ws-dialer.js';
-import { systemClock } from '../../src/lib/clock.js';
-import { ManualScheduler } from '../../src/lib/scheduler.js';
-import { FakeNft } from '../../src/nft/fake.js';
 import { captureLogs } from '../helpers/log-capture.js';
-import { Wire, waitFor } from '../helpers/agent-wire.js';
+import { Wire, waitFor, wsAgent } from '../helpers/agent-wire.js';
 import { ADMIN, countingRandom, rule } from './controller-helpers.js';
 
 const P = '/v3/proj-a';
@@ -236,20 +230,9 @@ describe('a replica whose store is unavailable', () => {
 describe('agents with several controllers', () => {
   it('a replica stops: its agent moves to the other (controller_switch), keeps its policy meanwhile and acks there', async () => {
     const token = await seed();
-    const nft = new FakeNft();
     const log = captureLogs('info');
     const urls = replicas.map((r) => r.addr.url.replace(/^http/, 'ws'));
-    const agent: Agent = createAgent({
-      config: resolveConfig({ instance_id: 'ecs-1', http_listen: null, controller: { urls, token, reconnect_initial_ms: 20, reconnect_max_ms: 200 } }, {}),
-      nft,
-      store: new MemoryStateStore(),
-      clock: systemClock,
-      logger: log.logger,
-      scheduler: new ManualScheduler(),
-      resolver: { resolve: async () => [] },
-      dialer: wsDialer({ token: () => token, maxPayload: 1 << 20, handshakeTimeoutMs: 2000 }),
-      random: () => 0.5,
-    });
+    const agent = wsAgent(urls, token, log.logger);
     running.push(agent);
     await agent.start();
     const first = await desired();
