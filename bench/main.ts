@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes.
+ * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes, drift.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -12,6 +12,7 @@ import { runFootprintBench } from './footprint.js';
 import { runStoreBench } from './store.js';
 import { runAnalysisBench } from './analysis.js';
 import { runApiWritesBench } from './api-writes.js';
+import { runDriftBench } from './drift.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -40,6 +41,11 @@ const PARTS: Part[] = [
     name: 'footprint',
     what: 'the real agent (bundle) in a namespace: RSS and CPU idle and under a stream of updates over WebSocket',
     run: async () => (await runFootprintBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'drift',
+    what: 'drift watching with the agent code (nft monitor + periodic check): the cheap periodic check vs a full read-back, tamper -> repaired vs the check period; 10k and 100k members',
+    run: async () => (await runDriftBench()) as unknown as Record<string, unknown>[],
   },
   {
     name: 'store',
