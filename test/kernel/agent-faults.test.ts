@@ -81,7 +81,8 @@ describe.skipIf(skip !== null)(`agent faults, real nft in a namespace${skip ? ` 
   const setMode = (mode: 'ok' | 'fail' | 'hang' | 'late') => writeFileSync(join(faults, 'mode'), mode);
   const appliesSeen = () => (existsSync(join(faults, 'applies')) ? readFileSync(join(faults, 'applies'), 'utf8').split('\n').filter(Boolean).length : 0);
   const marker = async () => {
-    const r = await lab.nft(['-t', 'list', 'table', 'inet', 'secgroup'], { reject: false });
+    // the generation marker names the ruleset (a full reload in place keeps the table's comment)
+    const r = await lab.nft(['list', 'set', 'inet', 'secgroup', 'sg_generation'], { reject: false });
     if (r.exitCode !== 0) return null;
     const m = /revision=(\d+)/.exec(String(r.stdout));
     return m ? Number(m[1]) : -1;
