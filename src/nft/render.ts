@@ -235,12 +235,21 @@ export function renderReloadInPlace(table: Table, previous: Table): string {
 function* reloadInPlaceChunks(table: Table, previous: Table): Generator<string> {
   const t = `${table.family} ${assertName(table.name)}`;
   const keep = tableCounterNames(table);
-  const out = [`# secgroup: reloads table ${t} in place, keeping its counters, in one transaction (nft -f)`, `flush table ${t}`];
-  if (previous.marker !== undefined) out.push(`delete set ${t} ${MARKER_SET}`);
-  for (const m of previous.maps) out.push(`delete ${m.set ? 'set' : 'map'} ${t} ${assertName(m.name)}`);
-  for (const c of previous.chains) out.push(`delete chain ${t} ${assertName(c.name)}`);
-  for (const n of tableCounterNames(previous)) if (!keep.has(n)) out.push(`delete counter ${t} ${assertName(n)}`);
-  yield out.join('\n') + '\n';
+  let out = [`# secgroup: reloads table ${t} in place, keeping its counters, in one transaction (nft -f)`, `flush table ${t}`];
+  const lines = function* (): Generator<string> {
+    if (previous.marker !== undefined) yield `delete set ${t} ${MARKER_SET}`;
+    for (const m of previous.maps) yield `delete ${m.set ? 'set' : 'map'} ${t} ${assertName(m.name)}`;
+    for (const c of previous.chains) yield `delete chain ${t} ${assertName(c.name)}`;
+    for (const n of tableCounterNames(previous)) if (!keep.has(n)) yield `delete counter ${t} ${assertName(n)}`;
+  };
+  for (const line of lines()) {
+    out.push(line);
+    if (out.length >= CHAINS_PER_CHUNK) {
+      yield out.join('\n') + '\n';
+      out = [];
+    }
+  }
+  if (out.length) yield out.join('\n') + '\n';
   yield* tableChunks(table, { script: { inPlace: true } });
 }
 
