@@ -13,7 +13,7 @@ import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../../../src/agent/reconciler.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { policy } from './fixtures.js';
-import { dumpBlock, dumpBlocks, tableComment, withoutGeneration } from '../../helpers/nft-dump.js';
+import { dumpBlock, dumpBlocks, withoutGeneration } from '../../helpers/nft-dump.js';
 import { golden } from '../../helpers/golden.js';
 
 function setup(opts: { incremental?: boolean } = {}) {
