@@ -6,8 +6,11 @@
  * helper shell: render included), the generation-marker
  * read, the read of the rule counters a full reload carries (no table: what
  * a first apply pays; with the table: what a reload of it pays), against
- * `nft -f` of the same script file alone. Best of 3 per step;
- * prints one row per case. Cases as bench/apply.ts names them.
+ * `nft -f` of the same script file alone; and a full reload of the existing
+ * table both ways the agent does one (nft/counters.ts): replaced, its
+ * counters read first and carried (`reloadReplace`: read + apply), and in
+ * place, keeping its counter objects without a read (`reloadInPlace`).
+ * Best of 3 per step; prints one row per case. Cases as bench/apply.ts names them.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,7 +23,7 @@ import { groupPolicy, syntheticPolicy } from './policies.js';
 import { compilePolicy } from '../src/nft/compile.js';
 import { ExecaNftRunner } from '../src/nft/exec.js';
 import { renderDeleteScript, renderScript, renderTransactionChunks } from '../src/nft/render.js';
-import { replaceTableTx } from '../src/nft/transaction.js';
+import { reloadInPlaceTx, replaceTableTx } from '../src/nft/transaction.js';
 import { parsePolicy, type PolicyInput } from '../src/policy/schema.js';
 
 const CASES: Record<string, () => PolicyInput> = {
@@ -35,7 +38,7 @@ async function measure(name: string, ns: string, dir: string): Promise<Record<st
   const runner = new ExecaNftRunner({ table: 'secgroup', command: ['ip', 'netns', 'exec', ns, 'nft'], timeoutMs: 600_000, helper: true });
   const clear = () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
   const policy = parsePolicy(CASES[name]!());
-  const best: Record<string, number> = { compile: Infinity, render: Infinity, countersNoTable: Infinity, apply: Infinity, marker: Infinity, countersTable: Infinity, nftF: Infinity };
+  const best: Record<string, number> = { compile: Infinity, render: Infinity, countersNoTable: Infinity, apply: Infinity, marker: Infinity, countersTable: Infinity, reloadReplace: Infinity, reloadInPlace: Infinity, nftF: Infinity };
   const time = async <T>(step: string, f: () => T | Promise<T>): Promise<T> => {
     const t0 = performance.now();
     const r = await f();
@@ -58,6 +61,11 @@ async function measure(name: string, ns: string, dir: string): Promise<Record<st
     await time('apply', () => runner.apply(replaceTableTx(compiled.table)));
     await time('marker', () => runner.readMarker());
     await time('countersTable', () => runner.readRuleCounters());
+    await time('reloadReplace', async () => {
+      const counters = await runner.readRuleCounters();
+      await runner.apply(counters?.size ? replaceTableTx(compiled.table, counters) : replaceTableTx(compiled.table));
+    });
+    await time('reloadInPlace', () => runner.apply(reloadInPlaceTx(compiled.table, compiled.table)));
   }
   runner.close();
   const r = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
@@ -70,6 +78,8 @@ async function measure(name: string, ns: string, dir: string): Promise<Record<st
     applyMs: r(best.apply!),
     markerMs: r(best.marker!),
     countersTableMs: r(best.countersTable!),
+    reloadReplaceMs: r(best.reloadReplace!),
+    reloadInPlaceMs: r(best.reloadInPlace!),
     nftFMs: r(best.nftF!),
     firstApplyOverNftF: r(firstApply / best.nftF!, 2),
   };

@@ -14,7 +14,8 @@
  *   call (the new revision is still recorded and persisted).
  * - Incremental: when only verdict-map elements change, they are changed in
  *   one transaction; any doubt or failure falls back to a full reload.
- * - Counters: a full reload carries our rules' counts (nft/counters.ts).
+ * - Counters: a full reload keeps our rules' counts (nft/counters.ts): in
+ *   place over the table applied last, else carried by reading them first.
  * - Failure: nft's transaction is atomic, so the previous ruleset stays; the
  *   failure is reported once per revision, the next attempt is a full reload,
  *   retried with exponential backoff until it works or a newer revision comes.
@@ -423,6 +424,12 @@ export class Reconciler {
           fingerprint = await this.applyPlan(plan);
           break;
         } catch (e) {
+          if (plan.kind === 'full' && plan.inPlace && asSecgroupError(e).code === 'NFT_NOT_FOUND_OBJECT') {
+            // the kernel's table is not the one applied last (an object of it is missing): replace it, counters carried by reading them
+            logger.warn({ event: 'reload_in_place_failed', ...log, err: e }, `reload in place failed, replacing the table: ${errorMessage(e)}`);
+            plan = fullReload(plan.compiled);
+            continue;
+          }
           if (plan.kind !== 'incremental') throw e;
           // the fallback is a full reload in this same sync (if it fails too, the catch below forces the next one full)
           if (plan.via === 'membership') {
@@ -451,8 +458,9 @@ export class Reconciler {
   private async applyPlan(plan: SyncPlan): Promise<string> {
     if (plan.kind === 'noop') return plan.fingerprint;
     const { nft, metrics } = this.o;
-    // a full reload carries our rules' counts into the new table (nft/counters.ts); without them counters restart at zero
-    const counters = plan.kind === 'full' ? await countsToCarry(nft, this.o.logger) : null;
+    // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first; else they restart at zero
+    const replace = plan.kind === 'full' && !plan.inPlace;
+    const counters = replace ? await countsToCarry(nft, this.o.logger) : null;
     const tx = counters ? replaceTableTx(plan.compiled.table, counters) : plan.tx;
     if (this.o.checkBeforeApply) await nft.check(tx);
     // known before nft commits: the monitor may report the transaction before apply() returns
@@ -465,7 +473,7 @@ export class Reconciler {
     } finally {
       observer?.after();
     }
-    if (plan.kind === 'full' && !counters) metrics.resetRuleBaselines();
+    if (replace && !counters) metrics.resetRuleBaselines();
     return this.verify(plan.compiled, plan.tableComment);
   }
 

@@ -10,9 +10,11 @@
  *   pass;
  * - else compile; the same ruleset as applied: nothing to do (`noop`);
  * - only map elements differ: element updates (nft/diff.ts);
- * - else a full reload (`replace-table`).
+ * - else a full reload (`replace-table`): in place over the applied table when
+ *   the kernel holds it (counters kept without reading them, nft/counters.ts;
+ *   the table's comment stays), else a replacement of the table.
  * `needFullSync` (the last sync failed, or drift was found) skips all but the
- * full reload; `incremental: false` skips the element updates.
+ * replacement; `incremental: false` skips the element updates.
  *
  * Pure except for one documented effect: a membership plan updates the
  * applied `Compiled` in place (that is how the fast path avoids copying big
@@ -21,7 +23,7 @@
 import { compilePolicy, type Compiled } from '../nft/compile.js';
 import { planElementUpdate } from '../nft/diff.js';
 import { applyMembershipChange, type MembershipChange } from '../nft/membership.js';
-import { replaceTableTx, type NftTransaction } from '../nft/transaction.js';
+import { reloadInPlaceTx, replaceTableTx, type NftTransaction } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 
@@ -60,10 +62,11 @@ export interface SyncInput {
 export type SyncPlan = (
   | { kind: 'noop'; compiled: Compiled; tableComment: string | null; fingerprint: string }
   | { kind: 'incremental'; via: 'membership' | 'elements'; compiled: Compiled; tx: NftTransaction; tableComment: string | null; added: number; removed: number }
-  | { kind: 'full'; compiled: Compiled; tx: NftTransaction; tableComment: string | null }
+  /** `inPlace`: tx reloads the applied table in place; if it fails, `fullReload(compiled)` replaces the table */
+  | { kind: 'full'; compiled: Compiled; tx: NftTransaction; tableComment: string | null; inPlace?: true }
 ) & { membershipFull?: string };
 
-/** A full reload of `compiled`. */
+/** A full reload of `compiled` that replaces the table. */
 export function fullReload(compiled: Compiled): SyncPlan & { kind: 'full' } {
   return { kind: 'full', compiled, tx: replaceTableTx(compiled.table), tableComment: compiled.table.comment ?? null };
 }
@@ -89,6 +92,9 @@ export function planSync(i: SyncInput): SyncPlan {
   if (elements && base) {
     const tx: NftTransaction = { family: 'inet', table: i.table, ops: elements.ops };
     return { kind: 'incremental', via: 'elements', compiled, tx, tableComment: base.tableComment, added: elements.added, removed: elements.removed, ...why };
+  }
+  if (prev && !i.needFullSync) {
+    return { kind: 'full', inPlace: true, compiled, tx: reloadInPlaceTx(compiled.table, prev.compiled.table), tableComment: prev.tableComment, ...why };
   }
   return { ...fullReload(compiled), ...why };
 }

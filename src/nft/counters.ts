@@ -1,10 +1,24 @@
 /**
- * Rule counters carried over a full reload (pure), as `iptables-restore
- * --counters` does: before the table is replaced, the counts of our rules are
- * read, and each rule of the new table whose identity is unchanged starts
- * from its old counts, in the same atomic transaction (render.ts writes
- * `counter packets N bytes M`). So `nft list` and `secgroup status` never go
- * backwards on a reload; element updates never touch rules, so never counters.
+ * Rule counters kept over a full reload (pure), as `iptables-restore
+ * --counters` does, so `nft list` and `secgroup status` never go backwards on
+ * a reload; element updates never touch rules, so never counters.
+ *
+ * Every counted rule with an identity counts into a named counter object of
+ * our table (`counter name "c_<hash>"`, the name a function of the identity,
+ * names.ts). A full reload of a table the agent applied itself reloads it in
+ * place, without reading anything first: one transaction flushes the rules,
+ * deletes the previous chains, maps and sets and the counters whose rules are
+ * gone, and defines the new table, whose `counter c_... {}` declarations keep
+ * the values of the counters that exist (the kernel keeps an object's state on
+ * `add`; checked in test/kernel/counters.test.ts). The table itself, and so
+ * its comment, stays (the kernel does not change a table's comment). Reading
+ * counts first was as slow as the reload at 100k members: nft 1.0.6 loads
+ * every set element for any listing.
+ *
+ * When the agent does not know what is in the kernel (first sync, after a
+ * failure or drift, or when the in-place reload fails), the table is replaced
+ * (`delete table`) and the counts read before it are carried in its
+ * declarations (`counter c_... { packets N bytes M }`).
  *
  * A rule's identity is its chain and its comment: a user rule's chain is
  * named after its group and rule ids (`r_<hash>`, names.ts) and its rule
@@ -14,6 +28,8 @@
  * from zero. Packets counted between the read and the commit are not carried
  * (milliseconds of traffic).
  */
+import type { Chain, Table } from './model.js';
+import { counterObjectName } from './names.js';
 import type { ChainReadback, Counter } from './readback.js';
 
 /** Counts per rule identity (`counterKey`). */
@@ -22,6 +38,26 @@ export type RuleCounters = ReadonlyMap<string, Counter>;
 /** The identity of the rule with `comment` in `chain`. */
 export function counterKey(chain: string, comment: string): string {
   return `${chain}\n${comment}`;
+}
+
+/**
+ * The counter object name of each rule of `chain` (by index): only rules with
+ * a counter and a comment seen once in the chain (an identity); undefined for
+ * the others, which keep an anonymous counter.
+ */
+export function ruleCounterNames(chain: Chain): (string | undefined)[] {
+  const seen = new Map<string, number>();
+  for (const r of chain.rules) if (r.comment !== undefined) seen.set(r.comment, (seen.get(r.comment) ?? 0) + 1);
+  return chain.rules.map((r) =>
+    r.comment !== undefined && seen.get(r.comment) === 1 && r.exprs.some((e) => e.kind === 'counter') ? counterObjectName(counterKey(chain.name, r.comment)) : undefined,
+  );
+}
+
+/** Every counter object of `table` (ruleCounterNames of all its chains). */
+export function tableCounterNames(table: Table): Set<string> {
+  const out = new Set<string>();
+  for (const c of table.chains) for (const n of ruleCounterNames(c)) if (n !== undefined) out.add(n);
+  return out;
 }
 
 /** Counts past 2^53 lost precision in nft's JSON: such a rule starts from zero rather than from a wrong count. */

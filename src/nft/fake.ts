@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import { bigintAsHex, elementId } from './diff.js';
-import { MARKER_SET, type MapElement, type Table } from './model.js';
+import { MARKER_SET, type Chain, type MapElement, type Table } from './model.js';
 import { counterKey, ruleCounters, type RuleCounters } from './counters.js';
 import type { ChainReadback, Counter, TableReadback } from './readback.js';
 import { renderTable } from './render.js';
@@ -130,7 +130,7 @@ export class FakeNft implements NftRunner {
     if (state && tx.ops.every((op) => op.op === 'update-elements' || op.op === 'set-marker')) return this.runUpdates(tx, state, dryRun);
     let t = state ? clone(state) : null;
     for (const op of tx.ops) {
-      if (op.op === 'replace-table') t = clone(op.table);
+      if (op.op === 'replace-table') t = op.previous ? reloadInPlace(t, op.table, op.previous) : clone(op.table);
       else if (op.op === 'delete-table') t = null;
       else if (op.op === 'set-marker') {
         if (!t || t.marker === undefined) throw nftMissingObject('nft -f', `set ${MARKER_SET}`);
@@ -191,9 +191,17 @@ export class FakeNft implements NftRunner {
     const replaced = tx.ops.some((op) => op.op === 'replace-table' || op.op === 'delete-table');
     this.state = this.run(tx, this.state);
     if (!replaced) return;
+    const last = tx.ops.findLast((op) => op.op === 'replace-table');
+    if (last?.previous && this.state) {
+      // in place: a chain's counter stays when its counted rule keeps its identity
+      const before = new Map(last.previous.chains.map((c) => [c.name, counterIdentity(c)]));
+      for (const c of this.state.chains) if (counterIdentity(c) === undefined || before.get(c.name) !== counterIdentity(c)) this.counters.delete(c.name);
+      for (const name of [...this.counters.keys()]) if (!this.state.chains.some((c) => c.name === name)) this.counters.delete(name);
+      return;
+    }
     // a new table starts from zero, except the counts carried into it (the first counted rule of a chain)
     this.counters.clear();
-    const carried = tx.ops.findLast((op) => op.op === 'replace-table')?.counters;
+    const carried = last?.counters;
     for (const c of carried && this.state ? this.state.chains : []) {
       const rule = c.rules.find((r) => r.comment !== undefined && r.exprs.some((e) => e.kind === 'counter'));
       const counter = rule && carried!.get(counterKey(c.name, rule.comment!));
@@ -259,4 +267,26 @@ export class FakeNft implements NftRunner {
       fingerprint,
     };
   }
+}
+
+/** The comment of a chain's first counted rule with a comment: what the fake keys a chain's counter by. */
+function counterIdentity(c: Chain): string | undefined {
+  return c.rules.find((r) => r.comment !== undefined && r.exprs.some((e) => e.kind === 'counter'))?.comment;
+}
+
+/**
+ * What the kernel does with a reload in place (render.ts renderReloadInPlace):
+ * fails unless it holds every object of `previous`; keeps the table's comment.
+ * (Objects added by hand would stay in the kernel, empty; the fake drops them.)
+ */
+function reloadInPlace(state: Table | null, table: Table, previous: Table): Table {
+  const names = (t: Table) => [...t.chains.map((c) => `chain ${c.name}`), ...t.maps.map((m) => `map ${m.name}`), ...(t.marker !== undefined ? [`set ${MARKER_SET}`] : [])];
+  if (!state) throw nftMissingObject('nft -f', `table ${table.family} ${table.name}`);
+  const held = new Set(names(state));
+  const missing = names(previous).find((n) => !held.has(n));
+  if (missing !== undefined) throw nftMissingObject('nft -f', missing);
+  const next = clone(table);
+  if (state.comment === undefined) delete next.comment;
+  else next.comment = state.comment;
+  return next;
 }

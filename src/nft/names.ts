@@ -9,6 +9,8 @@
  *  - `g4_<12 hex>`          the member set of a remote group, per family
  *  - `in4_l0_ports_eee`     the verdict map of a lookup layer, shape and key signature
  *  - `in4_l0_ports_g<12 hex>_ee`  the map looked up after a member set
+ *  - `c_<20 hex>`           the named counter of one counted rule, after its
+ *                           identity (chain and comment, see counters.ts)
  *
  * Hashes are memoized in bounded caches owned by this module (see NameMemo):
  * the only state of the compiler, and one that no result depends on.
@@ -65,6 +67,8 @@ export const NAME_MEMO_CAPACITY = 100_000;
 const groupHashes = new NameMemo((groupId) => sha256Hex(groupId, 12), NAME_MEMO_CAPACITY);
 /** key `${groupId}\0${ruleId}` */
 const chainNames = new NameMemo((key) => 'r_' + sha256Hex(key, 16), NAME_MEMO_CAPACITY);
+/** key `${chain}\n${comment}` (counters.ts counterKey) */
+const counterNames = new NameMemo((key) => 'c_' + sha256Hex(key, 20), NAME_MEMO_CAPACITY);
 
 const dir = (direction: 'ingress' | 'egress'): string => (direction === 'ingress' ? 'in' : 'out');
 
@@ -86,4 +90,9 @@ export function groupMapName(direction: 'ingress' | 'egress', family: Family, la
 /** Name of the chain of one user rule (unique per group and rule id; compilePolicy checks collisions). */
 export function ruleChainName(groupId: string, ruleId: string): string {
   return chainNames.get(`${groupId}\0${ruleId}`);
+}
+
+/** Name of the counter object of the rule whose identity is `key` (counters.ts `counterKey`: chain and comment). */
+export function counterObjectName(key: string): string {
+  return counterNames.get(key);
 }

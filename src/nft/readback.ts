@@ -107,6 +107,8 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
   const content: unknown[] = [];
   const elems = createHash('sha256');
   let marker: string | null = null;
+  const objects = new Map<string, Counter>();
+  const named: { rule: RuleReadback; name: string }[] = [];
   for (const item of items) {
     if (!isObj(item) || 'metainfo' in item) continue;
     if (isObj(item.set) && item.set.name === MARKER_SET && item.set.table === name && item.set.family === family) {
@@ -130,18 +132,31 @@ export function parseTableReadback(json: string, terseText: string, family: 'ine
       const chain = chains.get(String(r.chain));
       if (!chain) continue;
       let counter: Counter | null = null;
+      let counterName: string | null = null;
       for (const e of Array.isArray(r.expr) ? r.expr : []) {
-        if (isObj(e) && isObj(e.counter)) {
-          counter = { packets: Number(e.counter.packets ?? 0), bytes: Number(e.counter.bytes ?? 0) };
-          break;
-        }
+        if (!isObj(e)) continue;
+        if (isObj(e.counter)) counter = counterOf(e.counter);
+        // a named counter (counters.ts): its counts are in the counter object, resolved below
+        else if (typeof e.counter === 'string') counterName = e.counter;
+        else continue;
+        break;
       }
-      chain.rules.push({ comment: typeof r.comment === 'string' ? r.comment : null, counter });
+      const rule: RuleReadback = { comment: typeof r.comment === 'string' ? r.comment : null, counter };
+      chain.rules.push(rule);
+      if (counterName !== null) named.push({ rule, name: counterName });
+    } else if (isObj(item.counter)) {
+      const c = item.counter;
+      if (c.table === name && c.family === family) objects.set(String(c.name), counterOf(c));
     }
   }
+  for (const n of named) n.rule.counter = objects.get(n.name) ?? null;
   const structure = createHash('sha256').update(JSON.stringify(stable(content))).digest('hex').slice(0, 32);
   const fingerprint = `${structure}.${withElements ? elems.digest('hex').slice(0, 32) : ''}`;
   return { family, name, comment: parseTableComment(terseText), marker, withElements, chains: [...chains.values()], maps, fingerprint };
+}
+
+function counterOf(c: Obj): Counter {
+  return { packets: Number(c.packets ?? 0), bytes: Number(c.bytes ?? 0) };
 }
 
 function markerOf(set: Obj): string | null {

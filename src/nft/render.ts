@@ -8,15 +8,16 @@
  * (plus an array of a million line strings) in the agent's memory. The
  * string forms (`renderScript`, `renderTransaction`) join the same chunks.
  *
- * Counters carried over a full reload (`replace-table` with `counters`, see
- * counters.ts): a rule whose identity (chain and comment) is in the map is
- * rendered with `counter packets N bytes M`, as `iptables-restore --counters`
- * restores them.
+ * Counters (counters.ts): in a script, every counted rule with an identity
+ * counts into a named counter object declared in the table; `replace-table`
+ * with `previous` reloads the table in place (its counter objects keep their
+ * counts), with `counters` it declares them with the counts carried
+ * (`counter c_... { packets N bytes M }`). Listings (`listing: true`) and the
+ * JSON form keep anonymous counters.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
-import type { Counter } from './readback.js';
-import { counterKey, type RuleCounters } from './counters.js';
+import { counterKey, ruleCounterNames, tableCounterNames, type RuleCounters } from './counters.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
 const SYM_RE = /^[a-z][a-z0-9-]*$/;
@@ -62,7 +63,8 @@ function verdictText(vd: Verdict | undefined): string {
   return vd.kind === 'jump' ? `jump ${assertName(vd.chain)}` : vd.kind;
 }
 
-function exprText(e: Expr, carried?: Counter): string {
+/** `named`: the rule counts into this counter object (counters.ts). */
+function exprText(e: Expr, named?: string): string {
   switch (e.kind) {
     case 'match': {
       const right = Array.isArray(e.right) ? `{ ${e.right.map(valueText).join(', ')} }` : valueText(e.right);
@@ -71,7 +73,7 @@ function exprText(e: Expr, carried?: Counter): string {
     case 'vmap':
       return `${e.key.map(selectorText).join(' . ')} vmap @${assertName(e.map)}`;
     case 'counter':
-      return carried ? `counter packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)}` : 'counter';
+      return named !== undefined ? `counter name "${assertName(named)}"` : 'counter';
     case 'verdict':
       return verdictText(e.verdict);
   }
@@ -82,14 +84,14 @@ function counterValue(n: number): string {
   return String(n);
 }
 
-/** `carried`: the counts of this rule's first counter (a full reload that keeps counters). */
-function ruleText(r: Rule, carried?: Counter): string {
+/** `named`: the counter object of this rule's first counter (counters.ts). */
+function ruleText(r: Rule, named?: string): string {
   let first = true;
   const body = r.exprs
     .map((e) => {
       if (e.kind !== 'counter' || !first) return exprText(e);
       first = false;
-      return exprText(e, carried);
+      return exprText(e, named);
     })
     .join(' ');
   return r.comment !== undefined ? `${body} comment "${safeComment(r.comment)}"` : body;
@@ -139,11 +141,13 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
   yield '\t\t}\n\t}\n';
 }
 
-function chainText(c: Chain, counters?: RuleCounters): string {
+/** `named`: rules count into named counter objects (a script, see the note at the top). */
+function chainText(c: Chain, named: boolean): string {
   const out = [`\tchain ${assertName(c.name)} {`];
   if (c.base) out.push(`\t\ttype ${c.base.type} hook ${c.base.hook} priority ${c.base.priority}; policy ${c.base.policy};`);
   if (c.comment !== undefined) out.push(`\t\tcomment "${safeComment(c.comment)}"`);
-  for (const r of c.rules) out.push(`\t\t${ruleText(r, counters && r.comment !== undefined ? counters.get(counterKey(c.name, r.comment)) : undefined)}`);
+  const names = named ? ruleCounterNames(c) : [];
+  c.rules.forEach((r, i) => out.push(`\t\t${ruleText(r, names[i])}`));
   out.push('\t}');
   return out.join('\n') + '\n';
 }
@@ -162,20 +166,40 @@ export function renderTable(table: Table, opts: { listing?: boolean } = {}): str
   return [...tableChunks(table, opts)].join('');
 }
 
-/** renderTable in chunks of whole lines; `counters`: counts carried into the rules (see the note at the top). */
-function* tableChunks(table: Table, opts: { listing?: boolean; counters?: RuleCounters } = {}): Generator<string> {
+/** Declarations of the table's counter objects, with the counts carried into them (see the note at the top). */
+function* counterChunks(table: Table, counters?: RuleCounters): Generator<string> {
+  for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
+    let chunk = '';
+    for (const c of table.chains.slice(i, i + CHAINS_PER_CHUNK)) {
+      ruleCounterNames(c).forEach((n, j) => {
+        if (n === undefined) return;
+        const carried = counters?.get(counterKey(c.name, c.rules[j]!.comment!));
+        chunk += `\tcounter ${assertName(n)} {${carried ? ` packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)}` : ''} }\n`;
+      });
+    }
+    if (chunk) yield chunk;
+  }
+}
+
+/**
+ * renderTable in chunks of whole lines; `script`: the table of a script, with
+ * named counters (and `counters` carried into them), without its comment when
+ * `inPlace` (the kernel keeps an existing table's comment).
+ */
+function* tableChunks(table: Table, opts: { listing?: boolean; script?: { counters?: RuleCounters; inPlace?: boolean } } = {}): Generator<string> {
   const name = assertName(table.name);
   const head = [`table ${table.family} ${name} {`];
-  if (table.comment !== undefined) head.push(`\tcomment "${safeComment(table.comment)}"`);
+  if (table.comment !== undefined && !opts.script?.inPlace) head.push(`\tcomment "${safeComment(table.comment)}"`);
   if (table.marker !== undefined) head.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
   yield head.join('\n') + '\n';
+  if (opts.script) yield* counterChunks(table, opts.script.counters);
   const notes = new Map<string, string>();
   if (!opts.listing) for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
   for (const m of table.maps) yield* mapChunks(m, notes, opts.listing);
   for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
     yield table.chains
       .slice(i, i + CHAINS_PER_CHUNK)
-      .map((c) => chainText(c, opts.counters))
+      .map((c) => chainText(c, opts.script !== undefined))
       .join('');
   }
   yield '}\n';
@@ -193,7 +217,40 @@ export function renderScript(table: Table, counters?: RuleCounters): string {
 function* scriptChunks(table: Table, counters?: RuleCounters): Generator<string> {
   const name = assertName(table.name);
   yield `# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)\ntable ${table.family} ${name} {}\ndelete table ${table.family} ${name}\n`;
-  yield* tableChunks(table, counters ? { counters } : {});
+  yield* tableChunks(table, { script: counters ? { counters } : {} });
+}
+
+/**
+ * nft script that reloads our table in place over `previous`, the table the
+ * agent last applied (see counters.ts): flush its rules, delete its chains,
+ * maps and sets and the counters the new table has no rule for, define the
+ * new table; counter objects that stay keep their counts. One transaction: it
+ * fails whole (nft: No such file or directory) when the kernel's table is not
+ * `previous`.
+ */
+export function renderReloadInPlace(table: Table, previous: Table): string {
+  return [...reloadInPlaceChunks(table, previous)].join('');
+}
+
+function* reloadInPlaceChunks(table: Table, previous: Table): Generator<string> {
+  const t = `${table.family} ${assertName(table.name)}`;
+  const keep = tableCounterNames(table);
+  let out = [`# secgroup: reloads table ${t} in place, keeping its counters, in one transaction (nft -f)`, `flush table ${t}`];
+  const lines = function* (): Generator<string> {
+    if (previous.marker !== undefined) yield `delete set ${t} ${MARKER_SET}`;
+    for (const m of previous.maps) yield `delete ${m.set ? 'set' : 'map'} ${t} ${assertName(m.name)}`;
+    for (const c of previous.chains) yield `delete chain ${t} ${assertName(c.name)}`;
+    for (const n of tableCounterNames(previous)) if (!keep.has(n)) yield `delete counter ${t} ${assertName(n)}`;
+  };
+  for (const line of lines()) {
+    out.push(line);
+    if (out.length >= CHAINS_PER_CHUNK) {
+      yield out.join('\n') + '\n';
+      out = [];
+    }
+  }
+  if (out.length) yield out.join('\n') + '\n';
+  yield* tableChunks(table, { script: { inPlace: true } });
 }
 
 /** Script that removes our table and nothing else (no error if it is absent). */
@@ -253,7 +310,7 @@ function* transactionChunks(tx: NftTransaction): Generator<string> {
   const updates = [];
   const markers: string[] = [];
   for (const op of tx.ops) {
-    if (op.op === 'replace-table') yield* scriptChunks(op.table, op.counters);
+    if (op.op === 'replace-table') yield* op.previous ? reloadInPlaceChunks(op.table, op.previous) : scriptChunks(op.table, op.counters);
     else if (op.op === 'delete-table') yield renderDeleteScript(op.family, op.name);
     else if (op.op === 'set-marker') markers.push(renderMarkerChange(op.family, op.table, op.text));
     else updates.push(op);

@@ -8,8 +8,11 @@ import type { RuleCounters } from './counters.js';
 import { assertName, type KeyType, type MapElement, type Table } from './model.js';
 
 export type NftOp =
-  /** replace the whole table (create-if-missing, delete, define); `counters`: rule counts carried into it (counters.ts) */
-  | { op: 'replace-table'; table: Table; counters?: RuleCounters }
+  /**
+   * replace the whole table (create-if-missing, delete, define); `counters`: rule counts carried into it;
+   * `previous`: the table in the kernel, reloaded in place, its counters kept (counters.ts); fails whole when the kernel holds another
+   */
+  | { op: 'replace-table'; table: Table; counters?: RuleCounters; previous?: Table }
   /** remove the table; no error when it is absent */
   | { op: 'delete-table'; family: 'inet'; name: string }
   /** element changes of one verdict map; deletions are rendered before additions */
@@ -30,7 +33,8 @@ export function assertOwnTable(tx: NftTransaction): void {
   for (const op of tx.ops) {
     const name = op.op === 'replace-table' ? op.table.name : op.op === 'delete-table' ? op.name : op.table;
     const family = op.op === 'replace-table' ? op.table.family : op.family;
-    if (name !== tx.table || family !== tx.family) throw new Error(`internal: transaction for table ${tx.family} ${tx.table} touches ${family} ${name}`);
+    const previous = op.op === 'replace-table' ? op.previous : undefined;
+    if (name !== tx.table || family !== tx.family || (previous && (previous.name !== name || previous.family !== family))) throw new Error(`internal: transaction for table ${tx.family} ${tx.table} touches ${family} ${name}`);
   }
 }
 
@@ -40,4 +44,9 @@ export function replaceTableTx(table: Table, counters?: RuleCounters): NftTransa
 
 export function deleteTableTx(family: 'inet', name: string): NftTransaction {
   return { family, table: name, ops: [{ op: 'delete-table', family, name }] };
+}
+
+/** A full reload of our table in place over `previous`, the table the agent applied last (counters kept, see counters.ts). */
+export function reloadInPlaceTx(table: Table, previous: Table): NftTransaction {
+  return { family: table.family, table: table.name, ops: [{ op: 'replace-table', table, previous }] };
 }

@@ -41,7 +41,8 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
   let configPath: string;
 
   const tableRevision = async () => {
-    const r = await lab.nft(['-t', 'list', 'table', 'inet', 'secgroup'], { reject: false });
+    // the generation marker names the ruleset (a full reload in place keeps the table's comment)
+    const r = await lab.nft(['list', 'set', 'inet', 'secgroup', 'sg_generation'], { reject: false });
     if (r.exitCode !== 0) return null;
     const m = /revision=(\d+)/.exec(String(r.stdout));
     return m ? Number(m[1]) : -1;

@@ -1,9 +1,11 @@
 /**
  * Rule counters over reloads, against the kernel: real TCP connections from a
  * client namespace are counted in our rules' chains; a full reload (a rule
- * added) carries the counts into the new table (`nft list` never goes
- * backwards); an element-only update (a remote-group member changes) leaves
- * them alone. The reconciler runs in this process with the real nft runner
+ * added) keeps the counts (`nft list` never goes backwards): in place, without
+ * reading them, over the table the agent applied; by reading and carrying
+ * them when the table was changed behind the agent's back. A rule removed
+ * takes its counter object with it. An element-only update (a remote-group
+ * member changes) leaves them alone. The reconciler runs in this process with the real nft runner
  * (helper shell), the table in a lab namespace.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,6 +16,7 @@ import { systemClock } from '../../src/lib/clock.js';
 import { silentLogger } from '../../src/lib/logger.js';
 import { ruleChainName } from '../../src/nft/compile.js';
 import { counterKey } from '../../src/nft/counters.js';
+import { counterObjectName } from '../../src/nft/names.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
 import { parsePolicy } from '../../src/policy/schema.js';
@@ -83,9 +86,9 @@ describe.skipIf(skip !== null)(`rule counters over reloads, in a namespace${skip
       expect(reloaded.get(key)!.bytes, key).toBeGreaterThanOrEqual(c.bytes);
     }
     expect(reloaded.get(counterKey(ruleChainName('sg-c', 'r-udp'), 'sg-c/r-udp'))).toEqual({ packets: 0, bytes: 0 });
-    // as `nft list` shows it
-    const listed = String((await lab.exec('host', 'nft', ['list', 'chain', 'inet', 'secgroup', TCP])).stdout);
-    expect(Number(/counter packets (\d+)/.exec(listed)![1])).toBeGreaterThanOrEqual(before.get(counterKey(TCP, 'sg-c/r-tcp'))!.packets);
+    // as `nft list` shows it (the rule counts into its named counter object)
+    const listed = String((await lab.exec('host', 'nft', ['list', 'counter', 'inet', 'secgroup', counterObjectName(counterKey(TCP, 'sg-c/r-tcp'))])).stdout);
+    expect(Number(/packets (\d+) bytes/.exec(listed)![1])).toBeGreaterThanOrEqual(before.get(counterKey(TCP, 'sg-c/r-tcp'))!.packets);
 
     // a member of the remote group changes: element updates only, no rule is touched
     expect(await r.submit(counted(3, [LAYOUT.client.v4, '198.18.0.51'], true), 'local')).toMatchObject({ status: 'applied', kind: 'incremental' });
@@ -95,5 +98,48 @@ describe.skipIf(skip !== null)(`rule counters over reloads, in a namespace${skip
     // and they go on counting
     await connect(8000, 2);
     expect((await counts()).get(counterKey(TCP, 'sg-c/r-tcp'))!.packets).toBeGreaterThanOrEqual(reloaded.get(counterKey(TCP, 'sg-c/r-tcp'))!.packets + 2);
+  });
+
+  it('a reload in place reads no counters and deletes the counter of a removed rule; a table changed by hand is replaced with its counts carried', async () => {
+    const read = nft.readRuleCounters.bind(nft);
+    let agentReads = 0;
+    // counts the reads the reconciler makes (the test's own reads go through `reader`)
+    nft.readRuleCounters = () => ((agentReads += 1), read());
+    const reader = new ExecaNftRunner({ table: 'secgroup', command: ['ip', 'netns', 'exec', lab.ns.host, 'nft'] });
+    const counts = async () => (await reader.readRuleCounters())!;
+    const tcp = counterKey(TCP, 'sg-c/r-tcp');
+    const listCounters = async () => String((await lab.exec('host', 'nft', ['list', 'counters', 'table', 'inet', 'secgroup'])).stdout);
+    const udpCounter = counterObjectName(counterKey(ruleChainName('sg-c', 'r-udp'), 'sg-c/r-udp'));
+    try {
+      await r.submit(counted(10, [LAYOUT.client.v4], true), 'local');
+      await connect(8000, 3);
+      const before = await counts();
+      expect(await listCounters()).toContain(udpCounter);
+
+      // the udp rule removed: a reload in place, no counter read, the udp rule's counter gone
+      agentReads = 0;
+      expect(await r.submit(counted(11, [LAYOUT.client.v4]), 'local')).toMatchObject({ status: 'applied', kind: 'full' });
+      expect(agentReads).toBe(0);
+      expect(await listCounters()).not.toContain(udpCounter);
+      const inPlace = await counts();
+      for (const [key, c] of inPlace) {
+        expect(c.packets, key).toBeGreaterThanOrEqual(before.get(key)!.packets);
+        expect(c.bytes, key).toBeGreaterThanOrEqual(before.get(key)!.bytes);
+      }
+      expect(inPlace.get(tcp)!.packets).toBeGreaterThanOrEqual(3);
+
+      // the generation marker deleted by hand: the reload in place fails whole, the table is replaced with the counts read first
+      await lab.exec('host', 'nft', ['delete', 'set', 'inet', 'secgroup', 'sg_generation']);
+      expect(await r.submit(counted(12, [LAYOUT.client.v4], true), 'local')).toMatchObject({ status: 'applied', kind: 'full' });
+      expect(agentReads).toBe(1);
+      const replaced = await counts();
+      expect(replaced.get(tcp)!.packets).toBeGreaterThanOrEqual(inPlace.get(tcp)!.packets);
+      expect(replaced.get(tcp)!.bytes).toBeGreaterThanOrEqual(inPlace.get(tcp)!.bytes);
+      await connect(8000, 1);
+      expect((await counts()).get(tcp)!.packets).toBeGreaterThanOrEqual(replaced.get(tcp)!.packets + 1);
+    } finally {
+      nft.readRuleCounters = read;
+      reader.close();
+    }
   });
 });

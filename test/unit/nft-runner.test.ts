@@ -69,6 +69,24 @@ describe('read-back', () => {
     expect(b.fingerprint).toBe(a.fingerprint);
   });
 
+  it('reads the counts of a rule that counts into a named counter object (as nft 1.0.6 lists them), and fingerprints without their values', () => {
+    const doc = (packets: number, handle: number) =>
+      JSON.stringify({
+        nftables: [
+          { metainfo: { version: '1.0.6' } },
+          { table: { family: 'inet', name: 'secgroup', handle } },
+          { counter: { family: 'inet', name: 'c_1', table: 'secgroup', handle: handle + 1, packets, bytes: packets * 100 } },
+          { counter: { family: 'inet', name: 'c_1', table: 'other', handle: handle + 2, packets: 99, bytes: 99 } },
+          { chain: { family: 'inet', table: 'secgroup', name: 'r_1', handle: handle + 3 } },
+          { rule: { family: 'inet', table: 'secgroup', chain: 'r_1', handle: handle + 4, comment: 'g/r', expr: [{ counter: 'c_1' }, { accept: null }] } },
+          { rule: { family: 'inet', table: 'secgroup', chain: 'r_1', handle: handle + 5, expr: [{ counter: 'c_gone' }, { drop: null }] } },
+        ],
+      });
+    const a = parseTableReadback(doc(4, 1), '', 'inet', 'secgroup');
+    expect(a.chains).toEqual([{ name: 'r_1', rules: [{ comment: 'g/r', counter: { packets: 4, bytes: 400 } }, { comment: null, counter: null }] }]);
+    expect(parseTableReadback(doc(8, 60), '', 'inet', 'secgroup').fingerprint).toBe(a.fingerprint);
+  });
+
   it('finds a missing table, a wrong comment and a flushed chain', () => {
     const c = compilePolicy(policy(1));
     const rb = {

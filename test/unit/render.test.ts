@@ -11,8 +11,8 @@ import { describe, expect, it } from 'vitest';
 import { compilePolicy, type CompileOptions } from '../../src/nft/compile.js';
 import { renderDeleteScript, renderJson, renderScript, renderTransaction, renderTransactionChunks } from '../../src/nft/render.js';
 import { counterKey, ruleCounters } from '../../src/nft/counters.js';
-import { ruleChainName } from '../../src/nft/names.js';
-import { replaceTableTx } from '../../src/nft/transaction.js';
+import { counterObjectName, ruleChainName } from '../../src/nft/names.js';
+import { reloadInPlaceTx, replaceTableTx } from '../../src/nft/transaction.js';
 import { MARKER_SET } from '../../src/nft/model.js';
 import { loadPolicyFile } from '../../src/policy/load.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
@@ -153,7 +153,7 @@ describe('streamed scripts', () => {
 describe('counters carried over a full reload', () => {
   const web = () => compilePolicy(parsePolicy({ revision: 1, instance: { id: 'i-1', addresses: ['198.18.0.10'] }, security_groups: [{ id: 'sg-web', rules: [{ id: 'r-http', direction: 'ingress', protocol: 'tcp', multiport: '80' }, { id: 'r-ssh', direction: 'ingress', protocol: 'tcp', multiport: '22' }] }] })).table;
 
-  it('a rule whose chain and comment are carried starts from its counts; the others from zero', () => {
+  it('a rule whose chain and comment are carried starts from its counts in its named counter; the others from zero', () => {
     const http = ruleChainName('sg-web', 'r-http');
     const ssh = ruleChainName('sg-web', 'r-ssh');
     const counters = new Map([
@@ -163,13 +163,37 @@ describe('counters carried over a full reload', () => {
     ]);
     const script = renderTransaction(replaceTableTx(web(), counters));
     const chain = (name: string) => script.slice(script.indexOf(`\tchain ${name} {\n`), script.indexOf('\n\t}\n', script.indexOf(`\tchain ${name} {\n`)));
-    expect(chain(http)).toContain('counter packets 12 bytes 3400 accept comment "sg-web/r-http"');
-    expect(chain(ssh)).toContain('counter accept comment "sg-web/r-ssh"');
-    expect(chain('input')).toContain('counter packets 5 bytes 300 drop comment "default: no rule matched"');
-    expect(chain('output')).toContain('counter drop comment "default: no rule matched"');
+    const name = (chainName: string, comment: string) => counterObjectName(counterKey(chainName, comment));
+    expect(chain(http)).toContain(`counter name "${name(http, 'sg-web/r-http')}" accept comment "sg-web/r-http"`);
+    expect(script).toContain(`\tcounter ${name(http, 'sg-web/r-http')} { packets 12 bytes 3400 }\n`);
+    expect(chain(ssh)).toContain(`counter name "${name(ssh, 'sg-web/r-ssh')}" accept comment "sg-web/r-ssh"`);
+    expect(script).toContain(`\tcounter ${name(ssh, 'sg-web/r-ssh')} { }\n`);
+    expect(chain('input')).toContain(`counter name "${name('input', 'default: no rule matched')}" drop comment "default: no rule matched"`);
+    expect(script).toContain(`\tcounter ${name('input', 'default: no rule matched')} { packets 5 bytes 300 }\n`);
+    expect(script).toContain(`\tcounter ${name('output', 'default: no rule matched')} { }\n`);
     expect(script).not.toContain('r_gone');
+    expect(script).not.toContain(name('r_gone', 'sg-web/r-gone'));
     // without counters: the script as before
     expect(renderTransaction(replaceTableTx(web()))).toBe(renderScript(web()));
+  });
+
+  it('a reload in place deletes every object of the previous table but its counters that stay, and defines the new one without its comment', () => {
+    const previous = web();
+    const next = web();
+    next.chains = next.chains.filter((c) => c.name !== ruleChainName('sg-web', 'r-ssh'));
+    const script = renderTransaction(reloadInPlaceTx(next, previous));
+    const lines = script.split('\n');
+    expect(lines[1]).toBe('flush table inet secgroup');
+    expect(script).not.toContain('delete table');
+    for (const c of previous.chains) expect(lines).toContain(`delete chain inet secgroup ${c.name}`);
+    for (const m of previous.maps) expect(lines).toContain(`delete ${m.set ? 'set' : 'map'} inet secgroup ${m.name}`);
+    expect(lines).toContain('delete set inet secgroup sg_generation');
+    const gone = counterObjectName(counterKey(ruleChainName('sg-web', 'r-ssh'), 'sg-web/r-ssh'));
+    expect(lines.filter((l) => l.startsWith('delete counter'))).toEqual([`delete counter inet secgroup ${gone}`]);
+    const body = script.slice(script.indexOf('table inet secgroup {\n'));
+    expect(body).not.toMatch(/^\tcomment "/m);
+    expect(body).toContain(`\tcounter ${counterObjectName(counterKey(ruleChainName('sg-web', 'r-http'), 'sg-web/r-http'))} { }\n`);
+    expect(body).toBe(renderScript(next).slice(renderScript(next).indexOf('table inet secgroup {\n')).replace(/^\tcomment "[^"]*"\n/m, ''));
   });
 
   it('rules are identified by chain and comment; a comment seen twice in a chain, or none, identifies nothing; counts past 2^53 are not carried', () => {

@@ -286,7 +286,7 @@ describe('agent', () => {
     s.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
     await agent.reconciler.idle();
     await settle();
-    expect(nft.state?.comment).toContain('revision=3');
+    expect(nft.state?.marker).toContain('revision=3');
     expect(store.policy?.revision).toBe(3);
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 3, status: 'applied' });
     // newer ones after it as usual, stale pushes still refused
@@ -297,7 +297,7 @@ describe('agent', () => {
     s.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
     await settle();
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 3, status: 'failed', error: { code: 'STALE_REVISION' } });
-    expect(nft.state?.comment).toContain('revision=4');
+    expect(nft.state?.marker).toContain('revision=4');
     await agent.stop();
   });
 
@@ -318,7 +318,7 @@ describe('agent', () => {
     second.receive({ type: 'policy', policy: policy(3, { httpPort: '81' }) });
     await settle();
     expect(acks(second.messages).at(-1)).toMatchObject({ revision: 3, status: 'failed', error: { code: 'STALE_REVISION' } });
-    expect(nft.state?.comment).toContain('revision=9');
+    expect(nft.state?.marker).toContain('revision=9');
     await agent.stop();
   });
 

@@ -6,13 +6,14 @@ import { FakeNft } from '../../../src/nft/fake.js';
 import { compilePolicy, memberSetName, ruleChainName } from '../../../src/nft/compile.js';
 import { counterKey } from '../../../src/nft/counters.js';
 import type { Table } from '../../../src/nft/model.js';
+import { nftMissingObject } from '../../../src/nft/runner.js';
 import { renderTable } from '../../../src/nft/render.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../../../src/agent/reconciler.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { policy } from './fixtures.js';
-import { dumpBlock, dumpBlocks, tableComment, withoutGeneration } from '../../helpers/nft-dump.js';
+import { dumpBlock, dumpBlocks, withoutGeneration } from '../../helpers/nft-dump.js';
 import { golden } from '../../helpers/golden.js';
 
 function setup(opts: { incremental?: boolean } = {}) {
@@ -36,7 +37,8 @@ function setup(opts: { incremental?: boolean } = {}) {
   return { nft, clock, store, metrics, outcomes, r };
 }
 
-const tableRevision = (nft: FakeNft) => /revision=(\d+)/.exec(tableComment(nft.dump()) ?? '')?.[1];
+/** The revision of the generation marker (a full reload in place keeps the table's comment; the marker always names the ruleset). */
+const tableRevision = (nft: FakeNft) => /set sg_generation \{[^}]*revision=(\d+)/.exec(nft.dump())?.[1];
 /** The whole table nft would list, up to its generation (comment and marker): what a fresh full compile of `p` gives. */
 const listing = (t: Table) => withoutGeneration(renderTable(t, { listing: true }));
 
@@ -405,15 +407,37 @@ describe('reconciler', () => {
     expect(await metric(metrics, 'secgroup_rule_bytes_total')).toContain('rule="r-http",direction="ingress"} 1000');
   });
 
-  it('carries rule counters into the new table on a full reload; the metrics count on from the last read', async () => {
+  it('keeps rule counters over a full reload in place, without reading them; the metrics count on from the last read', async () => {
     const { nft, metrics, r } = setup();
     await r.submit(policy(1), 'controller');
     const http = ruleChainName('sg-web', 'r-http');
     nft.setCounter(http, 7, 700);
     await r.refreshCounters();
+    const reads = nft.count('readRuleCounters');
     expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
     const reload = nft.calls.findLast((c) => c.method === 'apply')!.tx!.ops[0]!;
-    expect(reload.op === 'replace-table' && reload.counters?.get(counterKey(http, 'sg-web/r-http'))).toEqual({ packets: 7, bytes: 700 });
+    expect(reload.op === 'replace-table' && reload.previous?.chains.some((c) => c.name === http)).toBe(true);
+    expect(nft.count('readRuleCounters')).toBe(reads);
+    expect((await nft.readCounters())!.get(http)).toEqual({ packets: 7, bytes: 700 });
+    expect((await nft.readCounters())!.get(ruleChainName('sg-web', 'r-dns'))).toEqual({ packets: 0, bytes: 0 });
+    nft.setCounter(http, 9, 900);
+    await r.refreshCounters();
+    expect(await metric(metrics, 'secgroup_rule_packets_total')).toContain('secgroup_rule_packets_total{group="sg-web",rule="r-http",direction="ingress"} 9');
+    expect(await metric(metrics, 'secgroup_rule_bytes_total')).toContain('rule="r-http",direction="ingress"} 900');
+  });
+
+  it('replaces the table when the reload in place finds an object missing, carrying the counters it reads first', async () => {
+    const { nft, metrics, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const http = ruleChainName('sg-web', 'r-http');
+    nft.setCounter(http, 7, 700);
+    await r.refreshCounters();
+    nft.failNext('apply', nftMissingObject('nft -f', `chain ${http}`));
+    expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    const [inPlace, replaced] = nft.calls.filter((c) => c.method === 'apply').slice(-2).map((c) => c.tx!.ops[0]!);
+    expect(inPlace!.op === 'replace-table' && inPlace!.previous !== undefined).toBe(true);
+    expect(replaced!.op === 'replace-table' && replaced!.previous).toBeUndefined();
+    expect(replaced!.op === 'replace-table' && replaced!.counters?.get(counterKey(http, 'sg-web/r-http'))).toEqual({ packets: 7, bytes: 700 });
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 7, bytes: 700 });
     expect((await nft.readCounters())!.get(ruleChainName('sg-web', 'r-dns'))).toEqual({ packets: 0, bytes: 0 });
     nft.setCounter(http, 9, 900);
@@ -434,6 +458,8 @@ describe('reconciler', () => {
     nft.setCounter(http, 2, 200);
     await r.refreshCounters();
     expect(await metric(metrics, 'secgroup_rule_packets_total')).toContain('rule="r-http",direction="ingress"} 9');
+    // the reload in place finds the table changed (an object missing): replaced, and its counters cannot be read
+    nft.failNext('apply', nftMissingObject('nft -f', `chain ${http}`));
     nft.failNext('readRuleCounters');
     expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 0, bytes: 0 });

@@ -46,6 +46,18 @@ describe('sync planner', () => {
     expect(planSync({ ...base, policy: policy(2, { extraRule: true }), change: null, applied: applied(1) }).kind).toBe('full');
   });
 
+  it('plans a full reload of the applied table in place over it (counters kept, the applied comment stays); a replacement when a full sync is needed', () => {
+    const prev = applied(1);
+    const p = planSync({ ...base, policy: policy(2, { extraRule: true }), change: null, applied: prev });
+    expect(p).toMatchObject({ kind: 'full', inPlace: true, tableComment: 'applied comment' });
+    if (p.kind !== 'full') return;
+    expect(p.tx.ops).toEqual([{ op: 'replace-table', table: p.compiled.table, previous: prev.compiled.table }]);
+    const forced = planSync({ ...base, policy: policy(2, { extraRule: true }), change: null, applied: prev, needFullSync: true });
+    expect(forced).toMatchObject({ kind: 'full', tableComment: forced.compiled.table.comment });
+    expect(forced.kind === 'full' && (forced.inPlace ?? false)).toBe(false);
+    expect(forced.kind === 'full' && forced.tx.ops).toEqual([{ op: 'replace-table', table: forced.compiled.table }]);
+  });
+
   it('plans a member delta on the applied revision as element updates of the applied table, without compiling', () => {
     const prev = applied(1);
     const change = { base: 1, groups: { web: { add: ['198.18.0.30'], remove: [] } } };
