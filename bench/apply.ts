@@ -1,11 +1,17 @@
+#!/usr/bin/env node
 /**
  * bench apply: the agent's full apply (the reconciler's real code path:
  * compile + render + nft --check + nft -f + read-back and verify) against
  * `nft -f` of the same script alone, in a scratch network namespace; then a
  * one-address change to a big remote group (element-only incremental update)
  * against a full reload of the same change. Each case runs in its own child
- * process, so its peak RSS is that case's alone; nft's peak RSS is taken with
- * /usr/bin/time over every nft the case ran.
+ * process, run as the agent runs (the code bundled by scripts/bundle.mjs, not
+ * through tsx, with the agent's V8 flags and the unit's MALLOC_ARENA_MAX), so
+ * its peak RSS is that case's alone: the agent's peak during its
+ * full applies is VmHWM from /proc/self/status read right after them (the
+ * reference script is rendered by another child, so it is not in that
+ * figure); nft's peak RSS is taken with /usr/bin/time over every nft the
+ * case ran.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -18,6 +24,7 @@ import { bigMember, groupPolicy, syntheticPolicy } from './policies.js';
 import { FileStateStore } from '../src/agent/state-store.js';
 import { applyPolicyDelta } from '../src/protocol/delta.js';
 import { controllerMessageSchema, decode } from '../src/protocol/messages.js';
+import { AGENT_V8_FLAGS } from '../src/agent/footprint.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../src/agent/reconciler.js';
 import { MemoryStateStore } from '../src/agent/state-store.js';
@@ -56,6 +63,7 @@ export interface ApplyRow {
   ms: number;
   referenceMs: number;
   ratio: number;
+  /** full apply rows: VmHWM of the case's process after its full applies; change rows: its peak at the end */
   agentPeakRssMb: number;
   nftPeakRssMb: number;
   /** full apply rows: the first of the runs (a process that has not compiled yet) */
@@ -64,18 +72,30 @@ export interface ApplyRow {
 
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 
-async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]> {
+/** The process's peak resident memory so far, MB (VmHWM). */
+function vmHwmMb(): number {
+  const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m ? Number(m[1]) / 1024 : 0;
+}
+
+/** The reference: the same script as the agent renders, written to `dir` by a process of its own. */
+function writeReferenceScript(c: Case, dir: string): { file: string; elements: number } {
+  const compiled = compilePolicy(parsePolicy(c.build(1)));
+  const file = join(dir, 'script.nft');
+  writeFileSync(file, renderScript(compiled.table));
+  return { file, elements: compiled.stats.elements };
+}
+
+async function measureCase(c: Case, ns: string, dir: string, reference: { file: string; elements: number }): Promise<ApplyRow[]> {
   const rssFile = join(dir, 'nft-rss');
   writeFileSync(rssFile, '');
   const nftCmd = ['/usr/bin/time', '-a', '-o', rssFile, '-f', '%M', 'ip', 'netns', 'exec', ns, 'nft'];
   const nftPeak = () => Math.max(0, ...readFileSync(rssFile, 'utf8').split('\n').filter((l) => /^\d+$/.test(l)).map(Number)) / 1024;
   // as the agent daemon runs nft: from a helper shell started while this process is small
   const runner = new ExecaNftRunner({ table: 'secgroup', command: nftCmd, timeoutMs: 600_000, helper: true });
-  const nftF = async (script: string) => {
-    const f = join(dir, 'script.nft');
-    writeFileSync(f, script);
+  const nftF = async () => {
     const t0 = performance.now();
-    await execa(nftCmd[0]!, [...nftCmd.slice(1), '-f', f]);
+    await execa(nftCmd[0]!, [...nftCmd.slice(1), '-f', reference.file]);
     return performance.now() - t0;
   };
   const clear = () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
@@ -87,14 +107,13 @@ async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]
   };
 
   const policy: Policy = parsePolicy(c.build(1));
-  const script = renderScript(compilePolicy(policy).table);
-  const elements = compilePolicy(policy).stats.elements;
+  const elements = reference.elements;
   const best = { agent: Infinity, ref: Infinity };
   let firstAgent = 0;
   // best of 3: the agent daemon compiles in a warm process (the first apply after a start is also reported)
   for (let i = 0; i < 3; i++) {
     await clear();
-    best.ref = Math.min(best.ref, await nftF(script));
+    best.ref = Math.min(best.ref, await nftF());
     await clear();
     const r = reconciler(true);
     const t0 = performance.now();
@@ -105,6 +124,7 @@ async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]
     if (o.kind !== 'full') throw new Error(`expected a full apply, got ${o.kind}`);
     await r.stop();
   }
+  const fullApplyPeak = round(vmHwmMb());
   const rows: ApplyRow[] = [
     {
       case: c.case,
@@ -115,11 +135,11 @@ async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]
       referenceMs: round(best.ref),
       ratio: round(best.agent / best.ref, 2),
       firstMs: round(firstAgent),
-      agentPeakRssMb: 0,
+      agentPeakRssMb: fullApplyPeak,
       nftPeakRssMb: round(nftPeak()),
     },
   ];
-  if (c.change) {
+  if (c.change && !process.env.BENCH_APPLY_FULL_ONLY) {
     // table holds revision 1 now (last agent apply); one reconciler per mode keeps its own applied state
     const inc = reconciler(true);
     applied(await inc.submit(policy, 'local'));
@@ -204,25 +224,31 @@ async function measureCase(c: Case, ns: string, dir: string): Promise<ApplyRow[]
     await full.stop();
   }
   runner.close();
-  const rss = round(process.resourceUsage().maxRSS / 1024);
-  for (const r of rows) r.agentPeakRssMb = rss;
+  const rss = round(vmHwmMb());
+  for (const r of rows.slice(1)) r.agentPeakRssMb = rss;
   return rows;
 }
 
 export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
   const lab = await BenchLab.create();
   const dir = mkdtempSync(join(tmpdir(), 'sgt-apply-'));
-  const self = fileURLToPath(import.meta.url);
   const rows: ApplyRow[] = [];
   try {
+    // the children run this file bundled: tsx's loader alone holds ~50 MB more than the agent's bundle
+    const bundle = join(dir, 'apply-bench.mjs');
+    execFileSync(process.execPath, [fileURLToPath(new URL('../scripts/bundle.mjs', import.meta.url)), '--entry', fileURLToPath(import.meta.url), '--outfile', bundle], { stdio: 'ignore' });
     for (const c of CASES) {
       if (only ? !only.includes(c.case) : c.optIn) continue;
-      const out = execFileSync(process.execPath, ['--max-old-space-size=8192', '--import', 'tsx', self, '--child', c.case, lab.host, dir], {
-        encoding: 'utf8',
-        maxBuffer: 1 << 24,
-        timeout: 600_000,
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
+      const child = (mode: string, ...args: string[]) =>
+        execFileSync(process.execPath, [...AGENT_V8_FLAGS, '--max-old-space-size=8192', bundle, mode, c.case, ...args], {
+          env: { ...process.env, MALLOC_ARENA_MAX: '2' },
+          encoding: 'utf8',
+          maxBuffer: 1 << 24,
+          timeout: 600_000,
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
+      const reference = child('--script', dir);
+      const out = child('--child', lab.host, dir, reference);
       for (const r of JSON.parse(out) as ApplyRow[]) rows.push(r);
       process.stderr.write(`  ${c.case} done\n`);
     }
@@ -233,10 +259,18 @@ export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
   return rows;
 }
 
-if (process.argv.includes('--child')) {
-  const at = process.argv.indexOf('--child');
-  const [name, ns, dir] = process.argv.slice(at + 1, at + 4) as [string, string, string];
+const caseNamed = (name: string | undefined): Case => {
   const c = CASES.find((x) => x.case === name);
   if (!c) throw new Error(`unknown case ${name}`);
-  process.stdout.write(JSON.stringify(await measureCase(c, ns, dir)));
+  return c;
+};
+
+if (process.argv.includes('--script')) {
+  const at = process.argv.indexOf('--script');
+  const [name, dir] = process.argv.slice(at + 1, at + 3) as [string, string];
+  process.stdout.write(JSON.stringify(writeReferenceScript(caseNamed(name), dir)));
+} else if (process.argv.includes('--child')) {
+  const at = process.argv.indexOf('--child');
+  const [name, ns, dir, reference] = process.argv.slice(at + 1, at + 5) as [string, string, string, string];
+  process.stdout.write(JSON.stringify(await measureCase(caseNamed(name), ns, dir, JSON.parse(reference))));
 }

@@ -74,7 +74,7 @@ export const quantile = (xs: number[], q: number): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!;
 };
-const r1 = (x: number) => Math.round(x * 10) / 10;
+export const r1 = (x: number) => Math.round(x * 10) / 10;
 
 async function runSize(n: number): Promise<ConvergeRow[]> {
   const dir = await mkdtemp(join(tmpdir(), 'secgroup-bench-converge-'));

@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint, store, analysis.
+ * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -11,6 +11,7 @@ import { runApplyBench } from './apply.js';
 import { runFootprintBench } from './footprint.js';
 import { runStoreBench } from './store.js';
 import { runAnalysisBench } from './analysis.js';
+import { runApiWritesBench } from './api-writes.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -49,6 +50,11 @@ const PARTS: Part[] = [
     name: 'analysis',
     what: 'fleet analysis API over HTTP on 127.0.0.1, 1000 instances / 200 groups / 5000 rules / a port report each: exposure (cached and after a new report) and reachability, p50/p99; reference: GET instances',
     run: async () => (await runAnalysisBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'api-writes',
+    what: 'API rule creates by 50 concurrent clients into a used and an idle group, 100 rules / 10 instances vs 5000 rules / 1000 instances (reference: listing groups)',
+    run: async () => (await runApiWritesBench()) as unknown as Record<string, unknown>[],
   },
 ];
 

@@ -1,8 +1,11 @@
 /**
  * Prometheus metrics of the agent, in their own registry (no globals, so
  * tests and several agents in one process do not collide). Per-rule counters
- * are monotonic although nft counters restart at zero on every full reload:
- * `observeRuleCounters` adds only what grew since the last read.
+ * are monotonic: `observeRuleCounters` adds only what grew since the last
+ * read. A full reload carries nft's counts into the new table (nft/counters.ts),
+ * so the growth goes on from the last read; when it could not (no table to
+ * read, a read error) the reconciler resets the baselines, and a counter found
+ * lower than its last read (a table replaced by hand) counts as restarted.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Counter as NftCounter } from '../nft/readback.js';
@@ -40,7 +43,7 @@ export class AgentMetrics {
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'secgroup_agent_' });
   }
 
-  /** The table was replaced: nft counters restart at zero. */
+  /** The table was replaced without carrying its counters: nft counters restart at zero. */
   resetRuleBaselines(): void {
     this.lastSeen.clear();
   }

@@ -14,6 +14,7 @@
  *   call (the new revision is still recorded and persisted).
  * - Incremental: when only verdict-map elements change, they are changed in
  *   one transaction; any doubt or failure falls back to a full reload.
+ * - Counters: a full reload carries our rules' counts (nft/counters.ts).
  * - Failure: nft's transaction is atomic, so the previous ruleset stays; the
  *   failure is reported once per revision, the next attempt is a full reload,
  *   retried with exponential backoff until it works or a newer revision comes.
@@ -30,12 +31,15 @@ import type { Clock, Timer } from '../lib/clock.js';
 import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { Compiled } from '../nft/compile.js';
+import { chainCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import type { NftRunner } from '../nft/runner.js';
+import { replaceTableTx } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 import type { AgentMetrics } from './metrics.js';
+import { countsToCarry, observeRuleCounters } from './rule-counters.js';
 import type { StateStore } from './state-store.js';
 import { fullReload, planSync, type ChangeHint, type SyncPlan } from './sync-plan.js';
 import { Mutex } from '../lib/mutex.js';
@@ -213,7 +217,7 @@ export class Reconciler {
         this.o.logger.warn({ event: 'drift_check_failed', err: e }, `cannot read table back: ${errorMessage(e)}`);
         return null;
       }
-      this.observeCounters(rb);
+      if (rb) this.observeCounters(chainCounters(rb.chains));
       const d = findDrift({ table: applied.compiled.table, comment: applied.tableComment, fingerprint: applied.fingerprint }, rb);
       // after an apply the fingerprint has no element part (verify reads without elements):
       // the first clean full read supplies it, so later element swaps show as drift
@@ -239,7 +243,7 @@ export class Reconciler {
       if (!this.applied) return;
       try {
         const counters = await this.o.nft.readCounters();
-        if (counters) this.observeCounterMap(counters);
+        if (counters) this.observeCounters(counters);
       } catch (e) {
         this.o.logger.debug({ event: 'counters_failed', err: e }, 'cannot read counters');
       }
@@ -259,25 +263,8 @@ export class Reconciler {
     await this.idle();
   }
 
-  private observeCounters(rb: TableReadback | null): void {
-    if (!rb) return;
-    const m = new Map<string, Counter>();
-    for (const c of rb.chains) {
-      const counter = c.rules[0]?.counter;
-      if (counter) m.set(c.name, counter);
-    }
-    this.observeCounterMap(m);
-  }
-
-  private observeCounterMap(counters: ReadonlyMap<string, Counter>): void {
-    const applied = this.applied;
-    if (!applied) return;
-    const values = [];
-    for (const r of applied.compiled.rules) {
-      const counter = counters.get(r.chain);
-      if (counter) values.push({ key: { chain: r.chain, group: r.groupId, rule: r.ruleId, direction: r.direction }, counter });
-    }
-    this.o.metrics.observeRuleCounters(values);
+  private observeCounters(counters: ReadonlyMap<string, Counter>): void {
+    if (this.applied) observeRuleCounters(this.o.metrics, this.applied.compiled, counters);
   }
 
   private emit(o: SyncOutcome, waiters: ((o: SyncOutcome) => void)[]): void {
@@ -409,9 +396,12 @@ export class Reconciler {
   private async applyPlan(plan: SyncPlan): Promise<string> {
     if (plan.kind === 'noop') return plan.fingerprint;
     const { nft, metrics } = this.o;
-    if (this.o.checkBeforeApply) await nft.check(plan.tx);
-    await nft.apply(plan.tx);
-    if (plan.kind === 'full') metrics.resetRuleBaselines();
+    // a full reload carries our rules' counts into the new table (nft/counters.ts); without them counters restart at zero
+    const counters = plan.kind === 'full' ? await countsToCarry(nft, this.o.logger) : null;
+    const tx = counters ? replaceTableTx(plan.compiled.table, counters) : plan.tx;
+    if (this.o.checkBeforeApply) await nft.check(tx);
+    await nft.apply(tx);
+    if (plan.kind === 'full' && !counters) metrics.resetRuleBaselines();
     return this.verify(plan.compiled, plan.tableComment);
   }
 

@@ -207,6 +207,14 @@ export function deleteGroup(snap: ProjectSnapshot, id: string): Mutation<null> {
 
 // ---- rules ----
 
+/** `ruleMatchKey` of stored rows (immutable, shared between snapshots by the store's cache): each is parsed once. */
+const storedKeys = new WeakMap<RuleRow, string>();
+function storedRuleKey(r: RuleRow): string {
+  let key = storedKeys.get(r);
+  if (key === undefined) storedKeys.set(r, (key = ruleMatchKey(r)));
+  return key;
+}
+
 /** Identity of a rule for duplicate detection: equal keys match exactly the same packets with the same verdict. */
 export function ruleMatchKey(r: Omit<RuleRow, 'id' | 'created_at' | 'description' | 'security_group_id' | 'action'>): string {
   const proto = parseProtocol(r.protocol);
@@ -302,8 +310,11 @@ export function createRules(
 
   const existing = rulesOf(snap, groupId);
   const byKey = new Map<string, { action: string; what: string }>();
-  for (const r of existing) byKey.set(ruleMatchKey(r), { action: r.action, what: `rule ${JSON.stringify(r.id)}` });
-  const ids = new Set(snap.rules.map((r) => r.id));
+  for (const r of existing) byKey.set(storedRuleKey(r), { action: r.action, what: `rule ${JSON.stringify(r.id)}` });
+  // only an input that names its id needs the project's rule ids
+  let projectIds: Set<string> | undefined;
+  const added = new Set<string>();
+  const ids = { has: (id: string) => added.has(id) || (projectIds ??= new Set(snap.rules.map((r) => r.id))).has(id), add: (id: string) => added.add(id) };
   const created: RuleRow[] = [];
   canonical.forEach((input, i) => {
     const path = paths[i]!;

@@ -131,12 +131,53 @@ export function emptySnapshot(projectId: string): ProjectSnapshot {
   return { projectId, version: 0, groups: [], rules: [], addressGroups: [], instances: [] };
 }
 
-function put<T extends { id: string }>(list: readonly T[], row: T): T[] {
-  const i = list.findIndex((r) => r.id === row.id);
-  if (i < 0) return [...list, row];
-  const out = [...list];
-  out[i] = row;
-  return out;
+/**
+ * One list of a snapshot while ops are applied: copied on its first change
+ * (the snapshot's own array is never touched). Rows are found by a scan
+ * (no allocation: the one or two puts of an API write) until INDEX_AFTER
+ * lookups, then through an index of ids, so applying k ops to a list of n
+ * rows costs O(n * min(k, INDEX_AFTER) + k), not O(k * n).
+ */
+const INDEX_AFTER = 8;
+class ListEdit<T extends { id: string }> {
+  private rows: T[] | null = null;
+  private at: Map<string, number> | null = null;
+  private lookups = 0;
+
+  constructor(private readonly base: readonly T[]) {}
+
+  private position(id: string): number {
+    const rows = this.rows ?? this.base;
+    if (!this.at && ++this.lookups > INDEX_AFTER) this.at = new Map(rows.map((r, i) => [r.id, i]));
+    if (this.at) return this.at.get(id) ?? -1;
+    return rows.findIndex((r) => r.id === id);
+  }
+
+  find(id: string): T | undefined {
+    const i = this.position(id);
+    return i < 0 ? undefined : (this.rows ?? this.base)[i];
+  }
+
+  put(row: T): void {
+    const i = this.position(row.id);
+    const rows = (this.rows ??= [...this.base]);
+    if (i < 0) {
+      this.at?.set(row.id, rows.length);
+      rows.push(row);
+    } else rows[i] = row;
+  }
+
+  remove(keep: (row: T) => boolean): void {
+    const current = this.rows ?? this.base;
+    const kept = current.filter(keep);
+    if (kept.length === current.length) return;
+    this.rows = kept;
+    this.at = null;
+  }
+
+  result(): readonly T[] {
+    return this.rows ?? this.base;
+  }
 }
 
 /**
@@ -144,42 +185,47 @@ function put<T extends { id: string }>(list: readonly T[], row: T): T[] {
  * (revisions are assigned by the store), `setToken` is not part of a snapshot.
  */
 export function applyOps(snap: ProjectSnapshot, ops: readonly Op[]): ProjectSnapshot {
-  let { groups, rules, addressGroups, instances } = snap;
+  const groups = new ListEdit(snap.groups);
+  const rules = new ListEdit(snap.rules);
+  const addressGroups = new ListEdit(snap.addressGroups);
+  const instances = new ListEdit(snap.instances);
   for (const o of ops) {
     switch (o.op) {
       case 'putGroup':
-        groups = put(groups, o.group);
+        groups.put(o.group);
         break;
       case 'deleteGroup':
-        groups = groups.filter((g) => g.id !== o.id);
-        rules = rules.filter((r) => r.security_group_id !== o.id);
+        groups.remove((g) => g.id !== o.id);
+        rules.remove((r) => r.security_group_id !== o.id);
         break;
       case 'putRule':
-        rules = put(rules, o.rule);
+        rules.put(o.rule);
         break;
       case 'deleteRule':
-        rules = rules.filter((r) => r.id !== o.id);
+        rules.remove((r) => r.id !== o.id);
         break;
       case 'putAddressGroup':
-        addressGroups = put(addressGroups, o.addressGroup);
+        addressGroups.put(o.addressGroup);
         break;
       case 'deleteAddressGroup':
-        addressGroups = addressGroups.filter((a) => a.id !== o.id);
+        addressGroups.remove((a) => a.id !== o.id);
         break;
       case 'putInstance': {
-        const old = instances.find((i) => i.id === o.instance.id);
-        instances = put(instances, { ...o.instance, revision: old?.revision ?? null, policy_hash: old?.policy_hash ?? null });
+        const old = instances.find(o.instance.id);
+        instances.put({ ...o.instance, revision: old?.revision ?? null, policy_hash: old?.policy_hash ?? null });
         break;
       }
       case 'deleteInstance':
-        instances = instances.filter((i) => i.id !== o.id);
+        instances.remove((i) => i.id !== o.id);
         break;
-      case 'setPolicy':
-        instances = instances.map((i) => (i.id === o.instanceId ? { ...i, policy_hash: o.hash } : i));
+      case 'setPolicy': {
+        const old = instances.find(o.instanceId);
+        if (old) instances.put({ ...old, policy_hash: o.hash });
         break;
+      }
       case 'setToken':
         break;
     }
   }
-  return { projectId: snap.projectId, version: snap.version, groups, rules, addressGroups, instances };
+  return { projectId: snap.projectId, version: snap.version, groups: groups.result(), rules: rules.result(), addressGroups: addressGroups.result(), instances: instances.result() };
 }

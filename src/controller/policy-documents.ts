@@ -46,12 +46,22 @@ function sameDocument(stored: string | null, digest: string, body: string): bool
   return stored === sha256(body);
 }
 
-/** Lookup tables over one snapshot, built once per batch of compilations. */
+/**
+ * Lookup tables over one snapshot, for one batch of compilations. The rules
+ * and members of a group are found when a document first needs them (a
+ * write that touches one group reads that group, not the project: issue 16);
+ * after LAZY_GROUPS groups the rest are indexed in one pass, so a batch never
+ * costs more than a few passes over the project.
+ */
 export interface ProjectIndex {
   snap: ProjectSnapshot;
   groups: Map<string, GroupRow>;
+  /** enabled rules by group, in creation order; complete once `rulesIndexed` */
   rulesByGroup: Map<string, RuleRow[]>;
+  rulesIndexed: boolean;
+  /** instances by group, in creation order; complete once `membersIndexed` */
   membersByGroup: Map<string, InstanceRow[]>;
+  membersIndexed: boolean;
   addressGroups: Map<string, AddressGroupRow>;
   /** sorted member addresses by `group|families`, shared by every document of the batch */
   memberLists: Map<string, string[]>;
@@ -63,28 +73,17 @@ export interface ProjectIndex {
   tails: Map<string, DocumentTail>;
 }
 
+/** Groups whose rules (or members) are found one by one before the whole project is indexed at once. */
+const LAZY_GROUPS = 4;
+
 export function indexProject(snap: ProjectSnapshot): ProjectIndex {
-  const rulesByGroup = new Map<string, RuleRow[]>();
-  for (const r of snap.rules) {
-    // a disabled rule is kept but not enforced (SEMANTICS section 1): it never reaches a document
-    if (!r.enabled) continue;
-    const list = rulesByGroup.get(r.security_group_id);
-    if (list) list.push(r);
-    else rulesByGroup.set(r.security_group_id, [r]);
-  }
-  const membersByGroup = new Map<string, InstanceRow[]>();
-  for (const i of snap.instances) {
-    for (const g of i.security_groups) {
-      const list = membersByGroup.get(g);
-      if (list) list.push(i);
-      else membersByGroup.set(g, [i]);
-    }
-  }
   return {
     snap,
     groups: new Map(snap.groups.map((g) => [g.id, g])),
-    rulesByGroup,
-    membersByGroup,
+    rulesByGroup: new Map(),
+    rulesIndexed: false,
+    membersByGroup: new Map(),
+    membersIndexed: false,
     addressGroups: new Map(snap.addressGroups.map((a) => [a.id, a])),
     memberLists: new Map(),
     memberListTexts: new Map(),
@@ -93,13 +92,54 @@ export function indexProject(snap: ProjectSnapshot): ProjectIndex {
   };
 }
 
+function groupBy<T>(items: readonly T[], keys: (item: T) => readonly string[] | string | null): Map<string, T[]> {
+  const by = new Map<string, T[]>();
+  for (const item of items) {
+    const k = keys(item);
+    for (const key of k === null ? [] : typeof k === 'string' ? [k] : k) {
+      const list = by.get(key);
+      if (list) list.push(item);
+      else by.set(key, [item]);
+    }
+  }
+  return by;
+}
+
+/** The group's enabled rules (a disabled rule is kept but never reaches a document, SEMANTICS section 1). */
+export function rulesOfGroup(ix: ProjectIndex, gid: string): readonly RuleRow[] {
+  let list = ix.rulesByGroup.get(gid);
+  if (list || ix.rulesIndexed) return list ?? [];
+  if (ix.rulesByGroup.size < LAZY_GROUPS) {
+    list = ix.snap.rules.filter((r) => r.enabled && r.security_group_id === gid);
+    ix.rulesByGroup.set(gid, list);
+    return list;
+  }
+  ix.rulesByGroup = groupBy(ix.snap.rules, (r) => (r.enabled ? r.security_group_id : null));
+  ix.rulesIndexed = true;
+  return ix.rulesByGroup.get(gid) ?? [];
+}
+
+/** The group's instances. */
+function membersOfGroup(ix: ProjectIndex, gid: string): readonly InstanceRow[] {
+  let list = ix.membersByGroup.get(gid);
+  if (list || ix.membersIndexed) return list ?? [];
+  if (ix.membersByGroup.size < LAZY_GROUPS) {
+    list = ix.snap.instances.filter((i) => i.security_groups.includes(gid));
+    ix.membersByGroup.set(gid, list);
+    return list;
+  }
+  ix.membersByGroup = groupBy(ix.snap.instances, (i) => i.security_groups);
+  ix.membersIndexed = true;
+  return ix.membersByGroup.get(gid) ?? [];
+}
+
 /** Member addresses of a group in the given families, deduplicated, IPv4 before IPv6, numerically sorted. */
 function memberList(ix: ProjectIndex, gid: string, fams: ReadonlySet<4 | 6>): string[] {
   const key = `${gid}|${[...fams].sort().join()}`;
   let list = ix.memberLists.get(key);
   if (!list) {
     const keyed = new Map<string, { family: number; value: bigint }>();
-    for (const m of ix.membersByGroup.get(gid) ?? []) {
+    for (const m of membersOfGroup(ix, gid)) {
       for (const a of m.addresses) {
         if (keyed.has(a)) continue;
         const ip = parseIp(a);
@@ -166,13 +206,13 @@ function documentGroups(
   ix: ProjectIndex,
   instanceId: string,
   groupIds: readonly string[],
-): { groups: { g: GroupRow; rules: RuleRow[] }[]; families: Map<string, Set<4 | 6>>; address_groups: PolicyBody['address_groups'] } {
+): { groups: { g: GroupRow; rules: readonly RuleRow[] }[]; families: Map<string, Set<4 | 6>>; address_groups: PolicyBody['address_groups'] } {
   const families = new Map<string, Set<4 | 6>>();
   const addressGroupIds = new Set<string>();
   const groups = groupIds.map((gid) => {
     const g = ix.groups.get(gid);
     if (!g) throw new SecgroupError('INTERNAL', `instance ${instanceId} is associated with unknown group ${gid}`);
-    const rules = ix.rulesByGroup.get(gid) ?? [];
+    const rules = rulesOfGroup(ix, gid);
     for (const r of rules) {
       if (r.remote_group_id) {
         const set = families.get(r.remote_group_id) ?? new Set();
@@ -286,8 +326,11 @@ export interface Touched {
 
 export function touchedBy(before: ProjectSnapshot, ops: readonly Op[]): Touched {
   const t: Touched = { groups: new Set(), membership: new Set(), addressGroups: new Set(), instances: new Set() };
-  const oldRules = new Map(before.rules.map((r) => [r.id, r]));
-  const oldInstances = new Map(before.instances.map((i) => [i.id, i]));
+  // built on first use: a rule create (the common write) needs neither
+  let rules: Map<string, RuleRow> | undefined;
+  let instances: Map<string, InstanceRow> | undefined;
+  const oldRules = { get: (id: string) => (rules ??= new Map(before.rules.map((r) => [r.id, r]))).get(id) };
+  const oldInstances = { get: (id: string) => (instances ??= new Map(before.instances.map((i) => [i.id, i]))).get(id) };
   for (const o of ops) {
     switch (o.op) {
       case 'putGroup':
@@ -345,14 +388,17 @@ export function touchedBy(before: ProjectSnapshot, ops: readonly Op[]): Touched 
  */
 export function affectedInstances(ix: ProjectIndex, t: Touched): InstanceRow[] {
   const groupAffected = new Map<string, boolean>();
+  // only a change of members or of an address group makes other groups' rules matter
+  const referenced = t.membership.size > 0 || t.addressGroups.size > 0;
   const isAffected = (gid: string): boolean => {
     let v = groupAffected.get(gid);
     if (v === undefined) {
       v =
         t.groups.has(gid) ||
-        (ix.rulesByGroup.get(gid) ?? []).some(
-          (r) => (r.remote_group_id !== null && t.membership.has(r.remote_group_id)) || (r.remote_address_group_id !== null && t.addressGroups.has(r.remote_address_group_id)),
-        );
+        (referenced &&
+          rulesOfGroup(ix, gid).some(
+            (r) => (r.remote_group_id !== null && t.membership.has(r.remote_group_id)) || (r.remote_address_group_id !== null && t.addressGroups.has(r.remote_address_group_id)),
+          ));
       groupAffected.set(gid, v);
     }
     return v;

@@ -1,13 +1,16 @@
 /**
  * The real nft runner: the `nft` binary through execa, or through a
  * long-lived shell (`helper`, see shell-spawner.ts: what the agent daemon
- * uses). Scripts go in on stdin (`nft -f -`) so a transaction is one batch;
- * reads list our table only.
+ * uses). Scripts go in on stdin (`nft -f -`) so a transaction is one batch,
+ * streamed in the renderer's chunks with back-pressure (the whole text of a
+ * big table never exists in memory at once); reads list our table only.
  */
 import { execa, type ExecaError } from 'execa';
-import { renderTransaction } from './render.js';
+import { Readable } from 'node:stream';
+import { renderTransactionChunks } from './render.js';
+import { chainCounters, ruleCounters, type RuleCounters } from './counters.js';
 import { nftError, nftNotFound, nftTimeout, type NftInfo, type NftRunner } from './runner.js';
-import { parseMarker, parseTableReadback, type Counter, type TableReadback } from './readback.js';
+import { parseMarker, parseTableReadback, type ChainReadback, type Counter, type TableReadback } from './readback.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 import { MARKER_SET, assertName } from './model.js';
 import { ShellSpawner, SpawnTimeoutError, type SpawnResult } from './shell-spawner.js';
@@ -63,7 +66,7 @@ export class ExecaNftRunner implements NftRunner {
     this.spawner?.close();
   }
 
-  private async run(what: string, args: string[], input?: string): Promise<RunResult> {
+  private async run(what: string, args: string[], input?: Iterable<string>): Promise<RunResult> {
     if (this.spawner) {
       let r: SpawnResult;
       try {
@@ -79,7 +82,8 @@ export class ExecaNftRunner implements NftRunner {
     }
     const [file, ...pre] = this.command;
     try {
-      const r = await execa(file!, [...pre, ...args], { input, timeout: this.timeoutMs, stripFinalNewline: false, encoding: 'utf8' });
+      const stdin = input === undefined ? {} : { input: Readable.from(input) };
+      const r = await execa(file!, [...pre, ...args], { ...stdin, timeout: this.timeoutMs, stripFinalNewline: false, encoding: 'utf8' });
       return { stdout: r.stdout, stderr: r.stderr };
     } catch (e) {
       const err = e as ExecaError;
@@ -100,10 +104,10 @@ export class ExecaNftRunner implements NftRunner {
     return { version: m ? m[1]! : r.stdout.trim() };
   }
 
-  private script(tx: NftTransaction): string {
+  private script(tx: NftTransaction): Iterable<string> {
     assertOwnTable(tx);
     if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
-    return renderTransaction(tx);
+    return renderTransactionChunks(tx);
   }
 
   async check(tx: NftTransaction): Promise<void> {
@@ -114,20 +118,25 @@ export class ExecaNftRunner implements NftRunner {
     await this.run('nft -f', ['-f', '-'], this.script(tx));
   }
 
-  async readCounters(): Promise<Map<string, Counter> | null> {
+  /** Our chains and their rules' counters (`nft -t -j list table`); null when the table does not exist. */
+  private async readChains(): Promise<ChainReadback[] | null> {
     try {
       const json = await this.run(`nft -t -j list table ${this.family} ${this.table}`, ['-t', '-j', 'list', 'table', this.family, this.table]);
-      const rb = parseTableReadback(json.stdout, '', this.family, this.table);
-      const out = new Map<string, Counter>();
-      for (const c of rb.chains) {
-        const counter = c.rules.find((r) => r.counter)?.counter;
-        if (counter) out.set(c.name, counter);
-      }
-      return out;
+      return parseTableReadback(json.stdout, '', this.family, this.table).chains;
     } catch (e) {
       if ((e as { code?: string }).code === 'NFT_NOT_FOUND_OBJECT') return null;
       throw e;
     }
+  }
+
+  async readCounters(): Promise<Map<string, Counter> | null> {
+    const chains = await this.readChains();
+    return chains && chainCounters(chains);
+  }
+
+  async readRuleCounters(): Promise<RuleCounters | null> {
+    const chains = await this.readChains();
+    return chains && ruleCounters(chains);
   }
 
   async readMarker(): Promise<string | null> {

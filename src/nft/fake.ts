@@ -7,12 +7,13 @@
 import { createHash } from 'node:crypto';
 import { bigintAsHex, elementId } from './diff.js';
 import { MARKER_SET, type MapElement, type Table } from './model.js';
-import type { Counter, TableReadback } from './readback.js';
+import { counterKey, ruleCounters, type RuleCounters } from './counters.js';
+import type { ChainReadback, Counter, TableReadback } from './readback.js';
 import { renderTable } from './render.js';
 import { nftFailed, nftMissingObject, type NftInfo, type NftRunner } from './runner.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
-type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters' | 'readMarker';
+type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters' | 'readRuleCounters' | 'readMarker';
 
 /**
  * A copy that shares nothing the agent or this fake changes later: the table,
@@ -189,7 +190,15 @@ export class FakeNft implements NftRunner {
     await this.enter('apply', tx);
     const replaced = tx.ops.some((op) => op.op === 'replace-table' || op.op === 'delete-table');
     this.state = this.run(tx, this.state);
-    if (replaced) this.counters.clear();
+    if (!replaced) return;
+    // a new table starts from zero, except the counts carried into it (the first counted rule of a chain)
+    this.counters.clear();
+    const carried = tx.ops.findLast((op) => op.op === 'replace-table')?.counters;
+    for (const c of carried && this.state ? this.state.chains : []) {
+      const rule = c.rules.find((r) => r.comment !== undefined && r.exprs.some((e) => e.kind === 'counter'));
+      const counter = rule && carried!.get(counterKey(c.name, rule.comment!));
+      if (counter) this.counters.set(c.name, { ...counter });
+    }
   }
 
   async readCounters(): Promise<Map<string, Counter> | null> {
@@ -202,9 +211,25 @@ export class FakeNft implements NftRunner {
     return out;
   }
 
+  async readRuleCounters(): Promise<RuleCounters | null> {
+    await this.enter('readRuleCounters');
+    return this.state && ruleCounters(this.chainReadback(this.state));
+  }
+
   async readMarker(): Promise<string | null> {
     await this.enter('readMarker');
     return this.state?.marker ?? null;
+  }
+
+  /** Chains as read back: every counted rule of a chain shows the chain's counter (setCounter). */
+  private chainReadback(t: Table): ChainReadback[] {
+    return t.chains.map((c) => ({
+      name: c.name,
+      rules: c.rules.map((r) => ({
+        comment: r.comment ?? null,
+        counter: r.exprs.some((e) => e.kind === 'counter') ? { ...(this.counters.get(c.name) ?? { packets: 0, bytes: 0 }) } : null,
+      })),
+    }));
   }
 
   async readTable(opts: { elements?: boolean } = {}): Promise<TableReadback | null> {
@@ -229,13 +254,7 @@ export class FakeNft implements NftRunner {
       comment: t.comment ?? null,
       marker: elements ? (t.marker ?? null) : null,
       withElements: elements,
-      chains: t.chains.map((c) => ({
-        name: c.name,
-        rules: c.rules.map((r) => ({
-          comment: r.comment ?? null,
-          counter: r.exprs.some((e) => e.kind === 'counter') ? { ...(this.counters.get(c.name) ?? { packets: 0, bytes: 0 }) } : null,
-        })),
-      })),
+      chains: this.chainReadback(t),
       maps: t.maps.map((m) => ({ name: m.name, elements: elements ? m.elements.length : null })),
       fingerprint,
     };

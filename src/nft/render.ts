@@ -1,9 +1,22 @@
 /**
  * The one place where the nft model becomes nft syntax: a script for `nft -f`
  * that replaces our table atomically, or the equivalent libnftables JSON.
+ *
+ * Scripts are produced in chunks (`renderTransactionChunks`, ~64 KB each:
+ * whole lines, a map's elements in slices) so the runner can stream them into
+ * nft with back-pressure: a 1M-member set is never one string of ~40 MB
+ * (plus an array of a million line strings) in the agent's memory. The
+ * string forms (`renderScript`, `renderTransaction`) join the same chunks.
+ *
+ * Counters carried over a full reload (`replace-table` with `counters`, see
+ * counters.ts): a rule whose identity (chain and comment) is in the map is
+ * rendered with `counter packets N bytes M`, as `iptables-restore --counters`
+ * restores them.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
+import type { Counter } from './readback.js';
+import { counterKey, type RuleCounters } from './counters.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
 const SYM_RE = /^[a-z][a-z0-9-]*$/;
@@ -49,7 +62,7 @@ function verdictText(vd: Verdict | undefined): string {
   return vd.kind === 'jump' ? `jump ${assertName(vd.chain)}` : vd.kind;
 }
 
-function exprText(e: Expr): string {
+function exprText(e: Expr, carried?: Counter): string {
   switch (e.kind) {
     case 'match': {
       const right = Array.isArray(e.right) ? `{ ${e.right.map(valueText).join(', ')} }` : valueText(e.right);
@@ -58,14 +71,27 @@ function exprText(e: Expr): string {
     case 'vmap':
       return `${e.key.map(selectorText).join(' . ')} vmap @${assertName(e.map)}`;
     case 'counter':
-      return 'counter';
+      return carried ? `counter packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)}` : 'counter';
     case 'verdict':
       return verdictText(e.verdict);
   }
 }
 
-function ruleText(r: Rule): string {
-  const body = r.exprs.map(exprText).join(' ');
+function counterValue(n: number): string {
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`internal: bad counter value ${n}`);
+  return String(n);
+}
+
+/** `carried`: the counts of this rule's first counter (a full reload that keeps counters). */
+function ruleText(r: Rule, carried?: Counter): string {
+  let first = true;
+  const body = r.exprs
+    .map((e) => {
+      if (e.kind !== 'counter' || !first) return exprText(e);
+      first = false;
+      return exprText(e, carried);
+    })
+    .join(' ');
   return r.comment !== undefined ? `${body} comment "${safeComment(r.comment)}"` : body;
 }
 
@@ -79,38 +105,51 @@ function keyPartText(k: KeyPart, type?: string): string {
 
 /** Maps at most this big get a `# group/rule` note per element in the script (readability, not semantics). */
 const ANNOTATE_MAX = 5000;
+/** Elements per chunk of a streamed map (a few tens of KB of text). */
+const SLICE = 2048;
 
-function mapLines(m: VerdictMap, out: string[], notes: ReadonlyMap<string, string>, listing = false): void {
-  out.push(`\t${m.set ? 'set' : 'map'} ${assertName(m.name)} {`);
-  out.push(`\t\ttype ${m.keyType.join(' . ')}${m.set ? '' : ' : verdict'}`);
-  if (m.interval) out.push('\t\tflags interval');
-  if (m.comment !== undefined) out.push(`\t\tcomment "${safeComment(m.comment)}"`);
-  if (m.elements.length) {
-    out.push('\t\telements = {');
-    const last = m.elements.length - 1;
-    const elementText = (el: MapElement, keyText: (k: KeyPart, j: number) => string): string => `${el.key.map(keyText).join(' . ')}${m.set ? '' : ` : ${verdictText(el.verdict)}`}`;
-    if (listing) {
-      const texts = m.elements.map((el) => elementText(el, (k, j) => keyPartText(k.kind === 'addr' ? { ...k, text: undefined } : k, m.keyType[j]))).sort();
-      texts.forEach((text, i) => out.push(`\t\t\t${text}${i === last ? '' : ','}`));
-    } else {
-      const annotate = m.elements.length <= ANNOTATE_MAX;
-      m.elements.forEach((el, i) => {
-        const note = annotate && el.verdict?.kind === 'jump' ? notes.get(el.verdict.chain) : undefined;
-        out.push(`\t\t\t${elementText(el, (k, j) => keyPartText(k, m.keyType[j]))}${i === last ? '' : ','}${note ? ` # ${safeComment(note)}` : ''}`);
-      });
-    }
-    out.push('\t\t}');
+function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing = false): Generator<string> {
+  const head = [`\t${m.set ? 'set' : 'map'} ${assertName(m.name)} {`, `\t\ttype ${m.keyType.join(' . ')}${m.set ? '' : ' : verdict'}`];
+  if (m.interval) head.push('\t\tflags interval');
+  if (m.comment !== undefined) head.push(`\t\tcomment "${safeComment(m.comment)}"`);
+  if (!m.elements.length) {
+    yield head.join('\n') + '\n\t}\n';
+    return;
   }
-  out.push('\t}');
+  head.push('\t\telements = {');
+  yield head.join('\n') + '\n';
+  const last = m.elements.length - 1;
+  const elementText = (el: MapElement, keyText: (k: KeyPart, j: number) => string): string => `${el.key.map(keyText).join(' . ')}${m.set ? '' : ` : ${verdictText(el.verdict)}`}`;
+  if (listing) {
+    const texts = m.elements.map((el) => elementText(el, (k, j) => keyPartText(k.kind === 'addr' ? { ...k, text: undefined } : k, m.keyType[j]))).sort();
+    yield texts.map((text, i) => `\t\t\t${text}${i === last ? '' : ','}\n`).join('');
+  } else {
+    const annotate = m.elements.length <= ANNOTATE_MAX;
+    const keyText = (k: KeyPart, j: number) => keyPartText(k, m.keyType[j]);
+    for (let start = 0; start <= last; start += SLICE) {
+      let chunk = '';
+      for (let i = start; i < Math.min(start + SLICE, last + 1); i++) {
+        const el = m.elements[i]!;
+        const note = annotate && el.verdict?.kind === 'jump' ? notes.get(el.verdict.chain) : undefined;
+        chunk += `\t\t\t${elementText(el, keyText)}${i === last ? '' : ','}${note ? ` # ${safeComment(note)}` : ''}\n`;
+      }
+      yield chunk;
+    }
+  }
+  yield '\t\t}\n\t}\n';
 }
 
-function chainLines(c: Chain, out: string[]): void {
-  out.push(`\tchain ${assertName(c.name)} {`);
+function chainText(c: Chain, counters?: RuleCounters): string {
+  const out = [`\tchain ${assertName(c.name)} {`];
   if (c.base) out.push(`\t\ttype ${c.base.type} hook ${c.base.hook} priority ${c.base.priority}; policy ${c.base.policy};`);
   if (c.comment !== undefined) out.push(`\t\tcomment "${safeComment(c.comment)}"`);
-  for (const r of c.rules) out.push(`\t\t${ruleText(r)}`);
+  for (const r of c.rules) out.push(`\t\t${ruleText(r, counters && r.comment !== undefined ? counters.get(counterKey(c.name, r.comment)) : undefined)}`);
   out.push('\t}');
+  return out.join('\n') + '\n';
 }
+
+/** Chains per chunk of a streamed table (rule chains are a few lines each). */
+const CHAINS_PER_CHUNK = 256;
 
 /**
  * The table as one nft `table <family> <name> { ... }` block, objects in the
@@ -120,26 +159,41 @@ function chainLines(c: Chain, out: string[]): void {
  * (FakeNft.dump, golden files of a whole resulting table).
  */
 export function renderTable(table: Table, opts: { listing?: boolean } = {}): string {
+  return [...tableChunks(table, opts)].join('');
+}
+
+/** renderTable in chunks of whole lines; `counters`: counts carried into the rules (see the note at the top). */
+function* tableChunks(table: Table, opts: { listing?: boolean; counters?: RuleCounters } = {}): Generator<string> {
   const name = assertName(table.name);
-  const out: string[] = [];
-  out.push(`table ${table.family} ${name} {`);
-  if (table.comment !== undefined) out.push(`\tcomment "${safeComment(table.comment)}"`);
-  if (table.marker !== undefined) out.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
+  const head = [`table ${table.family} ${name} {`];
+  if (table.comment !== undefined) head.push(`\tcomment "${safeComment(table.comment)}"`);
+  if (table.marker !== undefined) head.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
+  yield head.join('\n') + '\n';
   const notes = new Map<string, string>();
   if (!opts.listing) for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
-  for (const m of table.maps) mapLines(m, out, notes, opts.listing);
-  for (const c of table.chains) chainLines(c, out);
-  out.push('}');
-  return out.join('\n') + '\n';
+  for (const m of table.maps) yield* mapChunks(m, notes, opts.listing);
+  for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
+    yield table.chains
+      .slice(i, i + CHAINS_PER_CHUNK)
+      .map((c) => chainText(c, opts.counters))
+      .join('');
+  }
+  yield '}\n';
 }
 
 /**
  * nft script that atomically replaces table `inet <name>` with `table`:
  * create-if-missing, delete, define, all in one `nft -f` transaction.
+ * `counters`: rule counts to carry into the new table (see counters.ts).
  */
-export function renderScript(table: Table): string {
+export function renderScript(table: Table, counters?: RuleCounters): string {
+  return [...scriptChunks(table, counters)].join('');
+}
+
+function* scriptChunks(table: Table, counters?: RuleCounters): Generator<string> {
   const name = assertName(table.name);
-  return [`# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)`, `table ${table.family} ${name} {}`, `delete table ${table.family} ${name}`, renderTable(table)].join('\n');
+  yield `# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)\ntable ${table.family} ${name} {}\ndelete table ${table.family} ${name}\n`;
+  yield* tableChunks(table, counters ? { counters } : {});
 }
 
 /** Script that removes our table and nothing else (no error if it is absent). */
@@ -182,19 +236,30 @@ export function renderMarkerChange(family: 'inet', table: string, text: string):
 
 /** The script of one transaction (see transaction.ts); throws if it touches any table but its own. */
 export function renderTransaction(tx: NftTransaction): string {
+  return [...renderTransactionChunks(tx)].join('');
+}
+
+/**
+ * The script of one transaction in chunks of whole lines, for streaming into
+ * nft (see the note at the top). The ownership check runs before the first
+ * chunk: a transaction that touches another table yields nothing and throws.
+ */
+export function renderTransactionChunks(tx: NftTransaction): Iterable<string> {
   assertOwnTable(tx);
-  const parts: string[] = [];
+  return transactionChunks(tx);
+}
+
+function* transactionChunks(tx: NftTransaction): Generator<string> {
   const updates = [];
   const markers: string[] = [];
   for (const op of tx.ops) {
-    if (op.op === 'replace-table') parts.push(renderScript(op.table));
-    else if (op.op === 'delete-table') parts.push(renderDeleteScript(op.family, op.name));
+    if (op.op === 'replace-table') yield* scriptChunks(op.table, op.counters);
+    else if (op.op === 'delete-table') yield renderDeleteScript(op.family, op.name);
     else if (op.op === 'set-marker') markers.push(renderMarkerChange(op.family, op.table, op.text));
     else updates.push(op);
   }
-  if (updates.length) parts.push(renderElementChanges(tx.family, tx.table, updates));
-  parts.push(...markers);
-  return parts.join('');
+  if (updates.length) yield renderElementChanges(tx.family, tx.table, updates);
+  yield* markers;
 }
 
 // ---- JSON (libnftables schema, `nft -j -f`) ----

@@ -6,7 +6,8 @@
  * change (apply, then the marker read). The shell is a few MB, so its forks
  * cost the same at any group size.
  *
- * One request at a time: the input goes to a file in a private directory
+ * One request at a time: the input is streamed (chunks, with back-pressure)
+ * to a file in a private directory
  * (mode 0700, `secgroup-nft-<pid>-*` in the temporary directory: removed on
  * exit, or by the next agent when its process was killed), one line
  * `<id> <args...>` goes to the shell's stdin, the shell
@@ -17,11 +18,13 @@
  * command included); a dead shell is started again on the next request.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { processAlive } from '../lib/pid.js';
 
 export interface SpawnResult {
@@ -92,8 +95,8 @@ export class ShellSpawner {
     this.start(); // now, while the process is small
   }
 
-  /** Runs `command args...` with `input` on stdin; resolves with its output and exit code (any code). */
-  run(args: readonly string[], input = ''): Promise<SpawnResult> {
+  /** Runs `command args...` with `input` (text, or chunks of it) on stdin; resolves with its output and exit code (any code). */
+  run(args: readonly string[], input: string | Iterable<string> = ''): Promise<SpawnResult> {
     for (const a of args) if (!ARG_RE.test(a)) throw new Error(`internal: unsafe argument ${JSON.stringify(a)}`);
     const p = this.queue.then(() => this.runOne(args, input));
     this.queue = p.catch(() => undefined);
@@ -179,11 +182,12 @@ export class ShellSpawner {
     }
   }
 
-  private async runOne(args: readonly string[], input: string): Promise<SpawnResult> {
+  private async runOne(args: readonly string[], input: string | Iterable<string>): Promise<SpawnResult> {
     if (this.closed) throw new Error('the nft helper shell was stopped');
     const child = this.child ?? this.start();
     const dir = this.dir!;
-    await writeFile(join(dir, 'in'), input);
+    if (typeof input === 'string') await writeFile(join(dir, 'in'), input);
+    else await pipeline(Readable.from(input), createWriteStream(join(dir, 'in')));
     const id = ++this.seq;
     this.busy(child);
     let timer: NodeJS.Timeout | undefined;

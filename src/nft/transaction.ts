@@ -4,11 +4,12 @@
  * the script into `nft -f -` (one atomic batch); the fake applies them to an
  * in-memory table.
  */
+import type { RuleCounters } from './counters.js';
 import { assertName, type KeyType, type MapElement, type Table } from './model.js';
 
 export type NftOp =
-  /** replace the whole table (create-if-missing, delete, define) */
-  | { op: 'replace-table'; table: Table }
+  /** replace the whole table (create-if-missing, delete, define); `counters`: rule counts carried into it (counters.ts) */
+  | { op: 'replace-table'; table: Table; counters?: RuleCounters }
   /** remove the table; no error when it is absent */
   | { op: 'delete-table'; family: 'inet'; name: string }
   /** element changes of one verdict map; deletions are rendered before additions */
@@ -33,8 +34,8 @@ export function assertOwnTable(tx: NftTransaction): void {
   }
 }
 
-export function replaceTableTx(table: Table): NftTransaction {
-  return { family: table.family, table: table.name, ops: [{ op: 'replace-table', table }] };
+export function replaceTableTx(table: Table, counters?: RuleCounters): NftTransaction {
+  return { family: table.family, table: table.name, ops: [counters ? { op: 'replace-table', table, counters } : { op: 'replace-table', table }] };
 }
 
 export function deleteTableTx(family: 'inet', name: string): NftTransaction {

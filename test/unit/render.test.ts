@@ -9,7 +9,10 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compilePolicy, type CompileOptions } from '../../src/nft/compile.js';
-import { renderDeleteScript, renderJson, renderScript } from '../../src/nft/render.js';
+import { renderDeleteScript, renderJson, renderScript, renderTransaction, renderTransactionChunks } from '../../src/nft/render.js';
+import { counterKey, ruleCounters } from '../../src/nft/counters.js';
+import { ruleChainName } from '../../src/nft/names.js';
+import { replaceTableTx } from '../../src/nft/transaction.js';
 import { MARKER_SET } from '../../src/nft/model.js';
 import { loadPolicyFile } from '../../src/policy/load.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
@@ -118,6 +121,76 @@ function scriptProblems(script: string): string[] {
   if (depth !== 0) problems.push('unbalanced braces');
   return problems;
 }
+
+describe('streamed scripts', () => {
+  const big = () =>
+    compilePolicy(
+      parsePolicy({
+        revision: 1,
+        instance: { id: 'i-1', addresses: ['198.18.0.10'] },
+        security_groups: [{ id: 'sg-a', rules: [{ id: 'r-1', direction: 'ingress', protocol: 'tcp', multiport: '443', remote_group_id: 'sg-big' }] }],
+        group_members: { 'sg-big': Array.from({ length: 20_000 }, (_, i) => `198.18.${i >> 8}.${i & 255}`) },
+      }),
+    ).table;
+
+  it('come in chunks of whole lines that join to the same script, none holding a whole 20k-member set', () => {
+    const table = big();
+    const chunks = [...renderTransactionChunks(replaceTableTx(table))];
+    expect(chunks.join('')).toBe(renderTransaction(replaceTableTx(table)));
+    expect(chunks.join('')).toBe(renderScript(table));
+    expect(chunks.length).toBeGreaterThan(5);
+    for (const c of chunks) expect(c.endsWith('\n')).toBe(true);
+    const longest = Math.max(...chunks.map((c) => c.length));
+    expect(longest).toBeLessThan(renderScript(table).length / 5);
+  });
+
+  it('refuse a transaction for another table before the first chunk', () => {
+    const tx = replaceTableTx(big());
+    expect(() => renderTransactionChunks({ ...tx, table: 'other' })).toThrow(/touches inet secgroup/);
+  });
+});
+
+describe('counters carried over a full reload', () => {
+  const web = () => compilePolicy(parsePolicy({ revision: 1, instance: { id: 'i-1', addresses: ['198.18.0.10'] }, security_groups: [{ id: 'sg-web', rules: [{ id: 'r-http', direction: 'ingress', protocol: 'tcp', multiport: '80' }, { id: 'r-ssh', direction: 'ingress', protocol: 'tcp', multiport: '22' }] }] })).table;
+
+  it('a rule whose chain and comment are carried starts from its counts; the others from zero', () => {
+    const http = ruleChainName('sg-web', 'r-http');
+    const ssh = ruleChainName('sg-web', 'r-ssh');
+    const counters = new Map([
+      [counterKey(http, 'sg-web/r-http'), { packets: 12, bytes: 3400 }],
+      [counterKey('input', 'default: no rule matched'), { packets: 5, bytes: 300 }],
+      [counterKey('r_gone', 'sg-web/r-gone'), { packets: 1, bytes: 1 }],
+    ]);
+    const script = renderTransaction(replaceTableTx(web(), counters));
+    const chain = (name: string) => script.slice(script.indexOf(`\tchain ${name} {\n`), script.indexOf('\n\t}\n', script.indexOf(`\tchain ${name} {\n`)));
+    expect(chain(http)).toContain('counter packets 12 bytes 3400 accept comment "sg-web/r-http"');
+    expect(chain(ssh)).toContain('counter accept comment "sg-web/r-ssh"');
+    expect(chain('input')).toContain('counter packets 5 bytes 300 drop comment "default: no rule matched"');
+    expect(chain('output')).toContain('counter drop comment "default: no rule matched"');
+    expect(script).not.toContain('r_gone');
+    // without counters: the script as before
+    expect(renderTransaction(replaceTableTx(web()))).toBe(renderScript(web()));
+  });
+
+  it('rules are identified by chain and comment; a comment seen twice in a chain, or none, identifies nothing; counts past 2^53 are not carried', () => {
+    const counted = (comment: string | null, packets: number) => ({ comment, counter: { packets, bytes: packets * 100 } });
+    const got = ruleCounters([
+      { name: 'input', rules: [counted('a', 1), counted('b', 2), counted('b', 3), counted(null, 4), { comment: 'c', counter: null }] },
+      { name: 'r_1', rules: [counted('sg/r', 7)] },
+      { name: 'r_2', rules: [{ comment: 'sg/big', counter: { packets: 2 ** 60, bytes: 2 ** 62 } }] },
+    ]);
+    expect([...got]).toEqual([
+      [counterKey('input', 'a'), { packets: 1, bytes: 100 }],
+      [counterKey('r_1', 'sg/r'), { packets: 7, bytes: 700 }],
+    ]);
+  });
+
+  it('a counter value that is not a safe non-negative integer is an internal error, never nft text', () => {
+    const http = ruleChainName('sg-web', 'r-http');
+    expect(() => renderTransaction(replaceTableTx(web(), new Map([[counterKey(http, 'sg-web/r-http'), { packets: -1, bytes: 0 }]])))).toThrow(/bad counter value/);
+    expect(() => renderTransaction(replaceTableTx(web(), new Map([[counterKey(http, 'sg-web/r-http'), { packets: 1.5, bytes: 0 }]])))).toThrow(/bad counter value/);
+  });
+});
 
 describe('no user-supplied text reaches nft syntax', () => {
   it('adversarial ids are rejected; names and descriptions never appear; whatever passes renders to a safe script', () => {

@@ -30,6 +30,21 @@ describe('ShellSpawner', () => {
     expect(await s.run([])).toEqual({ stdout: 'args:\n', stderr: 'to stderr\n', exitCode: 0 });
   });
 
+  it('streams input given as chunks into the command, in order, whole', async () => {
+    const s = make(['sh', '-c', 'cat']);
+    function* chunks() {
+      for (let i = 0; i < 2000; i++) yield `line ${i} ${'x'.repeat(100)}\n`;
+    }
+    const expected = [...chunks()].join('');
+    expect(await s.run(['-f', '-'], chunks())).toEqual({ stdout: expected, stderr: '', exitCode: 0 });
+  });
+
+  it('through the nft runner without the helper, chunked input reaches the command too', async () => {
+    const runner = new ExecaNftRunner({ table: 'secgroup', command: ['sh', '-c', 'cat >&2; exit 1', 'fake-nft'] });
+    const table = { family: 'inet' as const, name: 'secgroup', maps: [], chains: [{ name: 'input', rules: [] }] };
+    await expect(runner.apply({ family: 'inet', table: 'secgroup', ops: [{ op: 'replace-table', table }] })).rejects.toMatchObject({ details: { stderr: expect.stringContaining('delete table inet secgroup\ntable inet secgroup {\n\tchain input {') } });
+  });
+
   it('passes a failing exit code through, and keeps serving', async () => {
     const s = make(['sh', '-c', 'exit 3']);
     expect((await s.run(['-f', '-'])).exitCode).toBe(3);

@@ -6,7 +6,8 @@
  */
 import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
-import { applyOps, emptySnapshot, type ProjectSnapshot } from '../model.js';
+import type { ProjectSnapshot } from '../model.js';
+import { committedSnapshot } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
@@ -71,8 +72,6 @@ export class MemoryStore implements Store {
     this.check();
     const cur = this.projects.get(projectId) ?? null;
     const { ops, value } = change(cur);
-    const base = cur ?? emptySnapshot(projectId);
-    const applied = applyOps(base, ops);
     // checked before anything is written: a commit past the bound writes nothing
     checkRevision(this.counter + ops.filter((o) => o.op === 'setPolicy').length);
     const revisions = new Map<string, number>();
@@ -90,11 +89,7 @@ export class MemoryStore implements Store {
         revisions.set(o.instanceId, ++this.counter);
       }
     }
-    const next: ProjectSnapshot = {
-      ...applied,
-      version: base.version + 1,
-      instances: applied.instances.map((i) => (revisions.has(i.id) ? { ...i, revision: revisions.get(i.id)! } : i)),
-    };
+    const next = committedSnapshot(projectId, cur, ops, (cur?.version ?? 0) + 1, revisions);
     this.projects.set(projectId, next);
     return { value, version: next.version, revisions };
   }

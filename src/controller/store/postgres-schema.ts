@@ -11,7 +11,8 @@
  * with `||` in one statement); timestamps compared as text use COLLATE "C"
  * (byte order, whatever the database's locale); `audit_events.resource_ids`
  * is a TEXT[] (`= ANY(...)`). `instances_by_revision` makes
- * `policiesChangedSince` cheap.
+ * `policiesChangedSince` cheap, `instances_by_tail` the clean-up of unused
+ * shared tails.
  */
 import type pg from 'pg';
 import type { Logger } from '../../lib/logger.js';
@@ -123,6 +124,10 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX audit_by_project_time ON audit_events (project_id, time, seq);
   CREATE INDEX audit_by_time ON audit_events (time);
+  `,
+  // 2: a commit that replaced documents looks up, per shared tail, whether an instance still uses it
+  `
+  CREATE INDEX instances_by_tail ON instances (project_id, policy_tail) WHERE policy_tail IS NOT NULL;
   `,
 ];
 

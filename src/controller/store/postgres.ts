@@ -35,6 +35,7 @@ import type { Logger } from '../../lib/logger.js';
 import type { AddressGroupRow, BodyParts, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
 import { Batcher } from './batcher.js';
 import { migrate } from './postgres-schema.js';
+import { SnapshotCache } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 export interface PostgresStoreOptions {
@@ -130,6 +131,9 @@ export class PostgresStore implements Store {
   private readonly agentStates = new Batcher<{ projectId: string; instanceId: string; patch: Partial<AgentState> }, boolean>((items) => this.writeAgentStates(items));
   private readonly audits = new Batcher<AuditEvent, void>((items) => this.writeAuditEvents(items));
 
+  /** snapshots by version (./snapshot-cache.ts): a write or read loads the project only when another replica moved its version */
+  private readonly cache = new SnapshotCache();
+
   constructor(private readonly pool: pg.Pool) {}
 
   /** One statement on any pooled connection. */
@@ -189,27 +193,41 @@ export class PostgresStore implements Store {
   }
 
   async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
+    const head = await this.query('SELECT version FROM projects WHERE id = $1', [projectId]);
+    const current = head.rows[0]?.version as number | undefined;
+    if (current === undefined) return null;
+    const hit = this.cache.get(projectId, current);
+    if (hit) return hit;
     // REPEATABLE READ: the four reads see one commit
-    return this.transaction(async (q) => {
+    const snap = await this.transaction(async (q) => {
       await q('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ');
       const p = await q('SELECT version FROM projects WHERE id = $1', [projectId]);
       const version = p.rows[0]?.version as number | undefined;
       return version ? this.load(q, projectId, version) : null;
     });
+    if (snap) this.cache.put(snap);
+    return snap;
   }
 
   async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
-    return this.transaction(async (q) => {
+    let before: ProjectSnapshot | null = null;
+    let applied: readonly Op[] = [];
+    const result = await this.transaction(async (q) => {
       // lock: the upsert holds the project's row lock until the commit (every replica's writers of the project wait here)
       const locked = await q('INSERT INTO projects (id, version) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET version = projects.version + 1 RETURNING version', [projectId]);
       const version = locked.rows[0]!.version as number;
-      // the version the project had: 0 = never committed
+      // the version the project had: 0 = never committed; the cached snapshot serves when no other replica wrote since
       const previous = version - 1;
-      const cur = previous === 0 ? null : await this.load(q, projectId, previous);
+      const cur = previous === 0 ? null : (this.cache.get(projectId, previous) ?? (await this.load(q, projectId, previous)));
       const { ops, value } = change(cur);
       const revisions = await this.apply(q, projectId, ops);
+      before = cur;
+      applied = ops;
       return { value, version, revisions };
     });
+    // committed: only now may the cache hold the new state
+    this.cache.commit(projectId, before, applied, result.version, result.revisions);
+    return result;
   }
 
   /** Writes `ops` in order; a run of consecutive `setPolicy` ops is written as one batch. */

@@ -4,7 +4,7 @@
  * had to be compiled for each Node ABI, and a Node upgrade on the machine
  * broke it). This module gives the store the small synchronous API it was
  * written against (better-sqlite3's): prepare/get/all/run, exec, pragma,
- * transaction(fn).immediate()/.deferred(), open, close.
+ * transaction(fn).immediate()/.deferred(), savepoint(fn), open, close.
  *
  * What it bridges: node:sqlite has no `pragma()` and no transaction helper
  * (BEGIN/COMMIT/ROLLBACK here; a transaction opened inside another runs as
@@ -104,6 +104,27 @@ export class Database {
       }
     };
     return { immediate: () => run('BEGIN IMMEDIATE'), deferred: () => run('BEGIN DEFERRED') };
+  }
+
+  /**
+   * `fn` inside the open transaction under a savepoint: when it throws, its
+   * writes alone are undone and its error is returned (`ok: false`), the
+   * transaction goes on. Throws only when the savepoint itself is gone
+   * (SQLite ended the transaction on an I/O error): the caller must then
+   * abandon the whole transaction.
+   */
+  savepoint<T>(fn: () => T): { ok: true; value: T } | { ok: false; error: unknown } {
+    this.db.exec('SAVEPOINT sp');
+    let value: T;
+    try {
+      value = fn();
+    } catch (error) {
+      this.db.exec('ROLLBACK TO sp');
+      this.db.exec('RELEASE sp');
+      return { ok: false, error };
+    }
+    this.db.exec('RELEASE sp');
+    return { ok: true, value };
   }
 
   close(): void {

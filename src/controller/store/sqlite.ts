@@ -2,13 +2,22 @@
  * The embedded store: one SQLite file (Node's built-in node:sqlite through
  * ./sqlite-driver.ts, no native addon; WAL, synchronous=FULL
  * by default so an acknowledged commit survives kill -9 and power loss).
- * Every mutation is one `BEGIN IMMEDIATE` transaction (read, decide, write); schema migrations are
+ * Every mutation is committed by one `BEGIN IMMEDIATE` transaction (read, decide, write), which it
+ * shares with the mutations that arrived in the same event-loop turn (group commit: one fsync,
+ * each mutation under its own savepoint, see `mutate`); schema migrations are
  * versioned in code (`PRAGMA user_version`) and each runs in its own
  * transaction.
  *
- * The engine is synchronous: each method runs to completion before it
- * returns its (already settled) promise, so calls from one process never
- * interleave inside a transaction. Other processes on the same file wait on
+ * Snapshots are cached by version (./snapshot-cache.ts): `mutate` and
+ * `loadProject` read the project's version (one row) and load the whole
+ * project only when the cached snapshot is not at that version, so a write
+ * does not cost the size of the project; another process writing the same
+ * file bumps the version and is seen.
+ *
+ * The engine is synchronous: each transaction runs to completion in one
+ * call, so calls from one process never interleave inside a transaction
+ * (mutations, agent state updates and audit appends are queued and flushed
+ * on the next turn, in one transaction per kind). Other processes on the same file wait on
  * the write lock (`busy_timeout`).
  *
  * Size: one Store implementation over one database; its schema migrations,
@@ -21,6 +30,7 @@ import type { Logger } from '../../lib/logger.js';
 import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow, Tag } from '../model.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
+import { SnapshotCache, committedSnapshot } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database;
@@ -153,6 +163,11 @@ export const MIGRATIONS: readonly ((db: Db) => void)[] = [
       ALTER TABLE address_groups ADD COLUMN ip_remarks TEXT NOT NULL DEFAULT '{}';
     `);
   },
+  // 5: whether a shared document part is still used is one index lookup per replaced part, not a scan of the
+  // project's instances on every commit (issue 16: writes must not cost the size of the project)
+  (db) => {
+    db.exec('CREATE INDEX instances_by_tail ON instances (project_id, policy_tail)');
+  },
 ];
 
 export interface SqliteStoreOptions {
@@ -238,6 +253,9 @@ function repairRevisions(db: Db, logger: Logger | undefined): void {
     if (!plan) return;
     const setRevision = db.prepare('UPDATE instances SET revision = ? WHERE project_id = ? AND id = ?');
     for (const r of plan.renumbered) setRevision.run(r.to, r.projectId, r.instanceId);
+    // the renumbered projects' snapshots changed: another process's snapshot cache must not reuse them
+    const bump = db.prepare('UPDATE projects SET version = version + 1 WHERE id = ?');
+    for (const p of new Set(plan.renumbered.map((r) => r.projectId))) bump.run(p);
     db.prepare("UPDATE meta SET value = ? WHERE key = 'revision_counter'").run(plan.counter);
     // an applied revision above the bound was never handed out by this store as it is now: unknown until the agent acks again
     db.prepare("UPDATE agent_state SET state = json_set(state, '$.applied_revision', json('null')) WHERE json_extract(state, '$.applied_revision') > ?").run(MAX_REVISION);
@@ -247,6 +265,7 @@ function repairRevisions(db: Db, logger: Logger | undefined): void {
 
 export class SqliteStore implements Store {
   private readonly stmt;
+  private readonly snapshots = new SnapshotCache();
 
   constructor(private readonly db: Db) {
     this.stmt = {
@@ -309,8 +328,9 @@ export class SqliteStore implements Store {
       nextRevision: db.prepare<[], { value: number }>("UPDATE meta SET value = value + 1 WHERE key = 'revision_counter' RETURNING value"),
       setPolicy: db.prepare('UPDATE instances SET revision = ?, policy_hash = ?, policy_body = ?, policy_tail = ? WHERE project_id = ? AND id = ?'),
       putTail: db.prepare('INSERT OR IGNORE INTO policy_tails (project_id, hash, text) VALUES (?, ?, ?)'),
-      dropUnusedTails: db.prepare(
-        'DELETE FROM policy_tails WHERE project_id = @p AND hash NOT IN (SELECT policy_tail FROM instances WHERE project_id = @p AND policy_tail IS NOT NULL)',
+      tailOf: db.prepare<[string, string], { policy_tail: string | null }>('SELECT policy_tail FROM instances WHERE project_id = ? AND id = ?'),
+      dropTailIfUnused: db.prepare(
+        'DELETE FROM policy_tails WHERE project_id = @p AND hash = @h AND NOT EXISTS (SELECT 1 FROM instances WHERE project_id = @p AND policy_tail = @h)',
       ),
       getPolicy: db.prepare<[string, string], { revision: number | null; policy_body: string | null; policy_tail: string | null; tail: string | null }>(
         `SELECT i.revision, i.policy_body, i.policy_tail, t.text AS tail
@@ -359,27 +379,89 @@ export class SqliteStore implements Store {
     };
   }
 
+  /** The committed snapshot (in a transaction): the cached one when its version is current. */
+  private current(projectId: string): ProjectSnapshot | null {
+    return this.snapshots.at(projectId, this.stmt.projectVersion.get(projectId)?.version ?? null, () => this.load(projectId));
+  }
+
   async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
-    return this.db.transaction(() => this.load(projectId)).deferred();
+    return this.db.transaction(() => this.current(projectId)).deferred();
   }
 
-  async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
-    // IMMEDIATE takes the write lock before reading, so the state `change` sees is the state its ops apply to.
-    return this.db.transaction((): MutateResult<T> => {
-      const cur = this.load(projectId);
-      const { ops, value } = change(cur);
-      if (!cur) this.stmt.insertProject.run(projectId);
-      else this.stmt.bumpProject.run(projectId);
-      const revisions = new Map<string, number>();
-      const tails = new Set<string>();
-      for (const o of ops) this.apply(projectId, o, revisions, tails);
-      if (ops.some((o) => o.op === 'setPolicy' || o.op === 'deleteInstance')) this.stmt.dropUnusedTails.run({ p: projectId });
-      return { value, version: (cur?.version ?? 0) + 1, revisions };
-    }).immediate();
+  /**
+   * Group commit: mutations arriving together (in one turn of the event
+   * loop) are committed by one `BEGIN IMMEDIATE ... COMMIT`, so by one fsync
+   * (with synchronous=FULL an fsync per commit bounded writes to ~200/s on a
+   * disk with 5 ms fsyncs, whatever the CPU did). Each mutation runs under
+   * its own savepoint, on the state its predecessors in the batch left: one
+   * that throws is undone alone and rejects alone; each caller's promise
+   * settles only after the COMMIT, and when the COMMIT fails every caller
+   * of the batch gets its error and nothing is written. A mutation is never
+   * split over transactions, and no reader sees part of one.
+   */
+  mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
+    return new Promise<MutateResult<T>>((resolve, reject) => {
+      this.pendingMutations.push({ projectId, change, resolve: resolve as (r: MutateResult<unknown>) => void, reject });
+      if (this.pendingMutations.length === 1) setImmediate(() => this.flushMutations());
+    });
   }
 
-  /** `tails`: shared document parts already written by this transaction */
-  private apply(project_id: string, o: Op, revisions: Map<string, number>, tails: Set<string>): void {
+  private pendingMutations: { projectId: string; change: ChangeFn<unknown>; resolve: (r: MutateResult<unknown>) => void; reject: (e: unknown) => void }[] = [];
+
+  private flushMutations(): void {
+    const batch = this.pendingMutations;
+    this.pendingMutations = [];
+    if (!batch.length) return;
+    // the state each project is in after the batch's mutations so far (committed with it, or not at all)
+    const working = new Map<string, ProjectSnapshot | null>();
+    let outcomes: ({ ok: true; value: MutateResult<unknown> } | { ok: false; error: unknown })[];
+    try {
+      if (!this.db.open) throw new SecgroupError('STATE_IO', 'the controller database is closed');
+      // IMMEDIATE takes the write lock before reading, so the state a change sees is the state its ops apply to.
+      outcomes = this.db.transaction(() => batch.map(({ projectId, change }) => this.db.savepoint(() => this.mutateOne(projectId, change, working)))).immediate();
+    } catch (e) {
+      for (const b of batch) b.reject(e);
+      return;
+    }
+    // committed: only now does the cache hold the new states
+    for (const snap of working.values()) if (snap) this.snapshots.put(snap);
+    batch.forEach((b, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) b.resolve(o.value);
+      else b.reject(o.error);
+    });
+  }
+
+  /** One mutation inside the batch's transaction; `working` is advanced only when it succeeds. */
+  private mutateOne<T>(projectId: string, change: ChangeFn<T>, working: Map<string, ProjectSnapshot | null>): MutateResult<T> {
+    const version = this.stmt.projectVersion.get(projectId)?.version ?? null;
+    let cur = working.get(projectId);
+    if (cur === undefined) {
+      // not written by this batch yet: what is read is committed, so the cache may keep it
+      cur = this.current(projectId);
+      working.set(projectId, cur);
+    } else if ((cur?.version ?? null) !== version) throw new SecgroupError('INTERNAL', `project ${projectId} changed inside a transaction`);
+    const { ops, value } = change(cur);
+    if (!cur) this.stmt.insertProject.run(projectId);
+    else this.stmt.bumpProject.run(projectId);
+    const revisions = new Map<string, number>();
+    const tails = new Set<string>();
+    const replaced = new Set<string>();
+    for (const o of ops) this.apply(projectId, o, revisions, tails, replaced);
+    // shared parts that documents stopped using (only those replaced here can have become unused)
+    for (const h of replaced) this.stmt.dropTailIfUnused.run({ p: projectId, h });
+    const next = (cur?.version ?? 0) + 1;
+    // after the last write: a savepoint that failed leaves `working` as it was
+    working.set(projectId, committedSnapshot(projectId, cur, ops, next, revisions));
+    return { value, version: next, revisions };
+  }
+
+  /** `tails`: shared document parts already written by this transaction; `replaced`: gets the parts documents stopped referring to */
+  private apply(project_id: string, o: Op, revisions: Map<string, number>, tails: Set<string>, replaced: Set<string>): void {
+    if (o.op === 'setPolicy' || o.op === 'deleteInstance') {
+      const old = this.stmt.tailOf.get(project_id, o.op === 'setPolicy' ? o.instanceId : o.id)?.policy_tail;
+      if (old) replaced.add(old);
+    }
     switch (o.op) {
       case 'putGroup':
         this.stmt.putGroup.run({ project_id, ...o.group, tags: JSON.stringify(o.group.tags) });
@@ -608,6 +690,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    this.flushMutations();
     this.flushAgentState();
     this.flushAudit();
     if (this.db.open) this.db.close();

@@ -7,7 +7,11 @@
  * project's current state to a synchronous, pure function while holding the
  * project's write lock (SQLite: `BEGIN IMMEDIATE`; a server database: a row
  * lock) and commits the ops it returns in the same transaction. If the
- * function throws, or any op fails, nothing is written.
+ * function throws, or any op fails, nothing is written. A store may commit
+ * several mutations in one transaction (SQLite: group commit, one fsync for
+ * those that arrive together), each all-or-nothing under its own savepoint
+ * and acknowledged only once the transaction committed; a store may cache
+ * snapshots only by version (`snapshot-cache.ts`).
  */
 import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';

@@ -4,6 +4,7 @@ import { SecgroupError } from '../../../src/lib/errors.js';
 import { silentLogger } from '../../../src/lib/logger.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { compilePolicy, memberSetName, ruleChainName } from '../../../src/nft/compile.js';
+import { counterKey } from '../../../src/nft/counters.js';
 import type { Table } from '../../../src/nft/model.js';
 import { renderTable } from '../../../src/nft/render.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
@@ -48,8 +49,9 @@ describe('reconciler', () => {
     const { nft, store, metrics, r } = setup();
     const o = await r.submit(policy(1), 'controller');
     expect(o).toMatchObject({ status: 'applied', revision: 1, kind: 'full' });
-    expect(nft.calls.map((c) => c.method)).toEqual(['check', 'apply', 'readMarker']);
-    expect(nft.calls[1]!.tx!.ops.map((op) => op.op)).toEqual(['replace-table']);
+    // a full reload first reads the counters to carry (none: no table yet)
+    expect(nft.calls.map((c) => c.method)).toEqual(['readRuleCounters', 'check', 'apply', 'readMarker']);
+    expect(nft.calls[2]!.tx!.ops.map((op) => op.op)).toEqual(['replace-table']);
     expect(tableRevision(nft)).toBe('1');
     expect(store.policy?.revision).toBe(1);
     expect(r.appliedRevision).toBe(1);
@@ -401,6 +403,43 @@ describe('reconciler', () => {
     const text = await metric(metrics, 'secgroup_rule_packets_total');
     expect(text).toContain('secgroup_rule_packets_total{group="sg-web",rule="r-http",direction="ingress"} 10');
     expect(await metric(metrics, 'secgroup_rule_bytes_total')).toContain('rule="r-http",direction="ingress"} 1000');
+  });
+
+  it('carries rule counters into the new table on a full reload; the metrics count on from the last read', async () => {
+    const { nft, metrics, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const http = ruleChainName('sg-web', 'r-http');
+    nft.setCounter(http, 7, 700);
+    await r.refreshCounters();
+    expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    const reload = nft.calls.findLast((c) => c.method === 'apply')!.tx!.ops[0]!;
+    expect(reload.op === 'replace-table' && reload.counters?.get(counterKey(http, 'sg-web/r-http'))).toEqual({ packets: 7, bytes: 700 });
+    expect((await nft.readCounters())!.get(http)).toEqual({ packets: 7, bytes: 700 });
+    expect((await nft.readCounters())!.get(ruleChainName('sg-web', 'r-dns'))).toEqual({ packets: 0, bytes: 0 });
+    nft.setCounter(http, 9, 900);
+    await r.refreshCounters();
+    expect(await metric(metrics, 'secgroup_rule_packets_total')).toContain('secgroup_rule_packets_total{group="sg-web",rule="r-http",direction="ingress"} 9');
+    expect(await metric(metrics, 'secgroup_rule_bytes_total')).toContain('rule="r-http",direction="ingress"} 900');
+  });
+
+  it('a full reload with no table to read (deleted by hand) or an unreadable one starts counters from zero, metrics still monotonic', async () => {
+    const { nft, metrics, r } = setup();
+    await r.submit(policy(1), 'controller');
+    const http = ruleChainName('sg-web', 'r-http');
+    nft.setCounter(http, 7, 700);
+    await r.refreshCounters();
+    nft.deleteTable();
+    expect(await r.checkDrift()).toMatchObject({ kind: 'missing' });
+    expect((await nft.readCounters())!.get(http)).toEqual({ packets: 0, bytes: 0 });
+    nft.setCounter(http, 2, 200);
+    await r.refreshCounters();
+    expect(await metric(metrics, 'secgroup_rule_packets_total')).toContain('rule="r-http",direction="ingress"} 9');
+    nft.failNext('readRuleCounters');
+    expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    expect((await nft.readCounters())!.get(http)).toEqual({ packets: 0, bytes: 0 });
+    nft.setCounter(http, 1, 100);
+    await r.refreshCounters();
+    expect(await metric(metrics, 'secgroup_rule_packets_total')).toContain('rule="r-http",direction="ingress"} 10');
   });
 
   it('re-applies when the platform options change', async () => {
