@@ -21,6 +21,19 @@ export default tseslint.config(
     },
   },
   {
+    // the web console runs in the browser (its clock is the browser's, for display only)
+    files: ['console/src/**'],
+    languageOptions: {
+      globals: {
+        window: 'readonly', document: 'readonly', location: 'readonly', history: 'readonly', sessionStorage: 'readonly', fetch: 'readonly',
+        performance: 'readonly', addEventListener: 'readonly', removeEventListener: 'readonly', dispatchEvent: 'readonly', PopStateEvent: 'readonly',
+        AbortController: 'readonly', AbortSignal: 'readonly', TextDecoderStream: 'readonly', URLSearchParams: 'readonly', HTMLInputElement: 'readonly',
+        HTMLSelectElement: 'readonly', Event: 'readonly',
+      },
+    },
+    rules: { 'no-restricted-syntax': 'off' },
+  },
+  {
     files: ['src/lib/clock.ts', 'test/**', 'bench/**'],
     rules: { 'no-restricted-syntax': 'off' },
   },

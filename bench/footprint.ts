@@ -2,9 +2,15 @@
  * bench footprint: the real agent (the bundle dist-style `secgroup.mjs`, built
  * into a temp dir) in a lab namespace, pulling its policy over WebSocket from
  * the lab peer (test/helpers/lab-peer.ts) in the client namespace. Samples
- * /proc/<pid>/status VmRSS and /proc/<pid>/stat utime+stime: idle after the
- * first apply, then under a steady stream of one-member updates. Reference:
- * a bare `node` process idling (the runtime's own floor) and the targets.
+ * /proc/<pid>/status VmRSS and /proc/<pid>/stat utime+stime (the agent
+ * process alone: nft runs as a child of its helper shell and is not in
+ * these figures): idle after the first apply, then under a steady stream of
+ * one-member changes sent as the controller sends them, `policy_delta`
+ * frames (src/controller/push-documents.ts): one member joins, the next
+ * delta it leaves again, each on the revision before it. One fresh agent
+ * per group size (1k, 10k, 100k members: BENCH_FOOTPRINT_SIZES). Reference:
+ * a bare `node` process idling (the runtime's own floor) and the targets
+ * (issue 18: <= 5 ms agent CPU per delta; <= 90 MB RSS at 10k members).
  * The agent gets the `Environment=` of systemd/secgroup-agent.service.
  */
 import { execFileSync } from 'node:child_process';
@@ -12,11 +18,12 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, REPO } from '../test/helpers/agent-lab.js';
+import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, REPO, type Peer } from '../test/helpers/agent-lab.js';
 import { syntheticPolicy } from './policies.js';
 
 const IDLE_S = Number(process.env.BENCH_FOOTPRINT_IDLE_S ?? 10);
-const STREAM_S = Number(process.env.BENCH_FOOTPRINT_STREAM_S ?? 10);
+const STREAM_S = Number(process.env.BENCH_FOOTPRINT_STREAM_S ?? 30);
+const SIZES = (process.env.BENCH_FOOTPRINT_SIZES ?? '1000,10000,100000').split(',').map(Number);
 const STREAM_EVERY_MS = 200;
 const HZ = 100;
 
@@ -27,6 +34,8 @@ export interface FootprintRow {
   rssMb: number;
   peakRssMb: number;
   cpuPct: number;
+  /** agent CPU (user + system) per delta sent, over the stream */
+  cpuMsPerDelta: number | null;
   note: string;
 }
 
@@ -38,7 +47,7 @@ function sample(pid: number): { rssKb: number; ticks: number } {
   return { rssKb, ticks: Number(f[11]) + Number(f[12]) };
 }
 
-async function watch(pid: number, seconds: number, during?: () => Promise<void>): Promise<{ rss: number; peak: number; cpu: number }> {
+async function watch(pid: number, seconds: number, during?: () => Promise<void>): Promise<{ rss: number; peak: number; cpu: number; cpuMs: number }> {
   const a = sample(pid);
   const t0 = performance.now();
   let peak = a.rssKb;
@@ -55,7 +64,7 @@ async function watch(pid: number, seconds: number, during?: () => Promise<void>)
   await poll;
   const b = sample(pid);
   const secs = (performance.now() - t0) / 1000;
-  return { rss: b.rssKb / 1024, peak: Math.max(peak, b.rssKb) / 1024, cpu: ((b.ticks - a.ticks) / HZ / secs) * 100 };
+  return { rss: b.rssKb / 1024, peak: Math.max(peak, b.rssKb) / 1024, cpu: ((b.ticks - a.ticks) / HZ / secs) * 100, cpuMs: ((b.ticks - a.ticks) * 1000) / HZ };
 }
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
@@ -72,6 +81,67 @@ export function unitEnvironment(unitText = readFileSync(join(REPO, 'systemd/secg
   return env;
 }
 
+const k = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n));
+
+/** One agent, one group size: apply the base policy, idle, a stream of one-member deltas, idle again. */
+async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, members: number): Promise<FootprintRow[]> {
+  const rows: FootprintRow[] = [];
+  const config = await lab.writeConfig({
+    instance_id: 'bench-1',
+    state_dir: `${lab.dir}/state-${members}`,
+    log_level: 'warn',
+    controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token' },
+    platform: { dhcp: false },
+  });
+  const from = peer.lines.length;
+  // the peer's current policy: what it sends the agent after its hello
+  const base = syntheticPolicy({ rules: 1000, members });
+  await peer.request({ cmd: 'policy', policy: base });
+  const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: 'ignore', env: { ...unitEnvironment(), TMPDIR: dir } });
+  const pid = agent.pid!;
+  try {
+    await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, from, 'hello');
+    await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string; revision?: number; status?: string }).type === 'ack' && (l.message as { revision?: number }).revision === 1, 120_000, from, 'ack 1');
+    await new Promise((r) => setTimeout(r, 2000));
+    const idle = await watch(pid, IDLE_S);
+    rows.push({ process: 'agent', phase: `${k(members)} members: idle ${IDLE_S} s after the full apply`, reference: 'bare node; ~0 % CPU', rssMb: r1(idle.rss), peakRssMb: r1(idle.peak), cpuPct: r1(idle.cpu), cpuMsPerDelta: null, note: '1k rules, one remote group' });
+    let rev = 1;
+    let sent = 0;
+    const joiner = 'fd00:5ec:ffff::1';
+    const stream = await watch(pid, STREAM_S, async () => {
+      const end = performance.now() + STREAM_S * 1000;
+      while (performance.now() < end) {
+        const joins = rev % 2 === 1;
+        const delta = { type: 'policy_delta', base_revision: rev, revision: rev + 1, group_members: { 'sg-app': { add: joins ? [joiner] : [], remove: joins ? [] : [joiner] } } };
+        rev++;
+        sent++;
+        await peer.request({ cmd: 'raw', frame: JSON.stringify(delta) });
+        await new Promise((r) => setTimeout(r, STREAM_EVERY_MS));
+      }
+    });
+    await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string; revision?: number }).type === 'ack' && (l.message as { revision?: number }).revision === rev, 30_000, from, `ack ${rev}`).catch(() => null);
+    const acks = peer.lines.slice(from).filter((l) => l.event === 'message' && (l.message as { type: string }).type === 'ack').map((l) => l.message as { revision: number; status: string });
+    const applied = acks.filter((a) => a.revision > 1 && a.status === 'applied').length;
+    const resyncs = peer.lines.slice(from).filter((l) => l.event === 'message' && (l.message as { type: string }).type === 'resync').length;
+    rows.push({
+      process: 'agent',
+      phase: `${k(members)} members: one-member policy_delta every ${STREAM_EVERY_MS} ms for ${STREAM_S} s`,
+      reference: `target <= 5 ms CPU per delta${members === 10_000 ? ', <= 90 MB RSS' : ''}`,
+      rssMb: r1(stream.rss),
+      peakRssMb: r1(stream.peak),
+      cpuPct: r1(stream.cpu),
+      cpuMsPerDelta: Math.round((stream.cpuMs / sent) * 100) / 100,
+      note: `${sent} deltas sent, ${applied} acked applied, ${resyncs} resyncs (CPU per delta includes the idle floor)`,
+    });
+    const after = await watch(pid, 5);
+    rows.push({ process: 'agent', phase: `${k(members)} members: idle 5 s after the stream`, reference: 'idle', rssMb: r1(after.rss), peakRssMb: r1(after.peak), cpuPct: r1(after.cpu), cpuMsPerDelta: null, note: '' });
+  } finally {
+    agent.kill('SIGKILL');
+    await agent;
+  }
+  return rows;
+}
+
 export async function runFootprintBench(): Promise<FootprintRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-footprint-'));
   const bundle = join(dir, 'secgroup.mjs');
@@ -83,51 +153,12 @@ export async function runFootprintBench(): Promise<FootprintRow[]> {
     await new Promise((r) => setTimeout(r, 1000));
     const bareIdle = await watch(bare.pid!, 3);
     bare.kill('SIGKILL');
-    rows.push({ process: 'bare node', phase: 'idle', reference: '-', rssMb: r1(bareIdle.rss), peakRssMb: r1(bareIdle.peak), cpuPct: r1(bareIdle.cpu), note: 'node -e setInterval: the runtime floor' });
-
+    rows.push({ process: 'bare node', phase: 'idle', reference: '-', rssMb: r1(bareIdle.rss), peakRssMb: r1(bareIdle.peak), cpuPct: r1(bareIdle.cpu), cpuMsPerDelta: null, note: 'node -e setInterval: the runtime floor' });
     const peer = await lab.startPeer();
-    const config = await lab.writeConfig({
-      instance_id: 'bench-1',
-      state_dir: `${lab.dir}/state`,
-      log_level: 'warn',
-      controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token' },
-      platform: { dhcp: false },
-    });
-    const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: 'ignore', env: { ...unitEnvironment(), TMPDIR: dir } });
-    const pid = agent.pid!;
-    try {
-      await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
-      const base = syntheticPolicy({ rules: 1000, members: 1000 });
-      await peer.request({ cmd: 'policy', policy: base });
-      await peer.waitForAck(1, 'applied', 60_000);
-      await new Promise((r) => setTimeout(r, 2000));
-      const idle = await watch(pid, IDLE_S);
-      rows.push({ process: 'agent', phase: `idle ${IDLE_S} s after applying 1k rules`, reference: 'bare node; target <= 80 MB, ~0 % CPU', rssMb: r1(idle.rss), peakRssMb: r1(idle.peak), cpuPct: r1(idle.cpu), note: 'VmRSS at the end, peak of 100 ms samples' });
-      let rev = 1;
-      const stream = await watch(pid, STREAM_S, async () => {
-        const end = performance.now() + STREAM_S * 1000;
-        while (performance.now() < end) {
-          rev++;
-          const members = [...(base.group_members?.['sg-app'] ?? [])];
-          members[rev % members.length] = `198.19.200.${rev % 250}`;
-          await peer.request({ cmd: 'policy', policy: { ...base, revision: rev, group_members: { ...base.group_members, 'sg-app': members } } });
-          await new Promise((r) => setTimeout(r, STREAM_EVERY_MS));
-        }
-      });
-      const acked = peer.acks().filter((a) => a.status === 'applied').length;
-      rows.push({
-        process: 'agent',
-        phase: `one-member update every ${STREAM_EVERY_MS} ms for ${STREAM_S} s`,
-        reference: 'idle',
-        rssMb: r1(stream.rss),
-        peakRssMb: r1(stream.peak),
-        cpuPct: r1(stream.cpu),
-        note: `${rev - 1} revisions sent, ${acked - 1} acked applied (newer ones supersede older)`,
-      });
-      const after = await watch(pid, 5);
-      rows.push({ process: 'agent', phase: 'idle 5 s after the stream', reference: 'idle', rssMb: r1(after.rss), peakRssMb: r1(after.peak), cpuPct: r1(after.cpu), note: '' });
-    } finally {
-      agent.kill('SIGKILL');
+    for (const members of SIZES) {
+      rows.push(...(await runSize(lab, peer, bundle, dir, members)));
+      // the next agent starts on an empty host: its own table only
+      await lab.nft(['delete', 'table', 'inet', 'secgroup'], { reject: false });
     }
   } finally {
     await lab.destroy();

@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes.
+ * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes, drift, console.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -12,6 +12,8 @@ import { runFootprintBench } from './footprint.js';
 import { runStoreBench } from './store.js';
 import { runAnalysisBench } from './analysis.js';
 import { runApiWritesBench } from './api-writes.js';
+import { runDriftBench } from './drift.js';
+import { runConsoleBench } from './console.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -42,6 +44,11 @@ const PARTS: Part[] = [
     run: async () => (await runFootprintBench()) as unknown as Record<string, unknown>[],
   },
   {
+    name: 'drift',
+    what: 'drift watching with the agent code (nft monitor + periodic check): the cheap periodic check vs a full read-back, tamper -> repaired vs the check period; 10k and 100k members',
+    run: async () => (await runDriftBench()) as unknown as Record<string, unknown>[],
+  },
+  {
     name: 'store',
     what: "the controller's store (SqliteStore) on node:sqlite and on better-sqlite3 (reference, when installed), same statements, best of BENCH_STORE_ROUNDS (3) rounds",
     run: async () => (await runStoreBench()) as unknown as Record<string, unknown>[],
@@ -55,6 +62,11 @@ const PARTS: Part[] = [
     name: 'api-writes',
     what: 'API rule creates by 50 concurrent clients into a used and an idle group, 100 rules / 10 instances vs 5000 rules / 1000 instances (reference: listing groups)',
     run: async () => (await runApiWritesBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'console',
+    what: 'the web console in Chromium, 1000 instances / 200 groups / 5000 rules / a port report each: navigation start to the page rendered with its data (performance mark), median of fresh loads; reference: the console without API reads',
+    run: async () => (await runConsoleBench()) as unknown as Record<string, unknown>[],
   },
 ];
 

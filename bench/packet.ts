@@ -4,16 +4,19 @@
  * with gcc here) and, in one run, four rulesets in the host namespace:
  * none (reference), secgroup's rendering of a 10k-rule policy, the naive
  * rendering of the same policy (bench/naive.ts), and conntrack only (the
- * floor of any stateful firewall). Configurations alternate
- * within each round; each figure is the best of the rounds (the machine is
- * shared, so the best is the least disturbed sample).
+ * floor of any stateful firewall). Measured per ruleset: new TCP
+ * connections/s over IPv4 and over IPv6, new UDP flows/s (a fresh source
+ * port per request/response), TCP request/response latency and throughput;
+ * the new-flow rates also as a ratio to conntrack only. Configurations
+ * alternate within each round; each figure is the best of the rounds (the
+ * machine is shared, so the best is the least disturbed sample).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BenchLab, HOST_V4, CLIENT_V4 } from './lab.js';
+import { BenchLab, HOST_V4, HOST_V6, CLIENT_V4 } from './lab.js';
 import { renderNaive } from './naive.js';
 import { packetPolicy } from './policies.js';
 import { parsePolicy } from '../src/policy/schema.js';
@@ -30,6 +33,12 @@ export interface PacketRow {
   reference: string;
   'conn/s': number;
   'conn %': number;
+  /** new-flow rates as a ratio to the conntrack-only floor */
+  'conn vs ct': number;
+  'udp flows/s': number;
+  'udp vs ct': number;
+  'v6 conn/s': number;
+  'v6 vs ct': number;
   'rr latency us': number;
   'rr %': number;
   'Gbit/s': number;
@@ -44,8 +53,8 @@ function buildTool(dir: string): string {
   return bin;
 }
 
-async function client(lab: BenchLab, bin: string, mode: 'conn' | 'rr' | 'stream', port: number): Promise<Record<string, number>> {
-  const r = await lab.exec('client', [bin, mode, HOST_V4, String(port), String(SECONDS)], { timeoutMs: (SECONDS + 10) * 1000 });
+async function client(lab: BenchLab, bin: string, mode: 'conn' | 'rr' | 'stream' | 'udp', port: number, host = HOST_V4): Promise<Record<string, number>> {
+  const r = await lab.exec('client', [bin, mode, host, String(port), String(SECONDS)], { timeoutMs: (SECONDS + 10) * 1000 });
   const out = JSON.parse(r.stdout) as Record<string, number | string>;
   if ('error' in out) throw new Error(`tcpbench ${mode}: ${String(out.error)}`);
   return out as Record<string, number>;
@@ -85,7 +94,7 @@ export async function runPacketBench(): Promise<PacketRow[]> {
   const lab = await BenchLab.create();
   try {
     const bin = buildTool(dir);
-    const policy = parsePolicy(packetPolicy({ rules: RULES, v4Members: 10000, v6Members: 100000, benchPorts: [PORT, PORT + 2] }));
+    const policy = parsePolicy(packetPolicy({ rules: RULES, v4Members: 10000, v6Members: 100000, benchPorts: [PORT, PORT + 2], udpPort: PORT + 3, v6: true }));
     const compiled = compilePolicy(policy);
     const naive = renderNaive(policy);
     const configs = [
@@ -93,30 +102,39 @@ export async function runPacketBench(): Promise<PacketRow[]> {
       {
         name: 'secgroup',
         script: renderScript(compiled.table),
-        hits: `SYN and every client->server packet: conntrack rules, then ${compiled.stats.layers.ingress_v4} ingress v4 map lookup layer(s) (${compiled.stats.elements} elements in all), allowed by the last rule`,
+        hits: `SYN (UDP: first datagram) and every client->server packet: conntrack rules, then ${compiled.stats.layers.ingress_v4} ingress v4 / ${compiled.stats.layers.ingress_v6} v6 map lookup layer(s) (${compiled.stats.elements} elements in all), allowed by the last rule`,
       },
       { name: 'naive', script: naive.script, hits: `SYN and every client->server packet: ${naive.rules.input} linear input rules, allowed by the last` },
       { name: 'conntrack only', script: CONNTRACK_ONLY, hits: 'the floor of any stateful firewall: conntrack on, the same ct state rules as secgroup, then accept (no policy rules)' },
     ];
-    const server = lab.exec('host', [bin, 'server', HOST_V4, String(PORT)], { timeoutMs: 15 * 60_000 });
+    const server = lab.exec('host', [bin, 'server', HOST_V4, String(PORT), HOST_V6], { timeoutMs: 15 * 60_000 });
     server.catch(() => undefined);
     await new Promise((r) => setTimeout(r, 300));
-    const best: Record<string, { conn: number; rr: number; tput: number }> = {};
+    const best: Record<string, { conn: number; rr: number; tput: number; udp: number; conn6: number }> = {};
     for (let round = 0; round < ROUNDS; round++) {
       for (const c of configs) {
         await lab.nft(c.script);
         const conn = await client(lab, bin, 'conn', PORT);
         const rr = await client(lab, bin, 'rr', PORT + 1);
         const st = await client(lab, bin, 'stream', PORT + 2);
-        const b = (best[c.name] ??= { conn: 0, rr: 0, tput: 0 });
+        const udp = await client(lab, bin, 'udp', PORT + 3);
+        const conn6 = await client(lab, bin, 'conn', PORT, HOST_V6);
+        const b = (best[c.name] ??= { conn: 0, rr: 0, tput: 0, udp: 0, conn6: 0 });
         b.conn = Math.max(b.conn, conn.conns! / conn.seconds!);
+        b.udp = Math.max(b.udp, udp.flows! / udp.seconds!);
+        b.conn6 = Math.max(b.conn6, conn6.conns! / conn6.seconds!);
         b.rr = Math.max(b.rr, rr.trips! / rr.seconds!);
         b.tput = Math.max(b.tput, (st.bytes! * 8) / st.seconds! / 1e9);
-        process.stderr.write(`  round ${round + 1} ${c.name}: ${Math.round(conn.conns! / conn.seconds!)} conn/s, ${Math.round(rr.trips! / rr.seconds!)} trips/s, ${((st.bytes! * 8) / st.seconds! / 1e9).toFixed(2)} Gbit/s\n`);
+        process.stderr.write(
+          `  round ${round + 1} ${c.name}: ${Math.round(conn.conns! / conn.seconds!)} conn/s, ${Math.round(rr.trips! / rr.seconds!)} trips/s, ${((st.bytes! * 8) / st.seconds! / 1e9).toFixed(2)} Gbit/s, ` +
+            `${Math.round(udp.flows! / udp.seconds!)} udp flows/s, ${Math.round(conn6.conns! / conn6.seconds!)} v6 conn/s\n`,
+        );
       }
     }
     server.kill('SIGKILL');
     const ref = best.none!;
+    const ct = best['conntrack only']!;
+    const ratio = (x: number, floor: number) => Math.round((x / floor) * 100) / 100;
     return configs.map((c) => {
       const b = best[c.name]!;
       return {
@@ -124,6 +142,11 @@ export async function runPacketBench(): Promise<PacketRow[]> {
         reference: 'none',
         'conn/s': Math.round(b.conn),
         'conn %': pct(b.conn, ref.conn),
+        'conn vs ct': ratio(b.conn, ct.conn),
+        'udp flows/s': Math.round(b.udp),
+        'udp vs ct': ratio(b.udp, ct.udp),
+        'v6 conn/s': Math.round(b.conn6),
+        'v6 vs ct': ratio(b.conn6, ct.conn6),
         'rr latency us': Math.round((1e6 / b.rr) * 10) / 10,
         'rr %': pct(b.rr, ref.rr),
         'Gbit/s': Math.round(b.tput * 100) / 100,

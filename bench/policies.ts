@@ -74,6 +74,10 @@ export interface PacketPolicyOptions {
   v6Members: number;
   /** the bench traffic's ports; only the last rule allows them from the client */
   benchPorts: [number, number];
+  /** also allow this UDP port from the client (rule `bench-udp`, the last of its chain) */
+  udpPort?: number;
+  /** IPv6 too: a tenth of the rules (the kind-3 prefix rules) on fd00:5ec:1:X::/64 prefixes, and rule `bench-v6` allowing benchPorts from fd00:5ec::/120 last */
+  v6?: boolean;
 }
 
 /**
@@ -100,6 +104,7 @@ export function packetPolicy(o: PacketPolicyOptions): PolicyInput {
     const x = i % 256;
     const y = (i >> 8) % 256;
     if (kind <= 2) g.rules.push({ id, direction: 'ingress', priority, action: 'allow', protocol: i % 2 ? 'tcp' : 'udp', multiport: `${port}`, remote_ip_prefix: '0.0.0.0/0' });
+    else if (kind === 3 && o.v6) g.rules.push({ id, direction: 'ingress', priority, action: 'allow', ethertype: 'IPv6', protocol: 'tcp', multiport: `${port}-${port + 5}`, remote_ip_prefix: `fd00:5ec:1:${x.toString(16)}${y.toString(16).padStart(2, '0')}::/64` });
     else if (kind <= 4) g.rules.push({ id, direction: 'ingress', priority, action: 'allow', protocol: 'tcp', multiport: `${port}-${port + 5}`, remote_ip_prefix: `198.19.${x}.0/24` });
     else if (kind === 5) g.rules.push({ id, direction: 'ingress', priority, action: 'deny', protocol: 'tcp', multiport: `${port}`, remote_ip_prefix: `198.18.${1 + (i % 100)}.${x}/32` });
     else if (kind === 6) g.rules.push({ id, direction: 'ingress', priority, action: 'deny', protocol: 'tcp', multiport: `${b0}-${b1}`, remote_ip_prefix: `198.19.${y}.${x}/32` });
@@ -112,6 +117,9 @@ export function packetPolicy(o: PacketPolicyOptions): PolicyInput {
     else g.rules.push({ id, direction: 'egress', priority, action: 'allow', protocol: 'tcp', multiport: `${port}`, remote_ip_prefix: '0.0.0.0/0' });
   }
   groups[1]!.rules.push({ id: 'bench', direction: 'ingress', priority: 100, action: 'allow', protocol: 'tcp', multiport: `${b0}-${b1}`, remote_ip_prefix: '198.18.0.0/24' });
+  // the UDP and IPv6 cases: also the last rules of their chains
+  if (o.udpPort !== undefined) groups[1]!.rules.push({ id: 'bench-udp', direction: 'ingress', priority: 100, action: 'allow', protocol: 'udp', multiport: `${o.udpPort}`, remote_ip_prefix: '198.18.0.0/24' });
+  if (o.v6) groups[1]!.rules.push({ id: 'bench-v6', direction: 'ingress', priority: 100, action: 'allow', ethertype: 'IPv6', protocol: 'tcp', multiport: `${b0}-${b1}`, remote_ip_prefix: 'fd00:5ec::/120' });
   const v4m: string[] = [];
   const base = (198 << 24) + (18 << 16) + (128 << 8);
   for (let i = 0; i < o.v4Members; i++) {

@@ -18,12 +18,19 @@
  *
  * Environment: SECGROUP_DEMO_PREFIX (default sgdemo-<pid>), SECGROUP_DEMO_VERBOSE=1
  * (print the components' logs at the end).
+ *
+ * `npm run demo -- --console`: afterwards the rule is created again and the demo
+ * keeps running (until Ctrl-C) with the web console reachable at
+ * http://127.0.0.1:8443/console (SECGROUP_DEMO_CONSOLE_PORT): a listening socket
+ * on the machine's loopback, bridged through a Unix socket to the controller in
+ * its namespace (test/helpers/ns-bridge.ts; no address or route is added).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { loopbackToUnix } from '../test/helpers/ns-bridge.js';
 
 const REPO = resolve(import.meta.dirname, '..');
 const TSX = join(REPO, 'node_modules/.bin/tsx');
@@ -37,6 +44,8 @@ const NS = (n: Node | 'sw') => `${PREFIX}-${n}`;
 const ADMIN = `demo-admin-${process.pid}-0123456789`;
 const PORT = 8443;
 const PROJECT = 'demo';
+const CONSOLE = process.argv.includes('--console');
+const CONSOLE_PORT = Number(process.env.SECGROUP_DEMO_CONSOLE_PORT ?? 8443);
 const t0 = performance.now();
 
 type Json = Record<string, unknown>;
@@ -305,6 +314,29 @@ async function main(): Promise<void> {
   const ok = rows.map((r) => r[3]!.includes('connected'));
   if (ok.join() !== 'false,true,false') throw new Error(`unexpected connection results: ${ok.join(', ')}`);
   say(bold('demo done: the rule opened port 80 and its deletion closed it again'));
+  if (CONSOLE) await keepForConsole(must);
+}
+
+/** --console: the rule again (so something is exposed), the console on the loopback, until Ctrl-C. */
+async function keepForConsole(must: (method: string, path: string, body: Json | undefined, want: number) => Promise<Json>): Promise<void> {
+  await must(
+    'POST',
+    '/vpc/security-group-rules',
+    { security_group_rule: { security_group_id: 'sg-web', direction: 'ingress', ethertype: 'IPv4', protocol: 'tcp', multiport: '80', remote_ip_prefix: '0.0.0.0/0', description: 'web from anywhere' } },
+    201,
+  );
+  say('rule "ingress TCP 80 from 0.0.0.0/0" created again, for the console');
+  const sock = join(dir, 'console.sock');
+  const bridge = start('ctl', 'console-bridge', [TSX, join(REPO, 'test/helpers/ns-bridge.ts'), sock, '127.0.0.1', String(PORT)], 'pipe');
+  await new Promise<void>((resolveReady, reject) => {
+    createInterface({ input: bridge.stdout! }).on('line', (l) => l === 'ready' && resolveReady());
+    bridge.once('exit', () => reject(new Error('the console bridge exited')));
+  });
+  const b = await loopbackToUnix(sock, CONSOLE_PORT);
+  console.log('');
+  say(bold(`web console: open ${b.url}/console and sign in with project "${PROJECT}" and token ${ADMIN}`));
+  say('press Ctrl-C to stop the demo and remove everything');
+  await new Promise<never>(() => {});
 }
 
 main()

@@ -6,7 +6,9 @@
 #
 # Both carry the single executable (scripts/build-sea.mjs; Node.js inside, none
 # needed on the host; the controller's store is Node's built-in node:sqlite, so
-# there is no native addon to ship). Then lintian, when installed: remaining
+# there is no native addon to ship). The controller's also carries the web
+# console's static files (dist/console) in /usr/lib/secgroup-controller/console.
+# Then lintian, when installed: remaining
 # tags are listed, with their reasons, in packaging/debian/lintian-overrides.*
 # (shipped).
 #
@@ -29,6 +31,8 @@ mkdir -p "$work" "$out"
 
 SECGROUP_SEA_NODE="$node_bin" node scripts/build-sea.mjs >&2
 sea="$repo/dist/secgroup"
+# the web console (npm run build:console) goes next to the controller's executable, where it looks for it
+[[ -f dist/console/index.html ]] || npm run build:console >&2
 
 doc() { # doc <root> <package>
   local d="$1/usr/share/doc/$2"
@@ -89,6 +93,8 @@ r="$work/controller"
 lib=/usr/lib/secgroup-controller
 install -d -m 0755 "$r/DEBIAN" "$r$lib" "$r/lib/systemd/system" "$r/etc/secgroup"
 install -m 0755 "$sea" "$r$lib/secgroup"
+# served at /console (src/cli/console-dir.ts finds it beside the executable)
+(cd dist/console && find . -type f -printf '%P\0' | sort -z | xargs -0 -I{} install -D -m 0644 {} "$r$lib/console/{}")
 sed "s#/usr/local/bin/secgroup#$lib/secgroup#; s#Installed by hand for now.*#Installed by the secgroup-controller package.#" \
   systemd/secgroup-controller.service >"$r/lib/systemd/system/secgroup-controller.service"
 chmod 0644 "$r/lib/systemd/system/secgroup-controller.service"

@@ -8,14 +8,15 @@
 # SECGROUP_NODE_PREFIX / SECGROUP_NODE_BIN move them).
 #   --tests  also the packages the test suites need (python3, Docker engine, debootstrap,
 #            systemd-analyze, python3-seccomp and shellcheck for the deployment tests,
-#            postgresql: test/helpers/postgres.ts starts throwaway clusters from its binaries)
+#            postgresql: test/helpers/postgres.ts starts throwaway clusters from its binaries;
+#            chromium for the console's browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(nftables iproute2 ca-certificates)
 if [[ ${1:-} == --tests ]]; then
   # the Docker engine is installed and started by docker/engine.sh (inert settings)
-  pkgs+=(python3 net-tools debootstrap systemd iputils-ping python3-seccomp shellcheck postgresql)
+  pkgs+=(python3 net-tools debootstrap systemd iputils-ping python3-seccomp shellcheck postgresql chromium)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -50,6 +50,8 @@ export const agentConfigSchema = z.strictObject({
   controller: controllerSchema.optional(),
   platform: platformSchema.default({ loopback: true, icmpv6_nd: true, dhcp: true, controller_rule: true, failsafe_ingress: [], failsafe_egress: [] }),
   drift_schedule: z.string().refine(validCron, { message: 'must be a cron expression, e.g. "*/30 * * * * *" (every 30 s)' }).default('*/30 * * * * *'),
+  /** follow `nft monitor` and repair a change to our table as it happens (src/agent/drift-monitor.ts) */
+  drift_monitor: z.boolean().default(true),
   retry_initial_ms: z.int().min(10).default(1000),
   retry_max_ms: z.int().min(100).default(60_000),
   incremental: z.boolean().default(true),

@@ -18,7 +18,11 @@
  * - Failure: nft's transaction is atomic, so the previous ruleset stays; the
  *   failure is reported once per revision, the next attempt is a full reload,
  *   retried with exponential backoff until it works or a newer revision comes.
- * - Drift: `checkDrift` reads the table back and re-applies on any difference.
+ * - Drift: `checkDrift` reads the table back (all of it, or only the
+ *   generation marker when a monitor watches the table: see
+ *   drift-monitor.ts) and re-applies on any difference; `repairDrift`
+ *   re-applies on a change the monitor saw. `isOwnMarker` tells the monitor
+ *   which transactions are ours (the markers of the last ones sent).
  *
  * What one sync does (nothing, element updates or a full reload) is decided
  * by the planner in sync-plan.ts; `syncOnce` applies and verifies that one
@@ -26,6 +30,10 @@
  *
  * One mutex serialises syncs, drift checks and counter reads, so a read never
  * races our own apply.
+ *
+ * Size: one sync loop with the checks and repairs that share its mutex and
+ * its applied state; what a sync does is planned in sync-plan.ts, what the
+ * monitor saw is judged in drift-monitor.ts.
  */
 import type { Clock, Timer } from '../lib/clock.js';
 import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
@@ -33,7 +41,7 @@ import type { Logger } from '../lib/logger.js';
 import type { Compiled } from '../nft/compile.js';
 import { chainCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
-import { findDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
+import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import type { NftRunner } from '../nft/runner.js';
 import { replaceTableTx } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
@@ -104,6 +112,9 @@ interface Desired {
   reported: boolean;
 }
 
+/** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
+const OWN_MARKERS = 4;
+
 function asSecgroupError(e: unknown): SecgroupError {
   return isSecgroupError(e) ? e : new SecgroupError('INTERNAL', `internal error during sync: ${errorMessage(e)}`, { cause: e });
 }
@@ -125,6 +136,9 @@ export class Reconciler {
   private unsaved: Policy | null = null;
   /** revision of the newest accepted submission (-1: none): older ones are stale */
   private newest = -1;
+  /** generation markers of the last transactions sent (isOwnMarker) */
+  private sentMarkers: string[] = [];
+  private fullApplyObserver: { before(): void; after(): void } | null = null;
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, ...opts };
@@ -203,38 +217,79 @@ export class Reconciler {
   /**
    * Reads our table back and, if it is missing or differs from what we
    * applied, re-applies it (full reload). Returns the drift found, or null.
-   * Also feeds the per-rule counters into the metrics. Never throws.
+   * A full check (default) lists the table with its elements and feeds the
+   * per-rule counters into the metrics; `{ elements: false }` reads only the
+   * generation marker (milliseconds at any map size: a deleted or replaced
+   * table, not an edit inside it; for when a monitor sees edits). Never throws.
    */
-  async checkDrift(): Promise<Drift | null> {
+  async checkDrift(opts: { elements?: boolean } = {}): Promise<Drift | null> {
     if (this.stopped) return null;
     return this.mutex.run(async () => {
       const applied = this.applied;
       if (!applied || this.stopped) return null;
-      let rb: TableReadback | null;
+      let d: Drift | null;
       try {
-        rb = await this.o.nft.readTable();
+        d = opts.elements === false ? findMarkerDrift(applied.compiled.table, await this.o.nft.readMarker()) : this.compareFull(applied, await this.o.nft.readTable());
       } catch (e) {
         this.o.logger.warn({ event: 'drift_check_failed', err: e }, `cannot read table back: ${errorMessage(e)}`);
         return null;
       }
-      if (rb) this.observeCounters(chainCounters(rb.chains));
-      const d = findDrift({ table: applied.compiled.table, comment: applied.tableComment, fingerprint: applied.fingerprint }, rb);
-      // after an apply the fingerprint has no element part (verify reads without elements):
-      // the first clean full read supplies it, so later element swaps show as drift
-      if (!d && rb && !hasElementFingerprint(applied.fingerprint)) applied.fingerprint = rb.fingerprint;
-      if (!d) return null;
-      this.o.logger.warn({ event: 'drift', revision: applied.revision, drift: d.kind }, `our table drifted (${d.detail}): re-applying revision ${applied.revision}`);
-      this.o.metrics.driftRepairs.inc({ kind: d.kind });
-      // Repair what is enforced now, even while a newer revision waits for a retry:
-      // a newer revision that keeps failing must not leave the host without its table.
-      this.forceFull = true;
-      const r = await this.syncOnce(applied.policy, 'drift');
-      if (!r.ok) {
-        this.o.metrics.applyFailures.inc({ code: r.error.code });
-        this.o.logger.error({ event: 'drift_repair_failed', revision: applied.revision, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
-      }
+      if (d) await this.repair(applied, d, 'check');
       return d;
     });
+  }
+
+  /**
+   * Re-applies what is enforced now (full reload) after a change `found`
+   * elsewhere (the monitor saw a transaction on our table that was not
+   * ours). Resolves when repaired or failed (the next check retries). Never throws.
+   */
+  async repairDrift(found: Drift): Promise<void> {
+    if (this.stopped) return;
+    await this.mutex.run(async () => {
+      const applied = this.applied;
+      if (applied && !this.stopped) await this.repair(applied, found, 'monitor');
+    });
+  }
+
+  /** Told right before and after each full reload goes to nft (the drift monitor pauses around them); null: nobody. */
+  observeFullApplies(observer: { before(): void; after(): void } | null): void {
+    this.fullApplyObserver = observer;
+  }
+
+  /** Is `marker` the generation marker of one of the last transactions this reconciler sent? */
+  isOwnMarker(marker: string): boolean {
+    return this.sentMarkers.includes(marker);
+  }
+
+  private compareFull(applied: AppliedState, rb: TableReadback | null): Drift | null {
+    if (rb) this.observeCounters(chainCounters(rb.chains));
+    const d = findDrift({ table: applied.compiled.table, comment: applied.tableComment, fingerprint: applied.fingerprint }, rb);
+    // after an apply the fingerprint has no element part (verify reads without elements):
+    // the first clean full read supplies it, so later element swaps show as drift
+    if (!d && rb && !hasElementFingerprint(applied.fingerprint)) applied.fingerprint = rb.fingerprint;
+    return d;
+  }
+
+  /** Under the mutex: re-applies `applied` (full reload), logs and counts it. */
+  private async repair(applied: AppliedState, d: Drift, via: 'check' | 'monitor'): Promise<void> {
+    const { logger, metrics, clock } = this.o;
+    logger.warn({ event: 'drift', revision: applied.revision, drift: d.kind, via }, `our table drifted (${d.detail}): re-applying revision ${applied.revision}`);
+    metrics.driftRepairs.inc({ kind: d.kind });
+    const t0 = clock.monotonic();
+    // Repair what is enforced now, even while a newer revision waits for a retry:
+    // a newer revision that keeps failing must not leave the host without its table.
+    this.forceFull = true;
+    const r = await this.syncOnce(applied.policy, 'drift');
+    if (!r.ok) {
+      metrics.applyFailures.inc({ code: r.error.code });
+      logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
+      return;
+    }
+    logger.info(
+      { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, durationMs: Math.max(0, clock.monotonic() - t0) },
+      `drift repaired (${via}): revision ${applied.revision} re-applied after ${d.detail}`,
+    );
   }
 
   /** Reads rule counters into the metrics (for a scrape; no map elements are read). Never throws. */
@@ -400,7 +455,16 @@ export class Reconciler {
     const counters = plan.kind === 'full' ? await countsToCarry(nft, this.o.logger) : null;
     const tx = counters ? replaceTableTx(plan.compiled.table, counters) : plan.tx;
     if (this.o.checkBeforeApply) await nft.check(tx);
-    await nft.apply(tx);
+    // known before nft commits: the monitor may report the transaction before apply() returns
+    const marker = plan.compiled.table.marker;
+    if (marker !== undefined) this.sentMarkers = [...this.sentMarkers.slice(1 - OWN_MARKERS), marker];
+    const observer = plan.kind === 'full' ? this.fullApplyObserver : null;
+    observer?.before();
+    try {
+      await nft.apply(tx);
+    } finally {
+      observer?.after();
+    }
     if (plan.kind === 'full' && !counters) metrics.resetRuleBaselines();
     return this.verify(plan.compiled, plan.tableComment);
   }

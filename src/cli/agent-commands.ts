@@ -21,6 +21,7 @@ import { createLogger } from '../lib/logger.js';
 import { cronScheduler } from '../lib/scheduler.js';
 import { compilePolicy, ruleChainName } from '../nft/compile.js';
 import { ExecaNftRunner } from '../nft/exec.js';
+import { ProcessNftMonitor } from '../nft/monitor.js';
 import { renderScript } from '../nft/render.js';
 import { deleteTableTx } from '../nft/transaction.js';
 import { isYamlPath, loadPolicyFile, parseDocumentText } from '../policy/load.js';
@@ -134,8 +135,8 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
       .summary('run the agent: enforce this host\'s policy with nftables, kept in sync with the controller')
       .description(
         'Applies the last known good policy from the state directory, then connects to the controller, applies ' +
-          'every policy snapshot it sends (one nft transaction each) and acks it. Repairs drift of its table on a ' +
-          'schedule. Serves /healthz, /readyz and /metrics on localhost. SIGTERM/SIGINT: stop, leave the rules in place. ' +
+          'every policy snapshot it sends (one nft transaction each) and acks it. Repairs drift of its table as it happens ' +
+          '(nft monitor) and on a schedule. Serves /healthz, /readyz and /metrics on localhost. SIGTERM/SIGINT: stop, leave the rules in place. ' +
           'Configuration: file < environment (SECGROUP_*) < flags; see docs/agent-config.md.',
       )
       .option('--instance-id <id>', 'this instance\'s id (hello message)')
@@ -181,6 +182,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),
         hostname: hostname(),
         serviceManager,
+        nftMonitor: new ProcessNftMonitor({ table: config.table }),
         tokenPresent: () => {
           try {
             return Boolean(token());

@@ -33,7 +33,10 @@ export function registerControllerCommand(program: Command, io: CliIo): void {
         const { createLogger } = await import('../lib/logger.js');
         // under systemd, lines carry their `<N>` journal priority (src/lib/journal.ts)
         const logger = createLogger({ level: config.log.level, name: 'secgroup-controller', syslogPrefix: io.stderrIsJournal?.() ?? false });
-        const controller = createController({ config, logger, env: io.env });
+        const { findConsoleDir } = await import('./console-dir.js');
+        const consoleDir = findConsoleDir();
+        if (!consoleDir) logger.warn({ event: 'console_missing' }, 'the web console is not built (npm run build): /console is not served');
+        const controller = createController({ config, logger, env: io.env, consoleDir });
         await controller.start();
         // Without a signal source (tests, embedding) the command runs until the process ends.
         await (io.stopSignal?.() ?? new Promise<never>(() => {}));

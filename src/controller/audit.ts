@@ -22,6 +22,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Clock } from '../lib/clock.js';
 import type { Logger } from '../lib/logger.js';
 import type { ScheduledJob, Scheduler } from '../lib/scheduler.js';
+import type { ProjectEvents } from './events.js';
 import type { AuditEvent, Store } from './store/store.js';
 import type { Random } from './tokens.js';
 
@@ -81,6 +82,8 @@ export interface AuditRecorderOptions {
   random: Random;
   /** events older than this many days are deleted */
   retentionDays: number;
+  /** successful API writes are also published here as `change` events (events.ts); none when absent */
+  events?: ProjectEvents;
 }
 
 export type AgentAuditKind = 'connected' | 'disconnected' | 'refused';
@@ -114,6 +117,11 @@ export class AuditRecorder {
       .catch((err: unknown) => this.log.error({ event: 'audit_store_failed', ...fields, err }, 'could not store an audit event'))
       .finally(() => this.pending.delete(p));
     this.pending.add(p);
+  }
+
+  /** A write that succeeded (2xx, not a dry run), as a console `change` event of its project. */
+  changed(projectId: string, change: { resource_type: string; operation: string; resource_ids: unknown[] }): void {
+    this.o.events?.publish(projectId, { type: 'change', data: change });
   }
 
   /** An agent connection event (actor `agent:<instance id>`; `anonymous` for an unknown token). */
@@ -246,6 +254,9 @@ export function registerAuditHooks(
       user_agent: boundUserAgent(req.headers['user-agent']),
       detail: null,
     });
+    if (spec !== UNKNOWN && project !== null && (status === 200 || status === 201 || status === 204)) {
+      recorder.changed(safeDecode(project), { resource_type: spec.resource_type, operation: spec.operation, resource_ids: [...pathIds, ...answer.created] });
+    }
   });
 }
 

@@ -19,6 +19,7 @@ import type { AccessKey } from './api/aksk.js';
 import { buildApi, type ApiToken } from './api/app.js';
 import { AuditRecorder } from './audit.js';
 import type { ControllerConfig } from './config.js';
+import { ProjectEvents } from './events.js';
 import { AgentHub } from './hub.js';
 import { AuthFailureLimiter } from './limits.js';
 import { createMetrics, type ControllerMetrics } from './metrics.js';
@@ -42,6 +43,8 @@ export interface ControllerDeps {
   random?: Random;
   /** runs audit retention (default: cron on `clock`) */
   scheduler?: Scheduler;
+  /** the built web console served at /console (the CLI finds it: src/cli/console-dir.ts); none: /console says it is not built */
+  consoleDir?: string | null;
 }
 
 export interface ControllerAddress {
@@ -167,7 +170,9 @@ export function createController(deps: ControllerDeps): Controller {
       }
       // one budget of failed authentications per source address for the API and the agents' upgrades
       const authLimiter = new AuthFailureLimiter(clock, { perMinute: config.http.auth_failures_per_minute, burst: config.http.auth_failure_burst });
-      const recorder = (audit = new AuditRecorder({ store, clock, logger, random, retentionDays: config.audit.retention_days }));
+      // live events for the console: the hub's instance state and port reports, the API's writes
+      const events = new ProjectEvents();
+      const recorder = (audit = new AuditRecorder({ store, clock, logger, random, retentionDays: config.audit.retention_days, events }));
       await recorder.startRetention(deps.scheduler ?? cronSchedulerOn(clock));
       const theHub = (hub = new AgentHub({
         audit: recorder,
@@ -182,6 +187,7 @@ export function createController(deps: ControllerDeps): Controller {
         deltas: config.agents.deltas,
         maxUnsentBytes: config.agents.max_unsent_bytes,
         authLimiter,
+        events,
       }));
       const service = new ControllerService({
         store,
@@ -195,7 +201,7 @@ export function createController(deps: ControllerDeps): Controller {
           metrics.revisionsBumped.inc(bumped);
         },
       });
-      app = buildApi({ audit: recorder, service, store, presence: theHub, tokens: apiTokens(config), accessKeys, clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https, http: config.http, authLimiter });
+      app = buildApi({ audit: recorder, service, store, presence: theHub, tokens: apiTokens(config), accessKeys, clock, logger, metrics, random, maxBodyBytes: config.api.max_body_bytes, https, http: config.http, authLimiter, events, consoleDir: deps.consoleDir ?? null });
       theHub.attach(app.server);
       await app.listen({ host: config.listen.host, port: config.listen.port });
       const addr = app.server.address() as AddressInfo;

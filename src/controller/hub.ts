@@ -20,6 +20,10 @@
  *   this file only handles the connections that carry it.
  * - Frames are bounded in size (ws `maxPayload`) and rate (token bucket per
  *   connection); liveness uses ping/pong every heartbeat interval.
+ * - With `events`, what the hub stores about an instance (hello, ack, port
+ *   report, disconnect) is also published as a console event (events.ts),
+ *   after the store write, on the connection's queue: read back from the
+ *   store only when someone watches the project.
  */
 import type { IncomingMessage, Server as HttpServer } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -45,6 +49,7 @@ import {
 import { authRefusal, sourceKey, type AuthFailureLimiter } from './limits.js';
 import { boundUserAgent, type AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
+import { publishInstanceState, type ProjectEvents } from './events.js';
 import { CLOSE, Session, sessionKey } from './hub-session.js';
 import { PushDocuments, type SentDocument } from './push-documents.js';
 import type { AgentErrorRecord, AgentState, Store, StoredPolicy } from './store/store.js';
@@ -77,6 +82,8 @@ export interface HubOptions {
   authLimiter?: AuthFailureLimiter;
   /** records connects, disconnects and refused tokens (src/controller/audit.ts) */
   audit?: AuditRecorder;
+  /** live events for the console (instance state, port reports); none when absent */
+  events?: ProjectEvents;
 }
 
 export class AgentHub {
@@ -227,7 +234,17 @@ export class AgentHub {
     if (this.sessions.get(s.key) === s) this.sessions.delete(s.key);
     this.o.metrics.agentsConnected.set(this.connectedCount);
     this.log.info({ event: 'disconnect', project: s.projectId, instance: s.instanceId, code }, 'agent disconnected');
-    if (s.helloed) this.enqueue(s, async () => void (await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: formatTime(s.lastSeenMs) })));
+    if (s.helloed) {
+      this.enqueue(s, async () => {
+        await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: formatTime(s.lastSeenMs) });
+        await this.publishInstance(s);
+      });
+    }
+  }
+
+  /** The instance's state as the store now has it, to the console (events.ts; only when the project is watched). */
+  private publishInstance(s: Session): Promise<void> {
+    return this.o.events ? publishInstanceState(this.o.events, this.o.store, s.projectId, s.instanceId, this.isConnected(s.projectId, s.instanceId)) : Promise.resolve();
   }
 
   private beat(): void {
@@ -304,6 +321,7 @@ export class AgentHub {
     const welcome: WelcomeMessage = { type: 'welcome', protocol: PROTOCOL_VERSION, instance_id: s.instanceId, desired_revision: policy?.revision ?? null };
     this.send(s, JSON.stringify(welcome));
     this.log.info({ event: 'hello', project: s.projectId, instance: s.instanceId, applied, desired: policy?.revision ?? null, version: msg.agent_version }, 'agent hello');
+    await this.publishInstance(s);
     if (policy && applied !== policy.revision) this.sendPolicy(s, policy, 'hello');
   }
 
@@ -339,7 +357,7 @@ export class AgentHub {
     const at = formatTime(this.o.clock.now());
     if (!(await this.handedOut(s, msg.revision))) {
       await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ack', msg.revision, at) });
-      return;
+      return this.publishInstance(s);
     }
     this.o.metrics.acks.inc({ status: msg.status });
     const patch: Partial<AgentState> = {
@@ -356,6 +374,7 @@ export class AgentHub {
     if (msg.status === 'applied') patch.applied_revision = msg.revision;
     else patch.last_error = { revision: msg.revision, code: msg.error?.code ?? msg.status.toUpperCase(), message: msg.error?.message ?? `revision ${msg.revision} ${msg.status}`, at };
     await this.o.store.updateAgentState(s.projectId, s.instanceId, patch);
+    await this.publishInstance(s);
     const level = msg.status === 'applied' ? 'info' : 'warn';
     this.log[level]({ event: 'ack', project: s.projectId, instance: s.instanceId, revision: msg.revision, status: msg.status, err: msg.error }, 'agent ack');
   }
@@ -366,10 +385,12 @@ export class AgentHub {
     if (revision !== null && !(await this.handedOut(s, revision))) {
       // a report against a revision never handed out says nothing about this instance's policy: not stored
       await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ports', revision, at) });
+      await this.publishInstance(s);
       return this.refuse(s, 'revision_ahead', `port report for revision ${revision}, which was never handed out for this instance: not stored`);
     }
     await this.o.store.updateAgentState(s.projectId, s.instanceId, { ports: msg.report, ports_received_at: at, last_seen: at });
     this.log.debug({ event: 'ports', project: s.projectId, instance: s.instanceId, entries: msg.report.entries.length }, 'port report');
+    this.o.events?.publish(s.projectId, { type: 'ports', data: { instance_id: s.instanceId } });
   }
 
   private async resync(s: Session, msg: ResyncMessage): Promise<void> {

@@ -17,6 +17,9 @@ export interface ControllerMetrics {
   connectionsRejected: Counter<'reason'>;
   authRateLimited: Counter<'endpoint'>;
   clientErrors: Counter<'status'>;
+  eventStreams: Gauge;
+  eventsSent: Counter<'type'>;
+  eventStreamsClosed: Counter<'reason'>;
 }
 
 export function createMetrics(opts: { defaultMetrics?: boolean } = {}): ControllerMetrics {
@@ -69,6 +72,19 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}): Controll
       name: 'secgroup_controller_http_client_errors_total',
       help: 'Connections the HTTP parser gave up on before a request was routed (status: 400 malformed, 408 timeout, 431 headers too large)',
       labelNames: ['status'],
+      registers,
+    }),
+    eventStreams: new Gauge({ name: 'secgroup_controller_event_streams', help: 'Open console event streams (GET /v3/{project_id}/events)', registers }),
+    eventsSent: new Counter({
+      name: 'secgroup_controller_events_sent_total',
+      help: 'Frames written to console event streams (type: instance, ports, change, heartbeat)',
+      labelNames: ['type'],
+      registers,
+    }),
+    eventStreamsClosed: new Counter({
+      name: 'secgroup_controller_event_streams_closed_total',
+      help: 'Console event streams closed (reason: client = the client went away, slow = too much unsent, auth_expired = lifetime over, shutdown)',
+      labelNames: ['reason'],
       registers,
     }),
   };

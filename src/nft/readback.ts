@@ -213,3 +213,15 @@ export function findDrift(
   if (expected.fingerprint && !sameFingerprint(rb.fingerprint, expected.fingerprint)) return { kind: 'modified', detail: 'table content changed since it was applied' };
   return null;
 }
+
+/**
+ * The cheap drift check: only the generation marker (`readMarker`, cost
+ * independent of the map sizes) against the one `table` carries. Sees a
+ * deleted, recreated or replaced table; not an edit inside it.
+ */
+export function findMarkerDrift(table: Table, marker: string | null): Drift | null {
+  const expected = table.marker ?? null;
+  if (marker === expected) return null;
+  if (marker === null) return { kind: 'missing', detail: `table ${table.family} ${table.name} or its generation marker is missing` };
+  return { kind: 'comment', detail: `generation marker is ${JSON.stringify(marker)}, expected ${JSON.stringify(expected)}` };
+}

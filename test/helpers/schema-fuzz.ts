@@ -59,6 +59,17 @@ type Schema = Record<string, unknown> & {
 interface OpenApiOperation {
   parameters?: { name: string; in: string; schema?: Schema }[];
   requestBody?: { content: Record<string, { schema: Schema }> };
+  responses?: Record<string, { content?: Record<string, unknown> }>;
+}
+
+/**
+ * An event stream (`text/event-stream`, GET .../events) answers 200 and stays
+ * open: not a request/response operation a fuzzer can wait for. Its other
+ * methods and its errors are fuzzed; its stream is tested on real sockets
+ * (test/unit/console-events.test.ts).
+ */
+export function isEventStream(op: OpenApiOperation | undefined): boolean {
+  return !!op?.responses?.['200']?.content?.['text/event-stream'];
 }
 
 export interface FuzzOperation {
@@ -94,6 +105,7 @@ export function fuzzOperations(doc: { paths: Record<string, Record<string, OpenA
   for (const [path, item] of Object.entries(doc.paths)) {
     for (const method of ALL_METHODS) {
       const op = item[method.toLowerCase()];
+      if (isEventStream(op)) continue;
       ops.push({
         method,
         path,

@@ -15,16 +15,13 @@
  * path into A is opened by a rule this test creates.
  */
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentProcess, Peer, REPO, kernelSkipReason } from '../helpers/agent-lab.js';
+import { AgentProcess, Peer, kernelSkipReason } from '../helpers/agent-lab.js';
+import { ControllerLab } from '../helpers/controller-lab.js';
 
 const skip = kernelSkipReason();
-const TSX = join(REPO, 'node_modules/.bin/tsx');
 const CTL = '198.18.9.1';
 const A = '198.18.9.2';
 const B = '198.18.9.3';
@@ -37,90 +34,8 @@ type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-ex
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-class IntegrationLab {
-  readonly prefix = `sgt-${process.pid}-${randomBytes(3).toString('hex')}`;
-  readonly ns = { ctl: `${this.prefix}-ctl`, a: `${this.prefix}-a`, b: `${this.prefix}-b` };
-  dir = '';
-  private readonly procs: { proc: ResultPromise }[] = [];
-
-  async setup(): Promise<void> {
-    this.dir = await mkdtemp(join(tmpdir(), `${this.prefix}-`));
-    const ip = (...args: string[]) => execa('ip', args);
-    for (const ns of Object.values(this.ns)) {
-      await ip('netns', 'add', ns);
-      await ip('-n', ns, 'link', 'set', 'lo', 'up');
-    }
-    await ip('-n', this.ns.ctl, 'link', 'add', 'br0', 'type', 'bridge');
-    await ip('-n', this.ns.ctl, 'addr', 'add', `${CTL}/24`, 'dev', 'br0');
-    await ip('-n', this.ns.ctl, 'link', 'set', 'br0', 'up');
-    for (const [ns, addr, port] of [
-      [this.ns.a, A, 'va'],
-      [this.ns.b, B, 'vb'],
-    ] as const) {
-      await ip('-n', ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', port, 'netns', this.ns.ctl);
-      await ip('-n', this.ns.ctl, 'link', 'set', port, 'master', 'br0');
-      await ip('-n', this.ns.ctl, 'link', 'set', port, 'up');
-      await ip('-n', ns, 'addr', 'add', `${addr}/24`, 'dev', 'eth0');
-      await ip('-n', ns, 'link', 'set', 'eth0', 'up');
-    }
-  }
-
-  private spawn(ns: string, args: string[], stdin: 'pipe' | 'ignore'): ResultPromise {
-    // TMPDIR: the agents' nft helper directories go with the lab's directory
-    return execa('ip', ['netns', 'exec', ns, TSX, ...args], { cwd: REPO, buffer: false, stdin, reject: false, env: { TMPDIR: this.dir } });
-  }
-
-  async rpc(ns: string): Promise<Peer> {
-    const proc = this.spawn(ns, [join(REPO, 'test/helpers/ns-rpc.ts')], 'pipe');
-    const p = new Peer(proc, proc.stdout!);
-    this.procs.push({ proc });
-    await p.waitFor((l) => l.event === 'ready', 20_000, 0, 'rpc helper ready');
-    return p;
-  }
-
-  async listeners(ns: string, ports: number[]): Promise<void> {
-    const proc = this.spawn(ns, [join(REPO, 'test/helpers/lab-listener.ts'), ...ports.map(String)], 'pipe');
-    const p = new AgentProcess(proc, proc.stdout!);
-    this.procs.push({ proc });
-    // lab-listener prints a plain "ready" line, not JSON
-    const end = Date.now() + 20_000;
-    while (!p.raw.includes('ready')) {
-      if (Date.now() > end) throw new Error(`listeners did not start: ${p.raw.join('\n')}`);
-      await sleep(50);
-    }
-  }
-
-  /** `secgroup <args>` in `ns`; its JSON logs (stderr) are parsed. */
-  secgroup(ns: string, args: string[]): AgentProcess {
-    const proc = this.spawn(ns, [join(REPO, 'src/cli/main.ts'), ...args], 'ignore');
-    const p = new AgentProcess(proc, proc.stderr!);
-    this.procs.push({ proc });
-    return p;
-  }
-
-  nftTable(ns: string) {
-    return execa('ip', ['netns', 'exec', ns, 'nft', 'list', 'table', 'inet', 'secgroup'], { reject: false });
-  }
-
-  async destroy(): Promise<void> {
-    // Every process in our namespaces was started by this test. Kill them
-    // by pid first: `ip netns exec tsx` leaves a node grandchild that keeps
-    // the pipes open, so waiting on the direct child alone could hang.
-    for (const ns of Object.values(this.ns)) {
-      const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout?.split(/\s+/).filter(Boolean) ?? [];
-      for (const pid of pids) spawnSync('kill', ['-9', pid]);
-    }
-    for (const p of this.procs) {
-      p.proc.kill('SIGKILL');
-      await Promise.race([p.proc.catch(() => undefined), sleep(3000)]);
-    }
-    for (const ns of Object.values(this.ns)) spawnSync('ip', ['netns', 'del', ns]);
-    if (this.dir) await rm(this.dir, { recursive: true, force: true });
-  }
-}
-
 describe.skipIf(skip !== null)(`controller + two real agents in network namespaces${skip ? ` (skipped: ${skip})` : ''}`, () => {
-  const lab = new IntegrationLab();
+  const lab = new ControllerLab(CTL, { a: A, b: B });
   let ctlRpc: Peer;
   let bRpc: Peer;
   let controller: AgentProcess;

@@ -5,7 +5,7 @@ import { expect } from 'vitest';
 import { FakeClock } from '../../src/lib/clock.js';
 import { silentLogger, type Logger } from '../../src/lib/logger.js';
 import { AuditRecorder } from '../../src/controller/audit.js';
-import { buildApi, type AgentPresence } from '../../src/controller/api/app.js';
+import { buildApi, type AgentPresence, type ApiOptions } from '../../src/controller/api/app.js';
 import type { AccessKey } from '../../src/controller/api/aksk.js';
 import { createMetrics } from '../../src/controller/metrics.js';
 import { ControllerService } from '../../src/controller/service.js';
@@ -57,7 +57,7 @@ export interface TestApi {
 }
 
 /** `random`: another replica's ids (default `countingRandom()`: two apps over one store would make the same ids). */
-export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger; accessKeys?: readonly AccessKey[]; random?: Random } = {}): TestApi {
+export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?: boolean; logger?: Logger; accessKeys?: readonly AccessKey[]; random?: Random; extra?: Partial<ApiOptions> } = {}): TestApi {
   const store = opts.store ?? (opts.sqlite ? openSqliteStore(':memory:') : new MemoryStore());
   const clock = new FakeClock(Date.UTC(2024, 4, 1, 12, 0, 0));
   const presence = new FakePresence();
@@ -87,6 +87,7 @@ export function makeApi(opts: { store?: Store; quotas?: Partial<Quotas>; sqlite?
     metrics: createMetrics({ defaultMetrics: false }),
     random,
     maxBodyBytes: 64 * 1024,
+    ...opts.extra,
   });
   return { app, store, clock, presence, pushed, service, audit };
 }

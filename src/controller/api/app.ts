@@ -41,6 +41,9 @@ import { findToken, tokenFromHeaders } from '../tokens.js';
 import { clientErrorHandler, guardConnections, serverOptions } from './edge.js';
 import { checkSignedHeaders, isSignedRequest, verifyPayload, type PendingSignature } from './aksk.js';
 import { buildOpenApi } from './openapi.js';
+import { registerConsoleRoutes } from './console-route.js';
+import { registerEventsRoute } from './events-route.js';
+import { ProjectEvents } from '../events.js';
 import type { ApiOptions, Route } from './route.js';
 import { registerRoutes } from './routes.js';
 
@@ -290,6 +293,13 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   };
 
   registerRoutes(route, o);
+  remember('GET', '/v3/:project_id/events');
+  // without a publisher (tests of the API alone) a stream only carries heartbeats
+  const closeStreams = registerEventsRoute(app, { events: o.events ?? new ProjectEvents(), clock: o.clock, logger: log, metrics: o.metrics, limits: o.eventStream });
+  // hijacked streams would hold app.close() until their lifetime ends
+  app.addHook('preClose', async () => closeStreams());
+  remember('GET', '/console');
+  registerConsoleRoutes(app, o.consoleDir ?? null);
 
   for (const url of ['/openapi.json', '/healthz', '/metrics']) remember('GET', url);
   let openapi: string | null = null;

@@ -59,6 +59,7 @@ const responses = {
   instances: z.object({ ...rid, instances: z.array(instanceView), page_info: pageInfoView }),
   token: z.object({ ...rid, instance_id: z.string(), token: z.string() }),
   status: z.object({ ...rid, status: instanceStatusView }),
+  statuses: z.object({ ...rid, instance_statuses: z.array(instanceStatusView) }),
   ports: portsView,
   auditEvents: z.object({ ...rid, audit_events: z.array(auditEventView), page_info: pageInfoView }),
   error: errorView,
@@ -73,7 +74,7 @@ interface Operation {
   summary: string;
   query?: z.ZodObject;
   body?: z.ZodType;
-  ok: { status: number; schema: Json | null; description?: string };
+  ok: { status: number; schema: Json | null; description?: string; contentType?: string };
   dryRun?: boolean;
   /** the dry run's 202 answer carries the change preview (`impact`) */
   impact?: boolean;
@@ -140,6 +141,14 @@ function operations(): Operation[] {
     },
     { method: 'get', path: `${P}/instances/{id}/status`, summary: 'Desired vs applied revision, last ack and error, connection', ok: { status: 200, schema: o(responses.status) } },
     { method: 'get', path: `${P}/instances/{id}/ports`, summary: 'The agent\'s last port report (open / blocked / local-only / not-listening)', ok: { status: 200, schema: o(responses.ports) } },
+    { method: 'get', path: `${P}/instance-statuses`, summary: 'Every instance\'s status (as GET .../instances/{id}/status) in one answer, in list order', ok: { status: 200, schema: o(responses.statuses) } },
+    {
+      method: 'get',
+      path: `${P}/events`,
+      summary:
+        'Live events (server-sent events): `instance` {instance_id, desired_revision, applied_revision, connected, last_error} on agent connect/ack/disconnect, `ports` {instance_id} on a port report, `change` {resource_type, operation, resource_ids} on a successful write; a `: heartbeat` comment every 15 s; closed after 15 minutes (reconnect to authenticate again) or when the client does not read',
+      ok: { status: 200, schema: { type: 'string' }, contentType: 'text/event-stream', description: 'an event stream (text/event-stream), open until the client leaves' },
+    },
     {
       method: 'get',
       path: `${P}/audit-events`,
@@ -177,7 +186,9 @@ export function buildOpenApi(): Json {
     if (op.path.includes('{id}')) parameters.push({ name: 'id', in: 'path', required: true, schema: { type: 'string' } });
     if (op.query) parameters.push(...queryParameters(op.query));
     const res: Record<string, Json> = {
-      [op.ok.status]: op.ok.schema ? { description: 'success', content: { 'application/json': { schema: op.ok.schema } } } : { description: 'success, no body' },
+      [op.ok.status]: op.ok.schema
+        ? { description: op.ok.description ?? 'success', content: { [op.ok.contentType ?? 'application/json']: { schema: op.ok.schema } } }
+        : { description: 'success, no body' },
     };
     if (op.dryRun) {
       const answer = op.impact ? schema(responses.dryRunImpact, 'output') : errorSchema;

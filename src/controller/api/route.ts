@@ -11,6 +11,8 @@ import type { Clock } from '../../lib/clock.js';
 import type { Logger } from '../../lib/logger.js';
 import { ID_PATTERN, zodIssues } from '../../policy/schema.js';
 import type { AuditRecorder } from '../audit.js';
+import type { ProjectEvents } from '../events.js';
+import type { EventStreamLimits } from './events-route.js';
 import type { AccessKey } from './aksk.js';
 import { ApiError } from '../errors.js';
 import type { AuthFailureLimiter, HttpLimits } from '../limits.js';
@@ -55,6 +57,12 @@ export interface ApiOptions {
   authLimiter?: AuthFailureLimiter;
   /** records every write (src/controller/audit.ts); none when absent */
   audit?: AuditRecorder;
+  /** live events for `GET /v3/{project_id}/events` (events.ts); absent: the streams carry heartbeats only */
+  events?: ProjectEvents;
+  /** heartbeat, buffer and lifetime of an event stream (default EVENT_STREAM_DEFAULTS) */
+  eventStream?: Partial<EventStreamLimits>;
+  /** the built web console (dist/console) served at /console; null or absent: /console says it is not built */
+  consoleDir?: string | null;
 }
 
 /** Per-request context handed to resource handlers. */

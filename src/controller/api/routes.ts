@@ -58,6 +58,22 @@ function matchesEps(wanted: readonly string[] | undefined, value: string): boole
 
 export function registerRoutes(route: Route, o: ApiOptions): void {
   const { service } = o;
+  /** desired vs applied revision, connection and last error of one instance */
+  const statusOf = async (project: string, inst: { id: string; revision: number | null }) => {
+    const id = inst.id;
+    const st = (await o.store.getAgentState(project, id)) ?? EMPTY_AGENT_STATE;
+    return {
+      instance_id: id,
+      desired_revision: inst.revision,
+      applied_revision: st.applied_revision,
+      in_sync: inst.revision !== null && st.applied_revision === inst.revision,
+      connected: o.presence.isConnected(project, id),
+      last_seen: o.presence.lastSeen(project, id) ?? st.last_seen,
+      last_ack: st.last_ack,
+      last_error: st.last_error,
+      agent: { version: st.agent_version, hostname: st.hostname },
+    };
+  };
   const DRY = { dry_run: true };
   /** A dry run that also answers what the change would do (`impact`, docs/api.md "Change preview"). */
   const previewed = async <T>(project: string, fn: (s: ProjectSnapshot, ctx: MutationContext) => Mutation<T>) => ({ ...DRY, impact: await dryRunImpact(o.store, await service.preview(project, fn)) });
@@ -288,20 +304,15 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
     const snap = await service.read(project);
     const inst = snap.instances.find((i) => i.id === id);
     if (!inst) throw ApiError.notFound('instance', id);
-    const st = (await o.store.getAgentState(project, id)) ?? EMPTY_AGENT_STATE;
-    return {
-      status: {
-        instance_id: id,
-        desired_revision: inst.revision,
-        applied_revision: st.applied_revision,
-        in_sync: inst.revision !== null && st.applied_revision === inst.revision,
-        connected: o.presence.isConnected(project, id),
-        last_seen: o.presence.lastSeen(project, id) ?? st.last_seen,
-        last_ack: st.last_ack,
-        last_error: st.last_error,
-        agent: { version: st.agent_version, hostname: st.hostname },
-      },
-    };
+    return { status: await statusOf(project, inst) };
+  });
+
+  // every instance's status in one answer (the console's overview), in the order of GET /instances
+  route('GET', '/instance-statuses', 200, async ({ project }) => {
+    const snap = await service.read(project);
+    const statuses = [];
+    for (const inst of snap.instances) statuses.push(await statusOf(project, inst));
+    return { instance_statuses: statuses };
   });
 
   route('GET', '/instances/:id/ports', 200, async ({ project, params }) => {

@@ -5,6 +5,7 @@ import { createLogger, silentLogger, type Logger } from '../../../src/lib/logger
 import { Writable } from 'node:stream';
 import { ManualScheduler } from '../../../src/lib/scheduler.js';
 import { FakeNft } from '../../../src/nft/fake.js';
+import { FakeNftMonitor } from '../../../src/nft/monitor.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
 import { renderTable } from '../../../src/nft/render.js';
 import { ackFor, createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
@@ -18,7 +19,7 @@ import { dumpBlock, dumpBlocks, generationMarker, tableComment } from '../../hel
 
 const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
 
-function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string; logger?: Logger } = {}) {
+function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string; logger?: Logger; monitor?: FakeNftMonitor; driftMonitor?: boolean } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = opts.store ?? new MemoryStateStore();
@@ -26,10 +27,10 @@ function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: str
   const scheduler = new ManualScheduler();
   const probe = new FakePortProbe();
   const config = resolveConfig(
-    { instance_id: 'ecs-1', http_listen: null, ...(opts.controller === false ? {} : { controller: { url: opts.url ?? 'ws://198.18.0.1:8080', token: 't' } }) },
+    { instance_id: 'ecs-1', http_listen: null, ...(opts.driftMonitor === false ? { drift_monitor: false } : {}), ...(opts.controller === false ? {} : { controller: { url: opts.url ?? 'ws://198.18.0.1:8080', token: 't' } }) },
     {},
   );
-  const agent = createAgent({ config, nft, store, clock, logger: opts.logger ?? silentLogger(), scheduler, resolver, dialer: opts.controller === false ? null : dialer.dial, portProbe: probe, random: () => 0.5 });
+  const agent = createAgent({ config, nft, store, clock, logger: opts.logger ?? silentLogger(), scheduler, resolver, dialer: opts.controller === false ? null : dialer.dial, portProbe: probe, random: () => 0.5, nftMonitor: opts.monitor ?? null });
   return { nft, clock, store, dialer, scheduler, agent, probe };
 }
 
@@ -172,6 +173,44 @@ describe('agent', () => {
     await agent.stop();
   });
 
+  it('reports ports after a rule change at once, after member deltas at most once every 10 s', async () => {
+    const { dialer, agent, clock, probe } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    s.receive({ type: 'policy', policy: policy(3) });
+    await agent.reconciler.idle();
+    await clock.advance(2000);
+    await settle();
+    const reads = probe.calls.length;
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.0.30'], remove: [] } } });
+    await agent.reconciler.idle();
+    await clock.advance(2000);
+    await settle();
+    expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
+    expect(agent.reconciler.state?.kind).toBe('incremental');
+    expect(probe.calls.length).toBe(reads);
+    s.receive({ type: 'policy_delta', base_revision: 4, revision: 5, group_members: { web: { add: [], remove: ['198.18.0.30'] } } });
+    await agent.reconciler.idle();
+    await clock.advance(9000);
+    await settle();
+    // one trailing report for both deltas, 10 s after the last report, of the newest revision
+    expect(probe.calls.slice(reads)).toEqual([{ revision: 5 }]);
+    s.receive({ type: 'policy_delta', base_revision: 5, revision: 6, group_members: { web: { add: ['198.18.0.31'], remove: [] } } });
+    await agent.reconciler.idle();
+    await settle();
+    // a rule change does not wait for the member report due in 10 s
+    s.receive({ type: 'policy', policy: policy(7, { httpPort: '81' }) });
+    await agent.reconciler.idle();
+    await clock.advance(1000);
+    await settle();
+    expect(probe.calls.slice(reads)).toEqual([{ revision: 5 }, { revision: 7 }]);
+    await clock.advance(20_000);
+    await settle();
+    expect(probe.calls.length).toBe(reads + 2);
+    await agent.stop();
+  });
+
   it('rejects an invalid policy with an error ack and keeps the previous ruleset', async () => {
     const { nft, dialer, agent } = setup();
     await agent.start();
@@ -297,6 +336,37 @@ describe('agent', () => {
     expect(dumpBlock(nft.dump(), 'input').rules.length).toBeGreaterThan(0);
     expect(await agent.metrics.registry.getSingleMetricAsString('secgroup_drift_repairs_total')).toContain('kind="structure"} 1');
     expect(store.saves).toBe(0);
+    await agent.stop();
+  });
+
+  it('follows nft monitor: a hand edit it reports is repaired before any periodic check, and the monitor stops with the agent', async () => {
+    const monitor = new FakeNftMonitor();
+    const { nft, clock, scheduler, agent } = setup({ store: new MemoryStateStore(policy(1)), monitor });
+    await agent.start();
+    expect(monitor.running).toBe(1);
+    await clock.advance(500);
+    nft.flushTable();
+    monitor.emit({ structural: true, sample: ['delete rule inet secgroup input handle 4'] });
+    await agent.reconciler.idle();
+    await new Promise((r) => setImmediate(r));
+    expect(dumpBlock(nft.dump(), 'input').rules.length).toBeGreaterThan(0);
+    expect(await agent.metrics.registry.getSingleMetricAsString('secgroup_drift_repairs_total')).toContain('kind="structure"} 1');
+    // the periodic check reads only the generation marker while the monitor covers the table
+    const tableReads = nft.count('readTable');
+    await scheduler.fire();
+    expect(nft.count('readTable')).toBe(tableReads);
+    await agent.stop();
+    expect(monitor.running).toBe(0);
+  });
+
+  it('does not follow nft monitor with drift_monitor: false (the periodic check reads the whole table)', async () => {
+    const monitor = new FakeNftMonitor();
+    const { nft, scheduler, agent } = setup({ store: new MemoryStateStore(policy(1)), monitor, driftMonitor: false });
+    await agent.start();
+    expect(monitor.started).toBe(0);
+    const tableReads = nft.count('readTable');
+    await scheduler.fire();
+    expect(nft.count('readTable')).toBe(tableReads + 1);
     await agent.stop();
   });
 

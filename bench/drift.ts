@@ -1,0 +1,126 @@
+/**
+ * bench drift: what watching our table costs, with the agent's real code
+ * (Reconciler + DriftMonitor over ExecaNftRunner and `nft monitor`) in a
+ * scratch network namespace, for a 10k- and a 100k-member remote group
+ * (bench/policies.ts groupPolicy). Per size:
+ * - the periodic check while the monitor covers the table (generation
+ *   marker only; median of 10) vs the full read-back it replaces (the whole
+ *   table with its elements; median of 3) — target <= 20 ms at 100k;
+ * - tamper -> repaired: from the start of a hand-made `nft` command (table
+ *   deleted, chain flushed, rule inserted, member removed, member set
+ *   flushed) to the end of the monitor's repair (full reload verified), vs
+ *   the periodic period it replaces (30 s) — target <= 1 s.
+ */
+import { AgentMetrics } from '../src/agent/metrics.js';
+import { Reconciler } from '../src/agent/reconciler.js';
+import { DriftMonitor } from '../src/agent/drift-monitor.js';
+import { MemoryStateStore } from '../src/agent/state-store.js';
+import { systemClock } from '../src/lib/clock.js';
+import { createLogger, silentLogger } from '../src/lib/logger.js';
+import { memberSetName } from '../src/nft/compile.js';
+import { ExecaNftRunner } from '../src/nft/exec.js';
+import { ProcessNftMonitor } from '../src/nft/monitor.js';
+import type { Drift } from '../src/nft/readback.js';
+import { DEFAULT_PLATFORM } from '../src/policy/platform.js';
+import { parsePolicy } from '../src/policy/schema.js';
+import { BenchLab } from './lab.js';
+import { bigMember, groupPolicy } from './policies.js';
+
+const SIZES = (process.env.BENCH_DRIFT_SIZES ?? '10000,100000').split(',').map(Number);
+
+export interface DriftRow {
+  members: number;
+  what: string;
+  ms: number;
+  reference: string;
+  referenceMs: number;
+  ratio: number;
+  note: string;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const r1 = (x: number) => Math.round(x * 10) / 10;
+
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = performance.now();
+  await fn();
+  return performance.now() - t0;
+}
+
+async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
+  const rows: DriftRow[] = [];
+  const command = ['ip', 'netns', 'exec', lab.host, 'nft'];
+  const nft = new ExecaNftRunner({ table: 'secgroup', command, timeoutMs: 600_000, helper: true });
+  const metrics = new AgentMetrics();
+  // BENCH_LOG=1: the agent code's log lines (debug) on stderr
+  const logger = process.env.BENCH_LOG ? createLogger({ level: 'debug' }) : silentLogger();
+  const r = new Reconciler({ nft, store: new MemoryStateStore(), clock: systemClock, logger, metrics, platform: DEFAULT_PLATFORM, checkBeforeApply: false });
+  let repaired: ((d: Drift) => void) | null = null;
+  const target = {
+    isOwnMarker: (m: string) => r.isOwnMarker(m),
+    observeFullApplies: (o: { before(): void; after(): void } | null) => r.observeFullApplies(o),
+    checkDrift: (o?: { elements?: boolean }) => r.checkDrift(o),
+    repairDrift: async (d: Drift) => {
+      await r.repairDrift(d);
+      repaired?.(d);
+    },
+  };
+  const dm = new DriftMonitor({ monitor: new ProcessNftMonitor({ table: 'secgroup', command }), target, clock: systemClock, logger, metrics });
+  try {
+    dm.start();
+    const o = await r.submit(parsePolicy(groupPolicy(members, 10, 1)), 'controller');
+    if (o.status !== 'applied') throw new Error(`apply failed: ${JSON.stringify(o)}`);
+    await new Promise((res) => setTimeout(res, 1500)); // settled: the monitor's first full check ran
+    if (!dm.watching) throw new Error('the monitor does not cover the table');
+    const cheap: number[] = [];
+    for (let i = 0; i < 10; i++) cheap.push(await timed(() => dm.periodicCheck()));
+    const full: number[] = [];
+    for (let i = 0; i < 3; i++) full.push(await timed(() => r.checkDrift()));
+    rows.push({
+      members,
+      what: 'periodic check while the monitor covers the table (generation marker; median of 10)',
+      ms: r1(median(cheap)),
+      reference: 'full read-back with elements (median of 3)',
+      referenceMs: r1(median(full)),
+      ratio: Math.round((median(cheap) / median(full)) * 1000) / 1000,
+      note: 'target <= 20 ms at 100k',
+    });
+    const set = memberSetName(6, 'sg-big');
+    const tampers: [string, string[]][] = [
+      ['table deleted', ['delete', 'table', 'inet', 'secgroup']],
+      ['chain flushed', ['flush', 'chain', 'inet', 'secgroup', 'input']],
+      ['rule inserted', ['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '9', 'accept']],
+      ['member removed', ['delete', 'element', 'inet', 'secgroup', set, `{ ${bigMember(7)} }`]],
+      ['member set flushed', ['flush', 'set', 'inet', 'secgroup', set]],
+    ];
+    for (const [what, args] of tampers) {
+      const done = new Promise<Drift>((res) => (repaired = res));
+      const t0 = performance.now();
+      await lab.exec('host', ['nft', ...args]);
+      const d = await Promise.race([done, new Promise<null>((res) => setTimeout(() => res(null), 60_000))]);
+      const ms = performance.now() - t0;
+      repaired = null;
+      await r.idle();
+      rows.push({ members, what: `tamper -> repaired by the monitor: ${what}`, ms: r1(ms), reference: 'periodic check period', referenceMs: 30_000, ratio: Math.round((ms / 30_000) * 1000) / 1000, note: d ? `kind ${d.kind}; target <= 1 s` : 'NOT repaired within 60 s' });
+      await new Promise((res) => setTimeout(res, 300));
+    }
+  } finally {
+    await dm.stop();
+    await r.stop();
+    nft.close();
+  }
+  return rows;
+}
+
+export async function runDriftBench(): Promise<DriftRow[]> {
+  const rows: DriftRow[] = [];
+  for (const members of SIZES) {
+    const lab = await BenchLab.create();
+    try {
+      rows.push(...(await measure(lab, members)));
+    } finally {
+      await lab.destroy();
+    }
+  }
+  return rows;
+}

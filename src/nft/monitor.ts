@@ -1,0 +1,235 @@
+/**
+ * Following the kernel's nftables change events (`nft monitor`) for our
+ * table: the edge that lets the agent see a hand edit as it happens instead
+ * of on its next periodic read-back.
+ *
+ * Text output, not `nft -j monitor`: nft 1.0.6 prints the transaction
+ * boundaries (`# new generation N by process P (comm)`) only in text mode,
+ * and a transaction is the unit that is ours or not (every transaction the
+ * agent sends sets the generation marker, MARKER_SET). Each event line reads
+ * `<verb> <object> <family> <table> ...`; lines about any other table are
+ * dropped at their fourth token, never parsed further or kept. When the
+ * kernel's event queue overflowed nft prints `# ERROR: We lost some netlink
+ * events!`: reported as `lost` (the caller must then read the table back).
+ *
+ * nft 1.0.6 quirks, seen here: `nft monitor` (text and JSON alike) dies of
+ * SIGSEGV when one transaction creates an interval map with concatenated
+ * keys and adds its elements (what a full reload of our table does), and it
+ * prints nothing for elements of such a map added or deleted later (a
+ * transaction with no line: `unknown`). The agent pauses the monitor around
+ * its own full reloads (src/agent/drift-monitor.ts).
+ *
+ * `MonitorParser` is pure (chunks in, events out). `ProcessNftMonitor`
+ * runs `nft monitor` as one long-lived child; `FakeNftMonitor` lets unit
+ * tests play events and deaths. Supervision (restart with backoff, what an
+ * event means) is the agent's: src/agent/drift-monitor.ts.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { MARKER_SET, assertName } from './model.js';
+
+/** One committed transaction that touched our table. */
+export interface MonitorBatch {
+  /** the ruleset generation it committed (null if nft did not say) */
+  generation: number | null;
+  /** `PID (comm)` of the process that committed it, as nft prints it */
+  by: string | null;
+  /** event lines about our table in it */
+  lines: number;
+  /** the first few of those lines (for the log) */
+  sample: string[];
+  /** generation marker texts it added (`add element inet T sg_generation { 1 comment "..." }`) */
+  markers: string[];
+  /** it deleted our table */
+  tableDeleted: boolean;
+  /** it added, deleted or replaced a chain, rule, set or map of ours (not only elements) */
+  structural: boolean;
+}
+
+/**
+ * `unknown`: a transaction nft printed no event of at all (nft 1.0.6 prints
+ * nothing for elements of an interval map with concatenated keys when the
+ * map already existed): it may have touched any table, ours included.
+ */
+export type MonitorEvent = { kind: 'batch'; batch: MonitorBatch } | { kind: 'lost' } | { kind: 'unknown'; generation: number; by: string | null };
+
+export interface MonitorHandlers {
+  onEvent(e: MonitorEvent): void;
+  /** the monitor ended by itself (not after `stop`): why, for the log; called at most once */
+  onExit(reason: string): void;
+}
+
+export interface MonitorSession {
+  /** stops following; no handler is called afterwards */
+  stop(): void;
+}
+
+export interface NftMonitor {
+  /** Starts following change events of the runner's table. Never throws: a monitor that cannot start reports `onExit`. */
+  follow(handlers: MonitorHandlers): MonitorSession;
+}
+
+const SAMPLE_LINES = 5;
+const GENERATION_RE = /^# new generation (\d+)(?: by process (.*))?$/;
+const MARKER_RE = /^add element inet \S+ \S+ \{ 1 comment "(.*)" \}$/;
+const STRUCTURAL = new Set(['table', 'chain', 'rule', 'set', 'map', 'flowtable', 'counter', 'quota', 'limit', 'ct', 'secmark', 'synproxy']);
+
+/** Splits nft monitor's text output into transactions that touched table `inet <table>`. */
+export class MonitorParser {
+  private readonly table: string;
+  private rest = '';
+  private batch: MonitorBatch | null = null;
+  /** event lines of the open transaction, any table */
+  private seen = 0;
+
+  constructor(table: string) {
+    this.table = assertName(table);
+  }
+
+  /** Feeds a chunk of output (any split); returns the events completed by it. */
+  push(chunk: string): MonitorEvent[] {
+    const text = this.rest + chunk;
+    const lines = text.split('\n');
+    this.rest = lines.pop() ?? '';
+    const out: MonitorEvent[] = [];
+    for (const line of lines) this.line(line, out);
+    return out;
+  }
+
+  private line(line: string, out: MonitorEvent[]): void {
+    if (line.startsWith('#')) {
+      const g = GENERATION_RE.exec(line);
+      if (g) {
+        const generation = Number(g[1]);
+        const by = g[2] ?? null;
+        if (this.batch) out.push({ kind: 'batch', batch: { ...this.batch, generation, by } });
+        else if (this.seen === 0) out.push({ kind: 'unknown', generation, by });
+        this.batch = null;
+        this.seen = 0;
+      } else if (line.startsWith('# ERROR') && /lost/i.test(line)) {
+        out.push({ kind: 'lost' });
+      }
+      return;
+    }
+    if (line === '') return;
+    this.seen++;
+    // `<verb> <object> <family> <table> ...`: the cheap test first (most lines of a big apply are elements)
+    const a = line.indexOf(' ');
+    const b = a < 0 ? -1 : line.indexOf(' ', a + 1);
+    const c = b < 0 ? -1 : line.indexOf(' ', b + 1);
+    if (c < 0) return;
+    const d = line.indexOf(' ', c + 1);
+    const table = line.slice(c + 1, d < 0 ? undefined : d);
+    if (table !== this.table || line.slice(b + 1, c) !== 'inet') return;
+    const verb = line.slice(0, a);
+    const object = line.slice(a + 1, b);
+    const batch = (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false });
+    batch.lines++;
+    if (batch.sample.length < SAMPLE_LINES) batch.sample.push(line.length > 200 ? `${line.slice(0, 200)}...` : line);
+    if (object === 'element') {
+      if (verb === 'add' && line.startsWith(`add element inet ${this.table} ${MARKER_SET} `)) {
+        const m = MARKER_RE.exec(line);
+        if (m) batch.markers.push(m[1]!);
+      }
+      return;
+    }
+    if (STRUCTURAL.has(object)) batch.structural = true;
+    if (verb === 'delete' && object === 'table') batch.tableDeleted = true;
+  }
+}
+
+export interface ProcessNftMonitorOptions {
+  table: string;
+  /** the command that runs nft, default ["nft"] (e.g. ["ip", "netns", "exec", "ns1", "nft"]) */
+  command?: string[];
+}
+
+/** `nft monitor` as a child process (text output, see the file note). */
+export class ProcessNftMonitor implements NftMonitor {
+  private readonly table: string;
+  private readonly command: string[];
+
+  constructor(opts: ProcessNftMonitorOptions) {
+    this.table = assertName(opts.table);
+    this.command = opts.command ?? ['nft'];
+  }
+
+  follow(h: MonitorHandlers): MonitorSession {
+    const parser = new MonitorParser(this.table);
+    const [file, ...pre] = this.command;
+    let stopped = false;
+    let exited = false;
+    let stderr = '';
+    const exit = (reason: string) => {
+      if (stopped || exited) return;
+      exited = true;
+      h.onExit(reason);
+    };
+    let child: ChildProcess;
+    try {
+      child = spawn(file!, [...pre, 'monitor'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (e) {
+      queueMicrotask(() => exit(`cannot start nft monitor: ${(e as Error).message}`));
+      return { stop: () => void (stopped = true) };
+    }
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (chunk: string) => {
+      if (stopped) return;
+      for (const e of parser.push(chunk)) h.onEvent(e);
+    });
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => {
+      if (stderr.length < 2000) stderr += chunk;
+    });
+    child.on('error', (e) => exit(`nft monitor failed: ${e.message}`));
+    child.on('close', (code, signal) => exit(`nft monitor exited (${signal ?? `code ${code}`})${stderr.trim() ? `: ${stderr.trim().slice(0, 500)}` : ''}`));
+    return {
+      stop() {
+        if (stopped) return;
+        stopped = true;
+        child.kill('SIGTERM');
+      },
+    };
+  }
+}
+
+/** In-memory monitor for unit tests: `emit` plays an event to every session, `exit` ends them. */
+export class FakeNftMonitor implements NftMonitor {
+  private sessions: { h: MonitorHandlers; stopped: boolean }[] = [];
+  /** sessions started so far (restarts included) */
+  started = 0;
+
+  get running(): number {
+    return this.sessions.filter((s) => !s.stopped).length;
+  }
+
+  follow(h: MonitorHandlers): MonitorSession {
+    const s = { h, stopped: false };
+    this.sessions.push(s);
+    this.started++;
+    return { stop: () => void (s.stopped = true) };
+  }
+
+  /** A transaction on our table seen by the monitor. */
+  emit(batch: Partial<MonitorBatch>): void {
+    const full: MonitorBatch = { generation: null, by: null, lines: 1, sample: [], markers: [], tableDeleted: false, structural: false, ...batch };
+    for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'batch', batch: full });
+  }
+
+  lost(): void {
+    for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'lost' });
+  }
+
+  /** A transaction nft printed no event of. */
+  unknown(generation = 1): void {
+    for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'unknown', generation, by: null });
+  }
+
+  /** The monitor process died. */
+  exit(reason = 'nft monitor exited (code 1)'): void {
+    for (const s of this.sessions) {
+      if (s.stopped) continue;
+      s.stopped = true;
+      s.h.onExit(reason);
+    }
+  }
+}

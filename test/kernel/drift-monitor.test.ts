@@ -1,0 +1,116 @@
+/**
+ * Drift noticed as it happens (src/agent/drift-monitor.ts): the real agent
+ * in a network namespace follows `nft monitor`; every way of changing its
+ * table by hand that matters is undone by the monitor, long before the
+ * periodic check (set to once a year here), with one `drift_repaired` line
+ * each. The table lists as before and real packets get the policy's verdicts.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { memberSetName } from '../../src/nft/compile.js';
+import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, HOST_ADDR, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+
+const skip = kernelSkipReason();
+const PEERS_SET = memberSetName(4, 'peers');
+
+/** tcp 8000 from the client's address, tcp 8001 from the members of group `peers` (the client among others). */
+function labPolicy(revision: number) {
+  return {
+    revision,
+    instance: { id: 'lab-1', addresses: [HOST_ADDR] },
+    security_groups: [
+      {
+        id: 'sg-lab',
+        rules: [
+          { id: 'r-tcp', direction: 'ingress', protocol: 'tcp', multiport: '8000', remote_ip_prefix: `${CLIENT_ADDR}/32` },
+          { id: 'r-peers', direction: 'ingress', protocol: 'tcp', multiport: '8001', remote_group_id: 'peers' },
+          { id: 'r-out', direction: 'egress' },
+        ],
+      },
+    ],
+    group_members: { peers: [CLIENT_ADDR, '198.18.7.50', '198.18.7.51'] },
+  };
+}
+
+describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  let lab: AgentLab;
+  let peer: Peer;
+  let agent: AgentProcess;
+  let original = '';
+  const latencies: Record<string, number> = {};
+
+  /** Our table as nft lists it, without counter values (they restart with a repair). */
+  const listing = async () => String((await lab.nft(['list', 'table', 'inet', 'secgroup'], { reject: false })).stdout).replace(/counter packets \d+ bytes \d+/g, 'counter');
+  const verdicts = async (ports: number[]) => Object.fromEntries(await Promise.all(ports.map(async (p) => [p, await peer.canConnect(p)] as const)));
+
+  beforeAll(async () => {
+    lab = await AgentLab.create('drift');
+    await lab.startListeners([8000, 8001, 8002]);
+    peer = await lab.startPeer();
+    const config = await lab.writeConfig({
+      instance_id: 'lab-1',
+      state_dir: `${lab.dir}/state`,
+      log_level: 'debug',
+      controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token', reconnect_initial_ms: 100, reconnect_max_ms: 1000 },
+      // once a year: whatever is repaired below was repaired by the monitor
+      drift_schedule: '0 0 0 1 1 *',
+      http_listen: '127.0.0.1:9469',
+      platform: { dhcp: false },
+    });
+    agent = lab.startAgent(config);
+    await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
+    await peer.request({ cmd: 'policy', policy: labPolicy(1) });
+    await peer.waitForAck(1, 'applied');
+    // the monitor's first full check (settleMs after it started) has run: it covers the table
+    await agent.waitFor((l) => l.event === 'drift_monitor_started', 5000, 0, 'monitor started');
+    await new Promise((r) => setTimeout(r, 1000));
+    original = await listing();
+    expect(original).toContain(`set ${PEERS_SET}`);
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
+  });
+
+  afterAll(async () => {
+    console.log(`tamper -> drift_repaired line (ms, wall, machine shared): ${JSON.stringify(latencies)}`);
+    await lab?.destroy();
+  });
+
+  it.each([
+    ['table deleted', 'missing', ['delete', 'table', 'inet', 'secgroup']],
+    ['chain flushed', 'structure', ['flush', 'chain', 'inet', 'secgroup', 'input']],
+    ['rule inserted', 'structure', ['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '8002', 'accept']],
+    ['element removed', 'modified', ['delete', 'element', 'inet', 'secgroup', PEERS_SET, `{ ${CLIENT_ADDR} }`]],
+    ['set flushed', 'modified', ['flush', 'set', 'inet', 'secgroup', PEERS_SET]],
+  ] as const)('repairs: %s (kind %s), by the monitor', async (what, kind, args) => {
+    const from = agent.lines.length;
+    const t0 = performance.now();
+    await lab.nft([...args]);
+    const line = await agent.waitFor((l) => l.event === 'drift_repaired', 15_000, from, `drift_repaired after: ${what}`);
+    latencies[what] = Math.round(performance.now() - t0);
+    expect(line).toMatchObject({ via: 'monitor', drift: kind, revision: 1, detail: expect.stringContaining('secgroup') });
+    expect(await listing()).toBe(original);
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
+    expect(agent.lines.slice(from).filter((l) => l.event === 'drift' && l.via !== 'monitor')).toEqual([]);
+  });
+
+  it('repairs one transaction that inserts a rule and removes a member', async () => {
+    const from = agent.lines.length;
+    await lab.nft(['-f', '-'], { input: `insert rule inet secgroup input tcp dport 8002 accept\ndelete element inet secgroup ${PEERS_SET} { ${CLIENT_ADDR} }\n` });
+    await agent.waitFor((l) => l.event === 'drift_repaired', 15_000, from, 'drift_repaired');
+    expect(await listing()).toBe(original);
+    expect(await verdicts([8001, 8002])).toEqual({ 8001: true, 8002: false });
+  });
+
+  it('does not repair its own transactions: a member change and a full reload from the controller', async () => {
+    const from = agent.lines.length;
+    const p2 = labPolicy(2);
+    p2.group_members.peers.push('198.18.7.52');
+    await peer.request({ cmd: 'policy', policy: p2 });
+    await peer.waitForAck(2, 'applied');
+    const p3 = labPolicy(3);
+    p3.security_groups[0]!.rules[0]!.multiport = '8000,8002';
+    await peer.request({ cmd: 'policy', policy: p3 });
+    await peer.waitForAck(3, 'applied');
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(agent.lines.slice(from).filter((l) => l.event === 'drift' || l.event === 'drift_repaired')).toEqual([]);
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: true });
+  });
+});

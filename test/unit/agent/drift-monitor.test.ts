@@ -1,0 +1,230 @@
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { FakeClock } from '../../../src/lib/clock.js';
+import { createLogger } from '../../../src/lib/logger.js';
+import { FakeNft } from '../../../src/nft/fake.js';
+import { FakeNftMonitor } from '../../../src/nft/monitor.js';
+import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
+import { AgentMetrics } from '../../../src/agent/metrics.js';
+import { Reconciler } from '../../../src/agent/reconciler.js';
+import { DriftMonitor } from '../../../src/agent/drift-monitor.js';
+import { MemoryStateStore } from '../../../src/agent/state-store.js';
+import { policy } from './fixtures.js';
+import { tableComment } from '../../helpers/nft-dump.js';
+
+function setup() {
+  const nft = new FakeNft();
+  const clock = new FakeClock();
+  const metrics = new AgentMetrics();
+  const lines: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const l of chunk.toString().split('\n')) if (l.trim()) lines.push(JSON.parse(l) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const logger = createLogger({ level: 'debug', destination: sink });
+  const r = new Reconciler({ nft, store: new MemoryStateStore(), clock, logger, metrics, platform: DEFAULT_PLATFORM, checkBeforeApply: false });
+  const monitor = new FakeNftMonitor();
+  const dm = new DriftMonitor({ monitor, target: r, clock, logger, metrics, restartInitialMs: 1000, restartMaxMs: 8000, settleMs: 500 });
+  const events = (name: string) => lines.filter((l) => l.event === name);
+  const reads = () => ({ table: nft.count('readTable'), marker: nft.count('readMarker') });
+  return { nft, clock, metrics, r, monitor, dm, events, reads };
+}
+
+const revisionOf = (nft: FakeNft) => /revision=(\d+)/.exec(tableComment(nft.dump()) ?? '')?.[1] ?? null;
+
+describe('drift monitor', () => {
+  it('repairs a change it did not make as soon as the monitor reports it, with one drift_repaired line', async () => {
+    const { nft, clock, r, monitor, dm, events } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    nft.deleteTable();
+    monitor.emit({ tableDeleted: true, structural: true, sample: ['delete table inet secgroup'], by: '42 (nft)' });
+    await r.idle();
+    await dm.stop();
+    expect(revisionOf(nft)).toBe('1');
+    expect(events('drift_repaired')).toEqual([
+      expect.objectContaining({ via: 'monitor', drift: 'missing', revision: 1, detail: expect.stringContaining('by process 42 (nft): delete table inet secgroup') }),
+    ]);
+  });
+
+  it.each([
+    ['a flushed chain', 'structure', { structural: true, sample: ['delete rule inet secgroup input handle 4'] }],
+    ['a removed element', 'modified', { sample: ['delete element inet secgroup s4 { 198.18.1.1 }'] }],
+  ] as const)('reports %s as kind %s', async (_what, kind, batch) => {
+    const { nft, clock, r, monitor, dm, events, metrics } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    const applies = nft.count('apply');
+    monitor.emit({ ...batch, sample: [...batch.sample] });
+    await dm.idle();
+    await dm.stop();
+    expect(nft.count('apply')).toBe(applies + 1);
+    expect(nft.calls.at(-2)?.tx?.ops.map((o) => o.op)).toEqual(['replace-table']);
+    expect(events('drift_repaired')).toEqual([expect.objectContaining({ via: 'monitor', drift: kind })]);
+    expect(await metrics.registry.getSingleMetricAsString('secgroup_drift_repairs_total')).toContain(`kind="${kind}"} 1`);
+  });
+
+  it('ignores the transactions the agent sent itself (they carry its generation marker)', async () => {
+    const { nft, clock, r, monitor, dm, events } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    const first = r.state!.compiled.table.marker!;
+    await r.submit(policy(2, { members: ['198.18.0.30'] }), 'controller'); // element update: a new marker
+    const second = r.state!.compiled.table.marker!;
+    expect(second).not.toBe(first);
+    // reported late, after the next transaction was sent: still ours
+    for (const marker of [first, second]) monitor.emit({ markers: [marker], lines: 3, structural: true });
+    const applies = nft.count('apply');
+    await clock.advance(500);
+    await dm.stop();
+    expect(nft.count('apply')).toBe(applies);
+    expect(events('drift')).toEqual([]);
+  });
+
+  it('treats a transaction with somebody else\'s marker as foreign', async () => {
+    const { nft, clock, r, monitor, dm } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    const applies = nft.count('apply');
+    monitor.emit({ markers: ['secgroup digest=0 revision=0 instance=other'], structural: true });
+    await dm.stop();
+    expect(nft.count('apply')).toBe(applies + 1);
+  });
+
+  it('repairs once more for changes seen while a repair runs, not once per change', async () => {
+    const { nft, clock, r, monitor, dm } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    const applies = nft.count('apply');
+    // held in the repair's verify (after the reload, the monitor follows again)
+    const release = nft.hold('readMarker');
+    monitor.emit({ structural: true });
+    await new Promise((res) => setImmediate(res));
+    for (let i = 0; i < 5; i++) monitor.emit({ structural: true });
+    release();
+    await dm.idle();
+    await dm.stop();
+    expect(nft.count('apply')).toBe(applies + 2);
+  });
+
+  it('reads only the generation marker on its period while the monitor covers the table, the whole table otherwise', async () => {
+    const { nft, clock, r, monitor, dm, reads } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    expect(dm.watching).toBe(false);
+    await clock.advance(500); // settled: one full check closes the gap before the monitor subscribed
+    expect(reads().table).toBe(1);
+    expect(dm.watching).toBe(true);
+    let before = reads();
+    expect(await dm.periodicCheck()).toBeNull();
+    expect(reads()).toEqual({ table: before.table, marker: before.marker + 1 });
+    // the cheap check still sees a table deleted behind a monitor that did not report it
+    nft.deleteTable();
+    expect(await dm.periodicCheck()).toMatchObject({ kind: 'missing' });
+    expect(revisionOf(nft)).toBe('1');
+    // the monitor dies: full checks until it is back and settled
+    monitor.exit();
+    expect(dm.watching).toBe(false);
+    before = reads();
+    await dm.periodicCheck();
+    expect(reads().table).toBe(before.table + 1);
+    await dm.stop();
+  });
+
+  it('restarts a monitor that died, with backoff, and stops it with the agent', async () => {
+    const { clock, r, monitor, dm, events, metrics } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    const n = monitor.started;
+    monitor.exit('nft monitor exited (code 1): boom');
+    expect(events('drift_monitor_exited')).toEqual([expect.objectContaining({ reason: 'nft monitor exited (code 1): boom', retryInMs: 1000 })]);
+    await clock.advance(999);
+    expect(monitor.started).toBe(n);
+    await clock.advance(1);
+    expect(monitor.started).toBe(n + 1);
+    monitor.exit();
+    await clock.advance(1999);
+    expect(monitor.started).toBe(n + 1);
+    await clock.advance(1);
+    expect(monitor.started).toBe(n + 2);
+    expect(await metrics.registry.getSingleMetricAsString('secgroup_drift_monitor_restarts_total')).toContain('secgroup_drift_monitor_restarts_total 2');
+    expect(monitor.running).toBe(1);
+    await dm.stop();
+    expect(monitor.running).toBe(0);
+    await clock.advance(60_000);
+    expect(monitor.started).toBe(n + 2);
+    expect(clock.timers).toBe(0);
+  });
+
+  it('reads the whole table back when the monitor lost events', async () => {
+    const { clock, r, monitor, dm, reads } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    const before = reads().table;
+    monitor.lost();
+    await r.idle();
+    await new Promise((res) => setImmediate(res));
+    expect(reads().table).toBe(before + 1);
+    await dm.stop();
+  });
+
+  it('is not running while its own full reload goes to nft (nft 1.0.6 monitor crashes on it), and follows again right after', async () => {
+    const { nft, clock, r, monitor, dm, reads, events } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    const release = nft.hold('apply');
+    const done = r.submit(policy(2, { httpPort: '81' }), 'controller'); // a rule changes: full reload
+    await new Promise((res) => setImmediate(res));
+    expect(nft.calls.at(-1)?.tx?.ops.map((o) => o.op)).toEqual(['replace-table']);
+    expect(monitor.running).toBe(0);
+    const tableReads = reads().table;
+    release();
+    expect(await done).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(monitor.running).toBe(1);
+    expect(dm.watching).toBe(true);
+    await clock.advance(5000);
+    expect(reads().table).toBe(tableReads); // no full check after our own reload
+    expect(events('drift_monitor_exited')).toEqual([]);
+    // a member delta is not a full reload: no pause
+    const started = monitor.started;
+    expect(await r.submit(policy(3, { httpPort: '81', members: ['198.18.0.10', '198.18.0.12', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.30'], remove: [] } } })).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(monitor.started).toBe(started);
+    await dm.stop();
+  });
+
+  it('covers the table also when its first full check comes due during the first (long) full reload', async () => {
+    const { nft, clock, r, dm } = setup();
+    dm.start();
+    const release = nft.hold('apply');
+    const done = r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    release();
+    await done;
+    await clock.advance(0);
+    await r.idle();
+    expect(dm.watching).toBe(true);
+    await dm.stop();
+  });
+
+  it('reads the whole table back after a transaction nft printed nothing of', async () => {
+    const { nft, clock, r, monitor, dm, reads } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    const before = reads().table;
+    const applies = nft.count('apply');
+    monitor.unknown(7);
+    await dm.idle();
+    expect(reads().table).toBe(before + 1);
+    expect(nft.count('apply')).toBe(applies); // nothing changed in ours
+    await dm.stop();
+  });
+});
