@@ -24,6 +24,8 @@ rootfs_recipe=1
 
 say() { printf 'postgres-image.sh: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
+# shellcheck source=docker/rootfs-lib.sh
+source "$here/rootfs-lib.sh"
 now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 
@@ -32,7 +34,7 @@ mapfile -t pkgs < <({ sed -e 's/#.*//' -e 's/[[:space:]]//g' "$here/base-package
 pkgs_csv="$(IFS=,; echo "${pkgs[*]}")"
 sha() { sha256sum | cut -c1-16; }
 rootfs_key="$(printf '%s\n' "recipe=$rootfs_recipe" "suite=$suite" "${pkgs[@]}" | sha)"
-image_key="$({ echo "rootfs=$rootfs_key"; cat "${BASH_SOURCE[0]}" "$here/postgres-entry.sh"; } | sha)"
+image_key="$({ echo "rootfs=$rootfs_key"; cat "${BASH_SOURCE[0]}" "$here/rootfs-lib.sh" "$here/postgres-entry.sh"; } | sha)"
 tag="secgroup-postgres:$image_key"
 
 if docker image inspect "$tag" >/dev/null 2>&1; then
@@ -48,27 +50,15 @@ exec 9>"$cache/lock"
 flock 9
 tarball="$cache/rootfs-postgres-$suite-$rootfs_key.tar"
 if [[ ! -f $tarball ]]; then
-  mirror="${SECGROUP_DEBIAN_MIRROR:-}"
-  if [[ -z $mirror ]]; then
-    # the same lookup as systemd-image.sh (deb822 first, then one-line sources)
-    mirror="$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)"
-    [[ -n $mirror ]] || mirror="$(awk '$1 == "deb" && $0 ~ / '"$suite"' / { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list 2>/dev/null | head -n1)"
-  fi
-  [[ -n $mirror ]] || die "no $suite mirror found in /etc/apt/sources.list*; set SECGROUP_DEBIAN_MIRROR"
-  command -v debootstrap >/dev/null || die "debootstrap missing (docker/base-image.sh installs it)"
   work="$(mktemp -d "$cache/debootstrap-postgres.XXXXXX")"
   trap 'rm -rf "$work"' EXIT
-  say "debootstrap --variant=minbase $suite with $pkgs_csv"
   t="$(now)"
-  debootstrap --variant=minbase --include="$pkgs_csv" "$suite" "$work/rootfs" "$mirror" >"$work/log" 2>&1 ||
-    { tail -n 30 "$work/log" >&2; die "debootstrap failed"; }
+  debootstrap_rootfs "$work/rootfs" "$suite" "$pkgs_csv"
   say "debootstrap took $(took "$t")"
   r="$work/rootfs"
-  rm -rf "$r/var/lib/apt/lists/"* "$r/var/cache/apt/"*.bin "$r/var/cache/apt/archives/"*.deb "$r/var/log/"*.log
   # the package's own cluster (created by its postinst, never started): the entry point makes one in PGDATA
   rm -rf "$r/etc/postgresql/"*/main "$r/var/lib/postgresql/"*/main
-  tar --numeric-owner --xattrs --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -C "$r" -cf "$work/rootfs.tar" .
-  mv "$work/rootfs.tar" "$tarball"
+  pack_rootfs "$r" "$tarball"
   rm -rf "$work"
   trap - EXIT
   say "rootfs tarball $(du -h "$tarball" | cut -f1): $tarball"

@@ -163,3 +163,16 @@ export async function controllerCall(ctr: StartedTestContainer, token: string, m
   const r = await ctr.exec(['node', '-e', script]);
   return JSON.parse(r.stdout) as { status: number; body: Json };
 }
+
+/** Starts an agent container (NET_ADMIN) at a fixed address with `config` as /etc/secgroup/agent.yaml and its token in SECGROUP_TOKEN. */
+export function startAgentContainer(image: string, o: { name: string; network: string; ip: string; labels: Record<string, string>; token: string; config: string }): Promise<StartedTestContainer> {
+  return new FixedIpContainer(image)
+    .withName(o.name)
+    .withFixedIp(o.network, o.ip)
+    .withAddedCapabilities('NET_ADMIN')
+    .withLabels(o.labels)
+    .withEnvironment({ SECGROUP_TOKEN: o.token })
+    .withCopyContentToContainer([{ content: o.config, target: '/etc/secgroup/agent.yaml' }])
+    .withCommand(['agent'])
+    .start();
+}

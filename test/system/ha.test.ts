@@ -25,6 +25,7 @@ import {
   FixedIpContainer,
   imagesMissing,
   removeLabelled,
+  startAgentContainer,
   rootRuleset,
   startWeb,
   tcpConnects,
@@ -134,15 +135,7 @@ describe.skipIf(unavailable !== undefined)(`HA: PostgreSQL, two replicas, three 
       `  urls: [ws://${IP[FIRST[name]]}:8443, ws://${IP[other]}:8443]`,
       '  reconnect_max_ms: 2000',
     ].join('\n');
-    const ctr = await new FixedIpContainer(IMAGES.agent)
-      .withName(`${run}-${name}`)
-      .withFixedIp(network!.name, IP[name])
-      .withAddedCapabilities('NET_ADMIN')
-      .withLabels(labels)
-      .withEnvironment({ SECGROUP_TOKEN: token })
-      .withCopyContentToContainer([{ content: config, target: '/etc/secgroup/agent.yaml' }])
-      .withCommand(['agent'])
-      .start();
+    const ctr = await startAgentContainer(IMAGES.agent, { name: `${run}-${name}`, network: network!.name, ip: IP[name], labels, token, config });
     started.set(name, ctr);
   }
 

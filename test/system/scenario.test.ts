@@ -13,6 +13,7 @@ import {
   FixedIpContainer,
   imagesMissing,
   removeLabelled,
+  startAgentContainer,
   rootRuleset,
   startWeb as startWebIn,
   tcpConnects,
@@ -95,15 +96,7 @@ describe.skipIf(unavailable !== undefined)(`seed scenario in containers${unavail
       `  url: ws://${IP.controller}:8443`,
       '  reconnect_max_ms: 2000',
     ].join('\n');
-    const ctr = await new FixedIpContainer('secgroup-agent:latest')
-      .withName(`${run}-${name}`)
-      .withFixedIp(network!.name, IP[name])
-      .withAddedCapabilities('NET_ADMIN')
-      .withLabels(labels)
-      .withEnvironment({ SECGROUP_TOKEN: tokens[id]! })
-      .withCopyContentToContainer([{ content: config, target: '/etc/secgroup/agent.yaml' }])
-      .withCommand(['agent'])
-      .start();
+    const ctr = await startAgentContainer('secgroup-agent:latest', { name: `${run}-${name}`, network: network!.name, ip: IP[name], labels, token: tokens[id]!, config });
     started.set(name, ctr);
   }
 
