@@ -17,7 +17,6 @@
  *
  *   npx tsx scripts/security/kill9-writes.ts [--rounds 3] [--writers 8] [--seed 1] [--synchronous FULL|NORMAL]
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -25,6 +24,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Database } from '../../src/controller/store/sqlite-driver.js';
 import { DB_FILE } from '../../src/controller/controller.js';
+import { spawnController, type RunningController } from '../../test/helpers/cli.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -39,7 +39,6 @@ const WRITERS = Math.max(1, Math.min(32, Number(args.writers)));
 const SYNCHRONOUS = args.synchronous === 'NORMAL' ? 'NORMAL' : 'FULL';
 const DEADLINE_MS = 110_000;
 const ADMIN = 'admin-token-0123456789';
-const ROOT = join(import.meta.dirname, '../..');
 const P = '/v3/proj-a';
 
 let seed = Number(args.seed) >>> 0;
@@ -52,40 +51,6 @@ function random(): number {
 }
 
 type Kind = 'group' | 'rule' | 'address_group';
-interface Running {
-  child: ChildProcess;
-  port: number;
-  exited: Promise<void>;
-}
-
-/** Starts the controller and waits for its `listen` log line (JSON lines on stderr). */
-function startController(configFile: string): Promise<Running> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'controller', '--config', configFile], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    const onData = (d: Buffer) => {
-      buf += d.toString();
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        try {
-          const l = JSON.parse(line) as { event?: string; url?: string };
-          if (l.event === 'listen' && l.url) {
-            child.stderr!.off('data', onData);
-            child.stderr!.resume();
-            resolve({ child, port: Number(new URL(l.url).port), exited });
-          }
-        } catch {
-          // not a log line
-        }
-      }
-    };
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`the controller exited (${code}) before listening: ${buf.slice(-2000)}`)));
-  });
-}
-
 function call(port: number, agent: Agent, method: string, path: string, body?: unknown): Promise<{ status: number; body: string }> {
   return new Promise((resolve) => {
     const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
@@ -172,7 +137,7 @@ async function main(): Promise<void> {
   );
   const dbFile = join(dir, 'state', DB_FILE);
   const acked = new Map<string, Kind>();
-  let running: Running | null = null;
+  let running: RunningController | null = null;
   let failed = false;
   const deadline = setTimeout(() => {
     console.log(`aborted: over ${DEADLINE_MS / 1000} s`);
@@ -183,7 +148,7 @@ async function main(): Promise<void> {
   console.log(`kill9-writes: ${ROUNDS} rounds, ${WRITERS} writers, seed ${args.seed}, store.synchronous ${SYNCHRONOUS}`);
   try {
     for (let round = 1; round <= ROUNDS; round++) {
-      running = await startController(configFile);
+      running = await spawnController(configFile);
       const agent = new Agent({ keepAlive: true, maxSockets: WRITERS });
       const before = acked.size;
       const stop = { now: false };
@@ -197,7 +162,7 @@ async function main(): Promise<void> {
       agent.destroy();
       const integrity = integrityCheck(dbFile);
 
-      running = await startController(configFile);
+      running = await spawnController(configFile);
       const check = new Agent({ keepAlive: true, maxSockets: 1 });
       const present = {
         group: await listIds(running.port, check, '/vpc/security-groups', 'security_groups'),

@@ -18,20 +18,18 @@ import { checkPolicy } from '../policy/schema.js';
 import { formatIssue } from '../lib/errors.js';
 import { MAX_ACK_DURATION_MS, PROTOCOL_VERSION, boundPortReport, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
-import { controllerHostPort, platformOptions, type AgentConfig } from './config.js';
+import { ipFamily } from '../policy/address.js';
+import { controllerUrls, platformOptions, type AgentConfig } from './config.js';
+import { ControllerDirectory, type Resolver } from './controllers.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
 import { AgentMetrics } from './metrics.js';
 import type { PortProbe } from '../probe/port-probe.js';
 import { Reconciler, type SyncOutcome } from './reconciler.js';
 import { DriftMonitor } from './drift-monitor.js';
 import type { StateStore } from './state-store.js';
-import { ipFamily } from '../policy/address.js';
 import type { ServiceManager } from './systemd.js';
 
-export interface Resolver {
-  /** addresses of a host name (IPv4 and IPv6); throws when it cannot be resolved */
-  resolve(host: string): Promise<string[]>;
-}
+export { resolveControllerEndpoint, type Resolver } from './controllers.js';
 
 export interface AgentDeps {
   config: AgentConfig;
@@ -78,14 +76,6 @@ export interface Agent {
   httpAddress(): { address: string; port: number } | null;
 }
 
-/** Controller endpoint for the platform rule: an IP literal as is, a name resolved (and DNS allowed). Throws when a name cannot be resolved. */
-export async function resolveControllerEndpoint(url: string, resolver: Resolver): Promise<ControllerEndpoint> {
-  const { host, port } = controllerHostPort(url);
-  if (ipFamily(host) !== null) return { addresses: [host], port, dns: false };
-  const addresses = [...new Set(await resolver.resolve(host))].filter((a) => ipFamily(a) !== null).sort();
-  return { addresses, port, dns: true };
-}
-
 function revisionOf(raw: unknown): number {
   const r = (raw as { revision?: unknown } | null)?.revision;
   return typeof r === 'number' && Number.isInteger(r) && r >= 0 ? r : 0;
@@ -113,6 +103,8 @@ export function createAgent(deps: AgentDeps): Agent {
   let portsTimer: Timer | null = null;
   let server: Server | null = null;
   let endpoint: ControllerEndpoint | null = null;
+  /** the configured controllers: the platform rule's endpoint and the control channel's targets */
+  const controllers = config.controller ? new ControllerDirectory(controllerUrls(config.controller), resolver, logger) : null;
   let started = false;
   const sm = deps.serviceManager ?? null;
   let readySent = false;
@@ -204,19 +196,11 @@ export function createAgent(deps: AgentDeps): Agent {
   }
 
   async function refreshEndpoint(): Promise<void> {
-    const c = config.controller;
-    if (!c || !config.platform.controller_rule) return;
-    let next: ControllerEndpoint;
-    try {
-      next = await resolveControllerEndpoint(c.url, resolver);
-    } catch (e) {
-      const { port } = controllerHostPort(c.url);
-      logger.warn({ event: 'resolve_failed', err: e }, `cannot resolve the controller host: ${errorMessage(e)} (DNS stays allowed; will retry)`);
-      next = { addresses: endpoint?.addresses ?? [], port, dns: true };
-    }
-    if (JSON.stringify(next) === JSON.stringify(endpoint)) return;
-    if (endpoint !== null) logger.info({ event: 'controller_addresses', addresses: next.addresses }, 'controller addresses changed: updating the control-channel rule');
-    endpoint = next;
+    if (!controllers) return;
+    const first = endpoint === null;
+    if (!(await controllers.refresh()) || !config.platform.controller_rule) return;
+    endpoint = controllers.endpoint();
+    if (!first) logger.info({ event: 'controller_addresses', addresses: endpoint?.addresses, more: endpoint?.more }, 'controller addresses changed: updating the control-channel rule');
     reconciler.setPlatform(platformOptions(config, endpoint));
   }
 
@@ -409,6 +393,7 @@ export function createAgent(deps: AgentDeps): Agent {
             metrics.controllerConnected.set(0);
           },
           beforeReconnect: refreshEndpoint,
+          targets: () => controllers!.targets(),
           pingIntervalMs: c.ping_interval_ms,
           pongTimeoutMs: c.pong_timeout_ms,
           reconnectInitialMs: c.reconnect_initial_ms,

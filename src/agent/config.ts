@@ -15,10 +15,12 @@ export const DEFAULT_STATE_DIR = '/var/lib/secgroup';
 
 const listenSchema = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):\d{1,5}$/, { message: 'must be ADDRESS:PORT, e.g. 127.0.0.1:9469 ([::1]:9469 for IPv6)' });
 
+const controllerUrl = z.string().refine((s) => /^wss?:\/\/[^/]+/.test(s) && URL.canParse(s), { message: 'must be a wss:// (or ws:// for tests) URL' });
+
 const controllerSchema = z.strictObject({
-  url: z
-    .string()
-    .refine((s) => /^wss?:\/\/[^/]+/.test(s) && URL.canParse(s), { message: 'must be a wss:// (or ws:// for tests) URL' }),
+  /** one controller; `urls` for several (replicas), tried in order when a connection is lost */
+  url: controllerUrl.optional(),
+  urls: z.array(controllerUrl).min(1).max(64).optional(),
   token: z.string().min(1).optional(),
   token_file: z.string().min(1).optional(),
   ca_file: z.string().min(1).optional(),
@@ -80,7 +82,7 @@ export function configFromEnv(env: Readonly<Record<string, string | undefined>>)
   set(out, 'drift_schedule', env.SECGROUP_DRIFT_SCHEDULE);
   set(out, 'http_listen', env.SECGROUP_HTTP_LISTEN);
   set(out, 'table', env.SECGROUP_TABLE);
-  set(ctl, 'url', env.SECGROUP_CONTROLLER_URL);
+  setControllerUrl(ctl, env.SECGROUP_CONTROLLER_URL);
   set(ctl, 'token', env.SECGROUP_TOKEN);
   set(ctl, 'token_file', env.SECGROUP_TOKEN_FILE);
   set(ctl, 'ca_file', env.SECGROUP_CA_FILE);
@@ -109,7 +111,7 @@ export function configFromFlags(f: ConfigFlags): Record<string, unknown> {
   if (f.driftSchedule !== undefined) out.drift_schedule = f.driftSchedule;
   if (f.httpListen !== undefined) out.http_listen = f.httpListen;
   if (f.table !== undefined) out.table = f.table;
-  if (f.controller !== undefined) ctl.url = f.controller;
+  setControllerUrl(ctl, f.controller);
   if (f.tokenFile !== undefined) ctl.token_file = f.tokenFile;
   if (f.caFile !== undefined) ctl.ca_file = f.caFile;
   if (Object.keys(ctl).length) out.controller = ctl;
@@ -126,6 +128,16 @@ function merge(base: unknown, over: Record<string, unknown>): Record<string, unk
   return out;
 }
 
+/** `over` on top of `base`; controllers given by `over` (url or urls) replace those of `base` rather than adding to them. */
+function layer(base: unknown, over: Record<string, unknown>): Record<string, unknown> {
+  const o = over.controller;
+  if (isPlainObject(base) && isPlainObject(base.controller) && isPlainObject(o) && (o.url !== undefined || o.urls !== undefined)) {
+    const { url: _url, urls: _urls, ...rest } = base.controller;
+    return merge({ ...base, controller: rest }, over);
+  }
+  return merge(base, over);
+}
+
 /**
  * The effective configuration: `file` (parsed document or null), overridden by
  * env, overridden by flags. Throws ValidationError CONFIG_INVALID listing every problem.
@@ -134,14 +146,30 @@ export function resolveConfig(file: unknown, env: Readonly<Record<string, string
   if (file !== null && file !== undefined && !isPlainObject(file)) {
     throw new ValidationError('CONFIG_INVALID', 'agent configuration', [{ path: '', message: 'the configuration file must hold a mapping of keys' }]);
   }
-  const doc = merge(merge(file ?? {}, configFromEnv(env)), configFromFlags(flags));
+  const doc = layer(layer(file ?? {}, configFromEnv(env)), configFromFlags(flags));
   const r = agentConfigSchema.safeParse(doc);
   if (!r.success) throw new ValidationError('CONFIG_INVALID', 'agent configuration', zodIssues(r.error, doc));
   const c = r.data;
   if (c.controller && c.controller.token !== undefined && c.controller.token_file !== undefined) {
     throw new ValidationError('CONFIG_INVALID', 'agent configuration', [{ path: 'controller.token', message: 'set controller.token or controller.token_file, not both' }]);
   }
+  if (c.controller && (c.controller.url === undefined) === (c.controller.urls === undefined)) {
+    throw new ValidationError('CONFIG_INVALID', 'agent configuration', [{ path: 'controller.url', message: 'set exactly one of controller.url (one controller) and controller.urls (several)' }]);
+  }
   return c;
+}
+
+/** The configured controllers, in order: `controller.urls`, or the one `controller.url`. */
+export function controllerUrls(c: NonNullable<AgentConfig['controller']>): string[] {
+  return [...new Set(c.urls ?? (c.url !== undefined ? [c.url] : []))];
+}
+
+/** A URL option from the environment or a flag: several separated by commas are `urls`. */
+function setControllerUrl(ctl: Record<string, unknown>, v: string | undefined): void {
+  if (v === undefined || v === '') return;
+  const list = v.split(',').map((u) => u.trim()).filter(Boolean);
+  if (list.length > 1) ctl.urls = list;
+  else ctl.url = v;
 }
 
 /** Host and port of the controller URL; `host` without IPv6 brackets. */

@@ -1,6 +1,12 @@
 /**
- * The agent's end of the control channel: one WebSocket to the controller,
- * re-opened with exponential backoff and jitter (capped) whenever it drops.
+ * The agent's end of the control channel: one WebSocket to a controller,
+ * re-opened with exponential backoff and full jitter (capped) whenever it
+ * drops. With several controllers (`targets`: every configured URL, and
+ * every address of a URL whose name resolves to several), a lost or refused
+ * connection moves to the next one (`controller_switch`), so the agents of a
+ * dead replica spread over the others; a refusal's Retry-After (a replica
+ * over its accept rate, or without its database) is waited out, jittered.
+ * The policy in force stays meanwhile (fail-static).
  * On open it says `hello`; it validates every frame against the protocol
  * schema, hands policy snapshots to the agent and sends its acks. Dead
  * connections are found with ping/pong: no pong within the timeout and the
@@ -31,8 +37,31 @@ export interface WireEvents {
   error(err: Error): void;
 }
 
-/** Opens a connection; events arrive through `events`. Must not throw: failures arrive as `error` + `close`. */
-export type Dialer = (events: WireEvents) => WireSocket;
+/** Which controller to dial: a URL, and optionally the one address of its host name to connect to. */
+export interface DialTarget {
+  url: string;
+  /** connect to this address (the URL's name still names the host for TLS and the Host header) */
+  address?: string;
+}
+
+/** The controller refused the upgrade with an HTTP status (`retryAfterMs`: what its Retry-After asked for). */
+export class UpgradeRefused extends Error {
+  constructor(
+    readonly status: number,
+    readonly retryAfterMs: number | null,
+  ) {
+    super(`controller answered HTTP ${status}${status === 401 ? ' (token rejected)' : ''}${retryAfterMs !== null ? ` (retry after ${retryAfterMs / 1000} s)` : ''}`);
+    this.name = 'UpgradeRefused';
+  }
+}
+
+/** Opens a connection (to `target`, when there are several); events arrive through `events`. Must not throw: failures arrive as `error` + `close`. */
+export type Dialer = (events: WireEvents, target?: DialTarget) => WireSocket;
+
+/** A target for logs: its URL, and the address dialled when the name has several. */
+export function targetLabel(t: DialTarget | undefined): string {
+  return !t ? 'controller' : t.address ? `${t.url} (${t.address})` : t.url;
+}
 
 export interface ControllerClientOptions {
   dial: Dialer;
@@ -49,6 +78,8 @@ export interface ControllerClientOptions {
   onDisconnected?: () => void;
   /** called before every dial after the first (e.g. to re-resolve the controller name) */
   beforeReconnect?: () => Promise<void> | void;
+  /** the controllers to use, in order (read before every dial); none: the dialer's own */
+  targets?: () => readonly DialTarget[];
   pingIntervalMs?: number;
   pongTimeoutMs?: number;
   reconnectInitialMs?: number;
@@ -56,10 +87,15 @@ export interface ControllerClientOptions {
   maxMessageBytes?: number;
 }
 
-/** Backoff before reconnect attempt `attempt` (0-based): min(max, initial * 2^attempt), then "equal jitter" (half fixed, half random). */
+/**
+ * Backoff before reconnect attempt `attempt` (0-based): min(max, initial *
+ * 2^attempt), with "full jitter" (anywhere below it, so agents that lost the
+ * same replica spread out), but never under half the initial delay (no
+ * reconnect loop at full speed).
+ */
 export function reconnectDelay(attempt: number, initialMs: number, maxMs: number, random: number): number {
   const base = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
-  return Math.round(base / 2 + (base / 2) * random);
+  return Math.round(Math.max(Math.min(initialMs, maxMs) / 2, base * random));
 }
 
 export class ControllerClient {
@@ -73,6 +109,10 @@ export class ControllerClient {
   private pingTimer: Timer | null = null;
   private pongTimer: Timer | null = null;
   private dials = 0;
+  /** index of the target dialled last (moves on after every lost or failed connection) */
+  private index = 0;
+  /** Retry-After of the last refusal, waited out before the next dial */
+  private retryAfterMs: number | null = null;
 
   constructor(opts: ControllerClientOptions) {
     this.o = {
@@ -165,12 +205,15 @@ export class ControllerClient {
       },
       error: (err) => {
         if (!live()) return;
-        this.o.logger.warn({ event: 'connect_error', err }, `control channel error: ${err.message}`);
+        if (err instanceof UpgradeRefused) this.retryAfterMs = err.retryAfterMs;
+        this.o.logger.warn({ event: 'connect_error', err, target: targetLabel(target) }, `control channel error: ${err.message}`);
       },
       close: onGone,
     };
+    const targets = this.o.targets?.() ?? [];
+    const target = targets.length ? targets[this.index % targets.length] : undefined;
     try {
-      this.socket = this.o.dial(events);
+      this.socket = target ? this.o.dial(events, target) : this.o.dial(events);
     } catch (e) {
       // e.g. an unreadable token file: report it and try again later
       this.o.logger.error({ event: 'connect_error', err: e }, `cannot open the control channel: ${errorMessage(e)}`);
@@ -232,9 +275,19 @@ export class ControllerClient {
 
   private scheduleReconnect(why: string): void {
     if (this.stopped) return;
-    const delay = reconnectDelay(this.attempt, this.o.reconnectInitialMs, this.o.reconnectMaxMs, this.o.random());
+    let delay = reconnectDelay(this.attempt, this.o.reconnectInitialMs, this.o.reconnectMaxMs, this.o.random());
+    // a refusal that said when to come back: not before, and spread over as long again
+    if (this.retryAfterMs !== null) delay = Math.max(delay, Math.round(this.retryAfterMs * (1 + this.o.random())));
+    this.retryAfterMs = null;
     this.attempt++;
     this.o.logger.warn({ event: 'disconnect', retryInMs: delay, attempt: this.attempt }, `${why}; reconnecting in ${delay} ms`);
+    const targets = this.o.targets?.() ?? [];
+    if (targets.length > 1) {
+      const from = targets[this.index % targets.length];
+      this.index = (this.index + 1) % targets.length;
+      const to = targets[this.index];
+      this.o.logger.info({ event: 'controller_switch', from: targetLabel(from), to: targetLabel(to), reason: why, retryInMs: delay }, `moving to controller ${targetLabel(to)} in ${delay} ms (${why})`);
+    }
     this.reconnectTimer = this.o.clock.setTimeout(() => {
       this.reconnectTimer = null;
       void (async () => {
@@ -257,8 +310,8 @@ export class ControllerClient {
 /** In-memory dialer for tests: each dial creates a `FakeSocket` the test drives. */
 export class FakeDialer {
   readonly sockets: FakeSocket[] = [];
-  readonly dial: Dialer = (events) => {
-    const s = new FakeSocket(events);
+  readonly dial: Dialer = (events, target) => {
+    const s = new FakeSocket(events, target);
     this.sockets.push(s);
     return s;
   };
@@ -274,7 +327,10 @@ export class FakeSocket implements WireSocket {
   pings = 0;
   closed: { code?: number; reason?: string } | null = null;
   terminated = false;
-  constructor(readonly events: WireEvents) {}
+  constructor(
+    readonly events: WireEvents,
+    readonly target?: DialTarget,
+  ) {}
   send(text: string): void {
     if (this.closed || this.terminated) throw new Error('socket closed');
     this.sent.push(text);

@@ -1,14 +1,20 @@
 /**
  * The real control-channel socket (ws): `wss://` with an optional CA file, a
- * per-instance bearer token, a frame size limit enforced by ws itself.
+ * per-instance bearer token, a frame size limit enforced by ws itself. A
+ * target with an `address` is dialled at that address through the socket's
+ * `lookup`, so the URL's host name still names the host for TLS (SNI,
+ * certificate check) and the Host header. A refused upgrade reports its
+ * status and Retry-After (`UpgradeRefused`).
  */
+import type { LookupAddress, LookupOptions } from 'node:dns';
+import { isIP } from 'node:net';
 import WebSocket from 'ws';
 import { AGENT_PATH } from '../protocol/messages.js';
-import type { Dialer } from './controller-client.js';
+import { UpgradeRefused, type Dialer } from './controller-client.js';
 
 export interface WsDialerOptions {
-  /** controller base URL (`wss://host:port`); AGENT_PATH is appended unless the URL has a path */
-  url: string;
+  /** controller base URL (`wss://host:port`) when the client gives no target; AGENT_PATH is appended unless the URL has a path */
+  url?: string;
   /** read on every dial, so a rotated token file is picked up */
   token: () => string | null;
   ca?: Buffer | string;
@@ -22,12 +28,28 @@ export function agentUrl(base: string): string {
   return u.toString();
 }
 
+type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
+
+/** A `lookup` that answers every name with `address` (net.connect asks for one or, with autoSelectFamily, for all). */
+function fixedLookup(address: string): (hostname: string, options: LookupOptions, callback: LookupCallback) => void {
+  const family = isIP(address);
+  return (_hostname, options, callback) => (options.all ? callback(null, [{ address, family }]) : callback(null, address, family));
+}
+
+/** Seconds of a Retry-After header (the delay form), in ms; null when absent or not a number. */
+function retryAfterMs(header: string | string[] | undefined): number | null {
+  const v = Array.isArray(header) ? header[0] : header;
+  return v !== undefined && /^\d{1,6}$/.test(v.trim()) ? Number(v) * 1000 : null;
+}
+
 export function wsDialer(opts: WsDialerOptions): Dialer {
-  const url = agentUrl(opts.url);
-  return (events) => {
+  return (events, target) => {
     const token = opts.token();
-    const ws = new WebSocket(url, {
+    const base = target?.url ?? opts.url;
+    if (base === undefined) throw new Error('no controller URL to dial');
+    const ws = new WebSocket(agentUrl(base), {
       headers: token ? { Authorization: `Bearer ${token}` } : {},
+      ...(target?.address ? { lookup: fixedLookup(target.address) } : {}),
       ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
       maxPayload: opts.maxPayload,
       handshakeTimeout: opts.handshakeTimeoutMs,
@@ -40,7 +62,7 @@ export function wsDialer(opts: WsDialerOptions): Dialer {
     });
     ws.on('pong', () => events.pong());
     ws.on('unexpected-response', (_req, res) => {
-      events.error(new Error(`controller answered HTTP ${res.statusCode}${res.statusCode === 401 ? ' (token rejected)' : ''}`));
+      events.error(new UpgradeRefused(res.statusCode ?? 0, retryAfterMs(res.headers['retry-after'])));
       ws.terminate();
     });
     ws.on('error', (err) => events.error(err));

@@ -9,8 +9,9 @@ import { readFile } from 'node:fs/promises';
 import { lookup } from 'node:dns/promises';
 import { hostname } from 'node:os';
 import { Command } from 'commander';
-import { createAgent, resolveControllerEndpoint, type Resolver } from '../agent/agent.js';
-import { DEFAULT_CONFIG_PATH, controllerHostPort, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
+import { createAgent, type Resolver } from '../agent/agent.js';
+import { ControllerDirectory } from '../agent/controllers.js';
+import { DEFAULT_CONFIG_PATH, controllerUrls, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
 import { FileStateStore } from '../agent/state-store.js';
 import { wsDialer } from '../agent/ws-dialer.js';
 import { tuneForFootprint } from '../agent/footprint.js';
@@ -112,12 +113,10 @@ async function dryRun(io: CliIo, config: AgentConfig, policyFile: string | undef
   }
   let endpoint = null;
   if (config.controller && config.platform.controller_rule) {
-    try {
-      endpoint = await resolveControllerEndpoint(config.controller.url, dnsResolver);
-    } catch (e) {
-      logger.warn({ event: 'resolve_failed', err: e }, `cannot resolve the controller host (${errorMessage(e)}): the control-channel rule is rendered without addresses`);
-      endpoint = { addresses: [], port: controllerHostPort(config.controller.url).port, dns: true };
-    }
+    // a name that cannot be resolved is logged (resolve_failed) and rendered without addresses
+    const controllers = new ControllerDirectory(controllerUrls(config.controller), dnsResolver, logger);
+    await controllers.refresh();
+    endpoint = controllers.endpoint();
   }
   const compiled = compilePolicy(policy, { table: config.table, platform: platformOptions(config, endpoint) });
   const script = renderScript(compiled.table);
@@ -176,7 +175,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         logger,
         scheduler: cronScheduler,
         resolver: dnsResolver,
-        dialer: c ? wsDialer({ url: c.url, token, ...(ca ? { ca } : {}), // the socket's cap is the protocol's: a policy over the agent's own limit arrives whole and is acked `rejected` (controller-client.ts)
+        dialer: c ? wsDialer({ token, ...(ca ? { ca } : {}), // the socket's cap is the protocol's: a policy over the agent's own limit arrives whole and is acked `rejected` (controller-client.ts)
         maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: c.handshake_timeout_ms }) : null,
         // failsafe ports count as open in the report; the controller rule is egress and does not matter here
         portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),

@@ -108,6 +108,8 @@ export const controllerConfigSchema = z.strictObject({
       rate_per_second: z.number().positive().default(5),
       deltas: z.boolean().default(true),
       max_unsent_bytes: z.int().min(1).max(1024 * 1024 * 1024).default(64 * 1024 * 1024),
+      /** new agent connections accepted per second (a token bucket of one second's worth); the excess gets 503 + Retry-After */
+      accept_rate_per_s: z.number().positive().max(1_000_000).default(200),
     })
     .prefault({}),
   store: z

@@ -21,12 +21,13 @@ import { AuditRecorder } from './audit.js';
 import type { ControllerConfig } from './config.js';
 import { ProjectEvents } from './events.js';
 import { AgentHub } from './hub.js';
-import { AuthFailureLimiter } from './limits.js';
+import { AcceptRateLimiter, AuthFailureLimiter } from './limits.js';
 import { createMetrics, type ControllerMetrics } from './metrics.js';
 import { ControllerService } from './service.js';
 import { openSqliteStore } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { cryptoRandom, hashToken, type Random } from './tokens.js';
+import type { ChangeFeed } from './change-feed.js';
 
 export interface ControllerDeps {
   config: ControllerConfig;
@@ -45,6 +46,14 @@ export interface ControllerDeps {
   scheduler?: Scheduler;
   /** the built web console served at /console (the CLI finds it: src/cli/console-dir.ts); none: /console says it is not built */
   consoleDir?: string | null;
+  /**
+   * hints of policy changes committed by other replicas on the same database
+   * (change-feed.ts); none: this controller is the only one. A given feed is
+   * the caller's to close.
+   */
+  feed?: ChangeFeed;
+  /** this replica's name in agent states (default: a random uuid with a feed, `local` without) */
+  replicaId?: string;
 }
 
 export interface ControllerAddress {
@@ -111,20 +120,27 @@ export async function readStorePassword(config: ControllerConfig, env: Readonly<
   return env.SECGROUP_STORE_PASSWORD || undefined;
 }
 
-/** The store `config.store.driver` names; logs `store_open` (driver, where; never a password). */
-async function openConfiguredStore(config: ControllerConfig, env: Readonly<Record<string, string | undefined>>, logger: Logger): Promise<Store> {
+/**
+ * The store `config.store.driver` names, with its change feed: PostgreSQL's
+ * LISTEN/NOTIFY for replicas on one database, none for the embedded SQLite
+ * store (one controller). Logs `store_open` (driver, where; never a password).
+ */
+async function openConfiguredStore(config: ControllerConfig, env: Readonly<Record<string, string | undefined>>, clock: Clock, logger: Logger): Promise<{ store: Store; feed: ChangeFeed | null }> {
   if (config.store.driver === 'postgres') {
     const password = await readStorePassword(config, env, logger);
     const url = new URL(config.store.url!);
     // loaded only for this driver: an embedded controller never loads pg
-    const { openPostgresStore } = await import('./store/postgres.js');
+    const { openPostgresStore, postgresClientConfig } = await import('./store/postgres.js');
+    const { createPostgresFeed } = await import('./store/postgres-feed.js');
     logger.info({ event: 'store_open', driver: 'postgres', host: url.searchParams.get('host') ?? url.host, database: url.pathname.slice(1), pool_size: config.store.pool_size }, 'opening the PostgreSQL store');
-    return openPostgresStore({ url: config.store.url!, password, poolSize: config.store.pool_size, logger });
+    const options = { url: config.store.url!, password, poolSize: config.store.pool_size, logger };
+    const store = await openPostgresStore(options);
+    return { store, feed: createPostgresFeed({ client: postgresClientConfig(options), clock, logger }) };
   }
   ensurePrivateDir(config.data_dir, logger);
   const file = join(config.data_dir, DB_FILE);
   logger.info({ event: 'store_open', driver: 'sqlite', file }, 'opening the SQLite store');
-  return openSqliteStore(file, { synchronous: config.store.synchronous, logger });
+  return { store: openSqliteStore(file, { synchronous: config.store.synchronous, logger }), feed: null };
 }
 
 export function createController(deps: ControllerDeps): Controller {
@@ -137,6 +153,7 @@ export function createController(deps: ControllerDeps): Controller {
   let hub: AgentHub | null = null;
   let audit: AuditRecorder | null = null;
   let ownStore: Store | null = null;
+  let ownFeed: ChangeFeed | null = null;
   let stopped: Promise<void> | null = null;
 
   return {
@@ -159,7 +176,12 @@ export function createController(deps: ControllerDeps): Controller {
       // secrets first: a bad key file fails the start before anything is opened
       const accessKeys = await readAccessKeys(config, logger);
       let store = deps.store;
-      if (!store) store = ownStore = await openConfiguredStore(config, deps.env ?? {}, logger);
+      let feed = deps.feed ?? null;
+      if (!store) {
+        const opened = await openConfiguredStore(config, deps.env ?? {}, clock, logger);
+        store = ownStore = opened.store;
+        feed ??= ownFeed = opened.feed;
+      }
       let https: { cert: Buffer; key: Buffer } | null = null;
       if (config.tls) {
         try {
@@ -188,6 +210,8 @@ export function createController(deps: ControllerDeps): Controller {
         maxUnsentBytes: config.agents.max_unsent_bytes,
         authLimiter,
         events,
+        acceptLimiter: new AcceptRateLimiter(clock, config.agents.accept_rate_per_s),
+        ...(feed ? { feed, replicaId: deps.replicaId ?? random.uuid() } : deps.replicaId ? { replicaId: deps.replicaId } : {}),
       }));
       const service = new ControllerService({
         store,
@@ -212,7 +236,7 @@ export function createController(deps: ControllerDeps): Controller {
         url: `${https ? 'https' : 'http'}://${host}:${addr.port}`,
         agentUrl: `${https ? 'wss' : 'ws'}://${host}:${addr.port}${AGENT_PATH}`,
       };
-      logger.info({ event: 'listen', url: address.url, agents: address.agentUrl, tls: !!https }, 'controller listening');
+      logger.info({ event: 'listen', url: address.url, agents: address.agentUrl, tls: !!https, replica: theHub.replicaId }, 'controller listening');
       return address;
     },
 
@@ -223,6 +247,7 @@ export function createController(deps: ControllerDeps): Controller {
         await hub?.stop();
         await app?.close();
         await audit?.idle();
+        await ownFeed?.close();
         await ownStore?.close();
         logger.info({ event: 'stopped' }, 'controller stopped');
       })();

@@ -38,6 +38,7 @@ export const API_ERROR_KINDS = {
   uriTooLong: { status: 414, apiCode: 'SG.0014', code: 'REQUEST_INVALID', what: 'a path parameter is longer than any id can be' },
   headersTooLarge: { status: 431, apiCode: 'SG.0015', code: 'REQUEST_INVALID', what: 'the request headers are too large' },
   timeout: { status: 408, apiCode: 'SG.0016', code: 'REQUEST_INVALID', what: 'the request (headers or body) was not received in time' },
+  unavailable: { status: 503, apiCode: 'SYS.0503', code: 'STORE_UNAVAILABLE', what: 'the controller cannot reach its database; retry after `Retry-After` seconds (or on another replica)' },
   internal: { status: 500, apiCode: 'SG.0500', code: 'INTERNAL', what: 'an internal error (see the controller log)' },
 } as const satisfies Record<string, { status: number; apiCode: string; code: ErrorCode; what: string }>;
 
@@ -66,6 +67,9 @@ export class ApiError extends SecgroupError {
     return new ApiError('notFound', `${what} ${JSON.stringify(id)} not found`);
   }
 }
+
+/** Seconds a client (API or agent upgrade) is told to wait (`Retry-After`) while the database is unavailable. */
+export const STORE_RETRY_AFTER_S = 5;
 
 /** The answer of a valid dry run (Huawei: 202 with `SYS.0202`). */
 export const DRY_RUN_CODE = 'SYS.0202';

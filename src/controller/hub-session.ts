@@ -15,12 +15,19 @@ export const CLOSE = {
   deleted: 4002,
   policyViolation: 1008,
   goingAway: 1001,
+  /** RFC 6455 "Try Again Later": the controller cannot serve the hello now (its database is unavailable) */
+  tryAgainLater: 1013,
 } as const;
 
 export class Session {
   helloed = false;
   alive = true;
   lastSeenMs: number;
+  /**
+   * The highest revision sent on this connection, or that the agent said at
+   * hello it has applied when that is the current one: nothing at or below it
+   * is ever pushed (a catch-up must not send the agent what it has).
+   */
   lastSentRevision = -1;
   /** the instance's stored revision at hello (-1: none): with `lastSentRevision`, the bound of revisions the agent may report */
   handedOut = -1;

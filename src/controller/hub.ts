@@ -24,17 +24,30 @@
  *   report, disconnect) is also published as a console event (events.ts),
  *   after the store write, on the connection's queue: read back from the
  *   store only when someone watches the project.
+ * - Several replicas (issue 16): a commit here announces its highest revision
+ *   on the change feed; a hint from the feed makes the hub read what other
+ *   replicas committed (hub-catch-up.ts) and push it to its own agents, never
+ *   a revision at or below what the connection already has. Where the agent
+ *   is connected is kept in its stored state (`connected_to`, refreshed with
+ *   `last_seen` every heartbeat), so every replica's API can tell.
+ * - Fail-static when the store is unavailable: connected agents stay (their
+ *   acks are logged, not stored), an upgrade is refused with 503 and a
+ *   Retry-After, a hello that cannot be answered is closed with 1013 (try
+ *   again later) and its reason, which the agent logs before it reconnects.
+ *
+ * Size: one class owns the agent connections (upgrade, hello, frames, sends,
+ * heartbeats, catch-up offers), all over the same sessions; what to push
+ * (push-documents.ts), who may connect (hub-upgrade.ts), per-connection state
+ * (hub-session.ts) and the replica catch-up (hub-catch-up.ts) are apart.
  */
 import type { IncomingMessage, Server as HttpServer } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import type { Clock, Timer } from '../lib/clock.js';
 import type { Logger } from '../lib/logger.js';
-import { errorMessage } from '../lib/errors.js';
-import { API_ERROR_KINDS } from './errors.js';
+import { errorMessage, isSecgroupError } from '../lib/errors.js';
 import { formatTime } from '../lib/time.js';
 import {
-  AGENT_PATH,
   MAX_MESSAGE_BYTES,
   PROTOCOL_VERSION,
   agentMessageSchema,
@@ -46,14 +59,16 @@ import {
   type ResyncMessage,
   type WelcomeMessage,
 } from '../protocol/messages.js';
-import { authRefusal, sourceKey, type AuthFailureLimiter } from './limits.js';
-import { boundUserAgent, type AuditRecorder } from './audit.js';
+import type { AcceptRateLimiter, AuthFailureLimiter } from './limits.js';
+import type { AuditRecorder } from './audit.js';
 import type { ControllerMetrics } from './metrics.js';
 import { publishInstanceState, type ProjectEvents } from './events.js';
 import { CLOSE, Session, sessionKey } from './hub-session.js';
 import { PushDocuments, type SentDocument } from './push-documents.js';
-import type { AgentErrorRecord, AgentState, Store, StoredPolicy } from './store/store.js';
-import { digestsEqual, hashToken, tokenFromHeaders } from './tokens.js';
+import type { AgentErrorRecord, AgentState, PolicyChange, Store, StoredPolicy } from './store/store.js';
+import { noopFeed, type ChangeFeed } from './change-feed.js';
+import { ReplicaCatchUp } from './hub-catch-up.js';
+import { UpgradeGate, reject } from './hub-upgrade.js';
 
 export { CLOSE } from './hub-session.js';
 
@@ -84,7 +99,14 @@ export interface HubOptions {
   audit?: AuditRecorder;
   /** live events for the console (instance state, port reports); none when absent */
   events?: ProjectEvents;
+  /** new agent connections per second (`agents.accept_rate_per_s`); none: unlimited */
+  acceptLimiter?: AcceptRateLimiter;
+  /** hints of policies committed through other replicas (default: none, a single controller) */
+  feed?: ChangeFeed;
+  /** this replica's name in agent states (`connected_to`); default `local` */
+  replicaId?: string;
 }
+
 
 export class AgentHub {
   private readonly wss: WebSocketServer;
@@ -94,11 +116,19 @@ export class AgentHub {
   private readonly log: Logger;
   /** what to push: frames, deltas and their caches (push-documents.ts) */
   private readonly docs: PushDocuments;
+  private readonly feed: ChangeFeed;
+  private readonly catchUp: ReplicaCatchUp | null;
+  private readonly gate: UpgradeGate;
+  readonly replicaId: string;
 
   constructor(private readonly o: HubOptions) {
     this.wss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessageBytes, perMessageDeflate: false });
     this.log = o.logger.child({ component: 'hub' });
     this.docs = new PushDocuments({ deltas: o.deltas ?? true });
+    this.feed = o.feed ?? noopFeed;
+    this.replicaId = o.replicaId ?? 'local';
+    this.gate = new UpgradeGate({ store: o.store, metrics: o.metrics, log: this.log, ...(o.authLimiter ? { authLimiter: o.authLimiter } : {}), ...(o.acceptLimiter ? { acceptLimiter: o.acceptLimiter } : {}), ...(o.audit ? { audit: o.audit } : {}) });
+    this.catchUp = o.feed ? new ReplicaCatchUp({ store: o.store, feed: o.feed, logger: this.log, offer: (c) => this.offer(c) }) : null;
   }
 
   /** Serves `/v1/agent` upgrades of `server` and starts the heartbeat. */
@@ -107,10 +137,26 @@ export class AgentHub {
       socket.on('error', () => socket.destroy());
       this.upgrade(req, socket, head).catch((e: unknown) => {
         this.log.error({ event: 'upgrade', err: e }, 'agent upgrade failed');
-        reject(socket, 500, 'SG.0500', 'internal error');
+        reject(socket, { status: 500, code: 'SG.0500', message: 'internal error' });
       });
     });
     this.heartbeat = this.o.clock.setInterval(() => this.beat(), this.o.heartbeatIntervalMs);
+    this.catchUp?.start();
+  }
+
+  /** Runs a catch-up on policies committed through other replicas now (what a feed hint does); resolves when it is done. */
+  catchUpNow(): Promise<void> {
+    return this.catchUp?.run() ?? Promise.resolve();
+  }
+
+  /**
+   * Is the instance's agent connected to another replica, as its stored state
+   * says? `connected_to` names a replica other than this one and `last_seen`
+   * (refreshed every heartbeat by that replica) is recent.
+   */
+  connectedElsewhere(state: AgentState): boolean {
+    if (state.connected_to === null || state.connected_to === this.replicaId || state.last_seen === null) return false;
+    return this.o.clock.now() - Date.parse(state.last_seen) <= 3 * this.o.heartbeatIntervalMs;
   }
 
   get connectedCount(): number {
@@ -133,6 +179,9 @@ export class AgentHub {
    * reading them back from the store; without it they are read.
    */
   notify(projectId: string, instanceIds: readonly string[], policies?: ReadonlyMap<string, StoredPolicy>): void {
+    let highest = -1;
+    for (const p of policies?.values() ?? []) highest = Math.max(highest, p.revision);
+    if (highest >= 0) this.feed.announce(highest);
     for (const id of instanceIds) {
       const s = this.sessions.get(sessionKey(projectId, id));
       if (!s || !s.helloed) continue;
@@ -158,8 +207,20 @@ export class AgentHub {
     s.ws.close(why === 'revoked' ? CLOSE.revoked : CLOSE.deleted, why === 'revoked' ? 'token rotated' : 'instance deleted');
   }
 
+  /** A policy another replica handed out (hub-catch-up.ts): pushed if its agent is here and has not got it. */
+  private offer(c: PolicyChange): void {
+    const s = this.sessions.get(sessionKey(c.projectId, c.instanceId));
+    if (!s || !s.helloed || c.revision <= s.lastSentRevision || (s.pending && s.pending.revision >= c.revision)) return;
+    this.enqueue(s, async () => {
+      const p = await this.o.store.getPolicy(c.projectId, c.instanceId);
+      // read now: the current document, at least as new as the change (revisions only grow)
+      if (p && p.revision > s.lastSentRevision) this.sendChange(s, p);
+    });
+  }
+
   async stop(): Promise<void> {
     this.stopping = true;
+    await this.catchUp?.stop();
     this.heartbeat?.cancel();
     const sessions = [...this.sessions.values()];
     for (const s of sessions) s.ws.close(CLOSE.goingAway, 'controller shutting down');
@@ -173,34 +234,13 @@ export class AgentHub {
   // ---- connection setup ----
 
   private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path !== AGENT_PATH) return reject(socket, 404, API_ERROR_KINDS.noSuchApi.apiCode, `no WebSocket endpoint at ${path}; agents connect to ${AGENT_PATH}`);
-    if (this.stopping) return reject(socket, 503, 'SG.0500', 'the controller is shutting down');
-    // a source over its failed-auth budget is refused before its token is looked at
-    const source = sourceKey(req.socket.remoteAddress);
-    const refused = this.o.authLimiter ? authRefusal(this.o.authLimiter, source, 'agent', { metrics: this.o.metrics, log: this.log }) : null;
-    if (refused) return reject(socket, 429, 'SG.0011', refused.message, { 'Retry-After': String(refused.retryAfterSeconds) });
-    const facts = { sourceIp: req.socket.remoteAddress ?? null, userAgent: boundUserAgent(req.headers['user-agent']) };
-    const token = tokenFromHeaders(req.headers);
-    if (!token) {
-      this.o.authLimiter?.failed(source);
-      this.o.audit?.agent('refused', { ...facts, projectId: null, instanceId: null, detail: 'missing token' });
-      return reject(socket, 401, 'SG.0002', 'missing "Authorization: Bearer <instance token>"');
-    }
-    const hash = hashToken(token);
-    const owner = await this.o.store.findTokenOwner(hash);
-    if (!owner || !digestsEqual(owner.tokenHash, hash)) {
-      this.o.authLimiter?.failed(source);
-      this.o.metrics.agentMessagesRejected.inc({ reason: 'auth' });
-      this.log.warn({ event: 'auth', remote: req.socket.remoteAddress }, 'agent presented an unknown token');
-      this.o.audit?.agent('refused', { ...facts, projectId: null, instanceId: null, detail: 'unknown instance token' });
-      return reject(socket, 401, 'SG.0002', 'unknown instance token');
-    }
+    const a = await this.gate.admit(req, this.stopping);
+    if (!a.ok) return reject(socket, a.refusal);
     this.wss.handleUpgrade(req, socket, head, (ws) => {
-      const who = { ...facts, projectId: owner.projectId, instanceId: owner.instanceId };
+      const who = { ...a.facts, projectId: a.owner.projectId, instanceId: a.owner.instanceId };
       this.o.audit?.agent('connected', { ...who, detail: null });
       ws.once('close', (code: number) => this.o.audit?.agent('disconnected', { ...who, detail: `close code ${code}` }));
-      this.connected(ws, owner.projectId, owner.instanceId);
+      this.connected(ws, a.owner.projectId, a.owner.instanceId);
     });
   }
 
@@ -236,7 +276,7 @@ export class AgentHub {
     this.log.info({ event: 'disconnect', project: s.projectId, instance: s.instanceId, code }, 'agent disconnected');
     if (s.helloed) {
       this.enqueue(s, async () => {
-        await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: formatTime(s.lastSeenMs) });
+        await this.recordGone(s);
         await this.publishInstance(s);
       });
     }
@@ -245,6 +285,13 @@ export class AgentHub {
   /** The instance's state as the store now has it, to the console (events.ts; only when the project is watched). */
   private publishInstance(s: Session): Promise<void> {
     return this.o.events ? publishInstanceState(this.o.events, this.o.store, s.projectId, s.instanceId, this.isConnected(s.projectId, s.instanceId)) : Promise.resolve();
+  }
+
+  /** The agent left this replica: its last contact, and no longer `connected_to` here (unless it already moved on). */
+  private async recordGone(s: Session): Promise<void> {
+    const st = await this.o.store.getAgentState(s.projectId, s.instanceId);
+    const here = st?.connected_to === this.replicaId && !this.isConnected(s.projectId, s.instanceId);
+    await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: formatTime(s.lastSeenMs), ...(here ? { connected_to: null } : {}) });
   }
 
   private beat(): void {
@@ -256,6 +303,11 @@ export class AgentHub {
       }
       s.alive = false;
       s.ws.ping();
+      // with replicas, the others' APIs tell a connected agent by a recent last_seen naming this replica
+      if (this.catchUp && s.helloed) {
+        const at = formatTime(s.lastSeenMs);
+        this.enqueue(s, async () => void (await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, connected_to: this.replicaId })));
+      }
     }
   }
 
@@ -282,7 +334,11 @@ export class AgentHub {
   private async handle(s: Session, msg: AgentMessage): Promise<void> {
     switch (msg.type) {
       case 'hello':
-        return this.hello(s, msg);
+        return this.hello(s, msg).catch((e: unknown) => {
+          // nothing was sent yet: the hello's store calls all come before its welcome
+          if (!isSecgroupError(e, 'STORE_UNAVAILABLE')) throw e;
+          this.tryAgainLater(s, e.message);
+        });
       case 'ack':
         return this.ack(s, msg);
       case 'ports':
@@ -315,6 +371,7 @@ export class AgentHub {
       agent_version: msg.agent_version,
       hostname: msg.hostname ?? null,
       last_seen: now,
+      connected_to: this.replicaId,
       ...(ahead ? { applied_revision: null, last_error: this.revisionAhead(s, 'hello', applied, now) } : {}),
     });
     if (!exists) return this.violation(s, 'deleted', 'the instance no longer exists');
@@ -323,6 +380,18 @@ export class AgentHub {
     this.log.info({ event: 'hello', project: s.projectId, instance: s.instanceId, applied, desired: policy?.revision ?? null, version: msg.agent_version }, 'agent hello');
     await this.publishInstance(s);
     if (policy && applied !== policy.revision) this.sendPolicy(s, policy, 'hello');
+    // the agent has the current document: a catch-up must not send it again
+    else if (policy) s.lastSentRevision = policy.revision;
+  }
+
+  /** A hello this replica cannot answer now (its store is unavailable): an error frame, then close 1013; the agent retries. */
+  private tryAgainLater(s: Session, why: string): void {
+    s.helloed = false;
+    this.o.metrics.agentMessagesRejected.inc({ reason: 'store_unavailable' });
+    const message = `the controller database is unavailable (${why}): try again later or another controller`;
+    this.log.warn({ event: 'hello_refused', project: s.projectId, instance: s.instanceId, reason: 'store_unavailable' }, message);
+    this.send(s, JSON.stringify({ type: 'error', error: { code: 'STORE_UNAVAILABLE', message: message.slice(0, 4096) } }));
+    s.ws.close(CLOSE.tryAgainLater, 'controller database unavailable');
   }
 
   /**
@@ -479,12 +548,4 @@ export class AgentHub {
     this.send(s, JSON.stringify({ type: 'error', error: { code, message: message.slice(0, 4096) } }));
     s.ws.close(CLOSE.policyViolation, reason);
   }
-}
-
-/** Refuses an upgrade with an HTTP status and a Huawei-style error body. */
-function reject(socket: Duplex, status: number, code: string, message: string, headers: Record<string, string> = {}): void {
-  const body = JSON.stringify({ request_id: '', error_code: code, error_msg: message });
-  const reason = { 401: 'Unauthorized', 404: 'Not Found', 429: 'Too Many Requests', 500: 'Internal Server Error', 503: 'Service Unavailable' }[status] ?? 'Error';
-  const extra = Object.entries(headers).map(([n, v]) => `${n}: ${v}\r\n`).join('');
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: application/json\r\n${extra}Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
 }

@@ -9,8 +9,12 @@
  *   guesser learns nothing until the bucket refills.
  * - `ConnectionLimiter`: open TCP connections per source and in total (HTTP
  *   and WebSocket alike: an upgraded connection keeps its socket).
+ * - `AcceptRateLimiter`: new agent connections per second, all sources
+ *   together (`agents.accept_rate_per_s`): when a replica dies, its agents
+ *   reconnect to the others at once; the excess is told to come back later
+ *   (503, Retry-After) instead of overloading one replica with hellos.
  *
- * Both are pure bookkeeping over the injected clock; the server edge
+ * All are pure bookkeeping over the injected clock; the server edge
  * (api/edge.ts, hub.ts) decides what to do with the answer.
  */
 import type { Clock } from '../lib/clock.js';
@@ -112,6 +116,35 @@ export class AuthFailureLimiter {
       if (this.buckets.size < max) break;
       this.buckets.delete(key);
     }
+  }
+}
+
+/** One token bucket for every new agent connection: `perSecond` refilled, at most `burst` (default: one second's worth). */
+export class AcceptRateLimiter {
+  private tokens: number;
+  private at: number;
+  readonly burst: number;
+
+  constructor(
+    private readonly clock: Clock,
+    readonly perSecond: number,
+    burst?: number,
+  ) {
+    this.burst = burst ?? Math.max(1, Math.ceil(perSecond));
+    this.tokens = this.burst;
+    this.at = clock.monotonic();
+  }
+
+  /** Takes a token for a new connection; refused, with the whole seconds until the next token, when none is left. */
+  take(): { ok: true } | { ok: false; retryAfterSeconds: number } {
+    const now = this.clock.monotonic();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.at) / 1000) * this.perSecond);
+    this.at = now;
+    if (this.tokens >= 1 - EPSILON) {
+      this.tokens = Math.max(0, this.tokens - 1);
+      return { ok: true };
+    }
+    return { ok: false, retryAfterSeconds: Math.max(1, Math.ceil((1 - this.tokens) / this.perSecond - EPSILON)) };
   }
 }
 

@@ -41,18 +41,20 @@ export function platformRules(p: PlatformOptions, hook: 'input' | 'output'): Rul
   }
   if (!ingress && p.controller) {
     const c = p.controller;
-    for (const family of [4, 6] as const) {
-      const addrs = c.addresses.filter((a) => (family === 4 ? !a.includes(':') : a.includes(':')));
-      if (!addrs.length) continue;
-      out.push(
-        accept(
-          [
-            { kind: 'match', left: sel.addr(family, 'daddr'), op: '==', right: addrs.map((a) => v.addr(a)) },
-            { kind: 'match', left: sel.dport('tcp'), op: '==', right: v.num(c.port) },
-          ],
-          'platform: controller channel',
-        ),
-      );
+    for (const e of [c, ...(c.more ?? [])]) {
+      for (const family of [4, 6] as const) {
+        const addrs = e.addresses.filter((a) => (family === 4 ? !a.includes(':') : a.includes(':')));
+        if (!addrs.length) continue;
+        out.push(
+          accept(
+            [
+              { kind: 'match', left: sel.addr(family, 'daddr'), op: '==', right: addrs.map((a) => v.addr(a)) },
+              { kind: 'match', left: sel.dport('tcp'), op: '==', right: v.num(e.port) },
+            ],
+            'platform: controller channel',
+          ),
+        );
+      }
     }
     if (c.dns) {
       out.push(

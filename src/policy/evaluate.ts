@@ -87,9 +87,9 @@ function platformVerdict(opts: PlatformOptions, p: Packet): Reason | null {
   }
   if (!ingress && opts.controller) {
     const c = opts.controller;
-    if (p.protocol === 6 && p.dport === c.port && c.addresses.some((a) => parseIp(a).family === p.family && parseIp(a).value === parseIp(p.dst).value)) {
-      return { kind: 'platform', name: 'controller' };
-    }
+    const toController = (e: { addresses: string[]; port: number }) =>
+      p.protocol === 6 && p.dport === e.port && e.addresses.some((a) => parseIp(a).family === p.family && parseIp(a).value === parseIp(p.dst).value);
+    if ([c, ...(c.more ?? [])].some(toController)) return { kind: 'platform', name: 'controller' };
     if (c.dns && (p.protocol === 6 || p.protocol === 17) && p.dport === 53) return { kind: 'platform', name: 'dns' };
   }
   const failsafe = ingress ? opts.failsafeIngress : opts.failsafeEgress;

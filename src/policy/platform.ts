@@ -38,6 +38,8 @@ export interface ControllerEndpoint {
   port: number;
   /** the controller was given by name: allow DNS (udp/tcp 53) out */
   dns: boolean;
+  /** further controllers (replicas) on other ports than `port`: their addresses and port */
+  more?: { addresses: string[]; port: number }[];
 }
 
 export interface PlatformOptions {

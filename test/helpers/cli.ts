@@ -3,7 +3,7 @@
  * itself at import, so it is not imported here): the same program, the same
  * mapping of errors to exit codes as `run()` in main.ts.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { CommanderError } from 'commander';
 import { buildProgram } from '../../src/cli/program.js';
@@ -45,5 +45,40 @@ export function spawnCli(argv: string[]): Promise<CliResult> {
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', reject);
     child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+/** A `secgroup controller` child process and the port it listens on. */
+export interface RunningController {
+  child: ChildProcess;
+  port: number;
+  exited: Promise<void>;
+}
+
+/** Starts the controller and waits for its `listen` log line (JSON lines on stderr). */
+export function spawnController(configFile: string): Promise<RunningController> {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'controller', '--config', configFile], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onData = (d: Buffer) => {
+      buf += d.toString();
+      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        try {
+          const l = JSON.parse(line) as { event?: string; url?: string };
+          if (l.event === 'listen' && l.url) {
+            child.stderr!.off('data', onData);
+            child.stderr!.resume();
+            resolve({ child, port: Number(new URL(l.url).port), exited });
+          }
+        } catch {
+          // not a log line
+        }
+      }
+    };
+    child.stderr!.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`the controller exited (${code}) before listening: ${buf.slice(-2000)}`)));
   });
 }

@@ -42,7 +42,7 @@ describe('controller configuration', () => {
         auth_failure_burst: 20,
       },
       quotas: DEFAULT_QUOTAS,
-      agents: { deltas: true, heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5, max_unsent_bytes: 67108864 },
+      agents: { deltas: true, heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5, max_unsent_bytes: 67108864, accept_rate_per_s: 200 },
       store: { driver: 'sqlite', synchronous: 'FULL', pool_size: 10 },
       audit: { retention_days: 90 },
       log: { level: 'info' },

@@ -3,8 +3,8 @@
  * tests use `inject` and only the controller listens. Auth (admin tokens
  * from the configuration: `X-Auth-Token` or `Authorization: Bearer`; or
  * AK/SK signatures as the Huawei SDKs send them, aksk.ts), Huawei-shaped
- * errors, request ids, latency metrics, /healthz, /metrics and
- * /openapi.json live here; the v3 resources are in `routes.ts` (what routes
+ * errors, request ids, latency metrics, /healthz, /readyz (the store
+ * answers), /metrics and /openapi.json live here; the v3 resources are in `routes.ts` (what routes
  * get from the app, `Route` and `ApiOptions`, is in `route.ts`).
  *
  * Nothing unauthenticated costs more than reading headers
@@ -35,7 +35,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { ValidationError, isSecgroupError } from '../../lib/errors.js';
 import { ID_PATTERN } from '../../policy/schema.js';
 import { registerAuditHooks } from '../audit.js';
-import { ApiError, DRY_RUN_CODE, type ApiErrorKind, type ErrorBody } from '../errors.js';
+import { API_ERROR_KINDS, ApiError, DRY_RUN_CODE, STORE_RETRY_AFTER_S, type ApiErrorKind, type ErrorBody } from '../errors.js';
 import { AuthFailureLimiter, ConnectionLimiter, HTTP_LIMIT_DEFAULTS, authRefusal, sourceKey, type HttpLimits } from '../limits.js';
 import { findToken, tokenFromHeaders } from '../tokens.js';
 import { clientErrorHandler, guardConnections, serverOptions } from './edge.js';
@@ -211,6 +211,12 @@ export function buildApi(o: ApiOptions): FastifyInstance {
     if (err instanceof ApiError) e = err;
     else if (err instanceof ValidationError) e = ApiError.invalid(err.issues);
     else if (isSecgroupError(err, 'CONFLICT')) e = new ApiError('inUse', err.message);
+    else if (isSecgroupError(err, 'STORE_UNAVAILABLE')) {
+      // the database is away: the client may retry (here or on another replica); nothing was half-written
+      req.log.warn({ event: 'store_unavailable', request_id: req.id, err }, 'request failed: the controller database is unavailable');
+      void reply.header('retry-after', String(STORE_RETRY_AFTER_S));
+      e = new ApiError('unavailable', `the controller database is unavailable, nothing was changed; retry later (${err.message})`);
+    }
     else if (status === 413) e = new ApiError('tooLarge', `the request body is larger than ${o.maxBodyBytes ?? 1024 * 1024} bytes`);
     else if (typeof status === 'number' && status >= 400 && status < 500) e = new ApiError(KIND_BY_STATUS[status] ?? 'invalid', (err as Error).message);
     else {
@@ -301,13 +307,24 @@ export function buildApi(o: ApiOptions): FastifyInstance {
   remember('GET', '/console');
   registerConsoleRoutes(app, o.consoleDir ?? null);
 
-  for (const url of ['/openapi.json', '/healthz', '/metrics']) remember('GET', url);
+  for (const url of ['/openapi.json', '/healthz', '/readyz', '/metrics']) remember('GET', url);
   let openapi: string | null = null;
   app.get('/openapi.json', async (_req, reply) => {
     openapi ??= JSON.stringify(buildOpenApi());
     return reply.type('application/json; charset=utf-8').send(openapi);
   });
   app.get('/healthz', async () => ({ status: 'ok', agents_connected: o.presence.connectedCount }));
+  // ready = the store answers: a load balancer takes a replica whose database is away out of rotation
+  app.get('/readyz', async (req, reply) => {
+    try {
+      await o.store.ping();
+      return { status: 'ready' };
+    } catch (err) {
+      const reason = `the controller database is unavailable: ${(err as Error).message}`;
+      req.log.warn({ event: 'not_ready', err }, reason);
+      return reply.status(503).header('retry-after', String(STORE_RETRY_AFTER_S)).send({ request_id: req.id, error_code: API_ERROR_KINDS.unavailable.apiCode, error_msg: reason, status: 'not_ready' });
+    }
+  });
   app.get('/metrics', async (_req, reply) => {
     const text = await o.metrics.registry.metrics();
     return reply.type(o.metrics.registry.contentType).send(text);

@@ -81,7 +81,7 @@ interface Operation {
 }
 
 // 429: the source address failed authentication too often (docs/api.md, Errors)
-const ERRORS = [400, 401, 403, 404, 409, 429];
+const ERRORS = [400, 401, 403, 404, 409, 429, 503];
 
 /** "error_code: meaning" of every error kind with this status (Huawei's codes where Huawei has one). */
 function errorCodes(status: number): string {
@@ -206,6 +206,15 @@ export function buildOpenApi(): Json {
     };
   }
   paths['/healthz'] = { get: { summary: 'Liveness', responses: { 200: { description: 'ok' } } } };
+  paths['/readyz'] = {
+    get: {
+      summary: 'Readiness: the controller reaches its database (take a replica whose database is away out of rotation)',
+      responses: {
+        200: { description: '{"status":"ready"}' },
+        503: { description: `not ready: error_code ${API_ERROR_KINDS.unavailable.apiCode}, status "not_ready", error_msg says why; Retry-After`, content: { 'application/json': { schema: errorSchema } } },
+      },
+    },
+  };
   paths['/metrics'] = { get: { summary: 'Prometheus metrics', responses: { 200: { description: 'text exposition format' } } } };
   return {
     openapi: '3.1.0',

@@ -18,7 +18,7 @@ import { ApiError } from '../errors.js';
 import type { AuthFailureLimiter, HttpLimits } from '../limits.js';
 import type { ControllerMetrics } from '../metrics.js';
 import type { ControllerService } from '../service.js';
-import type { Store } from '../store/store.js';
+import type { AgentState, Store } from '../store/store.js';
 import type { Random } from '../tokens.js';
 
 /** An admin token as configured, with its hash. */
@@ -33,6 +33,8 @@ export interface ApiToken {
 export interface AgentPresence {
   isConnected(projectId: string, instanceId: string): boolean;
   lastSeen(projectId: string, instanceId: string): string | null;
+  /** connected to another replica, as the agent's stored state says (none: a single controller) */
+  connectedElsewhere?(state: AgentState): boolean;
   readonly connectedCount: number;
   /** close the instance's agent connection (token rotated, instance deleted) */
   disconnect(projectId: string, instanceId: string, why: 'revoked' | 'deleted'): void;

@@ -27,7 +27,7 @@ import {
 import type { ProjectSnapshot } from '../model.js';
 import { dryRunImpact, registerAnalysisRoutes } from './analysis-routes.js';
 import { createAddressGroup, deleteAddressGroup, updateAddressGroup } from '../address-groups.js';
-import { EMPTY_AGENT_STATE } from '../store/store.js';
+import { EMPTY_AGENT_STATE, type AgentState } from '../store/store.js';
 import type { ApiOptions, Route } from './route.js';
 import { parseWith, pathId } from './route.js';
 import {
@@ -59,15 +59,17 @@ function matchesEps(wanted: readonly string[] | undefined, value: string): boole
 export function registerRoutes(route: Route, o: ApiOptions): void {
   const { service } = o;
   /** desired vs applied revision, connection and last error of one instance */
-  const statusOf = async (project: string, inst: { id: string; revision: number | null }) => {
+  /** `known`: the agent state when the caller read it already (a list of statuses reads them in one query) */
+  const statusOf = async (project: string, inst: { id: string; revision: number | null }, known?: AgentState) => {
     const id = inst.id;
-    const st = (await o.store.getAgentState(project, id)) ?? EMPTY_AGENT_STATE;
+    const st = known ?? (await o.store.getAgentState(project, id)) ?? EMPTY_AGENT_STATE;
     return {
       instance_id: id,
       desired_revision: inst.revision,
       applied_revision: st.applied_revision,
       in_sync: inst.revision !== null && st.applied_revision === inst.revision,
-      connected: o.presence.isConnected(project, id),
+      // connected here, or to another replica (its stored `connected_to`, kept fresh by heartbeats)
+      connected: o.presence.isConnected(project, id) || (o.presence.connectedElsewhere?.(st) ?? false),
       last_seen: o.presence.lastSeen(project, id) ?? st.last_seen,
       last_ack: st.last_ack,
       last_error: st.last_error,
@@ -310,8 +312,9 @@ export function registerRoutes(route: Route, o: ApiOptions): void {
   // every instance's status in one answer (the console's overview), in the order of GET /instances
   route('GET', '/instance-statuses', 200, async ({ project }) => {
     const snap = await service.read(project);
+    const states = await o.store.listAgentStates(project);
     const statuses = [];
-    for (const inst of snap.instances) statuses.push(await statusOf(project, inst));
+    for (const inst of snap.instances) statuses.push(await statusOf(project, inst, states.get(inst.id) ?? EMPTY_AGENT_STATE));
     return { instance_statuses: statuses };
   });
 

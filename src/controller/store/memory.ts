@@ -2,8 +2,12 @@
  * In-memory Store: the fake for unit tests (same contract as the SQLite store,
  * nothing survives the process). `dump()` and `MemoryStore.open(dump)` stand
  * for a backup and a restart on it: opening repairs revisions as the SQLite
- * store does on open.
+ * store does on open. `unavailable = true` stands for a database that cannot
+ * be reached: every method throws STORE_UNAVAILABLE until it is false again.
+ * One MemoryStore shared by several controllers stands for replicas on one
+ * database.
  */
+import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import type { ProjectSnapshot } from '../model.js';
@@ -29,6 +33,8 @@ export class MemoryStore implements Store {
   private extra = new Map<string, InstanceExtra>();
   private counter = 0;
   private closed = false;
+  /** the database cannot be reached: every method throws STORE_UNAVAILABLE */
+  unavailable = false;
   /** in append order */
   private audit: AuditEvent[] = [];
 
@@ -38,6 +44,7 @@ export class MemoryStore implements Store {
 
   private check(): void {
     if (this.closed) throw new Error('store is closed');
+    if (this.unavailable) throw new SecgroupError('STORE_UNAVAILABLE', 'the controller database cannot be reached (memory store marked unavailable)', { cause: new Error('ECONNREFUSED') });
   }
 
   dump(): MemoryStoreDump {

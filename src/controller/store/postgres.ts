@@ -92,6 +92,9 @@ export function storeError(e: unknown): unknown {
 export async function openPostgresStore(opts: PostgresStoreOptions): Promise<PostgresStore> {
   const pool = new pg.Pool({ ...postgresClientConfig(opts), max: opts.poolSize ?? 10 });
   pool.on('error', (e) => opts.logger?.warn({ event: 'store_connection_lost', error: e.message }, 'an idle PostgreSQL connection was lost; the pool opens a new one when needed'));
+  // a connection lost while checked out (between the statements of a transaction) emits 'error' on its client, which has
+  // no listener then: without this one that is an uncaught exception and the controller process dies with its database
+  pool.on('connect', (client) => client.on('error', (e) => opts.logger?.warn({ event: 'store_connection_lost', error: e.message }, 'a PostgreSQL connection in use was lost; its statement fails with STORE_UNAVAILABLE')));
   try {
     const client = await pool.connect();
     try {

@@ -168,6 +168,10 @@ export const MIGRATIONS: readonly ((db: Db) => void)[] = [
   (db) => {
     db.exec('CREATE INDEX instances_by_tail ON instances (project_id, policy_tail)');
   },
+  // 6: replicas catch up on policies changed by others by revision (Store.policiesChangedSince)
+  (db) => {
+    db.exec('CREATE INDEX instances_by_revision ON instances (revision)');
+  },
 ];
 
 export interface SqliteStoreOptions {
@@ -679,6 +683,7 @@ export class SqliteStore implements Store {
 
   async ping(): Promise<void> {
     if (!this.db.open) throw new SecgroupError('STORE_UNAVAILABLE', 'the controller database is closed');
+    this.stmt.revisionCounter.get();
   }
 
   async revisionCounter(): Promise<number> {

@@ -12,6 +12,10 @@
  * those that arrive together), each all-or-nothing under its own savepoint
  * and acknowledged only once the transaction committed; a store may cache
  * snapshots only by version (`snapshot-cache.ts`).
+ *
+ * Every method that cannot reach its database throws SecgroupError
+ * `STORE_UNAVAILABLE` (cause attached): the API answers it with 503, the hub
+ * keeps its agents on their last policy (docs/api.md, "Readiness").
  */
 import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
@@ -65,6 +69,8 @@ export interface AgentState {
   hostname: string | null;
   ports: PortReport | null;
   ports_received_at: string | null;
+  /** the controller replica the agent is connected to (`HubOptions.replicaId`), null when it left; trust it only with a recent `last_seen` */
+  connected_to: string | null;
 }
 
 export const EMPTY_AGENT_STATE: AgentState = {
@@ -76,6 +82,7 @@ export const EMPTY_AGENT_STATE: AgentState = {
   hostname: null,
   ports: null,
   ports_received_at: null,
+  connected_to: null,
 };
 
 /**

@@ -19,7 +19,7 @@ import { dumpBlock, dumpBlocks, generationMarker, tableComment } from '../../hel
 
 const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
 
-function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string; logger?: Logger; monitor?: FakeNftMonitor; driftMonitor?: boolean } = {}) {
+function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: string; urls?: string[]; logger?: Logger; monitor?: FakeNftMonitor; driftMonitor?: boolean } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = opts.store ?? new MemoryStateStore();
@@ -27,7 +27,7 @@ function setup(opts: { store?: MemoryStateStore; controller?: boolean; url?: str
   const scheduler = new ManualScheduler();
   const probe = new FakePortProbe();
   const config = resolveConfig(
-    { instance_id: 'ecs-1', http_listen: null, ...(opts.driftMonitor === false ? { drift_monitor: false } : {}), ...(opts.controller === false ? {} : { controller: { url: opts.url ?? 'ws://198.18.0.1:8080', token: 't' } }) },
+    { instance_id: 'ecs-1', http_listen: null, ...(opts.driftMonitor === false ? { drift_monitor: false } : {}), ...(opts.controller === false ? {} : { controller: { ...(opts.urls ? { urls: opts.urls } : { url: opts.url ?? 'ws://198.18.0.1:8080' }), token: 't' } }) },
     {},
   );
   const agent = createAgent({ config, nft, store, clock, logger: opts.logger ?? silentLogger(), scheduler, resolver, dialer: opts.controller === false ? null : dialer.dial, portProbe: probe, random: () => 0.5, nftMonitor: opts.monitor ?? null });
@@ -387,6 +387,32 @@ describe('agent', () => {
     const out = dumpBlock(nft.dump(), 'output').rules;
     expect(out.filter((l) => l.endsWith(' comment "platform: controller channel"')).length).toBe(2);
     expect(out.some((l) => l.endsWith(' comment "platform: DNS for the controller name"'))).toBe(true);
+    await agent.stop();
+  });
+
+  it('with several controllers: dials each address of a name in turn, lets out every controller (other ports too), and keeps its policy while it moves', async () => {
+    const { nft, dialer, clock, agent } = setup({ store: new MemoryStateStore(policy(1)), urls: ['wss://ctl.test:8443', 'wss://198.18.0.9:9443'] });
+    await agent.start();
+    const out = dumpBlock(nft.dump(), 'output').rules.filter((l) => l.endsWith(' comment "platform: controller channel"'));
+    expect(out).toHaveLength(3);
+    expect(out.find((l) => l.includes('198.18.0.1') && l.includes('dport 8443'))).toBeDefined();
+    expect(out.find((l) => l.includes('fd00:5ec::1') && l.includes('dport 8443'))).toBeDefined();
+    expect(out.find((l) => l.includes('198.18.0.9') && l.includes('dport 9443'))).toBeDefined();
+    const applies = nft.count('apply');
+    for (let i = 0; i < 4; i++) {
+      dialer.last.events.close(1006, '');
+      await clock.advance(60_000);
+    }
+    expect(dialer.sockets.map((x) => x.target)).toEqual([
+      { url: 'wss://ctl.test:8443', address: '198.18.0.1' },
+      { url: 'wss://ctl.test:8443', address: 'fd00:5ec::1' },
+      { url: 'wss://198.18.0.9:9443' },
+      { url: 'wss://ctl.test:8443', address: '198.18.0.1' },
+      { url: 'wss://ctl.test:8443', address: 'fd00:5ec::1' },
+    ]);
+    // fail-static: no controller reachable, the policy in force stays
+    expect(nft.count('apply')).toBe(applies);
+    expect(tableComment(nft.dump())).toContain('revision=1');
     await agent.stop();
   });
 

@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { resolveConfig } from '../../../src/agent/config.js';
+import { controllerUrls, resolveConfig } from '../../../src/agent/config.js';
 import { FileStateStore } from '../../../src/agent/state-store.js';
 import { ValidationError } from '../../../src/lib/errors.js';
 import { policy } from './fixtures.js';
@@ -24,6 +24,27 @@ describe('agent config', () => {
     expect(c.instance_id).toBe('from-env');
     expect(c.state_dir).toBe('/flag');
     expect(c.controller).toMatchObject({ url: 'wss://env:2', ca_file: '/ca.pem', reconnect_max_ms: 30_000 });
+  });
+
+  it('takes several controllers as controller.urls (or a comma list in env and flags); controller.url is one; a later layer replaces them', () => {
+    const urls = (file: unknown, env: Record<string, string> = {}, flags = {}) => controllerUrls(resolveConfig(file, env, flags).controller!);
+    expect(urls({ instance_id: 'i', controller: { url: 'wss://one:1' } })).toEqual(['wss://one:1']);
+    expect(urls({ instance_id: 'i', controller: { urls: ['wss://a:1', 'wss://b:1', 'wss://a:1'] } })).toEqual(['wss://a:1', 'wss://b:1']);
+    expect(urls({ instance_id: 'i' }, { SECGROUP_CONTROLLER_URL: 'wss://a:1, wss://b:2' })).toEqual(['wss://a:1', 'wss://b:2']);
+    expect(urls({ instance_id: 'i', controller: { urls: ['wss://a:1', 'wss://b:1'] } }, { SECGROUP_CONTROLLER_URL: 'wss://env:2' })).toEqual(['wss://env:2']);
+    expect(urls({ instance_id: 'i', controller: { url: 'wss://file:1' } }, {}, { controller: 'wss://x:1,wss://y:1' })).toEqual(['wss://x:1', 'wss://y:1']);
+    const problems = (file: unknown) => {
+      try {
+        resolveConfig(file, {});
+        return [];
+      } catch (e) {
+        return (e as ValidationError).issues.map((i) => `${i.path}: ${i.message}`);
+      }
+    };
+    expect(problems({ instance_id: 'i', controller: { url: 'wss://a:1', urls: ['wss://b:1'] } })).toEqual(['controller.url: set exactly one of controller.url (one controller) and controller.urls (several)']);
+    expect(problems({ instance_id: 'i', controller: { token: 't' } })).toEqual(['controller.url: set exactly one of controller.url (one controller) and controller.urls (several)']);
+    expect(problems({ instance_id: 'i', controller: { urls: [] } })[0]).toMatch(/^controller\.urls/);
+    expect(problems({ instance_id: 'i', controller: { urls: ['wss://a:1', 'http://b'] } })[0]).toMatch(/^controller\.urls\[1\]: must be a wss:\/\//);
   });
 
   it('parses failsafe port lists', () => {

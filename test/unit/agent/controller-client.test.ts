@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { FakeClock } from '../../../src/lib/clock.js';
 import { silentLogger } from '../../../src/lib/logger.js';
-import { ControllerClient, FakeDialer, reconnectDelay } from '../../../src/agent/controller-client.js';
+import { ControllerClient, FakeDialer, UpgradeRefused, reconnectDelay, type DialTarget } from '../../../src/agent/controller-client.js';
+import { captureLogs } from '../../helpers/log-capture.js';
 
 function setup(random = 0.5) {
   const clock = new FakeClock();
@@ -25,6 +26,76 @@ function setup(random = 0.5) {
   return { clock, dialer, client, policies, connected: () => connected };
 }
 
+function several(targets: DialTarget[], random = 0.5) {
+  const clock = new FakeClock();
+  const dialer = new FakeDialer();
+  const log = captureLogs('info');
+  const client = new ControllerClient({
+    dial: dialer.dial,
+    clock,
+    logger: log.logger,
+    random: () => random,
+    hello: () => ({ type: 'hello', protocol: 1, instance_id: 'ecs-1', agent_version: '0.1.0', applied_revision: 3 }),
+    onPolicy: () => undefined,
+    targets: () => targets,
+    reconnectInitialMs: 100,
+    reconnectMaxMs: 30_000,
+  });
+  return { clock, dialer, client, lines: log.lines };
+}
+
+describe('controller client with several controllers', () => {
+  it('moves to the next controller after a lost or failed connection, in order and round, logging controller_switch', async () => {
+    const a = { url: 'wss://ctl-a.test:8443' };
+    const b1 = { url: 'wss://ctl.test:8443', address: '198.18.0.2' };
+    const b2 = { url: 'wss://ctl.test:8443', address: 'fd00:5ec::2' };
+    const { clock, dialer, client, lines } = several([a, b1, b2]);
+    client.start();
+    expect(dialer.last.target).toEqual(a);
+    dialer.last.events.open();
+    dialer.last.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: 3 });
+    dialer.last.close(1006, ''); // the replica died
+    await clock.advance(50);
+    expect(dialer.last.target).toEqual(b1);
+    expect(dialer.last.messages[0]).toBeUndefined(); // not open yet: hello follows open
+    dialer.last.events.close(1006, ''); // cannot connect either: on to the next, with a longer backoff
+    await clock.advance(100);
+    expect(dialer.last.target).toEqual(b2);
+    dialer.last.events.close(1006, '');
+    await clock.advance(200);
+    expect(dialer.sockets.map((s) => s.target)).toEqual([a, b1, b2, a]);
+    dialer.last.events.open();
+    expect(dialer.last.messages[0]).toMatchObject({ type: 'hello', applied_revision: 3 });
+    const switches = lines.filter((l) => l.event === 'controller_switch');
+    expect(switches.map((l) => [l.from, l.to, l.retryInMs])).toEqual([
+      ['wss://ctl-a.test:8443', 'wss://ctl.test:8443 (198.18.0.2)', 50],
+      ['wss://ctl.test:8443 (198.18.0.2)', 'wss://ctl.test:8443 (fd00:5ec::2)', 100],
+      ['wss://ctl.test:8443 (fd00:5ec::2)', 'wss://ctl-a.test:8443', 200],
+    ]);
+    expect(switches[0]!.reason).toMatch(/connection closed \(1006/);
+    client.stop();
+  });
+
+  it('waits out the Retry-After of a refused upgrade, jittered up to twice as long, then tries the next controller', async () => {
+    const { clock, dialer, client, lines } = several([{ url: 'ws://198.18.0.1:8080' }, { url: 'ws://198.18.0.2:8080' }], 0.25);
+    client.start();
+    dialer.last.events.error(new UpgradeRefused(503, 2000));
+    dialer.last.events.close(1006, '');
+    // backoff 50 ms, but the replica asked for 2 s: 2 s * (1 + 0.25)
+    await clock.advance(2499);
+    expect(dialer.sockets.length).toBe(1);
+    await clock.advance(1);
+    expect(dialer.sockets.length).toBe(2);
+    expect(dialer.last.target).toEqual({ url: 'ws://198.18.0.2:8080' });
+    expect(lines.find((l) => l.event === 'connect_error')).toMatchObject({ target: 'ws://198.18.0.1:8080', msg: 'control channel error: controller answered HTTP 503 (retry after 2 s)' });
+    // the next failure without one is back to the plain backoff
+    dialer.last.events.close(1006, '');
+    await clock.advance(reconnectDelay(1, 100, 30_000, 0.25));
+    expect(dialer.sockets.length).toBe(3);
+    client.stop();
+  });
+});
+
 describe('controller client', () => {
   it('says hello on open and hands validated policies over', () => {
     const { dialer, client, policies } = setup();
@@ -37,11 +108,15 @@ describe('controller client', () => {
     expect(policies).toEqual([{ anything: 1 }]);
   });
 
-  it('reconnects with exponential backoff, jitter and a cap', async () => {
-    expect([0, 1, 2, 3].map((a) => reconnectDelay(a, 100, 30_000, 0))).toEqual([50, 100, 200, 400]);
+  it('reconnects with exponential backoff, full jitter above half the initial delay, and a cap', async () => {
+    // full jitter (issue 16: agents of a dead replica spread out): anywhere up to the exponential bound, never under half the initial delay
+    expect([0, 1, 2, 3].map((a) => reconnectDelay(a, 100, 30_000, 1))).toEqual([100, 200, 400, 800]);
+    expect([0, 1, 2, 3].map((a) => reconnectDelay(a, 100, 30_000, 0.5))).toEqual([50, 100, 200, 400]);
+    expect([0, 1, 2, 3].map((a) => reconnectDelay(a, 100, 30_000, 0))).toEqual([50, 50, 50, 50]);
     expect(reconnectDelay(20, 100, 30_000, 0.999)).toBeLessThanOrEqual(30_000);
-    expect(reconnectDelay(20, 100, 30_000, 0)).toBe(15_000);
-    const { clock, dialer, client } = setup(0);
+    expect(reconnectDelay(20, 100, 30_000, 0.999)).toBeGreaterThan(29_000);
+    expect(reconnectDelay(20, 100, 30_000, 0)).toBe(50);
+    const { clock, dialer, client } = setup(0.5);
     client.start();
     dialer.last.events.close(1006, ''); // attempt 0 -> 50 ms
     await clock.advance(49);
@@ -49,7 +124,9 @@ describe('controller client', () => {
     await clock.advance(1);
     expect(dialer.sockets.length).toBe(2);
     dialer.last.events.close(1006, ''); // 100 ms
-    await clock.advance(100);
+    await clock.advance(99);
+    expect(dialer.sockets.length).toBe(2);
+    await clock.advance(1);
     expect(dialer.sockets.length).toBe(3);
     dialer.last.events.open();
     dialer.last.receive({ type: 'welcome', protocol: 1, instance_id: 'ecs-1', desired_revision: null }); // resets backoff
