@@ -2,8 +2,14 @@
  * Child process of bench converge: runs many real agents (`createAgent`) in
  * one process against the controller, with the fake nft (`FakeNft`) and an
  * in-memory state store, so no kernel state is touched. Driven over IPC:
- * `{cmd: 'start', url, agents: [{id, token}]}` -> `{event: 'ready'}` once
- * every agent has applied a policy; `{cmd: 'stop'}` -> stops them and exits.
+ * `{cmd: 'start', url, agents: [{id, token, urls?}], report?}` -> `{event: 'ready'}`
+ * once every agent has applied a policy; `{cmd: 'stop'}` -> stops them and exits.
+ * An agent with `urls` has several controllers (replicas, `controller.urls`).
+ * With `report` the process also streams, every 20 ms, the wall-clock times
+ * (performance.timeOrigin + now, comparable across processes) of the applied
+ * acks it sent (`{event: 'acked', at}`) and of the `welcome`s its agents got
+ * with the agent's id and the controller URL (`{event: 'welcomed', list: [[id, url, at]]}`): the HA
+ * bench (converge-ha.ts) counts acks there, its controllers being other processes.
  */
 import { createAgent, type Agent } from '../src/agent/agent.js';
 import { resolveConfig } from '../src/agent/config.js';
@@ -17,22 +23,45 @@ import { ManualScheduler } from '../src/lib/scheduler.js';
 import { FakeNft } from '../src/nft/fake.js';
 import { MAX_MESSAGE_BYTES } from '../src/protocol/messages.js';
 
-type Command = { cmd: 'start'; url: string; agents: { id: string; token: string }[] } | { cmd: 'stats' } | { cmd: 'stop' };
+type Command = { cmd: 'start'; url: string; agents: { id: string; token: string; urls?: string[] }[]; report?: boolean } | { cmd: 'stats' } | { cmd: 'stop' };
 
 const agents: Agent[] = [];
 /** duration_ms of every applied ack sent (compile + check + apply + verify of one agent, FakeNft) */
 let durations: number[] = [];
 const send = (m: unknown) => process.send?.(m);
+const wallNow = () => performance.timeOrigin + performance.now();
+let acked: number[] = [];
+let welcomed: [string, string, number][] = [];
+let reporting: NodeJS.Timeout | null = null;
+function flushReports(): void {
+  if (acked.length) send({ event: 'acked', at: acked });
+  if (welcomed.length) send({ event: 'welcomed', list: welcomed });
+  acked = [];
+  welcomed = [];
+}
 
-function recordingAcks(dial: Dialer): Dialer {
-  return (events) => {
-    const conn = dial(events);
+function recordingAcks(dial: Dialer, id: string, fallbackUrl: string): Dialer {
+  return (events, target) => {
+    const url = target?.url ?? fallbackUrl;
+    const conn = dial(
+      {
+        ...events,
+        message: (text, bytes) => {
+          if (reporting && text.startsWith('{"type":"welcome"')) welcomed.push([id, url, wallNow()]);
+          events.message(text, bytes);
+        },
+      },
+      target,
+    );
     return {
       ...conn,
       send: (text: string) => {
         if (text.includes('"applied"')) {
           const m = JSON.parse(text) as { type?: string; status?: string; duration_ms?: number };
-          if (m.type === 'ack' && m.status === 'applied' && typeof m.duration_ms === 'number') durations.push(m.duration_ms);
+          if (m.type === 'ack' && m.status === 'applied' && typeof m.duration_ms === 'number') {
+            durations.push(m.duration_ms);
+            if (reporting) acked.push(wallNow());
+          }
         }
         conn.send(text);
       },
@@ -40,10 +69,12 @@ function recordingAcks(dial: Dialer): Dialer {
   };
 }
 
-async function start(url: string, list: { id: string; token: string }[]): Promise<void> {
+async function start(url: string, list: { id: string; token: string; urls?: string[] }[], report: boolean): Promise<void> {
+  if (report) reporting = setInterval(flushReports, 20);
   for (const a of list) {
+    const controller = a.urls ? { urls: a.urls, token: a.token } : { url, token: a.token };
     const config = resolveConfig(
-      { instance_id: a.id, state_dir: '/nonexistent', controller: { url, token: a.token }, http_listen: null, ports_interval_ms: 0, platform: { dhcp: false } },
+      { instance_id: a.id, state_dir: '/nonexistent', controller, http_listen: null, ports_interval_ms: 0, platform: { dhcp: false } },
       {},
     );
     agents.push(
@@ -55,7 +86,7 @@ async function start(url: string, list: { id: string; token: string }[]): Promis
         logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(),
         scheduler: new ManualScheduler(),
         resolver: { resolve: () => Promise.resolve([]) },
-        dialer: recordingAcks(wsDialer({ url, token: () => a.token, maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: 10_000 })),
+        dialer: recordingAcks(wsDialer({ url, token: () => a.token, maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: 10_000 }), a.id, url),
         metrics: new AgentMetrics({ processMetrics: false }),
       }),
     );
@@ -71,7 +102,7 @@ async function start(url: string, list: { id: string; token: string }[]): Promis
 
 process.on('message', (m: Command) => {
   if (m.cmd === 'start') {
-    start(m.url, m.agents).catch((e: unknown) => {
+    start(m.url, m.agents, m.report === true).catch((e: unknown) => {
       send({ event: 'error', message: (e as Error).message });
     });
   } else if (m.cmd === 'stats') {

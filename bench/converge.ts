@@ -21,7 +21,7 @@
  *   document affected), on the same controller.
  * - Bounded: at most CHANGES changes per size and BUDGET_MS of changes.
  */
-import { fork } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,7 +34,7 @@ export const SIZES = [1, 10, 100, 1000];
 const CHANGES = 20;
 const REF_CALLS = 20;
 const BUDGET_MS = 60_000;
-const ADMIN = 'bench-admin-token-0123456789';
+export const ADMIN = 'bench-admin-token-0123456789';
 const TARGETS: Record<number, number> = { 100: 250, 1000: 2000 };
 
 /**
@@ -42,10 +42,10 @@ const TARGETS: Record<number, number> = { 100: 250, 1000: 2000 };
  * processes only compete with the controller for the 2 cores), then one per
  * 250 (1000 agents of 1000 members each hold ~4 GB: one process ran out of heap).
  */
-const agentProcs = (n: number): number => Math.max(1, Number(process.env.BENCH_CONVERGE_PROCS ?? Math.ceil(n / 250)));
+export const agentProcs = (n: number): number => Math.max(1, Number(process.env.BENCH_CONVERGE_PROCS ?? Math.ceil(n / 250)));
 
 /** Instance j's address: odd host numbers, so no two members are adjacent (each stays a single-address element). */
-const memberAddress = (j: number, base = 0): string => `198.18.${base + Math.floor(j / 125)}.${2 * (j % 125) + 1}`;
+export const memberAddress = (j: number, base = 0): string => `198.18.${base + Math.floor(j / 125)}.${2 * (j % 125) + 1}`;
 
 export type ChangeKind = 'rule' | 'member';
 
@@ -76,6 +76,69 @@ export const quantile = (xs: number[], q: number): number => {
 };
 export const r1 = (x: number) => Math.round(x * 10) / 10;
 
+export type ApiCall = (method: string, path: string, body?: unknown) => Promise<{ status: number; body: Record<string, unknown> }>;
+
+/** Calls of the v3 API under `api` (http://host:port/v3/project) with the bench's admin token; a status >= 300 throws. */
+export function apiCaller(api: string, token = ADMIN): ApiCall {
+  return async (method, path, body) => {
+    const r = await fetch(`${api}${path}`, {
+      method,
+      headers: { 'x-auth-token': token, ...(body ? { 'content-type': 'application/json' } : {}) },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    const text = await r.text();
+    if (r.status >= 300) throw new Error(`${method} ${path}: HTTP ${r.status} ${text}`);
+    return { status: r.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
+  };
+}
+
+/** Forks `procs` agent processes (bench/converge-agents.ts). */
+export function forkAgents(procs: number): ChildProcess[] {
+  return Array.from({ length: procs }, () =>
+    fork(fileURLToPath(new URL('./converge-agents.ts', import.meta.url)), [], {
+      execArgv: ['--max-old-space-size=4096', '--import', 'tsx', ...(process.env.CONVERGE_AGENT_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.CONVERGE_AGENT_PROF] : [])],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    }),
+  );
+}
+
+/** Starts the agents, spread round-robin over the processes; resolves once every one applied a policy. */
+export async function startAgents(children: ChildProcess[], url: string, agents: { id: string; token: string; urls?: string[] }[], report = false): Promise<void> {
+  await Promise.all(
+    children.map(
+      (child, c) =>
+        new Promise<void>((resolve, reject) => {
+          const onMessage = (m: { event: string; message?: string }) => {
+            if (m.event === 'ready') resolve();
+            else if (m.event === 'error') reject(new Error(`agents: ${m.message ?? m.event}`));
+            else return;
+            child.off('message', onMessage);
+          };
+          child.on('message', onMessage);
+          child.once('exit', (code) => reject(new Error(`agents process exited (${code})`)));
+          child.send({ cmd: 'start', url, agents: agents.filter((_, k) => k % children.length === c), report });
+        }),
+    ),
+  );
+}
+
+/** Stops the agent processes (SIGKILL after 15 s). */
+export async function stopAgents(children: ChildProcess[]): Promise<void> {
+  await Promise.all(
+    children.map(async (child) => {
+      if (child.connected) child.send({ cmd: 'stop' });
+      await new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
+        const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        child.once('exit', () => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }),
+  );
+}
+
 async function runSize(n: number): Promise<ConvergeRow[]> {
   const dir = await mkdtemp(join(tmpdir(), 'secgroup-bench-converge-'));
   const config = parseControllerConfig({
@@ -92,16 +155,7 @@ async function runSize(n: number): Promise<ConvergeRow[]> {
   const controller = createController({ config, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger() });
   const addr = await controller.start();
   const api = `${addr.url}/v3/bench`;
-  const call = async (method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> => {
-    const r = await fetch(`${api}${path}`, {
-      method,
-      headers: { 'x-auth-token': ADMIN, ...(body ? { 'content-type': 'application/json' } : {}) },
-      ...(body ? { body: JSON.stringify(body) } : {}),
-    });
-    const text = await r.text();
-    if (r.status >= 300) throw new Error(`${method} ${path}: HTTP ${r.status} ${text}`);
-    return { status: r.status, body: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
-  };
+  const call = apiCaller(api);
 
   // Acks and pushes as the hub counts them, with the time they happened.
   let applied = 0;
@@ -126,13 +180,7 @@ async function runSize(n: number): Promise<ConvergeRow[]> {
     pushInc(labels);
   }) as typeof pushCounter.inc;
 
-  const procs = Math.min(agentProcs(n), n);
-  const children = Array.from({ length: procs }, () =>
-    fork(fileURLToPath(new URL('./converge-agents.ts', import.meta.url)), [], {
-      execArgv: ['--max-old-space-size=4096', '--import', 'tsx', ...(process.env.CONVERGE_AGENT_PROF ? ['--cpu-prof', '--cpu-prof-dir', process.env.CONVERGE_AGENT_PROF] : [])],
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    }),
-  );
+  const children = forkAgents(Math.min(agentProcs(n), n));
   try {
     await call('POST', '/vpc/security-groups', { security_group: { id: 'sg-all', name: 'all' } });
     await call('POST', '/vpc/security-groups', { security_group: { id: 'sg-idle', name: 'idle' } });
@@ -144,16 +192,7 @@ async function runSize(n: number): Promise<ConvergeRow[]> {
       );
       for (const [k, m] of made.entries()) agents.push({ id: `i-${batch[k]!}`, token: m.body.token as string });
     }
-    await Promise.all(
-      children.map(
-        (child, c) =>
-          new Promise<void>((resolve, reject) => {
-            child.once('message', (m: { event: string; message?: string }) => (m.event === 'ready' ? resolve() : reject(new Error(`agents: ${m.message ?? m.event}`))));
-            child.once('exit', (code) => reject(new Error(`agents process exited (${code})`)));
-            child.send({ cmd: 'start', url: addr.agentUrl, agents: agents.filter((_, k) => k % procs === c) });
-          }),
-      ),
-    );
+    await startAgents(children, addr.agentUrl, agents);
     const agentApplyMs = async () =>
       (
         await Promise.all(
@@ -235,19 +274,7 @@ async function runSize(n: number): Promise<ConvergeRow[]> {
     };
     });
   } finally {
-    await Promise.all(
-      children.map(async (child) => {
-        if (child.connected) child.send({ cmd: 'stop' });
-        await new Promise<void>((resolve) => {
-          if (child.exitCode !== null) return resolve();
-          const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-          child.once('exit', () => {
-            clearTimeout(t);
-            resolve();
-          });
-        });
-      }),
-    );
+    await stopAgents(children);
     await controller.stop();
     await rm(dir, { recursive: true, force: true });
   }

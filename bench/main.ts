@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
 import { runConvergeBench } from './converge.js';
+import { haSelection, runConvergeHaBench } from './converge-ha.js';
 import { runPacketBench } from './packet.js';
 import { runApplyBench } from './apply.js';
 import { runFootprintBench } from './footprint.js';
@@ -35,8 +36,11 @@ const PARTS: Part[] = [
   },
   {
     name: 'converge',
-    what: 'API call -> every affected agent applied (1/10/100/1000 real agents with the fake nft; reference: a write affecting no instance)',
-    run: async () => (await runConvergeBench()) as unknown as Record<string, unknown>[],
+    what:
+      'API call -> every affected agent applied (1/10/100/1000 real agents with the fake nft; reference: a write affecting no instance); ' +
+      'then the HA cases (converge-ha.ts): sqlite x1 vs postgres x1 vs postgres x3 controller processes at 100/1000/3000 agents (BENCH_HA_SIZES, BENCH_HA_DEPLOYMENTS): ' +
+      'rule and membership change to last ack, API writes/s, a killed replica\'s agents re-acked elsewhere, lost writes',
+    run: async () => [...(await runConvergeBench()), ...(await runConvergeHaBench(...haSelection()))] as unknown as Record<string, unknown>[],
   },
   {
     name: 'footprint',

@@ -2,7 +2,8 @@
 # Build secgroup-agent and secgroup-controller images from the local base image.
 # Assumes `npm run build` has produced dist/ (dist/cli/main.js is the entry).
 #
-#   docker/build-images.sh        -> secgroup-agent:$TAG, secgroup-controller:$TAG
+#   docker/build-images.sh        -> secgroup-agent:$TAG, secgroup-controller:$TAG,
+#                                    secgroup-postgres:<hash> + :latest (docker/postgres-image.sh)
 #
 # The build context is staged (not the repo root, whose node_modules is 200 MB
 # of mostly dev tools): app/dist, app/package.json ("type": "module") and
@@ -70,7 +71,12 @@ for role in agent controller; do
   }
   say "secgroup-$role:$tag built in $(took "$t")"
 done
+# The database of the HA topology (test/system/ha.test.ts, compose.yaml): no
+# dist/ in it, cached by its inputs' hash, so usually a no-op.
+t="$(now)"
+"$here/postgres-image.sh" >/dev/null || die "docker/postgres-image.sh failed"
+say "secgroup-postgres:latest ready in $(took "$t")"
 # Rebuilds leave the previous images dangling; drop ours (only ours).
 docker image prune -f --filter label=org.secgroup.role >/dev/null
 say "done in $(took "$t_all") (base $base)"
-echo "secgroup-agent:$tag secgroup-controller:$tag"
+echo "secgroup-agent:$tag secgroup-controller:$tag secgroup-postgres:latest"

@@ -24,13 +24,15 @@ rootfs_recipe=1
 
 say() { printf 'systemd-image.sh: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
+# shellcheck source=docker/rootfs-lib.sh
+source "$here/rootfs-lib.sh"
 
 docker info >/dev/null 2>&1 || die "no Docker engine answers; run docker/engine.sh first"
 mapfile -t pkgs < <({ sed -e 's/#.*//' -e 's/[[:space:]]//g' "$here/base-packages.txt"; printf '%s\n' systemd dbus; } | grep -v '^$' | sort -u)
 pkgs_csv="$(IFS=,; echo "${pkgs[*]}")"
 sha() { sha256sum | cut -c1-16; }
 rootfs_key="$(printf '%s\n' "recipe=$rootfs_recipe" "suite=$suite" "${pkgs[@]}" | sha)"
-image_key="$({ echo "rootfs=$rootfs_key"; cat "${BASH_SOURCE[0]}"; } | sha)"
+image_key="$({ echo "rootfs=$rootfs_key"; cat "${BASH_SOURCE[0]}" "$here/rootfs-lib.sh"; } | sha)"
 tag="secgroup-systemd:$image_key"
 
 if docker image inspect "$tag" >/dev/null 2>&1; then
@@ -45,21 +47,10 @@ exec 9>"$cache/lock"
 flock 9
 tarball="$cache/rootfs-systemd-$suite-$rootfs_key.tar"
 if [[ ! -f $tarball ]]; then
-  mirror="${SECGROUP_DEBIAN_MIRROR:-}"
-  if [[ -z $mirror ]]; then
-    # the same lookup as base-image.sh (deb822 first, then one-line sources)
-    mirror="$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)"
-    [[ -n $mirror ]] || mirror="$(awk '$1 == "deb" && $0 ~ / '"$suite"' / { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' /etc/apt/sources.list 2>/dev/null | head -n1)"
-  fi
-  [[ -n $mirror ]] || die "no $suite mirror found in /etc/apt/sources.list*; set SECGROUP_DEBIAN_MIRROR"
-  command -v debootstrap >/dev/null || die "debootstrap missing (docker/base-image.sh installs it)"
   work="$(mktemp -d "$cache/debootstrap-systemd.XXXXXX")"
   trap 'rm -rf "$work"' EXIT
-  say "debootstrap --variant=minbase $suite with $pkgs_csv"
-  debootstrap --variant=minbase --include="$pkgs_csv" "$suite" "$work/rootfs" "$mirror" >"$work/log" 2>&1 ||
-    { tail -n 30 "$work/log" >&2; die "debootstrap failed"; }
+  debootstrap_rootfs "$work/rootfs" "$suite" "$pkgs_csv"
   r="$work/rootfs"
-  rm -rf "$r/var/lib/apt/lists/"* "$r/var/cache/apt/"*.bin "$r/var/cache/apt/archives/"*.deb "$r/var/log/"*.log
   # A container boots to multi-user.target without getty or udev
   ln -sf /dev/null "$r/etc/systemd/system/getty@tty1.service"
   ln -sf /dev/null "$r/etc/systemd/system/systemd-udevd.service"
@@ -74,8 +65,7 @@ mount --make-rshared /
 exec /lib/systemd/systemd "$@"
 BOOT
   chmod 0755 "$r/usr/local/sbin/boot"
-  tar --numeric-owner --xattrs --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' -C "$r" -cf "$work/rootfs.tar" .
-  mv "$work/rootfs.tar" "$tarball"
+  pack_rootfs "$r" "$tarball"
   rm -rf "$work"
   trap - EXIT
 fi

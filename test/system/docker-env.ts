@@ -2,7 +2,7 @@
 // (see docker/README.md). No registry is reachable: images are local only.
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import type { ContainerRuntimeClient } from 'testcontainers';
+import { GenericContainer, type ContainerRuntimeClient, type StartedTestContainer } from 'testcontainers';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -105,4 +105,74 @@ export async function until<T>(what: string, fn: () => Promise<T | undefined>, t
     if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`);
     await sleep(300);
   }
+}
+
+/** Why the system tests that need these local images cannot run, or undefined when all exist. */
+export function imagesMissing(images: string[]): string | undefined {
+  try {
+    execFileSync('docker', ['image', 'inspect', ...images], { stdio: 'ignore' });
+    return undefined;
+  } catch {
+    return `images ${images.join(' / ')} missing (run docker/build-images.sh)`;
+  }
+}
+
+/** GenericContainer with a fixed IPv4 address on one network (Docker's IPAMConfig). */
+export class FixedIpContainer extends GenericContainer {
+  withFixedIp(network: string, ip: string): this {
+    this.createOpts.NetworkingConfig = { EndpointsConfig: { [network]: { IPAMConfig: { IPv4Address: ip } } } };
+    return this.withNetworkMode(network);
+  }
+}
+
+export type Json = Record<string, unknown>;
+
+/** A web server (HTTP on the given port) as a node one-liner. */
+export const WEB = (port: number) => `require("http").createServer((q,s)=>s.end("hello "+process.env.HOSTNAME)).listen(${port},"0.0.0.0")`;
+
+/** A TCP connect as a node one-liner: prints connected, timeout or the error code. */
+export const CONNECT = (host: string, port: number) =>
+  `const c=require("net").connect({host:${JSON.stringify(host)},port:${port},timeout:1500});` +
+  'c.on("connect",()=>{console.log("connected");process.exit(0)});c.on("timeout",()=>{console.log("timeout");process.exit(2)});' +
+  'c.on("error",e=>{console.log(e.code);process.exit(1)})';
+
+/** Whether a TCP connection from inside `from` to host:port succeeds. */
+export async function tcpConnects(from: StartedTestContainer, host: string, port: number): Promise<boolean> {
+  const r = await from.exec(['node', '-e', CONNECT(host, port)]);
+  return r.stdout.trim() === 'connected';
+}
+
+/** Starts a web server on `port` in the container and waits until it listens (checked over loopback, always allowed). */
+export async function startWeb(ctr: StartedTestContainer, port: number): Promise<void> {
+  await ctr.exec(['sh', '-c', `nohup node -e '${WEB(port)}' >/dev/null 2>&1 &`]);
+  await until(`web server on :${port}`, async () => ((await tcpConnects(ctr, '127.0.0.1', port)) ? true : undefined), 10_000);
+}
+
+/**
+ * An HTTP call to the controller in `ctr`, made from inside that container
+ * (127.0.0.1:8443; the test process never sends to the test network's
+ * addresses). `path` is absolute (`/v3/p/...`, `/readyz`). Status 0: no answer.
+ */
+export async function controllerCall(ctr: StartedTestContainer, token: string, method: string, path: string, body?: Json): Promise<{ status: number; body: Json }> {
+  const script =
+    `fetch("http://127.0.0.1:8443${path}",{method:${JSON.stringify(method)},` +
+    `headers:{"X-Auth-Token":${JSON.stringify(token)}${body ? ',"Content-Type":"application/json"' : ''}}` +
+    (body ? `,body:${JSON.stringify(JSON.stringify(body))}` : '') +
+    '}).then(async r=>{const t=await r.text();let b={};try{b=t?JSON.parse(t):{}}catch{b={text:t}};process.stdout.write(JSON.stringify({status:r.status,body:b}))})' +
+    '.catch(e=>{process.stdout.write(JSON.stringify({status:0,body:{error:String(e)}}))})';
+  const r = await ctr.exec(['node', '-e', script]);
+  return JSON.parse(r.stdout) as { status: number; body: Json };
+}
+
+/** Starts an agent container (NET_ADMIN) at a fixed address with `config` as /etc/secgroup/agent.yaml and its token in SECGROUP_TOKEN. */
+export function startAgentContainer(image: string, o: { name: string; network: string; ip: string; labels: Record<string, string>; token: string; config: string }): Promise<StartedTestContainer> {
+  return new FixedIpContainer(image)
+    .withName(o.name)
+    .withFixedIp(o.network, o.ip)
+    .withAddedCapabilities('NET_ADMIN')
+    .withLabels(o.labels)
+    .withEnvironment({ SECGROUP_TOKEN: o.token })
+    .withCopyContentToContainer([{ content: o.config, target: '/etc/secgroup/agent.yaml' }])
+    .withCommand(['agent'])
+    .start();
 }

@@ -5,21 +5,25 @@
 // (SECGROUP_TOKEN); verdicts are observed with real TCP connections from the
 // client, port statuses from GET .../instances/A/ports.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GenericContainer, getContainerRuntimeClient, type StartedTestContainer } from 'testcontainers';
-import { createInternalNetwork, engineUnavailableReason, removeLabelled, rootRuleset, until, type TestNetwork } from './docker-env.js';
-import { execFileSync } from 'node:child_process';
+import { getContainerRuntimeClient, type StartedTestContainer } from 'testcontainers';
+import {
+  controllerCall,
+  createInternalNetwork,
+  engineUnavailableReason,
+  FixedIpContainer,
+  imagesMissing,
+  removeLabelled,
+  startAgentContainer,
+  rootRuleset,
+  startWeb as startWebIn,
+  tcpConnects,
+  until,
+  type Json,
+  type TestNetwork,
+} from './docker-env.js';
 
-const unavailable = engineUnavailableReason() ?? imagesMissing();
+const unavailable = engineUnavailableReason() ?? imagesMissing(['secgroup-agent:latest', 'secgroup-controller:latest']);
 if (unavailable) console.warn(`[system] scenario.test.ts skipped: ${unavailable}`);
-
-function imagesMissing(): string | undefined {
-  try {
-    execFileSync('docker', ['image', 'inspect', 'secgroup-agent:latest', 'secgroup-controller:latest'], { stdio: 'ignore' });
-    return undefined;
-  } catch {
-    return 'images secgroup-agent:latest / secgroup-controller:latest missing (run docker/build-images.sh)';
-  }
-}
 
 const N = 252;
 const run = `sgsys-${process.pid}`.slice(0, 15);
@@ -29,23 +33,6 @@ const IP = { controller: `198.19.${N}.10`, a: `198.19.${N}.11`, b: `198.19.${N}.
 const ADMIN = 'system-test-admin-token-0123456789';
 const PROJECT = 'sys';
 
-/** GenericContainer with a fixed IPv4 address on one network (Docker's IPAMConfig). */
-class FixedIpContainer extends GenericContainer {
-  withFixedIp(network: string, ip: string): this {
-    this.createOpts.NetworkingConfig = { EndpointsConfig: { [network]: { IPAMConfig: { IPv4Address: ip } } } };
-    return this.withNetworkMode(network);
-  }
-}
-
-type Json = Record<string, unknown>;
-
-
-// A web server (HTTP on the given port) and a held connection, as node one-liners.
-const WEB = (port: number) => `require("http").createServer((q,s)=>s.end("hello "+process.env.HOSTNAME)).listen(${port},"0.0.0.0")`;
-const CONNECT = (host: string, port: number) =>
-  `const c=require("net").connect({host:${JSON.stringify(host)},port:${port},timeout:1500});` +
-  'c.on("connect",()=>{console.log("connected");process.exit(0)});c.on("timeout",()=>{console.log("timeout");process.exit(2)});' +
-  'c.on("error",e=>{console.log(e.code);process.exit(1)})';
 // Keeps one keep-alive HTTP connection, sends a request every 300 ms, appends
 // "ok" per answer to /tmp/hold.log and "stalled" when one is not answered in 1.5 s.
 const HOLD = (host: string, port: number) =>
@@ -70,27 +57,9 @@ describe.skipIf(unavailable !== undefined)(`seed scenario in containers${unavail
   const labels = { [LABEL_KEY]: LABEL_VALUE };
 
   /** The controller's API, called from inside its own container (127.0.0.1). */
-  async function api(method: string, path: string, body?: Json): Promise<{ status: number; body: Json }> {
-    const script =
-      `fetch("http://127.0.0.1:8443/v3/${PROJECT}${path}",{method:${JSON.stringify(method)},` +
-      `headers:{"X-Auth-Token":${JSON.stringify(ADMIN)}${body ? ',"Content-Type":"application/json"' : ''}}` +
-      (body ? `,body:${JSON.stringify(JSON.stringify(body))}` : '') +
-      '}).then(async r=>{const t=await r.text();process.stdout.write(JSON.stringify({status:r.status,body:t?JSON.parse(t):{}}))})' +
-      '.catch(e=>{process.stdout.write(JSON.stringify({status:0,body:{error:String(e)}}))})';
-    const r = await c('controller').exec(['node', '-e', script]);
-    return JSON.parse(r.stdout) as { status: number; body: Json };
-  }
-
-  async function connect(from: string, host: string, port: number): Promise<boolean> {
-    const r = await c(from).exec(['node', '-e', CONNECT(host, port)]);
-    return r.stdout.trim() === 'connected';
-  }
-
-  async function startWeb(container: string, port: number): Promise<void> {
-    await c(container).exec(['sh', '-c', `nohup node -e '${WEB(port)}' >/dev/null 2>&1 &`]);
-    // listening: checked from inside (loopback is always allowed)
-    await until(`web server on :${port} in ${container}`, async () => ((await connect(container, '127.0.0.1', port)) ? true : undefined), 10_000);
-  }
+  const api = (method: string, path: string, body?: Json) => controllerCall(c('controller'), ADMIN, method, `/v3/${PROJECT}${path}`, body);
+  const connect = (from: string, host: string, port: number) => tcpConnects(c(from), host, port);
+  const startWeb = (container: string, port: number) => startWebIn(c(container), port);
 
   async function status(id: string): Promise<Json> {
     const r = await api('GET', `/instances/${id}/status`);
@@ -127,15 +96,7 @@ describe.skipIf(unavailable !== undefined)(`seed scenario in containers${unavail
       `  url: ws://${IP.controller}:8443`,
       '  reconnect_max_ms: 2000',
     ].join('\n');
-    const ctr = await new FixedIpContainer('secgroup-agent:latest')
-      .withName(`${run}-${name}`)
-      .withFixedIp(network!.name, IP[name])
-      .withAddedCapabilities('NET_ADMIN')
-      .withLabels(labels)
-      .withEnvironment({ SECGROUP_TOKEN: tokens[id]! })
-      .withCopyContentToContainer([{ content: config, target: '/etc/secgroup/agent.yaml' }])
-      .withCommand(['agent'])
-      .start();
+    const ctr = await startAgentContainer('secgroup-agent:latest', { name: `${run}-${name}`, network: network!.name, ip: IP[name], labels, token: tokens[id]!, config });
     started.set(name, ctr);
   }
 
