@@ -208,11 +208,29 @@ export class AgentHub {
   }
 
   /** A policy another replica handed out (hub-catch-up.ts): pushed if its agent is here and has not got it. */
-  private offer(c: PolicyChange): void {
+  /**
+   * `attempt`: reads of this change that failed so far. The catch-up's
+   * watermark is already past the change, so no later hint offers it again:
+   * a failed read (a pool wait timed out under a storm of acks, the database
+   * away) is retried here, with doubling delays up to 5 s, until the
+   * document is sent or the agent has it (or left).
+   */
+  private offer(c: PolicyChange, attempt = 0): void {
     const s = this.sessions.get(sessionKey(c.projectId, c.instanceId));
-    if (!s || !s.helloed || c.revision <= s.lastSentRevision || (s.pending && s.pending.revision >= c.revision)) return;
+    if (this.stopping || !s || !s.helloed || c.revision <= s.lastSentRevision || (s.pending && s.pending.revision >= c.revision)) return;
     this.enqueue(s, async () => {
-      const p = await this.o.store.getPolicy(c.projectId, c.instanceId);
+      let p: StoredPolicy | null;
+      try {
+        p = await this.o.store.getPolicy(c.projectId, c.instanceId);
+      } catch (e) {
+        const delay = Math.min(5_000, 500 * 2 ** attempt);
+        this.log.warn(
+          { event: 'catch_up_offer_failed', project: c.projectId, instance: c.instanceId, revision: c.revision, attempt: attempt + 1, retry_ms: delay, err: e },
+          `cannot read the document of revision ${c.revision} committed by another replica: ${errorMessage(e)} (retried in ${delay} ms)`,
+        );
+        void this.o.clock.sleep(delay).then(() => this.offer(c, attempt + 1));
+        return;
+      }
       // read now: the current document, at least as new as the change (revisions only grow)
       if (p && p.revision > s.lastSentRevision) this.sendChange(s, p);
     });

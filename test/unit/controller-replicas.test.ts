@@ -17,6 +17,7 @@ import { PROTOCOL_VERSION } from '../../src/protocol/messages.js';
 import { ControllerClient } from '../../src/agent/controller-client.js';
 import { wsDialer } from '../../src/agent/ws-dialer.js';
 import { captureLogs } from '../helpers/log-capture.js';
+import { SecgroupError } from '../../src/lib/errors.js';
 import { Wire, waitFor, wsAgent } from '../helpers/agent-wire.js';
 import { ADMIN, countingRandom, rule } from './controller-helpers.js';
 
@@ -138,6 +139,30 @@ describe('controller replicas over one store', () => {
     // A's feed reconnects: A announces its newest revision again, and B catches up
     bus.resync(replicas[0]!.feed);
     expect(await agent.until(missed)).toEqual([first, missed]);
+  });
+
+  it('a document that replica B fails to read after a hint is read again later, though its watermark moved past it', async () => {
+    const { agent, first } = await agentOnB(await seed());
+    const read = store.getPolicy.bind(store);
+    let failures = 2;
+    // a fake fault in the shared store: the next two document reads fail (as a pool wait that timed out)
+    store.getPolicy = async (projectId, instanceId) => {
+      if (failures > 0) {
+        failures--;
+        throw new SecgroupError('STORE_UNAVAILABLE', 'timeout exceeded when trying to connect');
+      }
+      return read(projectId, instanceId);
+    };
+    expect((await addRule(0, 443)).status).toBe(201);
+    const next = await desired();
+    await waitFor('the first failed read', () => failures === 1);
+    await drain();
+    expect(agent.pushed).toEqual([first]);
+    clock.advance(500);
+    await waitFor('the second failed read', () => failures === 0);
+    clock.advance(1000);
+    expect(await agent.until(next)).toEqual([first, next]);
+    store.getPolicy = read;
   });
 
   it('never pushes a revision the agent has: hints about older changes, resyncs and a move between replicas send nothing', async () => {
