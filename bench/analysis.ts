@@ -21,13 +21,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseControllerConfig } from '../src/controller/config.js';
 import { createController } from '../src/controller/controller.js';
 import type { GroupRow, InstanceSpec, Op, RuleRow } from '../src/controller/model.js';
 import { openSqliteStore } from '../src/controller/store/sqlite.js';
 import { silentLogger } from '../src/lib/logger.js';
 import type { PortEntry, PortReport } from '../src/protocol/messages.js';
-import { quantile } from './converge.js';
+import { benchControllerConfig, quantile } from './converge.js';
 
 const INSTANCES = 1000;
 const GROUPS = 200;
@@ -116,13 +115,7 @@ const r1 = (x: number) => Math.round(x * 10) / 10;
 export async function runAnalysisBench(): Promise<AnalysisRow[]> {
   const dir = await mkdtemp(join(tmpdir(), 'secgroup-bench-analysis-'));
   const store = openSqliteStore(join(dir, 'controller.db'));
-  const config = parseControllerConfig({
-    listen: { host: '127.0.0.1', port: 0 },
-    data_dir: dir,
-    api: { tokens: [{ name: 'bench', token: ADMIN }] },
-    log: { level: 'silent' },
-    metrics: { process_metrics: false },
-  });
+  const config = benchControllerConfig(dir, ADMIN);
   const controller = createController({ config, store, logger: silentLogger() });
   try {
     await store.mutate(PROJECT, () => ({ ops: fleetOps(), value: null }));

@@ -23,13 +23,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execa } from 'execa';
-import { parseControllerConfig } from '../src/controller/config.js';
 import { createController } from '../src/controller/controller.js';
 import { openSqliteStore } from '../src/controller/store/sqlite.js';
 import { silentLogger } from '../src/lib/logger.js';
 import { launchBrowser } from '../test/helpers/browser.js';
 import { fleetOps, portReport } from './analysis.js';
-import { quantile } from './converge.js';
+import { benchControllerConfig, quantile } from './converge.js';
 
 const REPO = resolve(import.meta.dirname, '..');
 const ROUNDS = Number(process.env.BENCH_CONSOLE_ROUNDS ?? 7);
@@ -59,13 +58,7 @@ export async function runConsoleBench(): Promise<ConsoleRow[]> {
   const consoleDir = join(dir, 'console');
   await execa(join(REPO, 'node_modules/.bin/vite'), ['build', '--config', 'console/vite.config.ts', '--outDir', consoleDir, '--logLevel', 'warn'], { cwd: REPO });
   const store = openSqliteStore(join(dir, 'controller.db'));
-  const config = parseControllerConfig({
-    listen: { host: '127.0.0.1', port: 0 },
-    data_dir: dir,
-    api: { tokens: [{ name: 'bench', token: ADMIN }] },
-    log: { level: 'silent' },
-    metrics: { process_metrics: false },
-  });
+  const config = benchControllerConfig(dir, ADMIN);
   const controller = createController({ config, store, logger: silentLogger(), consoleDir });
   let browser: Awaited<ReturnType<typeof launchBrowser>> | null = null;
   try {

@@ -139,14 +139,21 @@ export async function stopAgents(children: ChildProcess[]): Promise<void> {
   );
 }
 
-async function runSize(n: number): Promise<ConvergeRow[]> {
-  const dir = await mkdtemp(join(tmpdir(), 'secgroup-bench-converge-'));
-  const config = parseControllerConfig({
+/** A bench controller's configuration: 127.0.0.1 on a free port, its state in `dir`, one API token `bench`, silent; `more` adds or replaces sections. */
+export function benchControllerConfig(dir: string, token: string, more: Record<string, unknown> = {}): ReturnType<typeof parseControllerConfig> {
+  return parseControllerConfig({
     listen: { host: '127.0.0.1', port: 0 },
     data_dir: dir,
-    api: { tokens: [{ name: 'bench', token: ADMIN }] },
+    api: { tokens: [{ name: 'bench', token }] },
     log: { level: 'silent' },
     metrics: { process_metrics: false },
+    ...more,
+  });
+}
+
+async function runSize(n: number): Promise<ConvergeRow[]> {
+  const dir = await mkdtemp(join(tmpdir(), 'secgroup-bench-converge-'));
+  const config = benchControllerConfig(dir, ADMIN, {
     // all simulated agents share one process, which can be busy for seconds at 1000 agents: liveness is not what is measured
     agents: { hello_timeout_ms: 60_000, heartbeat_interval_ms: 600_000 },
     // every simulated agent connects from 127.0.0.1: the per-source cap (default 64) would refuse all but 64 of them
