@@ -77,9 +77,11 @@ export function sseFrame(e: ProjectEvent): string {
 /** Publishes the instance's state as the store has it now (read only when someone watches the project). */
 export async function publishInstanceState(events: ProjectEvents, store: Store, projectId: string, instanceId: string, connected: boolean): Promise<void> {
   if (!events.watched(projectId)) return;
-  const [st, p] = await Promise.all([store.getAgentState(projectId, instanceId), store.getPolicy(projectId, instanceId)]);
+  // the desired revision from the project snapshot (cached by version in every store), not by reading the whole document
+  const [st, snap] = await Promise.all([store.getAgentState(projectId, instanceId), store.loadProject(projectId)]);
+  const desired = snap?.instances.find((i) => i.id === instanceId)?.revision ?? null;
   events.publish(projectId, {
     type: 'instance',
-    data: { instance_id: instanceId, desired_revision: p?.revision ?? null, applied_revision: st?.applied_revision ?? null, connected, last_error: st?.last_error ?? null },
+    data: { instance_id: instanceId, desired_revision: desired, applied_revision: st?.applied_revision ?? null, connected, last_error: st?.last_error ?? null },
   });
 }
