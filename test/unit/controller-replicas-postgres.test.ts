@@ -13,6 +13,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { createController, type Controller } from '../../src/controller/controller.js';
@@ -53,13 +54,14 @@ async function twoReplicas(): Promise<Controller[]> {
   return out;
 }
 
-async function http(base: string, method: 'GET' | 'POST', path: string, payload?: object): Promise<{ status: number; body: any }> {
+/** status 0: no answer within 10 s (or no connection) */
+async function http(base: string, method: 'GET' | 'POST', path: string, payload?: object): Promise<{ status: number; body: any; retryAfter: string | null }> {
   try {
     const r = await fetch(`${base}${path}`, { method, headers: { 'x-auth-token': ADMIN, ...(payload ? { 'content-type': 'application/json' } : {}) }, ...(payload ? { body: JSON.stringify(payload) } : {}), signal: AbortSignal.timeout(10_000) });
     const text = await r.text();
-    return { status: r.status, body: text ? JSON.parse(text) : null };
+    return { status: r.status, body: text ? JSON.parse(text) : null, retryAfter: r.headers.get('retry-after') };
   } catch {
-    return { status: 0, body: null };
+    return { status: 0, body: null, retryAfter: null };
   }
 }
 
@@ -152,6 +154,47 @@ describe('controller replicas on PostgreSQL', () => {
     }, 1000);
     expect(log.lines.some((l) => l.event === 'controller_switch' && l.to === agentUrlOf(two))).toBe(true);
   }, 120_000);
+
+  it.each([
+    { timeout: 'lock', store: { lock_timeout_ms: 300 } },
+    { timeout: 'statement', store: { lock_timeout_ms: 0, statement_timeout_ms: 300 } },
+  ])(
+    'writes stuck behind a row lock held by another session answer 503 SYS.0503 with Retry-After ($timeout timeout), give their connections back, and succeed once the lock is released',
+    async ({ timeout, store }) => {
+      const url = await cluster().createDatabase();
+      const log = captureLogs('info');
+      const base = storeConfig(url);
+      const ctl = createController({ config: parseControllerConfig({ ...base, store: { ...base.store, pool_size: 2, ...store } }), logger: log.logger });
+      await ctl.start();
+      cleanups.push(() => ctl.stop());
+      const api = urlOf(ctl);
+      await seed(api);
+      // a long transaction elsewhere (a forgotten psql session) holds the project's row lock
+      const side = new pg.Client({ connectionString: url });
+      await side.connect();
+      cleanups.push(() => side.end());
+      await side.query('BEGIN');
+      await side.query("SELECT 1 FROM projects WHERE id = 'proj-a' FOR UPDATE");
+
+      // twice as many writes as the pool has connections: each is cancelled and gives its connection back to the next
+      const stuck = await Promise.all([22, 23, 24, 25].map((port) => addRule(api, port)));
+      for (const w of stuck) {
+        expect(w.status).toBe(503);
+        expect(w.body).toMatchObject({ error_code: 'SYS.0503' });
+        expect(w.retryAfter).toMatch(/^[1-9]\d*$/);
+      }
+      expect(log.lines.filter((l) => l.event === 'store_timeout' && l.timeout === timeout)).toHaveLength(4);
+      // reads take no row lock: served meanwhile, on the connections the cancelled writes gave back
+      expect((await http(api, 'GET', `${P}/vpc/security-groups/sg-web`)).status).toBe(200);
+
+      await side.query('ROLLBACK');
+      expect((await addRule(api, 80)).status).toBe(201);
+      const rules = await http(api, 'GET', `${P}/vpc/security-group-rules?security_group_id=sg-web`);
+      // nothing of the cancelled writes was kept (the group's default rules have no ports)
+      expect((rules.body.security_group_rules as { multiport: string | null }[]).map((r) => r.multiport).filter((m) => m !== null)).toEqual(['80']);
+    },
+    60_000,
+  );
 
   // last: it stops and restarts the file's cluster
   it('PostgreSQL stopped: /readyz 503, API 503 SYS.0503, agents keep their policy; restarted: the replicas recover by themselves, no stale push', async () => {

@@ -25,8 +25,13 @@
  * the cause attached, and the connection is dropped; the pool opens new ones
  * by itself on the next call. A lost connection during COMMIT also throws
  * STORE_UNAVAILABLE: the outcome is unknown to the caller, as with any
- * database. Other database errors (a constraint) propagate unchanged; in
- * every failing case the transaction is rolled back. Nothing here logs the
+ * database. A statement the server cancels after the connection's
+ * `statement_timeout` or `lock_timeout` (a lock held by a long transaction, a
+ * slow disk) also throws STORE_UNAVAILABLE (log `store_timeout`): its
+ * transaction is rolled back and the connection goes back to the pool, so a
+ * stuck query never holds a pool connection for longer than the timeout.
+ * Other database errors (a constraint) propagate unchanged; in every
+ * failing case the transaction is rolled back. Nothing here logs the
  * connection's password (it never appears in a pg error message).
  */
 import pg from 'pg';
@@ -45,8 +50,16 @@ export interface PostgresStoreOptions {
   password?: string;
   /** connections of the pool (default 10) */
   poolSize?: number;
-  /** how long to wait for a connection before STORE_UNAVAILABLE (ms, default 5000) */
+  /** how long to wait for a connection (a new one, or a free one of the pool) before STORE_UNAVAILABLE (ms, default 5000) */
   connectTimeoutMs?: number;
+  /**
+   * PostgreSQL `statement_timeout` of every connection (ms): a statement that
+   * runs longer is cancelled and fails with STORE_UNAVAILABLE (store.statement_timeout_ms);
+   * 0 or absent: the server's setting
+   */
+  statementTimeoutMs?: number;
+  /** PostgreSQL `lock_timeout` of every connection (ms): a lock wait that lasts longer is cancelled (store.lock_timeout_ms); 0 or absent: the server's */
+  lockTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -65,7 +78,15 @@ export function postgresClientConfig(opts: PostgresStoreOptions): pg.ClientConfi
     connectionString = u.toString();
   }
   // TCP keepalive: a database that vanished without closing the connection (a partition) is noticed by the kernel
-  return { connectionString, types, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000, keepAlive: true };
+  // statement and lock timeouts go in the startup packet: every connection of the pool (and the feed's) has them
+  return {
+    connectionString,
+    types,
+    connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
+    keepAlive: true,
+    ...(opts.statementTimeoutMs ? { statement_timeout: opts.statementTimeoutMs } : {}),
+    ...(opts.lockTimeoutMs ? { lock_timeout: opts.lockTimeoutMs } : {}),
+  };
 }
 
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED']);
@@ -82,9 +103,28 @@ export function isUnreachable(e: unknown): boolean {
   return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|Client was closed|not queryable/i.test(e.message);
 }
 
-/** STORE_UNAVAILABLE for an unreachable database, `e` unchanged otherwise. */
+/** SQLSTATEs of a statement the server cancelled after `statement_timeout` (57014) or `lock_timeout` (55P03). */
+const TIMEOUT_CODES: Readonly<Record<string, 'statement' | 'lock'>> = { '57014': 'statement', '55P03': 'lock' };
+
+/** Which timeout cancelled the statement that failed with `e` (the connection stays usable), or null. */
+export function timedOut(e: unknown): 'statement' | 'lock' | null {
+  const code = e instanceof Error ? (e as { code?: unknown }).code : undefined;
+  return typeof code === 'string' ? (TIMEOUT_CODES[code] ?? null) : null;
+}
+
+/**
+ * STORE_UNAVAILABLE for an unreachable database or a statement cancelled by
+ * its statement or lock timeout (the database is too slow to answer now: a
+ * client may retry, as when it is away), `e` unchanged otherwise.
+ */
 export function storeError(e: unknown): unknown {
-  if (isSecgroupError(e) || !isUnreachable(e)) return e;
+  if (isSecgroupError(e)) return e;
+  const timeout = timedOut(e);
+  if (timeout) {
+    const key = timeout === 'lock' ? 'store.lock_timeout_ms' : 'store.statement_timeout_ms';
+    return new SecgroupError('STORE_UNAVAILABLE', `the PostgreSQL database did not answer in time (${key}): ${(e as Error).message}`, { cause: e });
+  }
+  if (!isUnreachable(e)) return e;
   return new SecgroupError('STORE_UNAVAILABLE', `the PostgreSQL database cannot be reached: ${(e as Error).message}`, { cause: e });
 }
 
@@ -108,7 +148,7 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
     if (isSecgroupError(err)) throw err;
     throw new SecgroupError('STATE_IO', `cannot open the PostgreSQL store: ${(e as Error).message}`, { cause: e });
   }
-  return new PostgresStore(pool);
+  return new PostgresStore(pool, opts.logger);
 }
 
 type Row = Record<string, unknown>;
@@ -137,14 +177,24 @@ export class PostgresStore implements Store {
   /** snapshots by version (./snapshot-cache.ts): a write or read loads the project only when another replica moved its version */
   private readonly cache = new SnapshotCache();
 
-  constructor(private readonly pool: pg.Pool) {}
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly logger?: Logger,
+  ) {}
+
+  /** `storeError(e)`, logging a statement cancelled by a timeout (`store_timeout`: its connection goes back to the pool). */
+  private failure(e: unknown): unknown {
+    const timeout = timedOut(e);
+    if (timeout) this.logger?.warn({ event: 'store_timeout', timeout, sqlstate: (e as { code: string }).code, error: (e as Error).message }, `a PostgreSQL statement was cancelled by its ${timeout} timeout; the request fails with STORE_UNAVAILABLE`);
+    return storeError(e);
+  }
 
   /** One statement on any pooled connection. */
   private async query(sql: string, params: unknown[] = []): Promise<pg.QueryResult<Row>> {
     try {
       return await this.pool.query<Row>(sql, params);
     } catch (e) {
-      throw storeError(e);
+      throw this.failure(e);
     }
   }
 
@@ -164,8 +214,9 @@ export class PostgresStore implements Store {
       return value;
     } catch (e) {
       broken = isUnreachable(e);
+      // a timed-out statement leaves a healthy connection: rolled back, it goes back to the pool
       if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
-      throw storeError(e);
+      throw this.failure(e);
     } finally {
       client.release(broken);
     }
