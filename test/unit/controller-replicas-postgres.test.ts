@@ -17,7 +17,7 @@ import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { createController, type Controller } from '../../src/controller/controller.js';
-import { silentLogger } from '../../src/lib/logger.js';
+import { silentLogger, type Logger } from '../../src/lib/logger.js';
 import { Wire, waitFor, wsAgent } from '../helpers/agent-wire.js';
 import { spawnController, type RunningController } from '../helpers/cli.js';
 import { captureLogs } from '../helpers/log-capture.js';
@@ -41,12 +41,12 @@ const storeConfig = (url: string) => ({
   log: { level: 'warn' },
 });
 
-/** Two in-process replicas on a new database. */
-async function twoReplicas(): Promise<Controller[]> {
+/** Two in-process replicas on a new database (`loggers`: each replica's, default silent). */
+async function twoReplicas(loggers: Logger[] = []): Promise<Controller[]> {
   const url = await cluster().createDatabase();
   const out: Controller[] = [];
   for (let i = 0; i < 2; i++) {
-    const ctl = createController({ config: parseControllerConfig(storeConfig(url)), logger: silentLogger() });
+    const ctl = createController({ config: parseControllerConfig(storeConfig(url)), logger: loggers[i] ?? silentLogger() });
     await ctl.start();
     cleanups.push(() => ctl.stop());
     out.push(ctl);
@@ -81,8 +81,8 @@ const addRule = (base: string, port: number, id?: string) =>
 const status = async (base: string) => (await http(base, 'GET', `${P}/instances/ecs-1/status`)).body?.status;
 
 /** Two replicas, the seed through A, its agent on B with the first document. */
-async function agentOnB(): Promise<{ a: Controller; b: Controller; agent: Wire; first: number }> {
-  const [a, b] = (await twoReplicas()) as [Controller, Controller];
+async function agentOnB(loggers: Logger[] = []): Promise<{ a: Controller; b: Controller; agent: Wire; first: number }> {
+  const [a, b] = (await twoReplicas(loggers)) as [Controller, Controller];
   const agent = await Wire.open(agentUrlOf(urlOf(b)), await seed(urlOf(a)));
   agent.hello(null);
   const first = (await status(urlOf(a))).desired_revision;
@@ -153,6 +153,36 @@ describe('controller replicas on PostgreSQL', () => {
       return s?.applied_revision === desired && s.connected === true;
     }, 1000);
     expect(log.lines.some((l) => l.event === 'controller_switch' && l.to === agentUrlOf(two))).toBe(true);
+  }, 120_000);
+
+  // it stops and restarts the file's cluster
+  it('an ack and a port report that arrive while PostgreSQL is stopped are written when it is back: visible through both replicas without a new frame', async () => {
+    const logB = captureLogs('info');
+    const { a, b, agent, first } = await agentOnB([silentLogger(), logB.logger]);
+    await waitFor('the first ack stored', async () => (await status(urlOf(a))).applied_revision === first);
+    // the agent gets the next document but answers only once the database is away
+    agent.autoAck = false;
+    expect((await addRule(urlOf(a), 443)).status).toBe(201);
+    const next = (await status(urlOf(a))).desired_revision;
+    await agent.until(next);
+
+    await cluster().stop();
+    const report = { revision: next, source: 'ss', generated_at: '2024-05-01T12:00:00.000Z', entries: [{ protocol: 'tcp', port: 443, family: null, status: 'open', listeners: [{ address: '0.0.0.0', process: 'nginx' }], allowed_by: [], denied_by: [] }] };
+    agent.ws.send(JSON.stringify({ type: 'ack', revision: next, status: 'applied' }));
+    agent.ws.send(JSON.stringify({ type: 'ports', report }));
+    await waitFor('the ack held by replica B', () => logB.lines.some((l) => l.event === 'agent_states_held'));
+    expect(agent.ws.readyState).toBe(agent.ws.OPEN);
+
+    await cluster().start();
+    // nothing more from the agent: replica B writes what it held once its store answers (the feed's reconnect)
+    for (const base of [urlOf(a), urlOf(b)]) {
+      await waitFor(`the held ack read through ${base}`, async () => (await status(base))?.applied_revision === next, 1500);
+      expect(await status(base)).toMatchObject({ applied_revision: next, in_sync: true });
+      const ports = await http(base, 'GET', `${P}/instances/ecs-1/ports`);
+      expect(ports.body).toMatchObject({ instance_id: 'ecs-1', report });
+    }
+    expect(logB.lines.filter((l) => l.event === 'agent_states_flushed')).toEqual([expect.objectContaining({ written: 1, gone: 0, left: 0 })]);
+    expect(agent.frames.filter((f) => f.type === 'error')).toEqual([]);
   }, 120_000);
 
   it.each([
