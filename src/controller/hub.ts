@@ -6,8 +6,10 @@
  *   so a token for instance X can only ever receive X's policy and report
  *   for X (a hello naming another instance is refused).
  * - One live connection per instance: a new one replaces the old (close 4000).
- * - On hello the controller answers `welcome` and, if the agent's applied
- *   revision differs from the desired one, the current `policy`. No revision
+ * - On hello the controller answers `welcome` and the current `policy`,
+ *   unless the agent reports the desired revision and its stored state says
+ *   it applied that revision (a number alone is no proof after a restore of
+ *   an older backup: docs/ha.md, "Backup and restore"). No revision
  *   an agent reports is trusted above what was handed out for its instance
  *   (`revision_ahead`: recorded on that instance only, never stored as
  *   applied, never fed to the revision counter). After an
@@ -399,6 +401,10 @@ export class AgentHub {
     // lie or a database restored from a backup. It is recorded on this instance only and never stored as applied;
     // the current document is sent anyway, and the agent accepts the controller's lower revision (docs/protocol.md).
     const ahead = applied !== null && applied > s.handedOut;
+    // The same number is not proof of the same document: after a restore of an older backup the counter hands out
+    // numbers again, so an agent away since then may hold another document under the current revision. Nothing is
+    // sent only when the store says this agent applied exactly this revision (an equal revision is applied by the agent).
+    const inSync = policy !== null && applied === policy.revision && (await this.o.store.getAgentState(s.projectId, s.instanceId))?.applied_revision === applied;
     const exists = await this.o.store.updateAgentState(s.projectId, s.instanceId, {
       agent_version: msg.agent_version,
       hostname: msg.hostname ?? null,
@@ -411,7 +417,7 @@ export class AgentHub {
     this.send(s, JSON.stringify(welcome));
     this.log.info({ event: 'hello', project: s.projectId, instance: s.instanceId, applied, desired: policy?.revision ?? null, version: msg.agent_version }, 'agent hello');
     await this.publishInstance(s);
-    if (policy && applied !== policy.revision) this.sendPolicy(s, policy, 'hello');
+    if (policy && !inSync) this.sendPolicy(s, policy, 'hello');
     // the agent has the current document: a catch-up must not send it again
     else if (policy) s.lastSentRevision = policy.revision;
   }
