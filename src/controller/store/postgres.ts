@@ -25,11 +25,9 @@
  * the cause attached, and the connection is dropped; the pool opens new ones
  * by itself on the next call. A lost connection during COMMIT also throws
  * STORE_UNAVAILABLE: the outcome is unknown to the caller, as with any
- * database. A statement the server cancels after the connection's
- * `statement_timeout` or `lock_timeout` (a lock held by a long transaction, a
- * slow disk) also throws STORE_UNAVAILABLE (log `store_timeout`): its
- * transaction is rolled back and the connection goes back to the pool, so a
- * stuck query never holds a pool connection for longer than the timeout.
+ * database. A statement cancelled by the connection's `statement_timeout` or
+ * `lock_timeout` (./postgres-errors.ts) also throws STORE_UNAVAILABLE (log
+ * `store_timeout`), rolled back, and its connection goes back to the pool.
  * Other database errors (a constraint) propagate unchanged; in every
  * failing case the transaction is rolled back. Nothing here logs the
  * connection's password (it never appears in a pg error message).
@@ -39,6 +37,7 @@ import { SecgroupError, isSecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import type { AddressGroupRow, BodyParts, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
 import { Batcher } from './batcher.js';
+import { isUnreachable, storeError, timedOut } from './postgres-errors.js';
 import { migrate } from './postgres-schema.js';
 import { SnapshotCache } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
@@ -52,13 +51,8 @@ export interface PostgresStoreOptions {
   poolSize?: number;
   /** how long to wait for a connection (a new one, or a free one of the pool) before STORE_UNAVAILABLE (ms, default 5000) */
   connectTimeoutMs?: number;
-  /**
-   * PostgreSQL `statement_timeout` of every connection (ms): a statement that
-   * runs longer is cancelled and fails with STORE_UNAVAILABLE (store.statement_timeout_ms);
-   * 0 or absent: the server's setting
-   */
+  /** `statement_timeout` / `lock_timeout` of every connection (ms; 0 or absent: the server's): past it a statement fails with STORE_UNAVAILABLE */
   statementTimeoutMs?: number;
-  /** PostgreSQL `lock_timeout` of every connection (ms): a lock wait that lasts longer is cancelled (store.lock_timeout_ms); 0 or absent: the server's */
   lockTimeoutMs?: number;
   logger?: Logger;
 }
@@ -79,53 +73,8 @@ export function postgresClientConfig(opts: PostgresStoreOptions): pg.ClientConfi
   }
   // TCP keepalive: a database that vanished without closing the connection (a partition) is noticed by the kernel
   // statement and lock timeouts go in the startup packet: every connection of the pool (and the feed's) has them
-  return {
-    connectionString,
-    types,
-    connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000,
-    keepAlive: true,
-    ...(opts.statementTimeoutMs ? { statement_timeout: opts.statementTimeoutMs } : {}),
-    ...(opts.lockTimeoutMs ? { lock_timeout: opts.lockTimeoutMs } : {}),
-  };
-}
-
-const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED']);
-
-/** Is `e` a lost or impossible connection (as opposed to an error of the statement)? */
-export function isUnreachable(e: unknown): boolean {
-  if (!(e instanceof Error)) return false;
-  const code = (e as { code?: unknown }).code;
-  if (typeof code === 'string') {
-    if (UNREACHABLE_CODES.has(code)) return true;
-    // SQLSTATE class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot connect now)
-    if (/^08...$/.test(code) || /^57P0[123]$/.test(code)) return true;
-  }
-  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|Client was closed|not queryable/i.test(e.message);
-}
-
-/** SQLSTATEs of a statement the server cancelled after `statement_timeout` (57014) or `lock_timeout` (55P03). */
-const TIMEOUT_CODES: Readonly<Record<string, 'statement' | 'lock'>> = { '57014': 'statement', '55P03': 'lock' };
-
-/** Which timeout cancelled the statement that failed with `e` (the connection stays usable), or null. */
-export function timedOut(e: unknown): 'statement' | 'lock' | null {
-  const code = e instanceof Error ? (e as { code?: unknown }).code : undefined;
-  return typeof code === 'string' ? (TIMEOUT_CODES[code] ?? null) : null;
-}
-
-/**
- * STORE_UNAVAILABLE for an unreachable database or a statement cancelled by
- * its statement or lock timeout (the database is too slow to answer now: a
- * client may retry, as when it is away), `e` unchanged otherwise.
- */
-export function storeError(e: unknown): unknown {
-  if (isSecgroupError(e)) return e;
-  const timeout = timedOut(e);
-  if (timeout) {
-    const key = timeout === 'lock' ? 'store.lock_timeout_ms' : 'store.statement_timeout_ms';
-    return new SecgroupError('STORE_UNAVAILABLE', `the PostgreSQL database did not answer in time (${key}): ${(e as Error).message}`, { cause: e });
-  }
-  if (!isUnreachable(e)) return e;
-  return new SecgroupError('STORE_UNAVAILABLE', `the PostgreSQL database cannot be reached: ${(e as Error).message}`, { cause: e });
+  const timeouts = { ...(opts.statementTimeoutMs ? { statement_timeout: opts.statementTimeoutMs } : {}), ...(opts.lockTimeoutMs ? { lock_timeout: opts.lockTimeoutMs } : {}) };
+  return { connectionString, types, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000, keepAlive: true, ...timeouts };
 }
 
 /** Opens a pool and migrates the database (./postgres-schema.ts); throws STORE_UNAVAILABLE or STATE_IO. */
@@ -177,10 +126,7 @@ export class PostgresStore implements Store {
   /** snapshots by version (./snapshot-cache.ts): a write or read loads the project only when another replica moved its version */
   private readonly cache = new SnapshotCache();
 
-  constructor(
-    private readonly pool: pg.Pool,
-    private readonly logger?: Logger,
-  ) {}
+  constructor(private readonly pool: pg.Pool, private readonly logger?: Logger) {}
 
   /** `storeError(e)`, logging a statement cancelled by a timeout (`store_timeout`: its connection goes back to the pool). */
   private failure(e: unknown): unknown {
