@@ -133,24 +133,42 @@ export function emptySnapshot(projectId: string): ProjectSnapshot {
 
 /**
  * One list of a snapshot while ops are applied: copied on its first change
- * (the snapshot's own array is never touched). Rows are found by a scan
- * (no allocation: the one or two puts of an API write) until INDEX_AFTER
- * lookups, then through an index of ids, so applying k ops to a list of n
- * rows costs O(n * min(k, INDEX_AFTER) + k), not O(k * n).
+ * (the snapshot's own array is never touched). Short lists are searched by a
+ * scan until INDEX_AFTER lookups; a list of INDEX_FROM rows or more is looked
+ * up through an index of ids, which is kept with the list it was built for
+ * and handed on to the lists derived from it by appends and same-id
+ * replacements (the write path applies one write after another to the
+ * project's latest snapshot, and each write adds a row or two: building the
+ * index, or scanning 5000 rules for an id that is not there, on every write
+ * made a write cost the size of the project, issue 16). Lists derived from
+ * the same list share one index: an entry that points at another row (a
+ * sibling added its own row there) is checked and the list scanned instead;
+ * an id without an entry is in none of them. A removal ends the sharing.
  */
 const INDEX_AFTER = 8;
+const INDEX_FROM = 256;
+const INDEXES = new WeakMap<readonly { id: string }[], Map<string, number>>();
+
 class ListEdit<T extends { id: string }> {
   private rows: T[] | null = null;
-  private at: Map<string, number> | null = null;
+  /** ids to positions, for every row of the current list (and maybe rows of sibling lists) */
+  private at: Map<string, number> | null;
   private lookups = 0;
 
-  constructor(private readonly base: readonly T[]) {}
+  constructor(private readonly base: readonly T[]) {
+    this.at = INDEXES.get(base) ?? null;
+  }
 
   private position(id: string): number {
     const rows = this.rows ?? this.base;
-    if (!this.at && ++this.lookups > INDEX_AFTER) this.at = new Map(rows.map((r, i) => [r.id, i]));
-    if (this.at) return this.at.get(id) ?? -1;
-    return rows.findIndex((r) => r.id === id);
+    if (!this.at && (rows.length >= INDEX_FROM || ++this.lookups > INDEX_AFTER)) {
+      this.at = new Map(rows.map((r, i) => [r.id, i]));
+      if (!this.rows) INDEXES.set(this.base, this.at);
+    }
+    if (!this.at) return rows.findIndex((r) => r.id === id);
+    const i = this.at.get(id);
+    if (i === undefined) return -1;
+    return rows[i]?.id === id ? i : rows.findIndex((r) => r.id === id);
   }
 
   find(id: string): T | undefined {
@@ -176,6 +194,7 @@ class ListEdit<T extends { id: string }> {
   }
 
   result(): readonly T[] {
+    if (this.rows && this.at) INDEXES.set(this.rows, this.at);
     return this.rows ?? this.base;
   }
 }
