@@ -14,7 +14,8 @@ import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import type { ChangeFn, Store } from '../src/controller/store/store.js';
 
 export interface WriteStats {
-  mutations: number;
+  /** store transactions: the service commits the writes that arrive together in one */
+  'store mutations': number;
   'queue p50/p99 ms': string;
   'decide p50/p99 ms': string;
   'mutate p50/p99/max ms': string;
@@ -81,7 +82,7 @@ export class WriteTrace {
   take(): WriteStats {
     const ms = (ns: number) => ns / 1e6;
     const stats: WriteStats = {
-      mutations: this.total.length,
+      'store mutations': this.total.length,
       'queue p50/p99 ms': `${f(q(this.queue, 0.5))} / ${f(q(this.queue, 0.99))}`,
       'decide p50/p99 ms': `${f(q(this.decide, 0.5))} / ${f(q(this.decide, 0.99))}`,
       'mutate p50/p99/max ms': `${f(q(this.total, 0.5))} / ${f(q(this.total, 0.99))} / ${f(Math.max(0, ...this.total))}`,
