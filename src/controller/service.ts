@@ -162,7 +162,9 @@ export class ControllerService {
       const policies = recompile(snap, touchedBy(before, ops));
       const docs = new Map<string, Omit<StoredPolicy, 'revision'>>();
       for (const o of policies.ops) if (o.op === 'setPolicy') docs.set(o.instanceId, o.parts ? { body: o.body, parts: o.parts } : { body: o.body });
-      return { ops: [...pre, ...ops, ...policies.ops], value: { outcomes, compiled: policies.compiled, docs } };
+      // the state the store caches: computed here already, so the store does not apply the batch's ops again
+      const after = applyOps(snap, policies.ops);
+      return { ops: [...pre, ...ops, ...policies.ops], value: { outcomes, compiled: policies.compiled, docs }, after };
     };
     let res;
     try {

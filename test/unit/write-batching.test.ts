@@ -7,6 +7,9 @@
  * finds.
  */
 import { describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { FakeClock } from '../../src/lib/clock.js';
 import { SecgroupError } from '../../src/lib/errors.js';
 import { ControllerService } from '../../src/controller/service.js';
@@ -84,6 +87,29 @@ describe.each([
     expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
     expect(await store.loadProject('new')).toBeNull();
     await store.close();
+  });
+});
+
+describe('the snapshot a batch leaves in the store\'s cache', () => {
+  it('is exactly what a fresh store loads from the file (the service hands over the state it computed; the store does not apply the ops again)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sg-batch-'));
+    try {
+      const store = openSqliteStore(join(dir, 'c.db'));
+      const { svc } = service(store);
+      await svc.mutate('p', (s, ctx) => createInstance(s, { name: 'web', addresses: ['198.18.0.1'], security_groups: ['default'] }, ctx));
+      await Promise.all([
+        ...Array.from({ length: 8 }, (_, k) => svc.mutate('p', addRule(2000 + k))),
+        svc.mutate('p', (s, ctx) => createInstance(s, { name: 'db', addresses: ['198.18.0.2'], security_groups: ['default'] }, ctx)),
+      ]);
+      const cached = await store.loadProject('p');
+      const fresh = openSqliteStore(join(dir, 'c.db'));
+      expect(cached).toEqual(await fresh.loadProject('p'));
+      expect(cached!.instances.every((i) => i.revision !== null)).toBe(true);
+      await fresh.close();
+      await store.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

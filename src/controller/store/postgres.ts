@@ -215,6 +215,7 @@ export class PostgresStore implements Store {
   async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
     let before: ProjectSnapshot | null = null;
     let applied: readonly Op[] = [];
+    let after: ProjectSnapshot | undefined;
     const result = await this.transaction(async (q) => {
       // lock: the upsert holds the project's row lock until the commit (every replica's writers of the project wait here)
       const locked = await q('INSERT INTO projects (id, version) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET version = projects.version + 1 RETURNING version', [projectId]);
@@ -222,14 +223,16 @@ export class PostgresStore implements Store {
       // the version the project had: 0 = never committed; the cached snapshot serves when no other replica wrote since
       const previous = version - 1;
       const cur = previous === 0 ? null : (this.cache.get(projectId, previous) ?? (await this.load(q, projectId, previous)));
-      const { ops, value } = change(cur);
-      const revisions = await this.apply(q, projectId, ops);
+      const decided = change(cur);
+      const revisions = await this.apply(q, projectId, decided.ops);
       before = cur;
-      applied = ops;
+      applied = decided.ops;
+      after = decided.after;
+      const value = decided.value;
       return { value, version, revisions };
     });
     // committed: only now may the cache hold the new state
-    this.cache.commit(projectId, before, applied, result.version, result.revisions);
+    this.cache.commit(projectId, before, applied, result.version, result.revisions, after);
     return result;
   }
 
