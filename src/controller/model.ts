@@ -151,6 +151,8 @@ const INDEXES = new WeakMap<readonly { id: string }[], Map<string, number>>();
 
 class ListEdit<T extends { id: string }> {
   private rows: T[] | null = null;
+  /** the rows put, with the row each replaced (undefined: appended), in order; null after a removal */
+  changes: { old: T | undefined; row: T }[] | null = [];
   /** ids to positions, for every row of the current list (and maybe rows of sibling lists) */
   private at: Map<string, number> | null;
   private lookups = 0;
@@ -179,6 +181,7 @@ class ListEdit<T extends { id: string }> {
   put(row: T): void {
     const i = this.position(row.id);
     const rows = (this.rows ??= [...this.base]);
+    this.changes?.push({ old: i < 0 ? undefined : rows[i], row });
     if (i < 0) {
       this.at?.set(row.id, rows.length);
       rows.push(row);
@@ -191,12 +194,59 @@ class ListEdit<T extends { id: string }> {
     if (kept.length === current.length) return;
     this.rows = kept;
     this.at = null;
+    this.changes = null;
   }
 
   result(): readonly T[] {
     if (this.rows && this.at) INDEXES.set(this.rows, this.at);
     return this.rows ?? this.base;
   }
+}
+
+/** Rules by group id (creation order within each group), per rules list; see `rulesByGroup`. */
+const RULES_BY_GROUP = new WeakMap<readonly RuleRow[], ReadonlyMap<string, readonly RuleRow[]>>();
+
+/**
+ * The rules of every group, in creation order, of one snapshot's rules list:
+ * built in one pass on first use, and handed on by `applyOps` to the list it
+ * derives by appends and same-group replacements (one group's list copied,
+ * not the project's rules scanned: a rule create costs its group, issue 16).
+ * Shared, do not mutate.
+ */
+export function rulesByGroup(rules: readonly RuleRow[]): ReadonlyMap<string, readonly RuleRow[]> {
+  let by = RULES_BY_GROUP.get(rules);
+  if (!by) {
+    const m = new Map<string, RuleRow[]>();
+    for (const r of rules) {
+      const list = m.get(r.security_group_id);
+      if (list) list.push(r);
+      else m.set(r.security_group_id, [r]);
+    }
+    RULES_BY_GROUP.set(rules, (by = m));
+  }
+  return by;
+}
+
+/** `rulesByGroup` of `next`, derived from that of `base` when `next` is `base` with the rows `changes` put (null when it cannot be). */
+function deriveRulesByGroup(base: readonly RuleRow[], next: readonly RuleRow[], changes: readonly { old: RuleRow | undefined; row: RuleRow }[]): void {
+  const prev = RULES_BY_GROUP.get(base);
+  // a rule moved to another group would need its place among that group's rules: built anew when asked
+  if (!prev || changes.some((c) => c.old && c.old.security_group_id !== c.row.security_group_id)) return;
+  const by = new Map(prev);
+  const copied = new Set<string>();
+  for (const { old, row } of changes) {
+    const gid = row.security_group_id;
+    let list = by.get(gid) as RuleRow[] | undefined;
+    if (!copied.has(gid)) {
+      list = list ? [...list] : [];
+      by.set(gid, list);
+      copied.add(gid);
+    }
+    const at = old ? list!.findIndex((r) => r.id === row.id) : -1;
+    if (at < 0) list!.push(row);
+    else list![at] = row;
+  }
+  RULES_BY_GROUP.set(next, by);
 }
 
 /**
@@ -246,5 +296,7 @@ export function applyOps(snap: ProjectSnapshot, ops: readonly Op[]): ProjectSnap
         break;
     }
   }
-  return { projectId: snap.projectId, version: snap.version, groups: groups.result(), rules: rules.result(), addressGroups: addressGroups.result(), instances: instances.result() };
+  const nextRules = rules.result();
+  if (nextRules !== snap.rules && rules.changes) deriveRulesByGroup(snap.rules, nextRules, rules.changes);
+  return { projectId: snap.projectId, version: snap.version, groups: groups.result(), rules: nextRules, addressGroups: addressGroups.result(), instances: instances.result() };
 }

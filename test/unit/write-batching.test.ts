@@ -15,7 +15,7 @@ import { SecgroupError } from '../../src/lib/errors.js';
 import { ControllerService } from '../../src/controller/service.js';
 import { createInstance, createRules, ruleCreate, DEFAULT_QUOTAS, type MutationContext } from '../../src/controller/domain.js';
 import { ApiError } from '../../src/controller/errors.js';
-import { applyOps, emptySnapshot, type Op, type ProjectSnapshot, type RuleRow } from '../../src/controller/model.js';
+import { applyOps, emptySnapshot, rulesByGroup, type Op, type ProjectSnapshot, type RuleRow } from '../../src/controller/model.js';
 import { compileInstanceBody, indexProject } from '../../src/controller/policy-documents.js';
 import { MemoryStore } from '../../src/controller/store/memory.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
@@ -200,6 +200,37 @@ describe('applyOps on lists derived from one another', () => {
       const got = applyOps(from, ops);
       expect(got.rules, `step ${step}`).toEqual(reference(from.rules, ops));
       pool.push(got);
+    }
+  });
+});
+
+describe('rulesByGroup handed on by applyOps', () => {
+  it('equals a grouping of the derived list after random puts, same-group replacements, group moves and deletions', () => {
+    const rng = createRng(11);
+    const groups = ['g0', 'g1', 'g2', 'g3'];
+    const row = (id: string, gid: string, port: number): RuleRow => ({
+      id, security_group_id: gid, direction: 'ingress', priority: 1, action: 'allow', ethertype: 'IPv4', protocol: 'tcp', multiport: String(port),
+      icmp_type: null, icmp_code: null, remote_ip_prefix: null, remote_group_id: null, remote_address_group_id: null, description: '', enabled: rng.bool(0.8), created_at: 'now',
+    });
+    const grouped = (rules: readonly RuleRow[]) => new Map(groups.map((g) => [g, rules.filter((r) => r.security_group_id === g)]));
+    let snap: ProjectSnapshot = { ...emptySnapshot('p'), rules: Array.from({ length: 300 }, (_, k) => row(`r${k}`, rng.pick(groups), k)) };
+    const pool = [snap];
+    let next = 0;
+    for (let step = 0; step < 300; step++) {
+      snap = rng.pick(pool);
+      rulesByGroup(snap.rules);
+      const ops: Op[] = Array.from({ length: rng.int(1, 3) }, (): Op => {
+        const old = rng.pick(snap.rules);
+        const kind = rng.int(0, 9);
+        if (kind < 5) return { op: 'putRule', rule: row(`n${next++}`, rng.pick(groups), step) };
+        if (kind < 8) return { op: 'putRule', rule: row(old.id, kind === 7 ? rng.pick(groups) : old.security_group_id, step) };
+        return { op: 'deleteRule', id: old.id };
+      });
+      const after = applyOps(snap, ops);
+      const by = rulesByGroup(after.rules);
+      for (const [g, list] of grouped(after.rules)) expect(by.get(g) ?? [], `step ${step} ${g}`).toEqual(list);
+      expect(rulesByGroup(snap.rules).get('g0') ?? [], `step ${step}: the base's grouping is untouched`).toEqual(grouped(snap.rules).get('g0'));
+      pool.push(after);
     }
   });
 });
