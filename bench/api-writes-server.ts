@@ -103,6 +103,7 @@ process.on('message', (m: { cmd: string; dir?: string; driver?: Driver; url?: st
         trace = new WriteTrace(store);
         controller = createController({ config, logger: silentLogger(), store: trace.store });
         const addr = await controller.start();
+        trace.watch(controller.app.server);
         process.send!({ event: 'ready', url: addr.url });
       } else if (m.cmd === 'stats') {
         process.send!({ event: 'stats', stats: trace!.take() });

@@ -6,10 +6,12 @@
  * compile and everything the service does before the store writes) and the
  * whole `mutate` call (queue + the transaction and its commit); the sizes of
  * the batches whose changes ran in one synchronous stretch (SQLite's group
- * commit); the event loop's delay (perf_hooks.monitorEventLoopDelay) and GC
- * pauses (PerformanceObserver 'gc'). `take()` answers the figures since the
+ * commit); the event loop's delay (perf_hooks.monitorEventLoopDelay), GC
+ * pauses (PerformanceObserver 'gc'), and each HTTP request from its arrival
+ * at the server (`request` event) to its answer written (`finish`). `take()` answers the figures since the
  * last `take()`. Bench code only: it reads the wall clock.
  */
+import type { Server } from 'node:http';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import type { ChangeFn, Store } from '../src/controller/store/store.js';
 
@@ -19,6 +21,7 @@ export interface WriteStats {
   'queue p50/p99 ms': string;
   'decide p50/p99 ms': string;
   'mutate p50/p99/max ms': string;
+  'request p50/p99/max ms': string;
   'batches (mean / max size)': string;
   'loop delay p50/p99/max ms': string;
   'gc ms (pauses, max)': string;
@@ -37,6 +40,7 @@ export class WriteTrace {
   private decide: number[] = [];
   private total: number[] = [];
   private batches: number[] = [];
+  private requests: number[] = [];
   private inBatch = false;
   private gc: number[] = [];
   private readonly loop: ReturnType<typeof monitorEventLoopDelay> = monitorEventLoopDelay({ resolution: 5 });
@@ -86,6 +90,7 @@ export class WriteTrace {
       'queue p50/p99 ms': `${f(q(this.queue, 0.5))} / ${f(q(this.queue, 0.99))}`,
       'decide p50/p99 ms': `${f(q(this.decide, 0.5))} / ${f(q(this.decide, 0.99))}`,
       'mutate p50/p99/max ms': `${f(q(this.total, 0.5))} / ${f(q(this.total, 0.99))} / ${f(Math.max(0, ...this.total))}`,
+      'request p50/p99/max ms': `${f(q(this.requests, 0.5))} / ${f(q(this.requests, 0.99))} / ${f(Math.max(0, ...this.requests))}`,
       'batches (mean / max size)': `${this.batches.length} (${f(this.batches.reduce((a, b) => a + b, 0) / (this.batches.length || 1))} / ${Math.max(0, ...this.batches)})`,
       'loop delay p50/p99/max ms': `${f(ms(this.loop.percentile(50)))} / ${f(ms(this.loop.percentile(99)))} / ${f(ms(this.loop.max))}`,
       'gc ms (pauses, max)': `${f(this.gc.reduce((a, b) => a + b, 0))} (${this.gc.length}, ${f(Math.max(0, ...this.gc))})`,
@@ -94,9 +99,18 @@ export class WriteTrace {
     this.decide = [];
     this.total = [];
     this.batches = [];
+    this.requests = [];
     this.gc = [];
     this.loop.reset();
     return stats;
+  }
+
+  /** Times the server's requests from arrival to answer. */
+  watch(server: Server): void {
+    server.on('request', (_req, res) => {
+      const t0 = performance.now();
+      res.once('finish', () => this.requests.push(performance.now() - t0));
+    });
   }
 
   stop(): void {
