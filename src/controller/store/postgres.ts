@@ -28,6 +28,10 @@
  * database. Other database errors (a constraint) propagate unchanged; in
  * every failing case the transaction is rolled back. Nothing here logs the
  * connection's password (it never appears in a pg error message).
+ *
+ * Size: one Store implementation over one database, as sqlite.ts: the
+ * statements of each transaction (the batched ones: rules, documents, agent
+ * states, audit events) and the methods that run them read together.
  */
 import pg from 'pg';
 import { SecgroupError, isSecgroupError } from '../../lib/errors.js';
