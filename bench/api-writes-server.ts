@@ -87,6 +87,15 @@ let trace: WriteTrace | null = null;
 
 export type Driver = 'sqlite' | 'postgres';
 
+// the bench process went away without a `stop` (killed, or its output closed): no controller outlives it
+process.on('disconnect', () => {
+  void (async () => {
+    await controller?.stop().catch(() => undefined);
+    await store?.close().catch(() => undefined);
+    process.exit(1);
+  })();
+});
+
 process.on('message', (m: { cmd: string; dir?: string; driver?: Driver; url?: string; rules?: number; instances?: number }) => {
   void (async () => {
     try {
