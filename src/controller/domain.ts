@@ -10,7 +10,7 @@ import { canonicalRuleFields } from '../policy/canonical.js';
 import { checkRule, parseMultiport, parseProtocol, type Rule } from '../policy/schema.js';
 import type { Issue } from '../lib/errors.js';
 import { ApiError } from './errors.js';
-import type { AddressGroupRow, GroupRow, InstanceSpec, Op, ProjectSnapshot, RuleRow, Tag } from './model.js';
+import { rulesByGroup, type AddressGroupRow, type GroupRow, type InstanceSpec, type Op, type ProjectSnapshot, type RuleRow, type Tag } from './model.js';
 
 export const DEFAULT_GROUP_ID = 'default';
 /** Priority of the four rules Huawei gives a new security group (SEMANTICS section 6). */
@@ -104,7 +104,7 @@ export function findInstance(snap: ProjectSnapshot, id: string): InstanceSpec {
 }
 
 export function rulesOf(snap: ProjectSnapshot, groupId: string): RuleRow[] {
-  return snap.rules.filter((r) => r.security_group_id === groupId);
+  return [...(rulesByGroup(snap.rules).get(groupId) ?? [])];
 }
 
 // ---- the default group ----

@@ -133,24 +133,44 @@ export function emptySnapshot(projectId: string): ProjectSnapshot {
 
 /**
  * One list of a snapshot while ops are applied: copied on its first change
- * (the snapshot's own array is never touched). Rows are found by a scan
- * (no allocation: the one or two puts of an API write) until INDEX_AFTER
- * lookups, then through an index of ids, so applying k ops to a list of n
- * rows costs O(n * min(k, INDEX_AFTER) + k), not O(k * n).
+ * (the snapshot's own array is never touched). Short lists are searched by a
+ * scan until INDEX_AFTER lookups; a list of INDEX_FROM rows or more is looked
+ * up through an index of ids, which is kept with the list it was built for
+ * and handed on to the lists derived from it by appends and same-id
+ * replacements (the write path applies one write after another to the
+ * project's latest snapshot, and each write adds a row or two: building the
+ * index, or scanning 5000 rules for an id that is not there, on every write
+ * made a write cost the size of the project, issue 16). Lists derived from
+ * the same list share one index: an entry that points at another row (a
+ * sibling added its own row there) is checked and the list scanned instead;
+ * an id without an entry is in none of them. A removal ends the sharing.
  */
 const INDEX_AFTER = 8;
+const INDEX_FROM = 256;
+const INDEXES = new WeakMap<readonly { id: string }[], Map<string, number>>();
+
 class ListEdit<T extends { id: string }> {
   private rows: T[] | null = null;
-  private at: Map<string, number> | null = null;
+  /** the rows put, with the row each replaced (undefined: appended), in order; null after a removal */
+  changes: { old: T | undefined; row: T }[] | null = [];
+  /** ids to positions, for every row of the current list (and maybe rows of sibling lists) */
+  private at: Map<string, number> | null;
   private lookups = 0;
 
-  constructor(private readonly base: readonly T[]) {}
+  constructor(private readonly base: readonly T[]) {
+    this.at = INDEXES.get(base) ?? null;
+  }
 
   private position(id: string): number {
     const rows = this.rows ?? this.base;
-    if (!this.at && ++this.lookups > INDEX_AFTER) this.at = new Map(rows.map((r, i) => [r.id, i]));
-    if (this.at) return this.at.get(id) ?? -1;
-    return rows.findIndex((r) => r.id === id);
+    if (!this.at && (rows.length >= INDEX_FROM || ++this.lookups > INDEX_AFTER)) {
+      this.at = new Map(rows.map((r, i) => [r.id, i]));
+      if (!this.rows) INDEXES.set(this.base, this.at);
+    }
+    if (!this.at) return rows.findIndex((r) => r.id === id);
+    const i = this.at.get(id);
+    if (i === undefined) return -1;
+    return rows[i]?.id === id ? i : rows.findIndex((r) => r.id === id);
   }
 
   find(id: string): T | undefined {
@@ -161,6 +181,7 @@ class ListEdit<T extends { id: string }> {
   put(row: T): void {
     const i = this.position(row.id);
     const rows = (this.rows ??= [...this.base]);
+    this.changes?.push({ old: i < 0 ? undefined : rows[i], row });
     if (i < 0) {
       this.at?.set(row.id, rows.length);
       rows.push(row);
@@ -173,11 +194,59 @@ class ListEdit<T extends { id: string }> {
     if (kept.length === current.length) return;
     this.rows = kept;
     this.at = null;
+    this.changes = null;
   }
 
   result(): readonly T[] {
+    if (this.rows && this.at) INDEXES.set(this.rows, this.at);
     return this.rows ?? this.base;
   }
+}
+
+/** Rules by group id (creation order within each group), per rules list; see `rulesByGroup`. */
+const RULES_BY_GROUP = new WeakMap<readonly RuleRow[], ReadonlyMap<string, readonly RuleRow[]>>();
+
+/**
+ * The rules of every group, in creation order, of one snapshot's rules list:
+ * built in one pass on first use, and handed on by `applyOps` to the list it
+ * derives by appends and same-group replacements (one group's list copied,
+ * not the project's rules scanned: a rule create costs its group, issue 16).
+ * Shared, do not mutate.
+ */
+export function rulesByGroup(rules: readonly RuleRow[]): ReadonlyMap<string, readonly RuleRow[]> {
+  let by = RULES_BY_GROUP.get(rules);
+  if (!by) {
+    const m = new Map<string, RuleRow[]>();
+    for (const r of rules) {
+      const list = m.get(r.security_group_id);
+      if (list) list.push(r);
+      else m.set(r.security_group_id, [r]);
+    }
+    RULES_BY_GROUP.set(rules, (by = m));
+  }
+  return by;
+}
+
+/** `rulesByGroup` of `next`, derived from that of `base` when `next` is `base` with the rows `changes` put (null when it cannot be). */
+function deriveRulesByGroup(base: readonly RuleRow[], next: readonly RuleRow[], changes: readonly { old: RuleRow | undefined; row: RuleRow }[]): void {
+  const prev = RULES_BY_GROUP.get(base);
+  // a rule moved to another group would need its place among that group's rules: built anew when asked
+  if (!prev || changes.some((c) => c.old && c.old.security_group_id !== c.row.security_group_id)) return;
+  const by = new Map(prev);
+  const copied = new Set<string>();
+  for (const { old, row } of changes) {
+    const gid = row.security_group_id;
+    let list = by.get(gid) as RuleRow[] | undefined;
+    if (!copied.has(gid)) {
+      list = list ? [...list] : [];
+      by.set(gid, list);
+      copied.add(gid);
+    }
+    const at = old ? list!.findIndex((r) => r.id === row.id) : -1;
+    if (at < 0) list!.push(row);
+    else list![at] = row;
+  }
+  RULES_BY_GROUP.set(next, by);
 }
 
 /**
@@ -227,5 +296,7 @@ export function applyOps(snap: ProjectSnapshot, ops: readonly Op[]): ProjectSnap
         break;
     }
   }
-  return { projectId: snap.projectId, version: snap.version, groups: groups.result(), rules: rules.result(), addressGroups: addressGroups.result(), instances: instances.result() };
+  const nextRules = rules.result();
+  if (nextRules !== snap.rules && rules.changes) deriveRulesByGroup(snap.rules, nextRules, rules.changes);
+  return { projectId: snap.projectId, version: snap.version, groups: groups.result(), rules: nextRules, addressGroups: addressGroups.result(), instances: instances.result() };
 }

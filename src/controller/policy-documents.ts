@@ -13,7 +13,7 @@ import { parseIp } from '../policy/address.js';
 import { checkPolicy } from '../policy/schema.js';
 import { SecgroupError, formatIssue } from '../lib/errors.js';
 import { sha256 } from '../lib/hash.js';
-import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from './model.js';
+import { rulesByGroup, type AddressGroupRow, type GroupRow, type InstanceRow, type Op, type ProjectSnapshot, type RuleRow } from './model.js';
 
 /** The full document text for a stored body. */
 export function renderPolicyText(revision: number, body: string): string {
@@ -49,9 +49,10 @@ function sameDocument(stored: string | null, digest: string, body: string): bool
 /**
  * Lookup tables over one snapshot, for one batch of compilations. The rules
  * and members of a group are found when a document first needs them (a
- * write that touches one group reads that group, not the project: issue 16);
- * after LAZY_GROUPS groups the rest are indexed in one pass, so a batch never
- * costs more than a few passes over the project.
+ * write that touches one group reads that group, not the project: issue 16):
+ * rules from the snapshot's `rulesByGroup`; members by a scan, and after
+ * LAZY_GROUPS groups all at once in one pass, so a batch never costs more
+ * than a few passes over the project's instances.
  */
 export interface ProjectIndex {
   snap: ProjectSnapshot;
@@ -105,18 +106,17 @@ function groupBy<T>(items: readonly T[], keys: (item: T) => readonly string[] | 
   return by;
 }
 
-/** The group's enabled rules (a disabled rule is kept but never reaches a document, SEMANTICS section 1). */
+/**
+ * The group's enabled rules (a disabled rule is kept but never reaches a
+ * document, SEMANTICS section 1), from the snapshot's rules by group
+ * (`rulesByGroup`, kept from write to write), so finding them costs the group.
+ */
 export function rulesOfGroup(ix: ProjectIndex, gid: string): readonly RuleRow[] {
   let list = ix.rulesByGroup.get(gid);
   if (list || ix.rulesIndexed) return list ?? [];
-  if (ix.rulesByGroup.size < LAZY_GROUPS) {
-    list = ix.snap.rules.filter((r) => r.enabled && r.security_group_id === gid);
-    ix.rulesByGroup.set(gid, list);
-    return list;
-  }
-  ix.rulesByGroup = groupBy(ix.snap.rules, (r) => (r.enabled ? r.security_group_id : null));
-  ix.rulesIndexed = true;
-  return ix.rulesByGroup.get(gid) ?? [];
+  list = (rulesByGroup(ix.snap.rules).get(gid) ?? []).filter((r) => r.enabled);
+  ix.rulesByGroup.set(gid, list);
+  return list;
 }
 
 /** The group's instances. */

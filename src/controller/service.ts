@@ -4,16 +4,51 @@
  * state after the change), and commit everything as one transaction. After a
  * commit, instances whose document changed are reported to `onPolicyChanged`
  * (the agent hub pushes them).
+ *
+ * Writes to one project that arrive together (in one turn of the event loop,
+ * while the previous batch commits) are committed together: one store
+ * transaction runs each mutation on the state the ones before it left (a
+ * mutation that throws is left out alone, nothing of it written), then
+ * compiles the affected documents once for the whole batch and hands out one
+ * revision per changed document (issue 16: 50 clients writing into a group
+ * an instance uses made 50 compiles, 50 revisions and 50 pushes of the same
+ * document; now one). A batch that fails as a whole (the compile, or the
+ * database refusing an op) is retried member by member, so a bad write fails
+ * alone; one whose outcome is unknown (STORE_UNAVAILABLE: the connection was
+ * lost during COMMIT) is not retried. At most one batch is being committed at
+ * a time, so a replica's writers never queue on their own project's lock
+ * (PostgreSQL) and the snapshot cache always has the state they start from.
  */
 import type { Logger } from '../lib/logger.js';
 import type { Clock } from '../lib/clock.js';
-import { SecgroupError } from '../lib/errors.js';
+import { SecgroupError, isSecgroupError } from '../lib/errors.js';
 import { formatTime } from '../lib/time.js';
-import { applyOps, emptySnapshot, type ProjectSnapshot } from './model.js';
+import { applyOps, emptySnapshot, type Op, type ProjectSnapshot } from './model.js';
 import { createProjectOps, type MutationContext, type Mutation, type Quotas } from './domain.js';
 import { recompile, renderPolicyText, touchedBy, type Touched } from './policy-documents.js';
 import { hashToken, type Random } from './tokens.js';
+import { Batcher } from './store/batcher.js';
 import type { Store, StoredPolicy } from './store/store.js';
+
+type MutationFn<T> = (snap: ProjectSnapshot, ctx: MutationContext) => Mutation<T>;
+
+/** A queued write: its project and mutation. */
+interface QueuedWrite {
+  projectId: string;
+  fn: MutationFn<unknown>;
+}
+
+/** A member's failure, as the batcher takes it (an Error rejects that member alone). */
+function asError(e: unknown): Error {
+  return e instanceof Error ? e : new Error(String(e));
+}
+
+/** Thrown out of a batch's change when every member failed: nothing is committed, each member gets its own error. */
+class NothingToCommit extends Error {
+  constructor(readonly outcomes: Error[]) {
+    super('every write of the batch failed');
+  }
+}
 
 export interface ServiceDeps {
   store: Store;
@@ -27,6 +62,8 @@ export interface ServiceDeps {
 }
 
 export class ControllerService {
+  private readonly writes = new Batcher<QueuedWrite, unknown>((batch) => this.commitBatch(batch));
+
   constructor(private readonly deps: ServiceDeps) {}
 
   private context(): MutationContext {
@@ -55,27 +92,90 @@ export class ControllerService {
   /**
    * Runs `fn` on the project's current state and commits its ops plus the
    * recompiled policies in one transaction (under the project's write lock,
-   * so concurrent requests serialise instead of retrying). With `dryRun`
-   * nothing is written. Errors thrown by `fn` propagate unchanged (nothing
-   * written).
+   * so concurrent requests serialise instead of retrying; writes that arrive
+   * together share the transaction and the compile, see above). With
+   * `dryRun` nothing is written. Errors thrown by `fn` propagate unchanged
+   * (nothing of it written).
    */
-  async mutate<T>(projectId: string, fn: (snap: ProjectSnapshot, ctx: MutationContext) => Mutation<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
+  async mutate<T>(projectId: string, fn: MutationFn<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
+    if (opts.dryRun) return (await this.preview(projectId, fn)).result;
+    return (await this.writes.add({ projectId, fn })) as T;
+  }
+
+  /** The writes of one flush, by project, the projects' batches committed side by side; one result (or Error) per write. */
+  private async commitBatch(batch: QueuedWrite[]): Promise<unknown[]> {
+    const byProject = new Map<string, number[]>();
+    batch.forEach((w, i) => {
+      const list = byProject.get(w.projectId);
+      if (list) list.push(i);
+      else byProject.set(w.projectId, [i]);
+    });
+    const results: unknown[] = new Array(batch.length);
+    await Promise.all(
+      [...byProject].map(async ([projectId, at]) => {
+        const out = await this.commitProject(projectId, at.map((i) => batch[i]!.fn));
+        at.forEach((i, k) => (results[i] = out[k]));
+      }),
+    );
+    return results;
+  }
+
+  /** One transaction for the project's writes; when it fails as a whole with a known outcome, each write alone. */
+  private async commitProject(projectId: string, fns: MutationFn<unknown>[]): Promise<unknown[]> {
+    try {
+      return await this.commitTogether(projectId, fns);
+    } catch (e) {
+      // lost during COMMIT: it may have committed, so running the writes again could apply them twice
+      if (fns.length === 1 || (isSecgroupError(e) && e.code === 'STORE_UNAVAILABLE')) return fns.map(() => asError(e));
+      this.deps.logger.warn({ event: 'write_batch_split', project: projectId, writes: fns.length, error: (e as Error).message }, 'a batch of writes failed as a whole; committing each alone');
+      return Promise.all(fns.map((fn) => this.commitTogether(projectId, [fn]).then((r) => r[0], asError)));
+    }
+  }
+
+  /**
+   * `fns` in one store transaction, each on the state the ones before it
+   * left, then one compile of the documents they affect. One result per
+   * write, an Error for a write that threw (nothing of it is committed).
+   * Throws when the compile or the store fails (nothing committed).
+   */
+  private async commitTogether(projectId: string, fns: MutationFn<unknown>[]): Promise<unknown[]> {
     const { store, logger } = this.deps;
     const decide = (stored: ProjectSnapshot | null) => {
-      const ctx = this.context();
-      const pre = stored ? [] : createProjectOps(ctx.now);
-      const snap = stored ?? applyOps(emptySnapshot(projectId), pre);
-      const m = fn(snap, ctx);
-      const policies = recompile(applyOps(snap, m.ops), touchedBy(snap, m.ops));
+      const first = this.context();
+      const pre = stored ? [] : createProjectOps(first.now);
+      const before = stored ?? applyOps(emptySnapshot(projectId), pre);
+      let snap = before;
+      const ops: Op[] = [];
+      let committed = 0;
+      const outcomes = fns.map((fn, i) => {
+        try {
+          const m = fn(snap, i === 0 ? first : this.context());
+          snap = applyOps(snap, m.ops);
+          ops.push(...m.ops);
+          committed++;
+          return m.result;
+        } catch (e) {
+          return asError(e);
+        }
+      });
+      if (!committed) throw new NothingToCommit(outcomes as Error[]);
+      const policies = recompile(snap, touchedBy(before, ops));
       const docs = new Map<string, Omit<StoredPolicy, 'revision'>>();
       for (const o of policies.ops) if (o.op === 'setPolicy') docs.set(o.instanceId, o.parts ? { body: o.body, parts: o.parts } : { body: o.body });
-      return { ops: [...pre, ...m.ops, ...policies.ops], value: { result: m.result, compiled: policies.compiled, docs } };
+      // the state the store caches: computed here already, so the store does not apply the batch's ops again
+      const after = applyOps(snap, policies.ops);
+      return { ops: [...pre, ...ops, ...policies.ops], value: { outcomes, compiled: policies.compiled, docs }, after };
     };
-    if (opts.dryRun) return (await this.preview(projectId, fn)).result;
-    const res = await store.mutate(projectId, decide);
+    let res;
+    try {
+      res = await store.mutate(projectId, decide);
+    } catch (e) {
+      if (e instanceof NothingToCommit) return e.outcomes;
+      throw e;
+    }
     this.deps.onCompiled?.({ compiled: res.value.compiled, bumped: res.revisions.size });
     if (res.revisions.size) {
-      logger.info({ event: 'policy', project: projectId, instances: [...res.revisions].map(([id, revision]) => ({ id, revision })) }, 'policy revisions bumped');
+      logger.info({ event: 'policy', project: projectId, writes: fns.length, instances: [...res.revisions].map(([id, revision]) => ({ id, revision })) }, 'policy revisions bumped');
       const docs = new Map<string, StoredPolicy>();
       for (const [id, revision] of res.revisions) {
         const doc = res.value.docs.get(id);
@@ -83,7 +183,7 @@ export class ControllerService {
       }
       this.deps.onPolicyChanged?.(projectId, [...res.revisions.keys()], docs);
     }
-    return res.value.result;
+    return res.value.outcomes;
   }
 
   /**

@@ -206,6 +206,25 @@ describe('PostgreSQL store: documents and transactions', () => {
     expect(await s.revisionCounter()).toBe(2 ** 48);
     await s.close();
   });
+
+  it('rules put by one commit (a batch of rule creates) are stored in their order, a later put of one id winning, with every field as given', async () => {
+    const { a, b } = await twoReplicas();
+    await commit(a, 'p', createProjectOps(NOW));
+    const base = (await a.loadProject('p'))!.rules[0]!;
+    const r = (id: string, port: string, extra: Partial<typeof base> = {}) => ({ ...base, id, protocol: 'tcp', multiport: port, remote_group_id: null, remote_ip_prefix: '198.18.0.0/24', ...extra });
+    const ops: Op[] = [
+      { op: 'putRule', rule: r('r1', '1', { icmp_type: null, description: 'one', enabled: false }) },
+      { op: 'putRule', rule: r('r2', '2', { protocol: 'icmp', multiport: null, icmp_type: 8, icmp_code: 0, priority: 7 }) },
+      { op: 'putRule', rule: r('r1', '11', { description: 'one again' }) },
+      { op: 'putRule', rule: r('r3', '3', { ethertype: 'IPv6', remote_ip_prefix: 'fd00:5ec::/64', direction: 'egress', action: 'deny' }) },
+    ];
+    await commit(a, 'p', ops);
+    // read through the other replica: from the database, not from a's cache
+    const rules = (await b.loadProject('p'))!.rules.filter((x) => x.id.startsWith('r'));
+    expect(rules).toEqual([ops[2], ops[1], ops[3]].map((o) => (o as Extract<Op, { op: 'putRule' }>).rule));
+    await a.close();
+    await b.close();
+  });
 });
 
 describe('controller on store.driver postgres', () => {

@@ -78,7 +78,7 @@ export class MemoryStore implements Store {
   async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
     this.check();
     const cur = this.projects.get(projectId) ?? null;
-    const { ops, value } = change(cur);
+    const { ops, value, after } = change(cur);
     // checked before anything is written: a commit past the bound writes nothing
     checkRevision(this.counter + ops.filter((o) => o.op === 'setPolicy').length);
     const revisions = new Map<string, number>();
@@ -96,7 +96,7 @@ export class MemoryStore implements Store {
         revisions.set(o.instanceId, ++this.counter);
       }
     }
-    const next = committedSnapshot(projectId, cur, ops, (cur?.version ?? 0) + 1, revisions);
+    const next = committedSnapshot(projectId, cur, ops, (cur?.version ?? 0) + 1, revisions, after);
     this.projects.set(projectId, next);
     return { value, version: next.version, revisions };
   }

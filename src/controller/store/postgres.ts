@@ -31,6 +31,10 @@
  * Other database errors (a constraint) propagate unchanged; in every
  * failing case the transaction is rolled back. Nothing here logs the
  * connection's password (it never appears in a pg error message).
+ *
+ * Size: one Store implementation over one database, as sqlite.ts: the
+ * statements of each transaction (the batched ones: rules, documents, agent
+ * states, audit events) and the methods that run them read together.
  */
 import pg from 'pg';
 import { SecgroupError, isSecgroupError } from '../../lib/errors.js';
@@ -212,6 +216,7 @@ export class PostgresStore implements Store {
   async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
     let before: ProjectSnapshot | null = null;
     let applied: readonly Op[] = [];
+    let after: ProjectSnapshot | undefined;
     const result = await this.transaction(async (q) => {
       // lock: the upsert holds the project's row lock until the commit (every replica's writers of the project wait here)
       const locked = await q('INSERT INTO projects (id, version) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET version = projects.version + 1 RETURNING version', [projectId]);
@@ -219,38 +224,78 @@ export class PostgresStore implements Store {
       // the version the project had: 0 = never committed; the cached snapshot serves when no other replica wrote since
       const previous = version - 1;
       const cur = previous === 0 ? null : (this.cache.get(projectId, previous) ?? (await this.load(q, projectId, previous)));
-      const { ops, value } = change(cur);
-      const revisions = await this.apply(q, projectId, ops);
+      const decided = change(cur);
+      const revisions = await this.apply(q, projectId, decided.ops);
       before = cur;
-      applied = ops;
+      applied = decided.ops;
+      after = decided.after;
+      const value = decided.value;
       return { value, version, revisions };
     });
     // committed: only now may the cache hold the new state
-    this.cache.commit(projectId, before, applied, result.version, result.revisions);
+    this.cache.commit(projectId, before, applied, result.version, result.revisions, after);
     return result;
   }
 
-  /** Writes `ops` in order; a run of consecutive `setPolicy` ops is written as one batch. */
+  /**
+   * Writes `ops` in order; a run of consecutive `setPolicy` ops, and one of
+   * consecutive `putRule` ops (the service's batch of rule creates), is
+   * written by one statement (one round trip while the project is locked).
+   */
   private async apply(q: Query, project: string, ops: readonly Op[]): Promise<Map<string, number>> {
     const revisions = new Map<string, number>();
-    let run: Extract<Op, { op: 'setPolicy' }>[] = [];
+    let policies: Extract<Op, { op: 'setPolicy' }>[] = [];
+    let rules: RuleRow[] = [];
+    const flush = async () => {
+      if (policies.length) await this.setPolicies(q, project, policies, revisions);
+      if (rules.length) await this.putRules(q, project, rules);
+      policies = [];
+      rules = [];
+    };
     for (const o of ops) {
       if (o.op === 'setPolicy') {
-        run.push(o);
-        continue;
+        if (rules.length) await flush();
+        policies.push(o);
+      } else if (o.op === 'putRule') {
+        if (policies.length) await flush();
+        rules.push(o.rule);
+      } else {
+        await flush();
+        await this.applyOne(q, project, o);
       }
-      if (run.length) await this.setPolicies(q, project, run, revisions);
-      run = [];
-      await this.applyOne(q, project, o);
     }
-    if (run.length) await this.setPolicies(q, project, run, revisions);
+    await flush();
     if (ops.some((o) => o.op === 'setPolicy' || o.op === 'deleteInstance')) {
       await q('DELETE FROM policy_tails t WHERE t.project_id = $1 AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.project_id = $1 AND i.policy_tail = t.hash)', [project]);
     }
     return revisions;
   }
 
-  private async applyOne(q: Query, project: string, o: Exclude<Op, { op: 'setPolicy' }>): Promise<void> {
+  /** Rules in one statement, in their order (a later one with the same id wins, as when written one by one). */
+  private async putRules(q: Query, project: string, rules: readonly RuleRow[]): Promise<void> {
+    const list = [...new Map(rules.map((r) => [r.id, r])).values()];
+    const col = <K extends keyof RuleRow>(k: K) => list.map((r) => r[k]);
+    await q(
+      `INSERT INTO rules (project_id, id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
+                          remote_ip_prefix, remote_group_id, remote_address_group_id, description, enabled, created_at)
+       SELECT $1, id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
+              remote_ip_prefix, remote_group_id, remote_address_group_id, description, enabled, created_at
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int[], $11::int[],
+                     $12::text[], $13::text[], $14::text[], $15::text[], $16::boolean[], $17::text[])
+              WITH ORDINALITY AS x(id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
+                                   remote_ip_prefix, remote_group_id, remote_address_group_id, description, enabled, created_at, ord)
+        ORDER BY ord
+       ON CONFLICT (project_id, id) DO UPDATE SET security_group_id = excluded.security_group_id, direction = excluded.direction,
+         priority = excluded.priority, action = excluded.action, ethertype = excluded.ethertype, protocol = excluded.protocol,
+         multiport = excluded.multiport, icmp_type = excluded.icmp_type, icmp_code = excluded.icmp_code,
+         remote_ip_prefix = excluded.remote_ip_prefix, remote_group_id = excluded.remote_group_id,
+         remote_address_group_id = excluded.remote_address_group_id, description = excluded.description, enabled = excluded.enabled`,
+      [project, col('id'), col('security_group_id'), col('direction'), col('priority'), col('action'), col('ethertype'), col('protocol'), col('multiport'), col('icmp_type'), col('icmp_code'),
+        col('remote_ip_prefix'), col('remote_group_id'), col('remote_address_group_id'), col('description'), col('enabled'), col('created_at')],
+    );
+  }
+
+  private async applyOne(q: Query, project: string, o: Exclude<Op, { op: 'setPolicy' | 'putRule' }>): Promise<void> {
     switch (o.op) {
       case 'putGroup': {
         const g = o.group;
@@ -267,22 +312,6 @@ export class PostgresStore implements Store {
         await q('DELETE FROM rules WHERE project_id = $1 AND security_group_id = $2', [project, o.id]);
         await q('DELETE FROM security_groups WHERE project_id = $1 AND id = $2', [project, o.id]);
         return;
-      case 'putRule': {
-        const r = o.rule;
-        await q(
-          `INSERT INTO rules (project_id, id, security_group_id, direction, priority, action, ethertype, protocol, multiport, icmp_type, icmp_code,
-                              remote_ip_prefix, remote_group_id, remote_address_group_id, description, enabled, created_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-           ON CONFLICT (project_id, id) DO UPDATE SET security_group_id = excluded.security_group_id, direction = excluded.direction,
-             priority = excluded.priority, action = excluded.action, ethertype = excluded.ethertype, protocol = excluded.protocol,
-             multiport = excluded.multiport, icmp_type = excluded.icmp_type, icmp_code = excluded.icmp_code,
-             remote_ip_prefix = excluded.remote_ip_prefix, remote_group_id = excluded.remote_group_id,
-             remote_address_group_id = excluded.remote_address_group_id, description = excluded.description, enabled = excluded.enabled`,
-          [project, r.id, r.security_group_id, r.direction, r.priority, r.action, r.ethertype, r.protocol, r.multiport, r.icmp_type, r.icmp_code,
-            r.remote_ip_prefix, r.remote_group_id, r.remote_address_group_id, r.description, r.enabled, r.created_at],
-        );
-        return;
-      }
       case 'deleteRule':
         await q('DELETE FROM rules WHERE project_id = $1 AND id = $2', [project, o.id]);
         return;

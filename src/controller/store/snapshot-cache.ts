@@ -20,11 +20,12 @@ import { applyOps, emptySnapshot, type Op, type ProjectSnapshot } from '../model
 
 /**
  * The state after a commit of `ops` on `before` (null: the project's first
- * commit): `applyOps`, the new version, and on every instance that got a
- * revision that revision (its `policy_hash` comes from the `setPolicy` op).
+ * commit): `applyOps` (or `after`, that state as the change computed it), the
+ * new version, and on every instance that got a revision that revision (its
+ * `policy_hash` comes from the `setPolicy` op).
  */
-export function committedSnapshot(projectId: string, before: ProjectSnapshot | null, ops: readonly Op[], version: number, revisions: ReadonlyMap<string, number>): ProjectSnapshot {
-  const applied = applyOps(before ?? emptySnapshot(projectId), ops);
+export function committedSnapshot(projectId: string, before: ProjectSnapshot | null, ops: readonly Op[], version: number, revisions: ReadonlyMap<string, number>, after?: ProjectSnapshot): ProjectSnapshot {
+  const applied = after ?? applyOps(before ?? emptySnapshot(projectId), ops);
   const instances = revisions.size ? applied.instances.map((i) => (revisions.has(i.id) ? { ...i, revision: revisions.get(i.id)! } : i)) : applied.instances;
   return { ...applied, version, instances };
 }
@@ -68,8 +69,8 @@ export class SnapshotCache {
   }
 
   /** After a committed transaction: caches and returns `committedSnapshot(...)`. */
-  commit(projectId: string, before: ProjectSnapshot | null, ops: readonly Op[], version: number, revisions: ReadonlyMap<string, number>): ProjectSnapshot {
-    const next = committedSnapshot(projectId, before, ops, version, revisions);
+  commit(projectId: string, before: ProjectSnapshot | null, ops: readonly Op[], version: number, revisions: ReadonlyMap<string, number>, after?: ProjectSnapshot): ProjectSnapshot {
+    const next = committedSnapshot(projectId, before, ops, version, revisions, after);
     this.touch(projectId, next);
     return next;
   }

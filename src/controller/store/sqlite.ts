@@ -445,7 +445,7 @@ export class SqliteStore implements Store {
       cur = this.current(projectId);
       working.set(projectId, cur);
     } else if ((cur?.version ?? null) !== version) throw new SecgroupError('INTERNAL', `project ${projectId} changed inside a transaction`);
-    const { ops, value } = change(cur);
+    const { ops, value, after } = change(cur);
     if (!cur) this.stmt.insertProject.run(projectId);
     else this.stmt.bumpProject.run(projectId);
     const revisions = new Map<string, number>();
@@ -456,7 +456,7 @@ export class SqliteStore implements Store {
     for (const h of replaced) this.stmt.dropTailIfUnused.run({ p: projectId, h });
     const next = (cur?.version ?? 0) + 1;
     // after the last write: a savepoint that failed leaves `working` as it was
-    working.set(projectId, committedSnapshot(projectId, cur, ops, next, revisions));
+    working.set(projectId, committedSnapshot(projectId, cur, ops, next, revisions, after));
     return { value, version: next, revisions };
   }
 

@@ -164,8 +164,13 @@ export interface MutateResult<T> {
   revisions: Map<string, number>;
 }
 
-/** Decides a change from the current state (null: the project was never committed). Synchronous and pure. */
-export type ChangeFn<T> = (current: ProjectSnapshot | null) => { ops: readonly Op[]; value: T };
+/**
+ * Decides a change from the current state (null: the project was never
+ * committed). Synchronous and pure. `after`, when the caller has it: the
+ * state its ops make (`applyOps(current, ops)`, version aside), which the
+ * store then caches instead of applying the ops a second time.
+ */
+export type ChangeFn<T> = (current: ProjectSnapshot | null) => { ops: readonly Op[]; value: T; after?: ProjectSnapshot };
 
 export interface Store {
   /** The project's state, or null when it has never been committed. */
