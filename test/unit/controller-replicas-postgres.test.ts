@@ -210,14 +210,18 @@ describe('controller replicas on PostgreSQL', () => {
       await side.query('BEGIN');
       await side.query("SELECT 1 FROM projects WHERE id = 'proj-a' FOR UPDATE");
 
-      // twice as many writes as the pool has connections: each is cancelled and gives its connection back to the next
+      // twice as many writes as the pool has connections: each transaction is cancelled and gives its connection back to the next
       const stuck = await Promise.all([22, 23, 24, 25].map((port) => addRule(api, port)));
       for (const w of stuck) {
         expect(w.status).toBe(503);
         expect(w.body).toMatchObject({ error_code: 'SYS.0503' });
         expect(w.retryAfter).toMatch(/^[1-9]\d*$/);
       }
-      expect(log.lines.filter((l) => l.event === 'store_timeout' && l.timeout === timeout)).toHaveLength(4);
+      // writes that arrive together share one transaction (the service's write batches): one cancelled
+      // transaction answers every write in it, so there are between 1 and 4 of them
+      const timeouts = log.lines.filter((l) => l.event === 'store_timeout' && l.timeout === timeout).length;
+      expect(timeouts).toBeGreaterThanOrEqual(1);
+      expect(timeouts).toBeLessThanOrEqual(4);
       // reads take no row lock: served meanwhile, on the connections the cancelled writes gave back
       expect((await http(api, 'GET', `${P}/vpc/security-groups/sg-web`)).status).toBe(200);
 
