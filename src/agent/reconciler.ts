@@ -41,8 +41,8 @@
  * One mutex serialises syncs, drift checks and counter reads, so a read never
  * races our own apply.
  *
- * Size: one sync loop with the checks and repairs that share its mutex and
- * its applied state; what a sync does is planned in sync-plan.ts, what the
+ * Size: one sync loop with the checks, repairs and last-known-good writes
+ * that share its mutex and its applied state; what a sync does is planned in sync-plan.ts, what the
  * monitor saw is judged in drift-monitor.ts.
  */
 import type { Clock, Timer } from '../lib/clock.js';

@@ -15,7 +15,7 @@ import { applyMembershipChange, type MembershipChange } from '../../src/nft/memb
 import { renderTable, renderTransaction } from '../../src/nft/render.js';
 import { replaceTableTx } from '../../src/nft/transaction.js';
 import { dumpBlocks } from '../helpers/nft-dump.js';
-import { formatIp, parseIp, type Family } from '../../src/policy/address.js';
+import { parseIp } from '../../src/policy/address.js';
 import { evaluate } from '../../src/policy/evaluate.js';
 import type { Packet } from '../../src/policy/packet.js';
 import { formatPacket } from '../../src/policy/packet-text.js';
