@@ -164,7 +164,14 @@ interface PendingList {
 const pendingLists = new WeakMap<object, Map<string, PendingList>>();
 
 function built(gid: string, p: PendingList): string[] {
-  return (p.built ??= applyGroup(gid, p.base, { add: [...p.add], remove: [...p.remove] }));
+  if (p.built === undefined) {
+    p.built = applyGroup(gid, p.base, { add: [...p.add], remove: [...p.remove] });
+    // the base list is not needed any more: let it go with the document that holds it
+    p.base = [];
+    p.add.clear();
+    p.remove.clear();
+  }
+  return p.built;
 }
 
 /** `p`, then `change`, as one change against `p.base` (a later add undoes an earlier remove and the reverse). */
