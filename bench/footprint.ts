@@ -19,12 +19,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, REPO, type Peer } from '../test/helpers/agent-lab.js';
+import { parseIp } from '../src/policy/address.js';
 import { syntheticPolicy } from './policies.js';
 
 const IDLE_S = Number(process.env.BENCH_FOOTPRINT_IDLE_S ?? 10);
 const STREAM_S = Number(process.env.BENCH_FOOTPRINT_STREAM_S ?? 30);
 const SIZES = (process.env.BENCH_FOOTPRINT_SIZES ?? '1000,10000,100000').split(',').map(Number);
 const STREAM_EVERY_MS = 200;
+/** a directory: the agent runs with --cpu-prof there (stopped with SIGTERM so the profile is written) */
+const PROF_DIR = process.env.BENCH_FOOTPRINT_PROF;
 const HZ = 100;
 
 export interface FootprintRow {
@@ -69,6 +72,13 @@ async function watch(pid: number, seconds: number, during?: () => Promise<void>)
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
 
+/** IPv4 before IPv6, numerically ascending (src/controller/policy-documents.ts memberList). */
+function canonicalOrder(list: readonly string[]): string[] {
+  const keyed = list.map((a) => ({ a, ip: parseIp(a) }));
+  keyed.sort((x, y) => x.ip.family - y.ip.family || (x.ip.value < y.ip.value ? -1 : x.ip.value > y.ip.value ? 1 : 0));
+  return keyed.map((k) => k.a);
+}
+
 /** The `Environment=` assignments of the agent's systemd unit: the agent runs here with the environment it gets when installed. */
 export function unitEnvironment(unitText = readFileSync(join(REPO, 'systemd/secgroup-agent.service'), 'utf8')): Record<string, string> {
   const env: Record<string, string> = {};
@@ -96,8 +106,10 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
   const from = peer.lines.length;
   // the peer's current policy: what it sends the agent after its hello
   const base = syntheticPolicy({ rules: 1000, members });
+  // the controller sends member lists in its canonical order (protocol/delta.ts), which the agent's delta path relies on
+  base.group_members = Object.fromEntries(Object.entries(base.group_members ?? {}).map(([g, list]) => [g, canonicalOrder(list)]));
   await peer.request({ cmd: 'policy', policy: base });
-  const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: 'ignore', env: { ...unitEnvironment(), TMPDIR: dir } });
+  const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, ...(PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROF_DIR] : []), bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: PROF_DIR ? ['ignore', 'ignore', { file: join(PROF_DIR, `agent-${members}.log`) }] : 'ignore', env: { ...unitEnvironment(), TMPDIR: dir } });
   const pid = agent.pid!;
   try {
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, from, 'hello');
@@ -136,8 +148,11 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
     const after = await watch(pid, 5);
     rows.push({ process: 'agent', phase: `${k(members)} members: idle 5 s after the stream`, reference: 'idle', rssMb: r1(after.rss), peakRssMb: r1(after.peak), cpuPct: r1(after.cpu), cpuMsPerDelta: null, note: '' });
   } finally {
-    agent.kill('SIGKILL');
+    // SIGTERM: a clean stop (the rules stay), so a CPU profile gets written; SIGKILL if it hangs
+    process.kill(pid, 'SIGTERM'); // not execa's kill: it sends SIGKILL 5 s later
+    const killer = setTimeout(() => agent.kill('SIGKILL'), PROF_DIR ? 120_000 : 10_000);
     await agent;
+    clearTimeout(killer);
   }
   return rows;
 }

@@ -11,6 +11,7 @@ import { errorMessage } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { ScheduledJob, Scheduler } from '../lib/scheduler.js';
 import { VERSION } from '../lib/version.js';
+import type { Compiled } from '../nft/compile.js';
 import type { NftMonitor } from '../nft/monitor.js';
 import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
@@ -19,6 +20,7 @@ import { formatIssue } from '../lib/errors.js';
 import { MAX_ACK_DURATION_MS, PROTOCOL_VERSION, boundPortReport, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
 import { ipFamily } from '../policy/address.js';
+import type { NormalizedRule } from '../policy/normalize.js';
 import { controllerUrls, platformOptions, type AgentConfig } from './config.js';
 import { ControllerDirectory, type Resolver } from './controllers.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
@@ -81,6 +83,20 @@ function revisionOf(raw: unknown): number {
   return typeof r === 'number' && Number.isInteger(r) && r >= 0 ? r : 0;
 }
 
+/**
+ * The rules a compiled policy was laid out from (every direction and family,
+ * match order within each): what `normalizeRules` gives for the policy
+ * applied, with the member changes of the membership fast path included
+ * (it edits these peer lists in place), so a port report needs no parse of
+ * every member.
+ */
+export function compiledRules(compiled: Compiled): NormalizedRule[] {
+  return [...compiled.layout.values()].flatMap((l) => l.rules);
+}
+
+/** After member deltas (element updates), the last known good is written at most this often. */
+export const PERSIST_COALESCE_MS = 5000;
+
 export function ackFor(o: SyncOutcome): AckMessage {
   switch (o.status) {
     case 'applied':
@@ -137,6 +153,8 @@ export function createAgent(deps: AgentDeps): Agent {
     incremental: config.incremental,
     // nft -f is atomic: a separate --check would only double every sync's kernel work
     checkBeforeApply: false,
+    // a stream of member deltas writes the whole document at most every 5 s (reconciler.ts, "Last known good")
+    persistCoalesceMs: PERSIST_COALESCE_MS,
     onOutcome: (o) => {
       if (o.source === 'controller') {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
@@ -187,7 +205,7 @@ export function createAgent(deps: AgentDeps): Agent {
     if (!deps.portProbe || !client?.connected) return;
     try {
       const st = reconciler.state;
-      const { report, clipped } = boundPortReport(await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null));
+      const { report, clipped } = boundPortReport(await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null, st ? compiledRules(st.compiled) : undefined));
       if (clipped) logger.warn({ event: 'ports_clipped', clipped }, `the port report is over the protocol's limits (docs/protocol.md): ${clipped} entries, listeners or rule references left out`);
       client.send({ type: 'ports', report });
     } catch (e) {

@@ -3,6 +3,7 @@
  * every caller (CLI, agent): a host, a socket source and a port probe.
  */
 import { SecgroupError } from '../lib/errors.js';
+import type { NormalizedRule } from '../policy/normalize.js';
 import type { Policy } from '../policy/schema.js';
 import type { PortReport } from '../protocol/messages.js';
 import type { Listener } from './listener.js';
@@ -58,8 +59,11 @@ export class FakeSocketSource implements SocketSource {
 /** A PortProbe that returns an empty report of the asked revision and records each call. */
 export class FakePortProbe implements PortProbe {
   calls: { revision: number | null }[] = [];
-  async report(_policy: Policy | null, revision: number | null): Promise<PortReport> {
+  /** the normalised rules the last call passed (PortProbe.report), if any */
+  lastRules: readonly NormalizedRule[] | undefined;
+  async report(_policy: Policy | null, revision: number | null, rules?: readonly NormalizedRule[]): Promise<PortReport> {
     this.calls.push({ revision });
+    this.lastRules = rules;
     return { revision, source: 'proc', generated_at: '2024-01-01T00:00:00.000Z', entries: [] };
   }
 }

@@ -71,6 +71,14 @@ export interface PortStatusOptions {
   platform?: PlatformOptions;
   /** allowed port ranges of at most this many ports are listed port by port when not listened on; default 16 */
   maxListedRange?: number;
+  /**
+   * The ingress rules of `policy` as `normalizeRules` gives them (match
+   * order per family), when the caller holds them already: the agent passes
+   * the compiler's, which the membership fast path keeps current, so a
+   * report after a member delta does not parse every member again (0.1-0.2 s
+   * at 100k members). Default: `normalizeRules(policy)`.
+   */
+  rules?: readonly NormalizedRule[];
 }
 
 const PROTO_NUMBER: Record<ListenerProtocol, 6 | 17> = { tcp: 6, udp: 17 };
@@ -106,6 +114,12 @@ export function analysePort(rules: readonly NormalizedRule[], platform: Platform
   const plat = platform ? platformRef(platform, protocol, port, family) : null;
   if (plat) return { reachable: true, allowedBy: [plat], deniedBy: [] };
   const matching = rules.filter((r) => ruleCovers(r, protocol, port, family));
+  // one rule (most ports): what the walk below gives, without walking its peers (100k members each)
+  if (matching.length === 1) {
+    const r = matching[0]!;
+    const lets = r.action === 'allow' && r.peers.length > 0;
+    return { reachable: lets, allowedBy: lets ? [ref(r)] : [], deniedBy: [] };
+  }
   let undecided: AddrRange[] = [fullRange(family)];
   let allowPeers: AddrRange[] = [];
   let reachable = false;
@@ -181,7 +195,7 @@ const FAMILY_ORDER = (f: PortEntry['family']) => (f === null ? 0 : f);
  * `policy` must be valid (parsePolicy). Never throws on valid input.
  */
 export function computePortStatus(policy: Policy | null, listeners: readonly Listener[], opts: PortStatusOptions): PortReport {
-  const rules = policy ? normalizeRules(policy).filter((r) => r.direction === 'ingress') : [];
+  const rules = policy ? (opts.rules ?? normalizeRules(policy)).filter((r) => r.direction === 'ingress') : [];
   const platform = policy ? (opts.platform ?? DEFAULT_PLATFORM) : null;
   const maxListed = opts.maxListedRange ?? 16;
 

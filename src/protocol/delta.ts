@@ -152,25 +152,83 @@ function applyLarge(gid: string, list: readonly string[], change: { add: readonl
   return out;
 }
 
+/** A member list not built yet: `base` with the net `change` of the deltas since (built on first read, then kept). */
+interface PendingList {
+  base: readonly string[];
+  add: Set<string>;
+  remove: Set<string>;
+  built?: string[];
+}
+
+/** The pending lists of a document's `group_members` object (only those made by `applyPolicyDelta`). */
+const pendingLists = new WeakMap<object, Map<string, PendingList>>();
+
+function built(gid: string, p: PendingList): string[] {
+  if (p.built === undefined) {
+    p.built = applyGroup(gid, p.base, { add: [...p.add], remove: [...p.remove] });
+    // the base list is not needed any more: let it go with the document that holds it
+    p.base = [];
+    p.add.clear();
+    p.remove.clear();
+  }
+  return p.built;
+}
+
+/** `p`, then `change`, as one change against `p.base` (a later add undoes an earlier remove and the reverse). */
+function compose(p: PendingList, change: { add: readonly string[]; remove: readonly string[] }): PendingList {
+  const add = new Set(p.add);
+  const remove = new Set(p.remove);
+  for (const a of change.remove) {
+    add.delete(a);
+    remove.add(a);
+  }
+  for (const a of change.add) {
+    remove.delete(a);
+    add.add(a);
+  }
+  return { base: p.base, add, remove };
+}
+
 /**
  * The document `delta` describes: `doc` (the delta's base revision) with the
  * delta's revision and member changes; every other field and the key order
  * are kept, `doc` is not modified. Throws PolicyDeltaError when `doc` is not
  * the delta's base or the delta names a group `doc` does not list.
+ *
+ * A changed member list is built when it is first read (an enumerable
+ * getter: JSON.stringify, spreading and iterating see a plain list), and a
+ * delta on a document whose list was not read yet composes with the change
+ * it waits with: a stream of one-member deltas to a 100k-member group copies
+ * no list per delta (a copy of 100k entries cost ~10 ms of CPU and garbage),
+ * only when something reads the list (the agent: writing the last known good
+ * every few seconds, a full compile).
  */
 export function applyPolicyDelta<D extends { revision: number; group_members: Readonly<Record<string, readonly string[]>> }>(doc: D, delta: PolicyDelta): D {
   if (doc.revision !== delta.base_revision) {
     throw new PolicyDeltaError(`the delta is against revision ${delta.base_revision}, the newest document here is revision ${doc.revision}`);
   }
   if (delta.revision <= delta.base_revision) throw new PolicyDeltaError(`the delta's revision ${delta.revision} is not above its base ${delta.base_revision}`);
-  for (const gid of Object.keys(delta.group_members)) {
+  for (const [gid, c] of Object.entries(delta.group_members)) {
     if (!Object.hasOwn(doc.group_members, gid)) throw new PolicyDeltaError(`the delta changes group ${JSON.stringify(gid)}, which revision ${doc.revision} does not list`);
+    // now, not when the list is built
+    for (const a of [...c.add, ...c.remove]) keyOf(a, gid);
   }
+  const before = pendingLists.get(doc.group_members);
+  const pending = new Map<string, PendingList>();
   const group_members: Record<string, string[]> = {};
-  for (const [gid, list] of Object.entries(doc.group_members)) {
+  for (const gid of Object.keys(doc.group_members)) {
     const change = Object.hasOwn(delta.group_members, gid) ? delta.group_members[gid] : undefined;
-    // unchanged lists are shared with `doc` (documents are never modified in place)
-    group_members[gid] = change ? applyGroup(gid, list, change) : (list as string[]);
+    const waiting = before?.get(gid);
+    const open = waiting !== undefined && waiting.built === undefined;
+    if (!change && !open) {
+      // unchanged lists are shared with `doc` (documents are never modified in place)
+      group_members[gid] = doc.group_members[gid] as string[];
+      continue;
+    }
+    const p = !change ? waiting! : open ? compose(waiting, change) : compose({ base: doc.group_members[gid]!, add: new Set(), remove: new Set() }, change);
+    pending.set(gid, p);
+    Object.defineProperty(group_members, gid, { enumerable: true, configurable: true, get: () => built(gid, p) });
   }
+  if (pending.size) pendingLists.set(group_members, pending);
   return { ...doc, revision: delta.revision, group_members };
 }

@@ -15,44 +15,17 @@ import { applyMembershipChange, type MembershipChange } from '../../src/nft/memb
 import { renderTable, renderTransaction } from '../../src/nft/render.js';
 import { replaceTableTx } from '../../src/nft/transaction.js';
 import { dumpBlocks } from '../helpers/nft-dump.js';
-import { formatIp, parseIp, type Family } from '../../src/policy/address.js';
+import { parseIp } from '../../src/policy/address.js';
 import { evaluate } from '../../src/policy/evaluate.js';
 import type { Packet } from '../../src/policy/packet.js';
 import { formatPacket } from '../../src/policy/packet-text.js';
 import { checkPolicy, parsePolicy, type Policy, type PolicyInput } from '../../src/policy/schema.js';
 import { NftInterpreter } from '../helpers/nft-interpreter.js';
-import { createRng, randomPackets, randomPolicy, testAddress, type Rng } from '../helpers/random-policy.js';
+import { createRng, randomPackets, randomPolicy, type Rng } from '../helpers/random-policy.js';
+import { randomChange, withChange } from '../helpers/member-changes.js';
 
 const RUNS = Number(process.env.SECGROUP_RUNS ?? 400);
 const REPLAY = process.env.SECGROUP_SEED === undefined ? undefined : Number(process.env.SECGROUP_SEED);
-
-function withChange(p: Policy, change: MembershipChange, revision: number): Policy {
-  const gm: Record<string, string[]> = { ...p.group_members };
-  for (const [g, c] of Object.entries(change)) {
-    const gone = new Set(c.remove);
-    gm[g] = [...gm[g]!.filter((m) => !gone.has(m)), ...c.add.filter((a) => !gm[g]!.includes(a))];
-  }
-  return parsePolicy({ ...p, revision, group_members: gm });
-}
-
-function randomChange(rng: Rng, p: Policy): MembershipChange {
-  const change: MembershipChange = {};
-  const groups = Object.keys(p.group_members);
-  for (const g of groups) {
-    if (!rng.bool(0.6)) continue;
-    const members = p.group_members[g]!;
-    const add = new Set<string>();
-    const remove = new Set<string>();
-    for (let i = rng.int(0, 3); i > 0; i--) {
-      const family: Family = rng.bool(0.6) ? 4 : 6;
-      const a = formatIp(family, testAddress(rng, family));
-      if (!members.includes(a)) add.add(a);
-    }
-    for (const m of members) if (rng.bool(0.3) && !add.has(m)) remove.add(m);
-    if (add.size || remove.size) change[g] = { add: [...add], remove: [...remove] };
-  }
-  return change;
-}
 
 /** Packets from/to the changed addresses, shaped like random packets of the policy. */
 function packetsFor(rng: Rng, p: Policy, change: MembershipChange): Packet[] {

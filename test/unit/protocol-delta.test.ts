@@ -97,4 +97,38 @@ describe('applyPolicyDelta', () => {
       expect(JSON.stringify(out), `round ${round}`).toBe(JSON.stringify(doc(round + 1, after)));
     }
   });
+
+  it('a stream of deltas builds no member list until one is read, then exactly the list each delta applied in turn gives; documents already read stay as they were', () => {
+    const r = rng(7);
+    const addr = () => (r() < 0.6 ? `10.0.${Math.floor(r() * 8)}.${Math.floor(r() * 256)}` : formatIp(6, BigInt(Math.floor(r() * 3000)) + (0xfd00n << 112n)));
+    for (let round = 0; round < 50; round++) {
+      const start = doc(1, { a: canonical(Array.from({ length: 200 }, addr)), b: canonical(Array.from({ length: 5 }, addr)), c: [] });
+      let lazy = start;
+      let eager = start;
+      const seen: { d: typeof start; json: string }[] = [];
+      for (let rev = 1; rev <= 30; rev++) {
+        // the next canonical lists: a few members leave, a few join (sometimes one that just left)
+        const next: Record<string, string[]> = {};
+        for (const [g, list] of Object.entries(eager.group_members)) {
+          const set = new Set(list);
+          for (let i = Math.floor(r() * 3); i > 0 && list.length; i--) set.delete(list[Math.floor(r() * list.length)]!);
+          for (let i = Math.floor(r() * 3); i > 0; i--) set.add(addr());
+          next[g] = canonical(set);
+        }
+        const delta = { base_revision: rev, revision: rev + 1, group_members: diffGroupMembers(eager.group_members, next)! };
+        lazy = applyPolicyDelta(lazy, delta);
+        eager = doc(rev + 1, next);
+        // unread: a getter, no list built
+        for (const g of Object.keys(delta.group_members)) expect(Object.getOwnPropertyDescriptor(lazy.group_members, g)?.get, `round ${round} rev ${rev} ${g}`).toBeDefined();
+        if (r() < 0.2) {
+          // read now and then: the list and the serialised document are exactly the eager ones
+          expect(JSON.stringify(lazy), `round ${round} rev ${rev}`).toBe(JSON.stringify(eager));
+          seen.push({ d: lazy, json: JSON.stringify(lazy) });
+        }
+      }
+      expect(JSON.stringify(lazy), `round ${round}`).toBe(JSON.stringify(eager));
+      expect({ ...lazy.group_members }).toEqual(eager.group_members);
+      for (const x of seen) expect(JSON.stringify(x.d)).toBe(x.json);
+    }
+  });
 });

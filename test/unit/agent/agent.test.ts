@@ -8,7 +8,7 @@ import { FakeNft } from '../../../src/nft/fake.js';
 import { FakeNftMonitor } from '../../../src/nft/monitor.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
 import { renderTable } from '../../../src/nft/render.js';
-import { ackFor, createAgent, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
+import { ackFor, compiledRules, createAgent, PERSIST_COALESCE_MS, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
 import { FakeDialer } from '../../../src/agent/controller-client.js';
 import { FakePortProbe } from '../../../src/probe/fake.js';
@@ -88,7 +88,7 @@ describe('agent', () => {
   });
 
   it('applies a membership delta as element updates (no full compile, no reload), acks it and persists the new document', async () => {
-    const { nft, dialer, agent, store } = setup();
+    const { nft, dialer, agent, store, clock } = setup();
     await agent.start();
     const s = dialer.last;
     s.events.open();
@@ -103,6 +103,10 @@ describe('agent', () => {
     expect(tx.ops.map((o) => o.op)).toEqual(['update-elements', 'set-marker']);
     expect(generationMarker(nft.dump())).toContain('revision=4');
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
+    // written as last known good within PERSIST_COALESCE_MS of the last write (member deltas coalesce their writes)
+    expect(store.policy?.revision).toBe(3);
+    await clock.advance(PERSIST_COALESCE_MS);
+    await settle();
     expect(store.policy?.revision).toBe(4);
     expect(store.policy?.group_members.web).toEqual(['198.18.0.10', '198.18.0.30']);
     expect(agent.reconciler.state?.kind).toBe('incremental');
@@ -196,6 +200,10 @@ describe('agent', () => {
     await settle();
     // one trailing report for both deltas, 10 s after the last report, of the newest revision
     expect(probe.calls.slice(reads)).toEqual([{ revision: 5 }]);
+    // rated with the compiled rules (kept current by the membership fast path), not by normalising the document again
+    expect(probe.lastRules).toBeDefined();
+    expect(probe.lastRules).toEqual(compiledRules(agent.reconciler.state!.compiled));
+    expect(probe.lastRules!.find((r) => r.ruleId === 'r-http')!.peers.map((x) => x.text)).toEqual(['198.18.0.10', '198.18.0.12']);
     s.receive({ type: 'policy_delta', base_revision: 5, revision: 6, group_members: { web: { add: ['198.18.0.31'], remove: [] } } });
     await agent.reconciler.idle();
     await settle();

@@ -12,11 +12,12 @@ import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../../../src/agent/reconciler.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
+import { applyPolicyDelta } from '../../../src/protocol/delta.js';
 import { policy } from './fixtures.js';
 import { dumpBlock, dumpBlocks, withoutGeneration } from '../../helpers/nft-dump.js';
 import { golden } from '../../helpers/golden.js';
 
-function setup(opts: { incremental?: boolean } = {}) {
+function setup(opts: { incremental?: boolean; persistCoalesceMs?: number } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = new MemoryStateStore();
@@ -32,6 +33,7 @@ function setup(opts: { incremental?: boolean } = {}) {
     retryInitialMs: 1000,
     retryMaxMs: 8000,
     incremental: opts.incremental ?? true,
+    ...(opts.persistCoalesceMs === undefined ? {} : { persistCoalesceMs: opts.persistCoalesceMs }),
     onOutcome: (o) => outcomes.push(o),
   });
   return { nft, clock, store, metrics, outcomes, r };
@@ -263,6 +265,39 @@ describe('reconciler', () => {
     await r.submit(policy(2), 'controller');
     await r.idle();
     expect(store.saves).toBe(2);
+  });
+
+  it('a stream of member deltas writes the last known good at most once per persistCoalesceMs; on disk is then the full document of the last delta', async () => {
+    const { store, clock, r } = setup({ persistCoalesceMs: 5000 });
+    let doc = policy(1);
+    expect(await r.submit(doc, 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    await r.idle();
+    expect(store.saves).toBe(1);
+    const joiner = '198.18.0.99';
+    // 20 deltas, one every 200 ms (4 s): the member joins, leaves, joins...
+    for (let rev = 1; rev <= 20; rev++) {
+      const group_members = { web: rev % 2 ? { add: [joiner], remove: [] } : { add: [], remove: [joiner] } };
+      doc = applyPolicyDelta(doc, { base_revision: rev, revision: rev + 1, group_members });
+      expect(await r.submit(doc, 'controller', { base: rev, groups: group_members })).toMatchObject({ status: 'applied', kind: 'incremental', revision: rev + 1 });
+      await r.idle();
+      await clock.advance(200);
+    }
+    // nothing written during the stream: the file holds revision 1, a complete good policy
+    expect(store.saves).toBe(1);
+    expect(store.policy?.revision).toBe(1);
+    await clock.advance(1000);
+    await r.idle();
+    // one trailing write, 5 s after the last: exactly the document the deltas built (revision 21: joined 10 times, left 10 times)
+    expect(store.saves).toBe(2);
+    expect(store.policy).toEqual(doc);
+    expect(store.policy).toEqual(policy(21));
+    // a delta then a stop: the stop writes it at once
+    const last = { web: { add: [joiner], remove: [] } };
+    doc = applyPolicyDelta(doc, { base_revision: 21, revision: 22, group_members: last });
+    await r.submit(doc, 'controller', { base: 21, groups: last });
+    await r.stop();
+    expect(store.saves).toBe(3);
+    expect(store.policy).toEqual(policy(22, { members: ['198.18.0.10', '198.18.0.12', joiner] }));
   });
 
   it('in a burst, writes only what is applied last: a revision a newer one already waits behind is not written', async () => {
