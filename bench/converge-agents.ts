@@ -10,6 +10,10 @@
  * acks it sent (`{event: 'acked', at}`) and of the `welcome`s its agents got
  * with the agent's id and the controller URL (`{event: 'welcomed', list: [[id, url, at]]}`): the HA
  * bench (converge-ha.ts) counts acks there, its controllers being other processes.
+ * `{cmd: 'agents'}` -> `{event: 'agents', list: [[id, applied acks, last acked
+ * revision, URL of the last welcome]]}` (who was left behind);
+ * `{cmd: 'cpu'}` -> `{event: 'cpu', ms}`, this process's CPU time so far (the
+ * agents' share of the machine's cores).
  */
 import { createAgent, type Agent } from '../src/agent/agent.js';
 import { resolveConfig } from '../src/agent/config.js';
@@ -23,7 +27,7 @@ import { ManualScheduler } from '../src/lib/scheduler.js';
 import { FakeNft } from '../src/nft/fake.js';
 import { MAX_MESSAGE_BYTES } from '../src/protocol/messages.js';
 
-type Command = { cmd: 'start'; url: string; agents: { id: string; token: string; urls?: string[] }[]; report?: boolean } | { cmd: 'stats' } | { cmd: 'stop' };
+type Command = { cmd: 'start'; url: string; agents: { id: string; token: string; urls?: string[] }[]; report?: boolean } | { cmd: 'stats' } | { cmd: 'agents' } | { cmd: 'cpu' } | { cmd: 'stop' };
 
 const agents: Agent[] = [];
 /** duration_ms of every applied ack sent (compile + check + apply + verify of one agent, FakeNft) */
@@ -32,6 +36,8 @@ const send = (m: unknown) => process.send?.(m);
 const wallNow = () => performance.timeOrigin + performance.now();
 let acked: number[] = [];
 let welcomed: [string, string, number][] = [];
+/** per agent: applied acks sent, the revision of the last one, the URL of the controller that last welcomed it */
+const perAgent = new Map<string, { acks: number; revision: number | null; url: string | null }>();
 let reporting: NodeJS.Timeout | null = null;
 function flushReports(): void {
   if (acked.length) send({ event: 'acked', at: acked });
@@ -47,7 +53,10 @@ function recordingAcks(dial: Dialer, id: string, fallbackUrl: string): Dialer {
       {
         ...events,
         message: (text, bytes) => {
-          if (reporting && text.startsWith('{"type":"welcome"')) welcomed.push([id, url, wallNow()]);
+          if (text.startsWith('{"type":"welcome"')) {
+            perAgent.get(id)!.url = url;
+            if (reporting) welcomed.push([id, url, wallNow()]);
+          }
           events.message(text, bytes);
         },
       },
@@ -57,9 +66,12 @@ function recordingAcks(dial: Dialer, id: string, fallbackUrl: string): Dialer {
       ...conn,
       send: (text: string) => {
         if (text.includes('"applied"')) {
-          const m = JSON.parse(text) as { type?: string; status?: string; duration_ms?: number };
+          const m = JSON.parse(text) as { type?: string; status?: string; duration_ms?: number; revision?: number };
           if (m.type === 'ack' && m.status === 'applied' && typeof m.duration_ms === 'number') {
             durations.push(m.duration_ms);
+            const a = perAgent.get(id)!;
+            a.acks++;
+            a.revision = m.revision ?? null;
             if (reporting) acked.push(wallNow());
           }
         }
@@ -72,6 +84,7 @@ function recordingAcks(dial: Dialer, id: string, fallbackUrl: string): Dialer {
 async function start(url: string, list: { id: string; token: string; urls?: string[] }[], report: boolean): Promise<void> {
   if (report) reporting = setInterval(flushReports, 20);
   for (const a of list) {
+    perAgent.set(a.id, { acks: 0, revision: null, url: null });
     const controller = a.urls ? { urls: a.urls, token: a.token } : { url, token: a.token };
     const config = resolveConfig(
       { instance_id: a.id, state_dir: '/nonexistent', controller, http_listen: null, ports_interval_ms: 0, platform: { dhcp: false } },
@@ -105,6 +118,11 @@ process.on('message', (m: Command) => {
     start(m.url, m.agents, m.report === true).catch((e: unknown) => {
       send({ event: 'error', message: (e as Error).message });
     });
+  } else if (m.cmd === 'agents') {
+    send({ event: 'agents', list: [...perAgent].map(([id, a]) => [id, a.acks, a.revision, a.url]) });
+  } else if (m.cmd === 'cpu') {
+    const u = process.cpuUsage();
+    send({ event: 'cpu', ms: (u.user + u.system) / 1000 });
   } else if (m.cmd === 'stats') {
     send({ event: 'stats', durations });
     durations = [];

@@ -27,8 +27,18 @@
  *     there); afterwards every write that was answered 201 is looked up
  *     (lost = answered 201 but absent).
  * Bounded: CHANGES changes or BUDGET_MS per kind and size, ACK_WAIT_MS per change.
+ *
+ * Evidence kept: every replica's log lines (JSON, info level) go to a file in
+ * a directory printed at the end (BENCH_HA_LOGS, else a new temp dir); with
+ * BENCH_HA_PROF=DIR each replica runs with --cpu-prof into DIR (stopped with
+ * SIGTERM so the profile is written). After the changes the agents that did
+ * not ack every change are listed (count, replica, last acked revision
+ * against the desired one), and the CPU time the controllers and the agent
+ * processes used during the changes is reported: both share the machine's
+ * cores, so the agents' share is what the figures owe to the simulation.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -63,6 +73,10 @@ export interface HaRow {
   'killed: all re-acked s': number | string;
   'lost writes': number | string;
   'changes timed out (acks missing)': number | string;
+  /** agents with fewer applied acks than the others after the changes: count, and per replica */
+  'agents behind': number | string;
+  /** CPU seconds used during the rule and member changes by the controller processes and by the agent processes */
+  'cpu s: controllers/agents': string;
   met: string;
 }
 
@@ -75,7 +89,43 @@ interface Deployment {
   stop(): Promise<void>;
 }
 
-async function deploy(kind: Kind, dir: string): Promise<Deployment> {
+/** Where the replicas' logs go (BENCH_HA_LOGS or a temp dir made once), and the profile option. */
+interface Evidence {
+  logs: string;
+  profiles?: string;
+}
+
+/** CPU time (user + system, ms) of a process so far, from /proc (Linux). */
+function procCpuMs(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    // fields after the command name: state is field 3, utime 14, stime 15 (in clock ticks, 100 per second)
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return 0;
+  }
+}
+
+/** Asks every agent process one question and collects the answers (converge-agents.ts). */
+function askAgents<T>(children: ChildProcess[], cmd: 'agents' | 'cpu', event: string, pick: (m: Record<string, unknown>) => T): Promise<T[]> {
+  return Promise.all(
+    children.map(
+      (child) =>
+        new Promise<T>((resolve) => {
+          const on = (m: Record<string, unknown>) => {
+            if (m.event !== event) return;
+            child.off('message', on);
+            resolve(pick(m));
+          };
+          child.on('message', on);
+          child.send({ cmd });
+        }),
+    ),
+  );
+}
+
+async function deploy(kind: Kind, dir: string, n: number, ev: Evidence): Promise<Deployment> {
   const R = kind === 'postgres x3' ? 3 : 1;
   let cluster: PgCluster | null = null;
   let store: Record<string, unknown> = {};
@@ -86,8 +136,11 @@ async function deploy(kind: Kind, dir: string): Promise<Deployment> {
   }
   const replicas: (RunningController | null)[] = [];
   const stopAll = async () => {
-    for (const r of replicas) r?.child.kill('SIGKILL');
+    // a profiled replica writes its profile when it exits by itself (SIGTERM), given 20 s
+    for (const r of replicas) r?.child.kill(ev.profiles ? 'SIGTERM' : 'SIGKILL');
+    const grace = setTimeout(() => replicas.forEach((r) => r?.child.kill('SIGKILL')), ev.profiles ? 20_000 : 0);
     await Promise.all(replicas.map((r) => r?.exited));
+    clearTimeout(grace);
     await cluster?.destroy();
   };
   try {
@@ -108,7 +161,8 @@ async function deploy(kind: Kind, dir: string): Promise<Deployment> {
       const file = join(dir, `controller-${i}.json`);
       await writeFile(file, JSON.stringify(config));
       // sequential: the schema migration runs once, the others find it done
-      replicas.push(await spawnController(file));
+      const logFile = join(ev.logs, `${kind.replace(' ', '-')}-${n}-replica-${i + 1}.log`);
+      replicas.push(await spawnController(file, { logFile, ...(ev.profiles ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', join(ev.profiles, `${kind.replace(' ', '-')}-${n}`)] } : {}) }));
     }
   } catch (e) {
     await stopAll();
@@ -204,9 +258,30 @@ function writers(calls: () => ApiCall[], clients: number, firstPort: number) {
   };
 }
 
-async function runOne(kind: Kind, n: number): Promise<HaRow> {
+/**
+ * The agents that acked fewer changes than the most any agent acked: how many
+ * per replica (by the URL of their last welcome), and for the first few their
+ * last acked revision against the desired one the API reports.
+ */
+async function agentsBehind(children: ChildProcess[], replicaOf: (url: string | null) => string, call: ApiCall): Promise<{ count: number; summary: string; examples: string[] }> {
+  const lists = await askAgents(children, 'agents', 'agents', (m) => m.list as [string, number, number | null, string | null][]);
+  const all = lists.flat();
+  const most = Math.max(0, ...all.map((a) => a[1]));
+  const behind = all.filter((a) => a[1] < most);
+  const perReplica = new Map<string, number>();
+  for (const a of behind) perReplica.set(replicaOf(a[3]), (perReplica.get(replicaOf(a[3])) ?? 0) + 1);
+  const examples: string[] = [];
+  for (const [id, acks, revision, url] of behind.slice(0, 5)) {
+    const st = await call('GET', `/instances/${id}/status`).catch(() => null);
+    const desired = (st?.body.status as { desired_revision?: number } | undefined)?.desired_revision;
+    examples.push(`${id} on ${replicaOf(url)}: ${acks}/${most} acks, last acked revision ${revision}, desired ${String(desired)}`);
+  }
+  return { count: behind.length, summary: [...perReplica].map(([r, c]) => `${r}: ${c}`).join(', '), examples };
+}
+
+async function runOne(kind: Kind, n: number, ev: Evidence): Promise<HaRow> {
   const dir = await mkdtemp(join(tmpdir(), 'secgroup-bench-ha-'));
-  const d = await deploy(kind, dir);
+  const d = await deploy(kind, dir, n, ev);
   const R = d.replicas.length;
   const live = () => d.replicas.filter((r): r is RunningController => r !== null);
   const apiOf = (r: RunningController) => apiCaller(`http://127.0.0.1:${r.port}/v3/bench`);
@@ -256,8 +331,18 @@ async function runOne(kind: Kind, n: number): Promise<HaRow> {
       return xs;
     };
     await change('/instances', { instance: { id: 'ops-0', addresses: [memberAddress(0, 100)], security_groups: ['sg-ops'] } }); // warm-up
+    const agentCpu = () => askAgents(children, 'cpu', 'cpu', (m) => m.ms as number).then((xs) => xs.reduce((a, b) => a + b, 0));
+    const controllerCpu = () => live().reduce((a, r) => a + procCpuMs(r.child.pid), 0);
+    const cpu0 = [controllerCpu(), await agentCpu()];
     const rule = await measure((i) => ['/vpc/security-group-rules', { security_group_rule: { security_group_id: 'sg-all', direction: 'ingress', protocol: 'tcp', multiport: String(20000 + i), remote_ip_prefix: '198.18.200.0/24' } }]);
     const member = await measure((i) => ['/instances', { instance: { id: `ops-${i + 1}`, addresses: [memberAddress(i + 1, 100)], security_groups: ['sg-ops'] } }]);
+    const cpu = `${r1((controllerCpu() - cpu0[0]!) / 1000)}/${r1(((await agentCpu()) - cpu0[1]!) / 1000)}`;
+    const replicaOf = (url: string | null) => {
+      const i = d.replicas.findIndex((_, k) => url === agentUrlOf(k));
+      return i >= 0 ? `replica ${i + 1}` : 'no welcome';
+    };
+    const behind = await agentsBehind(children, replicaOf, call);
+    if (behind.count) console.log(`${kind} at ${n} agents: ${behind.count} agents behind (${behind.summary}); e.g. ${behind.examples.join('; ')}`);
 
     const w = writers(calls, WRITE_CLIENTS, 1);
     const wt0 = performance.now();
@@ -308,6 +393,8 @@ async function runOne(kind: Kind, n: number): Promise<HaRow> {
       'killed: all re-acked s': rehome,
       'lost writes': lost,
       'changes timed out (acks missing)': timedOut ? `${timedOut} (${events.missing})` : 0,
+      'agents behind': behind.count ? `${behind.count} (${behind.summary})` : 0,
+      'cpu s: controllers/agents': cpu,
       met: ok ? 'yes' : 'NO',
     };
   } finally {
@@ -327,14 +414,18 @@ export async function runConvergeHaBench(sizes = HA_SIZES, kinds = HA_DEPLOYMENT
       'time until every agent that was on it got a welcome from another replica; lost = writes answered 201 but not found afterwards.\n' +
       `targets (postgres x3 at 3000 agents): rule p99 <= ${TARGET.rule} ms, member p99 <= ${TARGET.member} ms, re-acked <= ${TARGET.rehome / 1000} s, 0 lost.`,
   );
+  const ev: Evidence = { logs: process.env.BENCH_HA_LOGS ?? (await mkdtemp(join(tmpdir(), 'secgroup-bench-ha-logs-'))) };
+  await mkdir(ev.logs, { recursive: true });
+  if (process.env.BENCH_HA_PROF) ev.profiles = process.env.BENCH_HA_PROF;
   const rows: HaRow[] = [];
   for (const n of sizes) {
     for (const kind of kinds) {
-      const row = await runOne(kind, n);
+      const row = await runOne(kind, n, ev);
       console.log(JSON.stringify(row));
       rows.push(row);
     }
   }
+  console.log(`controller logs (one file per deployment, size and replica): ${ev.logs}${ev.profiles ? `; CPU profiles: ${ev.profiles}` : ''}`);
   return rows;
 }
 

@@ -4,6 +4,7 @@
  * mapping of errors to exit codes as `run()` in main.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import { join } from 'node:path';
 import { CommanderError } from 'commander';
 import { buildProgram } from '../../src/cli/program.js';
@@ -55,9 +56,14 @@ export interface RunningController {
   exited: Promise<void>;
 }
 
-/** Starts the controller and waits for its `listen` log line (JSON lines on stderr). */
-export function spawnController(configFile: string): Promise<RunningController> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'controller', '--config', configFile], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+/**
+ * Starts the controller and waits for its `listen` log line (JSON lines on
+ * stderr). `logFile`: every log line (also those before `listen`) is appended
+ * there, else they are discarded; `nodeArgs`: extra node options (e.g. `--cpu-prof`).
+ */
+export function spawnController(configFile: string, opts: { logFile?: string; nodeArgs?: string[] } = {}): Promise<RunningController> {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'controller', '--config', configFile], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+  if (opts.logFile) child.stderr!.pipe(createWriteStream(opts.logFile, { flags: 'a' }));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   return new Promise((resolve, reject) => {
     let buf = '';
