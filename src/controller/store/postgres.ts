@@ -32,7 +32,7 @@
 import pg from 'pg';
 import { SecgroupError, isSecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
-import type { AddressGroupRow, BodyParts, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
+import { storedParts, type AddressGroupRow, type BodyParts, type GroupRow, type InstanceRow, type Op, type ProjectSnapshot, type RuleRow } from '../model.js';
 import { Batcher } from './batcher.js';
 import { migrate } from './postgres-schema.js';
 import { SnapshotCache } from './snapshot-cache.js';
@@ -365,6 +365,35 @@ export class PostgresStore implements Store {
     if (r.policy_tail === null) return { revision: r.revision, body: r.policy_body };
     if (r.tail === null) throw new SecgroupError('STATE_CORRUPT', `the policy of instance ${instanceId} refers to a missing shared part ${r.policy_tail}`);
     return { revision: r.revision, body: r.policy_body + r.tail };
+  }
+
+  /**
+   * Two queries whatever the number of instances: their own parts, then each
+   * distinct shared tail once; documents with one tail share its string (and
+   * come with `parts`, so the hub encodes it once).
+   */
+  async getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>> {
+    const out = new Map<string, StoredPolicy>();
+    if (!instanceIds.length) return out;
+    const rows = (
+      await this.query('SELECT id, revision, policy_body, policy_tail FROM instances WHERE project_id = $1 AND id = ANY($2::text[]) AND policy_body IS NOT NULL', [projectId, [...instanceIds]])
+    ).rows as { id: string; revision: number; policy_body: string; policy_tail: string | null }[];
+    const hashes = [...new Set(rows.map((r) => r.policy_tail).filter((h): h is string => h !== null))];
+    const tails = new Map<string, string>();
+    if (hashes.length) {
+      for (const t of (await this.query('SELECT hash, text FROM policy_tails WHERE project_id = $1 AND hash = ANY($2::text[])', [projectId, hashes])).rows) tails.set(t.hash as string, t.text as string);
+    }
+    for (const r of rows) {
+      if (r.policy_tail === null) {
+        out.set(r.id, { revision: r.revision, body: r.policy_body });
+        continue;
+      }
+      const tail = tails.get(r.policy_tail);
+      if (tail === undefined) throw new SecgroupError('STATE_CORRUPT', `the policy of instance ${r.id} refers to a missing shared part ${r.policy_tail}`);
+      const parts = storedParts(r.policy_body, tail, r.policy_tail);
+      out.set(r.id, { revision: r.revision, body: r.policy_body + tail, ...(parts ? { parts } : {}) });
+    }
+    return out;
   }
 
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {
