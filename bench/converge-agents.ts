@@ -1,8 +1,10 @@
 /**
  * Child process of bench converge: runs many real agents (`createAgent`) in
  * one process against the controller, with the fake nft (`FakeNft`) and an
- * in-memory state store, so no kernel state is touched. Driven over IPC:
- * `{cmd: 'start', url, agents: [{id, token, urls?}], report?}` -> `{event: 'ready'}`
+ * in-memory state store, so no kernel state is touched; with `kind:
+ * 'protocol'` agents reduced to their control channel (`protocolAgent`).
+ * Driven over IPC:
+ * `{cmd: 'start', url, agents: [{id, token, urls?}], report?, kind?}` -> `{event: 'ready'}`
  * once every agent has applied a policy; `{cmd: 'stop'}` -> stops them and exits.
  * An agent with `urls` has several controllers (replicas, `controller.urls`).
  * With `report` the process also streams, every 20 ms, the wall-clock times
@@ -15,8 +17,10 @@
  * `{cmd: 'cpu'}` -> `{event: 'cpu', ms}`, this process's CPU time so far (the
  * agents' share of the machine's cores).
  */
-import { createAgent, type Agent } from '../src/agent/agent.js';
-import { resolveConfig } from '../src/agent/config.js';
+import { createAgent } from '../src/agent/agent.js';
+import { ControllerClient } from '../src/agent/controller-client.js';
+import { VERSION } from '../src/lib/version.js';
+import { controllerUrls, resolveConfig, type AgentConfig } from '../src/agent/config.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { MemoryStateStore } from '../src/agent/state-store.js';
 import { wsDialer } from '../src/agent/ws-dialer.js';
@@ -25,11 +29,62 @@ import { systemClock } from '../src/lib/clock.js';
 import { createLogger, silentLogger } from '../src/lib/logger.js';
 import { ManualScheduler } from '../src/lib/scheduler.js';
 import { FakeNft } from '../src/nft/fake.js';
-import { MAX_MESSAGE_BYTES } from '../src/protocol/messages.js';
+import { MAX_MESSAGE_BYTES, PROTOCOL_VERSION, type PolicyDeltaMessage } from '../src/protocol/messages.js';
 
-type Command = { cmd: 'start'; url: string; agents: { id: string; token: string; urls?: string[] }[]; report?: boolean } | { cmd: 'stats' } | { cmd: 'agents' } | { cmd: 'cpu' } | { cmd: 'stop' };
+/** `protocol`: the agent's own control channel without the policy work (see `protocolAgent`) */
+type Kind = 'full' | 'protocol';
+type Command = { cmd: 'start'; url: string; agents: { id: string; token: string; urls?: string[] }[]; report?: boolean; kind?: Kind } | { cmd: 'stats' } | { cmd: 'agents' } | { cmd: 'cpu' } | { cmd: 'stop' };
 
-const agents: Agent[] = [];
+interface SimAgent {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  status(): { appliedRevision: number | null };
+}
+const agents: SimAgent[] = [];
+
+/**
+ * An agent reduced to its control channel: the real `ControllerClient` (the
+ * same hello, failover over `controller.urls`, backoff and jitter as an
+ * agent), but a document is not compiled or applied: a `policy` is acked as
+ * applied at once, a `policy_delta` too when its base is the revision this
+ * agent has (else it asks for a resync, as an agent does). On real VMs each
+ * agent's compile and apply runs on its own CPU, in parallel; here thousands
+ * of agents would share this machine's cores with the controllers, and their
+ * work (about 1 ms per document each) would be most of what is measured.
+ */
+function protocolAgent(id: string, config: AgentConfig, dial: Dialer): SimAgent {
+  let applied: number | null = null;
+  const c = config.controller!;
+  const ack = (revision: number) => {
+    applied = revision;
+    client.send({ type: 'ack', revision, status: 'applied', duration_ms: 0 });
+  };
+  const client: ControllerClient = new ControllerClient({
+    dial,
+    clock: systemClock,
+    logger: silentLogger(),
+    hello: () => ({ type: 'hello', protocol: PROTOCOL_VERSION, instance_id: id, agent_version: VERSION, applied_revision: applied }),
+    onPolicy: (policy) => {
+      const revision = (policy as { revision?: unknown }).revision;
+      if (typeof revision === 'number') ack(revision);
+    },
+    onPolicyDelta: (d: PolicyDeltaMessage) => {
+      if (d.base_revision === applied) ack(d.revision);
+      else client.send({ type: 'resync', have_revision: applied, reason: `the delta's base ${d.base_revision} is not the applied revision ${String(applied)}` });
+    },
+    targets: () => controllerUrls(c).map((url) => ({ url })),
+    pingIntervalMs: c.ping_interval_ms,
+    pongTimeoutMs: c.pong_timeout_ms,
+    reconnectInitialMs: c.reconnect_initial_ms,
+    reconnectMaxMs: c.reconnect_max_ms,
+    maxMessageBytes: c.max_message_bytes,
+  });
+  return {
+    start: async () => client.start(),
+    stop: async () => client.stop(),
+    status: () => ({ appliedRevision: applied }),
+  };
+}
 /** duration_ms of every applied ack sent (compile + check + apply + verify of one agent, FakeNft) */
 let durations: number[] = [];
 const send = (m: unknown) => process.send?.(m);
@@ -81,7 +136,7 @@ function recordingAcks(dial: Dialer, id: string, fallbackUrl: string): Dialer {
   };
 }
 
-async function start(url: string, list: { id: string; token: string; urls?: string[] }[], report: boolean): Promise<void> {
+async function start(url: string, list: { id: string; token: string; urls?: string[] }[], report: boolean, kind: Kind): Promise<void> {
   if (report) reporting = setInterval(flushReports, 20);
   for (const a of list) {
     perAgent.set(a.id, { acks: 0, revision: null, url: null });
@@ -90,6 +145,11 @@ async function start(url: string, list: { id: string; token: string; urls?: stri
       { instance_id: a.id, state_dir: '/nonexistent', controller, http_listen: null, ports_interval_ms: 0, platform: { dhcp: false } },
       {},
     );
+    const dialer = recordingAcks(wsDialer({ url, token: () => a.token, maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: 10_000 }), a.id, url);
+    if (kind === 'protocol') {
+      agents.push(protocolAgent(a.id, config, dialer));
+      continue;
+    }
     agents.push(
       createAgent({
         config,
@@ -99,7 +159,7 @@ async function start(url: string, list: { id: string; token: string; urls?: stri
         logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(),
         scheduler: new ManualScheduler(),
         resolver: { resolve: () => Promise.resolve([]) },
-        dialer: recordingAcks(wsDialer({ url, token: () => a.token, maxPayload: MAX_MESSAGE_BYTES, handshakeTimeoutMs: 10_000 }), a.id, url),
+        dialer,
         metrics: new AgentMetrics({ processMetrics: false }),
       }),
     );
@@ -115,7 +175,7 @@ async function start(url: string, list: { id: string; token: string; urls?: stri
 
 process.on('message', (m: Command) => {
   if (m.cmd === 'start') {
-    start(m.url, m.agents, m.report === true).catch((e: unknown) => {
+    start(m.url, m.agents, m.report === true, m.kind ?? 'full').catch((e: unknown) => {
       send({ event: 'error', message: (e as Error).message });
     });
   } else if (m.cmd === 'agents') {

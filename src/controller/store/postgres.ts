@@ -379,9 +379,12 @@ export class PostgresStore implements Store {
       await this.query('SELECT id, revision, policy_body, policy_tail FROM instances WHERE project_id = $1 AND id = ANY($2::text[]) AND policy_body IS NOT NULL', [projectId, [...instanceIds]])
     ).rows as { id: string; revision: number; policy_body: string; policy_tail: string | null }[];
     const hashes = [...new Set(rows.map((r) => r.policy_tail).filter((h): h is string => h !== null))];
-    const tails = new Map<string, string>();
+    // per tail: its text and its parts (found once; the instance part is filled in per document)
+    const tails = new Map<string, { text: string; parts: BodyParts | null }>();
     if (hashes.length) {
-      for (const t of (await this.query('SELECT hash, text FROM policy_tails WHERE project_id = $1 AND hash = ANY($2::text[])', [projectId, hashes])).rows) tails.set(t.hash as string, t.text as string);
+      for (const t of (await this.query('SELECT hash, text FROM policy_tails WHERE project_id = $1 AND hash = ANY($2::text[])', [projectId, hashes])).rows) {
+        tails.set(t.hash as string, { text: t.text as string, parts: storedParts('', t.text as string, t.hash as string) });
+      }
     }
     for (const r of rows) {
       if (r.policy_tail === null) {
@@ -390,8 +393,7 @@ export class PostgresStore implements Store {
       }
       const tail = tails.get(r.policy_tail);
       if (tail === undefined) throw new SecgroupError('STATE_CORRUPT', `the policy of instance ${r.id} refers to a missing shared part ${r.policy_tail}`);
-      const parts = storedParts(r.policy_body, tail, r.policy_tail);
-      out.set(r.id, { revision: r.revision, body: r.policy_body + tail, ...(parts ? { parts } : {}) });
+      out.set(r.id, { revision: r.revision, body: r.policy_body + tail.text, ...(tail.parts ? { parts: { ...tail.parts, instance: r.policy_body } } : {}) });
     }
     return out;
   }
