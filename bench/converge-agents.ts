@@ -54,6 +54,7 @@ const agents: SimAgent[] = [];
  */
 function protocolAgent(id: string, config: AgentConfig, dial: Dialer): SimAgent {
   let applied: number | null = null;
+  let welcomed: () => void = () => undefined;
   const c = config.controller!;
   const ack = (revision: number) => {
     applied = revision;
@@ -64,6 +65,7 @@ function protocolAgent(id: string, config: AgentConfig, dial: Dialer): SimAgent 
     clock: systemClock,
     logger: silentLogger(),
     hello: () => ({ type: 'hello', protocol: PROTOCOL_VERSION, instance_id: id, agent_version: VERSION, applied_revision: applied }),
+    onWelcome: () => welcomed(),
     onPolicy: (policy) => {
       const revision = (policy as { revision?: unknown }).revision;
       if (typeof revision === 'number') ack(revision);
@@ -80,7 +82,18 @@ function protocolAgent(id: string, config: AgentConfig, dial: Dialer): SimAgent 
     maxMessageBytes: c.max_message_bytes,
   });
   return {
-    start: async () => client.start(),
+    // resolves at the first welcome (at most 10 s): started in groups, agents come in at about the rate the
+    // controllers admit them, as real agents busy with their first apply do, rather than all at once
+    start: () =>
+      new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 10_000);
+        welcomed = () => {
+          clearTimeout(timer);
+          welcomed = () => undefined;
+          resolve();
+        };
+        client.start();
+      }),
     stop: async () => client.stop(),
     status: () => ({ appliedRevision: applied }),
   };
