@@ -30,19 +30,7 @@ now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 
 docker info >/dev/null 2>&1 || die "no Docker engine answers; run docker/engine.sh first"
-mapfile -t pkgs < <({ sed -e 's/#.*//' -e 's/[[:space:]]//g' "$here/base-packages.txt"; echo postgresql; } | grep -v '^$' | sort -u)
-pkgs_csv="$(IFS=,; echo "${pkgs[*]}")"
-sha() { sha256sum | cut -c1-16; }
-rootfs_key="$(printf '%s\n' "recipe=$rootfs_recipe" "suite=$suite" "${pkgs[@]}" | sha)"
-image_key="$({ echo "rootfs=$rootfs_key"; cat "${BASH_SOURCE[0]}" "$here/rootfs-lib.sh" "$here/postgres-entry.sh"; } | sha)"
-tag="secgroup-postgres:$image_key"
-
-if docker image inspect "$tag" >/dev/null 2>&1; then
-  docker tag "$tag" secgroup-postgres:latest
-  say "cached: $tag"
-  echo "$tag"
-  exit 0
-fi
+image_inputs postgres "$here/postgres-entry.sh" postgresql
 
 t_all="$(now)"
 mkdir -p "$cache"

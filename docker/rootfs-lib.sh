@@ -1,6 +1,30 @@
+# shellcheck shell=bash disable=SC2154 # here, suite, rootfs_recipe: set by the caller
 # Sourced by systemd-image.sh and postgres-image.sh: a Debian minbase rootfs
 # with extra packages, made by debootstrap from the mirror apt uses here, and
-# packed into a tarball for `docker import`. The caller defines say and die.
+# packed into a tarball for `docker import`. The caller defines say and die,
+# and sets here, suite and rootfs_recipe.
+
+# image_inputs NAME EXTRA_FILES EXTRA_PKG...: the package list (base-packages.txt
+# + EXTRA_PKG) and the hashes that name the images. Sets pkgs, pkgs_csv,
+# rootfs_key (the package set), image_key (rootfs + the calling script, this
+# library and EXTRA_FILES, a space-separated list of paths or "") and
+# tag=secgroup-NAME:image_key. If that image exists already, tags it :latest,
+# prints it and exits 0 (cached).
+image_inputs() {
+  local name=$1 extra_files=$2; shift 2
+  mapfile -t pkgs < <({ sed -e 's/#.*//' -e 's/[[:space:]]//g' "$here/base-packages.txt"; printf '%s\n' "$@"; } | grep -v '^$' | sort -u)
+  pkgs_csv="$(IFS=,; echo "${pkgs[*]}")"
+  rootfs_key="$(printf '%s\n' "recipe=$rootfs_recipe" "suite=$suite" "${pkgs[@]}" | sha256sum | cut -c1-16)"
+  # shellcheck disable=SC2086 # extra_files is a list of paths without spaces
+  image_key="$({ echo "rootfs=$rootfs_key"; cat "$0" "$here/rootfs-lib.sh" $extra_files; } | sha256sum | cut -c1-16)"
+  tag="secgroup-$name:$image_key"
+  if docker image inspect "$tag" >/dev/null 2>&1; then
+    docker tag "$tag" "secgroup-$name:latest"
+    say "cached: $tag"
+    echo "$tag"
+    exit 0
+  fi
+}
 
 # debootstrap_rootfs ROOTFS SUITE PKGS_CSV
 debootstrap_rootfs() {

@@ -28,19 +28,7 @@ die() { say "ERROR: $*"; exit 1; }
 source "$here/rootfs-lib.sh"
 
 docker info >/dev/null 2>&1 || die "no Docker engine answers; run docker/engine.sh first"
-mapfile -t pkgs < <({ sed -e 's/#.*//' -e 's/[[:space:]]//g' "$here/base-packages.txt"; printf '%s\n' systemd dbus; } | grep -v '^$' | sort -u)
-pkgs_csv="$(IFS=,; echo "${pkgs[*]}")"
-sha() { sha256sum | cut -c1-16; }
-rootfs_key="$(printf '%s\n' "recipe=$rootfs_recipe" "suite=$suite" "${pkgs[@]}" | sha)"
-image_key="$({ echo "rootfs=$rootfs_key"; cat "${BASH_SOURCE[0]}" "$here/rootfs-lib.sh"; } | sha)"
-tag="secgroup-systemd:$image_key"
-
-if docker image inspect "$tag" >/dev/null 2>&1; then
-  docker tag "$tag" secgroup-systemd:latest
-  say "cached: $tag"
-  echo "$tag"
-  exit 0
-fi
+image_inputs systemd "" systemd dbus
 
 mkdir -p "$cache"
 exec 9>"$cache/lock"

@@ -124,6 +124,11 @@ export const controllerConfigSchema = z.strictObject({
         .optional(),
       password_file: z.string().min(1).optional(),
       pool_size: z.int().min(1).max(1000).default(10),
+      // postgres: a stuck statement (a lock held by a long transaction, a slow disk) fails with 503 instead of holding a pool connection
+      statement_timeout_ms: z.int().min(0).max(3_600_000).default(15_000),
+      lock_timeout_ms: z.int().min(0).max(3_600_000).default(5_000),
+      /** postgres: longest wait for a connection (a new one, or a free one of the pool) */
+      connect_timeout_ms: z.int().min(100).max(600_000).default(5_000),
     })
     .refine((st) => st.driver !== 'postgres' || st.url !== undefined, { message: 'store.driver postgres needs store.url', path: ['url'] })
     .refine((st) => st.driver === 'postgres' || (st.url === undefined && st.password_file === undefined), { message: 'store.url and store.password_file are for store.driver postgres', path: ['driver'] })

@@ -132,8 +132,16 @@ async function openConfiguredStore(config: ControllerConfig, env: Readonly<Recor
     // loaded only for this driver: an embedded controller never loads pg
     const { openPostgresStore, postgresClientConfig } = await import('./store/postgres.js');
     const { createPostgresFeed } = await import('./store/postgres-feed.js');
-    logger.info({ event: 'store_open', driver: 'postgres', host: url.searchParams.get('host') ?? url.host, database: url.pathname.slice(1), pool_size: config.store.pool_size }, 'opening the PostgreSQL store');
-    const options = { url: config.store.url!, password, poolSize: config.store.pool_size, logger };
+    logger.info({ event: 'store_open', driver: 'postgres', host: url.searchParams.get('host') ?? url.host, database: url.pathname.slice(1), pool_size: config.store.pool_size, statement_timeout_ms: config.store.statement_timeout_ms, lock_timeout_ms: config.store.lock_timeout_ms }, 'opening the PostgreSQL store');
+    const options = {
+      url: config.store.url!,
+      password,
+      poolSize: config.store.pool_size,
+      connectTimeoutMs: config.store.connect_timeout_ms,
+      statementTimeoutMs: config.store.statement_timeout_ms,
+      lockTimeoutMs: config.store.lock_timeout_ms,
+      logger,
+    };
     const store = await openPostgresStore(options);
     return { store, feed: createPostgresFeed({ client: postgresClientConfig(options), clock, logger }) };
   }

@@ -38,7 +38,7 @@ export const API_ERROR_KINDS = {
   uriTooLong: { status: 414, apiCode: 'SG.0014', code: 'REQUEST_INVALID', what: 'a path parameter is longer than any id can be' },
   headersTooLarge: { status: 431, apiCode: 'SG.0015', code: 'REQUEST_INVALID', what: 'the request headers are too large' },
   timeout: { status: 408, apiCode: 'SG.0016', code: 'REQUEST_INVALID', what: 'the request (headers or body) was not received in time' },
-  unavailable: { status: 503, apiCode: 'SYS.0503', code: 'STORE_UNAVAILABLE', what: 'the controller cannot reach its database; retry after `Retry-After` seconds (or on another replica)' },
+  unavailable: { status: 503, apiCode: 'SYS.0503', code: 'STORE_UNAVAILABLE', what: 'the controller cannot reach its database, or it did not answer within the store timeouts; retry after `Retry-After` seconds (or on another replica)' },
   internal: { status: 500, apiCode: 'SG.0500', code: 'INTERNAL', what: 'an internal error (see the controller log)' },
 } as const satisfies Record<string, { status: number; apiCode: string; code: ErrorCode; what: string }>;
 

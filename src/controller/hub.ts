@@ -6,8 +6,10 @@
  *   so a token for instance X can only ever receive X's policy and report
  *   for X (a hello naming another instance is refused).
  * - One live connection per instance: a new one replaces the old (close 4000).
- * - On hello the controller answers `welcome` and, if the agent's applied
- *   revision differs from the desired one, the current `policy`. No revision
+ * - On hello the controller answers `welcome` and the current `policy`,
+ *   unless the agent reports the desired revision and its stored state says
+ *   it applied that revision (a number alone is no proof after a restore of
+ *   an older backup: docs/ha.md, "Backup and restore"). No revision
  *   an agent reports is trusted above what was handed out for its instance
  *   (`revision_ahead`: recorded on that instance only, never stored as
  *   applied, never fed to the revision counter). After an
@@ -31,7 +33,9 @@
  *   is connected is kept in its stored state (`connected_to`, refreshed with
  *   `last_seen` every heartbeat), so every replica's API can tell.
  * - Fail-static when the store is unavailable: connected agents stay (their
- *   acks are logged, not stored), an upgrade is refused with 503 and a
+ *   acks, port reports and heartbeats are kept in memory, one entry per
+ *   instance, and written when the store answers again:
+ *   agent-state-buffer.ts), an upgrade is refused with 503 and a
  *   Retry-After, a hello that cannot be answered is closed with 1013 (try
  *   again later) and its reason, which the agent logs before it reconnects.
  *
@@ -69,6 +73,7 @@ import type { AgentErrorRecord, AgentState, PolicyChange, Store, StoredPolicy } 
 import { noopFeed, type ChangeFeed } from './change-feed.js';
 import { ReplicaCatchUp } from './hub-catch-up.js';
 import { UpgradeGate, reject } from './hub-upgrade.js';
+import { AgentStateBuffer } from './agent-state-buffer.js';
 
 export { CLOSE } from './hub-session.js';
 
@@ -119,6 +124,9 @@ export class AgentHub {
   private readonly feed: ChangeFeed;
   private readonly catchUp: ReplicaCatchUp | null;
   private readonly gate: UpgradeGate;
+  /** acks, reports and heartbeats of connected agents: held while the store is unavailable, written when it is back */
+  private readonly states: AgentStateBuffer;
+  private unsubscribeFeed: (() => void) | null = null;
   readonly replicaId: string;
 
   constructor(private readonly o: HubOptions) {
@@ -128,6 +136,7 @@ export class AgentHub {
     this.feed = o.feed ?? noopFeed;
     this.replicaId = o.replicaId ?? 'local';
     this.gate = new UpgradeGate({ store: o.store, metrics: o.metrics, log: this.log, ...(o.authLimiter ? { authLimiter: o.authLimiter } : {}), ...(o.acceptLimiter ? { acceptLimiter: o.acceptLimiter } : {}), ...(o.audit ? { audit: o.audit } : {}) });
+    this.states = new AgentStateBuffer({ store: o.store, logger: this.log });
     this.catchUp = o.feed ? new ReplicaCatchUp({ store: o.store, feed: o.feed, logger: this.log, offer: (c) => this.offer(c) }) : null;
   }
 
@@ -141,6 +150,8 @@ export class AgentHub {
       });
     });
     this.heartbeat = this.o.clock.setInterval(() => this.beat(), this.o.heartbeatIntervalMs);
+    // the feed reconnected: the database is back, write what agents reported meanwhile
+    this.unsubscribeFeed = this.feed.subscribe((h) => void (h.kind === 'resync' && this.states.flush()));
     this.catchUp?.start();
   }
 
@@ -259,6 +270,7 @@ export class AgentHub {
 
   async stop(): Promise<void> {
     this.stopping = true;
+    this.unsubscribeFeed?.();
     await this.catchUp?.stop();
     this.heartbeat?.cancel();
     const sessions = [...this.sessions.values()];
@@ -267,6 +279,8 @@ export class AgentHub {
     await Promise.race([Promise.all(sessions.map((s) => s.closed)), grace]);
     for (const s of sessions) if (s.ws.readyState !== WebSocket.CLOSED) s.ws.terminate();
     await Promise.all(sessions.map((s) => s.queue));
+    // a last try for what an outage left (the store is closed after the hub)
+    await this.states.flush();
     await new Promise<void>((resolve) => this.wss.close(() => resolve()));
   }
 
@@ -334,6 +348,8 @@ export class AgentHub {
   }
 
   private beat(): void {
+    // backstop for the feed's resync (none without replicas)
+    void this.states.flush();
     for (const s of this.sessions.values()) {
       if (!s.alive) {
         this.log.warn({ event: 'heartbeat', project: s.projectId, instance: s.instanceId }, 'no pong since the last ping, dropping the connection');
@@ -345,7 +361,7 @@ export class AgentHub {
       // with replicas, the others' APIs tell a connected agent by a recent last_seen naming this replica
       if (this.catchUp && s.helloed) {
         const at = formatTime(s.lastSeenMs);
-        this.enqueue(s, async () => void (await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, connected_to: this.replicaId })));
+        this.enqueue(s, async () => void (await this.states.update(s.projectId, s.instanceId, { last_seen: at, connected_to: this.replicaId })));
       }
     }
   }
@@ -406,6 +422,10 @@ export class AgentHub {
     // lie or a database restored from a backup. It is recorded on this instance only and never stored as applied;
     // the current document is sent anyway, and the agent accepts the controller's lower revision (docs/protocol.md).
     const ahead = applied !== null && applied > s.handedOut;
+    // The same number is not proof of the same document: after a restore of an older backup the counter hands out
+    // numbers again, so an agent away since then may hold another document under the current revision. Nothing is
+    // sent only when the store says this agent applied exactly this revision (an equal revision is applied by the agent).
+    const inSync = policy !== null && applied === policy.revision && (await this.o.store.getAgentState(s.projectId, s.instanceId))?.applied_revision === applied;
     const exists = await this.o.store.updateAgentState(s.projectId, s.instanceId, {
       agent_version: msg.agent_version,
       hostname: msg.hostname ?? null,
@@ -418,7 +438,7 @@ export class AgentHub {
     this.send(s, JSON.stringify(welcome));
     this.log.info({ event: 'hello', project: s.projectId, instance: s.instanceId, applied, desired: policy?.revision ?? null, version: msg.agent_version }, 'agent hello');
     await this.publishInstance(s);
-    if (policy && applied !== policy.revision) this.sendPolicy(s, policy, 'hello');
+    if (policy && !inSync) this.sendPolicy(s, policy, 'hello');
     // the agent has the current document: a catch-up must not send it again
     else if (policy) s.lastSentRevision = policy.revision;
   }
@@ -464,8 +484,7 @@ export class AgentHub {
   private async ack(s: Session, msg: AckMessage): Promise<void> {
     const at = formatTime(this.o.clock.now());
     if (!(await this.handedOut(s, msg.revision))) {
-      await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ack', msg.revision, at) });
-      return this.publishInstance(s);
+      return this.record(s, { last_seen: at, last_error: this.revisionAhead(s, 'ack', msg.revision, at) });
     }
     this.o.metrics.acks.inc({ status: msg.status });
     const patch: Partial<AgentState> = {
@@ -481,10 +500,16 @@ export class AgentHub {
     };
     if (msg.status === 'applied') patch.applied_revision = msg.revision;
     else patch.last_error = { revision: msg.revision, code: msg.error?.code ?? msg.status.toUpperCase(), message: msg.error?.message ?? `revision ${msg.revision} ${msg.status}`, at };
-    await this.o.store.updateAgentState(s.projectId, s.instanceId, patch);
-    await this.publishInstance(s);
+    await this.record(s, patch);
     const level = msg.status === 'applied' ? 'info' : 'warn';
     this.log[level]({ event: 'ack', project: s.projectId, instance: s.instanceId, revision: msg.revision, status: msg.status, err: msg.error }, 'agent ack');
+  }
+
+  /** Stores what the agent reported (held while the store is unavailable, agent-state-buffer.ts), then tells the console. */
+  private async record(s: Session, patch: Partial<AgentState>): Promise<void> {
+    await this.states.update(s.projectId, s.instanceId, patch);
+    // with the patch held the store cannot be read back: the console hears of it on the agent's next frame
+    if (!this.states.holds(s.projectId, s.instanceId)) await this.publishInstance(s);
   }
 
   private async ports(s: Session, msg: PortsMessage): Promise<void> {
@@ -492,11 +517,10 @@ export class AgentHub {
     const revision = msg.report.revision;
     if (revision !== null && !(await this.handedOut(s, revision))) {
       // a report against a revision never handed out says nothing about this instance's policy: not stored
-      await this.o.store.updateAgentState(s.projectId, s.instanceId, { last_seen: at, last_error: this.revisionAhead(s, 'ports', revision, at) });
-      await this.publishInstance(s);
+      await this.record(s, { last_seen: at, last_error: this.revisionAhead(s, 'ports', revision, at) });
       return this.refuse(s, 'revision_ahead', `port report for revision ${revision}, which was never handed out for this instance: not stored`);
     }
-    await this.o.store.updateAgentState(s.projectId, s.instanceId, { ports: msg.report, ports_received_at: at, last_seen: at });
+    await this.states.update(s.projectId, s.instanceId, { ports: msg.report, ports_received_at: at, last_seen: at });
     this.log.debug({ event: 'ports', project: s.projectId, instance: s.instanceId, entries: msg.report.entries.length }, 'port report');
     this.o.events?.publish(s.projectId, { type: 'ports', data: { instance_id: s.instanceId } });
   }

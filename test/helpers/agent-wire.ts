@@ -29,6 +29,8 @@ export async function waitFor(what: string, ok: () => Promise<boolean> | boolean
 
 export class Wire {
   readonly frames: any[] = [];
+  /** ack every policy on arrival (false: the test sends its acks itself) */
+  autoAck = true;
   readonly closed: Promise<{ code: number; reason: string }>;
 
   private constructor(readonly ws: WebSocket) {
@@ -36,7 +38,7 @@ export class Wire {
     ws.on('message', (d) => {
       const m = JSON.parse(d.toString());
       this.frames.push(m);
-      if (m.type === 'policy' || m.type === 'policy_delta') {
+      if (this.autoAck && (m.type === 'policy' || m.type === 'policy_delta')) {
         const revision = m.type === 'policy' ? m.policy.revision : m.revision;
         ws.send(JSON.stringify({ type: 'ack', revision, status: 'applied' }));
       }

@@ -43,7 +43,7 @@ describe('controller configuration', () => {
       },
       quotas: DEFAULT_QUOTAS,
       agents: { deltas: true, heartbeat_interval_ms: 15000, hello_timeout_ms: 10000, max_message_bytes: 4194304, rate_burst: 30, rate_per_second: 5, max_unsent_bytes: 67108864, accept_rate_per_s: 200 },
-      store: { driver: 'sqlite', synchronous: 'FULL', pool_size: 10 },
+      store: { driver: 'sqlite', synchronous: 'FULL', pool_size: 10, statement_timeout_ms: 15_000, lock_timeout_ms: 5_000, connect_timeout_ms: 5_000 },
       audit: { retention_days: 90 },
       log: { level: 'info' },
       metrics: { process_metrics: true },
@@ -94,7 +94,7 @@ describe('controller configuration', () => {
 
   it('store: sqlite by default; postgres needs a URL without a password (never quoted), a pool size; the URL only for postgres', () => {
     const url = 'postgres://secgroup@db.example:5432/secgroup';
-    expect(parseControllerConfig({ api: TOKENS, store: { driver: 'postgres', url, pool_size: 4 } }).store).toEqual({ driver: 'postgres', url, synchronous: 'FULL', pool_size: 4 });
+    expect(parseControllerConfig({ api: TOKENS, store: { driver: 'postgres', url, pool_size: 4 } }).store).toEqual({ driver: 'postgres', url, synchronous: 'FULL', pool_size: 4, statement_timeout_ms: 15_000, lock_timeout_ms: 5_000, connect_timeout_ms: 5_000 });
     expect(issuesOf({ api: TOKENS, store: { driver: 'postgres' } })).toEqual(['store.url: store.driver postgres needs store.url']);
     const withPassword = issuesOf({ api: TOKENS, store: { driver: 'postgres', url: 'postgres://secgroup:hunter2-pw@db.example/secgroup' } });
     expect(withPassword).toEqual(['store.url: must not contain a password: put it in store.password_file or the environment variable SECGROUP_STORE_PASSWORD (the value is not shown)']);
@@ -104,6 +104,11 @@ describe('controller configuration', () => {
     ]);
     expect(issuesOf({ api: TOKENS, store: { url } })).toEqual(['store.driver: store.url and store.password_file are for store.driver postgres']);
     expect(issuesOf({ api: TOKENS, store: { driver: 'postgres', url, pool_size: 0 } })[0]).toMatch(/^store\.pool_size/);
+    // timeouts: 0 leaves the server's setting, negative or past an hour is refused; a pool wait of at least 100 ms
+    expect(parseControllerConfig({ api: TOKENS, store: { driver: 'postgres', url, statement_timeout_ms: 0, lock_timeout_ms: 0 } }).store).toMatchObject({ statement_timeout_ms: 0, lock_timeout_ms: 0 });
+    expect(issuesOf({ api: TOKENS, store: { driver: 'postgres', url, statement_timeout_ms: -1 } })[0]).toMatch(/^store\.statement_timeout_ms/);
+    expect(issuesOf({ api: TOKENS, store: { driver: 'postgres', url, lock_timeout_ms: 3_600_001 } })[0]).toMatch(/^store\.lock_timeout_ms/);
+    expect(issuesOf({ api: TOKENS, store: { driver: 'postgres', url, connect_timeout_ms: 50 } })[0]).toMatch(/^store\.connect_timeout_ms/);
   });
 
   describe('files', () => {

@@ -11,6 +11,7 @@ import { silentLogger } from '../../src/lib/logger.js';
 import { createController, type Controller, type ControllerAddress } from '../../src/controller/controller.js';
 import { parseControllerConfig } from '../../src/controller/config.js';
 import { openSqliteStore } from '../../src/controller/store/sqlite.js';
+import { MemoryStore } from '../../src/controller/store/memory.js';
 import type { AuditEvent, Store } from '../../src/controller/store/store.js';
 import { PROTOCOL_VERSION, controllerMessageSchema, policyDeltaSchema, welcomeSchema } from '../../src/protocol/messages.js';
 import { applyPolicyDelta } from '../../src/protocol/delta.js';
@@ -200,14 +201,57 @@ describe('agent hub', () => {
     agent.close();
   });
 
-  it('sends no policy when the agent already applied the desired revision', async () => {
+  it('sends no policy when the agent already applied the desired revision (and acked it)', async () => {
     const token = await seedWeb();
     const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
+    const first = await Agent.connect(token);
+    await first.handshake('ecs-web-1');
+    first.send({ type: 'ack', revision: desired, status: 'applied' });
+    await first.expectNothingPending('ecs-web-1');
+    first.close();
+    await first.closed;
     const agent = await Agent.connect(token);
     const { policyText } = await agent.handshake('ecs-web-1', desired);
     expect(policyText).toBeNull();
     await agent.expectNothingPending('ecs-web-1');
     agent.close();
+  });
+
+  it('after a restore of an older backup, an agent reporting a revision number handed out again for another document gets that document', async () => {
+    // the memory store stands for the database: dump() is the backup, MemoryStore.open(dump) the restore
+    await ctl.stop();
+    await store.close();
+    const db = new MemoryStore();
+    store = db;
+    await startController();
+    const token = await seedWeb();
+    const agent = await Agent.connect(token);
+    const { welcome } = await agent.handshake('ecs-web-1');
+    agent.send({ type: 'ack', revision: welcome.desired_revision, status: 'applied' });
+    await agent.expectNothingPending('ecs-web-1');
+    const backup = db.dump();
+    // after the backup: a change the agent applies (revision r, rule :443)
+    await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '443' }) } });
+    const pushed = JSON.parse(await agent.nextRaw());
+    const r = pushed.policy?.revision ?? pushed.revision;
+    agent.send({ type: 'ack', revision: r, status: 'applied' });
+    await agent.expectNothingPending('ecs-web-1');
+    agent.close();
+    await agent.closed;
+
+    // restored: the counter is back before r, and the next change (rule :8080) gets r again
+    await ctl.stop();
+    store = MemoryStore.open(backup);
+    await startController();
+    await api('POST', `${A}/vpc/security-group-rules`, { security_group_rule: { security_group_id: 'sg-web', ...rule({ multiport: '8080' }) } });
+    const current = await api('GET', `${A}/instances/ecs-web-1/policy`);
+    expect(JSON.parse(current.text).revision).toBe(r);
+    const back = await Agent.connect(token);
+    back.hello('ecs-web-1', r);
+    expect(await back.next()).toMatchObject({ type: 'welcome', desired_revision: r });
+    // the document of revision r as the controller has it now, not the agent's :443 one
+    expect(await back.nextRaw()).toBe(`{"type":"policy","policy":${current.text}}`);
+    back.close();
   });
 
   it('an agent ahead of the controller (restored database, or a lie) gets the current document at its own revision, never a raised one', async () => {

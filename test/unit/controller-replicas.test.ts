@@ -264,7 +264,7 @@ describe('a replica whose store is unavailable', () => {
     late.hello(null, 'ecs-2');
     expect(await late.closed).toEqual({ code: 1013, reason: 'controller database unavailable' });
     expect(late.frames).toEqual([{ type: 'error', error: { code: 'STORE_UNAVAILABLE', message: expect.stringMatching(/database is unavailable/) } }]);
-    // the connected agent stays (fail-static): its ack cannot be stored, the connection is kept through heartbeats
+    // the connected agent stays (fail-static): its ack cannot be stored now (held, agent-state-buffer.ts), the connection is kept through heartbeats
     agent.ws.send(JSON.stringify({ type: 'ack', revision: first, status: 'applied' }));
     clock.advance(1000);
     await drain();

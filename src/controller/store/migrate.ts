@@ -19,7 +19,8 @@
 import pg from 'pg';
 import { SecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
-import { openPostgresStore, postgresClientConfig, storeError, type PostgresStoreOptions } from './postgres.js';
+import { openPostgresStore, postgresClientConfig, type PostgresStoreOptions } from './postgres.js';
+import { storeError } from './postgres-errors.js';
 import { Database } from './sqlite-driver.js';
 import { openSqliteStore } from './sqlite.js';
 

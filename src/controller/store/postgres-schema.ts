@@ -139,6 +139,9 @@ export const MIGRATIONS: readonly string[] = [
 export async function migrate(client: pg.ClientBase, logger?: Logger): Promise<void> {
   await client.query('BEGIN');
   try {
+    // no statement or lock timeout here: a replica waits for another's migration however long it takes
+    await client.query('SET LOCAL statement_timeout = 0');
+    await client.query('SET LOCAL lock_timeout = 0');
     await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
     await client.query('CREATE TABLE IF NOT EXISTS secgroup_schema (version INTEGER NOT NULL)');
     const rows = (await client.query<{ version: number }>('SELECT version FROM secgroup_schema')).rows;

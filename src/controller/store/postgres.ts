@@ -25,8 +25,11 @@
  * the cause attached, and the connection is dropped; the pool opens new ones
  * by itself on the next call. A lost connection during COMMIT also throws
  * STORE_UNAVAILABLE: the outcome is unknown to the caller, as with any
- * database. Other database errors (a constraint) propagate unchanged; in
- * every failing case the transaction is rolled back. Nothing here logs the
+ * database. A statement cancelled by the connection's `statement_timeout` or
+ * `lock_timeout` (./postgres-errors.ts) also throws STORE_UNAVAILABLE (log
+ * `store_timeout`), rolled back, and its connection goes back to the pool.
+ * Other database errors (a constraint) propagate unchanged; in every
+ * failing case the transaction is rolled back. Nothing here logs the
  * connection's password (it never appears in a pg error message).
  */
 import pg from 'pg';
@@ -34,6 +37,7 @@ import { SecgroupError, isSecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
 import { storedParts, type AddressGroupRow, type BodyParts, type GroupRow, type InstanceRow, type Op, type ProjectSnapshot, type RuleRow } from '../model.js';
 import { Batcher } from './batcher.js';
+import { isUnreachable, storeError, timedOut } from './postgres-errors.js';
 import { migrate } from './postgres-schema.js';
 import { SnapshotCache } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
@@ -45,8 +49,11 @@ export interface PostgresStoreOptions {
   password?: string;
   /** connections of the pool (default 10) */
   poolSize?: number;
-  /** how long to wait for a connection before STORE_UNAVAILABLE (ms, default 5000) */
+  /** how long to wait for a connection (a new one, or a free one of the pool) before STORE_UNAVAILABLE (ms, default 5000) */
   connectTimeoutMs?: number;
+  /** `statement_timeout` / `lock_timeout` of every connection (ms; 0 or absent: the server's): past it a statement fails with STORE_UNAVAILABLE */
+  statementTimeoutMs?: number;
+  lockTimeoutMs?: number;
   logger?: Logger;
 }
 
@@ -65,27 +72,9 @@ export function postgresClientConfig(opts: PostgresStoreOptions): pg.ClientConfi
     connectionString = u.toString();
   }
   // TCP keepalive: a database that vanished without closing the connection (a partition) is noticed by the kernel
-  return { connectionString, types, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000, keepAlive: true };
-}
-
-const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED']);
-
-/** Is `e` a lost or impossible connection (as opposed to an error of the statement)? */
-export function isUnreachable(e: unknown): boolean {
-  if (!(e instanceof Error)) return false;
-  const code = (e as { code?: unknown }).code;
-  if (typeof code === 'string') {
-    if (UNREACHABLE_CODES.has(code)) return true;
-    // SQLSTATE class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot connect now)
-    if (/^08...$/.test(code) || /^57P0[123]$/.test(code)) return true;
-  }
-  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|Client was closed|not queryable/i.test(e.message);
-}
-
-/** STORE_UNAVAILABLE for an unreachable database, `e` unchanged otherwise. */
-export function storeError(e: unknown): unknown {
-  if (isSecgroupError(e) || !isUnreachable(e)) return e;
-  return new SecgroupError('STORE_UNAVAILABLE', `the PostgreSQL database cannot be reached: ${(e as Error).message}`, { cause: e });
+  // statement and lock timeouts go in the startup packet: every connection of the pool (and the feed's) has them
+  const timeouts = { ...(opts.statementTimeoutMs ? { statement_timeout: opts.statementTimeoutMs } : {}), ...(opts.lockTimeoutMs ? { lock_timeout: opts.lockTimeoutMs } : {}) };
+  return { connectionString, types, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000, keepAlive: true, ...timeouts };
 }
 
 /** Opens a pool and migrates the database (./postgres-schema.ts); throws STORE_UNAVAILABLE or STATE_IO. */
@@ -108,7 +97,7 @@ export async function openPostgresStore(opts: PostgresStoreOptions): Promise<Pos
     if (isSecgroupError(err)) throw err;
     throw new SecgroupError('STATE_IO', `cannot open the PostgreSQL store: ${(e as Error).message}`, { cause: e });
   }
-  return new PostgresStore(pool);
+  return new PostgresStore(pool, opts.logger);
 }
 
 type Row = Record<string, unknown>;
@@ -137,14 +126,21 @@ export class PostgresStore implements Store {
   /** snapshots by version (./snapshot-cache.ts): a write or read loads the project only when another replica moved its version */
   private readonly cache = new SnapshotCache();
 
-  constructor(private readonly pool: pg.Pool) {}
+  constructor(private readonly pool: pg.Pool, private readonly logger?: Logger) {}
+
+  /** `storeError(e)`, logging a statement cancelled by a timeout (`store_timeout`: its connection goes back to the pool). */
+  private failure(e: unknown): unknown {
+    const timeout = timedOut(e);
+    if (timeout) this.logger?.warn({ event: 'store_timeout', timeout, sqlstate: (e as { code: string }).code, error: (e as Error).message }, `a PostgreSQL statement was cancelled by its ${timeout} timeout; the request fails with STORE_UNAVAILABLE`);
+    return storeError(e);
+  }
 
   /** One statement on any pooled connection. */
   private async query(sql: string, params: unknown[] = []): Promise<pg.QueryResult<Row>> {
     try {
       return await this.pool.query<Row>(sql, params);
     } catch (e) {
-      throw storeError(e);
+      throw this.failure(e);
     }
   }
 
@@ -164,8 +160,9 @@ export class PostgresStore implements Store {
       return value;
     } catch (e) {
       broken = isUnreachable(e);
+      // a timed-out statement leaves a healthy connection: rolled back, it goes back to the pool
       if (!broken) await client.query('ROLLBACK').catch(() => (broken = true));
-      throw storeError(e);
+      throw this.failure(e);
     } finally {
       client.release(broken);
     }
