@@ -35,10 +35,11 @@
 import pg from 'pg';
 import { SecgroupError, isSecgroupError } from '../../lib/errors.js';
 import type { Logger } from '../../lib/logger.js';
-import { storedParts, type AddressGroupRow, type BodyParts, type GroupRow, type InstanceRow, type Op, type ProjectSnapshot, type RuleRow } from '../model.js';
+import type { AddressGroupRow, BodyParts, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow } from '../model.js';
 import { Batcher } from './batcher.js';
 import { isUnreachable, storeError, timedOut } from './postgres-errors.js';
 import { migrate } from './postgres-schema.js';
+import { readPolicies } from './postgres-policies.js';
 import { SnapshotCache } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
@@ -364,35 +365,9 @@ export class PostgresStore implements Store {
     return { revision: r.revision, body: r.policy_body + r.tail };
   }
 
-  /**
-   * Two queries whatever the number of instances: their own parts, then each
-   * distinct shared tail once; documents with one tail share its string (and
-   * come with `parts`, so the hub encodes it once).
-   */
-  async getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>> {
-    const out = new Map<string, StoredPolicy>();
-    if (!instanceIds.length) return out;
-    const rows = (
-      await this.query('SELECT id, revision, policy_body, policy_tail FROM instances WHERE project_id = $1 AND id = ANY($2::text[]) AND policy_body IS NOT NULL', [projectId, [...instanceIds]])
-    ).rows as { id: string; revision: number; policy_body: string; policy_tail: string | null }[];
-    const hashes = [...new Set(rows.map((r) => r.policy_tail).filter((h): h is string => h !== null))];
-    // per tail: its text and its parts (found once; the instance part is filled in per document)
-    const tails = new Map<string, { text: string; parts: BodyParts | null }>();
-    if (hashes.length) {
-      for (const t of (await this.query('SELECT hash, text FROM policy_tails WHERE project_id = $1 AND hash = ANY($2::text[])', [projectId, hashes])).rows) {
-        tails.set(t.hash as string, { text: t.text as string, parts: storedParts('', t.text as string, t.hash as string) });
-      }
-    }
-    for (const r of rows) {
-      if (r.policy_tail === null) {
-        out.set(r.id, { revision: r.revision, body: r.policy_body });
-        continue;
-      }
-      const tail = tails.get(r.policy_tail);
-      if (tail === undefined) throw new SecgroupError('STATE_CORRUPT', `the policy of instance ${r.id} refers to a missing shared part ${r.policy_tail}`);
-      out.set(r.id, { revision: r.revision, body: r.policy_body + tail.text, ...(tail.parts ? { parts: { ...tail.parts, instance: r.policy_body } } : {}) });
-    }
-    return out;
+  /** Two queries whatever the number of instances (postgres-policies.ts). */
+  getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>> {
+    return readPolicies((sql, params) => this.query(sql, params), projectId, instanceIds);
   }
 
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {
