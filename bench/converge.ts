@@ -103,7 +103,7 @@ export function forkAgents(procs: number): ChildProcess[] {
 }
 
 /** Starts the agents, spread round-robin over the processes; resolves once every one applied a policy. */
-export async function startAgents(children: ChildProcess[], url: string, agents: { id: string; token: string; urls?: string[] }[], report = false): Promise<void> {
+export async function startAgents(children: ChildProcess[], url: string, agents: { id: string; token: string; urls?: string[] }[], report = false, kind: 'full' | 'protocol' = 'full'): Promise<void> {
   await Promise.all(
     children.map(
       (child, c) =>
@@ -116,7 +116,7 @@ export async function startAgents(children: ChildProcess[], url: string, agents:
           };
           child.on('message', onMessage);
           child.once('exit', (code) => reject(new Error(`agents process exited (${code})`)));
-          child.send({ cmd: 'start', url, agents: agents.filter((_, k) => k % children.length === c), report });
+          child.send({ cmd: 'start', url, agents: agents.filter((_, k) => k % children.length === c), report, kind });
         }),
     ),
   );

@@ -33,8 +33,8 @@ export interface CatchUpOptions {
   store: Store;
   feed: ChangeFeed;
   logger: Logger;
-  /** a policy handed out after the watermark: the hub pushes it if its agent is here and lacks it */
-  offer: (change: PolicyChange) => void;
+  /** policies handed out after the watermark (one page): the hub pushes those whose agent is here and lacks them */
+  offer: (changes: readonly PolicyChange[]) => void;
 }
 
 export class ReplicaCatchUp {
@@ -96,7 +96,7 @@ export class ReplicaCatchUp {
   private async drain(): Promise<void> {
     for (;;) {
       const page = await this.o.store.policiesChangedSince(this.mark ?? 0, CATCH_UP_PAGE);
-      for (const c of page) this.o.offer(c);
+      if (page.length) this.o.offer(page);
       if (page.length) this.mark = page[page.length - 1]!.revision;
       if (page.length < CATCH_UP_PAGE || this.stopped) return;
     }

@@ -218,33 +218,54 @@ export class AgentHub {
     s.ws.close(why === 'revoked' ? CLOSE.revoked : CLOSE.deleted, why === 'revoked' ? 'token rotated' : 'instance deleted');
   }
 
-  /** A policy another replica handed out (hub-catch-up.ts): pushed if its agent is here and has not got it. */
   /**
-   * `attempt`: reads of this change that failed so far. The catch-up's
-   * watermark is already past the change, so no later hint offers it again:
-   * a failed read (a pool wait timed out under a storm of acks, the database
+   * Policies another replica handed out (hub-catch-up.ts): those whose agent
+   * is here and has not got them are read in one `getPolicies` per project
+   * (not one read per agent: a change to a whole fleet is thousands of
+   * documents sharing a few tails, which come as one string each and are
+   * encoded once), then pushed.
+   *
+   * `attempt`: reads of these changes that failed so far. The catch-up's
+   * watermark is already past them, so no later hint offers them again: a
+   * failed read (a pool wait timed out under a storm of acks, the database
    * away) is retried here, with doubling delays up to 5 s, until the
-   * document is sent or the agent has it (or left).
+   * documents are sent or the agents have them (or left).
    */
-  private offer(c: PolicyChange, attempt = 0): void {
-    const s = this.sessions.get(sessionKey(c.projectId, c.instanceId));
-    if (this.stopping || !s || !s.helloed || c.revision <= s.lastSentRevision || (s.pending && s.pending.revision >= c.revision)) return;
-    this.enqueue(s, async () => {
-      let p: StoredPolicy | null;
-      try {
-        p = await this.o.store.getPolicy(c.projectId, c.instanceId);
-      } catch (e) {
-        const delay = Math.min(5_000, 500 * 2 ** attempt);
-        this.log.warn(
-          { event: 'catch_up_offer_failed', project: c.projectId, instance: c.instanceId, revision: c.revision, attempt: attempt + 1, retry_ms: delay, err: e },
-          `cannot read the document of revision ${c.revision} committed by another replica: ${errorMessage(e)} (retried in ${delay} ms)`,
-        );
-        void this.o.clock.sleep(delay).then(() => this.offer(c, attempt + 1));
-        return;
-      }
+  private offer(changes: readonly PolicyChange[], attempt = 0): void {
+    const byProject = new Map<string, PolicyChange[]>();
+    for (const c of changes) {
+      const s = this.sessions.get(sessionKey(c.projectId, c.instanceId));
+      if (this.stopping || !s || !s.helloed || c.revision <= s.lastSentRevision || (s.pending && s.pending.revision >= c.revision)) continue;
+      const list = byProject.get(c.projectId) ?? [];
+      if (!list.length) byProject.set(c.projectId, list);
+      list.push(c);
+    }
+    for (const [projectId, list] of byProject) void this.readAndPush(projectId, list, attempt);
+  }
+
+  private async readAndPush(projectId: string, list: PolicyChange[], attempt: number): Promise<void> {
+    let docs: Map<string, StoredPolicy>;
+    try {
+      docs = await this.o.store.getPolicies(projectId, list.map((c) => c.instanceId));
+    } catch (e) {
+      const delay = Math.min(5_000, 500 * 2 ** attempt);
+      const revisions = list.map((c) => c.revision);
+      this.log.warn(
+        { event: 'catch_up_offer_failed', project: projectId, instances: list.length, first_instance: list[0]!.instanceId, revision: Math.max(...revisions), attempt: attempt + 1, retry_ms: delay, err: e },
+        `cannot read ${list.length} documents (revisions ${Math.min(...revisions)}..${Math.max(...revisions)}) committed by another replica: ${errorMessage(e)} (retried in ${delay} ms)`,
+      );
+      void this.o.clock.sleep(delay).then(() => this.offer(list, attempt + 1));
+      return;
+    }
+    for (const c of list) {
+      const s = this.sessions.get(sessionKey(projectId, c.instanceId));
+      const p = docs.get(c.instanceId);
       // read now: the current document, at least as new as the change (revisions only grow)
-      if (p && p.revision > s.lastSentRevision) this.sendChange(s, p);
-    });
+      if (!s || !p) continue;
+      this.enqueue(s, async () => {
+        if (p.revision > s.lastSentRevision) this.sendChange(s, p);
+      });
+    }
   }
 
   async stop(): Promise<void> {

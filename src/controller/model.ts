@@ -127,6 +127,21 @@ export interface BodyParts {
   members: string;
 }
 
+const MEMBERS_KEY = ',"group_members":';
+
+/**
+ * The parts of a stored document whose shared tail `shared` (stored once
+ * under `sharedHash`) follows the instance's own beginning `instance`: the
+ * member list is found at its key (which cannot occur inside a string value,
+ * where quotes are escaped). Null when the tail does not end with a member
+ * list. Pure.
+ */
+export function storedParts(instance: string, shared: string, sharedHash: string): BodyParts | null {
+  const j = shared.indexOf(MEMBERS_KEY);
+  if (j < 0 || !shared.endsWith('}}') || shared[j + MEMBERS_KEY.length] !== '{') return null;
+  return { instance, shared, sharedHash, members: shared.slice(j + MEMBERS_KEY.length, -1) };
+}
+
 export function emptySnapshot(projectId: string): ProjectSnapshot {
   return { projectId, version: 0, groups: [], rules: [], addressGroups: [], instances: [] };
 }

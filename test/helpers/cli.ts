@@ -4,6 +4,7 @@
  * mapping of errors to exit codes as `run()` in main.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CommanderError } from 'commander';
 import { buildProgram } from '../../src/cli/program.js';
@@ -55,30 +56,59 @@ export interface RunningController {
   exited: Promise<void>;
 }
 
-/** Starts the controller and waits for its `listen` log line (JSON lines on stderr). */
-export function spawnController(configFile: string): Promise<RunningController> {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'controller', '--config', configFile], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+/** The port of the first `listen` log line in `text` (JSON lines), if any; `text` may end in a partial line. */
+function listenPort(text: string): number | null {
+  for (const line of text.split('\n')) {
+    try {
+      const l = JSON.parse(line) as { event?: string; url?: string };
+      if (l.event === 'listen' && l.url) return Number(new URL(l.url).port);
+    } catch {
+      // not a (complete) log line
+    }
+  }
+  return null;
+}
+
+/**
+ * Starts the controller and waits for its `listen` log line (JSON lines on
+ * stderr). `logFile`: stderr is that file (appended, opened here: the
+ * controller writes its lines straight into it, never waiting for a reader),
+ * else a pipe whose lines after `listen` are discarded; `nodeArgs`: extra
+ * node options (e.g. `--cpu-prof`).
+ */
+export function spawnController(configFile: string, opts: { logFile?: string; nodeArgs?: string[] } = {}): Promise<RunningController> {
+  const fd = opts.logFile ? openSync(opts.logFile, 'a') : null;
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), '--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'controller', '--config', configFile], { cwd: ROOT, stdio: ['ignore', 'ignore', fd ?? 'pipe'] });
+  if (fd !== null) closeSync(fd);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   return new Promise((resolve, reject) => {
     let buf = '';
-    const onData = (d: Buffer) => {
-      buf += d.toString();
-      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        try {
-          const l = JSON.parse(line) as { event?: string; url?: string };
-          if (l.event === 'listen' && l.url) {
-            child.stderr!.off('data', onData);
-            child.stderr!.resume();
-            resolve({ child, port: Number(new URL(l.url).port), exited });
-          }
-        } catch {
-          // not a log line
-        }
-      }
+    let poll: NodeJS.Timeout | undefined;
+    const found = (port: number) => {
+      clearInterval(poll);
+      resolve({ child, port, exited });
     };
-    child.stderr!.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`the controller exited (${code}) before listening: ${buf.slice(-2000)}`)));
+    if (opts.logFile) {
+      const file = opts.logFile;
+      poll = setInterval(() => {
+        buf = readFileSync(file, 'utf8');
+        const port = listenPort(buf);
+        if (port !== null) found(port);
+      }, 50);
+    } else {
+      const onData = (d: Buffer) => {
+        buf += d.toString();
+        const port = listenPort(buf);
+        if (port === null) return;
+        child.stderr!.off('data', onData);
+        child.stderr!.resume();
+        found(port);
+      };
+      child.stderr!.on('data', onData);
+    }
+    child.once('exit', (code) => {
+      clearInterval(poll);
+      reject(new Error(`the controller exited (${code}) before listening: ${buf.slice(-2000)}`));
+    });
   });
 }

@@ -5,7 +5,7 @@
  * FakeClock: heartbeats fire only when a test advances it. Waits for frames
  * are bounded (real sockets), never timing assertions.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
 import { FakeClock } from '../../src/lib/clock.js';
 import { silentLogger } from '../../src/lib/logger.js';
@@ -141,17 +141,44 @@ describe('controller replicas over one store', () => {
     expect(await agent.until(missed)).toEqual([first, missed]);
   });
 
+  it('a change to many agents on replica B is read there in one getPolicies for all of them, not one read per agent, and reaches every one', async () => {
+    await seed();
+    const agents: { agent: Wire; id: string; first: number }[] = [];
+    const tokens: [string, string][] = [];
+    for (let k = 0; k < 6; k++) {
+      const id = `ecs-many-${k}`;
+      tokens.push([id, (await api(0, 'POST', `${P}/instances`, { instance: { id, addresses: [`198.18.1.${k + 1}`], security_groups: ['sg-web'] } })).body.token]);
+    }
+    for (const [id, token] of tokens) {
+      const agent = await Wire.open(replicas[1]!.addr.agentUrl, token);
+      agent.hello(null, id);
+      const first = (await api(0, 'GET', `${P}/instances/${id}/status`)).body.status.desired_revision as number;
+      await agent.until(first);
+      agents.push({ agent, id, first });
+    }
+    const single = vi.spyOn(store, 'getPolicy');
+    const many = vi.spyOn(store, 'getPolicies');
+    expect((await addRule(0, 443)).status).toBe(201);
+    for (const { agent, id, first } of agents) {
+      const next = (await api(0, 'GET', `${P}/instances/${id}/status`)).body.status.desired_revision as number;
+      expect(await agent.until(next)).toEqual([first, next]);
+    }
+    expect(single).not.toHaveBeenCalled();
+    expect(many).toHaveBeenCalledTimes(1);
+    expect([...many.mock.calls[0]![1]].sort()).toEqual(agents.map((a) => a.id).sort());
+  });
+
   it('a document that replica B fails to read after a hint is read again later, though its watermark moved past it', async () => {
     const { agent, first } = await agentOnB(await seed());
-    const read = store.getPolicy.bind(store);
+    const read = store.getPolicies.bind(store);
     let failures = 2;
     // a fake fault in the shared store: the next two document reads fail (as a pool wait that timed out)
-    store.getPolicy = async (projectId, instanceId) => {
+    store.getPolicies = async (projectId, instanceIds) => {
       if (failures > 0) {
         failures--;
         throw new SecgroupError('STORE_UNAVAILABLE', 'timeout exceeded when trying to connect');
       }
-      return read(projectId, instanceId);
+      return read(projectId, instanceIds);
     };
     expect((await addRule(0, 443)).status).toBe(201);
     const next = await desired();
@@ -162,7 +189,7 @@ describe('controller replicas over one store', () => {
     await waitFor('the second failed read', () => failures === 0);
     clock.advance(1000);
     expect(await agent.until(next)).toEqual([first, next]);
-    store.getPolicy = read;
+    store.getPolicies = read;
   });
 
   it('never pushes a revision the agent has: hints about older changes, resyncs and a move between replicas send nothing', async () => {

@@ -191,6 +191,33 @@ describe('PostgreSQL store: documents and transactions', () => {
     await s.close();
   });
 
+  it('reads many documents with one shared tail in two queries, as one string with its parts (the hub encodes it once)', async () => {
+    const url = await cluster().createDatabase();
+    const s = await openPostgresStore({ url });
+    const members = '{"g":["198.18.0.1"]}';
+    const tail = `"security_groups":[],"address_groups":[],"group_members":${members}}`;
+    const ids = Array.from({ length: 50 }, (_, k) => `i${k}`);
+    await commit(s, 'p', [
+      ...createProjectOps(NOW),
+      ...ids.map((id) => ({ op: 'putInstance' as const, instance: inst(id) })),
+      ...ids.map((id) => ({ op: 'setPolicy' as const, instanceId: id, body: `{"instance":"${id}",${tail}`, hash: `h-${id}`, parts: { instance: `{"instance":"${id}",`, shared: tail, sharedHash: 't', members } })),
+    ]);
+    const queries = vi.spyOn(pg.Pool.prototype, 'query');
+    const got = await s.getPolicies('p', ids);
+    expect(queries).toHaveBeenCalledTimes(2);
+    queries.mockRestore();
+    expect(got.size).toBe(50);
+    const shared = got.get('i0')!.parts!.shared;
+    for (const id of ids) {
+      const p = got.get(id)!;
+      expect(p.parts).toEqual({ instance: `{"instance":"${id}",`, shared: tail, sharedHash: 't', members });
+      // one string for all of them, not 50 copies
+      expect(Object.is(p.parts!.shared, shared)).toBe(true);
+      expect(p.body).toBe(`{"instance":"${id}",${tail}`);
+    }
+    await s.close();
+  });
+
   it('a failing op rolls the whole commit back, and so does REVISION_EXHAUSTED', async () => {
     const url = await cluster().createDatabase();
     const s = await openPostgresStore({ url });

@@ -115,6 +115,29 @@ describe.each([
     await s.close();
   });
 
+  it('reads several instances\' documents in one call, each as getPolicy reads it; unknown instances and those without a document are absent', async () => {
+    const s = await open();
+    const inst = (id: string) => ({ op: 'putInstance' as const, instance: { id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW } });
+    const tail = '"security_groups":[],"address_groups":[],"group_members":{"g":["198.18.0.1"]}}';
+    const parts = (instance: string) => ({ instance, shared: tail, sharedHash: 'tail-1', members: '{"g":["198.18.0.1"]}' });
+    await commit(s, 'p', [
+      ...createProjectOps(NOW),
+      inst('a'),
+      inst('b'),
+      inst('c'),
+      inst('none'),
+      { op: 'setPolicy', instanceId: 'a', body: `{"instance":"a",${tail}`, hash: 'ha', parts: parts('{"instance":"a",') },
+      { op: 'setPolicy', instanceId: 'b', body: `{"instance":"b",${tail}`, hash: 'hb', parts: parts('{"instance":"b",') },
+      { op: 'setPolicy', instanceId: 'c', body: '{"whole":1}', hash: 'hc' },
+    ]);
+    await commit(s, 'q', [...createProjectOps(NOW), inst('a'), { op: 'setPolicy', instanceId: 'a', body: '{"other":1}', hash: 'hq' }]);
+    const got = await s.getPolicies('p', ['a', 'b', 'c', 'none', 'unknown']);
+    expect([...got.keys()].sort()).toEqual(['a', 'b', 'c']);
+    for (const id of ['a', 'b', 'c']) expect({ revision: got.get(id)!.revision, body: got.get(id)!.body }).toEqual(await s.getPolicy('p', id));
+    expect((await s.getPolicies('p', [])).size).toBe(0);
+    await s.close();
+  });
+
   it('lists the agent states of one project\'s instances in one read', async () => {
     const s = await open();
     const inst = (id: string) => ({ op: 'putInstance' as const, instance: { id, name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW } });

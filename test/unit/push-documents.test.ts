@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { PushDocuments } from '../../src/controller/push-documents.js';
 import { renderPolicyText } from '../../src/controller/policy-documents.js';
+import { storedParts } from '../../src/controller/model.js';
 import { sha256 } from '../../src/lib/hash.js';
 import { applyPolicyDelta } from '../../src/protocol/delta.js';
 import type { StoredPolicy } from '../../src/controller/store/store.js';
@@ -31,6 +32,19 @@ describe('push documents', () => {
       expect(frame).toBe(`{"type":"policy","policy":${renderPolicyText(3, p.body)}}`);
       expect(JSON.parse(frame).policy.revision).toBe(3);
     }
+  });
+
+  it('the parts found in a stored tail (storedParts, a read by another replica) are those a commit hands over, so frames, digests and deltas come out the same', () => {
+    const committed = doc(3, { members: { 'sg-db': ['198.18.0.2', '198.18.0.3'] } });
+    const { instance, shared, sharedHash } = committed.parts!;
+    const found = storedParts(instance, shared, sharedHash);
+    expect(found).toEqual(committed.parts);
+    const docs = new PushDocuments({ deltas: true });
+    const read = { revision: 3, body: committed.body, parts: found! };
+    expect(text(docs.policyFrame(read))).toBe(text(docs.policyFrame(committed)));
+    expect(docs.sentDocument(read)).toEqual(docs.sentDocument(committed));
+    // a tail that does not end with a member list has no parts: the body is used as it is
+    expect(storedParts(instance, '"security_groups":[]}', 'h')).toBeNull();
   });
 
   it('the first change on a connection (no document sent yet) is sent in full', () => {

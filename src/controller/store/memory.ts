@@ -103,10 +103,24 @@ export class MemoryStore implements Store {
 
   async getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null> {
     this.check();
+    return this.policy(projectId, instanceId);
+  }
+
+  private policy(projectId: string, instanceId: string): StoredPolicy | null {
     const inst = this.projects.get(projectId)?.instances.find((i) => i.id === instanceId);
     const body = this.extra.get(this.key(projectId, instanceId))?.body;
     if (!inst || inst.revision === null || !body) return null;
     return { revision: inst.revision, body };
+  }
+
+  async getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>> {
+    this.check();
+    const out = new Map<string, StoredPolicy>();
+    for (const id of instanceIds) {
+      const p = this.policy(projectId, id);
+      if (p) out.set(id, p);
+    }
+    return out;
   }
 
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {

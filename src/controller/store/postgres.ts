@@ -43,6 +43,7 @@ import type { AddressGroupRow, BodyParts, GroupRow, InstanceRow, Op, ProjectSnap
 import { Batcher } from './batcher.js';
 import { isUnreachable, storeError, timedOut } from './postgres-errors.js';
 import { migrate } from './postgres-schema.js';
+import { readPolicies } from './postgres-policies.js';
 import { SnapshotCache } from './snapshot-cache.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
@@ -391,6 +392,11 @@ export class PostgresStore implements Store {
     if (r.policy_tail === null) return { revision: r.revision, body: r.policy_body };
     if (r.tail === null) throw new SecgroupError('STATE_CORRUPT', `the policy of instance ${instanceId} refers to a missing shared part ${r.policy_tail}`);
     return { revision: r.revision, body: r.policy_body + r.tail };
+  }
+
+  /** Two queries whatever the number of instances (postgres-policies.ts). */
+  getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>> {
+    return readPolicies((sql, params) => this.query(sql, params), projectId, instanceIds);
   }
 
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {

@@ -535,6 +535,16 @@ export class SqliteStore implements Store {
     return this.policy(projectId, instanceId);
   }
 
+  /** One read per instance (in-process, no round trips). */
+  async getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>> {
+    const out = new Map<string, StoredPolicy>();
+    for (const id of instanceIds) {
+      const p = this.policy(projectId, id);
+      if (p) out.set(id, p);
+    }
+    return out;
+  }
+
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {
     const r = this.stmt.tokenOwner.get(tokenHash);
     return r ? { projectId: r.project_id, instanceId: r.id, tokenHash: r.token_sha256 } : null;

@@ -30,9 +30,10 @@ export interface StoredPolicy {
   /** the document without `revision` (see `renderPolicyText`) */
   body: string;
   /**
-   * Set only on documents handed from a commit to the hub (never by a store):
-   * the body's parts, whose shared strings let the hub recognise equal parts
-   * of documents cheaply and encode them once.
+   * Set on documents handed from a commit to the hub and on those read with
+   * `getPolicies` (never by `getPolicy`): the body's parts, whose shared
+   * strings let the hub recognise equal parts of documents cheaply and
+   * encode them once.
    */
   parts?: BodyParts;
 }
@@ -191,6 +192,15 @@ export interface Store {
    * an agent may truthfully report for it.
    */
   getPolicy(projectId: string, instanceId: string): Promise<StoredPolicy | null>;
+  /**
+   * The current documents of several instances of one project, read together
+   * (one query where the store has queries), by instance id; an instance
+   * without a document (or unknown) is absent. Where the store keeps a
+   * document's shared tail apart, the document comes with `parts` whose
+   * `shared` is one string for all documents with that tail, so the hub
+   * encodes it once for all of them (a change read by another replica).
+   */
+  getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>>;
   findTokenOwner(tokenHash: string): Promise<TokenOwner | null>;
   /** null when the instance does not exist */
   getAgentState(projectId: string, instanceId: string): Promise<AgentState | null>;
