@@ -12,8 +12,9 @@
  * counts into a named counter object declared in the table; `replace-table`
  * with `previous` reloads the table in place (its counter objects keep their
  * counts), with `counters` it declares them with the counts carried
- * (`counter c_... { packets N bytes M }`). Listings (`listing: true`) and the
- * JSON form keep anonymous counters.
+ * (`counter c_... { packets N bytes M }`). The JSON form (`renderJson`)
+ * declares and names the same counter objects; listings (`listing: true`)
+ * keep anonymous counters.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
@@ -365,7 +366,8 @@ function verdictJson(vd: Verdict | undefined): Json {
   return vd.kind === 'jump' ? { jump: { target: assertName(vd.chain) } } : { [vd.kind]: null };
 }
 
-function exprJson(e: Expr): Json {
+/** `named`: the rule counts into this counter object (counters.ts), as in the script. */
+function exprJson(e: Expr, named?: string): Json {
   switch (e.kind) {
     case 'match':
       return {
@@ -380,7 +382,7 @@ function exprJson(e: Expr): Json {
         vmap: { key: e.key.length === 1 ? selectorJson(e.key[0]!) : { concat: e.key.map(selectorJson) }, data: `@${assertName(e.map)}` },
       };
     case 'counter':
-      return { counter: { packets: 0, bytes: 0 } };
+      return named !== undefined ? { counter: assertName(named) } : { counter: { packets: 0, bytes: 0 } };
     case 'verdict':
       return verdictJson(e.verdict);
   }
@@ -404,6 +406,9 @@ export function renderJson(table: Table): { nftables: Json[] } {
   cmds.push({ add: { table: { family, name: tname } } });
   cmds.push({ delete: { table: { family, name: tname } } });
   cmds.push({ add: { table: { family, name: tname, ...(table.comment !== undefined ? { comment: safeComment(table.comment) } : {}) } } });
+  // the counter objects the rules count into (counters.ts), before the rules that name them
+  const counterNames = table.chains.map(ruleCounterNames);
+  for (const names of counterNames) for (const n of names) if (n !== undefined) cmds.push({ add: { counter: { family, table: tname, name: assertName(n) } } });
   // chains first: map elements jump to them, and JSON commands are resolved in order
   for (const c of table.chains) {
     const chain: Record<string, Json> = { family, table: tname, name: assertName(c.name) };
@@ -430,12 +435,14 @@ export function renderJson(table: Table): { nftables: Json[] } {
     }
     cmds.push({ add: m.set ? { set: map } : { map } });
   }
-  for (const c of table.chains) {
-    for (const r of c.rules) {
-      const rule: Record<string, Json> = { family, table: tname, chain: c.name, expr: r.exprs.map(exprJson) };
+  table.chains.forEach((c, ci) => {
+    c.rules.forEach((r, ri) => {
+      const named = counterNames[ci]![ri];
+      const first = r.exprs.findIndex((e) => e.kind === 'counter');
+      const rule: Record<string, Json> = { family, table: tname, chain: c.name, expr: r.exprs.map((e, i) => exprJson(e, i === first ? named : undefined)) };
       if (r.comment !== undefined) rule.comment = safeComment(r.comment);
       cmds.push({ add: { rule } });
-    }
-  }
+    });
+  });
   return { nftables: cmds };
 }
