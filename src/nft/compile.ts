@@ -52,7 +52,7 @@ import type { Family } from '../policy/address.js';
 import { describeRule, normalizeRules, type NormalizedRule } from '../policy/normalize.js';
 import { DEFAULT_PLATFORM, type PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
-import { assignLayers, findShadowed } from './layering.js';
+import { layerRules } from './layering.js';
 import { elementsOf, emitLookups, shapesOf, tailElementsOf, type LookupTarget } from './lookups.js';
 import { ACCEPT, DROP, assertName, comment, jump, sel, v, type Chain, type MapElement, type Rule, type Table, type VerdictMap } from './model.js';
 import { groupMapName, mapName, memberSetName, ruleChainName, type Shape } from './names.js';
@@ -179,8 +179,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
     for (const family of [4, 6] as const) {
       const rules = all.filter((r) => r.direction === direction && r.family === family);
       // shadowed rules match nothing first: leave them out of the maps (their chains stay, with zero hits)
-      const shadowed = findShadowed(rules);
-      const layers = assignLayers(rules.map((r, i) => (shadowed[i] ? { ...r, peers: [] } : r)));
+      const { shadowed, layers } = layerRules(rules);
       layout.set(`${direction}${family}`, { rules, layers, shadowed });
       const byLayer = new Map<number, Map<Shape, MapElement[]>>();
       // group rules: per layer, per group, per shape: tail elements
