@@ -163,8 +163,11 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
   // member sets, per `${family}|${groupId}`, in the order first used
   const memberSets = new Map<string, VerdictMap>();
 
+  // each rule's chain name, hashed once per compile
+  const chainOf = new Map<NormalizedRule, string>();
   for (const r of all) {
     const chain = ruleChainName(r.groupId, r.ruleId);
+    chainOf.set(r, chain);
     if (seen.has(chain)) throw new Error(`internal: rule chain name collision for ${r.groupId}/${r.ruleId}`);
     seen.add(chain);
     ruleChains.push({
@@ -186,7 +189,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
       const groupsByLayer = new Map<number, Map<string, Map<Shape, MapElement[]>>>();
       rules.forEach((r, i) => {
         const layer = layers[i] ?? null;
-        const chain = ruleChainName(r.groupId, r.ruleId);
+        const chain = chainOf.get(r)!;
         let count = 0;
         if (layer !== null) {
           const group = r.remote.kind === 'group' ? r.remote.id : null;
