@@ -142,12 +142,11 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
   yield '\t\t}\n\t}\n';
 }
 
-/** `named`: rules count into named counter objects (a script, see the note at the top). */
-function chainText(c: Chain, named: boolean): string {
+/** `names`: the counter object each rule counts into (a script, see the note at the top); none: anonymous counters. */
+function chainText(c: Chain, names: readonly (string | undefined)[] = []): string {
   const out = [`\tchain ${assertName(c.name)} {`];
   if (c.base) out.push(`\t\ttype ${c.base.type} hook ${c.base.hook} priority ${c.base.priority}; policy ${c.base.policy};`);
   if (c.comment !== undefined) out.push(`\t\tcomment "${safeComment(c.comment)}"`);
-  const names = named ? ruleCounterNames(c) : [];
   c.rules.forEach((r, i) => out.push(`\t\t${ruleText(r, names[i])}`));
   out.push('\t}');
   return out.join('\n') + '\n';
@@ -168,11 +167,12 @@ export function renderTable(table: Table, opts: { listing?: boolean } = {}): str
 }
 
 /** Declarations of the table's counter objects, with the counts carried into them (see the note at the top). */
-function* counterChunks(table: Table, counters?: RuleCounters): Generator<string> {
+function* counterChunks(table: Table, names: readonly (readonly (string | undefined)[])[], counters?: RuleCounters): Generator<string> {
   for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
     let chunk = '';
-    for (const c of table.chains.slice(i, i + CHAINS_PER_CHUNK)) {
-      ruleCounterNames(c).forEach((n, j) => {
+    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, table.chains.length); k++) {
+      const c = table.chains[k]!;
+      names[k]!.forEach((n, j) => {
         if (n === undefined) return;
         const carried = counters?.get(counterKey(c.name, c.rules[j]!.comment!));
         chunk += `\tcounter ${assertName(n)} {${carried ? ` packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)}` : ''} }\n`;
@@ -193,15 +193,16 @@ function* tableChunks(table: Table, opts: { listing?: boolean; script?: { counte
   if (table.comment !== undefined && !opts.script?.inPlace) head.push(`\tcomment "${safeComment(table.comment)}"`);
   if (table.marker !== undefined) head.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
   yield head.join('\n') + '\n';
-  if (opts.script) yield* counterChunks(table, opts.script.counters);
+  // each chain's counter names, worked out once for the declarations and the rules
+  const names = opts.script ? table.chains.map(ruleCounterNames) : null;
+  if (opts.script) yield* counterChunks(table, names!, opts.script.counters);
   const notes = new Map<string, string>();
   if (!opts.listing) for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
   for (const m of table.maps) yield* mapChunks(m, notes, opts.listing);
   for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
-    yield table.chains
-      .slice(i, i + CHAINS_PER_CHUNK)
-      .map((c) => chainText(c, opts.script !== undefined))
-      .join('');
+    let chunk = '';
+    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, table.chains.length); k++) chunk += chainText(table.chains[k]!, names?.[k]);
+    yield chunk;
   }
   yield '}\n';
 }
