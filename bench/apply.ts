@@ -48,6 +48,8 @@ interface Case {
 const CASES: Case[] = [
   { case: '1k rules', build: (rev) => ({ ...syntheticPolicy({ rules: 1000, members: 100 }), revision: rev }) },
   { case: '10k rules', build: (rev) => ({ ...syntheticPolicy({ rules: 10000, members: 100 }), revision: rev }) },
+  // not in the default run (minutes under load); BENCH_APPLY_CASES='100k rules'
+  { case: '100k rules', build: (rev) => ({ ...syntheticPolicy({ rules: 100_000, members: 100 }), revision: rev }), optIn: true },
   { case: '10k members', build: (rev, rep) => groupPolicy(10_000, 10, rev, rep), change: 10_000 },
   { case: '100k members', build: (rev, rep) => groupPolicy(100_000, 10, rev, rep), change: 100_000 },
   // not in the default run: ~4 min and ~5 GB of memory for the agent code (see bench/README.md);

@@ -15,7 +15,9 @@
  * - Incremental: when only verdict-map elements change, they are changed in
  *   one transaction; any doubt or failure falls back to a full reload.
  * - Counters: a full reload keeps our rules' counts (nft/counters.ts): in
- *   place over the table applied last, else carried by reading them first.
+ *   place over the table applied last, else carried by reading them first
+ *   (that read is started before the compile: nft lists the table while the
+ *   agent compiles, on the other core).
  * - Failure: nft's transaction is atomic, so the previous ruleset stays; the
  *   failure is reported once per revision, the next attempt is a full reload,
  *   retried with exponential backoff until it works or a newer revision comes.
@@ -49,7 +51,7 @@ import type { Clock, Timer } from '../lib/clock.js';
 import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { Compiled } from '../nft/compile.js';
-import { chainCounters } from '../nft/counters.js';
+import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import type { NftRunner } from '../nft/runner.js';
@@ -432,6 +434,9 @@ export class Reconciler {
     const log = { revision: policy.revision, source };
     try {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
+      // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;
+      // the read starts before the compile, so nft lists the table while the agent compiles (runner.ts: a read is on its way when called)
+      let carried = !this.applied || this.forceFull ? countsToCarry(nft, logger) : null;
       let plan = planSync({ ...input, needFullSync: this.forceFull });
       if (plan.membershipFull !== undefined) {
         logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);
@@ -439,13 +444,14 @@ export class Reconciler {
       let fingerprint: string;
       for (;;) {
         try {
-          fingerprint = await this.applyPlan(plan);
+          fingerprint = await this.applyPlan(plan, carried);
           break;
         } catch (e) {
           if (plan.kind === 'full' && plan.inPlace && asSecgroupError(e).code === 'NFT_NOT_FOUND_OBJECT') {
             // the kernel's table is not the one applied last (an object of it is missing): replace it, counters carried by reading them
             logger.warn({ event: 'reload_in_place_failed', ...log, err: e }, `reload in place failed, replacing the table: ${errorMessage(e)}`);
             plan = fullReload(plan.compiled);
+            carried = null;
             continue;
           }
           if (plan.kind !== 'incremental') throw e;
@@ -472,13 +478,16 @@ export class Reconciler {
     }
   }
 
-  /** Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with. Throws what nft or `verify` throws. */
-  private async applyPlan(plan: SyncPlan): Promise<string> {
+  /**
+   * Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with.
+   * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verify` throws.
+   */
+  private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<string> {
     if (plan.kind === 'noop') return plan.fingerprint;
     const { nft, metrics } = this.o;
     // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first; else they restart at zero
     const replace = plan.kind === 'full' && !plan.inPlace;
-    const counters = replace ? await countsToCarry(nft, this.o.logger) : null;
+    const counters = replace ? await (carried ?? countsToCarry(nft, this.o.logger)) : null;
     const tx = counters ? replaceTableTx(plan.compiled.table, counters) : plan.tx;
     if (this.o.checkBeforeApply) await nft.check(tx);
     // known before nft commits: the monitor may report the transaction before apply() returns

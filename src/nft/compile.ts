@@ -52,7 +52,7 @@ import type { Family } from '../policy/address.js';
 import { describeRule, normalizeRules, type NormalizedRule } from '../policy/normalize.js';
 import { DEFAULT_PLATFORM, type PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
-import { assignLayers, findShadowed } from './layering.js';
+import { layerRules } from './layering.js';
 import { elementsOf, emitLookups, shapesOf, tailElementsOf, type LookupTarget } from './lookups.js';
 import { ACCEPT, DROP, assertName, comment, jump, sel, v, type Chain, type MapElement, type Rule, type Table, type VerdictMap } from './model.js';
 import { groupMapName, mapName, memberSetName, ruleChainName, type Shape } from './names.js';
@@ -163,8 +163,11 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
   // member sets, per `${family}|${groupId}`, in the order first used
   const memberSets = new Map<string, VerdictMap>();
 
+  // each rule's chain name, hashed once per compile
+  const chainOf = new Map<NormalizedRule, string>();
   for (const r of all) {
     const chain = ruleChainName(r.groupId, r.ruleId);
+    chainOf.set(r, chain);
     if (seen.has(chain)) throw new Error(`internal: rule chain name collision for ${r.groupId}/${r.ruleId}`);
     seen.add(chain);
     ruleChains.push({
@@ -179,15 +182,14 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
     for (const family of [4, 6] as const) {
       const rules = all.filter((r) => r.direction === direction && r.family === family);
       // shadowed rules match nothing first: leave them out of the maps (their chains stay, with zero hits)
-      const shadowed = findShadowed(rules);
-      const layers = assignLayers(rules.map((r, i) => (shadowed[i] ? { ...r, peers: [] } : r)));
+      const { shadowed, layers } = layerRules(rules);
       layout.set(`${direction}${family}`, { rules, layers, shadowed });
       const byLayer = new Map<number, Map<Shape, MapElement[]>>();
       // group rules: per layer, per group, per shape: tail elements
       const groupsByLayer = new Map<number, Map<string, Map<Shape, MapElement[]>>>();
       rules.forEach((r, i) => {
         const layer = layers[i] ?? null;
-        const chain = ruleChainName(r.groupId, r.ruleId);
+        const chain = chainOf.get(r)!;
         let count = 0;
         if (layer !== null) {
           const group = r.remote.kind === 'group' ? r.remote.id : null;

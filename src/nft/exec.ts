@@ -4,9 +4,13 @@
  * uses). Scripts go in on stdin (`nft -f -`) so a transaction is one batch,
  * streamed in the renderer's chunks with back-pressure (the whole text of a
  * big table never exists in memory at once); reads list our table only.
+ * A script cut short must never reach nft's end of input (its first chunk,
+ * `table ...{}` + `delete table ...`, is a valid script alone): when the
+ * renderer throws part-way, nft started directly is killed before its stdin
+ * closes, and the helper shell is never asked to run a half-written file.
  */
-import { execa, type ExecaError } from 'execa';
-import { Readable } from 'node:stream';
+import { execa, ExecaError } from 'execa';
+import type { Writable } from 'node:stream';
 import { renderTransactionChunks } from './render.js';
 import { chainCounters, ruleCounters, type RuleCounters } from './counters.js';
 import { nftError, nftNotFound, nftTimeout, type NftInfo, type NftRunner } from './runner.js';
@@ -33,6 +37,35 @@ export interface ExecaNftOptions {
 interface RunResult {
   stdout: string;
   stderr: string;
+}
+
+const isExecaError = (e: unknown): e is ExecaError => e instanceof ExecaError;
+
+/**
+ * Writes `chunks` to nft's stdin with back-pressure and ends it. Stops
+ * writing, without an error, when nft closed its stdin (it failed early: its
+ * exit says why). Throws what the chunks' producer throws (a render error),
+ * before ending the input: the caller must kill nft then.
+ */
+async function feed(stdin: Writable, chunks: Iterable<string>): Promise<void> {
+  let closed = false;
+  stdin.on('error', () => (closed = true)); // EPIPE: nft exited; its exit code and stderr are the error
+  stdin.once('close', () => (closed = true));
+  for (const chunk of chunks) {
+    if (closed) return;
+    if (!stdin.write(chunk)) {
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          stdin.off('drain', done);
+          stdin.off('close', done);
+          resolve();
+        };
+        stdin.on('drain', done);
+        stdin.on('close', done);
+      });
+    }
+  }
+  stdin.end();
 }
 
 export class ExecaNftRunner implements NftRunner {
@@ -82,14 +115,24 @@ export class ExecaNftRunner implements NftRunner {
     }
     const [file, ...pre] = this.command;
     try {
-      const stdin = input === undefined ? {} : { input: Readable.from(input) };
-      const r = await execa(file!, [...pre, ...args], { ...stdin, timeout: this.timeoutMs, stripFinalNewline: false, encoding: 'utf8' });
+      const sub = execa(file!, [...pre, ...args], { stdin: input === undefined ? 'ignore' : 'pipe', timeout: this.timeoutMs, stripFinalNewline: false, encoding: 'utf8' });
+      if (input !== undefined) {
+        try {
+          await feed(sub.stdin!, input);
+        } catch (renderError) {
+          // nft must never see the end of a script cut short (its first chunk alone deletes our table): killed before its stdin closes
+          sub.kill('SIGKILL');
+          await sub.catch(() => undefined);
+          throw renderError;
+        }
+      }
+      const r = await sub;
       return { stdout: r.stdout, stderr: r.stderr };
     } catch (e) {
-      const err = e as ExecaError;
-      if (err.code === 'ENOENT') throw nftNotFound(e);
-      if (err.timedOut) throw nftTimeout(what, this.timeoutMs, e);
-      throw nftError(what, String(err.stderr ?? err.message), err.exitCode, e);
+      if (!isExecaError(e)) throw e;
+      if (e.code === 'ENOENT') throw nftNotFound(e);
+      if (e.timedOut) throw nftTimeout(what, this.timeoutMs, e);
+      throw nftError(what, String(e.stderr ?? e.message), e.exitCode, e);
     }
   }
 

@@ -2,8 +2,8 @@
  * Rule layering (pure): which rules of one direction and family can match the
  * same packet (`rulesOverlap`), which rule makes another unreachable
  * (`ruleCovers`, `findShadowed`), and the lookup layer of each rule
- * (`assignLayers`), with the index that keeps these near-linear
- * (`OverlapIndex`). The layer contract, from compile.ts's design note: a rule
+ * (`assignLayers`; both in one pass: `layerRules`), with the index that
+ * keeps these near-linear (`OverlapIndex`). The layer contract, from compile.ts's design note: a rule
  * gets one more than the highest layer of any earlier rule it overlaps, so
  * the rules of one layer never overlap and lookups layer by layer find the
  * first-match rule first.
@@ -255,12 +255,7 @@ export function findShadowed(rules: readonly NormalizedRule[]): boolean[] {
     let hit = false;
     if (r.peers.length > 0) {
       for (const j of index.candidates(i)) {
-        const q = rules[j]!;
-        // cover independent of group members: a group rule covers only rules on its group, only an any-address rule covers a group rule
-        const qGroup = q.remote.kind === 'group' ? q.remote.id : null;
-        const rGroup = r.remote.kind === 'group' ? r.remote.id : null;
-        const allowed = qGroup !== null ? qGroup === rGroup : rGroup === null || matchesEveryAddress(q);
-        if (allowed && q.peers.length > 0 && ruleCovers(q, r)) {
+        if (shadows(rules[j]!, r)) {
           hit = true;
           break;
         }
@@ -270,6 +265,46 @@ export function findShadowed(rules: readonly NormalizedRule[]): boolean[] {
     index.add(i);
   }
   return shadowed;
+}
+
+/** Does earlier rule `q` make `r` unreachable? Cover independent of group members: a group rule covers only rules on its group, only an any-address rule covers a group rule. */
+function shadows(q: NormalizedRule, r: NormalizedRule): boolean {
+  const qGroup = q.remote.kind === 'group' ? q.remote.id : null;
+  const rGroup = r.remote.kind === 'group' ? r.remote.id : null;
+  const allowed = qGroup !== null ? qGroup === rGroup : rGroup === null || matchesEveryAddress(q);
+  return allowed && q.peers.length > 0 && ruleCovers(q, r);
+}
+
+/**
+ * `findShadowed` and `assignLayers` (of the rules with the shadowed ones
+ * matching nothing) in one pass over one index: what the compiler uses.
+ * Shadowed rules are left out of the index: what one covers, the rule that
+ * covers it covers too, and they have no layer to push later rules up.
+ */
+export function layerRules(rules: readonly NormalizedRule[]): { shadowed: boolean[]; layers: (number | null)[] } {
+  const shadowed: boolean[] = [];
+  const layers: (number | null)[] = [];
+  const index = new OverlapIndex(rules);
+  for (let i = 0; i < rules.length; i++) {
+    const r = rules[i]!;
+    let hit = false;
+    let layer = 0;
+    if (r.peers.length > 0) {
+      for (const j of index.candidates(i)) {
+        const q = rules[j]!;
+        if (shadows(q, r)) {
+          hit = true;
+          break;
+        }
+        const lj = layers[j]!;
+        if (lj !== null && lj >= layer && rulesOverlap(q, r)) layer = lj + 1;
+      }
+    }
+    shadowed.push(hit);
+    layers.push(hit || r.peers.length === 0 ? null : layer);
+    if (!hit) index.add(i);
+  }
+  return { shadowed, layers };
 }
 
 /** Layer per rule (see the file comment); null for rules that match nothing. */

@@ -12,8 +12,9 @@
  * counts into a named counter object declared in the table; `replace-table`
  * with `previous` reloads the table in place (its counter objects keep their
  * counts), with `counters` it declares them with the counts carried
- * (`counter c_... { packets N bytes M }`). Listings (`listing: true`) and the
- * JSON form keep anonymous counters.
+ * (`counter c_... { packets N bytes M }`). The JSON form (`renderJson`)
+ * declares and names the same counter objects; listings (`listing: true`)
+ * keep anonymous counters.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
@@ -141,12 +142,11 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
   yield '\t\t}\n\t}\n';
 }
 
-/** `named`: rules count into named counter objects (a script, see the note at the top). */
-function chainText(c: Chain, named: boolean): string {
+/** `names`: the counter object each rule counts into (a script, see the note at the top); none: anonymous counters. */
+function chainText(c: Chain, names: readonly (string | undefined)[] = []): string {
   const out = [`\tchain ${assertName(c.name)} {`];
   if (c.base) out.push(`\t\ttype ${c.base.type} hook ${c.base.hook} priority ${c.base.priority}; policy ${c.base.policy};`);
   if (c.comment !== undefined) out.push(`\t\tcomment "${safeComment(c.comment)}"`);
-  const names = named ? ruleCounterNames(c) : [];
   c.rules.forEach((r, i) => out.push(`\t\t${ruleText(r, names[i])}`));
   out.push('\t}');
   return out.join('\n') + '\n';
@@ -167,11 +167,12 @@ export function renderTable(table: Table, opts: { listing?: boolean } = {}): str
 }
 
 /** Declarations of the table's counter objects, with the counts carried into them (see the note at the top). */
-function* counterChunks(table: Table, counters?: RuleCounters): Generator<string> {
+function* counterChunks(table: Table, names: readonly (readonly (string | undefined)[])[], counters?: RuleCounters): Generator<string> {
   for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
     let chunk = '';
-    for (const c of table.chains.slice(i, i + CHAINS_PER_CHUNK)) {
-      ruleCounterNames(c).forEach((n, j) => {
+    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, table.chains.length); k++) {
+      const c = table.chains[k]!;
+      names[k]!.forEach((n, j) => {
         if (n === undefined) return;
         const carried = counters?.get(counterKey(c.name, c.rules[j]!.comment!));
         chunk += `\tcounter ${assertName(n)} {${carried ? ` packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)}` : ''} }\n`;
@@ -192,15 +193,16 @@ function* tableChunks(table: Table, opts: { listing?: boolean; script?: { counte
   if (table.comment !== undefined && !opts.script?.inPlace) head.push(`\tcomment "${safeComment(table.comment)}"`);
   if (table.marker !== undefined) head.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
   yield head.join('\n') + '\n';
-  if (opts.script) yield* counterChunks(table, opts.script.counters);
+  // each chain's counter names, worked out once for the declarations and the rules
+  const names = opts.script ? table.chains.map(ruleCounterNames) : null;
+  if (opts.script) yield* counterChunks(table, names!, opts.script.counters);
   const notes = new Map<string, string>();
   if (!opts.listing) for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
   for (const m of table.maps) yield* mapChunks(m, notes, opts.listing);
   for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
-    yield table.chains
-      .slice(i, i + CHAINS_PER_CHUNK)
-      .map((c) => chainText(c, opts.script !== undefined))
-      .join('');
+    let chunk = '';
+    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, table.chains.length); k++) chunk += chainText(table.chains[k]!, names?.[k]);
+    yield chunk;
   }
   yield '}\n';
 }
@@ -365,7 +367,8 @@ function verdictJson(vd: Verdict | undefined): Json {
   return vd.kind === 'jump' ? { jump: { target: assertName(vd.chain) } } : { [vd.kind]: null };
 }
 
-function exprJson(e: Expr): Json {
+/** `named`: the rule counts into this counter object (counters.ts), as in the script. */
+function exprJson(e: Expr, named?: string): Json {
   switch (e.kind) {
     case 'match':
       return {
@@ -380,7 +383,7 @@ function exprJson(e: Expr): Json {
         vmap: { key: e.key.length === 1 ? selectorJson(e.key[0]!) : { concat: e.key.map(selectorJson) }, data: `@${assertName(e.map)}` },
       };
     case 'counter':
-      return { counter: { packets: 0, bytes: 0 } };
+      return named !== undefined ? { counter: assertName(named) } : { counter: { packets: 0, bytes: 0 } };
     case 'verdict':
       return verdictJson(e.verdict);
   }
@@ -404,6 +407,9 @@ export function renderJson(table: Table): { nftables: Json[] } {
   cmds.push({ add: { table: { family, name: tname } } });
   cmds.push({ delete: { table: { family, name: tname } } });
   cmds.push({ add: { table: { family, name: tname, ...(table.comment !== undefined ? { comment: safeComment(table.comment) } : {}) } } });
+  // the counter objects the rules count into (counters.ts), before the rules that name them
+  const counterNames = table.chains.map(ruleCounterNames);
+  for (const names of counterNames) for (const n of names) if (n !== undefined) cmds.push({ add: { counter: { family, table: tname, name: assertName(n) } } });
   // chains first: map elements jump to them, and JSON commands are resolved in order
   for (const c of table.chains) {
     const chain: Record<string, Json> = { family, table: tname, name: assertName(c.name) };
@@ -430,12 +436,14 @@ export function renderJson(table: Table): { nftables: Json[] } {
     }
     cmds.push({ add: m.set ? { set: map } : { map } });
   }
-  for (const c of table.chains) {
-    for (const r of c.rules) {
-      const rule: Record<string, Json> = { family, table: tname, chain: c.name, expr: r.exprs.map(exprJson) };
+  table.chains.forEach((c, ci) => {
+    c.rules.forEach((r, ri) => {
+      const named = counterNames[ci]![ri];
+      const first = r.exprs.findIndex((e) => e.kind === 'counter');
+      const rule: Record<string, Json> = { family, table: tname, chain: c.name, expr: r.exprs.map((e, i) => exprJson(e, i === first ? named : undefined)) };
       if (r.comment !== undefined) rule.comment = safeComment(r.comment);
       cmds.push({ add: { rule } });
-    }
-  }
+    });
+  });
   return { nftables: cmds };
 }

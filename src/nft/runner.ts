@@ -44,7 +44,8 @@ export interface NftRunner {
    * The counts of every identified rule (counters.ts), to carry over a full
    * reload; null when the table does not exist. Lists the table without
    * elements (`nft -t`; nft 1.0.6 still loads set elements into its cache:
-   * ~1.3 s at 100k members). Throws NFT_PERMISSION / NFT_FAILED.
+   * ~1.3 s at 100k members). Throws NFT_PERMISSION / NFT_FAILED. The real
+   * runner starts nft within the call when it is idle (the agent compiles meanwhile).
    */
   readRuleCounters(): Promise<RuleCounters | null>;
   /**

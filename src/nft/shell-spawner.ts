@@ -18,7 +18,7 @@
  * command included); a dead shell is started again on the next request.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { createWriteStream, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -83,6 +83,8 @@ export class ShellSpawner {
   private child: ChildProcess | null = null;
   private dir: string | null = null;
   private seq = 0;
+  /** calls accepted and not settled yet */
+  private running = 0;
   private queue: Promise<unknown> = Promise.resolve();
   private waiting: { id: number; resolve: (code: number) => void; reject: (e: Error) => void } | null = null;
   private closed = false;
@@ -95,11 +97,20 @@ export class ShellSpawner {
     this.start(); // now, while the process is small
   }
 
-  /** Runs `command args...` with `input` (text, or chunks of it) on stdin; resolves with its output and exit code (any code). */
+  /**
+   * Runs `command args...` with `input` (text, or chunks of it) on stdin; resolves with its output and exit code (any code).
+   * When nothing else is running and there is no input (a read), the request is on its way to the shell
+   * when run() returns: the command runs while the caller goes on with synchronous work (the agent
+   * reads the counters to carry while it compiles).
+   */
   run(args: readonly string[], input: string | Iterable<string> = ''): Promise<SpawnResult> {
     for (const a of args) if (!ARG_RE.test(a)) throw new Error(`internal: unsafe argument ${JSON.stringify(a)}`);
-    const p = this.queue.then(() => this.runOne(args, input));
-    this.queue = p.catch(() => undefined);
+    const p = this.running === 0 && input === '' ? this.runOne(args, input) : this.queue.then(() => this.runOne(args, input));
+    this.running++;
+    this.queue = p.then(
+      () => void this.running--,
+      () => void this.running--,
+    );
     return p;
   }
 
@@ -186,7 +197,9 @@ export class ShellSpawner {
     if (this.closed) throw new Error('the nft helper shell was stopped');
     const child = this.child ?? this.start();
     const dir = this.dir!;
-    if (typeof input === 'string') await writeFile(join(dir, 'in'), input);
+    // no input: written at once, so a read is handed to the shell within this call (see run)
+    if (input === '') writeFileSync(join(dir, 'in'), '');
+    else if (typeof input === 'string') await writeFile(join(dir, 'in'), input);
     else await pipeline(Readable.from(input), createWriteStream(join(dir, 'in')));
     const id = ++this.seq;
     this.busy(child);

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compilePolicy, memberSetName } from '../../src/nft/compile.js';
 import { planElementUpdate } from '../../src/nft/diff.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
+import { sel, v } from '../../src/nft/model.js';
 import { findDrift } from '../../src/nft/readback.js';
 import { deleteTableTx, replaceTableTx } from '../../src/nft/transaction.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
@@ -106,6 +107,34 @@ describe.skipIf(skip !== null).each([{ mode: 'direct' }, { mode: 'helper' }])(`n
     const op = { op: 'update-elements' as const, family: 'inet' as const, table: 'secgroup', map: 'in4_l0_ports', keyType: bogus.table.maps[0]!.keyType, remove: [{ key: bogus.table.maps[0]!.elements[0]!.key.map((k) => (k.kind === 'addr' ? { ...k, lo: 1n, hi: 1n } : k)), verdict: { kind: 'accept' as const } }], add: [] };
     await expect(nft.apply({ family: 'inet', table: 'secgroup', ops: [op] })).rejects.toMatchObject({ code: 'NFT_NOT_FOUND_OBJECT' });
     expect((await nft.readTable())!.fingerprint).toBe(before);
+  });
+
+  // a replacement big enough to be streamed in many chunks (5000 members: three slices of elements, ~100 KB)
+  const big = () => compilePolicy(policy(6, { members: Array.from({ length: 5000 }, (_, i) => `198.18.${100 + (i >> 8)}.${i & 255}`) }));
+
+  it('a streamed replacement that nft rejects at its end leaves the previous table whole', async () => {
+    const c = compilePolicy(policy(4));
+    await nft.apply(replaceTableTx(c.table));
+    const before = (await nft.readTable())!.fingerprint;
+    const b = big();
+    const missing = { op: 'update-elements' as const, family: 'inet' as const, table: 'secgroup', map: 'no_such_map', keyType: ['ipv4_addr' as const], remove: [], add: [{ key: [{ kind: 'addr' as const, family: 4 as const, lo: 1n, hi: 1n }] }] };
+    await expect(nft.apply({ family: 'inet', table: 'secgroup', ops: [...replaceTableTx(b.table).ops, missing] })).rejects.toMatchObject({ code: 'NFT_NOT_FOUND_OBJECT' });
+    expect((await nft.readTable())!.fingerprint).toBe(before);
+    expect(await nft.readMarker()).toBe(c.table.marker);
+  });
+
+  it('a replacement whose rendering fails part-way through the stream is never committed: the previous table stays whole', async () => {
+    const c = compilePolicy(policy(4));
+    await nft.apply(replaceTableTx(c.table));
+    const before = (await nft.readTable())!.fingerprint;
+    for (const at of ['head', 'tail'] as const) {
+      const b = big().table;
+      // an internal error while rendering: after the first chunk ("table ... {}" + "delete table ...", a valid script alone) or after every map
+      const bad = { ...b, ...(at === 'head' ? { comment: 'bad "quote' } : { chains: [...b.chains, { name: 'r_bad', rules: [{ exprs: [{ kind: 'match' as const, left: sel.nfproto, op: '==' as const, right: v.num(-1) }] }] }] }) };
+      await expect(nft.apply(replaceTableTx(bad))).rejects.toThrow(/internal: bad|comment/);
+      expect((await nft.readTable())!.fingerprint).toBe(before);
+      expect(await nft.readMarker()).toBe(c.table.marker);
+    }
   });
 
   it('deletes our table and nothing else', async () => {

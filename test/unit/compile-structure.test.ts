@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { compilePolicy } from '../../src/nft/compile.js';
-import { assignLayers, findShadowed, matchesEveryAddress, ruleCovers, rulesOverlap } from '../../src/nft/layering.js';
+import { assignLayers, findShadowed, layerRules, matchesEveryAddress, ruleCovers, rulesOverlap } from '../../src/nft/layering.js';
 import { groupMapName, memberSetName, ruleChainName } from '../../src/nft/names.js';
 import type { Chain, Table } from '../../src/nft/model.js';
 import { renderScript } from '../../src/nft/render.js';
@@ -96,6 +96,9 @@ describe('layers', () => {
           const layers = assignLayers(rules);
           expect(layers, `seed ${seed}: the index gives the layers of the definition`).toEqual(naiveLayers(rules));
           expect(findShadowed(rules), `seed ${seed}: the index finds the shadowed rules of the definition`).toEqual(naiveShadowed(rules));
+          // the compiler's one pass: the same shadowed rules, and the layers of the rules with the shadowed ones matching nothing
+          const shadowed = naiveShadowed(rules);
+          expect(layerRules(rules), `seed ${seed}: one pass`).toEqual({ shadowed, layers: naiveLayers(rules.map((r, i) => (shadowed[i] ? { ...r, peers: [] } : r))) });
           rules.forEach((a, i) =>
             rules.forEach((b, j) => {
               if (i < j && layers[i] !== null && layers[i] === layers[j]) expect(rulesOverlap(a, b), `seed ${seed}: ${a.ruleId} / ${b.ruleId}`).toBe(false);

@@ -82,6 +82,30 @@ describe('script form', () => {
   });
 });
 
+describe('JSON form: named counters', () => {
+  it('declares the counter objects of the script and has each counted rule count into the one the script names', () => {
+    for (let seed = 0; seed < 30; seed++) {
+      const { table } = compilePolicy(parsePolicy(randomPolicy(createRng(seed))));
+      const script = renderScript(table);
+      const cmds = renderJson(table).nftables as Record<string, Record<string, Record<string, unknown>>>[];
+      const declared = cmds.filter((c) => c.add?.counter).map((c) => c.add!.counter!);
+      expect(declared.map((c) => c.name)).toEqual([...script.matchAll(/^\tcounter (c_[0-9a-f]+) \{ \}$/gm)].map((m) => m[1]));
+      expect(declared.every((c) => c.family === 'inet' && c.table === table.name)).toBe(true);
+      // the rules, in order: the counter each names (or an anonymous one), as in the script's rule lines
+      const jsonCounters = cmds.filter((c) => c.add?.rule).map((c) => {
+        const counter = (c.add!.rule!.expr as Record<string, unknown>[]).find((e) => 'counter' in e)?.counter;
+        return counter === undefined ? 'none' : typeof counter === 'string' ? counter : 'anonymous';
+      });
+      const scriptCounters = script
+        .split('\n')
+        .filter((l) => /^\t\t(?!type |comment |elements |flags )/.test(l) && !/^\t\t\t/.test(l) && !l.startsWith('\t\t}'))
+        .map((l) => /counter name "(c_[0-9a-f]+)"/.exec(l)?.[1] ?? (/\bcounter\b/.test(l) ? 'anonymous' : 'none'));
+      expect(jsonCounters).toEqual(scriptCounters);
+      expect(jsonCounters.filter((c) => c.startsWith('c_')).length).toBe(declared.length);
+    }
+  });
+});
+
 // ---- no user text in nft syntax ----
 
 /** Characters that could end a string, a statement or a block in nft syntax, or hide in a terminal. */

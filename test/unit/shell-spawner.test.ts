@@ -45,6 +45,23 @@ describe('ShellSpawner', () => {
     await expect(runner.apply({ family: 'inet', table: 'secgroup', ops: [{ op: 'replace-table', table }] })).rejects.toMatchObject({ details: { stderr: expect.stringContaining('delete table inet secgroup\ntable inet secgroup {\n\tchain input {') } });
   });
 
+  it('hands a read (no input) to the shell within run(): it runs while the caller is busy with synchronous work', async () => {
+    const dir = join(tmpdir(), `sgt-spawn-${process.pid}-${Date.now()}`);
+    mkdirSync(dir);
+    try {
+      const flag = join(dir, 'ran');
+      const s = make(['sh', '-c', `echo ran > ${flag}`]);
+      const p = s.run(['-t', 'list']);
+      // the event loop stays blocked (as during a compile) until the command has run, at most 20 s
+      const sleeper = new Int32Array(new SharedArrayBuffer(4));
+      for (let i = 0; i < 2000 && !existsSync(flag); i++) Atomics.wait(sleeper, 0, 0, 10);
+      expect(existsSync(flag)).toBe(true);
+      expect((await p).exitCode).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('passes a failing exit code through, and keeps serving', async () => {
     const s = make(['sh', '-c', 'exit 3']);
     expect((await s.run(['-f', '-'])).exitCode).toBe(3);

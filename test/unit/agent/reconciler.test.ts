@@ -442,6 +442,22 @@ describe('reconciler', () => {
     expect(await metric(metrics, 'secgroup_rule_bytes_total')).toContain('rule="r-http",direction="ingress"} 1000');
   });
 
+  it('on a replacement, asks for the counters to carry before it compiles (nft lists the table while the agent compiles)', async () => {
+    const { nft, r } = setup();
+    const seen: string[][] = [];
+    // every read of the policy's groups before the apply (the compile's) records which nft calls were made by then
+    const watched = new Proxy(policy(1), {
+      get: (target, key, receiver) => {
+        if (key === 'security_groups' && nft.count('apply') === 0) seen.push(nft.calls.map((c) => c.method));
+        return Reflect.get(target, key, receiver);
+      },
+    });
+    expect(await r.submit(watched, 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(seen.length).toBeGreaterThan(0);
+    for (const calls of seen) expect(calls).toEqual(['readRuleCounters']);
+    expect(nft.calls.map((c) => c.method)).toEqual(['readRuleCounters', 'check', 'apply', 'readMarker']);
+  });
+
   it('keeps rule counters over a full reload in place, without reading them; the metrics count on from the last read', async () => {
     const { nft, metrics, r } = setup();
     await r.submit(policy(1), 'controller');
