@@ -60,6 +60,7 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
     isOwnMarker: (m: string) => r.isOwnMarker(m),
     observeFullApplies: (o: { before(): void; after(): void } | null) => r.observeFullApplies(o),
     checkDrift: (o?: { elements?: boolean }) => r.checkDrift(o),
+    probeMonitor: () => r.probeMonitor(),
     repairDrift: async (d: Drift) => {
       await r.repairDrift(d);
       repaired?.(d);
