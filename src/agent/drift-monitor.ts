@@ -245,11 +245,15 @@ export class DriftMonitor {
     if (this.stopped) return;
     if (!this.ready) {
       // the first event: subscribed; what changed before it is found by one full check
+      // (unless the event is itself a foreign change: its repair reloads the whole table anyway)
       this.ready = true;
       this.cancelProbe();
       this.o.logger.debug({ event: 'drift_monitor_ready', afterMs: Math.max(0, this.o.clock.monotonic() - this.startedAt) }, 'nft monitor reports changes: one full check, then marker checks');
-      void this.fullCheck();
-      if (e.kind === 'lost') return;
+      const foreign = e.kind === 'batch' && !e.batch.markers.some((m) => this.o.target.isOwnMarker(m));
+      if (!foreign) {
+        void this.fullCheck();
+        return;
+      }
     }
     if (e.kind === 'lost') {
       this.o.logger.warn({ event: 'drift_monitor_lost' }, 'nft monitor lost events: reading the whole table back');
