@@ -14,32 +14,40 @@
  *   (1 s doubling to 60 s, reset once a session has run a minute); while it
  *   is down, or after it reported lost events, the periodic check lists the
  *   whole table (elements included) as before.
- * - Covered: a monitor has subscribed some milliseconds after it was
- *   started; `settleMs` after each (re)start one full check closes that gap
- *   (and finds whatever changed while no monitor ran). From then on the
- *   periodic check reads only the generation marker: it still sees the table
- *   deleted, recreated or replaced by another writer (also if the monitor
- *   silently stopped reporting), but an edit inside the table only through
- *   the monitor.
+ * - Covered only once proven subscribed: `nft monitor` loads its cache
+ *   (every element of every set) before it subscribes, milliseconds for
+ *   small tables, seconds at 10k-100k members (bench/tools/monitor-repro.ts
+ *   and bench drift measure it). So after each (re)start the monitor is not
+ *   trusted until it reported something: the target sends a probe (its
+ *   generation marker once more, a tiny transaction of its own) after
+ *   `probeInitialMs`, doubling to `probeMaxMs`, until the session reports
+ *   any event. Then one full check finds whatever changed before the
+ *   subscription (while no monitor ran), and from then on the periodic check
+ *   reads only the generation marker: it still sees the table deleted,
+ *   recreated or replaced by another writer (also if the monitor silently
+ *   stopped reporting), but an edit inside the table only through the
+ *   monitor. A monitor that reports nothing `readyTimeoutMs` after the
+ *   first probe went out is stopped and restarted (with the backoff).
  * - Paused around the agent's own full reloads: nft 1.0.6's monitor dies
  *   (SIGSEGV) printing a transaction that creates an interval map with
- *   concatenated keys together with its elements, which a full reload does.
- *   It is stopped right before the reload goes to nft and started again
- *   right after (no backoff, no full check: the gap is our own transaction,
- *   verified by its marker).
+ *   concatenated keys together with its elements, which a full reload does,
+ *   in place (reloadInPlaceTx) or as a replacement (reproduced at 100k
+ *   members with bench/tools/monitor-repro.ts: `nft monitor` and `nft -j
+ *   monitor` die on the in-place reload, `nft monitor elements` on the
+ *   replacement; `nft monitor rules|chains|sets|tables` survive but show no
+ *   element edits). It is stopped right before the reload goes to nft and
+ *   started again right after (no backoff), and covers the table again as
+ *   after any start: once it reported a probe and a full check ran. A
+ *   change made right after our reload, before the new monitor subscribed,
+ *   is thereby found by that full check (not repaired within milliseconds,
+ *   but never missed until the next full periodic check).
  * - A transaction nft printed nothing of (`unknown`: elements of such a map
  *   changed later; it may be any table's) gets a full check, not a repair.
  * - Known gaps: a transaction that carries one of our recent markers
  *   (someone replaying the agent's own script, e.g. `secgroup render | nft
- *   -f -` of the same revision) counts as ours; a change made in the
- *   window between a full reload and the restarted monitor's subscription
- *   is seen only if it deletes or replaces the table (periodic marker
- *   check). nft 1.0.6's `nft monitor` loads its cache (every element) before
- *   it subscribes, so that window is milliseconds for small tables and
- *   seconds at 100k members (bench drift: a hand edit 0.3 s after a repair
- *   went unseen there). Closing it needs a readiness signal from the
- *   monitor (e.g. an own no-op transaction it must report) and a full check
- *   after it; not done yet.
+ *   -f -` of the same revision) counts as ours. After our own full reload
+ *   the table is watched by full periodic checks until the new monitor has
+ *   subscribed (seconds at 100k members).
  *
  * Timers come from the injected clock; the reconciler serialises repairs with
  * its syncs, so a repair never races an apply.
@@ -54,6 +62,8 @@ import type { AgentMetrics } from './metrics.js';
 export interface DriftTarget {
   isOwnMarker(marker: string): boolean;
   observeFullApplies(observer: { before(): void; after(): void } | null): void;
+  /** Sends one tiny transaction of its own on the table (the monitor reports it once subscribed); false when none was sent (nothing applied, nft failed). Never throws. */
+  probeMonitor(): Promise<boolean>;
   repairDrift(found: Drift): Promise<void>;
   checkDrift(opts?: { elements?: boolean }): Promise<Drift | null>;
 }
@@ -67,8 +77,11 @@ export interface DriftMonitorOptions {
   /** first restart delay after the monitor died, doubled up to `restartMaxMs` (defaults 1 s, 60 s) */
   restartInitialMs?: number;
   restartMaxMs?: number;
-  /** after a (re)start: wait this long, then one full check (default 500 ms) */
-  settleMs?: number;
+  /** after a (re)start: the first probe after this long, doubled up to `probeMaxMs` until the monitor reported something (defaults 250 ms, 2 s) */
+  probeInitialMs?: number;
+  probeMaxMs?: number;
+  /** a monitor that reported nothing this long after the first probe went out is restarted (default 300 s) */
+  readyTimeoutMs?: number;
 }
 
 /** What a foreign transaction did, as a drift (kind for the metric, the first lines for the log). */
@@ -83,7 +96,12 @@ export class DriftMonitor {
   private readonly o: Required<DriftMonitorOptions>;
   private session: MonitorSession | null = null;
   private restartTimer: Timer | null = null;
-  private settleTimer: Timer | null = null;
+  private probeTimer: Timer | null = null;
+  private probeAttempt = 0;
+  /** when the first probe of this session went out (null: none yet) */
+  private probedAt: number | null = null;
+  /** the session has reported an event: it is subscribed */
+  private ready = false;
   private attempt = 0;
   private startedAt = 0;
   /** the monitor has watched without a gap since the last full check */
@@ -97,7 +115,7 @@ export class DriftMonitor {
   private again: Drift | null | undefined = undefined;
 
   constructor(opts: DriftMonitorOptions) {
-    this.o = { restartInitialMs: 1000, restartMaxMs: 60_000, settleMs: 500, ...opts };
+    this.o = { restartInitialMs: 1000, restartMaxMs: 60_000, probeInitialMs: 250, probeMaxMs: 2000, readyTimeoutMs: 300_000, ...opts };
   }
 
   /** Does the monitor cover the table now (periodic checks read only the marker)? */
@@ -116,16 +134,18 @@ export class DriftMonitor {
   private pause(): void {
     if (this.stopped || !this.session) return;
     this.paused = true;
+    this.covered = false;
+    this.cancelProbe();
     this.session.stop();
     this.session = null;
   }
 
-  /** After our own full reload: follow again, at once. */
+  /** After our own full reload: follow again, at once; covered again once it proved subscribed. */
   private resume(): void {
     if (!this.paused) return;
     this.paused = false;
     if (this.stopped) return;
-    this.session = this.o.monitor.follow({ onEvent: (e) => this.onEvent(e), onExit: (reason) => this.onExit(reason) });
+    this.follow();
   }
 
   /** Stops following and waits for a running repair. */
@@ -135,8 +155,8 @@ export class DriftMonitor {
     this.paused = false;
     this.o.target.observeFullApplies(null);
     this.restartTimer?.cancel();
-    this.settleTimer?.cancel();
-    this.restartTimer = this.settleTimer = null;
+    this.restartTimer = null;
+    this.cancelProbe();
     this.session?.stop();
     this.session = null;
     this.o.metrics.driftMonitorUp.set(0);
@@ -154,20 +174,50 @@ export class DriftMonitor {
   }
 
   private follow(): void {
-    const { monitor, clock, logger, metrics, settleMs } = this.o;
+    const { monitor, clock, logger, metrics } = this.o;
     this.startedAt = clock.monotonic();
+    this.ready = false;
+    this.probeAttempt = 0;
+    this.probedAt = null;
     this.session = monitor.follow({ onEvent: (e) => this.onEvent(e), onExit: (reason) => this.onExit(reason) });
     metrics.driftMonitorUp.set(1);
     logger.debug({ event: 'drift_monitor_started' }, 'following nft monitor for changes to our table');
-    this.settleTimer = clock.setTimeout(() => {
-      this.settleTimer = null;
-      void this.fullCheck();
-    }, settleMs);
+    this.scheduleProbe();
+  }
+
+  private cancelProbe(): void {
+    this.probeTimer?.cancel();
+    this.probeTimer = null;
+  }
+
+  private scheduleProbe(): void {
+    const { clock, probeInitialMs, probeMaxMs } = this.o;
+    const delay = Math.min(probeMaxMs, probeInitialMs * 2 ** this.probeAttempt++);
+    this.probeTimer = clock.setTimeout(() => {
+      this.probeTimer = null;
+      void this.probe();
+    }, delay);
+  }
+
+  /** Until the session reported something: one probe, then the next one later (see the file note). */
+  private async probe(): Promise<void> {
+    const { clock, logger, readyTimeoutMs, target } = this.o;
+    const session = this.session;
+    if (this.stopped || !session || this.ready) return;
+    if (this.probedAt !== null && clock.monotonic() - this.probedAt >= readyTimeoutMs) {
+      session.stop();
+      this.onExit(`nft monitor reported nothing within ${readyTimeoutMs} ms of the first probe`);
+      return;
+    }
+    const sent = await target.probeMonitor();
+    if (sent) this.probedAt ??= clock.monotonic();
+    if (this.session !== session || this.stopped || this.ready) return;
+    logger.debug({ event: 'drift_monitor_probe', sent }, 'waiting for nft monitor to report its first transaction');
+    this.scheduleProbe();
   }
 
   private async fullCheck(): Promise<void> {
-    // (paused: our own full reload runs; the check waits for it)
-    if (this.stopped || (!this.session && !this.paused)) return;
+    if (this.stopped || !this.session || !this.ready) return;
     // covered from before the read: a change during it is reported by the monitor
     this.covered = true;
     await this.o.target.checkDrift({ elements: true });
@@ -177,8 +227,8 @@ export class DriftMonitor {
     const { clock, logger, metrics, restartInitialMs, restartMaxMs } = this.o;
     this.session = null;
     this.covered = false;
-    this.settleTimer?.cancel();
-    this.settleTimer = null;
+    this.ready = false;
+    this.cancelProbe();
     metrics.driftMonitorUp.set(0);
     if (this.stopped) return;
     if (clock.monotonic() - this.startedAt >= restartMaxMs) this.attempt = 0;
@@ -193,6 +243,18 @@ export class DriftMonitor {
 
   private onEvent(e: MonitorEvent): void {
     if (this.stopped) return;
+    if (!this.ready) {
+      // the first event: subscribed; what changed before it is found by one full check
+      // (unless the event is itself a foreign change: its repair reloads the whole table anyway)
+      this.ready = true;
+      this.cancelProbe();
+      this.o.logger.debug({ event: 'drift_monitor_ready', afterMs: Math.max(0, this.o.clock.monotonic() - this.startedAt) }, 'nft monitor reports changes: one full check, then marker checks');
+      const foreign = e.kind === 'batch' && !e.batch.markers.some((m) => this.o.target.isOwnMarker(m));
+      if (!foreign) {
+        void this.fullCheck();
+        return;
+      }
+    }
     if (e.kind === 'lost') {
       this.o.logger.warn({ event: 'drift_monitor_lost' }, 'nft monitor lost events: reading the whole table back');
       this.covered = false;

@@ -275,6 +275,30 @@ export class Reconciler {
     this.fullApplyObserver = observer;
   }
 
+  /**
+   * Sends the applied generation marker once more (`set-marker` with the
+   * same text: one tiny transaction of our own on our table). A restarted
+   * `nft monitor` that reports it has subscribed (drift-monitor.ts). False
+   * when nothing is applied or nft failed (the table is gone: the next check
+   * finds it). Never throws.
+   */
+  async probeMonitor(): Promise<boolean> {
+    if (this.stopped) return false;
+    return this.mutex.run(async () => {
+      const marker = this.applied?.compiled.table.marker;
+      if (this.stopped || marker === undefined) return false;
+      const { nft, logger } = this.o;
+      if (!this.sentMarkers.includes(marker)) this.sentMarkers = [...this.sentMarkers.slice(1 - OWN_MARKERS), marker];
+      try {
+        await nft.apply({ family: nft.family, table: nft.table, ops: [{ op: 'set-marker', family: nft.family, table: nft.table, text: marker }] });
+        return true;
+      } catch (e) {
+        logger.debug({ event: 'monitor_probe_failed', err: e }, `cannot send the monitor probe: ${errorMessage(e)}`);
+        return false;
+      }
+    });
+  }
+
   /** Is `marker` the generation marker of one of the last transactions this reconciler sent? */
   isOwnMarker(marker: string): boolean {
     return this.sentMarkers.includes(marker);

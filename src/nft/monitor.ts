@@ -16,8 +16,15 @@
  * SIGSEGV when one transaction creates an interval map with concatenated
  * keys and adds its elements (what a full reload of our table does), and it
  * prints nothing for elements of such a map added or deleted later (a
- * transaction with no line: `unknown`). The agent pauses the monitor around
- * its own full reloads (src/agent/drift-monitor.ts).
+ * transaction with no line: `unknown`). Re-checked after full reloads were
+ * done in place (bench/tools/monitor-repro.ts, 100k members): `nft monitor`
+ * and `nft -j monitor` still die on the in-place reload, `nft monitor
+ * elements` on a replacement; the filtered `nft monitor rules|chains|sets|
+ * tables` survive but print no element edits. The agent therefore pauses
+ * the monitor around its own full reloads and trusts a new one only once it
+ * reported a probe (src/agent/drift-monitor.ts): `nft monitor` loads every
+ * element of every table into its cache before it subscribes (1.4 s at 10k
+ * members; still loading after 30 s, 8 s CPU, at 100k on the loaded VM).
  *
  * `MonitorParser` is pure (chunks in, events out). `ProcessNftMonitor`
  * runs `nft monitor` as one long-lived child; `FakeNftMonitor` lets unit

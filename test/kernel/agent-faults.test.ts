@@ -280,8 +280,13 @@ exec ${realNft} "$@"
       const newRev = oldRev + 1;
       const oldPolicy = labPolicy(oldRev, [8000], 20_000);
       const newPolicy = labPolicy(newRev, [8002], 25_000);
+      const from = agent.lines.length;
       await peer.request({ cmd: 'policy', policy: oldPolicy });
       await peer.waitForAck(oldRev, 'applied', 30_000);
+      // after a full reload the drift monitor probes with marker transactions (`nft -f`) until its new
+      // `nft monitor` reported one: let that settle, so the slowed `nft -f` below is the new policy's apply
+      const restarted = agent.lines.findLastIndex((l, i) => i >= from && l.event === 'drift_monitor_started');
+      if (restarted >= 0) await agent.waitFor((l) => l.event === 'drift_monitor_ready', 60_000, restarted, 'the restarted monitor reported a probe');
       setMode('late');
       if (existsSync(join(faults, 'started'))) spawnSync('rm', ['-f', join(faults, 'started')]);
       await peer.request({ cmd: 'policy', policy: newPolicy });

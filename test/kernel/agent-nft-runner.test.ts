@@ -1,5 +1,8 @@
 /** The execa nft runner against the real kernel, inside a namespace of its own. */
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -97,6 +100,28 @@ describe.skipIf(skip !== null).each([{ mode: 'direct' }, { mode: 'helper' }])(`n
     expect(counters).not.toBeNull();
     for (const r of c.rules) expect(counters!.get(r.chain)).toEqual({ packets: 0, bytes: 0 });
     expect(counters!.get('input')).toBeDefined(); // the counted drop of invalid packets
+  });
+
+  it('reads the generation marker (the periodic check while the monitor covers the table) without asking the kernel for any other set\'s elements', async () => {
+    const c = compilePolicy(policy(1));
+    await nft.apply(replaceTableTx(c.table));
+    expect(c.table.maps.length).toBeGreaterThan(1);
+    // the same runner, with every nft call also run under --debug=mnl: nft prints each netlink request it sends
+    const dir = mkdtempSync(join(tmpdir(), 'sgt-mnl-'));
+    const log = join(dir, 'mnl.log');
+    const traced = new ExecaNftRunner({ table: 'secgroup', command: [...inNs, 'sh', '-c', `nft --debug=mnl "$@" >>${log} 2>&1; exec nft "$@"`, 'mnl'], helper: mode === 'helper' });
+    // GETSETELEM requests: (NFNL_SUBSYS_NFTABLES 10 << 8) | NFT_MSG_GETSETELEM 13 = 2573
+    const elementDumps = () => (readFileSync(log, 'utf8').match(/\| 02573 \|/g) ?? []).length;
+    try {
+      expect(await traced.readMarker()).toBe(c.table.marker);
+      expect(elementDumps()).toBe(1); // the one-element marker set only
+      writeFileSync(log, '');
+      await traced.readTable({ elements: false });
+      expect(elementDumps()).toBeGreaterThan(c.table.maps.length); // any listing of the table dumps every set (nft 1.0.6, even with -t)
+    } finally {
+      traced.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('turns nft failures into typed errors and leaves the table as it was', async () => {

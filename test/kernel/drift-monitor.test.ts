@@ -113,4 +113,33 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
     expect(agent.lines.slice(from).filter((l) => l.event === 'drift' || l.event === 'drift_repaired')).toEqual([]);
     expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: true });
   });
+
+  it('repairs a change made right after its own full reload, before the restarted monitor subscribed', async () => {
+    // Another table with 60k elements: every `nft monitor` start loads them before it subscribes
+    // (seconds, as our own table would at 100k members), which holds open the window this test tampers in.
+    const other: string[] = [];
+    for (let i = 0; i < 60_000; i++) other.push(`198.19.${i >> 8}.${i & 255}`);
+    await lab.nft(['-f', '-'], { input: `add table inet sgt_other\nadd set inet sgt_other s { type ipv4_addr; elements = { ${other.join(', ')} } }\n` });
+    try {
+      const from = agent.lines.length;
+      const p4 = labPolicy(4);
+      p4.security_groups[0]!.rules[0]!.multiport = '8000,8003';
+      await peer.request({ cmd: 'policy', policy: p4 });
+      await peer.waitForAck(4, 'applied');
+      // (without the table's comment: the in-place reload keeps the old one, the repair's replacement writes the new one)
+      const rules = async () => (await listing()).replace(/^\tcomment .*\n/m, '');
+      const reloaded = await rules();
+      expect(reloaded).toContain('8003');
+      // the monitor follows again since the reload went to nft (before the ack), but has not subscribed yet
+      const t0 = performance.now();
+      await lab.nft(['flush', 'chain', 'inet', 'secgroup', 'input']);
+      const line = await agent.waitFor((l) => l.event === 'drift_repaired', 30_000, from, 'drift_repaired after a change right after our reload');
+      latencies['chain flushed right after our own full reload'] = Math.round(performance.now() - t0);
+      expect(line).toMatchObject({ drift: 'structure', revision: 4 });
+      expect(await rules()).toBe(reloaded);
+      expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
+    } finally {
+      await lab.nft(['delete', 'table', 'inet', 'sgt_other'], { reject: false });
+    }
+  });
 });

@@ -359,6 +359,11 @@ describe('agent', () => {
     await new Promise((r) => setImmediate(r));
     expect(dumpBlock(nft.dump(), 'input').rules.length).toBeGreaterThan(0);
     expect(await agent.metrics.registry.getSingleMetricAsString('secgroup_drift_repairs_total')).toContain('kind="structure"} 1');
+    // the repair was a full reload: the restarted monitor covers the table once it reported the agent's probe
+    await clock.advance(250);
+    monitor.emit({ markers: [agent.reconciler.state!.compiled.table.marker!] });
+    await agent.reconciler.idle();
+    await new Promise((r) => setImmediate(r));
     // the periodic check reads only the generation marker while the monitor covers the table
     const tableReads = nft.count('readTable');
     await scheduler.fire();

@@ -4,6 +4,7 @@ import { FakeClock } from '../../../src/lib/clock.js';
 import { createLogger } from '../../../src/lib/logger.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { FakeNftMonitor } from '../../../src/nft/monitor.js';
+import type { NftTransaction } from '../../../src/nft/transaction.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler } from '../../../src/agent/reconciler.js';
@@ -12,8 +13,22 @@ import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { policy } from './fixtures.js';
 import { tableComment } from '../../helpers/nft-dump.js';
 
+/** The kernel's side of `nft monitor`: every transaction applied reaches the sessions that follow, with its generation markers (ours too). */
+class MonitoredNft extends FakeNft {
+  constructor(private readonly monitor: FakeNftMonitor) {
+    super();
+  }
+
+  override async apply(tx: NftTransaction): Promise<void> {
+    await super.apply(tx);
+    const markers = tx.ops.flatMap((o) => (o.op === 'set-marker' ? [o.text] : o.op === 'replace-table' && o.table.marker !== undefined ? [o.table.marker] : []));
+    this.monitor.emit({ markers, structural: tx.ops.some((o) => o.op === 'replace-table') });
+  }
+}
+
 function setup() {
-  const nft = new FakeNft();
+  const monitor = new FakeNftMonitor();
+  const nft = new MonitoredNft(monitor);
   const clock = new FakeClock();
   const metrics = new AgentMetrics();
   const lines: Record<string, unknown>[] = [];
@@ -25,8 +40,7 @@ function setup() {
   });
   const logger = createLogger({ level: 'debug', destination: sink });
   const r = new Reconciler({ nft, store: new MemoryStateStore(), clock, logger, metrics, platform: DEFAULT_PLATFORM, checkBeforeApply: false });
-  const monitor = new FakeNftMonitor();
-  const dm = new DriftMonitor({ monitor, target: r, clock, logger, metrics, restartInitialMs: 1000, restartMaxMs: 8000, settleMs: 500 });
+  const dm = new DriftMonitor({ monitor, target: r, clock, logger, metrics, restartInitialMs: 1000, restartMaxMs: 8000, probeInitialMs: 250, probeMaxMs: 1000 });
   const events = (name: string) => lines.filter((l) => l.event === name);
   const reads = () => ({ table: nft.count('readTable'), marker: nft.count('readMarker') });
   return { nft, clock, metrics, r, monitor, dm, events, reads };
@@ -176,7 +190,7 @@ describe('drift monitor', () => {
   });
 
   it('is not running while its own full reload goes to nft (nft 1.0.6 monitor crashes on it), and follows again right after', async () => {
-    const { nft, clock, r, monitor, dm, reads, events } = setup();
+    const { nft, clock, r, monitor, dm, events } = setup();
     dm.start();
     await r.submit(policy(1), 'controller');
     await clock.advance(500);
@@ -185,13 +199,9 @@ describe('drift monitor', () => {
     await new Promise((res) => setImmediate(res));
     expect(nft.calls.at(-1)?.tx?.ops.map((o) => o.op)).toEqual(['replace-table']);
     expect(monitor.running).toBe(0);
-    const tableReads = reads().table;
     release();
     expect(await done).toMatchObject({ status: 'applied', kind: 'full' });
     expect(monitor.running).toBe(1);
-    expect(dm.watching).toBe(true);
-    await clock.advance(5000);
-    expect(reads().table).toBe(tableReads); // no full check after our own reload
     expect(events('drift_monitor_exited')).toEqual([]);
     // a member delta is not a full reload: no pause
     const started = monitor.started;
@@ -200,18 +210,67 @@ describe('drift monitor', () => {
     await dm.stop();
   });
 
-  it('covers the table also when its first full check comes due during the first (long) full reload', async () => {
-    const { nft, clock, r, dm } = setup();
+  it('after its own full reload, covers the table again only once the new monitor reported a probe and a full check ran: a change made before it subscribed is repaired', async () => {
+    const { nft, clock, r, monitor, dm, reads, events } = setup();
     dm.start();
-    const release = nft.hold('apply');
-    const done = r.submit(policy(1), 'controller');
+    await r.submit(policy(1), 'controller');
     await clock.advance(500);
-    release();
-    await done;
-    await clock.advance(0);
-    await r.idle();
     expect(dm.watching).toBe(true);
+    expect(await r.submit(policy(2, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    // a new `nft monitor` runs but has not subscribed yet (it loads its cache first): nothing it would report
+    expect(dm.watching).toBe(false);
+    // (the table's comment: an in-place reload keeps the old one, the repair's replacement writes the new one)
+    const rules = () => nft.dump().replace(/^\tcomment .*\n/m, '');
+    const applied = rules();
+    nft.flushTable();
+    const tableReads = reads().table;
+    const probes = nft.calls.filter((c) => c.tx?.ops.every((o) => o.op === 'set-marker')).length;
+    await clock.advance(250); // the probe: the monitor reports it, so it has subscribed
+    await dm.idle();
+    await r.idle();
+    expect(nft.calls.filter((c) => c.tx?.ops.every((o) => o.op === 'set-marker')).length).toBe(probes + 1);
+    expect(reads().table).toBeGreaterThan(tableReads);
+    expect(events('drift_repaired')).toEqual([expect.objectContaining({ via: 'check', drift: 'structure', revision: 2 })]);
+    expect(rules()).toBe(applied);
+    // the repair was a full reload too: covered again after the next monitor's probe
+    expect(dm.watching).toBe(false);
+    await clock.advance(250);
+    await r.idle();
+    await dm.idle();
+    expect(dm.watching).toBe(true);
+    expect(monitor.running).toBe(1);
     await dm.stop();
+  });
+
+  it('keeps probing a monitor that reports nothing (doubling the gap), and restarts it after the ready timeout', async () => {
+    const { nft, clock, r, monitor, dm } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    // a monitor that never reports: probes at 250, +500, +1000, +1000 ...
+    monitor.exit();
+    const silent = new FakeNftMonitor();
+    const dm2 = new DriftMonitor({ monitor: silent, target: r, clock, logger: createLogger({ level: 'silent' }), metrics: new AgentMetrics(), probeInitialMs: 250, probeMaxMs: 1000, readyTimeoutMs: 5000, restartInitialMs: 1000 });
+    await dm.stop();
+    dm2.start();
+    const probes = () => nft.calls.filter((c) => c.tx?.ops.every((o) => o.op === 'set-marker')).length;
+    const p0 = probes();
+    await clock.advance(250);
+    await r.idle();
+    expect(probes()).toBe(p0 + 1);
+    await clock.advance(500);
+    await r.idle();
+    expect(probes()).toBe(p0 + 2);
+    expect(dm2.watching).toBe(false);
+    for (let i = 0; i < 5; i++) {
+      await clock.advance(1000);
+      await r.idle();
+    }
+    expect(silent.started).toBe(1);
+    expect(silent.running).toBe(0); // stopped after 5 s of probes without an event
+    await clock.advance(1000);
+    expect(silent.started).toBe(2);
+    await dm2.stop();
   });
 
   it('reads the whole table back after a transaction nft printed nothing of', async () => {
