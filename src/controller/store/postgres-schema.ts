@@ -12,7 +12,8 @@
  * (byte order, whatever the database's locale); `audit_events.resource_ids`
  * is a TEXT[] (`= ANY(...)`). `instances_by_revision` makes
  * `policiesChangedSince` cheap, `instances_by_tail` the clean-up of unused
- * shared tails.
+ * shared tails. `project_changes` (no SQLite counterpart: one process there)
+ * is the change log replicas catch up by (./change-log.ts).
  */
 import type pg from 'pg';
 import type { Logger } from '../../lib/logger.js';
@@ -128,6 +129,17 @@ export const MIGRATIONS: readonly string[] = [
   // 2: a commit that replaced documents looks up, per shared tail, whether an instance still uses it
   `
   CREATE INDEX instances_by_tail ON instances (project_id, policy_tail) WHERE policy_tail IS NOT NULL;
+  `,
+  // 3: the change log: each commit's ops (documents left out), by project and version, so a replica whose cached snapshot
+  // is a few versions behind catches up by them instead of reloading the project (postgres.ts, ./change-log.ts)
+  `
+  CREATE TABLE project_changes (
+    project_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    ops TEXT NOT NULL,
+    revisions TEXT NOT NULL,
+    PRIMARY KEY (project_id, version)
+  );
   `,
 ];
 

@@ -6,8 +6,10 @@
  * `mutate` is one transaction in READ COMMITTED, in this order: lock the
  * project (an upsert of its row that bumps `version` takes the row lock, so
  * writers of one project on every replica serialise, and a project's first
- * commit inserts it), read the version the project had, load the snapshot,
- * run `change`, apply its ops. Revisions come from one counter row
+ * commit inserts it), read the version the project had, take the snapshot
+ * (cached at that version; else the cached one brought forward by the
+ * change log, `project_changes`, ./change-log.ts; else loaded), run
+ * `change`, apply its ops and append them to the change log. Revisions come from one counter row
  * (`value = value + n RETURNING`): its row lock is held to the commit, so
  * no revision is handed out twice, they commit in the order they were handed
  * out (a catch-up by watermark, `policiesChangedSince`, never skips one that
@@ -45,6 +47,7 @@ import { isUnreachable, storeError, timedOut } from './postgres-errors.js';
 import { migrate } from './postgres-schema.js';
 import { readPolicies } from './postgres-policies.js';
 import { SnapshotCache } from './snapshot-cache.js';
+import { CHANGE_LOG_KEEP, changeEntry, replayChanges, type ChangeEntry } from './change-log.js';
 import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 export interface PostgresStoreOptions {
@@ -197,11 +200,36 @@ export class PostgresStore implements Store {
     };
   }
 
+  /**
+   * The cached snapshot brought to `version` by the change log
+   * (./change-log.ts), or null when there is none to bring forward, it is
+   * too far behind or the log misses a version. Inside `mutate`'s
+   * transaction (the project locked), or on its own after `version` was read
+   * committed: a version's entry commits with it and every earlier one
+   * before it (the row lock orders them), so all of them are visible.
+   */
+  private async caughtUp(q: Query, projectId: string, version: number): Promise<ProjectSnapshot | null> {
+    const base = this.cache.latest(projectId);
+    if (!base || base.version >= version) return null;
+    if (version - base.version > CHANGE_LOG_KEEP) {
+      this.logger?.debug({ event: 'snapshot_reload', project_id: projectId, behind: version - base.version, reason: 'too_far_behind' }, 'the cached snapshot is too far behind the change log: loading the project');
+      return null;
+    }
+    const r = await q('SELECT version, ops, revisions FROM project_changes WHERE project_id = $1 AND version > $2 AND version <= $3 ORDER BY version', [projectId, base.version, version]);
+    const snap = replayChanges(base, version, r.rows as unknown as ChangeEntry[]);
+    if (snap) this.cache.put(snap);
+    this.logger?.debug(
+      { event: snap ? 'snapshot_caught_up' : 'snapshot_reload', project_id: projectId, behind: version - base.version, ...(snap ? {} : { reason: 'log_pruned' }) },
+      snap ? 'the cached snapshot caught up by the change log' : 'the change log misses versions: loading the project',
+    );
+    return snap;
+  }
+
   async loadProject(projectId: string): Promise<ProjectSnapshot | null> {
     const head = await this.query('SELECT version FROM projects WHERE id = $1', [projectId]);
     const current = head.rows[0]?.version as number | undefined;
     if (current === undefined) return null;
-    const hit = this.cache.get(projectId, current);
+    const hit = this.cache.get(projectId, current) ?? (await this.caughtUp((sql, params) => this.query(sql, params), projectId, current));
     if (hit) return hit;
     // REPEATABLE READ: the four reads see one commit
     const snap = await this.transaction(async (q) => {
@@ -224,9 +252,16 @@ export class PostgresStore implements Store {
       const version = locked.rows[0]!.version as number;
       // the version the project had: 0 = never committed; the cached snapshot serves when no other replica wrote since
       const previous = version - 1;
-      const cur = previous === 0 ? null : (this.cache.get(projectId, previous) ?? (await this.load(q, projectId, previous)));
+      const cur = previous === 0 ? null : (this.cache.get(projectId, previous) ?? (await this.caughtUp(q, projectId, previous)) ?? (await this.load(q, projectId, previous)));
       const decided = change(cur);
       const revisions = await this.apply(q, projectId, decided.ops);
+      // the change log entry (and, every 16th version, the pruning of entries beyond CHANGE_LOG_KEEP) in one statement
+      const entry = changeEntry(version, decided.ops, revisions);
+      await q(
+        `WITH pruned AS (DELETE FROM project_changes WHERE project_id = $1 AND version <= $5)
+         INSERT INTO project_changes (project_id, version, ops, revisions) VALUES ($1, $2, $3, $4)`,
+        [projectId, version, entry.ops, entry.revisions, version % 16 === 0 ? version - CHANGE_LOG_KEEP : 0],
+      );
       before = cur;
       applied = decided.ops;
       after = decided.after;

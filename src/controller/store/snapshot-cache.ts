@@ -63,6 +63,11 @@ export class SnapshotCache {
     return hit && hit.version === version ? hit : undefined;
   }
 
+  /** The cached snapshot of the project at whatever version it has (a store may bring it forward: ./change-log.ts). */
+  latest(projectId: string): ProjectSnapshot | undefined {
+    return this.snaps.get(projectId);
+  }
+
   /** Records a loaded snapshot. */
   put(snap: ProjectSnapshot): void {
     this.touch(snap.projectId, snap);
