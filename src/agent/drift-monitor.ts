@@ -61,7 +61,7 @@ import type { AgentMetrics } from './metrics.js';
 /** What the monitor needs of the reconciler. */
 export interface DriftTarget {
   isOwnMarker(marker: string): boolean;
-  observeFullApplies(observer: { before(): void; after(): void } | null): void;
+  observeFullApplies(observer: { before(): void; after(): void; covers?(): boolean } | null): void;
   /** Sends one tiny transaction of its own on the table (the monitor reports it once subscribed); false when none was sent (nothing applied, nft failed). Never throws. */
   probeMonitor(): Promise<boolean>;
   repairDrift(found: Drift): Promise<void>;
@@ -126,7 +126,7 @@ export class DriftMonitor {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
-    this.o.target.observeFullApplies({ before: () => this.pause(), after: () => this.resume() });
+    this.o.target.observeFullApplies({ before: () => this.pause(), after: () => this.resume(), covers: () => this.covered });
     this.follow();
   }
 

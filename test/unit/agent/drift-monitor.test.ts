@@ -151,6 +151,23 @@ describe('drift monitor', () => {
     await dm.stop();
   });
 
+  it('skips the marker read-back after an element-only update while it covers the table, reads it back when it does not', async () => {
+    const { r, clock, monitor, dm, reads } = setup();
+    dm.start();
+    await r.submit(policy(1), 'controller');
+    await clock.advance(500);
+    expect(dm.watching).toBe(true);
+    let before = reads();
+    expect(await r.submit(policy(2, { members: ['198.18.0.30'] }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(reads()).toEqual(before);
+    monitor.exit();
+    expect(dm.watching).toBe(false);
+    before = reads();
+    expect(await r.submit(policy(3, { members: ['198.18.0.31'] }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(reads()).toEqual({ table: before.table, marker: before.marker + 1 });
+    await dm.stop();
+  });
+
   it('restarts a monitor that died, with backoff, and stops it with the agent', async () => {
     const { clock, r, monitor, dm, events, metrics } = setup();
     dm.start();
