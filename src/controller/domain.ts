@@ -109,14 +109,11 @@ export function rulesOf(snap: ProjectSnapshot, groupId: string): RuleRow[] {
 
 // ---- the default group ----
 
-function defaultRule(id: string, direction: RuleRow['direction'], ethertype: RuleRow['ethertype'], remote: Partial<RuleRow>, now: string): RuleRow {
+/** A rule row with the defaults of an API create (priority 1, allow, any protocol and peer, enabled); `fields` set the rest. */
+export function newRuleRow(fields: Partial<RuleRow> & Pick<RuleRow, 'id' | 'security_group_id' | 'direction' | 'ethertype' | 'created_at'>): RuleRow {
   return {
-    id,
-    security_group_id: DEFAULT_GROUP_ID,
-    direction,
     priority: 1,
     action: 'allow',
-    ethertype,
     protocol: null,
     multiport: null,
     icmp_type: null,
@@ -126,9 +123,12 @@ function defaultRule(id: string, direction: RuleRow['direction'], ethertype: Rul
     remote_address_group_id: null,
     description: '',
     enabled: true,
-    created_at: now,
-    ...remote,
+    ...fields,
   };
+}
+
+function defaultRule(id: string, direction: RuleRow['direction'], ethertype: RuleRow['ethertype'], remote: Partial<RuleRow>, now: string): RuleRow {
+  return newRuleRow({ id, security_group_id: DEFAULT_GROUP_ID, direction, ethertype, created_at: now, ...remote });
 }
 
 /** Ops that create a project: its undeletable `default` group with the four rules of SEMANTICS section 6. */

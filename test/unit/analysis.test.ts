@@ -8,6 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { ExposureTracker, FleetView, RULES_ONLY, changeImpact, exposure, reachability, type PortsLookup, type ReachabilityQuery } from '../../src/controller/analysis.js';
 import { applyOps, type GroupRow, type InstanceRow, type ProjectSnapshot, type RuleRow } from '../../src/controller/model.js';
+import { newRuleRow } from '../../src/controller/domain.js';
 import { affectedInstances, touchedBy } from '../../src/controller/policy-documents.js';
 import { evaluate } from '../../src/policy/evaluate.js';
 import { normalizeRules } from '../../src/policy/normalize.js';
@@ -23,24 +24,7 @@ function group(id: string, name = id): GroupRow {
 }
 
 function ruleRow(groupId: string, r: Partial<RuleRow> & { id: string }): RuleRow {
-  return {
-    security_group_id: groupId,
-    direction: 'ingress',
-    priority: 1,
-    action: 'allow',
-    ethertype: 'IPv4',
-    protocol: null,
-    multiport: null,
-    icmp_type: null,
-    icmp_code: null,
-    remote_ip_prefix: null,
-    remote_group_id: null,
-    remote_address_group_id: null,
-    description: '',
-    enabled: true,
-    created_at: T,
-    ...r,
-  };
+  return newRuleRow({ security_group_id: groupId, direction: 'ingress', ethertype: 'IPv4', created_at: T, ...r });
 }
 
 function instance(id: string, addresses: string[], groups: string[], name = id): InstanceRow {

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { FakeClock } from '../../src/lib/clock.js';
 import { SecgroupError } from '../../src/lib/errors.js';
 import { ControllerService } from '../../src/controller/service.js';
-import { createInstance, createRules, ruleCreate, DEFAULT_QUOTAS, type MutationContext } from '../../src/controller/domain.js';
+import { createInstance, createRules, ruleCreate, newRuleRow, DEFAULT_QUOTAS, type MutationContext } from '../../src/controller/domain.js';
 import { ApiError } from '../../src/controller/errors.js';
 import { applyOps, emptySnapshot, rulesByGroup, type Op, type ProjectSnapshot, type RuleRow } from '../../src/controller/model.js';
 import { compileInstanceBody, indexProject } from '../../src/controller/policy-documents.js';
@@ -167,24 +167,7 @@ describe('applyOps on lists derived from one another', () => {
   it('finds exactly the rows a scan finds, in long lists branched many times (siblings adding different rows at the same place)', () => {
     const rng = createRng(7);
     const rule = (id: string, port: number): RuleRow => ({ ...ruleRow(id), multiport: String(port) });
-    const ruleRow = (id: string): RuleRow => ({
-      id,
-      security_group_id: 'default',
-      direction: 'ingress',
-      priority: 1,
-      action: 'allow',
-      ethertype: 'IPv4',
-      protocol: 'tcp',
-      multiport: '1',
-      icmp_type: null,
-      icmp_code: null,
-      remote_ip_prefix: null,
-      remote_group_id: null,
-      remote_address_group_id: null,
-      description: '',
-      enabled: true,
-      created_at: 'now',
-    });
+    const ruleRow = (id: string): RuleRow => newRuleRow({ id, security_group_id: 'default', direction: 'ingress', ethertype: 'IPv4', protocol: 'tcp', multiport: '1', created_at: 'now' });
     const root: ProjectSnapshot = { ...emptySnapshot('p'), rules: Array.from({ length: 300 }, (_, k) => ruleRow(`r${k}`)) };
     const pool: ProjectSnapshot[] = [root];
     let next = 0;
