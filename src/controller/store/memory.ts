@@ -12,7 +12,7 @@ import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import type { ProjectSnapshot } from '../model.js';
 import { committedSnapshot } from './snapshot-cache.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, policiesByInstance, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
@@ -115,12 +115,7 @@ export class MemoryStore implements Store {
 
   async getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>> {
     this.check();
-    const out = new Map<string, StoredPolicy>();
-    for (const id of instanceIds) {
-      const p = this.policy(projectId, id);
-      if (p) out.set(id, p);
-    }
-    return out;
+    return policiesByInstance(instanceIds, (id) => this.policy(projectId, id));
   }
 
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {

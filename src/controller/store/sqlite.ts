@@ -31,7 +31,7 @@ import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow, Tag } from '../model.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import { SnapshotCache, committedSnapshot } from './snapshot-cache.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, policiesByInstance, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database;
 
@@ -537,12 +537,7 @@ export class SqliteStore implements Store {
 
   /** One read per instance (in-process, no round trips). */
   async getPolicies(projectId: string, instanceIds: readonly string[]): Promise<Map<string, StoredPolicy>> {
-    const out = new Map<string, StoredPolicy>();
-    for (const id of instanceIds) {
-      const p = this.policy(projectId, id);
-      if (p) out.set(id, p);
-    }
-    return out;
+    return policiesByInstance(instanceIds, (id) => this.policy(projectId, id));
   }
 
   async findTokenOwner(tokenHash: string): Promise<TokenOwner | null> {

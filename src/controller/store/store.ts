@@ -229,6 +229,16 @@ export interface Store {
   close(): Promise<void>;
 }
 
+/** `getPolicies` for an in-process store: `read` each instance's document, those without one left out. */
+export function policiesByInstance(instanceIds: readonly string[], read: (instanceId: string) => StoredPolicy | null): Map<string, StoredPolicy> {
+  const out = new Map<string, StoredPolicy>();
+  for (const id of instanceIds) {
+    const p = read(id);
+    if (p) out.set(id, p);
+  }
+  return out;
+}
+
 /** Throws REVISION_EXHAUSTED for a revision past MAX_REVISION (never handed out; the commit is abandoned). */
 export function checkRevision(revision: number): number {
   if (revision > MAX_REVISION) {
