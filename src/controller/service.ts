@@ -15,9 +15,12 @@
  * document; now one). A batch that fails as a whole (the compile, or the
  * database refusing an op) is retried member by member, so a bad write fails
  * alone; one whose outcome is unknown (STORE_UNAVAILABLE: the connection was
- * lost during COMMIT) is not retried. At most one batch is being committed at
- * a time, so a replica's writers never queue on their own project's lock
- * (PostgreSQL) and the snapshot cache always has the state they start from.
+ * lost during COMMIT) is not retried. Each project has its own batcher: at
+ * most one batch per project is being committed at a time, so a replica's
+ * writers never queue on their own project's lock (PostgreSQL) and the
+ * snapshot cache always has the state they start from, while a slow commit
+ * of one project never holds back the writes of another. A project's batcher
+ * exists only while it has writes queued or committing.
  */
 import type { Logger } from '../lib/logger.js';
 import type { Clock } from '../lib/clock.js';
@@ -31,12 +34,6 @@ import { Batcher } from './store/batcher.js';
 import type { Store, StoredPolicy } from './store/store.js';
 
 type MutationFn<T> = (snap: ProjectSnapshot, ctx: MutationContext) => Mutation<T>;
-
-/** A queued write: its project and mutation. */
-interface QueuedWrite {
-  projectId: string;
-  fn: MutationFn<unknown>;
-}
 
 /** A member's failure, as the batcher takes it (an Error rejects that member alone). */
 function asError(e: unknown): Error {
@@ -62,7 +59,8 @@ export interface ServiceDeps {
 }
 
 export class ControllerService {
-  private readonly writes = new Batcher<QueuedWrite, unknown>((batch) => this.commitBatch(batch));
+  /** one batcher per project with writes queued or committing */
+  private readonly writes = new Map<string, Batcher<MutationFn<unknown>, unknown>>();
 
   constructor(private readonly deps: ServiceDeps) {}
 
@@ -99,25 +97,22 @@ export class ControllerService {
    */
   async mutate<T>(projectId: string, fn: MutationFn<T>, opts: { dryRun?: boolean } = {}): Promise<T> {
     if (opts.dryRun) return (await this.preview(projectId, fn)).result;
-    return (await this.writes.add({ projectId, fn })) as T;
+    let writes = this.writes.get(projectId);
+    if (!writes) {
+      const batcher = new Batcher<MutationFn<unknown>, unknown>(
+        (fns) => this.commitProject(projectId, fns),
+        () => {
+          if (this.writes.get(projectId) === batcher) this.writes.delete(projectId);
+        },
+      );
+      this.writes.set(projectId, (writes = batcher));
+    }
+    return (await writes.add(fn)) as T;
   }
 
-  /** The writes of one flush, by project, the projects' batches committed side by side; one result (or Error) per write. */
-  private async commitBatch(batch: QueuedWrite[]): Promise<unknown[]> {
-    const byProject = new Map<string, number[]>();
-    batch.forEach((w, i) => {
-      const list = byProject.get(w.projectId);
-      if (list) list.push(i);
-      else byProject.set(w.projectId, [i]);
-    });
-    const results: unknown[] = new Array(batch.length);
-    await Promise.all(
-      [...byProject].map(async ([projectId, at]) => {
-        const out = await this.commitProject(projectId, at.map((i) => batch[i]!.fn));
-        at.forEach((i, k) => (results[i] = out[k]));
-      }),
-    );
-    return results;
+  /** Projects with writes queued or committing (for tests and metrics). */
+  get projectsWriting(): number {
+    return this.writes.size;
   }
 
   /** One transaction for the project's writes; when it fails as a whole with a known outcome, each write alone. */

@@ -150,6 +150,35 @@ describe('a batch the store refuses as a whole', () => {
   });
 });
 
+/** A memory store whose commits to project `slow` wait until `release` is called. */
+class GatedStore extends MemoryStore {
+  release!: () => void;
+  private readonly gate = new Promise<void>((r) => (this.release = r));
+  override async mutate<T>(projectId: string, change: ChangeFn<T>): Promise<MutateResult<T>> {
+    if (projectId === 'slow') await this.gate;
+    return super.mutate(projectId, change);
+  }
+}
+
+describe('writes to different projects', () => {
+  it('do not wait for each other: a project whose commit hangs holds back none of another project\'s writes', async () => {
+    const store = new GatedStore();
+    const { svc } = service(store);
+    await svc.read('fast');
+    const slow = svc.mutate('slow', addRule(1));
+    await new Promise((r) => setImmediate(r));
+    // before: one batcher for all projects, so this write waited for the slow project's commit (the test timed out)
+    const fast = await Promise.all([svc.mutate('fast', addRule(2)), svc.mutate('fast', addRule(3))]);
+    expect(fast.map((r) => r[0]!.multiport)).toEqual(['2', '3']);
+    expect(svc.projectsWriting).toBe(1);
+    store.release();
+    expect((await slow)[0]!.multiport).toBe('1');
+    expect((await store.loadProject('slow'))!.rules.some((r) => r.multiport === '1')).toBe(true);
+    // a project's batcher goes away once its writes are done
+    expect(svc.projectsWriting).toBe(0);
+  });
+});
+
 describe('applyOps on lists derived from one another', () => {
   /** The reference: a plain scan for every op. */
   function reference(rows: readonly RuleRow[], ops: readonly Op[]): RuleRow[] {

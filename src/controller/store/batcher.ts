@@ -12,8 +12,11 @@ export class Batcher<I, R> {
   private running: Promise<void> | null = null;
   private scheduled = false;
 
-  /** `flush` returns one result per item, an Error for an item that failed alone. */
-  constructor(private readonly flush: (items: I[]) => Promise<(R | Error)[]>) {}
+  /** `flush` returns one result per item, an Error for an item that failed alone; `onIdle` runs each time the last flush ended with nothing left to write. */
+  constructor(
+    private readonly flush: (items: I[]) => Promise<(R | Error)[]>,
+    private readonly onIdle?: () => void,
+  ) {}
 
   add(item: I): Promise<R> {
     return new Promise<R>((resolve, reject) => {
@@ -37,8 +40,14 @@ export class Batcher<I, R> {
       void this.running.then(() => {
         this.running = null;
         this.schedule();
+        if (!this.busy) this.onIdle?.();
       });
     });
+  }
+
+  /** Something is queued or being written. */
+  get busy(): boolean {
+    return this.running !== null || this.scheduled || this.pending.length > 0;
   }
 
   /** Resolves when everything added so far is written (or failed). */
