@@ -1,6 +1,6 @@
 /**
  * bench drift: what watching our table costs, with the agent's real code
- * (Reconciler + DriftMonitor over ExecaNftRunner and `nft monitor`) in a
+ * (Reconciler + DriftMonitor over ExecaNftRunner and a monitor source) in a
  * scratch network namespace, for remote groups of 1k, 10k and 100k members
  * (bench/policies.ts groupPolicy). nft runs in the namespace through
  * `nsenter --net` (setns only, as cheap as the agent's own exec of nft;
@@ -19,8 +19,17 @@
  *   flushed) to the end of the repair (full reload verified), vs the
  *   periodic period it replaces (30 s) — target <= 1 s. Each tamper waits
  *   until the monitor covers the table again after the previous repair
- *   (a repair is a full reload, around which the monitor is restarted).
+ *   (a repair is a full reload; `nft monitor` is restarted around it, the
+ *   listener is not).
+ * Sources (BENCH_DRIFT_SOURCES, default `listener`; `listener,nft-monitor`
+ * runs both side by side per size): `listener` is the agent's default,
+ * secgroup-nftwatch (native/secgroup-nftwatch.c, built into dist/ by
+ * scripts/build-native.sh) behind the same FallbackMonitor as the agent's, so
+ * a row says which source actually ran; `nft-monitor` is `nft monitor` alone
+ * (the fallback, and the previous round's source).
  */
+import { execa } from 'execa';
+import { join } from 'node:path';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { Reconciler } from '../src/agent/reconciler.js';
 import { DriftMonitor } from '../src/agent/drift-monitor.js';
@@ -29,7 +38,8 @@ import { systemClock } from '../src/lib/clock.js';
 import { createLogger, silentLogger } from '../src/lib/logger.js';
 import { memberSetName } from '../src/nft/compile.js';
 import { ExecaNftRunner } from '../src/nft/exec.js';
-import { ProcessNftMonitor } from '../src/nft/monitor.js';
+import { ProcessNftMonitor, type NftMonitor } from '../src/nft/monitor.js';
+import { FallbackMonitor, ProcessNftWatch } from '../src/nft/nftwatch.js';
 import type { Drift } from '../src/nft/readback.js';
 import { DEFAULT_PLATFORM } from '../src/policy/platform.js';
 import { parsePolicy } from '../src/policy/schema.js';
@@ -37,11 +47,16 @@ import { BenchLab } from './lab.js';
 import { bigMember, groupPolicy } from './policies.js';
 
 const SIZES = (process.env.BENCH_DRIFT_SIZES ?? '1000,10000,100000').split(',').map(Number);
+const SOURCES = (process.env.BENCH_DRIFT_SOURCES ?? 'listener').split(',') as Source[];
+type Source = 'listener' | 'nft-monitor';
+const LISTENER = join(import.meta.dirname, '../dist/secgroup-nftwatch');
 /** how long to wait for the monitor to cover the table (it loads every element before it subscribes) */
 const COVER_WAIT_MS = 180_000;
 
 export interface DriftRow {
   members: number;
+  /** the source that ran: secgroup-nftwatch, or nft monitor (asked for, or the listener's fallback) */
+  source: string;
   what: string;
   ms: number;
   reference: string;
@@ -69,9 +84,15 @@ async function covered(dm: DriftMonitor): Promise<number | null> {
   return performance.now() - t0;
 }
 
-async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
+async function measure(lab: BenchLab, members: number, asked: Source): Promise<DriftRow[]> {
   const rows: DriftRow[] = [];
-  const command = ['nsenter', `--net=/run/netns/${lab.host}`, 'nft'];
+  const prefix = ['nsenter', `--net=/run/netns/${lab.host}`];
+  const command = [...prefix, 'nft'];
+  const nftMonitor = new ProcessNftMonitor({ table: 'secgroup', command });
+  let fellBack: string | null = null;
+  const source: NftMonitor =
+    asked === 'listener' ? new FallbackMonitor(new ProcessNftWatch({ table: 'secgroup', path: LISTENER, prefix }), nftMonitor, (reason) => (fellBack = reason)) : nftMonitor;
+  const ran = () => (asked === 'listener' && fellBack === null ? 'secgroup-nftwatch' : `nft monitor${fellBack ? ` (listener failed: ${fellBack})` : ''}`);
   const nft = new ExecaNftRunner({ table: 'secgroup', command, timeoutMs: 600_000, helper: true });
   const metrics = new AgentMetrics();
   // BENCH_LOG=1: the agent code's log lines (debug) on stderr
@@ -88,7 +109,7 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
       repaired?.(d);
     },
   };
-  const dm = new DriftMonitor({ monitor: new ProcessNftMonitor({ table: 'secgroup', command }), target, clock: systemClock, logger, metrics });
+  const dm = new DriftMonitor({ monitor: source, target, clock: systemClock, logger, metrics });
   try {
     dm.start();
     const o = await r.submit(parsePolicy(groupPolicy(members, 10, 1)), 'controller');
@@ -99,12 +120,13 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
     for (let i = 0; i < 3; i++) full.push(await timed(() => r.checkDrift()));
     rows.push({
       members,
-      what: 'monitor started before the apply -> covers the table (reported a probe, full check done)',
+      source: ran(),
+      what: 'monitor started before the apply -> covers the table (said ready or reported a probe; full check done)',
       ms: r1(coverMs),
       reference: 'full read-back with elements (median of 3)',
       referenceMs: r1(median(full)),
       ratio: Math.round((coverMs / median(full)) * 1000) / 1000,
-      note: 'nft monitor loads every element before it subscribes',
+      note: 'nft monitor loads every element before it subscribes; the listener has no cache',
     });
     const cheap: number[] = [];
     for (let i = 0; i < 10; i++) cheap.push(await timed(() => dm.periodicCheck()));
@@ -119,6 +141,7 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
     }
     rows.push({
       members,
+      source: ran(),
       what: 'periodic check while the monitor covers the table (generation marker; median of 10)',
       ms: r1(median(cheap)),
       reference: 'the same marker read of a table that does not exist (median of 10)',
@@ -137,7 +160,7 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
     for (const [what, args] of tampers) {
       const waitMs = await covered(dm);
       if (waitMs === null) {
-        rows.push({ members, what: `tamper -> repaired: ${what}`, ms: NaN, reference: 'periodic check period', referenceMs: 30_000, ratio: NaN, note: `not measured: the monitor did not cover the table within ${COVER_WAIT_MS} ms of the last repair` });
+        rows.push({ members, source: ran(), what: `tamper -> repaired: ${what}`, ms: NaN, reference: 'periodic check period', referenceMs: 30_000, ratio: NaN, note: `not measured: the monitor did not cover the table within ${COVER_WAIT_MS} ms of the last repair` });
         continue;
       }
       const done = new Promise<Drift>((res) => (repaired = res));
@@ -149,6 +172,7 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
       await r.idle();
       rows.push({
         members,
+        source: ran(),
         what: `tamper -> repaired by the monitor: ${what}`,
         ms: r1(ms),
         reference: 'periodic check period',
@@ -167,12 +191,15 @@ async function measure(lab: BenchLab, members: number): Promise<DriftRow[]> {
 
 export async function runDriftBench(): Promise<DriftRow[]> {
   const rows: DriftRow[] = [];
+  if (SOURCES.includes('listener')) await execa('bash', [join(import.meta.dirname, '../scripts/build-native.sh')]);
   for (const members of SIZES) {
-    const lab = await BenchLab.create();
-    try {
-      rows.push(...(await measure(lab, members)));
-    } finally {
-      await lab.destroy();
+    for (const asked of SOURCES) {
+      const lab = await BenchLab.create();
+      try {
+        rows.push(...(await measure(lab, members, asked)));
+      } finally {
+        await lab.destroy();
+      }
     }
   }
   return rows;
