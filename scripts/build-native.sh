@@ -10,6 +10,7 @@ out="${1:-$repo/dist}"
 src="$repo/native/secgroup-nftwatch.c"
 bin="$out/secgroup-nftwatch"
 mkdir -p "$out"
-if [[ -x $bin && $bin -nt $src ]]; then exit 0; fi
-${CC:-gcc} -O2 -Wall -Wextra -Werror -o "$bin.tmp" "$src"
+if [[ -x $bin && $bin -nt $src && $bin -nt ${BASH_SOURCE[0]} ]]; then exit 0; fi
+# the warnings as errors; Debian's hardening flags (lintian checks the packaged binary)
+${CC:-gcc} -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE -pie -Wl,-z,relro,-z,now -o "$bin.tmp" "$src"
 mv -f "$bin.tmp" "$bin"
