@@ -26,10 +26,17 @@
  * element of every table into its cache before it subscribes (1.4 s at 10k
  * members; still loading after 30 s, 8 s CPU, at 100k on the loaded VM).
  *
+ * Since issue 18 round 4 `nft monitor` is the fallback: the agent follows
+ * our own listener (nft/nftwatch.ts, native/secgroup-nftwatch.c), which has
+ * no cache, says `ready` and survives our reloads; this file keeps what
+ * both share (`MonitorEvent`, `NftMonitor`, `MonitorBatchBuilder`,
+ * `followChild`).
+ *
  * `MonitorParser` is pure (chunks in, events out). `ProcessNftMonitor`
- * runs `nft monitor` as one long-lived child; `FakeNftMonitor` lets unit
- * tests play events and deaths. Supervision (restart with backoff, what an
- * event means) is the agent's: src/agent/drift-monitor.ts.
+ * runs `nft monitor` as one long-lived child (`followChild`);
+ * `FakeNftMonitor` lets unit tests play events and deaths (and `ready`,
+ * with `announces`). Supervision (restart with backoff, what an event
+ * means) is the agent's: src/agent/drift-monitor.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { MARKER_SET, assertName } from './model.js';
