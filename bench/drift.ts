@@ -172,7 +172,9 @@ async function measure(lab: BenchLab, members: number, asked: Source): Promise<D
       const done = new Promise<Drift>((res) => (repaired = res));
       const t0 = performance.now();
       await lab.exec('host', ['nft', ...args]);
-      const d = await Promise.race([done, new Promise<null>((res) => setTimeout(() => res(null), 60_000))]);
+      let timer: NodeJS.Timeout | undefined;
+      const d = await Promise.race([done, new Promise<null>((res) => (timer = setTimeout(() => res(null), 60_000)))]);
+      clearTimeout(timer); // (a pending 60 s timer kept the bench process alive after its last row)
       const ms = performance.now() - t0;
       repaired = null;
       await r.idle();
