@@ -49,7 +49,7 @@ const PARTS: Part[] = [
   },
   {
     name: 'drift',
-    what: 'drift watching with the agent code (nft monitor + periodic check): the start of the monitor until it covers the table, the cheap periodic check vs its floor and a full read-back, tamper -> repaired vs the check period; 1k, 10k and 100k members',
+    what: 'drift watching with the agent code (secgroup-nftwatch or nft monitor, BENCH_DRIFT_SOURCES, + periodic check): the start of the monitor until it covers the table, the cheap periodic check vs its floor and a full read-back, tamper -> repaired vs the check period; 1k, 10k and 100k members',
     run: async () => (await runDriftBench()) as unknown as Record<string, unknown>[],
   },
   {

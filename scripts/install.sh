@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs the secgroup agent on a Debian/Ubuntu machine with systemd (as root).
 #
-#   scripts/install.sh [--now] [--bundle FILE] [--root DIR]
+#   scripts/install.sh [--now] [--bundle FILE] [--listener FILE] [--root DIR]
 #   scripts/install.sh --uninstall [--purge] [--root DIR]
 #
 # Install (idempotent; run it again to upgrade the program):
 #   - nftables, with apt-get, when `nft` is missing
 #   - FILE (default: dist/secgroup.mjs of this checkout, `npm run bundle`)
 #       -> /usr/local/lib/secgroup/secgroup.mjs
+#   - the drift monitor's listener (--listener FILE, default secgroup-nftwatch
+#       next to the bundle: dist/ after `npm run build` or scripts/build-native.sh)
+#       -> /usr/local/lib/secgroup/secgroup-nftwatch, where the agent looks for
+#       it (drift_listener: auto); when there is none it says so, and the agent
+#       follows `nft monitor` instead
 #   - /usr/local/bin/secgroup: runs it with the Node.js >= 22.15 found now (24 LTS is what it is tested on)
 #   - systemd/secgroup-agent.service -> /usr/local/lib/systemd/system/
 #   - examples/config/agent.yaml -> /etc/secgroup/agent.yaml and an empty
@@ -41,6 +46,7 @@ APT_GET=${APT_GET:-apt-get}
 UNIT=secgroup-agent.service
 LIB_DIR=/usr/local/lib/secgroup
 PROGRAM=$LIB_DIR/secgroup.mjs
+LISTENER=$LIB_DIR/secgroup-nftwatch
 WRAPPER=/usr/local/bin/secgroup
 UNIT_DIR=/usr/local/lib/systemd/system
 CONFIG_DIR=/etc/secgroup
@@ -52,13 +58,15 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-root=/ mode=install purge=0 now=0 bundle="$repo/dist/secgroup.mjs"
+root=/ mode=install purge=0 now=0 bundle="$repo/dist/secgroup.mjs" listener=''
 while (($#)); do
   case $1 in
     --root) [[ $# -ge 2 ]] || die "--root needs a directory"; root=$2; shift 2 ;;
     --root=*) root=${1#--root=}; shift ;;
     --bundle) [[ $# -ge 2 ]] || die "--bundle needs a file"; bundle=$2; shift 2 ;;
     --bundle=*) bundle=${1#--bundle=}; shift ;;
+    --listener) [[ $# -ge 2 ]] || die "--listener needs a file"; listener=$2; shift 2 ;;
+    --listener=*) listener=${1#--listener=}; shift ;;
     --uninstall) mode=uninstall; shift ;;
     --purge) purge=1; shift ;;
     --now) now=1; shift ;;
@@ -137,6 +145,16 @@ exec '$node' '$PROGRAM' "\$@"
 EOF
   put "$R$UNIT_DIR/$UNIT" 0644 <"$src_unit"
   say "installed $PROGRAM, $WRAPPER (Node.js $major at $node), $UNIT_DIR/$UNIT"
+  local src_listener=${listener:-$(dirname "$bundle")/secgroup-nftwatch}
+  if [[ -f $src_listener ]]; then
+    put "$R$LISTENER" 0755 <"$src_listener"
+    say "installed $LISTENER (the drift monitor's listener)"
+  elif [[ -n $listener ]]; then
+    die "--listener $listener not found (scripts/build-native.sh builds it)"
+  else
+    rm -f "$R$LISTENER"
+    say "no $src_listener (scripts/build-native.sh builds it): the agent follows changes with nft monitor instead"
+  fi
 
   local upgrade=0
   if [[ -e $R$CONFIG ]]; then

@@ -6,7 +6,9 @@
 #
 # Both carry the single executable (scripts/build-sea.mjs; Node.js inside, none
 # needed on the host; the controller's store is Node's built-in node:sqlite, so
-# there is no native addon to ship). The controller's also carries the web
+# there is no native addon to ship). The agent's also carries the drift
+# monitor's listener (native/secgroup-nftwatch.c, scripts/build-native.sh) in
+# /usr/lib/secgroup/secgroup-nftwatch, where the agent looks for it. The controller's also carries the web
 # console's static files (dist/console) in /usr/lib/secgroup-controller/console.
 # Then lintian, when installed: remaining
 # tags are listed, with their reasons, in packaging/debian/lintian-overrides.*
@@ -31,6 +33,7 @@ mkdir -p "$work" "$out"
 
 SECGROUP_SEA_NODE="$node_bin" node scripts/build-sea.mjs >&2
 sea="$repo/dist/secgroup"
+bash scripts/build-native.sh >&2
 # the web console (npm run build:console) goes next to the controller's executable, where it looks for it
 [[ -f dist/console/index.html ]] || npm run build:console >&2
 
@@ -70,6 +73,7 @@ libs='libc6 (>= 2.28), libgcc-s1 (>= 3.0), libstdc++6 (>= 12)'
 r="$work/agent"
 install -d -m 0755 "$r/DEBIAN" "$r/usr/bin" "$r/lib/systemd/system" "$r/etc/secgroup"
 install -m 0755 "$sea" "$r/usr/bin/secgroup"
+install -D -m 0755 -s dist/secgroup-nftwatch "$r/usr/lib/secgroup/secgroup-nftwatch"
 sed 's#/usr/local/bin/secgroup#/usr/bin/secgroup#; s#Installed by scripts/install.sh#Installed by the secgroup-agent package (or scripts/install.sh)#' \
   systemd/secgroup-agent.service >"$r/lib/systemd/system/secgroup-agent.service"
 chmod 0644 "$r/lib/systemd/system/secgroup-agent.service"

@@ -12,6 +12,8 @@ import { portSpecSchema, type ControllerEndpoint, type PlatformOptions } from '.
 
 export const DEFAULT_CONFIG_PATH = '/etc/secgroup/agent.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/secgroup';
+/** where the packages install secgroup-nftwatch: the .deb's layout, then scripts/install.sh's */
+export const DRIFT_LISTENER_PATHS = ['/usr/lib/secgroup/secgroup-nftwatch', '/usr/local/lib/secgroup/secgroup-nftwatch'];
 
 const listenSchema = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):\d{1,5}$/, { message: 'must be ADDRESS:PORT, e.g. 127.0.0.1:9469 ([::1]:9469 for IPv6)' });
 
@@ -52,8 +54,14 @@ export const agentConfigSchema = z.strictObject({
   controller: controllerSchema.optional(),
   platform: platformSchema.default({ loopback: true, icmpv6_nd: true, dhcp: true, controller_rule: true, failsafe_ingress: [], failsafe_egress: [] }),
   drift_schedule: z.string().refine(validCron, { message: 'must be a cron expression, e.g. "*/30 * * * * *" (every 30 s)' }).default('*/30 * * * * *'),
-  /** follow `nft monitor` and repair a change to our table as it happens (src/agent/drift-monitor.ts) */
+  /** follow the change events of our table and repair a change to it as it happens (src/agent/drift-monitor.ts) */
   drift_monitor: z.boolean().default(true),
+  /**
+   * the drift monitor's listener of change events (native/secgroup-nftwatch.c): an absolute path,
+   * `auto` (the first of DRIFT_LISTENER_PATHS that exists) or '' (`nft monitor` only). When it is
+   * absent or cannot start: `nft monitor`, with one warning line
+   */
+  drift_listener: z.union([z.string().regex(/^\//), z.literal('auto'), z.literal('')], { message: 'must be an absolute path, "auto" or "" (nft monitor only)' }).default('auto'),
   retry_initial_ms: z.int().min(10).default(1000),
   retry_max_ms: z.int().min(100).default(60_000),
   incremental: z.boolean().default(true),
@@ -68,6 +76,13 @@ export const agentConfigSchema = z.strictObject({
   ready_wait_ms: z.int().min(0).default(10_000),
 });
 export type AgentConfig = z.output<typeof agentConfigSchema>;
+
+/** The listener `drift_listener` names: the path, `auto`'s first existing candidate (else the first, which fails and falls back), or null for `nft monitor` only. */
+export function driftListenerPath(setting: string, exists: (path: string) => boolean): string | null {
+  if (setting === '') return null;
+  if (setting !== 'auto') return setting;
+  return DRIFT_LISTENER_PATHS.find(exists) ?? DRIFT_LISTENER_PATHS[0]!;
+}
 
 /** Values from the environment (SECGROUP_*), as a partial config document. */
 export function configFromEnv(env: Readonly<Record<string, string | undefined>>): Record<string, unknown> {

@@ -10,7 +10,16 @@
  *   markers is someone else's: a deleted table, a flushed chain or set, a
  *   rule inserted, an element added or removed. It is repaired at once (one
  *   full reload; changes seen while a repair runs cause one more).
- * - Supervised: when `nft monitor` dies it is started again after a backoff
+ * - Two sources (an `NftMonitor` each): our own listener of the kernel's
+ *   change events (nft/nftwatch.ts, native/secgroup-nftwatch.c), preferred,
+ *   and `nft monitor` (nft/monitor.ts), its fallback (nftwatch.ts
+ *   FallbackMonitor). The listener keeps no cache and says `ready` once
+ *   subscribed (a `ready` event, milliseconds after its start at any
+ *   size): that session is covered after one full check, with no probe,
+ *   and it survives our own full reloads, so it is not paused around them
+ *   (`announced`): a change made right after our reload is reported and
+ *   repaired like any other. Probes and pauses below are for `nft monitor`.
+ * - Supervised: when the monitor dies it is started again after a backoff
  *   (1 s doubling to 60 s, reset once a session has run a minute); while it
  *   is down, or after it reported lost events, the periodic check lists the
  *   whole table (elements included) as before.
@@ -45,9 +54,9 @@
  *   changed later; it may be any table's) gets a full check, not a repair.
  * - Known gaps: a transaction that carries one of our recent markers
  *   (someone replaying the agent's own script, e.g. `secgroup render | nft
- *   -f -` of the same revision) counts as ours. After our own full reload
- *   the table is watched by full periodic checks until the new monitor has
- *   subscribed (seconds at 100k members).
+ *   -f -` of the same revision) counts as ours. With `nft monitor` only:
+ *   after our own full reload the table is watched by full periodic checks
+ *   until the new monitor has subscribed (seconds at 100k members).
  *
  * Timers come from the injected clock; the reconciler serialises repairs with
  * its syncs, so a repair never races an apply.
@@ -102,6 +111,8 @@ export class DriftMonitor {
   private probedAt: number | null = null;
   /** the session has reported an event: it is subscribed */
   private ready = false;
+  /** the session said `ready` itself (our own listener): no probe needed, not paused around our full reloads */
+  private announced = false;
   private attempt = 0;
   private startedAt = 0;
   /** the monitor has watched without a gap since the last full check */
@@ -132,7 +143,7 @@ export class DriftMonitor {
 
   /** Before our own full reload: stop following (see the file note). */
   private pause(): void {
-    if (this.stopped || !this.session) return;
+    if (this.stopped || !this.session || this.announced) return;
     this.paused = true;
     this.covered = false;
     this.cancelProbe();
@@ -177,11 +188,12 @@ export class DriftMonitor {
     const { monitor, clock, logger, metrics } = this.o;
     this.startedAt = clock.monotonic();
     this.ready = false;
+    this.announced = false;
     this.probeAttempt = 0;
     this.probedAt = null;
     this.session = monitor.follow({ onEvent: (e) => this.onEvent(e), onExit: (reason) => this.onExit(reason) });
     metrics.driftMonitorUp.set(1);
-    logger.debug({ event: 'drift_monitor_started' }, 'following nft monitor for changes to our table');
+    logger.debug({ event: 'drift_monitor_started' }, 'following the change events of our table');
     this.scheduleProbe();
   }
 
@@ -228,6 +240,7 @@ export class DriftMonitor {
     this.session = null;
     this.covered = false;
     this.ready = false;
+    this.announced = false;
     this.cancelProbe();
     metrics.driftMonitorUp.set(0);
     if (this.stopped) return;
@@ -243,18 +256,20 @@ export class DriftMonitor {
 
   private onEvent(e: MonitorEvent): void {
     if (this.stopped) return;
+    if (e.kind === 'ready') this.announced = true;
     if (!this.ready) {
       // the first event: subscribed; what changed before it is found by one full check
       // (unless the event is itself a foreign change: its repair reloads the whole table anyway)
       this.ready = true;
       this.cancelProbe();
-      this.o.logger.debug({ event: 'drift_monitor_ready', afterMs: Math.max(0, this.o.clock.monotonic() - this.startedAt) }, 'nft monitor reports changes: one full check, then marker checks');
+      this.o.logger.debug({ event: 'drift_monitor_ready', afterMs: Math.max(0, this.o.clock.monotonic() - this.startedAt), announced: this.announced }, 'the monitor reports changes: one full check, then marker checks');
       const foreign = e.kind === 'batch' && !e.batch.markers.some((m) => this.o.target.isOwnMarker(m));
       if (!foreign) {
         void this.fullCheck();
         return;
       }
     }
+    if (e.kind === 'ready') return;
     if (e.kind === 'lost') {
       this.o.logger.warn({ event: 'drift_monitor_lost' }, 'nft monitor lost events: reading the whole table back');
       this.covered = false;

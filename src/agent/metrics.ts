@@ -30,8 +30,8 @@ export class AgentMetrics {
   readonly applyFailures = new Counter({ name: 'secgroup_apply_failures_total', help: 'Failed syncs, by error code', labelNames: ['code'], registers: [this.registry] });
   readonly applies = new Counter({ name: 'secgroup_applies_total', help: 'Successful nft transactions, by kind (full, incremental)', labelNames: ['kind'], registers: [this.registry] });
   readonly driftRepairs = new Counter({ name: 'secgroup_drift_repairs_total', help: 'Times our table was found changed or missing and re-applied, by kind', labelNames: ['kind'], registers: [this.registry] });
-  readonly driftMonitorUp = new Gauge({ name: 'secgroup_drift_monitor_up', help: '1 while nft monitor follows changes to our table', registers: [this.registry] });
-  readonly driftMonitorRestarts = new Counter({ name: 'secgroup_drift_monitor_restarts_total', help: 'Times nft monitor ended and was started again', registers: [this.registry] });
+  readonly driftMonitorUp = new Gauge({ name: 'secgroup_drift_monitor_up', help: '1 while the drift monitor (secgroup-nftwatch, or nft monitor) follows changes to our table', registers: [this.registry] });
+  readonly driftMonitorRestarts = new Counter({ name: 'secgroup_drift_monitor_restarts_total', help: 'Times the drift monitor (secgroup-nftwatch, or nft monitor) ended and was started again', registers: [this.registry] });
   readonly controllerConnected = new Gauge({ name: 'secgroup_controller_connected', help: '1 while the control channel is up', registers: [this.registry] });
   readonly policiesRejected = new Counter({ name: 'secgroup_policies_rejected_total', help: 'Policy documents from the controller rejected as invalid', registers: [this.registry] });
   readonly stateErrors = new Counter({ name: 'secgroup_state_errors_total', help: 'Problems with the last-known-good state file, by error code', labelNames: ['code'], registers: [this.registry] });

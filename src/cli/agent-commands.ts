@@ -4,25 +4,26 @@
  */
 import { HostPortProbe } from '../probe/port-probe.js';
 import { HostSocketSource } from '../probe/source.js';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { lookup } from 'node:dns/promises';
 import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { createAgent, type Resolver } from '../agent/agent.js';
 import { ControllerDirectory } from '../agent/controllers.js';
-import { DEFAULT_CONFIG_PATH, controllerUrls, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
+import { DEFAULT_CONFIG_PATH, controllerUrls, driftListenerPath, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
 import { FileStateStore } from '../agent/state-store.js';
 import { wsDialer } from '../agent/ws-dialer.js';
 import { tuneForFootprint } from '../agent/footprint.js';
 import { systemdServiceManager } from '../agent/systemd.js';
 import { holdProcess, systemClock } from '../lib/clock.js';
 import { SecgroupError, errorMessage } from '../lib/errors.js';
-import { createLogger } from '../lib/logger.js';
+import { createLogger, type Logger } from '../lib/logger.js';
 import { cronScheduler } from '../lib/scheduler.js';
 import { compilePolicy, ruleChainName } from '../nft/compile.js';
 import { ExecaNftRunner } from '../nft/exec.js';
-import { ProcessNftMonitor } from '../nft/monitor.js';
+import { ProcessNftMonitor, type NftMonitor } from '../nft/monitor.js';
+import { FallbackMonitor, ProcessNftWatch } from '../nft/nftwatch.js';
 import { renderScript } from '../nft/render.js';
 import { deleteTableTx } from '../nft/transaction.js';
 import { isYamlPath, loadPolicyFile, parseDocumentText } from '../policy/load.js';
@@ -94,6 +95,16 @@ function readToken(config: AgentConfig): () => string | null {
     };
   }
   return () => null;
+}
+
+/** The drift monitor's source: our listener (config drift_listener), falling back to `nft monitor` with one warning line. */
+function driftSource(config: AgentConfig, logger: Logger): NftMonitor {
+  const nftMonitor = new ProcessNftMonitor({ table: config.table });
+  const path = driftListenerPath(config.drift_listener, existsSync);
+  if (path === null) return nftMonitor;
+  return new FallbackMonitor(new ProcessNftWatch({ table: config.table, path }), nftMonitor, (reason) =>
+    logger.warn({ event: 'drift_listener_unavailable', path, reason }, `cannot follow changes with ${path} (${reason}): using nft monitor instead`),
+  );
 }
 
 async function dryRun(io: CliIo, config: AgentConfig, policyFile: string | undefined): Promise<void> {
@@ -181,7 +192,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         portProbe: new HostPortProbe(new HostSocketSource(), systemClock, () => platformOptions(config, null)),
         hostname: hostname(),
         serviceManager,
-        nftMonitor: new ProcessNftMonitor({ table: config.table }),
+        nftMonitor: driftSource(config, logger),
         tokenPresent: () => {
           try {
             return Boolean(token());

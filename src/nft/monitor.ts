@@ -26,10 +26,17 @@
  * element of every table into its cache before it subscribes (1.4 s at 10k
  * members; still loading after 30 s, 8 s CPU, at 100k on the loaded VM).
  *
+ * Since issue 18 round 4 `nft monitor` is the fallback: the agent follows
+ * our own listener (nft/nftwatch.ts, native/secgroup-nftwatch.c), which has
+ * no cache, says `ready` and survives our reloads; this file keeps what
+ * both share (`MonitorEvent`, `NftMonitor`, `MonitorBatchBuilder`,
+ * `followChild`).
+ *
  * `MonitorParser` is pure (chunks in, events out). `ProcessNftMonitor`
- * runs `nft monitor` as one long-lived child; `FakeNftMonitor` lets unit
- * tests play events and deaths. Supervision (restart with backoff, what an
- * event means) is the agent's: src/agent/drift-monitor.ts.
+ * runs `nft monitor` as one long-lived child (`followChild`);
+ * `FakeNftMonitor` lets unit tests play events and deaths (and `ready`,
+ * with `announces`). Supervision (restart with backoff, what an event
+ * means) is the agent's: src/agent/drift-monitor.ts.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { MARKER_SET, assertName } from './model.js';
@@ -56,8 +63,11 @@ export interface MonitorBatch {
  * `unknown`: a transaction nft printed no event of at all (nft 1.0.6 prints
  * nothing for elements of an interval map with concatenated keys when the
  * map already existed): it may have touched any table, ours included.
+ * `ready`: the source has subscribed and says so itself (our own listener,
+ * nft/nftwatch.ts; `nft monitor` never does): every later transaction is
+ * reported, and the source survives our own full reloads.
  */
-export type MonitorEvent = { kind: 'batch'; batch: MonitorBatch } | { kind: 'lost' } | { kind: 'unknown'; generation: number; by: string | null };
+export type MonitorEvent = { kind: 'batch'; batch: MonitorBatch } | { kind: 'lost' } | { kind: 'unknown'; generation: number; by: string | null } | { kind: 'ready' };
 
 export interface MonitorHandlers {
   onEvent(e: MonitorEvent): void;
@@ -80,11 +90,41 @@ const GENERATION_RE = /^# new generation (\d+)(?: by process (.*))?$/;
 const MARKER_RE = /^add element inet \S+ \S+ \{ 1 comment "(.*)" \}$/;
 const STRUCTURAL = new Set(['table', 'chain', 'rule', 'set', 'map', 'flowtable', 'counter', 'quota', 'limit', 'ct', 'secmark', 'synproxy']);
 
+/** Collects the lines of one open transaction into a `MonitorBatch` (shared by both parsers). */
+export class MonitorBatchBuilder {
+  private batch: MonitorBatch | null = null;
+
+  private open(): MonitorBatch {
+    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false });
+  }
+
+  /** An event line about our table. */
+  add(line: string, o: { structural: boolean; tableDeleted: boolean }): void {
+    const batch = this.open();
+    batch.lines++;
+    if (batch.sample.length < SAMPLE_LINES) batch.sample.push(line.length > 200 ? `${line.slice(0, 200)}...` : line);
+    if (o.structural) batch.structural = true;
+    if (o.tableDeleted) batch.tableDeleted = true;
+  }
+
+  /** A generation marker text added in it. */
+  marker(text: string): void {
+    this.open().markers.push(text);
+  }
+
+  /** Ends the transaction: its batch, or null when no line was about our table. */
+  take(generation: number | null, by: string | null): MonitorBatch | null {
+    const b = this.batch;
+    this.batch = null;
+    return b ? { ...b, generation, by } : null;
+  }
+}
+
 /** Splits nft monitor's text output into transactions that touched table `inet <table>`. */
 export class MonitorParser {
   private readonly table: string;
   private rest = '';
-  private batch: MonitorBatch | null = null;
+  private readonly batch = new MonitorBatchBuilder();
   /** event lines of the open transaction, any table */
   private seen = 0;
 
@@ -108,9 +148,9 @@ export class MonitorParser {
       if (g) {
         const generation = Number(g[1]);
         const by = g[2] ?? null;
-        if (this.batch) out.push({ kind: 'batch', batch: { ...this.batch, generation, by } });
+        const batch = this.batch.take(generation, by);
+        if (batch) out.push({ kind: 'batch', batch });
         else if (this.seen === 0) out.push({ kind: 'unknown', generation, by });
-        this.batch = null;
         this.seen = 0;
       } else if (line.startsWith('# ERROR') && /lost/i.test(line)) {
         out.push({ kind: 'lost' });
@@ -129,18 +169,11 @@ export class MonitorParser {
     if (table !== this.table || line.slice(b + 1, c) !== 'inet') return;
     const verb = line.slice(0, a);
     const object = line.slice(a + 1, b);
-    const batch = (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false });
-    batch.lines++;
-    if (batch.sample.length < SAMPLE_LINES) batch.sample.push(line.length > 200 ? `${line.slice(0, 200)}...` : line);
-    if (object === 'element') {
-      if (verb === 'add' && line.startsWith(`add element inet ${this.table} ${MARKER_SET} `)) {
-        const m = MARKER_RE.exec(line);
-        if (m) batch.markers.push(m[1]!);
-      }
-      return;
+    this.batch.add(line, { structural: STRUCTURAL.has(object), tableDeleted: verb === 'delete' && object === 'table' });
+    if (object === 'element' && verb === 'add' && line.startsWith(`add element inet ${this.table} ${MARKER_SET} `)) {
+      const m = MARKER_RE.exec(line);
+      if (m) this.batch.marker(m[1]!);
     }
-    if (STRUCTURAL.has(object)) batch.structural = true;
-    if (verb === 'delete' && object === 'table') batch.tableDeleted = true;
   }
 }
 
@@ -162,41 +195,53 @@ export class ProcessNftMonitor implements NftMonitor {
 
   follow(h: MonitorHandlers): MonitorSession {
     const parser = new MonitorParser(this.table);
-    const [file, ...pre] = this.command;
-    let stopped = false;
-    let exited = false;
-    let stderr = '';
-    const exit = (reason: string) => {
-      if (stopped || exited) return;
-      exited = true;
-      h.onExit(reason);
-    };
-    let child: ChildProcess;
-    try {
-      child = spawn(file!, [...pre, 'monitor'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    } catch (e) {
-      queueMicrotask(() => exit(`cannot start nft monitor: ${(e as Error).message}`));
-      return { stop: () => void (stopped = true) };
-    }
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (chunk: string) => {
-      if (stopped) return;
-      for (const e of parser.push(chunk)) h.onEvent(e);
-    });
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (chunk: string) => {
-      if (stderr.length < 2000) stderr += chunk;
-    });
-    child.on('error', (e) => exit(`nft monitor failed: ${e.message}`));
-    child.on('close', (code, signal) => exit(`nft monitor exited (${signal ?? `code ${code}`})${stderr.trim() ? `: ${stderr.trim().slice(0, 500)}` : ''}`));
-    return {
-      stop() {
-        if (stopped) return;
-        stopped = true;
-        child.kill('SIGTERM');
-      },
-    };
+    return followChild([...this.command, 'monitor'], 'nft monitor', 'ignore', (chunk) => parser.push(chunk), h);
   }
+}
+
+/**
+ * Runs `argv` as one long-lived child and feeds its stdout to `push`; its end
+ * (or a failure to start) is `onExit` with the reason and the start of its
+ * stderr. `stdin`: 'pipe' keeps a pipe open until `stop` (a child that ends
+ * at end of input then also ends when this process dies).
+ */
+export function followChild(argv: string[], label: string, stdin: 'ignore' | 'pipe', push: (chunk: string) => MonitorEvent[], h: MonitorHandlers): MonitorSession {
+  const [file, ...args] = argv;
+  let stopped = false;
+  let exited = false;
+  let stderr = '';
+  const exit = (reason: string) => {
+    if (stopped || exited) return;
+    exited = true;
+    h.onExit(reason);
+  };
+  let child: ChildProcess;
+  try {
+    child = spawn(file!, args, { stdio: [stdin, 'pipe', 'pipe'] });
+  } catch (e) {
+    queueMicrotask(() => exit(`cannot start ${label}: ${(e as Error).message}`));
+    return { stop: () => void (stopped = true) };
+  }
+  child.stdin?.on('error', () => {}); // EPIPE when the child is gone: its exit says why
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (chunk: string) => {
+    if (stopped) return;
+    for (const e of push(chunk)) h.onEvent(e);
+  });
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (chunk: string) => {
+    if (stderr.length < 2000) stderr += chunk;
+  });
+  child.on('error', (e) => exit(`${label} failed: ${e.message}`));
+  child.on('close', (code, signal) => exit(`${label} exited (${signal ?? `code ${code}`})${stderr.trim() ? `: ${stderr.trim().slice(0, 500)}` : ''}`));
+  return {
+    stop() {
+      if (stopped) return;
+      stopped = true;
+      child.stdin?.end();
+      child.kill('SIGTERM');
+    },
+  };
 }
 
 /** In-memory monitor for unit tests: `emit` plays an event to every session, `exit` ends them. */
@@ -204,6 +249,9 @@ export class FakeNftMonitor implements NftMonitor {
   private sessions: { h: MonitorHandlers; stopped: boolean }[] = [];
   /** sessions started so far (restarts included) */
   started = 0;
+
+  /** `announces`: each session reports `ready` right after it started, as our own listener does */
+  constructor(private readonly opts: { announces?: boolean } = {}) {}
 
   get running(): number {
     return this.sessions.filter((s) => !s.stopped).length;
@@ -213,6 +261,7 @@ export class FakeNftMonitor implements NftMonitor {
     const s = { h, stopped: false };
     this.sessions.push(s);
     this.started++;
+    if (this.opts.announces) queueMicrotask(() => s.stopped || s.h.onEvent({ kind: 'ready' }));
     return { stop: () => void (s.stopped = true) };
   }
 
@@ -224,6 +273,11 @@ export class FakeNftMonitor implements NftMonitor {
 
   lost(): void {
     for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'lost' });
+  }
+
+  /** The source says it has subscribed (our own listener does, `nft monitor` does not). */
+  ready(): void {
+    for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'ready' });
   }
 
   /** A transaction nft printed no event of. */

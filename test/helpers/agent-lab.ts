@@ -261,6 +261,12 @@ export class AgentLab {
     return agent;
   }
 
+  /** Builds native/secgroup-nftwatch.c (scripts/build-native.sh) into the lab's directory; its path. */
+  async buildListener(): Promise<string> {
+    await execa('bash', [join(REPO, 'scripts/build-native.sh'), this.dir]);
+    return join(this.dir, 'secgroup-nftwatch');
+  }
+
   /** GET http://127.0.0.1:PORT/PATH from inside the host namespace (the agent's localhost endpoint). */
   async httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
     const script = `fetch('http://127.0.0.1:${port}${path}').then(async (r) => process.stdout.write(JSON.stringify({ status: r.status, body: await r.text() })), () => process.stdout.write(JSON.stringify({ status: 0, body: '' })))`;

@@ -214,6 +214,16 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(inNs(['nft', 'list', 'tables']).stdout).toBe('table inet secgroup\n');
   });
 
+  it("the drift monitor's listener (secgroup-nftwatch) subscribes with the unit's socket families, syscalls and capability, and reports our table's changes", () => {
+    const b = spawnSync('bash', [join(repo, 'scripts/build-native.sh'), app], { encoding: 'utf8' });
+    expect(b.status, b.stderr).toBe(0);
+    // its stdin ends with `sleep`: then it exits (as when the agent goes away)
+    const r = sandboxed(['sh', '-c', 'sleep 3 | /tmp/app/secgroup-nftwatch secgroup & sleep 1; nft add table inet secgroup; nft delete table inet secgroup; wait']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^ready\nevent new table secgroup 1\ngen \d+ \d+ nft\nevent del table secgroup 1\ngen \d+ \d+ nft\n$/);
+  });
+
   it('without CAP_NET_ADMIN nft is refused (the capability is what makes it work)', () => {
     const r = sandboxed(['nft', 'add', 'table', 'inet', 'secgroup'], { caps: 'none' });
     expect(r.status).not.toBe(0);

@@ -1,6 +1,8 @@
 /**
  * Drift noticed as it happens (src/agent/drift-monitor.ts): the real agent
- * in a network namespace follows `nft monitor`; every way of changing its
+ * in a network namespace follows `nft monitor` (its listener, drift_listener,
+ * is absent here: the fallback; test/kernel/drift-listener.test.ts has the
+ * listener); every way of changing its
  * table by hand that matters is undone by the monitor, long before the
  * periodic check (set to once a year here), with one `drift_repaired` line
  * each. The table lists as before and real packets get the policy's verdicts.
@@ -53,6 +55,8 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
       controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token', reconnect_initial_ms: 100, reconnect_max_ms: 1000 },
       // once a year: whatever is repaired below was repaired by the monitor
       drift_schedule: '0 0 0 1 1 *',
+      // absent: the agent falls back to nft monitor
+      drift_listener: `${lab.dir}/no-such-listener`,
       http_listen: '127.0.0.1:9469',
       platform: { dhcp: false },
     });
@@ -71,6 +75,12 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
   afterAll(async () => {
     console.log(`tamper -> drift_repaired line (ms, wall, machine shared): ${JSON.stringify(latencies)}`);
     await lab?.destroy();
+  });
+
+  it('fell back to nft monitor with one warning line, the listener being absent', () => {
+    expect(agent.lines.filter((l) => l.event === 'drift_listener_unavailable')).toEqual([
+      expect.objectContaining({ level: 40, path: `${lab.dir}/no-such-listener`, reason: expect.stringContaining('secgroup-nftwatch') }),
+    ]);
   });
 
   it.each([

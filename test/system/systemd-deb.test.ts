@@ -204,6 +204,10 @@ describe.skipIf(unavailable !== undefined)(`the .deb packages under systemd as P
     await listen();
     expect(await connects(80)).toBe(true);
     expect(await connects(8080)).toBe(false);
+    // the drift monitor follows with the packaged listener, under the unit's sandbox (no fallback to nft monitor)
+    const children = await shOk(VM, 'P=$(systemctl show -p MainPID --value secgroup-agent); for c in $(cat /proc/$P/task/*/children); do cat /proc/$c/comm; done');
+    expect(children).toContain('secgroup-nftwat'); // comm: 15 characters
+    expect(await shOk(VM, 'journalctl -q -u secgroup-agent -o cat --no-pager | grep -c drift_listener_unavailable || true')).toBe('0');
   });
 
   it('kill -9 of the agent: systemd restarts it, and the table is there throughout', async () => {
@@ -264,7 +268,7 @@ describe.skipIf(unavailable !== undefined)(`the .deb packages under systemd as P
   it('dpkg --purge leaves nothing of ours: files, unit, state, token, table', async () => {
     await shOk(VM, 'dpkg --purge secgroup-agent');
     expect((await sh(VM, 'nft list table inet secgroup')).code).not.toBe(0);
-    const left = await sh(VM, 'ls -d /usr/bin/secgroup /lib/systemd/system/secgroup-agent.service /etc/secgroup /var/lib/secgroup /var/lib/private/secgroup /etc/systemd/system/multi-user.target.wants/secgroup-agent.service /usr/share/doc/secgroup-agent 2>/dev/null');
+    const left = await sh(VM, 'ls -d /usr/bin/secgroup /usr/lib/secgroup /lib/systemd/system/secgroup-agent.service /etc/secgroup /var/lib/secgroup /var/lib/private/secgroup /etc/systemd/system/multi-user.target.wants/secgroup-agent.service /usr/share/doc/secgroup-agent 2>/dev/null');
     expect(left.out).toBe('');
     expect((await sh(VM, 'systemctl list-unit-files "secgroup*" --no-legend')).out.trim()).toBe('');
     expect((await sh(VM, 'dpkg -s secgroup-agent')).code).not.toBe(0);

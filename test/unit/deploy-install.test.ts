@@ -85,6 +85,24 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
     expect(r.out).toMatch(/not touching the running system/);
   });
 
+  it('installs the drift listener found next to the bundle (or given with --listener) as an executable, and says so when there is none', () => {
+    const LISTENER = 'usr/local/lib/secgroup/secgroup-nftwatch';
+    writeFileSync(join(work, 'secgroup-nftwatch'), '#!/bin/sh\necho listener v1\n');
+    let r = install([]);
+    expect(r.status, r.out).toBe(0);
+    expect(tree(root).sort()).toEqual([CONFIG, TOKEN, WRAPPER, PROGRAM, UNIT, LISTENER].sort());
+    expect([file(LISTENER), mode(LISTENER)]).toEqual(['#!/bin/sh\necho listener v1\n', 0o755]);
+    writeFileSync(join(work, 'other-listener'), 'v2\n');
+    expect(install(['--listener', join(work, 'other-listener')]).status).toBe(0);
+    expect(file(LISTENER)).toBe('v2\n');
+    expect(install(['--listener', join(work, 'missing')]).out).toMatch(/--listener .*missing not found/);
+    rmSync(join(work, 'secgroup-nftwatch'));
+    r = install([]);
+    expect(r.status, r.out).toBe(0);
+    expect(existsSync(join(root, LISTENER))).toBe(false);
+    expect(r.out).toMatch(/follows changes with nft monitor instead/);
+  }, 30_000);
+
   it('the wrapper runs the installed program with its arguments', () => {
     expect(install([]).status).toBe(0);
     // run it with the root's path substituted (the installed wrapper names the final path)

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse as parseYaml } from 'yaml';
 import { buildProgram } from '../../../src/cli/program.js';
 import { CliExit, type CliIo } from '../../../src/cli/io.js';
-import { resolveConfig } from '../../../src/agent/config.js';
+import { DRIFT_LISTENER_PATHS, driftListenerPath, resolveConfig } from '../../../src/agent/config.js';
 import { renderStateText } from '../../../src/agent/state-store.js';
 import { policy } from './fixtures.js';
 
@@ -63,6 +63,17 @@ describe('secgroup agent (CLI)', () => {
     expect(r.code).toBe(2);
     expect(r.err).toContain('instance_id');
     expect(r.err).toContain('drift_schedule');
+  });
+
+  it('drift_listener: auto takes the first installed listener (the .deb\'s, then install.sh\'s), a path as given, "" none (nft monitor only)', () => {
+    expect(resolveConfig({ instance_id: 'ecs-1' }, {}).drift_listener).toBe('auto');
+    expect(driftListenerPath('auto', (p) => p.startsWith('/usr/local/'))).toBe('/usr/local/lib/secgroup/secgroup-nftwatch');
+    expect(driftListenerPath('auto', () => true)).toBe('/usr/lib/secgroup/secgroup-nftwatch');
+    // none installed: the first, which cannot start, so the agent falls back with one warning
+    expect(driftListenerPath('auto', () => false)).toBe(DRIFT_LISTENER_PATHS[0]);
+    expect(driftListenerPath('/opt/sg/secgroup-nftwatch', () => false)).toBe('/opt/sg/secgroup-nftwatch');
+    expect(driftListenerPath('', () => true)).toBeNull();
+    expect(() => resolveConfig({ instance_id: 'ecs-1', drift_listener: 'secgroup-nftwatch' }, {})).toThrow(/drift_listener/);
   });
 
   it('an explicit configuration file that does not exist is an error', async () => {

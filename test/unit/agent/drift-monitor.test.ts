@@ -26,8 +26,7 @@ class MonitoredNft extends FakeNft {
   }
 }
 
-function setup() {
-  const monitor = new FakeNftMonitor();
+function setup(monitor = new FakeNftMonitor()) {
   const nft = new MonitoredNft(monitor);
   const clock = new FakeClock();
   const metrics = new AgentMetrics();
@@ -256,6 +255,39 @@ describe('drift monitor', () => {
     await dm.idle();
     expect(dm.watching).toBe(true);
     expect(monitor.running).toBe(1);
+    await dm.stop();
+  });
+
+  it('with a source that says ready itself (our own listener): covered after one full check, no probe, and not stopped around its own full reloads', async () => {
+    const { nft, clock, r, monitor, dm, events, reads } = setup(new FakeNftMonitor({ announces: true }));
+    const probes = () => nft.calls.filter((c) => c.tx?.ops.every((o) => o.op === 'set-marker')).length;
+    await r.submit(policy(1), 'controller');
+    const tableReads = reads().table;
+    dm.start();
+    await new Promise((res) => setImmediate(res));
+    await r.idle();
+    expect(dm.watching).toBe(true);
+    expect(reads().table).toBe(tableReads + 1);
+    expect(events('drift_monitor_ready')).toEqual([expect.objectContaining({ announced: true })]);
+    const release = nft.hold('apply');
+    const done = r.submit(policy(2, { httpPort: '81' }), 'controller'); // a rule changes: full reload
+    await new Promise((res) => setImmediate(res));
+    expect(nft.calls.at(-1)?.tx?.ops.map((o) => o.op)).toEqual(['replace-table']);
+    expect(monitor.running).toBe(1);
+    release();
+    expect(await done).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(dm.watching).toBe(true);
+    // a change right after our own reload: reported and repaired by the monitor at once
+    const rules = () => nft.dump().replace(/^\tcomment .*\n/m, '');
+    const applied = rules();
+    nft.flushTable();
+    monitor.emit({ structural: true, sample: ['delete rule inet secgroup input (3 messages)'], by: '77 (nft)' });
+    await dm.idle();
+    await r.idle();
+    expect(events('drift_repaired')).toEqual([expect.objectContaining({ via: 'monitor', drift: 'structure', revision: 2 })]);
+    expect(rules()).toBe(applied);
+    await clock.advance(10_000);
+    expect([probes(), monitor.started, monitor.running, dm.watching]).toEqual([0, 1, 1, true]);
     await dm.stop();
   });
 

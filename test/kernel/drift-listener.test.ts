@@ -1,0 +1,143 @@
+/**
+ * Drift noticed by our own listener (native/secgroup-nftwatch.c via
+ * nft/nftwatch.ts): the real agent in a network namespace, with a remote
+ * group of 10k members, repairs every way of changing its table by hand
+ * that the listener reports (the periodic check is set to once a year), also
+ * a change made right after its own full reload; the listener said `ready`
+ * itself and runs through all of it, one session, where `nft monitor` dies
+ * on our full reloads.
+ */
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { memberSetName } from '../../src/nft/compile.js';
+import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, HOST_ADDR, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+
+const skip = kernelSkipReason();
+const PEERS_SET = memberSetName(4, 'peers');
+const MEMBERS = 10_000;
+/** 10k members from 198.19.0.0/16 besides the client */
+const members = [CLIENT_ADDR, ...Array.from({ length: MEMBERS - 1 }, (_, i) => `198.19.${i >> 8}.${i & 255}`)];
+
+function labPolicy(revision: number, ports = '8000') {
+  return {
+    revision,
+    instance: { id: 'lab-1', addresses: [HOST_ADDR] },
+    security_groups: [
+      {
+        id: 'sg-lab',
+        rules: [
+          { id: 'r-tcp', direction: 'ingress', protocol: 'tcp', multiport: ports, remote_ip_prefix: `${CLIENT_ADDR}/32` },
+          { id: 'r-peers', direction: 'ingress', protocol: 'tcp', multiport: '8001', remote_group_id: 'peers' },
+          { id: 'r-out', direction: 'egress' },
+          // ports by prefix: an interval map with concatenated keys (what nft 1.0.6's monitor dies on)
+          ...Array.from({ length: 10 }, (_, i) => ({ id: `r-p${i}`, direction: 'ingress', protocol: 'tcp', multiport: `${2000 + i}`, remote_ip_prefix: '198.18.0.0/15' })),
+        ],
+      },
+    ],
+    group_members: { peers: members },
+  };
+}
+
+describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${MEMBERS} members${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  let lab: AgentLab;
+  let peer: Peer;
+  let agent: AgentProcess;
+  let original = '';
+  let revision = 1;
+  const latencies: Record<string, number> = {};
+
+  const listing = async () => String((await lab.nft(['list', 'table', 'inet', 'secgroup'], { reject: false })).stdout).replace(/packets \d+ bytes \d+/g, 'packets N bytes N');
+  /** without the table's comment: an in-place reload keeps the old one, a repair's replacement writes the new one */
+  const rules = async () => (await listing()).replace(/^\tcomment .*\n/m, '');
+  const verdicts = async (ports: number[]) => Object.fromEntries(await Promise.all(ports.map(async (p) => [p, await peer.canConnect(p)] as const)));
+  const sessions = () => ({ started: agent.lines.filter((l) => l.event === 'drift_monitor_started').length, exited: agent.lines.filter((l) => l.event === 'drift_monitor_exited').length });
+
+  beforeAll(async () => {
+    lab = await AgentLab.create('dlis');
+    const listener = await lab.buildListener();
+    await lab.startListeners([8000, 8001, 8002]);
+    peer = await lab.startPeer();
+    const config = await lab.writeConfig({
+      instance_id: 'lab-1',
+      state_dir: `${lab.dir}/state`,
+      log_level: 'debug',
+      controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token', reconnect_initial_ms: 100, reconnect_max_ms: 1000 },
+      // once a year: whatever is repaired below was repaired through the listener
+      drift_schedule: '0 0 0 1 1 *',
+      drift_listener: listener,
+      http_listen: '127.0.0.1:9469',
+      platform: { dhcp: false },
+    });
+    agent = lab.startAgent(config);
+    await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
+    await peer.request({ cmd: 'policy', policy: labPolicy(revision) });
+    await peer.waitForAck(revision, 'applied');
+    // the listener said ready itself (no probe) and its one full check ran
+    await agent.waitFor((l) => l.event === 'drift_monitor_ready' && l.announced === true, 30_000, 0, 'listener ready');
+    original = await listing();
+    expect(original).toContain(`set ${PEERS_SET}`);
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
+  }, 120_000);
+
+  afterAll(async () => {
+    console.log(`tamper -> drift_repaired line at ${MEMBERS} members (ms, wall, machine shared): ${JSON.stringify(latencies)}`);
+    await lab?.destroy();
+  });
+
+  it.each([
+    ['table deleted', 'missing', ['delete', 'table', 'inet', 'secgroup']],
+    ['chain flushed', 'structure', ['flush', 'chain', 'inet', 'secgroup', 'input']],
+    ['rule inserted', 'structure', ['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '8002', 'accept']],
+    ['element removed', 'modified', ['delete', 'element', 'inet', 'secgroup', PEERS_SET, `{ ${CLIENT_ADDR} }`]],
+    ['set flushed', 'modified', ['flush', 'set', 'inet', 'secgroup', PEERS_SET]],
+  ] as const)('repairs: %s (kind %s), reported by the listener', async (what, kind, args) => {
+    const from = agent.lines.length;
+    const t0 = performance.now();
+    await lab.nft([...args]);
+    const line = await agent.waitFor((l) => l.event === 'drift_repaired', 30_000, from, `drift_repaired after: ${what}`);
+    latencies[what] = Math.round(performance.now() - t0);
+    expect(line).toMatchObject({ via: 'monitor', drift: kind, revision, detail: expect.stringContaining('inet secgroup') });
+    expect(await listing()).toBe(original);
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
+    expect(agent.lines.slice(from).filter((l) => l.event === 'drift' && l.via !== 'monitor')).toEqual([]);
+  });
+
+  it('repairs a change made right after its own full reload, reported by the same listener', async () => {
+    const from = agent.lines.length;
+    revision = 2;
+    await peer.request({ cmd: 'policy', policy: labPolicy(revision, '8000,8003') });
+    await peer.waitForAck(revision, 'applied');
+    const reloaded = await rules();
+    expect(reloaded).toContain('8003');
+    const t0 = performance.now();
+    await lab.nft(['flush', 'chain', 'inet', 'secgroup', 'input']);
+    const line = await agent.waitFor((l) => l.event === 'drift_repaired', 30_000, from, 'drift_repaired after a change right after our reload');
+    latencies['chain flushed right after our own full reload'] = Math.round(performance.now() - t0);
+    expect(line).toMatchObject({ via: 'monitor', drift: 'structure', revision });
+    expect(await rules()).toBe(reloaded);
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
+  });
+
+  it('follows through its own full reloads at 10k members with one listener session, where nft monitor dies', async () => {
+    // nft 1.0.6's monitor beside it, for comparison (it loads the 10k members before it subscribes)
+    const monitor = execa('ip', ['netns', 'exec', lab.host, 'nft', 'monitor'], { reject: false, buffer: false, stdout: 'ignore', stderr: 'ignore' });
+    try {
+      await new Promise((r) => setTimeout(r, 3000));
+      const from = agent.lines.length;
+      revision = 3;
+      await peer.request({ cmd: 'policy', policy: labPolicy(revision, '8000,8004') });
+      await peer.waitForAck(revision, 'applied');
+      const exit = await Promise.race([monitor, new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
+      expect(exit?.signal ?? 'still running').toBe('SIGSEGV');
+      expect(agent.lines.slice(from).filter((l) => l.event === 'apply').map((l) => l.kind)).toEqual(['full']);
+      // and a change after it is still reported by the same session
+      await lab.nft(['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '8002', 'accept']);
+      await agent.waitFor((l) => l.event === 'drift_repaired', 30_000, from, 'drift_repaired');
+      expect(sessions()).toEqual({ started: 1, exited: 0 });
+      expect(agent.lines.filter((l) => l.event === 'drift_listener_unavailable')).toEqual([]);
+    } finally {
+      monitor.kill('SIGKILL');
+      await monitor.catch(() => undefined);
+    }
+  });
+});
