@@ -98,7 +98,8 @@ export function driftOf(b: MonitorBatch): Drift {
   const kind = b.tableDeleted ? 'missing' : b.structural ? 'structure' : 'modified';
   const by = b.by ? ` by process ${b.by}` : '';
   const more = b.lines > b.sample.length ? ` (+${b.lines - b.sample.length} more)` : '';
-  return { kind, detail: `a change to our table${by}: ${b.sample.join('; ')}${more}` };
+  const detail = `a change to our table${by}: ${b.sample.join('; ')}${more}`;
+  return b.contentOnly && !b.tableDeleted ? { kind, detail, inPlace: true } : { kind, detail };
 }
 
 export class DriftMonitor {

@@ -57,6 +57,14 @@ export interface MonitorBatch {
   tableDeleted: boolean;
   /** it added, deleted or replaced a chain, rule, set or map of ours (not only elements) */
   structural: boolean;
+  /**
+   * it added or removed only rules and set/map elements (a chain or set
+   * flushed, a rule inserted, an element added or removed): every table,
+   * chain, set and object is still ours and none was added, so a reload of
+   * our table in place (nft/render.ts renderReloadInPlace) restores it
+   * exactly, without replacing it
+   */
+  contentOnly: boolean;
 }
 
 /**
@@ -95,16 +103,17 @@ export class MonitorBatchBuilder {
   private batch: MonitorBatch | null = null;
 
   private open(): MonitorBatch {
-    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false });
+    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: true });
   }
 
-  /** An event line about our table. */
-  add(line: string, o: { structural: boolean; tableDeleted: boolean }): void {
+  /** An event line about our table; `object` as nft names it (table, chain, rule, set, map, element, counter, ...). */
+  add(line: string, o: { object: string; structural: boolean; tableDeleted: boolean }): void {
     const batch = this.open();
     batch.lines++;
     if (batch.sample.length < SAMPLE_LINES) batch.sample.push(line.length > 200 ? `${line.slice(0, 200)}...` : line);
     if (o.structural) batch.structural = true;
     if (o.tableDeleted) batch.tableDeleted = true;
+    if (o.object !== 'rule' && o.object !== 'element') batch.contentOnly = false;
   }
 
   /** A generation marker text added in it. */
@@ -169,7 +178,7 @@ export class MonitorParser {
     if (table !== this.table || line.slice(b + 1, c) !== 'inet') return;
     const verb = line.slice(0, a);
     const object = line.slice(a + 1, b);
-    this.batch.add(line, { structural: STRUCTURAL.has(object), tableDeleted: verb === 'delete' && object === 'table' });
+    this.batch.add(line, { object, structural: STRUCTURAL.has(object), tableDeleted: verb === 'delete' && object === 'table' });
     if (object === 'element' && verb === 'add' && line.startsWith(`add element inet ${this.table} ${MARKER_SET} `)) {
       const m = MARKER_RE.exec(line);
       if (m) this.batch.marker(m[1]!);
@@ -267,7 +276,7 @@ export class FakeNftMonitor implements NftMonitor {
 
   /** A transaction on our table seen by the monitor. */
   emit(batch: Partial<MonitorBatch>): void {
-    const full: MonitorBatch = { generation: null, by: null, lines: 1, sample: [], markers: [], tableDeleted: false, structural: false, ...batch };
+    const full: MonitorBatch = { generation: null, by: null, lines: 1, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: false, ...batch };
     for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'batch', batch: full });
   }
 

@@ -56,6 +56,7 @@ export class WatchParser {
       const messages = Number(n) || 1;
       const nftVerb = verb === 'del' ? 'delete' : 'add';
       this.batch.add(`${nftVerb} ${object} inet ${this.table}${object === 'table' ? '' : ` ${name}`}${messages > 1 ? ` (${messages} messages)` : ''}`, {
+        object,
         structural: object !== 'element',
         tableDeleted: verb === 'del' && object === 'table',
       });

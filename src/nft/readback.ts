@@ -191,6 +191,8 @@ export type DriftKind = 'missing' | 'comment' | 'structure' | 'modified';
 export interface Drift {
   kind: DriftKind;
   detail: string;
+  /** only rules and elements of our own chains and sets changed (the drift monitor saw the transaction): a reload in place restores the table exactly, no replacement needed */
+  inPlace?: true;
 }
 
 /**

@@ -17,14 +17,14 @@ describe('nft monitor parser', () => {
   it('splits the output into the transactions that touched our table, with what each did', () => {
     const got = batches(new MonitorParser('secgroup').push(TRANSCRIPT));
     expect(got.map((b) => b.generation)).toEqual([2, 3, 4, 5, 6, 7, 9]); // 8 added another table only
-    expect(got[0]).toMatchObject({ markers: ['gen1'], structural: true, tableDeleted: false, lines: 10, by: '3980 (nft)' });
+    expect(got[0]).toMatchObject({ markers: ['gen1'], structural: true, tableDeleted: false, contentOnly: false, lines: 10, by: '3980 (nft)' });
     expect(got[0]!.sample).toHaveLength(5);
-    expect(got[1]).toMatchObject({ markers: [], structural: false, lines: 1, sample: ['delete element inet secgroup s4 { 198.18.1.1 }'] });
-    expect(got[2]).toMatchObject({ markers: [], structural: false, lines: 2 }); // set flushed: its elements deleted
-    expect(got[3]).toMatchObject({ markers: [], structural: true, lines: 2 }); // chain flushed: its rules deleted
-    expect(got[4]).toMatchObject({ markers: [], structural: true, sample: ['insert rule inet secgroup input accept'] });
+    expect(got[1]).toMatchObject({ markers: [], structural: false, contentOnly: true, lines: 1, sample: ['delete element inet secgroup s4 { 198.18.1.1 }'] });
+    expect(got[2]).toMatchObject({ markers: [], structural: false, contentOnly: true, lines: 2 }); // set flushed: its elements deleted
+    expect(got[3]).toMatchObject({ markers: [], structural: true, contentOnly: true, lines: 2 }); // chain flushed: its rules deleted
+    expect(got[4]).toMatchObject({ markers: [], structural: true, contentOnly: true, sample: ['insert rule inet secgroup input accept'] });
     expect(got[5]).toMatchObject({ markers: ['gen2'], structural: false });
-    expect(got[6]).toMatchObject({ markers: [], structural: true, tableDeleted: true, lines: 5 });
+    expect(got[6]).toMatchObject({ markers: [], structural: true, tableDeleted: true, contentOnly: false, lines: 5 });
   });
 
   it('gives the same transactions however the output is cut into chunks', () => {

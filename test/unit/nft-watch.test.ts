@@ -23,12 +23,12 @@ describe('secgroup-nftwatch parser', () => {
     expect(events[0]).toEqual({ kind: 'ready' });
     const got = batches(events);
     expect(got.map((b) => b.generation)).toEqual([2, 3, 4, 5, 7]); // 6 added another table only
-    expect(got[0]).toMatchObject({ markers: ['secgroup digest=ab12 revision=1 instance=lab-1'], structural: true, tableDeleted: false, lines: 7, by: '314 (nft)' });
+    expect(got[0]).toMatchObject({ markers: ['secgroup digest=ab12 revision=1 instance=lab-1'], structural: true, tableDeleted: false, contentOnly: false, lines: 7, by: '314 (nft)' });
     expect(got[0]!.sample).toEqual(['add table inet secgroup', 'add chain inet secgroup input', 'add set inet secgroup sg_generation', 'add element inet secgroup sg_generation', 'add set inet secgroup peers']);
     expect(got[1]).toMatchObject({ markers: ['secgroup digest=cd34 revision=2 instance=lab-1'], structural: false, lines: 3 });
-    expect(got[2]).toMatchObject({ markers: [], structural: true, lines: 1, sample: ['add rule inet secgroup input'] });
-    expect(got[3]).toMatchObject({ markers: [], structural: false, lines: 1, sample: ['delete element inet secgroup peers (7 messages)'] });
-    expect(got[4]).toMatchObject({ markers: [], structural: true, tableDeleted: true, lines: 5, by: '392 (nft)' });
+    expect(got[2]).toMatchObject({ markers: [], structural: true, contentOnly: true, lines: 1, sample: ['add rule inet secgroup input'] });
+    expect(got[3]).toMatchObject({ markers: [], structural: false, contentOnly: true, lines: 1, sample: ['delete element inet secgroup peers (7 messages)'] });
+    expect(got[4]).toMatchObject({ markers: [], structural: true, tableDeleted: true, contentOnly: false, lines: 5, by: '392 (nft)' });
     expect(events.filter((e) => e.kind !== 'batch')).toEqual([{ kind: 'ready' }]);
   });
 
