@@ -1,6 +1,7 @@
 /**
  * The sync loop: desired policy -> compile -> render -> check -> apply (one
- * transaction) -> read back and verify -> persist -> report.
+ * transaction) -> report -> verify -> persist (element updates are verified
+ * before the report, full reloads right after it: see "Verified after the ack").
  *
  * - Bursts coalesce: `submit` only records the newest desired revision; one
  *   loop applies whatever is newest when it gets to it. A revision replaced
@@ -18,6 +19,16 @@
  *   place over the table applied last, else carried by reading them first
  *   (that read is started before the compile: nft lists the table while the
  *   agent compiles, on the other core).
+ * - Verified after the ack: a full reload is reported applied when `nft -f`
+ *   exits 0 (its transaction is atomic: the kernel holds all of it). The
+ *   generation-marker read that checks it (one more nft process, ~15-20 ms,
+ *   up to ~1/5 of `nft -f` at 1k rules) follows the ack, under the mutex,
+ *   before anything else touches nft: what it can still find is a change by
+ *   someone else after our commit (the table deleted or replaced), i.e.
+ *   drift, and it is repaired as drift (`verify_failed`, then a full
+ *   reload); a read that fails makes the next sync a full one. Element
+ *   updates keep the read before the ack (unless the monitor covers the
+ *   table, see below).
  * - Failure: nft's transaction is atomic, so the previous ruleset stays; the
  *   failure is reported once per revision, the next attempt is a full reload,
  *   retried with exponential backoff until it works or a newer revision comes.
@@ -127,6 +138,9 @@ interface Desired {
   /** its failure was already reported (retries are silent) */
   reported: boolean;
 }
+
+/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (verifyAfterAck). */
+type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string } | { ok: false; error: SecgroupError };
 
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
@@ -323,7 +337,7 @@ export class Reconciler {
   }
 
   /** Under the mutex: re-applies `applied` (full reload), logs and counts it. */
-  private async repair(applied: AppliedState, d: Drift, via: 'check' | 'monitor'): Promise<void> {
+  private async repair(applied: AppliedState, d: Drift, via: 'check' | 'monitor' | 'verify'): Promise<void> {
     const { logger, metrics, clock } = this.o;
     logger.warn({ event: 'drift', revision: applied.revision, drift: d.kind, via }, `our table drifted (${d.detail}): re-applying revision ${applied.revision}`);
     metrics.driftRepairs.inc({ kind: d.kind });
@@ -332,6 +346,8 @@ export class Reconciler {
     // a newer revision that keeps failing must not leave the host without its table.
     this.forceFull = true;
     const r = await this.syncOnce(applied.policy, 'drift');
+    // the repair's own marker read, not repaired again when it differs (a writer that keeps replacing our table: the next check retries)
+    if (r.ok && r.verifyMarker !== undefined) await this.verifyAfterAck(r.verifyMarker, false);
     if (!r.ok) {
       metrics.applyFailures.inc({ code: r.error.code });
       logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
@@ -421,6 +437,10 @@ export class Reconciler {
           { status: 'applied', revision: d.policy.revision, kind: result.kind, durationMs: result.durationMs, digest: result.digest, source: d.source },
           d.waiters,
         );
+        if (result.verifyMarker !== undefined) {
+          const marker = result.verifyMarker;
+          await this.mutex.run(() => this.verifyAfterAck(marker, true));
+        }
         // after the ack (a 1M-member document takes ~0.2 s to write), before the next sync; when a newer
         // revision already waits, it goes first and what is applied after it is written (below, or after its own sync)
         if (!this.pending) await this.persistAfter(result.kind);
@@ -461,7 +481,7 @@ export class Reconciler {
     policy: Policy,
     source: PolicySource,
     change: ChangeHint | null = null,
-  ): Promise<{ ok: true; kind: SyncKind; durationMs: number; digest: string } | { ok: false; error: SecgroupError }> {
+  ): Promise<SyncResult> {
     const { nft, clock, logger } = this.o;
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
@@ -474,10 +494,10 @@ export class Reconciler {
       if (plan.membershipFull !== undefined) {
         logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);
       }
-      let fingerprint: string;
+      let applied: { fingerprint: string; verifyMarker?: string };
       for (;;) {
         try {
-          fingerprint = await this.applyPlan(plan, carried);
+          applied = await this.applyPlan(plan, carried);
           break;
         } catch (e) {
           if (plan.kind === 'full' && plan.inPlace && asSecgroupError(e).code === 'NFT_NOT_FOUND_OBJECT') {
@@ -504,7 +524,8 @@ export class Reconciler {
         if (plan.via === 'membership') logger.debug({ event: 'membership', ...detail }, 'member change applied as element updates');
         else logger.debug({ event: 'incremental', ...detail }, 'map elements updated');
       }
-      return await this.finish(policy, source, plan.compiled, plan.tableComment, fingerprint, plan.kind, t0);
+      const done = await this.finish(policy, source, plan.compiled, plan.tableComment, applied.fingerprint, plan.kind, t0);
+      return applied.verifyMarker === undefined ? done : { ...done, verifyMarker: applied.verifyMarker };
     } catch (e) {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };
@@ -514,9 +535,10 @@ export class Reconciler {
   /**
    * Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with.
    * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verify` throws.
+   * `verifyMarker`: a full reload whose marker read follows the ack (verifyAfterAck).
    */
-  private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<string> {
-    if (plan.kind === 'noop') return plan.fingerprint;
+  private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
+    if (plan.kind === 'noop') return { fingerprint: plan.fingerprint };
     const { nft, metrics } = this.o;
     // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first; else they restart at zero
     const replace = plan.kind === 'full' && !plan.inPlace;
@@ -535,8 +557,37 @@ export class Reconciler {
     }
     if (replace && !counters) metrics.resetRuleBaselines();
     // element updates while a monitor covers the table: nft committed them (atomic), and any foreign transaction is reported by the monitor, so the marker read-back (one more nft process per delta) adds nothing
-    if (plan.kind === 'incremental' && this.fullApplyObserver?.covers?.() === true) return '';
-    return this.verify(plan.compiled, plan.tableComment);
+    if (plan.kind === 'incremental' && this.fullApplyObserver?.covers?.() === true) return { fingerprint: '' };
+    // a full reload: nft -f exited 0, so the kernel committed all of it; its marker is read right after the ack (module comment)
+    if (plan.kind === 'full' && marker !== undefined) return { fingerprint: '', verifyMarker: marker };
+    return { fingerprint: await this.verify(plan.compiled, plan.tableComment) };
+  }
+
+  /**
+   * Under the mutex, right after a full reload's ack: reads the generation
+   * marker `marker` that reload set. Skipped when a later sync replaced it
+   * (that one is checked instead) or the reconciler stops. Another marker or
+   * none: someone changed the table after our commit (drift), logged as
+   * `verify_failed` and, with `repairOnDrift`, repaired at once; a failed
+   * read or an unrepaired difference makes the next sync a full one. Never throws.
+   */
+  private async verifyAfterAck(marker: string, repairOnDrift: boolean): Promise<void> {
+    const applied = this.applied;
+    if (!applied || this.stopped || applied.compiled.table.marker !== marker) return;
+    const { logger } = this.o;
+    const log = { event: 'verify_failed', revision: applied.revision };
+    let d: Drift | null;
+    try {
+      d = findMarkerDrift(applied.compiled.table, await this.o.nft.readMarker());
+    } catch (e) {
+      this.forceFull = true;
+      logger.warn({ ...log, err: e }, `cannot read the generation marker after applying revision ${applied.revision} (the next sync is a full reload): ${errorMessage(e)}`);
+      return;
+    }
+    if (!d) return;
+    this.forceFull = true;
+    logger.error({ ...log, drift: d.kind, detail: d.detail }, `after revision ${applied.revision} was applied: ${d.detail}`);
+    if (repairOnDrift) await this.repair(applied, d, 'verify');
   }
 
   /**
@@ -584,7 +635,7 @@ export class Reconciler {
     fingerprint: string,
     kind: SyncKind,
     t0: number,
-  ): Promise<{ ok: true; kind: SyncKind; durationMs: number; digest: string }> {
+  ): Promise<SyncResult & { ok: true }> {
     const { clock, logger, metrics } = this.o;
     const log = { revision: policy.revision, source };
     const prev = this.applied;
