@@ -127,6 +127,12 @@ export interface ReconcilerOptions {
   persistCoalesceMs?: number;
   /** called for every outcome (acks, logs) */
   onOutcome?: (o: SyncOutcome) => void;
+  /**
+   * Called when a sync that compiles starts (every sync but a member delta);
+   * the function it returns when the sync ends. The agent passes
+   * footprint.ts `compileBurst` (heap sizing for throughput while it compiles).
+   */
+  heapBurst?: () => () => void;
 }
 
 interface Desired {
@@ -157,7 +163,7 @@ export interface FullApplyObserver {
 }
 
 export class Reconciler {
-  private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome'>> & Pick<ReconcilerOptions, 'onOutcome'>;
+  private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome' | 'heapBurst'>> & Pick<ReconcilerOptions, 'onOutcome' | 'heapBurst'>;
   private platform: PlatformOptions;
   private pending: Desired | null = null;
   private inFlight: Desired | null = null;
@@ -485,6 +491,7 @@ export class Reconciler {
     const { nft, clock, logger } = this.o;
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
+    const endBurst = change === null ? this.o.heapBurst?.() : undefined;
     try {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
       // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;
@@ -529,6 +536,8 @@ export class Reconciler {
     } catch (e) {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };
+    } finally {
+      endBurst?.();
     }
   }
 

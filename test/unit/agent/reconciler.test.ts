@@ -17,7 +17,7 @@ import { policy } from './fixtures.js';
 import { dumpBlock, dumpBlocks, withoutGeneration } from '../../helpers/nft-dump.js';
 import { golden } from '../../helpers/golden.js';
 
-function setup(opts: { incremental?: boolean; persistCoalesceMs?: number } = {}) {
+function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBurst?: () => () => void } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = new MemoryStateStore();
@@ -34,6 +34,7 @@ function setup(opts: { incremental?: boolean; persistCoalesceMs?: number } = {})
     retryMaxMs: 8000,
     incremental: opts.incremental ?? true,
     ...(opts.persistCoalesceMs === undefined ? {} : { persistCoalesceMs: opts.persistCoalesceMs }),
+    ...(opts.heapBurst ? { heapBurst: opts.heapBurst } : {}),
     onOutcome: (o) => outcomes.push(o),
   });
   return { nft, clock, store, metrics, outcomes, r };
@@ -370,6 +371,31 @@ describe('reconciler', () => {
     expect(store.saves).toBe(1);
     expect(store.policy?.revision).toBe(1);
     await r.stop();
+  });
+
+  it('compiles and applies a full sync inside one heap burst (footprint.ts), and a member delta outside any', async () => {
+    const events: string[] = [];
+    const { nft, r } = setup({
+      heapBurst: () => {
+        events.push(`start (applies so far: ${nft.count('apply')})`);
+        return () => events.push(`end (applies so far: ${nft.count('apply')})`);
+      },
+    });
+    // the compile reads the policy's groups: recorded once per sync
+    const compiling = (p: ReturnType<typeof policy>) =>
+      new Proxy(p, {
+        get: (target, key, receiver) => {
+          if (key === 'security_groups' && events.at(-1) !== 'compile') events.push('compile');
+          return Reflect.get(target, key, receiver);
+        },
+      });
+    expect(await r.submit(compiling(policy(1)), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(events).toEqual(['start (applies so far: 0)', 'compile', 'end (applies so far: 1)']);
+    await r.idle();
+    events.length = 0;
+    const members = ['198.18.0.10', '198.18.0.12', '198.18.0.30'];
+    expect(await r.submit(policy(2, { members }), 'controller', { base: 1, groups: { web: { add: ['198.18.0.30'], remove: [] } } })).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(events).toEqual([]);
   });
 
   it('does not rewrite the state file for a policy that came from it', async () => {
