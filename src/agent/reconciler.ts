@@ -22,13 +22,15 @@
  * - Verified after the ack: a full reload is reported applied when `nft -f`
  *   exits 0 (its transaction is atomic: the kernel holds all of it). The
  *   generation-marker read that checks it (one more nft process, ~15-20 ms,
- *   up to ~1/5 of `nft -f` at 1k rules) follows the ack, under the mutex,
- *   before anything else touches nft: what it can still find is a change by
- *   someone else after our commit (the table deleted or replaced), i.e.
- *   drift, and it is repaired as drift (`verify_failed`, then a full
- *   reload); a read that fails makes the next sync a full one. Element
- *   updates keep the read before the ack (unless the monitor covers the
- *   table, see below).
+ *   up to a fifth of `nft -f` at 1k rules) follows the ack, under the
+ *   mutex, before the next sync. What it still catches: an `nft` that exits
+ *   0 without applying (a wrapper that swallows a failure,
+ *   docs/security-agent-faults.md) and a table replaced or deleted right
+ *   after our commit. Either way the revision is then reported `failed`
+ *   (VERIFY_FAILED, after its `applied`), the previous one counts as
+ *   applied again and the sync is retried as a full reload, as when the
+ *   read ran before the ack. Element updates keep the read before the ack
+ *   (unless the monitor covers the table, see below).
  * - Failure: nft's transaction is atomic, so the previous ruleset stays; the
  *   failure is reported once per revision, the next attempt is a full reload,
  *   retried with exponential backoff until it works or a newer revision comes.
@@ -343,7 +345,7 @@ export class Reconciler {
   }
 
   /** Under the mutex: re-applies `applied` (full reload), logs and counts it. */
-  private async repair(applied: AppliedState, d: Drift, via: 'check' | 'monitor' | 'verify'): Promise<void> {
+  private async repair(applied: AppliedState, d: Drift, via: 'check' | 'monitor'): Promise<void> {
     const { logger, metrics, clock } = this.o;
     logger.warn({ event: 'drift', revision: applied.revision, drift: d.kind, via }, `our table drifted (${d.detail}): re-applying revision ${applied.revision}`);
     metrics.driftRepairs.inc({ kind: d.kind });
@@ -351,9 +353,12 @@ export class Reconciler {
     // Repair what is enforced now, even while a newer revision waits for a retry:
     // a newer revision that keeps failing must not leave the host without its table.
     this.forceFull = true;
-    const r = await this.syncOnce(applied.policy, 'drift');
-    // the repair's own marker read, not repaired again when it differs (a writer that keeps replacing our table: the next check retries)
-    if (r.ok && r.verifyMarker !== undefined) await this.verifyAfterAck(r.verifyMarker, false);
+    let r = await this.syncOnce(applied.policy, 'drift');
+    const unverified = r.ok && r.verifyMarker !== undefined ? await this.verifyAfterAck(r.verifyMarker) : null;
+    if (unverified) {
+      this.forceFull = true;
+      r = { ok: false, error: unverified };
+    }
     if (!r.ok) {
       metrics.applyFailures.inc({ code: r.error.code });
       logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
@@ -434,7 +439,11 @@ export class Reconciler {
       const d = this.pending;
       this.pending = null;
       this.inFlight = d;
-      const result = await this.mutex.run(() => this.syncOnce(d.policy, d.source, d.change));
+      let before: { applied: AppliedState | null; unsaved: Policy | null } = { applied: null, unsaved: null };
+      let result = await this.mutex.run(() => {
+        before = { applied: this.applied, unsaved: this.unsaved };
+        return this.syncOnce(d.policy, d.source, d.change);
+      });
       this.inFlight = null;
       if (result.ok) {
         this.retryAttempt = 0;
@@ -443,10 +452,18 @@ export class Reconciler {
           { status: 'applied', revision: d.policy.revision, kind: result.kind, durationMs: result.durationMs, digest: result.digest, source: d.source },
           d.waiters,
         );
-        if (result.verifyMarker !== undefined) {
-          const marker = result.verifyMarker;
-          await this.mutex.run(() => this.verifyAfterAck(marker, true));
-        }
+      }
+      const marker = result.ok ? result.verifyMarker : undefined;
+      const unverified = marker === undefined ? null : await this.mutex.run(() => this.verifyAfterAck(marker));
+      if (unverified) {
+        // as if the sync had failed at its read-back: the revision before it is the one applied (and the last known good)
+        this.applied = before.applied;
+        this.unsaved = before.unsaved;
+        if (before.applied) this.o.metrics.appliedRevision.set(before.applied.revision);
+        this.forceFull = true;
+        result = { ok: false, error: unverified };
+      }
+      if (result.ok) {
         // after the ack (a 1M-member document takes ~0.2 s to write), before the next sync; when a newer
         // revision already waits, it goes first and what is applied after it is written (below, or after its own sync)
         if (!this.pending) await this.persistAfter(result.kind);
@@ -573,30 +590,20 @@ export class Reconciler {
   }
 
   /**
-   * Under the mutex, right after a full reload's ack: reads the generation
-   * marker `marker` that reload set. Skipped when a later sync replaced it
-   * (that one is checked instead) or the reconciler stops. Another marker or
-   * none: someone changed the table after our commit (drift), logged as
-   * `verify_failed` and, with `repairOnDrift`, repaired at once; a failed
-   * read or an unrepaired difference makes the next sync a full one. Never throws.
+   * Under the mutex, right after a full reload's ack: checks that the table
+   * holds `marker`, the generation marker that reload set (verify). Null when
+   * it does, or when a later sync replaced it (that one is checked instead)
+   * or the reconciler stops; else the VERIFY_FAILED (or nft) error. Never throws.
    */
-  private async verifyAfterAck(marker: string, repairOnDrift: boolean): Promise<void> {
+  private async verifyAfterAck(marker: string): Promise<SecgroupError | null> {
     const applied = this.applied;
-    if (!applied || this.stopped || applied.compiled.table.marker !== marker) return;
-    const { logger } = this.o;
-    const log = { event: 'verify_failed', revision: applied.revision };
-    let d: Drift | null;
+    if (!applied || this.stopped || applied.compiled.table.marker !== marker) return null;
     try {
-      d = findMarkerDrift(applied.compiled.table, await this.o.nft.readMarker());
+      await this.verify(applied.compiled, applied.tableComment);
+      return null;
     } catch (e) {
-      this.forceFull = true;
-      logger.warn({ ...log, err: e }, `cannot read the generation marker after applying revision ${applied.revision} (the next sync is a full reload): ${errorMessage(e)}`);
-      return;
+      return asSecgroupError(e);
     }
-    if (!d) return;
-    this.forceFull = true;
-    logger.error({ ...log, drift: d.kind, detail: d.detail }, `after revision ${applied.revision} was applied: ${d.detail}`);
-    if (repairOnDrift) await this.repair(applied, d, 'verify');
   }
 
   /**
