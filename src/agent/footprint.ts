@@ -24,10 +24,11 @@
  * at start, so they can change for a burst: `compileBurst()` lets the old
  * generation double between full GCs while the reconciler compiles and
  * renders a full sync (BURST_V8_FLAGS) and puts V8's own sizing back after.
- * Measured (same bench): compile CPU -40 % (10k rules) / -50 % (100k
- * members) for +25-30 MB of peak RSS (+20 %); dropping the flag during the
- * burst saves a little more CPU but doubles the peak (+100-200 MB), which
- * the memory targets of issue 18 rule out.
+ * Measured (`npx tsx bench/compile-heap.ts`, two runs): compile + render
+ * CPU -35-45 % (10k rules) / -50 % (100k members) for +25-60 MB of peak
+ * RSS (+15-40 %); dropping the flag during the burst saves a little more
+ * CPU but nearly doubles the peak (+115-185 MB), which the memory targets
+ * of issue 18 rule out.
  */
 import { setFlagsFromString } from 'node:v8';
 
