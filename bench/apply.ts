@@ -11,7 +11,9 @@
  * full applies is VmHWM from /proc/self/status read right after them (the
  * reference script is rendered by another child, so it is not in that
  * figure); nft's peak RSS is taken with /usr/bin/time over every nft the
- * case ran.
+ * case ran. The reconciler is set up as the agent's (createAgent): no
+ * separate --check, heap bursts while it compiles (footprint.ts); the time
+ * of a full apply runs to its ack (its marker read follows the ack).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,7 +26,7 @@ import { bigMember, groupPolicy, syntheticPolicy } from './policies.js';
 import { FileStateStore } from '../src/agent/state-store.js';
 import { applyPolicyDelta } from '../src/protocol/delta.js';
 import { controllerMessageSchema, decode } from '../src/protocol/messages.js';
-import { AGENT_V8_FLAGS } from '../src/agent/footprint.js';
+import { AGENT_V8_FLAGS, compileBurst, tuneForFootprint } from '../src/agent/footprint.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../src/agent/reconciler.js';
 import { MemoryStateStore } from '../src/agent/state-store.js';
@@ -102,7 +104,7 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
   };
   const clear = () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
   const reconciler = (incremental: boolean) =>
-    new Reconciler({ nft: runner, store: new MemoryStateStore(), clock: systemClock, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(), metrics: new AgentMetrics(), platform: DEFAULT_PLATFORM, incremental, checkBeforeApply: false });
+    new Reconciler({ nft: runner, store: new MemoryStateStore(), clock: systemClock, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(), metrics: new AgentMetrics(), platform: DEFAULT_PLATFORM, incremental, checkBeforeApply: false, heapBurst: compileBurst });
   const applied = (o: SyncOutcome) => {
     if (o.status !== 'applied') throw new Error(`${c.case}: sync ${o.status}: ${'error' in o ? o.error.message : ''}`);
     return o;
@@ -178,6 +180,7 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
       metrics: new AgentMetrics(),
       platform: DEFAULT_PLATFORM,
       checkBeforeApply: false,
+      heapBurst: compileBurst,
     });
     applied(await delta.submit(parsePolicy(c.build(rev)), 'local'));
     const deltaMs: number[] = [];
@@ -272,6 +275,8 @@ if (process.argv.includes('--script')) {
   const [name, dir] = process.argv.slice(at + 1, at + 3) as [string, string];
   process.stdout.write(JSON.stringify(writeReferenceScript(caseNamed(name), dir)));
 } else if (process.argv.includes('--child')) {
+  // as `secgroup agent` does (its flags are on this command line too): compileBurst acts only then
+  tuneForFootprint();
   const at = process.argv.indexOf('--child');
   const [name, ns, dir, reference] = process.argv.slice(at + 1, at + 5) as [string, string, string, string];
   process.stdout.write(JSON.stringify(await measureCase(caseNamed(name), ns, dir, JSON.parse(reference))));

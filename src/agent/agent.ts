@@ -53,6 +53,8 @@ export interface AgentDeps {
   tokenPresent?: () => boolean;
   /** change events of our table (`nft monitor`); null/absent: drift found by the periodic check only */
   nftMonitor?: NftMonitor | null;
+  /** heap sizing for throughput while a sync compiles (footprint.ts `compileBurst`; reconciler.ts `heapBurst`); absent: none */
+  heapBurst?: () => () => void;
 }
 
 export interface AgentStatus {
@@ -155,6 +157,7 @@ export function createAgent(deps: AgentDeps): Agent {
     checkBeforeApply: false,
     // a stream of member deltas writes the whole document at most every 5 s (reconciler.ts, "Last known good")
     persistCoalesceMs: PERSIST_COALESCE_MS,
+    ...(deps.heapBurst ? { heapBurst: deps.heapBurst } : {}),
     onOutcome: (o) => {
       if (o.source === 'controller') {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');

@@ -1,6 +1,7 @@
 /**
  * The sync loop: desired policy -> compile -> render -> check -> apply (one
- * transaction) -> read back and verify -> persist -> report.
+ * transaction) -> report -> verify -> persist (element updates are verified
+ * before the report, full reloads right after it: see "Verified after the ack").
  *
  * - Bursts coalesce: `submit` only records the newest desired revision; one
  *   loop applies whatever is newest when it gets to it. A revision replaced
@@ -18,6 +19,18 @@
  *   place over the table applied last, else carried by reading them first
  *   (that read is started before the compile: nft lists the table while the
  *   agent compiles, on the other core).
+ * - Verified after the ack: a full reload is reported applied when `nft -f`
+ *   exits 0 (its transaction is atomic: the kernel holds all of it). The
+ *   generation-marker read that checks it (one more nft process, ~15-20 ms,
+ *   up to a fifth of `nft -f` at 1k rules) follows the ack, under the
+ *   mutex, before the next sync. What it still catches: an `nft` that exits
+ *   0 without applying (a wrapper that swallows a failure,
+ *   docs/security-agent-faults.md) and a table replaced or deleted right
+ *   after our commit. Either way the revision is then reported `failed`
+ *   (VERIFY_FAILED, after its `applied`), the previous one counts as
+ *   applied again and the sync is retried as a full reload, as when the
+ *   read ran before the ack. Element updates keep the read before the ack
+ *   (unless the monitor covers the table, see below).
  * - Failure: nft's transaction is atomic, so the previous ruleset stays; the
  *   failure is reported once per revision, the next attempt is a full reload,
  *   retried with exponential backoff until it works or a newer revision comes.
@@ -116,6 +129,12 @@ export interface ReconcilerOptions {
   persistCoalesceMs?: number;
   /** called for every outcome (acks, logs) */
   onOutcome?: (o: SyncOutcome) => void;
+  /**
+   * Called when a sync that compiles starts (every sync but a member delta);
+   * the function it returns when the sync ends. The agent passes
+   * footprint.ts `compileBurst` (heap sizing for throughput while it compiles).
+   */
+  heapBurst?: () => () => void;
 }
 
 interface Desired {
@@ -127,6 +146,9 @@ interface Desired {
   /** its failure was already reported (retries are silent) */
   reported: boolean;
 }
+
+/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (verifyAfterAck). */
+type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string } | { ok: false; error: SecgroupError };
 
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
@@ -143,7 +165,7 @@ export interface FullApplyObserver {
 }
 
 export class Reconciler {
-  private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome'>> & Pick<ReconcilerOptions, 'onOutcome'>;
+  private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome' | 'heapBurst'>> & Pick<ReconcilerOptions, 'onOutcome' | 'heapBurst'>;
   private platform: PlatformOptions;
   private pending: Desired | null = null;
   private inFlight: Desired | null = null;
@@ -331,7 +353,12 @@ export class Reconciler {
     // Repair what is enforced now, even while a newer revision waits for a retry:
     // a newer revision that keeps failing must not leave the host without its table.
     this.forceFull = true;
-    const r = await this.syncOnce(applied.policy, 'drift');
+    let r = await this.syncOnce(applied.policy, 'drift');
+    const unverified = r.ok && r.verifyMarker !== undefined ? await this.verifyAfterAck(r.verifyMarker) : null;
+    if (unverified) {
+      this.forceFull = true;
+      r = { ok: false, error: unverified };
+    }
     if (!r.ok) {
       metrics.applyFailures.inc({ code: r.error.code });
       logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
@@ -412,7 +439,11 @@ export class Reconciler {
       const d = this.pending;
       this.pending = null;
       this.inFlight = d;
-      const result = await this.mutex.run(() => this.syncOnce(d.policy, d.source, d.change));
+      let before: { applied: AppliedState | null; unsaved: Policy | null } = { applied: null, unsaved: null };
+      let result = await this.mutex.run(() => {
+        before = { applied: this.applied, unsaved: this.unsaved };
+        return this.syncOnce(d.policy, d.source, d.change);
+      });
       this.inFlight = null;
       if (result.ok) {
         this.retryAttempt = 0;
@@ -421,6 +452,18 @@ export class Reconciler {
           { status: 'applied', revision: d.policy.revision, kind: result.kind, durationMs: result.durationMs, digest: result.digest, source: d.source },
           d.waiters,
         );
+      }
+      const marker = result.ok ? result.verifyMarker : undefined;
+      const unverified = marker === undefined ? null : await this.mutex.run(() => this.verifyAfterAck(marker));
+      if (unverified) {
+        // as if the sync had failed at its read-back: the revision before it is the one applied (and the last known good)
+        this.applied = before.applied;
+        this.unsaved = before.unsaved;
+        if (before.applied) this.o.metrics.appliedRevision.set(before.applied.revision);
+        this.forceFull = true;
+        result = { ok: false, error: unverified };
+      }
+      if (result.ok) {
         // after the ack (a 1M-member document takes ~0.2 s to write), before the next sync; when a newer
         // revision already waits, it goes first and what is applied after it is written (below, or after its own sync)
         if (!this.pending) await this.persistAfter(result.kind);
@@ -461,10 +504,11 @@ export class Reconciler {
     policy: Policy,
     source: PolicySource,
     change: ChangeHint | null = null,
-  ): Promise<{ ok: true; kind: SyncKind; durationMs: number; digest: string } | { ok: false; error: SecgroupError }> {
+  ): Promise<SyncResult> {
     const { nft, clock, logger } = this.o;
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
+    const endBurst = change === null ? this.o.heapBurst?.() : undefined;
     try {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
       // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;
@@ -474,10 +518,10 @@ export class Reconciler {
       if (plan.membershipFull !== undefined) {
         logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);
       }
-      let fingerprint: string;
+      let applied: { fingerprint: string; verifyMarker?: string };
       for (;;) {
         try {
-          fingerprint = await this.applyPlan(plan, carried);
+          applied = await this.applyPlan(plan, carried);
           break;
         } catch (e) {
           if (plan.kind === 'full' && plan.inPlace && asSecgroupError(e).code === 'NFT_NOT_FOUND_OBJECT') {
@@ -504,19 +548,23 @@ export class Reconciler {
         if (plan.via === 'membership') logger.debug({ event: 'membership', ...detail }, 'member change applied as element updates');
         else logger.debug({ event: 'incremental', ...detail }, 'map elements updated');
       }
-      return await this.finish(policy, source, plan.compiled, plan.tableComment, fingerprint, plan.kind, t0);
+      const done = await this.finish(policy, source, plan.compiled, plan.tableComment, applied.fingerprint, plan.kind, t0);
+      return applied.verifyMarker === undefined ? done : { ...done, verifyMarker: applied.verifyMarker };
     } catch (e) {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };
+    } finally {
+      endBurst?.();
     }
   }
 
   /**
    * Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with.
    * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verify` throws.
+   * `verifyMarker`: a full reload whose marker read follows the ack (verifyAfterAck).
    */
-  private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<string> {
-    if (plan.kind === 'noop') return plan.fingerprint;
+  private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
+    if (plan.kind === 'noop') return { fingerprint: plan.fingerprint };
     const { nft, metrics } = this.o;
     // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first; else they restart at zero
     const replace = plan.kind === 'full' && !plan.inPlace;
@@ -535,8 +583,27 @@ export class Reconciler {
     }
     if (replace && !counters) metrics.resetRuleBaselines();
     // element updates while a monitor covers the table: nft committed them (atomic), and any foreign transaction is reported by the monitor, so the marker read-back (one more nft process per delta) adds nothing
-    if (plan.kind === 'incremental' && this.fullApplyObserver?.covers?.() === true) return '';
-    return this.verify(plan.compiled, plan.tableComment);
+    if (plan.kind === 'incremental' && this.fullApplyObserver?.covers?.() === true) return { fingerprint: '' };
+    // a full reload: nft -f exited 0, so the kernel committed all of it; its marker is read right after the ack (module comment)
+    if (plan.kind === 'full' && marker !== undefined) return { fingerprint: '', verifyMarker: marker };
+    return { fingerprint: await this.verify(plan.compiled, plan.tableComment) };
+  }
+
+  /**
+   * Under the mutex, right after a full reload's ack: checks that the table
+   * holds `marker`, the generation marker that reload set (verify). Null when
+   * it does, or when a later sync replaced it (that one is checked instead)
+   * or the reconciler stops; else the VERIFY_FAILED (or nft) error. Never throws.
+   */
+  private async verifyAfterAck(marker: string): Promise<SecgroupError | null> {
+    const applied = this.applied;
+    if (!applied || this.stopped || applied.compiled.table.marker !== marker) return null;
+    try {
+      await this.verify(applied.compiled, applied.tableComment);
+      return null;
+    } catch (e) {
+      return asSecgroupError(e);
+    }
   }
 
   /**
@@ -584,7 +651,7 @@ export class Reconciler {
     fingerprint: string,
     kind: SyncKind,
     t0: number,
-  ): Promise<{ ok: true; kind: SyncKind; durationMs: number; digest: string }> {
+  ): Promise<SyncResult & { ok: true }> {
     const { clock, logger, metrics } = this.o;
     const log = { revision: policy.revision, source };
     const prev = this.applied;

@@ -14,7 +14,7 @@ import { ControllerDirectory } from '../agent/controllers.js';
 import { DEFAULT_CONFIG_PATH, controllerUrls, driftListenerPath, platformOptions, resolveConfig, type AgentConfig, type ConfigFlags } from '../agent/config.js';
 import { FileStateStore } from '../agent/state-store.js';
 import { wsDialer } from '../agent/ws-dialer.js';
-import { tuneForFootprint } from '../agent/footprint.js';
+import { compileBurst, tuneForFootprint } from '../agent/footprint.js';
 import { systemdServiceManager } from '../agent/systemd.js';
 import { holdProcess, systemClock } from '../lib/clock.js';
 import { SecgroupError, errorMessage } from '../lib/errors.js';
@@ -193,6 +193,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         hostname: hostname(),
         serviceManager,
         nftMonitor: driftSource(config, logger),
+        heapBurst: compileBurst,
         tokenPresent: () => {
           try {
             return Boolean(token());

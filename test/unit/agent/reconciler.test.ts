@@ -17,7 +17,7 @@ import { policy } from './fixtures.js';
 import { dumpBlock, dumpBlocks, withoutGeneration } from '../../helpers/nft-dump.js';
 import { golden } from '../../helpers/golden.js';
 
-function setup(opts: { incremental?: boolean; persistCoalesceMs?: number } = {}) {
+function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBurst?: () => () => void } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = new MemoryStateStore();
@@ -34,6 +34,7 @@ function setup(opts: { incremental?: boolean; persistCoalesceMs?: number } = {})
     retryMaxMs: 8000,
     incremental: opts.incremental ?? true,
     ...(opts.persistCoalesceMs === undefined ? {} : { persistCoalesceMs: opts.persistCoalesceMs }),
+    ...(opts.heapBurst ? { heapBurst: opts.heapBurst } : {}),
     onOutcome: (o) => outcomes.push(o),
   });
   return { nft, clock, store, metrics, outcomes, r };
@@ -53,7 +54,9 @@ describe('reconciler', () => {
     const { nft, store, metrics, r } = setup();
     const o = await r.submit(policy(1), 'controller');
     expect(o).toMatchObject({ status: 'applied', revision: 1, kind: 'full' });
-    // a full reload first reads the counters to carry (none: no table yet)
+    // a full reload first reads the counters to carry (none: no table yet); its marker is read right after the ack
+    expect(nft.calls.map((c) => c.method)).toEqual(['readRuleCounters', 'check', 'apply']);
+    await r.idle();
     expect(nft.calls.map((c) => c.method)).toEqual(['readRuleCounters', 'check', 'apply', 'readMarker']);
     expect(nft.calls[2]!.tx!.ops.map((op) => op.op)).toEqual(['replace-table']);
     expect(tableRevision(nft)).toBe('1');
@@ -65,6 +68,7 @@ describe('reconciler', () => {
   it('does not call nft when the same policy comes again', async () => {
     const { nft, r } = setup();
     await r.submit(policy(1), 'controller');
+    await r.idle(); // the full reload's marker read follows its ack
     const calls = nft.calls.length;
     const o = await r.submit(policy(1), 'controller');
     expect(o).toMatchObject({ status: 'applied', revision: 1, kind: 'noop' });
@@ -74,6 +78,7 @@ describe('reconciler', () => {
   it('records a new revision with an unchanged ruleset without calling nft, and persists it', async () => {
     const { nft, store, r } = setup();
     await r.submit(policy(1), 'controller');
+    await r.idle(); // the full reload's marker read follows its ack
     const calls = nft.calls.length;
     expect(await r.submit(policy(2), 'controller')).toMatchObject({ status: 'applied', revision: 2, kind: 'noop' });
     expect(nft.calls.length).toBe(calls);
@@ -110,6 +115,7 @@ describe('reconciler', () => {
   it('never applies a revision older than the applied one', async () => {
     const { nft, r } = setup();
     await r.submit(policy(5), 'controller');
+    await r.idle(); // the full reload's marker read follows its ack
     const calls = nft.calls.length;
     expect(await r.submit(policy(4, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'stale', revision: 4, current: 5 });
     expect(nft.calls.length).toBe(calls);
@@ -123,6 +129,7 @@ describe('reconciler', () => {
     // the controller's policy after a restored database: revision 3, authoritative
     expect(await r.submit(policy(3, { httpPort: '81' }), 'controller', null, { authoritative: true })).toMatchObject({ status: 'applied', revision: 3, kind: 'full' });
     expect(tableRevision(nft)).toBe('3');
+    await r.idle(); // written after the full reload's marker read
     expect(store.policy?.revision).toBe(3);
     // newer ones after it are accepted (although still older than the huge one), older ones are stale again
     expect(await r.submit(policy(4), 'controller')).toMatchObject({ status: 'applied', revision: 4 });
@@ -241,12 +248,42 @@ describe('reconciler', () => {
     expect(tableRevision(nft)).toBe('2');
   });
 
-  it('reports a failed verification as a failure and retries it', async () => {
-    const { nft, clock, r } = setup();
-    nft.failNext('readMarker');
-    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'failed' });
-    await clock.advance(1000);
+  it('acknowledges a full reload once nft -f succeeded, and reads its marker right after, before the next sync', async () => {
+    const { nft, r } = setup();
+    const release = nft.hold('readMarker');
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied', revision: 1, kind: 'full' });
+    await new Promise((res) => setImmediate(res));
+    expect(nft.count('readMarker')).toBe(1); // asked for after the ack, held by the fake
+    const next = r.submit(policy(2, { httpPort: '81' }), 'controller');
+    await new Promise((res) => setImmediate(res));
+    expect(nft.count('apply')).toBe(1); // the next sync waits for the read
+    release();
+    expect(await next).toMatchObject({ status: 'applied', revision: 2, kind: 'full' });
+    await r.idle();
+    expect(nft.calls.map((c) => c.method)).toEqual(['readRuleCounters', 'check', 'apply', 'readMarker', 'check', 'apply', 'readMarker']);
+  });
+
+  it.each([
+    ['a marker that is not the new one (nft exited 0 without applying)', (nft: FakeNft) => nft.setMarker('an older generation')],
+    ['a marker read that fails', (nft: FakeNft) => nft.failNext('readMarker')],
+  ] as const)('reports %s after the ack as a failure: the previous revision stays applied, the sync is retried', async (_what, breakIt) => {
+    const { nft, clock, store, outcomes, r } = setup();
+    await r.submit(policy(1), 'controller');
+    await r.idle();
+    const release = nft.hold('readMarker');
+    expect(await r.submit(policy(2, { httpPort: '81' }), 'controller')).toMatchObject({ status: 'applied', revision: 2, kind: 'full' });
+    breakIt(nft);
+    release();
+    await r.idle();
+    expect(outcomes.map((o) => `${o.revision}:${o.status}`)).toEqual(['1:applied', '2:applied', '2:failed']);
+    expect(outcomes.at(-1)).toMatchObject({ error: { code: expect.stringMatching(/^(VERIFY_FAILED|NFT_FAILED)$/) } });
     expect(r.appliedRevision).toBe(1);
+    expect(store.policy?.revision).toBe(1);
+    await clock.advance(1000);
+    await r.idle();
+    expect(r.appliedRevision).toBe(2);
+    expect(tableRevision(nft)).toBe('2');
+    expect(nft.calls.findLast((c) => c.method === 'apply')!.tx!.ops.map((op) => op.op)).toEqual(['replace-table']);
   });
 
   it('keeps enforcing when the state file cannot be written', async () => {
@@ -332,6 +369,31 @@ describe('reconciler', () => {
     await r.stop();
   });
 
+  it('compiles and applies a full sync inside one heap burst (footprint.ts), and a member delta outside any', async () => {
+    const events: string[] = [];
+    const { nft, r } = setup({
+      heapBurst: () => {
+        events.push(`start (applies so far: ${nft.count('apply')})`);
+        return () => events.push(`end (applies so far: ${nft.count('apply')})`);
+      },
+    });
+    // the compile reads the policy's groups: recorded once per sync
+    const compiling = (p: ReturnType<typeof policy>) =>
+      new Proxy(p, {
+        get: (target, key, receiver) => {
+          if (key === 'security_groups' && events.at(-1) !== 'compile') events.push('compile');
+          return Reflect.get(target, key, receiver);
+        },
+      });
+    expect(await r.submit(compiling(policy(1)), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(events).toEqual(['start (applies so far: 0)', 'compile', 'end (applies so far: 1)']);
+    await r.idle();
+    events.length = 0;
+    const members = ['198.18.0.10', '198.18.0.12', '198.18.0.30'];
+    expect(await r.submit(policy(2, { members }), 'controller', { base: 1, groups: { web: { add: ['198.18.0.30'], remove: [] } } })).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(events).toEqual([]);
+  });
+
   it('does not rewrite the state file for a policy that came from it', async () => {
     const { store, r } = setup();
     await r.submit(policy(1), 'disk');
@@ -407,6 +469,7 @@ describe('reconciler', () => {
     ] as const)('re-applies a table that was %s and counts it', async (_what, breakIt, kind, baseline) => {
       const { nft, metrics, r } = setup();
       await r.submit(policy(1), 'controller');
+      await r.idle(); // the full reload's marker read follows its ack
       if (baseline) expect(await r.checkDrift()).toBeNull();
       breakIt(nft);
       expect(await r.checkDrift()).toMatchObject({ kind });
@@ -455,6 +518,7 @@ describe('reconciler', () => {
     expect(await r.submit(watched, 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
     expect(seen.length).toBeGreaterThan(0);
     for (const calls of seen) expect(calls).toEqual(['readRuleCounters']);
+    await r.idle();
     expect(nft.calls.map((c) => c.method)).toEqual(['readRuleCounters', 'check', 'apply', 'readMarker']);
   });
 
