@@ -9,7 +9,10 @@
  *   (`isOwnMarker`). A transaction on our table without one of those
  *   markers is someone else's: a deleted table, a flushed chain or set, a
  *   rule inserted, an element added or removed. It is repaired at once (one
- *   full reload; changes seen while a repair runs cause one more).
+ *   full reload; changes seen while a repair runs cause one more): in place,
+ *   without compiling, when it only added or removed rules and elements of
+ *   ours (`Drift.inPlace`, from MonitorBatch.contentOnly), else by replacing
+ *   the table (nothing foreign may stay in it).
  * - Two sources (an `NftMonitor` each): our own listener of the kernel's
  *   change events (nft/nftwatch.ts, native/secgroup-nftwatch.c), preferred,
  *   and `nft monitor` (nft/monitor.ts), its fallback (nftwatch.ts

@@ -76,7 +76,7 @@ import type { Policy } from '../policy/schema.js';
 import type { AgentMetrics } from './metrics.js';
 import { countsToCarry, observeRuleCounters } from './rule-counters.js';
 import type { StateStore } from './state-store.js';
-import { fullReload, planSync, type ChangeHint, type SyncPlan } from './sync-plan.js';
+import { fullReload, planSync, reloadApplied, type ChangeHint, type SyncPlan } from './sync-plan.js';
 import { Mutex } from '../lib/mutex.js';
 
 export type { ChangeHint } from './sync-plan.js';
@@ -147,8 +147,8 @@ interface Desired {
   reported: boolean;
 }
 
-/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (verifyAfterAck). */
-type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string } | { ok: false; error: SecgroupError };
+/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (verifyAfterAck); `inPlace`: a full reload done in place (not a replacement). */
+type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string; inPlace?: boolean } | { ok: false; error: SecgroupError };
 
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
@@ -352,8 +352,11 @@ export class Reconciler {
     const t0 = clock.monotonic();
     // Repair what is enforced now, even while a newer revision waits for a retry:
     // a newer revision that keeps failing must not leave the host without its table.
-    this.forceFull = true;
-    let r = await this.syncOnce(applied.policy, 'drift');
+    // Only rules and elements of ours changed (seen by the drift monitor) and the last sync was clean: the applied
+    // table reloaded in place, no compile, no counter read (a replacement when an object of ours is missing after all).
+    const inPlace = d.inPlace === true && !this.forceFull && this.applied === applied;
+    if (!inPlace) this.forceFull = true;
+    let r = await this.syncOnce(applied.policy, 'drift', null, inPlace);
     const unverified = r.ok && r.verifyMarker !== undefined ? await this.verifyAfterAck(r.verifyMarker) : null;
     if (unverified) {
       this.forceFull = true;
@@ -365,7 +368,7 @@ export class Reconciler {
       return;
     }
     logger.info(
-      { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, durationMs: Math.max(0, clock.monotonic() - t0) },
+      { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, inPlace: r.inPlace === true, durationMs: Math.max(0, clock.monotonic() - t0) },
       `drift repaired (${via}): revision ${applied.revision} re-applied after ${d.detail}`,
     );
   }
@@ -504,17 +507,19 @@ export class Reconciler {
     policy: Policy,
     source: PolicySource,
     change: ChangeHint | null = null,
+    repairInPlace = false,
   ): Promise<SyncResult> {
     const { nft, clock, logger } = this.o;
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
-    const endBurst = change === null ? this.o.heapBurst?.() : undefined;
+    const reuse = repairInPlace && this.applied !== null ? this.applied : null;
+    const endBurst = change === null && !reuse ? this.o.heapBurst?.() : undefined;
     try {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
       // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;
       // the read starts before the compile, so nft lists the table while the agent compiles (runner.ts: a read is on its way when called)
-      let carried = !this.applied || this.forceFull ? countsToCarry(nft, logger) : null;
-      let plan = planSync({ ...input, needFullSync: this.forceFull });
+      let carried = !reuse && (!this.applied || this.forceFull) ? countsToCarry(nft, logger) : null;
+      let plan = reuse ? reloadApplied(reuse) : planSync({ ...input, needFullSync: this.forceFull });
       if (plan.membershipFull !== undefined) {
         logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);
       }
@@ -549,7 +554,7 @@ export class Reconciler {
         else logger.debug({ event: 'incremental', ...detail }, 'map elements updated');
       }
       const done = await this.finish(policy, source, plan.compiled, plan.tableComment, applied.fingerprint, plan.kind, t0);
-      return applied.verifyMarker === undefined ? done : { ...done, verifyMarker: applied.verifyMarker };
+      return { ...done, ...(plan.kind === 'full' ? { inPlace: plan.inPlace === true } : {}), ...(applied.verifyMarker === undefined ? {} : { verifyMarker: applied.verifyMarker }) };
     } catch (e) {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };

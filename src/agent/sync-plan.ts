@@ -14,7 +14,9 @@
  *   the kernel holds it (counters kept without reading them, nft/counters.ts;
  *   the table's comment stays), else a replacement of the table.
  * `needFullSync` (the last sync failed, or drift was found) skips all but the
- * replacement; `incremental: false` skips the element updates.
+ * replacement; `incremental: false` skips the element updates. A drift that
+ * only touched rules and elements of ours is repaired by `reloadApplied`
+ * (in place, no compile) instead.
  *
  * Pure except for one documented effect: a membership plan updates the
  * applied `Compiled` in place (that is how the fast path avoids copying big
@@ -69,6 +71,18 @@ export type SyncPlan = (
 /** A full reload of `compiled` that replaces the table. */
 export function fullReload(compiled: Compiled): SyncPlan & { kind: 'full' } {
   return { kind: 'full', compiled, tx: replaceTableTx(compiled.table), tableComment: compiled.table.comment ?? null };
+}
+
+/**
+ * A reload in place of the applied table exactly as applied, without
+ * compiling: the repair of a drift that only added or removed rules and
+ * elements of our own chains and sets (`Drift.inPlace`). Counter objects
+ * stay, so no counts are read; if an object of ours turns out to be missing
+ * the reconciler replaces the table instead (`fullReload`).
+ */
+export function reloadApplied(applied: AppliedBase): SyncPlan & { kind: 'full' } {
+  const table = applied.compiled.table;
+  return { kind: 'full', inPlace: true, compiled: applied.compiled, tx: reloadInPlaceTx(table, table), tableComment: applied.tableComment };
 }
 
 export function planSync(i: SyncInput): SyncPlan {

@@ -106,14 +106,15 @@ export class MonitorBatchBuilder {
     return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: true });
   }
 
-  /** An event line about our table; `object` as nft names it (table, chain, rule, set, map, element, counter, ...). */
-  add(line: string, o: { object: string; structural: boolean; tableDeleted: boolean }): void {
+  /** An event line about our table; `object` as nft names it (table, chain, rule, set, map, element, counter, ...), `name` the object's (sets: `__set<N>` is a rule's anonymous set). */
+  add(line: string, o: { object: string; name: string; structural: boolean; tableDeleted: boolean }): void {
     const batch = this.open();
     batch.lines++;
     if (batch.sample.length < SAMPLE_LINES) batch.sample.push(line.length > 200 ? `${line.slice(0, 200)}...` : line);
     if (o.structural) batch.structural = true;
     if (o.tableDeleted) batch.tableDeleted = true;
-    if (o.object !== 'rule' && o.object !== 'element') batch.contentOnly = false;
+    // a rule's anonymous set comes and goes with its rule (a flushed chain deletes them too)
+    if (o.object !== 'rule' && o.object !== 'element' && !(o.object === 'set' && o.name.startsWith('__set'))) batch.contentOnly = false;
   }
 
   /** A generation marker text added in it. */
@@ -178,7 +179,9 @@ export class MonitorParser {
     if (table !== this.table || line.slice(b + 1, c) !== 'inet') return;
     const verb = line.slice(0, a);
     const object = line.slice(a + 1, b);
-    this.batch.add(line, { object, structural: STRUCTURAL.has(object), tableDeleted: verb === 'delete' && object === 'table' });
+    const e = d < 0 ? -1 : line.indexOf(' ', d + 1);
+    const name = d < 0 ? '' : line.slice(d + 1, e < 0 ? undefined : e);
+    this.batch.add(line, { object, name, structural: STRUCTURAL.has(object), tableDeleted: verb === 'delete' && object === 'table' });
     if (object === 'element' && verb === 'add' && line.startsWith(`add element inet ${this.table} ${MARKER_SET} `)) {
       const m = MARKER_RE.exec(line);
       if (m) this.batch.marker(m[1]!);

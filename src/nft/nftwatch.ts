@@ -57,6 +57,7 @@ export class WatchParser {
       const nftVerb = verb === 'del' ? 'delete' : 'add';
       this.batch.add(`${nftVerb} ${object} inet ${this.table}${object === 'table' ? '' : ` ${name}`}${messages > 1 ? ` (${messages} messages)` : ''}`, {
         object,
+        name,
         structural: object !== 'element',
         tableDeleted: verb === 'del' && object === 'table',
       });

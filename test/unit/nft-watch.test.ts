@@ -53,6 +53,15 @@ describe('secgroup-nftwatch parser', () => {
     expect(batches(p.push('gen 10 0 -\n'))).toEqual([expect.objectContaining({ generation: 10, by: null, lines: 1, structural: true, sample: ['delete rule inet secgroup input (3 messages)'] })]);
   });
 
+  it('marks a transaction that only added or removed rules and elements of ours (a rule\'s anonymous set with it) as repairable in place, any other object not', () => {
+    const p = new WatchParser('secgroup');
+    const flushed = batches(p.push('event del rule input 2\nevent del set __set0 1\nevent del rule input 5\ngen 12 100 nft\n'));
+    expect(flushed).toEqual([expect.objectContaining({ contentOnly: true, structural: true })]);
+    expect(batches(p.push('event new set evil 1\nevent new element evil 3\ngen 13 100 nft\n'))).toEqual([expect.objectContaining({ contentOnly: false })]);
+    expect(batches(p.push('event new chain sneaky 1\ngen 14 100 nft\n'))).toEqual([expect.objectContaining({ contentOnly: false })]);
+    expect(batches(p.push('event del table secgroup 1\ngen 15 100 nft\n'))).toEqual([expect.objectContaining({ contentOnly: false, tableDeleted: true })]);
+  });
+
   it('refuses a table name that is not a safe nft name', () => {
     expect(() => new WatchParser('bad name')).toThrow(/safe nft name/);
   });

@@ -478,6 +478,47 @@ describe('reconciler', () => {
       expect(await metric(metrics, 'secgroup_drift_repairs_total')).toBe(`secgroup_drift_repairs_total{kind="${kind}"} 1`);
     });
 
+    it('repairs a change the monitor saw touch only rules and elements of ours in place: the applied table reloaded as it is, no compile, no counter read', async () => {
+      let bursts = 0;
+      const { nft, metrics, r } = setup({
+        heapBurst: () => {
+          bursts++;
+          return () => undefined;
+        },
+      });
+      await r.submit(policy(1), 'controller');
+      await r.idle();
+      nft.flushTable();
+      const reads = nft.count('readRuleCounters');
+      const compiles = bursts;
+      await r.repairDrift({ kind: 'structure', detail: 'a chain flushed by hand', inPlace: true });
+      const tx = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
+      expect(tx.ops).toEqual([expect.objectContaining({ op: 'replace-table', previous: expect.anything() })]);
+      expect(nft.count('readRuleCounters')).toBe(reads);
+      expect(bursts).toBe(compiles); // a full sync compiles inside a heap burst; this one compiled nothing
+      expect(tableRevision(nft)).toBe('1');
+      expect(await r.checkDrift()).toBeNull();
+      expect(await metric(metrics, 'secgroup_drift_repairs_total')).toBe('secgroup_drift_repairs_total{kind="structure"} 1');
+    });
+
+    it('replaces the table when a repair in place finds an object of ours missing (the counts read first)', async () => {
+      const { nft, r } = setup();
+      await r.submit(policy(1), 'controller');
+      await r.idle();
+      nft.deleteTable();
+      const reads = nft.count('readRuleCounters');
+      const before = nft.calls.length;
+      await r.repairDrift({ kind: 'modified', detail: 'said to be elements only', inPlace: true });
+      // tried in place first (refused: the table is gone), then replaced
+      const tried = nft.calls.slice(before).flatMap((c) => (c.tx ? [c.tx.ops[0]!] : []));
+      expect(tried[0]!.op === 'replace-table' && tried[0]!.previous !== undefined).toBe(true);
+      const last = tried.at(-1)!;
+      expect(last.op === 'replace-table' && last.previous).toBeUndefined();
+      expect(nft.count('readRuleCounters')).toBe(reads + 1);
+      expect(tableRevision(nft)).toBe('1');
+      expect(await r.checkDrift()).toBeNull();
+    });
+
     it('detects drift after an incremental update against the comment of the last full reload', async () => {
       const { nft, r } = setup();
       await r.submit(policy(1), 'controller');
