@@ -52,7 +52,7 @@ function sample(pid: number): { rssKb: number; ticks: number } {
   return { rssKb, ticks: Number(f[11]) + Number(f[12]) };
 }
 
-/** CPU ticks of each thread of `pid`, by "tid name" */
+/** CPU ticks of each thread of `pid` in user and system mode, by "tid name mode" */
 function threadTicks(pid: number): Map<string, number> {
   const out = new Map<string, number>();
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
@@ -60,7 +60,8 @@ function threadTicks(pid: number): Map<string, number> {
       const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
       const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      out.set(`${tid} ${name}`, Number(f[11]) + Number(f[12]));
+      out.set(`${tid} ${name} user`, Number(f[11]));
+      out.set(`${tid} ${name} system`, Number(f[12]));
     } catch {
       // the thread ended meanwhile
     }
