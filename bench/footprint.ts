@@ -14,7 +14,7 @@
  * The agent gets the `Environment=` of systemd/secgroup-agent.service.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -29,6 +29,8 @@ const STREAM_EVERY_MS = 200;
 /** a directory: the agent runs with --cpu-prof there (stopped with SIGTERM so the profile is written) */
 const PROF_DIR = process.env.BENCH_FOOTPRINT_PROF;
 const HZ = 100;
+/** set: print each phase's CPU per thread of the agent (/proc/PID/task/TID/stat: main thread, V8 workers, libuv pool) */
+const THREADS = process.env.BENCH_FOOTPRINT_THREADS !== undefined;
 
 export interface FootprintRow {
   process: string;
@@ -50,8 +52,26 @@ function sample(pid: number): { rssKb: number; ticks: number } {
   return { rssKb, ticks: Number(f[11]) + Number(f[12]) };
 }
 
+/** CPU ticks of each thread of `pid` in user and system mode, by "tid name mode" */
+function threadTicks(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.set(`${tid} ${name} user`, Number(f[11]));
+      out.set(`${tid} ${name} system`, Number(f[12]));
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
 async function watch(pid: number, seconds: number, during?: () => Promise<void>): Promise<{ rss: number; peak: number; cpu: number; cpuMs: number }> {
   const a = sample(pid);
+  const threadsBefore = THREADS ? threadTicks(pid) : null;
   const t0 = performance.now();
   let peak = a.rssKb;
   let stop = false;
@@ -66,6 +86,10 @@ async function watch(pid: number, seconds: number, during?: () => Promise<void>)
   stop = true;
   await poll;
   const b = sample(pid);
+  if (threadsBefore) {
+    const used = [...threadTicks(pid)].map(([t, n]) => [t, ((n - (threadsBefore.get(t) ?? 0)) * 1000) / HZ] as const).filter(([, ms]) => ms > 0);
+    process.stderr.write(`footprint threads over ${seconds} s (ms CPU): ${used.map(([t, ms]) => `${t}: ${ms}`).join(', ') || 'none'}\n`);
+  }
   const secs = (performance.now() - t0) / 1000;
   return { rss: b.rssKb / 1024, peak: Math.max(peak, b.rssKb) / 1024, cpu: ((b.ticks - a.ticks) / HZ / secs) * 100, cpuMs: ((b.ticks - a.ticks) * 1000) / HZ };
 }

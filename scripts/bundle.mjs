@@ -11,6 +11,7 @@
 //
 // See systemd/README.md, "The program".
 import { chmodSync, readFileSync } from 'node:fs';
+import { isBuiltin } from 'node:module';
 import path from 'node:path';
 import process from 'node:process';
 import console from 'node:console';
@@ -52,7 +53,47 @@ const banner = [
 // import.meta.url becomes the executable's own file URL.
 const seaBanner = "const __secgroupImportMetaUrl = require('node:url').pathToFileURL(process.execPath).href;";
 
+// Node's built-in modules come in as CommonJS (`require`), never as ESM
+// `import`s. An ESM import of a built-in makes Node build that module's whole
+// namespace, reading every export, lazy ones included: `import { createServer }
+// from 'node:http'` loads http2 and undici for http's WebSocket exports (+14 MB
+// of RSS, bench/README.md "Issue 18 round 4"). And esbuild hoists every
+// built-in import to the top of the file, also those of modules it otherwise
+// initialises only when first imported (the controller's, behind `await
+// import()` in src/cli/controller-command.ts): the agent would load
+// node:sqlite and the controller's HTTP stack at start. As CommonJS shims they
+// load when the module that needs them is initialised.
+//
+// `tls` and `https` are lazier still: ws requires them at its start for
+// wss:// (and prom-client for its push gateway), OpenSSL's set-up costs ~4 MB,
+// and an agent with a ws:// controller never uses them. Their shims load the
+// real module at the first property read (`tls.connect`, `https.request`).
+const LAZY_BUILTINS = new Set(['tls', 'https']);
+const builtinsAsCommonJs = {
+  name: 'builtins-as-commonjs',
+  setup(b) {
+    b.onResolve({ filter: /^[a-z_/0-9:]+$/ }, (a) => {
+      if (!isBuiltin(a.path) || a.namespace === 'builtin') return undefined;
+      const name = a.path.replace(/^node:/, '');
+      return { path: a.path.startsWith('node:') || !isBuiltin(`node:${name}`) ? a.path : `node:${name}`, namespace: 'builtin', pluginData: { lazy: LAZY_BUILTINS.has(name) } };
+    });
+    b.onLoad({ filter: /.*/, namespace: 'builtin' }, (a) => ({
+      loader: 'js',
+      contents: a.pluginData?.lazy
+        ? `let m; const load = () => (m ??= require(${JSON.stringify(a.path)}));
+           module.exports = new Proxy({}, {
+             get: (_, k) => load()[k],
+             has: (_, k) => k in load(),
+             ownKeys: () => Reflect.ownKeys(load()),
+             getOwnPropertyDescriptor: (_, k) => { const d = Reflect.getOwnPropertyDescriptor(load(), k); return d && { ...d, configurable: true }; },
+           });`
+        : `module.exports = require(${JSON.stringify(a.path)});`,
+    }));
+  },
+};
+
 const result = await build({
+  plugins: [builtinsAsCommonJs],
   absWorkingDir: repo,
   entryPoints: [entry],
   // an --entry outside the repo still resolves packages from the repo's node_modules

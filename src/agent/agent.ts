@@ -96,8 +96,26 @@ export function compiledRules(compiled: Compiled): NormalizedRule[] {
   return [...compiled.layout.values()].flatMap((l) => l.rules);
 }
 
-/** After member deltas (element updates), the last known good is written at most this often. */
-export const PERSIST_COALESCE_MS = 5000;
+/**
+ * After member deltas (element updates), the last known good is written at
+ * most this often: each write serialises the whole document (a 10k-member
+ * group: ~0.3 MB, 2-5 ms of CPU and a file write; 100k: ~20 ms), which every
+ * 5 s was ~1 ms of every delta in a stream of 5 a second (bench footprint,
+ * bench/README.md "Issue 18 round 4"). After a crash the file may be this much
+ * older than what was applied; the controller's newer revision follows on
+ * the next connection.
+ */
+export const PERSIST_COALESCE_MS = 30_000;
+
+/**
+ * After member deltas (element updates), a port report follows at most this
+ * long after the last one (a stream of deltas: one trailing report): rating
+ * every port against a big group and reading the sockets costs 30-100 ms of
+ * CPU at 10k members, which every 10 s was ~1.5 ms of every delta in a stream
+ * of 5 a second. Half the default `ports_interval_ms`: a member change shows
+ * in the port status well before the next periodic report would show it.
+ */
+export const PORTS_AFTER_ELEMENTS_MS = 30_000;
 
 export function ackFor(o: SyncOutcome): AckMessage {
   switch (o.status) {
@@ -155,7 +173,7 @@ export function createAgent(deps: AgentDeps): Agent {
     incremental: config.incremental,
     // nft -f is atomic: a separate --check would only double every sync's kernel work
     checkBeforeApply: false,
-    // a stream of member deltas writes the whole document at most every 5 s (reconciler.ts, "Last known good")
+    // a stream of member deltas writes the whole document at most every 30 s (reconciler.ts, "Last known good")
     persistCoalesceMs: PERSIST_COALESCE_MS,
     ...(deps.heapBurst ? { heapBurst: deps.heapBurst } : {}),
     onOutcome: (o) => {
@@ -163,9 +181,8 @@ export function createAgent(deps: AgentDeps): Agent {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
       }
       // A rule change is reported at once (at most one a second). A member or address-group change (element
-      // updates) is reported at most once every 10 s: rating every port against a big group costs seconds of
-      // CPU (0.2-0.4 s at 10k members, 4-5 s at 100k with 1k rules), which per delta would be most of what a
-      // delta costs.
+      // updates) is reported at most once every PORTS_AFTER_ELEMENTS_MS: rating every port against a big group
+      // costs far more CPU than the delta itself.
       if (o.status === 'applied' && o.kind === 'full') portsSoon();
       else if (o.status === 'applied' && o.kind === 'incremental') portsSoon(PORTS_AFTER_ELEMENTS_MS);
       if (o.status === 'applied') ready(`enforcing revision ${o.revision}`);
@@ -179,7 +196,6 @@ export function createAgent(deps: AgentDeps): Agent {
   // (each acked) must not add a report per change to the frames the controller rate-limits, and a
   // flapping controller must not cost a socket read per reconnect.
   const PORTS_MIN_INTERVAL_MS = 1000;
-  const PORTS_AFTER_ELEMENTS_MS = 10_000;
   let lastPortsAt = -Infinity;
   let portsSoonTimer: Timer | null = null;
   let portsDue = Infinity;

@@ -6,8 +6,10 @@
  * change (apply, then the marker read). The shell is a few MB, so its forks
  * cost the same at any group size.
  *
- * One request at a time: the input is streamed (chunks, with back-pressure)
- * to a file in a private directory
+ * One request at a time: the input is written to a file in a private
+ * directory (small input, such as a member delta's few element updates, in
+ * one synchronous write, so the request leaves within the call; bigger input
+ * streamed in chunks with back-pressure)
  * (mode 0700, `secgroup-nft-<pid>-*` in the temporary directory: removed on
  * exit, or by the next agent when its process was killed), one line
  * `<id> <args...>` goes to the shell's stdin, the shell
@@ -18,8 +20,7 @@
  * command included); a dead shell is started again on the next request.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { createWriteStream, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -53,6 +54,36 @@ while IFS= read -r line; do
 done`;
 
 const DIR_PREFIX = 'secgroup-nft-';
+
+/**
+ * Input of at most this many characters is written to the shell's file with
+ * one synchronous write (a member delta's script is a few hundred bytes: the
+ * stream machinery and its thread-pool round trips cost more than the write);
+ * more is streamed with back-pressure (a full table: megabytes).
+ */
+export const SMALL_INPUT_CHARS = 64 * 1024;
+
+/** The input of one call: all of it (small), or the chunks to stream (bigger). */
+type Input = string | Iterable<string>;
+
+/** `input` as one string when it is small, else an iterable of its chunks (the ones already taken first). Throws what the chunks throw. */
+function prepareInput(input: string | Iterable<string>): Input {
+  if (typeof input === 'string') return input.length <= SMALL_INPUT_CHARS ? input : [input];
+  const it = input[Symbol.iterator]();
+  const head: string[] = [];
+  let size = 0;
+  for (;;) {
+    const r = it.next();
+    if (r.done) return head.join('');
+    head.push(r.value);
+    size += r.value.length;
+    if (size > SMALL_INPUT_CHARS) break;
+  }
+  return (function* () {
+    yield* head;
+    for (let r = it.next(); !r.done; r = it.next()) yield r.value;
+  })();
+}
 let staleChecked = false;
 
 /**
@@ -99,13 +130,20 @@ export class ShellSpawner {
 
   /**
    * Runs `command args...` with `input` (text, or chunks of it) on stdin; resolves with its output and exit code (any code).
-   * When nothing else is running and there is no input (a read), the request is on its way to the shell
-   * when run() returns: the command runs while the caller goes on with synchronous work (the agent
-   * reads the counters to carry while it compiles).
+   * When nothing else is running and the input is small (a read, a member delta's element updates), the
+   * request is on its way to the shell when run() returns: the command runs while the caller goes on with
+   * synchronous work (the agent reads the counters to carry while it compiles). Chunks that throw (a render
+   * error) reject the call before anything reaches the shell.
    */
   run(args: readonly string[], input: string | Iterable<string> = ''): Promise<SpawnResult> {
     for (const a of args) if (!ARG_RE.test(a)) throw new Error(`internal: unsafe argument ${JSON.stringify(a)}`);
-    const p = this.running === 0 && input === '' ? this.runOne(args, input) : this.queue.then(() => this.runOne(args, input));
+    let prepared: Input;
+    try {
+      prepared = prepareInput(input);
+    } catch (e) {
+      return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+    const p = this.running === 0 && typeof prepared === 'string' ? this.runOne(args, prepared) : this.queue.then(() => this.runOne(args, prepared));
     this.running++;
     this.queue = p.then(
       () => void this.running--,
@@ -193,13 +231,12 @@ export class ShellSpawner {
     }
   }
 
-  private async runOne(args: readonly string[], input: string | Iterable<string>): Promise<SpawnResult> {
+  private async runOne(args: readonly string[], input: Input): Promise<SpawnResult> {
     if (this.closed) throw new Error('the nft helper shell was stopped');
     const child = this.child ?? this.start();
     const dir = this.dir!;
-    // no input: written at once, so a read is handed to the shell within this call (see run)
-    if (input === '') writeFileSync(join(dir, 'in'), '');
-    else if (typeof input === 'string') await writeFile(join(dir, 'in'), input);
+    // small input: one synchronous write, so the request is handed to the shell within this call (see run)
+    if (typeof input === 'string') writeFileSync(join(dir, 'in'), input);
     else await pipeline(Readable.from(input), createWriteStream(join(dir, 'in')));
     const id = ++this.seq;
     this.busy(child);
@@ -214,8 +251,8 @@ export class ShellSpawner {
         }, this.timeoutMs);
         child.stdin!.write(`${id} ${args.join(' ')}\n`);
       });
-      const [stdout, stderr] = await Promise.all([readFile(join(dir, 'out'), 'utf8'), readFile(join(dir, 'err'), 'utf8')]);
-      return { stdout, stderr, exitCode };
+      // read at once: the files are in the page cache, nft just wrote them (a thread-pool round trip per file cost more than the read)
+      return { stdout: readFileSync(join(dir, 'out'), 'utf8'), stderr: readFileSync(join(dir, 'err'), 'utf8'), exitCode };
     } finally {
       clearTimeout(timer);
       if (this.child === child) this.idle(child);

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentProcess, Peer, kernelSkipReason } from '../helpers/agent-lab.js';
 import { ControllerLab } from '../helpers/controller-lab.js';
+import { PORTS_AFTER_ELEMENTS_MS } from '../../src/agent/agent.js';
 
 const skip = kernelSkipReason();
 const CTL = '198.18.9.1';
@@ -191,7 +192,8 @@ describe.skipIf(skip !== null)(`controller + two real agents in network namespac
     expect(table).toContain(`revision=${String(st.applied_revision)}`);
 
     let ports: Json = {};
-    const end = Date.now() + 15_000;
+    // the revision applied last came as a member delta: its report follows at most PORTS_AFTER_ELEMENTS_MS (30 s) after the last one
+    const end = Date.now() + PORTS_AFTER_ELEMENTS_MS + 5_000;
     while (Date.now() < end) {
       ports = (await api('GET', '/instances/ecs-a/ports', undefined, 200)).body as Json;
       if (ports.report?.revision === st.applied_revision) break;

@@ -53,10 +53,48 @@ describe('dist/secgroup.mjs (npm run bundle)', () => {
     // nothing left to resolve at run time but Node built-ins
     // (the bundle is minified: `import{a as b}from"node:x";` as well as `import x from 'y';` on a line of its own)
     const imports = [...text.matchAll(/(?:^|[;\n])import\s*(?:[\w$]+\s*,?\s*)?(?:\*\s*as\s+[\w$]+\s*|\{[\w$\s,]*\}\s*)?(?:from\s*)?["']([^"']+)["']/g)].map((m) => m[1]);
-    expect(imports).toContain('node:module');
-    expect(imports.length).toBeGreaterThan(20);
+    // nothing at all but the banner's createRequire: built-ins are required where they are needed (next test)
+    expect(imports).toEqual(['node:module']);
     expect(imports.filter((s) => !isBuiltin(s!))).toEqual([]);
   });
+
+  it('loads at start no built-in that only other commands need (http2, undici, sqlite, tls, https: ~20 MB of RSS)', () => {
+    const preload = join(dir, 'loaded.cjs');
+    writeFileSync(preload, "process.on('exit', () => process.stderr.write(JSON.stringify(process.moduleLoadList.filter((m) => m.startsWith('NativeModule ')).map((m) => m.slice(13)))));");
+    const r = spawnSync(process.execPath, ['--require', preload, program, '--version'], { cwd: dir, encoding: 'utf8', env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
+    expect(r.status).toBe(0);
+    const loaded = JSON.parse(r.stderr) as string[];
+    // what the agent uses is there (ws: net, http; the nft runner: child_process)
+    expect(loaded).toEqual(expect.arrayContaining(['net', 'http', 'child_process', 'crypto']));
+    // an ESM import of node:http built its namespace, WebSocket exports and all: http2 and undici (before: +14 MB);
+    // node:sqlite and the controller's HTTP stack are the controller's; tls and https are wss:// only
+    expect(loaded.filter((m) => ['http2', 'internal/deps/undici/undici', 'sqlite', 'tls', 'https'].includes(m))).toEqual([]);
+  });
+
+  it('built-ins come through require: named and namespace imports work, and tls/https load at first use from CommonJS (ws)', () => {
+    const entry = join(dir, 'builtins-entry.ts');
+    // what ws does: a CommonJS module requires tls and https at its start, and uses them only for wss://
+    writeFileSync(join(dir, 'builtins-ws.cjs'), "const https = require('https'); const tls = require('tls'); exports.https = https; exports.tls = tls;");
+    writeFileSync(
+      entry,
+      [
+        '#!/usr/bin/env node',
+        "import * as os from 'node:os';",
+        "import { createServer, STATUS_CODES } from 'node:http';",
+        "import ws from './builtins-ws.cjs';",
+        "const loaded = (m: string) => process.moduleLoadList.includes(`NativeModule ${m}`);",
+        "const before = [loaded('https'), loaded('tls')];",
+        "const kinds = [typeof os.hostname, typeof createServer, STATUS_CODES[404], typeof ws.https.request, typeof ws.tls.connect, 'request' in ws.https];",
+        "console.log(JSON.stringify({ before, after: [loaded('https'), loaded('tls')], kinds }));",
+      ].join('\n'),
+    );
+    const app = join(dir, 'builtins', 'app.mjs');
+    mkdirSync(dirname(app), { recursive: true });
+    bundle(['--entry', entry, '--outfile', app]);
+    const r = spawnSync(process.execPath, [app], { cwd: dirname(app), encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toEqual({ before: [false, false], after: [true, true], kinds: ['function', 'function', 'Not Found', 'function', 'function', true] });
+  }, 60_000);
 
   it('--help lists the commands', () => {
     const r = run(['--help']);

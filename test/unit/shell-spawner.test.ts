@@ -45,18 +45,49 @@ describe('ShellSpawner', () => {
     await expect(runner.apply({ family: 'inet', table: 'secgroup', ops: [{ op: 'replace-table', table }] })).rejects.toMatchObject({ details: { stderr: expect.stringContaining('delete table inet secgroup\ntable inet secgroup {\n\tchain input {') } });
   });
 
-  it('hands a read (no input) to the shell within run(): it runs while the caller is busy with synchronous work', async () => {
+  /** Calls `start` with a command that leaves a flag file, then blocks the event loop (as a compile does) until the flag is there, at most 20 s: was the command handed over within the call? */
+  async function ranWithinCall(start: (s: ShellSpawner) => Promise<{ exitCode: number }>): Promise<void> {
     const dir = join(tmpdir(), `sgt-spawn-${process.pid}-${Date.now()}`);
     mkdirSync(dir);
     try {
       const flag = join(dir, 'ran');
-      const s = make(['sh', '-c', `echo ran > ${flag}`]);
-      const p = s.run(['-t', 'list']);
-      // the event loop stays blocked (as during a compile) until the command has run, at most 20 s
+      const p = start(make(['sh', '-c', `cat > ${flag}.in; echo ran > ${flag}`]));
       const sleeper = new Int32Array(new SharedArrayBuffer(4));
       for (let i = 0; i < 2000 && !existsSync(flag); i++) Atomics.wait(sleeper, 0, 0, 10);
       expect(existsSync(flag)).toBe(true);
       expect((await p).exitCode).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('hands a read (no input) to the shell within run(): it runs while the caller is busy with synchronous work', async () => {
+    await ranWithinCall((s) => s.run(['-t', 'list']));
+  });
+
+  it('hands a small script given as chunks (a member delta) to the shell within run() too, written whole', async () => {
+    const chunks = ['add element inet secgroup s { 198.18.0.1 }\n', 'add element inet secgroup s { 198.18.0.2 }\n'];
+    await ranWithinCall((s) => s.run(['-f', '-'], chunks.values()));
+    const s = make(['sh', '-c', 'cat']);
+    expect((await s.run(['-f', '-'], chunks.values())).stdout).toBe(chunks.join(''));
+  });
+
+  it('never hands the shell input whose chunks threw part-way, small or streamed, and keeps serving', async () => {
+    const dir = join(tmpdir(), `sgt-spawn-${process.pid}-${Date.now()}-throw`);
+    mkdirSync(dir);
+    try {
+      const flag = join(dir, 'ran');
+      const s = make(['sh', '-c', `cat > /dev/null; echo ran >> ${flag}`]);
+      for (const lines of [2, 5000]) {
+        function* failing() {
+          for (let i = 0; i < lines; i++) yield `line ${i} ${'x'.repeat(40)}\n`;
+          throw new Error(`render failed after ${lines} lines`);
+        }
+        await expect(s.run(['-f', '-'], failing())).rejects.toThrow(`render failed after ${lines} lines`);
+      }
+      expect(existsSync(flag)).toBe(false);
+      expect((await s.run(['-f', '-'], 'ok\n')).exitCode).toBe(0);
+      expect(existsSync(flag)).toBe(true);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

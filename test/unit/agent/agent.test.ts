@@ -8,7 +8,7 @@ import { FakeNft } from '../../../src/nft/fake.js';
 import { FakeNftMonitor } from '../../../src/nft/monitor.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
 import { renderTable } from '../../../src/nft/render.js';
-import { ackFor, compiledRules, createAgent, PERSIST_COALESCE_MS, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
+import { ackFor, compiledRules, createAgent, PERSIST_COALESCE_MS, PORTS_AFTER_ELEMENTS_MS, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
 import { FakeDialer } from '../../../src/agent/controller-client.js';
 import { FakePortProbe } from '../../../src/probe/fake.js';
@@ -103,9 +103,12 @@ describe('agent', () => {
     expect(tx.ops.map((o) => o.op)).toEqual(['update-elements', 'set-marker']);
     expect(generationMarker(nft.dump())).toContain('revision=4');
     expect(acks(s.messages).at(-1)).toMatchObject({ revision: 4, status: 'applied' });
-    // written as last known good within PERSIST_COALESCE_MS of the last write (member deltas coalesce their writes)
+    // written as last known good within PERSIST_COALESCE_MS (30 s; before: 5 s) of the last write (member deltas coalesce their writes)
     expect(store.policy?.revision).toBe(3);
-    await clock.advance(PERSIST_COALESCE_MS);
+    await clock.advance(29_000);
+    await settle();
+    expect(store.policy?.revision).toBe(3);
+    await clock.advance(PERSIST_COALESCE_MS - 29_000);
     await settle();
     expect(store.policy?.revision).toBe(4);
     expect(store.policy?.group_members.web).toEqual(['198.18.0.10', '198.18.0.30']);
@@ -177,10 +180,12 @@ describe('agent', () => {
     await agent.stop();
   });
 
-  it('reports ports after a rule change at once, after member deltas at most once every 10 s', async () => {
+  it('reports ports after a rule change at once, after member deltas at most once every 30 s', async () => {
     const { dialer, agent, clock, probe } = setup();
     await agent.start();
     const s = dialer.last;
+    // a live controller answers every ping (over 30 s the connection would be dropped as dead otherwise)
+    s.ping = () => void queueMicrotask(() => s.events.pong());
     s.events.open();
     s.receive({ type: 'policy', policy: policy(3) });
     await agent.reconciler.idle();
@@ -196,9 +201,14 @@ describe('agent', () => {
     expect(probe.calls.length).toBe(reads);
     s.receive({ type: 'policy_delta', base_revision: 4, revision: 5, group_members: { web: { add: [], remove: ['198.18.0.30'] } } });
     await agent.reconciler.idle();
-    await clock.advance(9000);
+    expect(PORTS_AFTER_ELEMENTS_MS).toBe(30_000);
+    // the last report went out at 1 s (after revision 3), it is 4 s now: nothing at 30 s (29 s after it; before: due at 11 s)
+    await clock.advance(PORTS_AFTER_ELEMENTS_MS - 4000);
     await settle();
-    // one trailing report for both deltas, 10 s after the last report, of the newest revision
+    expect(probe.calls.length).toBe(reads);
+    await clock.advance(1000);
+    await settle();
+    // one trailing report for both deltas, 30 s after the last report, of the newest revision
     expect(probe.calls.slice(reads)).toEqual([{ revision: 5 }]);
     // rated with the compiled rules (kept current by the membership fast path), not by normalising the document again
     expect(probe.lastRules).toBeDefined();
@@ -207,7 +217,7 @@ describe('agent', () => {
     s.receive({ type: 'policy_delta', base_revision: 5, revision: 6, group_members: { web: { add: ['198.18.0.31'], remove: [] } } });
     await agent.reconciler.idle();
     await settle();
-    // a rule change does not wait for the member report due in 10 s
+    // a rule change does not wait for the member report due in 30 s
     s.receive({ type: 'policy', policy: policy(7, { httpPort: '81' }) });
     await agent.reconciler.idle();
     await clock.advance(1000);
