@@ -28,7 +28,8 @@ import type { NormalizedRule } from '../policy/normalize.js';
 import type { Policy } from '../policy/schema.js';
 import type { Compiled } from './compile.js';
 import { memberSetName } from './names.js';
-import { comment, type MapElement, type VerdictMap } from './model.js';
+import { AddressSet } from '../policy/address-set.js';
+import { comment, memberElement, type MapElement, type VerdictMap } from './model.js';
 import type { NftOp } from './transaction.js';
 
 /** Per remote group: members added and removed (addresses as text). */
@@ -67,19 +68,6 @@ function insertAt(ranges: readonly AddrRange[], x: bigint): number {
   return lo;
 }
 
-/** Position of the element for address `x` in a member set sorted by address, or where it goes (`found` false). */
-function locate(elements: readonly MapElement[], x: bigint): { at: number; found: boolean } {
-  let lo = 0;
-  let hi = elements.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (elements[mid]!.key[0]!.lo < x) lo = mid + 1;
-    else hi = mid;
-  }
-  const k = elements[lo]?.key[0];
-  return { at: lo, found: k !== undefined && k.lo === x && k.hi === x };
-}
-
 /** Can one packet match both rules, peers aside? (same direction and family) */
 function samePackets(a: NormalizedRule, b: NormalizedRule): boolean {
   if (a.protocol !== null && b.protocol !== null && a.protocol !== b.protocol) return false;
@@ -93,6 +81,7 @@ function samePackets(a: NormalizedRule, b: NormalizedRule): boolean {
 
 interface SetChange {
   set: VerdictMap;
+  members: AddressSet;
   family: Family;
   add: bigint[];
   remove: bigint[];
@@ -104,8 +93,8 @@ interface SetChange {
  * name the result). Returns the new compiled state and the element ops
  * (ending with the generation marker), or the reason it cannot.
  *
- * On success the result takes over `prev`'s big arrays (member lists, set
- * elements) and changes them in place, so the cost does not grow with the
+ * On success the result takes over `prev`'s big arrays (member lists, the
+ * packed member sets) and changes them in place, so the cost does not grow with the
  * group: `prev` must not be used afterwards (if applying the ops fails, the
  * caller reloads from a full compile). On failure `prev` is untouched: every
  * check runs before anything is changed.
@@ -191,15 +180,17 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
         const name = memberSetName(family, groupId);
         const set = prev.table.maps.find((m) => m.name === name && m.set);
         if (!set) return fail(`member set ${name} does not exist`);
-        for (const a of removeList) if (!locate(set.elements, a).found) return fail(`member set ${name} does not hold a member it should`);
-        setChanges.push({ set, family, add: addList, remove: removeList });
+        const members = set.elements;
+        if (!(members instanceof AddressSet)) return fail(`member set ${name} is not packed`);
+        for (const a of removeList) if (!members.has(a)) return fail(`member set ${name} does not hold a member it should`);
+        setChanges.push({ set, members, family, add: addList, remove: removeList });
       }
       peerEdits.push({ peers, family, add: addList, remove: removeList });
       effective.push(`${groupId}:${family}:+${addList.join(',')}:-${removeList.join(',')}`);
     }
   }
 
-  // ---- phase 2: in place (binary search + splice) ----
+  // ---- phase 2: in place (binary search + splice, binary search + copyWithin in the packed sets) ----
   for (const e of peerEdits) {
     for (const a of e.remove) e.peers.splice(find(e.peers, a), 1);
     for (const a of e.add) e.peers.splice(insertAt(e.peers, a), 0, { family: e.family, lo: a, hi: a });
@@ -211,10 +202,9 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   const table = { ...prev.table, marker };
   const ops: NftOp[] = [];
   for (const sc of setChanges) {
-    const elements = sc.set.elements;
-    const el = (a: bigint): MapElement => ({ key: [{ kind: 'addr', family: sc.family, lo: a, hi: a }] });
-    for (const a of sc.remove) elements.splice(locate(elements, a).at, 1);
-    for (const a of sc.add) elements.splice(locate(elements, a).at, 0, el(a));
+    const el = (a: bigint): MapElement => memberElement(sc.family, a);
+    for (const a of sc.remove) sc.members.delete(a);
+    for (const a of sc.add) sc.members.insert(a);
     ops.push({ op: 'update-elements', family: table.family, table: table.name, map: sc.set.name, keyType: sc.set.keyType, remove: sc.remove.map(el), add: sc.add.map(el) });
     added += sc.add.length;
     removed += sc.remove.length;

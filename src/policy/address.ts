@@ -12,8 +12,6 @@ export interface AddrRange {
   family: Family;
   lo: bigint;
   hi: bigint;
-  /** a single address as a validated document wrote it (remote-group members): rendered as is, not formatted again */
-  text?: string;
 }
 
 export const FAMILY_BITS: Record<Family, number> = { 4: 32, 6: 128 };
@@ -129,11 +127,12 @@ export function formatIp(family: Family, value: bigint): string {
     return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
   }
   // four 32-bit words, then number work (8 BigInt shifts and conversions per address cost ~3x more)
-  const groups: number[] = [];
-  for (const shift of [96n, 64n, 32n, 0n]) {
-    const w = Number((value >> shift) & 0xffffffffn);
-    groups.push(w >>> 16, w & 0xffff);
-  }
+  return formatV6Words(Number((value >> 96n) & 0xffffffffn), Number((value >> 64n) & 0xffffffffn), Number((value >> 32n) & 0xffffffffn), Number(value & 0xffffffffn));
+}
+
+/** An IPv6 address given as four 32-bit words, most significant first, in RFC 5952 text (see AddressSet). */
+export function formatV6Words(w0: number, w1: number, w2: number, w3: number): string {
+  const groups = [w0 >>> 16, w0 & 0xffff, w1 >>> 16, w1 & 0xffff, w2 >>> 16, w2 & 0xffff, w3 >>> 16, w3 & 0xffff];
   // RFC 5952: compress the longest run (>= 2) of zero groups, leftmost on ties.
   let bestStart = -1;
   let bestLen = 0;

@@ -65,8 +65,7 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Ad
       const ranges: AddrRange[] = [];
       for (const m of members) {
         const ip = parseValidIp(m); // validated by parsePolicy
-        // validated text (ipFamily: no zone, no leading zeros), which nft reads as the same address
-        if (ip.family === family) ranges.push({ family, lo: ip.value, hi: ip.value, text: m });
+        if (ip.family === family) ranges.push({ family, lo: ip.value, hi: ip.value });
       }
       // single addresses, neighbours not merged: the compiler puts them in the group's member set
       return sortedUniqueAddresses(ranges);
