@@ -116,6 +116,11 @@ function digestOf(table: Table): string {
   return h.digest('hex').slice(0, 16);
 }
 
+function memberPeers(r: NormalizedRule): AddressSet {
+  if (!(r.peers instanceof AddressSet)) throw new Error(`internal: rule ${r.groupId}/${r.ruleId} on a remote group has no packed members`);
+  return r.peers;
+}
+
 /** The value of `key` in `m`, created with `make` when missing. */
 function entry<K, V>(m: Map<K, V>, key: K, make: () => V): V {
   let val = m.get(key);
@@ -123,7 +128,7 @@ function entry<K, V>(m: Map<K, V>, key: K, make: () => V): V {
   return val;
 }
 
-/** The member set of remote group `groupId` for `family`, from a rule on it (its peers are the members), packed (see AddressSet). */
+/** The member set of remote group `groupId` for `family`, from a rule on it: its peers, the group's members packed (see AddressSet), are the set's elements (one copy). */
 function memberSet(family: Family, groupId: string, r: NormalizedRule): VerdictMap {
   return {
     name: memberSetName(family, groupId),
@@ -131,7 +136,7 @@ function memberSet(family: Family, groupId: string, r: NormalizedRule): VerdictM
     keyType: [family === 4 ? 'ipv4_addr' : 'ipv6_addr'],
     interval: false,
     comment: comment(`members of remote group ${groupId}`),
-    elements: AddressSet.fromSortedRanges(family, r.peers),
+    elements: memberPeers(r),
   };
 }
 

@@ -28,7 +28,7 @@ import type { NormalizedRule } from '../policy/normalize.js';
 import type { Policy } from '../policy/schema.js';
 import type { Compiled } from './compile.js';
 import { memberSetName } from './names.js';
-import { AddressSet } from '../policy/address-set.js';
+import { AddressSet, type Peers } from '../policy/address-set.js';
 import { comment, memberElement, type MapElement, type VerdictMap } from './model.js';
 import type { NftOp } from './transaction.js';
 
@@ -56,16 +56,9 @@ function find(ranges: readonly AddrRange[], x: bigint): number {
   return -1;
 }
 
-/** Position where a range starting at `x` is inserted to keep `ranges` sorted. */
-function insertAt(ranges: readonly AddrRange[], x: bigint): number {
-  let lo = 0;
-  let hi = ranges.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (ranges[mid]!.lo < x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
+/** Do the peers hold address `x`? */
+function holds(peers: Peers, x: bigint): boolean {
+  return peers instanceof AddressSet ? peers.has(x) : find(peers, x) >= 0;
 }
 
 /** Can one packet match both rules, peers aside? (same direction and family) */
@@ -108,7 +101,7 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   // ---- phase 1: checks and planned changes; nothing is modified ----
   const layout = prev.layout;
   const setChanges: SetChange[] = [];
-  const peerEdits: { peers: AddrRange[]; family: Family; add: bigint[]; remove: bigint[] }[] = [];
+  const peerEdits: { peers: AddressSet; add: bigint[]; remove: bigint[] }[] = [];
   const touched = new Set<string>(); // family:address changed in some group
   const effective: string[] = [];
 
@@ -140,13 +133,14 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
       }
       if (!affected.length) continue; // members of a group no rule of this family uses
       const first = affected[0]!;
-      // every rule on the group shares one array of members (see normalizeRules)
+      // every rule on the group shares one packed set of members (see normalizeRules)
       const peers = layout.get(first.key)!.rules[first.index]!.peers;
+      if (!(peers instanceof AddressSet)) return fail(`the members of ${groupId} are not packed`);
       for (const { key, index } of affected) {
         if (layout.get(key)!.rules[index]!.peers !== peers) return fail(`rules on ${groupId} do not share their member list`);
       }
-      const addList = [...adds].filter((a) => find(peers, a) < 0);
-      const removeList = [...removes].filter((a) => find(peers, a) >= 0);
+      const addList = [...adds].filter((a) => !peers.has(a));
+      const removeList = [...removes].filter((a) => peers.has(a));
       if (!addList.length && !removeList.length) continue;
       for (const a of [...addList, ...removeList]) {
         // one address changing in two groups at once could create or remove an overlap between their rules
@@ -172,7 +166,7 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
           if (j === index || lj === null || l.shadowed[j] || (q.remote.kind === 'group' && q.remote.id === groupId) || !samePackets(q, r)) continue;
           if (j < index ? lj < layer : lj > layer) continue; // any overlap between them is already in order
           for (const a of addList) {
-            if (find(q.peers, a) >= 0) return fail(`a member joining ${groupId} would overlap rule ${q.groupId}/${q.ruleId} out of layer order`);
+            if (holds(q.peers, a)) return fail(`a member joining ${groupId} would overlap rule ${q.groupId}/${q.ruleId} out of layer order`);
           }
         }
       }
@@ -185,15 +179,18 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
         for (const a of removeList) if (!members.has(a)) return fail(`member set ${name} does not hold a member it should`);
         setChanges.push({ set, members, family, add: addList, remove: removeList });
       }
-      peerEdits.push({ peers, family, add: addList, remove: removeList });
+      peerEdits.push({ peers, add: addList, remove: removeList });
       effective.push(`${groupId}:${family}:+${addList.join(',')}:-${removeList.join(',')}`);
     }
   }
 
-  // ---- phase 2: in place (binary search + splice, binary search + copyWithin in the packed sets) ----
+  // ---- phase 2: in place (binary search + copyWithin in the packed sets) ----
+  // the member set of the table is the rules' peers (compile.ts): each set is changed once
+  const edited = new Set<AddressSet>();
   for (const e of peerEdits) {
-    for (const a of e.remove) e.peers.splice(find(e.peers, a), 1);
-    for (const a of e.add) e.peers.splice(insertAt(e.peers, a), 0, { family: e.family, lo: a, hi: a });
+    for (const a of e.remove) e.peers.delete(a);
+    for (const a of e.add) e.peers.insert(a);
+    edited.add(e.peers);
   }
   let added = 0;
   let removed = 0;
@@ -203,8 +200,10 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   const ops: NftOp[] = [];
   for (const sc of setChanges) {
     const el = (a: bigint): MapElement => memberElement(sc.family, a);
-    for (const a of sc.remove) sc.members.delete(a);
-    for (const a of sc.add) sc.members.insert(a);
+    if (!edited.has(sc.members)) {
+      for (const a of sc.remove) sc.members.delete(a);
+      for (const a of sc.add) sc.members.insert(a);
+    }
     ops.push({ op: 'update-elements', family: table.family, table: table.name, map: sc.set.name, keyType: sc.set.keyType, remove: sc.remove.map(el), add: sc.add.map(el) });
     added += sc.add.length;
     removed += sc.remove.length;

@@ -9,12 +9,17 @@
  * headroom after inserts), where an element object, its key array and its
  * key part cost ~160 bytes each (issue 18, bench/README.md "round 4").
  *
+ * It is also the rules' peers on that group (`NormalizedRule.peers`, shared
+ * by every rule on the group: layering, the port report and the fast path
+ * read the same words the set is rendered from): a remote group's members
+ * exist once in the agent, parsed from the document straight into words.
+ *
  * Addresses go in and out as bigints (the rest of the code's form); the
  * words are compared as numbers, so a lookup allocates one bigint's words
  * and nothing per step. Pure data structure: nothing here throws on valid
  * input; the only mutators are `insert` and `delete`.
  */
-import { formatV6Words, type AddrRange, type Family } from './address.js';
+import { formatV6Words, writeValidIpWords, type AddrRange, type Family } from './address.js';
 
 const M32 = 0xffffffffn;
 
@@ -31,24 +36,50 @@ export class AddressSet implements Iterable<bigint> {
     this.count = count;
   }
 
-  /** From single addresses already sorted and unique (a remote group's resolved peers, see normalize.ts). */
-  static fromSortedRanges(family: Family, ranges: readonly AddrRange[]): AddressSet {
-    const s = new AddressSet(family, new Uint32Array(ranges.length * (family === 4 ? 1 : 4)), ranges.length);
-    for (let i = 0; i < ranges.length; i++) {
-      const r = ranges[i]!;
-      if (r.family !== family || r.lo !== r.hi || (i > 0 && ranges[i - 1]!.lo >= r.lo)) throw new Error('internal: member addresses must be single, sorted and unique');
-      s.write(i, r.lo);
-    }
-    return s;
+  /**
+   * The addresses of family `family` among `texts` (valid addresses, as a
+   * validated document holds them: a remote group's members), parsed straight
+   * into words: no bigint or object per member. Sorted and made unique here
+   * when they are not already (documents usually list members in order).
+   */
+  static fromValidTexts(family: Family, texts: readonly string[]): AddressSet {
+    const stride = family === 4 ? 1 : 4;
+    let n = 0;
+    for (const t of texts) if ((t.includes(':') ? 6 : 4) === family) n++;
+    const words = new Uint32Array(n * stride);
+    let i = 0;
+    for (const t of texts) if ((t.includes(':') ? 6 : 4) === family) writeValidIpWords(t, family, words, i++ * stride);
+    return AddressSet.sorted(family, words, n);
   }
 
   /** From addresses in any order, duplicates dropped. */
   static of(family: Family, values: Iterable<bigint>): AddressSet {
-    const sorted = [...new Set(values)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    return AddressSet.fromSortedRanges(
-      family,
-      sorted.map((x) => ({ family, lo: x, hi: x })),
-    );
+    const list = [...values];
+    const s = new AddressSet(family, new Uint32Array(list.length * (family === 4 ? 1 : 4)), list.length);
+    list.forEach((x, i) => s.write(i, x));
+    return AddressSet.sorted(family, s.words, list.length);
+  }
+
+  /** `n` addresses of `words` as a set: taken as they are when strictly ascending, else sorted and made unique. */
+  private static sorted(family: Family, words: Uint32Array, n: number): AddressSet {
+    const s = family === 4 ? 1 : 4;
+    const cmp = (i: number, j: number): number => {
+      let c = 0;
+      for (let k = 0; k < s && c === 0; k++) c = words[i * s + k]! - words[j * s + k]!;
+      return c;
+    };
+    let ascending = true;
+    for (let i = 1; i < n && ascending; i++) if (cmp(i - 1, i) >= 0) ascending = false;
+    if (ascending) return new AddressSet(family, words, n);
+    const order = Array.from({ length: n }, (_, i) => i).sort(cmp);
+    const out = new Uint32Array(n * s);
+    let m = 0;
+    for (let k = 0; k < n; k++) {
+      if (m > 0 && cmp(order[k]!, order[k - 1]!) === 0) continue;
+      out.set(words.subarray(order[k]! * s, order[k]! * s + s), m * s);
+      m++;
+    }
+    return new AddressSet(family, out, m);
   }
 
   get length(): number {
@@ -87,6 +118,22 @@ export class AddressSet implements Iterable<bigint> {
 
   has(x: bigint): boolean {
     return this.search(x) >= 0;
+  }
+
+  /** Does the set hold an address in [lo, hi]? (binary search) */
+  intersectsRange(lo: bigint, hi: bigint): boolean {
+    const at = this.search(lo);
+    if (at >= 0) return true;
+    const next = -at - 1;
+    return next < this.count && this.at(next) <= hi;
+  }
+
+  /** Do the two sets share an address? (binary search of the smaller set's addresses in the larger one) */
+  intersects(other: AddressSet): boolean {
+    if (other.family !== this.family) return false;
+    const [small, big] = this.count <= other.count ? [this, other] : [other, this];
+    for (let i = 0; i < small.count; i++) if (big.has(small.at(i))) return true;
+    return false;
   }
 
   /** Adds `x` in place; false when it was there. */
@@ -170,4 +217,22 @@ export class AddressSet implements Iterable<bigint> {
     const key = this.split(x);
     this.words.set(key, i * this.stride);
   }
+}
+
+/** A rule's peers: sorted disjoint intervals, or a remote group's members packed (see NormalizedRule.peers). */
+export type Peers = readonly AddrRange[] | AddressSet;
+
+/**
+ * Peers as intervals (a packed set's made on each call: one object per
+ * member, for the few readers that need intervals); `limit`: at most that
+ * many of a packed set.
+ */
+export function peerRanges(peers: Peers, limit = Infinity): readonly AddrRange[] {
+  if (!(peers instanceof AddressSet)) return peers;
+  const out = new Array<AddrRange>(Math.min(limit, peers.length));
+  for (let i = 0; i < out.length; i++) {
+    const x = peers.at(i);
+    out[i] = { family: peers.family, lo: x, hi: x };
+  }
+  return out;
 }

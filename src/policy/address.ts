@@ -24,7 +24,7 @@ export function ipFamily(text: string): Family | null {
 }
 
 /** A validated dotted quad as a number, in one pass (no split: member lists parse 100k of these). */
-function parseV4(text: string): bigint {
+function parseV4Number(text: string): number {
   let n = 0;
   let part = 0;
   for (let i = 0; i < text.length; i++) {
@@ -34,7 +34,11 @@ function parseV4(text: string): bigint {
       part = 0;
     } else part = part * 10 + (c - 48);
   }
-  return BigInt(n * 256 + part);
+  return n * 256 + part;
+}
+
+function parseV4(text: string): bigint {
+  return BigInt(parseV4Number(text));
 }
 
 /** The 8 groups of a valid IPv6 address without an embedded IPv4 part, in one pass over its characters; null otherwise. */
@@ -111,6 +115,26 @@ function parseV6(text: string): bigint {
  */
 export function parseValidIp(text: string): { family: Family; value: bigint } {
   return text.includes(':') ? { family: 6, value: parseV6(text) } : { family: 4, value: parseV4(text) };
+}
+
+/**
+ * Writes an address already known to be valid (see parseValidIp) of family
+ * `family` into `out` at `at` as 32-bit words, most significant first (1 for
+ * IPv4, 4 for IPv6: the form of AddressSet), without a bigint on the common
+ * path.
+ */
+export function writeValidIpWords(text: string, family: Family, out: Uint32Array, at: number): void {
+  if (family === 4) {
+    out[at] = parseV4Number(text);
+    return;
+  }
+  const g = v6Groups(text);
+  if (g) {
+    for (let k = 0; k < 4; k++) out[at + k] = g[2 * k]! * 65536 + g[2 * k + 1]!;
+    return;
+  }
+  const value = parseV6(text);
+  for (let k = 0; k < 4; k++) out[at + k] = Number((value >> BigInt(96 - 32 * k)) & 0xffffffffn);
 }
 
 /** Parses a bare IPv4/IPv6 address; throws on anything else. */
@@ -230,22 +254,6 @@ export function mergeRanges(ranges: readonly AddrRange[], owned = false): AddrRa
       out.push(owned ? r : { ...r });
     }
   }
-  return out;
-}
-
-/**
- * Single addresses (lo == hi) of one family, sorted, each once; unlike
- * mergeRanges, neighbours stay apart (remote-group members: each is an
- * element of the group's member set, so one joining or leaving never splits
- * or merges a range). Takes over `singles`.
- */
-export function sortedUniqueAddresses(singles: AddrRange[]): AddrRange[] {
-  let inOrder = true;
-  for (let i = 1; i < singles.length && inOrder; i++) if (singles[i - 1]!.lo >= singles[i]!.lo) inOrder = false;
-  if (inOrder) return singles;
-  singles.sort(byStart);
-  const out: AddrRange[] = [];
-  for (const r of singles) if (!out.length || out[out.length - 1]!.lo !== r.lo) out.push(r);
   return out;
 }
 

@@ -65,9 +65,9 @@ describe('AddressSet', () => {
     expect([...b]).toEqual([1n, 2n, 3n, 4n]);
   });
 
-  it('refuses member lists that are not single, sorted and unique addresses of its family', () => {
-    expect(() => AddressSet.fromSortedRanges(4, [{ family: 4, lo: 2n, hi: 2n }, { family: 4, lo: 1n, hi: 1n }])).toThrow(/sorted/);
-    expect(() => AddressSet.fromSortedRanges(4, [{ family: 4, lo: 1n, hi: 2n }])).toThrow(/single/);
-    expect(() => AddressSet.fromSortedRanges(4, [{ family: 6, lo: 1n, hi: 1n }])).toThrow(/single/);
+  it('parses members straight into words: the family asked for, sorted, duplicates dropped, every IPv6 spelling', () => {
+    const texts = ['198.18.0.9', 'fd00:5ec::10', '198.18.0.1', 'FD00:5EC:0:0:0:0:0:9', '198.18.0.9', '::ffff:198.18.0.1', 'fd00:5ec::9'];
+    expect([...AddressSet.fromValidTexts(4, texts)].map((x) => formatIp(4, x))).toEqual(['198.18.0.1', '198.18.0.9']);
+    expect([...AddressSet.fromValidTexts(6, texts)].map((x) => formatIp(6, x))).toEqual(['::ffff:c612:1', 'fd00:5ec::9', 'fd00:5ec::10']);
   });
 });
