@@ -109,7 +109,7 @@ function digestOf(table: Table): string {
   h.update(JSON.stringify({ ...table, comment: undefined, maps: table.maps.map((m) => ({ ...m, elements: m.elements.length })) }));
   for (const m of table.maps) {
     h.update(`\n${m.name}:`);
-    if (m.elements instanceof AddressSet) h.update(m.elements.bytes());
+    if (m.elements instanceof AddressSet) m.elements.eachBytes((b) => h.update(b));
     else if (m.set) throw new Error(`internal: set ${m.name} is not a member set`);
     else h.update(m.elements.map(elementId).join(','));
   }

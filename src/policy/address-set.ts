@@ -200,12 +200,30 @@ export class AddressSet implements Iterable<bigint> {
     return formatV6Words(w[o]!, w[o + 1]!, w[o + 2]!, w[o + 3]!);
   }
 
-  /** The addresses as big-endian bytes (4 or 16 each), for hashing. */
+  /** The addresses as big-endian bytes (4 or 16 each). */
   bytes(): Uint8Array {
+    const out = new Uint8Array(this.count * this.stride * 4);
+    let at = 0;
+    this.eachBytes((b) => {
+      out.set(b, at);
+      at += b.length;
+    });
+    return out;
+  }
+
+  /**
+   * The same bytes in slices of at most 64 KB, for hashing (a 1M-member set is
+   * hashed on every compile: no 16 MB copy). A slice is only valid during its call.
+   */
+  eachBytes(take: (slice: Uint8Array) => void): void {
     const n = this.count * this.stride;
-    const view = new DataView(new ArrayBuffer(n * 4));
-    for (let i = 0; i < n; i++) view.setUint32(i * 4, this.words[i]!);
-    return new Uint8Array(view.buffer);
+    const per = 16384;
+    const view = new DataView(new ArrayBuffer(Math.min(n, per) * 4));
+    for (let start = 0; start < n; start += per) {
+      const end = Math.min(n, start + per);
+      for (let i = start; i < end; i++) view.setUint32((i - start) * 4, this.words[i]!);
+      take(new Uint8Array(view.buffer, 0, (end - start) * 4));
+    }
   }
 
   private split(x: bigint): number[] {

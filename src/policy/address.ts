@@ -154,28 +154,53 @@ export function formatIp(family: Family, value: bigint): string {
   return formatV6Words(Number((value >> 96n) & 0xffffffffn), Number((value >> 64n) & 0xffffffffn), Number((value >> 32n) & 0xffffffffn), Number(value & 0xffffffffn));
 }
 
-/** An IPv6 address given as four 32-bit words, most significant first, in RFC 5952 text (see AddressSet). */
+/** Scratch for formatV6Words (one address at a time, never kept): no array per address formatted. */
+const GROUPS = new Uint16Array(8);
+
+/**
+ * An IPv6 address given as four 32-bit words, most significant first, in
+ * RFC 5952 text (see AddressSet: a member set is rendered with this, 1M
+ * addresses at a time, so it builds the text without arrays).
+ */
 export function formatV6Words(w0: number, w1: number, w2: number, w3: number): string {
-  const groups = [w0 >>> 16, w0 & 0xffff, w1 >>> 16, w1 & 0xffff, w2 >>> 16, w2 & 0xffff, w3 >>> 16, w3 & 0xffff];
+  const g = GROUPS;
+  g[0] = w0 >>> 16;
+  g[1] = w0 & 0xffff;
+  g[2] = w1 >>> 16;
+  g[3] = w1 & 0xffff;
+  g[4] = w2 >>> 16;
+  g[5] = w2 & 0xffff;
+  g[6] = w3 >>> 16;
+  g[7] = w3 & 0xffff;
   // RFC 5952: compress the longest run (>= 2) of zero groups, leftmost on ties.
   let bestStart = -1;
-  let bestLen = 0;
+  let bestLen = 1;
   for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
+    if (g[i] !== 0) {
       i++;
       continue;
     }
     let j = i;
-    while (j < 8 && groups[j] === 0) j++;
+    while (j < 8 && g[j] === 0) j++;
     if (j - i > bestLen) {
       bestStart = i;
       bestLen = j - i;
     }
     i = j;
   }
-  const text = groups.map((g) => g.toString(16));
-  if (bestLen < 2) return text.join(':');
-  return `${text.slice(0, bestStart).join(':')}::${text.slice(bestStart + bestLen).join(':')}`;
+  let text = '';
+  let colon = false;
+  for (let i = 0; i < 8; i++) {
+    if (i === bestStart) {
+      text += '::';
+      i += bestLen - 1;
+      colon = false;
+      continue;
+    }
+    text += colon ? `:${g[i]!.toString(16)}` : g[i]!.toString(16);
+    colon = true;
+  }
+  return text;
 }
 
 /** Canonical text of an address (lower-case, compressed IPv6). */

@@ -47,9 +47,16 @@ describe('AddressSet', () => {
 
     it(`IPv${family}: text is formatIp's canonical form and bytes are the big-endian addresses`, () => {
       const rng = createRng(family);
-      const values = sortedUnique([0n, FAMILY_MAX[family], ...Array.from({ length: 200 }, () => BigInt.asUintN(family === 4 ? 32 : 128, BigInt(rng.int(0, 2 ** 31)) * BigInt(rng.int(0, 2 ** 31)) * (family === 6 ? 1n << BigInt(rng.int(0, 64)) : 1n)))]);
+      // IPv6: runs of zero groups of equal and different lengths (the leftmost longest is compressed)
+      const crafted = family === 6 ? [0x00010000000000020000000000000003n, 0x00010000000200000003000000000000n, 0x00000000000100000000000000000000n, 1n] : [1n];
+      const values = sortedUnique([0n, FAMILY_MAX[family], ...crafted, ...Array.from({ length: 200 }, () => BigInt.asUintN(family === 4 ? 32 : 128, BigInt(rng.int(0, 2 ** 31)) * BigInt(rng.int(0, 2 ** 31)) * (family === 6 ? 1n << BigInt(rng.int(0, 64)) : 1n)))]);
       const set = AddressSet.of(family, values);
       expect(values.map((_, i) => set.text(i))).toEqual(values.map((x) => formatIp(family, x)));
+      // and formatIp's IPv6 form is the WHATWG URL serializer's (RFC 5952: the longest run of 2+ zero groups, leftmost, compressed)
+      if (family === 6) {
+        const full = (x: bigint) => x.toString(16).padStart(32, '0').match(/.{4}/g)!.join(':');
+        expect(values.map((_, i) => set.text(i))).toEqual(values.map((x) => new URL(`http://[${full(x)}]/`).hostname.slice(1, -1)));
+      }
       const width = family === 4 ? 4 : 16;
       const hex = Buffer.from(set.bytes()).toString('hex');
       expect(hex).toBe(values.map((x) => x.toString(16).padStart(width * 2, '0')).join(''));
