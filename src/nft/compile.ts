@@ -28,7 +28,9 @@
  * Rules that one earlier rule fully covers never decide and get no elements.
  *
  * Rules on a remote group are looked up differently: the group's members go
- * in a plain hash set per family (`g4_<hash>`, no verdicts), tested before a
+ * in a plain hash set per family (`g4_<hash>`, no verdicts; its elements are
+ * the packed AddressSet the rules' peers already are, policy/address-set.ts:
+ * one copy of the members, 4 or 16 bytes each), tested before a
  * small map keyed by the rest of the key (`... ip saddr @g4_x meta l4proto .
  * th dport vmap @in4_l0_ports_g<hash>_ee`), one such lookup per layer, group
  * and shape (the Neutron ipset / Felix layout). A member joining or leaving

@@ -5,7 +5,9 @@
  * Scripts are produced in chunks (`renderTransactionChunks`, ~64 KB each:
  * whole lines, a map's elements in slices) so the runner can stream them into
  * nft with back-pressure: a 1M-member set is never one string of ~40 MB
- * (plus an array of a million line strings) in the agent's memory. The
+ * (plus an array of a million line strings) in the agent's memory; its
+ * addresses are formatted slice by slice straight from the packed set
+ * (policy/address-set.ts), in canonical form whatever the document wrote. The
  * string forms (`renderScript`, `renderTransaction`) join the same chunks.
  *
  * Counters (counters.ts): in a script, every counted rule with an identity
