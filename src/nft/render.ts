@@ -19,7 +19,7 @@
  * keep anonymous counters.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
-import { AddressSet } from '../policy/address-set.js';
+import { AddressSet, TEXT_MAX } from '../policy/address-set.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
 import { counterKey, ruleCounterNames, tableCounterNames, type RuleCounters } from './counters.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
@@ -134,10 +134,19 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
       texts.sort();
       yield texts.map((text, i) => `\t\t\t${text}${i === last ? '' : ','}\n`).join('');
     } else {
+      // each slice's lines written as bytes into one buffer, one string per chunk (no string per address)
+      const buf = Buffer.alloc(SLICE * (TEXT_MAX + 5));
       for (let start = 0; start <= last; start += SLICE) {
-        let chunk = '';
-        for (let i = start; i < Math.min(start + SLICE, last + 1); i++) chunk += `\t\t\t${els.text(i)}${i === last ? '' : ','}\n`;
-        yield chunk;
+        let at = 0;
+        for (let i = start; i < Math.min(start + SLICE, last + 1); i++) {
+          buf[at++] = 9;
+          buf[at++] = 9;
+          buf[at++] = 9;
+          at = els.writeText(i, buf, at);
+          if (i !== last) buf[at++] = 44;
+          buf[at++] = 10;
+        }
+        yield buf.toString('latin1', 0, at);
       }
     }
     yield '\t\t}\n\t}\n';

@@ -19,9 +19,12 @@
  * and nothing per step. Pure data structure: nothing here throws on valid
  * input; the only mutators are `insert` and `delete`.
  */
-import { formatV6Words, writeValidIpWords, type AddrRange, type Family } from './address.js';
+import { asciiText, writeV4Text, writeV6Text, writeValidIpWords, type AddrRange, type Family } from './address.js';
 
 const M32 = 0xffffffffn;
+/** The longest text of an address (IPv6, eight groups of four digits). */
+export const TEXT_MAX = 39;
+const SCRATCH = new Uint8Array(TEXT_MAX);
 
 export class AddressSet implements Iterable<bigint> {
   readonly family: Family;
@@ -191,13 +194,15 @@ export class AddressSet implements Iterable<bigint> {
 
   /** nft text of the i-th address (the canonical form: dotted quad, RFC 5952 IPv6). */
   text(i: number): string {
+    return asciiText(SCRATCH, this.writeText(i, SCRATCH, 0));
+  }
+
+  /** Writes text(i) as ASCII into `out` at `at` (at most TEXT_MAX bytes); returns the end. For rendering many without a string each. */
+  writeText(i: number, out: Uint8Array, at: number): number {
     const w = this.words;
-    if (this.stride === 1) {
-      const n = w[i]!;
-      return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-    }
+    if (this.stride === 1) return writeV4Text(w[i]!, out, at);
     const o = i * 4;
-    return formatV6Words(w[o]!, w[o + 1]!, w[o + 2]!, w[o + 3]!);
+    return writeV6Text(w[o]!, w[o + 1]!, w[o + 2]!, w[o + 3]!, out, at);
   }
 
   /** The addresses as big-endian bytes (4 or 16 each). */

@@ -154,15 +154,27 @@ export function formatIp(family: Family, value: bigint): string {
   return formatV6Words(Number((value >> 96n) & 0xffffffffn), Number((value >> 64n) & 0xffffffffn), Number((value >> 32n) & 0xffffffffn), Number(value & 0xffffffffn));
 }
 
-/** Scratch for formatV6Words (one address at a time, never kept): no array per address formatted. */
+/** Scratch for the text writers (one address at a time, never kept): no array per address formatted. */
 const GROUPS = new Uint16Array(8);
+const TEXT = new Uint8Array(48);
+
+/** ASCII hex digits of `v` (0..0xffff) without leading zeros into `out` at `at`; returns the end. */
+function writeHex(v: number, out: Uint8Array, at: number): number {
+  for (let shift = v >= 0x1000 ? 12 : v >= 0x100 ? 8 : v >= 0x10 ? 4 : 0; shift >= 0; shift -= 4) {
+    const d = (v >>> shift) & 15;
+    out[at++] = d < 10 ? 48 + d : 87 + d;
+  }
+  return at;
+}
 
 /**
- * An IPv6 address given as four 32-bit words, most significant first, in
- * RFC 5952 text (see AddressSet: a member set is rendered with this, 1M
- * addresses at a time, so it builds the text without arrays).
+ * Writes an IPv6 address given as four 32-bit words, most significant first,
+ * as RFC 5952 text (ASCII, at most 39 bytes) into `out` at `at`; returns the
+ * end. The one IPv6 formatter: formatIp and formatV6Words read what it
+ * writes, and a member set is rendered with it straight into a chunk's bytes
+ * (AddressSet.writeText: no string per address).
  */
-export function formatV6Words(w0: number, w1: number, w2: number, w3: number): string {
+export function writeV6Text(w0: number, w1: number, w2: number, w3: number, out: Uint8Array, at: number): number {
   const g = GROUPS;
   g[0] = w0 >>> 16;
   g[1] = w0 & 0xffff;
@@ -188,19 +200,42 @@ export function formatV6Words(w0: number, w1: number, w2: number, w3: number): s
     }
     i = j;
   }
-  let text = '';
   let colon = false;
   for (let i = 0; i < 8; i++) {
     if (i === bestStart) {
-      text += '::';
+      out[at++] = 58;
+      out[at++] = 58;
       i += bestLen - 1;
       colon = false;
       continue;
     }
-    text += colon ? `:${g[i]!.toString(16)}` : g[i]!.toString(16);
+    if (colon) out[at++] = 58;
+    at = writeHex(g[i]!, out, at);
     colon = true;
   }
-  return text;
+  return at;
+}
+
+/** Writes an IPv4 address (a 32-bit number) as a dotted quad (ASCII, at most 15 bytes) into `out` at `at`; returns the end. */
+export function writeV4Text(n: number, out: Uint8Array, at: number): number {
+  for (let shift = 24; shift >= 0; shift -= 8) {
+    const o = (n >>> shift) & 255;
+    if (o >= 100) out[at++] = 48 + Math.floor(o / 100);
+    if (o >= 10) out[at++] = 48 + (Math.floor(o / 10) % 10);
+    out[at++] = 48 + (o % 10);
+    if (shift) out[at++] = 46;
+  }
+  return at;
+}
+
+/** What a text writer wrote into `out` up to `end`, as a string (ASCII). */
+export function asciiText(out: Uint8Array, end: number): string {
+  return String.fromCharCode.apply(null, out.subarray(0, end) as unknown as number[]);
+}
+
+/** An IPv6 address given as four 32-bit words, most significant first, in RFC 5952 text (see writeV6Text). */
+function formatV6Words(w0: number, w1: number, w2: number, w3: number): string {
+  return asciiText(TEXT, writeV6Text(w0, w1, w2, w3, TEXT, 0));
 }
 
 /** Canonical text of an address (lower-case, compressed IPv6). */
