@@ -170,8 +170,11 @@ describe('scale by construction: lookups do not grow with rules, ports or peers'
     expect(lookups[0]!.exprs.map((e) => e.kind)).toEqual(['match', 'verdict']);
     expect(compiled.table.maps.map((m) => [m.name, m.elements.length, m.interval, m.set ?? false])).toEqual([[set, 100_000, false, true]]);
     expect(compiled.rules.find((r) => r.ruleId === 'ssh-from-big')?.layer).toBeNull();
-    // packed: 4 bytes a member, no element object per member (issue 18 item 2)
+    // packed: 4 bytes a member, no element object per member (issue 18 item 2), and one copy: the rules' peers are the set
     expect(compiled.table.maps[0]!.elements).toBeInstanceOf(AddressSet);
+    const onBig = compiled.layout.get('ingress4')!.rules.filter((r) => r.remote.kind === 'group');
+    expect(onBig.map((r) => r.ruleId)).toEqual(['from-big', 'ssh-from-big']);
+    for (const r of onBig) expect(r.peers).toBe(compiled.table.maps[0]!.elements);
   }, 60_000);
 
   it('a member set is written in canonical form, however the document spelled its members', () => {
