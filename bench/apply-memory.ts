@@ -13,10 +13,12 @@
  * runs and the live heap (heapUsed) is read: `live*Mb` is what the objects
  * kept so far hold, the differences are what each step keeps. `renderPeakMb`
  * is the highest heapUsed seen between chunks while rendering (garbage
- * included: the transient cost of the stream). `memberElementsMb` is the
- * live heap the compiled member set's element objects hold (measured by
- * detaching them after the run), `peersMb` the same for the normalised peer
- * lists the compiled layout keeps for the membership fast path.
+ * included: the transient cost of the stream). `memberSetMb` is what the
+ * remote group's members hold once compiled: one packed AddressSet, the
+ * member set's elements and the rules' peers at once (measured by detaching
+ * both after the run; live heap plus array buffers, where the packed words
+ * live; before issue 18 round 4 these were two lists of objects, ~25 MB at
+ * 100k members).
  * `baseRssMb` is the process's RSS before the policy exists (node, the
  * code, tsx's loader: tsx holds ~20 MB more than the agent's bundle, so
  * compare heap figures here, and take VmHWM from `bench apply`).
@@ -50,6 +52,11 @@ function live(): number {
   return process.memoryUsage().heapUsed / MB;
 }
 
+/** live() plus the memory of array buffers (typed arrays' contents are outside the heap). */
+function liveWithBuffers(): number {
+  return live() + process.memoryUsage().arrayBuffers / MB;
+}
+
 function measure(name: string): Record<string, number | string> {
   const members = CASES[name];
   if (members === undefined) throw new Error(`unknown case ${name}`);
@@ -76,14 +83,13 @@ function measure(name: string): Record<string, number | string> {
     text += chunk.length;
     peak = Math.max(peak, process.memoryUsage().heapUsed / MB);
   }
-  const liveRendered = live();
+  const withMembers = liveWithBuffers();
   const set = held.compiled.table.maps.find((x) => x.set);
   if (!set) throw new Error('bench: no member set');
   set.elements = [];
-  const withoutElements = live();
   const rules = [...held.compiled.layout.values()].flatMap((l) => l.rules).filter((x) => x.peers.length > 1000);
   for (const x of rules) x.peers = [];
-  const withoutPeers = live();
+  const withoutMembers = liveWithBuffers();
   const elementCount = held.compiled.stats.elements;
   delete held.compiled;
   const withoutCompiled = live();
@@ -99,8 +105,7 @@ function measure(name: string): Record<string, number | string> {
     documentMb: r1(withoutCompiled - withoutPolicy),
     leftAfterParseMb: r1(liveParsed - base),
     compiledMb: r1(liveCompiled - liveParsed),
-    memberElementsMb: r1(liveRendered - withoutElements),
-    peersMb: r1(withoutElements - withoutPeers),
+    memberSetMb: r1(withMembers - withoutMembers),
     renderPeakOverLiveMb: r1(peak - liveCompiled),
     scriptMb: r1(text / MB),
     hwmMb: r1(statusMb('VmHWM')),

@@ -10,10 +10,12 @@
  * its peak RSS is that case's alone: the agent's peak during its
  * full applies is VmHWM from /proc/self/status read right after them (the
  * reference script is rendered by another child, so it is not in that
- * figure); nft's peak RSS is taken with /usr/bin/time over every nft the
- * case ran. The reconciler is set up as the agent's (createAgent): no
- * separate --check, heap bursts while it compiles (footprint.ts); the time
- * of a full apply runs to its ack (its marker read follows the ack).
+ * figure; that child also writes the document as JSON text, which this one
+ * decodes as the agent decodes its `policy` frame); nft's peak RSS is taken
+ * with /usr/bin/time over every nft the case ran. The reconciler is set up
+ * as the agent's (createAgent): no separate --check, heap bursts while it
+ * compiles (footprint.ts); the time of a full apply runs to its ack (its
+ * marker read follows the ack).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -82,9 +84,15 @@ function vmHwmMb(): number {
   return m ? Number(m[1]) / 1024 : 0;
 }
 
-/** The reference: the same script as the agent renders, written to `dir` by a process of its own. */
+/**
+ * The reference: the same script as the agent renders, written to `dir` by a
+ * process of its own; and the case's document as JSON text (`policy.json`),
+ * which the measuring child decodes as the agent decodes its `policy` frame.
+ */
 function writeReferenceScript(c: Case, dir: string): { file: string; elements: number } {
-  const compiled = compilePolicy(parsePolicy(c.build(1)));
+  const doc = c.build(1);
+  writeFileSync(join(dir, 'policy.json'), JSON.stringify(doc));
+  const compiled = compilePolicy(parsePolicy(doc));
   const file = join(dir, 'script.nft');
   writeFileSync(file, renderScript(compiled.table));
   return { file, elements: compiled.stats.elements };
@@ -110,7 +118,9 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
     return o;
   };
 
-  const policy: Policy = parsePolicy(c.build(1));
+  // the document as the agent gets it: JSON text, decoded and parsed (not built here: 100k strings made
+  // by template literals hold ~10 MB more than the same strings decoded from JSON, which the agent never holds)
+  const policy: Policy = parsePolicy(JSON.parse(readFileSync(join(dir, 'policy.json'), 'utf8')));
   const elements = reference.elements;
   const best = { agent: Infinity, ref: Infinity };
   let firstAgent = 0;

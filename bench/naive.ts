@@ -7,6 +7,7 @@
  * make the naive ruleset millions of rules long, not a fair first attempt.
  */
 import { formatRangeNft } from '../src/policy/address.js';
+import { peerRanges } from '../src/policy/address-set.js';
 import { normalizeRules, type NormalizedRule } from '../src/policy/normalize.js';
 import type { Policy } from '../src/policy/schema.js';
 
@@ -37,11 +38,11 @@ export function renderNaive(policy: Policy, table = 'secgroup'): NaiveRendering 
     const chain = r.direction === 'ingress' ? chains.input : chains.output;
     if (r.remote.kind === 'group' || r.remote.kind === 'address_group') {
       const name = `g${r.family}_${r.remote.id.replace(/[^A-Za-z0-9_]/g, '_')}`;
-      if (!sets.has(name)) sets.set(name, { family: r.family, elems: r.peers.map(formatRangeNft) });
+      if (!sets.has(name)) sets.set(name, { family: r.family, elems: peerRanges(r.peers).map(formatRangeNft) });
       chain.push(`${match(r, `@${name}`)} ${verdict}`);
       continue;
     }
-    for (const p of r.peers) {
+    for (const p of peerRanges(r.peers)) {
       const full = p.lo === 0n && p.hi === (r.family === 4 ? (1n << 32n) - 1n : (1n << 128n) - 1n);
       chain.push(`${match(r, full ? '' : formatRangeNft(p))} ${verdict}`);
     }

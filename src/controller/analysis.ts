@@ -22,12 +22,13 @@
  * before it. An instance without a report has no known listening ports and is
  * listed in `instancesWithoutReport`.
  */
-import { formatIp, fullRange, ipFamily, parseIp, parsePrefix, type Family } from '../policy/address.js';
+import { formatIp, ipFamily, parseIp, parsePrefix, type Family } from '../policy/address.js';
 import { evaluate, type Evaluation } from '../policy/evaluate.js';
 import { normalizeRules, type NormalizedRule } from '../policy/normalize.js';
 import type { Packet } from '../policy/packet.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
+import { matchesEveryAddress } from '../nft/layering.js';
 import { analysePort } from '../probe/port-status.js';
 import type { PortReport } from '../protocol/messages.js';
 import type { Ethertype, GroupRow, InstanceRow, ProjectSnapshot, RuleRow } from './model.js';
@@ -332,10 +333,9 @@ const LOOPBACK_TEXT = /^(127\.|\[?::1\]?$)|%lo$/;
  */
 function worldRule(rules: readonly NormalizedRule[], protocol: 6 | 17, port: number, family: Family): NormalizedRule | null {
   // most ports no world rule names: skip the interval work for them
-  const full = fullRange(family);
   const candidate = (r: NormalizedRule) =>
     r.action === 'allow' && r.family === family && (r.protocol === null || r.protocol === protocol) && (r.ports === null || r.ports.some(([a, b]) => a <= port && port <= b));
-  if (!rules.some((r) => candidate(r) && r.peers.length === 1 && r.peers[0]!.lo === full.lo && r.peers[0]!.hi === full.hi)) return null;
+  if (!rules.some((r) => candidate(r) && matchesEveryAddress(r))) return null;
   const a = analysePort(rules, null, protocol, port, family);
   if (!a.reachable) return null;
   const world = family === 4 ? '0.0.0.0/0' : '::/0';

@@ -28,7 +28,9 @@
  * Rules that one earlier rule fully covers never decide and get no elements.
  *
  * Rules on a remote group are looked up differently: the group's members go
- * in a plain hash set per family (`g4_<hash>`, no verdicts), tested before a
+ * in a plain hash set per family (`g4_<hash>`, no verdicts; its elements are
+ * the packed AddressSet the rules' peers already are, policy/address-set.ts:
+ * one copy of the members, 4 or 16 bytes each), tested before a
  * small map keyed by the rest of the key (`... ip saddr @g4_x meta l4proto .
  * th dport vmap @in4_l0_ports_g<hash>_ee`), one such lookup per layer, group
  * and shape (the Neutron ipset / Felix layout). A member joining or leaving
@@ -49,6 +51,7 @@
 import { createHash } from 'node:crypto';
 import { elementId } from './diff.js';
 import type { Family } from '../policy/address.js';
+import { AddressSet } from '../policy/address-set.js';
 import { describeRule, normalizeRules, type NormalizedRule } from '../policy/normalize.js';
 import { DEFAULT_PLATFORM, type PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
@@ -108,25 +111,16 @@ function digestOf(table: Table): string {
   h.update(JSON.stringify({ ...table, comment: undefined, maps: table.maps.map((m) => ({ ...m, elements: m.elements.length })) }));
   for (const m of table.maps) {
     h.update(`\n${m.name}:`);
-    if (m.set) h.update(memberBytes(m));
+    if (m.elements instanceof AddressSet) m.elements.eachBytes((b) => h.update(b));
+    else if (m.set) throw new Error(`internal: set ${m.name} is not a member set`);
     else h.update(m.elements.map(elementId).join(','));
   }
   return h.digest('hex').slice(0, 16);
 }
 
-/** The addresses of a member set as bytes (4 or 16 per member; no strings: a 1000-member set is hashed on every compile). */
-function memberBytes(m: VerdictMap): Uint8Array {
-  const v6 = m.keyType[0] === 'ipv6_addr';
-  const out = new DataView(new ArrayBuffer(m.elements.length * (v6 ? 16 : 4)));
-  m.elements.forEach((el, i) => {
-    const k = el.key[0]!;
-    if (k.kind !== 'addr' || k.lo !== k.hi) throw new Error(`internal: member set ${m.name} holds a range`);
-    if (v6) {
-      out.setBigUint64(i * 16, k.lo >> 64n);
-      out.setBigUint64(i * 16 + 8, BigInt.asUintN(64, k.lo));
-    } else out.setUint32(i * 4, Number(k.lo));
-  });
-  return new Uint8Array(out.buffer);
+function memberPeers(r: NormalizedRule): AddressSet {
+  if (!(r.peers instanceof AddressSet)) throw new Error(`internal: rule ${r.groupId}/${r.ruleId} on a remote group has no packed members`);
+  return r.peers;
 }
 
 /** The value of `key` in `m`, created with `make` when missing. */
@@ -136,7 +130,7 @@ function entry<K, V>(m: Map<K, V>, key: K, make: () => V): V {
   return val;
 }
 
-/** The member set of remote group `groupId` for `family`, from a rule on it (its peers are the members). */
+/** The member set of remote group `groupId` for `family`, from a rule on it: its peers, the group's members packed (see AddressSet), are the set's elements (one copy). */
 function memberSet(family: Family, groupId: string, r: NormalizedRule): VerdictMap {
   return {
     name: memberSetName(family, groupId),
@@ -144,7 +138,7 @@ function memberSet(family: Family, groupId: string, r: NormalizedRule): VerdictM
     keyType: [family === 4 ? 'ipv4_addr' : 'ipv6_addr'],
     interval: false,
     comment: comment(`members of remote group ${groupId}`),
-    elements: r.peers.map((p) => ({ key: [p.text === undefined ? { kind: 'addr', family, lo: p.lo, hi: p.hi } : { kind: 'addr', family, lo: p.lo, hi: p.hi, text: p.text }] })),
+    elements: memberPeers(r),
   };
 }
 

@@ -4,7 +4,8 @@
  * few `delete element` / `add element` commands instead of a table reload,
  * which keeps rule counters and costs the kernel far less.
  */
-import type { MapElement, Table } from './model.js';
+import { AddressSet } from '../policy/address-set.js';
+import { elementList, memberElement, type MapElement, type Table } from './model.js';
 import type { NftOp } from './transaction.js';
 
 /** JSON.stringify replacer for models holding bigints (addresses): hex digits. */
@@ -17,7 +18,7 @@ function skeleton(t: Table): string {
 
 /**
  * A map element as a short string, equal for equal elements and only for
- * them; how an address was written (KeyPart `text`) is not part of it.
+ * them.
  * (JSON.stringify of 100k elements took ~0.5 s.)
  */
 export function elementId(el: MapElement): string {
@@ -25,6 +26,21 @@ export function elementId(el: MapElement): string {
   let s = vd === undefined ? '' : vd.kind === 'jump' ? vd.chain : vd.kind;
   for (const k of el.key) s += k.kind === 'addr' ? `|${k.family}:${k.lo.toString(16)}-${k.hi.toString(16)}` : `|${k.lo}-${k.hi}`;
   return s;
+}
+
+/** Elements of `from` not in `to` and of `to` not in `from`; packed member sets compared as sorted words (no element ids). */
+function elementChanges(from: MapElement[] | AddressSet, to: MapElement[] | AddressSet): { remove: MapElement[]; add: MapElement[] } {
+  if (from instanceof AddressSet && to instanceof AddressSet && from.family === to.family) {
+    const el = (x: bigint) => memberElement(to.family, x);
+    return { remove: from.minus(to).map(el), add: to.minus(from).map(el) };
+  }
+  const a = elementList({ elements: from });
+  const b = elementList({ elements: to });
+  const oldIds = a.map(elementId);
+  const newIds = b.map(elementId);
+  const oldSet = new Set(oldIds);
+  const newSet = new Set(newIds);
+  return { remove: a.filter((_el, k) => !newSet.has(oldIds[k]!)), add: b.filter((_el, k) => !oldSet.has(newIds[k]!)) };
 }
 
 export interface ElementPlan {
@@ -51,12 +67,7 @@ export function planElementUpdate(from: Table, to: Table, maxChanges = 1000): El
   to.maps.forEach((m, i) => {
     const old = from.maps[i]!;
     if (old.elements === m.elements) return;
-    const oldIds = old.elements.map(elementId);
-    const newIds = m.elements.map(elementId);
-    const oldSet = new Set(oldIds);
-    const newSet = new Set(newIds);
-    const remove = old.elements.filter((_el, k) => !newSet.has(oldIds[k]!));
-    const add = m.elements.filter((_el, k) => !oldSet.has(newIds[k]!));
+    const { remove, add } = elementChanges(old.elements, m.elements);
     if (remove.length || add.length) {
       ops.push({ op: 'update-elements', family: to.family, table: to.name, map: m.name, keyType: m.keyType, remove, add });
       added += add.length;

@@ -6,7 +6,8 @@
  */
 import { createHash } from 'node:crypto';
 import { bigintAsHex, elementId } from './diff.js';
-import { MARKER_SET, type Chain, type MapElement, type Table } from './model.js';
+import { AddressSet } from '../policy/address-set.js';
+import { MARKER_SET, elementList, type Chain, type MapElement, type Table } from './model.js';
 import { counterKey, ruleCounters, type RuleCounters } from './counters.js';
 import type { ChainReadback, Counter, TableReadback } from './readback.js';
 import { renderTable } from './render.js';
@@ -24,9 +25,15 @@ type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters' | 'read
  */
 const clone = (t: Table): Table => ({
   ...t,
-  maps: t.maps.map((m) => ({ ...m, keyType: [...m.keyType], elements: m.elements.slice() })),
+  maps: t.maps.map((m) => ({ ...m, keyType: [...m.keyType], elements: m.elements instanceof AddressSet ? m.elements.clone() : m.elements.slice() })),
   chains: t.chains.map((c) => ({ ...c, rules: c.rules.slice() })),
 });
+/** The address of a member set's element (a packed set holds single addresses only, as the kernel's set would refuse anything else). */
+const memberOf = (set: AddressSet, el: MapElement): bigint => {
+  const k = el.key[0];
+  if (el.key.length !== 1 || k?.kind !== 'addr' || k.family !== set.family || k.lo !== k.hi) throw nftFailed('nft -f', 'element does not fit the set');
+  return k.lo;
+};
 const firstKey = (el: MapElement): string => {
   const k = el.key[0];
   return k === undefined ? '' : `${k.lo}-${k.hi}`;
@@ -138,11 +145,18 @@ export class FakeNft implements NftRunner {
       } else {
         const map = t?.maps.find((m) => m.name === op.map);
         if (!map) throw nftMissingObject('nft -f', `map ${op.map}`);
+        const set = map.elements;
+        if (set instanceof AddressSet) {
+          for (const el of op.remove) if (!set.delete(memberOf(set, el))) throw nftMissingObject('nft -f', 'element');
+          for (const el of op.add) set.insert(memberOf(set, el));
+          continue;
+        }
         const ids = new Set(op.remove.map(elementId));
         const before = map.elements.length;
-        map.elements = map.elements.filter((el) => !ids.has(elementId(el)));
-        if (before - map.elements.length !== ids.size) throw nftMissingObject('nft -f', 'element');
-        map.elements.push(...op.add.map((el) => structuredClone(el)));
+        const kept = set.filter((el) => !ids.has(elementId(el)));
+        if (before - kept.length !== ids.size) throw nftMissingObject('nft -f', 'element');
+        kept.push(...op.add.map((el) => structuredClone(el)));
+        map.elements = kept;
       }
     }
     return t;
@@ -155,6 +169,7 @@ export class FakeNft implements NftRunner {
    */
   private runUpdates(tx: NftTransaction, t: Table, dryRun = false): Table {
     const plans: { map: Table['maps'][number]; remove: Set<MapElement>; add: MapElement[] }[] = [];
+    const setPlans: { set: AddressSet; remove: bigint[]; add: bigint[] }[] = [];
     let marker: string | undefined;
     for (const op of tx.ops) {
       if (op.op === 'set-marker') {
@@ -165,17 +180,29 @@ export class FakeNft implements NftRunner {
       if (op.op !== 'update-elements') continue;
       const map = t.maps.find((m) => m.name === op.map);
       if (!map) throw nftMissingObject('nft -f', `map ${op.map}`);
+      const set = map.elements;
+      if (set instanceof AddressSet) {
+        const gone = op.remove.map((el) => memberOf(set, el));
+        if (gone.some((x) => !set.has(x)) || new Set(gone).size !== gone.length) throw nftMissingObject('nft -f', 'element');
+        setPlans.push({ set, remove: gone, add: op.add.map((el) => memberOf(set, el)) });
+        continue;
+      }
       const remove = new Set(op.remove.map(elementId));
       // ids only for elements whose first key part can match (a JSON id per element of a big map made every update O(map))
       const firsts = new Set(op.remove.map(firstKey));
-      const gone = remove.size ? map.elements.filter((el) => firsts.has(firstKey(el)) && remove.has(elementId(el))) : [];
+      const gone = remove.size ? set.filter((el) => firsts.has(firstKey(el)) && remove.has(elementId(el))) : [];
       if (gone.length !== remove.size) throw nftMissingObject('nft -f', 'element');
       plans.push({ map, remove: new Set(gone), add: op.add });
     }
     if (dryRun) return t;
     for (const p of plans) {
-      if (p.remove.size) p.map.elements = p.map.elements.filter((el) => !p.remove.has(el));
+      const els = elementList(p.map);
+      p.map.elements = p.remove.size ? els.filter((el) => !p.remove.has(el)) : els;
       for (const el of p.add) p.map.elements.push(el);
+    }
+    for (const p of setPlans) {
+      for (const x of p.remove) p.set.delete(x);
+      for (const x of p.add) p.set.insert(x);
     }
     if (marker !== undefined) t.marker = marker;
     return t;
@@ -251,7 +278,7 @@ export class FakeNft implements NftRunner {
       .slice(0, 32);
     const elementHash = elements
       ? createHash('sha256')
-          .update(JSON.stringify(t.maps.map((m) => m.elements), bigintAsHex))
+          .update(JSON.stringify(t.maps.map((m) => (m.elements instanceof AddressSet ? Buffer.from(m.elements.bytes()).toString('hex') : m.elements)), bigintAsHex))
           .digest('hex')
           .slice(0, 32)
       : '';

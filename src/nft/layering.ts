@@ -17,6 +17,7 @@
  * order; nothing here throws or keeps state between calls.
  */
 import { FAMILY_MAX, type AddrRange } from '../policy/address.js';
+import { AddressSet, peerRanges, type Peers } from '../policy/address-set.js';
 import type { NormalizedRule } from '../policy/normalize.js';
 
 /** Does a range of sorted disjoint `ranges` intersect [lo, hi]? (binary search) */
@@ -31,7 +32,10 @@ function anyIntersects(ranges: readonly AddrRange[], lo: bigint, hi: bigint): bo
   return l < ranges.length && ranges[l]!.lo <= hi;
 }
 
-function rangesIntersect(a: readonly AddrRange[], b: readonly AddrRange[]): boolean {
+function rangesIntersect(a: Peers, b: Peers): boolean {
+  // packed members (AddressSet): binary search for each range of the other side, or for each member of the smaller set
+  if (a instanceof AddressSet) return b instanceof AddressSet ? a.intersects(b) : b.some((r) => a.intersectsRange(r.lo, r.hi));
+  if (b instanceof AddressSet) return a.some((r) => b.intersectsRange(r.lo, r.hi));
   // a big member list against a few prefixes: binary search instead of walking the members
   if (a.length > 16 * b.length) return b.some((r) => anyIntersects(a, r.lo, r.hi));
   if (b.length > 16 * a.length) return a.some((r) => anyIntersects(b, r.lo, r.hi));
@@ -179,13 +183,15 @@ const NARROW_ADDR = 16n;
 /** The address buckets (/24, /64) of a rule's peers, or null when they span more than NARROW_ADDR. */
 function addrBucketsOf(r: NormalizedRule): bigint[] | null {
   const shift = r.family === 4 ? 8n : 64n;
+  // at most NARROW_ADDR + 1 peers are looked at: a big member set stops early
+  const peers = r.peers instanceof AddressSet ? peerRanges(r.peers, Number(NARROW_ADDR) + 1) : r.peers;
   let n = 0n;
-  for (const p of r.peers) {
+  for (const p of peers) {
     n += (p.hi >> shift) - (p.lo >> shift) + 1n;
     if (n > NARROW_ADDR) return null;
   }
   const out = new Set<bigint>();
-  for (const p of r.peers) for (let k = p.lo >> shift; k <= p.hi >> shift; k++) out.add(k);
+  for (const p of peers) for (let k = p.lo >> shift; k <= p.hi >> shift; k++) out.add(k);
   return [...out];
 }
 
@@ -211,9 +217,20 @@ function bucketsOf(ports: readonly [number, number][], shift: number): Set<numbe
   return out;
 }
 
-function rangesCover(outer: readonly AddrRange[], inner: readonly AddrRange[]): boolean {
+function rangesCover(outer: Peers, inner: Peers): boolean {
+  // the same members (rules on one group share their set): covered
+  if (outer === inner) return true;
+  if (outer instanceof AddressSet) {
+    // single addresses cover only single addresses they hold
+    if (inner instanceof AddressSet) return inner.minus(outer).length === 0;
+    return inner.every((r) => r.lo === r.hi && outer.has(r.lo));
+  }
+  if (inner instanceof AddressSet) {
+    // members inside one range of the outer list (any address, a prefix): the first and last decide
+    if (!inner.length || outer.some((o) => o.lo <= inner.at(0) && inner.at(inner.length - 1) <= o.hi)) return true;
+  }
   let j = 0;
-  for (const r of inner) {
+  for (const r of peerRanges(inner)) {
     while (j < outer.length && outer[j]!.hi < r.lo) j++;
     const o = outer[j];
     if (!o || o.lo > r.lo || o.hi < r.hi) return false;
@@ -237,7 +254,9 @@ export function ruleCovers(a: NormalizedRule, b: NormalizedRule): boolean {
 
 /** Does the rule's peer hold every address of its family? */
 export function matchesEveryAddress(r: NormalizedRule): boolean {
-  return r.peers.length === 1 && r.peers[0]!.lo === 0n && r.peers[0]!.hi === FAMILY_MAX[r.family];
+  const p = r.peers;
+  if (p instanceof AddressSet) return false; // members are single addresses (a group of every address cannot be written)
+  return p.length === 1 && p[0]!.lo === 0n && p[0]!.hi === FAMILY_MAX[r.family];
 }
 
 /**

@@ -14,6 +14,7 @@
  * layer's, see layering.ts), so its maps can be looked up in any order.
  */
 import { FAMILY_MAX, type Family } from '../policy/address.js';
+import { peerRanges } from '../policy/address-set.js';
 import type { NormalizedRule } from '../policy/normalize.js';
 import { jump, sel, v, type Expr, type KeyPart, type KeyType, type MapElement, type Rule, type Selector, type Verdict, type VerdictMap } from './model.js';
 import type { Shape } from './names.js';
@@ -56,11 +57,12 @@ export function tailElementsOf(r: NormalizedRule, shape: Shape, chain: string): 
   return tailsOf(r, shape).map((key) => ({ key, verdict }));
 }
 
+/** Elements of a rule's map with the peer in the key (a rule not on a remote group: its peers are intervals). */
 export function elementsOf(r: NormalizedRule, shape: Shape, chain: string): MapElement[] {
   const out: MapElement[] = [];
   const verdict = jump(chain);
   const tails = tailsOf(r, shape);
-  for (const p of r.peers) {
+  for (const p of peerRanges(r.peers)) {
     const addr: KeyPart = { kind: 'addr', family: p.family, lo: p.lo, hi: p.hi };
     for (const t of tails) out.push({ key: [addr, ...t], verdict });
   }

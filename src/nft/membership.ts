@@ -28,7 +28,8 @@ import type { NormalizedRule } from '../policy/normalize.js';
 import type { Policy } from '../policy/schema.js';
 import type { Compiled } from './compile.js';
 import { memberSetName } from './names.js';
-import { comment, type MapElement, type VerdictMap } from './model.js';
+import { AddressSet, type Peers } from '../policy/address-set.js';
+import { comment, memberElement, type MapElement, type VerdictMap } from './model.js';
 import type { NftOp } from './transaction.js';
 
 /** Per remote group: members added and removed (addresses as text). */
@@ -55,29 +56,9 @@ function find(ranges: readonly AddrRange[], x: bigint): number {
   return -1;
 }
 
-/** Position where a range starting at `x` is inserted to keep `ranges` sorted. */
-function insertAt(ranges: readonly AddrRange[], x: bigint): number {
-  let lo = 0;
-  let hi = ranges.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (ranges[mid]!.lo < x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
-/** Position of the element for address `x` in a member set sorted by address, or where it goes (`found` false). */
-function locate(elements: readonly MapElement[], x: bigint): { at: number; found: boolean } {
-  let lo = 0;
-  let hi = elements.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (elements[mid]!.key[0]!.lo < x) lo = mid + 1;
-    else hi = mid;
-  }
-  const k = elements[lo]?.key[0];
-  return { at: lo, found: k !== undefined && k.lo === x && k.hi === x };
+/** Do the peers hold address `x`? */
+function holds(peers: Peers, x: bigint): boolean {
+  return peers instanceof AddressSet ? peers.has(x) : find(peers, x) >= 0;
 }
 
 /** Can one packet match both rules, peers aside? (same direction and family) */
@@ -93,6 +74,7 @@ function samePackets(a: NormalizedRule, b: NormalizedRule): boolean {
 
 interface SetChange {
   set: VerdictMap;
+  members: AddressSet;
   family: Family;
   add: bigint[];
   remove: bigint[];
@@ -104,8 +86,8 @@ interface SetChange {
  * name the result). Returns the new compiled state and the element ops
  * (ending with the generation marker), or the reason it cannot.
  *
- * On success the result takes over `prev`'s big arrays (member lists, set
- * elements) and changes them in place, so the cost does not grow with the
+ * On success the result takes over `prev`'s big arrays (member lists, the
+ * packed member sets) and changes them in place, so the cost does not grow with the
  * group: `prev` must not be used afterwards (if applying the ops fails, the
  * caller reloads from a full compile). On failure `prev` is untouched: every
  * check runs before anything is changed.
@@ -119,7 +101,7 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   // ---- phase 1: checks and planned changes; nothing is modified ----
   const layout = prev.layout;
   const setChanges: SetChange[] = [];
-  const peerEdits: { peers: AddrRange[]; family: Family; add: bigint[]; remove: bigint[] }[] = [];
+  const peerEdits: { peers: AddressSet; add: bigint[]; remove: bigint[] }[] = [];
   const touched = new Set<string>(); // family:address changed in some group
   const effective: string[] = [];
 
@@ -151,13 +133,14 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
       }
       if (!affected.length) continue; // members of a group no rule of this family uses
       const first = affected[0]!;
-      // every rule on the group shares one array of members (see normalizeRules)
+      // every rule on the group shares one packed set of members (see normalizeRules)
       const peers = layout.get(first.key)!.rules[first.index]!.peers;
+      if (!(peers instanceof AddressSet)) return fail(`the members of ${groupId} are not packed`);
       for (const { key, index } of affected) {
         if (layout.get(key)!.rules[index]!.peers !== peers) return fail(`rules on ${groupId} do not share their member list`);
       }
-      const addList = [...adds].filter((a) => find(peers, a) < 0);
-      const removeList = [...removes].filter((a) => find(peers, a) >= 0);
+      const addList = [...adds].filter((a) => !peers.has(a));
+      const removeList = [...removes].filter((a) => peers.has(a));
       if (!addList.length && !removeList.length) continue;
       for (const a of [...addList, ...removeList]) {
         // one address changing in two groups at once could create or remove an overlap between their rules
@@ -183,7 +166,7 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
           if (j === index || lj === null || l.shadowed[j] || (q.remote.kind === 'group' && q.remote.id === groupId) || !samePackets(q, r)) continue;
           if (j < index ? lj < layer : lj > layer) continue; // any overlap between them is already in order
           for (const a of addList) {
-            if (find(q.peers, a) >= 0) return fail(`a member joining ${groupId} would overlap rule ${q.groupId}/${q.ruleId} out of layer order`);
+            if (holds(q.peers, a)) return fail(`a member joining ${groupId} would overlap rule ${q.groupId}/${q.ruleId} out of layer order`);
           }
         }
       }
@@ -191,18 +174,23 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
         const name = memberSetName(family, groupId);
         const set = prev.table.maps.find((m) => m.name === name && m.set);
         if (!set) return fail(`member set ${name} does not exist`);
-        for (const a of removeList) if (!locate(set.elements, a).found) return fail(`member set ${name} does not hold a member it should`);
-        setChanges.push({ set, family, add: addList, remove: removeList });
+        const members = set.elements;
+        if (!(members instanceof AddressSet)) return fail(`member set ${name} is not packed`);
+        for (const a of removeList) if (!members.has(a)) return fail(`member set ${name} does not hold a member it should`);
+        setChanges.push({ set, members, family, add: addList, remove: removeList });
       }
-      peerEdits.push({ peers, family, add: addList, remove: removeList });
+      peerEdits.push({ peers, add: addList, remove: removeList });
       effective.push(`${groupId}:${family}:+${addList.join(',')}:-${removeList.join(',')}`);
     }
   }
 
-  // ---- phase 2: in place (binary search + splice) ----
+  // ---- phase 2: in place (binary search + copyWithin in the packed sets) ----
+  // the member set of the table is the rules' peers (compile.ts): each set is changed once
+  const edited = new Set<AddressSet>();
   for (const e of peerEdits) {
-    for (const a of e.remove) e.peers.splice(find(e.peers, a), 1);
-    for (const a of e.add) e.peers.splice(insertAt(e.peers, a), 0, { family: e.family, lo: a, hi: a });
+    for (const a of e.remove) e.peers.delete(a);
+    for (const a of e.add) e.peers.insert(a);
+    edited.add(e.peers);
   }
   let added = 0;
   let removed = 0;
@@ -211,10 +199,11 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   const table = { ...prev.table, marker };
   const ops: NftOp[] = [];
   for (const sc of setChanges) {
-    const elements = sc.set.elements;
-    const el = (a: bigint): MapElement => ({ key: [{ kind: 'addr', family: sc.family, lo: a, hi: a }] });
-    for (const a of sc.remove) elements.splice(locate(elements, a).at, 1);
-    for (const a of sc.add) elements.splice(locate(elements, a).at, 0, el(a));
+    const el = (a: bigint): MapElement => memberElement(sc.family, a);
+    if (!edited.has(sc.members)) {
+      for (const a of sc.remove) sc.members.delete(a);
+      for (const a of sc.add) sc.members.insert(a);
+    }
     ops.push({ op: 'update-elements', family: table.family, table: table.name, map: sc.set.name, keyType: sc.set.keyType, remove: sc.remove.map(el), add: sc.add.map(el) });
     added += sc.add.length;
     removed += sc.remove.length;

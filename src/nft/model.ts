@@ -4,6 +4,7 @@
  * the model is produced by our own code or passed through `token()`/`comment()`,
  * so no user-supplied text can reach nft syntax.
  */
+import { AddressSet } from '../policy/address-set.js';
 
 /** nft identifiers we generate: table, chain, set and map names. */
 const NAME_RE = /^[a-zA-Z][a-zA-Z0-9_]{0,62}$/;
@@ -78,8 +79,7 @@ export interface Chain {
 
 /** One part of a concatenated key: a closed interval (lo == hi for a single value). */
 export type KeyPart =
-  /** `text`: how to write a single address (its source text, see AddrRange.text); formatted from lo/hi otherwise */
-  | { kind: 'addr'; family: 4 | 6; lo: bigint; hi: bigint; text?: string }
+  | { kind: 'addr'; family: 4 | 6; lo: bigint; hi: bigint }
   | { kind: 'num'; lo: number; hi: number };
 
 export interface MapElement {
@@ -101,6 +101,11 @@ export type KeyType = 'ipv4_addr' | 'ipv6_addr' | 'inet_proto' | 'inet_service' 
  * verdict is a jump, nf_tables re-validates every jump of the table, every
  * element of every verdict map included (0.2 s per commit at 1M elements).
  * Adding to a plain set costs the same at any size.
+ *
+ * A remote group's member set holds its elements packed (`AddressSet`: 4 or
+ * 16 bytes a member instead of ~160 as element objects); every reader of
+ * `elements` handles both forms (`elementList` makes objects of either, for
+ * the few places where the count is small or cost does not matter).
  */
 export interface VerdictMap {
   name: string;
@@ -108,8 +113,22 @@ export interface VerdictMap {
   set?: true;
   keyType: KeyType[];
   interval: boolean;
-  elements: MapElement[];
+  elements: MapElement[] | AddressSet;
   comment?: string;
+}
+
+/** The element of a member set holding address `x`. */
+export function memberElement(family: 4 | 6, x: bigint): MapElement {
+  return { key: [{ kind: 'addr', family, lo: x, hi: x }] };
+}
+
+/** A map's elements as objects (a packed member set's made on each call: not for big sets on hot paths). */
+export function elementList(m: Pick<VerdictMap, 'elements'>): MapElement[] {
+  const els = m.elements;
+  if (!(els instanceof AddressSet)) return els;
+  const out: MapElement[] = new Array<MapElement>(els.length);
+  for (let i = 0; i < els.length; i++) out[i] = memberElement(els.family, els.at(i));
+  return out;
 }
 
 /**

@@ -5,7 +5,9 @@
  * Scripts are produced in chunks (`renderTransactionChunks`, ~64 KB each:
  * whole lines, a map's elements in slices) so the runner can stream them into
  * nft with back-pressure: a 1M-member set is never one string of ~40 MB
- * (plus an array of a million line strings) in the agent's memory. The
+ * (plus an array of a million line strings) in the agent's memory; its
+ * addresses are formatted slice by slice straight from the packed set
+ * (policy/address-set.ts), in canonical form whatever the document wrote. The
  * string forms (`renderScript`, `renderTransaction`) join the same chunks.
  *
  * Counters (counters.ts): in a script, every counted rule with an identity
@@ -17,6 +19,7 @@
  * keep anonymous counters.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
+import { AddressSet, TEXT_MAX } from '../policy/address-set.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
 import { counterKey, ruleCounterNames, tableCounterNames, type RuleCounters } from './counters.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
@@ -101,7 +104,7 @@ function ruleText(r: Rule, named?: string): string {
 const PROTO_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' };
 
 function keyPartText(k: KeyPart, type?: string): string {
-  if (k.kind === 'addr') return k.text !== undefined && k.lo === k.hi ? k.text : formatRangeNft({ family: k.family, lo: k.lo, hi: k.hi });
+  if (k.kind === 'addr') return formatRangeNft({ family: k.family, lo: k.lo, hi: k.hi });
   if (k.lo === k.hi) return type === 'inet_proto' && PROTO_NAMES[k.lo] ? PROTO_NAMES[k.lo]! : String(k.lo);
   return `${k.lo}-${k.hi}`;
 }
@@ -121,18 +124,45 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
   }
   head.push('\t\telements = {');
   yield head.join('\n') + '\n';
-  const last = m.elements.length - 1;
+  const els = m.elements;
+  const last = els.length - 1;
+  if (els instanceof AddressSet) {
+    // a packed member set: text straight from its words, slice by slice (no element objects)
+    if (listing) {
+      const texts = new Array<string>(els.length);
+      for (let i = 0; i <= last; i++) texts[i] = els.text(i);
+      texts.sort();
+      yield texts.map((text, i) => `\t\t\t${text}${i === last ? '' : ','}\n`).join('');
+    } else {
+      // each slice's lines written as bytes into one buffer, one string per chunk (no string per address)
+      const buf = Buffer.alloc(SLICE * (TEXT_MAX + 5));
+      for (let start = 0; start <= last; start += SLICE) {
+        let at = 0;
+        for (let i = start; i < Math.min(start + SLICE, last + 1); i++) {
+          buf[at++] = 9;
+          buf[at++] = 9;
+          buf[at++] = 9;
+          at = els.writeText(i, buf, at);
+          if (i !== last) buf[at++] = 44;
+          buf[at++] = 10;
+        }
+        yield buf.toString('latin1', 0, at);
+      }
+    }
+    yield '\t\t}\n\t}\n';
+    return;
+  }
   const elementText = (el: MapElement, keyText: (k: KeyPart, j: number) => string): string => `${el.key.map(keyText).join(' . ')}${m.set ? '' : ` : ${verdictText(el.verdict)}`}`;
+  const keyText = (k: KeyPart, j: number) => keyPartText(k, m.keyType[j]);
   if (listing) {
-    const texts = m.elements.map((el) => elementText(el, (k, j) => keyPartText(k.kind === 'addr' ? { ...k, text: undefined } : k, m.keyType[j]))).sort();
+    const texts = els.map((el) => elementText(el, keyText)).sort();
     yield texts.map((text, i) => `\t\t\t${text}${i === last ? '' : ','}\n`).join('');
   } else {
-    const annotate = m.elements.length <= ANNOTATE_MAX;
-    const keyText = (k: KeyPart, j: number) => keyPartText(k, m.keyType[j]);
+    const annotate = els.length <= ANNOTATE_MAX;
     for (let start = 0; start <= last; start += SLICE) {
       let chunk = '';
       for (let i = start; i < Math.min(start + SLICE, last + 1); i++) {
-        const el = m.elements[i]!;
+        const el = els[i]!;
         const note = annotate && el.verdict?.kind === 'jump' ? notes.get(el.verdict.chain) : undefined;
         chunk += `\t\t\t${elementText(el, keyText)}${i === last ? '' : ','}${note ? ` # ${safeComment(note)}` : ''}\n`;
       }
@@ -158,8 +188,7 @@ const CHAINS_PER_CHUNK = 256;
 /**
  * The table as one nft `table <family> <name> { ... }` block, objects in the
  * order of the model. `listing: true` is what a listing of the table would
- * show, the same text for the same content: map elements sorted, addresses in
- * canonical form (not as written, see KeyPart `text`), no per-element notes
+ * show, the same text for the same content: map elements sorted, no per-element notes
  * (FakeNft.dump, golden files of a whole resulting table).
  */
 export function renderTable(table: Table, opts: { listing?: boolean } = {}): string {
@@ -430,9 +459,12 @@ export function renderJson(table: Table): { nftables: Json[] } {
       ...(m.interval ? { flags: ['interval'] } : {}),
     };
     if (m.comment !== undefined) map.comment = safeComment(m.comment);
-    if (m.elements.length) {
+    const els = m.elements;
+    if (els instanceof AddressSet) {
+      if (els.length) map.elem = Array.from({ length: els.length }, (_, i) => els.text(i));
+    } else if (els.length) {
       const keyJson = (el: MapElement): Json => (el.key.length === 1 ? keyPartJson(el.key[0]!) : { concat: el.key.map(keyPartJson) });
-      map.elem = m.set ? m.elements.map(keyJson) : m.elements.map((el) => [keyJson(el), verdictJson(el.verdict)]);
+      map.elem = m.set ? els.map(keyJson) : els.map((el) => [keyJson(el), verdictJson(el.verdict)]);
     }
     cmds.push({ add: m.set ? { set: map } : { map } });
   }

@@ -12,8 +12,6 @@ export interface AddrRange {
   family: Family;
   lo: bigint;
   hi: bigint;
-  /** a single address as a validated document wrote it (remote-group members): rendered as is, not formatted again */
-  text?: string;
 }
 
 export const FAMILY_BITS: Record<Family, number> = { 4: 32, 6: 128 };
@@ -26,7 +24,7 @@ export function ipFamily(text: string): Family | null {
 }
 
 /** A validated dotted quad as a number, in one pass (no split: member lists parse 100k of these). */
-function parseV4(text: string): bigint {
+function parseV4Number(text: string): number {
   let n = 0;
   let part = 0;
   for (let i = 0; i < text.length; i++) {
@@ -36,7 +34,11 @@ function parseV4(text: string): bigint {
       part = 0;
     } else part = part * 10 + (c - 48);
   }
-  return BigInt(n * 256 + part);
+  return n * 256 + part;
+}
+
+function parseV4(text: string): bigint {
+  return BigInt(parseV4Number(text));
 }
 
 /** The 8 groups of a valid IPv6 address without an embedded IPv4 part, in one pass over its characters; null otherwise. */
@@ -115,6 +117,26 @@ export function parseValidIp(text: string): { family: Family; value: bigint } {
   return text.includes(':') ? { family: 6, value: parseV6(text) } : { family: 4, value: parseV4(text) };
 }
 
+/**
+ * Writes an address already known to be valid (see parseValidIp) of family
+ * `family` into `out` at `at` as 32-bit words, most significant first (1 for
+ * IPv4, 4 for IPv6: the form of AddressSet), without a bigint on the common
+ * path.
+ */
+export function writeValidIpWords(text: string, family: Family, out: Uint32Array, at: number): void {
+  if (family === 4) {
+    out[at] = parseV4Number(text);
+    return;
+  }
+  const g = v6Groups(text);
+  if (g) {
+    for (let k = 0; k < 4; k++) out[at + k] = g[2 * k]! * 65536 + g[2 * k + 1]!;
+    return;
+  }
+  const value = parseV6(text);
+  for (let k = 0; k < 4; k++) out[at + k] = Number((value >> BigInt(96 - 32 * k)) & 0xffffffffn);
+}
+
 /** Parses a bare IPv4/IPv6 address; throws on anything else. */
 export function parseIp(text: string): { family: Family; value: bigint } {
   const family = ipFamily(text);
@@ -129,30 +151,91 @@ export function formatIp(family: Family, value: bigint): string {
     return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
   }
   // four 32-bit words, then number work (8 BigInt shifts and conversions per address cost ~3x more)
-  const groups: number[] = [];
-  for (const shift of [96n, 64n, 32n, 0n]) {
-    const w = Number((value >> shift) & 0xffffffffn);
-    groups.push(w >>> 16, w & 0xffff);
+  return formatV6Words(Number((value >> 96n) & 0xffffffffn), Number((value >> 64n) & 0xffffffffn), Number((value >> 32n) & 0xffffffffn), Number(value & 0xffffffffn));
+}
+
+/** Scratch for the text writers (one address at a time, never kept): no array per address formatted. */
+const GROUPS = new Uint16Array(8);
+const TEXT = new Uint8Array(48);
+
+/** ASCII hex digits of `v` (0..0xffff) without leading zeros into `out` at `at`; returns the end. */
+function writeHex(v: number, out: Uint8Array, at: number): number {
+  for (let shift = v >= 0x1000 ? 12 : v >= 0x100 ? 8 : v >= 0x10 ? 4 : 0; shift >= 0; shift -= 4) {
+    const d = (v >>> shift) & 15;
+    out[at++] = d < 10 ? 48 + d : 87 + d;
   }
+  return at;
+}
+
+/**
+ * Writes an IPv6 address given as four 32-bit words, most significant first,
+ * as RFC 5952 text (ASCII, at most 39 bytes) into `out` at `at`; returns the
+ * end. The one IPv6 formatter: formatIp and formatV6Words read what it
+ * writes, and a member set is rendered with it straight into a chunk's bytes
+ * (AddressSet.writeText: no string per address).
+ */
+export function writeV6Text(w0: number, w1: number, w2: number, w3: number, out: Uint8Array, at: number): number {
+  const g = GROUPS;
+  g[0] = w0 >>> 16;
+  g[1] = w0 & 0xffff;
+  g[2] = w1 >>> 16;
+  g[3] = w1 & 0xffff;
+  g[4] = w2 >>> 16;
+  g[5] = w2 & 0xffff;
+  g[6] = w3 >>> 16;
+  g[7] = w3 & 0xffff;
   // RFC 5952: compress the longest run (>= 2) of zero groups, leftmost on ties.
   let bestStart = -1;
-  let bestLen = 0;
+  let bestLen = 1;
   for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
+    if (g[i] !== 0) {
       i++;
       continue;
     }
     let j = i;
-    while (j < 8 && groups[j] === 0) j++;
+    while (j < 8 && g[j] === 0) j++;
     if (j - i > bestLen) {
       bestStart = i;
       bestLen = j - i;
     }
     i = j;
   }
-  const text = groups.map((g) => g.toString(16));
-  if (bestLen < 2) return text.join(':');
-  return `${text.slice(0, bestStart).join(':')}::${text.slice(bestStart + bestLen).join(':')}`;
+  let colon = false;
+  for (let i = 0; i < 8; i++) {
+    if (i === bestStart) {
+      out[at++] = 58;
+      out[at++] = 58;
+      i += bestLen - 1;
+      colon = false;
+      continue;
+    }
+    if (colon) out[at++] = 58;
+    at = writeHex(g[i]!, out, at);
+    colon = true;
+  }
+  return at;
+}
+
+/** Writes an IPv4 address (a 32-bit number) as a dotted quad (ASCII, at most 15 bytes) into `out` at `at`; returns the end. */
+export function writeV4Text(n: number, out: Uint8Array, at: number): number {
+  for (let shift = 24; shift >= 0; shift -= 8) {
+    const o = (n >>> shift) & 255;
+    if (o >= 100) out[at++] = 48 + Math.floor(o / 100);
+    if (o >= 10) out[at++] = 48 + (Math.floor(o / 10) % 10);
+    out[at++] = 48 + (o % 10);
+    if (shift) out[at++] = 46;
+  }
+  return at;
+}
+
+/** What a text writer wrote into `out` up to `end`, as a string (ASCII). */
+export function asciiText(out: Uint8Array, end: number): string {
+  return String.fromCharCode.apply(null, out.subarray(0, end) as unknown as number[]);
+}
+
+/** An IPv6 address given as four 32-bit words, most significant first, in RFC 5952 text (see writeV6Text). */
+function formatV6Words(w0: number, w1: number, w2: number, w3: number): string {
+  return asciiText(TEXT, writeV6Text(w0, w1, w2, w3, TEXT, 0));
 }
 
 /** Canonical text of an address (lower-case, compressed IPv6). */
@@ -231,22 +314,6 @@ export function mergeRanges(ranges: readonly AddrRange[], owned = false): AddrRa
       out.push(owned ? r : { ...r });
     }
   }
-  return out;
-}
-
-/**
- * Single addresses (lo == hi) of one family, sorted, each once; unlike
- * mergeRanges, neighbours stay apart (remote-group members: each is an
- * element of the group's member set, so one joining or leaving never splits
- * or merges a range). Takes over `singles`.
- */
-export function sortedUniqueAddresses(singles: AddrRange[]): AddrRange[] {
-  let inOrder = true;
-  for (let i = 1; i < singles.length && inOrder; i++) if (singles[i - 1]!.lo >= singles[i]!.lo) inOrder = false;
-  if (inOrder) return singles;
-  singles.sort(byStart);
-  const out: AddrRange[] = [];
-  for (const r of singles) if (!out.length || out[out.length - 1]!.lo !== r.lo) out.push(r);
   return out;
 }
 

@@ -3,7 +3,8 @@
  * rules flattened in match order (SEMANTICS section 2), protocols as numbers,
  * ports and peers as merged intervals. Input must have passed `parsePolicy`.
  */
-import { mergeRanges, parseValidIp, prefixRange, fullRange, sortedUniqueAddresses, type AddrRange, type Family } from './address.js';
+import { mergeRanges, prefixRange, fullRange, type Family } from './address.js';
+import { AddressSet, type Peers } from './address-set.js';
 import { parseMultiport, parseProtocol, type Policy, type PortRange } from './schema.js';
 
 export type Remote =
@@ -33,10 +34,11 @@ export interface NormalizedRule {
   remote: Remote;
   /**
    * peer address intervals of the rule's family, sorted and disjoint; empty =
-   * matches nothing. Merged where neighbours touch, except the members of a
-   * remote group (single addresses, see resolvePeers).
+   * matches nothing. Merged where neighbours touch. The members of a remote
+   * group are single addresses, packed (an AddressSet shared by every rule on
+   * the group and by the compiled member set, see address-set.ts).
    */
-  peers: AddrRange[];
+  peers: Peers;
 }
 
 export function mergePorts(ranges: readonly PortRange[]): PortRange[] {
@@ -54,7 +56,7 @@ export function mergePorts(ranges: readonly PortRange[]): PortRange[] {
  * Peer intervals of a remote, per family, with references resolved against
  * the document: sorted, merged, non-overlapping.
  */
-export function resolvePeers(policy: Policy, family: Family, remote: Remote): AddrRange[] {
+export function resolvePeers(policy: Policy, family: Family, remote: Remote): Peers {
   switch (remote.kind) {
     case 'any':
       return [fullRange(family)];
@@ -62,14 +64,8 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Ad
       return [prefixRange(remote.prefix, false)];
     case 'group': {
       const members = Object.hasOwn(policy.group_members, remote.id) ? policy.group_members[remote.id]! : [];
-      const ranges: AddrRange[] = [];
-      for (const m of members) {
-        const ip = parseValidIp(m); // validated by parsePolicy
-        // validated text (ipFamily: no zone, no leading zeros), which nft reads as the same address
-        if (ip.family === family) ranges.push({ family, lo: ip.value, hi: ip.value, text: m });
-      }
-      // single addresses, neighbours not merged: the compiler puts them in the group's member set
-      return sortedUniqueAddresses(ranges);
+      // validated by parsePolicy; single addresses, neighbours not merged: the compiler's member set is this very set
+      return AddressSet.fromValidTexts(family, members);
     }
     case 'address_group': {
       const ag = policy.address_groups.find((a) => a.id === remote.id);
@@ -90,8 +86,8 @@ export function compareInGroup(a: Pick<NormalizedRule, 'priority' | 'action' | '
 export function normalizeRules(policy: Policy): NormalizedRule[] {
   const out: NormalizedRule[] = [];
   // Many rules share a remote (a group, an address group): resolve each once.
-  const peerCache = new Map<string, AddrRange[]>();
-  const peersOf = (family: Family, remote: Remote): AddrRange[] => {
+  const peerCache = new Map<string, Peers>();
+  const peersOf = (family: Family, remote: Remote): Peers => {
     const key = `${family}|${remote.kind}|${remote.kind === 'prefix' ? remote.prefix : remote.kind === 'any' ? '' : remote.id}`;
     let peers = peerCache.get(key);
     if (!peers) peerCache.set(key, (peers = resolvePeers(policy, family, remote)));

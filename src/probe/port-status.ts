@@ -46,6 +46,7 @@
  * rules: listeners are `blocked` or `local-only`.
  */
 import { fullRange, type AddrRange, type Family } from '../policy/address.js';
+import { peerRanges } from '../policy/address-set.js';
 import { normalizeRules, remoteText, type NormalizedRule } from '../policy/normalize.js';
 import { DEFAULT_PLATFORM, DHCP_PORTS, type PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
@@ -120,24 +121,32 @@ export function analysePort(rules: readonly NormalizedRule[], platform: Platform
     const lets = r.action === 'allow' && r.peers.length > 0;
     return { reachable: lets, allowedBy: lets ? [ref(r)] : [], deniedBy: [] };
   }
+  // a remote group's packed members as intervals, made once per rule and call (not kept: see address-set.ts)
+  const ranges = new Map<NormalizedRule, readonly AddrRange[]>();
+  const peersOf = (r: NormalizedRule): readonly AddrRange[] => {
+    let p = ranges.get(r);
+    if (!p) ranges.set(r, (p = peerRanges(r.peers)));
+    return p;
+  };
   let undecided: AddrRange[] = [fullRange(family)];
   let allowPeers: AddrRange[] = [];
   let reachable = false;
   const allowedBy: RuleRef[] = [];
   const denies: { rule: NormalizedRule; decided: AddrRange[]; index: number }[] = [];
   matching.forEach((r, index) => {
-    const decided = intersectRanges(r.peers, undecided);
+    const peers = peersOf(r);
+    const decided = intersectRanges(peers, undecided);
     if (r.action === 'allow') {
       if (decided.length) reachable = true;
-      if (subtractRanges(r.peers, allowPeers).length) allowedBy.push(ref(r));
-      allowPeers = unionRanges(allowPeers, r.peers);
+      if (subtractRanges(peers, allowPeers).length) allowedBy.push(ref(r));
+      allowPeers = unionRanges(allowPeers, peers);
     } else if (decided.length) {
       denies.push({ rule: r, decided, index });
     }
-    undecided = subtractRanges(undecided, r.peers);
+    undecided = subtractRanges(undecided, peers);
   });
   const deniedBy = denies
-    .filter((d) => matching.slice(d.index + 1).some((a) => a.action === 'allow' && intersectRanges(d.decided, a.peers).length > 0))
+    .filter((d) => matching.slice(d.index + 1).some((a) => a.action === 'allow' && intersectRanges(d.decided, peersOf(a)).length > 0))
     .map((d) => ref(d.rule));
   return { reachable, allowedBy, deniedBy };
 }

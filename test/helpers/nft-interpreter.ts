@@ -35,7 +35,8 @@
  */
 import { parsePrefix, type Family } from '../../src/policy/address.js';
 import type { Packet } from '../../src/policy/packet.js';
-import type { Chain, Expr, KeyPart, KeyType, MapElement, Rule, Selector, Table, Value, Verdict, VerdictMap } from '../../src/nft/model.js';
+import { AddressSet } from '../../src/policy/address-set.js';
+import { elementList, type Chain, type Expr, type KeyPart, type KeyType, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from '../../src/nft/model.js';
 
 export class InterpreterError extends Error {
   override name = 'InterpreterError';
@@ -195,7 +196,7 @@ export function overlappingElements(m: VerdictMap, limit = 10): [MapElement, Map
     const k = e.key[0]!;
     return k.kind === 'addr' ? [k.lo, k.hi] : [BigInt(k.lo), BigInt(k.hi)];
   };
-  const sorted = [...m.elements].sort((a, b) => {
+  const sorted = elementList(m).sort((a, b) => {
     const x = key0(a)[0]!;
     const y = key0(b)[0]!;
     return x < y ? -1 : x > y ? 1 : 0;
@@ -240,7 +241,8 @@ export function checkTable(table: Table): string[] {
     else if (target.base) problems.push(`${where}: jump to base chain ${vd.chain}`);
   };
   for (const m of table.maps) {
-    m.elements.forEach((el, i) => {
+    const elements = elementList(m);
+    elements.forEach((el, i) => {
       const where = `map ${m.name} element ${i}`;
       if (el.key.length !== m.keyType.length) problems.push(`${where}: key has ${el.key.length} parts, the map ${m.keyType.length}`);
       el.key.forEach((part, j) => {
@@ -260,7 +262,7 @@ export function checkTable(table: Table): string[] {
       if (!m.set && !el.verdict) problems.push(`${where}: an element of a verdict map has no verdict`);
       if (el.verdict) checkJump(el.verdict, where);
     });
-    for (const [a, b] of overlappingElements(m)) problems.push(`map ${m.name}: elements ${m.elements.indexOf(a)} and ${m.elements.indexOf(b)} overlap`);
+    for (const [a, b] of overlappingElements(m)) problems.push(`map ${m.name}: elements ${elements.indexOf(a)} and ${elements.indexOf(b)} overlap`);
   }
   for (const c of table.chains) {
     c.rules.forEach((r, i) => {
@@ -298,7 +300,7 @@ export function checkTable(table: Table): string[] {
     for (const r of c.rules) {
       for (const e of r.exprs) {
         if (e.kind === 'verdict' && e.verdict.kind === 'jump') out.push(e.verdict.chain);
-        if (e.kind === 'vmap') for (const el of maps.get(e.map)?.elements ?? []) if (el.verdict?.kind === 'jump') out.push(el.verdict.chain);
+        if (e.kind === 'vmap') for (const el of elementList(maps.get(e.map) ?? { elements: [] })) if (el.verdict?.kind === 'jump') out.push(el.verdict.chain);
       }
     }
     return [...new Set(out)];
@@ -398,7 +400,8 @@ export class NftInterpreter {
         if (!Array.isArray(e.right) && e.right.kind === 'setref') {
           const m = this.maps.get(e.right.name);
           if (!m?.set) throw new InterpreterError(`@${e.right.name} is not a set of the table`);
-          const hit = m.elements.some((el) => el.key.length === 1 && partContains(el.key[0]!, x));
+          const els = m.elements;
+          const hit = els instanceof AddressSet ? x.kind === 'addr' && x.family === els.family && els.has(x.v) : els.some((el) => el.key.length === 1 && partContains(el.key[0]!, x));
           return e.op === '==' ? hit : !hit;
         }
         const values = Array.isArray(e.right) ? e.right : [e.right];
@@ -415,7 +418,7 @@ export class NftInterpreter {
           if (x === undefined) return false;
           key.push(x);
         }
-        const hits = m.elements.filter((el) => el.key.length === key.length && el.key.every((part, i) => partContains(part, key[i]!)));
+        const hits = elementList(m).filter((el) => el.key.length === key.length && el.key.every((part, i) => partContains(part, key[i]!)));
         if (hits.length > 1) throw new InterpreterError(`vmap @${e.map}: ${hits.length} elements match one packet (keys must be disjoint)`);
         if (m.set) throw new InterpreterError(`vmap @${e.map} is a plain set`);
         return hits[0]?.verdict ?? false;

@@ -20,6 +20,7 @@
  * check: other conntrack states, reply direction, loopback, any ICMP type.
  */
 import { formatIp, parseIp, prefixRange, type AddrRange, type Family } from '../../src/policy/address.js';
+import { peerRanges } from '../../src/policy/address-set.js';
 import type { Packet } from '../../src/policy/packet.js';
 import { DHCP_PORTS, ND_ICMPV6_TYPES, type PlatformOptions, type PortSpec } from '../../src/policy/platform.js';
 import { normalizeRules, type NormalizedRule } from '../../src/policy/normalize.js';
@@ -406,7 +407,7 @@ export function randomPackets(rng: Rng, policyDoc: Policy | PolicyInput, n: numb
     const usable = rules.filter((r) => own[r.family].length > 0);
     const aim = usable.length && rng.bool(0.7) ? rng.pick(usable) : null;
     const family = aim ? aim.family : rng.pick(families);
-    const aimedPeers = aim ? edgesInTestRange(aim.peers, family, ownValues) : [];
+    const aimedPeers = aim ? edgesInTestRange(peerRanges(aim.peers), family, ownValues) : [];
     let peerValue = aimedPeers.length && rng.bool(0.8) ? rng.pick(aimedPeers) : candidates[family].length && rng.bool(0.6) ? rng.pick(candidates[family]) : testAddress(rng, family);
     while (ownValues.has(peerValue)) peerValue += 100n;
     const peer = fmt(family, peerValue);

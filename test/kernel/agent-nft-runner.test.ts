@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compilePolicy, memberSetName } from '../../src/nft/compile.js';
 import { planElementUpdate } from '../../src/nft/diff.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
-import { sel, v } from '../../src/nft/model.js';
+import { elementList, sel, v } from '../../src/nft/model.js';
 import { findDrift } from '../../src/nft/readback.js';
 import { deleteTableTx, replaceTableTx } from '../../src/nft/transaction.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
@@ -129,7 +129,7 @@ describe.skipIf(skip !== null).each([{ mode: 'direct' }, { mode: 'helper' }])(`n
     await nft.apply(replaceTableTx(c.table));
     const before = (await nft.readTable())!.fingerprint;
     const bogus = compilePolicy(policy(5));
-    const op = { op: 'update-elements' as const, family: 'inet' as const, table: 'secgroup', map: 'in4_l0_ports', keyType: bogus.table.maps[0]!.keyType, remove: [{ key: bogus.table.maps[0]!.elements[0]!.key.map((k) => (k.kind === 'addr' ? { ...k, lo: 1n, hi: 1n } : k)), verdict: { kind: 'accept' as const } }], add: [] };
+    const op = { op: 'update-elements' as const, family: 'inet' as const, table: 'secgroup', map: 'in4_l0_ports', keyType: bogus.table.maps[0]!.keyType, remove: [{ key: elementList(bogus.table.maps[0]!)[0]!.key.map((k) => (k.kind === 'addr' ? { ...k, lo: 1n, hi: 1n } : k)), verdict: { kind: 'accept' as const } }], add: [] };
     await expect(nft.apply({ family: 'inet', table: 'secgroup', ops: [op] })).rejects.toMatchObject({ code: 'NFT_NOT_FOUND_OBJECT' });
     expect((await nft.readTable())!.fingerprint).toBe(before);
   });

@@ -11,6 +11,7 @@ import { groupMapName, memberSetName, ruleChainName } from '../../src/nft/names.
 import type { Chain, Table } from '../../src/nft/model.js';
 import { renderScript } from '../../src/nft/render.js';
 import { formatIp, parseIp } from '../../src/policy/address.js';
+import { AddressSet } from '../../src/policy/address-set.js';
 import { normalizeRules, type NormalizedRule } from '../../src/policy/normalize.js';
 import { parsePolicy, type RuleInput } from '../../src/policy/schema.js';
 import { checkTable, overlappingElements } from '../helpers/nft-interpreter.js';
@@ -169,7 +170,19 @@ describe('scale by construction: lookups do not grow with rules, ports or peers'
     expect(lookups[0]!.exprs.map((e) => e.kind)).toEqual(['match', 'verdict']);
     expect(compiled.table.maps.map((m) => [m.name, m.elements.length, m.interval, m.set ?? false])).toEqual([[set, 100_000, false, true]]);
     expect(compiled.rules.find((r) => r.ruleId === 'ssh-from-big')?.layer).toBeNull();
+    // packed: 4 bytes a member, no element object per member (issue 18 item 2), and one copy: the rules' peers are the set
+    expect(compiled.table.maps[0]!.elements).toBeInstanceOf(AddressSet);
+    const onBig = compiled.layout.get('ingress4')!.rules.filter((r) => r.remote.kind === 'group');
+    expect(onBig.map((r) => r.ruleId)).toEqual(['from-big', 'ssh-from-big']);
+    for (const r of onBig) expect(r.peers).toBe(compiled.table.maps[0]!.elements);
   }, 60_000);
+
+  it('a member set is written in canonical form, however the document spelled its members', () => {
+    const compiled = compilePolicy(policyOf([{ id: 'g6', ethertype: 'IPv6', remote_group_id: 'sg' }], { group_members: { sg: ['FD00:5EC:0:0:0:0:0:10', 'fd00:5ec::0:9'] } }));
+    const script = renderScript(compiled.table);
+    expect(script).toContain('\t\t\tfd00:5ec::9,\n\t\t\tfd00:5ec::10\n');
+    expect(script).not.toMatch(/FD00|5ec::0:9/);
+  });
 
   it('members are single elements of a hash set, neighbours too; the rest of the key goes to a small map after the set', () => {
     const members = [...Array.from({ length: 256 }, (_, i) => `198.18.1.${i}`), '198.18.9.1', '198.18.9.3'];

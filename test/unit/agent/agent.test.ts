@@ -7,6 +7,8 @@ import { ManualScheduler } from '../../../src/lib/scheduler.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { FakeNftMonitor } from '../../../src/nft/monitor.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
+import { formatIp } from '../../../src/policy/address.js';
+import type { AddressSet } from '../../../src/policy/address-set.js';
 import { renderTable } from '../../../src/nft/render.js';
 import { ackFor, compiledRules, createAgent, PERSIST_COALESCE_MS, PORTS_AFTER_ELEMENTS_MS, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { resolveConfig } from '../../../src/agent/config.js';
@@ -213,7 +215,7 @@ describe('agent', () => {
     // rated with the compiled rules (kept current by the membership fast path), not by normalising the document again
     expect(probe.lastRules).toBeDefined();
     expect(probe.lastRules).toEqual(compiledRules(agent.reconciler.state!.compiled));
-    expect(probe.lastRules!.find((r) => r.ruleId === 'r-http')!.peers.map((x) => x.text)).toEqual(['198.18.0.10', '198.18.0.12']);
+    expect([...(probe.lastRules!.find((r) => r.ruleId === 'r-http')!.peers as AddressSet)].map((x) => formatIp(4, x))).toEqual(['198.18.0.10', '198.18.0.12']);
     s.receive({ type: 'policy_delta', base_revision: 5, revision: 6, group_members: { web: { add: ['198.18.0.31'], remove: [] } } });
     await agent.reconciler.idle();
     await settle();
