@@ -6,7 +6,8 @@
  * one-address change to a big remote group (element-only incremental update)
  * against a full reload of the same change. Each case runs in its own child
  * process, run as the agent runs (the code bundled by scripts/bundle.mjs, not
- * through tsx, with the agent's V8 flags and the unit's MALLOC_ARENA_MAX), so
+ * through tsx, with the agent's V8 flag set at run time as `secgroup agent`
+ * sets it, and the Environment= of systemd/secgroup-agent.service), so
  * its peak RSS is that case's alone: the agent's peak during its
  * full applies is VmHWM from /proc/self/status read right after them (the
  * reference script is rendered by another child, so it is not in that
@@ -28,7 +29,8 @@ import { bigMember, groupPolicy, syntheticPolicy } from './policies.js';
 import { FileStateStore } from '../src/agent/state-store.js';
 import { applyPolicyDelta } from '../src/protocol/delta.js';
 import { controllerMessageSchema, decode } from '../src/protocol/messages.js';
-import { AGENT_V8_FLAGS, compileBurst, tuneForFootprint } from '../src/agent/footprint.js';
+import { compileBurst, tuneForFootprint } from '../src/agent/footprint.js';
+import { unitEnvironment } from './footprint.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../src/agent/reconciler.js';
 import { MemoryStateStore } from '../src/agent/state-store.js';
@@ -255,8 +257,10 @@ export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
     for (const c of CASES) {
       if (only ? !only.includes(c.case) : c.optIn) continue;
       const child = (mode: string, ...args: string[]) =>
-        execFileSync(process.execPath, [...AGENT_V8_FLAGS, '--max-old-space-size=8192', bundle, mode, c.case, ...args], {
-          env: { ...process.env, MALLOC_ARENA_MAX: '2' },
+        // as `secgroup agent` runs: its V8 flag set at run time (tuneForFootprint in the child, not on the command
+        // line, which would also shrink the young generation the agent keeps), the unit's Environment=
+        execFileSync(process.execPath, ['--max-old-space-size=8192', bundle, mode, c.case, ...args], {
+          env: { ...process.env, ...unitEnvironment() },
           encoding: 'utf8',
           maxBuffer: 1 << 24,
           timeout: 600_000,
