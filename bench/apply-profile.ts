@@ -17,7 +17,7 @@
  * what follows nft's exit until the ack.
  */
 import { BenchLab } from './lab.js';
-import { groupPolicy, syntheticPolicy } from './policies.js';
+import { APPLY_CASES } from './policies.js';
 import { compileBurst, tuneForFootprint } from '../src/agent/footprint.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { Reconciler } from '../src/agent/reconciler.js';
@@ -28,17 +28,10 @@ import { ExecaNftRunner } from '../src/nft/exec.js';
 import type { NftRunner } from '../src/nft/runner.js';
 import { renderDeleteScript } from '../src/nft/render.js';
 import { DEFAULT_PLATFORM } from '../src/policy/platform.js';
-import { parsePolicy, type PolicyInput } from '../src/policy/schema.js';
+import { parsePolicy } from '../src/policy/schema.js';
 import { execa } from 'execa';
 import { readFileSync } from 'node:fs';
 
-const CASES: Record<string, () => PolicyInput> = {
-  '1k rules': () => syntheticPolicy({ rules: 1000, members: 100 }),
-  '10k rules': () => syntheticPolicy({ rules: 10000, members: 100 }),
-  '100k rules': () => syntheticPolicy({ rules: 100_000, members: 100 }),
-  '10k members': () => groupPolicy(10_000, 10),
-  '100k members': () => groupPolicy(100_000, 10),
-};
 
 /** Records [name, start, end] of every call, relative to `t0`. */
 function timed(nft: NftRunner, log: [string, number, number][], t0: () => number): NftRunner {
@@ -73,7 +66,7 @@ const lab = await BenchLab.create();
 try {
   const real = new ExecaNftRunner({ table: 'secgroup', command: ['ip', 'netns', 'exec', lab.host, 'nft'], timeoutMs: 600_000, helper: true });
   const clear = () => execa('ip', ['netns', 'exec', lab.host, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
-  const policy = parsePolicy(CASES[name]!());
+  const policy = parsePolicy(APPLY_CASES[name]!());
   for (let i = 0; i < runs; i++) {
     await clear();
     const log: [string, number, number][] = [];

@@ -23,26 +23,18 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { BenchLab } from './lab.js';
-import { groupPolicy, syntheticPolicy } from './policies.js';
+import { APPLY_CASES } from './policies.js';
 import { compilePolicy } from '../src/nft/compile.js';
 import { ExecaNftRunner } from '../src/nft/exec.js';
 import { renderDeleteScript, renderScript, renderTransactionChunks } from '../src/nft/render.js';
 import { reloadInPlaceTx, replaceTableTx } from '../src/nft/transaction.js';
-import { parsePolicy, type PolicyInput } from '../src/policy/schema.js';
+import { parsePolicy } from '../src/policy/schema.js';
 
-const CASES: Record<string, () => PolicyInput> = {
-  '1k rules': () => syntheticPolicy({ rules: 1000, members: 100 }),
-  '10k rules': () => syntheticPolicy({ rules: 10000, members: 100 }),
-  '100k rules': () => syntheticPolicy({ rules: 100_000, members: 100 }),
-  '10k members': () => groupPolicy(10_000, 10),
-  '100k members': () => groupPolicy(100_000, 10),
-  '1M members': () => groupPolicy(1_000_000, 10),
-};
 
 async function measure(name: string, ns: string, dir: string): Promise<Record<string, number | string>> {
   const runner = new ExecaNftRunner({ table: 'secgroup', command: ['ip', 'netns', 'exec', ns, 'nft'], timeoutMs: 600_000, helper: true });
   const clear = () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
-  const policy = parsePolicy(CASES[name]!());
+  const policy = parsePolicy(APPLY_CASES[name]!());
   const best: Record<string, number> = { compile: Infinity, compileWithCounters: Infinity, render: Infinity, countersNoTable: Infinity, apply: Infinity, marker: Infinity, countersTable: Infinity, reloadReplace: Infinity, reloadInPlace: Infinity, nftF: Infinity };
   const time = async <T>(step: string, f: () => T | Promise<T>): Promise<T> => {
     const t0 = performance.now();

@@ -162,3 +162,13 @@ export function groupPolicy(members: number, rules = 10, revision = 1, replace?:
     group_members: { 'sg-big': list },
   };
 }
+
+/** The full-apply cases of the step and profile benches (bench/apply-steps.ts, apply-profile.ts), as bench/apply.ts names them. */
+export const APPLY_CASES: Record<string, () => PolicyInput> = {
+  '1k rules': () => syntheticPolicy({ rules: 1000, members: 100 }),
+  '10k rules': () => syntheticPolicy({ rules: 10000, members: 100 }),
+  '100k rules': () => syntheticPolicy({ rules: 100_000, members: 100 }),
+  '10k members': () => groupPolicy(10_000, 10),
+  '100k members': () => groupPolicy(100_000, 10),
+  '1M members': () => groupPolicy(1_000_000, 10),
+};

@@ -9,34 +9,14 @@
  */
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { memberSetName } from '../../src/nft/compile.js';
-import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, HOST_ADDR, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+import { PEERS_SET, TAMPERS, driftLabPolicy } from '../helpers/drift-lab.js';
 
 const skip = kernelSkipReason();
-const PEERS_SET = memberSetName(4, 'peers');
 const MEMBERS = 10_000;
 /** 10k members from 198.19.0.0/16 besides the client */
 const members = [CLIENT_ADDR, ...Array.from({ length: MEMBERS - 1 }, (_, i) => `198.19.${i >> 8}.${i & 255}`)];
 
-function labPolicy(revision: number, ports = '8000') {
-  return {
-    revision,
-    instance: { id: 'lab-1', addresses: [HOST_ADDR] },
-    security_groups: [
-      {
-        id: 'sg-lab',
-        rules: [
-          { id: 'r-tcp', direction: 'ingress', protocol: 'tcp', multiport: ports, remote_ip_prefix: `${CLIENT_ADDR}/32` },
-          { id: 'r-peers', direction: 'ingress', protocol: 'tcp', multiport: '8001', remote_group_id: 'peers' },
-          { id: 'r-out', direction: 'egress' },
-          // ports by prefix: an interval map with concatenated keys (what nft 1.0.6's monitor dies on)
-          ...Array.from({ length: 10 }, (_, i) => ({ id: `r-p${i}`, direction: 'ingress', protocol: 'tcp', multiport: `${2000 + i}`, remote_ip_prefix: '198.18.0.0/15' })),
-        ],
-      },
-    ],
-    group_members: { peers: members },
-  };
-}
 
 describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${MEMBERS} members${skip ? ` (skipped: ${skip})` : ''}`, () => {
   let lab: AgentLab;
@@ -70,7 +50,7 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
     });
     agent = lab.startAgent(config);
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
-    await peer.request({ cmd: 'policy', policy: labPolicy(revision) });
+    await peer.request({ cmd: 'policy', policy: driftLabPolicy(revision, { members, prefixRules: true }) });
     await peer.waitForAck(revision, 'applied');
     // the listener said ready itself (no probe) and its one full check ran
     await agent.waitFor((l) => l.event === 'drift_monitor_ready' && l.announced === true, 30_000, 0, 'listener ready');
@@ -84,13 +64,7 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
     await lab?.destroy();
   });
 
-  it.each([
-    ['table deleted', 'missing', ['delete', 'table', 'inet', 'secgroup']],
-    ['chain flushed', 'structure', ['flush', 'chain', 'inet', 'secgroup', 'input']],
-    ['rule inserted', 'structure', ['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '8002', 'accept']],
-    ['element removed', 'modified', ['delete', 'element', 'inet', 'secgroup', PEERS_SET, `{ ${CLIENT_ADDR} }`]],
-    ['set flushed', 'modified', ['flush', 'set', 'inet', 'secgroup', PEERS_SET]],
-  ] as const)('repairs: %s (kind %s), reported by the listener', async (what, kind, args) => {
+  it.each(TAMPERS)('repairs: %s (kind %s), reported by the listener', async (what, kind, args) => {
     const from = agent.lines.length;
     const t0 = performance.now();
     await lab.nft([...args]);
@@ -106,7 +80,7 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
   it('repairs a change made right after its own full reload, reported by the same listener', async () => {
     const from = agent.lines.length;
     revision = 2;
-    await peer.request({ cmd: 'policy', policy: labPolicy(revision, '8000,8003') });
+    await peer.request({ cmd: 'policy', policy: driftLabPolicy(revision, { members, ports: '8000,8003', prefixRules: true }) });
     await peer.waitForAck(revision, 'applied');
     const reloaded = await rules();
     expect(reloaded).toContain('8003');
@@ -126,7 +100,7 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
       await new Promise((r) => setTimeout(r, 3000));
       const from = agent.lines.length;
       revision = 3;
-      await peer.request({ cmd: 'policy', policy: labPolicy(revision, '8000,8004') });
+      await peer.request({ cmd: 'policy', policy: driftLabPolicy(revision, { members, ports: '8000,8004', prefixRules: true }) });
       await peer.waitForAck(revision, 'applied');
       const exit = await Promise.race([monitor, new Promise<null>((r) => setTimeout(() => r(null), 5000))]);
       expect(exit?.signal ?? 'still running').toBe('SIGSEGV');

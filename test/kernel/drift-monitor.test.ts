@@ -8,30 +8,13 @@
  * each. The table lists as before and real packets get the policy's verdicts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { memberSetName } from '../../src/nft/compile.js';
-import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, HOST_ADDR, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+import { PEERS_SET, TAMPERS, driftLabPolicy } from '../helpers/drift-lab.js';
 
 const skip = kernelSkipReason();
-const PEERS_SET = memberSetName(4, 'peers');
+/** group `peers`: the client and two more */
+const PEERS = [CLIENT_ADDR, '198.18.7.50', '198.18.7.51'];
 
-/** tcp 8000 from the client's address, tcp 8001 from the members of group `peers` (the client among others). */
-function labPolicy(revision: number) {
-  return {
-    revision,
-    instance: { id: 'lab-1', addresses: [HOST_ADDR] },
-    security_groups: [
-      {
-        id: 'sg-lab',
-        rules: [
-          { id: 'r-tcp', direction: 'ingress', protocol: 'tcp', multiport: '8000', remote_ip_prefix: `${CLIENT_ADDR}/32` },
-          { id: 'r-peers', direction: 'ingress', protocol: 'tcp', multiport: '8001', remote_group_id: 'peers' },
-          { id: 'r-out', direction: 'egress' },
-        ],
-      },
-    ],
-    group_members: { peers: [CLIENT_ADDR, '198.18.7.50', '198.18.7.51'] },
-  };
-}
 
 describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (skipped: ${skip})` : ''}`, () => {
   let lab: AgentLab;
@@ -62,7 +45,7 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
     });
     agent = lab.startAgent(config);
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
-    await peer.request({ cmd: 'policy', policy: labPolicy(1) });
+    await peer.request({ cmd: 'policy', policy: driftLabPolicy(1, { members: PEERS }) });
     await peer.waitForAck(1, 'applied');
     // the monitor's first full check (settleMs after it started) has run: it covers the table
     await agent.waitFor((l) => l.event === 'drift_monitor_started', 5000, 0, 'monitor started');
@@ -83,13 +66,7 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
     ]);
   });
 
-  it.each([
-    ['table deleted', 'missing', ['delete', 'table', 'inet', 'secgroup']],
-    ['chain flushed', 'structure', ['flush', 'chain', 'inet', 'secgroup', 'input']],
-    ['rule inserted', 'structure', ['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '8002', 'accept']],
-    ['element removed', 'modified', ['delete', 'element', 'inet', 'secgroup', PEERS_SET, `{ ${CLIENT_ADDR} }`]],
-    ['set flushed', 'modified', ['flush', 'set', 'inet', 'secgroup', PEERS_SET]],
-  ] as const)('repairs: %s (kind %s), by the monitor', async (what, kind, args) => {
+  it.each(TAMPERS)('repairs: %s (kind %s), by the monitor', async (what, kind, args) => {
     const from = agent.lines.length;
     const t0 = performance.now();
     await lab.nft([...args]);
@@ -111,11 +88,11 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
 
   it('does not repair its own transactions: a member change and a full reload from the controller', async () => {
     const from = agent.lines.length;
-    const p2 = labPolicy(2);
+    const p2 = driftLabPolicy(2, { members: PEERS });
     p2.group_members.peers.push('198.18.7.52');
     await peer.request({ cmd: 'policy', policy: p2 });
     await peer.waitForAck(2, 'applied');
-    const p3 = labPolicy(3);
+    const p3 = driftLabPolicy(3, { members: PEERS });
     p3.security_groups[0]!.rules[0]!.multiport = '8000,8002';
     await peer.request({ cmd: 'policy', policy: p3 });
     await peer.waitForAck(3, 'applied');
@@ -132,7 +109,7 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
     await lab.nft(['-f', '-'], { input: `add table inet sgt_other\nadd set inet sgt_other s { type ipv4_addr; elements = { ${other.join(', ')} } }\n` });
     try {
       const from = agent.lines.length;
-      const p4 = labPolicy(4);
+      const p4 = driftLabPolicy(4, { members: PEERS });
       p4.security_groups[0]!.rules[0]!.multiport = '8000,8003';
       await peer.request({ cmd: 'policy', policy: p4 });
       await peer.waitForAck(4, 'applied');
