@@ -4,7 +4,7 @@
  * policy and the hand edits that matter, each with the drift kind it is.
  */
 import { memberSetName } from '../../src/nft/compile.js';
-import { CLIENT_ADDR, HOST_ADDR } from './agent-lab.js';
+import { CLIENT_ADDR, CONTROLLER_PORT, HOST_ADDR } from './agent-lab.js';
 
 /** the member set of group `peers` (IPv4) */
 export const PEERS_SET = memberSetName(4, 'peers');
@@ -42,3 +42,21 @@ export const TAMPERS = [
   ['element removed', 'modified', ['delete', 'element', 'inet', 'secgroup', PEERS_SET, `{ ${CLIENT_ADDR} }`]],
   ['set flushed', 'modified', ['flush', 'set', 'inet', 'secgroup', PEERS_SET]],
 ] as const;
+
+/**
+ * The agent's config in the lab: its controller the lab peer, the periodic
+ * check once a year (whatever is repaired, the monitor repaired), drift
+ * followed by `driftListener` (a path that does not exist: `nft monitor`).
+ */
+export function driftAgentConfig(labDir: string, driftListener: string) {
+  return {
+    instance_id: 'lab-1',
+    state_dir: `${labDir}/state`,
+    log_level: 'debug',
+    controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token', reconnect_initial_ms: 100, reconnect_max_ms: 1000 },
+    drift_schedule: '0 0 0 1 1 *',
+    drift_listener: driftListener,
+    http_listen: '127.0.0.1:9469',
+    platform: { dhcp: false },
+  };
+}

@@ -9,8 +9,8 @@
  */
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
-import { PEERS_SET, TAMPERS, driftLabPolicy } from '../helpers/drift-lab.js';
+import { AgentLab, CLIENT_ADDR, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+import { PEERS_SET, TAMPERS, driftAgentConfig, driftLabPolicy } from '../helpers/drift-lab.js';
 
 const skip = kernelSkipReason();
 const MEMBERS = 10_000;
@@ -37,17 +37,7 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
     const listener = await lab.buildListener();
     await lab.startListeners([8000, 8001, 8002]);
     peer = await lab.startPeer();
-    const config = await lab.writeConfig({
-      instance_id: 'lab-1',
-      state_dir: `${lab.dir}/state`,
-      log_level: 'debug',
-      controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token', reconnect_initial_ms: 100, reconnect_max_ms: 1000 },
-      // once a year: whatever is repaired below was repaired through the listener
-      drift_schedule: '0 0 0 1 1 *',
-      drift_listener: listener,
-      http_listen: '127.0.0.1:9469',
-      platform: { dhcp: false },
-    });
+    const config = await lab.writeConfig(driftAgentConfig(lab.dir, listener));
     agent = lab.startAgent(config);
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
     await peer.request({ cmd: 'policy', policy: driftLabPolicy(revision, { members, prefixRules: true }) });

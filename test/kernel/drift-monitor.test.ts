@@ -8,8 +8,8 @@
  * each. The table lists as before and real packets get the policy's verdicts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
-import { PEERS_SET, TAMPERS, driftLabPolicy } from '../helpers/drift-lab.js';
+import { AgentLab, CLIENT_ADDR, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+import { PEERS_SET, TAMPERS, driftAgentConfig, driftLabPolicy } from '../helpers/drift-lab.js';
 
 const skip = kernelSkipReason();
 /** group `peers`: the client and two more */
@@ -31,18 +31,8 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
     lab = await AgentLab.create('drift');
     await lab.startListeners([8000, 8001, 8002]);
     peer = await lab.startPeer();
-    const config = await lab.writeConfig({
-      instance_id: 'lab-1',
-      state_dir: `${lab.dir}/state`,
-      log_level: 'debug',
-      controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token', reconnect_initial_ms: 100, reconnect_max_ms: 1000 },
-      // once a year: whatever is repaired below was repaired by the monitor
-      drift_schedule: '0 0 0 1 1 *',
-      // absent: the agent falls back to nft monitor
-      drift_listener: `${lab.dir}/no-such-listener`,
-      http_listen: '127.0.0.1:9469',
-      platform: { dhcp: false },
-    });
+    // the listener absent: the agent falls back to nft monitor
+    const config = await lab.writeConfig(driftAgentConfig(lab.dir, `${lab.dir}/no-such-listener`));
     agent = lab.startAgent(config);
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
     await peer.request({ cmd: 'policy', policy: driftLabPolicy(1, { members: PEERS }) });
