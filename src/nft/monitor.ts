@@ -130,29 +130,36 @@ export class MonitorBatchBuilder {
   }
 }
 
-/** Splits nft monitor's text output into transactions that touched table `inet <table>`. */
-export class MonitorParser {
-  private readonly table: string;
+/** A parser of a monitor's text output, line by line: `push` takes chunks cut anywhere, `line` gets each whole line. */
+export abstract class LineParser {
   private rest = '';
-  private readonly batch = new MonitorBatchBuilder();
-  /** event lines of the open transaction, any table */
-  private seen = 0;
-
-  constructor(table: string) {
-    this.table = assertName(table);
-  }
 
   /** Feeds a chunk of output (any split); returns the events completed by it. */
   push(chunk: string): MonitorEvent[] {
-    const text = this.rest + chunk;
-    const lines = text.split('\n');
+    const lines = (this.rest + chunk).split('\n');
     this.rest = lines.pop() ?? '';
     const out: MonitorEvent[] = [];
     for (const line of lines) this.line(line, out);
     return out;
   }
 
-  private line(line: string, out: MonitorEvent[]): void {
+  /** One whole line (no newline); appends the events it completes to `out`. */
+  protected abstract line(line: string, out: MonitorEvent[]): void;
+}
+
+/** Splits nft monitor's text output into transactions that touched table `inet <table>`. */
+export class MonitorParser extends LineParser {
+  private readonly table: string;
+  private readonly batch = new MonitorBatchBuilder();
+  /** event lines of the open transaction, any table */
+  private seen = 0;
+
+  constructor(table: string) {
+    super();
+    this.table = assertName(table);
+  }
+
+  protected line(line: string, out: MonitorEvent[]): void {
     if (line.startsWith('#')) {
       const g = GENERATION_RE.exec(line);
       if (g) {

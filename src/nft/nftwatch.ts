@@ -24,29 +24,19 @@
  *   socket cannot be opened), switches for good to `nft monitor`, telling
  *   `onFallback` once (the agent logs one warning line).
  */
-import { MonitorBatchBuilder, followChild, type MonitorEvent, type MonitorHandlers, type MonitorSession, type NftMonitor } from './monitor.js';
+import { LineParser, MonitorBatchBuilder, followChild, type MonitorEvent, type MonitorHandlers, type MonitorSession, type NftMonitor } from './monitor.js';
 import { assertName } from './model.js';
 
 /** Splits the listener's output into events (see the C file's header for the lines). */
-export class WatchParser {
-  private rest = '';
-  private readonly batch: MonitorBatchBuilder;
+export class WatchParser extends LineParser {
+  private readonly batch = new MonitorBatchBuilder();
 
   constructor(private readonly table: string) {
+    super();
     assertName(table);
-    this.batch = new MonitorBatchBuilder();
   }
 
-  /** Feeds a chunk of output (any split); returns the events completed by it. */
-  push(chunk: string): MonitorEvent[] {
-    const lines = (this.rest + chunk).split('\n');
-    this.rest = lines.pop() ?? '';
-    const out: MonitorEvent[] = [];
-    for (const line of lines) this.line(line, out);
-    return out;
-  }
-
-  private line(line: string, out: MonitorEvent[]): void {
+  protected line(line: string, out: MonitorEvent[]): void {
     const sp = line.indexOf(' ');
     const word = sp < 0 ? line : line.slice(0, sp);
     if (word === 'event') {
