@@ -81,14 +81,22 @@ export function rulesOverlap(a: NormalizedRule, b: NormalizedRule): boolean {
  * is quadratic in the number of rules (10k rules: 11 s).
  */
 class OverlapIndex {
-  private readonly byProtocol = new Map<
-    number,
-    { all: AddrBuckets; anyPort: AddrBuckets; coarse: Map<number, AddrBuckets>; fineNarrow: Map<number, AddrBuckets>; coarseWide: Map<number, AddrBuckets> }
-  >();
+  private readonly byProtocol = new Map<number, ProtocolIndex>();
   private readonly stamp: Int32Array;
+  /** candidates() fills and returns this list (reused: one compile makes no garbage per query) */
+  private readonly found: number[] = [];
+  /** per rule: its address buckets (addrBucketsOf), computed once for its query and its add */
+  private readonly addrs: (readonly bigint[] | null | undefined)[];
 
   constructor(private readonly rules: readonly NormalizedRule[]) {
     this.stamp = new Int32Array(rules.length).fill(-1);
+    this.addrs = new Array<readonly bigint[] | null | undefined>(rules.length);
+  }
+
+  private addrOf(i: number): readonly bigint[] | null {
+    let a = this.addrs[i];
+    if (a === undefined) this.addrs[i] = a = addrBucketsOf(this.rules[i]!);
+    return a;
   }
 
   add(i: number): void {
@@ -96,54 +104,64 @@ class OverlapIndex {
     const key = r.protocol ?? -1;
     let g = this.byProtocol.get(key);
     if (!g) this.byProtocol.set(key, (g = { all: new AddrBuckets(), anyPort: new AddrBuckets(), coarse: new Map(), fineNarrow: new Map(), coarseWide: new Map() }));
-    const addr = addrBucketsOf(r);
+    const addr = this.addrOf(i);
     g.all.add(i, addr);
     if (!r.ports) {
       g.anyPort.add(i, addr);
       return;
     }
-    const coarse = bucketsOf(r.ports, 8);
-    for (const b of coarse) bucket(g.coarse, b).add(i, addr);
-    const fine = narrowBuckets(r.ports);
-    if (fine) for (const b of fine) bucket(g.fineNarrow, b).add(i, addr);
-    else for (const b of coarse) bucket(g.coarseWide, b).add(i, addr);
-  }
-
-  /** Indexes of earlier rules that may overlap rule `i` (each at most once). */
-  *candidates(i: number): Generator<number> {
-    const r = this.rules[i]!;
-    const groups = r.protocol === null ? [...this.byProtocol.values()] : [this.byProtocol.get(-1), this.byProtocol.get(r.protocol)];
-    const addr = addrBucketsOf(r);
-    const fine = r.ports ? narrowBuckets(r.ports) : null;
-    const coarse = r.ports ? bucketsOf(r.ports, 8) : null;
-    for (const g of groups) {
-      if (!g) continue;
-      const sources: AddrBuckets[] = [];
-      if (!coarse) sources.push(g.all);
-      else {
-        sources.push(g.anyPort);
-        const lookups: [Map<number, AddrBuckets>, Set<number>][] = fine
-          ? [
-              [g.fineNarrow, fine],
-              [g.coarseWide, coarse],
-            ]
-          : [[g.coarse, coarse]];
-        for (const [index, buckets] of lookups) {
-          for (const b of buckets) {
-            const ab = index.get(b);
-            if (ab) sources.push(ab);
-          }
-        }
+    const narrow = isNarrow(r.ports);
+    for (const [a, b] of r.ports) {
+      for (let k = a >> 8; k <= b >> 8; k++) {
+        bucket(g.coarse, k).add(i, addr);
+        if (!narrow) bucket(g.coarseWide, k).add(i, addr);
       }
-      for (const ab of sources) {
-        for (const j of ab.get(addr)) {
-          if (this.stamp[j] === i) continue;
-          this.stamp[j] = i;
-          yield j;
-        }
-      }
+      if (narrow) for (let k = a >> 4; k <= b >> 4; k++) bucket(g.fineNarrow, k).add(i, addr);
     }
   }
+
+  /**
+   * Indexes of earlier rules that may overlap rule `i`, each once, in a list
+   * that the next call reuses (read it before calling again).
+   */
+  candidates(i: number): readonly number[] {
+    const r = this.rules[i]!;
+    this.found.length = 0;
+    const addr = this.addrOf(i);
+    if (r.protocol === null) for (const g of this.byProtocol.values()) this.fromProtocol(g, r, addr, i);
+    else {
+      const any = this.byProtocol.get(-1);
+      if (any) this.fromProtocol(any, r, addr, i);
+      const own = this.byProtocol.get(r.protocol);
+      if (own) this.fromProtocol(own, r, addr, i);
+    }
+    return this.found;
+  }
+
+  /** candidates() within one protocol's rules (a bucket met twice adds nothing: the stamp) */
+  private fromProtocol(g: ProtocolIndex, r: NormalizedRule, addr: readonly bigint[] | null, i: number): void {
+    if (!r.ports) {
+      g.all.collect(addr, i, this.stamp, this.found);
+      return;
+    }
+    g.anyPort.collect(addr, i, this.stamp, this.found);
+    const narrow = isNarrow(r.ports);
+    for (const [a, b] of r.ports) {
+      if (narrow) {
+        for (let k = a >> 4; k <= b >> 4; k++) g.fineNarrow.get(k)?.collect(addr, i, this.stamp, this.found);
+        for (let k = a >> 8; k <= b >> 8; k++) g.coarseWide.get(k)?.collect(addr, i, this.stamp, this.found);
+      } else for (let k = a >> 8; k <= b >> 8; k++) g.coarse.get(k)?.collect(addr, i, this.stamp, this.found);
+    }
+  }
+}
+
+/** The rules of one protocol (-1: all protocols), by port bucket (see OverlapIndex). */
+interface ProtocolIndex {
+  all: AddrBuckets;
+  anyPort: AddrBuckets;
+  coarse: Map<number, AddrBuckets>;
+  fineNarrow: Map<number, AddrBuckets>;
+  coarseWide: Map<number, AddrBuckets>;
 }
 
 /** Rules of one port bucket by address bucket; `wide`: rules whose peers span too many buckets. */
@@ -153,21 +171,34 @@ class AddrBuckets {
 
   /** `addr` null: wide. */
   add(i: number, addr: readonly bigint[] | null): void {
-    if (!addr) this.wide.push(i);
-    else for (const a of addr) push(this.byAddr, a, i);
+    if (!addr) {
+      if (this.wide[this.wide.length - 1] !== i) this.wide.push(i);
+    } else for (const a of addr) push(this.byAddr, a, i);
   }
 
-  /** Rules that may share an address with peers in `addr` (null: wide, every rule). */
-  *get(addr: readonly bigint[] | null): Generator<number> {
-    yield* this.wide;
+  /**
+   * Appends to `out` the rules that may share an address with peers in `addr`
+   * (null: wide, every rule) and are not stamped `query` yet, stamping them.
+   */
+  collect(addr: readonly bigint[] | null, query: number, stamp: Int32Array, out: number[]): void {
+    take(this.wide, query, stamp, out);
     if (!addr) {
-      for (const list of this.byAddr.values()) yield* list;
+      for (const list of this.byAddr.values()) take(list, query, stamp, out);
       return;
     }
     for (const a of addr) {
       const list = this.byAddr.get(a);
-      if (list) yield* list;
+      if (list) take(list, query, stamp, out);
     }
+  }
+}
+
+/** Appends the rules of `list` not stamped `query` yet to `out`, stamping them. */
+function take(list: readonly number[], query: number, stamp: Int32Array, out: number[]): void {
+  for (const j of list) {
+    if (stamp[j] === query) continue;
+    stamp[j] = query;
+    out.push(j);
   }
 }
 
@@ -190,31 +221,26 @@ function addrBucketsOf(r: NormalizedRule): bigint[] | null {
     n += (p.hi >> shift) - (p.lo >> shift) + 1n;
     if (n > NARROW_ADDR) return null;
   }
-  const out = new Set<bigint>();
-  for (const p of peers) for (let k = p.lo >> shift; k <= p.hi >> shift; k++) out.add(k);
-  return [...out];
+  // peers are sorted and disjoint: their buckets come in order, a repeat only where two peers share one
+  const out: bigint[] = [];
+  for (const p of peers) for (let k = p.lo >> shift; k <= p.hi >> shift; k++) if (out[out.length - 1] !== k) out.push(k);
+  return out;
 }
 
 function push(m: Map<number | bigint, number[]>, k: number | bigint, v: number): void {
   const list = m.get(k);
-  if (list) list.push(v);
-  else m.set(k, [v]);
+  if (!list) m.set(k, [v]);
+  else if (list[list.length - 1] !== v) list.push(v);
 }
 
 /** A rule spanning at most this many 16-port buckets is indexed by them too. */
 const NARROW_FINE = 16;
 
-/** The 16-port buckets of narrow ports, or null when they span more than NARROW_FINE. */
-function narrowBuckets(ports: readonly [number, number][]): Set<number> | null {
+/** Do the ports span at most NARROW_FINE 16-port buckets? */
+function isNarrow(ports: readonly [number, number][]): boolean {
   let n = 0;
   for (const [a, b] of ports) n += (b >> 4) - (a >> 4) + 1;
-  return n > NARROW_FINE ? null : bucketsOf(ports, 4);
-}
-
-function bucketsOf(ports: readonly [number, number][], shift: number): Set<number> {
-  const out = new Set<number>();
-  for (const [a, b] of ports) for (let k = a >> shift; k <= b >> shift; k++) out.add(k);
-  return out;
+  return n <= NARROW_FINE;
 }
 
 function rangesCover(outer: Peers, inner: Peers): boolean {

@@ -138,9 +138,17 @@ export function normalizeRules(policy: Policy): NormalizedRule[] {
   return out;
 }
 
+const PROTOCOL_TEXT = new Map<number, string>([
+  [1, 'icmp'],
+  [6, 'tcp'],
+  [17, 'udp'],
+  [58, 'icmpv6'],
+  [132, 'sctp'],
+]);
+
 export function protocolName(p: number | null): string {
   if (p === null) return 'all';
-  return ({ 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' } as Record<number, string>)[p] ?? String(p);
+  return PROTOCOL_TEXT.get(p) ?? String(p);
 }
 
 export function remoteText(r: Remote, family: Family): string {
@@ -158,9 +166,9 @@ export function remoteText(r: Remote, family: Family): string {
 
 /** One-line human summary: `ingress allow IPv4 tcp 80,443 from 0.0.0.0/0`. */
 export function describeRule(r: NormalizedRule): string {
-  const parts = [r.direction, r.action, `IPv${r.family}`, protocolName(r.protocol)];
-  if (r.multiport) parts.push(r.multiport);
-  if (r.icmpType !== null) parts.push(`type ${r.icmpType}${r.icmpCode !== null ? ` code ${r.icmpCode}` : ''}`);
-  parts.push(r.direction === 'ingress' ? 'from' : 'to', remoteText(r.remote, r.family));
-  return parts.join(' ');
+  // one concatenation, no parts list: the compiler describes every rule of a policy (10k rules: 10k calls)
+  let text = `${r.direction} ${r.action} IPv${r.family} ${protocolName(r.protocol)}`;
+  if (r.multiport) text += ` ${r.multiport}`;
+  if (r.icmpType !== null) text += r.icmpCode !== null ? ` type ${r.icmpType} code ${r.icmpCode}` : ` type ${r.icmpType}`;
+  return `${text} ${r.direction === 'ingress' ? 'from' : 'to'} ${remoteText(r.remote, r.family)}`;
 }

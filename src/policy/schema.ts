@@ -157,22 +157,24 @@ export function zodIssues(error: z.ZodError, input: unknown, prefix: readonly Pr
 
 export type PortRange = [number, number];
 
+const PORT_ITEM_RE = /^(\d{1,5})(?:-(\d{1,5}))?$/;
+
 /** Parses `multiport`; returns ranges in input order or an error sentence. */
 export function parseMultiport(text: string): { ok: true; ranges: PortRange[] } | { ok: false; error: string } {
-  const items = text.split(',').map((s) => s.trim());
+  const items = text.split(',');
   if (items.length > 20) return { ok: false, error: `has ${items.length} items; at most 20 are allowed` };
-  const seen = new Set<string>();
   const ranges: PortRange[] = [];
-  for (const item of items) {
-    const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(item);
+  for (const raw of items) {
+    const item = raw.trim();
+    const m = PORT_ITEM_RE.exec(item);
     if (!m) return { ok: false, error: `${JSON.stringify(item)} is not a port (1-65535) or a range "first-last"` };
     const a = Number(m[1]);
     const b = m[2] === undefined ? a : Number(m[2]);
-    for (const p of [a, b]) if (p < 1 || p > 65535) return { ok: false, error: `${JSON.stringify(String(p))} is not a port (1-65535)` };
+    const bad = a < 1 || a > 65535 ? a : b < 1 || b > 65535 ? b : null;
+    if (bad !== null) return { ok: false, error: `${JSON.stringify(String(bad))} is not a port (1-65535)` };
     if (a > b) return { ok: false, error: `${JSON.stringify(item)}: the first port is greater than the last` };
-    const key = `${a}-${b}`;
-    if (seen.has(key)) return { ok: false, error: `${JSON.stringify(item)} is listed twice` };
-    seen.add(key);
+    // at most 20 items: a look back costs less than a set of keys
+    if (ranges.some(([x, y]) => x === a && y === b)) return { ok: false, error: `${JSON.stringify(item)} is listed twice` };
     ranges.push([a, b]);
   }
   return { ok: true, ranges };
@@ -192,10 +194,14 @@ export function parseProtocol(p: string | null | undefined): { ok: true; proto: 
   };
 }
 
-/** Rule-level cross-field checks (everything that does not need the rest of the document). */
-export function checkRule(rule: Rule, path: string): Issue[] {
+/**
+ * Rule-level cross-field checks (everything that does not need the rest of
+ * the document). `path` may be a function: a document of 10k valid rules
+ * then builds no path text.
+ */
+export function checkRule(rule: Rule, path: string | (() => string)): Issue[] {
   const issues: Issue[] = [];
-  const at = (field: string, message: string) => issues.push({ path: `${path}.${field}`, message });
+  const at = (field: string, message: string) => issues.push({ path: `${typeof path === 'string' ? path : path()}.${field}`, message });
   const family = rule.ethertype === 'IPv4' ? 4 : 6;
   const proto = parseProtocol(rule.protocol);
   if (!proto.ok) at('protocol', proto.error);
@@ -259,7 +265,7 @@ const ruleFieldsSchema = z.object(ruleSchema.shape);
  * that are themselves malformed are skipped (zod reports them), and a
  * reference is only called dangling when the list it points into is readable.
  */
-function checkDocument(input: unknown): Issue[] {
+function checkDocument(input: unknown, parsed?: Policy): Issue[] {
   const issues: Issue[] = [];
   const doc = asObject(input);
   if (!doc) return issues;
@@ -303,21 +309,24 @@ function checkDocument(input: unknown): Issue[] {
       else groupIds.set(gid, gi);
     }
     const ruleIds = new Map<string, number>();
+    // the document's zod parse passed: its rules are this group's rules, parsed (no second parse per rule)
+    const parsedRules = parsed?.security_groups[gi]?.rules;
     asArray(g?.rules).forEach((rawRule, ri) => {
-      const path = `security_groups[${gi}].rules[${ri}]`;
+      // built only for an issue: a valid document of 10k rules makes no path text
+      const path = () => `security_groups[${gi}].rules[${ri}]`;
       const rid = asString(asObject(rawRule)?.id);
       if (rid !== null) {
-        if (ruleIds.has(rid)) issues.push({ path: `${path}.id`, message: `rule id ${JSON.stringify(rid)} is used twice in group ${JSON.stringify(gid)} (also rules[${ruleIds.get(rid)}])` });
+        if (ruleIds.has(rid)) issues.push({ path: `${path()}.id`, message: `rule id ${JSON.stringify(rid)} is used twice in group ${JSON.stringify(gid)} (also rules[${ruleIds.get(rid)}])` });
         else ruleIds.set(rid, ri);
       }
-      const parsed = ruleFieldsSchema.safeParse(rawRule);
-      if (parsed.success) issues.push(...checkRule(parsed.data, path));
+      const fields = parsedRules?.[ri] ?? ruleFieldsSchema.safeParse(rawRule).data;
+      if (fields) issues.push(...checkRule(fields, path));
       // references are checked on the raw fields: a wrong priority must not hide a dangling reference
       const rule = asObject(rawRule);
-      const name = JSON.stringify(rid ?? `#${ri}`);
+      const name = () => JSON.stringify(rid ?? `#${ri}`);
       const remoteGroup = asString(rule?.remote_group_id);
       if (remoteGroup && members && !Object.hasOwn(members, remoteGroup)) {
-        issues.push({ path: `${path}.remote_group_id`, message: `rule ${name} references group ${JSON.stringify(remoteGroup)}, which has no entry in group_members` });
+        issues.push({ path: `${path()}.remote_group_id`, message: `rule ${name()} references group ${JSON.stringify(remoteGroup)}, which has no entry in group_members` });
       }
       const remoteAg = asString(rule?.remote_address_group_id);
       if (remoteAg && addressGroups) {
@@ -325,9 +334,9 @@ function checkDocument(input: unknown): Issue[] {
         const family = ethertype === 'IPv4' ? 4 : ethertype === 'IPv6' ? 6 : null;
         const version = agVersion.get(remoteAg);
         if (!agVersion.has(remoteAg)) {
-          issues.push({ path: `${path}.remote_address_group_id`, message: `rule ${name} references address group ${JSON.stringify(remoteAg)}, which is not in address_groups` });
+          issues.push({ path: `${path()}.remote_address_group_id`, message: `rule ${name()} references address group ${JSON.stringify(remoteAg)}, which is not in address_groups` });
         } else if (family !== null && version != null && version !== family) {
-          issues.push({ path: `${path}.remote_address_group_id`, message: `rule ${name} is ${String(ethertype)} but address group ${JSON.stringify(remoteAg)} is IPv${version}` });
+          issues.push({ path: `${path()}.remote_address_group_id`, message: `rule ${name()} is ${String(ethertype)} but address group ${JSON.stringify(remoteAg)} is IPv${version}` });
         }
       }
     });
@@ -340,7 +349,7 @@ export type PolicyCheck = { ok: true; policy: Policy } | { ok: false; issues: Is
 /** Validates a parsed document (JSON value) and lists every problem found. Never throws. */
 export function checkPolicy(input: unknown): PolicyCheck {
   const parsed = policySchema.safeParse(input);
-  const issues = [...(parsed.success ? [] : zodIssues(parsed.error, input)), ...checkDocument(input)];
+  const issues = [...(parsed.success ? [] : zodIssues(parsed.error, input)), ...checkDocument(input, parsed.data)];
   return parsed.success && !issues.length ? { ok: true, policy: parsed.data } : { ok: false, issues };
 }
 
