@@ -46,6 +46,11 @@ export function counterKey(chain: string, comment: string): string {
  * the others, which keep an anonymous counter.
  */
 export function ruleCounterNames(chain: Chain): (string | undefined)[] {
+  // one rule (every user rule's chain): its comment is seen once, no count needed
+  if (chain.rules.length === 1) {
+    const r = chain.rules[0]!;
+    return [r.comment !== undefined && r.exprs.some((e) => e.kind === 'counter') ? counterObjectName(counterKey(chain.name, r.comment)) : undefined];
+  }
   const seen = new Map<string, number>();
   for (const r of chain.rules) if (r.comment !== undefined) seen.set(r.comment, (seen.get(r.comment) ?? 0) + 1);
   return chain.rules.map((r) =>

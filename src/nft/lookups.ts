@@ -39,13 +39,18 @@ function num(lo: number, hi: number): KeyPart {
   return { kind: 'num', lo, hi };
 }
 
+/** Key parts that recur in nearly every element (key parts are never changed once built: shared). */
+const ANY_BYTE = num(0, 255);
+const ANY_PORT = num(0, 65535);
+const PROTO_PARTS = new Map(PORT_PROTOS.map((p) => [p, num(p, p)]));
+
 /** The key parts after the peer address: protocol . port, ICMP type . code, or protocol. */
 function tailsOf(r: NormalizedRule, shape: Shape): KeyPart[][] {
-  const protoPart = r.protocol === null ? num(0, 255) : num(r.protocol, r.protocol);
-  if (shape === 'ports') return (r.ports ?? [[0, 65535]]).map(([a, b]) => [protoPart, num(a, b)]);
+  const protoPart = r.protocol === null ? ANY_BYTE : (PROTO_PARTS.get(r.protocol) ?? num(r.protocol, r.protocol));
+  if (shape === 'ports') return r.ports ? r.ports.map(([a, b]) => [protoPart, num(a, b)]) : [[protoPart, ANY_PORT]];
   if (shape === 'icmp') {
-    const t = r.icmpType === null ? num(0, 255) : num(r.icmpType, r.icmpType);
-    const c = r.icmpCode === null ? num(0, 255) : num(r.icmpCode, r.icmpCode);
+    const t = r.icmpType === null ? ANY_BYTE : num(r.icmpType, r.icmpType);
+    const c = r.icmpCode === null ? ANY_BYTE : num(r.icmpCode, r.icmpCode);
     return [[t, c]];
   }
   return [[protoPart]];
@@ -64,7 +69,7 @@ export function elementsOf(r: NormalizedRule, shape: Shape, chain: string): MapE
   const tails = tailsOf(r, shape);
   for (const p of peerRanges(r.peers)) {
     const addr: KeyPart = { kind: 'addr', family: p.family, lo: p.lo, hi: p.hi };
-    for (const t of tails) out.push({ key: [addr, ...t], verdict });
+    for (const t of tails) out.push({ key: t.length === 2 ? [addr, t[0]!, t[1]!] : [addr, ...t], verdict });
   }
   return out;
 }

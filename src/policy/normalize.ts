@@ -42,6 +42,8 @@ export interface NormalizedRule {
 }
 
 export function mergePorts(ranges: readonly PortRange[]): PortRange[] {
+  // most rules name one port or range: nothing to sort or merge
+  if (ranges.length === 1) return [[ranges[0]![0], ranges[0]![1]]];
   const sorted = [...ranges].sort((a, b) => a[0] - b[0]);
   const out: PortRange[] = [];
   for (const [a, b] of sorted) {
@@ -75,6 +77,8 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Pe
   }
 }
 
+const portText = ([a, b]: PortRange): string => (a === b ? String(a) : `${a}-${b}`);
+
 /** Total order of rules inside one group: priority ascending, deny before allow, then document order. */
 export function compareInGroup(a: Pick<NormalizedRule, 'priority' | 'action' | 'ruleIndex'>, b: typeof a): number {
   if (a.priority !== b.priority) return a.priority - b.priority;
@@ -87,8 +91,11 @@ export function normalizeRules(policy: Policy): NormalizedRule[] {
   const out: NormalizedRule[] = [];
   // Many rules share a remote (a group, an address group): resolve each once.
   const peerCache = new Map<string, Peers>();
+  // one rule in ten thousand names a new remote: the key is built only for prefixes, groups and address groups
+  const anyPeers: Partial<Record<Family, Peers>> = {};
   const peersOf = (family: Family, remote: Remote): Peers => {
-    const key = `${family}|${remote.kind}|${remote.kind === 'prefix' ? remote.prefix : remote.kind === 'any' ? '' : remote.id}`;
+    if (remote.kind === 'any') return (anyPeers[family] ??= resolvePeers(policy, family, remote));
+    const key = `${family}|${remote.kind}|${remote.kind === 'prefix' ? remote.prefix : remote.id}`;
     let peers = peerCache.get(key);
     if (!peers) peerCache.set(key, (peers = resolvePeers(policy, family, remote)));
     return peers;
@@ -105,7 +112,7 @@ export function normalizeRules(policy: Policy): NormalizedRule[] {
         if (!mp.ok) throw new Error(`unvalidated policy: ${mp.error}`);
         ports = mergePorts(mp.ranges);
         // rebuilt from the numbers: the user's text may hold tabs or newlines around items, which must not reach nft comments
-        multiport = mp.ranges.map(([a, b]) => (a === b ? String(a) : `${a}-${b}`)).join(',');
+        multiport = mp.ranges.length === 1 ? portText(mp.ranges[0]!) : mp.ranges.map(portText).join(',');
       }
       const remote: Remote = r.remote_ip_prefix
         ? { kind: 'prefix', prefix: r.remote_ip_prefix }

@@ -199,9 +199,10 @@ export function parseProtocol(p: string | null | undefined): { ok: true; proto: 
  * the document). `path` may be a function: a document of 10k valid rules
  * then builds no path text.
  */
-export function checkRule(rule: Rule, path: string | (() => string)): Issue[] {
-  const issues: Issue[] = [];
-  const at = (field: string, message: string) => issues.push({ path: `${typeof path === 'string' ? path : path()}.${field}`, message });
+export function checkRule(rule: Rule, path: string | (() => string)): readonly Issue[] {
+  // a valid rule allocates no issue list (a document holds up to tens of thousands)
+  let issues: Issue[] | null = null;
+  const at = (field: string, message: string) => (issues ??= []).push({ path: `${typeof path === 'string' ? path : path()}.${field}`, message });
   const family = rule.ethertype === 'IPv4' ? 4 : 6;
   const proto = parseProtocol(rule.protocol);
   if (!proto.ok) at('protocol', proto.error);
@@ -222,10 +223,11 @@ export function checkRule(rule: Rule, path: string | (() => string)): Issue[] {
     at(hasType ? 'icmp_type' : 'icmp_code', `ICMP type and code need protocol icmp or icmpv6 (protocol is ${rule.protocol ? JSON.stringify(rule.protocol) : 'all'})`);
   }
   if (hasCode && !hasType) at('icmp_code', 'an ICMP code needs an ICMP type');
-  const remotes = (['remote_ip_prefix', 'remote_group_id', 'remote_address_group_id'] as const).filter(
-    (k) => rule[k] !== undefined && rule[k] !== null && rule[k] !== '',
-  );
-  if (remotes.length > 1) at(remotes[1]!, `only one of remote_ip_prefix, remote_group_id, remote_address_group_id may be set (found ${remotes.join(' and ')})`);
+  const set = (k: (typeof REMOTE_FIELDS)[number]) => rule[k] !== undefined && rule[k] !== null && rule[k] !== '';
+  if ((set('remote_ip_prefix') ? 1 : 0) + (set('remote_group_id') ? 1 : 0) + (set('remote_address_group_id') ? 1 : 0) > 1) {
+    const remotes = REMOTE_FIELDS.filter(set);
+    at(remotes[1]!, `only one of remote_ip_prefix, remote_group_id, remote_address_group_id may be set (found ${remotes.join(' and ')})`);
+  }
   if (rule.remote_ip_prefix) {
     const pr = parsePrefix(rule.remote_ip_prefix);
     if (!pr.ok) at('remote_ip_prefix', pr.error);
@@ -233,8 +235,12 @@ export function checkRule(rule: Rule, path: string | (() => string)): Issue[] {
       at('remote_ip_prefix', `${JSON.stringify(rule.remote_ip_prefix)} is IPv${pr.range.family} but the rule's ethertype is ${rule.ethertype}`);
     }
   }
-  return issues;
+  return issues ?? NO_ISSUES;
 }
+
+const REMOTE_FIELDS = ['remote_ip_prefix', 'remote_group_id', 'remote_address_group_id'] as const;
+/** What checkRule returns for a valid rule (frozen: shared by every call). */
+const NO_ISSUES: readonly Issue[] = Object.freeze([]);
 
 /** Problems of one address group's `ip_set` entries (`ipVersion` null: the version itself is invalid, check syntax only). */
 export function checkAddressGroupEntries(ag: { ip_version: 4 | 6 | null; ip_set: readonly unknown[] }, path: string): Issue[] {
