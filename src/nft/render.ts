@@ -90,14 +90,14 @@ function counterValue(n: number): string {
 
 /** `named`: the counter object of this rule's first counter (counters.ts). */
 function ruleText(r: Rule, named?: string): string {
+  // concatenated, no lists: a script of 10k rule chains renders 10k of these
   let first = true;
-  const body = r.exprs
-    .map((e) => {
-      if (e.kind !== 'counter' || !first) return exprText(e);
-      first = false;
-      return exprText(e, named);
-    })
-    .join(' ');
+  let body = '';
+  for (const e of r.exprs) {
+    const text = e.kind === 'counter' && first ? exprText(e, named) : exprText(e);
+    if (e.kind === 'counter') first = false;
+    body = body ? `${body} ${text}` : text;
+  }
   return r.comment !== undefined ? `${body} comment "${safeComment(r.comment)}"` : body;
 }
 
@@ -174,12 +174,11 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
 
 /** `names`: the counter object each rule counts into (a script, see the note at the top); none: anonymous counters. */
 function chainText(c: Chain, names: readonly (string | undefined)[] = []): string {
-  const out = [`\tchain ${assertName(c.name)} {`];
-  if (c.base) out.push(`\t\ttype ${c.base.type} hook ${c.base.hook} priority ${c.base.priority}; policy ${c.base.policy};`);
-  if (c.comment !== undefined) out.push(`\t\tcomment "${safeComment(c.comment)}"`);
-  c.rules.forEach((r, i) => out.push(`\t\t${ruleText(r, names[i])}`));
-  out.push('\t}');
-  return out.join('\n') + '\n';
+  let out = `\tchain ${assertName(c.name)} {\n`;
+  if (c.base) out += `\t\ttype ${c.base.type} hook ${c.base.hook} priority ${c.base.priority}; policy ${c.base.policy};\n`;
+  if (c.comment !== undefined) out += `\t\tcomment "${safeComment(c.comment)}"\n`;
+  for (let i = 0; i < c.rules.length; i++) out += `\t\t${ruleText(c.rules[i]!, names[i])}\n`;
+  return `${out}\t}\n`;
 }
 
 /** Chains per chunk of a streamed table (rule chains are a few lines each). */
@@ -201,11 +200,13 @@ function* counterChunks(table: Table, names: readonly (readonly (string | undefi
     let chunk = '';
     for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, table.chains.length); k++) {
       const c = table.chains[k]!;
-      names[k]!.forEach((n, j) => {
-        if (n === undefined) return;
+      const chainNames = names[k]!;
+      for (let j = 0; j < chainNames.length; j++) {
+        const n = chainNames[j];
+        if (n === undefined) continue;
         const carried = counters?.get(counterKey(c.name, c.rules[j]!.comment!));
-        chunk += `\tcounter ${assertName(n)} {${carried ? ` packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)}` : ''} }\n`;
-      });
+        chunk += carried ? `\tcounter ${assertName(n)} { packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)} }\n` : `\tcounter ${assertName(n)} { }\n`;
+      }
     }
     if (chunk) yield chunk;
   }
