@@ -157,8 +157,6 @@ export function zodIssues(error: z.ZodError, input: unknown, prefix: readonly Pr
 
 export type PortRange = [number, number];
 
-const PORT_ITEM_RE = /^(\d{1,5})(?:-(\d{1,5}))?$/;
-
 /** Parses `multiport`; returns ranges in input order or an error sentence. */
 export function parseMultiport(text: string): { ok: true; ranges: PortRange[] } | { ok: false; error: string } {
   const items = text.split(',');
@@ -166,18 +164,40 @@ export function parseMultiport(text: string): { ok: true; ranges: PortRange[] } 
   const ranges: PortRange[] = [];
   for (const raw of items) {
     const item = raw.trim();
-    const m = PORT_ITEM_RE.exec(item);
-    if (!m) return { ok: false, error: `${JSON.stringify(item)} is not a port (1-65535) or a range "first-last"` };
-    const a = Number(m[1]);
-    const b = m[2] === undefined ? a : Number(m[2]);
+    const r = portItem(item);
+    if (r === null) return { ok: false, error: `${JSON.stringify(item)} is not a port (1-65535) or a range "first-last"` };
+    const [a, b] = r;
     const bad = a < 1 || a > 65535 ? a : b < 1 || b > 65535 ? b : null;
     if (bad !== null) return { ok: false, error: `${JSON.stringify(String(bad))} is not a port (1-65535)` };
     if (a > b) return { ok: false, error: `${JSON.stringify(item)}: the first port is greater than the last` };
     // at most 20 items: a look back costs less than a set of keys
-    if (ranges.some(([x, y]) => x === a && y === b)) return { ok: false, error: `${JSON.stringify(item)} is listed twice` };
-    ranges.push([a, b]);
+    for (const [x, y] of ranges) if (x === a && y === b) return { ok: false, error: `${JSON.stringify(item)} is listed twice` };
+    ranges.push(r);
   }
   return { ok: true, ranges };
+}
+
+/**
+ * `N` or `N-M` with 1-5 ASCII digits each (read without a regular
+ * expression: every rule's ports are parsed twice per document), or null.
+ */
+function portItem(item: string): PortRange | null {
+  let a = 0;
+  let b = -1;
+  let digits = 0;
+  for (let i = 0; i < item.length; i++) {
+    const c = item.charCodeAt(i);
+    if (c >= 48 && c <= 57) {
+      if (++digits > 5) return null;
+      if (b < 0) a = a * 10 + c - 48;
+      else b = b * 10 + c - 48;
+    } else if (c === 45 && b < 0 && digits > 0) {
+      b = 0;
+      digits = 0;
+    } else return null;
+  }
+  if (digits === 0) return null;
+  return [a, b < 0 ? a : b];
 }
 
 /**

@@ -334,6 +334,30 @@ describe('parseMultiport / parseProtocol', () => {
     expect(parseMultiport('80-80')).toEqual({ ok: true, ranges: [[80, 80]] });
   });
 
+  it('accepts exactly the items "N" and "N-M" of 1-5 ASCII digits (random items against the documented pattern)', () => {
+    const pattern = /^(\d{1,5})(?:-(\d{1,5}))?$/;
+    const alphabet = ['0', '1', '5', '9', '-', ' ', 'a', '٣', '+', '.'];
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) % n);
+    for (let i = 0; i < 5000; i++) {
+      let item = '';
+      for (let k = rnd(9); k > 0; k--) item += alphabet[rnd(alphabet.length)];
+      const m = pattern.exec(item.trim());
+      const r = parseMultiport(item);
+      if (!m) {
+        expect(r, JSON.stringify(item)).toEqual({ ok: false, error: `${JSON.stringify(item.trim())} is not a port (1-65535) or a range "first-last"` });
+        continue;
+      }
+      const [a, b] = [Number(m[1]), m[2] === undefined ? Number(m[1]) : Number(m[2])];
+      if (a >= 1 && a <= 65535 && b >= 1 && b <= 65535 && a <= b) expect(r, JSON.stringify(item)).toEqual({ ok: true, ranges: [[a, b]] });
+      else expect(r.ok, JSON.stringify(item)).toBe(false);
+    }
+    expect(parseMultiport('80,443,80')).toEqual({ ok: false, error: '"80" is listed twice' });
+    expect(parseMultiport('0-5')).toEqual({ ok: false, error: '"0" is not a port (1-65535)' });
+    expect(parseMultiport('5-70000')).toEqual({ ok: false, error: '"70000" is not a port (1-65535)' });
+    expect(parseMultiport('90-80')).toEqual({ ok: false, error: '"90-80": the first port is greater than the last' });
+  });
+
   it('maps names and numbers to one protocol number; empty means all', () => {
     expect([null, undefined, '', 'tcp', '6', 'udp', 'sctp', 'icmp', 'icmpv6', '0', '255'].map((p) => parseProtocol(p))).toEqual(
       [null, null, null, 6, 6, 17, 132, 1, 58, 0, 255].map((proto) => ({ ok: true, proto })),
