@@ -47,11 +47,16 @@ export class AddressSet implements Iterable<bigint> {
    */
   static fromValidTexts(family: Family, texts: readonly string[]): AddressSet {
     const stride = family === 4 ? 1 : 4;
+    // indexed loops: an iterator's result objects showed up as 8 MB per 100k members
+    const colon = family === 6;
     let n = 0;
-    for (const t of texts) if ((t.includes(':') ? 6 : 4) === family) n++;
+    for (let k = 0; k < texts.length; k++) if (texts[k]!.includes(':') === colon) n++;
     const words = new Uint32Array(n * stride);
     let i = 0;
-    for (const t of texts) if ((t.includes(':') ? 6 : 4) === family) writeValidIpWords(t, family, words, i++ * stride);
+    for (let k = 0; k < texts.length; k++) {
+      const t = texts[k]!;
+      if (t.includes(':') === colon) writeValidIpWords(t, family, words, i++ * stride);
+    }
     return AddressSet.sorted(family, words, n);
   }
 
