@@ -147,8 +147,14 @@ interface Desired {
   reported: boolean;
 }
 
-/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (verifyAfterAck); `inPlace`: a full reload done in place (not a replacement). */
+/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (checkAfterAck); `inPlace`: a full reload done in place (not a replacement). */
 type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string; inPlace?: boolean } | { ok: false; error: SecgroupError };
+
+/** What a sync replaces, kept by the loop so a failed check after the ack can put it back (checkAfterAck). */
+interface BeforeSync {
+  applied: AppliedState | null;
+  unsaved: Policy | null;
+}
 
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
@@ -356,12 +362,7 @@ export class Reconciler {
     // table reloaded in place, no compile, no counter read (a replacement when an object of ours is missing after all).
     const inPlace = d.inPlace === true && !this.forceFull && this.applied === applied;
     if (!inPlace) this.forceFull = true;
-    let r = await this.syncOnce(applied.policy, 'drift', null, inPlace);
-    const unverified = r.ok && r.verifyMarker !== undefined ? await this.verifyAfterAck(r.verifyMarker) : null;
-    if (unverified) {
-      this.forceFull = true;
-      r = { ok: false, error: unverified };
-    }
+    const r = await this.checkAfterAck(await this.syncOnce(applied.policy, 'drift', null, inPlace));
     if (!r.ok) {
       metrics.applyFailures.inc({ code: r.error.code });
       logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
@@ -442,7 +443,7 @@ export class Reconciler {
       const d = this.pending;
       this.pending = null;
       this.inFlight = d;
-      let before: { applied: AppliedState | null; unsaved: Policy | null } = { applied: null, unsaved: null };
+      let before: BeforeSync = { applied: null, unsaved: null };
       let result = await this.mutex.run(() => {
         before = { applied: this.applied, unsaved: this.unsaved };
         return this.syncOnce(d.policy, d.source, d.change);
@@ -455,16 +456,10 @@ export class Reconciler {
           { status: 'applied', revision: d.policy.revision, kind: result.kind, durationMs: result.durationMs, digest: result.digest, source: d.source },
           d.waiters,
         );
-      }
-      const marker = result.ok ? result.verifyMarker : undefined;
-      const unverified = marker === undefined ? null : await this.mutex.run(() => this.verifyAfterAck(marker));
-      if (unverified) {
-        // as if the sync had failed at its read-back: the revision before it is the one applied (and the last known good)
-        this.applied = before.applied;
-        this.unsaved = before.unsaved;
-        if (before.applied) this.o.metrics.appliedRevision.set(before.applied.revision);
-        this.forceFull = true;
-        result = { ok: false, error: unverified };
+        if (result.verifyMarker !== undefined) {
+          const acked = result;
+          result = await this.mutex.run(() => this.checkAfterAck(acked, before));
+        }
       }
       if (result.ok) {
         // after the ack (a 1M-member document takes ~0.2 s to write), before the next sync; when a newer
@@ -566,7 +561,7 @@ export class Reconciler {
   /**
    * Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with.
    * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verify` throws.
-   * `verifyMarker`: a full reload whose marker read follows the ack (verifyAfterAck).
+   * `verifyMarker`: a full reload whose marker read follows the ack (checkAfterAck).
    */
   private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
     if (plan.kind === 'noop') return { fingerprint: plan.fingerprint };
@@ -595,19 +590,31 @@ export class Reconciler {
   }
 
   /**
-   * Under the mutex, right after a full reload's ack: checks that the table
-   * holds `marker`, the generation marker that reload set (verify). Null when
-   * it does, or when a later sync replaced it (that one is checked instead)
-   * or the reconciler stops; else the VERIFY_FAILED (or nft) error. Never throws.
+   * Under the mutex, right after a sync's ack (the loop's and a repair's):
+   * checks that the table holds `result.verifyMarker`, the generation marker
+   * a full reload set (verify). Returns `result` when there is no marker to
+   * check, the table holds it, a later sync replaced it (that one is checked
+   * instead) or the reconciler stops. Else a failed result (VERIFY_FAILED or
+   * nft's error), the next sync forced full and, given `before` (the loop),
+   * the state before the sync restored: as if the sync had failed at its
+   * read-back, the revision before it is the one applied (and the last known
+   * good). Never throws.
    */
-  private async verifyAfterAck(marker: string): Promise<SecgroupError | null> {
+  private async checkAfterAck(result: SyncResult, before?: BeforeSync): Promise<SyncResult> {
     const applied = this.applied;
-    if (!applied || this.stopped || applied.compiled.table.marker !== marker) return null;
+    const marker = result.ok ? result.verifyMarker : undefined;
+    if (marker === undefined || !applied || this.stopped || applied.compiled.table.marker !== marker) return result;
     try {
       await this.verify(applied.compiled, applied.tableComment);
-      return null;
+      return result;
     } catch (e) {
-      return asSecgroupError(e);
+      if (before) {
+        this.applied = before.applied;
+        this.unsaved = before.unsaved;
+        if (before.applied) this.o.metrics.appliedRevision.set(before.applied.revision);
+      }
+      this.forceFull = true;
+      return { ok: false, error: asSecgroupError(e) };
     }
   }
 
