@@ -37,12 +37,10 @@
  * - Last known good: written after each applied revision, but after
  *   element updates (member deltas, a stream of them at 100k members) at
  *   most once per `persistCoalesceMs` (a trailing write takes the newest):
- *   a write serialises the whole document (~13 ms at 100k members), the
- *   delta itself costs a fraction of that. The file is always one complete
- *   good policy (written atomically); after a crash it may be up to
- *   `persistCoalesceMs` older than what was applied, and the controller's
- *   newer revision follows on the next connection. Full reloads, failures
- *   and `stop` write at once.
+ *   state-writer.ts. The file is always one complete good policy; after a
+ *   crash it may be up to `persistCoalesceMs` older than what was applied,
+ *   and the controller's newer revision follows on the next connection.
+ *   Full reloads, failures and `stop` write at once.
  * - Drift: `checkDrift` reads the table back (all of it, or only the
  *   generation marker when a monitor watches the table: see
  *   drift-monitor.ts) and re-applies on any difference; `repairDrift`
@@ -58,9 +56,10 @@
  * One mutex serialises syncs, drift checks and counter reads, so a read never
  * races our own apply.
  *
- * Size: one sync loop with the checks, repairs and last-known-good writes
- * that share its mutex and its applied state; what a sync does is planned in sync-plan.ts, what the
- * monitor saw is judged in drift-monitor.ts.
+ * Size: one sync loop with the checks and repairs that share its mutex and
+ * its applied state; what a sync does is planned in sync-plan.ts, what the
+ * monitor saw is judged in drift-monitor.ts, the last known good is written
+ * by state-writer.ts.
  */
 import type { Clock, Timer } from '../lib/clock.js';
 import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
@@ -76,6 +75,7 @@ import type { Policy } from '../policy/schema.js';
 import type { AgentMetrics } from './metrics.js';
 import { countsToCarry, observeRuleCounters } from './rule-counters.js';
 import type { StateStore } from './state-store.js';
+import { CoalescedStateWriter } from './state-writer.js';
 import { fullReload, planSync, reloadApplied, type ChangeHint, type SyncPlan } from './sync-plan.js';
 import { Mutex } from '../lib/mutex.js';
 
@@ -183,12 +183,8 @@ export class Reconciler {
   private lastError: SecgroupError | null = null;
   private stopped = false;
   private readonly mutex = new Mutex();
-  /** applied but not yet written as last known good */
-  private unsaved: Policy | null = null;
-  /** monotonic ms of the last write (persistCoalesceMs) and the trailing write scheduled after element updates */
-  private lastPersistAt = -Infinity;
-  private persistTimer: Timer | null = null;
-  private trailingWrite: Promise<void> | null = null;
+  /** the last known good, written after syncs (coalesced after element updates) */
+  private readonly lastGood: CoalescedStateWriter;
   /** revision of the newest accepted submission (-1: none): older ones are stale */
   private newest = -1;
   /** generation markers of the last transactions sent (isOwnMarker) */
@@ -198,6 +194,16 @@ export class Reconciler {
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, persistCoalesceMs: 0, ...opts };
     this.platform = opts.platform;
+    const { store, clock, logger, metrics } = this.o;
+    this.lastGood = new CoalescedStateWriter({
+      store,
+      clock,
+      logger,
+      metrics,
+      coalesceMs: this.o.persistCoalesceMs,
+      serialize: (write) => this.mutex.run(write),
+      busy: () => this.loopRunning !== null,
+    });
   }
 
   /** What is enforced now (null until the first successful sync). */
@@ -399,8 +405,7 @@ export class Reconciler {
     this.retryTimer = null;
     await this.idle();
     // a trailing write that was still waiting (element updates coalesced): written now
-    await this.trailingWrite;
-    await this.persist();
+    await this.lastGood.flush();
   }
 
   private observeCounters(counters: ReadonlyMap<string, Counter>): void {
@@ -434,7 +439,7 @@ export class Reconciler {
       await this.loopSyncs();
     } finally {
       // stopped (or nothing left) with an applied revision not written yet (unless a trailing write is due)
-      if (this.stopped || !this.persistTimer) await this.persist();
+      if (this.stopped || !this.lastGood.trailingDue) await this.lastGood.writeNow();
     }
   }
 
@@ -445,7 +450,7 @@ export class Reconciler {
       this.inFlight = d;
       let before: BeforeSync = { applied: null, unsaved: null };
       let result = await this.mutex.run(() => {
-        before = { applied: this.applied, unsaved: this.unsaved };
+        before = { applied: this.applied, unsaved: this.lastGood.pending };
         return this.syncOnce(d.policy, d.source, d.change);
       });
       this.inFlight = null;
@@ -464,11 +469,11 @@ export class Reconciler {
       if (result.ok) {
         // after the ack (a 1M-member document takes ~0.2 s to write), before the next sync; when a newer
         // revision already waits, it goes first and what is applied after it is written (below, or after its own sync)
-        if (!this.pending) await this.persistAfter(result.kind);
+        if (!this.pending) await this.lastGood.afterSync(result.kind === 'incremental');
         continue;
       }
       // a failed sync leaves the last applied revision in place: that one is the last known good
-      await this.persist();
+      await this.lastGood.writeNow();
       const newer = this.pending !== null;
       const delay = Math.min(this.o.retryMaxMs, this.o.retryInitialMs * 2 ** this.retryAttempt);
       this.retryAttempt++;
@@ -610,47 +615,11 @@ export class Reconciler {
     } catch (e) {
       if (before) {
         this.applied = before.applied;
-        this.unsaved = before.unsaved;
+        this.lastGood.pending = before.unsaved;
         if (before.applied) this.o.metrics.appliedRevision.set(before.applied.revision);
       }
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };
-    }
-  }
-
-  /**
-   * After a sync of `kind`: writes now, or after element updates within
-   * `persistCoalesceMs` of the last write, schedules one trailing write
-   * (the newest applied revision then). Never throws.
-   */
-  private async persistAfter(kind: SyncKind): Promise<void> {
-    const wait = this.lastPersistAt + this.o.persistCoalesceMs - this.o.clock.monotonic();
-    if (kind !== 'incremental' || wait <= 0) return this.persist();
-    if (this.persistTimer || !this.unsaved) return;
-    this.persistTimer = this.o.clock.setTimeout(() => {
-      this.persistTimer = null;
-      // under the mutex: not while a sync runs (it writes when it ends)
-      if (this.loopRunning) return;
-      const w = (this.trailingWrite = this.mutex.run(() => this.persist()).finally(() => {
-        if (this.trailingWrite === w) this.trailingWrite = null;
-      }));
-    }, wait);
-  }
-
-  /** Writes the last applied policy as last known good, if not written yet. Never throws. */
-  private async persist(): Promise<void> {
-    this.persistTimer?.cancel();
-    this.persistTimer = null;
-    const policy = this.unsaved;
-    if (!policy) return;
-    this.unsaved = null;
-    this.lastPersistAt = this.o.clock.monotonic();
-    try {
-      await this.o.store.save(policy);
-    } catch (e) {
-      const err = asSecgroupError(e);
-      this.o.metrics.stateErrors.inc({ code: err.code });
-      this.o.logger.error({ event: 'persist_failed', revision: policy.revision, err }, `revision ${policy.revision} is applied but could not be saved as last known good: ${err.message}`);
     }
   }
 
@@ -672,7 +641,7 @@ export class Reconciler {
     this.applied = { policy, revision: policy.revision, compiled, tableComment, fingerprint, at: clock.now(), kind };
     this.forceFull = false;
     // saved as last known good right after the outcome is reported (see loop)
-    if (changed && source !== 'disk') this.unsaved = policy;
+    if (changed && source !== 'disk') this.lastGood.pending = policy;
     metrics.appliedRevision.set(policy.revision);
     if (kind !== 'noop') {
       metrics.applies.inc({ kind });
