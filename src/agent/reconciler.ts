@@ -57,85 +57,29 @@
  * races our own apply.
  *
  * Size: one sync loop with the checks and repairs that share its mutex and
- * its applied state; what a sync does is planned in sync-plan.ts, what the
- * monitor saw is judged in drift-monitor.ts, the last known good is written
- * by state-writer.ts.
+ * its applied state; what a sync does is planned in sync-plan.ts, checked
+ * after it in verify-applied.ts, what the monitor saw is judged in
+ * drift-monitor.ts, the last known good is written by state-writer.ts; the
+ * options and outcome types are in reconciler-types.ts.
  */
-import type { Clock, Timer } from '../lib/clock.js';
+import type { Timer } from '../lib/clock.js';
 import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
-import type { Logger } from '../lib/logger.js';
 import type { Compiled } from '../nft/compile.js';
 import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
-import type { NftRunner } from '../nft/runner.js';
 import { replaceTableTx } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
-import type { AgentMetrics } from './metrics.js';
 import { countsToCarry, observeRuleCounters } from './rule-counters.js';
-import type { StateStore } from './state-store.js';
+import type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
 import { CoalescedStateWriter } from './state-writer.js';
+import { verifyApplied } from './verify-applied.js';
 import { fullReload, planSync, reloadApplied, type ChangeHint, type SyncPlan } from './sync-plan.js';
 import { Mutex } from '../lib/mutex.js';
 
 export type { ChangeHint } from './sync-plan.js';
-
-export type PolicySource = 'disk' | 'controller' | 'drift' | 'platform' | 'local';
-export type SyncKind = 'full' | 'incremental' | 'noop';
-
-export type SyncOutcome =
-  | { status: 'applied'; revision: number; kind: SyncKind; durationMs: number; digest: string; source: PolicySource }
-  /** not applied now; the previous ruleset stays and a retry is scheduled */
-  | { status: 'failed'; revision: number; error: SecgroupError; source: PolicySource; retryInMs: number }
-  /** a newer revision arrived before this one was applied */
-  | { status: 'superseded'; revision: number; by: number; source: PolicySource }
-  /** older than what is applied or pending: never applied */
-  | { status: 'stale'; revision: number; current: number; source: PolicySource };
-
-export interface AppliedState {
-  policy: Policy;
-  revision: number;
-  compiled: Compiled;
-  /** the table comment in the kernel: set by the last full reload (nft cannot change a table comment in place) */
-  tableComment: string | null;
-  /** read-back fingerprint right after our last transaction */
-  fingerprint: string;
-  /** wall-clock ms of the last successful sync */
-  at: number;
-  kind: SyncKind;
-}
-
-export interface ReconcilerOptions {
-  nft: NftRunner;
-  store: StateStore;
-  clock: Clock;
-  logger: Logger;
-  metrics: AgentMetrics;
-  platform: PlatformOptions;
-  /** first retry delay after a failed sync, doubled each time up to `retryMaxMs` (defaults 1 s, 60 s) */
-  retryInitialMs?: number;
-  retryMaxMs?: number;
-  /** element-level updates when only map elements change (default true) */
-  incremental?: boolean;
-  /**
-   * Run `nft --check` before every apply (default true). nft -f is atomic, so
-   * a failing apply leaves the previous ruleset exactly as a failing check
-   * would; the check only doubles the kernel work of every sync. The agent
-   * turns it off (bench apply: full apply = 1.0x nft -f instead of 2x).
-   */
-  checkBeforeApply?: boolean;
-  /** after element updates, write the last known good at most this often (default 0: after every sync; see the module comment) */
-  persistCoalesceMs?: number;
-  /** called for every outcome (acks, logs) */
-  onOutcome?: (o: SyncOutcome) => void;
-  /**
-   * Called when a sync that compiles starts (every sync but a member delta);
-   * the function it returns when the sync ends. The agent passes
-   * footprint.ts `compileBurst` (heap sizing for throughput while it compiles).
-   */
-  heapBurst?: () => () => void;
-}
+export type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
 
 interface Desired {
   policy: Policy;
@@ -350,7 +294,7 @@ export class Reconciler {
   private compareFull(applied: AppliedState, rb: TableReadback | null): Drift | null {
     if (rb) this.observeCounters(chainCounters(rb.chains));
     const d = findDrift({ table: applied.compiled.table, comment: applied.tableComment, fingerprint: applied.fingerprint }, rb);
-    // after an apply the fingerprint has no element part (verify reads without elements):
+    // after an apply the fingerprint has no element part (verifyApplied reads without elements):
     // the first clean full read supplies it, so later element swaps show as drift
     if (!d && rb && !hasElementFingerprint(applied.fingerprint)) applied.fingerprint = rb.fingerprint;
     return d;
@@ -565,7 +509,7 @@ export class Reconciler {
 
   /**
    * Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with.
-   * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verify` throws.
+   * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verifyApplied` throws.
    * `verifyMarker`: a full reload whose marker read follows the ack (checkAfterAck).
    */
   private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
@@ -591,13 +535,13 @@ export class Reconciler {
     if (plan.kind === 'incremental' && this.fullApplyObserver?.covers?.() === true) return { fingerprint: '' };
     // a full reload: nft -f exited 0, so the kernel committed all of it; its marker is read right after the ack (module comment)
     if (plan.kind === 'full' && marker !== undefined) return { fingerprint: '', verifyMarker: marker };
-    return { fingerprint: await this.verify(plan.compiled, plan.tableComment) };
+    return { fingerprint: await verifyApplied(this.o.nft, plan.compiled, plan.tableComment) };
   }
 
   /**
    * Under the mutex, right after a sync's ack (the loop's and a repair's):
    * checks that the table holds `result.verifyMarker`, the generation marker
-   * a full reload set (verify). Returns `result` when there is no marker to
+   * a full reload set (verifyApplied). Returns `result` when there is no marker to
    * check, the table holds it, a later sync replaced it (that one is checked
    * instead) or the reconciler stops. Else a failed result (VERIFY_FAILED or
    * nft's error), the next sync forced full and, given `before` (the loop),
@@ -610,7 +554,7 @@ export class Reconciler {
     const marker = result.ok ? result.verifyMarker : undefined;
     if (marker === undefined || !applied || this.stopped || applied.compiled.table.marker !== marker) return result;
     try {
-      await this.verify(applied.compiled, applied.tableComment);
+      await verifyApplied(this.o.nft, applied.compiled, applied.tableComment);
       return result;
     } catch (e) {
       if (before) {
@@ -652,35 +596,5 @@ export class Reconciler {
       kind === 'noop' ? `revision ${policy.revision}: ruleset unchanged, nothing to apply` : `revision ${policy.revision} applied (${kind})`,
     );
     return { ok: true, kind, durationMs, digest: compiled.digest };
-  }
-
-  /**
-   * Checks after an apply that the kernel now holds this transaction's
-   * ruleset: reads the generation marker (`nft list set`, milliseconds). Any
-   * `nft list table` would cost seconds with big maps, because nft 1.0.6
-   * loads every set element into its cache even for `-t`; nft's transaction
-   * is atomic, so a successful apply whose marker is in place holds all of
-   * it. The full comparison (chains, rule and element counts, fingerprint)
-   * is the drift check's job. Throws VERIFY_FAILED. Returns the fingerprint
-   * to compare later reads with: unknown ('') until the first drift check
-   * reads the table and records it.
-   */
-  private async verify(compiled: Compiled, _comment: string | null): Promise<string> {
-    const expected = compiled.table.marker ?? null;
-    if (expected === null) {
-      const rb = await this.o.nft.readTable({ elements: false });
-      const drift = findDrift({ table: compiled.table, comment: _comment }, rb);
-      if (drift || !rb) throw new SecgroupError('VERIFY_FAILED', `read-back after apply does not match: ${drift?.detail ?? 'table missing'}`, { details: drift });
-      return rb.fingerprint;
-    }
-    const marker = await this.o.nft.readMarker();
-    if (marker !== expected) {
-      throw new SecgroupError(
-        'VERIFY_FAILED',
-        marker === null ? 'after apply the table or its generation marker is missing' : `after apply the generation marker is ${JSON.stringify(marker)}, expected ${JSON.stringify(expected)}`,
-        { details: { marker, expected } },
-      );
-    }
-    return '';
   }
 }
