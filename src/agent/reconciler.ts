@@ -71,6 +71,7 @@ import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type D
 import { replaceTableTx } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
+import type { DriftWatch } from './drift-monitor.js';
 import { countsToCarry, observeRuleCounters } from './rule-counters.js';
 import type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
 import { CoalescedStateWriter } from './state-writer.js';
@@ -107,13 +108,6 @@ function asSecgroupError(e: unknown): SecgroupError {
   return isSecgroupError(e) ? e : new SecgroupError('INTERNAL', `internal error during sync: ${errorMessage(e)}`, { cause: e });
 }
 
-/** The drift monitor's view of our nft calls: told around full reloads; `covers`: it currently sees every transaction on the table. */
-export interface FullApplyObserver {
-  before(): void;
-  after(): void;
-  covers?(): boolean;
-}
-
 export class Reconciler {
   private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome' | 'heapBurst'>> & Pick<ReconcilerOptions, 'onOutcome' | 'heapBurst'>;
   private platform: PlatformOptions;
@@ -133,7 +127,7 @@ export class Reconciler {
   private newest = -1;
   /** generation markers of the last transactions sent (isOwnMarker) */
   private sentMarkers: string[] = [];
-  private fullApplyObserver: FullApplyObserver | null = null;
+  private driftWatch: DriftWatch | null = null;
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, persistCoalesceMs: 0, ...opts };
@@ -257,9 +251,9 @@ export class Reconciler {
     });
   }
 
-  /** Told right before and after each full reload goes to nft (the drift monitor pauses around them); null: nobody. */
-  observeFullApplies(observer: FullApplyObserver | null): void {
-    this.fullApplyObserver = observer;
+  /** The drift monitor, told right before and after each full reload goes to nft (it pauses around them); null: nobody. */
+  setDriftWatch(watch: DriftWatch | null): void {
+    this.driftWatch = watch;
   }
 
   /**
@@ -523,16 +517,16 @@ export class Reconciler {
     // known before nft commits: the monitor may report the transaction before apply() returns
     const marker = plan.compiled.table.marker;
     if (marker !== undefined) this.sentMarkers = [...this.sentMarkers.slice(1 - OWN_MARKERS), marker];
-    const observer = plan.kind === 'full' ? this.fullApplyObserver : null;
-    observer?.before();
+    const watch = plan.kind === 'full' ? this.driftWatch : null;
+    watch?.before();
     try {
       await nft.apply(tx);
     } finally {
-      observer?.after();
+      watch?.after();
     }
     if (replace && !counters) metrics.resetRuleBaselines();
     // element updates while a monitor covers the table: nft committed them (atomic), and any foreign transaction is reported by the monitor, so the marker read-back (one more nft process per delta) adds nothing
-    if (plan.kind === 'incremental' && this.fullApplyObserver?.covers?.() === true) return { fingerprint: '' };
+    if (plan.kind === 'incremental' && this.driftWatch?.covers?.() === true) return { fingerprint: '' };
     // a full reload: nft -f exited 0, so the kernel committed all of it; its marker is read right after the ack (module comment)
     if (plan.kind === 'full' && marker !== undefined) return { fingerprint: '', verifyMarker: marker };
     return { fingerprint: await verifyApplied(this.o.nft, plan.compiled, plan.tableComment) };
