@@ -33,7 +33,7 @@ import { execa } from 'execa';
 import { join } from 'node:path';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { Reconciler } from '../src/agent/reconciler.js';
-import { DriftMonitor } from '../src/agent/drift-monitor.js';
+import { DriftMonitor, type DriftWatch } from '../src/agent/drift-monitor.js';
 import { MemoryStateStore } from '../src/agent/state-store.js';
 import { systemClock } from '../src/lib/clock.js';
 import { createLogger, silentLogger } from '../src/lib/logger.js';
@@ -105,7 +105,7 @@ async function measure(lab: BenchLab, members: number, asked: Source): Promise<D
   let repairMs = 0;
   const target = {
     isOwnMarker: (m: string) => r.isOwnMarker(m),
-    observeFullApplies: (o: { before(): void; after(): void } | null) => r.observeFullApplies(o),
+    setDriftWatch: (w: DriftWatch | null) => r.setDriftWatch(w),
     checkDrift: (o?: { elements?: boolean }) => r.checkDrift(o),
     probeMonitor: () => r.probeMonitor(),
     repairDrift: async (d: Drift) => {

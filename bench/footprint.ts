@@ -21,6 +21,7 @@ import { execa } from 'execa';
 import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, REPO, type Peer } from '../test/helpers/agent-lab.js';
 import { parseIp } from '../src/policy/address.js';
 import { syntheticPolicy } from './policies.js';
+import { environment, parseUnit, values } from '../test/lib/systemd-unit.js';
 
 const IDLE_S = Number(process.env.BENCH_FOOTPRINT_IDLE_S ?? 10);
 const STREAM_S = Number(process.env.BENCH_FOOTPRINT_STREAM_S ?? 30);
@@ -103,16 +104,9 @@ function canonicalOrder(list: readonly string[]): string[] {
   return keyed.map((k) => k.a);
 }
 
-/** The `Environment=` assignments of the agent's systemd unit: the agent runs here with the environment it gets when installed. */
+/** The `Environment=` assignments of the agent's systemd unit, read as systemd reads them: the agent runs here with the environment it gets when installed. */
 export function unitEnvironment(unitText = readFileSync(join(REPO, 'systemd/secgroup-agent.service'), 'utf8')): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const m of unitText.matchAll(/^Environment=(.*)$/gm)) {
-    for (const a of m[1]!.trim().split(/\s+/)) {
-      const eq = a.indexOf('=');
-      if (eq > 0) env[a.slice(0, eq)] = a.slice(eq + 1);
-    }
-  }
-  return env;
+  return environment(values(parseUnit(unitText), 'Service', 'Environment'));
 }
 
 const k = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n));

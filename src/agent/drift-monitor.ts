@@ -70,10 +70,23 @@ import type { MonitorBatch, MonitorEvent, MonitorSession, NftMonitor } from '../
 import type { Drift } from '../nft/readback.js';
 import type { AgentMetrics } from './metrics.js';
 
+/**
+ * The drift monitor as the reconciler sees it: told right before and after
+ * each of its full reloads goes to nft (the monitor pauses around them);
+ * `covers`: the monitor sees every transaction on the table now (element
+ * updates then skip their marker read-back).
+ */
+export interface DriftWatch {
+  before(): void;
+  after(): void;
+  covers?(): boolean;
+}
+
 /** What the monitor needs of the reconciler. */
 export interface DriftTarget {
   isOwnMarker(marker: string): boolean;
-  observeFullApplies(observer: { before(): void; after(): void; covers?(): boolean } | null): void;
+  /** Tells the reconciler who watches (null: nobody). */
+  setDriftWatch(watch: DriftWatch | null): void;
   /** Sends one tiny transaction of its own on the table (the monitor reports it once subscribed); false when none was sent (nothing applied, nft failed). Never throws. */
   probeMonitor(): Promise<boolean>;
   repairDrift(found: Drift): Promise<void>;
@@ -141,7 +154,7 @@ export class DriftMonitor {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
-    this.o.target.observeFullApplies({ before: () => this.pause(), after: () => this.resume(), covers: () => this.covered });
+    this.o.target.setDriftWatch({ before: () => this.pause(), after: () => this.resume(), covers: () => this.covered });
     this.follow();
   }
 
@@ -168,7 +181,7 @@ export class DriftMonitor {
     this.stopped = true;
     this.covered = false;
     this.paused = false;
-    this.o.target.observeFullApplies(null);
+    this.o.target.setDriftWatch(null);
     this.restartTimer?.cancel();
     this.restartTimer = null;
     this.cancelProbe();

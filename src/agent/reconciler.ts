@@ -37,12 +37,10 @@
  * - Last known good: written after each applied revision, but after
  *   element updates (member deltas, a stream of them at 100k members) at
  *   most once per `persistCoalesceMs` (a trailing write takes the newest):
- *   a write serialises the whole document (~13 ms at 100k members), the
- *   delta itself costs a fraction of that. The file is always one complete
- *   good policy (written atomically); after a crash it may be up to
- *   `persistCoalesceMs` older than what was applied, and the controller's
- *   newer revision follows on the next connection. Full reloads, failures
- *   and `stop` write at once.
+ *   state-writer.ts. The file is always one complete good policy; after a
+ *   crash it may be up to `persistCoalesceMs` older than what was applied,
+ *   and the controller's newer revision follows on the next connection.
+ *   Full reloads, failures and `stop` write at once.
  * - Drift: `checkDrift` reads the table back (all of it, or only the
  *   generation marker when a monitor watches the table: see
  *   drift-monitor.ts) and re-applies on any difference; `repairDrift`
@@ -58,84 +56,31 @@
  * One mutex serialises syncs, drift checks and counter reads, so a read never
  * races our own apply.
  *
- * Size: one sync loop with the checks, repairs and last-known-good writes
- * that share its mutex and its applied state; what a sync does is planned in sync-plan.ts, what the
- * monitor saw is judged in drift-monitor.ts.
+ * Size: one sync loop with the checks and repairs that share its mutex and
+ * its applied state; what a sync does is planned in sync-plan.ts, checked
+ * after it in verify-applied.ts, what the monitor saw is judged in
+ * drift-monitor.ts, the last known good is written by state-writer.ts; the
+ * options and outcome types are in reconciler-types.ts.
  */
-import type { Clock, Timer } from '../lib/clock.js';
+import type { Timer } from '../lib/clock.js';
 import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
-import type { Logger } from '../lib/logger.js';
 import type { Compiled } from '../nft/compile.js';
 import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
-import type { NftRunner } from '../nft/runner.js';
 import { replaceTableTx } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
-import type { AgentMetrics } from './metrics.js';
+import type { DriftWatch } from './drift-monitor.js';
 import { countsToCarry, observeRuleCounters } from './rule-counters.js';
-import type { StateStore } from './state-store.js';
+import type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
+import { CoalescedStateWriter } from './state-writer.js';
+import { verifyApplied } from './verify-applied.js';
 import { fullReload, planSync, reloadApplied, type ChangeHint, type SyncPlan } from './sync-plan.js';
 import { Mutex } from '../lib/mutex.js';
 
 export type { ChangeHint } from './sync-plan.js';
-
-export type PolicySource = 'disk' | 'controller' | 'drift' | 'platform' | 'local';
-export type SyncKind = 'full' | 'incremental' | 'noop';
-
-export type SyncOutcome =
-  | { status: 'applied'; revision: number; kind: SyncKind; durationMs: number; digest: string; source: PolicySource }
-  /** not applied now; the previous ruleset stays and a retry is scheduled */
-  | { status: 'failed'; revision: number; error: SecgroupError; source: PolicySource; retryInMs: number }
-  /** a newer revision arrived before this one was applied */
-  | { status: 'superseded'; revision: number; by: number; source: PolicySource }
-  /** older than what is applied or pending: never applied */
-  | { status: 'stale'; revision: number; current: number; source: PolicySource };
-
-export interface AppliedState {
-  policy: Policy;
-  revision: number;
-  compiled: Compiled;
-  /** the table comment in the kernel: set by the last full reload (nft cannot change a table comment in place) */
-  tableComment: string | null;
-  /** read-back fingerprint right after our last transaction */
-  fingerprint: string;
-  /** wall-clock ms of the last successful sync */
-  at: number;
-  kind: SyncKind;
-}
-
-export interface ReconcilerOptions {
-  nft: NftRunner;
-  store: StateStore;
-  clock: Clock;
-  logger: Logger;
-  metrics: AgentMetrics;
-  platform: PlatformOptions;
-  /** first retry delay after a failed sync, doubled each time up to `retryMaxMs` (defaults 1 s, 60 s) */
-  retryInitialMs?: number;
-  retryMaxMs?: number;
-  /** element-level updates when only map elements change (default true) */
-  incremental?: boolean;
-  /**
-   * Run `nft --check` before every apply (default true). nft -f is atomic, so
-   * a failing apply leaves the previous ruleset exactly as a failing check
-   * would; the check only doubles the kernel work of every sync. The agent
-   * turns it off (bench apply: full apply = 1.0x nft -f instead of 2x).
-   */
-  checkBeforeApply?: boolean;
-  /** after element updates, write the last known good at most this often (default 0: after every sync; see the module comment) */
-  persistCoalesceMs?: number;
-  /** called for every outcome (acks, logs) */
-  onOutcome?: (o: SyncOutcome) => void;
-  /**
-   * Called when a sync that compiles starts (every sync but a member delta);
-   * the function it returns when the sync ends. The agent passes
-   * footprint.ts `compileBurst` (heap sizing for throughput while it compiles).
-   */
-  heapBurst?: () => () => void;
-}
+export type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
 
 interface Desired {
   policy: Policy;
@@ -147,21 +92,20 @@ interface Desired {
   reported: boolean;
 }
 
-/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (verifyAfterAck); `inPlace`: a full reload done in place (not a replacement). */
+/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (checkAfterAck); `inPlace`: a full reload done in place (not a replacement). */
 type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string; inPlace?: boolean } | { ok: false; error: SecgroupError };
+
+/** What a sync replaces, kept by the loop so a failed check after the ack can put it back (checkAfterAck). */
+interface BeforeSync {
+  applied: AppliedState | null;
+  unsaved: Policy | null;
+}
 
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
 
 function asSecgroupError(e: unknown): SecgroupError {
   return isSecgroupError(e) ? e : new SecgroupError('INTERNAL', `internal error during sync: ${errorMessage(e)}`, { cause: e });
-}
-
-/** The drift monitor's view of our nft calls: told around full reloads; `covers`: it currently sees every transaction on the table. */
-export interface FullApplyObserver {
-  before(): void;
-  after(): void;
-  covers?(): boolean;
 }
 
 export class Reconciler {
@@ -177,21 +121,27 @@ export class Reconciler {
   private lastError: SecgroupError | null = null;
   private stopped = false;
   private readonly mutex = new Mutex();
-  /** applied but not yet written as last known good */
-  private unsaved: Policy | null = null;
-  /** monotonic ms of the last write (persistCoalesceMs) and the trailing write scheduled after element updates */
-  private lastPersistAt = -Infinity;
-  private persistTimer: Timer | null = null;
-  private trailingWrite: Promise<void> | null = null;
+  /** the last known good, written after syncs (coalesced after element updates) */
+  private readonly lastGood: CoalescedStateWriter;
   /** revision of the newest accepted submission (-1: none): older ones are stale */
   private newest = -1;
   /** generation markers of the last transactions sent (isOwnMarker) */
   private sentMarkers: string[] = [];
-  private fullApplyObserver: FullApplyObserver | null = null;
+  private driftWatch: DriftWatch | null = null;
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, persistCoalesceMs: 0, ...opts };
     this.platform = opts.platform;
+    const { store, clock, logger, metrics } = this.o;
+    this.lastGood = new CoalescedStateWriter({
+      store,
+      clock,
+      logger,
+      metrics,
+      coalesceMs: this.o.persistCoalesceMs,
+      serialize: (write) => this.mutex.run(write),
+      busy: () => this.loopRunning !== null,
+    });
   }
 
   /** What is enforced now (null until the first successful sync). */
@@ -301,9 +251,9 @@ export class Reconciler {
     });
   }
 
-  /** Told right before and after each full reload goes to nft (the drift monitor pauses around them); null: nobody. */
-  observeFullApplies(observer: FullApplyObserver | null): void {
-    this.fullApplyObserver = observer;
+  /** The drift monitor, told right before and after each full reload goes to nft (it pauses around them); null: nobody. */
+  setDriftWatch(watch: DriftWatch | null): void {
+    this.driftWatch = watch;
   }
 
   /**
@@ -338,7 +288,7 @@ export class Reconciler {
   private compareFull(applied: AppliedState, rb: TableReadback | null): Drift | null {
     if (rb) this.observeCounters(chainCounters(rb.chains));
     const d = findDrift({ table: applied.compiled.table, comment: applied.tableComment, fingerprint: applied.fingerprint }, rb);
-    // after an apply the fingerprint has no element part (verify reads without elements):
+    // after an apply the fingerprint has no element part (verifyApplied reads without elements):
     // the first clean full read supplies it, so later element swaps show as drift
     if (!d && rb && !hasElementFingerprint(applied.fingerprint)) applied.fingerprint = rb.fingerprint;
     return d;
@@ -356,12 +306,7 @@ export class Reconciler {
     // table reloaded in place, no compile, no counter read (a replacement when an object of ours is missing after all).
     const inPlace = d.inPlace === true && !this.forceFull && this.applied === applied;
     if (!inPlace) this.forceFull = true;
-    let r = await this.syncOnce(applied.policy, 'drift', null, inPlace);
-    const unverified = r.ok && r.verifyMarker !== undefined ? await this.verifyAfterAck(r.verifyMarker) : null;
-    if (unverified) {
-      this.forceFull = true;
-      r = { ok: false, error: unverified };
-    }
+    const r = await this.checkAfterAck(await this.syncOnce(applied.policy, 'drift', null, inPlace));
     if (!r.ok) {
       metrics.applyFailures.inc({ code: r.error.code });
       logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
@@ -398,8 +343,7 @@ export class Reconciler {
     this.retryTimer = null;
     await this.idle();
     // a trailing write that was still waiting (element updates coalesced): written now
-    await this.trailingWrite;
-    await this.persist();
+    await this.lastGood.flush();
   }
 
   private observeCounters(counters: ReadonlyMap<string, Counter>): void {
@@ -433,7 +377,7 @@ export class Reconciler {
       await this.loopSyncs();
     } finally {
       // stopped (or nothing left) with an applied revision not written yet (unless a trailing write is due)
-      if (this.stopped || !this.persistTimer) await this.persist();
+      if (this.stopped || !this.lastGood.trailingDue) await this.lastGood.writeNow();
     }
   }
 
@@ -442,9 +386,9 @@ export class Reconciler {
       const d = this.pending;
       this.pending = null;
       this.inFlight = d;
-      let before: { applied: AppliedState | null; unsaved: Policy | null } = { applied: null, unsaved: null };
+      let before: BeforeSync = { applied: null, unsaved: null };
       let result = await this.mutex.run(() => {
-        before = { applied: this.applied, unsaved: this.unsaved };
+        before = { applied: this.applied, unsaved: this.lastGood.pending };
         return this.syncOnce(d.policy, d.source, d.change);
       });
       this.inFlight = null;
@@ -455,25 +399,19 @@ export class Reconciler {
           { status: 'applied', revision: d.policy.revision, kind: result.kind, durationMs: result.durationMs, digest: result.digest, source: d.source },
           d.waiters,
         );
-      }
-      const marker = result.ok ? result.verifyMarker : undefined;
-      const unverified = marker === undefined ? null : await this.mutex.run(() => this.verifyAfterAck(marker));
-      if (unverified) {
-        // as if the sync had failed at its read-back: the revision before it is the one applied (and the last known good)
-        this.applied = before.applied;
-        this.unsaved = before.unsaved;
-        if (before.applied) this.o.metrics.appliedRevision.set(before.applied.revision);
-        this.forceFull = true;
-        result = { ok: false, error: unverified };
+        if (result.verifyMarker !== undefined) {
+          const acked = result;
+          result = await this.mutex.run(() => this.checkAfterAck(acked, before));
+        }
       }
       if (result.ok) {
         // after the ack (a 1M-member document takes ~0.2 s to write), before the next sync; when a newer
         // revision already waits, it goes first and what is applied after it is written (below, or after its own sync)
-        if (!this.pending) await this.persistAfter(result.kind);
+        if (!this.pending) await this.lastGood.afterSync(result.kind === 'incremental');
         continue;
       }
       // a failed sync leaves the last applied revision in place: that one is the last known good
-      await this.persist();
+      await this.lastGood.writeNow();
       const newer = this.pending !== null;
       const delay = Math.min(this.o.retryMaxMs, this.o.retryInitialMs * 2 ** this.retryAttempt);
       this.retryAttempt++;
@@ -565,8 +503,8 @@ export class Reconciler {
 
   /**
    * Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with.
-   * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verify` throws.
-   * `verifyMarker`: a full reload whose marker read follows the ack (verifyAfterAck).
+   * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verifyApplied` throws.
+   * `verifyMarker`: a full reload whose marker read follows the ack (checkAfterAck).
    */
   private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
     if (plan.kind === 'noop') return { fingerprint: plan.fingerprint };
@@ -579,71 +517,47 @@ export class Reconciler {
     // known before nft commits: the monitor may report the transaction before apply() returns
     const marker = plan.compiled.table.marker;
     if (marker !== undefined) this.sentMarkers = [...this.sentMarkers.slice(1 - OWN_MARKERS), marker];
-    const observer = plan.kind === 'full' ? this.fullApplyObserver : null;
-    observer?.before();
+    const watch = plan.kind === 'full' ? this.driftWatch : null;
+    watch?.before();
     try {
       await nft.apply(tx);
     } finally {
-      observer?.after();
+      watch?.after();
     }
     if (replace && !counters) metrics.resetRuleBaselines();
     // element updates while a monitor covers the table: nft committed them (atomic), and any foreign transaction is reported by the monitor, so the marker read-back (one more nft process per delta) adds nothing
-    if (plan.kind === 'incremental' && this.fullApplyObserver?.covers?.() === true) return { fingerprint: '' };
+    if (plan.kind === 'incremental' && this.driftWatch?.covers?.() === true) return { fingerprint: '' };
     // a full reload: nft -f exited 0, so the kernel committed all of it; its marker is read right after the ack (module comment)
     if (plan.kind === 'full' && marker !== undefined) return { fingerprint: '', verifyMarker: marker };
-    return { fingerprint: await this.verify(plan.compiled, plan.tableComment) };
+    return { fingerprint: await verifyApplied(this.o.nft, plan.compiled, plan.tableComment) };
   }
 
   /**
-   * Under the mutex, right after a full reload's ack: checks that the table
-   * holds `marker`, the generation marker that reload set (verify). Null when
-   * it does, or when a later sync replaced it (that one is checked instead)
-   * or the reconciler stops; else the VERIFY_FAILED (or nft) error. Never throws.
+   * Under the mutex, right after a sync's ack (the loop's and a repair's):
+   * checks that the table holds `result.verifyMarker`, the generation marker
+   * a full reload set (verifyApplied). Returns `result` when there is no marker to
+   * check, the table holds it, a later sync replaced it (that one is checked
+   * instead) or the reconciler stops. Else a failed result (VERIFY_FAILED or
+   * nft's error), the next sync forced full and, given `before` (the loop),
+   * the state before the sync restored: as if the sync had failed at its
+   * read-back, the revision before it is the one applied (and the last known
+   * good). Never throws.
    */
-  private async verifyAfterAck(marker: string): Promise<SecgroupError | null> {
+  private async checkAfterAck(result: SyncResult, before?: BeforeSync): Promise<SyncResult> {
     const applied = this.applied;
-    if (!applied || this.stopped || applied.compiled.table.marker !== marker) return null;
+    const marker = result.ok ? result.verifyMarker : undefined;
+    if (marker === undefined || !applied || this.stopped || applied.compiled.table.marker !== marker) return result;
     try {
-      await this.verify(applied.compiled, applied.tableComment);
-      return null;
+      await verifyApplied(this.o.nft, applied.compiled, applied.tableComment);
+      return result;
     } catch (e) {
-      return asSecgroupError(e);
-    }
-  }
-
-  /**
-   * After a sync of `kind`: writes now, or after element updates within
-   * `persistCoalesceMs` of the last write, schedules one trailing write
-   * (the newest applied revision then). Never throws.
-   */
-  private async persistAfter(kind: SyncKind): Promise<void> {
-    const wait = this.lastPersistAt + this.o.persistCoalesceMs - this.o.clock.monotonic();
-    if (kind !== 'incremental' || wait <= 0) return this.persist();
-    if (this.persistTimer || !this.unsaved) return;
-    this.persistTimer = this.o.clock.setTimeout(() => {
-      this.persistTimer = null;
-      // under the mutex: not while a sync runs (it writes when it ends)
-      if (this.loopRunning) return;
-      const w = (this.trailingWrite = this.mutex.run(() => this.persist()).finally(() => {
-        if (this.trailingWrite === w) this.trailingWrite = null;
-      }));
-    }, wait);
-  }
-
-  /** Writes the last applied policy as last known good, if not written yet. Never throws. */
-  private async persist(): Promise<void> {
-    this.persistTimer?.cancel();
-    this.persistTimer = null;
-    const policy = this.unsaved;
-    if (!policy) return;
-    this.unsaved = null;
-    this.lastPersistAt = this.o.clock.monotonic();
-    try {
-      await this.o.store.save(policy);
-    } catch (e) {
-      const err = asSecgroupError(e);
-      this.o.metrics.stateErrors.inc({ code: err.code });
-      this.o.logger.error({ event: 'persist_failed', revision: policy.revision, err }, `revision ${policy.revision} is applied but could not be saved as last known good: ${err.message}`);
+      if (before) {
+        this.applied = before.applied;
+        this.lastGood.pending = before.unsaved;
+        if (before.applied) this.o.metrics.appliedRevision.set(before.applied.revision);
+      }
+      this.forceFull = true;
+      return { ok: false, error: asSecgroupError(e) };
     }
   }
 
@@ -665,7 +579,7 @@ export class Reconciler {
     this.applied = { policy, revision: policy.revision, compiled, tableComment, fingerprint, at: clock.now(), kind };
     this.forceFull = false;
     // saved as last known good right after the outcome is reported (see loop)
-    if (changed && source !== 'disk') this.unsaved = policy;
+    if (changed && source !== 'disk') this.lastGood.pending = policy;
     metrics.appliedRevision.set(policy.revision);
     if (kind !== 'noop') {
       metrics.applies.inc({ kind });
@@ -676,35 +590,5 @@ export class Reconciler {
       kind === 'noop' ? `revision ${policy.revision}: ruleset unchanged, nothing to apply` : `revision ${policy.revision} applied (${kind})`,
     );
     return { ok: true, kind, durationMs, digest: compiled.digest };
-  }
-
-  /**
-   * Checks after an apply that the kernel now holds this transaction's
-   * ruleset: reads the generation marker (`nft list set`, milliseconds). Any
-   * `nft list table` would cost seconds with big maps, because nft 1.0.6
-   * loads every set element into its cache even for `-t`; nft's transaction
-   * is atomic, so a successful apply whose marker is in place holds all of
-   * it. The full comparison (chains, rule and element counts, fingerprint)
-   * is the drift check's job. Throws VERIFY_FAILED. Returns the fingerprint
-   * to compare later reads with: unknown ('') until the first drift check
-   * reads the table and records it.
-   */
-  private async verify(compiled: Compiled, _comment: string | null): Promise<string> {
-    const expected = compiled.table.marker ?? null;
-    if (expected === null) {
-      const rb = await this.o.nft.readTable({ elements: false });
-      const drift = findDrift({ table: compiled.table, comment: _comment }, rb);
-      if (drift || !rb) throw new SecgroupError('VERIFY_FAILED', `read-back after apply does not match: ${drift?.detail ?? 'table missing'}`, { details: drift });
-      return rb.fingerprint;
-    }
-    const marker = await this.o.nft.readMarker();
-    if (marker !== expected) {
-      throw new SecgroupError(
-        'VERIFY_FAILED',
-        marker === null ? 'after apply the table or its generation marker is missing' : `after apply the generation marker is ${JSON.stringify(marker)}, expected ${JSON.stringify(expected)}`,
-        { details: { marker, expected } },
-      );
-    }
-    return '';
   }
 }

@@ -62,7 +62,7 @@ export class AgentStateBuffer {
     }
     let found: boolean;
     try {
-      found = await this.o.store.updateAgentState(projectId, instanceId, patch);
+      found = (await this.o.store.updateAgentState(projectId, instanceId, patch)) !== null;
     } catch (e) {
       if (!isSecgroupError(e, 'STORE_UNAVAILABLE')) throw e;
       this.held.set(key, { projectId, instanceId, patch });
@@ -99,7 +99,7 @@ export class AgentStateBuffer {
       if (this.held.get(key) === h) this.held.delete(key);
       if (r.status === 'rejected') {
         this.o.logger.error({ event: 'agent_state_flush_failed', project: h.projectId, instance: h.instanceId, err: r.reason }, `a held agent state could not be written and is dropped: ${errorMessage(r.reason)}`);
-      } else if (r.value) written++;
+      } else if (r.value !== null) written++;
       else gone++;
     });
     if (written || gone) {

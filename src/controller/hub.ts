@@ -9,7 +9,8 @@
  * - On hello the controller answers `welcome` and the current `policy`,
  *   unless the agent reports the desired revision and its stored state says
  *   it applied that revision (a number alone is no proof after a restore of
- *   an older backup: docs/ha.md, "Backup and restore"). No revision
+ *   an older backup: docs/ha.md, "Backup and restore"); the hello's one
+ *   agent-state write returns what the state held, so no read precedes it. No revision
  *   an agent reports is trusted above what was handed out for its instance
  *   (`revision_ahead`: recorded on that instance only, never stored as
  *   applied, never fed to the revision counter). After an
@@ -424,16 +425,17 @@ export class AgentHub {
     const ahead = applied !== null && applied > s.handedOut;
     // The same number is not proof of the same document: after a restore of an older backup the counter hands out
     // numbers again, so an agent away since then may hold another document under the current revision. Nothing is
-    // sent only when the store says this agent applied exactly this revision (an equal revision is applied by the agent).
-    const inSync = policy !== null && applied === policy.revision && (await this.o.store.getAgentState(s.projectId, s.instanceId))?.applied_revision === applied;
-    const exists = await this.o.store.updateAgentState(s.projectId, s.instanceId, {
+    // sent only when the store says this agent applied exactly this revision (an equal revision is applied by the agent):
+    // what the store held before this hello's write, returned by that write.
+    const before = await this.o.store.updateAgentState(s.projectId, s.instanceId, {
       agent_version: msg.agent_version,
       hostname: msg.hostname ?? null,
       last_seen: now,
       connected_to: this.replicaId,
       ...(ahead ? { applied_revision: null, last_error: this.revisionAhead(s, 'hello', applied, now) } : {}),
     });
-    if (!exists) return this.violation(s, 'deleted', 'the instance no longer exists');
+    if (!before) return this.violation(s, 'deleted', 'the instance no longer exists');
+    const inSync = policy !== null && applied === policy.revision && before.applied_revision === applied;
     const welcome: WelcomeMessage = { type: 'welcome', protocol: PROTOCOL_VERSION, instance_id: s.instanceId, desired_revision: policy?.revision ?? null };
     this.send(s, JSON.stringify(welcome));
     this.log.info({ event: 'hello', project: s.projectId, instance: s.instanceId, applied, desired: policy?.revision ?? null, version: msg.agent_version }, 'agent hello');

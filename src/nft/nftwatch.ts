@@ -98,11 +98,6 @@ export class FallbackMonitor implements NftMonitor {
     private readonly onFallback: (reason: string) => void,
   ) {}
 
-  /** the fallback is in use */
-  get usingFallback(): boolean {
-    return this.fellBack;
-  }
-
   follow(h: MonitorHandlers): MonitorSession {
     if (this.fellBack) return this.fallback.follow(h);
     let ready = false;

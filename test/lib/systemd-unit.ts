@@ -49,6 +49,85 @@ export function words(unit: UnitEntry[], section: string, key: string): string[]
   return values(unit, section, key).flatMap((v) => v.split(/\s+/).filter(Boolean));
 }
 
+const C_ESCAPES: Record<string, string> = { a: '\x07', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v', s: ' ', '\\': '\\', '"': '"', "'": "'" };
+
+/**
+ * The words of one `Environment=` value as systemd splits them
+ * (extract_first_word with EXTRACT_UNQUOTE|EXTRACT_CUNESCAPE): separated by
+ * whitespace; single or double quotes, anywhere in a word, keep whitespace
+ * and are dropped; C escapes (`\n`, `\t`, `\s`, `\\`, `\"`, `\xNN`, octal
+ * `\NNN`, `\uXXXX`) are decoded, inside quotes too. Before that `%%` becomes
+ * `%` (specifier expansion). Throws where systemd would ignore the whole
+ * line with a warning (an unterminated quote, a trailing backslash, an
+ * unknown escape) and on other specifiers (`%n`, ...: unit-dependent, which
+ * this reader does not know).
+ */
+export function environmentWords(value: string): string[] {
+  const text = value.replace(/%(.?)/g, (m, c: string) => {
+    if (c === '%') return '%';
+    throw new Error(`Environment=${value}: specifier ${m} is not supported by this reader`);
+  });
+  const words: string[] = [];
+  let word: string | null = null;
+  let quote: string | null = null;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === '\\') {
+      const e = text[i + 1];
+      if (e === undefined) throw new Error(`Environment=${value}: trailing backslash`);
+      const hex = e === 'x' ? /^[0-9a-fA-F]{2}/.exec(text.slice(i + 2)) : e === 'u' ? /^[0-9a-fA-F]{4}/.exec(text.slice(i + 2)) : null;
+      const oct = /^[0-7]{3}/.exec(text.slice(i + 1));
+      let decoded: string;
+      if (hex) {
+        decoded = String.fromCodePoint(parseInt(hex[0], 16));
+        i += 1 + hex[0].length;
+      } else if (oct) {
+        decoded = String.fromCodePoint(parseInt(oct[0], 8));
+        i += oct[0].length;
+      } else if (e in C_ESCAPES) {
+        decoded = C_ESCAPES[e]!;
+        i += 1;
+      } else throw new Error(`Environment=${value}: unknown escape \\${e}`);
+      word = (word ?? '') + decoded;
+    } else if (quote) {
+      if (c === quote) quote = null;
+      else word += c;
+    } else if (c === '"' || c === "'") {
+      quote = c;
+      word ??= '';
+    } else if (/\s/.test(c)) {
+      if (word !== null) words.push(word);
+      word = null;
+    } else word = (word ?? '') + c;
+  }
+  if (quote) throw new Error(`Environment=${value}: unterminated quote`);
+  if (word !== null) words.push(word);
+  return words;
+}
+
+/**
+ * The variables `Environment=` values set, in order, as systemd.exec(5)
+ * says: each value a list of NAME=VALUE words (environmentWords), a later
+ * assignment of a name overrides an earlier one, an empty value resets
+ * every assignment before it, and a word that is not a valid assignment is
+ * ignored (systemd logs it).
+ */
+export function environment(values: string[]): Record<string, string> {
+  let env: Record<string, string> = {};
+  for (const v of values) {
+    if (v === '') {
+      env = {};
+      continue;
+    }
+    for (const w of environmentWords(v)) {
+      const eq = w.indexOf('=');
+      const name = eq > 0 ? w.slice(0, eq) : '';
+      if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) env[name] = w.slice(eq + 1);
+    }
+  }
+  return env;
+}
+
 /** Parses `systemd-analyze syscall-filter` output into group name -> members (syscalls and @groups). */
 export function parseSyscallGroups(text: string): Map<string, string[]> {
   const groups = new Map<string, string[]>();

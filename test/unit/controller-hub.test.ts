@@ -217,6 +217,28 @@ describe('agent hub', () => {
     agent.close();
   });
 
+  it('a reconnecting agent costs one agent-state write and no read: the write returns the applied revision it found', async () => {
+    const token = await seedWeb();
+    const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
+    const first = await Agent.connect(token);
+    await first.handshake('ecs-web-1');
+    first.send({ type: 'ack', revision: desired, status: 'applied' });
+    await first.expectNothingPending('ecs-web-1');
+    first.close();
+    await first.closed;
+    // the first connection's goodbye (last_seen, connected_to) is written before the count starts
+    while ((await store.getAgentState('proj-a', 'ecs-web-1'))?.connected_to !== null) await new Promise((r) => setTimeout(r, 10));
+    const calls: string[] = [];
+    const read = store.getAgentState.bind(store);
+    const write = store.updateAgentState.bind(store);
+    store.getAgentState = (p, i) => (calls.push('read'), read(p, i));
+    store.updateAgentState = (p, i, patch) => (calls.push('write'), write(p, i, patch));
+    const agent = await Agent.connect(token);
+    expect((await agent.handshake('ecs-web-1', desired)).policyText).toBeNull();
+    expect(calls).toEqual(['write']);
+    agent.close();
+  });
+
   it('after a restore of an older backup, an agent reporting a revision number handed out again for another document gets that document', async () => {
     // the memory store stands for the database: dump() is the backup, MemoryStore.open(dump) the restore
     await ctl.stop();

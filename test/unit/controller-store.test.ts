@@ -105,13 +105,32 @@ describe.each([
     expect(rev2).toBeGreaterThan(rev1);
     expect(await s.getPolicy('p', 'i1')).toEqual({ revision: rev2, body: '{"a":2}' });
     expect(await s.findTokenOwner('aa')).toEqual({ projectId: 'p', instanceId: 'i1', tokenHash: 'aa' });
-    expect(await s.updateAgentState('p', 'i1', { applied_revision: 5, hostname: 'h' })).toBe(true);
+    // an update returns what the state held before it (null: no such instance, nothing written)
+    expect(await s.updateAgentState('p', 'i1', { applied_revision: 5, hostname: 'h' })).toEqual({ applied_revision: null });
     expect(await s.getAgentState('p', 'i1')).toMatchObject({ applied_revision: 5, hostname: 'h', last_ack: null });
-    expect(await s.updateAgentState('p', 'nope', { applied_revision: 5 })).toBe(false);
+    expect(await s.updateAgentState('p', 'nope', { applied_revision: 5 })).toBeNull();
     await commit(s, 'p', [{ op: 'deleteInstance', id: 'i1' }]);
     expect(await s.findTokenOwner('aa')).toBeNull();
     expect(await s.getAgentState('p', 'i1')).toBeNull();
     expect(await s.getPolicy('p', 'i1')).toBeNull();
+    await s.close();
+  });
+
+  it('an agent-state update returns the applied revision the state held right before it, updates of one instance in call order', async () => {
+    const s = await open();
+    await commit(s, 'p', [...createProjectOps(NOW), { op: 'putInstance', instance: { id: 'i1', name: '', addresses: [], security_groups: ['default'], created_at: NOW, updated_at: NOW } }]);
+    // issued together: where the store batches them (SQLite, PostgreSQL), each still sees the ones before it
+    const found = await Promise.all([
+      s.updateAgentState('p', 'i1', { applied_revision: 1 }),
+      s.updateAgentState('p', 'i1', { hostname: 'h' }),
+      s.updateAgentState('p', 'i1', { applied_revision: 2 }),
+      s.updateAgentState('p', 'i1', { applied_revision: null }),
+      s.updateAgentState('p', 'nope', { applied_revision: 3 }),
+    ]);
+    expect(found).toEqual([{ applied_revision: null }, { applied_revision: 1 }, { applied_revision: 1 }, { applied_revision: 2 }, null]);
+    expect(await s.updateAgentState('p', 'i1', { applied_revision: 7 })).toEqual({ applied_revision: null });
+    expect(await s.updateAgentState('p', 'i1', { hostname: 'h2' })).toEqual({ applied_revision: 7 });
+    expect(await s.getAgentState('p', 'i1')).toMatchObject({ applied_revision: 7, hostname: 'h2' });
     await s.close();
   });
 

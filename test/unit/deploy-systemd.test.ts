@@ -8,7 +8,7 @@ import { chmodSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseUnit, systemdAnalyzePath, value, values, words, type UnitEntry } from '../lib/systemd-unit.js';
+import { environment, parseUnit, systemdAnalyzePath, value, values, words, type UnitEntry } from '../lib/systemd-unit.js';
 
 const AGENT = 'secgroup-agent.service';
 const CONTROLLER = 'secgroup-controller.service';
@@ -90,7 +90,7 @@ describe(AGENT, () => {
   });
 
   it('has glibc keep two malloc arenas and give freed memory back (fixed trim and mmap thresholds: ~5 MB of RSS under a delta stream), and V8 a 1 MB young generation', () => {
-    const env = Object.fromEntries(values(agent, 'Service', 'Environment').flatMap((v) => v.split(/\s+/).map((a) => [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)])));
+    const env = environment(values(agent, 'Service', 'Environment'));
     expect(env).toMatchObject({ MALLOC_ARENA_MAX: '2', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_MMAP_THRESHOLD_: '131072', NODE_OPTIONS: '--max-semi-space-size=1' });
   });
 });

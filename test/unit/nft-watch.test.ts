@@ -84,7 +84,7 @@ describe('fallback from the listener to nft monitor', () => {
     primary.exit('secgroup-nftwatch exited (code 1): socket: Operation not permitted');
     expect(told).toEqual(['secgroup-nftwatch exited (code 1): socket: Operation not permitted']);
     expect(exits).toEqual([]); // the caller's session goes on, on nft monitor
-    expect(m.usingFallback).toBe(true);
+    expect([primary.running, fallback.running]).toEqual([0, 1]); // the source in use: nft monitor
     fallback.emit({ structural: true });
     expect(events).toEqual([expect.objectContaining({ kind: 'batch' })]);
     fallback.exit('nft monitor exited (SIGSEGV)');
@@ -106,7 +106,7 @@ describe('fallback from the listener to nft monitor', () => {
     expect(events).toEqual([{ kind: 'ready' }]);
     expect(exits).toEqual(['secgroup-nftwatch exited (SIGKILL)']);
     m.follow(record().h);
-    expect([primary.started, fallback.started, m.usingFallback]).toEqual([2, 0, false]);
+    expect([primary.started, fallback.started, primary.running, fallback.running]).toEqual([2, 0, 1, 0]); // the source in use: still the listener
   });
 
   it('stops the fallback session it started', () => {

@@ -12,7 +12,7 @@ import type { Logger } from '../../lib/logger.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import type { ProjectSnapshot } from '../model.js';
 import { committedSnapshot } from './snapshot-cache.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, policiesByInstance, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, auditEventMatches, checkRevision, logRevisionRepair, policiesByInstance, planRevisionRepair, type AgentState, type AgentStateBefore, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 interface InstanceExtra {
   body: string | null;
@@ -143,12 +143,13 @@ export class MemoryStore implements Store {
     return out;
   }
 
-  async updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean> {
+  async updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<AgentStateBefore | null> {
     this.check();
     const x = this.extra.get(this.key(projectId, instanceId));
-    if (!x) return false;
+    if (!x) return null;
+    const before = { applied_revision: x.agent.applied_revision };
     x.agent = { ...x.agent, ...patch };
-    return true;
+    return before;
   }
 
   async appendAuditEvent(event: AuditEvent): Promise<void> {

@@ -48,7 +48,7 @@ import { migrate } from './postgres-schema.js';
 import { readPolicies } from './postgres-policies.js';
 import { SnapshotCache } from './snapshot-cache.js';
 import { CHANGE_LOG_KEEP, changeEntry, replayChanges, type ChangeEntry } from './change-log.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, type AgentState, type AgentStateBefore, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 export interface PostgresStoreOptions {
   /** postgres://user@host:port/database (a unix socket dir: `?host=/path`) */
@@ -128,7 +128,7 @@ function instanceRow(r: Row): InstanceRow {
 const AUDIT_COLUMNS = ['id', 'time', 'actor', 'project_id', 'operation', 'resource_type', 'resource_ids', 'request_id', 'status', 'error_code', 'source_ip', 'user_agent', 'detail'] as const;
 
 export class PostgresStore implements Store {
-  private readonly agentStates = new Batcher<{ projectId: string; instanceId: string; patch: Partial<AgentState> }, boolean>((items) => this.writeAgentStates(items));
+  private readonly agentStates = new Batcher<{ projectId: string; instanceId: string; patch: Partial<AgentState> }, AgentStateBefore | null>((items) => this.writeAgentStates(items));
   private readonly audits = new Batcher<AuditEvent, void>((items) => this.writeAuditEvents(items));
 
   /** snapshots by version (./snapshot-cache.ts): a write or read loads the project only when another replica moved its version */
@@ -449,12 +449,16 @@ export class PostgresStore implements Store {
     return new Map(rows.map((r) => [r.instance_id as string, { ...EMPTY_AGENT_STATE, ...(r.state as Partial<AgentState>) }]));
   }
 
-  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean> {
+  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<AgentStateBefore | null> {
     return this.agentStates.add({ projectId, instanceId, patch });
   }
 
-  /** One statement for the batch: patches of one instance merged in their order, then `state || patch` per row. */
-  private async writeAgentStates(items: { projectId: string; instanceId: string; patch: Partial<AgentState> }[]): Promise<boolean[]> {
+  /**
+   * One statement for the batch: patches of one instance merged in their order, then `state || patch` per row.
+   * The rows are read locked first (in key order) and their applied revision returned: what each item found is
+   * that, after the patches before it in the batch.
+   */
+  private async writeAgentStates(items: { projectId: string; instanceId: string; patch: Partial<AgentState> }[]): Promise<(AgentStateBefore | null)[]> {
     const key = (p: string, i: string) => JSON.stringify([p, i]);
     const merged = new Map<string, { projectId: string; instanceId: string; patch: Partial<AgentState> }>();
     for (const it of items) {
@@ -465,16 +469,26 @@ export class PostgresStore implements Store {
     // in key order: two replicas' batches lock shared rows in the same order
     const list = [...merged.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
     const found = await this.transaction(async (q) => {
+      // `old`: the rows as they were, locked (as the update would lock them) so no other write slips in between
       const r = await q(
-        `UPDATE agent_state a SET state = a.state || x.patch
-           FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS u(project_id, instance_id, patch) ORDER BY 1, 2) x
+        `WITH x AS (SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS u(project_id, instance_id, patch)),
+              old AS (SELECT a.project_id, a.instance_id, a.state->'applied_revision' AS applied_revision
+                        FROM agent_state a JOIN x USING (project_id, instance_id) ORDER BY 1, 2 FOR UPDATE OF a)
+         UPDATE agent_state a SET state = a.state || x.patch
+           FROM x JOIN old USING (project_id, instance_id)
           WHERE a.project_id = x.project_id AND a.instance_id = x.instance_id
-          RETURNING a.project_id, a.instance_id`,
+          RETURNING a.project_id, a.instance_id, old.applied_revision`,
         [list.map((l) => l.projectId), list.map((l) => l.instanceId), list.map((l) => JSON.stringify(l.patch))],
       );
-      return new Set(r.rows.map((row) => key(row.project_id as string, row.instance_id as string)));
+      return new Map(r.rows.map((row) => [key(row.project_id as string, row.instance_id as string), (row.applied_revision as number | null) ?? null]));
     });
-    return items.map((it) => found.has(key(it.projectId, it.instanceId)));
+    return items.map((it) => {
+      const k = key(it.projectId, it.instanceId);
+      if (!found.has(k)) return null;
+      const before = { applied_revision: found.get(k)! };
+      if (it.patch.applied_revision !== undefined) found.set(k, it.patch.applied_revision);
+      return before;
+    });
   }
 
   appendAuditEvent(event: AuditEvent): Promise<void> {

@@ -31,7 +31,7 @@ import { ensurePrivateFile, tightenFile } from '../../lib/private-files.js';
 import type { AddressGroupRow, GroupRow, InstanceRow, Op, ProjectSnapshot, RuleRow, Tag } from '../model.js';
 import { MAX_REVISION } from '../../protocol/messages.js';
 import { SnapshotCache, committedSnapshot } from './snapshot-cache.js';
-import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, policiesByInstance, planRevisionRepair, type AgentState, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
+import { AuditMarkerNotFound, EMPTY_AGENT_STATE, checkRevision, logRevisionRepair, policiesByInstance, planRevisionRepair, type AgentState, type AgentStateBefore, type AuditEvent, type AuditFilter, type AuditPage, type ChangeFn, type MutateResult, type PolicyChange, type Store, type StoredPolicy, type TokenOwner } from './store.js';
 
 type Db = Database;
 
@@ -563,29 +563,29 @@ export class SqliteStore implements Store {
    * writes at once and a busy one groups; each caller's promise resolves
    * after its update is committed, and in-order per caller.
    */
-  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean> {
-    return new Promise<boolean>((resolve, reject) => {
+  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<AgentStateBefore | null> {
+    return new Promise<AgentStateBefore | null>((resolve, reject) => {
       this.pendingAgentState.push({ projectId, instanceId, patch, resolve, reject });
       if (this.pendingAgentState.length === 1) setImmediate(() => this.flushAgentState());
     });
   }
 
-  private pendingAgentState: { projectId: string; instanceId: string; patch: Partial<AgentState>; resolve: (exists: boolean) => void; reject: (e: unknown) => void }[] = [];
+  private pendingAgentState: { projectId: string; instanceId: string; patch: Partial<AgentState>; resolve: (before: AgentStateBefore | null) => void; reject: (e: unknown) => void }[] = [];
 
   private flushAgentState(): void {
     const batch = this.pendingAgentState;
     this.pendingAgentState = [];
     if (!batch.length) return;
-    let results: boolean[];
+    let results: (AgentStateBefore | null)[];
     try {
       if (!this.db.open) throw new SecgroupError('STATE_IO', 'the controller database is closed');
-      results = this.db.transaction((): boolean[] =>
+      results = this.db.transaction((): (AgentStateBefore | null)[] =>
         batch.map(({ projectId, instanceId, patch }) => {
           const r = this.stmt.getAgentState.get(projectId, instanceId);
-          if (!r) return false;
-          const next = { ...EMPTY_AGENT_STATE, ...(JSON.parse(r.state) as Partial<AgentState>), ...patch };
-          this.stmt.setAgentState.run(JSON.stringify(next), projectId, instanceId);
-          return true;
+          if (!r) return null;
+          const prev = { ...EMPTY_AGENT_STATE, ...(JSON.parse(r.state) as Partial<AgentState>) };
+          this.stmt.setAgentState.run(JSON.stringify({ ...prev, ...patch }), projectId, instanceId);
+          return { applied_revision: prev.applied_revision };
         }),
       ).immediate();
     } catch (e) {

@@ -74,6 +74,14 @@ export interface AgentState {
   connected_to: string | null;
 }
 
+/**
+ * What `updateAgentState` found before it wrote its patch (the hub's hello
+ * compares it with the revision the agent reports, without a read of its own).
+ */
+export interface AgentStateBefore {
+  applied_revision: number | null;
+}
+
 export const EMPTY_AGENT_STATE: AgentState = {
   applied_revision: null,
   last_ack: null,
@@ -206,8 +214,12 @@ export interface Store {
   getAgentState(projectId: string, instanceId: string): Promise<AgentState | null>;
   /** The agent state of every instance of the project, by instance id (one read, for fleet-wide views). */
   listAgentStates(projectId: string): Promise<Map<string, AgentState>>;
-  /** false when the instance does not exist (nothing written) */
-  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<boolean>;
+  /**
+   * Merges `patch` into the instance's agent state; returns what the state
+   * held right before this patch (updates of one instance apply in call
+   * order), or null when the instance does not exist (nothing written).
+   */
+  updateAgentState(projectId: string, instanceId: string, patch: Partial<AgentState>): Promise<AgentStateBefore | null>;
   /** Appends an audit event (its id must be new). */
   appendAuditEvent(event: AuditEvent): Promise<void>;
   /**

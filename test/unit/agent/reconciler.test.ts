@@ -519,6 +519,24 @@ describe('reconciler', () => {
       expect(await r.checkDrift()).toBeNull();
     });
 
+    it('a repair whose marker check after the ack fails is a failed repair, and the next one replaces the table', async () => {
+      const { nft, metrics, r } = setup();
+      await r.submit(policy(1), 'controller');
+      await r.idle();
+      nft.deleteTable();
+      nft.failNext('readMarker'); // the repair's reload is applied, its marker read (after the ack) fails
+      await r.repairDrift({ kind: 'missing', detail: 'table deleted' });
+      expect(await metric(metrics, 'secgroup_apply_failures_total')).toBe('secgroup_apply_failures_total{code="NFT_FAILED"} 1');
+      nft.flushTable();
+      const before = nft.calls.length;
+      // asked to reload in place, but the failed check forced the next sync full: a replacement
+      await r.repairDrift({ kind: 'structure', detail: 'a chain flushed by hand', inPlace: true });
+      const applied = nft.calls.slice(before).flatMap((c) => (c.method === 'apply' ? [c.tx!.ops[0]!] : []));
+      expect(applied).toHaveLength(1);
+      expect(applied[0]!.op === 'replace-table' && applied[0]!.previous).toBeUndefined();
+      expect(await r.checkDrift()).toBeNull();
+    });
+
     it('detects drift after an incremental update against the comment of the last full reload', async () => {
       const { nft, r } = setup();
       await r.submit(policy(1), 'controller');
