@@ -86,14 +86,14 @@ class OverlapIndex {
   /** candidates() fills and returns this list (reused: one compile makes no garbage per query) */
   private readonly found: number[] = [];
   /** per rule: its address buckets (addrBucketsOf), computed once for its query and its add */
-  private readonly addrs: (readonly bigint[] | null | undefined)[];
+  private readonly addrs: (readonly number[] | null | undefined)[];
 
   constructor(private readonly rules: readonly NormalizedRule[]) {
     this.stamp = new Int32Array(rules.length).fill(-1);
-    this.addrs = new Array<readonly bigint[] | null | undefined>(rules.length);
+    this.addrs = new Array<readonly number[] | null | undefined>(rules.length);
   }
 
-  private addrOf(i: number): readonly bigint[] | null {
+  private addrOf(i: number): readonly number[] | null {
     let a = this.addrs[i];
     if (a === undefined) this.addrs[i] = a = addrBucketsOf(this.rules[i]!);
     return a;
@@ -139,7 +139,7 @@ class OverlapIndex {
   }
 
   /** candidates() within one protocol's rules (a bucket met twice adds nothing: the stamp) */
-  private fromProtocol(g: ProtocolIndex, r: NormalizedRule, addr: readonly bigint[] | null, i: number): void {
+  private fromProtocol(g: ProtocolIndex, r: NormalizedRule, addr: readonly number[] | null, i: number): void {
     if (!r.ports) {
       g.all.collect(addr, i, this.stamp, this.found);
       return;
@@ -167,10 +167,10 @@ interface ProtocolIndex {
 /** Rules of one port bucket by address bucket; `wide`: rules whose peers span too many buckets. */
 class AddrBuckets {
   private readonly wide: number[] = [];
-  private readonly byAddr = new Map<bigint, number[]>();
+  private readonly byAddr = new Map<number, number[]>();
 
   /** `addr` null: wide. */
-  add(i: number, addr: readonly bigint[] | null): void {
+  add(i: number, addr: readonly number[] | null): void {
     if (!addr) {
       if (this.wide[this.wide.length - 1] !== i) this.wide.push(i);
     } else for (const a of addr) push(this.byAddr, a, i);
@@ -180,7 +180,7 @@ class AddrBuckets {
    * Appends to `out` the rules that may share an address with peers in `addr`
    * (null: wide, every rule) and are not stamped `query` yet, stamping them.
    */
-  collect(addr: readonly bigint[] | null, query: number, stamp: Int32Array, out: number[]): void {
+  collect(addr: readonly number[] | null, query: number, stamp: Int32Array, out: number[]): void {
     take(this.wide, query, stamp, out);
     if (!addr) {
       for (const list of this.byAddr.values()) take(list, query, stamp, out);
@@ -211,8 +211,17 @@ function bucket(m: Map<number, AddrBuckets>, k: number): AddrBuckets {
 /** A rule whose peers span at most this many address buckets is found only through them. */
 const NARROW_ADDR = 16n;
 
-/** The address buckets (/24, /64) of a rule's peers, or null when they span more than NARROW_ADDR. */
-function addrBucketsOf(r: NormalizedRule): bigint[] | null {
+/** Low bits of an IPv6 /64 bucket kept in its key (a double holds 53). */
+const V6_KEY_MASK = (1n << 52n) - 1n;
+
+/**
+ * The address buckets (/24, /64) of a rule's peers, or null when they span
+ * more than NARROW_ADDR; as numbers (a Map hashes a bigint key on every
+ * lookup: 10k rules spent most of their layering there). An IPv6 bucket
+ * keeps the low 52 bits of its /64: two prefixes that differ only above
+ * them share a key, which only adds candidates (rulesOverlap decides).
+ */
+function addrBucketsOf(r: NormalizedRule): number[] | null {
   const shift = r.family === 4 ? 8n : 64n;
   // at most NARROW_ADDR + 1 peers are looked at: a big member set stops early
   const peers = r.peers instanceof AddressSet ? peerRanges(r.peers, Number(NARROW_ADDR) + 1) : r.peers;
@@ -222,12 +231,17 @@ function addrBucketsOf(r: NormalizedRule): bigint[] | null {
     if (n > NARROW_ADDR) return null;
   }
   // peers are sorted and disjoint: their buckets come in order, a repeat only where two peers share one
-  const out: bigint[] = [];
-  for (const p of peers) for (let k = p.lo >> shift; k <= p.hi >> shift; k++) if (out[out.length - 1] !== k) out.push(k);
+  const out: number[] = [];
+  for (const p of peers) {
+    for (let k = p.lo >> shift; k <= p.hi >> shift; k++) {
+      const key = r.family === 4 ? Number(k) : Number(k & V6_KEY_MASK);
+      if (out[out.length - 1] !== key) out.push(key);
+    }
+  }
   return out;
 }
 
-function push(m: Map<number | bigint, number[]>, k: number | bigint, v: number): void {
+function push(m: Map<number, number[]>, k: number, v: number): void {
   const list = m.get(k);
   if (!list) m.set(k, [v]);
   else if (list[list.length - 1] !== v) list.push(v);
