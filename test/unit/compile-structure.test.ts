@@ -110,6 +110,17 @@ describe('layers', () => {
     }
   });
 
+  it('IPv6 /64s that share an index key (they differ only in their top 12 bits) stay apart: the key only adds candidates', () => {
+    // the index keys an IPv6 /64 by its low 52 bits (layering.ts addrBucketsOf): these four prefixes share one key
+    const prefixes = ['2001:db8:0:1::/64', '3001:db8:0:1::/64', 'f001:db8:0:1::/64', '2001:db8:0:1::/120'];
+    const rules = normalizeRules(
+      policyOf(prefixes.map((p, i) => ({ id: `r${i}`, ethertype: 'IPv6', protocol: 'tcp', multiport: '443', remote_ip_prefix: p }))),
+    );
+    // the first three are disjoint: one layer; the /120 lies inside the first /64: shadowed by it
+    expect(layerRules(rules)).toEqual({ shadowed: [false, false, false, true], layers: [0, 0, 0, null] });
+    expect(layerRules(rules)).toEqual({ shadowed: naiveShadowed(rules), layers: naiveLayers(rules.map((r, i) => (i === 3 ? { ...r, peers: [] } : r))) });
+  });
+
   it('overlapping rules go one layer up; disjoint rules share a layer; rules matching nothing get none', () => {
     const policy = policyOf(
       [
