@@ -11,16 +11,20 @@
  *
  * Settings: `agent` (`--optimize-for-size` set at run time, as `secgroup
  * agent` does), `agent + burst` (the same with compileBurst() around each
- * compile + render: what the reconciler does now), `agent, flag off in
- * bursts` (the alternative: `--no-optimize-for-size` during the burst) and
- * `V8 defaults`. Medians and best of the 5 rounds after the first.
+ * compile + render: what the reconciler does now, in the mode the policy
+ * gets, footprint.ts burstMode), `agent + memory burst` and `agent +
+ * throughput burst` (each mode forced), and `V8 defaults`. Each child runs
+ * but `V8 defaults` with the Environment= of systemd/secgroup-agent.service
+ * (its 1 MB young generation), as the agent runs. Medians and best of the 5 rounds after
+ * the first.
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { groupPolicy, syntheticPolicy } from './policies.js';
-import { compileBurst, tuneForFootprint } from '../src/agent/footprint.js';
+import { BURST_V8_FLAGS, burstWork, compileBurst, tuneForFootprint, type BurstMode } from '../src/agent/footprint.js';
+import { unitEnvironment } from './footprint.js';
 import { compilePolicy } from '../src/nft/compile.js';
 import { renderTransactionChunks } from '../src/nft/render.js';
 import { replaceTableTx } from '../src/nft/transaction.js';
@@ -33,18 +37,24 @@ const CASES: Record<string, () => PolicyInput> = {
   '100k members': () => groupPolicy(100_000, 10),
 };
 
-const SETTINGS = ['agent', 'agent + burst', 'agent, flag off in bursts', 'V8 defaults'] as const;
+const SETTINGS = ['agent', 'agent + burst', 'agent + memory burst', 'agent + throughput burst', 'V8 defaults'] as const;
 type Setting = (typeof SETTINGS)[number];
 
 async function measure(name: string, setting: Setting): Promise<Record<string, string | number>> {
   if (setting !== 'V8 defaults') tuneForFootprint();
-  const burst = (): (() => void) => {
-    if (setting === 'agent + burst') return compileBurst();
-    if (setting !== 'agent, flag off in bursts') return () => undefined;
-    setFlagsFromString('--no-optimize-for-size');
-    return () => setFlagsFromString('--optimize-for-size');
-  };
   const policy = parsePolicy(CASES[name]!());
+  const forced = (mode: BurstMode): (() => void) => {
+    for (const [start] of BURST_V8_FLAGS[mode]) setFlagsFromString(start);
+    return () => {
+      for (const [, end] of BURST_V8_FLAGS[mode]) setFlagsFromString(end);
+    };
+  };
+  const burst = (): (() => void) => {
+    if (setting === 'agent + burst') return compileBurst(burstWork(policy));
+    if (setting === 'agent + memory burst') return forced('memory');
+    if (setting === 'agent + throughput burst') return forced('throughput');
+    return () => undefined;
+  };
   const cpu: number[] = [];
   for (let i = 0; i < 6; i++) {
     const c0 = process.cpuUsage();
@@ -72,7 +82,7 @@ if (process.argv.includes('--child')) {
   const rows = [];
   for (const n of names) {
     for (const s of SETTINGS) {
-      const out = execFileSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', n, s], { encoding: 'utf8', timeout: 600_000, stdio: ['ignore', 'pipe', 'inherit'] });
+      const out = execFileSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', n, s], { encoding: 'utf8', timeout: 600_000, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...(s === 'V8 defaults' ? {} : unitEnvironment()) } });
       rows.push(JSON.parse(out));
     }
   }

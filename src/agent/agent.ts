@@ -16,6 +16,7 @@ import type { NftMonitor } from '../nft/monitor.js';
 import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
 import { checkPolicy } from '../policy/schema.js';
+import type { BurstWork } from './footprint.js';
 import { formatIssue } from '../lib/errors.js';
 import { MAX_ACK_DURATION_MS, PROTOCOL_VERSION, boundPortReport, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
@@ -54,7 +55,7 @@ export interface AgentDeps {
   /** change events of our table (`nft monitor`); null/absent: drift found by the periodic check only */
   nftMonitor?: NftMonitor | null;
   /** heap sizing for throughput while a sync compiles (footprint.ts `compileBurst`; reconciler.ts `heapBurst`); absent: none */
-  heapBurst?: () => () => void;
+  heapBurst?: (work: BurstWork) => () => void;
 }
 
 export interface AgentStatus {

@@ -20,22 +20,63 @@
  * (compacting) one, so compiling a big policy runs a dozen full GCs over a
  * 30-50 MB live heap: the compile of 10k rules or 100k members cost 2-3x
  * the CPU it costs without the flag (bench/README.md "Issue 18 round 4").
- * V8 reads its heap-growing flags when it sizes the heap after a GC, not
- * at start, so they can change for a burst: `compileBurst()` lets the old
- * generation double between full GCs while the reconciler compiles and
- * renders a full sync (BURST_V8_FLAGS) and puts V8's own sizing back after.
- * Measured (`npx tsx bench/compile-heap.ts`, two runs): compile + render
- * CPU -35-45 % (10k rules) / -50 % (100k members) for +25-60 MB of peak
- * RSS (+15-40 %); dropping the flag during the burst saves a little more
- * CPU but nearly doubles the peak (+115-185 MB), which the memory targets
- * of issue 18 rule out.
+ * V8 reads these flags when it sizes the heap after a GC, not at start, so
+ * they can change for a burst (`compileBurst()`, around the compile and
+ * render of a full sync), in one of two modes (`burstMode`):
+ *
+ * - `memory` (a policy whose member addresses outnumber its rules more than
+ *   MEMBERS_PER_RULE_FOR_MEMORY times: big remote groups, packed, few
+ *   objects): the old generation may double between full GCs
+ *   (`--heap-growing-percent=100`), the flag stays. Measured with
+ *   `bench/compile-heap.ts` (round 4): compile + render CPU -50 % at 100k
+ *   members; dropping the flag too saves ~15 % more there but raises the
+ *   peak by 10-15 MB (92-99 -> 108-109 MB at 100k members), against the
+ *   <= 2x nft target of issue 18.
+ * - `throughput` (rule-heavy policies: thousands of rule objects): the same,
+ *   and the flag off until the burst ends. At 10k rules this cut the CPU of
+ *   parse + compile + render by ~40 % (median 430-442 -> 232-288 ms, three
+ *   alternating runs) at the same peak (143-152 MB), because the growing
+ *   factor still bounds the heap (round 5, bench/README.md).
  */
 import { setFlagsFromString } from 'node:v8';
+import type { Policy } from '../policy/schema.js';
 
 export const AGENT_V8_FLAGS = ['--optimize-for-size'] as const;
 
-/** During a burst: [set at its start, set at its end (0: V8's own growing factor again)]. */
-export const BURST_V8_FLAGS = [['--heap-growing-percent=100', '--heap-growing-percent=0']] as const;
+/** How a burst sizes the heap (see the module comment). */
+export type BurstMode = 'memory' | 'throughput';
+
+/** During a burst of each mode: [set at its start, set at its end (0: V8's own growing factor again)]. */
+export const BURST_V8_FLAGS: Record<BurstMode, readonly (readonly [string, string])[]> = {
+  memory: [['--heap-growing-percent=100', '--heap-growing-percent=0']],
+  throughput: [
+    ['--heap-growing-percent=100', '--heap-growing-percent=0'],
+    ['--no-optimize-for-size', '--optimize-for-size'],
+  ],
+};
+
+/** What a burst compiles: the policy's rules and the member addresses of its remote and address groups. */
+export interface BurstWork {
+  rules: number;
+  members: number;
+}
+
+/** What compiling `policy` takes: its rules, and the addresses of its remote groups' members and address groups. */
+export function burstWork(policy: Policy): BurstWork {
+  let rules = 0;
+  for (const g of policy.security_groups) rules += g.rules.length;
+  let members = 0;
+  for (const list of Object.values(policy.group_members)) members += list.length;
+  for (const ag of policy.address_groups) members += ag.ip_set.length;
+  return { rules, members };
+}
+
+/** Member addresses per rule above which a burst keeps --optimize-for-size (memory mode). */
+export const MEMBERS_PER_RULE_FOR_MEMORY = 20;
+
+export function burstMode(work: BurstWork): BurstMode {
+  return work.members > MEMBERS_PER_RULE_FOR_MEMORY * work.rules ? 'memory' : 'throughput';
+}
 
 let applied = false;
 
@@ -48,18 +89,23 @@ export function tuneForFootprint(): void {
 
 /**
  * Bursts over `setFlag` (v8.setFlagsFromString in the agent): the first
- * burst sets the start flags of BURST_V8_FLAGS, the end of the last one
- * (bursts nest) sets their end flags; each end function acts once.
+ * burst sets the start flags of its mode, the end of the last one (bursts
+ * nest; the first one's mode holds until then) sets that mode's end flags;
+ * each end function acts once.
  */
-export function burstsOver(setFlag: (flag: string) => void): () => () => void {
+export function burstsOver(setFlag: (flag: string) => void): (work: BurstWork) => () => void {
   let open = 0;
-  return () => {
-    if (open++ === 0) for (const [start] of BURST_V8_FLAGS) setFlag(start);
+  let mode: BurstMode = 'memory';
+  return (work) => {
+    if (open++ === 0) {
+      mode = burstMode(work);
+      for (const [start] of BURST_V8_FLAGS[mode]) setFlag(start);
+    }
     let ended = false;
     return () => {
       if (ended) return;
       ended = true;
-      if (--open === 0) for (const [, end] of BURST_V8_FLAGS) setFlag(end);
+      if (--open === 0) for (const [, end] of BURST_V8_FLAGS[mode]) setFlag(end);
     };
   };
 }
@@ -67,10 +113,10 @@ export function burstsOver(setFlag: (flag: string) => void): () => () => void {
 const processBursts = burstsOver(setFlagsFromString);
 
 /**
- * Starts a burst (see the module comment): heap sizing for throughput until
- * the returned function is called. Nothing happens unless tuneForFootprint()
- * ran (the agent's flags are not this process's).
+ * Starts a burst for `work` (see the module comment): heap sizing for
+ * throughput until the returned function is called. Nothing happens unless
+ * tuneForFootprint() ran (the agent's flags are not this process's).
  */
-export function compileBurst(): () => void {
-  return applied ? processBursts() : () => undefined;
+export function compileBurst(work: BurstWork): () => void {
+  return applied ? processBursts(work) : () => undefined;
 }

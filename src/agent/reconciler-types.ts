@@ -3,6 +3,7 @@
  * is built with, where a policy came from, what a sync did, what each
  * submission resolves with, and the state applied now. Types only.
  */
+import type { BurstWork } from './footprint.js';
 import type { Clock } from '../lib/clock.js';
 import type { SecgroupError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
@@ -62,9 +63,10 @@ export interface ReconcilerOptions {
   /** called for every outcome (acks, logs) */
   onOutcome?: (o: SyncOutcome) => void;
   /**
-   * Called when a sync that compiles starts (every sync but a member delta);
-   * the function it returns when the sync ends. The agent passes
-   * footprint.ts `compileBurst` (heap sizing for throughput while it compiles).
+   * Called when a sync that compiles starts (every sync but a member delta),
+   * with what it compiles; the function it returns when the sync ends. The
+   * agent passes footprint.ts `compileBurst` (heap sizing for throughput
+   * while it compiles).
    */
-  heapBurst?: () => () => void;
+  heapBurst?: (work: BurstWork) => () => void;
 }

@@ -73,6 +73,7 @@ import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 import type { DriftWatch } from './drift-monitor.js';
 import { countsToCarry, observeRuleCounters } from './rule-counters.js';
+import { burstWork } from './footprint.js';
 import type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
 import { CoalescedStateWriter } from './state-writer.js';
 import { verifyApplied } from './verify-applied.js';
@@ -451,7 +452,7 @@ export class Reconciler {
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
     const reuse = repairInPlace && this.applied !== null ? this.applied : null;
-    const endBurst = change === null && !reuse ? this.o.heapBurst?.() : undefined;
+    const endBurst = change === null && !reuse ? this.o.heapBurst?.(burstWork(policy)) : undefined;
     try {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
       // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;

@@ -1,3 +1,4 @@
+import type { BurstWork } from '../../../src/agent/footprint.js';
 import { describe, expect, it } from 'vitest';
 import { FakeClock } from '../../../src/lib/clock.js';
 import { SecgroupError } from '../../../src/lib/errors.js';
@@ -17,7 +18,7 @@ import { policy } from './fixtures.js';
 import { dumpBlock, dumpBlocks, withoutGeneration } from '../../helpers/nft-dump.js';
 import { golden } from '../../helpers/golden.js';
 
-function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBurst?: () => () => void } = {}) {
+function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBurst?: (work: BurstWork) => () => void } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = new MemoryStateStore();
@@ -372,21 +373,26 @@ describe('reconciler', () => {
   it('compiles and applies a full sync inside one heap burst (footprint.ts), and a member delta outside any', async () => {
     const events: string[] = [];
     const { nft, r } = setup({
-      heapBurst: () => {
-        events.push(`start (applies so far: ${nft.count('apply')})`);
+      heapBurst: (work) => {
+        events.push(`start ${JSON.stringify(work)} (applies so far: ${nft.count('apply')})`);
         return () => events.push(`end (applies so far: ${nft.count('apply')})`);
       },
     });
-    // the compile reads the policy's groups: recorded once per sync
+    // the compile names the instance in the table's comment: recorded once per sync
     const compiling = (p: ReturnType<typeof policy>) =>
       new Proxy(p, {
         get: (target, key, receiver) => {
-          if (key === 'security_groups' && events.at(-1) !== 'compile') events.push('compile');
+          if (key === 'instance' && events.at(-1) !== 'compile') events.push('compile');
           return Reflect.get(target, key, receiver);
         },
       });
-    expect(await r.submit(compiling(policy(1)), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
-    expect(events).toEqual(['start (applies so far: 0)', 'compile', 'end (applies so far: 1)']);
+    const first = policy(1);
+    const rules = first.security_groups.reduce((n, g) => n + g.rules.length, 0);
+    const addresses = Object.values(first.group_members).reduce((n, m) => n + m.length, 0) + first.address_groups.reduce((n, ag) => n + ag.ip_set.length, 0);
+    expect(await r.submit(compiling(first), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    // the burst knows what it compiles (footprint.ts burstMode)
+    // (what reads the instance after the sync, the state written and the port report, comes after the burst)
+    expect(events.slice(0, 3)).toEqual([`start ${JSON.stringify({ rules, members: addresses })} (applies so far: 0)`, 'compile', 'end (applies so far: 1)']);
     await r.idle();
     events.length = 0;
     const members = ['198.18.0.10', '198.18.0.12', '198.18.0.30'];
