@@ -17,7 +17,9 @@
  * also on failure and on Ctrl-C (SIGINT) or SIGTERM.
  *
  * Environment: SECGROUP_DEMO_PREFIX (default sgdemo-<pid>), SECGROUP_DEMO_VERBOSE=1
- * (print the components' logs at the end).
+ * (print the components' logs at the end), SECGROUP_DEMO_LOGS=<dir> (keep the
+ * components' whole logs, and what the demo saw of web-a's port report, in
+ * <dir>/<prefix>/).
  *
  * `npm run demo -- --console`: afterwards the rule is created again and the demo
  * keeps running (until Ctrl-C) with the web console reachable at
@@ -26,7 +28,7 @@
  * its namespace (test/helpers/ns-bridge.ts; no address or route is added).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -60,6 +62,18 @@ const dim = (s: string) => paint('2', s);
 const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(1)}s`;
 const say = (s: string) => console.log(`${dim(`[${elapsed().padStart(5)}]`)} ${s}`);
 
+/**
+ * What the demo's polls of web-a's port report returned, each change once with the time it was first seen:
+ * printed when the demo fails, so a wait that times out shows whether the report was missing, behind the
+ * applied revision, or current but with another status (and how old it was).
+ */
+const seen: string[] = [];
+function saw(what: string): void {
+  if (seen.at(-1)?.endsWith(` ${what}`)) return;
+  seen.push(`[${elapsed().padStart(5)}] ${what}`);
+  if (seen.length > 60) seen.shift();
+}
+
 // ---------------------------------------------------------------- cleanup
 const procs: ChildProcess[] = [];
 let dir = '';
@@ -85,6 +99,13 @@ function cleanup(): void {
       }
     }
     ip(['netns', 'del', NS(n)], false);
+  }
+  if (dir && process.env.SECGROUP_DEMO_LOGS) {
+    // the components' whole logs, for a run to look into afterwards
+    const to = join(process.env.SECGROUP_DEMO_LOGS, PREFIX);
+    mkdirSync(to, { recursive: true });
+    for (const f of readdirSync(dir)) if (f.endsWith('.log')) copyFileSync(join(dir, f), join(to, f));
+    writeFileSync(join(to, 'ports-seen.log'), seen.join('\n') + '\n');
   }
   if (dir) rmSync(dir, { recursive: true, force: true });
 }
@@ -263,10 +284,11 @@ async function main(): Promise<void> {
   const port80 = (rev: number, want?: string) =>
     until(`the port report of web-a (revision ${rev})`, async () => {
       const r = await must('GET', '/instances/web-a/ports', undefined, 200);
-      const report = r.report as { revision: number; entries: Json[] } | null;
-      if (!report || report.revision < rev) return undefined;
-      const e = report.entries.find((x) => x.protocol === 'tcp' && x.port === 80 && x.family !== 6);
+      const report = r.report as { revision: number; generated_at: string; entries: Json[] } | null;
+      const e = report?.entries.find((x) => x.protocol === 'tcp' && x.port === 80 && x.family !== 6);
       const st = (e?.status as string | undefined) ?? 'no entry';
+      saw(report ? `revision ${report.revision}, generated ${report.generated_at}, received ${String(r.received_at)}, port 80 ${st}, ${report.entries.length} entries` : 'no report yet');
+      if (!report || report.revision < rev) return undefined;
       return want === undefined || st === want ? st : undefined;
     });
   const attempt = async () => {
@@ -348,6 +370,7 @@ main()
   })
   .catch((e: unknown) => {
     console.error(red(`demo failed: ${e instanceof Error ? e.message : String(e)}`));
+    if (seen.length > 0) console.error(dim(`--- GET /v3/${PROJECT}/instances/web-a/ports, each change as the demo saw it\n${seen.join('\n')}`));
     printLogs();
     cleanup();
     process.exit(1);
