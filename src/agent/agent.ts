@@ -159,9 +159,7 @@ export function createAgent(deps: AgentDeps): Agent {
       if (o.source === 'controller') {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
       }
-      // A rule change is reported at once (at most one a second), and so is a member change (element updates)
-      // that can change a listening port's status; other member changes at most once every
-      // PORTS_AFTER_ELEMENTS_MS: rating every port against a big group costs far more CPU than the delta itself.
+      // the port report: at once after a rule change or a member change that can alter a listening port, else coalesced (port-reporter.ts)
       ports.applied(o);
       if (o.status === 'applied') ready(`enforcing revision ${o.revision}`);
     },

@@ -23,6 +23,9 @@
  * way follows it, with the state of then.
  *
  * Log lines: `ports_sent` (debug: revision, entries, source, durationMs),
+ * `ports_slow` (warn: a report took PORTS_SLOW_MS or more, most of it
+ * reading the sockets: `ss` and `netstat` each get 15 s before the next
+ * source is tried, and while one report is on its way no other goes out),
  * `ports_clipped` (warn), `ports_failed` (warn).
  */
 import type { Clock, Timer } from '../lib/clock.js';
@@ -58,6 +61,9 @@ export const PORTS_AFTER_ELEMENTS_MS = 30_000;
 
 /** After a change or a (re)connect: at most one report a second. */
 export const PORTS_MIN_INTERVAL_MS = 1000;
+
+/** A report that takes this long (reading the sockets, rating them) is logged (`ports_slow`): the controller's view is that far behind. */
+export const PORTS_SLOW_MS = 5000;
 
 export interface PortReporterOptions {
   /** null: no probe, nothing is ever reported */
@@ -171,10 +177,14 @@ export class PortReporter {
       const rules = st ? compiledRules(st.compiled) : undefined;
       const { report, clipped } = boundPortReport(await probe.report(st?.policy ?? null, st?.revision ?? null, rules));
       if (clipped) logger.warn({ event: 'ports_clipped', clipped }, `the port report is over the protocol's limits (docs/protocol.md): ${clipped} entries, listeners or rule references left out`);
+      const durationMs = Math.round(clock.monotonic() - this.lastAt);
+      if (durationMs >= PORTS_SLOW_MS) {
+        logger.warn({ event: 'ports_slow', revision: report.revision, source: report.source, durationMs }, `the port report took ${durationMs} ms (reading the sockets with ${report.source}): the controller's view of the ports was that far behind`);
+      }
       if (this.o.send({ type: 'ports', report })) {
         // what the controller holds now: the next member change is compared with it
         this.basis = rules ? reportBasis(report, rules) : null;
-        logger.debug({ event: 'ports_sent', revision: report.revision, entries: report.entries.length, source: report.source, durationMs: Math.round(clock.monotonic() - this.lastAt) }, 'port report sent');
+        logger.debug({ event: 'ports_sent', revision: report.revision, entries: report.entries.length, source: report.source, durationMs }, 'port report sent');
       }
     } catch (e) {
       logger.warn({ event: 'ports_failed', err: e }, `cannot report port status: ${errorMessage(e)}`);

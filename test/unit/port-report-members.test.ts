@@ -1,5 +1,5 @@
 /**
- * The port report after member deltas (src/agent/agent.ts `compiledRules`,
+ * The port report after member deltas (src/agent/port-reporter.ts `compiledRules`,
  * PortStatusOptions.rules): the agent rates its ports with the rules the
  * compiler laid out, whose peer lists the membership fast path edits in
  * place, instead of normalising the policy again (every member parsed: 0.1-0.2

@@ -18,6 +18,7 @@ import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { ackSchema, type AckMessage } from '../../../src/protocol/messages.js';
 import { policy } from './fixtures.js';
 import { dumpBlock, dumpBlocks, generationMarker, tableComment } from '../../helpers/nft-dump.js';
+import { captureLogs } from '../../helpers/log-capture.js';
 
 const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
 
@@ -274,8 +275,9 @@ describe('agent', () => {
     await agent.stop();
   });
 
-  it('sends one port report at a time, so a slow read cannot land after a newer revision', async () => {
-    const { dialer, agent, clock, probe } = setup();
+  it('sends one port report at a time, so a slow read cannot land after a newer revision, and logs the slow one', async () => {
+    const logs = captureLogs('info');
+    const { dialer, agent, clock, probe } = setup({ logger: logs.logger });
     await agent.start();
     const s = dialer.last;
     // the socket read of the report asked for on connect hangs until released
@@ -290,12 +292,14 @@ describe('agent', () => {
     await settle();
     s.receive({ type: 'policy', policy: policy(3) });
     await agent.reconciler.idle();
-    await clock.advance(1000);
+    await clock.advance(6000);
     await settle();
     release();
     for (let i = 0; i < 5; i++) await settle();
     // the report of revision 3 follows the one on its way (no policy yet), never overtakes it
     expect(s.messages.filter((m) => m.type === 'ports').map((m) => (m as { report: { revision: number | null } }).report.revision)).toEqual([null, 3]);
+    // the read that took 6 s is in the log (PORTS_SLOW_MS: 5 s)
+    expect(logs.lines.filter((l) => l.event === 'ports_slow')).toMatchObject([{ level: 40, revision: null, source: 'proc', durationMs: 6000 }]);
     await agent.stop();
   });
 
