@@ -221,7 +221,7 @@ async function main(): Promise<void> {
   // controller
   writeFileSync(
     join(dir, 'controller.yaml'),
-    [`listen: { host: 0.0.0.0, port: ${PORT} }`, `data_dir: ${join(dir, 'controller-data')}`, 'agents: { heartbeat_interval_ms: 2000 }', 'log: { level: info }', 'api:', '  tokens:', `    - { name: demo, token: ${ADMIN} }`].join('\n'),
+    [`listen: { host: 0.0.0.0, port: ${PORT} }`, `data_dir: ${join(dir, 'controller-data')}`, 'agents: { heartbeat_interval_ms: 2000 }', 'log: { level: debug }', 'api:', '  tokens:', `    - { name: demo, token: ${ADMIN} }`].join('\n'),
   );
   start('ctl', 'controller', [TSX, MAIN, 'controller', '--config', join(dir, 'controller.yaml')]);
   const ctl = new Helper(start('ctl', 'ctl-helper', [process.execPath, '-e', HELPER], 'pipe'));
@@ -268,11 +268,11 @@ async function main(): Promise<void> {
     writeFileSync(join(dir, `${id}.token`), tokens[id]!, { mode: 0o600 });
     writeFileSync(
       join(dir, `${id}.yaml`),
-      [`instance_id: ${id}`, `state_dir: ${join(dir, `${id}-state`)}`, 'ports_interval_ms: 1000', 'controller:', `  url: ws://${ADDR.ctl}:${PORT}`, `  token_file: ${join(dir, `${id}.token`)}`].join('\n'),
+      [`instance_id: ${id}`, `state_dir: ${join(dir, `${id}-state`)}`, 'ports_interval_ms: 1000', 'log_level: debug', 'controller:', `  url: ws://${ADDR.ctl}:${PORT}`, `  token_file: ${join(dir, `${id}.token`)}`].join('\n'),
     );
     start(n, `agent-${id}`, [TSX, MAIN, 'agent', '--config', join(dir, `${id}.yaml`)]);
   }
-  start('a', 'web', [process.execPath, '-e', `require('http').createServer((q, s) => s.end('hello from web-a')).listen(80, '0.0.0.0')`]);
+  start('a', 'web', [process.execPath, '-e', `require('http').createServer((q, s) => s.end('hello from web-a')).listen(80, '0.0.0.0', () => console.log(new Date().toISOString() + ' listening on 0.0.0.0:80'))`]);
 
   const status = async (id: string) => (await must('GET', `/instances/${id}/status`, undefined, 200)).status as Json;
   const synced = (id: string, above = 0) =>
@@ -376,6 +376,12 @@ main()
     process.exit(1);
   });
 
+/**
+ * The components' last log lines. Routine lines (the demo's own API polls, each port report sent and received,
+ * logged at debug) would fill the tail: they are left out of it and summed up instead, each kind with its
+ * count and its last line, so a report that stopped flowing shows.
+ */
+const ROUTINE = new Set(['api', 'ports', 'ports_sent']);
 function printLogs(): void {
   if (!dir) return;
   for (const name of ['controller', 'agent-web-a', 'agent-web-b', 'web']) {
@@ -385,7 +391,18 @@ function printLogs(): void {
     } catch {
       continue;
     }
+    const rest: string[] = [];
+    const routine = new Map<string, { count: number; last: string }>();
+    for (const line of text.trim().split('\n')) {
+      const event = /"event":"([^"]+)"/.exec(line)?.[1];
+      if (event === undefined || !ROUTINE.has(event)) {
+        rest.push(line);
+        continue;
+      }
+      routine.set(event, { count: (routine.get(event)?.count ?? 0) + 1, last: line });
+    }
     console.error(dim(`--- ${name}.log (last lines)`));
-    console.error(dim(text.trim().split('\n').slice(-8).join('\n')));
+    console.error(dim(rest.slice(-10).join('\n')));
+    for (const [event, r] of routine) console.error(dim(`(${r.count} "${event}" lines left out; the last: ${r.last})`));
   }
 }
