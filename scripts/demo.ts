@@ -17,7 +17,9 @@
  * also on failure and on Ctrl-C (SIGINT) or SIGTERM.
  *
  * Environment: SECGROUP_DEMO_PREFIX (default sgdemo-<pid>), SECGROUP_DEMO_VERBOSE=1
- * (print the components' logs at the end).
+ * (print the components' logs at the end), SECGROUP_DEMO_LOGS=<dir> (keep the
+ * components' whole logs, and what the demo saw of web-a's port report, in
+ * <dir>/<prefix>/).
  *
  * `npm run demo -- --console`: afterwards the rule is created again and the demo
  * keeps running (until Ctrl-C) with the web console reachable at
@@ -26,7 +28,7 @@
  * its namespace (test/helpers/ns-bridge.ts; no address or route is added).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, closeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -60,6 +62,18 @@ const dim = (s: string) => paint('2', s);
 const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(1)}s`;
 const say = (s: string) => console.log(`${dim(`[${elapsed().padStart(5)}]`)} ${s}`);
 
+/**
+ * What the demo's polls of web-a's port report returned, each change once with the time it was first seen:
+ * printed when the demo fails, so a wait that times out shows whether the report was missing, behind the
+ * applied revision, or current but with another status (and how old it was).
+ */
+const seen: string[] = [];
+function saw(what: string): void {
+  if (seen.at(-1)?.endsWith(` ${what}`)) return;
+  seen.push(`[${elapsed().padStart(5)}] ${what}`);
+  if (seen.length > 60) seen.shift();
+}
+
 // ---------------------------------------------------------------- cleanup
 const procs: ChildProcess[] = [];
 let dir = '';
@@ -85,6 +99,13 @@ function cleanup(): void {
       }
     }
     ip(['netns', 'del', NS(n)], false);
+  }
+  if (dir && process.env.SECGROUP_DEMO_LOGS) {
+    // the components' whole logs, for a run to look into afterwards
+    const to = join(process.env.SECGROUP_DEMO_LOGS, PREFIX);
+    mkdirSync(to, { recursive: true });
+    for (const f of readdirSync(dir)) if (f.endsWith('.log')) copyFileSync(join(dir, f), join(to, f));
+    writeFileSync(join(to, 'ports-seen.log'), seen.join('\n') + '\n');
   }
   if (dir) rmSync(dir, { recursive: true, force: true });
 }
@@ -200,7 +221,7 @@ async function main(): Promise<void> {
   // controller
   writeFileSync(
     join(dir, 'controller.yaml'),
-    [`listen: { host: 0.0.0.0, port: ${PORT} }`, `data_dir: ${join(dir, 'controller-data')}`, 'agents: { heartbeat_interval_ms: 2000 }', 'log: { level: info }', 'api:', '  tokens:', `    - { name: demo, token: ${ADMIN} }`].join('\n'),
+    [`listen: { host: 0.0.0.0, port: ${PORT} }`, `data_dir: ${join(dir, 'controller-data')}`, 'agents: { heartbeat_interval_ms: 2000 }', 'log: { level: debug }', 'api:', '  tokens:', `    - { name: demo, token: ${ADMIN} }`].join('\n'),
   );
   start('ctl', 'controller', [TSX, MAIN, 'controller', '--config', join(dir, 'controller.yaml')]);
   const ctl = new Helper(start('ctl', 'ctl-helper', [process.execPath, '-e', HELPER], 'pipe'));
@@ -247,11 +268,11 @@ async function main(): Promise<void> {
     writeFileSync(join(dir, `${id}.token`), tokens[id]!, { mode: 0o600 });
     writeFileSync(
       join(dir, `${id}.yaml`),
-      [`instance_id: ${id}`, `state_dir: ${join(dir, `${id}-state`)}`, 'ports_interval_ms: 1000', 'controller:', `  url: ws://${ADDR.ctl}:${PORT}`, `  token_file: ${join(dir, `${id}.token`)}`].join('\n'),
+      [`instance_id: ${id}`, `state_dir: ${join(dir, `${id}-state`)}`, 'ports_interval_ms: 1000', 'log_level: debug', 'controller:', `  url: ws://${ADDR.ctl}:${PORT}`, `  token_file: ${join(dir, `${id}.token`)}`].join('\n'),
     );
     start(n, `agent-${id}`, [TSX, MAIN, 'agent', '--config', join(dir, `${id}.yaml`)]);
   }
-  start('a', 'web', [process.execPath, '-e', `require('http').createServer((q, s) => s.end('hello from web-a')).listen(80, '0.0.0.0')`]);
+  start('a', 'web', [process.execPath, '-e', `require('http').createServer((q, s) => s.end('hello from web-a')).listen(80, '0.0.0.0', () => console.log(new Date().toISOString() + ' listening on 0.0.0.0:80'))`]);
 
   const status = async (id: string) => (await must('GET', `/instances/${id}/status`, undefined, 200)).status as Json;
   const synced = (id: string, above = 0) =>
@@ -263,10 +284,11 @@ async function main(): Promise<void> {
   const port80 = (rev: number, want?: string) =>
     until(`the port report of web-a (revision ${rev})`, async () => {
       const r = await must('GET', '/instances/web-a/ports', undefined, 200);
-      const report = r.report as { revision: number; entries: Json[] } | null;
-      if (!report || report.revision < rev) return undefined;
-      const e = report.entries.find((x) => x.protocol === 'tcp' && x.port === 80 && x.family !== 6);
+      const report = r.report as { revision: number; generated_at: string; entries: Json[] } | null;
+      const e = report?.entries.find((x) => x.protocol === 'tcp' && x.port === 80 && x.family !== 6);
       const st = (e?.status as string | undefined) ?? 'no entry';
+      saw(report ? `revision ${report.revision}, generated ${report.generated_at}, received ${String(r.received_at)}, port 80 ${st}, ${report.entries.length} entries` : 'no report yet');
+      if (!report || report.revision < rev) return undefined;
       return want === undefined || st === want ? st : undefined;
     });
   const attempt = async () => {
@@ -348,11 +370,18 @@ main()
   })
   .catch((e: unknown) => {
     console.error(red(`demo failed: ${e instanceof Error ? e.message : String(e)}`));
+    if (seen.length > 0) console.error(dim(`--- GET /v3/${PROJECT}/instances/web-a/ports, each change as the demo saw it\n${seen.join('\n')}`));
     printLogs();
     cleanup();
     process.exit(1);
   });
 
+/**
+ * The components' last log lines. Routine lines (the demo's own API polls, each port report sent and received,
+ * logged at debug) would fill the tail: they are left out of it and summed up instead, each kind with its
+ * count and its last line, so a report that stopped flowing shows.
+ */
+const ROUTINE = new Set(['api', 'ports', 'ports_sent']);
 function printLogs(): void {
   if (!dir) return;
   for (const name of ['controller', 'agent-web-a', 'agent-web-b', 'web']) {
@@ -362,7 +391,18 @@ function printLogs(): void {
     } catch {
       continue;
     }
+    const rest: string[] = [];
+    const routine = new Map<string, { count: number; last: string }>();
+    for (const line of text.trim().split('\n')) {
+      const event = /"event":"([^"]+)"/.exec(line)?.[1];
+      if (event === undefined || !ROUTINE.has(event)) {
+        rest.push(line);
+        continue;
+      }
+      routine.set(event, { count: (routine.get(event)?.count ?? 0) + 1, last: line });
+    }
     console.error(dim(`--- ${name}.log (last lines)`));
-    console.error(dim(text.trim().split('\n').slice(-8).join('\n')));
+    console.error(dim(rest.slice(-10).join('\n')));
+    for (const [event, r] of routine) console.error(dim(`(${r.count} "${event}" lines left out; the last: ${r.last})`));
   }
 }

@@ -11,17 +11,15 @@ import { errorMessage } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { ScheduledJob, Scheduler } from '../lib/scheduler.js';
 import { VERSION } from '../lib/version.js';
-import type { Compiled } from '../nft/compile.js';
 import type { NftMonitor } from '../nft/monitor.js';
 import type { NftRunner } from '../nft/runner.js';
 import type { ControllerEndpoint } from '../policy/platform.js';
 import { checkPolicy } from '../policy/schema.js';
 import type { BurstWork } from './footprint.js';
 import { formatIssue } from '../lib/errors.js';
-import { MAX_ACK_DURATION_MS, PROTOCOL_VERSION, boundPortReport, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
+import { MAX_ACK_DURATION_MS, PROTOCOL_VERSION, boundText, type AckMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 import { applyPolicyDelta, PolicyDeltaError } from '../protocol/delta.js';
 import { ipFamily } from '../policy/address.js';
-import type { NormalizedRule } from '../policy/normalize.js';
 import { controllerUrls, platformOptions, type AgentConfig } from './config.js';
 import { ControllerDirectory, type Resolver } from './controllers.js';
 import { ControllerClient, type Dialer } from './controller-client.js';
@@ -29,10 +27,12 @@ import { AgentMetrics } from './metrics.js';
 import type { PortProbe } from '../probe/port-probe.js';
 import { Reconciler, type SyncOutcome } from './reconciler.js';
 import { DriftMonitor } from './drift-monitor.js';
+import { PortReporter } from './port-reporter.js';
 import type { StateStore } from './state-store.js';
 import type { ServiceManager } from './systemd.js';
 
 export { resolveControllerEndpoint, type Resolver } from './controllers.js';
+export { compiledRules, PORTS_AFTER_ELEMENTS_MS } from './port-reporter.js';
 
 export interface AgentDeps {
   config: AgentConfig;
@@ -87,17 +87,6 @@ function revisionOf(raw: unknown): number {
 }
 
 /**
- * The rules a compiled policy was laid out from (every direction and family,
- * match order within each): what `normalizeRules` gives for the policy
- * applied, with the member changes of the membership fast path included
- * (it edits these peer lists in place), so a port report needs no parse of
- * every member.
- */
-export function compiledRules(compiled: Compiled): NormalizedRule[] {
-  return [...compiled.layout.values()].flatMap((l) => l.rules);
-}
-
-/**
  * After member deltas (element updates), the last known good is written at
  * most this often: each write serialises the whole document (a 10k-member
  * group: ~0.3 MB, 2-5 ms of CPU and a file write; 100k: ~20 ms), which every
@@ -107,16 +96,6 @@ export function compiledRules(compiled: Compiled): NormalizedRule[] {
  * the next connection.
  */
 export const PERSIST_COALESCE_MS = 30_000;
-
-/**
- * After member deltas (element updates), a port report follows at most this
- * long after the last one (a stream of deltas: one trailing report): rating
- * every port against a big group and reading the sockets costs 30-100 ms of
- * CPU at 10k members, which every 10 s was ~1.5 ms of every delta in a stream
- * of 5 a second. Half the default `ports_interval_ms`: a member change shows
- * in the port status well before the next periodic report would show it.
- */
-export const PORTS_AFTER_ELEMENTS_MS = 30_000;
 
 export function ackFor(o: SyncOutcome): AckMessage {
   switch (o.status) {
@@ -181,57 +160,23 @@ export function createAgent(deps: AgentDeps): Agent {
       if (o.source === 'controller') {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
       }
-      // A rule change is reported at once (at most one a second). A member or address-group change (element
-      // updates) is reported at most once every PORTS_AFTER_ELEMENTS_MS: rating every port against a big group
-      // costs far more CPU than the delta itself.
-      if (o.status === 'applied' && o.kind === 'full') portsSoon();
-      else if (o.status === 'applied' && o.kind === 'incremental') portsSoon(PORTS_AFTER_ELEMENTS_MS);
+      // the port report: at once after a rule change or a member change that can alter a listening port, else coalesced (port-reporter.ts)
+      ports.applied(o);
       if (o.status === 'applied') ready(`enforcing revision ${o.revision}`);
     },
   });
 
+  const ports = new PortReporter({
+    probe: deps.portProbe ?? null,
+    clock,
+    logger,
+    state: () => reconciler.state,
+    connected: () => client?.connected === true,
+    send: (m) => client?.send(m) === true,
+  });
+
   const driftMonitor =
     deps.nftMonitor && config.drift_monitor ? new DriftMonitor({ monitor: deps.nftMonitor, target: reconciler, clock, logger, metrics }) : null;
-
-  // After a change or a (re)connect the port report follows, at most one per second: a burst of changes
-  // (each acked) must not add a report per change to the frames the controller rate-limits, and a
-  // flapping controller must not cost a socket read per reconnect.
-  const PORTS_MIN_INTERVAL_MS = 1000;
-  let lastPortsAt = -Infinity;
-  let portsSoonTimer: Timer | null = null;
-  let portsDue = Infinity;
-  /** A report `minInterval` ms after the last one at the earliest (now if that is past); an earlier one already due stays. */
-  function portsSoon(minInterval = PORTS_MIN_INTERVAL_MS): void {
-    const due = Math.max(clock.monotonic(), lastPortsAt + minInterval);
-    if (portsSoonTimer && portsDue <= due) return;
-    portsSoonTimer?.cancel();
-    portsSoonTimer = null;
-    portsDue = Infinity;
-    const wait = due - clock.monotonic();
-    if (wait <= 0) {
-      void sendPorts();
-      return;
-    }
-    portsDue = due;
-    portsSoonTimer = clock.setTimeout(() => {
-      portsSoonTimer = null;
-      portsDue = Infinity;
-      void sendPorts();
-    }, wait);
-  }
-
-  async function sendPorts(): Promise<void> {
-    lastPortsAt = clock.monotonic();
-    if (!deps.portProbe || !client?.connected) return;
-    try {
-      const st = reconciler.state;
-      const { report, clipped } = boundPortReport(await deps.portProbe.report(st?.policy ?? null, st?.revision ?? null, st ? compiledRules(st.compiled) : undefined));
-      if (clipped) logger.warn({ event: 'ports_clipped', clipped }, `the port report is over the protocol's limits (docs/protocol.md): ${clipped} entries, listeners or rule references left out`);
-      client.send({ type: 'ports', report });
-    } catch (e) {
-      logger.warn({ event: 'ports_failed', err: e }, `cannot report port status: ${errorMessage(e)}`);
-    }
-  }
 
   async function refreshEndpoint(): Promise<void> {
     if (!controllers) return;
@@ -309,6 +254,7 @@ export function createAgent(deps: AgentDeps): Agent {
       if (e instanceof PolicyDeltaError) return resync(e.message);
       throw e;
     }
+    ports.delta(d);
     void reconciler.submit(next, 'controller', { base: d.base_revision, groups: d.group_members });
   }
 
@@ -424,7 +370,7 @@ export function createAgent(deps: AgentDeps): Agent {
             metrics.controllerConnected.set(1);
             // at most one port read per second also here: a controller that drops every connection at
             // once made the agent read and rate its sockets per reconnect (~0.1 s CPU each with a 25k-member group)
-            portsSoon();
+            ports.soon();
           },
           onDisconnected: () => {
             controllerBehind = null;
@@ -440,7 +386,7 @@ export function createAgent(deps: AgentDeps): Agent {
         });
         client.start();
       }
-      if (deps.portProbe && config.ports_interval_ms > 0) portsTimer = clock.setInterval(() => void sendPorts(), config.ports_interval_ms);
+      if (deps.portProbe && config.ports_interval_ms > 0) portsTimer = clock.setInterval(() => void ports.send(), config.ports_interval_ms);
       // with a last known good policy, READY=1 follows its apply (also a retried one; TimeoutStartSec= bounds the wait)
       if (sm && !readySent && lkg.kind !== 'ok') {
         const what = lkg.kind === 'corrupt' ? 'no usable last known good policy' : 'no policy yet';
@@ -457,8 +403,7 @@ export function createAgent(deps: AgentDeps): Agent {
       client?.stop();
       driftJob?.stop();
       portsTimer?.cancel();
-      portsSoonTimer?.cancel();
-      portsSoonTimer = null;
+      ports.stop();
       await driftMonitor?.stop();
       await reconciler.stop();
       if (server) {

@@ -5,7 +5,7 @@
 import { SecgroupError } from '../lib/errors.js';
 import type { NormalizedRule } from '../policy/normalize.js';
 import type { Policy } from '../policy/schema.js';
-import type { PortReport } from '../protocol/messages.js';
+import type { PortEntry, PortReport } from '../protocol/messages.js';
 import type { Listener } from './listener.js';
 import type { PortProbe } from './port-probe.js';
 import type { ProbeHost, RunResult, SocketReading, SocketSource, SocketSourceName } from './source.js';
@@ -56,14 +56,16 @@ export class FakeSocketSource implements SocketSource {
   }
 }
 
-/** A PortProbe that returns an empty report of the asked revision and records each call. */
+/** A PortProbe that returns a report of the asked revision with `entries` (none by default) and records each call. */
 export class FakePortProbe implements PortProbe {
   calls: { revision: number | null }[] = [];
+  /** the entries every report carries */
+  entries: PortEntry[] = [];
   /** the normalised rules the last call passed (PortProbe.report), if any */
   lastRules: readonly NormalizedRule[] | undefined;
   async report(_policy: Policy | null, revision: number | null, rules?: readonly NormalizedRule[]): Promise<PortReport> {
     this.calls.push({ revision });
     this.lastRules = rules;
-    return { revision, source: 'proc', generated_at: '2024-01-01T00:00:00.000Z', entries: [] };
+    return { revision, source: 'proc', generated_at: '2024-01-01T00:00:00.000Z', entries: this.entries.map((e) => ({ ...e })) };
   }
 }

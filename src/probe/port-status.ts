@@ -97,7 +97,8 @@ function platformRef(platform: PlatformOptions, protocol: 6 | 17, port: number, 
   return null;
 }
 
-function ruleCovers(r: NormalizedRule, protocol: 6 | 17, port: number, family: Family): boolean {
+/** Does ingress rule `r` match new connections to (protocol, port) over `family`? */
+export function ruleCovers(r: NormalizedRule, protocol: 6 | 17, port: number, family: Family): boolean {
   return (
     r.direction === 'ingress' &&
     r.family === family &&

@@ -1,5 +1,5 @@
 /**
- * The port report after member deltas (src/agent/agent.ts `compiledRules`,
+ * The port report after member deltas (src/agent/port-reporter.ts `compiledRules`,
  * PortStatusOptions.rules): the agent rates its ports with the rules the
  * compiler laid out, whose peer lists the membership fast path edits in
  * place, instead of normalising the policy again (every member parsed: 0.1-0.2
@@ -14,31 +14,14 @@ import { describe, expect, it } from 'vitest';
 import { compiledRules } from '../../src/agent/agent.js';
 import { compilePolicy, type Compiled } from '../../src/nft/compile.js';
 import { applyMembershipChange } from '../../src/nft/membership.js';
-import { normalizeRules } from '../../src/policy/normalize.js';
-import { checkPolicy, type Policy } from '../../src/policy/schema.js';
-import type { Listener } from '../../src/probe/listener.js';
+import { checkPolicy } from '../../src/policy/schema.js';
 import { computePortStatus } from '../../src/probe/port-status.js';
-import { randomChange, withChange } from '../helpers/member-changes.js';
-import { createRng, randomPolicy, type Rng } from '../helpers/random-policy.js';
+import { listenersFor, randomChange, withChange } from '../helpers/member-changes.js';
+import { createRng, randomPolicy } from '../helpers/random-policy.js';
 
 const RUNS = Number(process.env.SECGROUP_RUNS ?? 300);
 const REPLAY = process.env.SECGROUP_SEED === undefined ? undefined : Number(process.env.SECGROUP_SEED);
 const OPTS = { source: 'ss', generatedAt: '2024-01-01T00:00:00.000Z' } as const;
-
-/** Listeners on ports the policy's ingress rules name (and a few others), on wildcard, dual-stack or loopback addresses. */
-function listenersFor(rng: Rng, p: Policy): Listener[] {
-  const out: Listener[] = [];
-  const ports = normalizeRules(p)
-    .filter((r) => r.direction === 'ingress' && r.ports !== null)
-    .map((r) => ({ port: r.ports![0]![0], protocol: r.protocol === 17 ? ('udp' as const) : ('tcp' as const) }));
-  for (const x of [...ports, { port: 22, protocol: 'tcp' as const }, { port: 53, protocol: 'udp' as const }]) {
-    if (!rng.bool(0.7)) continue;
-    const where = rng.pick(['0.0.0.0', '::', '::dual', '127.0.0.1'] as const);
-    const address = where === '::dual' ? '::' : where;
-    out.push({ protocol: x.protocol, family: address.includes(':') ? 6 : 4, address, port: x.port, process: 'srv', ...(where === '::dual' ? { dualStack: true } : {}) });
-  }
-  return out;
-}
 
 function checkSeed(seed: number): { fast: number; problem: string | null } {
   const rng = createRng(seed);

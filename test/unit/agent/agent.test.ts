@@ -18,6 +18,7 @@ import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { ackSchema, type AckMessage } from '../../../src/protocol/messages.js';
 import { policy } from './fixtures.js';
 import { dumpBlock, dumpBlocks, generationMarker, tableComment } from '../../helpers/nft-dump.js';
+import { captureLogs } from '../../helpers/log-capture.js';
 
 const resolver: Resolver = { resolve: async (host) => (host === 'ctl.test' ? ['198.18.0.1', 'fd00:5ec::1'] : []) };
 
@@ -228,6 +229,77 @@ describe('agent', () => {
     await clock.advance(20_000);
     await settle();
     expect(probe.calls.length).toBe(reads + 2);
+    await agent.stop();
+  });
+
+  it('reports at once (within a second) a member delta that can change a listening port, or that empties a group', async () => {
+    const { dialer, agent, clock, probe } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.ping = () => void queueMicrotask(() => s.events.pong());
+    // a web server listens on tcp/80, which rule r-http opens to the members of group web
+    probe.entries = [{ protocol: 'tcp', port: 80, family: 4, status: 'open', listeners: [{ address: '0.0.0.0', process: 'web' }], allowed_by: [{ group_id: 'sg-web', rule_id: 'r-http', peers: 'group web' }], denied_by: [] }];
+    s.events.open();
+    s.receive({ type: 'policy', policy: policy(3) });
+    await agent.reconciler.idle();
+    await clock.advance(2000);
+    await settle();
+    const reads = probe.calls.length;
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.0.30'], remove: [] } } });
+    await agent.reconciler.idle();
+    expect(agent.reconciler.state?.kind).toBe('incremental');
+    await clock.advance(1000);
+    await settle();
+    // before: the next report 30 s after the last one (PORTS_AFTER_ELEMENTS_MS)
+    expect(probe.calls.slice(reads)).toEqual([{ revision: 4 }]);
+    expect(s.messages.filter((m) => m.type === 'ports').at(-1)).toMatchObject({ report: { revision: 4 } });
+
+    // the web server stops; the periodic report (ports_interval_ms, 60 s) shows nothing listening
+    probe.entries = [];
+    await clock.advance(60_000);
+    await settle();
+    const before = probe.calls.length;
+    expect(s.messages.filter((m) => m.type === 'ports').at(-1)).toMatchObject({ report: { revision: 4, entries: [] } });
+    s.receive({ type: 'policy_delta', base_revision: 4, revision: 5, group_members: { web: { add: ['198.18.0.31'], remove: [] } } });
+    await agent.reconciler.idle();
+    await clock.advance(1000);
+    await settle();
+    // nothing listens on a port of the group's rules and the group stays non-empty: coalesced
+    expect(probe.calls.length).toBe(before);
+    s.receive({ type: 'policy_delta', base_revision: 5, revision: 6, group_members: { web: { add: [], remove: ['198.18.0.10', '198.18.0.12', '198.18.0.30', '198.18.0.31'] } } });
+    await agent.reconciler.idle();
+    await clock.advance(1000);
+    await settle();
+    // the group's last members leave: rule r-http no longer lets anyone in (a not-listening entry goes)
+    expect(probe.calls.slice(before)).toEqual([{ revision: 6 }]);
+    await agent.stop();
+  });
+
+  it('sends one port report at a time, so a slow read cannot land after a newer revision, and logs the slow one', async () => {
+    const logs = captureLogs('info');
+    const { dialer, agent, clock, probe } = setup({ logger: logs.logger });
+    await agent.start();
+    const s = dialer.last;
+    // the socket read of the report asked for on connect hangs until released
+    let release: () => void = () => undefined;
+    const real = probe.report.bind(probe);
+    let reads = 0;
+    probe.report = async (p, revision, rules) => {
+      if (reads++ === 0) await new Promise<void>((r) => (release = r));
+      return real(p, revision, rules);
+    };
+    s.events.open();
+    await settle();
+    s.receive({ type: 'policy', policy: policy(3) });
+    await agent.reconciler.idle();
+    await clock.advance(6000);
+    await settle();
+    release();
+    for (let i = 0; i < 5; i++) await settle();
+    // the report of revision 3 follows the one on its way (no policy yet), never overtakes it
+    expect(s.messages.filter((m) => m.type === 'ports').map((m) => (m as { report: { revision: number | null } }).report.revision)).toEqual([null, 3]);
+    // the read that took 6 s is in the log (PORTS_SLOW_MS: 5 s)
+    expect(logs.lines.filter((l) => l.event === 'ports_slow')).toMatchObject([{ level: 40, revision: null, source: 'proc', durationMs: 6000 }]);
     await agent.stop();
   });
 
