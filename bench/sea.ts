@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { unitEnvironment } from './footprint.js';
 
 const REPO = fileURLToPath(new URL('..', import.meta.url));
 const RUNS = Number(process.env.BENCH_SEA_RUNS ?? 7);
@@ -24,14 +25,23 @@ const sea = join(REPO, 'dist/secgroup');
 const bundle = join(REPO, 'dist/secgroup.mjs');
 const web = join(REPO, 'examples/web.json');
 
-for (const f of [sea, bundle]) if (!existsSync(f)) throw new Error(`${f} missing: npm run bundle && npm run build:sea`);
+if (!process.env.BENCH_SEA_PROGRAMS) for (const f of [sea, bundle]) if (!existsSync(f)) throw new Error(`${f} missing: npm run bundle && npm run build:sea`);
 
 const nodes = [...new Set((process.env.NODES ?? `${process.execPath},/usr/bin/node`).split(',').filter((n) => existsSync(n)))];
 interface Variant { name: string; cmd: string[]; bytes: number }
-const variants: Variant[] = [{ name: 'single executable', cmd: [sea], bytes: statSync(sea).size }];
-for (const n of nodes) {
-  const v = (await execa(n, ['--version'])).stdout.trim();
-  variants.push({ name: `bundle + node ${v}`, cmd: [n, bundle], bytes: statSync(bundle).size + statSync(n).size });
+const variants: Variant[] = [];
+if (process.env.BENCH_SEA_PROGRAMS) {
+  // explicit programs, e.g. a tree before a change next to this one: executables run as they are, *.js/*.mjs/*.cjs with node
+  for (const f of process.env.BENCH_SEA_PROGRAMS.split(',')) {
+    const script = /\.[cm]?js$/.test(f);
+    variants.push({ name: f, cmd: script ? [process.execPath, f] : [f], bytes: statSync(f).size + (script ? statSync(process.execPath).size : 0) });
+  }
+} else {
+  variants.push({ name: 'single executable', cmd: [sea], bytes: statSync(sea).size });
+  for (const n of nodes) {
+    const v = (await execa(n, ['--version'])).stdout.trim();
+    variants.push({ name: `bundle + node ${v}`, cmd: [n, bundle], bytes: statSync(bundle).size + statSync(n).size });
+  }
 }
 
 async function coldMs(cmd: string[], args: string[]): Promise<number> {
@@ -54,8 +64,8 @@ async function idleRssMb(cmd: string[]): Promise<number | string> {
   writeFileSync(join(dir, 'agent.yaml'), `instance_id: ecs-web-1\nstate_dir: ${dir}\nhttp_listen: ""\n`);
   await execa('ip', ['netns', 'add', ns]);
   const p = execa('ip', ['netns', 'exec', ns, ...cmd, 'agent', '--config', join(dir, 'agent.yaml')], {
-    // the unit's environment, and nothing of this process's (tsx puts its loader into NODE_OPTIONS, which the executable would honour)
-    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', MALLOC_ARENA_MAX: '2' },
+    // the unit's environment (systemd/secgroup-agent.service), and nothing of this process's (tsx puts its loader into NODE_OPTIONS, which the executable would honour)
+    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...unitEnvironment() },
     extendEnv: false,
     reject: false,
   });
@@ -68,8 +78,10 @@ async function idleRssMb(cmd: string[]): Promise<number | string> {
       await new Promise((r) => setTimeout(r, 100));
     }
     await new Promise((r) => setTimeout(r, IDLE_S * 1000));
-    const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
-    return Math.round((kb / 1024) * 10) / 10;
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const mb = (field: string) => (Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? NaN) / 1024).toFixed(1);
+    // RSS = anonymous (heap, V8, malloc) + file-backed (the executable's pages that were touched)
+    return `${mb('VmRSS')} (${mb('RssAnon')} + ${mb('RssFile')})`;
   } finally {
     p.kill('SIGTERM');
     await p;
@@ -78,7 +90,7 @@ async function idleRssMb(cmd: string[]): Promise<number | string> {
   }
 }
 
-const rows: string[][] = [['variant', 'size MB', '--version ms', 'render web.json ms', `agent idle RSS MB (${IDLE_S} s)`]];
+const rows: string[][] = [['variant', 'size MB', '--version ms', 'render web.json ms', `agent idle RSS MB (${IDLE_S} s; anon + file)`]];
 for (const v of variants) {
   const version = await coldMs(v.cmd, ['--version']);
   const render = await coldMs(v.cmd, ['render', web]);

@@ -1,13 +1,21 @@
-// Builds the self-contained program: one ESM file with every dependency
-// bundled, runnable as `node secgroup.mjs ...` or directly (it starts with
+// Builds the self-contained program: one CommonJS file with every dependency
+// bundled, runnable as `node secgroup.cjs ...` or directly (it starts with
 // `#!/usr/bin/env node`). Nothing is left to resolve at run time but Node's
 // built-ins: the controller's store is node:sqlite (no native addon), so the
 // agent, the policy commands and the controller all run from the one file.
 //
-//   node scripts/bundle.mjs [--outfile FILE]      (npm run bundle -> dist/secgroup.mjs)
-//   node scripts/bundle.mjs --entry FILE --outfile FILE   (tests: bundle another entry the same way)
+//   node scripts/bundle.mjs [--outfile FILE]      (npm run bundle -> dist/secgroup.cjs)
+//   node scripts/bundle.mjs --entry FILE --outfile FILE   (tests, benches: bundle another entry the same way)
 //   node scripts/bundle.mjs --sea --outfile FILE  (CommonJS from src/cli/sea.ts, the script of the
 //                                                  single executable: scripts/build-sea.mjs)
+//
+// The format follows the outfile's name: `*.mjs` is an ES module (for entries
+// with top-level await), anything else CommonJS. The program is CommonJS
+// because Node holds a 2.7 MB file loaded as an ES module at ~3 MB more RSS
+// than the same file loaded as CommonJS (idle agent 74.2 vs 71.1 MB; a
+// 2-line ESM file that require()s the CommonJS one costs nothing more, so it is
+// the module's compilation, not the ESM loader: bench/README.md, "Issue 18
+// round 5").
 //
 // See systemd/README.md, "The program".
 import { chmodSync, readFileSync } from 'node:fs';
@@ -20,7 +28,7 @@ import { build } from 'esbuild';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
-let outfile = path.join(repo, 'dist', 'secgroup.mjs');
+let outfile = path.join(repo, 'dist', 'secgroup.cjs');
 let entry = path.join(repo, 'src/cli/main.ts');
 let sea = false;
 for (let i = 0; i < args.length; i++) {
@@ -38,20 +46,26 @@ for (let i = 0; i < args.length; i++) {
 // CommonJS dependencies bundled into ESM call require() for Node built-ins
 // (and for optional packages such as ws's bufferutil); esbuild's require shim
 // throws "Dynamic require ... is not supported" unless a real `require`
-// exists, so the banner makes one. `__filename`/`__dirname` are not provided:
-// no bundled code path we use needs them (pino is used with
+// exists, so the ESM banner makes one. `__filename`/`__dirname` are not
+// provided: no bundled code path we use needs them (pino is used with
 // pino.destination only, never with worker-thread transports). The
 // `#!/usr/bin/env node` line comes from src/cli/main.ts: esbuild keeps an
 // entry point's hashbang above the banner (checked below).
-const banner = [
+const esmBanner = [
   "import { createRequire as __secgroupCreateRequire } from 'node:module';",
   'const require = __secgroupCreateRequire(import.meta.url);',
 ].join('\n');
 
-// The single executable runs one CommonJS script (no top-level await, no
-// import.meta): `require` exists there but loads only Node's built-ins, so
-// import.meta.url becomes the executable's own file URL.
-const seaBanner = "const __secgroupImportMetaUrl = require('node:url').pathToFileURL(process.execPath).href;";
+// CommonJS has no import.meta: import.meta.url (src/cli/console-dir.ts looks
+// for the web console next to the program) becomes the file's own URL. The
+// single executable runs one CommonJS script (no top-level await): `require`
+// exists there but loads only Node's built-ins, and the program's file is the
+// executable itself.
+const format = sea || !outfile.endsWith('.mjs') ? 'cjs' : 'esm';
+// The banner starts with the "use strict" that esbuild puts first in a
+// CommonJS file from ES modules: below the banner it would be no directive,
+// and the whole program would run in sloppy mode.
+const cjsBanner = `"use strict";const __secgroupImportMetaUrl = require('node:url').pathToFileURL(${sea ? 'process.execPath' : '__filename'}).href;`;
 
 // Node's built-in modules come in as CommonJS (`require`), never as ESM
 // `import`s. An ESM import of a built-in makes Node build that module's whole
@@ -102,9 +116,9 @@ const result = await build({
   bundle: true,
   platform: 'node',
   target: 'node22',
-  format: sea ? 'cjs' : 'esm',
-  banner: { js: sea ? seaBanner : banner },
-  ...(sea ? { define: { 'import.meta.url': '__secgroupImportMetaUrl' } } : {}),
+  format,
+  banner: { js: format === 'cjs' ? cjsBanner : esmBanner },
+  ...(format === 'cjs' ? { define: { 'import.meta.url': '__secgroupImportMetaUrl' } } : {}),
   // ws loads these optional speed-ups inside try/catch; they are not installed.
   external: ['bufferutil', 'utf-8-validate'],
   legalComments: 'eof',
