@@ -1,5 +1,5 @@
 /**
- * bench footprint: the real agent (the bundle dist-style `secgroup.mjs`, built
+ * bench footprint: the real agent (the bundle dist-style `secgroup.cjs`, built
  * into a temp dir) in a lab namespace, pulling its policy over WebSocket from
  * the lab peer (test/helpers/lab-peer.ts) in the client namespace. Samples
  * /proc/<pid>/status VmRSS and /proc/<pid>/stat utime+stime (the agent
@@ -183,7 +183,7 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
 
 export async function runFootprintBench(): Promise<FootprintRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-footprint-'));
-  const bundle = join(dir, 'secgroup.mjs');
+  const bundle = join(dir, 'secgroup.cjs');
   execFileSync(process.execPath, [join(REPO, 'scripts/bundle.mjs'), '--outfile', bundle], { stdio: 'ignore' });
   const lab = await AgentLab.create('fp');
   const rows: FootprintRow[] = [];

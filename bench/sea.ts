@@ -1,6 +1,6 @@
 /**
  * bench sea: the single executable (dist/secgroup, `npm run build:sea`) next to
- * the bundle (dist/secgroup.mjs, `npm run bundle`) run by node: file size,
+ * the bundle (dist/secgroup.cjs, `npm run bundle`) run by node: file size,
  * cold start (`--version`, `render examples/web.json`; median of RUNS) and the
  * agent's idle RSS (standalone, last known good examples/web.json applied in a
  * network namespace this script creates and removes; sampled after IDLE_S s).
@@ -22,7 +22,7 @@ const REPO = fileURLToPath(new URL('..', import.meta.url));
 const RUNS = Number(process.env.BENCH_SEA_RUNS ?? 7);
 const IDLE_S = Number(process.env.BENCH_SEA_IDLE_S ?? 10);
 const sea = join(REPO, 'dist/secgroup');
-const bundle = join(REPO, 'dist/secgroup.mjs');
+const bundle = join(REPO, 'dist/secgroup.cjs');
 const web = join(REPO, 'examples/web.json');
 
 if (!process.env.BENCH_SEA_PROGRAMS) for (const f of [sea, bundle]) if (!existsSync(f)) throw new Error(`${f} missing: npm run bundle && npm run build:sea`);

@@ -57,15 +57,16 @@ const esmBanner = [
 ].join('\n');
 
 // CommonJS has no import.meta: import.meta.url (src/cli/console-dir.ts looks
-// for the web console next to the program) becomes the file's own URL. The
-// single executable runs one CommonJS script (no top-level await): `require`
-// exists there but loads only Node's built-ins, and the program's file is the
-// executable itself.
+// for the web console next to the program), .filename and .dirname become
+// the file's own. The single executable runs one CommonJS script (no
+// top-level await): `require` exists there but loads only Node's built-ins,
+// and the program's file is the executable itself.
 const format = sea || !outfile.endsWith('.mjs') ? 'cjs' : 'esm';
+const file = sea ? 'process.execPath' : '__filename';
 // The banner starts with the "use strict" that esbuild puts first in a
 // CommonJS file from ES modules: below the banner it would be no directive,
 // and the whole program would run in sloppy mode.
-const cjsBanner = `"use strict";const __secgroupImportMetaUrl = require('node:url').pathToFileURL(${sea ? 'process.execPath' : '__filename'}).href;`;
+const cjsBanner = `"use strict";const __secgroupImportMeta = { url: require('node:url').pathToFileURL(${file}).href, filename: ${file}, dirname: require('node:path').dirname(${file}) };`;
 
 // Node's built-in modules come in as CommonJS (`require`), never as ESM
 // `import`s. An ESM import of a built-in makes Node build that module's whole
@@ -118,7 +119,7 @@ const result = await build({
   target: 'node22',
   format,
   banner: { js: format === 'cjs' ? cjsBanner : esmBanner },
-  ...(format === 'cjs' ? { define: { 'import.meta.url': '__secgroupImportMetaUrl' } } : {}),
+  ...(format === 'cjs' ? { define: { 'import.meta': '__secgroupImportMeta' } } : {}),
   // ws loads these optional speed-ups inside try/catch; they are not installed.
   external: ['bufferutil', 'utf-8-validate'],
   legalComments: 'eof',

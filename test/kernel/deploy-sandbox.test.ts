@@ -86,7 +86,7 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
 
     app = mkdtempSync(join(tmpdir(), 'sgt-deploy-sandbox-'));
     chmodSync(app, 0o755);
-    const b = spawnSync(process.execPath, [join(repo, 'scripts/bundle.mjs'), '--outfile', join(app, 'secgroup.mjs')], { cwd: repo, encoding: 'utf8' });
+    const b = spawnSync(process.execPath, [join(repo, 'scripts/bundle.mjs'), '--outfile', join(app, 'secgroup.cjs')], { cwd: repo, encoding: 'utf8' });
     if (b.status !== 0) throw new Error(`bundle: ${b.stderr}`);
     copyFileSync(join(repo, 'examples/web.json'), join(app, 'web.json'));
     copyFileSync(join(repo, 'test/kernel/sandbox/seccomp-exec.py'), join(app, 'seccomp-exec.py'));
@@ -162,7 +162,7 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
   });
 
   it('Node runs the single-file program: render prints what the sources render', async () => {
-    const r = sandboxed([process.execPath, '/tmp/app/secgroup.mjs', 'render', '/tmp/app/web.json']);
+    const r = sandboxed([process.execPath, '/tmp/app/secgroup.cjs', 'render', '/tmp/app/web.json']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     const policy = await loadPolicyFile(join(repo, 'examples/web.json'));

@@ -62,14 +62,14 @@ describe('dist/secgroup.cjs (npm run bundle)', () => {
     expect(nodeRequires.filter((s) => !isBuiltin(s))).toEqual([]);
   });
 
-  it('the format follows the outfile: *.cjs runs as strict CommonJS with import.meta.url its own file, *.mjs as an ES module', () => {
+  it('the format follows the outfile: *.cjs runs as strict CommonJS with import.meta (url, filename, dirname) its own file, *.mjs as an ES module', () => {
     const entry = join(dir, 'format-entry.ts');
     writeFileSync(
       entry,
       [
         '#!/usr/bin/env node',
         'const strict = (function (this: unknown) { return this === undefined; })();',
-        "console.log(JSON.stringify({ strict, url: import.meta.url, cjs: typeof require === 'function' && typeof module === 'object' }));",
+        "console.log(JSON.stringify({ strict, meta: [import.meta.url, import.meta.filename, import.meta.dirname], cjs: typeof require === 'function' && typeof module === 'object' }));",
       ].join('\n'),
     );
     for (const [name, cjs] of [['format/app.cjs', true], ['format/app.mjs', false]] as const) {
@@ -78,7 +78,7 @@ describe('dist/secgroup.cjs (npm run bundle)', () => {
       bundle(['--entry', entry, '--outfile', app]);
       const r = spawnSync(process.execPath, [app], { cwd: dir, encoding: 'utf8' });
       expect(r.stderr).toBe('');
-      expect(JSON.parse(r.stdout)).toEqual({ strict: true, url: pathToFileURL(app).href, cjs });
+      expect(JSON.parse(r.stdout)).toEqual({ strict: true, meta: [pathToFileURL(app).href, app, dirname(app)], cjs });
     }
   }, 60_000);
 
