@@ -261,7 +261,8 @@ export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
         // as `secgroup agent` runs: its V8 flag set at run time (tuneForFootprint in the child, not on the command
         // line, which would also shrink the young generation the agent keeps), the unit's Environment=
         execFileSync(process.execPath, ['--max-old-space-size=8192', bundle, mode, c.case, ...args], {
-          env: { ...process.env, ...unitEnvironment() },
+          // (the code cache: written by the --script child at its exit, read by the --child)
+          env: { ...process.env, ...unitEnvironment({ cacheDir: join(dir, 'compile-cache') }) },
           encoding: 'utf8',
           maxBuffer: 1 << 24,
           timeout: 600_000,

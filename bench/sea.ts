@@ -3,13 +3,17 @@
  * the bundle (dist/secgroup.cjs, `npm run bundle`) run by node: file size,
  * cold start (`--version`, `render examples/web.json`; median of RUNS) and the
  * agent's idle RSS (standalone, last known good examples/web.json applied in a
- * network namespace this script creates and removes; sampled after IDLE_S s).
+ * network namespace this script creates and removes; sampled after IDLE_S s;
+ * with the unit's environment, the code cache made by a `--version` run first).
  * Prints the figures side by side; asserts nothing.
  *
  *   sudo npx tsx bench/sea.ts
  *
  * NODES: comma-separated node binaries for the bundle rows (default: the
- * node running this and /usr/bin/node, when different).
+ * node running this and /usr/bin/node, when different). BENCH_SEA_PROGRAMS:
+ * comma-separated programs instead (*.js/*.mjs/*.cjs run with node, others as
+ * they are), e.g. the bundle of the parent commit next to this one's:
+ *   BENCH_SEA_PROGRAMS=/tmp/base/dist/secgroup.mjs,dist/secgroup.cjs sudo npx tsx bench/sea.ts
  */
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -62,10 +66,14 @@ async function idleRssMb(cmd: string[]): Promise<number | string> {
   const policy = JSON.parse(readFileSync(web, 'utf8')) as unknown;
   writeFileSync(join(dir, 'policy.json'), JSON.stringify({ format: 1, saved_at: new Date(0).toISOString(), policy }) + '\n', { mode: 0o600 });
   writeFileSync(join(dir, 'agent.yaml'), `instance_id: ecs-web-1\nstate_dir: ${dir}\nhttp_listen: ""\n`);
+  // the unit's environment (systemd/secgroup-agent.service), and nothing of this process's (tsx puts its loader into
+  // NODE_OPTIONS, which the executable would honour); the code cache made first, as the installed agent has it from
+  // its second start on (BENCH_SEA_NO_CACHE: not made, as at the first start)
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...unitEnvironment({ cacheDir: join(dir, 'compile-cache') }) };
+  if (process.env.BENCH_SEA_NO_CACHE === undefined) await execa(cmd[0]!, [...cmd.slice(1), '--version'], { env, extendEnv: false });
   await execa('ip', ['netns', 'add', ns]);
   const p = execa('ip', ['netns', 'exec', ns, ...cmd, 'agent', '--config', join(dir, 'agent.yaml')], {
-    // the unit's environment (systemd/secgroup-agent.service), and nothing of this process's (tsx puts its loader into NODE_OPTIONS, which the executable would honour)
-    env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...unitEnvironment() },
+    env,
     extendEnv: false,
     reject: false,
   });
