@@ -120,6 +120,17 @@ describe('dist/secgroup.cjs (npm run bundle)', () => {
     expect(JSON.parse(r.stdout)).toEqual({ before: [false, false], after: [true, true], kinds: ['function', 'function', 'Not Found', 'function', 'function', true] });
   }, 60_000);
 
+  it("carries zod's English messages and no other locale (300 KB of source text Node would keep)", () => {
+    const entry = join(dir, 'zod-entry.ts');
+    writeFileSync(entry, ['#!/usr/bin/env node', "import { z } from 'zod';", 'console.log(JSON.stringify([Object.keys(z.locales), z.string().safeParse(1).error?.issues[0]?.message]));'].join('\n'));
+    const app = join(dir, 'zod', 'app.cjs');
+    mkdirSync(dirname(app), { recursive: true });
+    bundle(['--entry', entry, '--outfile', app]);
+    const r = spawnSync(process.execPath, [app], { cwd: dir, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toEqual([['en'], 'Invalid input: expected string, received number']);
+  }, 60_000);
+
   it('--help lists the commands', () => {
     const r = run(['--help']);
     expect(r.stderr).toBe('');
