@@ -9,6 +9,14 @@
 //   node scripts/bundle.mjs --sea --outfile FILE  (CommonJS from src/cli/sea.ts, the script of the
 //                                                  single executable: scripts/build-sea.mjs)
 //
+// The program is two files: FILE and, beside it, secgroup-controller.cjs,
+// what `secgroup controller` runs (src/cli/controller-main.ts and the
+// controller: fastify, ajv, pg, the node:sqlite store, the API schemas, 1.2 MB
+// of the 2.7). The first file loads the second only when a controller command
+// runs: an agent neither parses nor keeps the controller's code (-2 MB idle
+// RSS). The single executable carries the second file as an asset
+// (scripts/build-sea.mjs). An --entry bundle stays one file.
+//
 // The format follows the outfile's name: `*.mjs` is an ES module (for entries
 // with top-level await), anything else CommonJS. The program is CommonJS
 // because Node holds a 2.7 MB file loaded as an ES module at ~3 MB more RSS
@@ -18,7 +26,7 @@
 // round 5").
 //
 // See systemd/README.md, "The program".
-import { chmodSync, readFileSync } from 'node:fs';
+import { chmodSync, readFileSync, rmSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import path from 'node:path';
 import process from 'node:process';
@@ -31,12 +39,17 @@ const args = process.argv.slice(2);
 let outfile = path.join(repo, 'dist', 'secgroup.cjs');
 let entry = path.join(repo, 'src/cli/main.ts');
 let sea = false;
+/** the secgroup program (not an --entry of a test or bench): its controller part goes into a file of its own */
+let program = true;
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--sea') {
     sea = true;
     entry = path.join(repo, 'src/cli/sea.ts');
   } else if (args[i] === '--outfile' && args[i + 1]) outfile = path.resolve(args[++i]);
-  else if (args[i] === '--entry' && args[i + 1]) entry = path.resolve(args[++i]);
+  else if (args[i] === '--entry' && args[i + 1]) {
+    entry = path.resolve(args[++i]);
+    program = false;
+  }
   else {
     console.error(`usage: node scripts/bundle.mjs [--entry FILE] [--outfile FILE] (unknown argument ${JSON.stringify(args[i])})`);
     process.exit(2);
@@ -119,39 +132,77 @@ const zodEnglishOnly = {
   },
 };
 
-const result = await build({
-  plugins: [builtinsAsCommonJs, zodEnglishOnly],
-  absWorkingDir: repo,
-  entryPoints: [entry],
-  // an --entry outside the repo still resolves packages from the repo's node_modules
-  nodePaths: [path.join(repo, 'node_modules')],
-  outfile,
-  bundle: true,
-  platform: 'node',
-  target: 'node22',
-  format,
-  banner: { js: format === 'cjs' ? cjsBanner : esmBanner },
-  ...(format === 'cjs' ? { define: { 'import.meta': '__secgroupImportMeta' } } : {}),
-  // ws loads these optional speed-ups inside try/catch; they are not installed.
-  external: ['bufferutil', 'utf-8-validate'],
-  legalComments: 'eof',
-  // Whitespace and syntax minification, identifiers kept (stack traces still
-  // name every function): Node keeps the whole source text in memory for
-  // lazy compilation, and unminified it is 3.6 MB and, because a few
-  // comments of dependencies carry non-Latin-1 characters (an em dash), a
-  // two-byte string of 7 MB. Minified: 2.4 MB, one-byte. `--version` RSS
-  // 71 -> 64 MB (bench/README.md, footprint).
-  minifyWhitespace: true,
-  minifySyntax: true,
-  sourcemap: false,
-  metafile: true,
-  logLevel: 'warning',
-});
+// `./controller-main.js`, imported by src/cli/controller-command.ts when a
+// controller command runs, becomes a loader of the second file: the file
+// beside this one (a relative require: the bundle's own directory, also
+// through the ESM banner's createRequire), or the single executable's asset,
+// compiled like a CommonJS module with the executable's `require` (built-ins
+// only: the part bundles everything else).
+const CONTROLLER_PART = 'secgroup-controller.cjs';
+const controllerApart = {
+  name: 'controller-apart',
+  setup(b) {
+    b.onResolve({ filter: /^\.\/controller-main\.js$/ }, (a) => (a.importer.endsWith(path.join('src', 'cli', 'controller-command.ts')) ? { path: CONTROLLER_PART, namespace: 'controller-part' } : undefined));
+    b.onLoad({ filter: /.*/, namespace: 'controller-part' }, () => ({
+      loader: 'js',
+      contents: sea
+        ? `const code = require('node:sea').getAsset(${JSON.stringify(CONTROLLER_PART)}, 'utf8');
+           const part = { exports: {} };
+           require('node:vm').compileFunction(code, ['exports', 'require', 'module', '__filename', '__dirname'], { filename: ${JSON.stringify(CONTROLLER_PART)} })(part.exports, require, part, process.execPath, require('node:path').dirname(process.execPath));
+           module.exports = part.exports;`
+        : `const name = ${JSON.stringify(`./${CONTROLLER_PART}`)};
+           try {
+             module.exports = require(name);
+           } catch (e) {
+             if (e?.code !== 'MODULE_NOT_FOUND' || !String(e.message).includes(name.slice(2))) throw e;
+             throw new Error(\`the controller's part of the program, ${CONTROLLER_PART}, is not next to it (npm run bundle writes both files; install.sh installs both)\`, { cause: e });
+           }`,
+    }));
+  },
+};
+
+async function bundle(entryPoint, out, outFormat, plugins) {
+  return build({
+    plugins: [builtinsAsCommonJs, zodEnglishOnly, ...plugins],
+    absWorkingDir: repo,
+    entryPoints: [entryPoint],
+    // an --entry outside the repo still resolves packages from the repo's node_modules
+    nodePaths: [path.join(repo, 'node_modules')],
+    outfile: out,
+    bundle: true,
+    platform: 'node',
+    target: 'node22',
+    format: outFormat,
+    banner: { js: outFormat === 'cjs' ? cjsBanner : esmBanner },
+    ...(outFormat === 'cjs' ? { define: { 'import.meta': '__secgroupImportMeta' } } : {}),
+    // ws loads these optional speed-ups inside try/catch; they are not installed.
+    external: ['bufferutil', 'utf-8-validate'],
+    legalComments: 'eof',
+    // Whitespace and syntax minification, identifiers kept (stack traces still
+    // name every function): Node keeps the whole source text in memory for
+    // lazy compilation, and unminified it is 3.6 MB and, because a few
+    // comments of dependencies carry non-Latin-1 characters (an em dash), a
+    // two-byte string of 7 MB. Minified: 2.4 MB, one-byte. `--version` RSS
+    // 71 -> 64 MB (bench/README.md, footprint).
+    minifyWhitespace: true,
+    minifySyntax: true,
+    sourcemap: false,
+    metafile: true,
+    logLevel: 'warning',
+  });
+}
+
+const results = [await bundle(entry, outfile, format, program ? [controllerApart] : [])];
 if (!sea && !readFileSync(outfile, 'utf8').startsWith('#!/usr/bin/env node\n')) {
   // (an --entry without a hashbang fails here too: the artefact must run as a command)
   console.error(`bundle: ${outfile} does not start with #!/usr/bin/env node (src/cli/main.ts lost its hashbang?)`);
   process.exit(1);
 }
 chmodSync(outfile, 0o755);
-const bytes = Object.values(result.metafile.outputs).reduce((n, o) => n + o.bytes, 0);
-console.log(`bundle: ${path.relative(process.cwd(), outfile) || outfile} (${(bytes / 1024).toFixed(0)} KiB, ${Object.keys(result.metafile.inputs).length} inputs)`);
+const part = path.join(path.dirname(outfile), CONTROLLER_PART);
+if (program) results.push(await bundle(path.join(repo, 'src/cli/controller-main.ts'), part, 'cjs', []));
+else rmSync(part, { force: true }); // (an --entry bundle is one file: no part of an earlier program build beside it)
+for (const r of results) {
+  const [file, o] = Object.entries(r.metafile.outputs)[0];
+  console.log(`bundle: ${path.relative(process.cwd(), path.resolve(repo, file)) || file} (${(o.bytes / 1024).toFixed(0)} KiB, ${Object.keys(r.metafile.inputs).length} inputs)`);
+}

@@ -9,7 +9,9 @@
 #   - FILE (default: dist/secgroup.cjs of this checkout, `npm run bundle`)
 #       -> /usr/local/lib/secgroup/secgroup.cjs (a FILE named *.mjs, an ES
 #       module bundle of an older checkout, -> secgroup.mjs; the other one
-#       of the two is removed)
+#       of the two is removed), and the controller's part of the program,
+#       secgroup-controller.cjs next to FILE (npm run bundle writes it),
+#       -> /usr/local/lib/secgroup/secgroup-controller.cjs
 #   - the drift monitor's listener (--listener FILE, default secgroup-nftwatch
 #       next to the bundle: dist/ after `npm run build` or scripts/build-native.sh)
 #       -> /usr/local/lib/secgroup/secgroup-nftwatch, where the agent looks for
@@ -48,6 +50,7 @@ APT_GET=${APT_GET:-apt-get}
 UNIT=secgroup-agent.service
 LIB_DIR=/usr/local/lib/secgroup
 PROGRAM=$LIB_DIR/secgroup.cjs # secgroup.mjs for an ES module bundle (--bundle FILE.mjs)
+PART=$LIB_DIR/secgroup-controller.cjs # loaded by `secgroup controller` only
 LISTENER=$LIB_DIR/secgroup-nftwatch
 WRAPPER=/usr/local/bin/secgroup
 UNIT_DIR=/usr/local/lib/systemd/system
@@ -142,6 +145,15 @@ do_install() {
   # node tells the two formats apart by the name only: an ES module bundle keeps .mjs
   local old=$LIB_DIR/secgroup.mjs
   [[ $bundle != *.mjs ]] || { old=$PROGRAM; PROGRAM=$LIB_DIR/secgroup.mjs; }
+  # the controller's part first: the program that loads it comes after it
+  local src_part
+  src_part="$(dirname "$bundle")/$(basename "$PART")"
+  if [[ -f $src_part ]]; then
+    put "$R$PART" 0644 <"$src_part"
+  else
+    rm -f "$R$PART"
+    say "no $src_part beside the bundle: 'secgroup controller' will not run from this install (the agent does)"
+  fi
   put "$R$PROGRAM" 0644 <"$bundle"
   put "$R$WRAPPER" 0755 <<EOF
 #!/bin/sh

@@ -3,7 +3,9 @@
  * a directory with no node_modules anywhere above it, prints the same ruleset
  * as the sources, and carries the controller's store too (node:sqlite, no
  * native addon). It is CommonJS (dist/secgroup.cjs: ~3 MB less RSS than the
- * same code loaded as an ES module); an outfile named *.mjs is an ES module.
+ * same code loaded as an ES module; an outfile named *.mjs is an ES module),
+ * and the controller's code is a second file beside it, loaded by the
+ * controller commands only.
  */
 import { isBuiltin } from 'node:module';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -119,6 +121,30 @@ describe('dist/secgroup.cjs (npm run bundle)', () => {
     expect(r.stderr).toBe('');
     expect(JSON.parse(r.stdout)).toEqual({ before: [false, false], after: [true, true], kinds: ['function', 'function', 'Not Found', 'function', 'function', true] });
   }, 60_000);
+
+  it("is two files: the controller's code (fastify, ajv, pg, node:sqlite) only in secgroup-controller.cjs, which the controller commands load", () => {
+    const part = join(dir, 'secgroup-controller.cjs');
+    const main = readFileSync(program, 'utf8');
+    for (const marker of ['fastify', 'require("node:sqlite")', 'ajv', 'pg-protocol']) {
+      expect(main.includes(marker), marker).toBe(false);
+      expect(readFileSync(part, 'utf8').includes(marker), marker).toBe(true);
+    }
+    writeFileSync(join(dir, 'controller.yaml'), 'listen:\n  port: 7399\napi:\n  tokens:\n    - name: t\n      token: "0123456789abcdef0123456789abcdef"\n');
+    expect(run(['controller', '--config', 'controller.yaml', '--check'])).toEqual({ status: 0, stdout: expect.stringMatching(/^controller.yaml: valid \(listen 127\.0\.0\.1:7399/), stderr: '' });
+    // the part's own errors keep their exit codes: an invalid configuration is 2
+    writeFileSync(join(dir, 'bad-controller.yaml'), 'listen: 1\n');
+    expect(run(['controller', '--config', 'bad-controller.yaml', '--check'])).toMatchObject({ status: 2, stdout: '', stderr: expect.stringMatching(/^error: \d+ problems? in the input/) });
+    expect(run(['controller', 'migrate', '--from', 'x', '--to', 'postgres://u@h/d'])).toMatchObject({ status: 2, stderr: expect.stringMatching(/--from must be sqlite:FILE/) });
+  });
+
+  it('without its controller part the program still runs everything else, and the controller commands say what is missing', () => {
+    const solo = join(dir, 'solo');
+    mkdirSync(solo);
+    copyFileSync(program, join(solo, 'secgroup.cjs'));
+    const r = spawnSync(process.execPath, [join(solo, 'secgroup.cjs'), 'controller', '--config', 'x.yaml', '--check'], { cwd: solo, encoding: 'utf8' });
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 1, stderr: expect.stringMatching(/the controller's part of the program, secgroup-controller\.cjs, is not next to it/) });
+    expect(spawnSync(process.execPath, [join(solo, 'secgroup.cjs'), '--version'], { encoding: 'utf8' }).stdout.trim()).toBe(VERSION);
+  });
 
   it("carries zod's English messages and no other locale (300 KB of source text Node would keep)", () => {
     const entry = join(dir, 'zod-entry.ts');

@@ -129,6 +129,24 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
     expect(readdirSync(join(root, 'usr/local/lib/secgroup'))).toEqual(['secgroup.cjs']); // no temp files left
   });
 
+  it("installs the controller's part of the program found next to the bundle before the program, and removes it when the bundle has none", () => {
+    const PART = 'usr/local/lib/secgroup/secgroup-controller.cjs';
+    writeFileSync(join(work, 'secgroup-controller.cjs'), 'exports.part = 1;\n');
+    let r = install([]);
+    expect(r.status, r.out).toBe(0);
+    expect(tree(root).sort()).toEqual([CONFIG, TOKEN, WRAPPER, PROGRAM, PART, UNIT].sort());
+    expect([file(PART), mode(PART)]).toEqual(['exports.part = 1;\n', 0o644]);
+    // the program loads it from its own directory
+    writeFileSync(bundle, "console.log(require('./secgroup-controller.cjs').part);\n");
+    expect(install([]).status).toBe(0);
+    expect(spawnSync(process.execPath, [join(root, PROGRAM)], { encoding: 'utf8' }).stdout).toBe('1\n');
+    rmSync(join(work, 'secgroup-controller.cjs'));
+    r = install([]);
+    expect(r.status, r.out).toBe(0);
+    expect(existsSync(join(root, PART))).toBe(false);
+    expect(r.out).toMatch(/'secgroup controller' will not run from this install/);
+  });
+
   it('an ES module bundle (*.mjs, older checkouts) keeps its name, and each format replaces the other on upgrade', () => {
     const esm = join(work, 'secgroup.mjs');
     writeFileSync(esm, 'console.log(JSON.stringify([import.meta.url.endsWith("/secgroup.mjs"), ...process.argv.slice(2)]));\n');
