@@ -169,7 +169,7 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(r.stdout).toBe(renderScript(compilePolicy(policy, { platform: DEFAULT_PLATFORM }).table));
   });
 
-  it("one program file runs the agent (with the unit's Environment=: its code cache written at the first start, read at the next) and the controller", () => {
+  it("the program (secgroup.cjs and its controller part) runs the agent (with the unit's Environment=: its code cache written at the first start, read at the next) and the controller", () => {
     // the unit's environment; NODE_COMPILE_CACHE is the unit's CacheDirectory=, emulated under the private /tmp
     const env = Object.fromEntries(values(unit, 'Service', 'Environment').flatMap((v) => v.split(/\s+/).map((a) => [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)])));
     expect(env.NODE_COMPILE_CACHE).toBe(`/var/cache/${value(unit, 'Service', 'CacheDirectory')}`);
