@@ -17,7 +17,7 @@
  */
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { unitEnvironment } from './footprint.js';
@@ -36,7 +36,7 @@ interface Variant { name: string; cmd: string[]; bytes: number }
 const variants: Variant[] = [];
 if (process.env.BENCH_SEA_PROGRAMS) {
   // explicit programs, e.g. a tree before a change next to this one: executables run as they are, *.js/*.mjs/*.cjs with node
-  for (const f of process.env.BENCH_SEA_PROGRAMS.split(',')) {
+  for (const f of process.env.BENCH_SEA_PROGRAMS.split(',').map((p) => resolve(p))) {
     const script = /\.[cm]?js$/.test(f);
     variants.push({ name: f, cmd: script ? [process.execPath, f] : [f], bytes: statSync(f).size + (script ? statSync(process.execPath).size : 0) });
   }
@@ -71,6 +71,14 @@ async function idleRssMb(cmd: string[]): Promise<number | string> {
   // its second start on (BENCH_SEA_NO_CACHE: not made, as at the first start)
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ...unitEnvironment({ cacheDir: join(dir, 'compile-cache') }) };
   if (process.env.BENCH_SEA_NO_CACHE === undefined) await execa(cmd[0]!, [...cmd.slice(1), '--version'], { env, extendEnv: false });
+  // The program's file pages count in RSS as the kernel happens to hold them: a file just written (build-sea's
+  // postject) sits in the page cache in large folios, and its mapped text then counts ~14 MB more than once it was
+  // read back from disk. Dropped from the page cache first (written back, then `dd iflag=nocache count=0`), every
+  // program starts from the disk, as after a boot.
+  for (const f of cmd.filter((c) => c.startsWith('/') && c !== process.execPath)) {
+    await execa('sync', [f]);
+    await execa('dd', [`if=${f}`, 'iflag=nocache', 'count=0', 'status=none']);
+  }
   await execa('ip', ['netns', 'add', ns]);
   const p = execa('ip', ['netns', 'exec', ns, ...cmd, 'agent', '--config', join(dir, 'agent.yaml')], {
     env,
