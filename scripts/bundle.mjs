@@ -1,8 +1,9 @@
-// Builds the self-contained program: one CommonJS file with every dependency
+// Builds the self-contained program: a CommonJS file with every dependency
 // bundled, runnable as `node secgroup.cjs ...` or directly (it starts with
-// `#!/usr/bin/env node`). Nothing is left to resolve at run time but Node's
-// built-ins: the controller's store is node:sqlite (no native addon), so the
-// agent, the policy commands and the controller all run from the one file.
+// `#!/usr/bin/env node`), and the controller's part beside it (below).
+// Nothing is left to resolve at run time but Node's built-ins: the
+// controller's store is node:sqlite (no native addon), so the agent, the
+// policy commands and the controller run from these two files alone.
 //
 //   node scripts/bundle.mjs [--outfile FILE]      (npm run bundle -> dist/secgroup.cjs)
 //   node scripts/bundle.mjs --entry FILE --outfile FILE   (tests, benches: bundle another entry the same way)
