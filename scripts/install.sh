@@ -157,7 +157,7 @@ do_install() {
   put "$R$PROGRAM" 0644 <"$bundle"
   put "$R$WRAPPER" 0755 <<EOF
 #!/bin/sh
-# secgroup: installed by scripts/install.sh (runs the single-file program)
+# secgroup: installed by scripts/install.sh (runs the bundled program)
 exec '$node' '$PROGRAM' "\$@"
 EOF
   put "$R$UNIT_DIR/$UNIT" 0644 <"$src_unit"

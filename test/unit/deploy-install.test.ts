@@ -80,7 +80,7 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
     expect(file(CONFIG)).toBe(readFileSync('examples/config/agent.yaml', 'utf8'));
     expect(file(TOKEN)).toBe('');
     expect([mode(PROGRAM), mode(WRAPPER), mode(UNIT), mode(CONFIG), mode(TOKEN)]).toEqual([0o644, 0o755, 0o644, 0o644, 0o600]);
-    expect(file(WRAPPER)).toBe(`#!/bin/sh\n# secgroup: installed by scripts/install.sh (runs the single-file program)\nexec '${process.execPath}' '/usr/local/lib/secgroup/secgroup.cjs' "$@"\n`);
+    expect(file(WRAPPER)).toBe(`#!/bin/sh\n# secgroup: installed by scripts/install.sh (runs the bundled program)\nexec '${process.execPath}' '/usr/local/lib/secgroup/secgroup.cjs' "$@"\n`);
     expect(calls()).toEqual([]);
     expect(r.out).toMatch(/not touching the running system/);
   });
