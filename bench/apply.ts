@@ -251,8 +251,9 @@ export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-apply-'));
   const rows: ApplyRow[] = [];
   try {
-    // the children run this file bundled: tsx's loader alone holds ~50 MB more than the agent's bundle
-    const bundle = join(dir, 'apply-bench.mjs');
+    // the children run this file bundled: tsx's loader alone holds ~50 MB more than the agent's bundle; CommonJS as the
+    // agent's program is (scripts/bundle.mjs: the same code as an ES module holds ~3 MB more)
+    const bundle = join(dir, 'apply-bench.cjs');
     execFileSync(process.execPath, [fileURLToPath(new URL('../scripts/bundle.mjs', import.meta.url)), '--entry', fileURLToPath(import.meta.url), '--outfile', bundle], { stdio: 'ignore' });
     for (const c of CASES) {
       if (only ? !only.includes(c.case) : c.optIn) continue;
@@ -260,7 +261,8 @@ export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
         // as `secgroup agent` runs: its V8 flag set at run time (tuneForFootprint in the child, not on the command
         // line, which would also shrink the young generation the agent keeps), the unit's Environment=
         execFileSync(process.execPath, ['--max-old-space-size=8192', bundle, mode, c.case, ...args], {
-          env: { ...process.env, ...unitEnvironment() },
+          // (the code cache: written by the --script child at its exit, read by the --child)
+          env: { ...process.env, ...unitEnvironment({ cacheDir: join(dir, 'compile-cache') }) },
           encoding: 'utf8',
           maxBuffer: 1 << 24,
           timeout: 600_000,
@@ -293,5 +295,6 @@ if (process.argv.includes('--script')) {
   tuneForFootprint();
   const at = process.argv.indexOf('--child');
   const [name, ns, dir, reference] = process.argv.slice(at + 1, at + 5) as [string, string, string, string];
-  process.stdout.write(JSON.stringify(await measureCase(caseNamed(name), ns, dir, JSON.parse(reference))));
+  // no top-level await: the child runs as CommonJS
+  void measureCase(caseNamed(name), ns, dir, JSON.parse(reference)).then((rows) => process.stdout.write(JSON.stringify(rows)));
 }

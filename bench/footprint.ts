@@ -1,5 +1,5 @@
 /**
- * bench footprint: the real agent (the bundle dist-style `secgroup.mjs`, built
+ * bench footprint: the real agent (the bundle dist-style `secgroup.cjs`, built
  * into a temp dir) in a lab namespace, pulling its policy over WebSocket from
  * the lab peer (test/helpers/lab-peer.ts) in the client namespace. Samples
  * /proc/<pid>/status VmRSS and /proc/<pid>/stat utime+stime (the agent
@@ -11,7 +11,9 @@
  * per group size (1k, 10k, 100k members: BENCH_FOOTPRINT_SIZES). Reference:
  * a bare `node` process idling (the runtime's own floor) and the targets
  * (issue 18: <= 5 ms agent CPU per delta; <= 90 MB RSS at 10k members).
- * The agent gets the `Environment=` of systemd/secgroup-agent.service.
+ * The agent gets the `Environment=` of systemd/secgroup-agent.service, its code
+ * cache (NODE_COMPILE_CACHE) made before the first agent starts, as an installed
+ * agent has it from its second start on.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -104,15 +106,35 @@ function canonicalOrder(list: readonly string[]): string[] {
   return keyed.map((k) => k.a);
 }
 
-/** The `Environment=` assignments of the agent's systemd unit, read as systemd reads them: the agent runs here with the environment it gets when installed. */
-export function unitEnvironment(unitText = readFileSync(join(REPO, 'systemd/secgroup-agent.service'), 'utf8')): Record<string, string> {
-  return environment(values(parseUnit(unitText), 'Service', 'Environment'));
+/**
+ * The `Environment=` assignments of the agent's systemd unit, read as systemd reads them: the agent runs here with
+ * the environment it gets when installed. The unit's NODE_COMPILE_CACHE (its CacheDirectory=) becomes `cacheDir`, a
+ * directory of the bench, or is left out without one: a bench never writes into the host's /var/cache.
+ */
+export function unitEnvironment(opts: { cacheDir?: string } = {}, unitText = readFileSync(join(REPO, 'systemd/secgroup-agent.service'), 'utf8')): Record<string, string> {
+  const env = environment(values(parseUnit(unitText), 'Service', 'Environment'));
+  if (env.NODE_COMPILE_CACHE !== undefined) {
+    if (opts.cacheDir) env.NODE_COMPILE_CACHE = opts.cacheDir;
+    else delete env.NODE_COMPILE_CACHE;
+  }
+  return env;
+}
+
+/**
+ * The unit's environment with the code cache the installed agent has from its second start on (main.ts writes it
+ * at the first): made once here by `PROGRAM --version`, which writes the same cache (main.ts writes it before the
+ * command runs).
+ */
+export function warmedUnitEnvironment(program: string, cacheDir: string): Record<string, string> {
+  const env = unitEnvironment({ cacheDir });
+  execFileSync(process.execPath, [program, '--version'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, stdio: 'ignore' });
+  return env;
 }
 
 const k = (n: number) => (n >= 1000 ? `${n / 1000}k` : String(n));
 
 /** One agent, one group size: apply the base policy, idle, a stream of one-member deltas, idle again. */
-async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, members: number): Promise<FootprintRow[]> {
+async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, members: number, agentEnv: Record<string, string>): Promise<FootprintRow[]> {
   const rows: FootprintRow[] = [];
   const config = await lab.writeConfig({
     instance_id: 'bench-1',
@@ -127,7 +149,7 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
   // the controller sends member lists in its canonical order (protocol/delta.ts), which the agent's delta path relies on
   base.group_members = Object.fromEntries(Object.entries(base.group_members ?? {}).map(([g, list]) => [g, canonicalOrder(list)]));
   await peer.request({ cmd: 'policy', policy: base });
-  const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, ...(PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROF_DIR] : []), bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: PROF_DIR ? ['ignore', 'ignore', { file: join(PROF_DIR, `agent-${members}.log`) }] : 'ignore', env: { ...unitEnvironment(), TMPDIR: dir } });
+  const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, ...(PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROF_DIR] : []), bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: PROF_DIR ? ['ignore', 'ignore', { file: join(PROF_DIR, `agent-${members}.log`) }] : 'ignore', env: { ...agentEnv, TMPDIR: dir } });
   const pid = agent.pid!;
   try {
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, from, 'hello');
@@ -177,8 +199,9 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
 
 export async function runFootprintBench(): Promise<FootprintRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-footprint-'));
-  const bundle = join(dir, 'secgroup.mjs');
+  const bundle = join(dir, 'secgroup.cjs');
   execFileSync(process.execPath, [join(REPO, 'scripts/bundle.mjs'), '--outfile', bundle], { stdio: 'ignore' });
+  const agentEnv = warmedUnitEnvironment(bundle, join(dir, 'compile-cache'));
   const lab = await AgentLab.create('fp');
   const rows: FootprintRow[] = [];
   try {
@@ -189,7 +212,7 @@ export async function runFootprintBench(): Promise<FootprintRow[]> {
     rows.push({ process: 'bare node', phase: 'idle', reference: '-', rssMb: r1(bareIdle.rss), peakRssMb: r1(bareIdle.peak), cpuPct: r1(bareIdle.cpu), cpuMsPerDelta: null, note: 'node -e setInterval: the runtime floor' });
     const peer = await lab.startPeer();
     for (const members of SIZES) {
-      rows.push(...(await runSize(lab, peer, bundle, dir, members)));
+      rows.push(...(await runSize(lab, peer, bundle, dir, members, agentEnv)));
       // the next agent starts on an empty host: its own table only
       await lab.nft(['delete', 'table', 'inet', 'secgroup'], { reject: false });
     }

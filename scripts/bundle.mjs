@@ -1,16 +1,33 @@
-// Builds the self-contained program: one ESM file with every dependency
-// bundled, runnable as `node secgroup.mjs ...` or directly (it starts with
-// `#!/usr/bin/env node`). Nothing is left to resolve at run time but Node's
-// built-ins: the controller's store is node:sqlite (no native addon), so the
-// agent, the policy commands and the controller all run from the one file.
+// Builds the self-contained program: a CommonJS file with every dependency
+// bundled, runnable as `node secgroup.cjs ...` or directly (it starts with
+// `#!/usr/bin/env node`), and the controller's part beside it (below).
+// Nothing is left to resolve at run time but Node's built-ins: the
+// controller's store is node:sqlite (no native addon), so the agent, the
+// policy commands and the controller run from these two files alone.
 //
-//   node scripts/bundle.mjs [--outfile FILE]      (npm run bundle -> dist/secgroup.mjs)
-//   node scripts/bundle.mjs --entry FILE --outfile FILE   (tests: bundle another entry the same way)
+//   node scripts/bundle.mjs [--outfile FILE]      (npm run bundle -> dist/secgroup.cjs)
+//   node scripts/bundle.mjs --entry FILE --outfile FILE   (tests, benches: bundle another entry the same way)
 //   node scripts/bundle.mjs --sea --outfile FILE  (CommonJS from src/cli/sea.ts, the script of the
 //                                                  single executable: scripts/build-sea.mjs)
 //
+// The program is two files: FILE and, beside it, secgroup-controller.cjs,
+// what `secgroup controller` runs (src/cli/controller-main.ts and the
+// controller: fastify, ajv, pg, the node:sqlite store, the API schemas, 1.2 MB
+// of the 2.7). The first file loads the second only when a controller command
+// runs: an agent neither parses nor keeps the controller's code (-2 MB idle
+// RSS). The single executable carries the second file as an asset
+// (scripts/build-sea.mjs). An --entry bundle stays one file.
+//
+// The format follows the outfile's name: `*.mjs` is an ES module (for entries
+// with top-level await), anything else CommonJS. The program is CommonJS
+// because Node holds a 2.7 MB file loaded as an ES module at ~3 MB more RSS
+// than the same file loaded as CommonJS (idle agent 74.2 vs 71.1 MB; a
+// 2-line ESM file that require()s the CommonJS one costs nothing more, so it is
+// the module's compilation, not the ESM loader: bench/README.md, "Issue 18
+// round 5").
+//
 // See systemd/README.md, "The program".
-import { chmodSync, readFileSync } from 'node:fs';
+import { chmodSync, readFileSync, rmSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import path from 'node:path';
 import process from 'node:process';
@@ -20,15 +37,20 @@ import { build } from 'esbuild';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
-let outfile = path.join(repo, 'dist', 'secgroup.mjs');
+let outfile = path.join(repo, 'dist', 'secgroup.cjs');
 let entry = path.join(repo, 'src/cli/main.ts');
 let sea = false;
+/** the secgroup program (not an --entry of a test or bench): its controller part goes into a file of its own */
+let program = true;
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--sea') {
     sea = true;
     entry = path.join(repo, 'src/cli/sea.ts');
   } else if (args[i] === '--outfile' && args[i + 1]) outfile = path.resolve(args[++i]);
-  else if (args[i] === '--entry' && args[i + 1]) entry = path.resolve(args[++i]);
+  else if (args[i] === '--entry' && args[i + 1]) {
+    entry = path.resolve(args[++i]);
+    program = false;
+  }
   else {
     console.error(`usage: node scripts/bundle.mjs [--entry FILE] [--outfile FILE] (unknown argument ${JSON.stringify(args[i])})`);
     process.exit(2);
@@ -38,20 +60,27 @@ for (let i = 0; i < args.length; i++) {
 // CommonJS dependencies bundled into ESM call require() for Node built-ins
 // (and for optional packages such as ws's bufferutil); esbuild's require shim
 // throws "Dynamic require ... is not supported" unless a real `require`
-// exists, so the banner makes one. `__filename`/`__dirname` are not provided:
-// no bundled code path we use needs them (pino is used with
+// exists, so the ESM banner makes one. `__filename`/`__dirname` are not
+// provided: no bundled code path we use needs them (pino is used with
 // pino.destination only, never with worker-thread transports). The
 // `#!/usr/bin/env node` line comes from src/cli/main.ts: esbuild keeps an
 // entry point's hashbang above the banner (checked below).
-const banner = [
+const esmBanner = [
   "import { createRequire as __secgroupCreateRequire } from 'node:module';",
   'const require = __secgroupCreateRequire(import.meta.url);',
 ].join('\n');
 
-// The single executable runs one CommonJS script (no top-level await, no
-// import.meta): `require` exists there but loads only Node's built-ins, so
-// import.meta.url becomes the executable's own file URL.
-const seaBanner = "const __secgroupImportMetaUrl = require('node:url').pathToFileURL(process.execPath).href;";
+// CommonJS has no import.meta: import.meta.url (src/cli/console-dir.ts looks
+// for the web console next to the program), .filename and .dirname become
+// the file's own. The single executable runs one CommonJS script (no
+// top-level await): `require` exists there but loads only Node's built-ins,
+// and the program's file is the executable itself.
+const format = sea || !outfile.endsWith('.mjs') ? 'cjs' : 'esm';
+const file = sea ? 'process.execPath' : '__filename';
+// The banner starts with the "use strict" that esbuild puts first in a
+// CommonJS file from ES modules: below the banner it would be no directive,
+// and the whole program would run in sloppy mode.
+const cjsBanner = `"use strict";const __secgroupImportMeta = { url: require('node:url').pathToFileURL(${file}).href, filename: ${file}, dirname: require('node:path').dirname(${file}) };`;
 
 // Node's built-in modules come in as CommonJS (`require`), never as ESM
 // `import`s. An ESM import of a built-in makes Node build that module's whole
@@ -92,39 +121,89 @@ const builtinsAsCommonJs = {
   },
 };
 
-const result = await build({
-  plugins: [builtinsAsCommonJs],
-  absWorkingDir: repo,
-  entryPoints: [entry],
-  // an --entry outside the repo still resolves packages from the repo's node_modules
-  nodePaths: [path.join(repo, 'node_modules')],
-  outfile,
-  bundle: true,
-  platform: 'node',
-  target: 'node22',
-  format: sea ? 'cjs' : 'esm',
-  banner: { js: sea ? seaBanner : banner },
-  ...(sea ? { define: { 'import.meta.url': '__secgroupImportMetaUrl' } } : {}),
-  // ws loads these optional speed-ups inside try/catch; they are not installed.
-  external: ['bufferutil', 'utf-8-validate'],
-  legalComments: 'eof',
-  // Whitespace and syntax minification, identifiers kept (stack traces still
-  // name every function): Node keeps the whole source text in memory for
-  // lazy compilation, and unminified it is 3.6 MB and, because a few
-  // comments of dependencies carry non-Latin-1 characters (an em dash), a
-  // two-byte string of 7 MB. Minified: 2.4 MB, one-byte. `--version` RSS
-  // 71 -> 64 MB (bench/README.md, footprint).
-  minifyWhitespace: true,
-  minifySyntax: true,
-  sourcemap: false,
-  metafile: true,
-  logLevel: 'warning',
-});
+// zod configures its English messages itself and exports every other locale
+// as `z.locales.*` (~60 of them, 300 KB, 11 % of the program's source text,
+// which Node keeps in memory); nothing of ours uses them: `z.locales` holds
+// `en` only. (-0.5 MB idle RSS, bench/README.md "Issue 18 round 5".)
+const zodEnglishOnly = {
+  name: 'zod-english-only',
+  setup(b) {
+    b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) => (/[\\/]node_modules[\\/]zod[\\/]/.test(a.importer) ? { path: path.join(a.resolveDir, a.path), namespace: 'zod-locales' } : undefined));
+    b.onLoad({ filter: /.*/, namespace: 'zod-locales' }, (a) => ({ loader: 'js', resolveDir: path.dirname(a.path), contents: 'export { default as en } from "./en.js";' }));
+  },
+};
+
+// `./controller-main.js`, imported by src/cli/controller-command.ts when a
+// controller command runs, becomes a loader of the second file: the file
+// beside this one (a relative require: the bundle's own directory, also
+// through the ESM banner's createRequire), or the single executable's asset,
+// compiled like a CommonJS module with the executable's `require` (built-ins
+// only: the part bundles everything else).
+const CONTROLLER_PART = 'secgroup-controller.cjs';
+const controllerApart = {
+  name: 'controller-apart',
+  setup(b) {
+    b.onResolve({ filter: /^\.\/controller-main\.js$/ }, (a) => (a.importer.endsWith(path.join('src', 'cli', 'controller-command.ts')) ? { path: CONTROLLER_PART, namespace: 'controller-part' } : undefined));
+    b.onLoad({ filter: /.*/, namespace: 'controller-part' }, () => ({
+      loader: 'js',
+      contents: sea
+        ? `const code = require('node:sea').getAsset(${JSON.stringify(CONTROLLER_PART)}, 'utf8');
+           const part = { exports: {} };
+           require('node:vm').compileFunction(code, ['exports', 'require', 'module', '__filename', '__dirname'], { filename: ${JSON.stringify(CONTROLLER_PART)} })(part.exports, require, part, process.execPath, require('node:path').dirname(process.execPath));
+           module.exports = part.exports;`
+        : `const name = ${JSON.stringify(`./${CONTROLLER_PART}`)};
+           try {
+             module.exports = require(name);
+           } catch (e) {
+             if (e?.code !== 'MODULE_NOT_FOUND' || !String(e.message).includes(name.slice(2))) throw e;
+             throw new Error(\`the controller's part of the program, ${CONTROLLER_PART}, is not next to it (npm run bundle writes both files; install.sh installs both)\`, { cause: e });
+           }`,
+    }));
+  },
+};
+
+async function bundle(entryPoint, out, outFormat, plugins) {
+  return build({
+    plugins: [builtinsAsCommonJs, zodEnglishOnly, ...plugins],
+    absWorkingDir: repo,
+    entryPoints: [entryPoint],
+    // an --entry outside the repo still resolves packages from the repo's node_modules
+    nodePaths: [path.join(repo, 'node_modules')],
+    outfile: out,
+    bundle: true,
+    platform: 'node',
+    target: 'node22',
+    format: outFormat,
+    banner: { js: outFormat === 'cjs' ? cjsBanner : esmBanner },
+    ...(outFormat === 'cjs' ? { define: { 'import.meta': '__secgroupImportMeta' } } : {}),
+    // ws loads these optional speed-ups inside try/catch; they are not installed.
+    external: ['bufferutil', 'utf-8-validate'],
+    legalComments: 'eof',
+    // Whitespace and syntax minification, identifiers kept (stack traces still
+    // name every function): Node keeps the whole source text in memory for
+    // lazy compilation, and unminified it is 3.6 MB and, because a few
+    // comments of dependencies carry non-Latin-1 characters (an em dash), a
+    // two-byte string of 7 MB. Minified: 2.4 MB, one-byte. `--version` RSS
+    // 71 -> 64 MB (bench/README.md, footprint).
+    minifyWhitespace: true,
+    minifySyntax: true,
+    sourcemap: false,
+    metafile: true,
+    logLevel: 'warning',
+  });
+}
+
+const results = [await bundle(entry, outfile, format, program ? [controllerApart] : [])];
 if (!sea && !readFileSync(outfile, 'utf8').startsWith('#!/usr/bin/env node\n')) {
   // (an --entry without a hashbang fails here too: the artefact must run as a command)
   console.error(`bundle: ${outfile} does not start with #!/usr/bin/env node (src/cli/main.ts lost its hashbang?)`);
   process.exit(1);
 }
 chmodSync(outfile, 0o755);
-const bytes = Object.values(result.metafile.outputs).reduce((n, o) => n + o.bytes, 0);
-console.log(`bundle: ${path.relative(process.cwd(), outfile) || outfile} (${(bytes / 1024).toFixed(0)} KiB, ${Object.keys(result.metafile.inputs).length} inputs)`);
+const part = path.join(path.dirname(outfile), CONTROLLER_PART);
+if (program) results.push(await bundle(path.join(repo, 'src/cli/controller-main.ts'), part, 'cjs', []));
+else rmSync(part, { force: true }); // (an --entry bundle is one file: no part of an earlier program build beside it)
+for (const r of results) {
+  const [file, o] = Object.entries(r.metafile.outputs)[0];
+  console.log(`bundle: ${path.relative(process.cwd(), path.resolve(repo, file)) || file} (${(o.bytes / 1024).toFixed(0)} KiB, ${Object.keys(r.metafile.inputs).length} inputs)`);
+}

@@ -6,8 +6,12 @@
 #
 # Install (idempotent; run it again to upgrade the program):
 #   - nftables, with apt-get, when `nft` is missing
-#   - FILE (default: dist/secgroup.mjs of this checkout, `npm run bundle`)
-#       -> /usr/local/lib/secgroup/secgroup.mjs
+#   - FILE (default: dist/secgroup.cjs of this checkout, `npm run bundle`)
+#       -> /usr/local/lib/secgroup/secgroup.cjs (a FILE named *.mjs, an ES
+#       module bundle of an older checkout, -> secgroup.mjs; the other one
+#       of the two is removed), and the controller's part of the program,
+#       secgroup-controller.cjs next to FILE (npm run bundle writes it),
+#       -> /usr/local/lib/secgroup/secgroup-controller.cjs
 #   - the drift monitor's listener (--listener FILE, default secgroup-nftwatch
 #       next to the bundle: dist/ after `npm run build` or scripts/build-native.sh)
 #       -> /usr/local/lib/secgroup/secgroup-nftwatch, where the agent looks for
@@ -45,7 +49,8 @@ APT_GET=${APT_GET:-apt-get}
 
 UNIT=secgroup-agent.service
 LIB_DIR=/usr/local/lib/secgroup
-PROGRAM=$LIB_DIR/secgroup.mjs
+PROGRAM=$LIB_DIR/secgroup.cjs # secgroup.mjs for an ES module bundle (--bundle FILE.mjs)
+PART=$LIB_DIR/secgroup-controller.cjs # loaded by `secgroup controller` only
 LISTENER=$LIB_DIR/secgroup-nftwatch
 WRAPPER=/usr/local/bin/secgroup
 UNIT_DIR=/usr/local/lib/systemd/system
@@ -58,7 +63,7 @@ say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-root=/ mode=install purge=0 now=0 bundle="$repo/dist/secgroup.mjs" listener=''
+root=/ mode=install purge=0 now=0 bundle="$repo/dist/secgroup.cjs" listener=''
 while (($#)); do
   case $1 in
     --root) [[ $# -ge 2 ]] || die "--root needs a directory"; root=$2; shift 2 ;;
@@ -137,13 +142,27 @@ do_install() {
   fi
 
   install -d -m 0755 "$R$LIB_DIR" "$R$(dirname "$WRAPPER")" "$R$UNIT_DIR" "$R$CONFIG_DIR"
+  # node tells the two formats apart by the name only: an ES module bundle keeps .mjs
+  local old=$LIB_DIR/secgroup.mjs
+  [[ $bundle != *.mjs ]] || { old=$PROGRAM; PROGRAM=$LIB_DIR/secgroup.mjs; }
+  # the controller's part first: the program that loads it comes after it
+  local src_part
+  src_part="$(dirname "$bundle")/$(basename "$PART")"
+  if [[ -f $src_part ]]; then
+    put "$R$PART" 0644 <"$src_part"
+  else
+    rm -f "$R$PART"
+    say "no $src_part beside the bundle: 'secgroup controller' will not run from this install (the agent does)"
+  fi
   put "$R$PROGRAM" 0644 <"$bundle"
   put "$R$WRAPPER" 0755 <<EOF
 #!/bin/sh
-# secgroup: installed by scripts/install.sh (runs the single-file program)
+# secgroup: installed by scripts/install.sh (runs the bundled program)
 exec '$node' '$PROGRAM' "\$@"
 EOF
   put "$R$UNIT_DIR/$UNIT" 0644 <"$src_unit"
+  # (the wrapper now runs the new name: the one an earlier install left is no longer used)
+  rm -f "$R$old"
   say "installed $PROGRAM, $WRAPPER (Node.js $major at $node), $UNIT_DIR/$UNIT"
   local src_listener=${listener:-$(dirname "$bundle")/secgroup-nftwatch}
   if [[ -f $src_listener ]]; then

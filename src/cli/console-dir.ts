@@ -5,7 +5,7 @@
  *
  * - the single executable of the .deb (`/usr/lib/secgroup-controller/secgroup`):
  *   `/usr/lib/secgroup-controller/console` (import.meta.url is the executable there);
- * - the bundle `dist/secgroup.mjs`: `dist/console`;
+ * - the bundle `dist/secgroup.cjs`: `dist/console`;
  * - `dist/cli/*.js` (tsc output): `dist/console`;
  * - `src/cli/*.ts` under tsx (a checkout): `dist/console`.
  *

@@ -86,7 +86,7 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
 
     app = mkdtempSync(join(tmpdir(), 'sgt-deploy-sandbox-'));
     chmodSync(app, 0o755);
-    const b = spawnSync(process.execPath, [join(repo, 'scripts/bundle.mjs'), '--outfile', join(app, 'secgroup.mjs')], { cwd: repo, encoding: 'utf8' });
+    const b = spawnSync(process.execPath, [join(repo, 'scripts/bundle.mjs'), '--outfile', join(app, 'secgroup.cjs')], { cwd: repo, encoding: 'utf8' });
     if (b.status !== 0) throw new Error(`bundle: ${b.stderr}`);
     copyFileSync(join(repo, 'examples/web.json'), join(app, 'web.json'));
     copyFileSync(join(repo, 'test/kernel/sandbox/seccomp-exec.py'), join(app, 'seccomp-exec.py'));
@@ -162,12 +162,48 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
   });
 
   it('Node runs the single-file program: render prints what the sources render', async () => {
-    const r = sandboxed([process.execPath, '/tmp/app/secgroup.mjs', 'render', '/tmp/app/web.json']);
+    const r = sandboxed([process.execPath, '/tmp/app/secgroup.cjs', 'render', '/tmp/app/web.json']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     const policy = await loadPolicyFile(join(repo, 'examples/web.json'));
     expect(r.stdout).toBe(renderScript(compilePolicy(policy, { platform: DEFAULT_PLATFORM }).table));
   });
+
+  it("the program (secgroup.cjs and its controller part) runs the agent (with the unit's Environment=: its code cache written at the first start, read at the next) and the controller", () => {
+    // the unit's environment; NODE_COMPILE_CACHE is the unit's CacheDirectory=, emulated under the private /tmp
+    const env = Object.fromEntries(values(unit, 'Service', 'Environment').flatMap((v) => v.split(/\s+/).map((a) => [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)])));
+    expect(env.NODE_COMPILE_CACHE).toBe(`/var/cache/${value(unit, 'Service', 'CacheDirectory')}`);
+    env.NODE_COMPILE_CACHE = '/tmp/cache';
+    const policy = JSON.parse(readFileSync(join(repo, 'examples/web.json'), 'utf8')) as unknown;
+    writeFileSync(join(app, 'policy.json'), JSON.stringify({ format: 1, saved_at: new Date(0).toISOString(), policy }) + '\n');
+    writeFileSync(join(app, 'agent.yaml'), 'instance_id: ecs-web-1\nstate_dir: /tmp/state\nhttp_listen: ""\ndrift_monitor: false\n');
+    writeFileSync(join(app, 'controller.yaml'), 'listen:\n  host: 127.0.0.1\n  port: 7302\ndata_dir: /tmp/ctl\napi:\n  tokens:\n    - name: t\n      token: "0123456789abcdef0123456789abcdef"\n');
+    for (const f of ['policy.json', 'agent.yaml', 'controller.yaml']) chmodSync(join(app, f), 0o644);
+    const node = `${process.execPath} /tmp/app/secgroup.cjs`;
+    const script = [
+      `export ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(' ')}`,
+      'mkdir /tmp/state /tmp/cache /tmp/ctl && cp /tmp/app/policy.json /tmp/state/',
+      // the agent applies its last known good policy and runs until SIGTERM, twice
+      'for start in 1 2; do',
+      `  NODE_DEBUG_NATIVE=COMPILE_CACHE ${node} agent --config /tmp/app/agent.yaml >/tmp/agent.out 2>&1 & pid=$!`,
+      '  i=0; until nft list table inet secgroup >/dev/null 2>&1 || [ $i -gt 300 ]; do i=$((i+1)); sleep 0.1; done',
+      '  kill -TERM $pid; wait $pid; echo "agent $start: exit $?, cache $(grep -c \'code cache for CommonJS /tmp/app/secgroup.cjs was accepted\' /tmp/agent.out) hit, $(grep -c \'"event":"boot"\' /tmp/agent.out) boot"',
+      '  nft delete table inet secgroup',
+      'done',
+      // the controller from the same file: serves its API until SIGTERM
+      `${node} controller --config /tmp/app/controller.yaml 2>/tmp/ctl.err & pid=$!`,
+      `i=0; until ${process.execPath} -e "fetch('http://127.0.0.1:7302/healthz').then(async (r) => console.log('controller', r.status, await r.text()), () => process.exit(1))" || [ $i -gt 300 ]; do i=$((i+1)); sleep 0.1; done`,
+      'kill -TERM $pid; wait $pid; echo "controller: exit $?"',
+    ].join('\n');
+    const r = sandboxed(['sh', '-c', script]);
+    expect(r.stdout.split('\n')).toEqual([
+      'agent 1: exit 0, cache 0 hit, 1 boot',
+      'agent 2: exit 0, cache 1 hit, 1 boot',
+      'controller 200 {"status":"ok","agents_connected":0}',
+      'controller: exit 0',
+      '',
+    ]);
+  }, 60_000);
 
   it('nft checks, applies (twice: the script replaces the table), lists and deletes the table with CAP_NET_ADMIN alone', async () => {
     const script = renderScript(compilePolicy(await loadPolicyFile(join(repo, 'examples/web.json')), { platform: DEFAULT_PLATFORM }).table);

@@ -10,7 +10,7 @@ import { join, relative } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 const SCRIPT = 'scripts/install.sh';
-const PROGRAM = 'usr/local/lib/secgroup/secgroup.mjs';
+const PROGRAM = 'usr/local/lib/secgroup/secgroup.cjs';
 const WRAPPER = 'usr/local/bin/secgroup';
 const UNIT = 'usr/local/lib/systemd/system/secgroup-agent.service';
 const CONFIG = 'etc/secgroup/agent.yaml';
@@ -65,7 +65,7 @@ beforeEach(() => {
   mkdirSync(root);
   mkdirSync(join(work, 'bin'));
   log = join(work, 'calls.log');
-  bundle = join(work, 'secgroup.mjs');
+  bundle = join(work, 'secgroup.cjs');
   writeFileSync(bundle, '#!/usr/bin/env node\nconsole.log("bundle v1");\n');
 });
 afterEach(() => rmSync(work, { recursive: true, force: true }));
@@ -80,7 +80,7 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
     expect(file(CONFIG)).toBe(readFileSync('examples/config/agent.yaml', 'utf8'));
     expect(file(TOKEN)).toBe('');
     expect([mode(PROGRAM), mode(WRAPPER), mode(UNIT), mode(CONFIG), mode(TOKEN)]).toEqual([0o644, 0o755, 0o644, 0o644, 0o600]);
-    expect(file(WRAPPER)).toBe(`#!/bin/sh\n# secgroup: installed by scripts/install.sh (runs the single-file program)\nexec '${process.execPath}' '/usr/local/lib/secgroup/secgroup.mjs' "$@"\n`);
+    expect(file(WRAPPER)).toBe(`#!/bin/sh\n# secgroup: installed by scripts/install.sh (runs the bundled program)\nexec '${process.execPath}' '/usr/local/lib/secgroup/secgroup.cjs' "$@"\n`);
     expect(calls()).toEqual([]);
     expect(r.out).toMatch(/not touching the running system/);
   });
@@ -106,7 +106,7 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
   it('the wrapper runs the installed program with its arguments', () => {
     expect(install([]).status).toBe(0);
     // run it with the root's path substituted (the installed wrapper names the final path)
-    const wrapper = file(WRAPPER).replace('/usr/local/lib/secgroup/secgroup.mjs', join(root, PROGRAM));
+    const wrapper = file(WRAPPER).replace('/usr/local/lib/secgroup/secgroup.cjs', join(root, PROGRAM));
     writeFileSync(join(work, 'wrapper'), wrapper);
     writeFileSync(bundle, 'console.log(JSON.stringify(process.argv.slice(2)));\n');
     expect(install([]).status).toBe(0);
@@ -126,7 +126,44 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
     expect(file(TOKEN)).toBe('secret-token\n');
     expect(r.out).toMatch(/kept the existing \/etc\/secgroup\/agent.yaml/);
     expect(r.out).toMatch(/kept the existing \/etc\/secgroup\/agent.token/);
-    expect(readdirSync(join(root, 'usr/local/lib/secgroup'))).toEqual(['secgroup.mjs']); // no temp files left
+    expect(readdirSync(join(root, 'usr/local/lib/secgroup'))).toEqual(['secgroup.cjs']); // no temp files left
+  });
+
+  it("installs the controller's part of the program found next to the bundle before the program, and removes it when the bundle has none", () => {
+    const PART = 'usr/local/lib/secgroup/secgroup-controller.cjs';
+    writeFileSync(join(work, 'secgroup-controller.cjs'), 'exports.part = 1;\n');
+    let r = install([]);
+    expect(r.status, r.out).toBe(0);
+    expect(tree(root).sort()).toEqual([CONFIG, TOKEN, WRAPPER, PROGRAM, PART, UNIT].sort());
+    expect([file(PART), mode(PART)]).toEqual(['exports.part = 1;\n', 0o644]);
+    // the program loads it from its own directory
+    writeFileSync(bundle, "console.log(require('./secgroup-controller.cjs').part);\n");
+    expect(install([]).status).toBe(0);
+    expect(spawnSync(process.execPath, [join(root, PROGRAM)], { encoding: 'utf8' }).stdout).toBe('1\n');
+    rmSync(join(work, 'secgroup-controller.cjs'));
+    r = install([]);
+    expect(r.status, r.out).toBe(0);
+    expect(existsSync(join(root, PART))).toBe(false);
+    expect(r.out).toMatch(/'secgroup controller' will not run from this install/);
+  });
+
+  it('an ES module bundle (*.mjs, older checkouts) keeps its name, and each format replaces the other on upgrade', () => {
+    const esm = join(work, 'secgroup.mjs');
+    writeFileSync(esm, 'console.log(JSON.stringify([import.meta.url.endsWith("/secgroup.mjs"), ...process.argv.slice(2)]));\n');
+    const runWrapper = () => {
+      writeFileSync(join(work, 'wrapper'), file(WRAPPER).replace(/'\/usr\/local\/lib\/secgroup\//, `'${join(root, 'usr/local/lib/secgroup')}/`));
+      return spawnSync('sh', [join(work, 'wrapper'), 'x'], { encoding: 'utf8' }).stdout.trim();
+    };
+    expect(install(['--bundle', esm]).status).toBe(0);
+    expect(readdirSync(join(root, 'usr/local/lib/secgroup'))).toEqual(['secgroup.mjs']);
+    expect(runWrapper()).toBe('[true,"x"]');
+    // upgrade to the CommonJS bundle: the wrapper runs it, the old file is gone
+    writeFileSync(bundle, 'console.log(JSON.stringify([typeof require, ...process.argv.slice(2)]));\n');
+    expect(install([]).status).toBe(0);
+    expect(readdirSync(join(root, 'usr/local/lib/secgroup'))).toEqual(['secgroup.cjs']);
+    expect(runWrapper()).toBe('["function","x"]');
+    expect(install(['--bundle', esm]).status).toBe(0);
+    expect(readdirSync(join(root, 'usr/local/lib/secgroup'))).toEqual(['secgroup.mjs']);
   });
 
   it('refuses a missing bundle, an old Node.js, --purge without --uninstall, unknown arguments', () => {

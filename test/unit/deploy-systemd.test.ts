@@ -93,6 +93,13 @@ describe(AGENT, () => {
     const env = environment(values(agent, 'Service', 'Environment'));
     expect(env).toMatchObject({ MALLOC_ARENA_MAX: '2', MALLOC_TRIM_THRESHOLD_: '131072', MALLOC_MMAP_THRESHOLD_: '131072', NODE_OPTIONS: '--max-semi-space-size=1' });
   });
+
+  it("keeps V8's code cache of the program in its own cache directory (NODE_COMPILE_CACHE: ~7 MB less RSS from the second start on)", () => {
+    const env = Object.fromEntries(values(agent, 'Service', 'Environment').flatMap((v) => v.split(/\s+/).map((a) => [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)])));
+    // DynamicUser=: systemd makes /var/cache/secgroup writable for the dynamic user (under ProtectSystem=strict too)
+    expect(value(agent, 'Service', 'CacheDirectory')).toBe('secgroup');
+    expect(env.NODE_COMPILE_CACHE).toBe('/var/cache/secgroup');
+  });
 });
 
 describe(CONTROLLER, () => {

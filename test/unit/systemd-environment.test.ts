@@ -38,8 +38,8 @@ describe('Environment= as systemd reads it', () => {
 describe('bench footprint: the agent environment from its unit', () => {
   it('reads a quoted NODE_OPTIONS with several flags as one variable, next to the others on its line and on later lines', () => {
     const unit = ['[Unit]', 'Description=x', '[Service]', '# Environment=IGNORED=1', 'Environment=MALLOC_ARENA_MAX=2 "NODE_OPTIONS=--a --b"', 'Environment=NODE_OPTIONS="--c --d" X=1', 'ExecStart=/bin/true'].join('\n');
-    expect(unitEnvironment(unit)).toEqual({ MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--c --d', X: '1' });
-    expect(unitEnvironment(unit.replace(/^Environment=NODE_OPTIONS.*$/m, ''))).toEqual({ MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--a --b' });
+    expect(unitEnvironment({}, unit)).toEqual({ MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--c --d', X: '1' });
+    expect(unitEnvironment({}, unit.replace(/^Environment=NODE_OPTIONS.*$/m, ''))).toEqual({ MALLOC_ARENA_MAX: '2', NODE_OPTIONS: '--a --b' });
   });
 
   it('reads the shipped agent unit (its malloc and V8 settings)', () => {
