@@ -201,7 +201,8 @@ describe('agent hub', () => {
     agent.close();
   });
 
-  it('sends no policy when the agent already applied the desired revision (and acked it)', async () => {
+  /** ecs-web-1's agent connected, acked the desired revision and went away: its token and that revision. */
+  async function ackedAndGone(): Promise<{ token: string; desired: number }> {
     const token = await seedWeb();
     const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
     const first = await Agent.connect(token);
@@ -210,6 +211,11 @@ describe('agent hub', () => {
     await first.expectNothingPending('ecs-web-1');
     first.close();
     await first.closed;
+    return { token, desired };
+  }
+
+  it('sends no policy when the agent already applied the desired revision (and acked it)', async () => {
+    const { token, desired } = await ackedAndGone();
     const agent = await Agent.connect(token);
     const { policyText } = await agent.handshake('ecs-web-1', desired);
     expect(policyText).toBeNull();
@@ -218,14 +224,7 @@ describe('agent hub', () => {
   });
 
   it('a reconnecting agent costs one agent-state write and no read: the write returns the applied revision it found', async () => {
-    const token = await seedWeb();
-    const desired = (await api('GET', `${A}/instances/ecs-web-1/status`)).body.status.desired_revision;
-    const first = await Agent.connect(token);
-    await first.handshake('ecs-web-1');
-    first.send({ type: 'ack', revision: desired, status: 'applied' });
-    await first.expectNothingPending('ecs-web-1');
-    first.close();
-    await first.closed;
+    const { token, desired } = await ackedAndGone();
     // the first connection's goodbye (last_seen, connected_to) is written before the count starts
     while ((await store.getAgentState('proj-a', 'ecs-web-1'))?.connected_to !== null) await new Promise((r) => setTimeout(r, 10));
     const calls: string[] = [];

@@ -183,18 +183,27 @@ describe('agent', () => {
     await agent.stop();
   });
 
-  it('reports ports after a rule change at once, after member deltas at most once every 30 s', async () => {
+  /**
+   * An agent connected to a live controller (it answers every ping: over 30 s the connection would be dropped as
+   * dead otherwise), revision 3 applied and its port report sent (with `entries` as the probe's answer): the
+   * reports read so far.
+   */
+  async function reportedRevision3(entries?: FakePortProbe['entries']) {
     const { dialer, agent, clock, probe } = setup();
     await agent.start();
     const s = dialer.last;
-    // a live controller answers every ping (over 30 s the connection would be dropped as dead otherwise)
     s.ping = () => void queueMicrotask(() => s.events.pong());
+    if (entries) probe.entries = entries;
     s.events.open();
     s.receive({ type: 'policy', policy: policy(3) });
     await agent.reconciler.idle();
     await clock.advance(2000);
     await settle();
-    const reads = probe.calls.length;
+    return { agent, clock, probe, s, reads: probe.calls.length };
+  }
+
+  it('reports ports after a rule change at once, after member deltas at most once every 30 s', async () => {
+    const { agent, clock, probe, s, reads } = await reportedRevision3();
     s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.0.30'], remove: [] } } });
     await agent.reconciler.idle();
     await clock.advance(2000);
@@ -233,18 +242,10 @@ describe('agent', () => {
   });
 
   it('reports at once (within a second) a member delta that can change a listening port, or that empties a group', async () => {
-    const { dialer, agent, clock, probe } = setup();
-    await agent.start();
-    const s = dialer.last;
-    s.ping = () => void queueMicrotask(() => s.events.pong());
     // a web server listens on tcp/80, which rule r-http opens to the members of group web
-    probe.entries = [{ protocol: 'tcp', port: 80, family: 4, status: 'open', listeners: [{ address: '0.0.0.0', process: 'web' }], allowed_by: [{ group_id: 'sg-web', rule_id: 'r-http', peers: 'group web' }], denied_by: [] }];
-    s.events.open();
-    s.receive({ type: 'policy', policy: policy(3) });
-    await agent.reconciler.idle();
-    await clock.advance(2000);
-    await settle();
-    const reads = probe.calls.length;
+    const { agent, clock, probe, s, reads } = await reportedRevision3([
+      { protocol: 'tcp', port: 80, family: 4, status: 'open', listeners: [{ address: '0.0.0.0', process: 'web' }], allowed_by: [{ group_id: 'sg-web', rule_id: 'r-http', peers: 'group web' }], denied_by: [] },
+    ]);
     s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.0.30'], remove: [] } } });
     await agent.reconciler.idle();
     expect(agent.reconciler.state?.kind).toBe('incremental');
