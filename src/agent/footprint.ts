@@ -29,14 +29,16 @@
  *   objects): the old generation may double between full GCs
  *   (`--heap-growing-percent=100`), the flag stays. Measured with
  *   `bench/compile-heap.ts` (round 4): compile + render CPU -50 % at 100k
- *   members; dropping the flag too saves ~15 % more there but raises the
+ *   members; dropping the flag too saves 0-15 % more there but raises the
  *   peak by 10-15 MB (92-99 -> 108-109 MB at 100k members), against the
  *   <= 2x nft target of issue 18.
  * - `throughput` (rule-heavy policies: thousands of rule objects): the same,
  *   and the flag off until the burst ends. At 10k rules this cut the CPU of
- *   parse + compile + render by ~40 % (median 430-442 -> 232-288 ms, three
- *   alternating runs) at the same peak (143-152 MB), because the growing
- *   factor still bounds the heap (round 5, bench/README.md).
+ *   parse + compile + render (in a loop of eight, burst around each) by
+ *   ~40 % (median 430-442 -> 232-288 ms, three alternating runs) at the
+ *   same peak (143-152 MB), because the growing factor still bounds the
+ *   heap (round 5, bench/README.md). The agent's burst covers the compile
+ *   and render of a sync, not the document's parse before it.
  */
 import { setFlagsFromString } from 'node:v8';
 import type { Policy } from '../policy/schema.js';
