@@ -35,23 +35,14 @@ export interface CoalescedStateWriterOptions {
 }
 
 export class CoalescedStateWriter {
-  /** applied but not yet written */
-  private unsaved: Policy | null = null;
+  /** The applied policy not written yet (null: none): what the next write takes; the caller sets it (or puts back what was). */
+  pending: Policy | null = null;
   /** monotonic ms of the last write */
   private lastWriteAt = -Infinity;
   private timer: Timer | null = null;
   private trailing: Promise<void> | null = null;
 
   constructor(private readonly o: CoalescedStateWriterOptions) {}
-
-  /** The applied policy not written yet (null: none); setting it records what the next write takes (or puts back what was). */
-  get pending(): Policy | null {
-    return this.unsaved;
-  }
-
-  set pending(policy: Policy | null) {
-    this.unsaved = policy;
-  }
 
   /** A trailing write is scheduled (after element updates within the window). */
   get trailingDue(): boolean {
@@ -66,7 +57,7 @@ export class CoalescedStateWriter {
   async afterSync(coalesce: boolean): Promise<void> {
     const wait = this.lastWriteAt + this.o.coalesceMs - this.o.clock.monotonic();
     if (!coalesce || wait <= 0) return this.writeNow();
-    if (this.timer || !this.unsaved) return;
+    if (this.timer || !this.pending) return;
     this.timer = this.o.clock.setTimeout(() => {
       this.timer = null;
       if (this.o.busy()) return;
@@ -80,9 +71,9 @@ export class CoalescedStateWriter {
   async writeNow(): Promise<void> {
     this.timer?.cancel();
     this.timer = null;
-    const policy = this.unsaved;
+    const policy = this.pending;
     if (!policy) return;
-    this.unsaved = null;
+    this.pending = null;
     this.lastWriteAt = this.o.clock.monotonic();
     try {
       await this.o.store.save(policy);

@@ -21,7 +21,7 @@
  * or loopback-only listeners, and no group became empty or non-empty) only
  * the lists of a `not-listening` port can change, when several rules on it
  * overlap: those wait for the coalesced report (PORTS_AFTER_ELEMENTS_MS in
- * agent.ts). Without a basis (no report yet), or with the changed groups
+ * agent/port-reporter.ts). Without a basis (no report yet), or with the changed groups
  * unknown (`null`: a member-only change that came as a whole document), every
  * remote group counts as changed. A listener that opens or closes is not a
  * member change: the periodic report (`ports_interval_ms`) notices it.
