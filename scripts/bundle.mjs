@@ -27,7 +27,7 @@
 // round 5").
 //
 // See systemd/README.md, "The program".
-import { chmodSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, readFileSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import path from 'node:path';
 import process from 'node:process';
@@ -201,8 +201,9 @@ if (!sea && !readFileSync(outfile, 'utf8').startsWith('#!/usr/bin/env node\n')) 
 }
 chmodSync(outfile, 0o755);
 const part = path.join(path.dirname(outfile), CONTROLLER_PART);
+// (an --entry bundle writes its one file and nothing else: a program's part beside it, say in the directory a test
+// bundled the program into, stays)
 if (program) results.push(await bundle(path.join(repo, 'src/cli/controller-main.ts'), part, 'cjs', []));
-else rmSync(part, { force: true }); // (an --entry bundle is one file: no part of an earlier program build beside it)
 for (const r of results) {
   const [file, o] = Object.entries(r.metafile.outputs)[0];
   console.log(`bundle: ${path.relative(process.cwd(), path.resolve(repo, file)) || file} (${(o.bytes / 1024).toFixed(0)} KiB, ${Object.keys(r.metafile.inputs).length} inputs)`);
