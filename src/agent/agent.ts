@@ -32,7 +32,6 @@ import type { StateStore } from './state-store.js';
 import type { ServiceManager } from './systemd.js';
 
 export { resolveControllerEndpoint, type Resolver } from './controllers.js';
-export { compiledRules, PORTS_AFTER_ELEMENTS_MS } from './port-reporter.js';
 
 export interface AgentDeps {
   config: AgentConfig;

@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentProcess, Peer, kernelSkipReason } from '../helpers/agent-lab.js';
 import { ControllerLab } from '../helpers/controller-lab.js';
-import { PORTS_AFTER_ELEMENTS_MS } from '../../src/agent/agent.js';
+import { PORTS_AFTER_ELEMENTS_MS } from '../../src/agent/port-reporter.js';
 
 const skip = kernelSkipReason();
 const CTL = '198.18.9.1';

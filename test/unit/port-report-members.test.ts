@@ -11,7 +11,7 @@
  * Replay a failure: SECGROUP_SEED=<seed> npx vitest run --project unit test/unit/port-report-members.test.ts
  */
 import { describe, expect, it } from 'vitest';
-import { compiledRules } from '../../src/agent/agent.js';
+import { compiledRules } from '../../src/agent/port-reporter.js';
 import { compilePolicy, type Compiled } from '../../src/nft/compile.js';
 import { applyMembershipChange } from '../../src/nft/membership.js';
 import { checkPolicy } from '../../src/policy/schema.js';
