@@ -10,8 +10,9 @@
  * table both ways the agent does one (nft/counters.ts): replaced, its
  * counters read first and carried (`reloadReplace`: read + apply), and in
  * place, keeping its counter objects without a read (`reloadInPlace`).
- * The counter read of a first apply is also timed as the agent does it now:
- * asked for before the compile, so nft runs it while the compile runs
+ * The counter read of a first apply over an existing table (an agent
+ * restarted; after a start that found no table there is no read) is also
+ * timed as the agent does it: asked for before the compile, so nft runs it while the compile runs
  * (`compileWithCounters`); `firstApplyBefore` sums the steps one after the
  * other, `firstApply` with that overlap.
  * Best of 3 per step; prints one row per case. Cases as bench/apply.ts names them.

@@ -323,6 +323,7 @@ export function createAgent(deps: AgentDeps): Agent {
       // fed by the event loop itself: a blocked or stopped process misses its pings and systemd restarts it
       if (sm?.watchdogMs) watchdogTimer = clock.setInterval(() => void sm.notify({ watchdog: true }), sm.watchdogMs);
       const info = await nft.probe();
+      if (!info.tableExists) reconciler.noteTableAbsent();
       logger.info({ event: 'start', version: VERSION, nft: info.version, table: nft.table, instance: config.instance_id }, `secgroup agent ${VERSION} (nft ${info.version})`);
       await refreshEndpoint();
       // before the first apply: its own full check, settleMs later, then finds the table as applied

@@ -105,6 +105,9 @@ interface BeforeSync {
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
 
+/** The counts a replacement of a table known to be absent carries: none. */
+const NOTHING_TO_CARRY: Promise<RuleCounters | null> = Promise.resolve(null);
+
 function asSecgroupError(e: unknown): SecgroupError {
   return isSecgroupError(e) ? e : new SecgroupError('INTERNAL', `internal error during sync: ${errorMessage(e)}`, { cause: e });
 }
@@ -119,6 +122,8 @@ export class Reconciler {
   private retryTimer: Timer | null = null;
   private retryAttempt = 0;
   private forceFull = false;
+  /** our table was found absent just now (noteTableAbsent): the next sync reads no counters to carry */
+  private absentAtProbe = false;
   private lastError: SecgroupError | null = null;
   private stopped = false;
   private readonly mutex = new Mutex();
@@ -203,6 +208,18 @@ export class Reconciler {
       this.pending = { policy, source, change, waiters, reported: false };
       this.kick(true);
     });
+  }
+
+  /**
+   * The caller has just listed our table and found none (the agent's
+   * start-up probe): the next full apply then reads no counters to carry (a
+   * table that does not exist has none), so only nft itself is on its path.
+   * Holds for the next sync only. Should another writer create the table in
+   * between, that apply still replaces it; only that table's counts are not
+   * carried.
+   */
+  noteTableAbsent(): void {
+    this.absentAtProbe = true;
   }
 
   /** New platform options (e.g. the controller's addresses changed): re-applies the current policy if its ruleset changes. */
@@ -457,7 +474,9 @@ export class Reconciler {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
       // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;
       // the read starts before the compile, so nft lists the table while the agent compiles (runner.ts: a read is on its way when called)
-      let carried = !reuse && (!this.applied || this.forceFull) ? countsToCarry(nft, logger) : null;
+      const replacing = !reuse && (!this.applied || this.forceFull);
+      let carried = replacing ? (this.absentAtProbe ? NOTHING_TO_CARRY : countsToCarry(nft, logger)) : null;
+      this.absentAtProbe = false;
       let plan = reuse ? reloadApplied(reuse) : planSync({ ...input, needFullSync: this.forceFull });
       if (plan.membershipFull !== undefined) {
         logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);

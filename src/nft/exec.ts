@@ -139,12 +139,14 @@ export class ExecaNftRunner implements NftRunner {
   async probe(): Promise<NftInfo> {
     const r = await this.run('nft --version', ['--version']);
     const m = /v(\d+\.\d+(?:\.\d+)?)/.exec(r.stdout);
+    let tableExists = true;
     try {
       await this.run(`nft list table ${this.family} ${this.table}`, ['-t', 'list', 'table', this.family, this.table]);
     } catch (e) {
       if ((e as { code?: string }).code !== 'NFT_NOT_FOUND_OBJECT') throw e;
+      tableExists = false;
     }
-    return { version: m ? m[1]! : r.stdout.trim() };
+    return { version: m ? m[1]! : r.stdout.trim(), tableExists };
   }
 
   private script(tx: NftTransaction): Iterable<string> {

@@ -128,7 +128,7 @@ export class FakeNft implements NftRunner {
 
   async probe(): Promise<NftInfo> {
     await this.enter('probe');
-    return { version: this.version };
+    return { version: this.version, tableExists: this.state !== null };
   }
 
   private run(tx: NftTransaction, state: Table | null, dryRun = false): Table | null {

@@ -11,6 +11,8 @@ import type { NftTransaction } from './transaction.js';
 export interface NftInfo {
   /** e.g. "1.0.6" */
   version: string;
+  /** whether our table existed when it was listed */
+  tableExists: boolean;
 }
 
 export interface NftRunner {
@@ -19,7 +21,7 @@ export interface NftRunner {
   readonly table: string;
   /**
    * Is nft usable? Runs `nft --version` and lists our own table (never any
-   * other). Throws SecgroupError NFT_NOT_FOUND ("nft not found - install
+   * other), which tells whether it exists. Throws SecgroupError NFT_NOT_FOUND ("nft not found - install
    * nftables") or NFT_PERMISSION ("permission denied - needs CAP_NET_ADMIN").
    */
   probe(): Promise<NftInfo>;

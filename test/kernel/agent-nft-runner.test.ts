@@ -35,7 +35,7 @@ describe.skipIf(skip !== null).each([{ mode: 'direct' }, { mode: 'helper' }])(`n
   });
 
   it('probes nft and reports a missing table as null', async () => {
-    expect((await nft.probe()).version).toMatch(/^\d+\.\d+/);
+    expect(await nft.probe()).toEqual({ version: expect.stringMatching(/^\d+\.\d+/), tableExists: false });
     expect(await nft.readTable()).toBeNull();
     expect(await nft.readMarker()).toBeNull();
   });
@@ -51,6 +51,7 @@ describe.skipIf(skip !== null).each([{ mode: 'direct' }, { mode: 'helper' }])(`n
     await nft.check(replaceTableTx(c.table));
     expect(await nft.readTable()).toBeNull(); // check changes nothing
     await nft.apply(replaceTableTx(c.table));
+    expect((await nft.probe()).tableExists).toBe(true);
     const rb = await nft.readTable();
     expect(rb?.comment).toBe(c.table.comment);
     expect(findDrift({ table: c.table, comment: c.table.comment! }, rb)).toBeNull();

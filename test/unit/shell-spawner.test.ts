@@ -155,7 +155,7 @@ describe('ShellSpawner', () => {
       else process.env.TMPDIR = saved;
     }
     expect(runner.helperError).toMatch(/ENOENT/);
-    expect(await runner.probe()).toEqual({ version: '1.0.6' });
+    expect(await runner.probe()).toEqual({ version: '1.0.6', tableExists: true });
     runner.close();
   });
 
@@ -178,7 +178,7 @@ describe('ShellSpawner', () => {
         message: expect.stringContaining('did not finish within 300 ms'),
       });
       expect(Date.now() - t0).toBeLessThan(10_000);
-      expect(await runner.probe()).toEqual({ version: '1.0.6' });
+      expect(await runner.probe()).toEqual({ version: '1.0.6', tableExists: true });
     } finally {
       runner.close();
     }

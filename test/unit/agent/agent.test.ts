@@ -57,6 +57,24 @@ describe('agent', () => {
     await agent.stop();
   });
 
+  it('boots without reading counters when its start-up probe found no table, and carries them when it found one', async () => {
+    const fresh = setup({ store: new MemoryStateStore(policy(7)) });
+    await fresh.agent.start();
+    expect(fresh.nft.count('readRuleCounters')).toBe(0);
+    expect(tableComment(fresh.nft.dump())).toContain('revision=7');
+    await fresh.agent.stop();
+
+    // a restart over the table the last run left: its counts are read and carried
+    const restart = setup({ store: new MemoryStateStore(policy(7)) });
+    await restart.nft.apply({ family: 'inet', table: 'secgroup', ops: [{ op: 'replace-table', table: compilePolicy(policy(6)).table }] });
+    const counted = compilePolicy(policy(6)).rules[0]!.chain;
+    restart.nft.setCounter(counted, 5, 500);
+    await restart.agent.start();
+    expect(restart.nft.count('readRuleCounters')).toBe(1);
+    expect((await restart.nft.readCounters())!.get(counted)).toEqual({ packets: 5, bytes: 500 });
+    await restart.agent.stop();
+  });
+
   it('keeps a corrupt state file aside, reports it, and applies nothing in its place', async () => {
     const store = new MemoryStateStore();
     store.text = '{"format":1,"policy":{"revision":"x"';

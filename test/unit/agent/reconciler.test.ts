@@ -587,6 +587,19 @@ describe('reconciler', () => {
     expect(nft.calls.map((c) => c.method)).toEqual(['readRuleCounters', 'check', 'apply', 'readMarker']);
   });
 
+  it('after noteTableAbsent (the start-up probe found no table), the first full apply reads no counters; later replacements read them again', async () => {
+    const { nft, r } = setup();
+    r.noteTableAbsent();
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    await r.idle();
+    expect(nft.calls.map((c) => c.method)).toEqual(['check', 'apply', 'readMarker']);
+    // the table deleted behind the agent's back: the repair replaces it, and asks for counts to carry as before
+    nft.deleteTable();
+    expect(await r.checkDrift()).not.toBeNull();
+    expect(nft.count('readRuleCounters')).toBe(1);
+    expect(tableRevision(nft)).toBe('1');
+  });
+
   it('keeps rule counters over a full reload in place, without reading them; the metrics count on from the last read', async () => {
     const { nft, metrics, r } = setup();
     await r.submit(policy(1), 'controller');
