@@ -58,7 +58,7 @@ import type { Policy } from '../policy/schema.js';
 import { layerRules } from './layering.js';
 import { elementsOf, emitLookups, shapesOf, tailElementsOf, type LookupTarget } from './lookups.js';
 import { ACCEPT, DROP, assertName, comment, jump, sel, v, type Chain, type MapElement, type Rule, type Table, type VerdictMap } from './model.js';
-import { groupMapName, mapName, memberSetName, ruleChainName, type Shape } from './names.js';
+import { groupMapName, mapName, memberSetName, reserveRuleNames, ruleChainName, type Shape } from './names.js';
 import { platformRules, statefulRules } from './platform-rules.js';
 
 // callers that name the chains and sets of a compiled table (the agent, the CLI) keep importing them from here
@@ -169,6 +169,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
 
   // each rule's chain name, hashed once per compile
   const chainOf = new Map<NormalizedRule, string>();
+  reserveRuleNames(all.length);
   for (const r of all) {
     const chain = ruleChainName(r.groupId, r.ruleId);
     chainOf.set(r, chain);

@@ -31,4 +31,19 @@ describe('nft object names', () => {
     expect(computed).toEqual(['a', 'b', 'c', 'b']);
     expect(memo.size).toBe(2);
   });
+
+  it('memo: a use that needs more values than a generation holds reserves room first, so using them again computes none', () => {
+    let computed = 0;
+    const memo = new NameMemo((k) => ((computed += 1), `v(${k})`), 4);
+    const keys = Array.from({ length: 10 }, (_, i) => `k${i}`);
+    for (const k of keys) memo.get(k);
+    for (const k of keys) memo.get(k);
+    expect(computed).toBe(20); // without room: every pass evicts what the next one uses
+    memo.reserve(keys.length);
+    for (const k of keys) memo.get(k);
+    computed = 0;
+    for (const k of keys) memo.get(k);
+    expect(computed).toBe(0);
+    expect(memo.size).toBeLessThanOrEqual(2 * keys.length);
+  });
 });
