@@ -9,7 +9,9 @@
  * port per request/response), TCP request/response latency and throughput;
  * the new-flow rates also as a ratio to conntrack only. Configurations
  * alternate within each round; each figure is the best of the rounds (the
- * machine is shared, so the best is the least disturbed sample).
+ * machine is shared, so the best is the least disturbed sample), and the
+ * ratios to conntrack only also as the median of the rounds' own ratios
+ * (each round measures both rulesets within seconds of each other).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -39,6 +41,10 @@ export interface PacketRow {
   'udp vs ct': number;
   'v6 conn/s': number;
   'v6 vs ct': number;
+  /** the median over rounds of each round's ratio to conntrack only (both measured in that round): less moved by one lucky round */
+  'conn vs ct, round median': number;
+  'udp vs ct, round median': number;
+  'v6 vs ct, round median': number;
   'rr latency us': number;
   'rr %': number;
   'Gbit/s': number;
@@ -111,6 +117,7 @@ export async function runPacketBench(): Promise<PacketRow[]> {
     server.catch(() => undefined);
     await new Promise((r) => setTimeout(r, 300));
     const best: Record<string, { conn: number; rr: number; tput: number; udp: number; conn6: number }> = {};
+    const perRound: Record<string, { conn: number; udp: number; conn6: number }[]> = {};
     for (let round = 0; round < ROUNDS; round++) {
       for (const c of configs) {
         await lab.nft(c.script);
@@ -120,6 +127,7 @@ export async function runPacketBench(): Promise<PacketRow[]> {
         const udp = await client(lab, bin, 'udp', PORT + 3);
         const conn6 = await client(lab, bin, 'conn', PORT, HOST_V6);
         const b = (best[c.name] ??= { conn: 0, rr: 0, tput: 0, udp: 0, conn6: 0 });
+        (perRound[c.name] ??= []).push({ conn: conn.conns! / conn.seconds!, udp: udp.flows! / udp.seconds!, conn6: conn6.conns! / conn6.seconds! });
         b.conn = Math.max(b.conn, conn.conns! / conn.seconds!);
         b.udp = Math.max(b.udp, udp.flows! / udp.seconds!);
         b.conn6 = Math.max(b.conn6, conn6.conns! / conn6.seconds!);
@@ -135,6 +143,12 @@ export async function runPacketBench(): Promise<PacketRow[]> {
     const ref = best.none!;
     const ct = best['conntrack only']!;
     const ratio = (x: number, floor: number) => Math.round((x / floor) * 100) / 100;
+    const roundMedian = (name: string, k: 'conn' | 'udp' | 'conn6') => {
+      const floors = perRound['conntrack only']!;
+      const rs = perRound[name]!.map((v, i) => v[k] / floors[i]![k]).sort((a, b) => a - b);
+      const mid = rs.length >> 1;
+      return Math.round((rs.length % 2 ? rs[mid]! : (rs[mid - 1]! + rs[mid]!) / 2) * 100) / 100;
+    };
     return configs.map((c) => {
       const b = best[c.name]!;
       return {
@@ -147,6 +161,9 @@ export async function runPacketBench(): Promise<PacketRow[]> {
         'udp vs ct': ratio(b.udp, ct.udp),
         'v6 conn/s': Math.round(b.conn6),
         'v6 vs ct': ratio(b.conn6, ct.conn6),
+        'conn vs ct, round median': roundMedian(c.name, 'conn'),
+        'udp vs ct, round median': roundMedian(c.name, 'udp'),
+        'v6 vs ct, round median': roundMedian(c.name, 'conn6'),
         'rr latency us': Math.round((1e6 / b.rr) * 10) / 10,
         'rr %': pct(b.rr, ref.rr),
         'Gbit/s': Math.round(b.tput * 100) / 100,
