@@ -39,6 +39,25 @@ describe('ShellSpawner', () => {
     expect(await s.run(['-f', '-'], chunks())).toEqual({ stdout: expected, stderr: '', exitCode: 0 });
   });
 
+  it('writes a big chunked input whole (multi-byte text across its pieces), turning the event loop while it writes', async () => {
+    const s = make(['sh', '-c', 'cat']);
+    let turned = false;
+    let turnedBeforeTheEnd = false;
+    function* chunks() {
+      setImmediate(() => (turned = true));
+      // 4 MB in chunks of odd sizes, with a two-byte character straddling piece boundaries
+      for (let i = 0; i < 40_000; i++) yield `${i} ü ${'y'.repeat(i % 200)}\n`;
+      turnedBeforeTheEnd = turned;
+    }
+    const expected = [...chunks()].join('');
+    turned = false;
+    const r = await s.run(['-f', '-'], chunks());
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout.length).toBe(expected.length);
+    expect(r.stdout === expected).toBe(true);
+    expect(turnedBeforeTheEnd).toBe(true);
+  });
+
   it('through the nft runner without the helper, chunked input reaches the command too', async () => {
     const runner = new ExecaNftRunner({ table: 'secgroup', command: ['sh', '-c', 'cat >&2; exit 1', 'fake-nft'] });
     const table = { family: 'inet' as const, name: 'secgroup', maps: [], chains: [{ name: 'input', rules: [] }] };
