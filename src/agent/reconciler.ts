@@ -214,9 +214,10 @@ export class Reconciler {
    * The caller has just listed our table and found none (the agent's
    * start-up probe): the next full apply then reads no counters to carry (a
    * table that does not exist has none), so only nft itself is on its path.
-   * Holds for the next sync only. Should another writer create the table in
-   * between, that apply still replaces it; only that table's counts are not
-   * carried.
+   * Holds for the next sync only, or until the drift monitor reports a
+   * change to our table (repairDrift). Should another writer create the
+   * table unseen in between, that apply still replaces it; only that
+   * table's counts are not carried.
    */
   noteTableAbsent(): void {
     this.absentAtProbe = true;
@@ -263,6 +264,8 @@ export class Reconciler {
    */
   async repairDrift(found: Drift): Promise<void> {
     if (this.stopped) return;
+    // someone changed our table: it may exist now, whatever the start-up probe found
+    this.absentAtProbe = false;
     await this.mutex.run(async () => {
       const applied = this.applied;
       if (applied && !this.stopped) await this.repair(applied, found, 'monitor');

@@ -600,6 +600,14 @@ describe('reconciler', () => {
     expect(tableRevision(nft)).toBe('1');
   });
 
+  it('forgets what the start-up probe found once the drift monitor reports a change to our table before the first apply', async () => {
+    const { nft, r } = setup();
+    r.noteTableAbsent();
+    await r.repairDrift({ kind: 'missing', detail: 'a change to our table: add table inet secgroup' });
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(nft.count('readRuleCounters')).toBe(1);
+  });
+
   it('keeps rule counters over a full reload in place, without reading them; the metrics count on from the last read', async () => {
     const { nft, metrics, r } = setup();
     await r.submit(policy(1), 'controller');
