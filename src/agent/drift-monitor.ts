@@ -115,7 +115,28 @@ export function driftOf(b: MonitorBatch): Drift {
   const by = b.by ? ` by process ${b.by}` : '';
   const more = b.lines > b.sample.length ? ` (+${b.lines - b.sample.length} more)` : '';
   const detail = `a change to our table${by}: ${b.sample.join('; ')}${more}`;
-  return b.contentOnly && !b.tableDeleted ? { kind, detail, inPlace: true } : { kind, detail };
+  if (b.tableDeleted) return { kind, detail, tableDeleted: true };
+  return b.contentOnly ? { kind, detail, inPlace: true, scope: { chains: b.rulesOf, sets: b.elementsOf, setsAddedTo: b.elementsAddedTo } } : { kind, detail };
+}
+
+/** `d` without its scope: restored whole (in place), not only what the monitor saw change. */
+export function unscoped(d: Drift): Drift {
+  const { scope: _, ...rest } = d;
+  return rest;
+}
+
+/**
+ * Two foreign changes repaired by one repair (the second came while the
+ * first was being repaired): restoring both scopes restores both; anything
+ * the scopes cannot prove (one without `inPlace`) drops to the replacement.
+ */
+export function mergeDrifts(a: Drift, b: Drift): Drift {
+  const detail = `${a.detail}; then ${b.detail}`;
+  if (a.tableDeleted || b.tableDeleted) return { kind: 'missing', detail, tableDeleted: true };
+  if (!a.inPlace || !b.inPlace) return { kind: a.inPlace ? b.kind : a.kind, detail };
+  const union = (x: string[] | undefined, y: string[] | undefined) => [...new Set([...(x ?? []), ...(y ?? [])])];
+  const scope = a.scope && b.scope ? { scope: { chains: union(a.scope.chains, b.scope.chains), sets: union(a.scope.sets, b.scope.sets), setsAddedTo: union(a.scope.setsAddedTo, b.scope.setsAddedTo) } } : {};
+  return { kind: a.kind, detail, inPlace: true, ...scope };
 }
 
 export class DriftMonitor {
@@ -305,7 +326,12 @@ export class DriftMonitor {
   /** Repairs `d`, or (null) reads the whole table back; one at a time: what comes meanwhile runs once after (a repair wins over a check). */
   private repair(d: Drift | null): void {
     if (this.repairing) {
-      if (this.again === undefined || this.again === null) this.again = d;
+      // a repair wins over a check, but then restores more than its scope (the check may have found anything);
+      // two repairs waiting become one that covers both
+      const waiting = this.again;
+      if (waiting === undefined) this.again = d;
+      else if (waiting && d) this.again = mergeDrifts(waiting, d);
+      else if (waiting ?? d) this.again = unscoped((waiting ?? d)!);
       return;
     }
     this.repairing = (async () => {

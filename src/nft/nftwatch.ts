@@ -48,6 +48,7 @@ export class WatchParser extends LineParser {
       this.batch.add(`${nftVerb} ${object} inet ${this.table}${object === 'table' ? '' : ` ${name}`}${messages > 1 ? ` (${messages} messages)` : ''}`, {
         object,
         name,
+        adds: verb !== 'del',
         structural: object !== 'element',
         tableDeleted: verb === 'del' && object === 'table',
       });
