@@ -4,6 +4,7 @@ import { FakeClock } from '../../../src/lib/clock.js';
 import { createLogger } from '../../../src/lib/logger.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { FakeNftMonitor } from '../../../src/nft/monitor.js';
+import { memberSetName } from '../../../src/nft/compile.js';
 import type { NftTransaction } from '../../../src/nft/transaction.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
@@ -334,5 +335,83 @@ describe('drift monitor', () => {
     expect(reads().table).toBe(before + 1);
     expect(nft.count('apply')).toBe(applies); // nothing changed in ours
     await dm.stop();
+  });
+  describe('repairs that cost what drifted', () => {
+    const WEB = memberSetName(4, 'web');
+    const opsOfApplies = (nft: FakeNft, from: number) => nft.calls.slice(from).flatMap((c) => (c.method === 'apply' ? [c.tx!.ops.map((o) => (o.op === 'replace-table' && o.previous ? 'reload-in-place' : o.op))] : []));
+
+    it('restores only the chain whose rules a foreign change touched, and logs how', async () => {
+      const { nft, clock, r, monitor, dm, events } = setup();
+      dm.start();
+      await r.submit(policy(1), 'controller');
+      await clock.advance(500);
+      const before = nft.dump();
+      const from = nft.calls.length;
+      nft.state!.chains.find((c) => c.name === 'input')!.rules = [];
+      monitor.emit({ structural: true, contentOnly: true, rulesOf: ['input'], sample: ['delete rule inet secgroup input handle 4'] });
+      await dm.idle();
+      await dm.stop();
+      expect(opsOfApplies(nft, from)).toEqual([['restore-chain', 'set-marker']]);
+      expect(nft.dump()).toBe(before);
+      expect(events('drift_repaired')).toEqual([expect.objectContaining({ via: 'monitor', drift: 'structure', repair: 'restore', inPlace: false })]);
+    });
+
+    it('recreates the table the monitor saw deleted, with no counter read', async () => {
+      const { nft, clock, r, monitor, dm, events } = setup();
+      dm.start();
+      await r.submit(policy(1), 'controller');
+      await clock.advance(500);
+      const before = nft.dump();
+      const reads = nft.count('readRuleCounters');
+      nft.deleteTable();
+      monitor.emit({ tableDeleted: true, structural: true, rulesOf: ['input'] });
+      await dm.idle();
+      await dm.stop();
+      expect(nft.dump()).toBe(before);
+      expect(nft.count('readRuleCounters')).toBe(reads);
+      expect(events('drift_repaired')).toEqual([expect.objectContaining({ drift: 'missing', repair: 'recreate' })]);
+    });
+
+    it('changes seen while a repair runs are restored by one more repair that covers all of them', async () => {
+      const { nft, clock, r, monitor, dm } = setup();
+      dm.start();
+      await r.submit(policy(1), 'controller');
+      await clock.advance(500);
+      const before = nft.dump();
+      const from = nft.calls.length;
+      const release = nft.hold('readMarker'); // the first repair's verify
+      nft.state!.chains.find((c) => c.name === 'input')!.rules = [];
+      monitor.emit({ structural: true, contentOnly: true, rulesOf: ['input'] });
+      await new Promise((res) => setImmediate(res));
+      nft.state!.chains.find((c) => c.name === 'output')!.rules = [];
+      monitor.emit({ structural: true, contentOnly: true, rulesOf: ['output'] });
+      nft.state!.maps.find((m) => m.name === WEB)!.elements = [];
+      monitor.emit({ contentOnly: true, elementsOf: [WEB] });
+      release();
+      await dm.idle();
+      await dm.stop();
+      expect(opsOfApplies(nft, from)).toEqual([
+        ['restore-chain', 'set-marker'],
+        ['restore-elements', 'restore-chain', 'set-marker'],
+      ]);
+      expect(nft.dump()).toBe(before);
+    });
+
+    it('a change seen while a full check waits is repaired whole (in place), not only what it touched', async () => {
+      const { nft, clock, r, monitor, dm } = setup();
+      dm.start();
+      await r.submit(policy(1), 'controller');
+      await clock.advance(500);
+      const from = nft.calls.length;
+      const release = nft.hold('readMarker');
+      monitor.emit({ structural: true, contentOnly: true, rulesOf: ['input'] });
+      await new Promise((res) => setImmediate(res));
+      monitor.unknown(); // a transaction nothing was printed of: a full check waits
+      monitor.emit({ contentOnly: true, elementsOf: [WEB] });
+      release();
+      await dm.idle();
+      await dm.stop();
+      expect(opsOfApplies(nft, from)).toEqual([['restore-chain', 'set-marker'], ['reload-in-place']]);
+    });
   });
 });
