@@ -8,11 +8,15 @@
  *   marker (nft/model.ts MARKER_SET) to a text the reconciler remembers
  *   (`isOwnMarker`). A transaction on our table without one of those
  *   markers is someone else's: a deleted table, a flushed chain or set, a
- *   rule inserted, an element added or removed. It is repaired at once (one
- *   full reload; changes seen while a repair runs cause one more): in place,
- *   without compiling, when it only added or removed rules and elements of
- *   ours (`Drift.inPlace`, from MonitorBatch.contentOnly), else by replacing
- *   the table (nothing foreign may stay in it).
+ *   rule inserted, an element added or removed. It is repaired at once, at
+ *   the cost of what it changed (agent/repair-plan.ts): when it only added
+ *   or removed rules and elements of ours (`Drift.inPlace`, from
+ *   MonitorBatch.contentOnly) only the chains and sets it named
+ *   (`Drift.scope`) are restored; a deleted table (`Drift.tableDeleted`) is
+ *   recreated from the applied state; anything else replaces the table
+ *   (nothing foreign may stay in it). Changes seen while a repair runs cause
+ *   one more repair that covers all of them (`mergeDrifts`); when a full
+ *   check was waiting too, that repair restores the whole table (`unscoped`).
  * - Two sources (an `NftMonitor` each): our own listener of the kernel's
  *   change events (nft/nftwatch.ts, native/secgroup-nftwatch.c), preferred,
  *   and `nft monitor` (nft/monitor.ts), its fallback (nftwatch.ts
