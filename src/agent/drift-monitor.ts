@@ -120,7 +120,10 @@ export function driftOf(b: MonitorBatch): Drift {
   const more = b.lines > b.sample.length ? ` (+${b.lines - b.sample.length} more)` : '';
   const detail = `a change to our table${by}: ${b.sample.join('; ')}${more}`;
   if (b.tableDeleted) return { kind, detail, tableDeleted: true };
-  return b.contentOnly ? { kind, detail, inPlace: true, scope: { chains: b.rulesOf, sets: b.elementsOf, setsAddedTo: b.elementsAddedTo } } : { kind, detail };
+  if (!b.contentOnly) return { kind, detail };
+  const removedKeys = new Map<string, string[]>();
+  for (const [set, keys] of b.removedKeys) if (keys) removedKeys.set(set, keys);
+  return { kind, detail, inPlace: true, scope: { chains: b.rulesOf, sets: b.elementsOf, setsAddedTo: b.elementsAddedTo, removedKeys } };
 }
 
 /** `d` without its scope: restored whole (in place), not only what the monitor saw change. */
@@ -139,7 +142,14 @@ export function mergeDrifts(a: Drift, b: Drift): Drift {
   if (a.tableDeleted || b.tableDeleted) return { kind: 'missing', detail, tableDeleted: true };
   if (!a.inPlace || !b.inPlace) return { kind: a.inPlace ? b.kind : a.kind, detail };
   const union = (x: string[] | undefined, y: string[] | undefined) => [...new Set([...(x ?? []), ...(y ?? [])])];
-  const scope = a.scope && b.scope ? { scope: { chains: union(a.scope.chains, b.scope.chains), sets: union(a.scope.sets, b.scope.sets), setsAddedTo: union(a.scope.setsAddedTo, b.scope.setsAddedTo) } } : {};
+  if (!a.scope || !b.scope) return { kind: a.kind, detail, inPlace: true };
+  // a set's removed keys stay known only when each drift that touched it knew them
+  const removedKeys = new Map<string, string[]>();
+  for (const set of union(a.scope.sets, b.scope.sets)) {
+    const [ka, kb] = [a.scope, b.scope].map((s) => (s.sets.includes(set) ? s.removedKeys?.get(set) : []));
+    if (ka && kb) removedKeys.set(set, [...ka, ...kb]);
+  }
+  const scope = { scope: { chains: union(a.scope.chains, b.scope.chains), sets: union(a.scope.sets, b.scope.sets), setsAddedTo: union(a.scope.setsAddedTo, b.scope.setsAddedTo), removedKeys } };
   return { kind: a.kind, detail, inPlace: true, ...scope };
 }
 

@@ -7,9 +7,12 @@
  *   the monitor named them (`Drift.scope`): `restore`, one transaction that
  *   flushes each of those chains and adds its rules again (their named
  *   counter objects stayed, so every rule keeps counting: nft/counters.ts)
- *   and flushes each of those sets and maps and adds its elements again,
- *   plus the generation marker. A rule inserted or a chain flushed costs a
- *   few rules; a member set flushed costs its elements, nothing else.
+ *   and refills each of those sets and maps (`restoreSet`: the very
+ *   members removed when our listener reported their keys, else every
+ *   element added again, flushed first only if the set gained elements),
+ *   plus the generation marker. A rule inserted, a chain flushed or a
+ *   member removed costs a few rules or elements; a member set flushed
+ *   costs its elements, nothing else.
  * - Our table was deleted (`Drift.tableDeleted`): `recreate`, the applied
  *   compiled table as a replacement, without compiling and without reading
  *   counters first (they went with the table: nothing to carry).
@@ -27,7 +30,8 @@
  * whole (nft's transaction is atomic); the reconciler then reloads in place
  * and, failing that, replaces the table.
  */
-import { MARKER_SET } from '../nft/model.js';
+import { AddressSet } from '../policy/address-set.js';
+import { MARKER_SET, memberElement, type VerdictMap } from '../nft/model.js';
 import type { Drift } from '../nft/readback.js';
 import type { NftOp } from '../nft/transaction.js';
 import { fullReload, reloadApplied, type AppliedBase, type SyncPlan } from './sync-plan.js';
@@ -59,16 +63,36 @@ export function planRepair(applied: AppliedBase, d: Drift): RepairPlan | null {
   if (chains.includes(undefined) || maps.includes(undefined)) return inPlace;
   const at = { family: table.family, table: table.name };
   const ops: NftOp[] = [
-    // a set that only lost elements gets them all added again, without a flush (the kernel skips what it holds)
-    ...maps.map((m): NftOp => ({ op: 'restore-elements', ...at, map: m!, ...(d.scope!.setsAddedTo.includes(m!.name) ? {} : { addOnly: true as const }) })),
+    ...maps.map((m) => restoreSet(m!, d.scope!, at)),
     ...chains.map((c): NftOp => ({ op: 'restore-chain', ...at, chain: c! })),
     { op: 'set-marker', ...at, text: marker },
   ];
-  const added = chains.reduce((n, c) => n + c!.rules.length, 0) + maps.reduce((n, m) => n + m!.elements.length, 0);
+  const added = ops.reduce((n, op) => n + (op.op === 'restore-chain' ? op.chain.rules.length : op.op === 'restore-elements' ? op.map.elements.length : op.op === 'update-elements' ? op.add.length : 0), 0);
   return {
     how: 'restore',
     plan: { kind: 'incremental', via: 'restore', compiled: applied.compiled, tx: { ...at, ops }, tableComment: applied.tableComment, added, removed: 0 },
   };
+}
+
+/**
+ * The op that restores set `m`: a member set that only lost elements whose
+ * keys the listener reported gets exactly those back (each must be a member
+ * of ours); any other set that only lost elements gets every element added
+ * again without a flush (the kernel skips what it holds); one that gained
+ * elements is flushed and refilled.
+ */
+function restoreSet(m: VerdictMap, scope: NonNullable<Drift['scope']>, at: { family: 'inet'; table: string }): NftOp {
+  if (scope.setsAddedTo.includes(m.name)) return { op: 'restore-elements', ...at, map: m };
+  const keys = scope.removedKeys?.get(m.name);
+  const els = m.elements;
+  if (keys && els instanceof AddressSet && !m.interval) {
+    const digits = els.family === 4 ? 8 : 32;
+    const members = [...new Set(keys)].map((hex) => (hex.length === digits ? BigInt(`0x${hex}`) : -1n));
+    if (members.every((x) => x >= 0n && els.has(x))) {
+      return { op: 'update-elements', ...at, map: m.name, keyType: m.keyType, remove: [], add: members.map((x) => memberElement(els.family, x)) };
+    }
+  }
+  return { op: 'restore-elements', ...at, map: m, addOnly: true };
 }
 
 /** What a sync's transaction did, for the repair log: a plan of planRepair's, or a replacement (`replace`) or another sync's (`update`). */

@@ -71,6 +71,12 @@ export interface MonitorBatch {
   elementsOf: string[];
   /** those of `elementsOf` it added elements to (the others only lost elements) */
   elementsAddedTo: string[];
+  /**
+   * per set: the keys (hex, as the kernel holds them) of the elements it
+   * deleted, null when not all are known; only our own listener reports
+   * them (a set missing here: unknown)
+   */
+  removedKeys: Map<string, string[] | null>;
 }
 
 /**
@@ -110,9 +116,10 @@ export class MonitorBatchBuilder {
   private readonly rulesOf = new Set<string>();
   private readonly elementsOf = new Set<string>();
   private readonly elementsAddedTo = new Set<string>();
+  private removedKeys = new Map<string, string[] | null>();
 
   private open(): MonitorBatch {
-    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: true, rulesOf: [], elementsOf: [], elementsAddedTo: [] });
+    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: true, rulesOf: [], elementsOf: [], elementsAddedTo: [], removedKeys: new Map() });
   }
 
   /** An event line about our table; `object` as nft names it (table, chain, rule, set, map, element, counter, ...), `name` the object's (sets: `__set<N>` is a rule's anonymous set); `adds`: it adds (else deletes). */
@@ -129,6 +136,15 @@ export class MonitorBatchBuilder {
     if (o.object !== 'rule' && o.object !== 'element' && !(o.object === 'set' && o.name.startsWith('__set'))) batch.contentOnly = false;
   }
 
+  /** An element with key `hex` deleted from `set`; `hex` null: one whose key is not known (the set's keys are then incomplete). */
+  removedKey(set: string, hex: string | null): void {
+    this.open();
+    const keys = this.removedKeys.get(set);
+    if (hex === null || keys === null) this.removedKeys.set(set, null);
+    else if (keys) keys.push(hex);
+    else this.removedKeys.set(set, [hex]);
+  }
+
   /** A generation marker text added in it. */
   marker(text: string): void {
     this.open().markers.push(text);
@@ -138,7 +154,8 @@ export class MonitorBatchBuilder {
   take(generation: number | null, by: string | null): MonitorBatch | null {
     const b = this.batch;
     this.batch = null;
-    const touched = { rulesOf: [...this.rulesOf], elementsOf: [...this.elementsOf], elementsAddedTo: [...this.elementsAddedTo] };
+    const touched = { rulesOf: [...this.rulesOf], elementsOf: [...this.elementsOf], elementsAddedTo: [...this.elementsAddedTo], removedKeys: this.removedKeys };
+    this.removedKeys = new Map();
     this.rulesOf.clear();
     this.elementsOf.clear();
     this.elementsAddedTo.clear();
@@ -302,7 +319,7 @@ export class FakeNftMonitor implements NftMonitor {
 
   /** A transaction on our table seen by the monitor. */
   emit(batch: Partial<MonitorBatch>): void {
-    const full: MonitorBatch = { generation: null, by: null, lines: 1, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: false, rulesOf: [], elementsOf: [], elementsAddedTo: [], ...batch };
+    const full: MonitorBatch = { generation: null, by: null, lines: 1, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: false, rulesOf: [], elementsOf: [], elementsAddedTo: [], removedKeys: new Map(), ...batch };
     for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'batch', batch: full });
   }
 

@@ -9,7 +9,7 @@ import type { NftTransaction } from '../../../src/nft/transaction.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler } from '../../../src/agent/reconciler.js';
-import { DriftMonitor } from '../../../src/agent/drift-monitor.js';
+import { DriftMonitor, mergeDrifts } from '../../../src/agent/drift-monitor.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { policy } from './fixtures.js';
 import { tableComment } from '../../helpers/nft-dump.js';
@@ -339,6 +339,19 @@ describe('drift monitor', () => {
   describe('repairs that cost what drifted', () => {
     const WEB = memberSetName(4, 'web');
     const opsOfApplies = (nft: FakeNft, from: number) => nft.calls.slice(from).flatMap((c) => (c.method === 'apply' ? [c.tx!.ops.map((o) => (o.op === 'replace-table' && o.previous ? 'reload-in-place' : o.op))] : []));
+
+    it('merges what two drifts touched; the removed keys of a set stay known only if each drift that touched it knew them', () => {
+      const d = (sets: string[], keys: [string, string[]][], chains: string[] = []) => ({ kind: 'modified' as const, detail: 'd', inPlace: true as const, scope: { chains, sets, setsAddedTo: [], removedKeys: new Map(keys) } });
+      expect(mergeDrifts(d(['s'], [['s', ['01']]]), d(['s', 't'], [['s', ['02']], ['t', ['03']]], ['input'])).scope).toEqual({
+        chains: ['input'],
+        sets: ['s', 't'],
+        setsAddedTo: [],
+        removedKeys: new Map([['s', ['01', '02']], ['t', ['03']]]),
+      });
+      expect(mergeDrifts(d(['s'], [['s', ['01']]]), d(['s'], [])).scope!.removedKeys).toEqual(new Map());
+      expect(mergeDrifts(d(['s'], []), { kind: 'structure', detail: 'a chain added' })).toEqual({ kind: 'structure', detail: 'd; then a chain added' });
+      expect(mergeDrifts(d(['s'], []), { kind: 'missing', detail: 'deleted', tableDeleted: true })).toMatchObject({ kind: 'missing', tableDeleted: true });
+    });
 
     it('restores only the chain whose rules a foreign change touched, and logs how', async () => {
       const { nft, clock, r, monitor, dm, events } = setup();

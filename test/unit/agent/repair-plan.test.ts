@@ -63,6 +63,18 @@ describe('drift repair planning', () => {
     expect(renderTransaction({ family: 'inet', table: 'secgroup', ops })).toMatch(new RegExp(`^flush set inet secgroup ${WEB}\nadd element inet secgroup ${WEB} \\{`));
   });
 
+  it('members removed whose keys the listener reported: exactly those added back; a key that is not a member of ours: every member', () => {
+    // 198.18.0.12 as the kernel holds it
+    const exact = planRepair(applied, { ...seen([], [WEB]), scope: { chains: [], sets: [WEB], setsAddedTo: [], removedKeys: new Map([[WEB, ['c612000c']]]) } })!;
+    const ops = exact.plan.kind === 'incremental' ? exact.plan.tx.ops : [];
+    expect(ops[0]).toMatchObject({ op: 'update-elements', map: WEB, remove: [], add: [{ key: [{ kind: 'addr', family: 4, lo: 0xc612000cn, hi: 0xc612000cn }] }] });
+    expect(renderTransaction({ family: 'inet', table: 'secgroup', ops })).toContain(`add element inet secgroup ${WEB} { 198.18.0.12 }`);
+    for (const keys of [['c6120063'], ['c612000c00']]) {
+      const r = planRepair(applied, { ...seen([], [WEB]), scope: { chains: [], sets: [WEB], setsAddedTo: [], removedKeys: new Map([[WEB, keys]]) } })!;
+      expect(r.plan.kind === 'incremental' && r.plan.tx.ops[0]).toMatchObject({ op: 'restore-elements', addOnly: true });
+    }
+  });
+
   it('the generation marker changed by hand: only the marker set again', () => {
     const r = planRepair(applied, seen([], [MARKER_SET], [MARKER_SET]))!;
     expect(r.how).toBe('restore');
