@@ -77,12 +77,13 @@ export function planRepair(applied: AppliedBase, d: Drift): RepairPlan | null {
 /**
  * The op that restores set `m`: a member set that only lost elements whose
  * keys the listener reported gets exactly those back (each must be a member
- * of ours); any other set that only lost elements gets every element added
- * again without a flush (the kernel skips what it holds); one that gained
- * elements is flushed and refilled.
+ * of ours); any other plain set that only lost elements gets every element
+ * added again without a flush (the kernel skips what it holds); a set that
+ * gained elements, and every verdict or interval map (where an element held
+ * again must not be judged a clash), is flushed and refilled.
  */
 function restoreSet(m: VerdictMap, scope: NonNullable<Drift['scope']>, at: { family: 'inet'; table: string }): NftOp {
-  if (scope.setsAddedTo.includes(m.name)) return { op: 'restore-elements', ...at, map: m };
+  if (scope.setsAddedTo.includes(m.name) || !m.set || m.interval) return { op: 'restore-elements', ...at, map: m };
   const keys = scope.removedKeys?.get(m.name);
   const els = m.elements;
   if (keys && els instanceof AddressSet && !m.interval) {

@@ -75,6 +75,14 @@ describe('drift repair planning', () => {
     }
   });
 
+  it('a verdict map that only lost elements is flushed and refilled (an element held again must not be judged a clash)', () => {
+    const vmap = compiled.table.maps.find((m) => !m.set)!;
+    const r = planRepair(applied, { ...seen([], [vmap.name]), kind: 'modified' })!;
+    const op = r.plan.kind === 'incremental' ? r.plan.tx.ops[0] : undefined;
+    expect(op).toMatchObject({ op: 'restore-elements', map: { name: vmap.name } });
+    expect(op).not.toHaveProperty('addOnly');
+  });
+
   it('the generation marker changed by hand: only the marker set again', () => {
     const r = planRepair(applied, seen([], [MARKER_SET], [MARKER_SET]))!;
     expect(r.how).toBe('restore');
