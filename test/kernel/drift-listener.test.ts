@@ -79,6 +79,20 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
     expect(agent.lines.slice(from).filter((l) => l.event === 'drift' && l.via !== 'monitor')).toEqual([]);
   });
 
+  it.each([
+    ['an interval map with concatenated keys', 'in4_l0_ports_ree', '198.18.0.0/15 . tcp . 2003'],
+    ['a verdict map', 'in4_l0_ports_eee', `${CLIENT_ADDR} . tcp . 8000`],
+  ])('repairs an element removed from %s by flushing and refilling only that map', async (_what, map, element) => {
+    const from = agent.lines.length;
+    const counted = await tcpPackets();
+    await lab.nft(['delete', 'element', 'inet', 'secgroup', map, `{ ${element} }`]);
+    const line = await agent.waitFor((l) => l.event === 'drift_repaired', 30_000, from, `drift_repaired after an element removed from ${map}`);
+    expect(line).toMatchObject({ via: 'monitor', drift: 'modified', repair: 'restore' });
+    expect(await listing()).toBe(original);
+    expect(await tcpPackets()).toBeGreaterThanOrEqual(counted);
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
+  });
+
   it('repairs a change made right after its own full reload, reported by the same listener', async () => {
     const from = agent.lines.length;
     revision = 2;
