@@ -78,7 +78,7 @@ import type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutco
 import { CoalescedStateWriter } from './state-writer.js';
 import { verifyApplied } from './verify-applied.js';
 import { fullReload, planSync, reloadApplied, type ChangeHint, type SyncPlan } from './sync-plan.js';
-import { planRepair, repairHow, type RepairHow } from './repair-plan.js';
+import { pausesMonitor, planRepair, repairHow, type RepairHow } from './repair-plan.js';
 import { Mutex } from '../lib/mutex.js';
 
 export type { ChangeHint } from './sync-plan.js';
@@ -522,7 +522,7 @@ export class Reconciler {
     // known before nft commits: the monitor may report the transaction before apply() returns
     const marker = plan.compiled.table.marker;
     if (marker !== undefined) this.sentMarkers = [...this.sentMarkers.slice(1 - OWN_MARKERS), marker];
-    const watch = plan.kind === 'full' ? this.driftWatch : null;
+    const watch = pausesMonitor(plan) ? this.driftWatch : null;
     watch?.before();
     try {
       await nft.apply(tx);

@@ -103,3 +103,16 @@ export function repairHow(plan: SyncPlan): RepairHow {
   if (plan.kind === 'full') return plan.inPlace ? 'in-place' : plan.fresh ? 'recreate' : 'replace';
   return plan.kind === 'incremental' && plan.via === 'restore' ? 'restore' : 'update';
 }
+
+/**
+ * Is `nft monitor` paused around `plan` (DriftWatch before/after)? nft
+ * 1.0.6's monitor dies of SIGSEGV on a transaction that creates an interval
+ * map with concatenated keys with its elements (every full reload) or that
+ * deletes and adds elements of one (a restore that refills it; seen here
+ * with `flush map` + `add element`, and `delete element` + `add element`).
+ * Our own listener is never paused (drift-monitor.ts).
+ */
+export function pausesMonitor(plan: SyncPlan): boolean {
+  if (plan.kind === 'full') return true;
+  return plan.kind === 'incremental' && plan.via === 'restore' && plan.tx.ops.some((op) => op.op === 'restore-elements' && op.map.interval && op.map.keyType.length > 1);
+}

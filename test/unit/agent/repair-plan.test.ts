@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
-import { planRepair } from '../../../src/agent/repair-plan.js';
+import { pausesMonitor, planRepair } from '../../../src/agent/repair-plan.js';
 import { Reconciler } from '../../../src/agent/reconciler.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import type { AppliedBase } from '../../../src/agent/sync-plan.js';
@@ -81,6 +81,14 @@ describe('drift repair planning', () => {
     const op = r.plan.kind === 'incremental' ? r.plan.tx.ops[0] : undefined;
     expect(op).toMatchObject({ op: 'restore-elements', map: { name: vmap.name } });
     expect(op).not.toHaveProperty('addOnly');
+  });
+
+  it('pauses nft monitor (the fallback) around a restore that refills an interval map with concatenated keys, as around a full reload (nft 1.0.6 dies of SIGSEGV on it)', () => {
+    const concat = compiled.table.maps.find((m) => m.interval && m.keyType.length > 1)!;
+    expect(concat).toBeDefined();
+    expect(pausesMonitor(planRepair(applied, { ...seen([], [concat.name]), kind: 'modified' })!.plan)).toBe(true);
+    expect(pausesMonitor(planRepair(applied, seen(['input'], [WEB]))!.plan)).toBe(false);
+    expect(pausesMonitor(planRepair(applied, { kind: 'missing', detail: 'deleted', tableDeleted: true })!.plan)).toBe(true);
   });
 
   it('the generation marker changed by hand: only the marker set again', () => {
