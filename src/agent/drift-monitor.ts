@@ -51,7 +51,9 @@
  *   members with bench/tools/monitor-repro.ts: `nft monitor` and `nft -j
  *   monitor` die on the in-place reload, `nft monitor elements` on the
  *   replacement; `nft monitor rules|chains|sets|tables` survive but show no
- *   element edits). It is stopped right before the reload goes to nft and
+ *   element edits), and on a transaction that deletes and adds elements of
+ *   such a map (a drift restore that refills one: paused too,
+ *   repair-plan.ts `pausesMonitor`). It is stopped right before the reload goes to nft and
  *   started again right after (no backoff), and covers the table again as
  *   after any start: once it reported a probe and a full check ran. A
  *   change made right after our reload, before the new monitor subscribed,
