@@ -493,6 +493,7 @@ export class Reconciler {
         const detail = { ...log, added: plan.added, removed: plan.removed };
         if (plan.via === 'membership') logger.debug({ event: 'membership', ...detail }, 'member change applied as element updates');
         else if (plan.via === 'elements') logger.debug({ event: 'incremental', ...detail }, 'map elements updated');
+        else logger.debug({ event: 'drift_restore', ...detail }, 'drifted chains and sets restored (rules and elements added again)');
       }
       const done = await this.finish(policy, source, plan.compiled, plan.tableComment, applied.fingerprint, plan.kind, t0);
       return { ...done, how: repairHow(plan), ...(plan.kind === 'full' ? { inPlace: plan.inPlace === true } : {}), ...(applied.verifyMarker === undefined ? {} : { verifyMarker: applied.verifyMarker }) };
@@ -512,8 +513,7 @@ export class Reconciler {
   private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
     if (plan.kind === 'noop') return { fingerprint: plan.fingerprint };
     const { nft, metrics } = this.o;
-    // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first
-    // (none of a table known to be gone, `fresh`); else they restart at zero
+    // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first (none of a table known gone, `fresh`)
     const replace = plan.kind === 'full' && !plan.inPlace;
     const restore = plan.kind === 'incremental' && plan.via === 'restore';
     const counters = replace && !(plan.kind === 'full' && plan.fresh) ? await (carried ?? countsToCarry(nft, this.o.logger)) : null;

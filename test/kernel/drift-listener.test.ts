@@ -75,6 +75,10 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
     if (what === 'table deleted') expect(await tcpPackets()).toBe(0);
     else expect(await tcpPackets()).toBeGreaterThanOrEqual(counted);
     expect(counted).toBeGreaterThan(0);
+    // the member removed: the listener reported its key, so exactly that one is added back; the set flushed: all of them
+    const restored = agent.lines.slice(from).find((l) => l.event === 'drift_restore');
+    if (what === 'element removed') expect(restored).toMatchObject({ added: 1 });
+    if (what === 'set flushed') expect(restored).toMatchObject({ added: MEMBERS });
     expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
     expect(agent.lines.slice(from).filter((l) => l.event === 'drift' && l.via !== 'monitor')).toEqual([]);
   });
