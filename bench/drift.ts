@@ -16,11 +16,11 @@
  *   of 3) — target <= 20 ms at 100k, and flat over the sizes;
  * - tamper -> repaired: from the start of a hand-made `nft` command (table
  *   deleted, chain flushed, rule inserted, member removed, member set
- *   flushed) to the end of the repair (full reload verified; the note
+ *   flushed) to the end of the repair (verified by its marker read; the note
  *   splits it: when the monitor reported it, how long the repair took), vs the
  *   periodic period it replaces (30 s) — target <= 1 s. Each tamper waits
  *   until the monitor covers the table again after the previous repair
- *   (a repair is a full reload; `nft monitor` is restarted around it, the
+ *   (`nft monitor` is restarted around a repair that reloads the table, the
  *   listener is not).
  * Sources (BENCH_DRIFT_SOURCES, default `listener`; `listener,nft-monitor`
  * runs both side by side per size): `listener` is the agent's default,
@@ -100,7 +100,7 @@ async function measure(lab: BenchLab, members: number, asked: Source): Promise<D
   const logger = process.env.BENCH_LOG ? createLogger({ level: 'debug' }) : silentLogger();
   const r = new Reconciler({ nft, store: new MemoryStateStore(), clock: systemClock, logger, metrics, platform: DEFAULT_PLATFORM, checkBeforeApply: false });
   let repaired: ((d: Drift) => void) | null = null;
-  /** when the last repair was asked for (the monitor reported the change) and how long it took (a full reload) */
+  /** when the last repair was asked for (the monitor reported the change) and how long it took (what agent/repair-plan.ts planned: restore, recreate, ...; bench/drift-steps.ts splits it) */
   let seenAt = 0;
   let repairMs = 0;
   const target = {
@@ -186,7 +186,7 @@ async function measure(lab: BenchLab, members: number, asked: Source): Promise<D
         reference: 'periodic check period',
         referenceMs: 30_000,
         ratio: Math.round((ms / 30_000) * 1000) / 1000,
-        note: `${d ? `kind ${d.kind}; seen after ${r1(seenAt - t0)} ms, the repair (full reload) took ${r1(repairMs)} ms; target <= 1 s` : 'NOT repaired within 60 s'}; the monitor covered the table again ${r1(waitMs)} ms after the previous step`,
+        note: `${d ? `kind ${d.kind}; seen after ${r1(seenAt - t0)} ms, the repair took ${r1(repairMs)} ms; target <= 1 s` : 'NOT repaired within 60 s'}; the monitor covered the table again ${r1(waitMs)} ms after the previous step`,
       });
     }
   } finally {

@@ -35,6 +35,15 @@
  *   marker TEXT                 an element added to set sg_generation of the
  *                               table carries comment TEXT (the rest of the
  *                               line; the agent's generation marker)
+ *   key SET HEX                 an element with key HEX (the key's bytes as
+ *                               the kernel holds them, lowercase hex) was
+ *                               deleted from set SET: printed for the first
+ *                               64 deleted elements of a transaction that
+ *                               have a plain key (no interval end, no flags)
+ *   nokeys SET                  an element was deleted from SET whose key is
+ *                               not printed (over 64, or not plain): the key
+ *                               lines of SET in this transaction are not
+ *                               all it lost (printed at least once then)
  *   gen ID PID COMM             a transaction ended (NFT_MSG_NEWGEN): ruleset
  *                               generation ID, committed by process PID
  *                               (0 if unknown) named COMM ('-' if unknown).
@@ -75,6 +84,7 @@
 #define UDATA_SET_ELEM_COMMENT 0
 #define NAME_MAX_OUT 256
 #define NFPROTO_INET_ 1
+#define KEYS_MAX 64
 
 static const char *table;
 static volatile sig_atomic_t quit;
@@ -87,6 +97,10 @@ static struct {
 	char name[NAME_MAX_OUT];
 	unsigned long count;
 } pending;
+
+/* key lines printed in the open transaction, and the set of the last nokeys line (not printed twice in a row) */
+static int keys_printed;
+static char nokeys_last[NAME_MAX_OUT];
 
 static void on_signal(int sig) {
 	(void)sig;
@@ -184,6 +198,36 @@ static void print_markers(const struct nlattr *elements) {
 	}
 }
 
+/* DELSETELEM of one of our sets: the deleted elements' keys (see `key` and `nokeys` in the header) */
+static void print_deleted_keys(const char *set, const struct nlattr *elements) {
+	const char *p = payload(elements);
+	size_t len = payload_len(elements);
+	while (len >= sizeof(struct nlattr)) {
+		const struct nlattr *e = (const struct nlattr *)p;
+		if (e->nla_len < sizeof(struct nlattr) || e->nla_len > len) return;
+		const struct nlattr *tb[NFTA_SET_ELEM_KEY_END + 1];
+		parse_attrs(payload(e), payload_len(e), tb, NFTA_SET_ELEM_KEY_END + 1);
+		const struct nlattr *data[NFTA_DATA_VALUE + 1] = {0};
+		if (tb[NFTA_SET_ELEM_KEY]) parse_attrs(payload(tb[NFTA_SET_ELEM_KEY]), payload_len(tb[NFTA_SET_ELEM_KEY]), data, NFTA_DATA_VALUE + 1);
+		const struct nlattr *key = data[NFTA_DATA_VALUE];
+		int plain = key && payload_len(key) > 0 && payload_len(key) <= 64 && !tb[NFTA_SET_ELEM_KEY_END] && attr_u32(tb[NFTA_SET_ELEM_FLAGS]) == 0;
+		if (plain && keys_printed < KEYS_MAX) {
+			keys_printed++;
+			printf("key %s ", set);
+			const unsigned char *k = payload(key);
+			for (size_t i = 0; i < payload_len(key); i++) printf("%02x", k[i]);
+			printf("\n");
+		} else if (strcmp(nokeys_last, set) != 0) {
+			snprintf(nokeys_last, sizeof nokeys_last, "%s", set);
+			printf("nokeys %s\n", set);
+		}
+		size_t step = NLA_ALIGN(e->nla_len);
+		if (step >= len) return;
+		p += step;
+		len -= step;
+	}
+}
+
 static void on_message(const struct nlmsghdr *h) {
 	if (NFNL_SUBSYS_ID(h->nlmsg_type) != NFNL_SUBSYS_NFTABLES) return;
 	if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg))) return;
@@ -198,6 +242,8 @@ static void on_message(const struct nlmsghdr *h) {
 		if (tb[NFTA_GEN_PROC_NAME]) clean(comm, sizeof comm, payload(tb[NFTA_GEN_PROC_NAME]), payload_len(tb[NFTA_GEN_PROC_NAME]), 0);
 		flush_pending();
 		printf("gen %u %u %s\n", attr_u32(tb[NFTA_GEN_ID]), attr_u32(tb[NFTA_GEN_PROC_PID]), comm);
+		keys_printed = 0;
+		nokeys_last[0] = '\0';
 		return;
 	}
 	/* attribute 1 is the table's name in every message about a table's contents */
@@ -226,6 +272,8 @@ static void on_message(const struct nlmsghdr *h) {
 	add_event(verb, object, name);
 	if (msg == NFT_MSG_NEWSETELEM && attr_is(tb[NFTA_SET_ELEM_LIST_SET], MARKER_SET) && tb[NFTA_SET_ELEM_LIST_ELEMENTS])
 		print_markers(tb[NFTA_SET_ELEM_LIST_ELEMENTS]);
+	if (msg == NFT_MSG_DELSETELEM && !attr_is(tb[NFTA_SET_ELEM_LIST_SET], MARKER_SET) && tb[NFTA_SET_ELEM_LIST_ELEMENTS])
+		print_deleted_keys(name, tb[NFTA_SET_ELEM_LIST_ELEMENTS]);
 }
 
 static int valid_table(const char *s) {

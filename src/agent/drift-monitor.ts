@@ -8,11 +8,15 @@
  *   marker (nft/model.ts MARKER_SET) to a text the reconciler remembers
  *   (`isOwnMarker`). A transaction on our table without one of those
  *   markers is someone else's: a deleted table, a flushed chain or set, a
- *   rule inserted, an element added or removed. It is repaired at once (one
- *   full reload; changes seen while a repair runs cause one more): in place,
- *   without compiling, when it only added or removed rules and elements of
- *   ours (`Drift.inPlace`, from MonitorBatch.contentOnly), else by replacing
- *   the table (nothing foreign may stay in it).
+ *   rule inserted, an element added or removed. It is repaired at once, at
+ *   the cost of what it changed (agent/repair-plan.ts): when it only added
+ *   or removed rules and elements of ours (`Drift.inPlace`, from
+ *   MonitorBatch.contentOnly) only the chains and sets it named
+ *   (`Drift.scope`) are restored; a deleted table (`Drift.tableDeleted`) is
+ *   recreated from the applied state; anything else replaces the table
+ *   (nothing foreign may stay in it). Changes seen while a repair runs cause
+ *   one more repair that covers all of them (`mergeDrifts`); when a full
+ *   check was waiting too, that repair restores the whole table (`unscoped`).
  * - Two sources (an `NftMonitor` each): our own listener of the kernel's
  *   change events (nft/nftwatch.ts, native/secgroup-nftwatch.c), preferred,
  *   and `nft monitor` (nft/monitor.ts), its fallback (nftwatch.ts
@@ -47,7 +51,9 @@
  *   members with bench/tools/monitor-repro.ts: `nft monitor` and `nft -j
  *   monitor` die on the in-place reload, `nft monitor elements` on the
  *   replacement; `nft monitor rules|chains|sets|tables` survive but show no
- *   element edits). It is stopped right before the reload goes to nft and
+ *   element edits), and on a transaction that deletes and adds elements of
+ *   such a map (a drift restore that refills one: paused too,
+ *   repair-plan.ts `pausesMonitor`). It is stopped right before the reload goes to nft and
  *   started again right after (no backoff), and covers the table again as
  *   after any start: once it reported a probe and a full check ran. A
  *   change made right after our reload, before the new monitor subscribed,
@@ -115,7 +121,38 @@ export function driftOf(b: MonitorBatch): Drift {
   const by = b.by ? ` by process ${b.by}` : '';
   const more = b.lines > b.sample.length ? ` (+${b.lines - b.sample.length} more)` : '';
   const detail = `a change to our table${by}: ${b.sample.join('; ')}${more}`;
-  return b.contentOnly && !b.tableDeleted ? { kind, detail, inPlace: true } : { kind, detail };
+  if (b.tableDeleted) return { kind, detail, tableDeleted: true };
+  if (!b.contentOnly) return { kind, detail };
+  const removedKeys = new Map<string, string[]>();
+  for (const [set, keys] of b.removedKeys) if (keys) removedKeys.set(set, keys);
+  return { kind, detail, inPlace: true, scope: { chains: b.rulesOf, sets: b.elementsOf, setsAddedTo: b.elementsAddedTo, removedKeys } };
+}
+
+/** `d` without its scope: restored whole (in place), not only what the monitor saw change. */
+export function unscoped(d: Drift): Drift {
+  const { scope: _, ...rest } = d;
+  return rest;
+}
+
+/**
+ * Two foreign changes repaired by one repair (the second came while the
+ * first was being repaired): restoring both scopes restores both; anything
+ * the scopes cannot prove (one without `inPlace`) drops to the replacement.
+ */
+export function mergeDrifts(a: Drift, b: Drift): Drift {
+  const detail = `${a.detail}; then ${b.detail}`;
+  if (a.tableDeleted || b.tableDeleted) return { kind: 'missing', detail, tableDeleted: true };
+  if (!a.inPlace || !b.inPlace) return { kind: a.inPlace ? b.kind : a.kind, detail };
+  const union = (x: string[] | undefined, y: string[] | undefined) => [...new Set([...(x ?? []), ...(y ?? [])])];
+  if (!a.scope || !b.scope) return { kind: a.kind, detail, inPlace: true };
+  // a set's removed keys stay known only when each drift that touched it knew them
+  const removedKeys = new Map<string, string[]>();
+  for (const set of union(a.scope.sets, b.scope.sets)) {
+    const [ka, kb] = [a.scope, b.scope].map((s) => (s.sets.includes(set) ? s.removedKeys?.get(set) : []));
+    if (ka && kb) removedKeys.set(set, [...ka, ...kb]);
+  }
+  const scope = { scope: { chains: union(a.scope.chains, b.scope.chains), sets: union(a.scope.sets, b.scope.sets), setsAddedTo: union(a.scope.setsAddedTo, b.scope.setsAddedTo), removedKeys } };
+  return { kind: a.kind, detail, inPlace: true, ...scope };
 }
 
 export class DriftMonitor {
@@ -305,7 +342,12 @@ export class DriftMonitor {
   /** Repairs `d`, or (null) reads the whole table back; one at a time: what comes meanwhile runs once after (a repair wins over a check). */
   private repair(d: Drift | null): void {
     if (this.repairing) {
-      if (this.again === undefined || this.again === null) this.again = d;
+      // a repair wins over a check, but then restores more than its scope (the check may have found anything);
+      // two repairs waiting become one that covers both
+      const waiting = this.again;
+      if (waiting === undefined) this.again = d;
+      else if (waiting && d) this.again = mergeDrifts(waiting, d);
+      else if (waiting ?? d) this.again = unscoped((waiting ?? d)!);
       return;
     }
     this.repairing = (async () => {

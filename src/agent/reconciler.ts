@@ -44,7 +44,7 @@
  * - Drift: `checkDrift` reads the table back (all of it, or only the
  *   generation marker when a monitor watches the table: see
  *   drift-monitor.ts) and re-applies on any difference; `repairDrift`
- *   re-applies on a change the monitor saw. `isOwnMarker` tells the monitor
+ *   repairs a change the monitor saw (what, planned in repair-plan.ts). `isOwnMarker` tells the monitor
  *   which transactions are ours (the markers of the last ones sent). While
  *   the monitor covers the table, element updates skip the marker read-back
  *   (nft's transaction is atomic; a foreign change is the monitor's to see).
@@ -78,6 +78,7 @@ import type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutco
 import { CoalescedStateWriter } from './state-writer.js';
 import { verifyApplied } from './verify-applied.js';
 import { fullReload, planSync, reloadApplied, type ChangeHint, type SyncPlan } from './sync-plan.js';
+import { pausesMonitor, planRepair, repairHow, type RepairHow } from './repair-plan.js';
 import { Mutex } from '../lib/mutex.js';
 
 export type { ChangeHint } from './sync-plan.js';
@@ -93,8 +94,8 @@ interface Desired {
   reported: boolean;
 }
 
-/** One sync's result; `verifyMarker`: a full reload's marker, read after the ack (checkAfterAck); `inPlace`: a full reload done in place (not a replacement). */
-type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string; inPlace?: boolean } | { ok: false; error: SecgroupError };
+/** One sync's result; `verifyMarker`: a full reload's (or restore's) marker, read after the ack (checkAfterAck); `inPlace`: a full reload done in place (not a replacement); `how`: what the transaction did (the repair log). */
+type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string; inPlace?: boolean; how?: RepairHow } | { ok: false; error: SecgroupError };
 
 /** What a sync replaces, kept by the loop so a failed check after the ack can put it back (checkAfterAck). */
 interface BeforeSync {
@@ -323,18 +324,17 @@ export class Reconciler {
     const t0 = clock.monotonic();
     // Repair what is enforced now, even while a newer revision waits for a retry:
     // a newer revision that keeps failing must not leave the host without its table.
-    // Only rules and elements of ours changed (seen by the drift monitor) and the last sync was clean: the applied
-    // table reloaded in place, no compile, no counter read (a replacement when an object of ours is missing after all).
-    const inPlace = d.inPlace === true && !this.forceFull && this.applied === applied;
-    if (!inPlace) this.forceFull = true;
-    const r = await this.checkAfterAck(await this.syncOnce(applied.policy, 'drift', null, inPlace));
+    // The last sync was clean: what the monitor saw decides what is restored, no compile (repair-plan.ts); else a replacement.
+    const planned = !this.forceFull && this.applied === applied ? planRepair(applied, d) : null;
+    if (!planned) this.forceFull = true;
+    const r = await this.checkAfterAck(await this.syncOnce(applied.policy, 'drift', null, planned?.plan ?? null));
     if (!r.ok) {
       metrics.applyFailures.inc({ code: r.error.code });
       logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
       return;
     }
     logger.info(
-      { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, inPlace: r.inPlace === true, durationMs: Math.max(0, clock.monotonic() - t0) },
+      { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, inPlace: r.inPlace === true, repair: r.how, durationMs: Math.max(0, clock.monotonic() - t0) },
       `drift repaired (${via}): revision ${applied.revision} re-applied after ${d.detail}`,
     );
   }
@@ -466,21 +466,20 @@ export class Reconciler {
     policy: Policy,
     source: PolicySource,
     change: ChangeHint | null = null,
-    repairInPlace = false,
+    repair: SyncPlan | null = null,
   ): Promise<SyncResult> {
     const { nft, clock, logger } = this.o;
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
-    const reuse = repairInPlace && this.applied !== null ? this.applied : null;
-    const endBurst = change === null && !reuse ? this.o.heapBurst?.(burstWork(policy)) : undefined;
+    const endBurst = change === null && !repair ? this.o.heapBurst?.(burstWork(policy)) : undefined;
     try {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
       // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;
       // the read starts before the compile, so nft lists the table while the agent compiles (runner.ts: a read is on its way when called)
-      const replacing = !reuse && (!this.applied || this.forceFull);
+      const replacing = !repair && (!this.applied || this.forceFull);
       let carried = replacing ? (this.absentAtProbe ? NOTHING_TO_CARRY : countsToCarry(nft, logger)) : null;
       this.absentAtProbe = false;
-      let plan = reuse ? reloadApplied(reuse) : planSync({ ...input, needFullSync: this.forceFull });
+      let plan = repair ?? planSync({ ...input, needFullSync: this.forceFull });
       if (plan.membershipFull !== undefined) {
         logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);
       }
@@ -503,6 +502,9 @@ export class Reconciler {
             // the fast path changed the applied compiled state in place: compile again
             logger.warn({ event: 'membership_failed', ...log, err: e }, `member update failed, falling back to a full reload: ${errorMessage(e)}`);
             plan = planSync({ ...input, change: null, needFullSync: true });
+          } else if (plan.via === 'restore' && this.applied) {
+            logger.warn({ event: 'restore_failed', ...log, err: e }, `drift restore failed (a chain or set gone?), reloading the table in place: ${errorMessage(e)}`);
+            plan = reloadApplied(this.applied);
           } else {
             logger.warn({ event: 'incremental_failed', ...log, err: e }, `element update failed, falling back to a full reload: ${errorMessage(e)}`);
             plan = fullReload(plan.compiled);
@@ -512,10 +514,11 @@ export class Reconciler {
       if (plan.kind === 'incremental') {
         const detail = { ...log, added: plan.added, removed: plan.removed };
         if (plan.via === 'membership') logger.debug({ event: 'membership', ...detail }, 'member change applied as element updates');
-        else logger.debug({ event: 'incremental', ...detail }, 'map elements updated');
+        else if (plan.via === 'elements') logger.debug({ event: 'incremental', ...detail }, 'map elements updated');
+        else logger.debug({ event: 'drift_restore', ...detail }, 'drifted chains and sets restored (rules and elements added again)');
       }
       const done = await this.finish(policy, source, plan.compiled, plan.tableComment, applied.fingerprint, plan.kind, t0);
-      return { ...done, ...(plan.kind === 'full' ? { inPlace: plan.inPlace === true } : {}), ...(applied.verifyMarker === undefined ? {} : { verifyMarker: applied.verifyMarker }) };
+      return { ...done, how: repairHow(plan), ...(plan.kind === 'full' ? { inPlace: plan.inPlace === true } : {}), ...(applied.verifyMarker === undefined ? {} : { verifyMarker: applied.verifyMarker }) };
     } catch (e) {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };
@@ -532,15 +535,16 @@ export class Reconciler {
   private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
     if (plan.kind === 'noop') return { fingerprint: plan.fingerprint };
     const { nft, metrics } = this.o;
-    // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first; else they restart at zero
+    // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first (none of a table known gone, `fresh`)
     const replace = plan.kind === 'full' && !plan.inPlace;
-    const counters = replace ? await (carried ?? countsToCarry(nft, this.o.logger)) : null;
+    const restore = plan.kind === 'incremental' && plan.via === 'restore';
+    const counters = replace && !(plan.kind === 'full' && plan.fresh) ? await (carried ?? countsToCarry(nft, this.o.logger)) : null;
     const tx = counters ? replaceTableTx(plan.compiled.table, counters) : plan.tx;
     if (this.o.checkBeforeApply) await nft.check(tx);
     // known before nft commits: the monitor may report the transaction before apply() returns
     const marker = plan.compiled.table.marker;
     if (marker !== undefined) this.sentMarkers = [...this.sentMarkers.slice(1 - OWN_MARKERS), marker];
-    const watch = plan.kind === 'full' ? this.driftWatch : null;
+    const watch = pausesMonitor(plan) ? this.driftWatch : null;
     watch?.before();
     try {
       await nft.apply(tx);
@@ -549,9 +553,9 @@ export class Reconciler {
     }
     if (replace && !counters) metrics.resetRuleBaselines();
     // element updates while a monitor covers the table: nft committed them (atomic), and any foreign transaction is reported by the monitor, so the marker read-back (one more nft process per delta) adds nothing
-    if (plan.kind === 'incremental' && this.driftWatch?.covers?.() === true) return { fingerprint: '' };
-    // a full reload: nft -f exited 0, so the kernel committed all of it; its marker is read right after the ack (module comment)
-    if (plan.kind === 'full' && marker !== undefined) return { fingerprint: '', verifyMarker: marker };
+    if (plan.kind === 'incremental' && !restore && this.driftWatch?.covers?.() === true) return { fingerprint: '' };
+    // a full reload or a drift restore: nft -f exited 0, so the kernel committed all of it; its marker is read right after the ack (module comment)
+    if ((plan.kind === 'full' || restore) && marker !== undefined) return { fingerprint: '', verifyMarker: marker };
     return { fingerprint: await verifyApplied(this.o.nft, plan.compiled, plan.tableComment) };
   }
 

@@ -14,9 +14,10 @@
  *   the kernel holds it (counters kept without reading them, nft/counters.ts;
  *   the table's comment stays), else a replacement of the table.
  * `needFullSync` (the last sync failed, or drift was found) skips all but the
- * replacement; `incremental: false` skips the element updates. A drift that
- * only touched rules and elements of ours is repaired by `reloadApplied`
- * (in place, no compile) instead.
+ * replacement; `incremental: false` skips the element updates. A drift the
+ * monitor saw is planned by repair-plan.ts instead (restores of what it
+ * touched, `reloadApplied` in place, or the applied table recreated; no
+ * compile).
  *
  * Pure except for one documented effect: a membership plan updates the
  * applied `Compiled` in place (that is how the fast path avoids copying big
@@ -63,9 +64,13 @@ export interface SyncInput {
  */
 export type SyncPlan = (
   | { kind: 'noop'; compiled: Compiled; tableComment: string | null; fingerprint: string }
-  | { kind: 'incremental'; via: 'membership' | 'elements'; compiled: Compiled; tx: NftTransaction; tableComment: string | null; added: number; removed: number }
-  /** `inPlace`: tx reloads the applied table in place; if it fails, `fullReload(compiled)` replaces the table */
-  | { kind: 'full'; compiled: Compiled; tx: NftTransaction; tableComment: string | null; inPlace?: true }
+  /** `restore`: a drift repair of the chains and sets a foreign change touched (repair-plan.ts); if it fails, `reloadApplied` */
+  | { kind: 'incremental'; via: 'membership' | 'elements' | 'restore'; compiled: Compiled; tx: NftTransaction; tableComment: string | null; added: number; removed: number }
+  /**
+   * `inPlace`: tx reloads the applied table in place; if it fails, `fullReload(compiled)` replaces the table.
+   * `fresh`: a replacement of a table known to be gone (a drift repair): no counts to read and carry
+   */
+  | { kind: 'full'; compiled: Compiled; tx: NftTransaction; tableComment: string | null; inPlace?: true; fresh?: true }
 ) & { membershipFull?: string };
 
 /** A full reload of `compiled` that replaces the table. */

@@ -142,6 +142,21 @@ export class FakeNft implements NftRunner {
       else if (op.op === 'set-marker') {
         if (!t || t.marker === undefined) throw nftMissingObject('nft -f', `set ${MARKER_SET}`);
         t.marker = op.text;
+      } else if (op.op === 'restore-chain') {
+        const chain = t?.chains.find((c) => c.name === op.chain.name);
+        if (!chain) throw nftMissingObject('nft -f', `chain ${op.chain.name}`);
+        chain.rules = op.chain.rules.slice();
+      } else if (op.op === 'restore-elements') {
+        const map = t?.maps.find((m) => m.name === op.map.name);
+        if (!map) throw nftMissingObject('nft -f', `map ${op.map.name}`);
+        const want = op.map.elements;
+        // addOnly: what the set holds stays (foreign additions too, as in the kernel), every element of ours is added
+        if (!op.addOnly) map.elements = want instanceof AddressSet ? want.clone() : want.slice();
+        else if (map.elements instanceof AddressSet && want instanceof AddressSet) for (let i = 0; i < want.length; i++) map.elements.insert(want.at(i));
+        else {
+          const held = new Set(elementList(map).map(elementId));
+          map.elements = [...elementList(map), ...elementList({ elements: want }).filter((el) => !held.has(elementId(el)))];
+        }
       } else {
         const map = t?.maps.find((m) => m.name === op.map);
         if (!map) throw nftMissingObject('nft -f', `map ${op.map}`);

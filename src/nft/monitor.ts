@@ -65,6 +65,18 @@ export interface MonitorBatch {
    * exactly, without replacing it
    */
   contentOnly: boolean;
+  /** the chains whose rules it added or removed (what a reload of only those chains restores, agent/repair-plan.ts) */
+  rulesOf: string[];
+  /** the sets and maps whose elements it added or removed (a rule's anonymous `__set<N>` included) */
+  elementsOf: string[];
+  /** those of `elementsOf` it added elements to (the others only lost elements) */
+  elementsAddedTo: string[];
+  /**
+   * per set: the keys (hex, as the kernel holds them) of the elements it
+   * deleted, null when not all are known; only our own listener reports
+   * them (a set missing here: unknown)
+   */
+  removedKeys: Map<string, string[] | null>;
 }
 
 /**
@@ -101,20 +113,36 @@ const STRUCTURAL = new Set(['table', 'chain', 'rule', 'set', 'map', 'flowtable',
 /** Collects the lines of one open transaction into a `MonitorBatch` (shared by both parsers). */
 export class MonitorBatchBuilder {
   private batch: MonitorBatch | null = null;
+  private readonly rulesOf = new Set<string>();
+  private readonly elementsOf = new Set<string>();
+  private readonly elementsAddedTo = new Set<string>();
+  private removedKeys = new Map<string, string[] | null>();
 
   private open(): MonitorBatch {
-    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: true });
+    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: true, rulesOf: [], elementsOf: [], elementsAddedTo: [], removedKeys: new Map() });
   }
 
-  /** An event line about our table; `object` as nft names it (table, chain, rule, set, map, element, counter, ...), `name` the object's (sets: `__set<N>` is a rule's anonymous set). */
-  add(line: string, o: { object: string; name: string; structural: boolean; tableDeleted: boolean }): void {
+  /** An event line about our table; `object` as nft names it (table, chain, rule, set, map, element, counter, ...), `name` the object's (sets: `__set<N>` is a rule's anonymous set); `adds`: it adds (else deletes). */
+  add(line: string, o: { object: string; name: string; adds: boolean; structural: boolean; tableDeleted: boolean }): void {
     const batch = this.open();
     batch.lines++;
     if (batch.sample.length < SAMPLE_LINES) batch.sample.push(line.length > 200 ? `${line.slice(0, 200)}...` : line);
     if (o.structural) batch.structural = true;
     if (o.tableDeleted) batch.tableDeleted = true;
+    if (o.object === 'rule') this.rulesOf.add(o.name);
+    else if (o.object === 'element') this.elementsOf.add(o.name);
+    if (o.object === 'element' && o.adds) this.elementsAddedTo.add(o.name);
     // a rule's anonymous set comes and goes with its rule (a flushed chain deletes them too)
     if (o.object !== 'rule' && o.object !== 'element' && !(o.object === 'set' && o.name.startsWith('__set'))) batch.contentOnly = false;
+  }
+
+  /** An element with key `hex` deleted from `set`; `hex` null: one whose key is not known (the set's keys are then incomplete). */
+  removedKey(set: string, hex: string | null): void {
+    this.open();
+    const keys = this.removedKeys.get(set);
+    if (hex === null || keys === null) this.removedKeys.set(set, null);
+    else if (keys) keys.push(hex);
+    else this.removedKeys.set(set, [hex]);
   }
 
   /** A generation marker text added in it. */
@@ -126,7 +154,12 @@ export class MonitorBatchBuilder {
   take(generation: number | null, by: string | null): MonitorBatch | null {
     const b = this.batch;
     this.batch = null;
-    return b ? { ...b, generation, by } : null;
+    const touched = { rulesOf: [...this.rulesOf], elementsOf: [...this.elementsOf], elementsAddedTo: [...this.elementsAddedTo], removedKeys: this.removedKeys };
+    this.removedKeys = new Map();
+    this.rulesOf.clear();
+    this.elementsOf.clear();
+    this.elementsAddedTo.clear();
+    return b ? { ...b, generation, by, ...touched } : null;
   }
 }
 
@@ -188,7 +221,7 @@ export class MonitorParser extends LineParser {
     const object = line.slice(a + 1, b);
     const e = d < 0 ? -1 : line.indexOf(' ', d + 1);
     const name = d < 0 ? '' : line.slice(d + 1, e < 0 ? undefined : e);
-    this.batch.add(line, { object, name, structural: STRUCTURAL.has(object), tableDeleted: verb === 'delete' && object === 'table' });
+    this.batch.add(line, { object, name, adds: verb === 'add', structural: STRUCTURAL.has(object), tableDeleted: verb === 'delete' && object === 'table' });
     if (object === 'element' && verb === 'add' && line.startsWith(`add element inet ${this.table} ${MARKER_SET} `)) {
       const m = MARKER_RE.exec(line);
       if (m) this.batch.marker(m[1]!);
@@ -286,7 +319,7 @@ export class FakeNftMonitor implements NftMonitor {
 
   /** A transaction on our table seen by the monitor. */
   emit(batch: Partial<MonitorBatch>): void {
-    const full: MonitorBatch = { generation: null, by: null, lines: 1, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: false, ...batch };
+    const full: MonitorBatch = { generation: null, by: null, lines: 1, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: false, rulesOf: [], elementsOf: [], elementsAddedTo: [], removedKeys: new Map(), ...batch };
     for (const s of this.sessions) if (!s.stopped) s.h.onEvent({ kind: 'batch', batch: full });
   }
 

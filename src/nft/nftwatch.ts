@@ -13,7 +13,9 @@
  * MARKER_SET, so ours-or-not works as with `nft monitor` (the markers).
  *
  * - `WatchParser` is pure (chunks in, events out): a transaction is the
- *   `event`/`marker` lines up to its `gen` line; a `gen` with no line before
+ *   `event`/`marker`/`key`/`nokeys` lines up to its `gen` line (the keys of
+ *   deleted elements: `MonitorBatch.removedKeys`, for a repair that adds
+ *   back exactly those); a `gen` with no line before
  *   it was another table's and yields nothing (the kernel reports every
  *   change, so there is no `unknown` here).
  * - `ProcessNftWatch` runs the program as one long-lived child, through
@@ -48,9 +50,14 @@ export class WatchParser extends LineParser {
       this.batch.add(`${nftVerb} ${object} inet ${this.table}${object === 'table' ? '' : ` ${name}`}${messages > 1 ? ` (${messages} messages)` : ''}`, {
         object,
         name,
+        adds: verb !== 'del',
         structural: object !== 'element',
         tableDeleted: verb === 'del' && object === 'table',
       });
+    } else if (word === 'key' || word === 'nokeys') {
+      // key SET HEX | nokeys SET
+      const [, set, hex] = line.split(' ');
+      if (set) this.batch.removedKey(set, word === 'key' && hex && /^[0-9a-f]+$/.test(hex) ? hex : null);
     } else if (word === 'marker' && sp > 0) {
       this.batch.marker(line.slice(sp + 1));
     } else if (word === 'gen') {

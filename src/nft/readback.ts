@@ -193,6 +193,10 @@ export interface Drift {
   detail: string;
   /** only rules and elements of our own chains and sets changed (the drift monitor saw the transaction): a reload in place restores the table exactly, no replacement needed */
   inPlace?: true;
+  /** with `inPlace`: the chains whose rules and the sets and maps whose elements changed, nothing else (what agent/repair-plan.ts restores alone) */
+  scope?: { chains: string[]; sets: string[]; setsAddedTo: string[]; removedKeys?: Map<string, string[]> };
+  /** our table was deleted (the drift monitor saw it), its counters with it: nothing to carry into the repair */
+  tableDeleted?: true;
 }
 
 /**

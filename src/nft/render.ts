@@ -17,6 +17,15 @@
  * (`counter c_... { packets N bytes M }`). The JSON form (`renderJson`)
  * declares and names the same counter objects; listings (`listing: true`)
  * keep anonymous counters.
+ *
+ * A drift repair restores only what a foreign change touched
+ * (agent/repair-plan.ts): `restore-chain` flushes a chain of ours and adds
+ * its rules again (counting into the counter objects that stayed),
+ * `restore-elements` flushes a set or map and adds its elements again.
+ *
+ * Size: the one module that writes nft syntax (STYLE.md "objects before
+ * text"): the table, the in-place reload, element changes and restores share
+ * its rule, element and chunking helpers; the JSON form sits beside them.
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
 import { AddressSet, TEXT_MAX } from '../policy/address-set.js';
@@ -124,6 +133,12 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
   }
   head.push('\t\telements = {');
   yield head.join('\n') + '\n';
+  yield* elementLines(m, notes, listing);
+  yield '\t\t}\n\t}\n';
+}
+
+/** The elements of a non-empty map, one line each (`\t\t\tkey : verdict,`), in slices; `notes`: a `# group/rule` per element of small maps. */
+function* elementLines(m: VerdictMap, notes: ReadonlyMap<string, string>, listing: boolean): Generator<string> {
   const els = m.elements;
   const last = els.length - 1;
   if (els instanceof AddressSet) {
@@ -149,7 +164,6 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
         yield buf.toString('latin1', 0, at);
       }
     }
-    yield '\t\t}\n\t}\n';
     return;
   }
   const elementText = (el: MapElement, keyText: (k: KeyPart, j: number) => string): string => `${el.key.map(keyText).join(' . ')}${m.set ? '' : ` : ${verdictText(el.verdict)}`}`;
@@ -169,7 +183,6 @@ function* mapChunks(m: VerdictMap, notes: ReadonlyMap<string, string>, listing =
       yield chunk;
     }
   }
-  yield '\t\t}\n\t}\n';
 }
 
 /** `names`: the counter object each rule counts into (a script, see the note at the top); none: anonymous counters. */
@@ -285,6 +298,29 @@ function* reloadInPlaceChunks(table: Table, previous: Table): Generator<string> 
   yield* tableChunks(table, { script: { inPlace: true } });
 }
 
+/**
+ * A chain of ours restored after a foreign change to its rules only: flushed
+ * and its rules added again, counting into the counter objects that exist
+ * (counters.ts), so no count is lost. Fails whole if the chain is gone.
+ */
+function restoreChainText(family: 'inet', table: string, c: Chain): string {
+  const at = `${family} ${assertName(table)} ${assertName(c.name)}`;
+  const names = ruleCounterNames(c);
+  let out = `flush chain ${at}\n`;
+  for (let i = 0; i < c.rules.length; i++) out += `add rule ${at} ${ruleText(c.rules[i]!, names[i])}\n`;
+  return out;
+}
+
+/** A set or map of ours restored after a foreign change to its elements only: flushed (unless `addOnly`) and every element added again. */
+function* restoreElementChunks(family: 'inet', table: string, m: VerdictMap, addOnly: boolean): Generator<string> {
+  const at = `${family} ${assertName(table)} ${assertName(m.name)}`;
+  if (!addOnly) yield `flush ${m.set ? 'set' : 'map'} ${at}\n`;
+  if (!m.elements.length) return;
+  yield `add element ${at} {\n`;
+  yield* elementLines(m, new Map(), false);
+  yield '}\n';
+}
+
 /** Script that removes our table and nothing else (no error if it is absent). */
 export function renderDeleteScript(family: 'inet', name: string): string {
   assertName(name);
@@ -345,6 +381,8 @@ function* transactionChunks(tx: NftTransaction): Generator<string> {
     if (op.op === 'replace-table') yield* op.previous ? reloadInPlaceChunks(op.table, op.previous) : scriptChunks(op.table, op.counters);
     else if (op.op === 'delete-table') yield renderDeleteScript(op.family, op.name);
     else if (op.op === 'set-marker') markers.push(renderMarkerChange(op.family, op.table, op.text));
+    else if (op.op === 'restore-chain') yield restoreChainText(op.family, op.table, op.chain);
+    else if (op.op === 'restore-elements') yield* restoreElementChunks(op.family, op.table, op.map, op.addOnly === true);
     else updates.push(op);
   }
   if (updates.length) yield renderElementChanges(tx.family, tx.table, updates);

@@ -5,7 +5,7 @@
  * in-memory table.
  */
 import type { RuleCounters } from './counters.js';
-import { assertName, type KeyType, type MapElement, type Table } from './model.js';
+import { assertName, type Chain, type KeyType, type MapElement, type Table, type VerdictMap } from './model.js';
 
 export type NftOp =
   /**
@@ -18,7 +18,14 @@ export type NftOp =
   /** element changes of one verdict map; deletions are rendered before additions */
   | { op: 'update-elements'; family: 'inet'; table: string; map: string; keyType: KeyType[]; remove: MapElement[]; add: MapElement[] }
   /** replace the generation marker (MARKER_SET) of an existing table */
-  | { op: 'set-marker'; family: 'inet'; table: string; text: string };
+  | { op: 'set-marker'; family: 'inet'; table: string; text: string }
+  /** flush an existing chain of ours and add `chain`'s rules again (named counters keep counting: counters.ts); a drift repair */
+  | { op: 'restore-chain'; family: 'inet'; table: string; chain: Chain }
+  /**
+   * flush an existing set or map of ours and add `map`'s elements again; a drift repair. `addOnly`: it only lost
+   * elements, so every element is added again without the flush (the kernel skips those it holds, cheaper than a flush)
+   */
+  | { op: 'restore-elements'; family: 'inet'; table: string; map: VerdictMap; addOnly?: true };
 
 export interface NftTransaction {
   family: 'inet';

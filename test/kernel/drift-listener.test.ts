@@ -9,6 +9,9 @@
  */
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ruleChainName } from '../../src/nft/compile.js';
+import { counterKey } from '../../src/nft/counters.js';
+import { counterObjectName } from '../../src/nft/names.js';
 import { AgentLab, CLIENT_ADDR, kernelSkipReason, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
 import { PEERS_SET, TAMPERS, driftAgentConfig, driftLabPolicy } from '../helpers/drift-lab.js';
 
@@ -16,6 +19,8 @@ const skip = kernelSkipReason();
 const MEMBERS = 10_000;
 /** 10k members from 198.19.0.0/16 besides the client */
 const members = [CLIENT_ADDR, ...Array.from({ length: MEMBERS - 1 }, (_, i) => `198.19.${i >> 8}.${i & 255}`)];
+/** the counter object of rule r-tcp (tcp 8000 from the client), which no tamper touches */
+const TCP_COUNTER = counterObjectName(counterKey(ruleChainName('sg-lab', 'r-tcp'), 'sg-lab/r-tcp'));
 
 
 describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${MEMBERS} members${skip ? ` (skipped: ${skip})` : ''}`, () => {
@@ -29,6 +34,7 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
   const listing = async () => String((await lab.nft(['list', 'table', 'inet', 'secgroup'], { reject: false })).stdout).replace(/packets \d+ bytes \d+/g, 'packets N bytes N');
   /** without the table's comment: an in-place reload keeps the old one, a repair's replacement writes the new one */
   const rules = async () => (await listing()).replace(/^\tcomment .*\n/m, '');
+  const tcpPackets = async () => Number(/packets (\d+)/.exec(String((await lab.nft(['list', 'counter', 'inet', 'secgroup', TCP_COUNTER])).stdout))?.[1]);
   const verdicts = async (ports: number[]) => Object.fromEntries(await Promise.all(ports.map(async (p) => [p, await peer.canConnect(p)] as const)));
   const sessions = () => ({ started: agent.lines.filter((l) => l.event === 'drift_monitor_started').length, exited: agent.lines.filter((l) => l.event === 'drift_monitor_exited').length });
 
@@ -54,17 +60,41 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
     await lab?.destroy();
   });
 
-  it.each(TAMPERS)('repairs: %s (kind %s), reported by the listener', async (what, kind, args) => {
+  it.each(TAMPERS)('repairs: %s (kind %s), reported by the listener, restoring only what changed', async (what, kind, args) => {
     const from = agent.lines.length;
+    const counted = await tcpPackets();
     const t0 = performance.now();
     await lab.nft([...args]);
     const line = await agent.waitFor((l) => l.event === 'drift_repaired', 30_000, from, `drift_repaired after: ${what}`);
     latencies[what] = Math.round(performance.now() - t0);
-    // only rules and elements of ours changed: reloaded in place (no compile, no counter read); a deleted table is replaced
-    expect(line).toMatchObject({ via: 'monitor', drift: kind, revision, detail: expect.stringContaining('inet secgroup'), inPlace: what !== 'table deleted' });
+    // only rules and elements of ours changed: only those chains and sets restored (no compile, no counter read);
+    // a deleted table is recreated from the applied state (no compile; its counters went with it)
+    expect(line).toMatchObject({ via: 'monitor', drift: kind, revision, detail: expect.stringContaining('inet secgroup'), repair: what === 'table deleted' ? 'recreate' : 'restore' });
     expect(await listing()).toBe(original);
+    // the rule no tamper touched kept counting (a counter that restarted would be below what it counted before)
+    if (what === 'table deleted') expect(await tcpPackets()).toBe(0);
+    else expect(await tcpPackets()).toBeGreaterThanOrEqual(counted);
+    expect(counted).toBeGreaterThan(0);
+    // the member removed: the listener reported its key, so exactly that one is added back; the set flushed: all of them
+    const restored = agent.lines.slice(from).find((l) => l.event === 'drift_restore');
+    if (what === 'element removed') expect(restored).toMatchObject({ added: 1 });
+    if (what === 'set flushed') expect(restored).toMatchObject({ added: MEMBERS });
     expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
     expect(agent.lines.slice(from).filter((l) => l.event === 'drift' && l.via !== 'monitor')).toEqual([]);
+  });
+
+  it.each([
+    ['an interval map with concatenated keys', 'in4_l0_ports_ree', '198.18.0.0/15 . tcp . 2003'],
+    ['a verdict map', 'in4_l0_ports_eee', `${CLIENT_ADDR} . tcp . 8000`],
+  ])('repairs an element removed from %s by flushing and refilling only that map', async (_what, map, element) => {
+    const from = agent.lines.length;
+    const counted = await tcpPackets();
+    await lab.nft(['delete', 'element', 'inet', 'secgroup', map, `{ ${element} }`]);
+    const line = await agent.waitFor((l) => l.event === 'drift_repaired', 30_000, from, `drift_repaired after an element removed from ${map}`);
+    expect(line).toMatchObject({ via: 'monitor', drift: 'modified', repair: 'restore' });
+    expect(await listing()).toBe(original);
+    expect(await tcpPackets()).toBeGreaterThanOrEqual(counted);
+    expect(await verdicts([8000, 8001, 8002])).toEqual({ 8000: true, 8001: true, 8002: false });
   });
 
   it('repairs a change made right after its own full reload, reported by the same listener', async () => {

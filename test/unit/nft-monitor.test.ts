@@ -27,6 +27,16 @@ describe('nft monitor parser', () => {
     expect(got[6]).toMatchObject({ markers: [], structural: true, tableDeleted: true, contentOnly: false, lines: 5 });
   });
 
+  it('names the chains whose rules and the sets whose elements each transaction changed (what a drift repair restores)', () => {
+    const got = batches(new MonitorParser('secgroup').push(TRANSCRIPT));
+    const touched = got.map((b) => ({ rulesOf: b.rulesOf, elementsOf: b.elementsOf, elementsAddedTo: b.elementsAddedTo }));
+    expect(touched[1]).toEqual({ rulesOf: [], elementsOf: ['s4'], elementsAddedTo: [] }); // an element deleted
+    expect(touched[2]).toEqual({ rulesOf: [], elementsOf: ['s4'], elementsAddedTo: [] }); // the set flushed
+    expect(touched[3]).toEqual({ rulesOf: ['input'], elementsOf: [], elementsAddedTo: [] }); // the chain flushed
+    expect(touched[4]).toEqual({ rulesOf: ['input'], elementsOf: [], elementsAddedTo: [] }); // a rule inserted
+    expect(touched[5]).toEqual({ rulesOf: [], elementsOf: ['sg_generation'], elementsAddedTo: ['sg_generation'] }); // the marker replaced
+  });
+
   it('gives the same transactions however the output is cut into chunks', () => {
     const whole = new MonitorParser('secgroup').push(TRANSCRIPT);
     for (const size of [1, 7, 64]) {

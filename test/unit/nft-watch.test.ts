@@ -32,6 +32,24 @@ describe('secgroup-nftwatch parser', () => {
     expect(events.filter((e) => e.kind !== 'batch')).toEqual([{ kind: 'ready' }]);
   });
 
+  it('names the chains whose rules and the sets whose elements each transaction changed, and which sets gained elements', () => {
+    const got = batches(new WatchParser('secgroup').push(CAPTURE));
+    const touched = got.map((b) => ({ rulesOf: b.rulesOf, elementsOf: b.elementsOf, elementsAddedTo: b.elementsAddedTo }));
+    expect(touched[1]).toEqual({ rulesOf: [], elementsOf: ['sg_generation', 'peers'], elementsAddedTo: ['sg_generation', 'peers'] });
+    expect(touched[2]).toEqual({ rulesOf: ['input'], elementsOf: [], elementsAddedTo: [] }); // a rule inserted
+    expect(touched[3]).toEqual({ rulesOf: [], elementsOf: ['peers'], elementsAddedTo: [] }); // the set flushed
+  });
+
+  it('collects the keys of deleted elements per set, and marks a set whose keys are not all known', () => {
+    const p = new WatchParser('secgroup');
+    const got = batches(p.push('ready\nkey s4 c6120102\nkey s4 c6120103\nevent del element s4 2\nkey iv c6120200\nnokeys iv\nevent del element iv 2\ngen 3 10 nft\nevent del element s4 1\ngen 4 11 nft\n'));
+    expect([...got[0]!.removedKeys]).toEqual([
+      ['s4', ['c6120102', 'c6120103']],
+      ['iv', null],
+    ]);
+    expect(got[1]!.removedKeys.size).toBe(0); // deleted, keys not reported: unknown
+  });
+
   it('reports lost events where the listener overflowed, and the transactions after it', () => {
     const events = new WatchParser('secgroup').push(CAPTURE_LOST);
     expect(events.map((e) => (e.kind === 'batch' ? e.batch.generation : e.kind))).toEqual(['ready', 2, 3, 4, 5, 'lost', 7]);

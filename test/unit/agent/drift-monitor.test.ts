@@ -4,11 +4,12 @@ import { FakeClock } from '../../../src/lib/clock.js';
 import { createLogger } from '../../../src/lib/logger.js';
 import { FakeNft } from '../../../src/nft/fake.js';
 import { FakeNftMonitor } from '../../../src/nft/monitor.js';
+import { memberSetName } from '../../../src/nft/compile.js';
 import type { NftTransaction } from '../../../src/nft/transaction.js';
 import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler } from '../../../src/agent/reconciler.js';
-import { DriftMonitor } from '../../../src/agent/drift-monitor.js';
+import { DriftMonitor, mergeDrifts } from '../../../src/agent/drift-monitor.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { policy } from './fixtures.js';
 import { tableComment } from '../../helpers/nft-dump.js';
@@ -334,5 +335,96 @@ describe('drift monitor', () => {
     expect(reads().table).toBe(before + 1);
     expect(nft.count('apply')).toBe(applies); // nothing changed in ours
     await dm.stop();
+  });
+  describe('repairs that cost what drifted', () => {
+    const WEB = memberSetName(4, 'web');
+    const opsOfApplies = (nft: FakeNft, from: number) => nft.calls.slice(from).flatMap((c) => (c.method === 'apply' ? [c.tx!.ops.map((o) => (o.op === 'replace-table' && o.previous ? 'reload-in-place' : o.op))] : []));
+
+    it('merges what two drifts touched; the removed keys of a set stay known only if each drift that touched it knew them', () => {
+      const d = (sets: string[], keys: [string, string[]][], chains: string[] = []) => ({ kind: 'modified' as const, detail: 'd', inPlace: true as const, scope: { chains, sets, setsAddedTo: [], removedKeys: new Map(keys) } });
+      expect(mergeDrifts(d(['s'], [['s', ['01']]]), d(['s', 't'], [['s', ['02']], ['t', ['03']]], ['input'])).scope).toEqual({
+        chains: ['input'],
+        sets: ['s', 't'],
+        setsAddedTo: [],
+        removedKeys: new Map([['s', ['01', '02']], ['t', ['03']]]),
+      });
+      expect(mergeDrifts(d(['s'], [['s', ['01']]]), d(['s'], [])).scope!.removedKeys).toEqual(new Map());
+      expect(mergeDrifts(d(['s'], []), { kind: 'structure', detail: 'a chain added' })).toEqual({ kind: 'structure', detail: 'd; then a chain added' });
+      expect(mergeDrifts(d(['s'], []), { kind: 'missing', detail: 'deleted', tableDeleted: true })).toMatchObject({ kind: 'missing', tableDeleted: true });
+    });
+
+    it('restores only the chain whose rules a foreign change touched, and logs how', async () => {
+      const { nft, clock, r, monitor, dm, events } = setup();
+      dm.start();
+      await r.submit(policy(1), 'controller');
+      await clock.advance(500);
+      const before = nft.dump();
+      const from = nft.calls.length;
+      nft.state!.chains.find((c) => c.name === 'input')!.rules = [];
+      monitor.emit({ structural: true, contentOnly: true, rulesOf: ['input'], sample: ['delete rule inet secgroup input handle 4'] });
+      await dm.idle();
+      await dm.stop();
+      expect(opsOfApplies(nft, from)).toEqual([['restore-chain', 'set-marker']]);
+      expect(nft.dump()).toBe(before);
+      expect(events('drift_repaired')).toEqual([expect.objectContaining({ via: 'monitor', drift: 'structure', repair: 'restore', inPlace: false })]);
+    });
+
+    it('recreates the table the monitor saw deleted, with no counter read', async () => {
+      const { nft, clock, r, monitor, dm, events } = setup();
+      dm.start();
+      await r.submit(policy(1), 'controller');
+      await clock.advance(500);
+      const before = nft.dump();
+      const reads = nft.count('readRuleCounters');
+      nft.deleteTable();
+      monitor.emit({ tableDeleted: true, structural: true, rulesOf: ['input'] });
+      await dm.idle();
+      await dm.stop();
+      expect(nft.dump()).toBe(before);
+      expect(nft.count('readRuleCounters')).toBe(reads);
+      expect(events('drift_repaired')).toEqual([expect.objectContaining({ drift: 'missing', repair: 'recreate' })]);
+    });
+
+    it('changes seen while a repair runs are restored by one more repair that covers all of them', async () => {
+      const { nft, clock, r, monitor, dm } = setup();
+      dm.start();
+      await r.submit(policy(1), 'controller');
+      await clock.advance(500);
+      const before = nft.dump();
+      const from = nft.calls.length;
+      const release = nft.hold('readMarker'); // the first repair's verify
+      nft.state!.chains.find((c) => c.name === 'input')!.rules = [];
+      monitor.emit({ structural: true, contentOnly: true, rulesOf: ['input'] });
+      await new Promise((res) => setImmediate(res));
+      nft.state!.chains.find((c) => c.name === 'output')!.rules = [];
+      monitor.emit({ structural: true, contentOnly: true, rulesOf: ['output'] });
+      nft.state!.maps.find((m) => m.name === WEB)!.elements = [];
+      monitor.emit({ contentOnly: true, elementsOf: [WEB] });
+      release();
+      await dm.idle();
+      await dm.stop();
+      expect(opsOfApplies(nft, from)).toEqual([
+        ['restore-chain', 'set-marker'],
+        ['restore-elements', 'restore-chain', 'set-marker'],
+      ]);
+      expect(nft.dump()).toBe(before);
+    });
+
+    it('a change seen while a full check waits is repaired whole (in place), not only what it touched', async () => {
+      const { nft, clock, r, monitor, dm } = setup();
+      dm.start();
+      await r.submit(policy(1), 'controller');
+      await clock.advance(500);
+      const from = nft.calls.length;
+      const release = nft.hold('readMarker');
+      monitor.emit({ structural: true, contentOnly: true, rulesOf: ['input'] });
+      await new Promise((res) => setImmediate(res));
+      monitor.unknown(); // a transaction nothing was printed of: a full check waits
+      monitor.emit({ contentOnly: true, elementsOf: [WEB] });
+      release();
+      await dm.idle();
+      await dm.stop();
+      expect(opsOfApplies(nft, from)).toEqual([['restore-chain', 'set-marker'], ['reload-in-place']]);
+    });
   });
 });
