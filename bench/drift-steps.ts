@@ -30,7 +30,8 @@ import { renderTransactionChunks } from '../src/nft/render.js';
 import { replaceTableTx, type NftTransaction } from '../src/nft/transaction.js';
 import { parsePolicy } from '../src/policy/schema.js';
 import { BenchLab } from './lab.js';
-import { bigMember, groupPolicy } from './policies.js';
+import { TAMPERS } from './drift.js';
+import { groupPolicy } from './policies.js';
 
 const MEMBERS = Number(process.argv[2] ?? 100_000);
 const LISTENER = join(import.meta.dirname, '../dist/secgroup-nftwatch');
@@ -69,13 +70,7 @@ async function main(): Promise<void> {
     await nft.apply(replaceTableTx(compiled.table));
     const applied = { revision: 1, compiled, tableComment: compiled.table.comment ?? null, fingerprint: '' };
     const set = memberSetName(6, 'sg-big');
-    const tampers: [string, string[]][] = [
-      ['table deleted', ['delete', 'table', 'inet', 'secgroup']],
-      ['chain flushed', ['flush', 'chain', 'inet', 'secgroup', 'input']],
-      ['rule inserted', ['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '9', 'accept']],
-      ['member removed', ['delete', 'element', 'inet', 'secgroup', set, `{ ${bigMember(7)} }`]],
-      ['member set flushed', ['flush', 'set', 'inet', 'secgroup', set]],
-    ];
+    const tampers = TAMPERS(set);
     for (const [what, args] of tampers) {
       for (const way of ['before', 'now'] as const) {
         const seen = new Promise<[MonitorBatch, number]>((res) => (pending = (b) => res([b, performance.now()])));

@@ -47,6 +47,16 @@ import { parsePolicy } from '../src/policy/schema.js';
 import { BenchLab } from './lab.js';
 import { bigMember, groupPolicy } from './policies.js';
 
+/** The hand edits both drift benches make (`nft` arguments), on the member set `set` of the big group: issue 18 item 4's list. */
+export const TAMPERS = (set: string): [string, string[]][] => [
+  ['table deleted', ['delete', 'table', 'inet', 'secgroup']],
+  ['chain flushed', ['flush', 'chain', 'inet', 'secgroup', 'input']],
+  ['rule inserted', ['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '9', 'accept']],
+  ['member removed', ['delete', 'element', 'inet', 'secgroup', set, `{ ${bigMember(7)} }`]],
+  ['member set flushed', ['flush', 'set', 'inet', 'secgroup', set]],
+];
+
+
 const SIZES = (process.env.BENCH_DRIFT_SIZES ?? '1000,10000,100000').split(',').map(Number);
 const SOURCES = (process.env.BENCH_DRIFT_SOURCES ?? 'listener').split(',') as Source[];
 type Source = 'listener' | 'nft-monitor';
@@ -156,13 +166,7 @@ async function measure(lab: BenchLab, members: number, asked: Source): Promise<D
       note: `target <= 20 ms at 100k; ratio is vs the full read-back (${r1(median(full))} ms)`,
     });
     const set = memberSetName(6, 'sg-big');
-    const tampers: [string, string[]][] = [
-      ['table deleted', ['delete', 'table', 'inet', 'secgroup']],
-      ['chain flushed', ['flush', 'chain', 'inet', 'secgroup', 'input']],
-      ['rule inserted', ['insert', 'rule', 'inet', 'secgroup', 'input', 'tcp', 'dport', '9', 'accept']],
-      ['member removed', ['delete', 'element', 'inet', 'secgroup', set, `{ ${bigMember(7)} }`]],
-      ['member set flushed', ['flush', 'set', 'inet', 'secgroup', set]],
-    ];
+    const tampers = TAMPERS(set);
     for (const [what, args] of tampers) {
       const waitMs = await covered(dm);
       if (waitMs === null) {
