@@ -72,6 +72,22 @@ describe('AddressSet', () => {
     expect([...b]).toEqual([1n, 2n, 3n, 4n]);
   });
 
+  for (const family of [4, 6] as const) {
+    it(`IPv${family}: members in any order, repeated, on both sides of the top bit, come out sorted and unique (and taken as they are when already so)`, () => {
+      const rng = createRng(family * 104729);
+      const values = Array.from({ length: 3000 }, () => randomAddress(rng, family));
+      values.push(0n, FAMILY_MAX[family], FAMILY_MAX[family] - 1n, 1n << (family === 4 ? 31n : 127n), (1n << (family === 4 ? 31n : 127n)) - 1n, values[7]!);
+      const texts = values.map((x) => formatIp(family, x));
+      const ref = sortedUnique(values);
+      expect([...AddressSet.fromValidTexts(family, texts)]).toEqual(ref);
+      expect([...AddressSet.of(family, values)]).toEqual(ref);
+      const again = ref.map((x) => formatIp(family, x));
+      expect([...AddressSet.fromValidTexts(family, again)]).toEqual(ref);
+      // a repeat at the end of an otherwise ascending list is not ascending
+      expect([...AddressSet.fromValidTexts(family, [...again, again[again.length - 1]!])]).toEqual(ref);
+    });
+  }
+
   it('parses members straight into words: the family asked for, sorted, duplicates dropped, every IPv6 spelling', () => {
     const texts = ['198.18.0.9', 'fd00:5ec::10', '198.18.0.1', 'FD00:5EC:0:0:0:0:0:9', '198.18.0.9', '::ffff:198.18.0.1', 'fd00:5ec::9'];
     expect([...AddressSet.fromValidTexts(4, texts)].map((x) => formatIp(4, x))).toEqual(['198.18.0.1', '198.18.0.9']);
