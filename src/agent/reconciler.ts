@@ -476,8 +476,10 @@ export class Reconciler {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
       // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;
       // the read starts before the compile, so nft lists the table while the agent compiles (runner.ts: a read is on its way when called)
+      // a table known to be absent (the start-up probe found none, a repair recreates a deleted one) has no counts to read
+      const absent = this.absentAtProbe || (repair?.kind === 'full' && repair.fresh === true);
       const replacing = !repair && (!this.applied || this.forceFull);
-      let carried = replacing ? (this.absentAtProbe ? NOTHING_TO_CARRY : countsToCarry(nft, logger)) : null;
+      let carried = absent ? NOTHING_TO_CARRY : replacing ? countsToCarry(nft, logger) : null;
       this.absentAtProbe = false;
       let plan = repair ?? planSync({ ...input, needFullSync: this.forceFull });
       if (plan.membershipFull !== undefined) {
@@ -535,10 +537,10 @@ export class Reconciler {
   private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
     if (plan.kind === 'noop') return { fingerprint: plan.fingerprint };
     const { nft, metrics } = this.o;
-    // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first (none of a table known gone, `fresh`)
+    // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first (syncOnce)
     const replace = plan.kind === 'full' && !plan.inPlace;
     const restore = plan.kind === 'incremental' && plan.via === 'restore';
-    const counters = replace && !(plan.kind === 'full' && plan.fresh) ? await (carried ?? countsToCarry(nft, this.o.logger)) : null;
+    const counters = replace ? await (carried ?? countsToCarry(nft, this.o.logger)) : null;
     const tx = counters ? replaceTableTx(plan.compiled.table, counters) : plan.tx;
     if (this.o.checkBeforeApply) await nft.check(tx);
     // known before nft commits: the monitor may report the transaction before apply() returns
