@@ -94,8 +94,8 @@ interface Desired {
   reported: boolean;
 }
 
-/** One sync's result; `verifyMarker`: a full reload's (or restore's) marker, read after the ack (checkAfterAck); `inPlace`: a full reload done in place (not a replacement); `how`: what the transaction did (the repair log). */
-type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string; inPlace?: boolean; how?: RepairHow } | { ok: false; error: SecgroupError };
+/** One sync's result; `verifyMarker`: a full reload's (or restore's) marker, read after the ack (checkAfterAck); `how`: what the transaction did (the repair log). */
+type SyncResult = { ok: true; kind: SyncKind; durationMs: number; digest: string; verifyMarker?: string; how?: RepairHow } | { ok: false; error: SecgroupError };
 
 /** What a sync replaces, kept by the loop so a failed check after the ack can put it back (checkAfterAck). */
 interface BeforeSync {
@@ -334,7 +334,7 @@ export class Reconciler {
       return;
     }
     logger.info(
-      { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, inPlace: r.inPlace === true, repair: r.how, durationMs: Math.max(0, clock.monotonic() - t0) },
+      { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, inPlace: r.how === 'in-place', repair: r.how, durationMs: Math.max(0, clock.monotonic() - t0) },
       `drift repaired (${via}): revision ${applied.revision} re-applied after ${d.detail}`,
     );
   }
@@ -520,7 +520,7 @@ export class Reconciler {
         else logger.debug({ event: 'drift_restore', ...detail }, 'drifted chains and sets restored (rules and elements added again)');
       }
       const done = await this.finish(policy, source, plan.compiled, plan.tableComment, applied.fingerprint, plan.kind, t0);
-      return { ...done, how: repairHow(plan), ...(plan.kind === 'full' ? { inPlace: plan.inPlace === true } : {}), ...(applied.verifyMarker === undefined ? {} : { verifyMarker: applied.verifyMarker }) };
+      return { ...done, how: repairHow(plan), ...(applied.verifyMarker === undefined ? {} : { verifyMarker: applied.verifyMarker }) };
     } catch (e) {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e) };
