@@ -19,7 +19,7 @@
  */
 import { execa } from 'execa';
 import { join } from 'node:path';
-import { planRepair } from '../src/agent/repair-plan.js';
+import { planRepair, repairHow } from '../src/agent/repair-plan.js';
 import { reloadApplied } from '../src/agent/sync-plan.js';
 import { compilePolicy, memberSetName, type Compiled } from '../src/nft/compile.js';
 import { ExecaNftRunner } from '../src/nft/exec.js';
@@ -100,8 +100,8 @@ async function main(): Promise<void> {
         } else {
           const [planned, ms] = await timed(() => planRepair(applied, d)!);
           planMs = ms;
-          tx = planned.plan.kind === 'noop' ? replaceTableTx(compiled.table) : planned.plan.tx;
-          how = planned.how;
+          tx = planned.kind === 'noop' ? replaceTableTx(compiled.table) : planned.tx;
+          how = repairHow(planned);
         }
         const [chars, renderMs] = await timed(() => renderOnly(tx));
         const [, applyMs] = await timed(() => nft.apply(tx));

@@ -327,7 +327,7 @@ export class Reconciler {
     // The last sync was clean: what the monitor saw decides what is restored, no compile (repair-plan.ts); else a replacement.
     const planned = !this.forceFull && this.applied === applied ? planRepair(applied, d) : null;
     if (!planned) this.forceFull = true;
-    const r = await this.checkAfterAck(await this.syncOnce(applied.policy, 'drift', null, planned?.plan ?? null));
+    const r = await this.checkAfterAck(await this.syncOnce(applied.policy, 'drift', null, planned));
     if (!r.ok) {
       metrics.applyFailures.inc({ code: r.error.code });
       logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);

@@ -38,19 +38,14 @@ import { fullReload, reloadApplied, type AppliedBase, type SyncPlan } from './sy
 
 export type RepairKind = 'restore' | 'in-place' | 'recreate';
 
-export interface RepairPlan {
-  how: RepairKind;
-  plan: SyncPlan;
-}
-
 /** The anonymous set of a rule (`{ 80, 443 }` inline): it comes and goes with its rule. */
 const isAnonymous = (name: string) => name.startsWith('__set');
 
-/** How to repair `d` on the table applied as `applied`; null: a replacement after a compile (see the file note). */
-export function planRepair(applied: AppliedBase, d: Drift): RepairPlan | null {
-  if (d.tableDeleted) return { how: 'recreate', plan: { ...fullReload(applied.compiled), fresh: true } };
+/** How to repair `d` on the table applied as `applied` (which of the kinds: `repairHow`); null: a replacement after a compile (see the file note). */
+export function planRepair(applied: AppliedBase, d: Drift): SyncPlan | null {
+  if (d.tableDeleted) return { ...fullReload(applied.compiled), fresh: true };
   if (!d.inPlace) return null;
-  const inPlace: RepairPlan = { how: 'in-place', plan: reloadApplied(applied) };
+  const inPlace = reloadApplied(applied);
   const table = applied.compiled.table;
   const marker = table.marker;
   if (!d.scope || marker === undefined) return inPlace;
@@ -68,10 +63,7 @@ export function planRepair(applied: AppliedBase, d: Drift): RepairPlan | null {
     { op: 'set-marker', ...at, text: marker },
   ];
   const added = ops.reduce((n, op) => n + (op.op === 'restore-chain' ? op.chain.rules.length : op.op === 'restore-elements' ? op.map.elements.length : op.op === 'update-elements' ? op.add.length : 0), 0);
-  return {
-    how: 'restore',
-    plan: { kind: 'incremental', via: 'restore', compiled: applied.compiled, tx: { ...at, ops }, tableComment: applied.tableComment, added, removed: 0 },
-  };
+  return { kind: 'incremental', via: 'restore', compiled: applied.compiled, tx: { ...at, ops }, tableComment: applied.tableComment, added, removed: 0 };
 }
 
 /**

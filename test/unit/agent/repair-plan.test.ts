@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
-import { pausesMonitor, planRepair } from '../../../src/agent/repair-plan.js';
+import { pausesMonitor, planRepair, repairHow } from '../../../src/agent/repair-plan.js';
 import { Reconciler } from '../../../src/agent/reconciler.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import type { AppliedBase } from '../../../src/agent/sync-plan.js';
@@ -30,15 +30,15 @@ const seen = (chains: string[], sets: string[], setsAddedTo: string[] = []): Dri
 describe('drift repair planning', () => {
   it('a chain flushed or a rule inserted: only that chain flushed and its rules added again, then the marker', () => {
     const r = planRepair(applied, seen(['input'], ['__set0']))!;
-    expect(r.how).toBe('restore');
-    expect(r.plan).toMatchObject({ kind: 'incremental', via: 'restore', tableComment: 'applied comment' });
-    expect(r.plan.compiled).toBe(compiled); // nothing compiled
+    expect(repairHow(r)).toBe('restore');
+    expect(r).toMatchObject({ kind: 'incremental', via: 'restore', tableComment: 'applied comment' });
+    expect(r.compiled).toBe(compiled); // nothing compiled
     const input = compiled.table.chains.find((c) => c.name === 'input')!;
-    expect(r.plan.kind === 'incremental' && r.plan.tx.ops).toEqual([
+    expect(r.kind === 'incremental' && r.tx.ops).toEqual([
       { op: 'restore-chain', family: 'inet', table: 'secgroup', chain: input },
       { op: 'set-marker', family: 'inet', table: 'secgroup', text: compiled.table.marker },
     ]);
-    const script = renderTransaction(r.plan.kind === 'incremental' ? r.plan.tx : { family: 'inet', table: 'secgroup', ops: [] });
+    const script = renderTransaction(r.kind === 'incremental' ? r.tx : { family: 'inet', table: 'secgroup', ops: [] });
     const lines = script.split('\n');
     expect(lines[0]).toBe('flush chain inet secgroup input');
     expect(lines.filter((l) => l.startsWith('add rule inet secgroup input '))).toHaveLength(input.rules.length);
@@ -50,14 +50,14 @@ describe('drift repair planning', () => {
 
   it('a member removed: every member added again without a flush; a set that gained elements: flushed and refilled', () => {
     const removed = planRepair(applied, { ...seen([], [WEB]), kind: 'modified' })!;
-    expect(removed.how).toBe('restore');
-    const tx = removed.plan.kind === 'incremental' ? removed.plan.tx : null;
+    expect(repairHow(removed)).toBe('restore');
+    const tx = removed.kind === 'incremental' ? removed.tx : null;
     expect(tx?.ops[0]).toMatchObject({ op: 'restore-elements', map: { name: WEB }, addOnly: true });
     const script = renderTransaction(tx!);
     expect(script).not.toContain(`flush set inet secgroup ${WEB}`);
     expect(script).toContain(`add element inet secgroup ${WEB} {\n\t\t\t198.18.0.10,\n\t\t\t198.18.0.12\n}`);
     const added = planRepair(applied, { ...seen([], [WEB], [WEB]), kind: 'modified' })!;
-    const ops = added.plan.kind === 'incremental' ? added.plan.tx.ops : [];
+    const ops = added.kind === 'incremental' ? added.tx.ops : [];
     expect(ops[0]).toMatchObject({ op: 'restore-elements', map: { name: WEB } });
     expect(ops[0]).not.toHaveProperty('addOnly');
     expect(renderTransaction({ family: 'inet', table: 'secgroup', ops })).toMatch(new RegExp(`^flush set inet secgroup ${WEB}\nadd element inet secgroup ${WEB} \\{`));
@@ -66,19 +66,19 @@ describe('drift repair planning', () => {
   it('members removed whose keys the listener reported: exactly those added back; a key that is not a member of ours: every member', () => {
     // 198.18.0.12 as the kernel holds it
     const exact = planRepair(applied, { ...seen([], [WEB]), scope: { chains: [], sets: [WEB], setsAddedTo: [], removedKeys: new Map([[WEB, ['c612000c']]]) } })!;
-    const ops = exact.plan.kind === 'incremental' ? exact.plan.tx.ops : [];
+    const ops = exact.kind === 'incremental' ? exact.tx.ops : [];
     expect(ops[0]).toMatchObject({ op: 'update-elements', map: WEB, remove: [], add: [{ key: [{ kind: 'addr', family: 4, lo: 0xc612000cn, hi: 0xc612000cn }] }] });
     expect(renderTransaction({ family: 'inet', table: 'secgroup', ops })).toContain(`add element inet secgroup ${WEB} { 198.18.0.12 }`);
     for (const keys of [['c6120063'], ['c612000c00']]) {
       const r = planRepair(applied, { ...seen([], [WEB]), scope: { chains: [], sets: [WEB], setsAddedTo: [], removedKeys: new Map([[WEB, keys]]) } })!;
-      expect(r.plan.kind === 'incremental' && r.plan.tx.ops[0]).toMatchObject({ op: 'restore-elements', addOnly: true });
+      expect(r.kind === 'incremental' && r.tx.ops[0]).toMatchObject({ op: 'restore-elements', addOnly: true });
     }
   });
 
   it('a verdict map that only lost elements is flushed and refilled (an element held again must not be judged a clash)', () => {
     const vmap = compiled.table.maps.find((m) => !m.set)!;
     const r = planRepair(applied, { ...seen([], [vmap.name]), kind: 'modified' })!;
-    const op = r.plan.kind === 'incremental' ? r.plan.tx.ops[0] : undefined;
+    const op = r.kind === 'incremental' ? r.tx.ops[0] : undefined;
     expect(op).toMatchObject({ op: 'restore-elements', map: { name: vmap.name } });
     expect(op).not.toHaveProperty('addOnly');
   });
@@ -86,34 +86,37 @@ describe('drift repair planning', () => {
   it('pauses nft monitor (the fallback) around a restore that refills an interval map with concatenated keys, as around a full reload (nft 1.0.6 dies of SIGSEGV on it)', () => {
     const concat = compiled.table.maps.find((m) => m.interval && m.keyType.length > 1)!;
     expect(concat).toBeDefined();
-    expect(pausesMonitor(planRepair(applied, { ...seen([], [concat.name]), kind: 'modified' })!.plan)).toBe(true);
-    expect(pausesMonitor(planRepair(applied, seen(['input'], [WEB]))!.plan)).toBe(false);
-    expect(pausesMonitor(planRepair(applied, { kind: 'missing', detail: 'deleted', tableDeleted: true })!.plan)).toBe(true);
+    expect(pausesMonitor(planRepair(applied, { ...seen([], [concat.name]), kind: 'modified' })!)).toBe(true);
+    expect(pausesMonitor(planRepair(applied, seen(['input'], [WEB]))!)).toBe(false);
+    expect(pausesMonitor(planRepair(applied, { kind: 'missing', detail: 'deleted', tableDeleted: true })!)).toBe(true);
   });
 
   it('the generation marker changed by hand: only the marker set again', () => {
     const r = planRepair(applied, seen([], [MARKER_SET], [MARKER_SET]))!;
-    expect(r.how).toBe('restore');
-    expect(r.plan.kind === 'incremental' && r.plan.tx.ops).toEqual([{ op: 'set-marker', family: 'inet', table: 'secgroup', text: compiled.table.marker }]);
+    expect(repairHow(r)).toBe('restore');
+    expect(r.kind === 'incremental' && r.tx.ops).toEqual([{ op: 'set-marker', family: 'inet', table: 'secgroup', text: compiled.table.marker }]);
   });
 
   it('the table deleted: the applied table recreated as a replacement, no compile and no counts to carry', () => {
     const r = planRepair(applied, { kind: 'missing', detail: 'deleted', tableDeleted: true })!;
-    expect(r.how).toBe('recreate');
-    expect(r.plan).toMatchObject({ kind: 'full', fresh: true, tableComment: compiled.table.comment });
-    expect(r.plan.compiled).toBe(compiled);
-    expect(r.plan.kind === 'full' && r.plan.inPlace).toBeFalsy();
-    expect(r.plan.kind === 'full' && r.plan.tx.ops).toEqual([{ op: 'replace-table', table: compiled.table }]);
+    expect(repairHow(r)).toBe('recreate');
+    expect(r).toMatchObject({ kind: 'full', fresh: true, tableComment: compiled.table.comment });
+    expect(r.compiled).toBe(compiled);
+    expect(r.kind === 'full' && r.inPlace).toBeFalsy();
+    expect(r.kind === 'full' && r.tx.ops).toEqual([{ op: 'replace-table', table: compiled.table }]);
   });
 
   it('what the drift cannot prove keeps the reload in place, or (not content only) the replacement', () => {
-    const inPlace = (d: Drift) => planRepair(applied, d)?.how;
+    const inPlace = (d: Drift) => {
+      const plan = planRepair(applied, d);
+      return plan && repairHow(plan);
+    };
     expect(inPlace({ kind: 'structure', detail: 'no scope', inPlace: true })).toBe('in-place');
     expect(inPlace(seen(['not_ours'], []))).toBe('in-place');
     expect(inPlace(seen([], ['foreign_set']))).toBe('in-place');
     expect(inPlace(seen([], ['__set3']))).toBe('in-place'); // an anonymous set's elements without its rule
     expect(inPlace(seen([], []))).toBe('in-place');
-    expect(planRepair({ ...applied, compiled: { ...compiled, table: { ...compiled.table, marker: undefined } } }, seen(['input'], []))?.how).toBe('in-place');
+    expect(repairHow(planRepair({ ...applied, compiled: { ...compiled, table: { ...compiled.table, marker: undefined } } }, seen(['input'], []))!)).toBe('in-place');
     expect(planRepair(applied, { kind: 'structure', detail: 'a chain added' })).toBeNull();
   });
 });
