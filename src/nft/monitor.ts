@@ -111,15 +111,18 @@ const MARKER_RE = /^add element inet \S+ \S+ \{ 1 comment "(.*)" \}$/;
 const STRUCTURAL = new Set(['table', 'chain', 'rule', 'set', 'map', 'flowtable', 'counter', 'quota', 'limit', 'ct', 'secmark', 'synproxy']);
 
 /** Collects the lines of one open transaction into a `MonitorBatch` (shared by both parsers). */
+/** What the builder knows of a batch before it ends (the objects touched are kept in sets until then). */
+type OpenBatch = Omit<MonitorBatch, 'rulesOf' | 'elementsOf' | 'elementsAddedTo' | 'removedKeys'>;
+
 export class MonitorBatchBuilder {
-  private batch: MonitorBatch | null = null;
+  private batch: OpenBatch | null = null;
   private readonly rulesOf = new Set<string>();
   private readonly elementsOf = new Set<string>();
   private readonly elementsAddedTo = new Set<string>();
   private removedKeys = new Map<string, string[] | null>();
 
-  private open(): MonitorBatch {
-    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: true, rulesOf: [], elementsOf: [], elementsAddedTo: [], removedKeys: new Map() });
+  private open(): OpenBatch {
+    return (this.batch ??= { generation: null, by: null, lines: 0, sample: [], markers: [], tableDeleted: false, structural: false, contentOnly: true });
   }
 
   /** An event line about our table; `object` as nft names it (table, chain, rule, set, map, element, counter, ...), `name` the object's (sets: `__set<N>` is a rule's anonymous set); `adds`: it adds (else deletes). */
