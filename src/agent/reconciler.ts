@@ -63,7 +63,7 @@
  * options and outcome types are in reconciler-types.ts.
  */
 import type { Timer } from '../lib/clock.js';
-import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
+import { SecgroupError, asSecgroupError, errorMessage } from '../lib/errors.js';
 import type { Compiled } from '../nft/compile.js';
 import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
@@ -108,10 +108,6 @@ const OWN_MARKERS = 4;
 
 /** The counts a replacement of a table known to be absent carries: none. */
 const NOTHING_TO_CARRY: Promise<RuleCounters | null> = Promise.resolve(null);
-
-function asSecgroupError(e: unknown): SecgroupError {
-  return isSecgroupError(e) ? e : new SecgroupError('INTERNAL', `internal error during sync: ${errorMessage(e)}`, { cause: e });
-}
 
 export class Reconciler {
   private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome' | 'heapBurst'>> & Pick<ReconcilerOptions, 'onOutcome' | 'heapBurst'>;
@@ -491,7 +487,7 @@ export class Reconciler {
           applied = await this.applyPlan(plan, carried);
           break;
         } catch (e) {
-          if (plan.kind === 'full' && plan.inPlace && asSecgroupError(e).code === 'NFT_NOT_FOUND_OBJECT') {
+          if (plan.kind === 'full' && plan.inPlace && asSecgroupError(e, 'sync').code === 'NFT_NOT_FOUND_OBJECT') {
             // the kernel's table is not the one applied last (an object of it is missing): replace it, counters carried by reading them
             logger.warn({ event: 'reload_in_place_failed', ...log, err: e }, `reload in place failed, replacing the table: ${errorMessage(e)}`);
             plan = fullReload(plan.compiled);
@@ -523,7 +519,7 @@ export class Reconciler {
       return { ...done, how: repairHow(plan), ...(applied.verifyMarker === undefined ? {} : { verifyMarker: applied.verifyMarker }) };
     } catch (e) {
       this.forceFull = true;
-      return { ok: false, error: asSecgroupError(e) };
+      return { ok: false, error: asSecgroupError(e, 'sync') };
     } finally {
       endBurst?.();
     }
@@ -586,7 +582,7 @@ export class Reconciler {
         if (before.applied) this.o.metrics.appliedRevision.set(before.applied.revision);
       }
       this.forceFull = true;
-      return { ok: false, error: asSecgroupError(e) };
+      return { ok: false, error: asSecgroupError(e, 'sync') };
     }
   }
 

@@ -15,7 +15,7 @@
  * counted, never thrown: the ruleset stays enforced.
  */
 import type { Clock, Timer } from '../lib/clock.js';
-import { SecgroupError, errorMessage, isSecgroupError } from '../lib/errors.js';
+import { asSecgroupError } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
 import type { Policy } from '../policy/schema.js';
 import type { AgentMetrics } from './metrics.js';
@@ -78,7 +78,7 @@ export class CoalescedStateWriter {
     try {
       await this.o.store.save(policy);
     } catch (e) {
-      const err = isSecgroupError(e) ? e : new SecgroupError('INTERNAL', `internal error while saving the state: ${errorMessage(e)}`, { cause: e });
+      const err = asSecgroupError(e, 'the save of the state');
       this.o.metrics.stateErrors.inc({ code: err.code });
       this.o.logger.error({ event: 'persist_failed', revision: policy.revision, err }, `revision ${policy.revision} is applied but could not be saved as last known good: ${err.message}`);
     }

@@ -71,6 +71,11 @@ export function isSecgroupError(e: unknown, code?: ErrorCode): e is SecgroupErro
   return e instanceof SecgroupError && (code === undefined || e.code === code);
 }
 
+/** `e` as it is when a SecgroupError, else an INTERNAL one saying it happened `during` (e.g. "sync"), `e` as its cause. */
+export function asSecgroupError(e: unknown, during: string): SecgroupError {
+  return isSecgroupError(e) ? e : new SecgroupError('INTERNAL', `internal error during ${during}: ${errorMessage(e)}`, { cause: e });
+}
+
 /** Error message of anything thrown, for logs. */
 export function errorMessage(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
