@@ -259,10 +259,18 @@ export function renderScript(table: Table, counters?: RuleCounters): string {
   return [...scriptChunks(table, counters)].join('');
 }
 
+/**
+ * The first chunk is the delete and the opening of the table block (its line,
+ * comment and marker: a few hundred bytes) together, so every longer prefix of
+ * the script leaves that block open, which nft refuses whole (a syntax error at
+ * the end of input): a streamed script cut short deletes nothing (exec.ts).
+ */
 function* scriptChunks(table: Table, counters?: RuleCounters): Generator<string> {
   const name = assertName(table.name);
-  yield `# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)\ntable ${table.family} ${name} {}\ndelete table ${table.family} ${name}\n`;
-  yield* tableChunks(table, { script: counters ? { counters } : {} });
+  const chunks = tableChunks(table, { script: counters ? { counters } : {} });
+  const open = chunks.next();
+  yield `# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)\ntable ${table.family} ${name} {}\ndelete table ${table.family} ${name}\n${open.done ? '' : open.value}`;
+  yield* chunks;
 }
 
 /**

@@ -15,6 +15,14 @@ export interface NftInfo {
   tableExists: boolean;
 }
 
+/** An nft started ahead of the transaction it will apply (NftRunner.prepareApply). */
+export interface PreparedApply {
+  /** Applies `tx` as NftRunner.apply does, through the nft already started. Once. */
+  apply(tx: NftTransaction): Promise<void>;
+  /** Ends the started nft with nothing to do (no-op after apply); every PreparedApply must get one of the two. */
+  cancel(): void;
+}
+
 export interface NftRunner {
   readonly family: 'inet';
   /** the one table this runner reads and writes */
@@ -29,6 +37,12 @@ export interface NftRunner {
   check(tx: NftTransaction): Promise<void>;
   /** Runs the transaction as one atomic batch (`nft -f -`): all of it or nothing. Throws NFT_* errors. */
   apply(tx: NftTransaction): Promise<void>;
+  /**
+   * Starts the nft of a coming table replacement now, to apply it with once it is compiled (its start-up then
+   * overlaps the compile, its parse the render: exec.ts). Null (or absent) when the runner cannot; nothing else
+   * may run through the runner until the prepared apply is applied or cancelled.
+   */
+  prepareApply?(): PreparedApply | null;
   /**
    * Reads our table back; null when it does not exist. With `elements: false`
    * map elements are not listed (`nft -t`: cost independent of map sizes) and

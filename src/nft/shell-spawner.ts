@@ -21,7 +21,9 @@
  * command included); a dead shell is started again on the next request.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { isFifo, openWriter, releaseReader, WRITE_PIECE_CHARS, writeStream } from './fifo-stream.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -44,12 +46,15 @@ const ARG_RE = /^[A-Za-z0-9_./:=-]+$/;
 const LOOP = `set -f
 D=$1
 shift
+[ -p "$D/pipe" ] || mkfifo -m 600 "$D/pipe" 2>/dev/null
 while IFS= read -r line; do
   id=\${line%% *}
   args=\${line#* }
   [ "$args" = "$line" ] && args=
   "$@" $args <"$D/in" >"$D/out" 2>"$D/err"
-  echo "$id $?"
+  rc=$?
+  [ -p "$D/pipe" ] || mkfifo -m 600 "$D/pipe" 2>/dev/null
+  echo "$id $rc"
 done`;
 
 const DIR_PREFIX = 'secgroup-nft-';
@@ -62,8 +67,6 @@ const DIR_PREFIX = 'secgroup-nft-';
  */
 export const SMALL_INPUT_CHARS = 64 * 1024;
 
-/** Characters gathered into one write(2) of a bigger input. */
-const WRITE_PIECE_CHARS = 64 * 1024;
 /** Characters written between two turns of the event loop. */
 const YIELD_EVERY_CHARS = 1024 * 1024;
 
@@ -103,6 +106,18 @@ async function writePieces(file: string, chunks: Iterable<string>): Promise<void
   }
 }
 
+/** A streamed call (ShellSpawner.openStream): its command started, reading a FIFO that gets its input. */
+export interface StreamCall {
+  /**
+   * Writes `chunks` into the command's input as they come (the first chunk at most PIPE_BUF bytes, in one
+   * write), ends it, and resolves with the command's output and exit code. Once per call. Rejects with what the
+   * chunks throw after killing the command (it never sees the end of a cut input), or on timeout.
+   */
+  send(chunks: Iterable<string>): Promise<SpawnResult>;
+  /** Ends the input with nothing written (the command reads an empty input: nft does nothing); no-op after send. */
+  cancel(): void;
+}
+
 /** The input of one call: all of it (small), or the chunks to write in pieces (bigger). */
 type Input = string | Iterable<string>;
 
@@ -139,6 +154,7 @@ export function removeStaleDirs(): void {
       if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
       const path = join(tmpdir(), name);
       if (uid !== undefined && statSync(path).uid !== uid) continue;
+      releaseReader(join(path, 'pipe'));
       rmSync(path, { recursive: true, force: true });
     }
   } catch {
@@ -190,6 +206,41 @@ export class ShellSpawner {
       () => void this.running--,
     );
     return p;
+  }
+
+  /**
+   * Starts `command args... <dir>/pipe` as soon as the shell is free (now when it is idle), its input given
+   * later with send() (see the module comment); null when there is no FIFO (mkfifo failed, or the shell was
+   * killed since its last call: use run(), which starts it again).
+   * Calls after it wait for it: every StreamCall must get send() or cancel() (the timeout kills it otherwise).
+   */
+  openStream(args: readonly string[]): StreamCall | null {
+    for (const a of args) if (!ARG_RE.test(a)) throw new Error(`internal: unsafe argument ${JSON.stringify(a)}`);
+    // no FIFO: mkfifo failed, or the shell was killed (a timeout, a cut input) since it last made one
+    if (this.closed || !this.dir || !isFifo(join(this.dir, 'pipe'))) return null;
+    let give!: (chunks: Iterable<string> | null) => void;
+    const input = new Promise<Iterable<string> | null>((resolve) => (give = resolve));
+    const p = this.queue.then(() => this.runStream(args, input));
+    this.running++;
+    this.queue = p.then(
+      () => void this.running--,
+      () => void this.running--,
+    );
+    p.catch(() => undefined); // a cancelled call's failure is nobody's to handle; send() returns p itself
+    let given = false;
+    return {
+      send: (chunks) => {
+        if (given) throw new Error('internal: a streamed call takes its input once');
+        given = true;
+        give(chunks);
+        return p;
+      },
+      cancel: () => {
+        if (given) return;
+        given = true;
+        give(null);
+      },
+    };
   }
 
   /** Stops the shell and removes its directory. */
@@ -268,6 +319,59 @@ export class ShellSpawner {
       rmSync(this.dir, { recursive: true, force: true });
       liveDirs.delete(this.dir);
       this.dir = null;
+    }
+  }
+
+  private async runStream(args: readonly string[], input: Promise<Iterable<string> | null>): Promise<SpawnResult> {
+    if (this.closed) throw new Error('the nft helper shell was stopped');
+    const child = this.child ?? this.start();
+    const dir = this.dir!;
+    const pipe = join(dir, 'pipe');
+    const id = ++this.seq;
+    this.busy(child);
+    let timer: NodeJS.Timeout | undefined;
+    let exited = false;
+    let out: Socket | null = null;
+    try {
+      const exit = new Promise<number>((resolve, reject) => {
+        this.waiting = { id, resolve, reject };
+        timer = setTimeout(() => {
+          this.waiting = null;
+          this.kill();
+          reject(new SpawnTimeoutError(`timed out after ${this.timeoutMs} ms`));
+        }, this.timeoutMs);
+        child.stdin!.write(`${id} ${[...args, pipe].join(' ')}\n`);
+      });
+      const settled = exit.then(
+        () => void (exited = true),
+        () => void (exited = true),
+      );
+      const chunks = await Promise.race([input, settled.then(() => null)]);
+      // opened for writing once the command has the FIFO open for reading: what a pipe holds before that is lost
+      const fd = await openWriter(pipe, settled);
+      if (fd !== null) {
+        // the command holds it open; unlinked, its name cannot be opened again: nft reopens its input file to
+        // quote the line an error points at, which on a FIFO would wait for a writer forever (the shell makes a new one)
+        unlinkSync(pipe);
+        out = new Socket({ fd, readable: false, writable: true });
+        out.on('error', () => undefined); // EPIPE: the command exited early; its exit code and stderr say why
+        if (chunks && !exited) {
+          try {
+            await writeStream(out, chunks, settled, () => exited);
+          } catch (e) {
+            // a cut input must never reach its end: the command dies before the FIFO closes (finally)
+            if (this.child === child) this.kill();
+            throw e;
+          }
+        }
+        out.destroy(); // the end of the input (cancelled: an empty one)
+      }
+      const exitCode = await exit;
+      return { stdout: readFileSync(join(dir, 'out'), 'utf8'), stderr: readFileSync(join(dir, 'err'), 'utf8'), exitCode };
+    } finally {
+      clearTimeout(timer);
+      out?.destroy();
+      if (this.child === child) this.idle(child);
     }
   }
 
