@@ -62,7 +62,13 @@ function timed(nft: NftRunner, log: [string, number, number][], t0: () => number
     prepareApply: () => {
       const p = nft.prepareApply?.() ?? null;
       log.push(['prepareApply', performance.now() - t0(), performance.now() - t0()]);
-      return p && { apply: wrap('apply (prepared)', (tx) => p.apply(tx)), cancel: () => p.cancel() };
+      return (
+        p && {
+          ...(p.begin ? { begin: (table: string, chains: Parameters<NonNullable<typeof p.begin>>[1]) => (log.push(['begin', performance.now() - t0(), performance.now() - t0()]), p.begin!(table, chains)) } : {}),
+          apply: wrap('apply (prepared)', (tx) => p.apply(tx)),
+          cancel: () => p.cancel(),
+        }
+      );
     },
   };
 }

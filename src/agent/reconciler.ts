@@ -65,6 +65,7 @@
 import type { Timer } from '../lib/clock.js';
 import { SecgroupError, asSecgroupError, errorMessage } from '../lib/errors.js';
 import type { Compiled } from '../nft/compile.js';
+import type { Chain } from '../nft/model.js';
 import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
@@ -481,7 +482,10 @@ export class Reconciler {
       // a replacement of a table known to be absent: its nft starts now and parses the script as it is rendered (runner.ts prepareApply)
       if (absent && replacing && !this.o.checkBeforeApply) early = nft.prepareApply?.() ?? null;
       this.absentAtProbe = false;
-      let plan = repair ?? planSync({ ...input, needFullSync: this.forceFull });
+      // the nft started early gets the rule chains as soon as the compile has them, and parses them while the rest compiles
+      const started = early;
+      const onRuleChains = started?.begin ? (chains: readonly Chain[]) => started.begin!(nft.table, chains) : undefined;
+      let plan = repair ?? planSync({ ...input, needFullSync: this.forceFull, ...(onRuleChains ? { onRuleChains } : {}) });
       if (plan.membershipFull !== undefined) {
         logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);
       }

@@ -20,12 +20,13 @@
  */
 import { execa, ExecaError } from 'execa';
 import type { Writable } from 'node:stream';
-import { renderTransactionChunks } from './render.js';
+import { renderScriptHead, renderScriptRest, renderTransactionChunks } from './render.js';
 import { chainCounters, ruleCounters, type RuleCounters } from './counters.js';
 import { nftError, nftNotFound, nftTimeout, type NftInfo, type NftRunner, type PreparedApply } from './runner.js';
 import { parseMarker, parseTableReadback, type ChainReadback, type Counter, type TableReadback } from './readback.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
-import { MARKER_SET, assertName } from './model.js';
+import { MARKER_SET, assertName, type Chain, type Table } from './model.js';
+import { isRuleChainName } from './names.js';
 import { ShellSpawner, SpawnTimeoutError, type SpawnResult, type StreamCall } from './shell-spawner.js';
 import { errorMessage } from '../lib/errors.js';
 
@@ -75,6 +76,16 @@ async function feed(stdin: Writable, chunks: Iterable<string>): Promise<void> {
     }
   }
   stdin.end();
+}
+
+/** Whether `table`'s rule chains are exactly `sent` (the same objects, in order): the script head already handed to nft is its own. */
+function headSentOf(table: Table, sent: readonly Chain[]): boolean {
+  let k = 0;
+  for (const c of table.chains) {
+    if (!isRuleChainName(c.name)) continue;
+    if (sent[k++] !== c) return false;
+  }
+  return k === sent.length;
 }
 
 export class ExecaNftRunner implements NftRunner {
@@ -180,17 +191,32 @@ export class ExecaNftRunner implements NftRunner {
     const call: StreamCall | null = this.spawner?.openStream(['-f']) ?? null;
     if (!call) return null;
     let used = false;
+    // the rule chains handed over with begin(), as the table must hold them for the rest to follow them
+    let sent: readonly Chain[] | null = null;
     return {
+      begin: (table, ruleChains) => {
+        if (used || sent || table !== this.table) return;
+        try {
+          call.write(renderScriptHead(this.family, table, ruleChains));
+          sent = ruleChains;
+        } catch {
+          // a render error: the call is cut (nft killed); apply() finds it failed and applies as apply() does
+          used = true;
+        }
+      },
       apply: async (tx) => {
-        if (used) throw new Error('internal: a prepared apply runs once');
-        used = true;
-        const op = tx.ops[0];
-        if (tx.ops.length !== 1 || op?.op !== 'replace-table' || op.previous) {
-          // only a replacement's script is safe to stream (module comment): the prepared nft reads nothing
+        const op = tx.ops.length === 1 && tx.ops[0]?.op === 'replace-table' && !tx.ops[0].previous ? tx.ops[0] : null;
+        if (used || !op || (sent && (op.counters || !headSentOf(op.table, sent)))) {
+          // only a replacement's script is safe to stream (module comment), after the very head sent: nft stopped, applied as apply() does
+          used = true;
           call.cancel();
           return this.apply(tx);
         }
-        await this.helped('nft -f', call.send(this.script(tx)));
+        used = true;
+        assertOwnTable(tx);
+        if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
+        const chunks = sent ? renderScriptRest(op.table, op.counters) : this.script(tx);
+        await this.helped('nft -f', call.send(chunks));
       },
       cancel: () => {
         if (used) return;

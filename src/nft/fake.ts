@@ -14,7 +14,7 @@ import { renderTable } from './render.js';
 import { nftFailed, nftMissingObject, type NftInfo, type NftRunner, type PreparedApply } from './runner.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
-type Method = 'probe' | 'check' | 'apply' | 'prepareApply' | 'cancelPrepared' | 'readTable' | 'readCounters' | 'readRuleCounters' | 'readMarker';
+type Method = 'probe' | 'check' | 'apply' | 'prepareApply' | 'beginPrepared' | 'cancelPrepared' | 'readTable' | 'readCounters' | 'readRuleCounters' | 'readMarker';
 
 /**
  * A copy that shares nothing the agent or this fake changes later: the table,
@@ -61,13 +61,19 @@ export class FakeNft implements NftRunner {
 
   /** prepareApply() offers an nft started early (as the real runner with its helper does); off: it returns null */
   preparable = false;
+  /** the rule chains the last prepared apply's begin() got */
+  begun: readonly Chain[] | null = null;
 
-  /** Records 'prepareApply'; its apply is this.apply (recorded as 'apply'), its cancel records 'cancelPrepared'. */
+  /** Records 'prepareApply'; its begin records 'beginPrepared' (and keeps the chains: `begun`), its apply is this.apply (recorded as 'apply'), its cancel records 'cancelPrepared'. */
   prepareApply(): PreparedApply | null {
     if (!this.preparable) return null;
     this.calls.push({ method: 'prepareApply' });
     let used = false;
     return {
+      begin: (_table, ruleChains) => {
+        this.calls.push({ method: 'beginPrepared' });
+        this.begun = ruleChains;
+      },
       apply: (tx) => {
         if (used) throw new Error('internal: a prepared apply runs once');
         used = true;

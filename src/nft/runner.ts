@@ -7,6 +7,7 @@ import { SecgroupError, type ErrorCode } from '../lib/errors.js';
 import type { RuleCounters } from './counters.js';
 import type { Counter, TableReadback } from './readback.js';
 import type { NftTransaction } from './transaction.js';
+import type { Chain } from './model.js';
 
 export interface NftInfo {
   /** e.g. "1.0.6" */
@@ -17,6 +18,12 @@ export interface NftInfo {
 
 /** An nft started ahead of the transaction it will apply (NftRunner.prepareApply). */
 export interface PreparedApply {
+  /**
+   * Hands nft the rule chains of the coming replacement of table `table` (compile.ts onRuleChains: the objects the
+   * table will hold, in its order), to parse while the rest compiles. Optional; a render error here is not thrown
+   * (the started nft is stopped and apply() applies as NftRunner.apply does).
+   */
+  begin?(table: string, ruleChains: readonly Chain[]): void;
   /** Applies `tx` as NftRunner.apply does, through the nft already started. Once. */
   apply(tx: NftTransaction): Promise<void>;
   /** Ends the started nft with nothing to do (no-op after apply); every PreparedApply must get one of the two. */

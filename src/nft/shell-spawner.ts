@@ -22,8 +22,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
-import { Socket } from 'node:net';
-import { isFifo, openWriter, releaseReader, WRITE_PIECE_CHARS, writeStream } from './fifo-stream.js';
+import { FifoFeed, isFifo, openWriter, PIPE_BUF, releaseReader, WRITE_PIECE_CHARS } from './fifo-stream.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -109,14 +108,27 @@ async function writePieces(file: string, chunks: Iterable<string>): Promise<void
 /** A streamed call (ShellSpawner.openStream): its command started, reading a FIFO that gets its input. */
 export interface StreamCall {
   /**
-   * Writes `chunks` into the command's input as they come (the first chunk at most PIPE_BUF bytes, in one
-   * write), ends it, and resolves with the command's output and exit code. Once per call. Rejects with what the
-   * chunks throw after killing the command (it never sees the end of a cut input), or on timeout.
+   * Writes `chunks` into the command's input (rendered now, written in the thread pool from here: the caller goes
+   * on while the command reads it); more follows. The input's first chunk must be at most PIPE_BUF bytes (it is
+   * written alone, whole). Throws what the chunks throw, after killing the command (it never sees the end of a
+   * cut input); send() then rejects with the same error.
+   */
+  write(chunks: Iterable<string>): void;
+  /**
+   * Writes `chunks` as write() does, waiting for the command to read when a megabyte is queued, then ends the
+   * input; resolves with the command's output and exit code. Once per call. Rejects with what the chunks throw
+   * (the command killed first), or on timeout.
    */
   send(chunks: Iterable<string>): Promise<SpawnResult>;
-  /** Ends the input with nothing written (the command reads an empty input: nft does nothing); no-op after send. */
+  /**
+   * Ends the call: with nothing written, the command reads an empty input (nft does nothing); after write(), the
+   * command is killed (a cut input never reaches its end). No-op after send.
+   */
   cancel(): void;
 }
+
+/** How a streamed call's input ended: whole, cancelled before anything was written, or cut by an error. */
+type StreamEnd = { how: 'end' } | { how: 'cut'; error: Error };
 
 /** The input of one call: all of it (small), or the chunks to write in pieces (bigger). */
 type Input = string | Iterable<string>;
@@ -218,27 +230,75 @@ export class ShellSpawner {
     for (const a of args) if (!ARG_RE.test(a)) throw new Error(`internal: unsafe argument ${JSON.stringify(a)}`);
     // no FIFO: mkfifo failed, or the shell was killed (a timeout, a cut input) since it last made one
     if (this.closed || !this.dir || !isFifo(join(this.dir, 'pipe'))) return null;
-    let give!: (chunks: Iterable<string> | null) => void;
-    const input = new Promise<Iterable<string> | null>((resolve) => (give = resolve));
-    const p = this.queue.then(() => this.runStream(args, input));
+    const feed = new FifoFeed();
+    const pipe = join(this.dir, 'pipe');
+    let end!: (e: StreamEnd) => void;
+    const ended = new Promise<StreamEnd>((resolve) => (end = resolve));
+    // idle: the request leaves within this call, so nft starts while the caller compiles (synchronous work: a
+    // promise callback would wait for it to end)
+    const p = this.running === 0 ? this.runStream(args, feed, ended) : this.queue.then(() => this.runStream(args, feed, ended));
     this.running++;
     this.queue = p.then(
       () => void this.running--,
       () => void this.running--,
     );
     p.catch(() => undefined); // a cancelled call's failure is nobody's to handle; send() returns p itself
-    let given = false;
+    let done = false;
+    let first = true;
+    /** The input's first chunk goes alone (at most PIPE_BUF bytes); true when `chunk` was that one. */
+    const tookFirst = (chunk: string): boolean => {
+      if (!first) return false;
+      first = false;
+      if (Buffer.byteLength(chunk) > PIPE_BUF) throw new Error(`internal: the first chunk of a streamed input is ${Buffer.byteLength(chunk)} bytes, over PIPE_BUF (${PIPE_BUF})`);
+      feed.push(chunk);
+      return true;
+    };
+    const cut = (e: unknown): Error => {
+      const error = e instanceof Error ? e : new Error(String(e));
+      done = true;
+      end({ how: 'cut', error });
+      return error;
+    };
     return {
-      send: (chunks) => {
-        if (given) throw new Error('internal: a streamed call takes its input once');
-        given = true;
-        give(chunks);
+      write: (chunks) => {
+        if (done) throw new Error('internal: a streamed call ended already');
+        // rendered whole now, so that the caller's next synchronous work runs while the thread pool writes it
+        feed.attachIfRead(pipe);
+        let text = '';
+        try {
+          for (const chunk of chunks) if (!tookFirst(chunk)) text += chunk;
+        } catch (e) {
+          throw cut(e);
+        }
+        feed.push(text);
+      },
+      send: async (chunks) => {
+        if (done) return p;
+        let piece = '';
+        try {
+          for (const chunk of chunks) {
+            if (tookFirst(chunk)) continue;
+            piece += chunk;
+            if (piece.length < WRITE_PIECE_CHARS) continue;
+            feed.push(piece);
+            piece = '';
+            await feed.room();
+          }
+        } catch (e) {
+          cut(e);
+          return p;
+        }
+        feed.push(piece);
+        done = true;
+        end({ how: 'end' });
         return p;
       },
       cancel: () => {
-        if (given) return;
-        given = true;
-        give(null);
+        if (done) return;
+        // after part of the input: cut (the command killed), never ended
+        if (!first) return void cut(new Error('the streamed input was cancelled part-way'));
+        done = true;
+        end({ how: 'end' });
       },
     };
   }
@@ -322,7 +382,7 @@ export class ShellSpawner {
     }
   }
 
-  private async runStream(args: readonly string[], input: Promise<Iterable<string> | null>): Promise<SpawnResult> {
+  private async runStream(args: readonly string[], feed: FifoFeed, ended: Promise<StreamEnd>): Promise<SpawnResult> {
     if (this.closed) throw new Error('the nft helper shell was stopped');
     const child = this.child ?? this.start();
     const dir = this.dir!;
@@ -330,8 +390,6 @@ export class ShellSpawner {
     const id = ++this.seq;
     this.busy(child);
     let timer: NodeJS.Timeout | undefined;
-    let exited = false;
-    let out: Socket | null = null;
     try {
       const exit = new Promise<number>((resolve, reject) => {
         this.waiting = { id, resolve, reject };
@@ -343,34 +401,33 @@ export class ShellSpawner {
         child.stdin!.write(`${id} ${[...args, pipe].join(' ')}\n`);
       });
       const settled = exit.then(
-        () => void (exited = true),
-        () => void (exited = true),
+        () => feed.stop(),
+        () => feed.stop(),
       );
-      const chunks = await Promise.race([input, settled.then(() => null)]);
       // opened for writing once the command has the FIFO open for reading: what a pipe holds before that is lost
-      const fd = await openWriter(pipe, settled);
+      const fd = await openWriter(pipe, settled, () => feed.attached);
       if (fd !== null) {
-        // the command holds it open; unlinked, its name cannot be opened again: nft reopens its input file to
-        // quote the line an error points at, which on a FIFO would wait for a writer forever (the shell makes a new one)
-        unlinkSync(pipe);
-        out = new Socket({ fd, readable: false, writable: true });
-        out.on('error', () => undefined); // EPIPE: the command exited early; its exit code and stderr say why
-        if (chunks && !exited) {
-          try {
-            await writeStream(out, chunks, settled, () => exited);
-          } catch (e) {
-            // a cut input must never reach its end: the command dies before the FIFO closes (finally)
-            if (this.child === child) this.kill();
-            throw e;
-          }
+        if (feed.attached) closeSync(fd); // attached already by a write() (FifoFeed.attachIfRead)
+        else {
+          // the command holds it open; unlinked, its name cannot be opened again: nft reopens its input file to
+          // quote the line an error points at, which on a FIFO would wait for a writer forever (the shell makes a new one)
+          unlinkSync(pipe);
+          feed.attach(fd);
         }
-        out.destroy(); // the end of the input (cancelled: an empty one)
       }
+      const how = await Promise.race([ended, settled.then(() => null)]);
+      if (how?.how === 'cut') {
+        // a cut input must never reach its end: the command dies before the FIFO closes (finally)
+        if (this.child === child) this.kill();
+        throw how.error;
+      }
+      await feed.drained();
+      feed.close(); // the end of the input (cancelled: of an empty one)
       const exitCode = await exit;
       return { stdout: readFileSync(join(dir, 'out'), 'utf8'), stderr: readFileSync(join(dir, 'err'), 'utf8'), exitCode };
     } finally {
       clearTimeout(timer);
-      out?.destroy();
+      feed.close();
       if (this.child === child) this.idle(child);
     }
   }

@@ -8,12 +8,34 @@
  *
  *   node --import tsx test/helpers/stream-and-die.ts <netns> <chunks>
  */
+import { existsSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { compilePolicy } from '../../src/nft/compile.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
 import { replaceTableTx } from '../../src/nft/transaction.js';
 import { policy } from '../unit/agent/fixtures.js';
+import { policyOf } from './policies.js';
 
 const [ns, after] = process.argv.slice(2);
+if (after === 'head') {
+  const nft = new ExecaNftRunner({ table: 'secgroup', command: ['ip', 'netns', 'exec', ns!, 'nft'], helper: true });
+  await nft.probe();
+  const prepared = nft.prepareApply();
+  if (!prepared?.begin) throw new Error('no prepared apply with begin()');
+  // a policy whose rule chains alone are ~1 MB: far more than a pipe holds
+  const rules = Array.from({ length: 3000 }, (_, i) => ({ protocol: 'tcp' as const, multiport: String(1000 + i), remote_ip_prefix: `198.18.${i >> 8}.${i & 255}/32` }));
+  // nft started and this process holds the FIFO for writing: the helper unlinks it then (shell-spawner.ts runStream)
+  const dir = readdirSync(tmpdir()).find((d) => d.startsWith(`secgroup-nft-${process.pid}-`));
+  for (let i = 0; i < 500 && dir && existsSync(join(tmpdir(), dir, 'pipe')); i++) await new Promise((r) => setTimeout(r, 10));
+  process.stdout.write(`pid ${process.pid} head\n`);
+  compilePolicy(policyOf(rules), {
+    onRuleChains: (chains) => {
+      prepared.begin!('secgroup', chains);
+      process.kill(process.pid, 'SIGKILL');
+    },
+  });
+}
 const nft = new ExecaNftRunner({ table: 'secgroup', command: ['ip', 'netns', 'exec', ns!, 'nft'], helper: true });
 await nft.probe(); // the helper shell made its FIFO
 const prepared = nft.prepareApply();

@@ -1,6 +1,6 @@
 /** The execa nft runner against the real kernel, inside a namespace of its own. */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -14,6 +14,7 @@ import { findDrift } from '../../src/nft/readback.js';
 import { deleteTableTx, replaceTableTx } from '../../src/nft/transaction.js';
 import { renderTransactionChunks } from '../../src/nft/render.js';
 import { PIPE_BUF } from '../../src/nft/fifo-stream.js';
+import { removeStaleDirs } from '../../src/nft/shell-spawner.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
 import { kernelSkipReason } from '../helpers/agent-lab.js';
 import { policy } from '../unit/agent/fixtures.js';
@@ -214,6 +215,12 @@ describe.skipIf(skip !== null)(`prepared applies and cut scripts against the ker
     const bad = { ...b.table, chains: [...b.table.chains, { name: 'r_bad', rules: [{ exprs: [{ kind: 'match' as const, left: sel.nfproto, op: '==' as const, right: v.num(-1) }] }] }] };
     await expect(nft.prepareApply()!.apply(replaceTableTx(bad))).rejects.toThrow(/internal: bad/);
     expect((await nft.readTable())!.fingerprint).toBe(streamed!.fingerprint);
+    // the rule chains handed over while the compile goes on (begin), the rest after: the same table again
+    await nft.apply(replaceTableTx(c.table));
+    const early = nft.prepareApply()!;
+    const again = compilePolicy(policy(6, { members: Array.from({ length: 5000 }, (_, i) => `198.18.${100 + (i >> 8)}.${i & 255}`) }), { onRuleChains: (chains) => early.begin!('secgroup', chains) });
+    await early.apply(replaceTableTx(again.table));
+    expect((await nft.readTable())!.fingerprint).toBe(streamed!.fingerprint);
     // one nft refuses (a jump to a chain that does not exist): its error, at once (nft quotes the failing line by
     // opening its input file again, which must not wait on the FIFO), and the table as it was
     const dangling = { ...b.table, chains: [...b.table.chains, { name: 'r_dangling', rules: [{ exprs: [{ kind: 'verdict' as const, verdict: jump('r_no_such_chain') }] }] }] };
@@ -254,17 +261,19 @@ describe.skipIf(skip !== null)(`prepared applies and cut scripts against the ker
     const c = compilePolicy(policy(4));
     await nft.apply(replaceTableTx(c.table));
     const before = (await nft.readTable())!.fingerprint;
-    for (const after of ['1', '2', 'half']) {
+    for (const after of ['1', '2', 'half', 'head']) {
       const child = spawnSync(process.execPath, ['--import', 'tsx', join(REPO, 'test/helpers/stream-and-die.ts'), ns, after], { cwd: REPO, encoding: 'utf8', timeout: 60_000 });
       expect({ signal: child.signal, stderr: child.stderr }).toMatchObject({ signal: 'SIGKILL' });
       const pid = /pid (\d+)/.exec(child.stdout)?.[1];
       expect(pid).toBeDefined();
-      // its helper shell and nft live on (own process group): nft gets the end of input, refuses it, and exits
+      // its helper shell and nft live on (own process group): nft gets the end of input, refuses it, and exits; an
+      // nft still waiting for the FIFO's writer (the process died before it opened it) or quoting its error line
+      // (died before the unlink) is let go by the next agent's start (removeStaleDirs), as here
+      removeStaleDirs();
       for (let i = 0; i < 100 && spawnSync('pgrep', ['-f', `secgroup-nft-${pid}-`]).status === 0; i++) await new Promise((r) => setTimeout(r, 50));
       expect(spawnSync('pgrep', ['-f', `secgroup-nft-${pid}-`]).status).toBe(1);
       expect((await nft.readTable())!.fingerprint).toBe(before);
       expect(await nft.readMarker()).toBe(c.table.marker);
-      for (const d of readdirSync(tmpdir())) if (d.startsWith(`secgroup-nft-${pid}-`)) rmSync(join(tmpdir(), d), { recursive: true, force: true });
     }
   });
 });

@@ -615,9 +615,16 @@ describe('reconciler', () => {
     r.noteTableAbsent();
     expect(await r.submit(watched, 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
     expect(seen.length).toBeGreaterThan(0);
-    for (const calls of seen) expect(calls).toEqual(['prepareApply']);
+    expect(seen[0]).toEqual(['prepareApply']);
     await r.idle();
-    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'apply', 'readMarker']);
+    // the rule chains went to nft during the compile: the very chains of the table applied, in its order
+    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'beginPrepared', 'apply', 'readMarker']);
+    const applied = nft.calls.find((c) => c.method === 'apply')!.tx!.ops[0]!;
+    expect(applied.op).toBe('replace-table');
+    const ruleChains = applied.op === 'replace-table' ? applied.table.chains.filter((c) => c.name.startsWith('r_')) : [];
+    expect(ruleChains.length).toBeGreaterThan(0);
+    expect(nft.begun).toHaveLength(ruleChains.length);
+    nft.begun!.forEach((c, i) => expect(c).toBe(ruleChains[i]));
     expect(tableRevision(nft)).toBe('1');
     // later syncs are not first applies over an absent table: no nft started early
     expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
@@ -631,10 +638,10 @@ describe('reconciler', () => {
     // the apply through the prepared nft fails: the next attempt (forced full) starts no early nft and reads counts to carry
     nft.failNext('apply');
     expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'failed' });
-    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'apply']);
+    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'beginPrepared', 'apply']);
     await clock.advance(1000);
     await r.idle();
-    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'apply', 'readRuleCounters', 'apply', 'readMarker']);
+    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'beginPrepared', 'apply', 'readRuleCounters', 'apply', 'readMarker']);
     expect(tableRevision(nft)).toBe('1');
     // a compile that throws: the early nft is cancelled, not left waiting for a script
     const { nft: nft2, r: r2 } = setup({ checkBeforeApply: false });
