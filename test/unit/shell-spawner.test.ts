@@ -4,7 +4,7 @@
  * shell started again, unsafe arguments refused, cleanup; streamed calls
  * (openStream: the command started before its input, reading a FIFO).
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -245,6 +245,34 @@ describe('ShellSpawner', () => {
         expect(r.stdout === expected).toBe(true);
         // the shell serves the next call as before
         expect((await s.run(['warm'])).exitCode).toBe(0);
+      } finally {
+        done();
+      }
+    });
+
+    it('starts the command within openStream, and write() feeds it while the caller is busy with synchronous work (the compile)', async () => {
+      const { dir, done } = scratch();
+      try {
+        const got = join(dir, 'got');
+        const s = make(['sh', '-c', `[ "$1" = warm ] && exit 0; echo > ${dir}/started; cat "$2" > ${got}`, 'fake-nft']);
+        await s.run(['warm']);
+        const call = open(s, ['-f']);
+        const sleeper = new Int32Array(new SharedArrayBuffer(4));
+        // no turn of the event loop from here until the command has read what write() gave it
+        for (let i = 0; i < 2000 && !existsSync(join(dir, 'started')); i++) Atomics.wait(sleeper, 0, 0, 5);
+        expect(existsSync(join(dir, 'started'))).toBe(true);
+        for (let i = 0; i < 400; i++) Atomics.wait(sleeper, 0, 0, 5); // the command opened the FIFO
+        const head = `table inet secgroup {\n${'\tchain r_x { }\n'.repeat(60_000)}`; // ~1 MB: far more than the pipe holds
+        call.write(['table inet secgroup {\n', head.slice('table inet secgroup {\n'.length)].values());
+        let size = 0;
+        for (let i = 0; i < 4000 && size < head.length; i++) {
+          Atomics.wait(sleeper, 0, 0, 5);
+          size = existsSync(got) ? statSync(got).size : 0;
+        }
+        expect(size).toBe(head.length);
+        const r = await call.send(['}\n'].values());
+        expect(r.exitCode).toBe(0);
+        expect(readFileSync(got, 'utf8')).toBe(`${head}}\n`);
       } finally {
         done();
       }
