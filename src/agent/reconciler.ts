@@ -65,12 +65,10 @@
 import type { Timer } from '../lib/clock.js';
 import { SecgroupError, asSecgroupError, errorMessage } from '../lib/errors.js';
 import type { Compiled } from '../nft/compile.js';
-import type { Chain } from '../nft/model.js';
 import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import { replaceTableTx } from '../nft/transaction.js';
-import type { PreparedApply } from '../nft/runner.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 import type { DriftWatch } from './drift-monitor.js';
@@ -470,7 +468,6 @@ export class Reconciler {
     const t0 = clock.monotonic();
     const log = { revision: policy.revision, source };
     const endBurst = change === null && !repair ? this.o.heapBurst?.(burstWork(policy)) : undefined;
-    let early: PreparedApply | null = null;
     try {
       const input = { policy, change, applied: this.applied, table: nft.table, platform: this.platform, incremental: this.o.incremental };
       // nothing applied yet, or a full sync forced: the plan replaces the table, carrying the counts read from it;
@@ -479,27 +476,15 @@ export class Reconciler {
       const absent = this.absentAtProbe || (repair?.kind === 'full' && repair.fresh === true);
       const replacing = !repair && (!this.applied || this.forceFull);
       let carried = absent ? NOTHING_TO_CARRY : replacing ? countsToCarry(nft, logger) : null;
-      // a replacement of a table known to be absent: its nft starts now and parses the script as it is rendered (runner.ts prepareApply)
-      if (absent && replacing && !this.o.checkBeforeApply) early = nft.prepareApply?.() ?? null;
       this.absentAtProbe = false;
-      // the nft started early gets the rule chains as soon as the compile has them, and parses them while the rest compiles
-      const started = early;
-      const onRuleChains = started?.begin ? (chains: readonly Chain[]) => started.begin!(nft.table, chains) : undefined;
-      let plan = repair ?? planSync({ ...input, needFullSync: this.forceFull, ...(onRuleChains ? { onRuleChains } : {}) });
+      let plan = repair ?? planSync({ ...input, needFullSync: this.forceFull });
       if (plan.membershipFull !== undefined) {
         logger.debug({ event: 'membership_full', ...log, reason: plan.membershipFull }, `member change needs a full compile: ${plan.membershipFull}`);
       }
       let applied: { fingerprint: string; verifyMarker?: string };
       for (;;) {
         try {
-          // the nft started early serves the first attempt only (a fallback starts its own); the finally below ends it if unused
-          const prepared = early;
-          early = null;
-          try {
-            applied = await this.applyPlan(plan, carried, prepared);
-          } finally {
-            prepared?.cancel();
-          }
+          applied = await this.applyPlan(plan, carried);
           break;
         } catch (e) {
           if (plan.kind === 'full' && plan.inPlace && asSecgroupError(e, 'sync').code === 'NFT_NOT_FOUND_OBJECT') {
@@ -536,19 +521,16 @@ export class Reconciler {
       this.forceFull = true;
       return { ok: false, error: asSecgroupError(e, 'sync') };
     } finally {
-      early?.cancel();
       endBurst?.();
     }
   }
 
   /**
    * Checks (when configured), applies and verifies the planned transaction; returns the fingerprint to compare later reads with.
-   * `carried`: the counts to carry into a replacement, read while compiling (else read here). `early`: an nft started
-   * for a replacement before the compile (syncOnce), which applies it when that is what the plan does; the
-   * caller cancels it otherwise. Throws what nft or `verifyApplied` throws.
+   * `carried`: the counts to carry into a replacement, read while compiling (else read here). Throws what nft or `verifyApplied` throws.
    * `verifyMarker`: a full reload whose marker read follows the ack (checkAfterAck).
    */
-  private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null, early: PreparedApply | null = null): Promise<{ fingerprint: string; verifyMarker?: string }> {
+  private async applyPlan(plan: SyncPlan, carried: Promise<RuleCounters | null> | null): Promise<{ fingerprint: string; verifyMarker?: string }> {
     if (plan.kind === 'noop') return { fingerprint: plan.fingerprint };
     const { nft, metrics } = this.o;
     // a full reload keeps our rules' counts (nft/counters.ts): in place it keeps the counter objects, a replacement carries what it reads first (syncOnce)
@@ -563,11 +545,7 @@ export class Reconciler {
     const watch = pausesMonitor(plan) ? this.driftWatch : null;
     watch?.before();
     try {
-      if (early && replace && !counters) await early.apply(tx);
-      else {
-        early?.cancel();
-        await nft.apply(tx);
-      }
+      await nft.apply(tx);
     } finally {
       watch?.after();
     }

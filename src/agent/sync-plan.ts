@@ -23,7 +23,7 @@
  * applied `Compiled` in place (that is how the fast path avoids copying big
  * maps), so after it fails to apply only a full reload is right.
  */
-import { compilePolicy, type CompileOptions, type Compiled } from '../nft/compile.js';
+import { compilePolicy, type Compiled } from '../nft/compile.js';
 import { planElementUpdate } from '../nft/diff.js';
 import { applyMembershipChange, type MembershipChange } from '../nft/membership.js';
 import { reloadInPlaceTx, replaceTableTx, type NftTransaction } from '../nft/transaction.js';
@@ -55,8 +55,6 @@ export interface SyncInput {
   incremental: boolean;
   /** only a full reload will do (the last sync failed, or the table drifted) */
   needFullSync: boolean;
-  /** passed to the compile (compile.ts CompileOptions) */
-  onRuleChains?: CompileOptions['onRuleChains'];
 }
 
 /**
@@ -104,7 +102,7 @@ export function planSync(i: SyncInput): SyncPlan {
     }
     membershipFull = fast.reason;
   }
-  const compiled = compilePolicy(i.policy, { table: i.table, platform: i.platform, ...(i.onRuleChains ? { onRuleChains: i.onRuleChains } : {}) });
+  const compiled = compilePolicy(i.policy, { table: i.table, platform: i.platform });
   const why = membershipFull === undefined ? {} : { membershipFull };
   if (prev && !i.needFullSync && prev.compiled.digest === compiled.digest) {
     return { kind: 'noop', compiled, tableComment: prev.tableComment, fingerprint: prev.fingerprint, ...why };

@@ -70,11 +70,6 @@ export const PRIORITY_FILTER = 0;
 export interface CompileOptions {
   table?: string;
   platform?: PlatformOptions;
-  /**
-   * Called with the rule chains (in the table's order, the very objects it will hold) as soon as they exist,
-   * before the rules are laid out: the agent hands them to an nft already started (render.ts renderScriptHead)
-   */
-  onRuleChains?: (ruleChains: readonly Chain[]) => void;
 }
 
 export interface RuleChainInfo {
@@ -186,8 +181,6 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
       rules: [{ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: r.action === 'allow' ? ACCEPT : DROP }], comment: comment(`${r.groupId}/${r.ruleId}`) }],
     });
   }
-
-  opts.onRuleChains?.(ruleChains);
 
   const jumps: Record<'input' | 'output', Rule[]> = { input: [], output: [] };
   for (const direction of ['ingress', 'egress'] as const) {

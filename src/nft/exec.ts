@@ -4,30 +4,20 @@
  * uses). Scripts go in on stdin (`nft -f -`) so a transaction is one batch,
  * streamed in the renderer's chunks with back-pressure (the whole text of a
  * big table never exists in memory at once); reads list our table only.
- * A script cut short must never reach nft's end of input (an in-place
- * reload's first lines are deletes, valid alone): when the renderer throws
- * part-way, nft started directly is killed before its stdin closes, and the
- * helper shell is never asked to run a half-written file.
- *
- * `prepareApply` starts the nft of a coming table replacement before the
- * table exists (the agent's first apply after a start that found no table):
- * through the helper it runs `nft -f` on a FIFO (shell-spawner.ts
- * openStream) and parses the script while the agent renders it, so nft's
- * start-up overlaps the compile and its parse the render. Only a replacement
- * goes this way: every prefix of its script longer than the first chunk
- * leaves the table block open (render.ts), so even this process dying
- * mid-script makes nft fail whole, our table untouched.
+ * A script cut short must never reach nft's end of input (its first chunk,
+ * `table ...{}` + `delete table ...`, is a valid script alone): when the
+ * renderer throws part-way, nft started directly is killed before its stdin
+ * closes, and the helper shell is never asked to run a half-written file.
  */
 import { execa, ExecaError } from 'execa';
 import type { Writable } from 'node:stream';
-import { renderScriptHead, renderScriptRest, renderTransactionChunks } from './render.js';
+import { renderTransactionChunks } from './render.js';
 import { chainCounters, ruleCounters, type RuleCounters } from './counters.js';
-import { nftError, nftNotFound, nftTimeout, type NftInfo, type NftRunner, type PreparedApply } from './runner.js';
+import { nftError, nftNotFound, nftTimeout, type NftInfo, type NftRunner } from './runner.js';
 import { parseMarker, parseTableReadback, type ChainReadback, type Counter, type TableReadback } from './readback.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
-import { MARKER_SET, assertName, type Chain, type Table } from './model.js';
-import { isRuleChainName } from './names.js';
-import { ShellSpawner, SpawnTimeoutError, type SpawnResult, type StreamCall } from './shell-spawner.js';
+import { MARKER_SET, assertName } from './model.js';
+import { ShellSpawner, SpawnTimeoutError, type SpawnResult } from './shell-spawner.js';
 import { errorMessage } from '../lib/errors.js';
 
 export interface ExecaNftOptions {
@@ -78,16 +68,6 @@ async function feed(stdin: Writable, chunks: Iterable<string>): Promise<void> {
   stdin.end();
 }
 
-/** Whether `table`'s rule chains are exactly `sent` (the same objects, in order): the script head already handed to nft is its own. */
-function headSentOf(table: Table, sent: readonly Chain[]): boolean {
-  let k = 0;
-  for (const c of table.chains) {
-    if (!isRuleChainName(c.name)) continue;
-    if (sent[k++] !== c) return false;
-  }
-  return k === sent.length;
-}
-
 export class ExecaNftRunner implements NftRunner {
   readonly family = 'inet' as const;
   readonly table: string;
@@ -119,23 +99,20 @@ export class ExecaNftRunner implements NftRunner {
     this.spawner?.close();
   }
 
-  /** The helper's answer to a call as the runner reports it: NFT_TIMEOUT, NFT_NOT_FOUND, nft's error, or its output. */
-  private async helped(what: string, call: Promise<SpawnResult>): Promise<RunResult> {
-    let r: SpawnResult;
-    try {
-      r = await call;
-    } catch (e) {
-      if (e instanceof SpawnTimeoutError) throw nftTimeout(what, this.timeoutMs, e);
-      throw nftError(what, errorMessage(e), undefined, e);
-    }
-    // 127: the shell did not find the command
-    if (r.exitCode === 127) throw nftNotFound(new Error(r.stderr.trim()));
-    if (r.exitCode !== 0) throw nftError(what, r.stderr, r.exitCode);
-    return { stdout: r.stdout, stderr: r.stderr };
-  }
-
   private async run(what: string, args: string[], input?: Iterable<string>): Promise<RunResult> {
-    if (this.spawner) return this.helped(what, this.spawner.run(args, input));
+    if (this.spawner) {
+      let r: SpawnResult;
+      try {
+        r = await this.spawner.run(args, input);
+      } catch (e) {
+        if (e instanceof SpawnTimeoutError) throw nftTimeout(what, this.timeoutMs, e);
+        throw nftError(what, errorMessage(e), undefined, e);
+      }
+      // 127: the shell did not find the command
+      if (r.exitCode === 127) throw nftNotFound(new Error(r.stderr.trim()));
+      if (r.exitCode !== 0) throw nftError(what, r.stderr, r.exitCode);
+      return { stdout: r.stdout, stderr: r.stderr };
+    }
     const [file, ...pre] = this.command;
     try {
       const sub = execa(file!, [...pre, ...args], { stdin: input === undefined ? 'ignore' : 'pipe', timeout: this.timeoutMs, stripFinalNewline: false, encoding: 'utf8' });
@@ -184,46 +161,6 @@ export class ExecaNftRunner implements NftRunner {
 
   async apply(tx: NftTransaction): Promise<void> {
     await this.run('nft -f', ['-f', '-'], this.script(tx));
-  }
-
-  /** See the module comment; null without the helper or its FIFO (apply() then does the same, nft started after the compile). */
-  prepareApply(): PreparedApply | null {
-    const call: StreamCall | null = this.spawner?.openStream(['-f']) ?? null;
-    if (!call) return null;
-    let used = false;
-    // the rule chains handed over with begin(), as the table must hold them for the rest to follow them
-    let sent: readonly Chain[] | null = null;
-    return {
-      begin: (table, ruleChains) => {
-        if (used || sent || table !== this.table) return;
-        try {
-          call.write(renderScriptHead(this.family, table, ruleChains));
-          sent = ruleChains;
-        } catch {
-          // a render error: the call is cut (nft killed); apply() finds it failed and applies as apply() does
-          used = true;
-        }
-      },
-      apply: async (tx) => {
-        const op = tx.ops.length === 1 && tx.ops[0]?.op === 'replace-table' && !tx.ops[0].previous ? tx.ops[0] : null;
-        if (used || !op || (sent && (op.counters || !headSentOf(op.table, sent)))) {
-          // only a replacement's script is safe to stream (module comment), after the very head sent: nft stopped, applied as apply() does
-          used = true;
-          call.cancel();
-          return this.apply(tx);
-        }
-        used = true;
-        assertOwnTable(tx);
-        if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
-        const chunks = sent ? renderScriptRest(op.table, op.counters) : this.script(tx);
-        await this.helped('nft -f', call.send(chunks));
-      },
-      cancel: () => {
-        if (used) return;
-        used = true;
-        call.cancel();
-      },
-    };
   }
 
   /** Our chains and their rules' counters (`nft -t -j list table`); null when the table does not exist. */

@@ -11,10 +11,10 @@ import { MARKER_SET, elementList, type Chain, type MapElement, type Table } from
 import { counterKey, ruleCounters, type RuleCounters } from './counters.js';
 import type { ChainReadback, Counter, TableReadback } from './readback.js';
 import { renderTable } from './render.js';
-import { nftFailed, nftMissingObject, type NftInfo, type NftRunner, type PreparedApply } from './runner.js';
+import { nftFailed, nftMissingObject, type NftInfo, type NftRunner } from './runner.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
-type Method = 'probe' | 'check' | 'apply' | 'prepareApply' | 'beginPrepared' | 'cancelPrepared' | 'readTable' | 'readCounters' | 'readRuleCounters' | 'readMarker';
+type Method = 'probe' | 'check' | 'apply' | 'readTable' | 'readCounters' | 'readRuleCounters' | 'readMarker';
 
 /**
  * A copy that shares nothing the agent or this fake changes later: the table,
@@ -57,34 +57,6 @@ export class FakeNft implements NftRunner {
   constructor(opts: { table?: string; version?: string } = {}) {
     this.table = opts.table ?? 'secgroup';
     this.version = opts.version ?? '1.0.6';
-  }
-
-  /** prepareApply() offers an nft started early (as the real runner with its helper does); off: it returns null */
-  preparable = false;
-  /** the rule chains the last prepared apply's begin() got */
-  begun: readonly Chain[] | null = null;
-
-  /** Records 'prepareApply'; its begin records 'beginPrepared' (and keeps the chains: `begun`), its apply is this.apply (recorded as 'apply'), its cancel records 'cancelPrepared'. */
-  prepareApply(): PreparedApply | null {
-    if (!this.preparable) return null;
-    this.calls.push({ method: 'prepareApply' });
-    let used = false;
-    return {
-      begin: (_table, ruleChains) => {
-        this.calls.push({ method: 'beginPrepared' });
-        this.begun = ruleChains;
-      },
-      apply: (tx) => {
-        if (used) throw new Error('internal: a prepared apply runs once');
-        used = true;
-        return this.apply(tx);
-      },
-      cancel: () => {
-        if (used) return;
-        used = true;
-        this.calls.push({ method: 'cancelPrepared' });
-      },
-    };
   }
 
   count(method: Method): number {

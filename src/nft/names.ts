@@ -110,13 +110,6 @@ export function groupMapName(direction: 'ingress' | 'egress', family: Family, la
   return `${dir(direction)}${family}_l${layer}_${shape}_g${groupHashes.get(groupId)}_${sig}`;
 }
 
-const RULE_CHAIN_RE = /^r_[0-9a-f]{16}$/;
-
-/** Whether `name` is a rule chain's (ruleChainName): a script declares these first (render.ts). */
-export function isRuleChainName(name: string): boolean {
-  return RULE_CHAIN_RE.test(name);
-}
-
 /** Name of the chain of one user rule (unique per group and rule id; compilePolicy checks collisions). */
 export function ruleChainName(groupId: string, ruleId: string): string {
   return chainNames.get(`${groupId}\0${ruleId}`);

@@ -31,7 +31,6 @@ import { formatRangeNft, parsePrefix } from '../policy/address.js';
 import { AddressSet, TEXT_MAX } from '../policy/address-set.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
 import { counterKey, ruleCounterNames, tableCounterNames, type RuleCounters } from './counters.js';
-import { isRuleChainName } from './names.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
 const SYM_RE = /^[a-z][a-z0-9-]*$/;
@@ -208,12 +207,12 @@ export function renderTable(table: Table, opts: { listing?: boolean } = {}): str
   return [...tableChunks(table, opts)].join('');
 }
 
-/** Declarations of the counter objects of `chains` (`names`: each chain's), with the counts carried into them (see the note at the top). */
-function* counterChunks(chains: readonly Chain[], names: readonly (readonly (string | undefined)[])[], counters?: RuleCounters): Generator<string> {
-  for (let i = 0; i < chains.length; i += CHAINS_PER_CHUNK) {
+/** Declarations of the table's counter objects, with the counts carried into them (see the note at the top). */
+function* counterChunks(table: Table, names: readonly (readonly (string | undefined)[])[], counters?: RuleCounters): Generator<string> {
+  for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
     let chunk = '';
-    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, chains.length); k++) {
-      const c = chains[k]!;
+    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, table.chains.length); k++) {
+      const c = table.chains[k]!;
       const chainNames = names[k]!;
       for (let j = 0; j < chainNames.length; j++) {
         const n = chainNames[j];
@@ -226,72 +225,29 @@ function* counterChunks(chains: readonly Chain[], names: readonly (readonly (str
   }
 }
 
-/** `chains` as text, CHAINS_PER_CHUNK to a chunk (`names`: each chain's counter names, a script's; none: a listing's). */
-function* chainChunks(chains: readonly Chain[], names?: readonly (readonly (string | undefined)[])[]): Generator<string> {
-  for (let i = 0; i < chains.length; i += CHAINS_PER_CHUNK) {
+/**
+ * renderTable in chunks of whole lines; `script`: the table of a script, with
+ * named counters (and `counters` carried into them), without its comment when
+ * `inPlace` (the kernel keeps an existing table's comment).
+ */
+function* tableChunks(table: Table, opts: { listing?: boolean; script?: { counters?: RuleCounters; inPlace?: boolean } } = {}): Generator<string> {
+  const name = assertName(table.name);
+  const head = [`table ${table.family} ${name} {`];
+  if (table.comment !== undefined && !opts.script?.inPlace) head.push(`\tcomment "${safeComment(table.comment)}"`);
+  if (table.marker !== undefined) head.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
+  yield head.join('\n') + '\n';
+  // each chain's counter names, worked out once for the declarations and the rules
+  const names = opts.script ? table.chains.map(ruleCounterNames) : null;
+  if (opts.script) yield* counterChunks(table, names!, opts.script.counters);
+  const notes = new Map<string, string>();
+  if (!opts.listing) for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
+  for (const m of table.maps) yield* mapChunks(m, notes, opts.listing);
+  for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
     let chunk = '';
-    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, chains.length); k++) chunk += chainText(chains[k]!, names?.[k]);
+    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, table.chains.length); k++) chunk += chainText(table.chains[k]!, names?.[k]);
     yield chunk;
   }
-}
-
-/** The table's comment and generation marker lines (`withComment` false: an in-place reload, which keeps the kernel's comment). */
-function tableNoteLines(table: Table, withComment: boolean): string[] {
-  const lines: string[] = [];
-  if (table.comment !== undefined && withComment) lines.push(`\tcomment "${safeComment(table.comment)}"`);
-  if (table.marker !== undefined) lines.push(`\tset ${MARKER_SET} {`, '\t\ttype inet_service', `\t\telements = { 1 comment "${safeComment(table.marker)}" }`, '\t}');
-  return lines;
-}
-
-/** The notes of map elements: each rule chain's rule comment (not in listings). */
-function elementNotes(table: Table, listing: boolean): Map<string, string> {
-  const notes = new Map<string, string>();
-  if (!listing) for (const c of table.chains) if (!c.base && c.rules.length === 1 && c.rules[0]!.comment) notes.set(c.name, c.rules[0]!.comment);
-  return notes;
-}
-
-/** A listing of the table (renderTable): objects in the order of the model, anonymous counters. */
-function* tableChunks(table: Table, opts: { listing?: boolean } = {}): Generator<string> {
-  yield [`table ${table.family} ${assertName(table.name)} {`, ...tableNoteLines(table, true)].join('\n') + '\n';
-  const notes = elementNotes(table, opts.listing === true);
-  for (const m of table.maps) yield* mapChunks(m, notes, opts.listing);
-  yield* chainChunks(table.chains);
   yield '}\n';
-}
-
-/**
- * The start of a script's table block: its opening line, then the rule
- * chains (names.ts isRuleChainName) with their counter objects. compile.ts
- * has these before it lays the rules out, so the agent can hand them to nft
- * while it compiles the rest (`renderScriptHead`).
- */
-function* scriptTableHead(family: 'inet', name: string, ruleChains: readonly Chain[], counters?: RuleCounters): Generator<string> {
-  yield `table ${family} ${assertName(name)} {\n`;
-  const names = ruleChains.map(ruleCounterNames);
-  yield* counterChunks(ruleChains, names, counters);
-  yield* chainChunks(ruleChains, names);
-}
-
-/** The rest of a script's table block: maps and sets, the other chains and their counters, the comment and marker, the block's end. */
-function* scriptTableTail(table: Table, opts: { counters?: RuleCounters; inPlace?: boolean }): Generator<string> {
-  const notes = elementNotes(table, false);
-  for (const m of table.maps) yield* mapChunks(m, notes);
-  const others = table.chains.filter((c) => !isRuleChainName(c.name));
-  const names = others.map(ruleCounterNames);
-  yield* counterChunks(others, names, opts.counters);
-  yield* chainChunks(others, names);
-  yield [...tableNoteLines(table, !opts.inPlace), '}'].join('\n') + '\n';
-}
-
-/**
- * A script's table block: head (rule chains first) and tail, with named
- * counters (`counters` carried into them); without the comment when
- * `inPlace` (the kernel keeps an existing table's comment). Inside a block
- * nft takes declarations in any order.
- */
-function* scriptTableChunks(table: Table, opts: { counters?: RuleCounters; inPlace?: boolean } = {}): Generator<string> {
-  yield* scriptTableHead(table.family, table.name, table.chains.filter((c) => isRuleChainName(c.name)), opts.counters);
-  yield* scriptTableTail(table, opts);
 }
 
 /**
@@ -303,38 +259,10 @@ export function renderScript(table: Table, counters?: RuleCounters): string {
   return [...scriptChunks(table, counters)].join('');
 }
 
-/** The first line of a replacement script and the table deleted (its first chunk, with the block's opening line). */
-function scriptPreamble(family: 'inet', name: string): string {
-  return `# secgroup: replaces table ${family} ${name} in one transaction (nft -f)\ntable ${family} ${name} {}\ndelete table ${family} ${name}\n`;
-}
-
-/**
- * The first chunk is the delete and the opening of the table block together
- * (a few hundred bytes), so every longer prefix of the script leaves that
- * block open, which nft refuses whole (a syntax error at the end of input): a
- * streamed script cut short deletes nothing (exec.ts).
- */
 function* scriptChunks(table: Table, counters?: RuleCounters): Generator<string> {
-  yield* renderScriptHead(table.family, table.name, table.chains.filter((c) => isRuleChainName(c.name)), counters);
-  yield* renderScriptRest(table, counters);
-}
-
-/**
- * The start of the replacement script of a table named `name` whose rule
- * chains are `ruleChains` (in the table's order): the first chunk (see
- * scriptChunks) and the rule chains. Followed by `renderScriptRest` of the
- * table, it is renderScript's text exactly.
- */
-export function* renderScriptHead(family: 'inet', name: string, ruleChains: readonly Chain[], counters?: RuleCounters): Generator<string> {
-  const chunks = scriptTableHead(family, name, ruleChains, counters);
-  const open = chunks.next();
-  yield `${scriptPreamble(family, assertName(name))}${open.done ? '' : open.value}`;
-  yield* chunks;
-}
-
-/** The replacement script of `table` after its head (renderScriptHead). */
-export function renderScriptRest(table: Table, counters?: RuleCounters): Iterable<string> {
-  return scriptTableTail(table, counters ? { counters } : {});
+  const name = assertName(table.name);
+  yield `# secgroup: replaces table ${table.family} ${name} in one transaction (nft -f)\ntable ${table.family} ${name} {}\ndelete table ${table.family} ${name}\n`;
+  yield* tableChunks(table, { script: counters ? { counters } : {} });
 }
 
 /**
@@ -367,7 +295,7 @@ function* reloadInPlaceChunks(table: Table, previous: Table): Generator<string> 
     }
   }
   if (out.length) yield out.join('\n') + '\n';
-  yield* scriptTableChunks(table, { inPlace: true });
+  yield* tableChunks(table, { script: { inPlace: true } });
 }
 
 /**
@@ -547,9 +475,9 @@ export function renderJson(table: Table): { nftables: Json[] } {
   cmds.push({ add: { table: { family, name: tname } } });
   cmds.push({ delete: { table: { family, name: tname } } });
   cmds.push({ add: { table: { family, name: tname, ...(table.comment !== undefined ? { comment: safeComment(table.comment) } : {}) } } });
-  // the counter objects the rules count into (counters.ts), before the rules that name them, in the script's order (rule chains' first)
-  const scriptOrder = [...table.chains.filter((c) => isRuleChainName(c.name)), ...table.chains.filter((c) => !isRuleChainName(c.name))];
-  for (const c of scriptOrder) for (const n of ruleCounterNames(c)) if (n !== undefined) cmds.push({ add: { counter: { family, table: tname, name: assertName(n) } } });
+  // the counter objects the rules count into (counters.ts), before the rules that name them
+  const counterNames = table.chains.map(ruleCounterNames);
+  for (const names of counterNames) for (const n of names) if (n !== undefined) cmds.push({ add: { counter: { family, table: tname, name: assertName(n) } } });
   // chains first: map elements jump to them, and JSON commands are resolved in order
   for (const c of table.chains) {
     const chain: Record<string, Json> = { family, table: tname, name: assertName(c.name) };
@@ -579,10 +507,9 @@ export function renderJson(table: Table): { nftables: Json[] } {
     }
     cmds.push({ add: m.set ? { set: map } : { map } });
   }
-  scriptOrder.forEach((c) => {
-    const counterNames = ruleCounterNames(c);
+  table.chains.forEach((c, ci) => {
     c.rules.forEach((r, ri) => {
-      const named = counterNames[ri];
+      const named = counterNames[ci]![ri];
       const first = r.exprs.findIndex((e) => e.kind === 'counter');
       const rule: Record<string, Json> = { family, table: tname, chain: c.name, expr: r.exprs.map((e, i) => exprJson(e, i === first ? named : undefined)) };
       if (r.comment !== undefined) rule.comment = safeComment(r.comment);

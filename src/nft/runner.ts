@@ -7,27 +7,12 @@ import { SecgroupError, type ErrorCode } from '../lib/errors.js';
 import type { RuleCounters } from './counters.js';
 import type { Counter, TableReadback } from './readback.js';
 import type { NftTransaction } from './transaction.js';
-import type { Chain } from './model.js';
 
 export interface NftInfo {
   /** e.g. "1.0.6" */
   version: string;
   /** whether our table existed when it was listed */
   tableExists: boolean;
-}
-
-/** An nft started ahead of the transaction it will apply (NftRunner.prepareApply). */
-export interface PreparedApply {
-  /**
-   * Hands nft the rule chains of the coming replacement of table `table` (compile.ts onRuleChains: the objects the
-   * table will hold, in its order), to parse while the rest compiles. Optional; a render error here is not thrown
-   * (the started nft is stopped and apply() applies as NftRunner.apply does).
-   */
-  begin?(table: string, ruleChains: readonly Chain[]): void;
-  /** Applies `tx` as NftRunner.apply does, through the nft already started. Once. */
-  apply(tx: NftTransaction): Promise<void>;
-  /** Ends the started nft with nothing to do (no-op after apply); every PreparedApply must get one of the two. */
-  cancel(): void;
 }
 
 export interface NftRunner {
@@ -44,12 +29,6 @@ export interface NftRunner {
   check(tx: NftTransaction): Promise<void>;
   /** Runs the transaction as one atomic batch (`nft -f -`): all of it or nothing. Throws NFT_* errors. */
   apply(tx: NftTransaction): Promise<void>;
-  /**
-   * Starts the nft of a coming table replacement now, to apply it with once it is compiled (its start-up then
-   * overlaps the compile, its parse the render: exec.ts). Null (or absent) when the runner cannot; nothing else
-   * may run through the runner until the prepared apply is applied or cancelled.
-   */
-  prepareApply?(): PreparedApply | null;
   /**
    * Reads our table back; null when it does not exist. With `elements: false`
    * map elements are not listed (`nft -t`: cost independent of map sizes) and

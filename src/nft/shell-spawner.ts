@@ -21,8 +21,7 @@
  * command included); a dead shell is started again on the next request.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
-import { FifoFeed, isFifo, openWriter, PIPE_BUF, releaseReader, WRITE_PIECE_CHARS } from './fifo-stream.js';
+import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -45,15 +44,12 @@ const ARG_RE = /^[A-Za-z0-9_./:=-]+$/;
 const LOOP = `set -f
 D=$1
 shift
-[ -p "$D/pipe" ] || mkfifo -m 600 "$D/pipe" 2>/dev/null
 while IFS= read -r line; do
   id=\${line%% *}
   args=\${line#* }
   [ "$args" = "$line" ] && args=
   "$@" $args <"$D/in" >"$D/out" 2>"$D/err"
-  rc=$?
-  [ -p "$D/pipe" ] || mkfifo -m 600 "$D/pipe" 2>/dev/null
-  echo "$id $rc"
+  echo "$id $?"
 done`;
 
 const DIR_PREFIX = 'secgroup-nft-';
@@ -66,6 +62,8 @@ const DIR_PREFIX = 'secgroup-nft-';
  */
 export const SMALL_INPUT_CHARS = 64 * 1024;
 
+/** Characters gathered into one write(2) of a bigger input. */
+const WRITE_PIECE_CHARS = 64 * 1024;
 /** Characters written between two turns of the event loop. */
 const YIELD_EVERY_CHARS = 1024 * 1024;
 
@@ -105,31 +103,6 @@ async function writePieces(file: string, chunks: Iterable<string>): Promise<void
   }
 }
 
-/** A streamed call (ShellSpawner.openStream): its command started, reading a FIFO that gets its input. */
-export interface StreamCall {
-  /**
-   * Writes `chunks` into the command's input (rendered now, written in the thread pool from here: the caller goes
-   * on while the command reads it); more follows. The input's first chunk must be at most PIPE_BUF bytes (it is
-   * written alone, whole). Throws what the chunks throw, after killing the command (it never sees the end of a
-   * cut input); send() then rejects with the same error.
-   */
-  write(chunks: Iterable<string>): void;
-  /**
-   * Writes `chunks` as write() does, waiting for the command to read when a megabyte is queued, then ends the
-   * input; resolves with the command's output and exit code. Once per call. Rejects with what the chunks throw
-   * (the command killed first), or on timeout.
-   */
-  send(chunks: Iterable<string>): Promise<SpawnResult>;
-  /**
-   * Ends the call: with nothing written, the command reads an empty input (nft does nothing); after write(), the
-   * command is killed (a cut input never reaches its end). No-op after send.
-   */
-  cancel(): void;
-}
-
-/** How a streamed call's input ended: whole, cancelled before anything was written, or cut by an error. */
-type StreamEnd = { how: 'end' } | { how: 'cut'; error: Error };
-
 /** The input of one call: all of it (small), or the chunks to write in pieces (bigger). */
 type Input = string | Iterable<string>;
 
@@ -166,7 +139,6 @@ export function removeStaleDirs(): void {
       if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
       const path = join(tmpdir(), name);
       if (uid !== undefined && statSync(path).uid !== uid) continue;
-      releaseReader(join(path, 'pipe'));
       rmSync(path, { recursive: true, force: true });
     }
   } catch {
@@ -218,89 +190,6 @@ export class ShellSpawner {
       () => void this.running--,
     );
     return p;
-  }
-
-  /**
-   * Starts `command args... <dir>/pipe` as soon as the shell is free (now when it is idle), its input given
-   * later with send() (see the module comment); null when there is no FIFO (mkfifo failed, or the shell was
-   * killed since its last call: use run(), which starts it again).
-   * Calls after it wait for it: every StreamCall must get send() or cancel() (the timeout kills it otherwise).
-   */
-  openStream(args: readonly string[]): StreamCall | null {
-    for (const a of args) if (!ARG_RE.test(a)) throw new Error(`internal: unsafe argument ${JSON.stringify(a)}`);
-    // no FIFO: mkfifo failed, or the shell was killed (a timeout, a cut input) since it last made one
-    if (this.closed || !this.dir || !isFifo(join(this.dir, 'pipe'))) return null;
-    const feed = new FifoFeed();
-    const pipe = join(this.dir, 'pipe');
-    let end!: (e: StreamEnd) => void;
-    const ended = new Promise<StreamEnd>((resolve) => (end = resolve));
-    // idle: the request leaves within this call, so nft starts while the caller compiles (synchronous work: a
-    // promise callback would wait for it to end)
-    const p = this.running === 0 ? this.runStream(args, feed, ended) : this.queue.then(() => this.runStream(args, feed, ended));
-    this.running++;
-    this.queue = p.then(
-      () => void this.running--,
-      () => void this.running--,
-    );
-    p.catch(() => undefined); // a cancelled call's failure is nobody's to handle; send() returns p itself
-    let done = false;
-    let first = true;
-    /** The input's first chunk goes alone (at most PIPE_BUF bytes); true when `chunk` was that one. */
-    const tookFirst = (chunk: string): boolean => {
-      if (!first) return false;
-      first = false;
-      if (Buffer.byteLength(chunk) > PIPE_BUF) throw new Error(`internal: the first chunk of a streamed input is ${Buffer.byteLength(chunk)} bytes, over PIPE_BUF (${PIPE_BUF})`);
-      feed.push(chunk);
-      return true;
-    };
-    const cut = (e: unknown): Error => {
-      const error = e instanceof Error ? e : new Error(String(e));
-      done = true;
-      end({ how: 'cut', error });
-      return error;
-    };
-    return {
-      write: (chunks) => {
-        if (done) throw new Error('internal: a streamed call ended already');
-        // rendered whole now, so that the caller's next synchronous work runs while the thread pool writes it
-        feed.attachIfRead(pipe);
-        let text = '';
-        try {
-          for (const chunk of chunks) if (!tookFirst(chunk)) text += chunk;
-        } catch (e) {
-          throw cut(e);
-        }
-        feed.push(text);
-      },
-      send: async (chunks) => {
-        if (done) return p;
-        let piece = '';
-        try {
-          for (const chunk of chunks) {
-            if (tookFirst(chunk)) continue;
-            piece += chunk;
-            if (piece.length < WRITE_PIECE_CHARS) continue;
-            feed.push(piece);
-            piece = '';
-            await feed.room();
-          }
-        } catch (e) {
-          cut(e);
-          return p;
-        }
-        feed.push(piece);
-        done = true;
-        end({ how: 'end' });
-        return p;
-      },
-      cancel: () => {
-        if (done) return;
-        // after part of the input: cut (the command killed), never ended
-        if (!first) return void cut(new Error('the streamed input was cancelled part-way'));
-        done = true;
-        end({ how: 'end' });
-      },
-    };
   }
 
   /** Stops the shell and removes its directory. */
@@ -379,56 +268,6 @@ export class ShellSpawner {
       rmSync(this.dir, { recursive: true, force: true });
       liveDirs.delete(this.dir);
       this.dir = null;
-    }
-  }
-
-  private async runStream(args: readonly string[], feed: FifoFeed, ended: Promise<StreamEnd>): Promise<SpawnResult> {
-    if (this.closed) throw new Error('the nft helper shell was stopped');
-    const child = this.child ?? this.start();
-    const dir = this.dir!;
-    const pipe = join(dir, 'pipe');
-    const id = ++this.seq;
-    this.busy(child);
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      const exit = new Promise<number>((resolve, reject) => {
-        this.waiting = { id, resolve, reject };
-        timer = setTimeout(() => {
-          this.waiting = null;
-          this.kill();
-          reject(new SpawnTimeoutError(`timed out after ${this.timeoutMs} ms`));
-        }, this.timeoutMs);
-        child.stdin!.write(`${id} ${[...args, pipe].join(' ')}\n`);
-      });
-      const settled = exit.then(
-        () => feed.stop(),
-        () => feed.stop(),
-      );
-      // opened for writing once the command has the FIFO open for reading: what a pipe holds before that is lost
-      const fd = await openWriter(pipe, settled, () => feed.attached);
-      if (fd !== null) {
-        if (feed.attached) closeSync(fd); // attached already by a write() (FifoFeed.attachIfRead)
-        else {
-          // the command holds it open; unlinked, its name cannot be opened again: nft reopens its input file to
-          // quote the line an error points at, which on a FIFO would wait for a writer forever (the shell makes a new one)
-          unlinkSync(pipe);
-          feed.attach(fd);
-        }
-      }
-      const how = await Promise.race([ended, settled.then(() => null)]);
-      if (how?.how === 'cut') {
-        // a cut input must never reach its end: the command dies before the FIFO closes (finally)
-        if (this.child === child) this.kill();
-        throw how.error;
-      }
-      await feed.drained();
-      feed.close(); // the end of the input (cancelled: of an empty one)
-      const exitCode = await exit;
-      return { stdout: readFileSync(join(dir, 'out'), 'utf8'), stderr: readFileSync(join(dir, 'err'), 'utf8'), exitCode };
-    } finally {
-      clearTimeout(timer);
-      feed.close();
-      if (this.child === child) this.idle(child);
     }
   }
 

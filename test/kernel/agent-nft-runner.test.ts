@@ -9,18 +9,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compilePolicy, memberSetName } from '../../src/nft/compile.js';
 import { planElementUpdate } from '../../src/nft/diff.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
-import { elementList, jump, sel, v } from '../../src/nft/model.js';
+import { elementList, sel, v } from '../../src/nft/model.js';
 import { findDrift } from '../../src/nft/readback.js';
 import { deleteTableTx, replaceTableTx } from '../../src/nft/transaction.js';
-import { renderTransactionChunks } from '../../src/nft/render.js';
-import { PIPE_BUF } from '../../src/nft/fifo-stream.js';
-import { removeStaleDirs } from '../../src/nft/shell-spawner.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
 import { kernelSkipReason } from '../helpers/agent-lab.js';
 import { policy } from '../unit/agent/fixtures.js';
 
 const skip = kernelSkipReason();
-const REPO = join(import.meta.dirname, '../..');
 
 // direct: nft started by this process (CLI commands); helper: from the helper shell (the agent daemon)
 describe.skipIf(skip !== null).each([{ mode: 'direct' }, { mode: 'helper' }])(`nft runner against the kernel, $mode${skip ? ` (skipped: ${skip})` : ''}`, ({ mode }) => {
@@ -173,107 +169,5 @@ describe.skipIf(skip !== null).each([{ mode: 'direct' }, { mode: 'helper' }])(`n
     expect(await nft.readTable()).toBeNull();
     expect(await nft.readCounters()).toBeNull();
     expect(String((await sh(['list', 'tables'])).stdout)).toContain('table inet bystander');
-  });
-});
-
-// the helper's streamed scripts (a prepared apply: nft started before the table exists, fed through a FIFO)
-describe.skipIf(skip !== null)(`prepared applies and cut scripts against the kernel${skip ? ` (skipped: ${skip})` : ''}`, () => {
-  const ns = `sgt-nftprep${randomBytes(3).toString('hex')}`;
-  const inNs = ['ip', 'netns', 'exec', ns];
-  const nft = new ExecaNftRunner({ table: 'secgroup', command: [...inNs, 'nft'], helper: true });
-  const sh = (args: string[], input?: string) => execa(inNs[0]!, [...inNs.slice(1), 'nft', ...args], input === undefined ? {} : { input });
-  const big = () => compilePolicy(policy(6, { members: Array.from({ length: 5000 }, (_, i) => `198.18.${100 + (i >> 8)}.${i & 255}`) }));
-
-  beforeAll(async () => {
-    await execa('ip', ['netns', 'add', ns]);
-  });
-  afterAll(() => {
-    nft.close();
-    spawnSync('ip', ['netns', 'del', ns]);
-  });
-
-  it('a prepared apply (nft started before the table exists) applies a replacement as apply() does; cancelled, it changes nothing', async () => {
-    const c = compilePolicy(policy(4));
-    await nft.apply(replaceTableTx(c.table));
-    const before = (await nft.readTable())!.fingerprint;
-    // cancelled: nft read an empty script
-    const cancelled = nft.prepareApply();
-    expect(cancelled).not.toBeNull();
-    cancelled!.cancel();
-    expect((await nft.readTable())!.fingerprint).toBe(before);
-    // applied through the nft started first, the same table as a plain apply gives
-    const b = big();
-    const prepared = nft.prepareApply()!;
-    await prepared.apply(replaceTableTx(b.table));
-    const streamed = await nft.readTable();
-    expect(await nft.readMarker()).toBe(b.table.marker);
-    expect(findDrift({ table: b.table, comment: b.table.comment! }, streamed)).toBeNull();
-    await nft.apply(replaceTableTx(c.table));
-    await nft.apply(replaceTableTx(b.table));
-    expect((await nft.readTable())!.fingerprint).toBe(streamed!.fingerprint);
-    // a render that fails part-way through a prepared apply: never committed
-    const bad = { ...b.table, chains: [...b.table.chains, { name: 'r_bad', rules: [{ exprs: [{ kind: 'match' as const, left: sel.nfproto, op: '==' as const, right: v.num(-1) }] }] }] };
-    await expect(nft.prepareApply()!.apply(replaceTableTx(bad))).rejects.toThrow(/internal: bad/);
-    expect((await nft.readTable())!.fingerprint).toBe(streamed!.fingerprint);
-    // the rule chains handed over while the compile goes on (begin), the rest after: the same table again
-    await nft.apply(replaceTableTx(c.table));
-    const early = nft.prepareApply()!;
-    const again = compilePolicy(policy(6, { members: Array.from({ length: 5000 }, (_, i) => `198.18.${100 + (i >> 8)}.${i & 255}`) }), { onRuleChains: (chains) => early.begin!('secgroup', chains) });
-    await early.apply(replaceTableTx(again.table));
-    expect((await nft.readTable())!.fingerprint).toBe(streamed!.fingerprint);
-    // one nft refuses (a jump to a chain that does not exist): its error, at once (nft quotes the failing line by
-    // opening its input file again, which must not wait on the FIFO), and the table as it was
-    const dangling = { ...b.table, chains: [...b.table.chains, { name: 'r_dangling', rules: [{ exprs: [{ kind: 'verdict' as const, verdict: jump('r_no_such_chain') }] }] }] };
-    const t0 = Date.now();
-    await expect(nft.prepareApply()!.apply(replaceTableTx(dangling))).rejects.toMatchObject({ code: expect.stringMatching(/^NFT_(NOT_FOUND_OBJECT|FAILED)$/) });
-    expect(Date.now() - t0).toBeLessThan(10_000);
-    expect((await nft.readTable())!.fingerprint).toBe(streamed!.fingerprint);
-    // anything but a plain replacement is not streamed: applied as apply() does it
-    const m = (await nft.readTable())!;
-    expect(m).not.toBeNull();
-    await nft.prepareApply()!.apply(deleteTableTx('inet', 'secgroup'));
-    expect(await nft.readTable()).toBeNull();
-  });
-
-  it('every prefix of a replacement script longer than its first chunk is refused whole by nft (a streamed script cut short deletes nothing)', async () => {
-    const c = compilePolicy(policy(4));
-    await nft.apply(replaceTableTx(c.table));
-    const before = (await nft.readTable())!.fingerprint;
-    const chunks = [...renderTransactionChunks(replaceTableTx(big().table))];
-    const first = chunks[0]!;
-    expect(first).toContain('delete table inet secgroup\ntable inet secgroup {\n');
-    expect(Buffer.byteLength(first)).toBeLessThanOrEqual(PIPE_BUF);
-    const script = chunks.join('');
-    expect(script.endsWith('}\n')).toBe(true);
-    const cuts = [first.length, first.length + 1, first.length + chunks[1]!.length, Math.floor(script.length / 3), Math.floor(script.length / 2) + 7, script.length - 3, script.length - 2];
-    for (const cut of cuts) {
-      const r = await sh(['-f', '-'], script.slice(0, cut)).catch((e: { exitCode?: number; stderr?: string }) => e);
-      expect({ cut, exitCode: r.exitCode }).toEqual({ cut, exitCode: 1 });
-      expect(String(r.stderr)).toMatch(/syntax error/);
-      expect((await nft.readTable())!.fingerprint).toBe(before);
-    }
-    // the whole script (the end of the table block included) is what commits
-    await sh(['-f', '-'], script);
-    expect(await nft.readMarker()).toBe(big().table.marker);
-  });
-
-  it('a process killed part-way through a prepared apply leaves our table as it was: nft refuses the cut script', async () => {
-    const c = compilePolicy(policy(4));
-    await nft.apply(replaceTableTx(c.table));
-    const before = (await nft.readTable())!.fingerprint;
-    for (const after of ['1', '2', 'half', 'head']) {
-      const child = spawnSync(process.execPath, ['--import', 'tsx', join(REPO, 'test/helpers/stream-and-die.ts'), ns, after], { cwd: REPO, encoding: 'utf8', timeout: 60_000 });
-      expect({ signal: child.signal, stderr: child.stderr }).toMatchObject({ signal: 'SIGKILL' });
-      const pid = /pid (\d+)/.exec(child.stdout)?.[1];
-      expect(pid).toBeDefined();
-      // its helper shell and nft live on (own process group): nft gets the end of input, refuses it, and exits; an
-      // nft still waiting for the FIFO's writer (the process died before it opened it) or quoting its error line
-      // (died before the unlink) is let go by the next agent's start (removeStaleDirs), as here
-      removeStaleDirs();
-      for (let i = 0; i < 100 && spawnSync('pgrep', ['-f', `secgroup-nft-${pid}-`]).status === 0; i++) await new Promise((r) => setTimeout(r, 50));
-      expect(spawnSync('pgrep', ['-f', `secgroup-nft-${pid}-`]).status).toBe(1);
-      expect((await nft.readTable())!.fingerprint).toBe(before);
-      expect(await nft.readMarker()).toBe(c.table.marker);
-    }
   });
 });

@@ -9,12 +9,11 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { compilePolicy, type CompileOptions } from '../../src/nft/compile.js';
-import { renderDeleteScript, renderJson, renderScript, renderScriptHead, renderScriptRest, renderTransaction, renderTransactionChunks } from '../../src/nft/render.js';
+import { renderDeleteScript, renderJson, renderScript, renderTransaction, renderTransactionChunks } from '../../src/nft/render.js';
 import { counterKey, ruleCounters } from '../../src/nft/counters.js';
 import { counterObjectName, ruleChainName } from '../../src/nft/names.js';
 import { reloadInPlaceTx, replaceTableTx } from '../../src/nft/transaction.js';
-import { MARKER_SET, type Chain } from '../../src/nft/model.js';
-import { PIPE_BUF } from '../../src/nft/fifo-stream.js';
+import { MARKER_SET } from '../../src/nft/model.js';
 import { loadPolicyFile } from '../../src/policy/load.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
 import { checkPolicy, ID_PATTERN, parsePolicy } from '../../src/policy/schema.js';
@@ -330,25 +329,6 @@ describe('no user-supplied text reaches nft syntax', () => {
     for (let seed = 0; seed < 200; seed++) {
       const script = renderScript(compilePolicy(parsePolicy(randomPolicy(createRng(seed)))).table);
       expect(scriptProblems(script), `seed ${seed}`).toEqual([]);
-    }
-  });
-});
-
-describe('replacement scripts in two parts (the head handed to an nft started before the compile ends)', () => {
-  it('the head of the rule chains compile.ts hands over, then the rest, is renderScript exactly; the first chunk opens the table block within PIPE_BUF', () => {
-    for (let seed = 0; seed < 20; seed++) {
-      let early: readonly Chain[] | null = null;
-      const { table } = compilePolicy(parsePolicy(randomPolicy(createRng(seed))), { onRuleChains: (c) => (early = c) });
-      expect(early).not.toBeNull();
-      const head = [...renderScriptHead('inet', table.name, early!)];
-      expect(head.join('') + [...renderScriptRest(table)].join('')).toBe(renderScript(table));
-      expect(head[0]).toMatch(/^# secgroup: replaces table inet secgroup in one transaction \(nft -f\)\ntable inet secgroup \{\}\ndelete table inet secgroup\ntable inet secgroup \{\n$/);
-      expect(Buffer.byteLength(head[0]!)).toBeLessThanOrEqual(PIPE_BUF);
-      // the block closes only at the very end: the rest ends with its only line at column zero
-      const rest = [...renderScriptRest(table)].join('');
-      expect(rest.endsWith('\n}\n')).toBe(true);
-      expect(rest.slice(0, -2).split('\n').some((l) => l === '}')).toBe(false);
-      expect(head.join('').split('\n').slice(4).some((l) => l === '}')).toBe(false);
     }
   });
 });

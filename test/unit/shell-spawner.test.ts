@@ -1,15 +1,13 @@
 /**
  * The helper shell that starts nft for the agent (src/nft/shell-spawner.ts),
  * with stand-in commands: output, exit codes, input, order, timeouts, a dead
- * shell started again, unsafe arguments refused, cleanup; streamed calls
- * (openStream: the command started before its input, reading a FIFO).
+ * shell started again, unsafe arguments refused, cleanup.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PIPE_BUF } from '../../src/nft/fifo-stream.js';
-import { removeStaleDirs, ShellSpawner, SpawnTimeoutError, type StreamCall } from '../../src/nft/shell-spawner.js';
+import { removeStaleDirs, ShellSpawner, SpawnTimeoutError } from '../../src/nft/shell-spawner.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
 
 const spawners: ShellSpawner[] = [];
@@ -203,156 +201,5 @@ describe('ShellSpawner', () => {
     } finally {
       runner.close();
     }
-  });
-
-  describe('streamed calls', () => {
-    /** A scratch directory for flag files, removed afterwards. */
-    const scratch = (): { dir: string; done: () => void } => {
-      const dir = join(tmpdir(), `sgt-stream-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`);
-      mkdirSync(dir);
-      return { dir, done: () => rmSync(dir, { recursive: true, force: true }) };
-    };
-    /** Waits (polling, at most 10 s) for `path` to exist. */
-    const appears = async (path: string): Promise<boolean> => {
-      for (let i = 0; i < 1000 && !existsSync(path); i++) await new Promise((r) => setTimeout(r, 10));
-      return existsSync(path);
-    };
-    const open = (s: ShellSpawner, args: string[] = []): StreamCall => {
-      const call = s.openStream(args);
-      expect(call).not.toBeNull();
-      return call!;
-    };
-
-    it('starts the command before its input exists, then feeds it the input as it is produced, whole and in order', async () => {
-      const { dir, done } = scratch();
-      try {
-        // the FIFO's path is the last argument, as in `nft -f <pipe>`
-        const s = make(['sh', '-c', `[ "$1" = warm ] && exit 0; echo "$1" > ${dir}/s.tmp; mv ${dir}/s.tmp ${dir}/started; cat "$2"`, 'fake-nft']);
-        await s.run(['warm']); // the shell made its FIFO at its start
-        const call = open(s, ['-f']);
-        expect(await appears(join(dir, 'started'))).toBe(true);
-        expect(readFileSync(join(dir, 'started'), 'utf8')).toBe('-f\n');
-        function* chunks() {
-          yield 'table inet secgroup {\n';
-          // 3 MB: far more than the pipe holds, so the writes wait for the command to read
-          for (let i = 0; i < 30_000; i++) yield `\tline ${i} ü ${'z'.repeat(i % 150)}\n`;
-          yield '}\n';
-        }
-        const expected = [...chunks()].join('');
-        const r = await call.send(chunks());
-        expect(r.exitCode).toBe(0);
-        expect(r.stdout.length).toBe(expected.length);
-        expect(r.stdout === expected).toBe(true);
-        // the shell serves the next call as before
-        expect((await s.run(['warm'])).exitCode).toBe(0);
-      } finally {
-        done();
-      }
-    });
-
-    it('starts the command within openStream, and write() feeds it while the caller is busy with synchronous work (the compile)', async () => {
-      const { dir, done } = scratch();
-      try {
-        const got = join(dir, 'got');
-        const s = make(['sh', '-c', `[ "$1" = warm ] && exit 0; echo > ${dir}/started; cat "$2" > ${got}`, 'fake-nft']);
-        await s.run(['warm']);
-        const call = open(s, ['-f']);
-        const sleeper = new Int32Array(new SharedArrayBuffer(4));
-        // no turn of the event loop from here until the command has read what write() gave it
-        for (let i = 0; i < 2000 && !existsSync(join(dir, 'started')); i++) Atomics.wait(sleeper, 0, 0, 5);
-        expect(existsSync(join(dir, 'started'))).toBe(true);
-        for (let i = 0; i < 400; i++) Atomics.wait(sleeper, 0, 0, 5); // the command opened the FIFO
-        const head = `table inet secgroup {\n${'\tchain r_x { }\n'.repeat(60_000)}`; // ~1 MB: far more than the pipe holds
-        call.write(['table inet secgroup {\n', head.slice('table inet secgroup {\n'.length)].values());
-        let size = 0;
-        for (let i = 0; i < 4000 && size < head.length; i++) {
-          Atomics.wait(sleeper, 0, 0, 5);
-          size = existsSync(got) ? statSync(got).size : 0;
-        }
-        expect(size).toBe(head.length);
-        const r = await call.send(['}\n'].values());
-        expect(r.exitCode).toBe(0);
-        expect(readFileSync(got, 'utf8')).toBe(`${head}}\n`);
-      } finally {
-        done();
-      }
-    });
-
-    it('cancelled, the command reads an empty input; calls made meanwhile wait for it, in order', async () => {
-      const s = make(['sh', '-c', '[ "$1" = warm ] && exit 0; printf "[%s]" "$(cat "${2:-/dev/stdin}")"', 'fake-nft']);
-      await s.run(['warm'], '');
-      const call = open(s, ['-f']);
-      const later = s.run(['after'], 'next\n');
-      let laterDone = false;
-      void later.then(() => (laterDone = true));
-      await new Promise((r) => setTimeout(r, 100));
-      expect(laterDone).toBe(false);
-      call.cancel();
-      call.cancel(); // once is enough; again is a no-op
-      expect((await later).stdout).toBe('[next]');
-    });
-
-    it('a chunk that throws part-way kills the command before its input ends: it never sees the end of a cut input', async () => {
-      const { dir, done } = scratch();
-      try {
-        const s = make(['sh', '-c', `[ "$1" = warm ] && exit 0; cat "$2" > ${dir}/got; echo reached-the-end > ${dir}/end`, 'fake-nft']);
-        await s.run(['warm']);
-        for (const lines of [0, 3, 50_000]) {
-          const call = open(s, ['-f']);
-          function* failing() {
-            yield 'table inet secgroup {\n';
-            for (let i = 0; i < lines; i++) yield `\tline ${i} ${'x'.repeat(60)}\n`;
-            throw new Error(`render failed after ${lines} lines`);
-          }
-          await expect(call.send(failing())).rejects.toThrow(`render failed after ${lines} lines`);
-          // killed, not ended: give a surviving command time to finish, then look
-          await new Promise((r) => setTimeout(r, 200));
-          expect(existsSync(join(dir, 'end'))).toBe(false);
-          // the killed shell took its FIFO along: no streamed call until a call starts it again
-          expect(s.openStream(['-f'])).toBeNull();
-          await s.run(['warm']);
-        }
-        expect((await s.run([], '')).exitCode).toBe(0);
-        expect(await appears(join(dir, 'end'))).toBe(true);
-      } finally {
-        done();
-      }
-    });
-
-    it(`writes the first chunk alone and refuses one over PIPE_BUF (${PIPE_BUF} bytes) before writing anything`, async () => {
-      const { dir, done } = scratch();
-      try {
-        const s = make(['sh', '-c', `[ "$1" = warm ] && exit 0; cat "$2" > ${dir}/got; echo reached-the-end > ${dir}/end`, 'fake-nft']);
-        await s.run(['warm']);
-        const call = open(s, ['-f']);
-        await expect(call.send(['x'.repeat(PIPE_BUF + 1), 'rest\n'].values())).rejects.toThrow(/first chunk .* over PIPE_BUF/);
-        await new Promise((r) => setTimeout(r, 200));
-        expect(existsSync(join(dir, 'end'))).toBe(false);
-      } finally {
-        done();
-      }
-    });
-
-    it('a command that exits without reading its input ends the call with its exit code, however much input is left', async () => {
-      const s = make(['sh', '-c', '[ "$1" = warm ] && exit 0; echo "no table" >&2; exit 3', 'fake-nft']);
-      await s.run(['warm']);
-      const call = open(s, ['-f']);
-      function* big() {
-        yield 'table inet secgroup {\n';
-        for (let i = 0; i < 20_000; i++) yield `\tline ${i} ${'x'.repeat(200)}\n`;
-      }
-      expect(await call.send(big())).toEqual({ stdout: '', stderr: 'no table\n', exitCode: 3 });
-      expect((await s.run([])).exitCode).toBe(3);
-    });
-
-    it('a streamed call that is never given its input is killed at the timeout, and the shell serves again', async () => {
-      const s = make(['sh', '-c', '[ "$1" = warm ] && exit 0; cat "$1" >/dev/null; echo ok', 'fake-nft'], 300);
-      await s.run(['warm'], '');
-      const call = open(s);
-      const next = s.run([], '');
-      await expect(next).resolves.toMatchObject({ stdout: 'ok\n' });
-      // the call itself failed at its timeout; sending afterwards reports that
-      await expect(call.send(['x\n'].values())).rejects.toBeInstanceOf(SpawnTimeoutError);
-    });
   });
 });

@@ -18,7 +18,7 @@ import { policy } from './fixtures.js';
 import { dumpBlock, dumpBlocks, withoutGeneration } from '../../helpers/nft-dump.js';
 import { golden } from '../../helpers/golden.js';
 
-function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBurst?: (work: BurstWork) => () => void; checkBeforeApply?: boolean } = {}) {
+function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBurst?: (work: BurstWork) => () => void } = {}) {
   const nft = new FakeNft();
   const clock = new FakeClock();
   const store = new MemoryStateStore();
@@ -36,7 +36,6 @@ function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBu
     incremental: opts.incremental ?? true,
     ...(opts.persistCoalesceMs === undefined ? {} : { persistCoalesceMs: opts.persistCoalesceMs }),
     ...(opts.heapBurst ? { heapBurst: opts.heapBurst } : {}),
-    ...(opts.checkBeforeApply === undefined ? {} : { checkBeforeApply: opts.checkBeforeApply }),
     onOutcome: (o) => outcomes.push(o),
   });
   return { nft, clock, store, metrics, outcomes, r };
@@ -599,71 +598,6 @@ describe('reconciler', () => {
     expect(await r.checkDrift()).not.toBeNull();
     expect(nft.count('readRuleCounters')).toBe(1);
     expect(tableRevision(nft)).toBe('1');
-  });
-
-  it('after noteTableAbsent, starts nft before it compiles and applies the replacement through it (as the agent runs: no check first)', async () => {
-    const { nft, r } = setup({ checkBeforeApply: false });
-    nft.preparable = true;
-    const seen: string[][] = [];
-    // every read of the policy's groups before the apply (the compile's) records which nft calls were made by then
-    const watched = new Proxy(policy(1), {
-      get: (target, key, receiver) => {
-        if (key === 'security_groups' && nft.count('apply') === 0) seen.push(nft.calls.map((c) => c.method));
-        return Reflect.get(target, key, receiver);
-      },
-    });
-    r.noteTableAbsent();
-    expect(await r.submit(watched, 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
-    expect(seen.length).toBeGreaterThan(0);
-    expect(seen[0]).toEqual(['prepareApply']);
-    await r.idle();
-    // the rule chains went to nft during the compile: the very chains of the table applied, in its order
-    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'beginPrepared', 'apply', 'readMarker']);
-    const applied = nft.calls.find((c) => c.method === 'apply')!.tx!.ops[0]!;
-    expect(applied.op).toBe('replace-table');
-    const ruleChains = applied.op === 'replace-table' ? applied.table.chains.filter((c) => c.name.startsWith('r_')) : [];
-    expect(ruleChains.length).toBeGreaterThan(0);
-    expect(nft.begun).toHaveLength(ruleChains.length);
-    nft.begun!.forEach((c, i) => expect(c).toBe(ruleChains[i]));
-    expect(tableRevision(nft)).toBe('1');
-    // later syncs are not first applies over an absent table: no nft started early
-    expect(await r.submit(policy(2, { extraRule: true }), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
-    expect(nft.count('prepareApply')).toBe(1);
-  });
-
-  it('cancels the nft it started early when the sync fails before applying, and retries with a plain apply', async () => {
-    const { nft, r, clock } = setup({ checkBeforeApply: false });
-    nft.preparable = true;
-    r.noteTableAbsent();
-    // the apply through the prepared nft fails: the next attempt (forced full) starts no early nft and reads counts to carry
-    nft.failNext('apply');
-    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'failed' });
-    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'beginPrepared', 'apply']);
-    await clock.advance(1000);
-    await r.idle();
-    expect(nft.calls.map((c) => c.method)).toEqual(['prepareApply', 'beginPrepared', 'apply', 'readRuleCounters', 'apply', 'readMarker']);
-    expect(tableRevision(nft)).toBe('1');
-    // a compile that throws: the early nft is cancelled, not left waiting for a script
-    const { nft: nft2, r: r2 } = setup({ checkBeforeApply: false });
-    nft2.preparable = true;
-    r2.noteTableAbsent();
-    const broken = new Proxy(policy(1), {
-      get: (target, key, receiver) => {
-        if (key === 'security_groups') throw new Error('compile blew up');
-        return Reflect.get(target, key, receiver);
-      },
-    });
-    expect(await r2.submit(broken, 'controller')).toMatchObject({ status: 'failed' });
-    expect(nft2.calls.map((c) => c.method)).toEqual(['prepareApply', 'cancelPrepared']);
-  });
-
-  it('with a check before every apply, starts no nft early (the check must run first)', async () => {
-    const { nft, r } = setup();
-    nft.preparable = true;
-    r.noteTableAbsent();
-    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
-    await r.idle();
-    expect(nft.calls.map((c) => c.method)).toEqual(['check', 'apply', 'readMarker']);
   });
 
   it('forgets what the start-up probe found once the drift monitor reports a change to our table before the first apply', async () => {
