@@ -22,7 +22,7 @@
  * a full compile would; it can differ from one in layout (a rule whose
  * group lost its last member keeps its lookup, over an empty set).
  */
-import { createHash } from 'node:crypto';
+import { sha256 } from '../lib/hash.js';
 import { parseIp, type AddrRange, type Family } from '../policy/address.js';
 import type { NormalizedRule } from '../policy/normalize.js';
 import type { Policy } from '../policy/schema.js';
@@ -194,7 +194,7 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   }
   let added = 0;
   let removed = 0;
-  const digest = createHash('sha256').update(`${prev.digest}\n${policy.revision}\n${effective.join('\n')}`).digest('hex').slice(0, 16);
+  const digest = sha256(`${prev.digest}\n${policy.revision}\n${effective.join('\n')}`).slice(0, 16);
   const marker = comment(`secgroup digest=${digest} revision=${policy.revision} instance=${policy.instance.id}`);
   const table = { ...prev.table, marker };
   const ops: NftOp[] = [];
