@@ -204,10 +204,12 @@ export function openSqliteStore(file: string, opts: SqliteStoreOptions = {}): Sq
       for (const side of [`${file}-wal`, `${file}-shm`, `${file}-journal`]) tightenFile(side, opts.logger);
     }
     db = new Database(file);
+    // first: the pragmas after it may need a lock another process holds (switching to WAL does), and without a
+    // busy timeout SQLite answers "database is locked" at once (a writer process failed to open so, CI 2026-12-06)
+    db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
     db.pragma('journal_mode = WAL');
     db.pragma(`synchronous = ${opts.synchronous ?? 'FULL'}`);
     db.pragma('foreign_keys = ON');
-    db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
     migrate(db);
     repairRevisions(db, opts.logger);
   } catch (e) {
