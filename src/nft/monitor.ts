@@ -110,10 +110,10 @@ const GENERATION_RE = /^# new generation (\d+)(?: by process (.*))?$/;
 const MARKER_RE = /^add element inet \S+ \S+ \{ 1 comment "(.*)" \}$/;
 const STRUCTURAL = new Set(['table', 'chain', 'rule', 'set', 'map', 'flowtable', 'counter', 'quota', 'limit', 'ct', 'secmark', 'synproxy']);
 
-/** Collects the lines of one open transaction into a `MonitorBatch` (shared by both parsers). */
 /** What the builder knows of a batch before it ends (the objects touched are kept in sets until then). */
 type OpenBatch = Omit<MonitorBatch, 'rulesOf' | 'elementsOf' | 'elementsAddedTo' | 'removedKeys'>;
 
+/** Collects the lines of one open transaction into a `MonitorBatch` (shared by both parsers). */
 export class MonitorBatchBuilder {
   private batch: OpenBatch | null = null;
   private readonly rulesOf = new Set<string>();
