@@ -17,6 +17,11 @@
 #       -> /usr/local/lib/secgroup/secgroup-nftwatch, where the agent looks for
 #       it (drift_listener: auto); when there is none it says so, and the agent
 #       follows `nft monitor` instead
+#   - secgroup-memtrim.node next to the bundle (the addon that gives the
+#       agent's free C heap back after bursts; scripts/build-native.sh)
+#       -> /usr/local/lib/secgroup/secgroup-memtrim.node, where the agent
+#       looks for it; when there is none it says so, and the agent runs
+#       without (its idle RSS a few MB higher)
 #   - /usr/local/bin/secgroup: runs it with the Node.js >= 22.15 found now (24 LTS is what it is tested on)
 #   - systemd/secgroup-agent.service -> /usr/local/lib/systemd/system/
 #   - examples/config/agent.yaml -> /etc/secgroup/agent.yaml and an empty
@@ -52,6 +57,7 @@ LIB_DIR=/usr/local/lib/secgroup
 PROGRAM=$LIB_DIR/secgroup.cjs # secgroup.mjs for an ES module bundle (--bundle FILE.mjs)
 PART=$LIB_DIR/secgroup-controller.cjs # loaded by `secgroup controller` only
 LISTENER=$LIB_DIR/secgroup-nftwatch
+MEMTRIM=$LIB_DIR/secgroup-memtrim.node
 WRAPPER=/usr/local/bin/secgroup
 UNIT_DIR=/usr/local/lib/systemd/system
 CONFIG_DIR=/etc/secgroup
@@ -173,6 +179,15 @@ EOF
   else
     rm -f "$R$LISTENER"
     say "no $src_listener (scripts/build-native.sh builds it): the agent follows changes with nft monitor instead"
+  fi
+  local src_memtrim
+  src_memtrim="$(dirname "$bundle")/$(basename "$MEMTRIM")"
+  if [[ -f $src_memtrim ]]; then
+    put "$R$MEMTRIM" 0644 <"$src_memtrim"
+    say "installed $MEMTRIM (gives the agent's free C heap back after bursts)"
+  else
+    rm -f "$R$MEMTRIM"
+    say "no $src_memtrim (scripts/build-native.sh builds it): the agent runs without it (idle RSS a few MB higher)"
   fi
 
   local upgrade=0

@@ -6,9 +6,11 @@
 #
 # Both carry the single executable (scripts/build-sea.mjs; Node.js inside, none
 # needed on the host; the controller's store is Node's built-in node:sqlite, so
-# there is no native addon to ship). The agent's also carries the drift
+# the controller has no native addon). The agent's also carries the drift
 # monitor's listener (native/secgroup-nftwatch.c, scripts/build-native.sh) in
-# /usr/lib/secgroup/secgroup-nftwatch, where the agent looks for it. The controller's also carries the web
+# /usr/lib/secgroup/secgroup-nftwatch and the addon that gives its free C heap
+# back (native/secgroup-memtrim.c) in /usr/lib/secgroup/secgroup-memtrim.node,
+# where the agent looks for them. The controller's also carries the web
 # console's static files (dist/console) in /usr/lib/secgroup-controller/console.
 # Then lintian, when installed: remaining
 # tags are listed, with their reasons, in packaging/debian/lintian-overrides.*
@@ -74,6 +76,7 @@ r="$work/agent"
 install -d -m 0755 "$r/DEBIAN" "$r/usr/bin" "$r/lib/systemd/system" "$r/etc/secgroup"
 install -m 0755 "$sea" "$r/usr/bin/secgroup"
 install -D -m 0755 -s dist/secgroup-nftwatch "$r/usr/lib/secgroup/secgroup-nftwatch"
+install -D -m 0644 -s dist/secgroup-memtrim.node "$r/usr/lib/secgroup/secgroup-memtrim.node"
 sed 's#/usr/local/bin/secgroup#/usr/bin/secgroup#; s#Installed by scripts/install.sh#Installed by the secgroup-agent package (or scripts/install.sh)#' \
   systemd/secgroup-agent.service >"$r/lib/systemd/system/secgroup-agent.service"
 chmod 0644 "$r/lib/systemd/system/secgroup-agent.service"

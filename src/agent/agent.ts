@@ -30,6 +30,7 @@ import { DriftMonitor } from './drift-monitor.js';
 import { PortReporter } from './port-reporter.js';
 import type { StateStore } from './state-store.js';
 import type { ServiceManager } from './systemd.js';
+import type { MemoryTrimmer } from './memtrim.js';
 
 export { resolveControllerEndpoint, type Resolver } from './controllers.js';
 
@@ -55,6 +56,8 @@ export interface AgentDeps {
   nftMonitor?: NftMonitor | null;
   /** heap sizing for throughput while a sync compiles (footprint.ts `compileBurst`; reconciler.ts `heapBurst`); absent: none */
   heapBurst?: (work: BurstWork) => () => void;
+  /** gives the free C heap back after a burst of syncs (memtrim.ts); null/absent: none */
+  trimmer?: MemoryTrimmer | null;
 }
 
 export interface AgentStatus {
@@ -161,6 +164,7 @@ export function createAgent(deps: AgentDeps): Agent {
       }
       // the port report: at once after a rule change or a member change that can alter a listening port, else coalesced (port-reporter.ts)
       ports.applied(o);
+      deps.trimmer?.noteWork();
       if (o.status === 'applied') ready(`enforcing revision ${o.revision}`);
     },
   });
@@ -404,6 +408,7 @@ export function createAgent(deps: AgentDeps): Agent {
       driftJob?.stop();
       portsTimer?.cancel();
       ports.stop();
+      deps.trimmer?.stop();
       await driftMonitor?.stop();
       await reconciler.stop();
       if (server) {

@@ -103,6 +103,21 @@ describe('install.sh --root DIR (nothing done to the running system)', () => {
     expect(r.out).toMatch(/follows changes with nft monitor instead/);
   }, 30_000);
 
+  it('installs the memory-trim addon found next to the bundle, removes an old one when there is none, and says so', () => {
+    const MEMTRIM = 'usr/local/lib/secgroup/secgroup-memtrim.node';
+    writeFileSync(join(work, 'secgroup-memtrim.node'), 'addon v1\n');
+    let r = install([]);
+    expect(r.status, r.out).toBe(0);
+    expect(tree(root).sort()).toEqual([CONFIG, TOKEN, WRAPPER, PROGRAM, UNIT, MEMTRIM].sort());
+    expect([file(MEMTRIM), mode(MEMTRIM)]).toEqual(['addon v1\n', 0o644]);
+    expect(r.out).toMatch(/installed \/usr\/local\/lib\/secgroup\/secgroup-memtrim.node/);
+    rmSync(join(work, 'secgroup-memtrim.node'));
+    r = install([]);
+    expect(r.status, r.out).toBe(0);
+    expect(existsSync(join(root, MEMTRIM))).toBe(false);
+    expect(r.out).toMatch(/secgroup-memtrim.node \(scripts\/build-native.sh builds it\): the agent runs without it/);
+  }, 30_000);
+
   it('the wrapper runs the installed program with its arguments', () => {
     expect(install([]).status).toBe(0);
     // run it with the root's path substituted (the installed wrapper names the final path)
