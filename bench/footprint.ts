@@ -13,7 +13,11 @@
  * (issue 18: <= 5 ms agent CPU per delta; <= 90 MB RSS at 10k members).
  * The agent gets the `Environment=` of systemd/secgroup-agent.service, its code
  * cache (NODE_COMPILE_CACHE) made before the first agent starts, as an installed
- * agent has it from its second start on.
+ * agent has it from its second start on, and secgroup-memtrim.node next to
+ * the bundle, as scripts/install.sh and the .deb install it
+ * (BENCH_FOOTPRINT_NO_MEMTRIM=1: without it, src/agent/memtrim.ts). The note
+ * of each row splits the RSS at its end into anonymous memory (V8's heap,
+ * malloc's arenas) and mapped files (the node executable's pages).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -34,6 +38,7 @@ const PROF_DIR = process.env.BENCH_FOOTPRINT_PROF;
 const HZ = 100;
 /** set: print each phase's CPU per thread of the agent (/proc/PID/task/TID/stat: main thread, V8 workers, libuv pool) */
 const THREADS = process.env.BENCH_FOOTPRINT_THREADS !== undefined;
+const NO_MEMTRIM = process.env.BENCH_FOOTPRINT_NO_MEMTRIM === '1';
 
 export interface FootprintRow {
   process: string;
@@ -47,12 +52,12 @@ export interface FootprintRow {
   note: string;
 }
 
-function sample(pid: number): { rssKb: number; ticks: number } {
+function sample(pid: number): { rssKb: number; anonKb: number; fileKb: number; ticks: number } {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return { rssKb, ticks: Number(f[11]) + Number(f[12]) };
+  return { rssKb: kb('VmRSS'), anonKb: kb('RssAnon'), fileKb: kb('RssFile') + kb('RssShmem'), ticks: Number(f[11]) + Number(f[12]) };
 }
 
 /** CPU ticks of each thread of `pid` in user and system mode, by "tid name mode" */
@@ -72,7 +77,7 @@ function threadTicks(pid: number): Map<string, number> {
   return out;
 }
 
-async function watch(pid: number, seconds: number, during?: () => Promise<void>): Promise<{ rss: number; peak: number; cpu: number; cpuMs: number }> {
+async function watch(pid: number, seconds: number, during?: () => Promise<void>): Promise<{ rss: number; anon: number; file: number; peak: number; cpu: number; cpuMs: number }> {
   const a = sample(pid);
   const threadsBefore = THREADS ? threadTicks(pid) : null;
   const t0 = performance.now();
@@ -94,10 +99,13 @@ async function watch(pid: number, seconds: number, during?: () => Promise<void>)
     process.stderr.write(`footprint threads over ${seconds} s (ms CPU): ${used.map(([t, ms]) => `${t}: ${ms}`).join(', ') || 'none'}\n`);
   }
   const secs = (performance.now() - t0) / 1000;
-  return { rss: b.rssKb / 1024, peak: Math.max(peak, b.rssKb) / 1024, cpu: ((b.ticks - a.ticks) / HZ / secs) * 100, cpuMs: ((b.ticks - a.ticks) * 1000) / HZ };
+  return { rss: b.rssKb / 1024, anon: b.anonKb / 1024, file: b.fileKb / 1024, peak: Math.max(peak, b.rssKb) / 1024, cpu: ((b.ticks - a.ticks) / HZ / secs) * 100, cpuMs: ((b.ticks - a.ticks) * 1000) / HZ };
 }
 
 const r1 = (x: number) => Math.round(x * 10) / 10;
+
+/** How the RSS at the end of a watch splits: the heap and malloc (anonymous) and the program's mapped files. */
+const split = (w: { anon: number; file: number }) => `RSS ${r1(w.anon)} MB anonymous + ${r1(w.file)} MB mapped files`;
 
 /** IPv4 before IPv6, numerically ascending (src/controller/policy-documents.ts memberList). */
 function canonicalOrder(list: readonly string[]): string[] {
@@ -156,7 +164,7 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string; revision?: number; status?: string }).type === 'ack' && (l.message as { revision?: number }).revision === 1, 120_000, from, 'ack 1');
     await new Promise((r) => setTimeout(r, 2000));
     const idle = await watch(pid, IDLE_S);
-    rows.push({ process: 'agent', phase: `${k(members)} members: idle ${IDLE_S} s after the full apply`, reference: 'bare node; ~0 % CPU', rssMb: r1(idle.rss), peakRssMb: r1(idle.peak), cpuPct: r1(idle.cpu), cpuMsPerDelta: null, note: '1k rules, one remote group' });
+    rows.push({ process: 'agent', phase: `${k(members)} members: idle ${IDLE_S} s after the full apply`, reference: 'bare node; ~0 % CPU', rssMb: r1(idle.rss), peakRssMb: r1(idle.peak), cpuPct: r1(idle.cpu), cpuMsPerDelta: null, note: `1k rules, one remote group; ${split(idle)}` });
     let rev = 1;
     let sent = 0;
     const joiner = 'fd00:5ec:ffff::1';
@@ -183,10 +191,10 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
       peakRssMb: r1(stream.peak),
       cpuPct: r1(stream.cpu),
       cpuMsPerDelta: Math.round((stream.cpuMs / sent) * 100) / 100,
-      note: `${sent} deltas sent, ${applied} acked applied, ${resyncs} resyncs (CPU per delta includes the idle floor)`,
+      note: `${sent} deltas sent, ${applied} acked applied, ${resyncs} resyncs (CPU per delta includes the idle floor); at the end ${split(stream)}`,
     });
     const after = await watch(pid, 5);
-    rows.push({ process: 'agent', phase: `${k(members)} members: idle 5 s after the stream`, reference: 'idle', rssMb: r1(after.rss), peakRssMb: r1(after.peak), cpuPct: r1(after.cpu), cpuMsPerDelta: null, note: '' });
+    rows.push({ process: 'agent', phase: `${k(members)} members: idle 5 s after the stream`, reference: 'idle', rssMb: r1(after.rss), peakRssMb: r1(after.peak), cpuPct: r1(after.cpu), cpuMsPerDelta: null, note: split(after) });
   } finally {
     // SIGTERM: a clean stop (the rules stay), so a CPU profile gets written; SIGKILL if it hangs
     process.kill(pid, 'SIGTERM'); // not execa's kill: it sends SIGKILL 5 s later
@@ -201,6 +209,8 @@ export async function runFootprintBench(): Promise<FootprintRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-footprint-'));
   const bundle = join(dir, 'secgroup.cjs');
   execFileSync(process.execPath, [join(REPO, 'scripts/bundle.mjs'), '--outfile', bundle], { stdio: 'ignore' });
+  // as installed: the addon that gives the free C heap back next to the program (BENCH_FOOTPRINT_NO_MEMTRIM=1: without it)
+  if (!NO_MEMTRIM) execFileSync('bash', [join(REPO, 'scripts/build-native.sh'), dir], { stdio: 'ignore' });
   const agentEnv = warmedUnitEnvironment(bundle, join(dir, 'compile-cache'));
   const lab = await AgentLab.create('fp');
   const rows: FootprintRow[] = [];
@@ -209,7 +219,7 @@ export async function runFootprintBench(): Promise<FootprintRow[]> {
     await new Promise((r) => setTimeout(r, 1000));
     const bareIdle = await watch(bare.pid!, 3);
     bare.kill('SIGKILL');
-    rows.push({ process: 'bare node', phase: 'idle', reference: '-', rssMb: r1(bareIdle.rss), peakRssMb: r1(bareIdle.peak), cpuPct: r1(bareIdle.cpu), cpuMsPerDelta: null, note: 'node -e setInterval: the runtime floor' });
+    rows.push({ process: 'bare node', phase: 'idle', reference: '-', rssMb: r1(bareIdle.rss), peakRssMb: r1(bareIdle.peak), cpuPct: r1(bareIdle.cpu), cpuMsPerDelta: null, note: `node -e setInterval: the runtime floor; ${split(bareIdle)}` });
     const peer = await lab.startPeer();
     for (const members of SIZES) {
       rows.push(...(await runSize(lab, peer, bundle, dir, members, agentEnv)));
