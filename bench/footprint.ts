@@ -15,7 +15,9 @@
  * cache (NODE_COMPILE_CACHE) made before the first agent starts, as an installed
  * agent has it from its second start on, and secgroup-memtrim.node next to
  * the bundle, as scripts/install.sh and the .deb install it
- * (BENCH_FOOTPRINT_NO_MEMTRIM=1: without it, src/agent/memtrim.ts). The note
+ * (BENCH_FOOTPRINT_NO_MEMTRIM=1: without it, src/agent/memtrim.ts), and the
+ * drift monitor's listener secgroup-nftwatch, built next to it too
+ * (BENCH_FOOTPRINT_NFT_MONITOR=1: `nft monitor`, what the bench ran before). The note
  * of each row splits the RSS at its end into anonymous memory (V8's heap,
  * malloc's arenas) and mapped files (the node executable's pages).
  */
@@ -39,6 +41,8 @@ const HZ = 100;
 /** set: print each phase's CPU per thread of the agent (/proc/PID/task/TID/stat: main thread, V8 workers, libuv pool) */
 const THREADS = process.env.BENCH_FOOTPRINT_THREADS !== undefined;
 const NO_MEMTRIM = process.env.BENCH_FOOTPRINT_NO_MEMTRIM === '1';
+/** the drift monitor as before round 8 of issue 18: `nft monitor` (BENCH_FOOTPRINT_NFT_MONITOR=1) */
+const NO_NATIVE = process.env.BENCH_FOOTPRINT_NFT_MONITOR === '1';
 
 export interface FootprintRow {
   process: string;
@@ -150,6 +154,8 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
     log_level: 'warn',
     controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token' },
     platform: { dhcp: false },
+    // as installed (the packages put the listener where `auto` finds it; here it is built next to the bundle)
+    drift_listener: NO_NATIVE ? '' : join(dir, 'secgroup-nftwatch'),
   });
   const from = peer.lines.length;
   // the peer's current policy: what it sends the agent after its hello
@@ -209,8 +215,9 @@ export async function runFootprintBench(): Promise<FootprintRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-footprint-'));
   const bundle = join(dir, 'secgroup.cjs');
   execFileSync(process.execPath, [join(REPO, 'scripts/bundle.mjs'), '--outfile', bundle], { stdio: 'ignore' });
-  // as installed: the addon that gives the free C heap back next to the program (BENCH_FOOTPRINT_NO_MEMTRIM=1: without it)
-  if (!NO_MEMTRIM) execFileSync('bash', [join(REPO, 'scripts/build-native.sh'), dir], { stdio: 'ignore' });
+  // as installed: the drift monitor's listener and the addon that gives the free C heap back, next to the program
+  execFileSync('bash', [join(REPO, 'scripts/build-native.sh'), dir], { stdio: 'ignore' });
+  if (NO_MEMTRIM) rmSync(join(dir, 'secgroup-memtrim.node'));
   const agentEnv = warmedUnitEnvironment(bundle, join(dir, 'compile-cache'));
   const lab = await AgentLab.create('fp');
   const rows: FootprintRow[] = [];
