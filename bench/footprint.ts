@@ -42,7 +42,7 @@ const HZ = 100;
 const THREADS = process.env.BENCH_FOOTPRINT_THREADS !== undefined;
 const NO_MEMTRIM = process.env.BENCH_FOOTPRINT_NO_MEMTRIM === '1';
 /** the drift monitor as before round 8 of issue 18: `nft monitor` (BENCH_FOOTPRINT_NFT_MONITOR=1) */
-const NO_NATIVE = process.env.BENCH_FOOTPRINT_NFT_MONITOR === '1';
+const NFT_MONITOR = process.env.BENCH_FOOTPRINT_NFT_MONITOR === '1';
 
 export interface FootprintRow {
   process: string;
@@ -155,7 +155,7 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
     controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token' },
     platform: { dhcp: false },
     // as installed (the packages put the listener where `auto` finds it; here it is built next to the bundle)
-    drift_listener: NO_NATIVE ? '' : join(dir, 'secgroup-nftwatch'),
+    drift_listener: NFT_MONITOR ? '' : join(dir, 'secgroup-nftwatch'),
   });
   const from = peer.lines.length;
   // the peer's current policy: what it sends the agent after its hello

@@ -12,8 +12,10 @@ import { portSpecSchema, type ControllerEndpoint, type PlatformOptions } from '.
 
 export const DEFAULT_CONFIG_PATH = '/etc/secgroup/agent.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/secgroup';
-/** where the packages install secgroup-nftwatch: the .deb's layout, then scripts/install.sh's */
-export const DRIFT_LISTENER_PATHS = ['/usr/lib/secgroup/secgroup-nftwatch', '/usr/local/lib/secgroup/secgroup-nftwatch'];
+/** where the packages install the agent's native parts (secgroup-nftwatch, secgroup-memtrim.node): the .deb's layout, then scripts/install.sh's */
+export const AGENT_LIB_DIRS = ['/usr/lib/secgroup', '/usr/local/lib/secgroup'] as const;
+/** where the packages install secgroup-nftwatch */
+export const DRIFT_LISTENER_PATHS = AGENT_LIB_DIRS.map((d) => `${d}/secgroup-nftwatch`);
 
 const listenSchema = z.string().regex(/^(?:\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):\d{1,5}$/, { message: 'must be ADDRESS:PORT, e.g. 127.0.0.1:9469 ([::1]:9469 for IPv6)' });
 

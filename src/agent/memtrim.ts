@@ -22,12 +22,10 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Clock, Timer } from '../lib/clock.js';
 import { errorMessage } from '../lib/errors.js';
+import { AGENT_LIB_DIRS } from './config.js';
 import type { Logger } from '../lib/logger.js';
 
 export const MEMTRIM_FILE = 'secgroup-memtrim.node';
-
-/** Where the packages install it: the .deb's layout, then scripts/install.sh's. */
-export const MEMTRIM_LIB_DIRS = ['/usr/lib/secgroup', '/usr/local/lib/secgroup'];
 
 /**
  * Where the addon is looked for, in order: next to the program (the bundle
@@ -39,7 +37,7 @@ export const MEMTRIM_LIB_DIRS = ['/usr/lib/secgroup', '/usr/local/lib/secgroup']
 export function memtrimCandidates(moduleUrl: string = import.meta.url): string[] {
   const here = dirname(fileURLToPath(moduleUrl));
   const first = basename(here) === 'agent' ? join(here, '..', '..', 'dist') : here;
-  return [...new Set([first, ...MEMTRIM_LIB_DIRS].map((d) => join(d, MEMTRIM_FILE)))];
+  return [...new Set([first, ...AGENT_LIB_DIRS].map((d) => join(d, MEMTRIM_FILE)))];
 }
 
 export interface MemTrim {

@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createAgent } from '../../../src/agent/agent.js';
-import { resolveConfig } from '../../../src/agent/config.js';
-import { loadMemTrim, MEMTRIM_FILE, MEMTRIM_LIB_DIRS, memtrimCandidates, MemoryTrimmer, TRIM_DELAY_MS } from '../../../src/agent/memtrim.js';
+import { AGENT_LIB_DIRS, resolveConfig } from '../../../src/agent/config.js';
+import { loadMemTrim, MEMTRIM_FILE, memtrimCandidates, MemoryTrimmer, TRIM_DELAY_MS } from '../../../src/agent/memtrim.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { FakeClock } from '../../../src/lib/clock.js';
 import { silentLogger } from '../../../src/lib/logger.js';
@@ -97,7 +97,7 @@ describe('loadMemTrim', () => {
       `/usr/lib/secgroup/${MEMTRIM_FILE}`,
     ]);
     // the .deb's single executable
-    expect(memtrimCandidates(pathToFileURL('/usr/bin/secgroup').href)).toEqual([`/usr/bin/${MEMTRIM_FILE}`, ...MEMTRIM_LIB_DIRS.map((d) => `${d}/${MEMTRIM_FILE}`)]);
+    expect(memtrimCandidates(pathToFileURL('/usr/bin/secgroup').href)).toEqual([`/usr/bin/${MEMTRIM_FILE}`, ...AGENT_LIB_DIRS.map((d) => `${d}/${MEMTRIM_FILE}`)]);
     // a checkout: the bundle in dist/, this module run from src/ (tsx) or dist/agent (tsc)
     for (const from of ['dist/secgroup.cjs', 'src/agent/memtrim.ts', 'dist/agent/memtrim.js']) {
       expect(memtrimCandidates(pathToFileURL(join(REPO, from)).href)[0]).toBe(join(REPO, 'dist', MEMTRIM_FILE));
