@@ -11,17 +11,25 @@
  * one synchronous write, so the request leaves within the call; bigger input
  * gathered into 64 KB pieces, each one synchronous write, with a turn of the
  * event loop after every MB: `writePieces`)
- * (mode 0700, `secgroup-nft-<pid>-*` in the temporary directory: removed on
- * exit, or by the next agent when its process was killed), one line
+ * (mode 0700, `secgroup-nft-<pid>-*` in a memory file system, `helperBaseDir`:
+ * removed on exit, or by the next agent when its process was killed), one line
  * `<id> <args...>` goes to the shell's stdin, the shell
  * runs `<command> <args...> <in >out 2>err` and answers `<id> <exit code>`.
  * Arguments are tokens our code builds (flags, table and set names), never
  * user text; the shell splits them on spaces with globbing off. A request
  * that outlives its timeout kills the shell's whole process group (the
  * command included); a dead shell is started again on the next request.
+ *
+ * Why a memory file system: every call truncates and rewrites `in`, `out`
+ * and `err`. On a disk file system (ext4 with its journal) the truncation of
+ * a file just written costs ~0.35 ms of system time in the median and up to
+ * several ms, against ~0.03 ms on tmpfs (a member delta's call: measured
+ * side by side, bench/README.md "Issue 18 round 9"), and a full apply's
+ * script of megabytes would go to disk for nothing. Big inputs and outputs
+ * are truncated after their call, so they hold no memory between calls.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { accessSync, closeSync, constants, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, statfsSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -124,20 +132,59 @@ function prepareInput(input: string | Iterable<string>): Input {
     for (let r = it.next(); !r.done; r = it.next()) yield r.value;
   })();
 }
+/** statfs f_type of tmpfs (linux/magic.h TMPFS_MAGIC). */
+const TMPFS_MAGIC = 0x01021994;
+
+/** Is `dir` a directory on tmpfs that this process may create entries in? */
+function isWritableTmpfs(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK | constants.X_OK);
+    return statSync(dir).isDirectory() && statfsSync(dir).type === TMPFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Where the helper's private directory goes: the service's runtime
+ * directory (`$RUNTIME_DIRECTORY`, /run/secgroup: RuntimeDirectory= of
+ * systemd/secgroup-agent.service; its first entry when several are given),
+ * else /dev/shm when it is a writable tmpfs, else the temporary directory
+ * (os.tmpdir(): $TMPDIR, /tmp). See the module comment for why memory.
+ */
+export function helperBaseDir(env: NodeJS.ProcessEnv = process.env, shm = '/dev/shm'): string {
+  const runtime = env.RUNTIME_DIRECTORY?.split(':')[0];
+  if (runtime && runtime.startsWith('/')) return runtime;
+  return isWritableTmpfs(shm) ? shm : tmpdir();
+}
+
+/** Input or output of at least this many bytes is truncated after its call (a memory file system would hold it until the next call). */
+const TRUNCATE_AFTER_BYTES = SMALL_INPUT_CHARS;
+
+/** Empties `file` when it holds TRUNCATE_AFTER_BYTES or more (best effort: the next call truncates it anyway). */
+function releaseIfBig(file: string, bytes: number): void {
+  if (bytes < TRUNCATE_AFTER_BYTES) return;
+  try {
+    truncateSync(file, 0);
+  } catch {
+    // the next call's write truncates it
+  }
+}
+
 let staleChecked = false;
 
 /**
  * Removes the directories of spawners whose process is gone (killed before
- * its exit hook ran: SIGKILL, a crash), once per process: only our own user's,
+ * its exit hook ran: SIGKILL, a crash) in `base`, once per process: only our own user's,
  * only when the pid in the name is not a live process.
  */
-export function removeStaleDirs(): void {
+export function removeStaleDirs(base: string = helperBaseDir()): void {
   try {
     const uid = process.getuid?.();
-    for (const name of readdirSync(tmpdir())) {
+    for (const name of readdirSync(base)) {
       const m = new RegExp(`^${DIR_PREFIX}(\\d+)-`).exec(name);
       if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
-      const path = join(tmpdir(), name);
+      const path = join(base, name);
       if (uid !== undefined && statSync(path).uid !== uid) continue;
       rmSync(path, { recursive: true, force: true });
     }
@@ -200,11 +247,12 @@ export class ShellSpawner {
 
   private start(): ChildProcess {
     if (!this.dir) {
+      const base = helperBaseDir();
       if (!staleChecked) {
         staleChecked = true;
-        removeStaleDirs();
+        removeStaleDirs(base);
       }
-      this.dir = mkdtempSync(join(tmpdir(), `${DIR_PREFIX}${process.pid}-`));
+      this.dir = mkdtempSync(join(base, `${DIR_PREFIX}${process.pid}-`));
       liveDirs.add(this.dir);
       if (!exitHook) {
         exitHook = true;
@@ -276,8 +324,16 @@ export class ShellSpawner {
     const child = this.child ?? this.start();
     const dir = this.dir!;
     // small input: one synchronous write, so the request is handed to the shell within this call (see run)
-    if (typeof input === 'string') writeFileSync(join(dir, 'in'), input);
-    else await writePieces(join(dir, 'in'), input);
+    const inFile = join(dir, 'in');
+    if (typeof input === 'string') writeFileSync(inFile, input);
+    else {
+      try {
+        await writePieces(inFile, input);
+      } catch (e) {
+        releaseIfBig(inFile, TRUNCATE_AFTER_BYTES);
+        throw e;
+      }
+    }
     const id = ++this.seq;
     this.busy(child);
     let timer: NodeJS.Timeout | undefined;
@@ -291,9 +347,12 @@ export class ShellSpawner {
         }, this.timeoutMs);
         child.stdin!.write(`${id} ${args.join(' ')}\n`);
       });
-      // read at once: the files are in the page cache, nft just wrote them (a thread-pool round trip per file cost more than the read)
-      return { stdout: readFileSync(join(dir, 'out'), 'utf8'), stderr: readFileSync(join(dir, 'err'), 'utf8'), exitCode };
+      // read at once: the files are in memory, nft just wrote them (a thread-pool round trip per file cost more than the read)
+      const stdout = readFileSync(join(dir, 'out'), 'utf8');
+      releaseIfBig(join(dir, 'out'), stdout.length);
+      return { stdout, stderr: readFileSync(join(dir, 'err'), 'utf8'), exitCode };
     } finally {
+      if (typeof input !== 'string') releaseIfBig(inFile, TRUNCATE_AFTER_BYTES);
       clearTimeout(timer);
       if (this.child === child) this.idle(child);
     }

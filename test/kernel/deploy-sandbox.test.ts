@@ -139,11 +139,11 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(field('Seccomp')).toBe('2');
   });
 
-  it('file system: /etc read-only, home directories hidden, a private writable /tmp', () => {
-    const r = sandboxed(['sh', '-c', 'touch /etc/sgt-deploy-probe; ls /root; touch /tmp/probe && echo tmp-writable; ls /tmp']);
+  it('file system: /etc read-only, home directories hidden, a private writable /tmp, a private runtime directory (RuntimeDirectory=)', () => {
+    const r = sandboxed(['sh', '-c', 'touch /etc/sgt-deploy-probe; ls /root; touch /tmp/probe && echo tmp-writable; ls /tmp; stat -f -c %T "$RUNTIME_DIRECTORY"; stat -c "%a %u" "$RUNTIME_DIRECTORY"']);
     expect(r.stderr).toMatch(/\/etc\/sgt-deploy-probe.*Read-only file system/);
     expect(r.stderr).toMatch(/\/root.*Permission denied/);
-    expect(r.stdout.split('\n')).toEqual(['tmp-writable', 'app', 'probe', '']);
+    expect(r.stdout.split('\n')).toEqual(['tmp-writable', 'app', 'probe', 'runtime', 'tmpfs', `700 ${DYNAMIC_UID}`, '']);
   });
 
   it('the filters bite: EAFNOSUPPORT for a socket family not listed, EPERM for a @resources syscall; not so without them', () => {
@@ -239,14 +239,14 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(inNs(['nft', 'list', 'tables']).stdout).toBe('table inet secgroup\n');
   });
 
-  it("the agent's nft runner works in it through its helper shell (/bin/sh started by Node, scripts in a private directory under the private /tmp)", () => {
+  it("the agent's nft runner works in it through its helper shell (/bin/sh started by Node, scripts in a private directory in the service's runtime directory, a tmpfs)", () => {
     const b = spawnSync(process.execPath, [join(repo, 'scripts/bundle.mjs'), '--entry', join(repo, 'test/kernel/sandbox/helper-runner.ts'), '--outfile', join(app, 'helper-runner.mjs')], { cwd: repo, encoding: 'utf8' });
     expect(b.status, b.stderr).toBe(0);
     chmodSync(join(app, 'helper-runner.mjs'), 0o644);
     const r = sandboxed([process.execPath, '/tmp/app/helper-runner.mjs', '/tmp/app/web.json']);
     expect(r.stderr).toBe('');
-    const out = JSON.parse(r.stdout) as { helperError: string | null; markerMatches: boolean; chains: number; expectedChains: number };
-    expect(out).toEqual({ helperError: null, markerMatches: true, chains: out.expectedChains, expectedChains: out.expectedChains });
+    const out = JSON.parse(r.stdout) as { helperError: string | null; helperBase: string; helperDirs: number; markerMatches: boolean; chains: number; expectedChains: number };
+    expect(out).toEqual({ helperError: null, helperBase: '/tmp/runtime', helperDirs: 1, markerMatches: true, chains: out.expectedChains, expectedChains: out.expectedChains });
     expect(inNs(['nft', 'list', 'tables']).stdout).toBe('table inet secgroup\n');
   });
 

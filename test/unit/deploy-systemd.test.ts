@@ -78,6 +78,11 @@ describe(AGENT, () => {
     expect(s('LoadCredential')).toBe('token:/etc/secgroup/agent.token');
   });
 
+  it("hands nft its scripts through a private runtime directory in memory (/run/secgroup, the helper shell's files)", () => {
+    expect(s('RuntimeDirectory')).toBe('secgroup');
+    expect(s('RuntimeDirectoryMode')).toBe('0700');
+  });
+
   it('starts early at boot, before the network, after local file systems and nftables.service', () => {
     const u = (key: string) => words(agent, 'Unit', key);
     expect(value(agent, 'Unit', 'DefaultDependencies')).toBe('no');

@@ -1,13 +1,13 @@
 /**
  * The helper shell that starts nft for the agent (src/nft/shell-spawner.ts),
  * with stand-in commands: output, exit codes, input, order, timeouts, a dead
- * shell started again, unsafe arguments refused, cleanup.
+ * shell started again, unsafe arguments refused, where its files go, cleanup.
  */
-import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { afterEach, describe, expect, it } from 'vitest';
-import { removeStaleDirs, ShellSpawner, SpawnTimeoutError } from '../../src/nft/shell-spawner.js';
+import { helperBaseDir, removeStaleDirs, ShellSpawner, SpawnTimeoutError } from '../../src/nft/shell-spawner.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
 
 const spawners: ShellSpawner[] = [];
@@ -138,14 +138,50 @@ describe('ShellSpawner', () => {
   });
 
   it('removes its private directory on close', async () => {
-    const before = new Set(readdirSync(tmpdir()).filter((d) => d.startsWith('secgroup-nft-')));
+    const base = helperBaseDir();
+    const before = new Set(readdirSync(base).filter((d) => d.startsWith('secgroup-nft-')));
     const s = make(FAKE);
     await s.run([]);
-    const mine = readdirSync(tmpdir()).filter((d) => d.startsWith('secgroup-nft-') && !before.has(d));
+    const mine = readdirSync(base).filter((d) => d.startsWith('secgroup-nft-') && !before.has(d));
     expect(mine).toHaveLength(1);
+    expect(statSync(join(base, mine[0]!)).mode & 0o777).toBe(0o700);
     s.close();
-    expect(existsSync(`${tmpdir()}/${mine[0]}`)).toBe(false);
+    expect(existsSync(`${base}/${mine[0]}`)).toBe(false);
     await expect(s.run([])).rejects.toThrow(/stopped/);
+  });
+
+  it("puts its files in the service's runtime directory, else in /dev/shm when that is a writable tmpfs, else in the temporary directory", () => {
+    expect(helperBaseDir({ RUNTIME_DIRECTORY: '/run/secgroup' })).toBe('/run/secgroup');
+    // systemd joins several runtime directories with ':'; a relative one is ignored
+    expect(helperBaseDir({ RUNTIME_DIRECTORY: '/run/secgroup:/run/other' })).toBe('/run/secgroup');
+    const fallback = helperBaseDir({ RUNTIME_DIRECTORY: 'relative' }, '/nonexistent/shm');
+    expect(fallback).toBe(tmpdir());
+    // a directory that is not tmpfs (the repository's) is not taken for /dev/shm
+    expect(helperBaseDir({}, process.cwd())).toBe(tmpdir());
+    if (existsSync('/dev/shm') && statSync('/dev/shm').isDirectory()) expect(helperBaseDir({})).toBe('/dev/shm');
+  });
+
+  it('empties a big input and a big output after the call (a memory file system would hold them), and keeps small ones for the next call to overwrite', async () => {
+    const base = mkdtempSync(join(tmpdir(), 'sgt-spawn-base-'));
+    const saved = process.env.RUNTIME_DIRECTORY;
+    process.env.RUNTIME_DIRECTORY = base;
+    try {
+      const s = make(['sh', '-c', 'cat']);
+      const dir = () => join(base, readdirSync(base).find((d) => d.startsWith('secgroup-nft-'))!);
+      function* big() {
+        for (let i = 0; i < 1000; i++) yield `${'z'.repeat(99)}\n`;
+      }
+      const r = await s.run(['-f', '-'], big());
+      expect(r.stdout.length).toBe(100_000);
+      expect([statSync(join(dir(), 'in')).size, statSync(join(dir(), 'out')).size]).toEqual([0, 0]);
+      expect((await s.run(['-f', '-'], 'small\n')).stdout).toBe('small\n');
+      expect([statSync(join(dir(), 'in')).size, statSync(join(dir(), 'out')).size]).toEqual([6, 6]);
+    } finally {
+      if (saved === undefined) delete process.env.RUNTIME_DIRECTORY;
+      else process.env.RUNTIME_DIRECTORY = saved;
+      for (const s of spawners.splice(0)) s.close();
+      rmSync(base, { recursive: true, force: true });
+    }
   });
 
   it("removes the directories of spawners whose process is gone, and only those", () => {
@@ -156,7 +192,7 @@ describe('ShellSpawner', () => {
     const other = join(tmpdir(), 'secgroup-nft-notapid-test');
     for (const d of [stale, live, other]) mkdirSync(d, { recursive: true });
     try {
-      removeStaleDirs();
+      removeStaleDirs(tmpdir());
       expect([existsSync(stale), existsSync(live), existsSync(other)]).toEqual([false, true, true]);
     } finally {
       for (const d of [stale, live, other]) rmSync(d, { recursive: true, force: true });
@@ -164,14 +200,14 @@ describe('ShellSpawner', () => {
   });
 
   it('through the nft runner: without a usable private directory, nft runs directly and the reason is kept', async () => {
-    const saved = process.env.TMPDIR;
-    process.env.TMPDIR = '/nonexistent/secgroup-test';
+    const saved = process.env.RUNTIME_DIRECTORY;
+    process.env.RUNTIME_DIRECTORY = '/nonexistent/secgroup-test';
     let runner: ExecaNftRunner;
     try {
       runner = new ExecaNftRunner({ table: 'secgroup', command: ['sh', '-c', 'echo "nftables v1.0.6 (Lester Gooch #5)"', 'nft'], helper: true });
     } finally {
-      if (saved === undefined) delete process.env.TMPDIR;
-      else process.env.TMPDIR = saved;
+      if (saved === undefined) delete process.env.RUNTIME_DIRECTORY;
+      else process.env.RUNTIME_DIRECTORY = saved;
     }
     expect(runner.helperError).toMatch(/ENOENT/);
     expect(await runner.probe()).toEqual({ version: '1.0.6', tableExists: true });

@@ -2,12 +2,14 @@
 /**
  * Bundled by deploy-sandbox.test.ts and run inside the emulated agent sandbox:
  * the agent's nft runner with its helper shell (src/nft/shell-spawner.ts)
- * applies a policy, reads the marker and the table back, and prints a summary.
+ * applies a policy, reads the marker and the table back, and prints a summary
+ * (with where its private directory went: $RUNTIME_DIRECTORY).
  *   node helper-runner.mjs POLICY.json
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { compilePolicy } from '../../../src/nft/compile.js';
 import { ExecaNftRunner } from '../../../src/nft/exec.js';
+import { helperBaseDir } from '../../../src/nft/shell-spawner.js';
 import { replaceTableTx } from '../../../src/nft/transaction.js';
 import { parsePolicy } from '../../../src/policy/schema.js';
 
@@ -17,7 +19,9 @@ try {
   await nft.apply(replaceTableTx(compiled.table));
   const marker = await nft.readMarker();
   const table = await nft.readTable();
-  console.log(JSON.stringify({ helperError: nft.helperError, markerMatches: marker === compiled.table.marker, chains: table?.chains.length ?? null, expectedChains: compiled.table.chains.length }));
+  // where the helper's private directory is: the service's runtime directory
+  const helperDirs = readdirSync(helperBaseDir()).filter((d) => d.startsWith('secgroup-nft-')).length;
+  console.log(JSON.stringify({ helperError: nft.helperError, helperBase: helperBaseDir(), helperDirs, markerMatches: marker === compiled.table.marker, chains: table?.chains.length ?? null, expectedChains: compiled.table.chains.length }));
 } finally {
   nft.close();
 }

@@ -19,7 +19,7 @@
 # Emulated: ProtectSystem=strict (every mount but /proc, /sys, /dev read-only),
 # ProtectKernelTunables= (/proc/sys and /sys read-only), ProtectHome=yes (/root,
 # /home, /run/user empty and inaccessible), PrivateTmp=yes (fresh /tmp and
-# /var/tmp), UMask=0077, NoNewPrivileges=yes, the user, the capability sets,
+# /var/tmp), RuntimeDirectory= (a tmpfs in $RUNTIME_DIRECTORY), UMask=0077, NoNewPrivileges=yes, the user, the capability sets,
 # SystemCallFilter= with SystemCallErrorNumber=EPERM, RestrictAddressFamilies=
 # and SystemCallArchitectures=native (seccomp-exec.py). Not emulated: see
 # systemd/README.md, "What the sandbox test emulates".
@@ -56,6 +56,11 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
 mkdir /tmp/app
 mount --no-canonicalize --bind . /tmp/app
 mount -o remount,bind,ro /tmp/app
+# RuntimeDirectory=secgroup: a private tmpfs directory of the user, named by
+# $RUNTIME_DIRECTORY (systemd's is /run/secgroup; /run is not ours to change here)
+mkdir /tmp/runtime
+mount -t tmpfs -o "mode=0700,uid=$uid,gid=$uid,nosuid,nodev" tmpfs /tmp/runtime
+export RUNTIME_DIRECTORY=/tmp/runtime
 cd /
 umask 077
 
