@@ -208,6 +208,9 @@ describe.skipIf(unavailable !== undefined)(`the .deb packages under systemd as P
     const children = await shOk(VM, 'P=$(systemctl show -p MainPID --value secgroup-agent); for c in $(cat /proc/$P/task/*/children); do cat /proc/$c/comm; done');
     expect(children).toContain('secgroup-nftwat'); // comm: 15 characters
     expect(await shOk(VM, 'journalctl -q -u secgroup-agent -o cat --no-pager | grep -c drift_listener_unavailable || true')).toBe('0');
+    // nft's scripts go through the unit's runtime directory, a private tmpfs (RuntimeDirectory=secgroup)
+    const runtime = await shOk(VM, 'P=$(systemctl show -p MainPID --value secgroup-agent); stat -c "%a %F" /run/secgroup; stat -f -c %T /run/secgroup; ls /run/secgroup | grep -c "^secgroup-nft-$P-"');
+    expect(runtime.split('\n')).toEqual(['700 directory', 'tmpfs', '1']);
   });
 
   it('kill -9 of the agent: systemd restarts it, and the table is there throughout', async () => {
