@@ -135,11 +135,20 @@ function prepareInput(input: string | Iterable<string>): Input {
 /** statfs f_type of tmpfs (linux/magic.h TMPFS_MAGIC). */
 const TMPFS_MAGIC = 0x01021994;
 
-/** Is `dir` a directory on tmpfs that this process may create entries in? */
-function isWritableTmpfs(dir: string): boolean {
+/**
+ * Free space /dev/shm must have to be used: room for the biggest script or
+ * listing (~30 MB at 1M members; one call at a time, emptied after it) many
+ * times over. A container's /dev/shm (Docker: 64 MB) is too small to count on.
+ */
+export const SHM_MIN_FREE_BYTES = 256 * 1024 * 1024;
+
+/** Is `dir` a directory on tmpfs that this process may create entries in, with `minFree` bytes free? */
+function isWritableTmpfs(dir: string, minFree: number): boolean {
   try {
     accessSync(dir, constants.W_OK | constants.X_OK);
-    return statSync(dir).isDirectory() && statfsSync(dir).type === TMPFS_MAGIC;
+    if (!statSync(dir).isDirectory()) return false;
+    const fs = statfsSync(dir);
+    return fs.type === TMPFS_MAGIC && fs.bavail * fs.bsize >= minFree;
   } catch {
     return false;
   }
@@ -149,13 +158,14 @@ function isWritableTmpfs(dir: string): boolean {
  * Where the helper's private directory goes: the service's runtime
  * directory (`$RUNTIME_DIRECTORY`, /run/secgroup: RuntimeDirectory= of
  * systemd/secgroup-agent.service; its first entry when several are given),
- * else /dev/shm when it is a writable tmpfs, else the temporary directory
- * (os.tmpdir(): $TMPDIR, /tmp). See the module comment for why memory.
+ * else /dev/shm when it is a writable tmpfs with SHM_MIN_FREE_BYTES free,
+ * else the temporary directory (os.tmpdir(): $TMPDIR, /tmp). See the module
+ * comment for why memory.
  */
-export function helperBaseDir(env: NodeJS.ProcessEnv = process.env, shm = '/dev/shm'): string {
+export function helperBaseDir(env: NodeJS.ProcessEnv = process.env, shm = '/dev/shm', shmMinFree = SHM_MIN_FREE_BYTES): string {
   const runtime = env.RUNTIME_DIRECTORY?.split(':')[0];
   if (runtime && runtime.startsWith('/')) return runtime;
-  return isWritableTmpfs(shm) ? shm : tmpdir();
+  return isWritableTmpfs(shm, shmMinFree) ? shm : tmpdir();
 }
 
 /** Input or output of at least this many bytes is truncated after its call (a memory file system would hold it until the next call). */

@@ -150,7 +150,7 @@ describe('ShellSpawner', () => {
     await expect(s.run([])).rejects.toThrow(/stopped/);
   });
 
-  it("puts its files in the service's runtime directory, else in /dev/shm when that is a writable tmpfs, else in the temporary directory", () => {
+  it("puts its files in the service's runtime directory, else in /dev/shm when that is a writable tmpfs with room, else in the temporary directory", () => {
     expect(helperBaseDir({ RUNTIME_DIRECTORY: '/run/secgroup' })).toBe('/run/secgroup');
     // systemd joins several runtime directories with ':'; a relative one is ignored
     expect(helperBaseDir({ RUNTIME_DIRECTORY: '/run/secgroup:/run/other' })).toBe('/run/secgroup');
@@ -158,7 +158,11 @@ describe('ShellSpawner', () => {
     expect(fallback).toBe(tmpdir());
     // a directory that is not tmpfs (the repository's) is not taken for /dev/shm
     expect(helperBaseDir({}, process.cwd())).toBe(tmpdir());
-    if (existsSync('/dev/shm') && statSync('/dev/shm').isDirectory()) expect(helperBaseDir({})).toBe('/dev/shm');
+    if (existsSync('/dev/shm') && statSync('/dev/shm').isDirectory()) {
+      expect(helperBaseDir({}, '/dev/shm', 0)).toBe('/dev/shm');
+      // a tmpfs without room for a big script (a container's 64 MB /dev/shm) is not used
+      expect(helperBaseDir({}, '/dev/shm', Number.MAX_SAFE_INTEGER)).toBe(tmpdir());
+    }
   });
 
   it('empties a big input and a big output after the call (a memory file system would hold them), and keeps small ones for the next call to overwrite', async () => {
