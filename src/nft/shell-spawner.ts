@@ -335,14 +335,14 @@ export class ShellSpawner {
     const dir = this.dir!;
     // small input: one synchronous write, so the request is handed to the shell within this call (see run)
     const inFile = join(dir, 'in');
-    if (typeof input === 'string') writeFileSync(inFile, input);
-    else {
-      try {
-        await writePieces(inFile, input);
-      } catch (e) {
-        releaseIfBig(inFile, TRUNCATE_AFTER_BYTES);
-        throw e;
-      }
+    try {
+      if (typeof input === 'string') writeFileSync(inFile, input);
+      else await writePieces(inFile, input);
+    } catch (e) {
+      if (typeof input !== 'string') releaseIfBig(inFile, TRUNCATE_AFTER_BYTES);
+      // a file system's error (no space left, say) names the file; a render error goes on as it is
+      if ((e as NodeJS.ErrnoException).syscall !== undefined) throw new Error(`cannot write nft's input to ${inFile}: ${(e as Error).message}`, { cause: e });
+      throw e;
     }
     const id = ++this.seq;
     this.busy(child);

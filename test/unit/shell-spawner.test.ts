@@ -188,6 +188,28 @@ describe('ShellSpawner', () => {
     }
   });
 
+  it('says which file it could not write when the file system refuses the input (no space left, say), and works again once it can', async () => {
+    const base = mkdtempSync(join(tmpdir(), 'sgt-spawn-base-'));
+    const saved = process.env.RUNTIME_DIRECTORY;
+    process.env.RUNTIME_DIRECTORY = base;
+    try {
+      const s = make(['sh', '-c', 'cat']);
+      expect((await s.run(['-f', '-'], 'one\n')).stdout).toBe('one\n');
+      const inFile = join(base, readdirSync(base).find((d) => d.startsWith('secgroup-nft-'))!, 'in');
+      // a directory where the input file goes: every write fails, as on a full file system
+      rmSync(inFile);
+      mkdirSync(inFile);
+      await expect(s.run(['-f', '-'], 'two\n')).rejects.toThrow(`cannot write nft's input to ${inFile}: EISDIR`);
+      rmSync(inFile, { recursive: true });
+      expect((await s.run(['-f', '-'], 'three\n')).stdout).toBe('three\n');
+    } finally {
+      if (saved === undefined) delete process.env.RUNTIME_DIRECTORY;
+      else process.env.RUNTIME_DIRECTORY = saved;
+      for (const s of spawners.splice(0)) s.close();
+      rmSync(base, { recursive: true, force: true });
+    }
+  });
+
   it("removes the directories of spawners whose process is gone, and only those", () => {
     let dead = 4_000_000;
     while (existsSync(`/proc/${dead}`)) dead--;
