@@ -20,6 +20,21 @@ afterEach(() => {
   for (const s of spawners.splice(0)) s.close();
 });
 
+/** Runs `fn` with $RUNTIME_DIRECTORY set to a fresh directory (where spawners made meanwhile put their files); restores it and removes the directory and those spawners after. */
+async function inRuntimeDirectory(fn: (base: string) => Promise<void>): Promise<void> {
+  const base = mkdtempSync(join(tmpdir(), 'sgt-spawn-base-'));
+  const saved = process.env.RUNTIME_DIRECTORY;
+  process.env.RUNTIME_DIRECTORY = base;
+  try {
+    await fn(base);
+  } finally {
+    if (saved === undefined) delete process.env.RUNTIME_DIRECTORY;
+    else process.env.RUNTIME_DIRECTORY = saved;
+    for (const s of spawners.splice(0)) s.close();
+    rmSync(base, { recursive: true, force: true });
+  }
+}
+
 // a stand-in for nft: prints its arguments and stdin, writes to stderr, exits with $EXIT (default 0)
 const FAKE = ['sh', '-c', 'echo "args:$*"; cat; echo "to stderr" >&2; exit "${EXIT:-0}"', 'fake-nft'];
 
@@ -166,10 +181,7 @@ describe('ShellSpawner', () => {
   });
 
   it('empties a big input and a big output after the call (a memory file system would hold them), and keeps small ones for the next call to overwrite', async () => {
-    const base = mkdtempSync(join(tmpdir(), 'sgt-spawn-base-'));
-    const saved = process.env.RUNTIME_DIRECTORY;
-    process.env.RUNTIME_DIRECTORY = base;
-    try {
+    await inRuntimeDirectory(async (base) => {
       const s = make(['sh', '-c', 'cat']);
       const dir = () => join(base, readdirSync(base).find((d) => d.startsWith('secgroup-nft-'))!);
       function* big() {
@@ -180,19 +192,11 @@ describe('ShellSpawner', () => {
       expect([statSync(join(dir(), 'in')).size, statSync(join(dir(), 'out')).size]).toEqual([0, 0]);
       expect((await s.run(['-f', '-'], 'small\n')).stdout).toBe('small\n');
       expect([statSync(join(dir(), 'in')).size, statSync(join(dir(), 'out')).size]).toEqual([6, 6]);
-    } finally {
-      if (saved === undefined) delete process.env.RUNTIME_DIRECTORY;
-      else process.env.RUNTIME_DIRECTORY = saved;
-      for (const s of spawners.splice(0)) s.close();
-      rmSync(base, { recursive: true, force: true });
-    }
+    });
   });
 
   it('says which file it could not write when the file system refuses the input (no space left, say), and works again once it can', async () => {
-    const base = mkdtempSync(join(tmpdir(), 'sgt-spawn-base-'));
-    const saved = process.env.RUNTIME_DIRECTORY;
-    process.env.RUNTIME_DIRECTORY = base;
-    try {
+    await inRuntimeDirectory(async (base) => {
       const s = make(['sh', '-c', 'cat']);
       expect((await s.run(['-f', '-'], 'one\n')).stdout).toBe('one\n');
       const inFile = join(base, readdirSync(base).find((d) => d.startsWith('secgroup-nft-'))!, 'in');
@@ -202,12 +206,7 @@ describe('ShellSpawner', () => {
       await expect(s.run(['-f', '-'], 'two\n')).rejects.toThrow(`cannot write nft's input to ${inFile}: EISDIR`);
       rmSync(inFile, { recursive: true });
       expect((await s.run(['-f', '-'], 'three\n')).stdout).toBe('three\n');
-    } finally {
-      if (saved === undefined) delete process.env.RUNTIME_DIRECTORY;
-      else process.env.RUNTIME_DIRECTORY = saved;
-      for (const s of spawners.splice(0)) s.close();
-      rmSync(base, { recursive: true, force: true });
-    }
+    });
   });
 
   it("removes the directories of spawners whose process is gone, and only those", () => {
