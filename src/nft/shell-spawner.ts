@@ -22,11 +22,11 @@
  *
  * Why a memory file system: every call truncates and rewrites `in`, `out`
  * and `err`. On a disk file system (ext4 with its journal) the truncation of
- * a file just written costs ~0.35 ms of system time in the median and up to
+ * a file just written took ~0.35 ms in the median and up to
  * several ms, against ~0.03 ms on tmpfs (a member delta's call: measured
  * side by side, bench/README.md "Issue 18 round 9"), and a full apply's
  * script of megabytes would go to disk for nothing. Big inputs and outputs
- * are truncated after their call, so they hold no memory between calls.
+ * are emptied after their call, so they hold no memory between calls.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, statfsSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
@@ -136,9 +136,10 @@ function prepareInput(input: string | Iterable<string>): Input {
 const TMPFS_MAGIC = 0x01021994;
 
 /**
- * Free space /dev/shm must have to be used: room for the biggest script or
- * listing (~25 MB at 1M members (measured: 25.3 MB); one call at a time, emptied after it) many
- * times over. A container's /dev/shm (Docker: 64 MB) is too small to count on.
+ * Free space /dev/shm must have to be used: room many times over for the
+ * biggest script or listing (a 1M-member script measured 25.3 MB; one call
+ * at a time, emptied after it). A container's /dev/shm (Docker: 64 MB) is
+ * too small to count on.
  */
 export const SHM_MIN_FREE_BYTES = 256 * 1024 * 1024;
 
@@ -168,12 +169,11 @@ export function helperBaseDir(env: NodeJS.ProcessEnv = process.env, shm = '/dev/
   return isWritableTmpfs(shm, shmMinFree) ? shm : tmpdir();
 }
 
-/** Input or output of at least this many bytes is truncated after its call (a memory file system would hold it until the next call). */
-const TRUNCATE_AFTER_BYTES = SMALL_INPUT_CHARS;
+/** Output of at least this many bytes is emptied after its call, as is input given in chunks (a memory file system would hold it until the next call). */
+const EMPTY_AFTER_BYTES = SMALL_INPUT_CHARS;
 
-/** Empties `file` when it holds TRUNCATE_AFTER_BYTES or more (best effort: the next call truncates it anyway). */
-function releaseIfBig(file: string, bytes: number): void {
-  if (bytes < TRUNCATE_AFTER_BYTES) return;
+/** Empties `file` (best effort: the next call truncates it anyway). */
+function empty(file: string): void {
   try {
     truncateSync(file, 0);
   } catch {
@@ -339,7 +339,7 @@ export class ShellSpawner {
       if (typeof input === 'string') writeFileSync(inFile, input);
       else await writePieces(inFile, input);
     } catch (e) {
-      if (typeof input !== 'string') releaseIfBig(inFile, TRUNCATE_AFTER_BYTES);
+      if (typeof input !== 'string') empty(inFile);
       // a file system's error (no space left, say) names the file; a render error goes on as it is
       if ((e as NodeJS.ErrnoException).syscall !== undefined) throw new Error(`cannot write nft's input to ${inFile}: ${(e as Error).message}`, { cause: e });
       throw e;
@@ -359,10 +359,10 @@ export class ShellSpawner {
       });
       // read at once: the files are in memory, nft just wrote them (a thread-pool round trip per file cost more than the read)
       const stdout = readFileSync(join(dir, 'out'), 'utf8');
-      releaseIfBig(join(dir, 'out'), stdout.length);
+      if (stdout.length >= EMPTY_AFTER_BYTES) empty(join(dir, 'out'));
       return { stdout, stderr: readFileSync(join(dir, 'err'), 'utf8'), exitCode };
     } finally {
-      if (typeof input !== 'string') releaseIfBig(inFile, TRUNCATE_AFTER_BYTES);
+      if (typeof input !== 'string') empty(inFile);
       clearTimeout(timer);
       if (this.child === child) this.idle(child);
     }
