@@ -8,7 +8,8 @@ import { DEFAULT_PLATFORM, type PlatformOptions } from '../../src/policy/platfor
 import { parsePolicy, type PolicyInput, type Policy, type RuleInput } from '../../src/policy/schema.js';
 import { portReportSchema, type PortEntry } from '../../src/protocol/messages.js';
 import type { Listener } from '../../src/probe/listener.js';
-import { computePortStatus } from '../../src/probe/port-status.js';
+import { analysePort, computePortStatus } from '../../src/probe/port-status.js';
+import { normalizeRules } from '../../src/policy/normalize.js';
 import { parseSs } from '../../src/probe/ss.js';
 
 const OPTS = { source: 'ss', generatedAt: '2024-01-01T00:00:00.000Z' } as const;
@@ -311,7 +312,8 @@ const ruleArb = fc
     priority: fc.integer({ min: 1, max: 3 }),
     family: fc.constantFrom<Family>(4, 4, 6),
     protocol: fc.constantFrom<string | undefined>(undefined, 'tcp', 'udp', '6'),
-    multiport: fc.constantFrom<string | undefined>(undefined, '22', '22,80', '20-30', '80', '68'),
+    // '1-1000': wider than the port index lists port by port (port-status.ts)
+    multiport: fc.constantFrom<string | undefined>(undefined, '22', '22,80', '20-30', '80', '68', '1-1000'),
     remote: fc.constantFrom('any', 'prefix', 'group', 'empty-group', 'ag', 'ag-empty'),
     prefixIndex: fc.nat(),
   })
@@ -406,4 +408,23 @@ describe('computePortStatus agrees with the reference evaluator', () => {
       { numRuns: 300 },
     );
   }, 60_000); // the reference evaluator re-parses every rule per packet: ~3 s alone, more beside other files
+});
+
+describe('computePortStatus: its rule index', () => {
+  it('finds, for every entry (listened on or not), what testing every rule finds (analysePort)', () => {
+    fc.assert(
+      fc.property(policyArb, ({ policy, platform }) => {
+        const listeners: Listener[] = PORTS.map((port) => ({ protocol: 'tcp', family: 4, address: '192.0.2.2', port, process: null }));
+        const report = computePortStatus(policy, listeners, { ...OPTS, platform });
+        const rules = normalizeRules(policy);
+        for (const e of report.entries) {
+          for (const family of e.family === null ? ([4, 6] as const) : [e.family]) {
+            const a = analysePort(rules, platform, e.protocol === 'tcp' ? 6 : 17, e.port, family);
+            expect([ids(e.allowed_by), ids(e.denied_by)]).toEqual([ids(a.allowedBy), ids(a.deniedBy)]);
+          }
+        }
+      }),
+      { numRuns: 200 },
+    );
+  });
 });
