@@ -198,13 +198,21 @@ export function boundText(t: string, max: number): string {
  * The report made to fit what the controller accepts (PORT_REPORT_LIMITS;
  * process names and addresses bounded and without control characters: a
  * process may name itself anything), and how many entries, listeners or rule
- * references were left out. Pure; an in-bounds report comes back as is.
+ * references were left out. Entries over the limit are taken from the
+ * `not-listening` ones last in the report's order (a policy of thousands of
+ * single-port rules names more ports than fit; what listens is what
+ * matters), the order kept. Pure; an in-bounds report comes back as is.
  */
 export function boundPortReport(report: PortReport): { report: PortReport; clipped: number } {
   const L = PORT_REPORT_LIMITS;
   let clipped = Math.max(0, report.entries.length - L.entries);
   let changed = clipped > 0;
-  const entries = report.entries.slice(0, L.entries).map((e) => {
+  let kept = report.entries;
+  if (clipped) {
+    let room = L.entries - report.entries.filter((e) => e.status !== 'not-listening').length;
+    kept = report.entries.filter((e) => e.status !== 'not-listening' || room-- > 0).slice(0, L.entries);
+  }
+  const entries = kept.map((e) => {
     const over = Math.max(0, e.listeners.length - L.listeners) + Math.max(0, e.allowed_by.length - L.rules) + Math.max(0, e.denied_by.length - L.rules);
     const listeners = e.listeners.slice(0, L.listeners).map((l) => {
       const address = boundText(l.address, 64);

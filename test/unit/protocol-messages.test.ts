@@ -140,6 +140,19 @@ describe('boundPortReport', () => {
     expect(bounded.entries[1]!.listeners[0]!.process).toBe(`evil?[2J${'x'.repeat(248)}`);
   });
 
+  it('leaves out not-listening entries, the last ones first, before any listening one, keeping the order', () => {
+    const listening = (port: number) => entry({ port, status: 'open' });
+    const idle = (port: number) => entry({ port, status: 'not-listening', listeners: [] });
+    // more allowed ports than fit, and two listening ports after most of them
+    const over = report({ entries: [listening(22), ...many(PORT_REPORT_LIMITS.entries + 10, (i) => idle(1000 + i)), listening(60000), listening(60001)] });
+    const { report: bounded, clipped } = boundPortReport(over);
+    expect(clipped).toBe(13);
+    expect(bounded.entries).toHaveLength(PORT_REPORT_LIMITS.entries);
+    expect(bounded.entries.filter((e) => e.status === 'open').map((e) => e.port)).toEqual([22, 60000, 60001]);
+    expect(bounded.entries.filter((e) => e.status === 'not-listening').map((e) => e.port)).toEqual(many(PORT_REPORT_LIMITS.entries - 3, (i) => 1000 + i));
+    expect(bounded.entries.map((e) => e.port)).toEqual([...bounded.entries.map((e) => e.port)].sort((a, b) => a - b));
+  });
+
   it('boundText replaces control characters and cuts', () => {
     expect(boundText('a\nb\u007fc', 255)).toBe('a?b?c');
     expect(boundText('abcdef', 3)).toBe('abc');
