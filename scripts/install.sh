@@ -123,6 +123,20 @@ put() {
   mv -f "$tmp" "$dest"
 }
 
+# An optional file from next to the bundle: installs SRC as DEST with MODE and
+# says so (with WHAT in brackets; nothing when WHAT is empty), or, without SRC,
+# removes the DEST an earlier install left and says "no SRC WITHOUT".
+optional() {
+  local src=$1 dest=$2 mode=$3 what=$4 without=$5
+  if [[ -f $src ]]; then
+    put "$R$dest" "$mode" <"$src"
+    [[ -z $what ]] || say "installed $dest ($what)"
+  else
+    rm -f "$R$dest"
+    say "no $src $without"
+  fi
+}
+
 do_install() {
   local src_unit="$repo/systemd/$UNIT" src_config="$repo/examples/config/agent.yaml"
   [[ -f $bundle ]] || die "$bundle not found: run 'npm run bundle' first or pass --bundle FILE"
@@ -152,14 +166,9 @@ do_install() {
   local old=$LIB_DIR/secgroup.mjs
   [[ $bundle != *.mjs ]] || { old=$PROGRAM; PROGRAM=$LIB_DIR/secgroup.mjs; }
   # the controller's part first: the program that loads it comes after it
-  local src_part
-  src_part="$(dirname "$bundle")/$(basename "$PART")"
-  if [[ -f $src_part ]]; then
-    put "$R$PART" 0644 <"$src_part"
-  else
-    rm -f "$R$PART"
-    say "no $src_part beside the bundle: 'secgroup controller' will not run from this install (the agent does)"
-  fi
+  local beside
+  beside="$(dirname "$bundle")"
+  optional "$beside/$(basename "$PART")" "$PART" 0644 "" "beside the bundle: 'secgroup controller' will not run from this install (the agent does)"
   put "$R$PROGRAM" 0644 <"$bundle"
   put "$R$WRAPPER" 0755 <<EOF
 #!/bin/sh
@@ -170,25 +179,11 @@ EOF
   # (the wrapper now runs the new name: the one an earlier install left is no longer used)
   rm -f "$R$old"
   say "installed $PROGRAM, $WRAPPER (Node.js $major at $node), $UNIT_DIR/$UNIT"
-  local src_listener=${listener:-$(dirname "$bundle")/secgroup-nftwatch}
-  if [[ -f $src_listener ]]; then
-    put "$R$LISTENER" 0755 <"$src_listener"
-    say "installed $LISTENER (the drift monitor's listener)"
-  elif [[ -n $listener ]]; then
-    die "--listener $listener not found (scripts/build-native.sh builds it)"
-  else
-    rm -f "$R$LISTENER"
-    say "no $src_listener (scripts/build-native.sh builds it): the agent follows changes with nft monitor instead"
-  fi
-  local src_memtrim
-  src_memtrim="$(dirname "$bundle")/$(basename "$MEMTRIM")"
-  if [[ -f $src_memtrim ]]; then
-    put "$R$MEMTRIM" 0644 <"$src_memtrim"
-    say "installed $MEMTRIM (gives the agent's free C heap back after bursts)"
-  else
-    rm -f "$R$MEMTRIM"
-    say "no $src_memtrim (scripts/build-native.sh builds it): the agent runs without it (idle RSS a few MB higher)"
-  fi
+  [[ -z $listener || -f $listener ]] || die "--listener $listener not found (scripts/build-native.sh builds it)"
+  optional "${listener:-$beside/$(basename "$LISTENER")}" "$LISTENER" 0755 "the drift monitor's listener" \
+    "(scripts/build-native.sh builds it): the agent follows changes with nft monitor instead"
+  optional "$beside/$(basename "$MEMTRIM")" "$MEMTRIM" 0644 "gives the agent's free C heap back after bursts" \
+    "(scripts/build-native.sh builds it): the agent runs without it (idle RSS a few MB higher)"
 
   local upgrade=0
   if [[ -e $R$CONFIG ]]; then
