@@ -157,6 +157,12 @@ function analyseMatching(matchingRules: () => readonly NormalizedRule[], platfor
   return { reachable, allowedBy, deniedBy };
 }
 
+function addTo(m: Map<number, number[]>, key: number, i: number): void {
+  const list = m.get(key);
+  if (list) list.push(i);
+  else m.set(key, [i]);
+}
+
 /** A rule whose ports span at most this many is indexed port by port; wider ones are tested one by one (few in any policy). */
 const INDEX_PORTS_MAX = 64;
 
@@ -164,7 +170,8 @@ const INDEX_PORTS_MAX = 64;
  * The ingress rules by what they can match, so that the rules matching one
  * (protocol, port, family) are found without testing every rule: a report
  * asks for every port its allow rules list (10k single-port rules: 17k
- * ports; testing every rule for each took 1.0-1.7 s, this index a few ms).
+ * ports; a report that tested every rule for each took 1.03-1.75 s, with
+ * this index 0.10-0.21 s: bench/README.md "Issue 18 round 9").
  * `matching` gives exactly `rules.filter(ruleCovers)`, in match order.
  */
 class PortRuleIndex {
@@ -181,15 +188,7 @@ class PortRuleIndex {
         if (!g) this.groups.set(key, (g = { anyPort: [], byPort: new Map(), wide: [] }));
         if (r.ports === null) g.anyPort.push(i);
         else if (r.ports.reduce((n, [a, b]) => n + b - a + 1, 0) > INDEX_PORTS_MAX) g.wide.push(i);
-        else {
-          for (const [a, b] of r.ports) {
-            for (let port = a; port <= b; port++) {
-              const list = g.byPort.get(port);
-              if (list) list.push(i);
-              else g.byPort.set(port, [i]);
-            }
-          }
-        }
+        else for (const [a, b] of r.ports) for (let port = a; port <= b; port++) addTo(g.byPort, port, i);
       }
     });
   }
