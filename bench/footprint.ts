@@ -17,7 +17,9 @@
  * the bundle, as scripts/install.sh and the .deb install it
  * (BENCH_FOOTPRINT_NO_MEMTRIM=1: without it, src/agent/memtrim.ts), and the
  * drift monitor's listener secgroup-nftwatch, built next to it too
- * (BENCH_FOOTPRINT_NFT_MONITOR=1: `nft monitor`, what the bench ran before). The note
+ * (BENCH_FOOTPRINT_NFT_MONITOR=1: `nft monitor`, what the bench ran before).
+ * Its nft helper's files go to /dev/shm (no systemd here to give it
+ * /run/secgroup; the same kind of file system, src/nft/shell-spawner.ts). The note
  * of each row splits the RSS at its end into anonymous memory (V8's heap,
  * malloc's arenas) and mapped files (the node executable's pages).
  */
