@@ -31,6 +31,8 @@ import { PortReporter } from './port-reporter.js';
 import type { StateStore } from './state-store.js';
 import type { ServiceManager } from './systemd.js';
 import type { MemoryTrimmer } from './memtrim.js';
+import type { FlowMarkClearer } from '../nft/conntrack.js';
+import { hex } from '../nft/flow-mark.js';
 
 export { resolveControllerEndpoint, type Resolver } from './controllers.js';
 
@@ -58,6 +60,8 @@ export interface AgentDeps {
   heapBurst?: (work: BurstWork) => () => void;
   /** gives the free C heap back after a burst of syncs (memtrim.ts); null/absent: none */
   trimmer?: MemoryTrimmer | null;
+  /** clears the flow mark's field of the kernel's connections (nft/conntrack.ts) so flow_known can be armed; absent: never armed */
+  flowMarks?: FlowMarkClearer;
 }
 
 export interface AgentStatus {
@@ -67,6 +71,8 @@ export interface AgentStatus {
   digest: string | null;
   controllerConnected: boolean;
   lastError: { code: string; message: string } | null;
+  /** the flow mark (nft/flow-mark.ts) as last applied; null when off (platform.flow_mark_mask 0) or nothing applied yet */
+  flowMark: { mask: string; generation: number; armed: boolean; reason: string | null } | null;
 }
 
 export interface Agent {
@@ -158,6 +164,7 @@ export function createAgent(deps: AgentDeps): Agent {
     // a stream of member deltas writes the whole document at most every 30 s (reconciler.ts, "Last known good")
     persistCoalesceMs: PERSIST_COALESCE_MS,
     ...(deps.heapBurst ? { heapBurst: deps.heapBurst } : {}),
+    ...(deps.flowMarks ? { flowMarks: deps.flowMarks } : {}),
     onOutcome: (o) => {
       if (o.source === 'controller') {
         if (client && !client.send(ackFor(o))) logger.debug({ event: 'ack_dropped', revision: o.revision }, 'not connected: ack dropped (hello will carry the applied revision)');
@@ -263,6 +270,7 @@ export function createAgent(deps: AgentDeps): Agent {
 
   function status(): AgentStatus {
     const st = reconciler.state;
+    const flow = reconciler.flowMark;
     const err = reconciler.error;
     return {
       ready: st !== null,
@@ -271,6 +279,7 @@ export function createAgent(deps: AgentDeps): Agent {
       digest: st?.compiled.digest ?? null,
       controllerConnected: client?.connected ?? false,
       lastError: err ? { code: err.code, message: err.message } : null,
+      flowMark: flow.mask ? { mask: hex(flow.mask), generation: flow.generation, armed: flow.armed, reason: flow.reason } : null,
     };
   }
 

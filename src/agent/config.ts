@@ -8,7 +8,8 @@ import { ValidationError } from '../lib/errors.js';
 import { validCron } from '../lib/scheduler.js';
 import { MAX_MESSAGE_BYTES } from '../protocol/messages.js';
 import { idSchema, zodIssues } from '../policy/schema.js';
-import { portSpecSchema, type ControllerEndpoint, type PlatformOptions } from '../policy/platform.js';
+import { DEFAULT_FLOW_MARK_MASK, portSpecSchema, type ControllerEndpoint, type PlatformOptions } from '../policy/platform.js';
+import { flowMaskError } from '../nft/flow-mark.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/secgroup/agent.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/secgroup';
@@ -36,6 +37,19 @@ const controllerSchema = z.strictObject({
   max_message_bytes: z.int().min(1024).max(MAX_MESSAGE_BYTES).default(MAX_MESSAGE_BYTES),
 });
 
+/** A 32-bit mask given as a number or as "0x..." text. */
+export const flowMarkMaskSchema = z
+  .union([z.int(), z.string().regex(/^(?:0x[0-9a-fA-F]{1,8}|\d{1,10})$/, { message: 'must be a mask such as "0xffff0000", or 0 (off)' })])
+  .transform((x, ctx) => {
+    const n = typeof x === 'number' ? x : Number(x);
+    const error = flowMaskError(n);
+    if (error !== null) {
+      ctx.addIssue({ code: 'custom', message: error });
+      return z.NEVER;
+    }
+    return n;
+  });
+
 const platformSchema = z.strictObject({
   loopback: z.boolean().default(true),
   icmpv6_nd: z.boolean().default(true),
@@ -43,6 +57,11 @@ const platformSchema = z.strictObject({
   controller_rule: z.boolean().default(true),
   failsafe_ingress: z.array(portSpecSchema).default([]),
   failsafe_egress: z.array(portSpecSchema).default([]),
+  /**
+   * the conntrack mark bits of the flow mark (nft/flow-mark.ts): an integer or a hex string
+   * ("0xffff0000"), one run of at least 8 bits; 0 turns it off
+   */
+  flow_mark_mask: flowMarkMaskSchema.default(DEFAULT_FLOW_MARK_MASK),
 });
 
 export const agentConfigSchema = z.strictObject({
@@ -54,7 +73,7 @@ export const agentConfigSchema = z.strictObject({
     .default('secgroup'),
   log_level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   controller: controllerSchema.optional(),
-  platform: platformSchema.default({ loopback: true, icmpv6_nd: true, dhcp: true, controller_rule: true, failsafe_ingress: [], failsafe_egress: [] }),
+  platform: platformSchema.default({ loopback: true, icmpv6_nd: true, dhcp: true, controller_rule: true, failsafe_ingress: [], failsafe_egress: [], flow_mark_mask: DEFAULT_FLOW_MARK_MASK }),
   drift_schedule: z.string().refine(validCron, { message: 'must be a cron expression, e.g. "*/30 * * * * *" (every 30 s)' }).default('*/30 * * * * *'),
   /** follow the change events of our table and repair a change to it as it happens (src/agent/drift-monitor.ts) */
   drift_monitor: z.boolean().default(true),
@@ -207,5 +226,6 @@ export function platformOptions(config: AgentConfig, controller: ControllerEndpo
     controller: p.controller_rule ? controller : null,
     failsafeIngress: p.failsafe_ingress,
     failsafeEgress: p.failsafe_egress,
+    flowMarkMask: p.flow_mark_mask,
   };
 }

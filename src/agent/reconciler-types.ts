@@ -3,6 +3,7 @@
  * is built with, where a policy came from, what a sync did, what each
  * submission resolves with, and the state applied now. Types only.
  */
+import type { FlowMarkClearer } from '../nft/conntrack.js';
 import type { BurstWork } from './footprint.js';
 import type { Clock } from '../lib/clock.js';
 import type { SecgroupError } from '../lib/errors.js';
@@ -69,4 +70,21 @@ export interface ReconcilerOptions {
    * while it compiles).
    */
   heapBurst?: (work: BurstWork) => () => void;
+  /**
+   * Clears the flow mark's field on every connection (nft/conntrack.ts) so
+   * that flow_known can be armed (nft/flow-mark.ts); absent: never armed,
+   * every packet from a peer is matched against the rules
+   */
+  flowMarks?: FlowMarkClearer;
+}
+
+/** The flow mark as the reconciler last sent it (nft/flow-mark.ts); `mask` 0: off. */
+export interface FlowMarkState {
+  mask: number;
+  /** the generation in the kernel's flow chains (0: none sent yet) */
+  generation: number;
+  /** flow_known accepts the connections of the current generation */
+  armed: boolean;
+  /** why it is not armed (null when armed, off, or not tried yet) */
+  reason: string | null;
 }

@@ -68,13 +68,14 @@ import type { Compiled } from '../nft/compile.js';
 import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
-import { replaceTableTx } from '../nft/transaction.js';
+import { replaceTableTx, type NftOp, type NftTransaction } from '../nft/transaction.js';
+import { FLOW_ALLOW, FLOW_KNOWN, flowChainOps, flowMaskOf, hex, maxGeneration, setFlowGeneration } from '../nft/flow-mark.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 import type { DriftWatch } from './drift-monitor.js';
 import { countsToCarry, observeRuleCounters } from './rule-counters.js';
 import { burstWork } from './footprint.js';
-import type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
+import type { AppliedState, FlowMarkState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
 import { CoalescedStateWriter } from './state-writer.js';
 import { verifyApplied } from './verify-applied.js';
 import { fullReload, planSync, reloadApplied, type ChangeHint, type SyncPlan } from './sync-plan.js';
@@ -82,7 +83,7 @@ import { pausesMonitor, planRepair, repairHow, type RepairHow } from './repair-p
 import { Mutex } from '../lib/mutex.js';
 
 export type { ChangeHint } from './sync-plan.js';
-export type { AppliedState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
+export type { AppliedState, FlowMarkState, PolicySource, ReconcilerOptions, SyncKind, SyncOutcome } from './reconciler-types.js';
 
 interface Desired {
   policy: Policy;
@@ -106,11 +107,18 @@ interface BeforeSync {
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
 
+/** `tx` with the flow chain restores `flowOps` last (any restore of those chains it had dropped: they carry the old generation). */
+function withFlowOps(tx: NftTransaction, flowOps: NftOp[]): NftTransaction {
+  if (!flowOps.length) return tx;
+  const kept = tx.ops.filter((op) => !(op.op === 'restore-chain' && (op.chain.name === FLOW_KNOWN || op.chain.name === FLOW_ALLOW)));
+  return { ...tx, ops: [...kept, ...flowOps] };
+}
+
 /** The counts a replacement of a table known to be absent carries: none. */
 const NOTHING_TO_CARRY: Promise<RuleCounters | null> = Promise.resolve(null);
 
 export class Reconciler {
-  private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome' | 'heapBurst'>> & Pick<ReconcilerOptions, 'onOutcome' | 'heapBurst'>;
+  private readonly o: Required<Omit<ReconcilerOptions, 'onOutcome' | 'heapBurst' | 'flowMarks'>> & Pick<ReconcilerOptions, 'onOutcome' | 'heapBurst' | 'flowMarks'>;
   private platform: PlatformOptions;
   private pending: Desired | null = null;
   private inFlight: Desired | null = null;
@@ -131,6 +139,8 @@ export class Reconciler {
   /** generation markers of the last transactions sent (isOwnMarker) */
   private sentMarkers: string[] = [];
   private driftWatch: DriftWatch | null = null;
+  /** the flow mark as last sent (nft/flow-mark.ts; `nextFlowGeneration`, `armFlowMark`); `missing`: conntrack(8) is not installed, not tried again */
+  private flow: FlowMarkState & { missing: boolean } = { mask: 0, generation: 0, armed: false, reason: null, missing: false };
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, persistCoalesceMs: 0, ...opts };
@@ -150,6 +160,12 @@ export class Reconciler {
   /** What is enforced now (null until the first successful sync). */
   get state(): AppliedState | null {
     return this.applied;
+  }
+
+  /** The flow mark as last sent to the kernel (nft/flow-mark.ts). */
+  get flowMark(): FlowMarkState {
+    const { mask, generation, armed, reason } = this.flow;
+    return { mask, generation, armed, reason };
   }
 
   get appliedRevision(): number | null {
@@ -509,6 +525,7 @@ export class Reconciler {
           }
         }
       }
+      if (plan.kind !== 'noop' && this.flowArmDue()) applied = await this.armFlowMark(plan.compiled, plan.tableComment, applied);
       if (plan.kind === 'incremental') {
         const detail = { ...log, added: plan.added, removed: plan.removed };
         if (plan.via === 'membership') logger.debug({ event: 'membership', ...detail }, 'member change applied as element updates');
@@ -537,7 +554,8 @@ export class Reconciler {
     const replace = plan.kind === 'full' && !plan.inPlace;
     const restore = plan.kind === 'incremental' && plan.via === 'restore';
     const counters = replace ? await (carried ?? countsToCarry(nft, this.o.logger)) : null;
-    const tx = counters ? replaceTableTx(plan.compiled.table, counters) : plan.tx;
+    const flowOps = this.nextFlowGeneration(plan);
+    const tx = withFlowOps(counters ? replaceTableTx(plan.compiled.table, counters) : plan.tx, flowOps);
     if (this.o.checkBeforeApply) await nft.check(tx);
     // known before nft commits: the monitor may report the transaction before apply() returns
     const marker = plan.compiled.table.marker;
@@ -555,6 +573,92 @@ export class Reconciler {
     // a full reload or a drift restore: nft -f exited 0, so the kernel committed all of it; its marker is read right after the ack (module comment)
     if ((plan.kind === 'full' || restore) && marker !== undefined) return { fingerprint: '', verifyMarker: marker };
     return { fingerprint: await verifyApplied(this.o.nft, plan.compiled, plan.tableComment) };
+  }
+
+  /**
+   * Gives the transaction about to go out the next flow mark generation
+   * (nft/flow-mark.ts): every transaction that changes what the rules
+   * decide, and every repair, gets a new one, so no connection marked
+   * before it skips the rules after it. A new epoch (the first transaction,
+   * a new mask, or the field about to wrap) starts at generation 1 with
+   * flow_known empty; `armFlowMark` fills it once the kernel's marks are
+   * cleared. The table's flow chains are set in place; returns the restores
+   * of them an incremental transaction needs (a full one carries the table).
+   */
+  private nextFlowGeneration(plan: SyncPlan & { kind: 'full' | 'incremental' }): NftOp[] {
+    const table = plan.compiled.table;
+    const mask = flowMaskOf(table);
+    if (!mask) {
+      this.flow = { ...this.flow, mask: 0, generation: 0, armed: false, reason: null };
+      return [];
+    }
+    let generation = this.flow.generation + 1;
+    if (this.flow.generation === 0 || mask !== this.flow.mask || generation > maxGeneration(mask)) {
+      generation = 1;
+      this.flow.armed = false;
+    }
+    this.flow.mask = mask;
+    this.flow.generation = generation;
+    setFlowGeneration(table, generation, this.flow.armed);
+    return plan.kind === 'incremental' ? flowChainOps(table) : [];
+  }
+
+  private flowArmDue(): boolean {
+    return this.flow.mask !== 0 && !this.flow.armed && !this.flow.missing && this.o.flowMarks !== undefined;
+  }
+
+  /**
+   * The second half of a new flow mark epoch, right after its first
+   * transaction (generation 1, flow_known empty) is in the kernel: clears
+   * the field on every connection (conntrack -U), then arms flow_known in a
+   * transaction of its own (with the marker, so the drift monitor knows it as
+   * ours). Connections marked between the two carry generation 1, given by
+   * the rules in place. When conntrack fails the table stays unarmed (correct,
+   * at the old cost per packet) and the next sync tries again; when it is
+   * not installed, not again. Returns `applied` with the fingerprint taken
+   * anew (the table's structure changed). Never throws.
+   */
+  private async armFlowMark(compiled: Compiled, tableComment: string | null, applied: { fingerprint: string; verifyMarker?: string }): Promise<{ fingerprint: string; verifyMarker?: string }> {
+    const { nft, logger } = this.o;
+    const { mask, generation } = this.flow;
+    const cleared = await this.o.flowMarks!.clear(mask);
+    if (!cleared.ok) {
+      this.flow.missing = cleared.missing;
+      if (this.flow.reason !== cleared.reason) {
+        logger.warn(
+          { event: 'flow_mark_unarmed', mask: hex(mask), reason: cleared.reason },
+          `flow mark not armed: ${cleared.reason}; packets from peers are matched against the rules every time (correct, slower)${cleared.missing ? '' : '; retried at the next sync'}`,
+        );
+      }
+      this.flow.reason = cleared.reason;
+      return applied;
+    }
+    setFlowGeneration(compiled.table, generation, true);
+    const marker = compiled.table.marker;
+    const ops: NftOp[] = flowChainOps(compiled.table).filter((op) => op.op === 'restore-chain' && op.chain.name === FLOW_KNOWN);
+    if (marker !== undefined) ops.push({ op: 'set-marker', family: nft.family, table: nft.table, text: marker });
+    try {
+      await nft.apply({ family: nft.family, table: nft.table, ops });
+    } catch (e) {
+      setFlowGeneration(compiled.table, generation, false);
+      const reason = `cannot arm flow_known: ${errorMessage(e)}`;
+      if (this.flow.reason !== reason) logger.warn({ event: 'flow_mark_unarmed', mask: hex(mask), err: e }, `flow mark not armed: ${reason}; retried at the next sync`);
+      this.flow.reason = reason;
+      return applied;
+    }
+    this.flow.armed = true;
+    this.flow.reason = null;
+    logger.info(
+      { event: 'flow_mark_armed', mask: hex(mask), generation, cleared: cleared.updated },
+      `flow mark armed: connections allowed under generation ${generation} skip the rules (marks under ${hex(mask)} cleared on ${cleared.updated} connection(s))`,
+    );
+    if (!applied.fingerprint) return applied;
+    // the fingerprint was read before flow_known changed
+    try {
+      return { ...applied, fingerprint: await verifyApplied(nft, compiled, tableComment) };
+    } catch {
+      return { ...applied, fingerprint: '' };
+    }
   }
 
   /**

@@ -2,6 +2,7 @@ import { SecgroupError, ValidationError, errorMessage, formatIssue } from '../li
 import { CliExit, EXIT, type CliIo } from './io.js';
 import { DEFAULT_PLATFORM, parsePortSpec, type PlatformOptions } from '../policy/platform.js';
 import { ipFamily } from '../policy/address.js';
+import { flowMaskError } from '../nft/flow-mark.js';
 
 /** Prints an error the way every command does and throws CliExit with the matching code. */
 export function fail(io: CliIo, e: unknown): never {
@@ -26,6 +27,7 @@ export interface PlatformFlags {
   controller?: string;
   failsafeIngress?: string[];
   failsafeEgress?: string[];
+  flowMarkMask?: string;
 }
 
 /** Platform options from render/explain flags; throws SecgroupError CONFIG_INVALID. */
@@ -45,8 +47,16 @@ export function platformFromFlags(f: PlatformFlags): PlatformOptions {
     }
     controller = { addresses: [addr], port: Number(m[3]), dns: false };
   }
+  let flowMarkMask = DEFAULT_PLATFORM.flowMarkMask;
+  if (f.flowMarkMask !== undefined) {
+    const text = f.flowMarkMask.trim();
+    flowMarkMask = /^(?:0x[0-9a-fA-F]{1,8}|\d{1,10})$/.test(text) ? Number(text) : NaN;
+    const error = flowMaskError(flowMarkMask);
+    if (error !== null) throw new SecgroupError('CONFIG_INVALID', `--flow-mark-mask ${JSON.stringify(f.flowMarkMask)}: ${error}`);
+  }
   return {
     ...DEFAULT_PLATFORM,
+    flowMarkMask,
     loopback: f.loopback ?? true,
     icmpv6Nd: f.nd ?? true,
     dhcp: f.dhcp ?? true,

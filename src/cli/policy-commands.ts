@@ -21,7 +21,8 @@ function addPlatformOptions(cmd: Command): Command {
     .option('--failsafe-egress <proto:port>', 'always allow this outbound port (repeatable)', collect)
     .option('--no-loopback', 'do not render the loopback platform rule')
     .option('--no-nd', 'do not render the ICMPv6 neighbour discovery / MLD platform rule')
-    .option('--no-dhcp', 'do not render the DHCP / DHCPv6 client platform rules');
+    .option('--no-dhcp', 'do not render the DHCP / DHCPv6 client platform rules')
+    .option('--flow-mark-mask <mask>', 'conntrack mark bits of the flow mark, as the agent\'s platform.flow_mark_mask (0: off; rendered as the agent\'s first apply, flow_known not armed)', '0xffff0000');
 }
 
 export function registerPolicyCommands(program: Command, io: CliIo): void {

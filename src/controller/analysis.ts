@@ -36,7 +36,7 @@ import { compileInstanceDoc, indexProject, type ProjectIndex } from './policy-do
 import { RISK_ORDER, riskOf, serviceRank, type Risk } from './exposure-risk.js';
 
 /** No platform rules: the analysis shows what the security group rules decide. */
-export const RULES_ONLY: PlatformOptions = { loopback: true, icmpv6Nd: false, dhcp: false, controller: null, failsafeIngress: [], failsafeEgress: [] };
+export const RULES_ONLY: PlatformOptions = { loopback: true, icmpv6Nd: false, dhcp: false, controller: null, failsafeIngress: [], failsafeEgress: [], flowMarkMask: 0 };
 
 /** What the API shows of a rule that decided. */
 export interface RuleRefView {

@@ -60,6 +60,7 @@ import { elementsOf, emitLookups, shapesOf, tailElementsOf, type LookupTarget } 
 import { ACCEPT, DROP, assertName, comment, jump, sel, v, type Chain, type MapElement, type Rule, type Table, type VerdictMap } from './model.js';
 import { groupMapName, mapName, memberSetName, reserveRuleNames, ruleChainName, type Shape } from './names.js';
 import { platformRules, statefulRules } from './platform-rules.js';
+import { FLOW_ALLOW_VERDICT, flowChains, flowEntryRule } from './flow-mark.js';
 
 // callers that name the chains and sets of a compiled table (the agent, the CLI) keep importing them from here
 export { memberSetName, ruleChainName } from './names.js';
@@ -156,6 +157,8 @@ function memberSet(family: Family, groupId: string, r: NormalizedRule): VerdictM
 export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compiled {
   const tableName = assertName(opts.table ?? DEFAULT_TABLE);
   const platform = opts.platform ?? DEFAULT_PLATFORM;
+  // the flow mark (flow-mark.ts): compiled as the agent's first apply of an epoch, generation 1, not armed (the agent sets the generation)
+  const flowMask = platform.flowMarkMask;
   const all = normalizeRules(policy);
   const maps: VerdictMap[] = [];
   const ruleChains: Chain[] = [];
@@ -178,7 +181,7 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
     ruleChains.push({
       name: chain,
       comment: comment(`${r.groupId} ${r.ruleId}: ${describeRule(r)}`),
-      rules: [{ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: r.action === 'allow' ? ACCEPT : DROP }], comment: comment(`${r.groupId}/${r.ruleId}`) }],
+      rules: [{ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: r.action === 'deny' ? DROP : flowMask && r.direction === 'ingress' ? FLOW_ALLOW_VERDICT : ACCEPT }], comment: comment(`${r.groupId}/${r.ruleId}`) }],
     });
   }
 
@@ -240,12 +243,13 @@ export function compilePolicy(policy: Policy, opts: CompileOptions = {}): Compil
     rules: [
       ...platformRules(platform, hook),
       ...statefulRules(hook),
+      ...(flowMask && hook === 'input' ? [flowEntryRule()] : []),
       ...jumps[hook],
       { exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: DROP }], comment: 'default: no rule matched' },
     ],
   });
 
-  const table: Table = { family: 'inet', name: tableName, maps: [...memberSets.values(), ...maps], chains: [base('input'), base('output'), ...familyChains, ...ruleChains] };
+  const table: Table = { family: 'inet', name: tableName, maps: [...memberSets.values(), ...maps], chains: [base('input'), base('output'), ...(flowMask ? flowChains(flowMask, 1, false) : []), ...familyChains, ...ruleChains] };
   const digest = digestOf(table);
   table.comment = comment(`secgroup digest=${digest} revision=${policy.revision} instance=${policy.instance.id}`);
   table.marker = table.comment;

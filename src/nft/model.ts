@@ -40,7 +40,9 @@ export type Selector =
   | { kind: 'payload'; proto: 'ip' | 'ip6'; field: 'saddr' | 'daddr' }
   | { kind: 'payload'; proto: 'tcp' | 'udp' | 'th'; field: 'dport' }
   | { kind: 'payload'; proto: 'icmp' | 'icmpv6'; field: 'type' | 'code' }
-  | { kind: 'ct'; key: 'state' | 'direction' };
+  | { kind: 'ct'; key: 'state' | 'direction' }
+  /** `ct mark and MASK`: the bits of the conntrack mark under `mask` (the flow mark's field, flow-mark.ts) */
+  | { kind: 'ct'; key: 'mark'; mask: number };
 
 /** A value in a match; `num` for numbers, `sym` for nft symbols we choose (tcp, established, lo, ...), `addr` for addresses/prefixes. */
 export type Value =
@@ -56,6 +58,8 @@ export type Expr =
   | { kind: 'match'; left: Selector; op: '==' | '!='; right: Value | Value[] }
   | { kind: 'vmap'; key: Selector[]; map: string }
   | { kind: 'counter' }
+  /** `ct mark set ct mark and ~MASK or VALUE`: the bits under `mask` of the connection's mark set to `value` (within the mask), the others kept */
+  | { kind: 'ct-mark-set'; mask: number; value: number }
   | { kind: 'verdict'; verdict: Verdict };
 
 export interface Rule {

@@ -67,8 +67,22 @@ function selectorText(s: Selector): string {
     case 'payload':
       return `${s.proto} ${s.field}`;
     case 'ct':
-      return `ct ${s.key}`;
+      return s.key === 'mark' ? `ct mark and ${markHex(s.mask)}` : `ct ${s.key}`;
   }
+}
+
+/** A conntrack mark value or mask, as nft lists it back (`0x` and 8 hex digits). */
+function markHex(n: number): string {
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new Error(`internal: bad mark ${n}`);
+  return `0x${n.toString(16).padStart(8, '0')}`;
+}
+
+/** `ct mark set ct mark and KEEP or VALUE`: `value` must lie within `mask`. */
+function markSetParts(e: { mask: number; value: number }): { keep: number; value: number } {
+  markHex(e.mask);
+  markHex(e.value);
+  if ((e.value & ~e.mask) !== 0) throw new Error(`internal: mark value ${e.value} outside mask ${e.mask}`);
+  return { keep: ~e.mask >>> 0, value: e.value };
 }
 
 function verdictText(vd: Verdict | undefined): string {
@@ -80,6 +94,10 @@ function verdictText(vd: Verdict | undefined): string {
 function exprText(e: Expr, named?: string): string {
   switch (e.kind) {
     case 'match': {
+      if (e.left.kind === 'ct' && e.left.key === 'mark') {
+        if (Array.isArray(e.right) || e.right.kind !== 'num') throw new Error('internal: a ct mark matches one number');
+        return `${selectorText(e.left)} ${e.op} ${markHex(e.right.value)}`;
+      }
       const right = Array.isArray(e.right) ? `{ ${e.right.map(valueText).join(', ')} }` : valueText(e.right);
       return `${selectorText(e.left)} ${e.op === '!=' ? '!= ' : ''}${right}`;
     }
@@ -87,6 +105,10 @@ function exprText(e: Expr, named?: string): string {
       return `${e.key.map(selectorText).join(' . ')} vmap @${assertName(e.map)}`;
     case 'counter':
       return named !== undefined ? `counter name "${assertName(named)}"` : 'counter';
+    case 'ct-mark-set': {
+      const m = markSetParts(e);
+      return `ct mark set ct mark and ${markHex(m.keep)} or ${markHex(m.value)}`;
+    }
     case 'verdict':
       return verdictText(e.verdict);
   }
@@ -426,7 +448,7 @@ function selectorJson(s: Selector): Json {
     case 'payload':
       return { payload: { protocol: s.proto, field: s.field } };
     case 'ct':
-      return { ct: { key: s.key } };
+      return s.key === 'mark' ? { '&': [{ ct: { key: 'mark' } }, s.mask] } : { ct: { key: s.key } };
   }
 }
 
@@ -452,6 +474,10 @@ function exprJson(e: Expr, named?: string): Json {
       };
     case 'counter':
       return named !== undefined ? { counter: assertName(named) } : { counter: { packets: 0, bytes: 0 } };
+    case 'ct-mark-set': {
+      const m = markSetParts(e);
+      return { mangle: { key: { ct: { key: 'mark' } }, value: { '|': [{ '&': [{ ct: { key: 'mark' } }, m.keep] }, m.value] } } };
+    }
     case 'verdict':
       return verdictJson(e.verdict);
   }

@@ -30,6 +30,8 @@ export interface Packet {
   /** Defaults to `new` / `original`. */
   ct?: CtState;
   ctDirection?: CtDirection;
+  /** The conntrack mark of the packet's connection (the flow mark, nft/flow-mark.ts); defaults to 0. */
+  ctMark?: number;
   /** Interface the packet arrives on (ingress) or leaves by (egress); `lo` is loopback. Defaults to a non-loopback interface. */
   iface?: string;
 }

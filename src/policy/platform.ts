@@ -51,7 +51,15 @@ export interface PlatformOptions {
   controller: ControllerEndpoint | null;
   failsafeIngress: PortSpec[];
   failsafeEgress: PortSpec[];
+  /**
+   * the conntrack mark bits that carry the flow mark (nft/flow-mark.ts): packets of inbound
+   * connections the current rules allowed skip them; 0: off, every packet from the peer is matched
+   */
+  flowMarkMask: number;
 }
+
+/** The flow mark's default field: the upper half of the conntrack mark (wg-quick, for one, uses the lower half). */
+export const DEFAULT_FLOW_MARK_MASK = 0xffff0000;
 
 export const DEFAULT_PLATFORM: PlatformOptions = {
   loopback: true,
@@ -60,6 +68,7 @@ export const DEFAULT_PLATFORM: PlatformOptions = {
   controller: null,
   failsafeIngress: [],
   failsafeEgress: [],
+  flowMarkMask: DEFAULT_FLOW_MARK_MASK,
 };
 
 export const ND_ICMPV6_TYPES = [130, 131, 132, 133, 134, 135, 136, 137, 143] as const;

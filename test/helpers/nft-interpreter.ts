@@ -24,6 +24,8 @@
  *    `meta l4proto`;
  *  - `iif` exists at the input hook only, `oif` at the output hook only;
  *  - `ct direction` does not exist for an untracked packet;
+ *  - `ct mark and MASK` is the packet's `ctMark` (0 when not given) under the
+ *    mask; `ct mark set` changes the connection, not this packet's verdict;
  *  - `@set` on the right of a match: the packet's value is an element of
  *    that set of the table (a plain set, no verdicts);
  *  - a vmap lookup finds the element whose every key part contains the
@@ -69,7 +71,7 @@ function selectorName(s: Selector): string {
     case 'payload':
       return `${s.proto} ${s.field}`;
     case 'ct':
-      return `ct ${s.key}`;
+      return s.key === 'mark' ? `ct mark and ${s.mask}` : `ct ${s.key}`;
   }
 }
 
@@ -115,6 +117,7 @@ function selectorValue(s: Selector, p: Packet, hook: Hook): Scalar | undefined {
     case 'ct': {
       const state = p.ct ?? 'new';
       if (s.key === 'state') return { kind: 'sym', s: state };
+      if (s.key === 'mark') return state === 'untracked' ? undefined : { kind: 'num', n: ((p.ctMark ?? 0) & s.mask) >>> 0 };
       return state === 'untracked' ? undefined : { kind: 'sym', s: p.ctDirection ?? 'original' };
     }
   }
@@ -392,6 +395,9 @@ export class NftInterpreter {
         this.counters.set(k, (this.counters.get(k) ?? 0) + 1);
         return true;
       }
+      case 'ct-mark-set':
+        // marks the connection for its later packets; this packet's verdict does not depend on it
+        return true;
       case 'verdict':
         return e.verdict;
       case 'match': {

@@ -22,7 +22,7 @@
 import { formatIp, parseIp, prefixRange, type AddrRange, type Family } from '../../src/policy/address.js';
 import { peerRanges } from '../../src/policy/address-set.js';
 import type { Packet } from '../../src/policy/packet.js';
-import { DHCP_PORTS, ND_ICMPV6_TYPES, type PlatformOptions, type PortSpec } from '../../src/policy/platform.js';
+import { DEFAULT_FLOW_MARK_MASK, DHCP_PORTS, ND_ICMPV6_TYPES, type PlatformOptions, type PortSpec } from '../../src/policy/platform.js';
 import { normalizeRules, type NormalizedRule } from '../../src/policy/normalize.js';
 import { parsePolicy, parseProtocol, type Policy, type PolicyInput, type PortRange, type RuleInput } from '../../src/policy/schema.js';
 
@@ -483,6 +483,7 @@ export function randomPlatform(rng: Rng): PlatformOptions {
   };
   return {
     loopback: rng.bool(0.7),
+    flowMarkMask: rng.pick([0, DEFAULT_FLOW_MARK_MASK, 0x00ff0000]),
     icmpv6Nd: rng.bool(0.7),
     dhcp: rng.bool(0.7),
     controller: rng.bool(0.4)

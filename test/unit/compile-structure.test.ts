@@ -13,6 +13,7 @@ import { renderScript } from '../../src/nft/render.js';
 import { formatIp, parseIp } from '../../src/policy/address.js';
 import { AddressSet } from '../../src/policy/address-set.js';
 import { normalizeRules, type NormalizedRule } from '../../src/policy/normalize.js';
+import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
 import { parsePolicy, type RuleInput } from '../../src/policy/schema.js';
 import { checkTable, overlappingElements } from '../helpers/nft-interpreter.js';
 import { doc, policyOf } from '../helpers/policies.js';
@@ -216,7 +217,8 @@ describe('rule chains, counters, digests', () => {
     const compiled = compilePolicy(policyOf([{ id: 'a' }, { id: 'b', action: 'deny', priority: 2 }]));
     const a = chain(compiled.table, ruleChainName('sg', 'a'));
     const b = chain(compiled.table, ruleChainName('sg', 'b'));
-    expect(a.rules).toEqual([{ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: { kind: 'accept' } }], comment: 'sg/a' }]);
+    // an ingress allow accepts through flow_allow, which marks the connection (nft/flow-mark.ts)
+    expect(a.rules).toEqual([{ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: { kind: 'jump', chain: 'flow_allow' } }], comment: 'sg/a' }]);
     expect(b.rules[0]!.exprs[1]).toEqual({ kind: 'verdict', verdict: { kind: 'drop' } });
     expect(ruleChainName('sg', 'a')).toMatch(/^r_[0-9a-f]{16}$/);
     expect(ruleChainName('sg', 'a')).not.toBe(ruleChainName('sga', ''));
@@ -231,7 +233,32 @@ describe('rule chains, counters, digests', () => {
     const input = chain(table, 'input');
     expect(input.base).toEqual({ type: 'filter', hook: 'input', priority: 0, policy: 'drop' });
     expect(input.rules[input.rules.length - 1]).toEqual({ exprs: [{ kind: 'counter' }, { kind: 'verdict', verdict: { kind: 'drop' } }], comment: 'default: no rule matched' });
-    expect(table.chains.map((c) => c.name).filter((n) => !n.startsWith('r_'))).toEqual(['input', 'output', 'ingress_v4', 'egress_v6']);
+    expect(table.chains.map((c) => c.name).filter((n) => !n.startsWith('r_'))).toEqual(['input', 'output', 'flow_known', 'flow_allow', 'ingress_v4', 'egress_v6']);
+  });
+
+  it('the flow mark: established packets from the peer go to flow_known, ingress allows accept through flow_allow; with mask 0 none of it', () => {
+    const rules = [{ id: 'a' }, { id: 'out', direction: 'egress' as const }];
+    const on = compilePolicy(policyOf(rules)).table;
+    const input = chain(on, 'input');
+    const entry = input.rules.findIndex((r) => r.comment === 'flow mark: connections the current rules allowed');
+    // after the stateful rules, before the family jumps
+    expect(input.rules[entry - 1]!.comment).toBe('stateful: related (ICMP errors, expectations)');
+    expect(input.rules[entry]!.exprs.at(-1)).toEqual({ kind: 'verdict', verdict: { kind: 'jump', chain: 'flow_known' } });
+    // compiled as an epoch's first apply: flow_known empty, generation 1
+    expect(chain(on, 'flow_known').rules).toEqual([]);
+    expect(chain(on, 'flow_allow').rules[0]!.exprs[0]).toEqual({ kind: 'ct-mark-set', mask: 0xffff0000, value: 0x00010000 });
+    expect(renderScript(on)).toContain('ct mark set ct mark and 0x0000ffff or 0x00010000 accept');
+    // egress allows and the output chain are not marked: outbound connections are never re-evaluated (SEMANTICS section 3)
+    expect(chain(on, ruleChainName('sg', 'out')).rules[0]!.exprs[1]).toEqual({ kind: 'verdict', verdict: { kind: 'accept' } });
+    expect(chain(on, 'output').rules.some((r) => r.comment?.startsWith('flow mark'))).toBe(false);
+
+    const off = compilePolicy(policyOf(rules), { platform: { ...DEFAULT_PLATFORM, flowMarkMask: 0 } }).table;
+    expect(off.chains.map((c) => c.name)).not.toContain('flow_known');
+    expect(renderScript(off)).not.toContain('flow');
+    expect(chain(off, ruleChainName('sg', 'a')).rules[0]!.exprs[1]).toEqual({ kind: 'verdict', verdict: { kind: 'accept' } });
+    // another mask: the field and the generation's bits follow it
+    const byte = compilePolicy(policyOf(rules), { platform: { ...DEFAULT_PLATFORM, flowMarkMask: 0x00ff0000 } }).table;
+    expect(renderScript(byte)).toContain('ct mark set ct mark and 0xff00ffff or 0x00010000 accept');
   });
 
   it('the digest depends on the ruleset only: not on the revision, the order of map construction or names', () => {

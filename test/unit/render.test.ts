@@ -188,9 +188,9 @@ describe('counters carried over a full reload', () => {
     const script = renderTransaction(replaceTableTx(web(), counters));
     const chain = (name: string) => script.slice(script.indexOf(`\tchain ${name} {\n`), script.indexOf('\n\t}\n', script.indexOf(`\tchain ${name} {\n`)));
     const name = (chainName: string, comment: string) => counterObjectName(counterKey(chainName, comment));
-    expect(chain(http)).toContain(`counter name "${name(http, 'sg-web/r-http')}" accept comment "sg-web/r-http"`);
+    expect(chain(http)).toContain(`counter name "${name(http, 'sg-web/r-http')}" jump flow_allow comment "sg-web/r-http"`);
     expect(script).toContain(`\tcounter ${name(http, 'sg-web/r-http')} { packets 12 bytes 3400 }\n`);
-    expect(chain(ssh)).toContain(`counter name "${name(ssh, 'sg-web/r-ssh')}" accept comment "sg-web/r-ssh"`);
+    expect(chain(ssh)).toContain(`counter name "${name(ssh, 'sg-web/r-ssh')}" jump flow_allow comment "sg-web/r-ssh"`);
     expect(script).toContain(`\tcounter ${name(ssh, 'sg-web/r-ssh')} { }\n`);
     expect(chain('input')).toContain(`counter name "${name('input', 'default: no rule matched')}" drop comment "default: no rule matched"`);
     expect(script).toContain(`\tcounter ${name('input', 'default: no rule matched')} { packets 5 bytes 300 }\n`);

@@ -11,8 +11,33 @@ describe('agent config', () => {
   it('fills defaults', () => {
     const c = resolveConfig({ instance_id: 'ecs-1' }, {});
     expect(c).toMatchObject({ state_dir: '/var/lib/secgroup', table: 'secgroup', drift_schedule: '*/30 * * * * *', http_listen: '127.0.0.1:9469', incremental: true, nft_timeout_ms: 60_000 });
-    expect(c.platform).toEqual({ loopback: true, icmpv6_nd: true, dhcp: true, controller_rule: true, failsafe_ingress: [], failsafe_egress: [] });
+    expect(c.platform).toEqual({ loopback: true, icmpv6_nd: true, dhcp: true, controller_rule: true, failsafe_ingress: [], failsafe_egress: [], flow_mark_mask: 0xffff0000 });
     expect(c.controller).toBeUndefined();
+  });
+
+  it('takes platform.flow_mark_mask as a number or hex text, 0 for off, and refuses a mask that cannot hold it', () => {
+    const mask = (m: unknown) => resolveConfig({ instance_id: 'ecs-1', platform: { flow_mark_mask: m } }, {}).platform.flow_mark_mask;
+    expect(mask('0x00ff0000')).toBe(0x00ff0000);
+    expect(mask(0xff000000)).toBe(0xff000000);
+    expect(mask('4294901760')).toBe(0xffff0000);
+    expect(mask(0)).toBe(0);
+    expect(mask('0')).toBe(0);
+    for (const [bad, why] of [
+      ['0xff00ff00', /not one run of contiguous bits/],
+      ['0x000000f0', /fewer than 8 bits/],
+      ['0x1ffffffff', /must be a mask/],
+      [-1, /32-bit mask/],
+      ['ffff0000', /must be a mask/],
+    ] as const) {
+      let error: unknown;
+      try {
+        mask(bad);
+      } catch (e) {
+        error = e;
+      }
+      expect(error, String(bad)).toBeInstanceOf(ValidationError);
+      expect((error as ValidationError).issues.map((i) => `${i.path}: ${i.message}`).join('\n')).toMatch(why);
+    }
   });
 
   it('lets env override the file and flags override env', () => {

@@ -1,3 +1,4 @@
+import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { FakeClock } from '../../../src/lib/clock.js';
@@ -6,13 +7,15 @@ import { FakeNft } from '../../../src/nft/fake.js';
 import { FakeNftMonitor } from '../../../src/nft/monitor.js';
 import { memberSetName } from '../../../src/nft/compile.js';
 import type { NftTransaction } from '../../../src/nft/transaction.js';
-import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler } from '../../../src/agent/reconciler.js';
 import { DriftMonitor, mergeDrifts } from '../../../src/agent/drift-monitor.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
 import { policy } from './fixtures.js';
 import { tableComment } from '../../helpers/nft-dump.js';
+
+/** The flow mark off: these tests are about element updates and repairs; the flow mark's own are in reconciler-flow-mark.test.ts. */
+const PLATFORM = { ...DEFAULT_PLATFORM, flowMarkMask: 0 };
 
 /** The kernel's side of `nft monitor`: every transaction applied reaches the sessions that follow, with its generation markers (ours too). */
 class MonitoredNft extends FakeNft {
@@ -39,7 +42,7 @@ function setup(monitor = new FakeNftMonitor()) {
     },
   });
   const logger = createLogger({ level: 'debug', destination: sink });
-  const r = new Reconciler({ nft, store: new MemoryStateStore(), clock, logger, metrics, platform: DEFAULT_PLATFORM, checkBeforeApply: false });
+  const r = new Reconciler({ nft, store: new MemoryStateStore(), clock, logger, metrics, platform: PLATFORM, checkBeforeApply: false });
   const dm = new DriftMonitor({ monitor, target: r, clock, logger, metrics, restartInitialMs: 1000, restartMaxMs: 8000, probeInitialMs: 250, probeMaxMs: 1000 });
   const events = (name: string) => lines.filter((l) => l.event === name);
   const reads = () => ({ table: nft.count('readTable'), marker: nft.count('readMarker') });

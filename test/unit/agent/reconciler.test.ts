@@ -1,3 +1,4 @@
+import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import type { BurstWork } from '../../../src/agent/footprint.js';
 import { describe, expect, it } from 'vitest';
 import { FakeClock } from '../../../src/lib/clock.js';
@@ -9,7 +10,6 @@ import { counterKey } from '../../../src/nft/counters.js';
 import type { Table } from '../../../src/nft/model.js';
 import { nftMissingObject } from '../../../src/nft/runner.js';
 import { renderTable } from '../../../src/nft/render.js';
-import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../../../src/agent/reconciler.js';
 import { MemoryStateStore } from '../../../src/agent/state-store.js';
@@ -17,6 +17,9 @@ import { applyPolicyDelta } from '../../../src/protocol/delta.js';
 import { policy } from './fixtures.js';
 import { dumpBlock, dumpBlocks, withoutGeneration } from '../../helpers/nft-dump.js';
 import { golden } from '../../helpers/golden.js';
+
+/** The flow mark off: these tests are about element updates and repairs; the flow mark's own are in reconciler-flow-mark.test.ts. */
+const PLATFORM = { ...DEFAULT_PLATFORM, flowMarkMask: 0 };
 
 function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBurst?: (work: BurstWork) => () => void } = {}) {
   const nft = new FakeNft();
@@ -30,7 +33,7 @@ function setup(opts: { incremental?: boolean; persistCoalesceMs?: number; heapBu
     clock,
     logger: silentLogger(),
     metrics,
-    platform: DEFAULT_PLATFORM,
+    platform: PLATFORM,
     retryInitialMs: 1000,
     retryMaxMs: 8000,
     incremental: opts.incremental ?? true,
@@ -421,7 +424,7 @@ describe('reconciler', () => {
     expect(await p4).toMatchObject({ status: 'applied', kind: 'incremental' });
     const last = nft.calls.filter((c) => c.method === 'apply').at(-1)!.tx!;
     expect(last.ops.map((o) => o.op)).toEqual(['update-elements', 'set-marker']);
-    const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }));
+    const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }), { platform: PLATFORM });
     expect(withoutGeneration(nft.dump())).toBe(listing(full.table));
     golden('reconciler-member-deltas.nft', nft.dump());
   });
@@ -432,12 +435,12 @@ describe('reconciler', () => {
     nft.failNext('apply');
     const o = await r.submit(policy(2, { members: ['198.18.0.10', '198.18.0.30'] }), 'controller', { base: 1, groups: { web: { add: ['198.18.0.30'], remove: ['198.18.0.12'] } } });
     expect(o).toMatchObject({ status: 'applied', kind: 'full' });
-    const full = compilePolicy(policy(2, { members: ['198.18.0.10', '198.18.0.30'] }));
+    const full = compilePolicy(policy(2, { members: ['198.18.0.10', '198.18.0.30'] }), { platform: PLATFORM });
     expect(withoutGeneration(nft.dump())).toBe(listing(full.table));
     // and the next delta takes the fast path again from the fresh compile
     const o3 = await r.submit(policy(3, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.50'], remove: [] } } });
     expect(o3).toMatchObject({ status: 'applied', kind: 'incremental' });
-    expect(withoutGeneration(nft.dump())).toBe(listing(compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] })).table));
+    expect(withoutGeneration(nft.dump())).toBe(listing(compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30', '198.18.0.50'] }), { platform: PLATFORM }).table));
   });
 
   it('ignores a member delta whose base is not what is applied, and compiles in full', async () => {
@@ -445,7 +448,7 @@ describe('reconciler', () => {
     await r.submit(policy(1), 'controller');
     const o = await r.submit(policy(3, { members: ['198.18.0.10', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.30'], remove: ['198.18.0.12'] } } });
     expect(o).toMatchObject({ status: 'applied' });
-    const full = compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30'] }));
+    const full = compilePolicy(policy(3, { members: ['198.18.0.10', '198.18.0.30'] }), { platform: PLATFORM });
     expect(withoutGeneration(nft.dump())).toBe(listing(full.table));
     expect(r.state!.compiled.digest).toBe(full.digest);
   });
@@ -672,7 +675,7 @@ describe('reconciler', () => {
   it('re-applies when the platform options change', async () => {
     const { nft, r } = setup();
     await r.submit(policy(1), 'controller');
-    r.setPlatform({ ...DEFAULT_PLATFORM, controller: { addresses: ['198.18.0.1'], port: 8443, dns: false } });
+    r.setPlatform({ ...PLATFORM, controller: { addresses: ['198.18.0.1'], port: 8443, dns: false } });
     await r.idle();
     expect(dumpBlock(nft.dump(), 'output').rules.some((x) => x.endsWith(' comment "platform: controller channel"'))).toBe(true);
   });

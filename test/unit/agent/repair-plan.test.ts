@@ -4,6 +4,7 @@
  * reconciler carrying it out over the fake (the table afterwards is what a
  * full reload gives, untouched rules keep their counts, nothing compiled).
  */
+import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { describe, expect, it } from 'vitest';
 import { AgentMetrics } from '../../../src/agent/metrics.js';
 import { pausesMonitor, planRepair, repairHow } from '../../../src/agent/repair-plan.js';
@@ -19,11 +20,13 @@ import type { Drift } from '../../../src/nft/readback.js';
 import { renderTable, renderTransaction } from '../../../src/nft/render.js';
 import { nftMissingObject } from '../../../src/nft/runner.js';
 import { AddressSet } from '../../../src/policy/address-set.js';
-import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
 import { policy } from './fixtures.js';
 
+/** The flow mark off: these tests are about element updates and repairs; the flow mark's own are in reconciler-flow-mark.test.ts. */
+const PLATFORM = { ...DEFAULT_PLATFORM, flowMarkMask: 0 };
+
 const WEB = memberSetName(4, 'web');
-const compiled = compilePolicy(policy(1), { table: 'secgroup', platform: DEFAULT_PLATFORM });
+const compiled = compilePolicy(policy(1), { table: 'secgroup', platform: PLATFORM });
 const applied: AppliedBase = { revision: 1, compiled, tableComment: 'applied comment', fingerprint: '' };
 const seen = (chains: string[], sets: string[], setsAddedTo: string[] = []): Drift => ({ kind: 'structure', detail: 'seen', inPlace: true, scope: { chains, sets, setsAddedTo } });
 
@@ -130,7 +133,7 @@ function setup() {
     clock: new FakeClock(),
     logger: silentLogger(),
     metrics: new AgentMetrics(),
-    platform: DEFAULT_PLATFORM,
+    platform: PLATFORM,
     heapBurst: () => {
       bursts++;
       return () => undefined;
@@ -140,7 +143,7 @@ function setup() {
 }
 
 describe('drift repairs by the reconciler', () => {
-  const fresh = renderTable(compilePolicy(policy(1), { table: 'secgroup', platform: DEFAULT_PLATFORM }).table, { listing: true });
+  const fresh = renderTable(compilePolicy(policy(1), { table: 'secgroup', platform: PLATFORM }).table, { listing: true });
   const http = ruleChainName('sg-web', 'r-http');
 
   it('restores a flushed chain and a removed member in one small transaction; the other rules keep their counts', async () => {

@@ -1,0 +1,64 @@
+/**
+ * Clearing the flow mark's field on every tracked connection (flow-mark.ts:
+ * the start of an epoch), with conntrack(8) from conntrack-tools:
+ *
+ *     conntrack -U -f ipv4 -m 0/MASK     (then -f ipv6)
+ *
+ * `-U` dumps the table and updates each entry whose mark changes ("-m
+ * 0/MASK": zero the bits under MASK, xor 0); entries whose field is already
+ * 0 are skipped. Only the bits under the mask are written: the rest of the
+ * mark belongs to other software. The family is given because the kernel
+ * refuses the per-entry request of an AF_UNSPEC dump ("Operation not
+ * supported", seen with conntrack 1.4.7 on Linux 6.18). conntrack exits 1
+ * when it updated nothing ("0 flow entries have been updated."): that is a
+ * success here.
+ */
+import { execa } from 'execa';
+
+export type ClearResult = { ok: true; updated: number } | { ok: false; missing: boolean; reason: string };
+
+export interface FlowMarkClearer {
+  /** Zeroes the bits under `mask` in the mark of every IPv4 and IPv6 connection. Never throws. */
+  clear(mask: number): Promise<ClearResult>;
+}
+
+export interface ConntrackClearerOptions {
+  /** the command that runs conntrack, default ["conntrack"]; e.g. ["ip", "netns", "exec", "ns1", "conntrack"] in tests */
+  command?: string[];
+  timeoutMs?: number;
+}
+
+const UPDATED_RE = /(\d+) flow entries have been updated/;
+
+export class ConntrackClearer implements FlowMarkClearer {
+  private readonly command: string[];
+  private readonly timeoutMs: number;
+
+  constructor(opts: ConntrackClearerOptions = {}) {
+    this.command = opts.command ?? ['conntrack'];
+    this.timeoutMs = opts.timeoutMs ?? 60_000;
+  }
+
+  async clear(mask: number): Promise<ClearResult> {
+    const [file, ...pre] = this.command;
+    let updated = 0;
+    for (const family of ['ipv4', 'ipv6']) {
+      const r = await execa(file!, [...pre, '-U', '-f', family, '-m', `0/0x${(mask >>> 0).toString(16)}`], { reject: false, timeout: this.timeoutMs, stdin: 'ignore' });
+      const text = `${r.stderr}\n${r.stdout}`;
+      const n = UPDATED_RE.exec(text);
+      if (r.exitCode !== undefined && r.exitCode <= 1 && n) {
+        updated += Number(n[1]);
+        continue;
+      }
+      const missing = (r as { code?: string }).code === 'ENOENT' || r.exitCode === 127;
+      const line = text.split('\n').find((l) => l.trim()) ?? '';
+      const reason = missing
+        ? `${file} not found (install conntrack: apt-get install conntrack)`
+        : r.timedOut
+          ? `${this.command.join(' ')} -U timed out after ${this.timeoutMs} ms`
+          : `${this.command.join(' ')} -U -f ${family} failed (exit ${r.exitCode ?? 'none'}): ${line.replace(/^conntrack v[\d.]+ \(conntrack-tools\): /, '').trim().slice(0, 300)}`;
+      return { ok: false, missing, reason };
+    }
+    return { ok: true, updated };
+  }
+}

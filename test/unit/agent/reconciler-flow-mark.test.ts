@@ -1,0 +1,162 @@
+/**
+ * The flow mark as the reconciler runs it (src/nft/flow-mark.ts): a new
+ * generation with every transaction, an epoch's first apply unarmed, the
+ * conntrack marks cleared, then flow_known armed in a transaction of its own;
+ * a new epoch before the field wraps; without conntrack the table stays
+ * unarmed (and says why). The kernel side is test/kernel/flow-mark.test.ts.
+ */
+import { describe, expect, it } from 'vitest';
+import { FakeClock } from '../../../src/lib/clock.js';
+import { FakeNft } from '../../../src/nft/fake.js';
+import type { ClearResult, FlowMarkClearer } from '../../../src/nft/conntrack.js';
+import { ruleChainName } from '../../../src/nft/compile.js';
+import { AgentMetrics } from '../../../src/agent/metrics.js';
+import { Reconciler } from '../../../src/agent/reconciler.js';
+import { MemoryStateStore } from '../../../src/agent/state-store.js';
+import { DEFAULT_PLATFORM } from '../../../src/policy/platform.js';
+import { captureLogs } from '../../helpers/log-capture.js';
+import { dumpBlock } from '../../helpers/nft-dump.js';
+import { policy } from './fixtures.js';
+
+class FakeClearer implements FlowMarkClearer {
+  readonly calls: number[] = [];
+  constructor(public result: ClearResult = { ok: true, updated: 3 }) {}
+  clear(mask: number): Promise<ClearResult> {
+    this.calls.push(mask);
+    return Promise.resolve(this.result);
+  }
+}
+
+function setup(opts: { clearer?: FakeClearer | null; mask?: number } = {}) {
+  const nft = new FakeNft();
+  const clearer = opts.clearer === undefined ? new FakeClearer() : opts.clearer;
+  const { logger, lines } = captureLogs('debug');
+  const r = new Reconciler({
+    nft,
+    store: new MemoryStateStore(),
+    clock: new FakeClock(),
+    logger,
+    metrics: new AgentMetrics(),
+    platform: { ...DEFAULT_PLATFORM, flowMarkMask: opts.mask ?? DEFAULT_PLATFORM.flowMarkMask },
+    checkBeforeApply: false,
+    ...(clearer ? { flowMarks: clearer } : {}),
+  });
+  return { nft, r, clearer, lines };
+}
+
+/** The rule lines of one chain of the fake kernel's table. */
+function chainLines(nft: FakeNft, name: string): string[] {
+  return dumpBlock(nft.dump(), name).rules;
+}
+
+const applies = (nft: FakeNft) => nft.calls.filter((c) => c.method === 'apply').map((c) => c.tx!);
+const opNames = (tx: { ops: { op: string; chain?: { name: string } }[] }) => tx.ops.map((o) => (o.op === 'restore-chain' ? `restore-chain ${o.chain!.name}` : o.op));
+
+describe('reconciler: the flow mark', () => {
+  it('starts an epoch unarmed, clears the marks, then arms flow_known in a transaction of its own with the marker', async () => {
+    const { nft, r, clearer, lines } = setup();
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    const txs = applies(nft);
+    expect(txs).toHaveLength(2);
+    // the full reload: generation 1, flow_known empty
+    const full = txs[0]!.ops[0]!;
+    expect(full.op).toBe('replace-table');
+    // then the clear, then the arming transaction
+    expect(clearer!.calls).toEqual([0xffff0000]);
+    expect(opNames(txs[1]!)).toEqual(['restore-chain flow_known', 'set-marker']);
+    expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00010000 accept comment "flow mark: allowed under generation 1"']);
+    expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00010000 accept comment "flow mark: generation 1"']);
+    expect(r.flowMark).toEqual({ mask: 0xffff0000, generation: 1, armed: true, reason: null });
+    expect(lines.find((l) => l.event === 'flow_mark_armed')).toMatchObject({ generation: 1, cleared: 3, mask: '0xffff0000' });
+    // the drift check finds the table as applied (the fingerprint was taken after the arming)
+    expect(await r.checkDrift()).toBeNull();
+  });
+
+  it('gives every later transaction the next generation, armed: full reloads and member deltas alike, counters untouched', async () => {
+    const { nft, r, clearer } = setup();
+    await r.submit(policy(1), 'controller');
+    await r.submit(policy(2, { httpPort: '8080' }), 'controller');
+    expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
+    expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00020000 accept comment "flow mark: allowed under generation 2"']);
+    const http = ruleChainName('sg-web', 'r-http');
+    nft.setCounter(http, 40, 4000);
+    const before = applies(nft).length;
+    expect(await r.submit(policy(3, { httpPort: '8080', members: ['198.18.0.10', '198.18.0.12', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.30'], remove: [] } } })).toMatchObject({
+      status: 'applied',
+      kind: 'incremental',
+    });
+    const delta = applies(nft).slice(before);
+    expect(delta).toHaveLength(1);
+    expect(opNames(delta[0]!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
+    expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00030000 accept comment "flow mark: generation 3"']);
+    expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
+    // one clear for the whole epoch
+    expect(clearer!.calls).toHaveLength(1);
+    // a rule chain's allow goes through flow_allow
+    expect(chainLines(nft, http)[0]).toMatch(/jump flow_allow/);
+  });
+
+  it('a drift repair gets a new generation too (a connection marked under the tampered table is matched again)', async () => {
+    const { nft, r } = setup();
+    await r.submit(policy(1), 'controller');
+    nft.flushTable();
+    const d = await r.checkDrift();
+    expect(d).not.toBeNull();
+    expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
+    expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00020000 accept comment "flow mark: allowed under generation 2"']);
+    expect(await r.checkDrift()).toBeNull();
+  });
+
+  it('starts a new epoch before the field wraps: generation 1 unarmed, the marks cleared again, then armed', async () => {
+    const { nft, r, clearer } = setup({ mask: 0xff000000 });
+    for (let rev = 1; rev <= 255; rev++) await r.submit(policy(rev, { httpPort: String(1000 + (rev % 2)) }), 'controller');
+    expect(r.flowMark).toMatchObject({ mask: 0xff000000, generation: 255, armed: true });
+    expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xff000000 == 0xff000000 accept comment "flow mark: allowed under generation 255"']);
+    expect(clearer!.calls).toHaveLength(1);
+    const before = applies(nft).length;
+    await r.submit(policy(256, { httpPort: '2000' }), 'controller');
+    expect(clearer!.calls).toHaveLength(2);
+    const txs = applies(nft).slice(before);
+    expect(txs).toHaveLength(2);
+    expect(opNames(txs[1]!)).toEqual(['restore-chain flow_known', 'set-marker']);
+    expect(r.flowMark).toMatchObject({ generation: 1, armed: true });
+    expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x00ffffff or 0x01000000 accept comment "flow mark: generation 1"']);
+  });
+
+  it('without conntrack(8): stays unarmed, says why once, and does not try again', async () => {
+    const clearer = new FakeClearer({ ok: false, missing: true, reason: 'conntrack not found (install conntrack: apt-get install conntrack)' });
+    const { nft, r, lines } = setup({ clearer });
+    await r.submit(policy(1), 'controller');
+    await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    expect(clearer.calls).toHaveLength(1);
+    expect(applies(nft)).toHaveLength(2);
+    expect(chainLines(nft, 'flow_known')).toEqual([]);
+    expect(r.flowMark).toEqual({ mask: 0xffff0000, generation: 2, armed: false, reason: 'conntrack not found (install conntrack: apt-get install conntrack)' });
+    expect(lines.filter((l) => l.event === 'flow_mark_unarmed')).toHaveLength(1);
+    expect(String(lines.find((l) => l.event === 'flow_mark_unarmed')!.msg)).toMatch(/matched against the rules every time/);
+  });
+
+  it('a clear that fails is tried again at the next sync, which then arms', async () => {
+    const clearer = new FakeClearer({ ok: false, missing: false, reason: 'conntrack -U -f ipv4 failed (exit 1): Operation not permitted' });
+    const { nft, r } = setup({ clearer });
+    await r.submit(policy(1), 'controller');
+    expect(r.flowMark).toMatchObject({ armed: false, reason: /Operation not permitted/ });
+    clearer.result = { ok: true, updated: 0 };
+    await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    expect(clearer.calls).toHaveLength(2);
+    expect(r.flowMark).toEqual({ mask: 0xffff0000, generation: 2, armed: true, reason: null });
+    expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00020000 accept comment "flow mark: allowed under generation 2"']);
+  });
+
+  it('with no clearer (or mask 0) nothing is armed; mask 0 renders no flow chain at all', async () => {
+    const none = setup({ clearer: null });
+    await none.r.submit(policy(1), 'controller');
+    expect(none.r.flowMark).toMatchObject({ generation: 1, armed: false, reason: null });
+    expect(chainLines(none.nft, 'flow_known')).toEqual([]);
+    const off = setup({ mask: 0 });
+    await off.r.submit(policy(1), 'controller');
+    expect(off.r.flowMark).toEqual({ mask: 0, generation: 0, armed: false, reason: null });
+    expect(off.clearer!.calls).toEqual([]);
+    expect(off.nft.dump()).not.toContain('flow_');
+  });
+});
