@@ -1,10 +1,12 @@
 /**
  * bench packet: what the ruleset costs per packet. Two namespaces over a
  * veth (bench/lab.ts), a small C load tool (bench/tools/tcpbench.c, compiled
- * with gcc here) and, in one run, four rulesets in the host namespace:
- * none (reference), secgroup's rendering of a 10k-rule policy, the naive
- * rendering of the same policy (bench/naive.ts), and conntrack only (the
- * floor of any stateful firewall). Measured per ruleset: new TCP
+ * with gcc here) and, in one run, five rulesets in the host namespace:
+ * none (reference), secgroup's rendering of a 10k-rule policy as the agent
+ * runs it (flow mark armed, src/nft/flow-mark.ts), the same with the flow
+ * mark off (platform.flow_mark_mask 0: every packet from the client matched
+ * against the rules), the naive rendering of the same policy
+ * (bench/naive.ts), and conntrack only (the floor of any stateful firewall). Measured per ruleset: new TCP
  * connections/s over IPv4 and over IPv6, new UDP flows/s (a fresh source
  * port per request/response), TCP request/response latency and throughput;
  * the new-flow rates also as a ratio to conntrack only. Configurations
@@ -24,6 +26,8 @@ import { packetPolicy } from './policies.js';
 import { parsePolicy } from '../src/policy/schema.js';
 import { compilePolicy } from '../src/nft/compile.js';
 import { renderScript, renderDeleteScript } from '../src/nft/render.js';
+import { setFlowGeneration } from '../src/nft/flow-mark.js';
+import { DEFAULT_PLATFORM } from '../src/policy/platform.js';
 
 const PORT = 5201;
 const SECONDS = Number(process.env.BENCH_PACKET_SECONDS ?? 2);
@@ -102,14 +106,19 @@ export async function runPacketBench(): Promise<PacketRow[]> {
     const bin = buildTool(dir);
     const policy = parsePolicy(packetPolicy({ rules: RULES, v4Members: 10000, v6Members: 100000, benchPorts: [PORT, PORT + 2], udpPort: PORT + 3, v6: true }));
     const compiled = compilePolicy(policy);
+    // what the agent applies once its epoch's conntrack sweep is done: flow_known armed (reconciler.ts armFlowMark)
+    setFlowGeneration(compiled.table, 1, true);
+    const unmarked = compilePolicy(policy, { platform: { ...DEFAULT_PLATFORM, flowMarkMask: 0 } });
+    const lookups = `conntrack rules, then ${compiled.stats.layers.ingress_v4} ingress v4 / ${compiled.stats.layers.ingress_v6} v6 map lookup layer(s) (${compiled.stats.elements} elements in all), allowed by the last rule`;
     const naive = renderNaive(policy);
     const configs = [
       { name: 'none', script: renderDeleteScript('inet', 'secgroup'), hits: 'no firewall' },
       {
         name: 'secgroup',
         script: renderScript(compiled.table),
-        hits: `SYN (UDP: first datagram) and every client->server packet: conntrack rules, then ${compiled.stats.layers.ingress_v4} ingress v4 / ${compiled.stats.layers.ingress_v6} v6 map lookup layer(s) (${compiled.stats.elements} elements in all), allowed by the last rule`,
+        hits: `SYN (UDP: first datagram): ${lookups}, marked; the client's later packets: the flow mark (one ct mark compare)`,
       },
+      { name: 'secgroup, flow mark off', script: renderScript(unmarked.table), hits: `SYN (UDP: first datagram) and every client->server packet: ${lookups}` },
       { name: 'naive', script: naive.script, hits: `SYN and every client->server packet: ${naive.rules.input} linear input rules, allowed by the last` },
       { name: 'conntrack only', script: CONNTRACK_ONLY, hits: 'the floor of any stateful firewall: conntrack on, the same ct state rules as secgroup, then accept (no policy rules)' },
     ];

@@ -39,7 +39,7 @@
 # SECGROUP_HOST_ACTIONS=1, which tests set together with stub commands.
 #
 # Environment (tests stub the commands):
-#   NFT=nft SYSTEMCTL=systemctl APT_GET=apt-get   commands used
+#   NFT=nft CONNTRACK=conntrack SYSTEMCTL=systemctl APT_GET=apt-get   commands used
 #   NODE=<node on PATH>     absolute path of the Node.js the wrapper runs
 #   SECGROUP_SYSTEMD_BOOTED=1|0   overrides the "systemd is PID 1" check
 #                                 (/run/systemd/system exists)
@@ -49,6 +49,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 
 NFT=${NFT:-nft}
+CONNTRACK=${CONNTRACK:-conntrack}
 SYSTEMCTL=${SYSTEMCTL:-systemctl}
 APT_GET=${APT_GET:-apt-get}
 
@@ -158,6 +159,16 @@ do_install() {
         die "apt-get install nftables failed (run apt-get update first?)"
     else
       say "nft not found; the machine this root is for needs the nftables package"
+    fi
+  fi
+  # conntrack(8) clears the agent's flow mark bits (src/nft/flow-mark.ts); without it the agent works, unarmed (slower per packet)
+  if ! command -v "$CONNTRACK" >/dev/null 2>&1; then
+    if ((host_actions)); then
+      say "installing conntrack"
+      DEBIAN_FRONTEND=noninteractive "$APT_GET" install -y --no-install-recommends conntrack >/dev/null ||
+        say "apt-get install conntrack failed: the agent runs without its flow mark fast path until conntrack is installed"
+    else
+      say "conntrack not found; the machine this root is for should have the conntrack package (the agent's flow mark fast path)"
     fi
   fi
 

@@ -85,6 +85,7 @@ doc "$r" secgroup-agent agent
 echo /etc/secgroup/agent.yaml >"$r/DEBIAN/conffiles"
 for s in postinst prerm postrm; do install -m 0755 "packaging/debian/agent.$s" "$r/DEBIAN/$s"; done
 control "$r" secgroup-agent "$libs, nftables, iproute2, systemd (>= 246)" \
+  'Recommends: conntrack' \
   'Description: security groups for this host, enforced with nftables (agent)' \
   ' The secgroup agent enforces the cloud-style security groups of this host' \
   ' in the nftables table "inet secgroup", kept in sync with a secgroup' \

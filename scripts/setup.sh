@@ -14,7 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # gcc, libc6-dev, linux-libc-dev: scripts/build-native.sh (the agent's secgroup-nftwatch)
-pkgs=(nftables iproute2 ca-certificates gcc libc6-dev linux-libc-dev)
+# conntrack: the agent clears its flow mark bits with it (src/nft/conntrack.ts)
+pkgs=(nftables conntrack iproute2 ca-certificates gcc libc6-dev linux-libc-dev)
 if [[ ${1:-} == --tests ]]; then
   # the Docker engine is installed and started by docker/engine.sh (inert settings)
   pkgs+=(python3 net-tools debootstrap systemd iputils-ping python3-seccomp shellcheck postgresql chromium)

@@ -69,7 +69,7 @@ import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import { replaceTableTx, type NftOp, type NftTransaction } from '../nft/transaction.js';
-import { FLOW_ALLOW, FLOW_KNOWN, flowChainOps, flowMaskOf, hex, maxGeneration, setFlowGeneration } from '../nft/flow-mark.js';
+import { FLOW_KNOWN, flowChainOps, isFlowChain, flowMaskOf, hex, maxGeneration, setFlowGeneration } from '../nft/flow-mark.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 import type { DriftWatch } from './drift-monitor.js';
@@ -110,7 +110,7 @@ const OWN_MARKERS = 4;
 /** `tx` with the flow chain restores `flowOps` last (any restore of those chains it had dropped: they carry the old generation). */
 function withFlowOps(tx: NftTransaction, flowOps: NftOp[]): NftTransaction {
   if (!flowOps.length) return tx;
-  const kept = tx.ops.filter((op) => !(op.op === 'restore-chain' && (op.chain.name === FLOW_KNOWN || op.chain.name === FLOW_ALLOW)));
+  const kept = tx.ops.filter((op) => !(op.op === 'restore-chain' && isFlowChain(op.chain.name)));
   return { ...tx, ops: [...kept, ...flowOps] };
 }
 

@@ -7,13 +7,19 @@
 import { AddressSet } from '../policy/address-set.js';
 import { elementList, memberElement, type MapElement, type Table } from './model.js';
 import type { NftOp } from './transaction.js';
+import { flowMaskOf, isFlowChain } from './flow-mark.js';
 
 /** JSON.stringify replacer for models holding bigints (addresses): hex digits. */
 export const bigintAsHex = (_k: string, val: unknown): unknown => (typeof val === 'bigint' ? val.toString(16) : val);
 
-/** Everything of a table except its comment and the elements of its maps. */
+/**
+ * Everything of a table except its comment, the elements of its maps and the
+ * rules of the flow mark's chains (their generation is the agent's, set on
+ * every transaction: flow-mark.ts; the mask is compared apart).
+ */
 function skeleton(t: Table): string {
-  return JSON.stringify({ family: t.family, name: t.name, chains: t.chains, maps: t.maps.map((m) => ({ ...m, elements: undefined })) }, bigintAsHex);
+  const chains = t.chains.map((c) => (isFlowChain(c.name) ? { ...c, rules: [] } : c));
+  return JSON.stringify({ family: t.family, name: t.name, chains, maps: t.maps.map((m) => ({ ...m, elements: undefined })) }, bigintAsHex);
 }
 
 /**
@@ -58,7 +64,8 @@ export interface ElementPlan {
 export function planElementUpdate(from: Table, to: Table, maxChanges = 1000): ElementPlan | null {
   // cheap differences first (a rule added or removed): no need to serialise both tables
   if (from.chains.length !== to.chains.length || from.maps.length !== to.maps.length) return null;
-  if (from.chains.some((c, i) => c.name !== to.chains[i]!.name || c.rules.length !== to.chains[i]!.rules.length)) return null;
+  if (from.chains.some((c, i) => c.name !== to.chains[i]!.name || (c.rules.length !== to.chains[i]!.rules.length && !isFlowChain(c.name)))) return null;
+  if (flowMaskOf(from) !== flowMaskOf(to)) return null;
   if (from.maps.some((m, i) => m.name !== to.maps[i]!.name)) return null;
   if (skeleton(from) !== skeleton(to)) return null;
   const ops: NftOp[] = [];

@@ -102,17 +102,23 @@ export function flowChains(mask: number, gen: number, armed: boolean): [Chain, C
   const value = generationValue(mask, gen);
   const known: Chain = {
     name: FLOW_KNOWN,
-    comment: armed ? `flow mark: generation ${gen} under ${hex(mask)}` : `flow mark: not armed (the agent arms it once conntrack marks under ${hex(mask)} are cleared)`,
+    // the chain comments stay as the first apply made them (a restore flushes rules, not comments): no generation in them
+    comment: `flow mark: connections allowed under the current generation (mark bits ${hex(mask)}), empty until the agent arms it`,
     rules: armed
       ? [{ exprs: [{ kind: 'match', left: { kind: 'ct', key: 'mark', mask }, op: '==', right: v.num(value) }, { kind: 'verdict', verdict: ACCEPT }], comment: `flow mark: allowed under generation ${gen}` }]
       : [],
   };
   const allow: Chain = {
     name: FLOW_ALLOW,
-    comment: `flow mark: an allowed connection gets generation ${gen}`,
+    comment: `flow mark: an allowed connection gets the current generation (mark bits ${hex(mask)})`,
     rules: [{ exprs: [{ kind: 'ct-mark-set', mask, value }, { kind: 'verdict', verdict: ACCEPT }], comment: `flow mark: generation ${gen}` }],
   };
   return [known, allow];
+}
+
+/** Is `name` one of the flow mark's chains (whose rules carry the agent's generation, not the policy)? */
+export function isFlowChain(name: string): boolean {
+  return name === FLOW_KNOWN || name === FLOW_ALLOW;
 }
 
 /** The flow mark mask of a compiled table (0: the table has no flow mark). */
@@ -138,6 +144,6 @@ export function setFlowGeneration(table: Table, gen: number, armed: boolean): bo
 /** Restores of the flow chains of `table` as they are now (flush and add: no counters in them), for a transaction that keeps the rest. */
 export function flowChainOps(table: Table): NftOp[] {
   return table.chains
-    .filter((c) => c.name === FLOW_KNOWN || c.name === FLOW_ALLOW)
+    .filter((c) => isFlowChain(c.name))
     .map((chain): NftOp => ({ op: 'restore-chain', family: table.family, table: table.name, chain }));
 }

@@ -28,6 +28,7 @@ import { ExecaNftRunner } from '../../src/nft/exec.js';
 import { findDrift } from '../../src/nft/readback.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { AgentLab, CLIENT_ADDR, CONTROLLER_PORT, HOST_ADDR, kernelSkipReason, processTree, type AgentProcess, type Peer } from '../helpers/agent-lab.js';
+import { FLOW_KNOWN, setFlowGeneration } from '../../src/nft/flow-mark.js';
 
 const skip = kernelSkipReason();
 const DRIFT_PERIOD_MS = 2000;
@@ -311,6 +312,8 @@ exec ${realNft} "$@"
         const rev = Number(/revision=(\d+)/.exec(rb?.marker ?? '')?.[1]);
         expect([oldRev, newRev], `${when}: marker ${rb?.marker}`).toContain(rev);
         const compiled = compilePolicy(parsePolicy(rev === oldRev ? oldPolicy : newPolicy), { table: 'secgroup', platform });
+        // flow_known as the agent left it: armed once its conntrack sweep ran (src/nft/flow-mark.ts)
+        setFlowGeneration(compiled.table, 1, rb?.chains.find((c) => c.name === FLOW_KNOWN)?.rules.length === 1);
         // the marker names the revision (checked by findDrift too); the table comment is the last replacement's (a reload in place keeps it)
         expect(findDrift({ table: compiled.table, comment: rb?.comment ?? null }, rb), `${when}: table is revision ${rev} whole`).toBeNull();
         expect(await verdicts([8000, 8002]), when).toEqual(rev === oldRev ? { 8000: true, 8002: false } : { 8000: false, 8002: true });

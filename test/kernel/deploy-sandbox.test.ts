@@ -224,6 +224,24 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(inNs(['nft', 'list', 'tables']).stdout).toBe('');
   });
 
+  it("conntrack clears the flow mark's bits of every connection with CAP_NET_ADMIN alone, under the filters (the epoch sweep, src/nft/conntrack.ts)", () => {
+    if (!has('conntrack', ['--version'])) throw new Error('conntrack not installed (apt-get install conntrack; .ci/run installs it)');
+    const marking = spawnSync('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], {
+      encoding: 'utf8',
+      input: `table inet marks {\n\tchain out {\n\t\ttype filter hook output priority 0; policy accept;\n\t\ttcp dport ${LISTEN.port} ct mark set 0x00070005\n\t}\n}\n`,
+    });
+    expect(marking.status, marking.stderr).toBe(0);
+    const connect = inNs([process.execPath, '-e', `const s = require('net').connect(${LISTEN.port}, '${LISTEN.v4}', () => s.end());`]);
+    expect(connect.status, connect.stderr).toBe(0);
+    const marks = () => [...inNs(['conntrack', '-L', '-f', 'ipv4', '-p', 'tcp', '--dport', String(LISTEN.port)]).stdout.matchAll(/mark=(\d+)/g)].map((m) => Number(m[1]));
+    expect(marks()).toEqual([0x00070005]);
+    const cleared = sandboxed(['conntrack', '-U', '-f', 'ipv4', '-m', '0/0xffff0000']);
+    expect(cleared.status, cleared.stderr).toBe(0);
+    expect(cleared.stderr).toMatch(/1 flow entries have been updated/);
+    // our bits only: the rest of the mark is someone else's
+    expect(marks()).toEqual([0x5]);
+  });
+
   it('Node spawns nft as the agent does (child process, script on stdin) and reads the table back', async () => {
     const script = renderScript(compilePolicy(await loadPolicyFile(join(repo, 'examples/web.json')), { platform: DEFAULT_PLATFORM }).table);
     const program = [

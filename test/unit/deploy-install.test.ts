@@ -40,6 +40,7 @@ function install(args: string[], opts: RunOptions = {}) {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
       NODE: process.execPath,
       NFT: stub('nft'),
+      CONNTRACK: stub('conntrack'),
       SYSTEMCTL: stub('systemctl'),
       APT_GET: stub('apt-get'),
       ...opts.env,
@@ -230,6 +231,18 @@ describe('install.sh with host actions (stubbed apt-get, nft, systemctl)', () =>
     const r = install([], { env: { ...host, NFT: join(work, 'bin', 'no-such-nft') } });
     expect(r.status, r.out).toBe(0);
     expect(calls()[0]).toBe('apt-get install -y --no-install-recommends nftables');
+  });
+
+  it('installs conntrack with apt-get when it is missing; a failed install is a warning (the agent runs unarmed), not an error', () => {
+    const r = install([], { env: { ...host, CONNTRACK: join(work, 'bin', 'no-such-conntrack') } });
+    expect(r.status, r.out).toBe(0);
+    expect(calls()[0]).toBe('apt-get install -y --no-install-recommends conntrack');
+    const failing = join(work, 'bin', 'failing-apt-get');
+    writeFileSync(failing, '#!/bin/sh\nexit 100\n');
+    chmodSync(failing, 0o755);
+    const f = install([], { env: { ...host, CONNTRACK: join(work, 'bin', 'no-such-conntrack'), APT_GET: failing } });
+    expect(f.status, f.out).toBe(0);
+    expect(f.out).toMatch(/apt-get install conntrack failed: the agent runs without its flow mark fast path/);
   });
 });
 

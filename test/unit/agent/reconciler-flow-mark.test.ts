@@ -90,6 +90,12 @@ describe('reconciler: the flow mark', () => {
     expect(opNames(delta[0]!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
     expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00030000 accept comment "flow mark: generation 3"']);
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
+    // a whole document whose only change is members: still element updates (the flow chains' rules are the agent's, not the policy's)
+    const more = ['198.18.0.10', '198.18.0.12', '198.18.0.30', '198.18.0.31'];
+    expect(await r.submit(policy(4, { httpPort: '8080', members: more }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(opNames(applies(nft).at(-1)!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
+    expect(r.flowMark).toMatchObject({ generation: 4, armed: true });
+    expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
     // one clear for the whole epoch
     expect(clearer!.calls).toHaveLength(1);
     // a rule chain's allow goes through flow_allow

@@ -1,0 +1,204 @@
+/**
+ * The flow mark (src/nft/flow-mark.ts) with real connections through the
+ * real kernel: an allowed connection's later packets skip the rules; a
+ * policy change (a new generation) matches each connection once more, so a
+ * removed rule cuts it at its next packet and a kept one keeps it; the
+ * conntrack sweep of a new epoch (nft/conntrack.ts) clears our bits and no
+ * others, and is what keeps a stale mark from an earlier epoch out; the
+ * reconciler arms flow_known by itself.
+ */
+import { execa } from 'execa';
+import { expect, it } from 'vitest';
+import { AgentMetrics } from '../../src/agent/metrics.js';
+import { Reconciler } from '../../src/agent/reconciler.js';
+import { MemoryStateStore } from '../../src/agent/state-store.js';
+import { FakeClock } from '../../src/lib/clock.js';
+import { silentLogger } from '../../src/lib/logger.js';
+import { compilePolicy, ruleChainName } from '../../src/nft/compile.js';
+import { ConntrackClearer } from '../../src/nft/conntrack.js';
+import { ExecaNftRunner } from '../../src/nft/exec.js';
+import { setFlowGeneration } from '../../src/nft/flow-mark.js';
+import { renderScript } from '../../src/nft/render.js';
+import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
+import { parsePolicy, type PolicyInput, type RuleInput } from '../../src/policy/schema.js';
+import { describeKernel, useLab } from '../helpers/vitest-lab.js';
+
+const H4 = '198.18.0.10';
+const MASK = DEFAULT_PLATFORM.flowMarkMask;
+const EGRESS_ALL: RuleInput[] = [
+  { id: 'out4', direction: 'egress', ethertype: 'IPv4' },
+  { id: 'out6', direction: 'egress', ethertype: 'IPv6' },
+];
+
+function doc(port: number | null, revision = 1): PolicyInput {
+  return {
+    revision,
+    instance: { id: 'kernel-host', addresses: [H4] },
+    security_groups: [{ id: 'sg', name: 'sg', rules: [...(port === null ? [] : [{ id: `tcp-${port}`, direction: 'ingress' as const, protocol: 'tcp', multiport: String(port) }]), ...EGRESS_ALL] }],
+    address_groups: [],
+    group_members: {},
+  };
+}
+
+/** Is conntrack(8) installed (the sweep's tool)? */
+async function haveConntrack(): Promise<boolean> {
+  return (await execa('conntrack', ['--version'], { reject: false })).exitCode === 0;
+}
+
+describeKernel('the flow mark in the kernel', () => {
+  const lab = useLab({ extraHostAddrs: [] });
+  const inHost = () => ['ip', 'netns', 'exec', lab().ns.host];
+  const nft = () => new ExecaNftRunner({ table: 'secgroup', command: [...inHost(), 'nft'] });
+
+  /** Applies `input` compiled with generation `gen`, armed or not (what the reconciler sends). */
+  async function apply(input: PolicyInput, gen: number, armed: boolean): Promise<void> {
+    const { table } = compilePolicy(parsePolicy(input));
+    setFlowGeneration(table, gen, armed);
+    await lab().applyScript(renderScript(table));
+  }
+
+  /** The packets the rule's counter counted (rule `tcp-<port>` of group sg). */
+  async function ruleCount(port: number): Promise<number> {
+    const counters = await nft().readCounters();
+    return counters?.get(ruleChainName('sg', `tcp-${port}`))?.packets ?? -1;
+  }
+
+  /** The conntrack marks of the host's TCP connections to `port`. */
+  async function marks(port: number): Promise<number[]> {
+    const r = await lab().exec('host', 'conntrack', ['-L', '-f', 'ipv4', '-p', 'tcp', '--dport', String(port)], { reject: false });
+    return [...r.stdout.matchAll(/mark=(\d+)/g)].map((m) => Number(m[1]));
+  }
+
+  it('armed: a connection is matched by its first packet only; unarmed: by every packet from the peer', async () => {
+    for (const [armed, port] of [
+      [true, 7101],
+      [false, 7102],
+    ] as const) {
+      await apply(doc(port), 1, armed);
+      const srv = await lab().tcpListen('host', port);
+      try {
+        const conn = await lab().tcpOpen('client', H4, port, { timeoutMs: 2000 });
+        try {
+          expect(conn.status).toBe('connected');
+          for (const line of ['one', 'two', 'three']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
+          const counted = await ruleCount(port);
+          // armed: the SYN; unarmed: the SYN, the handshake's ACK and every data segment (and ACK) from the client
+          if (armed) expect(counted).toBe(1);
+          else expect(counted).toBeGreaterThanOrEqual(5);
+        } finally {
+          await conn.close();
+        }
+      } finally {
+        await srv.close();
+      }
+    }
+  });
+
+  it('a new generation matches each connection once more: a removed rule cuts it at its next packet, a kept rule keeps it', async () => {
+    await apply(doc(7103), 1, true);
+    const srv = await lab().tcpListen('host', 7103);
+    try {
+      const kept = await lab().tcpOpen('client', H4, 7103, { timeoutMs: 2000 });
+      try {
+        expect((await kept.sendLine('before', { timeoutMs: 2000 })).status).toBe('echoed');
+        // the same rules under generation 2: matched again (the reload started the counter at 0), marked 2, kept
+        await apply(doc(7103, 2), 2, true);
+        expect((await kept.sendLine('after', { timeoutMs: 2000 })).status).toBe('echoed');
+        expect((await kept.sendLine('again', { timeoutMs: 2000 })).status).toBe('echoed');
+        expect(await ruleCount(7103)).toBe(1);
+        expect(await marks(7103)).toContain(2 * 0x10000);
+        // the rule removed under generation 3: its next packet is dropped
+        await apply(doc(null, 3), 3, true);
+        expect((await kept.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
+      } finally {
+        await kept.close();
+      }
+    } finally {
+      await srv.close();
+    }
+  });
+
+  it('the epoch sweep clears our bits of every connection and no others, and keeps a stale mark of an earlier epoch out', async () => {
+    if (!(await haveConntrack())) throw new Error('conntrack(8) is not installed: apt-get install conntrack (.ci/run installs it)');
+    // someone else's bits in the same mark: a bystander table sets 0x5 on the host's replies
+    await lab().exec('host', 'nft', ['-f', '-'], { input: 'table inet bystander {\n\tchain out {\n\t\ttype filter hook output priority 10; policy accept;\n\t\ttcp sport 7104-7105 ct mark set ct mark or 0x5\n\t}\n}\n' });
+    try {
+      const clearer = new ConntrackClearer({ command: [...inHost(), 'conntrack'] });
+      for (const [sweep, port] of [
+        [false, 7104],
+        [true, 7105],
+      ] as const) {
+        await apply(doc(port), 1, true);
+        const srv = await lab().tcpListen('host', port);
+        try {
+          const conn = await lab().tcpOpen('client', H4, port, { timeoutMs: 2000 });
+          try {
+            expect((await conn.sendLine('allowed', { timeoutMs: 2000 })).status).toBe('echoed');
+            expect(await marks(port)).toEqual([0x10005]);
+            // the rule goes (generation 2): the connection is cut, its mark stays 1 (a drop marks nothing)
+            await apply(doc(null, 2), 2, true);
+            expect((await conn.sendLine('denied', { timeoutMs: 1000 })).status).not.toBe('echoed');
+            expect(await marks(port)).toEqual([0x10005]);
+            // a new epoch starts at generation 1 again, still without the rule
+            await apply(doc(null, 3), 1, false);
+            if (sweep) {
+              const r = await clearer.clear(MASK);
+              expect(r).toMatchObject({ ok: true });
+              expect(await marks(port)).toEqual([0x5]);
+            }
+            await apply(doc(null, 3), 1, true);
+            const after = await conn.sendLine('stale', { timeoutMs: 5000 });
+            // without the sweep the stale generation 1 lets the connection through (the hazard the sweep is for)
+            if (sweep) expect(after.status).not.toBe('echoed');
+            else expect(after.status).toBe('echoed');
+          } finally {
+            await conn.close();
+          }
+        } finally {
+          await srv.close();
+        }
+      }
+      // nothing to clear: still a success
+      expect(await clearer.clear(MASK)).toEqual({ ok: true, updated: 0 });
+    } finally {
+      await lab().exec('host', 'nft', ['delete', 'table', 'inet', 'bystander'], { reject: false });
+    }
+  });
+
+  it('the reconciler arms flow_known by itself after the sweep, and a policy change through it cuts a connection whose rule went', async () => {
+    if (!(await haveConntrack())) throw new Error('conntrack(8) is not installed: apt-get install conntrack (.ci/run installs it)');
+    await lab().clearRuleset();
+    const runner = nft();
+    const r = new Reconciler({
+      nft: runner,
+      store: new MemoryStateStore(),
+      clock: new FakeClock(),
+      logger: silentLogger(),
+      metrics: new AgentMetrics(),
+      platform: DEFAULT_PLATFORM,
+      checkBeforeApply: false,
+      flowMarks: new ConntrackClearer({ command: [...inHost(), 'conntrack'] }),
+    });
+    const srv = await lab().tcpListen('host', 7106);
+    try {
+      expect(await r.submit(parsePolicy(doc(7106)), 'controller')).toMatchObject({ status: 'applied' });
+      expect(r.flowMark).toEqual({ mask: MASK, generation: 1, armed: true, reason: null });
+      expect((await lab().exec('host', 'nft', ['list', 'chain', 'inet', 'secgroup', 'flow_known'])).stdout).toContain('ct mark 0x00010000/16 accept');
+      const conn = await lab().tcpOpen('client', H4, 7106, { timeoutMs: 2000 });
+      try {
+        for (const line of ['one', 'two']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
+        expect(await ruleCount(7106)).toBe(1);
+        expect(await r.submit(parsePolicy(doc(null, 2)), 'controller')).toMatchObject({ status: 'applied' });
+        expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
+        expect((await conn.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
+      } finally {
+        await conn.close();
+      }
+      expect(await r.checkDrift()).toBeNull();
+    } finally {
+      await srv.close();
+      await r.stop();
+      runner.close();
+    }
+  });
+});
