@@ -29,6 +29,7 @@ export interface ConntrackClearerOptions {
 }
 
 const UPDATED_RE = /(\d+) flow entries have been updated/;
+const ATTEMPTS = 3;
 
 export class ConntrackClearer implements FlowMarkClearer {
   private readonly command: string[];
@@ -39,7 +40,22 @@ export class ConntrackClearer implements FlowMarkClearer {
     this.timeoutMs = opts.timeoutMs ?? 60_000;
   }
 
+  /**
+   * conntrack -U stops at the first entry it cannot update (one that ended
+   * between the dump and its update, on a busy host): a failed sweep is run
+   * again, up to `ATTEMPTS` times; entries already cleared are skipped then.
+   */
   async clear(mask: number): Promise<ClearResult> {
+    let last: ClearResult = { ok: false, missing: false, reason: 'not run' };
+    for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
+      const r = await this.sweep(mask);
+      last = r.result;
+      if (last.ok || last.missing || r.timedOut) return last;
+    }
+    return last;
+  }
+
+  private async sweep(mask: number): Promise<{ result: ClearResult; timedOut?: boolean }> {
     const [file, ...pre] = this.command;
     let updated = 0;
     for (const family of ['ipv4', 'ipv6']) {
@@ -57,8 +73,8 @@ export class ConntrackClearer implements FlowMarkClearer {
         : r.timedOut
           ? `${this.command.join(' ')} -U timed out after ${this.timeoutMs} ms`
           : `${this.command.join(' ')} -U -f ${family} failed (exit ${r.exitCode ?? 'none'}): ${line.replace(/^conntrack v[\d.]+ \(conntrack-tools\): /, '').trim().slice(0, 300)}`;
-      return { ok: false, missing, reason };
+      return { result: { ok: false, missing, reason }, timedOut: r.timedOut };
     }
-    return { ok: true, updated };
+    return { result: { ok: true, updated } };
   }
 }

@@ -59,6 +59,18 @@ describe('secgroup render', () => {
     expect(json.nftables[0]).toEqual({ add: { table: { family: 'inet', name: 'sg_test' } } });
   });
 
+  it('--flow-mark-mask: another field of the conntrack mark, 0 for none; a mask that cannot hold it is exit 2', async () => {
+    const byte = await runCli(['render', WEB, '--flow-mark-mask', '0x00ff0000']);
+    expect(byte.code).toBe(0);
+    expect(byte.stdout).toContain('ct mark set ct mark and 0xff00ffff or 0x00010000 accept');
+    const off = await runCli(['render', WEB, '--flow-mark-mask', '0']);
+    expect(off.code).toBe(0);
+    expect(off.stdout).not.toContain('flow_');
+    expect(off.stdout).toContain('counter name "c_46796df6a83823d96e18" accept comment "sg-web/r-http"');
+    const bad = await runCli(['render', WEB, '--flow-mark-mask', '0xf0f0f0f0']);
+    expect(bad).toEqual({ code: 2, stdout: '', stderr: 'error: --flow-mark-mask "0xf0f0f0f0": 0xf0f0f0f0 is not one run of contiguous bits, e.g. 0xffff0000\n' });
+  });
+
   it('invalid policy: exit 2, every problem on stderr, nothing on stdout', async () => {
     const r = await runCli(['render', await file('invalid.json', INVALID)]);
     expect(r.code).toBe(2);
