@@ -45,6 +45,8 @@ const THREADS = process.env.BENCH_FOOTPRINT_THREADS !== undefined;
 const NO_MEMTRIM = process.env.BENCH_FOOTPRINT_NO_MEMTRIM === '1';
 /** the drift monitor as before round 8 of issue 18: `nft monitor` (BENCH_FOOTPRINT_NFT_MONITOR=1) */
 const NFT_MONITOR = process.env.BENCH_FOOTPRINT_NFT_MONITOR === '1';
+/** the agent with the flow mark off (BENCH_FOOTPRINT_NO_FLOW_MARK=1: platform.flow_mark_mask 0): what its two chain restores per delta cost */
+const NO_FLOW_MARK = process.env.BENCH_FOOTPRINT_NO_FLOW_MARK === '1';
 
 export interface FootprintRow {
   process: string;
@@ -155,7 +157,7 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
     state_dir: `${lab.dir}/state-${members}`,
     log_level: 'warn',
     controller: { url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`, token: 'lab-token' },
-    platform: { dhcp: false },
+    platform: { dhcp: false, ...(NO_FLOW_MARK ? { flow_mark_mask: 0 } : {}) },
     // as installed (the packages put the listener where `auto` finds it; here it is built next to the bundle)
     drift_listener: NFT_MONITOR ? '' : join(dir, 'secgroup-nftwatch'),
   });

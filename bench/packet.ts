@@ -33,6 +33,10 @@ const PORT = 5201;
 const SECONDS = Number(process.env.BENCH_PACKET_SECONDS ?? 2);
 const ROUNDS = Number(process.env.BENCH_PACKET_ROUNDS ?? 3);
 const RULES = Number(process.env.BENCH_PACKET_RULES ?? 10000);
+/** after the rounds: this many back-to-back alternations of the new-TCP-connection rate, conntrack only vs secgroup (flow mark on and off) */
+const PAIRS = Number(process.env.BENCH_PACKET_PAIRS ?? 10);
+/** the rulesets measured in the pairs, each against conntrack only */
+const PAIRED = ['secgroup', 'secgroup, flow mark off'];
 
 export interface PacketRow {
   ruleset: string;
@@ -49,6 +53,12 @@ export interface PacketRow {
   'conn vs ct, round median': number;
   'udp vs ct, round median': number;
   'v6 vs ct, round median': number;
+  /**
+   * the median over BENCH_PACKET_PAIRS alternations (conntrack only and this ruleset measured one
+   * right after the other, their order switched every time) of this ruleset's conn/s over conntrack
+   * only's: the rates of one ruleset swing by tens of percent between rounds here, mostly slowly
+   */
+  'conn vs ct, paired median': number | null;
   'rr latency us': number;
   'rr %': number;
   'Gbit/s': number;
@@ -68,6 +78,12 @@ async function client(lab: BenchLab, bin: string, mode: 'conn' | 'rr' | 'stream'
   const out = JSON.parse(r.stdout) as Record<string, number | string>;
   if ('error' in out) throw new Error(`tcpbench ${mode}: ${String(out.error)}`);
   return out as Record<string, number>;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
 function pct(x: number, ref: number): number {
@@ -148,6 +164,18 @@ export async function runPacketBench(): Promise<PacketRow[]> {
         );
       }
     }
+    const paired: Record<string, number[]> = {};
+    for (let i = 0; i < PAIRS; i++) {
+      const names = ['conntrack only', ...PAIRED];
+      const rates: Record<string, number> = {};
+      for (const name of i % 2 ? names.reverse() : names) {
+        await lab.nft(configs.find((c) => c.name === name)!.script);
+        const conn = await client(lab, bin, 'conn', PORT);
+        rates[name] = conn.conns! / conn.seconds!;
+      }
+      for (const name of PAIRED) (paired[name] ??= []).push(rates[name]! / rates['conntrack only']!);
+      process.stderr.write(`  pair ${i + 1}: ${names.map((n) => `${n} ${Math.round(rates[n]!)}`).join(', ')} conn/s\n`);
+    }
     server.kill('SIGKILL');
     const ref = best.none!;
     const ct = best['conntrack only']!;
@@ -173,6 +201,7 @@ export async function runPacketBench(): Promise<PacketRow[]> {
         'conn vs ct, round median': roundMedian(c.name, 'conn'),
         'udp vs ct, round median': roundMedian(c.name, 'udp'),
         'v6 vs ct, round median': roundMedian(c.name, 'conn6'),
+        'conn vs ct, paired median': c.name === 'conntrack only' ? 1 : paired[c.name] ? Math.round(median(paired[c.name]!) * 100) / 100 : null,
         'rr latency us': Math.round((1e6 / b.rr) * 10) / 10,
         'rr %': pct(b.rr, ref.rr),
         'Gbit/s': Math.round(b.tput * 100) / 100,

@@ -3,6 +3,7 @@
  * commands that touch nftables (root / CAP_NET_ADMIN), and only our table.
  */
 import { ConntrackClearer } from '../nft/conntrack.js';
+import { FLOW_KNOWN } from '../nft/flow-mark.js';
 import { HostPortProbe } from '../probe/port-probe.js';
 import { HostSocketSource } from '../probe/source.js';
 import { existsSync, readFileSync } from 'node:fs';
@@ -271,9 +272,14 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
             bytes: ch.rules[0]?.counter?.bytes ?? 0,
           };
         });
+      // the flow mark (nft/flow-mark.ts): flow_known holds one rule, commented with the generation, once the agent armed it
+      const known = rb?.chains.find((ch) => ch.name === FLOW_KNOWN);
+      const generation = /generation (\d+)/.exec(known?.rules[0]?.comment ?? '');
+      const flowMark = known ? { armed: known.rules.length > 0, generation: generation ? Number(generation[1]) : null } : null;
       const result = {
         table: `inet ${config.table}`,
         present: rb !== null,
+        flow_mark: flowMark,
         table_revision: meta ? Number(meta[2]) : null,
         table_digest: meta ? meta[1]! : null,
         instance: meta ? meta[3]! : null,
@@ -292,6 +298,13 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
             ? `table inet ${config.table}: present, revision ${result.table_revision ?? '?'} (digest ${result.table_digest ?? '?'}, instance ${result.instance ?? '?'})\n`
             : `table inet ${config.table}: NOT PRESENT - this host is not protected by secgroup\n`,
         );
+        if (flowMark) {
+          io.out(
+            flowMark.armed
+              ? `flow mark: armed, generation ${flowMark.generation ?? '?'} (packets of connections the current rules allowed skip them)\n`
+              : 'flow mark: not armed (every packet from a peer is matched against the rules; the agent log says why: event flow_mark_unarmed)\n',
+          );
+        }
         const l = result.last_known_good;
         io.out(`last known good: ${l === null ? 'none' : 'error' in l ? `UNUSABLE (${l.error})` : `revision ${l.revision}, saved ${l.saved_at ?? '?'} (${l.path})`}\n`);
         if (rules.length) {

@@ -121,29 +121,41 @@ export function isFlowChain(name: string): boolean {
   return name === FLOW_KNOWN || name === FLOW_ALLOW;
 }
 
+/**
+ * Where flow_known and flow_allow are in `table.chains` (-1: absent). The
+ * compiler puts them right after the base chains, so this is two looks,
+ * not a scan of every rule chain (it runs on every member delta).
+ */
+function flowIndexes(table: Table): [number, number] {
+  const at = (name: string, guess: number) => (table.chains[guess]?.name === name ? guess : table.chains.findIndex((c) => c.name === name));
+  return [at(FLOW_KNOWN, 2), at(FLOW_ALLOW, 3)];
+}
+
 /** The flow mark mask of a compiled table (0: the table has no flow mark). */
 export function flowMaskOf(table: Table): number {
-  const allow = table.chains.find((c) => c.name === FLOW_ALLOW);
-  const set = allow?.rules[0]?.exprs[0];
+  const i = flowIndexes(table)[1];
+  const set = i < 0 ? undefined : table.chains[i]!.rules[0]?.exprs[0];
   return set?.kind === 'ct-mark-set' ? set.mask : 0;
 }
 
 /**
  * Puts generation `gen` (armed or not) into the flow chains of `table`, in
- * place; the chain objects are replaced, not edited (a table read elsewhere
- * keeps the ones it had). False when the table has no flow mark.
+ * place: the two chain objects are replaced in `table.chains` (never
+ * edited, so a copy of the table made earlier keeps the ones it had). False
+ * when the table has no flow mark.
  */
 export function setFlowGeneration(table: Table, gen: number, armed: boolean): boolean {
   const mask = flowMaskOf(table);
   if (!mask) return false;
-  const [known, allow] = flowChains(mask, gen, armed);
-  table.chains = table.chains.map((c) => (c.name === FLOW_KNOWN ? known : c.name === FLOW_ALLOW ? allow : c));
+  const [k, a] = flowIndexes(table);
+  if (k < 0) return false;
+  [table.chains[k], table.chains[a]] = flowChains(mask, gen, armed);
   return true;
 }
 
 /** Restores of the flow chains of `table` as they are now (flush and add: no counters in them), for a transaction that keeps the rest. */
 export function flowChainOps(table: Table): NftOp[] {
-  return table.chains
-    .filter((c) => isFlowChain(c.name))
-    .map((chain): NftOp => ({ op: 'restore-chain', family: table.family, table: table.name, chain }));
+  return flowIndexes(table)
+    .filter((i) => i >= 0)
+    .map((i): NftOp => ({ op: 'restore-chain', family: table.family, table: table.name, chain: table.chains[i]! }));
 }

@@ -211,6 +211,10 @@ describe.skipIf(skip !== null)(`agent in a network namespace${skip ? ` (skipped:
     expect(s).toMatchObject({ present: true, table_revision: 10, last_known_good: { revision: 10 } });
     expect(s.rules.map((x) => x.rule).sort()).toEqual(['r-out', 'r-peers', 'r-tcp']);
     expect(s.rules.find((x) => x.rule === 'r-tcp')!.packets).toBeGreaterThan(0);
+    // the agent swept the conntrack marks and armed the flow mark (src/nft/flow-mark.ts)
+    expect((s as unknown as { flow_mark: unknown }).flow_mark).toEqual({ armed: true, generation: expect.any(Number) });
+    const text = await lab.cli(['status', '--state-dir', `${lab.dir}/state`, '--config', configPath]);
+    expect(String(text.stdout)).toMatch(/^flow mark: armed, generation \d+ /m);
   });
 
   it('keeps a corrupt state file aside, reports it, and takes the next policy from the controller', async () => {
