@@ -124,6 +124,21 @@ put() {
   mv -f "$tmp" "$dest"
 }
 
+# A command the agent runs: when CMD is missing, installs PACKAGE with apt-get
+# (host actions), and a failed install is ON_FAILURE (die or say); without
+# host actions, says that the machine this root is for NEEDS it.
+need() {
+  local cmd=$1 package=$2 on_failure=$3 needs=$4
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  if ((host_actions)); then
+    say "installing $package"
+    DEBIAN_FRONTEND=noninteractive "$APT_GET" install -y --no-install-recommends "$package" >/dev/null ||
+      "$on_failure" "apt-get install $package failed (run apt-get update first?)"
+  else
+    say "$cmd not found; the machine this root is for $needs"
+  fi
+}
+
 # An optional file from next to the bundle: installs SRC as DEST with MODE and
 # says so (with WHAT in brackets; nothing when WHAT is empty), or, without SRC,
 # removes the DEST an earlier install left and says "no SRC WITHOUT".
@@ -152,25 +167,9 @@ do_install() {
   IFS=. read -r major minor _ <<<"$version"
   ((major > 22 || (major == 22 && ${minor:-0} >= 15))) || die "Node.js >= 22.15 is required, 24 recommended ($node is $("$node" --version))"
 
-  if ! command -v "$NFT" >/dev/null 2>&1; then
-    if ((host_actions)); then
-      say "installing nftables"
-      DEBIAN_FRONTEND=noninteractive "$APT_GET" install -y --no-install-recommends nftables >/dev/null ||
-        die "apt-get install nftables failed (run apt-get update first?)"
-    else
-      say "nft not found; the machine this root is for needs the nftables package"
-    fi
-  fi
+  need "$NFT" nftables die "needs the nftables package"
   # conntrack(8) clears the agent's flow mark bits (src/nft/flow-mark.ts); without it the agent works, unarmed (slower per packet)
-  if ! command -v "$CONNTRACK" >/dev/null 2>&1; then
-    if ((host_actions)); then
-      say "installing conntrack"
-      DEBIAN_FRONTEND=noninteractive "$APT_GET" install -y --no-install-recommends conntrack >/dev/null ||
-        say "apt-get install conntrack failed: the agent runs without its flow mark fast path until conntrack is installed"
-    else
-      say "conntrack not found; the machine this root is for should have the conntrack package (the agent's flow mark fast path)"
-    fi
-  fi
+  need "$CONNTRACK" conntrack say "should have the conntrack package (the agent's flow mark fast path; without it the agent runs unarmed)"
 
   install -d -m 0755 "$R$LIB_DIR" "$R$(dirname "$WRAPPER")" "$R$UNIT_DIR" "$R$CONFIG_DIR"
   # node tells the two formats apart by the name only: an ES module bundle keeps .mjs

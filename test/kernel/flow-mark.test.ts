@@ -21,6 +21,7 @@ import { setFlowGeneration } from '../../src/nft/flow-mark.js';
 import { renderScript } from '../../src/nft/render.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
 import { parsePolicy, type PolicyInput, type RuleInput } from '../../src/policy/schema.js';
+import type { OpenConnection } from '../helpers/netns.js';
 import { describeKernel, useLab } from '../helpers/vitest-lab.js';
 
 const H4 = '198.18.0.10';
@@ -69,53 +70,52 @@ describeKernel('the flow mark in the kernel', () => {
     return [...r.stdout.matchAll(/mark=(\d+)/g)].map((m) => Number(m[1]));
   }
 
+  /** Runs `body` on a connection from the client to an echo server on the host's `port`; both are closed after it. */
+  async function withConnection(port: number, body: (conn: OpenConnection) => Promise<void>): Promise<void> {
+    const srv = await lab().tcpListen('host', port);
+    try {
+      const conn = await lab().tcpOpen('client', H4, port, { timeoutMs: 2000 });
+      try {
+        expect(conn.status).toBe('connected');
+        await body(conn);
+      } finally {
+        await conn.close();
+      }
+    } finally {
+      await srv.close();
+    }
+  }
+
   it('armed: a connection is matched by its first packet only; unarmed: by every packet from the peer', async () => {
     for (const [armed, port] of [
       [true, 7101],
       [false, 7102],
     ] as const) {
       await apply(doc(port), 1, armed);
-      const srv = await lab().tcpListen('host', port);
-      try {
-        const conn = await lab().tcpOpen('client', H4, port, { timeoutMs: 2000 });
-        try {
-          expect(conn.status).toBe('connected');
-          for (const line of ['one', 'two', 'three']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
-          const counted = await ruleCount(port);
-          // armed: the SYN; unarmed: the SYN, the handshake's ACK and every data segment (and ACK) from the client
-          if (armed) expect(counted).toBe(1);
-          else expect(counted).toBeGreaterThanOrEqual(5);
-        } finally {
-          await conn.close();
-        }
-      } finally {
-        await srv.close();
-      }
+      await withConnection(port, async (conn) => {
+        for (const line of ['one', 'two', 'three']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
+        const counted = await ruleCount(port);
+        // armed: the SYN; unarmed: the SYN, the handshake's ACK and every data segment (and ACK) from the client
+        if (armed) expect(counted).toBe(1);
+        else expect(counted).toBeGreaterThanOrEqual(5);
+      });
     }
   });
 
   it('a new generation matches each connection once more: a removed rule cuts it at its next packet, a kept rule keeps it', async () => {
     await apply(doc(7103), 1, true);
-    const srv = await lab().tcpListen('host', 7103);
-    try {
-      const kept = await lab().tcpOpen('client', H4, 7103, { timeoutMs: 2000 });
-      try {
-        expect((await kept.sendLine('before', { timeoutMs: 2000 })).status).toBe('echoed');
-        // the same rules under generation 2: matched again (the reload started the counter at 0), marked 2, kept
-        await apply(doc(7103, 2), 2, true);
-        expect((await kept.sendLine('after', { timeoutMs: 2000 })).status).toBe('echoed');
-        expect((await kept.sendLine('again', { timeoutMs: 2000 })).status).toBe('echoed');
-        expect(await ruleCount(7103)).toBe(1);
-        expect(await marks(7103)).toContain(2 * 0x10000);
-        // the rule removed under generation 3: its next packet is dropped
-        await apply(doc(null, 3), 3, true);
-        expect((await kept.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
-      } finally {
-        await kept.close();
-      }
-    } finally {
-      await srv.close();
-    }
+    await withConnection(7103, async (kept) => {
+      expect((await kept.sendLine('before', { timeoutMs: 2000 })).status).toBe('echoed');
+      // the same rules under generation 2: matched again (the reload started the counter at 0), marked 2, kept
+      await apply(doc(7103, 2), 2, true);
+      expect((await kept.sendLine('after', { timeoutMs: 2000 })).status).toBe('echoed');
+      expect((await kept.sendLine('again', { timeoutMs: 2000 })).status).toBe('echoed');
+      expect(await ruleCount(7103)).toBe(1);
+      expect(await marks(7103)).toContain(2 * 0x10000);
+      // the rule removed under generation 3: its next packet is dropped
+      await apply(doc(null, 3), 3, true);
+      expect((await kept.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
+    });
   });
 
   it('the epoch sweep clears our bits of every connection and no others, and keeps a stale mark of an earlier epoch out', async () => {
@@ -129,34 +129,25 @@ describeKernel('the flow mark in the kernel', () => {
         [true, 7105],
       ] as const) {
         await apply(doc(port), 1, true);
-        const srv = await lab().tcpListen('host', port);
-        try {
-          const conn = await lab().tcpOpen('client', H4, port, { timeoutMs: 2000 });
-          try {
-            expect((await conn.sendLine('allowed', { timeoutMs: 2000 })).status).toBe('echoed');
-            expect(await marks(port)).toEqual([0x10005]);
-            // the rule goes (generation 2): the connection is cut, its mark stays 1 (a drop marks nothing)
-            await apply(doc(null, 2), 2, true);
-            expect((await conn.sendLine('denied', { timeoutMs: 1000 })).status).not.toBe('echoed');
-            expect(await marks(port)).toEqual([0x10005]);
-            // a new epoch starts at generation 1 again, still without the rule
-            await apply(doc(null, 3), 1, false);
-            if (sweep) {
-              const r = await clearer.clear(MASK);
-              expect(r).toMatchObject({ ok: true });
-              expect(await marks(port)).toEqual([0x5]);
-            }
-            await apply(doc(null, 3), 1, true);
-            const after = await conn.sendLine('stale', { timeoutMs: 5000 });
-            // without the sweep the stale generation 1 lets the connection through (the hazard the sweep is for)
-            if (sweep) expect(after.status).not.toBe('echoed');
-            else expect(after.status).toBe('echoed');
-          } finally {
-            await conn.close();
+        await withConnection(port, async (conn) => {
+          expect((await conn.sendLine('allowed', { timeoutMs: 2000 })).status).toBe('echoed');
+          expect(await marks(port)).toEqual([0x10005]);
+          // the rule goes (generation 2): the connection is cut, its mark stays 1 (a drop marks nothing)
+          await apply(doc(null, 2), 2, true);
+          expect((await conn.sendLine('denied', { timeoutMs: 1000 })).status).not.toBe('echoed');
+          expect(await marks(port)).toEqual([0x10005]);
+          // a new epoch starts at generation 1 again, still without the rule
+          await apply(doc(null, 3), 1, false);
+          if (sweep) {
+            expect(await clearer.clear(MASK)).toMatchObject({ ok: true });
+            expect(await marks(port)).toEqual([0x5]);
           }
-        } finally {
-          await srv.close();
-        }
+          await apply(doc(null, 3), 1, true);
+          const after = await conn.sendLine('stale', { timeoutMs: 5000 });
+          // without the sweep the stale generation 1 lets the connection through (the hazard the sweep is for)
+          if (sweep) expect(after.status).not.toBe('echoed');
+          else expect(after.status).toBe('echoed');
+        });
       }
       // nothing to clear: still a success
       expect(await clearer.clear(MASK)).toEqual({ ok: true, updated: 0 });
@@ -179,24 +170,19 @@ describeKernel('the flow mark in the kernel', () => {
       checkBeforeApply: false,
       flowMarks: new ConntrackClearer({ command: [...inHost(), 'conntrack'] }),
     });
-    const srv = await lab().tcpListen('host', 7106);
     try {
       expect(await r.submit(parsePolicy(doc(7106)), 'controller')).toMatchObject({ status: 'applied' });
       expect(r.flowMark).toEqual({ mask: MASK, generation: 1, armed: true, reason: null });
       expect((await lab().exec('host', 'nft', ['list', 'chain', 'inet', 'secgroup', 'flow_known'])).stdout).toContain('ct mark 0x00010000/16 accept');
-      const conn = await lab().tcpOpen('client', H4, 7106, { timeoutMs: 2000 });
-      try {
+      await withConnection(7106, async (conn) => {
         for (const line of ['one', 'two']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
         expect(await ruleCount(7106)).toBe(1);
         expect(await r.submit(parsePolicy(doc(null, 2)), 'controller')).toMatchObject({ status: 'applied' });
         expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
         expect((await conn.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
-      } finally {
-        await conn.close();
-      }
+      });
       expect(await r.checkDrift()).toBeNull();
     } finally {
-      await srv.close();
       await r.stop();
       runner.close();
     }

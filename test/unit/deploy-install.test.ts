@@ -242,7 +242,7 @@ describe('install.sh with host actions (stubbed apt-get, nft, systemctl)', () =>
     chmodSync(failing, 0o755);
     const f = install([], { env: { ...host, CONNTRACK: join(work, 'bin', 'no-such-conntrack'), APT_GET: failing } });
     expect(f.status, f.out).toBe(0);
-    expect(f.out).toMatch(/apt-get install conntrack failed: the agent runs without its flow mark fast path/);
+    expect(f.out).toMatch(/install.sh: apt-get install conntrack failed \(run apt-get update first\?\)/);
   });
 });
 
