@@ -32,16 +32,22 @@ export class AgentMetrics {
   readonly driftRepairs = new Counter({ name: 'secgroup_drift_repairs_total', help: 'Times our table was found changed or missing and re-applied, by kind', labelNames: ['kind'], registers: [this.registry] });
   readonly driftMonitorUp = new Gauge({ name: 'secgroup_drift_monitor_up', help: '1 while the drift monitor (secgroup-nftwatch, or nft monitor) follows changes to our table', registers: [this.registry] });
   readonly driftMonitorRestarts = new Counter({ name: 'secgroup_drift_monitor_restarts_total', help: 'Times the drift monitor (secgroup-nftwatch, or nft monitor) ended and was started again', registers: [this.registry] });
+  readonly flowMarkArmed = new Gauge({
+    name: 'secgroup_flow_mark_armed',
+    help: '1 while the flow mark is armed (packets of connections the current rules allowed skip them), 0 when it is not (every packet from a peer matched: see the log, flow_mark_unarmed), -1 when off or nothing is applied yet',
+    registers: [this.registry],
+  });
   readonly controllerConnected = new Gauge({ name: 'secgroup_controller_connected', help: '1 while the control channel is up', registers: [this.registry] });
   readonly policiesRejected = new Counter({ name: 'secgroup_policies_rejected_total', help: 'Policy documents from the controller rejected as invalid', registers: [this.registry] });
   readonly stateErrors = new Counter({ name: 'secgroup_state_errors_total', help: 'Problems with the last-known-good state file, by error code', labelNames: ['code'], registers: [this.registry] });
-  readonly rulePackets = new Counter({ name: 'secgroup_rule_packets_total', help: 'Packets that hit a security group rule', labelNames: ['group', 'rule', 'direction'], registers: [this.registry] });
+  readonly rulePackets = new Counter({ name: 'secgroup_rule_packets_total', help: 'Packets that hit a security group rule (with the flow mark armed, an ingress allow counts the packets it decided: each connection\'s first, and its first after every change)', labelNames: ['group', 'rule', 'direction'], registers: [this.registry] });
   readonly ruleBytes = new Counter({ name: 'secgroup_rule_bytes_total', help: 'Bytes that hit a security group rule', labelNames: ['group', 'rule', 'direction'], registers: [this.registry] });
   private readonly lastSeen = new Map<string, NftCounter>();
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     this.appliedRevision.set(-1);
     this.controllerConnected.set(0);
+    this.flowMarkArmed.set(-1);
     if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'secgroup_agent_' });
   }
 

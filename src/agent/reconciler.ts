@@ -590,6 +590,7 @@ export class Reconciler {
     const mask = flowMaskOf(table);
     if (!mask) {
       this.flow = { ...this.flow, mask: 0, generation: 0, armed: false, reason: null };
+      this.o.metrics.flowMarkArmed.set(-1);
       return [];
     }
     let generation = this.flow.generation + 1;
@@ -600,6 +601,7 @@ export class Reconciler {
     this.flow.mask = mask;
     this.flow.generation = generation;
     setFlowGeneration(table, generation, this.flow.armed);
+    this.o.metrics.flowMarkArmed.set(this.flow.armed ? 1 : 0);
     return plan.kind === 'incremental' ? flowChainOps(table) : [];
   }
 
@@ -648,6 +650,7 @@ export class Reconciler {
     }
     this.flow.armed = true;
     this.flow.reason = null;
+    this.o.metrics.flowMarkArmed.set(1);
     logger.info(
       { event: 'flow_mark_armed', mask: hex(mask), generation, cleared: cleared.updated },
       `flow mark armed: connections allowed under generation ${generation} skip the rules (marks under ${hex(mask)} cleared on ${cleared.updated} connection(s))`,

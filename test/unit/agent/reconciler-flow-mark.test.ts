@@ -29,6 +29,7 @@ class FakeClearer implements FlowMarkClearer {
 
 function setup(opts: { clearer?: FakeClearer | null; mask?: number } = {}) {
   const nft = new FakeNft();
+  const metrics = new AgentMetrics();
   const clearer = opts.clearer === undefined ? new FakeClearer() : opts.clearer;
   const { logger, lines } = captureLogs('debug');
   const r = new Reconciler({
@@ -36,12 +37,17 @@ function setup(opts: { clearer?: FakeClearer | null; mask?: number } = {}) {
     store: new MemoryStateStore(),
     clock: new FakeClock(),
     logger,
-    metrics: new AgentMetrics(),
+    metrics,
     platform: { ...DEFAULT_PLATFORM, flowMarkMask: opts.mask ?? DEFAULT_PLATFORM.flowMarkMask },
     checkBeforeApply: false,
     ...(clearer ? { flowMarks: clearer } : {}),
   });
-  return { nft, r, clearer, lines };
+  return { nft, r, clearer, lines, metrics };
+}
+
+/** The secgroup_flow_mark_armed gauge. */
+async function armedGauge(metrics: AgentMetrics): Promise<number> {
+  return (await metrics.flowMarkArmed.get()).values[0]!.value;
 }
 
 /** The rule lines of one chain of the fake kernel's table. */
@@ -54,8 +60,10 @@ const opNames = (tx: { ops: { op: string; chain?: { name: string } }[] }) => tx.
 
 describe('reconciler: the flow mark', () => {
   it('starts an epoch unarmed, clears the marks, then arms flow_known in a transaction of its own with the marker', async () => {
-    const { nft, r, clearer, lines } = setup();
+    const { nft, r, clearer, lines, metrics } = setup();
+    expect(await armedGauge(metrics)).toBe(-1);
     expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(await armedGauge(metrics)).toBe(1);
     const txs = applies(nft);
     expect(txs).toHaveLength(2);
     // the full reload: generation 1, flow_known empty
@@ -131,9 +139,10 @@ describe('reconciler: the flow mark', () => {
 
   it('without conntrack(8): stays unarmed, says why once, and does not try again', async () => {
     const clearer = new FakeClearer({ ok: false, missing: true, reason: 'conntrack not found (install conntrack: apt-get install conntrack)' });
-    const { nft, r, lines } = setup({ clearer });
+    const { nft, r, lines, metrics } = setup({ clearer });
     await r.submit(policy(1), 'controller');
     await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    expect(await armedGauge(metrics)).toBe(0);
     expect(clearer.calls).toHaveLength(1);
     expect(applies(nft)).toHaveLength(2);
     expect(chainLines(nft, 'flow_known')).toEqual([]);
