@@ -41,9 +41,13 @@ export class ConntrackClearer implements FlowMarkClearer {
   }
 
   /**
-   * conntrack -U stops at the first entry it cannot update (one that ended
-   * between the dump and its update, on a busy host): a failed sweep is run
-   * again, up to `ATTEMPTS` times; entries already cleared are skipped then.
+   * conntrack -U stops at the first error. On a big table that changes
+   * while it runs, the dump outruns its one-by-one updates and the socket
+   * overflows ("Operation failed: No buffer space available": 38 of 40
+   * sweeps over ~40k connections being made and marked, bench/README.md
+   * round 10). A failed sweep is run again, up to `ATTEMPTS` times; the
+   * entries it cleared before are skipped then. If all fail, the caller
+   * stays unarmed (correct) and tries again at its next sync.
    */
   async clear(mask: number): Promise<ClearResult> {
     let last: ClearResult = { ok: false, missing: false, reason: 'not run' };
