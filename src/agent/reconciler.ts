@@ -69,7 +69,7 @@ import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
 import { replaceTableTx, type NftOp, type NftTransaction } from '../nft/transaction.js';
-import { FLOW_KNOWN, flowChainOps, isFlowChain, flowMaskOf, hex, maxGeneration, setFlowGeneration } from '../nft/flow-mark.js';
+import { flowChainOps, isFlowChain, flowMaskOf, hex, maxGeneration, setFlowGeneration } from '../nft/flow-mark.js';
 import type { PlatformOptions } from '../policy/platform.js';
 import type { Policy } from '../policy/schema.js';
 import type { DriftWatch } from './drift-monitor.js';
@@ -107,6 +107,10 @@ interface BeforeSync {
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
 
+/** After a failed conntrack sweep the next waits this long, doubling up to the max (reconciler `armFlowMark`). */
+const FLOW_SWEEP_BACKOFF_MS = 60_000;
+const FLOW_SWEEP_BACKOFF_MAX_MS = 3_600_000;
+
 /** `tx` with the flow chain restores `flowOps` last (any restore of those chains it had dropped: they carry the old generation). */
 function withFlowOps(tx: NftTransaction, flowOps: NftOp[]): NftTransaction {
   if (!flowOps.length) return tx;
@@ -140,7 +144,7 @@ export class Reconciler {
   private sentMarkers: string[] = [];
   private driftWatch: DriftWatch | null = null;
   /** the flow mark as last sent (nft/flow-mark.ts; `nextFlowGeneration`, `armFlowMark`); `missing`: conntrack(8) is not installed, not tried again */
-  private flow: FlowMarkState & { missing: boolean } = { mask: 0, generation: 0, armed: false, reason: null, missing: false };
+  private flow: FlowMarkState & { missing: boolean; nextTryAt: number; backoffMs: number } = { mask: 0, generation: 0, armed: false, reason: null, missing: false, nextTryAt: 0, backoffMs: 0 };
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, persistCoalesceMs: 0, ...opts };
@@ -605,19 +609,21 @@ export class Reconciler {
     return plan.kind === 'incremental' ? flowChainOps(table) : [];
   }
 
+  /** A sweep is due: unarmed, a sweeper, conntrack not missing, and any backoff after a failed sweep over (each sweep dumps the whole conntrack table). */
   private flowArmDue(): boolean {
-    return this.flow.mask !== 0 && !this.flow.armed && !this.flow.missing && this.o.flowMarks !== undefined;
+    return this.flow.mask !== 0 && !this.flow.armed && !this.flow.missing && this.o.flowMarks !== undefined && this.o.clock.monotonic() >= this.flow.nextTryAt;
   }
 
   /**
    * The second half of a new flow mark epoch, right after its first
    * transaction (generation 1, flow_known empty) is in the kernel: clears
-   * the field on every connection (conntrack -U), then arms flow_known in a
-   * transaction of its own (with the marker, so the drift monitor knows it as
-   * ours). Connections marked between the two carry generation 1, given by
-   * the rules in place. When conntrack fails the table stays unarmed (correct,
-   * at the old cost per packet) and the next sync tries again; when it is
-   * not installed, not again. Returns `applied` with the fingerprint taken
+   * the field on every connection (conntrack -U), then arms flow_known (and
+   * flow_allow, which marked nothing until then) in a transaction of its own (with the marker, so the drift monitor knows it as
+   * ours). Nothing is marked before the arming (flow_allow keeps the field
+   * at 0 while unarmed). When conntrack fails the table stays unarmed
+   * (correct, at the old cost per packet) and the first sync after a
+   * backoff (1 min, doubling to 1 h) tries again; when it is not installed,
+   * not again. Returns `applied` with the fingerprint taken
    * anew (the table's structure changed). Never throws.
    */
   private async armFlowMark(compiled: Compiled, tableComment: string | null, applied: { fingerprint: string; verifyMarker?: string }): Promise<{ fingerprint: string; verifyMarker?: string }> {
@@ -626,18 +632,23 @@ export class Reconciler {
     const cleared = await this.o.flowMarks!.clear(mask);
     if (!cleared.ok) {
       this.flow.missing = cleared.missing;
+      // a sweep dumps the whole conntrack table: after a failure, the next one waits (1 min, doubling to 1 h), whatever the syncs in between
+      this.flow.backoffMs = Math.min(FLOW_SWEEP_BACKOFF_MAX_MS, Math.max(FLOW_SWEEP_BACKOFF_MS, this.flow.backoffMs * 2));
+      this.flow.nextTryAt = this.o.clock.monotonic() + this.flow.backoffMs;
       if (this.flow.reason !== cleared.reason) {
         logger.warn(
-          { event: 'flow_mark_unarmed', mask: hex(mask), reason: cleared.reason },
-          `flow mark not armed: ${cleared.reason}; packets from peers are matched against the rules every time (correct, slower)${cleared.missing ? '' : '; retried at the next sync'}`,
+          { event: 'flow_mark_unarmed', mask: hex(mask), reason: cleared.reason, ...(cleared.missing ? {} : { retryInMs: this.flow.backoffMs }) },
+          `flow mark not armed: ${cleared.reason}; packets from peers are matched against the rules every time (correct, slower)${cleared.missing ? '' : `; tried again with the first sync after ${Math.round(this.flow.backoffMs / 1000)} s`}`,
         );
       }
       this.flow.reason = cleared.reason;
       return applied;
     }
+    this.flow.backoffMs = 0;
     setFlowGeneration(compiled.table, generation, true);
     const marker = compiled.table.marker;
-    const ops: NftOp[] = flowChainOps(compiled.table).filter((op) => op.op === 'restore-chain' && op.chain.name === FLOW_KNOWN);
+    // flow_known accepting, flow_allow marking: both in one transaction
+    const ops: NftOp[] = flowChainOps(compiled.table);
     if (marker !== undefined) ops.push({ op: 'set-marker', family: nft.family, table: nft.table, text: marker });
     try {
       await nft.apply({ family: nft.family, table: nft.table, ops });

@@ -27,7 +27,8 @@
  *
  * Generations are unique within an *epoch*. When the field would wrap, and
  * when the agent starts (it cannot know which values the kernel's
- * connections carry), it applies generation 1 with flow_known empty, clears
+ * connections carry), it applies generation 1 unarmed (flow_known empty,
+ * flow_allow writing 0), clears
  * the field on every connection (`conntrack -U`, conntrack.ts), and only
  * then fills flow_known ("arms" it). A connection allowed in an earlier
  * epoch, denied since and silent from the peer's side, can thus never meet
@@ -97,21 +98,29 @@ export function flowEntryRule(): Rule {
 /** The verdict of an ingress allow rule when the flow mark is on. */
 export const FLOW_ALLOW_VERDICT: Verdict = jump(FLOW_ALLOW);
 
-/** flow_known and flow_allow for generation `gen`; flow_known is empty unless `armed`. */
+/**
+ * flow_known and flow_allow for generation `gen`. Unarmed, flow_known is
+ * empty and flow_allow keeps the field at 0 (no write for a new connection,
+ * whose mark is 0): nothing is marked while the epoch's sweep runs, so the
+ * sweep has only older marks to clear (conntrack.ts: a big table that
+ * changes fast makes it fail), and an allowed packet of an old connection
+ * clears its stale mark on the way.
+ */
 export function flowChains(mask: number, gen: number, armed: boolean): [Chain, Chain] {
-  const value = generationValue(mask, gen);
+  const generationBits = generationValue(mask, gen);
+  const value = armed ? generationBits : 0;
   const known: Chain = {
     name: FLOW_KNOWN,
     // the chain comments stay as the first apply made them (a restore flushes rules, not comments): no generation in them
     comment: `flow mark: connections allowed under the current generation (mark bits ${hex(mask)}), empty until the agent arms it`,
     rules: armed
-      ? [{ exprs: [{ kind: 'match', left: { kind: 'ct', key: 'mark', mask }, op: '==', right: v.num(value) }, { kind: 'verdict', verdict: ACCEPT }], comment: `flow mark: allowed under generation ${gen}` }]
+      ? [{ exprs: [{ kind: 'match', left: { kind: 'ct', key: 'mark', mask }, op: '==', right: v.num(generationBits) }, { kind: 'verdict', verdict: ACCEPT }], comment: `flow mark: allowed under generation ${gen}` }]
       : [],
   };
   const allow: Chain = {
     name: FLOW_ALLOW,
-    comment: `flow mark: an allowed connection gets the current generation (mark bits ${hex(mask)})`,
-    rules: [{ exprs: [{ kind: 'ct-mark-set', mask, value }, { kind: 'verdict', verdict: ACCEPT }], comment: `flow mark: generation ${gen}` }],
+    comment: `flow mark: an allowed connection gets the current generation once armed (mark bits ${hex(mask)})`,
+    rules: [{ exprs: [{ kind: 'ct-mark-set', mask, value }, { kind: 'verdict', verdict: ACCEPT }], comment: armed ? `flow mark: generation ${gen}` : `flow mark: not armed, kept at 0 (generation ${gen})` }],
   };
   return [known, allow];
 }

@@ -81,5 +81,5 @@ export function withoutGeneration(dump: string): string {
 export function withoutFlowGeneration(listing: string): string {
   return listing
     .replace(/ct mark (?:and 0x[0-9a-f]{8} == 0x[0-9a-f]{8}|0x[0-9a-f]{8}\/\d+) accept comment "flow mark: allowed under generation \d+"/g, 'ct mark G accept comment "flow mark: allowed under generation G"')
-    .replace(/ct mark set ct mark (?:and|&) 0x[0-9a-f]{8} (?:or|\|) 0x[0-9a-f]{8} accept comment "flow mark: generation \d+"/g, 'ct mark set G accept comment "flow mark: generation G"');
+    .replace(/ct mark set ct mark (?:and|&) 0x[0-9a-f]{8}(?: (?:or|\|) 0x[0-9a-f]{8})? accept comment "flow mark: [^"]*generation \d+\)?"/g, 'ct mark set G accept comment "flow mark: G"');
 }

@@ -14,6 +14,7 @@ import { formatIp, parseIp } from '../../src/policy/address.js';
 import { AddressSet } from '../../src/policy/address-set.js';
 import { normalizeRules, type NormalizedRule } from '../../src/policy/normalize.js';
 import { DEFAULT_PLATFORM } from '../../src/policy/platform.js';
+import { setFlowGeneration } from '../../src/nft/flow-mark.js';
 import { parsePolicy, type RuleInput } from '../../src/policy/schema.js';
 import { checkTable, overlappingElements } from '../helpers/nft-interpreter.js';
 import { doc, policyOf } from '../helpers/policies.js';
@@ -244,9 +245,13 @@ describe('rule chains, counters, digests', () => {
     // after the stateful rules, before the family jumps
     expect(input.rules[entry - 1]!.comment).toBe('stateful: related (ICMP errors, expectations)');
     expect(input.rules[entry]!.exprs.at(-1)).toEqual({ kind: 'verdict', verdict: { kind: 'jump', chain: 'flow_known' } });
-    // compiled as an epoch's first apply: flow_known empty, generation 1
+    // compiled as an epoch's first apply: flow_known empty, flow_allow keeping the field at 0 (nothing marked before the sweep)
     expect(chain(on, 'flow_known').rules).toEqual([]);
-    expect(chain(on, 'flow_allow').rules[0]!.exprs[0]).toEqual({ kind: 'ct-mark-set', mask: 0xffff0000, value: 0x00010000 });
+    expect(chain(on, 'flow_allow').rules[0]!.exprs[0]).toEqual({ kind: 'ct-mark-set', mask: 0xffff0000, value: 0 });
+    expect(renderScript(on)).toContain('ct mark set ct mark and 0x0000ffff or 0x00000000 accept');
+    // armed (what the agent sends after its sweep): generation 1 accepted and written
+    setFlowGeneration(on, 1, true);
+    expect(chain(on, 'flow_known').rules[0]!.exprs[0]).toEqual({ kind: 'match', left: { kind: 'ct', key: 'mark', mask: 0xffff0000 }, op: '==', right: { kind: 'num', value: 0x00010000 } });
     expect(renderScript(on)).toContain('ct mark set ct mark and 0x0000ffff or 0x00010000 accept');
     // egress allows and the output chain are not marked: outbound connections are never re-evaluated (SEMANTICS section 3)
     expect(chain(on, ruleChainName('sg', 'out')).rules[0]!.exprs[1]).toEqual({ kind: 'verdict', verdict: { kind: 'accept' } });
@@ -258,7 +263,8 @@ describe('rule chains, counters, digests', () => {
     expect(chain(off, ruleChainName('sg', 'a')).rules[0]!.exprs[1]).toEqual({ kind: 'verdict', verdict: { kind: 'accept' } });
     // another mask: the field and the generation's bits follow it
     const byte = compilePolicy(policyOf(rules), { platform: { ...DEFAULT_PLATFORM, flowMarkMask: 0x00ff0000 } }).table;
-    expect(renderScript(byte)).toContain('ct mark set ct mark and 0xff00ffff or 0x00010000 accept');
+    setFlowGeneration(byte, 3, true);
+    expect(renderScript(byte)).toContain('ct mark set ct mark and 0xff00ffff or 0x00030000 accept');
   });
 
   it('the digest depends on the ruleset only: not on the revision, the order of map construction or names', () => {

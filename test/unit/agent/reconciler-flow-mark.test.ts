@@ -32,17 +32,18 @@ function setup(opts: { clearer?: FakeClearer | null; mask?: number } = {}) {
   const metrics = new AgentMetrics();
   const clearer = opts.clearer === undefined ? new FakeClearer() : opts.clearer;
   const { logger, lines } = captureLogs('debug');
+  const clock = new FakeClock();
   const r = new Reconciler({
     nft,
     store: new MemoryStateStore(),
-    clock: new FakeClock(),
+    clock,
     logger,
     metrics,
     platform: { ...DEFAULT_PLATFORM, flowMarkMask: opts.mask ?? DEFAULT_PLATFORM.flowMarkMask },
     checkBeforeApply: false,
     ...(clearer ? { flowMarks: clearer } : {}),
   });
-  return { nft, r, clearer, lines, metrics };
+  return { nft, r, clearer, lines, metrics, clock };
 }
 
 /** The secgroup_flow_mark_armed gauge. */
@@ -71,7 +72,8 @@ describe('reconciler: the flow mark', () => {
     expect(full.op).toBe('replace-table');
     // then the clear, then the arming transaction
     expect(clearer!.calls).toEqual([0xffff0000]);
-    expect(opNames(txs[1]!)).toEqual(['restore-chain flow_known', 'set-marker']);
+    // the arming turns both chains on at once (until then flow_allow kept the field at 0: see the test without conntrack)
+    expect(opNames(txs[1]!)).toEqual(['restore-chain flow_known', 'restore-chain flow_allow', 'set-marker']);
     expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00010000 accept comment "flow mark: allowed under generation 1"']);
     expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00010000 accept comment "flow mark: generation 1"']);
     expect(r.flowMark).toEqual({ mask: 0xffff0000, generation: 1, armed: true, reason: null });
@@ -132,7 +134,7 @@ describe('reconciler: the flow mark', () => {
     expect(clearer!.calls).toHaveLength(2);
     const txs = applies(nft).slice(before);
     expect(txs).toHaveLength(2);
-    expect(opNames(txs[1]!)).toEqual(['restore-chain flow_known', 'set-marker']);
+    expect(opNames(txs[1]!)).toEqual(['restore-chain flow_known', 'restore-chain flow_allow', 'set-marker']);
     expect(r.flowMark).toMatchObject({ generation: 1, armed: true });
     expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x00ffffff or 0x01000000 accept comment "flow mark: generation 1"']);
   });
@@ -146,21 +148,35 @@ describe('reconciler: the flow mark', () => {
     expect(clearer.calls).toHaveLength(1);
     expect(applies(nft)).toHaveLength(2);
     expect(chainLines(nft, 'flow_known')).toEqual([]);
+    // unarmed, nothing is marked: the field is kept at 0
+    expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00000000 accept comment "flow mark: not armed, kept at 0 (generation 2)"']);
     expect(r.flowMark).toEqual({ mask: 0xffff0000, generation: 2, armed: false, reason: 'conntrack not found (install conntrack: apt-get install conntrack)' });
     expect(lines.filter((l) => l.event === 'flow_mark_unarmed')).toHaveLength(1);
     expect(String(lines.find((l) => l.event === 'flow_mark_unarmed')!.msg)).toMatch(/matched against the rules every time/);
   });
 
-  it('a clear that fails is tried again at the next sync, which then arms', async () => {
-    const clearer = new FakeClearer({ ok: false, missing: false, reason: 'conntrack -U -f ipv4 failed (exit 1): Operation not permitted' });
-    const { nft, r } = setup({ clearer });
+  it('a sweep that fails is tried again with the first sync after a backoff (1 min, doubling; it dumps the whole conntrack table), which then arms', async () => {
+    const clearer = new FakeClearer({ ok: false, missing: false, reason: 'conntrack -U -f ipv4 failed (exit 1): Operation failed: No buffer space available' });
+    const { nft, r, clock, lines } = setup({ clearer });
     await r.submit(policy(1), 'controller');
-    expect(r.flowMark).toMatchObject({ armed: false, reason: /Operation not permitted/ });
-    clearer.result = { ok: true, updated: 0 };
+    expect(r.flowMark).toMatchObject({ armed: false, reason: /No buffer space/ });
+    expect(lines.find((l) => l.event === 'flow_mark_unarmed')).toMatchObject({ retryInMs: 60_000 });
+    // syncs within the backoff do not sweep
     await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    expect(clearer.calls).toHaveLength(1);
+    await clock.advance(60_000);
+    await r.submit(policy(3, { httpPort: '82' }), 'controller');
     expect(clearer.calls).toHaveLength(2);
-    expect(r.flowMark).toEqual({ mask: 0xffff0000, generation: 2, armed: true, reason: null });
-    expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00020000 accept comment "flow mark: allowed under generation 2"']);
+    // failed again: the next wait is twice as long
+    await clock.advance(60_000);
+    await r.submit(policy(4, { httpPort: '83' }), 'controller');
+    expect(clearer.calls).toHaveLength(2);
+    await clock.advance(60_000);
+    clearer.result = { ok: true, updated: 0 };
+    await r.submit(policy(5, { httpPort: '84' }), 'controller');
+    expect(clearer.calls).toHaveLength(3);
+    expect(r.flowMark).toEqual({ mask: 0xffff0000, generation: 5, armed: true, reason: null });
+    expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00050000 accept comment "flow mark: allowed under generation 5"']);
   });
 
   it('with no clearer (or mask 0) nothing is armed; mask 0 renders no flow chain at all', async () => {
