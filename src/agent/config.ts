@@ -9,7 +9,7 @@ import { validCron } from '../lib/scheduler.js';
 import { MAX_MESSAGE_BYTES } from '../protocol/messages.js';
 import { idSchema, zodIssues } from '../policy/schema.js';
 import { DEFAULT_FLOW_MARK_MASK, portSpecSchema, type ControllerEndpoint, type PlatformOptions } from '../policy/platform.js';
-import { flowMaskError } from '../nft/flow-mark.js';
+import { parseFlowMask } from '../nft/flow-mark.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/secgroup/agent.yaml';
 export const DEFAULT_STATE_DIR = '/var/lib/secgroup';
@@ -37,18 +37,13 @@ const controllerSchema = z.strictObject({
   max_message_bytes: z.int().min(1024).max(MAX_MESSAGE_BYTES).default(MAX_MESSAGE_BYTES),
 });
 
-/** A 32-bit mask given as a number or as "0x..." text. */
-export const flowMarkMaskSchema = z
-  .union([z.int(), z.string().regex(/^(?:0x[0-9a-fA-F]{1,8}|\d{1,10})$/, { message: 'must be a mask such as "0xffff0000", or 0 (off)' })])
-  .transform((x, ctx) => {
-    const n = typeof x === 'number' ? x : Number(x);
-    const error = flowMaskError(n);
-    if (error !== null) {
-      ctx.addIssue({ code: 'custom', message: error });
-      return z.NEVER;
-    }
-    return n;
-  });
+/** A 32-bit mask given as a number or as "0x..." text (flow-mark.ts parseFlowMask). */
+export const flowMarkMaskSchema = z.union([z.int(), z.string()]).transform((x, ctx) => {
+  const r = parseFlowMask(x);
+  if (r.ok) return r.mask;
+  ctx.addIssue({ code: 'custom', message: r.error });
+  return z.NEVER;
+});
 
 const platformSchema = z.strictObject({
   loopback: z.boolean().default(true),

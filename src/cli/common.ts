@@ -2,7 +2,7 @@ import { SecgroupError, ValidationError, errorMessage, formatIssue } from '../li
 import { CliExit, EXIT, type CliIo } from './io.js';
 import { DEFAULT_PLATFORM, parsePortSpec, type PlatformOptions } from '../policy/platform.js';
 import { ipFamily } from '../policy/address.js';
-import { flowMaskError } from '../nft/flow-mark.js';
+import { parseFlowMask } from '../nft/flow-mark.js';
 
 /** Prints an error the way every command does and throws CliExit with the matching code. */
 export function fail(io: CliIo, e: unknown): never {
@@ -49,10 +49,9 @@ export function platformFromFlags(f: PlatformFlags): PlatformOptions {
   }
   let flowMarkMask = DEFAULT_PLATFORM.flowMarkMask;
   if (f.flowMarkMask !== undefined) {
-    const text = f.flowMarkMask.trim();
-    flowMarkMask = /^(?:0x[0-9a-fA-F]{1,8}|\d{1,10})$/.test(text) ? Number(text) : NaN;
-    const error = flowMaskError(flowMarkMask);
-    if (error !== null) throw new SecgroupError('CONFIG_INVALID', `--flow-mark-mask ${JSON.stringify(f.flowMarkMask)}: ${error}`);
+    const r = parseFlowMask(f.flowMarkMask);
+    if (!r.ok) throw new SecgroupError('CONFIG_INVALID', `--flow-mark-mask ${JSON.stringify(f.flowMarkMask)}: ${r.error}`);
+    flowMarkMask = r.mask;
   }
   return {
     ...DEFAULT_PLATFORM,

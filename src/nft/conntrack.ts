@@ -14,6 +14,7 @@
  * success here.
  */
 import { execa } from 'execa';
+import { hex } from './flow-mark.js';
 
 export type ClearResult = { ok: true; updated: number } | { ok: false; missing: boolean; reason: string };
 
@@ -63,7 +64,7 @@ export class ConntrackClearer implements FlowMarkClearer {
     const [file, ...pre] = this.command;
     let updated = 0;
     for (const family of ['ipv4', 'ipv6']) {
-      const r = await execa(file!, [...pre, '-U', '-f', family, '-m', `0/0x${(mask >>> 0).toString(16)}`], { reject: false, timeout: this.timeoutMs, stdin: 'ignore' });
+      const r = await execa(file!, [...pre, '-U', '-f', family, '-m', `0/${hex(mask)}`], { reject: false, timeout: this.timeoutMs, stdin: 'ignore' });
       const text = `${r.stderr}\n${r.stdout}`;
       const n = UPDATED_RE.exec(text);
       if (r.exitCode !== undefined && r.exitCode <= 1 && n) {

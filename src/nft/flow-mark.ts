@@ -67,6 +67,15 @@ export function flowMaskError(mask: number): string | null {
   return null;
 }
 
+/** A mask as the config and the CLI take it: a number, or text in hex ("0xffff0000") or decimal. */
+export function parseFlowMask(x: number | string): { ok: true; mask: number } | { ok: false; error: string } {
+  const text = typeof x === 'string' ? x.trim() : null;
+  if (text !== null && !/^(?:0x[0-9a-fA-F]{1,8}|\d{1,10})$/.test(text)) return { ok: false, error: 'must be a mask such as "0xffff0000", or 0 (off)' };
+  const mask = text === null ? (x as number) : Number(text);
+  const error = flowMaskError(mask);
+  return error === null ? { ok: true, mask } : { ok: false, error };
+}
+
 /** `0x` and 8 hex digits. */
 export function hex(n: number): string {
   return `0x${(n >>> 0).toString(16).padStart(8, '0')}`;

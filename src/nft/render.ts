@@ -29,6 +29,7 @@
  */
 import { formatRangeNft, parsePrefix } from '../policy/address.js';
 import { AddressSet, TEXT_MAX } from '../policy/address-set.js';
+import { hex } from './flow-mark.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
 import { counterKey, ruleCounterNames, tableCounterNames, type RuleCounters } from './counters.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
@@ -74,7 +75,7 @@ function selectorText(s: Selector): string {
 /** A conntrack mark value or mask, as nft lists it back (`0x` and 8 hex digits). */
 function markHex(n: number): string {
   if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new Error(`internal: bad mark ${n}`);
-  return `0x${n.toString(16).padStart(8, '0')}`;
+  return hex(n);
 }
 
 /** `ct mark set ct mark and KEEP or VALUE`: `value` must lie within `mask`. */
