@@ -1,7 +1,7 @@
 /**
  * `npm run bench [-- PART...]`: runs the benchmark parts (all by default),
  * prints one table per part and writes bench/results/latest.json.
- * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes, drift, console.
+ * Parts: render, packet, apply, converge (slot), footprint, store, analysis, api-writes, drift, sweep, console.
  */
 import { mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { runRenderBench } from './render.js';
@@ -15,6 +15,7 @@ import { runAnalysisBench } from './analysis.js';
 import { runApiWritesBench } from './api-writes.js';
 import { runDriftBench } from './drift.js';
 import { runConsoleBench } from './console.js';
+import { runSweepBench } from './sweep.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -51,6 +52,11 @@ const PARTS: Part[] = [
     name: 'drift',
     what: 'drift watching with the agent code (secgroup-nftwatch or nft monitor, BENCH_DRIFT_SOURCES, + periodic check): the start of the monitor until it covers the table, the cheap periodic check vs its floor and a full read-back, tamper -> repaired vs the check period; 1k, 10k and 100k members',
     run: async () => (await runDriftBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'sweep',
+    what: "the flow mark's conntrack sweep on a big table (still, or changing while it runs): secgroup-ctmark vs conntrack -U (reference), 1k marked entries still (BENCH_SWEEP_STATIC_SIZES), 20k/100k/200k with new connections made meanwhile (BENCH_SWEEP_SIZES), BENCH_SWEEP_ROUNDS (3) rounds each",
+    run: async () => (await runSweepBench()) as unknown as Record<string, unknown>[],
   },
   {
     name: 'store',

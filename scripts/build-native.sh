@@ -3,6 +3,9 @@
 #   - native/secgroup-nftwatch.c (the listener of nftables change events, see
 #     its header) -> secgroup-nftwatch; libc only; needs gcc, libc6-dev and
 #     linux-libc-dev (scripts/setup.sh installs them);
+#   - native/secgroup-ctmark.c (clears the flow mark's bits in the conntrack
+#     table over ctnetlink, see its header) -> secgroup-ctmark; libc only,
+#     like the listener;
 #   - native/secgroup-memtrim.c (gives the agent's free C heap back, see its
 #     header) -> secgroup-memtrim.node, a Node-API addon; needs gcc and the
 #     node_api.h of a Node.js install (include/node next to the node on PATH,
@@ -15,13 +18,15 @@ out="${1:-$repo/dist}"
 mkdir -p "$out"
 fresh() { [[ -f $1 && $1 -nt $2 && $1 -nt ${BASH_SOURCE[0]} ]]; }
 
-src="$repo/native/secgroup-nftwatch.c"
-bin="$out/secgroup-nftwatch"
-if ! fresh "$bin" "$src"; then
-  # the warnings as errors; Debian's hardening flags (lintian checks the packaged binary)
-  ${CC:-gcc} -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE -pie -Wl,-z,relro,-z,now -o "$bin.tmp" "$src"
-  mv -f "$bin.tmp" "$bin"
-fi
+for name in secgroup-nftwatch secgroup-ctmark; do
+  src="$repo/native/$name.c"
+  bin="$out/$name"
+  if ! fresh "$bin" "$src"; then
+    # the warnings as errors; Debian's hardening flags (lintian checks the packaged binary)
+    ${CC:-gcc} -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE -pie -Wl,-z,relro,-z,now -o "$bin.tmp" "$src"
+    mv -f "$bin.tmp" "$bin"
+  fi
+done
 
 src="$repo/native/secgroup-memtrim.c"
 addon="$out/secgroup-memtrim.node"

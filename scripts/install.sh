@@ -5,7 +5,8 @@
 #   scripts/install.sh --uninstall [--purge] [--root DIR]
 #
 # Install (idempotent; run it again to upgrade the program):
-#   - nftables, with apt-get, when `nft` is missing
+#   - nftables, with apt-get, when `nft` is missing (and conntrack when
+#     there is no secgroup-ctmark next to the bundle; see below)
 #   - FILE (default: dist/secgroup.cjs of this checkout, `npm run bundle`)
 #       -> /usr/local/lib/secgroup/secgroup.cjs (a FILE named *.mjs, an ES
 #       module bundle of an older checkout, -> secgroup.mjs; the other one
@@ -17,6 +18,11 @@
 #       -> /usr/local/lib/secgroup/secgroup-nftwatch, where the agent looks for
 #       it (drift_listener: auto); when there is none it says so, and the agent
 #       follows `nft monitor` instead
+#   - secgroup-ctmark next to the bundle (clears the flow mark's bits in the
+#       conntrack table; scripts/build-native.sh)
+#       -> /usr/local/lib/secgroup/secgroup-ctmark, where the agent looks for
+#       it; when there is none it says so, installs the conntrack package
+#       (apt-get, a warning when that fails) and the agent uses conntrack(8)
 #   - secgroup-memtrim.node next to the bundle (the addon that gives the
 #       agent's free C heap back after bursts; scripts/build-native.sh)
 #       -> /usr/local/lib/secgroup/secgroup-memtrim.node, where the agent
@@ -59,6 +65,7 @@ PROGRAM=$LIB_DIR/secgroup.cjs # secgroup.mjs for an ES module bundle (--bundle F
 PART=$LIB_DIR/secgroup-controller.cjs # loaded by `secgroup controller` only
 LISTENER=$LIB_DIR/secgroup-nftwatch
 MEMTRIM=$LIB_DIR/secgroup-memtrim.node
+CTMARK=$LIB_DIR/secgroup-ctmark
 WRAPPER=/usr/local/bin/secgroup
 UNIT_DIR=/usr/local/lib/systemd/system
 CONFIG_DIR=/etc/secgroup
@@ -167,17 +174,18 @@ do_install() {
   IFS=. read -r major minor _ <<<"$version"
   ((major > 22 || (major == 22 && ${minor:-0} >= 15))) || die "Node.js >= 22.15 is required, 24 recommended ($node is $("$node" --version))"
 
+  local beside
+  beside="$(dirname "$bundle")"
   need "$NFT" nftables die "needs the nftables package"
-  # conntrack(8) clears the agent's flow mark bits (src/nft/flow-mark.ts); without it the agent works, unarmed (slower per packet)
-  need "$CONNTRACK" conntrack say "should have the conntrack package (the agent's flow mark fast path; without it the agent runs unarmed)"
+  # the flow mark's bits are cleared by secgroup-ctmark, else by conntrack(8) (src/nft/conntrack.ts); without either the agent works, unarmed (slower per packet)
+  [[ -f $beside/$(basename "$CTMARK") ]] ||
+    need "$CONNTRACK" conntrack say "should have the conntrack package (no secgroup-ctmark here: the agent's flow mark fast path needs one of the two; without it the agent runs unarmed)"
 
   install -d -m 0755 "$R$LIB_DIR" "$R$(dirname "$WRAPPER")" "$R$UNIT_DIR" "$R$CONFIG_DIR"
   # node tells the two formats apart by the name only: an ES module bundle keeps .mjs
   local old=$LIB_DIR/secgroup.mjs
   [[ $bundle != *.mjs ]] || { old=$PROGRAM; PROGRAM=$LIB_DIR/secgroup.mjs; }
   # the controller's part first: the program that loads it comes after it
-  local beside
-  beside="$(dirname "$bundle")"
   optional "$beside/$(basename "$PART")" "$PART" 0644 "" "beside the bundle: 'secgroup controller' will not run from this install (the agent does)"
   put "$R$PROGRAM" 0644 <"$bundle"
   put "$R$WRAPPER" 0755 <<EOF
@@ -192,6 +200,8 @@ EOF
   [[ -z $listener || -f $listener ]] || die "--listener $listener not found (scripts/build-native.sh builds it)"
   optional "${listener:-$beside/$(basename "$LISTENER")}" "$LISTENER" 0755 "the drift monitor's listener" \
     "(scripts/build-native.sh builds it): the agent follows changes with nft monitor instead"
+  optional "$beside/$(basename "$CTMARK")" "$CTMARK" 0755 "clears the flow mark's bits in the conntrack table" \
+    "(scripts/build-native.sh builds it): the agent clears them with conntrack(8) instead"
   optional "$beside/$(basename "$MEMTRIM")" "$MEMTRIM" 0644 "gives the agent's free C heap back after bursts" \
     "(scripts/build-native.sh builds it): the agent runs without it (idle RSS a few MB higher)"
 

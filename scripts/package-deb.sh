@@ -8,9 +8,10 @@
 # needed on the host; the controller's store is Node's built-in node:sqlite, so
 # the controller has no native addon). The agent's also carries the drift
 # monitor's listener (native/secgroup-nftwatch.c, scripts/build-native.sh) in
-# /usr/lib/secgroup/secgroup-nftwatch and the addon that gives its free C heap
-# back (native/secgroup-memtrim.c) in /usr/lib/secgroup/secgroup-memtrim.node,
-# where the agent looks for them. The controller's also carries the web
+# /usr/lib/secgroup/secgroup-nftwatch, the flow mark's conntrack sweep
+# (native/secgroup-ctmark.c) in /usr/lib/secgroup/secgroup-ctmark, and the
+# addon that gives its free C heap back (native/secgroup-memtrim.c) in
+# /usr/lib/secgroup/secgroup-memtrim.node, where the agent looks for them. The controller's also carries the web
 # console's static files (dist/console) in /usr/lib/secgroup-controller/console.
 # Then lintian, when installed: remaining
 # tags are listed, with their reasons, in packaging/debian/lintian-overrides.*
@@ -76,6 +77,7 @@ r="$work/agent"
 install -d -m 0755 "$r/DEBIAN" "$r/usr/bin" "$r/lib/systemd/system" "$r/etc/secgroup"
 install -m 0755 "$sea" "$r/usr/bin/secgroup"
 install -D -m 0755 -s dist/secgroup-nftwatch "$r/usr/lib/secgroup/secgroup-nftwatch"
+install -D -m 0755 -s dist/secgroup-ctmark "$r/usr/lib/secgroup/secgroup-ctmark"
 install -D -m 0644 -s dist/secgroup-memtrim.node "$r/usr/lib/secgroup/secgroup-memtrim.node"
 sed 's#/usr/local/bin/secgroup#/usr/bin/secgroup#; s#Installed by scripts/install.sh#Installed by the secgroup-agent package (or scripts/install.sh)#' \
   systemd/secgroup-agent.service >"$r/lib/systemd/system/secgroup-agent.service"
@@ -85,7 +87,6 @@ doc "$r" secgroup-agent agent
 echo /etc/secgroup/agent.yaml >"$r/DEBIAN/conffiles"
 for s in postinst prerm postrm; do install -m 0755 "packaging/debian/agent.$s" "$r/DEBIAN/$s"; done
 control "$r" secgroup-agent "$libs, nftables, iproute2, systemd (>= 246)" \
-  'Recommends: conntrack' \
   'Description: security groups for this host, enforced with nftables (agent)' \
   ' The secgroup agent enforces the cloud-style security groups of this host' \
   ' in the nftables table "inet secgroup", kept in sync with a secgroup' \

@@ -18,26 +18,16 @@
  * the sync, its ack and the port report that follows it are done.
  */
 import { existsSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Clock, Timer } from '../lib/clock.js';
 import { errorMessage } from '../lib/errors.js';
-import { AGENT_LIB_DIRS } from './config.js';
+import { agentPartCandidates } from './native-parts.js';
 import type { Logger } from '../lib/logger.js';
 
 export const MEMTRIM_FILE = 'secgroup-memtrim.node';
 
-/**
- * Where the addon is looked for, in order: next to the program (the bundle
- * that scripts/install.sh installs, dist/secgroup.cjs of a checkout), or
- * dist/ of a checkout when this module runs from src/agent (tsx) or
- * dist/agent (tsc); then the packages' directories (the .deb's single
- * executable is /usr/bin/secgroup, its addon in /usr/lib/secgroup).
- */
+/** Where the addon is looked for (native-parts.ts). */
 export function memtrimCandidates(moduleUrl: string = import.meta.url): string[] {
-  const here = dirname(fileURLToPath(moduleUrl));
-  const first = basename(here) === 'agent' ? join(here, '..', '..', 'dist') : here;
-  return [...new Set([first, ...AGENT_LIB_DIRS].map((d) => join(d, MEMTRIM_FILE)))];
+  return agentPartCandidates(MEMTRIM_FILE, moduleUrl);
 }
 
 export interface MemTrim {

@@ -2,7 +2,8 @@
  * `secgroup agent`, `secgroup status`, `secgroup uninstall-rules`: the
  * commands that touch nftables (root / CAP_NET_ADMIN), and only our table.
  */
-import { ConntrackClearer } from '../nft/conntrack.js';
+import { ConntrackClearer, CTMARK_FILE, flowMarkClearer } from '../nft/conntrack.js';
+import { agentPartCandidates } from '../agent/native-parts.js';
 import { FLOW_KNOWN } from '../nft/flow-mark.js';
 import { HostPortProbe } from '../probe/port-probe.js';
 import { HostSocketSource } from '../probe/source.js';
@@ -110,6 +111,14 @@ function driftSource(config: AgentConfig, logger: Logger): NftMonitor {
   );
 }
 
+/** The flow mark's conntrack sweep: secgroup-ctmark where the packages put it (or dist/ of a checkout), else conntrack(8); says at start which. */
+function flowMarks(config: AgentConfig, logger: Logger): ReturnType<typeof flowMarkClearer> {
+  const c = flowMarkClearer(agentPartCandidates(CTMARK_FILE), existsSync, config.nft_timeout_ms);
+  if (c instanceof ConntrackClearer) logger.info({ event: 'flow_mark_sweeper', path: null }, `${CTMARK_FILE} not found: the flow mark's bits are cleared with conntrack(8), which stops after ~256 updates (No buffer space available): with more marked connections than that the flow mark stays unarmed for several sweeps, a backoff apart`);
+  else logger.debug({ event: 'flow_mark_sweeper', path: c.path }, `clearing the flow mark's bits with ${c.path}`);
+  return c;
+}
+
 /** Gives the free C heap back after bursts (src/agent/memtrim.ts), when the addon is there; says at start which way it runs. */
 function memoryTrimmer(logger: Logger): MemoryTrimmer | null {
   try {
@@ -214,8 +223,8 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         serviceManager,
         nftMonitor: driftSource(config, logger),
         heapBurst: compileBurst,
-        // conntrack(8) clears the flow mark's field at each epoch (nft/flow-mark.ts); missing: the agent runs unarmed and says so
-        flowMarks: new ConntrackClearer({ timeoutMs: config.nft_timeout_ms }),
+        // secgroup-ctmark (else conntrack(8)) clears the flow mark's field at each epoch (nft/flow-mark.ts); missing: the agent runs unarmed and says so
+        flowMarks: flowMarks(config, logger),
         tokenPresent: () => {
           try {
             return Boolean(token());

@@ -1,6 +1,20 @@
 /**
  * Clearing the flow mark's field on every tracked connection (flow-mark.ts:
- * the start of an epoch), with conntrack(8) from conntrack-tools:
+ * the start of an epoch). Two ways:
+ *
+ * - `NativeFlowMarkClearer`: our own ctnetlink sweep, native/secgroup-ctmark.c
+ *   (built by scripts/build-native.sh, shipped in the packages). It reads the
+ *   dump batch by batch and updates only the entries whose field is set, so
+ *   it finishes on a big table, also one that changes while it runs (234k
+ *   entries with new connections made all through it: one pass, 0.98 s;
+ *   `npm run bench -- sweep`, bench/README.md "Issue 18 round 11").
+ *   Preferred.
+ * - `ConntrackClearer`: conntrack(8) from conntrack-tools, the fallback when
+ *   the helper is not there (a checkout without gcc). conntrack 1.4.7 stops
+ *   with "No buffer space available" after ~256 updates, on a still table
+ *   too: with more marked connections than that a sweep fails (each clears
+ *   ~768 in its three tries), and the agent stays unarmed until enough
+ *   sweeps, a backoff apart, got through:
  *
  *     conntrack -U -f ipv4 -m 0/MASK     (then -f ipv6)
  *
@@ -15,6 +29,8 @@
  */
 import { execa } from 'execa';
 import { hex } from './flow-mark.js';
+
+export const CTMARK_FILE = 'secgroup-ctmark';
 
 export type ClearResult = { ok: true; updated: number } | { ok: false; missing: boolean; reason: string };
 
@@ -42,13 +58,12 @@ export class ConntrackClearer implements FlowMarkClearer {
   }
 
   /**
-   * conntrack -U stops at the first error. On a big table that changes
-   * while it runs, the dump outruns its one-by-one updates and the socket
-   * overflows ("Operation failed: No buffer space available": 38 of 40
-   * sweeps over ~40k connections being made and marked, bench/README.md
-   * round 10). A failed sweep is run again, up to `ATTEMPTS` times; the
-   * entries it cleared before are skipped then. If all fail, the caller
-   * stays unarmed (correct) and tries again at its next sync.
+   * conntrack -U stops at the first error: an entry gone between the dump
+   * and its update, or "No buffer space available" after ~256 updates
+   * (conntrack 1.4.7, still table or not; `npm run bench -- sweep`). A failed
+   * sweep is run again, up to `ATTEMPTS` times; the entries it cleared
+   * before are skipped then. If all fail, the caller stays unarmed (correct)
+   * and tries again after a backoff.
    */
   async clear(mask: number): Promise<ClearResult> {
     let last: ClearResult = { ok: false, missing: false, reason: 'not run' };
@@ -82,4 +97,56 @@ export class ConntrackClearer implements FlowMarkClearer {
     }
     return { result: { ok: true, updated } };
   }
+}
+
+export interface NativeFlowMarkClearerOptions {
+  /** the helper, native/secgroup-ctmark.c */
+  path: string;
+  /** run before the path, e.g. ["ip", "netns", "exec", "ns1"] in tests */
+  prefix?: string[];
+  timeoutMs?: number;
+}
+
+const NATIVE_RE = /^cleared (\d+) gone (\d+) passes (\d+) seen (\d+)$/m;
+
+/**
+ * The sweep with secgroup-ctmark: `secgroup-ctmark clear MASK` (both
+ * families; it runs the dump again itself when the kernel cuts it, up to 8
+ * times). Exit 0 with "cleared N gone G passes P seen S"; exit 1 with the
+ * reason on stderr.
+ */
+export class NativeFlowMarkClearer implements FlowMarkClearer {
+  readonly path: string;
+  private readonly prefix: string[];
+  private readonly timeoutMs: number;
+
+  constructor(opts: NativeFlowMarkClearerOptions) {
+    this.path = opts.path;
+    this.prefix = opts.prefix ?? [];
+    this.timeoutMs = opts.timeoutMs ?? 60_000;
+  }
+
+  async clear(mask: number): Promise<ClearResult> {
+    const [file, ...pre] = [...this.prefix, this.path];
+    const r = await execa(file!, [...pre, 'clear', hex(mask)], { reject: false, timeout: this.timeoutMs, stdin: 'ignore' });
+    const n = NATIVE_RE.exec(r.stdout);
+    if (r.exitCode === 0 && n) return { ok: true, updated: Number(n[1]) };
+    const missing = (r as { code?: string }).code === 'ENOENT' || r.exitCode === 127;
+    const line = r.stderr.split('\n').find((l) => l.trim())?.replace(/^secgroup-ctmark: /, '').trim().slice(0, 300) ?? '';
+    const reason = missing
+      ? `${this.path} not found`
+      : r.timedOut
+        ? `${this.path} timed out after ${this.timeoutMs} ms`
+        : `${this.path} failed (exit ${r.exitCode ?? 'none'}): ${line || r.stdout.trim().slice(0, 300) || 'no message'}`;
+    return { ok: false, missing, reason };
+  }
+}
+
+/**
+ * The clearer the agent uses: secgroup-ctmark from the first of `candidates`
+ * that exists, else conntrack(8).
+ */
+export function flowMarkClearer(candidates: readonly string[], exists: (path: string) => boolean, timeoutMs: number): ConntrackClearer | NativeFlowMarkClearer {
+  const path = candidates.find(exists);
+  return path === undefined ? new ConntrackClearer({ timeoutMs }) : new NativeFlowMarkClearer({ path, timeoutMs });
 }

@@ -224,8 +224,10 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(inNs(['nft', 'list', 'tables']).stdout).toBe('');
   });
 
-  it("conntrack clears the flow mark's bits of every connection with CAP_NET_ADMIN alone, under the filters (the epoch sweep, src/nft/conntrack.ts)", () => {
+  it("secgroup-ctmark, and conntrack(8), clear the flow mark's bits of every connection with CAP_NET_ADMIN alone, under the filters (the epoch sweep, src/nft/conntrack.ts)", () => {
     if (!has('conntrack', ['--version'])) throw new Error('conntrack not installed (apt-get install conntrack; .ci/run installs it)');
+    const b = spawnSync('bash', [join(repo, 'scripts/build-native.sh'), app], { encoding: 'utf8' });
+    expect(b.status, b.stderr).toBe(0);
     const marking = spawnSync('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], {
       encoding: 'utf8',
       input: `table inet marks {\n\tchain out {\n\t\ttype filter hook output priority 0; policy accept;\n\t\ttcp dport ${LISTEN.port} ct mark set 0x00070005\n\t}\n}\n`,
@@ -235,10 +237,17 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     expect(connect.status, connect.stderr).toBe(0);
     const marks = () => [...inNs(['conntrack', '-L', '-f', 'ipv4', '-p', 'tcp', '--dport', String(LISTEN.port)]).stdout.matchAll(/mark=(\d+)/g)].map((m) => Number(m[1]));
     expect(marks()).toEqual([0x00070005]);
+    const native = sandboxed(['/tmp/app/secgroup-ctmark', 'clear', '0xffff0000']);
+    expect(native.stderr).toBe('');
+    expect([native.status, native.stdout]).toEqual([0, expect.stringMatching(/^cleared 1 gone 0 passes 2 seen \d+\n$/)]);
+    // our bits only: the rest of the mark is someone else's
+    expect(marks()).toEqual([0x5]);
+    // the fallback, the same way (the mark set back from outside the sandbox)
+    expect(inNs(['conntrack', '-U', '-f', 'ipv4', '-p', 'tcp', '--dport', String(LISTEN.port), '-m', '0x00070005']).status).toBe(0);
+    expect(marks()).toEqual([0x00070005]);
     const cleared = sandboxed(['conntrack', '-U', '-f', 'ipv4', '-m', '0/0xffff0000']);
     expect(cleared.status, cleared.stderr).toBe(0);
     expect(cleared.stderr).toMatch(/1 flow entries have been updated/);
-    // our bits only: the rest of the mark is someone else's
     expect(marks()).toEqual([0x5]);
   });
 

@@ -208,6 +208,10 @@ describe.skipIf(unavailable !== undefined)(`the .deb packages under systemd as P
     const children = await shOk(VM, 'P=$(systemctl show -p MainPID --value secgroup-agent); for c in $(cat /proc/$P/task/*/children); do cat /proc/$c/comm; done');
     expect(children).toContain('secgroup-nftwat'); // comm: 15 characters
     expect(await shOk(VM, 'journalctl -q -u secgroup-agent -o cat --no-pager | grep -c drift_listener_unavailable || true')).toBe('0');
+    // the flow mark is armed by the packaged secgroup-ctmark under the unit's sandbox (this image has no conntrack(8))
+    expect((await sh(VM, 'command -v conntrack')).code).not.toBe(0);
+    await until('flow mark armed', async () => (/^flow mark: armed, generation \d+ /m.test((await sh(VM, 'secgroup status')).out) ? true : undefined));
+    expect(await shOk(VM, 'journalctl -q -u secgroup-agent -o cat --no-pager | grep -c flow_mark_unarmed || true')).toBe('0');
     // nft's scripts go through the unit's runtime directory, a private tmpfs (RuntimeDirectory=secgroup)
     const runtime = await shOk(VM, 'P=$(systemctl show -p MainPID --value secgroup-agent); stat -c "%a %F" /run/secgroup; stat -f -c %T /run/secgroup; ls /run/secgroup | grep -c "^secgroup-nft-$P-"');
     expect(runtime.split('\n')).toEqual(['700 directory', 'tmpfs', '1']);

@@ -233,7 +233,22 @@ describe('install.sh with host actions (stubbed apt-get, nft, systemctl)', () =>
     expect(calls()[0]).toBe('apt-get install -y --no-install-recommends nftables');
   });
 
-  it('installs conntrack with apt-get when it is missing; a failed install is a warning (the agent runs unarmed), not an error', () => {
+  it('installs secgroup-ctmark found next to the bundle, and then needs no conntrack; without it, says the agent uses conntrack(8)', () => {
+    const CTMARK = 'usr/local/lib/secgroup/secgroup-ctmark';
+    writeFileSync(join(work, 'secgroup-ctmark'), '#!/bin/sh\necho ctmark v1\n');
+    let r = install([], { env: { ...host, CONNTRACK: join(work, 'bin', 'no-such-conntrack') } });
+    expect(r.status, r.out).toBe(0);
+    expect([file(CTMARK), mode(CTMARK)]).toEqual(['#!/bin/sh\necho ctmark v1\n', 0o755]);
+    expect(r.out).toMatch(/installed \/usr\/local\/lib\/secgroup\/secgroup-ctmark \(clears the flow mark's bits in the conntrack table\)/);
+    expect(calls().filter((c) => c.startsWith('apt-get'))).toEqual([]);
+    rmSync(join(work, 'secgroup-ctmark'));
+    r = install([], { env: host });
+    expect(r.status, r.out).toBe(0);
+    expect(existsSync(join(root, CTMARK))).toBe(false);
+    expect(r.out).toMatch(/no .*secgroup-ctmark \(scripts\/build-native.sh builds it\): the agent clears them with conntrack\(8\) instead/);
+  });
+
+  it('without secgroup-ctmark, installs conntrack with apt-get when it is missing; a failed install is a warning (the agent runs unarmed), not an error', () => {
     const r = install([], { env: { ...host, CONNTRACK: join(work, 'bin', 'no-such-conntrack') } });
     expect(r.status, r.out).toBe(0);
     expect(calls()[0]).toBe('apt-get install -y --no-install-recommends conntrack');
