@@ -583,7 +583,12 @@ export class Reconciler {
    * Gives the transaction about to go out the next flow mark generation
    * (nft/flow-mark.ts): every transaction that changes what the rules
    * decide, and every repair, gets a new one, so no connection marked
-   * before it skips the rules after it. A new epoch (the first transaction,
+   * before it skips the rules after it. The one exception is a member delta
+   * that cannot deny a connection allowed now (`narrows` false: members
+   * joining groups of ingress allow rules, leaving groups of deny rules, or
+   * groups only egress rules use; nft/membership.ts): it keeps the
+   * generation, so connections are not matched again for nothing and the
+   * transaction stays element updates. A new epoch (the first transaction,
    * a new mask, or the field about to wrap) starts at generation 1 with
    * flow_known empty; `armFlowMark` fills it once the kernel's marks are
    * cleared. The table's flow chains are set in place; returns the restores
@@ -597,6 +602,8 @@ export class Reconciler {
       this.o.metrics.flowMarkArmed.set(-1);
       return [];
     }
+    // the fast path's table shares the applied one's flow chains, which hold the current generation
+    if (plan.kind === 'incremental' && plan.via === 'membership' && plan.narrows === false && this.flow.generation > 0 && mask === this.flow.mask) return [];
     let generation = this.flow.generation + 1;
     if (this.flow.generation === 0 || mask !== this.flow.mask || generation > maxGeneration(mask)) {
       generation = 1;

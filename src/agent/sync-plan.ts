@@ -65,7 +65,17 @@ export interface SyncInput {
 export type SyncPlan = (
   | { kind: 'noop'; compiled: Compiled; tableComment: string | null; fingerprint: string }
   /** `restore`: a drift repair of the chains and sets a foreign change touched (repair-plan.ts); if it fails, `reloadApplied` */
-  | { kind: 'incremental'; via: 'membership' | 'elements' | 'restore'; compiled: Compiled; tx: NftTransaction; tableComment: string | null; added: number; removed: number }
+  | {
+      kind: 'incremental';
+      via: 'membership' | 'elements' | 'restore';
+      compiled: Compiled;
+      tx: NftTransaction;
+      tableComment: string | null;
+      added: number;
+      removed: number;
+      /** membership: false when no connection the rules allow now can be denied after it (nft/membership.ts); absent: it may */
+      narrows?: boolean;
+    }
   /**
    * `inPlace`: tx reloads the applied table in place; if it fails, `fullReload(compiled)` replaces the table.
    * `fresh`: a replacement of a table known to be gone (a drift repair): no counts to read and carry
@@ -98,7 +108,7 @@ export function planSync(i: SyncInput): SyncPlan {
     const fast = applyMembershipChange(base.compiled, i.policy, i.change.groups);
     if (fast.ok) {
       const tx: NftTransaction = { family: 'inet', table: i.table, ops: fast.ops };
-      return { kind: 'incremental', via: 'membership', compiled: fast.compiled, tx, tableComment: base.tableComment, added: fast.added, removed: fast.removed };
+      return { kind: 'incremental', via: 'membership', compiled: fast.compiled, tx, tableComment: base.tableComment, added: fast.added, removed: fast.removed, narrows: fast.narrows };
     }
     membershipFull = fast.reason;
   }

@@ -36,7 +36,25 @@ import type { NftOp } from './transaction.js';
 export type MembershipChange = Record<string, { add: readonly string[]; remove: readonly string[] }>;
 
 export type MembershipResult =
-  | { ok: true; compiled: Compiled; ops: NftOp[]; added: number; removed: number }
+  | {
+      ok: true;
+      compiled: Compiled;
+      ops: NftOp[];
+      added: number;
+      removed: number;
+      /**
+       * Can the change turn an inbound connection the rules allow now into
+       * one they deny? True when an ingress allow rule's group loses a member
+       * or an ingress deny rule's group gains one (rules that can decide a
+       * packet: not shadowed, with a lookup). False for members joining
+       * groups of ingress allow rules, leaving groups of deny rules, and any
+       * change to groups only egress rules use: every connection allowed
+       * before is allowed after (first match: the deny rules before its
+       * allow still do not match it, and whatever matches it first now is an
+       * allow), so the flow mark keeps its generation (reconciler.ts).
+       */
+      narrows: boolean;
+    }
   | { ok: false; reason: string };
 
 /** More changed addresses than this: compile in full (a reload is then about as cheap). */
@@ -104,6 +122,7 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   const peerEdits: { peers: AddressSet; add: bigint[]; remove: bigint[] }[] = [];
   const touched = new Set<string>(); // family:address changed in some group
   const effective: string[] = [];
+  let narrows = false;
 
   for (const [groupId, c] of Object.entries(change)) {
     for (const family of [4, 6] as Family[]) {
@@ -159,6 +178,7 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
           continue;
         }
         live++;
+        if (r.direction === 'ingress' && (r.action === 'allow' ? removeList.length > 0 : addList.length > 0)) narrows = true;
         if (!addList.length) continue;
         for (let j = 0; j < l.rules.length; j++) {
           const q = l.rules[j]!;
@@ -216,7 +236,7 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
     digest,
     stats: { ...prev.stats, elements: prev.stats.elements + added - removed },
   };
-  return { ok: true, compiled, ops, added, removed };
+  return { ok: true, compiled, ops, added, removed, narrows };
 }
 
 /**

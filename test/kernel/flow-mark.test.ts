@@ -258,4 +258,52 @@ describeKernel('the flow mark in the kernel', () => {
       runner.close();
     }
   });
+
+  it('through the reconciler, a member joining an allow rule\'s group keeps the generation (a live connection is not matched again); the member leaving cuts it', async () => {
+    await lab().clearRuleset();
+    const runner = nft();
+    const r = new Reconciler({
+      nft: runner,
+      store: new MemoryStateStore(),
+      clock: new FakeClock(),
+      logger: silentLogger(),
+      metrics: new AgentMetrics(),
+      platform: DEFAULT_PLATFORM,
+      checkBeforeApply: false,
+      flowMarks: native(),
+    });
+    const client = LAYOUT.client.v4;
+    const members = (revision: number, list: string[]): PolicyInput => ({
+      ...doc(null, revision),
+      security_groups: [{ id: 'sg', name: 'sg', rules: [{ id: 'tcp-7109', direction: 'ingress', protocol: 'tcp', multiport: '7109', remote_group_id: 'peers' }, ...EGRESS_ALL] }],
+      group_members: { peers: list },
+    });
+    try {
+      expect(await r.submit(parsePolicy(members(1, [client])), 'controller')).toMatchObject({ status: 'applied' });
+      expect(r.flowMark).toMatchObject({ generation: 1, armed: true });
+      await withConnection(7109, async (conn) => {
+        expect((await conn.sendLine('one', { timeoutMs: 2000 })).status).toBe('echoed');
+        expect(await ruleCount(7109)).toBe(1);
+        // another member joins: element updates only, the generation stays, the connection's packets still skip the rules
+        expect(await r.submit(parsePolicy(members(2, [client, '198.18.0.77'])), 'controller', { base: 1, groups: { peers: { add: ['198.18.0.77'], remove: [] } } })).toMatchObject({
+          status: 'applied',
+          kind: 'incremental',
+        });
+        expect(r.flowMark).toMatchObject({ generation: 1, armed: true });
+        for (const line of ['two', 'three']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
+        expect(await ruleCount(7109)).toBe(1);
+        // the client leaves the group: a new generation, its next packet is matched and dropped
+        expect(await r.submit(parsePolicy(members(3, ['198.18.0.77'])), 'controller', { base: 2, groups: { peers: { add: [], remove: [client] } } })).toMatchObject({
+          status: 'applied',
+          kind: 'incremental',
+        });
+        expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
+        expect((await conn.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
+      });
+      expect(await r.checkDrift()).toBeNull();
+    } finally {
+      await r.stop();
+      runner.close();
+    }
+  });
 });

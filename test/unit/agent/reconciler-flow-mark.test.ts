@@ -82,7 +82,7 @@ describe('reconciler: the flow mark', () => {
     expect(await r.checkDrift()).toBeNull();
   });
 
-  it('gives every later transaction the next generation, armed: full reloads and member deltas alike, counters untouched', async () => {
+  it('gives every later transaction that can deny an allowed connection the next generation, counters untouched; a member joining an allow rule\'s group keeps it', async () => {
     const { nft, r, clearer } = setup();
     await r.submit(policy(1), 'controller');
     await r.submit(policy(2, { httpPort: '8080' }), 'controller');
@@ -90,19 +90,29 @@ describe('reconciler: the flow mark', () => {
     expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00020000 accept comment "flow mark: allowed under generation 2"']);
     const http = ruleChainName('sg-web', 'r-http');
     nft.setCounter(http, 40, 4000);
-    const before = applies(nft).length;
+    // a member joins the group of an ingress allow rule: every connection allowed now stays allowed, the generation stays
+    let before = applies(nft).length;
     expect(await r.submit(policy(3, { httpPort: '8080', members: ['198.18.0.10', '198.18.0.12', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.30'], remove: [] } } })).toMatchObject({
       status: 'applied',
       kind: 'incremental',
     });
-    const delta = applies(nft).slice(before);
+    let delta = applies(nft).slice(before);
+    expect(delta).toHaveLength(1);
+    expect(opNames(delta[0]!)).toEqual(['update-elements', 'set-marker']);
+    expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
+    expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00020000 accept comment "flow mark: generation 2"']);
+    // the member leaves: its connections must be matched again, a new generation with the two chains restored
+    before = applies(nft).length;
+    expect(await r.submit(policy(4, { httpPort: '8080' }), 'controller', { base: 3, groups: { web: { add: [], remove: ['198.18.0.30'] } } })).toMatchObject({ status: 'applied', kind: 'incremental' });
+    delta = applies(nft).slice(before);
     expect(delta).toHaveLength(1);
     expect(opNames(delta[0]!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
+    expect(r.flowMark).toMatchObject({ generation: 3, armed: true });
     expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00030000 accept comment "flow mark: generation 3"']);
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
-    // a whole document whose only change is members: still element updates (the flow chains' rules are the agent's, not the policy's)
+    // a whole document whose only change is members: still element updates (the flow chains' rules are the agent's, not the policy's), a new generation
     const more = ['198.18.0.10', '198.18.0.12', '198.18.0.30', '198.18.0.31'];
-    expect(await r.submit(policy(4, { httpPort: '8080', members: more }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(await r.submit(policy(5, { httpPort: '8080', members: more }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
     expect(opNames(applies(nft).at(-1)!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
     expect(r.flowMark).toMatchObject({ generation: 4, armed: true });
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
@@ -110,6 +120,7 @@ describe('reconciler: the flow mark', () => {
     expect(clearer!.calls).toHaveLength(1);
     // a rule chain's allow goes through flow_allow
     expect(chainLines(nft, http)[0]).toMatch(/jump flow_allow/);
+    expect(await r.checkDrift()).toBeNull();
   });
 
   it('a drift repair gets a new generation too (a connection marked under the tampered table is matched again)', async () => {
