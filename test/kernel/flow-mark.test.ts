@@ -228,6 +228,31 @@ describeKernel('the flow mark in the kernel', () => {
     }
   }, 180_000);
 
+  it('secgroup-ctmark clears connections in other conntrack zones too (both directions, and the original one only)', async () => {
+    await lab().clearRuleset();
+    await lab().exec('host', 'conntrack', ['-F'], { reject: false });
+    await lab().exec('host', 'nft', ['-f', '-'], {
+      input:
+        'table inet zones {\n\tchain pre {\n\t\ttype filter hook prerouting priority -300; policy accept;\n\t\tudp dport 1-50 ct zone set 5\n\t\tudp dport 51-100 ct original zone set 7\n\t}\n' +
+        '\tchain in {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tmeta l4proto udp ct state new ct mark set 0x00010005\n\t}\n}\n',
+    });
+    try {
+      const send = `const s = require('node:dgram').createSocket('udp4'); (async () => { for (let p = 1; p <= 150; p++) await new Promise((r) => s.send('x', p, '${LAYOUT.host.v4}', r)); s.close(); })();`;
+      await lab().exec('client', process.execPath, ['-e', send]);
+      const list = async (...args: string[]) => (await lab().exec('host', 'conntrack', ['-L', '-f', 'ipv4', '-p', 'udp', ...args], { reject: false })).stdout.split('\n').filter((l) => l.trim());
+      const before = await list('-m', '0x10005');
+      expect(before.filter((l) => / zone=5 /.test(l))).toHaveLength(50);
+      expect(before.filter((l) => / zone-orig=7 /.test(l))).toHaveLength(50);
+      expect(before).toHaveLength(150);
+      expect(await native().clear(MASK)).toEqual({ ok: true, updated: 150 });
+      expect(await list('-m', '0x10000/0xffff0000')).toEqual([]);
+      expect(await list('-m', '0x5')).toHaveLength(150);
+    } finally {
+      await lab().exec('host', 'nft', ['delete', 'table', 'inet', 'zones'], { reject: false });
+      await lab().exec('host', 'conntrack', ['-F'], { reject: false });
+    }
+  });
+
   it('the reconciler arms flow_known by itself after the sweep, and a policy change through it cuts a connection whose rule went', async () => {
     await lab().clearRuleset();
     const runner = nft();
