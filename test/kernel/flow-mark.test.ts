@@ -268,6 +268,8 @@ describeKernel('the flow mark in the kernel', () => {
     });
     try {
       expect(await r.submit(parsePolicy(doc(7106)), 'controller')).toMatchObject({ status: 'applied' });
+      // the sweep and the arming follow the ack
+      await r.idle();
       expect(r.flowMark).toEqual({ mask: MASK, generation: 1, armed: true, reason: null });
       expect((await lab().exec('host', 'nft', ['list', 'chain', 'inet', 'secgroup', 'flow_known'])).stdout).toContain('ct mark 0x00010000/16 accept');
       await withConnection(7106, async (conn) => {
@@ -305,6 +307,7 @@ describeKernel('the flow mark in the kernel', () => {
     });
     try {
       expect(await r.submit(parsePolicy(members(1, [client])), 'controller')).toMatchObject({ status: 'applied' });
+      await r.idle();
       expect(r.flowMark).toMatchObject({ generation: 1, armed: true });
       await withConnection(7109, async (conn) => {
         expect((await conn.sendLine('one', { timeoutMs: 2000 })).status).toBe('echoed');

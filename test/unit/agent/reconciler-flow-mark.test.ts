@@ -43,7 +43,13 @@ function setup(opts: { clearer?: FakeClearer | null; mask?: number } = {}) {
     checkBeforeApply: false,
     ...(clearer ? { flowMarks: clearer } : {}),
   });
-  return { nft, r, clearer, lines, metrics, clock };
+  // a sync and what follows its ack (the arming of a new epoch: reconciler.ts armApplied)
+  const submit = async (...args: Parameters<Reconciler['submit']>) => {
+    const o = await r.submit(...args);
+    await r.idle();
+    return o;
+  };
+  return { nft, r, clearer, lines, metrics, clock, submit };
 }
 
 /** The secgroup_flow_mark_armed gauge. */
@@ -61,9 +67,9 @@ const opNames = (tx: { ops: { op: string; chain?: { name: string } }[] }) => tx.
 
 describe('reconciler: the flow mark', () => {
   it('starts an epoch unarmed, clears the marks, then arms flow_known in a transaction of its own with the marker', async () => {
-    const { nft, r, clearer, lines, metrics } = setup();
+    const { nft, r, clearer, lines, metrics, submit } = setup();
     expect(await armedGauge(metrics)).toBe(-1);
-    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    expect(await submit(policy(1), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
     expect(await armedGauge(metrics)).toBe(1);
     const txs = applies(nft);
     expect(txs).toHaveLength(2);
@@ -82,17 +88,43 @@ describe('reconciler: the flow mark', () => {
     expect(await r.checkDrift()).toBeNull();
   });
 
+  it('acks the epoch\'s first sync before the sweep: the sweep and the arming follow it, before the next sync', async () => {
+    let release!: () => void;
+    const slow: FlowMarkClearer & { calls: number } = {
+      calls: 0,
+      clear() {
+        this.calls++;
+        return new Promise<ClearResult>((resolve) => (release = () => resolve({ ok: true, updated: 7 })));
+      },
+    };
+    const { nft, r } = setup({ clearer: slow as unknown as FakeClearer });
+    expect(await r.submit(policy(1), 'controller')).toMatchObject({ status: 'applied', kind: 'full' });
+    // acked before the sweep; the sweep starts after it and runs while the table is enforced, unarmed
+    for (let i = 0; i < 100 && slow.calls === 0; i++) await new Promise((resolve) => setImmediate(resolve));
+    expect(slow.calls).toBe(1);
+    expect(r.flowMark).toMatchObject({ generation: 1, armed: false });
+    expect(chainLines(nft, 'flow_known')).toEqual([]);
+    // a sync submitted meanwhile waits for the arming
+    const next = r.submit(policy(2, { httpPort: '8080' }), 'controller');
+    release();
+    expect(await next).toMatchObject({ status: 'applied' });
+    expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
+    expect(opNames(applies(nft)[1]!)).toEqual(['restore-chain flow_known', 'restore-chain flow_allow', 'set-marker']);
+    await r.idle();
+    expect(await r.checkDrift()).toBeNull();
+  });
+
   it('gives every later transaction that can deny an allowed connection the next generation, counters untouched; a member joining an allow rule\'s group keeps it', async () => {
-    const { nft, r, clearer } = setup();
-    await r.submit(policy(1), 'controller');
-    await r.submit(policy(2, { httpPort: '8080' }), 'controller');
+    const { nft, r, clearer, submit } = setup();
+    await submit(policy(1), 'controller');
+    await submit(policy(2, { httpPort: '8080' }), 'controller');
     expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
     expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00020000 accept comment "flow mark: allowed under generation 2"']);
     const http = ruleChainName('sg-web', 'r-http');
     nft.setCounter(http, 40, 4000);
     // a member joins the group of an ingress allow rule: every connection allowed now stays allowed, the generation stays
     let before = applies(nft).length;
-    expect(await r.submit(policy(3, { httpPort: '8080', members: ['198.18.0.10', '198.18.0.12', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.30'], remove: [] } } })).toMatchObject({
+    expect(await submit(policy(3, { httpPort: '8080', members: ['198.18.0.10', '198.18.0.12', '198.18.0.30'] }), 'controller', { base: 2, groups: { web: { add: ['198.18.0.30'], remove: [] } } })).toMatchObject({
       status: 'applied',
       kind: 'incremental',
     });
@@ -103,7 +135,7 @@ describe('reconciler: the flow mark', () => {
     expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00020000 accept comment "flow mark: generation 2"']);
     // the member leaves: its connections must be matched again, a new generation with the two chains restored
     before = applies(nft).length;
-    expect(await r.submit(policy(4, { httpPort: '8080' }), 'controller', { base: 3, groups: { web: { add: [], remove: ['198.18.0.30'] } } })).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(await submit(policy(4, { httpPort: '8080' }), 'controller', { base: 3, groups: { web: { add: [], remove: ['198.18.0.30'] } } })).toMatchObject({ status: 'applied', kind: 'incremental' });
     delta = applies(nft).slice(before);
     expect(delta).toHaveLength(1);
     expect(opNames(delta[0]!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
@@ -112,7 +144,7 @@ describe('reconciler: the flow mark', () => {
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
     // a whole document whose only change is members: still element updates (the flow chains' rules are the agent's, not the policy's), a new generation
     const more = ['198.18.0.10', '198.18.0.12', '198.18.0.30', '198.18.0.31'];
-    expect(await r.submit(policy(5, { httpPort: '8080', members: more }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(await submit(policy(5, { httpPort: '8080', members: more }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
     expect(opNames(applies(nft).at(-1)!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
     expect(r.flowMark).toMatchObject({ generation: 4, armed: true });
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
@@ -124,8 +156,8 @@ describe('reconciler: the flow mark', () => {
   });
 
   it('a drift repair gets a new generation too (a connection marked under the tampered table is matched again)', async () => {
-    const { nft, r } = setup();
-    await r.submit(policy(1), 'controller');
+    const { nft, r, submit } = setup();
+    await submit(policy(1), 'controller');
     nft.flushTable();
     const d = await r.checkDrift();
     expect(d).not.toBeNull();
@@ -135,13 +167,13 @@ describe('reconciler: the flow mark', () => {
   });
 
   it('starts a new epoch before the field wraps: generation 1 unarmed, the marks cleared again, then armed', async () => {
-    const { nft, r, clearer } = setup({ mask: 0xff000000 });
-    for (let rev = 1; rev <= 255; rev++) await r.submit(policy(rev, { httpPort: String(1000 + (rev % 2)) }), 'controller');
+    const { nft, r, clearer, submit } = setup({ mask: 0xff000000 });
+    for (let rev = 1; rev <= 255; rev++) await submit(policy(rev, { httpPort: String(1000 + (rev % 2)) }), 'controller');
     expect(r.flowMark).toMatchObject({ mask: 0xff000000, generation: 255, armed: true });
     expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xff000000 == 0xff000000 accept comment "flow mark: allowed under generation 255"']);
     expect(clearer!.calls).toHaveLength(1);
     const before = applies(nft).length;
-    await r.submit(policy(256, { httpPort: '2000' }), 'controller');
+    await submit(policy(256, { httpPort: '2000' }), 'controller');
     expect(clearer!.calls).toHaveLength(2);
     const txs = applies(nft).slice(before);
     expect(txs).toHaveLength(2);
@@ -152,9 +184,9 @@ describe('reconciler: the flow mark', () => {
 
   it('without conntrack(8): stays unarmed, says why once, and does not try again', async () => {
     const clearer = new FakeClearer({ ok: false, missing: true, reason: 'conntrack not found (install conntrack: apt-get install conntrack)' });
-    const { nft, r, lines, metrics } = setup({ clearer });
-    await r.submit(policy(1), 'controller');
-    await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    const { nft, r, lines, metrics, submit } = setup({ clearer });
+    await submit(policy(1), 'controller');
+    await submit(policy(2, { httpPort: '81' }), 'controller');
     expect(await armedGauge(metrics)).toBe(0);
     expect(clearer.calls).toHaveLength(1);
     expect(applies(nft)).toHaveLength(2);
@@ -168,23 +200,23 @@ describe('reconciler: the flow mark', () => {
 
   it('a sweep that fails is tried again with the first sync after a backoff (1 min, doubling; it dumps the whole conntrack table), which then arms', async () => {
     const clearer = new FakeClearer({ ok: false, missing: false, reason: 'conntrack -U -f ipv4 failed (exit 1): Operation failed: No buffer space available' });
-    const { nft, r, clock, lines } = setup({ clearer });
-    await r.submit(policy(1), 'controller');
+    const { nft, r, clock, lines, submit } = setup({ clearer });
+    await submit(policy(1), 'controller');
     expect(r.flowMark).toMatchObject({ armed: false, reason: /No buffer space/ });
     expect(lines.find((l) => l.event === 'flow_mark_unarmed')).toMatchObject({ retryInMs: 60_000 });
     // syncs within the backoff do not sweep
-    await r.submit(policy(2, { httpPort: '81' }), 'controller');
+    await submit(policy(2, { httpPort: '81' }), 'controller');
     expect(clearer.calls).toHaveLength(1);
     await clock.advance(60_000);
-    await r.submit(policy(3, { httpPort: '82' }), 'controller');
+    await submit(policy(3, { httpPort: '82' }), 'controller');
     expect(clearer.calls).toHaveLength(2);
     // failed again: the next wait is twice as long
     await clock.advance(60_000);
-    await r.submit(policy(4, { httpPort: '83' }), 'controller');
+    await submit(policy(4, { httpPort: '83' }), 'controller');
     expect(clearer.calls).toHaveLength(2);
     await clock.advance(60_000);
     clearer.result = { ok: true, updated: 0 };
-    await r.submit(policy(5, { httpPort: '84' }), 'controller');
+    await submit(policy(5, { httpPort: '84' }), 'controller');
     expect(clearer.calls).toHaveLength(3);
     expect(r.flowMark).toEqual({ mask: 0xffff0000, generation: 5, armed: true, reason: null });
     expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00050000 accept comment "flow mark: allowed under generation 5"']);
@@ -192,11 +224,11 @@ describe('reconciler: the flow mark', () => {
 
   it('with no clearer (or mask 0) nothing is armed; mask 0 renders no flow chain at all', async () => {
     const none = setup({ clearer: null });
-    await none.r.submit(policy(1), 'controller');
+    await none.submit(policy(1), 'controller');
     expect(none.r.flowMark).toMatchObject({ generation: 1, armed: false, reason: null });
     expect(chainLines(none.nft, 'flow_known')).toEqual([]);
     const off = setup({ mask: 0 });
-    await off.r.submit(policy(1), 'controller');
+    await off.submit(policy(1), 'controller');
     expect(off.r.flowMark).toEqual({ mask: 0, generation: 0, armed: false, reason: null });
     expect(off.clearer!.calls).toEqual([]);
     expect(off.nft.dump()).not.toContain('flow_');
