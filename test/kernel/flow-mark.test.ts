@@ -63,6 +63,29 @@ describeKernel('the flow mark in the kernel', () => {
   });
   afterAll(() => rmSync(bin, { recursive: true, force: true }));
   const native = () => new NativeFlowMarkClearer({ path: join(bin, CTMARK_FILE), prefix: inHost() });
+
+  /** A reconciler on the host's table, as the agent sets it up (secgroup-ctmark its sweeper); no drift after `body`; stopped after it. */
+  async function withReconciler(body: (r: Reconciler) => Promise<void>): Promise<void> {
+    await lab().clearRuleset();
+    const runner = nft();
+    const r = new Reconciler({
+      nft: runner,
+      store: new MemoryStateStore(),
+      clock: new FakeClock(),
+      logger: silentLogger(),
+      metrics: new AgentMetrics(),
+      platform: DEFAULT_PLATFORM,
+      checkBeforeApply: false,
+      flowMarks: native(),
+    });
+    try {
+      await body(r);
+      expect(await r.checkDrift()).toBeNull();
+    } finally {
+      await r.stop();
+      runner.close();
+    }
+  }
   const nft = () => new ExecaNftRunner({ table: 'secgroup', command: [...inHost(), 'nft'] });
 
   /** Applies `input` compiled with generation `gen`, armed or not (what the reconciler sends). */
@@ -254,19 +277,7 @@ describeKernel('the flow mark in the kernel', () => {
   });
 
   it('the reconciler arms flow_known by itself after the sweep, and a policy change through it cuts a connection whose rule went', async () => {
-    await lab().clearRuleset();
-    const runner = nft();
-    const r = new Reconciler({
-      nft: runner,
-      store: new MemoryStateStore(),
-      clock: new FakeClock(),
-      logger: silentLogger(),
-      metrics: new AgentMetrics(),
-      platform: DEFAULT_PLATFORM,
-      checkBeforeApply: false,
-      flowMarks: native(),
-    });
-    try {
+    await withReconciler(async (r) => {
       expect(await r.submit(parsePolicy(doc(7106)), 'controller')).toMatchObject({ status: 'applied' });
       // the sweep and the arming follow the ack
       await r.idle();
@@ -279,33 +290,17 @@ describeKernel('the flow mark in the kernel', () => {
         expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
         expect((await conn.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
       });
-      expect(await r.checkDrift()).toBeNull();
-    } finally {
-      await r.stop();
-      runner.close();
-    }
+    });
   });
 
   it('through the reconciler, a member joining an allow rule\'s group keeps the generation (a live connection is not matched again); the member leaving cuts it', async () => {
-    await lab().clearRuleset();
-    const runner = nft();
-    const r = new Reconciler({
-      nft: runner,
-      store: new MemoryStateStore(),
-      clock: new FakeClock(),
-      logger: silentLogger(),
-      metrics: new AgentMetrics(),
-      platform: DEFAULT_PLATFORM,
-      checkBeforeApply: false,
-      flowMarks: native(),
-    });
     const client = LAYOUT.client.v4;
     const members = (revision: number, list: string[]): PolicyInput => ({
       ...doc(null, revision),
       security_groups: [{ id: 'sg', name: 'sg', rules: [{ id: 'tcp-7109', direction: 'ingress', protocol: 'tcp', multiport: '7109', remote_group_id: 'peers' }, ...EGRESS_ALL] }],
       group_members: { peers: list },
     });
-    try {
+    await withReconciler(async (r) => {
       expect(await r.submit(parsePolicy(members(1, [client])), 'controller')).toMatchObject({ status: 'applied' });
       await r.idle();
       expect(r.flowMark).toMatchObject({ generation: 1, armed: true });
@@ -328,10 +323,6 @@ describeKernel('the flow mark in the kernel', () => {
         expect(r.flowMark).toMatchObject({ generation: 2, armed: true });
         expect((await conn.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
       });
-      expect(await r.checkDrift()).toBeNull();
-    } finally {
-      await r.stop();
-      runner.close();
-    }
+    });
   });
 });
