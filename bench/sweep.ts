@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import { readFileSync } from 'node:fs';
 import { execa } from 'execa';
 import { ConntrackClearer, CTMARK_FILE, NativeFlowMarkClearer, type FlowMarkClearer } from '../src/nft/conntrack.js';
+import { hex } from '../src/nft/flow-mark.js';
 import { BenchLab, HOST_V4 } from './lab.js';
 
 const MASK = 0xffff0000;
@@ -77,7 +78,7 @@ function median(xs: number[]): number | null {
 }
 
 async function marked(lab: BenchLab): Promise<number> {
-  const r = await lab.exec('host', ['conntrack', '-L', '-f', 'ipv4', '-m', `0x10000/${'0x' + MASK.toString(16)}`]).catch((e: { stdout?: string }) => e);
+  const r = await lab.exec('host', ['conntrack', '-L', '-f', 'ipv4', '-m', `0x10000/${hex(MASK)}`]).catch((e: { stdout?: string }) => e);
   return (r.stdout ?? '').split('\n').filter((l: string) => l.trim()).length;
 }
 

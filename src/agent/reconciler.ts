@@ -107,7 +107,7 @@ interface BeforeSync {
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
 
-/** After a failed conntrack sweep the next waits this long, doubling up to the max (reconciler `armFlowMark`). */
+/** After a failed conntrack sweep the next waits this long, doubling up to the max (reconciler `armApplied`). */
 const FLOW_SWEEP_BACKOFF_MS = 60_000;
 const FLOW_SWEEP_BACKOFF_MAX_MS = 3_600_000;
 
@@ -143,7 +143,7 @@ export class Reconciler {
   /** generation markers of the last transactions sent (isOwnMarker) */
   private sentMarkers: string[] = [];
   private driftWatch: DriftWatch | null = null;
-  /** the flow mark as last sent (nft/flow-mark.ts; `nextFlowGeneration`, `armFlowMark`); `missing`: conntrack(8) is not installed, not tried again */
+  /** the flow mark as last sent (nft/flow-mark.ts; `nextFlowGeneration`, `armApplied`); `missing`: conntrack(8) is not installed, not tried again */
   private flow: FlowMarkState & { missing: boolean; nextTryAt: number; backoffMs: number } = { mask: 0, generation: 0, armed: false, reason: null, missing: false, nextTryAt: 0, backoffMs: 0 };
 
   constructor(opts: ReconcilerOptions) {
@@ -349,6 +349,8 @@ export class Reconciler {
       logger.error({ event: 'drift_repair_failed', revision: applied.revision, via, err: r.error }, `drift repair failed (next check retries): ${r.error.message}`);
       return;
     }
+    // a repair that started a new flow mark epoch arms it, as a loop's sync does after its ack
+    await this.armApplied();
     logger.info(
       { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, inPlace: r.how === 'in-place', repair: r.how, durationMs: Math.max(0, clock.monotonic() - t0) },
       `drift repaired (${via}): revision ${applied.revision} re-applied after ${d.detail}`,
@@ -531,8 +533,6 @@ export class Reconciler {
           }
         }
       }
-      // a loop's sync arms after its ack (loopSyncs: the policy is enforced and acked first); a repair arms here
-      if (repair && plan.kind !== 'noop' && this.flowArmDue()) applied = await this.armFlowMark(plan.compiled, plan.tableComment, applied);
       if (plan.kind === 'incremental') {
         const detail = { ...log, added: plan.added, removed: plan.removed };
         if (plan.via === 'membership') logger.debug({ event: 'membership', ...detail }, 'member change applied as element updates');
@@ -593,7 +593,7 @@ export class Reconciler {
    * generation, so connections are not matched again for nothing and the
    * transaction stays element updates. A new epoch (the first transaction,
    * a new mask, or the field about to wrap) starts at generation 1 with
-   * flow_known empty; `armFlowMark` fills it once the kernel's marks are
+   * flow_known empty; `armApplied` fills it once the kernel's marks are
    * cleared. The table's flow chains are set in place; returns the restores
    * of them an incremental transaction needs (a full one carries the table).
    */
@@ -624,28 +624,24 @@ export class Reconciler {
     return this.flow.mask !== 0 && !this.flow.armed && !this.flow.missing && this.o.flowMarks !== undefined && this.o.clock.monotonic() >= this.flow.nextTryAt;
   }
 
-  /** `armFlowMark` for what is applied now (after a loop sync's ack); the fingerprint taken anew when there was one. */
-  private async armApplied(): Promise<void> {
-    const a = this.applied;
-    if (!a || this.stopped || !this.flowArmDue()) return;
-    const r = await this.armFlowMark(a.compiled, a.tableComment, { fingerprint: a.fingerprint });
-    if (this.applied === a) this.applied = { ...a, fingerprint: r.fingerprint };
-  }
-
   /**
-   * The second half of a new flow mark epoch, once its first transaction
-   * (generation 1, flow_known empty) is in the kernel (after the ack of a
-   * loop's sync, `armApplied`; within a repair's sync): clears the field on
-   * every connection (nft/conntrack.ts), then arms flow_known (and
+   * The second half of a new flow mark epoch, when one is due (`flowArmDue`),
+   * once its first transaction (generation 1, flow_known empty) is in the
+   * kernel and acked: under the mutex, after a loop's sync and after a
+   * repair. Clears the field on every connection (nft/conntrack.ts), then
+   * arms flow_known (and
    * flow_allow, which marked nothing until then) in a transaction of its own (with the marker, so the drift monitor knows it as
    * ours). Nothing is marked before the arming (flow_allow keeps the field
    * at 0 while unarmed). When conntrack fails the table stays unarmed
    * (correct, at the old cost per packet) and the first sync after a
    * backoff (1 min, doubling to 1 h) tries again; when it is not installed,
-   * not again. Returns `applied` with the fingerprint taken
+   * not again. The applied state's fingerprint, when it has one, is taken
    * anew (the table's structure changed). Never throws.
    */
-  private async armFlowMark(compiled: Compiled, tableComment: string | null, applied: { fingerprint: string; verifyMarker?: string }): Promise<{ fingerprint: string; verifyMarker?: string }> {
+  private async armApplied(): Promise<void> {
+    const applied = this.applied;
+    if (!applied || this.stopped || !this.flowArmDue()) return;
+    const { compiled, tableComment } = applied;
     const { nft, logger } = this.o;
     const { mask, generation } = this.flow;
     const cleared = await this.o.flowMarks!.clear(mask);
@@ -661,7 +657,7 @@ export class Reconciler {
         );
       }
       this.flow.reason = cleared.reason;
-      return applied;
+      return;
     }
     this.flow.backoffMs = 0;
     setFlowGeneration(compiled.table, generation, true);
@@ -676,7 +672,7 @@ export class Reconciler {
       const reason = `cannot arm flow_known: ${errorMessage(e)}`;
       if (this.flow.reason !== reason) logger.warn({ event: 'flow_mark_unarmed', mask: hex(mask), err: e }, `flow mark not armed: ${reason}; retried at the next sync`);
       this.flow.reason = reason;
-      return applied;
+      return;
     }
     this.flow.armed = true;
     this.flow.reason = null;
@@ -685,13 +681,15 @@ export class Reconciler {
       { event: 'flow_mark_armed', mask: hex(mask), generation, cleared: cleared.updated },
       `flow mark armed: connections allowed under generation ${generation} skip the rules (marks under ${hex(mask)} cleared on ${cleared.updated} connection(s))`,
     );
-    if (!applied.fingerprint) return applied;
+    if (!applied.fingerprint || this.applied !== applied) return;
     // the fingerprint was read before flow_known changed
+    let fingerprint = '';
     try {
-      return { ...applied, fingerprint: await verifyApplied(nft, compiled, tableComment) };
+      fingerprint = await verifyApplied(nft, compiled, tableComment);
     } catch {
-      return { ...applied, fingerprint: '' };
+      // none: the next drift check reads the table in full
     }
+    this.applied = { ...applied, fingerprint };
   }
 
   /**

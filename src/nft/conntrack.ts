@@ -46,6 +46,12 @@ export interface ConntrackClearerOptions {
 }
 
 const UPDATED_RE = /(\d+) flow entries have been updated/;
+
+/** A sweeper's run that did not succeed: the program missing (ENOENT, or 127 from a wrapper such as `ip netns exec`), timed out, or failed. */
+function runFailure(r: { exitCode?: number; timedOut: boolean }, reasons: { missing: string; timedOut: string; failed: () => string }): { ok: false; missing: boolean; reason: string } {
+  const missing = (r as { code?: string }).code === 'ENOENT' || r.exitCode === 127;
+  return { ok: false, missing, reason: missing ? reasons.missing : r.timedOut ? reasons.timedOut : reasons.failed() };
+}
 const ATTEMPTS = 3;
 
 export class ConntrackClearer implements FlowMarkClearer {
@@ -86,14 +92,13 @@ export class ConntrackClearer implements FlowMarkClearer {
         updated += Number(n[1]);
         continue;
       }
-      const missing = (r as { code?: string }).code === 'ENOENT' || r.exitCode === 127;
       const line = text.split('\n').find((l) => l.trim()) ?? '';
-      const reason = missing
-        ? `${file} not found (install conntrack: apt-get install conntrack)`
-        : r.timedOut
-          ? `${this.command.join(' ')} -U timed out after ${this.timeoutMs} ms`
-          : `${this.command.join(' ')} -U -f ${family} failed (exit ${r.exitCode ?? 'none'}): ${line.replace(/^conntrack v[\d.]+ \(conntrack-tools\): /, '').trim().slice(0, 300)}`;
-      return { result: { ok: false, missing, reason }, timedOut: r.timedOut };
+      const result = runFailure(r, {
+        missing: `${file} not found (install conntrack: apt-get install conntrack)`,
+        timedOut: `${this.command.join(' ')} -U timed out after ${this.timeoutMs} ms`,
+        failed: () => `${this.command.join(' ')} -U -f ${family} failed (exit ${r.exitCode ?? 'none'}): ${line.replace(/^conntrack v[\d.]+ \(conntrack-tools\): /, '').trim().slice(0, 300)}`,
+      });
+      return { result, timedOut: r.timedOut };
     }
     return { result: { ok: true, updated } };
   }
@@ -131,14 +136,12 @@ export class NativeFlowMarkClearer implements FlowMarkClearer {
     const r = await execa(file!, [...pre, 'clear', hex(mask)], { reject: false, timeout: this.timeoutMs, stdin: 'ignore' });
     const n = NATIVE_RE.exec(r.stdout);
     if (r.exitCode === 0 && n) return { ok: true, updated: Number(n[1]) };
-    const missing = (r as { code?: string }).code === 'ENOENT' || r.exitCode === 127;
     const line = r.stderr.split('\n').find((l) => l.trim())?.replace(/^secgroup-ctmark: /, '').trim().slice(0, 300) ?? '';
-    const reason = missing
-      ? `${this.path} not found`
-      : r.timedOut
-        ? `${this.path} timed out after ${this.timeoutMs} ms`
-        : `${this.path} failed (exit ${r.exitCode ?? 'none'}): ${line || r.stdout.trim().slice(0, 300) || 'no message'}`;
-    return { ok: false, missing, reason };
+    return runFailure(r, {
+      missing: `${this.path} not found`,
+      timedOut: `${this.path} timed out after ${this.timeoutMs} ms`,
+      failed: () => `${this.path} failed (exit ${r.exitCode ?? 'none'}): ${line || r.stdout.trim().slice(0, 300) || 'no message'}`,
+    });
   }
 }
 

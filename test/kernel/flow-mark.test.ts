@@ -107,6 +107,11 @@ describeKernel('the flow mark in the kernel', () => {
     return [...r.stdout.matchAll(/mark=(\d+)/g)].map((m) => Number(m[1]));
   }
 
+  /** The host's conntrack entries that `conntrack -L ARGS` lists, a line each. */
+  async function entries(...args: string[]): Promise<string[]> {
+    return (await lab().exec('host', 'conntrack', ['-L', ...args], { reject: false })).stdout.split('\n').filter((l) => l.trim());
+  }
+
   /** Runs `body` on a connection from the client to an echo server on the host's `port`; both are closed after it. */
   async function withConnection(port: number, body: (conn: OpenConnection) => Promise<void>): Promise<void> {
     const srv = await lab().tcpListen('host', port);
@@ -221,8 +226,7 @@ describeKernel('the flow mark in the kernel', () => {
         "burst('udp4', v4, 40000).then(() => burst('udp6', v6, 4000));",
       ].join('\n');
       await lab().exec('client', process.execPath, ['-e', fill, v4, v6], { timeoutMs: 120_000 });
-      const count = async (family: string, mark: string) =>
-        (await lab().exec('host', 'conntrack', ['-L', '-f', family, '-m', mark], { reject: false })).stdout.split('\n').filter((l) => l.trim()).length;
+      const count = async (family: string, mark: string) => (await entries('-f', family, '-m', mark)).length;
       const marked4 = await count('ipv4', '0x10005');
       const marked6 = await count('ipv6', '0x10005');
       // the veth may drop a few datagrams of the burst: most of them made a flow
@@ -262,7 +266,7 @@ describeKernel('the flow mark in the kernel', () => {
     try {
       const send = `const s = require('node:dgram').createSocket('udp4'); (async () => { for (let p = 1; p <= 150; p++) await new Promise((r) => s.send('x', p, '${LAYOUT.host.v4}', r)); s.close(); })();`;
       await lab().exec('client', process.execPath, ['-e', send]);
-      const list = async (...args: string[]) => (await lab().exec('host', 'conntrack', ['-L', '-f', 'ipv4', '-p', 'udp', ...args], { reject: false })).stdout.split('\n').filter((l) => l.trim());
+      const list = (...args: string[]) => entries('-f', 'ipv4', '-p', 'udp', ...args);
       const before = await list('-m', '0x10005');
       expect(before.filter((l) => / zone=5 /.test(l))).toHaveLength(50);
       expect(before.filter((l) => / zone-orig=7 /.test(l))).toHaveLength(50);
