@@ -39,6 +39,8 @@ const SIZES = (process.env.BENCH_FOOTPRINT_SIZES ?? '1000,10000,100000').split('
 const STREAM_EVERY_MS = 200;
 /** a directory: the agent runs with --cpu-prof there (stopped with SIGTERM so the profile is written) */
 const PROF_DIR = process.env.BENCH_FOOTPRINT_PROF;
+/** extra node options for the agent (e.g. `--trace-gc`; its stdout goes to agent-N.out in BENCH_FOOTPRINT_PROF, or is dropped) */
+const NODE_ARGS = (process.env.BENCH_FOOTPRINT_NODE_ARGS ?? '').split(' ').filter(Boolean);
 const HZ = 100;
 /** set: print each phase's CPU per thread of the agent (/proc/PID/task/TID/stat: main thread, V8 workers, libuv pool) */
 const THREADS = process.env.BENCH_FOOTPRINT_THREADS !== undefined;
@@ -167,7 +169,7 @@ async function runSize(lab: AgentLab, peer: Peer, bundle: string, dir: string, m
   // the controller sends member lists in its canonical order (protocol/delta.ts), which the agent's delta path relies on
   base.group_members = Object.fromEntries(Object.entries(base.group_members ?? {}).map(([g, list]) => [g, canonicalOrder(list)]));
   await peer.request({ cmd: 'policy', policy: base });
-  const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, ...(PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir', PROF_DIR] : []), bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: PROF_DIR ? ['ignore', 'ignore', { file: join(PROF_DIR, `agent-${members}.log`) }] : 'ignore', env: { ...agentEnv, TMPDIR: dir } });
+  const agent = execa('ip', ['netns', 'exec', lab.host, process.execPath, ...NODE_ARGS, ...(PROF_DIR && !process.env.BENCH_FOOTPRINT_NO_CPU_PROF ? ['--cpu-prof', '--cpu-prof-dir', PROF_DIR] : []), bundle, 'agent', '--config', config], { reject: false, buffer: false, stdio: PROF_DIR ? ['ignore', { file: join(PROF_DIR, `agent-${members}.out`) }, { file: join(PROF_DIR, `agent-${members}.log`) }] : 'ignore', env: { ...agentEnv, TMPDIR: dir } });
   const pid = agent.pid!;
   try {
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, from, 'hello');

@@ -122,7 +122,7 @@ export async function runPacketBench(): Promise<PacketRow[]> {
     const bin = buildTool(dir);
     const policy = parsePolicy(packetPolicy({ rules: RULES, v4Members: 10000, v6Members: 100000, benchPorts: [PORT, PORT + 2], udpPort: PORT + 3, v6: true }));
     const compiled = compilePolicy(policy);
-    // what the agent applies once its epoch's conntrack sweep is done: flow_known armed (reconciler.ts armApplied)
+    // what the agent applies once its epoch's conntrack sweep is done: flow_known armed (reconciler.ts startArming)
     setFlowGeneration(compiled.table, 1, true);
     const unmarked = compilePolicy(policy, { platform: { ...DEFAULT_PLATFORM, flowMarkMask: 0 } });
     const lookups = `conntrack rules, then ${compiled.stats.layers.ingress_v4} ingress v4 / ${compiled.stats.layers.ingress_v6} v6 map lookup layer(s) (${compiled.stats.elements} elements in all), allowed by the last rule`;

@@ -65,6 +65,7 @@
 import type { Timer } from '../lib/clock.js';
 import { SecgroupError, asSecgroupError, errorMessage } from '../lib/errors.js';
 import type { Compiled } from '../nft/compile.js';
+import type { ClearResult } from '../nft/conntrack.js';
 import { chainCounters, type RuleCounters } from '../nft/counters.js';
 import { composeMembershipChanges } from '../nft/membership.js';
 import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type Drift, type TableReadback } from '../nft/readback.js';
@@ -107,7 +108,7 @@ interface BeforeSync {
 /** How many recent transactions' markers count as ours (a burst of syncs may be reported after the next one was sent). */
 const OWN_MARKERS = 4;
 
-/** After a failed conntrack sweep the next waits this long, doubling up to the max (reconciler `armApplied`). */
+/** After a failed conntrack sweep the next waits this long, doubling up to the max (reconciler `armCleared`). */
 const FLOW_SWEEP_BACKOFF_MS = 60_000;
 const FLOW_SWEEP_BACKOFF_MAX_MS = 3_600_000;
 
@@ -143,8 +144,12 @@ export class Reconciler {
   /** generation markers of the last transactions sent (isOwnMarker) */
   private sentMarkers: string[] = [];
   private driftWatch: DriftWatch | null = null;
-  /** the flow mark as last sent (nft/flow-mark.ts; `nextFlowGeneration`, `armApplied`); `missing`: conntrack(8) is not installed, not tried again */
+  /** the flow mark as last sent (nft/flow-mark.ts; `nextFlowGeneration`, `startArming`); `missing`: conntrack(8) is not installed, not tried again */
   private flow: FlowMarkState & { missing: boolean; nextTryAt: number; backoffMs: number } = { mask: 0, generation: 0, armed: false, reason: null, missing: false, nextTryAt: 0, backoffMs: 0 };
+  /** counts the flow mark's epochs (a new one at generation 1, or the mark turned off): a sweep arms only the epoch it started in */
+  private flowEpoch = 0;
+  /** the sweep and arming of the current epoch, while under way (`startArming`) */
+  private arming: Promise<void> | null = null;
 
   constructor(opts: ReconcilerOptions) {
     this.o = { retryInitialMs: 1000, retryMaxMs: 60_000, incremental: true, checkBeforeApply: true, persistCoalesceMs: 0, ...opts };
@@ -350,7 +355,7 @@ export class Reconciler {
       return;
     }
     // a repair that started a new flow mark epoch arms it, as a loop's sync does after its ack
-    await this.armApplied();
+    this.startArming();
     logger.info(
       { event: 'drift_repaired', revision: applied.revision, drift: d.kind, detail: d.detail, via, inPlace: r.how === 'in-place', repair: r.how, durationMs: Math.max(0, clock.monotonic() - t0) },
       `drift repaired (${via}): revision ${applied.revision} re-applied after ${d.detail}`,
@@ -372,7 +377,10 @@ export class Reconciler {
 
   /** Resolves when no sync is running (a retry may still be scheduled). */
   async idle(): Promise<void> {
-    while (this.loopRunning) await this.loopRunning;
+    while (this.loopRunning || this.arming) {
+      await this.loopRunning;
+      await this.arming;
+    }
   }
 
   /** Stops retries and waits for a running sync; the ruleset stays in place. */
@@ -442,8 +450,9 @@ export class Reconciler {
           const acked = result;
           result = await this.mutex.run(() => this.checkAfterAck(acked, before));
         }
-        // a new flow mark epoch is armed after the ack: its sweep of the conntrack table (0.03 s at 1k marked connections, 0.8 s at 200k) does not hold the ack back
-        if (result.ok && this.flowArmDue()) await this.mutex.run(() => this.armApplied());
+        // a new flow mark epoch is armed after the ack, in the background: its sweep of the conntrack table (0.03 s at 1k marked
+        // connections, 0.8 s at 200k) holds back neither the ack nor the syncs after it
+        if (result.ok) this.startArming();
       }
       if (result.ok) {
         // after the ack (a 1M-member document takes ~0.2 s to write), before the next sync; when a newer
@@ -593,7 +602,7 @@ export class Reconciler {
    * generation, so connections are not matched again for nothing and the
    * transaction stays element updates. A new epoch (the first transaction,
    * a new mask, or the field about to wrap) starts at generation 1 with
-   * flow_known empty; `armApplied` fills it once the kernel's marks are
+   * flow_known empty; `startArming` fills it once the kernel's marks are
    * cleared. The table's flow chains are set in place; returns the restores
    * of them an incremental transaction needs (a full one carries the table).
    */
@@ -601,6 +610,7 @@ export class Reconciler {
     const table = plan.compiled.table;
     const mask = flowMaskOf(table);
     if (!mask) {
+      if (this.flow.mask !== 0) this.flowEpoch++;
       this.flow = { ...this.flow, mask: 0, generation: 0, armed: false, reason: null };
       this.o.metrics.flowMarkArmed.set(-1);
       return [];
@@ -611,6 +621,7 @@ export class Reconciler {
     if (this.flow.generation === 0 || mask !== this.flow.mask || generation > maxGeneration(mask)) {
       generation = 1;
       this.flow.armed = false;
+      this.flowEpoch++;
     }
     this.flow.mask = mask;
     this.flow.generation = generation;
@@ -619,32 +630,53 @@ export class Reconciler {
     return plan.kind === 'incremental' ? flowChainOps(table) : [];
   }
 
-  /** A sweep is due: unarmed, a sweeper, conntrack not missing, and any backoff after a failed sweep over (each sweep dumps the whole conntrack table). */
+  /** A sweep is due: unarmed, a sweeper, conntrack not missing, none under way, and any backoff after a failed sweep over (each sweep dumps the whole conntrack table). */
   private flowArmDue(): boolean {
-    return this.flow.mask !== 0 && !this.flow.armed && !this.flow.missing && this.o.flowMarks !== undefined && this.o.clock.monotonic() >= this.flow.nextTryAt;
+    return this.flow.mask !== 0 && !this.flow.armed && !this.flow.missing && this.arming === null && this.o.flowMarks !== undefined && this.o.clock.monotonic() >= this.flow.nextTryAt;
   }
 
   /**
    * The second half of a new flow mark epoch, when one is due (`flowArmDue`),
    * once its first transaction (generation 1, flow_known empty) is in the
-   * kernel and acked: under the mutex, after a loop's sync and after a
-   * repair. Clears the field on every connection (nft/conntrack.ts), then
-   * arms flow_known (and
-   * flow_allow, which marked nothing until then) in a transaction of its own (with the marker, so the drift monitor knows it as
-   * ours). Nothing is marked before the arming (flow_allow keeps the field
-   * at 0 while unarmed). When conntrack fails the table stays unarmed
+   * kernel and acked (after a loop's sync and after a repair): in the
+   * background, so that neither the ack nor the syncs after it wait for it.
+   * Clears the field on every connection (nft/conntrack.ts) outside the
+   * mutex: nothing writes the field meanwhile (flow_allow keeps it at 0
+   * while unarmed, whatever the syncs in between apply). Then, under the
+   * mutex, arms flow_known (and flow_allow) of the table applied by then,
+   * with the generation it has by then, in a transaction of its own (with
+   * the marker, so the drift monitor knows it as ours); unless a new epoch
+   * started meanwhile (its own sweep follows its first sync) or the
+   * reconciler stops. When conntrack fails the table stays unarmed
    * (correct, at the old cost per packet) and the first sync after a
    * backoff (1 min, doubling to 1 h) tries again; when it is not installed,
    * not again. The applied state's fingerprint, when it has one, is taken
-   * anew (the table's structure changed). Never throws.
+   * anew (the table's structure changed). `idle()` waits for it. Never throws.
    */
-  private async armApplied(): Promise<void> {
+  private startArming(): void {
+    if (!this.applied || this.stopped || !this.flowArmDue()) return;
+    const epoch = this.flowEpoch;
+    const mask = this.flow.mask;
+    const run = this.o
+      .flowMarks!.clear(mask)
+      .then((cleared) => this.mutex.run(() => this.armCleared(epoch, mask, cleared)))
+      .catch((e: unknown) => this.o.logger.warn({ event: 'flow_mark_unarmed', mask: hex(mask), err: e }, `flow mark not armed: ${errorMessage(e)}; retried at the next sync`))
+      .finally(() => {
+        if (this.arming !== run) return;
+        this.arming = null;
+        // a new epoch started during the sweep: its own sweep now (its first sync found this one under way)
+        if (epoch !== this.flowEpoch) this.startArming();
+      });
+    this.arming = run;
+  }
+
+  /** Under the mutex, after the sweep of epoch `epoch`: arms the applied table (see `startArming`). */
+  private async armCleared(epoch: number, mask: number, cleared: ClearResult): Promise<void> {
     const applied = this.applied;
-    if (!applied || this.stopped || !this.flowArmDue()) return;
+    if (!applied || this.stopped || epoch !== this.flowEpoch || this.flow.armed) return;
     const { compiled, tableComment } = applied;
     const { nft, logger } = this.o;
-    const { mask, generation } = this.flow;
-    const cleared = await this.o.flowMarks!.clear(mask);
+    const { generation } = this.flow;
     if (!cleared.ok) {
       this.flow.missing = cleared.missing;
       // a sweep dumps the whole conntrack table: after a failure, the next one waits (1 min, doubling to 1 h), whatever the syncs in between
