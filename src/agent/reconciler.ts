@@ -595,12 +595,15 @@ export class Reconciler {
    * Gives the transaction about to go out the next flow mark generation
    * (nft/flow-mark.ts): every transaction that changes what the rules
    * decide, and every repair, gets a new one, so no connection marked
-   * before it skips the rules after it. The one exception is a member delta
-   * that cannot deny a connection allowed now (`narrows` false: members
-   * joining groups of ingress allow rules, leaving groups of deny rules, or
-   * groups only egress rules use; nft/membership.ts): it keeps the
-   * generation, so connections are not matched again for nothing and the
-   * transaction stays element updates. A new epoch (the first transaction,
+   * before it skips the rules after it. The one exception is element
+   * updates that cannot deny a connection allowed now (`narrows` false): a
+   * member delta whose members join groups of ingress allow rules, leave
+   * groups of deny rules, or change groups only egress rules use
+   * (nft/membership.ts), and a whole document whose changes are such
+   * members or entries added to an address group of ingress allow rules
+   * (removed from one of deny rules; nft/diff.ts `elementUpdateNarrows`):
+   * it keeps the generation, so connections are not matched again for
+   * nothing and the transaction stays element updates. A new epoch (the first transaction,
    * a new mask, or the field about to wrap) starts at generation 1 with
    * flow_known empty; `startArming` fills it once the kernel's marks are
    * cleared. The table's flow chains are set in place; returns the restores
@@ -615,8 +618,12 @@ export class Reconciler {
       this.o.metrics.flowMarkArmed.set(-1);
       return [];
     }
-    // the fast path's table shares the applied one's flow chains, which hold the current generation
-    if (plan.kind === 'incremental' && plan.via === 'membership' && plan.narrows === false && this.flow.generation > 0 && mask === this.flow.mask) return [];
+    // element updates that cannot deny an allowed connection: the kernel's flow chains stay as they are (the fast path's table
+    // shares the applied one's; a compiled table's hold generation 1 until set here)
+    if (plan.kind === 'incremental' && (plan.via === 'membership' || plan.via === 'elements') && plan.narrows === false && this.flow.generation > 0 && mask === this.flow.mask) {
+      setFlowGeneration(table, this.flow.generation, this.flow.armed);
+      return [];
+    }
     let generation = this.flow.generation + 1;
     if (this.flow.generation === 0 || mask !== this.flow.mask || generation > maxGeneration(mask)) {
       generation = 1;

@@ -24,7 +24,7 @@
  * maps), so after it fails to apply only a full reload is right.
  */
 import { compilePolicy, type Compiled } from '../nft/compile.js';
-import { planElementUpdate } from '../nft/diff.js';
+import { elementUpdateNarrows, planElementUpdate } from '../nft/diff.js';
 import { applyMembershipChange, type MembershipChange } from '../nft/membership.js';
 import { reloadInPlaceTx, replaceTableTx, type NftTransaction } from '../nft/transaction.js';
 import type { PlatformOptions } from '../policy/platform.js';
@@ -73,7 +73,7 @@ export type SyncPlan = (
       tableComment: string | null;
       added: number;
       removed: number;
-      /** membership: false when no connection the rules allow now can be denied after it (nft/membership.ts); absent: it may */
+      /** membership and elements: false when no connection the rules allow now can be denied after it (nft/membership.ts, nft/diff.ts `elementUpdateNarrows`); absent: it may */
       narrows?: boolean;
     }
   /**
@@ -120,7 +120,8 @@ export function planSync(i: SyncInput): SyncPlan {
   const elements = base ? planElementUpdate(base.compiled.table, compiled.table) : null;
   if (elements && base) {
     const tx: NftTransaction = { family: 'inet', table: i.table, ops: elements.ops };
-    return { kind: 'incremental', via: 'elements', compiled, tx, tableComment: base.tableComment, added: elements.added, removed: elements.removed, ...why };
+    const narrows = elementUpdateNarrows(base.compiled.table, compiled.table, compiled.rules, elements.ops);
+    return { kind: 'incremental', via: 'elements', compiled, tx, tableComment: base.tableComment, added: elements.added, removed: elements.removed, narrows, ...why };
   }
   if (prev && !i.needFullSync) {
     return { kind: 'full', inPlace: true, compiled, tx: reloadInPlaceTx(compiled.table, prev.compiled.table), tableComment: prev.tableComment, ...why };

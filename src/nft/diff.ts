@@ -5,7 +5,7 @@
  * which keeps rule counters and costs the kernel far less.
  */
 import { AddressSet } from '../policy/address-set.js';
-import { elementList, memberElement, type MapElement, type Table } from './model.js';
+import { elementList, memberElement, type MapElement, type Table, type Verdict } from './model.js';
 import type { NftOp } from './transaction.js';
 import { flowMaskOf, isFlowChain } from './flow-mark.js';
 
@@ -89,4 +89,84 @@ export function planElementUpdate(from: Table, to: Table, maxChanges = 1000): El
     ops.push({ op: 'set-marker', family: to.family, table: to.name, text: to.marker });
   }
   return { ops, added, removed };
+}
+
+/** What `elementUpdateNarrows` needs of a rule chain (compile.ts `RuleChainInfo`). */
+export interface RuleOfChain {
+  chain: string;
+  direction: 'ingress' | 'egress';
+  action: 'allow' | 'deny';
+}
+
+/**
+ * Can element updates (`planElementUpdate(from, to)`'s ops) turn an inbound
+ * connection the rules allow now into one they deny? The flow mark keeps
+ * its generation when not (reconciler.ts, as for member deltas:
+ * membership.ts `narrows`): the two tables have the same skeleton, so the
+ * same lookups in the same order, and only these element changes count:
+ * - an element of a verdict map removed whose rule is an ingress allow, or
+ *   one added whose rule is an ingress deny (a packet's first match can
+ *   only move to an added element, so an added allow or a removed deny
+ *   only widens what is allowed);
+ * - a member leaving a set that an ingress lookup tests before a map (or a
+ *   verdict) that holds an allow rule, or joining one that holds a deny
+ *   rule (the elements of that map before and after both count).
+ * Egress rules never decide a packet from the peer of an inbound
+ * connection (flow-mark.ts). A verdict that is not a jump to a rule chain
+ * of `rules`, or a set tested by a rule we cannot read, counts as narrowing.
+ */
+export function elementUpdateNarrows(from: Table, to: Table, rules: readonly RuleOfChain[], ops: readonly NftOp[]): boolean {
+  const ruleOf = new Map(rules.map((r) => [r.chain, r]));
+  /** 'allow' / 'deny' of an ingress rule's verdict, 'egress', or null when it is not a rule chain's */
+  const decides = (vd: Verdict | undefined): 'allow' | 'deny' | 'egress' | null => {
+    const r = vd?.kind === 'jump' ? ruleOf.get(vd.chain) : undefined;
+    return r === undefined ? null : r.direction === 'egress' ? 'egress' : r.action;
+  };
+  const mapsOf = (t: Table) => new Map(t.maps.map((m) => [m.name, m]));
+  const before = mapsOf(from);
+  const after = mapsOf(to);
+  /** what the lookups that test set `name` can decide: the verdicts after it, in both tables */
+  const afterSet = (name: string): ('allow' | 'deny' | 'egress' | null)[] => {
+    const out: ('allow' | 'deny' | 'egress' | null)[] = [];
+    for (const chain of to.chains) {
+      for (const rule of chain.rules) {
+        if (!rule.exprs.some((e) => e.kind === 'match' && !Array.isArray(e.right) && e.right.kind === 'setref' && e.right.name === name)) continue;
+        let read = false;
+        for (const e of rule.exprs) {
+          if (e.kind === 'verdict') {
+            out.push(decides(e.verdict));
+            read = true;
+          } else if (e.kind === 'vmap') {
+            for (const m of [before.get(e.map), after.get(e.map)]) {
+              if (!m || m.elements instanceof AddressSet) out.push(null);
+              else for (const el of m.elements) out.push(decides(el.verdict));
+            }
+            read = true;
+          }
+        }
+        if (!read) out.push(null);
+      }
+    }
+    return out;
+  };
+  for (const op of ops) {
+    if (op.op !== 'update-elements') continue;
+    const m = after.get(op.map);
+    if (m?.set) {
+      const outcomes = afterSet(op.map);
+      if (outcomes.includes(null)) return true;
+      if (op.remove.length && outcomes.includes('allow')) return true;
+      if (op.add.length && outcomes.includes('deny')) return true;
+      continue;
+    }
+    for (const el of op.remove) {
+      const d = decides(el.verdict);
+      if (d === null || d === 'allow') return true;
+    }
+    for (const el of op.add) {
+      const d = decides(el.verdict);
+      if (d === null || d === 'deny') return true;
+    }
+  }
+  return false;
 }

@@ -131,7 +131,7 @@ function randomPrefix(rng: Rng, family: Family): string {
   return `${fmt(family, mask(family, addr, len))}/${len}`;
 }
 
-function randomIpSetEntry(rng: Rng, family: Family): string {
+export function randomIpSetEntry(rng: Rng, family: Family): string {
   const kind = rng.weighted<string>([
     [2, 'ip'],
     [2, 'cidr'],

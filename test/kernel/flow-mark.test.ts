@@ -297,7 +297,7 @@ describeKernel('the flow mark in the kernel', () => {
     });
   });
 
-  it('through the reconciler, a member joining an allow rule\'s group keeps the generation (a live connection is not matched again); the member leaving cuts it', async () => {
+  it('through the reconciler, members joining an allow rule\'s group (a delta, then a whole document) keep the generation (a live connection is not matched again); the member leaving cuts it', async () => {
     const client = LAYOUT.client.v4;
     const members = (revision: number, list: string[]): PolicyInput => ({
       ...doc(null, revision),
@@ -319,8 +319,13 @@ describeKernel('the flow mark in the kernel', () => {
         expect(r.flowMark).toMatchObject({ generation: 1, armed: true });
         for (const line of ['two', 'three']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
         expect(await ruleCount(7109)).toBe(1);
+        // one more joins in a whole document (no delta: after a reconnect, say): element updates that only widen, the generation stays
+        expect(await r.submit(parsePolicy(members(3, [client, '198.18.0.77', '198.18.0.78'])), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+        expect(r.flowMark).toMatchObject({ generation: 1, armed: true });
+        expect((await conn.sendLine('four', { timeoutMs: 2000 })).status).toBe('echoed');
+        expect(await ruleCount(7109)).toBe(1);
         // the client leaves the group: a new generation, its next packet is matched and dropped
-        expect(await r.submit(parsePolicy(members(3, ['198.18.0.77'])), 'controller', { base: 2, groups: { peers: { add: [], remove: [client] } } })).toMatchObject({
+        expect(await r.submit(parsePolicy(members(4, ['198.18.0.77', '198.18.0.78'])), 'controller', { base: 3, groups: { peers: { add: [], remove: [client] } } })).toMatchObject({
           status: 'applied',
           kind: 'incremental',
         });

@@ -179,11 +179,24 @@ describe('reconciler: the flow mark', () => {
     expect(r.flowMark).toMatchObject({ generation: 3, armed: true });
     expect(chainLines(nft, 'flow_allow')).toEqual(['ct mark set ct mark and 0x0000ffff or 0x00030000 accept comment "flow mark: generation 3"']);
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
-    // a whole document whose only change is members: still element updates (the flow chains' rules are the agent's, not the policy's), a new generation
+    // a whole document whose only change is members joining (and an entry added to the address group of an allow rule):
+    // element updates (the flow chains' rules are the agent's, not the policy's) that widen only, the generation kept
     const more = ['198.18.0.10', '198.18.0.12', '198.18.0.30', '198.18.0.31'];
-    expect(await submit(policy(5, { httpPort: '8080', members: more }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+    before = applies(nft).length;
+    expect(await submit(policy(5, { httpPort: '8080', members: more, office: ['198.18.5.0/24', '198.18.8.0/24'] }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+    delta = applies(nft).slice(before);
+    expect(delta.map(opNames)).toEqual([['update-elements', 'update-elements', 'set-marker']]);
+    expect(r.flowMark).toMatchObject({ generation: 3, armed: true });
+    expect(chainLines(nft, 'flow_known')).toEqual(['ct mark and 0xffff0000 == 0x00030000 accept comment "flow mark: allowed under generation 3"']);
+    expect(await r.checkDrift()).toBeNull();
+    // a whole document where a member leaves: a new generation
+    expect(await submit(policy(6, { httpPort: '8080', members: more.slice(0, 3), office: ['198.18.5.0/24', '198.18.8.0/24'] }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
     expect(opNames(applies(nft).at(-1)!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
     expect(r.flowMark).toMatchObject({ generation: 4, armed: true });
+    // and one where the address group of the allow rule loses an entry: a new generation
+    expect(await submit(policy(7, { httpPort: '8080', members: more.slice(0, 3) }), 'controller')).toMatchObject({ status: 'applied', kind: 'incremental' });
+    expect(opNames(applies(nft).at(-1)!)).toEqual(['update-elements', 'set-marker', 'restore-chain flow_known', 'restore-chain flow_allow']);
+    expect(r.flowMark).toMatchObject({ generation: 5, armed: true });
     expect((await nft.readCounters())!.get(http)).toEqual({ packets: 40, bytes: 4000 });
     // one clear for the whole epoch
     expect(clearer!.calls).toHaveLength(1);
