@@ -20,7 +20,7 @@ import { MemoryStateStore } from '../../src/agent/state-store.js';
 import { FakeClock } from '../../src/lib/clock.js';
 import { silentLogger } from '../../src/lib/logger.js';
 import { compilePolicy, ruleChainName } from '../../src/nft/compile.js';
-import { ConntrackClearer, CTMARK_FILE, NativeFlowMarkClearer } from '../../src/nft/conntrack.js';
+import { ConntrackClearer, CTMARK_FILE, NativeFlowMarkClearer, type FlowMarkClearer } from '../../src/nft/conntrack.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
 import { setFlowGeneration } from '../../src/nft/flow-mark.js';
 import { renderScript } from '../../src/nft/render.js';
@@ -65,7 +65,7 @@ describeKernel('the flow mark in the kernel', () => {
   const native = () => new NativeFlowMarkClearer({ path: join(bin, CTMARK_FILE), prefix: inHost() });
 
   /** A reconciler on the host's table, as the agent sets it up (secgroup-ctmark its sweeper); no drift after `body`; stopped after it. */
-  async function withReconciler(body: (r: Reconciler) => Promise<void>): Promise<void> {
+  async function withReconciler(body: (r: Reconciler) => Promise<void>, flowMarks: FlowMarkClearer = native()): Promise<void> {
     await lab().clearRuleset();
     const runner = nft();
     const r = new Reconciler({
@@ -76,7 +76,7 @@ describeKernel('the flow mark in the kernel', () => {
       metrics: new AgentMetrics(),
       platform: DEFAULT_PLATFORM,
       checkBeforeApply: false,
-      flowMarks: native(),
+      flowMarks,
     });
     try {
       await body(r);
@@ -295,6 +295,45 @@ describeKernel('the flow mark in the kernel', () => {
         expect((await conn.sendLine('cut', { timeoutMs: 1500 })).status).not.toBe('echoed');
       });
     });
+  });
+
+  it('a change that arrives while the sweep runs is applied at once, unarmed; the arming then takes its generation, and a connection made meanwhile skips the rules after its next packet', async () => {
+    // the sweep held at a gate, then the real secgroup-ctmark
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const real = native();
+    let sweeps = 0;
+    const held: FlowMarkClearer = {
+      clear: async (mask) => {
+        sweeps++;
+        await gate;
+        return real.clear(mask);
+      },
+    };
+    const two = (revision: number): PolicyInput => ({ ...doc(7110, revision), security_groups: [{ id: 'sg', name: 'sg', rules: [{ id: 'tcp-7110', direction: 'ingress', protocol: 'tcp', multiport: '7110' }, { id: 'tcp-7111', direction: 'ingress', protocol: 'tcp', multiport: '7111' }, ...EGRESS_ALL] }] });
+    await withReconciler(async (r) => {
+      expect(await r.submit(parsePolicy(doc(7110)), 'controller')).toMatchObject({ status: 'applied' });
+      // a rule added while the sweep waits: applied without waiting for it, a new generation, still unarmed
+      expect(await r.submit(parsePolicy(two(2)), 'controller')).toMatchObject({ status: 'applied' });
+      expect(sweeps).toBe(1);
+      expect(r.flowMark).toMatchObject({ generation: 2, armed: false });
+      expect((await lab().exec('host', 'nft', ['list', 'chain', 'inet', 'secgroup', 'flow_known'])).stdout).not.toContain('accept');
+      await withConnection(7110, async (conn) => {
+        // unarmed: every packet from the client runs the rules
+        for (const line of ['one', 'two']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
+        expect(await ruleCount(7110)).toBeGreaterThan(2);
+        release();
+        await r.idle();
+        expect(r.flowMark).toEqual({ mask: MASK, generation: 2, armed: true, reason: null });
+        expect((await lab().exec('host', 'nft', ['list', 'chain', 'inet', 'secgroup', 'flow_known'])).stdout).toContain('ct mark 0x00020000/16 accept');
+        // armed: the next packet is matched once and marked, the ones after skip the rules
+        expect((await conn.sendLine('three', { timeoutMs: 2000 })).status).toBe('echoed');
+        const marked = await ruleCount(7110);
+        for (const line of ['four', 'five']) expect((await conn.sendLine(line, { timeoutMs: 2000 })).status).toBe('echoed');
+        expect(await ruleCount(7110)).toBe(marked);
+        expect(await marks(7110)).toEqual([0x00020000]);
+      });
+    }, held);
   });
 
   it('through the reconciler, members joining an allow rule\'s group (a delta, then a whole document) keep the generation (a live connection is not matched again); the member leaving cuts it', async () => {
