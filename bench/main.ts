@@ -16,6 +16,7 @@ import { runApiWritesBench } from './api-writes.js';
 import { runDriftBench } from './drift.js';
 import { runConsoleBench } from './console.js';
 import { runSweepBench } from './sweep.js';
+import { runStateWriteBench } from './state-write.js';
 
 type Part = { name: string; what: string; run: () => Promise<Record<string, unknown>[]> | Record<string, unknown>[] };
 
@@ -57,6 +58,11 @@ const PARTS: Part[] = [
     name: 'sweep',
     what: "the flow mark's conntrack sweep on a big table (still, or changing while it runs): secgroup-ctmark vs conntrack -U (reference), 1k marked entries still (BENCH_SWEEP_STATIC_SIZES), 20k/100k/200k with new connections made meanwhile (BENCH_SWEEP_SIZES), BENCH_SWEEP_ROUNDS (3) rounds each",
     run: async () => (await runSweepBench()) as unknown as Record<string, unknown>[],
+  },
+  {
+    name: 'state-write',
+    what: "the agent's write of its last known good, one remote group of 10k / 100k / 1M members (BENCH_STATE_SIZES): FileStateStore.save (long lists a slice at a time) vs the document as one string and one write (reference); CPU per write (median of BENCH_STATE_WRITES, 7) and the peak RSS the writes add, one child process each",
+    run: async () => (await runStateWriteBench()) as unknown as Record<string, unknown>[],
   },
   {
     name: 'store',

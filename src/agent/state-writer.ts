@@ -1,7 +1,8 @@
 /**
  * Writes the last known good (state-store.ts) after the reconciler's syncs,
  * coalesced after element updates: a write serialises the whole document
- * (~13 ms at 100k members) while a member delta costs a fraction of that, so
+ * (~10 ms of CPU at 100k members, `npm run bench -- state-write`) while a
+ * member delta costs a fraction of that, so
  * after element updates a write happens at most once per `coalesceMs`, and
  * one trailing write takes the newest applied revision when the window ends.
  * After a full reload, a failure or on `stop` the caller writes at once
