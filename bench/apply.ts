@@ -24,9 +24,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { BenchLab } from './lab.js';
+import { BenchLab, bundleBench } from './lab.js';
 import { bigMember, groupPolicy, syntheticPolicy } from './policies.js';
 import { FileStateStore } from '../src/agent/state-store.js';
 import { applyPolicyDelta } from '../src/protocol/delta.js';
@@ -255,10 +254,9 @@ export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'sgt-apply-'));
   const rows: ApplyRow[] = [];
   try {
-    // the children run this file bundled: tsx's loader alone holds ~50 MB more than the agent's bundle; CommonJS as the
-    // agent's program is (scripts/bundle.mjs: the same code as an ES module holds ~3 MB more)
+    // the children run this file bundled, as the agent's program is (lab.ts bundleBench)
     const bundle = join(dir, 'apply-bench.cjs');
-    execFileSync(process.execPath, [fileURLToPath(new URL('../scripts/bundle.mjs', import.meta.url)), '--entry', fileURLToPath(import.meta.url), '--outfile', bundle], { stdio: 'ignore' });
+    bundleBench(import.meta.url, bundle);
     for (const c of CASES) {
       if (only ? !only.includes(c.case) : c.optIn) continue;
       const child = (mode: string, ...args: string[]) =>

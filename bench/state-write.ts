@@ -19,10 +19,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { open, rename } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { FileStateStore, renderStateText } from '../src/agent/state-store.js';
 import { tuneForFootprint } from '../src/agent/footprint.js';
 import { parsePolicy, type Policy } from '../src/policy/schema.js';
+import { bundleBench } from './lab.js';
 import { groupPolicy } from './policies.js';
 
 const SIZES = (process.env.BENCH_STATE_SIZES ?? '10000,100000,1000000').split(',').map(Number);
@@ -79,7 +79,7 @@ export async function runStateWriteBench(): Promise<StateWriteRow[]> {
   const rows: StateWriteRow[] = [];
   try {
     const bundle = join(work, 'state-write.cjs');
-    execFileSync(process.execPath, [fileURLToPath(new URL('../scripts/bundle.mjs', import.meta.url)), '--entry', fileURLToPath(import.meta.url), '--outfile', bundle], { stdio: 'ignore' });
+    bundleBench(import.meta.url, bundle);
     for (const members of SIZES) {
       for (const way of ['slices', 'one string'] as const) {
         // in memory, as the agent's state directory's writes cost no disk here either way
