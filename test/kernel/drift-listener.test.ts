@@ -49,6 +49,8 @@ describe.skipIf(skip !== null)(`drift repaired through secgroup-nftwatch at ${ME
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
     await peer.request({ cmd: 'policy', policy: driftLabPolicy(revision, { members, prefixRules: true }) });
     await peer.waitForAck(revision, 'applied');
+    // the flow mark's sweep and arming follow the ack in the background (reconciler.ts startArming): the table settles then
+    await agent.waitFor((l) => l.event === 'flow_mark_armed' || l.event === 'flow_mark_unarmed', 30_000, 0, 'the flow mark armed after the first apply');
     // the listener said ready itself (no probe) and its one full check ran
     await agent.waitFor((l) => l.event === 'drift_monitor_ready' && l.announced === true, 30_000, 0, 'listener ready');
     original = await listing();

@@ -38,6 +38,8 @@ describe.skipIf(skip !== null)(`drift monitor in a network namespace${skip ? ` (
     await peer.waitFor((l) => l.event === 'message' && (l.message as { type: string }).type === 'hello', 30_000, 0, 'hello');
     await peer.request({ cmd: 'policy', policy: driftLabPolicy(1, { members: PEERS }) });
     await peer.waitForAck(1, 'applied');
+    // the flow mark's sweep and arming follow the ack in the background (reconciler.ts startArming): the table settles then
+    await agent.waitFor((l) => l.event === 'flow_mark_armed' || l.event === 'flow_mark_unarmed', 30_000, 0, 'the flow mark armed after the first apply');
     // the monitor's first full check (settleMs after it started) has run: it covers the table
     await agent.waitFor((l) => l.event === 'drift_monitor_started', 5000, 0, 'monitor started');
     await new Promise((r) => setTimeout(r, 1000));
