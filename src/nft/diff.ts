@@ -129,6 +129,7 @@ export function elementUpdateNarrows(from: Table, to: Table, rules: readonly Rul
   const afterSet = (name: string): ('allow' | 'deny' | 'egress' | null)[] => {
     const out: ('allow' | 'deny' | 'egress' | null)[] = [];
     for (const chain of to.chains) {
+      if (ruleOf.has(chain.name)) continue; // a rule chain: its counter and verdict, no lookup
       for (const rule of chain.rules) {
         if (!rule.exprs.some((e) => e.kind === 'match' && !Array.isArray(e.right) && e.right.kind === 'setref' && e.right.name === name)) continue;
         let read = false;

@@ -15,8 +15,8 @@
  * other software) holds the *generation* of the rules that allowed it. The
  * agent gives every transaction it sends a new generation, so a connection
  * that carries the current one is allowed by the rules in place (the one
- * exception: a member delta that cannot deny an allowed connection keeps
- * the generation, nft/membership.ts `narrows`, agent/reconciler.ts):
+ * exception: element updates that cannot deny an allowed connection keep
+ * the generation, nft/diff.ts `elementUpdateNarrows`, agent/reconciler.ts):
  *
  *     input:      ... ct state established ct direction original jump flow_known
  *     flow_known: ct mark and 0xffff0000 == 0x00070000 accept       (armed; empty when not)

@@ -31,6 +31,7 @@ import { memberSetName } from './names.js';
 import { AddressSet, type Peers } from '../policy/address-set.js';
 import { comment, memberElement, type MapElement, type VerdictMap } from './model.js';
 import type { NftOp } from './transaction.js';
+import { elementUpdateNarrows } from './diff.js';
 
 /** Per remote group: members added and removed (addresses as text). */
 export type MembershipChange = Record<string, { add: readonly string[]; remove: readonly string[] }>;
@@ -51,7 +52,8 @@ export type MembershipResult =
        * change to groups only egress rules use: every connection allowed
        * before is allowed after (first match: the deny rules before its
        * allow still do not match it, and whatever matches it first now is an
-       * allow), so the flow mark keeps its generation (reconciler.ts).
+       * allow), so the flow mark keeps its generation (reconciler.ts). Read
+       * off the ops by diff.ts `elementUpdateNarrows`, as for a whole document.
        */
       narrows: boolean;
     }
@@ -122,7 +124,6 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
   const peerEdits: { peers: AddressSet; add: bigint[]; remove: bigint[] }[] = [];
   const touched = new Set<string>(); // family:address changed in some group
   const effective: string[] = [];
-  let narrows = false;
 
   for (const [groupId, c] of Object.entries(change)) {
     for (const family of [4, 6] as Family[]) {
@@ -178,7 +179,6 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
           continue;
         }
         live++;
-        if (r.direction === 'ingress' && (r.action === 'allow' ? removeList.length > 0 : addList.length > 0)) narrows = true;
         if (!addList.length) continue;
         for (let j = 0; j < l.rules.length; j++) {
           const q = l.rules[j]!;
@@ -236,7 +236,8 @@ export function applyMembershipChange(prev: Compiled, policy: Policy, change: Me
     digest,
     stats: { ...prev.stats, elements: prev.stats.elements + added - removed },
   };
-  return { ok: true, compiled, ops, added, removed, narrows };
+  // the member sets' tail maps and rules are the applied table's: one table stands for before and after (diff.ts)
+  return { ok: true, compiled, ops, added, removed, narrows: elementUpdateNarrows(table, table, prev.rules, ops) };
 }
 
 /**
