@@ -18,7 +18,11 @@
  * compiles (footprint.ts); the time of a full apply runs to its ack (its
  * marker read follows the ack). Each full apply is a fresh reconciler's
  * first, after the probe the agent makes at start (it finds no table, so
- * no counters are read to carry).
+ * no counters are read to carry). The runner sends full replacements as
+ * the agent's does: the netlink batch it encodes, through
+ * secgroup-nftload (dist/, scripts/build-native.sh; its peak RSS counted
+ * with nft's); BENCH_APPLY_NFT_ONLY=1 measures the agent with `nft -f`
+ * instead (no loader), as before it had one.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -107,7 +111,16 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
   const nftCmd = ['/usr/bin/time', '-a', '-o', rssFile, '-f', '%M', 'ip', 'netns', 'exec', ns, 'nft'];
   const nftPeak = () => Math.max(0, ...readFileSync(rssFile, 'utf8').split('\n').filter((l) => /^\d+$/.test(l)).map(Number)) / 1024;
   // as the agent daemon runs nft: from a helper shell started while this process is small
-  const runner = new ExecaNftRunner({ table: 'secgroup', command: nftCmd, timeoutMs: 600_000, helper: true });
+  // native/secgroup-nftload of the checkout (the parent builds it and names it: this child runs bundled elsewhere)
+  const loaderCmd = ['/usr/bin/time', '-a', '-o', rssFile, '-f', '%M', 'ip', 'netns', 'exec', ns, process.env.BENCH_APPLY_LOADER!];
+  let fellBack: string | null = null;
+  const runner = new ExecaNftRunner({
+    table: 'secgroup',
+    command: nftCmd,
+    timeoutMs: 600_000,
+    helper: true,
+    ...(process.env.BENCH_APPLY_NFT_ONLY ? {} : { loader: loaderCmd, onLoaderFallback: (why: string) => (fellBack = why) }),
+  });
   const nftF = async () => {
     const t0 = performance.now();
     await execa(nftCmd[0]!, [...nftCmd.slice(1), '-f', reference.file]);
@@ -143,12 +156,14 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
     if (o.kind !== 'full') throw new Error(`expected a full apply, got ${o.kind}`);
     await r.stop();
   }
+  // a bench of the loader that fell back to nft would measure nft: say so, loudly
+  if (fellBack) throw new Error(`${c.case}: the full apply went through nft -f: ${fellBack}`);
   const fullApplyPeak = round(vmHwmMb());
   const rows: ApplyRow[] = [
     {
       case: c.case,
       elements,
-      what: 'agent full apply (compile+render+apply+verify, no separate --check), best of 3',
+      what: process.env.BENCH_APPLY_NFT_ONLY ? 'agent full apply through nft -f (compile+render+nft -f, no separate --check), best of 3' : 'agent full apply (compile, netlink batch encoded and sent by secgroup-nftload), best of 3',
       reference: 'nft -f of the same script, best of 3',
       ms: round(best.agent),
       referenceMs: round(best.ref),
@@ -250,6 +265,7 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
 }
 
 export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
+  execFileSync('bash', [join(import.meta.dirname, '../scripts/build-native.sh')], { stdio: 'inherit' });
   const lab = await BenchLab.create();
   const dir = mkdtempSync(join(tmpdir(), 'sgt-apply-'));
   const rows: ApplyRow[] = [];
@@ -264,7 +280,7 @@ export async function runApplyBench(only?: string[]): Promise<ApplyRow[]> {
         // line, which would also shrink the young generation the agent keeps), the unit's Environment=
         execFileSync(process.execPath, ['--max-old-space-size=8192', bundle, mode, c.case, ...args], {
           // (the code cache: written by the --script child at its exit, read by the --child)
-          env: { ...process.env, ...unitEnvironment({ cacheDir: join(dir, 'compile-cache') }) },
+          env: { ...process.env, ...unitEnvironment({ cacheDir: join(dir, 'compile-cache') }), BENCH_APPLY_LOADER: join(import.meta.dirname, '../dist/secgroup-nftload') },
           encoding: 'utf8',
           maxBuffer: 1 << 24,
           timeout: 600_000,

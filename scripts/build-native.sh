@@ -6,6 +6,9 @@
 #   - native/secgroup-ctmark.c (clears the flow mark's bits in the conntrack
 #     table over ctnetlink, see its header) -> secgroup-ctmark; libc only,
 #     like the listener;
+#   - native/secgroup-nftload.c (sends the nf_tables netlink batch the agent
+#     encoded, in one piece, and reports the kernel's errors, see its header)
+#     -> secgroup-nftload; libc only, like the listener;
 #   - native/secgroup-memtrim.c (gives the agent's free C heap back, see its
 #     header) -> secgroup-memtrim.node, a Node-API addon; needs gcc and the
 #     node_api.h of a Node.js install (include/node next to the node on PATH,
@@ -18,7 +21,7 @@ out="${1:-$repo/dist}"
 mkdir -p "$out"
 fresh() { [[ -f $1 && $1 -nt $2 && $1 -nt ${BASH_SOURCE[0]} ]]; }
 
-for name in secgroup-nftwatch secgroup-ctmark; do
+for name in secgroup-nftwatch secgroup-ctmark secgroup-nftload; do
   src="$repo/native/$name.c"
   bin="$out/$name"
   if ! fresh "$bin" "$src"; then

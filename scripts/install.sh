@@ -66,6 +66,7 @@ PART=$LIB_DIR/secgroup-controller.cjs # loaded by `secgroup controller` only
 LISTENER=$LIB_DIR/secgroup-nftwatch
 MEMTRIM=$LIB_DIR/secgroup-memtrim.node
 CTMARK=$LIB_DIR/secgroup-ctmark
+NFTLOAD=$LIB_DIR/secgroup-nftload
 WRAPPER=/usr/local/bin/secgroup
 UNIT_DIR=/usr/local/lib/systemd/system
 CONFIG_DIR=/etc/secgroup
@@ -202,6 +203,8 @@ EOF
     "(scripts/build-native.sh builds it): the agent follows changes with nft monitor instead"
   optional "$beside/$(basename "$CTMARK")" "$CTMARK" 0755 "clears the flow mark's bits in the conntrack table" \
     "(scripts/build-native.sh builds it): the agent clears them with conntrack(8) instead"
+  optional "$beside/$(basename "$NFTLOAD")" "$NFTLOAD" 0755 "sends a full apply to the kernel as the netlink batch the agent encodes" \
+    "(scripts/build-native.sh builds it): the agent applies full tables with nft -f instead (slower for rule-heavy tables)"
   optional "$beside/$(basename "$MEMTRIM")" "$MEMTRIM" 0644 "gives the agent's free C heap back after bursts" \
     "(scripts/build-native.sh builds it): the agent runs without it (idle RSS a few MB higher)"
 

@@ -9,7 +9,9 @@
 # the controller has no native addon). The agent's also carries the drift
 # monitor's listener (native/secgroup-nftwatch.c, scripts/build-native.sh) in
 # /usr/lib/secgroup/secgroup-nftwatch, the flow mark's conntrack sweep
-# (native/secgroup-ctmark.c) in /usr/lib/secgroup/secgroup-ctmark, and the
+# (native/secgroup-ctmark.c) in /usr/lib/secgroup/secgroup-ctmark, the sender
+# of full applies as netlink batches (native/secgroup-nftload.c) in
+# /usr/lib/secgroup/secgroup-nftload, and the
 # addon that gives its free C heap back (native/secgroup-memtrim.c) in
 # /usr/lib/secgroup/secgroup-memtrim.node, where the agent looks for them. The controller's also carries the web
 # console's static files (dist/console) in /usr/lib/secgroup-controller/console.
@@ -78,6 +80,7 @@ install -d -m 0755 "$r/DEBIAN" "$r/usr/bin" "$r/lib/systemd/system" "$r/etc/secg
 install -m 0755 "$sea" "$r/usr/bin/secgroup"
 install -D -m 0755 -s dist/secgroup-nftwatch "$r/usr/lib/secgroup/secgroup-nftwatch"
 install -D -m 0755 -s dist/secgroup-ctmark "$r/usr/lib/secgroup/secgroup-ctmark"
+install -D -m 0755 -s dist/secgroup-nftload "$r/usr/lib/secgroup/secgroup-nftload"
 install -D -m 0644 -s dist/secgroup-memtrim.node "$r/usr/lib/secgroup/secgroup-memtrim.node"
 sed 's#/usr/local/bin/secgroup#/usr/bin/secgroup#; s#Installed by scripts/install.sh#Installed by the secgroup-agent package (or scripts/install.sh)#' \
   systemd/secgroup-agent.service >"$r/lib/systemd/system/secgroup-agent.service"

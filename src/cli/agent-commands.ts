@@ -111,6 +111,15 @@ function driftSource(config: AgentConfig, logger: Logger): NftMonitor {
   );
 }
 
+const NFTLOAD_FILE = 'secgroup-nftload';
+
+/** The loader `nft_loader` names: the path, `auto`'s first existing candidate, or null (nft -f only). */
+function nftLoaderPath(setting: string, exists: (path: string) => boolean): string | null {
+  if (setting === '') return null;
+  if (setting !== 'auto') return setting;
+  return agentPartCandidates(NFTLOAD_FILE).find(exists) ?? null;
+}
+
 /** The flow mark's conntrack sweep: secgroup-ctmark where the packages put it (or dist/ of a checkout), else conntrack(8); says at start which. */
 function flowMarks(config: AgentConfig, logger: Logger): ReturnType<typeof flowMarkClearer> {
   const c = flowMarkClearer(agentPartCandidates(CTMARK_FILE), existsSync, config.nft_timeout_ms);
@@ -204,7 +213,19 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         throw new SecgroupError('CONFIG_INVALID', `cannot read controller.ca_file ${c.ca_file}: ${errorMessage(e)}`, { cause: e });
       }) : undefined;
       // nft from a helper shell started now, while the process is small (fork cost grows with it)
-      const nft = new ExecaNftRunner({ table: config.table, helper: true, timeoutMs: config.nft_timeout_ms });
+      const loader = nftLoaderPath(config.nft_loader, existsSync);
+      const nft = new ExecaNftRunner({
+        table: config.table,
+        helper: true,
+        timeoutMs: config.nft_timeout_ms,
+        ...(loader ? { loader: [loader] } : {}),
+        onLoaderFallback: (reason, kind) =>
+          kind === 'unsupported'
+            ? logger.info({ event: 'nft_loader_fallback', kind, reason }, `full apply through nft -f: ${reason}`)
+            : logger.warn({ event: 'nft_loader_fallback', kind, reason }, `full apply through nft -f: ${reason}`),
+      });
+      if (loader) logger.debug({ event: 'nft_loader', path: loader }, `full applies go to the kernel as a netlink batch through ${loader}`);
+      else logger.info({ event: 'nft_loader', path: null }, config.nft_loader === '' ? 'nft_loader is off: full applies through nft -f' : `${NFTLOAD_FILE} not found: full applies through nft -f (slower for rule-heavy tables)`);
       if (nft.helperError) logger.warn({ event: 'nft_helper_unavailable', err: nft.helperError }, `nft helper shell unavailable, running nft directly: ${nft.helperError}`);
       const agent = createAgent({
         config,

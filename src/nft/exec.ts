@@ -8,6 +8,14 @@
  * `table ...{}` + `delete table ...`, is a valid script alone): when the
  * renderer throws part-way, nft started directly is killed before its stdin
  * closes, and the helper shell is never asked to run a half-written file.
+ *
+ * With `loader` (native/secgroup-nftload), a full replacement of the table
+ * goes to the kernel as the netlink batch the agent encodes itself
+ * (netlink-batch.ts: the batch nft would send, without nft's parse and
+ * evaluation of the text). When the table holds something the encoder does
+ * not produce, or the loader is missing or fails, the same transaction goes
+ * through `nft -f` at once (`onLoaderFallback` says why); a loader that is
+ * missing is not tried again.
  */
 import { execa, ExecaError } from 'execa';
 import type { Writable } from 'node:stream';
@@ -18,6 +26,7 @@ import { parseMarker, parseTableReadback, type ChainReadback, type Counter, type
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 import { MARKER_SET, assertName } from './model.js';
 import { ShellSpawner, SpawnTimeoutError, type SpawnResult } from './shell-spawner.js';
+import { UnsupportedError, encodeReplaceTable } from './netlink-batch.js';
 import { errorMessage } from '../lib/errors.js';
 
 export interface ExecaNftOptions {
@@ -32,6 +41,24 @@ export interface ExecaNftOptions {
    * process grows. For long-running processes (the agent); call close().
    */
   helper?: boolean;
+  /**
+   * The command that runs secgroup-nftload (native/secgroup-nftload.c), e.g.
+   * ["/usr/lib/secgroup/secgroup-nftload"] or ["ip", "netns", "exec", "ns1", PATH] in tests:
+   * full replacements of the table are sent as a netlink batch (see the note at the top)
+   */
+  loader?: string[];
+  /** a full replacement went through `nft -f` instead of the loader, and why (`missing`: it is not tried again) */
+  onLoaderFallback?: (reason: string, kind: 'unsupported' | 'missing' | 'failed') => void;
+}
+
+/** Why the loader did not apply a batch (the transaction then goes through nft -f). */
+class LoaderFallback extends Error {
+  constructor(
+    message: string,
+    readonly kind: 'unsupported' | 'missing' | 'failed',
+  ) {
+    super(message);
+  }
 }
 
 interface RunResult {
@@ -74,21 +101,30 @@ export class ExecaNftRunner implements NftRunner {
   private readonly command: string[];
   private readonly timeoutMs: number;
   private readonly spawner: ShellSpawner | null;
+  private loader: string[] | null;
+  private readonly loaderSpawner: ShellSpawner | null;
+  private readonly onLoaderFallback: ExecaNftOptions['onLoaderFallback'];
 
   constructor(opts: ExecaNftOptions) {
     this.table = assertName(opts.table);
     this.command = opts.command ?? ['nft'];
     this.timeoutMs = opts.timeoutMs ?? 60_000;
+    this.loader = opts.loader?.length ? opts.loader : null;
+    this.onLoaderFallback = opts.onLoaderFallback;
     let spawner: ShellSpawner | null = null;
+    let loaderSpawner: ShellSpawner | null = null;
     if (opts.helper) {
       try {
         spawner = new ShellSpawner(this.command, this.timeoutMs);
+        // the loader from a shell of its own, started now too (its batch file is its stdin)
+        if (this.loader) loaderSpawner = new ShellSpawner(this.loader, this.timeoutMs);
       } catch (e) {
         // no private directory or no /bin/sh: nft is started from this process, as the CLI does
         this.helperError = errorMessage(e);
       }
     }
     this.spawner = spawner;
+    this.loaderSpawner = loaderSpawner;
   }
 
   /** Why the helper shell asked for could not be started (nft then runs directly); null when it runs or was not asked for. */
@@ -97,6 +133,41 @@ export class ExecaNftRunner implements NftRunner {
   /** Stops the helper shell, if any. */
   close(): void {
     this.spawner?.close();
+    this.loaderSpawner?.close();
+  }
+
+  /** Is a full replacement sent by the loader (given, and not found missing)? */
+  get usesLoader(): boolean {
+    return this.loader !== null;
+  }
+
+  /**
+   * Sends the batch of a full replacement through the loader. Throws
+   * LoaderFallback when nft -f should apply it instead, a timeout as nft's.
+   */
+  private async load(op: { table: Parameters<typeof encodeReplaceTable>[0]; counters?: RuleCounters }): Promise<void> {
+    const loader = this.loader!;
+    const what = `${loader[loader.length - 1]}`;
+    let r: { exitCode: number; stdout: string; stderr: string };
+    try {
+      const batch = encodeReplaceTable(op.table, op.counters);
+      if (this.loaderSpawner) r = await this.loaderSpawner.run([], batch);
+      else {
+        const [file, ...pre] = loader;
+        const sub = await execa(file!, pre, { input: Buffer.concat(Array.from(batch, (piece) => Buffer.from(piece))), reject: false, timeout: this.timeoutMs, encoding: 'utf8', stripFinalNewline: false });
+        if (sub.timedOut) throw new SpawnTimeoutError(`timed out after ${this.timeoutMs} ms`);
+        r = { exitCode: sub.exitCode ?? (sub.failed && (sub as { code?: string }).code === 'ENOENT' ? 127 : 1), stdout: sub.stdout, stderr: sub.stderr };
+      }
+    } catch (e) {
+      if (e instanceof UnsupportedError) throw new LoaderFallback(`the table holds what the netlink encoder does not produce (${e.message})`, 'unsupported');
+      if (e instanceof SpawnTimeoutError) throw nftTimeout(what, this.timeoutMs, e);
+      throw new LoaderFallback(`${what} could not run: ${errorMessage(e)}`, 'failed');
+    }
+    if (r.exitCode === 0) return;
+    const line = r.stderr.split('\n').filter((l) => l.trim()).slice(0, 3).join('; ').slice(0, 500) || 'no message';
+    // 126/127: the shell could not run it
+    if (r.exitCode === 127 || r.exitCode === 126) throw new LoaderFallback(`${what} not found or not executable (${line})`, 'missing');
+    throw new LoaderFallback(`${what} failed (exit ${r.exitCode}): ${line}`, 'failed');
   }
 
   private async run(what: string, args: string[], input?: Iterable<string>): Promise<RunResult> {
@@ -160,6 +231,19 @@ export class ExecaNftRunner implements NftRunner {
   }
 
   async apply(tx: NftTransaction): Promise<void> {
+    const op = tx.ops.length === 1 ? tx.ops[0]! : null;
+    if (this.loader && op?.op === 'replace-table' && !op.previous) {
+      assertOwnTable(tx);
+      if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
+      try {
+        await this.load(op);
+        return;
+      } catch (e) {
+        if (!(e instanceof LoaderFallback)) throw e;
+        if (e.kind === 'missing') this.loader = null;
+        this.onLoaderFallback?.(e.message, e.kind);
+      }
+    }
     await this.run('nft -f', ['-f', '-'], this.script(tx));
   }
 

@@ -85,25 +85,37 @@ const YIELD_EVERY_CHARS = 1024 * 1024;
  * Throws what the chunks or the writes throw (the file is
  * then never handed to the shell).
  */
-async function writePieces(file: string, chunks: Iterable<string>): Promise<void> {
+async function writePieces(file: string, chunks: Iterable<string | Uint8Array>): Promise<void> {
   const fd = openSync(file, 'w');
   try {
     let piece = '';
     let sinceTurn = 0;
-    const write = () => {
-      const bytes = Buffer.from(piece, 'utf8');
+    const writeAll = (bytes: Uint8Array) => {
       for (let off = 0; off < bytes.length; ) off += writeSync(fd, bytes, off);
+    };
+    const write = () => {
+      writeAll(Buffer.from(piece, 'utf8'));
       sinceTurn += piece.length;
       piece = '';
     };
+    const turn = async () => {
+      if (sinceTurn < YIELD_EVERY_CHARS) return;
+      sinceTurn = 0;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    };
     for (const chunk of chunks) {
+      if (typeof chunk !== 'string') {
+        // bytes (a netlink batch, nft/netlink-batch.ts): written as they come, in the producer's buffers
+        if (piece) write();
+        writeAll(chunk);
+        sinceTurn += chunk.length;
+        await turn();
+        continue;
+      }
       piece += chunk;
       if (piece.length < WRITE_PIECE_CHARS) continue;
       write();
-      if (sinceTurn >= YIELD_EVERY_CHARS) {
-        sinceTurn = 0;
-        await new Promise<void>((resolve) => setImmediate(resolve));
-      }
+      await turn();
     }
     if (piece) write();
   } finally {
@@ -111,21 +123,25 @@ async function writePieces(file: string, chunks: Iterable<string>): Promise<void
   }
 }
 
-/** The input of one call: all of it (small), or the chunks to write in pieces (bigger). */
-type Input = string | Iterable<string>;
+/** The input of one call: all of it (small), or the chunks to write in pieces (bigger, or bytes). */
+type Input = string | Iterable<string | Uint8Array>;
 
-/** `input` as one string when it is small, else an iterable of its chunks (the ones already taken first). Throws what the chunks throw. */
-function prepareInput(input: string | Iterable<string>): Input {
+/**
+ * `input` as one string when it is small text, else an iterable of its chunks
+ * (the ones already taken first); bytes (a netlink batch) are never joined.
+ * Throws what the chunks throw.
+ */
+function prepareInput(input: string | Iterable<string> | Iterable<Uint8Array>): Input {
   if (typeof input === 'string') return input.length <= SMALL_INPUT_CHARS ? input : [input];
-  const it = input[Symbol.iterator]();
-  const head: string[] = [];
+  const it: Iterator<string | Uint8Array> = input[Symbol.iterator]();
+  const head: (string | Uint8Array)[] = [];
   let size = 0;
   for (;;) {
     const r = it.next();
-    if (r.done) return head.join('');
+    if (r.done) return head.every((c) => typeof c === 'string') ? head.join('') : head;
     head.push(r.value);
     size += r.value.length;
-    if (size > SMALL_INPUT_CHARS) break;
+    if (typeof r.value !== 'string' || size > SMALL_INPUT_CHARS) break;
   }
   return (function* () {
     yield* head;
@@ -232,7 +248,7 @@ export class ShellSpawner {
    * synchronous work (the agent reads the counters to carry while it compiles). Chunks that throw (a render
    * error) reject the call before anything reaches the shell.
    */
-  run(args: readonly string[], input: string | Iterable<string> = ''): Promise<SpawnResult> {
+  run(args: readonly string[], input: string | Iterable<string> | Iterable<Uint8Array> = ''): Promise<SpawnResult> {
     for (const a of args) if (!ARG_RE.test(a)) throw new Error(`internal: unsafe argument ${JSON.stringify(a)}`);
     let prepared: Input;
     try {
