@@ -220,7 +220,7 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         timeoutMs: config.nft_timeout_ms,
         ...(loader ? { loader: [loader] } : {}),
         onLoaderFallback: (reason, kind) =>
-          kind === 'unsupported'
+          kind === 'unsupported' || kind === 'refused'
             ? logger.info({ event: 'nft_loader_fallback', kind, reason }, `full apply through nft -f: ${reason}`)
             : logger.warn({ event: 'nft_loader_fallback', kind, reason }, `full apply through nft -f: ${reason}`),
       });

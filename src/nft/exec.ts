@@ -9,10 +9,10 @@
  * renderer throws part-way, nft started directly is killed before its stdin
  * closes, and the helper shell is never asked to run a half-written file.
  *
- * With `loader` (native/secgroup-nftload), a full replacement of the table
- * goes to the kernel as the netlink batch the agent encodes itself
- * (netlink-batch.ts: the batch nft would send, without nft's parse and
- * evaluation of the text). When the table holds something the encoder does
+ * With `loader` (native/secgroup-nftload), a full apply (a replacement of
+ * the table, or its reload in place) goes to the kernel as the netlink
+ * batch the agent encodes itself (netlink-batch.ts: the batch nft would
+ * send, without nft's parse and evaluation of the text). When the table holds something the encoder does
  * not produce, or the loader is missing or fails, the same transaction goes
  * through `nft -f` at once (`onLoaderFallback` says why); a loader that is
  * missing is not tried again.
@@ -24,9 +24,9 @@ import { chainCounters, ruleCounters, type RuleCounters } from './counters.js';
 import { nftError, nftNotFound, nftTimeout, type NftInfo, type NftRunner } from './runner.js';
 import { parseMarker, parseTableReadback, type ChainReadback, type Counter, type TableReadback } from './readback.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
-import { MARKER_SET, assertName } from './model.js';
+import { MARKER_SET, assertName, type Table } from './model.js';
 import { ShellSpawner, SpawnTimeoutError, type SpawnResult } from './shell-spawner.js';
-import { UnsupportedError, encodeReplaceTable } from './netlink-batch.js';
+import { UnsupportedError, encodeReloadInPlace, encodeReplaceTable } from './netlink-batch.js';
 import { errorMessage } from '../lib/errors.js';
 
 export interface ExecaNftOptions {
@@ -44,18 +44,24 @@ export interface ExecaNftOptions {
   /**
    * The command that runs secgroup-nftload (native/secgroup-nftload.c), e.g.
    * ["/usr/lib/secgroup/secgroup-nftload"] or ["ip", "netns", "exec", "ns1", PATH] in tests:
-   * full replacements of the table are sent as a netlink batch (see the note at the top)
+   * full applies (replacement, reload in place) are sent as a netlink batch (see the note at the top)
    */
   loader?: string[];
-  /** a full replacement went through `nft -f` instead of the loader, and why (`missing`: it is not tried again) */
-  onLoaderFallback?: (reason: string, kind: 'unsupported' | 'missing' | 'failed') => void;
+  /**
+   * a full apply went through `nft -f` instead of the loader, and why (`missing`: it is not tried again;
+   * `refused`: a reload in place the kernel refused for a missing object, the table not being the one it
+   * reloads, which nft -f then reports as the reconciler expects)
+   */
+  onLoaderFallback?: (reason: string, kind: LoaderFallbackKind) => void;
 }
+
+export type LoaderFallbackKind = 'unsupported' | 'missing' | 'failed' | 'refused';
 
 /** Why the loader did not apply a batch (the transaction then goes through nft -f). */
 class LoaderFallback extends Error {
   constructor(
     message: string,
-    readonly kind: 'unsupported' | 'missing' | 'failed',
+    readonly kind: LoaderFallbackKind,
   ) {
     super(message);
   }
@@ -142,15 +148,15 @@ export class ExecaNftRunner implements NftRunner {
   }
 
   /**
-   * Sends the batch of a full replacement through the loader. Throws
+   * Sends the batch of a full apply through the loader. Throws
    * LoaderFallback when nft -f should apply it instead, a timeout as nft's.
    */
-  private async load(op: { table: Parameters<typeof encodeReplaceTable>[0]; counters?: RuleCounters }): Promise<void> {
+  private async load(op: { table: Table; counters?: RuleCounters; previous?: Table }): Promise<void> {
     const loader = this.loader!;
     const what = `${loader[loader.length - 1]}`;
     let r: { exitCode: number; stdout: string; stderr: string };
     try {
-      const batch = encodeReplaceTable(op.table, op.counters);
+      const batch = op.previous ? encodeReloadInPlace(op.table, op.previous) : encodeReplaceTable(op.table, op.counters);
       if (this.loaderSpawner) r = await this.loaderSpawner.run([], batch);
       else {
         const [file, ...pre] = loader;
@@ -167,6 +173,8 @@ export class ExecaNftRunner implements NftRunner {
     const line = r.stderr.split('\n').filter((l) => l.trim()).slice(0, 3).join('; ').slice(0, 500) || 'no message';
     // 126/127: the shell could not run it
     if (r.exitCode === 127 || r.exitCode === 126) throw new LoaderFallback(`${what} not found or not executable (${line})`, 'missing');
+    const errors = r.stderr.split('\n').filter((l) => l.startsWith('error seq '));
+    if (op.previous && errors.length && errors.every((l) => / errno 2 /.test(l))) throw new LoaderFallback(`the kernel refused the reload in place (${line})`, 'refused');
     throw new LoaderFallback(`${what} failed (exit ${r.exitCode}): ${line}`, 'failed');
   }
 
@@ -232,7 +240,7 @@ export class ExecaNftRunner implements NftRunner {
 
   async apply(tx: NftTransaction): Promise<void> {
     const op = tx.ops.length === 1 ? tx.ops[0]! : null;
-    if (this.loader && op?.op === 'replace-table' && !op.previous) {
+    if (this.loader && op?.op === 'replace-table') {
       assertOwnTable(tx);
       if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
       try {

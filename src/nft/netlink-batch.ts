@@ -22,9 +22,13 @@
  * before; test/kernel/netlink-batch.test.ts checks the batch against nft's
  * own (`nft --debug=mnl`) and the resulting table's listing against the one
  * nft makes.
+ *
+ * Size: one encoder of one wire format, as render.ts is of the text: the
+ * writer, the lowering of the model's expressions, sets and elements, and
+ * the two batches (replace, reload in place) share their helpers.
  */
 import type { RuleCounters } from './counters.js';
-import { counterKey, ruleCounterNames } from './counters.js';
+import { counterKey, ruleCounterNames, tableCounterNames } from './counters.js';
 import { MARKER_SET, assertName, type Chain, type Expr, type KeyPart, type KeyType, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap, v } from './model.js';
 import { AddressSet } from '../policy/address-set.js';
 import { parsePrefix } from '../policy/address.js';
@@ -43,7 +47,7 @@ const NFNL_MSG_BATCH_BEGIN = 0x10;
 const NFNL_MSG_BATCH_END = 0x11;
 const NFNL_SUBSYS_NFTABLES = 10;
 const NFPROTO_INET = 1;
-const MSG = { NEWTABLE: 0, DELTABLE: 2, NEWCHAIN: 3, NEWRULE: 6, NEWSET: 9, NEWSETELEM: 12, NEWOBJ: 18 } as const;
+const MSG = { NEWTABLE: 0, DELTABLE: 2, NEWCHAIN: 3, DELCHAIN: 5, NEWRULE: 6, DELRULE: 8, NEWSET: 9, DELSET: 11, NEWSETELEM: 12, NEWOBJ: 18, DELOBJ: 20 } as const;
 const NFT_SET_ANONYMOUS = 0x1;
 const NFT_SET_CONSTANT = 0x2;
 const NFT_SET_INTERVAL = 0x4;
@@ -651,6 +655,8 @@ const EMPTY = new Uint8Array(0);
 interface TableContext {
   w: Writer;
   table: string;
+  /** starts an nf_tables message of `type` for the inet family */
+  begin: (type: number, flags: number) => void;
 }
 
 /** NEWSETELEM messages holding `count` elements, each written by `write(i)`; yields full pieces. */
@@ -659,7 +665,7 @@ function* setElements(t: TableContext, name: string, id: number, write: (w: Writ
   // elements are numbered across the messages of one set, as nft numbers them
   let n = 0;
   for (let start = 0; start < count; ) {
-    w.begin((NFNL_SUBSYS_NFTABLES << 8) | MSG.NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE, NFPROTO_INET);
+    t.begin(MSG.NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE);
     w.str(1, t.table);
     w.str(2, name);
     w.u32(4, id);
@@ -724,7 +730,7 @@ function* writeSet(t: TableContext, m: VerdictMap, id: number): Generator<Buffer
   const shape = keyShape(m.keyType);
   const map = !m.set;
   const flags = (map ? NFT_SET_MAP : 0) | (m.interval ? NFT_SET_INTERVAL : 0) | (m.interval && shape.concat ? NFT_SET_CONCAT : 0);
-  w.begin((NFNL_SUBSYS_NFTABLES << 8) | MSG.NEWSET, NLM_F_REQUEST | NLM_F_CREATE, NFPROTO_INET);
+  t.begin(MSG.NEWSET, NLM_F_REQUEST | NLM_F_CREATE);
   w.str(1, t.table);
   w.str(2, assertName(m.name));
   w.u32(3, flags);
@@ -788,7 +794,7 @@ function* writeSet(t: TableContext, m: VerdictMap, id: number): Generator<Buffer
 
 function* writeAnonSet(t: TableContext, s: AnonSet): Generator<Buffer> {
   const { w } = t;
-  w.begin((NFNL_SUBSYS_NFTABLES << 8) | MSG.NEWSET, NLM_F_REQUEST | NLM_F_CREATE, NFPROTO_INET);
+  t.begin(MSG.NEWSET, NLM_F_REQUEST | NLM_F_CREATE);
   w.str(1, t.table);
   w.str(2, '__set%d');
   w.u32(3, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | (s.interval ? NFT_SET_INTERVAL : 0));
@@ -805,7 +811,7 @@ function* writeAnonSet(t: TableContext, s: AnonSet): Generator<Buffer> {
 
 function writeChain(t: TableContext, c: Chain): void {
   const { w } = t;
-  w.begin((NFNL_SUBSYS_NFTABLES << 8) | MSG.NEWCHAIN, NLM_F_REQUEST | NLM_F_CREATE, NFPROTO_INET);
+  t.begin(MSG.NEWCHAIN, NLM_F_REQUEST | NLM_F_CREATE);
   w.str(1, t.table);
   w.str(3, assertName(c.name));
   if (c.base) {
@@ -822,7 +828,7 @@ function writeChain(t: TableContext, c: Chain): void {
 
 function writeRule(t: TableContext, chain: string, exprs: Lowered[], comment: string | undefined): void {
   const { w } = t;
-  w.begin((NFNL_SUBSYS_NFTABLES << 8) | MSG.NEWRULE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND, NFPROTO_INET);
+  t.begin(MSG.NEWRULE, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND);
   w.str(1, t.table);
   w.str(2, chain);
   w.nest(4);
@@ -832,17 +838,8 @@ function writeRule(t: TableContext, chain: string, exprs: Lowered[], comment: st
   w.end();
 }
 
-/**
- * The batch that replaces table `inet <name>` with `table` (what
- * renderScript's script makes nft send): create-if-missing, delete, define.
- * `counters`: counts carried into the counter objects (counters.ts). Yields
- * the batch in pieces of about 1 MB of whole messages, each valid until the
- * next is asked for (write it out, or copy it). Throws UnsupportedError,
- * part-way, when the table holds something it does not encode: what was
- * yielded before must then never reach the kernel.
- */
-export function* encodeReplaceTable(table: Table, counters?: RuleCounters): Generator<Buffer> {
-  const name = assertName(table.name);
+/** The sets and ids of a table's batch, and its rules lowered as nft lowers them. */
+function prepare(table: Table): { low: Lowering; names: (string | undefined)[][]; marker: number; setIds: number[] } {
   if (table.family !== 'inet') throw new UnsupportedError(`family ${table.family}`);
   const low = new Lowering();
   const names = table.chains.map(ruleCounterNames);
@@ -854,24 +851,17 @@ export function* encodeReplaceTable(table: Table, counters?: RuleCounters): Gene
     if (m.interval) low.intervals.add(m.name);
     return id;
   });
-  const w = new Writer();
-  const t: TableContext = { w, table: name };
-  const nft = (type: number, flags: number) => w.begin((NFNL_SUBSYS_NFTABLES << 8) | type, flags, NFPROTO_INET);
-  w.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
-  w.end();
-  // `table inet NAME {}`, `delete table inet NAME`, then the table
-  nft(MSG.NEWTABLE, NLM_F_REQUEST);
-  w.str(1, name);
-  w.u32(2, 0);
-  w.end();
-  nft(MSG.DELTABLE, NLM_F_REQUEST);
-  w.str(1, name);
-  w.end();
-  nft(MSG.NEWTABLE, NLM_F_REQUEST);
-  w.str(1, name);
-  w.u32(2, 0);
-  if (table.comment !== undefined) w.bytes(6, commentData(table.comment));
-  w.end();
+  return { low, names, marker, setIds };
+}
+
+/**
+ * The table's definition after its NEWTABLE, in nft's order: chains, counter
+ * objects (`counters`: counts carried), the marker set and the maps each
+ * with its elements, then the rules, each after its anonymous sets.
+ */
+function* tableMessages(t: TableContext, table: Table, counters: RuleCounters | undefined): Generator<Buffer> {
+  const { w } = t;
+  const { low, names, marker, setIds } = prepare(table);
   for (const c of table.chains) {
     writeChain(t, c);
     if (w.full()) yield w.flush();
@@ -883,8 +873,8 @@ export function* encodeReplaceTable(table: Table, counters?: RuleCounters): Gene
       const n = chainNames[j];
       if (n === undefined) continue;
       const carried = counters?.get(counterKey(c.name, c.rules[j]!.comment!));
-      nft(MSG.NEWOBJ, NLM_F_REQUEST | NLM_F_CREATE);
-      w.str(1, name);
+      t.begin(MSG.NEWOBJ, NLM_F_REQUEST | NLM_F_CREATE);
+      w.str(1, t.table);
       w.str(2, assertName(n));
       w.u32(3, NFT_OBJECT_COUNTER);
       w.nest(4);
@@ -912,7 +902,92 @@ export function* encodeReplaceTable(table: Table, counters?: RuleCounters): Gene
     }
     if (w.full()) yield w.flush();
   }
+}
+
+/** A whole batch: begin, `body`, end, in pieces (see encodeReplaceTable). */
+function* batch(name: string, body: (t: TableContext) => Generator<Buffer>): Generator<Buffer> {
+  const w = new Writer();
+  const t: TableContext = { w, table: assertName(name), begin: (type, flags) => w.begin((NFNL_SUBSYS_NFTABLES << 8) | type, flags, NFPROTO_INET) };
+  w.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+  w.end();
+  yield* body(t);
   w.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
   w.end();
   yield w.flush();
+}
+
+/** NEWTABLE with the table's comment (none: the kernel keeps an existing table's comment) */
+function newTable(t: TableContext, comment: string | undefined): void {
+  t.begin(MSG.NEWTABLE, NLM_F_REQUEST);
+  t.w.str(1, t.table);
+  t.w.u32(2, 0);
+  if (comment !== undefined) t.w.bytes(6, commentData(comment));
+  t.w.end();
+}
+
+/** a DEL* message naming one object of the table (`name` attribute `attr`) */
+function deleteObject(t: TableContext, type: number, attr: number, name: string, extra?: () => void): void {
+  t.begin(type, NLM_F_REQUEST);
+  t.w.str(1, t.table);
+  t.w.str(attr, assertName(name));
+  extra?.();
+  t.w.end();
+}
+
+/**
+ * The batch that replaces table `inet <name>` with `table` (what
+ * renderScript's script makes nft send): create-if-missing, delete, define.
+ * `counters`: counts carried into the counter objects (counters.ts). Yields
+ * the batch in pieces of about 1 MB of whole messages, each valid until the
+ * next is asked for (write it out, or copy it). Throws UnsupportedError,
+ * part-way, when the table holds something it does not encode: what was
+ * yielded before must then never reach the kernel.
+ */
+export function encodeReplaceTable(table: Table, counters?: RuleCounters): Generator<Buffer> {
+  return batch(table.name, function* (t) {
+    // `table inet NAME {}`, `delete table inet NAME`, then the table
+    newTable(t, undefined);
+    t.begin(MSG.DELTABLE, NLM_F_REQUEST);
+    t.w.str(1, t.table);
+    t.w.end();
+    newTable(t, table.comment);
+    yield* tableMessages(t, table, counters);
+  });
+}
+
+/**
+ * The batch of a reload in place over `previous`, the table the agent
+ * applied last (what renderReloadInPlace's script makes nft send): every
+ * rule flushed, the previous sets, maps and chains deleted and the counter
+ * objects no rule of `table` counts into, then `table` defined; the counter
+ * objects that stay keep their counts (the kernel keeps an existing object
+ * on NEWOBJ without NLM_F_EXCL), the table its comment. Pieces and errors as
+ * encodeReplaceTable's.
+ */
+export function encodeReloadInPlace(table: Table, previous: Table): Generator<Buffer> {
+  return batch(table.name, function* (t) {
+    if (previous.name !== table.name || previous.family !== table.family) throw new UnsupportedError('a reload in place of another table');
+    const keep = tableCounterNames(table);
+    // `flush table`: NFT_MSG_DELRULE naming the table only
+    t.begin(MSG.DELRULE, NLM_F_REQUEST);
+    t.w.str(1, t.table);
+    t.w.end();
+    if (previous.marker !== undefined) deleteObject(t, MSG.DELSET, 2, MARKER_SET);
+    for (const m of previous.maps) deleteObject(t, MSG.DELSET, 2, m.name);
+    for (const c of previous.chains) {
+      deleteObject(t, MSG.DELCHAIN, 3, c.name);
+      if (t.w.full()) yield t.w.flush();
+    }
+    for (const n of tableCounterNames(previous)) {
+      if (keep.has(n)) continue;
+      deleteObject(t, MSG.DELOBJ, 2, n, () => {
+        t.w.u32(3, NFT_OBJECT_COUNTER);
+        t.w.nest(4);
+        t.w.close();
+      });
+      if (t.w.full()) yield t.w.flush();
+    }
+    newTable(t, undefined);
+    yield* tableMessages(t, table, undefined);
+  });
 }

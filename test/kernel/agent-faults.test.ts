@@ -129,6 +129,8 @@ exec ${realNft} "$@"
       instance_id: 'lab-1',
       state_dir: stateDir,
       log_level: 'debug',
+      // the faults are nft's: full applies through nft -f, not the netlink batch of secgroup-nftload (test/kernel/netlink-batch.test.ts: its fallbacks)
+      nft_loader: '',
       controller: {
         url: `ws://${CLIENT_ADDR}:${CONTROLLER_PORT}`,
         token: 'lab-token',

@@ -272,8 +272,16 @@ describe.skipIf(reason)(`the agent's sandbox, emulated${reason ? ` (skipped: ${r
     chmodSync(join(app, 'helper-runner.mjs'), 0o644);
     const r = sandboxed([process.execPath, '/tmp/app/helper-runner.mjs', '/tmp/app/web.json']);
     expect(r.stderr).toBe('');
-    const out = JSON.parse(r.stdout) as { helperError: string | null; helperBase: string; helperDirs: number; markerMatches: boolean; chains: number; expectedChains: number };
-    expect(out).toEqual({ helperError: null, helperBase: '/tmp/runtime', helperDirs: 1, markerMatches: true, chains: out.expectedChains, expectedChains: out.expectedChains });
+    const out = JSON.parse(r.stdout) as { fellBack: string | null; helperError: string | null; helperBase: string; helperDirs: number; markerMatches: boolean; chains: number; expectedChains: number };
+    expect(out).toEqual({ fellBack: null, helperError: null, helperBase: '/tmp/runtime', helperDirs: 1, markerMatches: true, chains: out.expectedChains, expectedChains: out.expectedChains });
+    expect(inNs(['nft', 'list', 'tables']).stdout).toBe('table inet secgroup\n');
+    // the full apply as the agent sends it: the netlink batch through secgroup-nftload (its own helper shell and directory), not nft -f
+    const n = spawnSync('bash', [join(repo, 'scripts/build-native.sh'), app], { encoding: 'utf8' });
+    expect(n.status, n.stderr).toBe(0);
+    expect(inNs(['nft', 'delete', 'table', 'inet', 'secgroup']).status).toBe(0);
+    const viaLoader = sandboxed([process.execPath, '/tmp/app/helper-runner.mjs', '/tmp/app/web.json', '/tmp/app/secgroup-nftload']);
+    expect(viaLoader.stderr).toBe('');
+    expect(JSON.parse(viaLoader.stdout)).toEqual({ ...out, helperDirs: 2 });
     expect(inNs(['nft', 'list', 'tables']).stdout).toBe('table inet secgroup\n');
   });
 

@@ -8,6 +8,9 @@
  *     counters carried;
  *   - applied through the runner with the loader in one namespace and by
  *     `nft -f` in another: the same listing, text and JSON;
+ *   - a reload in place over the table applied before (rules, sets, chains
+ *     and the counters no rule counts into any more deleted, the rest kept):
+ *     the same batch and the same table as nft's;
  *   - a table the encoder does not know, a loader that is missing and one
  *     that fails: the transaction goes through nft -f, and says why.
  */
@@ -21,9 +24,9 @@ import { groupPolicy, syntheticPolicy } from '../../bench/policies.js';
 import { compilePolicy } from '../../src/nft/compile.js';
 import { ExecaNftRunner } from '../../src/nft/exec.js';
 import { setFlowGeneration } from '../../src/nft/flow-mark.js';
-import { encodeReplaceTable } from '../../src/nft/netlink-batch.js';
-import { renderDeleteScript, renderScript } from '../../src/nft/render.js';
-import { replaceTableTx } from '../../src/nft/transaction.js';
+import { encodeReloadInPlace, encodeReplaceTable } from '../../src/nft/netlink-batch.js';
+import { renderDeleteScript, renderReloadInPlace, renderScript } from '../../src/nft/render.js';
+import { reloadInPlaceTx, replaceTableTx } from '../../src/nft/transaction.js';
 import type { Table } from '../../src/nft/model.js';
 import type { RuleCounters } from '../../src/nft/counters.js';
 import { counterKey } from '../../src/nft/counters.js';
@@ -124,6 +127,29 @@ describe.skipIf(skip !== null)(`the netlink batch of a full apply against nft's 
         await runner.apply(replaceTableTx(c.table, c.counters));
         nft(nsB, ['-f', '-'], renderScript(c.table, c.counters));
         expect(listing(nsA), c.name).toEqual(listing(nsB));
+      }
+    } finally {
+      runner.close();
+    }
+  }, 300_000);
+
+  it('reloads in place as nft does: the same batch, the same table, counter objects kept', async () => {
+    const runner = new ExecaNftRunner({ table: 'secgroup', command: ['ip', 'netns', 'exec', nsA, 'nft'], helper: true, loader: ['ip', 'netns', 'exec', nsA, loader], onLoaderFallback: (why) => expect.fail(`fell back to nft -f: ${why}`) });
+    try {
+      for (let seed = 100; seed < 112; seed++) {
+        // a policy and the next one (rules, groups, members and the platform all change)
+        const previous = randomCase(seed).table;
+        const table = randomCase(seed + 1).table;
+        for (const ns of [nsA, nsB]) {
+          clear(ns);
+          nft(ns, ['-f', '-'], renderScript(previous));
+        }
+        const dump = execFileSync('ip', ['netns', 'exec', nsA, 'nft', '--debug=mnl', '--check', '-f', '-'], { input: renderReloadInPlace(table, previous), encoding: 'utf8', maxBuffer: 1 << 30 });
+        const ours = batchText(batchMessages(Buffer.concat(Array.from(encodeReloadInPlace(table, previous), (p) => Buffer.from(p)))), false);
+        expect(ours, `seed ${seed}`).toBe(batchText(mnlDumpMessages(dump), false));
+        await runner.apply(reloadInPlaceTx(table, previous));
+        nft(nsB, ['-f', '-'], renderReloadInPlace(table, previous));
+        expect(listing(nsA), `seed ${seed}`).toEqual(listing(nsB));
       }
     } finally {
       runner.close();

@@ -212,9 +212,12 @@ describe.skipIf(unavailable !== undefined)(`the .deb packages under systemd as P
     expect((await sh(VM, 'command -v conntrack')).code).not.toBe(0);
     await until('flow mark armed', async () => (/^flow mark: armed, generation \d+ /m.test((await sh(VM, 'secgroup status')).out) ? true : undefined));
     expect(await shOk(VM, 'journalctl -q -u secgroup-agent -o cat --no-pager | grep -c flow_mark_unarmed || true')).toBe('0');
-    // nft's scripts go through the unit's runtime directory, a private tmpfs (RuntimeDirectory=secgroup)
+    // nft's scripts and the full applies' netlink batches go through the unit's runtime directory, a private tmpfs
+    // (RuntimeDirectory=secgroup): one helper shell's directory each
     const runtime = await shOk(VM, 'P=$(systemctl show -p MainPID --value secgroup-agent); stat -c "%a %F" /run/secgroup; stat -f -c %T /run/secgroup; ls /run/secgroup | grep -c "^secgroup-nft-$P-"');
-    expect(runtime.split('\n')).toEqual(['700 directory', 'tmpfs', '1']);
+    expect(runtime.split('\n')).toEqual(['700 directory', 'tmpfs', '2']);
+    // the full apply went to the kernel through the packaged secgroup-nftload, under the unit's sandbox (no fallback to nft -f)
+    expect(await shOk(VM, 'journalctl -q -u secgroup-agent -o cat --no-pager | grep -c nft_loader_fallback || true')).toBe('0');
   });
 
   it('kill -9 of the agent: systemd restarts it, and the table is there throughout', async () => {

@@ -54,6 +54,21 @@ describe('ShellSpawner', () => {
     expect(await s.run(['-f', '-'], chunks())).toEqual({ stdout: expected, stderr: '', exitCode: 0 });
   });
 
+  it('writes bytes as they are, in the producer\'s pieces, each one before the next is asked for (a netlink batch reuses its buffer)', async () => {
+    const s = make(['sh', '-c', 'od -An -tx1 -v | tr -d " \\n"']);
+    const reused = Buffer.alloc(3);
+    function* pieces() {
+      for (let i = 0; i < 5; i++) {
+        reused.fill(i);
+        yield reused; // the same buffer each time: written out before the next is made
+      }
+    }
+    const r = await s.run([], pieces());
+    expect(r).toEqual({ stdout: '000000010101020202030303040404', stderr: '', exitCode: 0 });
+    // one small piece of bytes is written as bytes too, not joined as text
+    expect((await s.run([], [Uint8Array.of(0xff, 0x00, 0x41)])).stdout).toBe('ff0041');
+  });
+
   it('writes a big chunked input whole (multi-byte text across its pieces), turning the event loop while it writes', async () => {
     const s = make(['sh', '-c', 'cat']);
     let turned = false;
