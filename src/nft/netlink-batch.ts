@@ -197,7 +197,8 @@ class Writer {
   nest(type: number): void {
     this.room(4);
     this.nests.push(this.at);
-    this.buf.writeUInt16LE(type | NLA_F_NESTED, this.at + 2);
+    // 16 bits, as libmnl stores it: a list element numbered past 32767 wraps (the kernel reads list elements by position)
+    this.buf.writeUInt16LE((type | NLA_F_NESTED) & 0xffff, this.at + 2);
     this.at += 4;
   }
 
