@@ -224,6 +224,13 @@ export class AddressSet implements Iterable<bigint> {
   }
 
   /** Writes text(i) as ASCII into `out` at `at` (at most TEXT_MAX bytes); returns the end. For rendering many without a string each. */
+  /** Writes address `i` in network byte order (4 or 16 bytes) into `out` at `at`; returns the offset after it. */
+  writeBytes(i: number, out: Buffer, at: number): number {
+    const s = this.stride;
+    for (let k = 0; k < s; k++) out.writeUInt32BE(this.words[i * s + k]!, at + 4 * k);
+    return at + 4 * s;
+  }
+
   writeText(i: number, out: Uint8Array, at: number): number {
     const w = this.words;
     if (this.stride === 1) return writeV4Text(w[i]!, out, at);
