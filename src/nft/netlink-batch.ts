@@ -1,7 +1,8 @@
 /**
- * A full replacement of our table as the nf_tables netlink batch itself,
- * byte for byte the batch `nft -f` sends for the script `renderScript`
- * writes (nft 1.0.6), for native/secgroup-nftload to send. Why: for a
+ * A full apply of our table (replaced, or reloaded in place over the one
+ * applied before) as the nf_tables netlink batch itself, byte for byte the
+ * batch `nft -f` sends for the script render.ts writes (nft 1.0.6), for
+ * native/secgroup-nftload to send. Why: for a
  * rule-heavy table over half of nft's time is its parse and evaluation of
  * our text (10k rules: ~0.33 s of user time against ~0.25 s in the kernel),
  * and it cannot start before the whole script is written. Encoding the batch
@@ -400,6 +401,14 @@ function load(s: Selector): Load {
   }
 }
 
+/**
+ * The selectors whose anonymous sets (`{ a, b }`) were checked against
+ * nft's own batch (their user data records how nft lists them): the ones our
+ * rules use. Others are left to nft.
+ */
+const ANON_SET_KEYS = (s: Selector): boolean =>
+  (s.kind === 'meta' && s.key === 'l4proto') || (s.kind === 'ct' && s.key === 'state') || (s.kind === 'payload' && (s.proto === 'ip' || s.proto === 'ip6' || (s.proto === 'icmpv6' && s.field === 'type')));
+
 /** What a rule has matched so far, for nft's dependency elision. */
 interface RuleContext {
   nfproto?: number;
@@ -501,6 +510,7 @@ class Lowering {
     }
     const deps = dependencies(l, ctx);
     if (Array.isArray(right)) {
+      if (!ANON_SET_KEYS(s)) throw new UnsupportedError(`a set of ${JSON.stringify(s)} values`);
       const keys = right.map((v) => (v.kind === 'addr' ? addrKey(v, l.len) : l.encode(v)));
       const id = this.nextSetId++;
       anon.push({ id, keyType: l.type, keyLen: l.len, interval: false, typeof: udata([[0, u32le(l.host ? 1 : 2)], [3, l.typeofRec]]), keys });

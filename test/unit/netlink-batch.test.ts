@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { groupPolicy, syntheticPolicy } from '../../bench/policies.js';
 import { compilePolicy } from '../../src/nft/compile.js';
 import { counterKey } from '../../src/nft/counters.js';
-import type { Table } from '../../src/nft/model.js';
+import type { Expr, Table } from '../../src/nft/model.js';
 import { UnsupportedError, encodeReplaceTable } from '../../src/nft/netlink-batch.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { batchMessages, batchText } from '../helpers/nft-mnl.js';
@@ -100,10 +100,16 @@ describe('the netlink batch of a full apply', () => {
     expect(carried.map((d) => [d.readBigUInt64BE(4), d.readBigUInt64BE(16)])).toEqual([[9000n, 7n]]);
   });
 
-  it('declines what it does not encode: an interface other than lo (nft resolves its name)', () => {
+  it('declines what it does not encode: an interface other than lo (nft resolves its name), a set of values no rule of ours uses', () => {
     const t = compilePolicy(parsePolicy({ ...syntheticPolicy({ rules: 3, members: 2 }), revision: 1 })).table;
-    const odd: Table = { ...t, chains: t.chains.map((c) => (c.name === 'input' ? { ...c, rules: [{ exprs: [{ kind: 'match', left: { kind: 'meta', key: 'iif' }, op: '==', right: { kind: 'str', value: 'eth9' } }, { kind: 'verdict', verdict: { kind: 'drop' } }] }, ...c.rules] } : c)) };
-    expect(() => bytes(odd)).toThrow(UnsupportedError);
-    expect(() => bytes(odd)).toThrow(/interface .*eth9/);
+    const withRule = (exprs: Expr[]): Table => ({ ...t, chains: t.chains.map((c) => (c.name === 'input' ? { ...c, rules: [{ exprs: [...exprs, { kind: 'verdict', verdict: { kind: 'drop' } }] }, ...c.rules] } : c)) });
+    const eth9 = withRule([{ kind: 'match', left: { kind: 'meta', key: 'iif' }, op: '==', right: { kind: 'str', value: 'eth9' } }]);
+    expect(() => bytes(eth9)).toThrow(UnsupportedError);
+    expect(() => bytes(eth9)).toThrow(/interface .*eth9/);
+    // its user data (how nft lists the set) was never checked against nft's: left to nft
+    const directions = withRule([{ kind: 'match', left: { kind: 'ct', key: 'direction' }, op: '==', right: [{ kind: 'sym', value: 'original' }, { kind: 'sym', value: 'reply' }] }]);
+    expect(() => bytes(directions)).toThrow(/a set of .*direction/);
+    // the same rule with one value is a comparison nft makes the same way
+    expect(() => bytes(withRule([{ kind: 'match', left: { kind: 'ct', key: 'direction' }, op: '==', right: [{ kind: 'sym', value: 'reply' }] }]))).not.toThrow();
   });
 });
