@@ -59,6 +59,23 @@ export function ruleCounterNames(chain: Chain): (string | undefined)[] {
 }
 
 /** Every counter object of `table` (ruleCounterNames of all its chains). */
+/**
+ * The counter objects a table declares, in the order of its chains and
+ * rules, with the counts `counters` carries into each (undefined: from
+ * zero); `names`: ruleCounterNames of each chain. What render.ts writes as
+ * `counter NAME { ... }` and netlink-batch.ts sends as NEWOBJ.
+ */
+export function* counterDeclarations(table: Table, names: readonly (readonly (string | undefined)[])[], counters?: RuleCounters): Generator<{ name: string; carried: Counter | undefined }> {
+  for (let k = 0; k < table.chains.length; k++) {
+    const c = table.chains[k]!;
+    const chainNames = names[k]!;
+    for (let j = 0; j < chainNames.length; j++) {
+      const name = chainNames[j];
+      if (name !== undefined) yield { name, carried: counters?.get(counterKey(c.name, c.rules[j]!.comment!)) };
+    }
+  }
+}
+
 export function tableCounterNames(table: Table): Set<string> {
   const out = new Set<string>();
   for (const c of table.chains) for (const n of ruleCounterNames(c)) if (n !== undefined) out.add(n);

@@ -29,7 +29,7 @@
  * the two batches (replace, reload in place) share their helpers.
  */
 import type { RuleCounters } from './counters.js';
-import { counterKey, ruleCounterNames, tableCounterNames } from './counters.js';
+import { counterDeclarations, ruleCounterNames, tableCounterNames } from './counters.js';
 import { MARKER_SET, assertName, type Chain, type Expr, type KeyPart, type KeyType, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap, v } from './model.js';
 import { AddressSet } from '../policy/address-set.js';
 import { parsePrefix } from '../policy/address.js';
@@ -870,23 +870,16 @@ function* tableMessages(t: TableContext, table: Table, counters: RuleCounters | 
     writeChain(t, c);
     if (w.full()) yield w.flush();
   }
-  for (let k = 0; k < table.chains.length; k++) {
-    const c = table.chains[k]!;
-    const chainNames = names[k]!;
-    for (let j = 0; j < chainNames.length; j++) {
-      const n = chainNames[j];
-      if (n === undefined) continue;
-      const carried = counters?.get(counterKey(c.name, c.rules[j]!.comment!));
-      t.begin(MSG.NEWOBJ, NLM_F_REQUEST | NLM_F_CREATE);
-      w.str(1, t.table);
-      w.str(2, assertName(n));
-      w.u32(3, NFT_OBJECT_COUNTER);
-      w.nest(4);
-      w.u64(1, carried?.bytes ?? 0);
-      w.u64(2, carried?.packets ?? 0);
-      w.close();
-      w.end();
-    }
+  for (const { name, carried } of counterDeclarations(table, names, counters)) {
+    t.begin(MSG.NEWOBJ, NLM_F_REQUEST | NLM_F_CREATE);
+    w.str(1, t.table);
+    w.str(2, assertName(name));
+    w.u32(3, NFT_OBJECT_COUNTER);
+    w.nest(4);
+    w.u64(1, carried?.bytes ?? 0);
+    w.u64(2, carried?.packets ?? 0);
+    w.close();
+    w.end();
     if (w.full()) yield w.flush();
   }
   if (table.marker !== undefined) {

@@ -31,7 +31,7 @@ import { formatRangeNft, parsePrefix } from '../policy/address.js';
 import { AddressSet, TEXT_MAX } from '../policy/address-set.js';
 import { hex } from './flow-mark.js';
 import { MARKER_SET, assertName, comment as safeComment, type Chain, type Expr, type KeyPart, type MapElement, type Rule, type Selector, type Table, type Value, type Verdict, type VerdictMap } from './model.js';
-import { counterKey, ruleCounterNames, tableCounterNames, type RuleCounters } from './counters.js';
+import { counterDeclarations, ruleCounterNames, tableCounterNames, type RuleCounters } from './counters.js';
 import { assertOwnTable, type NftTransaction } from './transaction.js';
 
 const SYM_RE = /^[a-z][a-z0-9-]*$/;
@@ -232,20 +232,17 @@ export function renderTable(table: Table, opts: { listing?: boolean } = {}): str
 
 /** Declarations of the table's counter objects, with the counts carried into them (see the note at the top). */
 function* counterChunks(table: Table, names: readonly (readonly (string | undefined)[])[], counters?: RuleCounters): Generator<string> {
-  for (let i = 0; i < table.chains.length; i += CHAINS_PER_CHUNK) {
-    let chunk = '';
-    for (let k = i; k < Math.min(i + CHAINS_PER_CHUNK, table.chains.length); k++) {
-      const c = table.chains[k]!;
-      const chainNames = names[k]!;
-      for (let j = 0; j < chainNames.length; j++) {
-        const n = chainNames[j];
-        if (n === undefined) continue;
-        const carried = counters?.get(counterKey(c.name, c.rules[j]!.comment!));
-        chunk += carried ? `\tcounter ${assertName(n)} { packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)} }\n` : `\tcounter ${assertName(n)} { }\n`;
-      }
+  let chunk = '';
+  let lines = 0;
+  for (const { name, carried } of counterDeclarations(table, names, counters)) {
+    chunk += carried ? `\tcounter ${assertName(name)} { packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)} }\n` : `\tcounter ${assertName(name)} { }\n`;
+    if (++lines === CHAINS_PER_CHUNK) {
+      yield chunk;
+      chunk = '';
+      lines = 0;
     }
-    if (chunk) yield chunk;
   }
+  if (chunk) yield chunk;
 }
 
 /**
