@@ -25,7 +25,7 @@ import { SecgroupError, errorMessage } from '../lib/errors.js';
 import { createLogger, type Logger } from '../lib/logger.js';
 import { cronScheduler } from '../lib/scheduler.js';
 import { compilePolicy, ruleChainName } from '../nft/compile.js';
-import { ExecaNftRunner } from '../nft/exec.js';
+import { ExecaNftRunner, LOADER_NFT_VERSIONS } from '../nft/exec.js';
 import { ProcessNftMonitor, type NftMonitor } from '../nft/monitor.js';
 import { FallbackMonitor, ProcessNftWatch } from '../nft/nftwatch.js';
 import { renderScript } from '../nft/render.js';
@@ -218,9 +218,10 @@ export function registerAgentCommands(program: Command, io: CliIo): void {
         table: config.table,
         helper: true,
         timeoutMs: config.nft_timeout_ms,
-        ...(loader ? { loader: [loader] } : {}),
+        // auto: only with the nft the batch is checked against (probed at start); a path named in the config: as given
+        ...(loader ? { loader: [loader], ...(config.nft_loader === 'auto' ? { loaderNftVersions: LOADER_NFT_VERSIONS } : {}) } : {}),
         onLoaderFallback: (reason, kind) =>
-          kind === 'unsupported' || kind === 'refused'
+          kind === 'unsupported' || kind === 'refused' || kind === 'nft-version'
             ? logger.info({ event: 'nft_loader_fallback', kind, reason }, `full apply through nft -f: ${reason}`)
             : logger.warn({ event: 'nft_loader_fallback', kind, reason }, `full apply through nft -f: ${reason}`),
       });

@@ -48,6 +48,12 @@ export interface ExecaNftOptions {
    */
   loader?: string[];
   /**
+   * With these, the loader is used only once probe() found one of these nft versions (the batches
+   * netlink-batch.ts reproduces byte for byte: LOADER_NFT_VERSIONS); until then, and with another nft,
+   * full applies go through nft -f (`nft-version`, said once). Without: the loader is used as given.
+   */
+  loaderNftVersions?: readonly string[];
+  /**
    * a full apply went through `nft -f` instead of the loader, and why (`missing`: it is not tried again;
    * `refused`: a reload in place the kernel refused for a missing object, the table not being the one it
    * reloads, which nft -f then reports as the reconciler expects)
@@ -55,7 +61,10 @@ export interface ExecaNftOptions {
   onLoaderFallback?: (reason: string, kind: LoaderFallbackKind) => void;
 }
 
-export type LoaderFallbackKind = 'unsupported' | 'missing' | 'failed' | 'refused';
+export type LoaderFallbackKind = 'unsupported' | 'missing' | 'failed' | 'refused' | 'nft-version';
+
+/** The nft versions whose batches netlink-batch.ts is checked against (test/kernel/netlink-batch.test.ts). */
+export const LOADER_NFT_VERSIONS: readonly string[] = ['1.0.6'];
 
 /** Why the loader did not apply a batch (the transaction then goes through nft -f). */
 class LoaderFallback extends Error {
@@ -110,6 +119,9 @@ export class ExecaNftRunner implements NftRunner {
   private loader: string[] | null;
   private readonly loaderSpawner: ShellSpawner | null;
   private readonly onLoaderFallback: ExecaNftOptions['onLoaderFallback'];
+  private readonly loaderNftVersions: readonly string[] | null;
+  /** the loader may be used: no version gate, or probe() found a version it was checked against */
+  private loaderOpen: boolean;
 
   constructor(opts: ExecaNftOptions) {
     this.table = assertName(opts.table);
@@ -117,6 +129,8 @@ export class ExecaNftRunner implements NftRunner {
     this.timeoutMs = opts.timeoutMs ?? 60_000;
     this.loader = opts.loader?.length ? opts.loader : null;
     this.onLoaderFallback = opts.onLoaderFallback;
+    this.loaderNftVersions = opts.loaderNftVersions ?? null;
+    this.loaderOpen = this.loaderNftVersions === null;
     let spawner: ShellSpawner | null = null;
     let loaderSpawner: ShellSpawner | null = null;
     if (opts.helper) {
@@ -142,9 +156,9 @@ export class ExecaNftRunner implements NftRunner {
     this.loaderSpawner?.close();
   }
 
-  /** Is a full replacement sent by the loader (given, and not found missing)? */
+  /** Is a full apply sent by the loader (given, not found missing, and the nft version gate open)? */
   get usesLoader(): boolean {
-    return this.loader !== null;
+    return this.loader !== null && this.loaderOpen;
   }
 
   /**
@@ -225,7 +239,15 @@ export class ExecaNftRunner implements NftRunner {
       if ((e as { code?: string }).code !== 'NFT_NOT_FOUND_OBJECT') throw e;
       tableExists = false;
     }
-    return { version: m ? m[1]! : r.stdout.trim(), tableExists };
+    const version = m ? m[1]! : r.stdout.trim();
+    if (this.loader && this.loaderNftVersions && !this.loaderOpen) {
+      this.loaderOpen = this.loaderNftVersions.includes(version);
+      if (!this.loaderOpen) {
+        this.loader = null;
+        this.onLoaderFallback?.(`nft ${version}: the netlink batch is checked against nft ${this.loaderNftVersions.join(', ')} only; full applies through nft -f (name the loader's path in nft_loader to use it anyway)`, 'nft-version');
+      }
+    }
+    return { version, tableExists };
   }
 
   private script(tx: NftTransaction): Iterable<string> {
@@ -240,7 +262,7 @@ export class ExecaNftRunner implements NftRunner {
 
   async apply(tx: NftTransaction): Promise<void> {
     const op = tx.ops.length === 1 ? tx.ops[0]! : null;
-    if (this.loader && op?.op === 'replace-table') {
+    if (this.loader && this.loaderOpen && op?.op === 'replace-table') {
       assertOwnTable(tx);
       if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
       try {

@@ -4,15 +4,22 @@
  * that reuse one buffer), the split of long element lists at the 64 KB of a
  * nested attribute with the elements numbered across messages as nft numbers
  * them, counters carried into the counter objects, and what it declines
- * (UnsupportedError: the runner then uses nft -f). That it is nft's own
+ * (UnsupportedError: the runner then uses nft -f); the runner's gate on
+ * nft's version (the loader only with the nft the batch is checked
+ * against, once the probe found it). That it is nft's own
  * batch, byte for byte, is test/kernel/netlink-batch.test.ts.
  */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { groupPolicy, syntheticPolicy } from '../../bench/policies.js';
 import { compilePolicy } from '../../src/nft/compile.js';
 import { counterKey } from '../../src/nft/counters.js';
 import type { Expr, Table } from '../../src/nft/model.js';
+import { ExecaNftRunner, LOADER_NFT_VERSIONS } from '../../src/nft/exec.js';
 import { UnsupportedError, encodeReplaceTable } from '../../src/nft/netlink-batch.js';
+import { replaceTableTx } from '../../src/nft/transaction.js';
 import { parsePolicy } from '../../src/policy/schema.js';
 import { batchMessages, batchText } from '../helpers/nft-mnl.js';
 
@@ -111,5 +118,41 @@ describe('the netlink batch of a full apply', () => {
     expect(() => bytes(directions)).toThrow(/a set of .*direction/);
     // the same rule with one value is a comparison nft makes the same way
     expect(() => bytes(withRule([{ kind: 'match', left: { kind: 'ct', key: 'direction' }, op: '==', right: [{ kind: 'sym', value: 'reply' }] }]))).not.toThrow();
+  });
+});
+
+describe('the nft runner with the loader, its nft version gate', () => {
+  // a stand-in nft (version $V; no table; `-f`: its input read, "nft" logged) and loader (its input read, "loader" logged)
+  const fake = (dir: string, version: string) => {
+    const log = join(dir, 'log');
+    const nft = ['sh', '-c', `case "$*" in *--version*) echo "nftables v${version} (x)";; *list*) echo "Error: No such file or directory" >&2; exit 1;; *) cat >/dev/null; echo nft >> ${log};; esac`, 'nft'];
+    const loader = ['sh', '-c', `cat >/dev/null; echo loader >> ${log}`];
+    return { nft, loader, log };
+  };
+  const t = compilePolicy(parsePolicy({ ...syntheticPolicy({ rules: 3, members: 2 }), revision: 1 })).table;
+
+  it.each([
+    { version: '1.0.6', via: 'loader', said: [] },
+    { version: '1.1.3', via: 'nft', said: [['nft-version', 'nft 1.1.3: the netlink batch is checked against nft 1.0.6 only; full applies through nft -f (name the loader\'s path in nft_loader to use it anyway)']] },
+  ])('with nft $version, a full apply after the probe goes through the $via', async ({ version, via, said }) => {
+    const dir = mkdtempSync(join(tmpdir(), 'sgt-gate-'));
+    try {
+      const f = fake(dir, version);
+      const seen: [string, string][] = [];
+      const runner = new ExecaNftRunner({ table: 'secgroup', command: f.nft, helper: true, loader: f.loader, loaderNftVersions: LOADER_NFT_VERSIONS, onLoaderFallback: (why, kind) => seen.push([kind, why]) });
+      try {
+        // before the probe: nft -f (the version is not known yet)
+        await runner.apply(replaceTableTx(t));
+        expect(await runner.probe()).toMatchObject({ version, tableExists: false });
+        await runner.apply(replaceTableTx(t));
+        expect(readFileSync(f.log, 'utf8').split('\n').filter(Boolean)).toEqual(['nft', via]);
+        expect(seen).toEqual(said);
+        expect(runner.usesLoader).toBe(via === 'loader');
+      } finally {
+        runner.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
