@@ -61,6 +61,7 @@ const SIZES = (process.env.BENCH_DRIFT_SIZES ?? '1000,10000,100000').split(',').
 const SOURCES = (process.env.BENCH_DRIFT_SOURCES ?? 'listener').split(',') as Source[];
 type Source = 'listener' | 'nft-monitor';
 const LISTENER = join(import.meta.dirname, '../dist/secgroup-nftwatch');
+const LOADER = join(import.meta.dirname, '../dist/secgroup-nftload');
 /** how long to wait for the monitor to cover the table (it loads every element before it subscribes) */
 const COVER_WAIT_MS = 180_000;
 
@@ -104,7 +105,10 @@ async function measure(lab: BenchLab, members: number, asked: Source): Promise<D
   const source: NftMonitor =
     asked === 'listener' ? new FallbackMonitor(new ProcessNftWatch({ table: 'secgroup', path: LISTENER, prefix }), nftMonitor, (reason) => (fellBack = reason)) : nftMonitor;
   const ran = () => (asked === 'listener' && fellBack === null ? 'secgroup-nftwatch' : `nft monitor${fellBack ? ` (listener failed: ${fellBack})` : ''}`);
-  const nft = new ExecaNftRunner({ table: 'secgroup', command, timeoutMs: 600_000, helper: true });
+  // full applies as the agent sends them: the netlink batch through secgroup-nftload (BENCH_DRIFT_NFT_ONLY=1: nft -f)
+  let loaderFellBack: string | null = null;
+  const loader = process.env.BENCH_DRIFT_NFT_ONLY ? {} : { loader: [...prefix, LOADER], onLoaderFallback: (why: string) => (loaderFellBack = why) };
+  const nft = new ExecaNftRunner({ table: 'secgroup', command, timeoutMs: 600_000, helper: true, ...loader });
   const metrics = new AgentMetrics();
   // BENCH_LOG=1: the agent code's log lines (debug) on stderr
   const logger = process.env.BENCH_LOG ? createLogger({ level: 'debug' }) : silentLogger();
@@ -198,12 +202,15 @@ async function measure(lab: BenchLab, members: number, asked: Source): Promise<D
     await r.stop();
     nft.close();
   }
+  // a repair measured through nft -f when the loader was asked for would measure the wrong thing: say so
+  if (loaderFellBack) throw new Error(`drift bench: a full apply went through nft -f: ${loaderFellBack}`);
   return rows;
 }
 
 export async function runDriftBench(): Promise<DriftRow[]> {
   const rows: DriftRow[] = [];
-  if (SOURCES.includes('listener')) await execa('bash', [join(import.meta.dirname, '../scripts/build-native.sh')]);
+  // the listener and the loader (secgroup-nftwatch, secgroup-nftload)
+  await execa('bash', [join(import.meta.dirname, '../scripts/build-native.sh')]);
   for (const members of SIZES) {
     for (const asked of SOURCES) {
       const lab = await BenchLab.create();
