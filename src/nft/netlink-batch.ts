@@ -113,7 +113,6 @@ class Writer {
   private msgAt = -1;
   private readonly nests: number[] = [];
   seq = 0;
-  messages = 0;
 
   /** Room for `n` more bytes: a message bigger than the buffer grows it (moved whole). */
   private room(n: number): void {
@@ -153,7 +152,6 @@ class Writer {
   end(): void {
     this.buf.writeUInt32LE(this.at - this.msgAt, this.msgAt);
     this.msgAt = -1;
-    this.messages++;
   }
 
   private header(type: number, len: number): void {
