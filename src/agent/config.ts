@@ -79,10 +79,11 @@ export const agentConfigSchema = z.strictObject({
    */
   drift_listener: z.union([z.string().regex(/^\//), z.literal('auto'), z.literal('')], { message: 'must be an absolute path, "auto" or "" (nft monitor only)' }).default('auto'),
   /**
-   * secgroup-nftload (native/secgroup-nftload.c), which sends a full replacement of the table as the
-   * netlink batch the agent encodes (nft/netlink-batch.ts) instead of `nft -f` of its text: an absolute
-   * path, `auto` (secgroup-nftload next to the program, then in the packages' directories) or '' (`nft -f`
-   * only). Missing, failing, or a table it does not encode: `nft -f`, and a log line
+   * secgroup-nftload (native/secgroup-nftload.c), which sends a full apply (the table replaced, or
+   * reloaded in place) as the netlink batch the agent encodes (nft/netlink-batch.ts) instead of `nft -f`
+   * of its text: an absolute path (with any nft), `auto` (secgroup-nftload next to the program, then in
+   * the packages' directories; only with the nft the batch is checked against, LOADER_NFT_VERSIONS) or ''
+   * (`nft -f` only). Missing, failing, or a table it does not encode: `nft -f`, and a log line
    */
   nft_loader: z.union([z.string().regex(/^\//), z.literal('auto'), z.literal('')], { message: 'must be an absolute path, "auto" or "" (nft -f only)' }).default('auto'),
   retry_initial_ms: z.int().min(10).default(1000),
