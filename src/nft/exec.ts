@@ -184,10 +184,11 @@ export class ExecaNftRunner implements NftRunner {
       throw new LoaderFallback(`${what} could not run: ${errorMessage(e)}`, 'failed');
     }
     if (r.exitCode === 0) return;
-    const line = r.stderr.split('\n').filter((l) => l.trim()).slice(0, 3).join('; ').slice(0, 500) || 'no message';
+    const lines = r.stderr.split('\n').filter((l) => l.trim());
+    const line = lines.slice(0, 3).join('; ').slice(0, 500) || 'no message';
     // 126/127: the shell could not run it
     if (r.exitCode === 127 || r.exitCode === 126) throw new LoaderFallback(`${what} not found or not executable (${line})`, 'missing');
-    const errors = r.stderr.split('\n').filter((l) => l.startsWith('error seq '));
+    const errors = lines.filter((l) => l.startsWith('error seq '));
     if (op.previous && errors.length && errors.every((l) => / errno 2 /.test(l))) throw new LoaderFallback(`the kernel refused the reload in place (${line})`, 'refused');
     throw new LoaderFallback(`${what} failed (exit ${r.exitCode}): ${line}`, 'failed');
   }
@@ -243,17 +244,28 @@ export class ExecaNftRunner implements NftRunner {
     if (this.loader && this.loaderNftVersions && !this.loaderOpen) {
       this.loaderOpen = this.loaderNftVersions.includes(version);
       if (!this.loaderOpen) {
-        this.loader = null;
+        this.dropLoader();
         this.onLoaderFallback?.(`nft ${version}: the netlink batch is checked against nft ${this.loaderNftVersions.join(', ')} only; full applies through nft -f (name the loader's path in nft_loader to use it anyway)`, 'nft-version');
       }
     }
     return { version, tableExists };
   }
 
-  private script(tx: NftTransaction): Iterable<string> {
+  /** Throws unless `tx` touches this runner's table only. */
+  private own(tx: NftTransaction): void {
     assertOwnTable(tx);
     if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
+  }
+
+  private script(tx: NftTransaction): Iterable<string> {
+    this.own(tx);
     return renderTransactionChunks(tx);
+  }
+
+  /** No more loader: full applies through nft -f from now on, its shell stopped. */
+  private dropLoader(): void {
+    this.loader = null;
+    this.loaderSpawner?.close();
   }
 
   async check(tx: NftTransaction): Promise<void> {
@@ -263,14 +275,13 @@ export class ExecaNftRunner implements NftRunner {
   async apply(tx: NftTransaction): Promise<void> {
     const op = tx.ops.length === 1 ? tx.ops[0]! : null;
     if (this.loader && this.loaderOpen && op?.op === 'replace-table') {
-      assertOwnTable(tx);
-      if (tx.table !== this.table) throw new Error(`internal: runner for table ${this.table} got a transaction for ${tx.table}`);
+      this.own(tx);
       try {
         await this.load(op);
         return;
       } catch (e) {
         if (!(e instanceof LoaderFallback)) throw e;
-        if (e.kind === 'missing') this.loader = null;
+        if (e.kind === 'missing') this.dropLoader();
         this.onLoaderFallback?.(e.message, e.kind);
       }
     }

@@ -293,7 +293,6 @@ interface AnonSet {
   id: number;
   keyType: number;
   keyLen: number;
-  interval: boolean;
   typeof: Uint8Array;
   keys: Uint8Array[];
 }
@@ -494,10 +493,10 @@ class Lowering {
     }
     // an explicit protocol match is the dependency of what follows
     if (!Array.isArray(right) && e.op === '==' && s.kind === 'meta' && (s.key === 'nfproto' || s.key === 'l4proto')) {
-      out.push(...l.exprs(REG_1), { e: 'cmp', sreg: REG_1, op: CMP['=='], data: l.encode(right) });
-      const n = l.encode(right)[0]!;
-      if (s.key === 'nfproto') ctx.nfproto = n;
-      else ctx.l4proto = n;
+      const data = l.encode(right);
+      out.push(...l.exprs(REG_1), { e: 'cmp', sreg: REG_1, op: CMP['=='], data });
+      if (s.key === 'nfproto') ctx.nfproto = data[0]!;
+      else ctx.l4proto = data[0]!;
       return;
     }
     // ct state flags: a bit test
@@ -511,7 +510,7 @@ class Lowering {
       if (!ANON_SET_KEYS(s)) throw new UnsupportedError(`a set of ${JSON.stringify(s)} values`);
       const keys = right.map((v) => (v.kind === 'addr' ? addrKey(v, l.len) : l.encode(v)));
       const id = this.nextSetId++;
-      anon.push({ id, keyType: l.type, keyLen: l.len, interval: false, typeof: udata([[0, u32le(l.host ? 1 : 2)], [3, l.typeofRec]]), keys });
+      anon.push({ id, keyType: l.type, keyLen: l.len, typeof: udata([[0, u32le(l.host ? 1 : 2)], [3, l.typeofRec]]), keys });
       out.push(...deps, ...l.exprs(REG_1), { e: 'lookup', sreg: REG_1, set: '__set%d', id, ...(e.op === '!=' ? { inv: true } : {}) });
       return;
     }
@@ -715,7 +714,7 @@ type ElementRecord = { key: Uint8Array; keyEnd?: Uint8Array; end?: true; verdict
 function intervalRecords(els: readonly MapElement[], shape: KeyShape): ElementRecord[] {
   if (shape.concat) return els.map((el) => ({ key: elementKey(el, shape, false), keyEnd: elementKey(el, shape, true), ...(el.verdict ? { verdict: el.verdict } : {}) }));
   // rbtree: sorted ranges, each a start and (unless it reaches the top) an end one past it; nft starts with `0 [end]` unless the first range starts at 0
-  const max = shape.parts[0]!.type === 'ipv4_addr' ? (1n << 32n) - 1n : shape.parts[0]!.type === 'ipv6_addr' ? (1n << 128n) - 1n : (1n << BigInt(shape.len * 8)) - 1n;
+  const max = (1n << BigInt(shape.len * 8)) - 1n;
   const ranges = els.map((el) => {
     const k = el.key[0]!;
     return { lo: BigInt(k.lo), hi: BigInt(k.hi), verdict: el.verdict };
@@ -799,7 +798,7 @@ function* writeAnonSet(t: TableContext, s: AnonSet): Generator<Buffer> {
   t.begin(MSG.NEWSET, NLM_F_REQUEST | NLM_F_CREATE);
   w.str(1, t.table);
   w.str(2, '__set%d');
-  w.u32(3, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | (s.interval ? NFT_SET_INTERVAL : 0));
+  w.u32(3, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT);
   w.u32(4, s.keyType);
   w.u32(5, s.keyLen);
   w.u32(10, s.id);
