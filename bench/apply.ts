@@ -15,7 +15,10 @@
  * decodes as the agent decodes its `policy` frame); nft's peak RSS is taken
  * with /usr/bin/time over every nft the case ran. The reconciler is set up
  * as the agent's (createAgent): no separate --check, heap bursts while it
- * compiles (footprint.ts); the time of a full apply runs to its ack (its
+ * compiles (footprint.ts), its last known good written to a state directory
+ * after each sync (FileStateStore, which writes long member lists a slice
+ * at a time; an in-memory store would hold the whole document as one
+ * string, which the agent never does); the time of a full apply runs to its ack (its
  * marker read follows the ack). Each full apply is a fresh reconciler's
  * first, after the probe the agent makes at start (it finds no table, so
  * no counters are read to carry). The runner sends full replacements as
@@ -38,7 +41,6 @@ import { compileBurst, tuneForFootprint } from '../src/agent/footprint.js';
 import { unitEnvironment } from './footprint.js';
 import { AgentMetrics } from '../src/agent/metrics.js';
 import { Reconciler, type SyncOutcome } from '../src/agent/reconciler.js';
-import { MemoryStateStore } from '../src/agent/state-store.js';
 import { systemClock } from '../src/lib/clock.js';
 import { createLogger, silentLogger } from '../src/lib/logger.js';
 import { compilePolicy } from '../src/nft/compile.js';
@@ -78,6 +80,12 @@ export interface ApplyRow {
   ratio: number;
   /** full apply rows: VmHWM of the case's process after its full applies; change rows: its peak at the end */
   agentPeakRssMb: number;
+  /**
+   * the part of the case process's RSS that is mapped files when its peak is read (RssFile: node's own binary,
+   * paged in as it runs, its optimizing compilers included; clean pages the kernel can drop and shares between
+   * node processes); the rest of the peak is the process's own memory
+   */
+  agentFileRssMb: number;
   nftPeakRssMb: number;
   /** full apply rows: the first of the runs (a process that has not compiled yet) */
   firstMs?: number;
@@ -85,11 +93,12 @@ export interface ApplyRow {
 
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 
-/** The process's peak resident memory so far, MB (VmHWM). */
-function vmHwmMb(): number {
-  const m = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+/** A field of /proc/self/status, MB: VmHWM (the process's peak resident memory so far), RssFile. */
+function statusMb(field: 'VmHWM' | 'RssFile'): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(readFileSync('/proc/self/status', 'utf8'));
   return m ? Number(m[1]) / 1024 : 0;
 }
+const vmHwmMb = () => statusMb('VmHWM');
 
 /**
  * The reference: the same script as the agent renders, written to `dir` by a
@@ -127,8 +136,10 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
     return performance.now() - t0;
   };
   const clear = () => execa('ip', ['netns', 'exec', ns, 'nft', '-f', '-'], { input: renderDeleteScript('inet', 'secgroup') });
+  // the last known good written to disk after each sync, as the agent writes it (FileStateStore streams the member lists)
+  const stateRoot = mkdtempSync(join(tmpdir(), 'secgroup-bench-state-'));
   const reconciler = (incremental: boolean) =>
-    new Reconciler({ nft: runner, store: new MemoryStateStore(), clock: systemClock, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(), metrics: new AgentMetrics(), platform: DEFAULT_PLATFORM, incremental, checkBeforeApply: false, heapBurst: compileBurst });
+    new Reconciler({ nft: runner, store: new FileStateStore(stateRoot, Date.now), clock: systemClock, logger: process.env.BENCH_LOG ? createLogger({ level: 'warn' }) : silentLogger(), metrics: new AgentMetrics(), platform: DEFAULT_PLATFORM, incremental, checkBeforeApply: false, heapBurst: compileBurst });
   const applied = (o: SyncOutcome) => {
     if (o.status !== 'applied') throw new Error(`${c.case}: sync ${o.status}: ${'error' in o ? o.error.message : ''}`);
     return o;
@@ -170,6 +181,7 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
       ratio: round(best.agent / best.ref, 2),
       firstMs: round(firstAgent),
       agentPeakRssMb: fullApplyPeak,
+      agentFileRssMb: round(statusMb('RssFile')),
       nftPeakRssMb: round(nftPeak()),
     },
   ];
@@ -248,6 +260,7 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
       referenceMs: round(Math.min(...fullMs)),
       ratio: round(median(xs) / Math.min(...fullMs), 3),
       agentPeakRssMb: 0,
+      agentFileRssMb: 0,
       nftPeakRssMb: round(nftPeak()),
     });
     rows.push(
@@ -259,8 +272,13 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
     await full.stop();
   }
   runner.close();
+  rmSync(stateRoot, { recursive: true, force: true });
   const rss = round(vmHwmMb());
-  for (const r of rows.slice(1)) r.agentPeakRssMb = rss;
+  const fileRss = round(statusMb('RssFile'));
+  for (const r of rows.slice(1)) {
+    r.agentPeakRssMb = rss;
+    r.agentFileRssMb = fileRss;
+  }
   return rows;
 }
 

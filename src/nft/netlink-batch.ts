@@ -222,11 +222,11 @@ class Writer {
     this.buf.writeUInt16LE(this.at - at, at);
   }
 
-  /** `nest(type) { value(1, <len bytes written by write(buf, at)>) }`: a value written in place */
-  valueWith(type: number, len: number, write: (buf: Buffer, at: number) => void): void {
+  /** `nest(type) { value(1, <the len bytes of source's item i>) }`: a value written in place (no closure or copy per item) */
+  valueOf(type: number, len: number, source: { writeBytes(i: number, buf: Buffer, at: number): unknown }, i: number): void {
     this.nest(type);
     this.header(1, len);
-    write(this.buf, this.at);
+    source.writeBytes(i, this.buf, this.at);
     this.at += len;
     this.pad();
     this.close();
@@ -782,7 +782,7 @@ function* writeSet(t: TableContext, m: VerdictMap, id: number): Generator<Buffer
   if (!els.length) return;
   if (els instanceof AddressSet) {
     // a packed member set: each key written straight from its words (no copy of the set, no object per member)
-    yield* setElements(t, m.name, id, (w, i) => w.valueWith(1, shape.len, (buf, at) => els.writeBytes(i, buf, at)), els.length);
+    yield* setElements(t, m.name, id, (w, i) => w.valueOf(1, shape.len, els, i), els.length);
     return;
   }
   if (m.interval) {
