@@ -47,6 +47,7 @@ import { compilePolicy } from '../src/nft/compile.js';
 import { ExecaNftRunner } from '../src/nft/exec.js';
 import { renderScript, renderDeleteScript } from '../src/nft/render.js';
 import { DEFAULT_PLATFORM } from '../src/policy/platform.js';
+import { parseWithPackedMembers } from '../src/policy/packed-members.js';
 import { parsePolicy, type Policy, type PolicyInput } from '../src/policy/schema.js';
 
 interface Case {
@@ -100,14 +101,28 @@ function statusMb(field: 'VmHWM' | 'RssFile'): number {
 }
 const vmHwmMb = () => statusMb('VmHWM');
 
+/** The `policy` frame of a document, as the controller sends it. */
+const policyFrame = (doc: PolicyInput): string => JSON.stringify({ type: 'policy', policy: doc });
+
+/**
+ * A document as the agent gets it: a `policy` frame's text, decoded as the
+ * agent decodes it (its long member lists read straight into packed sets,
+ * src/policy/packed-members.ts), then validated.
+ */
+function decodedPolicy(frame: string): Policy {
+  const m = decode(controllerMessageSchema, frame, parseWithPackedMembers);
+  if (!m.ok || m.message.type !== 'policy') throw new Error('bench: bad policy frame');
+  return parsePolicy(m.message.policy);
+}
+
 /**
  * The reference: the same script as the agent renders, written to `dir` by a
- * process of its own; and the case's document as JSON text (`policy.json`),
- * which the measuring child decodes as the agent decodes its `policy` frame.
+ * process of its own; and the case's `policy` frame (`policy.json`), which
+ * the measuring child decodes as the agent decodes it.
  */
 function writeReferenceScript(c: Case, dir: string): { file: string; elements: number } {
   const doc = c.build(1);
-  writeFileSync(join(dir, 'policy.json'), JSON.stringify(doc));
+  writeFileSync(join(dir, 'policy.json'), policyFrame(doc));
   const compiled = compilePolicy(parsePolicy(doc));
   const file = join(dir, 'script.nft');
   writeFileSync(file, renderScript(compiled.table));
@@ -145,9 +160,9 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
     return o;
   };
 
-  // the document as the agent gets it: JSON text, decoded and parsed (not built here: 100k strings made
-  // by template literals hold ~10 MB more than the same strings decoded from JSON, which the agent never holds)
-  const policy: Policy = parsePolicy(JSON.parse(readFileSync(join(dir, 'policy.json'), 'utf8')));
+  // the document as the agent gets it: a frame's text, decoded as the agent decodes it (not built here: 100k
+  // strings made by template literals hold ~10 MB more than the same strings decoded from JSON)
+  const policy: Policy = decodedPolicy(readFileSync(join(dir, 'policy.json'), 'utf8'));
   const elements = reference.elements;
   const best = { agent: Infinity, ref: Infinity };
   let firstAgent = 0;
@@ -195,14 +210,14 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
     const fullMs: number[] = [];
     for (let i = 0; i < 5; i++) {
       // member i is replaced by a new address: one element out, one in
-      const p = parsePolicy(c.build(rev++, { index: i, with: c.change + i }));
+      const p = decodedPolicy(policyFrame(c.build(rev++, { index: i, with: c.change + i })));
       const t0 = performance.now();
       const o = applied(await inc.submit(p, 'local'));
       incMs.push(performance.now() - t0);
       if (o.kind !== 'incremental') throw new Error(`expected an incremental update, got ${o.kind}`);
     }
     for (let i = 0; i < 3; i++) {
-      const q = parsePolicy(c.build(rev++, { index: 10 + i, with: c.change + 10 + i }));
+      const q = decodedPolicy(policyFrame(c.build(rev++, { index: 10 + i, with: c.change + 10 + i })));
       const t0 = performance.now();
       const o = applied(await full.submit(q, 'local'));
       if (i > 0) fullMs.push(performance.now() - t0);
@@ -224,7 +239,7 @@ async function measureCase(c: Case, ns: string, dir: string, reference: { file: 
       checkBeforeApply: false,
       heapBurst: compileBurst,
     });
-    applied(await delta.submit(parsePolicy(c.build(rev)), 'local'));
+    applied(await delta.submit(decodedPolicy(policyFrame(c.build(rev))), 'local'));
     const deltaMs: number[] = [];
     const deltaPersistMs: number[] = [];
     for (let i = 0; i < 7; i++) {

@@ -3,6 +3,7 @@
  * Internet, office ranges, remote groups, deny rules interleaved by priority),
  * deterministic for a given size.
  */
+import { formatIp } from '../src/policy/address.js';
 import type { PolicyInput } from '../src/policy/schema.js';
 
 function v4(i: number): string {
@@ -11,8 +12,9 @@ function v4(i: number): string {
   return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
 }
 
+// members in the text the controller sends (canonical: formatIp), so that the agent holds them as it does a controller's
 function v6(i: number): string {
-  return `fd00:5ec::${(i >>> 16).toString(16)}:${(i & 0xffff).toString(16)}`;
+  return formatIp(6, (0xfd0005ecn << 96n) | BigInt(i >>> 0));
 }
 
 export interface SyntheticOptions {
@@ -139,18 +141,22 @@ export function packetPolicy(o: PacketPolicyOptions): PolicyInput {
 
 /** Member `i` of the big v6 remote group: every other address from fd00:5ec:0:1:: (never adjacent, so never merged). */
 export function bigMember(i: number): string {
-  const n = 2 * i;
-  return `fd00:5ec:0:1::${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`;
+  return formatIp(6, (0xfd0005ec_00000001n << 64n) | BigInt(2 * i));
 }
 
 /**
  * `rules` small rules plus one rule allowing tcp/443 from remote group
- * `sg-big` of `members` IPv6 addresses: about `members` map elements.
+ * `sg-big` of `members` IPv6 addresses: about `members` map elements. The
+ * list is in the controller's canonical text and order; `replace` swaps
+ * member `index` for member `with` (above the others: it goes last).
  */
 export function groupPolicy(members: number, rules = 10, revision = 1, replace?: { index: number; with: number }): PolicyInput {
-  const list: string[] = new Array<string>(members);
-  for (let i = 0; i < members; i++) list[i] = bigMember(i);
-  if (replace) list[replace.index] = bigMember(replace.with);
+  const list: string[] = [];
+  for (let i = 0; i < members; i++) if (i !== replace?.index) list.push(bigMember(i));
+  if (replace) {
+    if (replace.with < members) throw new Error('groupPolicy: the replacing member goes last, so it must be above the others');
+    list.push(bigMember(replace.with));
+  }
   const rs: NonNullable<PolicyInput['security_groups'][number]['rules']> = [];
   for (let i = 0; i < rules; i++) rs.push({ id: `r${i}`, direction: 'ingress', priority: 10, action: 'allow', protocol: 'tcp', multiport: `${2000 + i}`, remote_ip_prefix: '198.18.0.0/15' });
   rs.push({ id: 'big', direction: 'ingress', priority: 20, action: 'allow', protocol: 'tcp', multiport: '443', ethertype: 'IPv6', remote_group_id: 'sg-big' });

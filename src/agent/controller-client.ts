@@ -18,6 +18,7 @@
 import type { Clock, Timer } from '../lib/clock.js';
 import { errorMessage } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
+import { parseWithPackedMembers } from '../policy/packed-members.js';
 import { controllerMessageSchema, decode, type AgentMessage, type HelloMessage, type PolicyDeltaMessage, type WelcomeMessage } from '../protocol/messages.js';
 
 export interface WireSocket {
@@ -251,7 +252,8 @@ export class ControllerClient {
   }
 
   private onFrame(text: string): void {
-    const r = decode(controllerMessageSchema, text);
+    // a policy's long member lists are read straight into packed sets, never as strings (policy/packed-members.ts)
+    const r = decode(controllerMessageSchema, text, parseWithPackedMembers);
     if (!r.ok) {
       this.o.logger.warn({ event: 'protocol_error' }, `ignored a frame from the controller: ${r.error}`);
       return;

@@ -41,6 +41,7 @@
  *   and render of a sync, not the document's parse before it.
  */
 import { setFlagsFromString } from 'node:v8';
+import { memberCount } from '../policy/packed-members.js';
 import type { Policy } from '../policy/schema.js';
 
 export const AGENT_V8_FLAGS = ['--optimize-for-size'] as const;
@@ -68,7 +69,7 @@ export function burstWork(policy: Policy): BurstWork {
   let rules = 0;
   for (const g of policy.security_groups) rules += g.rules.length;
   let members = 0;
-  for (const list of Object.values(policy.group_members)) members += list.length;
+  for (const gid of Object.keys(policy.group_members)) members += memberCount(policy.group_members, gid);
   for (const ag of policy.address_groups) members += ag.ip_set.length;
   return { rules, members };
 }

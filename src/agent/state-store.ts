@@ -11,6 +11,7 @@ import { open, readFile, rename, unlink, type FileHandle } from 'node:fs/promise
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { SecgroupError, errorMessage } from '../lib/errors.js';
+import { packedJsonPieces, packedMembers, parseWithPackedMembers, type PackedMembers } from '../policy/packed-members.js';
 import { checkPolicy, type Policy } from '../policy/schema.js';
 import { formatIssue } from '../lib/errors.js';
 import type { Logger } from '../lib/logger.js';
@@ -44,7 +45,8 @@ interface StateDocument {
 export function parseStateText(text: string, path: string): { ok: true; policy: Policy; savedAt: string | null } | { ok: false; error: SecgroupError } {
   let doc: unknown;
   try {
-    doc = JSON.parse(text);
+    // long member lists read straight into packed sets (policy/packed-members.ts), as the agent decodes a policy frame
+    doc = parseWithPackedMembers(text);
   } catch (e) {
     return { ok: false, error: new SecgroupError('STATE_CORRUPT', `state file ${path} is not valid JSON: ${errorMessage(e)}`, { cause: e }) };
   }
@@ -82,15 +84,16 @@ const SLICE = 4096;
  */
 export async function writeStateText(fh: FileHandle, policy: Policy, savedAt: string): Promise<void> {
   const nonce = randomBytes(8).toString('hex');
-  const lists: (readonly string[])[] = [];
-  const placeholder = (list: readonly string[]): readonly string[] | string => {
-    if (list.length <= SLICE) return list;
+  const lists: (readonly string[] | PackedMembers)[] = [];
+  const placeholder = (list: readonly string[] | PackedMembers): readonly string[] | string => {
+    if (Array.isArray(list) && list.length <= SLICE) return list;
     lists.push(list);
     return `\u0000${nonce}:${lists.length - 1}`;
   };
-  // the same keys in the same order (a spread keeps a key where it was), the long lists replaced
+  // the same keys in the same order (a spread keeps a key where it was), the long lists replaced; a packed list
+  // (policy/packed-members.ts) is written from its words, its strings never built
   const groupMembers: Record<string, readonly string[] | string> = {};
-  for (const [g, list] of Object.entries(policy.group_members)) groupMembers[g] = placeholder(list);
+  for (const g of Object.keys(policy.group_members)) groupMembers[g] = placeholder(packedMembers(policy.group_members, g) ?? policy.group_members[g]!);
   const short = { ...policy, address_groups: policy.address_groups.map((ag) => (ag.ip_set.length > SLICE ? { ...ag, ip_set: placeholder(ag.ip_set) } : ag)), group_members: groupMembers };
   const text = renderStateText(short as unknown as Policy, savedAt);
   // where each list goes, in the order of the text
@@ -104,12 +107,17 @@ export async function writeStateText(fh: FileHandle, policy: Policy, savedAt: st
   let at = 0;
   for (const { list, i, end } of places) {
     await fh.writeFile(text.slice(at, i), 'utf8');
+    at = end;
+    if (!Array.isArray(list)) {
+      // each piece written before the next is made (they share one buffer)
+      for (const piece of packedJsonPieces(list as PackedMembers, SLICE)) await fh.writeFile(piece);
+      continue;
+    }
     for (let k = 0; k < list.length; k += SLICE) {
       const slice = JSON.stringify(list.slice(k, k + SLICE));
       // '[a,b' ... ',c,d' ... ',e]': each slice without its brackets but the first's and the last's
       await fh.writeFile((k === 0 ? '[' : ',') + slice.slice(1, -1) + (k + SLICE >= list.length ? ']' : ''), 'utf8');
     }
-    at = end;
   }
   await fh.writeFile(text.slice(at), 'utf8');
 }

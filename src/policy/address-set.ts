@@ -71,6 +71,15 @@ export class AddressSet implements Iterable<bigint> {
     return AddressSet.sorted(family, words, n);
   }
 
+  /**
+   * The first `count` addresses of `words` (`stride` words each, most
+   * significant first), taken over as they are: sorted and made unique here
+   * when they are not already.
+   */
+  static fromWords(family: Family, words: Uint32Array, count: number): AddressSet {
+    return AddressSet.sorted(family, words, count);
+  }
+
   /** From addresses in any order, duplicates dropped. */
   static of(family: Family, values: Iterable<bigint>): AddressSet {
     const list = [...values];

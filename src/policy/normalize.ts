@@ -5,6 +5,7 @@
  */
 import { mergeRanges, prefixRange, fullRange, type Family } from './address.js';
 import { AddressSet, type Peers } from './address-set.js';
+import { packedMembers } from './packed-members.js';
 import { parseMultiport, parseProtocol, type Policy, type PortRange } from './schema.js';
 
 export type Remote =
@@ -65,6 +66,9 @@ export function resolvePeers(policy: Policy, family: Family, remote: Remote): Pe
     case 'prefix':
       return [prefixRange(remote.prefix, false)];
     case 'group': {
+      // a packed list (packed-members.ts): a copy of its set of this family (the membership fast path changes the compiled set in place)
+      const packed = packedMembers(policy.group_members, remote.id);
+      if (packed) return (family === 4 ? packed.v4 : packed.v6).clone();
       const members = Object.hasOwn(policy.group_members, remote.id) ? policy.group_members[remote.id]! : [];
       // validated by parsePolicy; single addresses, neighbours not merged: the compiler's member set is this very set
       return AddressSet.fromValidTexts(family, members);

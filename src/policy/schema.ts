@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { ValidationError, type Issue } from '../lib/errors.js';
 import { ipFamily, parsePrefix } from './address.js';
+import { carryPacked } from './packed-members.js';
 
 /** Ids are tokens: they may appear in nft comments, so nothing that could break out of one. */
 export const ID_PATTERN = /^[A-Za-z0-9._:-]{1,64}$/;
@@ -376,7 +377,10 @@ export type PolicyCheck = { ok: true; policy: Policy } | { ok: false; issues: Is
 export function checkPolicy(input: unknown): PolicyCheck {
   const parsed = policySchema.safeParse(input);
   const issues = [...(parsed.success ? [] : zodIssues(parsed.error, input)), ...checkDocument(input, parsed.data)];
-  return parsed.success && !issues.length ? { ok: true, policy: parsed.data } : { ok: false, issues };
+  if (!parsed.success || issues.length) return { ok: false, issues };
+  // member lists read packed out of the text (packed-members.ts parseWithPackedMembers): `[]` in `input`, given back here
+  carryPacked(asObject(input)?.group_members, parsed.data.group_members);
+  return { ok: true, policy: parsed.data };
 }
 
 /** Validates a parsed document; throws ValidationError (code POLICY_INVALID) listing every problem. */

@@ -8,7 +8,8 @@
  * previous document gives exactly (also when serialised) the document the
  * controller compiled for the new revision.
  */
-import { parseIp } from '../policy/address.js';
+import { canonicalIp, parseIp } from '../policy/address.js';
+import { definePacked, memberTexts, packedSource, type PackedMembers, type PackedSource } from '../policy/packed-members.js';
 import type { PolicyDeltaMessage } from './messages.js';
 
 /** Per-group changes: addresses added to / removed from a group's member list. */
@@ -152,12 +153,19 @@ function applyLarge(gid: string, list: readonly string[], change: { add: readonl
   return out;
 }
 
-/** A member list not built yet: `base` with the net `change` of the deltas since (built on first read, then kept). */
+/**
+ * A member list not built yet: `base` with the net `change` of the deltas
+ * since (built on first read, then kept). A packed list's (`packedBase`,
+ * policy/packed-members.ts: every address added in canonical text) is built
+ * packed: a copy of the base's sets with the change applied.
+ */
 interface PendingList {
   base: readonly string[];
+  packedBase?: PackedSource;
   add: Set<string>;
   remove: Set<string>;
   built?: string[];
+  builtPacked?: PackedMembers;
 }
 
 /** The pending lists of a document's `group_members` object (only those made by `applyPolicyDelta`). */
@@ -174,6 +182,42 @@ function built(gid: string, p: PendingList): string[] {
   return p.built;
 }
 
+function builtPacked(p: PendingList): PackedMembers {
+  if (p.builtPacked === undefined) {
+    const base = p.packedBase!();
+    const v4 = base.v4.clone();
+    const v6 = base.v6.clone();
+    // as applyGroup: the removed first, then the added (an address in both ends up a member)
+    for (const a of p.remove) {
+      const k = parseIp(a);
+      (k.family === 4 ? v4 : v6).delete(k.value);
+    }
+    for (const a of p.add) {
+      const k = parseIp(a);
+      (k.family === 4 ? v4 : v6).insert(k.value);
+    }
+    p.builtPacked = { v4, v6 };
+    p.packedBase = undefined;
+    p.add.clear();
+    p.remove.clear();
+  }
+  return p.builtPacked;
+}
+
+const isBuilt = (p: PendingList): boolean => p.built !== undefined || p.builtPacked !== undefined;
+
+/**
+ * Can the list stay packed with `change` applied? Its added addresses must
+ * be in canonical text, the text a packed list gives back (a removed one may
+ * be in any: it is matched by value, as applyGroup matches it).
+ */
+const packable = (change: { add: readonly string[] }): boolean => change.add.every((a) => canonicalIp(a) === a);
+
+/** A pending list over a packed base as one over its strings (a change that cannot stay packed). */
+function unpacked(p: PendingList): PendingList {
+  return p.packedBase ? { base: memberTexts(p.packedBase()), add: p.add, remove: p.remove } : p;
+}
+
 /** `p`, then `change`, as one change against `p.base` (a later add undoes an earlier remove and the reverse). */
 function compose(p: PendingList, change: { add: readonly string[]; remove: readonly string[] }): PendingList {
   const add = new Set(p.add);
@@ -186,7 +230,7 @@ function compose(p: PendingList, change: { add: readonly string[]; remove: reado
     remove.delete(a);
     add.add(a);
   }
-  return { base: p.base, add, remove };
+  return { base: p.base, ...(p.packedBase ? { packedBase: p.packedBase } : {}), add, remove };
 }
 
 /**
@@ -219,15 +263,23 @@ export function applyPolicyDelta<D extends { revision: number; group_members: Re
   for (const gid of Object.keys(doc.group_members)) {
     const change = Object.hasOwn(delta.group_members, gid) ? delta.group_members[gid] : undefined;
     const waiting = before?.get(gid);
-    const open = waiting !== undefined && waiting.built === undefined;
+    const open = waiting !== undefined && !isBuilt(waiting);
+    // a packed list (policy/packed-members.ts) is read packed, never as strings
+    const source = open ? undefined : packedSource(doc.group_members, gid);
     if (!change && !open) {
       // unchanged lists are shared with `doc` (documents are never modified in place)
-      group_members[gid] = doc.group_members[gid] as string[];
+      if (source) definePacked(group_members, gid, source);
+      else group_members[gid] = doc.group_members[gid] as string[];
       continue;
     }
-    const p = !change ? waiting! : open ? compose(waiting, change) : compose({ base: doc.group_members[gid]!, add: new Set(), remove: new Set() }, change);
+    let p: PendingList;
+    if (!change) p = waiting!;
+    else if (open) p = compose(waiting.packedBase && !packable(change) ? unpacked(waiting) : waiting, change);
+    else if (source && packable(change)) p = compose({ base: [], packedBase: source, add: new Set(), remove: new Set() }, change);
+    else p = compose({ base: doc.group_members[gid]!, add: new Set(), remove: new Set() }, change);
     pending.set(gid, p);
-    Object.defineProperty(group_members, gid, { enumerable: true, configurable: true, get: () => built(gid, p) });
+    if (p.packedBase) definePacked(group_members, gid, () => builtPacked(p));
+    else Object.defineProperty(group_members, gid, { enumerable: true, configurable: true, get: () => built(gid, p) });
   }
   if (pending.size) pendingLists.set(group_members, pending);
   return { ...doc, revision: delta.revision, group_members };

@@ -175,11 +175,15 @@ export type WelcomeMessage = z.output<typeof welcomeSchema>;
 export type PolicyMessage = z.output<typeof policyMessageSchema>;
 export type PolicyDeltaMessage = z.output<typeof policyDeltaSchema>;
 
-/** Parses one frame; returns null (and the reason) for anything that is not a valid message. */
-export function decode<T>(schema: z.ZodType<T>, data: string): { ok: true; message: T } | { ok: false; error: string } {
+/**
+ * Parses one frame; returns null (and the reason) for anything that is not a
+ * valid message. `parse` reads the JSON (the agent's reads a policy's long
+ * member lists straight into packed sets: policy/packed-members.ts).
+ */
+export function decode<T>(schema: z.ZodType<T>, data: string, parse: (text: string) => unknown = JSON.parse): { ok: true; message: T } | { ok: false; error: string } {
   let json: unknown;
   try {
-    json = JSON.parse(data);
+    json = parse(data);
   } catch {
     return { ok: false, error: 'frame is not JSON' };
   }
