@@ -9,6 +9,7 @@ import { FakeNftMonitor } from '../../../src/nft/monitor.js';
 import { compilePolicy } from '../../../src/nft/compile.js';
 import { formatIp } from '../../../src/policy/address.js';
 import type { AddressSet } from '../../../src/policy/address-set.js';
+import { packedMembers } from '../../../src/policy/packed-members.js';
 import { renderTable } from '../../../src/nft/render.js';
 import { ackFor, createAgent, PERSIST_COALESCE_MS, resolveControllerEndpoint, type Resolver } from '../../../src/agent/agent.js';
 import { compiledRules, PORTS_AFTER_ELEMENTS_MS } from '../../../src/agent/port-reporter.js';
@@ -140,6 +141,40 @@ describe('agent', () => {
     const full = compilePolicy(policy(4, { members: ['198.18.0.10', '198.18.0.30'] }));
     const elements = (dump: string) => dumpBlocks(dump).filter((b) => b.name.startsWith('in4')).reduce((n, b) => n + b.elements.length, 0);
     expect(elements(nft.dump())).toBe(elements(renderTable(full.table, { listing: true })));
+    await agent.stop();
+  });
+
+  it('holds a big remote group packed as the frame arrives, through deltas and the last known good, with the table the strings give', async () => {
+    const { nft, dialer, agent, store, clock } = setup();
+    await agent.start();
+    const s = dialer.last;
+    s.events.open();
+    // 2000 members in the controller's canonical text and order (198.18.0.10 and .12 among them, as policy() has)
+    const members = Array.from({ length: 2000 }, (_, i) => formatIp(4, BigInt((198 << 24) + (18 << 16) + 10 + 2 * i)));
+    s.receive({ type: 'policy', policy: policy(3, { members }) });
+    await agent.reconciler.idle();
+    const held = agent.reconciler.newestPolicy!;
+    expect(packedMembers(held.group_members, 'web')?.v4.length).toBe(2000);
+    s.receive({ type: 'policy_delta', base_revision: 3, revision: 4, group_members: { web: { add: ['198.18.200.1'], remove: ['198.18.0.12'] } } });
+    await agent.reconciler.idle();
+    expect(acks(s.messages).map((a) => [a.revision, a.status])).toEqual([
+      [3, 'applied'],
+      [4, 'applied'],
+    ]);
+    expect(agent.reconciler.state?.kind).toBe('incremental');
+    const next = [...members.filter((m) => m !== '198.18.0.12'), '198.18.200.1'];
+    // the document after the delta: still packed, and read as strings it is the controller's revision 4
+    expect(packedMembers(agent.reconciler.newestPolicy!.group_members, 'web')?.v4.length).toBe(2000);
+    expect(JSON.stringify(agent.reconciler.newestPolicy)).toBe(JSON.stringify(policy(4, { members: next })));
+    const full = compilePolicy(policy(4, { members: next }));
+    const elements = (dump: string) => dumpBlocks(dump).filter((b) => b.name.startsWith('in4')).reduce((n, b) => n + b.elements.length, 0);
+    expect(elements(nft.dump())).toBe(elements(renderTable(full.table, { listing: true })));
+    // the last known good: written from the packed words, read back packed
+    await clock.advance(PERSIST_COALESCE_MS);
+    await settle();
+    expect(store.policy?.revision).toBe(4);
+    expect(packedMembers(store.policy!.group_members, 'web')).toBeDefined();
+    expect(store.policy?.group_members.web).toEqual(next);
     await agent.stop();
   });
 
