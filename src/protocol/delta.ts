@@ -207,11 +207,13 @@ function builtPacked(p: PendingList): PackedMembers {
 const isBuilt = (p: PendingList): boolean => p.built !== undefined || p.builtPacked !== undefined;
 
 /**
- * Can the list stay packed with `change` applied? Its added addresses must
- * be in canonical text, the text a packed list gives back (a removed one may
- * be in any: it is matched by value, as applyGroup matches it).
+ * Can the list stay packed with `change` applied? Every address of the
+ * change must be in canonical text: an added one is given back in the text
+ * a packed list writes, and a removed one is then matched by value as by
+ * text, which the string path does not always do (applyLarge matches text).
+ * Otherwise the list goes on as strings, exactly as before.
  */
-const packable = (change: { add: readonly string[] }): boolean => change.add.every((a) => canonicalIp(a) === a);
+const packable = (change: { add: readonly string[]; remove: readonly string[] }): boolean => change.add.every((a) => canonicalIp(a) === a) && change.remove.every((a) => canonicalIp(a) === a);
 
 /** A pending list over a packed base as one over its strings (a change that cannot stay packed). */
 function unpacked(p: PendingList): PendingList {
