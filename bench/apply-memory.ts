@@ -7,8 +7,10 @@
  *
  * One child process per case, started with the agent's V8 flags and
  * `--expose-gc`. The policy arrives as the agent receives it, one `policy`
- * frame of JSON text; then the frame is decoded, the document parsed
- * (parsePolicy: zod plus checks), compiled and rendered as the runner
+ * frame of JSON text; then the frame is decoded as the agent decodes it
+ * (a long member list read straight into packed sets: the member list
+ * comes out of the frame's text, src/policy/packed-members.ts), the
+ * document parsed (parsePolicy: zod plus checks), compiled and rendered as the runner
  * streams it (chunks consumed, nothing written). After each step a full GC
  * runs and the live heap (heapUsed) is read: `live*Mb` is what the objects
  * kept so far hold, the differences are what each step keeps. `renderPeakMb`
@@ -32,6 +34,7 @@ import { compilePolicy, type Compiled } from '../src/nft/compile.js';
 import { renderTransactionChunks } from '../src/nft/render.js';
 import { replaceTableTx } from '../src/nft/transaction.js';
 import { controllerMessageSchema, decode, type ControllerMessage as Message } from '../src/protocol/messages.js';
+import { parseWithPackedMembers } from '../src/policy/packed-members.js';
 import { parsePolicy, type Policy } from '../src/policy/schema.js';
 
 const CASES: Record<string, number> = { '10k members': 10_000, '100k members': 100_000, '1M members': 1_000_000 };
@@ -66,7 +69,7 @@ function measure(name: string): Record<string, number | string> {
   const held: { frame?: string; decoded?: ReturnType<typeof decode<Message>>; message?: unknown; policy?: Policy; compiled?: Compiled } = {};
   held.frame = JSON.stringify({ type: 'policy', policy: groupPolicy(members, 10, 1) });
   const liveFrame = live();
-  held.decoded = decode(controllerMessageSchema, held.frame);
+  held.decoded = decode(controllerMessageSchema, held.frame, parseWithPackedMembers);
   if (!held.decoded.ok || held.decoded.message.type !== 'policy') throw new Error('bench: bad policy frame');
   held.message = held.decoded.message.policy;
   delete held.decoded;
