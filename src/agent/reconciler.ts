@@ -72,6 +72,7 @@ import { findDrift, findMarkerDrift, hasElementFingerprint, type Counter, type D
 import { replaceTableTx, type NftOp, type NftTransaction } from '../nft/transaction.js';
 import { flowChainOps, isFlowChain, flowMaskOf, hex, maxGeneration, setFlowGeneration } from '../nft/flow-mark.js';
 import type { PlatformOptions } from '../policy/platform.js';
+import { packedGroupCount } from '../policy/packed-members.js';
 import type { Policy } from '../policy/schema.js';
 import type { DriftWatch } from './drift-monitor.js';
 import { countsToCarry, observeRuleCounters } from './rule-counters.js';
@@ -785,7 +786,17 @@ export class Reconciler {
       metrics.applyDuration.observe({ kind }, durationMs / 1000);
     }
     logger.info(
-      { event: 'apply', ...log, kind, durationMs, digest: compiled.digest, rules: compiled.stats.rules, elements: compiled.stats.elements },
+      {
+        event: 'apply',
+        ...log,
+        kind,
+        durationMs,
+        digest: compiled.digest,
+        rules: compiled.stats.rules,
+        elements: compiled.stats.elements,
+        // remote groups whose members the document holds packed (policy/packed-members.ts), when there are any
+        ...(packedGroupCount(policy.group_members) ? { packedGroups: packedGroupCount(policy.group_members) } : {}),
+      },
       kind === 'noop' ? `revision ${policy.revision}: ruleset unchanged, nothing to apply` : `revision ${policy.revision} applied (${kind})`,
     );
     return { ok: true, kind, durationMs, digest: compiled.digest };

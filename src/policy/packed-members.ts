@@ -66,6 +66,11 @@ export function packedMembers(groupMembers: object, gid: string): PackedMembers 
   return packedSource(groupMembers, gid)?.();
 }
 
+/** How many groups of a document's `group_members` are held packed (none built by asking). */
+export function packedGroupCount(groupMembers: object): number {
+  return packed.get(groupMembers)?.size ?? 0;
+}
+
 /** How many members group `gid` lists, without building the strings of a packed list. */
 export function memberCount(groupMembers: Readonly<Record<string, readonly string[]>>, gid: string): number {
   const p = packedMembers(groupMembers, gid);

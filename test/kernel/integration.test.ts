@@ -185,6 +185,44 @@ describe.skipIf(skip !== null)(`controller + two real agents in network namespac
     expect(table).toMatch(new RegExp(`sg_generation[^}]*revision=${rev2} `));
   });
 
+  it('a group of 300 members: the whole document after a rule change holds it packed in the agent, deltas on it are element updates', async () => {
+    // every other address (single-address elements), in no particular order: the controller sends them in canonical order
+    const many = Array.from({ length: 300 }, (_, i) => `198.18.${100 + (i >> 7)}.${(i & 127) * 2}`).reverse();
+    await api('POST', '/instances', { instance: { id: 'ecs-d', name: 'd', addresses: many, security_groups: ['sg-g'] } }, 201);
+    await synced('ecs-a');
+    // a rule change: the controller sends the whole document, and the agent reads the 301-member list straight into words
+    const from = agents.a!.lines.length;
+    const rule = await api('POST', '/vpc/security-group-rules', { security_group_rule: { security_group_id: 'sg-a', direction: 'ingress', protocol: 'tcp', multiport: '8002', remote_ip_prefix: `${CTL}/32` } }, 201);
+    const rev = await synced('ecs-a');
+    expect((await agents.a!.waitFor((l) => l.event === 'apply' && l.revision === rev, 10_000, from, 'apply of the rule change')).packedGroups).toBe(1);
+    let table = String((await lab.nftTable(lab.ns.a)).stdout);
+    for (const a of [many[0]!, many[150]!, many[299]!, B]) expect(table).toContain(a);
+    expect(await bToA(8001)).toBe(true);
+
+    // a member joins, then leaves: deltas on the packed list, element updates
+    const C = '198.18.9.77';
+    const from2 = agents.a!.lines.length;
+    await api('POST', '/instances', { instance: { id: 'ecs-c', name: 'c', addresses: [C], security_groups: ['sg-g'] } }, 201);
+    const rev2 = await synced('ecs-a');
+    expect(await agents.a!.waitFor((l) => l.event === 'apply' && l.revision === rev2, 10_000, from2, 'apply of the join')).toMatchObject({ kind: 'incremental', packedGroups: 1 });
+    expect(String((await lab.nftTable(lab.ns.a)).stdout)).toContain(C);
+    const from3 = agents.a!.lines.length;
+    await api('DELETE', '/instances/ecs-c', undefined, 204);
+    const rev3 = await synced('ecs-a');
+    expect(await agents.a!.waitFor((l) => l.event === 'apply' && l.revision === rev3, 10_000, from3, 'apply of the leave')).toMatchObject({ kind: 'incremental', packedGroups: 1 });
+    table = String((await lab.nftTable(lab.ns.a)).stdout);
+    expect(table).not.toContain(C);
+    for (const a of [many[0]!, many[299]!, B]) expect(table).toContain(a);
+    expect(await bToA(8001)).toBe(true);
+    expect(await bToA(8000)).toBe(false);
+
+    // back to where the next tests start
+    await api('DELETE', `/vpc/security-group-rules/${String(((rule.body as Json).security_group_rule as Json).id)}`, undefined, 204);
+    await api('DELETE', '/instances/ecs-d', undefined, 204);
+    await synced('ecs-a');
+    expect(String((await lab.nftTable(lab.ns.a)).stdout)).not.toContain(many[0]!);
+  });
+
   it('the applied revision and the port report show up in status and ports', async () => {
     const st = await status('ecs-a');
     expect(st).toMatchObject({ instance_id: 'ecs-a', connected: true, in_sync: true, last_ack: { status: 'applied', revision: st.desired_revision } });

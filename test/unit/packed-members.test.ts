@@ -15,7 +15,7 @@ import { burstWork } from '../../src/agent/footprint.js';
 import { compilePolicy } from '../../src/nft/compile.js';
 import { renderScript } from '../../src/nft/render.js';
 import { canonicalIp, formatIp } from '../../src/policy/address.js';
-import { extractMemberLists, memberCount, packedJsonPieces, packedMembers, parseWithPackedMembers, PACK_MIN } from '../../src/policy/packed-members.js';
+import { extractMemberLists, memberCount, packedGroupCount, packedJsonPieces, packedMembers, parseWithPackedMembers, PACK_MIN } from '../../src/policy/packed-members.js';
 import { checkPolicy, type Policy, type PolicyInput } from '../../src/policy/schema.js';
 import { applyPolicyDelta } from '../../src/protocol/delta.js';
 import { controllerMessageSchema, decode } from '../../src/protocol/messages.js';
@@ -184,10 +184,14 @@ describe('which lists are read packed', () => {
       expect(cb.digest).toBe(ca.digest);
       expect(renderScript(cb.table)).toBe(renderScript(ca.table));
       expect(await written(b)).toBe(renderStateText(a, AT));
+      let here = 0;
       for (const g of Object.keys(b.group_members)) {
-        if (packedMembers(b.group_members, g)) packedLists++;
+        if (packedMembers(b.group_members, g)) here++;
         else stringLists++;
       }
+      expect(packedGroupCount(b.group_members)).toBe(here);
+      expect(packedGroupCount(a.group_members)).toBe(0);
+      packedLists += here;
     }
     // both paths taken
     expect(packedLists).toBeGreaterThan(10);
