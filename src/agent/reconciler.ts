@@ -785,6 +785,7 @@ export class Reconciler {
       metrics.applies.inc({ kind });
       metrics.applyDuration.observe({ kind }, durationMs / 1000);
     }
+    const packedGroups = packedGroupCount(policy.group_members);
     logger.info(
       {
         event: 'apply',
@@ -795,7 +796,7 @@ export class Reconciler {
         rules: compiled.stats.rules,
         elements: compiled.stats.elements,
         // remote groups whose members the document holds packed (policy/packed-members.ts), when there are any
-        ...(packedGroupCount(policy.group_members) ? { packedGroups: packedGroupCount(policy.group_members) } : {}),
+        ...(packedGroups ? { packedGroups } : {}),
       },
       kind === 'noop' ? `revision ${policy.revision}: ruleset unchanged, nothing to apply` : `revision ${policy.revision} applied (${kind})`,
     );

@@ -58,7 +58,6 @@ export function ruleCounterNames(chain: Chain): (string | undefined)[] {
   );
 }
 
-/** Every counter object of `table` (ruleCounterNames of all its chains). */
 /**
  * The counter objects a table declares, in the order of its chains and
  * rules, with the counts `counters` carries into each (undefined: from
@@ -76,6 +75,7 @@ export function* counterDeclarations(table: Table, names: readonly (readonly (st
   }
 }
 
+/** Every counter object of `table` (ruleCounterNames of all its chains). */
 export function tableCounterNames(table: Table): Set<string> {
   const out = new Set<string>();
   for (const c of table.chains) for (const n of ruleCounterNames(c)) if (n !== undefined) out.add(n);

@@ -274,7 +274,7 @@ export class ExecaNftRunner implements NftRunner {
 
   async apply(tx: NftTransaction): Promise<void> {
     const op = tx.ops.length === 1 ? tx.ops[0]! : null;
-    if (this.loader && this.loaderOpen && op?.op === 'replace-table') {
+    if (this.usesLoader && op?.op === 'replace-table') {
       this.own(tx);
       try {
         await this.load(op);

@@ -223,7 +223,7 @@ class Writer {
   }
 
   /** `nest(type) { value(1, <the len bytes of source's item i>) }`: a value written in place (no closure or copy per item) */
-  valueOf(type: number, len: number, source: { writeBytes(i: number, buf: Buffer, at: number): unknown }, i: number): void {
+  valueFrom(type: number, len: number, source: { writeBytes(i: number, buf: Buffer, at: number): unknown }, i: number): void {
     this.nest(type);
     this.header(1, len);
     source.writeBytes(i, this.buf, this.at);
@@ -782,7 +782,7 @@ function* writeSet(t: TableContext, m: VerdictMap, id: number): Generator<Buffer
   if (!els.length) return;
   if (els instanceof AddressSet) {
     // a packed member set: each key written straight from its words (no copy of the set, no object per member)
-    yield* setElements(t, m.name, id, (w, i) => w.valueOf(1, shape.len, els, i), els.length);
+    yield* setElements(t, m.name, id, (w, i) => w.valueFrom(1, shape.len, els, i), els.length);
     return;
   }
   if (m.interval) {

@@ -219,6 +219,8 @@ function chainText(c: Chain, names: readonly (string | undefined)[] = []): strin
 
 /** Chains per chunk of a streamed table (rule chains are a few lines each). */
 const CHAINS_PER_CHUNK = 256;
+/** Counter declarations per chunk (one line each). */
+const COUNTERS_PER_CHUNK = 256;
 
 /**
  * The table as one nft `table <family> <name> { ... }` block, objects in the
@@ -236,7 +238,7 @@ function* counterChunks(table: Table, names: readonly (readonly (string | undefi
   let lines = 0;
   for (const { name, carried } of counterDeclarations(table, names, counters)) {
     chunk += carried ? `\tcounter ${assertName(name)} { packets ${counterValue(carried.packets)} bytes ${counterValue(carried.bytes)} }\n` : `\tcounter ${assertName(name)} { }\n`;
-    if (++lines === CHAINS_PER_CHUNK) {
+    if (++lines === COUNTERS_PER_CHUNK) {
       yield chunk;
       chunk = '';
       lines = 0;

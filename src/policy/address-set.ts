@@ -72,9 +72,9 @@ export class AddressSet implements Iterable<bigint> {
   }
 
   /**
-   * The first `count` addresses of `words` (`stride` words each, most
-   * significant first), taken over as they are: sorted and made unique here
-   * when they are not already.
+   * The first `count` addresses of `words` (one word per IPv4 address, four
+   * per IPv6, most significant first), the array taken over as it is:
+   * sorted and made unique here when they are not already.
    */
   static fromWords(family: Family, words: Uint32Array, count: number): AddressSet {
     return AddressSet.sorted(family, words, count);
@@ -232,7 +232,6 @@ export class AddressSet implements Iterable<bigint> {
     return asciiText(SCRATCH, this.writeText(i, SCRATCH, 0));
   }
 
-  /** Writes text(i) as ASCII into `out` at `at` (at most TEXT_MAX bytes); returns the end. For rendering many without a string each. */
   /** Writes address `i` in network byte order (4 or 16 bytes) into `out` at `at`; returns the offset after it. */
   writeBytes(i: number, out: Buffer, at: number): number {
     const s = this.stride;
@@ -240,6 +239,7 @@ export class AddressSet implements Iterable<bigint> {
     return at + 4 * s;
   }
 
+  /** Writes text(i) as ASCII into `out` at `at` (at most TEXT_MAX bytes); returns the end. For rendering many without a string each. */
   writeText(i: number, out: Uint8Array, at: number): number {
     const w = this.words;
     if (this.stride === 1) return writeV4Text(w[i]!, out, at);

@@ -337,37 +337,49 @@ class Words {
 }
 
 /**
+ * The end of the list at `start` (a bracket; -1: it has none), how many of
+ * the strings in it have a colon and how many do not (its IPv6 and IPv4
+ * members, if it is a list of addresses), and whether one has an escape.
+ * One pass.
+ */
+function listExtent(t: string, start: number): { end: number; n4: number; n6: number; escaped: boolean } {
+  let depth = 0;
+  let n4 = 0;
+  let n6 = 0;
+  let escaped = false;
+  for (let i = start; i < t.length; i++) {
+    const c = t.charCodeAt(i);
+    if (c === QUOTE) {
+      let colon = false;
+      for (i++; i < t.length; i++) {
+        const d = t.charCodeAt(i);
+        if (d === QUOTE) break;
+        if (d === BACKSLASH) {
+          escaped = true;
+          i++;
+        } else if (d === COLON) colon = true;
+      }
+      if (colon) n6++;
+      else n4++;
+    } else if (c === LBRACE || c === LBRACK) depth++;
+    else if ((c === RBRACE || c === RBRACK) && --depth === 0) return { end: i + 1, n4, n6, escaped };
+  }
+  return { end: -1, n4, n6, escaped };
+}
+
+/**
  * The list at `i` (a bracket): its end, and its members packed when it is a
  * list of at least `min` addresses in canonical text and order.
  */
 function readList(t: string, i: number, min: number): { end: number; members?: PackedMembers } {
-  const start = i;
-  const end = skipValue(t, start);
-  if (end < 0) return { end };
-  // the strings of the list with a colon and without (its IPv6 and IPv4 members, if it is a list of addresses):
-  // each family's buffer sized for them, nothing grown or copied
-  let n4 = 0;
-  let n6 = 0;
-  let inString = false;
-  let colon = false;
-  for (let k = start; k < end; k++) {
-    const c = t.charCodeAt(k);
-    if (c === QUOTE) {
-      if (inString) {
-        if (colon) n6++;
-        else n4++;
-      }
-      inString = !inString;
-      colon = false;
-    } else if (c === BACKSLASH) return { end };
-    else if (c === COLON) colon = true;
-  }
-  if (n4 + n6 < min) return { end };
+  // each family's buffer sized for the list's strings with and without a colon: nothing grown or copied
+  const { end, n4, n6, escaped } = listExtent(t, i);
+  // an escape is left to JSON.parse and the string path
+  if (end < 0 || escaped || n4 + n6 < min) return { end };
   const v4 = new Words(1, n4);
   const v6 = new Words(4, n6);
   const giveUp = () => ({ end });
   i = skipSpace(t, i + 1);
-  if (t.charCodeAt(i) === RBRACK) return { end: i + 1 };
   for (;;) {
     if (t.charCodeAt(i) !== QUOTE) return giveUp();
     const s = i + 1;
